@@ -1,0 +1,34 @@
+# Front door. The real build is CMakeLists.txt; everything lands in build/ (binaries in build/bin/).
+#   make        install missing system packages, configure and build everything
+#   make test   build, then run every test through CTest
+#   make demo   build, then train an SAE on the built-in synthetic data (CPU or GPU when present)
+#   make bench  build, then run the benchmarks (results to read into bench/RESULTS.md)
+BUILD ?= build
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps configure test demo bench experiments clean
+
+all: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+deps:
+	@bash scripts/install-deps.sh
+
+configure: deps
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+
+test: all
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: all
+	$(BUILD)/bin/sae_train --profile demo --out runs/demo
+
+bench: all
+	$(BUILD)/bin/sae_bench --benchmark_counters_tabular=true
+
+experiments: all
+	$(BUILD)/bin/recon_vs_f --profile quick --out runs/recon_vs_f
+	$(BUILD)/bin/l1_sweep --profile quick --out runs/l1_sweep
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,186 @@
+// Gradient formulas of the differentiable ops (see functions.h). Each lambda captures the tensors
+// it needs by value (shared storage, no copies).
+#include "autograd/functions.h"
+
+#include "tensor/ops.h"
+
+namespace sae::ag {
+
+namespace {
+using Grads = std::vector<Tensor>;
+using Needs = std::vector<bool>;
+
+// x broadcast up to `shape` (the gradient of a reduction).
+Tensor expand(const Tensor& x, const Shape& shape) {
+  Tensor out = Tensor::zeros(shape, x.dtype(), x.device());
+  add_(out, x);
+  return out;
+}
+
+// Shape of x with `axis` kept as size 1.
+Shape keepdim_shape(const Shape& x, int axis) {
+  Shape s = x;
+  s[axis < 0 ? axis + x.ndim : axis] = 1;
+  return s;
+}
+}  // namespace
+
+Variable add(const Variable& a, const Variable& b) {
+  Shape sa = a.shape(), sb = b.shape();
+  return make_result(sae::add(a.data(), b.data()), "add", {a, b}, [sa, sb](const Tensor& g, const Needs& n) {
+    return Grads{n[0] ? sum_to(g, sa) : Tensor(), n[1] ? sum_to(g, sb) : Tensor()};
+  });
+}
+
+Variable sub(const Variable& a, const Variable& b) {
+  Shape sa = a.shape(), sb = b.shape();
+  return make_result(sae::sub(a.data(), b.data()), "sub", {a, b}, [sa, sb](const Tensor& g, const Needs& n) {
+    return Grads{n[0] ? sum_to(g, sa) : Tensor(), n[1] ? sum_to(sae::neg(g), sb) : Tensor()};
+  });
+}
+
+Variable mul(const Variable& a, const Variable& b) {
+  Tensor ta = a.data(), tb = b.data();
+  return make_result(sae::mul(ta, tb), "mul", {a, b}, [ta, tb](const Tensor& g, const Needs& n) {
+    return Grads{n[0] ? sum_to(g * tb, ta.shape()) : Tensor(), n[1] ? sum_to(g * ta, tb.shape()) : Tensor()};
+  });
+}
+
+Variable div(const Variable& a, const Variable& b) {
+  Tensor ta = a.data(), tb = b.data();
+  return make_result(sae::div(ta, tb), "div", {a, b}, [ta, tb](const Tensor& g, const Needs& n) {
+    // d(a/b)/db = -a / b^2
+    return Grads{n[0] ? sum_to(g / tb, ta.shape()) : Tensor(),
+                 n[1] ? sum_to(sae::neg(g * ta / sae::square(tb)), tb.shape()) : Tensor()};
+  });
+}
+
+Variable neg(const Variable& x) {
+  return make_result(sae::neg(x.data()), "neg", {x}, [](const Tensor& g, const Needs&) { return Grads{sae::neg(g)}; });
+}
+
+Variable square(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::square(tx), "square", {x},
+                     [tx](const Tensor& g, const Needs&) { return Grads{g * tx * 2.0}; });
+}
+
+Variable sqrt(const Variable& x) {
+  Tensor y = sae::sqrt(x.data());
+  return make_result(y, "sqrt", {x}, [y](const Tensor& g, const Needs&) { return Grads{g / y * 0.5}; });
+}
+
+Variable abs(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::abs(tx), "abs", {x}, [tx](const Tensor& g, const Needs&) { return Grads{g * sign(tx)}; });
+}
+
+Variable relu(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::relu(tx), "relu", {x}, [tx](const Tensor& g, const Needs&) { return Grads{g * step(tx)}; });
+}
+
+Variable exp(const Variable& x) {
+  Tensor y = sae::exp(x.data());
+  return make_result(y, "exp", {x}, [y](const Tensor& g, const Needs&) { return Grads{g * y}; });
+}
+
+Variable log(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::log(tx), "log", {x}, [tx](const Tensor& g, const Needs&) { return Grads{g / tx}; });
+}
+
+Variable affine(const Variable& x, double scale, double shift) {
+  return make_result(sae::affine(x.data(), scale, shift), "affine", {x},
+                     [scale](const Tensor& g, const Needs&) { return Grads{mul_scalar(g, scale)}; });
+}
+
+Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
+  return make_result(sae::where(cond, a.data(), b.data()), "where", {a, b}, [cond](const Tensor& g, const Needs& n) {
+    Tensor zero = Tensor::zeros(g.shape(), g.dtype(), g.device());
+    return Grads{n[0] ? sae::where(cond, g, zero) : Tensor(), n[1] ? sae::where(cond, zero, g) : Tensor()};
+  });
+}
+
+Variable sum(const Variable& x) {
+  Shape s = x.shape();
+  return make_result(sae::sum(x.data()), "sum", {x}, [s](const Tensor& g, const Needs&) { return Grads{expand(g, s)}; });
+}
+
+Variable sum(const Variable& x, int axis, bool keepdim) {
+  Shape s = x.shape();
+  return make_result(sae::sum(x.data(), axis, keepdim), "sum_axis", {x}, [s, axis](const Tensor& g, const Needs&) {
+    return Grads{expand(g.reshape(keepdim_shape(s, axis)), s)};
+  });
+}
+
+Variable mean(const Variable& x) {
+  Shape s = x.shape();
+  return make_result(sae::mean(x.data()), "mean", {x}, [s](const Tensor& g, const Needs&) {
+    return Grads{expand(mul_scalar(g, 1.0 / static_cast<double>(s.numel())), s)};
+  });
+}
+
+Variable mean(const Variable& x, int axis, bool keepdim) {
+  Shape s = x.shape();
+  return make_result(sae::mean(x.data(), axis, keepdim), "mean_axis", {x}, [s, axis](const Tensor& g, const Needs&) {
+    const double len = static_cast<double>(s[axis < 0 ? axis + s.ndim : axis]);
+    return Grads{expand(mul_scalar(g, 1.0 / len).reshape(keepdim_shape(s, axis)), s)};
+  });
+}
+
+Variable norm2(const Variable& x, int axis, bool keepdim) {
+  Tensor tx = x.data();
+  Tensor y = sae::norm2(tx, axis, keepdim);
+  return make_result(y, "norm2", {x}, [tx, y, axis](const Tensor& g, const Needs&) {
+    // d||x||/dx = x / ||x||
+    Shape kept = keepdim_shape(tx.shape(), axis);
+    return Grads{tx * (g.reshape(kept) / y.reshape(kept))};
+  });
+}
+
+Variable matmul(const Variable& a, const Variable& b, bool trans_a, bool trans_b) {
+  Tensor ta = a.data(), tb = b.data();
+  return make_result(sae::matmul(ta, tb, trans_a, trans_b), "matmul", {a, b},
+                     [ta, tb, trans_a, trans_b](const Tensor& g, const Needs& n) {
+                       // C = op(A) op(B); the four transpose cases written out.
+                       Tensor ga, gb;
+                       if (!trans_a && !trans_b) {  // C = A B
+                         if (n[0]) ga = sae::matmul(g, tb, false, true);
+                         if (n[1]) gb = sae::matmul(ta, g, true, false);
+                       } else if (!trans_a && trans_b) {  // C = A B^T
+                         if (n[0]) ga = sae::matmul(g, tb, false, false);
+                         if (n[1]) gb = sae::matmul(g, ta, true, false);
+                       } else if (trans_a && !trans_b) {  // C = A^T B
+                         if (n[0]) ga = sae::matmul(tb, g, false, true);
+                         if (n[1]) gb = sae::matmul(ta, g, false, false);
+                       } else {  // C = A^T B^T
+                         if (n[0]) ga = sae::matmul(tb, g, true, true);
+                         if (n[1]) gb = sae::matmul(g, ta, true, true);
+                       }
+                       return Grads{ga, gb};
+                     });
+}
+
+Variable transpose(const Variable& x) {
+  return make_result(sae::transpose(x.data()), "transpose", {x},
+                     [](const Tensor& g, const Needs&) { return Grads{sae::transpose(g)}; });
+}
+
+Variable reshape(const Variable& x, const Shape& shape) {
+  Shape s = x.shape();
+  return make_result(x.data().reshape(shape), "reshape", {x},
+                     [s](const Tensor& g, const Needs&) { return Grads{g.reshape(s)}; });
+}
+
+}  // namespace sae::ag
+
+namespace sae {
+Variable operator+(const Variable& a, const Variable& b) { return ag::add(a, b); }
+Variable operator-(const Variable& a, const Variable& b) { return ag::sub(a, b); }
+Variable operator*(const Variable& a, const Variable& b) { return ag::mul(a, b); }
+Variable operator/(const Variable& a, const Variable& b) { return ag::div(a, b); }
+Variable operator-(const Variable& x) { return ag::neg(x); }
+Variable operator*(const Variable& x, double s) { return ag::affine(x, s, 0.0); }
+Variable operator*(double s, const Variable& x) { return ag::affine(x, s, 0.0); }
+}  // namespace sae

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build, tests, benchmarks and figures need, when missing.
+# Fast no-op when everything is present; `make`, `make test` and .ci/run call it.
+set -euo pipefail
+
+packages=(
+  cmake g++ make pkg-config
+  libopenblas-openmp-dev   # CPU GEMM; the OpenMP flavour shares one thread pool with our loops
+  libcxxopts-dev           # command-line parsing
+  libgtest-dev             # tests
+  libbenchmark-dev         # benchmarks
+  gnuplot-nox              # PNG figures of the experiment drivers
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then sudo_cmd="sudo"; else
+    echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo_cmd apt-get update -qq
+$sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

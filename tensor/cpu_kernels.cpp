@@ -1,0 +1,362 @@
+// CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
+// large tensors, cblas_sgemm/dgemm for matmul. Inputs were validated by the front-end (ops.cpp).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "tensor/op_list.h"
+
+namespace sae {
+
+namespace {
+
+// Below this many elements a loop runs on one thread: thread wake-up costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+template <typename T>
+T apply_unary(UnaryOp op, T x) {
+  switch (op) {
+    case UnaryOp::neg: return -x;
+    case UnaryOp::square: return x * x;
+    case UnaryOp::sqrt: return std::sqrt(x);
+    case UnaryOp::abs: return std::abs(x);
+    case UnaryOp::relu: return x > T(0) ? x : T(0);
+    case UnaryOp::step: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    case UnaryOp::exp: return std::exp(x);
+    case UnaryOp::log: return std::log(x);
+    default: return x;
+  }
+}
+
+// The op is a template parameter so that each loop compiles to straight, vectorisable code.
+template <typename T, UnaryOp Op>
+void unary_loop(T* out, const T* x, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = apply_unary(Op, x[i]);
+}
+
+template <typename T>
+void unary_typed(UnaryOp op, T* out, const T* x, int64_t n) {
+  switch (op) {
+#define SAE_UNARY_CASE(name) \
+  case UnaryOp::name:        \
+    return unary_loop<T, UnaryOp::name>(out, x, n);
+    SAE_UNARY_OPS(SAE_UNARY_CASE)
+#undef SAE_UNARY_CASE
+    default: return;
+  }
+}
+
+template <typename T>
+T apply_binary(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::add: return a + b;
+    case BinaryOp::sub: return a - b;
+    case BinaryOp::mul: return a * b;
+    case BinaryOp::div: return a / b;
+    case BinaryOp::maximum: return a > b ? a : b;
+    case BinaryOp::minimum: return a < b ? a : b;
+    case BinaryOp::gt: return a > b ? T(1) : T(0);
+    case BinaryOp::ge: return a >= b ? T(1) : T(0);
+    case BinaryOp::lt: return a < b ? T(1) : T(0);
+    case BinaryOp::le: return a <= b ? T(1) : T(0);
+    case BinaryOp::eq: return a == b ? T(1) : T(0);
+    default: return a;
+  }
+}
+
+template <typename T, BinaryOp Op>
+void binary_loop(T* out, const T* a, const T* b, const Broadcast& p) {
+  const int64_t n = p.out_dims[0] * p.out_dims[1] * p.out_dims[2] * p.out_dims[3];
+  if (p.same_shape) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) out[i] = apply_binary(Op, a[i], b[i]);
+    return;
+  }
+  // General case: the outer three dims index rows, the last dim is the inner loop.
+  const int64_t rows = p.out_dims[0] * p.out_dims[1] * p.out_dims[2], cols = p.out_dims[3];
+  const int64_t sa3 = p.a_strides[3], sb3 = p.b_strides[3];
+#pragma omp parallel for if (n >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t i2 = r % p.out_dims[2], i1 = (r / p.out_dims[2]) % p.out_dims[1], i0 = r / (p.out_dims[2] * p.out_dims[1]);
+    const T* ar = a + i0 * p.a_strides[0] + i1 * p.a_strides[1] + i2 * p.a_strides[2];
+    const T* br = b + i0 * p.b_strides[0] + i1 * p.b_strides[1] + i2 * p.b_strides[2];
+    T* o = out + r * cols;
+    if (sa3 == 1 && sb3 == 1) {
+      for (int64_t c = 0; c < cols; ++c) o[c] = apply_binary(Op, ar[c], br[c]);
+    } else if (sa3 == 1) {
+      const T bv = br[0];
+      for (int64_t c = 0; c < cols; ++c) o[c] = apply_binary(Op, ar[c], bv);
+    } else if (sb3 == 1) {
+      const T av = ar[0];
+      for (int64_t c = 0; c < cols; ++c) o[c] = apply_binary(Op, av, br[c]);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) o[c] = apply_binary(Op, ar[0], br[0]);
+    }
+  }
+}
+
+template <typename T>
+void binary_typed(BinaryOp op, T* out, const T* a, const T* b, const Broadcast& p) {
+  switch (op) {
+#define SAE_BINARY_CASE(name) \
+  case BinaryOp::name:        \
+    return binary_loop<T, BinaryOp::name>(out, a, b, p);
+    SAE_BINARY_OPS(SAE_BINARY_CASE)
+#undef SAE_BINARY_CASE
+    default: return;
+  }
+}
+
+// ---- reductions: one accumulator in double, finished by `finish` ----
+struct Accumulator {
+  ReduceOp op;
+  double value;
+  explicit Accumulator(ReduceOp o) : op(o) {
+    value = op == ReduceOp::max ? -INFINITY : (op == ReduceOp::min ? INFINITY : 0.0);
+  }
+  void add(double x) {
+    switch (op) {
+      case ReduceOp::max: value = (x > value || std::isnan(x)) ? x : value; break;
+      case ReduceOp::min: value = (x < value || std::isnan(x)) ? x : value; break;
+      case ReduceOp::sum_squares:
+      case ReduceOp::norm2: value += x * x; break;
+      case ReduceOp::count_nonzero: value += (x != 0.0); break;
+      default: value += x;
+    }
+  }
+  double finish(int64_t count) const {
+    if (op == ReduceOp::mean) return value / static_cast<double>(count);
+    if (op == ReduceOp::norm2) return std::sqrt(value);
+    return value;
+  }
+};
+
+template <typename T>
+double reduce_range(ReduceOp op, const T* x, int64_t n) {
+  // Fast paths for sums (the hot ones): vectorised double accumulation split across threads.
+  if (op == ReduceOp::sum || op == ReduceOp::mean || op == ReduceOp::sum_squares || op == ReduceOp::norm2) {
+    const bool squares = op == ReduceOp::sum_squares || op == ReduceOp::norm2;
+    double total = 0.0;
+    if (squares) {
+#pragma omp parallel for simd reduction(+ : total) if (n >= kParallelMin)
+      for (int64_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
+    } else {
+#pragma omp parallel for simd reduction(+ : total) if (n >= kParallelMin)
+      for (int64_t i = 0; i < n; ++i) total += x[i];
+    }
+    Accumulator acc(op);
+    acc.value = total;
+    return acc.finish(n);
+  }
+  Accumulator acc(op);
+  for (int64_t i = 0; i < n; ++i) acc.add(x[i]);
+  return acc.finish(n);
+}
+
+template <typename T>
+void reduce_axis_typed(ReduceOp op, T* out, const T* x, int64_t outer, int64_t len, int64_t inner) {
+  if (inner == 1) {
+#pragma omp parallel for if (outer * len >= kParallelMin)
+    for (int64_t o = 0; o < outer; ++o) out[o] = static_cast<T>(reduce_range(op, x + o * len, len));
+    return;
+  }
+  // Reduce over a middle axis: sweep rows of `inner` contiguous values into double accumulators.
+#pragma omp parallel if (outer * len * inner >= kParallelMin)
+  {
+    std::vector<Accumulator> acc;
+#pragma omp for
+    for (int64_t o = 0; o < outer * ((inner + 255) / 256); ++o) {
+      int64_t block = o % ((inner + 255) / 256), oo = o / ((inner + 255) / 256);
+      int64_t k0 = block * 256, k1 = std::min(inner, k0 + 256);
+      acc.assign(k1 - k0, Accumulator(op));
+      for (int64_t j = 0; j < len; ++j) {
+        const T* row = x + (oo * len + j) * inner;
+        for (int64_t k = k0; k < k1; ++k) acc[k - k0].add(row[k]);
+      }
+      for (int64_t k = k0; k < k1; ++k) out[oo * inner + k] = static_cast<T>(acc[k - k0].finish(len));
+    }
+  }
+}
+
+// ---- kernels registered in the table ----
+
+void fill_cpu(Tensor& out, double value) {
+  const int64_t n = out.numel();
+  if (out.dtype() == DType::F32) {
+    float* p = out.data<float>();
+    const float v = static_cast<float>(value);
+#pragma omp parallel for simd if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) p[i] = v;
+  } else {
+    double* p = out.data<double>();
+#pragma omp parallel for simd if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) p[i] = value;
+  }
+}
+
+template <typename To, typename From>
+void convert(To* out, const From* src, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<To>(src[i]);
+}
+
+void copy_cpu(Tensor& out, const Tensor& src) {
+  const int64_t n = out.numel();
+  if (out.dtype() == src.dtype())
+    std::memmove(out.raw(), src.raw(), out.nbytes());
+  else if (out.dtype() == DType::F32)
+    convert(out.data<float>(), src.data<double>(), n);
+  else
+    convert(out.data<double>(), src.data<float>(), n);
+}
+
+void unary_cpu(UnaryOp op, Tensor& out, const Tensor& x) {
+  if (x.dtype() == DType::F32)
+    unary_typed(op, out.data<float>(), x.data<float>(), x.numel());
+  else
+    unary_typed(op, out.data<double>(), x.data<double>(), x.numel());
+}
+
+void binary_cpu(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b, const Broadcast& plan) {
+  if (a.dtype() == DType::F32)
+    binary_typed(op, out.data<float>(), a.data<float>(), b.data<float>(), plan);
+  else
+    binary_typed(op, out.data<double>(), a.data<double>(), b.data<double>(), plan);
+}
+
+template <typename T>
+void affine_typed(T* out, const T* x, int64_t n, T scale, T shift) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = scale * x[i] + shift;
+}
+
+void affine_cpu(Tensor& out, const Tensor& x, double scale, double shift) {
+  if (x.dtype() == DType::F32)
+    affine_typed<float>(out.data<float>(), x.data<float>(), x.numel(), static_cast<float>(scale),
+                        static_cast<float>(shift));
+  else
+    affine_typed<double>(out.data<double>(), x.data<double>(), x.numel(), scale, shift);
+}
+
+template <typename T>
+void where_typed(T* out, const T* cond, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = cond[i] != T(0) ? a[i] : b[i];
+}
+
+void where_cpu(Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b) {
+  if (a.dtype() == DType::F32)
+    where_typed(out.data<float>(), cond.data<float>(), a.data<float>(), b.data<float>(), a.numel());
+  else
+    where_typed(out.data<double>(), cond.data<double>(), a.data<double>(), b.data<double>(), a.numel());
+}
+
+void reduce_all_cpu(ReduceOp op, Tensor& out, const Tensor& x) {
+  if (x.dtype() == DType::F32)
+    out.data<float>()[0] = static_cast<float>(reduce_range(op, x.data<float>(), x.numel()));
+  else
+    out.data<double>()[0] = reduce_range(op, x.data<double>(), x.numel());
+}
+
+void reduce_axis_cpu(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, int64_t len, int64_t inner) {
+  if (x.dtype() == DType::F32)
+    reduce_axis_typed(op, out.data<float>(), x.data<float>(), outer, len, inner);
+  else
+    reduce_axis_typed(op, out.data<double>(), x.data<double>(), outer, len, inner);
+}
+
+void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
+                double beta) {
+  const int m = static_cast<int>(out.size(0)), n = static_cast<int>(out.size(1));
+  const int k = static_cast<int>(trans_a ? a.size(0) : a.size(1));
+  const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1));
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS leaves out untouched when k == 0; the product is zero
+    if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
+    return;
+  }
+  if (out.dtype() == DType::F32)
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
+                ldb, static_cast<float>(beta), out.data<float>(), n);
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb, beta,
+                out.data<double>(), n);
+}
+
+template <typename T>
+void transpose_typed(T* out, const T* x, int64_t rows, int64_t cols) {
+  constexpr int64_t kBlock = 32;
+#pragma omp parallel for if (rows * cols >= kParallelMin)
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c) out[c * rows + r] = x[r * cols + c];
+}
+
+void transpose_cpu(Tensor& out, const Tensor& x) {
+  if (x.dtype() == DType::F32)
+    transpose_typed(out.data<float>(), x.data<float>(), x.size(0), x.size(1));
+  else
+    transpose_typed(out.data<double>(), x.data<double>(), x.size(0), x.size(1));
+}
+
+// torch.optim.Adam, single-tensor form (torch/optim/adam.py, _single_tensor_adam):
+//   g += wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// One pass over the four arrays, scalars in the parameter's precision as in PyTorch.
+template <typename T>
+void adam_typed(T* p, T* m, T* v, const T* g, int64_t n, const AdamScalars& s) {
+  const double bias1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+  const double bias2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  const T step_size = static_cast<T>(s.lr / bias1), sqrt_bias2 = static_cast<T>(std::sqrt(bias2));
+  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2), eps = static_cast<T>(s.eps);
+  const T one_minus_b1 = static_cast<T>(1.0 - s.beta1), one_minus_b2 = static_cast<T>(1.0 - s.beta2);
+  const T wd = static_cast<T>(s.weight_decay);
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const T grad = g[i] + wd * p[i];
+    const T mi = b1 * m[i] + one_minus_b1 * grad;
+    const T vi = b2 * v[i] + one_minus_b2 * grad * grad;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step_size * (mi / (std::sqrt(vi) / sqrt_bias2 + eps));
+  }
+}
+
+void adam_step_cpu(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s) {
+  if (param.dtype() == DType::F32)
+    adam_typed(param.data<float>(), m.data<float>(), v.data<float>(), grad.data<float>(), param.numel(), s);
+  else
+    adam_typed(param.data<double>(), m.data<double>(), v.data<double>(), grad.data<double>(), param.numel(), s);
+}
+
+KernelTable make_cpu_table() {
+  KernelTable t;
+  t.fill = fill_cpu;
+  t.copy = copy_cpu;
+  t.unary = unary_cpu;
+  t.binary = binary_cpu;
+  t.affine = affine_cpu;
+  t.where = where_cpu;
+  t.reduce_all = reduce_all_cpu;
+  t.reduce_axis = reduce_axis_cpu;
+  t.matmul = matmul_cpu;
+  t.transpose = transpose_cpu;
+  t.adam_step = adam_step_cpu;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable& cpu_kernels() {
+  static const KernelTable table = make_cpu_table();
+  return table;
+}
+
+}  // namespace sae

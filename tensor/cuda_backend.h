@@ -1,0 +1,25 @@
+// The host-side face of the CUDA backend: device memory, copies, synchronisation and the CUDA
+// kernel table. Implemented in cuda_backend.cu when nvcc is found, else in cuda_stub.cpp, where
+// cuda_built() is false and everything else throws "built without CUDA".
+#pragma once
+#include <cstddef>
+
+namespace sae {
+
+struct KernelTable;
+
+bool cuda_built();      // compiled with CUDA support
+bool cuda_available();  // compiled with CUDA support and a GPU is present
+void* cuda_alloc(size_t bytes);  // from the caching allocator; throws on out-of-memory
+void cuda_free(void* ptr);       // returns the block to the cache
+void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
+void cuda_copy_on_device(void* dst, const void* src, size_t bytes);
+void cuda_synchronize();
+const KernelTable& cuda_kernels();
+// Caching allocator counters (bytes currently handed out, bytes held from the driver).
+size_t cuda_bytes_in_use();
+size_t cuda_bytes_reserved();
+void cuda_set_tf32(bool enabled);  // cuBLAS TF32 tensor-core math for float32 GEMM (off by default)
+
+}  // namespace sae

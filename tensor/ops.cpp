@@ -1,0 +1,295 @@
+// Front-end of the tensor ops: validation, output allocation, dispatch by device.
+#include "tensor/ops.h"
+
+#include "tensor/cuda_backend.h"
+
+namespace sae {
+
+namespace {
+
+#define SAE_NAME_CASE(name) \
+  case Op::name:            \
+    return #name;
+
+void check_defined(const char* op, const Tensor& t) {
+  if (!t.defined()) throw Error(cat(op, ": undefined tensor"));
+}
+
+void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  check_defined(op, a);
+  check_defined(op, b);
+  if (a.device() != b.device())
+    throw Error(cat(op, ": device mismatch: ", a.describe(), " vs ", b.describe()));
+  if (a.dtype() != b.dtype())
+    throw Error(cat(op, ": dtype mismatch: ", a.describe(), " vs ", b.describe()));
+}
+
+void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  check_same_device_dtype(op, a, b);
+  if (a.shape() != b.shape())
+    throw Error(cat(op, ": shape mismatch: ", a.describe(), " vs ", b.describe()));
+}
+
+int normalize_axis(const char* op, const Tensor& x, int axis) {
+  int a = axis < 0 ? axis + x.ndim() : axis;
+  if (a < 0 || a >= x.ndim()) throw Error(cat(op, ": axis ", axis, " out of range for ", x.describe()));
+  return a;
+}
+
+std::array<int64_t, 4> padded_dims(const Shape& s) {
+  std::array<int64_t, 4> d{1, 1, 1, 1};
+  for (int i = 0; i < s.ndim; ++i) d[4 - s.ndim + i] = s[i];
+  return d;
+}
+
+// Contiguous strides of a padded shape, with 0 where the input is broadcast (size 1 vs larger).
+std::array<int64_t, 4> broadcast_strides(const std::array<int64_t, 4>& in, const std::array<int64_t, 4>& out) {
+  std::array<int64_t, 4> strides{};
+  int64_t stride = 1;
+  for (int i = 3; i >= 0; --i) {
+    strides[i] = (in[i] == 1 && out[i] != 1) ? 0 : stride;
+    stride *= in[i];
+  }
+  return strides;
+}
+
+}  // namespace
+
+const char* op_name(UnaryOp op) {
+  using Op = UnaryOp;
+  switch (op) { SAE_UNARY_OPS(SAE_NAME_CASE) default: return "?"; }
+}
+const char* op_name(BinaryOp op) {
+  using Op = BinaryOp;
+  switch (op) { SAE_BINARY_OPS(SAE_NAME_CASE) default: return "?"; }
+}
+const char* op_name(ReduceOp op) {
+  using Op = ReduceOp;
+  switch (op) { SAE_REDUCE_OPS(SAE_NAME_CASE) default: return "?"; }
+}
+#undef SAE_NAME_CASE
+
+const KernelTable& kernels_for(Device device) {
+  if (device == Device::CPU) return cpu_kernels();
+  return cuda_kernels();
+}
+
+std::string missing_kernels(const KernelTable& table) {
+  std::string missing;
+#define SAE_CHECK_SLOT(name, signature) \
+  if (!table.name) missing += std::string(missing.empty() ? "" : ", ") + #name;
+  SAE_KERNELS(SAE_CHECK_SLOT)
+#undef SAE_CHECK_SLOT
+  return missing;
+}
+
+// ---------------------------------------------------------------- in place
+
+void fill_(Tensor& out, double value) {
+  check_defined("fill", out);
+  kernels_for(out.device()).fill(out, value);
+}
+
+void copy_(Tensor& out, const Tensor& src) {
+  check_defined("copy", out);
+  check_defined("copy", src);
+  if (out.shape() != src.shape() || out.device() != src.device())
+    throw Error(cat("copy: cannot copy ", src.describe(), " into ", out.describe()));
+  kernels_for(out.device()).copy(out, src);
+}
+
+void add_(Tensor& out, const Tensor& x) { binary_(BinaryOp::add, out, out, x); }
+
+void unary_(UnaryOp op, Tensor& out, const Tensor& x) {
+  check_same_shape(op_name(op), out, x);
+  kernels_for(x.device()).unary(op, out, x);
+}
+
+Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
+  Shape out;
+  out.ndim = std::max(a.ndim, b.ndim);
+  for (int i = 0; i < out.ndim; ++i) {
+    int ia = a.ndim - out.ndim + i, ib = b.ndim - out.ndim + i;
+    int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+    if (da != db && da != 1 && db != 1)
+      throw Error(cat(op, ": shapes ", a.str(), " and ", b.str(), " do not broadcast"));
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+void binary_(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b) {
+  const char* name = op_name(op);
+  check_same_device_dtype(name, a, b);
+  check_same_device_dtype(name, out, a);
+  Shape shape = broadcast_shape(a.shape(), b.shape(), name);
+  if (shape != out.shape())
+    throw Error(cat(name, ": output ", out.describe(), " does not hold the broadcast of ", a.describe(), " and ",
+                    b.describe()));
+  Broadcast plan;
+  plan.out_dims = padded_dims(shape);
+  plan.a_strides = broadcast_strides(padded_dims(a.shape()), plan.out_dims);
+  plan.b_strides = broadcast_strides(padded_dims(b.shape()), plan.out_dims);
+  plan.same_shape = a.numel() == out.numel() && b.numel() == out.numel();
+  kernels_for(a.device()).binary(op, out, a, b, plan);
+}
+
+void affine_(Tensor& out, const Tensor& x, double scale, double shift) {
+  check_same_shape("affine", out, x);
+  kernels_for(x.device()).affine(out, x, scale, shift);
+}
+
+void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
+             double beta) {
+  check_same_device_dtype("matmul", a, b);
+  check_same_device_dtype("matmul", out, a);
+  if (a.ndim() != 2 || b.ndim() != 2)
+    throw Error(cat("matmul: expects 2-D operands, got ", a.describe(), " and ", b.describe()));
+  int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);
+  int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  if (k != kb)
+    throw Error(cat("matmul: inner dimensions differ: ", a.describe(), trans_a ? "^T" : "", " @ ", b.describe(),
+                    trans_b ? "^T" : ""));
+  if (out.shape() != Shape{m, n})
+    throw Error(cat("matmul: output ", out.describe(), " should be [", m, ", ", n, "]"));
+  kernels_for(a.device()).matmul(out, a, trans_a, b, trans_b, alpha, beta);
+}
+
+void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis) {
+  const char* name = op_name(op);
+  check_same_device_dtype(name, out, x);
+  int ax = normalize_axis(name, x, axis);
+  if (out.numel() != x.numel() / std::max<int64_t>(x.shape()[ax], 1) || (x.shape()[ax] == 0 && out.numel() != 0))
+    throw Error(cat(name, ": output ", out.describe(), " does not fit ", x.describe(), " reduced over axis ", axis));
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < ax; ++i) outer *= x.shape()[i];
+  for (int i = ax + 1; i < x.ndim(); ++i) inner *= x.shape()[i];
+  kernels_for(x.device()).reduce_axis(op, out, x, outer, x.shape()[ax], inner);
+}
+
+void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s) {
+  check_same_shape("adam_step", param, grad);
+  check_same_shape("adam_step", param, m);
+  check_same_shape("adam_step", param, v);
+  if (s.step < 1) throw Error(cat("adam_step: step must be >= 1, got ", s.step));
+  kernels_for(param.device()).adam_step(param, m, v, grad, s);
+}
+
+// ---------------------------------------------------------------- element-wise
+
+Tensor unary(UnaryOp op, const Tensor& x) {
+  check_defined(op_name(op), x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  unary_(op, out, x);
+  return out;
+}
+#define SAE_DEFINE_UNARY(name) \
+  Tensor name(const Tensor& x) { return unary(UnaryOp::name, x); }
+SAE_UNARY_OPS(SAE_DEFINE_UNARY)
+#undef SAE_DEFINE_UNARY
+
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
+  check_same_device_dtype(op_name(op), a, b);
+  Tensor out = Tensor::empty(broadcast_shape(a.shape(), b.shape(), op_name(op)), a.dtype(), a.device());
+  binary_(op, out, a, b);
+  return out;
+}
+#define SAE_DEFINE_BINARY(name) \
+  Tensor name(const Tensor& a, const Tensor& b) { return binary(BinaryOp::name, a, b); }
+SAE_BINARY_OPS(SAE_DEFINE_BINARY)
+#undef SAE_DEFINE_BINARY
+
+Tensor affine(const Tensor& x, double scale, double shift) {
+  check_defined("affine", x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  affine_(out, x, scale, shift);
+  return out;
+}
+Tensor add_scalar(const Tensor& x, double s) { return affine(x, 1.0, s); }
+Tensor mul_scalar(const Tensor& x, double s) { return affine(x, s, 0.0); }
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_same_shape("where", cond, a);
+  check_same_shape("where", a, b);
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  kernels_for(a.device()).where(out, cond, a, b);
+  return out;
+}
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+Tensor operator*(const Tensor& x, double s) { return mul_scalar(x, s); }
+Tensor operator*(double s, const Tensor& x) { return mul_scalar(x, s); }
+Tensor operator+(const Tensor& x, double s) { return add_scalar(x, s); }
+
+// ---------------------------------------------------------------- reductions
+
+Tensor reduce(ReduceOp op, const Tensor& x) {
+  check_defined(op_name(op), x);
+  if (x.numel() == 0 && (op == ReduceOp::max || op == ReduceOp::min || op == ReduceOp::mean))
+    throw Error(cat(op_name(op), ": empty tensor ", x.describe()));
+  Tensor out = Tensor::empty(Shape{1}, x.dtype(), x.device());
+  kernels_for(x.device()).reduce_all(op, out, x);
+  return out;
+}
+
+Tensor reduce(ReduceOp op, const Tensor& x, int axis, bool keepdim) {
+  check_defined(op_name(op), x);
+  int ax = normalize_axis(op_name(op), x, axis);
+  if (x.shape()[ax] == 0 && (op == ReduceOp::max || op == ReduceOp::min || op == ReduceOp::mean))
+    throw Error(cat(op_name(op), ": empty axis ", axis, " of ", x.describe()));
+  Shape shape;
+  for (int i = 0; i < x.ndim(); ++i) {
+    if (i != ax)
+      shape[shape.ndim++] = x.shape()[i];
+    else if (keepdim)
+      shape[shape.ndim++] = 1;
+  }
+  if (shape.ndim == 0) shape = Shape{1};
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  reduce_axis_(op, out, x, ax);
+  return out;
+}
+
+Tensor sum(const Tensor& x) { return reduce(ReduceOp::sum, x); }
+Tensor sum(const Tensor& x, int axis, bool keepdim) { return reduce(ReduceOp::sum, x, axis, keepdim); }
+Tensor mean(const Tensor& x) { return reduce(ReduceOp::mean, x); }
+Tensor mean(const Tensor& x, int axis, bool keepdim) { return reduce(ReduceOp::mean, x, axis, keepdim); }
+Tensor norm2(const Tensor& x, int axis, bool keepdim) { return reduce(ReduceOp::norm2, x, axis, keepdim); }
+
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  if (x.shape() == shape) return x;
+  if (shape.numel() == 1) return sum(x).reshape(shape);
+  // Sum away leading dims x has beyond `shape`, then dims where `shape` has 1.
+  Tensor r = x;
+  while (r.ndim() > shape.ndim) r = sum(r, 0, false);
+  for (int i = 0; i < shape.ndim; ++i)
+    if (shape[i] == 1 && r.shape()[i] != 1) r = sum(r, i, true);
+  if (r.shape() != shape) throw Error(cat("sum_to: cannot reduce ", x.describe(), " to ", shape.str()));
+  return r;
+}
+
+// ---------------------------------------------------------------- linear algebra
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_same_device_dtype("matmul", a, b);
+  if (a.ndim() != 2 || b.ndim() != 2)
+    throw Error(cat("matmul: expects 2-D operands, got ", a.describe(), " and ", b.describe()));
+  int64_t m = trans_a ? a.size(1) : a.size(0), n = trans_b ? b.size(0) : b.size(1);
+  Tensor out = Tensor::empty(Shape{m, n}, a.dtype(), a.device());
+  matmul_(out, a, trans_a, b, trans_b, 1.0, 0.0);
+  return out;
+}
+
+Tensor transpose(const Tensor& x) {
+  check_defined("transpose", x);
+  if (x.ndim() != 2) throw Error(cat("transpose: expects a 2-D tensor, got ", x.describe()));
+  Tensor out = Tensor::empty(Shape{x.size(1), x.size(0)}, x.dtype(), x.device());
+  kernels_for(x.device()).transpose(out, x);
+  return out;
+}
+
+}  // namespace sae

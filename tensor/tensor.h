@@ -1,0 +1,128 @@
+// Tensor: a contiguous, row-major block of float32 or float64 numbers with up to 4 dimensions,
+// living on one device (CPU or CUDA). Storage is shared between a tensor and its views
+// (reshape, row slices); everything else makes a new tensor. Ops live in ops.h.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/error.h"
+
+namespace sae {
+
+enum class DType { F32, F64 };
+enum class Device { CPU, CUDA };
+
+const char* dtype_name(DType dtype);
+const char* device_name(Device device);
+size_t dtype_size(DType dtype);
+
+// Up to 4 dimensions, stored inline.
+struct Shape {
+  static constexpr int kMaxDims = 4;
+  std::array<int64_t, kMaxDims> dims{};
+  int ndim = 0;
+
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> list);
+  static Shape from_vector(const std::vector<int64_t>& list);
+  int64_t operator[](int i) const { return dims[i]; }
+  int64_t& operator[](int i) { return dims[i]; }
+  int64_t numel() const;
+  bool operator==(const Shape& other) const;
+  bool operator!=(const Shape& other) const { return !(*this == other); }
+  std::string str() const;  // "[218, 768]"
+};
+
+// Owns one device allocation. CPU memory is 64-byte aligned; CUDA memory comes from the caching
+// allocator (cuda_backend.h).
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device = Device::CPU;
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;  // undefined tensor: defined() is false
+
+  // Creation. Contents of empty() are unspecified.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32,
+                     Device device = Device::CPU);
+  static Tensor scalar(double value, DType dtype = DType::F32, Device device = Device::CPU);
+  // Copies values (converted to dtype) from host memory.
+  static Tensor from_vector(const std::vector<double>& values, const Shape& shape,
+                            DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor from_data(const float* values, const Shape& shape, Device device = Device::CPU);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return shape_.ndim; }
+  int64_t size(int dim) const;  // negative dims count from the end
+  int64_t numel() const { return shape_.numel(); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return storage_ ? storage_->device : Device::CPU; }
+  size_t nbytes() const { return numel() * dtype_size(dtype_); }
+  std::string describe() const;  // "f32[218, 768] cpu"
+
+  // Raw pointers to the first element. The typed forms check the dtype.
+  void* raw();
+  const void* raw() const;
+  template <typename T>
+  T* data();
+  template <typename T>
+  const T* data() const;
+
+  // Views sharing storage.
+  Tensor reshape(const Shape& shape) const;
+  Tensor slice_rows(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0
+  bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
+
+  // New tensors.
+  Tensor clone() const;
+  Tensor to(Device device) const;  // returns *this when already there
+  Tensor to(DType dtype) const;
+
+  // Host read-back (copies from the device when needed).
+  std::vector<double> to_vector() const;
+  double item() const;  // requires numel() == 1
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  int64_t offset_ = 0;  // in elements
+  Shape shape_;
+  DType dtype_ = DType::F32;
+};
+
+template <typename T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::F64;
+}
+
+template <typename T>
+T* Tensor::data() {
+  if (dtype_of<T>() != dtype_) throw Error(cat("Tensor::data: asked for ", dtype_name(dtype_of<T>()), " of ", describe()));
+  return static_cast<T*>(raw());
+}
+template <typename T>
+const T* Tensor::data() const {
+  if (dtype_of<T>() != dtype_) throw Error(cat("Tensor::data: asked for ", dtype_name(dtype_of<T>()), " of ", describe()));
+  return static_cast<const T*>(raw());
+}
+
+}  // namespace sae
