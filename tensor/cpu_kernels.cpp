@@ -1,6 +1,7 @@
 // CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
 // large tensors, cblas_sgemm/dgemm for matmul. Inputs were validated by the front-end (ops.cpp).
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -136,21 +137,39 @@ struct Accumulator {
   }
 };
 
+// Splits [0, n) into one contiguous chunk per thread and adds the chunks' results in thread
+// order, so a sum depends only on n and the thread count, never on timing (runs are repeatable).
+template <typename ChunkSum>
+double deterministic_sum(int64_t n, ChunkSum chunk_sum) {
+  if (n < kParallelMin) return chunk_sum(0, n);
+  std::vector<double> partial(omp_get_max_threads(), 0.0);
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    partial[t] = chunk_sum(n * t / nt, n * (t + 1) / nt);
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
 template <typename T>
 double reduce_range(ReduceOp op, const T* x, int64_t n) {
-  // Fast paths for sums (the hot ones): vectorised double accumulation split across threads.
+  // Sums (the hot ones): vectorised double accumulation, split across threads deterministically.
   if (op == ReduceOp::sum || op == ReduceOp::mean || op == ReduceOp::sum_squares || op == ReduceOp::norm2) {
     const bool squares = op == ReduceOp::sum_squares || op == ReduceOp::norm2;
-    double total = 0.0;
-    if (squares) {
-#pragma omp parallel for simd reduction(+ : total) if (n >= kParallelMin)
-      for (int64_t i = 0; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
-    } else {
-#pragma omp parallel for simd reduction(+ : total) if (n >= kParallelMin)
-      for (int64_t i = 0; i < n; ++i) total += x[i];
-    }
     Accumulator acc(op);
-    acc.value = total;
+    acc.value = deterministic_sum(n, [x, squares](int64_t begin, int64_t end) {
+      double total = 0.0;
+      if (squares) {
+#pragma omp simd reduction(+ : total)
+        for (int64_t i = begin; i < end; ++i) total += static_cast<double>(x[i]) * x[i];
+      } else {
+#pragma omp simd reduction(+ : total)
+        for (int64_t i = begin; i < end; ++i) total += x[i];
+      }
+      return total;
+    });
     return acc.finish(n);
   }
   Accumulator acc(op);
@@ -336,6 +355,88 @@ void adam_step_cpu(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, cons
     adam_typed(param.data<double>(), m.data<double>(), v.data<double>(), grad.data<double>(), param.numel(), s);
 }
 
+// ---- SAE fused kernels. Threads split the F columns, so each column's sum is accumulated by one
+// thread in row order (deterministic, no combining step).
+
+#define SAE_FOR_THREAD_COLUMNS(rows, cols)                              \
+  const int thread = omp_get_thread_num(), threads = omp_get_num_threads(); \
+  const int64_t j0 = (cols) * thread / threads, j1 = (cols) * (thread + 1) / threads;
+
+template <typename T>
+void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+#pragma omp parallel if (rows * cols >= kParallelMin)
+  {
+    SAE_FOR_THREAD_COLUMNS(rows, cols)
+    for (int64_t j = j0; j < j1; ++j) col_sum[j] = col_count[j] = T(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* row = f + r * cols;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) {
+        const T pre = row[j] + bias[j];
+        const T v = pre > T(0) ? pre : T(0);
+        row[j] = v;
+        col_sum[j] += v;
+        col_count[j] += v > T(0) ? T(1) : T(0);
+      }
+    }
+  }
+}
+
+template <typename T>
+void encoder_backward_typed(T* grad, const T* f, const T* row_add, T* col_sum, int64_t rows, int64_t cols) {
+#pragma omp parallel if (rows * cols >= kParallelMin)
+  {
+    SAE_FOR_THREAD_COLUMNS(rows, cols)
+    for (int64_t j = j0; j < j1; ++j) col_sum[j] = T(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* g = grad + r * cols;
+      const T* fr = f + r * cols;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) {
+        const T v = fr[j] > T(0) ? g[j] + row_add[j] : T(0);
+        g[j] = v;
+        col_sum[j] += v;
+      }
+    }
+  }
+}
+#undef SAE_FOR_THREAD_COLUMNS
+
+void encoder_activate_cpu(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
+  if (f.dtype() == DType::F32)
+    encoder_activate_typed(f.data<float>(), bias.data<float>(), col_sum.data<float>(), col_count.data<float>(),
+                           f.size(0), f.size(1));
+  else
+    encoder_activate_typed(f.data<double>(), bias.data<double>(), col_sum.data<double>(), col_count.data<double>(),
+                           f.size(0), f.size(1));
+}
+
+void encoder_backward_cpu(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
+  if (f.dtype() == DType::F32)
+    encoder_backward_typed(grad.data<float>(), f.data<float>(), row_add.data<float>(), col_sum.data<float>(),
+                           f.size(0), f.size(1));
+  else
+    encoder_backward_typed(grad.data<double>(), f.data<double>(), row_add.data<double>(), col_sum.data<double>(),
+                           f.size(0), f.size(1));
+}
+
+template <typename T>
+void add_scaled_rows_typed(T* out, const T* x, const T* scale, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T s = scale[r];
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] += s * x[r * cols + c];
+  }
+}
+
+void add_scaled_rows_cpu(Tensor& out, const Tensor& x, const Tensor& row_scale) {
+  if (x.dtype() == DType::F32)
+    add_scaled_rows_typed(out.data<float>(), x.data<float>(), row_scale.data<float>(), x.size(0), x.size(1));
+  else
+    add_scaled_rows_typed(out.data<double>(), x.data<double>(), row_scale.data<double>(), x.size(0), x.size(1));
+}
+
 KernelTable make_cpu_table() {
   KernelTable t;
   t.fill = fill_cpu;
@@ -349,6 +450,9 @@ KernelTable make_cpu_table() {
   t.matmul = matmul_cpu;
   t.transpose = transpose_cpu;
   t.adam_step = adam_step_cpu;
+  t.encoder_activate = encoder_activate_cpu;
+  t.encoder_backward = encoder_backward_cpu;
+  t.add_scaled_rows = add_scaled_rows_cpu;
   return t;
 }
 

@@ -71,7 +71,16 @@ struct AdamScalars {
                  double alpha, double beta))                                                       \
   X(transpose, void(Tensor & out, const Tensor& x)) /* 2-D */                                      \
   /* one fused torch.optim.Adam step, in place on param, m and v */                                \
-  X(adam_step, void(Tensor & param, Tensor & m, Tensor & v, const Tensor& grad, const AdamScalars& s))
+  X(adam_step, void(Tensor & param, Tensor & m, Tensor & v, const Tensor& grad, const AdamScalars& s))     \
+  /* ---- SAE fused kernels (sae/sae_step.cpp); the autograd path is their reference ---- */        \
+  /* f [N,F] holds x W_enc on entry; becomes relu(f + bias). col_sum[j] = sum_t f[t,j],             \
+     col_count[j] = number of t with f[t,j] > 0 (both [F]) */                                      \
+  X(encoder_activate, void(Tensor & f, const Tensor& bias, Tensor& col_sum, Tensor& col_count))     \
+  /* grad [N,F] holds dLoss/df on entry; becomes f > 0 ? grad + row_add : 0 (dLoss/dpre).           \
+     col_sum[j] = sum_t of the result (dLoss/db_enc) */                                            \
+  X(encoder_backward, void(Tensor & grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum))  \
+  /* out[i,:] += row_scale[i] * x[i,:] for 2-D out and x, row_scale [rows] */                      \
+  X(add_scaled_rows, void(Tensor & out, const Tensor& x, const Tensor& row_scale))
 
 struct KernelTable {
 #define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name = nullptr;

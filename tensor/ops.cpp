@@ -175,6 +175,37 @@ void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const A
   kernels_for(param.device()).adam_step(param, m, v, grad, s);
 }
 
+namespace {
+// f [N, F] with a [F] vector per column.
+void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v) {
+  check_same_device_dtype(op, m, v);
+  if (m.ndim() != 2 || v.shape() != Shape{m.size(1)})
+    throw Error(cat(op, ": expects [N, F] and [F], got ", m.describe(), " and ", v.describe()));
+}
+}  // namespace
+
+void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
+  check_rows_and_column_vector("encoder_activate", f, bias);
+  check_rows_and_column_vector("encoder_activate", f, col_sum);
+  check_rows_and_column_vector("encoder_activate", f, col_count);
+  kernels_for(f.device()).encoder_activate(f, bias, col_sum, col_count);
+}
+
+void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
+  check_same_shape("encoder_backward", grad, f);
+  check_rows_and_column_vector("encoder_backward", grad, row_add);
+  check_rows_and_column_vector("encoder_backward", grad, col_sum);
+  kernels_for(f.device()).encoder_backward(grad, f, row_add, col_sum);
+}
+
+void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
+  check_same_shape("add_scaled_rows", out, x);
+  check_same_device_dtype("add_scaled_rows", x, row_scale);
+  if (x.ndim() != 2 || row_scale.shape() != Shape{x.size(0)})
+    throw Error(cat("add_scaled_rows: expects [R, C] and [R], got ", x.describe(), " and ", row_scale.describe()));
+  kernels_for(x.device()).add_scaled_rows(out, x, row_scale);
+}
+
 // ---------------------------------------------------------------- element-wise
 
 Tensor unary(UnaryOp op, const Tensor& x) {

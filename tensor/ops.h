@@ -19,6 +19,10 @@ void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool t
              double beta = 0.0);
 void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis);  // out: x's shape without axis
 void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s);
+// SAE fused kernels (semantics in op_list.h).
+void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
+void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum);
+void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 
 // ---- element-wise ----
 Tensor unary(UnaryOp op, const Tensor& x);
