@@ -167,6 +167,14 @@ void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis) {
   kernels_for(x.device()).reduce_axis(op, out, x, outer, x.shape()[ax], inner);
 }
 
+void reduce_all_(ReduceOp op, Tensor& out, const Tensor& x) {
+  check_same_device_dtype(op_name(op), out, x);
+  if (out.numel() != 1) throw Error(cat(op_name(op), ": output ", out.describe(), " should hold one element"));
+  if (x.numel() == 0 && (op == ReduceOp::max || op == ReduceOp::min || op == ReduceOp::mean))
+    throw Error(cat(op_name(op), ": empty tensor ", x.describe()));
+  kernels_for(x.device()).reduce_all(op, out, x);
+}
+
 void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s) {
   check_same_shape("adam_step", param, grad);
   check_same_shape("adam_step", param, m);
@@ -260,10 +268,8 @@ Tensor operator+(const Tensor& x, double s) { return add_scalar(x, s); }
 
 Tensor reduce(ReduceOp op, const Tensor& x) {
   check_defined(op_name(op), x);
-  if (x.numel() == 0 && (op == ReduceOp::max || op == ReduceOp::min || op == ReduceOp::mean))
-    throw Error(cat(op_name(op), ": empty tensor ", x.describe()));
   Tensor out = Tensor::empty(Shape{1}, x.dtype(), x.device());
-  kernels_for(x.device()).reduce_all(op, out, x);
+  reduce_all_(op, out, x);
   return out;
 }
 

@@ -18,6 +18,7 @@ void affine_(Tensor& out, const Tensor& x, double scale, double shift);
 void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha = 1.0,
              double beta = 0.0);
 void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis);  // out: x's shape without axis
+void reduce_all_(ReduceOp op, Tensor& out, const Tensor& x);             // out: one element
 void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s);
 // SAE fused kernels (semantics in op_list.h).
 void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
