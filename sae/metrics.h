@@ -1,0 +1,47 @@
+// Metrics of a training step beyond the loss sums of SaeStep, computed on the host at log steps,
+// plus dead-feature tracking and concept recovery against known (synthetic) concepts.
+// Letters: N tokens, D input width, F features, C concepts.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace sae {
+
+struct MeanStd {
+  double mean = 0, std = 0;  // over all elements, std unbiased
+};
+MeanStd mean_std(const float* x, int64_t count);
+
+// Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_t x)^2, where mean_t x is the
+// batch's mean token vector. x and x_hat are [n, d] row-major.
+double fraction_of_variance_unexplained(const float* x, const float* x_hat, int64_t n, int64_t d);
+
+// A feature is dead if it has not fired on any of the last `window` tokens seen.
+class DeadFeatureTracker {
+ public:
+  DeadFeatureTracker(int64_t features, int64_t window);
+  // counts[i] = tokens of the latest batch on which feature i fired; tokens_seen includes that batch.
+  void update(const float* counts, int64_t tokens_seen);
+  int64_t dead(int64_t tokens_seen) const;
+  std::vector<bool> alive(int64_t tokens_seen) const;
+  std::vector<int64_t>& last_fired() { return last_fired_; }  // token count when each last fired
+ private:
+  int64_t window_;
+  std::vector<int64_t> last_fired_;
+};
+
+struct ConceptRecovery {
+  double mmcs = 0;       // mean over concepts of the best cosine with any decoder row
+  double recovered = 0;  // fraction of concepts whose best cosine >= threshold
+  double purity = 0;     // fraction of alive features whose best concept cosine >= threshold
+  int64_t concepts = 0, alive_features = 0;
+};
+// concepts [C, D] (unit rows), decoder [F, D] (any norms); alive: F flags (empty = all alive).
+ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
+                                 double threshold = 0.9);
+
+}  // namespace sae
