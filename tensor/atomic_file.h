@@ -1,0 +1,38 @@
+// Atomic file writes: the bytes go to PATH.tmp, which is flushed to disk (fsync) and renamed over
+// PATH, and then the directory is flushed too. A process killed at any moment leaves either the
+// old PATH or the new one, never a torn file (at worst a stale PATH.tmp). Errors throw DataError
+// naming the path and the OS reason.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace sae {
+
+// Writes a whole file at once.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// The streaming form, for files too big to build in memory first:
+//   AtomicFileWriter out(path); out.write(p, n); ...; out.commit();
+// Destroying a writer that was not committed removes PATH.tmp and leaves PATH untouched.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, size_t bytes);
+  void write(const std::string& bytes) { write(bytes.data(), bytes.size()); }
+  void commit();  // fsync, close, rename over the target, fsync the directory
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_path_; }
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+}  // namespace sae

@@ -1,0 +1,83 @@
+// Json: a small JSON value (null, bool, number, string, array, object) with a strict parser and a
+// serializer. Used for safetensors headers, SAELens cfg.json and our own config.json.
+// Numbers are doubles (integers are exact up to 2^53); objects keep their keys in insertion order.
+// Parse errors and type mismatches throw DataError (the text usually comes from a file); callers
+// add the file name.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/error.h"
+
+namespace sae {
+
+class Json {
+ public:
+  enum class Type { Null, Bool, Number, String, Array, Object };
+
+  Json() = default;  // null
+  Json(std::nullptr_t) {}
+  Json(bool value) : type_(Type::Bool), bool_(value) {}
+  Json(double value) : type_(Type::Number), number_(value) {}
+  Json(int value) : type_(Type::Number), number_(value) {}
+  Json(int64_t value) : type_(Type::Number), number_(static_cast<double>(value)) {}
+  Json(uint64_t value) : type_(Type::Number), number_(static_cast<double>(value)) {}
+  Json(const char* value) : type_(Type::String), string_(value) {}
+  Json(std::string value) : type_(Type::String), string_(std::move(value)) {}
+  static Json array();   // empty array
+  static Json object();  // empty object
+
+  Type type() const { return type_; }
+  const char* type_name() const;  // "null", "bool", "number", "string", "array", "object"
+  bool is_null() const { return type_ == Type::Null; }
+  bool is_bool() const { return type_ == Type::Bool; }
+  bool is_number() const { return type_ == Type::Number; }
+  bool is_string() const { return type_ == Type::String; }
+  bool is_array() const { return type_ == Type::Array; }
+  bool is_object() const { return type_ == Type::Object; }
+
+  // Typed access; each throws DataError when the value has another type.
+  bool as_bool() const;
+  double as_number() const;
+  int64_t as_int() const;  // also throws unless the number is an integer with |x| <= 2^53
+  const std::string& as_string() const;
+
+  // Arrays.
+  size_t size() const;  // elements of an array or members of an object
+  const Json& at(size_t index) const;
+  const std::vector<Json>& elements() const;
+  void push_back(Json value);  // a null value becomes an empty array first
+
+  // Objects (keys in insertion order; lookups are linear, objects here are small).
+  bool has(const std::string& key) const;
+  const Json& at(const std::string& key) const;  // DataError naming the key when missing
+  Json& operator[](const std::string& key);      // inserts null when missing; null becomes {}
+  const std::vector<std::pair<std::string, Json>>& items() const;
+
+  // Text. indent < 0: compact ({"a":1,"b":[1,2]}); indent >= 0: pretty, like Python's
+  // json.dumps(indent=2). Numbers are written in the shortest form that reads back to the same
+  // double. NaN and Inf have no JSON form: dump() throws Error.
+  std::string dump(int indent = -1) const;
+  // Strict RFC 8259: one value, optional surrounding whitespace, valid UTF-8, no duplicate keys,
+  // nesting depth at most 512. Errors give line, column and byte offset.
+  static Json parse(const std::string& text);
+
+  bool operator==(const Json& other) const;
+  bool operator!=(const Json& other) const { return !(*this == other); }
+
+ private:
+  friend class JsonParser;
+  void expect(Type type) const;
+  void dump_to(std::string& out, int indent, int depth) const;
+
+  Type type_ = Type::Null;
+  bool bool_ = false;
+  double number_ = 0.0;
+  std::string string_;
+  std::vector<Json> array_;
+  std::vector<std::pair<std::string, Json>> object_;
+};
+
+}  // namespace sae
