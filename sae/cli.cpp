@@ -1,0 +1,152 @@
+// Shared command-line options, profiles and the exit-code wrapper (see cli.h).
+#include "sae/cli.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "sae/trainer.h"
+
+namespace sae {
+
+void add_training_options(cxxopts::Options& options) {
+  TrainConfig d;  // defaults
+  const SyntheticOptions& s = d.synthetic;
+  options.add_options("Training")
+      ("data", "activations: 'synthetic' or a .safetensors/.npy file", cxxopts::value<std::string>()->default_value(d.data))
+      ("features", "number of SAE features F (d_sae)", cxxopts::value<int64_t>()->default_value(std::to_string(d.features)))
+      ("l1", "L1 coefficient lambda", cxxopts::value<double>()->default_value("0"))
+      ("lr", "Adam learning rate", cxxopts::value<double>()->default_value("1e-5"))
+      ("beta1", "Adam beta1", cxxopts::value<double>()->default_value("0.9"))
+      ("beta2", "Adam beta2", cxxopts::value<double>()->default_value("0.999"))
+      ("eps", "Adam epsilon", cxxopts::value<double>()->default_value("1e-8"))
+      ("steps", "optimizer steps in total", cxxopts::value<int64_t>()->default_value(std::to_string(d.steps)))
+      ("batch", "'story' (one story per step) or N (shuffled N-token batches)", cxxopts::value<std::string>()->default_value("story"))
+      ("normalize", "story | dataset | none", cxxopts::value<std::string>()->default_value(d.normalize))
+      ("init", "start from this SAELens-format checkpoint directory", cxxopts::value<std::string>()->default_value(""))
+      ("resume", "continue the run in this directory to --steps", cxxopts::value<std::string>()->default_value(""))
+      ("out", "output directory", cxxopts::value<std::string>()->default_value(d.out))
+      ("seed", "random seed (initialisation, token shuffling)", cxxopts::value<uint64_t>()->default_value("0"))
+      ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value(d.device))
+      ("checkpoint-every", "steps between checkpoints", cxxopts::value<int64_t>()->default_value(std::to_string(d.checkpoint_every)))
+      ("log-every", "steps between metrics rows", cxxopts::value<int64_t>()->default_value(std::to_string(d.log_every)))
+      ("lr-warmup-steps", "linear learning-rate warm-up", cxxopts::value<int64_t>()->default_value("0"))
+      ("lr-decay-steps", "linear learning-rate decay to 0 over the last N steps", cxxopts::value<int64_t>()->default_value("0"))
+      ("l1-warmup-steps", "linear lambda warm-up", cxxopts::value<int64_t>()->default_value("0"))
+      ("dead-window", "tokens without firing before a feature counts as dead", cxxopts::value<int64_t>()->default_value(std::to_string(d.dead_window)))
+      ("progress", "auto | bar | lines | none", cxxopts::value<std::string>()->default_value(d.progress));
+  options.add_options("Synthetic data (--data synthetic)")
+      ("synthetic-d", "activation width D", cxxopts::value<int64_t>()->default_value(std::to_string(s.d)))
+      ("synthetic-concepts", "number of true concepts C", cxxopts::value<int64_t>()->default_value(std::to_string(s.concepts)))
+      ("synthetic-story-concepts", "how many of them are story-level", cxxopts::value<int64_t>()->default_value(std::to_string(s.story_concepts)))
+      ("synthetic-stories", "number of stories", cxxopts::value<int64_t>()->default_value(std::to_string(s.stories)))
+      ("synthetic-mean-length", "mean story length in tokens", cxxopts::value<double>()->default_value("218"))
+      ("synthetic-active", "mean token-level concepts per token", cxxopts::value<double>()->default_value("20"))
+      ("synthetic-story-active", "story-level concepts per story", cxxopts::value<int64_t>()->default_value(std::to_string(s.story_active)))
+      ("synthetic-story-presence", "chance a story concept is on for a token", cxxopts::value<double>()->default_value("0.8"))
+      ("synthetic-zipf", "power-law exponent of concept frequencies", cxxopts::value<double>()->default_value("1"))
+      ("synthetic-magnitude", "scale of concept magnitudes", cxxopts::value<double>()->default_value("1"))
+      ("synthetic-mean-norm", "norm of the shared mean vector", cxxopts::value<double>()->default_value("2"))
+      ("synthetic-noise", "per-dimension noise standard deviation", cxxopts::value<double>()->default_value("0.02"))
+      ("synthetic-seed", "seed of the generator", cxxopts::value<uint64_t>()->default_value("0"));
+}
+
+std::string option_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name) {
+  if (parsed.count(name) == 0) {
+    auto it = profile.find(name);
+    if (it != profile.end()) return it->second;
+  }
+  return parsed[name].as<std::string>();
+}
+
+namespace {
+template <typename T>
+T typed_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name) {
+  if (parsed.count(name) == 0) {
+    auto it = profile.find(name);
+    if (it != profile.end()) {
+      // Profile values are text; parse them the way cxxopts would.
+      T value{};
+      cxxopts::values::parse_value(it->second, value);
+      return value;
+    }
+  }
+  return parsed[name].as<T>();
+}
+}  // namespace
+
+TrainConfig training_config(const cxxopts::ParseResult& p, const Profile& profile) {
+  TrainConfig c;
+  c.data = typed_value<std::string>(p, profile, "data");
+  c.features = typed_value<int64_t>(p, profile, "features");
+  c.l1 = typed_value<double>(p, profile, "l1");
+  c.lr = typed_value<double>(p, profile, "lr");
+  c.beta1 = typed_value<double>(p, profile, "beta1");
+  c.beta2 = typed_value<double>(p, profile, "beta2");
+  c.eps = typed_value<double>(p, profile, "eps");
+  c.steps = typed_value<int64_t>(p, profile, "steps");
+  c.batch_tokens = parse_batch(typed_value<std::string>(p, profile, "batch"));
+  c.normalize = typed_value<std::string>(p, profile, "normalize");
+  c.init = typed_value<std::string>(p, profile, "init");
+  c.resume = typed_value<std::string>(p, profile, "resume");
+  c.out = typed_value<std::string>(p, profile, "out");
+  c.seed = typed_value<uint64_t>(p, profile, "seed");
+  c.device = typed_value<std::string>(p, profile, "device");
+  c.checkpoint_every = typed_value<int64_t>(p, profile, "checkpoint-every");
+  c.log_every = typed_value<int64_t>(p, profile, "log-every");
+  c.lr_warmup_steps = typed_value<int64_t>(p, profile, "lr-warmup-steps");
+  c.lr_decay_steps = typed_value<int64_t>(p, profile, "lr-decay-steps");
+  c.l1_warmup_steps = typed_value<int64_t>(p, profile, "l1-warmup-steps");
+  c.dead_window = typed_value<int64_t>(p, profile, "dead-window");
+  c.progress = typed_value<std::string>(p, profile, "progress");
+  SyntheticOptions& s = c.synthetic;
+  s.d = typed_value<int64_t>(p, profile, "synthetic-d");
+  s.concepts = typed_value<int64_t>(p, profile, "synthetic-concepts");
+  s.story_concepts = typed_value<int64_t>(p, profile, "synthetic-story-concepts");
+  s.stories = typed_value<int64_t>(p, profile, "synthetic-stories");
+  s.mean_length = typed_value<double>(p, profile, "synthetic-mean-length");
+  s.active = typed_value<double>(p, profile, "synthetic-active");
+  s.story_active = typed_value<int64_t>(p, profile, "synthetic-story-active");
+  s.story_presence = typed_value<double>(p, profile, "synthetic-story-presence");
+  s.zipf = typed_value<double>(p, profile, "synthetic-zipf");
+  s.magnitude = typed_value<double>(p, profile, "synthetic-magnitude");
+  s.mean_norm = typed_value<double>(p, profile, "synthetic-mean-norm");
+  s.noise = typed_value<double>(p, profile, "synthetic-noise");
+  s.seed = typed_value<uint64_t>(p, profile, "synthetic-seed");
+  c.validate();
+  return c;
+}
+
+bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out) {
+  options.add_options()("h,help", "show this help");
+  try {
+    out = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw UsageError(e.what());
+  }
+  if (!out.unmatched().empty()) throw UsageError(cat("unexpected argument '", out.unmatched()[0], "'"));
+  if (out.count("help")) {
+    std::cout << options.help() << std::endl;
+    return false;
+  }
+  return true;
+}
+
+int run_main(const char* program, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
+    return 2;
+  } catch (const cxxopts::exceptions::exception& e) {
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
+    return 2;
+  } catch (const TrainingDiverged& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  }
+}
+
+}  // namespace sae

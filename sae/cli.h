@@ -1,0 +1,29 @@
+// The command-line layer shared by every binary (SPEC section 5): the training options (one
+// definition, so the binaries share names and defaults), profiles, and run_main(), which turns
+// exceptions into one-line messages and exit codes (2 usage, 1 data/IO or training failure).
+#pragma once
+#include <cxxopts.hpp>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "sae/train_config.h"
+
+namespace sae {
+
+// Adds the training options of sae_train (defaults = the original study) to `options`.
+void add_training_options(cxxopts::Options& options);
+// A profile is a set of option values applied before the command line, which overrides them.
+using Profile = std::map<std::string, std::string>;
+// Builds a TrainConfig from the parsed options, with `profile` values for options not given.
+TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& profile = {});
+// The value of an option: from the command line if given, else the profile, else its default.
+std::string option_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name);
+
+// Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
+bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
+
+// Runs body() and maps what it throws to a message on stderr and an exit code.
+int run_main(const char* program, const std::function<int()>& body);
+
+}  // namespace sae
