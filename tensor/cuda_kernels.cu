@@ -1,0 +1,650 @@
+// CUDA kernels for every entry of the op list (op_list.h), registered in cuda_kernels(). Each one
+// computes what its CPU reference in cpu_kernels.cpp computes, with the same expressions in the same
+// order (the build passes --fmad=false so nvcc does not fuse a*b+c where the CPU rounds twice).
+// Inputs were validated by the front-end (ops.cpp); the kernels trust them.
+//
+//   element-wise ops   grid-stride loops over n elements (no launch when n == 0)
+//   binary             same-shape fast path; otherwise the 4-D Broadcast plan (stride 0 = repeat)
+//   reductions         x viewed as [outer, len, inner] and reduced over len, accumulated in double
+//                      like the CPU; fixed-shape tree reductions, no atomics, so results are
+//                      deterministic. Long reductions are split across blocks into double partials
+//                      that a second kernel combines.
+//   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data
+//   transpose          32x32 tiles through shared memory
+//   adam_step          one fused pass over param, m, v and grad
+// Everything is queued on the backend's one stream (cuda_check.h).
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "tensor/cuda_backend.h"
+#include "tensor/cuda_check.h"
+#include "tensor/op_list.h"
+
+namespace sae {
+
+namespace {
+
+constexpr int kBlock = 256;  // threads per block of the 1-D kernels
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `work` items of `per_block` each: enough to fill every SM
+// several times over, no more (the loop covers the rest).
+int grid_for(int64_t work, int64_t per_block = kBlock) {
+  const int64_t max_blocks = static_cast<int64_t>(cuda_sm_count()) * 16;
+  return static_cast<int>(std::max<int64_t>(1, std::min(ceil_div(work, per_block), max_blocks)));
+}
+
+// First index and stride of this thread in a 1-D grid-stride loop.
+__device__ inline int64_t thread_index() { return blockIdx.x * int64_t(blockDim.x) + threadIdx.x; }
+__device__ inline int64_t grid_stride() { return int64_t(blockDim.x) * gridDim.x; }
+
+// Scratch device memory from the caching allocator, given back when it goes out of scope. Giving
+// it back before the kernels that use it have run is safe: every user is on the one stream.
+struct DeviceBuffer {
+  void* ptr;
+  explicit DeviceBuffer(size_t bytes) : ptr(cuda_alloc(bytes)) {}
+  ~DeviceBuffer() { cuda_free(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+// Float and double overloads of the math functions, so templates pick the right precision.
+__device__ inline float dev_sqrt(float x) { return sqrtf(x); }
+__device__ inline double dev_sqrt(double x) { return sqrt(x); }
+__device__ inline float dev_exp(float x) { return expf(x); }
+__device__ inline double dev_exp(double x) { return exp(x); }
+__device__ inline float dev_log(float x) { return logf(x); }
+__device__ inline double dev_log(double x) { return log(x); }
+__device__ inline float dev_abs(float x) { return fabsf(x); }
+__device__ inline double dev_abs(double x) { return fabs(x); }
+
+// ---------------------------------------------------------------- fill, copy, affine, where
+
+template <typename T>
+__global__ void fill_kernel(T* out, int64_t n, T value) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = value;
+}
+
+void fill_cuda(Tensor& out, double value) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  if (out.dtype() == DType::F32)
+    fill_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<float>(), n, static_cast<float>(value));
+  else
+    fill_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<double>(), n, value);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename To, typename From>
+__global__ void convert_kernel(To* out, const From* src, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = static_cast<To>(src[i]);
+}
+
+void copy_cuda(Tensor& out, const Tensor& src) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  if (out.dtype() != src.dtype()) {
+    if (out.dtype() == DType::F32)
+      convert_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<float>(), src.data<double>(), n);
+    else
+      convert_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<double>(), src.data<float>(), n);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  char* dst = static_cast<char*>(out.raw());
+  const char* from = static_cast<const char*>(src.raw());
+  const size_t bytes = out.nbytes();
+  if (dst == from) return;
+  if (dst < from + bytes && from < dst + bytes) {  // overlapping views: go through scratch, like memmove
+    DeviceBuffer scratch(bytes);
+    cuda_copy_on_device(scratch.ptr, from, bytes);
+    cuda_copy_on_device(dst, scratch.ptr, bytes);
+    return;
+  }
+  cuda_copy_on_device(dst, from, bytes);
+}
+
+template <typename T>
+__global__ void affine_kernel(T* out, const T* x, int64_t n, T scale, T shift) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = scale * x[i] + shift;
+}
+
+void affine_cuda(Tensor& out, const Tensor& x, double scale, double shift) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  if (x.dtype() == DType::F32)
+    affine_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<float>(), x.data<float>(), n,
+                                                             static_cast<float>(scale), static_cast<float>(shift));
+  else
+    affine_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<double>(), x.data<double>(), n, scale, shift);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+__global__ void where_kernel(T* out, const T* cond, const T* a, const T* b, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = cond[i] != T(0) ? a[i] : b[i];
+}
+
+void where_cuda(Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& b) {
+  const int64_t n = a.numel();
+  if (n == 0) return;
+  if (a.dtype() == DType::F32)
+    where_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<float>(), cond.data<float>(), a.data<float>(),
+                                                            b.data<float>(), n);
+  else
+    where_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<double>(), cond.data<double>(),
+                                                            a.data<double>(), b.data<double>(), n);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------- unary
+
+template <typename T, UnaryOp Op>
+__device__ inline T apply_unary(T x) {
+  switch (Op) {
+    case UnaryOp::neg: return -x;
+    case UnaryOp::square: return x * x;
+    case UnaryOp::sqrt: return dev_sqrt(x);
+    case UnaryOp::abs: return dev_abs(x);
+    case UnaryOp::relu: return x > T(0) ? x : T(0);
+    case UnaryOp::step: return x > T(0) ? T(1) : T(0);
+    case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+    case UnaryOp::exp: return dev_exp(x);
+    case UnaryOp::log: return dev_log(x);
+    default: return x;
+  }
+}
+
+template <typename T, UnaryOp Op>
+__global__ void unary_kernel(T* out, const T* x, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_unary<T, Op>(x[i]);
+}
+
+template <typename T>
+void unary_typed(UnaryOp op, T* out, const T* x, int64_t n) {
+  switch (op) {
+#define SAE_UNARY_CASE(name)                                                                 \
+  case UnaryOp::name:                                                                        \
+    unary_kernel<T, UnaryOp::name><<<grid_for(n), kBlock, 0, cuda_stream()>>>(out, x, n);    \
+    break;
+    SAE_UNARY_OPS(SAE_UNARY_CASE)
+#undef SAE_UNARY_CASE
+    default: throw Error(cat("unary (cuda): unknown op ", static_cast<int>(op)));
+  }
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void unary_cuda(UnaryOp op, Tensor& out, const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  if (x.dtype() == DType::F32)
+    unary_typed(op, out.data<float>(), x.data<float>(), n);
+  else
+    unary_typed(op, out.data<double>(), x.data<double>(), n);
+}
+
+// ---------------------------------------------------------------- binary
+
+template <typename T, BinaryOp Op>
+__device__ inline T apply_binary(T a, T b) {
+  switch (Op) {
+    case BinaryOp::add: return a + b;
+    case BinaryOp::sub: return a - b;
+    case BinaryOp::mul: return a * b;
+    case BinaryOp::div: return a / b;
+    case BinaryOp::maximum: return a > b ? a : b;
+    case BinaryOp::minimum: return a < b ? a : b;
+    case BinaryOp::gt: return a > b ? T(1) : T(0);
+    case BinaryOp::ge: return a >= b ? T(1) : T(0);
+    case BinaryOp::lt: return a < b ? T(1) : T(0);
+    case BinaryOp::le: return a <= b ? T(1) : T(0);
+    case BinaryOp::eq: return a == b ? T(1) : T(0);
+    default: return a;
+  }
+}
+
+template <typename T, BinaryOp Op>
+__global__ void binary_same_shape_kernel(T* out, const T* a, const T* b, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_binary<T, Op>(a[i], b[i]);
+}
+
+// The Broadcast plan in plain arrays for the kernel. Index is uint32_t when every index fits (the
+// common case: 32-bit division is several times cheaper than 64-bit on the GPU), else int64_t.
+template <typename Index>
+struct BroadcastIndex {
+  Index dims[4], a_strides[4], b_strides[4];
+};
+
+template <typename T, BinaryOp Op, typename Index>
+__global__ void binary_broadcast_kernel(T* out, const T* a, const T* b, int64_t n, BroadcastIndex<Index> p) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) {
+    Index rest = static_cast<Index>(i);
+    const Index i3 = rest % p.dims[3];
+    rest /= p.dims[3];
+    const Index i2 = rest % p.dims[2];
+    rest /= p.dims[2];
+    const Index i1 = rest % p.dims[1];
+    const Index i0 = rest / p.dims[1];
+    const Index ia = i0 * p.a_strides[0] + i1 * p.a_strides[1] + i2 * p.a_strides[2] + i3 * p.a_strides[3];
+    const Index ib = i0 * p.b_strides[0] + i1 * p.b_strides[1] + i2 * p.b_strides[2] + i3 * p.b_strides[3];
+    out[i] = apply_binary<T, Op>(a[ia], b[ib]);
+  }
+}
+
+template <typename T, BinaryOp Op, typename Index>
+void launch_broadcast(T* out, const T* a, const T* b, int64_t n, const Broadcast& plan) {
+  BroadcastIndex<Index> p;
+  for (int d = 0; d < 4; ++d) {
+    p.dims[d] = static_cast<Index>(plan.out_dims[d]);
+    p.a_strides[d] = static_cast<Index>(plan.a_strides[d]);
+    p.b_strides[d] = static_cast<Index>(plan.b_strides[d]);
+  }
+  binary_broadcast_kernel<T, Op, Index><<<grid_for(n), kBlock, 0, cuda_stream()>>>(out, a, b, n, p);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, BinaryOp Op>
+void binary_launch(T* out, const T* a, const T* b, int64_t n, const Broadcast& plan) {
+  if (plan.same_shape) {
+    binary_same_shape_kernel<T, Op><<<grid_for(n), kBlock, 0, cuda_stream()>>>(out, a, b, n);
+    SAE_CUDA_CHECK_LAUNCH();
+  } else if (n <= INT32_MAX) {  // input offsets are below their sizes, which are at most n
+    launch_broadcast<T, Op, uint32_t>(out, a, b, n, plan);
+  } else {
+    launch_broadcast<T, Op, int64_t>(out, a, b, n, plan);
+  }
+}
+
+template <typename T>
+void binary_typed(BinaryOp op, T* out, const T* a, const T* b, int64_t n, const Broadcast& plan) {
+  switch (op) {
+#define SAE_BINARY_CASE(name)                                   \
+  case BinaryOp::name:                                          \
+    return binary_launch<T, BinaryOp::name>(out, a, b, n, plan);
+    SAE_BINARY_OPS(SAE_BINARY_CASE)
+#undef SAE_BINARY_CASE
+    default: throw Error(cat("binary (cuda): unknown op ", static_cast<int>(op)));
+  }
+}
+
+void binary_cuda(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b, const Broadcast& plan) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  if (a.dtype() == DType::F32)
+    binary_typed(op, out.data<float>(), a.data<float>(), b.data<float>(), n, plan);
+  else
+    binary_typed(op, out.data<double>(), a.data<double>(), b.data<double>(), n, plan);
+}
+
+// ---------------------------------------------------------------- reductions
+//
+// A running value is one double with the rules of the CPU Accumulator (cpu_kernels.cpp): max/min
+// let a NaN win, squares are taken in double, count_nonzero counts x != 0 (so NaN counts).
+// term() is what one element contributes; combine() merges two running values.
+
+__host__ __device__ inline double reduce_identity(ReduceOp op) {
+  return op == ReduceOp::max ? -INFINITY : (op == ReduceOp::min ? INFINITY : 0.0);
+}
+
+__device__ inline double reduce_term(ReduceOp op, double x) {
+  switch (op) {
+    case ReduceOp::sum_squares:
+    case ReduceOp::norm2: return x * x;
+    case ReduceOp::count_nonzero: return x != 0.0 ? 1.0 : 0.0;
+    default: return x;
+  }
+}
+
+__device__ inline double reduce_combine(ReduceOp op, double acc, double value) {
+  switch (op) {
+    case ReduceOp::max: return (value > acc || isnan(value)) ? value : acc;
+    case ReduceOp::min: return (value < acc || isnan(value)) ? value : acc;
+    default: return acc + value;
+  }
+}
+
+__host__ __device__ inline double reduce_finish(ReduceOp op, double acc, int64_t count) {
+  if (op == ReduceOp::mean) return acc / static_cast<double>(count);
+  if (op == ReduceOp::norm2) return sqrt(acc);
+  return acc;
+}
+
+// Lane 0 ends with the warp's combined value.
+__device__ inline double warp_reduce(ReduceOp op, double value) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    value = reduce_combine(op, value, __shfl_down_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+// Thread 0 ends with the block's combined value. Every thread of the block must call it;
+// blockDim.x is a multiple of 32.
+__device__ double block_reduce(ReduceOp op, double value) {
+  __shared__ double warp_values[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  value = warp_reduce(op, value);
+  if (lane == 0) warp_values[warp] = value;
+  __syncthreads();
+  if (warp == 0) value = warp_reduce(op, lane < warps ? warp_values[lane] : reduce_identity(op));
+  __syncthreads();  // warp_values is free for the next call
+  return value;
+}
+
+// inner == 1, short rows: one warp per row of x [rows, len].
+template <typename T>
+__global__ void reduce_rows_warp_kernel(ReduceOp op, T* out, const T* x, int64_t rows, int64_t len) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps_per_block = blockDim.x / 32, all_warps = warps_per_block * gridDim.x;
+  for (int64_t row = blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows; row += all_warps) {
+    const T* x_row = x + row * len;
+    double acc = reduce_identity(op);
+    for (int64_t j = lane; j < len; j += 32) acc = reduce_combine(op, acc, reduce_term(op, x_row[j]));
+    acc = warp_reduce(op, acc);
+    if (lane == 0) out[row] = static_cast<T>(reduce_finish(op, acc, len));
+  }
+}
+
+// inner == 1, long rows: one block per (row, split) task; split s covers row elements
+// [s*chunk, (s+1)*chunk). With one split the block writes the result, else a partial.
+template <typename T>
+__global__ void reduce_rows_block_kernel(ReduceOp op, T* out, double* partials, const T* x, int64_t rows,
+                                         int64_t len, int64_t splits) {
+  const int64_t chunk = (len + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < rows * splits; task += gridDim.x) {
+    const int64_t row = task / splits, split = task % splits;
+    const int64_t begin = split * chunk, end = min(len, begin + chunk);
+    const T* x_row = x + row * len;
+    double acc = reduce_identity(op);
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x)
+      acc = reduce_combine(op, acc, reduce_term(op, x_row[j]));
+    acc = block_reduce(op, acc);
+    if (threadIdx.x == 0) {
+      if (splits == 1)
+        out[row] = static_cast<T>(reduce_finish(op, acc, len));
+      else
+        partials[task] = acc;
+    }
+  }
+}
+
+// Combines the partials [rows, splits] of reduce_rows_block_kernel, one block per row.
+template <typename T>
+__global__ void finish_rows_kernel(ReduceOp op, T* out, const double* partials, int64_t rows, int64_t splits,
+                                   int64_t len) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    double acc = reduce_identity(op);
+    for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) acc = reduce_combine(op, acc, partials[row * splits + s]);
+    acc = block_reduce(op, acc);
+    if (threadIdx.x == 0) out[row] = static_cast<T>(reduce_finish(op, acc, len));
+  }
+}
+
+// inner > 1: the outer*inner output "columns" are reduced down len. A block of 32 x 8 threads takes
+// 32 neighbouring columns (coalesced loads along inner) and one split of len, its 8 thread rows
+// striding down len; shared memory then combines the 8 thread rows in a fixed order.
+constexpr int kColumnTile = 32, kRowLanes = 8;
+
+template <typename T>
+__global__ void reduce_columns_kernel(ReduceOp op, T* out, double* partials, const T* x, int64_t outer, int64_t len,
+                                      int64_t inner, int64_t splits) {
+  __shared__ double lanes[kRowLanes][kColumnTile + 1];
+  const int64_t columns = outer * inner, column_tiles = (columns + kColumnTile - 1) / kColumnTile;
+  const int64_t chunk = (len + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < column_tiles * splits; task += gridDim.x) {
+    const int64_t tile = task % column_tiles, split = task / column_tiles;
+    const int64_t c = tile * kColumnTile + threadIdx.x;
+    double acc = reduce_identity(op);
+    if (c < columns) {
+      const T* x_col = x + (c / inner) * len * inner + c % inner;
+      const int64_t begin = split * chunk, end = min(len, begin + chunk);
+      for (int64_t j = begin + threadIdx.y; j < end; j += kRowLanes)
+        acc = reduce_combine(op, acc, reduce_term(op, x_col[j * inner]));
+    }
+    lanes[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < columns) {
+      for (int r = 1; r < kRowLanes; ++r) acc = reduce_combine(op, acc, lanes[r][threadIdx.x]);
+      if (splits == 1)
+        out[c] = static_cast<T>(reduce_finish(op, acc, len));
+      else
+        partials[split * columns + c] = acc;
+    }
+    __syncthreads();  // lanes is rewritten by the next task
+  }
+}
+
+// Combines the partials [splits, columns] of reduce_columns_kernel, one thread per column.
+template <typename T>
+__global__ void finish_columns_kernel(ReduceOp op, T* out, const double* partials, int64_t columns, int64_t splits,
+                                      int64_t len) {
+  for (int64_t c = thread_index(); c < columns; c += grid_stride()) {
+    double acc = reduce_identity(op);
+    for (int64_t s = 0; s < splits; ++s) acc = reduce_combine(op, acc, partials[s * columns + c]);
+    out[c] = static_cast<T>(reduce_finish(op, acc, len));
+  }
+}
+
+constexpr int64_t kWarpRowMax = 2048;     // rows up to this long get one warp each
+constexpr int64_t kRowSplitMin = 4096;    // a split of a long row holds at least this many elements
+constexpr int64_t kRowSplitsMax = 1024;
+constexpr int64_t kColumnSplitMin = 64;   // a split of a column holds at least this many rows
+constexpr int64_t kColumnSplitsMax = 256;
+
+// Reduces x [outer, len, inner] over len into out [outer, inner]. reduce_all is the case
+// outer = inner = 1.
+template <typename T>
+void reduce_typed(ReduceOp op, T* out, const T* x, int64_t outer, int64_t len, int64_t inner) {
+  const int64_t columns = outer * inner;
+  if (columns == 0) return;
+  if (len == 0) {  // nothing to reduce: every output is the finished identity (0 for the sums)
+    const T value = static_cast<T>(reduce_finish(op, reduce_identity(op), 0));
+    fill_kernel<<<grid_for(columns), kBlock, 0, cuda_stream()>>>(out, columns, value);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  cudaStream_t stream = cuda_stream();
+  const int64_t target_blocks = 4 * static_cast<int64_t>(cuda_sm_count());  // enough to fill the GPU
+  if (inner == 1) {
+    const int64_t rows = outer;
+    if (len <= kWarpRowMax) {
+      reduce_rows_warp_kernel<<<grid_for(rows, kBlock / 32), kBlock, 0, stream>>>(op, out, x, rows, len);
+      SAE_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    const int64_t splits =
+        std::clamp(ceil_div(target_blocks, rows), int64_t(1), std::min(kRowSplitsMax, ceil_div(len, kRowSplitMin)));
+    if (splits == 1) {
+      reduce_rows_block_kernel<<<grid_for(rows, 1), kBlock, 0, stream>>>(op, out, nullptr, x, rows, len, 1);
+      SAE_CUDA_CHECK_LAUNCH();
+      return;
+    }
+    DeviceBuffer partials(rows * splits * sizeof(double));
+    double* p = static_cast<double*>(partials.ptr);
+    reduce_rows_block_kernel<<<grid_for(rows * splits, 1), kBlock, 0, stream>>>(op, out, p, x, rows, len, splits);
+    SAE_CUDA_CHECK_LAUNCH();
+    finish_rows_kernel<<<grid_for(rows, 1), kBlock, 0, stream>>>(op, out, p, rows, splits, len);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const dim3 block(kColumnTile, kRowLanes);
+  const int64_t column_tiles = ceil_div(columns, kColumnTile);
+  const int64_t splits = std::clamp(ceil_div(target_blocks, column_tiles), int64_t(1),
+                                    std::min(kColumnSplitsMax, ceil_div(len, kColumnSplitMin)));
+  if (splits == 1) {
+    reduce_columns_kernel<<<grid_for(column_tiles, 1), block, 0, stream>>>(op, out, nullptr, x, outer, len, inner, 1);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  DeviceBuffer partials(splits * columns * sizeof(double));
+  double* p = static_cast<double*>(partials.ptr);
+  reduce_columns_kernel<<<grid_for(column_tiles * splits, 1), block, 0, stream>>>(op, out, p, x, outer, len, inner,
+                                                                                  splits);
+  SAE_CUDA_CHECK_LAUNCH();
+  finish_columns_kernel<<<grid_for(columns), kBlock, 0, stream>>>(op, out, p, columns, splits, len);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void reduce_all_cuda(ReduceOp op, Tensor& out, const Tensor& x) {
+  if (x.dtype() == DType::F32)
+    reduce_typed(op, out.data<float>(), x.data<float>(), 1, x.numel(), 1);
+  else
+    reduce_typed(op, out.data<double>(), x.data<double>(), 1, x.numel(), 1);
+}
+
+void reduce_axis_cuda(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, int64_t len, int64_t inner) {
+  if (x.dtype() == DType::F32)
+    reduce_typed(op, out.data<float>(), x.data<float>(), outer, len, inner);
+  else
+    reduce_typed(op, out.data<double>(), x.data<double>(), outer, len, inner);
+}
+
+// ---------------------------------------------------------------- matmul
+
+// cuBLAS is column-major, and a row-major [r, c] matrix is the column-major [c, r] matrix holding
+// its transpose. So out^T = op(b)^T op(a)^T is one column-major GEMM with the operands swapped,
+// m and n swapped, each transpose flag kept, and the leading dimensions the row-major row lengths.
+void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
+                 double beta) {
+  const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // the product is zero; as on the CPU, out = beta * out (0 when beta == 0, even over NaN)
+    if (beta == 0.0)
+      fill_cuda(out, 0.0);
+    else
+      affine_cuda(out, out, beta, 0.0);
+    return;
+  }
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX || a.size(1) > INT_MAX || b.size(1) > INT_MAX)
+    throw Error(cat("matmul (cuda): ", a.describe(), " @ ", b.describe(), " exceeds cuBLAS's 32-bit sizes"));
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1)), ldc = ni;
+  cublasHandle_t handle = cublas_handle();
+  if (out.dtype() == DType::F32) {
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+    SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<float>(), ldb, a.data<float>(), lda,
+                                 &beta_f, out.data<float>(), ldc));
+  } else {
+    SAE_CUBLAS_CHECK(cublasDgemm(handle, op_b, op_a, ni, mi, ki, &alpha, b.data<double>(), ldb, a.data<double>(), lda,
+                                 &beta, out.data<double>(), ldc));
+  }
+}
+
+// ---------------------------------------------------------------- transpose
+
+constexpr int kTile = 32, kTileRows = 8;  // 32x32 tile, moved by 32x8 threads
+
+// x [rows, cols] -> out [cols, rows]. Reads and writes are both coalesced along a tile row; the
+// +1 column of padding keeps the column reads of the tile free of bank conflicts.
+template <typename T>
+__global__ void transpose_kernel(T* out, const T* x, int64_t rows, int64_t cols) {
+  __shared__ T tile[kTile][kTile + 1];
+  const int64_t tiles_r = (rows + kTile - 1) / kTile, tiles_c = (cols + kTile - 1) / kTile;
+  for (int64_t tr = blockIdx.y; tr < tiles_r; tr += gridDim.y) {
+    for (int64_t tc = blockIdx.x; tc < tiles_c; tc += gridDim.x) {
+      const int64_t r0 = tr * kTile, c0 = tc * kTile;
+      for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+        const int64_t r = r0 + j, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[j][threadIdx.x] = x[r * cols + c];
+      }
+      __syncthreads();
+      for (int j = threadIdx.y; j < kTile; j += kTileRows) {
+        const int64_t c = c0 + j, r = r0 + threadIdx.x;  // out row c, out column r
+        if (r < rows && c < cols) out[c * rows + r] = tile[threadIdx.x][j];
+      }
+      __syncthreads();  // the tile is refilled by the next iteration
+    }
+  }
+}
+
+void transpose_cuda(Tensor& out, const Tensor& x) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (rows == 0 || cols == 0) return;
+  const dim3 block(kTile, kTileRows);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(cols, kTile), 65535)),
+                  static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, kTile), 65535)));
+  if (x.dtype() == DType::F32)
+    transpose_kernel<<<grid, block, 0, cuda_stream()>>>(out.data<float>(), x.data<float>(), rows, cols);
+  else
+    transpose_kernel<<<grid, block, 0, cuda_stream()>>>(out.data<double>(), x.data<double>(), rows, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------- adam
+
+// The scalars of the step in the parameter's precision, computed on the host exactly as
+// adam_typed in cpu_kernels.cpp computes them.
+template <typename T>
+struct AdamConstants {
+  T step_size, sqrt_bias2, b1, b2, eps, one_minus_b1, one_minus_b2, wd;
+};
+
+template <typename T>
+AdamConstants<T> adam_constants(const AdamScalars& s) {
+  const double bias1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+  const double bias2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+  AdamConstants<T> c;
+  c.step_size = static_cast<T>(s.lr / bias1);
+  c.sqrt_bias2 = static_cast<T>(std::sqrt(bias2));
+  c.b1 = static_cast<T>(s.beta1);
+  c.b2 = static_cast<T>(s.beta2);
+  c.eps = static_cast<T>(s.eps);
+  c.one_minus_b1 = static_cast<T>(1.0 - s.beta1);
+  c.one_minus_b2 = static_cast<T>(1.0 - s.beta2);
+  c.wd = static_cast<T>(s.weight_decay);
+  return c;
+}
+
+// torch.optim.Adam, single-tensor form (torch/optim/adam.py, _single_tensor_adam):
+//   g += wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+template <typename T>
+__global__ void adam_kernel(T* p, T* m, T* v, const T* g, int64_t n, AdamConstants<T> c) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) {
+    const T param = p[i];
+    const T grad = g[i] + c.wd * param;
+    const T mi = c.b1 * m[i] + c.one_minus_b1 * grad;
+    const T vi = c.b2 * v[i] + c.one_minus_b2 * grad * grad;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = param - c.step_size * (mi / (dev_sqrt(vi) / c.sqrt_bias2 + c.eps));
+  }
+}
+
+void adam_step_cuda(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s) {
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  if (param.dtype() == DType::F32)
+    adam_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(param.data<float>(), m.data<float>(), v.data<float>(),
+                                                           grad.data<float>(), n, adam_constants<float>(s));
+  else
+    adam_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(param.data<double>(), m.data<double>(), v.data<double>(),
+                                                           grad.data<double>(), n, adam_constants<double>(s));
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+KernelTable make_cuda_table() {
+  KernelTable t;
+  t.fill = fill_cuda;
+  t.copy = copy_cuda;
+  t.unary = unary_cuda;
+  t.binary = binary_cuda;
+  t.affine = affine_cuda;
+  t.where = where_cuda;
+  t.reduce_all = reduce_all_cuda;
+  t.reduce_axis = reduce_axis_cuda;
+  t.matmul = matmul_cuda;
+  t.transpose = transpose_cuda;
+  t.adam_step = adam_step_cuda;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable& cuda_kernels() {
+  static const KernelTable table = make_cuda_table();
+  return table;
+}
+
+}  // namespace sae
