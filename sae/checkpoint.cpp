@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "tensor/atomic_file.h"
@@ -166,7 +167,11 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
       st.adam_m.push_back(m.to(device));
       st.adam_v.push_back(v.to(device));
     }
-    st.last_fired = file.read_i64("last_fired");
+    const SafetensorsEntry& fired = file.entry("last_fired");  // F64: token counts, exact below 2^53
+    if (fired.dtype != "F64") throw DataError(cat(state_path.string(), ": last_fired should be F64, got ", fired.dtype));
+    std::vector<double> clocks(fired.numel());
+    std::memcpy(clocks.data(), fired.data, fired.bytes);
+    st.last_fired.assign(clocks.begin(), clocks.end());
     if (static_cast<int64_t>(st.last_fired.size()) != out.model->d_sae())
       throw DataError(cat(state_path.string(), ": last_fired has ", st.last_fired.size(), " entries"));
     out.state = std::move(st);

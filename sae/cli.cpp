@@ -120,6 +120,18 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
   options.add_options()("h,help", "show this help");
   try {
     out = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::incorrect_argument_type& e) {
+    // cxxopts names only the bad value; find the option it was given to.
+    std::string message = e.what();
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      const size_t eq = arg.find('=');
+      if (arg.rfind("--", 0) == 0 && eq != std::string::npos && message.find("'" + arg.substr(eq + 1) + "'") != std::string::npos)
+        message = arg.substr(0, eq) + ": " + message;
+      else if (i + 1 < argc && arg.rfind("--", 0) == 0 && message.find(std::string("‘") + argv[i + 1] + "’") != std::string::npos)
+        message = arg + ": " + message;
+    }
+    throw UsageError(message);
   } catch (const cxxopts::exceptions::exception& e) {
     throw UsageError(e.what());
   }

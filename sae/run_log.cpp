@@ -132,6 +132,7 @@ void Progress::update(int64_t step, int64_t tokens, double loss, double l0) {
 }
 
 void Progress::message(const std::string& line) {
+  if (!bar_ && !lines_) return;
   if (bar_ && drawn_) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr, "%s\n", line.c_str());
   drawn_ = false;
