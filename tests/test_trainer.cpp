@@ -70,8 +70,8 @@ TEST(Trainer, RecoversAPlantedDictionary) {
   c.batch_tokens = 256;
   c.normalize = "dataset";
   c.lr = 3e-3;
-  c.l1 = 0.1;
-  c.steps = 1500;
+  c.l1 = 1.0;
+  c.steps = 600;
   c.log_every = 100;
   c.checkpoint_every = 100000;
   c.progress = "none";
