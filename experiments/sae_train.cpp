@@ -8,11 +8,11 @@ namespace {
 // --profile demo: what `make demo` runs: a short CPU run on synthetic data (under 3 minutes on 2
 // cores) that still learns sparse features and recovers planted concepts.
 const sae::Profile kDemo = {
-    {"synthetic-d", "256"},       {"synthetic-concepts", "1024"}, {"synthetic-story-concepts", "64"},
-    {"synthetic-active", "10"},   {"features", "2048"},           {"batch", "1024"},
-    {"normalize", "dataset"},     {"lr", "1e-3"},                 {"l1", "0.5"},
-    {"steps", "1500"},            {"checkpoint-every", "500"},    {"log-every", "25"},
-    {"l1-warmup-steps", "100"},   {"dead-window", "200000"},
+    {"synthetic-d", "256"},        {"synthetic-concepts", "512"}, {"synthetic-story-concepts", "32"},
+    {"synthetic-active", "6"},     {"features", "2048"},          {"batch", "512"},
+    {"normalize", "dataset"},      {"lr", "3e-3"},                {"l1", "1"},
+    {"steps", "2000"},             {"checkpoint-every", "500"},   {"log-every", "20"},
+    {"l1-warmup-steps", "100"},    {"dead-window", "200000"},
 };
 }  // namespace
 
