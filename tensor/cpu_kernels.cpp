@@ -193,9 +193,19 @@ void reduce_axis_typed(ReduceOp op, T* out, const T* x, int64_t outer, int64_t l
       int64_t block = o % ((inner + 255) / 256), oo = o / ((inner + 255) / 256);
       int64_t k0 = block * 256, k1 = std::min(inner, k0 + 256);
       acc.assign(k1 - k0, Accumulator(op));
-      for (int64_t j = 0; j < len; ++j) {
-        const T* row = x + (oo * len + j) * inner;
-        for (int64_t k = k0; k < k1; ++k) acc[k - k0].add(row[k]);
+      if (op == ReduceOp::sum || op == ReduceOp::mean) {  // the common case, vectorised
+        double sums[256] = {};
+        for (int64_t j = 0; j < len; ++j) {
+          const T* row = x + (oo * len + j) * inner;
+#pragma omp simd
+          for (int64_t k = k0; k < k1; ++k) sums[k - k0] += row[k];
+        }
+        for (int64_t k = k0; k < k1; ++k) acc[k - k0].value = sums[k - k0];
+      } else {
+        for (int64_t j = 0; j < len; ++j) {
+          const T* row = x + (oo * len + j) * inner;
+          for (int64_t k = k0; k < k1; ++k) acc[k - k0].add(row[k]);
+        }
       }
       for (int64_t k = k0; k < k1; ++k) out[oo * inner + k] = static_cast<T>(acc[k - k0].finish(len));
     }
