@@ -382,11 +382,11 @@ void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64
       T* row = f + r * cols;
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
-        const T pre = row[j] + bias[j];
-        const T v = pre > T(0) ? pre : T(0);
+        // Branch-free so that the loop vectorises: max for the ReLU, a 0/1 conversion for the count.
+        const T v = std::max(row[j] + bias[j], T(0));
         row[j] = v;
         col_sum[j] += v;
-        col_count[j] += v > T(0) ? T(1) : T(0);
+        col_count[j] += static_cast<T>(v > T(0));
       }
     }
   }
@@ -403,7 +403,8 @@ void encoder_backward_typed(T* grad, const T* f, const T* row_add, T* col_sum, i
       const T* fr = f + r * cols;
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
-        const T v = fr[j] > T(0) ? g[j] + row_add[j] : T(0);
+        // (g + row_add) * mask, branch-free; like autograd's g * step(pre), a non-finite g stays non-finite.
+        const T v = (g[j] + row_add[j]) * static_cast<T>(fr[j] > T(0));
         g[j] = v;
         col_sum[j] += v;
       }
