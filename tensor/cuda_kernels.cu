@@ -12,6 +12,9 @@
 //   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data
 //   transpose          32x32 tiles through shared memory
 //   adam_step          one fused pass over param, m, v and grad
+//   encoder_activate,  one pass over f [N, F] in column tiles, column sums reduced down the rows in
+//   encoder_backward   a fixed order (split into row slices plus a finishing kernel for large N)
+//   add_scaled_rows    rows on grid y, columns on grid x
 // Everything is queued on the backend's one stream (cuda_check.h).
 #include <algorithm>
 #include <climits>
@@ -624,6 +627,251 @@ void adam_step_cuda(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, con
   SAE_CUDA_CHECK_LAUNCH();
 }
 
+// ---------------------------------------------------------------- SAE fused kernels
+//
+// encoder_activate and encoder_backward make one pass over f [N, F] (N rows = tokens, F columns =
+// features), rewriting it in place and summing every column, as their CPU references do.
+//
+// Layout: a block of 32 x 8 threads owns a tile of 32 neighbouring columns and one slice of rows.
+// The 32 threads of a warp read 32 consecutive values of one row (coalesced); the block's 8 thread
+// rows stride down the slice, each keeping its own running sum per column, and shared memory then
+// adds the 8 thread rows in a fixed order. The column values are loaded once per thread (bias,
+// row_add). Each thread issues kSaeUnroll loads before it uses any, so several are in flight.
+//
+// Slices: long columns (large N) are cut into `splits` slices of rows, so that enough blocks run
+// to keep the memory system busy (N = 4096, F = 10000: 313 column tiles x 8 slices); each slice
+// writes partial sums [splits, F] and a second kernel adds them in slice order. The number of
+// slices depends on N alone, never on the GPU, so the results are bitwise repeatable from run to
+// run and from one GPU model to another. No atomics anywhere.
+//
+// Column sums are accumulated in double and rounded to T once at the end (the CPU accumulates in T
+// in row order: for float32 the two differ by the CPU's rounding, at most about N * 6e-8 of the sum
+// of |values|). Counts are exact integers.
+constexpr int kSaeColumns = 32, kSaeRowLanes = 8, kSaeUnroll = 4;
+constexpr int64_t kSaeRowsPerSplit = 512;  // a slice holds at least this many rows (or all of them)
+constexpr int64_t kSaeMaxSplits = 64;
+
+int64_t sae_row_splits(int64_t rows) { return std::clamp<int64_t>(rows / kSaeRowsPerSplit, 1, kSaeMaxSplits); }
+
+// Where the column sums of a block go: with one slice straight into the outputs (count may be
+// null), otherwise into the partials [splits, cols].
+template <typename T>
+struct ColumnSumsOut {
+  T* sum;
+  T* count;
+  double* partial_sum;
+  long long* partial_count;
+};
+
+// Called by every thread of the block once per task (it synchronises). Thread (x, y) holds the
+// running sum and count of column c over thread row y; the 8 thread rows are added in order 0..7.
+template <typename T, bool kCount>
+__device__ void store_column_sums(double sum, long long count, int64_t c, int64_t cols, int64_t split,
+                                  int64_t splits, const ColumnSumsOut<T>& out) {
+  __shared__ double lane_sums[kSaeRowLanes][kSaeColumns + 1];
+  __shared__ long long lane_counts[kSaeRowLanes][kSaeColumns + 1];
+  lane_sums[threadIdx.y][threadIdx.x] = sum;
+  if (kCount) lane_counts[threadIdx.y][threadIdx.x] = count;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int r = 1; r < kSaeRowLanes; ++r) {
+      sum += lane_sums[r][threadIdx.x];
+      if (kCount) count += lane_counts[r][threadIdx.x];
+    }
+    if (splits == 1) {
+      out.sum[c] = static_cast<T>(sum);
+      if (kCount) out.count[c] = static_cast<T>(count);
+    } else {
+      out.partial_sum[split * cols + c] = sum;
+      if (kCount) out.partial_count[split * cols + c] = count;
+    }
+  }
+  __syncthreads();  // the shared arrays are rewritten by the block's next task
+}
+
+// f [rows, cols] in place: f = relu(f + bias[c]); sums and counts the results per column.
+template <typename T>
+__global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> out, int64_t rows, int64_t cols,
+                                        int64_t splits) {
+  const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
+    const int64_t tile = task % tiles, split = task / tiles;
+    const int64_t c = tile * kSaeColumns + threadIdx.x;
+    double sum = 0.0;
+    long long count = 0;
+    if (c < cols) {
+      const T b = bias[c];
+      T* column = f + c;
+      const int64_t end = min(rows, (split + 1) * chunk);
+      int64_t r = split * chunk + threadIdx.y;
+      for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
+        T v[kSaeUnroll];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) v[u] = column[(r + u * kSaeRowLanes) * cols];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) {
+          const T pre = v[u] + b;
+          const T act = pre > T(0) ? pre : T(0);
+          column[(r + u * kSaeRowLanes) * cols] = act;
+          sum += act;
+          count += act > T(0) ? 1 : 0;
+        }
+      }
+      for (; r < end; r += kSaeRowLanes) {
+        const T pre = column[r * cols] + b;
+        const T act = pre > T(0) ? pre : T(0);
+        column[r * cols] = act;
+        sum += act;
+        count += act > T(0) ? 1 : 0;
+      }
+    }
+    store_column_sums<T, true>(sum, count, c, cols, split, splits, out);
+  }
+}
+
+// grad [rows, cols] in place: grad = f > 0 ? grad + row_add[c] : 0; sums the results per column.
+// grad is only read where f > 0: with sparse features most of its sectors are never fetched.
+template <typename T>
+__global__ void encoder_backward_kernel(T* grad, const T* f, const T* row_add, ColumnSumsOut<T> out, int64_t rows,
+                                        int64_t cols, int64_t splits) {
+  const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
+    const int64_t tile = task % tiles, split = task / tiles;
+    const int64_t c = tile * kSaeColumns + threadIdx.x;
+    double sum = 0.0;
+    if (c < cols) {
+      const T a = row_add[c];
+      T* g_column = grad + c;
+      const T* f_column = f + c;
+      const int64_t end = min(rows, (split + 1) * chunk);
+      int64_t r = split * chunk + threadIdx.y;
+      for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
+        bool on[kSaeUnroll];
+        T v[kSaeUnroll];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) on[u] = f_column[(r + u * kSaeRowLanes) * cols] > T(0);
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) v[u] = on[u] ? g_column[(r + u * kSaeRowLanes) * cols] : T(0);
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) {
+          const T result = on[u] ? v[u] + a : T(0);
+          g_column[(r + u * kSaeRowLanes) * cols] = result;
+          sum += result;
+        }
+      }
+      for (; r < end; r += kSaeRowLanes) {
+        const T result = f_column[r * cols] > T(0) ? g_column[r * cols] + a : T(0);
+        g_column[r * cols] = result;
+        sum += result;
+      }
+    }
+    store_column_sums<T, false>(sum, 0, c, cols, split, splits, out);
+  }
+}
+
+// Adds the partials [splits, cols] of the kernels above in slice order, one thread per column.
+template <typename T>
+__global__ void finish_column_sums_kernel(ColumnSumsOut<T> out, int64_t cols, int64_t splits) {
+  for (int64_t c = thread_index(); c < cols; c += grid_stride()) {
+    double sum = 0.0;
+    long long count = 0;
+    for (int64_t s = 0; s < splits; ++s) {
+      sum += out.partial_sum[s * cols + c];
+      if (out.count) count += out.partial_count[s * cols + c];
+    }
+    out.sum[c] = static_cast<T>(sum);
+    if (out.count) out.count[c] = static_cast<T>(count);
+  }
+}
+
+// Launches `launch(grid, out, splits)` for the main kernel, with partials and the finishing
+// kernel when the rows are split. col_count may be null.
+template <typename T, typename Launch>
+void launch_column_pass(int64_t rows, int64_t cols, T* col_sum, T* col_count, Launch launch) {
+  const int64_t splits = sae_row_splits(rows);
+  const int64_t tasks = ceil_div(cols, kSaeColumns) * splits;
+  ColumnSumsOut<T> out{col_sum, col_count, nullptr, nullptr};
+  if (splits == 1) {
+    launch(grid_for(tasks, 1), out, splits);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const size_t partials = static_cast<size_t>(splits * cols);
+  DeviceBuffer scratch(partials * sizeof(double) + (col_count ? partials * sizeof(long long) : 0));
+  out.partial_sum = static_cast<double*>(scratch.ptr);
+  out.partial_count = col_count ? reinterpret_cast<long long*>(out.partial_sum + partials) : nullptr;
+  launch(grid_for(tasks, 1), out, splits);
+  SAE_CUDA_CHECK_LAUNCH();
+  finish_column_sums_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(out, cols, splits);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+  if (cols == 0) return;  // rows == 0 still runs: the sums and counts become 0
+  launch_column_pass(rows, cols, col_sum, col_count, [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
+    encoder_activate_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(f, bias, out, rows, cols,
+                                                                                         splits);
+  });
+}
+
+template <typename T>
+void encoder_backward_typed(T* grad, const T* f, const T* row_add, T* col_sum, int64_t rows, int64_t cols) {
+  if (cols == 0) return;
+  launch_column_pass(rows, cols, col_sum, static_cast<T*>(nullptr),
+                     [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
+                       encoder_backward_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(
+                           grad, f, row_add, out, rows, cols, splits);
+                     });
+}
+
+void encoder_activate_cuda(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
+  if (f.dtype() == DType::F32)
+    encoder_activate_typed(f.data<float>(), bias.data<float>(), col_sum.data<float>(), col_count.data<float>(),
+                           f.size(0), f.size(1));
+  else
+    encoder_activate_typed(f.data<double>(), bias.data<double>(), col_sum.data<double>(), col_count.data<double>(),
+                           f.size(0), f.size(1));
+}
+
+void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
+  if (f.dtype() == DType::F32)
+    encoder_backward_typed(grad.data<float>(), f.data<float>(), row_add.data<float>(), col_sum.data<float>(),
+                           f.size(0), f.size(1));
+  else
+    encoder_backward_typed(grad.data<double>(), f.data<double>(), row_add.data<double>(), col_sum.data<double>(),
+                           f.size(0), f.size(1));
+}
+
+// out[r, :] += scale[r] * x[r, :]. Rows along grid y (the scale is read once per row), columns
+// along grid x and the threads (coalesced). The expression is the CPU's: out + (s * x), unfused.
+template <typename T>
+__global__ void add_scaled_rows_kernel(T* out, const T* x, const T* scale, int64_t rows, int64_t cols) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T s = scale[r];
+    T* out_row = out + r * cols;
+    const T* x_row = x + r * cols;
+    for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(blockDim.x) * gridDim.x)
+      out_row[c] = out_row[c] + s * x_row[c];
+  }
+}
+
+void add_scaled_rows_cuda(Tensor& out, const Tensor& x, const Tensor& row_scale) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (rows == 0 || cols == 0) return;
+  // Narrow rows get narrow blocks (a warp at least); grid y is limited to 65535, the loop covers more.
+  const int threads = static_cast<int>(std::min<int64_t>(kBlock, ceil_div(cols, 32) * 32));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(cols, threads), 1024)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  if (x.dtype() == DType::F32)
+    add_scaled_rows_kernel<<<grid, threads, 0, cuda_stream()>>>(out.data<float>(), x.data<float>(),
+                                                                row_scale.data<float>(), rows, cols);
+  else
+    add_scaled_rows_kernel<<<grid, threads, 0, cuda_stream()>>>(out.data<double>(), x.data<double>(),
+                                                                row_scale.data<double>(), rows, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
 KernelTable make_cuda_table() {
   KernelTable t;
   t.fill = fill_cuda;
@@ -637,6 +885,9 @@ KernelTable make_cuda_table() {
   t.matmul = matmul_cuda;
   t.transpose = transpose_cuda;
   t.adam_step = adam_step_cuda;
+  t.encoder_activate = encoder_activate_cuda;
+  t.encoder_backward = encoder_backward_cuda;
+  t.add_scaled_rows = add_scaled_rows_cuda;
   return t;
 }
 

@@ -159,11 +159,12 @@ void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis) {
   const char* name = op_name(op);
   check_same_device_dtype(name, out, x);
   int ax = normalize_axis(name, x, axis);
-  if (out.numel() != x.numel() / std::max<int64_t>(x.shape()[ax], 1) || (x.shape()[ax] == 0 && out.numel() != 0))
-    throw Error(cat(name, ": output ", out.describe(), " does not fit ", x.describe(), " reduced over axis ", axis));
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < ax; ++i) outer *= x.shape()[i];
   for (int i = ax + 1; i < x.ndim(); ++i) inner *= x.shape()[i];
+  // An empty axis is fine (a [3, 0, 4] tensor sums to [3, 4] zeros): count the other dims directly.
+  if (out.numel() != outer * inner)
+    throw Error(cat(name, ": output ", out.describe(), " does not fit ", x.describe(), " reduced over axis ", axis));
   kernels_for(x.device()).reduce_axis(op, out, x, outer, x.shape()[ax], inner);
 }
 

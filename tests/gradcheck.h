@@ -1,6 +1,8 @@
 // Float64 gradient check: compares backward() with central finite differences. Non-scalar outputs
 // are reduced as sum(output * R) with a fixed random R, so every output element gets its own
 // upstream gradient. Returns the worst mismatch |analytic - numeric| / (1 + |numeric|).
+// Inputs may live on any device (all float64); every evaluation runs there, only the probed values
+// and the comparison go through the host. Throws if a gradient comes back on another device.
 #pragma once
 #include <functional>
 #include <string>
@@ -34,20 +36,21 @@ inline double gradcheck(const Function& f, const std::vector<Tensor>& inputs, do
 
   double worst = 0.0;
   for (size_t k = 0; k < inputs.size(); ++k) {
-    std::vector<Tensor> xs;
-    for (const Tensor& t : inputs) xs.push_back(t.clone().to(Device::CPU));
-    std::vector<double> base = xs[k].to_vector();
-    std::vector<double> analytic = vars[k].grad().defined() ? vars[k].grad().to_vector()
-                                                            : std::vector<double>(base.size(), 0.0);
+    const Tensor& input = inputs[k];
+    if (input.dtype() != DType::F64) throw Error(cat("gradcheck: input ", k, " is ", input.describe(), ", not f64"));
+    const Tensor& grad = vars[k].grad();
+    if (grad.defined() && (grad.device() != input.device() || grad.shape() != input.shape()))
+      throw Error(cat("gradcheck: gradient ", grad.describe(), " of input ", k, " ", input.describe()));
+    std::vector<double> base = input.to_vector();  // host copy, whatever the device
+    std::vector<double> analytic = grad.defined() ? grad.to_vector() : std::vector<double>(base.size(), 0.0);
     for (size_t i = 0; i < base.size(); ++i) {
       std::vector<double> plus = base, minus = base;
       plus[i] += eps;
       minus[i] -= eps;
-      std::vector<Tensor> xp = xs, xm = xs;
-      xp[k] = Tensor::from_vector(plus, xs[k].shape(), DType::F64, inputs[k].device());
-      xm[k] = Tensor::from_vector(minus, xs[k].shape(), DType::F64, inputs[k].device());
-      for (size_t j = 0; j < xs.size(); ++j)
-        if (j != k) xp[j] = xm[j] = inputs[j];
+      // The other inputs as given; the probed one rebuilt on its own device.
+      std::vector<Tensor> xp = inputs, xm = inputs;
+      xp[k] = Tensor::from_vector(plus, input.shape(), DType::F64, input.device());
+      xm[k] = Tensor::from_vector(minus, input.shape(), DType::F64, input.device());
       const double numeric = (scalar_loss(xp) - scalar_loss(xm)) / (2 * eps);
       worst = std::max(worst, std::abs(analytic[i] - numeric) / (1.0 + std::abs(numeric)));
     }

@@ -81,9 +81,9 @@ std::vector<Shape> elementwise_shapes() {
 
 }  // namespace
 
+// Needs a CUDA build, not a GPU (the table is only function pointers): runs wherever nvcc built it.
 TEST(CudaParity, KernelTableIsComplete) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
-  EXPECT_TRUE(cuda_built());
+  if (!cuda_built()) GTEST_SKIP() << "built without CUDA";
   EXPECT_EQ(missing_kernels(cuda_kernels()), "");
 }
 

@@ -132,6 +132,11 @@ TEST(Ops, Reductions) {
   expect_values(sum_to(c, Shape{2, 1, 2}), {4, 6, 12, 14});
   EXPECT_THROW(sum(m, 2), Error);
   EXPECT_THROW(mean(Tensor::zeros(Shape{0})), Error);
+  // an empty axis sums to zeros of the other dims' shape (not an error)
+  expect_values(sum(Tensor::zeros(Shape{3, 0, 2}), 1), {0, 0, 0, 0, 0, 0});
+  expect_values(reduce(ReduceOp::count_nonzero, Tensor::zeros(Shape{0, 4}), 0), {0, 0, 0, 0});
+  Tensor wrong = Tensor::empty(Shape{5});
+  EXPECT_THROW(reduce_axis_(ReduceOp::sum, wrong, Tensor::zeros(Shape{3, 0, 2}), 1), Error);
   // float32 sums accumulate in double: 1e6 ones plus a small value stay exact
   Tensor ones = Tensor::full(Shape{1000000}, 1.0);
   EXPECT_DOUBLE_EQ(sum(ones).item(), 1e6);
