@@ -113,29 +113,35 @@ int64_t SyntheticSource::story_of_token(int64_t token) const {
   return static_cast<int64_t>(it - story_offsets_.begin()) - 1;
 }
 
-void SyntheticSource::load_story(int64_t story) {
-  if (story == loaded_story_) return;
+std::vector<int64_t> SyntheticSource::story_concept_ids(int64_t story) const {
   Rng rng(mix(opt_.seed, kStreamStory, story));
-  story_concept_ids_.clear();
-  while (static_cast<int64_t>(story_concept_ids_.size()) < opt_.story_active) {
+  std::vector<int64_t> ids;
+  while (static_cast<int64_t>(ids.size()) < opt_.story_active) {
     const int64_t k = static_cast<int64_t>(rng.below(opt_.story_concepts));
-    if (std::find(story_concept_ids_.begin(), story_concept_ids_.end(), k) == story_concept_ids_.end())
-      story_concept_ids_.push_back(k);
+    if (std::find(ids.begin(), ids.end(), k) == ids.end()) ids.push_back(k);
   }
-  loaded_story_ = story;
+  return ids;
 }
 
-void SyntheticSource::generate_token(int64_t story, int64_t position, float* out) const {
+void SyntheticSource::generate_token(int64_t story, int64_t position, const std::vector<int64_t>& story_concepts,
+                                     float* out) const {
   Rng rng(mix(opt_.seed, kStreamToken, static_cast<uint64_t>(story_offsets_[story] + position)));
   const int64_t d = opt_.d;
   const float* c = concepts_.data<float>();
-  for (int64_t j = 0; j < d; ++j) out[j] = mean_[j] + static_cast<float>(opt_.noise * rng.normal());
+  // Noise: both outputs of each Box-Muller draw.
+  for (int64_t j = 0; j < d; j += 2) {
+    double u1 = rng.uniform();
+    while (u1 <= 0.0) u1 = rng.uniform();
+    const double radius = opt_.noise * std::sqrt(-2.0 * std::log(u1)), angle = 2.0 * M_PI * rng.uniform();
+    out[j] = mean_[j] + static_cast<float>(radius * std::cos(angle));
+    if (j + 1 < d) out[j + 1] = mean_[j + 1] + static_cast<float>(radius * std::sin(angle));
+  }
   auto add_concept = [&](int64_t k) {
     const float magnitude = static_cast<float>(opt_.magnitude * rng.uniform(0.5, 1.5));
     const float* row = c + k * d;
     for (int64_t j = 0; j < d; ++j) out[j] += magnitude * row[j];
   };
-  for (int64_t k : story_concept_ids_)
+  for (int64_t k : story_concepts)
     if (rng.uniform() < opt_.story_presence) add_concept(k);
   const int64_t draws = token_cdf_.empty() ? 0 : poisson(rng, opt_.active);
   for (int64_t i = 0; i < draws; ++i) {
@@ -148,11 +154,26 @@ void SyntheticSource::generate_token(int64_t story, int64_t position, float* out
 void SyntheticSource::read_tokens(int64_t begin, int64_t count, float* out) {
   if (begin < 0 || count < 0 || begin + count > num_tokens())
     throw Error(cat("synthetic data: tokens [", begin, ", ", begin + count, ") out of range (", num_tokens(), ")"));
-  int64_t story = count > 0 ? story_of_token(begin) : 0;
-  for (int64_t t = begin; t < begin + count; ++t) {
-    while (t >= story_offsets_[story + 1]) ++story;
-    load_story(story);
-    generate_token(story, t - story_offsets_[story], out + (t - begin) * opt_.d);
+  int64_t t = begin;
+  while (t < begin + count) {
+    const int64_t story = story_of_token(t);
+    const int64_t end = std::min(begin + count, story_offsets_[story + 1]);
+    const std::vector<int64_t> ids = story_concept_ids(story);
+#pragma omp parallel for schedule(static) if (end - t >= 16)
+    for (int64_t u = t; u < end; ++u) generate_token(story, u - story_offsets_[story], ids, out + (u - begin) * opt_.d);
+    t = end;
+  }
+}
+
+void SyntheticSource::read_token_list(const std::vector<int64_t>& tokens, float* out) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= num_tokens())
+      throw Error(cat("synthetic data: token ", tokens[i], " out of range (", num_tokens(), ")"));
+#pragma omp parallel for schedule(static) if (n >= 16)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t story = story_of_token(tokens[i]);
+    generate_token(story, tokens[i] - story_offsets_[story], story_concept_ids(story), out + i * opt_.d);
   }
 }
 

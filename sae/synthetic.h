@@ -44,6 +44,7 @@ class SyntheticSource : public ActivationSource {
   int64_t story_begin(int64_t story) const override { return story_offsets_[story]; }
   int64_t story_length(int64_t story) const override { return story_offsets_[story + 1] - story_offsets_[story]; }
   void read_tokens(int64_t begin, int64_t count, float* out) override;
+  void read_token_list(const std::vector<int64_t>& tokens, float* out) override;
   Json describe() const override;
 
   const Tensor& concepts() const { return concepts_; }  // [C, D], unit rows
@@ -51,16 +52,15 @@ class SyntheticSource : public ActivationSource {
 
  private:
   int64_t story_of_token(int64_t token) const;
-  void load_story(int64_t story);  // the story-level concepts of `story` into story_concepts_
-  void generate_token(int64_t story, int64_t position, float* out) const;
+  std::vector<int64_t> story_concept_ids(int64_t story) const;  // the story-level concepts of a story
+  // Writes one token; `story_concepts` = story_concept_ids(story). Pure, so tokens run in parallel.
+  void generate_token(int64_t story, int64_t position, const std::vector<int64_t>& story_concepts, float* out) const;
 
   SyntheticOptions opt_;
   std::vector<int64_t> story_offsets_;  // [stories + 1]
   Tensor concepts_;                     // [C, D]
   std::vector<float> mean_;             // [D]
   std::vector<double> token_cdf_;       // cumulative weights of the token-level concepts
-  int64_t loaded_story_ = -1;
-  std::vector<int64_t> story_concept_ids_;
 };
 
 }  // namespace sae
