@@ -70,6 +70,7 @@ Json TrainConfig::to_json() const {
   j["out"] = out;
   j["seed"] = static_cast<int64_t>(seed);
   j["device"] = device;
+  j["tf32"] = tf32;
   j["checkpoint_every"] = checkpoint_every;
   j["log_every"] = log_every;
   j["lr_warmup_steps"] = lr_warmup_steps;
@@ -110,6 +111,7 @@ TrainConfig TrainConfig::from_json(const Json& j) {
   c.out = j.at("out").as_string();
   c.seed = static_cast<uint64_t>(j.at("seed").as_int());
   c.device = j.at("device").as_string();
+  c.tf32 = j.has("tf32") && j.at("tf32").as_bool();
   c.checkpoint_every = j.at("checkpoint_every").as_int();
   c.log_every = j.at("log_every").as_int();
   c.lr_warmup_steps = j.at("lr_warmup_steps").as_int();

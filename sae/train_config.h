@@ -25,6 +25,7 @@ struct TrainConfig {
   std::string out = "runs/sae";
   uint64_t seed = 0;
   std::string device = "auto";       // cpu | cuda | auto
+  bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0

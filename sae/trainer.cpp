@@ -51,6 +51,7 @@ TrainConfig resumed_config(const TrainConfig& cli, const std::string& run_dir) {
   c.checkpoint_every = cli.checkpoint_every;
   c.progress = cli.progress;
   c.device = cli.device;
+  c.tf32 = cli.tf32;
   c.out = run_dir;
   c.resume = cli.resume;
   return c;
@@ -98,6 +99,7 @@ TrainResult train(TrainConfig config) {
   }
   config.validate();
   const Device device = resolve_device(config.device);
+  if (device == Device::CUDA) cuda_set_tf32(config.tf32);
   std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
   const int64_t d = source->d();
 
