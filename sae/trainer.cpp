@@ -223,8 +223,13 @@ TrainResult train(TrainConfig config) {
     adam.step(lr);
     step = this_step;
     tokens += n;
-    copy_(counts_host, sae_step.feature_counts().to(Device::CPU));
-    dead.update(counts_host.data<float>(), tokens);
+    const Tensor& counts = sae_step.feature_counts();
+    const float* fired = counts.data<float>();
+    if (device != Device::CPU) {  // into the buffer made once, no allocation per step
+      cuda_copy_to_host(counts_host.raw(), counts.raw(), counts.nbytes());
+      fired = counts_host.data<float>();
+    }
+    dead.update(fired, tokens);
 
     const double elements = double(n) * double(d);
     const double l0 = sums.active / double(n);
