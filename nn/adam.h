@@ -24,6 +24,12 @@ class Adam {
   void step();
   void step(double lr);
   void zero_grad();
+  // For kernels that apply Adam themselves (the fused sparse SAE step, sae/sae_step.h): counts one
+  // step and returns the scalars step(lr) would use for it. step(lr) is begin_step(lr) followed by
+  // adam_step_ on every parameter that has a gradient.
+  AdamScalars begin_step(double lr);
+  // Position of `param` in params() (and in the moment lists); -1 when this optimizer does not hold it.
+  int index_of(const Variable& param) const;
 
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t step) { step_ = step; }

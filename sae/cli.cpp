@@ -28,6 +28,7 @@ void add_training_options(cxxopts::Options& options) {
       ("seed", "random seed (initialisation, token shuffling)", cxxopts::value<uint64_t>()->default_value("0"))
       ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value(d.device))
       ("tf32", "on CUDA, TF32 tensor-core GEMMs (faster; float32 GEMMs by default)")
+      ("sparse", "auto | on | off: sparse decoder and gradients, Adam fused in (auto: on steps whose feature density is low)", cxxopts::value<std::string>()->default_value(d.sparse))
       ("checkpoint-every", "steps between checkpoints", cxxopts::value<int64_t>()->default_value(std::to_string(d.checkpoint_every)))
       ("log-every", "steps between metrics rows", cxxopts::value<int64_t>()->default_value(std::to_string(d.log_every)))
       ("lr-warmup-steps", "linear learning-rate warm-up", cxxopts::value<int64_t>()->default_value("0"))
@@ -93,6 +94,7 @@ TrainConfig training_config(const cxxopts::ParseResult& p, const Profile& profil
   c.seed = typed_value<uint64_t>(p, profile, "seed");
   c.device = typed_value<std::string>(p, profile, "device");
   c.tf32 = p.count("tf32") > 0 || (profile.count("tf32") && profile.at("tf32") == "true");
+  c.sparse = typed_value<std::string>(p, profile, "sparse");
   c.checkpoint_every = typed_value<int64_t>(p, profile, "checkpoint-every");
   c.log_every = typed_value<int64_t>(p, profile, "log-every");
   c.lr_warmup_steps = typed_value<int64_t>(p, profile, "lr-warmup-steps");

@@ -1,15 +1,36 @@
 // SaeStep: see sae_step.h for the formulas, in the order they run here.
 #include "sae/sae_step.h"
 
+#include <cmath>
+
 #include "tensor/ops.h"
 
 namespace sae {
 
-SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device)
-    : max_tokens_(max_tokens) {
+namespace {
+bool finite(const StepSums& s) { return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1); }
+
+// Auto mode's default density thresholds (bench/bench_sparse.cpp, bench/RESULTS.md): above them the
+// dense GEMMs are as fast as the sparse kernels.
+constexpr double kAutoMaxDensityCpu = 0.25;
+constexpr double kAutoMaxDensityCuda = 0.05;
+}  // namespace
+
+SparseMode parse_sparse_mode(const std::string& text) {
+  if (text == "off") return SparseMode::Off;
+  if (text == "on") return SparseMode::On;
+  if (text == "auto") return SparseMode::Auto;
+  throw UsageError(cat("--sparse: expected auto, on or off, got '", text, "'"));
+}
+
+const char* sparse_mode_name(SparseMode mode) {
+  return mode == SparseMode::Off ? "off" : (mode == SparseMode::On ? "on" : "auto");
+}
+
+SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device, SparseMode sparse)
+    : max_tokens_(max_tokens), sparse_mode_(sparse) {
   if (max_tokens <= 0) throw UsageError(cat("SaeStep: max_tokens must be positive, got ", max_tokens));
   f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-  grad_f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
   col_sum_ = Tensor::zeros(Shape{d_sae}, dtype, device);
@@ -18,6 +39,28 @@ SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, D
   scratch_f_ = Tensor::zeros(Shape{d_sae}, dtype, device);
   sums_ = Tensor::zeros(Shape{3}, dtype, device);
   tiny_ = Tensor::full(Shape{1}, 1e-30, dtype, device);
+  auto_max_density_ = device == Device::CPU ? kAutoMaxDensityCpu : kAutoMaxDensityCuda;
+  if (sparse != SparseMode::Off) {
+    if (max_tokens * d_sae >= (int64_t(1) << 31))
+      throw UsageError(cat("--sparse: ", max_tokens, " tokens x ", d_sae, " features do not fit int32 entry indices; "
+                           "use smaller batches or --sparse off"));
+    col_ptr_ = Tensor::empty(Shape{d_sae + 1}, DType::I32, device);
+  }
+}
+
+// Room for `active` entries (read back as a float: exact below 2^24, within a few units above).
+void SaeStep::reserve_entries(double active) {
+  const int64_t most = max_tokens_ * f_.size(1);
+  const int64_t need = std::min(most, static_cast<int64_t>(active * (1.0 + 1e-6)) + 16);
+  if (need <= capacity_) return;
+  capacity_ = std::min(most, need + need / 4 + 1024);  // headroom: density drifts during training
+  const Device device = f_.device();
+  rows_ = Tensor();  // free the old lists before making the new ones
+  vals_ = Tensor();
+  dpre_ = Tensor();
+  rows_ = Tensor::empty(Shape{capacity_}, DType::I32, device);
+  vals_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
+  dpre_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
 }
 
 void SaeStep::run_forward(const SparseAutoencoder& model, const Tensor& x) {
@@ -31,14 +74,26 @@ void SaeStep::run_forward(const SparseAutoencoder& model, const Tensor& x) {
 
   matmul_(f, x, false, model.W_enc.data(), false);
   encoder_activate_(f, model.b_enc.data(), col_sum_, col_count_);
-  matmul_(x_hat, f, false, model.W_dec.data(), false);
-  add_(x_hat, model.b_dec.data());
+  reduce_all_(ReduceOp::sum, active, col_count_);
+  sparse_ = false;
+  if (sparse_mode_ != SparseMode::Off && n > 0) {
+    const double entries = active.item();  // one value back to the host
+    sparse_ = sparse_mode_ == SparseMode::On || entries <= auto_max_density_ * double(n) * double(f.size(1));
+    if (sparse_) {
+      reserve_entries(entries);
+      sparse_columns_(col_ptr_, rows_, vals_, f, col_count_);
+      sparse_decode_(x_hat, f, col_ptr_, rows_, vals_, model.W_dec.data(), model.b_dec.data());
+    }
+  }
+  if (!sparse_) {
+    matmul_(x_hat, f, false, model.W_dec.data(), false);
+    add_(x_hat, model.b_dec.data());
+  }
   binary_(BinaryOp::sub, grad_x_hat, x_hat, x);  // r = x_hat - x (scaled to 2r in backward)
   reduce_all_(ReduceOp::sum_squares, rec, grad_x_hat);
   reduce_axis_(ReduceOp::norm2, norms_, model.W_dec.data(), 1);
   binary_(BinaryOp::mul, scratch_f_, col_sum_, norms_);
   reduce_all_(ReduceOp::sum, l1, scratch_f_);
-  reduce_all_(ReduceOp::sum, active, col_count_);
 }
 
 StepSums SaeStep::read_sums(double l1_coefficient) {
@@ -49,6 +104,7 @@ StepSums SaeStep::read_sums(double l1_coefficient) {
   s.active = host[2];
   s.loss = s.rec + l1_coefficient * s.l1;
   s.tokens = tokens_;
+  s.sparse = sparse_;
   return s;
 }
 
@@ -62,20 +118,37 @@ Tensor& grad_buffer(Variable& param) {
   if (!param.grad().defined()) param.grad() = Tensor::zeros(param.shape(), param.data().dtype(), param.data().device());
   return param.grad();
 }
+
+ParamUpdate gradient_into(Variable& param) {
+  ParamUpdate u;
+  u.param = param.data();
+  u.grad = grad_buffer(param);
+  return u;
+}
+
+ParamUpdate adam_into(Variable& param, nn::Adam& adam, const AdamScalars& scalars) {
+  const int i = adam.index_of(param);
+  if (i < 0) throw Error("SaeStep::train_step: the optimizer does not hold the model's parameters");
+  ParamUpdate u;
+  u.param = param.data();
+  u.m = adam.first_moments()[i];
+  u.v = adam.second_moments()[i];
+  u.adam = true;
+  u.scalars = scalars;
+  return u;
+}
 }  // namespace
 
-StepSums SaeStep::forward_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
-  run_forward(model, x);
+// The dense backward (the five-GEMM path), after run_forward.
+void SaeStep::dense_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
   const int64_t n = tokens_;
+  if (!grad_f_.defined()) grad_f_ = Tensor::zeros(f_.shape(), f_.dtype(), f_.device());
   Tensor f = features(), grad_x_hat = grad_x_hat_.slice_rows(0, n), grad_f = grad_f_.slice_rows(0, n);
   Tensor& grad_W_enc = grad_buffer(model.W_enc);
   Tensor& grad_b_enc = grad_buffer(model.b_enc);
   Tensor& grad_W_dec = grad_buffer(model.W_dec);
-  Tensor& grad_b_dec = grad_buffer(model.b_dec);
   const Tensor& W_dec = model.W_dec.data();
 
-  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);  // d rec / d x_hat = 2 r
-  reduce_axis_(ReduceOp::sum, grad_b_dec, grad_x_hat, 0);
   matmul_(grad_W_dec, f, true, grad_x_hat, false);
   // L1 through the decoder norms: d(lambda sum_i s_i n_i)/dW_dec[i,:] = lambda s_i W_dec[i,:] / n_i
   binary_(BinaryOp::maximum, scratch_f_, norms_, tiny_);
@@ -87,7 +160,50 @@ StepSums SaeStep::forward_backward(SparseAutoencoder& model, const Tensor& x, do
   affine_(scratch_f_, norms_, l1_coefficient, 0.0);
   encoder_backward_(grad_f, f, scratch_f_, grad_b_enc);
   matmul_(grad_W_enc, x, true, grad_f, false);
+}
+
+StepSums SaeStep::forward_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
+  run_forward(model, x);
+  Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
+  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);  // d rec / d x_hat = 2 r
+  reduce_axis_(ReduceOp::sum, grad_buffer(model.b_dec), grad_x_hat, 0);
+  if (!sparse_) {
+    dense_backward(model, x, l1_coefficient);
+  } else {
+    ParamUpdate W_dec = gradient_into(model.W_dec), W_enc = gradient_into(model.W_enc);
+    ParamUpdate b_enc = gradient_into(model.b_enc);
+    sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, col_ptr_, rows_, vals_, norms_, col_sum_, l1_coefficient);
+    sparse_encoder_backward_(W_enc, b_enc, x, col_ptr_, rows_, dpre_);
+  }
   return read_sums(l1_coefficient);
+}
+
+StepSums SaeStep::train_step(SparseAutoencoder& model, const Tensor& x, double l1_coefficient, nn::Adam& adam,
+                             double lr) {
+  if (sparse_mode_ == SparseMode::Off) {  // exactly the dense step as before
+    StepSums sums = forward_backward(model, x, l1_coefficient);
+    if (finite(sums)) adam.step(lr);
+    return sums;
+  }
+  run_forward(model, x);
+  StepSums sums = read_sums(l1_coefficient);
+  if (!finite(sums)) return sums;
+  Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
+  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);  // d rec / d x_hat = 2 r
+  Tensor& grad_b_dec = grad_buffer(model.b_dec);
+  reduce_axis_(ReduceOp::sum, grad_b_dec, grad_x_hat, 0);
+  if (!sparse_) {
+    dense_backward(model, x, l1_coefficient);
+    adam.step(lr);
+    return sums;
+  }
+  const AdamScalars scalars = adam.begin_step(lr);
+  ParamUpdate W_dec = adam_into(model.W_dec, adam, scalars), W_enc = adam_into(model.W_enc, adam, scalars);
+  ParamUpdate b_enc = adam_into(model.b_enc, adam, scalars), b_dec = adam_into(model.b_dec, adam, scalars);
+  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, col_ptr_, rows_, vals_, norms_, col_sum_, l1_coefficient);
+  sparse_encoder_backward_(W_enc, b_enc, x, col_ptr_, rows_, dpre_);
+  adam_step_(b_dec.param, b_dec.m, b_dec.v, grad_b_dec, scalars);
+  return sums;
 }
 
 }  // namespace sae

@@ -8,8 +8,24 @@
 //   n_i = ||W_dec[i,:]||; l1 = sum_i n_i * sum_t f[t,i]
 //   dx_hat = 2 r;  db_dec = sum_t dx_hat;  dW_dec = f^T dx_hat + lambda * (sum_t f[t,i] / n_i) W_dec[i,:]
 //   df = dx_hat W_dec^T + lambda n;  dpre = df * (f > 0);  db_enc = sum_t dpre;  dW_enc = x^T dpre
+//
+// The sparse path (SparseMode, tests/test_sparse.cpp) computes the same formulas from the entries
+// of f that are > 0 only: after the encoder GEMM (which stays dense) the positive entries are
+// listed by feature (CSC: sparse_columns), and then
+//   x_hat[t,:] = b_dec + sum_{i: f[t,i] > 0} f[t,i] W_dec[i,:]                      (sparse_decode)
+//   dpre[t,i]  = dx_hat[t,:] . W_dec[i,:] + lambda n_i, only where f[t,i] > 0;
+//   dW_dec[i,:] = sum_t f[t,i] dx_hat[t,:] + lambda (sum_t f[t,i] / n_i) W_dec[i,:]  (sparse_decoder_backward)
+//   dW_enc[:,i] = sum_t dpre[t,i] x[t,:];  db_enc[i] = sum_t dpre[t,i]              (sparse_encoder_backward)
+// so the four products that were GEMMs cost O(entries * D) instead of O(N * F * D). In train_step
+// the two backward kernels also apply Adam to each row of W_dec and each block of columns of
+// W_enc as soon as its gradient is known: the gradients of W_enc, b_enc and W_dec are never
+// stored, and Adam's one pass over all the parameters (m and v decay everywhere, as in
+// torch.optim.Adam) is the same memory pass that computes them.
 // Letters: N tokens in the batch (up to max_tokens), D input width, F features.
 #pragma once
+#include <string>
+
+#include "nn/adam.h"
 #include "sae/model.h"
 
 namespace sae {
@@ -20,34 +36,61 @@ struct StepSums {
   double loss = 0;     // rec + lambda * l1
   double active = 0;   // number of (token, feature) pairs with f > 0
   int64_t tokens = 0;  // N
+  bool sparse = false; // this step took the sparse path
 };
+
+// --sparse: off = the dense GEMMs always; on = the sparse path always; auto = per step, the sparse
+// path when this batch's density (active / (N * F), known right after the encoder) is at most
+// SaeStep::auto_max_density(), so a dense model runs the dense path as before.
+enum class SparseMode { Off, On, Auto };
+SparseMode parse_sparse_mode(const std::string& text);  // "off" | "on" | "auto"; UsageError otherwise
+const char* sparse_mode_name(SparseMode mode);
 
 class SaeStep {
  public:
-  SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device);
+  SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device,
+          SparseMode sparse = SparseMode::Off);
 
   // Forward and backward for x [N, D] (N <= max_tokens). Overwrites the grads of the model's four
   // parameters (allocating them on first use) with d(rec + lambda * l1)/d(param).
   StepSums forward_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
   // Forward only (no gradients), e.g. for evaluation.
   StepSums forward(const SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
+  // One training step: forward, backward and adam.step(lr) (adam holds the model's parameters).
+  // On the sparse path Adam is fused into the backward and the grads of W_enc, b_enc and W_dec are
+  // left as they were. When the loss is not finite nothing is updated (the caller stops).
+  StepSums train_step(SparseAutoencoder& model, const Tensor& x, double l1_coefficient, nn::Adam& adam, double lr);
 
   // Views of the last call's results (valid until the next call).
   Tensor features() const { return f_.slice_rows(0, tokens_); }          // f [N, F]
   Tensor reconstruction() const { return x_hat_.slice_rows(0, tokens_); }  // x_hat [N, D]
   const Tensor& feature_counts() const { return col_count_; }            // tokens each feature fired on [F]
 
+  SparseMode sparse_mode() const { return sparse_mode_; }
+  // Auto mode's threshold. The default per device is the crossover measured by bench/bench_sparse.cpp.
+  double auto_max_density() const { return auto_max_density_; }
+  void set_auto_max_density(double density) { auto_max_density_ = density; }
+
  private:
   void run_forward(const SparseAutoencoder& model, const Tensor& x);
+  void dense_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
   StepSums read_sums(double l1_coefficient);
+  void reserve_entries(double active);
 
   int64_t max_tokens_, tokens_ = 0;
-  Tensor f_, grad_f_;           // [max_tokens, F]
+  Tensor f_, grad_f_;           // [max_tokens, F] (grad_f_ made on the first dense backward)
   Tensor x_hat_, grad_x_hat_;   // [max_tokens, D]
   Tensor col_sum_, col_count_;  // [F]: sum_t f[t,i], count_t f[t,i] > 0
   Tensor norms_, scratch_f_;    // [F]
   Tensor sums_;                 // [3]: rec, l1, active
   Tensor tiny_;                 // [1]: floor for decoder norms in divisions
+  // Sparse path: f's positive entries by feature (op_list.h), dLoss/dpre at the same entries.
+  SparseMode sparse_mode_;
+  double auto_max_density_;
+  bool sparse_ = false;         // the last forward took the sparse path
+  int64_t capacity_ = 0;        // entries rows_, vals_ and dpre_ have room for
+  Tensor col_ptr_;              // [F+1] i32
+  Tensor rows_, vals_, dpre_;   // [capacity_]: i32, dtype, dtype
 };
 
 }  // namespace sae

@@ -27,6 +27,8 @@ void TrainConfig::validate() const {
   require(!out.empty(), "--out must not be empty");
   require(device == "cpu" || device == "cuda" || device == "auto",
           cat("--device: expected cpu, cuda or auto, got '", device, "'"));
+  require(sparse == "auto" || sparse == "on" || sparse == "off",
+          cat("--sparse: expected auto, on or off, got '", sparse, "'"));
   require(checkpoint_every >= 1, cat("--checkpoint-every must be >= 1, got ", checkpoint_every));
   require(log_every >= 1, cat("--log-every must be >= 1, got ", log_every));
   require(lr_warmup_steps >= 0 && lr_decay_steps >= 0 && l1_warmup_steps >= 0,
@@ -71,6 +73,7 @@ Json TrainConfig::to_json() const {
   j["seed"] = static_cast<int64_t>(seed);
   j["device"] = device;
   j["tf32"] = tf32;
+  j["sparse"] = sparse;
   j["checkpoint_every"] = checkpoint_every;
   j["log_every"] = log_every;
   j["lr_warmup_steps"] = lr_warmup_steps;
@@ -112,6 +115,7 @@ TrainConfig TrainConfig::from_json(const Json& j) {
   c.seed = static_cast<uint64_t>(j.at("seed").as_int());
   c.device = j.at("device").as_string();
   c.tf32 = j.has("tf32") && j.at("tf32").as_bool();
+  c.sparse = j.has("sparse") ? j.at("sparse").as_string() : "off";  // runs from before --sparse were dense
   c.checkpoint_every = j.at("checkpoint_every").as_int();
   c.log_every = j.at("log_every").as_int();
   c.lr_warmup_steps = j.at("lr_warmup_steps").as_int();

@@ -174,7 +174,7 @@ TrainResult train(TrainConfig config) {
   SyntheticSource* synthetic = dynamic_cast<SyntheticSource*>(source.get());
 
   // ---- buffers, allocated once ----
-  SaeStep sae_step(max_tokens, d, model->d_sae(), DType::F32, device);
+  SaeStep sae_step(max_tokens, d, model->d_sae(), DType::F32, device, parse_sparse_mode(config.sparse));
   Tensor raw = Tensor::empty(Shape{max_tokens, d}), normalized = Tensor::empty(Shape{max_tokens, d});
   Tensor x_device = device == Device::CPU ? normalized : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   Tensor counts_host = Tensor::empty(Shape{model->d_sae()});
@@ -216,11 +216,10 @@ TrainResult train(TrainConfig config) {
     if (device != Device::CPU) cuda_copy_to_device(x.raw(), normalized.raw(), n * d * sizeof(float));
     const int64_t this_step = step + 1;
     const double lambda = config.l1_at(this_step), lr = config.lr_at(this_step);
-    StepSums sums = sae_step.forward_backward(*model, x, lambda);
+    StepSums sums = sae_step.train_step(*model, x, lambda, adam, lr);  // forward, backward, Adam
     if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1))
       throw TrainingDiverged(cat("training diverged at step ", this_step, ": loss is ", sums.loss, " (rec ", sums.rec,
                                  ", l1 ", sums.l1, "); the last good checkpoint is kept. Try a lower --lr."));
-    adam.step(lr);
     step = this_step;
     tokens += n;
     const Tensor& counts = sae_step.feature_counts();

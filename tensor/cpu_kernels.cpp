@@ -1,11 +1,13 @@
 // CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
 // large tensors, cblas_sgemm/dgemm for matmul. Inputs were validated by the front-end (ops.cpp).
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "tensor/op_list.h"
@@ -338,24 +340,41 @@ void transpose_cpu(Tensor& out, const Tensor& x) {
 // torch.optim.Adam, single-tensor form (torch/optim/adam.py, _single_tensor_adam):
 //   g += wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// One pass over the four arrays, scalars in the parameter's precision as in PyTorch.
+// Scalars in the parameter's precision as in PyTorch. adam_element is the one copy of the
+// expression: the adam_step kernel and the fused sparse kernels below all call it.
+template <typename T>
+struct AdamConstants {
+  T step_size, sqrt_bias2, b1, b2, eps, one_minus_b1, one_minus_b2, wd;
+  explicit AdamConstants(const AdamScalars& s) {
+    const double bias1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
+    const double bias2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
+    step_size = static_cast<T>(s.lr / bias1);
+    sqrt_bias2 = static_cast<T>(std::sqrt(bias2));
+    b1 = static_cast<T>(s.beta1);
+    b2 = static_cast<T>(s.beta2);
+    eps = static_cast<T>(s.eps);
+    one_minus_b1 = static_cast<T>(1.0 - s.beta1);
+    one_minus_b2 = static_cast<T>(1.0 - s.beta2);
+    wd = static_cast<T>(s.weight_decay);
+  }
+};
+
+template <typename T>
+inline void adam_element(T& p, T& m, T& v, T g, const AdamConstants<T>& c) {
+  const T grad = g + c.wd * p;
+  const T mi = c.b1 * m + c.one_minus_b1 * grad;
+  const T vi = c.b2 * v + c.one_minus_b2 * grad * grad;
+  m = mi;
+  v = vi;
+  p -= c.step_size * (mi / (std::sqrt(vi) / c.sqrt_bias2 + c.eps));
+}
+
+// One pass over the four arrays.
 template <typename T>
 void adam_typed(T* p, T* m, T* v, const T* g, int64_t n, const AdamScalars& s) {
-  const double bias1 = 1.0 - std::pow(s.beta1, static_cast<double>(s.step));
-  const double bias2 = 1.0 - std::pow(s.beta2, static_cast<double>(s.step));
-  const T step_size = static_cast<T>(s.lr / bias1), sqrt_bias2 = static_cast<T>(std::sqrt(bias2));
-  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2), eps = static_cast<T>(s.eps);
-  const T one_minus_b1 = static_cast<T>(1.0 - s.beta1), one_minus_b2 = static_cast<T>(1.0 - s.beta2);
-  const T wd = static_cast<T>(s.weight_decay);
+  const AdamConstants<T> c(s);
 #pragma omp parallel for simd if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    const T grad = g[i] + wd * p[i];
-    const T mi = b1 * m[i] + one_minus_b1 * grad;
-    const T vi = b2 * v[i] + one_minus_b2 * grad * grad;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= step_size * (mi / (std::sqrt(vi) / sqrt_bias2 + eps));
-  }
+  for (int64_t i = 0; i < n; ++i) adam_element(p[i], m[i], v[i], g[i], c);
 }
 
 void adam_step_cpu(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s) {
@@ -448,6 +467,261 @@ void add_scaled_rows_cpu(Tensor& out, const Tensor& x, const Tensor& row_scale) 
     add_scaled_rows_typed(out.data<double>(), x.data<double>(), row_scale.data<double>(), x.size(0), x.size(1));
 }
 
+// ---- sparse SAE kernels (op_list.h). Every feature's work (its entries in token order, its row
+// of W_dec, its column of W_enc) is done by one thread in a fixed order, so the results do not
+// depend on the number of threads or on which thread takes which feature: dynamic scheduling
+// balances the load and the runs stay bitwise repeatable.
+
+// Raw pointers of a ParamUpdate: store(offset, grad, len) hands over the gradient of elements
+// [offset, offset + len) of the parameter, which are written to grad or go through Adam at once.
+template <typename T>
+struct UpdateSink {
+  T* param;
+  T* grad = nullptr;
+  T* m = nullptr;
+  T* v = nullptr;
+  bool adam;
+  AdamConstants<T> c;
+  explicit UpdateSink(ParamUpdate& u) : param(u.param.data<T>()), adam(u.adam), c(u.scalars) {
+    if (adam) {
+      m = u.m.data<T>();
+      v = u.v.data<T>();
+    } else {
+      grad = u.grad.data<T>();
+    }
+  }
+  void store(int64_t offset, const T* g, int64_t len) const {
+    if (!adam) {
+      std::memcpy(grad + offset, g, len * sizeof(T));
+      return;
+    }
+    T* p = param + offset;
+    T* mm = m + offset;
+    T* vv = v + offset;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) adam_element(p[k], mm[k], vv[k], g[k], c);
+  }
+};
+
+// Builds the CSC lists. Offsets come from the column counts; then each thread scans every row of
+// f over its own band of columns and appends the positive entries, so each column's entries
+// arrive in token order. Float32 rows are tested 8 values at a time (at 2% density most groups of
+// 8 hold no entry at all).
+template <typename T>
+void sparse_columns_typed(int32_t* col_ptr, int32_t* rows, T* vals, const T* f, const T* col_count, int64_t n,
+                          int64_t cols) {
+  col_ptr[0] = 0;
+  for (int64_t j = 0; j < cols; ++j) col_ptr[j + 1] = col_ptr[j] + static_cast<int32_t>(col_count[j]);
+#pragma omp parallel if (n * cols >= kParallelMin)
+  {
+    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    const int64_t j0 = (cols * thread / threads) & ~int64_t(7);
+    const int64_t j1 = thread + 1 == threads ? cols : (cols * (thread + 1) / threads) & ~int64_t(7);
+    std::vector<int32_t> cursor(col_ptr + j0, col_ptr + j1);
+    int32_t* next = cursor.data() - j0;  // next[j]: where column j's next entry goes
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = f + r * cols;
+      int64_t j = j0;
+#if defined(__AVX__)
+      if constexpr (std::is_same_v<T, float>) {
+        const __m256 zero = _mm256_setzero_ps();
+        for (; j + 8 <= j1; j += 8) {
+          unsigned mask = static_cast<unsigned>(
+              _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + j), zero, _CMP_GT_OQ)));
+          while (mask != 0) {
+            const int64_t c = j + __builtin_ctz(mask);
+            mask &= mask - 1;
+            const int32_t e = next[c]++;
+            rows[e] = static_cast<int32_t>(r);
+            vals[e] = row[c];
+          }
+        }
+      }
+#endif
+      for (; j < j1; ++j) {
+        if (row[j] > T(0)) {
+          const int32_t e = next[j]++;
+          rows[e] = static_cast<int32_t>(r);
+          vals[e] = row[j];
+        }
+      }
+    }
+  }
+}
+
+// x_hat = f W_dec + b_dec, feature by feature: each W_dec row is read once per block of tokens and
+// added into the rows of the tokens it fires on. Work is cut into tiles of kDecodeTokens tokens x
+// kDecodeWidth columns of x_hat (256 KB, so a tile stays in L2 while every feature is added into
+// it); each x_hat value sums its features in feature order.
+constexpr int64_t kDecodeTokens = 512, kDecodeWidth = 128;
+
+template <typename T>
+void sparse_decode_typed(T* x_hat, const int32_t* col_ptr, const int32_t* rows, const T* vals, const T* W,
+                         const T* b, int64_t n, int64_t d, int64_t cols) {
+  const int64_t blocks = (n + kDecodeTokens - 1) / kDecodeTokens, widths = (d + kDecodeWidth - 1) / kDecodeWidth;
+  // start[k * cols + i]: feature i's first entry with token >= k * kDecodeTokens (k = blocks: its end).
+  std::vector<int32_t> start;
+  if (blocks > 1) {
+    start.resize((blocks + 1) * cols);
+#pragma omp parallel for if (n * cols >= kParallelMin)
+    for (int64_t i = 0; i < cols; ++i) {
+      int32_t e = col_ptr[i];
+      for (int64_t k = 0; k < blocks; ++k) {
+        while (e < col_ptr[i + 1] && rows[e] < k * kDecodeTokens) ++e;
+        start[k * cols + i] = e;
+      }
+      start[blocks * cols + i] = col_ptr[i + 1];
+    }
+  }
+  const int32_t* first = blocks > 1 ? start.data() : col_ptr;
+#pragma omp parallel for schedule(dynamic, 1) if (n * d >= 4096)
+  for (int64_t task = 0; task < blocks * widths; ++task) {
+    const int64_t k = task / widths, t0 = k * kDecodeTokens, t1 = std::min(n, t0 + kDecodeTokens);
+    const int64_t d0 = (task % widths) * kDecodeWidth, width = std::min(d, d0 + kDecodeWidth) - d0;
+    const int32_t* begin = blocks > 1 ? first + k * cols : col_ptr;
+    const int32_t* end = blocks > 1 ? first + (k + 1) * cols : col_ptr + 1;
+    for (int64_t t = t0; t < t1; ++t) std::fill(x_hat + t * d + d0, x_hat + t * d + d0 + width, T(0));
+    for (int64_t i = 0; i < cols; ++i) {
+      const T* w = W + i * d + d0;
+      for (int32_t e = begin[i]; e < end[i]; ++e) {
+        T* out = x_hat + int64_t(rows[e]) * d + d0;
+        const T value = vals[e];
+#pragma omp simd
+        for (int64_t c = 0; c < width; ++c) out[c] += value * w[c];
+      }
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      T* out = x_hat + t * d + d0;
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) out[c] += b[d0 + c];
+    }
+  }
+}
+
+// Feature by feature: for each entry, one pass over the token's dx row gives both the dot product
+// with W_dec[i] (-> dpre) and its share of dW_dec[i]; then the L1 term, then the row's update.
+template <typename T>
+void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
+                                   int64_t d, int64_t cols) {
+  const UpdateSink<T> sink(update);
+  const T* W = update.param.data<T>();
+  const T lambda = static_cast<T>(l1), tiny = static_cast<T>(1e-30);
+#pragma omp parallel if (int64_t(col_ptr[cols]) * d + cols * d >= kParallelMin)
+  {
+    std::vector<T> grad(d);
+    T* g = grad.data();
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < cols; ++i) {
+      const T* w = W + i * d;
+      // The dense path's expressions (sae_step.cpp): affine(norms, l1, 0), then
+      // affine(col_sum / max(norms, tiny), l1, 0).
+      const T row_add = lambda * norms[i] + T(0);
+      const T scale = lambda * (col_sum[i] / (norms[i] > tiny ? norms[i] : tiny)) + T(0);  // maximum op
+      std::fill(g, g + d, T(0));
+      for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) {
+        const T* dx_t = dx + int64_t(rows[e]) * d;
+        const T value = vals[e];
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t c = 0; c < d; ++c) {
+          dot += dx_t[c] * w[c];
+          g[c] += value * dx_t[c];
+        }
+        dpre[e] = dot + row_add;
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) g[c] = g[c] + scale * w[c];
+      sink.store(i * d, g, d);  // the row's old values have all been read
+    }
+  }
+}
+
+// Blocks of kEncoderFeatures features: G[ii, :] = sum_e dpre[e] x[rows[e], :] for each feature of
+// the block (a contiguous row, summed in token order), then the block's columns of W_enc are
+// updated row by row (G read transposed, 8 rows at a time through a small buffer), and b_enc.
+constexpr int64_t kEncoderFeatures = 32;
+
+template <typename T>
+void sparse_encoder_backward_typed(ParamUpdate& W_update, ParamUpdate& b_update, const T* x, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* dpre, int64_t d, int64_t cols) {
+  const UpdateSink<T> W_sink(W_update), b_sink(b_update);
+  const int64_t blocks = (cols + kEncoderFeatures - 1) / kEncoderFeatures;
+#pragma omp parallel if (int64_t(col_ptr[cols]) * d + cols * d >= kParallelMin)
+  {
+    std::vector<T> G_buffer(kEncoderFeatures * d), G_rows(8 * kEncoderFeatures), db(kEncoderFeatures);
+    T* G = G_buffer.data();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t i0 = block * kEncoderFeatures, width = std::min(cols, i0 + kEncoderFeatures) - i0;
+      for (int64_t ii = 0; ii < width; ++ii) {
+        T* Gi = G + ii * d;
+        std::fill(Gi, Gi + d, T(0));
+        T bias_grad = 0;
+        for (int32_t e = col_ptr[i0 + ii]; e < col_ptr[i0 + ii + 1]; ++e) {
+          const T* x_t = x + int64_t(rows[e]) * d;
+          const T p = dpre[e];
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) Gi[c] += p * x_t[c];
+          bias_grad += p;
+        }
+        db[ii] = bias_grad;
+      }
+      for (int64_t j0 = 0; j0 < d; j0 += 8) {
+        const int64_t h = std::min<int64_t>(8, d - j0);
+        for (int64_t ii = 0; ii < width; ++ii)
+          for (int64_t jj = 0; jj < h; ++jj) G_rows[jj * width + ii] = G[ii * d + j0 + jj];
+        for (int64_t jj = 0; jj < h; ++jj) W_sink.store((j0 + jj) * cols + i0, G_rows.data() + jj * width, width);
+      }
+      b_sink.store(i0, db.data(), width);
+    }
+  }
+}
+
+void sparse_columns_cpu(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
+  if (f.dtype() == DType::F32)
+    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(), f.data<float>(),
+                         col_count.data<float>(), f.size(0), f.size(1));
+  else
+    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(), f.data<double>(),
+                         col_count.data<double>(), f.size(0), f.size(1));
+}
+
+void sparse_decode_cpu(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
+                       const Tensor& W_dec, const Tensor& b_dec) {
+  if (f.dtype() == DType::F32)
+    sparse_decode_typed(x_hat.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(),
+                        W_dec.data<float>(), b_dec.data<float>(), f.size(0), W_dec.size(1), f.size(1));
+  else
+    sparse_decode_typed(x_hat.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(),
+                        W_dec.data<double>(), b_dec.data<double>(), f.size(0), W_dec.size(1), f.size(1));
+}
+
+void sparse_decoder_backward_cpu(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
+                                 const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
+                                 double l1) {
+  const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
+  if (grad_x_hat.dtype() == DType::F32)
+    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), col_ptr.data<int32_t>(),
+                                  rows.data<int32_t>(), vals.data<float>(), norms.data<float>(),
+                                  col_sum.data<float>(), l1, d, cols);
+  else
+    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), col_ptr.data<int32_t>(),
+                                  rows.data<int32_t>(), vals.data<double>(), norms.data<double>(),
+                                  col_sum.data<double>(), l1, d, cols);
+}
+
+void sparse_encoder_backward_cpu(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
+                                 const Tensor& rows, const Tensor& dpre) {
+  const int64_t d = x.size(1), cols = W_enc.param.size(1);
+  if (x.dtype() == DType::F32)
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+                                  dpre.data<float>(), d, cols);
+  else
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+                                  dpre.data<double>(), d, cols);
+}
+
 KernelTable make_cpu_table() {
   KernelTable t;
   t.fill = fill_cpu;
@@ -464,6 +738,10 @@ KernelTable make_cpu_table() {
   t.encoder_activate = encoder_activate_cpu;
   t.encoder_backward = encoder_backward_cpu;
   t.add_scaled_rows = add_scaled_rows_cpu;
+  t.sparse_columns = sparse_columns_cpu;
+  t.sparse_decode = sparse_decode_cpu;
+  t.sparse_decoder_backward = sparse_decoder_backward_cpu;
+  t.sparse_encoder_backward = sparse_encoder_backward_cpu;
   return t;
 }
 

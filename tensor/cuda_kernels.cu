@@ -602,16 +602,25 @@ AdamConstants<T> adam_constants(const AdamScalars& s) {
 // torch.optim.Adam, single-tensor form (torch/optim/adam.py, _single_tensor_adam):
 //   g += wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// The one copy of the expression on the GPU: adam_kernel and the fused sparse kernels call it.
+template <typename T>
+__device__ inline void adam_element(T& param, T& m, T& v, T g, const AdamConstants<T>& c) {
+  const T grad = g + c.wd * param;
+  const T mi = c.b1 * m + c.one_minus_b1 * grad;
+  const T vi = c.b2 * v + c.one_minus_b2 * grad * grad;
+  m = mi;
+  v = vi;
+  param = param - c.step_size * (mi / (dev_sqrt(vi) / c.sqrt_bias2 + c.eps));
+}
+
 template <typename T>
 __global__ void adam_kernel(T* p, T* m, T* v, const T* g, int64_t n, AdamConstants<T> c) {
   for (int64_t i = thread_index(); i < n; i += grid_stride()) {
-    const T param = p[i];
-    const T grad = g[i] + c.wd * param;
-    const T mi = c.b1 * m[i] + c.one_minus_b1 * grad;
-    const T vi = c.b2 * v[i] + c.one_minus_b2 * grad * grad;
+    T param = p[i], mi = m[i], vi = v[i];
+    adam_element(param, mi, vi, g[i], c);
     m[i] = mi;
     v[i] = vi;
-    p[i] = param - c.step_size * (mi / (dev_sqrt(vi) / c.sqrt_bias2 + c.eps));
+    p[i] = param;
   }
 }
 
@@ -872,6 +881,356 @@ void add_scaled_rows_cuda(Tensor& out, const Tensor& x, const Tensor& row_scale)
   SAE_CUDA_CHECK_LAUNCH();
 }
 
+// ---------------------------------------------------------------- sparse SAE kernels
+//
+// The sparse path of the SAE step (op_list.h, sae/sae_step.h): f's positive entries listed by
+// feature (CSC), the decoder product from f's positive entries, and the two backward kernels that
+// hand each gradient value to its ParamUpdate (written out, or one Adam step at once). Like the
+// kernels above they use no atomics: every sum has one owner and a fixed order, so results are
+// bitwise repeatable.
+//
+//   sparse_columns           f [N, F] cut into slices of kSparseSliceRows rows: count the entries
+//                            of every (slice, column), turn the counts into offsets (per column
+//                            over its slices, then one scan over the columns), then each (slice,
+//                            column) thread writes its entries in row order.
+//   sparse_decode            one block per token: the block scans f's row 256 columns at a time,
+//                            compacts the positive entries in column order into shared memory
+//                            (warp ballots), and every thread adds them into its own columns of
+//                            x_hat (shared memory), feature by feature.
+//   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
+//                            computes dx[t] . W_dec[i] (lanes over D, a fixed shuffle tree); then,
+//                            after a barrier (every old value of the row has been read), each
+//                            thread sums its columns of dW_dec[i] over the entries in token order
+//                            and hands them to the update.
+//   sparse_encoder_backward  one block per tile of 32 features x 32 rows of W_enc: warp by feature,
+//                            lane by row j, G[i][j] = sum over the feature's entries of
+//                            dpre * x[t, j] (coalesced rows of x) into shared memory; then lanes
+//                            over the 32 features update W_enc[j, i0:i0+32] (coalesced) reading G
+//                            transposed (padded: no bank conflicts). The tiles of rows 0..31 also
+//                            sum db_enc.
+
+// Raw pointers of a ParamUpdate, passed to kernels by value.
+template <typename T>
+struct UpdateTarget {
+  T* param;
+  T* grad;
+  T* m;
+  T* v;
+  bool adam;
+  AdamConstants<T> c;
+};
+
+template <typename T>
+UpdateTarget<T> update_target(ParamUpdate& u) {
+  UpdateTarget<T> t{};
+  t.param = u.param.data<T>();
+  t.adam = u.adam;
+  if (u.adam) {
+    t.m = u.m.data<T>();
+    t.v = u.v.data<T>();
+    t.c = adam_constants<T>(u.scalars);
+  } else {
+    t.grad = u.grad.data<T>();
+  }
+  return t;
+}
+
+// Element `index` of the parameter has gradient g.
+template <typename T>
+__device__ inline void store_gradient(const UpdateTarget<T>& u, int64_t index, T g) {
+  if (!u.adam) {
+    u.grad[index] = g;
+    return;
+  }
+  T param = u.param[index], m = u.m[index], v = u.v[index];
+  adam_element(param, m, v, g, u.c);
+  u.m[index] = m;
+  u.v[index] = v;
+  u.param[index] = param;
+}
+
+constexpr int64_t kSparseSliceRows = 256;
+constexpr int kWarps = kBlock / 32;  // 8 warps in a block of kBlock threads
+
+// counts[s * cols + c] = entries > 0 of column c in rows [s * kSparseSliceRows, ...) of that slice.
+template <typename T>
+__global__ void count_slices_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t slices) {
+  for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
+    const int64_t slice = k / cols, c = k % cols;
+    const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
+    int32_t count = 0;
+    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) count += f[r * cols + c] > T(0) ? 1 : 0;
+    counts[k] = count;
+  }
+}
+
+// Per column: counts become offsets within the column (slice order); col_ptr[c + 1] = its total.
+__global__ void slice_offsets_kernel(int32_t* counts, int32_t* col_ptr, int64_t cols, int64_t slices) {
+  for (int64_t c = thread_index(); c < cols; c += grid_stride()) {
+    int32_t running = 0;
+    for (int64_t s = 0; s < slices; ++s) {
+      const int32_t count = counts[s * cols + c];
+      counts[s * cols + c] = running;
+      running += count;
+    }
+    col_ptr[c + 1] = running;
+  }
+}
+
+// One block: col_ptr[1..cols] (column totals) becomes the running sum; col_ptr[0] = 0. Each thread
+// owns a contiguous chunk; the chunk totals are scanned by thread 0 (kBlock values).
+__global__ void scan_columns_kernel(int32_t* col_ptr, int64_t cols) {
+  __shared__ int32_t chunk_base[kBlock];
+  const int64_t chunk = (cols + kBlock - 1) / kBlock;
+  const int64_t begin = min(cols, threadIdx.x * chunk), end = min(cols, begin + chunk);
+  int32_t total = 0;
+  for (int64_t c = begin; c < end; ++c) total += col_ptr[c + 1];
+  chunk_base[threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t running = 0;
+    for (int k = 0; k < kBlock; ++k) {
+      const int32_t t = chunk_base[k];
+      chunk_base[k] = running;
+      running += t;
+    }
+    col_ptr[0] = 0;
+  }
+  __syncthreads();
+  int32_t running = chunk_base[threadIdx.x];
+  for (int64_t c = begin; c < end; ++c) {
+    running += col_ptr[c + 1];
+    col_ptr[c + 1] = running;
+  }
+}
+
+template <typename T>
+__global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_t* offsets, const int32_t* col_ptr,
+                                    const T* f, int64_t rows, int64_t cols, int64_t slices) {
+  for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
+    const int64_t slice = k / cols, c = k % cols;
+    const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
+    int32_t e = col_ptr[c] + offsets[k];
+    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) {
+      const T v = f[r * cols + c];
+      if (v > T(0)) {
+        out_rows[e] = static_cast<int32_t>(r);
+        out_vals[e] = v;
+        ++e;
+      }
+    }
+  }
+}
+
+template <typename T>
+void sparse_columns_typed(int32_t* col_ptr, int32_t* out_rows, T* out_vals, const T* f, int64_t rows, int64_t cols) {
+  if (cols == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
+    return;
+  }
+  const int64_t slices = std::max<int64_t>(1, ceil_div(rows, kSparseSliceRows));
+  DeviceBuffer counts(static_cast<size_t>(slices * cols) * sizeof(int32_t));
+  int32_t* count = static_cast<int32_t*>(counts.ptr);
+  count_slices_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(count, f, rows, cols, slices);
+  SAE_CUDA_CHECK_LAUNCH();
+  slice_offsets_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(count, col_ptr, cols, slices);
+  SAE_CUDA_CHECK_LAUNCH();
+  scan_columns_kernel<<<1, kBlock, 0, cuda_stream()>>>(col_ptr, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+  fill_columns_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(out_rows, out_vals, count, col_ptr, f,
+                                                                            rows, cols, slices);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_columns_cuda(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
+  if (f.dtype() == DType::F32)
+    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(), f.data<float>(),
+                         f.size(0), f.size(1));
+  else
+    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(), f.data<double>(),
+                         f.size(0), f.size(1));
+}
+
+// Dynamic shared memory: acc [d] T, then kBlock values T, then kBlock column indices.
+template <typename T>
+__global__ void sparse_decode_kernel(T* x_hat, const T* f, const T* W, const T* b, int64_t rows, int64_t d,
+                                     int64_t cols) {
+  extern __shared__ __align__(16) unsigned char sparse_decode_shared[];
+  T* acc = reinterpret_cast<T*>(sparse_decode_shared);
+  T* list_val = acc + d;
+  int32_t* list_col = reinterpret_cast<int32_t*>(list_val + kBlock);
+  __shared__ int32_t warp_count[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t t = blockIdx.x; t < rows; t += gridDim.x) {
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) acc[k] = T(0);
+    const T* f_row = f + t * cols;
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t c = c0 + threadIdx.x;
+      const T v = c < cols ? f_row[c] : T(0);
+      const bool on = v > T(0);
+      const unsigned ballot = __ballot_sync(0xffffffffu, on);
+      if (lane == 0) warp_count[warp] = __popc(ballot);
+      __syncthreads();  // warp counts written; also: every thread is done with the previous list
+      int32_t offset = 0, total = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        offset += w < warp ? warp_count[w] : 0;
+        total += warp_count[w];
+      }
+      if (on) {
+        const int32_t slot = offset + __popc(ballot & ((1u << lane) - 1u));
+        list_val[slot] = v;
+        list_col[slot] = static_cast<int32_t>(c);
+      }
+      __syncthreads();  // the list is complete
+      for (int64_t k = threadIdx.x; k < d; k += kBlock) {
+        T a = acc[k];
+        for (int32_t q = 0; q < total; ++q) a += list_val[q] * W[int64_t(list_col[q]) * d + k];
+        acc[k] = a;
+      }
+      __syncthreads();  // before warp_count and the list are rewritten
+    }
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) x_hat[t * d + k] = acc[k] + b[k];
+    __syncthreads();  // acc is reset for the next token
+  }
+}
+
+// Kernels whose dynamic shared memory may pass the default 48 KB limit ask for it once.
+template <typename Kernel>
+void allow_shared_bytes(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    SAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+template <typename T>
+void sparse_decode_typed(T* x_hat, const T* f, const T* W, const T* b, int64_t rows, int64_t d, int64_t cols) {
+  if (rows == 0 || d == 0) return;
+  const size_t shared = static_cast<size_t>(d) * sizeof(T) + kBlock * (sizeof(T) + sizeof(int32_t));
+  allow_shared_bytes(sparse_decode_kernel<T>, shared);
+  sparse_decode_kernel<<<grid_for(rows, 1), kBlock, shared, cuda_stream()>>>(x_hat, f, W, b, rows, d, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_decode_cuda(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
+                        const Tensor& W_dec, const Tensor& b_dec) {
+  if (f.dtype() == DType::F32)
+    sparse_decode_typed(x_hat.data<float>(), f.data<float>(), W_dec.data<float>(), b_dec.data<float>(), f.size(0),
+                        W_dec.size(1), f.size(1));
+  else
+    sparse_decode_typed(x_hat.data<double>(), f.data<double>(), W_dec.data<double>(), b_dec.data<double>(),
+                        f.size(0), W_dec.size(1), f.size(1));
+}
+
+template <typename T>
+__global__ void sparse_decoder_backward_kernel(T* dpre, UpdateTarget<T> update, const T* dx, const int32_t* col_ptr,
+                                               const int32_t* rows, const T* vals, const T* norms, const T* col_sum,
+                                               T lambda, T tiny, int64_t d, int64_t cols) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t i = blockIdx.x; i < cols; i += gridDim.x) {
+    const T* w = update.param + i * d;
+    const int32_t e0 = col_ptr[i], e1 = col_ptr[i + 1];
+    // The dense path's expressions: affine(norms, l1, 0), and affine(col_sum / maximum(norms, tiny), l1, 0).
+    const T n = norms[i];
+    const T row_add = lambda * n + T(0);
+    const T scale = lambda * (col_sum[i] / (n > tiny ? n : tiny)) + T(0);
+    for (int32_t e = e0 + warp; e < e1; e += kWarps) {
+      const T* dx_t = dx + int64_t(rows[e]) * d;
+      T part = T(0);
+      for (int64_t k = lane; k < d; k += 32) part += dx_t[k] * w[k];
+      for (int offset = 16; offset > 0; offset /= 2) part += __shfl_down_sync(0xffffffffu, part, offset);
+      if (lane == 0) dpre[e] = part + row_add;
+    }
+    __syncthreads();  // every dot product has read the old row before it is updated
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) {
+      T g = T(0);
+      for (int32_t e = e0; e < e1; ++e) g += vals[e] * dx[int64_t(rows[e]) * d + k];
+      g = g + scale * w[k];
+      store_gradient(update, i * d + k, g);
+    }
+  }
+}
+
+template <typename T>
+void sparse_decoder_backward_typed(T* dpre, ParamUpdate& W_dec, const T* dx, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
+                                   int64_t d, int64_t cols) {
+  if (cols == 0 || d == 0) return;
+  sparse_decoder_backward_kernel<<<grid_for(cols, 1), kBlock, 0, cuda_stream()>>>(
+      dpre, update_target<T>(W_dec), dx, col_ptr, rows, vals, norms, col_sum, static_cast<T>(l1),
+      static_cast<T>(1e-30), d, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_decoder_backward_cuda(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
+                                  const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
+                                  double l1) {
+  const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
+  if (grad_x_hat.dtype() == DType::F32)
+    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), col_ptr.data<int32_t>(),
+                                  rows.data<int32_t>(), vals.data<float>(), norms.data<float>(),
+                                  col_sum.data<float>(), l1, d, cols);
+  else
+    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), col_ptr.data<int32_t>(),
+                                  rows.data<int32_t>(), vals.data<double>(), norms.data<double>(),
+                                  col_sum.data<double>(), l1, d, cols);
+}
+
+constexpr int kEncoderTile = 32;  // features per tile = rows of W_enc per tile = lanes of a warp
+
+template <typename T>
+__global__ void sparse_encoder_backward_kernel(UpdateTarget<T> W, UpdateTarget<T> b, const T* x,
+                                               const int32_t* col_ptr, const int32_t* rows, const T* dpre, int64_t d,
+                                               int64_t cols) {
+  __shared__ T G[kEncoderTile][kEncoderTile + 1];  // G[feature][row j]; padded against bank conflicts
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // At least one chunk of rows, so that db_enc is summed even when D = 0.
+  const int64_t tiles = (cols + kEncoderTile - 1) / kEncoderTile;
+  const int64_t chunks = d > 0 ? (d + kEncoderTile - 1) / kEncoderTile : 1;
+  for (int64_t task = blockIdx.x; task < tiles * chunks; task += gridDim.x) {
+    const int64_t i0 = (task % tiles) * kEncoderTile, j0 = (task / tiles) * kEncoderTile;
+    for (int ii = warp; ii < kEncoderTile; ii += kWarps) {
+      const int64_t i = i0 + ii, j = j0 + lane;
+      T acc = T(0);
+      if (i < cols && j < d) {
+        for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) acc += dpre[e] * x[int64_t(rows[e]) * d + j];
+      }
+      G[ii][lane] = acc;
+    }
+    __syncthreads();
+    for (int jj = warp; jj < kEncoderTile; jj += kWarps) {
+      const int64_t j = j0 + jj, i = i0 + lane;
+      if (j < d && i < cols) store_gradient(W, j * cols + i, G[lane][jj]);
+    }
+    if (j0 == 0 && warp == 0 && i0 + lane < cols) {
+      const int64_t i = i0 + lane;
+      T sum = T(0);
+      for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) sum += dpre[e];
+      store_gradient(b, i, sum);
+    }
+    __syncthreads();  // G is rewritten by the next task
+  }
+}
+
+template <typename T>
+void sparse_encoder_backward_typed(ParamUpdate& W_enc, ParamUpdate& b_enc, const T* x, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* dpre, int64_t d, int64_t cols) {
+  if (cols == 0) return;
+  const int64_t tasks = ceil_div(cols, kEncoderTile) * std::max<int64_t>(1, ceil_div(d, kEncoderTile));
+  sparse_encoder_backward_kernel<<<grid_for(tasks, 1), kBlock, 0, cuda_stream()>>>(
+      update_target<T>(W_enc), update_target<T>(b_enc), x, col_ptr, rows, dpre, d, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_encoder_backward_cuda(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
+                                  const Tensor& rows, const Tensor& dpre) {
+  const int64_t d = x.size(1), cols = W_enc.param.size(1);
+  if (x.dtype() == DType::F32)
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+                                  dpre.data<float>(), d, cols);
+  else
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+                                  dpre.data<double>(), d, cols);
+}
+
 KernelTable make_cuda_table() {
   KernelTable t;
   t.fill = fill_cuda;
@@ -888,6 +1247,10 @@ KernelTable make_cuda_table() {
   t.encoder_activate = encoder_activate_cuda;
   t.encoder_backward = encoder_backward_cuda;
   t.add_scaled_rows = add_scaled_rows_cuda;
+  t.sparse_columns = sparse_columns_cuda;
+  t.sparse_decode = sparse_decode_cuda;
+  t.sparse_decoder_backward = sparse_decoder_backward_cuda;
+  t.sparse_encoder_backward = sparse_encoder_backward_cuda;
   return t;
 }
 

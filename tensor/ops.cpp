@@ -15,9 +15,15 @@ void check_defined(const char* op, const Tensor& t) {
   if (!t.defined()) throw Error(cat(op, ": undefined tensor"));
 }
 
+// Arithmetic is on float32 and float64 only; int32 tensors are index lists for the sparse kernels.
+void check_float(const char* op, const Tensor& t) {
+  check_defined(op, t);
+  if (t.dtype() == DType::I32) throw Error(cat(op, ": expects a floating-point tensor, got ", t.describe()));
+}
+
 void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
-  check_defined(op, a);
-  check_defined(op, b);
+  check_float(op, a);
+  check_float(op, b);
   if (a.device() != b.device())
     throw Error(cat(op, ": device mismatch: ", a.describe(), " vs ", b.describe()));
   if (a.dtype() != b.dtype())
@@ -86,14 +92,15 @@ std::string missing_kernels(const KernelTable& table) {
 // ---------------------------------------------------------------- in place
 
 void fill_(Tensor& out, double value) {
-  check_defined("fill", out);
+  check_float("fill", out);
   kernels_for(out.device()).fill(out, value);
 }
 
 void copy_(Tensor& out, const Tensor& src) {
   check_defined("copy", out);
   check_defined("copy", src);
-  if (out.shape() != src.shape() || out.device() != src.device())
+  if (out.shape() != src.shape() || out.device() != src.device() ||
+      (out.dtype() != src.dtype() && (out.dtype() == DType::I32 || src.dtype() == DType::I32)))
     throw Error(cat("copy: cannot copy ", src.describe(), " into ", out.describe()));
   kernels_for(out.device()).copy(out, src);
 }
@@ -215,6 +222,102 @@ void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
   kernels_for(x.device()).add_scaled_rows(out, x, row_scale);
 }
 
+namespace {
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
+  check_defined(op, t);
+  if (t.shape() != shape) throw Error(cat(op, ": ", name, " should be ", shape.str(), ", got ", t.describe()));
+}
+
+// The CSC form of f [N, F] (op_list.h): col_ptr [F+1] and rows [capacity] int32, `values` (vals or
+// dpre) [capacity] in f's dtype, all on f's device. Entry indices must fit in int32.
+void check_columns(const char* op, const Tensor& f_like, int64_t n, int64_t features, const Tensor& col_ptr,
+                   const Tensor& rows, const Tensor& values) {
+  check_shape(op, "col_ptr", col_ptr, Shape{features + 1});
+  check_defined(op, rows);
+  check_defined(op, values);
+  if (col_ptr.dtype() != DType::I32 || rows.dtype() != DType::I32)
+    throw Error(cat(op, ": col_ptr and rows must be i32, got ", col_ptr.describe(), " and ", rows.describe()));
+  if (rows.ndim() != 1 || values.shape() != rows.shape())
+    throw Error(cat(op, ": rows and values must be 1-D and alike, got ", rows.describe(), " and ", values.describe()));
+  check_same_device_dtype(op, f_like, values);
+  if (col_ptr.device() != f_like.device() || rows.device() != f_like.device())
+    throw Error(cat(op, ": device mismatch: ", col_ptr.describe(), ", ", rows.describe(), " vs ", f_like.describe()));
+  if (n * features >= (int64_t(1) << 31) || rows.numel() >= (int64_t(1) << 31))
+    throw Error(cat(op, ": ", n, " x ", features, " entries do not fit int32 indices"));
+}
+
+void check_update(const char* op, const char* name, const ParamUpdate& u, const Shape& shape, const Tensor& like) {
+  check_shape(op, name, u.param, shape);
+  check_same_device_dtype(op, u.param, like);
+  if (u.adam) {
+    check_same_shape(op, u.param, u.m);
+    check_same_shape(op, u.param, u.v);
+    if (u.scalars.step < 1) throw Error(cat(op, ": Adam step must be >= 1, got ", u.scalars.step));
+  } else {
+    check_same_shape(op, u.param, u.grad);
+  }
+}
+}  // namespace
+
+void sparse_columns_(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
+  const char* op = "sparse_columns";
+  check_float(op, f);
+  if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
+  check_rows_and_column_vector(op, f, col_count);
+  check_columns(op, f, f.size(0), f.size(1), col_ptr, rows, vals);
+  kernels_for(f.device()).sparse_columns(col_ptr, rows, vals, f, col_count);
+}
+
+void sparse_decode_(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
+                    const Tensor& W_dec, const Tensor& b_dec) {
+  const char* op = "sparse_decode";
+  check_float(op, f);
+  check_float(op, W_dec);
+  if (f.ndim() != 2 || W_dec.ndim() != 2 || W_dec.size(0) != f.size(1))
+    throw Error(cat(op, ": expects f [N, F] and W_dec [F, D], got ", f.describe(), " and ", W_dec.describe()));
+  const int64_t n = f.size(0), features = f.size(1), d = W_dec.size(1);
+  check_same_device_dtype(op, f, W_dec);
+  check_same_device_dtype(op, f, x_hat);
+  check_same_device_dtype(op, f, b_dec);
+  check_shape(op, "x_hat", x_hat, Shape{n, d});
+  check_shape(op, "b_dec", b_dec, Shape{d});
+  check_columns(op, f, n, features, col_ptr, rows, vals);
+  kernels_for(f.device()).sparse_decode(x_hat, f, col_ptr, rows, vals, W_dec, b_dec);
+}
+
+void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
+                              const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
+                              double l1) {
+  const char* op = "sparse_decoder_backward";
+  check_float(op, grad_x_hat);
+  if (grad_x_hat.ndim() != 2 || !W_dec.param.defined() || W_dec.param.ndim() != 2)
+    throw Error(cat(op, ": expects grad_x_hat [N, D] and W_dec [F, D], got ", grad_x_hat.describe(), " and ",
+                    W_dec.param.describe()));
+  const int64_t n = grad_x_hat.size(0), d = grad_x_hat.size(1), features = W_dec.param.size(0);
+  check_update(op, "W_dec", W_dec, Shape{features, d}, grad_x_hat);
+  check_same_device_dtype(op, grad_x_hat, norms);
+  check_same_device_dtype(op, grad_x_hat, col_sum);
+  check_shape(op, "norms", norms, Shape{features});
+  check_shape(op, "col_sum", col_sum, Shape{features});
+  check_columns(op, grad_x_hat, n, features, col_ptr, rows, vals);
+  check_columns(op, grad_x_hat, n, features, col_ptr, rows, dpre);
+  kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, col_ptr, rows, vals, norms,
+                                                           col_sum, l1);
+}
+
+void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
+                              const Tensor& rows, const Tensor& dpre) {
+  const char* op = "sparse_encoder_backward";
+  check_float(op, x);
+  if (x.ndim() != 2 || !W_enc.param.defined() || W_enc.param.ndim() != 2)
+    throw Error(cat(op, ": expects x [N, D] and W_enc [D, F], got ", x.describe(), " and ", W_enc.param.describe()));
+  const int64_t n = x.size(0), d = x.size(1), features = W_enc.param.size(1);
+  check_update(op, "W_enc", W_enc, Shape{d, features}, x);
+  check_update(op, "b_enc", b_enc, Shape{features}, x);
+  check_columns(op, x, n, features, col_ptr, rows, dpre);
+  kernels_for(x.device()).sparse_encoder_backward(W_enc, b_enc, x, col_ptr, rows, dpre);
+}
+
 // ---------------------------------------------------------------- element-wise
 
 Tensor unary(UnaryOp op, const Tensor& x) {
@@ -323,7 +426,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 }
 
 Tensor transpose(const Tensor& x) {
-  check_defined("transpose", x);
+  check_float("transpose", x);
   if (x.ndim() != 2) throw Error(cat("transpose: expects a 2-D tensor, got ", x.describe()));
   Tensor out = Tensor::empty(Shape{x.size(1), x.size(0)}, x.dtype(), x.device());
   kernels_for(x.device()).transpose(out, x);

@@ -9,9 +9,9 @@
 
 namespace sae {
 
-const char* dtype_name(DType dtype) { return dtype == DType::F32 ? "f32" : "f64"; }
+const char* dtype_name(DType dtype) { return dtype == DType::F32 ? "f32" : (dtype == DType::F64 ? "f64" : "i32"); }
 const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
-size_t dtype_size(DType dtype) { return dtype == DType::F32 ? 4 : 8; }
+size_t dtype_size(DType dtype) { return dtype == DType::F64 ? 8 : 4; }
 
 Shape::Shape(std::initializer_list<int64_t> list) {
   if (list.size() > kMaxDims) throw Error(cat("Shape: at most ", kMaxDims, " dims, got ", list.size()));
@@ -88,6 +88,9 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
   if (dtype == DType::F32) {
     float* p = host.data<float>();
     for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<float>(values[i]);
+  } else if (dtype == DType::I32) {
+    int32_t* p = host.data<int32_t>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<int32_t>(values[i]);
   } else {
     std::memcpy(host.raw(), values.data(), values.size() * sizeof(double));
   }
@@ -179,6 +182,9 @@ std::vector<double> Tensor::to_vector() const {
   std::vector<double> values(numel());
   if (dtype_ == DType::F32) {
     const float* p = host.data<float>();
+    for (int64_t i = 0; i < numel(); ++i) values[i] = p[i];
+  } else if (dtype_ == DType::I32) {
+    const int32_t* p = host.data<int32_t>();
     for (int64_t i = 0; i < numel(); ++i) values[i] = p[i];
   } else {
     std::memcpy(values.data(), host.raw(), numel() * sizeof(double));

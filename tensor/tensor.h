@@ -1,5 +1,7 @@
 // Tensor: a contiguous, row-major block of float32 or float64 numbers with up to 4 dimensions,
-// living on one device (CPU or CUDA). Storage is shared between a tensor and its views
+// living on one device (CPU or CUDA). int32 tensors hold indices (the sparse feature lists of
+// sae/sae_step.h): they can be created, copied, moved between devices and read back, and only the
+// sparse kernels take them; every arithmetic op rejects them. Storage is shared between a tensor and its views
 // (reshape, row slices); everything else makes a new tensor. Ops live in ops.h.
 #pragma once
 #include <array>
@@ -13,7 +15,7 @@
 
 namespace sae {
 
-enum class DType { F32, F64 };
+enum class DType { F32, F64, I32 };
 enum class Device { CPU, CUDA };
 
 const char* dtype_name(DType dtype);
@@ -112,6 +114,10 @@ constexpr DType dtype_of<float>() {
 template <>
 constexpr DType dtype_of<double>() {
   return DType::F64;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::I32;
 }
 
 template <typename T>
