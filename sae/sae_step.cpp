@@ -44,8 +44,15 @@ SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, D
     if (max_tokens * d_sae >= (int64_t(1) << 31))
       throw UsageError(cat("--sparse: ", max_tokens, " tokens x ", d_sae, " features do not fit int32 entry indices; "
                            "use smaller batches or --sparse off"));
-    col_ptr_ = Tensor::empty(Shape{d_sae + 1}, DType::I32, device);
+    lists_.col_ptr = Tensor::empty(Shape{d_sae + 1}, DType::I32, device);
+    lists_.row_ptr = Tensor::empty(Shape{max_tokens + 1}, DType::I32, device);
   }
+}
+
+SparseFeatures SaeStep::lists_for_batch() const {
+  SparseFeatures s = lists_;
+  s.row_ptr = lists_.row_ptr.slice_rows(0, tokens_ + 1);
+  return s;
 }
 
 // Room for `active` entries (read back as a float: exact below 2^24, within a few units above).
@@ -55,11 +62,12 @@ void SaeStep::reserve_entries(double active) {
   if (need <= capacity_) return;
   capacity_ = std::min(most, need + need / 4 + 1024);  // headroom: density drifts during training
   const Device device = f_.device();
-  rows_ = Tensor();  // free the old lists before making the new ones
-  vals_ = Tensor();
-  dpre_ = Tensor();
-  rows_ = Tensor::empty(Shape{capacity_}, DType::I32, device);
-  vals_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
+  for (Tensor* t : {&lists_.rows, &lists_.vals, &lists_.cols, &lists_.row_vals, &dpre_})
+    *t = Tensor();  // free the old lists before making the new ones
+  lists_.rows = Tensor::empty(Shape{capacity_}, DType::I32, device);
+  lists_.cols = Tensor::empty(Shape{capacity_}, DType::I32, device);
+  lists_.vals = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
+  lists_.row_vals = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
   dpre_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
 }
 
@@ -81,8 +89,9 @@ void SaeStep::run_forward(const SparseAutoencoder& model, const Tensor& x) {
     sparse_ = sparse_mode_ == SparseMode::On || entries <= auto_max_density_ * double(n) * double(f.size(1));
     if (sparse_) {
       reserve_entries(entries);
-      sparse_columns_(col_ptr_, rows_, vals_, f, col_count_);
-      sparse_decode_(x_hat, f, col_ptr_, rows_, vals_, model.W_dec.data(), model.b_dec.data());
+      SparseFeatures lists = lists_for_batch();
+      sparse_index_(lists, f, col_count_);
+      sparse_decode_(x_hat, lists, model.W_dec.data(), model.b_dec.data());
     }
   }
   if (!sparse_) {
@@ -172,8 +181,9 @@ StepSums SaeStep::forward_backward(SparseAutoencoder& model, const Tensor& x, do
   } else {
     ParamUpdate W_dec = gradient_into(model.W_dec), W_enc = gradient_into(model.W_enc);
     ParamUpdate b_enc = gradient_into(model.b_enc);
-    sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, col_ptr_, rows_, vals_, norms_, col_sum_, l1_coefficient);
-    sparse_encoder_backward_(W_enc, b_enc, x, col_ptr_, rows_, dpre_);
+    const SparseFeatures lists = lists_for_batch();
+    sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, l1_coefficient);
+    sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
   }
   return read_sums(l1_coefficient);
 }
@@ -200,8 +210,9 @@ StepSums SaeStep::train_step(SparseAutoencoder& model, const Tensor& x, double l
   const AdamScalars scalars = adam.begin_step(lr);
   ParamUpdate W_dec = adam_into(model.W_dec, adam, scalars), W_enc = adam_into(model.W_enc, adam, scalars);
   ParamUpdate b_enc = adam_into(model.b_enc, adam, scalars), b_dec = adam_into(model.b_dec, adam, scalars);
-  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, col_ptr_, rows_, vals_, norms_, col_sum_, l1_coefficient);
-  sparse_encoder_backward_(W_enc, b_enc, x, col_ptr_, rows_, dpre_);
+  const SparseFeatures lists = lists_for_batch();
+  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, l1_coefficient);
+  sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
   adam_step_(b_dec.param, b_dec.m, b_dec.v, grad_b_dec, scalars);
   return sums;
 }

@@ -11,7 +11,7 @@
 //
 // The sparse path (SparseMode, tests/test_sparse.cpp) computes the same formulas from the entries
 // of f that are > 0 only: after the encoder GEMM (which stays dense) the positive entries are
-// listed by feature (CSC: sparse_columns), and then
+// listed by feature and by token (sparse_index), and then
 //   x_hat[t,:] = b_dec + sum_{i: f[t,i] > 0} f[t,i] W_dec[i,:]                      (sparse_decode)
 //   dpre[t,i]  = dx_hat[t,:] . W_dec[i,:] + lambda n_i, only where f[t,i] > 0;
 //   dW_dec[i,:] = sum_t f[t,i] dx_hat[t,:] + lambda (sum_t f[t,i] / n_i) W_dec[i,:]  (sparse_decoder_backward)
@@ -84,13 +84,14 @@ class SaeStep {
   Tensor norms_, scratch_f_;    // [F]
   Tensor sums_;                 // [3]: rec, l1, active
   Tensor tiny_;                 // [1]: floor for decoder norms in divisions
-  // Sparse path: f's positive entries by feature (op_list.h), dLoss/dpre at the same entries.
+  // Sparse path: f's positive entries (op_list.h), dLoss/dpre at the same entries (by feature).
   SparseMode sparse_mode_;
   double auto_max_density_;
   bool sparse_ = false;         // the last forward took the sparse path
-  int64_t capacity_ = 0;        // entries rows_, vals_ and dpre_ have room for
-  Tensor col_ptr_;              // [F+1] i32
-  Tensor rows_, vals_, dpre_;   // [capacity_]: i32, dtype, dtype
+  int64_t capacity_ = 0;        // entries the lists and dpre_ have room for
+  SparseFeatures lists_;        // row_ptr [max_tokens+1]; lists_for_batch() views its first N+1
+  Tensor dpre_;                 // [capacity_]
+  SparseFeatures lists_for_batch() const;
 };
 
 }  // namespace sae

@@ -498,30 +498,39 @@ struct UpdateSink {
     T* p = param + offset;
     T* mm = m + offset;
     T* vv = v + offset;
+    const AdamConstants<T> constants = c;  // a local copy stays in registers through the loop
 #pragma omp simd
-    for (int64_t k = 0; k < len; ++k) adam_element(p[k], mm[k], vv[k], g[k], c);
+    for (int64_t k = 0; k < len; ++k) adam_element(p[k], mm[k], vv[k], g[k], constants);
   }
 };
 
-// Builds the CSC lists. Offsets come from the column counts; then each thread scans every row of
-// f over its own band of columns and appends the positive entries, so each column's entries
-// arrive in token order. Float32 rows are tested 8 values at a time (at 2% density most groups of
-// 8 hold no entry at all).
+// Builds both lists (op_list.h: SparseFeatures).
+// By feature: offsets come from the column counts; each thread scans every row of f over its own
+// band of columns and appends the positive entries, so each column's entries arrive in token order.
+// Float32 rows are tested 8 values at a time (at 2% density most groups of 8 hold no entry). The
+// scan also counts each row's entries per band, which gives the by-token offsets.
+// By token: each thread takes a band of features, counts its entries per token, and after a
+// prefix over the bands writes them at their place in each token's list, so each token's list is
+// in feature order. Neither list depends on the number of threads.
 template <typename T>
-void sparse_columns_typed(int32_t* col_ptr, int32_t* rows, T* vals, const T* f, const T* col_count, int64_t n,
-                          int64_t cols) {
+void sparse_index_typed(int32_t* col_ptr, int32_t* rows, T* vals, int32_t* row_ptr, int32_t* cols_out, T* row_vals,
+                        const T* f, const T* col_count, int64_t n, int64_t cols) {
   col_ptr[0] = 0;
   for (int64_t j = 0; j < cols; ++j) col_ptr[j + 1] = col_ptr[j] + static_cast<int32_t>(col_count[j]);
-#pragma omp parallel if (n * cols >= kParallelMin)
+  const bool threaded = n * cols >= kParallelMin;
+  // band_offset[b * n + t]: first, entries of token t in feature band b; then where they go.
+  std::vector<int32_t> band_offset(static_cast<size_t>(threaded ? omp_get_max_threads() : 1) * n);
+#pragma omp parallel if (threaded)
   {
-    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-    const int64_t j0 = (cols * thread / threads) & ~int64_t(7);
-    const int64_t j1 = thread + 1 == threads ? cols : (cols * (thread + 1) / threads) & ~int64_t(7);
+    const int band = omp_get_thread_num(), bands = omp_get_num_threads();
+    const int64_t j0 = band == 0 ? 0 : (cols * band / bands) & ~int64_t(7);
+    const int64_t j1 = band + 1 == bands ? cols : (cols * (band + 1) / bands) & ~int64_t(7);
     std::vector<int32_t> cursor(col_ptr + j0, col_ptr + j1);
     int32_t* next = cursor.data() - j0;  // next[j]: where column j's next entry goes
+    int32_t* token_count = band_offset.data() + int64_t(band) * n;
     for (int64_t r = 0; r < n; ++r) {
       const T* row = f + r * cols;
-      int64_t j = j0;
+      int64_t j = j0, found = 0;
 #if defined(__AVX__)
       if constexpr (std::is_same_v<T, float>) {
         const __m256 zero = _mm256_setzero_ps();
@@ -534,6 +543,7 @@ void sparse_columns_typed(int32_t* col_ptr, int32_t* rows, T* vals, const T* f, 
             const int32_t e = next[c]++;
             rows[e] = static_cast<int32_t>(r);
             vals[e] = row[c];
+            ++found;
           }
         }
       }
@@ -543,60 +553,114 @@ void sparse_columns_typed(int32_t* col_ptr, int32_t* rows, T* vals, const T* f, 
           const int32_t e = next[j]++;
           rows[e] = static_cast<int32_t>(r);
           vals[e] = row[j];
+          ++found;
+        }
+      }
+      token_count[r] = static_cast<int32_t>(found);
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      int32_t running = 0;
+      for (int64_t t = 0; t < n; ++t) {
+        row_ptr[t] = running;
+        for (int b = 0; b < bands; ++b) {
+          const int32_t count = band_offset[int64_t(b) * n + t];
+          band_offset[int64_t(b) * n + t] = running;
+          running += count;
+        }
+      }
+      row_ptr[n] = running;
+    }  // implied barrier
+    int32_t* place = band_offset.data() + int64_t(band) * n;
+    for (int64_t j = j0; j < j1; ++j)
+      for (int32_t e = col_ptr[j]; e < col_ptr[j + 1]; ++e) {
+        const int32_t k = place[rows[e]]++;
+        cols_out[k] = static_cast<int32_t>(j);
+        row_vals[k] = vals[e];
+      }
+  }
+}
+
+// Scratch memory that lives as long as its thread and only grows: the sparse kernels run once per
+// training step and should not pay for allocating (and faulting in) megabytes every time.
+template <typename T>
+T* scratch(std::vector<T>& buffer, size_t count) {
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+// x_hat = f W_dec + b_dec, token by token over the by-token lists, in column slices of
+// kDecodeWidth. Features are taken kDecodeFeatures at a time: the threads first copy those rows
+// of W_dec (read in order, contiguous) into one tile per column slice ([kDecodeFeatures,
+// kDecodeWidth], 256 KB, contiguous); then each slice's task adds, for every token, its entries in
+// those features into kDecodeWidth sums held in registers. The sums for all tokens live in a
+// slice-major buffer between feature blocks. Each x_hat value sums its features in feature order.
+constexpr int64_t kDecodeWidth = 64, kDecodeFeatures = 1024;
+
+template <typename T>
+void sparse_decode_typed(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals, const T* W,
+                         const T* b, int64_t n, int64_t d, int64_t cols) {
+  constexpr int64_t C = kDecodeWidth;
+  const int64_t widths = (d + C - 1) / C;
+  thread_local std::vector<T> tiles_buffer, sums_buffer;
+  thread_local std::vector<int32_t> cursor_buffer;
+  T* tiles = scratch(tiles_buffer, widths * kDecodeFeatures * C);  // [widths][kDecodeFeatures][C]
+  T* sums = scratch(sums_buffer, widths * n * C);                   // [widths][n][C]
+  int32_t* cursor = scratch(cursor_buffer, widths * n);             // [widths][n]: next entry per token
+  std::fill(sums, sums + widths * n * C, T(0));
+  for (int64_t w = 0; w < widths; ++w) std::copy(row_ptr, row_ptr + n, cursor + w * n);
+#pragma omp parallel if (int64_t(row_ptr[n]) * d + cols * d >= kParallelMin)
+  {
+    for (int64_t i0 = 0; i0 < cols; i0 += kDecodeFeatures) {
+      const int64_t i1 = std::min(cols, i0 + kDecodeFeatures);
+#pragma omp for schedule(static)
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* row = W + i * d;
+        for (int64_t w = 0; w < widths; ++w) {
+          T* out = tiles + (w * kDecodeFeatures + (i - i0)) * C;
+          const int64_t width = std::min(d - w * C, C);
+          std::memcpy(out, row + w * C, width * sizeof(T));
+          std::fill(out + width, out + C, T(0));  // columns past d
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t w = 0; w < widths; ++w) {
+        const T* tile = tiles + w * kDecodeFeatures * C;
+        int32_t* next = cursor + w * n;
+        for (int64_t t = 0; t < n; ++t) {
+          int32_t k = next[t];
+          const int32_t end = row_ptr[t + 1];
+          if (k == end || cols_in[k] >= i1) continue;
+          T acc[C];
+          T* out = sums + (w * n + t) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) acc[c] = out[c];
+          for (; k < end && cols_in[k] < i1; ++k) {
+            const T* wk = tile + (cols_in[k] - i0) * C;
+            const T value = row_vals[k];
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) acc[c] += value * wk[c];
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) out[c] = acc[c];
+          next[t] = k;
         }
       }
     }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t w = 0; w < widths; ++w) {
+        const int64_t d0 = w * C, width = std::min(d - d0, C);
+        const T* in = sums + (w * n + t) * C;
+        T* out = x_hat + t * d + d0;
+#pragma omp simd
+        for (int64_t c = 0; c < width; ++c) out[c] = in[c] + b[d0 + c];
+      }
   }
 }
 
-// x_hat = f W_dec + b_dec, feature by feature: each W_dec row is read once per block of tokens and
-// added into the rows of the tokens it fires on. Work is cut into tiles of kDecodeTokens tokens x
-// kDecodeWidth columns of x_hat (256 KB, so a tile stays in L2 while every feature is added into
-// it); each x_hat value sums its features in feature order.
-constexpr int64_t kDecodeTokens = 512, kDecodeWidth = 128;
-
-template <typename T>
-void sparse_decode_typed(T* x_hat, const int32_t* col_ptr, const int32_t* rows, const T* vals, const T* W,
-                         const T* b, int64_t n, int64_t d, int64_t cols) {
-  const int64_t blocks = (n + kDecodeTokens - 1) / kDecodeTokens, widths = (d + kDecodeWidth - 1) / kDecodeWidth;
-  // start[k * cols + i]: feature i's first entry with token >= k * kDecodeTokens (k = blocks: its end).
-  std::vector<int32_t> start;
-  if (blocks > 1) {
-    start.resize((blocks + 1) * cols);
-#pragma omp parallel for if (n * cols >= kParallelMin)
-    for (int64_t i = 0; i < cols; ++i) {
-      int32_t e = col_ptr[i];
-      for (int64_t k = 0; k < blocks; ++k) {
-        while (e < col_ptr[i + 1] && rows[e] < k * kDecodeTokens) ++e;
-        start[k * cols + i] = e;
-      }
-      start[blocks * cols + i] = col_ptr[i + 1];
-    }
-  }
-  const int32_t* first = blocks > 1 ? start.data() : col_ptr;
-#pragma omp parallel for schedule(dynamic, 1) if (n * d >= 4096)
-  for (int64_t task = 0; task < blocks * widths; ++task) {
-    const int64_t k = task / widths, t0 = k * kDecodeTokens, t1 = std::min(n, t0 + kDecodeTokens);
-    const int64_t d0 = (task % widths) * kDecodeWidth, width = std::min(d, d0 + kDecodeWidth) - d0;
-    const int32_t* begin = blocks > 1 ? first + k * cols : col_ptr;
-    const int32_t* end = blocks > 1 ? first + (k + 1) * cols : col_ptr + 1;
-    for (int64_t t = t0; t < t1; ++t) std::fill(x_hat + t * d + d0, x_hat + t * d + d0 + width, T(0));
-    for (int64_t i = 0; i < cols; ++i) {
-      const T* w = W + i * d + d0;
-      for (int32_t e = begin[i]; e < end[i]; ++e) {
-        T* out = x_hat + int64_t(rows[e]) * d + d0;
-        const T value = vals[e];
-#pragma omp simd
-        for (int64_t c = 0; c < width; ++c) out[c] += value * w[c];
-      }
-    }
-    for (int64_t t = t0; t < t1; ++t) {
-      T* out = x_hat + t * d + d0;
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) out[c] += b[d0 + c];
-    }
-  }
-}
+constexpr int64_t kDotLanes = 32, kPairLanes = 16;
 
 // Feature by feature: for each entry, one pass over the token's dx row gives both the dot product
 // with W_dec[i] (-> dpre) and its share of dW_dec[i]; then the L1 term, then the row's update.
@@ -619,15 +683,65 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
       const T row_add = lambda * norms[i] + T(0);
       const T scale = lambda * (col_sum[i] / (norms[i] > tiny ? norms[i] : tiny)) + T(0);  // maximum op
       std::fill(g, g + d, T(0));
-      for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) {
+      int32_t e = col_ptr[i];
+      // Two entries at a time: g is loaded and stored once for both (the same additions, in the
+      // same order, as one at a time).
+      for (; e + 1 < col_ptr[i + 1]; e += 2) {
+        const T* dx_a = dx + int64_t(rows[e]) * d;
+        const T* dx_b = dx + int64_t(rows[e + 1]) * d;
+        const T value_a = vals[e], value_b = vals[e + 1];
+        if (e + 2 < col_ptr[cols]) {
+          const char* next = reinterpret_cast<const char*>(dx + int64_t(rows[e + 2]) * d);
+          for (int line = 0; line < 8; ++line) __builtin_prefetch(next + 64 * line);
+        }
+        T lanes_a[kPairLanes] = {}, lanes_b[kPairLanes] = {};
+        int64_t c = 0;
+        for (; c + kPairLanes <= d; c += kPairLanes) {
+#pragma omp simd
+          for (int64_t k = 0; k < kPairLanes; ++k) {
+            lanes_a[k] += dx_a[c + k] * w[c + k];
+            lanes_b[k] += dx_b[c + k] * w[c + k];
+            g[c + k] = (g[c + k] + value_a * dx_a[c + k]) + value_b * dx_b[c + k];
+          }
+        }
+        for (int64_t k = 0; c < d; ++c, ++k) {
+          lanes_a[k] += dx_a[c] * w[c];
+          lanes_b[k] += dx_b[c] * w[c];
+          g[c] = (g[c] + value_a * dx_a[c]) + value_b * dx_b[c];
+        }
+        T dot_a = 0, dot_b = 0;
+        for (int64_t k = 0; k < kPairLanes; ++k) {
+          dot_a += lanes_a[k];
+          dot_b += lanes_b[k];
+        }
+        dpre[e] = dot_a + row_add;
+        dpre[e + 1] = dot_b + row_add;
+      }
+      for (; e < col_ptr[i + 1]; ++e) {
         const T* dx_t = dx + int64_t(rows[e]) * d;
         const T value = vals[e];
-        T dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t c = 0; c < d; ++c) {
-          dot += dx_t[c] * w[c];
+        // Start the next entry's row early (random rows: the hardware prefetcher starts late).
+        if (e + 1 < col_ptr[cols]) {
+          const char* next = reinterpret_cast<const char*>(dx + int64_t(rows[e + 1]) * d);
+          for (int line = 0; line < 8; ++line) __builtin_prefetch(next + 64 * line);
+        }
+        // kDotLanes independent partial sums (several vector registers), added in a fixed order:
+        // one running sum would wait on the adder's latency at every step.
+        T lanes[kDotLanes] = {};
+        int64_t c = 0;
+        for (; c + kDotLanes <= d; c += kDotLanes) {
+#pragma omp simd
+          for (int64_t k = 0; k < kDotLanes; ++k) {
+            lanes[k] += dx_t[c + k] * w[c + k];
+            g[c + k] += value * dx_t[c + k];
+          }
+        }
+        for (int64_t k = 0; c < d; ++c, ++k) {
+          lanes[k] += dx_t[c] * w[c];
           g[c] += value * dx_t[c];
         }
+        T dot = 0;
+        for (int64_t k = 0; k < kDotLanes; ++k) dot += lanes[k];
         dpre[e] = dot + row_add;
       }
 #pragma omp simd
@@ -637,89 +751,145 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
   }
 }
 
-// Blocks of kEncoderFeatures features: G[ii, :] = sum_e dpre[e] x[rows[e], :] for each feature of
-// the block (a contiguous row, summed in token order), then the block's columns of W_enc are
-// updated row by row (G read transposed, 8 rows at a time through a small buffer), and b_enc.
-constexpr int64_t kEncoderFeatures = 32;
+// Blocks of kEncoderRows rows of W_enc (row j of W_enc: feature weights of input dimension j),
+// so that Adam streams through W_enc, m and v in memory order. For a block j0..j0+R and each
+// feature i, the R sums dW_enc[j0:j0+R, i] = sum_e dpre[e] x[rows[e], j0:j0+R] over the feature's
+// entries (in token order) stay in registers; groups of 8 features are transposed into the block's
+// gradient rows [R, F] (in L2), and then each row goes through the update. db_enc is summed apart.
+constexpr int64_t kEncoderRows = 16;
+
+// out[jj * stride + ii] = tile[ii * 16 + jj] for a full group of 8 features (ii) and 16 rows (jj):
+// two 8 x 8 transposes in AVX registers. Returns false (nothing done) where it does not apply.
+template <typename T>
+bool transpose_group(const T* tile, T* out, int64_t stride, int64_t group) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    static_assert(kEncoderRows == 16);
+    if (group != 8) return false;
+    for (int half = 0; half < 2; ++half) {
+      __m256 r[8], t[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(tile + k * 16 + half * 8);
+      t[0] = _mm256_unpacklo_ps(r[0], r[1]);
+      t[1] = _mm256_unpackhi_ps(r[0], r[1]);
+      t[2] = _mm256_unpacklo_ps(r[2], r[3]);
+      t[3] = _mm256_unpackhi_ps(r[2], r[3]);
+      t[4] = _mm256_unpacklo_ps(r[4], r[5]);
+      t[5] = _mm256_unpackhi_ps(r[4], r[5]);
+      t[6] = _mm256_unpacklo_ps(r[6], r[7]);
+      t[7] = _mm256_unpackhi_ps(r[6], r[7]);
+      r[0] = _mm256_shuffle_ps(t[0], t[2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[1] = _mm256_shuffle_ps(t[0], t[2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[2] = _mm256_shuffle_ps(t[1], t[3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[3] = _mm256_shuffle_ps(t[1], t[3], _MM_SHUFFLE(3, 2, 3, 2));
+      r[4] = _mm256_shuffle_ps(t[4], t[6], _MM_SHUFFLE(1, 0, 1, 0));
+      r[5] = _mm256_shuffle_ps(t[4], t[6], _MM_SHUFFLE(3, 2, 3, 2));
+      r[6] = _mm256_shuffle_ps(t[5], t[7], _MM_SHUFFLE(1, 0, 1, 0));
+      r[7] = _mm256_shuffle_ps(t[5], t[7], _MM_SHUFFLE(3, 2, 3, 2));
+      for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(out + (half * 8 + k) * stride, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+        _mm256_storeu_ps(out + (half * 8 + k + 4) * stride, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+      }
+    }
+    return true;
+  }
+#endif
+  return false;
+}
 
 template <typename T>
 void sparse_encoder_backward_typed(ParamUpdate& W_update, ParamUpdate& b_update, const T* x, const int32_t* col_ptr,
-                                   const int32_t* rows, const T* dpre, int64_t d, int64_t cols) {
+                                   const int32_t* rows, const T* dpre, int64_t n, int64_t d, int64_t cols) {
   const UpdateSink<T> W_sink(W_update), b_sink(b_update);
-  const int64_t blocks = (cols + kEncoderFeatures - 1) / kEncoderFeatures;
-#pragma omp parallel if (int64_t(col_ptr[cols]) * d + cols * d >= kParallelMin)
+  constexpr int64_t R = kEncoderRows, kGroup = 8;
+  const int64_t blocks = (d + R - 1) / R;
+  const bool threaded = int64_t(col_ptr[cols]) * d + cols * d >= kParallelMin;
+#pragma omp parallel if (threaded)
   {
-    std::vector<T> G_buffer(kEncoderFeatures * d), G_rows(8 * kEncoderFeatures), db(kEncoderFeatures);
-    T* G = G_buffer.data();
+    thread_local std::vector<T> grad_rows_buffer, x_columns_buffer;
+    T* grad_rows = scratch(grad_rows_buffer, R * cols);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t i0 = block * kEncoderFeatures, width = std::min(cols, i0 + kEncoderFeatures) - i0;
-      for (int64_t ii = 0; ii < width; ++ii) {
-        T* Gi = G + ii * d;
-        std::fill(Gi, Gi + d, T(0));
-        T bias_grad = 0;
-        for (int32_t e = col_ptr[i0 + ii]; e < col_ptr[i0 + ii + 1]; ++e) {
-          const T* x_t = x + int64_t(rows[e]) * d;
-          const T p = dpre[e];
+      const int64_t j0 = block * R, height = std::min(d, j0 + R) - j0;
+      // x[:, j0:j0+R] copied to a contiguous [N, R] buffer (in L2), read once per entry.
+      T* xj = scratch(x_columns_buffer, n * R);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t jj = 0; jj < R; ++jj) xj[t * R + jj] = jj < height ? x[t * d + j0 + jj] : T(0);
+      for (int64_t i0 = 0; i0 < cols; i0 += kGroup) {
+        const int64_t group = std::min(kGroup, cols - i0);
+        T tile[kGroup][R];
+        for (int64_t ii = 0; ii < group; ++ii) {
+          T acc[R] = {};
+          for (int32_t e = col_ptr[i0 + ii]; e < col_ptr[i0 + ii + 1]; ++e) {
+            const T* x_t = xj + int64_t(rows[e]) * R;
+            const T p = dpre[e];
 #pragma omp simd
-          for (int64_t c = 0; c < d; ++c) Gi[c] += p * x_t[c];
-          bias_grad += p;
+            for (int64_t jj = 0; jj < R; ++jj) acc[jj] += p * x_t[jj];
+          }
+          for (int64_t jj = 0; jj < R; ++jj) tile[ii][jj] = acc[jj];
         }
-        db[ii] = bias_grad;
+        if (!transpose_group(&tile[0][0], grad_rows + i0, cols, group))
+          for (int64_t jj = 0; jj < height; ++jj)
+            for (int64_t ii = 0; ii < group; ++ii) grad_rows[jj * cols + i0 + ii] = tile[ii][jj];
       }
-      for (int64_t j0 = 0; j0 < d; j0 += 8) {
-        const int64_t h = std::min<int64_t>(8, d - j0);
-        for (int64_t ii = 0; ii < width; ++ii)
-          for (int64_t jj = 0; jj < h; ++jj) G_rows[jj * width + ii] = G[ii * d + j0 + jj];
-        for (int64_t jj = 0; jj < h; ++jj) W_sink.store((j0 + jj) * cols + i0, G_rows.data() + jj * width, width);
+      for (int64_t jj = 0; jj < height; ++jj) W_sink.store((j0 + jj) * cols, grad_rows + jj * cols, cols);
+    }
+    // db_enc[i] = sum_e dpre[e], in token order, in chunks of the grad_rows buffer.
+#pragma omp for schedule(static)
+    for (int64_t c0 = 0; c0 < cols; c0 += R * 64) {
+      const int64_t c1 = std::min(cols, c0 + R * 64);
+      for (int64_t i = c0; i < c1; ++i) {
+        T sum = 0;
+        for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) sum += dpre[e];
+        grad_rows[i - c0] = sum;
       }
-      b_sink.store(i0, db.data(), width);
+      b_sink.store(c0, grad_rows, c1 - c0);
     }
   }
 }
 
-void sparse_columns_cpu(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
+void sparse_index_cpu(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
   if (f.dtype() == DType::F32)
-    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(), f.data<float>(),
-                         col_count.data<float>(), f.size(0), f.size(1));
+    sparse_index_typed(s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(), s.vals.data<float>(),
+                       s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<float>(), f.data<float>(),
+                       col_count.data<float>(), f.size(0), f.size(1));
   else
-    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(), f.data<double>(),
-                         col_count.data<double>(), f.size(0), f.size(1));
+    sparse_index_typed(s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(), s.vals.data<double>(),
+                       s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<double>(), f.data<double>(),
+                       col_count.data<double>(), f.size(0), f.size(1));
 }
 
-void sparse_decode_cpu(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
-                       const Tensor& W_dec, const Tensor& b_dec) {
-  if (f.dtype() == DType::F32)
-    sparse_decode_typed(x_hat.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(),
-                        W_dec.data<float>(), b_dec.data<float>(), f.size(0), W_dec.size(1), f.size(1));
+void sparse_decode_cpu(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec) {
+  const int64_t n = x_hat.size(0), d = x_hat.size(1), cols = W_dec.size(0);
+  if (x_hat.dtype() == DType::F32)
+    sparse_decode_typed(x_hat.data<float>(), s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(),
+                        s.row_vals.data<float>(), W_dec.data<float>(), b_dec.data<float>(), n, d, cols);
   else
-    sparse_decode_typed(x_hat.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(),
-                        W_dec.data<double>(), b_dec.data<double>(), f.size(0), W_dec.size(1), f.size(1));
+    sparse_decode_typed(x_hat.data<double>(), s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(),
+                        s.row_vals.data<double>(), W_dec.data<double>(), b_dec.data<double>(), n, d, cols);
 }
 
-void sparse_decoder_backward_cpu(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
-                                 const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
-                                 double l1) {
+void sparse_decoder_backward_cpu(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
+                                 const Tensor& norms, const Tensor& col_sum, double l1) {
   const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
   if (grad_x_hat.dtype() == DType::F32)
-    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), col_ptr.data<int32_t>(),
-                                  rows.data<int32_t>(), vals.data<float>(), norms.data<float>(),
+    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), s.col_ptr.data<int32_t>(),
+                                  s.rows.data<int32_t>(), s.vals.data<float>(), norms.data<float>(),
                                   col_sum.data<float>(), l1, d, cols);
   else
-    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), col_ptr.data<int32_t>(),
-                                  rows.data<int32_t>(), vals.data<double>(), norms.data<double>(),
+    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), s.col_ptr.data<int32_t>(),
+                                  s.rows.data<int32_t>(), s.vals.data<double>(), norms.data<double>(),
                                   col_sum.data<double>(), l1, d, cols);
 }
 
-void sparse_encoder_backward_cpu(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
-                                 const Tensor& rows, const Tensor& dpre) {
+void sparse_encoder_backward_cpu(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
+                                 const Tensor& dpre) {
   const int64_t d = x.size(1), cols = W_enc.param.size(1);
   if (x.dtype() == DType::F32)
-    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
-                                  dpre.data<float>(), d, cols);
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(),
+                                  dpre.data<float>(), x.size(0), d, cols);
   else
-    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
-                                  dpre.data<double>(), d, cols);
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(),
+                                  dpre.data<double>(), x.size(0), d, cols);
 }
 
 KernelTable make_cpu_table() {
@@ -738,7 +908,7 @@ KernelTable make_cpu_table() {
   t.encoder_activate = encoder_activate_cpu;
   t.encoder_backward = encoder_backward_cpu;
   t.add_scaled_rows = add_scaled_rows_cpu;
-  t.sparse_columns = sparse_columns_cpu;
+  t.sparse_index = sparse_index_cpu;
   t.sparse_decode = sparse_decode_cpu;
   t.sparse_decoder_backward = sparse_decoder_backward_cpu;
   t.sparse_encoder_backward = sparse_encoder_backward_cpu;

@@ -889,14 +889,15 @@ void add_scaled_rows_cuda(Tensor& out, const Tensor& x, const Tensor& row_scale)
 // kernels above they use no atomics: every sum has one owner and a fixed order, so results are
 // bitwise repeatable.
 //
-//   sparse_columns           f [N, F] cut into slices of kSparseSliceRows rows: count the entries
-//                            of every (slice, column), turn the counts into offsets (per column
-//                            over its slices, then one scan over the columns), then each (slice,
-//                            column) thread writes its entries in row order.
-//   sparse_decode            one block per token: the block scans f's row 256 columns at a time,
-//                            compacts the positive entries in column order into shared memory
-//                            (warp ballots), and every thread adds them into its own columns of
-//                            x_hat (shared memory), feature by feature.
+//   sparse_index             by feature: f [N, F] cut into slices of kSparseSliceRows rows; count
+//                            the entries of every (slice, column), turn the counts into offsets
+//                            (per column over its slices, then one scan over the columns), then
+//                            each (slice, column) thread writes its entries in row order. By token:
+//                            one block per row counts its entries, one scan over the rows, then
+//                            the block walks its row 256 columns at a time and compacts the
+//                            positive entries in column order (warp ballots).
+//   sparse_decode            one block per token, threads over the columns of x_hat: each adds its
+//                            column of W_dec for every entry of the token, in feature order.
 //   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
 //                            computes dx[t] . W_dec[i] (lanes over D, a fixed shuffle tree); then,
 //                            after a barrier (every old value of the row has been read), each
@@ -977,14 +978,14 @@ __global__ void slice_offsets_kernel(int32_t* counts, int32_t* col_ptr, int64_t 
   }
 }
 
-// One block: col_ptr[1..cols] (column totals) becomes the running sum; col_ptr[0] = 0. Each thread
-// owns a contiguous chunk; the chunk totals are scanned by thread 0 (kBlock values).
-__global__ void scan_columns_kernel(int32_t* col_ptr, int64_t cols) {
+// One block: ptr[1..count] (counts) becomes their running sum; ptr[0] = 0. Each thread owns a
+// contiguous chunk; the chunk totals are scanned by thread 0 (kBlock values).
+__global__ void scan_counts_kernel(int32_t* ptr, int64_t count) {
   __shared__ int32_t chunk_base[kBlock];
-  const int64_t chunk = (cols + kBlock - 1) / kBlock;
-  const int64_t begin = min(cols, threadIdx.x * chunk), end = min(cols, begin + chunk);
+  const int64_t chunk = (count + kBlock - 1) / kBlock;
+  const int64_t begin = min(count, threadIdx.x * chunk), end = min(count, begin + chunk);
   int32_t total = 0;
-  for (int64_t c = begin; c < end; ++c) total += col_ptr[c + 1];
+  for (int64_t c = begin; c < end; ++c) total += ptr[c + 1];
   chunk_base[threadIdx.x] = total;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -994,13 +995,13 @@ __global__ void scan_columns_kernel(int32_t* col_ptr, int64_t cols) {
       chunk_base[k] = running;
       running += t;
     }
-    col_ptr[0] = 0;
+    ptr[0] = 0;
   }
   __syncthreads();
   int32_t running = chunk_base[threadIdx.x];
   for (int64_t c = begin; c < end; ++c) {
-    running += col_ptr[c + 1];
-    col_ptr[c + 1] = running;
+    running += ptr[c + 1];
+    ptr[c + 1] = running;
   }
 }
 
@@ -1022,102 +1023,128 @@ __global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_
   }
 }
 
+// row_ptr[t + 1] = entries > 0 in row t of f (one block per row, integer sums: exact).
 template <typename T>
-void sparse_columns_typed(int32_t* col_ptr, int32_t* out_rows, T* out_vals, const T* f, int64_t rows, int64_t cols) {
-  if (cols == 0) {
-    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
-    return;
+__global__ void count_rows_kernel(int32_t* row_ptr, const T* f, int64_t rows, int64_t cols) {
+  __shared__ int32_t warp_sums[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int32_t count = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += kBlock) count += f[r * cols + c] > T(0) ? 1 : 0;
+    for (int offset = 16; offset > 0; offset /= 2) count += __shfl_down_sync(0xffffffffu, count, offset);
+    if (lane == 0) warp_sums[warp] = count;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int32_t total = 0;
+      for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
+      row_ptr[r + 1] = total;
+    }
+    __syncthreads();  // warp_sums is rewritten for the next row
   }
-  const int64_t slices = std::max<int64_t>(1, ceil_div(rows, kSparseSliceRows));
-  DeviceBuffer counts(static_cast<size_t>(slices * cols) * sizeof(int32_t));
-  int32_t* count = static_cast<int32_t*>(counts.ptr);
-  count_slices_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(count, f, rows, cols, slices);
-  SAE_CUDA_CHECK_LAUNCH();
-  slice_offsets_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(count, col_ptr, cols, slices);
-  SAE_CUDA_CHECK_LAUNCH();
-  scan_columns_kernel<<<1, kBlock, 0, cuda_stream()>>>(col_ptr, cols);
-  SAE_CUDA_CHECK_LAUNCH();
-  fill_columns_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(out_rows, out_vals, count, col_ptr, f,
-                                                                            rows, cols, slices);
-  SAE_CUDA_CHECK_LAUNCH();
 }
 
-void sparse_columns_cuda(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
-  if (f.dtype() == DType::F32)
-    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<float>(), f.data<float>(),
-                         f.size(0), f.size(1));
-  else
-    sparse_columns_typed(col_ptr.data<int32_t>(), rows.data<int32_t>(), vals.data<double>(), f.data<double>(),
-                         f.size(0), f.size(1));
-}
-
-// Dynamic shared memory: acc [d] T, then kBlock values T, then kBlock column indices.
+// One block per row: 256 columns at a time, the positive entries are compacted in column order
+// (a ballot per warp, then the warps in order) and written after the row's previous ones.
 template <typename T>
-__global__ void sparse_decode_kernel(T* x_hat, const T* f, const T* W, const T* b, int64_t rows, int64_t d,
-                                     int64_t cols) {
-  extern __shared__ __align__(16) unsigned char sparse_decode_shared[];
-  T* acc = reinterpret_cast<T*>(sparse_decode_shared);
-  T* list_val = acc + d;
-  int32_t* list_col = reinterpret_cast<int32_t*>(list_val + kBlock);
+__global__ void fill_rows_kernel(int32_t* out_cols, T* out_vals, const int32_t* row_ptr, const T* f, int64_t rows,
+                                 int64_t cols) {
   __shared__ int32_t warp_count[kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int64_t t = blockIdx.x; t < rows; t += gridDim.x) {
-    for (int64_t k = threadIdx.x; k < d; k += kBlock) acc[k] = T(0);
-    const T* f_row = f + t * cols;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int32_t written = row_ptr[r];
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
       const int64_t c = c0 + threadIdx.x;
-      const T v = c < cols ? f_row[c] : T(0);
+      const T v = c < cols ? f[r * cols + c] : T(0);
       const bool on = v > T(0);
       const unsigned ballot = __ballot_sync(0xffffffffu, on);
       if (lane == 0) warp_count[warp] = __popc(ballot);
-      __syncthreads();  // warp counts written; also: every thread is done with the previous list
+      __syncthreads();
       int32_t offset = 0, total = 0;
       for (int w = 0; w < kWarps; ++w) {
         offset += w < warp ? warp_count[w] : 0;
         total += warp_count[w];
       }
       if (on) {
-        const int32_t slot = offset + __popc(ballot & ((1u << lane) - 1u));
-        list_val[slot] = v;
-        list_col[slot] = static_cast<int32_t>(c);
+        const int32_t k = written + offset + __popc(ballot & ((1u << lane) - 1u));
+        out_cols[k] = static_cast<int32_t>(c);
+        out_vals[k] = v;
       }
-      __syncthreads();  // the list is complete
-      for (int64_t k = threadIdx.x; k < d; k += kBlock) {
-        T a = acc[k];
-        for (int32_t q = 0; q < total; ++q) a += list_val[q] * W[int64_t(list_col[q]) * d + k];
-        acc[k] = a;
-      }
-      __syncthreads();  // before warp_count and the list are rewritten
+      written += total;
+      __syncthreads();  // warp_count is rewritten by the next chunk
     }
-    for (int64_t k = threadIdx.x; k < d; k += kBlock) x_hat[t * d + k] = acc[k] + b[k];
-    __syncthreads();  // acc is reset for the next token
   }
 }
 
-// Kernels whose dynamic shared memory may pass the default 48 KB limit ask for it once.
-template <typename Kernel>
-void allow_shared_bytes(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    SAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 template <typename T>
-void sparse_decode_typed(T* x_hat, const T* f, const T* W, const T* b, int64_t rows, int64_t d, int64_t cols) {
-  if (rows == 0 || d == 0) return;
-  const size_t shared = static_cast<size_t>(d) * sizeof(T) + kBlock * (sizeof(T) + sizeof(int32_t));
-  allow_shared_bytes(sparse_decode_kernel<T>, shared);
-  sparse_decode_kernel<<<grid_for(rows, 1), kBlock, shared, cuda_stream()>>>(x_hat, f, W, b, rows, d, cols);
+void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+  int32_t* col_ptr = s.col_ptr.data<int32_t>();
+  int32_t* row_ptr = s.row_ptr.data<int32_t>();
+  // By feature.
+  if (cols == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
+  } else {
+    const int64_t slices = std::max<int64_t>(1, ceil_div(rows, kSparseSliceRows));
+    DeviceBuffer counts(static_cast<size_t>(slices * cols) * sizeof(int32_t));
+    int32_t* count = static_cast<int32_t*>(counts.ptr);
+    count_slices_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(count, f, rows, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+    slice_offsets_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(count, col_ptr, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+    scan_counts_kernel<<<1, kBlock, 0, cuda_stream()>>>(col_ptr, cols);
+    SAE_CUDA_CHECK_LAUNCH();
+    fill_columns_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(
+        s.rows.data<int32_t>(), s.vals.data<T>(), count, col_ptr, f, rows, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+  }
+  // By token.
+  if (rows == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int32_t), cuda_stream()));
+    return;
+  }
+  count_rows_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(row_ptr, f, rows, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+  scan_counts_kernel<<<1, kBlock, 0, cuda_stream()>>>(row_ptr, rows);
+  SAE_CUDA_CHECK_LAUNCH();
+  fill_rows_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(s.cols.data<int32_t>(), s.row_vals.data<T>(),
+                                                                    row_ptr, f, rows, cols);
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-void sparse_decode_cuda(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
-                        const Tensor& W_dec, const Tensor& b_dec) {
+void sparse_index_cuda(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
   if (f.dtype() == DType::F32)
-    sparse_decode_typed(x_hat.data<float>(), f.data<float>(), W_dec.data<float>(), b_dec.data<float>(), f.size(0),
-                        W_dec.size(1), f.size(1));
+    sparse_index_typed(s, f.data<float>(), f.size(0), f.size(1));
   else
-    sparse_decode_typed(x_hat.data<double>(), f.data<double>(), W_dec.data<double>(), b_dec.data<double>(),
-                        f.size(0), W_dec.size(1), f.size(1));
+    sparse_index_typed(s, f.data<double>(), f.size(0), f.size(1));
+}
+
+template <typename T>
+__global__ void sparse_decode_kernel(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals,
+                                     const T* W, const T* b, int64_t rows, int64_t d) {
+  for (int64_t t = blockIdx.x; t < rows; t += gridDim.x) {
+    const int32_t k0 = row_ptr[t], k1 = row_ptr[t + 1];
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      T acc = T(0);
+      for (int32_t k = k0; k < k1; ++k) acc += row_vals[k] * W[int64_t(cols_in[k]) * d + c];
+      x_hat[t * d + c] = acc + b[c];
+    }
+  }
+}
+
+template <typename T>
+void sparse_decode_typed(T* x_hat, const SparseFeatures& s, const T* W, const T* b, int64_t rows, int64_t d) {
+  if (rows == 0 || d == 0) return;
+  sparse_decode_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(
+      x_hat, s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), W, b, rows, d);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_decode_cuda(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec) {
+  if (x_hat.dtype() == DType::F32)
+    sparse_decode_typed(x_hat.data<float>(), s, W_dec.data<float>(), b_dec.data<float>(), x_hat.size(0),
+                        x_hat.size(1));
+  else
+    sparse_decode_typed(x_hat.data<double>(), s, W_dec.data<double>(), b_dec.data<double>(), x_hat.size(0),
+                        x_hat.size(1));
 }
 
 template <typename T>
@@ -1160,17 +1187,16 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& W_dec, const T* dx, con
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-void sparse_decoder_backward_cuda(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
-                                  const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
-                                  double l1) {
+void sparse_decoder_backward_cuda(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
+                                  const Tensor& norms, const Tensor& col_sum, double l1) {
   const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
   if (grad_x_hat.dtype() == DType::F32)
-    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), col_ptr.data<int32_t>(),
-                                  rows.data<int32_t>(), vals.data<float>(), norms.data<float>(),
+    sparse_decoder_backward_typed(dpre.data<float>(), W_dec, grad_x_hat.data<float>(), s.col_ptr.data<int32_t>(),
+                                  s.rows.data<int32_t>(), s.vals.data<float>(), norms.data<float>(),
                                   col_sum.data<float>(), l1, d, cols);
   else
-    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), col_ptr.data<int32_t>(),
-                                  rows.data<int32_t>(), vals.data<double>(), norms.data<double>(),
+    sparse_decoder_backward_typed(dpre.data<double>(), W_dec, grad_x_hat.data<double>(), s.col_ptr.data<int32_t>(),
+                                  s.rows.data<int32_t>(), s.vals.data<double>(), norms.data<double>(),
                                   col_sum.data<double>(), l1, d, cols);
 }
 
@@ -1220,14 +1246,14 @@ void sparse_encoder_backward_typed(ParamUpdate& W_enc, ParamUpdate& b_enc, const
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-void sparse_encoder_backward_cuda(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
-                                  const Tensor& rows, const Tensor& dpre) {
+void sparse_encoder_backward_cuda(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
+                                  const Tensor& dpre) {
   const int64_t d = x.size(1), cols = W_enc.param.size(1);
   if (x.dtype() == DType::F32)
-    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<float>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(),
                                   dpre.data<float>(), d, cols);
   else
-    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), col_ptr.data<int32_t>(), rows.data<int32_t>(),
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<double>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(),
                                   dpre.data<double>(), d, cols);
 }
 
@@ -1247,7 +1273,7 @@ KernelTable make_cuda_table() {
   t.encoder_activate = encoder_activate_cuda;
   t.encoder_backward = encoder_backward_cuda;
   t.add_scaled_rows = add_scaled_rows_cuda;
-  t.sparse_columns = sparse_columns_cuda;
+  t.sparse_index = sparse_index_cuda;
   t.sparse_decode = sparse_decode_cuda;
   t.sparse_decoder_backward = sparse_decoder_backward_cuda;
   t.sparse_encoder_backward = sparse_encoder_backward_cuda;

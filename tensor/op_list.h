@@ -65,6 +65,17 @@ struct ParamUpdate {
   AdamScalars scalars;
 };
 
+// The entries of f [N, F] that are > 0 (the active features), listed two ways by sparse_index:
+//   by feature (CSC): feature i owns entries e in [col_ptr[i], col_ptr[i+1]), with tokens rows[e]
+//                     in increasing order and values vals[e] = f[rows[e], i];
+//   by token (CSR):   token t owns entries k in [row_ptr[t], row_ptr[t+1]), with features cols[k]
+//                     in increasing order and values row_vals[k] = f[t, cols[k]].
+// Index tensors are int32; the four entry lists have room for `capacity` entries (their numel).
+struct SparseFeatures {
+  Tensor col_ptr, rows, vals;      // [F+1], [capacity], [capacity]
+  Tensor row_ptr, cols, row_vals;  // [N+1], [capacity], [capacity]
+};
+
 // The kernel table: name and signature of every kernel.
 #define SAE_KERNELS(X)                                                                             \
   X(fill, void(Tensor & out, double value))                                                       \
@@ -92,31 +103,25 @@ struct ParamUpdate {
   X(encoder_backward, void(Tensor & grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum))  \
   /* out[i,:] += row_scale[i] * x[i,:] for 2-D out and x, row_scale [rows] */                      \
   X(add_scaled_rows, void(Tensor & out, const Tensor& x, const Tensor& row_scale))                  \
-  /* ---- sparse SAE kernels (sae/sae_step.cpp, sparse path): only the entries of f that are > 0.    \
-     CSC form ("by feature") of f [N,F]: feature i owns entries e in [col_ptr[i], col_ptr[i+1]),   \
-     with tokens rows[e] in increasing order and values vals[e] = f[rows[e], i]. col_ptr [F+1] and  \
-     rows are i32; rows and vals [capacity] have room for every entry. dpre [capacity] is indexed   \
-     like them. ---- */                                                                             \
-  /* builds the CSC form of f [N,F]; col_count [F] holds each column's number of entries > 0        \
+  /* ---- sparse SAE kernels (sae/sae_step.cpp, sparse path): only the entries of f that are > 0,   \
+     listed in a SparseFeatures (above). dpre [capacity] is indexed like the by-feature lists. ---- */\
+  /* builds both lists of f [N,F]; col_count [F] holds each column's number of entries > 0          \
      (encoder_activate's counts). Entries past the last one are left alone. */                      \
-  X(sparse_columns, void(Tensor & col_ptr, Tensor & rows, Tensor & vals, const Tensor& f,           \
-                         const Tensor& col_count))                                                  \
-  /* x_hat [N,D] = f W_dec + b_dec from f's entries > 0 (f is given dense [N,F] and in CSC form:     \
-     each device reads the form that suits it) */                                                   \
-  X(sparse_decode, void(Tensor & x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, \
-                        const Tensor& vals, const Tensor& W_dec, const Tensor& b_dec))              \
+  X(sparse_index, void(SparseFeatures & s, const Tensor& f, const Tensor& col_count))               \
+  /* x_hat [N,D] = f W_dec + b_dec from f's entries > 0 */                                          \
+  X(sparse_decode, void(Tensor & x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec)) \
   /* decoder side of the backward, dx = grad_x_hat [N,D], n = norms [F] (of W_dec's rows),          \
-     s = col_sum [F] (sum_t f[t,i]); for every entry e of feature i, t = rows[e]:                   \
+     c = col_sum [F] (sum_t f[t,i]); for every entry e of feature i (by feature), t = rows[e]:      \
        dpre[e] = dx[t,:] . W_dec[i,:] + l1 n_i                 (dLoss/dpre where f > 0)             \
-       dW_dec[i,:] = sum_e vals[e] dx[t,:] + l1 (s_i / max(n_i, 1e-30)) W_dec[i,:]  -> W_dec        \
+       dW_dec[i,:] = sum_e vals[e] dx[t,:] + l1 (c_i / max(n_i, 1e-30)) W_dec[i,:]  -> W_dec        \
      Every value of W_dec.param is read before its row is updated. */                               \
   X(sparse_decoder_backward, void(Tensor & dpre, ParamUpdate & W_dec, const Tensor& grad_x_hat,    \
-                                  const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,    \
-                                  const Tensor& norms, const Tensor& col_sum, double l1))           \
+                                  const SparseFeatures& s, const Tensor& norms, const Tensor& col_sum, \
+                                  double l1))                                                       \
   /* encoder side, x [N,D]: dW_enc[:,i] = sum_e dpre[e] x[rows[e],:] -> W_enc [D,F];                \
      db_enc[i] = sum_e dpre[e] -> b_enc [F] */                                                      \
   X(sparse_encoder_backward, void(ParamUpdate & W_enc, ParamUpdate & b_enc, const Tensor& x,       \
-                                  const Tensor& col_ptr, const Tensor& rows, const Tensor& dpre))
+                                  const SparseFeatures& s, const Tensor& dpre))
 
 struct KernelTable {
 #define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name = nullptr;

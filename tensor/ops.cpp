@@ -228,22 +228,34 @@ void check_shape(const char* op, const char* name, const Tensor& t, const Shape&
   if (t.shape() != shape) throw Error(cat(op, ": ", name, " should be ", shape.str(), ", got ", t.describe()));
 }
 
-// The CSC form of f [N, F] (op_list.h): col_ptr [F+1] and rows [capacity] int32, `values` (vals or
-// dpre) [capacity] in f's dtype, all on f's device. Entry indices must fit in int32.
-void check_columns(const char* op, const Tensor& f_like, int64_t n, int64_t features, const Tensor& col_ptr,
-                   const Tensor& rows, const Tensor& values) {
-  check_shape(op, "col_ptr", col_ptr, Shape{features + 1});
-  check_defined(op, rows);
-  check_defined(op, values);
-  if (col_ptr.dtype() != DType::I32 || rows.dtype() != DType::I32)
-    throw Error(cat(op, ": col_ptr and rows must be i32, got ", col_ptr.describe(), " and ", rows.describe()));
-  if (rows.ndim() != 1 || values.shape() != rows.shape())
-    throw Error(cat(op, ": rows and values must be 1-D and alike, got ", rows.describe(), " and ", values.describe()));
-  check_same_device_dtype(op, f_like, values);
-  if (col_ptr.device() != f_like.device() || rows.device() != f_like.device())
-    throw Error(cat(op, ": device mismatch: ", col_ptr.describe(), ", ", rows.describe(), " vs ", f_like.describe()));
-  if (n * features >= (int64_t(1) << 31) || rows.numel() >= (int64_t(1) << 31))
+// The lists of SparseFeatures for f [N, F] (op_list.h): int32 pointers and indices, values in
+// `like`'s dtype, everything on `like`'s device. Entry indices must fit in int32.
+void check_lists(const char* op, const SparseFeatures& s, int64_t n, int64_t features, const Tensor& like) {
+  check_shape(op, "col_ptr", s.col_ptr, Shape{features + 1});
+  check_shape(op, "row_ptr", s.row_ptr, Shape{n + 1});
+  for (const Tensor* t : {&s.rows, &s.vals, &s.cols, &s.row_vals}) check_defined(op, *t);
+  if (s.col_ptr.dtype() != DType::I32 || s.rows.dtype() != DType::I32 || s.row_ptr.dtype() != DType::I32 ||
+      s.cols.dtype() != DType::I32)
+    throw Error(cat(op, ": col_ptr, rows, row_ptr and cols must be i32, got ", s.col_ptr.describe(), ", ",
+                    s.rows.describe(), ", ", s.row_ptr.describe(), ", ", s.cols.describe()));
+  if (s.rows.ndim() != 1 || s.vals.shape() != s.rows.shape() || s.cols.shape() != s.rows.shape() ||
+      s.row_vals.shape() != s.rows.shape())
+    throw Error(cat(op, ": the entry lists must be 1-D and of one length, got rows ", s.rows.describe(), ", vals ",
+                    s.vals.describe(), ", cols ", s.cols.describe(), ", row_vals ", s.row_vals.describe()));
+  check_same_device_dtype(op, like, s.vals);
+  check_same_device_dtype(op, like, s.row_vals);
+  for (const Tensor* t : {&s.col_ptr, &s.rows, &s.row_ptr, &s.cols})
+    if (t->device() != like.device())
+      throw Error(cat(op, ": device mismatch: ", t->describe(), " vs ", like.describe()));
+  if (n * features >= (int64_t(1) << 31) || s.rows.numel() >= (int64_t(1) << 31))
     throw Error(cat(op, ": ", n, " x ", features, " entries do not fit int32 indices"));
+}
+
+// dpre: one value per entry, in the lists' dtype and length.
+void check_entry_values(const char* op, const SparseFeatures& s, const Tensor& dpre) {
+  check_same_device_dtype(op, s.vals, dpre);
+  if (dpre.shape() != s.vals.shape())
+    throw Error(cat(op, ": dpre should be ", s.vals.shape().str(), ", got ", dpre.describe()));
 }
 
 void check_update(const char* op, const char* name, const ParamUpdate& u, const Shape& shape, const Tensor& like) {
@@ -259,35 +271,30 @@ void check_update(const char* op, const char* name, const ParamUpdate& u, const 
 }
 }  // namespace
 
-void sparse_columns_(Tensor& col_ptr, Tensor& rows, Tensor& vals, const Tensor& f, const Tensor& col_count) {
-  const char* op = "sparse_columns";
+void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
+  const char* op = "sparse_index";
   check_float(op, f);
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
   check_rows_and_column_vector(op, f, col_count);
-  check_columns(op, f, f.size(0), f.size(1), col_ptr, rows, vals);
-  kernels_for(f.device()).sparse_columns(col_ptr, rows, vals, f, col_count);
+  check_lists(op, s, f.size(0), f.size(1), f);
+  kernels_for(f.device()).sparse_index(s, f, col_count);
 }
 
-void sparse_decode_(Tensor& x_hat, const Tensor& f, const Tensor& col_ptr, const Tensor& rows, const Tensor& vals,
-                    const Tensor& W_dec, const Tensor& b_dec) {
+void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec) {
   const char* op = "sparse_decode";
-  check_float(op, f);
+  check_float(op, x_hat);
   check_float(op, W_dec);
-  if (f.ndim() != 2 || W_dec.ndim() != 2 || W_dec.size(0) != f.size(1))
-    throw Error(cat(op, ": expects f [N, F] and W_dec [F, D], got ", f.describe(), " and ", W_dec.describe()));
-  const int64_t n = f.size(0), features = f.size(1), d = W_dec.size(1);
-  check_same_device_dtype(op, f, W_dec);
-  check_same_device_dtype(op, f, x_hat);
-  check_same_device_dtype(op, f, b_dec);
-  check_shape(op, "x_hat", x_hat, Shape{n, d});
-  check_shape(op, "b_dec", b_dec, Shape{d});
-  check_columns(op, f, n, features, col_ptr, rows, vals);
-  kernels_for(f.device()).sparse_decode(x_hat, f, col_ptr, rows, vals, W_dec, b_dec);
+  if (x_hat.ndim() != 2 || W_dec.ndim() != 2 || W_dec.size(1) != x_hat.size(1))
+    throw Error(cat(op, ": expects x_hat [N, D] and W_dec [F, D], got ", x_hat.describe(), " and ", W_dec.describe()));
+  check_same_device_dtype(op, x_hat, W_dec);
+  check_same_device_dtype(op, x_hat, b_dec);
+  check_shape(op, "b_dec", b_dec, Shape{x_hat.size(1)});
+  check_lists(op, s, x_hat.size(0), W_dec.size(0), x_hat);
+  kernels_for(x_hat.device()).sparse_decode(x_hat, s, W_dec, b_dec);
 }
 
-void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const Tensor& col_ptr,
-                              const Tensor& rows, const Tensor& vals, const Tensor& norms, const Tensor& col_sum,
-                              double l1) {
+void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
+                              const Tensor& norms, const Tensor& col_sum, double l1) {
   const char* op = "sparse_decoder_backward";
   check_float(op, grad_x_hat);
   if (grad_x_hat.ndim() != 2 || !W_dec.param.defined() || W_dec.param.ndim() != 2)
@@ -299,14 +306,13 @@ void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& gr
   check_same_device_dtype(op, grad_x_hat, col_sum);
   check_shape(op, "norms", norms, Shape{features});
   check_shape(op, "col_sum", col_sum, Shape{features});
-  check_columns(op, grad_x_hat, n, features, col_ptr, rows, vals);
-  check_columns(op, grad_x_hat, n, features, col_ptr, rows, dpre);
-  kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, col_ptr, rows, vals, norms,
-                                                           col_sum, l1);
+  check_lists(op, s, n, features, grad_x_hat);
+  check_entry_values(op, s, dpre);
+  kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, s, norms, col_sum, l1);
 }
 
-void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const Tensor& col_ptr,
-                              const Tensor& rows, const Tensor& dpre) {
+void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
+                              const Tensor& dpre) {
   const char* op = "sparse_encoder_backward";
   check_float(op, x);
   if (x.ndim() != 2 || !W_enc.param.defined() || W_enc.param.ndim() != 2)
@@ -314,8 +320,9 @@ void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tens
   const int64_t n = x.size(0), d = x.size(1), features = W_enc.param.size(1);
   check_update(op, "W_enc", W_enc, Shape{d, features}, x);
   check_update(op, "b_enc", b_enc, Shape{features}, x);
-  check_columns(op, x, n, features, col_ptr, rows, dpre);
-  kernels_for(x.device()).sparse_encoder_backward(W_enc, b_enc, x, col_ptr, rows, dpre);
+  check_lists(op, s, n, features, x);
+  check_entry_values(op, s, dpre);
+  kernels_for(x.device()).sparse_encoder_backward(W_enc, b_enc, x, s, dpre);
 }
 
 // ---------------------------------------------------------------- element-wise

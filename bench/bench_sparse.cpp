@@ -1,0 +1,128 @@
+// The sparse SAE step (sae/sae_step.h, --sparse) against the dense step, in one run, at the
+// study's shapes (D = 768, F = 10000, lambda = 50): one 218-token story and a 4096-token batch, at
+// feature densities 0.5%, 2%, 10% and 100%. Each timed iteration is a whole training step
+// (SaeStep::train_step: forward, backward, Adam). The density is set through b_enc: minus the
+// (1 - density) quantile of all pre-activations x W_enc of the batch, so that the chosen fraction of
+// f fires. Adam runs with lr 0: every step does all of Adam's arithmetic and memory traffic, but the
+// weights, and so the density, stay where they were set (with the same batch every iteration, any
+// lr > 0 drifts the density within a few dozen steps). The measured density is reported.
+// Arguments: tokens, density in units of 0.1%, mode (0 dense, 1 sparse, 2 auto).
+// BM_SparseCrossover runs dense and sparse at densities between 5% and 50%: where the two cross is
+// auto mode's threshold (sae/sae_step.cpp).
+// The floor of the sparse step: the dense encoder GEMM plus one streaming pass over Adam's bytes
+// for W_enc and W_dec (read and write of parameter, m and v).
+// The CUDA versions need a GPU and report "no GPU" otherwise.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "nn/adam.h"
+#include "sae/sae_step.h"
+#include "tensor/cuda_backend.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
+
+using namespace sae;
+
+namespace {
+constexpr int64_t kD = 768, kF = 10000;
+constexpr double kLambda = 50.0, kLr = 0.0;
+
+// b_enc for which `density` of the entries of relu(x W_enc + b_enc) are > 0.
+Tensor bias_for_density(const Tensor& x, const Tensor& W_enc, double density) {
+  std::vector<double> pre = matmul(x.to(Device::CPU), W_enc.to(Device::CPU)).to_vector();
+  double threshold;
+  if (density >= 1.0) {
+    threshold = *std::min_element(pre.begin(), pre.end()) - 1.0;
+  } else {
+    const size_t k = static_cast<size_t>((1.0 - density) * double(pre.size()));
+    std::nth_element(pre.begin(), pre.begin() + k, pre.end());
+    threshold = pre[k];
+  }
+  return Tensor::full(Shape{W_enc.size(1)}, -threshold, DType::F32, W_enc.device());
+}
+
+SparseMode mode_of(int64_t arg) { return arg == 0 ? SparseMode::Off : (arg == 1 ? SparseMode::On : SparseMode::Auto); }
+
+void run_step(benchmark::State& state, Device device) {
+  if (device == Device::CUDA && !cuda_available()) {
+    state.SkipWithError("no GPU");
+    return;
+  }
+  const int64_t n = state.range(0);
+  const double density = state.range(1) / 1000.0;
+  Rng rng(1);
+  SparseAutoencoder model(kD, kF, rng, DType::F32, device);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);  // per-story scale
+  copy_(model.b_enc.data(), bias_for_density(x, model.W_enc.data(), density));
+  nn::AdamOptions options;
+  options.lr = kLr;
+  nn::Adam adam(model.parameters(), options);
+  SaeStep step(n, kD, kF, DType::F32, device, mode_of(state.range(2)));
+  step.train_step(model, x, kLambda, adam, kLr);  // first-use allocations
+  StepSums last;
+  int64_t sparse_steps = 0, steps = 0;
+  for (auto _ : state) {
+    last = step.train_step(model, x, kLambda, adam, kLr);  // ends with a read of the sums: synchronous
+    sparse_steps += last.sparse;
+    ++steps;
+  }
+  state.counters["density"] = last.active / double(n * kF);
+  state.counters["sparse_steps"] = double(sparse_steps) / double(std::max<int64_t>(steps, 1));
+  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_SparseStep(benchmark::State& state) { run_step(state, Device::CPU); }
+void BM_Cuda_SparseStep(benchmark::State& state) { run_step(state, Device::CUDA); }
+
+// The encoder GEMM and the memory pass of Adam over W_enc and W_dec (24 bytes per parameter).
+void BM_SparseStep_Floor(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Rng rng(2);
+  Tensor x = uniform_tensor(Shape{n, kD}, -1, 1, rng), w_enc = uniform_tensor(Shape{kD, kF}, -1, 1, rng);
+  Tensor f = Tensor::empty(Shape{n, kF});
+  const int64_t params = 2 * kD * kF;
+  Tensor p = uniform_tensor(Shape{params}, -1, 1, rng), m = Tensor::zeros(Shape{params}), v = Tensor::zeros(Shape{params});
+  const int N = n, D = kD, F = kF;
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, F, D, 1, x.data<float>(), D, w_enc.data<float>(), F, 0,
+                f.data<float>(), F);
+    float *pp = p.data<float>(), *mp = m.data<float>(), *vp = v.data<float>();
+#pragma omp parallel for simd
+    for (int64_t i = 0; i < params; ++i) {
+      mp[i] = 0.9f * mp[i] + 1e-3f;
+      vp[i] = 0.999f * vp[i] + 1e-6f;
+      pp[i] -= 1e-5f * mp[i];
+    }
+    benchmark::DoNotOptimize(pp);
+  }
+  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Densities 0.5%, 2%, 10%, 100%; dense and sparse next to each other, auto at 2% and 100%.
+void step_args(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {218, 4096})
+    for (int64_t permille : {5, 20, 100, 1000}) {
+      b->Args({n, permille, 0});
+      b->Args({n, permille, 1});
+      if (permille == 20 || permille == 1000) b->Args({n, permille, 2});
+    }
+}
+
+void crossover_args(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {218, 4096})
+    for (int64_t permille : {50, 100, 200, 300, 500}) {
+      b->Args({n, permille, 0});
+      b->Args({n, permille, 1});
+    }
+}
+
+void BM_SparseCrossover(benchmark::State& state) { run_step(state, Device::CPU); }
+}  // namespace
+
+BENCHMARK(BM_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_SparseCrossover)->Apply(crossover_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_SparseStep_Floor)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_Cuda_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime();
