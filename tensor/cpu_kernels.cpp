@@ -467,9 +467,9 @@ void add_scaled_rows_cpu(Tensor& out, const Tensor& x, const Tensor& row_scale) 
     add_scaled_rows_typed(out.data<double>(), x.data<double>(), row_scale.data<double>(), x.size(0), x.size(1));
 }
 
-// ---- sparse SAE kernels (op_list.h). Every feature's work (its entries in token order, its row
-// of W_dec, its column of W_enc) is done by one thread in a fixed order, so the results do not
-// depend on the number of threads or on which thread takes which feature: dynamic scheduling
+// ---- sparse SAE kernels (op_list.h). Every sum (a row of x_hat, a dot product, an element of a
+// gradient) is computed by one thread in an order fixed by the data alone, so the results do not
+// depend on the number of threads or on which thread takes which task: dynamic scheduling
 // balances the load and the runs stay bitwise repeatable.
 
 // Raw pointers of a ParamUpdate: store(offset, grad, len) hands over the gradient of elements
@@ -507,11 +507,11 @@ struct UpdateSink {
 // Builds both lists (op_list.h: SparseFeatures).
 // By feature: offsets come from the column counts; each thread scans every row of f over its own
 // band of columns and appends the positive entries, so each column's entries arrive in token order.
-// Float32 rows are tested 8 values at a time (at 2% density most groups of 8 hold no entry). The
-// scan also counts each row's entries per band, which gives the by-token offsets.
-// By token: each thread takes a band of features, counts its entries per token, and after a
-// prefix over the bands writes them at their place in each token's list, so each token's list is
-// in feature order. Neither list depends on the number of threads.
+// Float32 rows are tested 8 values at a time (at 2% density most groups of 8 hold no entry).
+// By token: the same scan counts each token's entries in each band; a prefix over tokens and bands
+// says where each band's share of each token's list goes, and each thread then walks its band's
+// features in order and writes their entries there, so each token's list is in feature order.
+// Neither list depends on the number of threads.
 template <typename T>
 void sparse_index_typed(int32_t* col_ptr, int32_t* rows, T* vals, int32_t* row_ptr, int32_t* cols_out, T* row_vals,
                         const T* f, const T* col_count, int64_t n, int64_t cols) {

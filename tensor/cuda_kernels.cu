@@ -893,10 +893,11 @@ void add_scaled_rows_cuda(Tensor& out, const Tensor& x, const Tensor& row_scale)
 //                            the entries of every (slice, column), turn the counts into offsets
 //                            (per column over its slices, then one scan over the columns), then
 //                            each (slice, column) thread writes its entries in row order. By token:
-//                            one block per row counts its entries, one scan over the rows, then
-//                            the block walks its row 256 columns at a time and compacts the
-//                            positive entries in column order (warp ballots).
-//   sparse_decode            one block per token, threads over the columns of x_hat: each adds its
+//                            rows cut into segments of kRowSegment columns, one warp per (row,
+//                            segment) counts its entries (ballots), offsets per row over its
+//                            segments, one scan over the rows, then each warp writes its entries
+//                            in column order (ballot prefix counts).
+//   sparse_decode            one block per (token, 256 columns of x_hat): each thread adds its
 //                            column of W_dec for every entry of the token, in feature order.
 //   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
 //                            computes dx[t] . W_dec[i] (lanes over D, a fixed shuffle tree); then,
@@ -1023,54 +1024,59 @@ __global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_
   }
 }
 
-// row_ptr[t + 1] = entries > 0 in row t of f (one block per row, integer sums: exact).
+// By token, rows are cut into segments of kRowSegment columns, one warp per (row, segment) task.
+constexpr int64_t kRowSegment = 1024;
+
+// counts[r * segments + s] = entries > 0 of row r in segment s (ballots over 32 columns at a time).
 template <typename T>
-__global__ void count_rows_kernel(int32_t* row_ptr, const T* f, int64_t rows, int64_t cols) {
-  __shared__ int32_t warp_sums[kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+__global__ void count_row_segments_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t segments) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t task = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; task < rows * segments; task += warps) {
+    const int64_t r = task / segments, c_end = min(cols, (task % segments + 1) * kRowSegment);
     int32_t count = 0;
-    for (int64_t c = threadIdx.x; c < cols; c += kBlock) count += f[r * cols + c] > T(0) ? 1 : 0;
-    for (int offset = 16; offset > 0; offset /= 2) count += __shfl_down_sync(0xffffffffu, count, offset);
-    if (lane == 0) warp_sums[warp] = count;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int32_t total = 0;
-      for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
-      row_ptr[r + 1] = total;
+    for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
+      const int64_t c = c0 + lane;
+      count += __popc(__ballot_sync(0xffffffffu, c < c_end && f[r * cols + c] > T(0)));
     }
-    __syncthreads();  // warp_sums is rewritten for the next row
+    if (lane == 0) counts[task] = count;
   }
 }
 
-// One block per row: 256 columns at a time, the positive entries are compacted in column order
-// (a ballot per warp, then the warps in order) and written after the row's previous ones.
+// Per row: segment counts become offsets within the row; row_ptr[r + 1] = the row's total.
+__global__ void segment_offsets_kernel(int32_t* counts, int32_t* row_ptr, int64_t rows, int64_t segments) {
+  for (int64_t r = thread_index(); r < rows; r += grid_stride()) {
+    int32_t running = 0;
+    for (int64_t s = 0; s < segments; ++s) {
+      const int32_t count = counts[r * segments + s];
+      counts[r * segments + s] = running;
+      running += count;
+    }
+    row_ptr[r + 1] = running;
+  }
+}
+
+// Each (row, segment) warp writes its entries in column order after the row's earlier segments.
 template <typename T>
-__global__ void fill_rows_kernel(int32_t* out_cols, T* out_vals, const int32_t* row_ptr, const T* f, int64_t rows,
-                                 int64_t cols) {
-  __shared__ int32_t warp_count[kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    int32_t written = row_ptr[r];
-    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-      const int64_t c = c0 + threadIdx.x;
-      const T v = c < cols ? f[r * cols + c] : T(0);
+__global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const int32_t* offsets,
+                                         const int32_t* row_ptr, const T* f, int64_t rows, int64_t cols,
+                                         int64_t segments) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t task = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; task < rows * segments; task += warps) {
+    const int64_t r = task / segments, c_end = min(cols, (task % segments + 1) * kRowSegment);
+    int32_t written = row_ptr[r] + offsets[task];
+    for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
+      const int64_t c = c0 + lane;
+      const T v = c < c_end ? f[r * cols + c] : T(0);
       const bool on = v > T(0);
       const unsigned ballot = __ballot_sync(0xffffffffu, on);
-      if (lane == 0) warp_count[warp] = __popc(ballot);
-      __syncthreads();
-      int32_t offset = 0, total = 0;
-      for (int w = 0; w < kWarps; ++w) {
-        offset += w < warp ? warp_count[w] : 0;
-        total += warp_count[w];
-      }
       if (on) {
-        const int32_t k = written + offset + __popc(ballot & ((1u << lane) - 1u));
+        const int32_t k = written + __popc(ballot & ((1u << lane) - 1u));
         out_cols[k] = static_cast<int32_t>(c);
         out_vals[k] = v;
       }
-      written += total;
-      __syncthreads();  // warp_count is rewritten by the next chunk
+      written += __popc(ballot);
     }
   }
 }
@@ -1101,12 +1107,18 @@ void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t col
     SAE_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int32_t), cuda_stream()));
     return;
   }
-  count_rows_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(row_ptr, f, rows, cols);
+  const int64_t segments = std::max<int64_t>(1, ceil_div(cols, kRowSegment));
+  DeviceBuffer counts(static_cast<size_t>(rows * segments) * sizeof(int32_t));
+  int32_t* count = static_cast<int32_t*>(counts.ptr);
+  count_row_segments_kernel<<<grid_for(rows * segments, kWarps), kBlock, 0, cuda_stream()>>>(count, f, rows, cols,
+                                                                                         segments);
+  SAE_CUDA_CHECK_LAUNCH();
+  segment_offsets_kernel<<<grid_for(rows), kBlock, 0, cuda_stream()>>>(count, row_ptr, rows, segments);
   SAE_CUDA_CHECK_LAUNCH();
   scan_counts_kernel<<<1, kBlock, 0, cuda_stream()>>>(row_ptr, rows);
   SAE_CUDA_CHECK_LAUNCH();
-  fill_rows_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(s.cols.data<int32_t>(), s.row_vals.data<T>(),
-                                                                    row_ptr, f, rows, cols);
+  fill_row_segments_kernel<<<grid_for(rows * segments, kWarps), kBlock, 0, cuda_stream()>>>(
+      s.cols.data<int32_t>(), s.row_vals.data<T>(), count, row_ptr, f, rows, cols, segments);
   SAE_CUDA_CHECK_LAUNCH();
 }
 
@@ -1120,20 +1132,21 @@ void sparse_index_cuda(SparseFeatures& s, const Tensor& f, const Tensor& col_cou
 template <typename T>
 __global__ void sparse_decode_kernel(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals,
                                      const T* W, const T* b, int64_t rows, int64_t d) {
-  for (int64_t t = blockIdx.x; t < rows; t += gridDim.x) {
+  const int64_t slices = (d + kBlock - 1) / kBlock;
+  for (int64_t task = blockIdx.x; task < rows * slices; task += gridDim.x) {
+    const int64_t t = task / slices, c = (task % slices) * kBlock + threadIdx.x;
+    if (c >= d) continue;
     const int32_t k0 = row_ptr[t], k1 = row_ptr[t + 1];
-    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-      T acc = T(0);
-      for (int32_t k = k0; k < k1; ++k) acc += row_vals[k] * W[int64_t(cols_in[k]) * d + c];
-      x_hat[t * d + c] = acc + b[c];
-    }
+    T acc = T(0);
+    for (int32_t k = k0; k < k1; ++k) acc += row_vals[k] * W[int64_t(cols_in[k]) * d + c];
+    x_hat[t * d + c] = acc + b[c];
   }
 }
 
 template <typename T>
 void sparse_decode_typed(T* x_hat, const SparseFeatures& s, const T* W, const T* b, int64_t rows, int64_t d) {
   if (rows == 0 || d == 0) return;
-  sparse_decode_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(
+  sparse_decode_kernel<<<grid_for(rows * ceil_div(d, kBlock), 1), kBlock, 0, cuda_stream()>>>(
       x_hat, s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), W, b, rows, d);
   SAE_CUDA_CHECK_LAUNCH();
 }

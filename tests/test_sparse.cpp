@@ -10,6 +10,7 @@
 //    (skipped without a GPU).
 // Letters: N tokens, D input width, F features.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -394,6 +395,39 @@ TEST(SparseKernels, BackwardMatchesTheDenseFormulas) {
     expect_close_to_scale(We.grad, matmul(x, dense_dpre, true, false), rel, cat("dW_enc ", dtype_name(dtype)));
     expect_close_to_scale(be.grad, sum(dense_dpre, 0), rel, cat("db_enc ", dtype_name(dtype)));
   }
+}
+
+TEST(SparseKernels, ResultsDoNotDependOnTheThreadCount) {
+  // Every sum has one owner and a data-fixed order: 1, 2 and 3 threads give the same bits.
+  Rng rng(15);
+  const int64_t n = 700, d = 72, cols = 2100;
+  Tensor f = random_features(Shape{n, cols}, 0.03, DType::F32, rng);
+  Tensor dx = normal_tensor(Shape{n, d}, 0.0, 1.0, rng), x = normal_tensor(Shape{n, d}, 0.0, 1.0, rng);
+  Tensor W_dec = normal_tensor(Shape{cols, d}, 0.0, 0.1, rng), W_enc = normal_tensor(Shape{d, cols}, 0.0, 0.1, rng);
+  Tensor b_dec = normal_tensor(Shape{d}, 0.0, 0.1, rng), b_enc = normal_tensor(Shape{cols}, 0.0, 0.1, rng);
+  Tensor norms = norm2(W_dec, 1), col_sum = sum(f, 0);
+  AdamScalars s;
+  s.step = 4;
+  std::vector<std::vector<Tensor>> results;
+  const int threads_before = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    SparseFeatures l = lists_of(f);
+    Tensor x_hat = Tensor::empty(Shape{n, d});
+    sparse_decode_(x_hat, l, W_dec, b_dec);
+    Tensor dpre = Tensor::full(l.vals.shape(), kNaN);
+    ParamUpdate Wd = adam_mode(W_dec.clone(), Tensor::zeros(W_dec.shape()), Tensor::zeros(W_dec.shape()), s);
+    sparse_decoder_backward_(dpre, Wd, dx, l, norms, col_sum, 1.5);
+    ParamUpdate We = adam_mode(W_enc.clone(), Tensor::zeros(W_enc.shape()), Tensor::zeros(W_enc.shape()), s);
+    ParamUpdate be = gradient_mode(b_enc);
+    sparse_encoder_backward_(We, be, x, l, dpre);
+    results.push_back({l.col_ptr, l.rows, l.vals, l.row_ptr, l.cols, l.row_vals, x_hat, dpre, Wd.param, Wd.m,
+                       We.param, We.v, be.grad});
+  }
+  omp_set_num_threads(threads_before);
+  for (size_t r = 1; r < results.size(); ++r)
+    for (size_t k = 0; k < results[0].size(); ++k)
+      expect_bitwise_equal(results[r][k], results[0][k], cat("result ", k, " with ", r + 1, " threads"));
 }
 
 // ---------------------------------------------------------------- SaeStep: sparse vs dense
