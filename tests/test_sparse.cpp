@@ -647,6 +647,22 @@ TEST(TrainerSparse, OptionIsValidatedAndOldConfigsResumeDense) {
   EXPECT_EQ(TrainConfig::from_json(old).sparse, "off");  // written before --sparse existed: dense
 }
 
+TEST(TrainerSparse, CommandLineOption) {
+  TempDir dir("sparse_cli");
+  const std::string tiny =
+      " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+      " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
+      " --steps 3 --progress none --device cpu";
+  auto help = sae::testing::run_binary("sae_train", "--help", dir);
+  EXPECT_NE(help.out.find("--sparse"), std::string::npos);
+  auto ok = sae::testing::run_binary("sae_train", tiny + " --sparse on --out " + dir.str("run"), dir);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(Json::parse(read_file(dir.str("run/config.json"))).at("sparse").as_string(), "on");
+  auto bad = sae::testing::run_binary("sae_train", tiny + " --sparse sometimes --out " + dir.str("bad"), dir);
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--sparse: expected auto, on or off, got 'sometimes'"), std::string::npos) << bad.err;
+}
+
 // ---------------------------------------------------------------- CUDA parity
 
 TEST(CudaSparse, KernelsMatchCpu) {
