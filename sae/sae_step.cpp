@@ -10,9 +10,10 @@ namespace sae {
 namespace {
 bool finite(const StepSums& s) { return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1); }
 
-// Auto mode's default density thresholds (bench/bench_sparse.cpp, bench/RESULTS.md): above them the
-// dense GEMMs are as fast as the sparse kernels.
-constexpr double kAutoMaxDensityCpu = 0.25;
+// Auto mode's default density thresholds. CPU: measured (bench/bench_sparse.cpp BM_SparseCrossover,
+// bench/RESULTS.md), the sparse step is faster below about 25% at 4096 tokens and 40% at 218.
+// CUDA: not measured yet; a cautious guess until a GPU run of the same benchmark sets it.
+constexpr double kAutoMaxDensityCpu = 0.2;
 constexpr double kAutoMaxDensityCuda = 0.05;
 }  // namespace
 
