@@ -11,7 +11,7 @@ const sae::Profile kDemo = {
     {"synthetic-d", "256"},        {"synthetic-concepts", "512"}, {"synthetic-story-concepts", "32"},
     {"synthetic-active", "6"},     {"features", "2048"},          {"batch", "512"},
     {"normalize", "dataset"},      {"lr", "3e-3"},                {"l1", "1"},
-    {"steps", "2000"},             {"checkpoint-every", "500"},   {"log-every", "20"},
+    {"steps", "4000"},             {"checkpoint-every", "1000"},   {"log-every", "20"},
     {"l1-warmup-steps", "100"},    {"dead-window", "200000"},
 };
 }  // namespace
