@@ -28,6 +28,8 @@ void add_training_options(cxxopts::Options& options) {
       ("seed", "random seed (initialisation, token shuffling)", cxxopts::value<uint64_t>()->default_value("0"))
       ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value(d.device))
       ("tf32", "on CUDA, TF32 tensor-core GEMMs (faster; float32 GEMMs by default)")
+      ("prefetch", "prepare the next batch on a worker thread: auto (on for CUDA) | on | off",
+       cxxopts::value<std::string>()->default_value(d.prefetch))
       ("checkpoint-every", "steps between checkpoints", cxxopts::value<int64_t>()->default_value(std::to_string(d.checkpoint_every)))
       ("log-every", "steps between metrics rows", cxxopts::value<int64_t>()->default_value(std::to_string(d.log_every)))
       ("lr-warmup-steps", "linear learning-rate warm-up", cxxopts::value<int64_t>()->default_value("0"))
@@ -92,6 +94,7 @@ TrainConfig training_config(const cxxopts::ParseResult& p, const Profile& profil
   c.out = typed_value<std::string>(p, profile, "out");
   c.seed = typed_value<uint64_t>(p, profile, "seed");
   c.device = typed_value<std::string>(p, profile, "device");
+  c.prefetch = typed_value<std::string>(p, profile, "prefetch");
   c.tf32 = p.count("tf32") > 0 || (profile.count("tf32") && profile.at("tf32") == "true");
   c.checkpoint_every = typed_value<int64_t>(p, profile, "checkpoint-every");
   c.log_every = typed_value<int64_t>(p, profile, "log-every");
