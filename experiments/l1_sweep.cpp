@@ -4,7 +4,8 @@
 // TrainConfig per lambda (+ the continuation) -> run_study (skips finished runs, resumes
 // interrupted ones) -> summary table at --summary-step and figures.
 //   OUT/l1_<lambda>/, OUT/l1_<lambda>_to_<N>/ (the continuation), OUT/summary.csv, OUT/summary.md,
-//   OUT/l1_sweep_{l1,rec_loss,nonzero,zoom,continued}.png (each with .gp and .dat beside it)
+//   OUT/l1_sweep_{l1,rec_loss,nonzero,zoom,continued}.png (each with .gp and .dat beside it); the zoom
+//   is the reconstruction loss over the last half of training on a linear axis
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -96,26 +97,13 @@ int main(int argc, char** argv) {
          cxxopts::value<std::string>()->default_value("50"))
         ("continue-steps", "steps in total of the continued run", cxxopts::value<int64_t>()->default_value("105000"))
         ("profile",
-         "full: the defaults (the original's exact configuration; many hours on CPU). quick (synthetic data "
-         "only; minutes): the study at width 64, every width scaled by 64/768: synthetic-d 64, "
-         "synthetic-concepts 341, synthetic-story-concepts 21, synthetic-active 1.67, synthetic-story-active 1, "
-         "features 833, l1-list 0,0.4167,4.167,41.67; and lr 3e-4, steps 12000, summary-step 12000, "
-         "continue-lambda 4.167, continue-steps 36000. Options given on the command line override the profile.",
+         "full: the defaults, the original's exact configuration (~8-14 h on 2 CPU cores, estimated). quick "
+         "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
+         "larger lr and fewer steps: " + sae::profile_text(kQuick) + ". The command line overrides a profile.",
          cxxopts::value<std::string>()->default_value("full"));
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
-    const std::string profile_name = parsed["profile"].as<std::string>();
-    if (profile_name != "full" && profile_name != "quick")
-      throw sae::UsageError("--profile: expected full or quick, got '" + profile_name + "'");
-    sae::Profile profile = profile_name == "quick" ? kQuick : sae::Profile{};
-    if (profile_name == "quick") {
-      if (sae::option_value(parsed, profile, "data") != "synthetic")
-        throw sae::UsageError("--profile quick is sized for the synthetic data; use --profile full with --data FILE");
-      std::printf("profile quick changes (the command line overrides these):\n");
-      for (const auto& [name, value] : kQuick)
-        std::printf("  --%s %s (full: %s)%s\n", name.c_str(), value.c_str(), sae::option_default(options, name).c_str(),
-                    parsed.count(name) ? " [overridden on the command line]" : "");
-    }
+    const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
     auto int_option = [&](const std::string& name) {
       return parsed.count(name) || !profile.count(name) ? parsed[name].as<int64_t>() : std::stoll(profile.at(name));
     };
@@ -170,6 +158,7 @@ int main(int argc, char** argv) {
               sae::format_number(r.concepts->purity, 3)};
     };
     std::vector<int64_t> steps_used;
+    std::vector<double> final_rec;  // plateau of each sweep run's rec loss, for the zoom's range
     for (size_t i = 0; i < lambdas.size(); ++i) {
       const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
       const size_t row = m.row_at_or_below(std::min(summary_step, runs[i].config.steps));
@@ -198,6 +187,7 @@ int main(int argc, char** argv) {
       rec_curves.push_back({title, head("step"), head("rec_loss_per_element")});
       nonzero_curves.push_back({title, head("step"), head("nonzero_proportion")});
       last_step = std::max(last_step, m.rows[last][0]);
+      final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
     }
     std::string continuation;
     if (continued >= 0) {
@@ -228,7 +218,8 @@ int main(int argc, char** argv) {
       more.ylabel = "active features per token (L0, log scale)";
       more.logy = true;
       more.series.push_back({"lambda = " + sae::format_number(lambdas[continued], 6), m.column("step"), m.column("l0")});
-      more.xmin = 0;
+      more.xmarks.push_back(double(runs[continued].config.steps));
+      more.xlabel = sae::cat("step (dashed: the end of the sweep's run, step ", runs[continued].config.steps, ")");
       sae::plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
     }
     const bool same_step = std::all_of(steps_used.begin(), steps_used.end(), [&](int64_t s) { return s == steps_used[0]; });
@@ -250,7 +241,10 @@ int main(int argc, char** argv) {
     auto figure = [&](const std::string& title, const std::string& ylabel, const std::vector<sae::Series>& series,
                       bool logy) {
       sae::Figure f;
-      f.title = sae::cat(title, " (d = ", d, ", F = ", features, ")");
+      f.title = sae::cat(title, " (d = ", d, ", F = ", features,
+                         d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
+                                               " x ours)"
+                                         : std::string(")"));
       f.xlabel = "step";
       f.ylabel = ylabel;
       f.logy = logy;
@@ -263,15 +257,25 @@ int main(int argc, char** argv) {
               (fs::path(out) / "l1_sweep_rec_loss.png").string());
     sae::plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves, true),
               (fs::path(out) / "l1_sweep_nonzero.png").string());
-    sae::Figure zoom = figure("Zoom: nonzero proportion, last half of training", "nonzero proportion (log scale)",
-                              nonzero_curves, true);
+    // The zoom: reconstruction loss over the last half on a linear axis, up to twice the
+    // second-highest plateau, so the rise with lambda is seen where the log plot compresses it.
+    sae::Figure zoom = figure("Zoom: reconstruction loss, last half, linear axis",
+                              "reconstruction loss per element", {}, false);
+    std::vector<double> sorted = final_rec;
+    std::sort(sorted.rbegin(), sorted.rend());
     zoom.xmin = last_step / 2;
     zoom.xmax = last_step;
+    zoom.ymin = 0;
+    zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
+    for (size_t i = 0; i < rec_curves.size(); ++i) {
+      zoom.series.push_back(rec_curves[i]);
+      if (final_rec[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
+    }
     sae::plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
 
     std::string figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
     if (continued >= 0) figures += ", l1_sweep_continued.png";
-    const std::string md = "# l1_sweep: sparsity vs lambda\n\n" + notes + "\n" + sae::markdown(table) +
+    const std::string md = "# l1_sweep: sparsity vs lambda\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
                            "\nFigures: " + figures + ".\n";
     sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
     std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md and figures %s in %s\n", notes.c_str(),

@@ -68,26 +68,13 @@ int main(int argc, char** argv) {
     options.add_options("Study")
         ("features-list", "the F values, comma-separated", cxxopts::value<std::string>()->default_value("100,767,768,1000"))
         ("profile",
-         "full: the defaults (the original's exact configuration; hours on CPU). quick (synthetic data "
-         "only; minutes): the study at width 64, every width scaled by 64/768: synthetic-d 64, "
-         "synthetic-concepts 341, synthetic-story-concepts 21, synthetic-active 1.67, synthetic-story-active 1, "
-         "features-list 8,63,64,83; and lr 3e-4, steps 12000. Options given on the command line override the "
-         "profile.",
+         "full: the defaults, the original's exact configuration (~40 min on 2 CPU cores, estimated). quick "
+         "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
+         "larger lr and fewer steps: " + sae::profile_text(kQuick) + ". The command line overrides a profile.",
          cxxopts::value<std::string>()->default_value("full"));
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
-    const std::string profile_name = parsed["profile"].as<std::string>();
-    if (profile_name != "full" && profile_name != "quick")
-      throw sae::UsageError("--profile: expected full or quick, got '" + profile_name + "'");
-    sae::Profile profile = profile_name == "quick" ? kQuick : sae::Profile{};
-    if (profile_name == "quick") {
-      if (sae::option_value(parsed, profile, "data") != "synthetic")
-        throw sae::UsageError("--profile quick is sized for the synthetic data; use --profile full with --data FILE");
-      std::printf("profile quick changes (the command line overrides these):\n");
-      for (const auto& [name, value] : kQuick)
-        std::printf("  --%s %s (full: %s)%s\n", name.c_str(), value.c_str(), sae::option_default(options, name).c_str(),
-                    parsed.count(name) ? " [overridden on the command line]" : "");
-    }
+    const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
     const std::string out = sae::option_value(parsed, profile, "out");
     const std::vector<int64_t> features = parse_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
 
@@ -130,7 +117,7 @@ int main(int argc, char** argv) {
         "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
         "logged steps; FVU = fraction of variance unexplained.\n");
     sae::write_csv(table, (fs::path(out) / "summary.csv").string());
-    const std::string md = "# recon_vs_f: reconstruction loss vs F\n\n" + notes + "\n" + sae::markdown(table) +
+    const std::string md = "# recon_vs_f: reconstruction loss vs F\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
                            "\nFigures: recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y).\n";
     sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
 
@@ -154,7 +141,10 @@ int main(int argc, char** argv) {
     zoom.xmax = last_step;
     zoom.ymin = 0;
     zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
-    zoom.series = curves;
+    for (size_t i = 0; i < curves.size(); ++i) {
+      zoom.series.push_back(curves[i]);
+      if (plateaus[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
+    }
     sae::plot(zoom, (fs::path(out) / "recon_vs_f_zoom.png").string());
 
     std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md, %s/recon_vs_f.png, %s/recon_vs_f_zoom.png\n",

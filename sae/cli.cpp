@@ -131,6 +131,25 @@ std::string option_default(const cxxopts::Options& options, const std::string& n
   throw Error(cat("option_default: no option --", name));
 }
 
+std::string profile_text(const Profile& profile) {
+  std::string text;
+  for (const auto& [name, value] : profile) text += (text.empty() ? "--" : ", --") + name + " " + value;
+  return text;
+}
+
+Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick) {
+  const std::string name = parsed["profile"].as<std::string>();
+  if (name == "full") return {};
+  if (name != "quick") throw UsageError("--profile: expected full or quick, got '" + name + "'");
+  if (option_value(parsed, quick, "data") != "synthetic")
+    throw UsageError("--profile quick is sized for the synthetic data; use --profile full with --data FILE");
+  std::printf("profile quick changes (the command line overrides these):\n");
+  for (const auto& [option, value] : quick)
+    std::printf("  --%s %s (full: %s)%s\n", option.c_str(), value.c_str(), option_default(options, option).c_str(),
+                parsed.count(option) ? " [overridden on the command line]" : "");
+  return quick;
+}
+
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out) {
   options.add_options()("h,help", "show this help");
   try {

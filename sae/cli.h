@@ -27,6 +27,13 @@ std::string option_value(const cxxopts::ParseResult& parsed, const Profile& prof
 // The default of an option as --help shows it ("" when it has none). Error for an unknown name.
 std::string option_default(const cxxopts::Options& options, const std::string& name);
 
+// "--a 1, --b 2": a profile as it reads in --help.
+std::string profile_text(const Profile& profile);
+// The study drivers' --profile full|quick: an empty profile for full (the defaults); for quick,
+// `quick`, after printing each value with the default it replaces. UsageError for other names and
+// for quick on non-synthetic data (its values are sized for the synthetic generator).
+Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick);
+
 // Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 

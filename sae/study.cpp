@@ -141,7 +141,10 @@ RunOutcome run_one(const StudyRun& run, const std::string& out_root) {
   TrainConfig config = run.config;
   config.out = dir;
   config.resume = "";
-  if (fs::exists(fs::path(dir) / "config.json")) check_same_run(dir, config);
+  if (fs::exists(fs::path(dir) / "config.json"))
+    check_same_run(dir, config);
+  else if (fs::exists(dir) && !fs::is_empty(dir))
+    throw DataError(cat(dir, ": exists but holds no run (no config.json); use another --out or remove it"));
   if (finished_step(dir) >= config.steps) return finished_outcome(run.name, dir, config);
 
   std::string action = "trained";
@@ -164,7 +167,7 @@ RunOutcome run_one(const StudyRun& run, const std::string& out_root) {
     config.resume = dir;
     action = cat("continued ", fs::path(run.continue_from).filename().string(), " from step ", finished_step(dir));
   } else if (fs::exists(dir)) {
-    fs::remove_all(dir);  // our own run, killed before its first checkpoint: nothing to keep
+    fs::remove_all(dir);  // our own run (checked above), killed before its first checkpoint
   }
 
   const TrainResult result = train(config);
@@ -293,6 +296,12 @@ std::string markdown(const Table& table) {
   return out;
 }
 
+std::string markdown_paragraphs(const std::string& lines) {
+  std::string out;
+  for (char c : lines) out += c == '\n' ? std::string("\n\n") : std::string(1, c);
+  return out;
+}
+
 void write_csv(const Table& table, const std::string& path) {
   auto quoted = [](const std::string& cell) {
     if (cell.find_first_of(",\"\n") == std::string::npos) return cell;
@@ -374,10 +383,20 @@ void plot(const Figure& figure, const std::string& png_path) {
   gp += "set title " + gnuplot_string(figure.title) + "\n";
   gp += "set xlabel " + gnuplot_string(figure.xlabel) + "\n";
   gp += "set ylabel " + gnuplot_string(figure.ylabel) + "\n";
-  gp += "set grid\nset key outside right top box\nset format x '%g'\n";
+  gp += "set grid\nset key at screen 0.5, screen 0.015 center bottom horizontal box\nset bmargin 7\nset format x '%g'\n";
   if (figure.logx) gp += "set logscale x\n";
   if (figure.logy) gp += "set logscale y\nset format y '%g'\n";
-  gp += "set xrange " + range(figure.xmin, figure.xmax) + "\n";
+  double xmin = figure.xmin, xmax = figure.xmax;  // the data's x range (from 0) unless given
+  for (const Series& s : figure.series)
+    for (double x : s.x) {
+      if (std::isnan(figure.xmin) && std::isfinite(x) && !(x >= xmin)) xmin = x;
+      if (std::isnan(figure.xmax) && std::isfinite(x) && !(x <= xmax)) xmax = x;
+    }
+  if (std::isnan(figure.xmin) && !figure.logx && xmin > 0) xmin = 0;  // steps: start the axis at 0
+  gp += "set xrange " + range(xmin, xmax) + "\n";
+  for (double x : figure.xmarks)
+    gp += "set arrow from " + format_number(x, 10) + ", graph 0 to " + format_number(x, 10) +
+          ", graph 1 nohead dashtype 2 linewidth 2 linecolor rgb 'gray40'\n";
   gp += "set yrange " + range(figure.ymin, figure.ymax) + "\n";
   gp += "plot";
   for (size_t i = 0; i < figure.series.size(); ++i)

@@ -66,6 +66,7 @@ struct Table {
 };
 std::string format_number(double value, int significant = 4);  // "%.4g"; "" for NaN
 std::string markdown(const Table& table);
+std::string markdown_paragraphs(const std::string& lines);  // each line of text its own paragraph
 void write_csv(const Table& table, const std::string& path);
 
 // ---- figures (gnuplot) ----
@@ -77,7 +78,9 @@ struct Series {
 struct Figure {
   std::string title, xlabel, ylabel;
   bool logx = false, logy = false;
-  double xmin = NAN, xmax = NAN, ymin = NAN, ymax = NAN;  // NaN: gnuplot's autoscale
+  double xmin = NAN, xmax = NAN;  // NaN: the data's range
+  double ymin = NAN, ymax = NAN;  // NaN: gnuplot's autoscale
+  std::vector<double> xmarks;     // dashed vertical lines at these x
   std::vector<Series> series;
 };
 // Writes PATH.png plus PATH.dat (the data, one gnuplot index block per series) and PATH.gp (the

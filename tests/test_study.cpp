@@ -2,11 +2,12 @@
 // a few seconds each), asserting the study's shapes from their summary.csv: F below d ends far
 // above F >= d, F = d - 1 ends above F = d; the nonzero proportion falls and the reconstruction
 // loss rises with lambda. Also: the figures and summaries are written, a second invocation skips
-// finished runs, an interrupted run resumes to the same metrics, a changed option on the same
-// --out is refused, and the library's gnuplot/metrics errors. The configurations (lr 1e-2 with a
-// linear decay over the last half, so each run reaches its floor) were checked over five seeds:
-// the smallest margins seen were 9x (F = d-1 over F = d), 170x (F = 4 over F >= d), 1.2x
-// (proportion between neighbouring lambdas) and 2x (rec loss between neighbouring lambdas).
+// finished runs, an interrupted run resumes to the same metrics, a changed option on the same --out
+// is refused (as is a run folder name taken by something else), and the library's gnuplot/metrics
+// errors. The configurations (lr 1e-2 with a linear decay over the last half, so each run reaches
+// its floor) were checked over five seeds: the smallest margins seen were 9x (F = d-1 over F = d),
+// 170x (F = 4 over F >= d), 1.2x (proportion between neighbouring lambdas) and 2x (rec loss between
+// neighbouring lambdas).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -142,6 +143,15 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   EXPECT_NE(changed.err.find("lr"), std::string::npos) << changed.err;
   EXPECT_NE(changed.err.find("another --out"), std::string::npos) << changed.err;
   EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+
+  // A run folder name that is taken by something else: refused, left alone.
+  const fs::path other = dir.path / "other";
+  fs::create_directories(other / "F_4");
+  std::ofstream(other / "F_4" / "notes.txt") << "mine";
+  const CommandResult taken = run_binary("recon_vs_f", args.substr(0, args.find(" --out ")) + " --out " + other.string(), dir);
+  EXPECT_EQ(taken.exit_code, 1);
+  EXPECT_NE(taken.err.find("holds no run"), std::string::npos) << taken.err;
+  EXPECT_EQ(slurp(other / "F_4" / "notes.txt"), "mine");
 }
 
 TEST(Study, L1SweepShapesContinuationAndSkip) {
