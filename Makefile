@@ -3,6 +3,8 @@
 #   make test   build, then run every test through CTest
 #   make demo   build, then train an SAE on the built-in synthetic data (CPU or GPU when present)
 #   make bench  build, then run the benchmarks (results to read into bench/RESULTS.md)
+#   make experiments  build, then run both studies with --profile quick (a few minutes on 2 CPU
+#               cores; runs/recon_vs_f, runs/l1_sweep; see README "Results"; finished runs are skipped)
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
