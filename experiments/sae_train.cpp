@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "sae/cli.h"
+#include "sae/study.h"
 #include "sae/trainer.h"
 
 namespace {
@@ -30,6 +31,11 @@ int main(int argc, char** argv) {
     sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{});
     sae::TrainResult result = sae::train(config);
     std::printf("%s", sae::format_report(result).c_str());
+    try {  // the model is saved; a missing gnuplot only costs the figures
+      for (const std::string& png : sae::plot_training_run(result.out_dir)) std::printf("  figure: %s\n", png.c_str());
+    } catch (const sae::DataError& e) {
+      std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
+    }
     return 0;
   });
 }

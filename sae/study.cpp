@@ -423,4 +423,27 @@ void plot(const Figure& figure, const std::string& png_path) {
   fs::remove(log, ec);
 }
 
+std::vector<std::string> plot_training_run(const std::string& run_dir) {
+  const Metrics m = read_metrics(run_dir + "/metrics.csv");
+  const std::vector<double> steps = m.column("step");
+  std::filesystem::create_directories(run_dir + "/figures");
+  Figure loss;
+  loss.title = "Losses per element (" + run_dir + ")";
+  loss.xlabel = "step";
+  loss.ylabel = "per element (log scale)";
+  loss.logy = true;
+  loss.series = {{"reconstruction loss", steps, m.column("rec_loss_per_element")},
+                 {"l1 (before lambda)", steps, m.column("l1_per_element")}};
+  Figure sparsity;
+  sparsity.title = "Active features per token and dead features (" + run_dir + ")";
+  sparsity.xlabel = "step";
+  sparsity.ylabel = "features";
+  sparsity.series = {{"L0 (active features per token)", steps, m.column("l0")},
+                     {"dead features", steps, m.column("dead_features")}};
+  std::vector<std::string> paths = {run_dir + "/figures/loss.png", run_dir + "/figures/sparsity.png"};
+  plot(loss, paths[0]);
+  plot(sparsity, paths[1]);
+  return paths;
+}
+
 }  // namespace sae

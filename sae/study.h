@@ -88,4 +88,8 @@ struct Figure {
 // .png. DataError when gnuplot is missing or fails.
 void plot(const Figure& figure, const std::string& png_path);
 
+// The figures of one training run, from RUN/metrics.csv: RUN/figures/loss.png (rec and l1 per
+// element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths.
+std::vector<std::string> plot_training_run(const std::string& run_dir);
+
 }  // namespace sae

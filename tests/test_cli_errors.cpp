@@ -56,6 +56,8 @@ TEST(Cli, HelpAndAGoodRun) {
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("concept recovery"), std::string::npos) << ok.out;
   EXPECT_TRUE(fs::exists(dir.str("run/sae/sae_weights.safetensors")));
+  EXPECT_GT(fs::file_size(dir.str("run/figures/loss.png")), 1000u);  // gnuplot drew the run's curves
+  EXPECT_GT(fs::file_size(dir.str("run/figures/sparsity.png")), 1000u);
 }
 
 TEST(Cli, UsageErrorsExitTwo) {
