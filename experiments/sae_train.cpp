@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "sae/cli.h"
+#include "sae/study.h"
 #include "sae/trainer.h"
 
 namespace {
@@ -11,7 +12,7 @@ const sae::Profile kDemo = {
     {"synthetic-d", "256"},        {"synthetic-concepts", "512"}, {"synthetic-story-concepts", "32"},
     {"synthetic-active", "6"},     {"features", "2048"},          {"batch", "512"},
     {"normalize", "dataset"},      {"lr", "3e-3"},                {"l1", "1"},
-    {"steps", "2000"},             {"checkpoint-every", "500"},   {"log-every", "20"},
+    {"steps", "4000"},             {"checkpoint-every", "1000"},   {"log-every", "20"},
     {"l1-warmup-steps", "100"},    {"dead-window", "200000"},
 };
 }  // namespace
@@ -30,6 +31,11 @@ int main(int argc, char** argv) {
     sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{});
     sae::TrainResult result = sae::train(config);
     std::printf("%s", sae::format_report(result).c_str());
+    try {  // the model is saved; a missing gnuplot only costs the figures
+      for (const std::string& png : sae::plot_training_run(result.out_dir)) std::printf("  figure: %s\n", png.c_str());
+    } catch (const sae::DataError& e) {
+      std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
+    }
     return 0;
   });
 }

@@ -6,19 +6,33 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "sae/train_config.h"
 
 namespace sae {
 
-// Adds the training options of sae_train (defaults = the original study) to `options`.
-void add_training_options(cxxopts::Options& options);
 // A profile is a set of option values applied before the command line, which overrides them.
 using Profile = std::map<std::string, std::string>;
+// Adds the training options of sae_train (defaults = the original study) to `options`.
+// `shown_defaults` replaces some defaults (a study's --out); options named in `leave_out` are not
+// added (a study sweeps them: give their values through the profile of training_config()).
+void add_training_options(cxxopts::Options& options, const Profile& shown_defaults = {},
+                          const std::vector<std::string>& leave_out = {});
 // Builds a TrainConfig from the parsed options, with `profile` values for options not given.
 TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& profile = {});
 // The value of an option: from the command line if given, else the profile, else its default.
 std::string option_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name);
+
+// The default of an option as --help shows it ("" when it has none). Error for an unknown name.
+std::string option_default(const cxxopts::Options& options, const std::string& name);
+
+// "--a 1, --b 2": a profile as it reads in --help.
+std::string profile_text(const Profile& profile);
+// The study drivers' --profile full|quick: an empty profile for full (the defaults); for quick,
+// `quick`, after printing each value with the default it replaces. UsageError for other names and
+// for quick on non-synthetic data (its values are sized for the synthetic generator).
+Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick);
 
 // Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);

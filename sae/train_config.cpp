@@ -34,6 +34,8 @@ void TrainConfig::validate() const {
   require(lr_warmup_steps >= 0 && lr_decay_steps >= 0 && l1_warmup_steps >= 0,
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
+  require(prefetch == "auto" || prefetch == "on" || prefetch == "off",
+          cat("--prefetch: expected auto, on or off, got '", prefetch, "'"));
   require(progress == "auto" || progress == "bar" || progress == "lines" || progress == "none",
           cat("--progress: expected auto, bar, lines or none, got '", progress, "'"));
   require(init.empty() || resume.empty(), "--init and --resume cannot be used together");
@@ -74,6 +76,7 @@ Json TrainConfig::to_json() const {
   j["device"] = device;
   j["tf32"] = tf32;
   j["sparse"] = sparse;
+  j["prefetch"] = prefetch;
   j["checkpoint_every"] = checkpoint_every;
   j["log_every"] = log_every;
   j["lr_warmup_steps"] = lr_warmup_steps;
@@ -116,6 +119,7 @@ TrainConfig TrainConfig::from_json(const Json& j) {
   c.device = j.at("device").as_string();
   c.tf32 = j.has("tf32") && j.at("tf32").as_bool();
   c.sparse = j.has("sparse") ? j.at("sparse").as_string() : "off";  // runs from before --sparse were dense
+  if (j.has("prefetch")) c.prefetch = j.at("prefetch").as_string();
   c.checkpoint_every = j.at("checkpoint_every").as_int();
   c.log_every = j.at("log_every").as_int();
   c.lr_warmup_steps = j.at("lr_warmup_steps").as_int();

@@ -27,6 +27,7 @@ struct TrainConfig {
   std::string device = "auto";       // cpu | cuda | auto
   bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
   std::string sparse = "auto";       // auto | on | off: sparse decoder and gradients (sae_step.h)
+  std::string prefetch = "auto";     // prepare the next batch on a worker thread: auto (on for CUDA) | on | off
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0

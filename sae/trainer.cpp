@@ -10,6 +10,7 @@
 #include "nn/adam.h"
 #include "sae/batches.h"
 #include "sae/checkpoint.h"
+#include "sae/prefetch.h"
 #include "sae/sae_step.h"
 #include "sae/synthetic.h"
 #include "tensor/atomic_file.h"
@@ -52,6 +53,7 @@ TrainConfig resumed_config(const TrainConfig& cli, const std::string& run_dir) {
   c.progress = cli.progress;
   c.device = cli.device;
   c.tf32 = cli.tf32;
+  c.prefetch = cli.prefetch;
   c.out = run_dir;
   c.resume = cli.resume;
   return c;
@@ -175,10 +177,14 @@ TrainResult train(TrainConfig config) {
 
   // ---- buffers, allocated once ----
   SaeStep sae_step(max_tokens, d, model->d_sae(), DType::F32, device, parse_sparse_mode(config.sparse));
-  Tensor raw = Tensor::empty(Shape{max_tokens, d}), normalized = Tensor::empty(Shape{max_tokens, d});
-  Tensor x_device = device == Device::CPU ? normalized : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
+  Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   Tensor counts_host = Tensor::empty(Shape{model->d_sae()});
   Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
+
+  // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto).
+  const bool background = config.prefetch == "on" || (config.prefetch == "auto" && device != Device::CPU);
+  Json data_position = batcher.state();  // after the last batch trained on (read before the worker starts)
+  BatchPrefetcher prefetcher(batcher, d, background);
 
   auto training_state = [&]() {
     TrainingState st;
@@ -186,7 +192,7 @@ TrainResult train(TrainConfig config) {
     st.tokens = tokens;
     st.adam_steps = adam.steps_taken();
     st.dataset_scale = dataset_scale;
-    st.batcher = batcher.state();
+    st.batcher = data_position;
     st.last_fired = dead.last_fired();
     for (size_t i = 0; i < adam.first_moments().size(); ++i) {
       st.adam_m.push_back(adam.first_moments()[i].to(Device::CPU));
@@ -210,10 +216,15 @@ TrainResult train(TrainConfig config) {
   const auto loop_begin = std::chrono::steady_clock::now();
   const int64_t first_step = step;
   while (step < config.steps) {
-    BatchStats stats;
-    const int64_t n = batcher.next(raw.data<float>(), normalized.data<float>(), stats);
-    Tensor x = x_device.slice_rows(0, n);
-    if (device != Device::CPU) cuda_copy_to_device(x.raw(), normalized.raw(), n * d * sizeof(float));
+    const PreparedBatch& batch = prefetcher.next();
+    const int64_t n = batch.tokens;
+    const BatchStats& stats = batch.stats;
+    const Tensor& normalized = batch.normalized;
+    Tensor x = normalized.slice_rows(0, n);
+    if (device != Device::CPU) {
+      x = x_device.slice_rows(0, n);
+      cuda_copy_to_device(x.raw(), normalized.raw(), n * d * sizeof(float));
+    }
     const int64_t this_step = step + 1;
     const double lambda = config.l1_at(this_step), lr = config.lr_at(this_step);
     StepSums sums = sae_step.train_step(*model, x, lambda, adam, lr);  // forward, backward, Adam
@@ -221,6 +232,7 @@ TrainResult train(TrainConfig config) {
       throw TrainingDiverged(cat("training diverged at step ", this_step, ": loss is ", sums.loss, " (rec ", sums.rec,
                                  ", l1 ", sums.l1, "); the last good checkpoint is kept. Try a lower --lr."));
     step = this_step;
+    data_position = batch.position;
     tokens += n;
     const Tensor& counts = sae_step.feature_counts();
     const float* fired = counts.data<float>();

@@ -56,6 +56,8 @@ TEST(Cli, HelpAndAGoodRun) {
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("concept recovery"), std::string::npos) << ok.out;
   EXPECT_TRUE(fs::exists(dir.str("run/sae/sae_weights.safetensors")));
+  EXPECT_GT(fs::file_size(dir.str("run/figures/loss.png")), 1000u);  // gnuplot drew the run's curves
+  EXPECT_GT(fs::file_size(dir.str("run/figures/sparsity.png")), 1000u);
 }
 
 TEST(Cli, UsageErrorsExitTwo) {
@@ -158,16 +160,20 @@ TEST(Cli, KillNineLeavesOnlyLoadableCheckpoints) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_TRUE(fs::exists(out + "/checkpoints/step_30"));
   int loaded = 0;
+  int64_t newest = 0;
   for (const auto& entry : fs::directory_iterator(out + "/checkpoints")) {
     const std::string name = entry.path().filename().string();
     if (name.find(".tmp") != std::string::npos || name.find(".old") != std::string::npos) continue;
     Checkpoint c = load_checkpoint(entry.path().string(), Device::CPU);  // throws if torn
     ASSERT_TRUE(c.state.has_value()) << name;
     EXPECT_EQ("step_" + std::to_string(c.state->step), name);
+    newest = std::max(newest, c.state->step);
     ++loaded;
   }
   EXPECT_GE(loaded, 10);
   // and the run resumes from the newest one
-  auto resumed = run_binary("sae_train", "--resume " + out + " --steps 100 --progress none --device cpu", dir);
+  const std::string steps = std::to_string(newest + 5);
+  auto resumed = run_binary("sae_train", "--resume " + out + " --steps " + steps + " --progress none --device cpu", dir);
   EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("trained " + steps + " steps"), std::string::npos) << resumed.out;
 }

@@ -46,7 +46,7 @@ TEST(Synthetic, TokensArePureFunctionsOfTheirIndex) {
   EXPECT_NE(single[0], block[0]);
 }
 
-TEST(Synthetic, StructureMatchesTheSpec) {
+TEST(Synthetic, StoryLengthsAndUnitConcepts) {
   SyntheticOptions o = small_synthetic();
   o.stories = 400;
   o.mean_length = 218;
@@ -59,13 +59,48 @@ TEST(Synthetic, StructureMatchesTheSpec) {
   Tensor norms = norm2(s.concepts(), 1);
   EXPECT_NEAR(reduce(ReduceOp::min, norms).item(), 1.0, 1e-5);
   EXPECT_NEAR(reduce(ReduceOp::max, norms).item(), 1.0, 1e-5);
-  // With no noise and no mean, each token is a positive combination of a few concepts: projecting
-  // on the concepts and counting clearly-positive coefficients gives roughly active + story concepts.
-  std::vector<float> x(o.d);
-  s.read_tokens(1234, 1, x.data());
-  double sq = 0;
-  for (float v : x) sq += v * v;
-  EXPECT_GT(sq, 0.0);
+}
+
+TEST(Synthetic, TokensAreSparsePositiveMixturesWithStoryConcepts) {
+  // No noise and no mean: a token is sum_k m_k c_k with m_k in [0.5, 1.5). In d = 256 the random
+  // concepts are nearly orthogonal, so projecting on them shows which are on.
+  SyntheticOptions o;
+  o.d = 256;
+  o.concepts = 60;
+  o.story_concepts = 8;
+  o.story_active = 2;
+  o.story_presence = 0.8;
+  o.active = 3;
+  o.zipf = 0.0;
+  o.stories = 20;
+  o.mean_length = 200;
+  o.noise = 0.0;
+  o.mean_norm = 0.0;
+  o.seed = 3;
+  SyntheticSource s(o);
+  const int64_t story = 5, n = s.story_length(story);
+  std::vector<float> x(n * o.d);
+  s.read_tokens(s.story_begin(story), n, x.data());
+  Tensor proj = matmul(Tensor::from_data(x.data(), Shape{n, o.d}), s.concepts(), false, true);  // [n, C]
+  std::vector<double> p = proj.to_vector();
+  std::vector<int> story_hits(o.story_concepts, 0);
+  double active_per_token = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t k = 0; k < o.concepts; ++k)
+      if (p[t * o.concepts + k] > 0.35) {
+        active_per_token += 1.0 / double(n);
+        if (k < o.story_concepts) ++story_hits[k];
+      }
+  // About 0.8 * 2 story concepts + ~3 token concepts per token.
+  EXPECT_GT(active_per_token, 3.0);
+  EXPECT_LT(active_per_token, 6.5);
+  // Exactly two story concepts are on for most tokens of this story; the others almost never.
+  int frequent = 0;
+  for (int hits : story_hits) {
+    if (hits > 0.6 * n) ++frequent;
+    else EXPECT_LT(hits, 0.1 * n);
+  }
+  EXPECT_EQ(frequent, 2);
 }
 
 TEST(RandomPermutation, IsABijection) {

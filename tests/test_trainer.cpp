@@ -191,3 +191,50 @@ TEST(Trainer, WritesEveryOutputInTheSpec) {
   SafetensorsFile b = SafetensorsFile::open(dir.str("init/sae/sae_weights.safetensors"));
   EXPECT_LT(reduce(ReduceOp::max, abs(sub(a.read_f32("W_enc"), b.read_f32("W_enc")))).item(), 1e-9);
 }
+
+TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
+  // The worker-thread pipeline (on by default for CUDA) must not change a single bit, including
+  // the data position saved in checkpoints.
+  TempDir dir("prefetch");
+  TrainConfig plain = tiny_config(dir.str("plain"));
+  plain.batch_tokens = 20;
+  plain.normalize = "dataset";
+  plain.prefetch = "off";
+  train(plain);
+  TrainConfig threaded = plain;
+  threaded.out = dir.str("threaded");
+  threaded.prefetch = "on";
+  threaded.steps = 23;
+  threaded.checkpoint_every = 10;
+  train(threaded);
+  TrainConfig rest = tiny_config("");
+  rest.resume = dir.str("threaded");
+  rest.steps = 40;
+  rest.prefetch = "on";
+  train(rest);
+  EXPECT_EQ(weights_bytes(dir.str("plain/sae")), weights_bytes(dir.str("threaded/sae")));
+  EXPECT_EQ(read_file(dir.str("plain/metrics.csv")), read_file(dir.str("threaded/metrics.csv")));
+}
+
+TEST(Trainer, PrefetchThreadReportsBadDataAtTheRightStep) {
+  TempDir dir("prefetch_nan");
+  // 20 stories of 500 tokens; a NaN in story 10, beyond the first and last 4096 tokens that are
+  // checked when the file is opened, so only the batch check can find it.
+  sae::testing::write_activation_file(dir.str("acts.safetensors"), 4, std::vector<int64_t>(20, 500),
+                                      [](int64_t t, int64_t j) {
+                                        return t == 5123 && j == 2 ? NAN : 0.1 * ((t * 7 + j * 3) % 11) - 0.5;
+                                      });
+  TrainConfig c = tiny_config(dir.str("run"));
+  c.data = dir.str("acts.safetensors");
+  c.features = 8;
+  c.steps = 10;  // story 10 (with the NaN) is never trained on, though the worker reads it ahead
+  c.prefetch = "on";
+  EXPECT_NO_THROW(train(c));
+  TrainConfig longer = c;
+  longer.out = dir.str("run11");
+  longer.steps = 11;
+  longer.checkpoint_every = 5;
+  EXPECT_THROW(train(longer), DataError);
+  EXPECT_TRUE(fs::exists(dir.str("run11/checkpoints/step_10")));
+  EXPECT_FALSE(fs::exists(dir.str("run11/sae")));
+}

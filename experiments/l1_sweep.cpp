@@ -1,0 +1,287 @@
+// l1_sweep: the study's second and third results (SPEC section 1.2-1.3): an L1 sweep at F = 10000,
+// lambda in {0, 5, 50, 500}, then lambda = 50 continued to step 105000. Defaults = the original:
+// one story per step, per-story normalisation, Adam lr 1e-5, 35000 steps. Thin: options -> one
+// TrainConfig per lambda (+ the continuation) -> run_study (skips finished runs, resumes
+// interrupted ones) -> summary table at --summary-step and figures.
+//   OUT/l1_<lambda>/, OUT/l1_<lambda>_to_<N>/ (the continuation), OUT/summary.csv, OUT/summary.md,
+//   OUT/l1_sweep_{l1,rec_loss,nonzero,zoom,continued}.png (each with .gp and .dat beside it); the zoom
+//   is the reconstruction loss over the last half of training on a linear axis
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "sae/cli.h"
+#include "sae/run_log.h"
+#include "sae/study.h"
+#include "tensor/atomic_file.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// --profile quick: the same study at width 64 instead of 768, so that both studies finish in a few
+// minutes on 2 CPU cores. Every width-like quantity is scaled by 64/768 = 1/12: d, F (10000 -> 833),
+// the synthetic data's concept counts and active concepts per token (story-level ones: 1 per story,
+// the smallest count), and lambda (per-story normalisation scales every token to norm d, so the
+// penalty's strength relative to the reconstruction scales with d); a larger learning rate and
+// fewer steps (the continuation keeps the original's 3x: 35000 -> 105000 becomes 12000 -> 36000).
+const sae::Profile kQuick = {
+    {"synthetic-d", "64"},
+    {"synthetic-concepts", "341"},
+    {"synthetic-story-concepts", "21"},
+    {"synthetic-active", "1.67"},
+    {"synthetic-story-active", "1"},
+    {"features", "833"},
+    {"l1-list", "0,0.4167,4.167,41.67"},
+    {"lr", "3e-4"},
+    {"steps", "12000"},
+    {"summary-step", "12000"},
+    {"continue-lambda", "4.167"},
+    {"continue-steps", "36000"},
+};
+
+// The original's nonzero proportions at step 35000 (SPEC section 1.2) and lambda = 50 at 105000.
+struct OriginalPoint {
+  double lambda, proportion;
+};
+const OriginalPoint kOriginal[] = {{0, 0.9959}, {5, 0.2484}, {50, 0.03829}, {500, 0.01068}};
+constexpr double kOriginalContinued = 0.0156;  // lambda = 50, step 105000: ~156 active features
+constexpr double kOriginalD = 768, kOriginalF = 10000;
+
+// Per-story normalisation scales every token to norm d, so a penalty lambda at width d acts like
+// lambda * 768 / d at the original's width: the original's numbers go beside the lambda that
+// stands for theirs (exactly theirs when d = 768).
+double original_lambda(double lambda, int64_t d) { return lambda * kOriginalD / double(d); }
+const OriginalPoint* original_point(double lambda, int64_t d) {
+  const double l = original_lambda(lambda, d);
+  for (const OriginalPoint& p : kOriginal)
+    if (std::fabs(l - p.lambda) <= 0.01 * p.lambda + 1e-12) return &p;
+  return nullptr;
+}
+
+std::vector<double> parse_lambda_list(const std::string& text) {
+  std::vector<double> values;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string item = text.substr(begin, end - begin);
+    char* stop = nullptr;
+    const double v = std::strtod(item.c_str(), &stop);
+    if (item.empty() || *stop != '\0' || !std::isfinite(v) || v < 0)
+      throw sae::UsageError("--l1-list: expected non-negative numbers separated by commas, got '" + text + "'");
+    if (!values.empty() && v <= values.back())
+      throw sae::UsageError("--l1-list: give the lambdas in increasing order, got '" + text + "'");
+    values.push_back(v);
+    begin = end + 1;
+  }
+  return values;
+}
+
+std::string run_name(double lambda) { return "l1_" + sae::format_number(lambda, 6); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sae::run_main("l1_sweep", [&] {
+    cxxopts::Options options("l1_sweep",
+                             "L1 sweep at F = 10000 and one lambda continued to a longer run (the original study's "
+                             "second and third results; defaults = its exact configuration)");
+    sae::add_training_options(options, {{"out", "runs/l1_sweep"}}, {"l1", "init", "resume"});
+    options.add_options("Study")
+        ("l1-list", "the lambdas, comma-separated, increasing", cxxopts::value<std::string>()->default_value("0,5,50,500"))
+        ("summary-step", "the summary table's step (the last logged step at or below it is used)",
+         cxxopts::value<int64_t>()->default_value("35000"))
+        ("continue-lambda", "continue this lambda's run (one of --l1-list) to --continue-steps; 'none' to skip",
+         cxxopts::value<std::string>()->default_value("50"))
+        ("continue-steps", "steps in total of the continued run", cxxopts::value<int64_t>()->default_value("105000"))
+        ("profile",
+         "full: the defaults, the original's exact configuration (~8-14 h on 2 CPU cores, estimated). quick "
+         "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
+         "larger lr and fewer steps: " + sae::profile_text(kQuick) + ". The command line overrides a profile.",
+         cxxopts::value<std::string>()->default_value("full"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
+    auto int_option = [&](const std::string& name) {
+      return parsed.count(name) || !profile.count(name) ? parsed[name].as<int64_t>() : std::stoll(profile.at(name));
+    };
+    const std::string out = sae::option_value(parsed, profile, "out");
+    const std::vector<double> lambdas = parse_lambda_list(sae::option_value(parsed, profile, "l1-list"));
+    const int64_t summary_step = int_option("summary-step");
+    if (summary_step <= 0) throw sae::UsageError("--summary-step: expected a positive step");
+    const std::string continue_text = sae::option_value(parsed, profile, "continue-lambda");
+    const int64_t continue_steps = int_option("continue-steps");
+
+    std::vector<sae::StudyRun> runs;
+    for (double lambda : lambdas) {
+      sae::Profile run_profile = profile;
+      run_profile["l1"] = sae::format_number(lambda, 17);
+      run_profile["init"] = "";
+      run_profile["resume"] = "";
+      runs.push_back({run_name(lambda), sae::training_config(parsed, run_profile), ""});
+    }
+    int continued = -1;  // index into runs of the continued lambda
+    if (continue_text != "none") {
+      char* stop = nullptr;
+      const double lambda = std::strtod(continue_text.c_str(), &stop);
+      for (size_t i = 0; i < lambdas.size(); ++i)
+        if (*stop == '\0' && !continue_text.empty() && std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda))
+          continued = int(i);
+      if (continued < 0)
+        throw sae::UsageError("--continue-lambda: expected one of --l1-list or 'none', got '" + continue_text + "'");
+      if (continue_steps <= runs[continued].config.steps)
+        throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is not beyond --steps ",
+                                       runs[continued].config.steps));
+      sae::StudyRun more = runs[continued];
+      more.name = run_name(lambdas[continued]) + "_to_" + std::to_string(continue_steps);
+      more.config.steps = continue_steps;
+      more.continue_from = (fs::path(out) / runs[continued].name).string();
+      runs.push_back(more);
+    }
+    const auto begin = std::chrono::steady_clock::now();
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
+
+    // ---- summary at --summary-step ----
+    const int64_t d = outcomes.front().d, features = runs.front().config.features;
+    sae::Table table{{"lambda", "as lambda at d = 768", "step", "nonzero proportion at step",
+                      "nonzero proportion (mean)", "active features / token (mean)", "rec loss / element (mean)",
+                      "l1 / element (mean)", "original proportion", "original active / token", "MMCS",
+                      "recovered", "purity"},
+                     {}};
+    std::vector<sae::Series> l1_curves, rec_curves, nonzero_curves;
+    double last_step = 0;
+    auto concept_cells = [](const sae::RunOutcome& r) -> std::vector<std::string> {
+      if (!r.concepts) return {"", "", ""};
+      return {sae::format_number(r.concepts->mmcs, 3), sae::format_number(r.concepts->recovered, 3),
+              sae::format_number(r.concepts->purity, 3)};
+    };
+    std::vector<int64_t> steps_used;
+    std::vector<double> final_rec;  // plateau of each sweep run's rec loss, for the zoom's range
+    for (size_t i = 0; i < lambdas.size(); ++i) {
+      const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
+      const size_t row = m.row_at_or_below(std::min(summary_step, runs[i].config.steps));
+      const double proportion = m.tail_mean("nonzero_proportion", row);
+      const OriginalPoint* original = original_point(lambdas[i], d);
+      std::vector<std::string> cells = {
+          sae::format_number(lambdas[i], 6), sae::format_number(original_lambda(lambdas[i], d), 4),
+          sae::format_number(m.rows[row][0], 10), sae::format_number(m.column("nonzero_proportion")[row]),
+          sae::format_number(proportion), sae::format_number(proportion * double(features), 4),
+          sae::format_number(m.tail_mean("rec_loss_per_element", row)),
+          sae::format_number(m.tail_mean("l1_per_element", row)),
+          original ? sae::format_number(original->proportion) : "",
+          original ? sae::format_number(original->proportion * kOriginalF, 4) : ""};
+      for (const std::string& c : concept_cells(outcomes[i])) cells.push_back(c);
+      table.rows.push_back(cells);
+      steps_used.push_back(int64_t(m.rows[row][0]));
+      const std::string title = "lambda = " + sae::format_number(lambdas[i], 6);
+      // Curves up to the sweep's own length (the continued run is drawn in its own figure).
+      const size_t last = m.row_at_or_below(runs[i].config.steps);
+      auto head = [&](const std::string& column) {
+        std::vector<double> v = m.column(column);
+        v.resize(last + 1);
+        return v;
+      };
+      l1_curves.push_back({title, head("step"), head("l1_per_element")});
+      rec_curves.push_back({title, head("step"), head("rec_loss_per_element")});
+      nonzero_curves.push_back({title, head("step"), head("nonzero_proportion")});
+      last_step = std::max(last_step, m.rows[last][0]);
+      final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
+    }
+    std::string continuation;
+    if (continued >= 0) {
+      const sae::RunOutcome& r = outcomes.back();
+      const sae::Metrics m = sae::read_metrics((fs::path(r.dir) / "metrics.csv").string());
+      const size_t row = m.row_at_or_below(continue_steps);
+      const double proportion = m.tail_mean("nonzero_proportion", row);
+      const OriginalPoint* original = original_point(lambdas[continued], d);
+      const bool is_fifty = original && original->lambda == 50;
+      std::vector<std::string> cells = {
+          sae::format_number(lambdas[continued], 6) + " (continued)",
+          sae::format_number(original_lambda(lambdas[continued], d), 4), sae::format_number(m.rows[row][0], 10),
+          sae::format_number(m.column("nonzero_proportion")[row]), sae::format_number(proportion),
+          sae::format_number(proportion * double(features), 4), sae::format_number(m.tail_mean("rec_loss_per_element", row)),
+          sae::format_number(m.tail_mean("l1_per_element", row)),
+          is_fifty ? sae::format_number(kOriginalContinued) + " (step 105000)" : "",
+          is_fifty ? sae::format_number(kOriginalContinued * kOriginalF, 4) : ""};
+      for (const std::string& c : concept_cells(r)) cells.push_back(c);
+      table.rows.push_back(cells);
+      continuation = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ",
+                              int64_t(m.rows[row][0]), ": ", sae::format_number(proportion * double(features), 4),
+                              " active features per token (nonzero proportion ", sae::format_number(proportion), ")",
+                              is_fifty ? "; the original: about 156 (0.0156) at step 105000" : "", ".\n");
+      sae::Figure more;
+      more.title = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ", continue_steps,
+                            " (d = ", d, ", F = ", features, ")");
+      more.xlabel = "step";
+      more.ylabel = "active features per token (L0, log scale)";
+      more.logy = true;
+      more.series.push_back({"lambda = " + sae::format_number(lambdas[continued], 6), m.column("step"), m.column("l0")});
+      more.xmarks.push_back(double(runs[continued].config.steps));
+      more.xlabel = sae::cat("step (dashed: the end of the sweep's run, step ", runs[continued].config.steps, ")");
+      sae::plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
+    }
+    const bool same_step = std::all_of(steps_used.begin(), steps_used.end(), [&](int64_t s) { return s == steps_used[0]; });
+    const std::string notes = sae::cat(
+        "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
+        "; F = ", features, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
+        ", normalisation = ", runs[0].config.normalize, ", ", runs[0].config.steps, " steps.\n",
+        "Summary at step ", same_step ? std::to_string(steps_used[0]) : std::string("(see the step column)"),
+        " (the last logged step at or below --summary-step ", summary_step, "). \"mean\" = mean over the last 10% of "
+        "logged steps up to that step; active features / token = mean proportion * F; losses per element; l1 before "
+        "multiplying by lambda. \"as lambda at d = 768\" = lambda * 768 / d (per-story normalisation scales tokens to "
+        "norm d); the original's numbers (step 35000, F = 10000) stand beside the lambda that matches theirs. "
+        "Concept recovery (synthetic data): of each run's final model; recovered = concepts with a decoder row at "
+        "cosine >= 0.9, purity = alive features whose best concept has cosine >= 0.9.\n",
+        continuation);
+    sae::write_csv(table, (fs::path(out) / "summary.csv").string());
+
+    // ---- figures ----
+    auto figure = [&](const std::string& title, const std::string& ylabel, const std::vector<sae::Series>& series,
+                      bool logy) {
+      sae::Figure f;
+      f.title = sae::cat(title, " (d = ", d, ", F = ", features,
+                         d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
+                                               " x ours)"
+                                         : std::string(")"));
+      f.xlabel = "step";
+      f.ylabel = ylabel;
+      f.logy = logy;
+      f.series = series;
+      return f;
+    };
+    sae::plot(figure("L1 penalty before multiplying by lambda", "l1 per element (log scale)", l1_curves, true),
+              (fs::path(out) / "l1_sweep_l1.png").string());
+    sae::plot(figure("Reconstruction loss vs lambda", "reconstruction loss per element (log scale)", rec_curves, true),
+              (fs::path(out) / "l1_sweep_rec_loss.png").string());
+    sae::plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves, true),
+              (fs::path(out) / "l1_sweep_nonzero.png").string());
+    // The zoom: reconstruction loss over the last half on a linear axis, up to twice the
+    // second-highest plateau, so the rise with lambda is seen where the log plot compresses it.
+    sae::Figure zoom = figure("Zoom: reconstruction loss, last half, linear axis",
+                              "reconstruction loss per element", {}, false);
+    std::vector<double> sorted = final_rec;
+    std::sort(sorted.rbegin(), sorted.rend());
+    zoom.xmin = last_step / 2;
+    zoom.xmax = last_step;
+    zoom.ymin = 0;
+    zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
+    for (size_t i = 0; i < rec_curves.size(); ++i) {
+      zoom.series.push_back(rec_curves[i]);
+      if (final_rec[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
+    }
+    sae::plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
+
+    std::string figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
+    if (continued >= 0) figures += ", l1_sweep_continued.png";
+    const std::string md = "# l1_sweep: sparsity vs lambda\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
+                           "\nFigures: " + figures + ".\n";
+    sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
+    std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md and figures %s in %s\n", notes.c_str(),
+                sae::markdown(table).c_str(), out.c_str(), out.c_str(), figures.c_str(), out.c_str());
+    std::printf("study wall time: %s\n",
+                sae::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+    return 0;
+  });
+}

@@ -1,0 +1,156 @@
+// recon_vs_f: the study's first result (SPEC section 1.1): reconstruction loss against the number
+// of features F at lambda = 0. Defaults = the original: F in {100, 767, 768, 1000}, one story per
+// step, per-story normalisation, Adam lr 1e-5, 35000 steps. Thin: options -> one TrainConfig per F
+// -> run_study (skips finished runs, resumes interrupted ones) -> summary table and figures.
+//   OUT/F_<F>/ (one run each), OUT/summary.csv, OUT/summary.md, OUT/recon_vs_f.png,
+//   OUT/recon_vs_f_zoom.png (each figure with its .gp script and .dat data beside it)
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "sae/cli.h"
+#include "sae/run_log.h"
+#include "sae/study.h"
+#include "tensor/atomic_file.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// --profile quick: the same study at width 64 instead of 768, so that both studies finish in a few
+// minutes on 2 CPU cores. Every width-like quantity is scaled by 64/768 = 1/12: d, the F list
+// (F/d about 0.13, d - 1, d, 1.3 d as in the original), the synthetic data's concept counts and
+// active concepts per token (story-level ones: 1 per story, the smallest count); a larger learning
+// rate and fewer steps. Still one story per step, per-story normalisation, lambda = 0.
+const sae::Profile kQuick = {
+    {"synthetic-d", "64"},
+    {"synthetic-concepts", "341"},
+    {"synthetic-story-concepts", "21"},
+    {"synthetic-active", "1.67"},
+    {"synthetic-story-active", "1"},
+    {"features-list", "8,63,64,83"},
+    {"lr", "3e-4"},
+    {"steps", "12000"},
+};
+
+std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text) {
+  std::vector<int64_t> values;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string item = text.substr(begin, end - begin);
+    char* stop = nullptr;
+    const long long v = std::strtoll(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0' || v <= 0)
+      throw sae::UsageError(sae::cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
+    values.push_back(v);
+    begin = end + 1;
+  }
+  return values;
+}
+
+std::string original_result(int64_t f, int64_t d) {
+  if (f < d - 1) return "F = 100: plateaus at a high loss";
+  if (f == d - 1) return "F = 767: stalls (near 0.1 in its loss plot)";
+  if (f == d) return "F = 768: goes towards 0";
+  return "F = 1000: goes towards 0";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sae::run_main("recon_vs_f", [&] {
+    cxxopts::Options options("recon_vs_f",
+                             "Reconstruction loss vs the number of features F at lambda = 0 (the original study's "
+                             "first result; defaults = its exact configuration)");
+    sae::add_training_options(options, {{"out", "runs/recon_vs_f"}}, {"features", "init", "resume"});
+    options.add_options("Study")
+        ("features-list", "the F values, comma-separated", cxxopts::value<std::string>()->default_value("100,767,768,1000"))
+        ("profile",
+         "full: the defaults, the original's exact configuration (~40 min on 2 CPU cores, estimated). quick "
+         "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
+         "larger lr and fewer steps: " + sae::profile_text(kQuick) + ". The command line overrides a profile.",
+         cxxopts::value<std::string>()->default_value("full"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
+    const std::string out = sae::option_value(parsed, profile, "out");
+    const std::vector<int64_t> features = parse_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
+
+    std::vector<sae::StudyRun> runs;
+    for (int64_t f : features) {
+      sae::Profile run_profile = profile;
+      run_profile["features"] = std::to_string(f);
+      run_profile["init"] = "";
+      run_profile["resume"] = "";
+      runs.push_back({"F_" + std::to_string(f), sae::training_config(parsed, run_profile), ""});
+    }
+    const auto begin = std::chrono::steady_clock::now();
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
+
+    // ---- summary ----
+    const int64_t d = outcomes.front().d;
+    sae::Table table{{"F", "F / d", "steps", "final rec loss / element", "plateau rec loss / element",
+                      "plateau FVU", "original study (d = 768)"},
+                     {}};
+    std::vector<sae::Series> curves, tails;
+    std::vector<double> plateaus;
+    double last_step = 0;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
+      const size_t last = m.row_at_or_below(runs[i].config.steps);
+      const double plateau = m.tail_mean("rec_loss_per_element", last);
+      plateaus.push_back(plateau);
+      const int64_t f = runs[i].config.features;
+      table.rows.push_back({std::to_string(f), sae::format_number(double(f) / double(d), 3),
+                            sae::format_number(m.rows[last][0], 10),
+                            sae::format_number(m.column("rec_loss_per_element")[last]), sae::format_number(plateau),
+                            sae::format_number(m.tail_mean("fvu", last)), original_result(f, d)});
+      curves.push_back({"F = " + std::to_string(f), m.column("step"), m.column("rec_loss_per_element")});
+      last_step = std::max(last_step, m.rows[last][0]);
+    }
+    const std::string notes = sae::cat(
+        "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
+        "; lambda = ", runs[0].config.l1, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
+        ", normalisation = ", runs[0].config.normalize, ", ", runs[0].config.steps, " steps.\n"
+        "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
+        "logged steps; FVU = fraction of variance unexplained.\n");
+    sae::write_csv(table, (fs::path(out) / "summary.csv").string());
+    const std::string md = "# recon_vs_f: reconstruction loss vs F\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
+                           "\nFigures: recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y).\n";
+    sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
+
+    // ---- figures ----
+    sae::Figure all;
+    all.title = sae::cat("Reconstruction loss vs F (lambda = ", runs[0].config.l1, ", d = ", d, ")");
+    all.xlabel = "step";
+    all.ylabel = "reconstruction loss per element (log scale)";
+    all.logy = true;
+    all.series = curves;
+    sae::plot(all, (fs::path(out) / "recon_vs_f.png").string());
+    // The zoom: the second half of training on a linear axis, up to twice the second-highest
+    // plateau, so the F = d-1 stall and the F >= d curves near 0 are told apart.
+    std::vector<double> sorted = plateaus;
+    std::sort(sorted.rbegin(), sorted.rend());
+    sae::Figure zoom;
+    zoom.title = sae::cat("Zoom: last half of training, linear axis (d = ", d, ")");
+    zoom.xlabel = "step";
+    zoom.ylabel = "reconstruction loss per element";
+    zoom.xmin = last_step / 2;
+    zoom.xmax = last_step;
+    zoom.ymin = 0;
+    zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
+    for (size_t i = 0; i < curves.size(); ++i) {
+      zoom.series.push_back(curves[i]);
+      if (plateaus[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
+    }
+    sae::plot(zoom, (fs::path(out) / "recon_vs_f_zoom.png").string());
+
+    std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md, %s/recon_vs_f.png, %s/recon_vs_f_zoom.png\n",
+                notes.c_str(), sae::markdown(table).c_str(), out.c_str(), out.c_str(), out.c_str(), out.c_str());
+    std::printf("study wall time: %s\n",
+                sae::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+    return 0;
+  });
+}
