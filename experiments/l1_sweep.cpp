@@ -27,12 +27,9 @@ namespace {
 // the smallest count), and lambda (per-story normalisation scales every token to norm d, so the
 // penalty's strength relative to the reconstruction scales with d); a larger learning rate and
 // fewer steps (the continuation keeps the original's 3x: 35000 -> 105000 becomes 12000 -> 36000).
-const sae::Profile kQuick = {
-    {"synthetic-d", "64"},
-    {"synthetic-concepts", "341"},
-    {"synthetic-story-concepts", "21"},
-    {"synthetic-active", "1.67"},
-    {"synthetic-story-active", "1"},
+sae::Profile quick_profile() {
+  sae::Profile p = sae::quick_study_data();
+  p.insert({
     {"features", "833"},
     {"l1-list", "0,0.4167,4.167,41.67"},
     {"lr", "3e-4"},
@@ -40,7 +37,10 @@ const sae::Profile kQuick = {
     {"summary-step", "12000"},
     {"continue-lambda", "4.167"},
     {"continue-steps", "36000"},
-};
+  });
+  return p;
+}
+const sae::Profile kQuick = quick_profile();
 
 // The original's nonzero proportions at step 35000 (SPEC section 1.2) and lambda = 50 at 105000.
 struct OriginalPoint {
@@ -63,18 +63,14 @@ const OriginalPoint* original_point(double lambda, int64_t d) {
 
 std::vector<double> parse_lambda_list(const std::string& text) {
   std::vector<double> values;
-  size_t begin = 0;
-  while (begin <= text.size()) {
-    const size_t end = std::min(text.find(',', begin), text.size());
-    const std::string item = text.substr(begin, end - begin);
+  for (const std::string& item : sae::split_option_list("l1-list", text)) {
     char* stop = nullptr;
     const double v = std::strtod(item.c_str(), &stop);
-    if (item.empty() || *stop != '\0' || !std::isfinite(v) || v < 0)
+    if (*stop != '\0' || !std::isfinite(v) || v < 0)
       throw sae::UsageError("--l1-list: expected non-negative numbers separated by commas, got '" + text + "'");
     if (!values.empty() && v <= values.back())
       throw sae::UsageError("--l1-list: give the lambdas in increasing order, got '" + text + "'");
     values.push_back(v);
-    begin = end + 1;
   }
   return values;
 }

@@ -23,29 +23,21 @@ namespace {
 // (F/d about 0.13, d - 1, d, 1.3 d as in the original), the synthetic data's concept counts and
 // active concepts per token (story-level ones: 1 per story, the smallest count); a larger learning
 // rate and fewer steps. Still one story per step, per-story normalisation, lambda = 0.
-const sae::Profile kQuick = {
-    {"synthetic-d", "64"},
-    {"synthetic-concepts", "341"},
-    {"synthetic-story-concepts", "21"},
-    {"synthetic-active", "1.67"},
-    {"synthetic-story-active", "1"},
-    {"features-list", "8,63,64,83"},
-    {"lr", "3e-4"},
-    {"steps", "12000"},
-};
+sae::Profile quick_profile() {
+  sae::Profile p = sae::quick_study_data();
+  p.insert({{"features-list", "8,63,64,83"}, {"lr", "3e-4"}, {"steps", "12000"}});
+  return p;
+}
+const sae::Profile kQuick = quick_profile();
 
 std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text) {
   std::vector<int64_t> values;
-  size_t begin = 0;
-  while (begin <= text.size()) {
-    const size_t end = std::min(text.find(',', begin), text.size());
-    const std::string item = text.substr(begin, end - begin);
+  for (const std::string& item : sae::split_option_list(option, text)) {
     char* stop = nullptr;
     const long long v = std::strtoll(item.c_str(), &stop, 10);
-    if (item.empty() || *stop != '\0' || v <= 0)
+    if (*stop != '\0' || v <= 0)
       throw sae::UsageError(sae::cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
     values.push_back(v);
-    begin = end + 1;
   }
   return values;
 }

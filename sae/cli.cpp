@@ -204,4 +204,25 @@ int run_main(const char* program, const std::function<int()>& body) {
   }
 }
 
+Profile quick_study_data() {
+  return {{"synthetic-d", "64"},
+          {"synthetic-concepts", "341"},
+          {"synthetic-story-concepts", "21"},
+          {"synthetic-active", "1.67"},
+          {"synthetic-story-active", "1"}};
+}
+
+std::vector<std::string> split_option_list(const std::string& option, const std::string& text) {
+  std::vector<std::string> items;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    items.push_back(text.substr(begin, end - begin));
+    if (items.back().empty())
+      throw UsageError(cat("--", option, ": expected a comma-separated list, got '", text, "'"));
+    begin = end + 1;
+  }
+  return items;
+}
+
 }  // namespace sae

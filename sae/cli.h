@@ -29,6 +29,12 @@ std::string option_default(const cxxopts::Options& options, const std::string& n
 
 // "--a 1, --b 2": a profile as it reads in --help.
 std::string profile_text(const Profile& profile);
+// The synthetic data of both studies' --profile quick: the default generator scaled from d = 768 to
+// d = 64 (concept counts and active concepts per token by 1/12; one story concept per story).
+Profile quick_study_data();
+// Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
+// when an item is empty.
+std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
 // The study drivers' --profile full|quick: an empty profile for full (the defaults); for quick,
 // `quick`, after printing each value with the default it replaces. UsageError for other names and
 // for quick on non-synthetic data (its values are sized for the synthetic generator).
