@@ -16,6 +16,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "nn/adam.h"
@@ -101,6 +102,67 @@ void BM_SparseStep_Floor(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The sparse step kernel by kernel (ms per step as counters), at the shapes and densities of
+// BM_SparseStep: where the time goes between the encoder GEMM (the floor) and the whole step.
+// Adam runs fused in the two backward kernels, as in SaeStep::train_step.
+void BM_SparseStep_Parts(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Rng rng(1);
+  SparseAutoencoder model(kD, kF, rng);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
+  const Tensor b_enc = bias_for_density(x, model.W_enc.data(), state.range(1) / 1000.0);
+  Tensor f = Tensor::empty(Shape{n, kF}), x_hat = Tensor::empty(Shape{n, kD}), dx = Tensor::empty(Shape{n, kD});
+  Tensor col_sum = Tensor::empty(Shape{kF}), col_count = Tensor::empty(Shape{kF}), norms = Tensor::empty(Shape{kF});
+  matmul_(f, x, false, model.W_enc.data(), false);
+  encoder_activate_(f, b_enc, col_sum, col_count);
+  const int64_t entries = static_cast<int64_t>(sum(col_count).item());
+  SparseFeatures s;
+  s.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
+  s.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32);
+  s.rows = Tensor::empty(Shape{entries + 1}, DType::I32);
+  s.cols = Tensor::empty(Shape{entries + 1}, DType::I32);
+  s.vals = Tensor::empty(Shape{entries + 1});
+  s.row_vals = Tensor::empty(Shape{entries + 1});
+  Tensor dpre = Tensor::empty(Shape{entries + 1});
+  AdamScalars scalars;
+  scalars.lr = kLr;
+  auto adam_update = [&](Variable& p) {
+    ParamUpdate u;
+    u.param = p.data();
+    u.m = Tensor::zeros(p.shape());
+    u.v = Tensor::zeros(p.shape());
+    u.adam = true;
+    u.scalars = scalars;
+    return u;
+  };
+  ParamUpdate W_enc = adam_update(model.W_enc), b_enc_update = adam_update(model.b_enc);
+  ParamUpdate W_dec = adam_update(model.W_dec);
+  std::vector<double> ms(7, 0.0);
+  auto timed = [&](int part, auto&& body) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    ms[part] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  int64_t steps = 0;
+  for (auto _ : state) {
+    timed(0, [&] { matmul_(f, x, false, model.W_enc.data(), false); });
+    timed(1, [&] { encoder_activate_(f, b_enc, col_sum, col_count); });
+    timed(2, [&] { sparse_index_(s, f, col_count); });
+    timed(3, [&] { sparse_decode_(x_hat, s, model.W_dec.data(), model.b_dec.data()); });
+    timed(4, [&] {
+      binary_(BinaryOp::sub, dx, x_hat, x);
+      affine_(dx, dx, 2.0, 0.0);
+      reduce_axis_(ReduceOp::norm2, norms, model.W_dec.data(), 1);
+    });
+    timed(5, [&] { sparse_decoder_backward_(dpre, W_dec, dx, s, norms, col_sum, kLambda); });
+    timed(6, [&] { sparse_encoder_backward_(W_enc, b_enc_update, x, s, dpre); });
+    ++steps;
+  }
+  const char* names[] = {"encoder_gemm", "activate", "index", "decode", "elementwise", "decoder_bwd", "encoder_bwd"};
+  for (int part = 0; part < 7; ++part) state.counters[names[part]] = ms[part] / double(std::max<int64_t>(steps, 1));
+  state.counters["density"] = double(entries) / double(n * kF);
+}
+
 // Densities 0.5%, 2%, 10%, 100%; dense and sparse next to each other, auto at 2% and 100%.
 void step_args(benchmark::internal::Benchmark* b) {
   for (int64_t n : {218, 4096})
@@ -124,5 +186,6 @@ void BM_SparseCrossover(benchmark::State& state) { run_step(state, Device::CPU);
 
 BENCHMARK(BM_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_SparseCrossover)->Apply(crossover_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_SparseStep_Parts)->Args({218, 20})->Args({4096, 20})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_SparseStep_Floor)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_Cuda_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime();
