@@ -163,6 +163,80 @@ void BM_SparseStep_Parts(benchmark::State& state) {
   state.counters["density"] = double(entries) / double(n * kF);
 }
 
+// What the entry-by-entry memory reads alone cost, on the same entry lists as BM_SparseStep_Parts:
+// "dx_rows" reads, for every entry in by-feature order, its token's whole D-float row (what the
+// decoder backward must gather: one dx row per entry); "x_slices" reads, for each 16-column slice
+// of x kept in one [N, 16] buffer, one 64-byte line per entry (the encoder backward's gather). Each
+// read is only summed: no gradient, no dot product, no Adam. A kernel cannot beat its gather.
+void BM_SparseStep_GatherFloor(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Rng rng(1);
+  SparseAutoencoder model(kD, kF, rng);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
+  const Tensor b_enc = bias_for_density(x, model.W_enc.data(), state.range(1) / 1000.0);
+  Tensor f = Tensor::empty(Shape{n, kF}), col_sum = Tensor::empty(Shape{kF}), col_count = Tensor::empty(Shape{kF});
+  matmul_(f, x, false, model.W_enc.data(), false);
+  encoder_activate_(f, b_enc, col_sum, col_count);
+  const int64_t entries = static_cast<int64_t>(sum(col_count).item());
+  SparseFeatures s;
+  s.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
+  s.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32);
+  for (Tensor* t : {&s.rows, &s.cols}) *t = Tensor::empty(Shape{entries + 1}, DType::I32);
+  for (Tensor* t : {&s.vals, &s.row_vals}) *t = Tensor::empty(Shape{entries + 1});
+  sparse_index_(s, f, col_count);
+  const int32_t* rows = s.rows.data<int32_t>();
+  const float* dx = x.data<float>();
+  constexpr int64_t W = 16;
+  const int64_t slices = kD / W;
+  std::vector<float> sliced(static_cast<size_t>(n * kD));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t b = 0; b < slices; ++b)
+      for (int64_t k = 0; k < W; ++k) sliced[(b * n + t) * W + k] = dx[t * kD + b * W + k];
+  double rows_ms = 0, slices_ms = 0;
+  int64_t steps = 0;
+  for (auto _ : state) {
+    float total = 0;
+    auto start = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : total)
+    {
+      float acc[64] = {};
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < entries; ++e) {
+        const float* row = dx + int64_t(rows[e]) * kD;
+        if (e + 2 < entries)
+          for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(dx + int64_t(rows[e + 2]) * kD + 16 * line);
+        for (int64_t c = 0; c < kD; c += 64)
+#pragma omp simd
+          for (int64_t k = 0; k < 64; ++k) acc[k] += row[c + k];
+      }
+      for (float a : acc) total += a;
+    }
+    auto middle = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : total)
+    {
+      float acc[W] = {};
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < slices; ++b) {
+        const float* slice = sliced.data() + b * n * W;
+        for (int64_t e = 0; e < entries; ++e) {
+          const float* line = slice + int64_t(rows[e]) * W;
+#pragma omp simd
+          for (int64_t k = 0; k < W; ++k) acc[k] += line[k];
+        }
+      }
+      for (float a : acc) total += a;
+    }
+    auto end = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(total);
+    rows_ms += std::chrono::duration<double, std::milli>(middle - start).count();
+    slices_ms += std::chrono::duration<double, std::milli>(end - middle).count();
+    ++steps;
+  }
+  state.counters["dx_rows"] = rows_ms / double(std::max<int64_t>(steps, 1));
+  state.counters["x_slices"] = slices_ms / double(std::max<int64_t>(steps, 1));
+  state.counters["density"] = double(entries) / double(n * kF);
+}
+
 // Densities 0.5%, 2%, 10%, 100%; dense and sparse next to each other, auto at 2% and 100%.
 void step_args(benchmark::internal::Benchmark* b) {
   for (int64_t n : {218, 4096})
@@ -187,5 +261,6 @@ void BM_SparseCrossover(benchmark::State& state) { run_step(state, Device::CPU);
 BENCHMARK(BM_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_SparseCrossover)->Apply(crossover_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_SparseStep_Parts)->Args({218, 20})->Args({4096, 20})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_SparseStep_GatherFloor)->Args({218, 20})->Args({4096, 20})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_SparseStep_Floor)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_Cuda_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gradcheck.h"
+#include "test_util.h"
 #include "nn/module.h"
 #include "sae/model.h"
 #include "sae/sae_step.h"
@@ -506,16 +507,6 @@ TEST(CudaSaeStep, AgreesWithTheAutogradReferenceOnTheGpu) {
 // ---------------------------------------------------------------- training: CUDA vs CPU trajectory
 
 namespace {
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "sae_cuda_train_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
-
 // metrics.csv as column name -> values, one per logged row.
 std::map<std::string, std::vector<double>> read_metrics(const std::string& path) {
   std::ifstream in(path);
@@ -539,25 +530,12 @@ std::map<std::string, std::vector<double>> read_metrics(const std::string& path)
 }
 
 TrainConfig small_synthetic_run() {
-  TrainConfig c;
-  c.data = "synthetic";
-  c.synthetic.d = 32;
-  c.synthetic.concepts = 64;
-  c.synthetic.story_concepts = 8;
-  c.synthetic.story_active = 2;
-  c.synthetic.stories = 2000;
-  c.synthetic.active = 4;
-  c.synthetic.seed = 5;
+  TrainConfig c = sae::testing::small_synthetic_config("");
   c.features = 96;
-  c.batch_tokens = 64;
-  c.normalize = "dataset";
   c.lr = 1e-3;
   c.l1 = 0.1;
   c.steps = 200;
-  c.log_every = 10;
   c.checkpoint_every = 100;  // one checkpoint mid-run: the device path of training_state() too
-  c.progress = "none";
-  c.seed = 3;
   return c;
 }
 
@@ -569,12 +547,12 @@ TrainConfig small_synthetic_run() {
 // 1e-5 relative nudge of the initial weights stays at 1e-5. So 1e-4 leaves a wide margin.
 void compare_cpu_and_cuda_training(TrainConfig config, int64_t logged_rows) {
   constexpr double kRel = 1e-4;
-  TempDir tmp;
+  sae::testing::TempDir tmp("cuda_train");
   config.device = "cpu";
-  config.out = tmp.path + "/cpu";
+  config.out = tmp.str("cpu");
   const TrainResult cpu = train(config);
   config.device = "cuda";
-  config.out = tmp.path + "/cuda";
+  config.out = tmp.str("cuda");
   const TrainResult gpu = train(config);
   EXPECT_EQ(cpu.device, Device::CPU);
   EXPECT_EQ(gpu.device, Device::CUDA);

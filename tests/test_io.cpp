@@ -19,22 +19,12 @@
 #include "tensor/mapped_file.h"
 #include "tensor/npy.h"
 #include "tensor/safetensors.h"
+#include "test_util.h"
 
 using namespace sae;
+using sae::testing::TempDir;
 
 namespace {
-
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char name[] = "/tmp/sae_test_io_XXXXXX";
-    if (::mkdtemp(name) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = name;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
 
 std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/" + name; }
 
@@ -234,8 +224,8 @@ TEST(Json, TypeErrorsNameWhatWasExpected) {
 // Atomic writes and memory mapping
 
 TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
-  TempDir dir;
-  std::string path = dir.file("a.txt");
+  TempDir dir("io");
+  std::string path = dir.str("a.txt");
   write_file_atomic(path, "first version, longer");
   EXPECT_EQ(read_bytes(path), "first version, longer");
   write_file_atomic(path, "second");
@@ -256,28 +246,28 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
     expect_error<Error>([&] { out.write("x", 1); }, {"after commit"});
   }
   EXPECT_EQ(read_bytes(path), "streamed in parts");
-  expect_data_error([&] { write_file_atomic(dir.file("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
+  expect_data_error([&] { write_file_atomic(dir.str("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
 }
 
 TEST(MappedFile, MapsContentsAndReportsErrors) {
-  TempDir dir;
-  write_bytes(dir.file("f"), "hello");
-  MappedFile m(dir.file("f"));
+  TempDir dir("io");
+  write_bytes(dir.str("f"), "hello");
+  MappedFile m(dir.str("f"));
   ASSERT_EQ(m.size(), 5u);
   EXPECT_EQ(std::memcmp(m.data(), "hello", 5), 0);
   MappedFile moved = std::move(m);
   EXPECT_EQ(moved.size(), 5u);
   EXPECT_EQ(m.data(), nullptr);
-  write_bytes(dir.file("empty"), "");
-  EXPECT_EQ(MappedFile(dir.file("empty")).size(), 0u);
-  expect_data_error([&] { MappedFile(dir.file("missing")); }, {dir.file("missing"), "No such file"});
-  expect_data_error([&] { MappedFile(dir.path); }, {dir.path, "directory"});
-  ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
-  expect_data_error([&] { MappedFile(dir.file("fifo")); }, {"fifo", "not a regular file"});
+  write_bytes(dir.str("empty"), "");
+  EXPECT_EQ(MappedFile(dir.str("empty")).size(), 0u);
+  expect_data_error([&] { MappedFile(dir.str("missing")); }, {dir.str("missing"), "No such file"});
+  expect_data_error([&] { MappedFile(dir.str()); }, {dir.str(), "directory"});
+  ASSERT_EQ(::mkfifo(dir.str("fifo").c_str(), 0600), 0);
+  expect_data_error([&] { MappedFile(dir.str("fifo")); }, {"fifo", "not a regular file"});
   if (::geteuid() != 0) {  // root reads anything
-    write_bytes(dir.file("locked"), "x");
-    ::chmod(dir.file("locked").c_str(), 0);
-    expect_data_error([&] { MappedFile(dir.file("locked")); }, {"locked", "Permission denied"});
+    write_bytes(dir.str("locked"), "x");
+    ::chmod(dir.str("locked").c_str(), 0);
+    expect_data_error([&] { MappedFile(dir.str("locked")); }, {"locked", "Permission denied"});
   }
 }
 
@@ -316,8 +306,8 @@ TEST(FloatConvert, HalfAndBfloat16AreExact) {
 // safetensors
 
 TEST(Safetensors, WriteReadRoundTripF32F64) {
-  TempDir dir;
-  std::string path = dir.file("w.safetensors");
+  TempDir dir("io");
+  std::string path = dir.str("w.safetensors");
   std::vector<double> a_values, b_values;
   for (int i = 0; i < 12; ++i) a_values.push_back(0.1 * i - 0.55);
   for (int i = 0; i < 5; ++i) b_values.push_back(1.0 / (i + 3));
@@ -372,12 +362,12 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
 }
 
 TEST(Safetensors, ReadRowsBlockInTheMiddle) {
-  TempDir dir;
+  TempDir dir("io");
   std::vector<double> values;
   for (int i = 0; i < 10 * 3; ++i) values.push_back(i * 1.5 - 7);
   Tensor t = Tensor::from_vector(values, Shape{10, 3}, DType::F32);
-  write_safetensors(dir.file("r.safetensors"), {{"activations", t}});
-  SafetensorsFile f = SafetensorsFile::open(dir.file("r.safetensors"));
+  write_safetensors(dir.str("r.safetensors"), {{"activations", t}});
+  SafetensorsFile f = SafetensorsFile::open(dir.str("r.safetensors"));
   std::vector<float> out(3 * 3 + 1, -999.0f);  // poisoned, one guard element
   f.read_rows_f32("activations", 4, 3, out.data());
   for (int i = 0; i < 9; ++i) EXPECT_EQ(out[i], static_cast<float>(values[12 + i])) << i;
@@ -391,7 +381,7 @@ TEST(Safetensors, ReadRowsBlockInTheMiddle) {
 }
 
 TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
-  TempDir dir;
+  TempDir dir("io");
   std::vector<uint16_t> f16 = {0x3C00, 0xC100, 0x7BFF, 0x0001, 0x7C00, 0xFC00, 0x8000, 0x7E00};
   std::vector<uint16_t> bf16 = {0x3F80, 0xC020, 0x7F7F, 0x0001, 0x7F80, 0xFF80, 0x8000, 0x7FC0};
   std::vector<int32_t> i32 = {7, -3, 2147483647, -2147483647 - 1};
@@ -406,7 +396,7 @@ TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
       R"("d":{"dtype":"F64","shape":[2],"data_offsets":[72,88]},)"
       R"("u":{"dtype":"U8","shape":[3],"data_offsets":[88,91]},)"
       R"("__metadata__":{"layer":"2"}})";
-  std::string path = dir.file("h.safetensors");
+  std::string path = dir.str("h.safetensors");
   write_bytes(path, make_safetensors(header, data));
   SafetensorsFile f = SafetensorsFile::open(path);
   const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
@@ -427,8 +417,8 @@ TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
 }
 
 TEST(Safetensors, RejectsBadFilesNamingFileAndExpectation) {
-  TempDir dir;
-  std::string path = dir.file("bad.safetensors");
+  TempDir dir("io");
+  std::string path = dir.str("bad.safetensors");
   std::string eight_floats(32, '\0');
   auto open_bytes = [&](const std::string& bytes) {
     write_bytes(path, bytes);
@@ -438,8 +428,8 @@ TEST(Safetensors, RejectsBadFilesNamingFileAndExpectation) {
   const std::string good_entry = R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}})";
   open_header(good_entry, eight_floats);  // the baseline is accepted
 
-  expect_data_error([&] { SafetensorsFile::open(dir.file("missing.safetensors")); }, {"missing.safetensors", "No such file"});
-  expect_data_error([&] { SafetensorsFile::open(dir.path); }, {dir.path, "directory"});
+  expect_data_error([&] { SafetensorsFile::open(dir.str("missing.safetensors")); }, {"missing.safetensors", "No such file"});
+  expect_data_error([&] { SafetensorsFile::open(dir.str()); }, {dir.str(), "directory"});
   expect_data_error([&] { open_bytes(""); }, {path, "too short"});
   expect_data_error([&] { open_bytes(std::string("\x10\x00\x00", 3)); }, {path, "too short"});
   expect_data_error([&] { open_bytes(u64_le(1000) + "{}"); }, {path, "header length 1000", "runs past the end"});
@@ -494,8 +484,8 @@ TEST(Safetensors, RejectsBadFilesNamingFileAndExpectation) {
 // .npy
 
 TEST(Npy, WriteReadRoundTripAndRows) {
-  TempDir dir;
-  std::string path = dir.file("a.npy");
+  TempDir dir("io");
+  std::string path = dir.str("a.npy");
   std::vector<double> values;
   for (int i = 0; i < 6 * 4; ++i) values.push_back(std::sin(i) * 100);
   Tensor t = Tensor::from_vector(values, Shape{6, 4}, DType::F32);
@@ -524,17 +514,17 @@ TEST(Npy, WriteReadRoundTripAndRows) {
   expect_error<Error>([&] { f.read_rows_f32(5, 2); }, {"rows [5, 7)", "6 rows"});
 
   Tensor v = Tensor::from_vector({1, 2, 3}, Shape{3}, DType::F32);
-  write_npy(dir.file("v.npy"), v);
-  EXPECT_NE(read_bytes(dir.file("v.npy")).find("'shape': (3,), }"), std::string::npos);
-  NpyFile g = NpyFile::open(dir.file("v.npy"));
+  write_npy(dir.str("v.npy"), v);
+  EXPECT_NE(read_bytes(dir.str("v.npy")).find("'shape': (3,), }"), std::string::npos);
+  NpyFile g = NpyFile::open(dir.str("v.npy"));
   EXPECT_EQ(g.shape(), (std::vector<int64_t>{3}));
   expect_same_floats(g.read_rows_f32(1, 2).to_vector(), {2, 3}, "1-D rows");
-  expect_error<Error>([&] { write_npy(dir.file("d.npy"), Tensor::zeros(Shape{2}, DType::F64)); }, {"float32"});
+  expect_error<Error>([&] { write_npy(dir.str("d.npy"), Tensor::zeros(Shape{2}, DType::F64)); }, {"float32"});
 }
 
 TEST(Npy, RejectsBadFiles) {
-  TempDir dir;
-  std::string path = dir.file("bad.npy");
+  TempDir dir("io");
+  std::string path = dir.str("bad.npy");
   // A v1 file from a header dict and data, padded like NumPy.
   auto npy = [](const std::string& dict, const std::string& data, int major = 1) {
     std::string header = dict;
@@ -555,7 +545,7 @@ TEST(Npy, RejectsBadFiles) {
   open_bytes(npy("{'shape': (2,3),'fortran_order':False,\"descr\":'<f2'}", data24.substr(0, 12), 2));  // any order, v2
   open_bytes(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2L, 3L), }", data24 + data24));    // Python 2 ints
 
-  expect_data_error([&] { NpyFile::open(dir.file("missing.npy")); }, {"missing.npy", "No such file"});
+  expect_data_error([&] { NpyFile::open(dir.str("missing.npy")); }, {"missing.npy", "No such file"});
   expect_data_error([&] { open_bytes("not numpy at all"); }, {path, "magic"});
   expect_data_error([&] { open_bytes(std::string("\x93NUMPY\x01\x00\x40", 9)); }, {path, "truncated .npy header"});
   expect_data_error([&] { open_bytes(std::string("\x93NUMPY\x01\x00\x40\x00{}", 12)); }, {path, "header length 64", "runs past"});
@@ -629,13 +619,13 @@ TEST(IoFixtures, SafetensorsPackageWrittenFile) {
 }
 
 TEST(IoFixtures, OurWriterMatchesTheReferenceByteForByte) {
-  TempDir dir;
+  TempDir dir("io");
   Tensor w_enc = Tensor::from_vector(ramp_values(), Shape{7, 5}, DType::F32);
   Tensor b_enc = Tensor::from_vector({-2, -1, 0, 1, 2}, Shape{5}, DType::F32);
   Tensor b_dec = Tensor::from_vector({1.0 / 3, 2.0 / 3, 3.0 / 3}, Shape{3}, DType::F64);
-  write_safetensors(dir.file("ours.safetensors"), {{"b_enc", b_enc}, {"W_enc", w_enc}, {"b_dec", b_dec}},
+  write_safetensors(dir.str("ours.safetensors"), {{"b_enc", b_enc}, {"W_enc", w_enc}, {"b_dec", b_dec}},
                     {{"sae_lens_version", "6.0.0"}});
-  std::string ours = read_bytes(dir.file("ours.safetensors"));
+  std::string ours = read_bytes(dir.str("ours.safetensors"));
   std::string reference = read_bytes(ref("io_st_ref_layout.safetensors"));
   ASSERT_FALSE(reference.empty());
   EXPECT_EQ(ours, reference);

@@ -31,6 +31,8 @@
 #include "test_util.h"
 
 using namespace sae;
+using sae::testing::read_file;
+using sae::testing::small_synthetic_config;
 using sae::testing::TempDir;
 
 namespace {
@@ -547,36 +549,14 @@ TEST(SaeStepSparse, NonFiniteLossUpdatesNothing) {
 
 namespace {
 TrainConfig sparse_run(const std::string& out, const std::string& sparse) {
-  TrainConfig c;
-  c.data = "synthetic";
-  c.synthetic.d = 32;
-  c.synthetic.concepts = 64;
-  c.synthetic.story_concepts = 8;
-  c.synthetic.story_active = 2;
-  c.synthetic.stories = 2000;
-  c.synthetic.active = 4;
-  c.synthetic.seed = 5;
+  TrainConfig c = small_synthetic_config(out);
   c.features = 256;
-  c.batch_tokens = 64;
-  c.normalize = "dataset";
   c.lr = 3e-3;
   c.l1 = 2.0;
   c.steps = 150;
-  c.log_every = 10;
   c.checkpoint_every = 1000;
-  c.progress = "none";
-  c.device = "cpu";
-  c.seed = 3;
-  c.out = out;
   c.sparse = sparse;
   return c;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 // Relative Frobenius distance of each final tensor of two runs, read from their SAELens files.

@@ -17,9 +17,13 @@
 
 #include "sae/tensorboard.h"
 #include "tensor/error.h"
+#include "test_util.h"
 
 using namespace sae;
 namespace fs = std::filesystem;
+
+using sae::testing::read_file;
+using sae::testing::TempDir;
 
 namespace {
 
@@ -42,12 +46,6 @@ uint64_t read_le(const std::string& s, size_t at, int nbytes) {
   uint64_t v = 0;
   for (int i = 0; i < nbytes; ++i) v |= uint64_t(static_cast<unsigned char>(s[at + i])) << (8 * i);
   return v;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open " + path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // Splits a TFRecord file into record payloads; throws naming the record when framing or a CRC is bad.
@@ -166,19 +164,6 @@ std::vector<Event> read_events(const std::string& path) {
   for (const std::string& r : read_records(read_file(path))) events.push_back(decode_event(r));
   return events;
 }
-
-// A fresh directory under the system temp dir, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("sae_tb_" + name + "_" + std::to_string(getpid()));
-    fs::remove_all(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 struct Scalar {
   std::string tag;

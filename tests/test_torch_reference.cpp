@@ -18,10 +18,13 @@
 #include "nn/module.h"
 #include "tensor/ops.h"
 #include "tests/fixture.h"
+#include "test_util.h"
 
 using namespace sae;
 using sae::test::Closeness;
 using sae::test::Fixture;
+
+using sae::testing::read_file;
 
 namespace {
 
@@ -127,11 +130,6 @@ struct Bytes {
     for (int64_t d : dims) put<int64_t>(d);
   }
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 // Expects parse_fixture(bytes) to throw sae::DataError whose message contains `needle`.
 void expect_data_error(const std::string& bytes, const std::string& needle, const std::string& label) {

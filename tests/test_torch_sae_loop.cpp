@@ -25,10 +25,12 @@
 #include "tensor/cuda_backend.h"
 #include "tensor/safetensors.h"
 #include "tests/fixture.h"
+#include "test_util.h"
 
 using namespace sae;
 using sae::test::Closeness;
 using sae::test::Fixture;
+using sae::testing::TempDir;
 
 namespace {
 
@@ -48,17 +50,6 @@ const Fixture& fixture() {
   static const Fixture f = test::load_fixture(kFixturePath);
   return f;
 }
-
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char name[] = "/tmp/sae_test_torch_loop_XXXXXX";
-    if (::mkdtemp(name) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = name;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
 
 // metrics.csv as columns: name -> values, one per row.
 std::map<std::string, std::vector<double>> read_metrics_csv(const std::string& path) {
@@ -133,8 +124,8 @@ Errors expect_column_close(const std::map<std::string, std::vector<double>>& csv
 
 void check_run_against_torch(const std::string& device) {
   const Fixture& f = fixture();
-  TempDir dir;
-  const std::string out = dir.path + "/run";
+  TempDir dir("torch_loop");
+  const std::string out = dir.str("run");
   TrainResult result = train(reference_config(out, device));
   ASSERT_EQ(result.steps, f.integer("cfg.steps"));
 

@@ -15,6 +15,8 @@
 #include "test_util.h"
 
 using namespace sae;
+using sae::testing::read_file;
+using sae::testing::small_synthetic_config;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -38,13 +40,6 @@ TrainConfig tiny_config(const std::string& out) {
   c.device = "cpu";
   c.out = out;
   return c;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 std::string weights_bytes(const std::string& dir) { return read_file(dir + "/sae_weights.safetensors"); }

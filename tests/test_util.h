@@ -1,5 +1,6 @@
-// Helpers shared by the trainer and command-line tests: temporary directories, running a built
-// binary and capturing its exit code and stderr, and writing activation files with any dtype.
+// Helpers shared by the tests: temporary directories, whole-file reads, a small synthetic training
+// configuration, running a built binary and capturing its exit code and stderr, and writing
+// activation files with any dtype.
 #pragma once
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,13 +8,45 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "sae/train_config.h"
 #include "tensor/json.h"
 
 namespace sae::testing {
+
+// The whole file as bytes; throws when it cannot be opened.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A small CPU training run on synthetic data (D 32, 64 concepts, 64-token batches, dataset
+// normalisation, quiet): the tests that train set features, lr, l1, steps and checkpoints on top.
+inline TrainConfig small_synthetic_config(const std::string& out) {
+  TrainConfig c;
+  c.data = "synthetic";
+  c.synthetic.d = 32;
+  c.synthetic.concepts = 64;
+  c.synthetic.story_concepts = 8;
+  c.synthetic.story_active = 2;
+  c.synthetic.stories = 2000;
+  c.synthetic.active = 4;
+  c.synthetic.seed = 5;
+  c.batch_tokens = 64;
+  c.normalize = "dataset";
+  c.log_every = 10;
+  c.progress = "none";
+  c.device = "cpu";
+  c.seed = 3;
+  c.out = out;
+  return c;
+}
 
 // A fresh directory under the system temp dir, removed when the object dies.
 struct TempDir {
