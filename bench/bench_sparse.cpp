@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "nn/adam.h"
 #include "sae/sae_step.h"
@@ -166,8 +167,10 @@ void BM_SparseStep_Parts(benchmark::State& state) {
 // What the entry-by-entry memory reads alone cost, on the same entry lists as BM_SparseStep_Parts:
 // "dx_rows" reads, for every entry in by-feature order, its token's whole D-float row (what the
 // decoder backward must gather: one dx row per entry); "x_slices" reads, for each 16-column slice
-// of x kept in one [N, 16] buffer, one 64-byte line per entry (the encoder backward's gather). Each
-// read is only summed: no gradient, no dot product, no Adam. A kernel cannot beat its gather.
+// of x kept in one [N, 16] buffer, one 64-byte line per entry (the encoder backward's gather);
+// "w_dec_rows" reads, for every entry in by-token order, its feature's row of W_dec (what a
+// row-by-row decoder product gathers). Each read is only summed: no gradient, no dot product, no
+// Adam. A kernel that needs the gather cannot beat it.
 void BM_SparseStep_GatherFloor(benchmark::State& state) {
   const int64_t n = state.range(0);
   Rng rng(1);
@@ -184,56 +187,87 @@ void BM_SparseStep_GatherFloor(benchmark::State& state) {
   for (Tensor* t : {&s.rows, &s.cols}) *t = Tensor::empty(Shape{entries + 1}, DType::I32);
   for (Tensor* t : {&s.vals, &s.row_vals}) *t = Tensor::empty(Shape{entries + 1});
   sparse_index_(s, f, col_count);
-  const int32_t* rows = s.rows.data<int32_t>();
-  const float* dx = x.data<float>();
+  const int32_t *rows = s.rows.data<int32_t>(), *cols = s.cols.data<int32_t>();
+  const float *dx = x.data<float>(), *W_dec = model.W_dec.data().data<float>();
   constexpr int64_t W = 16;
   const int64_t slices = kD / W;
   std::vector<float> sliced(static_cast<size_t>(n * kD));
   for (int64_t t = 0; t < n; ++t)
     for (int64_t b = 0; b < slices; ++b)
       for (int64_t k = 0; k < W; ++k) sliced[(b * n + t) * W + k] = dx[t * kD + b * W + k];
-  double rows_ms = 0, slices_ms = 0;
+  double rows_ms = 0, slices_ms = 0, w_rows_ms = 0;
   int64_t steps = 0;
+  // Sums in 8-float vectors (GCC vector extensions): several independent accumulators, so that
+  // the loops wait on memory and not on the adder.
+  typedef float v8 __attribute__((vector_size(32)));
+  auto load = [](const float* p) {
+    v8 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
   for (auto _ : state) {
-    float total = 0;
+    v8 total = {};
     auto start = std::chrono::steady_clock::now();
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel
     {
-      float acc[64] = {};
+      v8 acc[8] = {};
 #pragma omp for schedule(static)
       for (int64_t e = 0; e < entries; ++e) {
         const float* row = dx + int64_t(rows[e]) * kD;
         if (e + 2 < entries)
           for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(dx + int64_t(rows[e + 2]) * kD + 16 * line);
         for (int64_t c = 0; c < kD; c += 64)
-#pragma omp simd
-          for (int64_t k = 0; k < 64; ++k) acc[k] += row[c + k];
+          for (int k = 0; k < 8; ++k) acc[k] += load(row + c + 8 * k);
       }
-      for (float a : acc) total += a;
+#pragma omp critical
+      for (int k = 0; k < 8; ++k) total += acc[k];
     }
     auto middle = std::chrono::steady_clock::now();
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel
     {
-      float acc[W] = {};
+      v8 acc[4] = {};
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < slices; ++b) {
         const float* slice = sliced.data() + b * n * W;
-        for (int64_t e = 0; e < entries; ++e) {
-          const float* line = slice + int64_t(rows[e]) * W;
-#pragma omp simd
-          for (int64_t k = 0; k < W; ++k) acc[k] += line[k];
+        int64_t e = 0;
+        for (; e + 1 < entries; e += 2) {
+          const float* a = slice + int64_t(rows[e]) * W;
+          const float* c = slice + int64_t(rows[e + 1]) * W;
+          acc[0] += load(a);
+          acc[1] += load(a + 8);
+          acc[2] += load(c);
+          acc[3] += load(c + 8);
         }
+        if (e < entries) acc[0] += load(slice + int64_t(rows[e]) * W);
       }
-      for (float a : acc) total += a;
+#pragma omp critical
+      for (int k = 0; k < 4; ++k) total += acc[k];
     }
     auto end = std::chrono::steady_clock::now();
+#pragma omp parallel
+    {
+      v8 acc[8] = {};
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < entries; ++k) {
+        const float* row = W_dec + int64_t(cols[k]) * kD;
+        if (k + 2 < entries)
+          for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(W_dec + int64_t(cols[k + 2]) * kD + 16 * line);
+        for (int64_t c = 0; c < kD; c += 64)
+          for (int j = 0; j < 8; ++j) acc[j] += load(row + c + 8 * j);
+      }
+#pragma omp critical
+      for (int j = 0; j < 8; ++j) total += acc[j];
+    }
+    auto last = std::chrono::steady_clock::now();
     benchmark::DoNotOptimize(total);
     rows_ms += std::chrono::duration<double, std::milli>(middle - start).count();
     slices_ms += std::chrono::duration<double, std::milli>(end - middle).count();
+    w_rows_ms += std::chrono::duration<double, std::milli>(last - end).count();
     ++steps;
   }
   state.counters["dx_rows"] = rows_ms / double(std::max<int64_t>(steps, 1));
   state.counters["x_slices"] = slices_ms / double(std::max<int64_t>(steps, 1));
+  state.counters["w_dec_rows"] = w_rows_ms / double(std::max<int64_t>(steps, 1));
   state.counters["density"] = double(entries) / double(n * kF);
 }
 
