@@ -103,27 +103,44 @@ void BM_SparseStep_Floor(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// One batch of the study's shapes at a set density, activated and listed as the sparse step lists
+// it: the shared set-up of the kernel-by-kernel benchmarks below.
+struct ListedBatch {
+  SparseAutoencoder model;
+  Tensor x, b_enc, f, col_sum, col_count;
+  SparseFeatures lists;
+  int64_t entries = 0;
+  ListedBatch(int64_t n, double density, Rng& rng)
+      : model(kD, kF, rng),
+        x(normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng)),
+        b_enc(bias_for_density(x, model.W_enc.data(), density)),
+        f(Tensor::empty(Shape{n, kF})),
+        col_sum(Tensor::empty(Shape{kF})),
+        col_count(Tensor::empty(Shape{kF})) {
+    matmul_(f, x, false, model.W_enc.data(), false);
+    encoder_activate_(f, b_enc, col_sum, col_count);
+    entries = static_cast<int64_t>(sum(col_count).item());
+    lists.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
+    lists.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32);
+    for (Tensor* t : {&lists.rows, &lists.cols}) *t = Tensor::empty(Shape{entries + 1}, DType::I32);
+    for (Tensor* t : {&lists.vals, &lists.row_vals}) *t = Tensor::empty(Shape{entries + 1});
+    sparse_index_(lists, f, col_count);
+  }
+};
+
 // The sparse step kernel by kernel (ms per step as counters), at the shapes and densities of
 // BM_SparseStep: where the time goes between the encoder GEMM (the floor) and the whole step.
 // Adam runs fused in the two backward kernels, as in SaeStep::train_step.
 void BM_SparseStep_Parts(benchmark::State& state) {
   const int64_t n = state.range(0);
   Rng rng(1);
-  SparseAutoencoder model(kD, kF, rng);
-  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
-  const Tensor b_enc = bias_for_density(x, model.W_enc.data(), state.range(1) / 1000.0);
-  Tensor f = Tensor::empty(Shape{n, kF}), x_hat = Tensor::empty(Shape{n, kD}), dx = Tensor::empty(Shape{n, kD});
-  Tensor col_sum = Tensor::empty(Shape{kF}), col_count = Tensor::empty(Shape{kF}), norms = Tensor::empty(Shape{kF});
-  matmul_(f, x, false, model.W_enc.data(), false);
-  encoder_activate_(f, b_enc, col_sum, col_count);
-  const int64_t entries = static_cast<int64_t>(sum(col_count).item());
-  SparseFeatures s;
-  s.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
-  s.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32);
-  s.rows = Tensor::empty(Shape{entries + 1}, DType::I32);
-  s.cols = Tensor::empty(Shape{entries + 1}, DType::I32);
-  s.vals = Tensor::empty(Shape{entries + 1});
-  s.row_vals = Tensor::empty(Shape{entries + 1});
+  ListedBatch batch(n, state.range(1) / 1000.0, rng);
+  SparseAutoencoder& model = batch.model;
+  const Tensor &x = batch.x, &b_enc = batch.b_enc;
+  Tensor &f = batch.f, &col_sum = batch.col_sum, &col_count = batch.col_count;
+  SparseFeatures& s = batch.lists;
+  const int64_t entries = batch.entries;
+  Tensor x_hat = Tensor::empty(Shape{n, kD}), dx = Tensor::empty(Shape{n, kD}), norms = Tensor::empty(Shape{kF});
   Tensor dpre = Tensor::empty(Shape{entries + 1});
   AdamScalars scalars;
   scalars.lr = kLr;
@@ -174,21 +191,11 @@ void BM_SparseStep_Parts(benchmark::State& state) {
 void BM_SparseStep_GatherFloor(benchmark::State& state) {
   const int64_t n = state.range(0);
   Rng rng(1);
-  SparseAutoencoder model(kD, kF, rng);
-  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
-  const Tensor b_enc = bias_for_density(x, model.W_enc.data(), state.range(1) / 1000.0);
-  Tensor f = Tensor::empty(Shape{n, kF}), col_sum = Tensor::empty(Shape{kF}), col_count = Tensor::empty(Shape{kF});
-  matmul_(f, x, false, model.W_enc.data(), false);
-  encoder_activate_(f, b_enc, col_sum, col_count);
-  const int64_t entries = static_cast<int64_t>(sum(col_count).item());
-  SparseFeatures s;
-  s.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
-  s.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32);
-  for (Tensor* t : {&s.rows, &s.cols}) *t = Tensor::empty(Shape{entries + 1}, DType::I32);
-  for (Tensor* t : {&s.vals, &s.row_vals}) *t = Tensor::empty(Shape{entries + 1});
-  sparse_index_(s, f, col_count);
+  const ListedBatch batch(n, state.range(1) / 1000.0, rng);
+  const SparseFeatures& s = batch.lists;
+  const int64_t entries = batch.entries;
   const int32_t *rows = s.rows.data<int32_t>(), *cols = s.cols.data<int32_t>();
-  const float *dx = x.data<float>(), *W_dec = model.W_dec.data().data<float>();
+  const float *dx = batch.x.data<float>(), *W_dec = batch.model.W_dec.data().data<float>();
   constexpr int64_t W = 16;
   const int64_t slices = kD / W;
   std::vector<float> sliced(static_cast<size_t>(n * kD));
