@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds, on this machine (nvcc, OpenBLAS, GoogleTest and Google Benchmark installed), what a GPU
+# session needs on the device machine, whose image has nvcc, CUDA's libraries and PyTorch but not
+# our Debian libraries and no network: the programs for sm_90 with a generic x86-64-v3 CPU target,
+# and the shared libraries they need that the device lacks, packed as .device/bundle.tar.xz
+# (~15 MB; .device/ is git-ignored). On the device, scripts/device_check.sh unpacks and runs it
+# (name .device in the device tool's carry). The build lives in /work/main/build-device because the
+# tests look up fixtures and programs by the paths compiled into them.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build="$root/build-device"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSAE_NATIVE=OFF -DSAE_CUDA=ON \
+  -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+cmake --build "$build" -j"$(nproc)" --target sae_tests sae_bench sae_train sae_apply recon_vs_f l1_sweep
+stage="$root/.device/stage"
+rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/lib"
+for program in sae_tests sae_bench sae_train sae_apply recon_vs_f l1_sweep; do
+  cp "$build/bin/$program" "$stage/bin/" && strip "$stage/bin/$program"
+done
+# Every library the programs load from outside CUDA's own folders and the C/C++ runtime.
+ldd "$stage"/bin/* | awk '/=>/ {print $3}' | sort -u |
+  grep -E 'openblas|gfortran|quadmath|gomp|benchmark|cxxopts' | while read -r lib; do
+  cp -L "$lib" "$stage/lib/"
+done
+tar -C "$stage" -cJf "$root/.device/bundle.tar.xz" bin lib
+rm -rf "$stage"
+ls -la "$root/.device/bundle.tar.xz"
