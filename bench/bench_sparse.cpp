@@ -212,23 +212,29 @@ void BM_SparseStep_GatherFloor(benchmark::State& state) {
     std::memcpy(&v, p, sizeof v);
     return v;
   };
-  for (auto _ : state) {
+  // Reads row index[k] of matrix [*, kD] for every k, in order; returns the sum.
+  auto gather_rows = [&](const float* matrix, const int32_t* index) {
     v8 total = {};
-    auto start = std::chrono::steady_clock::now();
 #pragma omp parallel
     {
       v8 acc[8] = {};
 #pragma omp for schedule(static)
-      for (int64_t e = 0; e < entries; ++e) {
-        const float* row = dx + int64_t(rows[e]) * kD;
-        if (e + 2 < entries)
-          for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(dx + int64_t(rows[e + 2]) * kD + 16 * line);
+      for (int64_t k = 0; k < entries; ++k) {
+        const float* row = matrix + int64_t(index[k]) * kD;
+        if (k + 2 < entries)
+          for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(matrix + int64_t(index[k + 2]) * kD + 16 * line);
         for (int64_t c = 0; c < kD; c += 64)
-          for (int k = 0; k < 8; ++k) acc[k] += load(row + c + 8 * k);
+          for (int j = 0; j < 8; ++j) acc[j] += load(row + c + 8 * j);
       }
 #pragma omp critical
-      for (int k = 0; k < 8; ++k) total += acc[k];
+      for (int j = 0; j < 8; ++j) total += acc[j];
     }
+    return total;
+  };
+  for (auto _ : state) {
+    v8 total = {};
+    auto start = std::chrono::steady_clock::now();
+    total += gather_rows(dx, rows);
     auto middle = std::chrono::steady_clock::now();
 #pragma omp parallel
     {
@@ -251,20 +257,7 @@ void BM_SparseStep_GatherFloor(benchmark::State& state) {
       for (int k = 0; k < 4; ++k) total += acc[k];
     }
     auto end = std::chrono::steady_clock::now();
-#pragma omp parallel
-    {
-      v8 acc[8] = {};
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < entries; ++k) {
-        const float* row = W_dec + int64_t(cols[k]) * kD;
-        if (k + 2 < entries)
-          for (int line = 0; line < kD / 16; ++line) __builtin_prefetch(W_dec + int64_t(cols[k + 2]) * kD + 16 * line);
-        for (int64_t c = 0; c < kD; c += 64)
-          for (int j = 0; j < 8; ++j) acc[j] += load(row + c + 8 * j);
-      }
-#pragma omp critical
-      for (int j = 0; j < 8; ++j) total += acc[j];
-    }
+    total += gather_rows(W_dec, cols);
     auto last = std::chrono::steady_clock::now();
     benchmark::DoNotOptimize(total);
     rows_ms += std::chrono::duration<double, std::milli>(middle - start).count();
