@@ -664,6 +664,8 @@ constexpr int64_t kDotLanes = 32, kPairLanes = 16;
 
 // Feature by feature: for each entry, one pass over the token's dx row gives both the dot product
 // with W_dec[i] (-> dpre) and its share of dW_dec[i]; then the L1 term, then the row's update.
+// Both use fused multiply-adds (std::fma): one rounding per product-and-sum, and half the
+// arithmetic instructions, which this memory-bound loop needs to keep up with its row reads.
 template <typename T>
 void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, const int32_t* col_ptr,
                                    const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
@@ -684,8 +686,46 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
       const T scale = lambda * (col_sum[i] / (norms[i] > tiny ? norms[i] : tiny)) + T(0);  // maximum op
       std::fill(g, g + d, T(0));
       int32_t e = col_ptr[i];
-      // Two entries at a time: g is loaded and stored once for both (the same additions, in the
-      // same order, as one at a time).
+      // Four entries at a time, then two, then one: W_dec's row and g are loaded (and g stored)
+      // once per group. Each g element adds its entries in token order whatever the grouping.
+      for (; e + 3 < col_ptr[i + 1]; e += 4) {
+        const T* dx_r[4];
+        T value[4];
+        for (int q = 0; q < 4; ++q) {
+          dx_r[q] = dx + int64_t(rows[e + q]) * d;
+          value[q] = vals[e + q];
+          if (e + 4 + q < col_ptr[cols]) {
+            const char* next = reinterpret_cast<const char*>(dx + int64_t(rows[e + 4 + q]) * d);
+            for (int line = 0; line < 8; ++line) __builtin_prefetch(next + 64 * line);
+          }
+        }
+        T lanes[4][kPairLanes] = {};
+        int64_t c = 0;
+        for (; c + kPairLanes <= d; c += kPairLanes) {
+#pragma omp simd
+          for (int64_t k = 0; k < kPairLanes; ++k) {
+            const T wk = w[c + k];
+            lanes[0][k] = std::fma(dx_r[0][c + k], wk, lanes[0][k]);
+            lanes[1][k] = std::fma(dx_r[1][c + k], wk, lanes[1][k]);
+            lanes[2][k] = std::fma(dx_r[2][c + k], wk, lanes[2][k]);
+            lanes[3][k] = std::fma(dx_r[3][c + k], wk, lanes[3][k]);
+            T gk = std::fma(value[0], dx_r[0][c + k], g[c + k]);
+            gk = std::fma(value[1], dx_r[1][c + k], gk);
+            gk = std::fma(value[2], dx_r[2][c + k], gk);
+            g[c + k] = std::fma(value[3], dx_r[3][c + k], gk);
+          }
+        }
+        for (int64_t k = 0; c < d; ++c, ++k) {
+          for (int q = 0; q < 4; ++q) lanes[q][k] = std::fma(dx_r[q][c], w[c], lanes[q][k]);
+          for (int q = 0; q < 4; ++q) g[c] = std::fma(value[q], dx_r[q][c], g[c]);
+        }
+        for (int q = 0; q < 4; ++q) {
+          T dot = 0;
+          for (int64_t k = 0; k < kPairLanes; ++k) dot += lanes[q][k];
+          dpre[e + q] = dot + row_add;
+        }
+      }
+      // Two entries at a time (the same operations, in the same order, as one at a time).
       for (; e + 1 < col_ptr[i + 1]; e += 2) {
         const T* dx_a = dx + int64_t(rows[e]) * d;
         const T* dx_b = dx + int64_t(rows[e + 1]) * d;
@@ -699,15 +739,15 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
         for (; c + kPairLanes <= d; c += kPairLanes) {
 #pragma omp simd
           for (int64_t k = 0; k < kPairLanes; ++k) {
-            lanes_a[k] += dx_a[c + k] * w[c + k];
-            lanes_b[k] += dx_b[c + k] * w[c + k];
-            g[c + k] = (g[c + k] + value_a * dx_a[c + k]) + value_b * dx_b[c + k];
+            lanes_a[k] = std::fma(dx_a[c + k], w[c + k], lanes_a[k]);
+            lanes_b[k] = std::fma(dx_b[c + k], w[c + k], lanes_b[k]);
+            g[c + k] = std::fma(value_b, dx_b[c + k], std::fma(value_a, dx_a[c + k], g[c + k]));
           }
         }
         for (int64_t k = 0; c < d; ++c, ++k) {
-          lanes_a[k] += dx_a[c] * w[c];
-          lanes_b[k] += dx_b[c] * w[c];
-          g[c] = (g[c] + value_a * dx_a[c]) + value_b * dx_b[c];
+          lanes_a[k] = std::fma(dx_a[c], w[c], lanes_a[k]);
+          lanes_b[k] = std::fma(dx_b[c], w[c], lanes_b[k]);
+          g[c] = std::fma(value_b, dx_b[c], std::fma(value_a, dx_a[c], g[c]));
         }
         T dot_a = 0, dot_b = 0;
         for (int64_t k = 0; k < kPairLanes; ++k) {
@@ -732,13 +772,13 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
         for (; c + kDotLanes <= d; c += kDotLanes) {
 #pragma omp simd
           for (int64_t k = 0; k < kDotLanes; ++k) {
-            lanes[k] += dx_t[c + k] * w[c + k];
-            g[c + k] += value * dx_t[c + k];
+            lanes[k] = std::fma(dx_t[c + k], w[c + k], lanes[k]);
+            g[c + k] = std::fma(value, dx_t[c + k], g[c + k]);
           }
         }
         for (int64_t k = 0; c < d; ++c, ++k) {
-          lanes[k] += dx_t[c] * w[c];
-          g[c] += value * dx_t[c];
+          lanes[k] = std::fma(dx_t[c], w[c], lanes[k]);
+          g[c] = std::fma(value, dx_t[c], g[c]);
         }
         T dot = 0;
         for (int64_t k = 0; k < kDotLanes; ++k) dot += lanes[k];
