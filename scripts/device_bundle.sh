@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds, on this machine (nvcc, OpenBLAS, GoogleTest and Google Benchmark installed), what a GPU
-# session needs on the device machine, whose image has nvcc, CUDA's libraries and PyTorch but not
-# our Debian libraries and no network: the programs for sm_90 with a generic x86-64-v3 CPU target,
-# and the shared libraries they need that the device lacks, packed as .device/bundle.tar.xz
-# (~15 MB; .device/ is git-ignored). On the device, scripts/device_check.sh unpacks and runs it
+# session needs on the device machine, whose image (as the device tool's KINDS.md describes it,
+# not checked yet) has nvcc, CUDA's libraries and PyTorch but none of our Debian libraries, and no
+# network: the programs for sm_90 with a generic x86-64-v3 CPU target, and the shared libraries
+# they need that the device may lack, packed as .device/bundle.tar.xz (~7 MB; .device/ is
+# git-ignored). On the device, scripts/device_check.sh unpacks and runs it
 # (name .device in the device tool's carry). The build lives in /work/main/build-device because the
 # tests look up fixtures and programs by the paths compiled into them.
 set -euo pipefail
