@@ -8,8 +8,8 @@
 #include <benchmark/benchmark.h>
 
 #include "sae/model.h"
-#include "sae/sae_step.h"
-#include "tensor/cuda_backend.h"
+#include "sae/step/sae_step.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "nn/adam.h"
-#include "sae/sae_step.h"
+#include "sae/step/sae_step.h"
 #include "tensor/ops.h"
 
 using namespace sae;

@@ -21,8 +21,8 @@
 #include <cstring>
 
 #include "nn/adam.h"
-#include "sae/sae_step.h"
-#include "tensor/cuda_backend.h"
+#include "sae/step/sae_step.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 

@@ -12,10 +12,10 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "sae/cli.h"
-#include "sae/run_log.h"
-#include "sae/study.h"
-#include "tensor/atomic_file.h"
+#include "sae/cli/cli.h"
+#include "sae/report/run_log.h"
+#include "sae/study/study.h"
+#include "io/atomic_file.h"
 
 namespace fs = std::filesystem;
 

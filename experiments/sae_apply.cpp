@@ -10,10 +10,10 @@
 #include <cstring>
 
 #include "autograd/variable.h"
-#include "sae/checkpoint.h"
-#include "sae/cli.h"
+#include "sae/train/checkpoint.h"
+#include "sae/cli/cli.h"
 #include "sae/model.h"
-#include "tensor/npy.h"
+#include "io/npy.h"
 
 namespace {
 // Rows per encode/decode call: bounds the [rows, d_sae] temporary for large inputs.

@@ -1,9 +1,9 @@
 // sae_train: trains one SAE (SPEC section 5). Thin: options -> TrainConfig -> train() -> report.
 #include <cstdio>
 
-#include "sae/cli.h"
-#include "sae/study.h"
-#include "sae/trainer.h"
+#include "sae/cli/cli.h"
+#include "sae/study/study.h"
+#include "sae/train/trainer.h"
 
 namespace {
 // --profile demo: what `make demo` runs: a short CPU run on synthetic data (under 3 minutes on 2

@@ -1,7 +1,7 @@
 // Front-end of the tensor ops: validation, output allocation, dispatch by device.
 #include "tensor/ops.h"
 
-#include "tensor/cuda_backend.h"
+#include "tensor/cuda/backend.h"
 
 namespace sae {
 

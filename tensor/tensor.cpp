@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "tensor/cuda_backend.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 
 namespace sae {

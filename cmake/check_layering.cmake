@@ -1,0 +1,47 @@
+# The layering rule, checked at every build (cmake -DSOURCE_DIR=... -P check_layering.cmake): a file
+# in a folder may include project headers only from the folders listed for it below (its own
+# included). Anything else stops the build with the file, the line and the rule. Tests, benchmarks
+# and programs may include everything. The table is the one in docs/architecture.md.
+set(rules
+  "tensor:tensor,tensor/cpu,tensor/cuda"
+  "tensor/cpu:tensor,tensor/cpu"
+  "tensor/cuda:tensor,tensor/cuda"
+  "io:tensor,io"
+  "autograd:tensor,io,autograd"
+  "nn:tensor,io,autograd,nn"
+  "lm:tensor,tensor/cuda,io,autograd,nn,lm"
+  "sae:tensor,io,autograd,nn,sae"
+  "sae/step:tensor,tensor/cpu,tensor/cuda,io,autograd,nn,sae,sae/step"
+  "sae/data:tensor,io,sae/data"
+  "sae/report:tensor,io,sae/report"
+  "sae/train:tensor,tensor/cuda,io,autograd,nn,lm,sae,sae/step,sae/data,sae/report,sae/train"
+  "sae/study:tensor,io,autograd,nn,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
+  "sae/cli:tensor,tensor/cuda,io,autograd,nn,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli")
+
+set(violations "")
+foreach(rule ${rules})
+  string(REPLACE ":" ";" parts "${rule}")
+  list(GET parts 0 folder)
+  list(GET parts 1 allowed_text)
+  string(REPLACE "," ";" allowed "${allowed_text}")
+  file(GLOB files "${SOURCE_DIR}/${folder}/*.h" "${SOURCE_DIR}/${folder}/*.cpp" "${SOURCE_DIR}/${folder}/*.cu"
+       "${SOURCE_DIR}/${folder}/*.cuh")
+  foreach(path ${files})
+    file(STRINGS "${path}" includes REGEX "^[ \t]*#[ \t]*include[ \t]*\"")
+    foreach(line ${includes})
+      string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*\"([^\"]*)\".*$" "\\1" header "${line}")
+      get_filename_component(header_folder "${header}" DIRECTORY)
+      if(header_folder STREQUAL "")
+        continue()  # a file beside it (none in this project) or a system-style local header
+      endif()
+      list(FIND allowed "${header_folder}" found)
+      if(found EQUAL -1)
+        file(RELATIVE_PATH relative "${SOURCE_DIR}" "${path}")
+        string(APPEND violations "\n  ${relative}: #include \"${header}\" (${folder}/ may include only ${allowed_text})")
+      endif()
+    endforeach()
+  endforeach()
+endforeach()
+if(violations)
+  message(FATAL_ERROR "layering: a folder includes a layer it may not use:${violations}")
+endif()

@@ -1,0 +1,69 @@
+// MappedFile: open + fstat + mmap(PROT_READ, MAP_PRIVATE), munmap on destruction.
+#include "io/mapped_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "tensor/error.h"
+
+namespace sae {
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  // O_NONBLOCK so that opening a FIFO by mistake cannot hang; it has no effect on regular files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw DataError(cat("cannot open ", path, ": ", std::strerror(errno)));
+  struct stat info;
+  if (::fstat(fd, &info) != 0) {
+    int saved = errno;
+    ::close(fd);
+    throw DataError(cat("cannot stat ", path, ": ", std::strerror(saved)));
+  }
+  if (S_ISDIR(info.st_mode)) {
+    ::close(fd);
+    throw DataError(cat("cannot read ", path, ": it is a directory, expected a file"));
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    throw DataError(cat("cannot read ", path, ": not a regular file"));
+  }
+  size_ = static_cast<size_t>(info.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int saved = errno;
+      ::close(fd);
+      throw DataError(cat("cannot memory-map ", path, " (", size_, " bytes): ", std::strerror(saved)));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping keeps the file alive
+}
+
+MappedFile::~MappedFile() { release(); }
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    release();
+    path_ = std::move(other.path_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+void MappedFile::release() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+}  // namespace sae

@@ -1,0 +1,51 @@
+// Reader of NumPy .npy files (format versions 1.0, 2.0 and 3.0), memory-mapped, and a small
+// float32 writer. Layout: "\x93NUMPY", major and minor version bytes, header length (2 bytes
+// little-endian in v1, 4 in v2/v3), a Python dict literal
+//   {'descr': '<f4', 'fortran_order': False, 'shape': (N, D), }
+// padded with spaces and ended by '\n', then the raw C-order data.
+// Accepted element types: '<f4', and '<f2' or '<f8' converted to float32. Fortran order,
+// big-endian, other dtypes, truncated or over-long data are DataErrors naming the file.
+// The row-block API matches SafetensorsFile so a data loader can treat both alike.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/mapped_file.h"
+#include "tensor/tensor.h"
+
+namespace sae {
+
+class NpyFile {
+ public:
+  static NpyFile open(const std::string& path);
+
+  const std::string& path() const { return file_.path(); }
+  const std::string& descr() const { return descr_; }  // as in the header, e.g. "<f4"
+  const std::string& dtype() const { return dtype_; }  // safetensors name: "F32", "F16" or "F64"
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t numel() const;
+
+  // The whole array as a float32 CPU tensor (at most 4 dims; 0-dim comes back as shape [1]).
+  Tensor read_f32() const;
+  // Rows [row_begin, row_begin + row_count) along dim 0; out holds row_count * (numel / shape[0]).
+  Tensor read_rows_f32(int64_t row_begin, int64_t row_count) const;
+  void read_rows_f32(int64_t row_begin, int64_t row_count, float* out) const;
+
+ private:
+  NpyFile() = default;
+
+  MappedFile file_;
+  std::string descr_;
+  std::string dtype_;
+  size_t element_size_ = 0;
+  std::vector<int64_t> shape_;
+  const uint8_t* data_ = nullptr;
+};
+
+// Writes a float32 tensor (any number of dims; CUDA tensors are copied to the host) as .npy
+// version 1.0, atomically (PATH.tmp, fsync, rename). The header is padded so the data starts at
+// a multiple of 64 bytes, as NumPy does.
+void write_npy(const std::string& path, const Tensor& tensor);
+
+}  // namespace sae

@@ -1,0 +1,284 @@
+// Safetensors reader (mmap + header validation + conversion to float32) and atomic writer.
+#include "io/safetensors.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "io/atomic_file.h"
+#include "io/float_convert.h"
+#include "io/json.h"
+
+namespace sae {
+
+namespace {
+
+// The reference implementation refuses headers above 100 MB.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// A JSON number that must be a non-negative integer; DataError naming where it is otherwise.
+uint64_t read_count(const Json& value, const std::string& path, const std::string& where) {
+  if (!value.is_number()) throw DataError(cat(path, ": ", where, " must be a non-negative integer, found a ", value.type_name()));
+  double x = value.as_number();
+  if (x < 0 || x > 9007199254740992.0 || x != std::floor(x))
+    throw DataError(cat(path, ": ", where, " must be a non-negative integer, found ", value.dump()));
+  return static_cast<uint64_t>(x);
+}
+
+SafetensorsEntry parse_entry(const std::string& name, const Json& info, const std::string& path) {
+  std::string where = cat("tensor '", name, "'");
+  if (!info.is_object()) throw DataError(cat(path, ": ", where, " must be an object with dtype, shape and data_offsets, found a ", info.type_name()));
+  for (const char* key : {"dtype", "shape", "data_offsets"})
+    if (!info.has(key)) throw DataError(cat(path, ": ", where, " has no \"", key, "\""));
+
+  SafetensorsEntry e;
+  e.name = name;
+  const Json& dtype = info.at("dtype");
+  if (!dtype.is_string()) throw DataError(cat(path, ": ", where, ": dtype must be a string, found a ", dtype.type_name()));
+  e.dtype = dtype.as_string();
+  size_t element_size = safetensors_dtype_size(e.dtype);
+  if (element_size == 0)
+    throw DataError(cat(path, ": ", where, " has unknown dtype \"", e.dtype,
+                        "\" (expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)"));
+
+  const Json& shape = info.at("shape");
+  if (!shape.is_array()) throw DataError(cat(path, ": ", where, ": shape must be an array, found a ", shape.type_name()));
+  uint64_t numel = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    uint64_t dim = read_count(shape.at(i), path, cat(where, " shape[", i, "]"));
+    e.shape.push_back(static_cast<int64_t>(dim));
+    if (__builtin_mul_overflow(numel, dim, &numel)) throw DataError(cat(path, ": ", where, " shape ", shape.dump(), " is too large"));
+  }
+  uint64_t expected_bytes;
+  if (__builtin_mul_overflow(numel, element_size, &expected_bytes)) throw DataError(cat(path, ": ", where, " shape ", shape.dump(), " is too large"));
+
+  const Json& offsets = info.at("data_offsets");
+  if (!offsets.is_array() || offsets.size() != 2)
+    throw DataError(cat(path, ": ", where, ": data_offsets must be [begin, end], found ", offsets.dump()));
+  e.begin = read_count(offsets.at(0), path, cat(where, " data_offsets[0]"));
+  e.end = read_count(offsets.at(1), path, cat(where, " data_offsets[1]"));
+  if (e.end < e.begin) throw DataError(cat(path, ": ", where, " data_offsets [", e.begin, ", ", e.end, "] end before begin"));
+  e.bytes = e.end - e.begin;
+  if (e.bytes != expected_bytes)
+    throw DataError(cat(path, ": ", where, " is ", e.dtype, shape_str(e.shape), " = ", expected_bytes, " bytes, but data_offsets [",
+                        e.begin, ", ", e.end, "] span ", e.bytes, " bytes"));
+  return e;
+}
+
+}  // namespace
+
+size_t safetensors_dtype_size(const std::string& dtype) {
+  static const std::map<std::string, size_t> sizes = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+      {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8},
+  };
+  auto it = sizes.find(dtype);
+  return it == sizes.end() ? 0 : it->second;
+}
+
+int64_t SafetensorsEntry::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  SafetensorsFile f;
+  f.file_ = MappedFile(path);
+  const uint8_t* bytes = f.file_.data();
+  uint64_t file_size = f.file_.size();
+
+  if (file_size < 8) throw DataError(cat(path, ": not a safetensors file: ", file_size, " bytes, too short for the 8-byte header length"));
+  uint64_t header_bytes;
+  std::memcpy(&header_bytes, bytes, 8);  // little-endian host (float_convert.cpp asserts it)
+  if (header_bytes > kMaxHeaderBytes)
+    throw DataError(cat(path, ": safetensors header length ", header_bytes, " is above the 100 MB limit (corrupt or not a safetensors file)"));
+  if (header_bytes > file_size - 8)
+    throw DataError(cat(path, ": safetensors header length ", header_bytes, " runs past the end of the file (", file_size,
+                        " bytes; truncated or not a safetensors file)"));
+
+  std::string text(reinterpret_cast<const char*>(bytes + 8), header_bytes);
+  Json header;
+  try {
+    header = Json::parse(text);
+  } catch (const DataError& e) {
+    throw DataError(cat(path, ": safetensors header is not valid JSON: ", e.what()));
+  }
+  if (!header.is_object()) throw DataError(cat(path, ": safetensors header must be a JSON object, found a ", header.type_name()));
+
+  const uint8_t* data_region = bytes + 8 + header_bytes;
+  uint64_t data_size = file_size - 8 - header_bytes;
+  std::vector<const SafetensorsEntry*> by_offset;
+  for (const auto& [name, value] : header.items()) {
+    if (name == "__metadata__") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) throw DataError(cat(path, ": __metadata__ must be an object of strings, found a ", value.type_name()));
+      for (const auto& [key, text_value] : value.items()) {
+        if (!text_value.is_string())
+          throw DataError(cat(path, ": __metadata__ value for \"", key, "\" must be a string, found a ", text_value.type_name()));
+        f.metadata_[key] = text_value.as_string();
+      }
+      continue;
+    }
+    SafetensorsEntry e = parse_entry(name, value, path);
+    if (e.end > data_size)
+      throw DataError(cat(path, ": tensor '", name, "' data_offsets [", e.begin, ", ", e.end, "] run past the data region (", data_size,
+                          " bytes; truncated file?)"));
+    e.data = data_region + e.begin;
+    by_offset.push_back(&(f.entries_[name] = std::move(e)));
+  }
+
+  // The tensors must tile the data region: sorted by offset, each starts where the last ended.
+  std::sort(by_offset.begin(), by_offset.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t expected_begin = 0;
+  const SafetensorsEntry* previous = nullptr;
+  for (const SafetensorsEntry* e : by_offset) {
+    if (e->begin < expected_begin)
+      throw DataError(cat(path, ": tensor '", e->name, "' data_offsets [", e->begin, ", ", e->end, "] overlap tensor '", previous->name,
+                          "' [", previous->begin, ", ", previous->end, "]"));
+    if (e->begin > expected_begin)
+      throw DataError(cat(path, ": tensor '", e->name, "' data_offsets [", e->begin, ", ", e->end, "] leave a gap: expected it to begin at ",
+                          expected_begin));
+    expected_begin = e->end;
+    previous = e;
+  }
+  if (expected_begin != data_size)
+    throw DataError(cat(path, ": the tensors cover ", expected_begin, " bytes of the data region but it has ", data_size,
+                        " (extra bytes at the end of the file)"));
+  return f;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& item : entries_) out.push_back(item.first);
+  return out;
+}
+
+const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    std::string have;
+    for (const auto& item : entries_) have += (have.empty() ? "" : ", ") + item.first;
+    throw DataError(cat(path(), ": no tensor named '", name, "' (has: ", have.empty() ? "none" : have, ")"));
+  }
+  return it->second;
+}
+
+const SafetensorsEntry& SafetensorsFile::float_entry(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  if (!is_float_dtype(e.dtype)) throw DataError(cat(path(), ": tensor '", name, "' is ", e.dtype, ", expected F32, F16, BF16 or F64"));
+  return e;
+}
+
+Tensor SafetensorsFile::read_f32(const std::string& name) const {
+  const SafetensorsEntry& e = float_entry(name);
+  if (e.shape.size() > static_cast<size_t>(Shape::kMaxDims))
+    throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; at most ", Shape::kMaxDims, " dims are supported"));
+  // A 0-dim entry becomes [1], the library's scalar shape.
+  Tensor out = Tensor::empty(e.shape.empty() ? Shape{1} : Shape::from_vector(e.shape), DType::F32);
+  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>());
+  return out;
+}
+
+Tensor SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count) const {
+  const SafetensorsEntry& e = float_entry(name);
+  if (e.shape.empty() || e.shape.size() > static_cast<size_t>(Shape::kMaxDims))
+    throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; rows need 1 to ", Shape::kMaxDims, " dims"));
+  std::vector<int64_t> shape = e.shape;
+  shape[0] = row_count < 0 ? 0 : row_count;
+  Tensor out = Tensor::empty(Shape::from_vector(shape), DType::F32);
+  read_rows_f32(name, row_begin, row_count, out.data<float>());
+  return out;
+}
+
+void SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count, float* out) const {
+  const SafetensorsEntry& e = float_entry(name);
+  if (e.shape.empty()) throw DataError(cat(path(), ": tensor '", name, "' is a scalar; it has no rows"));
+  int64_t rows = e.shape[0];
+  if (row_begin < 0 || row_count < 0 || row_begin > rows || row_count > rows - row_begin)
+    throw Error(cat(path(), ": rows [", row_begin, ", ", row_begin + row_count, ") of tensor '", name, "' out of range: it has ", rows, " rows"));
+  int64_t row_width = rows == 0 ? 0 : e.numel() / rows;
+  size_t element_size = safetensors_dtype_size(e.dtype);
+  const uint8_t* src = static_cast<const uint8_t*>(e.data) + static_cast<size_t>(row_begin * row_width) * element_size;
+  convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out);
+}
+
+std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  size_t n = static_cast<size_t>(e.numel());
+  std::vector<int64_t> out(n);
+  const uint8_t* src = static_cast<const uint8_t*>(e.data);
+  if (e.dtype == "I64") {
+    std::memcpy(out.data(), src, n * 8);
+  } else if (e.dtype == "I32") {
+    for (size_t i = 0; i < n; ++i) {
+      int32_t value;
+      std::memcpy(&value, src + 4 * i, 4);
+      out[i] = value;
+    }
+  } else {
+    throw DataError(cat(path(), ": tensor '", name, "' is ", e.dtype, ", expected I32 or I64"));
+  }
+  return out;
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Host copies, checked, in file order.
+  struct Item {
+    std::string name;
+    Tensor host;
+  };
+  std::vector<Item> items;
+  for (const auto& [name, tensor] : tensors) {
+    if (name == "__metadata__") throw Error(cat("write_safetensors ", path, ": '__metadata__' is reserved, not a tensor name"));
+    if (!tensor.defined()) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is undefined"));
+    for (const Item& item : items)
+      if (item.name == name) throw Error(cat("write_safetensors ", path, ": tensor name '", name, "' given twice"));
+    items.push_back({name, tensor.to(Device::CPU)});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    size_t sa = dtype_size(a.host.dtype()), sb = dtype_size(b.host.dtype());
+    return sa != sb ? sa > sb : a.name < b.name;
+  });
+
+  Json header = Json::object();
+  if (!metadata.empty()) {
+    Json& meta = header["__metadata__"];
+    meta = Json::object();
+    for (const auto& [key, value] : metadata) meta[key] = Json(value);
+  }
+  uint64_t offset = 0;
+  for (const Item& item : items) {
+    Json info = Json::object();
+    info["dtype"] = Json(item.host.dtype() == DType::F32 ? "F32" : "F64");
+    Json shape = Json::array();
+    for (int i = 0; i < item.host.ndim(); ++i) shape.push_back(Json(item.host.size(i)));
+    info["shape"] = shape;
+    Json offsets = Json::array();
+    offsets.push_back(Json(offset));
+    offsets.push_back(Json(offset + item.host.nbytes()));
+    info["data_offsets"] = offsets;
+    offset += item.host.nbytes();
+    header[item.name] = info;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+
+  AtomicFileWriter out(path);
+  uint64_t header_bytes = text.size();
+  out.write(&header_bytes, 8);
+  out.write(text);
+  for (const Item& item : items) out.write(item.host.raw(), item.host.nbytes());
+  out.commit();
+}
+
+}  // namespace sae

@@ -1,0 +1,73 @@
+// Reader and writer of the safetensors format (https://github.com/huggingface/safetensors):
+//   8 bytes   N, the header length, unsigned little-endian
+//   N bytes   JSON header: {"__metadata__": {str: str} (optional),
+//                           NAME: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...}
+//   the rest  the data region; each tensor's bytes are [begin, end) of it, row-major, little-endian
+// The reader memory-maps the file and validates it the way the reference implementation does:
+// header length within the file, valid JSON object, known dtype, shape * dtype size == end - begin,
+// and the tensors tile the data region exactly (no overlap, no gap, no trailing bytes). Every
+// violation is a DataError naming the file and what was expected. Rows are dim 0 (for activation
+// files: N tokens by D width), so a loader can convert a block of rows without touching the rest.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/mapped_file.h"
+#include "tensor/tensor.h"
+
+namespace sae {
+
+// Bytes per element of a safetensors dtype name ("F32" -> 4); 0 when the name is unknown.
+size_t safetensors_dtype_size(const std::string& dtype);
+
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;            // "F32", "F16", "BF16", "F64", "I32", "I64", ...
+  std::vector<int64_t> shape;   // may be empty (a scalar)
+  const void* data = nullptr;   // into the mapping; any alignment
+  size_t bytes = 0;             // end - begin
+  size_t begin = 0, end = 0;    // data_offsets, relative to the data region
+  int64_t numel() const;
+};
+
+class SafetensorsFile {
+ public:
+  static SafetensorsFile open(const std::string& path);
+
+  const std::string& path() const { return file_.path(); }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  std::vector<std::string> names() const;  // sorted
+  bool has(const std::string& name) const { return entries_.count(name) > 0; }
+  const SafetensorsEntry& entry(const std::string& name) const;  // DataError when missing
+
+  // The whole tensor as a float32 CPU tensor, from F32, F16, BF16 or F64 (at most 4 dims; a
+  // 0-dim entry comes back as shape [1], the library's scalar).
+  Tensor read_f32(const std::string& name) const;
+  // Rows [row_begin, row_begin + row_count) along dim 0, as [row_count, ...rest] or into out,
+  // which must hold row_count * (numel / shape[0]) floats. Only those rows are read.
+  Tensor read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count) const;
+  void read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count, float* out) const;
+  // Integer arrays (story lengths, token ids) from I32 or I64, flattened.
+  std::vector<int64_t> read_i64(const std::string& name) const;
+
+ private:
+  SafetensorsFile() = default;
+  const SafetensorsEntry& float_entry(const std::string& name) const;
+
+  MappedFile file_;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, SafetensorsEntry> entries_;
+};
+
+// Writes F32/F64 tensors (CUDA tensors are copied to the host) and string metadata atomically
+// (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
+// (omitted when empty), tensors ordered by element size (largest first) then name, data packed
+// without gaps, header padded with spaces to a multiple of 8 bytes so the data region starts
+// 8-byte aligned. Throws Error for an unsupported dtype, a duplicate or reserved name.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace sae

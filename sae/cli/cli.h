@@ -1,0 +1,49 @@
+// The command-line layer shared by every binary (SPEC section 5): the training options (one
+// definition, so the binaries share names and defaults), profiles, and run_main(), which turns
+// exceptions into one-line messages and exit codes (2 usage, 1 data/IO or training failure).
+#pragma once
+#include <cxxopts.hpp>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "sae/train/train_config.h"
+
+namespace sae {
+
+// A profile is a set of option values applied before the command line, which overrides them.
+using Profile = std::map<std::string, std::string>;
+// Adds the training options of sae_train (defaults = the original study) to `options`.
+// `shown_defaults` replaces some defaults (a study's --out); options named in `leave_out` are not
+// added (a study sweeps them: give their values through the profile of training_config()).
+void add_training_options(cxxopts::Options& options, const Profile& shown_defaults = {},
+                          const std::vector<std::string>& leave_out = {});
+// Builds a TrainConfig from the parsed options, with `profile` values for options not given.
+TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& profile = {});
+// The value of an option: from the command line if given, else the profile, else its default.
+std::string option_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name);
+
+// The default of an option as --help shows it ("" when it has none). Error for an unknown name.
+std::string option_default(const cxxopts::Options& options, const std::string& name);
+
+// "--a 1, --b 2": a profile as it reads in --help.
+std::string profile_text(const Profile& profile);
+// The synthetic data of both studies' --profile quick: the default generator scaled from d = 768 to
+// d = 64 (concept counts and active concepts per token by 1/12; one story concept per story).
+Profile quick_study_data();
+// Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
+// when an item is empty.
+std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
+// The study drivers' --profile full|quick: an empty profile for full (the defaults); for quick,
+// `quick`, after printing each value with the default it replaces. UsageError for other names and
+// for quick on non-synthetic data (its values are sized for the synthetic generator).
+Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick);
+
+// Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
+bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
+
+// Runs body() and maps what it throws to a message on stderr and an exit code.
+int run_main(const char* program, const std::function<int()>& body);
+
+}  // namespace sae

@@ -1,0 +1,133 @@
+// Activation files (safetensors, .npy; memory-mapped) and the shared ActivationSource helpers.
+#include "sae/data/activations.h"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "sae/data/synthetic.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+
+namespace sae {
+
+void ActivationSource::read_token_list(const std::vector<int64_t>& tokens, float* out) {
+  for (size_t i = 0; i < tokens.size(); ++i) read_tokens(tokens[i], 1, out + i * d());
+}
+
+int64_t ActivationSource::longest_story() const {
+  int64_t longest = 0;
+  for (int64_t s = 0; s < num_stories(); ++s) longest = std::max(longest, story_length(s));
+  return longest;
+}
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A safetensors or .npy file of activations [n_tokens, D], with optional story lengths.
+class FileSource : public ActivationSource {
+ public:
+  explicit FileSource(const std::string& path) : path_(path) {
+    if (ends_with(path, ".npy")) {
+      npy_.emplace(NpyFile::open(path));
+      if (npy_->shape().size() != 2)
+        throw DataError(cat(path, ": expected a 2-D array [n_tokens, d], got ", npy_->shape().size(), " dims"));
+      tokens_ = npy_->shape()[0];
+      d_ = npy_->shape()[1];
+    } else {
+      st_.emplace(SafetensorsFile::open(path));
+      if (!st_->has("activations"))
+        throw DataError(cat(path, ": no tensor named 'activations' (expected activations [n_tokens, d])"));
+      const SafetensorsEntry& a = st_->entry("activations");
+      if (a.shape.size() != 2)
+        throw DataError(cat(path, ": 'activations' must be 2-D [n_tokens, d], got ", a.shape.size(), " dims"));
+      if (a.dtype != "F32" && a.dtype != "F16" && a.dtype != "BF16")
+        throw DataError(cat(path, ": 'activations' must be F32, F16 or BF16, got ", a.dtype));
+      tokens_ = a.shape[0];
+      d_ = a.shape[1];
+      if (st_->has("story_lengths")) load_story_lengths();
+      if (st_->has("token_ids")) {
+        const SafetensorsEntry& ids = st_->entry("token_ids");
+        if (ids.numel() != tokens_)
+          throw DataError(cat(path, ": 'token_ids' has ", ids.numel(), " entries for ", tokens_, " tokens"));
+      }
+    }
+    if (tokens_ <= 0 || d_ <= 0) throw DataError(cat(path, ": empty activations [", tokens_, ", ", d_, "]"));
+    check_sample_is_finite();
+  }
+
+  int64_t d() const override { return d_; }
+  int64_t num_tokens() const override { return tokens_; }
+  int64_t num_stories() const override { return static_cast<int64_t>(story_offsets_.empty() ? 0 : story_offsets_.size() - 1); }
+  int64_t story_begin(int64_t story) const override { return story_offsets_[story]; }
+  int64_t story_length(int64_t story) const override { return story_offsets_[story + 1] - story_offsets_[story]; }
+
+  void read_tokens(int64_t begin, int64_t count, float* out) override {
+    if (begin < 0 || count < 0 || begin + count > tokens_)
+      throw Error(cat(path_, ": tokens [", begin, ", ", begin + count, ") out of range (", tokens_, ")"));
+    if (npy_)
+      npy_->read_rows_f32(begin, count, out);
+    else
+      st_->read_rows_f32("activations", begin, count, out);
+  }
+
+  Json describe() const override {
+    Json j = Json::object();
+    j["kind"] = npy_ ? "npy" : "safetensors";
+    j["path"] = path_;
+    j["tokens"] = tokens_;
+    j["d"] = d_;
+    j["stories"] = num_stories();
+    if (st_) {
+      Json meta = Json::object();
+      for (const auto& [k, v] : st_->metadata()) meta[k] = v;
+      j["metadata"] = meta;
+    }
+    return j;
+  }
+
+ private:
+  void load_story_lengths() {
+    std::vector<int64_t> lengths = st_->read_i64("story_lengths");
+    story_offsets_.assign(1, 0);
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      if (lengths[i] <= 0)
+        throw DataError(cat(path_, ": story_lengths[", i, "] = ", lengths[i], "; every story needs >= 1 token"));
+      story_offsets_.push_back(story_offsets_.back() + lengths[i]);
+    }
+    if (story_offsets_.back() != tokens_)
+      throw DataError(cat(path_, ": story_lengths sum to ", story_offsets_.back(), " but activations has ", tokens_,
+                          " tokens"));
+  }
+
+  // A cheap early check (the batcher checks every batch it reads): the first and last tokens.
+  void check_sample_is_finite() {
+    const int64_t sample = std::min<int64_t>(tokens_, 4096);
+    std::vector<float> buffer(sample * d_);
+    for (int64_t start : {int64_t(0), tokens_ - sample}) {
+      read_tokens(start, sample, buffer.data());
+      for (int64_t i = 0; i < sample * d_; ++i)
+        if (!std::isfinite(buffer[i]))
+          throw DataError(cat(path_, ": non-finite activation (", buffer[i], ") at token ", start + i / d_,
+                              ", column ", i % d_));
+    }
+  }
+
+  std::string path_;
+  std::optional<SafetensorsFile> st_;
+  std::optional<NpyFile> npy_;
+  int64_t tokens_ = 0, d_ = 0;
+  std::vector<int64_t> story_offsets_;
+};
+
+}  // namespace
+
+std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic) {
+  if (data == "synthetic") return std::make_unique<SyntheticSource>(synthetic);
+  return std::make_unique<FileSource>(data);
+}
+
+}  // namespace sae

@@ -1,0 +1,38 @@
+// ActivationSource: where training activations come from. A source is a sequence of tokens, each
+// a D-wide float32 vector, optionally grouped into stories (contiguous runs of tokens). Files
+// (safetensors / .npy, memory-mapped) and the built-in synthetic generator implement it.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+
+namespace sae {
+
+class ActivationSource {
+ public:
+  virtual ~ActivationSource() = default;
+  virtual int64_t d() const = 0;
+  virtual int64_t num_tokens() const = 0;
+  // Story boundaries: story s covers tokens [story_begin(s), story_begin(s) + story_length(s)).
+  // A source without boundaries reports no stories.
+  virtual int64_t num_stories() const = 0;
+  virtual int64_t story_begin(int64_t story) const = 0;
+  virtual int64_t story_length(int64_t story) const = 0;
+  // Copies tokens [begin, begin + count) into out (count * d floats, row-major).
+  virtual void read_tokens(int64_t begin, int64_t count, float* out) = 0;
+  // Copies arbitrary tokens (e.g. a shuffled batch) into out, in the order given.
+  virtual void read_token_list(const std::vector<int64_t>& tokens, float* out);
+  // Provenance for config.json and checkpoints: kind, path or generator parameters.
+  virtual Json describe() const = 0;
+  int64_t longest_story() const;
+};
+
+// Opens --data: "synthetic" (with the generator options in `synthetic`) or a .safetensors / .npy
+// path. Throws DataError for unreadable or malformed files, NaN/Inf included (checked on open).
+struct SyntheticOptions;
+std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic);
+
+}  // namespace sae

@@ -1,0 +1,173 @@
+// Batcher, RandomPermutation and the normalisations (see batches.h).
+#include "sae/data/batches.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace sae {
+
+Normalization parse_normalization(const std::string& name) {
+  if (name == "story") return Normalization::Story;
+  if (name == "dataset") return Normalization::Dataset;
+  if (name == "none") return Normalization::None;
+  throw UsageError(cat("--normalize: expected story, dataset or none, got '", name, "'"));
+}
+
+const char* normalization_name(Normalization n) {
+  switch (n) {
+    case Normalization::Story: return "story";
+    case Normalization::Dataset: return "dataset";
+    default: return "none";
+  }
+}
+
+namespace {
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+RandomPermutation::RandomPermutation(uint64_t n, uint64_t seed) : n_(n) {
+  uint64_t bits = 2;
+  while (bits < 64 && (uint64_t(1) << bits) < n) bits += 2;
+  half_bits_ = bits / 2;
+  half_mask_ = (uint64_t(1) << half_bits_) - 1;
+  for (int r = 0; r < 4; ++r) keys_[r] = mix64(seed * 4 + r + 0x9E3779B97F4A7C15ull);
+}
+
+uint64_t RandomPermutation::operator()(uint64_t index) const {
+  uint64_t x = index;
+  do {  // cycle walking: re-encrypt until the value falls inside [0, n)
+    uint64_t left = x >> half_bits_, right = x & half_mask_;
+    for (int r = 0; r < 4; ++r) {
+      const uint64_t next = left ^ (mix64(right ^ keys_[r]) & half_mask_);
+      left = right;
+      right = next;
+    }
+    x = (left << half_bits_) | right;
+  } while (x >= n_);
+  return x;
+}
+
+Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
+                 uint64_t seed)
+    : source_(source), batch_tokens_(batch_tokens), normalization_(normalization), dataset_scale_(dataset_scale),
+      seed_(seed) {
+  if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
+  if (batch_tokens == 0) {
+    if (source.num_stories() == 0)
+      throw UsageError("--batch story needs story boundaries, and this data has none (a .npy file, or a "
+                       "safetensors file without story_lengths): use --batch N");
+    max_tokens_ = source.longest_story();
+  } else {
+    if (normalization == Normalization::Story)
+      throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
+                       "or none with token batches");
+    if (batch_tokens > source.num_tokens())
+      throw UsageError(cat("--batch ", batch_tokens, " is larger than the data (", source.num_tokens(), " tokens)"));
+    max_tokens_ = batch_tokens;
+    token_list_.resize(batch_tokens);
+  }
+}
+
+int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
+  const int64_t d = source_.d();
+  int64_t n;
+  if (batch_tokens_ == 0) {
+    const int64_t story = next_story_;
+    n = source_.story_length(story);
+    source_.read_tokens(source_.story_begin(story), n, raw);
+    next_story_ = (next_story_ + 1) % source_.num_stories();
+  } else {
+    n = batch_tokens_;
+    RandomPermutation perm(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
+    for (int64_t i = 0; i < n; ++i) {
+      token_list_[i] = static_cast<int64_t>(perm(cursor_));
+      if (++cursor_ == source_.num_tokens()) {
+        cursor_ = 0;
+        ++epoch_;
+        perm = RandomPermutation(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
+      }
+    }
+    source_.read_token_list(token_list_, raw);
+  }
+  // Statistics of the raw batch (double accumulation), checking for NaN/Inf on the way.
+  const int64_t count = n * d;
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += raw[i];
+  if (!std::isfinite(sum)) {
+    for (int64_t i = 0; i < count; ++i)
+      if (!std::isfinite(raw[i]))
+        throw DataError(cat("data: non-finite activation (", raw[i], ") in a batch, at batch row ", i / d,
+                            ", column ", i % d));
+    throw DataError("data: activations overflow float64 when summed");
+  }
+  const double mean = sum / double(count);
+  double sq = 0;
+  for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
+  stats.raw_mean = mean;
+  stats.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  switch (normalization_) {
+    case Normalization::Story:
+      // x_n = (x - mean) / std * sqrt(D), over all N*D elements of the story, std unbiased (n-1).
+      if (!(stats.raw_std > 0))
+        throw DataError(cat("data: a story has zero variance (", n, " tokens): cannot normalise it per story"));
+      stats.norm_shift = mean;
+      stats.norm_scale = std::sqrt(double(d)) / stats.raw_std;
+      break;
+    case Normalization::Dataset:
+      stats.norm_shift = 0;
+      stats.norm_scale = dataset_scale_;
+      break;
+    case Normalization::None:
+      stats.norm_shift = 0;
+      stats.norm_scale = 1;
+      break;
+  }
+  const float shift = static_cast<float>(stats.norm_shift), scale = static_cast<float>(stats.norm_scale);
+  for (int64_t i = 0; i < count; ++i) normalized[i] = (raw[i] - shift) * scale;
+  return n;
+}
+
+Json Batcher::state() const {
+  Json j = Json::object();
+  j["mode"] = batch_tokens_ == 0 ? "story" : "tokens";
+  j["next_story"] = next_story_;
+  j["epoch"] = epoch_;
+  j["cursor"] = cursor_;
+  return j;
+}
+
+void Batcher::restore(const Json& state) {
+  const std::string mode = state.at("mode").as_string();
+  if (mode != (batch_tokens_ == 0 ? "story" : "tokens"))
+    throw DataError(cat("resume: the checkpoint was taken in ", mode, " batch mode, but this run uses the other"));
+  next_story_ = state.at("next_story").as_int();
+  epoch_ = state.at("epoch").as_int();
+  cursor_ = state.at("cursor").as_int();
+  if (next_story_ < 0 || (source_.num_stories() > 0 && next_story_ >= source_.num_stories()) || cursor_ < 0 ||
+      cursor_ >= std::max<int64_t>(1, source_.num_tokens()))
+    throw DataError("resume: the checkpoint's data position does not fit this data set");
+}
+
+double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {
+  const int64_t n = std::min(sample_tokens, source.num_tokens()), d = source.d();
+  if (n <= 0) throw DataError("data: no tokens to estimate the dataset normalisation from");
+  std::vector<float> row(d);
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
+    source.read_tokens(token, 1, row.data());
+    double sq = 0;
+    for (float v : row) sq += double(v) * v;
+    total += sq;
+  }
+  const double mean_sq = total / double(n);
+  if (!std::isfinite(mean_sq)) throw DataError("data: non-finite activations while estimating the dataset scale");
+  if (!(mean_sq > 0)) throw DataError("data: all sampled activations are zero; cannot normalise");
+  return std::sqrt(double(d) / mean_sq);
+}
+
+}  // namespace sae

@@ -1,0 +1,66 @@
+// Batcher: turns an ActivationSource into training batches, with its position saved in checkpoints.
+//   story mode (the original): batch k is story k of the source, in order, wrapping around;
+//   token mode (the modern way): N tokens per batch, drawn without replacement from a fresh random
+//   permutation of all tokens each epoch (a Feistel-network permutation: O(1) memory for any size).
+// Normalisation (the study's per-story form, dataset-level scaling, or none) is applied to the batch.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sae/data/activations.h"
+#include "tensor/tensor.h"
+
+namespace sae {
+
+enum class Normalization { Story, Dataset, None };
+Normalization parse_normalization(const std::string& name);  // UsageError when unknown
+const char* normalization_name(Normalization n);
+
+// A bijection of [0, n) chosen by `seed` (4-round Feistel network on the smallest even power of
+// two >= n, with cycle walking).
+class RandomPermutation {
+ public:
+  RandomPermutation(uint64_t n, uint64_t seed);
+  uint64_t operator()(uint64_t index) const;
+
+ private:
+  uint64_t n_, half_bits_, half_mask_;
+  uint64_t keys_[4];
+};
+
+struct BatchStats {
+  double raw_mean = 0, raw_std = 0;  // of the raw batch (all elements; std unbiased)
+  double norm_shift = 0, norm_scale = 1;  // x_n = (x - shift) * scale
+};
+
+class Batcher {
+ public:
+  // batch_tokens == 0 selects story mode. dataset_scale is used by Normalization::Dataset.
+  Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
+          uint64_t seed);
+  int64_t max_batch_tokens() const { return max_tokens_; }
+  // Fills raw and normalized (host float32, each [max_batch_tokens, D]) with the next batch;
+  // returns its number of tokens. Throws DataError if the batch holds NaN or Inf.
+  int64_t next(float* raw, float* normalized, BatchStats& stats);
+
+  // Position in the data, for exact resume.
+  Json state() const;
+  void restore(const Json& state);
+
+ private:
+  ActivationSource& source_;
+  int64_t batch_tokens_, max_tokens_;
+  Normalization normalization_;
+  double dataset_scale_;
+  uint64_t seed_;
+  int64_t next_story_ = 0;                   // story mode
+  int64_t epoch_ = 0, cursor_ = 0;           // token mode
+  std::vector<int64_t> token_list_;
+};
+
+// Estimates the dataset scale s with mean ||s x||^2 = D over a sample of up to `sample_tokens`
+// tokens spread evenly through the source (SAELens's norm scaling factor).
+double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens = 65536);
+
+}  // namespace sae

@@ -1,0 +1,147 @@
+// metrics.csv, TensorBoard scalars and the progress display (see run_log.h).
+#include "sae/report/run_log.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/atomic_file.h"
+#include "tensor/error.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+namespace {
+std::string format_value(double v) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.9g", v);
+  return buffer;
+}
+}  // namespace
+
+RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw DataError(cat(out_dir, ": cannot create the output directory: ", ec.message()));
+  csv_path_ = (fs::path(out_dir) / "metrics.csv").string();
+  if (fs::exists(csv_path_)) {
+    // Keep the header and the rows up to the resumed step; rewrite atomically, then append.
+    std::ifstream in(csv_path_);
+    std::string line, kept;
+    if (std::getline(in, line)) {
+      kept = line + "\n";
+      std::stringstream header(line);
+      std::string name;
+      while (std::getline(header, name, ',')) columns_.push_back(name);
+      header_written_ = true;
+    }
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      const double step = std::atof(line.substr(0, line.find(',')).c_str());
+      if (step <= double(keep_through_step)) kept += line + "\n";
+    }
+    write_file_atomic(csv_path_, kept);
+  }
+  csv_ = std::fopen(csv_path_.c_str(), "ab");
+  if (!csv_) throw DataError(cat(csv_path_, ": cannot open for writing"));
+  tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
+}
+
+RunLog::~RunLog() {
+  if (csv_) std::fclose(csv_);
+}
+
+void RunLog::write(const MetricRow& row) {
+  if (!header_written_) {
+    std::string header;
+    for (const auto& [name, value] : row) {
+      header += (header.empty() ? "" : ",") + name;
+      columns_.push_back(name);
+    }
+    std::fprintf(csv_, "%s\n", header.c_str());
+    header_written_ = true;
+  } else if (row.size() != columns_.size()) {
+    throw DataError(cat(csv_path_, ": has ", columns_.size(), " columns, this run logs ", row.size()));
+  }
+  std::string line;
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (row[i].first != columns_[i])
+      throw DataError(cat(csv_path_, ": column ", i, " is '", columns_[i], "', this run logs '", row[i].first, "'"));
+    line += (i ? "," : "") + format_value(row[i].second);
+  }
+  if (std::fprintf(csv_, "%s\n", line.c_str()) < 0) throw DataError(cat(csv_path_, ": write failed"));
+  const int64_t step = static_cast<int64_t>(row[0].second);
+  for (size_t i = 1; i < row.size(); ++i) tensorboard_->add_scalar(row[i].first, step, row[i].second);
+}
+
+void RunLog::flush() {
+  if (std::fflush(csv_) != 0) throw DataError(cat(csv_path_, ": write failed"));
+  tensorboard_->flush();
+}
+
+std::string format_duration(double seconds) {
+  char buffer[32];
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  if (seconds < 60)
+    std::snprintf(buffer, sizeof buffer, "%.1fs", seconds);
+  else if (seconds < 3600)
+    std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(seconds) / 60, int(seconds) % 60);
+  else
+    std::snprintf(buffer, sizeof buffer, "%dh%02dm", int(seconds) / 3600, int(seconds) % 3600 / 60);
+  return buffer;
+}
+
+Progress::Progress(const std::string& mode, int64_t total_steps, int64_t start_step, const std::string& label)
+    : total_(total_steps), start_(start_step), label_(label) {
+  const bool tty = ::isatty(STDERR_FILENO);
+  bar_ = mode == "bar" || (mode == "auto" && tty);
+  lines_ = mode == "lines" || (mode == "auto" && !tty);
+  begin_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+void Progress::update(int64_t step, int64_t tokens, double loss, double l0) {
+  if (!bar_ && !lines_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (start_tokens_ < 0) start_tokens_ = tokens;
+  const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
+  const bool last = step >= total_;
+  if (bar_ ? since_draw < 0.2 && !last : since_draw < 10.0 && !last) return;
+  last_draw_ = now;
+  const double elapsed = std::chrono::duration<double>(now - begin_).count();
+  const double done = double(step - start_), rate = elapsed > 0 ? done / elapsed : 0;
+  const double eta = rate > 0 ? double(total_ - step) / rate : NAN;
+  const double tok_rate = elapsed > 0 ? double(tokens - start_tokens_) / elapsed : 0;
+  char stats[200];
+  std::snprintf(stats, sizeof stats, "%lld/%lld | %.0f tok/s | ETA %s | loss %.4g | L0 %.1f", (long long)step,
+                (long long)total_, tok_rate, format_duration(eta).c_str(), loss, l0);
+  if (bar_) {
+    const int width = 24;
+    const int filled = total_ > 0 ? int(width * double(step) / double(total_)) : width;
+    std::string bar(filled, '#');
+    bar.resize(width, '.');
+    std::fprintf(stderr, "\r\033[K%s[%s] %s", label_.c_str(), bar.c_str(), stats);
+    drawn_ = true;
+  } else {
+    std::fprintf(stderr, "%sstep %s\n", label_.c_str(), stats);
+  }
+  std::fflush(stderr);
+}
+
+void Progress::message(const std::string& line) {
+  if (!bar_ && !lines_) return;
+  if (bar_ && drawn_) std::fprintf(stderr, "\r\033[K");
+  std::fprintf(stderr, "%s\n", line.c_str());
+  drawn_ = false;
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (bar_ && drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+}
+
+}  // namespace sae

@@ -1,0 +1,57 @@
+// What a training run writes while it goes: metrics.csv and a TensorBoard event file with the same
+// scalars (one row per logged step), and the progress display (a bar on a terminal, plain lines
+// otherwise).
+#pragma once
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/tensorboard.h"
+
+namespace sae {
+
+// One logged step: ordered (name, value) pairs. The first must be "step".
+using MetricRow = std::vector<std::pair<std::string, double>>;
+
+class RunLog {
+ public:
+  // Opens OUT/metrics.csv and a new event file in OUT/tensorboard. When resuming, rows after
+  // `keep_through_step` (written by the interrupted run after its last checkpoint) are dropped.
+  RunLog(const std::string& out_dir, int64_t keep_through_step);
+  ~RunLog();
+  void write(const MetricRow& row);
+  void flush();
+  std::string csv_path() const { return csv_path_; }
+  std::string tensorboard_path() const { return tensorboard_->path(); }
+
+ private:
+  std::string csv_path_;
+  FILE* csv_ = nullptr;
+  bool header_written_ = false;
+  std::vector<std::string> columns_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+};
+
+class Progress {
+ public:
+  // mode: auto | bar | lines | none. auto draws a bar when stderr is a terminal.
+  Progress(const std::string& mode, int64_t total_steps, int64_t start_step, const std::string& label = "");
+  void update(int64_t step, int64_t tokens, double loss, double l0);
+  void message(const std::string& line);  // prints a line without breaking the bar
+  void finish();
+
+ private:
+  bool bar_ = false, lines_ = false;
+  int64_t total_, start_;
+  std::string label_;
+  std::chrono::steady_clock::time_point begin_, last_draw_;
+  int64_t start_tokens_ = -1;
+  bool drawn_ = false;
+};
+
+std::string format_duration(double seconds);  // "1h02m", "3m05s", "12.3s"
+
+}  // namespace sae

@@ -1,0 +1,213 @@
+// Checkpoint save/load in SAELens layout with atomic directory replacement (see checkpoint.h).
+#include "sae/train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "tensor/ops.h"
+#include "io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+namespace {
+constexpr const char* kWeightsFile = "sae_weights.safetensors";
+constexpr const char* kConfigFile = "cfg.json";
+constexpr const char* kStateFile = "training_state.safetensors";
+constexpr const char* kStateFormat = "sae-cpp-training-state";
+const char* const kParamNames[] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+
+void fsync_directory(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
+  std::vector<double> d(v.begin(), v.end());
+  return Tensor::from_vector(d, Shape{static_cast<int64_t>(v.size())}, DType::F64);
+}
+}  // namespace
+
+Json saelens_config(const SparseAutoencoder& model, const Json& extra) {
+  Json cfg = Json::object();
+  cfg["architecture"] = "standard";
+  cfg["d_in"] = model.d_in();
+  cfg["d_sae"] = model.d_sae();
+  cfg["dtype"] = "float32";
+  cfg["device"] = "cpu";
+  cfg["apply_b_dec_to_input"] = false;
+  cfg["normalize_activations"] = "none";
+  cfg["reshape_activations"] = "none";
+  Json metadata = Json::object();
+  metadata["sae_lens_version"] = "6.0.0";
+  metadata["sae_lens_training_version"] = "6.0.0";
+  cfg["metadata"] = metadata;
+  cfg["sae_cpp"] = extra;
+  return cfg;
+}
+
+void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, const Json& extra,
+                     const TrainingState* state) {
+  const fs::path target(dir);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const fs::path temp = parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  fs::remove_all(temp, ec);
+  if (!fs::create_directories(temp, ec) && ec)
+    throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
+
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (const auto& [name, param] : model.named_parameters()) weights.push_back({name, param.data().to(DType::F32)});
+  write_safetensors((temp / kWeightsFile).string(), weights);
+  write_file_atomic((temp / kConfigFile).string(), saelens_config(model, extra).dump(2) + "\n");
+  if (state) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (size_t i = 0; i < state->adam_m.size(); ++i) {
+      tensors.push_back({std::string("adam_m.") + kParamNames[i], state->adam_m[i]});
+      tensors.push_back({std::string("adam_v.") + kParamNames[i], state->adam_v[i]});
+    }
+    tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
+    Json info = Json::object();
+    info["format"] = kStateFormat;
+    info["version"] = 1;
+    info["step"] = state->step;
+    info["tokens"] = state->tokens;
+    info["adam_steps"] = state->adam_steps;
+    info["dataset_scale"] = state->dataset_scale;
+    info["batcher"] = state->batcher;
+    write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
+  }
+  fsync_directory(temp);
+  // Swap into place: an existing directory is moved aside first and removed after.
+  const fs::path old = parent / (target.filename().string() + ".old-" + std::to_string(::getpid()));
+  const bool had_old = fs::exists(target);
+  if (had_old) {
+    fs::rename(target, old, ec);
+    if (ec) throw DataError(cat("checkpoint: cannot replace ", target.string(), ": ", ec.message()));
+  }
+  fs::rename(temp, target, ec);
+  if (ec) throw DataError(cat("checkpoint: cannot move ", temp.string(), " to ", target.string(), ": ", ec.message()));
+  fsync_directory(parent);
+  if (had_old) fs::remove_all(old, ec);
+}
+
+Checkpoint load_checkpoint(const std::string& dir, Device device) {
+  const fs::path root(dir);
+  if (!fs::is_directory(root)) throw DataError(cat(dir, ": not a checkpoint directory"));
+  const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
+  if (!fs::exists(cfg_path)) throw DataError(cat(dir, ": missing ", kConfigFile));
+  if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
+  Checkpoint out;
+  {
+    std::string text;
+    FILE* f = std::fopen(cfg_path.c_str(), "rb");
+    if (!f) throw DataError(cat(cfg_path.string(), ": cannot open"));
+    char buffer[65536];
+    size_t got;
+    while ((got = std::fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, got);
+    std::fclose(f);
+    try {
+      out.cfg = Json::parse(text);
+    } catch (const DataError& e) {
+      throw DataError(cat(cfg_path.string(), ": ", e.what()));
+    }
+  }
+  if (!out.cfg.is_object()) throw DataError(cat(cfg_path.string(), ": expected a JSON object"));
+  const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
+  if (arch != "standard")
+    throw DataError(cat(cfg_path.string(), ": architecture '", arch, "' is not supported (only 'standard')"));
+  SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
+  Tensor params[4];
+  for (int i = 0; i < 4; ++i) {
+    if (!weights.has(kParamNames[i])) throw DataError(cat(weights_path.string(), ": missing tensor ", kParamNames[i]));
+    params[i] = weights.read_f32(kParamNames[i]).to(device);
+  }
+  try {
+    out.model = std::make_unique<SparseAutoencoder>(params[0], params[1], params[2], params[3]);
+  } catch (const DataError& e) {
+    throw DataError(cat(weights_path.string(), ": ", e.what()));
+  }
+  if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.model->d_in())
+    throw DataError(cat(dir, ": cfg.json d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.model->d_in()));
+  if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.model->d_sae())
+    throw DataError(cat(dir, ": cfg.json d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ", out.model->d_sae()));
+  for (const Tensor& p : params) {
+    if (!std::isfinite(sum(abs(p)).item())) throw DataError(cat(weights_path.string(), ": parameters contain NaN or Inf"));
+  }
+
+  const fs::path state_path = root / kStateFile;
+  if (fs::exists(state_path)) {
+    SafetensorsFile file = SafetensorsFile::open(state_path.string());
+    auto meta = file.metadata().find("training_state");
+    if (meta == file.metadata().end()) throw DataError(cat(state_path.string(), ": no training_state metadata"));
+    Json info = Json::parse(meta->second);
+    if (info.at("format").as_string() != kStateFormat || info.at("version").as_int() != 1)
+      throw DataError(cat(state_path.string(), ": unknown training state format"));
+    TrainingState st;
+    st.step = info.at("step").as_int();
+    st.tokens = info.at("tokens").as_int();
+    st.adam_steps = info.at("adam_steps").as_int();
+    st.dataset_scale = info.at("dataset_scale").as_number();
+    st.batcher = info.at("batcher");
+    for (int i = 0; i < 4; ++i) {
+      Tensor m = file.read_f32(std::string("adam_m.") + kParamNames[i]);
+      Tensor v = file.read_f32(std::string("adam_v.") + kParamNames[i]);
+      if (m.shape() != params[i].shape() || v.shape() != params[i].shape())
+        throw DataError(cat(state_path.string(), ": Adam moments of ", kParamNames[i], " have the wrong shape"));
+      st.adam_m.push_back(m.to(device));
+      st.adam_v.push_back(v.to(device));
+    }
+    const SafetensorsEntry& fired = file.entry("last_fired");  // F64: token counts, exact below 2^53
+    if (fired.dtype != "F64") throw DataError(cat(state_path.string(), ": last_fired should be F64, got ", fired.dtype));
+    std::vector<double> clocks(fired.numel());
+    std::memcpy(clocks.data(), fired.data, fired.bytes);
+    st.last_fired.assign(clocks.begin(), clocks.end());
+    if (static_cast<int64_t>(st.last_fired.size()) != out.model->d_sae())
+      throw DataError(cat(state_path.string(), ": last_fired has ", st.last_fired.size(), " entries"));
+    out.state = std::move(st);
+  }
+  return out;
+}
+
+std::string find_latest_checkpoint(const std::string& dir) {
+  const fs::path root(dir);
+  if (fs::exists(root / kStateFile)) return root.string();
+  if (!fs::is_directory(root)) throw DataError(cat("--resume ", dir, ": no such run or checkpoint directory"));
+  std::string best;
+  int64_t best_step = -1;
+  auto consider = [&](const fs::path& candidate) {
+    if (!fs::exists(candidate / kStateFile) || !fs::exists(candidate / kWeightsFile)) return;
+    try {
+      SafetensorsFile file = SafetensorsFile::open((candidate / kStateFile).string());
+      auto meta = file.metadata().find("training_state");
+      if (meta == file.metadata().end()) return;
+      const int64_t step = Json::parse(meta->second).at("step").as_int();
+      if (step > best_step) {
+        best_step = step;
+        best = candidate.string();
+      }
+    } catch (const Error&) {
+      // an unreadable candidate is skipped; an older good one may remain
+    }
+  };
+  consider(root / "sae");
+  if (fs::is_directory(root / "checkpoints"))
+    for (const auto& entry : fs::directory_iterator(root / "checkpoints"))
+      if (entry.is_directory() && entry.path().filename().string().rfind("step_", 0) == 0 &&
+          entry.path().filename().string().find(".tmp") == std::string::npos)
+        consider(entry.path());
+  if (best.empty()) throw DataError(cat("--resume ", dir, ": no complete checkpoint found"));
+  return best;
+}
+
+}  // namespace sae

@@ -1,0 +1,48 @@
+// Checkpoints in SAELens's on-disk layout (SPEC section 4), plus our training state beside it:
+//   DIR/sae_weights.safetensors   W_enc [D, F], W_dec [F, D], b_enc [F], b_dec [D], float32
+//   DIR/cfg.json                  SAELens keys (architecture "standard", d_in, d_sae, ...) + ours
+//   DIR/training_state.safetensors  Adam moments, dead-feature clocks and, in its metadata, the
+//                                 step, tokens seen, data position and normalisation scale
+// A directory is written as DIR.tmp-<pid> and renamed into place (after fsync), so a run killed at
+// any moment leaves the old checkpoint or the new one, never a torn one.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sae/model.h"
+#include "io/json.h"
+
+namespace sae {
+
+struct TrainingState {
+  int64_t step = 0;           // optimizer updates done
+  int64_t tokens = 0;         // tokens seen
+  int64_t adam_steps = 0;
+  double dataset_scale = 1.0;
+  Json batcher;               // Batcher::state()
+  std::vector<int64_t> last_fired;             // DeadFeatureTracker clocks [F]
+  std::vector<Tensor> adam_m, adam_v;          // per parameter, in W_enc, b_enc, W_dec, b_dec order
+};
+
+// cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".
+Json saelens_config(const SparseAutoencoder& model, const Json& extra);
+
+void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, const Json& extra,
+                     const TrainingState* state);
+
+struct Checkpoint {
+  std::unique_ptr<SparseAutoencoder> model;
+  Json cfg;
+  std::optional<TrainingState> state;  // when the directory has training_state.safetensors
+};
+// Loads a SAELens-format standard SAE (any directory with sae_weights.safetensors + cfg.json).
+// DataError for a missing/corrupt file, another architecture, or shapes that disagree with cfg.
+Checkpoint load_checkpoint(const std::string& dir, Device device);
+
+// The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or
+// `dir` itself when it is a checkpoint. DataError when there is none.
+std::string find_latest_checkpoint(const std::string& dir);
+
+}  // namespace sae

@@ -1,0 +1,105 @@
+// Host-side metrics, dead features and concept recovery (see metrics.h).
+#include "sae/train/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tensor/ops.h"
+
+namespace sae {
+
+MeanStd mean_std(const float* x, int64_t count) {
+  MeanStd out;
+  if (count <= 0) return out;
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += x[i];
+  out.mean = sum / double(count);
+  double sq = 0;
+  for (int64_t i = 0; i < count; ++i) sq += (x[i] - out.mean) * (x[i] - out.mean);
+  out.std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  return out;
+}
+
+double fraction_of_variance_unexplained(const float* x, const float* x_hat, int64_t n, int64_t d) {
+  std::vector<double> column_mean(d, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < d; ++j) column_mean[j] += x[t * d + j];
+  for (double& m : column_mean) m /= double(n);
+  double residual = 0, total = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < d; ++j) {
+      const double e = double(x[t * d + j]) - x_hat[t * d + j], c = x[t * d + j] - column_mean[j];
+      residual += e * e;
+      total += c * c;
+    }
+  return total > 0 ? residual / total : 0.0;
+}
+
+DeadFeatureTracker::DeadFeatureTracker(int64_t features, int64_t window) : window_(window), last_fired_(features, 0) {}
+
+void DeadFeatureTracker::update(const float* counts, int64_t tokens_seen) {
+  for (size_t i = 0; i < last_fired_.size(); ++i)
+    if (counts[i] > 0) last_fired_[i] = tokens_seen;
+}
+
+int64_t DeadFeatureTracker::dead(int64_t tokens_seen) const {
+  int64_t n = 0;
+  for (int64_t last : last_fired_) n += tokens_seen - last >= window_;
+  return n;
+}
+
+std::vector<bool> DeadFeatureTracker::alive(int64_t tokens_seen) const {
+  std::vector<bool> out(last_fired_.size());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = tokens_seen - last_fired_[i] < window_;
+  return out;
+}
+
+ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
+                                 double threshold) {
+  const Tensor c = concepts.to(Device::CPU).to(DType::F32);
+  Tensor dec = decoder.to(Device::CPU).to(DType::F32).clone();
+  const int64_t n_concepts = c.size(0), n_features = dec.size(0), d = dec.size(1);
+  if (c.size(1) != d)
+    throw Error(cat("concept_recovery: concepts ", c.describe(), " and decoder ", dec.describe(), " differ in width"));
+  // Unit decoder rows (zero rows stay zero and match nothing).
+  float* rows = dec.data<float>();
+  for (int64_t i = 0; i < n_features; ++i) {
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += double(rows[i * d + j]) * rows[i * d + j];
+    const float inv = sq > 0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
+    for (int64_t j = 0; j < d; ++j) rows[i * d + j] *= inv;
+  }
+  std::vector<float> best_for_concept(n_concepts, -1.0f), best_for_feature(n_features, -1.0f);
+  const int64_t block = 512;
+  for (int64_t c0 = 0; c0 < n_concepts; c0 += block) {
+    const int64_t rows = std::min(block, n_concepts - c0);
+    Tensor cos = matmul(c.slice_rows(c0, c0 + rows), dec, false, true);  // [rows, F]
+    const float* p = cos.data<float>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < n_features; ++i) {
+        const float v = p[r * n_features + i];
+        best_for_concept[c0 + r] = std::max(best_for_concept[c0 + r], v);
+        best_for_feature[i] = std::max(best_for_feature[i], v);
+      }
+  }
+  ConceptRecovery out;
+  out.concepts = n_concepts;
+  double sum = 0;
+  int64_t recovered = 0;
+  for (float v : best_for_concept) {
+    sum += v;
+    recovered += v >= threshold;
+  }
+  out.mmcs = n_concepts ? sum / double(n_concepts) : 0.0;
+  out.recovered = n_concepts ? double(recovered) / double(n_concepts) : 0.0;
+  int64_t pure = 0;
+  for (int64_t i = 0; i < n_features; ++i) {
+    if (!alive.empty() && !alive[i]) continue;
+    ++out.alive_features;
+    pure += best_for_feature[i] >= threshold;
+  }
+  out.purity = out.alive_features ? double(pure) / double(out.alive_features) : 0.0;
+  return out;
+}
+
+}  // namespace sae

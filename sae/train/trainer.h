@@ -1,0 +1,39 @@
+// train(): one SAE training run, start to finish (ARCHITECTURE "the flow of data"):
+//   source -> batch -> normalise -> fused forward/backward (SaeStep) -> Adam -> metrics -> log /
+//   checkpoint. Writes config.json, metrics.csv, TensorBoard scalars, checkpoints/step_<N>/ and the
+//   final model in sae/ under config.out. Library code: throws, never exits.
+#pragma once
+#include <optional>
+#include <string>
+
+#include "sae/train/metrics.h"
+#include "sae/report/run_log.h"
+#include "sae/train/train_config.h"
+
+namespace sae {
+
+// A NaN or Inf loss: training stops, nothing after the last good checkpoint is written.
+struct TrainingDiverged : Error {
+  using Error::Error;
+};
+
+struct TrainResult {
+  int64_t steps = 0, tokens = 0;
+  double seconds = 0;           // wall time of the training loop (this invocation)
+  MetricRow last_row;           // the final step's metrics
+  double fvu = 0, l0 = 0, nonzero_proportion = 0;
+  int64_t dead_features = 0;
+  std::optional<ConceptRecovery> concepts;  // synthetic data only
+  std::string out_dir, model_dir, metrics_csv, tensorboard_file;
+  Device device = Device::CPU;
+};
+
+// `config.resume` set: continues that run to config.steps (other options come from its config.json).
+TrainResult train(TrainConfig config);
+
+// The final report, a few lines of text (FVU, L0, dead features, concept recovery, files).
+std::string format_report(const TrainResult& result);
+
+double metric(const MetricRow& row, const std::string& name);  // Error when absent
+
+}  // namespace sae

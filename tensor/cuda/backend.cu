@@ -1,0 +1,233 @@
+// The CUDA backend's host side (cuda_backend.h): device discovery, the one stream and cuBLAS
+// handle, the caching allocator, copies and synchronisation. The kernels are in cuda_kernels.cu.
+//
+// Everything runs on one stream, in order. That is what lets the allocator hand a freed block to
+// the next request at once: any kernel still using the old contents was queued before any kernel
+// that can see the new ones.
+//
+// The context and the allocator are created on first use and deliberately never destroyed: at
+// process exit the CUDA runtime may already be shut down when static destructors run, and the
+// driver takes back all device memory anyway. So no destructor here can fail or throw.
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "tensor/cuda/backend.h"
+#include "tensor/cuda/check.h"
+
+namespace sae {
+
+namespace {
+
+// ---------------------------------------------------------------- context
+
+struct Context {
+  cudaStream_t stream = nullptr;
+  int sm_count = 0;
+};
+
+std::mutex g_cublas_mutex;
+cublasHandle_t g_cublas = nullptr;  // created on the first GEMM
+bool g_tf32 = false;                // plain float32 GEMM unless cuda_set_tf32(true)
+
+Context* make_context() {
+  if (!cuda_available())
+    throw Error("CUDA requested, but no GPU is available (cudaGetDeviceCount found none or failed)");
+  auto* ctx = new Context;
+  int device = 0;
+  SAE_CUDA_CHECK(cudaGetDevice(&device));
+  SAE_CUDA_CHECK(cudaDeviceGetAttribute(&ctx->sm_count, cudaDevAttrMultiProcessorCount, device));
+  // A blocking stream (not cudaStreamNonBlocking): it still orders itself against any stray use of
+  // the legacy default stream.
+  SAE_CUDA_CHECK(cudaStreamCreate(&ctx->stream));
+  return ctx;
+}
+
+Context& context() {
+  static Context* ctx = make_context();  // a throw leaves it unset and the next call retries
+  return *ctx;
+}
+
+// ---------------------------------------------------------------- caching allocator
+
+constexpr size_t kMinBlock = 512;
+constexpr size_t kSmallLimit = size_t(1) << 20;  // up to 1 MiB: power-of-two size classes
+constexpr size_t kLargeGranule = size_t(2) << 20;  // above: multiples of 2 MiB
+
+size_t block_size_for(size_t bytes) {
+  if (bytes <= kSmallLimit) {
+    size_t size = kMinBlock;
+    while (size < bytes) size *= 2;
+    return size;
+  }
+  return (bytes + kLargeGranule - 1) / kLargeGranule * kLargeGranule;
+}
+
+// Blocks are never split or merged: a freed block goes to the free list of its size class and
+// serves the next request of that class. A training step asks for the same sizes every step, so
+// after the first step no request reaches cudaMalloc.
+class CachingAllocator {
+ public:
+  void* allocate(size_t bytes) {
+    cudaStream_t stream = cuda_stream();  // first: a clear error when there is no GPU
+    const size_t size = block_size_for(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto cached = free_.find(size);
+    if (cached != free_.end() && !cached->second.empty()) {
+      void* ptr = cached->second.back();
+      cached->second.pop_back();
+      live_[ptr] = size;
+      in_use_ += size;
+      return ptr;
+    }
+    void* ptr = nullptr;
+    cudaError_t err = cudaMalloc(&ptr, size);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear it, or the next launch check would report it
+      release_cache(stream);
+      err = cudaMalloc(&ptr, size);
+    }
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      cudaGetLastError();
+      throw Error(cat("CUDA out of memory allocating ", bytes, " bytes (block of ", size, "): ", in_use_,
+                      " bytes in use by tensors, ", reserved_, " held by the cache after emptying it, ", free_bytes,
+                      " of ", total_bytes, " bytes free on the device"));
+    }
+    if (err != cudaSuccess) cuda_fail(err, "cudaMalloc(&ptr, size)", __FILE__, __LINE__);
+    live_[ptr] = size;
+    in_use_ += size;
+    reserved_ += size;
+    return ptr;
+  }
+
+  // Called from Storage's destructor: must not throw, so it only logs.
+  void release(void* ptr) noexcept {
+    try {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_.find(ptr);
+      if (it == live_.end()) {
+        std::fprintf(stderr, "sae: cuda_free of a pointer the CUDA allocator did not hand out (%p); ignored\n", ptr);
+        return;
+      }
+      const size_t size = it->second;
+      live_.erase(it);
+      in_use_ -= size;
+      free_[size].push_back(ptr);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "sae: cuda_free failed: %s\n", e.what());
+    }
+  }
+
+  size_t in_use() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return in_use_;
+  }
+  size_t reserved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return reserved_;
+  }
+
+ private:
+  // Returns every cached block to the driver. Caller holds mutex_.
+  void release_cache(cudaStream_t stream) {
+    SAE_CUDA_CHECK(cudaStreamSynchronize(stream));  // queued kernels may still use cached blocks
+    for (auto& [size, blocks] : free_) {
+      for (void* ptr : blocks) {
+        SAE_CUDA_CHECK(cudaFree(ptr));
+        reserved_ -= size;
+      }
+      blocks.clear();
+    }
+  }
+
+  std::mutex mutex_;
+  std::map<size_t, std::vector<void*>> free_;  // block size -> cached blocks of that size
+  std::unordered_map<void*, size_t> live_;     // handed-out block -> its block size
+  size_t in_use_ = 0, reserved_ = 0;
+};
+
+CachingAllocator& allocator() {
+  static CachingAllocator* instance = new CachingAllocator;  // never destroyed, see the file comment
+  return *instance;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- cuda_check.h
+
+cudaStream_t cuda_stream() { return context().stream; }
+
+int cuda_sm_count() { return context().sm_count; }
+
+cublasHandle_t cublas_handle() {
+  cudaStream_t stream = cuda_stream();
+  std::lock_guard<std::mutex> lock(g_cublas_mutex);
+  if (!g_cublas) {
+    cublasHandle_t handle = nullptr;
+    SAE_CUBLAS_CHECK(cublasCreate(&handle));
+    SAE_CUBLAS_CHECK(cublasSetStream(handle, stream));
+    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, g_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    g_cublas = handle;  // never destroyed, like the context
+  }
+  return g_cublas;
+}
+
+// ---------------------------------------------------------------- cuda_backend.h
+
+bool cuda_built() { return true; }
+
+bool cuda_available() {
+  static const bool available = [] {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    cudaGetLastError();  // no driver / no device is an answer here, not an error to report later
+    return err == cudaSuccess && count > 0;
+  }();
+  return available;
+}
+
+void* cuda_alloc(size_t bytes) { return allocator().allocate(bytes); }
+
+void cuda_free(void* ptr) {
+  if (ptr) allocator().release(ptr);
+}
+
+// From pageable host memory cudaMemcpyAsync returns once the source has been staged, so the caller
+// may free or reuse `src` at once (CUDA runtime API docs, "API synchronization behavior").
+void cuda_copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+}
+
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream()));
+  SAE_CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+}
+
+void cuda_copy_on_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+}
+
+void cuda_synchronize() {
+  if (!cuda_available()) return;  // nothing can have been queued
+  SAE_CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+}
+
+size_t cuda_bytes_in_use() { return allocator().in_use(); }
+size_t cuda_bytes_reserved() { return allocator().reserved(); }
+
+void cuda_set_tf32(bool enabled) {
+  std::lock_guard<std::mutex> lock(g_cublas_mutex);
+  g_tf32 = enabled;
+  if (g_cublas)
+    SAE_CUBLAS_CHECK(cublasSetMathMode(g_cublas, enabled ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+}  // namespace sae

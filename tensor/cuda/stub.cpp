@@ -1,0 +1,25 @@
+// The CUDA backend of a build without nvcc: nothing is available and every use throws.
+#include "tensor/cuda/backend.h"
+#include "tensor/error.h"
+#include "tensor/op_list.h"
+
+namespace sae {
+
+namespace {
+[[noreturn]] void not_built() { throw Error("CUDA requested, but this build has no CUDA support (nvcc was not found)"); }
+}  // namespace
+
+bool cuda_built() { return false; }
+bool cuda_available() { return false; }
+void* cuda_alloc(size_t) { not_built(); }
+void cuda_free(void*) {}
+void cuda_copy_to_device(void*, const void*, size_t) { not_built(); }
+void cuda_copy_to_host(void*, const void*, size_t) { not_built(); }
+void cuda_copy_on_device(void*, const void*, size_t) { not_built(); }
+void cuda_synchronize() {}
+const KernelTable& cuda_kernels() { not_built(); }
+size_t cuda_bytes_in_use() { return 0; }
+size_t cuda_bytes_reserved() { return 0; }
+void cuda_set_tf32(bool) {}
+
+}  // namespace sae

@@ -1,0 +1,205 @@
+// build/bin/sae_apply end to end: a tiny checkpoint written here (save_checkpoint), inputs as .npy,
+// the binary run as a child process, and its .npy outputs compared with SparseAutoencoder::encode
+// and decode run in-process. Then the usage (exit 2) and data (exit 1) error cases, each with a
+// one-line message. No Python needed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "autograd/variable.h"
+#include "sae/train/checkpoint.h"
+#include "sae/model.h"
+#include "io/json.h"
+#include "io/npy.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+namespace fs = std::filesystem;
+
+namespace {
+
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+sae::testing::CommandResult run_apply(const TempDir& dir, const std::string& args) {
+  const std::string binary = std::string(SAE_BIN_DIR) + "/sae_apply";
+  if (!fs::exists(binary)) throw std::runtime_error(binary + " not found: build the sae_apply target");
+  return run_binary("sae_apply", args, dir);
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  return reduce(ReduceOp::max, abs(sub(a.to(DType::F64), b.to(DType::F64)))).item();
+}
+double max_abs(const Tensor& a) { return reduce(ReduceOp::max, abs(a.to(DType::F64))).item(); }
+
+// A tiny SAE with d_in 5 and d_sae 7, saved to DIR/sae, and an input of n rows.
+struct TinySae {
+  TempDir dir{"apply"};
+  std::string sae_dir, input;
+  std::unique_ptr<SparseAutoencoder> model;
+  Tensor x;
+  explicit TinySae(int64_t n) {
+    Rng rng(1234);
+    model = std::make_unique<SparseAutoencoder>(5, 7, rng);
+    sae_dir = dir.str("sae");
+    Json extra = Json::object();
+    extra["note"] = "test_cli_apply";
+    save_checkpoint(sae_dir, *model, extra, nullptr);
+    x = normal_tensor(Shape{n, 5}, 0.0, 1.0, rng, DType::F32);
+    input = dir.str("x.npy");
+    write_npy(input, x);
+  }
+};
+
+}  // namespace
+
+TEST(CliApply, OutputsMatchInProcessEncodeDecode) {
+  // More rows than the binary's 4096-row block, so the block loop's seams are covered.
+  TinySae s(4096 + 37);
+  const std::string f_path = s.dir.str("f.npy"), xhat_path = s.dir.str("xhat.npy");
+  auto r = run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + " --features-out " +
+                                quote(f_path) + " --reconstruction-out " + quote(xhat_path));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+
+  NoGradGuard no_grad;
+  Variable f = s.model->encode(Variable(s.x));
+  Variable xhat = s.model->decode(f);
+  NpyFile f_file = NpyFile::open(f_path), xhat_file = NpyFile::open(xhat_path);
+  EXPECT_EQ(f_file.descr(), "<f4");
+  EXPECT_EQ(f_file.shape(), (std::vector<int64_t>{4096 + 37, 7}));
+  EXPECT_EQ(xhat_file.shape(), (std::vector<int64_t>{4096 + 37, 5}));
+  const Tensor f_bin = f_file.read_f32(), xhat_bin = xhat_file.read_f32();
+  // Same float32 kernels on the same weights (reloaded bit-exactly from safetensors).
+  EXPECT_LE(max_abs_diff(f_bin, f.data()), 1e-6 * (1.0 + max_abs(f.data())));
+  EXPECT_LE(max_abs_diff(xhat_bin, xhat.data()), 1e-6 * (1.0 + max_abs(xhat.data())));
+  // The features are sparse-ish but not trivially zero: ReLU cut some and let some through.
+  const std::vector<double> fv = f_bin.to_vector();
+  int64_t zeros = 0;
+  for (double v : fv) zeros += v == 0.0;
+  EXPECT_GT(zeros, 0);
+  EXPECT_LT(zeros, static_cast<int64_t>(fv.size()));
+}
+
+TEST(CliApply, OnlyFeaturesRequested) {
+  TinySae s(3);
+  const std::string f_path = s.dir.str("f.npy");
+  auto r =
+      run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + " --features-out " + quote(f_path));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(f_path));
+  EXPECT_FALSE(fs::exists(s.dir.str("xhat.npy")));
+}
+
+TEST(CliApply, HelpExitsZero) {
+  TempDir dir("apply");
+  auto r = run_apply(dir, "--help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("--reconstruction-out"), std::string::npos);
+}
+
+TEST(CliApply, UsageErrorsExitTwo) {
+  TinySae s(3);
+  const std::string outputs = " --features-out " + quote(s.dir.str("f.npy"));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--input " + quote(s.input) + outputs, "--sae"},                               // no --sae
+      {"--sae " + quote(s.sae_dir) + outputs, "--input"},                             // no --input
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(s.input), "nothing to do"},  // no output
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + outputs + " --bogus 1", "bogus"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + outputs + " --device tpu", "tpu"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + outputs + " stray", "stray"},
+  };
+  for (const auto& [args, mention] : cases) {
+    auto r = run_apply(s.dir, args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_EQ(count_lines(r.err), 1) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(mention), std::string::npos) << args << "\n" << r.err;
+    EXPECT_FALSE(fs::exists(s.dir.str("f.npy"))) << args;
+  }
+}
+
+TEST(CliApply, DataErrorsExitOne) {
+  TinySae s(3);
+  // Inputs with the wrong width, the wrong rank, and a NaN.
+  Rng rng(9);
+  const std::string wide = s.dir.str("wide.npy"), flat = s.dir.str("flat.npy"), nan_input = s.dir.str("nan.npy");
+  write_npy(wide, normal_tensor(Shape{3, 6}, 0.0, 1.0, rng, DType::F32));
+  write_npy(flat, normal_tensor(Shape{15}, 0.0, 1.0, rng, DType::F32));
+  std::vector<double> values(15, 0.5);
+  values[7] = std::numeric_limits<double>::quiet_NaN();
+  write_npy(nan_input, Tensor::from_vector(values, Shape{3, 5}));
+  // A checkpoint without weights, and a corrupt input file.
+  const std::string broken_sae = s.dir.str("broken_sae");
+  fs::create_directories(broken_sae);
+  fs::copy_file(s.sae_dir + "/cfg.json", broken_sae + "/cfg.json");
+  const std::string corrupt = s.dir.str("corrupt.npy");
+  std::ofstream(corrupt) << "not a numpy file";
+
+  const std::string outputs = " --features-out " + quote(s.dir.str("f.npy"));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--sae " + quote(s.dir.str("no_such_dir")) + " --input " + quote(s.input) + outputs, "no_such_dir"},
+      {"--sae " + quote(broken_sae) + " --input " + quote(s.input) + outputs, "sae_weights.safetensors"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(s.dir.str("missing.npy")) + outputs, "missing.npy"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(corrupt) + outputs, "corrupt.npy"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(wide) + outputs, "d_in is 5"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(flat) + outputs, "2-D"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(nan_input) + outputs, "NaN"},
+  };
+  for (const auto& [args, mention] : cases) {
+    auto r = run_apply(s.dir, args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
+    EXPECT_EQ(count_lines(r.err), 1) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(mention), std::string::npos) << args << "\n" << r.err;
+    EXPECT_FALSE(fs::exists(s.dir.str("f.npy"))) << args;
+  }
+}
+
+TEST(CliApply, AppliesWhatSaeTrainWrites) {
+  // The trainer's final sae/ also holds training_state.safetensors: sae_apply must read it as a
+  // plain SAE, and agree with the model loaded in-process.
+  TempDir dir("apply_train");
+  const std::string run = dir.str("run");
+  const std::string tiny =
+      "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+      " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3 --steps 3"
+      " --progress none --device cpu --out ";
+  auto trained = run_binary("sae_train", tiny + quote(run), dir);
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  ASSERT_TRUE(fs::exists(run + "/sae/training_state.safetensors"));
+  Rng rng(5);
+  const Tensor x = normal_tensor(Shape{40, 8}, 0.0, 1.0, rng, DType::F32);
+  const std::string input = dir.str("x.npy"), f_path = dir.str("f.npy"), xhat_path = dir.str("xhat.npy");
+  write_npy(input, x);
+  auto r = run_apply(dir, "--sae " + quote(run + "/sae") + " --input " + quote(input) + " --features-out " +
+                              quote(f_path) + " --reconstruction-out " + quote(xhat_path));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  Checkpoint ck = load_checkpoint(run + "/sae", Device::CPU);
+  ASSERT_TRUE(ck.state.has_value());
+  NoGradGuard no_grad;
+  Variable f = ck.model->encode(Variable(x));
+  Variable xhat = ck.model->decode(f);
+  EXPECT_LE(max_abs_diff(NpyFile::open(f_path).read_f32(), f.data()), 1e-6 * (1.0 + max_abs(f.data())));
+  EXPECT_LE(max_abs_diff(NpyFile::open(xhat_path).read_f32(), xhat.data()), 1e-6 * (1.0 + max_abs(xhat.data())));
+}

@@ -1,0 +1,179 @@
+// sae_train's bad-input contract (SPEC section 5): one clear line on stderr naming the option or
+// file, exit 2 for usage errors and 1 for data errors, never a crash. Also kill -9 mid-run leaves
+// only loadable checkpoints, and --help works.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "sae/train/checkpoint.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::raw_bytes;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+using sae::testing::write_raw_safetensors;
+namespace fs = std::filesystem;
+
+namespace {
+// Quick settings so that a run that should work finishes in well under a second.
+const std::string kTiny =
+    " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+    " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
+    " --steps 3 --progress none --device cpu";
+
+void expect_error(const std::string& args, int code, const std::string& must_mention) {
+  TempDir dir("cli");
+  auto r = run_binary("sae_train", args + " --out " + dir.str("run"), dir);
+  EXPECT_EQ(r.exit_code, code) << args << "\nstderr: " << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos) << args << "\nstderr: " << r.err;
+  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  // exactly one line
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+void write_floats(const std::string& path, int64_t tokens, int64_t d, float value_at_5 = 0.5f) {
+  std::vector<float> x(tokens * d);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.1f * float(i % 13) - 0.3f;
+  x[5] = value_at_5;
+  write_raw_safetensors(path, {{"activations", "F32", {tokens, d}, raw_bytes(x)},
+                               {"story_lengths", "I64", {2}, raw_bytes(std::vector<int64_t>{tokens / 2, tokens - tokens / 2})}});
+}
+}  // namespace
+
+TEST(Cli, HelpAndAGoodRun) {
+  TempDir dir("cli_ok");
+  auto help = run_binary("sae_train", "--help", dir);
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--features"), std::string::npos);
+  EXPECT_NE(help.out.find("--resume"), std::string::npos);
+  auto ok = run_binary("sae_train", kTiny + " --out " + dir.str("run"), dir);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("concept recovery"), std::string::npos) << ok.out;
+  EXPECT_TRUE(fs::exists(dir.str("run/sae/sae_weights.safetensors")));
+  EXPECT_GT(fs::file_size(dir.str("run/figures/loss.png")), 1000u);  // gnuplot drew the run's curves
+  EXPECT_GT(fs::file_size(dir.str("run/figures/sparsity.png")), 1000u);
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  expect_error(kTiny + " --bogus 3", 2, "bogus");
+  expect_error(kTiny + " --features 0", 2, "--features");
+  expect_error(kTiny + " --features abc", 2, "features");
+  expect_error(kTiny + " --l1 -1", 2, "--l1");
+  expect_error(kTiny + " --lr 0", 2, "--lr");
+  expect_error(kTiny + " --steps 0", 2, "--steps");
+  expect_error(kTiny + " --batch many", 2, "--batch");
+  expect_error(kTiny + " --batch 0", 2, "--batch");
+  expect_error(kTiny + " --normalize zscore", 2, "--normalize");
+  expect_error(kTiny + " --device tpu", 2, "--device");
+  expect_error(kTiny + " --batch 16 --normalize story", 2, "--normalize story");
+  expect_error(kTiny + " --synthetic-concepts 0", 2, "--synthetic-concepts");
+  expect_error(kTiny + " --init a --resume b", 2, "--init");
+  expect_error(kTiny + " --profile nope", 2, "--profile");
+  expect_error(kTiny + " stray", 2, "stray");
+#ifndef SAE_WITH_CUDA
+  expect_error(kTiny + " --device cuda", 2, "--device cuda");
+#endif
+}
+
+TEST(Cli, DataErrorsExitOne) {
+  TempDir dir("cli_data");
+  expect_error(kTiny + " --data " + dir.str("missing.safetensors"), 1, "missing.safetensors");
+  // truncated file: a valid header length pointing past the end
+  {
+    std::ofstream f(dir.str("trunc.safetensors"), std::ios::binary);
+    uint64_t n = 1000;
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << "{\"activations\":";
+  }
+  expect_error(kTiny + " --data " + dir.str("trunc.safetensors"), 1, "trunc.safetensors");
+  // corrupt JSON header
+  {
+    std::ofstream f(dir.str("corrupt.safetensors"), std::ios::binary);
+    const std::string h = "{not json}      ";
+    uint64_t n = h.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << h;
+  }
+  expect_error(kTiny + " --data " + dir.str("corrupt.safetensors"), 1, "corrupt.safetensors");
+  // wrong dtype and wrong shape
+  write_raw_safetensors(dir.str("ints.safetensors"), {{"activations", "I32", {4, 2}, raw_bytes(std::vector<int32_t>(8, 1))}});
+  expect_error(kTiny + " --data " + dir.str("ints.safetensors"), 1, "I32");
+  write_raw_safetensors(dir.str("flat.safetensors"), {{"activations", "F32", {8}, raw_bytes(std::vector<float>(8, 1))}});
+  expect_error(kTiny + " --data " + dir.str("flat.safetensors"), 1, "2-D");
+  write_raw_safetensors(dir.str("noacts.safetensors"), {{"x", "F32", {4, 2}, raw_bytes(std::vector<float>(8, 1))}});
+  expect_error(kTiny + " --data " + dir.str("noacts.safetensors"), 1, "activations");
+  // story_lengths that do not sum to n_tokens
+  write_raw_safetensors(dir.str("badlen.safetensors"),
+                        {{"activations", "F32", {6, 2}, raw_bytes(std::vector<float>(12, 1))},
+                         {"story_lengths", "I64", {2}, raw_bytes(std::vector<int64_t>{2, 3})}});
+  expect_error(kTiny + " --data " + dir.str("badlen.safetensors"), 1, "story_lengths");
+  // NaN and Inf in the data
+  write_floats(dir.str("nan.safetensors"), 20, 8, NAN);
+  expect_error(kTiny + " --data " + dir.str("nan.safetensors"), 1, "non-finite");
+  write_floats(dir.str("inf.safetensors"), 20, 8, INFINITY);
+  expect_error(kTiny + " --data " + dir.str("inf.safetensors"), 1, "non-finite");
+  // .npy has no story boundaries: story batches are a usage error
+  {
+    std::ofstream f(dir.str("x.npy"), std::ios::binary);
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }";
+    while ((10 + header.size() + 1) % 64) header += ' ';
+    header += '\n';
+    f << "\x93NUMPY" << char(1) << char(0);
+    uint16_t len = header.size();
+    f.write(reinterpret_cast<const char*>(&len), 2);
+    f << header;
+    std::vector<float> v(8, 0.5f);
+    f.write(reinterpret_cast<const char*>(v.data()), 32);
+  }
+  expect_error(kTiny + " --data " + dir.str("x.npy"), 2, "--batch");
+  // d mismatch with --init: an SAE for d=8 on data with d=6
+  auto made = run_binary("sae_train", kTiny + " --out " + dir.str("init"), dir);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  write_floats(dir.str("d6.safetensors"), 20, 6);
+  expect_error(kTiny + " --data " + dir.str("d6.safetensors") + " --init " + dir.str("init/sae"), 1, "d_in");
+  expect_error(kTiny + " --init " + dir.str("nowhere"), 1, "nowhere");
+  expect_error(kTiny + " --resume " + dir.str("nowhere"), 1, "nowhere");
+}
+
+TEST(Cli, KillNineLeavesOnlyLoadableCheckpoints) {
+  TempDir dir("kill9");
+  const std::string out = dir.str("run");
+  const std::string cmd = std::string(SAE_BIN_DIR) + "/sae_train" + kTiny +
+                          " --steps 100000000 --checkpoint-every 3 --out " + out + " > /dev/null 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  int pid = 0;
+  ASSERT_EQ(fscanf(p, "%d", &pid), 1);
+  pclose(p);
+  // Let it write a few checkpoints, then kill it without warning at an arbitrary moment.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(out + "/checkpoints/step_30") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(37));
+  ::kill(pid, SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(fs::exists(out + "/checkpoints/step_30"));
+  int loaded = 0;
+  int64_t newest = 0;
+  for (const auto& entry : fs::directory_iterator(out + "/checkpoints")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(".tmp") != std::string::npos || name.find(".old") != std::string::npos) continue;
+    Checkpoint c = load_checkpoint(entry.path().string(), Device::CPU);  // throws if torn
+    ASSERT_TRUE(c.state.has_value()) << name;
+    EXPECT_EQ("step_" + std::to_string(c.state->step), name);
+    newest = std::max(newest, c.state->step);
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 10);
+  // and the run resumes from the newest one
+  const std::string steps = std::to_string(newest + 5);
+  auto resumed = run_binary("sae_train", "--resume " + out + " --steps " + steps + " --progress none --device cpu", dir);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("trained " + steps + " steps"), std::string::npos) << resumed.out;
+}

@@ -1,0 +1,661 @@
+// File I/O layer tests: JSON round trips and malformed input, atomic writes, memory mapping,
+// safetensors and .npy round trips, exact F16/BF16 conversion, row-block reads, every rejection
+// path, and fixtures in tests/ref/ written by independent writers (numpy, the safetensors package,
+// torch, a hand-rolled Python writer; see scripts/gen_io_fixtures.py).
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "io/atomic_file.h"
+#include "io/float_convert.h"
+#include "io/json.h"
+#include "io/mapped_file.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::TempDir;
+
+namespace {
+
+std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/" + name; }
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Runs f and checks it throws exactly ErrorType with every one of parts in its message.
+template <typename ErrorType, typename F>
+void expect_error(F f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
+  } catch (const ErrorType& e) {
+    std::string message = e.what();
+    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+template <typename F>
+void expect_data_error(F f, const std::vector<std::string>& parts) {
+  expect_error<DataError>(f, parts);
+}
+
+// Equal bit for bit, except that any NaN matches any NaN.
+void expect_same_floats(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    float g = static_cast<float>(got[i]), w = static_cast<float>(want[i]);
+    if (std::isnan(w)) {
+      EXPECT_TRUE(std::isnan(g)) << what << " index " << i;
+    } else {
+      EXPECT_EQ(std::bit_cast<uint32_t>(g), std::bit_cast<uint32_t>(w)) << what << " index " << i << ": " << g << " vs " << w;
+    }
+  }
+}
+
+// The fixtures' ramp: (k - 17) / 4 for k = 0..34, shape [7, 5].
+std::vector<double> ramp_values() {
+  std::vector<double> v;
+  for (int k = 0; k < 35; ++k) v.push_back((k - 17) / 4.0);
+  return v;
+}
+
+std::string u64_le(uint64_t v) { return std::string(reinterpret_cast<const char*>(&v), 8); }
+
+// A safetensors file from a header text and a data region, exactly as given (no padding).
+std::string make_safetensors(const std::string& header, const std::string& data) {
+  return u64_le(header.size()) + header + data;
+}
+
+template <typename T>
+std::string raw_of(const std::vector<T>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+TEST(Json, ParsesValuesAndKeepsKeyOrder) {
+  Json j = Json::parse(" {\"z\": 1, \"a\": [true, false, null], \"m\": \"x\\ny\", \"d\": -0.5e-3, \"o\": {}} ");
+  ASSERT_TRUE(j.is_object());
+  ASSERT_EQ(j.size(), 5u);
+  EXPECT_EQ(j.items()[0].first, "z");
+  EXPECT_EQ(j.items()[1].first, "a");
+  EXPECT_EQ(j.items()[4].first, "o");
+  EXPECT_EQ(j.at("z").as_int(), 1);
+  EXPECT_TRUE(j.at("a").at(0).as_bool());
+  EXPECT_FALSE(j.at("a").at(1).as_bool());
+  EXPECT_TRUE(j.at("a").at(2).is_null());
+  EXPECT_EQ(j.at("m").as_string(), "x\ny");
+  EXPECT_EQ(j.at("d").as_number(), -0.0005);
+  EXPECT_TRUE(j.at("o").is_object());
+  EXPECT_EQ(j.at("o").size(), 0u);
+  EXPECT_TRUE(j.has("m"));
+  EXPECT_FALSE(j.has("q"));
+}
+
+TEST(Json, StringEscapesAndSurrogatePairs) {
+  Json j = Json::parse(R"("q\" b\\ s\/ \b\f\n\r\t \u00e9 \u2603 \ud83d\ude00 \u0000end")");
+  std::string want = std::string("q\" b\\ s/ \b\f\n\r\t \xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 ") + '\0' + "end";
+  EXPECT_EQ(j.as_string(), want);
+  // Raw UTF-8 passes through; dumping escapes only what JSON requires, and reads back the same.
+  Json raw = Json::parse("\"caf\xc3\xa9 \xf0\x9f\x98\x80\"");
+  EXPECT_EQ(raw.as_string(), "caf\xc3\xa9 \xf0\x9f\x98\x80");
+  EXPECT_EQ(Json(want).dump(), R"("q\" b\\ s/ \b\f\n\r\t )" "\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 " R"(\u0000end")");
+  EXPECT_EQ(Json::parse(Json(want).dump()).as_string(), want);
+  EXPECT_EQ(Json(std::string("\x01\x1f")).dump(), "\"\\u0001\\u001f\"");
+}
+
+TEST(Json, NumbersRoundTripExactly) {
+  EXPECT_EQ(Json::parse("9007199254740992").as_int(), int64_t(1) << 53);
+  EXPECT_EQ(Json::parse("-9007199254740992").as_int(), -(int64_t(1) << 53));
+  EXPECT_EQ(Json(int64_t(1) << 53).dump(), "9007199254740992");
+  EXPECT_EQ(Json(768).dump(), "768");
+  EXPECT_EQ(Json(-3.0).dump(), "-3");
+  EXPECT_EQ(Json(0.1).dump(), "0.1");
+  EXPECT_EQ(Json(1e-5).dump(), "1e-05");
+  EXPECT_EQ(Json(-0.0).dump(), "-0");
+  expect_data_error([] { Json::parse("1.5").as_int(); }, {"integer"});
+  expect_data_error([] { Json::parse("1e300").as_int(); }, {"integer"});
+  const double values[] = {0.1, 1e-5, 1.0 / 3.0, 6.02214076e23, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
+                           -0.0, 123456789012345678.0, 9007199254740993.0, -1e-300, 3.4028234663852886e38, 1e22, 1e23};
+  for (double v : values) {
+    std::string text = Json(v).dump();
+    double back = Json::parse(text).as_number();
+    EXPECT_EQ(std::bit_cast<uint64_t>(back), std::bit_cast<uint64_t>(v)) << text;
+  }
+  EXPECT_EQ(Json::parse("1E+2").as_number(), 100.0);
+  EXPECT_EQ(Json::parse("-0").as_number(), 0.0);
+  EXPECT_TRUE(std::signbit(Json::parse("-0").as_number()));
+  expect_error<Error>([] { Json(std::nan("")).dump(); }, {"NaN"});
+  expect_error<Error>([] { Json(std::numeric_limits<double>::infinity()).dump(); }, {"Inf"});
+}
+
+TEST(Json, DumpCompactAndPretty) {
+  Json j = Json::object();
+  j["name"] = Json("sae");
+  j["d_in"] = Json(768);
+  j["lr"] = Json(1e-5);
+  j["list"] = Json::array();
+  j["list"].push_back(Json(1));
+  j["list"].push_back(Json(2.5));
+  j["list"].push_back(Json());
+  j["empty_list"] = Json::array();
+  j["empty_object"] = Json::object();
+  j["nested"]["flag"] = Json(true);  // operator[] turns null into an object
+  EXPECT_EQ(j.dump(),
+            R"({"name":"sae","d_in":768,"lr":1e-05,"list":[1,2.5,null],"empty_list":[],"empty_object":{},"nested":{"flag":true}})");
+  // Same text as Python's json.dumps(value, indent=2).
+  const char* pretty = R"({
+  "name": "sae",
+  "d_in": 768,
+  "lr": 1e-05,
+  "list": [
+    1,
+    2.5,
+    null
+  ],
+  "empty_list": [],
+  "empty_object": {},
+  "nested": {
+    "flag": true
+  }
+})";
+  EXPECT_EQ(j.dump(2), pretty);
+  EXPECT_EQ(Json::parse(j.dump()), j);
+  EXPECT_EQ(Json::parse(j.dump(2)), j);
+  EXPECT_EQ(Json::parse(pretty).dump(2), pretty);
+  Json other = Json::parse(pretty);
+  other["d_in"] = Json(769);
+  EXPECT_NE(other, j);
+}
+
+TEST(Json, RejectsMalformedInputWithPosition) {
+  const std::vector<std::string> bad = {
+      "", "   ", "{", "[", "[1,]", "[1 2]", "{\"a\":1,}", "{'a':1}", "{a:1}", "{\"a\" 1}", "{\"a\":1 \"b\":2}", "{\"a\":1,\"a\":2}",
+      "01", "1.", ".5", "-", "+1", "1e", "1e+", "0x10", "tru", "nul", "True", "NaN", "Infinity", "-Infinity", "1e400", "\"abc",
+      "\"\\x\"", "\"\\u12\"", "\"\\u12g4\"", "\"\\ud800\"", "\"\\ud800x\"", "\"\\ud800\\u0041\"", "\"\\udc00\"", "\"a\tb\"", "\"a\nb\"",
+      "[1] 2", "{} {}", "\"\xc3\x28\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xff\"", "\"\xe2\x98\"", "/* c */ 1", "[1,,2]",
+  };
+  for (const std::string& text : bad) {
+    try {
+      Json::parse(text);
+      ADD_FAILURE() << "accepted malformed JSON: " << text;
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("JSON parse error at line"), std::string::npos) << e.what();
+    }
+  }
+  expect_data_error([] { Json::parse("{\n  \"a\": tru\n}"); }, {"line 2, column 8", "true"});
+  expect_data_error([] { Json::parse("{\"k\": 1, \"k\": 2}"); }, {"duplicate", "\"k\""});
+  // Deep nesting is an error, not a stack overflow.
+  expect_data_error([] { Json::parse(std::string(100000, '[')); }, {"nesting"});
+  Json deep = Json::parse(std::string(500, '[') + std::string(500, ']'));
+  EXPECT_TRUE(deep.is_array());
+}
+
+TEST(Json, TypeErrorsNameWhatWasExpected) {
+  Json j = Json::parse(R"({"a": 1, "s": "x"})");
+  expect_data_error([&] { j.at("a").as_string(); }, {"expected a string", "found number"});
+  expect_data_error([&] { j.at("s").as_number(); }, {"expected a number", "found string"});
+  expect_data_error([&] { j.at("missing"); }, {"missing key", "\"missing\""});
+  expect_data_error([&] { j.at(size_t(0)); }, {"expected an array", "found object"});
+  expect_data_error([&] { Json::parse("[1]").at(size_t(3)); }, {"index 3"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic writes and memory mapping
+
+TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
+  TempDir dir("io");
+  std::string path = dir.str("a.txt");
+  write_file_atomic(path, "first version, longer");
+  EXPECT_EQ(read_bytes(path), "first version, longer");
+  write_file_atomic(path, "second");
+  EXPECT_EQ(read_bytes(path), "second");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  {
+    AtomicFileWriter out(path);
+    out.write("abandoned", 9);
+    EXPECT_TRUE(std::filesystem::exists(path + ".tmp"));
+  }  // destroyed without commit: the old file stays, the temp file goes
+  EXPECT_EQ(read_bytes(path), "second");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  {
+    AtomicFileWriter out(path);
+    out.write(std::string("streamed "));
+    out.write(std::string("in parts"));
+    out.commit();
+    expect_error<Error>([&] { out.write("x", 1); }, {"after commit"});
+  }
+  EXPECT_EQ(read_bytes(path), "streamed in parts");
+  expect_data_error([&] { write_file_atomic(dir.str("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
+}
+
+TEST(MappedFile, MapsContentsAndReportsErrors) {
+  TempDir dir("io");
+  write_bytes(dir.str("f"), "hello");
+  MappedFile m(dir.str("f"));
+  ASSERT_EQ(m.size(), 5u);
+  EXPECT_EQ(std::memcmp(m.data(), "hello", 5), 0);
+  MappedFile moved = std::move(m);
+  EXPECT_EQ(moved.size(), 5u);
+  EXPECT_EQ(m.data(), nullptr);
+  write_bytes(dir.str("empty"), "");
+  EXPECT_EQ(MappedFile(dir.str("empty")).size(), 0u);
+  expect_data_error([&] { MappedFile(dir.str("missing")); }, {dir.str("missing"), "No such file"});
+  expect_data_error([&] { MappedFile(dir.str()); }, {dir.str(), "directory"});
+  ASSERT_EQ(::mkfifo(dir.str("fifo").c_str(), 0600), 0);
+  expect_data_error([&] { MappedFile(dir.str("fifo")); }, {"fifo", "not a regular file"});
+  if (::geteuid() != 0) {  // root reads anything
+    write_bytes(dir.str("locked"), "x");
+    ::chmod(dir.str("locked").c_str(), 0);
+    expect_data_error([&] { MappedFile(dir.str("locked")); }, {"locked", "Permission denied"});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float conversion
+
+TEST(FloatConvert, HalfAndBfloat16AreExact) {
+  EXPECT_EQ(f16_to_f32(0x3C00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xC100), -2.5f);
+  EXPECT_EQ(f16_to_f32(0x7BFF), 65504.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(f16_to_f32(0x03FF), std::ldexp(1023.0f, -24));
+  EXPECT_EQ(f16_to_f32(0x0400), std::ldexp(1.0f, -14));
+  EXPECT_EQ(std::bit_cast<uint32_t>(f16_to_f32(0x8000)), 0x80000000u);
+  EXPECT_EQ(std::bit_cast<uint32_t>(f16_to_f32(0x8001)), std::bit_cast<uint32_t>(-std::ldexp(1.0f, -24)));
+  EXPECT_EQ(f16_to_f32(0x7C00), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(f16_to_f32(0xFC00), -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(f16_to_f32(0x7E00)));
+  EXPECT_TRUE(std::isnan(f16_to_f32(0x7C01)));  // signalling NaN stays NaN, not inf
+  EXPECT_EQ(bf16_to_f32(0x3F80), 1.0f);
+  EXPECT_EQ(bf16_to_f32(0xC020), -2.5f);
+  EXPECT_EQ(bf16_to_f32(0x0001), std::ldexp(1.0f, -133));
+  EXPECT_EQ(bf16_to_f32(0x7F80), std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(bf16_to_f32(0x7FC0)));
+  // Every finite half: compare with an independent formula, (-1)^s * 2^(e-15) * (1 + m/1024).
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    uint32_t e = (bits >> 10) & 0x1F, m = bits & 0x3FF;
+    if (e == 0x1F) continue;
+    double magnitude = e == 0 ? std::ldexp(double(m), -24) : std::ldexp(1.0 + m / 1024.0, int(e) - 15);
+    double want = (bits & 0x8000) ? -magnitude : magnitude;
+    ASSERT_EQ(double(f16_to_f32(uint16_t(bits))), want) << "half bits " << bits;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// safetensors
+
+TEST(Safetensors, WriteReadRoundTripF32F64) {
+  TempDir dir("io");
+  std::string path = dir.str("w.safetensors");
+  std::vector<double> a_values, b_values;
+  for (int i = 0; i < 12; ++i) a_values.push_back(0.1 * i - 0.55);
+  for (int i = 0; i < 5; ++i) b_values.push_back(1.0 / (i + 3));
+  Tensor a = Tensor::from_vector(a_values, Shape{3, 4}, DType::F32);
+  Tensor b = Tensor::from_vector(b_values, Shape{5}, DType::F64);
+  Tensor s = Tensor::scalar(2.5, DType::F32);
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "caf\xc3\xa9 \"q\""}};
+  write_safetensors(path, {{"W_enc", a}, {"b_dec", b}, {"alpha", s}}, meta);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+
+  // Byte layout: header length a multiple of 8, metadata first, F64 before F32, then by name.
+  std::string bytes = read_bytes(path);
+  uint64_t header_bytes;
+  std::memcpy(&header_bytes, bytes.data(), 8);
+  EXPECT_EQ(header_bytes % 8, 0u);
+  std::string header = bytes.substr(8, header_bytes);
+  EXPECT_EQ(header.rfind("{\"__metadata__\":", 0), 0u) << header;
+  EXPECT_LT(header.find("\"b_dec\""), header.find("\"W_enc\""));
+  EXPECT_LT(header.find("\"W_enc\""), header.find("\"alpha\""));
+  EXPECT_EQ(bytes.size(), 8 + header_bytes + 12 * 4 + 5 * 8 + 4);
+
+  SafetensorsFile f = SafetensorsFile::open(path);
+  EXPECT_EQ(f.metadata(), meta);
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"W_enc", "alpha", "b_dec"}));
+  EXPECT_EQ(f.entry("W_enc").dtype, "F32");
+  EXPECT_EQ(f.entry("W_enc").shape, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(f.entry("b_dec").dtype, "F64");
+  EXPECT_EQ(f.entry("b_dec").bytes, 40u);
+  EXPECT_EQ(f.entry("alpha").shape, (std::vector<int64_t>{1}));  // the library's scalars are [1]
+  Tensor a_back = f.read_f32("W_enc");
+  EXPECT_EQ(a_back.shape(), (Shape{3, 4}));
+  expect_same_floats(a_back.to_vector(), a.to_vector(), "W_enc");
+  std::vector<double> b_as_f32;
+  for (double v : b_values) b_as_f32.push_back(static_cast<float>(v));
+  expect_same_floats(f.read_f32("b_dec").to_vector(), b_as_f32, "b_dec");  // F64 rounded to F32
+  double b0;
+  std::memcpy(&b0, f.entry("b_dec").data, 8);
+  EXPECT_EQ(b0, b_values[0]);  // stored at full precision
+  EXPECT_EQ(f.read_f32("alpha").item(), 2.5);
+
+  // Rewriting replaces the file atomically.
+  write_safetensors(path, {{"only", a}});
+  SafetensorsFile g = SafetensorsFile::open(path);
+  EXPECT_EQ(g.names(), (std::vector<std::string>{"only"}));
+  EXPECT_TRUE(g.metadata().empty());
+  EXPECT_EQ(read_bytes(path).substr(8, 2), "{\"");
+  EXPECT_EQ(read_bytes(path).find("__metadata__"), std::string::npos);
+
+  expect_error<Error>([&] { write_safetensors(path, {{"x", a}, {"x", a}}); }, {"given twice"});
+  expect_error<Error>([&] { write_safetensors(path, {{"__metadata__", a}}); }, {"reserved"});
+  EXPECT_EQ(SafetensorsFile::open(path).names(), (std::vector<std::string>{"only"}));  // untouched
+}
+
+TEST(Safetensors, ReadRowsBlockInTheMiddle) {
+  TempDir dir("io");
+  std::vector<double> values;
+  for (int i = 0; i < 10 * 3; ++i) values.push_back(i * 1.5 - 7);
+  Tensor t = Tensor::from_vector(values, Shape{10, 3}, DType::F32);
+  write_safetensors(dir.str("r.safetensors"), {{"activations", t}});
+  SafetensorsFile f = SafetensorsFile::open(dir.str("r.safetensors"));
+  std::vector<float> out(3 * 3 + 1, -999.0f);  // poisoned, one guard element
+  f.read_rows_f32("activations", 4, 3, out.data());
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(out[i], static_cast<float>(values[12 + i])) << i;
+  EXPECT_EQ(out[9], -999.0f);  // nothing written past the block
+  Tensor block = f.read_rows_f32("activations", 9, 1);
+  EXPECT_EQ(block.shape(), (Shape{1, 3}));
+  expect_same_floats(block.to_vector(), {values[27], values[28], values[29]}, "last row");
+  EXPECT_EQ(f.read_rows_f32("activations", 10, 0).shape(), (Shape{0, 3}));
+  expect_error<Error>([&] { f.read_rows_f32("activations", 8, 3); }, {"rows [8, 11)", "10 rows"});
+  expect_error<Error>([&] { f.read_rows_f32("activations", -1, 1); }, {"out of range"});
+}
+
+TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
+  TempDir dir("io");
+  std::vector<uint16_t> f16 = {0x3C00, 0xC100, 0x7BFF, 0x0001, 0x7C00, 0xFC00, 0x8000, 0x7E00};
+  std::vector<uint16_t> bf16 = {0x3F80, 0xC020, 0x7F7F, 0x0001, 0x7F80, 0xFF80, 0x8000, 0x7FC0};
+  std::vector<int32_t> i32 = {7, -3, 2147483647, -2147483647 - 1};
+  std::vector<int64_t> i64 = {int64_t(1) << 40, -5, 0};
+  std::vector<double> f64 = {0.1, -1e300};
+  std::string data = raw_of(f16) + raw_of(bf16) + raw_of(i32) + raw_of(i64) + raw_of(f64) + "\x01\x02\x03";
+  std::string header =
+      R"({"h":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]},)"
+      R"("b":{"dtype":"BF16","shape":[2,4],"data_offsets":[16,32]},)"
+      R"("i":{"dtype":"I32","shape":[4],"data_offsets":[32,48]},)"
+      R"("l":{"dtype":"I64","shape":[3],"data_offsets":[48,72]},)"
+      R"("d":{"dtype":"F64","shape":[2],"data_offsets":[72,88]},)"
+      R"("u":{"dtype":"U8","shape":[3],"data_offsets":[88,91]},)"
+      R"("__metadata__":{"layer":"2"}})";
+  std::string path = dir.str("h.safetensors");
+  write_bytes(path, make_safetensors(header, data));
+  SafetensorsFile f = SafetensorsFile::open(path);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  const float tiny_half = std::ldexp(1.0f, -24), tiny_bf16 = std::ldexp(1.0f, -133);
+  expect_same_floats(f.read_f32("h").to_vector(), {1.0, -2.5, 65504.0, tiny_half, inf, -inf, -0.0, nan}, "F16");
+  expect_same_floats(f.read_f32("b").to_vector(), {1.0, -2.5, 3.3895313892515355e38, tiny_bf16, inf, -inf, -0.0, nan}, "BF16");
+  expect_same_floats(f.read_rows_f32("h", 1, 1).to_vector(), {inf, -inf, -0.0, nan}, "F16 row 1");
+  expect_same_floats(f.read_f32("d").to_vector(), {0.1f, -inf}, "F64 -> F32 overflows to -inf");
+  EXPECT_EQ(f.read_i64("i"), (std::vector<int64_t>{7, -3, 2147483647, -2147483648LL}));
+  EXPECT_EQ(f.read_i64("l"), i64);
+  EXPECT_EQ(f.metadata().at("layer"), "2");
+  EXPECT_EQ(f.entry("u").bytes, 3u);
+  expect_data_error([&] { f.read_f32("i"); }, {path, "'i' is I32", "expected F32, F16, BF16 or F64"});
+  expect_data_error([&] { f.read_f32("u"); }, {"'u' is U8"});
+  expect_data_error([&] { f.read_i64("h"); }, {path, "'h' is F16", "expected I32 or I64"});
+  expect_data_error([&] { f.entry("activations"); }, {path, "no tensor named 'activations'", "has: b, d, h, i, l, u"});
+  expect_data_error([&] { f.read_rows_f32("nope", 0, 1); }, {"no tensor named 'nope'"});
+}
+
+TEST(Safetensors, RejectsBadFilesNamingFileAndExpectation) {
+  TempDir dir("io");
+  std::string path = dir.str("bad.safetensors");
+  std::string eight_floats(32, '\0');
+  auto open_bytes = [&](const std::string& bytes) {
+    write_bytes(path, bytes);
+    SafetensorsFile::open(path);
+  };
+  auto open_header = [&](const std::string& header, const std::string& data) { open_bytes(make_safetensors(header, data)); };
+  const std::string good_entry = R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[0,32]}})";
+  open_header(good_entry, eight_floats);  // the baseline is accepted
+
+  expect_data_error([&] { SafetensorsFile::open(dir.str("missing.safetensors")); }, {"missing.safetensors", "No such file"});
+  expect_data_error([&] { SafetensorsFile::open(dir.str()); }, {dir.str(), "directory"});
+  expect_data_error([&] { open_bytes(""); }, {path, "too short"});
+  expect_data_error([&] { open_bytes(std::string("\x10\x00\x00", 3)); }, {path, "too short"});
+  expect_data_error([&] { open_bytes(u64_le(1000) + "{}"); }, {path, "header length 1000", "runs past the end"});
+  expect_data_error([&] { open_bytes(u64_le(uint64_t(1) << 62) + "{}"); }, {path, "100 MB"});
+  expect_data_error([&] { open_header(good_entry.substr(0, good_entry.size() - 1), eight_floats); }, {path, "not valid JSON", "line 1"});
+  expect_data_error([&] { open_header("[1, 2]", ""); }, {path, "must be a JSON object"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"Q7","shape":[2,4],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "'x'", "unknown dtype \"Q7\"", "F32"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":7,"shape":[2,4],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "dtype must be a string"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,4]}})", eight_floats); }, {path, "'x'", "data_offsets"});
+  expect_data_error([&] { open_header(R"({"x":[1,2]})", eight_floats); }, {path, "must be an object"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,-4],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "shape[1]", "non-negative integer"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,4.5],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "shape[1]"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,3],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "'x' is F32[2, 3] = 24 bytes", "span 32 bytes"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F16","shape":[2,4],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "16 bytes", "span 32"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,32]}})", eight_floats); },
+                    {path, "too large"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[32,0]}})", eight_floats); },
+                    {path, "end before begin"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[0]}})", eight_floats); },
+                    {path, "[begin, end]"});
+  // Data beyond the end of the file (a truncated file).
+  expect_data_error([&] { open_header(good_entry, eight_floats.substr(0, 20)); }, {path, "[0, 32]", "run past the data region (20 bytes"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[8,40]}})", eight_floats); },
+                    {path, "run past"});
+  // Overlaps, gaps and trailing bytes.
+  expect_data_error([&] {
+    open_header(R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"y":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
+                eight_floats.substr(0, 24));
+  }, {path, "overlap", "'x'"});
+  expect_data_error([&] {
+    open_header(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})",
+                eight_floats);
+  }, {path, "'y'", "gap", "begin at 8"});
+  expect_data_error([&] { open_header(good_entry, eight_floats + "junk"); }, {path, "cover 32 bytes", "has 36"});
+  expect_data_error([&] { open_header(R"({"__metadata__":{"a":1}})", ""); }, {path, "__metadata__", "must be a string"});
+  expect_data_error([&] { open_header(R"({"__metadata__":[]})", ""); }, {path, "__metadata__", "object"});
+  expect_data_error([&] { open_header(R"({"x":{"dtype":"F32","shape":[1,1,1,1,1],"data_offsets":[0,4]}})", std::string(4, '\0'));
+                          SafetensorsFile::open(path).read_f32("x"); },
+                    {path, "at most 4 dims"});
+  // An empty header object is a valid (empty) file.
+  open_header("{}", "");
+  EXPECT_TRUE(SafetensorsFile::open(path).names().empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// .npy
+
+TEST(Npy, WriteReadRoundTripAndRows) {
+  TempDir dir("io");
+  std::string path = dir.str("a.npy");
+  std::vector<double> values;
+  for (int i = 0; i < 6 * 4; ++i) values.push_back(std::sin(i) * 100);
+  Tensor t = Tensor::from_vector(values, Shape{6, 4}, DType::F32);
+  write_npy(path, t);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  std::string bytes = read_bytes(path);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
+  uint16_t header_bytes;
+  std::memcpy(&header_bytes, bytes.data() + 8, 2);
+  EXPECT_EQ((10 + header_bytes) % 64, 0u);
+  EXPECT_EQ(bytes[10 + header_bytes - 1], '\n');
+  const std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (6, 4), }";
+  EXPECT_EQ(bytes.substr(10, dict.size() + 1), dict + " ");
+  EXPECT_EQ(bytes.size(), 10u + header_bytes + 6 * 4 * 4);
+
+  NpyFile f = NpyFile::open(path);
+  EXPECT_EQ(f.descr(), "<f4");
+  EXPECT_EQ(f.dtype(), "F32");
+  EXPECT_EQ(f.shape(), (std::vector<int64_t>{6, 4}));
+  expect_same_floats(f.read_f32().to_vector(), t.to_vector(), "npy round trip");
+  std::vector<float> out(2 * 4 + 1, -999.0f);
+  f.read_rows_f32(2, 2, out.data());
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(out[i], static_cast<float>(values[8 + i])) << i;
+  EXPECT_EQ(out[8], -999.0f);
+  EXPECT_EQ(f.read_rows_f32(5, 1).shape(), (Shape{1, 4}));
+  expect_error<Error>([&] { f.read_rows_f32(5, 2); }, {"rows [5, 7)", "6 rows"});
+
+  Tensor v = Tensor::from_vector({1, 2, 3}, Shape{3}, DType::F32);
+  write_npy(dir.str("v.npy"), v);
+  EXPECT_NE(read_bytes(dir.str("v.npy")).find("'shape': (3,), }"), std::string::npos);
+  NpyFile g = NpyFile::open(dir.str("v.npy"));
+  EXPECT_EQ(g.shape(), (std::vector<int64_t>{3}));
+  expect_same_floats(g.read_rows_f32(1, 2).to_vector(), {2, 3}, "1-D rows");
+  expect_error<Error>([&] { write_npy(dir.str("d.npy"), Tensor::zeros(Shape{2}, DType::F64)); }, {"float32"});
+}
+
+TEST(Npy, RejectsBadFiles) {
+  TempDir dir("io");
+  std::string path = dir.str("bad.npy");
+  // A v1 file from a header dict and data, padded like NumPy.
+  auto npy = [](const std::string& dict, const std::string& data, int major = 1) {
+    std::string header = dict;
+    size_t prefix = major == 1 ? 10 : 12;
+    header.append((64 - (prefix + header.size() + 1) % 64) % 64, ' ');
+    header += '\n';
+    std::string out = std::string("\x93NUMPY", 6) + char(major) + '\0';
+    uint32_t n = static_cast<uint32_t>(header.size());
+    out += std::string(reinterpret_cast<const char*>(&n), major == 1 ? 2 : 4);
+    return out + header + data;
+  };
+  auto open_bytes = [&](const std::string& bytes) {
+    write_bytes(path, bytes);
+    NpyFile::open(path);
+  };
+  const std::string data24(24, '\0');
+  open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24));  // baseline
+  open_bytes(npy("{'shape': (2,3),'fortran_order':False,\"descr\":'<f2'}", data24.substr(0, 12), 2));  // any order, v2
+  open_bytes(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2L, 3L), }", data24 + data24));    // Python 2 ints
+
+  expect_data_error([&] { NpyFile::open(dir.str("missing.npy")); }, {"missing.npy", "No such file"});
+  expect_data_error([&] { open_bytes("not numpy at all"); }, {path, "magic"});
+  expect_data_error([&] { open_bytes(std::string("\x93NUMPY\x01\x00\x40", 9)); }, {path, "truncated .npy header"});
+  expect_data_error([&] { open_bytes(std::string("\x93NUMPY\x01\x00\x40\x00{}", 12)); }, {path, "header length 64", "runs past"});
+  expect_data_error([&] {
+    std::string b = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24);
+    b[6] = 4;
+    open_bytes(b);
+  }, {path, "version 4.0"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", data24)); }, {path, "Fortran"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", data24)); },
+                    {path, "big-endian", "'>f4'"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", data24)); },
+                    {path, "dtype '<i4'", "'<f4'"});
+  expect_data_error([&] { open_bytes(npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", data24)); },
+                    {path, "structured"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24.substr(0, 20))); },
+                    {path, "truncated .npy data", "needs 24 bytes", "has 20"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24 + "xxxx")); },
+                    {path, "4 bytes after the data"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'shape': (2, 3), }", data24)); }, {path, "must contain"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", data24)); },
+                    {path, "unexpected key 'x'"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2, 3), }", data24)); },
+                    {path, "True or False"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", data24)); },
+                    {path, "non-negative integer"});
+  expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", data24)); }, {path, "bad .npy header"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures from independent writers (scripts/gen_io_fixtures.py)
+
+TEST(IoFixtures, NumpyWrittenNpyFiles) {
+  const std::vector<double> ramp = ramp_values();
+  for (const char* name : {"io_np_f32.npy", "io_np_f16.npy", "io_np_f64.npy", "io_np_v2.npy", "io_np_v3.npy"}) {
+    NpyFile f = NpyFile::open(ref(name));
+    EXPECT_EQ(f.shape(), (std::vector<int64_t>{7, 5})) << name;
+    Tensor t = f.read_f32();
+    EXPECT_EQ(t.shape(), (Shape{7, 5})) << name;
+    expect_same_floats(t.to_vector(), ramp, name);
+    expect_same_floats(f.read_rows_f32(3, 2).to_vector(), std::vector<double>(ramp.begin() + 15, ramp.begin() + 25), name);
+  }
+  EXPECT_EQ(NpyFile::open(ref("io_np_f16.npy")).descr(), "<f2");
+  EXPECT_EQ(NpyFile::open(ref("io_np_f64.npy")).descr(), "<f8");
+  expect_same_floats(NpyFile::open(ref("io_np_1d.npy")).read_f32().to_vector(), {0, 0.5, 1, 1.5, 2, 2.5}, "1-D");
+  // numpy's own float16 -> float32 conversion of edge values, bit for bit.
+  expect_same_floats(NpyFile::open(ref("io_np_special_f16.npy")).read_f32().to_vector(),
+                     NpyFile::open(ref("io_np_special_f16_as_f32.npy")).read_f32().to_vector(), "numpy f16 specials");
+  expect_data_error([] { NpyFile::open(ref("io_np_bad_fortran.npy")); }, {"io_np_bad_fortran.npy", "Fortran"});
+  expect_data_error([] { NpyFile::open(ref("io_np_bad_bigendian.npy")); }, {"io_np_bad_bigendian.npy", "big-endian"});
+  expect_data_error([] { NpyFile::open(ref("io_np_bad_int32.npy")); }, {"io_np_bad_int32.npy", "'<i4'"});
+}
+
+TEST(IoFixtures, SafetensorsPackageWrittenFile) {
+  SafetensorsFile f = SafetensorsFile::open(ref("io_st_lib.safetensors"));
+  const std::map<std::string, std::string> meta = {
+      {"model", "tiny-test"}, {"layer", "2"}, {"note", "caf\xc3\xa9 \xe2\x98\x83 \"quoted\""}};
+  EXPECT_EQ(f.metadata(), meta);
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"act_f16", "act_f64", "activations", "special_f16", "special_f16_as_f32",
+                                                 "story_lengths", "token_ids"}));
+  EXPECT_EQ(f.entry("act_f16").dtype, "F16");
+  EXPECT_EQ(f.entry("act_f64").dtype, "F64");
+  const std::vector<double> ramp = ramp_values();
+  for (const char* name : {"activations", "act_f16", "act_f64"}) {
+    expect_same_floats(f.read_f32(name).to_vector(), ramp, name);
+    expect_same_floats(f.read_rows_f32(name, 2, 3).to_vector(), std::vector<double>(ramp.begin() + 10, ramp.begin() + 25), name);
+  }
+  expect_same_floats(f.read_f32("special_f16").to_vector(), f.read_f32("special_f16_as_f32").to_vector(), "numpy f16 specials");
+  EXPECT_EQ(f.read_i64("story_lengths"), (std::vector<int64_t>{2, 4, 1}));
+  EXPECT_EQ(f.read_i64("token_ids"), (std::vector<int64_t>{5, -1, 70000, 0, 2147483647, -2147483648LL, 42}));
+}
+
+TEST(IoFixtures, OurWriterMatchesTheReferenceByteForByte) {
+  TempDir dir("io");
+  Tensor w_enc = Tensor::from_vector(ramp_values(), Shape{7, 5}, DType::F32);
+  Tensor b_enc = Tensor::from_vector({-2, -1, 0, 1, 2}, Shape{5}, DType::F32);
+  Tensor b_dec = Tensor::from_vector({1.0 / 3, 2.0 / 3, 3.0 / 3}, Shape{3}, DType::F64);
+  write_safetensors(dir.str("ours.safetensors"), {{"b_enc", b_enc}, {"W_enc", w_enc}, {"b_dec", b_dec}},
+                    {{"sae_lens_version", "6.0.0"}});
+  std::string ours = read_bytes(dir.str("ours.safetensors"));
+  std::string reference = read_bytes(ref("io_st_ref_layout.safetensors"));
+  ASSERT_FALSE(reference.empty());
+  EXPECT_EQ(ours, reference);
+}
+
+TEST(IoFixtures, TorchWrittenBfloat16) {
+  SafetensorsFile f = SafetensorsFile::open(ref("io_st_torch.safetensors"));
+  EXPECT_EQ(f.metadata().at("writer"), "safetensors.torch");
+  EXPECT_EQ(f.entry("act_bf16").dtype, "BF16");
+  expect_same_floats(f.read_f32("act_bf16").to_vector(), ramp_values(), "act_bf16");
+  expect_same_floats(f.read_f32("special_bf16").to_vector(), f.read_f32("special_bf16_as_f32").to_vector(), "torch bf16 specials");
+}
+
+TEST(IoFixtures, HandRolledPythonWriter) {
+  // Unpadded header (unaligned data), metadata last, \u escapes with a surrogate pair.
+  SafetensorsFile f = SafetensorsFile::open(ref("io_st_hand.safetensors"));
+  EXPECT_EQ(f.metadata().at("writer"), "hand");
+  EXPECT_EQ(f.metadata().at("unicode"), "\xc3\xbc\xf0\x9f\x98\x80");
+  const std::vector<double> ramp = ramp_values();
+  expect_same_floats(f.read_f32("activations").to_vector(), ramp, "activations");
+  expect_same_floats(f.read_f32("act_bf16").to_vector(), ramp, "act_bf16");
+  expect_same_floats(f.read_rows_f32("act_bf16", 5, 2).to_vector(), std::vector<double>(ramp.begin() + 25, ramp.end()), "act_bf16 rows");
+  expect_same_floats(f.read_f32("special_bf16").to_vector(), f.read_f32("special_bf16_as_f32").to_vector(), "bf16 specials");
+  EXPECT_EQ(f.read_i64("token_ids"), (std::vector<int64_t>{5, -1, 70000, 0, 2147483647, -2147483648LL, 42}));
+  EXPECT_EQ(f.read_i64("story_lengths"), (std::vector<int64_t>{2, 4, 1}));
+  EXPECT_TRUE(f.entry("scalar").shape.empty());
+  Tensor scalar = f.read_f32("scalar");
+  EXPECT_EQ(scalar.shape(), (Shape{1}));
+  EXPECT_EQ(scalar.item(), static_cast<double>(0.1f));
+  Tensor empty = f.read_f32("empty");
+  EXPECT_EQ(empty.shape(), (Shape{0, 5}));
+  EXPECT_EQ(f.read_rows_f32("empty", 0, 0).numel(), 0);
+}

@@ -1,0 +1,219 @@
+// Activation sources and batches: the synthetic generator's determinism and statistics, the token
+// permutation, story and token batching, the three normalisations, and activation files.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "sae/data/batches.h"
+#include "sae/data/synthetic.h"
+#include "tensor/ops.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::TempDir;
+
+namespace {
+SyntheticOptions small_synthetic() {
+  SyntheticOptions o;
+  o.d = 24;
+  o.concepts = 60;
+  o.story_concepts = 8;
+  o.story_active = 2;
+  o.stories = 50;
+  o.mean_length = 20;
+  o.active = 3;
+  o.seed = 7;
+  return o;
+}
+}  // namespace
+
+TEST(Synthetic, TokensArePureFunctionsOfTheirIndex) {
+  SyntheticSource a(small_synthetic()), b(small_synthetic());
+  const int64_t d = a.d(), n = 60;
+  std::vector<float> block(n * d), single(d);
+  a.read_tokens(100, n, block.data());
+  // The same tokens read one at a time, in reverse, from a second source.
+  for (int64_t t = n - 1; t >= 0; --t) {
+    b.read_tokens(100 + t, 1, single.data());
+    for (int64_t j = 0; j < d; ++j) ASSERT_EQ(single[j], block[t * d + j]) << "token " << 100 + t;
+  }
+  SyntheticOptions other = small_synthetic();
+  other.seed = 8;
+  SyntheticSource c(other);
+  c.read_tokens(100, 1, single.data());
+  EXPECT_NE(single[0], block[0]);
+}
+
+TEST(Synthetic, StoryLengthsAndUnitConcepts) {
+  SyntheticOptions o = small_synthetic();
+  o.stories = 400;
+  o.mean_length = 218;
+  o.noise = 0.0;
+  o.mean_norm = 0.0;
+  SyntheticSource s(o);
+  EXPECT_EQ(s.num_stories(), 400);
+  EXPECT_NEAR(double(s.num_tokens()) / 400.0, 218.0, 12.0);  // mean story length
+  // Concepts are unit vectors.
+  Tensor norms = norm2(s.concepts(), 1);
+  EXPECT_NEAR(reduce(ReduceOp::min, norms).item(), 1.0, 1e-5);
+  EXPECT_NEAR(reduce(ReduceOp::max, norms).item(), 1.0, 1e-5);
+}
+
+TEST(Synthetic, TokensAreSparsePositiveMixturesWithStoryConcepts) {
+  // No noise and no mean: a token is sum_k m_k c_k with m_k in [0.5, 1.5). In d = 256 the random
+  // concepts are nearly orthogonal, so projecting on them shows which are on.
+  SyntheticOptions o;
+  o.d = 256;
+  o.concepts = 60;
+  o.story_concepts = 8;
+  o.story_active = 2;
+  o.story_presence = 0.8;
+  o.active = 3;
+  o.zipf = 0.0;
+  o.stories = 20;
+  o.mean_length = 200;
+  o.noise = 0.0;
+  o.mean_norm = 0.0;
+  o.seed = 3;
+  SyntheticSource s(o);
+  const int64_t story = 5, n = s.story_length(story);
+  std::vector<float> x(n * o.d);
+  s.read_tokens(s.story_begin(story), n, x.data());
+  Tensor proj = matmul(Tensor::from_data(x.data(), Shape{n, o.d}), s.concepts(), false, true);  // [n, C]
+  std::vector<double> p = proj.to_vector();
+  std::vector<int> story_hits(o.story_concepts, 0);
+  double active_per_token = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t k = 0; k < o.concepts; ++k)
+      if (p[t * o.concepts + k] > 0.35) {
+        active_per_token += 1.0 / double(n);
+        if (k < o.story_concepts) ++story_hits[k];
+      }
+  // About 0.8 * 2 story concepts + ~3 token concepts per token.
+  EXPECT_GT(active_per_token, 3.0);
+  EXPECT_LT(active_per_token, 6.5);
+  // Exactly two story concepts are on for most tokens of this story; the others almost never.
+  int frequent = 0;
+  for (int hits : story_hits) {
+    if (hits > 0.6 * n) ++frequent;
+    else EXPECT_LT(hits, 0.1 * n);
+  }
+  EXPECT_EQ(frequent, 2);
+}
+
+TEST(RandomPermutation, IsABijection) {
+  for (uint64_t n : {1ull, 2ull, 7ull, 1000ull, 4099ull}) {
+    RandomPermutation p(n, 3);
+    std::set<uint64_t> seen;
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t v = p(i);
+      ASSERT_LT(v, n);
+      seen.insert(v);
+    }
+    EXPECT_EQ(seen.size(), n);
+  }
+  RandomPermutation a(1000, 1), b(1000, 2);
+  int same = 0;
+  for (uint64_t i = 0; i < 1000; ++i) same += a(i) == b(i);
+  EXPECT_LT(same, 20);
+}
+
+TEST(Batcher, StoryModeIsFileOrderAndNormalisesPerStory) {
+  SyntheticSource s(small_synthetic());
+  Batcher batcher(s, 0, Normalization::Story, 1.0, 0);
+  const int64_t d = s.d(), max = batcher.max_batch_tokens();
+  EXPECT_EQ(max, s.longest_story());
+  std::vector<float> raw(max * d), norm(max * d), expect(max * d);
+  for (int64_t story = 0; story < s.num_stories() + 2; ++story) {
+    BatchStats st;
+    const int64_t n = batcher.next(raw.data(), norm.data(), st);
+    const int64_t k = story % s.num_stories();  // wraps around after the last story
+    ASSERT_EQ(n, s.story_length(k));
+    s.read_tokens(s.story_begin(k), n, expect.data());
+    double sum = 0;
+    for (int64_t i = 0; i < n * d; ++i) {
+      ASSERT_EQ(raw[i], expect[i]);
+      sum += raw[i];
+    }
+    // x_n = (x - mean) / std * sqrt(d) with the unbiased std over all n*d elements
+    const double mean = sum / double(n * d);
+    double sq = 0;
+    for (int64_t i = 0; i < n * d; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
+    const double stdev = std::sqrt(sq / double(n * d - 1));
+    for (int64_t i = 0; i < n * d; i += 37)
+      ASSERT_NEAR(norm[i], (raw[i] - mean) / stdev * std::sqrt(double(d)), 1e-4 * std::sqrt(double(d)));
+  }
+}
+
+TEST(Batcher, TokenModeVisitsEveryTokenOncePerEpochAndResumes) {
+  SyntheticOptions o = small_synthetic();
+  o.stories = 10;
+  SyntheticSource s(o);
+  const int64_t n_tokens = s.num_tokens(), batch = 16, d = s.d();
+  Batcher batcher(s, batch, Normalization::None, 1.0, 5);
+  std::vector<float> raw(batch * d), norm(batch * d), token(d);
+  // Identify tokens by their first value (distinct with overwhelming probability).
+  std::map<float, int64_t> id;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    s.read_tokens(t, 1, token.data());
+    id[token[0]] = t;
+  }
+  ASSERT_EQ(static_cast<int64_t>(id.size()), n_tokens);
+  std::vector<int> visits(n_tokens, 0);
+  const int64_t full_batches = n_tokens / batch;
+  Json saved;
+  std::vector<float> after_save;
+  for (int64_t b = 0; b < full_batches; ++b) {
+    BatchStats st;
+    batcher.next(raw.data(), norm.data(), st);
+    for (int64_t i = 0; i < batch; ++i) ++visits[id.at(raw[i * d])];
+    if (b == 2) saved = batcher.state();
+    if (b == 3) after_save.assign(raw.begin(), raw.end());
+  }
+  int64_t visited = 0;
+  for (int v : visits) {
+    EXPECT_LE(v, 1);
+    visited += v;
+  }
+  EXPECT_EQ(visited, full_batches * batch);
+  // A batcher restored from the saved position continues with the same batch.
+  Batcher again(s, batch, Normalization::None, 1.0, 5);
+  again.restore(saved);
+  BatchStats st;
+  again.next(raw.data(), norm.data(), st);
+  EXPECT_EQ(std::vector<float>(raw.begin(), raw.end()), after_save);
+}
+
+TEST(Batcher, DatasetNormalisationScalesMeanSquaredNormToD) {
+  SyntheticSource s(small_synthetic());
+  const double scale = estimate_dataset_scale(s, 2000);
+  std::vector<float> x(500 * s.d());
+  s.read_tokens(0, 500, x.data());
+  double sq = 0;
+  for (float v : x) sq += double(v) * v * scale * scale;
+  EXPECT_NEAR(sq / 500.0, double(s.d()), 0.1 * s.d());
+}
+
+TEST(Batcher, RejectsImpossibleCombinations) {
+  SyntheticSource s(small_synthetic());
+  EXPECT_THROW(Batcher(s, 16, Normalization::Story, 1.0, 0), UsageError);   // story stats need story batches
+  EXPECT_THROW(Batcher(s, 1 << 30, Normalization::None, 1.0, 0), UsageError);  // batch larger than the data
+  EXPECT_THROW(parse_normalization("zscore"), UsageError);
+}
+
+TEST(ActivationFile, ReadsSafetensorsWithStoriesAndChecksThem) {
+  TempDir dir("actfile");
+  const std::string path = dir.str("acts.safetensors");
+  sae::testing::write_activation_file(path, 3, {2, 4, 1}, [](int64_t t, int64_t j) { return 10.0 * t + j; });
+  auto source = open_activations(path, SyntheticOptions{});
+  EXPECT_EQ(source->d(), 3);
+  EXPECT_EQ(source->num_tokens(), 7);
+  EXPECT_EQ(source->num_stories(), 3);
+  EXPECT_EQ(source->story_begin(2), 6);
+  EXPECT_EQ(source->story_length(1), 4);
+  std::vector<float> row(3 * 2);
+  source->read_tokens(4, 2, row.data());
+  EXPECT_EQ(row, (std::vector<float>{40, 41, 42, 50, 51, 52}));
+}

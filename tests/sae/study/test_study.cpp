@@ -1,0 +1,257 @@
+// build/bin/recon_vs_f and build/bin/l1_sweep end to end on tiny configurations (synthetic d = 16,
+// a few seconds each), asserting the study's shapes from their summary.csv: F below d ends far
+// above F >= d, F = d - 1 ends above F = d; the nonzero proportion falls and the reconstruction
+// loss rises with lambda. Also: the figures and summaries are written, a second invocation skips
+// finished runs, an interrupted run resumes to the same metrics, a changed option on the same --out
+// is refused (as is a run folder name taken by something else), and the library's gnuplot/metrics
+// errors. The configurations (lr 1e-2 with a linear decay over the last half, so each run reaches
+// its floor) were checked over five seeds: the smallest margins seen were 9x (F = d-1 over F = d),
+// 170x (F = 4 over F >= d), 1.2x (proportion between neighbouring lambdas) and 2x (rec loss between
+// neighbouring lambdas).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "sae/study/study.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+namespace fs = std::filesystem;
+using sae::testing::CommandResult;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+
+namespace {
+
+const std::string kTinyData =
+    "--synthetic-d 16 --synthetic-concepts 96 --synthetic-story-concepts 8 --synthetic-active 1 "
+    "--synthetic-story-active 1 --lr 1e-2 --steps 2000 --lr-decay-steps 1000 --progress none";
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int count(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// summary.csv as one map per row (our cells hold no commas or quotes).
+std::vector<std::map<std::string, std::string>> read_summary(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line, cell;
+  std::vector<std::string> header;
+  std::vector<std::map<std::string, std::string>> rows;
+  if (!std::getline(in, line)) return rows;
+  std::stringstream h(line);
+  while (std::getline(h, cell, ',')) header.push_back(cell);
+  while (std::getline(in, line)) {
+    std::map<std::string, std::string> row;
+    std::stringstream cells(line);
+    for (size_t i = 0; i < header.size(); ++i) {
+      if (!std::getline(cells, cell, ',')) cell.clear();
+      row[header[i]] = cell;
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+void expect_png(const fs::path& png) {
+  ASSERT_TRUE(fs::exists(png)) << png;
+  const std::string bytes = slurp(png);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << png;
+  EXPECT_GT(bytes.size(), 10000u) << png << " looks empty";
+  fs::path stem = png;
+  EXPECT_TRUE(fs::exists(stem.replace_extension(".gp"))) << stem;
+  EXPECT_TRUE(fs::exists(stem.replace_extension(".dat"))) << stem;
+}
+
+struct Timed {
+  CommandResult result;
+  double seconds = 0;
+};
+Timed run_timed(const std::string& program, const std::string& args, const TempDir& scratch) {
+  const auto begin = std::chrono::steady_clock::now();
+  Timed t;
+  t.result = run_binary(program, args, scratch);
+  t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  return t;
+}
+
+}  // namespace
+
+TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
+  TempDir dir("recon_vs_f");
+  const fs::path out = dir.path / "study";
+  const std::string args =
+      kTinyData + " --features-list 4,15,16,24 --checkpoint-every 1000 --out " + out.string();
+  const Timed first = run_timed("recon_vs_f", args, dir);
+  ASSERT_EQ(first.result.exit_code, 0) << first.result.err;
+  EXPECT_EQ(count(first.result.out, ": trained"), 4) << first.result.out;
+
+  std::map<int, double> plateau;
+  for (const auto& row : read_summary(out / "summary.csv"))
+    plateau[std::stoi(row.at("F"))] = std::stod(row.at("plateau rec loss / element"));
+  ASSERT_EQ(plateau.size(), 4u);
+  // F = 4 < d cannot carry a 16-dimensional signal: far above every F >= d.
+  EXPECT_GT(plateau[4], 10 * std::max(plateau[16], plateau[24]));
+  // F = d - 1 loses one direction; F = d does not.
+  EXPECT_GT(plateau[15], 3 * plateau[16]);
+  EXPECT_GT(plateau[15], 3 * plateau[24]);
+
+  expect_png(out / "recon_vs_f.png");
+  expect_png(out / "recon_vs_f_zoom.png");
+  const std::string md = slurp(out / "summary.md");
+  EXPECT_NE(md.find("| 15 |"), std::string::npos) << md;
+  for (int f : {4, 15, 16, 24}) EXPECT_TRUE(fs::exists(out / ("F_" + std::to_string(f)) / "summary.json"));
+
+  // A second invocation skips every finished run and rewrites the same summary.
+  const std::string summary = slurp(out / "summary.csv"), metrics16 = slurp(out / "F_16" / "metrics.csv");
+  const Timed again = run_timed("recon_vs_f", args, dir);
+  ASSERT_EQ(again.result.exit_code, 0) << again.result.err;
+  EXPECT_EQ(count(again.result.out, "skipped (already finished at step 2000)"), 4) << again.result.out;
+  EXPECT_EQ(count(again.result.out, ": trained"), 0);
+  EXPECT_LT(again.seconds, first.seconds);
+  EXPECT_EQ(slurp(out / "summary.csv"), summary);
+
+  // A run killed after its step-1000 checkpoint: resumed, and (bit-exact resume on CPU) it ends
+  // with the same metrics as the uninterrupted run.
+  fs::remove_all(out / "F_16" / "sae");
+  fs::remove(out / "F_16" / "summary.json");
+  const Timed resumed = run_timed("recon_vs_f", args, dir);
+  ASSERT_EQ(resumed.result.exit_code, 0) << resumed.result.err;
+  EXPECT_EQ(count(resumed.result.out, "F_16: resumed from step 1000"), 1) << resumed.result.out;
+  EXPECT_EQ(count(resumed.result.out, "skipped"), 3);
+  EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+  EXPECT_EQ(slurp(out / "summary.csv"), summary);
+
+  // The same --out with another learning rate: refused, nothing overwritten.
+  const CommandResult changed = run_binary("recon_vs_f", kTinyData + " --lr 5e-3 --features-list 4,15,16,24 --out " + out.string(), dir);
+  EXPECT_EQ(changed.exit_code, 1);
+  EXPECT_NE(changed.err.find("lr"), std::string::npos) << changed.err;
+  EXPECT_NE(changed.err.find("another --out"), std::string::npos) << changed.err;
+  EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+
+  // A run folder name that is taken by something else: refused, left alone.
+  const fs::path other = dir.path / "other";
+  fs::create_directories(other / "F_4");
+  std::ofstream(other / "F_4" / "notes.txt") << "mine";
+  const CommandResult taken = run_binary("recon_vs_f", args.substr(0, args.find(" --out ")) + " --out " + other.string(), dir);
+  EXPECT_EQ(taken.exit_code, 1);
+  EXPECT_NE(taken.err.find("holds no run"), std::string::npos) << taken.err;
+  EXPECT_EQ(slurp(other / "F_4" / "notes.txt"), "mine");
+}
+
+TEST(Study, L1SweepShapesContinuationAndSkip) {
+  TempDir dir("l1_sweep");
+  const fs::path out = dir.path / "study";
+  const std::string args = kTinyData +
+                           " --features 64 --l1-list 0,0.1,1,10 --summary-step 2000 --continue-lambda 1 "
+                           "--continue-steps 2500 --checkpoint-every 100000 --out " + out.string();
+  const Timed first = run_timed("l1_sweep", args, dir);
+  ASSERT_EQ(first.result.exit_code, 0) << first.result.err;
+  EXPECT_EQ(count(first.result.out, ": trained"), 4) << first.result.out;
+  EXPECT_EQ(count(first.result.out, "l1_1_to_2500: continued l1_1 from step 2000"), 1) << first.result.out;
+
+  const auto rows = read_summary(out / "summary.csv");
+  ASSERT_EQ(rows.size(), 5u);
+  std::vector<double> proportion, rec;
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(rows[i].at("step"), "2000");
+    proportion.push_back(std::stod(rows[i].at("nonzero proportion (mean)")));
+    rec.push_back(std::stod(rows[i].at("rec loss / element (mean)")));
+    const double mmcs = std::stod(rows[i].at("MMCS"));  // synthetic data: concept recovery reported
+    EXPECT_GT(mmcs, 0);
+    EXPECT_LE(mmcs, 1);
+  }
+  for (size_t i = 1; i < 4; ++i) {
+    EXPECT_LT(proportion[i] * 1.1, proportion[i - 1]) << "lambda index " << i;
+    EXPECT_GT(rec[i], 1.5 * rec[i - 1]) << "lambda index " << i;
+  }
+  // The original's numbers sit beside the lambda that stands for theirs (lambda * 768 / d).
+  EXPECT_EQ(rows[0].at("original proportion"), "0.9959");
+  EXPECT_EQ(rows[1].at("original proportion"), "");
+  EXPECT_EQ(rows[4].at("lambda"), "1 (continued)");
+  EXPECT_EQ(rows[4].at("step"), "2500");
+
+  for (const char* name : {"l1_sweep_l1", "l1_sweep_rec_loss", "l1_sweep_nonzero", "l1_sweep_zoom", "l1_sweep_continued"})
+    expect_png(out / (std::string(name) + ".png"));
+  EXPECT_NE(slurp(out / "summary.md").find("| 10 |"), std::string::npos);
+
+  const std::string summary = slurp(out / "summary.csv");
+  const Timed again = run_timed("l1_sweep", args, dir);
+  ASSERT_EQ(again.result.exit_code, 0) << again.result.err;
+  EXPECT_EQ(count(again.result.out, "skipped (already finished"), 5) << again.result.out;
+  EXPECT_EQ(count(again.result.out, ": trained"), 0);
+  EXPECT_LT(again.seconds, first.seconds);
+  EXPECT_EQ(slurp(out / "summary.csv"), summary);  // concept recovery read back from summary.json
+}
+
+TEST(Study, UsageErrors) {
+  TempDir dir("study_usage");
+  struct Case {
+    const char* program;
+    std::string args, expect;
+  };
+  const std::vector<Case> cases = {
+      {"recon_vs_f", "--profile fast", "--profile"},
+      {"recon_vs_f", "--features 10", "features"},
+      {"recon_vs_f", "--features-list 4,x", "--features-list"},
+      {"recon_vs_f", "--profile quick --data acts.safetensors", "--profile quick"},
+      {"l1_sweep", "--l1-list 0,1 --continue-lambda 7", "--continue-lambda"},
+      {"l1_sweep", "--l1-list 1,0", "--l1-list"},
+      {"l1_sweep", "--continue-steps 100 --steps 200", "--continue-steps"},
+  };
+  for (const Case& c : cases) {
+    const CommandResult r = run_binary(c.program, c.args + " --out " + dir.str("never"), dir);
+    EXPECT_EQ(r.exit_code, 2) << c.program << " " << c.args << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+    EXPECT_EQ(count(r.err, "\n"), 1) << r.err;
+  }
+  EXPECT_FALSE(fs::exists(dir.path / "never"));
+}
+
+TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
+  TempDir dir("study_lib");
+  Figure figure;
+  figure.title = "t";
+  figure.series.push_back({"a", {1, 2, 3}, {3, 1, 2}});
+  plot(figure, dir.str("ok.png"));
+  EXPECT_TRUE(fs::exists(dir.path / "ok.png"));
+
+  const std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  ::setenv("PATH", dir.str().c_str(), 1);  // a PATH without gnuplot
+  EXPECT_THROW(
+      {
+        try {
+          plot(figure, dir.str("missing.png"));
+        } catch (const DataError& e) {
+          EXPECT_NE(std::string(e.what()).find("gnuplot was not found"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      DataError);
+  ::setenv("PATH", path.c_str(), 1);
+  EXPECT_TRUE(fs::exists(dir.path / "missing.gp"));  // the script is kept for a later redraw
+
+  std::ofstream(dir.path / "bad.csv") << "step,loss\n1,0.5\n2,oops\n";
+  EXPECT_THROW(read_metrics(dir.str("bad.csv")), DataError);
+  std::ofstream(dir.path / "good.csv") << "step,loss\n10,4\n20,2\n30,1\n";
+  const Metrics m = read_metrics(dir.str("good.csv"));
+  EXPECT_EQ(m.row_at_or_below(25), 1u);
+  EXPECT_THROW(m.row_at_or_below(5), DataError);
+  EXPECT_DOUBLE_EQ(m.tail_mean("loss", 2, 0.5), 1.0);  // max(1, 3 * 0.5) = 1 row
+  EXPECT_THROW(m.column("nope"), DataError);
+}

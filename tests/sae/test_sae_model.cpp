@@ -1,0 +1,150 @@
+// The SAE's loss and gradients: float64 gradcheck of rec + lambda * l1 w.r.t. all four
+// parameters, and the fused SaeStep against the autograd reference (values and every gradient).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tests/util/gradcheck.h"
+#include "sae/model.h"
+#include "sae/step/sae_step.h"
+#include "tensor/ops.h"
+
+using namespace sae;
+using sae::testing::gradcheck;
+
+namespace {
+// A random SAE and batch whose encoder pre-activations all sit at least `margin` from 0, so the
+// ReLU is differentiable everywhere finite differences probe. Biases are shifted so roughly
+// `active_fraction` of the features fire.
+struct Problem {
+  Tensor x, W_enc, b_enc, W_dec, b_dec;
+};
+
+Problem make_problem(int64_t n, int64_t d, int64_t f, DType dtype, uint64_t seed, double margin = 1e-3) {
+  Rng rng(seed);
+  Problem p;
+  p.x = normal_tensor(Shape{n, d}, 0.0, 1.0, rng, DType::F64);
+  p.W_enc = normal_tensor(Shape{d, f}, 0.0, 1.0 / std::sqrt(double(d)), rng, DType::F64);
+  p.b_enc = normal_tensor(Shape{f}, -0.3, 0.3, rng, DType::F64);
+  p.W_dec = normal_tensor(Shape{f, d}, 0.0, 1.0 / std::sqrt(double(f)), rng, DType::F64);
+  p.b_dec = normal_tensor(Shape{d}, 0.0, 0.1, rng, DType::F64);
+  // Nudge biases until no pre-activation is within margin of the kink.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    Tensor pre = add(matmul(p.x, p.W_enc), p.b_enc);
+    if (reduce(ReduceOp::min, abs(pre)).item() >= margin) break;
+    p.b_enc = add_scalar(p.b_enc, 1.7 * margin);
+  }
+  if (dtype == DType::F32)
+    for (Tensor* t : {&p.x, &p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) *t = t->to(DType::F32);
+  return p;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  return reduce(ReduceOp::max, abs(sub(a.to(DType::F64), b.to(DType::F64)))).item();
+}
+double max_abs(const Tensor& a) { return reduce(ReduceOp::max, abs(a.to(DType::F64))).item(); }
+}  // namespace
+
+TEST(SaeModel, GradcheckFullLossAllFourParameters) {
+  const double lambda = 0.7;
+  Problem p = make_problem(6, 5, 9, DType::F64, 21);
+  Tensor x = p.x;
+  auto loss = [x, lambda](const std::vector<Variable>& v) {
+    SparseAutoencoder sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
+    // Use the given Variables (not copies) so gradients flow to them.
+    sae.W_enc = v[0];
+    sae.b_enc = v[1];
+    sae.W_dec = v[2];
+    sae.b_dec = v[3];
+    return sae.loss(Variable(x), lambda).total;
+  };
+  EXPECT_LT(gradcheck(loss, {p.W_enc, p.b_enc, p.W_dec, p.b_dec}), 1e-7);
+  // rec and l1 separately, so neither term can hide behind the other
+  auto l1_only = [x](const std::vector<Variable>& v) {
+    SparseAutoencoder sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
+    sae.W_enc = v[0], sae.b_enc = v[1], sae.W_dec = v[2], sae.b_dec = v[3];
+    return sae.loss(Variable(x), 0.0).l1;
+  };
+  EXPECT_LT(gradcheck(l1_only, {p.W_enc, p.b_enc, p.W_dec, p.b_dec}), 1e-7);
+}
+
+TEST(SaeModel, LossValuesByDefinition) {
+  // rec and l1 recomputed element by element from the definitions in SPEC section 1.
+  Problem p = make_problem(4, 3, 5, DType::F64, 5);
+  SparseAutoencoder sae(p.W_enc, p.b_enc, p.W_dec, p.b_dec);
+  auto loss = sae.loss(Variable(p.x), 2.0);
+  auto x = p.x.to_vector(), we = p.W_enc.to_vector(), be = p.b_enc.to_vector(), wd = p.W_dec.to_vector(),
+       bd = p.b_dec.to_vector();
+  double rec = 0, l1 = 0;
+  for (int t = 0; t < 4; ++t) {
+    std::vector<double> f(5);
+    for (int i = 0; i < 5; ++i) {
+      double pre = be[i];
+      for (int k = 0; k < 3; ++k) pre += x[t * 3 + k] * we[k * 5 + i];
+      f[i] = std::max(pre, 0.0);
+      double norm = 0;
+      for (int k = 0; k < 3; ++k) norm += wd[i * 3 + k] * wd[i * 3 + k];
+      l1 += f[i] * std::sqrt(norm);
+    }
+    for (int k = 0; k < 3; ++k) {
+      double xh = bd[k];
+      for (int i = 0; i < 5; ++i) xh += f[i] * wd[i * 3 + k];
+      rec += (xh - x[t * 3 + k]) * (xh - x[t * 3 + k]);
+    }
+  }
+  EXPECT_NEAR(loss.rec.data().item(), rec, 1e-12);
+  EXPECT_NEAR(loss.l1.data().item(), l1, 1e-12);
+  EXPECT_NEAR(loss.total.data().item(), rec + 2.0 * l1, 1e-12);
+  EXPECT_GT(l1, 0.0);
+}
+
+namespace {
+void compare_fused_with_autograd(int64_t n, int64_t d, int64_t f, DType dtype, double lambda, double tol,
+                                 uint64_t seed) {
+  Problem p = make_problem(n, d, f, dtype, seed, 0.0);
+  SparseAutoencoder reference(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
+  auto loss = reference.loss(Variable(p.x), lambda);
+  loss.total.backward();
+
+  SparseAutoencoder fused(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
+  SaeStep step(n + 3, d, f, dtype, Device::CPU);  // workspace larger than the batch on purpose
+  // Poison the gradients: the step must overwrite them entirely.
+  for (Variable& param : fused.parameters()) param.grad() = Tensor::full(param.shape(), NAN, dtype);
+  StepSums sums = step.forward_backward(fused, p.x, lambda);
+
+  const double rec = loss.rec.data().item(), l1 = loss.l1.data().item();
+  EXPECT_NEAR(sums.rec, rec, tol * (1 + std::abs(rec)));
+  EXPECT_NEAR(sums.l1, l1, tol * (1 + std::abs(l1)));
+  EXPECT_NEAR(sums.loss, rec + lambda * l1, tol * (1 + std::abs(rec + lambda * l1)));
+  Tensor f_ref = reference.encode(Variable(p.x)).data();
+  EXPECT_DOUBLE_EQ(sums.active, reduce(ReduceOp::count_nonzero, f_ref).item());
+  EXPECT_GT(sums.active, 0.0);
+  EXPECT_LT(sums.active, double(n * f));
+  EXPECT_LT(max_abs_diff(step.features(), f_ref), tol * (1 + max_abs(f_ref)));
+  EXPECT_LT(max_abs_diff(step.feature_counts(), sum(sae::step(f_ref), 0)), 0.5);
+  auto ref_params = reference.named_parameters(), fused_params = fused.named_parameters();
+  for (size_t i = 0; i < ref_params.size(); ++i) {
+    const Tensor& want = ref_params[i].second.grad();
+    const Tensor& got = fused_params[i].second.grad();
+    EXPECT_LT(max_abs_diff(got, want), tol * (1 + max_abs(want))) << ref_params[i].first;
+  }
+}
+}  // namespace
+
+TEST(SaeStep, FusedMatchesAutogradFloat64) {
+  compare_fused_with_autograd(7, 6, 11, DType::F64, 0.5, 1e-12, 1);
+  compare_fused_with_autograd(40, 16, 300, DType::F64, 3.0, 1e-12, 2);
+  compare_fused_with_autograd(5, 8, 20, DType::F64, 0.0, 1e-12, 3);  // lambda = 0
+}
+
+TEST(SaeStep, FusedMatchesAutogradFloat32LargeEnoughToThread) {
+  compare_fused_with_autograd(64, 48, 1200, DType::F32, 5.0, 2e-5, 4);
+}
+
+TEST(SaeStep, RejectsBadBatches) {
+  Rng rng(1);
+  SparseAutoencoder sae(4, 6, rng);
+  SaeStep step(8, 4, 6, DType::F32, Device::CPU);
+  EXPECT_THROW(step.forward_backward(sae, Tensor::zeros(Shape{9, 4}), 1.0), Error);  // too many tokens
+  EXPECT_THROW(step.forward_backward(sae, Tensor::zeros(Shape{3, 5}), 1.0), Error);  // wrong width
+}

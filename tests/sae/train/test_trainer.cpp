@@ -1,0 +1,235 @@
+// Training runs end to end: planted-dictionary recovery, bit-exact resume (from the final model and
+// from a mid-run checkpoint), a NaN/Inf loss stopping the run with the last checkpoint intact, and
+// the files a run writes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "sae/train/checkpoint.h"
+#include "sae/train/trainer.h"
+#include "tensor/ops.h"
+#include "io/safetensors.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::small_synthetic_config;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+TrainConfig tiny_config(const std::string& out) {
+  TrainConfig c;
+  c.synthetic.d = 16;
+  c.synthetic.concepts = 24;
+  c.synthetic.story_concepts = 4;
+  c.synthetic.story_active = 1;
+  c.synthetic.stories = 200;
+  c.synthetic.mean_length = 12;
+  c.synthetic.active = 2;
+  c.features = 32;
+  c.lr = 1e-3;
+  c.l1 = 0.2;
+  c.steps = 40;
+  c.log_every = 1;
+  c.checkpoint_every = 1000;
+  c.progress = "none";
+  c.device = "cpu";
+  c.out = out;
+  return c;
+}
+
+std::string weights_bytes(const std::string& dir) { return read_file(dir + "/sae_weights.safetensors"); }
+}  // namespace
+
+TEST(Trainer, RecoversAPlantedDictionary) {
+  // Known unit directions, a few active per token, token batches: the SAE should find >= 90% of
+  // them at cosine >= 0.9.
+  TempDir dir("planted");
+  TrainConfig c;
+  c.synthetic.d = 32;
+  c.synthetic.concepts = 48;
+  c.synthetic.story_concepts = 0;
+  c.synthetic.story_active = 0;
+  c.synthetic.stories = 2000;
+  c.synthetic.mean_length = 32;
+  c.synthetic.active = 3;
+  c.synthetic.zipf = 0.0;  // every concept equally frequent
+  c.synthetic.mean_norm = 0.0;
+  c.synthetic.noise = 0.01;
+  c.synthetic.seed = 1;
+  c.features = 96;
+  c.batch_tokens = 256;
+  c.normalize = "dataset";
+  c.lr = 3e-3;
+  c.l1 = 1.0;
+  c.steps = 600;
+  c.log_every = 100;
+  c.checkpoint_every = 100000;
+  c.progress = "none";
+  c.device = "cpu";
+  c.out = dir.str("run");
+  TrainResult r = train(c);
+  ASSERT_TRUE(r.concepts.has_value());
+  std::printf("planted dictionary: MMCS %.3f recovered %.3f purity %.3f L0 %.2f FVU %.3f\n", r.concepts->mmcs,
+              r.concepts->recovered, r.concepts->purity, r.l0, r.fvu);
+  EXPECT_GE(r.concepts->recovered, 0.9);
+  EXPECT_GT(r.concepts->mmcs, 0.9);
+  EXPECT_LT(r.l0, 10.0);  // sparse: a few features per token, not dozens
+}
+
+TEST(Trainer, ResumeFromTheFinalModelIsBitExact) {
+  TempDir dir("resume_final");
+  TrainConfig full = tiny_config(dir.str("full"));
+  train(full);
+  TrainConfig first = tiny_config(dir.str("split"));
+  first.steps = 17;
+  train(first);
+  TrainConfig rest = tiny_config("");
+  rest.resume = dir.str("split");
+  rest.steps = 40;
+  TrainResult r = train(rest);
+  EXPECT_EQ(r.steps, 40);
+  EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("split/sae")));
+  EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
+}
+
+TEST(Trainer, ResumeFromAMidRunCheckpointIsBitExactInTokenMode) {
+  TempDir dir("resume_mid");
+  TrainConfig full = tiny_config(dir.str("full"));
+  full.batch_tokens = 20;
+  full.normalize = "dataset";
+  train(full);
+  // An "interrupted" run: checkpoints every 10 steps, its final model removed as if it had died
+  // at step 25, after writing metrics rows past its last checkpoint.
+  TrainConfig cut = full;
+  cut.out = dir.str("cut");
+  cut.steps = 25;
+  cut.checkpoint_every = 10;
+  train(cut);
+  fs::remove_all(dir.str("cut/sae"));
+  TrainConfig rest = tiny_config("");
+  rest.resume = dir.str("cut");
+  rest.steps = 40;
+  rest.checkpoint_every = 10;
+  TrainResult r = train(rest);
+  EXPECT_EQ(r.steps, 40);
+  EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("cut/sae")));
+  EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("cut/metrics.csv")));
+}
+
+TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
+  TempDir dir("diverge");
+  // Story 3 holds values whose squares overflow float32, with no normalisation.
+  sae::testing::write_activation_file(dir.str("acts.safetensors"), 4, {5, 5, 5, 5, 5}, [](int64_t t, int64_t j) {
+    return t >= 15 && t < 20 ? 3e19 : 0.1 * ((t * 7 + j * 3) % 11) - 0.5;
+  });
+  TrainConfig c = tiny_config(dir.str("run"));
+  c.data = dir.str("acts.safetensors");
+  c.normalize = "none";
+  c.features = 8;
+  c.steps = 10;
+  c.checkpoint_every = 1;
+  EXPECT_THROW(train(c), TrainingDiverged);
+  EXPECT_TRUE(fs::exists(dir.str("run/checkpoints/step_3")));
+  EXPECT_FALSE(fs::exists(dir.str("run/checkpoints/step_4")));
+  EXPECT_FALSE(fs::exists(dir.str("run/sae")));
+  Checkpoint last = load_checkpoint(dir.str("run/checkpoints/step_3"), Device::CPU);
+  ASSERT_TRUE(last.state.has_value());
+  EXPECT_EQ(last.state->step, 3);
+  EXPECT_TRUE(std::isfinite(sum(abs(last.model->W_dec.data())).item()));
+}
+
+TEST(Trainer, WritesEveryOutputInTheSpec) {
+  TempDir dir("outputs");
+  TrainConfig c = tiny_config(dir.str("run"));
+  c.steps = 12;
+  c.checkpoint_every = 5;
+  c.log_every = 4;
+  TrainResult r = train(c);
+  for (const char* f : {"config.json", "metrics.csv", "sae/sae_weights.safetensors", "sae/cfg.json",
+                        "sae/training_state.safetensors", "checkpoints/step_5/sae_weights.safetensors",
+                        "checkpoints/step_10/cfg.json"})
+    EXPECT_TRUE(fs::exists(dir.str("run/") + f)) << f;
+  EXPECT_TRUE(fs::exists(r.tensorboard_file));
+  // metrics.csv: header with the SPEC's columns, rows at steps 4, 8 and 12
+  std::ifstream csv(dir.str("run/metrics.csv"));
+  std::string header, line;
+  std::getline(csv, header);
+  for (const char* col : {"step", "tokens", "loss", "rec_loss", "l1", "rec_loss_per_element", "l1_per_element",
+                          "nonzero_proportion", "l0", "dead_features", "fvu"})
+    EXPECT_NE(header.find(col), std::string::npos) << col;
+  std::vector<std::string> steps;
+  while (std::getline(csv, line)) steps.push_back(line.substr(0, line.find(',')));
+  EXPECT_EQ(steps, (std::vector<std::string>{"4", "8", "12"}));
+  // cfg.json carries SAELens's keys and ours; config.json has every option.
+  Json cfg = Json::parse(read_file(dir.str("run/sae/cfg.json")));
+  EXPECT_EQ(cfg.at("architecture").as_string(), "standard");
+  EXPECT_EQ(cfg.at("d_in").as_int(), 16);
+  EXPECT_EQ(cfg.at("d_sae").as_int(), 32);
+  EXPECT_EQ(cfg.at("metadata").at("sae_lens_version").as_string(), "6.0.0");
+  EXPECT_EQ(cfg.at("sae_cpp").at("steps").as_int(), 12);
+  Json config = Json::parse(read_file(dir.str("run/config.json")));
+  TrainConfig back = TrainConfig::from_json(config);
+  EXPECT_EQ(back.features, 32);
+  EXPECT_EQ(back.checkpoint_every, 5);
+  // --init from the final model continues from its weights.
+  TrainConfig again = tiny_config(dir.str("init"));
+  again.init = dir.str("run/sae");
+  again.steps = 1;
+  again.lr = 1e-12;
+  train(again);
+  SafetensorsFile a = SafetensorsFile::open(dir.str("run/sae/sae_weights.safetensors"));
+  SafetensorsFile b = SafetensorsFile::open(dir.str("init/sae/sae_weights.safetensors"));
+  EXPECT_LT(reduce(ReduceOp::max, abs(sub(a.read_f32("W_enc"), b.read_f32("W_enc")))).item(), 1e-9);
+}
+
+TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
+  // The worker-thread pipeline (on by default for CUDA) must not change a single bit, including
+  // the data position saved in checkpoints.
+  TempDir dir("prefetch");
+  TrainConfig plain = tiny_config(dir.str("plain"));
+  plain.batch_tokens = 20;
+  plain.normalize = "dataset";
+  plain.prefetch = "off";
+  train(plain);
+  TrainConfig threaded = plain;
+  threaded.out = dir.str("threaded");
+  threaded.prefetch = "on";
+  threaded.steps = 23;
+  threaded.checkpoint_every = 10;
+  train(threaded);
+  TrainConfig rest = tiny_config("");
+  rest.resume = dir.str("threaded");
+  rest.steps = 40;
+  rest.prefetch = "on";
+  train(rest);
+  EXPECT_EQ(weights_bytes(dir.str("plain/sae")), weights_bytes(dir.str("threaded/sae")));
+  EXPECT_EQ(read_file(dir.str("plain/metrics.csv")), read_file(dir.str("threaded/metrics.csv")));
+}
+
+TEST(Trainer, PrefetchThreadReportsBadDataAtTheRightStep) {
+  TempDir dir("prefetch_nan");
+  // 20 stories of 500 tokens; a NaN in story 10, beyond the first and last 4096 tokens that are
+  // checked when the file is opened, so only the batch check can find it.
+  sae::testing::write_activation_file(dir.str("acts.safetensors"), 4, std::vector<int64_t>(20, 500),
+                                      [](int64_t t, int64_t j) {
+                                        return t == 5123 && j == 2 ? NAN : 0.1 * ((t * 7 + j * 3) % 11) - 0.5;
+                                      });
+  TrainConfig c = tiny_config(dir.str("run"));
+  c.data = dir.str("acts.safetensors");
+  c.features = 8;
+  c.steps = 10;  // story 10 (with the NaN) is never trained on, though the worker reads it ahead
+  c.prefetch = "on";
+  EXPECT_NO_THROW(train(c));
+  TrainConfig longer = c;
+  longer.out = dir.str("run11");
+  longer.steps = 11;
+  longer.checkpoint_every = 5;
+  EXPECT_THROW(train(longer), DataError);
+  EXPECT_TRUE(fs::exists(dir.str("run11/checkpoints/step_10")));
+  EXPECT_FALSE(fs::exists(dir.str("run11/sae")));
+}

@@ -1,0 +1,142 @@
+// Helpers shared by the tests: temporary directories, whole-file reads, a small synthetic training
+// configuration, running a built binary and capturing its exit code and stderr, and writing
+// activation files with any dtype.
+#pragma once
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sae/train/train_config.h"
+#include "io/json.h"
+
+namespace sae::testing {
+
+// The whole file as bytes; throws when it cannot be opened.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A small CPU training run on synthetic data (D 32, 64 concepts, 64-token batches, dataset
+// normalisation, quiet): the tests that train set features, lr, l1, steps and checkpoints on top.
+inline TrainConfig small_synthetic_config(const std::string& out) {
+  TrainConfig c;
+  c.data = "synthetic";
+  c.synthetic.d = 32;
+  c.synthetic.concepts = 64;
+  c.synthetic.story_concepts = 8;
+  c.synthetic.story_active = 2;
+  c.synthetic.stories = 2000;
+  c.synthetic.active = 4;
+  c.synthetic.seed = 5;
+  c.batch_tokens = 64;
+  c.normalize = "dataset";
+  c.log_every = 10;
+  c.progress = "none";
+  c.device = "cpu";
+  c.seed = 3;
+  c.out = out;
+  return c;
+}
+
+// A fresh directory under the system temp dir, removed when the object dies.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag) {
+    path = std::filesystem::temp_directory_path() / ("sae_test_" + tag + "_" + std::to_string(::getpid()) + "_" +
+                                                     std::to_string(std::rand()));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string str(const std::string& child = "") const { return child.empty() ? path.string() : (path / child).string(); }
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string err, out;
+};
+
+// Runs build/bin/<program> with `args` (a shell-quoted string), capturing stdout and stderr.
+inline CommandResult run_binary(const std::string& program, const std::string& args, const TempDir& scratch) {
+  const std::string out_file = scratch.str("stdout.txt"), err_file = scratch.str("stderr.txt");
+  const std::string cmd = std::string(SAE_BIN_DIR) + "/" + program + " " + args + " > " + out_file + " 2> " + err_file;
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  auto slurp = [](const std::string& p) {
+    std::ifstream in(p);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  r.out = slurp(out_file);
+  r.err = slurp(err_file);
+  return r;
+}
+
+// One array of a hand-built safetensors file: any dtype name, raw little-endian bytes.
+struct RawArray {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+template <typename T>
+std::string raw_bytes(const std::vector<T>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+}
+
+inline void write_raw_safetensors(const std::string& path, const std::vector<RawArray>& arrays,
+                                  const std::string& metadata_json = "") {
+  Json header = Json::object();
+  if (!metadata_json.empty()) header["__metadata__"] = Json::parse(metadata_json);
+  size_t offset = 0;
+  std::string data;
+  for (const RawArray& a : arrays) {
+    Json entry = Json::object();
+    entry["dtype"] = a.dtype;
+    Json shape = Json::array();
+    for (int64_t s : a.shape) shape.push_back(s);
+    entry["shape"] = shape;
+    Json offsets = Json::array();
+    offsets.push_back(static_cast<int64_t>(offset));
+    offsets.push_back(static_cast<int64_t>(offset + a.bytes.size()));
+    entry["data_offsets"] = offsets;
+    header[a.name] = entry;
+    offset += a.bytes.size();
+    data += a.bytes;
+  }
+  std::string text = header.dump();
+  while (text.size() % 8) text += ' ';
+  const uint64_t n = text.size();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << text << data;
+}
+
+// A story-structured float32 activation file [sum(lengths), d] with values from `value(t, j)`.
+template <typename Value>
+void write_activation_file(const std::string& path, int64_t d, const std::vector<int64_t>& lengths, Value value) {
+  int64_t tokens = 0;
+  for (int64_t l : lengths) tokens += l;
+  std::vector<float> x(tokens * d);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < d; ++j) x[t * d + j] = static_cast<float>(value(t, j));
+  write_raw_safetensors(path, {{"activations", "F32", {tokens, d}, raw_bytes(x)},
+                               {"story_lengths", "I64", {static_cast<int64_t>(lengths.size())}, raw_bytes(lengths)}});
+}
+
+}  // namespace sae::testing
