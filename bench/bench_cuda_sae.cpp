@@ -7,9 +7,10 @@
 // their launches.
 #include <benchmark/benchmark.h>
 
-#include "sae/model.h"
+#include "sae/params.h"
 #include "sae/step/sae_step.h"
 #include "tensor/cuda/backend.h"
+#include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 
@@ -79,11 +80,12 @@ void BM_Cuda_SaeStep(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   const int64_t n = state.range(0);
   Rng rng(4);
-  SparseAutoencoder model(kD, kF, rng, DType::F32, Device::CUDA);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
+  SaeParams grads = SaeParams::zeros_like(params);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
   SaeStep step(n, kD, kF, DType::F32, Device::CUDA);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(step.forward_backward(model, x, 5.0));  // ends with a device-to-host read
+    benchmark::DoNotOptimize(step.forward_backward(params, x, 5.0, grads));  // ends with a device-to-host read
   }
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }

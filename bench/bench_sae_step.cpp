@@ -8,7 +8,6 @@
 
 #include <cmath>
 
-#include "nn/adam.h"
 #include "sae/step/sae_step.h"
 #include "tensor/ops.h"
 
@@ -26,21 +25,15 @@ double peak_rss_mib() {
 void BM_SaeStep_Ours(benchmark::State& state) {
   const int64_t n = state.range(0);
   Rng rng(1);
-  SparseAutoencoder model(kD, kF, rng);
-  nn::AdamOptions opt;
-  opt.lr = 1e-5;
-  nn::Adam adam(model.parameters(), opt);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng);
+  SaeAdamState adam = SaeAdamState::zeros_like(params);
   SaeStep step(n, kD, kF, DType::F32, Device::CPU);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);  // per-story normalised scale
   // Warm the parameters a little so that a realistic fraction of features fire.
-  for (int i = 0; i < 3; ++i) {
-    step.forward_backward(model, x, 50.0);
-    adam.step();
-  }
+  for (int i = 0; i < 3; ++i) step.train_step(params, adam, x, 50.0, 1e-5);
   double active = 0;
   for (auto _ : state) {
-    StepSums s = step.forward_backward(model, x, 50.0);
-    adam.step();
+    StepSums s = step.train_step(params, adam, x, 50.0, 1e-5);
     active = s.active / double(n * kF);
   }
   state.counters["density"] = active;

@@ -20,9 +20,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "nn/adam.h"
 #include "sae/step/sae_step.h"
 #include "tensor/cuda/backend.h"
+#include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 
@@ -56,18 +56,16 @@ void run_step(benchmark::State& state, Device device) {
   const int64_t n = state.range(0);
   const double density = state.range(1) / 1000.0;
   Rng rng(1);
-  SparseAutoencoder model(kD, kF, rng, DType::F32, device);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, device);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);  // per-story scale
-  copy_(model.b_enc.data(), bias_for_density(x, model.W_enc.data(), density));
-  nn::AdamOptions options;
-  options.lr = kLr;
-  nn::Adam adam(model.parameters(), options);
+  copy_(params.b_enc, bias_for_density(x, params.W_enc, density));
+  SaeAdamState adam = SaeAdamState::zeros_like(params);
   SaeStep step(n, kD, kF, DType::F32, device, mode_of(state.range(2)));
-  step.train_step(model, x, kLambda, adam, kLr);  // first-use allocations
+  step.train_step(params, adam, x, kLambda, kLr);  // first-use allocations
   StepSums last;
   int64_t sparse_steps = 0, steps = 0;
   for (auto _ : state) {
-    last = step.train_step(model, x, kLambda, adam, kLr);  // ends with a read of the sums: synchronous
+    last = step.train_step(params, adam, x, kLambda, kLr);  // ends with a read of the sums: synchronous
     sparse_steps += last.sparse;
     ++steps;
   }
@@ -106,18 +104,18 @@ void BM_SparseStep_Floor(benchmark::State& state) {
 // One batch of the study's shapes at a set density, activated and listed as the sparse step lists
 // it: the shared set-up of the kernel-by-kernel benchmarks below.
 struct ListedBatch {
-  SparseAutoencoder model;
+  SaeParams model;
   Tensor x, b_enc, f, col_sum, col_count;
   SparseFeatures lists;
   int64_t entries = 0;
   ListedBatch(int64_t n, double density, Rng& rng)
-      : model(kD, kF, rng),
+      : model(SaeParams::standard_init(kD, kF, rng)),
         x(normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng)),
-        b_enc(bias_for_density(x, model.W_enc.data(), density)),
+        b_enc(bias_for_density(x, model.W_enc, density)),
         f(Tensor::empty(Shape{n, kF})),
         col_sum(Tensor::empty(Shape{kF})),
         col_count(Tensor::empty(Shape{kF})) {
-    matmul_(f, x, false, model.W_enc.data(), false);
+    matmul_(f, x, false, model.W_enc, false);
     encoder_activate_(f, b_enc, col_sum, col_count);
     entries = static_cast<int64_t>(sum(col_count).item());
     lists.col_ptr = Tensor::empty(Shape{kF + 1}, DType::I32);
@@ -135,7 +133,7 @@ void BM_SparseStep_Parts(benchmark::State& state) {
   const int64_t n = state.range(0);
   Rng rng(1);
   ListedBatch batch(n, state.range(1) / 1000.0, rng);
-  SparseAutoencoder& model = batch.model;
+  SaeParams& model = batch.model;
   const Tensor &x = batch.x, &b_enc = batch.b_enc;
   Tensor &f = batch.f, &col_sum = batch.col_sum, &col_count = batch.col_count;
   SparseFeatures& s = batch.lists;
@@ -144,9 +142,9 @@ void BM_SparseStep_Parts(benchmark::State& state) {
   Tensor dpre = Tensor::empty(Shape{entries + 1});
   AdamScalars scalars;
   scalars.lr = kLr;
-  auto adam_update = [&](Variable& p) {
+  auto adam_update = [&](Tensor& p) {
     ParamUpdate u;
-    u.param = p.data();
+    u.param = p;
     u.m = Tensor::zeros(p.shape());
     u.v = Tensor::zeros(p.shape());
     u.adam = true;
@@ -163,14 +161,14 @@ void BM_SparseStep_Parts(benchmark::State& state) {
   };
   int64_t steps = 0;
   for (auto _ : state) {
-    timed(0, [&] { matmul_(f, x, false, model.W_enc.data(), false); });
+    timed(0, [&] { matmul_(f, x, false, model.W_enc, false); });
     timed(1, [&] { encoder_activate_(f, b_enc, col_sum, col_count); });
     timed(2, [&] { sparse_index_(s, f, col_count); });
-    timed(3, [&] { sparse_decode_(x_hat, s, model.W_dec.data(), model.b_dec.data()); });
+    timed(3, [&] { sparse_decode_(x_hat, s, model.W_dec, model.b_dec); });
     timed(4, [&] {
       binary_(BinaryOp::sub, dx, x_hat, x);
       affine_(dx, dx, 2.0, 0.0);
-      reduce_axis_(ReduceOp::norm2, norms, model.W_dec.data(), 1);
+      reduce_axis_(ReduceOp::norm2, norms, model.W_dec, 1);
     });
     timed(5, [&] { sparse_decoder_backward_(dpre, W_dec, dx, s, norms, col_sum, kLambda); });
     timed(6, [&] { sparse_encoder_backward_(W_enc, b_enc_update, x, s, dpre); });
@@ -195,7 +193,7 @@ void BM_SparseStep_GatherFloor(benchmark::State& state) {
   const SparseFeatures& s = batch.lists;
   const int64_t entries = batch.entries;
   const int32_t *rows = s.rows.data<int32_t>(), *cols = s.cols.data<int32_t>();
-  const float *dx = batch.x.data<float>(), *W_dec = batch.model.W_dec.data().data<float>();
+  const float *dx = batch.x.data<float>(), *W_dec = batch.model.W_dec.data<float>();
   constexpr int64_t W = 16;
   const int64_t slices = kD / W;
   std::vector<float> sliced(static_cast<size_t>(n * kD));

@@ -11,12 +11,12 @@ set(rules
   "nn:tensor,io,autograd,nn"
   "lm:tensor,tensor/cuda,io,autograd,nn,lm"
   "sae:tensor,io,autograd,nn,sae"
-  "sae/step:tensor,tensor/cpu,tensor/cuda,io,autograd,nn,sae,sae/step"
+  "sae/step:tensor,tensor/cpu,tensor/cuda,sae,sae/step"
   "sae/data:tensor,io,sae/data"
   "sae/report:tensor,io,sae/report"
-  "sae/train:tensor,tensor/cuda,io,autograd,nn,lm,sae,sae/step,sae/data,sae/report,sae/train"
-  "sae/study:tensor,io,autograd,nn,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
-  "sae/cli:tensor,tensor/cuda,io,autograd,nn,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli")
+  "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train"
+  "sae/study:tensor,io,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
+  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli")
 
 set(violations "")
 foreach(rule ${rules})

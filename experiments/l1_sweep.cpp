@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
     const std::string notes = sae::cat(
         "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
         "; F = ", features, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
-        ", normalisation = ", runs[0].config.normalize, ", ", runs[0].config.steps, " steps.\n",
+        ", normalisation = ", sae::normalization_name(runs[0].config.normalize), ", ", runs[0].config.steps, " steps.\n",
         "Summary at step ", same_step ? std::to_string(steps_used[0]) : std::string("(see the step column)"),
         " (the last logged step at or below --summary-step ", summary_step, "). \"mean\" = mean over the last 10% of "
         "logged steps up to that step; active features / token = mean proportion * F; losses per element; l1 before "

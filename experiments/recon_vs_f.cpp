@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
     const std::string notes = sae::cat(
         "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
         "; lambda = ", runs[0].config.l1, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
-        ", normalisation = ", runs[0].config.normalize, ", ", runs[0].config.steps, " steps.\n"
+        ", normalisation = ", sae::normalization_name(runs[0].config.normalize), ", ", runs[0].config.steps, " steps.\n"
         "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
         "logged steps; FVU = fraction of variance unexplained.\n");
     sae::write_csv(table, (fs::path(out) / "summary.csv").string());

@@ -40,10 +40,9 @@ int main(int argc, char** argv) {
         parsed.count("reconstruction-out") ? parsed["reconstruction-out"].as<std::string>() : "";
     if (features_out.empty() && reconstruction_out.empty())
       throw sae::UsageError("nothing to do: give --features-out and/or --reconstruction-out");
-    const sae::Device device = sae::resolve_device(parsed["device"].as<std::string>());
+    const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    sae::Checkpoint checkpoint = sae::load_checkpoint(parsed["sae"].as<std::string>(), device);
-    const sae::SparseAutoencoder& model = *checkpoint.model;
+    const sae::SparseAutoencoder model(sae::load_checkpoint(parsed["sae"].as<std::string>(), device).params);
     const std::string input_path = parsed["input"].as<std::string>();
     sae::NpyFile input = sae::NpyFile::open(input_path);
     if (input.shape().size() != 2)

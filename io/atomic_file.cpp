@@ -22,6 +22,8 @@ std::string parent_directory(const std::string& path) {
   return path.substr(0, slash);
 }
 
+}  // namespace
+
 // Makes the rename itself durable. Some file systems do not support fsync on a directory
 // (EINVAL); the rename has still happened there, so that case is not an error.
 void sync_directory(const std::string& dir) {
@@ -36,7 +38,6 @@ void sync_directory(const std::string& dir) {
   }
 }
 
-}  // namespace
 
 AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), temp_path_(path + ".tmp") {
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -8,6 +8,10 @@
 
 namespace sae {
 
+// Flushes a directory's entries (a rename into it, a new file) to disk. DataError naming the
+// directory and the OS reason; file systems that cannot sync a directory (EINVAL) are not an error.
+void sync_directory(const std::string& dir);
+
 // Writes a whole file at once.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 

@@ -1,6 +1,8 @@
 // Json value, strict recursive-descent parser (RFC 8259) and serializer.
 #include "io/json.h"
 
+#include "io/mapped_file.h"
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -511,5 +513,14 @@ void Json::dump_to(std::string& out, int indent, int depth) const {
 }
 
 Json Json::parse(const std::string& text) { return JsonParser(text).parse_document(); }
+
+Json read_json_file(const std::string& path, size_t max_bytes) {
+  const std::string text = read_small_file(path, max_bytes);
+  try {
+    return Json::parse(text);
+  } catch (const DataError& e) {
+    throw DataError(cat(path, ": ", e.what()));
+  }
+}
 
 }  // namespace sae

@@ -80,4 +80,7 @@ class Json {
   std::vector<std::pair<std::string, Json>> object_;
 };
 
+// Parses a JSON file (read with read_small_file, io/mapped_file.h); errors name the path.
+Json read_json_file(const std::string& path, size_t max_bytes = size_t(64) << 20);
+
 }  // namespace sae

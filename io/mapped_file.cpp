@@ -60,6 +60,13 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
+std::string read_small_file(const std::string& path, size_t max_bytes) {
+  MappedFile file(path);
+  if (file.size() > max_bytes)
+    throw DataError(cat(path, ": is ", file.size(), " bytes, more than the ", max_bytes, " expected of this file"));
+  return std::string(reinterpret_cast<const char*>(file.data()), file.size());
+}
+
 void MappedFile::release() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
   data_ = nullptr;

@@ -31,4 +31,9 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// The whole of a small file (a config, a cfg.json, a CSV) as bytes, read through a MappedFile, so
+// a FIFO, a device or a directory is refused instead of blocking or being read forever. DataError
+// naming the path when the file is larger than max_bytes.
+std::string read_small_file(const std::string& path, size_t max_bytes = size_t(64) << 20);
+
 }  // namespace sae

@@ -1,4 +1,4 @@
-// Adam: see adam.h; the arithmetic is in the adam_step kernels (tensor/cpu_kernels.cpp, .cu).
+// Adam: see adam.h; the arithmetic is the adam_step op (tensor/adam_math.h).
 #include "nn/adam.h"
 
 #include "tensor/ops.h"
@@ -18,7 +18,7 @@ Adam::Adam(std::vector<Variable> params, AdamOptions options) : params_(std::mov
 
 void Adam::step() { step(options_.lr); }
 
-AdamScalars Adam::begin_step(double lr) {
+void Adam::step(double lr) {
   ++step_;
   AdamScalars s;
   s.lr = lr;
@@ -27,17 +27,6 @@ AdamScalars Adam::begin_step(double lr) {
   s.eps = options_.eps;
   s.weight_decay = options_.weight_decay;
   s.step = step_;
-  return s;
-}
-
-int Adam::index_of(const Variable& param) const {
-  for (size_t i = 0; i < params_.size(); ++i)
-    if (params_[i].impl() == param.impl()) return static_cast<int>(i);
-  return -1;
-}
-
-void Adam::step(double lr) {
-  const AdamScalars s = begin_step(lr);
   for (size_t i = 0; i < params_.size(); ++i) {
     Variable& p = params_[i];
     if (!p.grad().defined()) continue;

@@ -1,12 +1,12 @@
 // Adam exactly as torch.optim.Adam (single-tensor form; bias corrections; eps added after the
-// square root; optional L2 weight decay folded into the gradient). One fused kernel pass per
-// parameter tensor (the adam_step kernel). The moments and the step count are exposed so that
-// checkpoints can save and restore them.
+// square root; optional L2 weight decay folded into the gradient) for autograd Variables: one fused
+// kernel pass per parameter tensor (the adam_step op, whose element formula tensor/adam_math.h
+// shares with the fused SAE step).
 #pragma once
 #include <vector>
 
 #include "autograd/variable.h"
-#include "tensor/op_list.h"
+#include "tensor/adam_math.h"
 
 namespace sae::nn {
 
@@ -24,18 +24,10 @@ class Adam {
   void step();
   void step(double lr);
   void zero_grad();
-  // For kernels that apply Adam themselves (the fused sparse SAE step, sae/sae_step.h): counts one
-  // step and returns the scalars step(lr) would use for it. step(lr) is begin_step(lr) followed by
-  // adam_step_ on every parameter that has a gradient.
-  AdamScalars begin_step(double lr);
-  // Position of `param` in params() (and in the moment lists); -1 when this optimizer does not hold it.
-  int index_of(const Variable& param) const;
-
   int64_t steps_taken() const { return step_; }
-  void set_steps_taken(int64_t step) { step_ = step; }
   const AdamOptions& options() const { return options_; }
-  std::vector<Tensor>& first_moments() { return m_; }   // one per parameter, same shape
-  std::vector<Tensor>& second_moments() { return v_; }
+  const std::vector<Tensor>& first_moments() const { return m_; }  // one per parameter, same shape
+  const std::vector<Tensor>& second_moments() const { return v_; }
   const std::vector<Variable>& params() const { return params_; }
 
  private:

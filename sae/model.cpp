@@ -1,31 +1,22 @@
 // SparseAutoencoder: init, encode/decode and the autograd loss (see model.h).
 #include "sae/model.h"
 
-#include <cmath>
-
 #include "tensor/ops.h"
 
 namespace sae {
 
-SparseAutoencoder::SparseAutoencoder(int64_t d_in, int64_t d_sae, Rng& rng, DType dtype, Device device) {
-  if (d_in <= 0 || d_sae <= 0) throw UsageError(cat("SAE: d_in and d_sae must be positive, got ", d_in, ", ", d_sae));
-  const double enc_bound = 1.0 / std::sqrt(static_cast<double>(d_in));
-  const double dec_bound = 1.0 / std::sqrt(static_cast<double>(d_sae));
-  Tensor w_enc = uniform_tensor(Shape{d_in, d_sae}, -enc_bound, enc_bound, rng, dtype, device);
-  Tensor bias_enc = uniform_tensor(Shape{d_sae}, -enc_bound, enc_bound, rng, dtype, device);
-  Tensor w_dec = uniform_tensor(Shape{d_sae, d_in}, -dec_bound, dec_bound, rng, dtype, device);
-  Tensor bias_dec = uniform_tensor(Shape{d_in}, -dec_bound, dec_bound, rng, dtype, device);
-  register_all(w_enc, bias_enc, w_dec, bias_dec);
+SparseAutoencoder::SparseAutoencoder(int64_t d_in, int64_t d_sae, Rng& rng, DType dtype, Device device)
+    : SparseAutoencoder(SaeParams::standard_init(d_in, d_sae, rng, dtype, device)) {}
+
+SparseAutoencoder::SparseAutoencoder(Tensor w_enc, Tensor bias_enc, Tensor w_dec, Tensor bias_dec)
+    : SparseAutoencoder(SaeParams::from_tensors(w_enc, bias_enc, w_dec, bias_dec)) {}
+
+SparseAutoencoder::SparseAutoencoder(const SaeParams& p) {
+  const SaeParams checked = SaeParams::from_tensors(p.W_enc, p.b_enc, p.W_dec, p.b_dec);
+  register_all(checked.W_enc, checked.b_enc, checked.W_dec, checked.b_dec);
 }
 
-SparseAutoencoder::SparseAutoencoder(Tensor w_enc, Tensor bias_enc, Tensor w_dec, Tensor bias_dec) {
-  if (w_enc.ndim() != 2) throw DataError(cat("SAE: W_enc must be 2-D, got ", w_enc.describe()));
-  const int64_t d = w_enc.size(0), f = w_enc.size(1);
-  if (bias_enc.shape() != Shape{f} || w_dec.shape() != Shape{f, d} || bias_dec.shape() != Shape{d})
-    throw DataError(cat("SAE: inconsistent parameter shapes: W_enc ", w_enc.shape().str(), ", b_enc ",
-                        bias_enc.shape().str(), ", W_dec ", w_dec.shape().str(), ", b_dec ", bias_dec.shape().str()));
-  register_all(w_enc, bias_enc, w_dec, bias_dec);
-}
+SaeParams SparseAutoencoder::params() const { return SaeParams{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()}; }
 
 void SparseAutoencoder::register_all(Tensor w_enc, Tensor bias_enc, Tensor w_dec, Tensor bias_dec) {
   W_enc = register_parameter("W_enc", w_enc);

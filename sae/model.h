@@ -5,10 +5,12 @@
 //   l1  = sum_{t,i} f[t,i] * ||W_dec[i,:]||_2   (decoder-norm-weighted)
 //   loss = rec + lambda * l1
 // Letters: N tokens, D input width (d_in), F features (d_sae).
-// The autograd methods here are the reference; sae_step.h has the fused training path.
+// The autograd methods here are the reference (tests) and what sae_apply runs; the fused training
+// step (sae/step/sae_step.h) works on the same parameters as plain tensors (sae/params.h).
 #pragma once
 #include "autograd/functions.h"
 #include "nn/module.h"
+#include "sae/params.h"
 #include "tensor/rng.h"
 
 namespace sae {
@@ -20,6 +22,10 @@ class SparseAutoencoder : public nn::Module {
   SparseAutoencoder(int64_t d_in, int64_t d_sae, Rng& rng, DType dtype = DType::F32, Device device = Device::CPU);
   // Parameters with given values (e.g. loaded from a checkpoint); shapes are checked.
   SparseAutoencoder(Tensor W_enc, Tensor b_enc, Tensor W_dec, Tensor b_dec);
+  // Wraps these tensors (sharing their storage): the model sees every later change to them.
+  explicit SparseAutoencoder(const SaeParams& params);
+  // The parameter tensors (sharing storage with the model's Variables).
+  SaeParams params() const;
 
   int64_t d_in() const { return W_enc.shape()[0]; }
   int64_t d_sae() const { return W_enc.shape()[1]; }

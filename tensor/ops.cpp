@@ -1,15 +1,10 @@
 // Front-end of the tensor ops: validation, output allocation, dispatch by device.
 #include "tensor/ops.h"
 
+#include "tensor/checks.h"
 #include "tensor/cuda/backend.h"
 
 namespace sae {
-
-namespace {
-
-#define SAE_NAME_CASE(name) \
-  case Op::name:            \
-    return #name;
 
 void check_defined(const char* op, const Tensor& t) {
   if (!t.defined()) throw Error(cat(op, ": undefined tensor"));
@@ -35,6 +30,17 @@ void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape())
     throw Error(cat(op, ": shape mismatch: ", a.describe(), " vs ", b.describe()));
 }
+
+void check_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
+  check_defined(op, t);
+  if (t.shape() != shape) throw Error(cat(op, ": ", name, " should be ", shape.str(), ", got ", t.describe()));
+}
+
+namespace {
+
+#define SAE_NAME_CASE(name) \
+  case Op::name:            \
+    return #name;
 
 int normalize_axis(const char* op, const Tensor& x, int axis) {
   int a = axis < 0 ? axis + x.ndim() : axis;
@@ -78,15 +84,6 @@ const char* op_name(ReduceOp op) {
 const KernelTable& kernels_for(Device device) {
   if (device == Device::CPU) return cpu_kernels();
   return cuda_kernels();
-}
-
-std::string missing_kernels(const KernelTable& table) {
-  std::string missing;
-#define SAE_CHECK_SLOT(name, signature) \
-  if (!table.name) missing += std::string(missing.empty() ? "" : ", ") + #name;
-  SAE_KERNELS(SAE_CHECK_SLOT)
-#undef SAE_CHECK_SLOT
-  return missing;
 }
 
 // ---------------------------------------------------------------- in place
@@ -189,140 +186,6 @@ void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const A
   check_same_shape("adam_step", param, v);
   if (s.step < 1) throw Error(cat("adam_step: step must be >= 1, got ", s.step));
   kernels_for(param.device()).adam_step(param, m, v, grad, s);
-}
-
-namespace {
-// f [N, F] with a [F] vector per column.
-void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v) {
-  check_same_device_dtype(op, m, v);
-  if (m.ndim() != 2 || v.shape() != Shape{m.size(1)})
-    throw Error(cat(op, ": expects [N, F] and [F], got ", m.describe(), " and ", v.describe()));
-}
-}  // namespace
-
-void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
-  check_rows_and_column_vector("encoder_activate", f, bias);
-  check_rows_and_column_vector("encoder_activate", f, col_sum);
-  check_rows_and_column_vector("encoder_activate", f, col_count);
-  kernels_for(f.device()).encoder_activate(f, bias, col_sum, col_count);
-}
-
-void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
-  check_same_shape("encoder_backward", grad, f);
-  check_rows_and_column_vector("encoder_backward", grad, row_add);
-  check_rows_and_column_vector("encoder_backward", grad, col_sum);
-  kernels_for(f.device()).encoder_backward(grad, f, row_add, col_sum);
-}
-
-void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
-  check_same_shape("add_scaled_rows", out, x);
-  check_same_device_dtype("add_scaled_rows", x, row_scale);
-  if (x.ndim() != 2 || row_scale.shape() != Shape{x.size(0)})
-    throw Error(cat("add_scaled_rows: expects [R, C] and [R], got ", x.describe(), " and ", row_scale.describe()));
-  kernels_for(x.device()).add_scaled_rows(out, x, row_scale);
-}
-
-namespace {
-void check_shape(const char* op, const char* name, const Tensor& t, const Shape& shape) {
-  check_defined(op, t);
-  if (t.shape() != shape) throw Error(cat(op, ": ", name, " should be ", shape.str(), ", got ", t.describe()));
-}
-
-// The lists of SparseFeatures for f [N, F] (op_list.h): int32 pointers and indices, values in
-// `like`'s dtype, everything on `like`'s device. Entry indices must fit in int32.
-void check_lists(const char* op, const SparseFeatures& s, int64_t n, int64_t features, const Tensor& like) {
-  check_shape(op, "col_ptr", s.col_ptr, Shape{features + 1});
-  check_shape(op, "row_ptr", s.row_ptr, Shape{n + 1});
-  for (const Tensor* t : {&s.rows, &s.vals, &s.cols, &s.row_vals}) check_defined(op, *t);
-  if (s.col_ptr.dtype() != DType::I32 || s.rows.dtype() != DType::I32 || s.row_ptr.dtype() != DType::I32 ||
-      s.cols.dtype() != DType::I32)
-    throw Error(cat(op, ": col_ptr, rows, row_ptr and cols must be i32, got ", s.col_ptr.describe(), ", ",
-                    s.rows.describe(), ", ", s.row_ptr.describe(), ", ", s.cols.describe()));
-  if (s.rows.ndim() != 1 || s.vals.shape() != s.rows.shape() || s.cols.shape() != s.rows.shape() ||
-      s.row_vals.shape() != s.rows.shape())
-    throw Error(cat(op, ": the entry lists must be 1-D and of one length, got rows ", s.rows.describe(), ", vals ",
-                    s.vals.describe(), ", cols ", s.cols.describe(), ", row_vals ", s.row_vals.describe()));
-  check_same_device_dtype(op, like, s.vals);
-  check_same_device_dtype(op, like, s.row_vals);
-  for (const Tensor* t : {&s.col_ptr, &s.rows, &s.row_ptr, &s.cols})
-    if (t->device() != like.device())
-      throw Error(cat(op, ": device mismatch: ", t->describe(), " vs ", like.describe()));
-  if (n * features >= (int64_t(1) << 31) || s.rows.numel() >= (int64_t(1) << 31))
-    throw Error(cat(op, ": ", n, " x ", features, " entries do not fit int32 indices"));
-}
-
-// dpre: one value per entry, in the lists' dtype and length.
-void check_entry_values(const char* op, const SparseFeatures& s, const Tensor& dpre) {
-  check_same_device_dtype(op, s.vals, dpre);
-  if (dpre.shape() != s.vals.shape())
-    throw Error(cat(op, ": dpre should be ", s.vals.shape().str(), ", got ", dpre.describe()));
-}
-
-void check_update(const char* op, const char* name, const ParamUpdate& u, const Shape& shape, const Tensor& like) {
-  check_shape(op, name, u.param, shape);
-  check_same_device_dtype(op, u.param, like);
-  if (u.adam) {
-    check_same_shape(op, u.param, u.m);
-    check_same_shape(op, u.param, u.v);
-    if (u.scalars.step < 1) throw Error(cat(op, ": Adam step must be >= 1, got ", u.scalars.step));
-  } else {
-    check_same_shape(op, u.param, u.grad);
-  }
-}
-}  // namespace
-
-void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
-  const char* op = "sparse_index";
-  check_float(op, f);
-  if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
-  check_rows_and_column_vector(op, f, col_count);
-  check_lists(op, s, f.size(0), f.size(1), f);
-  kernels_for(f.device()).sparse_index(s, f, col_count);
-}
-
-void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec) {
-  const char* op = "sparse_decode";
-  check_float(op, x_hat);
-  check_float(op, W_dec);
-  if (x_hat.ndim() != 2 || W_dec.ndim() != 2 || W_dec.size(1) != x_hat.size(1))
-    throw Error(cat(op, ": expects x_hat [N, D] and W_dec [F, D], got ", x_hat.describe(), " and ", W_dec.describe()));
-  check_same_device_dtype(op, x_hat, W_dec);
-  check_same_device_dtype(op, x_hat, b_dec);
-  check_shape(op, "b_dec", b_dec, Shape{x_hat.size(1)});
-  check_lists(op, s, x_hat.size(0), W_dec.size(0), x_hat);
-  kernels_for(x_hat.device()).sparse_decode(x_hat, s, W_dec, b_dec);
-}
-
-void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                              const Tensor& norms, const Tensor& col_sum, double l1) {
-  const char* op = "sparse_decoder_backward";
-  check_float(op, grad_x_hat);
-  if (grad_x_hat.ndim() != 2 || !W_dec.param.defined() || W_dec.param.ndim() != 2)
-    throw Error(cat(op, ": expects grad_x_hat [N, D] and W_dec [F, D], got ", grad_x_hat.describe(), " and ",
-                    W_dec.param.describe()));
-  const int64_t n = grad_x_hat.size(0), d = grad_x_hat.size(1), features = W_dec.param.size(0);
-  check_update(op, "W_dec", W_dec, Shape{features, d}, grad_x_hat);
-  check_same_device_dtype(op, grad_x_hat, norms);
-  check_same_device_dtype(op, grad_x_hat, col_sum);
-  check_shape(op, "norms", norms, Shape{features});
-  check_shape(op, "col_sum", col_sum, Shape{features});
-  check_lists(op, s, n, features, grad_x_hat);
-  check_entry_values(op, s, dpre);
-  kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, s, norms, col_sum, l1);
-}
-
-void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
-                              const Tensor& dpre) {
-  const char* op = "sparse_encoder_backward";
-  check_float(op, x);
-  if (x.ndim() != 2 || !W_enc.param.defined() || W_enc.param.ndim() != 2)
-    throw Error(cat(op, ": expects x [N, D] and W_enc [D, F], got ", x.describe(), " and ", W_enc.param.describe()));
-  const int64_t n = x.size(0), d = x.size(1), features = W_enc.param.size(1);
-  check_update(op, "W_enc", W_enc, Shape{d, features}, x);
-  check_update(op, "b_enc", b_enc, Shape{features}, x);
-  check_lists(op, s, n, features, x);
-  check_entry_values(op, s, dpre);
-  kernels_for(x.device()).sparse_encoder_backward(W_enc, b_enc, x, s, dpre);
 }
 
 // ---------------------------------------------------------------- element-wise

@@ -20,18 +20,6 @@ void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool t
 void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis);  // out: x's shape without axis
 void reduce_all_(ReduceOp op, Tensor& out, const Tensor& x);             // out: one element
 void adam_step_(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, const AdamScalars& s);
-// SAE fused kernels (semantics in op_list.h).
-void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
-void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum);
-void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
-// Sparse SAE kernels (semantics in op_list.h). The caller guarantees that the entry lists and dpre
-// have room for every entry of f that is > 0 (the checks here cannot count them without reading f).
-void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count);
-void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec);
-void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                              const Tensor& norms, const Tensor& col_sum, double l1);
-void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
-                              const Tensor& dpre);
 
 // ---- element-wise ----
 Tensor unary(UnaryOp op, const Tensor& x);

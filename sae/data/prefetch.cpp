@@ -3,6 +3,17 @@
 
 namespace sae {
 
+PrefetchMode parse_prefetch_mode(const std::string& text) {
+  if (text == "auto") return PrefetchMode::Auto;
+  if (text == "on") return PrefetchMode::On;
+  if (text == "off") return PrefetchMode::Off;
+  throw UsageError(cat("--prefetch: expected auto, on or off, got '", text, "'"));
+}
+
+const char* prefetch_mode_name(PrefetchMode mode) {
+  return mode == PrefetchMode::Auto ? "auto" : (mode == PrefetchMode::On ? "on" : "off");
+}
+
 BatchPrefetcher::BatchPrefetcher(Batcher& batcher, int64_t d, bool background)
     : batcher_(batcher), background_(background) {
   for (PreparedBatch& slot : slots_) {

@@ -6,11 +6,17 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "sae/data/batches.h"
 
 namespace sae {
+
+// --prefetch: prepare batches on a worker thread always (on), never (off), or with a GPU (auto).
+enum class PrefetchMode { Auto, On, Off };
+PrefetchMode parse_prefetch_mode(const std::string& text);  // UsageError naming --prefetch
+const char* prefetch_mode_name(PrefetchMode mode);
 
 struct PreparedBatch {
   Tensor raw, normalized;  // host float32 [max_tokens, D]; the first `tokens` rows are the batch

@@ -95,11 +95,28 @@ std::string format_duration(double seconds) {
   return buffer;
 }
 
-Progress::Progress(const std::string& mode, int64_t total_steps, int64_t start_step, const std::string& label)
+ProgressMode parse_progress_mode(const std::string& text) {
+  if (text == "auto") return ProgressMode::Auto;
+  if (text == "bar") return ProgressMode::Bar;
+  if (text == "lines") return ProgressMode::Lines;
+  if (text == "none") return ProgressMode::None;
+  throw UsageError(cat("--progress: expected auto, bar, lines or none, got '", text, "'"));
+}
+
+const char* progress_mode_name(ProgressMode mode) {
+  switch (mode) {
+    case ProgressMode::Auto: return "auto";
+    case ProgressMode::Bar: return "bar";
+    case ProgressMode::Lines: return "lines";
+    default: return "none";
+  }
+}
+
+Progress::Progress(ProgressMode mode, int64_t total_steps, int64_t start_step, const std::string& label)
     : total_(total_steps), start_(start_step), label_(label) {
   const bool tty = ::isatty(STDERR_FILENO);
-  bar_ = mode == "bar" || (mode == "auto" && tty);
-  lines_ = mode == "lines" || (mode == "auto" && !tty);
+  bar_ = mode == ProgressMode::Bar || (mode == ProgressMode::Auto && tty);
+  lines_ = mode == ProgressMode::Lines || (mode == ProgressMode::Auto && !tty);
   begin_ = last_draw_ = std::chrono::steady_clock::now();
 }
 

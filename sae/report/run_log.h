@@ -35,10 +35,14 @@ class RunLog {
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 
+// --progress: a bar, plain lines, nothing, or auto (a bar when stderr is a terminal, else lines).
+enum class ProgressMode { Auto, Bar, Lines, None };
+ProgressMode parse_progress_mode(const std::string& text);  // UsageError naming --progress
+const char* progress_mode_name(ProgressMode mode);
+
 class Progress {
  public:
-  // mode: auto | bar | lines | none. auto draws a bar when stderr is a terminal.
-  Progress(const std::string& mode, int64_t total_steps, int64_t start_step, const std::string& label = "");
+  Progress(ProgressMode mode, int64_t total_steps, int64_t start_step, const std::string& label = "");
   void update(int64_t step, int64_t tokens, double loss, double l0);
   void message(const std::string& line);  // prints a line without breaking the bar
   void finish();

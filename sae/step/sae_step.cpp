@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 
 namespace sae {
@@ -72,17 +73,17 @@ void SaeStep::reserve_entries(double active) {
   dpre_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
 }
 
-void SaeStep::run_forward(const SparseAutoencoder& model, const Tensor& x) {
+void SaeStep::run_forward(const SaeParams& params, const Tensor& x) {
   const int64_t n = x.size(0);
-  if (x.ndim() != 2 || x.size(1) != model.d_in())
-    throw Error(cat("SaeStep: batch ", x.describe(), " does not match d_in ", model.d_in()));
+  if (x.ndim() != 2 || x.size(1) != params.d_in())
+    throw Error(cat("SaeStep: batch ", x.describe(), " does not match d_in ", params.d_in()));
   if (n > max_tokens_) throw Error(cat("SaeStep: batch of ", n, " tokens exceeds the workspace (", max_tokens_, ")"));
   tokens_ = n;
   Tensor f = features(), x_hat = reconstruction(), grad_x_hat = grad_x_hat_.slice_rows(0, n);
   Tensor rec = sums_.slice_rows(0, 1), l1 = sums_.slice_rows(1, 2), active = sums_.slice_rows(2, 3);
 
-  matmul_(f, x, false, model.W_enc.data(), false);
-  encoder_activate_(f, model.b_enc.data(), col_sum_, col_count_);
+  matmul_(f, x, false, params.W_enc, false);
+  encoder_activate_(f, params.b_enc, col_sum_, col_count_);
   reduce_all_(ReduceOp::sum, active, col_count_);
   sparse_ = false;
   if (sparse_mode_ != SparseMode::Off && n > 0) {
@@ -92,16 +93,16 @@ void SaeStep::run_forward(const SparseAutoencoder& model, const Tensor& x) {
       reserve_entries(entries);
       SparseFeatures lists = lists_for_batch();
       sparse_index_(lists, f, col_count_);
-      sparse_decode_(x_hat, lists, model.W_dec.data(), model.b_dec.data());
+      sparse_decode_(x_hat, lists, params.W_dec, params.b_dec);
     }
   }
   if (!sparse_) {
-    matmul_(x_hat, f, false, model.W_dec.data(), false);
-    add_(x_hat, model.b_dec.data());
+    matmul_(x_hat, f, false, params.W_dec, false);
+    add_(x_hat, params.b_dec);
   }
   binary_(BinaryOp::sub, grad_x_hat, x_hat, x);  // r = x_hat - x (scaled to 2r in backward)
   reduce_all_(ReduceOp::sum_squares, rec, grad_x_hat);
-  reduce_axis_(ReduceOp::norm2, norms_, model.W_dec.data(), 1);
+  reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
   binary_(BinaryOp::mul, scratch_f_, col_sum_, norms_);
   reduce_all_(ReduceOp::sum, l1, scratch_f_);
 }
@@ -118,103 +119,94 @@ StepSums SaeStep::read_sums(double l1_coefficient) {
   return s;
 }
 
-StepSums SaeStep::forward(const SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
-  run_forward(model, x);
+StepSums SaeStep::forward(const SaeParams& params, const Tensor& x, double l1_coefficient) {
+  run_forward(params, x);
   return read_sums(l1_coefficient);
 }
 
 namespace {
-Tensor& grad_buffer(Variable& param) {
-  if (!param.grad().defined()) param.grad() = Tensor::zeros(param.shape(), param.data().dtype(), param.data().device());
-  return param.grad();
-}
-
-ParamUpdate gradient_into(Variable& param) {
+ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
   ParamUpdate u;
-  u.param = param.data();
-  u.grad = grad_buffer(param);
+  u.param = param;
+  u.grad = grad;
   return u;
 }
 
-ParamUpdate adam_into(Variable& param, nn::Adam& adam, const AdamScalars& scalars) {
-  const int i = adam.index_of(param);
-  if (i < 0) throw Error("SaeStep::train_step: the optimizer does not hold the model's parameters");
+ParamUpdate adam_into(Tensor& param, Tensor& m, Tensor& v, const AdamScalars& scalars) {
   ParamUpdate u;
-  u.param = param.data();
-  u.m = adam.first_moments()[i];
-  u.v = adam.second_moments()[i];
+  u.param = param;
+  u.m = m;
+  u.v = v;
   u.adam = true;
   u.scalars = scalars;
   return u;
 }
 }  // namespace
 
-// The dense backward (the five-GEMM path), after run_forward.
-void SaeStep::dense_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
+// After run_forward: grad_x_hat becomes d rec / d x_hat = 2 r, and its column sums d rec / d b_dec.
+void SaeStep::output_gradient(Tensor& grad_b_dec) {
+  Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
+  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);
+  reduce_axis_(ReduceOp::sum, grad_b_dec, grad_x_hat, 0);
+}
+
+// The dense backward (the five-GEMM path), after output_gradient.
+void SaeStep::dense_backward(const SaeParams& params, const Tensor& x, double l1_coefficient, SaeParams& grads) {
   const int64_t n = tokens_;
   if (!grad_f_.defined()) grad_f_ = Tensor::zeros(f_.shape(), f_.dtype(), f_.device());
   Tensor f = features(), grad_x_hat = grad_x_hat_.slice_rows(0, n), grad_f = grad_f_.slice_rows(0, n);
-  Tensor& grad_W_enc = grad_buffer(model.W_enc);
-  Tensor& grad_b_enc = grad_buffer(model.b_enc);
-  Tensor& grad_W_dec = grad_buffer(model.W_dec);
-  const Tensor& W_dec = model.W_dec.data();
+  const Tensor& W_dec = params.W_dec;
 
-  matmul_(grad_W_dec, f, true, grad_x_hat, false);
+  matmul_(grads.W_dec, f, true, grad_x_hat, false);
   // L1 through the decoder norms: d(lambda sum_i s_i n_i)/dW_dec[i,:] = lambda s_i W_dec[i,:] / n_i
   binary_(BinaryOp::maximum, scratch_f_, norms_, tiny_);
   binary_(BinaryOp::div, scratch_f_, col_sum_, scratch_f_);
   affine_(scratch_f_, scratch_f_, l1_coefficient, 0.0);
-  add_scaled_rows_(grad_W_dec, W_dec, scratch_f_);
+  add_scaled_rows_(grads.W_dec, W_dec, scratch_f_);
   // Back to the features: df = dx_hat W_dec^T + lambda n, masked by f > 0.
   matmul_(grad_f, grad_x_hat, false, W_dec, true);
   affine_(scratch_f_, norms_, l1_coefficient, 0.0);
-  encoder_backward_(grad_f, f, scratch_f_, grad_b_enc);
-  matmul_(grad_W_enc, x, true, grad_f, false);
+  encoder_backward_(grad_f, f, scratch_f_, grads.b_enc);
+  matmul_(grads.W_enc, x, true, grad_f, false);
 }
 
-StepSums SaeStep::forward_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient) {
-  run_forward(model, x);
-  Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
-  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);  // d rec / d x_hat = 2 r
-  reduce_axis_(ReduceOp::sum, grad_buffer(model.b_dec), grad_x_hat, 0);
+StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, double l1_coefficient, SaeParams& grads) {
+  run_forward(params, x);
+  output_gradient(grads.b_dec);
   if (!sparse_) {
-    dense_backward(model, x, l1_coefficient);
+    dense_backward(params, x, l1_coefficient, grads);
   } else {
-    ParamUpdate W_dec = gradient_into(model.W_dec), W_enc = gradient_into(model.W_enc);
-    ParamUpdate b_enc = gradient_into(model.b_enc);
+    ParamUpdate W_dec = gradient_into(params.W_dec, grads.W_dec), W_enc = gradient_into(params.W_enc, grads.W_enc);
+    ParamUpdate b_enc = gradient_into(params.b_enc, grads.b_enc);
     const SparseFeatures lists = lists_for_batch();
-    sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, l1_coefficient);
+    sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, tokens_), lists, norms_, col_sum_,
+                             l1_coefficient);
     sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
   }
   return read_sums(l1_coefficient);
 }
 
-StepSums SaeStep::train_step(SparseAutoencoder& model, const Tensor& x, double l1_coefficient, nn::Adam& adam,
+StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double l1_coefficient,
                              double lr) {
-  if (sparse_mode_ == SparseMode::Off) {  // exactly the dense step as before
-    StepSums sums = forward_backward(model, x, l1_coefficient);
-    if (finite(sums)) adam.step(lr);
-    return sums;
-  }
-  run_forward(model, x);
-  StepSums sums = read_sums(l1_coefficient);
+  if (!grads_.W_enc.defined()) grads_ = SaeParams::zeros_like(params);
+  run_forward(params, x);
+  const StepSums sums = read_sums(l1_coefficient);
   if (!finite(sums)) return sums;
-  Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
-  affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);  // d rec / d x_hat = 2 r
-  Tensor& grad_b_dec = grad_buffer(model.b_dec);
-  reduce_axis_(ReduceOp::sum, grad_b_dec, grad_x_hat, 0);
+  output_gradient(grads_.b_dec);
+  const AdamScalars scalars = adam.next_step(lr);
   if (!sparse_) {
-    dense_backward(model, x, l1_coefficient);
-    adam.step(lr);
+    dense_backward(params, x, l1_coefficient, grads_);
+    for (int i = 0; i < 4; ++i)
+      adam_step_(*params.all()[i], *adam.m.all()[i], *adam.v.all()[i], *grads_.all()[i], scalars);
     return sums;
   }
-  const AdamScalars scalars = adam.begin_step(lr);
-  ParamUpdate W_dec = adam_into(model.W_dec, adam, scalars), W_enc = adam_into(model.W_enc, adam, scalars);
-  ParamUpdate b_enc = adam_into(model.b_enc, adam, scalars), b_dec = adam_into(model.b_dec, adam, scalars);
+  ParamUpdate W_dec = adam_into(params.W_dec, adam.m.W_dec, adam.v.W_dec, scalars);
+  ParamUpdate W_enc = adam_into(params.W_enc, adam.m.W_enc, adam.v.W_enc, scalars);
+  ParamUpdate b_enc = adam_into(params.b_enc, adam.m.b_enc, adam.v.b_enc, scalars);
   const SparseFeatures lists = lists_for_batch();
-  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, l1_coefficient);
+  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, tokens_), lists, norms_, col_sum_, l1_coefficient);
   sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
-  adam_step_(b_dec.param, b_dec.m, b_dec.v, grad_b_dec, scalars);
+  adam_step_(params.b_dec, adam.m.b_dec, adam.v.b_dec, grads_.b_dec, scalars);
   return sums;
 }
 

@@ -1,7 +1,8 @@
-// SaeStep: the fused forward and backward of one training step of the standard SAE (model.h),
-// written as a fixed sequence of kernels into buffers allocated once (no allocation per step).
-// It computes the same numbers as SparseAutoencoder::loss followed by backward(), up to
-// floating-point order; tests/test_sae_model.cpp compares the two.
+// SaeStep: the fused forward and backward of one training step of the standard SAE (sae/model.h),
+// written as a fixed sequence of kernels (sae_kernels.h and the generic tensor ops) into buffers
+// allocated once (no allocation per step). It works on plain parameter tensors and Adam state
+// (sae/params.h) and computes the same numbers as SparseAutoencoder::loss followed by backward(),
+// up to floating-point order; tests/sae/test_sae_model.cpp compares the two.
 //
 //   pre = x W_enc; f = relu(pre + b_enc)            (encoder_activate also sums f per feature)
 //   x_hat = f W_dec + b_dec; r = x_hat - x; rec = sum r^2
@@ -9,7 +10,7 @@
 //   dx_hat = 2 r;  db_dec = sum_t dx_hat;  dW_dec = f^T dx_hat + lambda * (sum_t f[t,i] / n_i) W_dec[i,:]
 //   df = dx_hat W_dec^T + lambda n;  dpre = df * (f > 0);  db_enc = sum_t dpre;  dW_enc = x^T dpre
 //
-// The sparse path (SparseMode, tests/test_sparse.cpp) computes the same formulas from the entries
+// The sparse path (SparseMode, tests/sae/step/test_sparse.cpp) computes the same formulas from the entries
 // of f that are > 0 only: after the encoder GEMM (which stays dense) the positive entries are
 // listed by feature and by token (sparse_index), and then
 //   x_hat[t,:] = b_dec + sum_{i: f[t,i] > 0} f[t,i] W_dec[i,:]                      (sparse_decode)
@@ -25,8 +26,8 @@
 #pragma once
 #include <string>
 
-#include "nn/adam.h"
-#include "sae/model.h"
+#include "sae/params.h"
+#include "sae/step/sae_kernels.h"
 
 namespace sae {
 
@@ -51,15 +52,15 @@ class SaeStep {
   SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device,
           SparseMode sparse = SparseMode::Off);
 
-  // Forward and backward for x [N, D] (N <= max_tokens). Overwrites the grads of the model's four
-  // parameters (allocating them on first use) with d(rec + lambda * l1)/d(param).
-  StepSums forward_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
+  // Forward and backward for x [N, D] (N <= max_tokens): writes d(rec + lambda * l1)/d(param) of
+  // each parameter into `grads` (shaped like params; see SaeParams::zeros_like).
+  StepSums forward_backward(const SaeParams& params, const Tensor& x, double l1_coefficient, SaeParams& grads);
   // Forward only (no gradients), e.g. for evaluation.
-  StepSums forward(const SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
-  // One training step: forward, backward and adam.step(lr) (adam holds the model's parameters).
-  // On the sparse path Adam is fused into the backward and the grads of W_enc, b_enc and W_dec are
-  // left as they were. When the loss is not finite nothing is updated (the caller stops).
-  StepSums train_step(SparseAutoencoder& model, const Tensor& x, double l1_coefficient, nn::Adam& adam, double lr);
+  StepSums forward(const SaeParams& params, const Tensor& x, double l1_coefficient);
+  // One training step: forward, backward and one Adam step at learning rate lr on params and adam.
+  // On the sparse path Adam is fused into the backward (the gradients of W_enc, b_enc and W_dec are
+  // never stored). When the loss is not finite nothing is updated (the caller stops).
+  StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double l1_coefficient, double lr);
 
   // Views of the last call's results (valid until the next call).
   Tensor features() const { return f_.slice_rows(0, tokens_); }          // f [N, F]
@@ -72,19 +73,21 @@ class SaeStep {
   void set_auto_max_density(double density) { auto_max_density_ = density; }
 
  private:
-  void run_forward(const SparseAutoencoder& model, const Tensor& x);
-  void dense_backward(SparseAutoencoder& model, const Tensor& x, double l1_coefficient);
+  void run_forward(const SaeParams& params, const Tensor& x);
+  void output_gradient(Tensor& grad_b_dec);
+  void dense_backward(const SaeParams& params, const Tensor& x, double l1_coefficient, SaeParams& grads);
   StepSums read_sums(double l1_coefficient);
   void reserve_entries(double active);
 
   int64_t max_tokens_, tokens_ = 0;
   Tensor f_, grad_f_;           // [max_tokens, F] (grad_f_ made on the first dense backward)
+  SaeParams grads_;             // train_step's gradients (made on first use)
   Tensor x_hat_, grad_x_hat_;   // [max_tokens, D]
   Tensor col_sum_, col_count_;  // [F]: sum_t f[t,i], count_t f[t,i] > 0
   Tensor norms_, scratch_f_;    // [F]
   Tensor sums_;                 // [3]: rec, l1, active
   Tensor tiny_;                 // [1]: floor for decoder norms in divisions
-  // Sparse path: f's positive entries (op_list.h), dLoss/dpre at the same entries (by feature).
+  // Sparse path: f's positive entries (sae_kernels.h), dLoss/dpre at the same entries (by feature).
   SparseMode sparse_mode_;
   double auto_max_density_;
   bool sparse_ = false;         // the last forward took the sparse path

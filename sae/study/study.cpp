@@ -9,6 +9,7 @@
 
 #include "sae/train/checkpoint.h"
 #include "sae/data/synthetic.h"
+#include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -19,36 +20,10 @@ namespace sae {
 
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError(cat(path, ": cannot open"));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-Json read_json(const std::string& path) {
-  try {
-    return Json::parse(read_text(path));
-  } catch (const DataError& e) {
-    throw DataError(cat(path, ": ", e.what()));
-  }
-}
-
-// The options that say what a run computes (not how far it goes or how it is watched).
-Json identity(const TrainConfig& config) {
-  Json all = config.to_json(), kept = Json::object();
-  for (const auto& [key, value] : all.items())
-    if (key != "steps" && key != "out" && key != "device" && key != "checkpoint_every" && key != "log_every" &&
-        key != "progress")
-      kept[key] = value;
-  return kept;
-}
-
 // A folder that already holds a run must hold this run; anything else is an error.
 void check_same_run(const std::string& dir, const TrainConfig& wanted) {
   const std::string path = (fs::path(dir) / "config.json").string();
-  const Json have = identity(TrainConfig::from_json(read_json(path))), want = identity(wanted);
+  const Json have = run_identity(TrainConfig::from_json(read_json_file(path))), want = run_identity(wanted);
   for (const auto& [key, value] : want.items())
     if (!have.has(key) || have.at(key) != value)
       throw DataError(cat(path, ": this folder holds a run with ", key, " = ",
@@ -114,7 +89,7 @@ RunOutcome finished_outcome(const std::string& name, const std::string& dir, con
   r.action = "skipped";
   const fs::path summary = fs::path(dir) / "summary.json";
   if (fs::exists(summary)) {
-    const Json j = read_json(summary.string());
+    const Json j = read_json_file(summary.string());
     r.steps = j.at("steps").as_int();
     r.tokens = j.at("tokens").as_int();
     r.d = j.at("d").as_int();
@@ -124,13 +99,13 @@ RunOutcome finished_outcome(const std::string& name, const std::string& dir, con
   Checkpoint final_model = load_checkpoint((fs::path(dir) / "sae").string(), Device::CPU);
   r.steps = final_model.state->step;
   r.tokens = final_model.state->tokens;
-  r.d = final_model.model->d_in();
+  r.d = final_model.params.d_in();
   r.concepts.reset();
   if (config.data == "synthetic") {
     SyntheticSource source(config.synthetic);
-    DeadFeatureTracker dead(final_model.model->d_sae(), config.dead_window);
+    DeadFeatureTracker dead(final_model.params.d_sae(), config.dead_window);
     dead.last_fired() = final_model.state->last_fired;
-    r.concepts = concept_recovery(source.concepts(), final_model.model->W_dec.data(), dead.alive(r.tokens));
+    r.concepts = concept_recovery(source.concepts(), final_model.params.W_dec, dead.alive(r.tokens));
   }
   write_run_summary(r);
   return r;
@@ -177,7 +152,7 @@ RunOutcome run_one(const StudyRun& run, const std::string& out_root) {
   r.action = action;
   r.steps = result.steps;
   r.tokens = result.tokens;
-  r.d = read_json((fs::path(dir) / "config.json").string()).at("resolved").at("d_in").as_int();
+  r.d = read_json_file((fs::path(dir) / "config.json").string()).at("resolved").at("d_in").as_int();
   r.seconds = result.seconds;
   r.concepts = result.concepts;
   write_run_summary(r);

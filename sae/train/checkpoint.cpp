@@ -1,7 +1,6 @@
 // Checkpoint save/load in SAELens layout with atomic directory replacement (see checkpoint.h).
 #include "sae/train/checkpoint.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -21,15 +20,6 @@ constexpr const char* kWeightsFile = "sae_weights.safetensors";
 constexpr const char* kConfigFile = "cfg.json";
 constexpr const char* kStateFile = "training_state.safetensors";
 constexpr const char* kStateFormat = "sae-cpp-training-state";
-const char* const kParamNames[] = {"W_enc", "b_enc", "W_dec", "b_dec"};
-
-void fsync_directory(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
 
 Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
   std::vector<double> d(v.begin(), v.end());
@@ -37,11 +27,11 @@ Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
 }
 }  // namespace
 
-Json saelens_config(const SparseAutoencoder& model, const Json& extra) {
+Json saelens_config(const SaeParams& params, const Json& extra) {
   Json cfg = Json::object();
   cfg["architecture"] = "standard";
-  cfg["d_in"] = model.d_in();
-  cfg["d_sae"] = model.d_sae();
+  cfg["d_in"] = params.d_in();
+  cfg["d_sae"] = params.d_sae();
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
@@ -55,8 +45,7 @@ Json saelens_config(const SparseAutoencoder& model, const Json& extra) {
   return cfg;
 }
 
-void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, const Json& extra,
-                     const TrainingState* state) {
+void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state) {
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
   const fs::path temp = parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()));
@@ -67,14 +56,14 @@ void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, con
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
 
   std::vector<std::pair<std::string, Tensor>> weights;
-  for (const auto& [name, param] : model.named_parameters()) weights.push_back({name, param.data().to(DType::F32)});
+  for (int i = 0; i < 4; ++i) weights.push_back({SaeParams::kNames[i], params.all()[i]->to(DType::F32)});
   write_safetensors((temp / kWeightsFile).string(), weights);
-  write_file_atomic((temp / kConfigFile).string(), saelens_config(model, extra).dump(2) + "\n");
+  write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
   if (state) {
     std::vector<std::pair<std::string, Tensor>> tensors;
-    for (size_t i = 0; i < state->adam_m.size(); ++i) {
-      tensors.push_back({std::string("adam_m.") + kParamNames[i], state->adam_m[i]});
-      tensors.push_back({std::string("adam_v.") + kParamNames[i], state->adam_v[i]});
+    for (int i = 0; i < 4; ++i) {
+      tensors.push_back({std::string("adam_m.") + SaeParams::kNames[i], *state->adam.m.all()[i]});
+      tensors.push_back({std::string("adam_v.") + SaeParams::kNames[i], *state->adam.v.all()[i]});
     }
     tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
     Json info = Json::object();
@@ -82,12 +71,12 @@ void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, con
     info["version"] = 1;
     info["step"] = state->step;
     info["tokens"] = state->tokens;
-    info["adam_steps"] = state->adam_steps;
+    info["adam_steps"] = state->adam.steps;
     info["dataset_scale"] = state->dataset_scale;
     info["batcher"] = state->batcher;
     write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
   }
-  fsync_directory(temp);
+  sync_directory(temp.string());
   // Swap into place: an existing directory is moved aside first and removed after.
   const fs::path old = parent / (target.filename().string() + ".old-" + std::to_string(::getpid()));
   const bool had_old = fs::exists(target);
@@ -97,7 +86,7 @@ void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, con
   }
   fs::rename(temp, target, ec);
   if (ec) throw DataError(cat("checkpoint: cannot move ", temp.string(), " to ", target.string(), ": ", ec.message()));
-  fsync_directory(parent);
+  sync_directory(parent.string());
   if (had_old) fs::remove_all(old, ec);
 }
 
@@ -108,20 +97,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
   if (!fs::exists(cfg_path)) throw DataError(cat(dir, ": missing ", kConfigFile));
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;
-  {
-    std::string text;
-    FILE* f = std::fopen(cfg_path.c_str(), "rb");
-    if (!f) throw DataError(cat(cfg_path.string(), ": cannot open"));
-    char buffer[65536];
-    size_t got;
-    while ((got = std::fread(buffer, 1, sizeof buffer, f)) > 0) text.append(buffer, got);
-    std::fclose(f);
-    try {
-      out.cfg = Json::parse(text);
-    } catch (const DataError& e) {
-      throw DataError(cat(cfg_path.string(), ": ", e.what()));
-    }
-  }
+  out.cfg = read_json_file(cfg_path.string());
   if (!out.cfg.is_object()) throw DataError(cat(cfg_path.string(), ": expected a JSON object"));
   const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
   if (arch != "standard")
@@ -129,21 +105,24 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
   Tensor params[4];
   for (int i = 0; i < 4; ++i) {
-    if (!weights.has(kParamNames[i])) throw DataError(cat(weights_path.string(), ": missing tensor ", kParamNames[i]));
-    params[i] = weights.read_f32(kParamNames[i]).to(device);
+    if (!weights.has(SaeParams::kNames[i]))
+      throw DataError(cat(weights_path.string(), ": missing tensor ", SaeParams::kNames[i]));
+    params[i] = weights.read_f32(SaeParams::kNames[i]);
   }
   try {
-    out.model = std::make_unique<SparseAutoencoder>(params[0], params[1], params[2], params[3]);
+    out.params = SaeParams::from_tensors(params[0], params[1], params[2], params[3]);
   } catch (const DataError& e) {
     throw DataError(cat(weights_path.string(), ": ", e.what()));
   }
-  if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.model->d_in())
-    throw DataError(cat(dir, ": cfg.json d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.model->d_in()));
-  if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.model->d_sae())
-    throw DataError(cat(dir, ": cfg.json d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ", out.model->d_sae()));
+  if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.params.d_in())
+    throw DataError(cat(dir, ": cfg.json d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
+  if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
+    throw DataError(cat(dir, ": cfg.json d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
+                        out.params.d_sae()));
   for (const Tensor& p : params) {
     if (!std::isfinite(sum(abs(p)).item())) throw DataError(cat(weights_path.string(), ": parameters contain NaN or Inf"));
   }
+  out.params = out.params.to(device);
 
   const fs::path state_path = root / kStateFile;
   if (fs::exists(state_path)) {
@@ -156,23 +135,23 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
     TrainingState st;
     st.step = info.at("step").as_int();
     st.tokens = info.at("tokens").as_int();
-    st.adam_steps = info.at("adam_steps").as_int();
+    st.adam.steps = info.at("adam_steps").as_int();
     st.dataset_scale = info.at("dataset_scale").as_number();
     st.batcher = info.at("batcher");
     for (int i = 0; i < 4; ++i) {
-      Tensor m = file.read_f32(std::string("adam_m.") + kParamNames[i]);
-      Tensor v = file.read_f32(std::string("adam_v.") + kParamNames[i]);
+      Tensor m = file.read_f32(std::string("adam_m.") + SaeParams::kNames[i]);
+      Tensor v = file.read_f32(std::string("adam_v.") + SaeParams::kNames[i]);
       if (m.shape() != params[i].shape() || v.shape() != params[i].shape())
-        throw DataError(cat(state_path.string(), ": Adam moments of ", kParamNames[i], " have the wrong shape"));
-      st.adam_m.push_back(m.to(device));
-      st.adam_v.push_back(v.to(device));
+        throw DataError(cat(state_path.string(), ": Adam moments of ", SaeParams::kNames[i], " have the wrong shape"));
+      *st.adam.m.all()[i] = m.to(device);
+      *st.adam.v.all()[i] = v.to(device);
     }
     const SafetensorsEntry& fired = file.entry("last_fired");  // F64: token counts, exact below 2^53
     if (fired.dtype != "F64") throw DataError(cat(state_path.string(), ": last_fired should be F64, got ", fired.dtype));
     std::vector<double> clocks(fired.numel());
     std::memcpy(clocks.data(), fired.data, fired.bytes);
     st.last_fired.assign(clocks.begin(), clocks.end());
-    if (static_cast<int64_t>(st.last_fired.size()) != out.model->d_sae())
+    if (static_cast<int64_t>(st.last_fired.size()) != out.params.d_sae())
       throw DataError(cat(state_path.string(), ": last_fired has ", st.last_fired.size(), " entries"));
     out.state = std::move(st);
   }

@@ -6,39 +6,38 @@
 // A directory is written as DIR.tmp-<pid> and renamed into place (after fsync), so a run killed at
 // any moment leaves the old checkpoint or the new one, never a torn one.
 #pragma once
-#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "sae/model.h"
 #include "io/json.h"
+#include "sae/params.h"
 
 namespace sae {
 
 struct TrainingState {
   int64_t step = 0;           // optimizer updates done
   int64_t tokens = 0;         // tokens seen
-  int64_t adam_steps = 0;
   double dataset_scale = 1.0;
   Json batcher;               // Batcher::state()
-  std::vector<int64_t> last_fired;             // DeadFeatureTracker clocks [F]
-  std::vector<Tensor> adam_m, adam_v;          // per parameter, in W_enc, b_enc, W_dec, b_dec order
+  std::vector<int64_t> last_fired;  // DeadFeatureTracker clocks [F]
+  SaeAdamState adam;                // moments and steps taken (betas and eps come from the run's config)
 };
 
 // cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".
-Json saelens_config(const SparseAutoencoder& model, const Json& extra);
+Json saelens_config(const SaeParams& params, const Json& extra);
 
-void save_checkpoint(const std::string& dir, const SparseAutoencoder& model, const Json& extra,
-                     const TrainingState* state);
+// Writes DIR (see the top of this file); the parameters may live on any device.
+void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state);
 
 struct Checkpoint {
-  std::unique_ptr<SparseAutoencoder> model;
+  SaeParams params;
   Json cfg;
   std::optional<TrainingState> state;  // when the directory has training_state.safetensors
 };
-// Loads a SAELens-format standard SAE (any directory with sae_weights.safetensors + cfg.json).
-// DataError for a missing/corrupt file, another architecture, or shapes that disagree with cfg.
+// Loads a SAELens-format standard SAE (any directory with sae_weights.safetensors + cfg.json) onto
+// `device`. DataError for a missing/corrupt file, another architecture, or shapes that disagree
+// with cfg.
 Checkpoint load_checkpoint(const std::string& dir, Device device);
 
 // The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or

@@ -29,6 +29,7 @@ class DeadFeatureTracker {
   int64_t dead(int64_t tokens_seen) const;
   std::vector<bool> alive(int64_t tokens_seen) const;
   std::vector<int64_t>& last_fired() { return last_fired_; }  // token count when each last fired
+  const std::vector<int64_t>& last_fired() const { return last_fired_; }
  private:
   int64_t window_;
   std::vector<int64_t> last_fired_;

@@ -1,14 +1,27 @@
-// TrainConfig: every option of a training run (SPEC section 5), with the original study's values
-// as defaults, its JSON form (config.json; read back by --resume) and validation.
+// TrainConfig: every option of a training run, with the original study's values as defaults
+// (each default is written once, here), plus validation and the schedules. The options' names,
+// help, command-line parsing, config.json form and behaviour on --resume all come from one table,
+// sae/train/options.h.
 #pragma once
 #include <cstdint>
 #include <string>
 
-#include "sae/data/synthetic.h"
 #include "io/json.h"
+#include "sae/data/batches.h"
+#include "sae/data/prefetch.h"
+#include "sae/data/synthetic.h"
+#include "sae/report/run_log.h"
+#include "sae/step/sae_step.h"
 #include "tensor/tensor.h"
 
 namespace sae {
+
+// --device: cpu, cuda, or auto (cuda when a GPU is present).
+enum class DeviceChoice { Cpu, Cuda, Auto };
+DeviceChoice parse_device_choice(const std::string& text);  // UsageError naming --device
+const char* device_choice_name(DeviceChoice choice);
+// The device to run on: UsageError for cuda in a build without CUDA or on a machine without a GPU.
+Device resolve_device(DeviceChoice choice);
 
 struct TrainConfig {
   std::string data = "synthetic";    // "synthetic" or a .safetensors / .npy path
@@ -19,35 +32,32 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   int64_t steps = 35000;
   int64_t batch_tokens = 0;          // 0 = one story per step ("story")
-  std::string normalize = "story";   // story | dataset | none
+  Normalization normalize = Normalization::Story;
   std::string init;                  // start from this SAELens-format checkpoint directory
   std::string resume;                // continue this run (run dir or checkpoint dir)
   std::string out = "runs/sae";
   uint64_t seed = 0;
-  std::string device = "auto";       // cpu | cuda | auto
+  DeviceChoice device = DeviceChoice::Auto;
   bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
-  std::string sparse = "auto";       // auto | on | off: sparse decoder and gradients (sae_step.h)
-  std::string prefetch = "auto";     // prepare the next batch on a worker thread: auto (on for CUDA) | on | off
+  SparseMode sparse = SparseMode::Auto;       // sparse decoder and gradients (sae/step/sae_step.h)
+  PrefetchMode prefetch = PrefetchMode::Auto;  // next batch on a worker thread (auto: on for CUDA)
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0
   int64_t lr_decay_steps = 0;        // linear decay to 0 over the last N steps
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
-  std::string progress = "auto";     // auto (bar on a terminal) | bar | lines | none
+  ProgressMode progress = ProgressMode::Auto;
 
   void validate() const;  // UsageError naming the option
-  Json to_json() const;
+  Json to_json() const;   // config.json (the options' table, sae/train/options.h)
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
-  std::string batch_name() const;  // "story" or the token count
+  std::string batch_name() const;        // "story" or the token count
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };
 
 // Parses --batch: "story" or a positive integer. UsageError otherwise.
 int64_t parse_batch(const std::string& text);
-// Resolves --device: auto picks cuda when a GPU is present. UsageError for unknown names or cuda
-// without a GPU.
-Device resolve_device(const std::string& name);
 
 }  // namespace sae

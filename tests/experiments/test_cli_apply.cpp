@@ -65,7 +65,7 @@ struct TinySae {
     sae_dir = dir.str("sae");
     Json extra = Json::object();
     extra["note"] = "test_cli_apply";
-    save_checkpoint(sae_dir, *model, extra, nullptr);
+    save_checkpoint(sae_dir, model->params(), extra, nullptr);
     x = normal_tensor(Shape{n, 5}, 0.0, 1.0, rng, DType::F32);
     input = dir.str("x.npy");
     write_npy(input, x);
@@ -198,8 +198,9 @@ TEST(CliApply, AppliesWhatSaeTrainWrites) {
   Checkpoint ck = load_checkpoint(run + "/sae", Device::CPU);
   ASSERT_TRUE(ck.state.has_value());
   NoGradGuard no_grad;
-  Variable f = ck.model->encode(Variable(x));
-  Variable xhat = ck.model->decode(f);
+  const SparseAutoencoder model(ck.params);
+  Variable f = model.encode(Variable(x));
+  Variable xhat = model.decode(f);
   EXPECT_LE(max_abs_diff(NpyFile::open(f_path).read_f32(), f.data()), 1e-6 * (1.0 + max_abs(f.data())));
   EXPECT_LE(max_abs_diff(NpyFile::open(xhat_path).read_f32(), xhat.data()), 1e-6 * (1.0 + max_abs(xhat.data())));
 }

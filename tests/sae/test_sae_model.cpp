@@ -2,6 +2,8 @@
 // parameters, and the fused SaeStep against the autograd reference (values and every gradient).
 #include <gtest/gtest.h>
 
+#include "tests/util/step_util.h"
+
 #include <cmath>
 
 #include "tests/util/gradcheck.h"
@@ -10,6 +12,8 @@
 #include "tensor/ops.h"
 
 using namespace sae;
+using sae::testing::fused_backward;
+using sae::testing::fused_train_step;
 using sae::testing::gradcheck;
 
 namespace {
@@ -110,7 +114,7 @@ void compare_fused_with_autograd(int64_t n, int64_t d, int64_t f, DType dtype, d
   SaeStep step(n + 3, d, f, dtype, Device::CPU);  // workspace larger than the batch on purpose
   // Poison the gradients: the step must overwrite them entirely.
   for (Variable& param : fused.parameters()) param.grad() = Tensor::full(param.shape(), NAN, dtype);
-  StepSums sums = step.forward_backward(fused, p.x, lambda);
+  StepSums sums = fused_backward(step, fused, p.x, lambda);
 
   const double rec = loss.rec.data().item(), l1 = loss.l1.data().item();
   EXPECT_NEAR(sums.rec, rec, tol * (1 + std::abs(rec)));
@@ -145,6 +149,6 @@ TEST(SaeStep, RejectsBadBatches) {
   Rng rng(1);
   SparseAutoencoder sae(4, 6, rng);
   SaeStep step(8, 4, 6, DType::F32, Device::CPU);
-  EXPECT_THROW(step.forward_backward(sae, Tensor::zeros(Shape{9, 4}), 1.0), Error);  // too many tokens
-  EXPECT_THROW(step.forward_backward(sae, Tensor::zeros(Shape{3, 5}), 1.0), Error);  // wrong width
+  EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{9, 4}), 1.0), Error);  // too many tokens
+  EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{3, 5}), 1.0), Error);  // wrong width
 }

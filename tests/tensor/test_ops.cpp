@@ -218,4 +218,3 @@ TEST(Rng, DeterministicAndWellSpread) {
   EXPECT_EQ(q2.next_u64(), next);
 }
 
-TEST(KernelTables, EveryOpHasACpuKernel) { EXPECT_EQ(missing_kernels(cpu_kernels()), ""); }

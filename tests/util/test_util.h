@@ -39,10 +39,10 @@ inline TrainConfig small_synthetic_config(const std::string& out) {
   c.synthetic.active = 4;
   c.synthetic.seed = 5;
   c.batch_tokens = 64;
-  c.normalize = "dataset";
+  c.normalize = Normalization::Dataset;
   c.log_every = 10;
-  c.progress = "none";
-  c.device = "cpu";
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
   c.seed = 3;
   c.out = out;
   return c;

@@ -17,17 +17,21 @@
 #include <vector>
 
 #include "tests/util/gradcheck.h"
+#include "tests/util/step_util.h"
 #include "tests/util/test_util.h"
 #include "nn/module.h"
 #include "sae/model.h"
 #include "sae/step/sae_step.h"
 #include "sae/train/trainer.h"
 #include "tensor/cuda/backend.h"
+#include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "io/safetensors.h"
 
 using namespace sae;
+using sae::testing::fused_backward;
+using sae::testing::fused_train_step;
 using sae::testing::gradcheck;
 using sae::testing::random_off_kink;
 
@@ -134,15 +138,6 @@ std::vector<Shape> column_pass_shapes() {
 }
 
 }  // namespace
-
-// Table completeness needs a CUDA build, not a GPU: it runs wherever nvcc built the backend.
-TEST(CudaSae, KernelTableHasTheSaeKernels) {
-  if (!cuda_built()) GTEST_SKIP() << "built without CUDA";
-  EXPECT_EQ(missing_kernels(cuda_kernels()), "");
-  EXPECT_NE(cuda_kernels().encoder_activate, nullptr);
-  EXPECT_NE(cuda_kernels().encoder_backward, nullptr);
-  EXPECT_NE(cuda_kernels().add_scaled_rows, nullptr);
-}
 
 // ---------------------------------------------------------------- the three fused kernels
 
@@ -433,8 +428,8 @@ void compare_step(int64_t n, int64_t d, int64_t f, DType dtype, double lambda, u
   SaeStep cpu_step(n + 3, d, f, dtype, Device::CPU), gpu_step(n + 3, d, f, dtype, Device::CUDA);
   for (Variable& param : gpu_model->parameters())  // the step must overwrite every gradient
     param.grad() = Tensor::full(param.shape(), kNaN, dtype, Device::CUDA);
-  const StepSums cpu = cpu_step.forward_backward(*cpu_model, p.x, lambda);
-  const StepSums gpu = gpu_step.forward_backward(*gpu_model, on_gpu(p.x), lambda);
+  const StepSums cpu = fused_backward(cpu_step, *cpu_model, p.x, lambda);
+  const StepSums gpu = fused_backward(gpu_step, *gpu_model, on_gpu(p.x), lambda);
 
   EXPECT_EQ(gpu.tokens, n) << what;
   EXPECT_EQ(gpu.active, cpu.active) << what;  // the mask is exact by construction
@@ -458,14 +453,14 @@ void compare_step(int64_t n, int64_t d, int64_t f, DType dtype, double lambda, u
   // A second step on the same input reproduces every gradient bit for bit (no atomics).
   std::vector<Tensor> first;
   for (auto& [name, param] : gpu_params) first.push_back(param.grad().to(Device::CPU));
-  const StepSums again = gpu_step.forward_backward(*gpu_model, on_gpu(p.x), lambda);
+  const StepSums again = fused_backward(gpu_step, *gpu_model, on_gpu(p.x), lambda);
   EXPECT_EQ(again.rec, gpu.rec) << what;
   EXPECT_EQ(again.l1, gpu.l1) << what;
   for (size_t i = 0; i < first.size(); ++i)
     expect_close(gpu_params[i].second.grad(), first[i], kExact, what + " repeated grad " + gpu_params[i].first);
 
   // Forward only agrees with the forward of forward_backward.
-  const StepSums fwd = gpu_step.forward(*gpu_model, on_gpu(p.x), lambda);
+  const StepSums fwd = gpu_step.forward(gpu_model->params(), on_gpu(p.x), lambda);
   EXPECT_EQ(fwd.rec, gpu.rec) << what;
   EXPECT_EQ(fwd.active, gpu.active) << what;
 }
@@ -495,7 +490,7 @@ TEST(CudaSaeStep, AgreesWithTheAutogradReferenceOnTheGpu) {
   auto loss = reference->loss(Variable(x), lambda);
   loss.total.backward();
   SaeStep step(30, 12, 50, DType::F64, Device::CUDA);
-  const StepSums sums = step.forward_backward(*fused, x, lambda);
+  const StepSums sums = fused_backward(step, *fused, x, lambda);
   EXPECT_NEAR(sums.rec, loss.rec.data().item(), 1e-10 * std::abs(sums.rec));
   EXPECT_NEAR(sums.l1, loss.l1.data().item(), 1e-10 * std::abs(sums.l1));
   auto ref_params = reference->named_parameters(), fused_params = fused->named_parameters();
@@ -548,10 +543,10 @@ TrainConfig small_synthetic_run() {
 void compare_cpu_and_cuda_training(TrainConfig config, int64_t logged_rows) {
   constexpr double kRel = 1e-4;
   sae::testing::TempDir tmp("cuda_train");
-  config.device = "cpu";
+  config.device = DeviceChoice::Cpu;
   config.out = tmp.str("cpu");
   const TrainResult cpu = train(config);
-  config.device = "cuda";
+  config.device = DeviceChoice::Cuda;
   config.out = tmp.str("cuda");
   const TrainResult gpu = train(config);
   EXPECT_EQ(cpu.device, Device::CPU);
@@ -609,7 +604,7 @@ TEST(CudaTraining, StoryBatchesFollowTheCpuTrajectory) {
   TrainConfig config = small_synthetic_run();
   config.synthetic.stories = 300;
   config.batch_tokens = 0;
-  config.normalize = "story";
+  config.normalize = Normalization::Story;
   config.steps = 100;
   compare_cpu_and_cuda_training(config, 10);
 }

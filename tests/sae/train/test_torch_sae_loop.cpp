@@ -89,11 +89,11 @@ TrainConfig reference_config(const std::string& out, const std::string& device) 
   c.eps = f.scalar("cfg.eps");
   c.steps = f.integer("cfg.steps");
   c.batch_tokens = 0;  // story
-  c.normalize = "story";
+  c.normalize = Normalization::Story;
   c.log_every = 1;
   c.checkpoint_every = 1000000;
-  c.progress = "none";
-  c.device = device;
+  c.progress = ProgressMode::None;
+  c.device = parse_device_choice(device);
   c.out = out;
   return c;
 }

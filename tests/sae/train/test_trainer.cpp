@@ -36,8 +36,8 @@ TrainConfig tiny_config(const std::string& out) {
   c.steps = 40;
   c.log_every = 1;
   c.checkpoint_every = 1000;
-  c.progress = "none";
-  c.device = "cpu";
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
   c.out = out;
   return c;
 }
@@ -63,14 +63,14 @@ TEST(Trainer, RecoversAPlantedDictionary) {
   c.synthetic.seed = 1;
   c.features = 96;
   c.batch_tokens = 256;
-  c.normalize = "dataset";
+  c.normalize = Normalization::Dataset;
   c.lr = 3e-3;
   c.l1 = 1.0;
   c.steps = 600;
   c.log_every = 100;
   c.checkpoint_every = 100000;
-  c.progress = "none";
-  c.device = "cpu";
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
   c.out = dir.str("run");
   TrainResult r = train(c);
   ASSERT_TRUE(r.concepts.has_value());
@@ -101,7 +101,7 @@ TEST(Trainer, ResumeFromAMidRunCheckpointIsBitExactInTokenMode) {
   TempDir dir("resume_mid");
   TrainConfig full = tiny_config(dir.str("full"));
   full.batch_tokens = 20;
-  full.normalize = "dataset";
+  full.normalize = Normalization::Dataset;
   train(full);
   // An "interrupted" run: checkpoints every 10 steps, its final model removed as if it had died
   // at step 25, after writing metrics rows past its last checkpoint.
@@ -129,7 +129,7 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   });
   TrainConfig c = tiny_config(dir.str("run"));
   c.data = dir.str("acts.safetensors");
-  c.normalize = "none";
+  c.normalize = Normalization::None;
   c.features = 8;
   c.steps = 10;
   c.checkpoint_every = 1;
@@ -140,7 +140,7 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   Checkpoint last = load_checkpoint(dir.str("run/checkpoints/step_3"), Device::CPU);
   ASSERT_TRUE(last.state.has_value());
   EXPECT_EQ(last.state->step, 3);
-  EXPECT_TRUE(std::isfinite(sum(abs(last.model->W_dec.data())).item()));
+  EXPECT_TRUE(std::isfinite(sum(abs(last.params.W_dec)).item()));
 }
 
 TEST(Trainer, WritesEveryOutputInTheSpec) {
@@ -193,19 +193,19 @@ TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
   TempDir dir("prefetch");
   TrainConfig plain = tiny_config(dir.str("plain"));
   plain.batch_tokens = 20;
-  plain.normalize = "dataset";
-  plain.prefetch = "off";
+  plain.normalize = Normalization::Dataset;
+  plain.prefetch = PrefetchMode::Off;
   train(plain);
   TrainConfig threaded = plain;
   threaded.out = dir.str("threaded");
-  threaded.prefetch = "on";
+  threaded.prefetch = PrefetchMode::On;
   threaded.steps = 23;
   threaded.checkpoint_every = 10;
   train(threaded);
   TrainConfig rest = tiny_config("");
   rest.resume = dir.str("threaded");
   rest.steps = 40;
-  rest.prefetch = "on";
+  rest.prefetch = PrefetchMode::On;
   train(rest);
   EXPECT_EQ(weights_bytes(dir.str("plain/sae")), weights_bytes(dir.str("threaded/sae")));
   EXPECT_EQ(read_file(dir.str("plain/metrics.csv")), read_file(dir.str("threaded/metrics.csv")));
@@ -223,7 +223,7 @@ TEST(Trainer, PrefetchThreadReportsBadDataAtTheRightStep) {
   c.data = dir.str("acts.safetensors");
   c.features = 8;
   c.steps = 10;  // story 10 (with the NaN) is never trained on, though the worker reads it ahead
-  c.prefetch = "on";
+  c.prefetch = PrefetchMode::On;
   EXPECT_NO_THROW(train(c));
   TrainConfig longer = c;
   longer.out = dir.str("run11");

@@ -1,0 +1,658 @@
+// CUDA kernels of the SAE step (sae_kernels.h), registered in sae_cuda_kernels(). Each computes what
+// its CPU twin in cpu_kernels.cpp computes, to rounding: the build passes --fmad=false, so nvcc
+// never fuses a*b+c on its own, but sums run in another order than on the CPU (shuffle trees,
+// tiles), and the CPU's sparse decoder backward uses fused multiply-adds (std::fma) where the
+// kernel below multiplies and adds apart. The parity tests (tests/sae/step/test_cuda_sae.cpp) set
+// their tolerances for that. No atomics: every sum has one owner and a fixed order, so results
+// are bitwise repeatable from run to run.
+// Inputs were validated by the front-end (sae_ops.cpp); everything runs on the backend's one stream.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "sae/step/sae_kernels.h"
+#include "tensor/cuda/common.cuh"
+#include "tensor/dispatch.h"
+
+namespace sae {
+
+namespace {
+
+// ---------------------------------------------------------------- SAE fused kernels
+//
+// encoder_activate and encoder_backward make one pass over f [N, F] (N rows = tokens, F columns =
+// features), rewriting it in place and summing every column, as their CPU references do.
+//
+// Layout: a block of 32 x 8 threads owns a tile of 32 neighbouring columns and one slice of rows.
+// The 32 threads of a warp read 32 consecutive values of one row (coalesced); the block's 8 thread
+// rows stride down the slice, each keeping its own running sum per column, and shared memory then
+// adds the 8 thread rows in a fixed order. The column values are loaded once per thread (bias,
+// row_add). Each thread issues kSaeUnroll loads before it uses any, so several are in flight.
+//
+// Slices: long columns (large N) are cut into `splits` slices of rows, so that enough blocks run
+// to keep the memory system busy (N = 4096, F = 10000: 313 column tiles x 8 slices); each slice
+// writes partial sums [splits, F] and a second kernel adds them in slice order. The number of
+// slices depends on N alone, never on the GPU, so the results are bitwise repeatable from run to
+// run and from one GPU model to another. No atomics anywhere.
+//
+// Column sums are accumulated in double and rounded to T once at the end (the CPU accumulates in T
+// in row order: for float32 the two differ by the CPU's rounding, at most about N * 6e-8 of the sum
+// of |values|). Counts are exact integers.
+constexpr int kSaeColumns = 32, kSaeRowLanes = 8, kSaeUnroll = 4;
+constexpr int64_t kSaeRowsPerSplit = 512;  // a slice holds at least this many rows (or all of them)
+constexpr int64_t kSaeMaxSplits = 64;
+
+int64_t sae_row_splits(int64_t rows) { return std::clamp<int64_t>(rows / kSaeRowsPerSplit, 1, kSaeMaxSplits); }
+
+// Where the column sums of a block go: with one slice straight into the outputs (count may be
+// null), otherwise into the partials [splits, cols].
+template <typename T>
+struct ColumnSumsOut {
+  T* sum;
+  T* count;
+  double* partial_sum;
+  long long* partial_count;
+};
+
+// Called by every thread of the block once per task (it synchronises). Thread (x, y) holds the
+// running sum and count of column c over thread row y; the 8 thread rows are added in order 0..7.
+template <typename T, bool kCount>
+__device__ void store_column_sums(double sum, long long count, int64_t c, int64_t cols, int64_t split,
+                                  int64_t splits, const ColumnSumsOut<T>& out) {
+  __shared__ double lane_sums[kSaeRowLanes][kSaeColumns + 1];
+  __shared__ long long lane_counts[kSaeRowLanes][kSaeColumns + 1];
+  lane_sums[threadIdx.y][threadIdx.x] = sum;
+  if (kCount) lane_counts[threadIdx.y][threadIdx.x] = count;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int r = 1; r < kSaeRowLanes; ++r) {
+      sum += lane_sums[r][threadIdx.x];
+      if (kCount) count += lane_counts[r][threadIdx.x];
+    }
+    if (splits == 1) {
+      out.sum[c] = static_cast<T>(sum);
+      if (kCount) out.count[c] = static_cast<T>(count);
+    } else {
+      out.partial_sum[split * cols + c] = sum;
+      if (kCount) out.partial_count[split * cols + c] = count;
+    }
+  }
+  __syncthreads();  // the shared arrays are rewritten by the block's next task
+}
+
+// f [rows, cols] in place: f = relu(f + bias[c]); sums and counts the results per column.
+template <typename T>
+__global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> out, int64_t rows, int64_t cols,
+                                        int64_t splits) {
+  const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
+    const int64_t tile = task % tiles, split = task / tiles;
+    const int64_t c = tile * kSaeColumns + threadIdx.x;
+    double sum = 0.0;
+    long long count = 0;
+    if (c < cols) {
+      const T b = bias[c];
+      T* column = f + c;
+      const int64_t end = min(rows, (split + 1) * chunk);
+      int64_t r = split * chunk + threadIdx.y;
+      for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
+        T v[kSaeUnroll];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) v[u] = column[(r + u * kSaeRowLanes) * cols];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) {
+          const T pre = v[u] + b;
+          const T act = pre > T(0) ? pre : T(0);
+          column[(r + u * kSaeRowLanes) * cols] = act;
+          sum += act;
+          count += act > T(0) ? 1 : 0;
+        }
+      }
+      for (; r < end; r += kSaeRowLanes) {
+        const T pre = column[r * cols] + b;
+        const T act = pre > T(0) ? pre : T(0);
+        column[r * cols] = act;
+        sum += act;
+        count += act > T(0) ? 1 : 0;
+      }
+    }
+    store_column_sums<T, true>(sum, count, c, cols, split, splits, out);
+  }
+}
+
+// grad [rows, cols] in place: grad = f > 0 ? grad + row_add[c] : 0; sums the results per column.
+// grad is only read where f > 0: with sparse features most of its sectors are never fetched.
+template <typename T>
+__global__ void encoder_backward_kernel(T* grad, const T* f, const T* row_add, ColumnSumsOut<T> out, int64_t rows,
+                                        int64_t cols, int64_t splits) {
+  const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
+    const int64_t tile = task % tiles, split = task / tiles;
+    const int64_t c = tile * kSaeColumns + threadIdx.x;
+    double sum = 0.0;
+    if (c < cols) {
+      const T a = row_add[c];
+      T* g_column = grad + c;
+      const T* f_column = f + c;
+      const int64_t end = min(rows, (split + 1) * chunk);
+      int64_t r = split * chunk + threadIdx.y;
+      for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
+        bool on[kSaeUnroll];
+        T v[kSaeUnroll];
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) on[u] = f_column[(r + u * kSaeRowLanes) * cols] > T(0);
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) v[u] = on[u] ? g_column[(r + u * kSaeRowLanes) * cols] : T(0);
+#pragma unroll
+        for (int u = 0; u < kSaeUnroll; ++u) {
+          const T result = on[u] ? v[u] + a : T(0);
+          g_column[(r + u * kSaeRowLanes) * cols] = result;
+          sum += result;
+        }
+      }
+      for (; r < end; r += kSaeRowLanes) {
+        const T result = f_column[r * cols] > T(0) ? g_column[r * cols] + a : T(0);
+        g_column[r * cols] = result;
+        sum += result;
+      }
+    }
+    store_column_sums<T, false>(sum, 0, c, cols, split, splits, out);
+  }
+}
+
+// Adds the partials [splits, cols] of the kernels above in slice order, one thread per column.
+template <typename T>
+__global__ void finish_column_sums_kernel(ColumnSumsOut<T> out, int64_t cols, int64_t splits) {
+  for (int64_t c = thread_index(); c < cols; c += grid_stride()) {
+    double sum = 0.0;
+    long long count = 0;
+    for (int64_t s = 0; s < splits; ++s) {
+      sum += out.partial_sum[s * cols + c];
+      if (out.count) count += out.partial_count[s * cols + c];
+    }
+    out.sum[c] = static_cast<T>(sum);
+    if (out.count) out.count[c] = static_cast<T>(count);
+  }
+}
+
+// Launches `launch(grid, out, splits)` for the main kernel, with partials and the finishing
+// kernel when the rows are split. col_count may be null.
+template <typename T, typename Launch>
+void launch_column_pass(int64_t rows, int64_t cols, T* col_sum, T* col_count, Launch launch) {
+  const int64_t splits = sae_row_splits(rows);
+  const int64_t tasks = ceil_div(cols, kSaeColumns) * splits;
+  ColumnSumsOut<T> out{col_sum, col_count, nullptr, nullptr};
+  if (splits == 1) {
+    launch(grid_for(tasks, 1), out, splits);
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  const size_t partials = static_cast<size_t>(splits * cols);
+  DeviceBuffer scratch(partials * sizeof(double) + (col_count ? partials * sizeof(long long) : 0));
+  out.partial_sum = static_cast<double*>(scratch.ptr);
+  out.partial_count = col_count ? reinterpret_cast<long long*>(out.partial_sum + partials) : nullptr;
+  launch(grid_for(tasks, 1), out, splits);
+  SAE_CUDA_CHECK_LAUNCH();
+  finish_column_sums_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(out, cols, splits);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+  if (cols == 0) return;  // rows == 0 still runs: the sums and counts become 0
+  launch_column_pass(rows, cols, col_sum, col_count, [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
+    encoder_activate_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(f, bias, out, rows, cols,
+                                                                                         splits);
+  });
+}
+
+template <typename T>
+void encoder_backward_typed(T* grad, const T* f, const T* row_add, T* col_sum, int64_t rows, int64_t cols) {
+  if (cols == 0) return;
+  launch_column_pass(rows, cols, col_sum, static_cast<T*>(nullptr),
+                     [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
+                       encoder_backward_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(
+                           grad, f, row_add, out, rows, cols, splits);
+                     });
+}
+
+void encoder_activate_cuda(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
+  dispatch_float(f.dtype(), "encoder_activate", [&](auto zero) {
+    using T = decltype(zero);
+    encoder_activate_typed(f.data<T>(), bias.data<T>(), col_sum.data<T>(), col_count.data<T>(),
+                           f.size(0), f.size(1));
+  });
+}
+
+void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
+  dispatch_float(f.dtype(), "encoder_backward", [&](auto zero) {
+    using T = decltype(zero);
+    encoder_backward_typed(grad.data<T>(), f.data<T>(), row_add.data<T>(), col_sum.data<T>(),
+                           f.size(0), f.size(1));
+  });
+}
+
+// out[r, :] += scale[r] * x[r, :]. Rows along grid y (the scale is read once per row), columns
+// along grid x and the threads (coalesced). The expression is the CPU's: out + (s * x), unfused.
+template <typename T>
+__global__ void add_scaled_rows_kernel(T* out, const T* x, const T* scale, int64_t rows, int64_t cols) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T s = scale[r];
+    T* out_row = out + r * cols;
+    const T* x_row = x + r * cols;
+    for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(blockDim.x) * gridDim.x)
+      out_row[c] = out_row[c] + s * x_row[c];
+  }
+}
+
+void add_scaled_rows_cuda(Tensor& out, const Tensor& x, const Tensor& row_scale) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (rows == 0 || cols == 0) return;
+  // Narrow rows get narrow blocks (a warp at least); grid y is limited to 65535, the loop covers more.
+  const int threads = static_cast<int>(std::min<int64_t>(kBlock, ceil_div(cols, 32) * 32));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(cols, threads), 1024)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  dispatch_float(x.dtype(), "add_scaled_rows", [&](auto zero) {
+    using T = decltype(zero);
+    add_scaled_rows_kernel<<<grid, threads, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(),
+                                                                row_scale.data<T>(), rows, cols);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------- sparse SAE kernels
+//
+// The sparse path of the SAE step (sae_kernels.h, sae_step.h): f's positive entries listed by
+// feature (CSC), the decoder product from f's positive entries, and the two backward kernels that
+// hand each gradient value to its ParamUpdate (written out, or one Adam step at once). Like the
+// kernels above they use no atomics: every sum has one owner and a fixed order, so results are
+// bitwise repeatable.
+//
+//   sparse_index             by feature: f [N, F] cut into slices of kSparseSliceRows rows; count
+//                            the entries of every (slice, column), turn the counts into offsets
+//                            (per column over its slices, then one scan over the columns), then
+//                            each (slice, column) thread writes its entries in row order. By token:
+//                            rows cut into segments of kRowSegment columns, one warp per (row,
+//                            segment) counts its entries (ballots), offsets per row over its
+//                            segments, one scan over the rows, then each warp writes its entries
+//                            in column order (ballot prefix counts).
+//   sparse_decode            one block per (token, 256 columns of x_hat): each thread adds its
+//                            column of W_dec for every entry of the token, in feature order.
+//   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
+//                            computes dx[t] . W_dec[i] (lanes over D, a fixed shuffle tree); then,
+//                            after a barrier (every old value of the row has been read), each
+//                            thread sums its columns of dW_dec[i] over the entries in token order
+//                            and hands them to the update.
+//   sparse_encoder_backward  one block per tile of 32 features x 32 rows of W_enc: warp by feature,
+//                            lane by row j, G[i][j] = sum over the feature's entries of
+//                            dpre * x[t, j] (coalesced rows of x) into shared memory; then lanes
+//                            over the 32 features update W_enc[j, i0:i0+32] (coalesced) reading G
+//                            transposed (padded: no bank conflicts). The tiles of rows 0..31 also
+//                            sum db_enc.
+
+// Raw pointers of a ParamUpdate, passed to kernels by value.
+template <typename T>
+struct UpdateTarget {
+  T* param;
+  T* grad;
+  T* m;
+  T* v;
+  bool adam;
+  AdamConstants<T> c;
+};
+
+template <typename T>
+UpdateTarget<T> update_target(ParamUpdate& u) {
+  UpdateTarget<T> t{};
+  t.param = u.param.data<T>();
+  t.adam = u.adam;
+  if (u.adam) {
+    t.m = u.m.data<T>();
+    t.v = u.v.data<T>();
+    t.c = adam_constants<T>(u.scalars);
+  } else {
+    t.grad = u.grad.data<T>();
+  }
+  return t;
+}
+
+// Element `index` of the parameter has gradient g.
+template <typename T>
+__device__ inline void store_gradient(const UpdateTarget<T>& u, int64_t index, T g) {
+  if (!u.adam) {
+    u.grad[index] = g;
+    return;
+  }
+  T param = u.param[index], m = u.m[index], v = u.v[index];
+  adam_element(param, m, v, g, u.c);
+  u.m[index] = m;
+  u.v[index] = v;
+  u.param[index] = param;
+}
+
+constexpr int64_t kSparseSliceRows = 256;
+constexpr int kWarps = kBlock / 32;  // 8 warps in a block of kBlock threads
+
+// counts[s * cols + c] = entries > 0 of column c in rows [s * kSparseSliceRows, ...) of that slice.
+template <typename T>
+__global__ void count_slices_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t slices) {
+  for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
+    const int64_t slice = k / cols, c = k % cols;
+    const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
+    int32_t count = 0;
+    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) count += f[r * cols + c] > T(0) ? 1 : 0;
+    counts[k] = count;
+  }
+}
+
+// Per column: counts become offsets within the column (slice order); col_ptr[c + 1] = its total.
+__global__ void slice_offsets_kernel(int32_t* counts, int32_t* col_ptr, int64_t cols, int64_t slices) {
+  for (int64_t c = thread_index(); c < cols; c += grid_stride()) {
+    int32_t running = 0;
+    for (int64_t s = 0; s < slices; ++s) {
+      const int32_t count = counts[s * cols + c];
+      counts[s * cols + c] = running;
+      running += count;
+    }
+    col_ptr[c + 1] = running;
+  }
+}
+
+// One block: ptr[1..count] (counts) becomes their running sum; ptr[0] = 0. Each thread owns a
+// contiguous chunk; the chunk totals are scanned by thread 0 (kBlock values).
+__global__ void scan_counts_kernel(int32_t* ptr, int64_t count) {
+  __shared__ int32_t chunk_base[kBlock];
+  const int64_t chunk = (count + kBlock - 1) / kBlock;
+  const int64_t begin = min(count, threadIdx.x * chunk), end = min(count, begin + chunk);
+  int32_t total = 0;
+  for (int64_t c = begin; c < end; ++c) total += ptr[c + 1];
+  chunk_base[threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t running = 0;
+    for (int k = 0; k < kBlock; ++k) {
+      const int32_t t = chunk_base[k];
+      chunk_base[k] = running;
+      running += t;
+    }
+    ptr[0] = 0;
+  }
+  __syncthreads();
+  int32_t running = chunk_base[threadIdx.x];
+  for (int64_t c = begin; c < end; ++c) {
+    running += ptr[c + 1];
+    ptr[c + 1] = running;
+  }
+}
+
+template <typename T>
+__global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_t* offsets, const int32_t* col_ptr,
+                                    const T* f, int64_t rows, int64_t cols, int64_t slices) {
+  for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
+    const int64_t slice = k / cols, c = k % cols;
+    const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
+    int32_t e = col_ptr[c] + offsets[k];
+    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) {
+      const T v = f[r * cols + c];
+      if (v > T(0)) {
+        out_rows[e] = static_cast<int32_t>(r);
+        out_vals[e] = v;
+        ++e;
+      }
+    }
+  }
+}
+
+// By token, rows are cut into segments of kRowSegment columns, one warp per (row, segment) task.
+constexpr int64_t kRowSegment = 1024;
+
+// counts[r * segments + s] = entries > 0 of row r in segment s (ballots over 32 columns at a time).
+template <typename T>
+__global__ void count_row_segments_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t segments) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t task = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; task < rows * segments; task += warps) {
+    const int64_t r = task / segments, c_end = min(cols, (task % segments + 1) * kRowSegment);
+    int32_t count = 0;
+    for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
+      const int64_t c = c0 + lane;
+      count += __popc(__ballot_sync(0xffffffffu, c < c_end && f[r * cols + c] > T(0)));
+    }
+    if (lane == 0) counts[task] = count;
+  }
+}
+
+// Per row: segment counts become offsets within the row; row_ptr[r + 1] = the row's total.
+__global__ void segment_offsets_kernel(int32_t* counts, int32_t* row_ptr, int64_t rows, int64_t segments) {
+  for (int64_t r = thread_index(); r < rows; r += grid_stride()) {
+    int32_t running = 0;
+    for (int64_t s = 0; s < segments; ++s) {
+      const int32_t count = counts[r * segments + s];
+      counts[r * segments + s] = running;
+      running += count;
+    }
+    row_ptr[r + 1] = running;
+  }
+}
+
+// Each (row, segment) warp writes its entries in column order after the row's earlier segments.
+template <typename T>
+__global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const int32_t* offsets,
+                                         const int32_t* row_ptr, const T* f, int64_t rows, int64_t cols,
+                                         int64_t segments) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t task = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; task < rows * segments; task += warps) {
+    const int64_t r = task / segments, c_end = min(cols, (task % segments + 1) * kRowSegment);
+    int32_t written = row_ptr[r] + offsets[task];
+    for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
+      const int64_t c = c0 + lane;
+      const T v = c < c_end ? f[r * cols + c] : T(0);
+      const bool on = v > T(0);
+      const unsigned ballot = __ballot_sync(0xffffffffu, on);
+      if (on) {
+        const int32_t k = written + __popc(ballot & ((1u << lane) - 1u));
+        out_cols[k] = static_cast<int32_t>(c);
+        out_vals[k] = v;
+      }
+      written += __popc(ballot);
+    }
+  }
+}
+
+template <typename T>
+void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+  int32_t* col_ptr = s.col_ptr.data<int32_t>();
+  int32_t* row_ptr = s.row_ptr.data<int32_t>();
+  // By feature.
+  if (cols == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
+  } else {
+    const int64_t slices = std::max<int64_t>(1, ceil_div(rows, kSparseSliceRows));
+    DeviceBuffer counts(static_cast<size_t>(slices * cols) * sizeof(int32_t));
+    int32_t* count = static_cast<int32_t*>(counts.ptr);
+    count_slices_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(count, f, rows, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+    slice_offsets_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(count, col_ptr, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+    scan_counts_kernel<<<1, kBlock, 0, cuda_stream()>>>(col_ptr, cols);
+    SAE_CUDA_CHECK_LAUNCH();
+    fill_columns_kernel<<<grid_for(slices * cols), kBlock, 0, cuda_stream()>>>(
+        s.rows.data<int32_t>(), s.vals.data<T>(), count, col_ptr, f, rows, cols, slices);
+    SAE_CUDA_CHECK_LAUNCH();
+  }
+  // By token.
+  if (rows == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int32_t), cuda_stream()));
+    return;
+  }
+  const int64_t segments = std::max<int64_t>(1, ceil_div(cols, kRowSegment));
+  DeviceBuffer counts(static_cast<size_t>(rows * segments) * sizeof(int32_t));
+  int32_t* count = static_cast<int32_t*>(counts.ptr);
+  count_row_segments_kernel<<<grid_for(rows * segments, kWarps), kBlock, 0, cuda_stream()>>>(count, f, rows, cols,
+                                                                                         segments);
+  SAE_CUDA_CHECK_LAUNCH();
+  segment_offsets_kernel<<<grid_for(rows), kBlock, 0, cuda_stream()>>>(count, row_ptr, rows, segments);
+  SAE_CUDA_CHECK_LAUNCH();
+  scan_counts_kernel<<<1, kBlock, 0, cuda_stream()>>>(row_ptr, rows);
+  SAE_CUDA_CHECK_LAUNCH();
+  fill_row_segments_kernel<<<grid_for(rows * segments, kWarps), kBlock, 0, cuda_stream()>>>(
+      s.cols.data<int32_t>(), s.row_vals.data<T>(), count, row_ptr, f, rows, cols, segments);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_index_cuda(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
+  dispatch_float(f.dtype(), "sparse_index", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_index_typed(s, f.data<T>(), f.size(0), f.size(1));
+  });
+}
+
+template <typename T>
+__global__ void sparse_decode_kernel(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals,
+                                     const T* W, const T* b, int64_t rows, int64_t d) {
+  const int64_t slices = (d + kBlock - 1) / kBlock;
+  for (int64_t task = blockIdx.x; task < rows * slices; task += gridDim.x) {
+    const int64_t t = task / slices, c = (task % slices) * kBlock + threadIdx.x;
+    if (c >= d) continue;
+    const int32_t k0 = row_ptr[t], k1 = row_ptr[t + 1];
+    T acc = T(0);
+    for (int32_t k = k0; k < k1; ++k) acc += row_vals[k] * W[int64_t(cols_in[k]) * d + c];
+    x_hat[t * d + c] = acc + b[c];
+  }
+}
+
+template <typename T>
+void sparse_decode_typed(T* x_hat, const SparseFeatures& s, const T* W, const T* b, int64_t rows, int64_t d) {
+  if (rows == 0 || d == 0) return;
+  sparse_decode_kernel<<<grid_for(rows * ceil_div(d, kBlock), 1), kBlock, 0, cuda_stream()>>>(
+      x_hat, s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), W, b, rows, d);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_decode_cuda(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec) {
+  dispatch_float(x_hat.dtype(), "sparse_decode", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_decode_typed(x_hat.data<T>(), s, W_dec.data<T>(), b_dec.data<T>(), x_hat.size(0),
+                        x_hat.size(1));
+  });
+}
+
+template <typename T>
+__global__ void sparse_decoder_backward_kernel(T* dpre, UpdateTarget<T> update, const T* dx, const int32_t* col_ptr,
+                                               const int32_t* rows, const T* vals, const T* norms, const T* col_sum,
+                                               T lambda, T tiny, int64_t d, int64_t cols) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t i = blockIdx.x; i < cols; i += gridDim.x) {
+    const T* w = update.param + i * d;
+    const int32_t e0 = col_ptr[i], e1 = col_ptr[i + 1];
+    // The dense path's expressions: affine(norms, l1, 0), and affine(col_sum / maximum(norms, tiny), l1, 0).
+    const T n = norms[i];
+    const T row_add = lambda * n + T(0);
+    const T scale = lambda * (col_sum[i] / (n > tiny ? n : tiny)) + T(0);
+    for (int32_t e = e0 + warp; e < e1; e += kWarps) {
+      const T* dx_t = dx + int64_t(rows[e]) * d;
+      T part = T(0);
+      for (int64_t k = lane; k < d; k += 32) part += dx_t[k] * w[k];
+      for (int offset = 16; offset > 0; offset /= 2) part += __shfl_down_sync(0xffffffffu, part, offset);
+      if (lane == 0) dpre[e] = part + row_add;
+    }
+    __syncthreads();  // every dot product has read the old row before it is updated
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) {
+      T g = T(0);
+      for (int32_t e = e0; e < e1; ++e) g += vals[e] * dx[int64_t(rows[e]) * d + k];
+      g = g + scale * w[k];
+      store_gradient(update, i * d + k, g);
+    }
+  }
+}
+
+template <typename T>
+void sparse_decoder_backward_typed(T* dpre, ParamUpdate& W_dec, const T* dx, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
+                                   int64_t d, int64_t cols) {
+  if (cols == 0 || d == 0) return;
+  sparse_decoder_backward_kernel<<<grid_for(cols, 1), kBlock, 0, cuda_stream()>>>(
+      dpre, update_target<T>(W_dec), dx, col_ptr, rows, vals, norms, col_sum, static_cast<T>(l1),
+      static_cast<T>(1e-30), d, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_decoder_backward_cuda(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
+                                  const Tensor& norms, const Tensor& col_sum, double l1) {
+  const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
+  dispatch_float(grad_x_hat.dtype(), "sparse_decoder_backward", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_decoder_backward_typed(dpre.data<T>(), W_dec, grad_x_hat.data<T>(), s.col_ptr.data<int32_t>(),
+                                  s.rows.data<int32_t>(), s.vals.data<T>(), norms.data<T>(),
+                                  col_sum.data<T>(), l1, d, cols);
+  });
+}
+
+constexpr int kEncoderTile = 32;  // features per tile = rows of W_enc per tile = lanes of a warp
+
+template <typename T>
+__global__ void sparse_encoder_backward_kernel(UpdateTarget<T> W, UpdateTarget<T> b, const T* x,
+                                               const int32_t* col_ptr, const int32_t* rows, const T* dpre, int64_t d,
+                                               int64_t cols) {
+  __shared__ T G[kEncoderTile][kEncoderTile + 1];  // G[feature][row j]; padded against bank conflicts
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // At least one chunk of rows, so that db_enc is summed even when D = 0.
+  const int64_t tiles = (cols + kEncoderTile - 1) / kEncoderTile;
+  const int64_t chunks = d > 0 ? (d + kEncoderTile - 1) / kEncoderTile : 1;
+  for (int64_t task = blockIdx.x; task < tiles * chunks; task += gridDim.x) {
+    const int64_t i0 = (task % tiles) * kEncoderTile, j0 = (task / tiles) * kEncoderTile;
+    for (int ii = warp; ii < kEncoderTile; ii += kWarps) {
+      const int64_t i = i0 + ii, j = j0 + lane;
+      T acc = T(0);
+      if (i < cols && j < d) {
+        for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) acc += dpre[e] * x[int64_t(rows[e]) * d + j];
+      }
+      G[ii][lane] = acc;
+    }
+    __syncthreads();
+    for (int jj = warp; jj < kEncoderTile; jj += kWarps) {
+      const int64_t j = j0 + jj, i = i0 + lane;
+      if (j < d && i < cols) store_gradient(W, j * cols + i, G[lane][jj]);
+    }
+    if (j0 == 0 && warp == 0 && i0 + lane < cols) {
+      const int64_t i = i0 + lane;
+      T sum = T(0);
+      for (int32_t e = col_ptr[i]; e < col_ptr[i + 1]; ++e) sum += dpre[e];
+      store_gradient(b, i, sum);
+    }
+    __syncthreads();  // G is rewritten by the next task
+  }
+}
+
+template <typename T>
+void sparse_encoder_backward_typed(ParamUpdate& W_enc, ParamUpdate& b_enc, const T* x, const int32_t* col_ptr,
+                                   const int32_t* rows, const T* dpre, int64_t d, int64_t cols) {
+  if (cols == 0) return;
+  const int64_t tasks = ceil_div(cols, kEncoderTile) * std::max<int64_t>(1, ceil_div(d, kEncoderTile));
+  sparse_encoder_backward_kernel<<<grid_for(tasks, 1), kBlock, 0, cuda_stream()>>>(
+      update_target<T>(W_enc), update_target<T>(b_enc), x, col_ptr, rows, dpre, d, cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void sparse_encoder_backward_cuda(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
+                                  const Tensor& dpre) {
+  const int64_t d = x.size(1), cols = W_enc.param.size(1);
+  dispatch_float(x.dtype(), "sparse_encoder_backward", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_encoder_backward_typed(W_enc, b_enc, x.data<T>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(),
+                                  dpre.data<T>(), d, cols);
+  });
+}
+
+
+}  // namespace
+
+#define SAE_STEP_CUDA_ENTRY(name, signature) name##_cuda,
+const SaeKernelTable& sae_cuda_kernels() {
+  static const SaeKernelTable table{SAE_STEP_KERNELS(SAE_STEP_CUDA_ENTRY)};
+  return table;
+}
+#undef SAE_STEP_CUDA_ENTRY
+
+}  // namespace sae

@@ -1,0 +1,265 @@
+// The table of training options (see options.h): one row per option, each built from a field of
+// TrainConfig and a codec for its type (text, JSON).
+#include "sae/train/options.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <type_traits>
+
+namespace sae {
+
+namespace {
+
+// How one value type reads and writes itself. parse() throws UsageError naming the option.
+template <typename T>
+struct Codec {
+  std::function<T(const std::string& option, const std::string& text)> parse;
+  std::function<std::string(const T&)> text;
+  std::function<Json(const T&)> to_json;
+  std::function<T(const Json&)> from_json;
+};
+
+[[noreturn]] void bad_value(const std::string& option, const char* expected, const std::string& text) {
+  throw UsageError(cat("--", option, ": expected ", expected, ", got '", text, "'"));
+}
+
+std::string number_text(double v) {
+  char buffer[64];
+  const auto result = std::to_chars(buffer, buffer + sizeof buffer, v);  // shortest exact form
+  return std::string(buffer, result.ptr);
+}
+
+Codec<int64_t> integer() {
+  return {[](const std::string& option, const std::string& text) {
+            int64_t v = 0;
+            const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+            if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
+              bad_value(option, "an integer", text);
+            return v;
+          },
+          [](const int64_t& v) { return std::to_string(v); }, [](const int64_t& v) { return Json(v); },
+          [](const Json& j) { return j.as_int(); }};
+}
+
+Codec<uint64_t> unsigned_integer() {
+  return {[](const std::string& option, const std::string& text) {
+            uint64_t v = 0;
+            const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+            if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
+              bad_value(option, "a non-negative integer", text);
+            return v;
+          },
+          [](const uint64_t& v) { return std::to_string(v); },
+          [](const uint64_t& v) { return Json(static_cast<int64_t>(v)); },
+          [](const Json& j) { return static_cast<uint64_t>(j.as_int()); }};
+}
+
+Codec<double> number() {
+  return {[](const std::string& option, const std::string& text) {
+            double v = 0;
+            const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+            if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
+              bad_value(option, "a number", text);
+            return v;
+          },
+          [](const double& v) { return number_text(v); }, [](const double& v) { return Json(v); },
+          [](const Json& j) { return j.as_number(); }};
+}
+
+Codec<bool> flag() {
+  return {[](const std::string& option, const std::string& text) {
+            if (text == "true" || text == "1") return true;
+            if (text == "false" || text == "0") return false;
+            bad_value(option, "true or false", text);
+          },
+          [](const bool& v) { return std::string(v ? "true" : "false"); }, [](const bool& v) { return Json(v); },
+          [](const Json& j) { return j.as_bool(); }};
+}
+
+Codec<std::string> text() {
+  return {[](const std::string&, const std::string& t) { return t; }, [](const std::string& v) { return v; },
+          [](const std::string& v) { return Json(v); }, [](const Json& j) { return j.as_string(); }};
+}
+
+Codec<int64_t> batch() {
+  return {[](const std::string&, const std::string& t) { return parse_batch(t); },
+          [](const int64_t& v) { return v == 0 ? std::string("story") : std::to_string(v); },
+          [](const int64_t& v) { return Json(v == 0 ? std::string("story") : std::to_string(v)); },
+          [](const Json& j) { return parse_batch(j.as_string()); }};
+}
+
+// An enum stored by name; parse_fn throws UsageError naming the option.
+template <typename E>
+Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
+  return {[parse_fn](const std::string&, const std::string& t) { return parse_fn(t); },
+          [name_fn](const E& v) { return std::string(name_fn(v)); },
+          [name_fn](const E& v) { return Json(name_fn(v)); },
+          [parse_fn](const Json& j) { return parse_fn(j.as_string()); }};
+}
+
+// One row: `field` gives the TrainConfig member the option sets.
+template <typename Field, typename T>
+TrainOption row(const char* name, const char* group, const char* help, OptionRole role, const char* json_key,
+                Field field, Codec<T> codec, const char* when_missing = "") {
+  TrainOption o;
+  o.name = name;
+  o.group = group;
+  o.help = help;
+  o.role = role;
+  o.json_key = json_key;
+  o.is_flag = std::is_same_v<T, bool>;
+  o.when_missing = when_missing;
+  // The getters take the config by const reference; the field accessor is written once for both.
+  auto get = [field](const TrainConfig& c) -> const T& { return field(const_cast<TrainConfig&>(c)); };
+  o.text = [get, codec](const TrainConfig& c) { return codec.text(get(c)); };
+  o.parse = [field, codec, option = std::string(name)](TrainConfig& c, const std::string& t) {
+    field(c) = codec.parse(option, t);
+  };
+  o.to_json = [get, codec](const TrainConfig& c) { return codec.to_json(get(c)); };
+  o.from_json = [field, codec, key = std::string(json_key)](TrainConfig& c, const Json& j) {
+    try {
+      field(c) = codec.from_json(j);
+    } catch (const Error& e) {
+      throw DataError(cat("config key '", key, "': ", e.what()));
+    }
+  };
+  o.copy = [field](TrainConfig& to, const TrainConfig& from) { field(to) = field(const_cast<TrainConfig&>(from)); };
+  return o;
+}
+
+#define FIELD(member) [](TrainConfig& c) -> auto& { return c.member; }
+
+std::vector<TrainOption> make_table() {
+  const char* training = "Training";
+  const char* synthetic = "Synthetic data (--data synthetic)";
+  const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
+  return {
+      row("data", training, "activations: 'synthetic' or a .safetensors/.npy file", defines, "data", FIELD(data), text()),
+      row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
+      row("l1", training, "L1 coefficient lambda", defines, "l1", FIELD(l1), number()),
+      row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),
+      row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
+      row("beta2", training, "Adam beta2", defines, "beta2", FIELD(beta2), number()),
+      row("eps", training, "Adam epsilon", defines, "eps", FIELD(eps), number()),
+      row("steps", training, "optimizer steps in total", controls, "steps", FIELD(steps), integer()),
+      row("batch", training, "'story' (one story per step) or N (shuffled N-token batches)", defines, "batch",
+          FIELD(batch_tokens), batch()),
+      row("normalize", training, "story | dataset | none", defines, "normalize", FIELD(normalize),
+          choice(parse_normalization, normalization_name)),
+      row("init", training, "start from this SAELens-format checkpoint directory", defines, "init", FIELD(init),
+          text()),
+      row("resume", training, "continue the run in this directory to --steps", controls, "", FIELD(resume), text()),
+      row("out", training, "output directory", controls, "out", FIELD(out), text()),
+      row("seed", training, "random seed (initialisation, token shuffling)", defines, "seed", FIELD(seed),
+          unsigned_integer()),
+      row("device", training, "cpu | cuda | auto", controls, "device", FIELD(device),
+          choice(parse_device_choice, device_choice_name)),
+      row("tf32", training, "on CUDA, TF32 tensor-core GEMMs (faster; float32 GEMMs by default)", controls, "tf32",
+          FIELD(tf32), flag(), "false"),
+      row("prefetch", training, "prepare the next batch on a worker thread: auto (on for CUDA) | on | off", controls,
+          "prefetch", FIELD(prefetch), choice(parse_prefetch_mode, prefetch_mode_name), "auto"),
+      row("sparse", training,
+          "auto | on | off: sparse decoder and gradients, Adam fused in (auto: on steps whose feature density is low)",
+          defines, "sparse", FIELD(sparse), choice(parse_sparse_mode, sparse_mode_name),
+          "off"),  // runs from before --sparse were dense
+      row("checkpoint-every", training, "steps between checkpoints", controls, "checkpoint_every",
+          FIELD(checkpoint_every), integer()),
+      row("log-every", training, "steps between metrics rows", controls, "log_every", FIELD(log_every), integer()),
+      row("lr-warmup-steps", training, "linear learning-rate warm-up", defines, "lr_warmup_steps",
+          FIELD(lr_warmup_steps), integer()),
+      row("lr-decay-steps", training, "linear learning-rate decay to 0 over the last N steps", defines,
+          "lr_decay_steps", FIELD(lr_decay_steps), integer()),
+      row("l1-warmup-steps", training, "linear lambda warm-up", defines, "l1_warmup_steps", FIELD(l1_warmup_steps),
+          integer()),
+      row("dead-window", training, "tokens without firing before a feature counts as dead", defines, "dead_window",
+          FIELD(dead_window), integer()),
+      row("progress", training, "auto | bar | lines | none", controls, "progress", FIELD(progress),
+          choice(parse_progress_mode, progress_mode_name)),
+      row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
+      row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
+          integer()),
+      row("synthetic-story-concepts", synthetic, "how many of them are story-level", defines, "story_concepts",
+          FIELD(synthetic.story_concepts), integer()),
+      row("synthetic-stories", synthetic, "number of stories", defines, "stories", FIELD(synthetic.stories), integer()),
+      row("synthetic-mean-length", synthetic, "mean story length in tokens", defines, "mean_length",
+          FIELD(synthetic.mean_length), number()),
+      row("synthetic-active", synthetic, "mean token-level concepts per token", defines, "active",
+          FIELD(synthetic.active), number()),
+      row("synthetic-story-active", synthetic, "story-level concepts per story", defines, "story_active",
+          FIELD(synthetic.story_active), integer()),
+      row("synthetic-story-presence", synthetic, "chance a story concept is on for a token", defines,
+          "story_presence", FIELD(synthetic.story_presence), number()),
+      row("synthetic-zipf", synthetic, "power-law exponent of concept frequencies", defines, "zipf",
+          FIELD(synthetic.zipf), number()),
+      row("synthetic-magnitude", synthetic, "scale of concept magnitudes", defines, "magnitude",
+          FIELD(synthetic.magnitude), number()),
+      row("synthetic-mean-norm", synthetic, "norm of the shared mean vector", defines, "mean_norm",
+          FIELD(synthetic.mean_norm), number()),
+      row("synthetic-noise", synthetic, "per-dimension noise standard deviation", defines, "noise",
+          FIELD(synthetic.noise), number()),
+      row("synthetic-seed", synthetic, "seed of the generator", defines, "seed", FIELD(synthetic.seed),
+          unsigned_integer()),
+  };
+}
+#undef FIELD
+
+}  // namespace
+
+const std::vector<TrainOption>& train_options() {
+  static const std::vector<TrainOption> table = make_table();
+  return table;
+}
+
+const TrainOption& train_option(const std::string& name) {
+  for (const TrainOption& o : train_options())
+    if (o.name == name) return o;
+  throw Error(cat("train_option: no option --", name));
+}
+
+Json TrainConfig::to_json() const {
+  Json j = Json::object();
+  Json synthetic_section = Json::object();
+  for (const TrainOption& o : train_options()) {
+    if (o.json_key.empty()) continue;
+    if (o.in_synthetic_section())
+      synthetic_section[o.json_key] = o.to_json(*this);
+    else
+      j[o.json_key] = o.to_json(*this);
+  }
+  j["synthetic"] = synthetic_section;
+  return j;
+}
+
+TrainConfig TrainConfig::from_json(const Json& j) {
+  TrainConfig c;
+  for (const TrainOption& o : train_options()) {
+    if (o.json_key.empty()) continue;
+    const Json& section = o.in_synthetic_section() ? j.at("synthetic") : j;
+    if (section.has(o.json_key))
+      o.from_json(c, section.at(o.json_key));
+    else if (!o.when_missing.empty())
+      o.parse(c, o.when_missing);
+    else
+      throw DataError(cat("config: missing key '", o.json_key, "'"));
+  }
+  return c;
+}
+
+Json run_identity(const TrainConfig& config) {
+  Json all = config.to_json(), kept = Json::object();
+  for (const TrainOption& o : train_options())
+    if (o.role == OptionRole::Defines && !o.json_key.empty() && !o.in_synthetic_section())
+      kept[o.json_key] = all.at(o.json_key);
+  kept["synthetic"] = all.at("synthetic");
+  return kept;
+}
+
+TrainConfig resumed_config(const Json& saved, const TrainConfig& cli) {
+  TrainConfig c = TrainConfig::from_json(saved);
+  for (const TrainOption& o : train_options())
+    if (o.role == OptionRole::Controls) o.copy(c, cli);
+  return c;
+}
+
+}  // namespace sae

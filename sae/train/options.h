@@ -1,0 +1,53 @@
+// The one table of training options. Everything that names, parses, prints, stores or compares an
+// option of TrainConfig comes from here: the command line of sae_train and the study drivers
+// (sae/cli), config.json (TrainConfig::to_json / from_json), what --resume keeps from the run and
+// what it takes from the command line, and a study run's identity (sae/study). Defaults are the
+// values of a default-constructed TrainConfig (train_config.h), written nowhere else.
+//
+// Adding an option: a field in TrainConfig (with its default), a row in options.cpp, a check in
+// TrainConfig::validate() if it has a range.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+#include "sae/train/train_config.h"
+
+namespace sae {
+
+enum class OptionRole {
+  Defines,   // what the run computes: on --resume it comes from the run's config.json, and a study
+             // folder holding a run with another value is refused
+  Controls,  // how far it runs, where, and how it is watched: on --resume it comes from the command
+             // line, and it is not part of a study run's identity
+};
+
+struct TrainOption {
+  std::string name;      // command-line name, without the dashes ("lr", "synthetic-d")
+  std::string group;     // --help section
+  std::string help;
+  OptionRole role;
+  std::string json_key;  // key in config.json, under "synthetic" for the generator's options; "" = not stored
+  bool is_flag = false;  // a bool: "--name" alone means true
+  // The value as command-line text (help shows the default's); parsed from text (UsageError naming
+  // --name); as JSON and back (DataError naming the key); copied from one config to another.
+  std::function<std::string(const TrainConfig&)> text;
+  std::function<void(TrainConfig&, const std::string&)> parse;
+  std::function<Json(const TrainConfig&)> to_json;
+  std::function<void(TrainConfig&, const Json&)> from_json;
+  std::function<void(TrainConfig&, const TrainConfig&)> copy;
+  // Read when config.json lacks the key (runs from before the option existed); "" = the key is required.
+  std::string when_missing;
+  bool in_synthetic_section() const { return name.rfind("synthetic-", 0) == 0; }
+};
+
+const std::vector<TrainOption>& train_options();
+const TrainOption& train_option(const std::string& name);  // Error for an unknown name
+
+// The options that define what a run computes (OptionRole::Defines), as stored in config.json.
+Json run_identity(const TrainConfig& config);
+// On --resume: the run's saved config (config.json) with every Controls option taken from `cli`.
+TrainConfig resumed_config(const Json& saved, const TrainConfig& cli);
+
+}  // namespace sae
