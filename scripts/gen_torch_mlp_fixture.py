@@ -1,11 +1,11 @@
-"""Writes tests/ref/mlp_adam.fixture: a PyTorch reference for our autograd, nn and Adam.
+"""Writes tests/ref/mlp_adam.safetensors: a PyTorch reference for our autograd, nn and Adam.
 
 Regenerate (PyTorch comes from the Debian package python3-torch, so use the system interpreter):
 
-    /usr/bin/python3 scripts/gen_torch_mlp_fixture.py            # writes tests/ref/mlp_adam.fixture
+    /usr/bin/python3 scripts/gen_torch_mlp_fixture.py            # writes tests/ref/mlp_adam.safetensors
     /usr/bin/python3 scripts/gen_torch_mlp_fixture.py --out PATH
 
-and commit the fixture; tests/test_torch_reference.cpp reads it with no Python.
+and commit the fixture; tests/nn/test_torch_reference.cpp reads it with no Python.
 
 The model: Linear(D_in=6 -> H=16) -> ReLU -> Linear(H -> D_out=5), float32, torch.nn.Linear's
 default init under a fixed seed, one batch of N=8 random inputs and targets,
@@ -96,7 +96,7 @@ def draw():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parser.add_argument("--out", default=os.path.join(repo, "tests", "ref", "mlp_adam.fixture"))
+    parser.add_argument("--out", default=os.path.join(repo, "tests", "ref", "mlp_adam.safetensors"))
     args = parser.parse_args()
 
     torch.manual_seed(SEED)
@@ -157,7 +157,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     w.save(args.out)
 
-    back = read_fixture(args.out)  # round trip through the reader
+    back, _ = read_fixture(args.out)  # round trip through the reader
     assert set(back) == set(w.arrays)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes, {len(back)} arrays): torch {torch.__version__}, "
           f"seed {SEED}, accepted draw {attempt}, min |hidden_pre| {margin:.3g}, loss_sse {loss_sse.item():.6f}")

@@ -6,13 +6,13 @@ the `safetensors` package writes the activation file and the initial checkpoint)
     /usr/bin/python3 scripts/gen_torch_sae_loop_fixture.py              # writes into tests/ref/
     /usr/bin/python3 scripts/gen_torch_sae_loop_fixture.py --out-dir DIR
 
-and commit what it writes; tests/test_torch_sae_loop.cpp reads it with no Python:
+and commit what it writes; tests/sae/train/test_torch_sae_loop.cpp reads it with no Python:
 
     tests/ref/sae_loop_data.safetensors   activations F32 [N_TOKENS, D], story_lengths I64 [STORIES]
     tests/ref/sae_loop_init/              the initial SAE in SAELens layout: sae_weights.safetensors
                                           (W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D], F32)
                                           and cfg.json (architecture "standard", d_in, d_sae, ...)
-    tests/ref/sae_loop.fixture            (SAEFIXT, scripts/fixture_io.py) the run's settings, what
+    tests/ref/sae_loop.safetensors            (safetensors, scripts/fixture_io.py) the run's settings, what
                                           was logged at every step and the final weights
 
 The data: D = 16, 7 stories of 5..30 tokens, x = story offset + per-dimension offset + per-dimension
@@ -213,10 +213,10 @@ def main():
         w.put("step." + key, np.array(logs32[key], dtype=np.float64))
     for name, value in w32.items():
         w.put("final." + name, value)
-    fixture_path = os.path.join(args.out_dir, "sae_loop.fixture")
+    fixture_path = os.path.join(args.out_dir, "sae_loop.safetensors")
     w.save(fixture_path)
 
-    back = read_fixture(fixture_path)  # round trip through the reader
+    back, _ = read_fixture(fixture_path)  # round trip through the reader
     assert set(back) == set(w.arrays)
     print(f"wrote {data_path}, {init_dir}/, {fixture_path} ({os.path.getsize(fixture_path)} bytes): "
           f"torch {torch.__version__}, seed {SEED}, accepted draw {attempt}, story lengths {lengths.tolist()}, "

@@ -6,7 +6,7 @@
 // (OUT/sae/sae_weights.safetensors) must match PyTorch's float32 run of the tutorial's loop.
 // The data, the initial checkpoint and the reference come from scripts/gen_torch_sae_loop_fixture.py
 // (committed under tests/ref/, so this test needs no Python):
-//   tests/ref/sae_loop_data.safetensors, tests/ref/sae_loop_init/, tests/ref/sae_loop.fixture
+//   tests/ref/sae_loop_data.safetensors, tests/ref/sae_loop_init/, tests/ref/sae_loop.safetensors
 // Letters: D input width, F features.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -37,7 +37,7 @@ namespace {
 const std::string kRefDir = SAE_SOURCE_DIR "/tests/ref";
 const std::string kDataPath = kRefDir + "/sae_loop_data.safetensors";
 const std::string kInitDir = kRefDir + "/sae_loop_init";
-const std::string kFixturePath = kRefDir + "/sae_loop.fixture";
+const std::string kFixturePath = kRefDir + "/sae_loop.safetensors";
 
 // Tolerances, |ours - torch| <= atol + rtol |torch|. Both sides are float32; the references are
 // well conditioned (no pre-activation within 1e-3 of 0, float32 vs float64 PyTorch agree to ~1e-7),
