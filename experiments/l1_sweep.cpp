@@ -13,9 +13,8 @@
 #include <filesystem>
 
 #include "sae/cli/cli.h"
-#include "sae/report/run_log.h"
 #include "sae/study/study.h"
-#include "io/atomic_file.h"
+#include "sae/study/summary.h"
 
 namespace fs = std::filesystem;
 
@@ -61,21 +60,161 @@ const OriginalPoint* original_point(double lambda, int64_t d) {
   return nullptr;
 }
 
-std::vector<double> parse_lambda_list(const std::string& text) {
-  std::vector<double> values;
-  for (const std::string& item : sae::split_option_list("l1-list", text)) {
-    char* stop = nullptr;
-    const double v = std::strtod(item.c_str(), &stop);
-    if (*stop != '\0' || !std::isfinite(v) || v < 0)
-      throw sae::UsageError("--l1-list: expected non-negative numbers separated by commas, got '" + text + "'");
-    if (!values.empty() && v <= values.back())
-      throw sae::UsageError("--l1-list: give the lambdas in increasing order, got '" + text + "'");
-    values.push_back(v);
+std::string run_name(double lambda) { return "l1_" + sae::format_number(lambda, 6); }
+
+// One run per lambda, then (unless --continue-lambda none) the chosen lambda's run continued to
+// --continue-steps as a last run. Returns the index of the continued lambda in `lambdas`, or -1.
+int plan_runs(const cxxopts::ParseResult& parsed, const sae::Profile& profile, const std::vector<double>& lambdas,
+              int64_t continue_steps, const std::string& out, std::vector<sae::StudyRun>& runs) {
+  for (double lambda : lambdas) {
+    sae::Profile run_profile = profile;
+    run_profile["l1"] = sae::format_number(lambda, 17);
+    run_profile["init"] = "";
+    run_profile["resume"] = "";
+    runs.push_back({run_name(lambda), sae::training_config(parsed, run_profile), ""});
   }
-  return values;
+  const std::string continue_text = sae::option_value(parsed, profile, "continue-lambda");
+  if (continue_text == "none") return -1;
+  char* stop = nullptr;
+  const double lambda = std::strtod(continue_text.c_str(), &stop);
+  int continued = -1;
+  for (size_t i = 0; i < lambdas.size(); ++i)
+    if (*stop == '\0' && !continue_text.empty() && std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda))
+      continued = int(i);
+  if (continued < 0)
+    throw sae::UsageError("--continue-lambda: expected one of --l1-list or 'none', got '" + continue_text + "'");
+  if (continue_steps <= runs[continued].config.steps)
+    throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is not beyond --steps ",
+                                   runs[continued].config.steps));
+  sae::StudyRun more = runs[continued];
+  more.name = run_name(lambdas[continued]) + "_to_" + std::to_string(continue_steps);
+  more.config.steps = continue_steps;
+  more.continue_from = (fs::path(out) / runs[continued].name).string();
+  runs.push_back(more);
+  return continued;
 }
 
-std::string run_name(double lambda) { return "l1_" + sae::format_number(lambda, 6); }
+std::vector<std::string> concept_cells(const sae::RunOutcome& r) {
+  if (!r.concepts) return {"", "", ""};
+  return {sae::format_number(r.concepts->mmcs, 3), sae::format_number(r.concepts->recovered, 3),
+          sae::format_number(r.concepts->purity, 3)};
+}
+
+// One table row: a run's read-outs at (the last logged step at or below) `step`, beside the
+// original's number for the lambda that stands for this one (`original_proportion`, NaN if none).
+std::vector<std::string> summary_row(const std::string& label, double lambda, int64_t d, int64_t features,
+                                     const sae::Metrics& m, size_t row, const sae::RunOutcome& outcome,
+                                     double original_proportion, const std::string& original_note) {
+  const double proportion = m.tail_mean("nonzero_proportion", row);
+  const bool known = !std::isnan(original_proportion);
+  std::vector<std::string> cells = {
+      label, sae::format_number(original_lambda(lambda, d), 4), sae::format_number(m.rows[row][0], 10),
+      sae::format_number(m.column("nonzero_proportion")[row]), sae::format_number(proportion),
+      sae::format_number(proportion * double(features), 4), sae::format_number(m.tail_mean("rec_loss_per_element", row)),
+      sae::format_number(m.tail_mean("l1_per_element", row)),
+      known ? sae::format_number(original_proportion) + original_note : "",
+      known ? sae::format_number(original_proportion * kOriginalF, 4) : ""};
+  for (const std::string& c : concept_cells(outcome)) cells.push_back(c);
+  return cells;
+}
+
+// The summary table at --summary-step, the four figures of the sweep and the continued run's
+// figure, and summary.csv / summary.md.
+void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::RunOutcome>& outcomes,
+               const std::vector<double>& lambdas, int continued, int64_t summary_step, const std::string& out) {
+  const int64_t d = outcomes.front().d, features = runs.front().config.features;
+  sae::Table table{{"lambda", "as lambda at d = 768", "step", "nonzero proportion at step",
+                    "nonzero proportion (mean)", "active features / token (mean)", "rec loss / element (mean)",
+                    "l1 / element (mean)", "original proportion", "original active / token", "MMCS",
+                    "recovered", "purity"},
+                   {}};
+  std::vector<sae::Series> l1_curves, rec_curves, nonzero_curves;
+  std::vector<int64_t> steps_used;
+  std::vector<double> final_rec;  // plateau of each sweep run's rec loss, for the zoom's range
+  double last_step = 0;
+  for (size_t i = 0; i < lambdas.size(); ++i) {
+    const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
+    const size_t row = m.row_at_or_below(std::min(summary_step, runs[i].config.steps));
+    const OriginalPoint* original = original_point(lambdas[i], d);
+    table.rows.push_back(summary_row(sae::format_number(lambdas[i], 6), lambdas[i], d, features, m, row, outcomes[i],
+                                     original ? original->proportion : NAN, ""));
+    steps_used.push_back(int64_t(m.rows[row][0]));
+    // Curves up to the sweep's own length (the continued run is drawn in its own figure).
+    const size_t last = m.row_at_or_below(runs[i].config.steps);
+    auto head = [&](const std::string& column) {
+      std::vector<double> v = m.column(column);
+      v.resize(last + 1);
+      return v;
+    };
+    const std::string title = "lambda = " + sae::format_number(lambdas[i], 6);
+    l1_curves.push_back({title, head("step"), head("l1_per_element")});
+    rec_curves.push_back({title, head("step"), head("rec_loss_per_element")});
+    nonzero_curves.push_back({title, head("step"), head("nonzero_proportion")});
+    last_step = std::max(last_step, m.rows[last][0]);
+    final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
+  }
+  std::string continuation, figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
+  if (continued >= 0) {
+    const sae::RunOutcome& r = outcomes.back();
+    const int64_t continue_steps = runs.back().config.steps;
+    const sae::Metrics m = sae::read_metrics((fs::path(r.dir) / "metrics.csv").string());
+    const size_t row = m.row_at_or_below(continue_steps);
+    const double proportion = m.tail_mean("nonzero_proportion", row);
+    const OriginalPoint* original = original_point(lambdas[continued], d);
+    const bool is_fifty = original && original->lambda == 50;
+    table.rows.push_back(summary_row(sae::format_number(lambdas[continued], 6) + " (continued)", lambdas[continued], d,
+                                     features, m, row, r, is_fifty ? kOriginalContinued : NAN, " (step 105000)"));
+    continuation = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ",
+                            int64_t(m.rows[row][0]), ": ", sae::format_number(proportion * double(features), 4),
+                            " active features per token (nonzero proportion ", sae::format_number(proportion), ")",
+                            is_fifty ? "; the original: about 156 (0.0156) at step 105000" : "", ".\n");
+    sae::Figure more;
+    more.title = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ", continue_steps,
+                          " (d = ", d, ", F = ", features, ")");
+    more.xlabel = sae::cat("step (dashed: the end of the sweep's run, step ", runs[continued].config.steps, ")");
+    more.ylabel = "active features per token (L0, log scale)";
+    more.logy = true;
+    more.series.push_back({"lambda = " + sae::format_number(lambdas[continued], 6), m.column("step"), m.column("l0")});
+    more.xmarks.push_back(double(runs[continued].config.steps));
+    sae::plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
+    figures += ", l1_sweep_continued.png";
+  }
+  const bool same_step = std::all_of(steps_used.begin(), steps_used.end(), [&](int64_t s) { return s == steps_used[0]; });
+  const std::string notes = sae::cat(
+      "Data: ", sae::data_description(runs[0].config, d), "; F = ", features, ", ",
+      sae::training_description(runs[0].config), ".\n", "Summary at step ",
+      same_step ? std::to_string(steps_used[0]) : std::string("(see the step column)"),
+      " (the last logged step at or below --summary-step ", summary_step, "). \"mean\" = mean over the last 10% of "
+      "logged steps up to that step; active features / token = mean proportion * F; losses per element; l1 before "
+      "multiplying by lambda. \"as lambda at d = 768\" = lambda * 768 / d (per-story normalisation scales tokens to "
+      "norm d); the original's numbers (step 35000, F = 10000) stand beside the lambda that matches theirs. "
+      "Concept recovery (synthetic data): of each run's final model; recovered = concepts with a decoder row at "
+      "cosine >= 0.9, purity = alive features whose best concept has cosine >= 0.9.\n",
+      continuation);
+
+  auto figure = [&](const std::string& title, const std::string& ylabel, const std::vector<sae::Series>& series) {
+    sae::Figure f;
+    f.title = sae::cat(title, " (d = ", d, ", F = ", features,
+                       d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
+                                             " x ours)"
+                                       : std::string(")"));
+    f.xlabel = "step";
+    f.ylabel = ylabel;
+    f.logy = true;
+    f.series = series;
+    return f;
+  };
+  sae::plot(figure("L1 penalty before multiplying by lambda", "l1 per element (log scale)", l1_curves),
+            (fs::path(out) / "l1_sweep_l1.png").string());
+  sae::plot(figure("Reconstruction loss vs lambda", "reconstruction loss per element (log scale)", rec_curves),
+            (fs::path(out) / "l1_sweep_rec_loss.png").string());
+  sae::plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves),
+            (fs::path(out) / "l1_sweep_nonzero.png").string());
+  sae::Figure zoom = sae::zoom_figure("", "reconstruction loss per element", rec_curves, final_rec, last_step);
+  zoom.title = figure("Zoom: reconstruction loss, last half, linear axis", "", {}).title;
+  sae::plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
+  sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, figures);
+}
 
 }  // namespace
 
@@ -100,184 +239,21 @@ int main(int argc, char** argv) {
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
+    const std::string out = sae::option_value(parsed, profile, "out");
+    const std::vector<double> lambdas =
+        sae::parse_increasing_number_list("l1-list", sae::option_value(parsed, profile, "l1-list"));
     auto int_option = [&](const std::string& name) {
       return parsed.count(name) || !profile.count(name) ? parsed[name].as<int64_t>() : std::stoll(profile.at(name));
     };
-    const std::string out = sae::option_value(parsed, profile, "out");
-    const std::vector<double> lambdas = parse_lambda_list(sae::option_value(parsed, profile, "l1-list"));
     const int64_t summary_step = int_option("summary-step");
     if (summary_step <= 0) throw sae::UsageError("--summary-step: expected a positive step");
-    const std::string continue_text = sae::option_value(parsed, profile, "continue-lambda");
-    const int64_t continue_steps = int_option("continue-steps");
 
     std::vector<sae::StudyRun> runs;
-    for (double lambda : lambdas) {
-      sae::Profile run_profile = profile;
-      run_profile["l1"] = sae::format_number(lambda, 17);
-      run_profile["init"] = "";
-      run_profile["resume"] = "";
-      runs.push_back({run_name(lambda), sae::training_config(parsed, run_profile), ""});
-    }
-    int continued = -1;  // index into runs of the continued lambda
-    if (continue_text != "none") {
-      char* stop = nullptr;
-      const double lambda = std::strtod(continue_text.c_str(), &stop);
-      for (size_t i = 0; i < lambdas.size(); ++i)
-        if (*stop == '\0' && !continue_text.empty() && std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda))
-          continued = int(i);
-      if (continued < 0)
-        throw sae::UsageError("--continue-lambda: expected one of --l1-list or 'none', got '" + continue_text + "'");
-      if (continue_steps <= runs[continued].config.steps)
-        throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is not beyond --steps ",
-                                       runs[continued].config.steps));
-      sae::StudyRun more = runs[continued];
-      more.name = run_name(lambdas[continued]) + "_to_" + std::to_string(continue_steps);
-      more.config.steps = continue_steps;
-      more.continue_from = (fs::path(out) / runs[continued].name).string();
-      runs.push_back(more);
-    }
+    const int continued = plan_runs(parsed, profile, lambdas, int_option("continue-steps"), out, runs);
     const auto begin = std::chrono::steady_clock::now();
     const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
-
-    // ---- summary at --summary-step ----
-    const int64_t d = outcomes.front().d, features = runs.front().config.features;
-    sae::Table table{{"lambda", "as lambda at d = 768", "step", "nonzero proportion at step",
-                      "nonzero proportion (mean)", "active features / token (mean)", "rec loss / element (mean)",
-                      "l1 / element (mean)", "original proportion", "original active / token", "MMCS",
-                      "recovered", "purity"},
-                     {}};
-    std::vector<sae::Series> l1_curves, rec_curves, nonzero_curves;
-    double last_step = 0;
-    auto concept_cells = [](const sae::RunOutcome& r) -> std::vector<std::string> {
-      if (!r.concepts) return {"", "", ""};
-      return {sae::format_number(r.concepts->mmcs, 3), sae::format_number(r.concepts->recovered, 3),
-              sae::format_number(r.concepts->purity, 3)};
-    };
-    std::vector<int64_t> steps_used;
-    std::vector<double> final_rec;  // plateau of each sweep run's rec loss, for the zoom's range
-    for (size_t i = 0; i < lambdas.size(); ++i) {
-      const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
-      const size_t row = m.row_at_or_below(std::min(summary_step, runs[i].config.steps));
-      const double proportion = m.tail_mean("nonzero_proportion", row);
-      const OriginalPoint* original = original_point(lambdas[i], d);
-      std::vector<std::string> cells = {
-          sae::format_number(lambdas[i], 6), sae::format_number(original_lambda(lambdas[i], d), 4),
-          sae::format_number(m.rows[row][0], 10), sae::format_number(m.column("nonzero_proportion")[row]),
-          sae::format_number(proportion), sae::format_number(proportion * double(features), 4),
-          sae::format_number(m.tail_mean("rec_loss_per_element", row)),
-          sae::format_number(m.tail_mean("l1_per_element", row)),
-          original ? sae::format_number(original->proportion) : "",
-          original ? sae::format_number(original->proportion * kOriginalF, 4) : ""};
-      for (const std::string& c : concept_cells(outcomes[i])) cells.push_back(c);
-      table.rows.push_back(cells);
-      steps_used.push_back(int64_t(m.rows[row][0]));
-      const std::string title = "lambda = " + sae::format_number(lambdas[i], 6);
-      // Curves up to the sweep's own length (the continued run is drawn in its own figure).
-      const size_t last = m.row_at_or_below(runs[i].config.steps);
-      auto head = [&](const std::string& column) {
-        std::vector<double> v = m.column(column);
-        v.resize(last + 1);
-        return v;
-      };
-      l1_curves.push_back({title, head("step"), head("l1_per_element")});
-      rec_curves.push_back({title, head("step"), head("rec_loss_per_element")});
-      nonzero_curves.push_back({title, head("step"), head("nonzero_proportion")});
-      last_step = std::max(last_step, m.rows[last][0]);
-      final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
-    }
-    std::string continuation;
-    if (continued >= 0) {
-      const sae::RunOutcome& r = outcomes.back();
-      const sae::Metrics m = sae::read_metrics((fs::path(r.dir) / "metrics.csv").string());
-      const size_t row = m.row_at_or_below(continue_steps);
-      const double proportion = m.tail_mean("nonzero_proportion", row);
-      const OriginalPoint* original = original_point(lambdas[continued], d);
-      const bool is_fifty = original && original->lambda == 50;
-      std::vector<std::string> cells = {
-          sae::format_number(lambdas[continued], 6) + " (continued)",
-          sae::format_number(original_lambda(lambdas[continued], d), 4), sae::format_number(m.rows[row][0], 10),
-          sae::format_number(m.column("nonzero_proportion")[row]), sae::format_number(proportion),
-          sae::format_number(proportion * double(features), 4), sae::format_number(m.tail_mean("rec_loss_per_element", row)),
-          sae::format_number(m.tail_mean("l1_per_element", row)),
-          is_fifty ? sae::format_number(kOriginalContinued) + " (step 105000)" : "",
-          is_fifty ? sae::format_number(kOriginalContinued * kOriginalF, 4) : ""};
-      for (const std::string& c : concept_cells(r)) cells.push_back(c);
-      table.rows.push_back(cells);
-      continuation = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ",
-                              int64_t(m.rows[row][0]), ": ", sae::format_number(proportion * double(features), 4),
-                              " active features per token (nonzero proportion ", sae::format_number(proportion), ")",
-                              is_fifty ? "; the original: about 156 (0.0156) at step 105000" : "", ".\n");
-      sae::Figure more;
-      more.title = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ", continue_steps,
-                            " (d = ", d, ", F = ", features, ")");
-      more.xlabel = "step";
-      more.ylabel = "active features per token (L0, log scale)";
-      more.logy = true;
-      more.series.push_back({"lambda = " + sae::format_number(lambdas[continued], 6), m.column("step"), m.column("l0")});
-      more.xmarks.push_back(double(runs[continued].config.steps));
-      more.xlabel = sae::cat("step (dashed: the end of the sweep's run, step ", runs[continued].config.steps, ")");
-      sae::plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
-    }
-    const bool same_step = std::all_of(steps_used.begin(), steps_used.end(), [&](int64_t s) { return s == steps_used[0]; });
-    const std::string notes = sae::cat(
-        "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
-        "; F = ", features, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
-        ", normalisation = ", sae::normalization_name(runs[0].config.normalize), ", ", runs[0].config.steps, " steps.\n",
-        "Summary at step ", same_step ? std::to_string(steps_used[0]) : std::string("(see the step column)"),
-        " (the last logged step at or below --summary-step ", summary_step, "). \"mean\" = mean over the last 10% of "
-        "logged steps up to that step; active features / token = mean proportion * F; losses per element; l1 before "
-        "multiplying by lambda. \"as lambda at d = 768\" = lambda * 768 / d (per-story normalisation scales tokens to "
-        "norm d); the original's numbers (step 35000, F = 10000) stand beside the lambda that matches theirs. "
-        "Concept recovery (synthetic data): of each run's final model; recovered = concepts with a decoder row at "
-        "cosine >= 0.9, purity = alive features whose best concept has cosine >= 0.9.\n",
-        continuation);
-    sae::write_csv(table, (fs::path(out) / "summary.csv").string());
-
-    // ---- figures ----
-    auto figure = [&](const std::string& title, const std::string& ylabel, const std::vector<sae::Series>& series,
-                      bool logy) {
-      sae::Figure f;
-      f.title = sae::cat(title, " (d = ", d, ", F = ", features,
-                         d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
-                                               " x ours)"
-                                         : std::string(")"));
-      f.xlabel = "step";
-      f.ylabel = ylabel;
-      f.logy = logy;
-      f.series = series;
-      return f;
-    };
-    sae::plot(figure("L1 penalty before multiplying by lambda", "l1 per element (log scale)", l1_curves, true),
-              (fs::path(out) / "l1_sweep_l1.png").string());
-    sae::plot(figure("Reconstruction loss vs lambda", "reconstruction loss per element (log scale)", rec_curves, true),
-              (fs::path(out) / "l1_sweep_rec_loss.png").string());
-    sae::plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves, true),
-              (fs::path(out) / "l1_sweep_nonzero.png").string());
-    // The zoom: reconstruction loss over the last half on a linear axis, up to twice the
-    // second-highest plateau, so the rise with lambda is seen where the log plot compresses it.
-    sae::Figure zoom = figure("Zoom: reconstruction loss, last half, linear axis",
-                              "reconstruction loss per element", {}, false);
-    std::vector<double> sorted = final_rec;
-    std::sort(sorted.rbegin(), sorted.rend());
-    zoom.xmin = last_step / 2;
-    zoom.xmax = last_step;
-    zoom.ymin = 0;
-    zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
-    for (size_t i = 0; i < rec_curves.size(); ++i) {
-      zoom.series.push_back(rec_curves[i]);
-      if (final_rec[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
-    }
-    sae::plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
-
-    std::string figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
-    if (continued >= 0) figures += ", l1_sweep_continued.png";
-    const std::string md = "# l1_sweep: sparsity vs lambda\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
-                           "\nFigures: " + figures + ".\n";
-    sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
-    std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md and figures %s in %s\n", notes.c_str(),
-                sae::markdown(table).c_str(), out.c_str(), out.c_str(), figures.c_str(), out.c_str());
-    std::printf("study wall time: %s\n",
-                sae::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+    summarise(runs, outcomes, lambdas, continued, summary_step, out);
+    sae::print_study_time(begin);
     return 0;
   });
 }

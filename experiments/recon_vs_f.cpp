@@ -10,9 +10,8 @@
 #include <filesystem>
 
 #include "sae/cli/cli.h"
-#include "sae/report/run_log.h"
 #include "sae/study/study.h"
-#include "io/atomic_file.h"
+#include "sae/study/summary.h"
 
 namespace fs = std::filesystem;
 
@@ -30,23 +29,54 @@ sae::Profile quick_profile() {
 }
 const sae::Profile kQuick = quick_profile();
 
-std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text) {
-  std::vector<int64_t> values;
-  for (const std::string& item : sae::split_option_list(option, text)) {
-    char* stop = nullptr;
-    const long long v = std::strtoll(item.c_str(), &stop, 10);
-    if (*stop != '\0' || v <= 0)
-      throw sae::UsageError(sae::cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
-    values.push_back(v);
-  }
-  return values;
-}
-
 std::string original_result(int64_t f, int64_t d) {
   if (f < d - 1) return "F = 100: plateaus at a high loss";
   if (f == d - 1) return "F = 767: stalls (near 0.1 in its loss plot)";
   if (f == d) return "F = 768: goes towards 0";
   return "F = 1000: goes towards 0";
+}
+
+// The table (plateaus beside the original's results), the figures and summary.csv / summary.md.
+void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::RunOutcome>& outcomes,
+               const std::string& out) {
+  const int64_t d = outcomes.front().d;
+  sae::Table table{{"F", "F / d", "steps", "final rec loss / element", "plateau rec loss / element",
+                    "plateau FVU", "original study (d = 768)"},
+                   {}};
+  std::vector<sae::Series> curves;
+  std::vector<double> plateaus;
+  double last_step = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
+    const size_t last = m.row_at_or_below(runs[i].config.steps);
+    const double plateau = m.tail_mean("rec_loss_per_element", last);
+    plateaus.push_back(plateau);
+    const int64_t f = runs[i].config.features;
+    table.rows.push_back({std::to_string(f), sae::format_number(double(f) / double(d), 3),
+                          sae::format_number(m.rows[last][0], 10),
+                          sae::format_number(m.column("rec_loss_per_element")[last]), sae::format_number(plateau),
+                          sae::format_number(m.tail_mean("fvu", last)), original_result(f, d)});
+    curves.push_back({"F = " + std::to_string(f), m.column("step"), m.column("rec_loss_per_element")});
+    last_step = std::max(last_step, m.rows[last][0]);
+  }
+  const std::string notes = sae::cat(
+      "Data: ", sae::data_description(runs[0].config, d), "; lambda = ", runs[0].config.l1, ", ",
+      sae::training_description(runs[0].config), ".\n"
+      "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
+      "logged steps; FVU = fraction of variance unexplained.\n");
+
+  sae::Figure all;
+  all.title = sae::cat("Reconstruction loss vs F (lambda = ", runs[0].config.l1, ", d = ", d, ")");
+  all.xlabel = "step";
+  all.ylabel = "reconstruction loss per element (log scale)";
+  all.logy = true;
+  all.series = curves;
+  sae::plot(all, (fs::path(out) / "recon_vs_f.png").string());
+  sae::plot(sae::zoom_figure(sae::cat("Zoom: last half of training, linear axis (d = ", d, ")"),
+                             "reconstruction loss per element", curves, plateaus, last_step),
+            (fs::path(out) / "recon_vs_f_zoom.png").string());
+  sae::write_summary(out, "recon_vs_f: reconstruction loss vs F", notes, table,
+                     "recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y)");
 }
 
 }  // namespace
@@ -68,7 +98,7 @@ int main(int argc, char** argv) {
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
     const std::string out = sae::option_value(parsed, profile, "out");
-    const std::vector<int64_t> features = parse_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
+    const std::vector<int64_t> features = sae::parse_positive_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
 
     std::vector<sae::StudyRun> runs;
     for (int64_t f : features) {
@@ -81,68 +111,8 @@ int main(int argc, char** argv) {
     const auto begin = std::chrono::steady_clock::now();
     const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
 
-    // ---- summary ----
-    const int64_t d = outcomes.front().d;
-    sae::Table table{{"F", "F / d", "steps", "final rec loss / element", "plateau rec loss / element",
-                      "plateau FVU", "original study (d = 768)"},
-                     {}};
-    std::vector<sae::Series> curves, tails;
-    std::vector<double> plateaus;
-    double last_step = 0;
-    for (size_t i = 0; i < runs.size(); ++i) {
-      const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
-      const size_t last = m.row_at_or_below(runs[i].config.steps);
-      const double plateau = m.tail_mean("rec_loss_per_element", last);
-      plateaus.push_back(plateau);
-      const int64_t f = runs[i].config.features;
-      table.rows.push_back({std::to_string(f), sae::format_number(double(f) / double(d), 3),
-                            sae::format_number(m.rows[last][0], 10),
-                            sae::format_number(m.column("rec_loss_per_element")[last]), sae::format_number(plateau),
-                            sae::format_number(m.tail_mean("fvu", last)), original_result(f, d)});
-      curves.push_back({"F = " + std::to_string(f), m.column("step"), m.column("rec_loss_per_element")});
-      last_step = std::max(last_step, m.rows[last][0]);
-    }
-    const std::string notes = sae::cat(
-        "Data: ", runs[0].config.data == "synthetic" ? sae::cat("synthetic, d = ", d) : runs[0].config.data,
-        "; lambda = ", runs[0].config.l1, ", lr = ", runs[0].config.lr, ", batch = ", runs[0].config.batch_name(),
-        ", normalisation = ", sae::normalization_name(runs[0].config.normalize), ", ", runs[0].config.steps, " steps.\n"
-        "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
-        "logged steps; FVU = fraction of variance unexplained.\n");
-    sae::write_csv(table, (fs::path(out) / "summary.csv").string());
-    const std::string md = "# recon_vs_f: reconstruction loss vs F\n\n" + sae::markdown_paragraphs(notes) + sae::markdown(table) +
-                           "\nFigures: recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y).\n";
-    sae::write_file_atomic((fs::path(out) / "summary.md").string(), md);
-
-    // ---- figures ----
-    sae::Figure all;
-    all.title = sae::cat("Reconstruction loss vs F (lambda = ", runs[0].config.l1, ", d = ", d, ")");
-    all.xlabel = "step";
-    all.ylabel = "reconstruction loss per element (log scale)";
-    all.logy = true;
-    all.series = curves;
-    sae::plot(all, (fs::path(out) / "recon_vs_f.png").string());
-    // The zoom: the second half of training on a linear axis, up to twice the second-highest
-    // plateau, so the F = d-1 stall and the F >= d curves near 0 are told apart.
-    std::vector<double> sorted = plateaus;
-    std::sort(sorted.rbegin(), sorted.rend());
-    sae::Figure zoom;
-    zoom.title = sae::cat("Zoom: last half of training, linear axis (d = ", d, ")");
-    zoom.xlabel = "step";
-    zoom.ylabel = "reconstruction loss per element";
-    zoom.xmin = last_step / 2;
-    zoom.xmax = last_step;
-    zoom.ymin = 0;
-    zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
-    for (size_t i = 0; i < curves.size(); ++i) {
-      zoom.series.push_back(curves[i]);
-      if (plateaus[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
-    }
-    sae::plot(zoom, (fs::path(out) / "recon_vs_f_zoom.png").string());
-
-    std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md, %s/recon_vs_f.png, %s/recon_vs_f_zoom.png\n",
-                notes.c_str(), sae::markdown(table).c_str(), out.c_str(), out.c_str(), out.c_str(), out.c_str());
-    std::printf("study wall time: %s\n",
-                sae::format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+    summarise(runs, outcomes, out);
+    sae::print_study_time(begin);
     return 0;
   });
 }

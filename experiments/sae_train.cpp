@@ -2,7 +2,7 @@
 #include <cstdio>
 
 #include "sae/cli/cli.h"
-#include "sae/study/study.h"
+#include "sae/report/plot.h"
 #include "sae/train/trainer.h"
 
 namespace {

@@ -2,6 +2,7 @@
 #include "sae/cli/cli.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -140,6 +141,32 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
     begin = end + 1;
   }
   return items;
+}
+
+std::vector<int64_t> parse_positive_int_list(const std::string& option, const std::string& text) {
+  std::vector<int64_t> values;
+  for (const std::string& item : split_option_list(option, text)) {
+    char* stop = nullptr;
+    const long long v = std::strtoll(item.c_str(), &stop, 10);
+    if (*stop != '\0' || v <= 0)
+      throw UsageError(cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
+    values.push_back(v);
+  }
+  return values;
+}
+
+std::vector<double> parse_increasing_number_list(const std::string& option, const std::string& text) {
+  std::vector<double> values;
+  for (const std::string& item : split_option_list(option, text)) {
+    char* stop = nullptr;
+    const double v = std::strtod(item.c_str(), &stop);
+    if (*stop != '\0' || !std::isfinite(v) || v < 0)
+      throw UsageError(cat("--", option, ": expected non-negative numbers separated by commas, got '", text, "'"));
+    if (!values.empty() && v <= values.back())
+      throw UsageError(cat("--", option, ": give the values in increasing order, got '", text, "'"));
+    values.push_back(v);
+  }
+  return values;
 }
 
 }  // namespace sae

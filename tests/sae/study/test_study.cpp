@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "sae/report/plot.h"
+#include "sae/report/table.h"
 #include "sae/study/study.h"
 #include "tests/util/test_util.h"
 

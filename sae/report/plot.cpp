@@ -1,0 +1,140 @@
+// gnuplot figures (see plot.h).
+#include "sae/report/plot.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "io/atomic_file.h"
+#include "io/csv.h"
+#include "sae/report/table.h"
+#include "tensor/error.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+namespace {
+
+std::string gnuplot_string(const std::string& text) {  // a double-quoted gnuplot string
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string shell_quote(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// pngcairo (antialiased) when this gnuplot has it, else the libgd png terminal.
+const std::string& png_terminal() {
+  static const std::string terminal =
+      std::system("gnuplot -e 'set terminal pngcairo' > /dev/null 2>&1") == 0
+          ? std::string("pngcairo size 1200,800 font \",16\" noenhanced linewidth 1.5")
+          : std::string("png size 1200,800 font \"DejaVuSans,14\" noenhanced linewidth 2");
+  return terminal;
+}
+
+std::string range(double lo, double hi) {
+  return cat("[", std::isnan(lo) ? std::string("*") : format_number(lo, 10), ":",
+             std::isnan(hi) ? std::string("*") : format_number(hi, 10), "]");
+}
+
+}  // namespace
+
+void plot(const Figure& figure, const std::string& png_path) {
+  const fs::path png(png_path);
+  if (png.extension() != ".png") throw UsageError(cat("plot: ", png_path, " should end in .png"));
+  const fs::path dir = png.has_parent_path() ? png.parent_path() : fs::path(".");
+  const std::string stem = png.stem().string();
+
+  std::string data;
+  for (const Series& s : figure.series) {
+    data += "# " + s.title + "\n";
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      if ((figure.logy && s.y[i] <= 0) || (figure.logx && s.x[i] <= 0)) continue;  // not drawable on a log axis
+      char row[96];
+      std::snprintf(row, sizeof row, "%.10g %.10g\n", s.x[i], s.y[i]);
+      data += row;
+    }
+    data += "\n\n";  // gnuplot: two blank lines end an index block
+  }
+  write_file_atomic((dir / (stem + ".dat")).string(), data);
+
+  std::string gp = cat("# Redraw with: cd ", dir.string(), " && gnuplot ", stem, ".gp\n");
+  gp += "set terminal " + png_terminal() + "\n";
+  gp += "set output '" + stem + ".png'\n";
+  gp += "set title " + gnuplot_string(figure.title) + "\n";
+  gp += "set xlabel " + gnuplot_string(figure.xlabel) + "\n";
+  gp += "set ylabel " + gnuplot_string(figure.ylabel) + "\n";
+  gp += "set grid\nset key at screen 0.5, screen 0.015 center bottom horizontal box\nset bmargin 7\nset format x '%g'\n";
+  if (figure.logx) gp += "set logscale x\n";
+  if (figure.logy) gp += "set logscale y\nset format y '%g'\n";
+  double xmin = figure.xmin, xmax = figure.xmax;  // the data's x range (from 0) unless given
+  for (const Series& s : figure.series)
+    for (double x : s.x) {
+      if (std::isnan(figure.xmin) && std::isfinite(x) && !(x >= xmin)) xmin = x;
+      if (std::isnan(figure.xmax) && std::isfinite(x) && !(x <= xmax)) xmax = x;
+    }
+  if (std::isnan(figure.xmin) && !figure.logx && xmin > 0) xmin = 0;  // steps: start the axis at 0
+  gp += "set xrange " + range(xmin, xmax) + "\n";
+  for (double x : figure.xmarks)
+    gp += "set arrow from " + format_number(x, 10) + ", graph 0 to " + format_number(x, 10) +
+          ", graph 1 nohead dashtype 2 linewidth 2 linecolor rgb 'gray40'\n";
+  gp += "set yrange " + range(figure.ymin, figure.ymax) + "\n";
+  gp += "plot";
+  for (size_t i = 0; i < figure.series.size(); ++i)
+    gp += cat(i ? ", \\\n    " : " ", "'", stem, ".dat' index ", i, " using 1:2 with lines lw 2 title ",
+              gnuplot_string(figure.series[i].title));
+  gp += "\n";
+  write_file_atomic((dir / (stem + ".gp")).string(), gp);
+
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0)
+    throw DataError(cat(png_path, ": gnuplot was not found on PATH (install gnuplot-nox, e.g. scripts/install-deps.sh); "
+                        "the data and script are in ", (dir / (stem + ".gp")).string()));
+  const std::string log = (dir / (stem + ".gnuplot.log")).string();
+  const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot " + shell_quote(stem + ".gp") + " > " +
+                              shell_quote(stem + ".gnuplot.log") + " 2>&1";
+  const int status = std::system(command.c_str());
+  if (status != 0 || !fs::exists(png)) {
+    std::string first_line;
+    std::ifstream in(log);
+    while (first_line.find_first_not_of(" \t") == std::string::npos && std::getline(in, first_line)) {
+    }
+    throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "): ", first_line));
+  }
+  std::error_code ec;
+  fs::remove(log, ec);
+}
+
+std::vector<std::string> plot_training_run(const std::string& run_dir) {
+  const CsvNumbers m = read_csv_numbers(run_dir + "/metrics.csv");
+  const std::vector<double> steps = m.column("step");
+  std::filesystem::create_directories(run_dir + "/figures");
+  Figure loss;
+  loss.title = "Losses per element (" + run_dir + ")";
+  loss.xlabel = "step";
+  loss.ylabel = "per element (log scale)";
+  loss.logy = true;
+  loss.series = {{"reconstruction loss", steps, m.column("rec_loss_per_element")},
+                 {"l1 (before lambda)", steps, m.column("l1_per_element")}};
+  Figure sparsity;
+  sparsity.title = "Active features per token and dead features (" + run_dir + ")";
+  sparsity.xlabel = "step";
+  sparsity.ylabel = "features";
+  sparsity.series = {{"L0 (active features per token)", steps, m.column("l0")},
+                     {"dead features", steps, m.column("dead_features")}};
+  std::vector<std::string> paths = {run_dir + "/figures/loss.png", run_dir + "/figures/sparsity.png"};
+  plot(loss, paths[0]);
+  plot(sparsity, paths[1]);
+  return paths;
+}
+
+}  // namespace sae

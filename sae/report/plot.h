@@ -1,0 +1,31 @@
+// Line figures drawn by gnuplot: each PNG comes with the data (.dat) and the script (.gp) that redraw
+// it, so a figure can be restyled without rerunning anything. Also the two figures of a training run.
+#pragma once
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace sae {
+
+struct Series {
+  std::string title;
+  std::vector<double> x, y;
+};
+struct Figure {
+  std::string title, xlabel, ylabel;
+  bool logx = false, logy = false;
+  double xmin = NAN, xmax = NAN;  // NaN: the data's range
+  double ymin = NAN, ymax = NAN;  // NaN: gnuplot's autoscale
+  std::vector<double> xmarks;     // dashed vertical lines at these x
+  std::vector<Series> series;
+};
+// Writes PATH.png plus PATH.dat (the data, one gnuplot index block per series) and PATH.gp (the
+// script: `cd DIR && gnuplot NAME.gp` redraws it), then runs gnuplot. `png_path` must end in
+// .png. DataError when gnuplot is missing or fails.
+void plot(const Figure& figure, const std::string& png_path);
+
+// The figures of one training run, from RUN/metrics.csv: RUN/figures/loss.png (rec and l1 per
+// element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths.
+std::vector<std::string> plot_training_run(const std::string& run_dir);
+
+}  // namespace sae

@@ -1,0 +1,58 @@
+// Shared summary pieces of the study drivers (see summary.h).
+#include "sae/study/summary.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "sae/report/run_log.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+std::string data_description(const TrainConfig& config, int64_t d) {
+  return config.data == "synthetic" ? cat("synthetic, d = ", d) : config.data;
+}
+
+std::string training_description(const TrainConfig& config) {
+  return cat("lr = ", config.lr, ", batch = ", config.batch_name(), ", normalisation = ",
+             normalization_name(config.normalize), ", ", config.steps, " steps");
+}
+
+Figure zoom_figure(const std::string& title, const std::string& ylabel, const std::vector<Series>& curves,
+                   const std::vector<double>& plateaus, double last_step) {
+  std::vector<double> sorted = plateaus;
+  std::sort(sorted.rbegin(), sorted.rend());
+  Figure zoom;
+  zoom.title = title;
+  zoom.xlabel = "step";
+  zoom.ylabel = ylabel;
+  zoom.xmin = last_step / 2;
+  zoom.xmax = last_step;
+  zoom.ymin = 0;
+  zoom.ymax = 2 * sorted[std::min<size_t>(1, sorted.size() - 1)];
+  for (size_t i = 0; i < curves.size(); ++i) {
+    zoom.series.push_back(curves[i]);
+    if (plateaus[i] > zoom.ymax) zoom.series.back().title += " (off the top)";
+  }
+  return zoom;
+}
+
+void write_summary(const std::string& out, const std::string& heading, const std::string& notes, const Table& table,
+                   const std::string& figures) {
+  write_csv(table, (fs::path(out) / "summary.csv").string());
+  const std::string md =
+      "# " + heading + "\n\n" + markdown_paragraphs(notes) + markdown(table) + "\nFigures: " + figures + ".\n";
+  write_file_atomic((fs::path(out) / "summary.md").string(), md);
+  std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md and figures %s in %s\n", notes.c_str(),
+              markdown(table).c_str(), out.c_str(), out.c_str(), figures.c_str(), out.c_str());
+}
+
+void print_study_time(std::chrono::steady_clock::time_point begin) {
+  std::printf("study wall time: %s\n",
+              format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+}
+
+}  // namespace sae
