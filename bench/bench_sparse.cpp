@@ -25,26 +25,15 @@
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
+#include "tests/util/random_inputs.h"
 
 using namespace sae;
+using sae::testing::bias_for_density;
 
 namespace {
 constexpr int64_t kD = 768, kF = 10000;
 constexpr double kLambda = 50.0, kLr = 0.0;
 
-// b_enc for which `density` of the entries of relu(x W_enc + b_enc) are > 0.
-Tensor bias_for_density(const Tensor& x, const Tensor& W_enc, double density) {
-  std::vector<double> pre = matmul(x.to(Device::CPU), W_enc.to(Device::CPU)).to_vector();
-  double threshold;
-  if (density >= 1.0) {
-    threshold = *std::min_element(pre.begin(), pre.end()) - 1.0;
-  } else {
-    const size_t k = static_cast<size_t>((1.0 - density) * double(pre.size()));
-    std::nth_element(pre.begin(), pre.begin() + k, pre.end());
-    threshold = pre[k];
-  }
-  return Tensor::full(Shape{W_enc.size(1)}, -threshold, DType::F32, W_enc.device());
-}
 
 SparseMode mode_of(int64_t arg) { return arg == 0 ? SparseMode::Off : (arg == 1 ? SparseMode::On : SparseMode::Auto); }
 

@@ -11,11 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SAE_HOST_DEVICE __host__ __device__
-#else
-#define SAE_HOST_DEVICE
-#endif
+#include "tensor/host_device.h"
 
 namespace sae {
 
@@ -47,21 +43,6 @@ AdamConstants<T> adam_constants(const AdamScalars& s) {
   return c;
 }
 
-SAE_HOST_DEVICE inline float adam_sqrt(float x) {
-#if defined(__CUDA_ARCH__)
-  return sqrtf(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-SAE_HOST_DEVICE inline double adam_sqrt(double x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
 // One element: parameter p with moments m, v and gradient g, updated in place.
 template <typename T>
 SAE_HOST_DEVICE inline void adam_element(T& p, T& m, T& v, T g, const AdamConstants<T>& c) {
@@ -70,7 +51,7 @@ SAE_HOST_DEVICE inline void adam_element(T& p, T& m, T& v, T g, const AdamConsta
   const T vi = c.b2 * v + c.one_minus_b2 * grad * grad;
   m = mi;
   v = vi;
-  p = p - c.step_size * (mi / (adam_sqrt(vi) / c.sqrt_bias2 + c.eps));
+  p = p - c.step_size * (mi / (math_sqrt(vi) / c.sqrt_bias2 + c.eps));
 }
 
 }  // namespace sae

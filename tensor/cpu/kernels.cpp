@@ -10,27 +10,12 @@
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
+#include "tensor/element_math.h"
 #include "tensor/op_list.h"
 
 namespace sae {
 
 namespace {
-
-template <typename T>
-T apply_unary(UnaryOp op, T x) {
-  switch (op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::square: return x * x;
-    case UnaryOp::sqrt: return std::sqrt(x);
-    case UnaryOp::abs: return std::abs(x);
-    case UnaryOp::relu: return x > T(0) ? x : T(0);
-    case UnaryOp::step: return x > T(0) ? T(1) : T(0);
-    case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case UnaryOp::exp: return std::exp(x);
-    case UnaryOp::log: return std::log(x);
-    default: return x;
-  }
-}
 
 // The op is a template parameter so that each loop compiles to straight, vectorisable code.
 template <typename T, UnaryOp Op>
@@ -48,24 +33,6 @@ void unary_typed(UnaryOp op, T* out, const T* x, int64_t n) {
     SAE_UNARY_OPS(SAE_UNARY_CASE)
 #undef SAE_UNARY_CASE
     default: return;
-  }
-}
-
-template <typename T>
-T apply_binary(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::maximum: return a > b ? a : b;
-    case BinaryOp::minimum: return a < b ? a : b;
-    case BinaryOp::gt: return a > b ? T(1) : T(0);
-    case BinaryOp::ge: return a >= b ? T(1) : T(0);
-    case BinaryOp::lt: return a < b ? T(1) : T(0);
-    case BinaryOp::le: return a <= b ? T(1) : T(0);
-    case BinaryOp::eq: return a == b ? T(1) : T(0);
-    default: return a;
   }
 }
 

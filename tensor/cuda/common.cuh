@@ -1,6 +1,6 @@
 // Shared by the CUDA kernel files (tensor/cuda/kernels.cu, sae/step/cuda_kernels.cu; .cu files
 // only): block size, grid sizing for grid-stride loops, thread indices, scratch device buffers from
-// the caching allocator, and float/double overloads of the device math functions.
+// the caching allocator.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -34,15 +34,5 @@ struct DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
-
-// Float and double overloads of the math functions, so templates pick the right precision.
-__device__ inline float dev_sqrt(float x) { return sqrtf(x); }
-__device__ inline double dev_sqrt(double x) { return sqrt(x); }
-__device__ inline float dev_exp(float x) { return expf(x); }
-__device__ inline double dev_exp(double x) { return exp(x); }
-__device__ inline float dev_log(float x) { return logf(x); }
-__device__ inline double dev_log(double x) { return log(x); }
-__device__ inline float dev_abs(float x) { return fabsf(x); }
-__device__ inline double dev_abs(double x) { return fabs(x); }
 
 }  // namespace sae

@@ -21,6 +21,7 @@
 
 #include "tensor/cuda/common.cuh"
 #include "tensor/dispatch.h"
+#include "tensor/element_math.h"
 #include "tensor/op_list.h"
 
 namespace sae {
@@ -109,24 +110,8 @@ void where_cuda(Tensor& out, const Tensor& cond, const Tensor& a, const Tensor& 
 // ---------------------------------------------------------------- unary
 
 template <typename T, UnaryOp Op>
-__device__ inline T apply_unary(T x) {
-  switch (Op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::square: return x * x;
-    case UnaryOp::sqrt: return dev_sqrt(x);
-    case UnaryOp::abs: return dev_abs(x);
-    case UnaryOp::relu: return x > T(0) ? x : T(0);
-    case UnaryOp::step: return x > T(0) ? T(1) : T(0);
-    case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case UnaryOp::exp: return dev_exp(x);
-    case UnaryOp::log: return dev_log(x);
-    default: return x;
-  }
-}
-
-template <typename T, UnaryOp Op>
 __global__ void unary_kernel(T* out, const T* x, int64_t n) {
-  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_unary<T, Op>(x[i]);
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_unary<T>(Op, x[i]);
 }
 
 template <typename T>
@@ -155,26 +140,8 @@ void unary_cuda(UnaryOp op, Tensor& out, const Tensor& x) {
 // ---------------------------------------------------------------- binary
 
 template <typename T, BinaryOp Op>
-__device__ inline T apply_binary(T a, T b) {
-  switch (Op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::maximum: return a > b ? a : b;
-    case BinaryOp::minimum: return a < b ? a : b;
-    case BinaryOp::gt: return a > b ? T(1) : T(0);
-    case BinaryOp::ge: return a >= b ? T(1) : T(0);
-    case BinaryOp::lt: return a < b ? T(1) : T(0);
-    case BinaryOp::le: return a <= b ? T(1) : T(0);
-    case BinaryOp::eq: return a == b ? T(1) : T(0);
-    default: return a;
-  }
-}
-
-template <typename T, BinaryOp Op>
 __global__ void binary_same_shape_kernel(T* out, const T* a, const T* b, int64_t n) {
-  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_binary<T, Op>(a[i], b[i]);
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = apply_binary<T>(Op, a[i], b[i]);
 }
 
 // The Broadcast plan in plain arrays for the kernel. Index is uint32_t when every index fits (the
@@ -196,7 +163,7 @@ __global__ void binary_broadcast_kernel(T* out, const T* a, const T* b, int64_t 
     const Index i0 = rest / p.dims[1];
     const Index ia = i0 * p.a_strides[0] + i1 * p.a_strides[1] + i2 * p.a_strides[2] + i3 * p.a_strides[3];
     const Index ib = i0 * p.b_strides[0] + i1 * p.b_strides[1] + i2 * p.b_strides[2] + i3 * p.b_strides[3];
-    out[i] = apply_binary<T, Op>(a[ia], b[ib]);
+    out[i] = apply_binary<T>(Op, a[ia], b[ib]);
   }
 }
 

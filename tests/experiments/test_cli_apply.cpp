@@ -21,8 +21,11 @@
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/test_util.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::max_abs_diff;
+using sae::testing::max_abs;
 namespace fs = std::filesystem;
 
 namespace {
@@ -48,10 +51,6 @@ int count_lines(const std::string& s) {
   return n;
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  return reduce(ReduceOp::max, abs(sub(a.to(DType::F64), b.to(DType::F64)))).item();
-}
-double max_abs(const Tensor& a) { return reduce(ReduceOp::max, abs(a.to(DType::F64))).item(); }
 
 // A tiny SAE with d_in 5 and d_sae 7, saved to DIR/sae, and an input of n rows.
 struct TinySae {

@@ -10,8 +10,11 @@
 #include "sae/model.h"
 #include "sae/step/sae_step.h"
 #include "tensor/ops.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::max_abs_diff;
+using sae::testing::max_abs;
 using sae::testing::fused_backward;
 using sae::testing::fused_train_step;
 using sae::testing::gradcheck;
@@ -43,10 +46,6 @@ Problem make_problem(int64_t n, int64_t d, int64_t f, DType dtype, uint64_t seed
   return p;
 }
 
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  return reduce(ReduceOp::max, abs(sub(a.to(DType::F64), b.to(DType::F64)))).item();
-}
-double max_abs(const Tensor& a) { return reduce(ReduceOp::max, abs(a.to(DType::F64))).item(); }
 }  // namespace
 
 TEST(SaeModel, GradcheckFullLossAllFourParameters) {

@@ -13,60 +13,37 @@
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::Tolerance;
+using sae::testing::kExact;
+using sae::testing::expect_close;
+using sae::testing::random_cpu;
+using sae::testing::quantized_cpu;
 
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 const DType kDTypes[] = {DType::F32, DType::F64};
 
-struct Tolerance {
-  double atol, rtol;
-};
 // Element-wise kernels round like the CPU ones (the CUDA build passes --fmad=false); the slack
 // covers the GPU's exp and log, which may differ by an ulp or two.
 Tolerance elementwise_tol(DType d) { return d == DType::F32 ? Tolerance{1e-7, 1e-6} : Tolerance{1e-15, 1e-13}; }
 // Both devices accumulate in double; only the summation order differs (float32 results may then
 // round to neighbouring floats; float64 sums of a million signed terms may differ near 1e-12).
 Tolerance reduce_tol(DType d) { return d == DType::F32 ? Tolerance{1e-6, 1e-6} : Tolerance{1e-10, 1e-12}; }
-constexpr Tolerance kExact{0.0, 0.0};
 
-// NaN must meet NaN and an infinity the same infinity; anything else must be within tolerance.
-void expect_close(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
+
+// A CUDA result against its CPU reference (testing::expect_close), checking that it stayed on the GPU.
+void expect_gpu_close(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
   ASSERT_EQ(got.device(), Device::CUDA) << what;
-  ASSERT_EQ(got.shape(), ref.shape()) << what;
-  ASSERT_EQ(got.dtype(), ref.dtype()) << what;
-  const std::vector<double> g = got.to_vector(), r = ref.to_vector();
-  int64_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok;
-    if (std::isnan(r[i]))
-      ok = std::isnan(g[i]);
-    else if (std::isinf(r[i]))
-      ok = g[i] == r[i];
-    else
-      ok = std::abs(g[i] - r[i]) <= tol.atol + tol.rtol * std::abs(r[i]);  // false for a NaN g[i]
-    if (!ok && ++bad <= 5) ADD_FAILURE() << what << ": index " << i << ": cuda " << g[i] << ", cpu " << r[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " values differ";
+  expect_close(got, ref, tol, what);
 }
 
 std::string label(const char* op, DType d, const Shape& s) { return cat(op, " ", dtype_name(d), s.str()); }
 
-// Host values in [lo, hi), about one in ten replaced by an exact zero when `zeros` is set.
-Tensor random_cpu(const Shape& shape, DType d, Rng& rng, double lo = -2.0, double hi = 2.0, bool zeros = true) {
-  std::vector<double> v(shape.numel());
-  for (double& x : v) x = (zeros && rng.below(10) == 0) ? 0.0 : rng.uniform(lo, hi);
-  return Tensor::from_vector(v, shape, d);
-}
 
-// Multiples of 0.25 in [-2, 2]: many ties, so comparisons and max/min meet equal operands.
-Tensor quantized_cpu(const Shape& shape, DType d, Rng& rng) {
-  std::vector<double> v(shape.numel());
-  for (double& x : v) x = static_cast<double>(rng.below(17)) * 0.25 - 2.0;
-  return Tensor::from_vector(v, shape, d);
-}
 
 Tensor poisoned(const Shape& shape, DType d) { return Tensor::full(shape, kNaN, d, Device::CUDA); }
 
@@ -89,26 +66,26 @@ TEST(CudaParity, CopiesRoundTripAndConvert) {
       Tensor x = random_cpu(s, d, rng);
       Tensor g = on_gpu(x);
       EXPECT_EQ(g.device(), Device::CUDA);
-      expect_close(on_gpu(g.to(Device::CPU)), x, kExact, label("host round trip", d, s));
+      expect_gpu_close(on_gpu(g.to(Device::CPU)), x, kExact, label("host round trip", d, s));
       Tensor c = poisoned(s, d);
       copy_(c, g);  // device to device, same dtype
-      expect_close(c, x, kExact, label("copy", d, s));
+      expect_gpu_close(c, x, kExact, label("copy", d, s));
       const DType other = d == DType::F32 ? DType::F64 : DType::F32;
       Tensor converted = poisoned(s, other);
       copy_(converted, g);  // f32 <-> f64 on the device
       Tensor ref = Tensor::empty(s, other);
       copy_(ref, x);
-      expect_close(converted, ref, kExact, label("convert", d, s));
-      expect_close(g.clone(), x, kExact, label("clone", d, s));
+      expect_gpu_close(converted, ref, kExact, label("convert", d, s));
+      expect_gpu_close(g.clone(), x, kExact, label("clone", d, s));
     }
     // Views: rows of a larger tensor as input and output, and overlapping source and destination.
     Tensor x = random_cpu(Shape{9, 33}, d, rng);
     Tensor g = on_gpu(x);
-    expect_close(neg(g.slice_rows(2, 7)), neg(x.slice_rows(2, 7)), kExact, label("neg of row view", d, x.shape()));
+    expect_gpu_close(neg(g.slice_rows(2, 7)), neg(x.slice_rows(2, 7)), kExact, label("neg of row view", d, x.shape()));
     Tensor x_rows = x.slice_rows(0, 6), g_rows = g.slice_rows(0, 6);
     copy_(x_rows, x.slice_rows(3, 9));  // CPU: memmove
     copy_(g_rows, g.slice_rows(3, 9));
-    expect_close(g, x, kExact, label("overlapping copy", d, x.shape()));
+    expect_gpu_close(g, x, kExact, label("overlapping copy", d, x.shape()));
   }
 }
 
@@ -118,7 +95,7 @@ TEST(CudaParity, Fill) {
     for (const Shape& s : elementwise_shapes()) {
       Tensor g = poisoned(s, d);
       fill_(g, 0.3);  // not exact in binary: the f32 cast must match too
-      expect_close(g, Tensor::full(s, 0.3, d), kExact, label("fill", d, s));
+      expect_gpu_close(g, Tensor::full(s, 0.3, d), kExact, label("fill", d, s));
     }
 }
 
@@ -135,7 +112,7 @@ TEST(CudaParity, UnaryOps) {
                                                                : random_cpu(s, d, rng);
         Tensor g = poisoned(s, d);
         unary_(op, g, on_gpu(x));
-        expect_close(g, unary(op, x), elementwise_tol(d), label(op_name(op), d, s));
+        expect_gpu_close(g, unary(op, x), elementwise_tol(d), label(op_name(op), d, s));
       }
     }
   }
@@ -161,7 +138,7 @@ TEST(CudaParity, BinaryOpsWithBroadcasting) {
         Tensor ref = binary(op, a, b);
         Tensor g = poisoned(ref.shape(), d);
         binary_(op, g, on_gpu(a), on_gpu(b));
-        expect_close(g, ref, elementwise_tol(d), cat(op_name(op), " ", dtype_name(d), sa.str(), " with ", sb.str()));
+        expect_gpu_close(g, ref, elementwise_tol(d), cat(op_name(op), " ", dtype_name(d), sa.str(), " with ", sb.str()));
       }
     }
     // In place, output aliasing the first operand (gradient accumulation).
@@ -169,7 +146,7 @@ TEST(CudaParity, BinaryOpsWithBroadcasting) {
     Tensor g = on_gpu(acc);
     add_(g, on_gpu(x));
     add_(acc, x);
-    expect_close(g, acc, elementwise_tol(d), label("add_ in place", d, acc.shape()));
+    expect_gpu_close(g, acc, elementwise_tol(d), label("add_ in place", d, acc.shape()));
   }
 }
 
@@ -181,15 +158,15 @@ TEST(CudaParity, AffineAndWhere) {
       Tensor x = random_cpu(s, d, rng);
       Tensor g = poisoned(s, d);
       affine_(g, on_gpu(x), 1.7, -0.3);
-      expect_close(g, affine(x, 1.7, -0.3), elementwise_tol(d), label("affine", d, s));
+      expect_gpu_close(g, affine(x, 1.7, -0.3), elementwise_tol(d), label("affine", d, s));
       Tensor in_place = on_gpu(x);
       affine_(in_place, in_place, -0.5, 2.0);
-      expect_close(in_place, affine(x, -0.5, 2.0), elementwise_tol(d), label("affine in place", d, s));
+      expect_gpu_close(in_place, affine(x, -0.5, 2.0), elementwise_tol(d), label("affine in place", d, s));
 
       Tensor cond = quantized_cpu(s, d, rng), a = random_cpu(s, d, rng), b = random_cpu(s, d, rng);
       Tensor w = poisoned(s, d);
       gpu().where(w, on_gpu(cond), on_gpu(a), on_gpu(b));
-      expect_close(w, where(cond, a, b), kExact, label("where", d, s));
+      expect_gpu_close(w, where(cond, a, b), kExact, label("where", d, s));
     }
   }
 }
@@ -208,11 +185,11 @@ TEST(CudaParity, ReduceAll) {
         if (n == 0 && (op == ReduceOp::max || op == ReduceOp::min || op == ReduceOp::mean)) continue;  // front-end error
         Tensor g = poisoned(Shape{1}, d);
         gpu().reduce_all(op, g, g_x);
-        expect_close(g, reduce(op, x), reduce_tol(d), label(op_name(op), d, x.shape()));
+        expect_gpu_close(g, reduce(op, x), reduce_tol(d), label(op_name(op), d, x.shape()));
         // No atomics: the same input gives the same bits every time.
         Tensor again = poisoned(Shape{1}, d);
         gpu().reduce_all(op, again, g_x);
-        expect_close(again, g.to(Device::CPU), kExact, label(op_name(op), d, x.shape()) + " repeated");
+        expect_gpu_close(again, g.to(Device::CPU), kExact, label(op_name(op), d, x.shape()) + " repeated");
       }
     }
   }
@@ -244,7 +221,7 @@ TEST(CudaParity, ReduceAxis) {
         reduce_axis_(op, ref, x, axis);
         Tensor g = poisoned(out_shape, d);
         reduce_axis_(op, g, g_x, axis);
-        expect_close(g, ref, reduce_tol(d), cat(op_name(op), " ", dtype_name(d), s.str(), " axis ", axis));
+        expect_gpu_close(g, ref, reduce_tol(d), cat(op_name(op), " ", dtype_name(d), s.str(), " axis ", axis));
       }
     }
   }
@@ -262,11 +239,11 @@ TEST(CudaParity, ReductionsPropagateNaN) {
         const ReduceOp op = static_cast<ReduceOp>(i);
         Tensor all = poisoned(Shape{1}, d);
         gpu().reduce_all(op, all, g_x);
-        expect_close(all, reduce(op, x), reduce_tol(d), label(op_name(op), d, s) + " with a NaN");
+        expect_gpu_close(all, reduce(op, x), reduce_tol(d), label(op_name(op), d, s) + " with a NaN");
         for (int axis = 0; axis < 2; ++axis) {
           Tensor g = poisoned(Shape{s[1 - axis]}, d);
           reduce_axis_(op, g, g_x, axis);
-          expect_close(g, reduce(op, x, axis), reduce_tol(d),
+          expect_gpu_close(g, reduce(op, x, axis), reduce_tol(d),
                        cat(op_name(op), " ", dtype_name(d), s.str(), " axis ", axis, " with a NaN"));
         }
       }
@@ -297,7 +274,7 @@ TEST(CudaParity, MatmulAllTransposeFlagsAlphaBeta) {
           // With beta == 0 the output is not read: NaN there must not leak into the result.
           Tensor g = beta == 0.0 ? poisoned(os, d) : on_gpu(start);
           matmul_(g, on_gpu(a), ta, on_gpu(b), tb, alpha, beta);
-          expect_close(g, ref, tol,
+          expect_gpu_close(g, ref, tol,
                        cat("matmul ", dtype_name(d), " m", dm.m, " k", dm.k, " n", dm.n, " ta", ta, " tb", tb, " alpha ",
                            alpha, " beta ", beta));
         }
@@ -316,9 +293,9 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
   Tensor b = random_cpu(Shape{512, 64}, DType::F32, rng, -1.0, 1.0);
   Tensor ref = matmul(a, b);
   cuda_set_tf32(true);
-  expect_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{5e-2, 1e-2}, "matmul tf32");
+  expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{5e-2, 1e-2}, "matmul tf32");
   cuda_set_tf32(false);
-  expect_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{1e-6 * 520, 1e-5}, "matmul f32 after tf32 off");
+  expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{1e-6 * 520, 1e-5}, "matmul f32 after tf32 off");
 }
 
 TEST(CudaParity, Transpose) {
@@ -331,7 +308,7 @@ TEST(CudaParity, Transpose) {
       Tensor x = random_cpu(s, d, rng);
       Tensor g = poisoned(Shape{s[1], s[0]}, d);
       gpu().transpose(g, on_gpu(x));
-      expect_close(g, transpose(x), kExact, label("transpose", d, s));
+      expect_gpu_close(g, transpose(x), kExact, label("transpose", d, s));
     }
 }
 
@@ -353,9 +330,9 @@ TEST(CudaParity, AdamStepsMatchCpu) {
           adam_step_(p, m, v, grad, sc);
           adam_step_(gp, gm, gv, on_gpu(grad), sc);
           const std::string what = cat("adam ", dtype_name(d), s.str(), " wd ", wd, " step ", step);
-          expect_close(gp, p, elementwise_tol(d), what + " param");
-          expect_close(gm, m, elementwise_tol(d), what + " m");
-          expect_close(gv, v, elementwise_tol(d), what + " v");
+          expect_gpu_close(gp, p, elementwise_tol(d), what + " param");
+          expect_gpu_close(gm, m, elementwise_tol(d), what + " m");
+          expect_gpu_close(gv, v, elementwise_tol(d), what + " v");
         }
       }
     }
@@ -407,6 +384,6 @@ TEST(CudaAllocator, OutOfMemoryIsAClearErrorAndLeavesTheGpuUsable) {
   // The failed cudaMalloc must not surface later as a launch error.
   Rng rng(12);
   Tensor x = random_cpu(Shape{4099}, DType::F32, rng);
-  expect_close(neg(on_gpu(x)), neg(x), kExact, "neg after out of memory");
+  expect_gpu_close(neg(on_gpu(x)), neg(x), kExact, "neg after out of memory");
   cuda_synchronize();
 }

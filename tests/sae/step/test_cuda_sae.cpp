@@ -28,8 +28,16 @@
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "io/safetensors.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::expect_same_saved_weights;
+using sae::testing::Tolerance;
+using sae::testing::kExact;
+using sae::testing::expect_close;
+using sae::testing::expect_close_to_scale;
+using sae::testing::random_cpu;
+using sae::testing::quantized_cpu;
 using sae::testing::fused_backward;
 using sae::testing::fused_train_step;
 using sae::testing::gradcheck;
@@ -43,59 +51,14 @@ const DType kDTypes[] = {DType::F32, DType::F64};
 #define SKIP_WITHOUT_GPU() \
   if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
 
-struct Tolerance {
-  double atol, rtol;
-};
-constexpr Tolerance kExact{0.0, 0.0};
 Tolerance elementwise_tol(DType d) { return d == DType::F32 ? Tolerance{1e-7, 1e-6} : Tolerance{1e-15, 1e-13}; }
 double unit_roundoff(DType d) { return d == DType::F32 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53); }
 
-// |got - ref| <= atol + rtol * |ref| element by element; NaN must meet NaN.
-void expect_close(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), ref.shape()) << what;
-  ASSERT_EQ(got.dtype(), ref.dtype()) << what;
-  const std::vector<double> g = got.to_vector(), r = ref.to_vector();
-  int64_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    const bool ok = std::isnan(r[i]) ? std::isnan(g[i]) : std::abs(g[i] - r[i]) <= tol.atol + tol.rtol * std::abs(r[i]);
-    if (!ok && ++bad <= 5) ADD_FAILURE() << what << ": index " << i << ": cuda " << g[i] << ", cpu " << r[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " values differ";
-}
 
-// max |got - ref| <= rel * max |ref| (+ atol): for results of long sums whose rounding depends on
-// the summation order (GEMMs, gradients).
-void expect_close_to_scale(const Tensor& got, const Tensor& ref, double rel, const std::string& what,
-                           double atol = 0.0) {
-  ASSERT_EQ(got.shape(), ref.shape()) << what;
-  const std::vector<double> g = got.to_vector(), r = ref.to_vector();
-  double scale = 0.0, worst = 0.0;
-  size_t worst_at = 0;
-  for (size_t i = 0; i < r.size(); ++i) scale = std::max(scale, std::abs(r[i]));
-  for (size_t i = 0; i < r.size(); ++i) {
-    const double diff = std::isnan(g[i]) ? INFINITY : std::abs(g[i] - r[i]);
-    if (diff > worst) worst = diff, worst_at = i;
-  }
-  EXPECT_GT(scale, 0.0) << what << ": reference is all zeros";
-  EXPECT_LE(worst, rel * scale + atol) << what << ": worst at index " << worst_at << ": cuda " << g[worst_at]
-                                       << ", cpu " << r[worst_at] << " (max |cpu| " << scale << ")";
-}
 
 std::string label(const char* op, DType d, const Shape& s) { return cat(op, " ", dtype_name(d), s.str()); }
 
-// Host values in [lo, hi), about one in ten an exact zero when `zeros` is set.
-Tensor random_cpu(const Shape& shape, DType d, Rng& rng, double lo = -2.0, double hi = 2.0, bool zeros = true) {
-  std::vector<double> v(shape.numel());
-  for (double& x : v) x = (zeros && rng.below(10) == 0) ? 0.0 : rng.uniform(lo, hi);
-  return Tensor::from_vector(v, shape, d);
-}
 
-// Multiples of 0.25 in [-2, 2]: f + bias lands exactly on 0 often (the ReLU boundary).
-Tensor quantized_cpu(const Shape& shape, DType d, Rng& rng) {
-  std::vector<double> v(shape.numel());
-  for (double& x : v) x = static_cast<double>(rng.below(17)) * 0.25 - 2.0;
-  return Tensor::from_vector(v, shape, d);
-}
 
 Tensor poisoned(const Shape& shape, DType d) { return Tensor::full(shape, kNaN, d, Device::CUDA); }
 Tensor on_gpu(const Tensor& t) { return t.to(Device::CUDA); }
@@ -577,19 +540,7 @@ void compare_cpu_and_cuda_training(TrainConfig config, int64_t logged_rows) {
   EXPECT_LT(cpu_rows["loss"].back(), 0.8 * cpu_rows["loss"].front());  // training moved
 
   // Final weights, read back from the SAELens files: relative Frobenius distance per tensor.
-  SafetensorsFile cpu_file = SafetensorsFile::open(cpu.model_dir + "/sae_weights.safetensors");
-  SafetensorsFile gpu_file = SafetensorsFile::open(gpu.model_dir + "/sae_weights.safetensors");
-  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
-    const std::vector<double> want = cpu_file.read_f32(name).to_vector(), got = gpu_file.read_f32(name).to_vector();
-    ASSERT_EQ(got.size(), want.size()) << name;
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      diff += (got[i] - want[i]) * (got[i] - want[i]);
-      norm += want[i] * want[i];
-    }
-    EXPECT_GT(norm, 0.0) << name;
-    EXPECT_LE(std::sqrt(diff), kRel * std::sqrt(norm)) << name;
-  }
+  expect_same_saved_weights(cpu.model_dir, gpu.model_dir, kRel);
 }
 }  // namespace
 

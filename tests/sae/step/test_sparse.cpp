@@ -31,8 +31,13 @@
 #include "io/safetensors.h"
 #include "tests/util/step_util.h"
 #include "tests/util/test_util.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::expect_same_saved_weights;
+using sae::testing::expect_close_to_scale;
+using sae::testing::expect_bitwise_equal;
+using sae::testing::bias_for_density;
 using sae::testing::fused_backward;
 using sae::testing::fused_train_step;
 using sae::testing::read_file;
@@ -46,28 +51,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 #define SKIP_WITHOUT_GPU() \
   if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
 
-// max |got - want| <= rel * max |want| + atol (results of sums in another order).
-void expect_close_to_scale(const Tensor& got, const Tensor& want, double rel, const std::string& what,
-                           double atol = 0.0) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  const std::vector<double> g = got.to_vector(), w = want.to_vector();
-  double scale = 0.0, worst = 0.0;
-  size_t worst_at = 0;
-  for (double v : w) scale = std::max(scale, std::abs(v));
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double diff = std::isnan(g[i]) ? INFINITY : std::abs(g[i] - w[i]);
-    if (diff > worst) worst = diff, worst_at = i;
-  }
-  EXPECT_LE(worst, rel * scale + atol) << what << ": worst at index " << worst_at << ": got " << g[worst_at]
-                                       << ", want " << w[worst_at] << " (max |want| " << scale << ")";
-}
 
-void expect_bitwise_equal(const Tensor& got, const Tensor& want, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  const Tensor g = got.to(Device::CPU), w = want.to(Device::CPU);
-  EXPECT_EQ(std::memcmp(g.raw(), w.raw(), g.nbytes()), 0) << what;
-}
 
 // A random SAE and batch; b_enc is set to minus the (1 - density) quantile of all pre-activations
 // x W_enc, so that about density * N * F entries of f are > 0 (density 1: all of them).
@@ -75,19 +59,6 @@ struct Problem {
   Tensor x, W_enc, b_enc, W_dec, b_dec;
 };
 
-Tensor bias_for_density(const Tensor& x, const Tensor& W_enc, double density) {
-  std::vector<double> pre = matmul(x.to(DType::F64), W_enc.to(DType::F64)).to_vector();
-  const int64_t f = W_enc.size(1);
-  double threshold;
-  if (density >= 1.0) {
-    threshold = *std::min_element(pre.begin(), pre.end()) - 1.0;
-  } else {
-    const size_t k = static_cast<size_t>((1.0 - density) * double(pre.size()));
-    std::nth_element(pre.begin(), pre.begin() + k, pre.end());
-    threshold = pre[k];
-  }
-  return Tensor::full(Shape{f}, -threshold, x.dtype());
-}
 
 Problem make_problem(int64_t n, int64_t d, int64_t f, double density, DType dtype, uint64_t seed) {
   Rng rng(seed);
@@ -559,23 +530,6 @@ TrainConfig sparse_run(const std::string& out, const std::string& sparse) {
   return c;
 }
 
-// Relative Frobenius distance of each final tensor of two runs, read from their SAELens files.
-void expect_same_weights(const TrainResult& a, const TrainResult& b, double rel) {
-  SafetensorsFile fa = SafetensorsFile::open(a.model_dir + "/sae_weights.safetensors");
-  SafetensorsFile fb = SafetensorsFile::open(b.model_dir + "/sae_weights.safetensors");
-  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
-    const std::vector<double> want = fa.read_f32(name).to_vector(), got = fb.read_f32(name).to_vector();
-    ASSERT_EQ(got.size(), want.size()) << name;
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-      diff += (got[i] - want[i]) * (got[i] - want[i]);
-      norm += want[i] * want[i];
-    }
-    EXPECT_GT(norm, 0.0) << name;
-    EXPECT_LE(std::sqrt(diff), rel * std::sqrt(norm)) << name;
-    std::printf("%s: relative distance %.2e\n", name, std::sqrt(diff / norm));
-  }
-}
 }  // namespace
 
 TEST(TrainerSparse, OnAndOffGiveTheSameWeights) {
@@ -589,7 +543,7 @@ TEST(TrainerSparse, OnAndOffGiveTheSameWeights) {
   EXPECT_GT(on.nonzero_proportion, 0.0);
   EXPECT_NEAR(on.nonzero_proportion, off.nonzero_proportion, 0.02 * off.nonzero_proportion);
   EXPECT_NEAR(on.fvu, off.fvu, 1e-3 * off.fvu);
-  expect_same_weights(off, on, 1e-5);  // measured: at most 4e-7
+  expect_same_saved_weights(off.model_dir, on.model_dir, 1e-5);  // measured: at most 4e-7
   Json config = Json::parse(read_file(dir.str("on/config.json")));
   EXPECT_EQ(config.at("sparse").as_string(), "on");
 }
@@ -758,5 +712,5 @@ TEST(CudaSparse, TrainingFollowsTheCpu) {
   const TrainResult gpu = train(c);
   EXPECT_EQ(gpu.device, Device::CUDA);
   EXPECT_NEAR(gpu.fvu, cpu.fvu, 1e-3 * cpu.fvu);
-  expect_same_weights(cpu, gpu, 1e-4);
+  expect_same_saved_weights(cpu.model_dir, gpu.model_dir, 1e-4);
 }

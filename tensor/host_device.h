@@ -1,0 +1,36 @@
+// Writing one function for host and device: SAE_HOST_DEVICE marks it for both when nvcc compiles
+// it (and is empty for the host compiler), and math_sqrt / math_exp / math_log / math_abs are the
+// float and double overloads on either side (sqrtf on the device for a float, std::sqrt on the
+// host), so float32 stays float32 everywhere.
+#pragma once
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define SAE_HOST_DEVICE __host__ __device__
+#else
+#define SAE_HOST_DEVICE
+#endif
+
+namespace sae {
+
+#if defined(__CUDA_ARCH__)
+__device__ inline float math_sqrt(float x) { return sqrtf(x); }
+__device__ inline double math_sqrt(double x) { return ::sqrt(x); }
+__device__ inline float math_exp(float x) { return expf(x); }
+__device__ inline double math_exp(double x) { return ::exp(x); }
+__device__ inline float math_log(float x) { return logf(x); }
+__device__ inline double math_log(double x) { return ::log(x); }
+__device__ inline float math_abs(float x) { return fabsf(x); }
+__device__ inline double math_abs(double x) { return ::fabs(x); }
+#else
+template <typename T>
+inline T math_sqrt(T x) { return std::sqrt(x); }
+template <typename T>
+inline T math_exp(T x) { return std::exp(x); }
+template <typename T>
+inline T math_log(T x) { return std::log(x); }
+template <typename T>
+inline T math_abs(T x) { return std::abs(x); }
+#endif
+
+}  // namespace sae

@@ -1,0 +1,93 @@
+// Tensor comparisons shared by the tests: element-wise closeness with NaN/Inf rules, closeness
+// relative to the reference's scale (for results of long sums in another order), bitwise equality,
+// and the relative distance of two saved SAEs. (Random inputs: random_inputs.h.)
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "tensor/ops.h"
+#include "tests/util/random_inputs.h"
+
+namespace sae::testing {
+
+struct Tolerance {
+  double atol, rtol;
+};
+constexpr Tolerance kExact{0.0, 0.0};
+
+// |got - ref| <= atol + rtol * |ref| element by element; NaN must meet NaN and an infinity the same
+// infinity. Reports the first few failures and their count.
+inline void expect_close(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
+  ASSERT_EQ(got.shape(), ref.shape()) << what;
+  ASSERT_EQ(got.dtype(), ref.dtype()) << what;
+  const std::vector<double> g = got.to_vector(), r = ref.to_vector();
+  int64_t bad = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    bool ok;
+    if (std::isnan(r[i]))
+      ok = std::isnan(g[i]);
+    else if (std::isinf(r[i]))
+      ok = g[i] == r[i];
+    else
+      ok = std::abs(g[i] - r[i]) <= tol.atol + tol.rtol * std::abs(r[i]);  // false for a NaN g[i]
+    if (!ok && ++bad <= 5) ADD_FAILURE() << what << ": index " << i << ": got " << g[i] << ", want " << r[i];
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << g.size() << " values differ";
+}
+
+// max |got - ref| <= rel * max |ref| + atol: for results of long sums whose rounding depends on the
+// summation order (GEMMs, gradients). The reference must not be all zeros.
+inline void expect_close_to_scale(const Tensor& got, const Tensor& ref, double rel, const std::string& what,
+                                  double atol = 0.0) {
+  ASSERT_EQ(got.shape(), ref.shape()) << what;
+  const std::vector<double> g = got.to_vector(), r = ref.to_vector();
+  double scale = 0.0, worst = 0.0;
+  size_t worst_at = 0;
+  for (double v : r) scale = std::max(scale, std::abs(v));
+  for (size_t i = 0; i < r.size(); ++i) {
+    const double diff = std::isnan(g[i]) ? INFINITY : std::abs(g[i] - r[i]);
+    if (diff > worst) worst = diff, worst_at = i;
+  }
+  EXPECT_GT(scale, 0.0) << what << ": reference is all zeros";
+  EXPECT_LE(worst, rel * scale + atol) << what << ": worst at index " << worst_at << ": got " << g[worst_at]
+                                       << ", want " << r[worst_at] << " (max |want| " << scale << ")";
+}
+
+inline void expect_bitwise_equal(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const Tensor g = got.to(Device::CPU), w = want.to(Device::CPU);
+  EXPECT_EQ(std::memcmp(g.raw(), w.raw(), g.nbytes()), 0) << what;
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  return reduce(ReduceOp::max, abs(a.to(DType::F64) - b.to(DType::F64))).item();
+}
+inline double max_abs(const Tensor& a) { return reduce(ReduceOp::max, abs(a.to(DType::F64))).item(); }
+
+// Each of the four tensors of two saved SAEs (DIR/sae_weights.safetensors) within relative
+// Frobenius distance `rel` of the first's; prints the distances.
+inline void expect_same_saved_weights(const std::string& dir_a, const std::string& dir_b, double rel) {
+  SafetensorsFile fa = SafetensorsFile::open(dir_a + "/sae_weights.safetensors");
+  SafetensorsFile fb = SafetensorsFile::open(dir_b + "/sae_weights.safetensors");
+  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+    const std::vector<double> want = fa.read_f32(name).to_vector(), got = fb.read_f32(name).to_vector();
+    ASSERT_EQ(got.size(), want.size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    EXPECT_GT(norm, 0.0) << name;
+    EXPECT_LE(std::sqrt(diff), rel * std::sqrt(norm)) << name;
+    std::printf("%s: relative distance %.2e\n", name, std::sqrt(diff / norm));
+  }
+}
+
+}  // namespace sae::testing
