@@ -1,4 +1,4 @@
-// The sparse SAE step (sae/sae_step.h, --sparse) against the dense step, in one run, at the
+// The sparse SAE step (sae/step/sae_step.h, --sparse) against the dense step, in one run, at the
 // study's shapes (D = 768, F = 10000, lambda = 50): one 218-token story and a 4096-token batch, at
 // feature densities 0.5%, 2%, 10% and 100%. Each timed iteration is a whole training step
 // (SaeStep::train_step: forward, backward, Adam). The density is set through b_enc: minus the
@@ -8,7 +8,7 @@
 // lr > 0 drifts the density within a few dozen steps). The measured density is reported.
 // Arguments: tokens, density in units of 0.1%, mode (0 dense, 1 sparse, 2 auto).
 // BM_SparseCrossover runs dense and sparse at densities between 5% and 50%: where the two cross is
-// auto mode's threshold (sae/sae_step.cpp).
+// auto mode's threshold (sae/step/sae_step.cpp).
 // The floor of the sparse step: the dense encoder GEMM plus one streaming pass over Adam's bytes
 // for W_enc and W_dec (read and write of parameter, m and v).
 // The CUDA versions need a GPU and report "no GPU" otherwise.

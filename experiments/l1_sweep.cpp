@@ -1,4 +1,4 @@
-// l1_sweep: the study's second and third results (SPEC section 1.2-1.3): an L1 sweep at F = 10000,
+// l1_sweep: the study's second and third results (docs/contract.md §1.2-1.3): an L1 sweep at F = 10000,
 // lambda in {0, 5, 50, 500}, then lambda = 50 continued to step 105000. Defaults = the original:
 // one story per step, per-story normalisation, Adam lr 1e-5, 35000 steps. Thin: options -> one
 // TrainConfig per lambda (+ the continuation) -> run_study (skips finished runs, resumes
@@ -41,7 +41,7 @@ sae::Profile quick_profile() {
 }
 const sae::Profile kQuick = quick_profile();
 
-// The original's nonzero proportions at step 35000 (SPEC section 1.2) and lambda = 50 at 105000.
+// The original's nonzero proportions at step 35000 (docs/contract.md §1.2) and lambda = 50 at 105000.
 struct OriginalPoint {
   double lambda, proportion;
 };

@@ -1,4 +1,4 @@
-// recon_vs_f: the study's first result (SPEC section 1.1): reconstruction loss against the number
+// recon_vs_f: the study's first result (docs/contract.md §1.1): reconstruction loss against the number
 // of features F at lambda = 0. Defaults = the original: F in {100, 767, 768, 1000}, one story per
 // step, per-story normalisation, Adam lr 1e-5, 35000 steps. Thin: options -> one TrainConfig per F
 // -> run_study (skips finished runs, resumes interrupted ones) -> summary table and figures.

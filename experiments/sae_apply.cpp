@@ -1,4 +1,4 @@
-// sae_apply: runs a trained SAE on activations (SPEC section 5 conventions). Thin: options ->
+// sae_apply: runs a trained SAE on activations (docs/contract.md §5 conventions). Thin: options ->
 // load_checkpoint -> encode/decode in row blocks -> .npy outputs.
 //   sae_apply --sae DIR --input X.npy [--features-out F.npy] [--reconstruction-out XHAT.npy]
 // X is [N, d_in] (float32, or f16/f64 converted); F is [N, d_sae] and XHAT [N, d_in], float32.

@@ -1,4 +1,4 @@
-// sae_train: trains one SAE (SPEC section 5). Thin: options -> TrainConfig -> train() -> report.
+// sae_train: trains one SAE (docs/contract.md §5). Thin: options -> TrainConfig -> train() -> report.
 #include <cstdio>
 
 #include "sae/cli/cli.h"

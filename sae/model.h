@@ -1,4 +1,4 @@
-// SparseAutoencoder: the standard SAE of the study (SPEC section 1), in SAELens's layout.
+// SparseAutoencoder: the standard SAE of the study (docs/contract.md §1), in SAELens's layout.
 //   f = relu(x W_enc + b_enc)        x [N, D], W_enc [D, F], b_enc [F]
 //   x_hat = f W_dec + b_dec          W_dec [F, D], b_dec [D]
 //   rec = sum (x - x_hat)^2           (a sum over all N*D elements, not a mean)

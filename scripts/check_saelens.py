@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loads one of our SAE checkpoints with SAELens itself and checks it computes what we compute.
 
-SPEC section 4: our checkpoint directory (cfg.json + sae_weights.safetensors) must load with
+docs/contract.md §4: our checkpoint directory (cfg.json + sae_weights.safetensors) must load with
 `sae_lens.SAE.load_from_disk`. This script loads it, prints SAELens's view of the config, runs
 SAELens's encode/decode on an input .npy [N, d_in] and compares with our sae_apply outputs.
 Needs `pip install sae-lens` (which brings torch and numpy). Usage:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the small file-format fixtures in tests/ref/ that tests/test_io.cpp reads, using writers
+"""Writes the small file-format fixtures in tests/ref/ that tests/io/test_io.cpp reads, using writers
 independent of ours: numpy (np.save, np.lib.format.write_array), the `safetensors` package (numpy
 and torch front-ends) and a hand-rolled safetensors writer (json + struct). The fixtures are
 committed, so the C++ tests need no Python. Re-run with: python3 scripts/gen_io_fixtures.py

@@ -1,4 +1,4 @@
-"""Writes a PyTorch reference of the ORIGINAL SAE training loop (SPEC section 1) for sae::train().
+"""Writes a PyTorch reference of the ORIGINAL SAE training loop (docs/contract.md §1) for sae::train().
 
 Regenerate (PyTorch comes from the Debian package python3-torch, so use the system interpreter;
 the `safetensors` package writes the activation file and the initial checkpoint):

@@ -1,6 +1,6 @@
 // Tensor: a contiguous, row-major block of float32 or float64 numbers with up to 4 dimensions,
 // living on one device (CPU or CUDA). int32 tensors hold indices (the sparse feature lists of
-// sae/sae_step.h): they can be created, copied, moved between devices and read back, and only the
+// sae/step/sae_kernels.h): they can be created, copied, moved between devices and read back, and only the
 // sparse kernels take them; every arithmetic op rejects them. Storage is shared between a tensor and its views
 // (reshape, row slices); everything else makes a new tensor. Ops live in ops.h.
 #pragma once
@@ -40,7 +40,7 @@ struct Shape {
 };
 
 // Owns one device allocation. CPU memory is 64-byte aligned; CUDA memory comes from the caching
-// allocator (cuda_backend.h).
+// allocator (tensor/cuda/backend.h).
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;

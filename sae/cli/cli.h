@@ -1,4 +1,4 @@
-// The command-line layer shared by every binary (SPEC section 5): the training options (one
+// The command-line layer shared by every binary (docs/contract.md §5): the training options (one
 // definition, so the binaries share names and defaults), profiles, and run_main(), which turns
 // exceptions into one-line messages and exit codes (2 usage, 1 data/IO or training failure).
 #pragma once

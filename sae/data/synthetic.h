@@ -1,4 +1,4 @@
-// SyntheticSource: the built-in activation generator (SPEC section 3), following the seed's
+// SyntheticSource: the built-in activation generator (docs/contract.md §3), following the seed's
 // theory of superposition and linear representations.
 //   C unit "concepts" in R^D (random, nearly orthogonal), C > D. The first story_concepts of them
 //   are story-level: each story picks story_active of them, and each is present on a token with

@@ -311,7 +311,7 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
 #pragma omp for schedule(dynamic, 16)
     for (int64_t i = 0; i < cols; ++i) {
       const T* w = W + i * d;
-      // The dense path's expressions (sae_step.cpp): affine(norms, l1, 0), then
+      // The dense path's expressions (sae_step.cpp, dense_backward): affine(norms, l1, 0), then
       // affine(col_sum / max(norms, tiny), l1, 0).
       const T row_add = lambda * norms[i] + T(0);
       const T scale = lambda * (col_sum[i] / (norms[i] > tiny ? norms[i] : tiny)) + T(0);  // maximum op

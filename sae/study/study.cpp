@@ -1,4 +1,4 @@
-// Studies: run lists, metrics read-back, tables, gnuplot figures (see study.h).
+// Studies: run lists and metrics read-back (see study.h).
 #include "sae/study/study.h"
 
 #include <cstdio>

@@ -1,4 +1,4 @@
-// Checkpoints in SAELens's on-disk layout (SPEC section 4), plus our training state beside it:
+// Checkpoints in SAELens's on-disk layout (docs/contract.md §4), plus our training state beside it:
 //   DIR/sae_weights.safetensors   W_enc [D, F], W_dec [F, D], b_enc [F], b_dec [D], float32
 //   DIR/cfg.json                  SAELens keys (architecture "standard", d_in, d_sae, ...) + ours
 //   DIR/training_state.safetensors  Adam moments, dead-feature clocks and, in its metadata, the

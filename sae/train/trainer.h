@@ -1,4 +1,4 @@
-// train(): one SAE training run, start to finish (ARCHITECTURE "the flow of data"):
+// train(): one SAE training run, start to finish (docs/architecture.md, "The flow of data"):
 //   source -> batch -> normalise -> fused forward/backward (SaeStep) -> Adam -> metrics -> log /
 //   checkpoint. Writes config.json, metrics.csv, TensorBoard scalars, checkpoints/step_<N>/ and the
 //   final model in sae/ under config.out. Library code: throws, never exits.

@@ -1,5 +1,5 @@
-// The CUDA backend's host side (cuda_backend.h): device discovery, the one stream and cuBLAS
-// handle, the caching allocator, copies and synchronisation. The kernels are in cuda_kernels.cu.
+// The CUDA backend's host side (backend.h): device discovery, the one stream and cuBLAS
+// handle, the caching allocator, copies and synchronisation. The kernels are in kernels.cu (and sae/step/cuda_kernels.cu).
 //
 // Everything runs on one stream, in order. That is what lets the allocator hand a freed block to
 // the next request at once: any kernel still using the old contents was queued before any kernel
@@ -158,7 +158,7 @@ CachingAllocator& allocator() {
 
 }  // namespace
 
-// ---------------------------------------------------------------- cuda_check.h
+// ---------------------------------------------------------------- check.h
 
 cudaStream_t cuda_stream() { return context().stream; }
 
@@ -177,7 +177,7 @@ cublasHandle_t cublas_handle() {
   return g_cublas;
 }
 
-// ---------------------------------------------------------------- cuda_backend.h
+// ---------------------------------------------------------------- backend.h
 
 bool cuda_built() { return true; }
 

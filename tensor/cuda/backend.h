@@ -1,5 +1,5 @@
 // The host-side face of the CUDA backend: device memory, copies, synchronisation and the CUDA
-// kernel table. Implemented in cuda_backend.cu when nvcc is found, else in cuda_stub.cpp, where
+// kernel table. Implemented in backend.cu when nvcc is found, else in stub.cpp, where
 // cuda_built() is false and everything else throws "built without CUDA".
 #pragma once
 #include <cstddef>

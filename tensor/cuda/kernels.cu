@@ -214,7 +214,7 @@ void binary_cuda(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b, con
 
 // ---------------------------------------------------------------- reductions
 //
-// A running value is one double with the rules of the CPU Accumulator (cpu_kernels.cpp): max/min
+// A running value is one double with the rules of the CPU Accumulator (tensor/cpu/kernels.cpp): max/min
 // let a NaN win, squares are taken in double, count_nonzero counts x != 0 (so NaN counts).
 // term() is what one element contributes; combine() merges two running values.
 

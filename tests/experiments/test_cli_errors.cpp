@@ -1,4 +1,4 @@
-// sae_train's bad-input contract (SPEC section 5): one clear line on stderr naming the option or
+// sae_train's bad-input contract (docs/contract.md §5): one clear line on stderr naming the option or
 // file, exit 2 for usage errors and 1 for data errors, never a crash. Also kill -9 mid-run leaves
 // only loadable checkpoints, and --help works.
 #include <gtest/gtest.h>

@@ -72,7 +72,7 @@ TEST(SaeModel, GradcheckFullLossAllFourParameters) {
 }
 
 TEST(SaeModel, LossValuesByDefinition) {
-  // rec and l1 recomputed element by element from the definitions in SPEC section 1.
+  // rec and l1 recomputed element by element from the definitions in docs/contract.md §1.
   Problem p = make_problem(4, 3, 5, DType::F64, 5);
   SparseAutoencoder sae(p.W_enc, p.b_enc, p.W_dec, p.b_dec);
   auto loss = sae.loss(Variable(p.x), 2.0);

@@ -1,4 +1,4 @@
-// CUDA parity: every kernel of the op list (op_list.h) on random inputs, CUDA against the CPU
+// CUDA parity: every kernel of the op list (tensor/op_list.h) on random inputs, CUDA against the CPU
 // reference, in float32 and float64, with |cuda - cpu| <= atol + rtol * |cpu|. Sizes include 1, 7,
 // non-multiples of the block sizes and tensors larger than one grid-stride sweep. Every CUDA output
 // is filled with NaN before the kernel writes it. Also: copies, the caching allocator, TF32 and the

@@ -1,4 +1,4 @@
-// The sparse path of the SAE step (sae/sae_step.h, the sparse_* kernels of tensor/op_list.h):
+// The sparse path of the SAE step (sae/step/sae_step.h, the sparse_* kernels of sae/step/sae_kernels.h):
 //  - the int32 index dtype and the kernels' front-end checks;
 //  - sparse_index against the lists by definition; sparse_decode and the backward kernels against
 //    the dense formulas; Adam mode of the backward kernels against gradient mode followed by
@@ -80,7 +80,7 @@ std::unique_ptr<SparseAutoencoder> model_of(const Problem& p, Device device = De
 
 SaeAdamState make_adam(SparseAutoencoder& model) { return SaeAdamState::zeros_like(model.params()); }
 
-// Both lists of f by definition (op_list.h: SparseFeatures), as host vectors.
+// Both lists of f by definition (sae_kernels.h: SparseFeatures), as host vectors.
 struct ListsByDefinition {
   std::vector<double> col_ptr, rows, vals, row_ptr, cols, row_vals;
 };

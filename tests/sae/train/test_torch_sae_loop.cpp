@@ -1,4 +1,4 @@
-// PyTorch reference test of a whole training run in the original study's setting (SPEC section 1):
+// PyTorch reference test of a whole training run in the original study's setting (docs/contract.md §1):
 // sae::train() with one story per step in file order, per-story normalisation (unbiased std),
 // loss = sum of squared error + lambda * decoder-norm-weighted L1, Adam, starting from a SAELens
 // checkpoint made with torch.nn.Linear's default init. Every logged step (tokens, loss, rec_loss,

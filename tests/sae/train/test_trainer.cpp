@@ -155,7 +155,7 @@ TEST(Trainer, WritesEveryOutputInTheSpec) {
                         "checkpoints/step_10/cfg.json"})
     EXPECT_TRUE(fs::exists(dir.str("run/") + f)) << f;
   EXPECT_TRUE(fs::exists(r.tensorboard_file));
-  // metrics.csv: header with the SPEC's columns, rows at steps 4, 8 and 12
+  // metrics.csv: header with the contract's columns (docs/contract.md §4), rows at steps 4, 8 and 12
   std::ifstream csv(dir.str("run/metrics.csv"));
   std::string header, line;
   std::getline(csv, header);
