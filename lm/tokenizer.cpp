@@ -488,10 +488,8 @@ Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
     if (pre.has("use_regex") && !pre.at("use_regex").as_bool())
       throw DataError("pre_tokenizer.use_regex is false; GPT-2 splits with its pattern");
     if (!type_of("normalizer").empty()) throw DataError(cat("normalizer \"", type_of("normalizer"), "\" is not supported (GPT-2 has none)"));
-    for (const char* key : {"post_processor", "decoder"}) {
-      const std::string t = type_of(key);
-      if (!t.empty() && t != "ByteLevel") throw DataError(cat(key, " \"", t, "\" is not supported (GPT-2's is ByteLevel)"));
-    }
+    // post_processor and decoder are not used: encode adds no special tokens (transformers 5 writes
+    // a TemplateProcessing that adds none for GPT-2) and decode gives the tokens' bytes.
     // BPE options that GPT-2 does not use.
     if (model.has("dropout") && !model.at("dropout").is_null() && model.at("dropout").as_number() != 0.0)
       throw DataError("model.dropout is set; BPE dropout is not supported");

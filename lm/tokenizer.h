@@ -29,9 +29,9 @@ class Gpt2Tokenizer {
   // vocab.json (token -> id, tokens in GPT-2's byte alphabet) and merges.txt ("a b" per line, an
   // optional "#version" first line). <|endoftext|> must be in the vocab; it is the one added token.
   static Gpt2Tokenizer from_files(const std::string& vocab_json, const std::string& merges_txt);
-  // A Hugging Face tokenizer.json whose model is a BPE (merges as "a b" strings or [a, b] pairs),
-  // with the ByteLevel pre-tokenizer (add_prefix_space false), no normalizer and no post-processor
-  // other than ByteLevel. Every entry of added_tokens is matched literally.
+  // A Hugging Face tokenizer.json whose model is a BPE (merges as "a b" strings or [a, b] pairs)
+  // with the ByteLevel pre-tokenizer (add_prefix_space false) and no normalizer. Every entry of
+  // added_tokens is matched literally. The post_processor and decoder are ignored.
   static Gpt2Tokenizer from_tokenizer_json(const std::string& path);
   // dir/tokenizer.json when present, otherwise dir/vocab.json + dir/merges.txt.
   static Gpt2Tokenizer from_model_dir(const std::string& dir);
