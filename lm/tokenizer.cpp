@@ -1,0 +1,680 @@
+// Gpt2Tokenizer: loading (tokenizer.json, vocab.json + merges.txt) with validation, UTF-8 checks,
+// GPT-2's pre-tokenisation by hand, the byte alphabet, BPE merging by rank with a word cache, and
+// decoding.
+#include "lm/tokenizer.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <mutex>
+#include <queue>
+#include <unordered_set>
+
+#include "lm/unicode_tables.h"
+#include "tensor/error.h"
+#include "io/json.h"
+#include "io/mapped_file.h"
+
+namespace sae {
+
+namespace {
+
+constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;  // a guard against absurd ids in corrupt files
+constexpr size_t kMaxCachedPieceBytes = 128;
+constexpr size_t kMaxCacheEntries = size_t{1} << 20;  // then the cache starts over
+const char* const kEndOfText = "<|endoftext|>";
+
+// ---- UTF-8 ----
+
+std::string hex_byte(uint8_t byte) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "0x%02X", byte);
+  return buf;
+}
+
+std::string code_point_name(uint32_t code_point) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "U+%04X", code_point);
+  return buf;
+}
+
+void append_utf8(uint32_t code_point, std::string& out) {
+  if (code_point < 0x80) {
+    out += static_cast<char>(code_point);
+  } else if (code_point < 0x800) {
+    out += static_cast<char>(0xC0 | (code_point >> 6));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else if (code_point < 0x10000) {
+    out += static_cast<char>(0xE0 | (code_point >> 12));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (code_point >> 18));
+    out += static_cast<char>(0x80 | ((code_point >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  }
+}
+
+// Decodes the code point at text[pos] of valid UTF-8; sets `length` to its byte count.
+uint32_t decode_code_point(std::string_view text, size_t pos, size_t& length) {
+  const auto byte = [&](size_t k) { return static_cast<uint32_t>(static_cast<uint8_t>(text[pos + k])); };
+  const uint32_t lead = byte(0);
+  if (lead < 0x80) {
+    length = 1;
+    return lead;
+  }
+  if (lead < 0xE0) {
+    length = 2;
+    return ((lead & 0x1F) << 6) | (byte(1) & 0x3F);
+  }
+  if (lead < 0xF0) {
+    length = 3;
+    return ((lead & 0x0F) << 12) | ((byte(1) & 0x3F) << 6) | (byte(2) & 0x3F);
+  }
+  length = 4;
+  return ((lead & 0x07) << 18) | ((byte(1) & 0x3F) << 12) | ((byte(2) & 0x3F) << 6) | (byte(3) & 0x3F);
+}
+
+// ---- character classes of the pre-tokenisation pattern ----
+
+enum class CharClass : uint8_t { Letter, Number, Space, Other };
+
+struct AsciiClasses {
+  CharClass of[128];
+  AsciiClasses() {
+    for (uint32_t c = 0; c < 128; ++c) {
+      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        of[c] = CharClass::Letter;
+      } else if (c >= '0' && c <= '9') {
+        of[c] = CharClass::Number;
+      } else if (c == ' ' || (c >= 0x09 && c <= 0x0D)) {
+        of[c] = CharClass::Space;
+      } else {
+        of[c] = CharClass::Other;
+      }
+    }
+  }
+};
+const AsciiClasses kAsciiClasses;
+
+CharClass char_class(uint32_t code_point) {
+  if (code_point < 128) return kAsciiClasses.of[code_point];
+  if (unicode::is_letter(code_point)) return CharClass::Letter;
+  if (unicode::is_number(code_point)) return CharClass::Number;
+  if (unicode::is_white_space(code_point)) return CharClass::Space;
+  return CharClass::Other;
+}
+
+// The code point at a position of valid UTF-8 text, with its length and class.
+struct Char {
+  uint32_t code_point;
+  size_t length;
+  CharClass cls;
+};
+
+Char char_at(std::string_view text, size_t pos) {
+  const uint8_t lead = static_cast<uint8_t>(text[pos]);
+  if (lead < 0x80) return {lead, 1, kAsciiClasses.of[lead]};
+  Char c;
+  c.code_point = decode_code_point(text, pos, c.length);
+  c.cls = char_class(c.code_point);
+  return c;
+}
+
+// Length of the contraction ('s 't 're 've 'm 'll 'd, lower case only) at text[pos], or 0.
+size_t contraction_length(std::string_view text, size_t pos) {
+  if (text[pos] != '\'' || pos + 1 >= text.size()) return 0;
+  const char a = text[pos + 1];
+  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+  if (pos + 2 >= text.size()) return 0;
+  const char b = text[pos + 2];
+  if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+  return 0;
+}
+
+// Calls emit(piece) for each consecutive match of GPT-2's pattern in valid UTF-8 text. At each
+// position the alternatives are tried in the pattern's order:
+//   1. 's 't 're 've 'm 'll 'd
+//   2-4. an optional U+0020 then a run of letters, or of numbers, or of "other" characters
+//        (neither White_Space, letter nor number); the space is taken only when such a run follows
+//   5. \s+(?!\S): a White_Space run up to the end of the text, or all but its last character when
+//      something else follows and the run has at least two characters
+//   6. \s+: the lone White_Space character before something else
+template <typename Emit>
+void for_each_piece(std::string_view text, Emit&& emit) {
+  const size_t n = text.size();
+  size_t pos = 0;
+  while (pos < n) {
+    const size_t start = pos;
+    const size_t contraction = contraction_length(text, pos);
+    if (contraction > 0) {
+      pos += contraction;
+      emit(text.substr(start, contraction));
+      continue;
+    }
+    const Char first = char_at(text, pos);
+    // Rules 2-4: which run (if any) starts here, after an optional leading space.
+    size_t run_start = pos;
+    CharClass run_class = first.cls;
+    if (first.code_point == ' ' && pos + 1 < n) {
+      const Char next = char_at(text, pos + 1);
+      if (next.cls != CharClass::Space) {
+        run_start = pos + 1;
+        run_class = next.cls;
+      }
+    }
+    if (run_class != CharClass::Space) {
+      pos = run_start;
+      while (pos < n) {
+        const Char c = char_at(text, pos);
+        if (c.cls != run_class) break;
+        pos += c.length;
+      }
+      emit(text.substr(start, pos - start));
+      continue;
+    }
+    // Rules 5-6: a White_Space run.
+    size_t last_start = pos, count = 0;
+    while (pos < n) {
+      const Char c = char_at(text, pos);
+      if (c.cls != CharClass::Space) break;
+      last_start = pos;
+      pos += c.length;
+      ++count;
+    }
+    if (pos < n && count >= 2) pos = last_start;  // leave the last one to join what follows
+    emit(text.substr(start, pos - start));
+  }
+}
+
+// ---- GPT-2's byte alphabet: each byte as a printable code point ----
+
+struct ByteAlphabet {
+  uint32_t code_point_of[256];
+  int16_t byte_of[324];  // code point -> byte, or -1 (every code point of the alphabet is < 324)
+  ByteAlphabet() {
+    std::fill(std::begin(byte_of), std::end(byte_of), int16_t{-1});
+    uint32_t next_extra = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+      const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      code_point_of[b] = printable ? b : next_extra++;
+      byte_of[code_point_of[b]] = static_cast<int16_t>(b);
+    }
+  }
+  std::string text_of(uint8_t byte) const {
+    std::string out;
+    append_utf8(code_point_of[byte], out);
+    return out;
+  }
+};
+const ByteAlphabet kByteAlphabet;
+
+// The bytes a vocabulary entry (valid UTF-8 in the byte alphabet) stands for; false when it has a
+// character outside the alphabet (reported in `bad`).
+bool alphabet_to_bytes(const std::string& token, std::string& bytes, uint32_t& bad) {
+  bytes.clear();
+  size_t pos = 0;
+  while (pos < token.size()) {
+    size_t length = 0;
+    const uint32_t code_point = decode_code_point(token, pos, length);
+    if (code_point >= 324 || kByteAlphabet.byte_of[code_point] < 0) {
+      bad = code_point;
+      return false;
+    }
+    bytes += static_cast<char>(kByteAlphabet.byte_of[code_point]);
+    pos += length;
+  }
+  return true;
+}
+
+// ---- files ----
+
+std::string read_whole_file(const std::string& path) {
+  MappedFile file(path);  // DataError naming the path when missing or unreadable
+  return std::string(reinterpret_cast<const char*>(file.data()), file.size());
+}
+
+Json parse_json_file(const std::string& path) {
+  const std::string text = read_whole_file(path);
+  try {
+    return Json::parse(text);
+  } catch (const DataError& e) {
+    throw DataError(cat(path, ": ", e.what()));
+  }
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+}  // namespace
+
+// ---- UTF-8 validation and pre-tokenisation (public) ----
+
+void check_utf8(std::string_view text, std::string_view label) {
+  const size_t n = text.size();
+  size_t pos = 0;
+  const auto fail = [&](const std::string& reason) {
+    throw DataError(cat(label.empty() ? std::string_view("text") : label, ": invalid UTF-8 at byte ", pos, ": ", reason));
+  };
+  while (pos < n) {
+    const uint8_t lead = static_cast<uint8_t>(text[pos]);
+    if (lead < 0x80) {
+      ++pos;
+      continue;
+    }
+    size_t length = 0;
+    uint8_t second_low = 0x80, second_high = 0xBF;  // the allowed range of the second byte
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      if (lead == 0xE0) second_low = 0xA0;   // below: overlong
+      if (lead == 0xED) second_high = 0x9F;  // above: a surrogate U+D800..U+DFFF
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      if (lead == 0xF0) second_low = 0x90;   // below: overlong
+      if (lead == 0xF4) second_high = 0x8F;  // above: beyond U+10FFFF
+    } else if (lead >= 0x80 && lead <= 0xBF) {
+      fail(cat("continuation byte ", hex_byte(lead), " without a lead byte"));
+    } else if (lead == 0xC0 || lead == 0xC1) {
+      fail(cat("overlong encoding (lead byte ", hex_byte(lead), ")"));
+    } else {
+      fail(cat("byte ", hex_byte(lead), " never occurs in UTF-8"));
+    }
+    if (pos + length > n) fail(cat("sequence truncated by the end of the text (", length, " bytes expected, ", n - pos, " left)"));
+    const uint8_t second = static_cast<uint8_t>(text[pos + 1]);
+    if (second < 0x80 || second > 0xBF) fail(cat("byte ", hex_byte(second), " after lead byte ", hex_byte(lead), " is not a continuation byte"));
+    if (second < second_low || second > second_high) {
+      if (lead == 0xED) fail("surrogate code point (U+D800..U+DFFF)");
+      if (lead == 0xF4) fail("code point above U+10FFFF");
+      fail(cat("overlong encoding (", hex_byte(lead), " ", hex_byte(second), ")"));
+    }
+    for (size_t k = 2; k < length; ++k) {
+      const uint8_t next = static_cast<uint8_t>(text[pos + k]);
+      if (next < 0x80 || next > 0xBF) fail(cat("byte ", hex_byte(next), " at position ", k + 1, " of a ", length, "-byte sequence is not a continuation byte"));
+    }
+    pos += length;
+  }
+}
+
+std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text) {
+  std::vector<std::string_view> pieces;
+  for_each_piece(text, [&](std::string_view piece) { pieces.push_back(piece); });
+  return pieces;
+}
+
+// ---- loading ----
+
+struct Gpt2Tokenizer::WordCache {
+  std::mutex mutex;
+  std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> ids_of_piece;
+};
+
+// The two file formats, read but not yet checked. Error messages name `vocab_where` and
+// `merges_where` ("<file>" or "<file>: model.vocab"...).
+struct Gpt2Tokenizer::Parts {
+  std::string source;
+  std::string vocab_where, merges_where, added_where;
+  std::vector<std::pair<std::string, int64_t>> vocab;  // entry in the byte alphabet -> id
+  struct MergeRule {
+    std::string left, right;
+    std::string where;  // "line 7" or "model.merges[5]"
+  };
+  std::vector<MergeRule> merges;
+  std::vector<std::pair<std::string, int64_t>> added;  // literal content -> id
+};
+
+Gpt2Tokenizer::Gpt2Tokenizer() : cache_(std::make_unique<WordCache>()) {}
+Gpt2Tokenizer::Gpt2Tokenizer(Gpt2Tokenizer&&) noexcept = default;
+Gpt2Tokenizer& Gpt2Tokenizer::operator=(Gpt2Tokenizer&&) noexcept = default;
+Gpt2Tokenizer::~Gpt2Tokenizer() = default;
+
+Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
+  Gpt2Tokenizer t;
+  t.source_ = parts.source;
+
+  // Ids: in range, each used by one token (a token may be both in the vocab and added).
+  std::unordered_map<std::string, int32_t> id_of_entry;  // vocab entry (byte alphabet) -> id
+  std::unordered_map<int64_t, std::string> owner_of_id;
+  int64_t max_id = -1;
+  const auto claim_id = [&](const std::string& where, const std::string& token, int64_t id) {
+    if (id < 0 || id > kMaxTokenId) throw DataError(cat(where, ": token \"", token, "\" has id ", id, ", outside [0, ", kMaxTokenId, "]"));
+    auto [it, inserted] = owner_of_id.emplace(id, token);
+    if (!inserted && it->second != token) throw DataError(cat(where, ": id ", id, " is used by both \"", it->second, "\" and \"", token, "\""));
+    max_id = std::max(max_id, id);
+  };
+  for (const auto& [token, id] : parts.vocab) {
+    claim_id(parts.vocab_where, token, id);
+    id_of_entry.emplace(token, static_cast<int32_t>(id));
+  }
+  for (const auto& [content, id] : parts.added) {
+    if (content.empty()) throw DataError(cat(parts.added_where, ": an added token (id ", id, ") is empty"));
+    auto in_vocab = id_of_entry.find(content);
+    if (in_vocab != id_of_entry.end() && in_vocab->second != id)
+      throw DataError(cat(parts.added_where, ": added token \"", content, "\" has id ", id, " but the vocab gives it ", in_vocab->second));
+    claim_id(parts.added_where, content, id);
+  }
+  t.token_bytes_.assign(static_cast<size_t>(max_id + 1), std::string());
+  t.has_token_.assign(static_cast<size_t>(max_id + 1), 0);
+
+  // Bytes of each token: added tokens are literal, vocab entries are in the byte alphabet.
+  std::unordered_set<std::string> added_contents;
+  for (const auto& [content, id] : parts.added) {
+    added_contents.insert(content);
+    t.token_bytes_[id] = content;
+    t.has_token_[id] = 1;
+    t.added_tokens_.push_back({content, static_cast<int32_t>(id)});
+    t.added_first_byte_[static_cast<uint8_t>(content[0])] = true;
+  }
+  std::stable_sort(t.added_tokens_.begin(), t.added_tokens_.end(),
+                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  std::string bytes;
+  for (const auto& [token, id] : parts.vocab) {
+    if (added_contents.count(token)) continue;
+    uint32_t bad = 0;
+    if (!alphabet_to_bytes(token, bytes, bad))
+      throw DataError(cat(parts.vocab_where, ": token \"", token, "\" (id ", id, ") has ", code_point_name(bad),
+                          ", which is not in GPT-2's byte alphabet (not a byte-level BPE vocabulary?)"));
+    t.token_bytes_[id] = bytes;
+    t.has_token_[id] = 1;
+  }
+
+  // Every byte needs its one-character token.
+  for (int b = 0; b < 256; ++b) {
+    auto it = id_of_entry.find(kByteAlphabet.text_of(static_cast<uint8_t>(b)));
+    if (it == id_of_entry.end())
+      throw DataError(cat(parts.vocab_where, ": no token for byte ", hex_byte(static_cast<uint8_t>(b)), " (\"",
+                          kByteAlphabet.text_of(static_cast<uint8_t>(b)), "\"); not a byte-level BPE vocabulary"));
+    t.byte_ids_[b] = it->second;
+  }
+
+  // Merges: both parts and their concatenation must be vocab entries. A repeated pair keeps its
+  // last rank, as `tokenizers` and transformers' GPT2Tokenizer do.
+  t.merges_.reserve(parts.merges.size());
+  for (size_t rank = 0; rank < parts.merges.size(); ++rank) {
+    const Parts::MergeRule& rule = parts.merges[rank];
+    const auto lookup = [&](const std::string& token, const char* role) {
+      auto it = id_of_entry.find(token);
+      if (it == id_of_entry.end())
+        throw DataError(cat(parts.merges_where, " ", rule.where, ": merge \"", rule.left, " ", rule.right, "\": ", role, " \"",
+                            token, "\" is not in the vocab"));
+      return it->second;
+    };
+    const int32_t left = lookup(rule.left, "left part");
+    const int32_t right = lookup(rule.right, "right part");
+    const int32_t result = lookup(rule.left + rule.right, "result");
+    t.merges_[(static_cast<uint64_t>(left) << 32) | static_cast<uint32_t>(right)] = Merge{static_cast<int32_t>(rank), result};
+  }
+
+  auto eot = id_of_entry.find(kEndOfText);
+  if (eot != id_of_entry.end()) {
+    t.eot_id_ = eot->second;
+  } else {
+    for (const AddedToken& a : t.added_tokens_)
+      if (a.content == kEndOfText) t.eot_id_ = a.id;
+  }
+  if (t.eot_id_ < 0) throw DataError(cat(parts.source, ": no ", kEndOfText, " token"));
+  return t;
+}
+
+Gpt2Tokenizer Gpt2Tokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
+  Parts parts;
+  parts.source = cat(vocab_json, " + ", merges_txt);
+  parts.vocab_where = vocab_json;
+  parts.merges_where = merges_txt;
+  parts.added_where = vocab_json;
+
+  const Json vocab = parse_json_file(vocab_json);
+  if (!vocab.is_object()) throw DataError(cat(vocab_json, ": expected a JSON object of token -> id, found ", vocab.type_name()));
+  for (const auto& [token, id] : vocab.items()) {
+    if (!id.is_number() || std::floor(id.as_number()) != id.as_number() || std::fabs(id.as_number()) > 1e15)
+      throw DataError(cat(vocab_json, ": the id of \"", token, "\" is not an integer"));
+    parts.vocab.emplace_back(token, static_cast<int64_t>(id.as_number()));
+  }
+
+  const std::string text = read_whole_file(merges_txt);
+  size_t line_start = 0, line_number = 0;
+  while (line_start < text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos) line_end = text.size();
+    std::string_view line(text.data() + line_start, line_end - line_start);
+    line_start = line_end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    if (line_number == 1 && line.substr(0, 8) == "#version") continue;
+    const size_t space = line.find(' ');
+    if (space == std::string_view::npos || space == 0 || space + 1 == line.size() || line.find(' ', space + 1) != std::string_view::npos)
+      throw DataError(cat(merges_txt, " line ", line_number, ": expected two tokens separated by one space, found \"", line, "\""));
+    parts.merges.push_back({std::string(line.substr(0, space)), std::string(line.substr(space + 1)), cat("line ", line_number)});
+  }
+
+  for (const auto& [token, id] : parts.vocab)
+    if (token == kEndOfText) parts.added.emplace_back(token, id);
+  if (parts.added.empty()) throw DataError(cat(vocab_json, ": no ", kEndOfText, " token"));
+  return build(std::move(parts));
+}
+
+Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
+  const Json root = parse_json_file(path);
+  try {
+    if (!root.is_object()) throw DataError(cat("expected a JSON object, found ", root.type_name()));
+    const Json& model = root.at("model");
+    const std::string type = model.has("type") ? model.at("type").as_string() : "(none)";
+    if (type != "BPE") throw DataError(cat("model.type is \"", type, "\"; only a byte-level \"BPE\" is supported"));
+
+    // Pre-tokenizer and friends: exactly GPT-2's arrangement.
+    const auto type_of = [&](const char* key) -> std::string {
+      if (!root.has(key) || root.at(key).is_null()) return "";
+      const Json& part = root.at(key);
+      return part.has("type") ? part.at("type").as_string() : "(untyped)";
+    };
+    if (type_of("pre_tokenizer") != "ByteLevel")
+      throw DataError(cat("pre_tokenizer is \"", type_of("pre_tokenizer"), "\"; only GPT-2's \"ByteLevel\" is supported (not a byte-level BPE?)"));
+    const Json& pre = root.at("pre_tokenizer");
+    if (!pre.has("add_prefix_space") || pre.at("add_prefix_space").as_bool())
+      throw DataError("pre_tokenizer.add_prefix_space is not false; GPT-2 adds no prefix space");
+    if (pre.has("use_regex") && !pre.at("use_regex").as_bool())
+      throw DataError("pre_tokenizer.use_regex is false; GPT-2 splits with its pattern");
+    if (!type_of("normalizer").empty()) throw DataError(cat("normalizer \"", type_of("normalizer"), "\" is not supported (GPT-2 has none)"));
+    // post_processor and decoder are not used: encode adds no special tokens (transformers 5 writes
+    // a TemplateProcessing that adds none for GPT-2) and decode gives the tokens' bytes.
+    // BPE options that GPT-2 does not use.
+    if (model.has("dropout") && !model.at("dropout").is_null() && model.at("dropout").as_number() != 0.0)
+      throw DataError("model.dropout is set; BPE dropout is not supported");
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
+      if (model.has(key) && !model.at(key).is_null() && !model.at(key).as_string().empty())
+        throw DataError(cat("model.", key, " is \"", model.at(key).as_string(), "\"; GPT-2 has none"));
+    if (model.has("ignore_merges") && model.at("ignore_merges").as_bool())
+      throw DataError("model.ignore_merges is true; GPT-2 always merges");
+
+    Parts parts;
+    parts.source = path;
+    parts.vocab_where = cat(path, ": model.vocab");
+    parts.merges_where = cat(path, ":");
+    parts.added_where = cat(path, ": added_tokens");
+    const Json& vocab = model.at("vocab");
+    if (!vocab.is_object()) throw DataError(cat("model.vocab is a JSON ", vocab.type_name(), ", expected an object"));
+    for (const auto& [token, id] : vocab.items()) parts.vocab.emplace_back(token, id.as_int());
+
+    const Json& merges = model.at("merges");
+    if (!merges.is_array()) throw DataError(cat("model.merges is a JSON ", merges.type_name(), ", expected an array"));
+    for (size_t i = 0; i < merges.size(); ++i) {
+      const Json& m = merges.at(i);
+      Parts::MergeRule rule;
+      rule.where = cat("model.merges[", i, "]");
+      if (m.is_string()) {
+        const std::string& s = m.as_string();
+        const size_t space = s.find(' ');
+        if (space == std::string::npos || space == 0 || space + 1 == s.size() || s.find(' ', space + 1) != std::string::npos)
+          throw DataError(cat(rule.where, ": expected two tokens separated by one space, found \"", s, "\""));
+        rule.left = s.substr(0, space);
+        rule.right = s.substr(space + 1);
+      } else if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string()) {
+        rule.left = m.at(0).as_string();
+        rule.right = m.at(1).as_string();
+      } else {
+        throw DataError(cat(rule.where, ": expected \"a b\" or [\"a\", \"b\"]"));
+      }
+      parts.merges.push_back(std::move(rule));
+    }
+
+    if (root.has("added_tokens") && !root.at("added_tokens").is_null()) {
+      for (const Json& a : root.at("added_tokens").elements()) {
+        const std::string& content = a.at("content").as_string();
+        for (const char* option : {"lstrip", "rstrip", "single_word"})
+          if (a.has(option) && a.at(option).as_bool())
+            throw DataError(cat("added token \"", content, "\" has ", option, " set; only literal added tokens are supported"));
+        parts.added.emplace_back(content, a.at("id").as_int());
+      }
+    }
+    return build(std::move(parts));
+  } catch (const DataError& e) {
+    const std::string message = e.what();
+    if (message.rfind(path, 0) == 0) throw;  // already names the file
+    throw DataError(cat(path, ": ", message));
+  }
+}
+
+Gpt2Tokenizer Gpt2Tokenizer::from_model_dir(const std::string& dir) {
+  const std::string tokenizer_json = dir + "/tokenizer.json";
+  if (is_regular_file(tokenizer_json)) return from_tokenizer_json(tokenizer_json);
+  const std::string vocab_json = dir + "/vocab.json", merges_txt = dir + "/merges.txt";
+  if (is_regular_file(vocab_json) && is_regular_file(merges_txt)) return from_files(vocab_json, merges_txt);
+  throw DataError(cat(dir, ": no tokenizer.json, nor vocab.json with merges.txt"));
+}
+
+// ---- encoding ----
+
+std::vector<int32_t> Gpt2Tokenizer::encode(std::string_view text, std::string_view label) const {
+  check_utf8(text, label);
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 4 + 4);
+  if (added_tokens_.empty()) {
+    encode_ordinary(text, ids);
+    return ids;
+  }
+  // Added tokens first: the leftmost match, the longest at that position.
+  size_t segment_start = 0, pos = 0;
+  while (pos < text.size()) {
+    const AddedToken* match = nullptr;
+    if (added_first_byte_[static_cast<uint8_t>(text[pos])]) {
+      for (const AddedToken& a : added_tokens_) {
+        if (text.compare(pos, a.content.size(), a.content) == 0) {
+          match = &a;
+          break;
+        }
+      }
+    }
+    if (match == nullptr) {
+      ++pos;
+      continue;
+    }
+    encode_ordinary(text.substr(segment_start, pos - segment_start), ids);
+    ids.push_back(match->id);
+    pos += match->content.size();
+    segment_start = pos;
+  }
+  encode_ordinary(text.substr(segment_start), ids);
+  return ids;
+}
+
+void Gpt2Tokenizer::encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const {
+  for_each_piece(text, [&](std::string_view piece) { encode_piece(piece, ids); });
+}
+
+void Gpt2Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
+  if (piece.size() == 1) {
+    ids.push_back(byte_ids_[static_cast<uint8_t>(piece[0])]);
+    return;
+  }
+  const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(cache_->mutex);
+    auto it = cache_->ids_of_piece.find(piece);
+    if (it != cache_->ids_of_piece.end()) {
+      ids.insert(ids.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  std::vector<int32_t> merged = merge_bytes(piece);
+  ids.insert(ids.end(), merged.begin(), merged.end());
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(cache_->mutex);
+    if (cache_->ids_of_piece.size() >= kMaxCacheEntries) cache_->ids_of_piece.clear();
+    cache_->ids_of_piece.emplace(std::string(piece), std::move(merged));
+  }
+}
+
+// BPE on one piece: start from one symbol per byte and repeatedly merge the adjacent pair of lowest
+// rank (the leftmost when it occurs more than once) until no pair has a merge. The symbols form a
+// linked list; candidate pairs wait in a min-heap and are dropped when a neighbour has changed.
+std::vector<int32_t> Gpt2Tokenizer::merge_bytes(std::string_view piece) const {
+  const int32_t n = static_cast<int32_t>(piece.size());
+  struct Symbol {
+    int32_t id, prev, next;  // prev/next: neighbour index or -1
+  };
+  std::vector<Symbol> symbols(n);
+  for (int32_t i = 0; i < n; ++i) symbols[i] = {byte_ids_[static_cast<uint8_t>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1};
+
+  struct Candidate {
+    int32_t rank, left, right, left_id, right_id, result;
+    bool operator>(const Candidate& other) const { return rank != other.rank ? rank > other.rank : left > other.left; }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  const auto consider = [&](int32_t left) {
+    if (left < 0) return;
+    const int32_t right = symbols[left].next;
+    if (right < 0) return;
+    auto it = merges_.find((static_cast<uint64_t>(symbols[left].id) << 32) | static_cast<uint32_t>(symbols[right].id));
+    if (it != merges_.end()) heap.push({it->second.rank, left, right, symbols[left].id, symbols[right].id, it->second.result});
+  };
+  for (int32_t i = 0; i + 1 < n; ++i) consider(i);
+
+  while (!heap.empty()) {
+    const Candidate c = heap.top();
+    heap.pop();
+    Symbol& left = symbols[c.left];
+    // Stale when either side has been merged since: then its id or its neighbour has changed.
+    if (left.id != c.left_id || left.next != c.right || symbols[c.right].id != c.right_id) continue;
+    left.id = c.result;
+    left.next = symbols[c.right].next;
+    if (left.next >= 0) symbols[left.next].prev = c.left;
+    symbols[c.right].id = -1;  // gone
+    consider(left.prev);
+    consider(c.left);
+  }
+
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i >= 0; i = symbols[i].next) ids.push_back(symbols[i].id);
+  return ids;
+}
+
+// ---- decoding ----
+
+const std::string& Gpt2Tokenizer::checked_token(int32_t id, const char* what) const {
+  if (id < 0 || id >= vocab_size() || !has_token_[id])
+    throw DataError(cat(what, ": token id ", id, " is not in the vocabulary of ", source_, " (size ", vocab_size(), ")"));
+  return token_bytes_[id];
+}
+
+std::string Gpt2Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string text;
+  for (int32_t id : ids) text += checked_token(id, "decode");
+  return text;
+}
+
+std::string Gpt2Tokenizer::token_text(int32_t id) const { return checked_token(id, "token_text"); }
+
+}  // namespace sae
