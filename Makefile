@@ -23,7 +23,7 @@ test: all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: all
-	$(BUILD)/bin/sae_train --profile demo --out runs/demo
+	$(BUILD)/bin/sae_train --profile demo --out runs/demo --overwrite
 
 bench: all
 	$(BUILD)/bin/sae_bench --benchmark_counters_tabular=true

@@ -35,7 +35,6 @@ sae::Profile quick_profile() {
     {"steps", "12000"},
     {"summary-step", "12000"},
     {"continue-lambda", "4.167"},
-    {"continue-steps", "36000"},
   });
   return p;
 }
@@ -219,7 +218,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sae::run_main("l1_sweep", [&] {
+  return sae::run_main("l1_sweep", argc, argv, [&] {
     cxxopts::Options options("l1_sweep",
                              "L1 sweep at F = 10000 and one lambda continued to a longer run (the original study's "
                              "second and third results; defaults = its exact configuration)");
@@ -230,7 +229,8 @@ int main(int argc, char** argv) {
          cxxopts::value<int64_t>()->default_value("35000"))
         ("continue-lambda", "continue this lambda's run (one of --l1-list) to --continue-steps; 'none' to skip",
          cxxopts::value<std::string>()->default_value("50"))
-        ("continue-steps", "steps in total of the continued run", cxxopts::value<int64_t>()->default_value("105000"))
+        ("continue-steps", "steps in total of the continued run (0: 3 x --steps, the original's ratio)",
+         cxxopts::value<int64_t>()->default_value("0"))
         ("profile",
          "full: the defaults, the original's exact configuration (~8-14 h on 2 CPU cores, estimated). quick "
          "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
@@ -249,7 +249,9 @@ int main(int argc, char** argv) {
     if (summary_step <= 0) throw sae::UsageError("--summary-step: expected a positive step");
 
     std::vector<sae::StudyRun> runs;
-    const int continued = plan_runs(parsed, profile, lambdas, int_option("continue-steps"), out, runs);
+    int64_t continue_steps = int_option("continue-steps");
+    if (continue_steps == 0) continue_steps = 3 * std::stoll(sae::option_value(parsed, profile, "steps"));
+    const int continued = plan_runs(parsed, profile, lambdas, continue_steps, out, runs);
     const auto begin = std::chrono::steady_clock::now();
     const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
     summarise(runs, outcomes, lambdas, continued, summary_step, out);

@@ -82,7 +82,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sae::run_main("recon_vs_f", [&] {
+  return sae::run_main("recon_vs_f", argc, argv, [&] {
     cxxopts::Options options("recon_vs_f",
                              "Reconstruction loss vs the number of features F at lambda = 0 (the original study's "
                              "first result; defaults = its exact configuration)");

@@ -1,40 +1,64 @@
-// sae_apply: runs a trained SAE on activations (docs/contract.md §5 conventions). Thin: options ->
-// load_checkpoint -> encode/decode in row blocks -> .npy outputs.
-//   sae_apply --sae DIR --input X.npy [--features-out F.npy] [--reconstruction-out XHAT.npy]
-// X is [N, d_in] (float32, or f16/f64 converted); F is [N, d_sae] and XHAT [N, d_in], float32.
-// The inputs are used as given: the SAE sees exactly what it was trained on only when X was
-// normalised the same way (see sae_cpp in cfg.json). Exit 2 for usage errors, 1 for data errors.
+// sae_apply: runs a trained SAE on activations (docs/contract.md §5). Thin: options -> the SAE
+// (load_checkpoint, the autograd model) -> its inputs normalised as in training -> encode/decode
+// story by story or in row blocks -> .npy outputs.
+//   sae_apply --sae DIR --input X [--features-out F.npy] [--reconstruction-out XHAT.npy] [--raw]
+// X is a .npy [N, d_in] or a safetensors activation file (activations, optional story_lengths; see
+// docs/contract.md §4). The SAE sees its inputs normalised the way it was trained (cfg.json
+// sae_cpp.normalization: per story, which needs story_lengths, or times dataset_scale), unless
+// --raw; F [N, d_sae] holds its features and XHAT [N, d_in] its reconstruction brought back to the
+// scale of X. Both float32. Exit 2 for usage errors, 1 for data errors.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 
 #include "autograd/variable.h"
-#include "sae/train/checkpoint.h"
-#include "sae/cli/cli.h"
-#include "sae/model.h"
 #include "io/npy.h"
+#include "sae/cli/cli.h"
+#include "sae/data/activations.h"
+#include "sae/data/batches.h"
+#include "sae/data/synthetic.h"
+#include "sae/model.h"
+#include "sae/train/checkpoint.h"
 
 namespace {
-// Rows per encode/decode call: bounds the [rows, d_sae] temporary for large inputs.
+// Rows per encode/decode call when the data has no stories to go by: bounds the [rows, d_sae]
+// temporary for large inputs.
 constexpr int64_t kBlockRows = 4096;
+
+// How the SAE expects its inputs, from cfg.json's sae_cpp block (none for an SAE from elsewhere).
+struct InputNormalization {
+  sae::Normalization kind = sae::Normalization::None;
+  double dataset_scale = 1.0;
+};
+
+InputNormalization trained_normalization(const sae::Json& cfg) {
+  InputNormalization n;
+  if (!cfg.has("sae_cpp")) return n;
+  const sae::Json& ours = cfg.at("sae_cpp");
+  if (ours.has("normalization")) n.kind = sae::parse_normalization(ours.at("normalization").as_string());
+  if (ours.has("dataset_scale")) n.dataset_scale = ours.at("dataset_scale").as_number();
+  return n;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sae::run_main("sae_apply", [&] {
+  return sae::run_main("sae_apply", argc, argv, [&] {
     cxxopts::Options options("sae_apply", "Encode and decode activations with a trained SAE checkpoint");
     options.add_options()
         ("sae", "checkpoint directory (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
-        ("input", "activations .npy [N, d_in]", cxxopts::value<std::string>())
+        ("input", "activations: .npy [N, d_in], or .safetensors with 'activations' (and 'story_lengths')",
+         cxxopts::value<std::string>())
         ("features-out", "write the feature activations f [N, d_sae] here (.npy float32)",
          cxxopts::value<std::string>())
-        ("reconstruction-out", "write the reconstruction x_hat [N, d_in] here (.npy float32)",
+        ("reconstruction-out", "write the reconstruction x_hat [N, d_in], in the input's scale, here (.npy float32)",
          cxxopts::value<std::string>())
+        ("raw", "give the inputs to the SAE as they are, without the normalisation it was trained with")
         ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("cpu"));
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     if (!parsed.count("sae")) throw sae::UsageError("--sae DIR is required");
-    if (!parsed.count("input")) throw sae::UsageError("--input X.npy is required");
+    if (!parsed.count("input")) throw sae::UsageError("--input FILE is required");
     const std::string features_out = parsed.count("features-out") ? parsed["features-out"].as<std::string>() : "";
     const std::string reconstruction_out =
         parsed.count("reconstruction-out") ? parsed["reconstruction-out"].as<std::string>() : "";
@@ -42,29 +66,45 @@ int main(int argc, char** argv) {
       throw sae::UsageError("nothing to do: give --features-out and/or --reconstruction-out");
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    const sae::SparseAutoencoder model(sae::load_checkpoint(parsed["sae"].as<std::string>(), device).params);
+    const std::string sae_dir = parsed["sae"].as<std::string>();
+    sae::Checkpoint checkpoint = sae::load_checkpoint(sae_dir, device, /*with_state=*/false);
+    const sae::SparseAutoencoder model(checkpoint.params);
+    InputNormalization normalization;
+    if (!parsed.count("raw")) {
+      try {
+        normalization = trained_normalization(checkpoint.cfg);
+      } catch (const sae::Error& e) {
+        throw sae::DataError(sae::cat(sae_dir, "/cfg.json: sae_cpp: ", e.what()));
+      }
+    }
     const std::string input_path = parsed["input"].as<std::string>();
-    sae::NpyFile input = sae::NpyFile::open(input_path);
-    if (input.shape().size() != 2)
-      throw sae::DataError(sae::cat(input_path, ": expected a 2-D array [N, ", model.d_in(), "], got ",
-                                    input.shape().size(), " dims"));
-    const int64_t n = input.shape()[0], d = input.shape()[1];
+    std::unique_ptr<sae::ActivationSource> input = sae::open_activations(input_path, sae::SyntheticOptions{});
+    const int64_t n = input->num_tokens(), d = input->d(), f = model.d_sae();
     if (d != model.d_in())
       throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the SAE's d_in is ", model.d_in()));
+    if (normalization.kind == sae::Normalization::Story && input->num_stories() == 0)
+      throw sae::UsageError(sae::cat("the SAE was trained with per-story normalisation and ", input_path,
+                                     " has no story boundaries: give a safetensors file with story_lengths, or --raw"));
+
+    // The pieces the SAE sees: one story each for per-story normalisation, else blocks of rows.
+    std::vector<std::pair<int64_t, int64_t>> pieces;  // (first token, tokens)
+    if (normalization.kind == sae::Normalization::Story) {
+      for (int64_t s = 0; s < input->num_stories(); ++s) pieces.push_back({input->story_begin(s), input->story_length(s)});
+    } else {
+      for (int64_t begin = 0; begin < n; begin += kBlockRows) pieces.push_back({begin, std::min(kBlockRows, n - begin)});
+    }
 
     sae::NoGradGuard no_grad;
-    const int64_t f = model.d_sae();
     // Only the requested outputs are held (whole, for write_npy): N x d_sae floats can be large.
     sae::Tensor features, reconstruction;
     if (!features_out.empty()) features = sae::Tensor::empty(sae::Shape{n, f});
     if (!reconstruction_out.empty()) reconstruction = sae::Tensor::empty(sae::Shape{n, d});
-    for (int64_t begin = 0; begin < n; begin += kBlockRows) {
-      const int64_t rows = std::min(kBlockRows, n - begin);
-      sae::Tensor x = input.read_rows_f32(begin, rows);
-      const float* px = x.data<float>();
-      for (int64_t i = 0; i < rows * d; ++i)
-        if (!std::isfinite(px[i]))
-          throw sae::DataError(sae::cat(input_path, ": NaN or Inf at row ", begin + i / d, ", column ", i % d));
+    for (const auto& [begin, rows] : pieces) {
+      sae::Tensor raw = sae::Tensor::empty(sae::Shape{rows, d}), x = sae::Tensor::empty(sae::Shape{rows, d});
+      input->read_tokens(begin, rows, raw.data<float>());
+      const sae::BatchStats stats =
+          sae::normalize_batch(raw.data<float>(), x.data<float>(), rows, d, normalization.kind,
+                               normalization.dataset_scale, [&](int64_t row) { return begin + row; }, input->name());
       sae::Variable fx = model.encode(sae::Variable(x.to(device)));
       if (features.defined()) {
         const sae::Tensor fh = fx.data().to(sae::Device::CPU);
@@ -72,13 +112,17 @@ int main(int argc, char** argv) {
       }
       if (reconstruction.defined()) {
         const sae::Tensor xh = model.decode(fx).data().to(sae::Device::CPU);
-        std::memcpy(reconstruction.data<float>() + begin * d, xh.data<float>(), sizeof(float) * rows * d);
+        const float* in = xh.data<float>();
+        float* out = reconstruction.data<float>() + begin * d;
+        const double shift = stats.norm_shift, scale = stats.norm_scale;
+        for (int64_t i = 0; i < rows * d; ++i) out[i] = static_cast<float>(in[i] / scale + shift);
       }
     }
     if (features.defined()) sae::write_npy(features_out, features);
     if (reconstruction.defined()) sae::write_npy(reconstruction_out, reconstruction);
-    std::printf("sae_apply: %lld rows, d_in %lld, d_sae %lld\n", static_cast<long long>(n),
-                static_cast<long long>(d), static_cast<long long>(f));
+    std::printf("sae_apply: %lld rows, d_in %lld, d_sae %lld, inputs normalised: %s\n", static_cast<long long>(n),
+                static_cast<long long>(d), static_cast<long long>(f),
+                parsed.count("raw") ? "no (--raw)" : sae::normalization_name(normalization.kind));
     return 0;
   });
 }

@@ -18,7 +18,7 @@ const sae::Profile kDemo = {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return sae::run_main("sae_train", [&] {
+  return sae::run_main("sae_train", argc, argv, [&] {
     cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
     sae::add_training_options(options);
     options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",

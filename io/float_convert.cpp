@@ -40,7 +40,7 @@ bool is_float_dtype(const std::string& dtype) {
 void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out) {
   const uint8_t* bytes = static_cast<const uint8_t*>(src);
   if (dtype == "F32") {
-    std::memcpy(out, bytes, count * 4);
+    if (count > 0) std::memcpy(out, bytes, count * 4);
   } else if (dtype == "F16" || dtype == "BF16") {
     bool half = dtype == "F16";
     for (size_t i = 0; i < count; ++i) {

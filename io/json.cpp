@@ -19,7 +19,7 @@ constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
 
 class JsonParser {
  public:
-  explicit JsonParser(const std::string& text) : text_(text) {}
+  JsonParser(const std::string& text, size_t max_values) : text_(text), max_values_(max_values) {}
 
   Json parse_document() {
     skip_whitespace();
@@ -77,6 +77,7 @@ class JsonParser {
 
   Json parse_value(int depth) {
     if (depth > kMaxDepth) fail(cat("nesting deeper than ", kMaxDepth, " levels"));
+    if (++values_ > max_values_) fail(cat("more than ", max_values_, " values (refused: a file of this kind holds far fewer)"));
     if (at_end()) fail("unexpected end of input, expected a value");
     char c = peek();
     switch (c) {
@@ -108,7 +109,7 @@ class JsonParser {
       std::string key = parse_string();
       if (!seen.insert(key).second) {
         pos_ = key_pos;
-        fail(cat("duplicate object key \"", key, "\""));
+        fail(cat("duplicate object key \"", printable(key), "\""));
       }
       skip_whitespace();
       expect_char(':', "expected ':' after object key");
@@ -302,6 +303,8 @@ class JsonParser {
   }
 
   const std::string& text_;
+  size_t max_values_;
+  size_t values_ = 0;
   size_t pos_ = 0;
 };
 
@@ -512,12 +515,12 @@ void Json::dump_to(std::string& out, int indent, int depth) const {
   }
 }
 
-Json Json::parse(const std::string& text) { return JsonParser(text).parse_document(); }
+Json Json::parse(const std::string& text, size_t max_values) { return JsonParser(text, max_values).parse_document(); }
 
-Json read_json_file(const std::string& path, size_t max_bytes) {
+Json read_json_file(const std::string& path, size_t max_bytes, size_t max_values) {
   const std::string text = read_small_file(path, max_bytes);
   try {
-    return Json::parse(text);
+    return Json::parse(text, max_values);
   } catch (const DataError& e) {
     throw DataError(cat(path, ": ", e.what()));
   }

@@ -61,8 +61,10 @@ class Json {
   // double. NaN and Inf have no JSON form: dump() throws Error.
   std::string dump(int indent = -1) const;
   // Strict RFC 8259: one value, optional surrounding whitespace, valid UTF-8, no duplicate keys,
-  // nesting depth at most 512. Errors give line, column and byte offset.
-  static Json parse(const std::string& text);
+  // nesting depth at most 512, at most max_values values in all (a reader of a file format passes
+  // what the format can plausibly hold, so a hostile file cannot make it build a huge tree). Errors
+  // give line, column and byte offset.
+  static Json parse(const std::string& text, size_t max_values = size_t(1) << 24);
 
   bool operator==(const Json& other) const;
   bool operator!=(const Json& other) const { return !(*this == other); }
@@ -81,6 +83,6 @@ class Json {
 };
 
 // Parses a JSON file (read with read_small_file, io/mapped_file.h); errors name the path.
-Json read_json_file(const std::string& path, size_t max_bytes = size_t(64) << 20);
+Json read_json_file(const std::string& path, size_t max_bytes = size_t(64) << 20, size_t max_values = size_t(1) << 20);
 
 }  // namespace sae

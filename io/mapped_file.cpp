@@ -60,6 +60,10 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
+void MappedFile::advise_random(bool random) const {
+  if (data_ != nullptr) ::madvise(const_cast<uint8_t*>(data_), size_, random ? MADV_RANDOM : MADV_NORMAL);
+}
+
 std::string read_small_file(const std::string& path, size_t max_bytes) {
   MappedFile file(path);
   if (file.size() > max_bytes)

@@ -22,6 +22,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }  // nullptr for an empty file
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Tells the kernel whether reads will be scattered (madvise MADV_RANDOM: no read-ahead around
+  // each page touched; for shuffled batches and sampling from multi-GB files) or not (MADV_NORMAL).
+  // A hint; never fails.
+  void advise_random(bool random) const;
 
  private:
   void release();

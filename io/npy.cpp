@@ -1,6 +1,8 @@
 // .npy reader (header dict parser, validation, conversion to float32) and float32 writer.
 #include "io/npy.h"
 
+#include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "io/atomic_file.h"
@@ -42,7 +44,7 @@ class NpyHeaderParser {
         shape = parse_tuple();
         have_shape = true;
       } else {
-        fail(cat("unexpected key '", key, "' (expected only 'descr', 'fortran_order' and 'shape')"));
+        fail(cat("unexpected key '", printable(key), "' (expected only 'descr', 'fortran_order' and 'shape')"));
       }
       skip_space();
       if (peek() == ',') {
@@ -60,7 +62,7 @@ class NpyHeaderParser {
 
  private:
   [[noreturn]] void fail(const std::string& what) const {
-    throw DataError(cat(path_, ": bad .npy header at byte ", pos_, " of \"", text_, "\": ", what));
+    throw DataError(cat(path_, ": bad .npy header at byte ", pos_, " of \"", printable(text_), "\": ", what));
   }
   char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
   void skip_space() {
@@ -164,12 +166,17 @@ NpyFile NpyFile::open(const std::string& path) {
   else if (f.descr_ == "<f2") f.dtype_ = "F16", f.element_size_ = 2;
   else if (f.descr_ == "<f8") f.dtype_ = "F64", f.element_size_ = 8;
   else if (!f.descr_.empty() && f.descr_[0] == '>')
-    throw DataError(cat(path, ": big-endian dtype '", f.descr_, "' is not supported (expected '<f4', '<f2' or '<f8')"));
-  else throw DataError(cat(path, ": dtype '", f.descr_, "' is not supported (expected '<f4', '<f2' or '<f8')"));
+    throw DataError(cat(path, ": big-endian dtype '", printable(f.descr_), "' is not supported (expected '<f4', '<f2' or '<f8')"));
+  else throw DataError(cat(path, ": dtype '", printable(f.descr_), "' is not supported (expected '<f4', '<f2' or '<f8')"));
 
+  // The element count: 0 when any dimension is 0, otherwise the product, which must fit int64.
   uint64_t numel = 1;
+  const bool empty = std::find(f.shape_.begin(), f.shape_.end(), int64_t(0)) != f.shape_.end();
   for (int64_t d : f.shape_)
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel)) throw DataError(cat(path, ": shape ", shape_str(f.shape_), " is too large"));
+    if (!empty && (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) || numel > uint64_t(INT64_MAX)))
+      throw DataError(cat(path, ": shape ", shape_str(f.shape_), " is too large"));
+  if (empty) numel = 0;
+  f.elements_ = static_cast<int64_t>(numel);
   uint64_t expected;
   if (__builtin_mul_overflow(numel, f.element_size_, &expected))
     throw DataError(cat(path, ": shape ", shape_str(f.shape_), " is too large"));
@@ -182,12 +189,6 @@ NpyFile NpyFile::open(const std::string& path) {
                         f.descr_, "' (corrupt or wrong header)"));
   f.data_ = bytes + prefix + header_bytes;
   return f;
-}
-
-int64_t NpyFile::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape_) n *= d;
-  return n;
 }
 
 Tensor NpyFile::read_f32() const {

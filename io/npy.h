@@ -21,10 +21,11 @@ class NpyFile {
   static NpyFile open(const std::string& path);
 
   const std::string& path() const { return file_.path(); }
+  const MappedFile& mapping() const { return file_; }
   const std::string& descr() const { return descr_; }  // as in the header, e.g. "<f4"
   const std::string& dtype() const { return dtype_; }  // safetensors name: "F32", "F16" or "F64"
   const std::vector<int64_t>& shape() const { return shape_; }
-  int64_t numel() const;
+  int64_t numel() const { return elements_; }  // 0 when a dimension is 0; checked to fit int64
 
   // The whole array as a float32 CPU tensor (at most 4 dims; 0-dim comes back as shape [1]).
   Tensor read_f32() const;
@@ -40,6 +41,7 @@ class NpyFile {
   std::string dtype_;
   size_t element_size_ = 0;
   std::vector<int64_t> shape_;
+  int64_t elements_ = 0;
   const uint8_t* data_ = nullptr;
 };
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstring>
 
 #include "io/atomic_file.h"
@@ -15,6 +16,9 @@ namespace {
 
 // The reference implementation refuses headers above 100 MB.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// JSON values in a header: a tensor takes about 8 (name, dtype, shape dims, offsets); a real
+// model has thousands of tensors.
+constexpr size_t kMaxHeaderValues = size_t(1) << 21;
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -26,13 +30,15 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 uint64_t read_count(const Json& value, const std::string& path, const std::string& where) {
   if (!value.is_number()) throw DataError(cat(path, ": ", where, " must be a non-negative integer, found a ", value.type_name()));
   double x = value.as_number();
-  if (x < 0 || x > 9007199254740992.0 || x != std::floor(x))
+  if (x > 9007199254740992.0)
+    throw DataError(cat(path, ": ", where, " is ", value.dump(), ", beyond 2^53 (no file is that large; corrupt header?)"));
+  if (x < 0 || x != std::floor(x))
     throw DataError(cat(path, ": ", where, " must be a non-negative integer, found ", value.dump()));
   return static_cast<uint64_t>(x);
 }
 
 SafetensorsEntry parse_entry(const std::string& name, const Json& info, const std::string& path) {
-  std::string where = cat("tensor '", name, "'");
+  std::string where = cat("tensor '", printable(name), "'");
   if (!info.is_object()) throw DataError(cat(path, ": ", where, " must be an object with dtype, shape and data_offsets, found a ", info.type_name()));
   for (const char* key : {"dtype", "shape", "data_offsets"})
     if (!info.has(key)) throw DataError(cat(path, ": ", where, " has no \"", key, "\""));
@@ -44,17 +50,25 @@ SafetensorsEntry parse_entry(const std::string& name, const Json& info, const st
   e.dtype = dtype.as_string();
   size_t element_size = safetensors_dtype_size(e.dtype);
   if (element_size == 0)
-    throw DataError(cat(path, ": ", where, " has unknown dtype \"", e.dtype,
+    throw DataError(cat(path, ": ", where, " has unknown dtype \"", printable(e.dtype),
                         "\" (expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)"));
 
   const Json& shape = info.at("shape");
   if (!shape.is_array()) throw DataError(cat(path, ": ", where, ": shape must be an array, found a ", shape.type_name()));
+  // The element count: 0 when any dimension is 0, otherwise the product, which must fit int64
+  // (so that every later signed count is safe).
   uint64_t numel = 1;
+  bool empty = false;
   for (size_t i = 0; i < shape.size(); ++i) {
-    uint64_t dim = read_count(shape.at(i), path, cat(where, " shape[", i, "]"));
+    const uint64_t dim = read_count(shape.at(i), path, cat(where, " shape[", i, "]"));
     e.shape.push_back(static_cast<int64_t>(dim));
-    if (__builtin_mul_overflow(numel, dim, &numel)) throw DataError(cat(path, ": ", where, " shape ", shape.dump(), " is too large"));
+    empty = empty || dim == 0;
   }
+  for (int64_t dim : e.shape)
+    if (!empty && (__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel) || numel > uint64_t(INT64_MAX)))
+      throw DataError(cat(path, ": ", where, " shape ", shape_str(e.shape), " is too large"));
+  if (empty) numel = 0;
+  e.elements = static_cast<int64_t>(numel);
   uint64_t expected_bytes;
   if (__builtin_mul_overflow(numel, element_size, &expected_bytes)) throw DataError(cat(path, ": ", where, " shape ", shape.dump(), " is too large"));
 
@@ -82,12 +96,6 @@ size_t safetensors_dtype_size(const std::string& dtype) {
   return it == sizes.end() ? 0 : it->second;
 }
 
-int64_t SafetensorsEntry::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.file_ = MappedFile(path);
@@ -104,9 +112,14 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
                         " bytes; truncated or not a safetensors file)"));
 
   std::string text(reinterpret_cast<const char*>(bytes + 8), header_bytes);
+  // The header must be an object: refuse anything else before parsing it (a large array would
+  // otherwise be built whole first). Its values are capped well above what real files hold.
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos || text[first] != '{')
+    throw DataError(cat(path, ": safetensors header must be a JSON object (it does not start with '{')"));
   Json header;
   try {
-    header = Json::parse(text);
+    header = Json::parse(text, kMaxHeaderValues);
   } catch (const DataError& e) {
     throw DataError(cat(path, ": safetensors header is not valid JSON: ", e.what()));
   }
@@ -121,14 +134,15 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       if (!value.is_object()) throw DataError(cat(path, ": __metadata__ must be an object of strings, found a ", value.type_name()));
       for (const auto& [key, text_value] : value.items()) {
         if (!text_value.is_string())
-          throw DataError(cat(path, ": __metadata__ value for \"", key, "\" must be a string, found a ", text_value.type_name()));
+          throw DataError(cat(path, ": __metadata__ value for \"", printable(key), "\" must be a string, found a ",
+                              text_value.type_name()));
         f.metadata_[key] = text_value.as_string();
       }
       continue;
     }
     SafetensorsEntry e = parse_entry(name, value, path);
     if (e.end > data_size)
-      throw DataError(cat(path, ": tensor '", name, "' data_offsets [", e.begin, ", ", e.end, "] run past the data region (", data_size,
+      throw DataError(cat(path, ": tensor '", printable(name), "' data_offsets [", e.begin, ", ", e.end, "] run past the data region (", data_size,
                           " bytes; truncated file?)"));
     e.data = data_region + e.begin;
     by_offset.push_back(&(f.entries_[name] = std::move(e)));
@@ -142,10 +156,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const SafetensorsEntry* previous = nullptr;
   for (const SafetensorsEntry* e : by_offset) {
     if (e->begin < expected_begin)
-      throw DataError(cat(path, ": tensor '", e->name, "' data_offsets [", e->begin, ", ", e->end, "] overlap tensor '", previous->name,
+      throw DataError(cat(path, ": tensor '", printable(e->name), "' data_offsets [", e->begin, ", ", e->end, "] overlap tensor '",
+                          printable(previous->name),
                           "' [", previous->begin, ", ", previous->end, "]"));
     if (e->begin > expected_begin)
-      throw DataError(cat(path, ": tensor '", e->name, "' data_offsets [", e->begin, ", ", e->end, "] leave a gap: expected it to begin at ",
+      throw DataError(cat(path, ": tensor '", printable(e->name), "' data_offsets [", e->begin, ", ", e->end,
+                          "] leave a gap: expected it to begin at ",
                           expected_begin));
     expected_begin = e->end;
     previous = e;
@@ -167,7 +183,7 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   if (it == entries_.end()) {
     std::string have;
     for (const auto& item : entries_) have += (have.empty() ? "" : ", ") + item.first;
-    throw DataError(cat(path(), ": no tensor named '", name, "' (has: ", have.empty() ? "none" : have, ")"));
+    throw DataError(cat(path(), ": no tensor named '", printable(name), "' (has: ", have.empty() ? "none" : printable(have, 300), ")"));
   }
   return it->second;
 }
@@ -217,7 +233,7 @@ std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
   std::vector<int64_t> out(n);
   const uint8_t* src = static_cast<const uint8_t*>(e.data);
   if (e.dtype == "I64") {
-    std::memcpy(out.data(), src, n * 8);
+    if (n > 0) std::memcpy(out.data(), src, n * 8);
   } else if (e.dtype == "I32") {
     for (size_t i = 0; i < n; ++i) {
       int32_t value;

@@ -30,7 +30,8 @@ struct SafetensorsEntry {
   const void* data = nullptr;   // into the mapping; any alignment
   size_t bytes = 0;             // end - begin
   size_t begin = 0, end = 0;    // data_offsets, relative to the data region
-  int64_t numel() const;
+  int64_t elements = 0;         // the shape's product (0 when a dimension is 0), checked to fit int64
+  int64_t numel() const { return elements; }
 };
 
 class SafetensorsFile {
@@ -38,6 +39,7 @@ class SafetensorsFile {
   static SafetensorsFile open(const std::string& path);
 
   const std::string& path() const { return file_.path(); }
+  const MappedFile& mapping() const { return file_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::vector<std::string> names() const;  // sorted
   bool has(const std::string& name) const { return entries_.count(name) > 0; }

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace sae {
 
@@ -24,6 +25,26 @@ std::string cat(const Parts&... parts) {
   std::ostringstream s;
   (s << ... << parts);
   return s.str();
+}
+
+// Text that came from a file or a command line, made safe to put in a one-line message: bytes
+// below 0x20, 0x7f and above are written as \xNN (so no newline, terminal escape or broken
+// UTF-8 reaches the terminal), and text longer than max_chars is cut with "...".
+inline std::string printable(std::string_view text, size_t max_chars = 120) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (out.size() >= max_chars) return out + "...";
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
 }
 
 }  // namespace sae

@@ -26,8 +26,11 @@ Shape Shape::from_vector(const std::vector<int64_t>& list) {
 }
 
 int64_t Shape::numel() const {
+  for (int i = 0; i < ndim; ++i)
+    if (dims[i] == 0) return 0;  // before multiplying: huge dims before a zero must not overflow
   int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= dims[i];
+  for (int i = 0; i < ndim; ++i)
+    if (__builtin_mul_overflow(n, dims[i], &n)) throw Error(cat("Shape: ", str(), " has more elements than int64 holds"));
   return n;
 }
 
@@ -91,7 +94,7 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
   } else if (dtype == DType::I32) {
     int32_t* p = host.data<int32_t>();
     for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<int32_t>(values[i]);
-  } else {
+  } else if (!values.empty()) {
     std::memcpy(host.raw(), values.data(), values.size() * sizeof(double));
   }
   return host.to(device);
@@ -99,7 +102,7 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
 
 Tensor Tensor::from_data(const float* values, const Shape& shape, Device device) {
   Tensor host = empty(shape, DType::F32, Device::CPU);
-  std::memcpy(host.raw(), values, host.nbytes());
+  if (host.nbytes() > 0) std::memcpy(host.raw(), values, host.nbytes());
   return host.to(device);
 }
 
@@ -186,7 +189,7 @@ std::vector<double> Tensor::to_vector() const {
   } else if (dtype_ == DType::I32) {
     const int32_t* p = host.data<int32_t>();
     for (int64_t i = 0; i < numel(); ++i) values[i] = p[i];
-  } else {
+  } else if (!values.empty()) {
     std::memcpy(values.data(), host.raw(), numel() * sizeof(double));
   }
   return values;

@@ -1,9 +1,12 @@
 // Shared command-line options, profiles and the exit-code wrapper (see cli.h).
 #include "sae/cli/cli.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "sae/train/options.h"
@@ -46,7 +49,9 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
       if (!known) continue;
     }
     o.parse(c, option_value(parsed, profile, o.name));
+    if (parsed.count(o.name) > 0 || profile.count(o.name) > 0) c.given.push_back(o.name);
   }
+  if (!c.init.empty() && !c.resume.empty()) throw UsageError("--init and --resume cannot be used together");
   c.validate();
   return c;
 }
@@ -104,7 +109,11 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
   return true;
 }
 
-int run_main(const char* program, const std::function<int()>& body) {
+int run_main(const char* program, int argc, char** argv, const std::function<int()>& body) {
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && argc > 0) {
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv);  // returns only when it failed: then run as we are
+  }
   try {
     return body();
   } catch (const UsageError& e) {

@@ -47,7 +47,10 @@ Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResul
 // Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 
-// Runs body() and maps what it throws to a message on stderr and an exit code.
-int run_main(const char* program, const std::function<int()>& body);
+// Runs body() and maps what it throws to a message on stderr and an exit code. First, unless the
+// environment already says otherwise, it restarts the program with OMP_WAIT_POLICY=passive: OpenMP
+// reads that variable when the process starts, and idle threads that spin instead of sleeping make
+// a 2-thread run many times slower whenever another process shares the cores.
+int run_main(const char* program, int argc, char** argv, const std::function<int()>& body);
 
 }  // namespace sae

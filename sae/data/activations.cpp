@@ -74,6 +74,11 @@ class FileSource : public ActivationSource {
       st_->read_rows_f32("activations", begin, count, out);
   }
 
+  std::string name() const override { return path_; }
+  void expect_random_access(bool random) override {
+    (npy_ ? npy_->mapping() : st_->mapping()).advise_random(random);
+  }
+
   Json describe() const override {
     Json j = Json::object();
     j["kind"] = npy_ ? "npy" : "safetensors";
@@ -91,11 +96,18 @@ class FileSource : public ActivationSource {
 
  private:
   void load_story_lengths() {
+    const SafetensorsEntry& entry = st_->entry("story_lengths");
+    if (entry.shape.size() != 1)
+      throw DataError(cat(path_, ": 'story_lengths' must be 1-D [n_stories], got ", entry.shape.size(), " dims"));
     std::vector<int64_t> lengths = st_->read_i64("story_lengths");
     story_offsets_.assign(1, 0);
     for (size_t i = 0; i < lengths.size(); ++i) {
       if (lengths[i] <= 0)
         throw DataError(cat(path_, ": story_lengths[", i, "] = ", lengths[i], "; every story needs >= 1 token"));
+      // Checked before adding, so the running sum never overflows: it stays <= n_tokens.
+      if (lengths[i] > tokens_ - story_offsets_.back())
+        throw DataError(cat(path_, ": story_lengths run past the ", tokens_, " tokens of 'activations' at story ", i,
+                            " (length ", lengths[i], ")"));
       story_offsets_.push_back(story_offsets_.back() + lengths[i]);
     }
     if (story_offsets_.back() != tokens_)

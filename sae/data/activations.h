@@ -27,6 +27,11 @@ class ActivationSource {
   virtual void read_token_list(const std::vector<int64_t>& tokens, float* out);
   // Provenance for config.json and checkpoints: kind, path or generator parameters.
   virtual Json describe() const = 0;
+  // What error messages call the source: the file's path, or "synthetic data".
+  virtual std::string name() const = 0;
+  // A hint that reads will jump around (shuffled token batches, sampling) or not: a memory-mapped
+  // file stops reading ahead around every row it touches while random is set.
+  virtual void expect_random_access(bool random) {}
   int64_t longest_story() const;
 };
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace sae {
 
@@ -51,6 +52,50 @@ uint64_t RandomPermutation::operator()(uint64_t index) const {
   return x;
 }
 
+BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
+                           double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
+                           const std::string& source_name) {
+  BatchStats stats;
+  // Statistics of the raw batch (double accumulation), checking for NaN/Inf on the way.
+  const int64_t count = n * d;
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) sum += raw[i];
+  if (!std::isfinite(sum)) {
+    for (int64_t i = 0; i < count; ++i)
+      if (!std::isfinite(raw[i])) {
+        const int64_t token = token_of_row(i / d);
+        throw DataError(cat(source_name, ": non-finite activation (", raw[i], ") at token ", token, ", column ", i % d));
+      }
+    throw DataError(cat(source_name, ": activations overflow float64 when summed"));
+  }
+  const double mean = sum / double(count);
+  double sq = 0;
+  for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
+  stats.raw_mean = mean;
+  stats.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  switch (normalization) {
+    case Normalization::Story:
+      // x_n = (x - mean) / std * sqrt(D), over all N*D elements of the story, std unbiased (n-1).
+      if (!(stats.raw_std > 0))
+        throw DataError(cat(source_name, ": the story at token ", token_of_row(0), " has zero variance (", n,
+                            " tokens): cannot normalise it per story"));
+      stats.norm_shift = mean;
+      stats.norm_scale = std::sqrt(double(d)) / stats.raw_std;
+      break;
+    case Normalization::Dataset:
+      stats.norm_shift = 0;
+      stats.norm_scale = dataset_scale;
+      break;
+    case Normalization::None:
+      stats.norm_shift = 0;
+      stats.norm_scale = 1;
+      break;
+  }
+  const float shift = static_cast<float>(stats.norm_shift), scale = static_cast<float>(stats.norm_scale);
+  for (int64_t i = 0; i < count; ++i) normalized[i] = (raw[i] - shift) * scale;
+  return stats;
+}
+
 Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
                  uint64_t seed)
     : source_(source), batch_tokens_(batch_tokens), normalization_(normalization), dataset_scale_(dataset_scale),
@@ -69,16 +114,18 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
       throw UsageError(cat("--batch ", batch_tokens, " is larger than the data (", source.num_tokens(), " tokens)"));
     max_tokens_ = batch_tokens;
     token_list_.resize(batch_tokens);
+    source_.expect_random_access(true);
   }
 }
 
 int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
   const int64_t d = source_.d();
-  int64_t n;
+  int64_t n, first_token = 0;
   if (batch_tokens_ == 0) {
     const int64_t story = next_story_;
     n = source_.story_length(story);
-    source_.read_tokens(source_.story_begin(story), n, raw);
+    first_token = source_.story_begin(story);
+    source_.read_tokens(first_token, n, raw);
     next_story_ = (next_story_ + 1) % source_.num_stories();
   } else {
     n = batch_tokens_;
@@ -93,41 +140,8 @@ int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
     }
     source_.read_token_list(token_list_, raw);
   }
-  // Statistics of the raw batch (double accumulation), checking for NaN/Inf on the way.
-  const int64_t count = n * d;
-  double sum = 0;
-  for (int64_t i = 0; i < count; ++i) sum += raw[i];
-  if (!std::isfinite(sum)) {
-    for (int64_t i = 0; i < count; ++i)
-      if (!std::isfinite(raw[i]))
-        throw DataError(cat("data: non-finite activation (", raw[i], ") in a batch, at batch row ", i / d,
-                            ", column ", i % d));
-    throw DataError("data: activations overflow float64 when summed");
-  }
-  const double mean = sum / double(count);
-  double sq = 0;
-  for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
-  stats.raw_mean = mean;
-  stats.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
-  switch (normalization_) {
-    case Normalization::Story:
-      // x_n = (x - mean) / std * sqrt(D), over all N*D elements of the story, std unbiased (n-1).
-      if (!(stats.raw_std > 0))
-        throw DataError(cat("data: a story has zero variance (", n, " tokens): cannot normalise it per story"));
-      stats.norm_shift = mean;
-      stats.norm_scale = std::sqrt(double(d)) / stats.raw_std;
-      break;
-    case Normalization::Dataset:
-      stats.norm_shift = 0;
-      stats.norm_scale = dataset_scale_;
-      break;
-    case Normalization::None:
-      stats.norm_shift = 0;
-      stats.norm_scale = 1;
-      break;
-  }
-  const float shift = static_cast<float>(stats.norm_shift), scale = static_cast<float>(stats.norm_scale);
-  for (int64_t i = 0; i < count; ++i) normalized[i] = (raw[i] - shift) * scale;
+  auto token_of_row = [&](int64_t row) { return batch_tokens_ == 0 ? first_token + row : token_list_[row]; };
+  stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, token_of_row, source_.name());
   return n;
 }
 
@@ -155,6 +169,7 @@ void Batcher::restore(const Json& state) {
 double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {
   const int64_t n = std::min(sample_tokens, source.num_tokens()), d = source.d();
   if (n <= 0) throw DataError("data: no tokens to estimate the dataset normalisation from");
+  source.expect_random_access(true);
   std::vector<float> row(d);
   double total = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -164,9 +179,11 @@ double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {
     for (float v : row) sq += double(v) * v;
     total += sq;
   }
+  source.expect_random_access(false);  // a Batcher in token mode sets it again
   const double mean_sq = total / double(n);
-  if (!std::isfinite(mean_sq)) throw DataError("data: non-finite activations while estimating the dataset scale");
-  if (!(mean_sq > 0)) throw DataError("data: all sampled activations are zero; cannot normalise");
+  if (!std::isfinite(mean_sq))
+    throw DataError(cat(source.name(), ": non-finite activations while estimating the dataset scale"));
+  if (!(mean_sq > 0)) throw DataError(cat(source.name(), ": all sampled activations are zero; cannot normalise"));
   return std::sqrt(double(d) / mean_sq);
 }
 

@@ -5,6 +5,7 @@
 // Normalisation (the study's per-story form, dataset-level scaling, or none) is applied to the batch.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,14 @@ struct BatchStats {
   double raw_mean = 0, raw_std = 0;  // of the raw batch (all elements; std unbiased)
   double norm_shift = 0, norm_scale = 1;  // x_n = (x - shift) * scale
 };
+
+// Checks a batch [n, d] for NaN/Inf (DataError naming the source and the token, found through
+// token_of_row), computes its statistics (double accumulation, std unbiased) and writes
+// normalized = (raw - shift) * scale for the chosen normalisation: story, (x - mean) / std * sqrt(d)
+// over all n*d elements; dataset, x * dataset_scale; none, x.
+BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
+                           double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
+                           const std::string& source_name);
 
 class Batcher {
  public:

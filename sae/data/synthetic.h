@@ -46,6 +46,7 @@ class SyntheticSource : public ActivationSource {
   void read_tokens(int64_t begin, int64_t count, float* out) override;
   void read_token_list(const std::vector<int64_t>& tokens, float* out) override;
   Json describe() const override;
+  std::string name() const override { return "synthetic data"; }
 
   const Tensor& concepts() const { return concepts_; }  // [C, D], unit rows
   const SyntheticOptions& options() const { return opt_; }

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -47,7 +49,7 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
     write_file_atomic(csv_path_, kept);
   }
   csv_ = std::fopen(csv_path_.c_str(), "ab");
-  if (!csv_) throw DataError(cat(csv_path_, ": cannot open for writing"));
+  if (!csv_) throw DataError(cat(csv_path_, ": cannot open for writing: ", std::strerror(errno)));
   tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
 }
 
@@ -62,7 +64,8 @@ void RunLog::write(const MetricRow& row) {
       header += (header.empty() ? "" : ",") + name;
       columns_.push_back(name);
     }
-    std::fprintf(csv_, "%s\n", header.c_str());
+    if (std::fprintf(csv_, "%s\n", header.c_str()) < 0)
+      throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
     header_written_ = true;
   } else if (row.size() != columns_.size()) {
     throw DataError(cat(csv_path_, ": has ", columns_.size(), " columns, this run logs ", row.size()));
@@ -73,13 +76,13 @@ void RunLog::write(const MetricRow& row) {
       throw DataError(cat(csv_path_, ": column ", i, " is '", columns_[i], "', this run logs '", row[i].first, "'"));
     line += (i ? "," : "") + format_value(row[i].second);
   }
-  if (std::fprintf(csv_, "%s\n", line.c_str()) < 0) throw DataError(cat(csv_path_, ": write failed"));
+  if (std::fprintf(csv_, "%s\n", line.c_str()) < 0) throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
   const int64_t step = static_cast<int64_t>(row[0].second);
   for (size_t i = 1; i < row.size(); ++i) tensorboard_->add_scalar(row[i].first, step, row[i].second);
 }
 
 void RunLog::flush() {
-  if (std::fflush(csv_) != 0) throw DataError(cat(csv_path_, ": write failed"));
+  if (std::fflush(csv_) != 0) throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
   tensorboard_->flush();
 }
 

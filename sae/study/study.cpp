@@ -5,10 +5,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "sae/train/checkpoint.h"
 #include "sae/data/synthetic.h"
+#include "sae/report/table.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "io/atomic_file.h"
@@ -171,7 +173,48 @@ int64_t finished_step(const std::string& run_dir) {
   }
 }
 
+namespace {
+
+// Steps a run has done already: its newest checkpoint's, or, for a continuation not started yet,
+// the finished run it continues.
+int64_t steps_done(const StudyRun& run, const std::string& dir) {
+  int64_t done = std::max<int64_t>(0, finished_step(dir));
+  if (done == 0 && has_checkpoint(dir)) done = checkpoint_step(find_latest_checkpoint(dir));
+  if (done == 0 && !run.continue_from.empty()) done = std::max<int64_t>(0, finished_step(run.continue_from));
+  return done;
+}
+
+// Prints what the study will do, with the time it will take here: each run's steps to go and an
+// estimate from dense steps of the run's own configuration timed on this machine (sparse steps,
+// once the features are sparse enough, are faster, so this is an upper bound).
+void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) {
+  std::printf("plan: %zu runs in %s\n", runs.size(), out_root.c_str());
+  double seconds = 0;
+  std::map<std::string, double> step_seconds;  // by what sets a dense step's cost
+  for (const StudyRun& run : runs) {
+    const int64_t done = steps_done(run, (fs::path(out_root) / run.name).string());
+    const int64_t to_go = std::max<int64_t>(0, run.config.steps - done);
+    std::printf("  %s: F = %lld, lambda = %g, steps %lld to %lld%s\n", run.name.c_str(), (long long)run.config.features,
+                run.config.l1, (long long)done, (long long)run.config.steps, to_go == 0 ? " (finished)" : "");
+    if (to_go == 0) continue;
+    const std::string key = cat(run.config.data, "|", run.config.features, "|", run.config.batch_tokens, "|",
+                                run.config.synthetic.d, "|", device_choice_name(run.config.device));
+    if (!step_seconds.count(key)) step_seconds[key] = measure_step_seconds(run.config);
+    seconds += double(to_go) * step_seconds[key];
+  }
+  if (seconds > 0) {
+    std::string rates;
+    for (const auto& [key, s] : step_seconds) rates += cat(rates.empty() ? "" : ", ", format_number(1000 * s, 3), " ms");
+    std::printf("estimated: at most %s of training here (dense steps measured at %s; steps whose features are sparse "
+                "take the faster sparse path)\n", format_duration(seconds).c_str(), rates.c_str());
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
 std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root) {
+  print_plan(runs, out_root);
   std::vector<RunOutcome> outcomes;
   for (size_t i = 0; i < runs.size(); ++i) {
     std::printf("[%zu/%zu] %s: %s steps, F = %lld, lambda = %g\n", i + 1, runs.size(), runs[i].name.c_str(),

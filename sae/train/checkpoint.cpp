@@ -1,14 +1,19 @@
-// Checkpoint save/load in SAELens layout with atomic directory replacement (see checkpoint.h).
+// Checkpoint save/load in SAELens layout with crash-proof directory replacement, and the recovery
+// and sweeping of what an interrupted save leaves (see checkpoint.h).
 #include "sae/train/checkpoint.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "io/atomic_file.h"
-#include "tensor/ops.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -20,11 +25,83 @@ constexpr const char* kWeightsFile = "sae_weights.safetensors";
 constexpr const char* kConfigFile = "cfg.json";
 constexpr const char* kStateFile = "training_state.safetensors";
 constexpr const char* kStateFormat = "sae-cpp-training-state";
+constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
 
 Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
   std::vector<double> d(v.begin(), v.end());
   return Tensor::from_vector(d, Shape{static_cast<int64_t>(v.size())}, DType::F64);
 }
+
+// Test hooks (tests/sae/train/test_checkpoint.cpp): SAE_TEST_KILL_AT=<point> kills the process with
+// SIGKILL at that point of a save, as a crash would; SAE_TEST_NO_RENAME_EXCHANGE=1 takes the
+// two-rename path that file systems without RENAME_EXCHANGE get.
+void test_kill_point(const char* point) {
+  const char* at = std::getenv("SAE_TEST_KILL_AT");
+  if (at != nullptr && std::strcmp(at, point) == 0) ::raise(SIGKILL);
+}
+
+// Puts the complete directory `temp` at `target`. With an existing target the two are exchanged
+// in one atomic step (renameat2 RENAME_EXCHANGE), so a complete target exists at every moment;
+// the old one (now at `temp`) is removed after. Where the file system cannot exchange, the old
+// target is moved aside to `old` first: a crash between the two renames leaves no target but two
+// complete copies, which recover_interrupted_saves() puts back.
+void swap_into_place(const fs::path& temp, const fs::path& target, const fs::path& old) {
+  std::error_code ec;
+  if (!fs::exists(target)) {
+    fs::rename(temp, target, ec);
+    if (ec) throw DataError(cat("checkpoint: cannot move ", temp.string(), " to ", target.string(), ": ", ec.message()));
+    return;
+  }
+  const bool exchange_allowed = std::getenv("SAE_TEST_NO_RENAME_EXCHANGE") == nullptr;
+  if (exchange_allowed && ::renameat2(AT_FDCWD, temp.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+    test_kill_point("after-exchange");
+    fs::remove_all(temp, ec);
+    return;
+  }
+  fs::rename(target, old, ec);
+  if (ec) throw DataError(cat("checkpoint: cannot move ", target.string(), " aside: ", ec.message()));
+  test_kill_point("between-renames");
+  fs::rename(temp, target, ec);
+  if (ec) throw DataError(cat("checkpoint: cannot move ", temp.string(), " to ", target.string(), ": ", ec.message()));
+  fs::remove_all(old, ec);
+}
+
+// The step recorded in DIR/training_state.safetensors, or -1 when DIR is not a complete,
+// resumable checkpoint (any file missing or unreadable).
+int64_t complete_checkpoint_step(const fs::path& dir) {
+  if (!fs::exists(dir / kStateFile) || !fs::exists(dir / kWeightsFile) || !fs::exists(dir / kConfigFile)) return -1;
+  try {
+    SafetensorsFile file = SafetensorsFile::open((dir / kStateFile).string());
+    auto meta = file.metadata().find("training_state");
+    if (meta == file.metadata().end()) return -1;
+    SafetensorsFile::open((dir / kWeightsFile).string());
+    read_json_file((dir / kConfigFile).string());
+    return Json::parse(meta->second).at("step").as_int();
+  } catch (const Error&) {
+    return -1;
+  }
+}
+
+// "sae.tmp-123" -> "sae"; "" when the name is not one a save leaves behind.
+std::string interrupted_save_target(const std::string& name) {
+  for (const char* marker : {".tmp-", ".old-"}) {
+    const size_t at = name.find(marker);
+    if (at != std::string::npos && at > 0) return name.substr(0, at);
+  }
+  return "";
+}
+
+// The folders where checkpoints live in a run: the run itself (sae/) and checkpoints/.
+std::vector<fs::path> checkpoint_folders(const fs::path& run_dir) {
+  std::vector<fs::path> folders = {run_dir};
+  if (fs::is_directory(run_dir / "checkpoints")) folders.push_back(run_dir / "checkpoints");
+  return folders;
+}
+
+void require(bool ok, const std::string& path, const std::string& what) {
+  if (!ok) throw DataError(cat(path, ": ", what));
+}
+
 }  // namespace
 
 Json saelens_config(const SaeParams& params, const Json& extra) {
@@ -48,49 +125,46 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
 void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state) {
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const fs::path temp = parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  const std::string pid = std::to_string(::getpid());
+  const fs::path temp = parent / (target.filename().string() + ".tmp-" + pid);
+  const fs::path old = parent / (target.filename().string() + ".old-" + pid);
   std::error_code ec;
   fs::create_directories(parent, ec);
   fs::remove_all(temp, ec);
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
-
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (int i = 0; i < 4; ++i) weights.push_back({SaeParams::kNames[i], params.all()[i]->to(DType::F32)});
-  write_safetensors((temp / kWeightsFile).string(), weights);
-  write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
-  if (state) {
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (int i = 0; i < 4; ++i) {
-      tensors.push_back({std::string("adam_m.") + SaeParams::kNames[i], *state->adam.m.all()[i]});
-      tensors.push_back({std::string("adam_v.") + SaeParams::kNames[i], *state->adam.v.all()[i]});
+  try {
+    std::vector<std::pair<std::string, Tensor>> weights;
+    for (int i = 0; i < 4; ++i) weights.push_back({SaeParams::kNames[i], params.all()[i]->to(DType::F32)});
+    write_safetensors((temp / kWeightsFile).string(), weights);
+    write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
+    if (state) {
+      std::vector<std::pair<std::string, Tensor>> tensors;
+      for (int i = 0; i < 4; ++i) {
+        tensors.push_back({std::string("adam_m.") + SaeParams::kNames[i], *state->adam.m.all()[i]});
+        tensors.push_back({std::string("adam_v.") + SaeParams::kNames[i], *state->adam.v.all()[i]});
+      }
+      tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
+      Json info = Json::object();
+      info["format"] = kStateFormat;
+      info["version"] = 1;
+      info["step"] = state->step;
+      info["tokens"] = state->tokens;
+      info["adam_steps"] = state->adam.steps;
+      info["dataset_scale"] = state->dataset_scale;
+      info["batcher"] = state->batcher;
+      write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
-    tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
-    Json info = Json::object();
-    info["format"] = kStateFormat;
-    info["version"] = 1;
-    info["step"] = state->step;
-    info["tokens"] = state->tokens;
-    info["adam_steps"] = state->adam.steps;
-    info["dataset_scale"] = state->dataset_scale;
-    info["batcher"] = state->batcher;
-    write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
+    sync_directory(temp.string());
+    swap_into_place(temp, target, old);
+    sync_directory(parent.string());
+  } catch (...) {
+    fs::remove_all(temp, ec);  // a failed save (disk full, ...) leaves nothing of its own behind
+    throw;
   }
-  sync_directory(temp.string());
-  // Swap into place: an existing directory is moved aside first and removed after.
-  const fs::path old = parent / (target.filename().string() + ".old-" + std::to_string(::getpid()));
-  const bool had_old = fs::exists(target);
-  if (had_old) {
-    fs::rename(target, old, ec);
-    if (ec) throw DataError(cat("checkpoint: cannot replace ", target.string(), ": ", ec.message()));
-  }
-  fs::rename(temp, target, ec);
-  if (ec) throw DataError(cat("checkpoint: cannot move ", temp.string(), " to ", target.string(), ": ", ec.message()));
-  sync_directory(parent.string());
-  if (had_old) fs::remove_all(old, ec);
 }
 
-Checkpoint load_checkpoint(const std::string& dir, Device device) {
+Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state) {
   const fs::path root(dir);
   if (!fs::is_directory(root)) throw DataError(cat(dir, ": not a checkpoint directory"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
@@ -98,15 +172,20 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());
-  if (!out.cfg.is_object()) throw DataError(cat(cfg_path.string(), ": expected a JSON object"));
-  const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
-  if (arch != "standard")
-    throw DataError(cat(cfg_path.string(), ": architecture '", arch, "' is not supported (only 'standard')"));
+  require(out.cfg.is_object(), cfg_path.string(), "expected a JSON object");
+  try {
+    const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
+    if (arch != "standard")
+      throw DataError(cat("architecture '", printable(arch), "' is not supported (only 'standard')"));
+    for (const char* key : {"d_in", "d_sae"})
+      if (out.cfg.has(key)) out.cfg.at(key).as_int();  // type-checked here, compared below
+  } catch (const DataError& e) {
+    throw DataError(cat(cfg_path.string(), ": ", e.what()));
+  }
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
   Tensor params[4];
   for (int i = 0; i < 4; ++i) {
-    if (!weights.has(SaeParams::kNames[i]))
-      throw DataError(cat(weights_path.string(), ": missing tensor ", SaeParams::kNames[i]));
+    require(weights.has(SaeParams::kNames[i]), weights_path.string(), cat("missing tensor ", SaeParams::kNames[i]));
     params[i] = weights.read_f32(SaeParams::kNames[i]);
   }
   try {
@@ -115,46 +194,65 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
     throw DataError(cat(weights_path.string(), ": ", e.what()));
   }
   if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.params.d_in())
-    throw DataError(cat(dir, ": cfg.json d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
+    throw DataError(cat(cfg_path.string(), ": d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
-    throw DataError(cat(dir, ": cfg.json d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
+    throw DataError(cat(cfg_path.string(), ": d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
                         out.params.d_sae()));
-  for (const Tensor& p : params) {
-    if (!std::isfinite(sum(abs(p)).item())) throw DataError(cat(weights_path.string(), ": parameters contain NaN or Inf"));
+  for (int i = 0; i < 4; ++i) {
+    const float* p = params[i].data<float>();
+    for (int64_t k = 0; k < params[i].numel(); ++k)
+      if (!std::isfinite(p[k]))
+        throw DataError(cat(weights_path.string(), ": ", SaeParams::kNames[i], " holds ", p[k], " at element ", k));
   }
-  out.params = out.params.to(device);
 
   const fs::path state_path = root / kStateFile;
-  if (fs::exists(state_path)) {
-    SafetensorsFile file = SafetensorsFile::open(state_path.string());
+  if (with_state && fs::exists(state_path)) {
+    const std::string where = state_path.string();
+    SafetensorsFile file = SafetensorsFile::open(where);
     auto meta = file.metadata().find("training_state");
-    if (meta == file.metadata().end()) throw DataError(cat(state_path.string(), ": no training_state metadata"));
-    Json info = Json::parse(meta->second);
-    if (info.at("format").as_string() != kStateFormat || info.at("version").as_int() != 1)
-      throw DataError(cat(state_path.string(), ": unknown training state format"));
+    require(meta != file.metadata().end(), where, "no training_state metadata");
     TrainingState st;
-    st.step = info.at("step").as_int();
-    st.tokens = info.at("tokens").as_int();
-    st.adam.steps = info.at("adam_steps").as_int();
-    st.dataset_scale = info.at("dataset_scale").as_number();
-    st.batcher = info.at("batcher");
+    try {
+      Json info = Json::parse(meta->second);
+      if (info.at("format").as_string() != kStateFormat || info.at("version").as_int() != 1)
+        throw DataError("unknown training state format");
+      st.step = info.at("step").as_int();
+      st.tokens = info.at("tokens").as_int();
+      st.adam.steps = info.at("adam_steps").as_int();
+      st.dataset_scale = info.at("dataset_scale").as_number();
+      st.batcher = info.at("batcher");
+      if (!st.batcher.is_object()) throw DataError("batcher must be an object");
+    } catch (const DataError& e) {
+      throw DataError(cat(where, ": training_state: ", e.what()));
+    }
+    require(st.step >= 0 && st.tokens >= 0 && st.adam.steps >= 0, where,
+            cat("step, tokens and adam_steps must be >= 0, got ", st.step, ", ", st.tokens, ", ", st.adam.steps));
+    require(std::isfinite(st.dataset_scale) && st.dataset_scale > 0, where,
+            cat("dataset_scale must be a positive number, got ", st.dataset_scale));
     for (int i = 0; i < 4; ++i) {
       Tensor m = file.read_f32(std::string("adam_m.") + SaeParams::kNames[i]);
       Tensor v = file.read_f32(std::string("adam_v.") + SaeParams::kNames[i]);
-      if (m.shape() != params[i].shape() || v.shape() != params[i].shape())
-        throw DataError(cat(state_path.string(), ": Adam moments of ", SaeParams::kNames[i], " have the wrong shape"));
+      require(m.shape() == params[i].shape() && v.shape() == params[i].shape(), where,
+              cat("Adam moments of ", SaeParams::kNames[i], " have the wrong shape"));
       *st.adam.m.all()[i] = m.to(device);
       *st.adam.v.all()[i] = v.to(device);
     }
-    const SafetensorsEntry& fired = file.entry("last_fired");  // F64: token counts, exact below 2^53
-    if (fired.dtype != "F64") throw DataError(cat(state_path.string(), ": last_fired should be F64, got ", fired.dtype));
-    std::vector<double> clocks(fired.numel());
-    std::memcpy(clocks.data(), fired.data, fired.bytes);
-    st.last_fired.assign(clocks.begin(), clocks.end());
-    if (static_cast<int64_t>(st.last_fired.size()) != out.params.d_sae())
-      throw DataError(cat(state_path.string(), ": last_fired has ", st.last_fired.size(), " entries"));
+    // The dead-feature clocks: token counts, stored as F64 (exact below 2^53), each in [0, tokens].
+    const SafetensorsEntry& fired = file.entry("last_fired");
+    require(fired.dtype == "F64", where, cat("last_fired should be F64, got ", printable(fired.dtype)));
+    require(fired.numel() == out.params.d_sae() && fired.shape.size() == 1, where,
+            cat("last_fired has ", fired.numel(), " entries for ", out.params.d_sae(), " features"));
+    st.last_fired.resize(static_cast<size_t>(fired.numel()));
+    for (int64_t k = 0; k < fired.numel(); ++k) {
+      double clock;
+      std::memcpy(&clock, static_cast<const char*>(fired.data) + 8 * k, 8);
+      require(clock >= 0 && clock <= double(st.tokens) && clock <= kMaxExactInt && clock == std::floor(clock), where,
+              cat("last_fired[", k, "] is ", clock, ", expected a token count in [0, ", st.tokens, "]"));
+      st.last_fired[k] = static_cast<int64_t>(clock);
+    }
     out.state = std::move(st);
   }
+  out.params = out.params.to(device);
   return out;
 }
 
@@ -165,28 +263,52 @@ std::string find_latest_checkpoint(const std::string& dir) {
   std::string best;
   int64_t best_step = -1;
   auto consider = [&](const fs::path& candidate) {
-    if (!fs::exists(candidate / kStateFile) || !fs::exists(candidate / kWeightsFile)) return;
-    try {
-      SafetensorsFile file = SafetensorsFile::open((candidate / kStateFile).string());
-      auto meta = file.metadata().find("training_state");
-      if (meta == file.metadata().end()) return;
-      const int64_t step = Json::parse(meta->second).at("step").as_int();
-      if (step > best_step) {
-        best_step = step;
-        best = candidate.string();
-      }
-    } catch (const Error&) {
-      // an unreadable candidate is skipped; an older good one may remain
+    const int64_t step = complete_checkpoint_step(candidate);
+    if (step > best_step) {
+      best_step = step;
+      best = candidate.string();
     }
   };
   consider(root / "sae");
   if (fs::is_directory(root / "checkpoints"))
-    for (const auto& entry : fs::directory_iterator(root / "checkpoints"))
-      if (entry.is_directory() && entry.path().filename().string().rfind("step_", 0) == 0 &&
-          entry.path().filename().string().find(".tmp") == std::string::npos)
+    for (const auto& entry : fs::directory_iterator(root / "checkpoints")) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_directory() && name.rfind("step_", 0) == 0 && interrupted_save_target(name).empty())
         consider(entry.path());
+    }
   if (best.empty()) throw DataError(cat("--resume ", dir, ": no complete checkpoint found"));
   return best;
+}
+
+std::vector<std::string> recover_interrupted_saves(const std::string& run_dir) {
+  std::vector<std::string> recovered;
+  for (const fs::path& folder : checkpoint_folders(run_dir)) {
+    // For each target missing, the newest complete copy a save left behind under a temporary name.
+    std::map<std::string, std::pair<int64_t, fs::path>> best;
+    for (const auto& entry : fs::directory_iterator(folder)) {
+      const std::string target = interrupted_save_target(entry.path().filename().string());
+      if (target.empty() || !entry.is_directory() || fs::exists(folder / target)) continue;
+      const int64_t step = complete_checkpoint_step(entry.path());
+      if (step >= 0 && (!best.count(target) || step > best[target].first)) best[target] = {step, entry.path()};
+    }
+    for (const auto& [target, found] : best) {
+      std::error_code ec;
+      fs::rename(found.second, folder / target, ec);
+      if (ec) throw DataError(cat("cannot recover ", found.second.string(), " as ", (folder / target).string(), ": ", ec.message()));
+      recovered.push_back((folder / target).string());
+    }
+    if (!best.empty()) sync_directory(folder.string());
+  }
+  return recovered;
+}
+
+void remove_interrupted_saves(const std::string& run_dir) {
+  for (const fs::path& folder : checkpoint_folders(run_dir))
+    for (const auto& entry : fs::directory_iterator(folder))
+      if (entry.is_directory() && !interrupted_save_target(entry.path().filename().string()).empty()) {
+        std::error_code ec;
+        fs::remove_all(entry.path(), ec);
+      }
 }
 
 }  // namespace sae

@@ -3,9 +3,12 @@
 //   DIR/cfg.json                  SAELens keys (architecture "standard", d_in, d_sae, ...) + ours
 //   DIR/training_state.safetensors  Adam moments, dead-feature clocks and, in its metadata, the
 //                                 step, tokens seen, data position and normalisation scale
-// A directory is written as DIR.tmp-<pid> and renamed into place (after fsync), so a run killed at
-// any moment leaves the old checkpoint or the new one, never a torn one.
+// A directory is written as DIR.tmp-<pid>, synced, and exchanged with the old DIR in one atomic
+// rename (renameat2 RENAME_EXCHANGE; where a file system lacks it, the old one is moved aside to
+// DIR.old-<pid> first). A run killed at any moment leaves a complete DIR, or, in the second case, two
+// complete copies under the temporary names, which recover_interrupted_saves() puts back.
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,12 +39,21 @@ struct Checkpoint {
   std::optional<TrainingState> state;  // when the directory has training_state.safetensors
 };
 // Loads a SAELens-format standard SAE (any directory with sae_weights.safetensors + cfg.json) onto
-// `device`. DataError for a missing/corrupt file, another architecture, or shapes that disagree
-// with cfg.
-Checkpoint load_checkpoint(const std::string& dir, Device device);
+// `device`, and its training state when with_state (a program that only applies the SAE does not
+// need it, nor fail on it). DataError naming the file for a missing/corrupt file, another
+// architecture, shapes that disagree with cfg, non-finite weights, or a state out of range.
+Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state = true);
 
 // The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or
 // `dir` itself when it is a checkpoint. DataError when there is none.
 std::string find_latest_checkpoint(const std::string& dir);
+
+// After a crash inside save_checkpoint: for every checkpoint of the run (sae/, checkpoints/step_N/)
+// that is missing while a complete copy of it sits under a temporary name, renames the newest such
+// copy into place. Returns the folders recovered.
+std::vector<std::string> recover_interrupted_saves(const std::string& run_dir);
+// Removes what interrupted saves left under temporary names (DIR.tmp-<pid>, DIR.old-<pid>). Only
+// for a run folder this process holds the lock of, after recover_interrupted_saves.
+void remove_interrupted_saves(const std::string& run_dir);
 
 }  // namespace sae

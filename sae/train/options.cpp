@@ -151,6 +151,8 @@ std::vector<TrainOption> make_table() {
           text()),
       row("resume", training, "continue the run in this directory to --steps", controls, "", FIELD(resume), text()),
       row("out", training, "output directory", controls, "out", FIELD(out), text()),
+      row("overwrite", training, "a fresh run into an --out that holds a run replaces it (deletes its files)", controls,
+          "", FIELD(overwrite), flag()),
       row("seed", training, "random seed (initialisation, token shuffling)", defines, "seed", FIELD(seed),
           unsigned_integer()),
       row("device", training, "cpu | cuda | auto", controls, "device", FIELD(device),
@@ -176,6 +178,8 @@ std::vector<TrainOption> make_table() {
           FIELD(dead_window), integer()),
       row("progress", training, "auto | bar | lines | none", controls, "progress", FIELD(progress),
           choice(parse_progress_mode, progress_mode_name)),
+      row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,
+          "threads", FIELD(threads), integer(), "0"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),
@@ -227,7 +231,7 @@ Json TrainConfig::to_json() const {
     else
       j[o.json_key] = o.to_json(*this);
   }
-  j["synthetic"] = synthetic_section;
+  if (data == "synthetic") j["synthetic"] = synthetic_section;  // a run on a file has no generator
   return j;
 }
 
@@ -235,6 +239,7 @@ TrainConfig TrainConfig::from_json(const Json& j) {
   TrainConfig c;
   for (const TrainOption& o : train_options()) {
     if (o.json_key.empty()) continue;
+    if (o.in_synthetic_section() && !j.has("synthetic")) continue;  // a run on a file: the defaults
     const Json& section = o.in_synthetic_section() ? j.at("synthetic") : j;
     if (section.has(o.json_key))
       o.from_json(c, section.at(o.json_key));
@@ -251,7 +256,7 @@ Json run_identity(const TrainConfig& config) {
   for (const TrainOption& o : train_options())
     if (o.role == OptionRole::Defines && !o.json_key.empty() && !o.in_synthetic_section())
       kept[o.json_key] = all.at(o.json_key);
-  kept["synthetic"] = all.at("synthetic");
+  if (all.has("synthetic")) kept["synthetic"] = all.at("synthetic");
   return kept;
 }
 

@@ -11,28 +11,62 @@ namespace sae {
 
 namespace {
 
+// What a training run writes into its folder (docs/contract.md §4).
+const char* const kRunFiles[] = {"config.json", "metrics.csv", "sae", "checkpoints", "tensorboard", "figures",
+                                 "summary.json"};
+
+bool holds_a_run(const fs::path& dir) {
+  for (const char* name : {"config.json", "metrics.csv", "sae", "checkpoints"})
+    if (fs::exists(dir / name)) return true;
+  return false;
+}
+
 // The run directory of a --resume argument (a run dir, or a checkpoint inside one).
-std::string run_dir_of(const std::string& resume, const std::string& checkpoint) {
+std::string run_dir_of(const std::string& resume) {
   if (fs::exists(fs::path(resume) / "config.json")) return resume;
-  fs::path p = fs::path(checkpoint);
-  for (int up = 0; up < 3 && p.has_parent_path(); ++up) {
+  fs::path p = fs::path(resume);
+  for (int up = 0; up < 3 && p.has_parent_path() && p != p.parent_path(); ++up) {
     p = p.parent_path();
     if (fs::exists(p / "config.json")) return p.string();
   }
+  if (!fs::exists(resume)) throw DataError(cat("--resume ", resume, ": no such run or checkpoint directory"));
   throw DataError(cat("--resume ", resume, ": cannot find the run's config.json"));
+}
+
+// --resume keeps what the run computes from its config.json; an option the user set that says
+// otherwise is refused rather than silently dropped.
+void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std::string& config_path) {
+  for (const TrainOption& o : train_options()) {
+    if (o.role != OptionRole::Defines || !cli.was_given(o.name)) continue;
+    if (o.text(cli) != o.text(run))
+      throw UsageError(cat("--", o.name, " ", printable(o.text(cli)), " contradicts the run being resumed (",
+                           config_path, " has ", printable(o.text(run)),
+                           "); --resume continues a run as it was started: drop the option, or start a new run"));
+  }
 }
 
 }  // namespace
 
 RunStart start_run(TrainConfig config) {
+  if (!config.init.empty() && !config.resume.empty())
+    throw UsageError("--init and --resume cannot be used together");
   RunStart start;
   if (!config.resume.empty()) {
+    const std::string run_dir = run_dir_of(config.resume);
+    start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
+    recover_interrupted_saves(run_dir);
     start.resumed_from = find_latest_checkpoint(config.resume);
-    const std::string run_dir = run_dir_of(config.resume, start.resumed_from);
+    const std::string config_path = (fs::path(run_dir) / "config.json").string();
     const TrainConfig cli = config;
-    config = resumed_config(read_json_file((fs::path(run_dir) / "config.json").string()), cli);
+    try {
+      config = resumed_config(read_json_file(config_path), cli);
+    } catch (const DataError& e) {
+      throw DataError(cat(config_path, ": ", e.what()));
+    }
+    refuse_conflicts(cli, config, config_path);
     config.out = run_dir;
     config.resume = cli.resume;
+    config.given = cli.given;
     Checkpoint checkpoint = load_checkpoint(start.resumed_from, Device::CPU);
     if (!checkpoint.state) throw DataError(cat(start.resumed_from, ": has no training state to resume from"));
     start.params = std::move(checkpoint.params);
@@ -40,9 +74,26 @@ RunStart start_run(TrainConfig config) {
     if (start.state->step >= config.steps)
       throw UsageError(cat("--resume: the run is already at step ", start.state->step,
                            "; pass --steps larger than that"));
-  } else if (!config.init.empty()) {
-    start.params = load_checkpoint(config.init, Device::CPU).params;
-    config.features = start.params->d_sae();
+    remove_interrupted_saves(run_dir);
+  } else {
+    std::error_code ec;
+    fs::create_directories(config.out, ec);
+    if (ec) throw DataError(cat(config.out, ": cannot create the output directory: ", ec.message()));
+    start.lock = std::make_unique<FileLock>((fs::path(config.out) / ".lock").string());
+    if (holds_a_run(config.out)) {
+      if (!config.overwrite)
+        throw UsageError(cat("--out ", config.out, " already holds a run; continue it with --resume ", config.out,
+                             ", replace it with --overwrite, or choose another --out"));
+      for (const char* name : kRunFiles) fs::remove_all(fs::path(config.out) / name);
+    }
+    remove_interrupted_saves(config.out);
+    if (!config.init.empty()) {
+      start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
+      if (config.was_given("features") && config.features != start.params->d_sae())
+        throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",
+                             start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
+      config.features = start.params->d_sae();
+    }
   }
   config.validate();
   start.config = std::move(config);

@@ -1,11 +1,17 @@
 // Where a training run starts: a fresh initialisation, a SAELens checkpoint (--init) or the newest
-// checkpoint of an interrupted run (--resume). start_run resolves the configuration (on --resume,
-// the run's own config.json with the command line's Controls options, sae/train/options.h) and
-// loads what the run continues from. Library code: throws, never exits.
+// checkpoint of an interrupted run (--resume). start_run takes the run folder's lock (RUN/.lock: a
+// second process on the same folder is refused), resolves the configuration (on --resume, the run's
+// own config.json with the command line's Controls options, sae/train/options.h; a Defines option
+// given on the command line that contradicts it is refused), recovers what a crash inside a
+// checkpoint save left and sweeps stale temporary folders, and loads what the run continues from.
+// A fresh run into a folder that already holds a run is refused unless --overwrite.
+// Library code: throws, never exits.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 
+#include "io/file_lock.h"
 #include "sae/params.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/train_config.h"
@@ -17,6 +23,7 @@ struct RunStart {
   std::optional<SaeParams> params;     // from --init or --resume (on the CPU); none for a fresh run
   std::optional<TrainingState> state;  // --resume only
   std::string resumed_from;            // the checkpoint folder, on --resume
+  std::unique_ptr<FileLock> lock;      // held for the whole run
 };
 
 RunStart start_run(TrainConfig config);

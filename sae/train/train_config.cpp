@@ -1,6 +1,7 @@
 // TrainConfig: validation, schedules, --batch and --device (see train_config.h).
 #include "sae/train/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "tensor/cuda/backend.h"
@@ -28,8 +29,12 @@ void TrainConfig::validate() const {
   require(lr_warmup_steps >= 0 && lr_decay_steps >= 0 && l1_warmup_steps >= 0,
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
-  require(init.empty() || resume.empty(), "--init and --resume cannot be used together");
+  require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
   if (data == "synthetic") synthetic.validate();
+}
+
+bool TrainConfig::was_given(const std::string& option) const {
+  return std::find(given.begin(), given.end(), option) != given.end();
 }
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }

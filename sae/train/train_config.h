@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "io/json.h"
 #include "sae/data/batches.h"
@@ -36,6 +37,7 @@ struct TrainConfig {
   std::string init;                  // start from this SAELens-format checkpoint directory
   std::string resume;                // continue this run (run dir or checkpoint dir)
   std::string out = "runs/sae";
+  bool overwrite = false;            // a fresh run may replace a run already in `out`
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
   bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
@@ -48,6 +50,12 @@ struct TrainConfig {
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
   ProgressMode progress = ProgressMode::Auto;
+  int64_t threads = 0;               // CPU threads; 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
+
+  // Not options: the names of the options the user set (command line or profile), so --resume can
+  // refuse one that contradicts the run, and --init one that contradicts the checkpoint.
+  std::vector<std::string> given;
+  bool was_given(const std::string& option) const;
 
   void validate() const;  // UsageError naming the option
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)

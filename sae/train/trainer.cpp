@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "io/atomic_file.h"
@@ -14,6 +15,7 @@
 #include "sae/train/run_start.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
+#include "tensor/threads.h"
 
 namespace fs = std::filesystem;
 
@@ -78,6 +80,9 @@ void write_run_config(const TrainConfig& c, Device device, const ActivationSourc
   cfg["resolved"]["dataset_scale"] = dataset_scale;
   cfg["resolved"]["data"] = source.describe();
   cfg["resolved"]["max_batch_tokens"] = max_tokens;
+  cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  cfg["resolved"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset: OpenMP's default)";
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
@@ -116,6 +121,7 @@ TrainResult train(TrainConfig requested) {
   // ---- where the run starts, and its data ----
   const RunStart start = start_run(std::move(requested));
   const TrainConfig& config = start.config;
+  if (config.threads > 0) set_cpu_threads(static_cast<int>(config.threads));
   const Device device = resolve_device(config.device);
   if (device == Device::CUDA) cuda_set_tf32(config.tf32);
   std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
@@ -236,8 +242,32 @@ TrainResult train(TrainConfig requested) {
     result.nonzero_proportion = metric(result.last_row, "nonzero_proportion");
   }
   result.dead_features = run.dead.dead(run.tokens);
+  result.wrote_checkpoints = fs::is_directory(fs::path(config.out) / "checkpoints");
   if (synthetic) result.concepts = report_concepts("final");
   return result;
+}
+
+double measure_step_seconds(const TrainConfig& config) {
+  constexpr int kTimedSteps = 3;
+  const Device device = resolve_device(config.device);
+  std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
+  const int64_t d = source->d();
+  Batcher batcher(*source, config.batch_tokens, config.normalize, 1.0, config.seed);
+  Rng rng(config.seed);
+  SaeParams params = SaeParams::standard_init(d, config.features, rng).to(device);
+  SaeAdamState adam = SaeAdamState::zeros_like(params, config.beta1, config.beta2, config.eps);
+  const int64_t max_tokens = batcher.max_batch_tokens();
+  SaeStep step(max_tokens, d, config.features, DType::F32, device, SparseMode::Off);
+  Tensor raw = Tensor::empty(Shape{max_tokens, d}), normalized = Tensor::empty(Shape{max_tokens, d});
+  BatchStats stats;
+  auto one_step = [&] {
+    const int64_t n = batcher.next(raw.data<float>(), normalized.data<float>(), stats);
+    step.train_step(params, adam, normalized.slice_rows(0, n).to(device), config.l1, config.lr);
+  };
+  one_step();
+  const auto begin = std::chrono::steady_clock::now();
+  for (int i = 0; i < kTimedSteps; ++i) one_step();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() / kTimedSteps;
 }
 
 std::string format_report(const TrainResult& r) {
@@ -255,10 +285,9 @@ std::string format_report(const TrainResult& r) {
                           "purity %.1f%% of %lld alive features\n",
                           r.concepts->mmcs, 100 * r.concepts->recovered, (long long)r.concepts->concepts,
                           100 * r.concepts->purity, (long long)r.concepts->alive_features);
-  std::snprintf(buffer + used, sizeof buffer - used,
-                "  files: %s/config.json, %s, %s,\n         %s/ (SAELens format), %s/checkpoints/\n",
+  std::snprintf(buffer + used, sizeof buffer - used, "  files: %s/config.json, %s, %s,\n         %s/ (SAELens format)%s\n",
                 r.out_dir.c_str(), r.metrics_csv.c_str(), r.tensorboard_file.c_str(), r.model_dir.c_str(),
-                r.out_dir.c_str());
+                r.wrote_checkpoints ? (", " + r.out_dir + "/checkpoints/").c_str() : "");
   return buffer;
 }
 

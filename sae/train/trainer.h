@@ -25,11 +25,16 @@ struct TrainResult {
   int64_t dead_features = 0;
   std::optional<ConceptRecovery> concepts;  // synthetic data only
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
+  bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   Device device = Device::CPU;
 };
 
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
 TrainResult train(TrainConfig config);
+
+// Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few
+// steps on the configuration's own data after one warm-up step. For the study drivers' estimates.
+double measure_step_seconds(const TrainConfig& config);
 
 // The final report, a few lines of text (FVU, L0, dead features, concept recovery, files).
 std::string format_report(const TrainResult& result);

@@ -12,6 +12,7 @@
 #include "tensor/dispatch.h"
 #include "tensor/element_math.h"
 #include "tensor/op_list.h"
+#include "tensor/threads.h"
 
 namespace sae {
 
@@ -306,6 +307,14 @@ void adam_step_cpu(Tensor& param, Tensor& m, Tensor& v, const Tensor& grad, cons
 }
 
 }  // namespace
+
+void set_cpu_threads(int n) {
+  if (n < 1) throw UsageError(cat("threads: expected a positive count, got ", n));
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
 
 #define SAE_CPU_ENTRY(name, signature) name##_cpu,
 const KernelTable& cpu_kernels() {

@@ -163,7 +163,7 @@ TEST(CliApply, DataErrorsExitOne) {
       {"--sae " + quote(s.sae_dir) + " --input " + quote(corrupt) + outputs, "corrupt.npy"},
       {"--sae " + quote(s.sae_dir) + " --input " + quote(wide) + outputs, "d_in is 5"},
       {"--sae " + quote(s.sae_dir) + " --input " + quote(flat) + outputs, "2-D"},
-      {"--sae " + quote(s.sae_dir) + " --input " + quote(nan_input) + outputs, "NaN"},
+      {"--sae " + quote(s.sae_dir) + " --input " + quote(nan_input) + outputs, "non-finite activation (nan) at token 1, column 2"},
   };
   for (const auto& [args, mention] : cases) {
     auto r = run_apply(s.dir, args);
@@ -176,7 +176,8 @@ TEST(CliApply, DataErrorsExitOne) {
 
 TEST(CliApply, AppliesWhatSaeTrainWrites) {
   // The trainer's final sae/ also holds training_state.safetensors: sae_apply must read it as a
-  // plain SAE, and agree with the model loaded in-process.
+  // plain SAE, and agree with the model loaded in-process. The inputs are given as the SAE sees
+  // them (--raw): the normalisation is tested below.
   TempDir dir("apply_train");
   const std::string run = dir.str("run");
   const std::string tiny =
@@ -191,7 +192,7 @@ TEST(CliApply, AppliesWhatSaeTrainWrites) {
   const std::string input = dir.str("x.npy"), f_path = dir.str("f.npy"), xhat_path = dir.str("xhat.npy");
   write_npy(input, x);
   auto r = run_apply(dir, "--sae " + quote(run + "/sae") + " --input " + quote(input) + " --features-out " +
-                              quote(f_path) + " --reconstruction-out " + quote(xhat_path));
+                              quote(f_path) + " --reconstruction-out " + quote(xhat_path) + " --raw");
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   Checkpoint ck = load_checkpoint(run + "/sae", Device::CPU);
@@ -202,4 +203,64 @@ TEST(CliApply, AppliesWhatSaeTrainWrites) {
   Variable xhat = model.decode(f);
   EXPECT_LE(max_abs_diff(NpyFile::open(f_path).read_f32(), f.data()), 1e-6 * (1.0 + max_abs(f.data())));
   EXPECT_LE(max_abs_diff(NpyFile::open(xhat_path).read_f32(), xhat.data()), 1e-6 * (1.0 + max_abs(xhat.data())));
+}
+
+TEST(CliApply, GivesTheSaeItsInputsNormalisedAsInTraining) {
+  // An SAE trained with per-story normalisation, applied to a safetensors file with story_lengths:
+  // each story is normalised as in training, the features are the SAE's, and the reconstruction
+  // comes back in the input's scale. Without story boundaries the same SAE needs --raw.
+  TempDir dir("apply_norm");
+  const std::string run = dir.str("run");
+  const std::string tiny =
+      "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+      " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3 --steps 3"
+      " --progress none --device cpu --out ";
+  ASSERT_EQ(run_binary("sae_train", tiny + quote(run), dir).exit_code, 0);
+  const std::vector<int64_t> lengths = {5, 9, 4};
+  auto value = [](int64_t t, int64_t j) { return 3.0 + 0.7 * double((t * 7 + j * 3) % 11) - 0.2 * double(t % 3); };
+  sae::testing::write_activation_file(dir.str("acts.safetensors"), 8, lengths, value);
+  const std::string f_path = dir.str("f.npy"), xhat_path = dir.str("xhat.npy");
+  auto r = run_apply(dir, "--sae " + quote(run + "/sae") + " --input " + quote(dir.str("acts.safetensors")) +
+                              " --features-out " + quote(f_path) + " --reconstruction-out " + quote(xhat_path));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("inputs normalised: story"), std::string::npos) << r.out;
+
+  const SparseAutoencoder model(load_checkpoint(run + "/sae", Device::CPU).params);
+  const Tensor f_bin = NpyFile::open(f_path).read_f32(), xhat_bin = NpyFile::open(xhat_path).read_f32();
+  NoGradGuard no_grad;
+  int64_t first = 0;
+  for (int64_t length : lengths) {
+    // The story normalised by hand: (x - mean) / std * sqrt(8), std unbiased over all its values.
+    std::vector<double> raw;
+    for (int64_t t = first; t < first + length; ++t)
+      for (int64_t j = 0; j < 8; ++j) raw.push_back(value(t, j));
+    double mean = 0, sq = 0;
+    for (double v : raw) mean += v / double(raw.size());
+    for (double v : raw) sq += (v - mean) * (v - mean);
+    const double scale = std::sqrt(8.0) / std::sqrt(sq / double(raw.size() - 1));
+    std::vector<double> normalised;
+    for (double v : raw) normalised.push_back((v - mean) * scale);
+    Variable f = model.encode(Variable(Tensor::from_vector(normalised, Shape{length, 8})));
+    Tensor x_hat = model.decode(f).data();
+    std::vector<double> back = x_hat.to_vector();
+    for (double& v : back) v = v / scale + mean;
+    EXPECT_LE(max_abs_diff(f_bin.slice_rows(first, first + length), f.data()), 1e-5 * (1.0 + max_abs(f.data())));
+    EXPECT_LE(max_abs_diff(xhat_bin.slice_rows(first, first + length), Tensor::from_vector(back, Shape{length, 8})),
+              1e-5 * (1.0 + max_abs(Tensor::from_vector(back, Shape{length, 8}))));
+    first += length;
+  }
+  EXPECT_GT(max_abs(f_bin), 0.0);
+
+  // A .npy has no story boundaries: refused (exit 2) unless --raw.
+  write_npy(dir.str("x.npy"), Tensor::full(Shape{4, 8}, 0.5));
+  auto no_stories = run_apply(dir, "--sae " + quote(run + "/sae") + " --input " + quote(dir.str("x.npy")) +
+                                       " --features-out " + quote(f_path));
+  EXPECT_EQ(no_stories.exit_code, 2) << no_stories.err;
+  EXPECT_NE(no_stories.err.find("story_lengths"), std::string::npos) << no_stories.err;
+
+  // sae_apply does not need the training state: a corrupt one does not stop it.
+  std::ofstream(run + "/sae/training_state.safetensors", std::ios::trunc) << "garbage";
+  auto corrupt_state = run_apply(dir, "--sae " + quote(run + "/sae") + " --input " + quote(dir.str("acts.safetensors")) +
+                                          " --features-out " + quote(f_path));
+  EXPECT_EQ(corrupt_state.exit_code, 0) << corrupt_state.err;
 }

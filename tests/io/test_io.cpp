@@ -659,3 +659,87 @@ TEST(IoFixtures, HandRolledPythonWriter) {
   EXPECT_EQ(empty.shape(), (Shape{0, 5}));
   EXPECT_EQ(f.read_rows_f32("empty", 0, 0).numel(), 0);
 }
+
+// ---- hostile files (the defects a careful attacker found; each must be one clean error or a
+// correct read, never undefined behaviour, a huge allocation or a message that breaks the line)
+
+namespace {
+// A safetensors file with a hand-written header (padded to 8 bytes) and `data` after it.
+void write_safetensors_header(const std::string& path, const std::string& header, const std::string& data = "") {
+  std::string h = header;
+  while (h.size() % 8) h += ' ';
+  const uint64_t n = h.size();
+  write_bytes(path, std::string(reinterpret_cast<const char*>(&n), 8) + h + data);
+}
+}  // namespace
+
+TEST(HostileFiles, ZeroDimensionAfterHugeOnesIsAnEmptyTensor) {
+  TempDir dir("hostile_numel");
+  // 2^53 * 2^10 = 2^63 fits an unsigned count but not int64: the zero must make it empty, not overflow.
+  const std::string p = dir.str("z.safetensors");
+  write_safetensors_header(p, R"({"x":{"dtype":"F32","shape":[9007199254740992,1024,0],"data_offsets":[0,0]}})");
+  SafetensorsFile f = SafetensorsFile::open(p);
+  EXPECT_EQ(f.entry("x").numel(), 0);
+  EXPECT_EQ(f.read_f32("x").numel(), 0);
+  // Without the zero the product does not fit int64: refused.
+  write_safetensors_header(p, R"({"x":{"dtype":"F32","shape":[9007199254740992,1024],"data_offsets":[0,0]}})");
+  expect_data_error([&] { SafetensorsFile::open(p); }, {"too large"});
+  // .npy likewise.
+  const std::string q = dir.str("z.npy");
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (9007199254740992, 1024, 0), }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  write_bytes(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header);
+  EXPECT_EQ(NpyFile::open(q).numel(), 0);
+}
+
+TEST(HostileFiles, HeaderThatIsNotAnObjectIsRefusedBeforeParsing) {
+  TempDir dir("hostile_header");
+  const std::string p = dir.str("a.safetensors");
+  // A 20 MB array: refused on its first byte, so it is never built into a JSON tree.
+  std::string array = "[";
+  array.reserve(20'000'000);
+  while (array.size() < 20'000'000) array += "1,";
+  array += "1]";
+  write_safetensors_header(p, array);
+  expect_data_error([&] { SafetensorsFile::open(p); }, {"must be a JSON object"});
+  // An object holding a huge array: the parser stops at its value cap.
+  write_safetensors_header(p, "{\"x\":" + array + "}");
+  expect_data_error([&] { SafetensorsFile::open(p); }, {"more than", "values"});
+  // An offset beyond 2^53 is named as such.
+  write_safetensors_header(p, R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,18014398509481984]}})");
+  expect_data_error([&] { SafetensorsFile::open(p); }, {"beyond 2^53"});
+}
+
+TEST(HostileFiles, ErrorMessagesStayOnOneLine) {
+  TempDir dir("hostile_names");
+  // A tensor name with a newline and a terminal escape, and an unknown dtype: the message escapes them.
+  const std::string p = dir.str("n.safetensors");
+  write_safetensors_header(p, "{\"a\\nb\\u001b[31m\":{\"dtype\":\"Q\\n\",\"shape\":[1],\"data_offsets\":[0,4]}}", "xxxx");
+  try {
+    SafetensorsFile::open(p);
+    FAIL() << "accepted";
+  } catch (const DataError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_EQ(m.find('\x1b'), std::string::npos) << m;
+    EXPECT_NE(m.find("a\\x0ab\\x1b[31m"), std::string::npos) << m;
+  }
+  // A .npy header with a bad key and a newline inside: echoed escaped.
+  const std::string q = dir.str("n.npy");
+  std::string header = "{'descr': '<f4', 'shape': (1,), 'x\ny': 1, }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  write_bytes(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header + "abcd");
+  try {
+    NpyFile::open(q);
+    FAIL() << "accepted";
+  } catch (const DataError& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(q), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(printable(std::string("ok\t\xff", 4)), "ok\\x09\\xff");
+  EXPECT_EQ(printable(std::string(300, 'a')).size(), 123u);  // cut at 120 with "..."
+}

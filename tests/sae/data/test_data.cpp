@@ -217,3 +217,48 @@ TEST(ActivationFile, ReadsSafetensorsWithStoriesAndChecksThem) {
   source->read_tokens(4, 2, row.data());
   EXPECT_EQ(row, (std::vector<float>{40, 41, 42, 50, 51, 52}));
 }
+
+TEST(ActivationFile, HostileStoryLengthsAreRefusedWithoutOverflow) {
+  using sae::testing::raw_bytes;
+  using sae::testing::write_raw_safetensors;
+  TempDir dir("hostile_lengths");
+  const std::vector<float> x(42 * 2, 0.5f);
+  auto expect_refused = [&](const std::string& name, const std::vector<int64_t>& shape, const std::vector<int64_t>& lengths,
+                            const std::string& mention) {
+    const std::string path = dir.str(name);
+    write_raw_safetensors(path, {{"activations", "F32", {42, 2}, raw_bytes(x)}, {"story_lengths", "I64", shape, raw_bytes(lengths)}});
+    try {
+      open_activations(path, SyntheticOptions{});
+      ADD_FAILURE() << name << ": accepted";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(mention), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+  };
+  // Two lengths of 2^63 - 1 would wrap a running sum to exactly 42 - 42 and pass a final check.
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  expect_refused("wrap.safetensors", {3}, {max, max, 42}, "run past the 42 tokens");
+  expect_refused("square.safetensors", {2, 2}, {10, 10, 11, 11}, "1-D");
+  expect_refused("short.safetensors", {2}, {10, 11}, "sum to 21");
+}
+
+TEST(ActivationFile, ANonFiniteValueIsReportedWithFileAndToken) {
+  TempDir dir("nan_middle");
+  const std::string path = dir.str("acts.safetensors");
+  // Long enough that the NaN at token 7013 is in none of the 4096-token samples checked on open.
+  sae::testing::write_activation_file(path, 3, {5000, 5000, 5000}, [](int64_t t, int64_t j) {
+    return t == 7013 && j == 1 ? std::nan("") : 0.1 * double((t + j) % 17);
+  });
+  std::unique_ptr<ActivationSource> source = open_activations(path, SyntheticOptions{});
+  Batcher batcher(*source, 0, Normalization::Story, 1.0, 0);
+  std::vector<float> raw(5000 * 3), normalized(5000 * 3);
+  BatchStats stats;
+  batcher.next(raw.data(), normalized.data(), stats);  // story 0: tokens 0..4999
+  try {
+    batcher.next(raw.data(), normalized.data(), stats);  // story 1 holds token 7013
+    FAIL() << "NaN accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": non-finite activation (nan) at token 7013, column 1"), std::string::npos)
+        << e.what();
+  }
+}

@@ -1,0 +1,38 @@
+// FileLock (see file_lock.h).
+#include "io/file_lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "tensor/error.h"
+
+namespace sae {
+
+FileLock::FileLock(const std::string& path) {
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd_ < 0) throw DataError(cat("cannot create the lock file ", path, ": ", std::strerror(errno)));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int saved = errno;
+    char holder[32] = {};
+    const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    if (saved == EWOULDBLOCK)
+      throw DataError(cat(path, ": another process (pid ", n > 0 ? printable(std::string(holder, size_t(n))) : "unknown",
+                          ") is running in this folder; wait for it to finish or use another --out"));
+    throw DataError(cat("cannot lock ", path, ": ", std::strerror(saved)));
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) == 0) (void)!::pwrite(fd_, pid.data(), pid.size(), 0);
+}
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+}
+
+}  // namespace sae

@@ -1,0 +1,23 @@
+// FileLock: an exclusive advisory lock (flock) on a file, held while the object lives, so that two
+// processes cannot work on one run folder at once. The lock file records the holder's pid for the
+// message the second process gets. The kernel drops the lock when the holder dies, even by kill -9,
+// so a stale lock file never blocks a later run.
+#pragma once
+#include <string>
+
+namespace sae {
+
+class FileLock {
+ public:
+  // Creates `path` if needed and locks it without waiting. DataError naming the path (and the pid
+  // that holds it) when another process holds it or it cannot be created.
+  explicit FileLock(const std::string& path);
+  ~FileLock();
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace sae

@@ -1,0 +1,133 @@
+// Checkpoint files from hostile or damaged sources: every field of the training state is range
+// checked (a NaN or 1e300 clock never reaches an int64 conversion; negative counts, a negative
+// dataset scale are refused), weights are checked element by element (large finite values are
+// fine, a NaN is named), errors name the file, and a program that needs only the weights does not
+// fail on a damaged training state.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "io/safetensors.h"
+#include "sae/train/checkpoint.h"
+#include "tensor/ops.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+TrainingState valid_state(const SaeParams& p) {
+  TrainingState st;
+  st.step = 7;
+  st.tokens = 700;
+  st.dataset_scale = 1.5;
+  st.batcher = Json::object();
+  st.batcher["mode"] = "story";
+  st.last_fired.assign(static_cast<size_t>(p.d_sae()), 650);
+  st.adam = SaeAdamState::zeros_like(p);
+  st.adam.steps = 7;
+  return st;
+}
+
+// Saves a checkpoint whose training state is `st`, then expects load_checkpoint to refuse it with
+// a message naming the state file and containing `mention`.
+void expect_state_refused(const SaeParams& p, const TrainingState& st, const std::string& mention, const TempDir& dir,
+                          const std::string& name) {
+  const std::string ckpt = dir.str(name);
+  save_checkpoint(ckpt, p, Json::object(), &st);
+  try {
+    load_checkpoint(ckpt, Device::CPU);
+    ADD_FAILURE() << name << ": accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(ckpt + "/training_state.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(mention), std::string::npos) << e.what();
+  }
+  // Without the state (what sae_apply and --init read) the same folder loads.
+  EXPECT_EQ(load_checkpoint(ckpt, Device::CPU, /*with_state=*/false).params.d_sae(), p.d_sae());
+}
+
+}  // namespace
+
+TEST(CheckpointFiles, TrainingStateFieldsAreRangeChecked) {
+  TempDir dir("ckpt_state");
+  Rng rng(3);
+  const SaeParams p = SaeParams::standard_init(4, 6, rng);
+  // The valid state round-trips.
+  save_checkpoint(dir.str("good"), p, Json::object(), [&] {
+    static TrainingState st = valid_state(p);
+    return &st;
+  }());
+  Checkpoint good = load_checkpoint(dir.str("good"), Device::CPU);
+  ASSERT_TRUE(good.state.has_value());
+  EXPECT_EQ(good.state->last_fired, std::vector<int64_t>(6, 650));
+  EXPECT_EQ(good.state->adam.steps, 7);
+
+  // Clocks: the state file stores them as F64; write hostile values through the same writer.
+  for (double clock : {std::nan(""), 1e300, -1.0, 2.5, 701.0}) {
+    TrainingState st = valid_state(p);
+    const std::string ckpt = dir.str("clock");
+    save_checkpoint(ckpt, p, Json::object(), &st);
+    // Rewrite last_fired with the hostile value (the writer itself only takes int64 clocks).
+    SafetensorsFile file = SafetensorsFile::open(ckpt + "/training_state.safetensors");
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const std::string& name : file.names())
+      if (name != "last_fired") tensors.push_back({name, file.read_f32(name)});
+    tensors.push_back({"last_fired", Tensor::full(Shape{6}, clock, DType::F64)});
+    const auto metadata = file.metadata();
+    write_safetensors(ckpt + "/training_state.safetensors", tensors, metadata);
+    try {
+      load_checkpoint(ckpt, Device::CPU);
+      ADD_FAILURE() << "clock " << clock << " accepted";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("last_fired[0]"), std::string::npos) << e.what();
+    }
+  }
+  TrainingState negative = valid_state(p);
+  negative.tokens = -5;
+  negative.last_fired.assign(6, 0);
+  expect_state_refused(p, negative, "must be >= 0", dir, "negative_tokens");
+  TrainingState scale = valid_state(p);
+  scale.dataset_scale = -1;
+  expect_state_refused(p, scale, "dataset_scale must be a positive number", dir, "negative_scale");
+}
+
+TEST(CheckpointFiles, WeightsAreCheckedElementByElement) {
+  TempDir dir("ckpt_weights");
+  Rng rng(4);
+  SaeParams p = SaeParams::standard_init(4, 6, rng);
+  // Large but finite weights: their sum overflows float32, yet nothing is wrong with them.
+  fill_(p.W_dec, 3e38);
+  save_checkpoint(dir.str("large"), p, Json::object(), nullptr);
+  EXPECT_NO_THROW(load_checkpoint(dir.str("large"), Device::CPU));
+  // A NaN is refused, naming the file, the tensor and the element.
+  p.W_enc.data<float>()[5] = std::nanf("");
+  save_checkpoint(dir.str("nan"), p, Json::object(), nullptr);
+  try {
+    load_checkpoint(dir.str("nan"), Device::CPU);
+    FAIL() << "NaN weights accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.str("nan") + "/sae_weights.safetensors: W_enc holds nan at element 5"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(CheckpointFiles, ConfigErrorsNameTheFile) {
+  TempDir dir("ckpt_cfg");
+  Rng rng(5);
+  const SaeParams p = SaeParams::standard_init(4, 6, rng);
+  save_checkpoint(dir.str("c"), p, Json::object(), nullptr);
+  std::ofstream(dir.str("c/cfg.json"), std::ios::trunc) << R"({"architecture": 3, "d_in": 4})";
+  try {
+    load_checkpoint(dir.str("c"), Device::CPU);
+    FAIL() << "accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.str("c/cfg.json")), std::string::npos) << e.what();
+  }
+  std::ofstream(dir.str("c/cfg.json"), std::ios::trunc) << R"({"d_in": "four"})";
+  EXPECT_THROW(load_checkpoint(dir.str("c"), Device::CPU), DataError);
+}

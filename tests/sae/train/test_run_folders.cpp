@@ -1,0 +1,261 @@
+// What the trainer promises about run folders (docs/contract.md §5, docs/robustness.md): every run
+// kind resumes bit-exactly (--init, story and token batches, dataset normalisation, sparse on and
+// off, prefetch); a fresh run does not mix with a run already in its folder (refused, or replaced
+// with --overwrite); two runs cannot share a folder (lock); a crash inside a checkpoint save loses
+// nothing (killed after the exchange, and between the two renames of the fallback path); stale
+// temporary folders are swept; --resume refuses options that contradict the run; --init refuses a
+// contradicting --features; config files that are FIFOs or devices are refused, not waited on.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/file_lock.h"
+#include "io/json.h"
+#include "sae/train/checkpoint.h"
+#include "sae/train/trainer.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::run_binary;
+using sae::testing::small_synthetic_config;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+TrainConfig tiny(const std::string& out) {
+  TrainConfig c = small_synthetic_config(out);
+  c.features = 48;
+  c.lr = 3e-3;
+  c.l1 = 0.5;
+  c.steps = 30;
+  c.log_every = 1;
+  c.checkpoint_every = 10;
+  return c;
+}
+
+// Runs `config` straight to its steps in DIR/full, and in DIR/cut to `cut_at` steps and then on
+// with --resume; the two final models and metrics.csv must be byte-identical.
+void expect_bit_exact_resume(TrainConfig config, int64_t cut_at, const TempDir& dir, const std::string& what) {
+  const int64_t steps = config.steps;
+  config.out = dir.str(what + "_full");
+  train(config);
+  TrainConfig first = config;
+  first.out = dir.str(what + "_cut");
+  first.steps = cut_at;
+  train(first);
+  TrainConfig rest;
+  rest.resume = first.out;
+  rest.steps = steps;
+  rest.checkpoint_every = config.checkpoint_every;
+  rest.log_every = config.log_every;
+  rest.progress = ProgressMode::None;
+  rest.device = DeviceChoice::Cpu;
+  rest.prefetch = config.prefetch;
+  const TrainResult r = train(rest);
+  EXPECT_EQ(r.steps, steps) << what;
+  EXPECT_EQ(read_file(config.out + "/sae/sae_weights.safetensors"), read_file(first.out + "/sae/sae_weights.safetensors"))
+      << what;
+  EXPECT_EQ(read_file(config.out + "/metrics.csv"), read_file(first.out + "/metrics.csv")) << what;
+}
+
+std::string command_line_tiny() {
+  return " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+         " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
+         " --progress none --device cpu";
+}
+
+}  // namespace
+
+TEST(RunFolders, EveryRunKindResumesBitExactly) {
+  TempDir dir("resume_kinds");
+  TrainConfig tokens = tiny("");  // token batches, dataset normalisation (small_synthetic_config)
+  expect_bit_exact_resume(tokens, 17, dir, "tokens_dataset");
+  TrainConfig stories = tiny("");
+  stories.batch_tokens = 0;
+  stories.normalize = Normalization::Story;
+  expect_bit_exact_resume(stories, 13, dir, "stories");
+  TrainConfig dense = tiny("");
+  dense.sparse = SparseMode::Off;
+  expect_bit_exact_resume(dense, 20, dir, "sparse_off");
+  TrainConfig sparse = tiny("");
+  sparse.sparse = SparseMode::On;
+  expect_bit_exact_resume(sparse, 11, dir, "sparse_on");
+  TrainConfig prefetch = tiny("");
+  prefetch.prefetch = PrefetchMode::On;
+  expect_bit_exact_resume(prefetch, 15, dir, "prefetch");
+  // --init: start from another run's SAE, interrupt, resume (its config.json keeps the init path).
+  TrainConfig source = tiny(dir.str("init_source"));
+  train(source);
+  TrainConfig from_init = tiny("");
+  from_init.init = dir.str("init_source/sae");
+  expect_bit_exact_resume(from_init, 12, dir, "init");
+  EXPECT_EQ(read_json_file(dir.str("init_cut/config.json")).at("init").as_string(), from_init.init);
+}
+
+TEST(RunFolders, FreshRunIntoARunFolderIsRefusedUnlessOverwrite) {
+  TempDir dir("refuse_fresh");
+  TrainConfig c = tiny(dir.str("run"));
+  c.steps = 12;
+  train(c);
+  const std::string before = read_file(dir.str("run/sae/sae_weights.safetensors"));
+  TrainConfig again = c;
+  again.lr = 1e-2;  // another run into the same folder
+  try {
+    train(again);
+    FAIL() << "a second fresh run into a run folder was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_file(dir.str("run/sae/sae_weights.safetensors")), before);  // untouched
+  // --overwrite replaces it: the folder then holds exactly the new run (its rows only).
+  std::ofstream(dir.str("run/notes.txt")) << "mine";  // not a run file: kept
+  again.overwrite = true;
+  again.steps = 5;
+  again.checkpoint_every = 100;
+  train(again);
+  EXPECT_NE(read_file(dir.str("run/sae/sae_weights.safetensors")), before);
+  EXPECT_FALSE(fs::exists(dir.str("run/checkpoints")));  // the old run's checkpoints are gone
+  EXPECT_EQ(read_json_file(dir.str("run/config.json")).at("lr").as_number(), 1e-2);
+  const std::string csv = read_file(dir.str("run/metrics.csv"));
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 5);  // header + the new run's 5 rows
+  EXPECT_EQ(read_file(dir.str("run/notes.txt")), "mine");
+  // An empty folder, or one with other files only, is fine without --overwrite.
+  fs::create_directories(dir.str("empty"));
+  std::ofstream(dir.str("empty/readme")) << "x";
+  train(tiny(dir.str("empty")));
+}
+
+TEST(RunFolders, TwoRunsCannotShareAFolder) {
+  TempDir dir("lock");
+  fs::create_directories(dir.str("run"));
+  FileLock held(dir.str("run/.lock"));  // as if another process were training there
+  try {
+    train(tiny(dir.str("run")));
+    FAIL() << "a run started in a locked folder";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("another process"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.str("run/config.json")));
+}
+
+TEST(RunFolders, ACrashInsideACheckpointSaveLosesNothing) {
+  // The final save of a resumed run replaces sae/. Kill the process there, in each of the two ways
+  // a save swaps directories, then resume: the result must equal an uninterrupted run.
+  TempDir dir("crash_swap");
+  const std::string base = command_line_tiny() + " --checkpoint-every 1000";
+  auto straight = run_binary("sae_train", base + " --steps 30 --out " + dir.str("straight"), dir);
+  ASSERT_EQ(straight.exit_code, 0) << straight.err;
+  for (const std::string hook : {"SAE_TEST_KILL_AT=after-exchange",
+                                 "SAE_TEST_NO_RENAME_EXCHANGE=1 SAE_TEST_KILL_AT=between-renames"}) {
+    const std::string run = dir.str(hook.find("between") != std::string::npos ? "two_renames" : "exchange");
+    auto first = run_binary("sae_train", base + " --steps 10 --out " + run, dir);
+    ASSERT_EQ(first.exit_code, 0) << first.err;
+    // Steps 10 -> 20, killed while the final sae/ is swapped in.
+    const std::string killed = std::string("env ") + hook + " " + SAE_BIN_DIR + "/sae_train --resume " + run +
+                               " --steps 20 --progress none --device cpu > /dev/null 2>&1";
+    const int status = std::system(killed.c_str());
+    ASSERT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 128 + 9)) << hook;
+    bool leftovers = false;
+    for (const auto& entry : fs::directory_iterator(run)) leftovers |= entry.path().filename().string().rfind("sae.", 0) == 0;
+    EXPECT_TRUE(leftovers) << hook << ": the crash should have left a temporary copy";
+    // Resume to 30: recovers the step-20 model (from a temporary name if need be) and goes on.
+    auto resumed = run_binary("sae_train", "--resume " + run + " --steps 30 --progress none --device cpu", dir);
+    ASSERT_EQ(resumed.exit_code, 0) << hook << ": " << resumed.err;
+    EXPECT_NE(resumed.out.find("trained 30 steps"), std::string::npos) << resumed.out;
+    EXPECT_EQ(read_file(run + "/sae/sae_weights.safetensors"), read_file(dir.str("straight/sae/sae_weights.safetensors")))
+        << hook;
+    for (const auto& entry : fs::directory_iterator(run))
+      EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << "not swept: " << entry.path();
+  }
+}
+
+TEST(RunFolders, StaleTemporaryFoldersAreSweptAndRecovered) {
+  TempDir dir("sweep");
+  TrainConfig c = tiny(dir.str("run"));
+  c.steps = 20;
+  train(c);
+  // What killed saves leave: an incomplete temp folder, and a complete copy of step_10 whose real
+  // folder is gone (a crash between the renames of the fallback path).
+  fs::create_directories(dir.str("run/checkpoints/step_20.tmp-99999"));
+  std::ofstream(dir.str("run/checkpoints/step_20.tmp-99999/cfg.json")) << "{";
+  fs::rename(dir.str("run/checkpoints/step_10"), dir.str("run/checkpoints/step_10.old-12345"));
+  fs::create_directories(dir.str("run/sae.tmp-4242"));
+  TrainConfig more;
+  more.resume = dir.str("run");
+  more.steps = 25;
+  more.progress = ProgressMode::None;
+  more.device = DeviceChoice::Cpu;
+  train(more);
+  EXPECT_TRUE(fs::exists(dir.str("run/checkpoints/step_10/sae_weights.safetensors")));  // recovered
+  EXPECT_FALSE(fs::exists(dir.str("run/checkpoints/step_20.tmp-99999")));
+  EXPECT_FALSE(fs::exists(dir.str("run/checkpoints/step_10.old-12345")));
+  EXPECT_FALSE(fs::exists(dir.str("run/sae.tmp-4242")));
+  EXPECT_EQ(load_checkpoint(dir.str("run/checkpoints/step_10"), Device::CPU).state->step, 10);
+}
+
+TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
+  TempDir dir("resume_conflict");
+  auto made = run_binary("sae_train", command_line_tiny() + " --steps 5 --out " + dir.str("run"), dir);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  auto conflict = run_binary("sae_train", command_line_tiny() + " --lr 0.01 --steps 8 --resume " + dir.str("run"), dir);
+  EXPECT_EQ(conflict.exit_code, 2) << conflict.err;
+  EXPECT_NE(conflict.err.find("--lr 0.01 contradicts"), std::string::npos) << conflict.err;
+  EXPECT_EQ(std::count(conflict.err.begin(), conflict.err.end(), '\n'), 1) << conflict.err;
+  // The same values as the run (here all of command_line_tiny) and Controls options are fine.
+  auto same = run_binary("sae_train", command_line_tiny() + " --steps 8 --log-every 2 --resume " + dir.str("run"), dir);
+  EXPECT_EQ(same.exit_code, 0) << same.err;
+  // --init refuses an explicit --features that contradicts the checkpoint's d_sae (16).
+  auto init = run_binary("sae_train", command_line_tiny() + " --features 20 --steps 3 --init " + dir.str("run/sae") +
+                                          " --out " + dir.str("init_run"), dir);
+  EXPECT_EQ(init.exit_code, 2) << init.err;
+  EXPECT_NE(init.err.find("--features 20 contradicts --init"), std::string::npos) << init.err;
+}
+
+TEST(RunFolders, ConfigFilesThatAreNotRegularFilesAreRefused) {
+  TempDir dir("fifo");
+  auto made = run_binary("sae_train", command_line_tiny() + " --steps 3 --out " + dir.str("run"), dir);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  // A FIFO in place of config.json: --resume must not block on it.
+  fs::remove(dir.str("run/config.json"));
+  ASSERT_EQ(::mkfifo(dir.str("run/config.json").c_str(), 0644), 0);
+  auto fifo = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 5 --progress none --device cpu", dir);
+  EXPECT_EQ(fifo.exit_code, 1) << fifo.err;
+  EXPECT_NE(fifo.err.find("not a regular file"), std::string::npos) << fifo.err;
+  // cfg.json as a link to /dev/zero: sae_apply refuses it at once instead of reading forever.
+  fs::remove(dir.str("run/sae/cfg.json"));
+  fs::create_symlink("/dev/zero", dir.str("run/sae/cfg.json"));
+  auto zero = run_binary("sae_apply", "--sae " + dir.str("run/sae") + " --input x.npy --features-out f.npy", dir);
+  EXPECT_EQ(zero.exit_code, 1) << zero.err;
+  EXPECT_NE(zero.err.find("not a regular file"), std::string::npos) << zero.err;
+}
+
+TEST(RunFolders, ReportAndConfigSayOnlyWhatIsThere) {
+  TempDir dir("report");
+  TrainConfig c = tiny(dir.str("run"));
+  c.steps = 5;
+  c.checkpoint_every = 100;  // no checkpoint before the end
+  const TrainResult r = train(c);
+  EXPECT_FALSE(r.wrote_checkpoints);
+  EXPECT_EQ(format_report(r).find("checkpoints/"), std::string::npos) << format_report(r);
+  // A run on a file records no synthetic generator in config.json, and reads back.
+  sae::testing::write_activation_file(dir.str("acts.safetensors"), 8, {6, 9, 5}, [](int64_t t, int64_t j) {
+    return 0.1 * double((t * 5 + j * 3) % 7) - 0.2;
+  });
+  TrainConfig on_file = tiny(dir.str("file_run"));
+  on_file.data = dir.str("acts.safetensors");
+  on_file.batch_tokens = 0;
+  on_file.normalize = Normalization::Story;
+  on_file.features = 8;
+  on_file.steps = 4;
+  train(on_file);
+  const Json saved = read_json_file(dir.str("file_run/config.json"));
+  EXPECT_FALSE(saved.has("synthetic"));
+  EXPECT_EQ(TrainConfig::from_json(saved).data, on_file.data);
+  // The resolved threads and OpenMP wait policy are recorded.
+  EXPECT_TRUE(saved.at("resolved").has("threads"));
+}
