@@ -33,6 +33,51 @@ float f16_to_f32(uint16_t bits) {
 // bfloat16 is the top half of a float32.
 float bf16_to_f32(uint16_t bits) { return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16); }
 
+// Round to nearest, ties to even, as numpy's astype(float16) and torch's .half() do: values past
+// the largest half (65504, plus half an ulp) become infinity, values below the smallest subnormal
+// round to 0 or to it, NaN stays NaN (quiet, keeping the sign).
+uint16_t f32_to_f16(float value) {
+  const uint32_t x = std::bit_cast<uint32_t>(value);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t magnitude = x & 0x7FFFFFFF;
+  if (magnitude > 0x7F800000) return sign | 0x7E00;          // NaN
+  if (magnitude >= 0x477FF000) return sign | 0x7C00;         // >= 65520: infinity (or was one)
+  if (magnitude < 0x38800000) {                              // below 2^-14: a subnormal half or 0
+    // The half subnormal is magnitude / 2^-24 rounded to an integer (ties to even).
+    const float scaled = std::bit_cast<float>(magnitude) * 16777216.0f;  // exact: times 2^24
+    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
+  }
+  // Normal: re-bias the exponent (-112 << 23) and round the 13 dropped mantissa bits.
+  uint32_t rounded = magnitude - (112u << 23);
+  const uint32_t dropped = rounded & 0x1FFF, halfway = 0x1000;
+  rounded >>= 13;
+  if (dropped > halfway || (dropped == halfway && (rounded & 1))) ++rounded;  // may carry into the exponent
+  return sign | static_cast<uint16_t>(rounded);
+}
+
+// The top 16 bits of the float32, rounded to nearest even on the 16 dropped bits; NaN stays NaN.
+uint16_t f32_to_bf16(float value) {
+  const uint32_t x = std::bit_cast<uint32_t>(value);
+  if ((x & 0x7FFFFFFF) > 0x7F800000) return static_cast<uint16_t>((x >> 16) | 0x0040);  // quiet NaN
+  const uint32_t rounding = 0x7FFF + ((x >> 16) & 1);
+  return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+void convert_from_f32(const float* in, size_t count, const std::string& dtype, void* out) {
+  uint8_t* bytes = static_cast<uint8_t*>(out);
+  if (dtype == "F32") {
+    if (count > 0) std::memcpy(bytes, in, count * 4);
+  } else if (dtype == "F16" || dtype == "BF16") {
+    const bool half = dtype == "F16";
+    for (size_t i = 0; i < count; ++i) {
+      const uint16_t bits = half ? f32_to_f16(in[i]) : f32_to_bf16(in[i]);
+      std::memcpy(bytes + 2 * i, &bits, 2);
+    }
+  } else {
+    throw Error(cat("convert_from_f32: cannot write dtype '", dtype, "' (F32, F16 or BF16)"));
+  }
+}
+
 bool is_float_dtype(const std::string& dtype) {
   return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
 }

@@ -1,6 +1,7 @@
-// Exact conversions to float32 from the floating-point formats found in activation files:
-// IEEE 754 half (F16), bfloat16 (BF16), float32 (F32) and float64 (F64, rounded to nearest).
-// F16 and BF16 convert exactly, including subnormals, signed zeros, infinities and NaN payloads.
+// Conversions between float32 and the floating-point formats of activation files: IEEE 754 half
+// (F16), bfloat16 (BF16), float32 (F32) and float64 (F64, rounded to nearest). F16 and BF16 widen
+// to float32 exactly, including subnormals, signed zeros, infinities and NaN payloads; float32
+// narrows to them rounding to nearest, ties to even (as numpy and torch do).
 // Element type names follow safetensors ("F16", "BF16", "F32", "F64"). Assumes a little-endian
 // host, as the file formats do.
 #pragma once
@@ -12,11 +13,15 @@ namespace sae {
 
 float f16_to_f32(uint16_t bits);
 float bf16_to_f32(uint16_t bits);
+uint16_t f32_to_f16(float value);
+uint16_t f32_to_bf16(float value);
 
 // True for the dtypes convert_to_f32 accepts.
 bool is_float_dtype(const std::string& dtype);
 
 // Converts count elements stored as dtype at src (any alignment) into out.
 void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out);
+// Converts count float32 values into dtype ("F32", "F16" or "BF16") at out (any alignment).
+void convert_from_f32(const float* in, size_t count, const std::string& dtype, void* out);
 
 }  // namespace sae

@@ -246,26 +246,26 @@ std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
   return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  // Host copies, checked, in file order.
-  struct Item {
-    std::string name;
-    Tensor host;
-  };
-  std::vector<Item> items;
-  for (const auto& [name, tensor] : tensors) {
-    if (name == "__metadata__") throw Error(cat("write_safetensors ", path, ": '__metadata__' is reserved, not a tensor name"));
-    if (!tensor.defined()) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is undefined"));
-    for (const Item& item : items)
-      if (item.name == name) throw Error(cat("write_safetensors ", path, ": tensor name '", name, "' given twice"));
-    items.push_back({name, tensor.to(Device::CPU)});
+void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const RawTensor& t = tensors[i];
+    if (t.name == "__metadata__") throw Error(cat("write_safetensors ", path, ": '__metadata__' is reserved, not a tensor name"));
+    for (size_t j = 0; j < i; ++j)
+      if (tensors[j].name == t.name) throw Error(cat("write_safetensors ", path, ": tensor name '", t.name, "' given twice"));
+    const size_t element = safetensors_dtype_size(t.dtype);
+    if (element == 0) throw Error(cat("write_safetensors ", path, ": unknown dtype '", t.dtype, "'"));
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+    if (numel * element != t.bytes.size())
+      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes for shape ",
+                      shape_str(t.shape), " of ", t.dtype));
   }
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-    size_t sa = dtype_size(a.host.dtype()), sb = dtype_size(b.host.dtype());
+  // Largest element size first, then by name, as the reference writer orders them.
+  std::stable_sort(tensors.begin(), tensors.end(), [](const RawTensor& a, const RawTensor& b) {
+    const size_t sa = safetensors_dtype_size(a.dtype), sb = safetensors_dtype_size(b.dtype);
     return sa != sb ? sa > sb : a.name < b.name;
   });
-
   Json header = Json::object();
   if (!metadata.empty()) {
     Json& meta = header["__metadata__"];
@@ -273,28 +273,44 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
     for (const auto& [key, value] : metadata) meta[key] = Json(value);
   }
   uint64_t offset = 0;
-  for (const Item& item : items) {
+  for (const RawTensor& t : tensors) {
     Json info = Json::object();
-    info["dtype"] = Json(item.host.dtype() == DType::F32 ? "F32" : "F64");
+    info["dtype"] = Json(t.dtype);
     Json shape = Json::array();
-    for (int i = 0; i < item.host.ndim(); ++i) shape.push_back(Json(item.host.size(i)));
+    for (int64_t d : t.shape) shape.push_back(Json(d));
     info["shape"] = shape;
     Json offsets = Json::array();
     offsets.push_back(Json(offset));
-    offsets.push_back(Json(offset + item.host.nbytes()));
+    offsets.push_back(Json(offset + t.bytes.size()));
     info["data_offsets"] = offsets;
-    offset += item.host.nbytes();
-    header[item.name] = info;
+    offset += t.bytes.size();
+    header[t.name] = info;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-
   AtomicFileWriter out(path);
   uint64_t header_bytes = text.size();
   out.write(&header_bytes, 8);
   out.write(text);
-  for (const Item& item : items) out.write(item.host.raw(), item.host.nbytes());
+  for (const RawTensor& t : tensors) out.write(t.bytes);
   out.commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<RawTensor> raw;
+  for (const auto& [name, tensor] : tensors) {
+    if (!tensor.defined()) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is undefined"));
+    if (tensor.dtype() == DType::I32) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is i32"));
+    const Tensor host = tensor.to(Device::CPU);
+    RawTensor t;
+    t.name = name;
+    t.dtype = host.dtype() == DType::F32 ? "F32" : "F64";
+    for (int i = 0; i < host.ndim(); ++i) t.shape.push_back(host.size(i));
+    t.bytes.assign(static_cast<const char*>(host.raw()), host.nbytes());
+    raw.push_back(std::move(t));
+  }
+  write_safetensors_raw(path, std::move(raw), metadata);
 }
 
 }  // namespace sae

@@ -64,6 +64,18 @@ class SafetensorsFile {
   std::map<std::string, SafetensorsEntry> entries_;
 };
 
+// One tensor for write_safetensors_raw: any safetensors dtype name, its shape, and its bytes
+// (little-endian, row-major; exactly numel * dtype size of them).
+struct RawTensor {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+// Writes raw tensors and string metadata atomically, laid out as write_safetensors does.
+// Throws Error for an unknown dtype, a size that does not match the shape, a duplicate or reserved name.
+void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
+                           const std::map<std::string, std::string>& metadata = {});
+
 // Writes F32/F64 tensors (CUDA tensors are copied to the host) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
 // (omitted when empty), tensors ordered by element size (largest first) then name, data packed

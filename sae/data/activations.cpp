@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 
+#include "sae/data/activation_cache.h"
 #include "sae/data/synthetic.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -139,6 +140,7 @@ class FileSource : public ActivationSource {
 
 std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic) {
   if (data == "synthetic") return std::make_unique<SyntheticSource>(synthetic);
+  if (is_activation_cache(data)) return std::make_unique<CacheSource>(data);
   return std::make_unique<FileSource>(data);
 }
 

@@ -35,8 +35,8 @@ class ActivationSource {
   int64_t longest_story() const;
 };
 
-// Opens --data: "synthetic" (with the generator options in `synthetic`) or a .safetensors / .npy
-// path. Throws DataError for unreadable or malformed files, NaN/Inf included (checked on open).
+// Opens --data: "synthetic" (with the generator options in `synthetic`), a .safetensors / .npy
+// path, or an activation cache folder (activation_cache.h). Throws DataError for unreadable or malformed files, NaN/Inf included (checked on open).
 struct SyntheticOptions;
 std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic);
 

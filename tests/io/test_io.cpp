@@ -743,3 +743,55 @@ TEST(HostileFiles, ErrorMessagesStayOnOneLine) {
   EXPECT_EQ(printable(std::string("ok\t\xff", 4)), "ok\\x09\\xff");
   EXPECT_EQ(printable(std::string(300, 'a')).size(), 123u);  // cut at 120 with "..."
 }
+
+TEST(FloatConvert, NarrowingRoundsToNearestEven) {
+  // Every half value comes back as itself; NaN stays NaN.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = f16_to_f32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(f)))) << h;
+      continue;
+    }
+    ASSERT_EQ(f32_to_f16(f), h) << "half " << h;
+  }
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float f = bf16_to_f32(static_cast<uint16_t>(b));
+    if (!std::isnan(f)) ASSERT_EQ(f32_to_bf16(f), b) << "bf16 " << b;
+  }
+  // Any float: the result is a nearest representable value, and exact halfway cases go to the even
+  // one (the neighbours are found by stepping the result's bits).
+  Rng rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    const double magnitude = std::ldexp(rng.uniform(1.0, 2.0), static_cast<int>(rng.below(50)) - 30);
+    const float x = static_cast<float>(rng.below(2) ? magnitude : -magnitude);
+    for (bool half : {true, false}) {
+      const uint16_t r = half ? f32_to_f16(x) : f32_to_bf16(x);
+      auto value = [&](uint16_t bits) { return double(half ? f16_to_f32(bits) : bf16_to_f32(bits)); };
+      const double got = value(r);
+      if (std::isinf(got)) {
+        EXPECT_GT(std::abs(double(x)), half ? 65504.0 : 3e38) << x;
+        continue;
+      }
+      const uint16_t magnitude_bits = r & 0x7FFF;
+      for (int step : {-1, 1}) {
+        if (magnitude_bits == 0 && step < 0) continue;
+        const double neighbour = value(static_cast<uint16_t>((r & 0x8000) | (magnitude_bits + step)));
+        if (std::isinf(neighbour)) continue;
+        const double d_got = std::abs(got - double(x)), d_other = std::abs(neighbour - double(x));
+        EXPECT_LE(d_got, d_other) << "x " << x << (half ? " f16" : " bf16");
+        if (d_got == d_other) EXPECT_EQ(r & 1, 0) << "tie not to even: x " << x;
+      }
+    }
+  }
+  // Round trips through the bulk converter.
+  std::vector<float> in = {1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159265f};
+  for (const char* dtype : {"F32", "F16", "BF16"}) {
+    std::string bytes(in.size() * safetensors_dtype_size(dtype), '\0');
+    convert_from_f32(in.data(), in.size(), dtype, bytes.data());
+    std::vector<float> back(in.size());
+    convert_to_f32(bytes.data(), dtype, in.size(), back.data());
+    EXPECT_EQ(back[0], 1.0f) << dtype;
+    EXPECT_EQ(back[1], -2.5f) << dtype;
+    EXPECT_NEAR(back[4], 3.14159265f, std::string(dtype) == "BF16" ? 0.02 : 0.002) << dtype;
+  }
+}

@@ -1,0 +1,240 @@
+// Activation caches: manifest, writer and reader (see activation_cache.h).
+#include "sae/data/activation_cache.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "io/float_convert.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+namespace {
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kFormat = "sae-cpp-activation-cache";
+
+std::string shard_name(size_t index) {
+  char name[32];
+  std::snprintf(name, sizeof name, "shard_%05zu.safetensors", index);
+  return name;
+}
+
+template <typename T>
+std::string bytes_of(const std::vector<T>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+}
+}  // namespace
+
+Json CacheManifest::to_json() const {
+  Json j = Json::object();
+  j["format"] = kFormat;
+  j["version"] = 1;
+  j["d"] = d;
+  j["dtype"] = dtype;
+  j["source"] = source;
+  Json list = Json::array();
+  for (const CacheShard& s : shards) {
+    Json e = Json::object();
+    e["file"] = s.file;
+    e["tokens"] = s.tokens;
+    e["stories"] = s.stories;
+    e["first_story"] = s.first_story;
+    list.push_back(e);
+  }
+  j["shards"] = list;
+  j["text_position"] = text_position;
+  j["tokens"] = tokens;
+  j["stories"] = stories;
+  j["complete"] = complete;
+  return j;
+}
+
+CacheManifest CacheManifest::from_json(const Json& j, const std::string& path) {
+  CacheManifest m;
+  try {
+    if (!j.is_object() || !j.has("format") || j.at("format").as_string() != kFormat || j.at("version").as_int() != 1)
+      throw DataError(cat("not a ", kFormat, " manifest of version 1"));
+    m.d = j.at("d").as_int();
+    m.dtype = j.at("dtype").as_string();
+    if (m.d <= 0) throw DataError(cat("d must be positive, got ", m.d));
+    if (m.dtype != "F32" && m.dtype != "F16" && m.dtype != "BF16")
+      throw DataError(cat("dtype must be F32, F16 or BF16, got '", printable(m.dtype), "'"));
+    m.source = j.at("source");
+    m.text_position = j.at("text_position");
+    m.complete = j.at("complete").as_bool();
+    int64_t tokens = 0, stories = 0;
+    for (const Json& e : j.at("shards").elements()) {
+      CacheShard s;
+      s.file = e.at("file").as_string();
+      s.tokens = e.at("tokens").as_int();
+      s.stories = e.at("stories").as_int();
+      s.first_story = e.at("first_story").as_int();
+      if (s.file.find('/') != std::string::npos || s.file.empty() || s.file[0] == '.')
+        throw DataError(cat("shard file '", printable(s.file), "' must be a plain name inside the cache"));
+      if (s.tokens <= 0 || s.stories <= 0 || s.stories > s.tokens)
+        throw DataError(cat("shard ", s.file, " has ", s.tokens, " tokens in ", s.stories, " stories"));
+      tokens += s.tokens;
+      stories += s.stories;
+      m.shards.push_back(s);
+    }
+    m.tokens = j.at("tokens").as_int();
+    m.stories = j.at("stories").as_int();
+    if (m.tokens != tokens || m.stories != stories)
+      throw DataError(cat("tokens/stories ", m.tokens, "/", m.stories, " disagree with the shards' ", tokens, "/", stories));
+  } catch (const DataError& e) {
+    throw DataError(cat(path, ": ", e.what()));
+  }
+  return m;
+}
+
+bool is_activation_cache(const std::string& path) { return fs::is_directory(path) && fs::exists(fs::path(path) / kManifest); }
+
+CacheManifest read_cache_manifest(const std::string& dir) {
+  const std::string path = (fs::path(dir) / kManifest).string();
+  return CacheManifest::from_json(read_json_file(path), path);
+}
+
+// ---- writer ----
+
+ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, const std::string& dtype,
+                                             int64_t shard_tokens, const Json& source)
+    : dir_(dir), shard_tokens_(shard_tokens) {
+  if (shard_tokens <= 0) throw UsageError(cat("--shard-tokens must be positive, got ", shard_tokens));
+  if (dtype != "F32" && dtype != "F16" && dtype != "BF16")
+    throw UsageError(cat("--dtype: expected f32, f16 or bf16, got '", dtype, "'"));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw DataError(cat(dir, ": cannot create the cache folder: ", ec.message()));
+  if (is_activation_cache(dir)) {
+    manifest_ = read_cache_manifest(dir);
+    if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != source)
+      throw UsageError(cat(dir, " holds a cache of other activations (d ", manifest_.d, ", ", manifest_.dtype, ", source ",
+                           printable(manifest_.source.dump(), 200), "); use another --out"));
+  } else {
+    manifest_.d = d;
+    manifest_.dtype = dtype;
+    manifest_.source = source;
+    manifest_.text_position = Json::object();
+  }
+  // A kill during a shard write can leave a shard the manifest does not list yet: it is redone.
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool listed = std::any_of(manifest_.shards.begin(), manifest_.shards.end(),
+                                    [&](const CacheShard& s) { return s.file == name; });
+    if (name.rfind("shard_", 0) == 0 && !listed) fs::remove(entry.path(), ec);
+  }
+  pending_position_ = manifest_.text_position;
+}
+
+void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int32_t>& token_ids, const float* activations,
+                                      const Json& position_after) {
+  if (manifest_.complete) throw Error(cat(dir_, ": the cache is complete; nothing more can be added"));
+  if (token_ids.empty()) throw Error("ActivationCacheWriter: a story needs at least one token");
+  const size_t values = token_ids.size() * static_cast<size_t>(manifest_.d);
+  const size_t at = pending_activations_.size();
+  pending_activations_.resize(at + values * safetensors_dtype_size(manifest_.dtype));
+  convert_from_f32(activations, values, manifest_.dtype, pending_activations_.data() + at);
+  pending_ids_.insert(pending_ids_.end(), token_ids.begin(), token_ids.end());
+  pending_lengths_.push_back(static_cast<int64_t>(token_ids.size()));
+  pending_story_index_.push_back(story_index);
+  pending_position_ = position_after;
+  if (static_cast<int64_t>(pending_ids_.size()) >= shard_tokens_) write_shard();
+}
+
+void ActivationCacheWriter::write_shard() {
+  if (pending_ids_.empty()) return;
+  CacheShard shard;
+  shard.file = shard_name(manifest_.shards.size());
+  shard.tokens = static_cast<int64_t>(pending_ids_.size());
+  shard.stories = static_cast<int64_t>(pending_lengths_.size());
+  shard.first_story = pending_story_index_.front();
+  write_safetensors_raw((fs::path(dir_) / shard.file).string(),
+                        {{"activations", manifest_.dtype, {shard.tokens, manifest_.d}, std::move(pending_activations_)},
+                         {"story_lengths", "I64", {shard.stories}, bytes_of(pending_lengths_)},
+                         {"story_index", "I64", {shard.stories}, bytes_of(pending_story_index_)},
+                         {"token_ids", "I32", {shard.tokens}, bytes_of(pending_ids_)}},
+                        {{"source", manifest_.source.dump()}});
+  manifest_.shards.push_back(shard);
+  manifest_.tokens += shard.tokens;
+  manifest_.stories += shard.stories;
+  manifest_.text_position = pending_position_;
+  write_file_atomic((fs::path(dir_) / kManifest).string(), manifest_.to_json().dump(2) + "\n");
+  pending_activations_.clear();
+  pending_ids_.clear();
+  pending_lengths_.clear();
+  pending_story_index_.clear();
+}
+
+void ActivationCacheWriter::finish() {
+  write_shard();
+  manifest_.complete = true;
+  write_file_atomic((fs::path(dir_) / kManifest).string(), manifest_.to_json().dump(2) + "\n");
+}
+
+// ---- reader ----
+
+CacheSource::CacheSource(const std::string& dir) : dir_(dir), manifest_(read_cache_manifest(dir)) {
+  if (!manifest_.complete)
+    throw DataError(cat(dir, ": the cache is not complete (sae_cache was stopped); run sae_cache again to finish it"));
+  if (manifest_.shards.empty()) throw DataError(cat(dir, ": the cache holds no tokens"));
+  shard_offsets_.push_back(0);
+  story_offsets_.push_back(0);
+  for (const CacheShard& s : manifest_.shards) {
+    const std::string path = (fs::path(dir) / s.file).string();
+    SafetensorsFile file = SafetensorsFile::open(path);
+    const SafetensorsEntry& a = file.entry("activations");
+    if (a.dtype != manifest_.dtype || a.shape.size() != 2 || a.shape[0] != s.tokens || a.shape[1] != manifest_.d)
+      throw DataError(cat(path, ": activations are ", a.dtype, " with ", a.shape.size(), " dims, expected ",
+                          manifest_.dtype, " [", s.tokens, ", ", manifest_.d, "] as the manifest says"));
+    const std::vector<int64_t> lengths = file.read_i64("story_lengths");
+    if (static_cast<int64_t>(lengths.size()) != s.stories)
+      throw DataError(cat(path, ": ", lengths.size(), " story_lengths, the manifest says ", s.stories));
+    int64_t sum = 0;
+    for (int64_t length : lengths) {
+      if (length <= 0 || length > s.tokens - sum) throw DataError(cat(path, ": story_lengths do not tile its ", s.tokens, " tokens"));
+      sum += length;
+      story_offsets_.push_back(story_offsets_.back() + length);
+    }
+    if (sum != s.tokens) throw DataError(cat(path, ": story_lengths sum to ", sum, ", not ", s.tokens));
+    shard_offsets_.push_back(shard_offsets_.back() + s.tokens);
+    shards_.push_back(std::move(file));
+  }
+}
+
+void CacheSource::read_tokens(int64_t begin, int64_t count, float* out) {
+  if (begin < 0 || count < 0 || begin + count > num_tokens())
+    throw Error(cat(dir_, ": tokens [", begin, ", ", begin + count, ") out of range (", num_tokens(), ")"));
+  while (count > 0) {
+    const size_t shard = static_cast<size_t>(std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), begin) -
+                                             shard_offsets_.begin() - 1);
+    const int64_t within = begin - shard_offsets_[shard];
+    const int64_t rows = std::min(count, shard_offsets_[shard + 1] - begin);
+    shards_[shard].read_rows_f32("activations", within, rows, out);
+    out += rows * manifest_.d;
+    begin += rows;
+    count -= rows;
+  }
+}
+
+void CacheSource::expect_random_access(bool random) {
+  for (const SafetensorsFile& shard : shards_) shard.mapping().advise_random(random);
+}
+
+Json CacheSource::describe() const {
+  Json j = Json::object();
+  j["kind"] = "activation_cache";
+  j["path"] = dir_;
+  j["tokens"] = manifest_.tokens;
+  j["d"] = manifest_.d;
+  j["stories"] = manifest_.stories;
+  j["dtype"] = manifest_.dtype;
+  j["source"] = manifest_.source;
+  return j;
+}
+
+}  // namespace sae
