@@ -173,6 +173,88 @@ Variable reshape(const Variable& x, const Shape& shape) {
                      [s](const Tensor& g, const Needs&) { return Grads{g.reshape(s)}; });
 }
 
+Variable embedding(const Variable& table, const Tensor& ids) {
+  Tensor t = table.data();
+  return make_result(sae::embedding(t, ids), "embedding", {table}, [t, ids](const Tensor& g, const Needs&) {
+    Tensor table_grad = Tensor::zeros(t.shape(), t.dtype(), t.device());
+    embedding_backward_(table_grad, g, ids);
+    return Grads{table_grad};
+  });
+}
+
+// With xhat = (x - mean) * rstd and dxhat = g * weight, over each row of D values:
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dweight = sum over rows of g * xhat,
+//   dbias = sum over rows of g.
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {
+  Tensor tx = x.data(), tw = weight.data();
+  const int64_t d = tx.size(-1), rows = d == 0 ? 0 : tx.numel() / d;
+  Tensor out = Tensor::empty(tx.shape(), tx.dtype(), tx.device());
+  Tensor mean = Tensor::empty(Shape{rows, 1}, tx.dtype(), tx.device());
+  Tensor rstd = Tensor::empty(Shape{rows, 1}, tx.dtype(), tx.device());
+  layer_norm_(out, mean, rstd, tx, tw, bias.data(), eps);
+  return make_result(out, "layer_norm", {x, weight, bias}, [tx, tw, mean, rstd, rows, d](const Tensor& g, const Needs& n) {
+    const Tensor g2 = g.reshape(Shape{rows, d});
+    const Tensor xhat = (tx.reshape(Shape{rows, d}) - mean) * rstd;
+    Tensor gx, gw, gb;
+    if (n[0]) {
+      const Tensor dxhat = g2 * tw;
+      const Tensor centred = dxhat - sae::mean(dxhat, -1, true) - xhat * sae::mean(dxhat * xhat, -1, true);
+      gx = (centred * rstd).reshape(tx.shape());
+    }
+    if (n[1]) gw = sae::sum(g2 * xhat, 0);
+    if (n[2]) gb = sae::sum(g2, 0);
+    return Grads{gx, gw, gb};
+  });
+}
+
+Variable gelu_new(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::gelu_new(tx), "gelu_new", {x},
+                     [tx](const Tensor& g, const Needs&) { return Grads{g * gelu_new_grad(tx)}; });
+}
+
+// dx = y * (g - sum(g * y)) along the row.
+Variable softmax(const Variable& x) {
+  Tensor y = sae::softmax(x.data());
+  return make_result(y, "softmax", {x}, [y](const Tensor& g, const Needs&) {
+    return Grads{y * (g - sae::sum(g * y, -1, true))};
+  });
+}
+
+Variable batched_matmul(const Variable& a, const Variable& b, bool trans_a, bool trans_b) {
+  Tensor ta = a.data(), tb = b.data();
+  return make_result(sae::batched_matmul(ta, tb, trans_a, trans_b), "batched_matmul", {a, b},
+                     [ta, tb, trans_a, trans_b](const Tensor& g, const Needs& n) {
+                       // The four cases of matmul, per batch entry.
+                       Tensor ga, gb;
+                       if (!trans_a && !trans_b) {  // C = A B
+                         if (n[0]) ga = sae::batched_matmul(g, tb, false, true);
+                         if (n[1]) gb = sae::batched_matmul(ta, g, true, false);
+                       } else if (!trans_a && trans_b) {  // C = A B^T
+                         if (n[0]) ga = sae::batched_matmul(g, tb, false, false);
+                         if (n[1]) gb = sae::batched_matmul(g, ta, true, false);
+                       } else if (trans_a && !trans_b) {  // C = A^T B
+                         if (n[0]) ga = sae::batched_matmul(tb, g, false, true);
+                         if (n[1]) gb = sae::batched_matmul(ta, g, false, false);
+                       } else {  // C = A^T B^T
+                         if (n[0]) ga = sae::batched_matmul(tb, g, true, true);
+                         if (n[1]) gb = sae::batched_matmul(g, ta, true, true);
+                       }
+                       return Grads{ga, gb};
+                     });
+}
+
+// The gradient flows through the kept scores and is 0 at the masked ones.
+Variable attention_mask(const Variable& scores, int64_t window) {
+  return make_result(sae::attention_mask(scores.data(), window), "attention_mask", {scores},
+                     [window](const Tensor& g, const Needs&) { return Grads{sae::attention_mask(g, window, 0.0)}; });
+}
+
+Variable swap_axes01(const Variable& x) {
+  return make_result(sae::swap_axes01(x.data()), "swap_axes01", {x},
+                     [](const Tensor& g, const Needs&) { return Grads{sae::swap_axes01(g)}; });
+}
+
 }  // namespace sae::ag
 
 namespace sae {

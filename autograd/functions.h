@@ -30,6 +30,16 @@ Variable matmul(const Variable& a, const Variable& b, bool trans_a = false, bool
 Variable transpose(const Variable& x);
 Variable reshape(const Variable& x, const Shape& shape);
 
+// Transformer ops (tensor/ops.h has the exact definitions).
+Variable embedding(const Variable& table, const Tensor& ids);  // rows of table [V, D] at int32 ids [N]
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps);  // last dim
+Variable gelu_new(const Variable& x);
+Variable softmax(const Variable& x);  // last dim
+Variable batched_matmul(const Variable& a, const Variable& b, bool trans_a = false, bool trans_b = false);
+// Masked scores are -inf: follow with softmax (their gradient is 0).
+Variable attention_mask(const Variable& scores, int64_t window);
+Variable swap_axes01(const Variable& x);  // [A, B, C] -> [B, A, C]
+
 }  // namespace sae::ag
 
 namespace sae {

@@ -21,7 +21,10 @@ namespace sae {
 
 // Element-wise unary ops: out[i] = op(x[i]).
 //   step(x) = x > 0 ? 1 : 0 (the ReLU derivative), sign(x) in {-1, 0, 1}.
-#define SAE_UNARY_OPS(X) X(neg) X(square) X(sqrt) X(abs) X(relu) X(step) X(sign) X(exp) X(log)
+//   gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's tanh GELU), and
+//   gelu_new_grad(x) its derivative (element_math.h has the formulas).
+#define SAE_UNARY_OPS(X) \
+  X(neg) X(square) X(sqrt) X(abs) X(relu) X(step) X(sign) X(exp) X(log) X(gelu_new) X(gelu_new_grad)
 
 // Element-wise binary ops with broadcasting: out[i] = op(a[i], b[i]).
 // Comparisons return 1 or 0 in the inputs' dtype.
@@ -71,7 +74,31 @@ struct Broadcast {
                  double alpha, double beta))                                                       \
   X(transpose, void(Tensor & out, const Tensor& x)) /* 2-D */                                      \
   /* one fused torch.optim.Adam step (tensor/adam_math.h), in place on param, m and v */           \
-  X(adam_step, void(Tensor & param, Tensor & m, Tensor & v, const Tensor& grad, const AdamScalars& s))
+  X(adam_step, void(Tensor & param, Tensor & m, Tensor & v, const Tensor& grad, const AdamScalars& s)) \
+  SAE_TRANSFORMER_KERNELS(X)
+
+// The ops a transformer needs (CPU: tensor/cpu/transformer_kernels.cpp, CUDA:
+// tensor/cuda/transformer_kernels.cu). Letters: N rows (tokens), D row width, V table rows
+// (vocabulary), B batch (heads), Tq queries, Tk keys.
+#define SAE_TRANSFORMER_KERNELS(X)                                                                 \
+  /* out [N, D] = table [V, D] rows ids [N] (int32, each in [0, V): checked by the front-end) */     \
+  X(embedding, void(Tensor & out, const Tensor& table, const Tensor& ids))                         \
+  /* table_grad[ids[n]] += grad[n] for n = 0..N-1 in order (the gather's backward) */               \
+  X(embedding_backward, void(Tensor & table_grad, const Tensor& grad, const Tensor& ids))          \
+  /* each row of x [N, D]: out = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps),    \
+     var biased; mean and rstd [N] are written for the backward */                                 \
+  X(layer_norm, void(Tensor & out, Tensor & mean, Tensor & rstd, const Tensor& x, const Tensor& weight, \
+                     const Tensor& bias, double eps))                                              \
+  /* each row of x [N, D]: out = exp(x - max) / sum exp(x - max); -inf entries give exactly 0 */   \
+  X(softmax, void(Tensor & out, const Tensor& x))                                                  \
+  /* out[b] = alpha * op(a[b]) op(b[b]) + beta * out[b] for every b of the leading dim, 3-D */      \
+  X(batched_matmul, void(Tensor & out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, \
+                         double alpha, double beta))                                               \
+  /* scores [B, Tq, Tk], query r at position p = Tk - Tq + r: out = scores where key j has          \
+     0 <= p - j (causal) and, when window > 0, p - j < window; masked_value elsewhere */           \
+  X(attention_mask, void(Tensor & out, const Tensor& scores, int64_t window, double masked_value))  \
+  /* out [B, A, C] = x [A, B, C] with the two leading axes swapped (heads in and out of columns) */ \
+  X(swap_axes01, void(Tensor & out, const Tensor& x))
 
 struct KernelTable {
 #define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;

@@ -48,6 +48,16 @@ int normalize_axis(const char* op, const Tensor& x, int axis) {
   return a;
 }
 
+// True when the bytes of a and b overlap (views of one storage may or may not).
+bool overlaps(const Tensor& a, const Tensor& b) {
+  if (!a.shares_storage(b) || a.nbytes() == 0 || b.nbytes() == 0) return false;
+  const char *pa = static_cast<const char*>(a.raw()), *pb = static_cast<const char*>(b.raw());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// Rows of the last dim: numel / D (0 when D is 0).
+int64_t last_dim_rows(const Tensor& x) { return x.size(-1) == 0 ? 0 : x.numel() / x.size(-1); }
+
 std::array<int64_t, 4> padded_dims(const Shape& s) {
   std::array<int64_t, 4> d{1, 1, 1, 1};
   for (int i = 0; i < s.ndim; ++i) d[4 - s.ndim + i] = s[i];
@@ -300,6 +310,163 @@ Tensor transpose(const Tensor& x) {
   if (x.ndim() != 2) throw Error(cat("transpose: expects a 2-D tensor, got ", x.describe()));
   Tensor out = Tensor::empty(Shape{x.size(1), x.size(0)}, x.dtype(), x.device());
   kernels_for(x.device()).transpose(out, x);
+  return out;
+}
+
+// ---------------------------------------------------------------- transformer ops
+
+void embedding_(Tensor& out, const Tensor& table, const Tensor& ids) {
+  check_float("embedding", table);
+  check_defined("embedding", ids);
+  if (table.ndim() != 2) throw Error(cat("embedding: the table should be 2-D [V, D], got ", table.describe()));
+  if (ids.dtype() != DType::I32 || ids.ndim() != 1)
+    throw Error(cat("embedding: ids should be int32 [N], got ", ids.describe()));
+  if (ids.device() != table.device())
+    throw Error(cat("embedding: device mismatch: table ", table.describe(), ", ids ", ids.describe()));
+  check_same_device_dtype("embedding", out, table);
+  check_shape("embedding", "out", out, Shape{ids.size(0), table.size(1)});
+  // Check every id on the host: a bad one would read outside the table.
+  const Tensor host_ids = ids.to(Device::CPU);
+  const int32_t* id = host_ids.data<int32_t>();
+  for (int64_t i = 0; i < host_ids.numel(); ++i)
+    if (id[i] < 0 || id[i] >= table.size(0))
+      throw Error(cat("embedding: id ", id[i], " at position ", i, " is outside the table's rows [0, ", table.size(0),
+                      ") of ", table.describe()));
+  kernels_for(table.device()).embedding(out, table, ids);
+}
+
+Tensor embedding(const Tensor& table, const Tensor& ids) {
+  check_float("embedding", table);
+  check_defined("embedding", ids);
+  if (table.ndim() != 2 || ids.ndim() != 1)
+    throw Error(cat("embedding: expects a table [V, D] and ids [N], got ", table.describe(), " and ", ids.describe()));
+  Tensor out = Tensor::empty(Shape{ids.size(0), table.size(1)}, table.dtype(), table.device());
+  embedding_(out, table, ids);
+  return out;
+}
+
+void embedding_backward_(Tensor& table_grad, const Tensor& grad, const Tensor& ids) {
+  check_same_device_dtype("embedding_backward", table_grad, grad);
+  check_defined("embedding_backward", ids);
+  if (table_grad.ndim() != 2 || ids.dtype() != DType::I32 || ids.ndim() != 1 || ids.device() != grad.device())
+    throw Error(cat("embedding_backward: expects table_grad [V, D], ids int32 [N] on its device, got ",
+                    table_grad.describe(), " and ", ids.describe()));
+  check_shape("embedding_backward", "grad", grad, Shape{ids.size(0), table_grad.size(1)});
+  const Tensor host_ids = ids.to(Device::CPU);
+  const int32_t* id = host_ids.data<int32_t>();
+  for (int64_t i = 0; i < host_ids.numel(); ++i)
+    if (id[i] < 0 || id[i] >= table_grad.size(0))
+      throw Error(cat("embedding_backward: id ", id[i], " at position ", i, " is outside [0, ", table_grad.size(0), ")"));
+  kernels_for(grad.device()).embedding_backward(table_grad, grad, ids);
+}
+
+void layer_norm_(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                 double eps) {
+  check_float("layer_norm", x);
+  if (x.ndim() < 1) throw Error(cat("layer_norm: expects at least one dim, got ", x.describe()));
+  const int64_t d = x.size(-1), rows = last_dim_rows(x);
+  check_same_shape("layer_norm", out, x);
+  check_same_device_dtype("layer_norm", weight, x);
+  check_same_device_dtype("layer_norm", bias, x);
+  check_shape("layer_norm", "weight", weight, Shape{d});
+  check_shape("layer_norm", "bias", bias, Shape{d});
+  check_same_device_dtype("layer_norm", mean, x);
+  check_same_device_dtype("layer_norm", rstd, x);
+  if (mean.numel() != rows || rstd.numel() != rows)
+    throw Error(cat("layer_norm: mean and rstd should hold ", rows, " values (one per row of ", x.describe(), "), got ",
+                    mean.describe(), " and ", rstd.describe()));
+  if (!(eps >= 0.0) || std::isinf(eps)) throw Error(cat("layer_norm: eps must be finite and >= 0, got ", eps));
+  kernels_for(x.device()).layer_norm(out, mean, rstd, x, weight, bias, eps);
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  check_float("layer_norm", x);
+  if (x.ndim() < 1) throw Error(cat("layer_norm: expects at least one dim, got ", x.describe()));
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = Tensor::empty(Shape{last_dim_rows(x)}, x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(Shape{last_dim_rows(x)}, x.dtype(), x.device());
+  layer_norm_(out, mean, rstd, x, weight, bias, eps);
+  return out;
+}
+
+void softmax_(Tensor& out, const Tensor& x) {
+  check_float("softmax", x);
+  if (x.ndim() < 1) throw Error(cat("softmax: expects at least one dim, got ", x.describe()));
+  check_same_shape("softmax", out, x);
+  kernels_for(x.device()).softmax(out, x);
+}
+
+Tensor softmax(const Tensor& x) {
+  check_defined("softmax", x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  softmax_(out, x);
+  return out;
+}
+
+namespace {
+// [B, M, N] of op(a) op(b) for 3-D a and b; throws naming the operands.
+Shape batched_matmul_shape(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b) {
+  check_same_device_dtype("batched_matmul", a, b);
+  if (a.ndim() != 3 || b.ndim() != 3 || a.size(0) != b.size(0))
+    throw Error(cat("batched_matmul: expects 3-D operands with one batch size, got ", a.describe(), " and ",
+                    b.describe()));
+  const int64_t m = trans_a ? a.size(2) : a.size(1), k = trans_a ? a.size(1) : a.size(2);
+  const int64_t kb = trans_b ? b.size(2) : b.size(1), n = trans_b ? b.size(1) : b.size(2);
+  if (k != kb)
+    throw Error(cat("batched_matmul: inner dimensions differ: ", a.describe(), trans_a ? "^T" : "", " @ ",
+                    b.describe(), trans_b ? "^T" : ""));
+  return Shape{a.size(0), m, n};
+}
+}  // namespace
+
+void batched_matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
+                     double beta) {
+  const Shape shape = batched_matmul_shape(a, trans_a, b, trans_b);
+  check_same_device_dtype("batched_matmul", out, a);
+  check_shape("batched_matmul", "out", out, shape);
+  if (overlaps(out, a) || overlaps(out, b))
+    throw Error(cat("batched_matmul: the output ", out.describe(), " overlaps an operand"));
+  kernels_for(a.device()).batched_matmul(out, a, trans_a, b, trans_b, alpha, beta);
+}
+
+Tensor batched_matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  Tensor out = Tensor::empty(batched_matmul_shape(a, trans_a, b, trans_b), a.dtype(), a.device());
+  batched_matmul_(out, a, trans_a, b, trans_b, 1.0, 0.0);
+  return out;
+}
+
+void attention_mask_(Tensor& out, const Tensor& scores, int64_t window, double masked_value) {
+  check_float("attention_mask", scores);
+  if (scores.ndim() != 3 || scores.size(1) > scores.size(2))
+    throw Error(cat("attention_mask: expects scores [B, Tq, Tk] with Tq <= Tk, got ", scores.describe()));
+  if (window < 0) throw Error(cat("attention_mask: window must be >= 0 (0: global), got ", window));
+  check_same_shape("attention_mask", out, scores);
+  if (overlaps(out, scores) && out.raw() != scores.raw())
+    throw Error(cat("attention_mask: the output ", out.describe(), " partly overlaps the scores"));
+  kernels_for(scores.device()).attention_mask(out, scores, window, masked_value);
+}
+
+Tensor attention_mask(const Tensor& scores, int64_t window, double masked_value) {
+  check_defined("attention_mask", scores);
+  Tensor out = Tensor::empty(scores.shape(), scores.dtype(), scores.device());
+  attention_mask_(out, scores, window, masked_value);
+  return out;
+}
+
+void swap_axes01_(Tensor& out, const Tensor& x) {
+  check_float("swap_axes01", x);
+  if (x.ndim() != 3) throw Error(cat("swap_axes01: expects a 3-D tensor, got ", x.describe()));
+  check_same_device_dtype("swap_axes01", out, x);
+  check_shape("swap_axes01", "out", out, Shape{x.size(1), x.size(0), x.size(2)});
+  if (overlaps(out, x)) throw Error(cat("swap_axes01: the output ", out.describe(), " overlaps the input"));
+  kernels_for(x.device()).swap_axes01(out, x);
+}
+
+Tensor swap_axes01(const Tensor& x) {
+  check_float("swap_axes01", x);
+  if (x.ndim() != 3) throw Error(cat("swap_axes01: expects a 3-D tensor, got ", x.describe()));
+  Tensor out = Tensor::empty(Shape{x.size(1), x.size(0), x.size(2)}, x.dtype(), x.device());
+  swap_axes01_(out, x);
   return out;
 }
 

@@ -2,6 +2,8 @@
 // kernel of the tensor's device (op_list.h). Every error throws sae::Error naming the op and the
 // operands. Functions ending in _ write into an existing tensor (no allocation).
 #pragma once
+#include <cmath>
+
 #include "tensor/op_list.h"
 #include "tensor/tensor.h"
 
@@ -62,5 +64,45 @@ Tensor sum_to(const Tensor& x, const Shape& shape);
 // ---- linear algebra and layout ----
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 Tensor transpose(const Tensor& x);  // 2-D
+
+// ---- transformer ops (SAE_TRANSFORMER_KERNELS in op_list.h) ----
+// Letters: N rows (tokens), D row width, V table rows, B batch (heads), Tq queries, Tk keys.
+
+// Rows of table [V, D] picked by ids (int32 [N], on the table's device): [N, D]. An id outside
+// [0, V) throws Error naming it (ids on a GPU are copied to the host for this check).
+Tensor embedding(const Tensor& table, const Tensor& ids);
+void embedding_(Tensor& out, const Tensor& table, const Tensor& ids);
+// table_grad [V, D] += the rows of grad [N, D] at ids, in id order (accumulates).
+void embedding_backward_(Tensor& table_grad, const Tensor& grad, const Tensor& ids);
+
+// LayerNorm over the last dim (torch.nn.LayerNorm): (x - mean) / sqrt(var + eps) * weight + bias,
+// var biased, weight and bias [D], eps >= 0. The _ form also writes mean and rstd = 1/sqrt(var + eps)
+// (N = numel / D values each); out may be x.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+void layer_norm_(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                 double eps);
+
+// Softmax over the last dim; -inf entries get probability 0 exactly (a row of only -inf gives NaN,
+// as in PyTorch). out may be x.
+Tensor softmax(const Tensor& x);
+void softmax_(Tensor& out, const Tensor& x);
+
+// 3-D operands [B, ., .]: out[b] = alpha * op(a[b]) op(b[b]) + beta * out[b]. out must not overlap a or b.
+Tensor batched_matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+void batched_matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha = 1.0,
+                     double beta = 0.0);
+
+// Attention scores [B, Tq, Tk], the Tq queries being the last Tq of Tk positions (Tq == Tk without
+// a cache): query position p sees key j iff j <= p (causal) and, for window > 0, p - j < window
+// (GPT-Neo's local attention: exactly `window` keys, its own included). Every other score becomes
+// masked_value; -inf makes its softmax probability exactly 0, which is what Hugging Face's
+// finfo.min masking gives too (docs/gpt_neo.md section 4). out may be scores.
+Tensor attention_mask(const Tensor& scores, int64_t window, double masked_value = -INFINITY);
+void attention_mask_(Tensor& out, const Tensor& scores, int64_t window, double masked_value = -INFINITY);
+
+// [A, B, C] -> [B, A, C] (e.g. [T, H, hd] tokens-by-heads to [H, T, hd] heads-by-tokens and back).
+// out must not overlap x.
+Tensor swap_axes01(const Tensor& x);
+void swap_axes01_(Tensor& out, const Tensor& x);
 
 }  // namespace sae

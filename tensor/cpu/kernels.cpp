@@ -1,5 +1,6 @@
 // CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
-// large tensors, cblas_sgemm/dgemm for matmul. Inputs were validated by the front-end (ops.cpp).
+// large tensors, cblas_sgemm/dgemm for matmul. The transformer ops' kernels are in
+// transformer_kernels.cpp; the table below holds both. Inputs were validated by the front-end (ops.cpp).
 #include <cblas.h>
 #include <omp.h>
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "tensor/cpu/parallel.h"
+#include "tensor/cpu/transformer_kernels.h"
 #include "tensor/dispatch.h"
 #include "tensor/element_math.h"
 #include "tensor/op_list.h"

@@ -13,6 +13,7 @@
 //   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data
 //   transpose          32x32 tiles through shared memory
 //   adam_step          one fused pass over param, m, v and grad (tensor/adam_math.h)
+//   transformer ops    in transformer_kernels.cu (the table below holds them too)
 // Everything is queued on the backend's one stream (tensor/cuda/check.h).
 #include <algorithm>
 #include <climits>
@@ -20,6 +21,7 @@
 #include <type_traits>
 
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/transformer_kernels.h"
 #include "tensor/dispatch.h"
 #include "tensor/element_math.h"
 #include "tensor/op_list.h"

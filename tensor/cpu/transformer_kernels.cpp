@@ -1,0 +1,189 @@
+// CPU kernels of the transformer ops (SAE_TRANSFORMER_KERNELS in tensor/op_list.h): embedding
+// gather and its scatter-add, LayerNorm, softmax, batched GEMM, the causal/local attention mask,
+// and the swap of two leading axes. Plain loops, OpenMP over rows for large tensors, cblas for the
+// GEMMs. Inputs were validated by the front-end (tensor/ops.cpp).
+// Letters: N rows, D row width, B batch, M/N/K GEMM sizes, Tq queries, Tk keys.
+#include "tensor/cpu/transformer_kernels.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "tensor/cpu/parallel.h"
+#include "tensor/dispatch.h"
+
+namespace sae {
+
+void embedding_cpu(Tensor& out, const Tensor& table, const Tensor& ids) {
+  dispatch_float(table.dtype(), "embedding", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t n = ids.numel(), d = table.size(1);
+    const int32_t* id = ids.data<int32_t>();
+    const T* rows = table.data<T>();
+    T* o = out.data<T>();
+#pragma omp parallel for if (n * d >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) std::memcpy(o + i * d, rows + int64_t(id[i]) * d, d * sizeof(T));
+  });
+}
+
+// Each thread owns a block of columns and walks the rows in order, so a table row hit by several
+// ids sums them in id order whatever the thread count (and no two threads write one element).
+void embedding_backward_cpu(Tensor& table_grad, const Tensor& grad, const Tensor& ids) {
+  dispatch_float(grad.dtype(), "embedding_backward", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t n = ids.numel(), d = table_grad.size(1);
+    const int32_t* id = ids.data<int32_t>();
+    const T* g = grad.data<T>();
+    T* tg = table_grad.data<T>();
+    constexpr int64_t kColumns = 64;
+#pragma omp parallel for if (n * d >= kParallelMin)
+    for (int64_t c0 = 0; c0 < d; c0 += kColumns) {
+      const int64_t c1 = std::min(d, c0 + kColumns);
+      for (int64_t i = 0; i < n; ++i) {
+        T* dst = tg + int64_t(id[i]) * d;
+        const T* src = g + i * d;
+        for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+      }
+    }
+  });
+}
+
+// Mean and variance in double (two passes), then one pass in T. out may be x itself.
+void layer_norm_cpu(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& weight,
+                    const Tensor& bias, double eps) {
+  dispatch_float(x.dtype(), "layer_norm", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t d = x.size(-1), n = d == 0 ? 0 : x.numel() / d;
+    const T *in = x.data<T>(), *w = weight.data<T>(), *b = bias.data<T>();
+    T *o = out.data<T>(), *mean_out = mean.data<T>(), *rstd_out = rstd.data<T>();
+#pragma omp parallel for if (n * d >= kParallelMin)
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = in + r * d;
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < d; ++j) sum += row[j];
+      const double mu = sum / static_cast<double>(d);
+      double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t j = 0; j < d; ++j) {
+        const double centred = row[j] - mu;
+        squares += centred * centred;
+      }
+      const double inv = 1.0 / std::sqrt(squares / static_cast<double>(d) + eps);
+      const T m = static_cast<T>(mu), s = static_cast<T>(inv);
+      T* dst = o + r * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dst[j] = (row[j] - m) * s * w[j] + b[j];
+      mean_out[r] = m;
+      rstd_out[r] = s;
+    }
+  });
+}
+
+// Max-subtracted softmax per row; the sum is taken in double. -inf entries (masked keys) are not
+// passed to exp: they are 0 exactly. A row of only -inf gives NaN, as in PyTorch. out may be x.
+void softmax_cpu(Tensor& out, const Tensor& x) {
+  dispatch_float(x.dtype(), "softmax", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t d = x.size(-1), n = d == 0 ? 0 : x.numel() / d;
+    const T* in = x.data<T>();
+    T* o = out.data<T>();
+#pragma omp parallel for if (n * d >= kParallelMin / 8)
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = in + r * d;
+      T* dst = o + r * d;
+      T top = -INFINITY;
+      for (int64_t j = 0; j < d; ++j) top = row[j] > top ? row[j] : top;
+      double sum = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        const T e = row[j] == -INFINITY ? T(0) : std::exp(row[j] - top);
+        dst[j] = e;
+        sum += e;
+      }
+      const T scale = static_cast<T>(1.0 / sum);
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dst[j] *= scale;
+    }
+  });
+}
+
+// One cblas GEMM per batch entry. With at least as many entries as threads and enough work in
+// all, the entries are spread over the threads and each GEMM runs on one (OpenBLAS's OpenMP build
+// does not thread a call made inside a parallel region); otherwise the GEMMs run in turn, each
+// threaded by OpenBLAS as it sees fit. OpenBLAS splits a GEMM over rows and columns, never over
+// k, so both ways give the same bits.
+void batched_matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
+                        double beta) {
+  const int64_t batch = out.size(0);
+  const int m = static_cast<int>(out.size(1)), n = static_cast<int>(out.size(2));
+  const int k = static_cast<int>(trans_a ? a.size(1) : a.size(2));
+  const int lda = static_cast<int>(a.size(2)), ldb = static_cast<int>(b.size(2));
+  const int64_t stride_a = a.size(1) * a.size(2), stride_b = b.size(1) * b.size(2), stride_out = int64_t(m) * n;
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  if (batch == 0 || m == 0 || n == 0) return;
+  dispatch_float(out.dtype(), "batched_matmul", [&](auto zero) {
+    using T = decltype(zero);
+    T* o = out.data<T>();
+    const T *pa = a.data<T>(), *pb = b.data<T>();
+    if (k == 0) {  // BLAS leaves out untouched when k == 0; the product is zero
+      const int64_t total = batch * stride_out;
+      for (int64_t i = 0; i < total; ++i) o[i] = beta == 0.0 ? T(0) : static_cast<T>(beta) * o[i];
+      return;
+    }
+    auto one = [&](int64_t i) {
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), pa + i * stride_a, lda,
+                    pb + i * stride_b, ldb, static_cast<float>(beta), o + i * stride_out, n);
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, pa + i * stride_a, lda, pb + i * stride_b, ldb, beta,
+                    o + i * stride_out, n);
+    };
+    const double work = static_cast<double>(batch) * m * n * k;  // multiply-adds
+    if (batch >= omp_get_max_threads() && batch > 1 && work >= kParallelMin * 8) {
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < batch; ++i) one(i);
+    } else {
+      for (int64_t i = 0; i < batch; ++i) one(i);
+    }
+  });
+}
+
+// Row (b, r) is query position p = Tk - Tq + r; keys [lo, p] are kept, lo = max(0, p - window + 1)
+// for a local window, 0 for global attention. out may be scores itself.
+void attention_mask_cpu(Tensor& out, const Tensor& scores, int64_t window, double masked_value) {
+  dispatch_float(scores.dtype(), "attention_mask", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t batch = scores.size(0), tq = scores.size(1), tk = scores.size(2);
+    const T* in = scores.data<T>();
+    T* o = out.data<T>();
+    const T masked = static_cast<T>(masked_value);
+    const bool in_place = in == o;
+#pragma omp parallel for if (batch * tq * tk >= kParallelMin)
+    for (int64_t row = 0; row < batch * tq; ++row) {
+      const int64_t p = tk - tq + row % tq;
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+      const T* src = in + row * tk;
+      T* dst = o + row * tk;
+      for (int64_t j = 0; j < lo; ++j) dst[j] = masked;
+      if (!in_place)
+        for (int64_t j = lo; j <= p; ++j) dst[j] = src[j];
+      for (int64_t j = p + 1; j < tk; ++j) dst[j] = masked;
+    }
+  });
+}
+
+void swap_axes01_cpu(Tensor& out, const Tensor& x) {
+  const int64_t a = x.size(0), b = x.size(1), c = x.size(2);
+  const size_t row_bytes = c * dtype_size(x.dtype());
+  const char* in = static_cast<const char*>(x.raw());
+  char* o = static_cast<char*>(out.raw());
+#pragma omp parallel for if (a * b * c >= kParallelMin)
+  for (int64_t j = 0; j < b; ++j)
+    for (int64_t i = 0; i < a; ++i) std::memcpy(o + (j * a + i) * row_bytes, in + (i * b + j) * row_bytes, row_bytes);
+}
+
+}  // namespace sae
