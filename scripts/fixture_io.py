@@ -2,7 +2,7 @@
 Python generators (scripts/gen_*.py) and committed under tests/ref/, so the C++ tests need no
 Python. The C++ side reads them with the project's own safetensors reader (tests/util/fixture.h).
 
-Arrays are float32, float64 or int64 (Python floats become F64, ints I64; 0-d arrays keep shape
+Arrays are float32, float64, int64 or int32 (Python floats become F64, ints I64; 0-d arrays keep shape
 []); text (e.g. the torch version) goes into the header's __metadata__. The file layout is the
 safetensors format (8-byte little-endian header length, a JSON header, then the data); this module
 writes it with numpy alone, tensors in the order given, so regenerating is byte-reproducible.
@@ -12,7 +12,8 @@ import struct
 
 import numpy as np
 
-DTYPE_NAMES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64", np.dtype("int64"): "I64"}
+DTYPE_NAMES = {np.dtype("float32"): "F32", np.dtype("float64"): "F64", np.dtype("int64"): "I64",
+               np.dtype("int32"): "I32"}
 NAME_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
@@ -35,7 +36,7 @@ class FixtureWriter:
             value = value.detach().cpu().numpy()
         array = np.asarray(value, dtype=dtype)
         if array.dtype not in DTYPE_NAMES:
-            raise TypeError(f"{name}: dtype {array.dtype} is not float32, float64 or int64")
+            raise TypeError(f"{name}: dtype {array.dtype} is not float32, float64, int64 or int32")
         self.arrays[name] = np.array(array, order="C", copy=True)
 
     def put_text(self, name, text):

@@ -52,6 +52,10 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
     if (parsed.count(o.name) > 0 || profile.count(o.name) > 0) c.given.push_back(o.name);
   }
   if (!c.init.empty() && !c.resume.empty()) throw UsageError("--init and --resume cannot be used together");
+  if (!c.model.empty() || !c.text.empty()) {  // text through the model: no activation --data
+    if (c.was_given("data")) throw UsageError("--data and --model/--text are two ways to give the data: choose one");
+    c.data = "text";
+  }
   c.validate();
   return c;
 }

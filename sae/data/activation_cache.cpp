@@ -132,7 +132,7 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
 }
 
 void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int32_t>& token_ids, const float* activations,
-                                      const Json& position_after) {
+                                      const Json& position_after, bool may_end_shard) {
   if (manifest_.complete) throw Error(cat(dir_, ": the cache is complete; nothing more can be added"));
   if (token_ids.empty()) throw Error("ActivationCacheWriter: a story needs at least one token");
   const size_t values = token_ids.size() * static_cast<size_t>(manifest_.d);
@@ -143,7 +143,7 @@ void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int
   pending_lengths_.push_back(static_cast<int64_t>(token_ids.size()));
   pending_story_index_.push_back(story_index);
   pending_position_ = position_after;
-  if (static_cast<int64_t>(pending_ids_.size()) >= shard_tokens_) write_shard();
+  if (may_end_shard && static_cast<int64_t>(pending_ids_.size()) >= shard_tokens_) write_shard();
 }
 
 void ActivationCacheWriter::write_shard() {

@@ -54,11 +54,12 @@ class ActivationCacheWriter {
   // The manifest so far (on a continued cache: its shards; shard files it does not list, left by
   // a kill during a write, are deleted).
   const CacheManifest& manifest() const { return manifest_; }
-  // One story: its index in the corpus, its token ids and activations [T, d] (float32, host). Writes
-  // a shard when the pending tokens reach shard_tokens; `position_after` is where the corpus
-  // continues after this story, recorded with the shard that holds it.
+  // One story (or one piece of a story cut into pieces): its index in the corpus, its token ids and
+  // activations [T, d] (float32, host). When the pending tokens reach shard_tokens and
+  // may_end_shard (false for every piece of a cut story but its last), writes a shard;
+  // `position_after` is where the corpus continues after it, recorded with that shard.
   void add_story(int64_t story_index, const std::vector<int32_t>& token_ids, const float* activations,
-                 const Json& position_after);
+                 const Json& position_after, bool may_end_shard = true);
   // Writes what is pending and marks the cache complete.
   void finish();
 

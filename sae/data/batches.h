@@ -43,19 +43,32 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
                            double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
                            const std::string& source_name);
 
-class Batcher {
+// Where training batches come from: activation files or synthetic data (Batcher, below), or text
+// run through a language model (TextBatcher, text_batches.h). The trainer and the prefetcher see
+// only this.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t d() const = 0;
+  virtual int64_t max_batch_tokens() const = 0;
+  // Fills raw and normalized (host float32, each [max_batch_tokens, D]) with the next batch;
+  // returns its number of tokens. Throws DataError if the batch holds NaN or Inf.
+  virtual int64_t next(float* raw, float* normalized, BatchStats& stats) = 0;
+  // Position in the data, for exact resume.
+  virtual Json state() const = 0;
+  virtual void restore(const Json& state) = 0;
+};
+
+class Batcher : public BatchSource {
  public:
   // batch_tokens == 0 selects story mode. dataset_scale is used by Normalization::Dataset.
   Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
           uint64_t seed);
-  int64_t max_batch_tokens() const { return max_tokens_; }
-  // Fills raw and normalized (host float32, each [max_batch_tokens, D]) with the next batch;
-  // returns its number of tokens. Throws DataError if the batch holds NaN or Inf.
-  int64_t next(float* raw, float* normalized, BatchStats& stats);
-
-  // Position in the data, for exact resume.
-  Json state() const;
-  void restore(const Json& state);
+  int64_t d() const override { return source_.d(); }
+  int64_t max_batch_tokens() const override { return max_tokens_; }
+  int64_t next(float* raw, float* normalized, BatchStats& stats) override;
+  Json state() const override;
+  void restore(const Json& state) override;
 
  private:
   ActivationSource& source_;

@@ -14,7 +14,7 @@ const char* prefetch_mode_name(PrefetchMode mode) {
   return mode == PrefetchMode::Auto ? "auto" : (mode == PrefetchMode::On ? "on" : "off");
 }
 
-BatchPrefetcher::BatchPrefetcher(Batcher& batcher, int64_t d, bool background)
+BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool background)
     : batcher_(batcher), background_(background) {
   for (PreparedBatch& slot : slots_) {
     slot.raw = Tensor::empty(Shape{batcher.max_batch_tokens(), d});

@@ -27,7 +27,7 @@ struct PreparedBatch {
 
 class BatchPrefetcher {
  public:
-  BatchPrefetcher(Batcher& batcher, int64_t d, bool background);
+  BatchPrefetcher(BatchSource& batcher, int64_t d, bool background);
   ~BatchPrefetcher();
   BatchPrefetcher(const BatchPrefetcher&) = delete;
   BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
@@ -38,7 +38,7 @@ class BatchPrefetcher {
   void prepare(PreparedBatch& slot);
   void worker_loop();
 
-  Batcher& batcher_;
+  BatchSource& batcher_;
   PreparedBatch slots_[2];
   int current_ = -1;  // slot handed out last
   bool background_;

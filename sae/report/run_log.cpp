@@ -124,29 +124,41 @@ Progress::Progress(ProgressMode mode, int64_t total_steps, int64_t start_step, c
 }
 
 void Progress::update(int64_t step, int64_t tokens, double loss, double l0) {
+  char extra[64];
+  std::snprintf(extra, sizeof extra, "loss %.4g | L0 %.1f", loss, l0);
+  draw(step, tokens, cat("step ", step, "/", total_), extra);
+}
+
+void Progress::update_position(int64_t done, int64_t tokens, const std::string& what) {
+  const double percent = total_ > 0 ? 100.0 * double(done) / double(total_) : 100.0;
+  char position[32];
+  std::snprintf(position, sizeof position, "%.1f%%", percent);
+  draw(done, tokens, position, what);
+}
+
+void Progress::draw(int64_t done, int64_t tokens, const std::string& position, const std::string& extra) {
   if (!bar_ && !lines_) return;
   const auto now = std::chrono::steady_clock::now();
   if (start_tokens_ < 0) start_tokens_ = tokens;
   const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
-  const bool last = step >= total_;
+  const bool last = done >= total_;
   if (bar_ ? since_draw < 0.2 && !last : since_draw < 10.0 && !last) return;
   last_draw_ = now;
   const double elapsed = std::chrono::duration<double>(now - begin_).count();
-  const double done = double(step - start_), rate = elapsed > 0 ? done / elapsed : 0;
-  const double eta = rate > 0 ? double(total_ - step) / rate : NAN;
+  const double rate = elapsed > 0 ? double(done - start_) / elapsed : 0;
+  const double eta = rate > 0 ? double(total_ - done) / rate : NAN;
   const double tok_rate = elapsed > 0 ? double(tokens - start_tokens_) / elapsed : 0;
-  char stats[200];
-  std::snprintf(stats, sizeof stats, "%lld/%lld | %.0f tok/s | ETA %s | loss %.4g | L0 %.1f", (long long)step,
-                (long long)total_, tok_rate, format_duration(eta).c_str(), loss, l0);
+  const std::string stats = cat(position, " | ", static_cast<int64_t>(tok_rate), " tok/s | ETA ", format_duration(eta),
+                                " | ", extra);
   if (bar_) {
     const int width = 24;
-    const int filled = total_ > 0 ? int(width * double(step) / double(total_)) : width;
-    std::string bar(filled, '#');
+    const int filled = total_ > 0 ? int(width * double(done) / double(total_)) : width;
+    std::string bar(std::max(0, std::min(width, filled)), '#');
     bar.resize(width, '.');
-    std::fprintf(stderr, "\r\033[K%s[%s] %s", label_.c_str(), bar.c_str(), stats);
+    std::fprintf(stderr, "\r\033[K%s[%s] %s", label_.c_str(), bar.c_str(), stats.c_str());
     drawn_ = true;
   } else {
-    std::fprintf(stderr, "%sstep %s\n", label_.c_str(), stats);
+    std::fprintf(stderr, "%s%s\n", label_.c_str(), stats.c_str());
   }
   std::fflush(stderr);
 }

@@ -44,6 +44,9 @@ class Progress {
  public:
   Progress(ProgressMode mode, int64_t total_steps, int64_t start_step, const std::string& label = "");
   void update(int64_t step, int64_t tokens, double loss, double l0);
+  // For work measured in another unit than steps (e.g. bytes of a corpus): `done` of the total,
+  // with `what` in place of the step count and the loss.
+  void update_position(int64_t done, int64_t tokens, const std::string& what);
   void message(const std::string& line);  // prints a line without breaking the bar
   void finish();
 
@@ -51,6 +54,7 @@ class Progress {
   bool bar_ = false, lines_ = false;
   int64_t total_, start_;
   std::string label_;
+  void draw(int64_t done, int64_t tokens, const std::string& position, const std::string& extra);
   std::chrono::steady_clock::time_point begin_, last_draw_;
   int64_t start_tokens_ = -1;
   bool drawn_ = false;

@@ -18,6 +18,7 @@ struct Codec {
   std::function<std::string(const T&)> text;
   std::function<Json(const T&)> to_json;
   std::function<T(const Json&)> from_json;
+  bool flag = false;  // "--name" alone means true
 };
 
 [[noreturn]] void bad_value(const std::string& option, const char* expected, const std::string& text) {
@@ -74,7 +75,7 @@ Codec<bool> flag() {
             bad_value(option, "true or false", text);
           },
           [](const bool& v) { return std::string(v ? "true" : "false"); }, [](const bool& v) { return Json(v); },
-          [](const Json& j) { return j.as_bool(); }};
+          [](const Json& j) { return j.as_bool(); }, true};
 }
 
 Codec<std::string> text() {
@@ -87,6 +88,18 @@ Codec<int64_t> batch() {
           [](const int64_t& v) { return v == 0 ? std::string("story") : std::to_string(v); },
           [](const int64_t& v) { return Json(v == 0 ? std::string("story") : std::to_string(v)); },
           [](const Json& j) { return parse_batch(j.as_string()); }};
+}
+
+// --long-stories error|split, held as TrainConfig::split_long_stories.
+Codec<bool> long_stories() {
+  auto parse = [](const std::string& t) {
+    if (t == "error") return false;
+    if (t == "split") return true;
+    throw UsageError(cat("--long-stories: expected error or split, got '", t, "'"));
+  };
+  return {[parse](const std::string&, const std::string& t) { return parse(t); },
+          [](const bool& v) { return std::string(v ? "split" : "error"); },
+          [](const bool& v) { return Json(v ? "split" : "error"); }, [parse](const Json& j) { return parse(j.as_string()); }};
 }
 
 // An enum stored by name; parse_fn throws UsageError naming the option.
@@ -108,7 +121,7 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
   o.help = help;
   o.role = role;
   o.json_key = json_key;
-  o.is_flag = std::is_same_v<T, bool>;
+  o.is_flag = codec.flag;
   o.when_missing = when_missing;
   // The getters take the config by const reference; the field accessor is written once for both.
   auto get = [field](const TrainConfig& c) -> const T& { return field(const_cast<TrainConfig&>(c)); };
@@ -133,9 +146,21 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
 std::vector<TrainOption> make_table() {
   const char* training = "Training";
   const char* synthetic = "Synthetic data (--data synthetic)";
+  const char* text_group = "Text through a language model (--model, --text)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
   return {
-      row("data", training, "activations: 'synthetic' or a .safetensors/.npy file", defines, "data", FIELD(data), text()),
+      row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
+          "data", FIELD(data), text()),
+      row("model", text_group, "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json): train "
+          "on its activations, computed from --text inside the loop", defines, "model", FIELD(model), text(), ""),
+      row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
+          "with a \"text\" field", defines, "text", FIELD(text), text(), ""),
+      row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
+          defines, "layer", FIELD(layer), integer(), "2"),
+      row("long-stories", text_group, "a story longer than the model's positions: error | split (into pieces)", defines,
+          "long_stories", FIELD(split_long_stories), long_stories(), "error"),
+      row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
+          "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
       row("l1", training, "L1 coefficient lambda", defines, "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),

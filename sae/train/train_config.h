@@ -25,7 +25,12 @@ const char* device_choice_name(DeviceChoice choice);
 Device resolve_device(DeviceChoice choice);
 
 struct TrainConfig {
-  std::string data = "synthetic";    // "synthetic" or a .safetensors / .npy path
+  std::string data = "synthetic";    // "synthetic", a .safetensors / .npy path, a cache folder, or "text"
+  std::string model;                 // --model DIR (a Hugging Face GPT-Neo folder): train from text
+  std::string text;                  // --text FILE: the corpus (.txt or .jsonl)
+  int64_t layer = 2;                 // hidden_states[layer] of the model
+  bool split_long_stories = false;   // --long-stories split: cut stories longer than the model's positions
+  int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
   SyntheticOptions synthetic;
   int64_t features = 10000;          // F (d_sae)
   double l1 = 0.0;                   // lambda

@@ -13,6 +13,7 @@
 #include "sae/step/sae_step.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/run_start.h"
+#include "sae/train/training_data.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/threads.h"
@@ -53,7 +54,7 @@ struct RunState {
 };
 
 // What cfg.json records about the run under "sae_cpp" (SAELens ignores it).
-Json run_description(const TrainConfig& c, const ActivationSource& source, const RunState& run) {
+Json run_description(const TrainConfig& c, const Json& data, const RunState& run) {
   Json j = Json::object();
   j["normalization"] = normalization_name(c.normalize);
   j["dataset_scale"] = run.dataset_scale;
@@ -66,19 +67,18 @@ Json run_description(const TrainConfig& c, const ActivationSource& source, const
   j["tokens"] = run.tokens;
   j["batch"] = c.batch_name();
   j["seed"] = static_cast<int64_t>(c.seed);
-  j["data"] = source.describe();
+  j["data"] = data;
   return j;
 }
 
 // config.json: every option plus what was resolved at start.
-void write_run_config(const TrainConfig& c, Device device, const ActivationSource& source, double dataset_scale,
-                      int64_t max_tokens) {
+void write_run_config(const TrainConfig& c, Device device, const TrainingData& data, int64_t max_tokens) {
   Json cfg = c.to_json();
   cfg["resolved"] = Json::object();
   cfg["resolved"]["device"] = device_name(device);
-  cfg["resolved"]["d_in"] = source.d();
-  cfg["resolved"]["dataset_scale"] = dataset_scale;
-  cfg["resolved"]["data"] = source.describe();
+  cfg["resolved"]["d_in"] = data.d;
+  cfg["resolved"]["dataset_scale"] = data.dataset_scale;
+  cfg["resolved"]["data"] = data.description;
   cfg["resolved"]["max_batch_tokens"] = max_tokens;
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
@@ -124,24 +124,22 @@ TrainResult train(TrainConfig requested) {
   if (config.threads > 0) set_cpu_threads(static_cast<int>(config.threads));
   const Device device = resolve_device(config.device);
   if (device == Device::CUDA) cuda_set_tf32(config.tf32);
-  std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
-  const int64_t d = source->d();
-  RunState run{initial_params(start, d).to(device), {}, 0, 0, 1.0, Json(),
+  TrainingData data = open_training_data(
+      config, device, start.state ? std::optional<double>(start.state->dataset_scale) : std::nullopt);
+  const int64_t d = data.d;
+  RunState run{initial_params(start, d).to(device), {}, 0, 0, data.dataset_scale, Json(),
                DeadFeatureTracker(config.features, config.dead_window)};
   run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
   if (start.state) {
     const TrainingState& st = *start.state;
     run.step = st.step;
     run.tokens = st.tokens;
-    run.dataset_scale = st.dataset_scale;
     run.adam.m = st.adam.m.to(device);
     run.adam.v = st.adam.v.to(device);
     run.adam.steps = st.adam.steps;
     run.dead.last_fired() = st.last_fired;
-  } else if (config.normalize == Normalization::Dataset) {
-    run.dataset_scale = estimate_dataset_scale(*source);
   }
-  Batcher batcher(*source, config.batch_tokens, config.normalize, run.dataset_scale, config.seed);
+  BatchSource& batcher = *data.batches;
   if (start.state) batcher.restore(start.state->batcher);
   const int64_t max_tokens = batcher.max_batch_tokens();
   if (max_tokens > 65536)
@@ -150,9 +148,9 @@ TrainResult train(TrainConfig requested) {
 
   // ---- outputs ----
   fs::create_directories(config.out);
-  write_run_config(config, device, *source, run.dataset_scale, max_tokens);
+  write_run_config(config, device, data, max_tokens);
   RunLog log(config.out, run.step);
-  SyntheticSource* synthetic = dynamic_cast<SyntheticSource*>(source.get());
+  const SyntheticSource* synthetic = data.synthetic;
   Progress progress(config.progress, config.steps, run.step);
   auto report_concepts = [&](const char* when) {
     ConceptRecovery r = concept_recovery(synthetic->concepts(), run.params.W_dec, run.dead.alive(run.tokens));
@@ -164,7 +162,7 @@ TrainResult train(TrainConfig requested) {
   };
   auto save = [&](const std::string& dir) {
     const TrainingState st = run.saved();
-    save_checkpoint(dir, run.params, run_description(config, *source, run), &st);
+    save_checkpoint(dir, run.params, run_description(config, data.description, run), &st);
   };
 
   // ---- buffers, allocated once ----
@@ -172,9 +170,11 @@ TrainResult train(TrainConfig requested) {
   Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   Tensor counts_host = Tensor::empty(Shape{config.features});
   Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
-  // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto).
+  // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
+  // that means running the language model on the GPU from a second thread (one stream, one handle).
   const bool background =
-      config.prefetch == PrefetchMode::On || (config.prefetch == PrefetchMode::Auto && device != Device::CPU);
+      (config.prefetch == PrefetchMode::On || (config.prefetch == PrefetchMode::Auto && device != Device::CPU)) &&
+      !(data.model && device != Device::CPU);
   run.data_position = batcher.state();  // read before the worker starts
   BatchPrefetcher prefetcher(batcher, d, background);
 
@@ -250,9 +250,9 @@ TrainResult train(TrainConfig requested) {
 double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
-  std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
-  const int64_t d = source->d();
-  Batcher batcher(*source, config.batch_tokens, config.normalize, 1.0, config.seed);
+  TrainingData data = open_training_data(config, device, 1.0);
+  const int64_t d = data.d;
+  BatchSource& batcher = *data.batches;
   Rng rng(config.seed);
   SaeParams params = SaeParams::standard_init(d, config.features, rng).to(device);
   SaeAdamState adam = SaeAdamState::zeros_like(params, config.beta1, config.beta2, config.eps);

@@ -1,0 +1,113 @@
+// sae_cache: a language model's activations at one layer, computed from a text corpus once and
+// written as an activation cache (sae/data/activation_cache.h) to train on many times with
+// `sae_train --data CACHE/`. Thin: options -> model, tokenizer, stories -> cache writer.
+//   sae_cache --model DIR --text FILE --layer 2 --out CACHE/ [--dtype f32|f16|bf16]
+// Killed at any moment, it continues where its manifest says when run again with the same options.
+#include <cstdio>
+#include <filesystem>
+
+#include "io/file_lock.h"
+#include "lm/gpt_neo.h"
+#include "lm/text_data.h"
+#include "lm/tokenizer.h"
+#include "sae/cli/cli.h"
+#include "sae/data/activation_cache.h"
+#include "sae/report/run_log.h"
+#include "sae/train/train_config.h"
+
+namespace fs = std::filesystem;
+
+int main(int argc, char** argv) {
+  return sae::run_main("sae_cache", argc, argv, [&] {
+    cxxopts::Options options("sae_cache", "Write a language model's activations on a text corpus as an activation cache");
+    options.add_options()
+        ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
+        ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
+         cxxopts::value<std::string>())
+        ("layer", "cache hidden_states[layer]", cxxopts::value<int64_t>()->default_value("2"))
+        ("out", "the cache folder", cxxopts::value<std::string>())
+        ("dtype", "f32 | f16 | bf16: how the activations are stored", cxxopts::value<std::string>()->default_value("f32"))
+        ("shard-tokens", "tokens per shard (each shard ends at a story's end)",
+         cxxopts::value<int64_t>()->default_value("262144"))
+        ("max-stories", "stop after this many stories (0: the whole corpus)", cxxopts::value<int64_t>()->default_value("0"))
+        ("long-stories", "a story longer than the model's positions: error | split (into pieces)",
+         cxxopts::value<std::string>()->default_value("error"))
+        ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"))
+        ("progress", "auto | bar | lines | none", cxxopts::value<std::string>()->default_value("auto"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    for (const char* required : {"model", "text", "out"})
+      if (!parsed.count(required)) throw sae::UsageError(sae::cat("--", required, " is required"));
+    const std::string model_dir = parsed["model"].as<std::string>(), text = parsed["text"].as<std::string>();
+    const std::string out = parsed["out"].as<std::string>();
+    const int64_t layer = parsed["layer"].as<int64_t>(), max_stories = parsed["max-stories"].as<int64_t>();
+    std::string dtype = parsed["dtype"].as<std::string>();
+    if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
+      throw sae::UsageError(sae::cat("--dtype: expected f32, f16 or bf16, got '", dtype, "'"));
+    for (char& c : dtype) c = static_cast<char>(std::toupper(c));
+    const std::string long_stories = parsed["long-stories"].as<std::string>();
+    if (long_stories != "error" && long_stories != "split")
+      throw sae::UsageError(sae::cat("--long-stories: expected error or split, got '", long_stories, "'"));
+    if (max_stories < 0) throw sae::UsageError("--max-stories must be >= 0");
+    const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
+
+    sae::GptNeo model = sae::GptNeo::load(model_dir, device);
+    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    if (layer < 0 || layer > model.config().num_layers)
+      throw sae::UsageError(sae::cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
+    const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+    sae::Json source = sae::Json::object();
+    source["model"] = model_dir;
+    source["text"] = text;
+    source["layer"] = layer;
+    source["hidden_states"] = sae::cat("hidden_states[", layer, "]");
+    source["tokenizer"] = tokenizer.source();
+    source["long_stories"] = long_stories;
+
+    fs::create_directories(out);
+    const sae::FileLock lock((fs::path(out) / ".lock").string());
+    sae::ActivationCacheWriter writer(out, d, dtype, parsed["shard-tokens"].as<int64_t>(), source);
+    if (writer.manifest().complete) {
+      std::printf("sae_cache: %s is complete already (%lld tokens, %lld stories)\n", out.c_str(),
+                  (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
+      return 0;
+    }
+    sae::StoryReader reader(text);
+    if (writer.manifest().text_position.has("next_story"))
+      reader.seek({writer.manifest().text_position.at("next_story").as_int(),
+                   writer.manifest().text_position.at("byte_offset").as_int()});
+    const int64_t start_story = reader.position().next_story;
+    if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
+    sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
+                           static_cast<int64_t>(fs::file_size(text)), reader.position().byte_offset, "sae_cache ");
+    sae::TextStory story;
+    int64_t tokens = writer.manifest().tokens;
+    while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
+      const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
+      if (ids.empty()) continue;
+      if (static_cast<int64_t>(ids.size()) > positions && long_stories == "error")
+        throw sae::DataError(sae::cat(story.where, ": ", ids.size(), " tokens, more than the model's ", positions,
+                                      " positions (--long-stories split cuts such stories into pieces)"));
+      // Pieces of at most `positions` tokens, each cached as a story of its own.
+      for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(positions)) {
+        const std::vector<int32_t> piece(ids.begin() + begin,
+                                         ids.begin() + std::min(ids.size(), begin + static_cast<size_t>(positions)));
+        const sae::Tensor hidden = model.forward_to(piece, static_cast<int>(layer)).to(sae::Device::CPU);
+        const bool last = begin + static_cast<size_t>(positions) >= ids.size();
+        sae::Json after = sae::Json::object();  // a shard never ends inside a cut story
+        after["next_story"] = reader.position().next_story;
+        after["byte_offset"] = reader.position().byte_offset;
+        writer.add_story(story.index, piece, hidden.data<float>(), after, last);
+        tokens += static_cast<int64_t>(piece.size());
+      }
+      progress.update_position(reader.position().byte_offset, tokens,
+                               sae::cat(reader.position().next_story, " stories"));
+    }
+    writer.finish();
+    progress.finish();
+    std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, hidden_states[%lld] of %s\n",
+                out.c_str(), (long long)writer.manifest().tokens, (long long)writer.manifest().stories,
+                writer.manifest().shards.size(), (long long)d, dtype.c_str(), (long long)layer, model_dir.c_str());
+    return 0;
+  });
+}

@@ -1,0 +1,181 @@
+// TextBatcher (see text_batches.h).
+#include "sae/data/text_batches.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace sae {
+
+Json TextBatcher::PiecePosition::to_json() const {
+  Json j = Json::object();
+  j["next_story"] = story.next_story;
+  j["byte_offset"] = story.byte_offset;
+  j["piece"] = piece;
+  j["epoch"] = epoch;
+  return j;
+}
+
+TextBatcher::PiecePosition TextBatcher::PiecePosition::from_json(const Json& j) {
+  PiecePosition p;
+  p.story.next_story = j.at("next_story").as_int();
+  p.story.byte_offset = j.at("byte_offset").as_int();
+  p.piece = j.at("piece").as_int();
+  p.epoch = j.at("epoch").as_int();
+  if (p.piece < 0 || p.epoch < 0) throw DataError("resume: a text position with a negative piece or epoch");
+  return p;
+}
+
+TextBatcher::TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+                         int64_t batch_tokens, Normalization normalization, double dataset_scale, uint64_t seed)
+    : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text), batch_tokens_(batch_tokens),
+      normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
+  const GptNeoConfig& c = model.config();
+  if (options.layer < 0 || options.layer > c.num_layers)
+    throw UsageError(cat("--layer ", options.layer, ": the model has hidden states 0 to ", c.num_layers));
+  if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
+  if (batch_tokens > 0 && normalization == Normalization::Story)
+    throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
+                     "or none with token batches");
+  if (options.chunk_tokens <= 0) throw UsageError(cat("--text-chunk-tokens must be positive, got ", options.chunk_tokens));
+  max_tokens_ = batch_tokens == 0 ? c.max_positions : batch_tokens;
+  model_.reserve(c.max_positions);
+}
+
+void TextBatcher::seek_piece(const PiecePosition& position) {
+  reader_.seek(position.story);
+  at_ = position;
+  story_ids_.clear();
+  if (position.piece > 0) {  // inside a split story: read it again to cut the remaining pieces
+    TextStory story;
+    if (!reader_.next(story)) throw DataError(cat(reader_.path(), ": resume: the text ends before the saved position"));
+    story_ids_ = tokenizer_.encode(story.text, story.where);
+    story_where_ = story.where;
+  }
+}
+
+int64_t TextBatcher::next_piece(std::vector<float>& out) {
+  const int64_t positions = model_.config().max_positions;
+  if (story_ids_.empty()) {
+    TextStory story;
+    while (story_ids_.empty()) {
+      at_.story = reader_.position();
+      if (!reader_.next(story)) {
+        if (at_.story.next_story == 0) throw DataError(cat(reader_.path(), ": the text holds no stories"));
+        reader_.rewind();  // a new epoch
+        ++at_.epoch;
+        continue;
+      }
+      story_ids_ = tokenizer_.encode(story.text, story.where);  // empty token lists are skipped
+      story_where_ = story.where;
+    }
+    at_.piece = 0;
+    if (static_cast<int64_t>(story_ids_.size()) > positions && !options_.split_long_stories)
+      throw DataError(cat(story_where_, ": ", story_ids_.size(), " tokens, more than the model's ", positions,
+                          " positions (--long-stories split cuts such stories into pieces)"));
+  }
+  const int64_t begin = at_.piece * positions;
+  const int64_t end = std::min<int64_t>(begin + positions, static_cast<int64_t>(story_ids_.size()));
+  const std::vector<int32_t> ids(story_ids_.begin() + begin, story_ids_.begin() + end);
+  const Tensor hidden = model_.forward_to(ids, options_.layer).to(Device::CPU);
+  const int64_t t = end - begin, d = this->d();
+  out.resize(static_cast<size_t>(t * d));
+  std::memcpy(out.data(), hidden.data<float>(), sizeof(float) * t * d);
+  ++at_.piece;
+  if (end == static_cast<int64_t>(story_ids_.size())) {  // the story is done: the next piece is the next story's
+    story_ids_.clear();
+    at_.story = reader_.position();
+    at_.piece = 0;
+  }
+  return t;
+}
+
+void TextBatcher::fill_chunk() {
+  chunk_start_ = at_;
+  ++chunk_index_;
+  chunk_.clear();
+  while (static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d()) {
+    next_piece(piece_);
+    chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
+  }
+  order_.emplace(static_cast<uint64_t>(chunk_.size()) / static_cast<uint64_t>(d()),
+                 seed_ + 0x1000 * static_cast<uint64_t>(chunk_index_));
+  cursor_ = 0;
+}
+
+int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
+  const int64_t d = this->d();
+  if (batch_tokens_ == 0) {
+    const int64_t first_token = at_.piece * model_.config().max_positions;  // within its story
+    const int64_t n = next_piece(piece_);
+    std::memcpy(raw, piece_.data(), sizeof(float) * n * d);
+    stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_,
+                            [&](int64_t row) { return first_token + row; }, story_where_);
+    return n;
+  }
+  const int64_t n = batch_tokens_;
+  for (int64_t i = 0; i < n; ++i) {
+    if (chunk_index_ < 0 || cursor_ == static_cast<int64_t>(chunk_.size()) / d) fill_chunk();
+    const int64_t token = static_cast<int64_t>((*order_)(static_cast<uint64_t>(cursor_++)));
+    std::memcpy(raw + i * d, chunk_.data() + token * d, sizeof(float) * d);
+  }
+  stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, [&](int64_t row) { return row; },
+                          cat(reader_.path(), " chunk ", chunk_index_, " (row of the batch)"));
+  return n;
+}
+
+Json TextBatcher::state() const {
+  Json j = Json::object();
+  j["mode"] = batch_tokens_ == 0 ? "text_story" : "text_tokens";
+  if (batch_tokens_ == 0) {
+    j["at"] = at_.to_json();
+  } else {
+    j["chunk_start"] = chunk_start_.to_json();
+    j["chunk_index"] = chunk_index_;
+    j["cursor"] = cursor_;
+  }
+  return j;
+}
+
+void TextBatcher::restore(const Json& state) {
+  const std::string mode = state.at("mode").as_string();
+  if (mode != (batch_tokens_ == 0 ? "text_story" : "text_tokens"))
+    throw DataError(cat("resume: the checkpoint was taken in ", printable(mode), " batch mode, but this run uses another"));
+  if (batch_tokens_ == 0) {
+    seek_piece(PiecePosition::from_json(state.at("at")));
+    return;
+  }
+  const int64_t chunk_index = state.at("chunk_index").as_int(), cursor = state.at("cursor").as_int();
+  if (chunk_index < 0) return;  // saved before the first batch
+  seek_piece(PiecePosition::from_json(state.at("chunk_start")));
+  chunk_index_ = chunk_index - 1;  // fill_chunk counts it again
+  fill_chunk();
+  if (cursor < 0 || cursor > static_cast<int64_t>(chunk_.size()) / d())
+    throw DataError("resume: the checkpoint's position does not fit this text");
+  cursor_ = cursor;
+}
+
+double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+                                   int64_t sample_tokens) {
+  StoryReader reader(options.text);
+  TextStory story;
+  double total = 0;
+  int64_t tokens = 0;
+  const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+  while (tokens < sample_tokens && reader.next(story)) {
+    std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
+    if (static_cast<int64_t>(ids.size()) > positions) ids.resize(static_cast<size_t>(positions));
+    if (ids.empty()) continue;
+    const Tensor hidden = model.forward_to(ids, options.layer).to(Device::CPU);
+    const float* x = hidden.data<float>();
+    for (int64_t i = 0; i < hidden.numel(); ++i) total += double(x[i]) * x[i];
+    tokens += static_cast<int64_t>(ids.size());
+  }
+  if (tokens == 0) throw DataError(cat(options.text, ": the text holds no stories"));
+  const double mean_sq = total / double(tokens);
+  if (!std::isfinite(mean_sq) || !(mean_sq > 0))
+    throw DataError(cat(options.text, ": the model's activations are ", mean_sq, " on average; cannot normalise"));
+  return std::sqrt(double(d) / mean_sq);
+}
+
+}  // namespace sae

@@ -1,0 +1,89 @@
+// TextBatcher: training batches computed from text by the language model, as the original does in
+// its training loop: each story of the corpus (lm/text_data.h) is tokenized (GPT-2 BPE, no BOS),
+// run through the model up to the requested layer only (hidden_states[layer], lm/gpt_neo.h), and
+// normalised like any other batch (normalize_batch).
+//   story mode:  one story per batch, in corpus order, starting over at the end (a new epoch)
+//   token mode:  stories are gathered into chunks of at least chunk_tokens tokens (a chunk ends at a
+//                story's end); each chunk's tokens are served in a random order (RandomPermutation
+//                seeded by the seed and the chunk's number), N per batch, batches running on into
+//                the next chunk. (A shuffle across the whole corpus needs an activation cache,
+//                sae_cache, and --data CACHE/.)
+// A story longer than the model's positions is an error naming it, or, with split_long_stories,
+// cut into pieces of at most that many tokens, each normalised and trained on as a story.
+// The position (text offset, epoch, chunk, cursor) is saved in checkpoints; a resumed run re-reads
+// from the start of the story or chunk it was in and skips what it had served, so resume is
+// bit-exact on the same build and machine.
+// Letters: T tokens of a story, D the model's width (hidden size), P its positions.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lm/gpt_neo.h"
+#include "lm/text_data.h"
+#include "lm/tokenizer.h"
+#include "sae/data/batches.h"
+
+namespace sae {
+
+struct TextDataOptions {
+  std::string text;             // the corpus (.txt or .jsonl)
+  int layer = 2;                // hidden_states[layer]
+  bool split_long_stories = false;
+  int64_t chunk_tokens = 65536;  // token mode: tokens shuffled together
+};
+
+class TextBatcher : public BatchSource {
+ public:
+  // batch_tokens == 0 selects story mode. The model and tokenizer must outlive the batcher.
+  TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
+              Normalization normalization, double dataset_scale, uint64_t seed);
+  int64_t d() const override { return model_.config().hidden_size; }
+  int64_t max_batch_tokens() const override { return max_tokens_; }
+  int64_t next(float* raw, float* normalized, BatchStats& stats) override;
+  Json state() const override;
+  void restore(const Json& state) override;
+
+ private:
+  // The next piece of text to train on: a story, or a piece of a long one. Its activations [T, D]
+  // go to `out` (host); returns T. Starts a new epoch at the end of the corpus.
+  int64_t next_piece(std::vector<float>& out);
+  void fill_chunk();
+
+  GptNeo& model_;
+  const Gpt2Tokenizer& tokenizer_;
+  TextDataOptions options_;
+  StoryReader reader_;
+  int64_t batch_tokens_, max_tokens_;
+  Normalization normalization_;
+  double dataset_scale_;
+  uint64_t seed_;
+  int64_t epoch_ = 0;
+  // Where the next piece comes from: the start of its story (re-read on resume), which piece of it,
+  // in which epoch. A story's pieces are 0 .. ceil(T / P) - 1; unsplit stories have one.
+  struct PiecePosition {
+    TextPosition story;
+    int64_t piece = 0, epoch = 0;
+    Json to_json() const;
+    static PiecePosition from_json(const Json& j);
+  };
+  void seek_piece(const PiecePosition& position);
+
+  PiecePosition at_;               // the next piece
+  std::vector<int32_t> story_ids_;  // the story at_ is in, tokenized (empty: read it when needed)
+  std::string story_where_;
+  // Token mode: the chunk being served, from its first piece's position.
+  PiecePosition chunk_start_;
+  int64_t chunk_index_ = -1, cursor_ = 0;
+  std::vector<float> chunk_;  // [chunk tokens, D]
+  std::optional<RandomPermutation> order_;  // the chunk's serving order
+  std::vector<float> piece_;  // scratch [T, D]
+};
+
+// SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
+// story cut to the model's positions): s with mean ||s x||^2 = D.
+double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+                                   int64_t sample_tokens = 16384);
+
+}  // namespace sae

@@ -1,0 +1,200 @@
+// Training from text (sae/data/text_batches.h, sae_train --model --text, sae_cache): against the
+// fixture of scripts/gen_text_train_fixture.py (a tiny GPT-Neo with hashed weights, a 4097-id BPE,
+// 16 stories, and Hugging Face's hidden_states[2] of each story): our tokenizer's ids and our model's
+// activations equal HF's, training from the text follows training on HF's dumped activations, runs
+// over text resume bit-exactly in story and token mode, an activation cache written by sae_cache
+// trains to the same bits as the text, and bad inputs get one line.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "io/csv.h"
+#include "io/safetensors.h"
+#include "lm/gpt_neo.h"
+#include "lm/text_data.h"
+#include "lm/tokenizer.h"
+#include "sae/train/trainer.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name; }
+
+TrainConfig text_config(const std::string& out) {
+  TrainConfig c;
+  c.data = "text";
+  c.model = ref("model");
+  c.text = ref("stories.txt");
+  c.layer = 2;
+  c.features = 48;
+  c.lr = 3e-3;
+  c.l1 = 0.5;
+  c.steps = 24;  // one and a half passes over the 16 stories
+  c.log_every = 1;
+  c.checkpoint_every = 1000;
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
+  c.out = out;
+  return c;
+}
+
+}  // namespace
+
+TEST(TextData, OurTokensAndActivationsAreHuggingFaces) {
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  GptNeo model = GptNeo::load(ref("model"));
+  SafetensorsFile expected = SafetensorsFile::open(ref("acts.safetensors"));
+  const std::vector<int64_t> lengths = expected.read_i64("story_lengths"), ids = expected.read_i64("token_ids");
+  const Tensor acts = expected.read_f32("activations");
+  StoryReader reader(ref("stories.txt"));
+  TextStory story;
+  int64_t token = 0;
+  double worst = 0;
+  for (int64_t length : lengths) {
+    ASSERT_TRUE(reader.next(story));
+    const std::vector<int32_t> ours = tokenizer.encode(story.text, story.where);
+    ASSERT_EQ(static_cast<int64_t>(ours.size()), length) << story.where;
+    for (int64_t i = 0; i < length; ++i) ASSERT_EQ(ours[i], ids[token + i]) << story.where << " token " << i;
+    const Tensor hidden = model.hidden_states(ours, 2);
+    const float* got = hidden.data<float>();
+    const float* want = acts.data<float>() + token * 32;
+    for (int64_t i = 0; i < length * 32; ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+    token += length;
+  }
+  EXPECT_FALSE(reader.next(story));
+  EXPECT_LT(worst, 2e-5) << "max |ours - HF| over hidden_states[2]";
+  std::printf("hidden_states[2] of 16 stories: max |ours - HF| = %.2e\n", worst);
+}
+
+TEST(TextData, TrainingFromTextFollowsTrainingOnHuggingFacesActivations) {
+  TempDir dir("text_vs_acts");
+  const TrainResult from_text = train(text_config(dir.str("text")));
+  TrainConfig on_acts = text_config(dir.str("acts"));
+  on_acts.data = ref("acts.safetensors");
+  on_acts.model = on_acts.text = "";
+  train(on_acts);
+  const CsvNumbers a = read_csv_numbers(dir.str("text/metrics.csv")), b = read_csv_numbers(dir.str("acts/metrics.csv"));
+  ASSERT_EQ(a.rows.size(), 24u);
+  ASSERT_EQ(b.rows.size(), 24u);
+  const std::vector<double> la = a.column("loss"), lb = b.column("loss"), ta = a.column("tokens"), tb = b.column("tokens");
+  for (size_t i = 0; i < la.size(); ++i) {
+    EXPECT_EQ(ta[i], tb[i]) << "step " << i + 1;  // the same stories, in the same order
+    EXPECT_NEAR(la[i], lb[i], 1e-4 * std::abs(lb[i])) << "step " << i + 1;
+  }
+  EXPECT_LT(la.back(), la.front());  // it learned something
+  EXPECT_EQ(read_json_file(dir.str("text/config.json")).at("resolved").at("data").at("kind").as_string(), "text");
+  EXPECT_EQ(from_text.steps, 24);
+}
+
+TEST(TextData, RunsOverTextResumeBitExactly) {
+  TempDir dir("text_resume");
+  for (int64_t batch : {int64_t(0), int64_t(40)}) {
+    TrainConfig full = text_config(dir.str(cat("full_", batch)));
+    full.batch_tokens = batch;
+    full.text_chunk_tokens = 100;  // several chunks, and batches that cross them
+    if (batch > 0) full.normalize = Normalization::Dataset;
+    train(full);
+    TrainConfig cut = full;
+    cut.out = dir.str(cat("cut_", batch));
+    cut.steps = 13;
+    train(cut);
+    TrainConfig rest;
+    rest.resume = cut.out;
+    rest.steps = full.steps;
+    rest.log_every = 1;
+    rest.progress = ProgressMode::None;
+    rest.device = DeviceChoice::Cpu;
+    train(rest);
+    EXPECT_EQ(read_file(full.out + "/sae/sae_weights.safetensors"), read_file(cut.out + "/sae/sae_weights.safetensors"))
+        << "batch " << batch;
+    EXPECT_EQ(read_file(full.out + "/metrics.csv"), read_file(cut.out + "/metrics.csv")) << "batch " << batch;
+  }
+}
+
+TEST(TextData, LongStoriesAreAnErrorOrCutIntoPieces) {
+  TempDir dir("text_long");
+  // One story of 320 tokens for a model of 128 positions.
+  std::string long_story;
+  for (int i = 0; i < 40; ++i) long_story += "The cat sat on the mat. ";
+  std::ofstream(dir.str("long.txt")) << "A short one.\n<|endoftext|>\n" << long_story << "\n<|endoftext|>\n";
+  TrainConfig c = text_config(dir.str("error"));
+  c.text = dir.str("long.txt");
+  c.steps = 3;
+  try {
+    train(c);
+    FAIL() << "an over-long story was accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.str("long.txt") + " story 1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("128 positions"), std::string::npos) << e.what();
+  }
+  const int64_t long_tokens =
+      static_cast<int64_t>(Gpt2Tokenizer::from_model_dir(ref("model")).encode(long_story.substr(0, long_story.size() - 1)).size());
+  ASSERT_EQ(long_tokens, 320);
+  c.out = dir.str("split");
+  c.split_long_stories = true;
+  c.steps = 5;  // the short story, the long one's pieces of 128, 128 and 64 tokens, the short one again
+  train(c);
+  const std::vector<double> tokens = read_csv_numbers(dir.str("split/metrics.csv")).column("tokens");
+  ASSERT_EQ(tokens.size(), 5u);
+  EXPECT_EQ(tokens[1] - tokens[0], 128);
+  EXPECT_EQ(tokens[2] - tokens[1], 128);
+  EXPECT_EQ(tokens[3] - tokens[2], 64);
+  EXPECT_EQ(tokens[4] - tokens[3], tokens[0]);
+}
+
+TEST(TextData, ACacheTrainsToTheSameBitsAsTheText) {
+  TempDir dir("text_cache");
+  auto cached = run_binary("sae_cache", "--model " + ref("model") + " --text " + ref("stories.txt") +
+                                            " --layer 2 --shard-tokens 150 --device cpu --progress none --out " +
+                                            dir.str("cache"), dir);
+  ASSERT_EQ(cached.exit_code, 0) << cached.err;
+  EXPECT_NE(cached.out.find("578 tokens of 16 stories"), std::string::npos) << cached.out;
+  train(text_config(dir.str("from_text")));
+  TrainConfig from_cache = text_config(dir.str("from_cache"));
+  from_cache.data = dir.str("cache");
+  from_cache.model = from_cache.text = "";
+  train(from_cache);
+  EXPECT_EQ(read_file(dir.str("from_text/sae/sae_weights.safetensors")),
+            read_file(dir.str("from_cache/sae/sae_weights.safetensors")));
+  // Running sae_cache again on a complete cache changes nothing; a killed one continues (the
+  // writer's own resume is tested in test_activation_cache.cpp).
+  auto again = run_binary("sae_cache", "--model " + ref("model") + " --text " + ref("stories.txt") +
+                                           " --layer 2 --shard-tokens 150 --device cpu --progress none --out " +
+                                           dir.str("cache"), dir);
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("complete already"), std::string::npos) << again.out;
+}
+
+TEST(TextData, BadInputsGetOneLine) {
+  TempDir dir("text_bad");
+  std::ofstream(dir.str("latin1.txt")) << "Fine story.\n<|endoftext|>\nCaf\xe9 au lait.\n<|endoftext|>\n";
+  std::ofstream(dir.str("empty.txt")) << "\n<|endoftext|>\n  \n";
+  const std::string base = " --features 16 --steps 3 --progress none --device cpu --model " + ref("model");
+  struct Case {
+    std::string args, mention;
+    int code;
+  };
+  const std::vector<Case> cases = {
+      {base + " --text " + dir.str("latin1.txt") + " --out " + dir.str("r1"), "latin1.txt story 1", 1},
+      {base + " --text " + dir.str("empty.txt") + " --out " + dir.str("r2"), "holds no stories", 1},
+      {base + " --out " + dir.str("r3"), "--text", 2},
+      {base + " --text " + ref("stories.txt") + " --data synthetic --out " + dir.str("r4"), "--data", 2},
+      {base + " --text " + ref("stories.txt") + " --layer 9 --out " + dir.str("r5"), "--layer 9", 2},
+      {" --features 16 --steps 3 --model " + dir.str("nowhere") + " --text " + ref("stories.txt") + " --out " +
+           dir.str("r6"), "nowhere", 1},
+  };
+  for (const Case& c : cases) {
+    auto r = run_binary("sae_train", c.args, dir);
+    EXPECT_EQ(r.exit_code, c.code) << c.args << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.mention), std::string::npos) << c.args << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
