@@ -114,7 +114,7 @@ Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
 // One row: `field` gives the TrainConfig member the option sets.
 template <typename Field, typename T>
 TrainOption row(const char* name, const char* group, const char* help, OptionRole role, const char* json_key,
-                Field field, Codec<T> codec, const char* when_missing = "") {
+                Field field, Codec<T> codec, std::optional<std::string> when_missing = std::nullopt) {
   TrainOption o;
   o.name = name;
   o.group = group;
@@ -152,9 +152,10 @@ std::vector<TrainOption> make_table() {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
       row("model", text_group, "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json): train "
-          "on its activations, computed from --text inside the loop", defines, "model", FIELD(model), text(), ""),
+          "on its activations, computed from --text inside the loop", defines, "model", FIELD(model), text(),
+          std::string()),
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
-          "with a \"text\" field", defines, "text", FIELD(text), text(), ""),
+          "with a \"text\" field", defines, "text", FIELD(text), text(), std::string()),
       row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
           defines, "layer", FIELD(layer), integer(), "2"),
       row("long-stories", text_group, "a story longer than the model's positions: error | split (into pieces)", defines,
@@ -268,8 +269,8 @@ TrainConfig TrainConfig::from_json(const Json& j) {
     const Json& section = o.in_synthetic_section() ? j.at("synthetic") : j;
     if (section.has(o.json_key))
       o.from_json(c, section.at(o.json_key));
-    else if (!o.when_missing.empty())
-      o.parse(c, o.when_missing);
+    else if (o.when_missing)
+      o.parse(c, *o.when_missing);
     else
       throw DataError(cat("config: missing key '", o.json_key, "'"));
   }

@@ -8,6 +8,7 @@
 // TrainConfig::validate() if it has a range.
 #pragma once
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,8 @@ struct TrainOption {
   std::function<Json(const TrainConfig&)> to_json;
   std::function<void(TrainConfig&, const Json&)> from_json;
   std::function<void(TrainConfig&, const TrainConfig&)> copy;
-  // Read when config.json lacks the key (runs from before the option existed); "" = the key is required.
-  std::string when_missing;
+  // Read when config.json lacks the key (runs from before the option existed); none: the key is required.
+  std::optional<std::string> when_missing;
   bool in_synthetic_section() const { return name.rfind("synthetic-", 0) == 0; }
 };
 
