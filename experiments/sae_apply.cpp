@@ -1,5 +1,6 @@
-// sae_apply: runs a trained SAE on activations (docs/contract.md §5 conventions). Thin: options ->
-// load_checkpoint -> encode/decode in row blocks -> .npy outputs.
+// sae_apply: runs a trained SAE of any architecture on activations (docs/contract.md §5
+// conventions; the inference rules of docs/architectures.md §3). Thin: options -> load_checkpoint ->
+// encode/decode in row blocks -> .npy outputs.
 //   sae_apply --sae DIR --input X.npy [--features-out F.npy] [--reconstruction-out XHAT.npy]
 // X is [N, d_in] (float32, or f16/f64 converted); F is [N, d_sae] and XHAT [N, d_in], float32.
 // The inputs are used as given: the SAE sees exactly what it was trained on only when X was
@@ -9,11 +10,10 @@
 #include <cstdio>
 #include <cstring>
 
-#include "autograd/variable.h"
-#include "sae/train/checkpoint.h"
-#include "sae/cli/cli.h"
-#include "sae/model.h"
 #include "io/npy.h"
+#include "sae/arch_model.h"
+#include "sae/cli/cli.h"
+#include "sae/train/checkpoint.h"
 
 namespace {
 // Rows per encode/decode call: bounds the [rows, d_sae] temporary for large inputs.
@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
       throw sae::UsageError("nothing to do: give --features-out and/or --reconstruction-out");
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    const sae::SparseAutoencoder model(sae::load_checkpoint(parsed["sae"].as<std::string>(), device).params);
+    const sae::SaeParams model = sae::load_checkpoint(parsed["sae"].as<std::string>(), device).params;
     const std::string input_path = parsed["input"].as<std::string>();
     sae::NpyFile input = sae::NpyFile::open(input_path);
     if (input.shape().size() != 2)
@@ -52,7 +52,6 @@ int main(int argc, char** argv) {
     if (d != model.d_in())
       throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the SAE's d_in is ", model.d_in()));
 
-    sae::NoGradGuard no_grad;
     const int64_t f = model.d_sae();
     // Only the requested outputs are held (whole, for write_npy): N x d_sae floats can be large.
     sae::Tensor features, reconstruction;
@@ -65,13 +64,13 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < rows * d; ++i)
         if (!std::isfinite(px[i]))
           throw sae::DataError(sae::cat(input_path, ": NaN or Inf at row ", begin + i / d, ", column ", i % d));
-      sae::Variable fx = model.encode(sae::Variable(x.to(device)));
+      const sae::Tensor fx = sae::sae_encode(model, x.to(device));
       if (features.defined()) {
-        const sae::Tensor fh = fx.data().to(sae::Device::CPU);
+        const sae::Tensor fh = fx.to(sae::Device::CPU);
         std::memcpy(features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
       }
       if (reconstruction.defined()) {
-        const sae::Tensor xh = model.decode(fx).data().to(sae::Device::CPU);
+        const sae::Tensor xh = sae::sae_decode(model, fx).to(sae::Device::CPU);
         std::memcpy(reconstruction.data<float>() + begin * d, xh.data<float>(), sizeof(float) * rows * d);
       }
     }

@@ -119,7 +119,7 @@ std::vector<uint8_t> dead_after_batch(std::vector<int64_t>& tokens_since_fired, 
 }
 
 ArchReferenceLoss arch_reference_loss(const ArchOptions& o, const ArchVariables& p, const Tensor& x, double lambda,
-                                      const std::vector<uint8_t>* dead) {
+                                      const std::vector<uint8_t>* dead, const ArchFrozen* frozen) {
   const Variable X(x);
   const int64_t n = x.size(0), features = p.W_enc.shape()[1];
   ArchReferenceLoss out;
@@ -133,7 +133,10 @@ ArchReferenceLoss arch_reference_loss(const ArchOptions& o, const ArchVariables&
     f = Variable(step(pi_gate.data())) * ag::relu(pi_mag);  // the gate passes no gradient
     const Variable gate = ag::relu(pi_gate);
     out.sparsity = ag::sum(gate * ag::norm2(p.W_dec, 1));
-    const Variable x_gate = ag::matmul(gate, p.W_dec.detach()) + p.b_dec.detach();  // frozen decoder
+    const bool fixed = frozen && frozen->W_dec.defined();
+    const Variable frozen_W_dec = fixed ? Variable(frozen->W_dec) : p.W_dec.detach();
+    const Variable frozen_b_dec = fixed ? Variable(frozen->b_dec) : p.b_dec.detach();
+    const Variable x_gate = ag::matmul(gate, frozen_W_dec) + frozen_b_dec;  // frozen decoder
     out.aux = ag::sum(ag::square(X - x_gate));
     out.pre = pi_mag.data();
   } else {
@@ -182,7 +185,7 @@ ArchReferenceLoss arch_reference_loss(const ArchOptions& o, const ArchVariables&
       const Tensor selected = flags_tensor(top_k_per_row(P.data().to_vector(), n, features, k_aux, dead), P.shape(), x);
       const Variable a = ag::relu(P) * Variable(selected);
       out.aux_acts = a.data();
-      const Tensor e = sub(x, out.x_hat);
+      const Tensor e = frozen && frozen->residual.defined() ? frozen->residual : sub(x, out.x_hat);
       const double Z = sum(square(sub(e, mean(e, 0, true)))).item();
       if (Z > 0) {
         const Variable e_hat = ag::matmul(a, p.W_dec);

@@ -40,10 +40,19 @@ struct ArchReferenceLoss {
   int64_t n_dead = 0;
 };
 
+// The values the loss treats as constants (stop-gradient), fixed from outside so that finite
+// differences see the same function autograd differentiates: AuxK's residual e (and its Z), the
+// gated auxiliary loss's decoder. Undefined tensors are computed as usual.
+struct ArchFrozen {
+  Tensor residual;      // e = x - x_hat [N, D]
+  Tensor W_dec, b_dec;  // gated: the decoder of the auxiliary reconstruction
+};
+
 // dead: AuxK's dead mask (F flags, this batch's firings already counted; see dead_after_batch), or
 // nullptr for none. Options other than the architecture's own are ignored.
 ArchReferenceLoss arch_reference_loss(const ArchOptions& options, const ArchVariables& p, const Tensor& x,
-                                      double lambda, const std::vector<uint8_t>* dead);
+                                      double lambda, const std::vector<uint8_t>* dead,
+                                      const ArchFrozen* frozen = nullptr);
 
 // AuxK's dead-latent clock (docs/architectures.md §2.5): every counter grows by the batch's tokens,
 // those that fired restart at 0; dead = counter >= dead_tokens. Updates `tokens_since_fired`.

@@ -25,7 +25,8 @@ struct SaeParams {
   Tensor log_threshold;         // jumprelu only
   Tensor b_gate, b_mag, r_mag;  // gated only (which has no b_enc)
   // What the model computes at inference beyond its tensors (sae/arch.h): the architecture, k for
-  // topk, and batchtopk's inference threshold (0 until its first update; exported as a jumprelu).
+  // topk (batchtopk keeps its training k here too), and batchtopk's inference threshold (0 until
+  // its first update; exported as a jumprelu).
   Architecture architecture = Architecture::Standard;
   int64_t k = 0;
   double batchtopk_threshold = 0.0;

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "sae/train/arch_checkpoint.h"
 #include "tensor/ops.h"
 #include "io/safetensors.h"
 
@@ -42,6 +43,7 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   metadata["sae_lens_training_version"] = "6.0.0";
   cfg["metadata"] = metadata;
   cfg["sae_cpp"] = extra;
+  set_architecture_keys(cfg, params);
   return cfg;
 }
 
@@ -55,18 +57,15 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
 
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (int i = 0; i < 4; ++i) weights.push_back({SaeParams::kNames[i], params.all()[i]->to(DType::F32)});
-  write_safetensors((temp / kWeightsFile).string(), weights);
+  write_safetensors((temp / kWeightsFile).string(), saelens_weights(params));
   write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
   if (state) {
     std::vector<std::pair<std::string, Tensor>> tensors;
-    for (int i = 0; i < 4; ++i) {
-      tensors.push_back({std::string("adam_m.") + SaeParams::kNames[i], *state->adam.m.all()[i]});
-      tensors.push_back({std::string("adam_v.") + SaeParams::kNames[i], *state->adam.v.all()[i]});
-    }
+    for (const auto& [name, m] : state->adam.m.present()) tensors.push_back({std::string("adam_m.") + name, *m});
+    for (const auto& [name, v] : state->adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
     tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
     Json info = Json::object();
+    add_training_state_extras(tensors, info, params);
     info["format"] = kStateFormat;
     info["version"] = 1;
     info["step"] = state->step;
@@ -99,29 +98,13 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());
   if (!out.cfg.is_object()) throw DataError(cat(cfg_path.string(), ": expected a JSON object"));
-  const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
-  if (arch != "standard")
-    throw DataError(cat(cfg_path.string(), ": architecture '", arch, "' is not supported (only 'standard')"));
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
-  Tensor params[4];
-  for (int i = 0; i < 4; ++i) {
-    if (!weights.has(SaeParams::kNames[i]))
-      throw DataError(cat(weights_path.string(), ": missing tensor ", SaeParams::kNames[i]));
-    params[i] = weights.read_f32(SaeParams::kNames[i]);
-  }
-  try {
-    out.params = SaeParams::from_tensors(params[0], params[1], params[2], params[3]);
-  } catch (const DataError& e) {
-    throw DataError(cat(weights_path.string(), ": ", e.what()));
-  }
+  out.params = saelens_params(weights, out.cfg, weights_path.string());
   if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.params.d_in())
     throw DataError(cat(dir, ": cfg.json d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
     throw DataError(cat(dir, ": cfg.json d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
                         out.params.d_sae()));
-  for (const Tensor& p : params) {
-    if (!std::isfinite(sum(abs(p)).item())) throw DataError(cat(weights_path.string(), ": parameters contain NaN or Inf"));
-  }
   out.params = out.params.to(device);
 
   const fs::path state_path = root / kStateFile;
@@ -138,14 +121,18 @@ Checkpoint load_checkpoint(const std::string& dir, Device device) {
     st.adam.steps = info.at("adam_steps").as_int();
     st.dataset_scale = info.at("dataset_scale").as_number();
     st.batcher = info.at("batcher");
-    for (int i = 0; i < 4; ++i) {
-      Tensor m = file.read_f32(std::string("adam_m.") + SaeParams::kNames[i]);
-      Tensor v = file.read_f32(std::string("adam_v.") + SaeParams::kNames[i]);
-      if (m.shape() != params[i].shape() || v.shape() != params[i].shape())
-        throw DataError(cat(state_path.string(), ": Adam moments of ", SaeParams::kNames[i], " have the wrong shape"));
-      *st.adam.m.all()[i] = m.to(device);
-      *st.adam.v.all()[i] = v.to(device);
+    st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
+    for (int i = 0; i < 8; ++i) {
+      const Tensor& param = *out.params.slots()[i];
+      if (!param.defined()) continue;
+      const std::string name = SaeParams::kSlotNames[i];
+      Tensor m = file.read_f32("adam_m." + name), v = file.read_f32("adam_v." + name);
+      if (m.shape() != param.shape() || v.shape() != param.shape())
+        throw DataError(cat(state_path.string(), ": Adam moments of ", name, " have the wrong shape"));
+      *st.adam.m.slots()[i] = m.to(device);
+      *st.adam.v.slots()[i] = v.to(device);
     }
+    read_training_state_extras(file, info, out.params);
     const SafetensorsEntry& fired = file.entry("last_fired");  // F64: token counts, exact below 2^53
     if (fired.dtype != "F64") throw DataError(cat(state_path.string(), ": last_fired should be F64, got ", fired.dtype));
     std::vector<double> clocks(fired.numel());

@@ -43,6 +43,7 @@ RunStart start_run(TrainConfig config) {
   } else if (!config.init.empty()) {
     start.params = load_checkpoint(config.init, Device::CPU).params;
     config.features = start.params->d_sae();
+    adopt_init_architecture(config, *start.params);
   }
   config.validate();
   start.config = std::move(config);

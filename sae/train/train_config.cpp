@@ -30,6 +30,7 @@ void TrainConfig::validate() const {
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(init.empty() || resume.empty(), "--init and --resume cannot be used together");
   if (data == "synthetic") synthetic.validate();
+  validate_architecture_options(*this);
 }
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }

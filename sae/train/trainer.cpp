@@ -110,6 +110,12 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
   };
 }
 
+// The architectures' extra column (sae/arch.h): the auxiliary term as it enters the loss.
+MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const StepSums& sums) {
+  if (run.params.architecture != Architecture::Standard) row.push_back({"aux_loss", sums.aux});
+  return row;
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig requested) {
@@ -120,20 +126,21 @@ TrainResult train(TrainConfig requested) {
   if (device == Device::CUDA) cuda_set_tf32(config.tf32);
   std::unique_ptr<ActivationSource> source = open_activations(config.data, config.synthetic);
   const int64_t d = source->d();
-  RunState run{initial_params(start, d).to(device), {}, 0, 0, 1.0, Json(),
-               DeadFeatureTracker(config.features, config.dead_window)};
+  // The scale first: a fresh b_dec at the geometric median is taken from normalised tokens.
+  const double dataset_scale = start.state ? start.state->dataset_scale
+                               : config.normalize == Normalization::Dataset ? estimate_dataset_scale(*source)
+                                                                            : 1.0;
+  const SaeParams first = start.params ? initial_params(start, d) : fresh_params(config, *source, dataset_scale);
+  RunState run{first.to(device), {}, 0, 0, dataset_scale, Json(), DeadFeatureTracker(config.features, config.dead_window)};
   run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
   if (start.state) {
     const TrainingState& st = *start.state;
     run.step = st.step;
     run.tokens = st.tokens;
-    run.dataset_scale = st.dataset_scale;
     run.adam.m = st.adam.m.to(device);
     run.adam.v = st.adam.v.to(device);
     run.adam.steps = st.adam.steps;
     run.dead.last_fired() = st.last_fired;
-  } else if (config.normalize == Normalization::Dataset) {
-    run.dataset_scale = estimate_dataset_scale(*source);
   }
   Batcher batcher(*source, config.batch_tokens, config.normalize, run.dataset_scale, config.seed);
   if (start.state) batcher.restore(start.state->batcher);
@@ -162,7 +169,8 @@ TrainResult train(TrainConfig requested) {
   };
 
   // ---- buffers, allocated once ----
-  SaeStep sae_step(max_tokens, d, config.features, DType::F32, device, config.sparse);
+  SaeStep sae_step(max_tokens, d, config.features, DType::F32, device, config.sparse, arch_options(config, d));
+  set_dead_clock(sae_step.tokens_since_fired(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
   Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   Tensor counts_host = Tensor::empty(Shape{config.features});
   Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
@@ -188,7 +196,7 @@ TrainResult train(TrainConfig requested) {
     const int64_t this_step = run.step + 1;
     const double lambda = config.l1_at(this_step), lr = config.lr_at(this_step);
     const StepSums sums = sae_step.train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
-    if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1))
+    if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1) || !std::isfinite(sums.aux))
       throw TrainingDiverged(cat("training diverged at step ", this_step, ": loss is ", sums.loss, " (rec ", sums.rec,
                                  ", l1 ", sums.l1, "); the last good checkpoint is kept. Try a lower --lr."));
     run.step = this_step;
@@ -209,7 +217,8 @@ TrainResult train(TrainConfig requested) {
         cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
         recon = reconstruction_host.data<float>();
       }
-      result.last_row = metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr);
+      result.last_row = with_architecture_metrics(
+          metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr), run, sums);
       log.write(result.last_row);
     }
     progress.update(run.step, run.tokens, sums.loss, sums.active / double(n));
