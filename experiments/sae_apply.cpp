@@ -1,5 +1,6 @@
-// sae_apply: runs a trained SAE on activations (docs/contract.md §5). Thin: options -> the SAE
-// (load_checkpoint, the autograd model) -> its inputs normalised as in training -> encode/decode
+// sae_apply: runs a trained SAE of any architecture (the inference
+// rules of docs/architectures.md §3) on activations (docs/contract.md §5). Thin: options -> the SAE
+// (load_checkpoint) -> its inputs normalised as in training -> encode/decode
 // story by story or in row blocks -> .npy outputs.
 //   sae_apply --sae DIR --input X [--features-out F.npy] [--reconstruction-out XHAT.npy] [--raw]
 // X is a .npy [N, d_in] or a safetensors activation file (activations, optional story_lengths; see
@@ -12,13 +13,12 @@
 #include <cstdio>
 #include <cstring>
 
-#include "autograd/variable.h"
 #include "io/npy.h"
+#include "sae/arch_model.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
 #include "sae/data/synthetic.h"
-#include "sae/model.h"
 #include "sae/train/checkpoint.h"
 
 namespace {
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
 
     const std::string sae_dir = parsed["sae"].as<std::string>();
     sae::Checkpoint checkpoint = sae::load_checkpoint(sae_dir, device, /*with_state=*/false);
-    const sae::SparseAutoencoder model(checkpoint.params);
+    const sae::SaeParams& model = checkpoint.params;
     InputNormalization normalization;
     if (!parsed.count("raw")) {
       try {
@@ -94,7 +94,6 @@ int main(int argc, char** argv) {
       for (int64_t begin = 0; begin < n; begin += kBlockRows) pieces.push_back({begin, std::min(kBlockRows, n - begin)});
     }
 
-    sae::NoGradGuard no_grad;
     // Only the requested outputs are held (whole, for write_npy): N x d_sae floats can be large.
     sae::Tensor features, reconstruction;
     if (!features_out.empty()) features = sae::Tensor::empty(sae::Shape{n, f});
@@ -105,13 +104,13 @@ int main(int argc, char** argv) {
       const sae::BatchStats stats =
           sae::normalize_batch(raw.data<float>(), x.data<float>(), rows, d, normalization.kind,
                                normalization.dataset_scale, [&](int64_t row) { return begin + row; }, input->name());
-      sae::Variable fx = model.encode(sae::Variable(x.to(device)));
+      const sae::Tensor fx = sae::sae_encode(model, x.to(device));
       if (features.defined()) {
-        const sae::Tensor fh = fx.data().to(sae::Device::CPU);
+        const sae::Tensor fh = fx.to(sae::Device::CPU);
         std::memcpy(features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
       }
       if (reconstruction.defined()) {
-        const sae::Tensor xh = model.decode(fx).data().to(sae::Device::CPU);
+        const sae::Tensor xh = sae::sae_decode(model, fx).to(sae::Device::CPU);
         const float* in = xh.data<float>();
         float* out = reconstruction.data<float>() + begin * d;
         const double shift = stats.norm_shift, scale = stats.norm_scale;

@@ -16,7 +16,14 @@ SparseAutoencoder::SparseAutoencoder(const SaeParams& p) {
   register_all(checked.W_enc, checked.b_enc, checked.W_dec, checked.b_dec);
 }
 
-SaeParams SparseAutoencoder::params() const { return SaeParams{W_enc.data(), b_enc.data(), W_dec.data(), b_dec.data()}; }
+SaeParams SparseAutoencoder::params() const {
+  SaeParams p;
+  p.W_enc = W_enc.data();
+  p.b_enc = b_enc.data();
+  p.W_dec = W_dec.data();
+  p.b_dec = b_dec.data();
+  return p;
+}
 
 void SparseAutoencoder::register_all(Tensor w_enc, Tensor bias_enc, Tensor w_dec, Tensor bias_dec) {
   W_enc = register_parameter("W_enc", w_enc);

@@ -26,23 +26,77 @@ SaeParams SaeParams::from_tensors(Tensor W_enc, Tensor b_enc, Tensor W_dec, Tens
       W_dec.shape() != Shape{f, d} || b_dec.shape() != Shape{d})
     throw DataError(cat("SAE: inconsistent parameter shapes: W_enc ", W_enc.describe(), ", b_enc ", b_enc.describe(),
                         ", W_dec ", W_dec.describe(), ", b_dec ", b_dec.describe()));
-  return SaeParams{std::move(W_enc), std::move(b_enc), std::move(W_dec), std::move(b_dec)};
-}
-
-SaeParams SaeParams::zeros_like(const SaeParams& like) {
   SaeParams p;
-  for (int i = 0; i < 4; ++i) {
-    const Tensor& t = *like.all()[i];
-    *p.all()[i] = Tensor::zeros(t.shape(), t.dtype(), t.device());
-  }
+  p.W_enc = std::move(W_enc);
+  p.b_enc = std::move(b_enc);
+  p.W_dec = std::move(W_dec);
+  p.b_dec = std::move(b_dec);
   return p;
 }
 
-SaeParams SaeParams::to(Device device) const {
-  return SaeParams{W_enc.to(device), b_enc.to(device), W_dec.to(device), b_dec.to(device)};
+namespace {
+// A copy of `from` whose defined tensors are replaced by make(tensor).
+template <typename Make>
+SaeParams map_tensors(const SaeParams& from, Make make) {
+  SaeParams p = from;
+  for (int i = 0; i < 8; ++i) {
+    const Tensor& t = *from.slots()[i];
+    *p.slots()[i] = t.defined() ? make(t) : Tensor();
+  }
+  return p;
+}
+}  // namespace
+
+SaeParams SaeParams::zeros_like(const SaeParams& like) {
+  return map_tensors(like, [](const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); });
 }
 
-SaeParams SaeParams::clone() const { return SaeParams{W_enc.clone(), b_enc.clone(), W_dec.clone(), b_dec.clone()}; }
+SaeParams SaeParams::to(Device device) const {
+  return map_tensors(*this, [device](const Tensor& t) { return t.to(device); });
+}
+
+SaeParams SaeParams::clone() const {
+  return map_tensors(*this, [](const Tensor& t) { return t.clone(); });
+}
+
+std::vector<std::pair<const char*, Tensor*>> SaeParams::present() {
+  std::vector<std::pair<const char*, Tensor*>> out;
+  for (int i = 0; i < 8; ++i)
+    if (slots()[i]->defined()) out.push_back({kSlotNames[i], slots()[i]});
+  return out;
+}
+
+std::vector<std::pair<const char*, const Tensor*>> SaeParams::present() const {
+  std::vector<std::pair<const char*, const Tensor*>> out;
+  for (int i = 0; i < 8; ++i)
+    if (slots()[i]->defined()) out.push_back({kSlotNames[i], slots()[i]});
+  return out;
+}
+
+void SaeParams::check() const {
+  const char* arch = architecture_name(architecture);
+  if (!W_enc.defined() || W_enc.ndim() != 2) throw DataError(cat("SAE (", arch, "): W_enc must be 2-D, got ", W_enc.describe()));
+  const int64_t d = W_enc.size(0), f = W_enc.size(1);
+  auto want = [&](const char* name, const Tensor& t, bool needed, const Shape& shape) {
+    if (!needed && t.defined())
+      throw DataError(cat("SAE (", arch, "): has a tensor ", name, " that this architecture does not use"));
+    if (needed && (!t.defined() || t.shape() != shape))
+      throw DataError(cat("SAE (", arch, "): ", name, " should be ", shape.str(), " (W_enc is ", W_enc.describe(),
+                          "), got ", t.defined() ? t.describe() : std::string("none")));
+    if (needed && (t.dtype() != W_enc.dtype() || t.device() != W_enc.device()))
+      throw DataError(cat("SAE (", arch, "): ", name, " is ", t.describe(), " but W_enc is ", W_enc.describe()));
+  };
+  const bool gated = architecture == Architecture::Gated;
+  want("b_enc", b_enc, !gated, Shape{f});
+  want("W_dec", W_dec, true, Shape{f, d});
+  want("b_dec", b_dec, true, Shape{d});
+  want("log_threshold", log_threshold, architecture == Architecture::JumpReLU, Shape{f});
+  want("b_gate", b_gate, gated, Shape{f});
+  want("b_mag", b_mag, gated, Shape{f});
+  want("r_mag", r_mag, gated, Shape{f});
+  if (architecture == Architecture::TopK && (k < 1 || k > f))
+    throw DataError(cat("SAE (topk): k must be in [1, d_sae = ", f, "], got ", k));
+}
 
 SaeAdamState SaeAdamState::zeros_like(const SaeParams& params, double beta1, double beta2, double eps) {
   SaeAdamState s;

@@ -1,7 +1,7 @@
 // Writing one function for host and device: SAE_HOST_DEVICE marks it for both when nvcc compiles
-// it (and is empty for the host compiler), and math_sqrt / math_exp / math_log / math_abs are the
-// float and double overloads on either side (sqrtf on the device for a float, std::sqrt on the
-// host), so float32 stays float32 everywhere.
+// it (and is empty for the host compiler), and math_sqrt / math_exp / math_log / math_abs /
+// math_tanh are the float and double overloads on either side (sqrtf on the device for a float,
+// std::sqrt on the host), so float32 stays float32 everywhere.
 #pragma once
 #include <cmath>
 
@@ -22,6 +22,8 @@ __device__ inline float math_log(float x) { return logf(x); }
 __device__ inline double math_log(double x) { return ::log(x); }
 __device__ inline float math_abs(float x) { return fabsf(x); }
 __device__ inline double math_abs(double x) { return ::fabs(x); }
+__device__ inline float math_tanh(float x) { return tanhf(x); }
+__device__ inline double math_tanh(double x) { return ::tanh(x); }
 #else
 template <typename T>
 inline T math_sqrt(T x) { return std::sqrt(x); }
@@ -31,6 +33,8 @@ template <typename T>
 inline T math_log(T x) { return std::log(x); }
 template <typename T>
 inline T math_abs(T x) { return std::abs(x); }
+template <typename T>
+inline T math_tanh(T x) { return std::tanh(x); }
 #endif
 
 }  // namespace sae

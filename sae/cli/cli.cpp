@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -22,7 +23,7 @@ void add_training_options(cxxopts::Options& options, const Profile& shown_defaul
     auto shown = shown_defaults.find(o.name);
     auto value = cxxopts::value<std::string>()->default_value(shown != shown_defaults.end() ? shown->second
                                                                                              : o.text(defaults));
-    if (o.is_flag) value->implicit_value("true");
+    if (!o.implicit_value.empty()) value->implicit_value(o.implicit_value);
     options.add_options(o.group)(o.name, o.help, value);
   }
 }
@@ -86,10 +87,28 @@ Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResul
   return quick;
 }
 
+namespace {
+// cxxopts takes a one-letter name as a short option (-k 32) and rejects "--k": single-letter long
+// options (--k 32, --k=32) are handed to it in the short form.
+std::vector<std::string> short_form_of_one_letter_options(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.size() >= 3 && a[0] == '-' && a[1] == '-' && std::isalnum(static_cast<unsigned char>(a[2])) &&
+        (a.size() == 3 || a[3] == '='))
+      args[i] = a.size() == 3 ? "-" + a.substr(2, 1) : "-" + a.substr(2, 1) + a.substr(4);
+  }
+  return args;
+}
+}  // namespace
+
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out) {
   options.add_options()("h,help", "show this help");
+  const std::vector<std::string> args = short_form_of_one_letter_options(argc, argv);
+  std::vector<const char*> pointers;
+  for (const std::string& a : args) pointers.push_back(a.c_str());
   try {
-    out = options.parse(argc, argv);
+    out = options.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const cxxopts::exceptions::incorrect_argument_type& e) {
     // cxxopts names only the bad value; find the option it was given to.
     std::string message = e.what();

@@ -2,6 +2,7 @@
 // path's entry lists, decoder product and backward kernels with Adam fused in. Plain loops, OpenMP
 // across cores; every sum is taken by one thread in an order fixed by the data alone, so results
 // do not depend on the number of threads. Inputs were validated by the front-end (sae_ops.cpp).
+// The other architectures' kernels live in cpu_arch_kernels.cpp; the table below lists them all.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -11,6 +12,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "sae/step/arch_kernels.h"
+#include "sae/step/arch_math.h"
 #include "sae/step/sae_kernels.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
@@ -300,7 +303,7 @@ constexpr int64_t kDotLanes = 32, kPairLanes = 16;
 template <typename T>
 void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, const int32_t* col_ptr,
                                    const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
-                                   int64_t d, int64_t cols) {
+                                   bool unit_norm, int64_t d, int64_t cols) {
   const UpdateSink<T> sink(update);
   const T* W = update.param.data<T>();
   const T lambda = static_cast<T>(l1), tiny = static_cast<T>(1e-30);
@@ -417,7 +420,9 @@ void sparse_decoder_backward_typed(T* dpre, ParamUpdate& update, const T* dx, co
       }
 #pragma omp simd
       for (int64_t c = 0; c < d; ++c) g[c] = g[c] + scale * w[c];
+      if (unit_norm) project_out_row(g, w, norms[i], d);
       sink.store(i * d, g, d);  // the row's old values have all been read
+      if (unit_norm && update.adam) normalize_row(sink.param + i * d, d);
     }
   }
 }
@@ -536,12 +541,12 @@ void sparse_decode_cpu(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_d
 }
 
 void sparse_decoder_backward_cpu(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                                 const Tensor& norms, const Tensor& col_sum, double l1) {
+                                 const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm) {
   dispatch_float(grad_x_hat.dtype(), "sparse_decoder_backward", [&](auto zero) {
     using T = decltype(zero);
     sparse_decoder_backward_typed(dpre.data<T>(), W_dec, grad_x_hat.data<T>(), s.col_ptr.data<int32_t>(),
                                   s.rows.data<int32_t>(), s.vals.data<T>(), norms.data<T>(), col_sum.data<T>(), l1,
-                                  grad_x_hat.size(1), W_dec.param.size(0));
+                                  unit_norm, grad_x_hat.size(1), W_dec.param.size(0));
   });
 }
 

@@ -6,10 +6,14 @@
 // their tolerances for that. No atomics: every sum has one owner and a fixed order, so results
 // are bitwise repeatable from run to run.
 // Inputs were validated by the front-end (sae_ops.cpp); everything runs on the backend's one stream.
+// The other architectures' kernels are in cuda_arch_kernels.cu (sparse_by_feature here, beside the
+// by-feature list builder it reuses); the table at the end lists them all.
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
+#include "sae/step/arch_kernels.h"
+#include "sae/step/cuda_block.cuh"
 #include "sae/step/sae_kernels.h"
 #include "tensor/cuda/common.cuh"
 #include "tensor/dispatch.h"
@@ -460,11 +464,10 @@ __global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const i
   }
 }
 
+// The by-feature lists (col_ptr, rows, vals) of the entries of f [rows, cols] that are > 0.
 template <typename T>
-void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+void by_feature_from_dense(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
   int32_t* col_ptr = s.col_ptr.data<int32_t>();
-  int32_t* row_ptr = s.row_ptr.data<int32_t>();
-  // By feature.
   if (cols == 0) {
     SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
   } else {
@@ -481,6 +484,12 @@ void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t col
         s.rows.data<int32_t>(), s.vals.data<T>(), count, col_ptr, f, rows, cols, slices);
     SAE_CUDA_CHECK_LAUNCH();
   }
+}
+
+template <typename T>
+void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+  int32_t* row_ptr = s.row_ptr.data<int32_t>();
+  by_feature_from_dense(s, f, rows, cols);
   // By token.
   if (rows == 0) {
     SAE_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int32_t), cuda_stream()));
@@ -507,6 +516,59 @@ void sparse_index_cuda(SparseFeatures& s, const Tensor& f, const Tensor& col_cou
     sparse_index_typed(s, f.data<T>(), f.size(0), f.size(1));
   });
 }
+
+// sparse_by_feature: the by-token entries are scattered into a dense [rows, cols] scratch (one
+// thread per row), the by-feature lists are built from it as sparse_index builds them, and each
+// feature's count and sum are read off its list in row order.
+template <typename T>
+__global__ void scatter_rows_kernel(T* dense, const int32_t* row_ptr, const int32_t* cols_in, const T* vals,
+                                    int64_t rows, int64_t cols) {
+  for (int64_t r = thread_index(); r < rows; r += grid_stride())
+    for (int32_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) dense[r * cols + cols_in[e]] = vals[e];
+}
+
+template <typename T>
+__global__ void feature_sums_kernel(T* col_sum, T* col_count, const int32_t* col_ptr, const T* vals, int64_t cols) {
+  for (int64_t c = thread_index(); c < cols; c += grid_stride()) {
+    T sum = T(0);
+    for (int32_t e = col_ptr[c]; e < col_ptr[c + 1]; ++e) sum += vals[e];
+    col_sum[c] = sum;
+    col_count[c] = static_cast<T>(col_ptr[c + 1] - col_ptr[c]);
+  }
+}
+
+template <typename T>
+void sparse_by_feature_typed(SparseFeatures& s, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+  if (cols == 0) {
+    SAE_CUDA_CHECK(cudaMemsetAsync(s.col_ptr.data<int32_t>(), 0, sizeof(int32_t), cuda_stream()));
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(T);
+  DeviceBuffer dense(std::max<size_t>(bytes, sizeof(T)));
+  T* f = static_cast<T*>(dense.ptr);
+  if (bytes > 0) SAE_CUDA_CHECK(cudaMemsetAsync(f, 0, bytes, cuda_stream()));
+  if (rows > 0) {
+    scatter_rows_kernel<<<grid_for(rows), kBlock, 0, cuda_stream()>>>(f, s.row_ptr.data<int32_t>(),
+                                                                    s.cols.data<int32_t>(), s.row_vals.data<T>(), rows,
+                                                                    cols);
+    SAE_CUDA_CHECK_LAUNCH();
+  }
+  by_feature_from_dense(s, f, rows, cols);
+  feature_sums_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(col_sum, col_count, s.col_ptr.data<int32_t>(),
+                                                                   s.vals.data<T>(), cols);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void sparse_by_feature_cuda(SparseFeatures& s, Tensor& col_sum, Tensor& col_count) {
+  dispatch_float(col_sum.dtype(), "sparse_by_feature", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_by_feature_typed(s, col_sum.data<T>(), col_count.data<T>(), s.row_ptr.numel() - 1, col_sum.numel());
+  });
+}
+
+namespace {
 
 template <typename T>
 __global__ void sparse_decode_kernel(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals,
@@ -541,7 +603,7 @@ void sparse_decode_cuda(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_
 template <typename T>
 __global__ void sparse_decoder_backward_kernel(T* dpre, UpdateTarget<T> update, const T* dx, const int32_t* col_ptr,
                                                const int32_t* rows, const T* vals, const T* norms, const T* col_sum,
-                                               T lambda, T tiny, int64_t d, int64_t cols) {
+                                               T lambda, T tiny, bool unit_norm, int64_t d, int64_t cols) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int64_t i = blockIdx.x; i < cols; i += gridDim.x) {
     const T* w = update.param + i * d;
@@ -558,34 +620,55 @@ __global__ void sparse_decoder_backward_kernel(T* dpre, UpdateTarget<T> update, 
       if (lane == 0) dpre[e] = part + row_add;
     }
     __syncthreads();  // every dot product has read the old row before it is updated
-    for (int64_t k = threadIdx.x; k < d; k += kBlock) {
+    auto row_gradient = [&](int64_t k) {
       T g = T(0);
       for (int32_t e = e0; e < e1; ++e) g += vals[e] * dx[int64_t(rows[e]) * d + k];
-      g = g + scale * w[k];
-      store_gradient(update, i * d + k, g);
+      return g + scale * w[k];
+    };
+    if (!unit_norm) {
+      for (int64_t k = threadIdx.x; k < d; k += kBlock) store_gradient(update, i * d + k, row_gradient(k));
+      continue;
     }
+    // Unit-norm decoder: the gradient's component along u = w / n goes first (the gradient is
+    // summed twice rather than held), and after Adam the row is divided by its norm.
+    const bool project = n > T(0);
+    double part = 0;
+    if (project)
+      for (int64_t k = threadIdx.x; k < d; k += kBlock) part += double(row_gradient(k)) * double(w[k] / n);
+    const T along = static_cast<T>(block_sum(part));
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) {
+      const T g = row_gradient(k);
+      store_gradient(update, i * d + k, project ? g - along * (w[k] / n) : g);
+    }
+    if (!update.adam) continue;
+    double squares = 0;
+    for (int64_t k = threadIdx.x; k < d; k += kBlock) squares += double(w[k]) * double(w[k]);  // the new row
+    const T norm = static_cast<T>(sqrt(block_sum(squares)));
+    if (norm > T(0))
+      for (int64_t k = threadIdx.x; k < d; k += kBlock) update.param[i * d + k] = update.param[i * d + k] / norm;
+    __syncthreads();  // the next feature's dot products read rows this block may have just written
   }
 }
 
 template <typename T>
 void sparse_decoder_backward_typed(T* dpre, ParamUpdate& W_dec, const T* dx, const int32_t* col_ptr,
                                    const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
-                                   int64_t d, int64_t cols) {
+                                   bool unit_norm, int64_t d, int64_t cols) {
   if (cols == 0 || d == 0) return;
   sparse_decoder_backward_kernel<<<grid_for(cols, 1), kBlock, 0, cuda_stream()>>>(
       dpre, update_target<T>(W_dec), dx, col_ptr, rows, vals, norms, col_sum, static_cast<T>(l1),
-      static_cast<T>(1e-30), d, cols);
+      static_cast<T>(1e-30), unit_norm, d, cols);
   SAE_CUDA_CHECK_LAUNCH();
 }
 
 void sparse_decoder_backward_cuda(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                                  const Tensor& norms, const Tensor& col_sum, double l1) {
+                                  const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm) {
   const int64_t d = grad_x_hat.size(1), cols = W_dec.param.size(0);
   dispatch_float(grad_x_hat.dtype(), "sparse_decoder_backward", [&](auto zero) {
     using T = decltype(zero);
     sparse_decoder_backward_typed(dpre.data<T>(), W_dec, grad_x_hat.data<T>(), s.col_ptr.data<int32_t>(),
                                   s.rows.data<int32_t>(), s.vals.data<T>(), norms.data<T>(),
-                                  col_sum.data<T>(), l1, d, cols);
+                                  col_sum.data<T>(), l1, unit_norm, d, cols);
   });
 }
 

@@ -112,7 +112,7 @@ void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec,
 }
 
 void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                              const Tensor& norms, const Tensor& col_sum, double l1) {
+                              const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm) {
   const char* op = "sparse_decoder_backward";
   check_float(op, grad_x_hat);
   if (grad_x_hat.ndim() != 2 || !W_dec.param.defined() || W_dec.param.ndim() != 2)
@@ -126,7 +126,8 @@ void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& gr
   check_shape(op, "col_sum", col_sum, Shape{features});
   check_lists(op, s, n, features, grad_x_hat);
   check_entry_values(op, s, dpre);
-  sae_kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, s, norms, col_sum, l1);
+  sae_kernels_for(grad_x_hat.device()).sparse_decoder_backward(dpre, W_dec, grad_x_hat, s, norms, col_sum, l1,
+                                                                unit_norm);
 }
 
 void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
@@ -141,6 +142,133 @@ void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tens
   check_lists(op, s, n, features, x);
   check_entry_values(op, s, dpre);
   sae_kernels_for(x.device()).sparse_encoder_backward(W_enc, b_enc, x, s, dpre);
+}
+
+// ---- the other architectures ----
+
+namespace {
+// The by-token lists of a selection into rows row0 .. row0+rows-1: int32 row_ptr with room for
+// them, cols and row_vals of one length (row_vals in `like`'s dtype), all on like's device.
+void check_token_lists(const char* op, const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features,
+                       const Tensor& like) {
+  check_defined(op, s.row_ptr);
+  check_defined(op, s.cols);
+  check_defined(op, s.row_vals);
+  if (s.row_ptr.dtype() != DType::I32 || s.cols.dtype() != DType::I32 || s.row_ptr.ndim() != 1 ||
+      s.cols.ndim() != 1 || s.row_vals.shape() != s.cols.shape())
+    throw Error(cat(op, ": row_ptr and cols must be 1-D i32 and row_vals as long as cols, got ", s.row_ptr.describe(),
+                    ", ", s.cols.describe(), ", ", s.row_vals.describe()));
+  if (row0 < 0 || s.row_ptr.numel() < row0 + rows + 1)
+    throw Error(cat(op, ": rows ", row0, " to ", row0 + rows, " do not fit row_ptr ", s.row_ptr.describe()));
+  check_same_device_dtype(op, like, s.row_vals);
+  if (s.row_ptr.device() != like.device() || s.cols.device() != like.device())
+    throw Error(cat(op, ": device mismatch: ", s.row_ptr.describe(), ", ", s.cols.describe(), " vs ", like.describe()));
+  if (rows * features >= (int64_t(1) << 31) || s.cols.numel() >= (int64_t(1) << 31))
+    throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
+}
+
+// pre [N, F] and bias [F].
+void check_pre_and_bias(const char* op, const Tensor& pre, const Tensor& bias) {
+  check_float(op, pre);
+  check_rows_and_column_vector(op, pre, bias);
+}
+}  // namespace
+
+void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
+                  int64_t row0) {
+  const char* op = "topk_select";
+  check_pre_and_bias(op, pre, bias);
+  if (allowed.defined()) check_rows_and_column_vector(op, pre, allowed);
+  if (k < 1) throw Error(cat(op, ": k must be >= 1, got ", k));
+  check_token_lists(op, s, row0, pre.size(0), pre.size(1), pre);
+  sae_kernels_for(pre.device()).topk_select(s, pre, bias, allowed, k, row0);
+}
+
+void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total) {
+  const char* op = "batchtopk_select";
+  check_pre_and_bias(op, pre, bias);
+  if (total < 0) throw Error(cat(op, ": total must be >= 0, got ", total));
+  if (s.cols.defined() && total > s.cols.numel())
+    throw Error(cat(op, ": ", total, " entries do not fit lists of ", s.cols.numel()));
+  check_token_lists(op, s, 0, pre.size(0), pre.size(1), pre);
+  sae_kernels_for(pre.device()).batchtopk_select(s, pre, bias, total);
+}
+
+void sparse_by_feature_(SparseFeatures& s, Tensor& col_sum, Tensor& col_count) {
+  const char* op = "sparse_by_feature";
+  check_float(op, col_sum);
+  check_same_shape(op, col_sum, col_count);
+  if (col_sum.ndim() != 1) throw Error(cat(op, ": col_sum must be [F], got ", col_sum.describe()));
+  check_defined(op, s.row_ptr);
+  check_lists(op, s, s.row_ptr.numel() - 1, col_sum.numel(), col_sum);
+  sae_kernels_for(col_sum.device()).sparse_by_feature(s, col_sum, col_count);
+}
+
+void decoder_project_(Tensor& grad, const Tensor& W, const Tensor& norms) {
+  const char* op = "decoder_project";
+  check_float(op, W);
+  check_same_shape(op, grad, W);
+  if (W.ndim() != 2) throw Error(cat(op, ": W must be [F, D], got ", W.describe()));
+  check_same_device_dtype(op, W, norms);
+  check_shape(op, "norms", norms, Shape{W.size(0)});
+  sae_kernels_for(W.device()).decoder_project(grad, W, norms);
+}
+
+void decoder_normalize_(Tensor& W) {
+  const char* op = "decoder_normalize";
+  check_float(op, W);
+  if (W.ndim() != 2) throw Error(cat(op, ": W must be [F, D], got ", W.describe()));
+  sae_kernels_for(W.device()).decoder_normalize(W);
+}
+
+void jumprelu_forward_(Tensor& f, Tensor& pre, const Tensor& bias, const Tensor& log_threshold, const Tensor& norms,
+                       const JumpReluConstants& c, Tensor& col_count, Tensor& col_a, Tensor& col_b) {
+  const char* op = "jumprelu_forward";
+  check_pre_and_bias(op, pre, bias);
+  check_same_shape(op, f, pre);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&log_threshold, &norms, &col_count, &col_a, &col_b})
+    check_rows_and_column_vector(op, pre, *t);
+  if (!(c.bandwidth > 0)) throw Error(cat(op, ": bandwidth must be > 0, got ", c.bandwidth));
+  sae_kernels_for(pre.device()).jumprelu_forward(f, pre, bias, log_threshold, norms, c, col_count, col_a, col_b);
+}
+
+void jumprelu_backward_(Tensor& grad, const Tensor& pre, const Tensor& log_threshold, const Tensor& norms,
+                        const JumpReluConstants& c, Tensor& grad_bias, Tensor& grad_log_threshold,
+                        Tensor& decoder_scale) {
+  const char* op = "jumprelu_backward";
+  check_float(op, pre);
+  check_same_shape(op, grad, pre);
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&log_threshold, &norms, &grad_bias, &grad_log_threshold, &decoder_scale})
+    check_rows_and_column_vector(op, pre, *t);
+  if (!(c.bandwidth > 0)) throw Error(cat(op, ": bandwidth must be > 0, got ", c.bandwidth));
+  sae_kernels_for(pre.device()).jumprelu_backward(grad, pre, log_threshold, norms, c, grad_bias, grad_log_threshold,
+                                                  decoder_scale);
+}
+
+void gated_forward_(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,
+                    const Tensor& r_mag, Tensor& col_count, Tensor& col_gate) {
+  const char* op = "gated_forward";
+  check_float(op, pre);
+  check_same_shape(op, f, pre);
+  check_same_shape(op, gate, pre);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&b_gate, &b_mag, &r_mag, &col_count, &col_gate})
+    check_rows_and_column_vector(op, pre, *t);
+  sae_kernels_for(pre.device()).gated_forward(f, gate, pre, b_gate, b_mag, r_mag, col_count, col_gate);
+}
+
+void gated_backward_(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate,
+                     const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda, Tensor& grad_b_gate,
+                     Tensor& grad_b_mag, Tensor& grad_r_mag) {
+  const char* op = "gated_backward";
+  check_float(op, pre);
+  check_same_shape(op, grad, pre);
+  check_same_shape(op, grad_gate, pre);
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&b_gate, &b_mag, &r_mag, &norms, &grad_b_gate, &grad_b_mag, &grad_r_mag})
+    check_rows_and_column_vector(op, pre, *t);
+  sae_kernels_for(pre.device()).gated_backward(grad, grad_gate, pre, b_gate, b_mag, r_mag, norms, lambda, grad_b_gate,
+                                               grad_b_mag, grad_r_mag);
 }
 
 

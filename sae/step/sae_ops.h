@@ -14,8 +14,27 @@ void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count);
 void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec);
 void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
-                              const Tensor& norms, const Tensor& col_sum, double l1);
+                              const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm = false);
 void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
                               const Tensor& dpre);
+
+// The other architectures (sae/arch.h). Selections write by-token lists into rows row0.. of s; the
+// caller guarantees room for every entry (N k for topk_select, total for batchtopk_select).
+void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
+                  int64_t row0);
+void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total);
+void sparse_by_feature_(SparseFeatures& s, Tensor& col_sum, Tensor& col_count);
+void decoder_project_(Tensor& grad, const Tensor& W, const Tensor& norms);
+void decoder_normalize_(Tensor& W);
+void jumprelu_forward_(Tensor& f, Tensor& pre, const Tensor& bias, const Tensor& log_threshold, const Tensor& norms,
+                       const JumpReluConstants& c, Tensor& col_count, Tensor& col_a, Tensor& col_b);
+void jumprelu_backward_(Tensor& grad, const Tensor& pre, const Tensor& log_threshold, const Tensor& norms,
+                        const JumpReluConstants& c, Tensor& grad_bias, Tensor& grad_log_threshold,
+                        Tensor& decoder_scale);
+void gated_forward_(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,
+                    const Tensor& r_mag, Tensor& col_count, Tensor& col_gate);
+void gated_backward_(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate,
+                     const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda, Tensor& grad_b_gate,
+                     Tensor& grad_b_mag, Tensor& grad_r_mag);
 
 }  // namespace sae

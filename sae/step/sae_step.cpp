@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "sae/step/arch_step.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 
@@ -29,9 +30,15 @@ const char* sparse_mode_name(SparseMode mode) {
   return mode == SparseMode::Off ? "off" : (mode == SparseMode::On ? "on" : "auto");
 }
 
-SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device, SparseMode sparse)
+SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device, SparseMode sparse,
+                 const ArchOptions& arch)
     : max_tokens_(max_tokens), sparse_mode_(sparse) {
   if (max_tokens <= 0) throw UsageError(cat("SaeStep: max_tokens must be positive, got ", max_tokens));
+  auto_max_density_ = device == Device::CPU ? kAutoMaxDensityCpu : kAutoMaxDensityCuda;
+  if (arch.architecture != Architecture::Standard) {
+    arch_ = std::make_unique<ArchStep>(max_tokens, d_in, d_sae, dtype, device, arch);
+    return;
+  }
   f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
@@ -41,7 +48,6 @@ SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, D
   scratch_f_ = Tensor::zeros(Shape{d_sae}, dtype, device);
   sums_ = Tensor::zeros(Shape{3}, dtype, device);
   tiny_ = Tensor::full(Shape{1}, 1e-30, dtype, device);
-  auto_max_density_ = device == Device::CPU ? kAutoMaxDensityCpu : kAutoMaxDensityCuda;
   if (sparse != SparseMode::Off) {
     if (max_tokens * d_sae >= (int64_t(1) << 31))
       throw UsageError(cat("--sparse: ", max_tokens, " tokens x ", d_sae, " features do not fit int32 entry indices; "
@@ -50,6 +56,13 @@ SaeStep::SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, D
     lists_.row_ptr = Tensor::empty(Shape{max_tokens + 1}, DType::I32, device);
   }
 }
+
+SaeStep::~SaeStep() = default;
+
+Tensor SaeStep::features() const { return arch_ ? arch_->features() : f_.slice_rows(0, tokens_); }
+Tensor SaeStep::reconstruction() const { return arch_ ? arch_->reconstruction() : x_hat_.slice_rows(0, tokens_); }
+const Tensor& SaeStep::feature_counts() const { return arch_ ? arch_->feature_counts() : col_count_; }
+std::vector<int64_t>& SaeStep::tokens_since_fired() { return arch_ ? arch_->tokens_since_fired() : no_clock_; }
 
 SparseFeatures SaeStep::lists_for_batch() const {
   SparseFeatures s = lists_;
@@ -78,6 +91,8 @@ void SaeStep::run_forward(const SaeParams& params, const Tensor& x) {
   if (x.ndim() != 2 || x.size(1) != params.d_in())
     throw Error(cat("SaeStep: batch ", x.describe(), " does not match d_in ", params.d_in()));
   if (n > max_tokens_) throw Error(cat("SaeStep: batch of ", n, " tokens exceeds the workspace (", max_tokens_, ")"));
+  if (params.architecture != Architecture::Standard)
+    throw Error(cat("SaeStep: made for the standard SAE, given a ", architecture_name(params.architecture), " SAE"));
   tokens_ = n;
   Tensor f = features(), x_hat = reconstruction(), grad_x_hat = grad_x_hat_.slice_rows(0, n);
   Tensor rec = sums_.slice_rows(0, 1), l1 = sums_.slice_rows(1, 2), active = sums_.slice_rows(2, 3);
@@ -120,6 +135,7 @@ StepSums SaeStep::read_sums(double l1_coefficient) {
 }
 
 StepSums SaeStep::forward(const SaeParams& params, const Tensor& x, double l1_coefficient) {
+  if (arch_) return arch_->forward(params, x, l1_coefficient);
   run_forward(params, x);
   return read_sums(l1_coefficient);
 }
@@ -171,6 +187,7 @@ void SaeStep::dense_backward(const SaeParams& params, const Tensor& x, double l1
 }
 
 StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, double l1_coefficient, SaeParams& grads) {
+  if (arch_) return arch_->forward_backward(params, x, l1_coefficient, grads);
   run_forward(params, x);
   output_gradient(grads.b_dec);
   if (!sparse_) {
@@ -188,6 +205,7 @@ StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, dou
 
 StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double l1_coefficient,
                              double lr) {
+  if (arch_) return arch_->train_step(params, adam, x, l1_coefficient, lr);
   if (!grads_.W_enc.defined()) grads_ = SaeParams::zeros_like(params);
   run_forward(params, x);
   const StepSums sums = read_sums(l1_coefficient);

@@ -22,19 +22,29 @@
 // W_enc as soon as its gradient is known: the gradients of W_enc, b_enc and W_dec are never
 // stored, and Adam's one pass over all the parameters (m and v decay everywhere, as in
 // torch.optim.Adam) is the same memory pass that computes them.
+//
+// The other architectures (sae/arch.h: TopK, BatchTopK, JumpReLU, Gated) have their own step,
+// ArchStep (arch_step.h); a SaeStep made with their ArchOptions hands every call to it.
 // Letters: N tokens in the batch (up to max_tokens), D input width, F features.
 #pragma once
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "sae/arch.h"
 #include "sae/params.h"
 #include "sae/step/sae_kernels.h"
 
 namespace sae {
 
+class ArchStep;
+
 struct StepSums {
   double rec = 0;      // sum of squared reconstruction error
-  double l1 = 0;       // decoder-norm-weighted L1 (before multiplying by lambda)
-  double loss = 0;     // rec + lambda * l1
+  double l1 = 0;       // the sparsity term lambda multiplies: the decoder-norm-weighted L1 (standard,
+                       // gated), JumpReLU's L0 or tanh sum, 0 for topk and batchtopk
+  double aux = 0;      // the auxiliary term as it enters the loss (AuxK, gated's, JumpReLU's pre-activation)
+  double loss = 0;     // rec + lambda * l1 + aux
   double active = 0;   // number of (token, feature) pairs with f > 0
   int64_t tokens = 0;  // N
   bool sparse = false; // this step took the sparse path
@@ -49,8 +59,11 @@ const char* sparse_mode_name(SparseMode mode);
 
 class SaeStep {
  public:
+  // `arch` other than standard: every call goes to an ArchStep (`sparse` does not apply to it:
+  // topk and batchtopk are always sparse, jumprelu and gated always dense).
   SaeStep(int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device,
-          SparseMode sparse = SparseMode::Off);
+          SparseMode sparse = SparseMode::Off, const ArchOptions& arch = ArchOptions{});
+  ~SaeStep();
 
   // Forward and backward for x [N, D] (N <= max_tokens): writes d(rec + lambda * l1)/d(param) of
   // each parameter into `grads` (shaped like params; see SaeParams::zeros_like).
@@ -63,9 +76,13 @@ class SaeStep {
   StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double l1_coefficient, double lr);
 
   // Views of the last call's results (valid until the next call).
-  Tensor features() const { return f_.slice_rows(0, tokens_); }          // f [N, F]
-  Tensor reconstruction() const { return x_hat_.slice_rows(0, tokens_); }  // x_hat [N, D]
-  const Tensor& feature_counts() const { return col_count_; }            // tokens each feature fired on [F]
+  Tensor features() const;        // f [N, F]
+  Tensor reconstruction() const;  // x_hat [N, D]
+  const Tensor& feature_counts() const;  // tokens each feature fired on [F]
+  // The other architectures' step (null for the standard SAE), and AuxK's clock (tokens since each
+  // latent last fired: a resumed run sets it; empty for architectures without AuxK).
+  ArchStep* arch_step() { return arch_.get(); }
+  std::vector<int64_t>& tokens_since_fired();
 
   SparseMode sparse_mode() const { return sparse_mode_; }
   // Auto mode's threshold. The default per device is the crossover measured by bench/bench_sparse.cpp.
@@ -95,6 +112,8 @@ class SaeStep {
   SparseFeatures lists_;        // row_ptr [max_tokens+1]; lists_for_batch() views its first N+1
   Tensor dpre_;                 // [capacity_]
   SparseFeatures lists_for_batch() const;
+  std::unique_ptr<ArchStep> arch_;
+  std::vector<int64_t> no_clock_;
 };
 
 }  // namespace sae

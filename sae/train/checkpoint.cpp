@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "sae/train/arch_checkpoint.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -119,6 +120,7 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   metadata["sae_lens_training_version"] = "6.0.0";
   cfg["metadata"] = metadata;
   cfg["sae_cpp"] = extra;
+  set_architecture_keys(cfg, params);
   return cfg;
 }
 
@@ -134,18 +136,15 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
   try {
-    std::vector<std::pair<std::string, Tensor>> weights;
-    for (int i = 0; i < 4; ++i) weights.push_back({SaeParams::kNames[i], params.all()[i]->to(DType::F32)});
-    write_safetensors((temp / kWeightsFile).string(), weights);
+    write_safetensors((temp / kWeightsFile).string(), saelens_weights(params));
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     if (state) {
       std::vector<std::pair<std::string, Tensor>> tensors;
-      for (int i = 0; i < 4; ++i) {
-        tensors.push_back({std::string("adam_m.") + SaeParams::kNames[i], *state->adam.m.all()[i]});
-        tensors.push_back({std::string("adam_v.") + SaeParams::kNames[i], *state->adam.v.all()[i]});
-      }
+      for (const auto& [name, m] : state->adam.m.present()) tensors.push_back({std::string("adam_m.") + name, *m});
+      for (const auto& [name, v] : state->adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
       tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
       Json info = Json::object();
+      add_training_state_extras(tensors, info, params);
       info["format"] = kStateFormat;
       info["version"] = 1;
       info["step"] = state->step;
@@ -174,36 +173,29 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   out.cfg = read_json_file(cfg_path.string());
   require(out.cfg.is_object(), cfg_path.string(), "expected a JSON object");
   try {
-    const std::string arch = out.cfg.has("architecture") ? out.cfg.at("architecture").as_string() : "standard";
-    if (arch != "standard")
-      throw DataError(cat("architecture '", printable(arch), "' is not supported (only 'standard')"));
-    for (const char* key : {"d_in", "d_sae"})
-      if (out.cfg.has(key)) out.cfg.at(key).as_int();  // type-checked here, compared below
+    // Every key the loader reads is type-checked here, so that an error names this file.
+    for (const char* key : {"d_in", "d_sae", "k"})
+      if (out.cfg.has(key)) out.cfg.at(key).as_int();
+    for (const char* key : {"apply_b_dec_to_input", "rescale_acts_by_decoder_norm"})
+      if (out.cfg.has(key)) out.cfg.at(key).as_bool();
+    if (out.cfg.has("architecture")) out.cfg.at("architecture").as_string();
+    if (out.cfg.has("sae_cpp")) {
+      const Json& ours = out.cfg.at("sae_cpp");
+      if (!ours.is_object()) throw DataError("sae_cpp must be an object");
+      if (ours.has("training_architecture")) ours.at("training_architecture").as_string();
+      if (ours.has("k")) ours.at("k").as_int();
+      if (ours.has("batchtopk_threshold")) ours.at("batchtopk_threshold").as_number();
+    }
   } catch (const DataError& e) {
     throw DataError(cat(cfg_path.string(), ": ", e.what()));
   }
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
-  Tensor params[4];
-  for (int i = 0; i < 4; ++i) {
-    require(weights.has(SaeParams::kNames[i]), weights_path.string(), cat("missing tensor ", SaeParams::kNames[i]));
-    params[i] = weights.read_f32(SaeParams::kNames[i]);
-  }
-  try {
-    out.params = SaeParams::from_tensors(params[0], params[1], params[2], params[3]);
-  } catch (const DataError& e) {
-    throw DataError(cat(weights_path.string(), ": ", e.what()));
-  }
+  out.params = saelens_params(weights, out.cfg, weights_path.string());
   if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.params.d_in())
     throw DataError(cat(cfg_path.string(), ": d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
     throw DataError(cat(cfg_path.string(), ": d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
                         out.params.d_sae()));
-  for (int i = 0; i < 4; ++i) {
-    const float* p = params[i].data<float>();
-    for (int64_t k = 0; k < params[i].numel(); ++k)
-      if (!std::isfinite(p[k]))
-        throw DataError(cat(weights_path.string(), ": ", SaeParams::kNames[i], " holds ", p[k], " at element ", k));
-  }
 
   const fs::path state_path = root / kStateFile;
   if (with_state && fs::exists(state_path)) {
@@ -212,6 +204,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     auto meta = file.metadata().find("training_state");
     require(meta != file.metadata().end(), where, "no training_state metadata");
     TrainingState st;
+    Json state_info;
     try {
       Json info = Json::parse(meta->second);
       if (info.at("format").as_string() != kStateFormat || info.at("version").as_int() != 1)
@@ -222,6 +215,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       st.dataset_scale = info.at("dataset_scale").as_number();
       st.batcher = info.at("batcher");
       if (!st.batcher.is_object()) throw DataError("batcher must be an object");
+      state_info = info;
     } catch (const DataError& e) {
       throw DataError(cat(where, ": training_state: ", e.what()));
     }
@@ -229,13 +223,17 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
             cat("step, tokens and adam_steps must be >= 0, got ", st.step, ", ", st.tokens, ", ", st.adam.steps));
     require(std::isfinite(st.dataset_scale) && st.dataset_scale > 0, where,
             cat("dataset_scale must be a positive number, got ", st.dataset_scale));
-    for (int i = 0; i < 4; ++i) {
-      Tensor m = file.read_f32(std::string("adam_m.") + SaeParams::kNames[i]);
-      Tensor v = file.read_f32(std::string("adam_v.") + SaeParams::kNames[i]);
-      require(m.shape() == params[i].shape() && v.shape() == params[i].shape(), where,
-              cat("Adam moments of ", SaeParams::kNames[i], " have the wrong shape"));
-      *st.adam.m.all()[i] = m.to(device);
-      *st.adam.v.all()[i] = v.to(device);
+    read_training_state_extras(file, state_info, out.params);
+    st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
+    for (int i = 0; i < 8; ++i) {
+      const Tensor& param = *out.params.slots()[i];
+      if (!param.defined()) continue;
+      const std::string name = SaeParams::kSlotNames[i];
+      Tensor m = file.read_f32("adam_m." + name), v = file.read_f32("adam_v." + name);
+      require(m.shape() == param.shape() && v.shape() == param.shape(), where,
+              cat("Adam moments of ", name, " have the wrong shape"));
+      *st.adam.m.slots()[i] = m.to(device);
+      *st.adam.v.slots()[i] = v.to(device);
     }
     // The dead-feature clocks: token counts, stored as F64 (exact below 2^53), each in [0, tokens].
     const SafetensorsEntry& fired = file.entry("last_fired");

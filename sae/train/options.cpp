@@ -111,6 +111,13 @@ Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
           [parse_fn](const Json& j) { return parse_fn(j.as_string()); }};
 }
 
+// What "--name" alone means for a value type other than a flag: toggles are switched on.
+template <typename T>
+std::string implicit_value() {
+  if constexpr (std::is_same_v<T, Toggle>) return "on";
+  return std::string();
+}
+
 // One row: `field` gives the TrainConfig member the option sets.
 template <typename Field, typename T>
 TrainOption row(const char* name, const char* group, const char* help, OptionRole role, const char* json_key,
@@ -122,6 +129,7 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
   o.role = role;
   o.json_key = json_key;
   o.is_flag = codec.flag;
+  o.implicit_value = codec.flag ? std::string("true") : implicit_value<T>();
   o.when_missing = when_missing;
   // The getters take the config by const reference; the field accessor is written once for both.
   auto get = [field](const TrainConfig& c) -> const T& { return field(const_cast<TrainConfig&>(c)); };
@@ -145,6 +153,7 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
 
 std::vector<TrainOption> make_table() {
   const char* training = "Training";
+  const char* architecture = "Architecture (docs/architectures.md; auto = the architecture's default)";
   const char* synthetic = "Synthetic data (--data synthetic)";
   const char* text_group = "Text through a language model (--model, --text)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
@@ -163,7 +172,8 @@ std::vector<TrainOption> make_table() {
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
           "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
-      row("l1", training, "L1 coefficient lambda", defines, "l1", FIELD(l1), number()),
+      row("l1", training, "lambda, the sparsity coefficient: L1 (standard, gated) or the jumprelu penalty", defines,
+          "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),
       row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
       row("beta2", training, "Adam beta2", defines, "beta2", FIELD(beta2), number()),
@@ -206,6 +216,36 @@ std::vector<TrainOption> make_table() {
           choice(parse_progress_mode, progress_mode_name)),
       row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,
           "threads", FIELD(threads), integer(), "0"),
+      row("architecture", architecture, "standard | topk | batchtopk | jumprelu | gated", defines, "architecture",
+          FIELD(architecture), choice(parse_architecture, architecture_name), "standard"),
+      row("k", architecture, "topk: latents kept per token; batchtopk: their mean (k N per batch); required for both",
+          defines, "k", FIELD(k), integer(), "0"),
+      row("auxk-coefficient", architecture, "topk, batchtopk: AuxK's alpha (dead latents predict the residual); 0 = off",
+          defines, "auxk_coefficient", FIELD(auxk_coefficient), number(), "0.03125"),
+      row("auxk-k", architecture, "topk, batchtopk: AuxK's k_aux, dead latents per token (0 = d_in / 2); dead = "
+          "--dead-window tokens without firing", defines, "auxk_k", FIELD(auxk_k), integer(), "0"),
+      row("unit-norm-decoder", architecture, "auto | on | off: decoder rows at norm 1 (gradient projected, rows "
+          "renormalised); auto = on for topk, batchtopk, jumprelu step", defines, "unit_norm_decoder",
+          FIELD(unit_norm_decoder), choice(parse_unit_norm_decoder, toggle_name), "auto"),
+      row("init-tied", architecture, "auto | on | off: W_enc = W_dec^T at init, unit rows, zero biases (auto = on "
+          "but for standard)", defines, "init_tied", FIELD(init_tied), choice(parse_init_tied, toggle_name), "auto"),
+      row("init-b-dec", architecture, "auto | zero | geometric_median (of the first 32768 training tokens); auto = "
+          "geometric_median for topk, batchtopk", defines, "init_b_dec", FIELD(init_b_dec),
+          choice(parse_init_b_dec, b_dec_choice_name), "auto"),
+      row("jumprelu-penalty", architecture, "jumprelu: step (lambda L0, DeepMind) | tanh (lambda sum tanh(c f "
+          "||W_dec||) + pre-activation loss, Anthropic)", defines, "jumprelu_penalty", FIELD(jumprelu_penalty),
+          choice(parse_jumprelu_penalty, jumprelu_penalty_name), "step"),
+      row("jumprelu-bandwidth", architecture, "jumprelu: bandwidth epsilon of the straight-through estimators",
+          defines, "jumprelu_bandwidth", FIELD(jumprelu_bandwidth), number(), "0.001"),
+      row("jumprelu-tanh-c", architecture, "jumprelu tanh: c", defines, "jumprelu_tanh_c", FIELD(jumprelu_tanh_c),
+          number(), "4"),
+      row("jumprelu-pre-act", architecture, "jumprelu tanh: lambda_P of the pre-activation loss "
+          "sum relu(theta - P) ||W_dec||", defines, "jumprelu_pre_act", FIELD(jumprelu_pre_act), number(), "0"),
+      row("jumprelu-init-threshold", architecture, "jumprelu: the initial threshold theta_0 (trained as log theta)",
+          defines, "jumprelu_init_threshold", FIELD(jumprelu_init_threshold), number(), "0.001"),
+      row("batchtopk-threshold-lr", architecture, "batchtopk: rate of the inference threshold's moving average of "
+          "the smallest kept activation", defines, "batchtopk_threshold_lr", FIELD(batchtopk_threshold_lr), number(),
+          "0.01"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),

@@ -31,6 +31,8 @@ struct TrainOption {
   OptionRole role;
   std::string json_key;  // key in config.json, under "synthetic" for the generator's options; "" = not stored
   bool is_flag = false;  // a bool: "--name" alone means true
+  // What "--name" alone means ("" = a value must follow): "true" for flags, "on" for toggles.
+  std::string implicit_value;
   // The value as command-line text (help shows the default's); parsed from text (UsageError naming
   // --name); as JSON and back (DataError naming the key); copied from one config to another.
   std::function<std::string(const TrainConfig&)> text;

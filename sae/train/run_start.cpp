@@ -93,6 +93,7 @@ RunStart start_run(TrainConfig config) {
         throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",
                              start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
       config.features = start.params->d_sae();
+      adopt_init_architecture(config, *start.params);
     }
   }
   config.validate();

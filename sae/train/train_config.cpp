@@ -35,6 +35,7 @@ void TrainConfig::validate() const {
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
   if (data == "synthetic") synthetic.validate();
+  validate_architecture_options(*this);
 }
 
 bool TrainConfig::was_given(const std::string& option) const {

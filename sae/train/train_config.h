@@ -13,6 +13,7 @@
 #include "sae/data/synthetic.h"
 #include "sae/report/run_log.h"
 #include "sae/step/sae_step.h"
+#include "sae/train/arch_config.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -55,6 +56,23 @@ struct TrainConfig {
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
   ProgressMode progress = ProgressMode::Auto;
+  // The architecture (sae/arch.h) and its options (sae/train/arch_config.h says which apply where).
+  // --l1 is the sparsity coefficient of every penalised architecture (standard and gated: L1;
+  // jumprelu: the step or tanh penalty); topk and batchtopk set their sparsity with k instead.
+  Architecture architecture = Architecture::Standard;
+  int64_t k = 0;                          // topk: latents per token, batchtopk: their mean (required)
+  double auxk_coefficient = 1.0 / 32.0;   // AuxK's alpha (topk, batchtopk); 0 = off
+  int64_t auxk_k = 0;                     // AuxK's k_aux; 0 = d_in / 2
+  Toggle unit_norm_decoder = Toggle::Auto;
+  Toggle init_tied = Toggle::Auto;
+  BDecChoice init_b_dec = BDecChoice::Auto;
+  JumpReluPenalty jumprelu_penalty = JumpReluPenalty::Step;
+  double jumprelu_bandwidth = 0.001;      // epsilon of the straight-through estimators
+  double jumprelu_tanh_c = 4.0;           // c of tanh(c f n)
+  double jumprelu_pre_act = 0.0;          // lambda_P of the pre-activation loss (tanh penalty)
+  double jumprelu_init_threshold = 0.001; // theta_0
+  double batchtopk_threshold_lr = 0.01;   // rate of BatchTopK's inference-threshold average
+
   int64_t threads = 0;               // CPU threads; 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
 
   // Not options: the names of the options the user set (command line or profile), so --resume can

@@ -115,6 +115,12 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
   };
 }
 
+// The architectures' extra column (sae/arch.h): the auxiliary term as it enters the loss.
+MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const StepSums& sums) {
+  if (run.params.architecture != Architecture::Standard) row.push_back({"aux_loss", sums.aux});
+  return row;
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig requested) {
@@ -127,7 +133,9 @@ TrainResult train(TrainConfig requested) {
   TrainingData data = open_training_data(
       config, device, start.state ? std::optional<double>(start.state->dataset_scale) : std::nullopt);
   const int64_t d = data.d;
-  RunState run{initial_params(start, d).to(device), {}, 0, 0, data.dataset_scale, Json(),
+  // A fresh b_dec at the geometric median is taken from the first normalised batches.
+  const SaeParams first = start.params ? initial_params(start, d) : fresh_params(config, data);
+  RunState run{first.to(device), {}, 0, 0, data.dataset_scale, Json(),
                DeadFeatureTracker(config.features, config.dead_window)};
   run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
   if (start.state) {
@@ -166,7 +174,8 @@ TrainResult train(TrainConfig requested) {
   };
 
   // ---- buffers, allocated once ----
-  SaeStep sae_step(max_tokens, d, config.features, DType::F32, device, config.sparse);
+  SaeStep sae_step(max_tokens, d, config.features, DType::F32, device, config.sparse, arch_options(config, d));
+  set_dead_clock(sae_step.tokens_since_fired(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
   Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   Tensor counts_host = Tensor::empty(Shape{config.features});
   Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
@@ -194,7 +203,7 @@ TrainResult train(TrainConfig requested) {
     const int64_t this_step = run.step + 1;
     const double lambda = config.l1_at(this_step), lr = config.lr_at(this_step);
     const StepSums sums = sae_step.train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
-    if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1))
+    if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1) || !std::isfinite(sums.aux))
       throw TrainingDiverged(cat("training diverged at step ", this_step, ": loss is ", sums.loss, " (rec ", sums.rec,
                                  ", l1 ", sums.l1, "); the last good checkpoint is kept. Try a lower --lr."));
     run.step = this_step;
@@ -215,7 +224,8 @@ TrainResult train(TrainConfig requested) {
         cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
         recon = reconstruction_host.data<float>();
       }
-      result.last_row = metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr);
+      result.last_row = with_architecture_metrics(
+          metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr), run, sums);
       log.write(result.last_row);
     }
     progress.update(run.step, run.tokens, sums.loss, sums.active / double(n));

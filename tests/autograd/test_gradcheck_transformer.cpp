@@ -81,8 +81,11 @@ TEST(GradcheckTransformer, MaskedSoftmaxGlobalLocalAndFewerQueries) {
   std::vector<double> g = s.grad().to_vector();
   for (int64_t i = 0; i < 4; ++i)
     for (int64_t j = 0; j < 4; ++j) {
-      if (j > i || i - j >= 2) EXPECT_EQ(g[i * 4 + j], 0.0) << i << " " << j;
-      else if (i > 0) EXPECT_NE(g[i * 4 + j], 0.0) << i << " " << j;  // row 0 has one key: constant
+      if (j > i || i - j >= 2) {
+        EXPECT_EQ(g[i * 4 + j], 0.0) << i << " " << j;
+      } else if (i > 0) {
+        EXPECT_NE(g[i * 4 + j], 0.0) << i << " " << j;  // row 0 has one key: constant
+      }
     }
 }
 

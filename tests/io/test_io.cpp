@@ -756,7 +756,9 @@ TEST(FloatConvert, NarrowingRoundsToNearestEven) {
   }
   for (uint32_t b = 0; b < 0x10000; ++b) {
     const float f = bf16_to_f32(static_cast<uint16_t>(b));
-    if (!std::isnan(f)) ASSERT_EQ(f32_to_bf16(f), b) << "bf16 " << b;
+    if (!std::isnan(f)) {
+      ASSERT_EQ(f32_to_bf16(f), b) << "bf16 " << b;
+    }
   }
   // Any float: the result is a nearest representable value, and exact halfway cases go to the even
   // one (the neighbours are found by stepping the result's bits).
@@ -779,7 +781,9 @@ TEST(FloatConvert, NarrowingRoundsToNearestEven) {
         if (std::isinf(neighbour)) continue;
         const double d_got = std::abs(got - double(x)), d_other = std::abs(neighbour - double(x));
         EXPECT_LE(d_got, d_other) << "x " << x << (half ? " f16" : " bf16");
-        if (d_got == d_other) EXPECT_EQ(r & 1, 0) << "tie not to even: x " << x;
+        if (d_got == d_other) {
+          EXPECT_EQ(r & 1, 0) << "tie not to even: x " << x;
+        }
       }
     }
   }

@@ -1,0 +1,274 @@
+// The architectures' autograd reference (sae/arch_model.h) on its own: float64 gradchecks of every
+// loss where it is differentiable (the stop-gradient values frozen, the selections held by margins),
+// the straight-through gradients of JumpReLU checked element by element against their formulas,
+// the selections against brute force, the inference rules, the geometric median against the
+// fixture, and the initialisations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sae/arch_init.h"
+#include "sae/arch_model.h"
+#include "tensor/ops.h"
+#include "tests/sae/arch/arch_fixture.h"
+#include "tests/sae/arch/arch_problem.h"
+#include "tests/util/compare.h"
+#include "tests/util/gradcheck.h"
+
+using namespace sae;
+using sae::testing::arch_fixture;
+using sae::testing::ArchProblem;
+using sae::testing::expect_close_to_scale;
+using sae::testing::gradcheck;
+using sae::testing::max_abs;
+using sae::testing::well_conditioned_problem;
+
+namespace {
+constexpr int64_t kN = 6, kD = 5, kF = 12;
+
+// Gradcheck of `term` of the loss with respect to the named slots; the other slots are constants.
+double check_term(const ArchOptions& o, const ArchProblem& prob, double lambda, const std::vector<std::string>& names,
+                  const std::vector<uint8_t>* dead, const ArchFrozen* frozen,
+                  Variable ArchReferenceLoss::*term = &ArchReferenceLoss::total) {
+  std::vector<int> slots;
+  std::vector<Tensor> inputs;
+  for (const std::string& name : names)
+    for (int i = 0; i < 8; ++i)
+      if (name == SaeParams::kSlotNames[i]) {
+        slots.push_back(i);
+        inputs.push_back(*prob.params.slots()[i]);
+      }
+  EXPECT_EQ(slots.size(), names.size());
+  const Tensor x = prob.x;
+  const SaeParams base = prob.params;
+  auto f = [&, x, base](const std::vector<Variable>& v) {
+    ArchVariables vars = ArchVariables::leaves(base, false);
+    Variable* all[8] = {&vars.W_enc, &vars.b_enc, &vars.W_dec, &vars.b_dec,
+                        &vars.log_threshold, &vars.b_gate, &vars.b_mag, &vars.r_mag};
+    for (size_t j = 0; j < slots.size(); ++j) *all[slots[j]] = v[j];
+    return arch_reference_loss(o, vars, x, lambda, dead, frozen).*term;
+  };
+  return gradcheck(f, inputs);
+}
+
+ArchOptions options_for(Architecture a, int64_t k = 3) {
+  ArchOptions o;
+  o.architecture = a;
+  o.k = k;
+  o.jumprelu_bandwidth = 0.5;
+  return o;
+}
+}  // namespace
+
+TEST(ArchReference, GradcheckTopKAndBatchTopK) {
+  for (Architecture a : {Architecture::TopK, Architecture::BatchTopK}) {
+    SCOPED_TRACE(architecture_name(a));
+    const ArchProblem prob = well_conditioned_problem(a, kN, kD, kF, 3, 100, 1e-3);
+    EXPECT_LT(check_term(options_for(a), prob, 0.0, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
+  }
+}
+
+TEST(ArchReference, GradcheckAuxKWithTheResidualFrozen) {
+  // Half the latents dead; the AuxK term alone and the total, e and Z held at the base point.
+  std::vector<uint8_t> dead(kF, 0);
+  for (int64_t i = 0; i < kF; i += 2) dead[i] = 1;
+  for (Architecture a : {Architecture::TopK, Architecture::BatchTopK}) {
+    SCOPED_TRACE(architecture_name(a));
+    ArchOptions o = options_for(a);
+    o.auxk_coefficient = 0.25;
+    o.auxk_k = 2;
+    const ArchProblem prob = well_conditioned_problem(a, kN, kD, kF, 3, 200, 1e-3, 0.5, &dead, 2);
+    const ArchReferenceLoss base = arch_reference_loss(o, ArchVariables::leaves(prob.params, false), prob.x, 0, &dead);
+    ASSERT_GT(base.aux.data().item(), 0.0);
+    ArchFrozen frozen;
+    frozen.residual = sub(prob.x, base.x_hat);
+    const std::vector<std::string> all = {"W_enc", "b_enc", "W_dec", "b_dec"};
+    EXPECT_LT(check_term(o, prob, 0.0, all, &dead, &frozen, &ArchReferenceLoss::aux), 1e-7);
+    EXPECT_LT(check_term(o, prob, 0.0, all, &dead, &frozen), 1e-7);
+  }
+}
+
+TEST(ArchReference, GradcheckGatedWithTheAuxiliaryDecoderFrozen) {
+  const ArchProblem prob = well_conditioned_problem(Architecture::Gated, kN, kD, kF, 0, 300, 1e-3);
+  ArchFrozen frozen;
+  frozen.W_dec = prob.params.W_dec.clone();
+  frozen.b_dec = prob.params.b_dec.clone();
+  const std::vector<std::string> all = {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
+  const ArchOptions o = options_for(Architecture::Gated);
+  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen), 1e-7);
+  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ArchReferenceLoss::aux), 1e-7);
+  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ArchReferenceLoss::sparsity), 1e-7);
+}
+
+TEST(ArchReference, GradcheckJumpReluWhereItIsADerivative) {
+  // Without straight-through to the input, P's gradient is the true one; the threshold's is not.
+  const ArchProblem prob = well_conditioned_problem(Architecture::JumpReLU, kN, kD, kF, 0, 400, 1e-3, 0.5);
+  ArchOptions step = options_for(Architecture::JumpReLU);
+  EXPECT_LT(check_term(step, prob, 0.2, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
+  ArchOptions tanh = step;
+  tanh.jumprelu_penalty = JumpReluPenalty::Tanh;
+  tanh.jumprelu_pre_act = 0.05;
+  EXPECT_LT(check_term(tanh, prob, 0.3, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
+  tanh.jumprelu_ste_to_input = true;  // then only the decoder's gradient is a derivative
+  EXPECT_LT(check_term(tanh, prob, 0.3, {"W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
+}
+
+TEST(ArchReference, StraightThroughGradientsElementByElement) {
+  // loss = sum_{t,i} w_ti f_ti (and sum w_ti H_ti) with random w; the formulas of
+  // docs/architectures.md §2.3 written out with loops.
+  const double eps = 0.5;
+  const ArchProblem prob = well_conditioned_problem(Architecture::JumpReLU, kN, kD, kF, 0, 500, 1e-3, eps);
+  const Tensor P = add(matmul(prob.x, prob.params.W_enc), prob.params.b_enc);
+  Rng rng(7);
+  const Tensor w = uniform_tensor(P.shape(), -1.0, 1.0, rng, DType::F64);
+  const std::vector<double> p = P.to_vector(), wv = w.to_vector(), t = prob.params.log_threshold.to_vector();
+  int64_t in_window = 0;
+  for (bool ste_to_input : {false, true})
+    for (bool step : {false, true}) {
+      SCOPED_TRACE(std::string(step ? "step" : "jumprelu") + (ste_to_input ? " ste_to_input" : ""));
+      Variable pre(P.clone(), true), log_threshold(prob.params.log_threshold.clone(), true);
+      const Variable out = step ? step_ste(pre, log_threshold, eps, ste_to_input)
+                                : jumprelu_ste(pre, log_threshold, eps, ste_to_input);
+      ag::sum(out * Variable(w)).backward();
+      const std::vector<double> gp = pre.grad().to_vector(), gt = log_threshold.grad().to_vector();
+      for (int64_t i = 0; i < kF; ++i) {
+        const double theta = std::exp(t[i]);
+        double want_t = 0;
+        for (int64_t r = 0; r < kN; ++r) {
+          const double d = p[r * kF + i] - theta;
+          const bool H = d > 0, K = std::abs(d / eps) < 0.5;
+          in_window += K;
+          const double g = wv[r * kF + i];
+          // JumpReLU: dP = H g [+ theta/eps K g]; dtheta = -theta/eps K g.  Step: dP = [1/eps K g]; dtheta = -1/eps K g.
+          const double ste = (step ? 1.0 : theta) / eps * (K ? g : 0.0);
+          const double want_p = (step ? 0.0 : (H ? g : 0.0)) + (ste_to_input ? ste : 0.0);
+          EXPECT_NEAR(gp[r * kF + i], want_p, 1e-12) << r << "," << i;
+          want_t -= ste;
+        }
+        EXPECT_NEAR(gt[i], theta * want_t, 1e-12) << i;  // the log parameter: theta dL/dtheta
+      }
+    }
+  EXPECT_GT(in_window, 10);  // the windows are not empty: the checks above test something
+}
+
+TEST(ArchReference, SelectionsBreakTiesByIndex) {
+  // Rows with repeated values: the k largest, ties to the lower index (row-major for the flat one).
+  const std::vector<double> v = {1, 3, 3, 2, 3, -1, /**/ 0, 0, 5, 5, 1, 5};
+  const std::vector<uint8_t> rows = top_k_per_row(v, 2, 6, 3);
+  EXPECT_EQ(rows, (std::vector<uint8_t>{0, 1, 1, 0, 1, 0, /**/ 0, 0, 1, 1, 0, 1}));
+  const std::vector<uint8_t> allowed = {1, 0, 1, 1, 0, 1};
+  // Row 0 among {0, 2, 3, 5}: 3 at 2, then 2 at 3; row 1: the three 5s (2, 3, 5), the lower two.
+  EXPECT_EQ(top_k_per_row(v, 2, 6, 2, &allowed), (std::vector<uint8_t>{0, 0, 1, 1, 0, 0, /**/ 0, 0, 1, 1, 0, 0}));
+  // Flat: the three 5s (8, 9, 11), then the 3s at 1 and 2 (not the one at 4).
+  EXPECT_EQ(top_k_flat(v, 5), (std::vector<uint8_t>{0, 1, 1, 0, 0, 0, /**/ 0, 0, 1, 1, 0, 1}));
+}
+
+TEST(ArchReference, InferenceRules) {
+  // sae_encode against the rules of docs/architectures.md §3, element by element.
+  for (Architecture a : {Architecture::Standard, Architecture::TopK, Architecture::BatchTopK, Architecture::JumpReLU,
+                         Architecture::Gated}) {
+    SCOPED_TRACE(architecture_name(a));
+    Rng rng(11);
+    ArchProblem prob = sae::testing::draw_arch_problem(a, kN, kD, kF, 4, rng);
+    prob.params.batchtopk_threshold = 0.4;
+    const std::vector<double> f = sae_encode(prob.params, prob.x).to_vector();
+    const SaeParams& p = prob.params;
+    const std::vector<double> Q = matmul(prob.x, p.W_enc).to_vector();
+    std::vector<double> want(kN * kF, 0.0);
+    for (int64_t t = 0; t < kN; ++t) {
+      std::vector<std::pair<double, int64_t>> row;
+      for (int64_t i = 0; i < kF; ++i) {
+        const double q = Q[t * kF + i];
+        if (a == Architecture::Gated) {
+          const double gate = q + p.b_gate.to_vector()[i], mag = q * std::exp(p.r_mag.to_vector()[i]) + p.b_mag.to_vector()[i];
+          want[t * kF + i] = gate > 0 ? std::max(mag, 0.0) : 0.0;
+          continue;
+        }
+        const double P = q + p.b_enc.to_vector()[i];
+        if (a == Architecture::Standard) want[t * kF + i] = std::max(P, 0.0);
+        if (a == Architecture::BatchTopK) want[t * kF + i] = P > 0.4 ? P : 0.0;
+        if (a == Architecture::JumpReLU) want[t * kF + i] = P > std::exp(p.log_threshold.to_vector()[i]) ? P : 0.0;
+        row.push_back({-P, i});
+      }
+      if (a == Architecture::TopK) {
+        std::sort(row.begin(), row.end());
+        for (int64_t j = 0; j < 4; ++j) want[t * kF + row[j].second] = std::max(-row[j].first, 0.0);
+      }
+    }
+    expect_close_to_scale(Tensor::from_vector(f, Shape{kN, kF}, DType::F64),
+                          Tensor::from_vector(want, Shape{kN, kF}, DType::F64), 1e-14, "f");
+    const Tensor x_hat = sae_decode(p, Tensor::from_vector(f, Shape{kN, kF}, DType::F64));
+    expect_close_to_scale(x_hat, add(matmul(Tensor::from_vector(f, Shape{kN, kF}, DType::F64), p.W_dec), p.b_dec),
+                          1e-14, "x_hat");
+  }
+}
+
+TEST(ArchReference, GeometricMedianMatchesTheFixture) {
+  const auto& fx = arch_fixture();
+  const Tensor points = fx.tensor("geomed.points", DType::F64);
+  const int64_t n = points.size(0), d = points.size(1);
+  const std::vector<double> values = points.to_vector();
+  const GeometricMedian three = geometric_median(values, n, d, 3);
+  expect_close_to_scale(Tensor::from_vector(three.point, Shape{d}, DType::F64), fx.tensor("geomed.iter3", DType::F64),
+                        1e-13, "after 3 iterations");
+  // Run to convergence, where the stopping rule (the objective no longer changes in float64) meets
+  // PyTorch's summation order: an iteration more or less, the same point to 1e-7.
+  const GeometricMedian full = geometric_median(values, n, d);
+  expect_close_to_scale(Tensor::from_vector(full.point, Shape{d}, DType::F64), fx.tensor("geomed.median", DType::F64),
+                        1e-7, "converged");
+  EXPECT_LE(std::abs(full.iterations - fx.integer("geomed.n_iter")), 2);
+  // The outliers pull the mean away; the median stays with the bulk (the points are N(1, I)).
+  const std::vector<double> mean = fx.values("geomed.mean");
+  double mean_off = 0, median_off = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    mean_off += (mean[j] - 1) * (mean[j] - 1);
+    median_off += (full.point[j] - 1) * (full.point[j] - 1);
+  }
+  EXPECT_LT(median_off, mean_off);
+  EXPECT_THROW(geometric_median({}, 0, d), DataError);
+}
+
+TEST(ArchReference, Initialisations) {
+  // Tied: unit rows, W_enc = W_dec^T, zero biases; each architecture's own tensors; the standard
+  // init unchanged; b_dec at the geometric median of the sample.
+  Rng rng_a(5), rng_b(5);
+  ArchInit standard;
+  const SaeParams s = arch_initial_params(standard, 4, 6, rng_a, {});
+  const SaeParams s_ref = SaeParams::standard_init(4, 6, rng_b);
+  for (int i = 0; i < 4; ++i) sae::testing::expect_bitwise_equal(*s.slots()[i], *s_ref.slots()[i], SaeParams::kNames[i]);
+  const std::vector<double> sample = {0, 0, 0, 1, /**/ 1, 1, 1, 1, /**/ 1, 1, 1, 1, /**/ 9, 9, 9, 9, /**/ 1, 1, 1, 2};
+  for (Architecture a : {Architecture::TopK, Architecture::JumpReLU, Architecture::Gated}) {
+    SCOPED_TRACE(architecture_name(a));
+    ArchInit init;
+    init.architecture = a;
+    init.k = 2;
+    init.tied = true;
+    init.unit_norm_decoder = true;
+    init.b_dec = BDecInit::GeometricMedian;
+    init.jumprelu_threshold = 0.05;
+    Rng rng(9);
+    const SaeParams p = arch_initial_params(init, 4, 6, rng, sample);
+    EXPECT_EQ(p.architecture, a);
+    for (double n : norm2(p.W_dec, 1).to_vector()) EXPECT_NEAR(n, 1.0, 1e-6);
+    sae::testing::expect_bitwise_equal(p.W_enc, transpose(p.W_dec), "W_enc = W_dec^T");
+    const GeometricMedian m = geometric_median(sample, 5, 4);
+    expect_close_to_scale(p.b_dec.to(DType::F64), Tensor::from_vector(m.point, Shape{4}, DType::F64), 1e-7, "b_dec");
+    EXPECT_LT(std::abs(m.point[0] - 1.0), 0.2);  // the outlier row (9, 9, 9, 9) does not pull it
+    if (a == Architecture::Gated) {
+      EXPECT_FALSE(p.b_enc.defined());
+      EXPECT_EQ(max_abs(p.b_gate) + max_abs(p.b_mag) + max_abs(p.r_mag), 0.0);
+    } else {
+      EXPECT_EQ(max_abs(p.b_enc), 0.0);
+    }
+    if (a == Architecture::JumpReLU) {
+      for (double t : p.log_threshold.to_vector()) EXPECT_NEAR(std::exp(t), 0.05, 1e-8);
+    }
+    if (a == Architecture::TopK) {
+      EXPECT_EQ(p.k, 2);
+    }
+  }
+  ArchInit needs_sample;
+  needs_sample.b_dec = BDecInit::GeometricMedian;
+  Rng rng(1);
+  EXPECT_THROW(arch_initial_params(needs_sample, 4, 6, rng, {}), DataError);
+}

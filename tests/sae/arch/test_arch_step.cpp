@@ -1,0 +1,335 @@
+// The architectures' fused step (sae/step/arch_step.h) and its kernels against the autograd
+// reference and brute force, on random problems larger than the fixture's: the TopK, AuxK and
+// BatchTopK selections (ties included) into entry lists, the by-feature lists, every gradient in
+// float64 and float32, one Adam step with the unit-norm decoder against the same step done by hand,
+// what forward() leaves alone, a non-finite loss, and BatchTopK's first threshold.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sae/arch_model.h"
+#include "sae/step/arch_step.h"
+#include "sae/step/sae_ops.h"
+#include "tensor/ops.h"
+#include "tests/sae/arch/arch_problem.h"
+#include "tests/util/compare.h"
+#include "tests/util/random_inputs.h"
+
+using namespace sae;
+using sae::testing::arch_margin;
+using sae::testing::ArchProblem;
+using sae::testing::expect_bitwise_equal;
+using sae::testing::expect_close_to_scale;
+using sae::testing::quantized_cpu;
+using sae::testing::random_cpu;
+using sae::testing::well_conditioned_problem;
+
+namespace {
+
+// By-token lists with room for `capacity` entries over `rows` rows.
+SparseFeatures token_lists(int64_t rows, int64_t features, int64_t capacity, DType dtype) {
+  SparseFeatures s;
+  auto ints = [](int64_t n) { return Tensor::from_vector(std::vector<double>(n, -7.0), Shape{n}, DType::I32); };
+  s.col_ptr = ints(features + 1);
+  s.row_ptr = ints(rows + 1);
+  s.rows = ints(capacity);
+  s.cols = ints(capacity);
+  s.vals = Tensor::full(Shape{capacity}, NAN, dtype);
+  s.row_vals = Tensor::full(Shape{capacity}, NAN, dtype);
+  return s;
+}
+
+// Dense [rows, F] from by-token lists rows row0.. (and a check that each row's features increase).
+std::vector<double> dense_rows(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features) {
+  const std::vector<double> ptr = s.row_ptr.to_vector(), cols = s.cols.to_vector(), vals = s.row_vals.to_vector();
+  std::vector<double> out(rows * features, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t e = int64_t(ptr[row0 + r]); e < int64_t(ptr[row0 + r + 1]); ++e) {
+      if (e > int64_t(ptr[row0 + r])) {
+        EXPECT_LT(cols[e - 1], cols[e]) << "row " << r << " not in feature order";
+      }
+      EXPECT_GT(vals[e], 0.0);
+      out[r * features + int64_t(cols[e])] = vals[e];
+    }
+  return out;
+}
+
+// What a selection keeps: relu(P) where the flags say so.
+std::vector<double> kept(const std::vector<double>& P, const std::vector<uint8_t>& flags) {
+  std::vector<double> out(P.size());
+  for (size_t i = 0; i < P.size(); ++i) out[i] = flags[i] ? std::max(P[i], 0.0) : 0.0;
+  return out;
+}
+
+void expect_same_values(const std::vector<double>& got, const std::vector<double>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i] && ++bad <= 5) ADD_FAILURE() << what << ": index " << i << ": got " << got[i] << ", want " << want[i];
+  EXPECT_EQ(bad, 0) << what;
+}
+
+SaeParams grads_like(const SaeParams& p) {
+  SaeParams g = SaeParams::zeros_like(p);
+  for (const auto& [name, t] : g.present()) fill_(*t, NAN);  // the step must write every value
+  return g;
+}
+
+}  // namespace
+
+TEST(ArchKernels, TopKSelectionMatchesBruteForceWithTies) {
+  const int64_t n = 37, f = 70;
+  for (DType dtype : {DType::F32, DType::F64})
+    for (bool ties : {false, true})
+      for (int64_t k : {int64_t(1), int64_t(5), int64_t(33), f}) {
+        SCOPED_TRACE(cat(dtype_name(dtype), " ties ", ties, " k ", k));
+        Rng rng(k + 100 * ties);
+        const Tensor pre = ties ? quantized_cpu(Shape{n, f}, dtype, rng) : random_cpu(Shape{n, f}, dtype, rng);
+        const Tensor bias = ties ? quantized_cpu(Shape{f}, dtype, rng) : random_cpu(Shape{f}, dtype, rng);
+        const std::vector<double> P = add(pre, bias).to_vector();
+        // All features; then the allowed ones in rows n .. 2n-1 of the same lists (AuxK's use).
+        SparseFeatures s = token_lists(2 * n, f, 2 * n * k, dtype);
+        topk_select_(s, pre, bias, Tensor(), k, 0);
+        expect_same_values(dense_rows(s, 0, n, f), kept(P, top_k_per_row(P, n, f, k)), "all features");
+        std::vector<uint8_t> allowed(f);
+        for (int64_t i = 0; i < f; ++i) allowed[i] = rng.below(3) == 0;
+        const Tensor mask = Tensor::from_vector(std::vector<double>(allowed.begin(), allowed.end()), Shape{f}, dtype);
+        topk_select_(s, pre, bias, mask, k, n);
+        expect_same_values(dense_rows(s, n, n, f), kept(P, top_k_per_row(P, n, f, k, &allowed)), "allowed features");
+      }
+}
+
+TEST(ArchKernels, BatchTopKSelectionMatchesBruteForceWithTies) {
+  const int64_t n = 23, f = 41;
+  for (DType dtype : {DType::F32, DType::F64})
+    for (bool ties : {false, true})
+      for (int64_t total : {int64_t(1), int64_t(40), int64_t(300), n * f}) {
+        SCOPED_TRACE(cat(dtype_name(dtype), " ties ", ties, " total ", total));
+        Rng rng(total + 7 * ties);
+        const Tensor pre = ties ? quantized_cpu(Shape{n, f}, dtype, rng) : random_cpu(Shape{n, f}, dtype, rng);
+        const Tensor bias = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5, false);
+        const Tensor P = add(pre, bias);
+        SparseFeatures s = token_lists(n, f, total, dtype);
+        batchtopk_select_(s, pre, bias, total);
+        const std::vector<double> relu_P = relu(P).to_vector();
+        expect_same_values(dense_rows(s, 0, n, f), kept(relu_P, top_k_flat(relu_P, total)), "batch top k");
+      }
+}
+
+TEST(ArchKernels, ByFeatureListsFromTokenLists) {
+  const int64_t n = 19, f = 27;
+  Rng rng(3);
+  const Tensor pre = random_cpu(Shape{n, f}, DType::F32, rng);
+  const Tensor bias = Tensor::zeros(Shape{f});
+  SparseFeatures s = token_lists(n, f, n * 6, DType::F32);
+  topk_select_(s, pre, bias, Tensor(), 6, 0);
+  Tensor col_sum = Tensor::full(Shape{f}, NAN), col_count = Tensor::full(Shape{f}, NAN);
+  sparse_by_feature_(s, col_sum, col_count);
+  const std::vector<double> dense = dense_rows(s, 0, n, f);
+  const std::vector<double> ptr = s.col_ptr.to_vector(), rows = s.rows.to_vector(), vals = s.vals.to_vector();
+  const std::vector<double> sums = col_sum.to_vector(), counts = col_count.to_vector();
+  for (int64_t i = 0; i < f; ++i) {
+    double sum = 0;
+    int64_t count = 0, e = int64_t(ptr[i]);
+    for (int64_t t = 0; t < n; ++t)
+      if (dense[t * f + i] > 0) {
+        ASSERT_LT(e, int64_t(ptr[i + 1])) << "feature " << i;
+        EXPECT_EQ(rows[e], t);
+        EXPECT_EQ(vals[e], dense[t * f + i]);
+        ++e;
+        sum += dense[t * f + i];
+        ++count;
+      }
+    EXPECT_EQ(e, int64_t(ptr[i + 1])) << "feature " << i;
+    EXPECT_EQ(counts[i], count);
+    EXPECT_NEAR(sums[i], sum, 1e-5);
+  }
+}
+
+namespace {
+struct Setting {
+  Architecture architecture;
+  bool auxk = false;
+  JumpReluPenalty penalty = JumpReluPenalty::Step;
+  bool unit_norm = false;
+  const char* name;
+};
+
+const Setting kSettings[] = {
+    {Architecture::TopK, false, JumpReluPenalty::Step, false, "topk"},
+    {Architecture::TopK, true, JumpReluPenalty::Step, true, "topk auxk unit-norm"},
+    {Architecture::BatchTopK, true, JumpReluPenalty::Step, false, "batchtopk auxk"},
+    {Architecture::JumpReLU, false, JumpReluPenalty::Step, true, "jumprelu step unit-norm"},
+    {Architecture::JumpReLU, false, JumpReluPenalty::Tanh, false, "jumprelu tanh"},
+    {Architecture::Gated, false, JumpReluPenalty::Step, true, "gated unit-norm"},
+};
+
+ArchOptions options_of(const Setting& s) {
+  ArchOptions o;
+  o.architecture = s.architecture;
+  o.k = 4;
+  if (s.auxk) {
+    o.auxk_coefficient = 0.5;
+    o.auxk_k = 3;
+    o.dead_tokens = 50;
+  }
+  o.unit_norm_decoder = s.unit_norm;
+  o.jumprelu_penalty = s.penalty;
+  o.jumprelu_bandwidth = 0.5;
+  o.jumprelu_tanh_c = 2.0;
+  o.jumprelu_pre_act = 0.1;
+  o.jumprelu_ste_to_input = s.penalty == JumpReluPenalty::Tanh;
+  return o;
+}
+
+constexpr int64_t kN = 40, kD = 12, kF = 30;
+constexpr double kLambda = 0.3;
+
+// The clock of a step with AuxK: the odd latents have been quiet long enough to be dead.
+std::vector<int64_t> half_dead_clock() {
+  std::vector<int64_t> clock(kF);
+  for (int64_t i = 0; i < kF; ++i) clock[i] = i % 2 ? 60 : 0;
+  return clock;
+}
+
+// A problem for `o`; with AuxK, the odd latents' encoder bias lowered so that most of them fire on
+// no token of the batch (and stay dead), while some of their pre-activations are still > 0.
+ArchProblem problem_for(const ArchOptions& o, uint64_t seed, double margin = 1e-3) {
+  if (o.auxk_coefficient == 0) return well_conditioned_problem(o.architecture, kN, kD, kF, o.k, seed, margin, 0.5);
+  auto lower_odd = [](ArchProblem& prob) {
+    std::vector<double> b = prob.params.b_enc.to_vector();
+    for (size_t i = 1; i < b.size(); i += 2) b[i] -= 1.2;
+    prob.params.b_enc = Tensor::from_vector(b, Shape{kF}, DType::F64);
+  };
+  auto enough_dead = [&o](const ArchProblem& prob) {
+    const ArchReferenceLoss base = arch_reference_loss(o, ArchVariables::leaves(prob.params, false), prob.x, 0, nullptr);
+    std::vector<int64_t> clock = half_dead_clock();
+    const std::vector<uint8_t> dead = dead_after_batch(clock, base.fired, kN, o.dead_tokens);
+    int64_t n_dead = 0;
+    for (uint8_t d : dead) n_dead += d;
+    return n_dead >= 5 && arch_margin(prob, o.k, 0.5, &dead, o.auxk_k) >= 1e-3;
+  };
+  return well_conditioned_problem(o.architecture, kN, kD, kF, o.k, seed, margin, 0.5, nullptr, 0, enough_dead,
+                                  lower_odd);
+}
+}  // namespace
+
+TEST(ArchStep, GradientsMatchTheReference) {
+  for (const Setting& setting : kSettings) {
+    const ArchOptions o = options_of(setting);
+    const ArchProblem prob64 = problem_for(o, 1000);
+    for (DType dtype : {DType::F64, DType::F32}) {
+      SCOPED_TRACE(cat(setting.name, " ", dtype_name(dtype)));
+      const ArchProblem prob = sae::testing::to_dtype(prob64, dtype);
+      ArchStep step(kN, kD, kF, dtype, Device::CPU, o);
+      if (setting.auxk) step.tokens_since_fired() = half_dead_clock();
+      SaeParams g = grads_like(prob.params);
+      const StepSums s = step.forward_backward(prob.params, prob.x, kLambda, g);
+      // The reference in float64 on the same (rounded) values, with the step's dead mask.
+      const ArchProblem ref = sae::testing::to_dtype(prob, DType::F64);
+      const std::vector<uint8_t> dead = step.dead_mask();
+      if (setting.auxk) {
+        int64_t n_dead = 0;
+        for (uint8_t d : dead) n_dead += d;
+        EXPECT_GT(n_dead, 3);
+        EXPECT_GT(s.aux, 0.0);
+      }
+      const ArchVariables v = ArchVariables::leaves(ref.params);
+      ArchReferenceLoss loss = arch_reference_loss(o, v, ref.x, kLambda, setting.auxk ? &dead : nullptr);
+      loss.total.backward();
+      const double rel = dtype == DType::F64 ? 1e-11 : 3e-5;
+      auto near = [&](double got, double want, const char* what) {
+        EXPECT_LE(std::abs(got - want), rel * std::max(1.0, std::abs(want))) << what << ": " << got << " vs " << want;
+      };
+      near(s.rec, loss.rec.data().item(), "rec");
+      near(s.l1, loss.sparsity.data().item(), "sparsity");
+      near(s.aux, loss.aux.data().item(), "aux");
+      near(s.loss, loss.total.data().item(), "total");
+      double active = 0;
+      for (double f : loss.f.to_vector()) active += f > 0;
+      EXPECT_EQ(s.active, active);
+      expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
+      SaeParams want = v.grads(ref.params);
+      if (o.unit_norm_decoder) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
+      for (int i = 0; i < 8; ++i)
+        if (g.slots()[i]->defined())
+          expect_close_to_scale(g.slots()[i]->to(DType::F64), *want.slots()[i], 10 * rel,
+                                std::string("grad ") + SaeParams::kSlotNames[i]);
+    }
+  }
+}
+
+TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
+  // train_step (Adam fused into the sparse backward for topk and batchtopk) against
+  // forward_backward's gradients put through adam_step_ and the renormalisation by hand.
+  for (const Setting& setting : kSettings) {
+    SCOPED_TRACE(setting.name);
+    const ArchOptions o = options_of(setting);
+    const ArchProblem prob = problem_for(o, 2000);
+    ArchStep fused(kN, kD, kF, DType::F64, Device::CPU, o), by_hand(kN, kD, kF, DType::F64, Device::CPU, o);
+    if (setting.auxk) fused.tokens_since_fired() = by_hand.tokens_since_fired() = half_dead_clock();
+    SaeParams p = prob.params.clone(), q = prob.params.clone();
+    SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
+    for (int step = 0; step < 3; ++step) {
+      fused.train_step(p, adam_p, prob.x, kLambda, 1e-2);
+      SaeParams g = grads_like(q);
+      by_hand.forward_backward(q, prob.x, kLambda, g);
+      const AdamScalars scalars = adam_q.next_step(1e-2);
+      for (int i = 0; i < 8; ++i)
+        if (q.slots()[i]->defined())
+          adam_step_(*q.slots()[i], *adam_q.m.slots()[i], *adam_q.v.slots()[i], *g.slots()[i], scalars);
+      if (o.unit_norm_decoder) decoder_normalize_(q.W_dec);
+      if (o.architecture == Architecture::BatchTopK) {
+        double smallest = INFINITY;
+        for (double f : by_hand.features().to_vector())
+          if (f > 0) smallest = std::min(smallest, f);
+        q.batchtopk_threshold = step == 0 ? smallest : 0.99 * q.batchtopk_threshold + 0.01 * smallest;
+        EXPECT_NEAR(p.batchtopk_threshold, q.batchtopk_threshold, 1e-15);
+      }
+    }
+    for (int i = 0; i < 8; ++i)
+      if (p.slots()[i]->defined())
+        expect_close_to_scale(*p.slots()[i], *q.slots()[i], 1e-12, SaeParams::kSlotNames[i]);
+    if (o.unit_norm_decoder) {
+      for (double n : norm2(p.W_dec, 1).to_vector()) EXPECT_NEAR(n, 1.0, 1e-14);
+    }
+    EXPECT_EQ(fused.tokens_since_fired(), by_hand.tokens_since_fired());
+  }
+}
+
+TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
+  const Setting setting = kSettings[1];  // topk with AuxK and the unit-norm decoder
+  const ArchOptions o = options_of(setting);
+  const ArchProblem prob = problem_for(o, 3000, 1e-4);
+  ArchStep step(kN, kD, kF, DType::F32, Device::CPU, o);
+  step.tokens_since_fired() = half_dead_clock();
+  const ArchProblem f32 = sae::testing::to_dtype(prob, DType::F32);
+  step.forward(f32.params, f32.x, 0.0);
+  EXPECT_EQ(step.tokens_since_fired(), half_dead_clock());  // forward alone does not advance the clock
+  SaeParams p = f32.params.clone();
+  SaeAdamState adam = SaeAdamState::zeros_like(p);
+  Tensor x = f32.x.clone();
+  x.data<float>()[5] = NAN;
+  const StepSums s = step.train_step(p, adam, x, 0.0, 1e-2);
+  EXPECT_FALSE(std::isfinite(s.loss));
+  EXPECT_EQ(adam.steps, 0);
+  EXPECT_EQ(step.tokens_since_fired(), half_dead_clock());
+  for (int i = 0; i < 4; ++i) expect_bitwise_equal(*p.slots()[i], *f32.params.slots()[i], SaeParams::kSlotNames[i]);
+}
+
+TEST(ArchStep, RejectsMismatchedParametersAndBadSizes) {
+  ArchOptions o;
+  o.architecture = Architecture::TopK;
+  o.k = 3;
+  ArchStep step(8, 4, 6, DType::F32, Device::CPU, o);
+  Rng rng(1);
+  ArchProblem gated = sae::testing::draw_arch_problem(Architecture::Gated, 8, 4, 6, 0, rng);
+  gated = sae::testing::to_dtype(gated, DType::F32);
+  EXPECT_THROW(step.forward(gated.params, gated.x, 0.0), Error);  // a gated SAE in a topk step
+  o.k = 7;
+  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, o), UsageError);  // k > F
+  o.k = 0;
+  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, o), UsageError);
+  ArchOptions standard;
+  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, standard), Error);
+}

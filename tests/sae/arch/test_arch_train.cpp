@@ -1,0 +1,339 @@
+// Training runs of every architecture end to end: planted-dictionary recovery (TopK and BatchTopK
+// at least as good as the standard SAE at the same L0), bit-exact resume, the SAELens export per
+// architecture (names, cfg keys, values) and what loads it back (--init, load_checkpoint,
+// sae_apply), and the options that do not apply or are out of range.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "sae/arch_model.h"
+#include "sae/train/checkpoint.h"
+#include "sae/train/options.h"
+#include "sae/train/trainer.h"
+#include "tensor/ops.h"
+#include "tests/util/compare.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The planted dictionary of tests/sae/train/test_trainer.cpp: 48 unit directions in width 32, 3
+// active per token, equally frequent; 96 features.
+TrainConfig planted_config(const std::string& out) {
+  TrainConfig c;
+  c.synthetic.d = 32;
+  c.synthetic.concepts = 48;
+  c.synthetic.story_concepts = 0;
+  c.synthetic.story_active = 0;
+  c.synthetic.stories = 2000;
+  c.synthetic.mean_length = 32;
+  c.synthetic.active = 3;
+  c.synthetic.zipf = 0.0;
+  c.synthetic.mean_norm = 0.0;
+  c.synthetic.noise = 0.01;
+  c.synthetic.seed = 1;
+  c.features = 96;
+  c.batch_tokens = 256;
+  c.normalize = Normalization::Dataset;
+  c.lr = 3e-3;
+  c.steps = 1200;
+  c.log_every = 100;
+  c.checkpoint_every = 100000;
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
+  c.out = out;
+  return c;
+}
+
+// A few seconds of training for each architecture (resume, export): small, and AuxK with a dead
+// window short enough that latents die within the run.
+TrainConfig tiny_config(Architecture a, const std::string& out) {
+  TrainConfig c;
+  c.synthetic.d = 16;
+  c.synthetic.concepts = 24;
+  c.synthetic.story_concepts = 4;
+  c.synthetic.story_active = 1;
+  c.synthetic.stories = 200;
+  c.synthetic.mean_length = 12;
+  c.synthetic.active = 2;
+  c.features = 32;
+  c.lr = 3e-3;
+  c.steps = 40;
+  c.batch_tokens = 20;
+  c.normalize = Normalization::Dataset;
+  c.log_every = 1;
+  c.checkpoint_every = 1000;
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
+  c.out = out;
+  c.architecture = a;
+  if (is_topk_family(a)) {
+    c.k = 3;
+    c.dead_window = 100;  // AuxK at work within 40 steps of 20 tokens
+    c.auxk_k = 4;
+  } else {
+    c.l1 = 0.2;
+  }
+  if (a == Architecture::JumpReLU) {
+    c.jumprelu_init_threshold = 0.05;
+    c.jumprelu_bandwidth = 0.1;
+  }
+  return c;
+}
+
+struct Variant {
+  Architecture architecture;
+  JumpReluPenalty penalty;
+  const char* name;
+};
+const Variant kVariants[] = {
+    {Architecture::TopK, JumpReluPenalty::Step, "topk"},
+    {Architecture::BatchTopK, JumpReluPenalty::Step, "batchtopk"},
+    {Architecture::JumpReLU, JumpReluPenalty::Step, "jumprelu_step"},
+    {Architecture::JumpReLU, JumpReluPenalty::Tanh, "jumprelu_tanh"},
+    {Architecture::Gated, JumpReluPenalty::Step, "gated"},
+};
+
+TrainConfig tiny_config(const Variant& v, const std::string& out) {
+  TrainConfig c = tiny_config(v.architecture, out);
+  c.jumprelu_penalty = v.penalty;
+  if (v.penalty == JumpReluPenalty::Tanh) {
+    c.jumprelu_pre_act = 0.01;
+    c.jumprelu_bandwidth = 0.5;
+  }
+  return c;
+}
+
+std::string weights_bytes(const std::string& dir) { return read_file(dir + "/sae_weights.safetensors"); }
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+}  // namespace
+
+TEST(ArchTrain, EveryArchitectureRecoversAPlantedDictionary) {
+  // The standard SAE at lambda 3 settles near L0 5; TopK and BatchTopK get k = that L0. At the same
+  // L0 they must reconstruct at least as well (FVU) and recover the dictionary too. JumpReLU and
+  // Gated with settings found to work on this data (docs/architectures.md, "Our implementation").
+  TempDir dir("arch_planted");
+  TrainConfig standard = planted_config(dir.str("standard"));
+  standard.l1 = 3.0;
+  const TrainResult base = train(standard);
+  ASSERT_TRUE(base.concepts.has_value());
+  std::printf("standard       MMCS %.3f recovered %.3f L0 %.2f FVU %.3f\n", base.concepts->mmcs,
+              base.concepts->recovered, base.l0, base.fvu);
+  EXPECT_GE(base.concepts->recovered, 0.9);
+  const int64_t k = std::max<int64_t>(1, std::llround(base.l0));
+  for (const Variant& v : kVariants) {
+    SCOPED_TRACE(v.name);
+    TrainConfig c = planted_config(dir.str(v.name));
+    c.architecture = v.architecture;
+    c.jumprelu_penalty = v.penalty;
+    if (is_topk_family(v.architecture)) c.k = k;
+    if (v.architecture == Architecture::Gated) c.l1 = 10.0;
+    if (v.architecture == Architecture::JumpReLU) {
+      c.jumprelu_init_threshold = 1.0;
+      c.jumprelu_bandwidth = 0.5;
+      c.l1 = v.penalty == JumpReluPenalty::Step ? 1.0 : 0.5;
+    }
+    const TrainResult r = train(c);
+    ASSERT_TRUE(r.concepts.has_value());
+    std::printf("%-14s MMCS %.3f recovered %.3f L0 %.2f FVU %.3f\n", v.name, r.concepts->mmcs, r.concepts->recovered,
+                r.l0, r.fvu);
+    EXPECT_GE(r.concepts->recovered, 0.9);
+    EXPECT_GT(r.concepts->mmcs, 0.95);
+    EXPECT_LT(r.l0, 6.0);
+    if (is_topk_family(v.architecture)) {
+      EXPECT_LE(r.l0, double(k) + 1e-9);  // at most k per token (batchtopk: on average)
+      EXPECT_LE(r.fvu, base.fvu);
+    }
+  }
+}
+
+TEST(ArchTrain, ResumeIsBitExactForEveryArchitecture) {
+  for (const Variant& v : kVariants) {
+    SCOPED_TRACE(v.name);
+    TempDir dir(std::string("arch_resume_") + v.name);
+    train(tiny_config(v, dir.str("full")));
+    TrainConfig first = tiny_config(v, dir.str("split"));
+    first.steps = 17;
+    first.checkpoint_every = 10;
+    train(first);
+    fs::remove_all(dir.str("split/sae"));  // resume from checkpoints/step_10, as if killed at step 17
+    TrainConfig rest = tiny_config(v, "");
+    rest.resume = dir.str("split");
+    rest.steps = 40;
+    const TrainResult r = train(rest);
+    EXPECT_EQ(r.steps, 40);
+    EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("split/sae")));
+    EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
+    EXPECT_EQ(read_file(dir.str("full/sae/training_state.safetensors")),
+              read_file(dir.str("split/sae/training_state.safetensors")));
+    // The run actually used its architecture's machinery.
+    const std::string csv = read_file(dir.str("full/metrics.csv"));
+    EXPECT_NE(csv.find("aux_loss"), std::string::npos);
+    if (v.architecture == Architecture::TopK) {
+      Checkpoint done = load_checkpoint(dir.str("full/sae"), Device::CPU);
+      int64_t dead = 0;
+      for (int64_t last : done.state->last_fired) dead += done.state->tokens - last >= 100;
+      EXPECT_GT(dead, 0) << "AuxK never had a dead latent to work on";
+    }
+  }
+}
+
+TEST(ArchTrain, ExportsInSaelensLayoutAndLoadsBack) {
+  for (const Variant& v : kVariants) {
+    SCOPED_TRACE(v.name);
+    TempDir dir(std::string("arch_export_") + v.name);
+    TrainConfig c = tiny_config(v, dir.str("run"));
+    c.steps = 12;
+    train(c);
+    const std::string model = dir.str("run/sae");
+    const Json cfg = Json::parse(read_file(model + "/cfg.json"));
+    SafetensorsFile weights = SafetensorsFile::open(model + "/sae_weights.safetensors");
+    std::vector<std::string> want = {"W_dec", "W_enc", "b_dec", "b_enc"};
+    std::string arch = architecture_name(v.architecture);
+    if (v.architecture == Architecture::Gated) want = {"W_dec", "W_enc", "b_dec", "b_gate", "b_mag", "r_mag"};
+    if (v.architecture == Architecture::BatchTopK || v.architecture == Architecture::JumpReLU) {
+      want.push_back("threshold");
+      arch = "jumprelu";
+    }
+    EXPECT_EQ(weights.names(), want);
+    EXPECT_EQ(cfg.at("architecture").as_string(), arch);
+    EXPECT_EQ(cfg.at("apply_b_dec_to_input").as_bool(), false);
+    EXPECT_EQ(cfg.at("sae_cpp").at("training_architecture").as_string(), architecture_name(v.architecture));
+    if (v.architecture == Architecture::TopK) {
+      EXPECT_EQ(cfg.at("k").as_int(), 3);
+      EXPECT_EQ(cfg.at("rescale_acts_by_decoder_norm").as_bool(), false);
+    } else {
+      EXPECT_FALSE(cfg.has("k"));
+    }
+    // Loaded back (with the training state: exact), and the folder alone as sae_apply reads it.
+    const Checkpoint loaded = load_checkpoint(model, Device::CPU);
+    EXPECT_EQ(loaded.params.architecture, v.architecture);
+    const std::vector<double> threshold = weights.has("threshold") ? weights.read_f32("threshold").to_vector()
+                                                                   : std::vector<double>{};
+    if (v.architecture == Architecture::BatchTopK) {
+      EXPECT_GT(loaded.params.batchtopk_threshold, 0.0);
+      for (double t : threshold) EXPECT_EQ(t, static_cast<float>(loaded.params.batchtopk_threshold));
+      EXPECT_EQ(loaded.params.k, 3);
+    }
+    if (v.architecture == Architecture::JumpReLU) {
+      const std::vector<double> exact = exp(loaded.params.log_threshold).to_vector();
+      for (size_t i = 0; i < threshold.size(); ++i) EXPECT_EQ(threshold[i], exact[i]);
+    }
+    Rng rng(3);
+    const Tensor x = normal_tensor(Shape{50, 16}, 0.0, 1.0, rng);
+    write_npy(dir.str("x.npy"), x);
+    auto r = sae::testing::run_binary("sae_apply", "--sae " + quote(model) + " --input " + quote(dir.str("x.npy")) +
+                                                       " --raw --features-out " + quote(dir.str("f.npy")) +
+                                                       " --reconstruction-out " + quote(dir.str("xhat.npy")),
+                                      dir);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const Tensor f = sae_encode(loaded.params, x);
+    sae::testing::expect_close_to_scale(NpyFile::open(dir.str("f.npy")).read_rows_f32(0, 50), f, 1e-6, "features");
+    sae::testing::expect_close_to_scale(NpyFile::open(dir.str("xhat.npy")).read_rows_f32(0, 50),
+                                        sae_decode(loaded.params, f), 1e-6, "reconstruction");
+    double active = 0;
+    for (double value : f.to_vector()) active += value > 0;
+    EXPECT_GT(active, 0.0);
+    // --init from the folder continues from its weights; another architecture is refused.
+    TrainConfig again = tiny_config(v, dir.str("init"));
+    again.init = model;
+    again.steps = 1;
+    again.lr = 1e-12;
+    if (is_topk_family(v.architecture)) again.k = 0;  // taken from the folder
+    train(again);
+    const Checkpoint continued = load_checkpoint(dir.str("init/sae"), Device::CPU);
+    EXPECT_LT(sae::testing::max_abs_diff(continued.params.W_enc, loaded.params.W_enc), 1e-6);
+    TrainConfig other = tiny_config(v.architecture == Architecture::Gated ? Architecture::Standard : Architecture::Gated,
+                                    dir.str("other"));
+    other.init = model;
+    EXPECT_THROW(train(other), UsageError);
+  }
+}
+
+TEST(ArchTrain, OldConfigFilesMeanTheStandardSae) {
+  // A config.json from before the architectures: every new key absent.
+  TrainConfig c;
+  Json j = c.to_json();
+  Json old = Json::object();
+  for (const auto& [key, value] : j.items()) {
+    bool is_new = false;
+    for (const char* name : {"architecture", "k", "auxk_coefficient", "auxk_k", "unit_norm_decoder", "init_tied",
+                             "init_b_dec", "jumprelu_penalty", "jumprelu_bandwidth", "jumprelu_tanh_c",
+                             "jumprelu_pre_act", "jumprelu_init_threshold", "batchtopk_threshold_lr"})
+      is_new = is_new || key == name;
+    if (!is_new) old[key] = value;
+  }
+  ASSERT_LT(old.size(), j.size());
+  const TrainConfig back = TrainConfig::from_json(old);
+  EXPECT_EQ(back.architecture, Architecture::Standard);
+  EXPECT_EQ(run_identity(back), run_identity(c));
+  EXPECT_EQ(TrainConfig::from_json(j).architecture, Architecture::Standard);
+  c.architecture = Architecture::TopK;
+  c.k = 7;
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).k, 7);
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).architecture, Architecture::TopK);
+}
+
+TEST(ArchTrain, OptionsThatDoNotApplyOrAreOutOfRangeGetOneLine) {
+  const std::string tiny =
+      " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+      " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
+      " --steps 3 --progress none --device cpu";
+  struct Case {
+    std::string args, mention;
+  };
+  const std::vector<Case> cases = {
+      {"--architecture topk --k 17", "--k must be in [1, 16]"},
+      {"--architecture topk --k=-1", "--k must be in [1, 16]"},
+      {"--architecture batchtopk", "--k is required"},
+      {"--k 4", "--k applies only to"},
+      {"--architecture gated --k 4", "--k applies only to"},
+      {"--architecture topk --k 2 --l1 3", "--l1 does not apply to --architecture topk"},
+      {"--architecture topk --k 2 --l1-warmup-steps 10", "--l1-warmup-steps does not apply"},
+      {"--architecture jumprelu --auxk-k 3", "--auxk-k applies only to"},
+      {"--auxk-coefficient 0.5", "--auxk-coefficient applies only to"},
+      {"--architecture topk --k 2 --auxk-coefficient=-1", "--auxk-coefficient must be"},
+      {"--architecture topk --k 2 --auxk-k 99", "--auxk-k must be in"},
+      {"--architecture topk --k 2 --batchtopk-threshold-lr 0.1", "--batchtopk-threshold-lr applies only to"},
+      {"--architecture batchtopk --k 2 --batchtopk-threshold-lr 2", "--batchtopk-threshold-lr must be in"},
+      {"--architecture jumprelu --jumprelu-tanh-c 2", "--jumprelu-tanh-c applies only to"},
+      {"--architecture jumprelu --jumprelu-pre-act 0.1", "--jumprelu-pre-act applies only to"},
+      {"--architecture gated --jumprelu-bandwidth 0.1", "--jumprelu-bandwidth applies only to"},
+      {"--architecture jumprelu --jumprelu-bandwidth 0", "--jumprelu-bandwidth must be"},
+      {"--architecture jumprelu --jumprelu-init-threshold=-1", "--jumprelu-init-threshold must be"},
+      {"--unit-norm-decoder", "--unit-norm-decoder applies to"},
+      {"--architecture topk --k 2 --sparse off", "--sparse applies only to --architecture standard"},
+      {"--architecture lasso", "--architecture: expected"},
+      {"--architecture jumprelu --jumprelu-penalty l2", "--jumprelu-penalty: expected"},
+      {"--unit-norm-decoder=maybe", "--unit-norm-decoder: expected"},
+      {"--init-b-dec mean", "--init-b-dec: expected"},
+  };
+  for (const Case& c : cases) {
+    TempDir dir("arch_cli");
+    auto r = sae::testing::run_binary("sae_train", tiny + " " + c.args + " --out " + dir.str("run"), dir);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\nstderr: " << r.err;
+    EXPECT_NE(r.err.find(c.mention), std::string::npos) << c.args << "\nstderr: " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(fs::exists(dir.str("run/config.json"))) << c.args;
+  }
+  // And the same options where they apply run.
+  TempDir dir("arch_cli_ok");
+  for (const std::string args :
+       {"--architecture topk --k 2 --auxk-k 3 --unit-norm-decoder=off --init-b-dec zero",
+        "--architecture batchtopk --k 2 --batchtopk-threshold-lr 0.1", "--architecture gated --l1 0.5 --init-tied=off",
+        "--architecture jumprelu --l1 0.1 --jumprelu-penalty tanh --jumprelu-tanh-c 2 --jumprelu-pre-act 0.1",
+        "--init-tied --init-b-dec geometric_median"}) {
+    auto r = sae::testing::run_binary("sae_train", tiny + " " + args + " --out " + dir.str("ok"), dir);
+    EXPECT_EQ(r.exit_code, 0) << args << "\nstderr: " << r.err;
+    fs::remove_all(dir.str("ok"));
+  }
+}

@@ -1,0 +1,222 @@
+// CUDA checks of the architectures' kernels and step (sae/step/cuda_arch_kernels.cu and the
+// unit-norm part of cuda_kernels.cu's sparse decoder backward) against the CPU: the selections and
+// by-feature lists exactly (they compare and copy values; no arithmetic but P = pre + bias), the
+// dense kernels and the projection to rounding, and three training steps of every architecture.
+// Every test skips when no GPU is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sae/step/arch_step.h"
+#include "sae/step/sae_ops.h"
+#include "tensor/cuda/backend.h"
+#include "tensor/ops.h"
+#include "tests/sae/arch/arch_problem.h"
+#include "tests/util/compare.h"
+#include "tests/util/random_inputs.h"
+
+using namespace sae;
+using sae::testing::expect_bitwise_equal;
+using sae::testing::expect_close_to_scale;
+using sae::testing::quantized_cpu;
+using sae::testing::random_cpu;
+
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
+
+SparseFeatures lists(int64_t rows, int64_t features, int64_t capacity, DType dtype, Device device) {
+  SparseFeatures s;
+  auto ints = [device](int64_t n) {
+    return Tensor::from_vector(std::vector<double>(n, 0.0), Shape{n}, DType::I32, device);
+  };
+  s.col_ptr = ints(features + 1);
+  s.row_ptr = ints(rows + 1);
+  s.rows = ints(capacity);
+  s.cols = ints(capacity);
+  s.vals = Tensor::zeros(Shape{capacity}, dtype, device);
+  s.row_vals = Tensor::zeros(Shape{capacity}, dtype, device);
+  return s;
+}
+
+// The used part of by-token lists (rows row_ptr[0] .. row_ptr[rows]) must be equal.
+void expect_same_token_lists(const SparseFeatures& gpu, const SparseFeatures& cpu, int64_t rows, const std::string& what) {
+  expect_bitwise_equal(gpu.row_ptr.slice_rows(0, rows + 1), cpu.row_ptr.slice_rows(0, rows + 1), what + " row_ptr");
+  const int64_t used = static_cast<int64_t>(cpu.row_ptr.to_vector()[rows]);
+  if (used == 0) return;
+  expect_bitwise_equal(gpu.cols.slice_rows(0, used), cpu.cols.slice_rows(0, used), what + " cols");
+  expect_bitwise_equal(gpu.row_vals.slice_rows(0, used), cpu.row_vals.slice_rows(0, used), what + " row_vals");
+}
+
+}  // namespace
+
+TEST(CudaArch, SelectionsAndByFeatureListsEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 300, f = 1500;
+  for (DType dtype : {DType::F32, DType::F64})
+    for (bool ties : {false, true}) {
+      SCOPED_TRACE(cat(dtype_name(dtype), ties ? " ties" : ""));
+      Rng rng(ties ? 2 : 1);
+      const Tensor pre = ties ? quantized_cpu(Shape{n, f}, dtype, rng) : random_cpu(Shape{n, f}, dtype, rng);
+      const Tensor bias = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5, false);
+      std::vector<double> mask(f);
+      for (double& m : mask) m = rng.below(4) == 0;
+      const Tensor allowed = Tensor::from_vector(mask, Shape{f}, dtype);
+      for (int64_t k : {int64_t(1), int64_t(32), int64_t(700)}) {
+        SparseFeatures cpu = lists(2 * n, f, 2 * n * k, dtype, Device::CPU);
+        SparseFeatures gpu = lists(2 * n, f, 2 * n * k, dtype, Device::CUDA);
+        topk_select_(cpu, pre, bias, Tensor(), k, 0);
+        topk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), Tensor(), k, 0);
+        topk_select_(cpu, pre, bias, allowed, k, n);
+        topk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), allowed.to(Device::CUDA), k, n);
+        expect_same_token_lists(gpu, cpu, 2 * n, cat("topk k ", k));
+        Tensor sum_cpu = Tensor::zeros(Shape{f}, dtype), count_cpu = Tensor::zeros(Shape{f}, dtype);
+        Tensor sum_gpu = Tensor::zeros(Shape{f}, dtype, Device::CUDA), count_gpu = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+        sparse_by_feature_(cpu, sum_cpu, count_cpu);
+        sparse_by_feature_(gpu, sum_gpu, count_gpu);
+        const int64_t used = static_cast<int64_t>(cpu.row_ptr.to_vector()[2 * n]);
+        expect_bitwise_equal(gpu.col_ptr, cpu.col_ptr, "col_ptr");
+        expect_bitwise_equal(gpu.rows.slice_rows(0, used), cpu.rows.slice_rows(0, used), "rows");
+        expect_bitwise_equal(gpu.vals.slice_rows(0, used), cpu.vals.slice_rows(0, used), "vals");
+        expect_bitwise_equal(count_gpu, count_cpu, "col_count");
+        expect_bitwise_equal(sum_gpu, sum_cpu, "col_sum (one order: rows)");
+      }
+      for (int64_t total : {int64_t(1), int64_t(9000), n * f}) {
+        SparseFeatures cpu = lists(n, f, total, dtype, Device::CPU), gpu = lists(n, f, total, dtype, Device::CUDA);
+        batchtopk_select_(cpu, pre, bias, total);
+        batchtopk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), total);
+        expect_same_token_lists(gpu, cpu, n, cat("batchtopk total ", total));
+      }
+    }
+}
+
+TEST(CudaArch, DenseKernelsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 257, f = 300, d = 40;
+  for (DType dtype : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const double rel = dtype == DType::F32 ? 1e-5 : 1e-12;
+    Rng rng(5);
+    auto on_gpu = [](const Tensor& t) { return t.to(Device::CUDA); };
+    // Unit-norm decoder.
+    const Tensor W = random_cpu(Shape{f, d}, dtype, rng), grad = random_cpu(Shape{f, d}, dtype, rng);
+    const Tensor norms = norm2(W, 1);
+    Tensor g_cpu = grad.clone(), g_gpu = on_gpu(grad);
+    decoder_project_(g_cpu, W, norms);
+    decoder_project_(g_gpu, on_gpu(W), on_gpu(norms));
+    expect_close_to_scale(g_gpu.to(Device::CPU), g_cpu, rel, "decoder_project");
+    Tensor w_cpu = W.clone(), w_gpu = on_gpu(W);
+    decoder_normalize_(w_cpu);
+    decoder_normalize_(w_gpu);
+    expect_close_to_scale(w_gpu.to(Device::CPU), w_cpu, rel, "decoder_normalize");
+    // JumpReLU, both penalties.
+    const Tensor pre = random_cpu(Shape{n, f}, dtype, rng), bias = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5);
+    const Tensor log_threshold = log(random_cpu(Shape{f}, dtype, rng, 0.2, 1.0, false));
+    const Tensor fnorms = random_cpu(Shape{f}, dtype, rng, 0.5, 1.5, false), upstream = random_cpu(Shape{n, f}, dtype, rng);
+    for (bool tanh : {false, true}) {
+      JumpReluConstants c;
+      c.tanh = tanh;
+      c.ste_to_input = tanh;
+      c.lambda = 0.3;
+      c.pre_act = 0.05;
+      c.tanh_c = 4;
+      c.bandwidth = 0.5;
+      Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre), f_cpu = Tensor::zeros(pre.shape(), dtype),
+             f_gpu = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+      Tensor cols_cpu[3], cols_gpu[3];
+      for (int i = 0; i < 3; ++i) {
+        cols_cpu[i] = Tensor::zeros(Shape{f}, dtype);
+        cols_gpu[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+      }
+      jumprelu_forward_(f_cpu, P_cpu, bias, log_threshold, fnorms, c, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
+      jumprelu_forward_(f_gpu, P_gpu, on_gpu(bias), on_gpu(log_threshold), on_gpu(fnorms), c, cols_gpu[0], cols_gpu[1],
+                        cols_gpu[2]);
+      expect_close_to_scale(f_gpu.to(Device::CPU), f_cpu, rel, "jumprelu f");
+      for (int i = 0; i < 3; ++i) expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], rel, "jumprelu sums", 1e-12);
+      Tensor g_c = upstream.clone(), g_g = on_gpu(upstream);
+      for (int i = 0; i < 3; ++i) {
+        fill_(cols_cpu[i], 0.0);
+        fill_(cols_gpu[i], 0.0);
+      }
+      jumprelu_backward_(g_c, P_cpu, log_threshold, fnorms, c, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
+      jumprelu_backward_(g_g, P_gpu, on_gpu(log_threshold), on_gpu(fnorms), c, cols_gpu[0], cols_gpu[1], cols_gpu[2]);
+      expect_close_to_scale(g_g.to(Device::CPU), g_c, rel, "jumprelu dL/dP");
+      for (int i = 0; i < 3; ++i)
+        expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], 10 * rel, "jumprelu column grads", 1e-12);
+    }
+    // Gated.
+    const Tensor b_gate = random_cpu(Shape{f}, dtype, rng), b_mag = random_cpu(Shape{f}, dtype, rng),
+                 r_mag = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5);
+    Tensor fc = Tensor::zeros(pre.shape(), dtype), gc = Tensor::zeros(pre.shape(), dtype);
+    Tensor fg = Tensor::zeros(pre.shape(), dtype, Device::CUDA), gg = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+    Tensor cc[3], cg[3];
+    for (int i = 0; i < 3; ++i) {
+      cc[i] = Tensor::zeros(Shape{f}, dtype);
+      cg[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+    }
+    gated_forward_(fc, gc, pre, b_gate, b_mag, r_mag, cc[0], cc[1]);
+    gated_forward_(fg, gg, on_gpu(pre), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), cg[0], cg[1]);
+    expect_close_to_scale(fg.to(Device::CPU), fc, rel, "gated f");
+    expect_close_to_scale(gg.to(Device::CPU), gc, rel, "gated gate");
+    expect_bitwise_equal(cg[0], cc[0], "gated counts");
+    Tensor up_c = upstream.clone(), up_g = on_gpu(upstream);
+    const Tensor aux = random_cpu(Shape{n, f}, dtype, rng);
+    gated_backward_(up_c, aux, pre, b_gate, b_mag, r_mag, fnorms, 0.3, cc[0], cc[1], cc[2]);
+    gated_backward_(up_g, on_gpu(aux), on_gpu(pre), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), on_gpu(fnorms), 0.3,
+                    cg[0], cg[1], cg[2]);
+    expect_close_to_scale(up_g.to(Device::CPU), up_c, rel, "gated dL/dQ");
+    for (int i = 0; i < 3; ++i) expect_close_to_scale(cg[i].to(Device::CPU), cc[i], 10 * rel, "gated column grads");
+  }
+}
+
+TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Setting {
+    Architecture a;
+    JumpReluPenalty penalty;
+    bool unit_norm;
+  };
+  const Setting settings[] = {{Architecture::TopK, JumpReluPenalty::Step, true},
+                              {Architecture::BatchTopK, JumpReluPenalty::Step, true},
+                              {Architecture::JumpReLU, JumpReluPenalty::Step, true},
+                              {Architecture::JumpReLU, JumpReluPenalty::Tanh, false},
+                              {Architecture::Gated, JumpReluPenalty::Step, false}};
+  const int64_t n = 64, d = 24, f = 80;
+  for (const Setting& s : settings) {
+    SCOPED_TRACE(architecture_name(s.a));
+    ArchOptions o;
+    o.architecture = s.a;
+    o.k = 6;
+    o.auxk_coefficient = is_topk_family(s.a) ? 0.1 : 0.0;
+    o.auxk_k = 5;
+    o.dead_tokens = 40;
+    o.unit_norm_decoder = s.unit_norm;
+    o.jumprelu_penalty = s.penalty;
+    o.jumprelu_ste_to_input = s.penalty == JumpReluPenalty::Tanh;
+    o.jumprelu_bandwidth = 0.5;
+    o.jumprelu_pre_act = 0.05;
+    const sae::testing::ArchProblem prob =
+        sae::testing::to_dtype(sae::testing::well_conditioned_problem(s.a, n, d, f, o.k, 77, 1e-3, 0.5), DType::F32);
+    ArchStep cpu(n, d, f, DType::F32, Device::CPU, o), gpu(n, d, f, DType::F32, Device::CUDA, o);
+    if (o.auxk_coefficient > 0) {
+      std::vector<int64_t> clock(f);
+      for (int64_t i = 0; i < f; ++i) clock[i] = i % 3 == 0 ? 100 : 0;
+      cpu.tokens_since_fired() = gpu.tokens_since_fired() = clock;
+    }
+    SaeParams p_cpu = prob.params.clone(), p_gpu = prob.params.to(Device::CUDA);
+    SaeAdamState a_cpu = SaeAdamState::zeros_like(p_cpu), a_gpu = SaeAdamState::zeros_like(p_gpu);
+    const Tensor x_gpu = prob.x.to(Device::CUDA);
+    for (int step = 0; step < 3; ++step) {
+      const StepSums sc = cpu.train_step(p_cpu, a_cpu, prob.x, 0.3, 1e-3);
+      const StepSums sg = gpu.train_step(p_gpu, a_gpu, x_gpu, 0.3, 1e-3);
+      EXPECT_NEAR(sg.loss, sc.loss, 1e-4 * std::abs(sc.loss)) << "step " << step;
+      EXPECT_EQ(sg.active, sc.active) << "step " << step;
+      EXPECT_EQ(gpu.dead_mask(), cpu.dead_mask());
+    }
+    for (int i = 0; i < 8; ++i)
+      if (p_cpu.slots()[i]->defined())
+        expect_close_to_scale(p_gpu.slots()[i]->to(Device::CPU), *p_cpu.slots()[i], 1e-5, SaeParams::kSlotNames[i]);
+    EXPECT_NEAR(p_gpu.batchtopk_threshold, p_cpu.batchtopk_threshold, 1e-6);
+  }
+}
