@@ -19,8 +19,9 @@ using Profile = std::map<std::string, std::string>;
 // added (a study sweeps them: give their values through the profile of training_config()).
 void add_training_options(cxxopts::Options& options, const Profile& shown_defaults = {},
                           const std::vector<std::string>& leave_out = {});
-// Builds a TrainConfig from the parsed options, with `profile` values for options not given.
-TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& profile = {});
+// Builds a TrainConfig from the parsed options, with `profile` values for options not given;
+// validated unless `validate` is false (sae_train --k-list: valid once k is set per SAE).
+TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& profile = {}, bool validate = true);
 // The value of an option: from the command line if given, else the profile, else its default.
 std::string option_value(const cxxopts::ParseResult& parsed, const Profile& profile, const std::string& name);
 

@@ -113,21 +113,35 @@ RunOutcome finished_outcome(const std::string& name, const std::string& dir, con
   return r;
 }
 
-RunOutcome run_one(const StudyRun& run, const std::string& out_root) {
+// A run made ready to train: its config (out, resume set) and what will be done; or, when it is
+// finished already, its outcome.
+struct PreparedRun {
+  std::optional<RunOutcome> finished;
+  TrainConfig config;
+  std::string action;
+  int64_t start_step = 0;
+};
+
+PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
+  PreparedRun p;
   const std::string dir = (fs::path(out_root) / run.name).string();
-  TrainConfig config = run.config;
+  TrainConfig& config = p.config;
+  config = run.config;
   config.out = dir;
   config.resume = "";
   if (fs::exists(fs::path(dir) / "config.json"))
     check_same_run(dir, config);
   else if (fs::exists(dir) && !fs::is_empty(dir))
     throw DataError(cat(dir, ": exists but holds no run (no config.json); use another --out or remove it"));
-  if (finished_step(dir) >= config.steps) return finished_outcome(run.name, dir, config);
-
-  std::string action = "trained";
+  if (finished_step(dir) >= config.steps) {
+    p.finished = finished_outcome(run.name, dir, config);
+    return p;
+  }
+  p.action = "trained";
   if (has_checkpoint(dir)) {
     config.resume = dir;
-    action = cat("resumed from step ", checkpoint_step(find_latest_checkpoint(dir)));
+    p.start_step = checkpoint_step(find_latest_checkpoint(dir));
+    p.action = cat("resumed from step ", p.start_step);
   } else if (!run.continue_from.empty()) {
     // Start from a copy of the finished run (copied to a temporary name, then renamed: a kill
     // mid-copy leaves no half-made run folder).
@@ -142,19 +156,22 @@ RunOutcome run_one(const StudyRun& run, const std::string& out_root) {
     fs::remove_all(dir);
     fs::rename(temp, dir);
     config.resume = dir;
-    action = cat("continued ", fs::path(run.continue_from).filename().string(), " from step ", finished_step(dir));
+    p.start_step = finished_step(dir);
+    p.action = cat("continued ", fs::path(run.continue_from).filename().string(), " from step ", p.start_step);
   } else if (fs::exists(dir)) {
     fs::remove_all(dir);  // our own run (checked above), killed before its first checkpoint
   }
+  return p;
+}
 
-  const TrainResult result = train(config);
+RunOutcome trained_outcome(const StudyRun& run, const PreparedRun& p, const TrainResult& result) {
   RunOutcome r;
   r.name = run.name;
-  r.dir = dir;
-  r.action = action;
+  r.dir = p.config.out;
+  r.action = p.action;
   r.steps = result.steps;
   r.tokens = result.tokens;
-  r.d = read_json_file((fs::path(dir) / "config.json").string()).at("resolved").at("d_in").as_int();
+  r.d = read_json_file((fs::path(r.dir) / "config.json").string()).at("resolved").at("d_in").as_int();
   r.seconds = result.seconds;
   r.concepts = result.concepts;
   write_run_summary(r);
@@ -215,22 +232,65 @@ void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) 
 
 std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root) {
   print_plan(runs, out_root);
-  std::vector<RunOutcome> outcomes;
-  for (size_t i = 0; i < runs.size(); ++i) {
-    std::printf("[%zu/%zu] %s: %s steps, F = %lld, lambda = %g\n", i + 1, runs.size(), runs[i].name.c_str(),
-                std::to_string(runs[i].config.steps).c_str(), (long long)runs[i].config.features, runs[i].config.l1);
-    std::fflush(stdout);
-    RunOutcome r = run_one(runs[i], out_root);
+  const size_t total = runs.size();
+  std::vector<std::optional<RunOutcome>> outcomes(total);
+  auto report = [&](size_t i, const RunOutcome& r) {
     if (r.action == "skipped")
-      std::printf("[%zu/%zu] %s: skipped (already finished at step %lld)\n", i + 1, runs.size(), r.name.c_str(),
+      std::printf("[%zu/%zu] %s: skipped (already finished at step %lld)\n", i + 1, total, r.name.c_str(),
                   (long long)r.steps);
     else
-      std::printf("[%zu/%zu] %s: %s, %lld steps (%lld tokens) in %s\n", i + 1, runs.size(), r.name.c_str(),
-                  r.action.c_str(), (long long)r.steps, (long long)r.tokens, format_duration(r.seconds).c_str());
+      std::printf("[%zu/%zu] %s: %s, %lld steps (%lld tokens) in %s\n", i + 1, total, r.name.c_str(), r.action.c_str(),
+                  (long long)r.steps, (long long)r.tokens, format_duration(r.seconds).c_str());
     std::fflush(stdout);
-    outcomes.push_back(r);
+    outcomes[i] = r;
+  };
+  // Runs that start from the same step on the same data stream train together (one pass over the
+  // data for all of them); a continuation waits for the run it continues.
+  std::vector<std::vector<size_t>> groups;
+  std::vector<PreparedRun> prepared(total);
+  std::map<std::string, size_t> group_of;
+  for (size_t i = 0; i < total; ++i) {
+    if (!runs[i].continue_from.empty()) continue;
+    prepared[i] = prepare_run(runs[i], out_root);
+    if (prepared[i].finished) {
+      report(i, *prepared[i].finished);
+      continue;
+    }
+    const std::string key = cat(prepared[i].start_step, "|", data_stream_identity(runs[i].config).dump());
+    if (!group_of.count(key)) {
+      group_of[key] = groups.size();
+      groups.emplace_back();
+    }
+    groups[group_of[key]].push_back(i);
   }
-  return outcomes;
+  for (size_t i = 0; i < total; ++i)
+    if (!runs[i].continue_from.empty()) groups.push_back({i});
+  for (const std::vector<size_t>& group : groups) {
+    std::vector<TrainConfig> configs;
+    std::string names;
+    for (size_t i : group) {
+      if (!runs[i].continue_from.empty()) {
+        prepared[i] = prepare_run(runs[i], out_root);
+        if (prepared[i].finished) {
+          report(i, *prepared[i].finished);
+          continue;
+        }
+      }
+      configs.push_back(prepared[i].config);
+      names += cat(names.empty() ? "" : ", ", runs[i].name);
+    }
+    if (configs.empty()) continue;
+    std::printf("[%zu/%zu] %s: %s steps%s\n", group.front() + 1, total, names.c_str(),
+                std::to_string(configs.front().steps).c_str(), configs.size() > 1 ? ", trained together" : "");
+    std::fflush(stdout);
+    const std::vector<TrainResult> results = train_together(configs);
+    size_t k = 0;
+    for (size_t i : group)
+      if (!outcomes[i]) report(i, trained_outcome(runs[i], prepared[i], results[k++]));
+  }
+  std::vector<RunOutcome> out;
+  for (const std::optional<RunOutcome>& r : outcomes) out.push_back(*r);
+  return out;
 }
 
 // ---- metrics.csv ----

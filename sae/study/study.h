@@ -6,7 +6,9 @@
 //   OUT/summary.csv, OUT/summary.md, OUT/<figure>.png with <figure>.gp and <figure>.dat beside it
 // A study can be interrupted and started again: finished runs (sae/ holds training state at step
 // >= steps) are skipped, runs with a checkpoint are resumed, the rest are trained from scratch. A
-// run folder that holds a different configuration is an error, never silently reused.
+// run folder that holds a different configuration is an error, never silently reused. Runs that start
+// from the same step on the same data stream train together (sae/train/trainer.h, train_together:
+// one pass over the data, the same results as one by one); a continuation runs after its source.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -41,7 +43,7 @@ struct RunOutcome {
 // The step of DIR/sae's training state, or -1 when there is none (or it cannot be read).
 int64_t finished_step(const std::string& run_dir);
 
-// Runs each entry into out_root/<name> in order, printing one line per run.
+// Runs each entry into out_root/<name>, printing one line per run; outcomes in the order of `runs`.
 std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root);
 
 // ---- metrics.csv ----

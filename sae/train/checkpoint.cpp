@@ -152,6 +152,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
       info["adam_steps"] = state->adam.steps;
       info["dataset_scale"] = state->dataset_scale;
       info["batcher"] = state->batcher;
+      if (!state->l0_controller.is_null()) info["l0_controller"] = state->l0_controller;
       write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
     sync_directory(temp.string());
@@ -215,6 +216,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       st.dataset_scale = info.at("dataset_scale").as_number();
       st.batcher = info.at("batcher");
       if (!st.batcher.is_object()) throw DataError("batcher must be an object");
+      if (info.has("l0_controller")) st.l0_controller = info.at("l0_controller");
       state_info = info;
     } catch (const DataError& e) {
       throw DataError(cat(where, ": training_state: ", e.what()));

@@ -25,6 +25,7 @@ struct TrainingState {
   Json batcher;               // Batcher::state()
   std::vector<int64_t> last_fired;  // DeadFeatureTracker clocks [F]
   SaeAdamState adam;                // moments and steps taken (betas and eps come from the run's config)
+  Json l0_controller;               // --target-l0 runs: L0Controller::state(); null otherwise
 };
 
 // cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".

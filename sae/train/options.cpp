@@ -155,6 +155,7 @@ std::vector<TrainOption> make_table() {
   const char* training = "Training";
   const char* architecture = "Architecture (docs/architectures.md; auto = the architecture's default)";
   const char* synthetic = "Synthetic data (--data synthetic)";
+  const char* target = "L0 set point (docs/architectures.md §2.9)";
   const char* text_group = "Text through a language model (--model, --text)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
   return {
@@ -246,6 +247,17 @@ std::vector<TrainOption> make_table() {
       row("batchtopk-threshold-lr", architecture, "batchtopk: rate of the inference threshold's moving average of "
           "the smallest kept activation", defines, "batchtopk_threshold_lr", FIELD(batchtopk_threshold_lr), number(),
           "0.01"),
+      row("target-l0", target, "an L0 set point: lambda (--l1 is where it starts) is adjusted every step so that "
+          "the average L0 reaches and holds this many latents per token (standard, jumprelu, gated); 0 = off",
+          defines, "target_l0", FIELD(target_l0), number(), "0"),
+      row("target-l0-ki", target, "the controller's integral gain K_i (per step, on log lambda)", defines,
+          "target_l0_ki", FIELD(target_l0_ki), number(), "0.001"),
+      row("target-l0-kp", target, "the controller's proportional gain K_p (on the change of the error)", defines,
+          "target_l0_kp", FIELD(target_l0_kp), number(), "0.1"),
+      row("target-l0-ema", target, "weight of the newest batch in the smoothed L0 the controller reads", defines,
+          "target_l0_ema", FIELD(target_l0_ema), number(), "0.01"),
+      row("target-l0-max-change", target, "largest change of log lambda in one step", defines,
+          "target_l0_max_change", FIELD(target_l0_max_change), number(), "0.01"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),
@@ -322,6 +334,19 @@ Json run_identity(const TrainConfig& config) {
   for (const TrainOption& o : train_options())
     if (o.role == OptionRole::Defines && !o.json_key.empty() && !o.in_synthetic_section())
       kept[o.json_key] = all.at(o.json_key);
+  if (all.has("synthetic")) kept["synthetic"] = all.at("synthetic");
+  return kept;
+}
+
+Json data_stream_identity(const TrainConfig& config) {
+  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "long-stories",
+                                               "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
+                                               "device", "prefetch", "threads"};
+  Json all = config.to_json(), kept = Json::object();
+  for (const char* name : kStreamOptions) {
+    const TrainOption& o = train_option(name);
+    kept[o.json_key] = all.at(o.json_key);
+  }
   if (all.has("synthetic")) kept["synthetic"] = all.at("synthetic");
   return kept;
 }

@@ -50,6 +50,9 @@ const TrainOption& train_option(const std::string& name);  // Error for an unkno
 
 // The options that define what a run computes (OptionRole::Defines), as stored in config.json.
 Json run_identity(const TrainConfig& config);
+// What must agree for SAEs to train on one data stream (trainer.h, train_together): the data and
+// how it is batched, normalised and shuffled, --steps, the device and threads.
+Json data_stream_identity(const TrainConfig& config);
 // On --resume: the run's saved config (config.json) with every Controls option taken from `cli`.
 TrainConfig resumed_config(const Json& saved, const TrainConfig& cli);
 

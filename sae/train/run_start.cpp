@@ -1,6 +1,7 @@
 // start_run and initial_params (see run_start.h).
 #include "sae/train/run_start.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "sae/train/options.h"
@@ -99,6 +100,16 @@ RunStart start_run(TrainConfig config) {
   config.validate();
   start.config = std::move(config);
   return start;
+}
+
+std::vector<std::string> run_folders_under(const std::string& dir) {
+  std::vector<std::string> runs;
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "config.json") || !fs::is_directory(dir, ec)) return runs;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.is_directory() && fs::exists(entry.path() / "config.json")) runs.push_back(entry.path().string());
+  std::sort(runs.begin(), runs.end());
+  return runs;
 }
 
 SaeParams initial_params(const RunStart& start, int64_t d) {

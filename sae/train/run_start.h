@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "io/file_lock.h"
 #include "sae/params.h"
@@ -27,6 +28,10 @@ struct RunStart {
 };
 
 RunStart start_run(TrainConfig config);
+
+// The run folders directly under `dir` (each holds a config.json), sorted by name: the SAEs that
+// sae_train --l1-list / --k-list trained together there. Empty when `dir` is itself a run.
+std::vector<std::string> run_folders_under(const std::string& dir);
 
 // The parameters a run starts with: the loaded ones, or the standard init for data of width d
 // (drawn from config.seed). DataError when loaded parameters do not fit d or config.features.

@@ -2,6 +2,7 @@
 // checkpointed -> the final model.
 #include "sae/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -12,6 +13,8 @@
 #include "sae/data/synthetic.h"
 #include "sae/step/sae_step.h"
 #include "sae/train/checkpoint.h"
+#include "sae/train/l0_controller.h"
+#include "sae/train/options.h"
 #include "sae/train/run_start.h"
 #include "sae/train/training_data.h"
 #include "tensor/cuda/backend.h"
@@ -38,6 +41,7 @@ struct RunState {
   double dataset_scale = 1.0;
   Json data_position;  // Batcher::state() after the last batch trained on
   DeadFeatureTracker dead;
+  std::optional<L0Controller> controller;  // --target-l0
 
   TrainingState saved() const {
     TrainingState st;
@@ -49,6 +53,7 @@ struct RunState {
     st.adam.m = adam.m.to(Device::CPU);
     st.adam.v = adam.v.to(Device::CPU);
     st.adam.steps = adam.steps;
+    if (controller) st.l0_controller = controller->state();
     return st;
   }
 };
@@ -121,78 +126,162 @@ MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const St
   return row;
 }
 
+L0ControllerSettings l0_controller_settings(const TrainConfig& c) {
+  L0ControllerSettings s;
+  s.target = c.target_l0;
+  s.ki = c.target_l0_ki;
+  s.kp = c.target_l0_kp;
+  s.ema = c.target_l0_ema;
+  s.max_change = c.target_l0_max_change;
+  return s;
+}
+
+// The sparsity coefficient of a step: the schedule (--l1, its warm-up), or the L0 controller's once
+// the warm-ups are over.
+bool controlled(const TrainConfig& c, const RunState& run, int64_t step) {
+  return run.controller && step > c.l1_warmup_steps && step > c.lr_warmup_steps;
+}
+
+// One SAE of a training process: its start, state, step buffers, logs and result.
+struct Member {
+  RunStart start;
+  std::optional<RunState> state;  // set once the data is open
+  std::unique_ptr<SaeStep> step;
+  std::unique_ptr<RunLog> log;
+  TrainResult result;
+  std::string name;  // its folder's name, shown in messages when several SAEs train together
+  const TrainConfig& config() const { return start.config; }
+  RunState& run() { return *state; }
+};
+
+// SAEs train together only on the same data stream: every option that shapes the batches, and the
+// steps and device, must agree. UsageError naming the first that differs.
+void check_same_stream(const Member& first, const Member& other) {
+  const Json a = data_stream_identity(first.config()), b = data_stream_identity(other.config());
+  for (const auto& [key, value] : a.items())
+    if (!b.has(key) || b.at(key) != value)
+      throw UsageError(cat("SAEs trained together must share the data: ", other.config().out, " has ", key, " = ",
+                           b.has(key) ? b.at(key).dump() : "(absent)", " but ", first.config().out, " has ",
+                           value.dump()));
+  const int64_t s0 = first.start.state ? first.start.state->step : 0;
+  const int64_t s1 = other.start.state ? other.start.state->step : 0;
+  if (s0 != s1 || (first.start.state && first.start.state->batcher != other.start.state->batcher))
+    throw UsageError(cat("SAEs trained together must start from the same step and data position: ", first.config().out,
+                         " is at step ", s0, ", ", other.config().out, " at step ", s1,
+                         "; resume them separately"));
+}
+
 }  // namespace
 
-TrainResult train(TrainConfig requested) {
-  // ---- where the run starts, and its data ----
-  const RunStart start = start_run(std::move(requested));
-  const TrainConfig& config = start.config;
-  if (config.threads > 0) set_cpu_threads(static_cast<int>(config.threads));
-  const Device device = resolve_device(config.device);
-  if (device == Device::CUDA) cuda_set_tf32(config.tf32);
-  TrainingData data = open_training_data(
-      config, device, start.state ? std::optional<double>(start.state->dataset_scale) : std::nullopt);
-  const int64_t d = data.d;
-  // A fresh b_dec at the geometric median is taken from the first normalised batches.
-  const SaeParams first = start.params ? initial_params(start, d) : fresh_params(config, data);
-  RunState run{first.to(device), {}, 0, 0, data.dataset_scale, Json(),
-               DeadFeatureTracker(config.features, config.dead_window)};
-  run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
-  if (start.state) {
-    const TrainingState& st = *start.state;
-    run.step = st.step;
-    run.tokens = st.tokens;
-    run.adam.m = st.adam.m.to(device);
-    run.adam.v = st.adam.v.to(device);
-    run.adam.steps = st.adam.steps;
-    run.dead.last_fired() = st.last_fired;
+std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
+  if (requested.empty()) throw UsageError("train_together: no runs");
+  // ---- where each run starts, and the shared data ----
+  std::vector<std::string> folders;
+  for (const TrainConfig& c : requested) {
+    const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
+    if (std::find(folders.begin(), folders.end(), folder) != folders.end())
+      throw UsageError(cat("two SAEs trained together would share the folder ", folder));
+    folders.push_back(folder);
   }
+  std::vector<Member> members(requested.size());
+  for (size_t i = 0; i < requested.size(); ++i) {
+    members[i].start = start_run(std::move(requested[i]));
+    members[i].name = requested.size() > 1 ? fs::path(members[i].config().out).filename().string() : "";
+    if (i > 0) check_same_stream(members[0], members[i]);
+  }
+  const TrainConfig& shared = members[0].config();
+  if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
+  const Device device = resolve_device(shared.device);
+  if (device == Device::CUDA) cuda_set_tf32(shared.tf32);
+  const std::optional<TrainingState>& first_state = members[0].start.state;
+  TrainingData data =
+      open_training_data(shared, device, first_state ? std::optional<double>(first_state->dataset_scale) : std::nullopt);
+  const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
-  if (start.state) batcher.restore(start.state->batcher);
   const int64_t max_tokens = batcher.max_batch_tokens();
   if (max_tokens > 65536)
     throw UsageError(cat("the longest story has ", max_tokens, " tokens; story batches above 65536 tokens are not "
                          "supported: use --batch N"));
+  const SyntheticSource* synthetic = data.synthetic;
+
+  for (Member& m : members) {
+    const TrainConfig& config = m.config();
+    // A fresh b_dec at the geometric median is taken from the first normalised batches.
+    const SaeParams first = m.start.params ? initial_params(m.start, d) : fresh_params(config, data);
+    m.state = RunState{first.to(device), {}, 0, 0, data.dataset_scale, Json(),
+                     DeadFeatureTracker(config.features, config.dead_window), std::nullopt};
+    RunState& run = m.run();
+    run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
+    if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config), config.l1);
+    if (m.start.state) {
+      const TrainingState& st = *m.start.state;
+      if (st.dataset_scale != data.dataset_scale)
+        throw UsageError(cat("SAEs trained together must share the dataset scale: ", config.out, " has ",
+                             st.dataset_scale, ", ", shared.out, " has ", data.dataset_scale));
+      run.step = st.step;
+      run.tokens = st.tokens;
+      run.adam.m = st.adam.m.to(device);
+      run.adam.v = st.adam.v.to(device);
+      run.adam.steps = st.adam.steps;
+      run.dead.last_fired() = st.last_fired;
+      if (run.controller) {
+        if (st.l0_controller.is_null())
+          throw DataError(cat(m.start.resumed_from, ": --target-l0 run without the controller's state"));
+        try {
+          run.controller->restore(st.l0_controller);
+        } catch (const DataError& e) {
+          throw DataError(cat(m.start.resumed_from, "/training_state.safetensors: ", e.what()));
+        }
+      }
+    }
+    m.step = std::make_unique<SaeStep>(max_tokens, d, config.features, DType::F32, device, config.sparse,
+                                       arch_options(config, d));
+    set_dead_clock(m.step->tokens_since_fired(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
+  }
+  if (first_state) batcher.restore(first_state->batcher);
 
   // ---- outputs ----
-  fs::create_directories(config.out);
-  write_run_config(config, device, data, max_tokens);
-  RunLog log(config.out, run.step);
-  const SyntheticSource* synthetic = data.synthetic;
-  Progress progress(config.progress, config.steps, run.step);
-  auto report_concepts = [&](const char* when) {
-    ConceptRecovery r = concept_recovery(synthetic->concepts(), run.params.W_dec, run.dead.alive(run.tokens));
-    char line[200];
-    std::snprintf(line, sizeof line, "%s step %lld: concept recovery MMCS %.3f, recovered %.1f%%, purity %.1f%%", when,
-                  (long long)run.step, r.mmcs, 100 * r.recovered, 100 * r.purity);
+  for (Member& m : members) {
+    fs::create_directories(m.config().out);
+    write_run_config(m.config(), device, data, max_tokens);
+    m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
+    m.result.device = device;
+    m.result.out_dir = m.config().out;
+  }
+  const int64_t start_step = members[0].run().step, steps = shared.steps;
+  Progress progress(shared.progress, steps, start_step,
+                    members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
+  auto report_concepts = [&](Member& m, const char* when) {
+    ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(m.run().tokens));
+    char line[300];
+    std::snprintf(line, sizeof line, "%s%s%s step %lld: concept recovery MMCS %.3f, recovered %.1f%%, purity %.1f%%",
+                  m.name.c_str(), m.name.empty() ? "" : ": ", when, (long long)m.run().step, r.mmcs, 100 * r.recovered,
+                  100 * r.purity);
     progress.message(line);
     return r;
   };
-  auto save = [&](const std::string& dir) {
-    const TrainingState st = run.saved();
-    save_checkpoint(dir, run.params, run_description(config, data.description, run), &st);
+  auto save = [&](Member& m, const std::string& dir) {
+    const TrainingState st = m.run().saved();
+    save_checkpoint(dir, m.run().params, run_description(m.config(), data.description, m.run()), &st);
   };
 
   // ---- buffers, allocated once ----
-  SaeStep sae_step(max_tokens, d, config.features, DType::F32, device, config.sparse, arch_options(config, d));
-  set_dead_clock(sae_step.tokens_since_fired(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
   Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
-  Tensor counts_host = Tensor::empty(Shape{config.features});
   Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
+  std::vector<Tensor> counts_host;
+  for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features}));
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
   // that means running the language model on the GPU from a second thread (one stream, one handle).
   const bool background =
-      (config.prefetch == PrefetchMode::On || (config.prefetch == PrefetchMode::Auto && device != Device::CPU)) &&
+      (shared.prefetch == PrefetchMode::On || (shared.prefetch == PrefetchMode::Auto && device != Device::CPU)) &&
       !(data.model && device != Device::CPU);
-  run.data_position = batcher.state();  // read before the worker starts
+  const Json start_position = batcher.state();  // read before the worker starts
+  for (Member& m : members) m.run().data_position = start_position;
   BatchPrefetcher prefetcher(batcher, d, background);
 
-  // ---- the loop ----
-  TrainResult result;
-  result.device = device;
-  result.out_dir = config.out;
+  // ---- the loop: each batch goes through every SAE ----
   const auto loop_begin = std::chrono::steady_clock::now();
-  while (run.step < config.steps) {
+  for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
     const int64_t n = batch.tokens;
     Tensor x = batch.normalized.slice_rows(0, n);
@@ -200,61 +289,82 @@ TrainResult train(TrainConfig requested) {
       x = x_device.slice_rows(0, n);
       cuda_copy_to_device(x.raw(), batch.normalized.raw(), n * d * sizeof(float));
     }
-    const int64_t this_step = run.step + 1;
-    const double lambda = config.l1_at(this_step), lr = config.lr_at(this_step);
-    const StepSums sums = sae_step.train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
-    if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1) || !std::isfinite(sums.aux))
-      throw TrainingDiverged(cat("training diverged at step ", this_step, ": loss is ", sums.loss, " (rec ", sums.rec,
-                                 ", l1 ", sums.l1, "); the last good checkpoint is kept. Try a lower --lr."));
-    run.step = this_step;
-    run.data_position = batch.position;
-    run.tokens += n;
-    const Tensor& counts = sae_step.feature_counts();
-    const float* fired = counts.data<float>();
-    if (device != Device::CPU) {  // into the buffer made once, no allocation per step
-      cuda_copy_to_host(counts_host.raw(), counts.raw(), counts.nbytes());
-      fired = counts_host.data<float>();
-    }
-    run.dead.update(fired, run.tokens);
-
-    if (run.step % config.log_every == 0 || run.step == config.steps) {
-      Tensor x_hat = sae_step.reconstruction();
-      const float* recon = x_hat.data<float>();
-      if (device != Device::CPU) {
-        cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
-        recon = reconstruction_host.data<float>();
+    for (size_t i = 0; i < members.size(); ++i) {
+      Member& m = members[i];
+      const TrainConfig& config = m.config();
+      RunState& run = m.run();
+      const bool control = controlled(config, run, this_step);
+      const double lambda = control ? run.controller->lambda() : config.l1_at(this_step);
+      const double lr = config.lr_at(this_step);
+      const StepSums sums = m.step->train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
+      if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1) || !std::isfinite(sums.aux))
+        throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged at step ", this_step,
+                                   ": loss is ", sums.loss, " (rec ", sums.rec, ", l1 ", sums.l1,
+                                   "); the last good checkpoint is kept. Try a lower --lr."));
+      run.step = this_step;
+      run.data_position = batch.position;
+      run.tokens += n;
+      if (control) run.controller->update(sums.active / double(n));
+      const Tensor& counts = m.step->feature_counts();
+      const float* fired = counts.data<float>();
+      if (device != Device::CPU) {  // into the buffer made once, no allocation per step
+        cuda_copy_to_host(counts_host[i].raw(), counts.raw(), counts.nbytes());
+        fired = counts_host[i].data<float>();
       }
-      result.last_row = with_architecture_metrics(
-          metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr), run, sums);
-      log.write(result.last_row);
-    }
-    progress.update(run.step, run.tokens, sums.loss, sums.active / double(n));
-    if (run.step % config.checkpoint_every == 0 && run.step < config.steps) {
-      log.flush();
-      save((fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());
-      if (synthetic) report_concepts("checkpoint");
-    }
-  }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
-  progress.finish();
-  log.flush();
+      run.dead.update(fired, run.tokens);
 
-  // ---- final model: sae/ (SAELens layout + training state, so it can be extended with --resume) ----
-  result.model_dir = (fs::path(config.out) / "sae").string();
-  save(result.model_dir);
-  result.steps = run.step;
-  result.tokens = run.tokens;
-  result.metrics_csv = log.csv_path();
-  result.tensorboard_file = log.tensorboard_path();
-  if (!result.last_row.empty()) {
-    result.fvu = metric(result.last_row, "fvu");
-    result.l0 = metric(result.last_row, "l0");
-    result.nonzero_proportion = metric(result.last_row, "nonzero_proportion");
+      if (run.step % config.log_every == 0 || run.step == steps) {
+        Tensor x_hat = m.step->reconstruction();
+        const float* recon = x_hat.data<float>();
+        if (device != Device::CPU) {
+          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
+          recon = reconstruction_host.data<float>();
+        }
+        m.result.last_row = with_architecture_metrics(
+            metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr), run, sums);
+        if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
+        m.log->write(m.result.last_row);
+      }
+      if (i == 0) progress.update(run.step, run.tokens, sums.loss, sums.active / double(n));
+      if (run.step % config.checkpoint_every == 0 && run.step < steps) {
+        m.log->flush();
+        save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());
+        if (synthetic) report_concepts(m, "checkpoint");
+      }
+    }
   }
-  result.dead_features = run.dead.dead(run.tokens);
-  result.wrote_checkpoints = fs::is_directory(fs::path(config.out) / "checkpoints");
-  if (synthetic) result.concepts = report_concepts("final");
-  return result;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
+  progress.finish();
+
+  // ---- final models: sae/ (SAELens layout + training state, so it can be extended with --resume) ----
+  std::vector<TrainResult> results;
+  for (Member& m : members) {
+    m.log->flush();
+    TrainResult& result = m.result;
+    result.seconds = seconds;
+    result.model_dir = (fs::path(m.config().out) / "sae").string();
+    save(m, result.model_dir);
+    result.steps = m.run().step;
+    result.tokens = m.run().tokens;
+    result.metrics_csv = m.log->csv_path();
+    result.tensorboard_file = m.log->tensorboard_path();
+    if (!result.last_row.empty()) {
+      result.fvu = metric(result.last_row, "fvu");
+      result.l0 = metric(result.last_row, "l0");
+      result.nonzero_proportion = metric(result.last_row, "nonzero_proportion");
+    }
+    result.dead_features = m.run().dead.dead(m.run().tokens);
+    result.wrote_checkpoints = fs::is_directory(fs::path(m.config().out) / "checkpoints");
+    if (synthetic) result.concepts = report_concepts(m, "final");
+    results.push_back(std::move(result));
+  }
+  return results;
+}
+
+TrainResult train(TrainConfig config) {
+  std::vector<TrainConfig> one;
+  one.push_back(std::move(config));
+  return std::move(train_together(std::move(one)).front());
 }
 
 double measure_step_seconds(const TrainConfig& config) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "sae/train/metrics.h"
 #include "sae/report/run_log.h"
@@ -31,6 +32,13 @@ struct TrainResult {
 
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
 TrainResult train(TrainConfig config);
+
+// Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each
+// batch is read (and, from text, run through the language model) once and goes through every SAE in
+// turn. Each config writes its own run folder, exactly as train() would: the results are identical to
+// separate runs. The configs must agree on every option that shapes the batches (options.h,
+// data_stream_identity) and on --steps; resumed ones must stand at the same step. UsageError otherwise.
+std::vector<TrainResult> train_together(std::vector<TrainConfig> configs);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few
 // steps on the configuration's own data after one warm-up step. For the study drivers' estimates.

@@ -1,0 +1,199 @@
+// Several SAEs on one data stream (train_together, sae_train --l1-list / --k-list): each writes the
+// same bytes as its separate run (synthetic data, and text through the fixture GPT-Neo), resumes
+// together bit-exactly, and SAEs that do not share the data are refused with one line.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "sae/train/trainer.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::run_binary;
+using sae::testing::small_synthetic_config;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+TrainConfig tiny(const std::string& out) {
+  TrainConfig c = small_synthetic_config(out);
+  c.features = 48;
+  c.lr = 3e-3;
+  c.l1 = 0.5;
+  c.steps = 30;
+  c.log_every = 1;
+  c.checkpoint_every = 10;
+  return c;
+}
+
+void expect_same_run(const std::string& a, const std::string& b) {
+  for (const char* file : {"sae/sae_weights.safetensors", "sae/training_state.safetensors", "metrics.csv"})
+    EXPECT_EQ(read_file(a + "/" + file), read_file(b + "/" + file)) << file << ": " << a << " vs " << b;
+}
+
+std::string text_ref(const std::string& name) {
+  return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name;
+}
+
+}  // namespace
+
+TEST(TrainTogether, EachSaeEqualsItsSeparateRun) {
+  TempDir dir("together_same");
+  std::vector<TrainConfig> configs;
+  for (double l1 : {0.0, 0.5, 3.0}) {
+    TrainConfig c = tiny(dir.str("together_" + std::to_string(configs.size())));
+    c.l1 = l1;
+    configs.push_back(c);
+  }
+  configs[2].features = 24;               // another width
+  configs[1].sparse = SparseMode::Auto;   // another step path
+  TrainConfig topk = tiny(dir.str("together_topk"));
+  topk.architecture = Architecture::TopK;
+  topk.k = 3;
+  topk.l1 = TrainConfig().l1;
+  configs.push_back(topk);
+  const std::vector<TrainResult> together = train_together(configs);
+  ASSERT_EQ(together.size(), configs.size());
+  for (size_t i = 0; i < configs.size(); ++i) {
+    TrainConfig alone = configs[i];
+    alone.out = dir.str("alone_" + std::to_string(i));
+    const TrainResult r = train(alone);
+    EXPECT_EQ(r.steps, together[i].steps);
+    EXPECT_EQ(r.fvu, together[i].fvu);
+    expect_same_run(configs[i].out, alone.out);
+  }
+}
+
+TEST(TrainTogether, FromTextEachSaeEqualsItsSeparateRun) {
+  TempDir dir("together_text");
+  std::vector<TrainConfig> configs;
+  for (double l1 : {0.1, 1.0}) {
+    TrainConfig c;
+    c.data = "text";
+    c.model = text_ref("model");
+    c.text = text_ref("stories.txt");
+    c.layer = 2;
+    c.features = 32;
+    c.l1 = l1;
+    c.lr = 1e-3;
+    c.steps = 12;
+    c.log_every = 1;
+    c.checkpoint_every = 5;
+    c.progress = ProgressMode::None;
+    c.device = DeviceChoice::Cpu;
+    c.out = dir.str("together_" + std::to_string(configs.size()));
+    configs.push_back(c);
+  }
+  train_together(configs);
+  for (size_t i = 0; i < configs.size(); ++i) {
+    TrainConfig alone = configs[i];
+    alone.out = dir.str("alone_" + std::to_string(i));
+    train(alone);
+    expect_same_run(configs[i].out, alone.out);
+  }
+}
+
+TEST(TrainTogether, ResumesTogetherBitExactly) {
+  TempDir dir("together_resume");
+  std::vector<TrainConfig> full, cut;
+  for (double l1 : {0.2, 2.0}) {
+    TrainConfig c = tiny(dir.str("full_" + std::to_string(full.size())));
+    c.l1 = l1;
+    full.push_back(c);
+    c.out = dir.str("cut_" + std::to_string(cut.size()));
+    c.steps = 17;
+    cut.push_back(c);
+  }
+  train_together(full);
+  train_together(cut);
+  std::vector<TrainConfig> rest;
+  for (const TrainConfig& c : cut) {
+    fs::remove_all(c.out + "/sae");  // as if killed at step 17: resume from checkpoints/step_10
+    TrainConfig r;
+    r.resume = c.out;
+    r.steps = 30;
+    r.log_every = 1;
+    r.checkpoint_every = 10;
+    r.progress = ProgressMode::None;
+    r.device = DeviceChoice::Cpu;
+    rest.push_back(r);
+  }
+  train_together(rest);
+  for (size_t i = 0; i < full.size(); ++i) expect_same_run(full[i].out, cut[i].out);
+}
+
+TEST(TrainTogether, RefusesSaesThatDoNotShareTheData) {
+  TempDir dir("together_refuse");
+  auto pair_with = [&](const std::function<void(TrainConfig&)>& change, const std::string& tag) {
+    TrainConfig a = tiny(dir.str(tag + "_a")), b = tiny(dir.str(tag + "_b"));
+    change(b);
+    return std::vector<TrainConfig>{a, b};
+  };
+  auto expect_refused = [&](const std::vector<TrainConfig>& configs, const std::string& words) {
+    try {
+      train_together(configs);
+      ADD_FAILURE() << "expected a UsageError mentioning " << words;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(pair_with([](TrainConfig& c) { c.batch_tokens = 32; }, "batch"), "batch");
+  expect_refused(pair_with([](TrainConfig& c) { c.steps = 31; }, "steps"), "steps");
+  expect_refused(pair_with([](TrainConfig& c) { c.seed = 4; }, "seed"), "seed");
+  expect_refused(pair_with([](TrainConfig& c) { c.synthetic.noise = 0.5; }, "synth"), "synthetic");
+  expect_refused(pair_with([&](TrainConfig& c) { c.out = dir.str("same_a"); }, "same"), "share the folder");
+  // Resumed runs standing at different steps.
+  TrainConfig early = tiny(dir.str("early")), late = tiny(dir.str("late"));
+  early.steps = 10;
+  late.steps = 20;
+  train(early);
+  train(late);
+  TrainConfig r1, r2;
+  r1.resume = early.out;
+  r2.resume = late.out;
+  for (TrainConfig* r : {&r1, &r2}) {
+    r->steps = 30;
+    r->progress = ProgressMode::None;
+    r->device = DeviceChoice::Cpu;
+  }
+  expect_refused({r1, r2}, "same step");
+}
+
+TEST(TrainTogether, SaeTrainListsWriteOneFolderPerValueAndResumeTogether) {
+  TempDir dir("together_cli");
+  const std::string data =
+      " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
+      " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
+      " --batch 32 --normalize dataset --progress none --device cpu --checkpoint-every 5";
+  auto r = run_binary("sae_train", data + " --steps 10 --l1-list 0.1,1 --out " + dir.str("l1s"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir.str("l1s/l1_0.1/sae/sae_weights.safetensors")));
+  EXPECT_TRUE(fs::exists(dir.str("l1s/l1_1/sae/sae_weights.safetensors")));
+  // Each equals sae_train --l1 alone.
+  r = run_binary("sae_train", data + " --steps 10 --l1 1 --out " + dir.str("alone"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_file(dir.str("alone/sae/sae_weights.safetensors")),
+            read_file(dir.str("l1s/l1_1/sae/sae_weights.safetensors")));
+  // --resume OUT continues every SAE under it.
+  r = run_binary("sae_train", " --resume " + dir.str("l1s") + " --steps 15 --progress none --device cpu", dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("trained 15 steps"), std::string::npos) << r.out;
+  r = run_binary("sae_train", data + " --steps 15 --l1 1 --out " + dir.str("alone") + " --overwrite", dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_file(dir.str("alone/sae/sae_weights.safetensors")),
+            read_file(dir.str("l1s/l1_1/sae/sae_weights.safetensors")));
+  // --k-list for topk.
+  r = run_binary("sae_train", data + " --steps 4 --architecture topk --k-list 2,4 --out " + dir.str("ks"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir.str("ks/k_2/sae")));
+  EXPECT_TRUE(fs::exists(dir.str("ks/k_4/sae")));
+  // Bad combinations: one line, exit 2.
+  for (const std::string& bad : {std::string(" --l1-list 1,2 --k-list 2"), std::string(" --l1 1 --l1-list 1,2"),
+                                 std::string(" --l1-list 2,1")}) {
+    r = run_binary("sae_train", data + " --steps 2" + bad + " --out " + dir.str("bad"), dir);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+  }
+}
