@@ -12,11 +12,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-device"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSAE_NATIVE=OFF -DSAE_CUDA=ON \
   -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-cmake --build "$build" -j"$(nproc)" --target sae_tests sae_bench sae_train sae_apply recon_vs_f l1_sweep
+cmake --build "$build" -j"$(nproc)"
 stage="$root/.device/stage"
 rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/lib"
-for program in sae_tests sae_bench sae_train sae_apply recon_vs_f l1_sweep; do
-  cp "$build/bin/$program" "$stage/bin/" && strip "$stage/bin/$program"
+for program in "$build"/bin/*; do  # every program: the tests run the experiment binaries too
+  [ -x "$program" ] && [ -f "$program" ] || continue
+  cp "$program" "$stage/bin/" && strip "$stage/bin/$(basename "$program")"
 done
 # Every library the programs load from outside CUDA's own folders and the C/C++ runtime.
 ldd "$stage"/bin/* | awk '/=>/ {print $3}' | sort -u |

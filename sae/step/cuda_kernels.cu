@@ -106,7 +106,7 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) {
           const T pre = v[u] + b;
-          const T act = pre > T(0) ? pre : T(0);
+          const T act = pre < T(0) ? T(0) : pre;  // as the CPU's std::max(pre, 0): a NaN stays NaN
           column[(r + u * kSaeRowLanes) * cols] = act;
           sum += act;
           count += act > T(0) ? 1 : 0;
@@ -114,7 +114,7 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
       }
       for (; r < end; r += kSaeRowLanes) {
         const T pre = column[r * cols] + b;
-        const T act = pre > T(0) ? pre : T(0);
+        const T act = pre < T(0) ? T(0) : pre;
         column[r * cols] = act;
         sum += act;
         count += act > T(0) ? 1 : 0;
@@ -124,8 +124,9 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
   }
 }
 
-// grad [rows, cols] in place: grad = f > 0 ? grad + row_add[c] : 0; sums the results per column.
-// grad is only read where f > 0: with sparse features most of its sectors are never fetched.
+// grad [rows, cols] in place: grad = (grad + row_add[c]) * (f > 0); sums the results per column.
+// Multiplied by the mask, as on the CPU (and as autograd's g * step(pre)): a non-finite gradient stays
+// non-finite where f is 0, so that NaN weights stop the run instead of dying silently.
 template <typename T>
 __global__ void encoder_backward_kernel(T* grad, const T* f, const T* row_add, ColumnSumsOut<T> out, int64_t rows,
                                         int64_t cols, int64_t splits) {
@@ -146,16 +147,16 @@ __global__ void encoder_backward_kernel(T* grad, const T* f, const T* row_add, C
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) on[u] = f_column[(r + u * kSaeRowLanes) * cols] > T(0);
 #pragma unroll
-        for (int u = 0; u < kSaeUnroll; ++u) v[u] = on[u] ? g_column[(r + u * kSaeRowLanes) * cols] : T(0);
+        for (int u = 0; u < kSaeUnroll; ++u) v[u] = g_column[(r + u * kSaeRowLanes) * cols];
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) {
-          const T result = on[u] ? v[u] + a : T(0);
+          const T result = (v[u] + a) * (on[u] ? T(1) : T(0));
           g_column[(r + u * kSaeRowLanes) * cols] = result;
           sum += result;
         }
       }
       for (; r < end; r += kSaeRowLanes) {
-        const T result = f_column[r * cols] > T(0) ? g_column[r * cols] + a : T(0);
+        const T result = (g_column[r * cols] + a) * (f_column[r * cols] > T(0) ? T(1) : T(0));
         g_column[r * cols] = result;
         sum += result;
       }
@@ -654,7 +655,7 @@ template <typename T>
 void sparse_decoder_backward_typed(T* dpre, ParamUpdate& W_dec, const T* dx, const int32_t* col_ptr,
                                    const int32_t* rows, const T* vals, const T* norms, const T* col_sum, double l1,
                                    bool unit_norm, int64_t d, int64_t cols) {
-  if (cols == 0 || d == 0) return;
+  if (cols == 0) return;  // d == 0 still writes dpre (the L1 term alone), as the CPU does
   sparse_decoder_backward_kernel<<<grid_for(cols, 1), kBlock, 0, cuda_stream()>>>(
       dpre, update_target<T>(W_dec), dx, col_ptr, rows, vals, norms, col_sum, static_cast<T>(l1),
       static_cast<T>(1e-30), unit_norm, d, cols);

@@ -9,7 +9,10 @@
 // process exit the CUDA runtime may already be shut down when static destructors run, and the
 // driver takes back all device memory anyway. So no destructor here can fail or throw.
 #include <cstdio>
+#include <algorithm>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -65,6 +68,17 @@ size_t block_size_for(size_t bytes) {
   return (bytes + kLargeGranule - 1) / kLargeGranule * kLargeGranule;
 }
 
+// SAE_CUDA_EXACT_ALLOC=1: every request goes to cudaMalloc with its exact size and every release to
+// cudaFree, so that compute-sanitizer's memcheck sees an access past the end of a tensor (rounded-up
+// cached blocks would hide it). For checking only: slow.
+bool exact_allocation() {
+  static const bool exact = [] {
+    const char* v = std::getenv("SAE_CUDA_EXACT_ALLOC");
+    return v && std::string(v) == "1";
+  }();
+  return exact;
+}
+
 // Blocks are never split or merged: a freed block goes to the free list of its size class and
 // serves the next request of that class. A training step asks for the same sizes every step, so
 // after the first step no request reaches cudaMalloc.
@@ -72,9 +86,10 @@ class CachingAllocator {
  public:
   void* allocate(size_t bytes) {
     cudaStream_t stream = cuda_stream();  // first: a clear error when there is no GPU
-    const size_t size = block_size_for(bytes);
+    const bool exact = exact_allocation();
+    const size_t size = exact ? std::max<size_t>(bytes, 1) : block_size_for(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto cached = free_.find(size);
+    auto cached = exact ? free_.end() : free_.find(size);
     if (cached != free_.end() && !cached->second.empty()) {
       void* ptr = cached->second.back();
       cached->second.pop_back();
@@ -117,6 +132,12 @@ class CachingAllocator {
       const size_t size = it->second;
       live_.erase(it);
       in_use_ -= size;
+      if (exact_allocation()) {
+        const cudaError_t err = cudaFree(ptr);  // synchronises: queued kernels finish first
+        if (err != cudaSuccess) std::fprintf(stderr, "sae: cudaFree failed: %s\n", cudaGetErrorString(err));
+        reserved_ -= size;
+        return;
+      }
       free_[size].push_back(ptr);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "sae: cuda_free failed: %s\n", e.what());
@@ -181,15 +202,25 @@ cublasHandle_t cublas_handle() {
 
 bool cuda_built() { return true; }
 
-bool cuda_available() {
-  static const bool available = [] {
+namespace {
+// cudaGetDeviceCount's answer, asked once: "" when a GPU is there, else why not.
+const std::string& unavailable_reason() {
+  static const std::string reason = [] {
     int count = 0;
-    cudaError_t err = cudaGetDeviceCount(&count);
+    const cudaError_t err = cudaGetDeviceCount(&count);
     cudaGetLastError();  // no driver / no device is an answer here, not an error to report later
-    return err == cudaSuccess && count > 0;
+    if (err != cudaSuccess)
+      return std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+    if (count == 0) return std::string("cudaGetDeviceCount: 0 devices");
+    return std::string();
   }();
-  return available;
+  return reason;
 }
+}  // namespace
+
+bool cuda_available() { return unavailable_reason().empty(); }
+
+std::string cuda_unavailable_reason() { return unavailable_reason(); }
 
 void* cuda_alloc(size_t bytes) { return allocator().allocate(bytes); }
 

@@ -11,6 +11,7 @@ namespace {
 
 bool cuda_built() { return false; }
 bool cuda_available() { return false; }
+std::string cuda_unavailable_reason() { return "this build has no CUDA support (nvcc was not found at build time)"; }
 void* cuda_alloc(size_t) { not_built(); }
 void cuda_free(void*) {}
 void cuda_copy_to_device(void*, const void*, size_t) { not_built(); }

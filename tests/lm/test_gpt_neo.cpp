@@ -27,6 +27,7 @@
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::RawArray;
@@ -543,7 +544,7 @@ TEST(GptNeo, LmHeadRuleAndLegacyBuffers) {
 // ---------------------------------------------------------------- CUDA
 
 TEST(GptNeoCuda, ForwardMatchesTheCpuAndTheFixtures) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   for (const char* folder : kTinyFolders) {
     GptNeo cpu = GptNeo::load(neo_ref(folder)), gpu = GptNeo::load(neo_ref(folder), Device::CUDA);
     EXPECT_EQ(gpu.device(), Device::CUDA);

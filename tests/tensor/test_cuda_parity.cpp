@@ -14,6 +14,7 @@
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/compare.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::Tolerance;
@@ -59,7 +60,7 @@ std::vector<Shape> elementwise_shapes() {
 }  // namespace
 
 TEST(CudaParity, CopiesRoundTripAndConvert) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(1);
   for (DType d : kDTypes) {
     for (const Shape& s : elementwise_shapes()) {
@@ -90,7 +91,7 @@ TEST(CudaParity, CopiesRoundTripAndConvert) {
 }
 
 TEST(CudaParity, Fill) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   for (DType d : kDTypes)
     for (const Shape& s : elementwise_shapes()) {
       Tensor g = poisoned(s, d);
@@ -100,7 +101,7 @@ TEST(CudaParity, Fill) {
 }
 
 TEST(CudaParity, UnaryOps) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(2);
   for (DType d : kDTypes) {
     for (const Shape& s : elementwise_shapes()) {
@@ -119,7 +120,7 @@ TEST(CudaParity, UnaryOps) {
 }
 
 TEST(CudaParity, BinaryOpsWithBroadcasting) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   const std::vector<std::pair<Shape, Shape>> cases = {
       {Shape{1}, Shape{1}},             {Shape{4099}, Shape{4099}},          {Shape{7, 1000}, Shape{1000}},
       {Shape{7, 1000}, Shape{7, 1}},    {Shape{1}, Shape{3, 5, 7}},          {Shape{3, 1, 7}, Shape{1, 5, 1}},
@@ -151,7 +152,7 @@ TEST(CudaParity, BinaryOpsWithBroadcasting) {
 }
 
 TEST(CudaParity, AffineAndWhere) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(4);
   for (DType d : kDTypes) {
     for (const Shape& s : elementwise_shapes()) {
@@ -172,7 +173,7 @@ TEST(CudaParity, AffineAndWhere) {
 }
 
 TEST(CudaParity, ReduceAll) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   // 2048/2049 straddle the one-warp / split-across-blocks switch.
   const std::vector<int64_t> sizes = {0, 1, 7, 1000, 2048, 2049, 4099, 50000, 1048579};
   Rng rng(5);
@@ -196,7 +197,7 @@ TEST(CudaParity, ReduceAll) {
 }
 
 TEST(CudaParity, ReduceAxis) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   // inner == 1 with short rows (a warp each) and long rows (blocks, split or not); inner > 1 with
   // many and few columns (split down len); tiny inner; empty axis and empty output.
   const std::vector<std::pair<Shape, int>> cases = {
@@ -228,7 +229,7 @@ TEST(CudaParity, ReduceAxis) {
 }
 
 TEST(CudaParity, ReductionsPropagateNaN) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(7);
   for (DType d : kDTypes) {
     for (const Shape& s : {Shape{7, 5000}, Shape{300, 7}, Shape{3, 40}}) {
@@ -252,7 +253,7 @@ TEST(CudaParity, ReductionsPropagateNaN) {
 }
 
 TEST(CudaParity, MatmulAllTransposeFlagsAlphaBeta) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   struct Dims {
     int64_t m, k, n;
   };
@@ -284,7 +285,7 @@ TEST(CudaParity, MatmulAllTransposeFlagsAlphaBeta) {
 }
 
 TEST(CudaParity, MatmulTf32IsOptIn) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   struct Tf32Off {
     ~Tf32Off() { cuda_set_tf32(false); }
   } restore;
@@ -299,7 +300,7 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
 }
 
 TEST(CudaParity, Transpose) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {Shape{1, 1}, Shape{7, 1000}, Shape{1000, 7}, Shape{33, 65},
                                      Shape{4099, 1}, Shape{1, 4099}, Shape{0, 5}, Shape{1025, 1023}};
   Rng rng(10);
@@ -313,7 +314,7 @@ TEST(CudaParity, Transpose) {
 }
 
 TEST(CudaParity, AdamStepsMatchCpu) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(11);
   for (DType d : kDTypes) {
     for (int64_t n : {int64_t(1), int64_t(7), int64_t(4099), int64_t(1048579)}) {
@@ -340,7 +341,9 @@ TEST(CudaParity, AdamStepsMatchCpu) {
 }
 
 TEST(CudaAllocator, ReusesFreedBlocks) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
+  const char* exact = std::getenv("SAE_CUDA_EXACT_ALLOC");
+  if (exact && std::string(exact) == "1") GTEST_SKIP() << "SAE_CUDA_EXACT_ALLOC=1: nothing is cached";
   const size_t in_use_before = cuda_bytes_in_use();
   const void* small_block = nullptr;
   {
@@ -372,7 +375,7 @@ TEST(CudaAllocator, ReusesFreedBlocks) {
 }
 
 TEST(CudaAllocator, OutOfMemoryIsAClearErrorAndLeavesTheGpuUsable) {
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   const size_t in_use_before = cuda_bytes_in_use();
   try {
     cuda_alloc(size_t(1) << 50);

@@ -17,6 +17,7 @@
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/compare.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::expect_close;
@@ -52,7 +53,7 @@ Tensor random_ids(int64_t n, int64_t vocab, Rng& rng) {
 }  // namespace
 
 TEST(CudaParityTransformer, EmbeddingAndItsBackward) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(1);
   for (DType d : kDTypes) {
     for (auto [n, vocab, width] : {std::tuple<int64_t, int64_t, int64_t>{218, 50257, 768}, {7, 3, 5}, {1, 1, 1}}) {
@@ -76,7 +77,7 @@ TEST(CudaParityTransformer, EmbeddingAndItsBackward) {
 }
 
 TEST(CudaParityTransformer, LayerNormAndSoftmax) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(2);
   for (DType d : kDTypes) {
     for (const Shape& s : {Shape{218, 768}, Shape{3, 5, 33}, Shape{1, 1}, Shape{2049, 64}}) {
@@ -104,7 +105,7 @@ TEST(CudaParityTransformer, LayerNormAndSoftmax) {
 }
 
 TEST(CudaParityTransformer, BatchedMatmulAllFlagsAlphaBeta) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(3);
   struct Case {
     int64_t batch, m, k, n;
@@ -133,7 +134,7 @@ TEST(CudaParityTransformer, BatchedMatmulAllFlagsAlphaBeta) {
 }
 
 TEST(CudaParityTransformer, AttentionMaskAndSwapAxes) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(4);
   for (DType d : kDTypes) {
     for (auto [tq, tk, window] : {std::tuple<int64_t, int64_t, int64_t>{300, 300, 256}, {218, 218, 0},
@@ -157,7 +158,7 @@ TEST(CudaParityTransformer, AttentionMaskAndSwapAxes) {
 
 // The gradients of each autograd function of the transformer ops, on CUDA against the CPU.
 TEST(CudaParityTransformer, AutogradGradients) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Rng rng(5);
   using Fn = std::function<Variable(const std::vector<Variable>&)>;
   Tensor ids = random_ids(20, 6, rng);

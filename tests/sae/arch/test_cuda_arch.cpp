@@ -14,6 +14,7 @@
 #include "tests/sae/arch/arch_problem.h"
 #include "tests/util/compare.h"
 #include "tests/util/random_inputs.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::expect_bitwise_equal;
@@ -22,9 +23,6 @@ using sae::testing::quantized_cpu;
 using sae::testing::random_cpu;
 
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
 
 SparseFeatures lists(int64_t rows, int64_t features, int64_t capacity, DType dtype, Device device) {
   SparseFeatures s;

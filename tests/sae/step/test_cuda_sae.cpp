@@ -29,6 +29,7 @@
 #include "tensor/rng.h"
 #include "io/safetensors.h"
 #include "tests/util/compare.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::expect_same_saved_weights;
@@ -47,9 +48,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 const DType kDTypes[] = {DType::F32, DType::F64};
-
-#define SKIP_WITHOUT_GPU() \
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
 
 Tolerance elementwise_tol(DType d) { return d == DType::F32 ? Tolerance{1e-7, 1e-6} : Tolerance{1e-15, 1e-13}; }
 double unit_roundoff(DType d) { return d == DType::F32 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53); }
@@ -84,7 +82,8 @@ void expect_column_sums(const Tensor& gpu_sum, const Tensor& cpu_sum, const Tens
     const double e = static_cast<double>(exact), m = static_cast<double>(magnitude);
     const double gpu_bound = u * std::abs(e) + (rows + 2) * u64 * m;
     const double cpu_bound = gpu_bound + (rows + 2) * u * m;
-    const bool ok = std::abs(g[j] - e) <= gpu_bound && std::abs(g[j] - c[j]) <= cpu_bound;
+    const bool ok = std::isfinite(e) ? std::abs(g[j] - e) <= gpu_bound && std::abs(g[j] - c[j]) <= cpu_bound
+                                     : (std::isnan(e) ? std::isnan(g[j]) && std::isnan(c[j]) : g[j] == e && c[j] == e);
     if (!ok && ++bad <= 5)
       ADD_FAILURE() << what << ": column " << j << ": cuda " << g[j] << ", cpu " << c[j] << ", exact " << e
                     << " (sum |v| " << m << ")";
@@ -181,6 +180,28 @@ TEST(CudaSae, EncoderBackwardMatchesCpu) {
   for (double& x : fv) x = rng.below(50) == 0 ? rng.uniform(1e-3, 2.0) : 0.0;
   check_encoder_backward(random_cpu(big, DType::F32, rng), Tensor::from_vector(fv, big, DType::F32),
                          random_cpu(Shape{10000}, DType::F32, rng), label("encoder_backward sparse", DType::F32, big));
+}
+
+// NaN and infinite values go through the fused kernels as on the CPU: a NaN pre-activation stays NaN
+// (it is neither fired nor counted), and a non-finite gradient stays non-finite where f is 0 (the
+// mask multiplies it, as autograd's g * step(pre) does), so NaN weights stop a run on both devices.
+TEST(CudaSae, NonFiniteValuesAreHandledAsOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType d : kDTypes) {
+    const Shape s{5, 4}, col{4};
+    const Tensor f_in = Tensor::from_vector({kNaN, 1, -1, 0, inf, -inf, 2, kNaN, 0.5, kNaN, -2, inf, 1, 1, 1, 1,
+                                             -1, 3, kNaN, 0},
+                                            s, d);
+    const Tensor bias = Tensor::from_vector({0, kNaN, 0.25, -0.5}, col, d);
+    check_encoder_activate(f_in, bias, cat("encoder_activate non-finite ", dtype_name(d)));
+    const Tensor f = Tensor::from_vector({0, 1, 0, 2, kNaN, 0, 1, 0, 1, 1, 0, 0, 0, 0, 3, 1, 2, 0, 0, 0}, s, d);
+    const Tensor grad = Tensor::from_vector({kNaN, 1, inf, 2, 1, kNaN, 3, 1, -inf, 2, kNaN, 1, 1, 1, 1, kNaN,
+                                             0, 0, 0, 0},
+                                            s, d);
+    check_encoder_backward(grad, f, Tensor::from_vector({0.5, kNaN, 0, 1}, col, d),
+                           cat("encoder_backward non-finite ", dtype_name(d)));
+  }
 }
 
 TEST(CudaSae, FusedKernelsOnRowViewsLeaveTheRestAlone) {

@@ -32,6 +32,7 @@
 #include "tests/util/step_util.h"
 #include "tests/util/test_util.h"
 #include "tests/util/compare.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::testing::expect_same_saved_weights;
@@ -47,9 +48,6 @@ using sae::testing::TempDir;
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-#define SKIP_WITHOUT_GPU() \
-  if (!sae::cuda_available()) GTEST_SKIP() << "no GPU"
 
 
 
@@ -713,4 +711,25 @@ TEST(CudaSparse, TrainingFollowsTheCpu) {
   EXPECT_EQ(gpu.device, Device::CUDA);
   EXPECT_NEAR(gpu.fvu, cpu.fvu, 1e-3 * cpu.fvu);
   expect_same_saved_weights(cpu.model_dir, gpu.model_dir, 1e-4);
+}
+
+// The CUDA kernels treat what the CPU keeps or drops the same way: a width-0 decoder still writes
+// dpre (the L1 term alone).
+TEST(CudaSparse, ZeroWidthDecoderStillWritesDpre) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(23);
+  const int64_t n = 12, d = 0, cols = 30;
+  Tensor f = random_features(Shape{n, cols}, 0.3, DType::F32, rng);
+  Tensor W_dec = Tensor::zeros(Shape{cols, d}), dx = Tensor::zeros(Shape{n, d});
+  Tensor norms = norm2(W_dec, 1), col_sum = sum(f, 0);
+  SparseFeatures cpu = lists_of(f), gpu = lists_of(f.to(Device::CUDA));
+  const int64_t entries = static_cast<int64_t>(cpu.col_ptr.to_vector().back());
+  ASSERT_GT(entries, 0);
+  ParamUpdate w_cpu = gradient_mode(W_dec.clone()), w_gpu = gradient_mode(W_dec.to(Device::CUDA));
+  Tensor dpre_cpu = Tensor::full(cpu.vals.shape(), kNaN, DType::F32);
+  Tensor dpre_gpu = Tensor::full(gpu.vals.shape(), kNaN, DType::F32, Device::CUDA);
+  sparse_decoder_backward_(dpre_cpu, w_cpu, dx, cpu, norms, col_sum, 0.9);
+  sparse_decoder_backward_(dpre_gpu, w_gpu, dx.to(Device::CUDA), gpu, norms.to(Device::CUDA), col_sum.to(Device::CUDA),
+                           0.9);
+  expect_bitwise_equal(dpre_gpu.slice_rows(0, entries), dpre_cpu.slice_rows(0, entries), "dpre with d = 0");
 }

@@ -26,6 +26,7 @@
 #include "io/safetensors.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
+#include "tests/util/gpu.h"
 
 using namespace sae;
 using sae::test::Closeness;
@@ -197,6 +198,6 @@ TEST(TorchSaeLoop, FixtureHeader) {
 TEST(TorchSaeLoop, CpuTrainerMatchesTorch) { check_run_against_torch("cpu"); }
 
 TEST(TorchSaeLoop, CudaTrainerMatchesTorch) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   check_run_against_torch("cuda");
 }
