@@ -18,7 +18,8 @@ ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
   return u;
 }
 
-ParamUpdate adam_into(Tensor& param, Tensor& m, Tensor& v, const AdamScalars& scalars) {
+// The parameter's handle shares its storage: Adam updates the caller's tensor.
+ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
   ParamUpdate u;
   u.param = param;
   u.m = m;
@@ -251,7 +252,7 @@ StepSums ArchStep::sums(double lambda) const {
 
 // ---------------------------------------------------------------- backward
 
-void ArchStep::sparse_backward(SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
+void ArchStep::sparse_backward(const SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
                                const AdamScalars& scalars) {
   const int64_t n = tokens_;
   Tensor dx = grad_x_hat_.slice_rows(0, n);
@@ -320,9 +321,8 @@ StepSums ArchStep::forward(const SaeParams& params, const Tensor& x, double lamb
 
 StepSums ArchStep::forward_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads) {
   run_forward(params, x, true);
-  SaeParams& writable = const_cast<SaeParams&>(params);  // gradient mode only reads the parameters
   if (sparse_)
-    sparse_backward(writable, x, grads, nullptr, AdamScalars{});
+    sparse_backward(params, x, grads, nullptr, AdamScalars{});
   else
     dense_backward(params, x, lambda, grads);
   if (options_.unit_norm_decoder && !sparse_) decoder_project_(grads.W_dec, params.W_dec, norms_);
