@@ -370,7 +370,8 @@ Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int
     const std::vector<double> ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to_vector();
     const int64_t end = static_cast<int64_t>(ptr[rows]);
     if (end > 0) {
-      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector(), vals = s.row_vals.slice_rows(0, end).to_vector();
+      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector();
+      const std::vector<double> vals = s.row_vals.slice_rows(0, end).to_vector();
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t e = static_cast<int64_t>(ptr[r]); e < static_cast<int64_t>(ptr[r + 1]); ++e)
           out[r * features + static_cast<int64_t>(cols[e])] = vals[e];
@@ -386,7 +387,8 @@ Tensor ArchStep::features() const {
 }
 
 Tensor ArchStep::aux_activations() const {
-  if (!sparse_ || all_entries_ == main_entries_) return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
+  if (!sparse_ || all_entries_ == main_entries_)
+    return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
   return dense_from_lists(lists_, tokens_, tokens_, d_sae_, pre_);
 }
 

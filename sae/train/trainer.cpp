@@ -131,7 +131,8 @@ TrainResult train(TrainConfig requested) {
                                : config.normalize == Normalization::Dataset ? estimate_dataset_scale(*source)
                                                                             : 1.0;
   const SaeParams first = start.params ? initial_params(start, d) : fresh_params(config, *source, dataset_scale);
-  RunState run{first.to(device), {}, 0, 0, dataset_scale, Json(), DeadFeatureTracker(config.features, config.dead_window)};
+  RunState run{first.to(device), {}, 0, 0, dataset_scale, Json(),
+               DeadFeatureTracker(config.features, config.dead_window)};
   run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
   if (start.state) {
     const TrainingState& st = *start.state;
