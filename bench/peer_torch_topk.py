@@ -4,7 +4,7 @@ relu on the kept values scattered into a dense f, x_hat = f W_dec + b_dec, rec =
 backward, the decoder gradient projected off its rows, torch.optim.Adam, rows renormalised. d 768,
 k 32, 4096 tokens, F from --features. No AuxK (nothing is dead in the C++ benchmark either).
 Usage: python3 bench/peer_torch_topk.py --features 16384 [--threads 2] [--tokens 4096] [--k 32]
-[--steps 3]. Prints one line: ms per step (median of 3 rounds)."""
+[--steps 1] (per round). Prints one line: ms per step (median of 3 rounds, after one warm-up step)."""
 import argparse
 import statistics
 import time
@@ -18,7 +18,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def main():
             W_dec.grad -= (W_dec.grad * u).sum(dim=1, keepdim=True) * u
         opt.step()
         with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True)
+            W_dec.div_(W_dec.norm(dim=1, keepdim=True))
 
     step()
     rounds = []

@@ -17,7 +17,9 @@ Tensor flags_tensor(const std::vector<uint8_t>& flags, const Shape& shape, const
   return Tensor::from_vector(v, shape, like.dtype(), like.device());
 }
 
-Tensor constant_like(double value, const Tensor& like) { return Tensor::full(Shape{1}, value, like.dtype(), like.device()); }
+Tensor constant_like(double value, const Tensor& like) {
+  return Tensor::full(Shape{1}, value, like.dtype(), like.device());
+}
 
 Variable zero_like(const Tensor& like) { return Variable(Tensor::zeros(Shape{1}, like.dtype(), like.device())); }
 
@@ -53,7 +55,8 @@ SaeParams ArchVariables::grads(const SaeParams& like) const {
   SaeParams g = SaeParams::zeros_like(like);
   const Variable* vars[8] = {&W_enc, &b_enc, &W_dec, &b_dec, &log_threshold, &b_gate, &b_mag, &r_mag};
   for (int i = 0; i < 8; ++i)
-    if (g.slots()[i]->defined() && vars[i]->defined() && vars[i]->grad().defined()) copy_(*g.slots()[i], vars[i]->grad());
+    if (g.slots()[i]->defined() && vars[i]->defined() && vars[i]->grad().defined())
+      copy_(*g.slots()[i], vars[i]->grad());
   return g;
 }
 
@@ -75,13 +78,14 @@ Variable step_ste(const Variable& pre, const Variable& log_threshold, double eps
   const Window w = window(pre.data(), log_threshold.data(), eps);
   const Tensor K = w.K, theta = w.theta;
   const double inv_eps = 1.0 / eps;
-  return make_result(w.H, "step_ste", {pre, log_threshold}, [K, theta, inv_eps, ste_to_input](const Tensor& g, const Needs& n) {
-    const Tensor ste = mul_scalar(mul(K, g), inv_eps);  // (1/eps) K g
-    Tensor grad_pre, grad_log;
-    if (n[0]) grad_pre = ste_to_input ? ste : Tensor::zeros(g.shape(), g.dtype(), g.device());
-    if (n[1]) grad_log = mul(theta, neg(sum(ste, 0)));
-    return Grads{grad_pre, grad_log};
-  });
+  return make_result(w.H, "step_ste", {pre, log_threshold},
+                     [K, theta, inv_eps, ste_to_input](const Tensor& g, const Needs& n) {
+                       const Tensor ste = mul_scalar(mul(K, g), inv_eps);  // (1/eps) K g
+                       Tensor grad_pre, grad_log;
+                       if (n[0]) grad_pre = ste_to_input ? ste : Tensor::zeros(g.shape(), g.dtype(), g.device());
+                       if (n[1]) grad_log = mul(theta, neg(sum(ste, 0)));
+                       return Grads{grad_pre, grad_log};
+                     });
 }
 
 std::vector<uint8_t> top_k_per_row(const std::vector<double>& values, int64_t rows, int64_t cols, int64_t k,

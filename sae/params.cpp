@@ -75,7 +75,8 @@ std::vector<std::pair<const char*, const Tensor*>> SaeParams::present() const {
 
 void SaeParams::check() const {
   const char* arch = architecture_name(architecture);
-  if (!W_enc.defined() || W_enc.ndim() != 2) throw DataError(cat("SAE (", arch, "): W_enc must be 2-D, got ", W_enc.describe()));
+  if (!W_enc.defined() || W_enc.ndim() != 2)
+    throw DataError(cat("SAE (", arch, "): W_enc must be 2-D, got ", W_enc.describe()));
   const int64_t d = W_enc.size(0), f = W_enc.size(1);
   auto want = [&](const char* name, const Tensor& t, bool needed, const Shape& shape) {
     if (!needed && t.defined())

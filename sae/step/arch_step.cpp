@@ -18,7 +18,8 @@ ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
   return u;
 }
 
-ParamUpdate adam_into(Tensor& param, Tensor& m, Tensor& v, const AdamScalars& scalars) {
+// The parameter's handle shares its storage: Adam updates the caller's tensor.
+ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
   ParamUpdate u;
   u.param = param;
   u.m = m;
@@ -251,7 +252,7 @@ StepSums ArchStep::sums(double lambda) const {
 
 // ---------------------------------------------------------------- backward
 
-void ArchStep::sparse_backward(SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
+void ArchStep::sparse_backward(const SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
                                const AdamScalars& scalars) {
   const int64_t n = tokens_;
   Tensor dx = grad_x_hat_.slice_rows(0, n);
@@ -320,9 +321,8 @@ StepSums ArchStep::forward(const SaeParams& params, const Tensor& x, double lamb
 
 StepSums ArchStep::forward_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads) {
   run_forward(params, x, true);
-  SaeParams& writable = const_cast<SaeParams&>(params);  // gradient mode only reads the parameters
   if (sparse_)
-    sparse_backward(writable, x, grads, nullptr, AdamScalars{});
+    sparse_backward(params, x, grads, nullptr, AdamScalars{});
   else
     dense_backward(params, x, lambda, grads);
   if (options_.unit_norm_decoder && !sparse_) decoder_project_(grads.W_dec, params.W_dec, norms_);
@@ -370,7 +370,8 @@ Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int
     const std::vector<double> ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to_vector();
     const int64_t end = static_cast<int64_t>(ptr[rows]);
     if (end > 0) {
-      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector(), vals = s.row_vals.slice_rows(0, end).to_vector();
+      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector();
+      const std::vector<double> vals = s.row_vals.slice_rows(0, end).to_vector();
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t e = static_cast<int64_t>(ptr[r]); e < static_cast<int64_t>(ptr[r + 1]); ++e)
           out[r * features + static_cast<int64_t>(cols[e])] = vals[e];
@@ -386,7 +387,8 @@ Tensor ArchStep::features() const {
 }
 
 Tensor ArchStep::aux_activations() const {
-  if (!sparse_ || all_entries_ == main_entries_) return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
+  if (!sparse_ || all_entries_ == main_entries_)
+    return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
   return dense_from_lists(lists_, tokens_, tokens_, d_sae_, pre_);
 }
 

@@ -66,8 +66,8 @@ class ArchStep {
   void jumprelu_forward(const SaeParams& params, const Tensor& x);
   void gated_forward(const SaeParams& params, const Tensor& x);
   // Backward. With `adam` null the gradients go to `grads`; otherwise the sparse kernels apply
-  // Adam on the way (grads then holds only what is not fused).
-  void sparse_backward(SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
+  // Adam on the way to the parameters' storage (grads then holds only what is not fused).
+  void sparse_backward(const SaeParams& params, const Tensor& x, SaeParams& grads, SaeAdamState* adam,
                        const AdamScalars& scalars);
   void dense_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads);
   StepSums sums(double lambda) const;

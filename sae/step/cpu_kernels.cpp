@@ -232,9 +232,45 @@ T* scratch(std::vector<T>& buffer, size_t count) {
 // slice-major buffer between feature blocks. Each x_hat value sums its features in feature order.
 constexpr int64_t kDecodeWidth = 64, kDecodeFeatures = 1024;
 
+// With few entries per token (TopK's k), each token's row is summed directly from its entries'
+// rows of W_dec: the tiles above would copy all of W_dec and pass over every token's sums once per
+// block of features. The arithmetic is the same, so the result is bit for bit the same.
+constexpr int64_t kDirectDecodeEntriesPerToken = 64;
+
+template <typename T>
+void sparse_decode_direct(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals, const T* W,
+                          const T* b, int64_t n, int64_t d) {
+#pragma omp parallel if (int64_t(row_ptr[n]) * d >= kParallelMin)
+  {
+    std::vector<T> acc(d);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t t = 0; t < n; ++t) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      T* a = acc.data();
+      for (int32_t k = row_ptr[t]; k < row_ptr[t + 1]; ++k) {
+        const T* w = W + int64_t(cols_in[k]) * d;
+        const T value = row_vals[k];
+        if (k + 1 < row_ptr[t + 1]) {
+          const char* next = reinterpret_cast<const char*>(W + int64_t(cols_in[k + 1]) * d);
+          for (int64_t line = 0; line < d * int64_t(sizeof(T)); line += 64) __builtin_prefetch(next + line);
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) a[c] += value * w[c];
+      }
+      T* out = x_hat + t * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = a[c] + b[c];
+    }
+  }
+}
+
 template <typename T>
 void sparse_decode_typed(T* x_hat, const int32_t* row_ptr, const int32_t* cols_in, const T* row_vals, const T* W,
                          const T* b, int64_t n, int64_t d, int64_t cols) {
+  if (int64_t(row_ptr[n]) <= kDirectDecodeEntriesPerToken * n) {
+    sparse_decode_direct(x_hat, row_ptr, cols_in, row_vals, W, b, n, d);
+    return;
+  }
   constexpr int64_t C = kDecodeWidth;
   const int64_t widths = (d + C - 1) / C;
   thread_local std::vector<T> tiles_buffer, sums_buffer;

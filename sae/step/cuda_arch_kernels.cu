@@ -511,8 +511,8 @@ void decoder_project_cuda(Tensor& grad, const Tensor& W, const Tensor& norms) {
   if (W.size(0) == 0 || W.size(1) == 0) return;
   dispatch_float(W.dtype(), "decoder_project", [&](auto zero) {
     using T = decltype(zero);
-    decoder_project_kernel<<<grid_for(W.size(0), 1), kBlock, 0, cuda_stream()>>>(grad.data<T>(), W.data<T>(),
-                                                                                  norms.data<T>(), W.size(0), W.size(1));
+    decoder_project_kernel<<<grid_for(W.size(0), 1), kBlock, 0, cuda_stream()>>>(
+        grad.data<T>(), W.data<T>(), norms.data<T>(), W.size(0), W.size(1));
   });
   SAE_CUDA_CHECK_LAUNCH();
 }

@@ -219,8 +219,8 @@ std::vector<TrainOption> make_table() {
           "threads", FIELD(threads), integer(), "0"),
       row("architecture", architecture, "standard | topk | batchtopk | jumprelu | gated", defines, "architecture",
           FIELD(architecture), choice(parse_architecture, architecture_name), "standard"),
-      row("k", architecture, "topk: latents kept per token; batchtopk: their mean (k N per batch); required for both",
-          defines, "k", FIELD(k), integer(), "0"),
+      row("k", architecture, "(--k or -k) topk: latents kept per token; batchtopk: their mean (k N per batch); "
+          "required for both", defines, "k", FIELD(k), integer(), "0"),
       row("auxk-coefficient", architecture, "topk, batchtopk: AuxK's alpha (dead latents predict the residual); 0 = off",
           defines, "auxk_coefficient", FIELD(auxk_coefficient), number(), "0.03125"),
       row("auxk-k", architecture, "topk, batchtopk: AuxK's k_aux, dead latents per token (0 = d_in / 2); dead = "

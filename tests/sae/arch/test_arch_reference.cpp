@@ -139,7 +139,8 @@ TEST(ArchReference, StraightThroughGradientsElementByElement) {
           const bool H = d > 0, K = std::abs(d / eps) < 0.5;
           in_window += K;
           const double g = wv[r * kF + i];
-          // JumpReLU: dP = H g [+ theta/eps K g]; dtheta = -theta/eps K g.  Step: dP = [1/eps K g]; dtheta = -1/eps K g.
+          // JumpReLU: dP = H g [+ theta/eps K g]; dtheta = -theta/eps K g.
+          // Step: dP = [1/eps K g]; dtheta = -1/eps K g.
           const double ste = (step ? 1.0 : theta) / eps * (K ? g : 0.0);
           const double want_p = (step ? 0.0 : (H ? g : 0.0)) + (ste_to_input ? ste : 0.0);
           EXPECT_NEAR(gp[r * kF + i], want_p, 1e-12) << r << "," << i;
@@ -180,7 +181,8 @@ TEST(ArchReference, InferenceRules) {
       for (int64_t i = 0; i < kF; ++i) {
         const double q = Q[t * kF + i];
         if (a == Architecture::Gated) {
-          const double gate = q + p.b_gate.to_vector()[i], mag = q * std::exp(p.r_mag.to_vector()[i]) + p.b_mag.to_vector()[i];
+          const double gate = q + p.b_gate.to_vector()[i];
+          const double mag = q * std::exp(p.r_mag.to_vector()[i]) + p.b_mag.to_vector()[i];
           want[t * kF + i] = gate > 0 ? std::max(mag, 0.0) : 0.0;
           continue;
         }
@@ -235,7 +237,8 @@ TEST(ArchReference, Initialisations) {
   ArchInit standard;
   const SaeParams s = arch_initial_params(standard, 4, 6, rng_a, {});
   const SaeParams s_ref = SaeParams::standard_init(4, 6, rng_b);
-  for (int i = 0; i < 4; ++i) sae::testing::expect_bitwise_equal(*s.slots()[i], *s_ref.slots()[i], SaeParams::kNames[i]);
+  for (int i = 0; i < 4; ++i)
+    sae::testing::expect_bitwise_equal(*s.slots()[i], *s_ref.slots()[i], SaeParams::kNames[i]);
   const std::vector<double> sample = {0, 0, 0, 1, /**/ 1, 1, 1, 1, /**/ 1, 1, 1, 1, /**/ 9, 9, 9, 9, /**/ 1, 1, 1, 2};
   for (Architecture a : {Architecture::TopK, Architecture::JumpReLU, Architecture::Gated}) {
     SCOPED_TRACE(architecture_name(a));
