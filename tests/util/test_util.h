@@ -48,6 +48,19 @@ inline TrainConfig small_synthetic_config(const std::string& out) {
   return c;
 }
 
+// small_synthetic_config with a 48-feature SAE, 30 steps logged every step and checkpointed every 10:
+// the runs of the resume and train-together tests.
+inline TrainConfig tiny_training_config(const std::string& out) {
+  TrainConfig c = small_synthetic_config(out);
+  c.features = 48;
+  c.lr = 3e-3;
+  c.l1 = 0.5;
+  c.steps = 30;
+  c.log_every = 1;
+  c.checkpoint_every = 10;
+  return c;
+}
+
 // A fresh directory under the system temp dir, removed when the object dies.
 struct TempDir {
   std::filesystem::path path;

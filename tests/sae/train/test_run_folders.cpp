@@ -26,16 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-TrainConfig tiny(const std::string& out) {
-  TrainConfig c = small_synthetic_config(out);
-  c.features = 48;
-  c.lr = 3e-3;
-  c.l1 = 0.5;
-  c.steps = 30;
-  c.log_every = 1;
-  c.checkpoint_every = 10;
-  return c;
-}
+TrainConfig tiny(const std::string& out) { return sae::testing::tiny_training_config(out); }
 
 // Runs `config` straight to its steps in DIR/full, and in DIR/cut to `cut_at` steps and then on
 // with --resume; the two final models and metrics.csv must be byte-identical.

@@ -17,16 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-TrainConfig tiny(const std::string& out) {
-  TrainConfig c = small_synthetic_config(out);
-  c.features = 48;
-  c.lr = 3e-3;
-  c.l1 = 0.5;
-  c.steps = 30;
-  c.log_every = 1;
-  c.checkpoint_every = 10;
-  return c;
-}
+TrainConfig tiny(const std::string& out) { return sae::testing::tiny_training_config(out); }
 
 void expect_same_run(const std::string& a, const std::string& b) {
   for (const char* file : {"sae/sae_weights.safetensors", "sae/training_state.safetensors", "metrics.csv"})
