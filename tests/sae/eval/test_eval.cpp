@@ -11,7 +11,8 @@
 //   - the next-token helpers against double-precision sums;
 //   - the layer and normalisation read from the folders and the refusals (one line each);
 //   - steering: greedy generation with the steering hook equals HF generate with the same forward
-//     hook; the text helpers.
+//     hook; the text helpers;
+//   - CUDA against the CPU (skips without a GPU).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,6 +26,7 @@
 #include "sae/eval/sae_at_layer.h"
 #include "sae/eval/steer.h"
 #include "sae/train/checkpoint.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/compare.h"
@@ -433,4 +435,36 @@ TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
             "one two    | alpha\n"
             "three four | beta\n"
             "five six   |\n");
+}
+
+// ---------------------------------------------------------------- CUDA
+
+TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  Loaded lm;
+  GptNeo gpu = GptNeo::load(eval_ref("model"), Device::CUDA);
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  for (const char* folder : {"sae_story", "sae_topk"}) {
+    SCOPED_TRACE(folder);
+    const SaeAtLayer cpu_sae = load_sae_at_layer(eval_ref(folder), lm.model.config(), -1, Device::CPU);
+    const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref(folder), gpu.config(), -1, Device::CUDA);
+    const EvalResult want = evaluate_sae(lm.model, lm.tokenizer, cpu_sae, fixture_options());
+    const EvalResult got = evaluate_sae(gpu, lm.tokenizer, gpu_sae, fixture_options());
+    for (const auto& [g, w] : {std::pair{got.clean, want.clean}, std::pair{got.spliced, want.spliced},
+                               std::pair{got.zero_ablated, want.zero_ablated}, std::pair{got.mean_ablated, want.mean_ablated}}) {
+      expect_relative(g.ce, w.ce, 1e-5, "CE");
+      if (w.kl > 0) expect_relative(g.kl, w.kl, 1e-4, "KL");
+    }
+    expect_relative(got.fvu, want.fvu, 1e-5, "FVU");
+    EXPECT_EQ(got.density, want.density);
+  }
+  const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref("sae_story"), gpu.config(), -1, Device::CUDA);
+  SteerOptions options;
+  options.feature = e.integer("steer.feature");
+  options.strength = e.scalar("steer.strength");
+  options.generate.greedy = true;
+  options.generate.max_new_tokens = 40;
+  const SteerResult r = steer(gpu, lm.tokenizer, gpu_sae, "Once upon a time, there was a little", options);
+  EXPECT_EQ(r.unsteered, to_ids(e.ints("gen0.greedy")));
+  EXPECT_EQ(r.steered, to_ids(e.ints("gen0.steered")));
 }
