@@ -16,7 +16,8 @@ set(rules
   "sae/report:tensor,io,sae/report"
   "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train"
   "sae/study:tensor,io,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
-  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli")
+  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli"
+  "sae/eval:tensor,io,lm,sae,sae/data,sae/report,sae/train,sae/eval")
 
 set(violations "")
 foreach(rule ${rules})

@@ -11,6 +11,8 @@
 //   context [H, T, hd] = scores v;  merged [T, d] = swap_axes01(context)
 //   x += merged @ Wo^T  (the residual add is the GEMM's beta = 1), then x += bo
 //   m = LN(x; ln_2);  h [T, f] = gelu_new(m @ Wfc^T + bfc);  x += h @ Wproj^T, then x += bproj
+// With a KV cache (generation) the T rows are the new positions; their k and v rows are appended to
+// the cache and the queries attend to the cached rows instead (run_block).
 #include "lm/gpt_neo.h"
 
 #include <algorithm>
@@ -374,18 +376,23 @@ void GptNeo::reserve(int64_t max_tokens) {
 
 int64_t GptNeo::workspace_tokens() const { return workspace_->tokens; }
 
-void GptNeo::check_ids(const std::vector<int32_t>& ids) const {
+void GptNeo::check_ids(const std::vector<int32_t>& ids, int64_t first_position) const {
   if (ids.empty()) throw DataError(cat("GPT-Neo ", source_, ": empty token sequence"));
-  if (static_cast<int64_t>(ids.size()) > config_.max_positions)
-    throw DataError(cat("GPT-Neo ", source_, ": a sequence of ", ids.size(),
-                        " tokens is longer than max_position_embeddings ", config_.max_positions));
+  const int64_t end = first_position + static_cast<int64_t>(ids.size());
+  if (end > config_.max_positions) {
+    if (first_position == 0)
+      throw DataError(cat("GPT-Neo ", source_, ": a sequence of ", ids.size(),
+                          " tokens is longer than max_position_embeddings ", config_.max_positions));
+    throw DataError(cat("GPT-Neo ", source_, ": ", ids.size(), " more tokens after ", first_position,
+                        " would pass max_position_embeddings ", config_.max_positions));
+  }
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] < 0 || ids[i] >= config_.vocab_size)
-      throw DataError(cat("GPT-Neo ", source_, ": token id ", ids[i], " at position ", i,
+      throw DataError(cat("GPT-Neo ", source_, ": token id ", ids[i], " at position ", first_position + int64_t(i),
                           " is outside the vocabulary [0, ", config_.vocab_size, ")"));
 }
 
-void GptNeo::run_block(const Block& block, int64_t t) {
+void GptNeo::run_block(const Block& block, size_t index, int64_t t, KvCache* cache) {
   Workspace& w = *workspace_;
   const int64_t d = config_.hidden_size, h = config_.num_heads, hd = config_.head_dim();
   const int64_t f = config_.intermediate_size;
@@ -398,8 +405,29 @@ void GptNeo::run_block(const Block& block, int64_t t) {
   matmul_(qkv, a, false, block.qkv_weight, true);
   Tensor heads = view(w.heads, Shape{3 * h, t, hd});
   swap_axes01_(heads, qkv.reshape(Shape{t, 3 * h, hd}));
-  const Tensor q = heads.slice_rows(0, h), k = heads.slice_rows(h, 2 * h), v = heads.slice_rows(2 * h, 3 * h);
-  Tensor scores = view(w.scores, Shape{h, t, t});
+  Tensor q = heads.slice_rows(0, h), k = heads.slice_rows(h, 2 * h), v = heads.slice_rows(2 * h, 3 * h);
+  Tensor scores;
+  if (cache == nullptr) {
+    scores = view(w.scores, Shape{h, t, t});
+  } else {
+    // The new rows' keys and values join the cache (as rows [T, H, hd]); the queries then attend to
+    // the cached rows they may see: all of them (global), or the last `window` before each query
+    // (local: the first query, at position `past`, sees no key before past - window + 1).
+    const int64_t past = cache->length_;
+    Tensor cached_k = cache->keys_[index].slice_rows(past, past + t).reshape(Shape{t, h, hd});
+    Tensor cached_v = cache->values_[index].slice_rows(past, past + t).reshape(Shape{t, h, hd});
+    swap_axes01_(cached_k, k);
+    swap_axes01_(cached_v, v);
+    const int64_t first_key = block.window > 0 ? std::max<int64_t>(0, past - block.window + 1) : 0;
+    const int64_t keys = past + t - first_key;
+    k = view(cache->key_heads_, Shape{h, keys, hd});
+    v = view(cache->value_heads_, Shape{h, keys, hd});
+    swap_axes01_(k, cache->keys_[index].slice_rows(first_key, past + t).reshape(Shape{keys, h, hd}));
+    swap_axes01_(v, cache->values_[index].slice_rows(first_key, past + t).reshape(Shape{keys, h, hd}));
+    if (cache->scores_.numel() < h * t * keys) cache->scores_ = Tensor::empty(Shape{h * t * keys}, DType::F32, device_);
+    scores = view(cache->scores_, Shape{h, t, keys});
+  }
+  // attention_mask takes the queries as the last t of the keys' positions, which they are.
   batched_matmul_(scores, q, false, k, true);
   attention_mask_(scores, scores, block.window);
   softmax_(scores, scores);
@@ -421,10 +449,15 @@ void GptNeo::run_block(const Block& block, int64_t t) {
 }
 
 Tensor GptNeo::forward_to(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook) {
+  return forward_rows(ids, layer, hook, nullptr);
+}
+
+Tensor GptNeo::forward_rows(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook, KvCache* cache) {
   const int64_t layers = config_.num_layers;
   if (layer < 0 || layer > layers)
     throw UsageError(cat("GPT-Neo ", source_, ": hidden_states index ", layer, " is outside 0..", layers));
-  check_ids(ids);
+  const int64_t past = cache ? cache->length_ : 0;
+  check_ids(ids, past);
   const int64_t t = static_cast<int64_t>(ids.size()), d = config_.hidden_size;
   reserve(t);
   Workspace& w = *workspace_;
@@ -447,10 +480,10 @@ Tensor GptNeo::forward_to(const std::vector<int32_t>& ids, int layer, const Resi
 
   Tensor x = view(w.residual, Shape{t, d});
   embedding_(x, wte_, id_view);
-  add_(x, wpe_.slice_rows(0, t));
+  add_(x, wpe_.slice_rows(past, past + t));
   call_hook(0, x);
   for (int i = 0; i < layer; ++i) {
-    run_block(blocks_[i], t);
+    run_block(blocks_[i], static_cast<size_t>(i), t, cache);
     if (i + 1 < layers) call_hook(i + 1, x);
   }
   if (layer < layers) return x;
@@ -464,6 +497,43 @@ Tensor GptNeo::hidden_states(const std::vector<int32_t>& ids, int layer) { retur
 
 Tensor GptNeo::logits(const std::vector<int32_t>& ids, const ResidualHook& hook) {
   const Tensor y = forward_to(ids, static_cast<int>(config_.num_layers), hook);
+  return matmul(y, lm_head_, false, true);
+}
+
+// ---------------------------------------------------------------- generation with a KV cache
+
+KvCache::KvCache() = default;
+KvCache::KvCache(KvCache&&) noexcept = default;
+KvCache& KvCache::operator=(KvCache&&) noexcept = default;
+KvCache::~KvCache() = default;
+
+KvCache GptNeo::new_cache(int64_t capacity) const {
+  if (capacity < 1 || capacity > config_.max_positions)
+    throw DataError(cat("GPT-Neo ", source_, ": a cache of ", capacity, " positions (it must hold 1..",
+                        config_.max_positions, ", max_position_embeddings)"));
+  const int64_t d = config_.hidden_size;
+  KvCache cache;
+  cache.owner_ = workspace_.get();
+  cache.capacity_ = capacity;
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    cache.keys_.push_back(Tensor::empty(Shape{capacity, d}, DType::F32, device_));
+    cache.values_.push_back(Tensor::empty(Shape{capacity, d}, DType::F32, device_));
+  }
+  cache.key_heads_ = Tensor::empty(Shape{capacity * d}, DType::F32, device_);
+  cache.value_heads_ = Tensor::empty(Shape{capacity * d}, DType::F32, device_);
+  return cache;
+}
+
+Tensor GptNeo::logits_cached(const std::vector<int32_t>& ids, KvCache& cache, const ResidualHook& hook,
+                             bool last_only) {
+  if (cache.owner_ != workspace_.get()) throw UsageError(cat("GPT-Neo ", source_, ": the KV cache was made by another model"));
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (cache.length_ + n > cache.capacity_)
+    throw DataError(cat("GPT-Neo ", source_, ": the KV cache holds ", cache.length_, " of ", cache.capacity_,
+                        " positions, no room for ", n, " more"));
+  Tensor y = forward_rows(ids, static_cast<int>(config_.num_layers), hook, &cache);
+  cache.length_ += n;  // only now: a throw above leaves the cache as it was (rows past length_ are unused)
+  if (last_only) y = y.slice_rows(n - 1, n);
   return matmul(y, lm_head_, false, true);
 }
 

@@ -6,6 +6,8 @@
 // Letters: T tokens, d hidden size, H heads, hd = d / H, f MLP width, V vocabulary,
 // P max positions, L layers. hidden_states[k] is Hugging Face's: k = 0 the embeddings, 1..L-1 the
 // residual stream after block k, L the last block's output with ln_f applied.
+// Generation runs one new token at a time against a KvCache (the keys and values of the positions
+// already run), as Hugging Face's generate does with its cache; lm/generate.h decodes with it.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -57,6 +59,28 @@ using NamedTensors = std::map<std::string, Tensor>;
 // model's workspace: copy what must outlive the call.
 using ResidualHook = std::function<void(int layer, Tensor& state)>;
 
+// The keys and values of one sequence's positions 0..length()-1, per layer, so that the next
+// positions can be run alone (GptNeo::logits_cached). Made by GptNeo::new_cache for one model; it
+// holds up to capacity() positions (at most P). clear() starts a new sequence.
+class KvCache {
+ public:
+  KvCache();
+  KvCache(KvCache&&) noexcept;
+  KvCache& operator=(KvCache&&) noexcept;
+  ~KvCache();
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  void clear() { length_ = 0; }
+
+ private:
+  friend class GptNeo;
+  const void* owner_ = nullptr;        // the model's workspace: identifies the model (which may move)
+  int64_t length_ = 0, capacity_ = 0;
+  std::vector<Tensor> keys_, values_;  // per layer [capacity, d]: one row per position, heads side by side
+  Tensor key_heads_, value_heads_;     // flat scratch: the rows a block attends to, heads first [H, keys, hd]
+  Tensor scores_;                      // flat scratch [H, new positions, keys], grown when needed
+};
+
 class GptNeo {
  public:
   // dir/config.json and dir/model.safetensors. Every expected tensor must be present with its shape
@@ -88,6 +112,19 @@ class GptNeo {
   // otherwise). One call at a time per model (the workspace is shared).
   Tensor forward_to(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook = {});
 
+  // A cache for one sequence of up to `capacity` positions (1 <= capacity <= P; DataError otherwise).
+  KvCache new_cache(int64_t capacity) const;
+  // Runs `ids` as positions cache.length() .. cache.length() + n - 1 of the cache's sequence, appends
+  // their keys and values to the cache, and returns their logits [n, V] (only the last row, [1, V],
+  // when last_only). `hook` is called as in forward_to, on the rows of the new positions only
+  // ([n, d]): the earlier positions' hooked values live on in the cached keys and values. The logits
+  // equal those rows of logits(all ids so far, hook) up to float rounding (the same formulas; GEMMs
+  // of other shapes sum in another order). Local layers attend to exactly the last `window_size`
+  // positions, as in the full forward. DataError when the cache is full (or the positions would pass
+  // P) or an id is out of range; the cache is unchanged when anything throws.
+  Tensor logits_cached(const std::vector<int32_t>& ids, KvCache& cache, const ResidualHook& hook = {},
+                       bool last_only = false);
+
   // Sizes the workspace for sequences of up to max_tokens (it grows on its own when needed;
   // this only avoids the reallocation).
   void reserve(int64_t max_tokens);
@@ -101,8 +138,11 @@ class GptNeo {
   struct Block;
   struct Workspace;
   GptNeo();
-  void check_ids(const std::vector<int32_t>& ids) const;
-  void run_block(const Block& block, int64_t tokens);
+  void check_ids(const std::vector<int32_t>& ids, int64_t first_position) const;
+  // Runs `ids` at positions first_position.. (first_position = cache->length(), or 0 without a
+  // cache) through blocks 0..layer-1 with the hook; returns hidden_states[layer] of those rows.
+  Tensor forward_rows(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook, KvCache* cache);
+  void run_block(const Block& block, size_t index, int64_t tokens, KvCache* cache);
 
   GptNeoConfig config_;
   Device device_ = Device::CPU;

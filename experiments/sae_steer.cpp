@@ -1,0 +1,90 @@
+// sae_steer: generation steered by one SAE feature, as the original tutorial's steer.py
+// (docs/contract.md §7): the prompt is continued twice with the KV cache (lm/generate.h), without
+// and with strength * W_dec[feature] / ||W_dec[feature]|| added to hidden_states[L] at every
+// position, with the same options and seed; printed side by side, or as JSON with --json. Thin:
+// options -> model, tokenizer, SAE -> steer (sae/eval/steer.h) -> output.
+//   sae_steer --model DIR --sae DIR --feature I --strength S --prompt TEXT [--max-new-tokens N]
+//             [--temperature T] [--top-k K] [--seed S] [--greedy] [--layer L] [--json]
+#include <cmath>
+#include <cstdio>
+
+#include "lm/gpt_neo.h"
+#include "lm/tokenizer.h"
+#include "sae/cli/cli.h"
+#include "sae/eval/sae_at_layer.h"
+#include "sae/eval/steer.h"
+#include "sae/train/train_config.h"
+
+int main(int argc, char** argv) {
+  return sae::run_main("sae_steer", argc, argv, [&] {
+    cxxopts::Options options("sae_steer", "Continue a prompt with and without one SAE feature's decoder direction "
+                                          "added to the residual stream");
+    options.add_options()
+        ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
+        ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
+        ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<double>())
+        ("prompt", "the text to continue", cxxopts::value<std::string>())
+        ("max-new-tokens", "tokens to generate (fewer when the end-of-text token comes)",
+         cxxopts::value<int64_t>()->default_value("50"))
+        ("temperature", "sampling temperature", cxxopts::value<double>()->default_value("1"))
+        ("top-k", "sample among the k most likely tokens only (0: all)", cxxopts::value<int64_t>()->default_value("0"))
+        ("seed", "the sampling seed (both continuations use it)", cxxopts::value<uint64_t>()->default_value("0"))
+        ("greedy", "always take the most likely token instead of sampling")
+        ("layer", "the hidden_states index to steer (default: the one the SAE reads, from its cfg.json)",
+         cxxopts::value<int64_t>())
+        ("width", "column width of the side-by-side text", cxxopts::value<int64_t>()->default_value("48"))
+        ("json", "print one JSON object instead of the side-by-side text")
+        ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    for (const char* required : {"model", "sae", "feature", "strength", "prompt"})
+      if (!parsed.count(required)) throw sae::UsageError(sae::cat("--", required, " is required"));
+    const std::string model_dir = parsed["model"].as<std::string>(), sae_dir = parsed["sae"].as<std::string>();
+    const std::string prompt = parsed["prompt"].as<std::string>();
+    sae::SteerOptions steer;
+    steer.feature = parsed["feature"].as<int64_t>();
+    steer.strength = parsed["strength"].as<double>();
+    steer.generate.max_new_tokens = parsed["max-new-tokens"].as<int64_t>();
+    steer.generate.temperature = parsed["temperature"].as<double>();
+    steer.generate.top_k = parsed["top-k"].as<int64_t>();
+    steer.generate.seed = parsed["seed"].as<uint64_t>();
+    steer.generate.greedy = parsed.count("greedy") > 0;
+    sae::check_generate_options(steer.generate);
+    if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
+    const int64_t width = parsed["width"].as<int64_t>();
+    if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
+    int layer = -1;
+    if (parsed.count("layer")) {
+      const int64_t value = parsed["layer"].as<int64_t>();
+      if (value < 0 || value > 1 << 20) throw sae::UsageError(sae::cat("--layer must be a hidden_states index >= 0, got ", value));
+      layer = static_cast<int>(value);
+    }
+    const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
+
+    sae::GptNeo model = sae::GptNeo::load(model_dir, device);
+    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    steer.generate.eos_id = tokenizer.eot_id();
+    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), layer, device);
+    const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);
+
+    if (parsed.count("json")) {
+      std::printf("%s\n", sae::steer_json(result, tokenizer, sae, prompt, steer).dump(2).c_str());
+      return 0;
+    }
+    std::printf("prompt (%zu tokens): %s\n", result.prompt.size(), prompt.c_str());
+    std::printf("feature %lld of %lld, strength %g, added to hidden_states[%d] (%s) at every position; %s\n\n",
+                static_cast<long long>(steer.feature), static_cast<long long>(sae.params.d_sae()), steer.strength,
+                sae.layer, sae.layer_source.c_str(),
+                steer.generate.greedy ? "greedy"
+                                      : sae::cat("sampled with temperature ", steer.generate.temperature,
+                                                 steer.generate.top_k ? sae::cat(", top-k ", steer.generate.top_k) : "",
+                                                 ", seed ", steer.generate.seed).c_str());
+    std::printf("%s", sae::side_by_side(sae::cat("unsteered (", result.unsteered.size(), " tokens)"),
+                                        sae::display_text(tokenizer, result.unsteered),
+                                        sae::cat("steered (", result.steered.size(), " tokens)"),
+                                        sae::display_text(tokenizer, result.steered), static_cast<int>(width))
+                          .c_str());
+    return 0;
+  });
+}

@@ -1,0 +1,85 @@
+// generate and the choice of the next token (see generate.h). V vocabulary, P positions.
+#include "lm/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace sae {
+
+void check_generate_options(const GenerateOptions& options) {
+  if (options.max_new_tokens < 0)
+    throw UsageError(cat("--max-new-tokens must be >= 0, got ", options.max_new_tokens));
+  if (!options.greedy && !(options.temperature > 0 && std::isfinite(options.temperature)))
+    throw UsageError(cat("--temperature must be a positive number, got ", options.temperature));
+  if (options.top_k < 0) throw UsageError(cat("--top-k must be >= 0 (0: the whole vocabulary), got ", options.top_k));
+}
+
+int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOptions& options, Rng& rng) {
+  if (options.greedy) {
+    int64_t best = 0;
+    for (int64_t v = 1; v < vocab; ++v)
+      if (logits[v] > logits[best]) best = v;  // strictly greater: the lowest id wins a tie
+    return static_cast<int32_t>(best);
+  }
+  // The candidates: every id, or the top_k largest logits (larger first, then the lower id).
+  std::vector<int32_t> ids(vocab);
+  std::iota(ids.begin(), ids.end(), 0);
+  int64_t candidates = vocab;
+  if (options.top_k > 0 && options.top_k < vocab) {
+    candidates = options.top_k;
+    std::partial_sort(ids.begin(), ids.begin() + candidates, ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    std::sort(ids.begin(), ids.begin() + candidates);  // draw in id order, as without top_k
+  }
+  double largest = -INFINITY;
+  for (int64_t c = 0; c < candidates; ++c) largest = std::max(largest, static_cast<double>(logits[ids[c]]));
+  std::vector<double> weight(candidates);
+  double total = 0;
+  for (int64_t c = 0; c < candidates; ++c) {
+    weight[c] = std::exp((static_cast<double>(logits[ids[c]]) - largest) / options.temperature);
+    total += weight[c];
+  }
+  const double u = rng.uniform() * total;
+  double cumulative = 0;
+  for (int64_t c = 0; c < candidates; ++c) {
+    cumulative += weight[c];
+    if (u < cumulative) return ids[c];
+  }
+  // Only reachable by rounding when u is within an ulp of the total: the last id with any weight.
+  for (int64_t c = candidates - 1; c > 0; --c)
+    if (weight[c] > 0) return ids[c];
+  return ids[0];
+}
+
+std::vector<int32_t> generate(GptNeo& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const ResidualHook& hook) {
+  check_generate_options(options);
+  if (prompt.empty()) throw DataError("generate: the prompt has no tokens (a model needs at least one to start from)");
+  const int64_t positions = model.config().max_positions, vocab = model.config().vocab_size;
+  const int64_t total = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
+  if (total > positions)
+    throw DataError(cat("generate: a prompt of ", prompt.size(), " tokens plus ", options.max_new_tokens,
+                        " new tokens is ", total, " positions, more than the model's ", positions,
+                        " (max_position_embeddings)"));
+  std::vector<int32_t> generated;
+  if (options.max_new_tokens == 0) return generated;
+  Rng rng(options.seed);
+  KvCache cache = model.new_cache(total);
+  Tensor logits = model.logits_cached(prompt, cache, hook, /*last_only=*/true).to(Device::CPU);
+  while (true) {
+    const float* row = logits.data<float>();
+    for (int64_t v = 0; v < vocab; ++v)
+      if (!std::isfinite(row[v]))
+        throw DataError(cat("generate: the logits after ", cache.length(), " positions are not finite (", row[v],
+                            " for id ", v, "); did the hook put NaN or Inf into the residual stream?"));
+    const int32_t next = choose_next_token(row, vocab, options, rng);
+    generated.push_back(next);
+    if (next == options.eos_id || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;
+    logits = model.logits_cached({next}, cache, hook, /*last_only=*/true).to(Device::CPU);
+  }
+  return generated;
+}
+
+}  // namespace sae

@@ -1,0 +1,40 @@
+// Text generation with GPT-Neo and its KV cache (GptNeo::logits_cached): the prompt is run once,
+// then one new token at a time, each chosen from the last position's logits greedily (argmax) or
+// by sampling (temperature, optionally only the top k), with our seeded Rng, so the same seed gives
+// the same tokens on the same build. A residual hook (a steering vector, an SAE splice) is applied
+// to every position, prompt and generated, as GptNeo::logits applies it to a whole sequence.
+// Generation stops after max_new_tokens or right after producing the end-of-text id.
+// Letters: V vocabulary, P the model's positions.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "lm/gpt_neo.h"
+#include "tensor/rng.h"
+
+namespace sae {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 50;
+  bool greedy = false;       // argmax of the logits (the lowest id among equal maxima), no sampling
+  double temperature = 1.0;  // sampling: softmax(logits / temperature); > 0
+  int64_t top_k = 0;         // sampling: only the k largest logits (ties: the lower id); 0 = all
+  uint64_t seed = 0;         // sampling: the Rng's seed
+  int32_t eos_id = -1;       // stop after generating this id (it is kept); -1: never stop early
+};
+
+// UsageError naming the option for a temperature <= 0 or not finite, top_k < 0, max_new_tokens < 0.
+void check_generate_options(const GenerateOptions& options);
+
+// The next token from one row of logits [V] (host float32): the argmax when greedy, else a draw
+// from softmax(logits / temperature) restricted to the top_k largest, computed in double, with one
+// rng.uniform() per draw (the first id whose cumulative probability exceeds it).
+int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOptions& options, Rng& rng);
+
+// The generated ids (without the prompt) after `prompt` (>= 1 token). The prompt plus
+// max_new_tokens must fit in the model's P positions (DataError naming both otherwise), so that
+// every token is generated with the same context a full forward over the sequence would see.
+std::vector<int32_t> generate(GptNeo& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const ResidualHook& hook = {});
+
+}  // namespace sae

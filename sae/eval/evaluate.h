@@ -1,0 +1,72 @@
+// sae_eval's computation (docs/contract.md §6): an SAE spliced into the language model at its layer,
+// scored over the stories of a corpus the way SAELens's evals score it (sae_lens/evals.py,
+// get_recons_loss and get_sparsity_and_variance_metrics):
+//   runs         clean; SAE (hidden_states[L] replaced by the SAE's reconstruction, brought back to
+//                raw scale); zero ablation (replaced by 0); mean ablation (replaced by the mean of
+//                hidden_states[L] over every evaluated token, computed in a first pass)
+//   CE           mean over every predicted token (position t predicts token t + 1 of its story) of
+//                -log p(next); pooled over all stories
+//   KL           mean over every position of KL(p_clean || p_run) (sum over the vocabulary)
+//   scores       ce_score = (CE_zero - CE_sae) / (CE_zero - CE_clean); kl_score = (KL_zero - KL_sae)
+//                / KL_zero; the same against mean ablation; NaN when the denominator is 0
+//   FVU          sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, raw scale
+//   L0, density  mean active features per token; per feature the fraction of tokens it is nonzero
+//                on; dead = never nonzero; dense = density > dense_threshold
+// A story longer than the model's positions P is cut into pieces of P tokens (the last shorter),
+// each run (and normalised) on its own, as sae_train --long-stories split does.
+// Letters: T tokens, D width, F features, V vocabulary, L the SAE's hidden_states index.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+#include "lm/gpt_neo.h"
+#include "lm/tokenizer.h"
+#include "sae/eval/sae_at_layer.h"
+#include "sae/report/plot.h"
+#include "sae/report/run_log.h"
+#include "sae/report/table.h"
+
+namespace sae {
+
+struct EvalOptions {
+  std::string text;               // corpus: .txt (stories separated by <|endoftext|>) or .jsonl
+  int64_t max_stories = 0;        // the first N non-empty stories; 0: all of them
+  double dense_threshold = 0.1;   // a feature firing on more than this fraction of tokens is dense
+  ProgressMode progress = ProgressMode::None;
+};
+
+// The runs' next-token numbers: CE over the predicted tokens, KL against the clean run over all.
+struct RunScores {
+  double ce = 0, kl = 0;
+};
+
+struct EvalResult {
+  int64_t stories = 0, pieces = 0, tokens = 0, predictions = 0;
+  RunScores clean, spliced, zero_ablated, mean_ablated;
+  double ce_score = 0, kl_score = 0;                  // against zero ablation (SAELens's)
+  double ce_score_mean = 0, kl_score_mean = 0;        // against mean ablation
+  double fvu = 0, l0 = 0;
+  std::vector<double> density;                        // [F]
+  int64_t dead = 0, dense = 0;
+  double dense_threshold = 0.1;
+  std::vector<double> mean_activation;                // [D]: the mean-ablation vector
+  double seconds = 0;
+};
+
+// Runs the evaluation. The tokenizer's ids must fit the model's vocabulary. DataError for an empty
+// corpus (no story with a token), a corpus without a single next-token prediction (every piece one
+// token long), or anything the reader, the tokenizer or the model refuses.
+EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+                        const EvalOptions& options);
+
+// eval.json: the result with what was evaluated (docs/contract.md §6 lists the keys). NaN -> null.
+Json eval_json(const EvalResult& result, const SaeAtLayer& sae, const std::string& model_dir, const EvalOptions& options);
+// The printed report: a table of the four runs (CE, KL) and the lines of scores and SAE statistics.
+std::string eval_report(const EvalResult& result, const SaeAtLayer& sae);
+// The histogram of log10 feature density over the features that fired (dead ones are counted in
+// the title), 0.25-decade bins, a dashed line at the dense threshold.
+Figure density_histogram(const EvalResult& result, const std::string& sae_name);
+
+}  // namespace sae

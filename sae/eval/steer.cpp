@@ -1,0 +1,181 @@
+// steering_hook, steer and the ways sae_steer shows its result (see steer.h). D width, L layer.
+#include "sae/eval/steer.h"
+
+#include <cmath>
+
+#include "tensor/ops.h"
+
+namespace sae {
+
+namespace {
+
+const char* const kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+
+bool is_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += !is_continuation(c);
+  return n;
+}
+
+// Lines of at most `width` code points: words joined by single spaces, a word longer than the
+// width cut into pieces; each '\n' of the text starts a new line.
+std::vector<std::string> wrap(const std::string& text, int width) {
+  std::vector<std::string> lines;
+  size_t paragraph_start = 0;
+  while (paragraph_start <= text.size()) {
+    size_t paragraph_end = text.find('\n', paragraph_start);
+    if (paragraph_end == std::string::npos) paragraph_end = text.size();
+    std::string line;
+    int64_t line_width = 0;
+    size_t pos = paragraph_start;
+    while (pos < paragraph_end) {
+      size_t word_end = text.find(' ', pos);
+      if (word_end == std::string::npos || word_end > paragraph_end) word_end = paragraph_end;
+      std::string word = text.substr(pos, word_end - pos);
+      pos = word_end + 1;
+      if (word.empty()) continue;
+      while (code_points(word) > width) {  // cut a long word at a character boundary
+        if (line_width > 0) {
+          lines.push_back(line);
+          line.clear();
+          line_width = 0;
+        }
+        size_t cut = 0;
+        for (int64_t taken = 0; cut < word.size(); ++cut) {
+          if (!is_continuation(static_cast<unsigned char>(word[cut])) && taken++ == width) break;
+        }
+        lines.push_back(word.substr(0, cut));
+        word = word.substr(cut);
+      }
+      const int64_t w = code_points(word);
+      if (line_width > 0 && line_width + 1 + w > width) {
+        lines.push_back(line);
+        line.clear();
+        line_width = 0;
+      }
+      if (line_width > 0) {
+        line += ' ';
+        ++line_width;
+      }
+      line += word;
+      line_width += w;
+    }
+    lines.push_back(line);
+    paragraph_start = paragraph_end + 1;
+  }
+  return lines;
+}
+
+Json id_list(const std::vector<int32_t>& ids) {
+  Json list = Json::array();
+  for (int32_t id : ids) list.push_back(static_cast<int64_t>(id));
+  return list;
+}
+
+}  // namespace
+
+ResidualHook steering_hook(int layer, const Tensor& vector) {
+  return [layer, vector](int k, Tensor& state) {
+    if (k == layer) add_(state, vector);
+  };
+}
+
+SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+                  const SteerOptions& options) {
+  if (!std::isfinite(options.strength)) throw UsageError(cat("--strength must be a finite number, got ", options.strength));
+  check_generate_options(options.generate);
+  if (sae.params.device() != model.device()) throw UsageError("steer: the SAE and the model must be on one device");
+  const Tensor vector = mul_scalar(decoder_direction(sae, options.feature), options.strength);
+  SteerResult r;
+  r.prompt = tokenizer.encode(prompt, "--prompt");
+  if (r.prompt.empty()) throw DataError("--prompt: the prompt is empty (generation needs at least one token)");
+  for (int32_t id : r.prompt)
+    if (id >= model.config().vocab_size)
+      throw DataError(cat(tokenizer.source(), ": the prompt's token ", id, " is outside the model's vocabulary of ",
+                          model.config().vocab_size));
+  r.unsteered = generate(model, r.prompt, options.generate);
+  r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.layer, vector));
+  return r;
+}
+
+std::string display_text(const Gpt2Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+  const std::string bytes = tokenizer.decode(ids);
+  std::string out;
+  size_t i = 0;
+  const size_t n = bytes.size();
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(bytes[i]);
+    if (c < 0x80) {
+      out += bytes[i++];
+      continue;
+    }
+    const size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (length == 0) {
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    // The longest valid start of the sequence (Unicode's "maximal subpart") becomes one U+FFFD.
+    size_t k = 1;
+    for (; k < length && i + k < n; ++k) {
+      const unsigned char b = static_cast<unsigned char>(bytes[i + k]);
+      unsigned char lo = 0x80, hi = 0xBF;
+      if (k == 1) {
+        if (c == 0xE0) lo = 0xA0;       // no overlong 3-byte forms
+        else if (c == 0xED) hi = 0x9F;  // no surrogates
+        else if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
+        else if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+      }
+      if (b < lo || b > hi) break;
+    }
+    if (k == length) out.append(bytes, i, length);
+    else out += kReplacement;
+    i += k;
+  }
+  return out;
+}
+
+std::string side_by_side(const std::string& left_title, const std::string& left, const std::string& right_title,
+                         const std::string& right, int width) {
+  std::vector<std::string> a = wrap(left, width), b = wrap(right, width);
+  auto padded = [width](const std::string& s) { return s + std::string(std::max<int64_t>(0, width - code_points(s)), ' '); };
+  std::string out = padded(left_title) + " | " + right_title + "\n";
+  out += std::string(width, '-') + "-+-" + std::string(width, '-') + "\n";
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    const std::string l = i < a.size() ? a[i] : "", r = i < b.size() ? b[i] : "";
+    std::string line = padded(l) + " | " + r;
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+Json steer_json(const SteerResult& r, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+                const SteerOptions& options) {
+  Json j = Json::object();
+  j["prompt"] = prompt;  // valid UTF-8: the tokenizer checked it
+  j["prompt_ids"] = id_list(r.prompt);
+  j["sae"] = sae.dir;
+  j["feature"] = options.feature;
+  j["strength"] = options.strength;
+  j["layer"] = sae.layer;
+  j["layer_from"] = sae.layer_source;
+  j["greedy"] = options.generate.greedy;
+  j["temperature"] = options.generate.temperature;
+  j["top_k"] = options.generate.top_k;
+  j["seed"] = static_cast<int64_t>(options.generate.seed);
+  j["max_new_tokens"] = options.generate.max_new_tokens;
+  Json unsteered = Json::object();
+  unsteered["text"] = display_text(tokenizer, r.unsteered);
+  unsteered["ids"] = id_list(r.unsteered);
+  j["unsteered"] = unsteered;
+  Json steered = Json::object();
+  steered["text"] = display_text(tokenizer, r.steered);
+  steered["ids"] = id_list(r.steered);
+  j["steered"] = steered;
+  return j;
+}
+
+}  // namespace sae

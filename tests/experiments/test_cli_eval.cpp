@@ -1,0 +1,151 @@
+// build/bin/sae_eval and build/bin/sae_steer end to end, run as child processes on the fixtures of
+// scripts/gen_eval_fixture.py (tests/ref/eval): eval.json holds the PyTorch reference's numbers and
+// the figure is drawn; sae_steer --json gives HF generate's greedy ids, steered and not, and its text
+// output shows both; then the usage (exit 2) and data (exit 1) errors, each one line on stderr.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/json.h"
+#include "sae/train/checkpoint.h"
+#include "tensor/rng.h"
+#include "tests/util/fixture.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+std::string eval_args(const std::string& sae_folder, const std::string& out) {
+  return cat("--model ", quote(eval_ref("model")), " --sae ", quote(sae_folder), " --text ",
+             quote(eval_ref("stories.txt")), " --out ", quote(out), " --progress none --device cpu");
+}
+
+std::string steer_args(const std::string& extra) {
+  return cat("--model ", quote(eval_ref("model")), " --sae ", quote(eval_ref("sae_story")), " --device cpu ", extra);
+}
+
+// Runs and expects exit `code` with one line on stderr containing `needle`.
+void expect_failure(const std::string& program, const std::string& args, int code, const std::string& needle) {
+  TempDir scratch("cli_eval_err");
+  const sae::testing::CommandResult r = run_binary(program, args, scratch);
+  EXPECT_EQ(r.exit_code, code) << program << " " << args << "\n" << r.err;
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << r.err;
+}
+
+}  // namespace
+
+TEST(SaeEvalCli, WritesTheReferenceNumbersAndTheFigure) {
+  TempDir dir("cli_eval");
+  const sae::testing::CommandResult r = run_binary("sae_eval", eval_args(eval_ref("sae_topk"), dir.str("out")), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = read_json_file(dir.str("out/eval.json"));
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  EXPECT_EQ(j.at("layer").as_int(), 1);
+  EXPECT_EQ(j.at("architecture").as_string(), "topk");
+  EXPECT_EQ(j.at("tokens").as_int(), e.integer("topk.tokens"));
+  EXPECT_NEAR(j.at("ce_loss").at("sae").as_number(), e.scalar("topk.ce_sae"), 2e-5 * e.scalar("topk.ce_sae"));
+  EXPECT_NEAR(j.at("ce_loss_score").as_number(), e.scalar("topk.ce_score"), 1e-4 * e.scalar("topk.ce_score"));
+  EXPECT_NEAR(j.at("kl_div_score").as_number(), e.scalar("topk.kl_score"), 1e-4 * e.scalar("topk.kl_score"));
+  EXPECT_NEAR(j.at("fvu").as_number(), e.scalar("topk.fvu"), 1e-5);
+  EXPECT_DOUBLE_EQ(j.at("l0").as_number(), 12.0);  // k
+  EXPECT_EQ(j.at("dead_features").as_int(), 8);
+  EXPECT_TRUE(fs::file_size(dir.str("out/feature_density.png")) > 1000);
+  EXPECT_TRUE(fs::exists(dir.str("out/feature_density.gp")));
+  EXPECT_NE(r.out.find("| mean ablation |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CE loss score"), std::string::npos) << r.out;
+  // A SAELens folder needs --layer, and works with it.
+  expect_failure("sae_eval", eval_args(eval_ref("sae_saelens"), dir.str("out2")), 2, "--layer");
+  const sae::testing::CommandResult plain =
+      run_binary("sae_eval", eval_args(eval_ref("sae_saelens"), dir.str("out3")) + " --layer 3", dir);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_NEAR(read_json_file(dir.str("out3/eval.json")).at("ce_loss").at("sae").as_number(), e.scalar("saelens.ce_sae"),
+              2e-5 * e.scalar("saelens.ce_sae"));
+}
+
+TEST(SaeEvalCli, RefusesBadInputWithOneLine) {
+  TempDir dir("cli_eval_bad");
+  const std::string good_sae = eval_ref("sae_story");
+  expect_failure("sae_eval", "--model " + quote(eval_ref("model")) + " --text x", 2, "--sae");
+  expect_failure("sae_eval", eval_args(good_sae, dir.str("o")) + " --layer 7", 2, "outside 0..4");
+  expect_failure("sae_eval", eval_args(good_sae, dir.str("o")) + " --max-stories -1", 2, "--max-stories");
+  expect_failure("sae_eval", eval_args(good_sae, dir.str("o")) + " --dense-threshold 2", 2, "--dense-threshold");
+  expect_failure("sae_eval", eval_args(dir.str("no_such_sae"), dir.str("o")), 1, "no_such_sae");
+  // An SAE of another width.
+  Rng rng(1);
+  const SaeParams narrow = SaeParams::standard_init(16, 24, rng);
+  save_checkpoint(dir.str("narrow"), narrow, Json::object(), nullptr);
+  expect_failure("sae_eval", eval_args(dir.str("narrow"), dir.str("o")) + " --layer 2", 1, "hidden size is 32");
+  // Empty and missing text, missing model.
+  std::ofstream(dir.str("empty.txt")) << "<|endoftext|>\n";
+  std::string args = cat("--model ", quote(eval_ref("model")), " --sae ", quote(good_sae), " --out ", quote(dir.str("o")),
+                         " --progress none --device cpu --text ");
+  expect_failure("sae_eval", args + quote(dir.str("empty.txt")), 1, "no story");
+  expect_failure("sae_eval", args + quote(dir.str("missing.txt")), 1, "missing.txt");
+  expect_failure("sae_eval", cat("--model ", quote(dir.str("nomodel")), " --sae ", quote(good_sae), " --text ",
+                                 quote(eval_ref("stories.txt")), " --device cpu"),
+                 1, "nomodel");
+  EXPECT_FALSE(fs::exists(dir.str("o/eval.json")));
+}
+
+TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  TempDir dir("cli_steer");
+  const std::string options = cat("--feature ", e.integer("steer.feature"), " --strength ", e.scalar("steer.strength"),
+                                  " --prompt 'The dog ran to the park and' --greedy --max-new-tokens 40");
+  const sae::testing::CommandResult r = run_binary("sae_steer", steer_args(options + " --json"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = Json::parse(r.out);
+  auto ids = [](const Json& list) {
+    std::vector<int64_t> out;
+    for (const Json& v : list.elements()) out.push_back(v.as_int());
+    return out;
+  };
+  EXPECT_EQ(ids(j.at("prompt_ids")), e.ints("gen1.prompt"));
+  EXPECT_EQ(ids(j.at("unsteered").at("ids")), e.ints("gen1.greedy"));
+  EXPECT_EQ(ids(j.at("steered").at("ids")), e.ints("gen1.steered"));
+  EXPECT_EQ(j.at("layer").as_int(), 2);
+  EXPECT_EQ(j.at("prompt").as_string(), "The dog ran to the park and");
+  const sae::testing::CommandResult text = run_binary("sae_steer", steer_args(options + " --width 30"), dir);
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("unsteered (40 tokens)"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("| steered (40 tokens)"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("hidden_states[2]"), std::string::npos) << text.out;
+  // Sampling: the same seed gives the same text.
+  const std::string sampled = "--feature 3 --strength 4 --prompt 'Once upon' --max-new-tokens 12 --seed 9 --json";
+  const sae::testing::CommandResult a = run_binary("sae_steer", steer_args(sampled), dir);
+  const sae::testing::CommandResult b = run_binary("sae_steer", steer_args(sampled), dir);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+}
+
+TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
+  expect_failure("sae_steer", steer_args("--feature 80 --strength 1 --prompt Hi"), 2, "--feature 80");
+  expect_failure("sae_steer", steer_args("--feature 79 --strength 1 --prompt Hi"), 1, "zero decoder row");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 0"), 2, "--temperature");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength nan --prompt Hi"), 2, "--strength");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt ''"), 1, "--prompt");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --max-new-tokens 100"), 1,
+                 "max_position_embeddings");
+  expect_failure("sae_steer", steer_args("--strength 1 --prompt Hi"), 2, "--feature");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --layer 9"), 2, "--layer");
+}

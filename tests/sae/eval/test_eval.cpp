@@ -1,0 +1,470 @@
+// The SAE spliced into the language model (sae/eval): against PyTorch, Hugging Face and SAELens
+// (tests/ref/eval, made by scripts/gen_eval_fixture.py: a random GPT-Neo with local layers of window
+// 8, six stories of which one is longer than the 64 positions, and three SAE folders whose weights
+// are planted: +-basis features with noise, 8 that never fire, 4 that always fire):
+//   - the CE and KL of the clean, spliced, zero- and mean-ablated runs, the scores, FVU, L0, the
+//     feature densities and the mean-ablation vector, for a per-story-normalised standard SAE at
+//     layer 2, a dataset-scaled TopK SAE at layer 1 and a plain SAELens folder (b_dec applied to the
+//     input) at layer 3;
+//   - planted truth: an SAE that reconstructs exactly scores CE 1, KL ~0, FVU ~0; the planted dead
+//     and always-on features are found;
+//   - the next-token helpers against double-precision sums;
+//   - the layer and normalisation read from the folders and the refusals (one line each);
+//   - steering: greedy generation with the steering hook equals HF generate with the same forward
+//     hook; the text helpers;
+//   - CUDA against the CPU (skips without a GPU).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "lm/generate.h"
+#include "sae/arch_model.h"
+#include "sae/eval/evaluate.h"
+#include "sae/eval/next_token.h"
+#include "sae/eval/sae_at_layer.h"
+#include "sae/eval/steer.h"
+#include "sae/train/checkpoint.h"
+#include "tensor/cuda/backend.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
+#include "tests/util/compare.h"
+#include "tests/util/fixture.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
+
+std::vector<int32_t> to_ids(const std::vector<int64_t>& values) { return std::vector<int32_t>(values.begin(), values.end()); }
+
+GptNeoConfig model_config() { return GptNeoConfig::load(eval_ref("model/config.json")); }
+
+// A copy of a fixture SAE folder in `dir` with cfg.json changed by `edit`.
+template <typename Edit>
+std::string edited_copy(const TempDir& dir, const std::string& folder, Edit edit) {
+  const std::string out = dir.str(folder);
+  fs::create_directories(out);
+  fs::copy_file(eval_ref(folder + "/sae_weights.safetensors"), out + "/sae_weights.safetensors");
+  Json cfg = read_json_file(eval_ref(folder + "/cfg.json"));
+  edit(cfg);
+  std::ofstream(out + "/cfg.json") << cfg.dump(2);
+  return out;
+}
+
+template <typename Call>
+std::string error_of(Call call) {
+  try {
+    call();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+void expect_relative(double got, double want, double rel, const std::string& what) {
+  EXPECT_LE(std::abs(got - want), rel * std::abs(want)) << what << ": got " << got << ", want " << want;
+}
+
+struct Loaded {
+  GptNeo model = GptNeo::load(eval_ref("model"));
+  Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+};
+
+EvalOptions fixture_options() {
+  EvalOptions options;
+  options.text = eval_ref("stories.txt");
+  return options;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- against the PyTorch reference
+
+TEST(SaeEval, MatchesThePyTorchReferenceForEachFolder) {
+  Loaded lm;
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  const struct {
+    const char* name;
+    const char* folder;
+    int layer_override;
+    int layer;
+  } cases[] = {{"story", "sae_story", -1, 2}, {"topk", "sae_topk", -1, 1}, {"saelens", "sae_saelens", 3, 3}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const SaeAtLayer sae = load_sae_at_layer(eval_ref(c.folder), lm.model.config(), c.layer_override, Device::CPU);
+    ASSERT_EQ(sae.layer, c.layer);
+    const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
+    const std::string p = std::string(c.name) + ".";
+    EXPECT_EQ(r.stories, 6);
+    EXPECT_EQ(r.pieces, 7);  // the long story is two pieces
+    EXPECT_EQ(r.tokens, e.integer(p + "tokens"));
+    EXPECT_EQ(r.predictions, e.integer(p + "predictions"));
+    // float32 logits and log-softmax against float64 sums of HF's float32 logits
+    const double rel = 2e-5;
+    expect_relative(r.clean.ce, e.scalar(p + "ce_clean"), rel, "CE clean");
+    expect_relative(r.spliced.ce, e.scalar(p + "ce_sae"), rel, "CE spliced");
+    expect_relative(r.zero_ablated.ce, e.scalar(p + "ce_zero"), rel, "CE zero");
+    expect_relative(r.mean_ablated.ce, e.scalar(p + "ce_mean"), rel, "CE mean");
+    expect_relative(r.spliced.kl, e.scalar(p + "kl_sae"), 1e-4, "KL spliced");
+    expect_relative(r.zero_ablated.kl, e.scalar(p + "kl_zero"), 1e-4, "KL zero");
+    expect_relative(r.mean_ablated.kl, e.scalar(p + "kl_mean"), 1e-4, "KL mean");
+    expect_relative(r.ce_score, e.scalar(p + "ce_score"), 1e-4, "CE score");
+    expect_relative(r.kl_score, e.scalar(p + "kl_score"), 1e-4, "KL score");
+    expect_relative(r.fvu, e.scalar(p + "fvu"), 1e-5, "FVU");
+    expect_relative(r.l0, e.scalar(p + "l0"), 1e-12, "L0");
+    EXPECT_EQ(r.density, e.values(p + "density"));
+    const std::vector<double> mean = e.values(p + "mean");
+    ASSERT_EQ(r.mean_activation.size(), mean.size());
+    for (size_t j = 0; j < mean.size(); ++j) EXPECT_NEAR(r.mean_activation[j], mean[j], 1e-6) << "mean " << j;
+    // The planted features: 64..71 never fire, 72..75 always do (except where TopK leaves them out).
+    EXPECT_EQ(r.dead, 8);
+    for (int i = 64; i < 72; ++i) EXPECT_EQ(r.density[i], 0.0) << i;
+    if (sae.params.architecture != Architecture::TopK) {
+      for (int i = 72; i < 76; ++i) EXPECT_EQ(r.density[i], 1.0) << i;
+    }
+    int64_t dense = 0;
+    for (double d : e.values(p + "density")) dense += d > 0.1;
+    EXPECT_EQ(r.dense, dense);
+    // The scores' definitions, from the result's own numbers.
+    EXPECT_DOUBLE_EQ(r.ce_score, (r.zero_ablated.ce - r.spliced.ce) / (r.zero_ablated.ce - r.clean.ce));
+    EXPECT_DOUBLE_EQ(r.kl_score_mean, (r.mean_ablated.kl - r.spliced.kl) / r.mean_ablated.kl);
+  }
+}
+
+TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
+  // Planted truth: W_enc = [I, -I], W_dec = [I; -I], no biases: x_hat = relu(x) - relu(-x) = x.
+  TempDir dir("eval_identity");
+  const int64_t d = 32, f = 64;
+  std::vector<double> w_enc(d * f, 0.0), w_dec(f * d, 0.0);
+  for (int64_t j = 0; j < d; ++j) {
+    w_enc[j * f + j] = 1, w_enc[j * f + d + j] = -1;
+    w_dec[j * d + j] = 1, w_dec[(d + j) * d + j] = -1;
+  }
+  const SaeParams params = SaeParams::from_tensors(Tensor::from_vector(w_enc, Shape{d, f}), Tensor::zeros(Shape{f}),
+                                                   Tensor::from_vector(w_dec, Shape{f, d}), Tensor::zeros(Shape{d}));
+  Json extra = Json::object();
+  extra["normalization"] = "story";
+  extra["dataset_scale"] = 1.0;
+  extra["data"] = Json::object();
+  extra["data"]["layer"] = 2;
+  save_checkpoint(dir.str("identity"), params, extra, nullptr);
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(dir.str("identity"), lm.model.config(), -1, Device::CPU);
+  const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
+  EXPECT_NEAR(r.spliced.ce, r.clean.ce, 1e-5 * r.clean.ce);
+  EXPECT_LT(r.spliced.kl, 1e-6);
+  EXPECT_NEAR(r.ce_score, 1.0, 1e-4);
+  EXPECT_NEAR(r.kl_score, 1.0, 1e-5);
+  EXPECT_LT(r.fvu, 1e-10);
+  EXPECT_GT(r.zero_ablated.kl, 0.1);  // the ablations do change the model
+  EXPECT_GT(r.mean_ablated.kl, 0.1);
+  // Every token has each coordinate nonzero on one side: L0 = d (up to exact zeros, none here).
+  EXPECT_DOUBLE_EQ(r.l0, static_cast<double>(d));
+}
+
+TEST(SaeEval, MaxStoriesTakesTheFirstStories) {
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  EvalOptions options = fixture_options();
+  options.max_stories = 2;
+  const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, options);
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  EXPECT_EQ(r.stories, 2);
+  EXPECT_EQ(r.tokens, static_cast<int64_t>(e.ints("story0.ids").size() + e.ints("story1.ids").size()));
+}
+
+TEST(SaeEval, ReportsJsonTableAndHistogram) {
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
+  const Json j = eval_json(r, sae, eval_ref("model"), fixture_options());
+  EXPECT_EQ(j.at("ce_loss").at("sae").as_number(), r.spliced.ce);
+  EXPECT_EQ(j.at("kl_div_score").as_number(), r.kl_score);
+  EXPECT_EQ(j.at("feature_density").size(), 80u);
+  EXPECT_EQ(j.at("layer").as_int(), 2);
+  EXPECT_EQ(j.at("normalization").as_string(), "story");
+  const std::string report = eval_report(r, sae);
+  EXPECT_NE(report.find("| SAE spliced |"), std::string::npos) << report;
+  EXPECT_NE(report.find("dead features 8 of 80"), std::string::npos) << report;
+  const Figure figure = density_histogram(r, "sae");
+  ASSERT_EQ(figure.series.size(), 1u);
+  double features = 0;  // each bar is drawn as 4 points: (left, 0), (left, c), (right, c), (right, 0)
+  for (size_t i = 1; i < figure.series[0].y.size(); i += 4) features += figure.series[0].y[i];
+  EXPECT_EQ(features, 72.0);  // every feature that fired, once
+  EvalResult nan = r;
+  nan.ce_score = NAN;
+  EXPECT_TRUE(eval_json(nan, sae, "m", fixture_options()).at("ce_loss_score").is_null());
+}
+
+TEST(SaeEval, RefusesCorporaWithoutPredictions) {
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  TempDir dir("eval_text");
+  EvalOptions options;
+  options.text = dir.str("empty.txt");
+  std::ofstream(options.text) << "\n  \n<|endoftext|>\n";
+  EXPECT_NE(error_of([&] { evaluate_sae(lm.model, lm.tokenizer, sae, options); }).find("no story"), std::string::npos);
+  options.text = dir.str("one_token.txt");
+  std::ofstream(options.text) << "A\n<|endoftext|>\nb\n";  // one byte, one token each
+  EXPECT_NE(error_of([&] { evaluate_sae(lm.model, lm.tokenizer, sae, options); }).find("one token"), std::string::npos);
+  options.text = dir.str("missing.txt");
+  EXPECT_THROW(evaluate_sae(lm.model, lm.tokenizer, sae, options), DataError);
+}
+
+// ---------------------------------------------------------------- the next-token helpers
+
+TEST(NextToken, LogSoftmaxLossesAndKlEqualDoubleSums) {
+  Rng rng(5);
+  const int64_t t = 7, v = 50;
+  const Tensor a = normal_tensor(Shape{t, v}, 0.0, 3.0, rng), b = normal_tensor(Shape{t, v}, 1.0, 2.0, rng);
+  std::vector<int32_t> ids(t);
+  for (auto& id : ids) id = static_cast<int32_t>(rng.below(v));
+  const Tensor log_a = log_softmax_rows(a), log_b = log_softmax_rows(b);
+  const std::vector<double> av = a.to_vector(), bv = b.to_vector(), la = log_a.to_vector();
+  auto log_sum_exp = [&](const std::vector<double>& x, int64_t row) {
+    double m = -INFINITY, s = 0;
+    for (int64_t k = 0; k < v; ++k) m = std::max(m, x[row * v + k]);
+    for (int64_t k = 0; k < v; ++k) s += std::exp(x[row * v + k] - m);
+    return m + std::log(s);
+  };
+  const std::vector<double> losses = next_token_losses(log_a, ids), kl = kl_per_position(log_a, log_b);
+  ASSERT_EQ(losses.size(), static_cast<size_t>(t - 1));
+  ASSERT_EQ(kl.size(), static_cast<size_t>(t));
+  for (int64_t row = 0; row < t; ++row) {
+    const double za = log_sum_exp(av, row), zb = log_sum_exp(bv, row);
+    for (int64_t k = 0; k < v; ++k) EXPECT_NEAR(la[row * v + k], av[row * v + k] - za, 2e-6);
+    if (row + 1 < t) {
+      EXPECT_NEAR(losses[row], za - av[row * v + ids[row + 1]], 2e-6);
+    }
+    double want = 0;
+    for (int64_t k = 0; k < v; ++k) {
+      const double lp = av[row * v + k] - za, lq = bv[row * v + k] - zb;
+      want += std::exp(lp) * (lp - lq);
+    }
+    EXPECT_NEAR(kl[row], want, 1e-5 * want + 1e-6);
+    EXPECT_GT(kl[row], 0.0);
+  }
+  for (double x : kl_per_position(log_a, log_a)) EXPECT_EQ(x, 0.0);
+  EXPECT_TRUE(next_token_losses(log_a.slice_rows(0, 1), {ids[0]}).empty());
+  EXPECT_THROW(next_token_losses(log_a, {1, 2}), Error);
+  EXPECT_THROW(kl_per_position(log_a, log_a.slice_rows(0, 3)), Error);
+}
+
+// ---------------------------------------------------------------- folders: layer, normalisation, refusals
+
+TEST(SaeAtLayer, ReadsTheLayerAndNormalisationFromTheFolder) {
+  const GptNeoConfig config = model_config();
+  const SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, -1, Device::CPU);
+  EXPECT_EQ(story.layer, 2);
+  EXPECT_EQ(story.normalization, Normalization::Story);
+  EXPECT_NE(story.layer_source.find("sae_cpp.data.layer"), std::string::npos);
+  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, -1, Device::CPU);
+  EXPECT_EQ(topk.layer, 1);
+  EXPECT_EQ(topk.normalization, Normalization::Dataset);
+  EXPECT_DOUBLE_EQ(topk.dataset_scale, 1.7);
+  EXPECT_EQ(topk.params.architecture, Architecture::TopK);
+  EXPECT_EQ(topk.params.k, 12);
+  const SaeAtLayer overridden = load_sae_at_layer(eval_ref("sae_story"), config, 4, Device::CPU);
+  EXPECT_EQ(overridden.layer, 4);
+  EXPECT_EQ(overridden.layer_source, "--layer");
+
+  TempDir dir("eval_hooks");
+  const struct {
+    const char* hook;
+    int layer;
+  } hooks[] = {{"blocks.1.hook_resid_pre", 1}, {"blocks.0.hook_resid_pre", 0}, {"blocks.2.hook_resid_post", 3}};
+  int n = 0;
+  for (const auto& h : hooks) {
+    const std::string folder = edited_copy(dir, "sae_saelens", [&](Json& cfg) { cfg["metadata"]["hook_name"] = h.hook; });
+    EXPECT_EQ(load_sae_at_layer(folder, config, -1, Device::CPU).layer, h.layer) << h.hook;
+    fs::rename(folder, dir.str(cat("hook", n++)));
+  }
+}
+
+TEST(SaeAtLayer, RefusesWhatDoesNotFitWithOneLine) {
+  const GptNeoConfig config = model_config();
+  // No layer in the folder: ask for --layer.
+  std::string message = error_of([&] { load_sae_at_layer(eval_ref("sae_saelens"), config, -1, Device::CPU); });
+  EXPECT_NE(message.find("--layer"), std::string::npos) << message;
+  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_saelens"), config, -1, Device::CPU), UsageError);
+  // The last block's resid_post is before ln_f: no hidden_states index.
+  TempDir dir("eval_refuse");
+  std::string folder = edited_copy(dir, "sae_saelens", [](Json& cfg) { cfg["metadata"]["hook_name"] = "blocks.3.hook_resid_post"; });
+  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), UsageError);
+  fs::remove_all(folder);
+  // Out of range: from --layer a usage error, from the folder a data error.
+  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), config, 5, Device::CPU); });
+  EXPECT_NE(message.find("outside 0..4"), std::string::npos) << message;
+  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_story"), config, 5, Device::CPU), UsageError);
+  folder = edited_copy(dir, "sae_story", [](Json& cfg) { cfg["sae_cpp"]["data"]["layer"] = 9; });
+  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  fs::remove_all(folder);
+  // Width.
+  GptNeoConfig wider = config;
+  wider.hidden_size = 64;
+  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), wider, -1, Device::CPU); });
+  EXPECT_NE(message.find("d_in is 32 but the model's hidden size is 64"), std::string::npos) << message;
+  // SAELens options we do not apply.
+  for (const char* key : {"normalize_activations", "reshape_activations"}) {
+    folder = edited_copy(dir, "sae_story", [&](Json& cfg) { cfg[key] = "layer_norm"; });
+    message = error_of([&] { load_sae_at_layer(folder, config, -1, Device::CPU); });
+    EXPECT_NE(message.find(key), std::string::npos) << message;
+    fs::remove_all(folder);
+  }
+  folder = edited_copy(dir, "sae_story", [](Json& cfg) { cfg["sae_cpp"]["normalization"] = "sideways"; });
+  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  fs::remove_all(folder);
+  folder = edited_copy(dir, "sae_topk", [](Json& cfg) { cfg["sae_cpp"]["dataset_scale"] = -1.0; });
+  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  fs::remove_all(folder);
+  EXPECT_THROW(load_sae_at_layer(dir.str("nothing"), config, -1, Device::CPU), DataError);
+}
+
+TEST(SaeAtLayer, ReconstructUndoesTheNormalisation) {
+  // With dataset scale s the SAE sees s x and its output is divided by s: for a linear SAE (no ReLU
+  // effect: +-basis pairs) the reconstruction is then independent of s.
+  const GptNeoConfig config = model_config();
+  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, -1, Device::CPU);
+  SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, -1, Device::CPU);
+  Rng rng(3);
+  const Tensor x = normal_tensor(Shape{9, 32}, 0.4, 1.3, rng);
+  Tensor f;
+  const Tensor x_hat = reconstruct(story, x, &f);
+  EXPECT_EQ(f.shape(), (Shape{9, 80}));
+  // By hand: per-story statistics, encode, decode, back.
+  const std::vector<double> xv = x.to_vector();
+  double mean = 0, var = 0;
+  for (double v : xv) mean += v;
+  mean /= xv.size();
+  for (double v : xv) var += (v - mean) * (v - mean);
+  const double scale = std::sqrt(32.0) / std::sqrt(var / (xv.size() - 1));
+  const Tensor normalized = affine(x, scale, -mean * scale);
+  const Tensor want = affine(sae_decode(story.params, sae_encode(story.params, normalized)), 1 / scale, mean);
+  sae::testing::expect_close_to_scale(x_hat, want, 1e-6, "story");
+  sae::testing::expect_close_to_scale(reconstruct(topk, x), affine(sae_decode(topk.params, sae_encode(topk.params, mul_scalar(x, 1.7))), 1 / 1.7, 0), 1e-6, "dataset");
+  Tensor bad = x.clone();
+  bad.data<float>()[5] = NAN;
+  EXPECT_THROW(reconstruct(story, bad), DataError);
+}
+
+// ---------------------------------------------------------------- steering
+
+TEST(Steer, GreedySteeredGenerationEqualsHuggingFaceWithTheSameHook) {
+  Loaded lm;
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  ASSERT_EQ(sae.layer, e.integer("steer.layer"));
+  const Tensor direction = decoder_direction(sae, e.integer("steer.feature"));
+  EXPECT_NEAR(std::sqrt(reduce(ReduceOp::sum_squares, direction).item()), 1.0, 1e-6);
+  const Tensor vector = mul_scalar(direction, e.scalar("steer.strength"));
+  GenerateOptions options;
+  options.greedy = true;
+  options.max_new_tokens = 40;
+  for (int p = 0; p < 2; ++p) {
+    const std::vector<int32_t> prompt = to_ids(e.ints(cat("gen", p, ".prompt")));
+    EXPECT_EQ(generate(lm.model, prompt, options, steering_hook(sae.layer, vector)), to_ids(e.ints(cat("gen", p, ".steered"))))
+        << "prompt " << p;
+  }
+  // steer() runs both; its prompt is the tokenizer's.
+  SteerOptions steer_options;
+  steer_options.feature = e.integer("steer.feature");
+  steer_options.strength = e.scalar("steer.strength");
+  steer_options.generate = options;
+  const SteerResult r = steer(lm.model, lm.tokenizer, sae, "Once upon a time, there was a little", steer_options);
+  EXPECT_EQ(r.prompt, to_ids(e.ints("gen0.prompt")));
+  EXPECT_EQ(r.unsteered, to_ids(e.ints("gen0.greedy")));
+  EXPECT_EQ(r.steered, to_ids(e.ints("gen0.steered")));
+  const Json j = steer_json(r, lm.tokenizer, sae, "Once upon a time, there was a little", steer_options);
+  EXPECT_EQ(j.at("steered").at("ids").size(), 40u);
+  EXPECT_EQ(j.at("feature").as_int(), steer_options.feature);
+  // Strength 0 steers nothing.
+  steer_options.strength = 0;
+  const SteerResult same = steer(lm.model, lm.tokenizer, sae, "The dog ran to the park and", steer_options);
+  EXPECT_EQ(same.steered, same.unsteered);
+}
+
+TEST(Steer, RefusesBadFeaturesStrengthsAndPrompts) {
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  SteerOptions options;
+  options.strength = 3;
+  options.generate.max_new_tokens = 4;
+  options.feature = 80;
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "Hi", options), UsageError);
+  options.feature = -1;
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "Hi", options), UsageError);
+  options.feature = 79;  // its decoder row is zero
+  std::string message = error_of([&] { steer(lm.model, lm.tokenizer, sae, "Hi", options); });
+  EXPECT_NE(message.find("zero decoder row"), std::string::npos) << message;
+  options.feature = 3;
+  options.strength = INFINITY;
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "Hi", options), UsageError);
+  options.strength = 3;
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "", options), DataError);
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "bad \xff utf-8", options), DataError);
+  options.generate.max_new_tokens = 64;
+  EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "Hi", options), DataError);  // prompt + 64 > 64 positions
+}
+
+TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+  const std::vector<int32_t> ids = tokenizer.encode("Zoë the café owner “hi”");
+  EXPECT_EQ(display_text(tokenizer, ids), "Zoë the café owner “hi”");
+  // Find a token whose bytes are an incomplete UTF-8 sequence: it shows as U+FFFD.
+  int32_t partial = -1;
+  for (int32_t id = 0; id < tokenizer.vocab_size() && partial < 0; ++id) {
+    const std::string bytes = tokenizer.token_text(id);
+    if (bytes.size() == 1 && static_cast<unsigned char>(bytes[0]) >= 0xC2 && static_cast<unsigned char>(bytes[0]) <= 0xF4)
+      partial = id;
+  }
+  ASSERT_GE(partial, 0);
+  EXPECT_EQ(display_text(tokenizer, {ids[0], partial}), display_text(tokenizer, {ids[0]}) + "\xEF\xBF\xBD");
+  EXPECT_EQ(display_text(tokenizer, {partial, ids[0]}), "\xEF\xBF\xBD" + display_text(tokenizer, {ids[0]}));
+  const std::string columns = side_by_side("left", "one two three four five six", "right", "alpha\nbeta", 10);
+  EXPECT_EQ(columns,
+            "left       | right\n"
+            "-----------+-----------\n"
+            "one two    | alpha\n"
+            "three four | beta\n"
+            "five six   |\n");
+}
+
+// ---------------------------------------------------------------- CUDA
+
+TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  Loaded lm;
+  GptNeo gpu = GptNeo::load(eval_ref("model"), Device::CUDA);
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  for (const char* folder : {"sae_story", "sae_topk"}) {
+    SCOPED_TRACE(folder);
+    const SaeAtLayer cpu_sae = load_sae_at_layer(eval_ref(folder), lm.model.config(), -1, Device::CPU);
+    const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref(folder), gpu.config(), -1, Device::CUDA);
+    const EvalResult want = evaluate_sae(lm.model, lm.tokenizer, cpu_sae, fixture_options());
+    const EvalResult got = evaluate_sae(gpu, lm.tokenizer, gpu_sae, fixture_options());
+    for (const auto& [g, w] : {std::pair{got.clean, want.clean}, std::pair{got.spliced, want.spliced},
+                               std::pair{got.zero_ablated, want.zero_ablated}, std::pair{got.mean_ablated, want.mean_ablated}}) {
+      expect_relative(g.ce, w.ce, 1e-5, "CE");
+      if (w.kl > 0) expect_relative(g.kl, w.kl, 1e-4, "KL");
+    }
+    expect_relative(got.fvu, want.fvu, 1e-5, "FVU");
+    EXPECT_EQ(got.density, want.density);
+  }
+  const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref("sae_story"), gpu.config(), -1, Device::CUDA);
+  SteerOptions options;
+  options.feature = e.integer("steer.feature");
+  options.strength = e.scalar("steer.strength");
+  options.generate.greedy = true;
+  options.generate.max_new_tokens = 40;
+  const SteerResult r = steer(gpu, lm.tokenizer, gpu_sae, "Once upon a time, there was a little", options);
+  EXPECT_EQ(r.unsteered, to_ids(e.ints("gen0.greedy")));
+  EXPECT_EQ(r.steered, to_ids(e.ints("gen0.steered")));
+}
