@@ -77,6 +77,8 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   };
   const fs::path run(options.run);
   if (!fs::is_directory(run)) throw DataError(cat(options.run, ": no such run folder"));
+  if (!options.model.empty() && !fs::is_directory(options.model))
+    throw DataError(cat("--model ", options.model, ": no such folder"));
   // The SAE: RUN/sae, or the folder itself.
   const fs::path sae_dir = fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
   const Checkpoint sae = load_checkpoint(sae_dir.string(), Device::CPU, /*with_state=*/false);
@@ -100,7 +102,6 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   std::optional<PromotedTokens> promoted;
   if (!model_dir.empty()) {
     if (!fs::is_directory(model_dir)) {
-      if (!options.model.empty()) throw DataError(cat("--model ", model_dir, ": no such folder"));
       note(cat("the run's model folder ", model_dir, " is gone: tokens are shown as ids, no promoted tokens "
                "(give --model DIR)"));
     } else {

@@ -30,9 +30,9 @@ header .about { font-size: 12px; color: #b0bec5; }
 .feature-row { display: flex; gap: 8px; padding: 2px 8px; cursor: pointer; white-space: nowrap; }
 .feature-row:hover { background: #eef; }
 .feature-row.selected { background: #ffe0b2; }
-.feature-row .idx { width: 56px; font-family: monospace; }
-.feature-row .dens { width: 64px; text-align: right; font-family: monospace; }
-.feature-row .hint { overflow: hidden; text-overflow: ellipsis; color: #555; white-space: pre; }
+.feature-row .idx { flex: none; width: 56px; font-family: monospace; }
+.feature-row .dens { flex: none; width: 64px; text-align: right; font-family: monospace; }
+.feature-row .hint { flex: 1; min-width: 0; overflow: hidden; text-overflow: ellipsis; color: #555; white-space: pre; }
 #panel { flex: 1; overflow-y: auto; padding: 12px 20px; }
 #panel h2 { margin: 0 0 6px 0; font-size: 20px; }
 .facts { font-size: 13px; color: #333; margin-bottom: 8px; }
@@ -47,6 +47,7 @@ header .about { font-size: 12px; color: #b0bec5; }
 table.logits { border-collapse: collapse; font-size: 12px; margin-right: 24px; }
 table.logits td { padding: 1px 6px; font-family: monospace; white-space: pre; }
 .logit-tables { display: flex; }
+.logit-tables > div { margin-right: 40px; }
 svg text { font-size: 10px; fill: #444; }
 .note { color: #777; font-size: 12px; }
 #browser-error { background: #b71c1c; color: #fff; padding: 8px; }
