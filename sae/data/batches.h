@@ -79,6 +79,7 @@ class BatchSource {
   // token ids of `radius` tokens on each side. Off until called: then next() does nothing more.
   void record_origins(int64_t radius) { origins_radius_ = radius; }
   bool recording_origins() const { return origins_radius_ >= 0; }
+  int64_t origins_radius() const { return origins_radius_; }  // -1 while not recording
   const BatchOrigins& origins() const { return origins_; }  // of the batch next() returned last
 
  protected:

@@ -121,7 +121,7 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
   if (!batch.sparse && batch.dense.shape() != Shape{n, features_})
     throw Error(cat("FeatureStats: f should be [", n, ", ", features_, "], got ", batch.dense.describe()));
   if (n >= (int64_t(1) << 30)) throw Error(cat("FeatureStats: a batch of ", n, " rows is too large"));
-  const bool known = origins.rows() == n && origins.radius == options_.context;
+  const bool known = origins.rows() == n && origins.radius >= options_.context;
   Buffers& b = *buffers_;
 
   // Groups: the rows of one story count once; rows of no known story each on their own.
@@ -166,6 +166,9 @@ int32_t FeatureStats::free_slot(int64_t feature) const {
 void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int64_t n, int64_t step) {
   Buffers& b = *buffers_;
   const int64_t k = options_.k, w = width();
+  // Origins recorded with a wider radius (another SAE trained on the same batches wants more): the
+  // middle w of each row's ids.
+  const int64_t origin_width = origins.width(), shift = origins.radius - options_.context;
   const int32_t* count = b.candidates.count.data<int32_t>();
   const float* values = nullptr;
   const int32_t* rows = nullptr;
@@ -210,7 +213,7 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
       step_[p] = step;
       pending_row_[p] = row;
       for (int64_t o = 0; o < w; ++o) {
-        tokens_at_[p * w + o] = known ? origins.context[row * w + o] : -1;
+        tokens_at_[p * w + o] = known ? origins.context[row * origin_width + shift + o] : -1;
         values_at_[p * w + o] = kNaN;
       }
       touched_[i] = 1;

@@ -52,8 +52,9 @@ class FeatureStats {
   FeatureStats(FeatureStats&&) noexcept;
   FeatureStats& operator=(FeatureStats&&) noexcept;
 
-  // Adds one batch: the step's features (float32) and where its rows came from (origins with
-  // another row count or radius count as unknown: no stories, no tokens, no neighbours).
+  // Adds one batch: the step's features (float32) and where its rows came from (origins of a wider
+  // radius give their middle; origins with another row count or a smaller radius count as unknown:
+  // no stories, no tokens, no neighbours).
   void add(const StepFeatures& batch, const BatchOrigins& origins, int64_t step);
 
   int64_t features() const { return features_; }

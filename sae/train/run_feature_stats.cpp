@@ -13,7 +13,8 @@ RunFeatureStats::RunFeatureStats(const TrainConfig& config, Device device, Batch
   if (config.feature_stats_steps <= 0) return;
   const FeatureStatsOptions options{config.feature_stats_k, config.feature_stats_context};
   window_after_ = std::max<int64_t>(0, config.steps - config.feature_stats_steps);
-  batches.record_origins(options.context);
+  // SAEs trained together share the batches: they record the widest context any of them keeps.
+  if (batches.origins_radius() < options.context) batches.record_origins(options.context);
   const fs::path saved = fs::path(resumed_from) / kFeatureStatsFile;
   if (!resumed_from.empty() && resumed_step > window_after_ && fs::exists(saved)) {
     FeatureStats loaded = FeatureStats::load(saved.string(), device);

@@ -235,11 +235,11 @@ TEST(FeatureStats, EqualsBruteForceOnDenseAndSparseFeatures) {
 }
 
 TEST(FeatureStats, UnknownOriginsKeepEveryRowApart) {
-  // Origins that do not describe the batch (another radius): no stories, no tokens, no neighbours.
+  // Origins that do not describe the batch (a smaller radius): no stories, no tokens, no neighbours.
   std::vector<Batch> batches = random_batches(4, 99);
   FeatureStats stats(kFeatures, FeatureStatsOptions{5, kRadius});
   BatchOrigins wrong;
-  wrong.resize(batches[0].f.size(0), kRadius + 1);
+  wrong.resize(batches[0].f.size(0), kRadius - 1);
   for (Batch& b : batches) {
     stats.add(dense_features(b), wrong, b.step);
     b.origins.resize(b.f.size(0), kRadius);  // story -1 everywhere: what the statistics must assume
@@ -258,6 +258,32 @@ TEST(FeatureStats, UnknownOriginsKeepEveryRowApart) {
       EXPECT_TRUE(std::isnan(t.values[0]));
     }
   }
+}
+
+TEST(FeatureStats, WiderOriginsGiveTheirMiddle) {
+  // The same batches with origins of radius kRadius + 3 (the outer ids random): the same statistics.
+  const std::vector<Batch> batches = random_batches(6, 31);
+  FeatureStats plain(kFeatures, FeatureStatsOptions{4, kRadius}), wide(kFeatures, FeatureStatsOptions{4, kRadius});
+  Rng rng(8);
+  for (const Batch& b : batches) {
+    BatchOrigins wider = b.origins;
+    wider.resize(b.f.size(0), kRadius + 3);
+    wider.story = b.origins.story;
+    wider.position = b.origins.position;
+    for (int64_t r = 0; r < b.f.size(0); ++r)
+      for (int64_t k = 0; k < wider.width(); ++k) {
+        const int64_t inner = k - 3;
+        wider.context[r * wider.width() + k] = inner >= 0 && inner < b.origins.width()
+                                                   ? b.origins.context[r * b.origins.width() + inner]
+                                                   : static_cast<int32_t>(rng.below(100));
+      }
+    plain.add(dense_features(b), b.origins, b.step);
+    wide.add(dense_features(b), wider, b.step);
+  }
+  TempDir dir("stats_wide");
+  plain.save(dir.str("plain.safetensors"));
+  wide.save(dir.str("wide.safetensors"));
+  EXPECT_EQ(read_file(dir.str("plain.safetensors")), read_file(dir.str("wide.safetensors")));
 }
 
 TEST(FeatureStats, SavedLoadedAndContinuedIsTheUninterruptedFile) {
