@@ -16,6 +16,7 @@
 #include "sae/step/feature_stats_math.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/cuda/backend.h"
+#include "tests/util/gpu.h"
 #include "tensor/rng.h"
 
 using namespace sae;
@@ -303,7 +304,7 @@ TEST(FeatureStatsKernels, FrontEndNamesTheOpAndTheOperands) {
 }
 
 TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   for (DType dtype : {DType::F32, DType::F64}) {
     const int64_t n = 300, features = 517, k = 5;
     const Tensor f = random_f(n, features, dtype, 41);

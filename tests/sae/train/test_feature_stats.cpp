@@ -24,6 +24,7 @@
 #include "sae/train/feature_stats.h"
 #include "sae/train/trainer.h"
 #include "tensor/cuda/backend.h"
+#include "tests/util/gpu.h"
 #include "tensor/rng.h"
 #include "tests/util/test_util.h"
 
@@ -309,7 +310,7 @@ TEST(FeatureStats, SavedLoadedAndContinuedIsTheUninterruptedFile) {
 }
 
 TEST(FeatureStats, OnCudaTheSameFileAsOnCpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   TempDir dir("stats_cuda");
   const std::vector<Batch> batches = random_batches(10, 77);
   FeatureStats cpu(kFeatures, FeatureStatsOptions{5, kRadius}), gpu(kFeatures, FeatureStatsOptions{5, kRadius}, Device::CUDA);
