@@ -16,6 +16,7 @@ set(rules
   "sae/report:tensor,io,sae/report"
   "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train"
   "sae/study:tensor,io,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
+  "sae/features:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/train,sae/features"
   "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli"
   "sae/eval:tensor,io,lm,sae,sae/data,sae/report,sae/train,sae/eval")
 

@@ -376,6 +376,33 @@ void GptNeo::reserve(int64_t max_tokens) {
 
 int64_t GptNeo::workspace_tokens() const { return workspace_->tokens; }
 
+const Tensor& GptNeo::parameter(const std::string& name) const {
+  if (name == "wte") return wte_;
+  if (name == "wpe") return wpe_;
+  if (name == "ln_f.weight") return ln_f_weight_;
+  if (name == "ln_f.bias") return ln_f_bias_;
+  if (name == "lm_head") return lm_head_;  // [V, d]: the tied wte unless the file has lm_head.weight
+  // "h.{i}.<part>"
+  const size_t dot = name.find('.', 2);
+  if (name.rfind("h.", 0) == 0 && dot != std::string::npos) {
+    const std::string index = name.substr(2, dot - 2), part = name.substr(dot + 1);
+    int64_t i = -1;
+    if (!index.empty() && index.size() < 6 && index.find_first_not_of("0123456789") == std::string::npos)
+      i = std::stoll(index);
+    if (i >= 0 && i < static_cast<int64_t>(blocks_.size())) {
+      const Block& b = blocks_[static_cast<size_t>(i)];
+      const std::pair<const char*, const Tensor*> parts[] = {
+          {"ln_1.weight", &b.ln_1_weight}, {"ln_1.bias", &b.ln_1_bias},        {"qkv", &b.qkv_weight},
+          {"out_proj.weight", &b.out_weight}, {"out_proj.bias", &b.out_bias},  {"ln_2.weight", &b.ln_2_weight},
+          {"ln_2.bias", &b.ln_2_bias},        {"mlp.c_fc.weight", &b.fc_weight}, {"mlp.c_fc.bias", &b.fc_bias},
+          {"mlp.c_proj.weight", &b.proj_weight}, {"mlp.c_proj.bias", &b.proj_bias}};
+      for (const auto& [key, tensor] : parts)
+        if (part == key) return *tensor;
+    }
+  }
+  throw Error(cat("GPT-Neo ", source_, ": no parameter '", printable(name), "'"));
+}
+
 void GptNeo::check_ids(const std::vector<int32_t>& ids, int64_t first_position) const {
   if (ids.empty()) throw DataError(cat("GPT-Neo ", source_, ": empty token sequence"));
   const int64_t end = first_position + static_cast<int64_t>(ids.size());

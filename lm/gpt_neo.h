@@ -130,8 +130,10 @@ class GptNeo {
   void reserve(int64_t max_tokens);
   int64_t workspace_tokens() const;  // the length the workspace holds now
 
-  // The model's own tensors, for tests and benchmarks: "wte", "wpe", "ln_f.weight", "lm_head", and
-  // per block "h.{i}.qkv" ([3d, d]: q, k, v weights stacked), "h.{i}.out_proj.weight", ...
+  // The model's own tensors, for tests, benchmarks and the feature browser: "wte", "wpe", "ln_f.weight",
+  // "ln_f.bias", "lm_head" ([V, d]), and per block "h.{i}.qkv" ([3d, d]: q, k, v weights stacked),
+  // "h.{i}.ln_1.weight", ".ln_1.bias", ".out_proj.weight", ".out_proj.bias", ".ln_2.weight", ".ln_2.bias",
+  // ".mlp.c_fc.weight", ".mlp.c_fc.bias", ".mlp.c_proj.weight", ".mlp.c_proj.bias". Error for other names.
   const Tensor& parameter(const std::string& name) const;
 
  private:

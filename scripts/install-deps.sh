@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build, tests, benchmarks and figures need, when missing.
+# Installs the Debian packages the build, tests, benchmarks, figures and the browser test need, when
+# missing.
 # Fast no-op when everything is present; `make`, `make test` and .ci/run call it.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ packages=(
   libgtest-dev             # tests
   libbenchmark-dev         # benchmarks
   gnuplot-nox              # PNG figures of the experiment drivers
+  chromium                 # headless browser: the feature browser's page is rendered in a test
 )
 
 missing=()

@@ -2,6 +2,7 @@
 #include "sae/data/activation_cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -202,6 +203,8 @@ CacheSource::CacheSource(const std::string& dir) : dir_(dir), manifest_(read_cac
     }
     if (sum != s.tokens) throw DataError(cat(path, ": story_lengths sum to ", sum, ", not ", s.tokens));
     shard_offsets_.push_back(shard_offsets_.back() + s.tokens);
+    has_token_ids_ = has_token_ids_ && file.has("token_ids") && file.entry("token_ids").dtype == "I32" &&
+                     file.entry("token_ids").numel() == s.tokens;
     shards_.push_back(std::move(file));
   }
 }
@@ -219,6 +222,16 @@ void CacheSource::read_tokens(int64_t begin, int64_t count, float* out) {
     begin += rows;
     count -= rows;
   }
+}
+
+int32_t CacheSource::token_id(int64_t token) const {
+  if (!has_token_ids_ || token < 0 || token >= num_tokens()) return -1;
+  const size_t shard = static_cast<size_t>(std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), token) -
+                                           shard_offsets_.begin() - 1);
+  int32_t id;
+  std::memcpy(&id, static_cast<const char*>(shards_[shard].entry("token_ids").data) + 4 * (token - shard_offsets_[shard]),
+              4);
+  return id >= 0 ? id : -1;
 }
 
 void CacheSource::expect_random_access(bool random) {

@@ -88,6 +88,8 @@ class CacheSource : public ActivationSource {
   Json describe() const override;
   std::string name() const override { return dir_; }
   void expect_random_access(bool random) override;
+  bool has_token_ids() const override { return has_token_ids_; }
+  int32_t token_id(int64_t token) const override;
   const CacheManifest& manifest() const { return manifest_; }
 
  private:
@@ -96,6 +98,7 @@ class CacheSource : public ActivationSource {
   std::vector<SafetensorsFile> shards_;
   std::vector<int64_t> shard_offsets_;  // first token of each shard, then the total
   std::vector<int64_t> story_offsets_;  // first token of each story, then the total
+  bool has_token_ids_ = true;           // every shard has token_ids I32 [its tokens]
 };
 
 }  // namespace sae

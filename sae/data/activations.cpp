@@ -2,7 +2,9 @@
 #include "sae/data/activations.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <optional>
 
 #include "sae/data/activation_cache.h"
@@ -20,6 +22,19 @@ int64_t ActivationSource::longest_story() const {
   int64_t longest = 0;
   for (int64_t s = 0; s < num_stories(); ++s) longest = std::max(longest, story_length(s));
   return longest;
+}
+
+int64_t ActivationSource::story_containing(int64_t token) const {
+  int64_t lo = 0, hi = num_stories();  // the last story that begins at or before `token`
+  if (hi == 0) return -1;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (story_begin(mid) <= token)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
 }
 
 namespace {
@@ -54,6 +69,7 @@ class FileSource : public ActivationSource {
         const SafetensorsEntry& ids = st_->entry("token_ids");
         if (ids.numel() != tokens_)
           throw DataError(cat(path, ": 'token_ids' has ", ids.numel(), " entries for ", tokens_, " tokens"));
+        if (ids.dtype == "I32" || ids.dtype == "I64") token_ids_ = &ids;  // other dtypes: not shown
       }
     }
     if (tokens_ <= 0 || d_ <= 0) throw DataError(cat(path, ": empty activations [", tokens_, ", ", d_, "]"));
@@ -76,6 +92,19 @@ class FileSource : public ActivationSource {
   }
 
   std::string name() const override { return path_; }
+  bool has_token_ids() const override { return token_ids_ != nullptr; }
+  int32_t token_id(int64_t token) const override {
+    if (!token_ids_ || token < 0 || token >= tokens_) return -1;
+    int64_t id = -1;
+    if (token_ids_->dtype == "I32") {
+      int32_t v;
+      std::memcpy(&v, static_cast<const char*>(token_ids_->data) + 4 * token, 4);
+      id = v;
+    } else {
+      std::memcpy(&id, static_cast<const char*>(token_ids_->data) + 8 * token, 8);
+    }
+    return id >= 0 && id <= INT32_MAX ? static_cast<int32_t>(id) : -1;  // anything else: no id
+  }
   void expect_random_access(bool random) override {
     (npy_ ? npy_->mapping() : st_->mapping()).advise_random(random);
   }
@@ -134,6 +163,7 @@ class FileSource : public ActivationSource {
   std::optional<NpyFile> npy_;
   int64_t tokens_ = 0, d_ = 0;
   std::vector<int64_t> story_offsets_;
+  const SafetensorsEntry* token_ids_ = nullptr;  // into st_ (I32 or I64)
 };
 
 }  // namespace

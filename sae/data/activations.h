@@ -33,6 +33,12 @@ class ActivationSource {
   // file stops reading ahead around every row it touches while random is set.
   virtual void expect_random_access(bool random) {}
   int64_t longest_story() const;
+  // Token ids, for showing what a feature fires on (feature statistics): activation files and caches
+  // that store token_ids have them; -1 for a token without one.
+  virtual bool has_token_ids() const { return false; }
+  virtual int32_t token_id(int64_t token) const { return -1; }
+  // The story holding `token` (binary search over story_begin), or -1 for a source without stories.
+  int64_t story_containing(int64_t token) const;
 };
 
 // Opens --data: "synthetic" (with the generator options in `synthetic`), a .safetensors / .npy

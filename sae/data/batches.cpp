@@ -118,11 +118,18 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
   }
 }
 
+void BatchOrigins::resize(int64_t rows, int64_t new_radius) {
+  radius = new_radius;
+  story.assign(static_cast<size_t>(rows), -1);
+  position.assign(static_cast<size_t>(rows), -1);
+  context.assign(static_cast<size_t>(rows * width()), -1);
+}
+
 int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
   const int64_t d = source_.d();
-  int64_t n, first_token = 0;
+  int64_t n, first_token = 0, story = -1;
   if (batch_tokens_ == 0) {
-    const int64_t story = next_story_;
+    story = next_story_;
     n = source_.story_length(story);
     first_token = source_.story_begin(story);
     source_.read_tokens(first_token, n, raw);
@@ -142,7 +149,26 @@ int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
   }
   auto token_of_row = [&](int64_t row) { return batch_tokens_ == 0 ? first_token + row : token_list_[row]; };
   stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, token_of_row, source_.name());
+  if (recording_origins()) record_batch_origins(n, story, first_token);
   return n;
+}
+
+void Batcher::record_batch_origins(int64_t n, int64_t story, int64_t first_token) {
+  origins_.resize(n, origins_radius_);
+  origins_.has_token_ids = source_.has_token_ids();
+  const int64_t radius = origins_.radius, width = origins_.width();
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t token = story >= 0 ? first_token + r : token_list_[r];
+    const int64_t s = story >= 0 ? story : source_.story_containing(token);
+    // The tokens of its story (of the whole source when there are no stories).
+    const int64_t begin = s >= 0 ? source_.story_begin(s) : 0;
+    const int64_t end = s >= 0 ? begin + source_.story_length(s) : source_.num_tokens();
+    origins_.story[r] = s;
+    origins_.position[r] = token - begin;
+    for (int64_t o = -radius; o <= radius; ++o)
+      if (token + o >= begin && token + o < end)
+        origins_.context[r * width + o + radius] = origins_.has_token_ids ? source_.token_id(token + o) : -2;
+  }
 }
 
 Json Batcher::state() const {

@@ -43,6 +43,23 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
                            double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
                            const std::string& source_name);
 
+// Where the rows of a batch came from, for feature statistics (sae/train/feature_stats.h): row r is
+// the token at position[r] of story story[r] (stories counted from 0 in the source's order: the story
+// index of an activation file, a cache or a corpus); story -1 means the data has no stories, and
+// position is then the token's index in the source. context holds, per row, the token ids at
+// positions position - radius .. position + radius of its story, [rows, 2 radius + 1]: -1 where
+// the story has no token there (or where it is not known), -2 for a token whose id is not known (the
+// data has no token ids).
+struct BatchOrigins {
+  int64_t radius = 0;
+  bool has_token_ids = false;
+  std::vector<int64_t> story, position;  // [rows]
+  std::vector<int32_t> context;          // [rows, 2 radius + 1]
+  int64_t rows() const { return static_cast<int64_t>(story.size()); }
+  int64_t width() const { return 2 * radius + 1; }
+  void resize(int64_t rows, int64_t radius);  // context filled with -1
+};
+
 // Where training batches come from: activation files or synthetic data (Batcher, below), or text
 // run through a language model (TextBatcher, text_batches.h). The trainer and the prefetcher see
 // only this.
@@ -57,6 +74,17 @@ class BatchSource {
   // Position in the data, for exact resume.
   virtual Json state() const = 0;
   virtual void restore(const Json& state) = 0;
+
+  // From now on next() also records where each row of its batch came from (origins()), with the
+  // token ids of `radius` tokens on each side. Off until called: then next() does nothing more.
+  void record_origins(int64_t radius) { origins_radius_ = radius; }
+  bool recording_origins() const { return origins_radius_ >= 0; }
+  int64_t origins_radius() const { return origins_radius_; }  // -1 while not recording
+  const BatchOrigins& origins() const { return origins_; }  // of the batch next() returned last
+
+ protected:
+  int64_t origins_radius_ = -1;
+  BatchOrigins origins_;
 };
 
 class Batcher : public BatchSource {
@@ -79,6 +107,9 @@ class Batcher : public BatchSource {
   int64_t next_story_ = 0;                   // story mode
   int64_t epoch_ = 0, cursor_ = 0;           // token mode
   std::vector<int64_t> token_list_;
+  // Feature statistics: fills origins_ for a batch of n rows, the tokens [first_token, first_token + n)
+  // of `story` (story mode) or token_list_ (token mode, story < 0).
+  void record_batch_origins(int64_t n, int64_t story, int64_t first_token);
 };
 
 // Estimates the dataset scale s with mean ||s x||^2 = D over a sample of up to `sample_tokens`

@@ -42,6 +42,7 @@ BatchPrefetcher::~BatchPrefetcher() {
 void BatchPrefetcher::prepare(PreparedBatch& slot) {
   slot.tokens = batcher_.next(slot.raw.data<float>(), slot.normalized.data<float>(), slot.stats);
   slot.position = batcher_.state();
+  if (batcher_.recording_origins()) slot.origins = batcher_.origins();
 }
 
 void BatchPrefetcher::worker_loop() {

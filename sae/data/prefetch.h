@@ -23,6 +23,7 @@ struct PreparedBatch {
   int64_t tokens = 0;
   BatchStats stats;
   Json position;  // Batcher::state() after this batch
+  BatchOrigins origins;  // where its rows came from, when the source records them (record_origins)
 };
 
 class BatchPrefetcher {

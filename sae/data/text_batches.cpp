@@ -51,6 +51,7 @@ void TextBatcher::seek_piece(const PiecePosition& position) {
     if (!reader_.next(story)) throw DataError(cat(reader_.path(), ": resume: the text ends before the saved position"));
     story_ids_ = tokenizer_.encode(story.text, story.where);
     story_where_ = story.where;
+    story_index_ = story.index;
   }
 }
 
@@ -68,6 +69,7 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
       }
       story_ids_ = tokenizer_.encode(story.text, story.where);  // empty token lists are skipped
       story_where_ = story.where;
+      story_index_ = story.index;
     }
     at_.piece = 0;
     if (static_cast<int64_t>(story_ids_.size()) > positions && !options_.split_long_stories)
@@ -82,6 +84,9 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
   out.resize(static_cast<size_t>(t * d));
   std::memcpy(out.data(), hidden.data<float>(), sizeof(float) * t * d);
   ++at_.piece;
+  piece_story_ = story_index_;
+  piece_begin_ = begin;
+  if (recording_origins()) piece_story_ids_ = story_ids_;
   if (end == static_cast<int64_t>(story_ids_.size())) {  // the story is done: the next piece is the next story's
     story_ids_.clear();
     at_.story = reader_.position();
@@ -94,9 +99,18 @@ void TextBatcher::fill_chunk() {
   chunk_start_ = at_;
   ++chunk_index_;
   chunk_.clear();
+  chunk_story_.clear();
+  chunk_position_.clear();
+  chunk_ids_.clear();
   while (static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d()) {
-    next_piece(piece_);
+    const int64_t t = next_piece(piece_);
     chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
+    if (!recording_origins()) continue;
+    for (int64_t r = 0; r < t; ++r) {
+      chunk_story_.push_back(piece_story_);
+      chunk_position_.push_back(piece_begin_ + r);
+      chunk_ids_.push_back(piece_story_ids_[static_cast<size_t>(piece_begin_ + r)]);
+    }
   }
   order_.emplace(static_cast<uint64_t>(chunk_.size()) / static_cast<uint64_t>(d()),
                  seed_ + 0x1000 * static_cast<uint64_t>(chunk_index_));
@@ -111,17 +125,52 @@ int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
     std::memcpy(raw, piece_.data(), sizeof(float) * n * d);
     stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_,
                             [&](int64_t row) { return first_token + row; }, story_where_);
+    if (recording_origins()) record_story_origins(n);
     return n;
   }
   const int64_t n = batch_tokens_;
+  if (recording_origins()) origins_.resize(n, origins_radius_);
   for (int64_t i = 0; i < n; ++i) {
     if (chunk_index_ < 0 || cursor_ == static_cast<int64_t>(chunk_.size()) / d) fill_chunk();
     const int64_t token = static_cast<int64_t>((*order_)(static_cast<uint64_t>(cursor_++)));
     std::memcpy(raw + i * d, chunk_.data() + token * d, sizeof(float) * d);
+    if (recording_origins()) record_chunk_origin(i, token);
   }
   stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, [&](int64_t row) { return row; },
                           cat(reader_.path(), " chunk ", chunk_index_, " (row of the batch)"));
   return n;
+}
+
+void TextBatcher::record_story_origins(int64_t n) {
+  origins_.resize(n, origins_radius_);
+  origins_.has_token_ids = true;
+  const int64_t radius = origins_.radius, width = origins_.width();
+  const int64_t length = static_cast<int64_t>(piece_story_ids_.size());
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t position = piece_begin_ + r;
+    origins_.story[r] = piece_story_;
+    origins_.position[r] = position;
+    for (int64_t o = -radius; o <= radius; ++o)
+      if (position + o >= 0 && position + o < length)
+        origins_.context[r * width + o + radius] = piece_story_ids_[static_cast<size_t>(position + o)];
+  }
+}
+
+// Neighbours come from the chunk, where a story's tokens lie in order; those of a story that began in
+// the chunk before stay -1.
+void TextBatcher::record_chunk_origin(int64_t row, int64_t chunk_token) {
+  origins_.has_token_ids = true;
+  const int64_t tokens = static_cast<int64_t>(chunk_story_.size());
+  if (chunk_token >= tokens) return;  // a chunk filled while origins were not recorded
+  const int64_t radius = origins_.radius, width = origins_.width();
+  const int64_t story = chunk_story_[chunk_token], position = chunk_position_[chunk_token];
+  origins_.story[row] = story;
+  origins_.position[row] = position;
+  for (int64_t o = -radius; o <= radius; ++o) {
+    const int64_t t = chunk_token + o;
+    if (t >= 0 && t < tokens && chunk_story_[t] == story && chunk_position_[t] == position + o)
+      origins_.context[row * width + o + radius] = chunk_ids_[t];
+  }
 }
 
 Json TextBatcher::state() const {

@@ -79,6 +79,14 @@ class TextBatcher : public BatchSource {
   std::vector<float> chunk_;  // [chunk tokens, D]
   std::optional<RandomPermutation> order_;  // the chunk's serving order
   std::vector<float> piece_;  // scratch [T, D]
+  // Feature statistics (BatchSource::record_origins): the story of story_ids_, and of the piece
+  // next_piece served last its story, first position and (when recording) its story's token ids.
+  int64_t story_index_ = -1, piece_story_ = -1, piece_begin_ = 0;
+  std::vector<int32_t> piece_story_ids_;
+  std::vector<int64_t> chunk_story_, chunk_position_;  // token mode, per token of chunk_
+  std::vector<int32_t> chunk_ids_;
+  void record_story_origins(int64_t n);                            // story mode: the piece just served
+  void record_chunk_origin(int64_t row, int64_t chunk_token);      // token mode: one row
 };
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each

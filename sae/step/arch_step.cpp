@@ -96,6 +96,17 @@ SparseFeatures ArchStep::lists(int64_t row0, int64_t rows) const {
   return s;
 }
 
+StepFeatures ArchStep::step_features() const {
+  StepFeatures out;
+  out.tokens = tokens_;
+  out.sparse = sparse_;
+  if (sparse_)
+    out.lists = lists_;  // by feature: rows >= tokens_ are AuxK's when aux_rows_
+  else
+    out.dense = f_.slice_rows(0, tokens_);
+  return out;
+}
+
 JumpReluConstants ArchStep::jumprelu_constants(double lambda) const {
   JumpReluConstants c;
   c.tanh = options_.jumprelu_penalty == JumpReluPenalty::Tanh;

@@ -55,6 +55,7 @@ class ArchStep {
   Tensor aux_activations() const;
   Tensor reconstruction() const { return x_hat_.slice_rows(0, tokens_); }
   const Tensor& feature_counts() const { return col_count_; }  // tokens each latent fired on [F]
+  StepFeatures step_features() const;  // topk, batchtopk: the by-feature lists; others: f [N, F]
   const std::vector<uint8_t>& dead_mask() const { return dead_; }  // AuxK's mask of the last call
   // AuxK's clock: tokens since each latent last fired (a resumed run sets it from its checkpoint).
   std::vector<int64_t>& tokens_since_fired() { return tokens_since_fired_; }

@@ -2,7 +2,8 @@
 // path's entry lists, decoder product and backward kernels with Adam fused in. Plain loops, OpenMP
 // across cores; every sum is taken by one thread in an order fixed by the data alone, so results
 // do not depend on the number of threads. Inputs were validated by the front-end (sae_ops.cpp).
-// The other architectures' kernels live in cpu_arch_kernels.cpp; the table below lists them all.
+// The other architectures' kernels live in cpu_arch_kernels.cpp, the feature statistics' in
+// cpu_stats_kernels.cpp; the table below lists them all.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -15,6 +16,7 @@
 #include "sae/step/arch_kernels.h"
 #include "sae/step/arch_math.h"
 #include "sae/step/sae_kernels.h"
+#include "sae/step/stats_kernels.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
 

@@ -15,6 +15,7 @@
 #include "sae/step/arch_kernels.h"
 #include "sae/step/cuda_block.cuh"
 #include "sae/step/sae_kernels.h"
+#include "sae/step/stats_kernels.h"
 #include "tensor/cuda/common.cuh"
 #include "tensor/dispatch.h"
 

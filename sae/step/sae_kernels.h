@@ -6,7 +6,9 @@
 //
 // Letters: N tokens, D input width, F features; "entries" are the (token, feature) pairs where f > 0.
 // The entries after "the other architectures" serve sae/arch.h's TopK, BatchTopK, JumpReLU and Gated
-// SAEs (arch_step.h); their reference is sae/arch_model.h.
+// SAEs (arch_step.h); their reference is sae/arch_model.h. The "feature statistics" entries serve
+// sae/train/feature_stats.h (what each feature fires on, gathered while training); their reference is
+// a brute-force pass in the tests.
 #pragma once
 #include <type_traits>
 
@@ -35,6 +37,14 @@ struct ParamUpdate {
 struct SparseFeatures {
   Tensor col_ptr, rows, vals;      // [F+1], [capacity], [capacity]
   Tensor row_ptr, cols, row_vals;  // [N+1], [capacity], [capacity]
+};
+
+// Feature statistics (sae/train/feature_stats.h): per feature, the largest activations of one batch
+// that beat the feature's threshold, at most one per group of rows, in decreasing order (ties: lower
+// row first): values[i, 0 .. count[i]), with their rows and groups.
+struct FeatureCandidates {
+  Tensor values, rows, groups;  // [F, K]: the activation's dtype, i32, i32
+  Tensor count;                 // [F] i32
 };
 
 // JumpReLU's per-run constants (sae/arch.h) with the step's sparsity coefficient lambda.
@@ -118,7 +128,22 @@ struct JumpReluConstants {
      g_gate, grad_b_mag = sum_t g_mag, grad_r_mag = exp(r_mag) sum_t g_mag Q */                          \
   X(gated_backward, void(Tensor & grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate, \
                          const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda,     \
-                         Tensor& grad_b_gate, Tensor& grad_b_mag, Tensor& grad_r_mag))
+                         Tensor& grad_b_gate, Tensor& grad_b_mag, Tensor& grad_r_mag))                   \
+  /* ---- feature statistics (sae/train/feature_stats.h; formulas in feature_stats_math.h). threshold  \
+     [F] and group [N] (i32) are per feature and per row; a value v of feature i is a candidate when  \
+     v > 0 and v > threshold[i]; out gets each feature's candidates (offer_candidate, in row order)    \
+     and histogram [F, kHistogramBins] (f64) += 1 in histogram_bin(v) for every v > 0. ---- */        \
+  /* from f [N,F] */                                                                                 \
+  X(feature_stats_scan, void(FeatureCandidates & out, Tensor & histogram, const Tensor& f,              \
+                             const Tensor& threshold, const Tensor& group))                             \
+  /* from the by-feature lists of s, entries of rows < N only (AuxK's rows N.. are not features) */     \
+  X(feature_stats_scan_sparse, void(FeatureCandidates & out, Tensor & histogram, const SparseFeatures& s, \
+                                    int64_t rows, const Tensor& threshold, const Tensor& group))          \
+  /* out[m] = f[rows[m], features[m]] (rows, features [M] i32; NaN for an index out of range) */        \
+  X(feature_values_at, void(Tensor & out, const Tensor& f, const Tensor& rows, const Tensor& features))   \
+  /* the same from the by-feature lists (0 where the entry is absent: f was 0 there) */                 \
+  X(feature_values_at_sparse, void(Tensor & out, const SparseFeatures& s, int64_t rows_limit,            \
+                                   const Tensor& rows, const Tensor& features))
 
 struct SaeKernelTable {
 #define SAE_STEP_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;

@@ -37,4 +37,16 @@ void gated_backward_(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, c
                      const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda, Tensor& grad_b_gate,
                      Tensor& grad_b_mag, Tensor& grad_r_mag);
 
+// Feature statistics (sae/train/feature_stats.h); defined in stats_ops.cpp. out's tensors are
+// [F, K] (values in f's dtype, rows and groups i32) and count [F] i32; histogram [F, kHistogramBins]
+// f64; threshold [F] in f's dtype; group [N] i32; all on one device.
+void feature_stats_scan_(FeatureCandidates& out, Tensor& histogram, const Tensor& f, const Tensor& threshold,
+                         const Tensor& group);
+// `rows` = N: the by-feature lists' entries of rows >= N are skipped (AuxK's).
+void feature_stats_scan_sparse_(FeatureCandidates& out, Tensor& histogram, const SparseFeatures& s, int64_t rows,
+                                const Tensor& threshold, const Tensor& group);
+void feature_values_at_(Tensor& out, const Tensor& f, const Tensor& rows, const Tensor& features);
+void feature_values_at_sparse_(Tensor& out, const SparseFeatures& s, int64_t rows_limit, const Tensor& rows,
+                               const Tensor& features);
+
 }  // namespace sae

@@ -62,6 +62,17 @@ SaeStep::~SaeStep() = default;
 Tensor SaeStep::features() const { return arch_ ? arch_->features() : f_.slice_rows(0, tokens_); }
 Tensor SaeStep::reconstruction() const { return arch_ ? arch_->reconstruction() : x_hat_.slice_rows(0, tokens_); }
 const Tensor& SaeStep::feature_counts() const { return arch_ ? arch_->feature_counts() : col_count_; }
+StepFeatures SaeStep::step_features() const {
+  if (arch_) return arch_->step_features();
+  StepFeatures out;
+  out.tokens = tokens_;
+  out.sparse = sparse_;
+  if (sparse_)
+    out.lists = lists_for_batch();
+  else
+    out.dense = features();
+  return out;
+}
 std::vector<int64_t>& SaeStep::tokens_since_fired() { return arch_ ? arch_->tokens_since_fired() : no_clock_; }
 
 SparseFeatures SaeStep::lists_for_batch() const {

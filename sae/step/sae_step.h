@@ -50,6 +50,16 @@ struct StepSums {
   bool sparse = false; // this step took the sparse path
 };
 
+// The features of a step's batch as the step holds them, for statistics (sae/train/feature_stats.h):
+// on the sparse path the by-feature entry lists (col_ptr, rows, vals; entries of rows >= tokens are
+// AuxK's, not features), otherwise f [N, F]. Views of the step's buffers: valid until its next call.
+struct StepFeatures {
+  int64_t tokens = 0;
+  bool sparse = false;
+  Tensor dense;          // f [N, F], when !sparse
+  SparseFeatures lists;  // when sparse
+};
+
 // --sparse: off = the dense GEMMs always; on = the sparse path always; auto = per step, the sparse
 // path when this batch's density (active / (N * F), known right after the encoder) is at most
 // SaeStep::auto_max_density(), so a dense model runs the dense path as before.
@@ -79,6 +89,7 @@ class SaeStep {
   Tensor features() const;        // f [N, F]
   Tensor reconstruction() const;  // x_hat [N, D]
   const Tensor& feature_counts() const;  // tokens each feature fired on [F]
+  StepFeatures step_features() const;    // f as the last call left it (dense or entry lists)
   // The other architectures' step (null for the standard SAE), and AuxK's clock (tokens since each
   // latent last fired: a resumed run sets it; empty for architectures without AuxK).
   ArchStep* arch_step() { return arch_.get(); }

@@ -124,7 +124,8 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   return cfg;
 }
 
-void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state) {
+void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state,
+                     const std::function<void(const std::string& folder)>& write_more) {
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
   const std::string pid = std::to_string(::getpid());
@@ -155,6 +156,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
       if (!state->l0_controller.is_null()) info["l0_controller"] = state->l0_controller;
       write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
+    if (write_more) write_more(temp.string());
     sync_directory(temp.string());
     swap_into_place(temp, target, old);
     sync_directory(parent.string());

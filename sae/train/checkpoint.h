@@ -8,6 +8,7 @@
 // DIR.old-<pid> first). A run killed at any moment leaves a complete DIR, or, in the second case, two
 // complete copies under the temporary names, which recover_interrupted_saves() puts back.
 #pragma once
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -31,8 +32,10 @@ struct TrainingState {
 // cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".
 Json saelens_config(const SaeParams& params, const Json& extra);
 
-// Writes DIR (see the top of this file); the parameters may live on any device.
-void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state);
+// Writes DIR (see the top of this file); the parameters may live on any device. write_more (when set)
+// writes further files into the folder being built (its path is given), before it is swapped in.
+void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state,
+                     const std::function<void(const std::string& folder)>& write_more = {});
 
 struct Checkpoint {
   SaeParams params;

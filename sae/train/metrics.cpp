@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "tensor/ops.h"
 
@@ -54,13 +55,16 @@ std::vector<bool> DeadFeatureTracker::alive(int64_t tokens_seen) const {
   return out;
 }
 
-ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
-                                 double threshold) {
+namespace {
+// The cosines of every concept with every decoder row, a block of concepts at a time:
+// visit(first concept, rows, cos [rows, F]). Zero decoder rows have cosine 0 with everything.
+void for_each_cosine_block(const Tensor& concepts, const Tensor& decoder, const char* who,
+                           const std::function<void(int64_t, int64_t, const float*)>& visit) {
   const Tensor c = concepts.to(Device::CPU).to(DType::F32);
   Tensor dec = decoder.to(Device::CPU).to(DType::F32).clone();
   const int64_t n_concepts = c.size(0), n_features = dec.size(0), d = dec.size(1);
   if (c.size(1) != d)
-    throw Error(cat("concept_recovery: concepts ", c.describe(), " and decoder ", dec.describe(), " differ in width"));
+    throw Error(cat(who, ": concepts ", c.describe(), " and decoder ", dec.describe(), " differ in width"));
   // Unit decoder rows (zero rows stay zero and match nothing).
   float* rows = dec.data<float>();
   for (int64_t i = 0; i < n_features; ++i) {
@@ -69,19 +73,41 @@ ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, 
     const float inv = sq > 0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
     for (int64_t j = 0; j < d; ++j) rows[i * d + j] *= inv;
   }
-  std::vector<float> best_for_concept(n_concepts, -1.0f), best_for_feature(n_features, -1.0f);
   const int64_t block = 512;
   for (int64_t c0 = 0; c0 < n_concepts; c0 += block) {
-    const int64_t rows = std::min(block, n_concepts - c0);
-    Tensor cos = matmul(c.slice_rows(c0, c0 + rows), dec, false, true);  // [rows, F]
-    const float* p = cos.data<float>();
+    const int64_t count = std::min(block, n_concepts - c0);
+    Tensor cos = matmul(c.slice_rows(c0, c0 + count), dec, false, true);  // [count, F]
+    visit(c0, count, cos.data<float>());
+  }
+}
+}  // namespace
+
+std::vector<ConceptMatch> best_concept_per_feature(const Tensor& concepts, const Tensor& decoder) {
+  const int64_t n_features = decoder.size(0);
+  std::vector<ConceptMatch> best(static_cast<size_t>(n_features));
+  for_each_cosine_block(concepts, decoder, "best_concept_per_feature", [&](int64_t c0, int64_t rows, const float* p) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < n_features; ++i)
+        if (best[i].index < 0 || p[r * n_features + i] > best[i].cosine) {
+          best[i].index = c0 + r;
+          best[i].cosine = p[r * n_features + i];
+        }
+  });
+  return best;
+}
+
+ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
+                                 double threshold) {
+  const int64_t n_concepts = concepts.size(0), n_features = decoder.size(0);
+  std::vector<float> best_for_concept(n_concepts, -1.0f), best_for_feature(n_features, -1.0f);
+  for_each_cosine_block(concepts, decoder, "concept_recovery", [&](int64_t c0, int64_t rows, const float* p) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < n_features; ++i) {
         const float v = p[r * n_features + i];
         best_for_concept[c0 + r] = std::max(best_for_concept[c0 + r], v);
         best_for_feature[i] = std::max(best_for_feature[i], v);
       }
-  }
+  });
   ConceptRecovery out;
   out.concepts = n_concepts;
   double sum = 0;

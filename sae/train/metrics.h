@@ -45,4 +45,12 @@ struct ConceptRecovery {
 ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
                                  double threshold = 0.9);
 
+// For each decoder row, the concept with the largest cosine (the matching concept_recovery counts):
+// its index and the cosine. A zero row matches concept 0 at cosine 0.
+struct ConceptMatch {
+  int64_t index = -1;  // the concept
+  double cosine = -1;
+};
+std::vector<ConceptMatch> best_concept_per_feature(const Tensor& concepts, const Tensor& decoder);
+
 }  // namespace sae

@@ -157,6 +157,7 @@ std::vector<TrainOption> make_table() {
   const char* synthetic = "Synthetic data (--data synthetic)";
   const char* target = "L0 set point (docs/architectures.md §2.9)";
   const char* text_group = "Text through a language model (--model, --text)";
+  const char* stats_group = "Feature statistics (what each feature fires on; sae_browser shows them)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
   return {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
@@ -258,6 +259,13 @@ std::vector<TrainOption> make_table() {
           "target_l0_ema", FIELD(target_l0_ema), number(), "0.01"),
       row("target-l0-max-change", target, "largest change of log lambda in one step", defines,
           "target_l0_max_change", FIELD(target_l0_max_change), number(), "0.01"),
+      row("feature-stats-steps", stats_group, "gather what each feature fires on over the last N steps (0: "
+          "not at all): counts, histograms, top activations with context, in sae/feature_stats.safetensors",
+          defines, "feature_stats_steps", FIELD(feature_stats_steps), integer(), "1000"),
+      row("feature-stats-k", stats_group, "top activations kept per feature (one per story)", defines,
+          "feature_stats_k", FIELD(feature_stats_k), integer(), "10"),
+      row("feature-stats-context", stats_group, "tokens kept on either side of each top activation", defines,
+          "feature_stats_context", FIELD(feature_stats_context), integer(), "8"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),

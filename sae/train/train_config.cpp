@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
 namespace sae {
@@ -53,6 +54,9 @@ void TrainConfig::validate() const {
     require(std::isfinite(target_l0_max_change) && target_l0_max_change > 0,
             cat("--target-l0-max-change must be > 0, got ", target_l0_max_change));
   }
+  require(feature_stats_steps >= 0, cat("--feature-stats-steps must be >= 0 (0: no statistics), got ",
+                                         feature_stats_steps));
+  check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
   validate_architecture_options(*this);
 }

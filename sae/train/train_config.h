@@ -82,6 +82,13 @@ struct TrainConfig {
 
   int64_t threads = 0;               // CPU threads; 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
 
+  // Feature statistics (sae/train/feature_stats.h), gathered over the last feature_stats_steps steps
+  // (0: none): per feature its firing count, histogram and top feature_stats_k activations, each with
+  // feature_stats_context tokens on either side.
+  int64_t feature_stats_steps = 1000;
+  int64_t feature_stats_k = 10;
+  int64_t feature_stats_context = 8;
+
   // Not options: the names of the options the user set (command line or profile), so --resume can
   // refuse one that contradicts the run, and --init one that contradicts the checkpoint.
   std::vector<std::string> given;

@@ -15,6 +15,7 @@
 #include "sae/train/checkpoint.h"
 #include "sae/train/l0_controller.h"
 #include "sae/train/options.h"
+#include "sae/train/run_feature_stats.h"
 #include "sae/train/run_start.h"
 #include "sae/train/training_data.h"
 #include "tensor/cuda/backend.h"
@@ -148,6 +149,7 @@ struct Member {
   std::optional<RunState> state;  // set once the data is open
   std::unique_ptr<SaeStep> step;
   std::unique_ptr<RunLog> log;
+  std::unique_ptr<RunFeatureStats> feature_stats;  // what its features fire on (--feature-stats-*)
   TrainResult result;
   std::string name;  // its folder's name, shown in messages when several SAEs train together
   const TrainConfig& config() const { return start.config; }
@@ -203,6 +205,10 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
     throw UsageError(cat("the longest story has ", max_tokens, " tokens; story batches above 65536 tokens are not "
                          "supported: use --batch N"));
   const SyntheticSource* synthetic = data.synthetic;
+  // Before any batch is drawn (the geometric median's, a restore): the batches record their origins.
+  for (Member& m : members)
+    m.feature_stats = std::make_unique<RunFeatureStats>(m.config(), device, batcher, m.start.resumed_from,
+                                                        m.start.state ? m.start.state->step : 0, data.description);
 
   for (Member& m : members) {
     const TrainConfig& config = m.config();
@@ -262,7 +268,8 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
   };
   auto save = [&](Member& m, const std::string& dir) {
     const TrainingState st = m.run().saved();
-    save_checkpoint(dir, m.run().params, run_description(m.config(), data.description, m.run()), &st);
+    save_checkpoint(dir, m.run().params, run_description(m.config(), data.description, m.run()), &st,
+                    [&](const std::string& folder) { m.feature_stats->write(folder); });
   };
 
   // ---- buffers, allocated once ----
@@ -312,6 +319,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
         fired = counts_host[i].data<float>();
       }
       run.dead.update(fired, run.tokens);
+      m.feature_stats->add(*m.step, batch, run.step);
 
       if (run.step % config.log_every == 0 || run.step == steps) {
         Tensor x_hat = m.step->reconstruction();

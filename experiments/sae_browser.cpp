@@ -1,0 +1,47 @@
+// sae_browser: one self-contained HTML page to browse what a run's features mean (docs/contract.md §5,
+// sae/features/browser.h). Thin: options -> browser_data -> browser_html -> the file.
+//   sae_browser --run DIR [--model DIR] [--stats FILE] [--out FILE.html] [--top-tokens N]
+// Exit 2 for usage errors, 1 for data errors.
+#include <cstdio>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "sae/cli/cli.h"
+#include "sae/features/browser.h"
+
+int main(int argc, char** argv) {
+  return sae::run_main("sae_browser", argc, argv, [&] {
+    cxxopts::Options options("sae_browser",
+                             "Write a self-contained HTML page showing what a run's SAE features fire on (open it in "
+                             "any browser; no server, no network)");
+    options.add_options()
+        ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder",
+         cxxopts::value<std::string>())
+        ("model", "GPT-Neo folder for token text and promoted tokens (default: the run's --model)",
+         cxxopts::value<std::string>())
+        ("stats", "statistics file (default: the SAE folder's feature_stats.safetensors; sae_features "
+                  "--stats-out writes others)", cxxopts::value<std::string>())
+        ("out", "the page (default: RUN/features.html)", cxxopts::value<std::string>())
+        ("top-tokens", "promoted and suppressed tokens per feature", cxxopts::value<int64_t>()->default_value("10"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    if (!parsed.count("run")) throw sae::UsageError("--run DIR is required");
+    sae::BrowserOptions browser;
+    browser.run = parsed["run"].as<std::string>();
+    if (parsed.count("model")) browser.model = parsed["model"].as<std::string>();
+    if (parsed.count("stats")) browser.stats = parsed["stats"].as<std::string>();
+    browser.top_tokens = parsed["top-tokens"].as<int64_t>();
+    if (browser.top_tokens < 1 || browser.top_tokens > 100)
+      throw sae::UsageError(sae::cat("--top-tokens must be in [1, 100], got ", browser.top_tokens));
+    const std::string out = parsed.count("out") ? parsed["out"].as<std::string>()
+                                                : (std::filesystem::path(browser.run) / "features.html").string();
+    std::string notes;
+    const sae::Json data = sae::browser_data(browser, &notes);
+    if (!notes.empty()) std::fprintf(stderr, "sae_browser: note: %s", notes.c_str());
+    const std::string page = sae::browser_html(data);
+    sae::write_file_atomic(out, page);
+    std::printf("sae_browser: wrote %s (%zu features, %.1f MB)\n", out.c_str(), data.at("features").size(),
+                double(page.size()) / 1e6);
+    return 0;
+  });
+}

@@ -1,0 +1,135 @@
+// sae_features: what each feature of a trained SAE (any architecture) fires on, the tutorial's gather
+// step (docs/contract.md §5). Thin: options -> the SAE (load_checkpoint) -> the stories (a text through
+// the language model, or an activation file) -> sae/features/top_stories.h's two passes -> the JSON
+// (and, with --stats-out, feature_stats.safetensors for sae_browser --stats).
+//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--layer L] [--top N]
+//                [--stories N] [--context C] [--out FILE.json] [--stats-out FILE] [--device cpu|cuda|auto]
+// Exit 2 for usage errors, 1 for data errors.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "io/atomic_file.h"
+#include "lm/gpt_neo.h"
+#include "lm/tokenizer.h"
+#include "sae/cli/cli.h"
+#include "sae/data/activations.h"
+#include "sae/data/synthetic.h"
+#include "sae/features/top_stories.h"
+#include "sae/train/checkpoint.h"
+
+namespace {
+std::string given(const cxxopts::ParseResult& parsed, const char* name) {
+  return parsed.count(name) ? parsed[name].as<std::string>() : std::string();
+}
+
+// The layer the SAE was trained on, when its cfg.json says (a text run), else -1.
+int64_t trained_layer(const sae::Json& cfg) {
+  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object()) return -1;
+  const sae::Json& ours = cfg.at("sae_cpp");
+  if (!ours.has("data") || !ours.at("data").is_object()) return -1;
+  const sae::Json& data = ours.at("data");
+  if (!data.has("kind") || !data.at("kind").is_string() || data.at("kind").as_string() != "text") return -1;
+  return data.has("layer") && data.at("layer").is_number() ? data.at("layer").as_int() : -1;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sae::run_main("sae_features", argc, argv, [&] {
+    cxxopts::Options options("sae_features",
+                             "What each SAE feature fires on: per feature its top stories by largest activation, with "
+                             "every token's activation (the tutorial's gather_high_activations)");
+    options.add_options()
+        ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture", cxxopts::value<std::string>())
+        ("model", "GPT-Neo folder: runs --text through it; with --data only its tokenizer is used",
+         cxxopts::value<std::string>())
+        ("text", "stories: TinyStories .txt or JSON lines (with --model)", cxxopts::value<std::string>())
+        ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder",
+         cxxopts::value<std::string>())
+        ("layer", "hidden_states[layer] of --model (default: the SAE's training layer, else 2)",
+         cxxopts::value<int64_t>())
+        ("top", "top stories kept per feature", cxxopts::value<int64_t>()->default_value("10"))
+        ("stories", "read at most this many stories (0: all)", cxxopts::value<int64_t>()->default_value("0"))
+        ("context", "tokens kept on either side in --stats-out", cxxopts::value<int64_t>()->default_value("8"))
+        ("out", "the JSON file", cxxopts::value<std::string>()->default_value("features.json"))
+        ("stats-out", "also write the statistics (feature_stats.safetensors format) here", cxxopts::value<std::string>())
+        ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("cpu"));
+    cxxopts::ParseResult parsed;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    const std::string sae_dir = given(parsed, "sae"), model_dir = given(parsed, "model"), text = given(parsed, "text"),
+                      data = given(parsed, "data"), out = parsed["out"].as<std::string>(),
+                      stats_out = given(parsed, "stats-out");
+    if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
+    if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
+    if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
+    if (data == "synthetic")
+      throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
+    const sae::FeatureStatsOptions stats_options{parsed["top"].as<int64_t>(), parsed["context"].as<int64_t>()};
+    if (stats_options.k < 1 || stats_options.k > 1000)
+      throw sae::UsageError(sae::cat("--top must be in [1, 1000], got ", stats_options.k));
+    if (stats_options.context < 0 || stats_options.context > 256)
+      throw sae::UsageError(sae::cat("--context must be in [0, 256], got ", stats_options.context));
+    const int64_t max_stories = parsed["stories"].as<int64_t>();
+    if (max_stories < 0) throw sae::UsageError(sae::cat("--stories must be >= 0 (0: all), got ", max_stories));
+    const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
+
+    const sae::Checkpoint checkpoint = sae::load_checkpoint(sae_dir, device, /*with_state=*/false);
+    const sae::SaeParams& params = checkpoint.params;
+    const sae::InputNormalization normalization =
+        sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
+    sae::check_feature_stats_options(params.d_sae(), stats_options);
+
+    std::unique_ptr<sae::GptNeo> model;
+    std::unique_ptr<sae::Gpt2Tokenizer> tokenizer;
+    std::unique_ptr<sae::ActivationSource> source;
+    std::unique_ptr<sae::StoryInputs> inputs;
+    sae::Json description = sae::Json::object();
+    if (!model_dir.empty()) tokenizer = std::make_unique<sae::Gpt2Tokenizer>(sae::Gpt2Tokenizer::from_model_dir(model_dir));
+    if (!text.empty()) {
+      model = std::make_unique<sae::GptNeo>(sae::GptNeo::load(model_dir, device));
+      if (model->config().hidden_size != params.d_in())
+        throw sae::DataError(sae::cat(model_dir, ": the model's width ", model->config().hidden_size,
+                                      " is not the SAE's d_in ", params.d_in()));
+      int64_t layer = parsed.count("layer") ? parsed["layer"].as<int64_t>() : trained_layer(checkpoint.cfg);
+      if (layer < 0) layer = 2;
+      inputs = sae::text_story_inputs(*model, *tokenizer, text, static_cast<int>(layer), normalization, max_stories,
+                                      device);
+      description["text"] = text;
+      description["model"] = model_dir;
+      description["layer"] = layer;
+    } else {
+      if (parsed.count("layer")) throw sae::UsageError("--layer goes with --model and --text");
+      source = sae::open_activations(data, sae::SyntheticOptions{});
+      if (source->d() != params.d_in())
+        throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));
+      inputs = sae::file_story_inputs(*source, normalization, max_stories, device);
+      description["data"] = data;
+      if (!model_dir.empty()) description["tokenizer"] = model_dir;
+    }
+
+    sae::GatherSummary summary;
+    sae::FeatureStats stats = sae::gather_feature_stats(params, *inputs, stats_options, &summary);
+    if (summary.stories == 0) throw sae::DataError("no stories to read");
+    stats.source()["gathered_by"] = "sae_features";
+    stats.source()["sae"] = sae_dir;
+    stats.source()["data"] = description;
+    stats.source()["normalization"] = sae::normalization_name(normalization.kind);
+    const sae::Json entries = sae::top_story_entries(params, *inputs, stats, tokenizer.get());
+    std::string json = "[";
+    for (size_t i = 0; i < entries.size(); ++i) json += (i ? ",\n" : "\n") + entries.at(i).dump();
+    json += "\n]\n";
+    sae::write_file_atomic(out, json);
+    if (!stats_out.empty()) stats.save(stats_out);
+
+    int64_t silent = 0;
+    for (int64_t i = 0; i < params.d_sae(); ++i) silent += stats.top_count(i) == 0;
+    std::printf("sae_features: %lld stories (%lld tokens%s), %lld features, %lld of them (%.1f%%) never active\n",
+                static_cast<long long>(summary.stories), static_cast<long long>(summary.tokens),
+                summary.truncated ? sae::cat(", ", summary.truncated, " cut to the model's positions").c_str() : "",
+                static_cast<long long>(params.d_sae()), static_cast<long long>(silent),
+                100.0 * double(silent) / double(params.d_sae()));
+    std::printf("  wrote %s (%zu entries)%s\n", out.c_str(), entries.size(),
+                stats_out.empty() ? "" : sae::cat(" and ", stats_out).c_str());
+    return 0;
+  });
+}

@@ -1,0 +1,264 @@
+// The feature browser's data (see browser.h); the page itself is in browser_page.cpp.
+#include "sae/features/browser.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "lm/gpt_neo.h"
+#include "lm/tokenizer.h"
+#include "sae/data/synthetic.h"
+#include "sae/features/token_text.h"
+#include "sae/step/feature_stats_math.h"
+#include "sae/train/checkpoint.h"
+#include "sae/train/metrics.h"
+#include "sae/train/train_config.h"
+#include "tensor/ops.h"
+
+namespace fs = std::filesystem;
+
+namespace sae {
+
+PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, int64_t count) {
+  const Tensor dec = W_dec.to(Device::CPU), unembed = unembedding.to(Device::CPU);
+  if (dec.ndim() != 2 || unembed.ndim() != 2 || dec.size(1) != unembed.size(1))
+    throw DataError(cat("promoted tokens: the decoder ", dec.describe(), " and the unembedding ", unembed.describe(),
+                        " differ in width"));
+  const int64_t features = dec.size(0), vocab = unembed.size(0), n = std::min(count, vocab);
+  PromotedTokens out{Json::array(), Json::array()};
+  constexpr int64_t kBlock = 256;  // features per GEMM: bounds the [block, V] logits
+  std::vector<int64_t> order(static_cast<size_t>(vocab));
+  for (int64_t f0 = 0; f0 < features; f0 += kBlock) {
+    const int64_t rows = std::min(kBlock, features - f0);
+    const Tensor logits = matmul(dec.slice_rows(f0, f0 + rows), unembed, false, true);  // [rows, V]
+    const float* p = logits.data<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = p + r * vocab;
+      auto pick = [&](bool largest) {
+        for (int64_t v = 0; v < vocab; ++v) order[v] = v;
+        std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int64_t a, int64_t b) {
+          if (row[a] != row[b]) return largest ? row[a] > row[b] : row[a] < row[b];
+          return a < b;
+        });
+        Json list = Json::array();
+        for (int64_t j = 0; j < n; ++j) {
+          Json pair = Json::array();
+          pair.push_back(order[j]);
+          pair.push_back(round_significant(row[order[j]], 4));
+          list.push_back(std::move(pair));
+        }
+        return list;
+      };
+      out.promoted.push_back(pick(true));
+      out.suppressed.push_back(pick(false));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// A number for the page: 4 significant digits, null when not a number (not known).
+Json compact(double v) { return std::isfinite(v) ? Json(round_significant(v, 4)) : Json(); }
+
+bool has_model_files(const fs::path& dir) {
+  return fs::exists(dir / "config.json") && fs::exists(dir / "model.safetensors");
+}
+
+}  // namespace
+
+Json browser_data(const BrowserOptions& options, std::string* notes) {
+  auto note = [&](const std::string& line) {
+    if (notes) *notes += line + "\n";
+  };
+  const fs::path run(options.run);
+  if (!fs::is_directory(run)) throw DataError(cat(options.run, ": no such run folder"));
+  if (!options.model.empty() && !fs::is_directory(options.model))
+    throw DataError(cat("--model ", options.model, ": no such folder"));
+  // The SAE: RUN/sae, or the folder itself.
+  const fs::path sae_dir = fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
+  const Checkpoint sae = load_checkpoint(sae_dir.string(), Device::CPU, /*with_state=*/false);
+  const int64_t features = sae.params.d_sae();
+  const std::string stats_path =
+      options.stats.empty() ? (sae_dir / "feature_stats.safetensors").string() : options.stats;
+  if (!fs::exists(stats_path))
+    throw DataError(cat(stats_path, ": no feature statistics. Runs gather them with --feature-stats-steps (on by "
+                        "default); for another SAE or text, sae_features --stats-out writes them"));
+  const FeatureStats stats = FeatureStats::load(stats_path);
+  if (stats.features() != features)
+    throw DataError(cat(stats_path, ": statistics of ", stats.features(), " features for an SAE with ", features));
+  std::optional<Json> config;
+  if (fs::exists(run / "config.json")) config = read_json_file((run / "config.json").string());
+
+  // The model: its tokenizer names the tokens, its lm_head gives the promoted ones.
+  std::string model_dir = options.model;
+  if (model_dir.empty() && config && config->has("model") && config->at("model").is_string())
+    model_dir = config->at("model").as_string();
+  std::unique_ptr<Gpt2Tokenizer> tokenizer;
+  std::optional<PromotedTokens> promoted;
+  if (!model_dir.empty()) {
+    if (!fs::is_directory(model_dir)) {
+      note(cat("the run's model folder ", model_dir, " is gone: tokens are shown as ids, no promoted tokens "
+               "(give --model DIR)"));
+    } else {
+      tokenizer = std::make_unique<Gpt2Tokenizer>(Gpt2Tokenizer::from_model_dir(model_dir));
+      if (has_model_files(model_dir)) {
+        const GptNeo model = GptNeo::load(model_dir);
+        const Tensor& unembedding = model.parameter("lm_head");
+        if (unembedding.size(1) != sae.params.d_in())
+          throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the SAE's d_in ",
+                              sae.params.d_in()));
+        promoted = promoted_tokens(sae.params.W_dec, unembedding, options.top_tokens);
+      } else {
+        note(cat(model_dir, " has no config.json + model.safetensors: no promoted tokens"));
+      }
+    }
+  }
+
+  // Synthetic data: the planted concepts, regenerated from the run's generator options.
+  std::optional<std::vector<ConceptMatch>> concepts;
+  if (config && config->has("data") && config->at("data").is_string() && config->at("data").as_string() == "synthetic") {
+    TrainConfig c;
+    try {
+      c = TrainConfig::from_json(*config);
+    } catch (const Error& e) {
+      throw DataError(cat((run / "config.json").string(), ": ", e.what()));
+    }
+    c.synthetic.stories = 1;  // the concepts depend on the seed and sizes only, not on the story count
+    const SyntheticSource source(c.synthetic);
+    if (source.d() != sae.params.d_in())
+      throw DataError(cat((run / "config.json").string(), ": synthetic width ", source.d(), " is not the SAE's d_in ",
+                          sae.params.d_in()));
+    concepts = best_concept_per_feature(source.concepts(), sae.params.W_dec);
+  }
+
+  // Features, and the tokens they mention.
+  std::set<int32_t> used;
+  const std::vector<double> histogram = stats.histogram(), counts = stats.counts();
+  const double tokens = double(stats.tokens());
+  Json list = Json::array();
+  for (int64_t i = 0; i < features; ++i) {
+    Json f = Json::object();
+    f["n"] = counts[i];
+    f["d"] = compact(tokens > 0 ? counts[i] / tokens : 0.0);
+    Json bins = Json::array();  // [bin, count] for the non-empty bins
+    for (int b = 0; b < kHistogramBins; ++b) {
+      const double v = histogram[i * kHistogramBins + b];
+      if (v == 0) continue;
+      Json pair = Json::array();
+      pair.push_back(b);
+      pair.push_back(v);
+      bins.push_back(std::move(pair));
+    }
+    f["h"] = bins;
+    Json tops = Json::array();
+    for (int32_t r = 0; r < stats.top_count(i); ++r) {
+      const FeatureTop t = stats.top(i, r);
+      Json e = Json::object();
+      e["v"] = compact(t.value);
+      e["s"] = t.story;
+      e["p"] = t.position;
+      e["st"] = t.step;
+      Json ids = Json::array(), values = Json::array();
+      for (size_t o = 0; o < t.tokens.size(); ++o) {
+        ids.push_back(static_cast<int64_t>(t.tokens[o]));
+        values.push_back(compact(t.values[o]));
+        if (t.tokens[o] >= 0) used.insert(t.tokens[o]);
+      }
+      e["t"] = ids;
+      e["a"] = values;
+      tops.push_back(std::move(e));
+    }
+    f["top"] = tops;
+    if (promoted) {
+      f["up"] = promoted->promoted.at(static_cast<size_t>(i));
+      f["down"] = promoted->suppressed.at(static_cast<size_t>(i));
+      for (const Json* side : {&f["up"], &f["down"]})
+        for (const Json& pair : side->elements()) used.insert(static_cast<int32_t>(pair.at(0).as_int()));
+    }
+    if (concepts) {
+      Json match = Json::array();
+      match.push_back((*concepts)[i].index);
+      match.push_back(compact((*concepts)[i].cosine));
+      f["c"] = match;
+    }
+    list.push_back(std::move(f));
+  }
+  Json vocab = Json::object();
+  for (int32_t id : used) {
+    std::string text = cat("[", id, "]");
+    if (tokenizer && id < tokenizer->vocab_size()) {
+      try {
+        text = display_token(tokenizer->token_text(id));
+      } catch (const DataError&) {
+        // an id the tokenizer does not know (data from elsewhere): shown as the id
+      }
+    }
+    vocab[std::to_string(id)] = text;
+  }
+
+  std::vector<double> edges;
+  for (int b = 0; b < kHistogramBins; ++b) edges.push_back(histogram_lower_edge(b));
+  Json edge_list = Json::array();
+  for (double e : edges) edge_list.push_back(e);
+
+  Json data = Json::object();
+  data["title"] = options.run;
+  Json about = Json::object();
+  about["architecture"] = architecture_name(sae.params.architecture);
+  about["d_in"] = sae.params.d_in();
+  about["d_sae"] = features;
+  about["sae"] = sae_dir.string();
+  about["stats"] = stats_path;
+  about["model"] = tokenizer ? model_dir : std::string();
+  about["data"] = config && config->has("data") && config->at("data").is_string() ? config->at("data").as_string()
+                                                                                   : std::string("(unknown)");
+  about["first_step"] = stats.first_step();
+  about["last_step"] = stats.last_step();
+  about["steps"] = stats.steps();
+  about["tokens"] = stats.tokens();
+  about["k"] = stats.k();
+  about["context"] = stats.context();
+  about["gathered_by"] = stats.source().has("gathered_by") && stats.source().at("gathered_by").is_string()
+                             ? stats.source().at("gathered_by").as_string()
+                             : std::string("(unknown)");
+  data["about"] = about;
+  data["has_tokens"] = stats.has_token_ids();
+  data["has_text"] = tokenizer != nullptr;
+  data["has_promoted"] = promoted.has_value();
+  data["has_concepts"] = concepts.has_value();
+  data["edges"] = edge_list;
+  data["vocab"] = vocab;
+  data["features"] = list;
+  return data;
+}
+
+std::string json_for_script(const Json& data) {
+  const std::string text = data.dump();
+  std::string out;
+  out.reserve(text.size() + text.size() / 16);
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    // Outside strings JSON has none of these characters, so replacing them everywhere is safe.
+    if (c == '<')
+      out += "\\u003c";
+    else if (c == '>')
+      out += "\\u003e";
+    else if (c == '&')
+      out += "\\u0026";
+    else if (static_cast<unsigned char>(c) == 0xE2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x80 &&
+             (static_cast<unsigned char>(text[i + 2]) == 0xA8 || static_cast<unsigned char>(text[i + 2]) == 0xA9)) {
+      out += static_cast<unsigned char>(text[i + 2]) == 0xA8 ? "\\u2028" : "\\u2029";  // line separators
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace sae

@@ -1,0 +1,46 @@
+// The feature browser (docs/contract.md §5, sae_browser): one self-contained static HTML page per run
+// (no server, no network, nothing downloaded), its data embedded as JSON and read by plain JS and CSS
+// written here (browser_page.cpp). The page lists the features by density with a search by index, and
+// shows for the chosen one: its density, a histogram of its activations (inline SVG), its top
+// activations in context with every token shaded by the feature's strength (the value in the title
+// on hover), the tokens its decoder direction promotes and suppresses most through the unembedding
+// (W_dec[i,:] . W_U[v,:], W_U the model's lm_head; text runs with a model), and on synthetic data the
+// planted concept it matches best, with the cosine.
+// Every text reaches the page through JSON whose <, >, & and line separators are escaped, and the
+// script writes it with textContent and setAttribute only, so token text cannot become markup.
+// Letters: F features, D = d_in, V vocabulary, K top activations, W = 2C + 1 context tokens.
+#pragma once
+#include <string>
+
+#include "io/json.h"
+#include "sae/params.h"
+#include "sae/train/feature_stats.h"
+
+namespace sae {
+
+struct BrowserOptions {
+  std::string run;       // a run folder (config.json, sae/) or an SAE folder (cfg.json, sae_weights...)
+  std::string model;     // a GPT-Neo folder: its tokenizer and lm_head ("" = the run's own --model, if any)
+  std::string stats;     // feature_stats.safetensors ("" = the one in the SAE folder)
+  int64_t top_tokens = 10;  // promoted and suppressed tokens shown per feature
+};
+
+// The page's data: reads the run, the SAE, its statistics, and the model or the synthetic concepts.
+// DataError naming the file for anything missing or malformed; `notes` gets one line per thing left
+// out (a model folder that is gone, ...).
+Json browser_data(const BrowserOptions& options, std::string* notes = nullptr);
+
+// The tokens each feature's decoder row promotes and suppresses most: logits = W_dec W_U^T, computed
+// in blocks of features; per feature the `count` largest and smallest as [[id, logit], ...].
+struct PromotedTokens {
+  Json promoted, suppressed;  // arrays, one per feature
+};
+PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, int64_t count);
+
+// The page: the data as JSON in a <script type="application/json"> element (json_for_script), our
+// CSS and JS.
+std::string browser_html(const Json& data);
+// `data` as JSON safe inside a <script> element: <, >, & and U+2028/U+2029 written as \u escapes.
+std::string json_for_script(const Json& data);
+
+}  // namespace sae

@@ -1,0 +1,73 @@
+// What sae_features computes (docs/contract.md §5): for a trained SAE of any architecture and a set of
+// stories (a text run through a language model, or an activation file with story boundaries), the
+// feature statistics of sae/train/feature_stats.h over every story (pass 1: each story encoded with
+// the SAE's inference rule, sae_encode, and added as one batch), then each feature's top stories in
+// the tutorial's JSON (pass 2: only the stories pass 1 kept are encoded again, for the activation of
+// every token). The SAE sees its inputs normalised the way it was trained (cfg.json's sae_cpp).
+// Letters: T tokens of a story, D = d_in, F = d_sae.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+#include "lm/gpt_neo.h"
+#include "lm/tokenizer.h"
+#include "sae/data/activations.h"
+#include "sae/data/batches.h"
+#include "sae/params.h"
+#include "sae/train/feature_stats.h"
+
+namespace sae {
+
+// How an SAE expects its inputs, from cfg.json's sae_cpp block (none for an SAE from elsewhere).
+// DataError naming the file for a malformed block.
+struct InputNormalization {
+  Normalization kind = Normalization::None;
+  double dataset_scale = 1.0;
+};
+InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path);
+
+// One story as the SAE sees it.
+struct StoryInput {
+  int64_t index = -1;          // among the text's non-empty stories, or the file's stories, from 0
+  std::vector<int32_t> ids;    // its token ids (empty: the data has none)
+  Tensor x;                    // [T, D] normalised, on the SAE's device
+  bool truncated = false;      // cut to the model's positions
+};
+
+// The stories, one at a time; rewind() starts again from the first.
+class StoryInputs {
+ public:
+  virtual ~StoryInputs() = default;
+  virtual bool next(StoryInput& story) = 0;  // false after the last one (or max_stories)
+  virtual void rewind() = 0;
+};
+
+// A text (.txt or .jsonl, lm/text_data.h) through `model` up to hidden_states[layer]; stories longer
+// than the model's positions are cut to them (StoryInput::truncated). max_stories 0: all.
+std::unique_ptr<StoryInputs> text_story_inputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
+                                               int layer, const InputNormalization& normalization,
+                                               int64_t max_stories, Device device);
+// An activation file or cache with story boundaries (UsageError without), token ids when it has them.
+std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,
+                                               int64_t max_stories, Device device);
+
+struct GatherSummary {
+  int64_t stories = 0, tokens = 0, truncated = 0;
+};
+
+// Pass 1: every story through the SAE into statistics (step = the story's index).
+FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
+                                  GatherSummary* summary = nullptr);
+
+// Pass 2: the tutorial's JSON, an array with one object per (feature, top story), features in order,
+// each feature's stories largest first:
+//   {"feature_idx", "step" (the story's index), "position" (of its largest activation), "tokens",
+//    "strengths" (the feature's activation on every token, 6 significant digits), "max_strength",
+//    "text" (the story decoded), "annotated_text" (each token's text, a space, activation_block)}
+// Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
+Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
+                       const Gpt2Tokenizer* tokenizer);
+
+}  // namespace sae

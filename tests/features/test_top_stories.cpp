@@ -1,0 +1,272 @@
+// sae_features (sae/features/top_stories.h, experiments/sae_features.cpp) against a brute-force pass:
+// every story of the fixture text through the fixture model, normalised, encoded, each feature's
+// largest value per story sorted; the JSON entries (stories, positions, strengths, tokens, text,
+// annotation) for every architecture; an activation file with token ids instead of text; the program
+// itself, its --stats-out, and its errors. Plus the token-text helpers the JSON uses.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "lm/gpt_neo.h"
+#include "lm/text_data.h"
+#include "lm/tokenizer.h"
+#include "sae/arch_init.h"
+#include "sae/arch_model.h"
+#include "sae/data/activations.h"
+#include "sae/data/synthetic.h"
+#include "sae/features/token_text.h"
+#include "sae/features/top_stories.h"
+#include "sae/train/checkpoint.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::read_file;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name; }
+
+// A fresh SAE of `architecture` for the fixture's width (32), saved as a folder trained per story.
+SaeParams make_sae(Architecture architecture, uint64_t seed) {
+  ArchInit init;
+  init.architecture = architecture;
+  init.k = 3;
+  init.tied = architecture != Architecture::Standard;
+  Rng rng(seed);
+  SaeParams p = arch_initial_params(init, 32, 24, rng, {});
+  if (architecture == Architecture::BatchTopK) p.batchtopk_threshold = 0.2;
+  if (architecture == Architecture::JumpReLU) p.log_threshold = Tensor::full(Shape{24}, std::log(0.3));
+  return p;
+}
+
+void save_sae(const SaeParams& p, const std::string& dir) {
+  Json extra = Json::object();
+  extra["normalization"] = "story";
+  extra["dataset_scale"] = 1.0;
+  save_checkpoint(dir, p, extra, nullptr);
+}
+
+struct StoryData {
+  std::vector<int32_t> ids;
+  Tensor f;  // [T, F]
+};
+
+// Every story through the model, normalised per story and encoded: the brute force's own pass.
+std::vector<StoryData> encode_all(const SaeParams& p) {
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  GptNeo model = GptNeo::load(ref("model"));
+  std::vector<StoryData> out;
+  StoryReader reader(ref("stories.txt"));
+  TextStory story;
+  while (reader.next(story)) {
+    StoryData s;
+    s.ids = tokenizer.encode(story.text, story.where);
+    const Tensor hidden = model.hidden_states(s.ids, 2);
+    const int64_t t = hidden.size(0), d = hidden.size(1);
+    Tensor x = Tensor::empty(Shape{t, d});
+    normalize_batch(hidden.data<float>(), x.data<float>(), t, d, Normalization::Story, 1.0, [](int64_t r) { return r; },
+                    "test");
+    s.f = sae_encode(p, x);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+struct Top {
+  double max;
+  int64_t story, position;
+};
+// Per feature: the stories where it is ever > 0, by largest value (then story), first N.
+std::vector<std::vector<Top>> brute_force(const std::vector<StoryData>& stories, int64_t features, int64_t n) {
+  std::vector<std::vector<Top>> out(features);
+  for (int64_t j = 0; j < features; ++j) {
+    for (size_t s = 0; s < stories.size(); ++s) {
+      const std::vector<double> f = stories[s].f.to_vector();
+      const int64_t t = stories[s].f.size(0);
+      Top best{0.0, static_cast<int64_t>(s), -1};
+      for (int64_t p = 0; p < t; ++p)
+        if (f[p * features + j] > best.max) best = Top{f[p * features + j], static_cast<int64_t>(s), p};
+      if (best.max > 0) out[j].push_back(best);
+    }
+    std::sort(out[j].begin(), out[j].end(),
+              [](const Top& a, const Top& b) { return a.max != b.max ? a.max > b.max : a.story < b.story; });
+    if (static_cast<int64_t>(out[j].size()) > n) out[j].resize(n);
+  }
+  return out;
+}
+
+// Checks the JSON entries against the brute force, field by field.
+void expect_entries(const Json& entries, const std::vector<StoryData>& stories, const std::vector<std::vector<Top>>& want,
+                    const Gpt2Tokenizer& tokenizer, const std::string& what) {
+  size_t at = 0;
+  int64_t compared = 0;
+  for (size_t j = 0; j < want.size(); ++j)
+    for (const Top& top : want[j]) {
+      ASSERT_LT(at, entries.size()) << what;
+      const Json& e = entries.at(at++);
+      const std::string where = cat(what, " feature ", j, " story ", top.story);
+      ASSERT_EQ(e.at("feature_idx").as_int(), static_cast<int64_t>(j)) << where;
+      ASSERT_EQ(e.at("step").as_int(), top.story) << where;
+      EXPECT_EQ(e.at("position").as_int(), top.position) << where;
+      EXPECT_EQ(e.at("max_strength").as_number(), round_significant(float(top.max))) << where;
+      const StoryData& s = stories[top.story];
+      const std::vector<double> f = s.f.to_vector();
+      const int64_t features = s.f.size(1);
+      ASSERT_EQ(e.at("tokens").size(), s.ids.size()) << where;
+      ASSERT_EQ(e.at("strengths").size(), s.ids.size()) << where;
+      std::string annotated;
+      for (size_t p = 0; p < s.ids.size(); ++p) {
+        EXPECT_EQ(e.at("tokens").at(p).as_int(), s.ids[p]);
+        const double v = f[p * features + j];
+        EXPECT_EQ(e.at("strengths").at(p).as_number(), round_significant(float(v))) << where << " token " << p;
+        const int level = v <= 0 ? 0 : std::min(7, static_cast<int>(std::floor(8 * v / float(top.max))));
+        const char blocks[8][4] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
+        // A token holding part of a UTF-8 character ("ë", "“" in story 10) reads U+FFFD, as HF's decode.
+        annotated += valid_utf8(tokenizer.token_text(s.ids[p])) + " " + blocks[level];
+      }
+      EXPECT_EQ(e.at("text").as_string(), tokenizer.decode(s.ids)) << where;
+      EXPECT_EQ(e.at("annotated_text").as_string(), annotated) << where;
+      ++compared;
+    }
+  EXPECT_EQ(at, entries.size()) << what;
+  EXPECT_GT(compared, 20) << what;
+}
+
+}  // namespace
+
+TEST(TokenText, DisplayAndAnnotation) {
+  EXPECT_EQ(display_token("<b>&\"'"), "<b>&\"'");  // markup stays text: the page escapes it
+  EXPECT_EQ(display_token("a\nb\tc\x01"), "a\u21b5b\u21e5c\u2401");
+  EXPECT_EQ(display_token("\x7f"), "\u2421");
+  EXPECT_EQ(display_token("\xe2\x96"), "\\xE2\\x96");  // half a character
+  EXPECT_EQ(display_token(" caf\xc3\xa9"), " caf\xc3\xa9");
+  EXPECT_EQ(display_token("\xed\xa0\x80"), "\\xED\\xA0\\x80");  // a surrogate is not UTF-8
+  EXPECT_EQ(valid_utf8("ok\xff\xc3\xa9"), "ok\ufffd\xc3\xa9");
+  EXPECT_EQ(activation_block(0, 5), "\u2581");
+  EXPECT_EQ(activation_block(-1, 5), "\u2581");
+  EXPECT_EQ(activation_block(5, 5), "\u2588");
+  EXPECT_EQ(activation_block(2.5, 5), "\u2585");               // floor(8 * 0.5) = 4
+  EXPECT_EQ(activation_block(std::nextafter(0.625, 0.0) * 5, 5), "\u2585");  // just below 5/8
+  EXPECT_EQ(activation_block(0.625 * 5, 5), "\u2586");
+  EXPECT_EQ(activation_block(1, 0), "\u2581");
+  EXPECT_EQ(round_significant(0.1f), 0.1);
+  EXPECT_EQ(round_significant(123456789.0), 123457000.0);
+}
+
+TEST(TopStories, EveryArchitectureEqualsBruteForce) {
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  GptNeo model = GptNeo::load(ref("model"));
+  for (Architecture a : {Architecture::Standard, Architecture::TopK, Architecture::BatchTopK, Architecture::JumpReLU,
+                         Architecture::Gated}) {
+    const SaeParams sae = make_sae(a, 17);
+    const std::vector<StoryData> stories = encode_all(sae);
+    InputNormalization normalization;
+    normalization.kind = Normalization::Story;
+    auto inputs = text_story_inputs(model, tokenizer, ref("stories.txt"), 2, normalization, 0, Device::CPU);
+    for (int64_t n : {1, 4}) {
+      GatherSummary summary;
+      const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{n, 3}, &summary);
+      EXPECT_EQ(summary.stories, 16);
+      EXPECT_EQ(summary.tokens, 578);
+      const Json entries = top_story_entries(sae, *inputs, stats, &tokenizer);
+      expect_entries(entries, stories, brute_force(stories, 24, n), tokenizer,
+                     cat(architecture_name(a), " top ", n));
+    }
+  }
+}
+
+TEST(TopStories, ActivationFileWithTokenIds) {
+  // The fixture's activations (HF's hidden_states[2]) with its token ids: the stories are read from
+  // the file, and named by the tokenizer.
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const SaeParams sae = make_sae(Architecture::Standard, 5);
+  std::unique_ptr<ActivationSource> source = open_activations(ref("acts.safetensors"), SyntheticOptions{});
+  InputNormalization normalization;
+  normalization.kind = Normalization::Story;
+  auto inputs = file_story_inputs(*source, normalization, 10, Device::CPU);
+  const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{3, 2});
+  EXPECT_EQ(stats.steps(), 10);  // --stories 10
+  const Json entries = top_story_entries(sae, *inputs, stats, &tokenizer);
+  ASSERT_GT(entries.size(), 10u);
+  // Each entry's story, tokens and strengths straight from the file.
+  for (const Json& e : entries.elements()) {
+    const int64_t s = e.at("step").as_int(), j = e.at("feature_idx").as_int();
+    ASSERT_LT(s, 10);
+    const int64_t begin = source->story_begin(s), t = source->story_length(s);
+    ASSERT_EQ(static_cast<int64_t>(e.at("tokens").size()), t);
+    std::vector<int32_t> ids;
+    for (int64_t p = 0; p < t; ++p) ids.push_back(source->token_id(begin + p));
+    for (int64_t p = 0; p < t; ++p) EXPECT_EQ(e.at("tokens").at(p).as_int(), ids[p]);
+    EXPECT_EQ(e.at("text").as_string(), tokenizer.decode(ids));
+    std::vector<float> raw(t * 32);
+    source->read_tokens(begin, t, raw.data());
+    Tensor x = Tensor::empty(Shape{t, 32});
+    normalize_batch(raw.data(), x.data<float>(), t, 32, Normalization::Story, 1.0, [](int64_t r) { return r; }, "t");
+    const std::vector<double> f = sae_encode(sae, x).to_vector();
+    double max = 0;
+    for (int64_t p = 0; p < t; ++p) max = std::max(max, f[p * 24 + j]);
+    EXPECT_EQ(e.at("max_strength").as_number(), round_significant(float(max)));
+  }
+}
+
+TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
+  TempDir dir("sae_features_cli");
+  const SaeParams sae = make_sae(Architecture::TopK, 23);
+  save_sae(sae, dir.str("sae"));
+  const std::string args = " --sae " + dir.str("sae") + " --model " + ref("model") + " --text " + ref("stories.txt") +
+                           " --top 3 --out " + dir.str("features.json") + " --stats-out " + dir.str("stats.safetensors");
+  const sae::testing::CommandResult r = run_binary("sae_features", args, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("16 stories (578 tokens)"), std::string::npos) << r.out;
+  const Json entries = Json::parse(read_file(dir.str("features.json")));
+  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const std::vector<StoryData> stories = encode_all(sae);
+  expect_entries(entries, stories, brute_force(stories, 24, 3), tokenizer, "sae_features");
+  const FeatureStats stats = FeatureStats::load(dir.str("stats.safetensors"));
+  EXPECT_EQ(stats.features(), 24);
+  EXPECT_EQ(stats.tokens(), 578);
+  EXPECT_EQ(stats.source().at("gathered_by").as_string(), "sae_features");
+  // Each top activation's context ids are the story's own.
+  for (int64_t j = 0; j < 24; ++j)
+    for (int32_t rank = 0; rank < stats.top_count(j); ++rank) {
+      const FeatureTop t = stats.top(j, rank);
+      for (int64_t k = -8; k <= 8; ++k) {
+        const int64_t p = t.position + k;
+        const std::vector<int32_t>& ids = stories[t.story].ids;
+        EXPECT_EQ(t.tokens[k + 8], p >= 0 && p < static_cast<int64_t>(ids.size()) ? ids[p] : -1);
+      }
+    }
+}
+
+TEST(TopStories, BadInputGetsOneLine) {
+  TempDir dir("sae_features_errors");
+  save_sae(make_sae(Architecture::Standard, 2), dir.str("sae"));
+  const std::string sae = " --sae " + dir.str("sae"), text = " --model " + ref("model") + " --text " + ref("stories.txt");
+  std::vector<float> flat(10 * 32, 0.5f);
+  sae::testing::write_raw_safetensors(dir.str("npy_like.safetensors"),
+                                      {{"activations", "F32", {10, 32}, sae::testing::raw_bytes(flat)}});
+  const std::tuple<std::string, int, std::string> cases[] = {
+      {text, 2, "--sae DIR is required"},
+      {sae, 2, "give the stories"},
+      {sae + " --text " + ref("stories.txt"), 2, "--text FILE needs --model"},
+      {sae + text + " --top 0", 2, "--top"},
+      {sae + text + " --stories -1", 2, "--stories"},
+      {sae + text + " --layer 9", 2, "--layer 9"},
+      {sae + " --data synthetic", 2, "--data synthetic"},
+      {sae + " --data " + dir.str("npy_like.safetensors"), 2, "story boundaries"},
+      {sae + " --data " + ref("acts.safetensors") + " --layer 2", 2, "--layer goes with"},
+      {" --sae " + dir.str("missing") + text, 1, "missing"},
+      {sae + " --model " + ref("model") + " --text " + dir.str("nothing.txt"), 1, "nothing.txt"},
+  };
+  for (const auto& [args, code, words] : cases) {
+    const sae::testing::CommandResult r = run_binary("sae_features", args + " --out " + dir.str("o.json"), dir);
+    EXPECT_EQ(r.exit_code, code) << args << ": " << r.err;
+    EXPECT_NE(r.err.find(words), std::string::npos) << args << ": " << r.err;
+    EXPECT_LE(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
