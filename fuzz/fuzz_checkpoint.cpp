@@ -67,11 +67,17 @@ void restore_position(const Json& position) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<std::string_view> parts = fuzz::split_parts(data, size);
-  fuzz::remove_scratch("run");
-  const std::string dir = fuzz::write_scratch_file("run/checkpoints/step_1/cfg.json", parts[0]);
-  const std::string folder = dir.substr(0, dir.size() - std::string("/cfg.json").size());
-  if (parts.size() > 1) fuzz::write_scratch_file("run/checkpoints/step_1/sae_weights.safetensors", parts[1]);
-  if (parts.size() > 2) fuzz::write_scratch_file("run/checkpoints/step_1/training_state.safetensors", parts[2]);
+  // The folders stay from run to run (creating and removing them made each run wait for the disk);
+  // the files are rewritten, or removed when the input has no part for them.
+  const char* files[3] = {"cfg.json", "sae_weights.safetensors", "training_state.safetensors"};
+  for (size_t i = 0; i < 3; ++i) {
+    const std::string relative = std::string("run/checkpoints/step_1/") + files[i];
+    if (i < parts.size())
+      fuzz::write_scratch_file(relative, parts[i]);
+    else
+      fuzz::remove_scratch(relative);
+  }
+  const std::string folder = fuzz::scratch_dir() + "/run/checkpoints/step_1";
 
   std::string latest;
   if (fuzz::attempt([&] { latest = find_latest_checkpoint(fuzz::scratch_dir() + "/run"); }))
