@@ -103,6 +103,33 @@ TEST(Synthetic, TokensAreSparsePositiveMixturesWithStoryConcepts) {
   EXPECT_EQ(frequent, 2);
 }
 
+// Sizes that would overflow int64 (or need an absurd amount of memory) are refused by validate()
+// with a UsageError, before the generator allocates anything (found by fuzz/fuzz_train_config).
+TEST(Synthetic, ValidateRefusesSizesThatOverflow) {
+  auto refused = [](auto change) {
+    SyntheticOptions o;
+    change(o);
+    try {
+      o.validate();
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refused([](SyntheticOptions&) {}), "accepted");  // the defaults
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.d = int64_t(1) << 62, o.concepts = 4, o.story_concepts = 0, o.story_active = 0; })
+                .find("--synthetic-d must be in [1, 1e6]"),
+            std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.d = 768, o.concepts = int64_t(1) << 53; }).find("at most 2^30"), std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.stories = INT64_MAX; }).find("--synthetic-stories must be in [1, 1e8]"),
+            std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.stories = int64_t(1) << 53; }).find("--synthetic-stories"), std::string::npos);
+  // The largest accepted sizes.
+  EXPECT_EQ(refused([](SyntheticOptions& o) { o.d = 1000000, o.concepts = 1073, o.story_concepts = 0, o.story_active = 0; }),
+            "accepted");
+  EXPECT_EQ(refused([](SyntheticOptions& o) { o.stories = 100000000; }), "accepted");
+}
+
 TEST(RandomPermutation, IsABijection) {
   for (uint64_t n : {1ull, 2ull, 7ull, 1000ull, 4099ull}) {
     RandomPermutation p(n, 3);
