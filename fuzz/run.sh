@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make fuzz`: builds the libFuzzer harnesses (clang, -DSAE_FUZZ=ON, CUDA off) into FUZZ_BUILD, then
 # for each target: runs every input of fuzz/regressions/<target>/ once (each must pass), and fuzzes
-# for FUZZ_SECONDS starting from fuzz/corpus/<target>/ (the committed seeds), the regressions that
-# pass, and the inputs earlier runs found (FUZZ_BUILD/fuzz-corpus/<target>/, kept between runs).
+# for FUZZ_SECONDS starting from fuzz/corpus/<target>/ (the committed seeds) and the inputs earlier
+# runs found (FUZZ_BUILD/fuzz-corpus/<target>/, kept between runs).
 # Exits non-zero when a regression input fails or fuzzing finds a crash, leak, timeout or
 # out-of-memory; the input is saved under FUZZ_BUILD/fuzz-artifacts/<target>/ and the log under
 # FUZZ_BUILD/fuzz-logs/. See docs/fuzzing.md.
@@ -63,7 +63,6 @@ for t in $targets; do
 
   # 1. Regression inputs: each once, under the limits of fuzzing, each must pass. NAME.gz holds an
   # input too big to commit as it is (e.g. a 50 MB header); it is unpacked to a scratch file first.
-  regressions_ok=1
   for input in fuzz/regressions/"$t"/*; do
     [ -f "$input" ] || continue
     run_input="$input"
@@ -74,11 +73,10 @@ for t in $targets; do
     if ! nice -n "$niceness" "$bin" "${limits[@]}" "$run_input" >> "$log" 2>&1; then
       echo "fuzz: $t: regression input $input FAILS (log: $log)" >&2
       failed+=("$t regression $(basename "$input")")
-      regressions_ok=0
     fi
   done
 
-  # 2. Fuzzing: new inputs go to the kept corpus; the seeds (and passing regressions) are read only.
+  # 2. Fuzzing: new inputs go to the kept corpus; the seeds are read only.
   corpus="$build/fuzz-corpus/$t"
   artifacts="$build/fuzz-artifacts/$t/"
   mkdir -p "$corpus" "$artifacts"
@@ -86,11 +84,6 @@ for t in $targets; do
   : > "$dict"
   for d in $(dicts_of "$t"); do cat "fuzz/dict/$d.dict" >> "$dict"; done
   inputs=("$corpus" "fuzz/corpus/$t")
-  if [ "$regressions_ok" = 1 ] && compgen -G "fuzz/regressions/$t/*" > /dev/null; then
-    for input in fuzz/regressions/"$t"/*; do  # plain copies: libFuzzer does not read .gz
-      [ "${input%.gz}" = "$input" ] && cp "$input" "$corpus/"
-    done
-  fi
   options=("${limits[@]}" -print_final_stats=1 -artifact_prefix="$artifacts" -dict="$dict")
   if [ "$seconds" -gt 0 ]; then options+=(-max_total_time="$seconds"); else options+=(-runs=0); fi
   start=$(date +%s)
