@@ -48,6 +48,8 @@ dicts_of() {
 limits=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024)
 scratch="$(mktemp -d /tmp/sae_fuzz_run.XXXXXX)"
 trap 'rm -rf "$scratch"' EXIT
+# The harnesses' scratch folders go inside it: a harness that aborts on a finding cannot remove its own.
+export TMPDIR="$scratch"
 export OMP_NUM_THREADS=1
 # Sanitizer reports abort the harness (libFuzzer then saves the input); symbolised stacks.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:symbolize=1}"
