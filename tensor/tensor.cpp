@@ -94,7 +94,7 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
   } else if (dtype == DType::I32) {
     int32_t* p = host.data<int32_t>();
     for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<int32_t>(values[i]);
-  } else if (!values.empty()) {
+  } else if (!values.empty()) {  // an empty vector's data() may be null: memcpy must not see it
     std::memcpy(host.raw(), values.data(), values.size() * sizeof(double));
   }
   return host.to(device);
@@ -102,7 +102,7 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
 
 Tensor Tensor::from_data(const float* values, const Shape& shape, Device device) {
   Tensor host = empty(shape, DType::F32, Device::CPU);
-  if (host.nbytes() > 0) std::memcpy(host.raw(), values, host.nbytes());
+  if (host.nbytes() > 0) std::memcpy(host.raw(), values, host.nbytes());  // values may be null when empty
   return host.to(device);
 }
 

@@ -54,20 +54,25 @@ void SyntheticOptions::validate() const {
   auto require = [](bool ok, const std::string& what) {
     if (!ok) throw UsageError("synthetic data: " + what);
   };
-  require(d >= 1, cat("--synthetic-d must be >= 1, got ", d));
+  require(d >= 1 && d <= 1000000, cat("--synthetic-d must be in [1, 1e6], got ", d));
   require(concepts >= 1, cat("--synthetic-concepts must be >= 1, got ", concepts));
+  // The concept matrix holds concepts x d floats; the bound (4 GB) also keeps its size in int64.
+  require(concepts <= (int64_t(1) << 30) / d,
+          cat("--synthetic-concepts x --synthetic-d must be at most 2^30 (a 4 GB concept matrix), got ", concepts, " x ", d));
   require(story_concepts >= 0 && story_concepts < concepts,
           cat("--synthetic-story-concepts must be in [0, concepts), got ", story_concepts));
   require(story_active >= 0 && story_active <= story_concepts,
           cat("--synthetic-story-active must be in [0, story concepts], got ", story_active));
-  require(stories >= 1, cat("--synthetic-stories must be >= 1, got ", stories));
+  // One int64 offset per story is kept (800 MB at the bound); token indices stay far inside int64.
+  require(stories >= 1 && stories <= 100000000, cat("--synthetic-stories must be in [1, 1e8], got ", stories));
   require(mean_length >= 4 && mean_length <= 1e5, cat("--synthetic-mean-length must be in [4, 1e5], got ", mean_length));
   require(active >= 0 && active <= 1000, cat("--synthetic-active must be in [0, 1000], got ", active));
   require(story_presence >= 0 && story_presence <= 1, cat("--synthetic-story-presence must be in [0, 1], got ", story_presence));
   require(zipf >= 0 && zipf <= 10, cat("--synthetic-zipf must be in [0, 10], got ", zipf));
-  require(magnitude > 0 && std::isfinite(magnitude), cat("--synthetic-magnitude must be > 0, got ", magnitude));
-  require(mean_norm >= 0 && std::isfinite(mean_norm), cat("--synthetic-mean-norm must be >= 0, got ", mean_norm));
-  require(noise >= 0 && std::isfinite(noise), cat("--synthetic-noise must be >= 0, got ", noise));
+  // Activations are float32 and their squares are summed: larger scales would generate Inf.
+  require(magnitude > 0 && magnitude <= 1e6, cat("--synthetic-magnitude must be in (0, 1e6], got ", magnitude));
+  require(mean_norm >= 0 && mean_norm <= 1e6, cat("--synthetic-mean-norm must be in [0, 1e6], got ", mean_norm));
+  require(noise >= 0 && noise <= 1e6, cat("--synthetic-noise must be in [0, 1e6], got ", noise));
 }
 
 SyntheticSource::SyntheticSource(const SyntheticOptions& options) : opt_(options) {

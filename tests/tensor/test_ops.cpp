@@ -21,6 +21,21 @@ void expect_values(const Tensor& t, const std::vector<double>& expected, double 
 }
 }  // namespace
 
+// Empty tensors to and from host vectors: an empty std::vector's data() is null, and memcpy with a
+// null pointer is undefined even for 0 bytes (make sanitize caught it in Tensor::from_vector).
+TEST(Tensor, EmptyTensorsConvertFromAndToVectors) {
+  for (DType dtype : {DType::F64, DType::F32}) {
+    Tensor t = Tensor::from_vector({}, Shape{0, 3}, dtype);
+    EXPECT_EQ(t.numel(), 0);
+    EXPECT_EQ(t.shape(), (Shape{0, 3}));
+    EXPECT_TRUE(t.to_vector().empty());
+  }
+  Tensor f = Tensor::from_data(nullptr, Shape{0});
+  EXPECT_EQ(f.numel(), 0);
+  EXPECT_TRUE(f.to_vector().empty());
+  EXPECT_EQ(Tensor::from_vector({1.5, -2}, Shape{2}, DType::F64).to_vector(), (std::vector<double>{1.5, -2}));
+}
+
 TEST(Tensor, CreationShapesAndViews) {
   Tensor z = Tensor::zeros(Shape{2, 3});
   EXPECT_EQ(z.numel(), 6);

@@ -103,6 +103,48 @@ TEST(Synthetic, TokensAreSparsePositiveMixturesWithStoryConcepts) {
   EXPECT_EQ(frequent, 2);
 }
 
+// Sizes that would overflow int64 (or need an absurd amount of memory) and scales that would make
+// float32 activations infinite are refused by validate() with a UsageError, before the generator
+// allocates anything (found by fuzz/fuzz_train_config).
+TEST(Synthetic, ValidateRefusesSizesThatOverflowAndScalesThatMakeInf) {
+  auto refused = [](auto change) {
+    SyntheticOptions o;
+    change(o);
+    try {
+      o.validate();
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refused([](SyntheticOptions&) {}), "accepted");  // the defaults
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.d = int64_t(1) << 62, o.concepts = 4, o.story_concepts = 0, o.story_active = 0; })
+                .find("--synthetic-d must be in [1, 1e6]"),
+            std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.d = 768, o.concepts = int64_t(1) << 53; }).find("at most 2^30"), std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.stories = INT64_MAX; }).find("--synthetic-stories must be in [1, 1e8]"),
+            std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.stories = int64_t(1) << 53; }).find("--synthetic-stories"), std::string::npos);
+  // Scales that would make float32 activations infinite; NaN and Inf too.
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.noise = 1e300; }).find("--synthetic-noise must be in [0, 1e6]"), std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.magnitude = 1e39; }).find("--synthetic-magnitude"), std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.mean_norm = INFINITY; }).find("--synthetic-mean-norm"), std::string::npos);
+  EXPECT_NE(refused([](SyntheticOptions& o) { o.noise = NAN; }).find("--synthetic-noise"), std::string::npos);
+  // The largest accepted sizes and scales; the generator's tokens stay finite.
+  {
+    SyntheticOptions o;
+    o.d = 16, o.concepts = 32, o.story_concepts = 4, o.story_active = 2, o.stories = 3, o.mean_length = 8;
+    o.magnitude = 1e6, o.mean_norm = 1e6, o.noise = 1e6, o.active = 1000;
+    SyntheticSource s(o);
+    std::vector<float> x(s.story_length(0) * o.d);
+    s.read_tokens(0, s.story_length(0), x.data());
+    for (float v : x) EXPECT_TRUE(std::isfinite(v));
+  }
+  EXPECT_EQ(refused([](SyntheticOptions& o) { o.d = 1000000, o.concepts = 1073, o.story_concepts = 0, o.story_active = 0; }),
+            "accepted");
+  EXPECT_EQ(refused([](SyntheticOptions& o) { o.stories = 100000000; }), "accepted");
+}
+
 TEST(RandomPermutation, IsABijection) {
   for (uint64_t n : {1ull, 2ull, 7ull, 1000ull, 4099ull}) {
     RandomPermutation p(n, 3);
