@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
       input->read_tokens(begin, rows, raw.data<float>());
       const sae::BatchStats stats =
           sae::normalize_batch(raw.data<float>(), x.data<float>(), rows, d, normalization.kind,
-                               normalization.dataset_scale, [&](int64_t row) { return begin + row; }, input->name());
+                               normalization.dataset_scale, [first = begin](int64_t row) { return first + row; }, input->name());
       const sae::Tensor fx = sae::sae_encode(model, x.to(device));
       if (features.defined()) {
         const sae::Tensor fh = fx.to(sae::Device::CPU);

@@ -23,7 +23,7 @@ niceness="${FUZZ_NICE:-10}"
 jobs="${JOBS:-2}"
 targets="${FUZZ_TARGETS:-$(ls fuzz/fuzz_*.cpp | sed 's|fuzz/fuzz_||; s|\.cpp$||' | grep -v '^util$' | tr '\n' ' ')}"
 
-bash scripts/install-deps.sh && bash scripts/install-fuzz-deps.sh || exit 1
+bash scripts/install-deps.sh --clang || exit 1
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAE_FUZZ=ON -DSAE_CUDA=OFF \
     -DSAE_BUILD_TESTS=OFF -DSAE_BUILD_BENCHMARKS=OFF > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, tests, benchmarks, figures and the browser test need, when
-# missing.
+# missing; with --clang also clang with its libFuzzer/sanitizer runtimes and OpenMP, which only
+# `make sanitize` and `make fuzz` need (so `make test` on a fresh machine does not pay for clang).
 # Fast no-op when everything is present; `make`, `make test` and .ci/run call it.
 set -euo pipefail
 
@@ -13,6 +14,13 @@ packages=(
   gnuplot-nox              # PNG figures of the experiment drivers
   chromium                 # headless browser: the feature browser's page is rendered in a test
 )
+if [ "${1:-}" = --clang ]; then
+  packages+=(
+    clang                  # make sanitize / make fuzz (Debian 12: clang 14)
+    libclang-rt-dev        # libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer runtimes
+    libomp-dev             # OpenMP for clang (the project's loops use it)
+  )
+fi
 
 missing=()
 for p in "${packages[@]}"; do

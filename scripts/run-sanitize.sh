@@ -4,7 +4,7 @@
 # -march=native) into SANITIZE_BUILD (default build-sanitize), then run through CTest.
 # The compiler is clang++ (SANITIZE_CXX to change it): its -fsanitize=undefined includes the
 # float-to-integer overflow check, and its runtime writes UBSan reports to log_path too (GCC's
-# sends them to stderr only). scripts/install-fuzz-deps.sh installs clang when missing.
+# sends them to stderr only). scripts/install-deps.sh --clang installs clang when missing.
 # Every sanitizer report aborts the process that made it (a test in sae_tests, or a program a test
 # runs, which then dies by SIGABRT instead of exiting 0/1/2) and is also written under
 # SANITIZE_BUILD/sanitizer-reports/; the run fails if any test fails or any report was written, so
@@ -17,7 +17,7 @@ jobs="${JOBS:-2}"
 
 cxx="${SANITIZE_CXX:-clang++}"
 
-if [ "$cxx" = clang++ ]; then bash scripts/install-fuzz-deps.sh || exit 1; fi
+if [ "$cxx" = clang++ ]; then bash scripts/install-deps.sh --clang || exit 1; fi
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAE_SANITIZE=ON -DSAE_CUDA=OFF \
     -DSAE_NATIVE=OFF -DSAE_BUILD_TESTS=ON -DSAE_BUILD_BENCHMARKS=OFF || exit 1

@@ -19,38 +19,11 @@
 
 using namespace sae;
 using sae::testing::read_file;
+using sae::testing::planted_dictionary_config;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-// The planted dictionary of tests/sae/train/test_trainer.cpp: 48 unit directions in width 32, 3
-// active per token, equally frequent; 96 features.
-TrainConfig planted_config(const std::string& out) {
-  TrainConfig c;
-  c.synthetic.d = 32;
-  c.synthetic.concepts = 48;
-  c.synthetic.story_concepts = 0;
-  c.synthetic.story_active = 0;
-  c.synthetic.stories = 2000;
-  c.synthetic.mean_length = 32;
-  c.synthetic.active = 3;
-  c.synthetic.zipf = 0.0;
-  c.synthetic.mean_norm = 0.0;
-  c.synthetic.noise = 0.01;
-  c.synthetic.seed = 1;
-  c.features = 96;
-  c.batch_tokens = 256;
-  c.normalize = Normalization::Dataset;
-  c.lr = 3e-3;
-  c.steps = 1200;
-  c.log_every = 100;
-  c.checkpoint_every = 100000;
-  c.progress = ProgressMode::None;
-  c.device = DeviceChoice::Cpu;
-  c.out = out;
-  return c;
-}
 
 // A few seconds of training for each architecture (resume, export): small, and AuxK with a dead
 // window short enough that latents die within the run.
@@ -122,7 +95,7 @@ TEST(ArchTrain, EveryArchitectureRecoversAPlantedDictionary) {
   // L0 they must reconstruct at least as well (FVU) and recover the dictionary too. JumpReLU and
   // Gated with settings found to work on this data (docs/architectures.md, "Our implementation").
   TempDir dir("arch_planted");
-  TrainConfig standard = planted_config(dir.str("standard"));
+  TrainConfig standard = planted_dictionary_config(dir.str("standard"));
   standard.l1 = 3.0;
   const TrainResult base = train(standard);
   ASSERT_TRUE(base.concepts.has_value());
@@ -132,7 +105,7 @@ TEST(ArchTrain, EveryArchitectureRecoversAPlantedDictionary) {
   const int64_t k = std::max<int64_t>(1, std::llround(base.l0));
   for (const Variant& v : kVariants) {
     SCOPED_TRACE(v.name);
-    TrainConfig c = planted_config(dir.str(v.name));
+    TrainConfig c = planted_dictionary_config(dir.str(v.name));
     c.architecture = v.architecture;
     c.jumprelu_penalty = v.penalty;
     if (is_topk_family(v.architecture)) c.k = k;

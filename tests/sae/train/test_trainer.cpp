@@ -16,6 +16,7 @@
 
 using namespace sae;
 using sae::testing::read_file;
+using sae::testing::planted_dictionary_config;
 using sae::testing::small_synthetic_config;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
@@ -49,29 +50,9 @@ TEST(Trainer, RecoversAPlantedDictionary) {
   // Known unit directions, a few active per token, token batches: the SAE should find >= 90% of
   // them at cosine >= 0.9.
   TempDir dir("planted");
-  TrainConfig c;
-  c.synthetic.d = 32;
-  c.synthetic.concepts = 48;
-  c.synthetic.story_concepts = 0;
-  c.synthetic.story_active = 0;
-  c.synthetic.stories = 2000;
-  c.synthetic.mean_length = 32;
-  c.synthetic.active = 3;
-  c.synthetic.zipf = 0.0;  // every concept equally frequent
-  c.synthetic.mean_norm = 0.0;
-  c.synthetic.noise = 0.01;
-  c.synthetic.seed = 1;
-  c.features = 96;
-  c.batch_tokens = 256;
-  c.normalize = Normalization::Dataset;
-  c.lr = 3e-3;
+  TrainConfig c = planted_dictionary_config(dir.str("run"));
   c.l1 = 1.0;
   c.steps = 600;
-  c.log_every = 100;
-  c.checkpoint_every = 100000;
-  c.progress = ProgressMode::None;
-  c.device = DeviceChoice::Cpu;
-  c.out = dir.str("run");
   TrainResult r = train(c);
   ASSERT_TRUE(r.concepts.has_value());
   std::printf("planted dictionary: MMCS %.3f recovered %.3f purity %.3f L0 %.2f FVU %.3f\n", r.concepts->mmcs,
