@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/sae_check_saelens}
 rm -rf "$work" && mkdir -p "$work"
-common=(--synthetic-d 64 --features 256 --steps 400 --batch-tokens 256 --lr 1e-3 --progress none
+common=(--synthetic-d 64 --features 256 --steps 400 --batch 256 --normalize dataset --lr 1e-3 --progress none
         --checkpoint-every 100000)
 python3 -c "import numpy as np; np.save('$work/x.npy', np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32) * 3)"
 for arch in standard topk batchtopk jumprelu gated; do
