@@ -33,6 +33,7 @@ class SmallSource : public ActivationSource {
     for (int64_t i = 0; i < count * 2; ++i) out[i] = static_cast<float>(begin * 2 + i) * 0.25f - 1.0f;
   }
   Json describe() const override { return Json("small"); }
+  std::string name() const override { return "small source"; }
 };
 
 void check_shapes(const Checkpoint& c) {

@@ -9,8 +9,30 @@
 
 namespace sae {
 
+// A message stays on one line whatever text went into it: control characters (bytes below 0x20 and
+// 0x7f: newlines, tabs, terminal escapes) are written as \xNN; other bytes are kept as they are.
+inline std::string one_line(std::string_view text) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != 0x7f) {
+      out += ch;
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// Every message is made one line (one_line) when the error is made, so text from a file or the
+// command line cannot break the one-line error contract even where a message forgot printable().
 struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& message) : std::runtime_error(one_line(message)) {}
+  explicit Error(const char* message) : Error(std::string(message)) {}
 };
 struct UsageError : Error {
   using Error::Error;

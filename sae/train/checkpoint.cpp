@@ -194,6 +194,9 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   }
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
   out.params = saelens_params(weights, out.cfg, weights_path.string());
+  if (out.params.d_in() < 1 || out.params.d_sae() < 1)
+    throw DataError(cat(weights_path.string(), ": an SAE needs d_in >= 1 and d_sae >= 1, W_enc is [", out.params.d_in(),
+                        ", ", out.params.d_sae(), "]"));
   if (out.cfg.has("d_in") && out.cfg.at("d_in").as_int() != out.params.d_in())
     throw DataError(cat(cfg_path.string(), ": d_in ", out.cfg.at("d_in").as_int(), " but W_enc has d_in ", out.params.d_in()));
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
