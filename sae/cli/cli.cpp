@@ -1,6 +1,8 @@
 // Shared command-line options, profiles and the exit-code wrapper (see cli.h).
 #include "sae/cli/cli.h"
 
+#include "tensor/cpu_runtime.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -133,10 +135,7 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
 }
 
 int run_main(const char* program, int argc, char** argv, const std::function<int()>& body) {
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr && argc > 0) {
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);  // returns only when it failed: then run as we are
-  }
+  if (argc > 0) restart_with_cpu_runtime_environment(argv);
   try {
     return body();
   } catch (const UsageError& e) {

@@ -49,9 +49,9 @@ Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResul
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 
 // Runs body() and maps what it throws to a message on stderr and an exit code. First, unless the
-// environment already says otherwise, it restarts the program with OMP_WAIT_POLICY=passive: OpenMP
-// reads that variable when the process starts, and idle threads that spin instead of sleeping make
-// a 2-thread run many times slower whenever another process shares the cores.
+// environment already says otherwise, it restarts the program with the CPU runtime's start-up
+// settings (tensor/cpu_runtime.h: OMP_WAIT_POLICY=passive, and OPENBLAS_CORETYPE when OpenBLAS
+// does not know this CPU).
 int run_main(const char* program, int argc, char** argv, const std::function<int()>& body);
 
 }  // namespace sae

@@ -744,6 +744,15 @@ TEST(HostileFiles, ErrorMessagesStayOnOneLine) {
   EXPECT_EQ(printable(std::string(300, 'a')).size(), 123u);  // cut at 120 with "..."
 }
 
+TEST(Errors, EveryMessageIsOneLineWhateverTextWentIn) {
+  // Found by make fuzz: config values, merges lines and vocabulary tokens reached messages raw.
+  // Control characters become \xNN when the error is made; other bytes (UTF-8 text) stay.
+  const DataError e(std::string("got '8\n' and \x1b[2J, tab\t, del\x7f, \xe2\x96\x81 kept"));
+  EXPECT_EQ(std::string(e.what()), "got '8\\x0a' and \\x1b[2J, tab\\x09, del\\x7f, \xe2\x96\x81 kept");
+  const UsageError u("a\rb");
+  EXPECT_EQ(std::string(u.what()), "a\\x0db");
+}
+
 TEST(FloatConvert, NarrowingRoundsToNearestEven) {
   // Every half value comes back as itself; NaN stays NaN.
   for (uint32_t h = 0; h < 0x10000; ++h) {

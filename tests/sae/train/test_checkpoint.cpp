@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "io/safetensors.h"
@@ -130,4 +131,26 @@ TEST(CheckpointFiles, ConfigErrorsNameTheFile) {
   }
   std::ofstream(dir.str("c/cfg.json"), std::ios::trunc) << R"({"d_in": "four"})";
   EXPECT_THROW(load_checkpoint(dir.str("c"), Device::CPU), DataError);
+}
+
+TEST(CheckpointFiles, AnEmptySaeIsRefused) {
+  // Found by make fuzz (fuzz/regressions/checkpoint/empty_sae_*): W_enc [0, 6] or [4, 0] loaded.
+  TempDir dir("ckpt_empty");
+  Rng rng(6);
+  for (const auto& [d, f] : {std::pair<int64_t, int64_t>{0, 6}, {4, 0}}) {
+    const std::string ckpt = dir.str(cat("sae_", d, "_", f));
+    save_checkpoint(ckpt, SaeParams::standard_init(4, 6, rng), Json::object(), nullptr);
+    std::ofstream(ckpt + "/cfg.json", std::ios::trunc) << "{}";
+    write_safetensors(ckpt + "/sae_weights.safetensors",
+                      {{"W_enc", Tensor::zeros(Shape{d, f})}, {"W_dec", Tensor::zeros(Shape{f, d})},
+                       {"b_enc", Tensor::zeros(Shape{f})}, {"b_dec", Tensor::zeros(Shape{d})}});
+    try {
+      load_checkpoint(ckpt, Device::CPU);
+      ADD_FAILURE() << d << " x " << f << " accepted";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(ckpt + "/sae_weights.safetensors: an SAE needs d_in >= 1 and d_sae >= 1"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
