@@ -86,6 +86,12 @@ if [ "$missing" -gt 0 ]; then
 else
   note "PASS libraries (every program's libraries found)"
 fi
+# The kernel family OpenBLAS should use here (tensor/cpu_runtime.h), fixed for every later process so
+# that none restarts itself (a restart under compute-sanitizer is best avoided).
+core=$("$bin/sae_tests" --gtest_filter='CpuRuntime.OpenBlasUsesAvx2KernelsWhenTheCpuHasAvx2' 2> /dev/null |
+  sed -n 's/^OpenBLAS core: .* (OPENBLAS_CORETYPE \(.*\))$/\1/p')
+if [ -n "$core" ] && [ "$core" != unset ]; then export OPENBLAS_CORETYPE=$core; fi
+note "NOTE OpenBLAS kernels: ${OPENBLAS_CORETYPE:-as OpenBLAS detects them}"
 have_gnuplot=$(command -v gnuplot > /dev/null && echo yes || echo no)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
