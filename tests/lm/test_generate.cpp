@@ -18,6 +18,7 @@
 #include "lm/gpt_neo.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
+#include "tests/util/gpu.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
 
@@ -315,7 +316,7 @@ TEST(ChooseNextToken, SamplesSoftmaxOfLogitsOverTemperatureRestrictedToTopK) {
 // ---------------------------------------------------------------- CUDA
 
 TEST(KvCacheCuda, LogitsAndGenerationMatchTheCpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   GptNeo cpu = GptNeo::load(eval_ref("model")), gpu = GptNeo::load(eval_ref("model"), Device::CUDA);
   const std::vector<int32_t> ids = fixture_sequence();
   sae::testing::expect_close_to_scale(cached_logits(gpu, ids, {5, 1}), cpu.logits(ids), kRel, "cuda cached vs cpu full");

@@ -29,6 +29,7 @@
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
+#include "tests/util/gpu.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
@@ -440,7 +441,7 @@ TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
 // ---------------------------------------------------------------- CUDA
 
 TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no GPU";
+  SKIP_WITHOUT_GPU();
   Loaded lm;
   GptNeo gpu = GptNeo::load(eval_ref("model"), Device::CUDA);
   const test::Fixture e(eval_ref("expected.safetensors"));
