@@ -25,6 +25,16 @@ __device__ inline double math_abs(double x) { return ::fabs(x); }
 __device__ inline float math_tanh(float x) { return tanhf(x); }
 __device__ inline double math_tanh(double x) { return ::tanh(x); }
 #else
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+}  // namespace sae
+// glibc's libmvec has vector versions of expf and exp (found through libm's linker script): declared
+// so, GCC turns exp in an `omp simd` loop (softmax, gelu_new, the exp op) into 8 or 16 lanes at
+// once instead of one call per element. libmvec's results are within 4 ulp (glibc's tables list at
+// most 1 for these), not always the scalar call's bits; CPU results stay bit-exact run to run.
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
+namespace sae {
+#endif
 template <typename T>
 inline T math_sqrt(T x) { return std::sqrt(x); }
 template <typename T>

@@ -15,6 +15,7 @@
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
+#include "tensor/host_device.h"
 
 namespace sae {
 
@@ -84,8 +85,9 @@ void layer_norm_cpu(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& x, co
   });
 }
 
-// Max-subtracted softmax per row; the sum is taken in double. -inf entries (masked keys) are not
-// passed to exp: they are 0 exactly. A row of only -inf gives NaN, as in PyTorch. out may be x.
+// Max-subtracted softmax per row; the sum is taken in double. -inf entries (masked keys) are 0
+// exactly (exp runs on every entry, in vector lanes, and those are then set to 0). A row of only
+// -inf gives NaN, as in PyTorch. out may be x.
 void softmax_cpu(Tensor& out, const Tensor& x) {
   dispatch_float(x.dtype(), "softmax", [&](auto zero) {
     using T = decltype(zero);
@@ -97,13 +99,16 @@ void softmax_cpu(Tensor& out, const Tensor& x) {
       const T* row = in + r * d;
       T* dst = o + r * d;
       T top = -INFINITY;
+#pragma omp simd reduction(max : top)
       for (int64_t j = 0; j < d; ++j) top = row[j] > top ? row[j] : top;
-      double sum = 0.0;
+#pragma omp simd
       for (int64_t j = 0; j < d; ++j) {
-        const T e = row[j] == -INFINITY ? T(0) : std::exp(row[j] - top);
-        dst[j] = e;
-        sum += e;
+        const T e = math_exp(row[j] - top);  // computed for every entry, so the loop runs in vector lanes
+        dst[j] = row[j] == -INFINITY ? T(0) : e;
       }
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < d; ++j) sum += dst[j];
       const T scale = static_cast<T>(1.0 / sum);
 #pragma omp simd
       for (int64_t j = 0; j < d; ++j) dst[j] *= scale;
