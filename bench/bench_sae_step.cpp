@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "bench/adam_floor.h"
 #include "sae/step/sae_step.h"
 #include "tensor/ops.h"
 
@@ -63,16 +64,8 @@ void BM_SaeStep_Floor(benchmark::State& state) {
                 grad_f.data<float>(), F);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, F, N, 1, x.data<float>(), D, grad_f.data<float>(), F, 0,
                 grad_w_enc.data<float>(), F);
-    float *pp = p.data<float>(), *mp = m.data<float>(), *vp = v.data<float>();
-    const float* gp = g.data<float>();
-#pragma omp parallel for simd
-    for (int64_t i = 0; i < params; ++i) {
-      const float gi = gp[i];
-      mp[i] += gi;
-      vp[i] += gi;
-      pp[i] -= gi;
-    }
-    benchmark::DoNotOptimize(pp);
+    adam_memory_floor(p, m, v, g);
+    benchmark::DoNotOptimize(p.data<float>());
   }
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "bench/adam_floor.h"
 #include "sae/arch_init.h"
 #include "sae/step/sae_ops.h"
 #include "sae/step/sae_step.h"
@@ -68,16 +69,8 @@ void BM_TopKStep_Floor(benchmark::State& state) {
   for (auto _ : state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, F, D, 1, x.data<float>(), D, w_enc.data<float>(), F, 0,
                 pre.data<float>(), F);
-    float *pp = p.data<float>(), *mp = m.data<float>(), *vp = v.data<float>();
-    const float* gp = g.data<float>();
-#pragma omp parallel for simd
-    for (int64_t i = 0; i < params; ++i) {
-      const float gi = gp[i];
-      mp[i] += gi;
-      vp[i] += gi;
-      pp[i] -= gi;
-    }
-    benchmark::DoNotOptimize(pp);
+    adam_memory_floor(p, m, v, g);
+    benchmark::DoNotOptimize(p.data<float>());
   }
   state.counters["tokens/s"] = benchmark::Counter(double(kN), benchmark::Counter::kIsIterationInvariantRate);
 }

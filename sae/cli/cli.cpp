@@ -1,10 +1,6 @@
 // Shared command-line options, profiles and the exit-code wrapper (see cli.h).
 #include "sae/cli/cli.h"
 
-#include "tensor/cpu_runtime.h"
-
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -14,6 +10,7 @@
 
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
+#include "tensor/cpu_runtime.h"
 
 namespace sae {
 

@@ -19,23 +19,6 @@ namespace sae {
 
 namespace {
 
-// The outputs of a scan as plain pointers.
-template <typename T>
-struct ScanOut {
-  T* values;
-  int32_t* rows;
-  int32_t* groups;
-  int32_t* count;
-  double* histogram;
-  int32_t capacity;
-};
-
-template <typename T>
-ScanOut<T> scan_out(FeatureCandidates& out, Tensor& histogram) {
-  return {out.values.data<T>(),    out.rows.data<int32_t>(), out.groups.data<int32_t>(),
-          out.count.data<int32_t>(), histogram.data<double>(), static_cast<int32_t>(out.values.size(1))};
-}
-
 // One value v of feature j at row r: counted in the histogram, offered to the candidates.
 template <typename T>
 inline void take(const ScanOut<T>& o, int64_t j, T v, int32_t r, const T* threshold, const int32_t* group) {

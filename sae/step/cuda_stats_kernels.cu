@@ -18,22 +18,6 @@ namespace sae {
 namespace {
 
 template <typename T>
-struct ScanOut {
-  T* values;
-  int32_t* rows;
-  int32_t* groups;
-  int32_t* count;
-  double* histogram;
-  int32_t capacity;
-};
-
-template <typename T>
-ScanOut<T> scan_out(FeatureCandidates& out, Tensor& histogram) {
-  return {out.values.data<T>(),    out.rows.data<int32_t>(), out.groups.data<int32_t>(),
-          out.count.data<int32_t>(), histogram.data<double>(), static_cast<int32_t>(out.values.size(1))};
-}
-
-template <typename T>
 __device__ inline void take(const ScanOut<T>& o, int64_t j, T v, int32_t r, T threshold, const int32_t* group,
                             int32_t& count, unsigned int* local_histogram) {
   ++local_histogram[histogram_bin(static_cast<float>(v))];

@@ -7,6 +7,23 @@
 
 namespace sae {
 
+// The outputs of a scan as plain pointers, for the kernels of both backends.
+template <typename T>
+struct ScanOut {
+  T* values;
+  int32_t* rows;
+  int32_t* groups;
+  int32_t* count;
+  double* histogram;
+  int32_t capacity;
+};
+
+template <typename T>
+ScanOut<T> scan_out(FeatureCandidates& out, Tensor& histogram) {
+  return {out.values.data<T>(),    out.rows.data<int32_t>(), out.groups.data<int32_t>(),
+          out.count.data<int32_t>(), histogram.data<double>(), static_cast<int32_t>(out.values.size(1))};
+}
+
 void feature_stats_scan_cpu(FeatureCandidates& out, Tensor& histogram, const Tensor& f, const Tensor& threshold,
                             const Tensor& group);
 void feature_stats_scan_sparse_cpu(FeatureCandidates& out, Tensor& histogram, const SparseFeatures& s, int64_t rows,

@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name; }
+std::string ref(const std::string& name) { return sae::testing::ref_path("text_train/" + name); }
 
 TrainConfig synthetic_run(const std::string& out) {
   TrainConfig c = sae::testing::small_synthetic_config(out);

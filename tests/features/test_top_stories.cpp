@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name; }
+std::string ref(const std::string& name) { return sae::testing::ref_path("text_train/" + name); }
 
 // A fresh SAE of `architecture` for the fixture's width (32), saved as a folder trained per story.
 SaeParams make_sae(Architecture architecture, uint64_t seed) {

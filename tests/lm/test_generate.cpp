@@ -21,6 +21,7 @@
 #include "tests/util/gpu.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
+#include "tests/util/test_util.h"
 
 using namespace sae;
 
@@ -28,7 +29,7 @@ namespace {
 
 constexpr double kRel = 1e-5;  // of the logits' max |value|: float rounding of GEMMs of other shapes
 
-std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
+std::string eval_ref(const std::string& name) { return sae::testing::ref_path("eval/" + name); }
 
 std::vector<int32_t> to_ids(const std::vector<int64_t>& values) { return std::vector<int32_t>(values.begin(), values.end()); }
 

@@ -37,7 +37,7 @@ namespace {
 
 constexpr double kRel = 1e-5;  // of each tensor's max |value|
 
-std::string neo_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/gpt_neo/" + name; }
+std::string neo_ref(const std::string& name) { return sae::testing::ref_path("gpt_neo/" + name); }
 
 std::vector<int32_t> to_ids(const std::vector<int64_t>& values) { return std::vector<int32_t>(values.begin(), values.end()); }
 

@@ -8,12 +8,13 @@
 
 #include "io/safetensors.h"
 #include "lm/hashed_weights.h"
+#include "tests/util/test_util.h"
 
 using namespace sae;
 
 namespace {
 
-std::string gpt_neo_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/gpt_neo/" + name; }
+std::string gpt_neo_ref(const std::string& name) { return sae::testing::ref_path("gpt_neo/" + name); }
 
 uint32_t float_bits(float f) {
   uint32_t bits;

@@ -20,6 +20,9 @@
 namespace sae::testing {
 
 // The whole file as bytes; throws when it cannot be opened.
+// A committed fixture: tests/ref/<path> of the source tree.
+inline std::string ref_path(const std::string& path) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/" + path; }
+
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open " + path);
@@ -58,6 +61,29 @@ inline TrainConfig tiny_training_config(const std::string& out) {
   c.steps = 30;
   c.log_every = 1;
   c.checkpoint_every = 10;
+  return c;
+}
+
+// A few seconds of training on tiny synthetic stories (d 16, 24 concepts, 200 stories of ~12 tokens;
+// 32 features, lr 1e-3, lambda 0.2, 40 steps of one story, every step logged, a checkpoint every 1000).
+inline TrainConfig tiny_story_run_config(const std::string& out) {
+  TrainConfig c;
+  c.synthetic.d = 16;
+  c.synthetic.concepts = 24;
+  c.synthetic.story_concepts = 4;
+  c.synthetic.story_active = 1;
+  c.synthetic.stories = 200;
+  c.synthetic.mean_length = 12;
+  c.synthetic.active = 2;
+  c.features = 32;
+  c.lr = 1e-3;
+  c.l1 = 0.2;
+  c.steps = 40;
+  c.log_every = 1;
+  c.checkpoint_every = 1000;
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
+  c.out = out;
   return c;
 }
 

@@ -20,6 +20,7 @@
 using namespace sae;
 using sae::testing::read_file;
 using sae::testing::planted_dictionary_config;
+using sae::testing::tiny_story_run_config;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
 
@@ -28,24 +29,11 @@ namespace {
 // A few seconds of training for each architecture (resume, export): small, and AuxK with a dead
 // window short enough that latents die within the run.
 TrainConfig tiny_config(Architecture a, const std::string& out) {
-  TrainConfig c;
-  c.synthetic.d = 16;
-  c.synthetic.concepts = 24;
-  c.synthetic.story_concepts = 4;
-  c.synthetic.story_active = 1;
-  c.synthetic.stories = 200;
-  c.synthetic.mean_length = 12;
-  c.synthetic.active = 2;
-  c.features = 32;
+  TrainConfig c = tiny_story_run_config(out);
   c.lr = 3e-3;
-  c.steps = 40;
+  c.l1 = 0.0;  // set below for the penalised architectures
   c.batch_tokens = 20;
   c.normalize = Normalization::Dataset;
-  c.log_every = 1;
-  c.checkpoint_every = 1000;
-  c.progress = ProgressMode::None;
-  c.device = DeviceChoice::Cpu;
-  c.out = out;
   c.architecture = a;
   if (is_topk_family(a)) {
     c.k = 3;

@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name; }
+std::string ref(const std::string& name) { return sae::testing::ref_path("text_train/" + name); }
 
 TrainConfig text_config(const std::string& out) {
   TrainConfig c;

@@ -17,31 +17,12 @@
 using namespace sae;
 using sae::testing::read_file;
 using sae::testing::planted_dictionary_config;
+using sae::testing::tiny_story_run_config;
 using sae::testing::small_synthetic_config;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-TrainConfig tiny_config(const std::string& out) {
-  TrainConfig c;
-  c.synthetic.d = 16;
-  c.synthetic.concepts = 24;
-  c.synthetic.story_concepts = 4;
-  c.synthetic.story_active = 1;
-  c.synthetic.stories = 200;
-  c.synthetic.mean_length = 12;
-  c.synthetic.active = 2;
-  c.features = 32;
-  c.lr = 1e-3;
-  c.l1 = 0.2;
-  c.steps = 40;
-  c.log_every = 1;
-  c.checkpoint_every = 1000;
-  c.progress = ProgressMode::None;
-  c.device = DeviceChoice::Cpu;
-  c.out = out;
-  return c;
-}
 
 std::string weights_bytes(const std::string& dir) { return read_file(dir + "/sae_weights.safetensors"); }
 }  // namespace
@@ -64,12 +45,12 @@ TEST(Trainer, RecoversAPlantedDictionary) {
 
 TEST(Trainer, ResumeFromTheFinalModelIsBitExact) {
   TempDir dir("resume_final");
-  TrainConfig full = tiny_config(dir.str("full"));
+  TrainConfig full = tiny_story_run_config(dir.str("full"));
   train(full);
-  TrainConfig first = tiny_config(dir.str("split"));
+  TrainConfig first = tiny_story_run_config(dir.str("split"));
   first.steps = 17;
   train(first);
-  TrainConfig rest = tiny_config("");
+  TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("split");
   rest.steps = 40;
   TrainResult r = train(rest);
@@ -80,7 +61,7 @@ TEST(Trainer, ResumeFromTheFinalModelIsBitExact) {
 
 TEST(Trainer, ResumeFromAMidRunCheckpointIsBitExactInTokenMode) {
   TempDir dir("resume_mid");
-  TrainConfig full = tiny_config(dir.str("full"));
+  TrainConfig full = tiny_story_run_config(dir.str("full"));
   full.batch_tokens = 20;
   full.normalize = Normalization::Dataset;
   train(full);
@@ -92,7 +73,7 @@ TEST(Trainer, ResumeFromAMidRunCheckpointIsBitExactInTokenMode) {
   cut.checkpoint_every = 10;
   train(cut);
   fs::remove_all(dir.str("cut/sae"));
-  TrainConfig rest = tiny_config("");
+  TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("cut");
   rest.steps = 40;
   rest.checkpoint_every = 10;
@@ -108,7 +89,7 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   sae::testing::write_activation_file(dir.str("acts.safetensors"), 4, {5, 5, 5, 5, 5}, [](int64_t t, int64_t j) {
     return t >= 15 && t < 20 ? 3e19 : 0.1 * ((t * 7 + j * 3) % 11) - 0.5;
   });
-  TrainConfig c = tiny_config(dir.str("run"));
+  TrainConfig c = tiny_story_run_config(dir.str("run"));
   c.data = dir.str("acts.safetensors");
   c.normalize = Normalization::None;
   c.features = 8;
@@ -126,7 +107,7 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
 
 TEST(Trainer, WritesEveryOutputInTheSpec) {
   TempDir dir("outputs");
-  TrainConfig c = tiny_config(dir.str("run"));
+  TrainConfig c = tiny_story_run_config(dir.str("run"));
   c.steps = 12;
   c.checkpoint_every = 5;
   c.log_every = 4;
@@ -158,7 +139,7 @@ TEST(Trainer, WritesEveryOutputInTheSpec) {
   EXPECT_EQ(back.features, 32);
   EXPECT_EQ(back.checkpoint_every, 5);
   // --init from the final model continues from its weights.
-  TrainConfig again = tiny_config(dir.str("init"));
+  TrainConfig again = tiny_story_run_config(dir.str("init"));
   again.init = dir.str("run/sae");
   again.steps = 1;
   again.lr = 1e-12;
@@ -172,7 +153,7 @@ TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
   // The worker-thread pipeline (on by default for CUDA) must not change a single bit, including
   // the data position saved in checkpoints.
   TempDir dir("prefetch");
-  TrainConfig plain = tiny_config(dir.str("plain"));
+  TrainConfig plain = tiny_story_run_config(dir.str("plain"));
   plain.batch_tokens = 20;
   plain.normalize = Normalization::Dataset;
   plain.prefetch = PrefetchMode::Off;
@@ -183,7 +164,7 @@ TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
   threaded.steps = 23;
   threaded.checkpoint_every = 10;
   train(threaded);
-  TrainConfig rest = tiny_config("");
+  TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("threaded");
   rest.steps = 40;
   rest.prefetch = PrefetchMode::On;
@@ -200,7 +181,7 @@ TEST(Trainer, PrefetchThreadReportsBadDataAtTheRightStep) {
                                       [](int64_t t, int64_t j) {
                                         return t == 5123 && j == 2 ? NAN : 0.1 * ((t * 7 + j * 3) % 11) - 0.5;
                                       });
-  TrainConfig c = tiny_config(dir.str("run"));
+  TrainConfig c = tiny_story_run_config(dir.str("run"));
   c.data = dir.str("acts.safetensors");
   c.features = 8;
   c.steps = 10;  // story 10 (with the NaN) is never trained on, though the worker reads it ahead
