@@ -59,7 +59,6 @@ class TextBatcher : public BatchSource {
   Normalization normalization_;
   double dataset_scale_;
   uint64_t seed_;
-  int64_t epoch_ = 0;
   // Where the next piece comes from: the start of its story (re-read on resume), which piece of it,
   // in which epoch. A story's pieces are 0 .. ceil(T / P) - 1; unsplit stories have one.
   struct PiecePosition {
