@@ -39,7 +39,7 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
       add("l1_" + sae::format_number(l1, 6), [l1](sae::TrainConfig& c) { c.l1 = l1; });
   if (ks)
     for (int64_t k : sae::parse_positive_int_list("k-list", parsed["k-list"].as<std::string>()))
-      add("k_" + std::to_string(k), [k](sae::TrainConfig& c) { c.k = k; });
+      add("k_" + std::to_string(k), [k](sae::TrainConfig& c) { c.arch.set("k", sae::Json(k)); });
   return configs;
 }
 }  // namespace

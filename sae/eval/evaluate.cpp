@@ -172,7 +172,7 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["layer"] = sae.layer;
   j["layer_from"] = sae.layer_source;
   j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
-  j["architecture"] = architecture_name(sae.params.architecture);
+  j["architecture"] = sae.params.kind;
   j["d_in"] = sae.params.d_in();
   j["d_sae"] = sae.params.d_sae();
   j["normalization"] = normalization_name(sae.normalization);
@@ -214,7 +214,7 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
-  std::string out = cat("sae_eval: ", sae.dir, " (", architecture_name(sae.params.architecture), ", d_sae ",
+  std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
                         sae.params.d_sae(), ") spliced at hidden_states[", sae.layer, "] (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
 

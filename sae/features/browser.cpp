@@ -209,7 +209,7 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   Json data = Json::object();
   data["title"] = options.run;
   Json about = Json::object();
-  about["architecture"] = architecture_name(sae.params.architecture);
+  about["architecture"] = sae.params.kind;
   about["d_in"] = sae.params.d_in();
   about["d_sae"] = features;
   about["sae"] = sae_dir.string();

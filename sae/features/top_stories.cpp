@@ -7,7 +7,7 @@
 #include <map>
 
 #include "lm/text_data.h"
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
 #include "sae/features/token_text.h"
 
 namespace sae {

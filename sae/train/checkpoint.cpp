@@ -14,8 +14,8 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
-#include "sae/train/arch_checkpoint.h"
 #include "io/safetensors.h"
+#include "sae/arch/registry.h"
 
 namespace fs = std::filesystem;
 
@@ -106,8 +106,9 @@ void require(bool ok, const std::string& path, const std::string& what) {
 }  // namespace
 
 Json saelens_config(const SaeParams& params, const Json& extra) {
+  const ArchUnit& unit = unit_of(params);
   Json cfg = Json::object();
-  cfg["architecture"] = "standard";
+  cfg["architecture"] = unit.saelens_architecture();
   cfg["d_in"] = params.d_in();
   cfg["d_sae"] = params.d_sae();
   cfg["dtype"] = "float32";
@@ -120,7 +121,9 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   metadata["sae_lens_training_version"] = "6.0.0";
   cfg["metadata"] = metadata;
   cfg["sae_cpp"] = extra;
-  set_architecture_keys(cfg, params);
+  Json& ours = cfg["sae_cpp"];
+  ours["training_architecture"] = unit.name();
+  unit.set_cfg_keys(params, cfg, ours);
   return cfg;
 }
 
@@ -137,7 +140,8 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
   try {
-    write_safetensors((temp / kWeightsFile).string(), saelens_weights(params));
+    const ArchUnit& unit = unit_of(params);
+    write_safetensors((temp / kWeightsFile).string(), unit.saelens_weights(params));
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     if (state) {
       std::vector<std::pair<std::string, Tensor>> tensors;
@@ -145,7 +149,8 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
       for (const auto& [name, v] : state->adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
       tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
       Json info = Json::object();
-      add_training_state_extras(tensors, info, params);
+      info["architecture"] = unit.name();
+      unit.save_state(params, tensors, info);
       info["format"] = kStateFormat;
       info["version"] = 1;
       info["step"] = state->step;
@@ -193,7 +198,8 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     throw DataError(cat(cfg_path.string(), ": ", e.what()));
   }
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
-  out.params = saelens_params(weights, out.cfg, weights_path.string());
+  const ArchUnit& unit = unit_for_folder(out.cfg, cfg_path.string());
+  out.params = unit.import_saelens(weights, out.cfg, weights_path.string());
   if (out.params.d_in() < 1 || out.params.d_sae() < 1)
     throw DataError(cat(weights_path.string(), ": an SAE needs d_in >= 1 and d_sae >= 1, W_enc is [", out.params.d_in(),
                         ", ", out.params.d_sae(), "]"));
@@ -230,17 +236,20 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
             cat("step, tokens and adam_steps must be >= 0, got ", st.step, ", ", st.tokens, ", ", st.adam.steps));
     require(std::isfinite(st.dataset_scale) && st.dataset_scale > 0, where,
             cat("dataset_scale must be a positive number, got ", st.dataset_scale));
-    read_training_state_extras(file, state_info, out.params);
+    const std::string state_arch = state_info.has("architecture") ? state_info.at("architecture").as_string() : "standard";
+    require(state_arch == unit.name(), where,
+            cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));
+    unit.load_state(file, state_info, out.params);
     st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
-    for (int i = 0; i < 8; ++i) {
-      const Tensor& param = *out.params.slots()[i];
-      if (!param.defined()) continue;
-      const std::string name = SaeParams::kSlotNames[i];
+    auto params = out.params.present(), m_all = st.adam.m.present(), v_all = st.adam.v.present();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string& name = params[i].first;
+      const Tensor& param = *params[i].second;
       Tensor m = file.read_f32("adam_m." + name), v = file.read_f32("adam_v." + name);
       require(m.shape() == param.shape() && v.shape() == param.shape(), where,
               cat("Adam moments of ", name, " have the wrong shape"));
-      *st.adam.m.slots()[i] = m.to(device);
-      *st.adam.v.slots()[i] = v.to(device);
+      *m_all[i].second = m.to(device);
+      *v_all[i].second = v.to(device);
     }
     // The dead-feature clocks: token counts, stored as F64 (exact below 2^53), each in [0, tokens].
     const SafetensorsEntry& fired = file.entry("last_fired");

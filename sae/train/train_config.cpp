@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "sae/train/arch_config.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
@@ -35,6 +36,7 @@ void TrainConfig::validate() const {
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
+  validate_architecture_options(*this);
   const TrainConfig defaults;
   if (target_l0 == 0) {
     require(target_l0_ki == defaults.target_l0_ki && target_l0_kp == defaults.target_l0_kp &&
@@ -43,10 +45,6 @@ void TrainConfig::validate() const {
   } else {
     require(std::isfinite(target_l0) && target_l0 > 0 && target_l0 <= double(features),
             cat("--target-l0 must be in (0, --features = ", features, "], got ", target_l0));
-    require(architecture == Architecture::Standard || architecture == Architecture::JumpReLU ||
-                architecture == Architecture::Gated,
-            cat("--target-l0 applies to --architecture standard, jumprelu and gated; ", architecture_name(architecture),
-                " sets its L0 with --k"));
     require(l1 > 0, cat("--target-l0 starts the controller at --l1, which must be > 0, got ", l1));
     require(std::isfinite(target_l0_ki) && target_l0_ki >= 0, cat("--target-l0-ki must be >= 0, got ", target_l0_ki));
     require(std::isfinite(target_l0_kp) && target_l0_kp >= 0, cat("--target-l0-kp must be >= 0, got ", target_l0_kp));
@@ -58,7 +56,6 @@ void TrainConfig::validate() const {
                                          feature_stats_steps));
   check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
-  validate_architecture_options(*this);
 }
 
 bool TrainConfig::was_given(const std::string& option) const {
