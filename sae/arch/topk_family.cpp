@@ -256,6 +256,107 @@ Tensor TopKFamilyStep::aux_activations() const {
   return dense_from_lists(lists_, tokens_, tokens_, d_sae_, pre_);
 }
 
+// ---------------------------------------------------------------- selection by batch
+
+double batch_threshold(const SaeParams& p) {
+  return p.settings.has("threshold") ? p.settings.at("threshold").as_number() : 0.0;
+}
+
+BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, int64_t max_tokens, int64_t d_in, int64_t d_sae,
+                             DType dtype, Device device, const std::string& unit)
+    : TopKFamilyStep(settings, max_tokens, d_in, d_sae, dtype, device, unit), rate_(rate) {}
+
+void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
+  batchtopk_select_(main, pre, b_enc, settings_.k * n);
+}
+
+StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, double lambda, bool train) {
+  const StepSums sums = TopKFamilyStep::forward(params, x, lambda, train);
+  if (main_entries_ > 0) {
+    reduce_all_(ReduceOp::min, sums_, lists_.row_vals.slice_rows(0, main_entries_));
+    min_positive_ = sums_.item();
+  }
+  return sums;
+}
+
+// The inference threshold, from this step's f (the parameters before the update).
+void BatchTopKStep::after_update(SaeParams& params) {
+  if (main_entries_ == 0) return;
+  const double theta = batch_threshold(params);
+  params.settings["threshold"] = theta > 0 ? (1.0 - rate_) * theta + rate_ * min_positive_ : min_positive_;
+}
+
+std::vector<ArchOption> BatchThresholdUnit::option_rows() const {
+  std::vector<ArchOption> rows = topk_family_rows();
+  rows.push_back({"batchtopk-threshold-lr", "batchtopk_threshold_lr",
+                  "rate of the inference threshold's moving average of the smallest kept activation",
+                  ArchValueType::Number, "0.01"});
+  return rows;
+}
+
+std::vector<std::string> BatchThresholdUnit::reads() const {
+  std::vector<std::string> names = topk_family_reads();
+  names.push_back("batchtopk-threshold-lr");
+  return names;
+}
+
+void BatchThresholdUnit::validate(const ArchSettings& s, int64_t d_sae) const {
+  validate_topk_family(s, d_sae, name());
+  const double rate = s.number("batchtopk-threshold-lr");
+  require(rate > 0 && rate <= 1, cat("--batchtopk-threshold-lr must be in (0, 1], got ", rate));
+}
+
+void BatchThresholdUnit::init_own(SaeParams& p, const ArchSettings& s) const {
+  p.settings["k"] = s.integer("k");
+  p.settings["threshold"] = 0.0;
+}
+
+Tensor BatchThresholdUnit::encode(const SaeParams& p, const Tensor& x) const {
+  check(p);
+  const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
+  return mul(relu(P), gt(P, Tensor::full(Shape{1}, batch_threshold(p), P.dtype(), P.device())));
+}
+
+std::vector<std::pair<std::string, Tensor>> BatchThresholdUnit::saelens_weights(const SaeParams& p) const {
+  std::vector<std::pair<std::string, Tensor>> out = ArchUnit::saelens_weights(p);
+  out.push_back({"threshold", Tensor::full(Shape{p.d_sae()}, batch_threshold(p), DType::F32)});
+  return out;
+}
+
+void BatchThresholdUnit::set_cfg_keys(const SaeParams& p, Json&, Json& ours) const {
+  ours["k"] = p.settings.at("k");
+  ours["batchtopk_threshold"] = batch_threshold(p);
+}
+
+void BatchThresholdUnit::check_cfg(const Json& cfg) const {
+  const Json& ours = cfg.at("sae_cpp");
+  if (ours.has("k")) ours.at("k").as_int();
+  if (ours.has("batchtopk_threshold")) ours.at("batchtopk_threshold").as_number();
+}
+
+// One threshold for every latent (in full precision in sae_cpp).
+void BatchThresholdUnit::import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+                                     SaeParams& p) const {
+  if (!weights.has("threshold")) throw DataError(cat(where, ": missing tensor threshold"));
+  const Tensor threshold = weights.read_f32("threshold");
+  if (threshold.shape() != Shape{p.d_sae()})
+    throw DataError(cat(where, ": threshold should be [", p.d_sae(), "], got ", threshold.describe()));
+  const std::vector<double> theta = threshold.to_vector();
+  for (double v : theta)
+    if (v != theta[0]) throw DataError(cat(where, ": a ", name(), " SAE has one threshold for every latent"));
+  const Json& ours = cfg.at("sae_cpp");
+  p.settings["threshold"] = ours.has("batchtopk_threshold") ? ours.at("batchtopk_threshold").as_number() : theta[0];
+  p.settings["k"] = ours.has("k") ? ours.at("k").as_int() : int64_t(0);
+}
+
+void BatchThresholdUnit::save_state(const SaeParams& p, std::vector<std::pair<std::string, Tensor>>&, Json& info) const {
+  info["batchtopk_threshold"] = batch_threshold(p);
+}
+
+void BatchThresholdUnit::load_state(const SafetensorsFile&, const Json& info, SaeParams& p) const {
+  if (info.has("batchtopk_threshold")) p.settings["threshold"] = info.at("batchtopk_threshold").as_number();
+}
+
 // ---------------------------------------------------------------- the reference
 
 ReferenceLoss topk_family_reference(const TopKSettings& o, const std::vector<uint8_t>& kept, const ArchVariables& p,

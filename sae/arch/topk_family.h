@@ -84,6 +84,49 @@ class TopKFamilyStep : public UnitStep {
   double rec_ = 0, aux_ = 0;
 };
 
+// The step of units that select by batch (batchtopk, matryoshka): the kN largest relu(P) of the batch,
+// and the inference threshold theta <- (1 - rate) theta + rate min{f > 0} after each step (the first
+// step sets it), kept in the SAE's settings as "threshold".
+class BatchTopKStep : public TopKFamilyStep {
+ public:
+  BatchTopKStep(const TopKSettings& settings, double rate, int64_t max_tokens, int64_t d_in, int64_t d_sae,
+                DType dtype, Device device, const std::string& unit);
+  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool train) override;
+  void after_update(SaeParams& params) override;
+
+ protected:
+  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) override;
+
+ private:
+  double rate_, min_positive_ = 0;
+};
+
+// What units that select by batch share as units: the family's options and the threshold's rate,
+// k and the threshold as inference settings, inference relu(P) 1[P > theta], and the SAELens export
+// as a "jumprelu" (threshold theta for every latent; sae_cpp keeps k and theta in full precision and
+// names the unit). A unit adds its name, description, step and reference (and may add options).
+class BatchThresholdUnit : public ArchUnit {
+ public:
+  std::vector<ArchOption> option_rows() const override;
+  std::vector<std::string> reads() const override;
+  void validate(const ArchSettings& s, int64_t d_sae) const override;
+  bool has_lambda() const override { return false; }
+  std::string sparsity_note() const override { return "sets its L0 with --k"; }
+  DictionaryInit dictionary_init(const ArchSettings& s) const override { return topk_family_dictionary_init(s); }
+  void init_own(SaeParams& p, const ArchSettings& s) const override;
+  Tensor encode(const SaeParams& p, const Tensor& x) const override;
+  std::string saelens_architecture() const override { return "jumprelu"; }
+  bool reads_foreign_folders() const override { return false; }
+  std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override;
+  void set_cfg_keys(const SaeParams& p, Json& cfg, Json& ours) const override;
+  void check_cfg(const Json& cfg) const override;
+  void import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+                   SaeParams& p) const override;
+  void save_state(const SaeParams& p, std::vector<std::pair<std::string, Tensor>>& tensors, Json& info) const override;
+  void load_state(const SafetensorsFile& file, const Json& info, SaeParams& p) const override;
+};
+double batch_threshold(const SaeParams& p);  // 0 until the first step sets it
+
 // The reference of a TopK-family unit: f = relu(P) * kept (the unit's selection as 0/1 flags
 // [N * F]), plus AuxK's term when dead latents are given (ReferenceLoss.aux_acts, n_dead).
 ReferenceLoss topk_family_reference(const TopKSettings& s, const std::vector<uint8_t>& kept, const ArchVariables& p,

@@ -144,6 +144,8 @@ class ArchUnit {
   // sae_weights.safetensors's tensors (float32, host) and cfg.json's architecture keys.
   virtual std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& params) const;
   virtual void set_cfg_keys(const SaeParams& params, Json& cfg, Json& ours) const {}
+  // Type checks of the cfg.json keys the unit reads (DataError, which the loader prefixes with the file).
+  virtual void check_cfg(const Json& cfg) const {}
   // The parameters a folder holds (float32, host): the dictionary and own tensors by name, then
   // import_rest for what is not a plain tensor (own tensors stored otherwise, settings), the shape
   // check, apply_b_dec_to_input folded (fold_input_shift), and finish_import for folds of the unit's

@@ -48,6 +48,15 @@ ArchSettings arch_settings(const TrainConfig& c) {
   return s;
 }
 
+ArchSettings arch_settings(const std::string& unit, const std::vector<std::pair<std::string, Json>>& given,
+                           int64_t dead_window) {
+  TrainConfig c;
+  c.architecture = unit;
+  c.dead_window = dead_window;
+  for (const auto& [name, value] : given) c.arch.set(name, value);
+  return arch_settings(c);
+}
+
 void validate_architecture_options(const TrainConfig& c) {
   const TrainConfig defaults;
   const ArchUnit& unit = run_unit(c);

@@ -3,6 +3,8 @@
 // rules of which option applies to which unit, and how a run's first parameters are made.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "sae/arch/registry.h"
@@ -15,6 +17,10 @@ struct TrainingData;
 const ArchUnit& run_unit(const TrainConfig& c);  // UsageError naming --architecture for an unknown one
 // Every option the unit reads, by name.
 ArchSettings arch_settings(const TrainConfig& c);
+// The settings of a run of `unit` with these option values (by name; every other option at its
+// default), for programs that make a step without a TrainConfig (benchmarks, tests).
+ArchSettings arch_settings(const std::string& unit, const std::vector<std::pair<std::string, Json>>& given,
+                           int64_t dead_window = 1000000);
 // UsageError (one line naming the option) for an architecture option given with a unit that does
 // not read it (given = a value other than the row's default), lambda's options with a unit without
 // lambda, and the unit's own range checks.

@@ -180,25 +180,29 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());
   require(out.cfg.is_object(), cfg_path.string(), "expected a JSON object");
-  try {
-    // Every key the loader reads is type-checked here, so that an error names this file.
-    for (const char* key : {"d_in", "d_sae", "k"})
+  // Every key the loader reads is type-checked first (the unit checks its own), so that an error
+  // names this file.
+  auto checked = [&](const std::function<void()>& check) {
+    try {
+      check();
+    } catch (const DataError& e) {
+      throw DataError(cat(cfg_path.string(), ": ", e.what()));
+    }
+  };
+  checked([&] {
+    for (const char* key : {"d_in", "d_sae"})
       if (out.cfg.has(key)) out.cfg.at(key).as_int();
-    for (const char* key : {"apply_b_dec_to_input", "rescale_acts_by_decoder_norm"})
-      if (out.cfg.has(key)) out.cfg.at(key).as_bool();
+    if (out.cfg.has("apply_b_dec_to_input")) out.cfg.at("apply_b_dec_to_input").as_bool();
     if (out.cfg.has("architecture")) out.cfg.at("architecture").as_string();
     if (out.cfg.has("sae_cpp")) {
       const Json& ours = out.cfg.at("sae_cpp");
       if (!ours.is_object()) throw DataError("sae_cpp must be an object");
       if (ours.has("training_architecture")) ours.at("training_architecture").as_string();
-      if (ours.has("k")) ours.at("k").as_int();
-      if (ours.has("batchtopk_threshold")) ours.at("batchtopk_threshold").as_number();
     }
-  } catch (const DataError& e) {
-    throw DataError(cat(cfg_path.string(), ": ", e.what()));
-  }
-  SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
+  });
   const ArchUnit& unit = unit_for_folder(out.cfg, cfg_path.string());
+  checked([&] { unit.check_cfg(out.cfg); });
+  SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
   out.params = unit.import_saelens(weights, out.cfg, weights_path.string());
   if (out.params.d_in() < 1 || out.params.d_sae() < 1)
     throw DataError(cat(weights_path.string(), ": an SAE needs d_in >= 1 and d_sae >= 1, W_enc is [", out.params.d_in(),

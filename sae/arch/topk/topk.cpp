@@ -60,6 +60,10 @@ class TopKUnit : public ArchUnit {
     cfg["k"] = p.settings.at("k");  // required: SAELens silently uses k = 100 without it
     cfg["rescale_acts_by_decoder_norm"] = false;
   }
+  void check_cfg(const Json& cfg) const override {
+    if (cfg.has("k")) cfg.at("k").as_int();
+    if (cfg.has("rescale_acts_by_decoder_norm")) cfg.at("rescale_acts_by_decoder_norm").as_bool();
+  }
   void import_rest(const SafetensorsFile&, const Json& cfg, const std::string& where, SaeParams& p) const override {
     if (!cfg.has("k") || !cfg.at("k").is_number()) throw DataError(cat(where, ": a topk cfg.json needs an integer k"));
     p.settings["k"] = cfg.at("k").as_int();

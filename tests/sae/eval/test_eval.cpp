@@ -20,7 +20,7 @@
 #include <fstream>
 
 #include "lm/generate.h"
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/next_token.h"
 #include "sae/eval/sae_at_layer.h"
@@ -128,7 +128,7 @@ TEST(SaeEval, MatchesThePyTorchReferenceForEachFolder) {
     // The planted features: 64..71 never fire, 72..75 always do (except where TopK leaves them out).
     EXPECT_EQ(r.dead, 8);
     for (int i = 64; i < 72; ++i) EXPECT_EQ(r.density[i], 0.0) << i;
-    if (sae.params.architecture != Architecture::TopK) {
+    if (sae.params.kind != "topk") {
       for (int i = 72; i < 76; ++i) EXPECT_EQ(r.density[i], 1.0) << i;
     }
     int64_t dense = 0;
@@ -271,8 +271,8 @@ TEST(SaeAtLayer, ReadsTheLayerAndNormalisationFromTheFolder) {
   EXPECT_EQ(topk.layer, 1);
   EXPECT_EQ(topk.normalization, Normalization::Dataset);
   EXPECT_DOUBLE_EQ(topk.dataset_scale, 1.7);
-  EXPECT_EQ(topk.params.architecture, Architecture::TopK);
-  EXPECT_EQ(topk.params.k, 12);
+  EXPECT_EQ(topk.params.kind, "topk");
+  EXPECT_EQ(topk.params.settings.at("k").as_int(), 12);
   const SaeAtLayer overridden = load_sae_at_layer(eval_ref("sae_story"), config, 4, Device::CPU);
   EXPECT_EQ(overridden.layer, 4);
   EXPECT_EQ(overridden.layer_source, "--layer");

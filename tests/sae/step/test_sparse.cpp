@@ -21,20 +21,20 @@
 #include <sstream>
 
 #include "nn/adam.h"
-#include "sae/model.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/sae_step.h"
 #include "sae/train/trainer.h"
 #include "tensor/cuda/backend.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "io/safetensors.h"
-#include "tests/util/step_util.h"
+#include "tests/util/standard_sae.h"
 #include "tests/util/test_util.h"
 #include "tests/util/compare.h"
 #include "tests/util/gpu.h"
 
 using namespace sae;
+using sae::testing::StandardSae;
 using sae::testing::expect_same_saved_weights;
 using sae::testing::expect_close_to_scale;
 using sae::testing::expect_bitwise_equal;
@@ -71,12 +71,12 @@ Problem make_problem(int64_t n, int64_t d, int64_t f, double density, DType dtyp
   return p;
 }
 
-std::unique_ptr<SparseAutoencoder> model_of(const Problem& p, Device device = Device::CPU) {
-  return std::make_unique<SparseAutoencoder>(p.W_enc.to(device).clone(), p.b_enc.to(device).clone(),
+std::unique_ptr<StandardSae> model_of(const Problem& p, Device device = Device::CPU) {
+  return std::make_unique<StandardSae>(p.W_enc.to(device).clone(), p.b_enc.to(device).clone(),
                                              p.W_dec.to(device).clone(), p.b_dec.to(device).clone());
 }
 
-SaeAdamState make_adam(SparseAutoencoder& model) { return SaeAdamState::zeros_like(model.params()); }
+SaeAdamState make_adam(StandardSae& model) { return SaeAdamState::zeros_like(model.params()); }
 
 // Both lists of f by definition (sae_kernels.h: SparseFeatures), as host vectors.
 struct ListsByDefinition {
@@ -410,8 +410,8 @@ void compare_sparse_with_dense(int64_t n, int64_t d, int64_t f, double density, 
   const double rel = dtype == DType::F32 ? 2e-5 : 1e-12;
   Problem p = make_problem(n, d, f, density, dtype, seed);
   auto dense = model_of(p), sparse = model_of(p);
-  SaeStep dense_step(n + 3, d, f, dtype, Device::CPU, SparseMode::Off);
-  SaeStep sparse_step(n + 3, d, f, dtype, Device::CPU, SparseMode::On);  // workspace larger than the batch
+  SaeStep dense_step = sae::testing::standard_step(n + 3, d, f, dtype, Device::CPU, SparseMode::Off);
+  SaeStep sparse_step = sae::testing::standard_step(n + 3, d, f, dtype, Device::CPU, SparseMode::On);  // workspace larger than the batch
   for (Variable& param : sparse->parameters()) param.grad() = Tensor::full(param.shape(), kNaN, dtype);
   const StepSums a = fused_backward(dense_step, *dense, p.x, lambda);
   const StepSums b = fused_backward(sparse_step, *sparse, p.x, lambda);
@@ -452,8 +452,8 @@ void compare_sparse_with_dense(int64_t n, int64_t d, int64_t f, double density, 
     const std::string name = what + " after 2 Adam steps: " + dp[i].first;
     // Adam moves each value by about lr * m / sqrt(v) <= lr per step: 1e-3 of it is a clear slip.
     expect_close_to_scale(sp[i].second.data(), dp[i].second.data(), rel, name, 2e-6);
-    expect_close_to_scale(*sparse_adam.m.all()[i], *dense_adam.m.all()[i], 10 * rel, name + " m");
-    expect_close_to_scale(*sparse_adam.v.all()[i], *dense_adam.v.all()[i], 10 * rel, name + " v");
+    expect_close_to_scale(*sparse_adam.m.present()[i].second, *dense_adam.m.present()[i].second, 10 * rel, name + " m");
+    expect_close_to_scale(*sparse_adam.v.present()[i].second, *dense_adam.v.present()[i].second, 10 * rel, name + " v");
   }
 }
 }  // namespace
@@ -474,7 +474,7 @@ TEST(SaeStepSparse, IsDeterministic) {
   for (int run = 0; run < 2; ++run) {
     auto model = model_of(p);
     SaeAdamState adam = make_adam(*model);
-    SaeStep step(300, 32, 800, DType::F32, Device::CPU, SparseMode::On);
+    SaeStep step = sae::testing::standard_step(300, 32, 800, DType::F32, Device::CPU, SparseMode::On);
     for (int s = 0; s < 3; ++s) fused_train_step(step, *model, adam, p.x, 1.0, 1e-3);
     for (size_t i = 0; i < 4; ++i) {
       if (run == 0)
@@ -489,10 +489,10 @@ TEST(SaeStepSparse, AutoModeChoosesByDensity) {
   for (double density : {0.02, 1.0}) {
     Problem p = make_problem(64, 16, 400, density, DType::F32, 5);
     auto model = model_of(p);
-    SaeStep step(64, 16, 400, DType::F32, Device::CPU, SparseMode::Auto);
+    SaeStep step = sae::testing::standard_step(64, 16, 400, DType::F32, Device::CPU, SparseMode::Auto);
     const StepSums s = fused_backward(step, *model, p.x, 1.0);
-    EXPECT_EQ(s.sparse, density < step.auto_max_density()) << density;
-    step.set_auto_max_density(0.0);  // nothing is sparse enough
+    EXPECT_EQ(s.sparse, density < sparse_auto_max_density(step.unit_step())) << density;
+    set_sparse_auto_max_density(step.unit_step(), 0.0);  // nothing is sparse enough
     EXPECT_FALSE(step.forward(model->params(), p.x, 1.0).sparse);
   }
   EXPECT_EQ(parse_sparse_mode("auto"), SparseMode::Auto);
@@ -504,7 +504,7 @@ TEST(SaeStepSparse, NonFiniteLossUpdatesNothing) {
   Problem p = make_problem(20, 8, 50, 0.1, DType::F32, 6);
   auto model = model_of(p);
   SaeAdamState adam = make_adam(*model);
-  SaeStep step(20, 8, 50, DType::F32, Device::CPU, SparseMode::On);
+  SaeStep step = sae::testing::standard_step(20, 8, 50, DType::F32, Device::CPU, SparseMode::On);
   Tensor x = p.x.clone();
   x.data<float>()[3] = std::numeric_limits<float>::infinity();
   Tensor before = model->W_dec.data().clone();
@@ -524,7 +524,8 @@ TrainConfig sparse_run(const std::string& out, const std::string& sparse) {
   c.l1 = 2.0;
   c.steps = 150;
   c.checkpoint_every = 1000;
-  c.sparse = parse_sparse_mode(sparse);
+  parse_sparse_mode(sparse);  // refused here when it is not a mode
+  c.arch.set("sparse", Json(sparse));
   return c;
 }
 
@@ -569,13 +570,13 @@ TEST(TrainerSparse, ResumeIsBitExactWithSparseOn) {
 TEST(TrainerSparse, OptionIsValidatedAndOldConfigsResumeDense) {
   EXPECT_THROW(sparse_run("x", "sometimes"), UsageError);  // parsed (and refused) once, into the enum
   Json j = sparse_run("x", "on").to_json();
-  EXPECT_EQ(TrainConfig::from_json(j).sparse, SparseMode::On);
+  EXPECT_EQ(TrainConfig::from_json(j).arch.at("sparse").as_string(), "on");
   Json old = Json::object();
   for (const auto& key : {"data", "synthetic", "features", "l1", "lr", "beta1", "beta2", "eps", "steps", "batch",
                           "normalize", "init", "out", "seed", "device", "checkpoint_every", "log_every",
                           "lr_warmup_steps", "lr_decay_steps", "l1_warmup_steps", "dead_window", "progress"})
     old[key] = j.at(key);
-  EXPECT_EQ(TrainConfig::from_json(old).sparse, SparseMode::Off);  // written before --sparse existed: dense
+  EXPECT_EQ(TrainConfig::from_json(old).arch.at("sparse").as_string(), "off");  // written before --sparse existed: dense
 }
 
 TEST(TrainerSparse, CommandLineOption) {
@@ -676,8 +677,8 @@ TEST(CudaSparse, SaeStepMatchesCpu) {
     const std::string what = cat("sparse SaeStep N", n, " density ", density);
     Problem p = make_problem(n, d, f, density, DType::F32, 30 + n);
     auto cpu_model = model_of(p), gpu_model = model_of(p, Device::CUDA);
-    SaeStep cpu_step(n, d, f, DType::F32, Device::CPU, SparseMode::On);
-    SaeStep gpu_step(n, d, f, DType::F32, Device::CUDA, SparseMode::On);
+    SaeStep cpu_step = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU, SparseMode::On);
+    SaeStep gpu_step = sae::testing::standard_step(n, d, f, DType::F32, Device::CUDA, SparseMode::On);
     for (Variable& param : gpu_model->parameters())
       param.grad() = Tensor::full(param.shape(), kNaN, DType::F32, Device::CUDA);
     const StepSums c = fused_backward(cpu_step, *cpu_model, p.x, 2.0);

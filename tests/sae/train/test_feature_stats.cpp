@@ -459,13 +459,13 @@ TEST(FeatureStatsTraining, GatheringChangesNothingOfTheRun) {
   kinds.push_back(stats_run(""));
   kinds.back().batch_tokens = 0;
   kinds.back().normalize = Normalization::Story;
-  kinds.back().sparse = SparseMode::Off;
+  kinds.back().arch.set("sparse", Json("off"));
   kinds.push_back(stats_run(""));
-  kinds.back().architecture = Architecture::TopK;
-  kinds.back().k = 4;
+  kinds.back().architecture = "topk";
+  kinds.back().arch.set("k", Json(4));
   kinds.back().l1 = 0;
   kinds.push_back(stats_run(""));
-  kinds.back().architecture = Architecture::JumpReLU;
+  kinds.back().architecture = "jumprelu";
   for (size_t i = 0; i < kinds.size(); ++i) {
     TrainConfig with = kinds[i], without = kinds[i];
     with.out = dir.str(cat("with", i));

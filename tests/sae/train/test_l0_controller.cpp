@@ -100,19 +100,19 @@ TEST(L0Controller, TrainingReachesTheTargetWithinFivePercent) {
   TempDir dir("l0_target");
   struct Case {
     const char* name;
-    Architecture architecture;
+    const char* architecture;
     double target, l1;
   };
   // From far below (lambda too large: L0 starts near 0) and from above (lambda too small).
-  for (const Case& k : {Case{"standard_up", Architecture::Standard, 6.0, 20.0},
-                        Case{"standard_down", Architecture::Standard, 3.0, 0.01},
-                        Case{"jumprelu_tanh", Architecture::JumpReLU, 4.0, 0.1}}) {
+  for (const Case& k : {Case{"standard_up", "standard", 6.0, 20.0},
+                        Case{"standard_down", "standard", 3.0, 0.01},
+                        Case{"jumprelu_tanh", "jumprelu", 4.0, 0.1}}) {
     SCOPED_TRACE(k.name);
     TrainConfig c = controlled_run(dir.str(k.name), k.target, k.l1);
     c.architecture = k.architecture;
     // The tanh penalty's gradient reaches the pre-activations; the step penalty's reaches only the
     // thresholds of latents firing within the bandwidth of them (docs/architectures.md §2.9).
-    if (k.architecture == Architecture::JumpReLU) c.jumprelu_penalty = JumpReluPenalty::Tanh;
+    if (std::string(k.architecture) == "jumprelu") c.arch.set("jumprelu-penalty", Json("tanh"));
     const TrainResult r = train(c);
     const double l0 = final_l0(c.out, 500);
     EXPECT_NEAR(l0, k.target, 0.05 * k.target);
@@ -165,8 +165,8 @@ TEST(L0Controller, BadOptionsAreRefused) {
   t.target_l0 = -1;
   refused(t, "--target-l0 must be in");
   t = c;
-  t.architecture = Architecture::TopK;
-  t.k = 4;
+  t.architecture = "topk";
+  t.arch.set("k", Json(4));
   t.l1 = TrainConfig().l1;
   t.target_l0 = 4;
   refused(t, "sets its L0 with --k");
