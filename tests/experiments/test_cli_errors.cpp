@@ -116,7 +116,7 @@ TEST(Cli, RunsWithoutGnuplotAndSaysSoOnce) {
     const std::string figures = dir.str(cat("run/", run, "/figures/"));
     EXPECT_TRUE(fs::exists(dir.str(cat("run/", run, "/sae/sae_weights.safetensors")))) << run;
     for (const char* file : {"loss.gp", "loss.dat", "sparsity.gp", "sparsity.dat"})
-      EXPECT_GT(fs::file_size(figures + file), 0u) << run << " " << file;
+      EXPECT_TRUE(fs::exists(figures + file) && fs::file_size(figures + file) > 0) << run << " " << file;
     EXPECT_FALSE(fs::exists(figures + "loss.png")) << run;
   }
 }
