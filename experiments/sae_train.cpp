@@ -70,14 +70,19 @@ int main(int argc, char** argv) {
       }
     }
     if (configs.empty()) configs.push_back(config);
+    // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
+    // written) and gets one note; a gnuplot that fails gets a warning.
+    const bool draw = sae::gnuplot_found();
     for (const sae::TrainResult& result : sae::train_together(configs)) {
       std::printf("%s", sae::format_report(result).c_str());
-      try {  // the model is saved; a missing gnuplot only costs the figures
-        for (const std::string& png : sae::plot_training_run(result.out_dir)) std::printf("  figure: %s\n", png.c_str());
+      try {
+        for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
+          std::printf("  figure: %s\n", png.c_str());
       } catch (const sae::DataError& e) {
         std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
       }
     }
+    if (!draw) std::printf("figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n");
     return 0;
   });
 }

@@ -108,8 +108,16 @@ TEST(CliApply, OnlyFeaturesRequested) {
   auto r =
       run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + " --features-out " + quote(f_path));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(fs::exists(f_path));
   EXPECT_FALSE(fs::exists(s.dir.str("xhat.npy")));
+  // The features written are the model's encoding of the input.
+  NoGradGuard no_grad;
+  const Tensor want = s.model->encode(Variable(s.x)).data();
+  NpyFile file = NpyFile::open(f_path);
+  EXPECT_EQ(file.descr(), "<f4");
+  ASSERT_EQ(file.shape(), (std::vector<int64_t>{3, 7}));
+  const Tensor got = file.read_f32();
+  EXPECT_LE(max_abs_diff(got, want), 1e-6 * (1.0 + max_abs(want)));
+  EXPECT_GT(max_abs(want), 0.0);  // some feature fires: the comparison sees values, not only zeros
 }
 
 TEST(CliApply, HelpExitsZero) {

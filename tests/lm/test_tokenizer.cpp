@@ -2,11 +2,9 @@
 // (tests/ref/tokenizer/, made by scripts/gen_tokenizer_fixture.py), both file formats and both
 // merge spellings, GPT-2's pre-tokenisation rules one by one with pieces worked out by hand from the
 // pattern, BPE rank order on a hand-made vocabulary, invalid UTF-8, corrupt files, decode errors,
-// concurrent encoding, and the encode rate (printed).
+// and concurrent encoding. (The encode rate: bench/bench_tokenizer.cpp.)
 #include <gtest/gtest.h>
 
-#include <chrono>
-#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -487,7 +485,7 @@ TEST(TokenizerErrors, CorruptVocabOrMergesNamesTheFile) {
   EXPECT_EQ(load(good.vocab_json(), "#version: 0.2\r\na b").encode("ab"), (std::vector<int32_t>{257}));
 }
 
-// ---- concurrency and speed ----
+// ---- concurrency ----
 
 TEST(TokenizerCache, ConcurrentEncodingGivesTheWitnessIds) {
   const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_tokenizer_json(ref("tokenizer.json"));  // a cold cache
@@ -504,23 +502,4 @@ TEST(TokenizerCache, ConcurrentEncodingGivesTheWitnessIds) {
   }
   for (std::thread& t : threads) t.join();
   for (int k = 0; k < 4; ++k) EXPECT_EQ(failures[k], 0) << "thread " << k;
-}
-
-TEST(TokenizerSpeed, ReportsEncodeRate) {
-  // English prose: the fixture's sentences, repeated to about 2 MB. Cold means a fresh cache.
-  std::string text;
-  for (const Case& c : fixture_cases())
-    if (c.text.size() >= 20 && c.text.find('<') == std::string::npos) text += c.text + "\n";
-  const size_t unique_bytes = text.size();
-  while (text.size() < 2'000'000) text += text.substr(0, unique_bytes);
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_tokenizer_json(ref("tokenizer.json"));
-  const auto seconds_to_encode = [&] {
-    const auto start = std::chrono::steady_clock::now();
-    const size_t n = tokenizer.encode(text).size();
-    EXPECT_GT(n, text.size() / 8);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
-  const double cold = seconds_to_encode(), warm = seconds_to_encode();
-  std::printf("[ rate     ] encode %.1f MB of English: %.1f MB/s (cold cache), %.1f MB/s (warm)\n", text.size() / 1e6,
-              text.size() / 1e6 / cold, text.size() / 1e6 / warm);
 }

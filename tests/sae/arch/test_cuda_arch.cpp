@@ -1,8 +1,10 @@
 // CUDA checks of the shared selection, sparse and decoder kernels, the units' own kernels (JumpReLU,
 // Gated) and the units' steps against the CPU: the selections and
 // by-feature lists exactly (they compare and copy values; no arithmetic but P = pre + bias), the
-// dense kernels and the projection to rounding, and three training steps of every architecture.
-// Every test skips when no GPU is present.
+// dense kernels and the projection to rounding (every output NaN until the kernel writes it; the
+// outputs that are zero by definition compared exactly), and three training steps of every
+// architecture. Every test skips when no GPU is present. The CPU kernels these are compared with are
+// checked against their formulas in tests/sae/step/test_arch_dense_kernels.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -24,6 +26,7 @@
 using namespace sae;
 using sae::testing::expect_bitwise_equal;
 using sae::testing::expect_close_to_scale;
+using sae::testing::nan_filled;
 using sae::testing::quantized_cpu;
 using sae::testing::random_cpu;
 
@@ -125,45 +128,54 @@ TEST(CudaArch, DenseKernelsMatchTheCpu) {
       c.pre_act = 0.05;
       c.tanh_c = 4;
       c.bandwidth = 0.5;
-      Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre), f_cpu = Tensor::zeros(pre.shape(), dtype),
-             f_gpu = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+      // Every output starts as NaN: one a kernel never writes fails the comparison.
+      Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre), f_cpu = nan_filled(pre.shape(), dtype),
+             f_gpu = nan_filled(pre.shape(), dtype, Device::CUDA);
       Tensor cols_cpu[3], cols_gpu[3];
       for (int i = 0; i < 3; ++i) {
-        cols_cpu[i] = Tensor::zeros(Shape{f}, dtype);
-        cols_gpu[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+        cols_cpu[i] = nan_filled(Shape{f}, dtype);
+        cols_gpu[i] = nan_filled(Shape{f}, dtype, Device::CUDA);
       }
       jumprelu_forward_(f_cpu, P_cpu, bias, log_threshold, fnorms, c, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
       jumprelu_forward_(f_gpu, P_gpu, on_gpu(bias), on_gpu(log_threshold), on_gpu(fnorms), c, cols_gpu[0], cols_gpu[1],
                         cols_gpu[2]);
       expect_close_to_scale(f_gpu.to(Device::CPU), f_cpu, rel, "jumprelu f");
-      for (int i = 0; i < 3; ++i) expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], rel, "jumprelu sums", 1e-12);
+      expect_close_to_scale(P_gpu.to(Device::CPU), P_cpu, rel, "jumprelu P");
+      // With the step penalty the relu(theta - P) sums are zero by definition: compared exactly.
+      for (int i = 0; i < 3; ++i) expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], rel, cat("jumprelu sums ", i));
       Tensor g_c = upstream.clone(), g_g = on_gpu(upstream);
       for (int i = 0; i < 3; ++i) {
-        fill_(cols_cpu[i], 0.0);
-        fill_(cols_gpu[i], 0.0);
+        fill_(cols_cpu[i], NAN);
+        fill_(cols_gpu[i], NAN);
       }
       jumprelu_backward_(g_c, P_cpu, log_threshold, fnorms, c, lambda, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
       jumprelu_backward_(g_g, P_gpu, on_gpu(log_threshold), on_gpu(fnorms), c, lambda, cols_gpu[0], cols_gpu[1],
                          cols_gpu[2]);
       expect_close_to_scale(g_g.to(Device::CPU), g_c, rel, "jumprelu dL/dP");
+      // With the step penalty the decoder scale is zero by definition: compared exactly.
       for (int i = 0; i < 3; ++i)
-        expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], 10 * rel, "jumprelu column grads", 1e-12);
+        expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], 10 * rel, cat("jumprelu column grads ", i));
     }
     // Gated.
     const Tensor b_gate = random_cpu(Shape{f}, dtype, rng), b_mag = random_cpu(Shape{f}, dtype, rng),
                  r_mag = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5);
-    Tensor fc = Tensor::zeros(pre.shape(), dtype), gc = Tensor::zeros(pre.shape(), dtype);
-    Tensor fg = Tensor::zeros(pre.shape(), dtype, Device::CUDA), gg = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+    Tensor fc = nan_filled(pre.shape(), dtype), gc = nan_filled(pre.shape(), dtype);
+    Tensor fg = nan_filled(pre.shape(), dtype, Device::CUDA), gg = nan_filled(pre.shape(), dtype, Device::CUDA);
     Tensor cc[3], cg[3];
     for (int i = 0; i < 3; ++i) {
-      cc[i] = Tensor::zeros(Shape{f}, dtype);
-      cg[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+      cc[i] = nan_filled(Shape{f}, dtype);
+      cg[i] = nan_filled(Shape{f}, dtype, Device::CUDA);
     }
     gated_forward_(fc, gc, pre, b_gate, b_mag, r_mag, cc[0], cc[1]);
     gated_forward_(fg, gg, on_gpu(pre), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), cg[0], cg[1]);
     expect_close_to_scale(fg.to(Device::CPU), fc, rel, "gated f");
     expect_close_to_scale(gg.to(Device::CPU), gc, rel, "gated gate");
     expect_bitwise_equal(cg[0], cc[0], "gated counts");
+    expect_close_to_scale(cg[1].to(Device::CPU), cc[1], rel, "gated col_gate");
+    for (int i = 0; i < 3; ++i) {
+      fill_(cc[i], NAN);
+      fill_(cg[i], NAN);
+    }
     Tensor up_c = upstream.clone(), up_g = on_gpu(upstream);
     const Tensor aux = random_cpu(Shape{n, f}, dtype, rng);
     gated_backward_(up_c, aux, pre, b_gate, b_mag, r_mag, fnorms, 0.3, cc[0], cc[1], cc[2]);
