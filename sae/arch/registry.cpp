@@ -6,6 +6,7 @@
 #include "sae/arch/batchtopk/batchtopk.h"
 #include "sae/arch/gated/gated.h"
 #include "sae/arch/jumprelu/jumprelu.h"
+#include "sae/arch/matryoshka/matryoshka.h"
 #include "sae/arch/standard/standard.h"
 #include "sae/arch/topk/topk.h"
 #include "tensor/ops.h"
@@ -14,7 +15,7 @@ namespace sae {
 
 const std::vector<const ArchUnit*>& arch_units() {
   static const std::vector<const ArchUnit*> units = {
-      &standard_unit(), &topk_unit(), &batchtopk_unit(), &jumprelu_unit(), &gated_unit(),
+      &standard_unit(), &topk_unit(), &batchtopk_unit(), &jumprelu_unit(), &gated_unit(), &matryoshka_unit(),
   };
   return units;
 }
