@@ -61,6 +61,13 @@ std::string units_reading(const std::string& name) {
   return out;
 }
 
+std::string units_with_lambda() {
+  std::string out;
+  for (const ArchUnit* u : arch_units())
+    if (u->has_lambda()) out += (out.empty() ? "" : ", ") + u->name();
+  return out;
+}
+
 const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
   const std::string saelens = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
   std::string ours;

@@ -21,6 +21,8 @@ std::string arch_unit_names(const char* separator = " | ");
 const std::vector<ArchOption>& arch_option_rows();
 // The units that read option `name`, as "topk, batchtopk"; empty when none does.
 std::string units_reading(const std::string& name);
+// The units whose sparsity coefficient is lambda (ArchUnit::has_lambda), as "standard, jumprelu, gated".
+std::string units_with_lambda();
 
 // The unit whose folder cfg.json (SAELens's "architecture", our sae_cpp.training_architecture) names:
 // DataError naming `where` when none does.

@@ -198,7 +198,7 @@ std::vector<TrainOption> make_table() {
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
           "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
-      row("l1", training, "lambda, the sparsity coefficient: L1 (standard, gated) or the jumprelu penalty", defines,
+      row("l1", training, "lambda, the sparsity coefficient (of " + units_with_lambda() + ")", defines,
           "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),
       row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
@@ -241,7 +241,7 @@ std::vector<TrainOption> make_table() {
       row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
           FIELD(architecture), architecture_codec(), "standard"),
       row("target-l0", target, "an L0 set point: lambda (--l1 is where it starts) is adjusted every step so that "
-          "the average L0 reaches and holds this many latents per token (standard, jumprelu, gated); 0 = off",
+          "the average L0 reaches and holds this many latents per token (" + units_with_lambda() + "); 0 = off",
           defines, "target_l0", FIELD(target_l0), number(), "0"),
       row("target-l0-ki", target, "the controller's integral gain K_i (per step, on log lambda)", defines,
           "target_l0_ki", FIELD(target_l0_ki), number(), "0.001"),

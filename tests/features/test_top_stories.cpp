@@ -161,7 +161,7 @@ TEST(TokenText, DisplayAndAnnotation) {
 TEST(TopStories, EveryArchitectureEqualsBruteForce) {
   const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
-  for (const std::string& a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
+  for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
     const SaeParams sae = make_sae(a, 17);
     const std::vector<StoryData> stories = encode_all(sae);
     InputNormalization normalization;
