@@ -23,23 +23,6 @@ int32_t read_index(const Tensor& row_ptr, int64_t at) {
   return static_cast<int32_t>(row_ptr.slice_rows(at, at + 1).item());
 }
 
-ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
-  ParamUpdate u;
-  u.param = param;
-  u.grad = grad;
-  return u;
-}
-
-// The parameter's handle shares its storage: Adam updates the caller's tensor.
-ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
-  ParamUpdate u;
-  u.param = param;
-  u.m = m;
-  u.v = v;
-  u.adam = true;
-  u.scalars = scalars;
-  return u;
-}
 }  // namespace
 
 // ---------------------------------------------------------------- options
@@ -207,17 +190,13 @@ std::vector<std::string> TopKFamilyStep::backward(const SaeParams& params, const
     inputs = x_stacked_.slice_rows(0, 2 * n);
   }
   const SparseFeatures by_feature = lists(0, rows);
-  ParamUpdate W_dec, W_enc, b_enc;
-  if (fused) {
-    SaeAdamState& adam = *fused->adam;
-    W_dec = adam_into(params.W_dec, adam.m.W_dec, adam.v.W_dec, fused->scalars);
-    W_enc = adam_into(params.W_enc, adam.m.W_enc, adam.v.W_enc, fused->scalars);
-    b_enc = adam_into(params.b_enc, adam.m.b_enc, adam.v.b_enc, fused->scalars);
-  } else {
-    W_dec = gradient_into(params.W_dec, grads.W_dec);
-    W_enc = gradient_into(params.W_enc, grads.W_enc);
-    b_enc = gradient_into(params.b_enc, grads.b_enc);
-  }
+  const SaeAdamState* adam = fused ? fused->adam : nullptr;
+  ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                   adam ? adam->v.W_dec : Tensor(), fused);
+  ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                   adam ? adam->v.W_enc : Tensor(), fused);
+  ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                   adam ? adam->v.b_enc : Tensor(), fused);
   sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, rows), by_feature, norms_,
                            aux_rows_ ? all_sum_ : col_sum_, 0.0, settings_.unit_norm_decoder);
   sparse_encoder_backward_(W_enc, b_enc, inputs, by_feature, dpre_);

@@ -13,6 +13,21 @@ bool finite(const StepSums& s) {
   return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1) && std::isfinite(s.aux);
 }
 
+ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                         const FusedAdam* fused) {
+  ParamUpdate u;
+  u.param = param;  // a handle: Adam updates the caller's tensor
+  if (fused) {
+    u.m = m;
+    u.v = v;
+    u.adam = true;
+    u.scalars = fused->scalars;
+  } else {
+    u.grad = grad;
+  }
+  return u;
+}
+
 SaeParams ArchUnit::initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
                                    const std::vector<double>& sample) const {
   SaeParams p = initial_dictionary(dictionary_init(s), d, d_sae, rng, sample);

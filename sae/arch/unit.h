@@ -52,6 +52,11 @@ struct FusedAdam {
   AdamScalars scalars;
 };
 
+// How a parameter's gradient leaves a shared sparse backward kernel: written into `grad`, or, with
+// `fused`, as one Adam step on the parameter with its moments `m` and `v` (the gradient is never stored).
+ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                         const FusedAdam* fused);
+
 // One training step of a unit with its buffers (allocated once, for up to max_tokens tokens).
 class UnitStep {
  public:

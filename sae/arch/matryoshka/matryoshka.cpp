@@ -21,20 +21,6 @@
 namespace sae {
 
 namespace {
-ParamUpdate update_of(const Tensor& param, Tensor& grad, const FusedAdam* fused, const Tensor& m, const Tensor& v) {
-  ParamUpdate u;
-  u.param = param;
-  if (fused) {
-    u.m = m;
-    u.v = v;
-    u.adam = true;
-    u.scalars = fused->scalars;
-  } else {
-    u.grad = grad;
-  }
-  return u;
-}
-
 class MatryoshkaStep : public BatchTopKStep {
  public:
   MatryoshkaStep(const TopKSettings& settings, double rate, const std::vector<int64_t>& widths, int64_t max_tokens,
@@ -109,13 +95,13 @@ class MatryoshkaStep : public BatchTopKStep {
       Tensor block = x_levels_.slice_rows(b * n, (b + 1) * n);
       copy_(block, x);
     }
-    SaeAdamState* adam = fused ? fused->adam : nullptr;
-    ParamUpdate W_dec = update_of(params.W_dec, grads.W_dec, fused, adam ? adam->m.W_dec : Tensor(),
-                                  adam ? adam->v.W_dec : Tensor());
-    ParamUpdate W_enc = update_of(params.W_enc, grads.W_enc, fused, adam ? adam->m.W_enc : Tensor(),
-                                  adam ? adam->v.W_enc : Tensor());
-    ParamUpdate b_enc = update_of(params.b_enc, grads.b_enc, fused, adam ? adam->m.b_enc : Tensor(),
-                                  adam ? adam->v.b_enc : Tensor());
+    const SaeAdamState* adam = fused ? fused->adam : nullptr;
+    ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                     adam ? adam->v.W_dec : Tensor(), fused);
+    ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                     adam ? adam->v.W_enc : Tensor(), fused);
+    ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                     adam ? adam->v.b_enc : Tensor(), fused);
     const SparseFeatures levels = level_lists(rows);
     sparse_decoder_backward_(dpre_, W_dec, grads_.slice_rows(0, rows), levels, norms_, level_sum_, 0.0,
                              settings_.unit_norm_decoder);

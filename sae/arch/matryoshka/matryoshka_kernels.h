@@ -21,14 +21,10 @@ struct MatryoshkaKernelTable {
 const MatryoshkaKernelTable& matryoshka_cpu_kernels();
 const MatryoshkaKernelTable& matryoshka_cuda_kernels();  // CUDA builds only
 
-#define SAE_DECLARE_MATRYOSHKA_CPU(name, signature) std::type_identity_t<signature> name##_cpu;
-#define SAE_DECLARE_MATRYOSHKA_CUDA(name, signature) std::type_identity_t<signature> name##_cuda;
-MATRYOSHKA_KERNELS(SAE_DECLARE_MATRYOSHKA_CPU)
+MATRYOSHKA_KERNELS(SAE_DECLARE_CPU_KERNEL)
 #if defined(SAE_WITH_CUDA)
-MATRYOSHKA_KERNELS(SAE_DECLARE_MATRYOSHKA_CUDA)
+MATRYOSHKA_KERNELS(SAE_DECLARE_CUDA_KERNEL)
 #endif
-#undef SAE_DECLARE_MATRYOSHKA_CPU
-#undef SAE_DECLARE_MATRYOSHKA_CUDA
 
 // Front-end.
 void matryoshka_levels_(SparseFeatures& levels, const SparseFeatures& tokens, const Tensor& widths, int64_t n,

@@ -36,23 +36,6 @@ namespace {
 constexpr double kAutoMaxDensityCpu = 0.2;
 constexpr double kAutoMaxDensityCuda = 0.05;
 
-ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
-  ParamUpdate u;
-  u.param = param;
-  u.grad = grad;
-  return u;
-}
-
-ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
-  ParamUpdate u;
-  u.param = param;
-  u.m = m;
-  u.v = v;
-  u.adam = true;
-  u.scalars = scalars;
-  return u;
-}
-
 class StandardStep : public UnitStep {
  public:
   StandardStep(SparseMode mode, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device)
@@ -126,17 +109,13 @@ class StandardStep : public UnitStep {
       dense_backward(params, x, lambda, grads);
       return {};
     }
-    ParamUpdate W_dec, W_enc, b_enc;
-    if (fused) {
-      SaeAdamState& adam = *fused->adam;
-      W_dec = adam_into(params.W_dec, adam.m.W_dec, adam.v.W_dec, fused->scalars);
-      W_enc = adam_into(params.W_enc, adam.m.W_enc, adam.v.W_enc, fused->scalars);
-      b_enc = adam_into(params.b_enc, adam.m.b_enc, adam.v.b_enc, fused->scalars);
-    } else {
-      W_dec = gradient_into(params.W_dec, grads.W_dec);
-      W_enc = gradient_into(params.W_enc, grads.W_enc);
-      b_enc = gradient_into(params.b_enc, grads.b_enc);
-    }
+    const SaeAdamState* adam = fused ? fused->adam : nullptr;
+    ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                     adam ? adam->v.W_dec : Tensor(), fused);
+    ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                     adam ? adam->v.W_enc : Tensor(), fused);
+    ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                     adam ? adam->v.b_enc : Tensor(), fused);
     const SparseFeatures lists = lists_for_batch();
     sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, lambda);
     sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
