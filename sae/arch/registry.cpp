@@ -87,6 +87,11 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
 
 Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(params).encode(params, x); }
 
-Tensor sae_decode(const SaeParams& p, const Tensor& f) { return add(matmul(f, p.W_dec), p.b_dec); }
+Tensor sae_decode(const SaeParams& p, const Tensor& f, const Tensor* x) {
+  const Tensor x_hat = add(matmul(f, p.W_dec), p.b_dec);
+  if (!p.W_skip.defined()) return x_hat;
+  if (!x) throw Error("sae_decode: a skip transcoder's output needs its input x");
+  return add(x_hat, matmul(*x, p.W_skip));
+}
 
 }  // namespace sae

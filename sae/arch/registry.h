@@ -28,8 +28,9 @@ std::string units_with_lambda();
 // DataError naming `where` when none does.
 const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where);
 
-// Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec.
+// Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec (+ x W_skip for a skip
+// transcoder, which needs its input x: Error without it).
 Tensor sae_encode(const SaeParams& params, const Tensor& x);
-Tensor sae_decode(const SaeParams& params, const Tensor& f);
+Tensor sae_decode(const SaeParams& params, const Tensor& f, const Tensor* x = nullptr);
 
 }  // namespace sae

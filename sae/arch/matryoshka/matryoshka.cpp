@@ -23,11 +23,11 @@ namespace sae {
 namespace {
 class MatryoshkaStep : public BatchTopKStep {
  public:
-  MatryoshkaStep(const TopKSettings& settings, double rate, const std::vector<int64_t>& widths, int64_t max_tokens,
-                 int64_t d_in, int64_t d_sae, DType dtype, Device device)
-      : BatchTopKStep(settings, rate, max_tokens, d_in, d_sae, dtype, device, "matryoshka_batchtopk"),
+  MatryoshkaStep(const TopKSettings& settings, double rate, const std::vector<int64_t>& widths, const StepShape& shape,
+                 DType dtype, Device device)
+      : BatchTopKStep(settings, rate, shape, dtype, device, "matryoshka_batchtopk"),
         levels_count_(static_cast<int64_t>(widths.size())) {
-    const int64_t m = levels_count_;
+    const int64_t m = levels_count_, max_tokens = shape.max_tokens, d_sae = shape.d_sae;
     widths_ = Tensor::from_vector(std::vector<double>(widths.begin(), widths.end()), Shape{m}, DType::I32, device);
     const int64_t rows = (m + 1) * max_tokens;
     if (rows * d_sae >= (int64_t(1) << 31))
@@ -40,15 +40,16 @@ class MatryoshkaStep : public BatchTopKStep {
     levels_.cols = lists_.cols.clone();
     levels_.row_vals = lists_.row_vals.clone();
     levels_.row_ptr = Tensor::from_vector(std::vector<double>(rows + 1, 0.0), Shape{rows + 1}, DType::I32, device);
-    inner_ = Tensor::zeros(Shape{std::max<int64_t>(m - 1, 1) * max_tokens, d_in}, dtype, device);
-    grads_ = Tensor::zeros(Shape{rows, d_in}, dtype, device);
-    x_levels_ = Tensor::zeros(Shape{rows, d_in}, dtype, device);
+    inner_ = Tensor::zeros(Shape{std::max<int64_t>(m - 1, 1) * max_tokens, shape.d_out}, dtype, device);
+    grads_ = Tensor::zeros(Shape{rows, shape.d_out}, dtype, device);
+    x_levels_ = Tensor::zeros(Shape{rows, shape.d_in}, dtype, device);
     level_sum_ = Tensor::zeros(Shape{d_sae}, dtype, device);
     level_count_ = Tensor::zeros(Shape{d_sae}, dtype, device);
   }
 
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool train) override {
-    StepSums sums = BatchTopKStep::forward(params, x, lambda, train);
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                   bool train) override {
+    StepSums sums = BatchTopKStep::forward(params, x, target, lambda, train);
     const int64_t n = tokens_, m = levels_count_, aux = aux_rows_ ? n : 0;
     // The kept (and AuxK's) entries regrouped into level rows, and by feature.
     matryoshka_levels_(levels_, lists(0, n + aux), widths_, n, aux);
@@ -62,7 +63,7 @@ class MatryoshkaStep : public BatchTopKStep {
         Tensor block = inner_.slice_rows(g * n, (g + 1) * n);
         if (g == 0) {
           add_(block, params.b_dec);
-          binary_(BinaryOp::sub, block, block, x);
+          binary_(BinaryOp::sub, block, block, target);
         } else {
           binary_(BinaryOp::add, block, block, inner_.slice_rows((g - 1) * n, g * n));
         }
@@ -74,6 +75,8 @@ class MatryoshkaStep : public BatchTopKStep {
     }
     return sums;
   }
+
+  Tensor output_gradient() const override { return grads_.slice_rows(0, tokens_); }  // G_0, in every prefix
 
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double, SaeParams& grads,
                                     const FusedAdam* fused) override {
@@ -170,25 +173,28 @@ class MatryoshkaUnit : public BatchThresholdUnit {
     BatchThresholdUnit::init_own(p, s);
     p.settings["widths"] = s.at("matryoshka-widths");
   }
-  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae, DType dtype,
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    validate(s, d_sae);
-    return std::make_unique<MatryoshkaStep>(topk_settings(s, d), s.number("batchtopk-threshold-lr"), widths_of(s),
-                                            max_tokens, d, d_sae, dtype, device);
+    validate(s, shape.d_sae);
+    return std::make_unique<MatryoshkaStep>(topk_settings(s, shape.d_in), s.number("batchtopk-threshold-lr"),
+                                            widths_of(s), shape, dtype, device);
   }
-  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
-                               const std::vector<uint8_t>* dead, const ArchFrozen* frozen) const override {
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>* dead,
+                               const ArchFrozen* frozen) const override {
     const TopKSettings o = topk_settings(s, x.size(1));
     const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_flat(relu(P).to_vector(), o.k * x.size(0));
-    ReferenceLoss out = topk_family_reference(o, kept, p, x, lambda, dead, frozen);
-    // The inner prefixes: sum_{m < M-1} ||x - (f masked to prefix m) W_dec - b_dec||^2.
-    const Variable X(x);
+    ReferenceLoss out = topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
+    // The inner prefixes: sum_{m < M-1} ||target - (f masked to prefix m) W_dec - b_dec [- x W_skip]||^2.
+    const Variable X(x), Y(target);
     const Variable f = ag::relu(ag::matmul(X, p.W_enc) + p.b_enc) * Variable(flags_tensor(kept, P.shape(), x));
     const std::vector<int64_t> widths = widths_of(s);
     for (size_t m = 0; m + 1 < widths.size(); ++m) {
       const Variable prefix = f * Variable(prefix_mask(x.size(0), P.size(1), widths[m], x));
-      out.aux = out.aux + ag::sum(ag::square(X - (ag::matmul(prefix, p.W_dec) + p.b_dec)));
+      Variable level = ag::matmul(prefix, p.W_dec) + p.b_dec;
+      if (p.W_skip.defined()) level = level + ag::matmul(X, p.W_skip);
+      out.aux = out.aux + ag::sum(ag::square(Y - level));
     }
     out.total = out.rec + out.sparsity * lambda + out.aux;
     return out;
