@@ -108,9 +108,10 @@ void require(bool ok, const std::string& path, const std::string& what) {
 Json saelens_config(const SaeParams& params, const Json& extra) {
   const ArchUnit& unit = unit_of(params);
   Json cfg = Json::object();
-  cfg["architecture"] = unit.saelens_architecture();
+  cfg["architecture"] = unit.folder_architecture(params);
   cfg["d_in"] = params.d_in();
   cfg["d_sae"] = params.d_sae();
+  if (params.transcoder) cfg["d_out"] = params.d_out();
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
@@ -123,6 +124,7 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   cfg["sae_cpp"] = extra;
   Json& ours = cfg["sae_cpp"];
   ours["training_architecture"] = unit.name();
+  if (params.sources > 1) ours["sources"] = params.sources;
   unit.set_cfg_keys(params, cfg, ours);
   return cfg;
 }
