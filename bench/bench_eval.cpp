@@ -47,6 +47,7 @@ SaeAtLayer& sae() {
     out.dir = "bench";
     out.params = SaeParams::standard_init(768, kFeatures, rng);
     out.layer = kLayer;
+    out.site = HookSite{kLayer, HookPoint::ResidPre};
     out.normalization = Normalization::Story;
     return out;
   }();
@@ -90,7 +91,7 @@ void BM_Generate_Ours(benchmark::State& state) {
   options.greedy = true;
   options.max_new_tokens = kNewTokens;
   for (auto _ : state) {
-    const std::vector<int32_t> out = generate(m, prompt, options, steering_hook(kLayer, vector));
+    const std::vector<int32_t> out = generate(m, prompt, options, steering_hook(HookSite{kLayer, HookPoint::ResidPre}, vector));
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations() * kNewTokens);

@@ -1,13 +1,13 @@
-// sae_cache: a language model's activations at one layer, computed from a text corpus once and
+// sae_cache: a language model's activations at one hook point, computed from a text corpus once and
 // written as an activation cache (sae/data/activation_cache.h) to train on many times with
 // `sae_train --data CACHE/`. Thin: options -> model, tokenizer, stories -> cache writer.
-//   sae_cache --model DIR --text FILE --layer 2 --out CACHE/ [--dtype f32|f16|bf16]
+//   sae_cache --model DIR --text FILE (--layer 2 | --hook NAME) --out CACHE/ [--dtype f32|f16|bf16]
 // Killed at any moment, it continues where its manifest says when run again with the same options.
 #include <cstdio>
 #include <filesystem>
 
 #include "io/file_lock.h"
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
@@ -21,10 +21,13 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_cache", argc, argv, [&] {
     cxxopts::Options options("sae_cache", "Write a language model's activations on a text corpus as an activation cache");
     options.add_options()
-        ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+         "tokenizer.json)", cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
-        ("layer", "cache hidden_states[layer]", cxxopts::value<int64_t>()->default_value("2"))
+        ("layer", "cache hidden_states[layer] (default 2)", cxxopts::value<int64_t>())
+        ("hook", "cache this hook point instead, SAELens's name (blocks.L.hook_resid_pre, ..., attn.hook_z)",
+         cxxopts::value<std::string>())
         ("out", "the cache folder", cxxopts::value<std::string>())
         ("dtype", "f32 | f16 | bf16: how the activations are stored", cxxopts::value<std::string>()->default_value("f32"))
         ("shard-tokens", "tokens per shard (each shard ends at a story's end)",
@@ -40,7 +43,11 @@ int main(int argc, char** argv) {
       if (!parsed.count(required)) throw sae::UsageError(sae::cat("--", required, " is required"));
     const std::string model_dir = parsed["model"].as<std::string>(), text = parsed["text"].as<std::string>();
     const std::string out = parsed["out"].as<std::string>();
-    const int64_t layer = parsed["layer"].as<int64_t>(), max_stories = parsed["max-stories"].as<int64_t>();
+    const int64_t max_stories = parsed["max-stories"].as<int64_t>();
+    sae::HookChoice choice =
+        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
+                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+    if (!choice.given()) choice = sae::hook_choice("", 2, true);
     std::string dtype = parsed["dtype"].as<std::string>();
     if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
       throw sae::UsageError(sae::cat("--dtype: expected f32, f16 or bf16, got '", dtype, "'"));
@@ -51,16 +58,20 @@ int main(int argc, char** argv) {
     if (max_stories < 0) throw sae::UsageError("--max-stories must be >= 0");
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    sae::GptNeo model = sae::GptNeo::load(model_dir, device);
+    // Only what the hook point needs is loaded: the blocks after it are never read from disk.
+    const sae::ModelFolder folder = sae::read_model_config(model_dir);
+    const sae::HookSite site = sae::resolve_hook_site(folder.config, choice.site, choice.option);
+    sae::DecoderModel model =
+        sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers));
     const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
-    if (layer < 0 || layer > model.config().num_layers)
-      throw sae::UsageError(sae::cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
-    const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+    const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
+    const int64_t layer = sae::hidden_states_index(site, folder.config.num_layers);
     sae::Json source = sae::Json::object();
     source["model"] = model_dir;
     source["text"] = text;
-    source["layer"] = layer;
-    source["hidden_states"] = sae::cat("hidden_states[", layer, "]");
+    source["hook_name"] = sae::hook_name(site);
+    if (layer >= 0) source["layer"] = layer;
+    if (layer >= 0) source["hidden_states"] = sae::cat("hidden_states[", layer, "]");
     source["tokenizer"] = tokenizer.source();
     source["long_stories"] = long_stories;
 
@@ -92,7 +103,7 @@ int main(int argc, char** argv) {
       for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(positions)) {
         const std::vector<int32_t> piece(ids.begin() + begin,
                                          ids.begin() + std::min(ids.size(), begin + static_cast<size_t>(positions)));
-        const sae::Tensor hidden = model.forward_to(piece, static_cast<int>(layer)).to(sae::Device::CPU);
+        const sae::Tensor hidden = model.forward_to_site(piece, site).to(sae::Device::CPU);
         const bool last = begin + static_cast<size_t>(positions) >= ids.size();
         sae::Json after = sae::Json::object();  // a shard never ends inside a cut story
         after["next_story"] = reader.position().next_story;
@@ -105,9 +116,10 @@ int main(int argc, char** argv) {
     }
     writer.finish();
     progress.finish();
-    std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, hidden_states[%lld] of %s\n",
+    std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, %s of %s\n",
                 out.c_str(), (long long)writer.manifest().tokens, (long long)writer.manifest().stories,
-                writer.manifest().shards.size(), (long long)d, dtype.c_str(), (long long)layer, model_dir.c_str());
+                writer.manifest().shards.size(), (long long)d, dtype.c_str(), sae::hook_name(site).c_str(),
+                model_dir.c_str());
     return 0;
   });
 }

@@ -26,13 +26,12 @@ TextBatcher::PiecePosition TextBatcher::PiecePosition::from_json(const Json& j) 
   return p;
 }
 
-TextBatcher::TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+TextBatcher::TextBatcher(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
                          int64_t batch_tokens, Normalization normalization, double dataset_scale, uint64_t seed)
     : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text), batch_tokens_(batch_tokens),
       normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
-  const GptNeoConfig& c = model.config();
-  if (options.layer < 0 || options.layer > c.num_layers)
-    throw UsageError(cat("--layer ", options.layer, ": the model has hidden states 0 to ", c.num_layers));
+  const DecoderConfig& c = model.config();
+  options_.site = model.resolve(options.site);
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   if (batch_tokens > 0 && normalization == Normalization::Story)
     throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
@@ -79,7 +78,7 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
   const int64_t begin = at_.piece * positions;
   const int64_t end = std::min<int64_t>(begin + positions, static_cast<int64_t>(story_ids_.size()));
   const std::vector<int32_t> ids(story_ids_.begin() + begin, story_ids_.begin() + end);
-  const Tensor hidden = model_.forward_to(ids, options_.layer).to(Device::CPU);
+  const Tensor hidden = model_.forward_to_site(ids, options_.site).to(Device::CPU);
   const int64_t t = end - begin, d = this->d();
   out.resize(static_cast<size_t>(t * d));
   std::memcpy(out.data(), hidden.data<float>(), sizeof(float) * t * d);
@@ -204,18 +203,19 @@ void TextBatcher::restore(const Json& state) {
   cursor_ = cursor;
 }
 
-double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens) {
   StoryReader reader(options.text);
   TextStory story;
   double total = 0;
   int64_t tokens = 0;
-  const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+  const HookSite site = model.resolve(options.site);
+  const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
   while (tokens < sample_tokens && reader.next(story)) {
     std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
     if (static_cast<int64_t>(ids.size()) > positions) ids.resize(static_cast<size_t>(positions));
     if (ids.empty()) continue;
-    const Tensor hidden = model.forward_to(ids, options.layer).to(Device::CPU);
+    const Tensor hidden = model.forward_to_site(ids, site).to(Device::CPU);
     const float* x = hidden.data<float>();
     for (int64_t i = 0; i < hidden.numel(); ++i) total += double(x[i]) * x[i];
     tokens += static_cast<int64_t>(ids.size());

@@ -1,6 +1,7 @@
 // TextBatcher: training batches computed from text by the language model, as the original does in
 // its training loop: each story of the corpus (lm/text_data.h) is tokenized (GPT-2 BPE, no BOS),
-// run through the model up to the requested layer only (hidden_states[layer], lm/gpt_neo.h), and
+// run through the model up to the requested hook point only (lm/hook_points.h; the blocks after it
+// are neither loaded nor run), and
 // normalised like any other batch (normalize_batch).
 //   story mode:  one story per batch, in corpus order, starting over at the end (a new epoch)
 //   token mode:  stories are gathered into chunks of at least chunk_tokens tokens (a chunk ends at a
@@ -13,14 +14,14 @@
 // The position (text offset, epoch, chunk, cursor) is saved in checkpoints; a resumed run re-reads
 // from the start of the story or chunk it was in and skips what it had served, so resume is
 // bit-exact on the same build and machine.
-// Letters: T tokens of a story, D the model's width (hidden size), P its positions.
+// Letters: T tokens of a story, D the width at the hook point, P the model's positions.
 #pragma once
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
 #include "sae/data/batches.h"
@@ -29,7 +30,7 @@ namespace sae {
 
 struct TextDataOptions {
   std::string text;             // the corpus (.txt or .jsonl)
-  int layer = 2;                // hidden_states[layer]
+  HookSite site = {2, HookPoint::ResidPre};  // where the activations are read (resolved by the model)
   bool split_long_stories = false;
   int64_t chunk_tokens = 65536;  // token mode: tokens shuffled together
 };
@@ -37,9 +38,9 @@ struct TextDataOptions {
 class TextBatcher : public BatchSource {
  public:
   // batch_tokens == 0 selects story mode. The model and tokenizer must outlive the batcher.
-  TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
+  TextBatcher(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
               Normalization normalization, double dataset_scale, uint64_t seed);
-  int64_t d() const override { return model_.config().hidden_size; }
+  int64_t d() const override { return model_.config().hook_width(options_.site); }
   int64_t max_batch_tokens() const override { return max_tokens_; }
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
@@ -51,7 +52,7 @@ class TextBatcher : public BatchSource {
   int64_t next_piece(std::vector<float>& out);
   void fill_chunk();
 
-  GptNeo& model_;
+  DecoderModel& model_;
   const Gpt2Tokenizer& tokenizer_;
   TextDataOptions options_;
   StoryReader reader_;
@@ -90,7 +91,7 @@ class TextBatcher : public BatchSource {
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
 // story cut to the model's positions): s with mean ||s x||^2 = D.
-double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens = 16384);
 
 }  // namespace sae

@@ -15,12 +15,6 @@ namespace sae {
 
 namespace {
 
-// A hook that changes hidden_states[layer] only.
-ResidualHook at_layer(int layer, std::function<void(Tensor&)> change) {
-  return [layer, change](int k, Tensor& state) {
-    if (k == layer) change(state);
-  };
-}
 
 double total(const std::vector<double>& values) {
   double s = 0;
@@ -63,10 +57,10 @@ Pieces read_pieces(const Gpt2Tokenizer& tokenizer, const EvalOptions& options, i
 
 }  // namespace
 
-EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+EvalResult evaluate_sae(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  const GptNeoConfig& config = model.config();
+  const DecoderConfig& config = model.config();
   if (tokenizer.vocab_size() > config.vocab_size)
     throw DataError(cat(tokenizer.source(), ": the tokenizer has ", tokenizer.vocab_size(), " ids, the model only ",
                         config.vocab_size));
@@ -74,8 +68,8 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
     throw UsageError(cat("--dense-threshold must be in [0, 1], got ", options.dense_threshold));
   if (sae.params.device() != model.device())
     throw UsageError("evaluate_sae: the SAE and the model must be on one device");
-  const int layer = sae.layer;
-  const int64_t d = config.hidden_size, features = sae.params.d_sae();
+  const HookSite site = sae.site;
+  const int64_t d = config.hook_width(site), features = sae.params.d_sae();
   const Pieces pieces = read_pieces(tokenizer, options, config.max_positions);
   int64_t longest = 0;
   for (const auto& ids : pieces.ids) longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
@@ -89,11 +83,11 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
   r.dense_threshold = options.dense_threshold;
   Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval");
 
-  // Pass 1: the mean of hidden_states[L] over every token, the mean-ablation vector.
+  // Pass 1: the mean of the hooked state over every token, the mean-ablation vector.
   std::vector<double> mean_sum(d, 0.0);
   int64_t done = 0, tokens_done = 0;
   for (const auto& ids : pieces.ids) {
-    const std::vector<double> column_sums = sum(model.forward_to(ids, layer), 0).to_vector();
+    const std::vector<double> column_sums = sum(model.forward_to_site(ids, site), 0).to_vector();
     for (int64_t j = 0; j < d; ++j) mean_sum[j] += column_sums[j];
     tokens_done += static_cast<int64_t>(ids.size());
     ++done;
@@ -107,7 +101,7 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
   double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
-  const ResidualHook splice = at_layer(layer, [&](Tensor& x) {
+  const SiteHooks splice(site, [&](Tensor& x) {
     Tensor f;
     const Tensor x_hat = reconstruct(sae, x, &f);
     squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
@@ -117,21 +111,21 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
     copy_(x, x_hat);
   });
-  const ResidualHook zero = at_layer(layer, [](Tensor& x) { fill_(x, 0.0); });
-  const ResidualHook mean_ablate = at_layer(layer, [&](Tensor& x) {
+  const SiteHooks zero(site, [](Tensor& x) { fill_(x, 0.0); });
+  const SiteHooks mean_ablate(site, [&](Tensor& x) {
     fill_(x, 0.0);
     add_(x, mean);
   });
   for (const auto& ids : pieces.ids) {
-    const Tensor log_p = log_softmax_rows(model.logits(ids));
+    const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
     ce_clean += total(next_token_losses(log_p, ids));
-    const Tensor log_spliced = log_softmax_rows(model.logits(ids, splice));
+    const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
     ce_spliced += total(next_token_losses(log_spliced, ids));
     kl_spliced += total(kl_per_position(log_p, log_spliced));
-    const Tensor log_zero = log_softmax_rows(model.logits(ids, zero));
+    const Tensor log_zero = log_softmax_rows(model.logits_with(ids, zero));
     ce_zero += total(next_token_losses(log_zero, ids));
     kl_zero += total(kl_per_position(log_p, log_zero));
-    const Tensor log_mean = log_softmax_rows(model.logits(ids, mean_ablate));
+    const Tensor log_mean = log_softmax_rows(model.logits_with(ids, mean_ablate));
     ce_mean += total(next_token_losses(log_mean, ids));
     kl_mean += total(kl_per_position(log_p, log_mean));
     tokens_done += static_cast<int64_t>(ids.size());
@@ -169,9 +163,10 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["sae"] = sae.dir;
   j["text"] = options.text;
   j["max_stories"] = options.max_stories;
-  j["layer"] = sae.layer;
+  j["hook_name"] = hook_name(sae.site);
+  if (sae.layer >= 0) j["layer"] = sae.layer;
   j["layer_from"] = sae.layer_source;
-  j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
+  if (sae.layer >= 0) j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
   j["architecture"] = architecture_name(sae.params.architecture);
   j["d_in"] = sae.params.d_in();
   j["d_sae"] = sae.params.d_sae();
@@ -215,7 +210,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
   std::string out = cat("sae_eval: ", sae.dir, " (", architecture_name(sae.params.architecture), ", d_sae ",
-                        sae.params.d_sae(), ") spliced at hidden_states[", sae.layer, "] (", sae.layer_source,
+                        sae.params.d_sae(), ") spliced at ", hook_name(sae.site),
+                        sae.layer >= 0 ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
              " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");

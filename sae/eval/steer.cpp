@@ -76,13 +76,11 @@ Json id_list(const std::vector<int32_t>& ids) {
 
 }  // namespace
 
-ResidualHook steering_hook(int layer, const Tensor& vector) {
-  return [layer, vector](int k, Tensor& state) {
-    if (k == layer) add_(state, vector);
-  };
+SiteHooks steering_hook(const HookSite& site, const Tensor& vector) {
+  return SiteHooks(site, [vector](Tensor& state) { add_(state, vector); });
 }
 
-SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options) {
   if (!std::isfinite(options.strength)) throw UsageError(cat("--strength must be a finite number, got ", options.strength));
   check_generate_options(options.generate);
@@ -96,7 +94,7 @@ SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLaye
       throw DataError(cat(tokenizer.source(), ": the prompt's token ", id, " is outside the model's vocabulary of ",
                           model.config().vocab_size));
   r.unsteered = generate(model, r.prompt, options.generate);
-  r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.layer, vector));
+  r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.site, vector));
   return r;
 }
 

@@ -1,9 +1,9 @@
 // Steering (sae_steer, docs/contract.md §7), as the original tutorial's steer.py does it: while the
 // model generates, `strength` times the unit decoder direction of one SAE feature,
-// W_dec[i] / ||W_dec[i]||, is added to hidden_states[L] (the output of block L-1, raw scale) at every
-// position, the prompt's and each generated token's. The same prompt is continued twice, without and
+// W_dec[i] / ||W_dec[i]||, is added at the SAE's hook point (raw scale) at every position, the
+// prompt's and each generated token's. The same prompt is continued twice, without and
 // with the hook, with the same generation options and seed, so only the steering differs.
-// Letters: D the model's width, L the SAE's hidden_states index.
+// Letters: D the width at the SAE's hook point.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,14 +11,14 @@
 
 #include "io/json.h"
 #include "lm/generate.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/tokenizer.h"
 #include "sae/eval/sae_at_layer.h"
 
 namespace sae {
 
-// Adds `vector` [D] (on the model's device) to every row of hidden_states[layer].
-ResidualHook steering_hook(int layer, const Tensor& vector);
+// Adds `vector` [D] (on the model's device) to every row of the state at `site`.
+SiteHooks steering_hook(const HookSite& site, const Tensor& vector);
 
 struct SteerOptions {
   int64_t feature = 0;
@@ -32,7 +32,7 @@ struct SteerResult {
 
 // UsageError for a feature out of range or a strength that is not finite; DataError for a zero
 // decoder row, an empty prompt or one that leaves no room for the new tokens.
-SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
 
 // Token bytes as text to show: the bytes, with every invalid UTF-8 sequence (a character split

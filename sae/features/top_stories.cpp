@@ -40,13 +40,10 @@ Tensor normalised_input(const std::vector<float>& raw, int64_t t, int64_t d, con
 
 class TextStoryInputs : public StoryInputs {
  public:
-  TextStoryInputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text, int layer,
+  TextStoryInputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text, const HookSite& site,
                   const InputNormalization& normalization, int64_t max_stories, Device device)
-      : model_(model), tokenizer_(tokenizer), reader_(text), layer_(layer), normalization_(normalization),
-        max_stories_(max_stories), device_(device) {
-    if (layer < 0 || layer > model.config().num_layers)
-      throw UsageError(cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
-  }
+      : model_(model), tokenizer_(tokenizer), reader_(text), site_(model.resolve(site)), normalization_(normalization),
+        max_stories_(max_stories), device_(device) {}
 
   bool next(StoryInput& out) override {
     if (max_stories_ > 0 && served_ >= max_stories_) return false;
@@ -56,11 +53,11 @@ class TextStoryInputs : public StoryInputs {
       if (!reader_.next(story)) return false;
       ids = tokenizer_.encode(story.text, story.where);
     } while (ids.empty());
-    const int64_t positions = model_.config().max_positions, d = model_.config().hidden_size;
+    const int64_t positions = model_.config().max_positions, d = model_.config().hook_width(site_);
     out.truncated = static_cast<int64_t>(ids.size()) > positions;
     if (out.truncated) ids.resize(static_cast<size_t>(positions));
     const int64_t t = static_cast<int64_t>(ids.size());
-    const Tensor hidden = model_.forward_to(ids, layer_).to(Device::CPU);  // a view of the workspace: copy it
+    const Tensor hidden = model_.forward_to_site(ids, site_).to(Device::CPU);  // a view of the workspace: copy it
     std::vector<float> raw(static_cast<size_t>(t * d));
     std::memcpy(raw.data(), hidden.data<float>(), sizeof(float) * t * d);
     out.index = story.index;
@@ -76,10 +73,10 @@ class TextStoryInputs : public StoryInputs {
   }
 
  private:
-  GptNeo& model_;
+  DecoderModel& model_;
   const Gpt2Tokenizer& tokenizer_;
   StoryReader reader_;
-  int layer_;
+  HookSite site_;
   InputNormalization normalization_;
   int64_t max_stories_, served_ = 0;
   Device device_;
@@ -134,10 +131,10 @@ void story_origins(const StoryInput& story, int64_t radius, BatchOrigins& origin
 
 }  // namespace
 
-std::unique_ptr<StoryInputs> text_story_inputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
-                                               int layer, const InputNormalization& normalization,
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
+                                               const HookSite& site, const InputNormalization& normalization,
                                                int64_t max_stories, Device device) {
-  return std::make_unique<TextStoryInputs>(model, tokenizer, text, layer, normalization, max_stories, device);
+  return std::make_unique<TextStoryInputs>(model, tokenizer, text, site, normalization, max_stories, device);
 }
 
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "io/json.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/tokenizer.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
@@ -44,10 +44,10 @@ class StoryInputs {
   virtual void rewind() = 0;
 };
 
-// A text (.txt or .jsonl, lm/text_data.h) through `model` up to hidden_states[layer]; stories longer
-// than the model's positions are cut to them (StoryInput::truncated). max_stories 0: all.
-std::unique_ptr<StoryInputs> text_story_inputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
-                                               int layer, const InputNormalization& normalization,
+// A text (.txt or .jsonl, lm/text_data.h) through `model` up to the hook point `site`; stories
+// longer than the model's positions are cut to them (StoryInput::truncated). max_stories 0: all.
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
+                                               const HookSite& site, const InputNormalization& normalization,
                                                int64_t max_stories, Device device);
 // An activation file or cache with story boundaries (UsageError without), token ids when it has them.
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,

@@ -169,6 +169,9 @@ std::vector<TrainOption> make_table() {
           "with a \"text\" field", defines, "text", FIELD(text), text(), std::string()),
       row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
           defines, "layer", FIELD(layer), integer(), "2"),
+      row("hook", text_group, "train at this hook point instead of --layer, named as SAELens names it: "
+          "blocks.L.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out | "
+          "ln2.hook_normalized | attn.hook_z (docs/models.md)", defines, "hook", FIELD(hook), text(), std::string()),
       row("long-stories", text_group, "a story longer than the model's positions: error | split (into pieces)", defines,
           "long_stories", FIELD(split_long_stories), long_stories(), "error"),
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
@@ -347,7 +350,7 @@ Json run_identity(const TrainConfig& config) {
 }
 
 Json data_stream_identity(const TrainConfig& config) {
-  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "long-stories",
+  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "hook", "long-stories",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
                                                "device", "prefetch", "threads"};
   Json all = config.to_json(), kept = Json::object();

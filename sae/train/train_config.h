@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "io/json.h"
+#include "lm/hook_points.h"
 #include "sae/data/batches.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
@@ -29,7 +30,8 @@ struct TrainConfig {
   std::string data = "synthetic";    // "synthetic", a .safetensors / .npy path, a cache folder, or "text"
   std::string model;                 // --model DIR (a Hugging Face GPT-Neo folder): train from text
   std::string text;                  // --text FILE: the corpus (.txt or .jsonl)
-  int64_t layer = 2;                 // hidden_states[layer] of the model
+  int64_t layer = 2;                 // hidden_states[layer] of the model (when no --hook)
+  std::string hook;                  // --hook NAME (lm/hook_points.h): where activations are read; "" = --layer
   bool split_long_stories = false;   // --long-stories split: cut stories longer than the model's positions
   int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
   SyntheticOptions synthetic;
@@ -98,6 +100,7 @@ struct TrainConfig {
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
   std::string batch_name() const;        // "story" or the token count
+  HookSite hook_site() const;            // --hook, or hidden_states[--layer] (resolved by the model)
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };

@@ -108,7 +108,7 @@ TEST(BatchOrigins, TextStoriesAndTokenBatches) {
   for (int64_t batch : {int64_t(0), int64_t(50)}) {
     TextDataOptions options;
     options.text = ref("stories.txt");
-    options.layer = 2;
+    options.site = HookSite{2, HookPoint::ResidPre};
     options.chunk_tokens = 100;  // chunks of a few stories: rows come from several, shuffled
     TextBatcher batcher(model, tokenizer, options, batch, batch ? Normalization::None : Normalization::Story, 1.0, 3);
     batcher.record_origins(radius);
