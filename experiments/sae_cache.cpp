@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     const sae::HookSite site = sae::resolve_hook_site(folder.config, choice.site, choice.option);
     sae::DecoderModel model =
         sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers));
-    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
     const int64_t layer = sae::hidden_states_index(site, folder.config.num_layers);
     sae::Json source = sae::Json::object();

@@ -77,11 +77,11 @@ int main(int argc, char** argv) {
         sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
                          parsed.count("layer") > 0);
     std::unique_ptr<sae::DecoderModel> model;
-    std::unique_ptr<sae::Gpt2Tokenizer> tokenizer;
+    std::unique_ptr<sae::BpeTokenizer> tokenizer;
     std::unique_ptr<sae::ActivationSource> source;
     std::unique_ptr<sae::StoryInputs> inputs;
     sae::Json description = sae::Json::object();
-    if (!model_dir.empty()) tokenizer = std::make_unique<sae::Gpt2Tokenizer>(sae::Gpt2Tokenizer::from_model_dir(model_dir));
+    if (!model_dir.empty()) tokenizer = std::make_unique<sae::BpeTokenizer>(sae::BpeTokenizer::from_model_dir(model_dir));
     if (!text.empty()) {
       // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
       // only up to there.

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
-    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     steer.generate.eos_id = tokenizer.eot_id();
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);

@@ -1,4 +1,4 @@
-// The checks the tokenizer harnesses make on a loaded Gpt2Tokenizer (lm/tokenizer.h) and a text:
+// The checks the tokenizer harnesses make on a loaded BpeTokenizer (lm/tokenizer.h) and a text:
 // encode accepts exactly the valid UTF-8 texts (check_utf8), its ids are tokens of the vocabulary,
 // decode(encode(text)) == text, the pre-tokenizer's pieces cover the text, and ids that name no
 // token are refused by decode.
@@ -14,7 +14,7 @@
 namespace sae::fuzz {
 
 // Returns the ids of text (empty when it is not valid UTF-8).
-inline std::vector<int32_t> check_encode(const Gpt2Tokenizer& tokenizer, std::string_view text) {
+inline std::vector<int32_t> check_encode(const BpeTokenizer& tokenizer, std::string_view text) {
   const bool valid = attempt([&] { check_utf8(text, "fuzz text"); });
   std::vector<int32_t> ids;
   const bool encoded = attempt([&] { ids = tokenizer.encode(text, "fuzz text"); });
@@ -36,7 +36,7 @@ inline std::vector<int32_t> check_encode(const Gpt2Tokenizer& tokenizer, std::st
 }
 
 // A loaded tokenizer, on the given texts and a few fixed ones.
-inline void check_tokenizer(const Gpt2Tokenizer& tokenizer, const std::vector<std::string_view>& texts) {
+inline void check_tokenizer(const BpeTokenizer& tokenizer, const std::vector<std::string_view>& texts) {
   require(tokenizer.eot_id() >= 0 && tokenizer.eot_id() < tokenizer.vocab_size(), "<|endoftext|> has no valid id");
   for (std::string_view text : texts) check_encode(tokenizer, text);
   for (const char* text : {"Once upon a time, there was a little dog named Max.", " <|endoftext|> Hello\n\n  world's 2024!",

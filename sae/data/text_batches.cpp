@@ -26,7 +26,7 @@ TextBatcher::PiecePosition TextBatcher::PiecePosition::from_json(const Json& j) 
   return p;
 }
 
-TextBatcher::TextBatcher(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+TextBatcher::TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                          int64_t batch_tokens, Normalization normalization, double dataset_scale, uint64_t seed)
     : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text), batch_tokens_(batch_tokens),
       normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
@@ -203,7 +203,7 @@ void TextBatcher::restore(const Json& state) {
   cursor_ = cursor;
 }
 
-double estimate_text_dataset_scale(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens) {
   StoryReader reader(options.text);
   TextStory story;

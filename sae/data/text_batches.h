@@ -38,7 +38,7 @@ struct TextDataOptions {
 class TextBatcher : public BatchSource {
  public:
   // batch_tokens == 0 selects story mode. The model and tokenizer must outlive the batcher.
-  TextBatcher(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
+  TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
               Normalization normalization, double dataset_scale, uint64_t seed);
   int64_t d() const override { return model_.config().hook_width(options_.site); }
   int64_t max_batch_tokens() const override { return max_tokens_; }
@@ -53,7 +53,7 @@ class TextBatcher : public BatchSource {
   void fill_chunk();
 
   DecoderModel& model_;
-  const Gpt2Tokenizer& tokenizer_;
+  const BpeTokenizer& tokenizer_;
   TextDataOptions options_;
   StoryReader reader_;
   int64_t batch_tokens_, max_tokens_;
@@ -91,7 +91,7 @@ class TextBatcher : public BatchSource {
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
 // story cut to the model's positions): s with mean ||s x||^2 = D.
-double estimate_text_dataset_scale(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens = 16384);
 
 }  // namespace sae

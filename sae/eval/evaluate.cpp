@@ -34,7 +34,7 @@ struct Pieces {
   int64_t stories = 0, tokens = 0, predictions = 0;
 };
 
-Pieces read_pieces(const Gpt2Tokenizer& tokenizer, const EvalOptions& options, int64_t positions) {
+Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, int64_t positions) {
   Pieces p;
   StoryReader reader(options.text);
   TextStory story;
@@ -57,7 +57,7 @@ Pieces read_pieces(const Gpt2Tokenizer& tokenizer, const EvalOptions& options, i
 
 }  // namespace
 
-EvalResult evaluate_sae(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const DecoderConfig& config = model.config();

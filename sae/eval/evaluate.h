@@ -58,7 +58,7 @@ struct EvalResult {
 // Runs the evaluation. The tokenizer's ids must fit the model's vocabulary. DataError for an empty
 // corpus (no story with a token), a corpus without a single next-token prediction (every piece one
 // token long), or anything the reader, the tokenizer or the model refuses.
-EvalResult evaluate_sae(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options);
 
 // eval.json: the result with what was evaluated (docs/contract.md §6 lists the keys). NaN -> null.

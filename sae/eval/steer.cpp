@@ -80,7 +80,7 @@ SiteHooks steering_hook(const HookSite& site, const Tensor& vector) {
   return SiteHooks(site, [vector](Tensor& state) { add_(state, vector); });
 }
 
-SteerResult steer(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options) {
   if (!std::isfinite(options.strength)) throw UsageError(cat("--strength must be a finite number, got ", options.strength));
   check_generate_options(options.generate);
@@ -98,7 +98,7 @@ SteerResult steer(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const Sae
   return r;
 }
 
-std::string display_text(const Gpt2Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
   const std::string bytes = tokenizer.decode(ids);
   std::string out;
   size_t i = 0;
@@ -150,7 +150,7 @@ std::string side_by_side(const std::string& left_title, const std::string& left,
   return out;
 }
 
-Json steer_json(const SteerResult& r, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                 const SteerOptions& options) {
   Json j = Json::object();
   j["prompt"] = prompt;  // valid UTF-8: the tokenizer checked it

@@ -32,12 +32,12 @@ struct SteerResult {
 
 // UsageError for a feature out of range or a strength that is not finite; DataError for a zero
 // decoder row, an empty prompt or one that leaves no room for the new tokens.
-SteerResult steer(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
 
 // Token bytes as text to show: the bytes, with every invalid UTF-8 sequence (a character split
 // between tokens, cut off at the end) replaced by U+FFFD, as Hugging Face's decode does.
-std::string display_text(const Gpt2Tokenizer& tokenizer, const std::vector<int32_t>& ids);
+std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids);
 
 // The two continuations in two columns of `width` characters (code points), each column headed and
 // wrapped at spaces; lines of the text break the column too.
@@ -46,7 +46,7 @@ std::string side_by_side(const std::string& left_title, const std::string& left,
 
 // {"prompt", "prompt_ids", "feature", "strength", "layer", "greedy", "temperature", "top_k", "seed",
 //  "max_new_tokens", "unsteered": {"text", "ids"}, "steered": {"text", "ids"}}: texts without the prompt.
-Json steer_json(const SteerResult& result, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+Json steer_json(const SteerResult& result, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                 const std::string& prompt, const SteerOptions& options);
 
 }  // namespace sae

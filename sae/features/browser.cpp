@@ -98,14 +98,14 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   std::string model_dir = options.model;
   if (model_dir.empty() && config && config->has("model") && config->at("model").is_string())
     model_dir = config->at("model").as_string();
-  std::unique_ptr<Gpt2Tokenizer> tokenizer;
+  std::unique_ptr<BpeTokenizer> tokenizer;
   std::optional<PromotedTokens> promoted;
   if (!model_dir.empty()) {
     if (!fs::is_directory(model_dir)) {
       note(cat("the run's model folder ", model_dir, " is gone: tokens are shown as ids, no promoted tokens "
                "(give --model DIR)"));
     } else {
-      tokenizer = std::make_unique<Gpt2Tokenizer>(Gpt2Tokenizer::from_model_dir(model_dir));
+      tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(model_dir));
       // Promoted tokens (W_dec W_U^T) mean something where the SAE writes into the residual stream's
       // space: not at attn.hook_z (per-head outputs) or ln2.hook_normalized (before the norm's weights).
       std::string hook = options.hook;

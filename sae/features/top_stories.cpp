@@ -40,7 +40,7 @@ Tensor normalised_input(const std::vector<float>& raw, int64_t t, int64_t d, con
 
 class TextStoryInputs : public StoryInputs {
  public:
-  TextStoryInputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text, const HookSite& site,
+  TextStoryInputs(DecoderModel& model, const BpeTokenizer& tokenizer, const std::string& text, const HookSite& site,
                   const InputNormalization& normalization, int64_t max_stories, Device device)
       : model_(model), tokenizer_(tokenizer), reader_(text), site_(model.resolve(site)), normalization_(normalization),
         max_stories_(max_stories), device_(device) {}
@@ -74,7 +74,7 @@ class TextStoryInputs : public StoryInputs {
 
  private:
   DecoderModel& model_;
-  const Gpt2Tokenizer& tokenizer_;
+  const BpeTokenizer& tokenizer_;
   StoryReader reader_;
   HookSite site_;
   InputNormalization normalization_;
@@ -131,7 +131,7 @@ void story_origins(const StoryInput& story, int64_t radius, BatchOrigins& origin
 
 }  // namespace
 
-std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer, const std::string& text,
                                                const HookSite& site, const InputNormalization& normalization,
                                                int64_t max_stories, Device device) {
   return std::make_unique<TextStoryInputs>(model, tokenizer, text, site, normalization, max_stories, device);
@@ -166,7 +166,7 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
 }
 
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const Gpt2Tokenizer* tokenizer) {
+                       const BpeTokenizer* tokenizer) {
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
   std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));

@@ -46,7 +46,7 @@ class StoryInputs {
 
 // A text (.txt or .jsonl, lm/text_data.h) through `model` up to the hook point `site`; stories
 // longer than the model's positions are cut to them (StoryInput::truncated). max_stories 0: all.
-std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer, const std::string& text,
                                                const HookSite& site, const InputNormalization& normalization,
                                                int64_t max_stories, Device device);
 // An activation file or cache with story boundaries (UsageError without), token ids when it has them.
@@ -68,6 +68,6 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
 //    "text" (the story decoded), "annotated_text" (each token's text, a space, activation_block)}
 // Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const Gpt2Tokenizer* tokenizer);
+                       const BpeTokenizer* tokenizer);
 
 }  // namespace sae

@@ -14,7 +14,7 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
     const HookSite site = resolve_hook_site(folder.config, config.hook_site(), config.hook.empty() ? "--layer" : "--hook");
     data.model = std::make_unique<DecoderModel>(
         load_decoder_model(config.model, device, ModelPart::up_to(site, folder.config.num_layers)));
-    data.tokenizer = std::make_unique<Gpt2Tokenizer>(Gpt2Tokenizer::from_model_dir(config.model));
+    data.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(config.model));
     if (data.tokenizer->vocab_size() > data.model->config().vocab_size)
       throw DataError(cat(config.model, ": the tokenizer has ", data.tokenizer->vocab_size(), " ids, the model only ",
                           data.model->config().vocab_size));

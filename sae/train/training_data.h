@@ -19,7 +19,7 @@ namespace sae {
 struct TrainingData {
   std::unique_ptr<ActivationSource> activations;  // synthetic, file or cache (not for text)
   std::unique_ptr<DecoderModel> model;            // text only (up to the hook point)
-  std::unique_ptr<Gpt2Tokenizer> tokenizer;       // text only
+  std::unique_ptr<BpeTokenizer> tokenizer;       // text only
   std::unique_ptr<BatchSource> batches;
   int64_t d = 0;
   double dataset_scale = 1.0;  // the one used: the saved one on --resume, else estimated or 1

@@ -93,7 +93,7 @@ TEST(BatchOrigins, StoryAndTokenBatchesOfAnActivationFile) {
 }
 
 TEST(BatchOrigins, TextStoriesAndTokenBatches) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   // The stories' ids, and each story's hidden_states[2] computed alone.
   std::vector<std::vector<int32_t>> ids;

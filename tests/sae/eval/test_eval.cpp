@@ -80,7 +80,7 @@ void expect_relative(double got, double want, double rel, const std::string& wha
 
 struct Loaded {
   DecoderModel model = load_decoder_model(eval_ref("model"));
-  Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+  BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(eval_ref("model"));
 };
 
 EvalOptions fixture_options() {
@@ -429,7 +429,7 @@ TEST(Steer, RefusesBadFeaturesStrengthsAndPrompts) {
 }
 
 TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(eval_ref("model"));
   const std::vector<int32_t> ids = tokenizer.encode("Zoë the café owner “hi”");
   EXPECT_EQ(display_text(tokenizer, ids), "Zoë the café owner “hi”");
   // Find a token whose bytes are an incomplete UTF-8 sequence: it shows as U+FFFD.
