@@ -35,6 +35,13 @@ int main(int argc, char** argv) {
         ("max-stories", "stop after this many stories (0: the whole corpus)", cxxopts::value<int64_t>()->default_value("0"))
         ("long-stories", "a story longer than the model's positions: error | split (into pieces)",
          cxxopts::value<std::string>()->default_value("error"))
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every window (auto: when the tokenizer adds one)",
+         cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions per window: every story cut into windows of this many, the BOS included "
+         "(0: the model's positions, and --long-stories decides)", cxxopts::value<int64_t>()->default_value("0"))
+        ("bos-activations", "skip | keep: cache the activations at BOS positions (skipped by default)",
+         cxxopts::value<std::string>()->default_value("skip"))
         ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"))
         ("progress", "auto | bar | lines | none", cxxopts::value<std::string>()->default_value("auto"));
     cxxopts::ParseResult parsed;
@@ -56,6 +63,13 @@ int main(int argc, char** argv) {
     if (long_stories != "error" && long_stories != "split")
       throw sae::UsageError(sae::cat("--long-stories: expected error or split, got '", long_stories, "'"));
     if (max_stories < 0) throw sae::UsageError("--max-stories must be >= 0");
+    const std::string text_field = parsed["text-field"].as<std::string>();
+    const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+    const int64_t context_size = parsed["context-size"].as<int64_t>();
+    if (context_size < 0) throw sae::UsageError(sae::cat("--context-size must be >= 0, got ", context_size));
+    const std::string bos_activations = parsed["bos-activations"].as<std::string>();
+    if (bos_activations != "skip" && bos_activations != "keep")
+      throw sae::UsageError(sae::cat("--bos-activations: expected skip or keep, got '", bos_activations, "'"));
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     // Only what the hook point needs is loaded: the blocks after it are never read from disk.
@@ -74,6 +88,17 @@ int main(int argc, char** argv) {
     if (layer >= 0) source["hidden_states"] = sae::cat("hidden_states[", layer, "]");
     source["tokenizer"] = tokenizer.source();
     source["long_stories"] = long_stories;
+    if (context_size > positions)
+      throw sae::UsageError(sae::cat("--context-size ", context_size, " is more than the model's ", positions, " positions"));
+    const sae::WindowOptions windows{sae::resolve_bos(bos_mode, tokenizer), context_size > 0 ? context_size : positions};
+    sae::check_window_options(windows);
+    const bool keep_bos = bos_activations == "keep";
+    if (text_field != "text") source["text_field"] = text_field;
+    if (windows.bos >= 0) {
+      source["bos_id"] = windows.bos;
+      source["bos_activations"] = bos_activations;
+    }
+    if (context_size > 0) source["context_size"] = context_size;
 
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());
@@ -83,7 +108,7 @@ int main(int argc, char** argv) {
                   (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
       return 0;
     }
-    sae::StoryReader reader(text);
+    sae::StoryReader reader(text, text_field);
     if (writer.manifest().text_position.has("next_story"))
       reader.seek({writer.manifest().text_position.at("next_story").as_int(),
                    writer.manifest().text_position.at("byte_offset").as_int()});
@@ -96,19 +121,22 @@ int main(int argc, char** argv) {
     while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
       const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
       if (ids.empty()) continue;
-      if (static_cast<int64_t>(ids.size()) > positions && long_stories == "error")
-        throw sae::DataError(sae::cat(story.where, ": ", ids.size(), " tokens, more than the model's ", positions,
+      const int64_t length = static_cast<int64_t>(ids.size()) + (windows.bos >= 0 ? 1 : 0);
+      if (context_size == 0 && length > positions && long_stories == "error")
+        throw sae::DataError(sae::cat(story.where, ": ", length, " tokens", windows.bos >= 0 ? " with the BOS" : "",
+                                      ", more than the model's ", positions,
                                       " positions (--long-stories split cuts such stories into pieces)"));
-      // Pieces of at most `positions` tokens, each cached as a story of its own.
-      for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(positions)) {
-        const std::vector<int32_t> piece(ids.begin() + begin,
-                                         ids.begin() + std::min(ids.size(), begin + static_cast<size_t>(positions)));
-        const sae::Tensor hidden = model.forward_to_site(piece, site).to(sae::Device::CPU);
-        const bool last = begin + static_cast<size_t>(positions) >= ids.size();
+      // Windows (lm/text_windows.h), each cached as a story of its own; the BOS row left out unless kept.
+      const int64_t count = sae::window_count(static_cast<int64_t>(ids.size()), windows);
+      for (int64_t k = 0; k < count; ++k) {
+        const sae::TokenWindow window = sae::document_window(ids, k, windows);
+        const sae::Tensor hidden = model.forward_to_site(window.input, site).to(sae::Device::CPU);
+        const int64_t skip = window.bos && !keep_bos ? 1 : 0;
+        const std::vector<int32_t> piece(window.input.begin() + skip, window.input.end());
         sae::Json after = sae::Json::object();  // a shard never ends inside a cut story
         after["next_story"] = reader.position().next_story;
         after["byte_offset"] = reader.position().byte_offset;
-        writer.add_story(story.index, piece, hidden.data<float>(), after, last);
+        writer.add_story(story.index, piece, hidden.data<float>() + skip * d, after, k + 1 == count);
         tokens += static_cast<int64_t>(piece.size());
       }
       progress.update_position(reader.position().byte_offset, tokens,

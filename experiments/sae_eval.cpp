@@ -31,6 +31,11 @@ int main(int argc, char** argv) {
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
         ("max-stories", "evaluate the first N stories (0: the whole corpus)", cxxopts::value<int64_t>()->default_value("200"))
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every window (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does)", cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions per window (default: the SAE's cfg.json context_size, else the model's)",
+         cxxopts::value<int64_t>())
         ("hook", "the hook point the SAE reads and is spliced into, SAELens's name (default: what its cfg.json says)",
          cxxopts::value<std::string>())
         ("layer", "splice at hidden_states[layer] instead (default: what its cfg.json says)", cxxopts::value<int64_t>())
@@ -48,6 +53,10 @@ int main(int argc, char** argv) {
     sae::EvalOptions eval;
     eval.text = parsed["text"].as<std::string>();
     eval.max_stories = parsed["max-stories"].as<int64_t>();
+    eval.text_field = parsed["text-field"].as<std::string>();
+    const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 1)
+      throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", parsed["context-size"].as<int64_t>()));
     eval.dense_threshold = parsed["dense-threshold"].as<double>();
     eval.progress = sae::parse_progress_mode(parsed["progress"].as<std::string>());
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));
@@ -62,6 +71,9 @@ int main(int argc, char** argv) {
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
+    eval.bos = sae::bos_for_sae(bos_mode, sae, tokenizer);
+    eval.context_size = parsed.count("context-size") ? parsed["context-size"].as<int64_t>()
+                                                     : std::min(sae.context_size, model.config().max_positions);
     const sae::EvalResult result = sae::evaluate_sae(model, tokenizer, sae, eval);
 
     fs::create_directories(out);

@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
         ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
          "hidden_states[2])", cxxopts::value<std::string>())
         ("layer", "read hidden_states[layer] of --model instead", cxxopts::value<int64_t>())
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every story (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does); the BOS row is not the SAE's input", cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions a story may take, the BOS included (default: the SAE's cfg.json context_size, "
+         "else the model's); longer stories are cut", cxxopts::value<int64_t>())
         ("top", "top stories kept per feature", cxxopts::value<int64_t>()->default_value("10"))
         ("stories", "read at most this many stories (0: all)", cxxopts::value<int64_t>()->default_value("0"))
         ("context", "tokens kept on either side in --stats-out", cxxopts::value<int64_t>()->default_value("8"))
@@ -105,7 +110,21 @@ int main(int argc, char** argv) {
       if (width != params.d_in())
         throw sae::DataError(sae::cat(model_dir, ": ", sae::hook_name(site), " is ", width,
                                       " wide, but the SAE's d_in is ", params.d_in()));
-      inputs = sae::text_story_inputs(*model, *tokenizer, text, site, normalization, max_stories, device);
+      // BOS and context as the SAE was trained (its cfg.json metadata), unless told otherwise.
+      const sae::Json meta = checkpoint.cfg.has("metadata") && checkpoint.cfg.at("metadata").is_object()
+                                 ? checkpoint.cfg.at("metadata") : sae::Json::object();
+      sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+      if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
+        bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
+      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
+      if (parsed.count("context-size")) {
+        story_options.context_size = parsed["context-size"].as<int64_t>();
+        if (story_options.context_size < 1)
+          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+      } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
+        story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
+      }
+      inputs = sae::text_story_inputs(*model, *tokenizer, story_options, normalization, max_stories, device);
       description["text"] = text;
       description["model"] = model_dir;
       description["hook_name"] = sae::hook_name(site);

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
          cxxopts::value<std::string>())
         ("layer", "steer at hidden_states[layer] instead (default: where the SAE reads, from its cfg.json)",
          cxxopts::value<int64_t>())
+        ("prepend-bos", "on | off | auto: a BOS before the prompt (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does)", cxxopts::value<std::string>()->default_value("auto"))
         ("width", "column width of the side-by-side text", cxxopts::value<int64_t>()->default_value("48"))
         ("json", "print one JSON object instead of the side-by-side text")
         ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"));
@@ -66,6 +68,7 @@ int main(int argc, char** argv) {
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     steer.generate.eos_id = tokenizer.eot_id();
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
+    steer.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), sae, tokenizer);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);
 
     if (parsed.count("json")) {

@@ -23,6 +23,11 @@ Models (vocabulary 300, 64 positions):
                   head (4 dims), base 10000, use_parallel_residual, the erf GELU, untied
     neox_seq      GPTNeoXForCausalLM, d 32, 3 blocks, use_parallel_residual false, rotary on every dim,
                   base 500, no attention biases, gelu_new, untied
+The gpt2 and pythia folders also get a tokenizer of VOCAB ids trained with `tokenizers` on the
+licences and Vim manual (scripts/gen_tokenizer_fixture.py's text), set up as each family's is: GPT-2's
+(ByteLevel, <|endoftext|> last, tokenizer_config.json naming it as BOS and EOS) and Pythia's (NFC,
+ByteLevel, <|endoftext|> and <|padding|> first, runs of 2 and 4 spaces as normalized added tokens), so
+that the programs can run on them end to end (tests/experiments).
 Hook values come from PyTorch hooks on Hugging Face's modules: resid_pre = a block's input; hook_z =
 the input of the attention's output projection (c_proj / dense); hook_attn_out = the attention
 module's output; hook_resid_mid = the MLP norm's input (sequential blocks); ln2.hook_normalized =
@@ -165,6 +170,36 @@ def greedy(model, prompt):
     return out.sequences[0, len(prompt):].tolist(), min(margins)
 
 
+def write_tokenizer(name, folder):
+    """A VOCAB-id byte-level BPE in the family's set-up (see the module docstring)."""
+    import json
+    import sys
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gen_tokenizer_fixture import training_files
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    specials = ["<|endoftext|>"] if name == "gpt2" else ["<|endoftext|>", "<|padding|>"]
+    extra = 0 if name == "gpt2" else 2
+    if name != "gpt2":
+        tok.normalizer = normalizers.NFC()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - extra - (len(specials) if name == "gpt2" else 0), min_frequency=2,
+                                  show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[] if name == "gpt2" else specials)
+    tok.train(training_files(), trainer)
+    if name == "gpt2":
+        tok.add_special_tokens(specials)
+    else:
+        tok.add_tokens([AddedToken(" " * n, normalized=True, special=False) for n in (4, 2)])
+    assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}, f, indent=2)
+
+
 def write_model(name, out_dir, seed):
     torch.manual_seed(seed)
     model = MODELS[name]().eval()
@@ -172,9 +207,11 @@ def write_model(name, out_dir, seed):
     folder = os.path.join(out_dir, name)
     shutil.rmtree(folder, ignore_errors=True)
     model.save_pretrained(folder, safe_serialization=True)
-    for extra in os.listdir(folder):  # keep config.json and model.safetensors only
+    for extra in os.listdir(folder):  # keep config.json and model.safetensors (and the tokenizer below)
         if extra not in ("config.json", "model.safetensors"):
             os.remove(os.path.join(folder, extra))
+    if name in ("gpt2", "pythia"):
+        write_tokenizer(name, folder)
     # Reload as a user would (float32), to measure what the saved files give.
     model = type(model).from_pretrained(folder, dtype=torch.float32).eval()
     rng = np.random.RandomState(seed)

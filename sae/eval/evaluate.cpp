@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "sae/eval/next_token.h"
 #include "tensor/ops.h"
 
@@ -28,28 +29,29 @@ double ratio_or_nan(double numerator, double denominator) {
 
 Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(); }
 
-// The stories of the corpus as pieces of at most P token ids.
+// The stories of the corpus as windows (lm/text_windows.h): of at most P positions (or
+// --context-size), a BOS first when asked for.
 struct Pieces {
-  std::vector<std::vector<int32_t>> ids;
-  int64_t stories = 0, tokens = 0, predictions = 0;
+  std::vector<TokenWindow> windows;
+  int64_t stories = 0, tokens = 0, predictions = 0;  // tokens: the document tokens (no BOS)
 };
 
-Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, int64_t positions) {
+Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, const WindowOptions& windows) {
   Pieces p;
-  StoryReader reader(options.text);
+  StoryReader reader(options.text, options.text_field);
   TextStory story;
   while ((options.max_stories == 0 || p.stories < options.max_stories) && reader.next(story)) {
     const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
     if (ids.empty()) continue;
     ++p.stories;
-    for (size_t begin = 0; begin < ids.size(); begin += positions) {
-      const size_t end = std::min(ids.size(), begin + static_cast<size_t>(positions));
-      p.ids.emplace_back(ids.begin() + begin, ids.begin() + end);
-      p.tokens += static_cast<int64_t>(end - begin);
-      p.predictions += static_cast<int64_t>(end - begin) - 1;
+    const int64_t count = window_count(static_cast<int64_t>(ids.size()), windows);
+    for (int64_t k = 0; k < count; ++k) {
+      p.windows.push_back(document_window(ids, k, windows));
+      p.tokens += p.windows.back().tokens;
+      p.predictions += static_cast<int64_t>(p.windows.back().input.size()) - 1;
     }
   }
-  if (p.ids.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
+  if (p.windows.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
   if (p.predictions == 0)
     throw DataError(cat(options.text, ": every story is one token long, so there is no next token to predict"));
   return p;
@@ -70,14 +72,19 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     throw UsageError("evaluate_sae: the SAE and the model must be on one device");
   const HookSite site = sae.site;
   const int64_t d = config.hook_width(site), features = sae.params.d_sae();
-  const Pieces pieces = read_pieces(tokenizer, options, config.max_positions);
+  if (options.context_size > config.max_positions)
+    throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", config.max_positions,
+                         " positions"));
+  const WindowOptions windows{options.bos, options.context_size > 0 ? options.context_size : config.max_positions};
+  check_window_options(windows);
+  const Pieces pieces = read_pieces(tokenizer, options, windows);
   int64_t longest = 0;
-  for (const auto& ids : pieces.ids) longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
+  for (const TokenWindow& w : pieces.windows) longest = std::max<int64_t>(longest, static_cast<int64_t>(w.input.size()));
   model.reserve(longest);
 
   EvalResult r;
   r.stories = pieces.stories;
-  r.pieces = static_cast<int64_t>(pieces.ids.size());
+  r.pieces = static_cast<int64_t>(pieces.windows.size());
   r.tokens = pieces.tokens;
   r.predictions = pieces.predictions;
   r.dense_threshold = options.dense_threshold;
@@ -86,10 +93,14 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   // Pass 1: the mean of the hooked state over every token, the mean-ablation vector.
   std::vector<double> mean_sum(d, 0.0);
   int64_t done = 0, tokens_done = 0;
-  for (const auto& ids : pieces.ids) {
-    const std::vector<double> column_sums = sum(model.forward_to_site(ids, site), 0).to_vector();
+  // The rows of a window's state that are the document's tokens (the BOS row is left as it is).
+  int64_t skip = 0;
+  const auto document_rows = [&](const Tensor& x) { return x.slice_rows(skip, x.size(0)); };
+  for (const TokenWindow& w : pieces.windows) {
+    skip = w.bos ? 1 : 0;
+    const std::vector<double> column_sums = sum(document_rows(model.forward_to_site(w.input, site)), 0).to_vector();
     for (int64_t j = 0; j < d; ++j) mean_sum[j] += column_sums[j];
-    tokens_done += static_cast<int64_t>(ids.size());
+    tokens_done += static_cast<int64_t>(w.input.size());
     ++done;
     progress.update_position(done, tokens_done, cat("mean pass, piece ", done, "/", r.pieces));
   }
@@ -101,7 +112,8 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
-  const SiteHooks splice(site, [&](Tensor& x) {
+  const SiteHooks splice(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
     Tensor f;
     const Tensor x_hat = reconstruct(sae, x, &f);
     squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
@@ -111,12 +123,18 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
     copy_(x, x_hat);
   });
-  const SiteHooks zero(site, [](Tensor& x) { fill_(x, 0.0); });
-  const SiteHooks mean_ablate(site, [&](Tensor& x) {
+  const SiteHooks zero(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
+    fill_(x, 0.0);
+  });
+  const SiteHooks mean_ablate(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
     fill_(x, 0.0);
     add_(x, mean);
   });
-  for (const auto& ids : pieces.ids) {
+  for (const TokenWindow& w : pieces.windows) {
+    const std::vector<int32_t>& ids = w.input;
+    skip = w.bos ? 1 : 0;
     const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
     ce_clean += total(next_token_losses(log_p, ids));
     const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
@@ -163,6 +181,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["sae"] = sae.dir;
   j["text"] = options.text;
   j["max_stories"] = options.max_stories;
+  j["prepend_bos"] = options.bos >= 0;
+  j["context_size"] = options.context_size;
   j["hook_name"] = hook_name(sae.site);
   if (sae.layer >= 0) j["layer"] = sae.layer;
   j["layer_from"] = sae.layer_source;

@@ -12,8 +12,11 @@
 //   FVU          sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, raw scale
 //   L0, density  mean active features per token; per feature the fraction of tokens it is nonzero
 //                on; dead = never nonzero; dense = density > dense_threshold
-// A story longer than the model's positions P is cut into pieces of P tokens (the last shorter),
-// each run (and normalised) on its own, as sae_train --long-stories split does.
+// Stories are cut into windows (lm/text_windows.h: of P positions, or --context-size; each starting
+// with the BOS when one is prepended), each run (and normalised) on its own. The SAE, zero and mean
+// ablation replace the document's rows only: a BOS row is left as the model computed it, and the
+// statistics (FVU, L0, densities, the mean, KL) are over the document's tokens; CE counts every
+// prediction of the window, the one from the BOS too.
 // Letters: T tokens, D width at the hook point, F features, V vocabulary.
 #pragma once
 #include <cstdint>
@@ -31,8 +34,11 @@
 namespace sae {
 
 struct EvalOptions {
-  std::string text;               // corpus: .txt (stories separated by <|endoftext|>) or .jsonl
+  std::string text;               // corpus: .txt (stories separated by <|endoftext|>) or .jsonl (.gz, .zst)
+  std::string text_field = "text";  // JSON lines: the field with the text
   int64_t max_stories = 0;        // the first N non-empty stories; 0: all of them
+  int32_t bos = -1;               // put before every window (lm/text_windows.h resolve_bos); -1: none
+  int64_t context_size = 0;       // positions per window (0: the model's)
   double dense_threshold = 0.1;   // a feature firing on more than this fraction of tokens is dense
   ProgressMode progress = ProgressMode::None;
 };

@@ -96,7 +96,18 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
                         model.source, ") is ", width, " wide (the model's hidden size is ", model.hidden_size, ")"));
   if (s.normalization == Normalization::Dataset && !(s.dataset_scale > 0 && std::isfinite(s.dataset_scale)))
     throw DataError(cat(where, ": sae_cpp.dataset_scale must be a positive number, got ", s.dataset_scale));
+  if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object()) {
+    const Json& m = s.cfg.at("metadata");
+    if (m.has("prepend_bos") && m.at("prepend_bos").is_bool()) s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
+    if (m.has("context_size") && m.at("context_size").is_number() && m.at("context_size").as_number() >= 1)
+      s.context_size = m.at("context_size").as_int();
+  }
   return s;
+}
+
+int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer) {
+  if (mode == BosMode::Auto && sae.prepend_bos >= 0) mode = sae.prepend_bos ? BosMode::On : BosMode::Off;
+  return resolve_bos(mode, tokenizer);
 }
 
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {

@@ -9,6 +9,7 @@
 
 #include "io/json.h"
 #include "lm/decoder_model.h"
+#include "lm/text_windows.h"
 #include "sae/data/batches.h"
 #include "sae/params.h"
 
@@ -23,7 +24,13 @@ struct SaeAtLayer {
   std::string layer_source;   // where `site` came from, for the report
   Normalization normalization = Normalization::None;
   double dataset_scale = 1.0;
+  int prepend_bos = -1;       // cfg.json metadata.prepend_bos: 1 true, 0 false, -1 not said
+  int64_t context_size = 0;   // cfg.json metadata.context_size (0: not said)
 };
+
+// The BOS a run with this SAE puts before each window: --prepend-bos on / off as given; auto: what
+// the SAE was trained with (metadata.prepend_bos) when its cfg.json says, else what the tokenizer does.
+int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer);
 
 // The hook point an SAE folder's cfg.json names (metadata.hook_name, a top-level hook_name, or
 // sae_cpp.data.layer as hidden_states[layer]), with where it said it; false when it names none.

@@ -88,7 +88,9 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
   const Tensor vector = mul_scalar(decoder_direction(sae, options.feature), options.strength);
   SteerResult r;
   r.prompt = tokenizer.encode(prompt, "--prompt");
-  if (r.prompt.empty()) throw DataError("--prompt: the prompt is empty (generation needs at least one token)");
+  if (r.prompt.empty() && options.bos < 0)
+    throw DataError("--prompt: the prompt is empty (generation needs at least one token)");
+  if (options.bos >= 0) r.prompt.insert(r.prompt.begin(), options.bos);
   for (int32_t id : r.prompt)
     if (id >= model.config().vocab_size)
       throw DataError(cat(tokenizer.source(), ": the prompt's token ", id, " is outside the model's vocabulary of ",

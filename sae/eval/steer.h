@@ -23,6 +23,7 @@ SiteHooks steering_hook(const HookSite& site, const Tensor& vector);
 struct SteerOptions {
   int64_t feature = 0;
   double strength = 0;  // finite
+  int32_t bos = -1;     // put before the prompt (lm/text_windows.h); -1: none
   GenerateOptions generate;
 };
 

@@ -25,6 +25,9 @@ void TrainConfig::validate() const {
     require(!was_given("layer"), "--hook and --layer both say where to read activations: give one");
   }
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
+  require(context_size >= 0 && context_size <= (int64_t(1) << 24),
+          cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
+  require(!text_field.empty(), "--text-field must not be empty");
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));
   require(std::isfinite(lr) && lr > 0 && lr < 10, cat("--lr must be in (0, 10), got ", lr));

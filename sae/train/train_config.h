@@ -9,6 +9,7 @@
 
 #include "io/json.h"
 #include "lm/hook_points.h"
+#include "lm/text_windows.h"
 #include "sae/data/batches.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
@@ -33,6 +34,10 @@ struct TrainConfig {
   int64_t layer = 2;                 // hidden_states[layer] of the model (when no --hook)
   std::string hook;                  // --hook NAME (lm/hook_points.h): where activations are read; "" = --layer
   bool split_long_stories = false;   // --long-stories split: cut stories longer than the model's positions
+  std::string text_field = "text";   // --text-field: the JSON lines field holding the text
+  BosMode prepend_bos = BosMode::Auto;  // --prepend-bos on|off|auto: a BOS before every window (lm/text_windows.h)
+  int64_t context_size = 0;          // --context-size: positions per window (0: the model's)
+  bool keep_bos_activations = false; // --bos-activations keep: train on the BOS positions too (default skip)
   int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
   SyntheticOptions synthetic;
   int64_t features = 10000;          // F (d_sae)

@@ -21,6 +21,13 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
     TextDataOptions options;
     options.text = config.text;
     options.site = site;
+    if (config.context_size > folder.config.max_positions)
+      throw UsageError(cat("--context-size ", config.context_size, " is more than the model's ",
+                           folder.config.max_positions, " positions"));
+    options.text_field = config.text_field;
+    options.bos = resolve_bos(config.prepend_bos, *data.tokenizer);
+    options.context_size = config.context_size;
+    options.keep_bos = config.keep_bos_activations;
     options.split_long_stories = config.split_long_stories;
     options.chunk_tokens = config.text_chunk_tokens;
     data.dataset_scale = saved_scale ? *saved_scale
@@ -43,10 +50,12 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
     saelens["model_name"] = folder.name;
     saelens["hook_name"] = hook_name(site);
     saelens["hook_head_index"] = Json();
-    saelens["context_size"] = folder.config.max_positions;
-    saelens["prepend_bos"] = false;
+    saelens["context_size"] = config.context_size > 0 ? config.context_size : folder.config.max_positions;
+    saelens["prepend_bos"] = options.bos >= 0;
     data.description["saelens_metadata"] = saelens;
     data.description["tokenizer"] = data.tokenizer->source();
+    data.description["bos_id"] = options.bos;
+    data.description["bos_activations"] = config.keep_bos_activations ? "keep" : "skip";
     data.batches = std::move(text);
     return data;
   }

@@ -167,7 +167,8 @@ TEST(TopStories, EveryArchitectureEqualsBruteForce) {
     const std::vector<StoryData> stories = encode_all(sae);
     InputNormalization normalization;
     normalization.kind = Normalization::Story;
-    auto inputs = text_story_inputs(model, tokenizer, ref("stories.txt"), HookSite{2, HookPoint::ResidPre}, normalization, 0, Device::CPU);
+    auto inputs = text_story_inputs(model, tokenizer, TextStoryOptions{ref("stories.txt"), "text", {2, HookPoint::ResidPre}},
+                                    normalization, 0, Device::CPU);
     for (int64_t n : {1, 4}) {
       GatherSummary summary;
       const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{n, 3}, &summary);
