@@ -501,6 +501,14 @@ Tensor DecoderModel::logits_with(const std::vector<int32_t>& ids, const SiteHook
   return matmul(y, unembedding(), false, true);
 }
 
+void DecoderModel::logits_into(Tensor& out, const std::vector<int32_t>& ids, const SiteHooks& hooks) {
+  const Tensor y = run(ids, HookSite{config_.num_layers, HookPoint::FinalOutput}, hooks, nullptr);
+  const Shape shape{y.size(0), config_.vocab_size};
+  if (!out.defined() || out.shape() != shape || out.device() != device_ || out.dtype() != DType::F32)
+    out = Tensor::empty(shape, DType::F32, device_);
+  matmul_(out, y, false, unembedding(), true);
+}
+
 Tensor DecoderModel::forward_to(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook) {
   const int64_t layers = config_.num_layers;
   if (layer < 0 || layer > layers)

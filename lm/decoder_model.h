@@ -153,6 +153,8 @@ class DecoderModel {
   Tensor forward_to_site(const std::vector<int32_t>& ids, const HookSite& site, const SiteHooks& hooks = {});
   // Logits [T, V] of the whole model (a new tensor) with the hooks applied.
   Tensor logits_with(const std::vector<int32_t>& ids, const SiteHooks& hooks);
+  // The same into `out` (made [T, V] on the model's device unless it is already; reused across calls).
+  void logits_into(Tensor& out, const std::vector<int32_t>& ids, const SiteHooks& hooks);
 
   // Hugging Face's hidden_states[layer] (0 <= layer <= N), [T, d] on the model's device (a new tensor).
   Tensor hidden_states(const std::vector<int32_t>& ids, int layer);

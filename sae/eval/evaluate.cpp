@@ -132,20 +132,37 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     fill_(x, 0.0);
     add_(x, mean);
   });
+  Tensor run_logits;  // [T, V], reused by the three hooked runs of each window
   for (const TokenWindow& w : pieces.windows) {
     const std::vector<int32_t>& ids = w.input;
     skip = w.bos ? 1 : 0;
-    const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
-    ce_clean += total(next_token_losses(log_p, ids));
-    const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
-    ce_spliced += total(next_token_losses(log_spliced, ids));
-    kl_spliced += total(kl_per_position(log_p, log_spliced));
-    const Tensor log_zero = log_softmax_rows(model.logits_with(ids, zero));
-    ce_zero += total(next_token_losses(log_zero, ids));
-    kl_zero += total(kl_per_position(log_p, log_zero));
-    const Tensor log_mean = log_softmax_rows(model.logits_with(ids, mean_ablate));
-    ce_mean += total(next_token_losses(log_mean, ids));
-    kl_mean += total(kl_per_position(log_p, log_mean));
+    if (model.device() == Device::CPU) {
+      // Fused (next_token.h): one pass per row for each run's normaliser, the clean run's
+      // probabilities kept for the KLs.
+      const CleanScores clean = score_clean_run(model.logits_with(ids, {}), ids);
+      ce_clean += clean.ce;
+      model.logits_into(run_logits, ids, splice);
+      RunScoreSums run = score_run(run_logits, ids, clean);
+      ce_spliced += run.ce, kl_spliced += run.kl;
+      model.logits_into(run_logits, ids, zero);
+      run = score_run(run_logits, ids, clean);
+      ce_zero += run.ce, kl_zero += run.kl;
+      model.logits_into(run_logits, ids, mean_ablate);
+      run = score_run(run_logits, ids, clean);
+      ce_mean += run.ce, kl_mean += run.kl;
+    } else {
+      const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
+      ce_clean += total(next_token_losses(log_p, ids));
+      const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
+      ce_spliced += total(next_token_losses(log_spliced, ids));
+      kl_spliced += total(kl_per_position(log_p, log_spliced));
+      const Tensor log_zero = log_softmax_rows(model.logits_with(ids, zero));
+      ce_zero += total(next_token_losses(log_zero, ids));
+      kl_zero += total(kl_per_position(log_p, log_zero));
+      const Tensor log_mean = log_softmax_rows(model.logits_with(ids, mean_ablate));
+      ce_mean += total(next_token_losses(log_mean, ids));
+      kl_mean += total(kl_per_position(log_p, log_mean));
+    }
     tokens_done += static_cast<int64_t>(ids.size());
     ++done;
     progress.update_position(done, tokens_done, cat("piece ", done - r.pieces, "/", r.pieces));
