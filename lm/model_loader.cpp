@@ -2,6 +2,9 @@
 #include "lm/model_loader.h"
 
 #include <sys/stat.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -60,21 +63,6 @@ std::vector<int64_t> file_shape(const ExpandedRule& rule, const std::vector<int6
     }
     default: return ours;
   }
-}
-
-// Rows of a fused [H, 3, hd] (x columns) tensor reordered to [3, H, hd].
-Tensor qkv_per_head_to_ours(const Tensor& fused, int64_t heads, int64_t head_dim) {
-  Tensor out = Tensor::empty(fused.shape());
-  const int64_t columns = fused.ndim() == 2 ? fused.size(1) : 1;
-  const float* src = fused.data<float>();
-  float* dst = out.data<float>();
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t p = 0; p < 3; ++p)
-      for (int64_t j = 0; j < head_dim; ++j) {
-        const int64_t from = (h * 3 + p) * head_dim + j, to = (p * heads + h) * head_dim + j;
-        std::memcpy(dst + to * columns, src + from * columns, sizeof(float) * columns);
-      }
-  return out;
 }
 
 }  // namespace
@@ -180,7 +168,27 @@ Tensor WeightSource::read_f32(const std::string& name) const {
     if (t.dtype() == DType::I32) throw DataError(cat(label_, ": tensor '", name, "' is int32, expected floating point"));
     return t.to(Device::CPU).to(DType::F32);
   }
-  return files_->files[files_->file_of.at(name)].read_f32(name);
+  Tensor t = files_->files[files_->file_of.at(name)].read_f32(name);
+  release(name);  // the float32 copy is what the model keeps
+  return t;
+}
+
+void WeightSource::read_rows(const std::string& name, int64_t begin, int64_t count, float* out) const {
+  if (count <= 0) return;
+  if (memory_) {
+    const Tensor t = read_f32(name);
+    const int64_t row = t.ndim() == 0 || t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+    std::memcpy(out, t.data<float>() + begin * row, sizeof(float) * static_cast<size_t>(count * row));
+    return;
+  }
+  files_->files[files_->file_of.at(name)].read_rows_f32(name, begin, count, out);
+}
+
+void WeightSource::release(const std::string& name) const {
+  if (memory_) return;
+  const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
+  const SafetensorsEntry& e = file.entry(name);
+  file.mapping().release_pages(static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file.mapping().data()), e.bytes);
 }
 
 void WeightSource::check_float(const std::string& name) const {
@@ -266,42 +274,65 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
     throw DataError(cat(source.label(), ": missing tensor '", family.unembedding_files.at(0), "' ",
                         shape_text(our_shapes.at("unembed")), " (the embeddings are not tied)"));
 
-  // Read (only what the part needs), check finite, convert.
-  auto read = [&](const std::string& name) {
-    Tensor t = source.read_f32(name);
+  // Read (only what the part needs) straight into our layout, a few rows at a time (no full-size
+  // intermediate copy), check finite.
+  auto finite = [&](const Tensor& t, const std::string& name) {
     const float* p = t.data<float>();
     for (int64_t i = 0; i < t.numel(); ++i)
       if (!std::isfinite(p[i]))
         throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
                             ") at flat index ", i));
+  };
+  auto read = [&](const std::string& name) {
+    Tensor t = source.read_f32(name);
+    finite(t, name);
     return t;
   };
   NamedTensors ours;
   for (const ExpandedRule& r : rules) {
     if (r.block >= blocks || (r.head && !head)) continue;
     const std::vector<int64_t>& shape = our_shapes.at(r.ours);
-    Tensor out;
+    Tensor out = Tensor::empty(Shape::from_vector(shape));
+    float* dst = out.data<float>();
+    const int64_t rows = shape[0], columns = shape.size() == 2 ? shape[1] : 1;
     switch (r.transform) {
-      case WeightTransform::Copy: out = read(r.files[0]); break;
-      case WeightTransform::Transpose: {
-        const Tensor t = read(r.files[0]);
-        out = t.ndim() == 2 ? transpose(t) : t;
+      case WeightTransform::Copy:
+        source.read_rows(r.files[0], 0, rows, dst);
         break;
-      }
-      case WeightTransform::StackRows: {
-        out = Tensor::empty(Shape::from_vector(shape));
-        const int64_t rows = shape[0] / static_cast<int64_t>(r.files.size());
-        for (size_t k = 0; k < r.files.size(); ++k) {
-          Tensor slice = out.slice_rows(static_cast<int64_t>(k) * rows, static_cast<int64_t>(k + 1) * rows);
-          copy_(slice, read(r.files[k]));
+      case WeightTransform::Transpose: {
+        if (shape.size() != 2) {  // a bias: as it is
+          source.read_rows(r.files[0], 0, rows, dst);
+          break;
+        }
+        // The file is [columns, rows] (in, out): 64 of its rows at a time, scattered into our columns.
+        constexpr int64_t kChunk = 64;
+        std::vector<float> chunk(static_cast<size_t>(kChunk * rows));
+        for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
+          const int64_t n = std::min(kChunk, columns - i0);
+          source.read_rows(r.files[0], i0, n, chunk.data());
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
         }
         break;
       }
-      case WeightTransform::QkvPerHead:
-        out = qkv_per_head_to_ours(read(r.files[0]), config.num_heads, config.head_dim);
+      case WeightTransform::StackRows: {
+        const int64_t part = rows / static_cast<int64_t>(r.files.size());
+        for (size_t k = 0; k < r.files.size(); ++k)
+          source.read_rows(r.files[k], 0, part, dst + static_cast<int64_t>(k) * part * columns);
         break;
+      }
+      case WeightTransform::QkvPerHead: {
+        // Rows of the file run [H, 3, hd]; ours [3, H, hd].
+        const int64_t h = config.num_heads, hd = config.head_dim;
+        for (int64_t head_index = 0; head_index < h; ++head_index)
+          for (int64_t p = 0; p < 3; ++p)
+            source.read_rows(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
+        break;
+      }
     }
-    ours[r.ours] = out.reshape(Shape::from_vector(shape));
+    for (const std::string& file : r.files) source.release(file);
+    finite(out, r.files.size() == 1 ? r.files[0] : r.ours);
+    ours[r.ours] = out;
   }
   if (head && !unembedding_file.empty()) ours["unembed"] = read(unembedding_file);
   return ours;
@@ -326,9 +357,17 @@ ModelFolder read_model_config(const std::string& dir) {
 
 DecoderModel load_decoder_model(const std::string& dir, Device device, ModelPart part) {
   const ModelFolder folder = read_model_config(dir);
-  const WeightSource source = WeightSource::open_model_dir(dir);
-  const NamedTensors parameters = convert_weights(*folder.family, folder.config, source, part);
-  return DecoderModel::from_parameters(folder.config, parameters, device, source.label(), part);
+  DecoderModel model = [&] {
+    const WeightSource source = WeightSource::open_model_dir(dir);
+    const NamedTensors parameters = convert_weights(*folder.family, folder.config, source, part);
+    return DecoderModel::from_parameters(folder.config, parameters, device, source.label(), part);
+  }();
+#if defined(__GLIBC__)
+  // The conversion's transient copies (a tensor read, then transposed) went back to the heap; hand
+  // that memory back to the system so that the run's peak is the model's own size.
+  ::malloc_trim(0);
+#endif
+  return model;
 }
 
 Tensor load_unembedding(const std::string& dir) {

@@ -29,6 +29,10 @@ class WeightSource {
   std::vector<int64_t> shape(const std::string& name) const;
   Tensor read_f32(const std::string& name) const;  // float32 on the host; DataError for integer tensors
   void check_float(const std::string& name) const;  // DataError unless F32, F16, BF16 or F64 (header only)
+  // Rows [begin, begin + count) along dim 0 as float32 into out (count * row length floats).
+  void read_rows(const std::string& name, int64_t begin, int64_t count, float* out) const;
+  // Done with a tensor: its pages of the file need not stay resident (no-op in memory).
+  void release(const std::string& name) const;
   std::string where(const std::string& name) const;  // the file holding it (or the label)
   const std::string& label() const { return label_; }  // the file, or "N shards of DIR"
   int64_t bytes() const;  // the size of the files (0 in memory)
