@@ -110,11 +110,17 @@ TEST(Models, EveryHookPointHiddenStateAndLogitsMatchHuggingFace) {
     // Each hook point alone: the run stops there.
     double worst_hook = 0;
     std::string worst_name;
+    std::map<std::string, double> worst_by_point;  // over the blocks
     for (const HookSite& site : all_sites(c)) {
       const std::string hook = hook_name(site);
       const double err = expect_near_scale(model.forward_to_site(ids, site), e.tensor("seq0.hook." + hook), hook);
       if (err > worst_hook) worst_hook = err, worst_name = hook;
+      const std::string point = hook.substr(hook.find('.', 7) + 1);
+      worst_by_point[point] = std::max(worst_by_point[point], err);
     }
+    std::string by_point;
+    for (const auto& [point, err] : worst_by_point) by_point += cat(" ", point, " ", err);
+    std::printf("%-12s per hook point (worst block):%s\n", name, by_point.c_str());
     // All of them in one full pass (each one's buffer path at once), then the logits.
     std::map<std::string, Tensor> seen;
     SiteHooks hooks;
