@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
     const int64_t start_story = reader.position().next_story;
     if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
     sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
-                           static_cast<int64_t>(fs::file_size(text)), reader.position().byte_offset, "sae_cache ");
+                           static_cast<int64_t>(fs::file_size(text)), reader.file_offset(), "sae_cache ");
     sae::TextStory story;
     int64_t tokens = writer.manifest().tokens;
     while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
         writer.add_story(story.index, piece, hidden.data<float>() + skip * d, after, k + 1 == count);
         tokens += static_cast<int64_t>(piece.size());
       }
-      progress.update_position(reader.position().byte_offset, tokens,
+      progress.update_position(reader.file_offset(), tokens,
                                sae::cat(reader.position().next_story, " stories"));
     }
     writer.finish();

@@ -75,6 +75,14 @@ void LineReader::open() {
   offset_ = 0;
 }
 
+int64_t LineReader::file_offset() const {
+  switch (decoder_->kind) {
+    case Compression::Gzip: return static_cast<int64_t>(gzoffset(decoder_->gz));
+    case Compression::Zstd: return static_cast<int64_t>(std::ftell(decoder_->file));
+    default: return offset_;
+  }
+}
+
 const char* LineReader::compression() const {
   switch (decoder_->kind) {
     case Compression::Gzip: return "gzip";

@@ -21,6 +21,9 @@ class LineReader {
   // DataError (a file without line ends read as one line).
   bool read_line(std::string& line, int64_t max_bytes);
   int64_t offset() const { return offset_; }  // bytes of text before the next line
+  // How far into the file itself reading has got (the compressed bytes consumed so far, about;
+  // = offset() for a plain file): for progress against the file's size.
+  int64_t file_offset() const;
   void seek(int64_t offset);
   const std::string& path() const { return path_; }
   const char* compression() const;  // "none", "gzip" or "zstd"

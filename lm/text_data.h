@@ -47,6 +47,7 @@ class StoryReader {
   // The next non-empty story; false at the end of the file.
   bool next(TextStory& story);
   TextPosition position() const { return position_; }
+  int64_t file_offset() const { return lines_.file_offset(); }  // bytes of the file read (for progress)
   void seek(const TextPosition& position);  // a position returned by position(), possibly of another run
   void rewind() { seek(TextPosition{}); }
   const std::string& path() const { return path_; }
