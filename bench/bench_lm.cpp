@@ -1,5 +1,6 @@
-// GPT-Neo benchmarks (lm/gpt_neo.h on lm/decoder_model.h) on the TinyStories-33M architecture with hashed weights (the
-// speed does not depend on the values), on the CPU, one 218-token story per forward pass:
+// GPT-Neo benchmarks (lm/gpt_neo.h on lm/decoder_model.h) on the TinyStories-33M architecture with
+// hashed weights (the speed does not depend on the values), on the CPU, one 218-token story per pass
+// (the other families: bench_models.cpp):
 //   BM_LmExtract_Ours       hidden_states[2], the tutorial's SAE layer: embeddings + blocks 0 and 1
 //                           (forward_to: no copy of the result, no lm_head)
 //   BM_LmExtract_GemmFloor  the bare cblas_sgemm calls of those two blocks at the same shapes (the
