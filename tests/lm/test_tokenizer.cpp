@@ -13,6 +13,7 @@
 
 #include "tests/util/test_util.h"
 #include "lm/tokenizer.h"
+#include "lm/unicode_nfc.h"
 #include "lm/unicode_tables.h"
 #include "tensor/error.h"
 #include "io/json.h"
@@ -670,4 +671,21 @@ TEST(TokenizerFamilies, IgnoreMergesTakesWholePieces) {
     EXPECT_EQ(t.encode("abcd"), (std::vector<int32_t>{256, 'c', 'd'})) << "abcd is not in the vocabulary";
     EXPECT_EQ(t.eot_id(), -1);  // no <|endoftext|>: generation then never stops early
   }
+}
+
+// NFC by hand: composition, Hangul by formula, reordering of marks, compatibility characters left
+// alone, singletons decomposed, and Unicode 16's new composites left uncomposed as tokenizers does.
+TEST(TokenizerFamilies, NfcByHand) {
+  using unicode::nfc;
+  EXPECT_EQ(nfc("e\xcc\x81"), "\xc3\xa9");                                   // e + U+0301 -> é
+  EXPECT_EQ(nfc("A\xcc\x8a"), "\xc3\x85");                                   // A + ring -> Å
+  EXPECT_EQ(nfc("\xe2\x84\xab"), "\xc3\x85");                                // U+212B ANGSTROM SIGN -> Å
+  EXPECT_EQ(nfc("\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"), "\xea\xb0\x81");    // jamo G A G -> 각
+  EXPECT_EQ(nfc("a\xcc\x82\xcc\xa3"), "\xe1\xba\xad");                       // a + circumflex + dot below -> ậ
+  EXPECT_EQ(nfc("a\xcc\xa3\xcc\x82"), "\xe1\xba\xad");                       // the same, marks in the other order
+  EXPECT_EQ(nfc("\xef\xac\x81"), "\xef\xac\x81");                            // ﬁ: compatibility only, kept
+  EXPECT_EQ(nfc("plain ascii text"), "plain ascii text");
+  EXPECT_EQ(nfc("\xf0\x90\x97\x92\xcc\x87"), "\xf0\x90\x97\x92\xcc\x87");    // U+105D2 + U+0307: new in 16, kept
+  EXPECT_EQ(unicode::combining_class(0x301), 230);
+  EXPECT_EQ(unicode::combining_class(0x41), 0);
 }
