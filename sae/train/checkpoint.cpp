@@ -120,7 +120,16 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   Json metadata = Json::object();
   metadata["sae_lens_version"] = "6.0.0";
   metadata["sae_lens_training_version"] = "6.0.0";
+  // A run from text says where its activations came from as SAELens does (model_name, hook_name,
+  // hook_head_index, context_size, prepend_bos): the data description carries them.
+  if (extra.is_object() && extra.has("data") && extra.at("data").is_object() &&
+      extra.at("data").has("saelens_metadata") && extra.at("data").at("saelens_metadata").is_object())
+    for (const auto& [key, value] : extra.at("data").at("saelens_metadata").items()) metadata[key] = value;
   cfg["metadata"] = metadata;
+  // An attn.hook_z SAE reads the heads flattened, which SAELens says so.
+  if (metadata.has("hook_name") && metadata.at("hook_name").is_string() &&
+      metadata.at("hook_name").as_string().find("hook_z") != std::string::npos)
+    cfg["reshape_activations"] = "hook_z";
   cfg["sae_cpp"] = extra;
   Json& ours = cfg["sae_cpp"];
   ours["training_architecture"] = unit.name();
