@@ -112,10 +112,16 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
-  const SiteHooks splice(site, [&](Tensor& state) {
+  // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
+  // its output hook with its prediction; an SAE reads and replaces one hook.
+  const bool transcoder = sae.params.transcoder;
+  Tensor input;
+  SiteHooks splice;
+  if (transcoder) splice.at.emplace_back(sae.input_site, [&](Tensor& state) { input = document_rows(state).clone(); });
+  splice.at.emplace_back(site, [&](Tensor& state) {
     Tensor x = document_rows(state);
     Tensor f;
-    const Tensor x_hat = reconstruct(sae, x, &f);
+    const Tensor x_hat = reconstruct(sae, transcoder ? input : x, &f);
     squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
     variance += reduce(ReduceOp::sum_squares, sub(x, mean)).item();
     active += reduce(ReduceOp::count_nonzero, f).item();
@@ -206,6 +212,11 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   if (sae.layer >= 0) j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
   j["architecture"] = sae.params.kind;
   j["d_in"] = sae.params.d_in();
+  if (sae.params.transcoder) {
+    j["transcoder"] = true;
+    j["hook_name_in"] = hook_name(sae.input_site);
+    j["d_out"] = sae.params.d_out();
+  }
   j["d_sae"] = sae.params.d_sae();
   j["normalization"] = normalization_name(sae.normalization);
   j["dataset_scale"] = sae.dataset_scale;
@@ -247,7 +258,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
-                        sae.params.d_sae(), ") spliced at ", hook_name(sae.site),
+                        sae.params.d_sae(), sae.params.transcoder ? cat(", a transcoder from ", hook_name(sae.input_site)) : "",
+                        ") spliced at ", hook_name(sae.site),
                         sae.layer >= 0 ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
