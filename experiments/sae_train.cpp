@@ -1,5 +1,6 @@
-// sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list: each batch read and
-// run through the model once; OUT/l1_<value>/ or OUT/k_<value>/ per SAE, each a complete run folder)
+// sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list, --layer-list,
+// --transcoder-list: each batch read and run through the model once; OUT/l1_<value>/, OUT/k_<value>/,
+// OUT/layer_<L>/ per SAE or transcoder, each a complete run folder)
 // (docs/contract.md §5). Thin: options -> TrainConfig(s) -> train() / train_together() -> report.
 #include <cstdio>
 #include <filesystem>
@@ -21,12 +22,31 @@ const sae::Profile kDemo = {
     {"steps", "4000"},             {"checkpoint-every", "1000"},   {"log-every", "20"},
     {"l1-warmup-steps", "100"},    {"dead-window", "200000"},
 };
-// One config per value of --l1-list or --k-list, each into OUT/<option>_<value>/.
+// Block indices of --layer-list / --transcoder-list: non-negative integers, increasing.
+std::vector<int64_t> block_list(const std::string& option, const std::string& text) {
+  std::vector<int64_t> out;
+  for (double v : sae::parse_increasing_number_list(option, text)) {
+    if (v != static_cast<double>(static_cast<int64_t>(v)) || v > 1024)
+      throw sae::UsageError(sae::cat("--", option, ": ", v, " is not a block index"));
+    out.push_back(static_cast<int64_t>(v));
+  }
+  return out;
+}
+
+// One config per value of --l1-list, --k-list, --layer-list or --transcoder-list (one of them), each
+// into OUT/<option>_<value>/.
 std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed) {
-  const bool l1s = parsed.count("l1-list"), ks = parsed.count("k-list");
-  if (l1s && ks) throw sae::UsageError("give --l1-list or --k-list, not both");
+  const bool l1s = parsed.count("l1-list"), ks = parsed.count("k-list"), layers = parsed.count("layer-list"),
+             transcoders = parsed.count("transcoder-list");
+  if (int(l1s) + int(ks) + int(layers) + int(transcoders) > 1)
+    throw sae::UsageError("give one of --l1-list, --k-list, --layer-list and --transcoder-list");
   if (l1s && base.was_given("l1")) throw sae::UsageError("give --l1 or --l1-list, not both");
   if (ks && base.was_given("k")) throw sae::UsageError("give --k or --k-list, not both");
+  if (layers && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
+    throw sae::UsageError("--layer-list trains an SAE at hidden_states[L] for each L: give it without --layer, "
+                          "--hook and --transcoder");
+  if (transcoders && base.was_given("transcoder"))
+    throw sae::UsageError("give --transcoder or --transcoder-list, not both");
   std::vector<sae::TrainConfig> configs;
   auto add = [&](const std::string& name, auto set) {
     sae::TrainConfig c = base;
@@ -40,6 +60,18 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   if (ks)
     for (int64_t k : sae::parse_positive_int_list("k-list", parsed["k-list"].as<std::string>()))
       add("k_" + std::to_string(k), [k](sae::TrainConfig& c) { c.arch.set("k", sae::Json(k)); });
+  if (layers)
+    for (int64_t layer : block_list("layer-list", parsed["layer-list"].as<std::string>()))
+      add("layer_" + std::to_string(layer), [layer](sae::TrainConfig& c) {
+        c.layer = layer;
+        c.given.push_back("layer");
+      });
+  if (transcoders)
+    for (int64_t block : block_list("transcoder-list", parsed["transcoder-list"].as<std::string>()))
+      add("layer_" + std::to_string(block), [block](sae::TrainConfig& c) {
+        c.transcoder_block = block;
+        c.given.push_back("transcoder");
+      });
   return configs;
 }
 }  // namespace
@@ -54,16 +86,23 @@ int main(int argc, char** argv) {
         cxxopts::value<std::string>())(
         "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
                   "OUT/k_<k>/",
+        cxxopts::value<std::string>())(
+        "layer-list", "from text: one SAE per block index L (comma-separated, increasing) at hidden_states[L], all "
+                      "from one forward pass, into OUT/layer_<L>/",
+        cxxopts::value<std::string>())(
+        "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
+                           "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
         cxxopts::value<std::string>());
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const std::string profile_name = parsed["profile"].as<std::string>();
     if (profile_name != "demo" && profile_name != "none")
       throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
-    const bool lists = parsed.count("l1-list") || parsed.count("k-list");  // each SAE is validated when it starts
+    const bool lists = parsed.count("l1-list") || parsed.count("k-list") || parsed.count("layer-list") ||
+                       parsed.count("transcoder-list");  // each SAE is validated when it starts
     sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
     std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
-    if (configs.empty() && !config.resume.empty()) {  // --resume OUT of an --l1-list / --k-list run
+    if (configs.empty() && !config.resume.empty()) {  // --resume OUT of a list's run
       for (const std::string& run : sae::run_folders_under(config.resume)) {
         sae::TrainConfig c = config;
         c.resume = run;
