@@ -46,19 +46,20 @@ struct ExpandedRule {
   std::string ours;
   std::vector<std::string> files;  // full names in the source (prefix included)
   WeightTransform transform;
+  std::vector<int64_t> rows;       // StackRows: each file's rows (empty: equal parts)
   int64_t block = -1;              // -1: embeddings or head
   bool head = false;
 };
 
 // The file shape a rule expects for each of its tensors, from our parameter's shape.
-std::vector<int64_t> file_shape(const ExpandedRule& rule, const std::vector<int64_t>& ours) {
+std::vector<int64_t> file_shape(const ExpandedRule& rule, size_t file, const std::vector<int64_t>& ours) {
   switch (rule.transform) {
     case WeightTransform::Transpose:
       if (ours.size() == 2) return {ours[1], ours[0]};
       return ours;
     case WeightTransform::StackRows: {
       std::vector<int64_t> part = ours;
-      part[0] /= static_cast<int64_t>(rule.files.size());
+      part[0] = rule.rows.empty() ? part[0] / static_cast<int64_t>(rule.files.size()) : rule.rows.at(file);
       return part;
     }
     default: return ours;
@@ -231,6 +232,10 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
       r.ours = per_block ? with_block(rule.ours, i) : rule.ours;
       for (const std::string& file : rule.files) r.files.push_back(prefix + (per_block ? with_block(file, i) : file));
       r.transform = rule.transform;
+      r.rows = rule.rows;
+      if (!r.rows.empty() && r.rows.size() != r.files.size())
+        throw Error(cat(family.name, ": rule '", r.ours, "' gives rows for ", r.rows.size(), " of ", r.files.size(),
+                        " files"));
       r.block = per_block ? i : -1;
       r.head = r.ours.rfind("final_norm", 0) == 0;
       if (!our_shapes.count(r.ours)) throw Error(cat(family.name, ": a rule names no parameter '", r.ours, "'"));
@@ -239,7 +244,7 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
   }
   std::map<std::string, std::vector<int64_t>> expected;  // file tensor -> shape
   for (const ExpandedRule& r : rules)
-    for (const std::string& file : r.files) expected[file] = file_shape(r, our_shapes.at(r.ours));
+    for (size_t k = 0; k < r.files.size(); ++k) expected[r.files[k]] = file_shape(r, k, our_shapes.at(r.ours));
 
   // Every tensor of the file: expected (with its shape, a float dtype), an unembedding, or ignored.
   std::string unembedding_file;
@@ -299,6 +304,10 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
       case WeightTransform::Copy:
         source.read_rows(r.files[0], 0, rows, dst);
         break;
+      case WeightTransform::PlusOne:
+        source.read_rows(r.files[0], 0, rows, dst);
+        for (int64_t i = 0; i < rows * columns; ++i) dst[i] = 1.0f + dst[i];
+        break;
       case WeightTransform::Transpose: {
         if (shape.size() != 2) {  // a bias: as it is
           source.read_rows(r.files[0], 0, rows, dst);
@@ -316,9 +325,12 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
         break;
       }
       case WeightTransform::StackRows: {
-        const int64_t part = rows / static_cast<int64_t>(r.files.size());
-        for (size_t k = 0; k < r.files.size(); ++k)
-          source.read_rows(r.files[k], 0, part, dst + static_cast<int64_t>(k) * part * columns);
+        int64_t row = 0;
+        for (size_t k = 0; k < r.files.size(); ++k) {
+          const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
+          source.read_rows(r.files[k], 0, part, dst + row * columns);
+          row += part;
+        }
         break;
       }
       case WeightTransform::QkvPerHead: {
@@ -418,7 +430,10 @@ bool is_block_buffer(const std::string& name, const std::string& prefix, const s
   return false;
 }
 
-std::vector<const ModelFamily*> all_families() { return {&gpt_neo_family(), &gpt2_family(), &gpt_neox_family()}; }
+std::vector<const ModelFamily*> all_families() {
+  return {&gpt_neo_family(), &gpt2_family(), &gpt_neox_family(), &llama_family(),
+          &qwen2_family(),   &mistral_family(), &gemma2_family()};
+}
 
 const ModelFamily& family_for(const Json& config, const std::string& source) {
   if (!config.is_object()) throw DataError(cat(source, ": expected a JSON object, got a ", config.type_name()));

@@ -1,8 +1,10 @@
 // The decoder model's other families (lm/decoder_model.h, lm/model_family.h) against Hugging Face
 // transformers (fixtures in tests/ref/models, made by scripts/gen_model_fixtures.py: tiny random-init
 // GPT-2 (plain; scaled by the inverse layer index, erf GELU, untied), Pythia-like GPT-NeoX (parallel
-// residual, rotary on 25% of each head) and a sequential GPT-NeoX (rotary on every dim, base 500, no
-// attention biases)):
+// residual, rotary on 25% of each head), a sequential GPT-NeoX (rotary on every dim, base 500, no
+// attention biases), Llama (grouped-query, llama3 RoPE scaling; and one with every bias, head_dim 16,
+// linear scaling, untied), Qwen 2 (q/k/v biases, sliding-window blocks), Mistral (one key/value head,
+// sliding window), Gemma 2 (in float32 and stored as bfloat16)):
 //   - every hook point of every block, read by stopping there and all at once in one pass, the
 //     hidden states and the logits (two sequences, up to every position), <= 1e-5 of max |HF|;
 //   - greedy generation with the KV cache equal to HF's generate;
@@ -37,7 +39,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr double kRel = 1e-5;  // of each tensor's max |value|
-const char* kModels[] = {"gpt2", "gpt2_scaled", "pythia", "neox_seq"};
+const char* kModels[] = {"gpt2",       "gpt2_scaled", "pythia", "neox_seq", "llama",
+                         "llama_bias", "qwen2",       "mistral", "gemma2",  "gemma2_bf16"};
 
 std::string models_ref(const std::string& name) { return sae::testing::ref_path("models/" + name); }
 
@@ -162,7 +165,7 @@ TEST(Models, GreedyGenerationEqualsHuggingFaceGenerate) {
 // (parallel), HF's values; zeroing ln2.hook_normalized leaves the MLP only its norm's bias as input,
 // so every row of mlp_out is the same.
 TEST(Models, ChangingAHookPointChangesTheRestOfTheRun) {
-  for (const char* name : {"gpt2", "pythia", "neox_seq"}) {
+  for (const char* name : {"gpt2", "pythia", "neox_seq", "llama", "qwen2", "gemma2"}) {
     SCOPED_TRACE(name);
     DecoderModel model = load_decoder_model(models_ref(name));
     const bool parallel = model.config().residual == ResidualWiring::Parallel;
@@ -360,7 +363,21 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
        "even number"},
       {"pythia", "rotary_emb_base", Json(int64_t(500)), "disagree"},
       {"pythia", "use_parallel_residual", Json(int64_t(1)), "use_parallel_residual"},
-      {"pythia", "model_type", Json("llama"), "not a model family we read"},
+      {"pythia", "model_type", Json("falcon"), "not a model family we read"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000})"), "yarn"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "llama3", "factor": 8.0, "rope_theta": 10000})"),
+       "low_freq_factor"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "linear", "rope_theta": 10000})"), "factor"},
+      {"llama", "num_key_value_heads", Json(int64_t(3)), "num_key_value_heads"},
+      {"llama", "hidden_act", Json("relu"), "hidden_act"},
+      {"llama", "head_dim", Json(int64_t(7)), "head_dim"},
+      {"qwen2", "layer_types", Json::parse(R"(["full_attention", "chunked_attention", "full_attention"])"),
+       "chunked_attention"},
+      {"qwen2", "layer_types", Json::parse(R"(["full_attention"])"), "layer_types"},
+      {"mistral", "sliding_window", Json(int64_t(0)), "sliding_window"},
+      {"gemma2", "hidden_activation", Json("silu_x"), "hidden_activation"},
+      {"gemma2", "attn_logit_softcapping", Json(-1.0), "attn_logit_softcapping"},
+      {"gemma2", "query_pre_attn_scalar", Json("big"), "query_pre_attn_scalar"},
   };
   TempDir dir("models_config");
   for (const Case& c : cases) {
