@@ -185,6 +185,32 @@ void WeightSource::read_rows(const std::string& name, int64_t begin, int64_t cou
   files_->files[files_->file_of.at(name)].read_rows_f32(name, begin, count, out);
 }
 
+DType WeightSource::stored_dtype(const std::string& name) const {
+  if (memory_) {
+    const DType d = memory_->at(name).dtype();
+    return is_half_dtype(d) ? d : DType::F32;
+  }
+  const std::string& dtype = files_->files[files_->file_of.at(name)].entry(name).dtype;
+  return dtype == "BF16" ? DType::BF16 : dtype == "F16" ? DType::F16 : DType::F32;
+}
+
+void WeightSource::read_rows_stored(const std::string& name, int64_t begin, int64_t count, void* out) const {
+  if (count <= 0) return;
+  const DType dtype = stored_dtype(name);
+  if (!is_half_dtype(dtype)) throw Error(cat("read_rows_stored: '", name, "' is not a 16-bit tensor"));
+  const std::vector<int64_t> s = shape(name);
+  int64_t row = 1;
+  for (size_t i = 1; i < s.size(); ++i) row *= s[i];
+  const size_t row_bytes = static_cast<size_t>(row) * dtype_size(dtype);
+  const size_t offset = static_cast<size_t>(begin) * row_bytes, bytes = static_cast<size_t>(count) * row_bytes;
+  if (memory_) {
+    const Tensor host = memory_->at(name).to(Device::CPU);  // held for the copy
+    std::memcpy(out, static_cast<const uint8_t*>(host.raw()) + offset, bytes);
+    return;
+  }
+  std::memcpy(out, static_cast<const uint8_t*>(files_->files[files_->file_of.at(name)].entry(name).data) + offset, bytes);
+}
+
 void WeightSource::release(const std::string& name) const {
   if (memory_) return;
   const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
@@ -281,14 +307,52 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
 
   // Read (only what the part needs) straight into our layout, a few rows at a time (no full-size
   // intermediate copy), check finite.
-  auto finite = [&](const Tensor& t, const std::string& name) {
-    const float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(p[i]))
-        throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
-                            ") at flat index ", i));
+  // Every value finite (a 16-bit tensor's widened one at a time: no float32 copy of it); the error
+  // names the file's tensor, the one the bad value came from when the rule stacks several.
+  auto value_at = [](const Tensor& t, int64_t i) -> float {
+    if (t.dtype() == DType::BF16) return widen(t.data<BFloat16>()[i]);
+    if (t.dtype() == DType::F16) return widen(t.data<Float16>()[i]);
+    return t.data<float>()[i];
+  };
+  auto check_finite = [&](const Tensor& t, const std::vector<std::string>& files, const std::vector<int64_t>& rows) {
+    const int64_t row = t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const float v = value_at(t, i);
+      if (std::isfinite(v)) continue;
+      size_t k = 0;  // the file whose rows hold index i (StackRows), else the first
+      for (int64_t first = 0; k + 1 < files.size() && i >= (first + rows[k]) * row; ++k) first += rows[k];
+      throw DataError(cat(source.where(files[k]), ": tensor '", printable(files[k]), "' holds a non-finite value (", v,
+                          ") at flat index ", i));
+    }
+  };
+  auto finite = [&](const Tensor& t, const std::string& name) { check_finite(t, {name}, {}); };
+  // Each file's rows in a StackRows rule.
+  auto stacked_rows = [](const ExpandedRule& r, int64_t rows) {
+    if (!r.rows.empty()) return r.rows;
+    return std::vector<int64_t>(r.files.size(), rows / static_cast<int64_t>(r.files.size()));
+  };
+  // Weight matrices stay 16-bit when every file of the rule stores the same 16-bit dtype and the
+  // rule copies or stacks rows (the GEMM weights, the embedding table, the unembedding; not learned
+  // positions, which are added).
+  auto stored_half = [&](const std::string& ours, const std::vector<std::string>& files, WeightTransform transform,
+                         size_t dims) {
+    if (dims != 2 || ours == "embed.positions") return DType::F32;
+    if (transform != WeightTransform::Copy && transform != WeightTransform::StackRows) return DType::F32;
+    const DType d = source.stored_dtype(files[0]);
+    for (const std::string& file : files)
+      if (source.stored_dtype(file) != d) return DType::F32;
+    return d;
   };
   auto read = [&](const std::string& name) {
+    const DType d = stored_half("unembed", {name}, WeightTransform::Copy, source.shape(name).size());
+    if (is_half_dtype(d)) {
+      const std::vector<int64_t> shape = source.shape(name);
+      Tensor t = Tensor::empty(Shape::from_vector(shape), d);
+      source.read_rows_stored(name, 0, shape[0], t.raw());
+      source.release(name);
+      finite(t, name);
+      return t;
+    }
     Tensor t = source.read_f32(name);
     finite(t, name);
     return t;
@@ -297,6 +361,22 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
   for (const ExpandedRule& r : rules) {
     if (r.block >= blocks || (r.head && !head)) continue;
     const std::vector<int64_t>& shape = our_shapes.at(r.ours);
+    const DType half = stored_half(r.ours, r.files, r.transform, shape.size());
+    if (is_half_dtype(half)) {  // rows as stored, one file after the other
+      Tensor out = Tensor::empty(Shape::from_vector(shape), half);
+      uint8_t* dst = static_cast<uint8_t*>(out.raw());
+      const size_t row_bytes = static_cast<size_t>(shape[1]) * dtype_size(half);
+      int64_t row = 0;
+      for (size_t k = 0; k < r.files.size(); ++k) {
+        const int64_t part = r.rows.empty() ? shape[0] / static_cast<int64_t>(r.files.size()) : r.rows[k];
+        source.read_rows_stored(r.files[k], 0, part, dst + static_cast<size_t>(row) * row_bytes);
+        source.release(r.files[k]);
+        row += part;
+      }
+      check_finite(out, r.files, stacked_rows(r, shape[0]));
+      ours[r.ours] = out;
+      continue;
+    }
     Tensor out = Tensor::empty(Shape::from_vector(shape));
     float* dst = out.data<float>();
     const int64_t rows = shape[0], columns = shape.size() == 2 ? shape[1] : 1;
@@ -343,7 +423,10 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
       }
     }
     for (const std::string& file : r.files) source.release(file);
-    finite(out, r.files.size() == 1 ? r.files[0] : r.ours);
+    if (r.transform == WeightTransform::StackRows)
+      check_finite(out, r.files, stacked_rows(r, rows));
+    else
+      finite(out, r.files[0]);
     ours[r.ours] = out;
   }
   if (head && !unembedding_file.empty()) ours["unembed"] = read(unembedding_file);

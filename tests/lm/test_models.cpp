@@ -233,6 +233,40 @@ TEST(Models, LoadingStopsAtTheHookAndLaterBlocksAreNeverRead) {
   }
 }
 
+// ---------------------------------------------------------------- 16-bit weights stay as stored
+
+// gemma2_bf16 holds gemma2's weights rounded to bfloat16: the weight matrices stay bf16 in memory
+// (the parity test above reads every hook point of it against transformers in float32), the norms
+// are float32, so the parameters take about the file's bytes; a NaN in a bf16 matrix is refused.
+TEST(Models, SixteenBitWeightMatricesStayAsStored) {
+  DecoderModel model = load_decoder_model(models_ref("gemma2_bf16"));
+  for (const char* name : {"embed.tokens", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
+                           "blocks.3.mlp.in.weight", "blocks.3.mlp.out.weight", "unembed"})
+    EXPECT_EQ(model.parameter(name).dtype(), DType::BF16) << name;
+  for (const char* name : {"blocks.0.ln1.weight", "blocks.0.ln1_post.weight", "final_norm.weight"})
+    EXPECT_EQ(model.parameter(name).dtype(), DType::F32) << name;
+  size_t bytes = 0;
+  for (const std::string& name : model.parameter_names())
+    if (name != "unembed") bytes += model.parameter(name).nbytes();  // tied: the embedding itself
+  const size_t file = fs::file_size(models_ref("gemma2_bf16/model.safetensors"));
+  EXPECT_LE(bytes, file) << "parameters " << bytes << " bytes, file " << file;
+  EXPECT_GE(bytes, file * 9 / 10);
+  EXPECT_EQ(load_decoder_model(models_ref("gemma2")).parameter("embed.tokens").dtype(), DType::F32);
+
+  TempDir dir("models_bf16");
+  std::vector<RawArray> arrays = arrays_of(models_ref("gemma2_bf16/model.safetensors"));
+  for (RawArray& a : arrays)
+    if (a.name == "model.layers.1.mlp.up_proj.weight") {
+      ASSERT_EQ(a.dtype, "BF16");
+      const uint16_t nan = 0x7fc0;
+      std::memcpy(a.bytes.data() + 2 * 5, &nan, 2);
+    }
+  write_folder(dir.str("poisoned"), fixture_config("gemma2_bf16"), arrays);
+  const std::string message = error_of([&] { load_decoder_model(dir.str("poisoned")); });
+  EXPECT_NE(message.find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << message;
+  EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+}
+
 // ---------------------------------------------------------------- the files as the Hub has them
 
 // openai-community/gpt2's model.safetensors was saved from GPT2Model: no "transformer." prefix, and
