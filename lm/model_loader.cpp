@@ -83,7 +83,7 @@ WeightSource::~WeightSource() = default;
 
 WeightSource WeightSource::open_model_dir(const std::string& dir) {
   WeightSource source;
-  source.files_ = std::make_unique<Files>();
+  source.files_ = std::make_shared<Files>();
   Files& f = *source.files_;
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   auto add_file = [&](const std::string& path) {
@@ -209,6 +209,24 @@ void WeightSource::read_rows_stored(const std::string& name, int64_t begin, int6
     return;
   }
   std::memcpy(out, static_cast<const uint8_t*>(files_->files[files_->file_of.at(name)].entry(name).data) + offset, bytes);
+}
+
+Tensor WeightSource::borrowed_stored(const std::string& name) const {
+  if (memory_) return Tensor();
+  const DType dtype = stored_dtype(name);
+  if (!is_half_dtype(dtype)) return Tensor();
+  const SafetensorsEntry& e = files_->files[files_->file_of.at(name)].entry(name);
+  if (reinterpret_cast<uintptr_t>(e.data) % dtype_size(dtype) != 0) return Tensor();
+  return Tensor::borrowed(e.data, Shape::from_vector(e.shape), dtype, files_);
+}
+
+void WeightSource::release_rows(const std::string& name, int64_t begin, int64_t count) const {
+  if (memory_ || count <= 0) return;
+  const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
+  const SafetensorsEntry& e = file.entry(name);
+  const size_t row_bytes = e.shape.empty() || e.shape[0] == 0 ? 0 : e.bytes / static_cast<size_t>(e.shape[0]);
+  const size_t offset = static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file.mapping().data());
+  file.mapping().release_pages(offset + static_cast<size_t>(begin) * row_bytes, static_cast<size_t>(count) * row_bytes);
 }
 
 void WeightSource::release(const std::string& name) const {
@@ -362,6 +380,27 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
     if (r.block >= blocks || (r.head && !head)) continue;
     const std::vector<int64_t>& shape = our_shapes.at(r.ours);
     const DType half = stored_half(r.ours, r.files, r.transform, shape.size());
+    if (is_half_dtype(half) && r.ours == "embed.tokens") {
+      // The token embedding over the file's mapping: checked a chunk of rows at a time, each chunk's
+      // pages released after its check, so that only the rows the model gathers come back.
+      Tensor table = source.borrowed_stored(r.files[0]);
+      if (table.defined()) {
+        constexpr int64_t kChunkRows = 256;
+        const int64_t row = shape[1];
+        for (int64_t i0 = 0; i0 < shape[0]; i0 += kChunkRows) {
+          const int64_t n = std::min(kChunkRows, shape[0] - i0);
+          for (int64_t i = i0 * row; i < (i0 + n) * row; ++i) {
+            const float v = value_at(table, i);
+            if (!std::isfinite(v))
+              throw DataError(cat(source.where(r.files[0]), ": tensor '", printable(r.files[0]),
+                                  "' holds a non-finite value (", v, ") at flat index ", i));
+          }
+          source.release_rows(r.files[0], i0, n);
+        }
+        ours[r.ours] = table;
+        continue;
+      }
+    }
     if (is_half_dtype(half)) {  // rows as stored, one file after the other
       Tensor out = Tensor::empty(Shape::from_vector(shape), half);
       uint8_t* dst = static_cast<uint8_t*>(out.raw());

@@ -6,7 +6,9 @@
 // never touched). The weight matrices of a 16-bit file (the embedding table, the attention's and
 // MLP's GEMM weights, the unembedding, where the family's rule copies or stacks rows) stay bf16 / f16
 // as stored: the embedding gather and the GEMMs widen them (tensor/ops.h); everything else is
-// widened to float32 at load. Errors are one-line DataErrors naming the file and the tensor or key.
+// widened to float32 at load. A 16-bit token embedding is not even copied: the model gathers its rows
+// from the memory-mapped file, so only the rows of the tokens seen take memory. Errors are one-line
+// DataErrors naming the file and the tensor or key.
 #pragma once
 #include <memory>
 #include <string>
@@ -38,6 +40,12 @@ class WeightSource {
   DType stored_dtype(const std::string& name) const;
   // Rows as stored, into out (count * row length elements of stored_dtype), for 16-bit tensors.
   void read_rows_stored(const std::string& name, int64_t begin, int64_t count, void* out) const;
+  // A 16-bit tensor of a file as a read-only tensor over its memory-mapped bytes (the mapping kept
+  // alive by the tensor, not copied: only the rows used come into memory); undefined when the tensor
+  // is not 16-bit, not in a file, or its bytes are not aligned to its element size.
+  Tensor borrowed_stored(const std::string& name) const;
+  // Rows [begin, begin + count) need not stay resident (no-op in memory).
+  void release_rows(const std::string& name, int64_t begin, int64_t count) const;
   // Done with a tensor: its pages of the file need not stay resident (no-op in memory).
   void release(const std::string& name) const;
   std::string where(const std::string& name) const;  // the file holding it (or the label)
@@ -47,7 +55,7 @@ class WeightSource {
  private:
   WeightSource();
   struct Files;
-  std::unique_ptr<Files> files_;
+  std::shared_ptr<Files> files_;  // shared with the tensors borrowed from its mappings
   const NamedTensors* memory_ = nullptr;
   std::string label_;
 };

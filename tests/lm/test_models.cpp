@@ -253,18 +253,30 @@ TEST(Models, SixteenBitWeightMatricesStayAsStored) {
   EXPECT_GE(bytes, file * 9 / 10);
   EXPECT_EQ(load_decoder_model(models_ref("gemma2")).parameter("embed.tokens").dtype(), DType::F32);
 
+  // A NaN in a stacked bf16 matrix (copied) and in the embedding (gathered from the file's mapping).
   TempDir dir("models_bf16");
-  std::vector<RawArray> arrays = arrays_of(models_ref("gemma2_bf16/model.safetensors"));
-  for (RawArray& a : arrays)
-    if (a.name == "model.layers.1.mlp.up_proj.weight") {
-      ASSERT_EQ(a.dtype, "BF16");
-      const uint16_t nan = 0x7fc0;
-      std::memcpy(a.bytes.data() + 2 * 5, &nan, 2);
-    }
-  write_folder(dir.str("poisoned"), fixture_config("gemma2_bf16"), arrays);
-  const std::string message = error_of([&] { load_decoder_model(dir.str("poisoned")); });
-  EXPECT_NE(message.find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << message;
-  EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  for (const char* poisoned : {"model.layers.1.mlp.up_proj.weight", "model.embed_tokens.weight"}) {
+    std::vector<RawArray> arrays = arrays_of(models_ref("gemma2_bf16/model.safetensors"));
+    for (RawArray& a : arrays)
+      if (a.name == poisoned) {
+        ASSERT_EQ(a.dtype, "BF16");
+        const uint16_t nan = 0x7fc0;
+        std::memcpy(a.bytes.data() + a.bytes.size() - 2 * 5, &nan, 2);
+      }
+    const std::string folder = dir.str(cat("poisoned_", poisoned));
+    write_folder(folder, fixture_config("gemma2_bf16"), arrays);
+    const std::string message = error_of([&] { load_decoder_model(folder); });
+    EXPECT_NE(message.find(poisoned), std::string::npos) << message;
+    EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  }
+  // The embedding read from the mapping gives the same rows as a copy widened to float32.
+  const Tensor table = model.parameter("embed.tokens");
+  const std::vector<int32_t> ids = {0, 1, 511, 7, 300};
+  const Tensor rows = embedding(table, Tensor::from_vector(std::vector<double>(ids.begin(), ids.end()), Shape{5},
+                                                           DType::I32));
+  const Tensor wide = table.to(DType::F32);
+  for (size_t i = 0; i < ids.size(); ++i)
+    sae::testing::expect_bitwise_equal(rows.slice_rows(i, i + 1), wide.slice_rows(ids[i], ids[i] + 1), cat("row ", ids[i]));
 }
 
 // ---------------------------------------------------------------- the files as the Hub has them
