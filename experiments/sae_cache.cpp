@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_cache", argc, argv, [&] {
     cxxopts::Options options("sae_cache", "Write a language model's activations on a text corpus as an activation cache");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())

@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_eval", "Score an SAE spliced into its language model: CE and KL with the "
                                          "reconstruction, zero and mean ablation, FVU, L0, feature density");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one",
          cxxopts::value<std::string>())

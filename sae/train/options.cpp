@@ -199,7 +199,7 @@ std::vector<TrainOption> make_table() {
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
-      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, "
+      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, "
           "model.safetensors, tokenizer.json): train on its activations, computed from --text inside the loop",
           defines, "model", FIELD(model), text(), std::string()),
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "

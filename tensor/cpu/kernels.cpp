@@ -196,18 +196,23 @@ void fill_cpu(Tensor& out, double value) {
 
 template <typename To, typename From>
 void convert(To* out, const From* src, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<To>(src[i]);
+#pragma omp parallel for if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = convert_element<To>(src[i]);
 }
 
 void copy_cpu(Tensor& out, const Tensor& src) {
   const int64_t n = out.numel();
-  if (out.dtype() == src.dtype())
+  if (out.dtype() == src.dtype()) {
     std::memmove(out.raw(), src.raw(), out.nbytes());
-  else if (out.dtype() == DType::F32)
-    convert(out.data<float>(), src.data<double>(), n);
-  else
-    convert(out.data<double>(), src.data<float>(), n);
+    return;
+  }
+  dispatch_storage(out.dtype(), "copy", [&](auto to) {
+    dispatch_storage(src.dtype(), "copy", [&](auto from) {
+      using To = decltype(to);
+      using From = decltype(from);
+      convert(out.data<To>(), src.data<From>(), n);
+    });
+  });
 }
 
 void unary_cpu(UnaryOp op, Tensor& out, const Tensor& x) {
@@ -261,8 +266,56 @@ void reduce_axis_cpu(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, i
   });
 }
 
+// A 16-bit weight operand b: kTileFloats of it at a time widened to float32 (columns j0..j0+nb of
+// op(b): rows of b when trans_b, else a block of its columns), then one GEMM (or GEMV for one row of a)
+// into those columns of out. The rows of out are complete after each tile: no sum crosses tiles.
+template <typename H>
+void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool trans_b, int64_t m, int64_t n,
+                    int64_t k, int64_t lda, int64_t ldb, float alpha, float beta) {
+  constexpr int64_t kTileFloats = int64_t(1) << 18;  // 1 MB of float32
+  const int64_t tile = std::max<int64_t>(16, kTileFloats / std::max<int64_t>(k, 1) / 16 * 16);
+  std::vector<float> widened(static_cast<size_t>(std::min(tile, n) * k));
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  for (int64_t j0 = 0; j0 < n; j0 += tile) {
+    const int64_t nb = std::min(tile, n - j0);
+    float* w = widened.data();
+    if (trans_b) {  // rows j0.. of b [n, k]: w [nb, k]
+      const H* src = b + j0 * ldb;
+#pragma omp parallel for if (nb * k >= kParallelMin)
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t c = 0; c < k; ++c) w[r * k + c] = widen(src[r * ldb + c]);
+    } else {  // columns j0.. of b [k, n]: w [k, nb]
+#pragma omp parallel for if (nb * k >= kParallelMin)
+      for (int64_t r = 0; r < k; ++r)
+        for (int64_t c = 0; c < nb; ++c) w[r * nb + c] = widen(b[r * ldb + j0 + c]);
+    }
+    const int ldw = static_cast<int>(trans_b ? k : nb);
+    if (m == 1 && !trans_a) {  // one row: y [nb] = op(w) x (GEMV reads w once)
+      cblas_sgemv(CblasRowMajor, trans_b ? CblasNoTrans : CblasTrans, static_cast<int>(trans_b ? nb : k),
+                  static_cast<int>(trans_b ? k : nb), alpha, w, ldw, a, 1, beta, out + j0, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, ta, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(nb),
+                  static_cast<int>(k), alpha, a, static_cast<int>(lda), w, ldw, beta, out + j0, static_cast<int>(n));
+    }
+  }
+}
+
 void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                 double beta) {
+  if (is_half_dtype(b.dtype())) {
+    const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
+      return;
+    }
+    const auto run = [&](const auto* weights) {
+      matmul_widened(out.data<float>(), a.data<float>(), trans_a, weights, trans_b, m, n, k, a.size(1), b.size(1),
+                     static_cast<float>(alpha), static_cast<float>(beta));
+    };
+    if (b.dtype() == DType::BF16) run(b.data<BFloat16>()); else run(b.data<Float16>());
+    return;
+  }
   const int m = static_cast<int>(out.size(0)), n = static_cast<int>(out.size(1));
   const int k = static_cast<int>(trans_a ? a.size(0) : a.size(1));
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1));
