@@ -2,7 +2,9 @@
 // written as an activation cache (sae/data/activation_cache.h) to train on many times with
 // `sae_train --data CACHE/`. Thin: options -> model, tokenizer, stories -> cache writer.
 //   sae_cache --model DIR --text FILE --layer 2 --out CACHE/ [--dtype f32|f16|bf16]
-// Killed at any moment, it continues where its manifest says when run again with the same options.
+// Killed at any moment, it continues where its manifest says when run again with the same options;
+// shards already written are checked first, and any found deleted, truncated or altered are
+// rewritten from the text (a complete cache too).
 #include <cstdio>
 #include <filesystem>
 
@@ -12,6 +14,7 @@
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activation_cache.h"
+#include "sae/data/text_batches.h"
 #include "sae/report/run_log.h"
 #include "sae/train/train_config.h"
 
@@ -24,7 +27,7 @@ int main(int argc, char** argv) {
         ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
-        ("layer", "cache hidden_states[layer]", cxxopts::value<int64_t>()->default_value("2"))
+        ("layer", "cache hidden_states[layer] (default 2)", cxxopts::value<int64_t>())
         ("out", "the cache folder", cxxopts::value<std::string>())
         ("dtype", "f32 | f16 | bf16: how the activations are stored", cxxopts::value<std::string>()->default_value("f32"))
         ("shard-tokens", "tokens per shard (each shard ends at a story's end)",
@@ -40,7 +43,9 @@ int main(int argc, char** argv) {
       if (!parsed.count(required)) throw sae::UsageError(sae::cat("--", required, " is required"));
     const std::string model_dir = parsed["model"].as<std::string>(), text = parsed["text"].as<std::string>();
     const std::string out = parsed["out"].as<std::string>();
-    const int64_t layer = parsed["layer"].as<int64_t>(), max_stories = parsed["max-stories"].as<int64_t>();
+    const int64_t layer = sae::layer_option(parsed) >= 0 ? sae::layer_option(parsed) : 2;
+    const int64_t max_stories = parsed["max-stories"].as<int64_t>();
+    sae::require_input_file(text);
     std::string dtype = parsed["dtype"].as<std::string>();
     if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
       throw sae::UsageError(sae::cat("--dtype: expected f32, f16 or bf16, got '", dtype, "'"));
@@ -53,9 +58,9 @@ int main(int argc, char** argv) {
 
     sae::GptNeo model = sae::GptNeo::load(model_dir, device);
     const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
-    if (layer < 0 || layer > model.config().num_layers)
-      throw sae::UsageError(sae::cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
-    const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+    sae::check_tokenizer_fits_model(tokenizer, model.config());
+    sae::check_hidden_states_index(layer, model.config());
+    const int64_t d = model.config().hidden_size;
     sae::Json source = sae::Json::object();
     source["model"] = model_dir;
     source["text"] = text;
@@ -67,28 +72,17 @@ int main(int argc, char** argv) {
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());
     sae::ActivationCacheWriter writer(out, d, dtype, parsed["shard-tokens"].as<int64_t>(), source);
-    if (writer.manifest().complete) {
-      std::printf("sae_cache: %s is complete already (%lld tokens, %lld stories)\n", out.c_str(),
-                  (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
-      return 0;
-    }
+    const int64_t positions = model.config().max_positions;
+    // One story of the text into the cache: tokenized, cut into pieces of at most `positions`
+    // tokens when --long-stories split, each run through the model and added as a story of its own.
     sae::StoryReader reader(text);
-    if (writer.manifest().text_position.has("next_story"))
-      reader.seek({writer.manifest().text_position.at("next_story").as_int(),
-                   writer.manifest().text_position.at("byte_offset").as_int()});
-    const int64_t start_story = reader.position().next_story;
-    if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
-    sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
-                           static_cast<int64_t>(fs::file_size(text)), reader.position().byte_offset, "sae_cache ");
-    sae::TextStory story;
     int64_t tokens = writer.manifest().tokens;
-    while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
+    auto cache_story = [&](const sae::TextStory& story) {
       const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
-      if (ids.empty()) continue;
+      if (ids.empty()) return;
       if (static_cast<int64_t>(ids.size()) > positions && long_stories == "error")
         throw sae::DataError(sae::cat(story.where, ": ", ids.size(), " tokens, more than the model's ", positions,
                                       " positions (--long-stories split cuts such stories into pieces)"));
-      // Pieces of at most `positions` tokens, each cached as a story of its own.
       for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(positions)) {
         const std::vector<int32_t> piece(ids.begin() + begin,
                                          ids.begin() + std::min(ids.size(), begin + static_cast<size_t>(positions)));
@@ -100,9 +94,40 @@ int main(int argc, char** argv) {
         writer.add_story(story.index, piece, hidden.data<float>(), after, last);
         tokens += static_cast<int64_t>(piece.size());
       }
+    };
+    auto text_position = [](const sae::Json& j) {
+      return sae::TextPosition{j.at("next_story").as_int(), j.at("byte_offset").as_int()};
+    };
+    sae::TextStory story;
+    // Shards written before that are missing or broken: written again from the text.
+    for (const auto& [index, problem] : writer.damaged_shards()) {
+      const std::string file = writer.manifest().shards[index].file;
+      reader.seek(text_position(writer.shard_start(index)));
+      writer.begin_rewrite(index);
+      while (writer.rewriting() && reader.next(story)) cache_story(story);
+      if (writer.rewriting())
+        throw sae::DataError(sae::cat(text, ": ended before ", out, "/", file,
+                                      " was rewritten: the text has changed since the cache was written"));
+      std::printf("sae_cache: rewrote %s/%s (%s)\n", out.c_str(), file.c_str(), problem.c_str());
+    }
+    if (writer.manifest().complete) {
+      std::printf("sae_cache: %s is complete already (%lld tokens, %lld stories)\n", out.c_str(),
+                  (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
+      return 0;
+    }
+    reader.rewind();
+    if (writer.manifest().text_position.has("next_story")) reader.seek(text_position(writer.manifest().text_position));
+    const int64_t start_story = reader.position().next_story;
+    if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
+    sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
+                           static_cast<int64_t>(fs::file_size(text)), reader.position().byte_offset, "sae_cache ");
+    while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
+      cache_story(story);
       progress.update_position(reader.position().byte_offset, tokens,
                                sae::cat(reader.position().next_story, " stories"));
     }
+    // The same refusal as sae_train's for a corpus without a single token.
+    if (tokens == 0) throw sae::DataError(sae::cat(text, ": the text holds no stories"));
     writer.finish();
     progress.finish();
     std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, hidden_states[%lld] of %s\n",

@@ -50,13 +50,8 @@ int main(int argc, char** argv) {
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));
     if (!(eval.dense_threshold >= 0 && eval.dense_threshold <= 1))
       throw sae::UsageError(sae::cat("--dense-threshold must be in [0, 1], got ", eval.dense_threshold));
-    int layer = -1;
-    if (parsed.count("layer")) {
-      const int64_t value = parsed["layer"].as<int64_t>();
-      if (value < 0 || value > 1 << 20) throw sae::UsageError(sae::cat("--layer must be a hidden_states index >= 0, got ", value));
-      layer = static_cast<int>(value);
-    }
-    if (!fs::exists(eval.text)) throw sae::DataError(sae::cat(eval.text, ": no such file"));
+    const int layer = sae::layer_option(parsed);
+    sae::require_input_file(eval.text);
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     sae::GptNeo model = sae::GptNeo::load(model_dir, device);

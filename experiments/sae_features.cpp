@@ -15,22 +15,14 @@
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/synthetic.h"
+#include "sae/data/text_batches.h"
+#include "sae/eval/sae_at_layer.h"
 #include "sae/features/top_stories.h"
 #include "sae/train/checkpoint.h"
 
 namespace {
 std::string given(const cxxopts::ParseResult& parsed, const char* name) {
   return parsed.count(name) ? parsed[name].as<std::string>() : std::string();
-}
-
-// The layer the SAE was trained on, when its cfg.json says (a text run), else -1.
-int64_t trained_layer(const sae::Json& cfg) {
-  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object()) return -1;
-  const sae::Json& ours = cfg.at("sae_cpp");
-  if (!ours.has("data") || !ours.at("data").is_object()) return -1;
-  const sae::Json& data = ours.at("data");
-  if (!data.has("kind") || !data.at("kind").is_string() || data.at("kind").as_string() != "text") return -1;
-  return data.has("layer") && data.at("layer").is_number() ? data.at("layer").as_int() : -1;
 }
 }  // namespace
 
@@ -62,6 +54,8 @@ int main(int argc, char** argv) {
     if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
     if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
     if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
+    const int layer_given = sae::layer_option(parsed);
+    if (!text.empty()) sae::require_input_file(text);
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
     const sae::FeatureStatsOptions stats_options{parsed["top"].as<int64_t>(), parsed["context"].as<int64_t>()};
@@ -90,15 +84,15 @@ int main(int argc, char** argv) {
       if (model->config().hidden_size != params.d_in())
         throw sae::DataError(sae::cat(model_dir, ": the model's width ", model->config().hidden_size,
                                       " is not the SAE's d_in ", params.d_in()));
-      int64_t layer = parsed.count("layer") ? parsed["layer"].as<int64_t>() : trained_layer(checkpoint.cfg);
-      if (layer < 0) layer = 2;
-      inputs = sae::text_story_inputs(*model, *tokenizer, text, static_cast<int>(layer), normalization, max_stories,
-                                      device);
+      sae::check_tokenizer_fits_model(*tokenizer, model->config());
+      // The SAE's own layer (its cfg.json), else 2; --layer overrides it.
+      const int layer = sae::sae_layer(sae_dir, checkpoint.cfg, model->config(), layer_given, /*fallback=*/2).layer;
+      inputs = sae::text_story_inputs(*model, *tokenizer, text, layer, normalization, max_stories, device);
       description["text"] = text;
       description["model"] = model_dir;
       description["layer"] = layer;
     } else {
-      if (parsed.count("layer")) throw sae::UsageError("--layer goes with --model and --text");
+      if (layer_given >= 0) throw sae::UsageError("--layer goes with --model and --text");
       source = sae::open_activations(data, sae::SyntheticOptions{});
       if (source->d() != params.d_in())
         throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));

@@ -11,6 +11,7 @@
 #include "lm/gpt_neo.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/eval/steer.h"
 #include "sae/train/train_config.h"
@@ -54,16 +55,12 @@ int main(int argc, char** argv) {
     if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
     const int64_t width = parsed["width"].as<int64_t>();
     if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
-    int layer = -1;
-    if (parsed.count("layer")) {
-      const int64_t value = parsed["layer"].as<int64_t>();
-      if (value < 0 || value > 1 << 20) throw sae::UsageError(sae::cat("--layer must be a hidden_states index >= 0, got ", value));
-      layer = static_cast<int>(value);
-    }
+    const int layer = sae::layer_option(parsed);
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     sae::GptNeo model = sae::GptNeo::load(model_dir, device);
     const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    sae::check_tokenizer_fits_model(tokenizer, model.config());
     steer.generate.eos_id = tokenizer.eot_id();
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), layer, device);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);

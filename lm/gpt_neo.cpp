@@ -43,6 +43,7 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 // A key that must hold a positive integer (not a bool, not a string, not null).
 int64_t positive_int(const Json& config, const std::string& key, const std::string& source) {
+  if (!config.has(key)) throw DataError(cat(source, ": missing '", key, "'"));
   const Json& value = config.at(key);
   if (!value.is_number() || value.as_number() != std::floor(value.as_number()))
     throw DataError(cat(source, ": '", key, "' must be a positive integer, got ", value.dump()));

@@ -1,10 +1,14 @@
 // StoryReader (see text_data.h).
 #include "lm/text_data.h"
 
+#include <stdio.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
 #include "io/json.h"
+#include "io/mapped_file.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -36,8 +40,13 @@ std::string trimmed(const std::string& s) {
 
 StoryReader::StoryReader(const std::string& path) : path_(path) {
   jsonl_ = ends_with(path, ".jsonl") || ends_with(path, ".json");
-  file_ = std::fopen(path.c_str(), "rb");
-  if (!file_) throw DataError(cat("cannot open ", path, ": ", std::strerror(errno)));
+  const int fd = open_regular_file(path);  // a FIFO or a directory is refused here, never waited on
+  file_ = ::fdopen(fd, "rb");
+  if (!file_) {
+    const int saved = errno;
+    ::close(fd);
+    throw DataError(cat("cannot open ", path, ": ", std::strerror(saved)));
+  }
 }
 
 StoryReader::~StoryReader() {

@@ -7,6 +7,24 @@
 
 namespace sae {
 
+void check_layer_option(int64_t layer) {
+  if (layer < 0 || layer > 1024) throw UsageError(cat("--layer must be a hidden_states index in 0..1024, got ", layer));
+}
+
+void check_hidden_states_index(int64_t layer, const GptNeoConfig& model, const std::string& from) {
+  if (layer >= 0 && layer <= model.num_layers) return;
+  const std::string what = cat("is outside 0..", model.num_layers, ", the model's hidden_states (", model.source, " has ",
+                               model.num_layers, " layers)");
+  if (from == "--layer") throw UsageError(cat("--layer ", layer, " ", what));
+  throw DataError(cat(from, " ", layer, " ", what, "; give --layer to read another"));
+}
+
+void check_tokenizer_fits_model(const Gpt2Tokenizer& tokenizer, const GptNeoConfig& model) {
+  if (tokenizer.vocab_size() > model.vocab_size)
+    throw DataError(cat(model.source, ": vocab_size ", model.vocab_size, " is smaller than the tokenizer's ",
+                        tokenizer.vocab_size(), " ids (", tokenizer.source(), ")"));
+}
+
 Json TextBatcher::PiecePosition::to_json() const {
   Json j = Json::object();
   j["next_story"] = story.next_story;
@@ -31,8 +49,7 @@ TextBatcher::TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Te
     : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text), batch_tokens_(batch_tokens),
       normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
   const GptNeoConfig& c = model.config();
-  if (options.layer < 0 || options.layer > c.num_layers)
-    throw UsageError(cat("--layer ", options.layer, ": the model has hidden states 0 to ", c.num_layers));
+  check_hidden_states_index(options.layer, c);
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   if (batch_tokens > 0 && normalization == Normalization::Story)
     throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "

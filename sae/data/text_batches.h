@@ -27,6 +27,17 @@
 
 namespace sae {
 
+// The checks every program makes before it runs a text through a model, each with one message,
+// the same in every program (sae_train, sae_cache, sae_eval, sae_steer, sae_features):
+//  - a --layer value as given: UsageError for an index below 0 or above 1024;
+//  - hidden_states[layer] exists in `model` (0..num_layers): `from` is "--layer" (UsageError) or
+//    the file and key that gave the index (DataError naming them, e.g. "RUN/sae/cfg.json
+//    sae_cpp.data.layer");
+//  - the tokenizer's ids fit the model's vocabulary (DataError naming the model's config.json).
+void check_layer_option(int64_t layer);
+void check_hidden_states_index(int64_t layer, const GptNeoConfig& model, const std::string& from = "--layer");
+void check_tokenizer_fits_model(const Gpt2Tokenizer& tokenizer, const GptNeoConfig& model);
+
 struct TextDataOptions {
   std::string text;             // the corpus (.txt or .jsonl)
   int layer = 2;                // hidden_states[layer]

@@ -1,9 +1,12 @@
 // load_sae_at_layer, reconstruct and decoder_direction (see sae_at_layer.h). T tokens, D width, F features.
 #include "sae/eval/sae_at_layer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "sae/arch_model.h"
+#include "sae/data/text_batches.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
 
@@ -26,13 +29,14 @@ int block_index(const std::string& hook_name, const std::string& suffix) {
   return n;
 }
 
-// The layer the folder says, with where it said it; -1 when it says nothing usable.
-int layer_from_cfg(const Json& cfg, int64_t model_layers, std::string& source) {
+// The layer the folder says, with where it said it; nothing when it says nothing usable (a hook
+// other than the residual stream's; `source` then names it).
+std::optional<int64_t> layer_from_cfg(const Json& cfg, int64_t model_layers, std::string& source) {
   if (cfg.has("sae_cpp") && cfg.at("sae_cpp").is_object()) {
     const Json& ours = cfg.at("sae_cpp");
     if (ours.has("data") && ours.at("data").is_object() && ours.at("data").has("layer")) {
       source = "cfg.json sae_cpp.data.layer";
-      return static_cast<int>(ours.at("data").at("layer").as_int());
+      return ours.at("data").at("layer").as_int();
     }
   }
   std::string hook_name;
@@ -41,14 +45,14 @@ int layer_from_cfg(const Json& cfg, int64_t model_layers, std::string& source) {
     hook_name = cfg.at("metadata").at("hook_name").as_string();
   else if (cfg.has("hook_name") && cfg.at("hook_name").is_string())
     hook_name = cfg.at("hook_name").as_string();
-  if (hook_name.empty()) return -1;
-  source = "cfg.json hook_name " + hook_name;
+  if (hook_name.empty()) return std::nullopt;
+  source = "cfg.json hook_name " + printable(hook_name);
   const int pre = block_index(hook_name, "hook_resid_pre");
   if (pre >= 0) return pre;
   // The last block's hook_resid_post is before ln_f, which no hidden_states index is.
   const int post = block_index(hook_name, "hook_resid_post");
   if (post >= 0 && post + 1 < model_layers) return post + 1;
-  return -1;
+  return std::nullopt;
 }
 
 // A SAELens key that must be absent, null or `allowed`.
@@ -60,6 +64,38 @@ void require_key(const Json& cfg, const std::string& key, const std::string& all
 }
 
 }  // namespace
+
+SaeLayer sae_layer(const std::string& dir, const Json& cfg, const GptNeoConfig& model, int layer_override,
+                   int fallback) {
+  SaeLayer s;
+  if (layer_override >= 0) {
+    s.layer = layer_override;
+    s.source = "--layer";
+    check_hidden_states_index(s.layer, model, "--layer");
+    return s;
+  }
+  std::optional<int64_t> from_cfg;
+  try {
+    from_cfg = layer_from_cfg(cfg, model.num_layers, s.source);
+  } catch (const Error& e) {
+    throw DataError(cat(dir, "/cfg.json: ", e.what()));
+  }
+  if (from_cfg) {
+    check_hidden_states_index(*from_cfg, model, cat(dir, "/", s.source));
+    s.layer = static_cast<int>(*from_cfg);
+    return s;
+  }
+  if (fallback >= 0) {
+    check_hidden_states_index(fallback, model, "--layer");
+    s.layer = fallback;
+    s.source = "default";
+    return s;
+  }
+  if (!s.source.empty())
+    throw UsageError(cat(dir, "/", s.source, " is not a hidden_states index of the model: give --layer"));
+  throw UsageError(cat(dir, " does not say which hidden_states index the SAE reads (no sae_cpp.data.layer, no "
+                       "hook_name blocks.N.hook_resid_pre): give --layer"));
+}
 
 SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, int layer_override, Device device) {
   SaeAtLayer s;
@@ -79,13 +115,10 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, 
     throw DataError(cat(dir, ": the SAE's d_in is ", s.params.d_in(), " but the model's hidden size is ",
                         model.hidden_size, " (", model.source, ")"));
 
+  const SaeLayer layer = sae_layer(dir, s.cfg, model, layer_override);
+  s.layer = layer.layer;
+  s.layer_source = layer.source;
   try {
-    if (layer_override >= 0) {
-      s.layer = layer_override;
-      s.layer_source = "--layer";
-    } else {
-      s.layer = layer_from_cfg(s.cfg, model.num_layers, s.layer_source);
-    }
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
       if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
@@ -93,15 +126,6 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, 
     }
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
-  }
-  if (s.layer < 0 && layer_override < 0)
-    throw UsageError(cat(dir, " does not say which hidden_states index the SAE reads (no sae_cpp.data.layer, no "
-                         "hook_name blocks.N.hook_resid_pre): give --layer"));
-  if (s.layer < 0 || s.layer > model.num_layers) {
-    const std::string what = cat("hidden_states index ", s.layer, " (from ", s.layer_source, ") is outside 0..",
-                                 model.num_layers, " for the model's ", model.num_layers, " layers");
-    if (layer_override >= 0) throw UsageError(cat("--layer: ", what));
-    throw DataError(cat(dir, ": ", what));
   }
   if (s.normalization == Normalization::Dataset && !(s.dataset_scale > 0 && std::isfinite(s.dataset_scale)))
     throw DataError(cat(where, ": sae_cpp.dataset_scale must be a positive number, got ", s.dataset_scale));
@@ -127,10 +151,21 @@ Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,
                          " features)"));
-  const Tensor row = sae.params.W_dec.slice_rows(feature, feature + 1).reshape(Shape{sae.params.d_in()});
-  const double norm = std::sqrt(reduce(ReduceOp::sum_squares, row).item());
-  if (!(norm > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
-  return mul_scalar(row, 1.0 / norm);
+  // In double on the host: a float32 sum of squares overflows for weights above ~1e19 (a norm of
+  // inf would make the direction 0, and the "steered" text the unsteered one).
+  const std::vector<double> row =
+      sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
+  double largest = 0;
+  for (double v : row) largest = std::max(largest, std::abs(v));
+  if (!std::isfinite(largest))
+    throw DataError(cat(sae.dir, ": feature ", feature, "'s decoder row holds a value that is not finite"));
+  if (!(largest > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
+  double scaled = 0;  // sum of (v / largest)^2: no overflow, no underflow
+  for (double v : row) scaled += (v / largest) * (v / largest);
+  const double norm = largest * std::sqrt(scaled);
+  std::vector<double> direction(row.size());
+  for (size_t j = 0; j < row.size(); ++j) direction[j] = row[j] / norm;
+  return Tensor::from_vector(direction, Shape{sae.params.d_in()}, DType::F32, sae.params.device());
 }
 
 }  // namespace sae

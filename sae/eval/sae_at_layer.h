@@ -23,6 +23,17 @@ struct SaeAtLayer {
   double dataset_scale = 1.0;
 };
 
+// The hidden_states index the SAE in `dir` (its cfg.json: `cfg`) reads, and where that came from:
+// layer_override when >= 0 ("--layer"), else cfg.json's sae_cpp.data.layer or SAELens hook_name
+// (below), else `fallback` when >= 0 ("default"), else a UsageError asking for --layer. An index
+// outside the model's 0..L: UsageError naming --layer, or DataError naming DIR/cfg.json and its key.
+struct SaeLayer {
+  int layer = -1;
+  std::string source;  // "--layer", "cfg.json sae_cpp.data.layer", "cfg.json hook_name ...", "default"
+};
+SaeLayer sae_layer(const std::string& dir, const Json& cfg, const GptNeoConfig& model, int layer_override,
+                   int fallback = -1);
+
 // Loads DIR (sae/train/checkpoint.h load_checkpoint) onto `device` and fits it to the model. The
 // layer: `layer_override` when >= 0, else cfg.json's sae_cpp.data.layer (what sae_train records for
 // a run from text), else a SAELens metadata.hook_name "blocks.N.hook_resid_pre" (N) or

@@ -8,6 +8,7 @@
 
 #include "lm/text_data.h"
 #include "sae/arch_model.h"
+#include "sae/data/text_batches.h"
 #include "sae/features/token_text.h"
 
 namespace sae {
@@ -44,8 +45,7 @@ class TextStoryInputs : public StoryInputs {
                   const InputNormalization& normalization, int64_t max_stories, Device device)
       : model_(model), tokenizer_(tokenizer), reader_(text), layer_(layer), normalization_(normalization),
         max_stories_(max_stories), device_(device) {
-    if (layer < 0 || layer > model.config().num_layers)
-      throw UsageError(cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
+    check_hidden_states_index(layer, model.config());
   }
 
   bool next(StoryInput& out) override {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "sae/data/text_batches.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
@@ -19,7 +20,7 @@ void TrainConfig::validate() const {
   require(!data.empty(), "--data: expected 'synthetic', a .safetensors or .npy file, or an activation cache folder");
   require((data == "text") == !model.empty(), "--model DIR and --text FILE train from text: give both, and no --data");
   require(model.empty() == text.empty(), "--model DIR and --text FILE go together");
-  require(layer >= 0 && layer <= 1024, cat("--layer must be a hidden-state index >= 0, got ", layer));
+  check_layer_option(layer);
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));

@@ -10,9 +10,8 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
   if (config.data == "text") {
     data.model = std::make_unique<GptNeo>(GptNeo::load(config.model, device));
     data.tokenizer = std::make_unique<Gpt2Tokenizer>(Gpt2Tokenizer::from_model_dir(config.model));
-    if (data.tokenizer->vocab_size() > data.model->config().vocab_size)
-      throw DataError(cat(config.model, ": the tokenizer has ", data.tokenizer->vocab_size(), " ids, the model only ",
-                          data.model->config().vocab_size));
+    check_tokenizer_fits_model(*data.tokenizer, data.model->config());
+    check_hidden_states_index(config.layer, data.model->config());
     TextDataOptions options;
     options.text = config.text;
     options.layer = static_cast<int>(config.layer);
