@@ -22,12 +22,13 @@ inline std::string shell_quote(const std::string& text) {
 }
 
 // Runs build/bin/<program> `args` with `env` ("NAME=value ...", shell-quoted values) in its
-// environment, killed after timeout_seconds. exit_code is 128 + the signal when a signal ended it
-// (137 for SIGKILL: the time limit, or a kill the test asked for).
+// environment, in the directory `cwd` (when given), killed after timeout_seconds. exit_code is
+// 128 + the signal when a signal ended it (137 for SIGKILL: the time limit, or a kill the test
+// asked for).
 inline CommandResult run_program(const std::string& program, const std::string& args, const TempDir& scratch,
-                                 const std::string& env = "", int timeout_seconds = 120) {
+                                 const std::string& env = "", int timeout_seconds = 120, const std::string& cwd = "") {
   const std::string out_file = scratch.str("stdout.txt"), err_file = scratch.str("stderr.txt");
-  const std::string cmd = "env " + env + " timeout -s KILL " + std::to_string(timeout_seconds) + " " +
+  const std::string cmd = (cwd.empty() ? std::string() : "cd " + shell_quote(cwd) + " && ") + "env " + env + " timeout -s KILL " + std::to_string(timeout_seconds) + " " +
                           std::string(SAE_BIN_DIR) + "/" + program + " " + args + " > " + shell_quote(out_file) +
                           " 2> " + shell_quote(err_file) + " < /dev/null";
   const int status = std::system(cmd.c_str());
