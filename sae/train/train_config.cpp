@@ -36,10 +36,10 @@ void TrainConfig::validate() const {
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
-  const TrainConfig defaults;
   if (target_l0 == 0) {
-    require(target_l0_ki == defaults.target_l0_ki && target_l0_kp == defaults.target_l0_kp &&
-                target_l0_ema == defaults.target_l0_ema && target_l0_max_change == defaults.target_l0_max_change,
+    // (Given ones: a run from before the gains' defaults changed records the old ones.)
+    require(!was_given("target-l0-ki") && !was_given("target-l0-kp") && !was_given("target-l0-ema") &&
+                !was_given("target-l0-max-change"),
             "--target-l0-ki, --target-l0-kp, --target-l0-ema and --target-l0-max-change apply only with --target-l0");
   } else {
     require(std::isfinite(target_l0) && target_l0 > 0 && target_l0 <= double(features),
@@ -48,7 +48,6 @@ void TrainConfig::validate() const {
                 architecture == Architecture::Gated,
             cat("--target-l0 applies to --architecture standard, jumprelu and gated; ", architecture_name(architecture),
                 " sets its L0 with --k"));
-    require(l1 > 0, cat("--target-l0 starts the controller at --l1, which must be > 0, got ", l1));
     require(std::isfinite(target_l0_ki) && target_l0_ki >= 0, cat("--target-l0-ki must be >= 0, got ", target_l0_ki));
     require(std::isfinite(target_l0_kp) && target_l0_kp >= 0, cat("--target-l0-kp must be >= 0, got ", target_l0_kp));
     require(target_l0_ema > 0 && target_l0_ema <= 1, cat("--target-l0-ema must be in (0, 1], got ", target_l0_ema));

@@ -88,6 +88,11 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   cfg["resolved"]["data"] = data.description;
   cfg["resolved"]["max_batch_tokens"] = max_tokens;
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
+  if (c.target_l0 > 0) {  // where the L0 controller's lambda lives (l0_controller.h)
+    cfg["resolved"]["target_l0_lambda_scale"] =
+        lambda_scale(c.architecture == Architecture::JumpReLU, data.mean_squared_norm, c.target_l0);
+    cfg["resolved"]["target_l0_mean_squared_norm"] = data.mean_squared_norm;
+  }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   cfg["resolved"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset: OpenMP's default)";
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
@@ -128,8 +133,9 @@ MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const St
   return row;
 }
 
-L0ControllerSettings l0_controller_settings(const TrainConfig& c) {
+L0ControllerSettings l0_controller_settings(const TrainConfig& c, const TrainingData& data) {
   L0ControllerSettings s;
+  s.scale = lambda_scale(c.architecture == Architecture::JumpReLU, data.mean_squared_norm, c.target_l0);
   s.target = c.target_l0;
   s.ki = c.target_l0_ki;
   s.kp = c.target_l0_kp;
@@ -281,6 +287,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
                                                         m.start.state ? m.start.state->step : 0, data.description);
 
   for (Member& m : members) {
+    // --target-l0 without --l1: the controller starts at the data's scale, which the run records as its l1.
+    if (m.config().target_l0 > 0 && m.config().l1 == 0)
+      m.start.config.l1 = l0_controller_settings(m.config(), data).scale;
     const TrainConfig& config = m.config();
     // A fresh b_dec at the geometric median is taken from the first normalised batches.
     const SaeParams first = m.start.params ? initial_params(m.start, d) : fresh_params(config, data);
@@ -288,7 +297,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
                      DeadFeatureTracker(config.features, config.dead_window), std::nullopt};
     RunState& run = m.run();
     run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
-    if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config), config.l1);
+    if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config, data), config.l1);
     if (m.start.state) {
       const TrainingState& st = *m.start.state;
       if (st.dataset_scale != data.dataset_scale)

@@ -24,6 +24,11 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
     auto text = std::make_unique<TextBatcher>(*data.model, *data.tokenizer, options, config.batch_tokens,
                                               config.normalize, data.dataset_scale, config.seed);
     data.d = data.model->config().hidden_size;
+    data.mean_squared_norm = double(data.d);
+    if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = D
+      const double s = estimate_text_dataset_scale(*data.model, *data.tokenizer, options);
+      data.mean_squared_norm = double(data.d) / (s * s);
+    }
     data.description = Json::object();
     data.description["kind"] = "text";
     data.description["text"] = config.text;
@@ -42,6 +47,11 @@ TrainingData open_training_data(const TrainConfig& config, Device device, std::o
   data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize, data.dataset_scale,
                                            config.seed);
   data.description = data.activations->describe();
+  data.mean_squared_norm = double(data.d);
+  if (config.normalize == Normalization::None && config.target_l0 > 0) {
+    const double s = estimate_dataset_scale(*data.activations);
+    data.mean_squared_norm = double(data.d) / (s * s);
+  }
   return data;
 }
 

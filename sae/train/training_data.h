@@ -24,6 +24,9 @@ struct TrainingData {
   int64_t d = 0;
   double dataset_scale = 1.0;  // the one used: the saved one on --resume, else estimated or 1
   Json description;            // for config.json and cfg.json
+  // Mean ||x||^2 of the inputs the SAE sees (after normalisation): D for --normalize dataset and
+  // story (so it is by construction), measured on a sample for none. The L0 controller's scale.
+  double mean_squared_norm = 0;
   const SyntheticSource* synthetic = nullptr;  // for concept recovery
 };
 
