@@ -95,8 +95,12 @@ int main(int argc, char** argv) {
         tokens += static_cast<int64_t>(piece.size());
       }
     };
-    auto text_position = [](const sae::Json& j) {
-      return sae::TextPosition{j.at("next_story").as_int(), j.at("byte_offset").as_int()};
+    auto text_position = [&](const sae::Json& j) {
+      try {
+        return sae::TextPosition{j.at("next_story").as_int(), j.at("byte_offset").as_int()};
+      } catch (const sae::DataError& e) {
+        throw sae::DataError(sae::cat(out, "/manifest.json: a text position: ", e.what()));
+      }
     };
     sae::TextStory story;
     // Shards written before that are missing or broken: written again from the text.
