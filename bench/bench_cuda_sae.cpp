@@ -8,7 +8,11 @@
 #include <benchmark/benchmark.h>
 
 #include "sae/params.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/standard/standard.h"
+#include "sae/arch/standard/standard_kernels.h"
+#include "sae/train/arch_config.h"
 #include "tensor/cuda/backend.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
@@ -83,7 +87,7 @@ void BM_Cuda_SaeStep(benchmark::State& state) {
   SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
   SaeParams grads = SaeParams::zeros_like(params);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
-  SaeStep step(n, kD, kF, DType::F32, Device::CUDA);
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CUDA);
   for (auto _ : state) {
     benchmark::DoNotOptimize(step.forward_backward(params, x, 5.0, grads));  // ends with a device-to-host read
   }

@@ -13,7 +13,11 @@
 
 #include <cmath>
 
-#include "sae/step/sae_step.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/standard/standard.h"
+#include "sae/arch/standard/standard_kernels.h"
+#include "sae/train/arch_config.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
@@ -35,7 +39,7 @@ void BM_StepWithFeatureStats(benchmark::State& state) {
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
   copy_(params.b_enc, bias_for_density(x, params.W_enc, density));
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(n, kD, kF, DType::F32, Device::CPU, sparse ? SparseMode::On : SparseMode::Off);
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json(sparse ? "on" : "off")}}), n, kD, kF, DType::F32, Device::CPU);
   FeatureStats stats(kF, FeatureStatsOptions{10, 8});
   BatchOrigins origins;
   origins.resize(n, 8);

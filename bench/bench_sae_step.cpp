@@ -9,7 +9,11 @@
 #include <cmath>
 
 #include "bench/adam_floor.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/standard/standard.h"
+#include "sae/arch/standard/standard_kernels.h"
+#include "sae/train/arch_config.h"
 #include "tensor/ops.h"
 
 using namespace sae;
@@ -28,7 +32,7 @@ void BM_SaeStep_Ours(benchmark::State& state) {
   Rng rng(1);
   SaeParams params = SaeParams::standard_init(kD, kF, rng);
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(n, kD, kF, DType::F32, Device::CPU);
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CPU);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);  // per-story normalised scale
   // Warm the parameters a little so that a realistic fraction of features fire.
   for (int i = 0; i < 3; ++i) step.train_step(params, adam, x, 50.0, 1e-5);

@@ -20,7 +20,11 @@
 #include <cmath>
 #include <cstring>
 
-#include "sae/step/sae_step.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/standard/standard.h"
+#include "sae/arch/standard/standard_kernels.h"
+#include "sae/train/arch_config.h"
 #include "tensor/cuda/backend.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
@@ -49,7 +53,7 @@ void run_step(benchmark::State& state, Device device) {
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);  // per-story scale
   copy_(params.b_enc, bias_for_density(x, params.W_enc, density));
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(n, kD, kF, DType::F32, device, mode_of(state.range(2)));
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json(sparse_mode_name(mode_of(state.range(2))))}}), n, kD, kF, DType::F32, device);
   step.train_step(params, adam, x, kLambda, kLr);  // first-use allocations
   StepSums last;
   int64_t sparse_steps = 0, steps = 0;

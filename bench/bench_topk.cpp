@@ -14,9 +14,10 @@
 #include <cmath>
 
 #include "bench/adam_floor.h"
-#include "sae/arch_init.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
 #include "sae/step/sae_ops.h"
-#include "sae/step/sae_step.h"
+#include "sae/train/arch_config.h"
 #include "tensor/ops.h"
 
 using namespace sae;
@@ -24,24 +25,14 @@ using namespace sae;
 namespace {
 constexpr int64_t kD = 768, kN = 4096, kK = 32;
 
-ArchOptions topk_options() {
-  ArchOptions o;
-  o.architecture = Architecture::TopK;
-  o.k = kK;
-  o.auxk_coefficient = 1.0 / 32;
-  o.auxk_k = kD / 2;
-  o.dead_tokens = int64_t(1) << 40;  // nothing dies within the benchmark
-  o.unit_norm_decoder = true;
-  return o;
+// AuxK at 1/32 with k_aux = D / 2, unit-norm rows, tied init; nothing dies within the benchmark.
+ArchSettings topk_settings() {
+  return arch_settings("topk", {{"k", Json(kK)}, {"auxk-k", Json(kD / 2)}, {"init-b-dec", Json("zero")}},
+                       int64_t(1) << 40);
 }
 
 SaeParams topk_params(int64_t features, Rng& rng) {
-  ArchInit init;
-  init.architecture = Architecture::TopK;
-  init.k = kK;
-  init.tied = true;
-  init.unit_norm_decoder = true;
-  return arch_initial_params(init, kD, features, rng, {});
+  return arch_unit("topk").initial_params(topk_settings(), kD, features, rng, {});
 }
 
 void BM_TopKStep_Ours(benchmark::State& state) {
@@ -49,7 +40,7 @@ void BM_TopKStep_Ours(benchmark::State& state) {
   Rng rng(1);
   SaeParams params = topk_params(features, rng);
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(kN, kD, features, DType::F32, Device::CPU, SparseMode::Off, topk_options());
+  SaeStep step(arch_unit("topk"), topk_settings(), kN, kD, features, DType::F32, Device::CPU);
   const Tensor x = normal_tensor(Shape{kN, kD}, 0.0, 1.0, rng);  // E||x||^2 = D, as --normalize dataset
   step.train_step(params, adam, x, 0.0, 1e-4);  // first touch of every buffer
   for (auto _ : state) benchmark::DoNotOptimize(step.train_step(params, adam, x, 0.0, 1e-4).loss);

@@ -7,18 +7,32 @@ set(rules
   "tensor/cpu:tensor,tensor/cpu"
   "tensor/cuda:tensor,tensor/cuda"
   "io:tensor,io"
-  "autograd:tensor,io,autograd"
-  "nn:tensor,io,autograd,nn"
+  "autograd:tensor,autograd"
+  "nn:tensor,autograd,nn"
   "lm:tensor,tensor/cuda,io,autograd,nn,lm"
   "sae:tensor,io,autograd,nn,sae"
   "sae/step:tensor,tensor/cpu,tensor/cuda,sae,sae/step"
   "sae/data:tensor,io,lm,sae/data"
   "sae/report:tensor,io,sae/report"
-  "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train"
-  "sae/study:tensor,io,sae,sae/step,sae/data,sae/report,sae/train,sae/study"
-  "sae/features:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/train,sae/features"
-  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/data,sae/report,sae/train,sae/study,sae/cli"
-  "sae/eval:tensor,io,lm,sae,sae/data,sae/report,sae/train,sae/eval")
+  "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train"
+  "sae/study:tensor,io,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study"
+  "sae/features:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/train,sae/features"
+  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study,sae/cli"
+  "sae/eval:tensor,io,lm,sae,sae/arch,sae/data,sae/report,sae/train,sae/eval")
+
+# The architecture units (docs/architectures.md "Adding an architecture"): sae/arch (the interface,
+# registry, step owner and shared parts) may include every unit's folder; a unit's folder
+# sae/arch/<unit> may include the layers below, sae/arch and itself, never another unit.
+set(unit_base "tensor,tensor/cpu,tensor/cuda,io,autograd,nn,sae,sae/step,sae/arch")
+file(GLOB unit_folders LIST_DIRECTORIES true RELATIVE "${SOURCE_DIR}" "${SOURCE_DIR}/sae/arch/*")
+set(arch_allowed "${unit_base}")
+foreach(unit ${unit_folders})
+  if(IS_DIRECTORY "${SOURCE_DIR}/${unit}")
+    list(APPEND rules "${unit}:${unit_base},${unit}")
+    string(APPEND arch_allowed ",${unit}")
+  endif()
+endforeach()
+list(APPEND rules "sae/arch:${arch_allowed}")
 
 set(violations "")
 foreach(rule ${rules})

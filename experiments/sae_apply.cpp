@@ -14,7 +14,7 @@
 #include <cstring>
 
 #include "io/npy.h"
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"

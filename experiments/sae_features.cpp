@@ -2,7 +2,7 @@
 // step (docs/contract.md §5). Thin: options -> the SAE (load_checkpoint) -> the stories (a text through
 // the language model, or an activation file) -> sae/features/top_stories.h's two passes -> the JSON
 // (and, with --stats-out, feature_stats.safetensors for sae_browser --stats).
-//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--layer L] [--top N]
+//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--hook NAME | --layer L] [--top N]
 //                [--stories N] [--context C] [--out FILE.json] [--stats-out FILE] [--device cpu|cuda|auto]
 // Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
@@ -10,7 +10,7 @@
 #include <memory>
 
 #include "io/atomic_file.h"
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
@@ -24,6 +24,7 @@ namespace {
 std::string given(const cxxopts::ParseResult& parsed, const char* name) {
   return parsed.count(name) ? parsed[name].as<std::string>() : std::string();
 }
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -33,13 +34,20 @@ int main(int argc, char** argv) {
                              "every token's activation (the tutorial's gather_high_activations)");
     options.add_options()
         ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture", cxxopts::value<std::string>())
-        ("model", "GPT-Neo folder: runs --text through it; with --data only its tokenizer is used",
+        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia): runs --text through it; with --data only its "
+         "tokenizer is used",
          cxxopts::value<std::string>())
         ("text", "stories: TinyStories .txt or JSON lines (with --model)", cxxopts::value<std::string>())
         ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder",
          cxxopts::value<std::string>())
-        ("layer", "hidden_states[layer] of --model (default: the SAE's training layer, else 2)",
-         cxxopts::value<int64_t>())
+        ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
+         "hidden_states[2])", cxxopts::value<std::string>())
+        ("layer", "read hidden_states[layer] of --model instead", cxxopts::value<int64_t>())
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every story (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does); the BOS row is not the SAE's input", cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions a story may take, the BOS included (default: the SAE's cfg.json context_size, "
+         "else the model's); longer stories are cut", cxxopts::value<int64_t>())
         ("top", "top stories kept per feature", cxxopts::value<int64_t>()->default_value("10"))
         ("stories", "read at most this many stories (0: all)", cxxopts::value<int64_t>()->default_value("0"))
         ("context", "tokens kept on either side in --stats-out", cxxopts::value<int64_t>()->default_value("8"))
@@ -54,7 +62,6 @@ int main(int argc, char** argv) {
     if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
     if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
     if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
-    const int layer_given = sae::layer_option(parsed);
     if (!text.empty()) sae::require_input_file(text);
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
@@ -73,26 +80,66 @@ int main(int argc, char** argv) {
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);
 
-    std::unique_ptr<sae::GptNeo> model;
-    std::unique_ptr<sae::Gpt2Tokenizer> tokenizer;
+    const sae::HookChoice choice =
+        sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
+                         parsed.count("layer") > 0);
+    std::unique_ptr<sae::DecoderModel> model;
+    std::unique_ptr<sae::BpeTokenizer> tokenizer;
     std::unique_ptr<sae::ActivationSource> source;
     std::unique_ptr<sae::StoryInputs> inputs;
     sae::Json description = sae::Json::object();
-    if (!model_dir.empty()) tokenizer = std::make_unique<sae::Gpt2Tokenizer>(sae::Gpt2Tokenizer::from_model_dir(model_dir));
+    if (!model_dir.empty()) tokenizer = std::make_unique<sae::BpeTokenizer>(sae::BpeTokenizer::from_model_dir(model_dir));
     if (!text.empty()) {
-      model = std::make_unique<sae::GptNeo>(sae::GptNeo::load(model_dir, device));
-      if (model->config().hidden_size != params.d_in())
-        throw sae::DataError(sae::cat(model_dir, ": the model's width ", model->config().hidden_size,
-                                      " is not the SAE's d_in ", params.d_in()));
+      // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
+      // only up to there.
+      sae::HookSite site{2, sae::HookPoint::FinalOutput};
+      std::string from = "the default hidden_states[2]";
+      if (choice.given()) {
+        site = choice.site;
+        from = choice.option;
+      } else {
+        try {
+          sae::hook_site_from_cfg(checkpoint.cfg, site, from);
+        } catch (const sae::UsageError& e) {
+          throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
+        }
+      }
+      const sae::ModelFolder folder = sae::read_model_config(model_dir);
+      try {
+        site = sae::resolve_hook_site(folder.config, site, choice.given() ? choice.option : from);
+      } catch (const sae::UsageError& e) {  // the SAE's cfg.json at fault: named, exit 1 (as sae_eval, sae_steer)
+        if (choice.given() || from.rfind("cfg.json", 0) != 0) throw;
+        throw sae::DataError(sae::cat(sae_dir, ": ", e.what()));
+      }
+      model = std::make_unique<sae::DecoderModel>(
+          sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers)));
       sae::check_tokenizer_fits_model(*tokenizer, model->config());
-      // The SAE's own layer (its cfg.json), else 2; --layer overrides it.
-      const int layer = sae::sae_layer(sae_dir, checkpoint.cfg, model->config(), layer_given, /*fallback=*/2).layer;
-      inputs = sae::text_story_inputs(*model, *tokenizer, text, layer, normalization, max_stories, device);
+      const int64_t width = folder.config.hook_width(site);
+      if (width != params.d_in())
+        throw sae::DataError(sae::cat(model_dir, ": ", sae::hook_name(site), " is ", width,
+                                      " wide, but the SAE's d_in is ", params.d_in()));
+      // BOS and context as the SAE was trained (its cfg.json metadata), unless told otherwise.
+      const sae::Json meta = checkpoint.cfg.has("metadata") && checkpoint.cfg.at("metadata").is_object()
+                                 ? checkpoint.cfg.at("metadata") : sae::Json::object();
+      sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+      if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
+        bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
+      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
+      if (parsed.count("context-size")) {
+        story_options.context_size = parsed["context-size"].as<int64_t>();
+        if (story_options.context_size < 1)
+          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+      } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
+        story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
+      }
+      inputs = sae::text_story_inputs(*model, *tokenizer, story_options, normalization, max_stories, device);
       description["text"] = text;
       description["model"] = model_dir;
-      description["layer"] = layer;
+      description["hook_name"] = sae::hook_name(site);
+      const int64_t k = sae::hidden_states_index(site, folder.config.num_layers);
+      if (k >= 0) description["layer"] = k;
     } else {
-      if (layer_given >= 0) throw sae::UsageError("--layer goes with --model and --text");
+      if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
       source = sae::open_activations(data, sae::SyntheticOptions{});
       if (source->d() != params.d_in())
         throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));

@@ -40,8 +40,9 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
       c.l1 = std::stod(value);
       name = "l1_" + sae::format_number(c.l1, 6);
     } else {
-      c.k = std::stoll(value);
-      name = "k_" + std::to_string(c.k);
+      const int64_t k = std::stoll(value);
+      c.arch.set("k", sae::Json(k));
+      name = "k_" + std::to_string(k);
     }
     c.out = (std::filesystem::path(base.out) / name).string();
     configs.push_back(c);
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
                           cxxopts::value<std::string>()->default_value("none"))(
         "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
         cxxopts::value<std::string>())(
-        "k-list", "topk, batchtopk: one SAE per k (comma-separated, increasing) on the same batches, into OUT/k_<k>/",
+        "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
+                  "OUT/k_<k>/",
         cxxopts::value<std::string>());
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
@@ -141,16 +143,21 @@ int main(int argc, char** argv) {
     std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
     if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);
     if (configs.empty()) configs.push_back(config);
+    // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
+    // written) and gets one note; a gnuplot that fails gets a warning.
+    const bool draw = sae::gnuplot_found();
     for (const sae::TrainResult& result : sae::train_together(configs)) {
       std::printf("%s", sae::format_report(result).c_str());
       // A run that was finished already gets only the figures it lacks (a crash while they were drawn).
       if (result.already_finished && sae::training_run_figures_exist(result.out_dir)) continue;
-      try {  // the model is saved; a missing gnuplot only costs the figures
-        for (const std::string& png : sae::plot_training_run(result.out_dir)) std::printf("  figure: %s\n", png.c_str());
+      try {
+        for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
+          std::printf("  figure: %s\n", png.c_str());
       } catch (const sae::DataError& e) {
         std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
       }
     }
+    if (!draw) std::printf("figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n");
     return 0;
   });
 }

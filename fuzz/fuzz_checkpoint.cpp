@@ -10,6 +10,7 @@
 
 #include "fuzz_util.h"
 #include "sae/data/batches.h"
+#include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 
 using namespace sae;
@@ -40,13 +41,16 @@ void check_shapes(const Checkpoint& c) {
   const int64_t d = c.params.d_in(), f = c.params.d_sae();
   fuzz::require(d >= 1 && f >= 1, cat("a checkpoint with d_in ", d, " and d_sae ", f, " was accepted"));
   fuzz::require(c.params.W_enc.shape() == Shape({d, f}) && c.params.W_dec.shape() == Shape({f, d}) &&
-                    c.params.b_enc.shape() == Shape({f}) && c.params.b_dec.shape() == Shape({d}),
+                    (!c.params.b_enc.defined() || c.params.b_enc.shape() == Shape({f})) &&
+                    c.params.b_dec.shape() == Shape({d}),
                 "a checkpoint's parameter shapes disagree");
+  fuzz::require(fuzz::attempt([&] { unit_of(c.params).check(c.params); }), "a checkpoint fails its unit's check");
   if (!c.state) return;
   fuzz::require(static_cast<int64_t>(c.state->last_fired.size()) == f, "last_fired does not have d_sae entries");
-  for (int i = 0; i < 4; ++i)
-    fuzz::require(c.state->adam.m.all()[i]->shape() == c.params.all()[i]->shape() &&
-                      c.state->adam.v.all()[i]->shape() == c.params.all()[i]->shape(),
+  const auto params = c.params.present(), m = c.state->adam.m.present(), v = c.state->adam.v.present();
+  fuzz::require(m.size() == params.size() && v.size() == params.size(), "Adam moments for other tensors");
+  for (size_t i = 0; i < params.size(); ++i)
+    fuzz::require(m[i].second->shape() == params[i].second->shape() && v[i].second->shape() == params[i].second->shape(),
                   "Adam moments are shaped unlike the parameters");
 }
 

@@ -39,10 +39,10 @@ namespace {
 template <typename Make>
 SaeParams map_tensors(const SaeParams& from, Make make) {
   SaeParams p = from;
-  for (int i = 0; i < 8; ++i) {
-    const Tensor& t = *from.slots()[i];
-    *p.slots()[i] = t.defined() ? make(t) : Tensor();
-  }
+  for (Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec, &p.W_skip})
+    if (t->defined()) *t = make(*t);
+  for (NamedTensor& o : p.own)
+    if (o.tensor.defined()) o.tensor = make(o.tensor);
   return p;
 }
 }  // namespace
@@ -59,44 +59,71 @@ SaeParams SaeParams::clone() const {
   return map_tensors(*this, [](const Tensor& t) { return t.clone(); });
 }
 
-std::vector<std::pair<const char*, Tensor*>> SaeParams::present() {
-  std::vector<std::pair<const char*, Tensor*>> out;
-  for (int i = 0; i < 8; ++i)
-    if (slots()[i]->defined()) out.push_back({kSlotNames[i], slots()[i]});
+std::vector<std::pair<std::string, Tensor*>> SaeParams::present() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  const char* names[5] = {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"};
+  Tensor* dictionary[5] = {&W_enc, &b_enc, &W_dec, &b_dec, &W_skip};
+  for (int i = 0; i < 5; ++i)
+    if (dictionary[i]->defined()) out.push_back({names[i], dictionary[i]});
+  for (NamedTensor& o : own)
+    if (o.tensor.defined()) out.push_back({o.name, &o.tensor});
   return out;
 }
 
-std::vector<std::pair<const char*, const Tensor*>> SaeParams::present() const {
-  std::vector<std::pair<const char*, const Tensor*>> out;
-  for (int i = 0; i < 8; ++i)
-    if (slots()[i]->defined()) out.push_back({kSlotNames[i], slots()[i]});
+std::vector<std::pair<std::string, const Tensor*>> SaeParams::present() const {
+  std::vector<std::pair<std::string, const Tensor*>> out;
+  for (const auto& [name, t] : const_cast<SaeParams*>(this)->present()) out.push_back({name, t});
   return out;
 }
 
-void SaeParams::check() const {
-  const char* arch = architecture_name(architecture);
+bool SaeParams::has_own(const std::string& name) const {
+  for (const NamedTensor& o : own)
+    if (o.name == name) return true;
+  return false;
+}
+
+Tensor& SaeParams::own_tensor(const std::string& name) {
+  for (NamedTensor& o : own)
+    if (o.name == name) return o.tensor;
+  throw Error(cat("SAE (", kind, "): has no tensor ", name));
+}
+
+const Tensor& SaeParams::own_tensor(const std::string& name) const {
+  return const_cast<SaeParams*>(this)->own_tensor(name);
+}
+
+void SaeParams::check_shapes(bool with_b_enc, const std::vector<std::string>& own_names) const {
   if (!W_enc.defined() || W_enc.ndim() != 2)
-    throw DataError(cat("SAE (", arch, "): W_enc must be 2-D, got ", W_enc.describe()));
+    throw DataError(cat("SAE (", kind, "): W_enc must be 2-D, got ", W_enc.describe()));
   const int64_t d = W_enc.size(0), f = W_enc.size(1);
-  auto want = [&](const char* name, const Tensor& t, bool needed, const Shape& shape) {
+  if (!W_dec.defined() || W_dec.ndim() != 2 || W_dec.size(0) != f)
+    throw DataError(cat("SAE (", kind, "): W_dec should be [", f, ", d_out] (W_enc is ", W_enc.describe(), "), got ",
+                        W_dec.defined() ? W_dec.describe() : std::string("none")));
+  const int64_t d_out = W_dec.size(1);
+  if (sources < 1 || d % sources != 0 || (sources > 1 && (d_out != d || transcoder)))
+    throw DataError(cat("SAE (", kind, "): ", sources, " sources do not split d_in ", d, " and d_out ", d_out));
+  if (!transcoder && (d_out != d || W_skip.defined()))
+    throw DataError(cat("SAE (", kind, "): d_out ", d_out, (W_skip.defined() ? " and W_skip" : ""),
+                        " but not a transcoder (d_in ", d, ")"));
+  auto want = [&](const std::string& name, const Tensor& t, bool needed, const Shape& shape) {
     if (!needed && t.defined())
-      throw DataError(cat("SAE (", arch, "): has a tensor ", name, " that this architecture does not use"));
+      throw DataError(cat("SAE (", kind, "): has a tensor ", name, " that this architecture does not use"));
     if (needed && (!t.defined() || t.shape() != shape))
-      throw DataError(cat("SAE (", arch, "): ", name, " should be ", shape.str(), " (W_enc is ", W_enc.describe(),
+      throw DataError(cat("SAE (", kind, "): ", name, " should be ", shape.str(), " (W_enc is ", W_enc.describe(),
                           "), got ", t.defined() ? t.describe() : std::string("none")));
     if (needed && (t.dtype() != W_enc.dtype() || t.device() != W_enc.device()))
-      throw DataError(cat("SAE (", arch, "): ", name, " is ", t.describe(), " but W_enc is ", W_enc.describe()));
+      throw DataError(cat("SAE (", kind, "): ", name, " is ", t.describe(), " but W_enc is ", W_enc.describe()));
   };
-  const bool gated = architecture == Architecture::Gated;
-  want("b_enc", b_enc, !gated, Shape{f});
-  want("W_dec", W_dec, true, Shape{f, d});
-  want("b_dec", b_dec, true, Shape{d});
-  want("log_threshold", log_threshold, architecture == Architecture::JumpReLU, Shape{f});
-  want("b_gate", b_gate, gated, Shape{f});
-  want("b_mag", b_mag, gated, Shape{f});
-  want("r_mag", r_mag, gated, Shape{f});
-  if (architecture == Architecture::TopK && (k < 1 || k > f))
-    throw DataError(cat("SAE (topk): k must be in [1, d_sae = ", f, "], got ", k));
+  want("b_enc", b_enc, with_b_enc, Shape{f});
+  want("W_dec", W_dec, true, Shape{f, d_out});
+  want("b_dec", b_dec, true, Shape{d_out});
+  if (W_skip.defined()) want("W_skip", W_skip, true, Shape{d, d_out});
+  for (const NamedTensor& o : own) {
+    bool listed = false;
+    for (const std::string& name : own_names) listed |= name == o.name;
+    if (!listed) throw DataError(cat("SAE (", kind, "): has a tensor ", o.name, " that this architecture does not use"));
+  }
+  for (const std::string& name : own_names) want(name, has_own(name) ? own_tensor(name) : Tensor(), true, Shape{f});
 }
 
 SaeAdamState SaeAdamState::zeros_like(const SaeParams& params, double beta1, double beta2, double eps) {

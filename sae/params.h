@@ -1,65 +1,67 @@
-// SaeParams: an SAE's parameters as plain tensors, in SAELens's names and layout (the standard
-// SAE's formulas are in sae/model.h, every architecture's in sae/arch.h and sae/arch_model.h), and
-// SaeAdamState, torch.optim.Adam's state for them. The fused training step (sae/step) updates these
-// buffers in place, checkpoints save and load them, and the autograd reference models wrap them;
-// nothing here builds a graph.
-//   W_enc [D, F], b_enc [F], W_dec [F, D], b_dec [D]   (D = d_in, F = d_sae; b_enc: not for gated)
-//   log_threshold [F]                                    (jumprelu: theta = exp(log_threshold))
-//   b_gate, b_mag, r_mag [F]                              (gated)
+// SaeParams: an SAE's parameters as plain tensors, in SAELens's names and layout, and SaeAdamState,
+// torch.optim.Adam's state for them. Every architecture (sae/arch: one unit each) has the
+// dictionary: W_enc [D, F], b_enc [F] (absent where a unit has none, e.g. gated), W_dec [F, D_out],
+// b_dec [D_out], where D_out = D except for a transcoder (which maps one activation to another), and
+// W_skip [D, D_out] for a skip transcoder (x_hat += x W_skip; SAELens stores its transpose). A
+// crosscoder reads `sources` activations concatenated (D = sources * D_source, D_out = D): its
+// sparsity penalty weighs each latent by the sum of its decoder's per-source norms. A unit adds its own tensors (jumprelu: log_threshold [F]; gated: b_gate, b_mag, r_mag [F]) in
+// the order it lists them, names the unit (`kind`, its registry name) and keeps what inference needs
+// beyond tensors in `settings` (topk: {"k": 32}). The fused training step updates these buffers in
+// place, checkpoints save and load them, and the autograd references wrap them; nothing here builds
+// a graph, and nothing here knows one architecture from another.
+// Letters: D = d_in, F = d_sae.
 #pragma once
-#include <array>
 #include <string>
-
 #include <utility>
 #include <vector>
 
-#include "sae/arch.h"
+#include "io/json.h"
 #include "tensor/adam_math.h"
 #include "tensor/rng.h"
 #include "tensor/tensor.h"
 
 namespace sae {
 
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+};
+
 struct SaeParams {
   Tensor W_enc, b_enc, W_dec, b_dec;
-  Tensor log_threshold;         // jumprelu only
-  Tensor b_gate, b_mag, r_mag;  // gated only (which has no b_enc)
-  // What the model computes at inference beyond its tensors (sae/arch.h): the architecture, k for
-  // topk (batchtopk keeps its training k here too), and batchtopk's inference threshold (0 until
-  // its first update; exported as a jumprelu).
-  Architecture architecture = Architecture::Standard;
-  int64_t k = 0;
-  double batchtopk_threshold = 0.0;
+  Tensor W_skip;                   // skip transcoders only
+  std::vector<NamedTensor> own;    // the unit's own tensors, in its order
+  int64_t sources = 1;             // crosscoders: the number of activations concatenated in x
+  bool transcoder = false;         // x reconstructs another activation (d_out may equal d_in)
+  std::string kind = "standard";   // the architecture unit (sae/arch/registry.h)
+  Json settings = Json::object();  // the unit's inference settings (cfg.json's, e.g. topk's k)
 
-  static constexpr std::array<const char*, 4> kNames = {"W_enc", "b_enc", "W_dec", "b_dec"};
-  // Every tensor an architecture may have, in a fixed order (checkpoints, Adam, loops).
-  static constexpr std::array<const char*, 8> kSlotNames = {"W_enc", "b_enc", "W_dec", "b_dec",
-                                                            "log_threshold", "b_gate", "b_mag", "r_mag"};
   // PyTorch nn.Linear's default init of the original's encoder Linear(D, F) and decoder Linear(F,
   // D): W_enc, b_enc uniform in +-1/sqrt(D); W_dec, b_dec uniform in +-1/sqrt(F), drawn in that order.
   static SaeParams standard_init(int64_t d_in, int64_t d_sae, Rng& rng, DType dtype = DType::F32,
                                  Device device = Device::CPU);
-  // Shapes checked against each other (DataError naming every shape otherwise).
+  // The four dictionary tensors, shapes checked against each other (DataError naming every shape).
   static SaeParams from_tensors(Tensor W_enc, Tensor b_enc, Tensor W_dec, Tensor b_dec);
-  // Zeros shaped like every tensor `like` has (gradients, Adam moments); the rest is copied.
+  // Zeros shaped like every tensor `like` has (gradients, Adam moments); kind and settings copied.
   static SaeParams zeros_like(const SaeParams& like);
 
   int64_t d_in() const { return W_enc.size(0); }
+  int64_t d_out() const { return W_dec.size(1); }
   int64_t d_sae() const { return W_enc.size(1); }
   Device device() const { return W_enc.device(); }
-  // The four tensors in kNames order (handles: they share storage with these).
-  std::array<Tensor*, 4> all() { return {&W_enc, &b_enc, &W_dec, &b_dec}; }
-  std::array<const Tensor*, 4> all() const { return {&W_enc, &b_enc, &W_dec, &b_dec}; }
-  // Every slot in kSlotNames order, defined or not; and the defined ones with their names.
-  std::array<Tensor*, 8> slots() { return {&W_enc, &b_enc, &W_dec, &b_dec, &log_threshold, &b_gate, &b_mag, &r_mag}; }
-  std::array<const Tensor*, 8> slots() const {
-    return {&W_enc, &b_enc, &W_dec, &b_dec, &log_threshold, &b_gate, &b_mag, &r_mag};
-  }
-  std::vector<std::pair<const char*, Tensor*>> present();
-  std::vector<std::pair<const char*, const Tensor*>> present() const;
-  // The tensors `architecture` needs, each defined and shaped right, and no others: DataError naming
-  // them otherwise.
-  void check() const;
+  // Every defined tensor with its name: W_enc, b_enc, W_dec, b_dec, W_skip, then the unit's own (handles:
+  // they share storage with these). The order is fixed, so two SaeParams of one kind pair up.
+  std::vector<std::pair<std::string, Tensor*>> present();
+  std::vector<std::pair<std::string, const Tensor*>> present() const;
+  // The unit's own tensor `name` (Error when it has none of that name).
+  Tensor& own_tensor(const std::string& name);
+  const Tensor& own_tensor(const std::string& name) const;
+  bool has_own(const std::string& name) const;
+  // W_enc 2-D, W_dec [F, D_out], b_dec [D_out], b_enc [F] when `with_b_enc` (absent otherwise),
+  // W_skip [D, D_out] if any, each own tensor named in `own_names` [F] and no other, all of W_enc's
+  // dtype and device, `sources` dividing D and D_out = D for a crosscoder (never a transcoder), D_out
+  // = D and no W_skip for an SAE: DataError naming the kind and the tensor otherwise.
+  void check_shapes(bool with_b_enc, const std::vector<std::string>& own_names) const;
   SaeParams to(Device device) const;  // copies (or shares, when already there)
   SaeParams clone() const;
 };

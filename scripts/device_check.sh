@@ -141,8 +141,10 @@ for part in $parts; do
     tests) run_tests 1 ;;
     rehearse) run_tests 0 ;;
     bench)
+      # --benchmark_min_time in plain seconds: Google Benchmark 1.7 (Debian 12's, the bundle's) refuses
+      # a unit suffix ("0.2s"); later versions take both.
       step bench_cuda 300 "$bin/sae_bench" --benchmark_filter='Cuda' --benchmark_counters_tabular=true \
-        --benchmark_min_time=0.2s || status=1
+        --benchmark_min_time=0.2 || status=1
       for tokens in 218 4096; do
         LD_LIBRARY_PATH=$python_library_path step "bench_torch_$tokens" 150 \
           python3 "$root/bench/peer_torch_step.py" --device cuda --tokens "$tokens" || status=1

@@ -12,7 +12,6 @@
 #include <iostream>
 
 #include "io/mapped_file.h"
-#include "sae/data/text_batches.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -135,13 +134,6 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
     return false;
   }
   return true;
-}
-
-int layer_option(const cxxopts::ParseResult& parsed) {
-  if (!parsed.count("layer")) return -1;
-  const int64_t layer = parsed["layer"].as<int64_t>();
-  check_layer_option(layer);
-  return static_cast<int>(layer);
 }
 
 void require_input_file(const std::string& path) { ::close(open_regular_file(path)); }

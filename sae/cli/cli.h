@@ -45,9 +45,6 @@ std::vector<double> parse_increasing_number_list(const std::string& option, cons
 // for quick on non-synthetic data (its values are sized for the synthetic generator).
 Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick);
 
-// --layer of the programs that read a model's hidden states (sae_cache, sae_eval, sae_steer,
-// sae_features): -1 when not given; UsageError for an index below 0 (check_layer_option).
-int layer_option(const cxxopts::ParseResult& parsed);
 // An input file named by --option (a corpus, ...) must be a regular file: a FIFO or a directory is
 // refused at once with the message of io/mapped_file.h open_regular_file, the same in every program
 // (DataError).

@@ -48,7 +48,7 @@ std::string range(double lo, double hi) {
 
 }  // namespace
 
-void plot(const Figure& figure, const std::string& png_path) {
+void plot(const Figure& figure, const std::string& png_path, bool draw) {
   const fs::path png(png_path);
   if (png.extension() != ".png") throw UsageError(cat("plot: ", png_path, " should end in .png"));
   const fs::path dir = png.has_parent_path() ? png.parent_path() : fs::path(".");
@@ -97,8 +97,9 @@ void plot(const Figure& figure, const std::string& png_path) {
               gnuplot_string(figure.series[i].title));
   gp += "\n";
   write_file_atomic((dir / (stem + ".gp")).string(), gp);
+  if (!draw) return;
 
-  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0)
+  if (!gnuplot_found())
     throw DataError(cat(png_path, ": gnuplot was not found on PATH (install gnuplot-nox, e.g. scripts/install-deps.sh); "
                         "the data and script are in ", (dir / (stem + ".gp")).string()));
   const std::string log = (dir / (stem + ".gnuplot.log")).string();
@@ -129,7 +130,9 @@ bool training_run_figures_exist(const std::string& run_dir) {
   return true;
 }
 
-std::vector<std::string> plot_training_run(const std::string& run_dir) {
+bool gnuplot_found() { return std::system("command -v gnuplot > /dev/null 2>&1") == 0; }
+
+std::vector<std::string> plot_training_run(const std::string& run_dir, bool draw) {
   const CsvNumbers m = read_csv_numbers(run_dir + "/metrics.csv");
   const std::vector<double> steps = m.column("step");
   std::filesystem::create_directories(run_dir + "/figures");
@@ -147,8 +150,9 @@ std::vector<std::string> plot_training_run(const std::string& run_dir) {
   sparsity.series = {{"L0 (active features per token)", steps, m.column("l0")},
                      {"dead features", steps, m.column("dead_features")}};
   std::vector<std::string> paths = {run_dir + "/figures/loss.png", run_dir + "/figures/sparsity.png"};
-  plot(loss, paths[0]);
-  plot(sparsity, paths[1]);
+  plot(loss, paths[0], draw);
+  plot(sparsity, paths[1], draw);
+  if (!draw) paths.clear();
   return paths;
 }
 

@@ -5,36 +5,17 @@
 
 namespace sae {
 
-const SaeKernelTable& sae_kernels_for(Device device) {
-  if (device == Device::CPU) return sae_cpu_kernels();
-#if defined(SAE_WITH_CUDA)
-  return sae_cuda_kernels();
-#else
-  throw Error("CUDA requested, but this build has no CUDA support (nvcc was not found)");
-#endif
+void no_cuda_kernels(const char* family) {
+  throw Error(cat("CUDA requested for the ", family, " kernels, but this build has no CUDA support (nvcc was not "
+                  "found)"));
 }
 
-namespace {
-// f [N, F] with a [F] vector per column.
+const SaeKernelTable& sae_kernels_for(Device device) { return SAE_KERNELS_FOR(device, sae); }
+
 void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v) {
   check_same_device_dtype(op, m, v);
   if (m.ndim() != 2 || v.shape() != Shape{m.size(1)})
     throw Error(cat(op, ": expects [N, F] and [F], got ", m.describe(), " and ", v.describe()));
-}
-}  // namespace
-
-void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
-  check_rows_and_column_vector("encoder_activate", f, bias);
-  check_rows_and_column_vector("encoder_activate", f, col_sum);
-  check_rows_and_column_vector("encoder_activate", f, col_count);
-  sae_kernels_for(f.device()).encoder_activate(f, bias, col_sum, col_count);
-}
-
-void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
-  check_same_shape("encoder_backward", grad, f);
-  check_rows_and_column_vector("encoder_backward", grad, row_add);
-  check_rows_and_column_vector("encoder_backward", grad, col_sum);
-  sae_kernels_for(f.device()).encoder_backward(grad, f, row_add, col_sum);
 }
 
 void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
@@ -220,56 +201,5 @@ void decoder_normalize_(Tensor& W) {
   if (W.ndim() != 2) throw Error(cat(op, ": W must be [F, D], got ", W.describe()));
   sae_kernels_for(W.device()).decoder_normalize(W);
 }
-
-void jumprelu_forward_(Tensor& f, Tensor& pre, const Tensor& bias, const Tensor& log_threshold, const Tensor& norms,
-                       const JumpReluConstants& c, Tensor& col_count, Tensor& col_a, Tensor& col_b) {
-  const char* op = "jumprelu_forward";
-  check_pre_and_bias(op, pre, bias);
-  check_same_shape(op, f, pre);
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&log_threshold, &norms, &col_count, &col_a, &col_b})
-    check_rows_and_column_vector(op, pre, *t);
-  if (!(c.bandwidth > 0)) throw Error(cat(op, ": bandwidth must be > 0, got ", c.bandwidth));
-  sae_kernels_for(pre.device()).jumprelu_forward(f, pre, bias, log_threshold, norms, c, col_count, col_a, col_b);
-}
-
-void jumprelu_backward_(Tensor& grad, const Tensor& pre, const Tensor& log_threshold, const Tensor& norms,
-                        const JumpReluConstants& c, Tensor& grad_bias, Tensor& grad_log_threshold,
-                        Tensor& decoder_scale) {
-  const char* op = "jumprelu_backward";
-  check_float(op, pre);
-  check_same_shape(op, grad, pre);
-  for (const Tensor* t :
-       std::initializer_list<const Tensor*>{&log_threshold, &norms, &grad_bias, &grad_log_threshold, &decoder_scale})
-    check_rows_and_column_vector(op, pre, *t);
-  if (!(c.bandwidth > 0)) throw Error(cat(op, ": bandwidth must be > 0, got ", c.bandwidth));
-  sae_kernels_for(pre.device()).jumprelu_backward(grad, pre, log_threshold, norms, c, grad_bias, grad_log_threshold,
-                                                  decoder_scale);
-}
-
-void gated_forward_(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,
-                    const Tensor& r_mag, Tensor& col_count, Tensor& col_gate) {
-  const char* op = "gated_forward";
-  check_float(op, pre);
-  check_same_shape(op, f, pre);
-  check_same_shape(op, gate, pre);
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&b_gate, &b_mag, &r_mag, &col_count, &col_gate})
-    check_rows_and_column_vector(op, pre, *t);
-  sae_kernels_for(pre.device()).gated_forward(f, gate, pre, b_gate, b_mag, r_mag, col_count, col_gate);
-}
-
-void gated_backward_(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate,
-                     const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda, Tensor& grad_b_gate,
-                     Tensor& grad_b_mag, Tensor& grad_r_mag) {
-  const char* op = "gated_backward";
-  check_float(op, pre);
-  check_same_shape(op, grad, pre);
-  check_same_shape(op, grad_gate, pre);
-  for (const Tensor* t :
-       std::initializer_list<const Tensor*>{&b_gate, &b_mag, &r_mag, &norms, &grad_b_gate, &grad_b_mag, &grad_r_mag})
-    check_rows_and_column_vector(op, pre, *t);
-  sae_kernels_for(pre.device()).gated_backward(grad, grad_gate, pre, b_gate, b_mag, r_mag, norms, lambda, grad_b_gate,
-                                               grad_b_mag, grad_r_mag);
-}
-
 
 }  // namespace sae

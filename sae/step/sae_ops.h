@@ -6,8 +6,9 @@
 
 namespace sae {
 
-void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
-void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum);
+// Front-end check shared with the units' kernels: m [N, F] and v [F] on one device and dtype.
+void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v);
+
 void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 // The sparse path. The caller guarantees that the entry lists and dpre have room for every entry of
 // f that is > 0 (the checks here cannot count them without reading f).
@@ -18,7 +19,7 @@ void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& gr
 void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,
                               const Tensor& dpre);
 
-// The other architectures (sae/arch.h). Selections write by-token lists into rows row0.. of s; the
+// The selections (TopK, BatchTopK, AuxK). Selections write by-token lists into rows row0.. of s; the
 // caller guarantees room for every entry (N k for topk_select, total for batchtopk_select).
 void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                   int64_t row0);
@@ -26,16 +27,6 @@ void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias,
 void sparse_by_feature_(SparseFeatures& s, Tensor& col_sum, Tensor& col_count);
 void decoder_project_(Tensor& grad, const Tensor& W, const Tensor& norms);
 void decoder_normalize_(Tensor& W);
-void jumprelu_forward_(Tensor& f, Tensor& pre, const Tensor& bias, const Tensor& log_threshold, const Tensor& norms,
-                       const JumpReluConstants& c, Tensor& col_count, Tensor& col_a, Tensor& col_b);
-void jumprelu_backward_(Tensor& grad, const Tensor& pre, const Tensor& log_threshold, const Tensor& norms,
-                        const JumpReluConstants& c, Tensor& grad_bias, Tensor& grad_log_threshold,
-                        Tensor& decoder_scale);
-void gated_forward_(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,
-                    const Tensor& r_mag, Tensor& col_count, Tensor& col_gate);
-void gated_backward_(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate,
-                     const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda, Tensor& grad_b_gate,
-                     Tensor& grad_b_mag, Tensor& grad_r_mag);
 
 // Feature statistics (sae/train/feature_stats.h); defined in stats_ops.cpp. out's tensors are
 // [F, K] (values in f's dtype, rows and groups i32) and count [F] i32; histogram [F, kHistogramBins]

@@ -1,51 +1,39 @@
-// The architecture options of a training run (rows of the option table, sae/train/options.cpp):
-// their choice types, the rules of which option applies to which architecture (validate), and
-// what they resolve to for the step (ArchOptions) and for a fresh initialisation (ArchInit).
-// Defaults that depend on the architecture ("auto"), docs/architectures.md §2:
-//   unit-norm decoder: on for topk, batchtopk and jumprelu with the step penalty; off otherwise
-//   tied init:         on for every architecture but standard (which keeps the study's init)
-//   b_dec:             the geometric median for topk and batchtopk; the init's own otherwise
+// A training run's architecture: the unit its config names (sae/arch/registry.h), the values of every
+// option that unit reads (its rows as given or defaulted, and the common options it reads), the
+// rules of which option applies to which unit, and how a run's first parameters are made.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "sae/arch.h"
-#include "sae/arch_init.h"
+#include "sae/arch/registry.h"
 
 namespace sae {
 
 struct TrainConfig;
 struct TrainingData;
 
-enum class Toggle { Auto, On, Off };
-Toggle parse_unit_norm_decoder(const std::string& text);  // UsageError naming --unit-norm-decoder
-Toggle parse_init_tied(const std::string& text);          // UsageError naming --init-tied
-const char* toggle_name(Toggle t);                        // "auto", "on", "off"
-
-enum class BDecChoice { Auto, Zero, GeometricMedian };
-BDecChoice parse_init_b_dec(const std::string& text);  // UsageError naming --init-b-dec
-const char* b_dec_choice_name(BDecChoice c);
-
-// UsageError (one line naming the option) for an architecture option out of range, or given with
-// an architecture it does not apply to (given = a value other than the default).
+const ArchUnit& run_unit(const TrainConfig& c);  // UsageError naming --architecture for an unknown one
+// Every option the unit reads, by name.
+ArchSettings arch_settings(const TrainConfig& c);
+// The settings of a run of `unit` with these option values (by name; every other option at its
+// default), for programs that make a step without a TrainConfig (benchmarks, tests).
+ArchSettings arch_settings(const std::string& unit, const std::vector<std::pair<std::string, Json>>& given,
+                           int64_t dead_window = 1000000);
+// UsageError (one line naming the option) for an architecture option given with a unit that does
+// not read it (given = a value other than the row's default), lambda's options with a unit without
+// lambda, and the unit's own range checks.
 void validate_architecture_options(const TrainConfig& c);
 
-bool resolved_unit_norm_decoder(const TrainConfig& c);
-// What the step needs (d_in: AuxK's default k_aux is d_in / 2).
-ArchOptions arch_options(const TrainConfig& c, int64_t d_in);
-// How a fresh run starts.
-ArchInit arch_init(const TrainConfig& c);
-
-// A fresh run's parameters (the standard init for the standard SAE with default options, exactly
-// as before the architectures existed).
+// A fresh run's parameters (the standard SAE with default options: the study's init, exactly).
 SaeParams fresh_params(const TrainConfig& c, TrainingData& data);
-// --init: the folder's architecture must be the run's (UsageError otherwise); a topk or batchtopk
-// run without --k takes the folder's.
+// --init: the folder's architecture must be the run's (UsageError otherwise); a run without --k takes
+// the folder's k when the unit has one.
 void adopt_init_architecture(TrainConfig& c, const SaeParams& loaded);
 // AuxK's clock (tokens since each latent fired) from the dead-feature tracker's last-fired token
-// counts; `clock` is empty when the step has no AuxK.
-void set_dead_clock(std::vector<int64_t>& clock, const std::vector<int64_t>& last_fired, int64_t tokens);
+// counts; `clock` is null when the step keeps none.
+void set_dead_clock(std::vector<int64_t>* clock, const std::vector<int64_t>& last_fired, int64_t tokens);
 
 // Tokens of the first batches a run will train on (normalised as it will see them), up to
 // `max_tokens` and, for activation data, never more than the data holds, as float64 [n, d] (the

@@ -14,8 +14,8 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
-#include "sae/train/arch_checkpoint.h"
 #include "io/safetensors.h"
+#include "sae/arch/registry.h"
 
 namespace fs = std::filesystem;
 
@@ -106,10 +106,12 @@ void require(bool ok, const std::string& path, const std::string& what) {
 }  // namespace
 
 Json saelens_config(const SaeParams& params, const Json& extra) {
+  const ArchUnit& unit = unit_of(params);
   Json cfg = Json::object();
-  cfg["architecture"] = "standard";
+  cfg["architecture"] = unit.folder_architecture(params);
   cfg["d_in"] = params.d_in();
   cfg["d_sae"] = params.d_sae();
+  if (params.transcoder) cfg["d_out"] = params.d_out();
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
@@ -118,9 +120,21 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   Json metadata = Json::object();
   metadata["sae_lens_version"] = "6.0.0";
   metadata["sae_lens_training_version"] = "6.0.0";
+  // A run from text says where its activations came from as SAELens does (model_name, hook_name,
+  // hook_head_index, context_size, prepend_bos): the data description carries them.
+  if (extra.is_object() && extra.has("data") && extra.at("data").is_object() &&
+      extra.at("data").has("saelens_metadata") && extra.at("data").at("saelens_metadata").is_object())
+    for (const auto& [key, value] : extra.at("data").at("saelens_metadata").items()) metadata[key] = value;
   cfg["metadata"] = metadata;
+  // An attn.hook_z SAE reads the heads flattened, which SAELens says so.
+  if (metadata.has("hook_name") && metadata.at("hook_name").is_string() &&
+      metadata.at("hook_name").as_string().find("hook_z") != std::string::npos)
+    cfg["reshape_activations"] = "hook_z";
   cfg["sae_cpp"] = extra;
-  set_architecture_keys(cfg, params);
+  Json& ours = cfg["sae_cpp"];
+  ours["training_architecture"] = unit.name();
+  if (params.sources > 1) ours["sources"] = params.sources;
+  unit.set_cfg_keys(params, cfg, ours);
   return cfg;
 }
 
@@ -137,7 +151,8 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
   try {
-    write_safetensors((temp / kWeightsFile).string(), saelens_weights(params));
+    const ArchUnit& unit = unit_of(params);
+    write_safetensors((temp / kWeightsFile).string(), unit.saelens_weights(params));
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
     // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.
@@ -148,7 +163,8 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
       for (const auto& [name, v] : state->adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
       tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
       Json info = Json::object();
-      add_training_state_extras(tensors, info, params);
+      info["architecture"] = unit.name();
+      unit.save_state(params, tensors, info);
       info["format"] = kStateFormat;
       info["version"] = 1;
       info["step"] = state->step;
@@ -177,25 +193,30 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());
   require(out.cfg.is_object(), cfg_path.string(), "expected a JSON object");
-  try {
-    // Every key the loader reads is type-checked here, so that an error names this file.
-    for (const char* key : {"d_in", "d_sae", "k"})
+  // Every key the loader reads is type-checked first (the unit checks its own), so that an error
+  // names this file.
+  auto checked = [&](const std::function<void()>& check) {
+    try {
+      check();
+    } catch (const DataError& e) {
+      throw DataError(cat(cfg_path.string(), ": ", e.what()));
+    }
+  };
+  checked([&] {
+    for (const char* key : {"d_in", "d_sae"})
       if (out.cfg.has(key)) out.cfg.at(key).as_int();
-    for (const char* key : {"apply_b_dec_to_input", "rescale_acts_by_decoder_norm"})
-      if (out.cfg.has(key)) out.cfg.at(key).as_bool();
+    if (out.cfg.has("apply_b_dec_to_input")) out.cfg.at("apply_b_dec_to_input").as_bool();
     if (out.cfg.has("architecture")) out.cfg.at("architecture").as_string();
     if (out.cfg.has("sae_cpp")) {
       const Json& ours = out.cfg.at("sae_cpp");
       if (!ours.is_object()) throw DataError("sae_cpp must be an object");
       if (ours.has("training_architecture")) ours.at("training_architecture").as_string();
-      if (ours.has("k")) ours.at("k").as_int();
-      if (ours.has("batchtopk_threshold")) ours.at("batchtopk_threshold").as_number();
     }
-  } catch (const DataError& e) {
-    throw DataError(cat(cfg_path.string(), ": ", e.what()));
-  }
+  });
+  const ArchUnit& unit = unit_for_folder(out.cfg, cfg_path.string());
+  checked([&] { unit.check_cfg(out.cfg); });
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
-  out.params = saelens_params(weights, out.cfg, weights_path.string());
+  out.params = unit.import_saelens(weights, out.cfg, weights_path.string());
   if (out.params.d_in() < 1 || out.params.d_sae() < 1)
     throw DataError(cat(weights_path.string(), ": an SAE needs d_in >= 1 and d_sae >= 1, W_enc is [", out.params.d_in(),
                         ", ", out.params.d_sae(), "]"));
@@ -232,17 +253,20 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
             cat("step, tokens and adam_steps must be >= 0, got ", st.step, ", ", st.tokens, ", ", st.adam.steps));
     require(std::isfinite(st.dataset_scale) && st.dataset_scale > 0, where,
             cat("dataset_scale must be a positive number, got ", st.dataset_scale));
-    read_training_state_extras(file, state_info, out.params);
+    const std::string state_arch = state_info.has("architecture") ? state_info.at("architecture").as_string() : "standard";
+    require(state_arch == unit.name(), where,
+            cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));
+    unit.load_state(file, state_info, out.params);
     st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
-    for (int i = 0; i < 8; ++i) {
-      const Tensor& param = *out.params.slots()[i];
-      if (!param.defined()) continue;
-      const std::string name = SaeParams::kSlotNames[i];
+    auto params = out.params.present(), m_all = st.adam.m.present(), v_all = st.adam.v.present();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string& name = params[i].first;
+      const Tensor& param = *params[i].second;
       Tensor m = file.read_f32("adam_m." + name), v = file.read_f32("adam_v." + name);
       require(m.shape() == param.shape() && v.shape() == param.shape(), where,
               cat("Adam moments of ", name, " have the wrong shape"));
-      *st.adam.m.slots()[i] = m.to(device);
-      *st.adam.v.slots()[i] = v.to(device);
+      *m_all[i].second = m.to(device);
+      *v_all[i].second = v.to(device);
     }
     // The dead-feature clocks: token counts, stored as F64 (exact below 2^53), each in [0, tokens].
     const SafetensorsEntry& fired = file.entry("last_fired");

@@ -22,7 +22,7 @@
 
 #include "io/json.h"
 #include "sae/data/batches.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/unit.h"
 
 namespace sae {
 

@@ -2,10 +2,13 @@
 // TrainConfig and a codec for its type (text, JSON).
 #include "sae/train/options.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <type_traits>
+
+#include "sae/arch/registry.h"
 
 namespace sae {
 
@@ -102,6 +105,18 @@ Codec<bool> long_stories() {
           [](const bool& v) { return Json(v ? "split" : "error"); }, [parse](const Json& j) { return parse(j.as_string()); }};
 }
 
+// --bos-activations skip|keep, held as TrainConfig::keep_bos_activations.
+Codec<bool> skip_or_keep() {
+  auto parse = [](const std::string& t) {
+    if (t == "skip") return false;
+    if (t == "keep") return true;
+    throw UsageError(cat("--bos-activations: expected skip or keep, got '", t, "'"));
+  };
+  return {[parse](const std::string&, const std::string& t) { return parse(t); },
+          [](const bool& v) { return std::string(v ? "keep" : "skip"); },
+          [](const bool& v) { return Json(v ? "keep" : "skip"); }, [parse](const Json& j) { return parse(j.as_string()); }};
+}
+
 // An enum stored by name; parse_fn throws UsageError naming the option.
 template <typename E>
 Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
@@ -111,16 +126,10 @@ Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
           [parse_fn](const Json& j) { return parse_fn(j.as_string()); }};
 }
 
-// What "--name" alone means for a value type other than a flag: toggles are switched on.
-template <typename T>
-std::string implicit_value() {
-  if constexpr (std::is_same_v<T, Toggle>) return "on";
-  return std::string();
-}
-
 // One row: `field` gives the TrainConfig member the option sets.
 template <typename Field, typename T>
-TrainOption row(const char* name, const char* group, const char* help, OptionRole role, const char* json_key,
+TrainOption row(const char* name, const std::string& group, const std::string& help, OptionRole role,
+                const char* json_key,
                 Field field, Codec<T> codec, std::optional<std::string> when_missing = std::nullopt) {
   TrainOption o;
   o.name = name;
@@ -129,7 +138,7 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
   o.role = role;
   o.json_key = json_key;
   o.is_flag = codec.flag;
-  o.implicit_value = codec.flag ? std::string("true") : implicit_value<T>();
+  o.implicit_value = codec.flag ? std::string("true") : std::string();
   o.when_missing = when_missing;
   // The getters take the config by const reference; the field accessor is written once for both.
   auto get = [field](const TrainConfig& c) -> const T& { return field(const_cast<TrainConfig&>(c)); };
@@ -151,30 +160,72 @@ TrainOption row(const char* name, const char* group, const char* help, OptionRol
 
 #define FIELD(member) [](TrainConfig& c) -> auto& { return c.member; }
 
+// --architecture: a unit's name (sae/arch/registry.h).
+Codec<std::string> architecture_codec() {
+  auto check = [](const std::string& t) { return arch_unit(t).name(); };
+  return {[check](const std::string&, const std::string& t) { return check(t); },
+          [](const std::string& v) { return v; }, [](const std::string& v) { return Json(v); },
+          [check](const Json& j) { return check(j.as_string()); }};
+}
+
+// A unit's option row (sae/arch/settings.h): its value lives in TrainConfig::arch, by name.
+TrainOption arch_option(const ArchOption& a, const std::string& group) {
+  TrainOption o;
+  o.name = a.name;
+  o.group = group;
+  o.help = cat(a.help, " [", units_reading(a.name), "]");
+  o.role = OptionRole::Defines;
+  o.json_key = a.json_key;
+  o.implicit_value = a.implicit_value;
+  o.when_missing = a.when_missing.empty() ? a.default_text : a.when_missing;
+  auto value = [a](const TrainConfig& c) { return c.arch.has(a.name) ? c.arch.at(a.name) : a.default_value(); };
+  o.text = [a, value](const TrainConfig& c) { return a.text(value(c)); };
+  o.parse = [a](TrainConfig& c, const std::string& t) { c.arch.set(a.name, a.parse(t)); };
+  o.to_json = value;
+  o.from_json = [a](TrainConfig& c, const Json& j) { c.arch.set(a.name, a.from_json(j)); };
+  o.copy = [a, value](TrainConfig& to, const TrainConfig& from) { to.arch.set(a.name, value(from)); };
+  return o;
+}
+
 std::vector<TrainOption> make_table() {
   const char* training = "Training";
-  const char* architecture = "Architecture (docs/architectures.md; auto = the architecture's default)";
+  const std::string architecture = "Architecture (docs/architectures.md; auto = the architecture's default)";
   const char* synthetic = "Synthetic data (--data synthetic)";
   const char* target = "L0 set point (docs/architectures.md §2.9)";
   const char* text_group = "Text through a language model (--model, --text)";
   const char* stats_group = "Feature statistics (what each feature fires on; sae_browser shows them)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
-  return {
+  std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
-      row("model", text_group, "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json): train "
-          "on its activations, computed from --text inside the loop", defines, "model", FIELD(model), text(),
-          std::string()),
+      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, "
+          "model.safetensors, tokenizer.json): train on its activations, computed from --text inside the loop",
+          defines, "model", FIELD(model), text(), std::string()),
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
-          "with a \"text\" field", defines, "text", FIELD(text), text(), std::string()),
+          "(--text-field), plain or compressed (.jsonl.gz, .jsonl.zst)", defines, "text", FIELD(text), text(),
+          std::string()),
       row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
           defines, "layer", FIELD(layer), integer(), "2"),
+      row("hook", text_group, "train at this hook point instead of --layer, named as SAELens names it: "
+          "blocks.L.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out | "
+          "ln2.hook_normalized | attn.hook_z (docs/models.md)", defines, "hook", FIELD(hook), text(), std::string()),
       row("long-stories", text_group, "a story longer than the model's positions: error | split (into pieces)", defines,
           "long_stories", FIELD(split_long_stories), long_stories(), "error"),
+      row("text-field", text_group, "JSON lines: the field that holds each document's text", defines, "text_field",
+          FIELD(text_field), text(), "text"),
+      row("prepend-bos", text_group, "on | off | auto: a BOS token at the start of every window (auto: when the "
+          "model's tokenizer adds one, as Llama 3's does; GPT-2's and Pythia's do not)", defines, "prepend_bos",
+          FIELD(prepend_bos), choice(parse_bos_mode, bos_mode_name), "off"),  // runs from before it had none
+      row("context-size", text_group, "positions per window: every document is cut into windows of this many, "
+          "the BOS included, as SAELens does (0: the model's positions, and --long-stories decides)", defines,
+          "context_size", FIELD(context_size), integer(), "0"),
+      row("bos-activations", text_group, "skip | keep: train on the activations at BOS positions (skipped by "
+          "default: their norms are often 10-100x the others')", defines, "bos_activations",
+          FIELD(keep_bos_activations), skip_or_keep(), "skip"),
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
           "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
-      row("l1", training, "lambda, the sparsity coefficient: L1 (standard, gated) or the jumprelu penalty", defines,
+      row("l1", training, "lambda, the sparsity coefficient (of " + units_with_lambda() + ")", defines,
           "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),
       row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
@@ -199,10 +250,6 @@ std::vector<TrainOption> make_table() {
           FIELD(tf32), flag(), "false"),
       row("prefetch", training, "prepare the next batch on a worker thread: auto (on for CUDA) | on | off", controls,
           "prefetch", FIELD(prefetch), choice(parse_prefetch_mode, prefetch_mode_name), "auto"),
-      row("sparse", training,
-          "auto | on | off: sparse decoder and gradients, Adam fused in (auto: on steps whose feature density is low)",
-          defines, "sparse", FIELD(sparse), choice(parse_sparse_mode, sparse_mode_name),
-          "off"),  // runs from before --sparse were dense
       row("checkpoint-every", training, "steps between checkpoints", controls, "checkpoint_every",
           FIELD(checkpoint_every), integer()),
       row("log-every", training, "steps between metrics rows", controls, "log_every", FIELD(log_every), integer()),
@@ -218,38 +265,10 @@ std::vector<TrainOption> make_table() {
           choice(parse_progress_mode, progress_mode_name)),
       row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,
           "threads", FIELD(threads), integer(), "0"),
-      row("architecture", architecture, "standard | topk | batchtopk | jumprelu | gated", defines, "architecture",
-          FIELD(architecture), choice(parse_architecture, architecture_name), "standard"),
-      row("k", architecture, "(--k or -k) topk: latents kept per token; batchtopk: their mean (k N per batch); "
-          "required for both", defines, "k", FIELD(k), integer(), "0"),
-      row("auxk-coefficient", architecture, "topk, batchtopk: AuxK's alpha (dead latents predict the residual); 0 = off",
-          defines, "auxk_coefficient", FIELD(auxk_coefficient), number(), "0.03125"),
-      row("auxk-k", architecture, "topk, batchtopk: AuxK's k_aux, dead latents per token (0 = d_in / 2); dead = "
-          "--dead-window tokens without firing", defines, "auxk_k", FIELD(auxk_k), integer(), "0"),
-      row("unit-norm-decoder", architecture, "auto | on | off: decoder rows at norm 1 (gradient projected, rows "
-          "renormalised); auto = on for topk, batchtopk, jumprelu step", defines, "unit_norm_decoder",
-          FIELD(unit_norm_decoder), choice(parse_unit_norm_decoder, toggle_name), "auto"),
-      row("init-tied", architecture, "auto | on | off: W_enc = W_dec^T at init, unit rows, zero biases (auto = on "
-          "but for standard)", defines, "init_tied", FIELD(init_tied), choice(parse_init_tied, toggle_name), "auto"),
-      row("init-b-dec", architecture, "auto | zero | geometric_median (of the first 32768 training tokens); auto = "
-          "geometric_median for topk, batchtopk", defines, "init_b_dec", FIELD(init_b_dec),
-          choice(parse_init_b_dec, b_dec_choice_name), "auto"),
-      row("jumprelu-penalty", architecture, "jumprelu: step (lambda L0, DeepMind) | tanh (lambda sum tanh(c f "
-          "||W_dec||) + pre-activation loss, Anthropic)", defines, "jumprelu_penalty", FIELD(jumprelu_penalty),
-          choice(parse_jumprelu_penalty, jumprelu_penalty_name), "step"),
-      row("jumprelu-bandwidth", architecture, "jumprelu: bandwidth epsilon of the straight-through estimators",
-          defines, "jumprelu_bandwidth", FIELD(jumprelu_bandwidth), number(), "0.001"),
-      row("jumprelu-tanh-c", architecture, "jumprelu tanh: c", defines, "jumprelu_tanh_c", FIELD(jumprelu_tanh_c),
-          number(), "4"),
-      row("jumprelu-pre-act", architecture, "jumprelu tanh: lambda_P of the pre-activation loss "
-          "sum relu(theta - P) ||W_dec||", defines, "jumprelu_pre_act", FIELD(jumprelu_pre_act), number(), "0"),
-      row("jumprelu-init-threshold", architecture, "jumprelu: the initial threshold theta_0 (trained as log theta)",
-          defines, "jumprelu_init_threshold", FIELD(jumprelu_init_threshold), number(), "0.001"),
-      row("batchtopk-threshold-lr", architecture, "batchtopk: rate of the inference threshold's moving average of "
-          "the smallest kept activation", defines, "batchtopk_threshold_lr", FIELD(batchtopk_threshold_lr), number(),
-          "0.01"),
+      row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
+          FIELD(architecture), architecture_codec(), "standard"),
       row("target-l0", target, "an L0 set point: lambda is adjusted every step so that the average L0 reaches and "
-          "holds this many latents per token (standard, jumprelu, gated); it starts at --l1, or, with --l1 0, at the "
+          "holds this many latents per token (" + units_with_lambda() + "); it starts at --l1, or, with --l1 0, at the "
           "data's scale (docs/architectures.md 7.7); 0 = off",
           defines, "target_l0", FIELD(target_l0), number(), "0"),
       row("target-l0-ki", target, "the controller's integral gain K_i (per step, on log lambda)", defines,
@@ -292,6 +311,12 @@ std::vector<TrainOption> make_table() {
       row("synthetic-seed", synthetic, "seed of the generator", defines, "seed", FIELD(synthetic.seed),
           unsigned_integer()),
   };
+  // The architecture units' rows, after --architecture's.
+  auto at = std::find_if(table.begin(), table.end(), [](const TrainOption& o) { return o.name == "architecture"; }) + 1;
+  std::vector<TrainOption> units;
+  for (const ArchOption& a : arch_option_rows()) units.push_back(arch_option(a, architecture));
+  table.insert(at, units.begin(), units.end());
+  return table;
 }
 #undef FIELD
 
@@ -348,7 +373,8 @@ Json run_identity(const TrainConfig& config) {
 }
 
 Json data_stream_identity(const TrainConfig& config) {
-  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "long-stories",
+  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "hook", "long-stories",
+                                               "text-field", "prepend-bos", "context-size", "bos-activations",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
                                                "device", "prefetch", "threads"};
   Json all = config.to_json(), kept = Json::object();

@@ -14,7 +14,7 @@
 #include <string>
 
 #include "sae/data/prefetch.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/sae_step.h"
 #include "sae/train/feature_stats.h"
 #include "sae/train/train_config.h"
 

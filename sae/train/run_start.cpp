@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "sae/train/arch_config.h"
 #include "sae/train/options.h"
 
 namespace fs = std::filesystem;

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "sae/data/text_batches.h"
+#include "sae/train/arch_config.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
@@ -20,8 +20,15 @@ void TrainConfig::validate() const {
   require(!data.empty(), "--data: expected 'synthetic', a .safetensors or .npy file, or an activation cache folder");
   require((data == "text") == !model.empty(), "--model DIR and --text FILE train from text: give both, and no --data");
   require(model.empty() == text.empty(), "--model DIR and --text FILE go together");
-  check_layer_option(layer);
+  require(layer >= 0 && layer <= (1 << 20), cat("--layer must be a hidden_states index >= 0, got ", layer));  // as hook_choice says it
+  if (!hook.empty()) {
+    parse_hook_name(hook, "--hook");  // UsageError naming the option
+    require(!was_given("layer"), "--hook and --layer both say where to read activations: give one");
+  }
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
+  require(context_size >= 0 && context_size <= (int64_t(1) << 24),
+          cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
+  require(!text_field.empty(), "--text-field must not be empty");
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));
   require(std::isfinite(lr) && lr > 0 && lr < 10, cat("--lr must be in (0, 10), got ", lr));
@@ -36,6 +43,8 @@ void TrainConfig::validate() const {
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
+  validate_architecture_options(*this);
+  const TrainConfig defaults;
   if (target_l0 == 0) {
     // (Given ones: a run from before the gains' defaults changed records the old ones.)
     require(!was_given("target-l0-ki") && !was_given("target-l0-kp") && !was_given("target-l0-ema") &&
@@ -44,10 +53,6 @@ void TrainConfig::validate() const {
   } else {
     require(std::isfinite(target_l0) && target_l0 > 0 && target_l0 <= double(features),
             cat("--target-l0 must be in (0, --features = ", features, "], got ", target_l0));
-    require(architecture == Architecture::Standard || architecture == Architecture::JumpReLU ||
-                architecture == Architecture::Gated,
-            cat("--target-l0 applies to --architecture standard, jumprelu and gated; ", architecture_name(architecture),
-                " sets its L0 with --k"));
     require(std::isfinite(target_l0_ki) && target_l0_ki >= 0, cat("--target-l0-ki must be >= 0, got ", target_l0_ki));
     require(std::isfinite(target_l0_kp) && target_l0_kp >= 0, cat("--target-l0-kp must be >= 0, got ", target_l0_kp));
     require(target_l0_ema > 0 && target_l0_ema <= 1, cat("--target-l0-ema must be in (0, 1], got ", target_l0_ema));
@@ -58,11 +63,15 @@ void TrainConfig::validate() const {
                                          feature_stats_steps));
   check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
-  validate_architecture_options(*this);
 }
 
 bool TrainConfig::was_given(const std::string& option) const {
   return std::find(given.begin(), given.end(), option) != given.end();
+}
+
+HookSite TrainConfig::hook_site() const {
+  if (!hook.empty()) return parse_hook_name(hook, "--hook");
+  return HookSite{layer, HookPoint::FinalOutput};  // hidden_states[layer]: the model resolves it
 }
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }

@@ -8,12 +8,13 @@
 #include <vector>
 
 #include "io/json.h"
+#include "lm/hook_points.h"
+#include "lm/text_windows.h"
 #include "sae/data/batches.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/report/run_log.h"
-#include "sae/step/sae_step.h"
-#include "sae/train/arch_config.h"
+#include "sae/arch/settings.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -29,8 +30,13 @@ struct TrainConfig {
   std::string data = "synthetic";    // "synthetic", a .safetensors / .npy path, a cache folder, or "text"
   std::string model;                 // --model DIR (a Hugging Face GPT-Neo folder): train from text
   std::string text;                  // --text FILE: the corpus (.txt or .jsonl)
-  int64_t layer = 2;                 // hidden_states[layer] of the model
+  int64_t layer = 2;                 // hidden_states[layer] of the model (when no --hook)
+  std::string hook;                  // --hook NAME (lm/hook_points.h): where activations are read; "" = --layer
   bool split_long_stories = false;   // --long-stories split: cut stories longer than the model's positions
+  std::string text_field = "text";   // --text-field: the JSON lines field holding the text
+  BosMode prepend_bos = BosMode::Auto;  // --prepend-bos on|off|auto: a BOS before every window (lm/text_windows.h)
+  int64_t context_size = 0;          // --context-size: positions per window (0: the model's)
+  bool keep_bos_activations = false; // --bos-activations keep: train on the BOS positions too (default skip)
   int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
   SyntheticOptions synthetic;
   int64_t features = 10000;          // F (d_sae)
@@ -47,7 +53,6 @@ struct TrainConfig {
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
   bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
-  SparseMode sparse = SparseMode::Auto;       // sparse decoder and gradients (sae/step/sae_step.h)
   PrefetchMode prefetch = PrefetchMode::Auto;  // next batch on a worker thread (auto: on for CUDA)
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
@@ -56,22 +61,12 @@ struct TrainConfig {
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
   ProgressMode progress = ProgressMode::Auto;
-  // The architecture (sae/arch.h) and its options (sae/train/arch_config.h says which apply where).
-  // --l1 is the sparsity coefficient of every penalised architecture (standard and gated: L1;
-  // jumprelu: the step or tanh penalty); topk and batchtopk set their sparsity with k instead.
-  Architecture architecture = Architecture::Standard;
-  int64_t k = 0;                          // topk: latents per token, batchtopk: their mean (required)
-  double auxk_coefficient = 1.0 / 32.0;   // AuxK's alpha (topk, batchtopk); 0 = off
-  int64_t auxk_k = 0;                     // AuxK's k_aux; 0 = d_in / 2
-  Toggle unit_norm_decoder = Toggle::Auto;
-  Toggle init_tied = Toggle::Auto;
-  BDecChoice init_b_dec = BDecChoice::Auto;
-  JumpReluPenalty jumprelu_penalty = JumpReluPenalty::Step;
-  double jumprelu_bandwidth = 0.001;      // epsilon of the straight-through estimators
-  double jumprelu_tanh_c = 4.0;           // c of tanh(c f n)
-  double jumprelu_pre_act = 0.0;          // lambda_P of the pre-activation loss (tanh penalty)
-  double jumprelu_init_threshold = 0.001; // theta_0
-  double batchtopk_threshold_lr = 0.01;   // rate of BatchTopK's inference-threshold average
+  // The architecture (a unit of sae/arch/registry.h) and the values of its options' rows that were
+  // given (the command line, config.json); a unit's other options keep their rows' defaults
+  // (sae/train/arch_config.h arch_settings). --l1 is lambda, the sparsity coefficient of every unit
+  // that has one (ArchUnit::has_lambda); units whose sparsity is set otherwise refuse it.
+  std::string architecture = "standard";
+  ArchSettings arch;
 
   // --target-l0: the L0 set-point controller (sae/train/l0_controller.h); 0 = off. It starts at
   // --l1, or, when --l1 is 0, at the data's scale of lambda (lambda_scale; the run then records it
@@ -100,6 +95,7 @@ struct TrainConfig {
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
   std::string batch_name() const;        // "story" or the token count
+  HookSite hook_site() const;            // --hook, or hidden_states[--layer] (resolved by the model)
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };

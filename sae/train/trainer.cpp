@@ -12,7 +12,8 @@
 #include "io/csv.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
-#include "sae/step/sae_step.h"
+#include "sae/arch/sae_step.h"
+#include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/l0_controller.h"
 #include "sae/train/options.h"
@@ -90,7 +91,7 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
   if (c.target_l0 > 0) {  // where the L0 controller's lambda lives (l0_controller.h)
     cfg["resolved"]["target_l0_lambda_scale"] =
-        lambda_scale(c.architecture == Architecture::JumpReLU, data.mean_squared_norm, c.target_l0);
+        lambda_scale(c.architecture == "jumprelu", data.mean_squared_norm, c.target_l0);
     cfg["resolved"]["target_l0_mean_squared_norm"] = data.mean_squared_norm;
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
@@ -127,15 +128,15 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
   };
 }
 
-// The architectures' extra column (sae/arch.h): the auxiliary term as it enters the loss.
+// The unit's extra column: its auxiliary terms as they enter the loss.
 MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const StepSums& sums) {
-  if (run.params.architecture != Architecture::Standard) row.push_back({"aux_loss", sums.aux});
+  if (unit_of(run.params).reports_aux()) row.push_back({"aux_loss", sums.aux});
   return row;
 }
 
 L0ControllerSettings l0_controller_settings(const TrainConfig& c, const TrainingData& data) {
   L0ControllerSettings s;
-  s.scale = lambda_scale(c.architecture == Architecture::JumpReLU, data.mean_squared_norm, c.target_l0);
+  s.scale = lambda_scale(c.architecture == "jumprelu", data.mean_squared_norm, c.target_l0);
   s.target = c.target_l0;
   s.ki = c.target_l0_ki;
   s.kp = c.target_l0_kp;
@@ -319,9 +320,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
         }
       }
     }
-    m.step = std::make_unique<SaeStep>(max_tokens, d, config.features, DType::F32, device, config.sparse,
-                                       arch_options(config, d));
-    set_dead_clock(m.step->tokens_since_fired(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
+    m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), max_tokens, d, config.features,
+                                       DType::F32, device);
+    set_dead_clock(m.step->dead_clock(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
   }
   if (first_state) batcher.restore(first_state->batcher);
 
@@ -383,7 +384,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
       const double lambda = control ? run.controller->lambda() : config.l1_at(this_step);
       const double lr = config.lr_at(this_step);
       const StepSums sums = m.step->train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
-      if (!std::isfinite(sums.loss) || !std::isfinite(sums.rec) || !std::isfinite(sums.l1) || !std::isfinite(sums.aux))
+      if (!finite(sums))
         throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged at step ", this_step,
                                    ": loss is ", sums.loss, " (rec ", sums.rec, ", l1 ", sums.l1,
                                    "); the last good checkpoint is kept. Try a lower --lr."));
@@ -466,7 +467,9 @@ double measure_step_seconds(const TrainConfig& config) {
   SaeParams params = SaeParams::standard_init(d, config.features, rng).to(device);
   SaeAdamState adam = SaeAdamState::zeros_like(params, config.beta1, config.beta2, config.eps);
   const int64_t max_tokens = batcher.max_batch_tokens();
-  SaeStep step(max_tokens, d, config.features, DType::F32, device, SparseMode::Off);
+  TrainConfig dense;  // the study's step: the standard SAE, dense
+  dense.arch.set("sparse", Json("off"));
+  SaeStep step(arch_unit("standard"), arch_settings(dense), max_tokens, d, config.features, DType::F32, device);
   Tensor raw = Tensor::empty(Shape{max_tokens, d}), normalized = Tensor::empty(Shape{max_tokens, d});
   BatchStats stats;
   auto one_step = [&] {

@@ -1,5 +1,5 @@
 // build/bin/sae_apply end to end: a tiny checkpoint written here (save_checkpoint), inputs as .npy,
-// the binary run as a child process, and its .npy outputs compared with SparseAutoencoder::encode
+// the binary run as a child process, and its .npy outputs compared with StandardSae::encode
 // and decode run in-process. Then the usage (exit 2) and data (exit 1) error cases, each with a
 // one-line message. No Python needed.
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@
 
 #include "autograd/variable.h"
 #include "sae/train/checkpoint.h"
-#include "sae/model.h"
+#include "tests/util/standard_sae.h"
 #include "io/json.h"
 #include "io/npy.h"
 #include "tensor/ops.h"
@@ -24,6 +24,7 @@
 #include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::StandardSae;
 using sae::testing::max_abs_diff;
 using sae::testing::max_abs;
 namespace fs = std::filesystem;
@@ -56,11 +57,11 @@ int count_lines(const std::string& s) {
 struct TinySae {
   TempDir dir{"apply"};
   std::string sae_dir, input;
-  std::unique_ptr<SparseAutoencoder> model;
+  std::unique_ptr<StandardSae> model;
   Tensor x;
   explicit TinySae(int64_t n) {
     Rng rng(1234);
-    model = std::make_unique<SparseAutoencoder>(5, 7, rng);
+    model = std::make_unique<StandardSae>(5, 7, rng);
     sae_dir = dir.str("sae");
     Json extra = Json::object();
     extra["note"] = "test_cli_apply";
@@ -107,8 +108,16 @@ TEST(CliApply, OnlyFeaturesRequested) {
   auto r =
       run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.input) + " --features-out " + quote(f_path));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(fs::exists(f_path));
   EXPECT_FALSE(fs::exists(s.dir.str("xhat.npy")));
+  // The features written are the model's encoding of the input.
+  NoGradGuard no_grad;
+  const Tensor want = s.model->encode(Variable(s.x)).data();
+  NpyFile file = NpyFile::open(f_path);
+  EXPECT_EQ(file.descr(), "<f4");
+  ASSERT_EQ(file.shape(), (std::vector<int64_t>{3, 7}));
+  const Tensor got = file.read_f32();
+  EXPECT_LE(max_abs_diff(got, want), 1e-6 * (1.0 + max_abs(want)));
+  EXPECT_GT(max_abs(want), 0.0);  // some feature fires: the comparison sees values, not only zeros
 }
 
 TEST(CliApply, HelpExitsZero) {
@@ -198,7 +207,7 @@ TEST(CliApply, AppliesWhatSaeTrainWrites) {
   Checkpoint ck = load_checkpoint(run + "/sae", Device::CPU);
   ASSERT_TRUE(ck.state.has_value());
   NoGradGuard no_grad;
-  const SparseAutoencoder model(ck.params);
+  const StandardSae model(ck.params);
   Variable f = model.encode(Variable(x));
   Variable xhat = model.decode(f);
   EXPECT_LE(max_abs_diff(NpyFile::open(f_path).read_f32(), f.data()), 1e-6 * (1.0 + max_abs(f.data())));
@@ -225,7 +234,7 @@ TEST(CliApply, GivesTheSaeItsInputsNormalisedAsInTraining) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("inputs normalised: story"), std::string::npos) << r.out;
 
-  const SparseAutoencoder model(load_checkpoint(run + "/sae", Device::CPU).params);
+  const StandardSae model(load_checkpoint(run + "/sae", Device::CPU).params);
   const Tensor f_bin = NpyFile::open(f_path).read_f32(), xhat_bin = NpyFile::open(xhat_path).read_f32();
   NoGradGuard no_grad;
   int64_t first = 0;

@@ -1,6 +1,7 @@
 // sae_train's bad-input contract (docs/contract.md §5): one clear line on stderr naming the option or
 // file, exit 2 for usage errors and 1 for data errors, never a crash. Also kill -9 mid-run leaves
-// only loadable checkpoints, and --help works.
+// only loadable checkpoints; --help works, a good run writes what an in-process run of its config.json
+// writes, and a run on a PATH without gnuplot succeeds with one note.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -8,9 +9,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "sae/report/plot.h"
 #include "sae/train/checkpoint.h"
+#include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -46,6 +50,17 @@ void write_floats(const std::string& path, int64_t tokens, int64_t d, float valu
 }
 }  // namespace
 
+namespace {
+// The line of `text` that starts with `prefix` ("" when none does).
+std::string line_starting(const std::string& text, const std::string& prefix) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line))
+    if (line.rfind(prefix, 0) == 0) return line;
+  return "";
+}
+}  // namespace
+
 TEST(Cli, HelpAndAGoodRun) {
   TempDir dir("cli_ok");
   auto help = run_binary("sae_train", "--help", dir);
@@ -53,11 +68,57 @@ TEST(Cli, HelpAndAGoodRun) {
   EXPECT_NE(help.out.find("--features"), std::string::npos);
   EXPECT_NE(help.out.find("--resume"), std::string::npos);
   auto ok = run_binary("sae_train", kTiny + " --out " + dir.str("run"), dir);
-  EXPECT_EQ(ok.exit_code, 0) << ok.err;
-  EXPECT_NE(ok.out.find("concept recovery"), std::string::npos) << ok.out;
-  EXPECT_TRUE(fs::exists(dir.str("run/sae/sae_weights.safetensors")));
-  EXPECT_GT(fs::file_size(dir.str("run/figures/loss.png")), 1000u);  // gnuplot drew the run's curves
-  EXPECT_GT(fs::file_size(dir.str("run/figures/sparsity.png")), 1000u);
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  // config.json holds the options given.
+  const Json cfg = Json::parse(sae::testing::read_file(dir.str("run/config.json")));
+  EXPECT_EQ(cfg.at("features").as_int(), 16);
+  EXPECT_EQ(cfg.at("steps").as_int(), 3);
+  EXPECT_EQ(cfg.at("lr").as_number(), 1e-3);
+  EXPECT_EQ(cfg.at("synthetic").at("d").as_int(), 8);
+  EXPECT_EQ(cfg.at("synthetic").at("concepts").as_int(), 12);
+  EXPECT_EQ(cfg.at("resolved").at("d_in").as_int(), 8);
+  // The run the program wrote is the run its config.json describes: the same run in this process
+  // writes the same weights and metrics, byte for byte, and the program's report has its numbers.
+  TrainConfig again = TrainConfig::from_json(cfg);
+  again.out = dir.str("again");
+  const TrainResult r = train(again);
+  EXPECT_EQ(sae::testing::read_file(dir.str("run/sae/sae_weights.safetensors")),
+            sae::testing::read_file(dir.str("again/sae/sae_weights.safetensors")));
+  EXPECT_EQ(sae::testing::read_file(dir.str("run/metrics.csv")), sae::testing::read_file(dir.str("again/metrics.csv")));
+  const std::string report = format_report(r);
+  for (const char* prefix : {"  final step: FVU", "  concept recovery: MMCS"}) {
+    EXPECT_NE(line_starting(report, prefix), "") << prefix;
+    EXPECT_EQ(line_starting(ok.out, prefix), line_starting(report, prefix)) << ok.out;
+  }
+  if (gnuplot_found()) {  // gnuplot drew the run's curves
+    EXPECT_GT(fs::file_size(dir.str("run/figures/loss.png")), 1000u);
+    EXPECT_GT(fs::file_size(dir.str("run/figures/sparsity.png")), 1000u);
+  }
+}
+
+TEST(Cli, RunsWithoutGnuplotAndSaysSoOnce) {
+  // A PATH without gnuplot: the runs succeed, the figures' data and scripts are written, and one
+  // line of stdout (not a warning on stderr) says the PNGs were not drawn, however many SAEs.
+  TempDir dir("cli_no_gnuplot");
+  fs::create_directories(dir.str("empty_path"));
+  const std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  ::setenv("PATH", dir.str("empty_path").c_str(), 1);
+  const bool found = gnuplot_found();
+  auto r = run_binary("sae_train", kTiny + " --l1-list 0.5,1 --out " + dir.str("run"), dir);
+  ::setenv("PATH", path.c_str(), 1);
+  EXPECT_FALSE(found);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  const std::string note = "figures: not drawn (no gnuplot on PATH)";
+  EXPECT_NE(r.out.find(note), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(note), r.out.rfind(note)) << "the note more than once:\n" << r.out;
+  for (const char* run : {"l1_0.5", "l1_1"}) {
+    const std::string figures = dir.str(cat("run/", run, "/figures/"));
+    EXPECT_TRUE(fs::exists(dir.str(cat("run/", run, "/sae/sae_weights.safetensors")))) << run;
+    for (const char* file : {"loss.gp", "loss.dat", "sparsity.gp", "sparsity.dat"})
+      EXPECT_TRUE(fs::exists(figures + file) && fs::file_size(figures + file) > 0) << run << " " << file;
+    EXPECT_FALSE(fs::exists(figures + "loss.png")) << run;
+  }
 }
 
 TEST(Cli, UsageErrorsExitTwo) {

@@ -5,7 +5,7 @@
 // a synthetic run, a text run on the fixture model, and a page whose token text is hostile markup.
 // The rendered DOM must hold every feature row, the chosen (or searched) feature's panel, shaded
 // tokens, and the script's completion marker, with no error; screenshots are kept in
-// build/browser_test/. Without chromium those tests skip, saying so.
+// build/browser_test/. Without chromium those tests skip, saying so (fail with SAE_REQUIRE_CHROMIUM=1).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -79,11 +79,20 @@ std::string find_chromium() {
   return "";
 }
 
+bool chromium_required() {
+  const char* v = std::getenv("SAE_REQUIRE_CHROMIUM");
+  return v && std::string(v) == "1";
+}
+
+// Without chromium the test skips, saying so; with SAE_REQUIRE_CHROMIUM=1 in the environment it
+// fails instead (as SAE_REQUIRE_GPU=1 does for the CUDA tests, tests/util/gpu.h).
 #define SKIP_WITHOUT_CHROMIUM(browser)                                                                  \
   const std::string browser = find_chromium();                                                         \
-  if (browser.empty())                                                                                  \
-  GTEST_SKIP() << "chromium is not installed (scripts/install-deps.sh installs Debian's chromium): the " \
-                  "rendered page is not checked"
+  if (browser.empty()) {                                                                                \
+    if (chromium_required()) FAIL() << "SAE_REQUIRE_CHROMIUM=1 but chromium is not installed";         \
+    GTEST_SKIP() << "chromium is not installed (scripts/install-deps.sh installs Debian's chromium): the " \
+                    "rendered page is not checked";                                                    \
+  }
 
 // The DOM Chromium has after running the page's script, and a 1200x900 screenshot kept under
 // build/browser_test/<name>.png.
@@ -265,7 +274,7 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
   // The first promoted token of feature 5 is the largest W_dec[5] . lm_head[v].
   const Checkpoint sae = load_checkpoint(dir.str("run/sae"), Device::CPU, false);
   const GptNeo model = GptNeo::load(ref("model"));
-  const std::vector<double> dec = sae.params.W_dec.to_vector(), unembed = model.parameter("lm_head").to_vector();
+  const std::vector<double> dec = sae.params.W_dec.to_vector(), unembed = model.unembedding().to_vector();
   const int64_t d = 32, vocab = model.config().vocab_size;
   int64_t best = 0;
   double best_value = -INFINITY;

@@ -12,8 +12,8 @@
 #include "lm/gpt_neo.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
-#include "sae/arch_init.h"
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
+#include "tests/util/standard_sae.h"
 #include "sae/data/activations.h"
 #include "sae/data/synthetic.h"
 #include "sae/features/token_text.h"
@@ -22,6 +22,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::unit_settings;
 using sae::testing::read_file;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
@@ -32,15 +33,14 @@ namespace {
 std::string ref(const std::string& name) { return sae::testing::ref_path("text_train/" + name); }
 
 // A fresh SAE of `architecture` for the fixture's width (32), saved as a folder trained per story.
-SaeParams make_sae(Architecture architecture, uint64_t seed) {
-  ArchInit init;
-  init.architecture = architecture;
-  init.k = 3;
-  init.tied = architecture != Architecture::Standard;
+SaeParams make_sae(const std::string& architecture, uint64_t seed) {
+  std::vector<std::pair<std::string, Json>> given = {{"init-b-dec", Json("zero")}};
+  if (architecture != "standard") given.push_back({"unit-norm-decoder", Json("off")});
+  if (architecture == "topk" || architecture == "batchtopk") given.push_back({"k", Json(3)});
+  if (architecture == "jumprelu") given.push_back({"jumprelu-init-threshold", Json(0.3)});
   Rng rng(seed);
-  SaeParams p = arch_initial_params(init, 32, 24, rng, {});
-  if (architecture == Architecture::BatchTopK) p.batchtopk_threshold = 0.2;
-  if (architecture == Architecture::JumpReLU) p.log_threshold = Tensor::full(Shape{24}, std::log(0.3));
+  SaeParams p = arch_unit(architecture).initial_params(unit_settings(architecture, given), 32, 24, rng, {});
+  if (architecture == "batchtopk") p.settings["threshold"] = 0.2;
   return p;
 }
 
@@ -58,7 +58,7 @@ struct StoryData {
 
 // Every story through the model, normalised per story and encoded: the brute force's own pass.
 std::vector<StoryData> encode_all(const SaeParams& p) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   std::vector<StoryData> out;
   StoryReader reader(ref("stories.txt"));
@@ -102,7 +102,7 @@ std::vector<std::vector<Top>> brute_force(const std::vector<StoryData>& stories,
 
 // Checks the JSON entries against the brute force, field by field.
 void expect_entries(const Json& entries, const std::vector<StoryData>& stories, const std::vector<std::vector<Top>>& want,
-                    const Gpt2Tokenizer& tokenizer, const std::string& what) {
+                    const BpeTokenizer& tokenizer, const std::string& what) {
   size_t at = 0;
   int64_t compared = 0;
   for (size_t j = 0; j < want.size(); ++j)
@@ -159,15 +159,15 @@ TEST(TokenText, DisplayAndAnnotation) {
 }
 
 TEST(TopStories, EveryArchitectureEqualsBruteForce) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
-  for (Architecture a : {Architecture::Standard, Architecture::TopK, Architecture::BatchTopK, Architecture::JumpReLU,
-                         Architecture::Gated}) {
+  for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
     const SaeParams sae = make_sae(a, 17);
     const std::vector<StoryData> stories = encode_all(sae);
     InputNormalization normalization;
     normalization.kind = Normalization::Story;
-    auto inputs = text_story_inputs(model, tokenizer, ref("stories.txt"), 2, normalization, 0, Device::CPU);
+    auto inputs = text_story_inputs(model, tokenizer, TextStoryOptions{ref("stories.txt"), "text", {2, HookPoint::ResidPre}},
+                                    normalization, 0, Device::CPU);
     for (int64_t n : {1, 4}) {
       GatherSummary summary;
       const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{n, 3}, &summary);
@@ -175,7 +175,7 @@ TEST(TopStories, EveryArchitectureEqualsBruteForce) {
       EXPECT_EQ(summary.tokens, 578);
       const Json entries = top_story_entries(sae, *inputs, stats, &tokenizer);
       expect_entries(entries, stories, brute_force(stories, 24, n), tokenizer,
-                     cat(architecture_name(a), " top ", n));
+                     cat(a, " top ", n));
     }
   }
 }
@@ -183,8 +183,8 @@ TEST(TopStories, EveryArchitectureEqualsBruteForce) {
 TEST(TopStories, ActivationFileWithTokenIds) {
   // The fixture's activations (HF's hidden_states[2]) with its token ids: the stories are read from
   // the file, and named by the tokenizer.
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
-  const SaeParams sae = make_sae(Architecture::Standard, 5);
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  const SaeParams sae = make_sae("standard", 5);
   std::unique_ptr<ActivationSource> source = open_activations(ref("acts.safetensors"), SyntheticOptions{});
   InputNormalization normalization;
   normalization.kind = Normalization::Story;
@@ -216,7 +216,7 @@ TEST(TopStories, ActivationFileWithTokenIds) {
 
 TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
   TempDir dir("sae_features_cli");
-  const SaeParams sae = make_sae(Architecture::TopK, 23);
+  const SaeParams sae = make_sae("topk", 23);
   save_sae(sae, dir.str("sae"));
   const std::string args = " --sae " + dir.str("sae") + " --model " + ref("model") + " --text " + ref("stories.txt") +
                            " --top 3 --out " + dir.str("features.json") + " --stats-out " + dir.str("stats.safetensors");
@@ -224,7 +224,7 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("16 stories (578 tokens)"), std::string::npos) << r.out;
   const Json entries = Json::parse(read_file(dir.str("features.json")));
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const std::vector<StoryData> stories = encode_all(sae);
   expect_entries(entries, stories, brute_force(stories, 24, 3), tokenizer, "sae_features");
   const FeatureStats stats = FeatureStats::load(dir.str("stats.safetensors"));
@@ -245,7 +245,7 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
 
 TEST(TopStories, BadInputGetsOneLine) {
   TempDir dir("sae_features_errors");
-  save_sae(make_sae(Architecture::Standard, 2), dir.str("sae"));
+  save_sae(make_sae("standard", 2), dir.str("sae"));
   const std::string sae = " --sae " + dir.str("sae"), text = " --model " + ref("model") + " --text " + ref("stories.txt");
   std::vector<float> flat(10 * 32, 0.5f);
   sae::testing::write_raw_safetensors(dir.str("npy_like.safetensors"),

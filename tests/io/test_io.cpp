@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "io/atomic_file.h"
+#include "tensor/rng.h"
 #include "io/float_convert.h"
 #include "io/json.h"
 #include "io/mapped_file.h"

@@ -2,17 +2,17 @@
 // parameters, and the fused SaeStep against the autograd reference (values and every gradient).
 #include <gtest/gtest.h>
 
-#include "tests/util/step_util.h"
 
 #include <cmath>
 
 #include "tests/util/gradcheck.h"
-#include "sae/model.h"
-#include "sae/step/sae_step.h"
+#include "tests/util/standard_sae.h"
+#include "sae/arch/sae_step.h"
 #include "tensor/ops.h"
 #include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::StandardSae;
 using sae::testing::max_abs_diff;
 using sae::testing::max_abs;
 using sae::testing::fused_backward;
@@ -53,7 +53,7 @@ TEST(SaeModel, GradcheckFullLossAllFourParameters) {
   Problem p = make_problem(6, 5, 9, DType::F64, 21);
   Tensor x = p.x;
   auto loss = [x, lambda](const std::vector<Variable>& v) {
-    SparseAutoencoder sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
+    StandardSae sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
     // Use the given Variables (not copies) so gradients flow to them.
     sae.W_enc = v[0];
     sae.b_enc = v[1];
@@ -64,7 +64,7 @@ TEST(SaeModel, GradcheckFullLossAllFourParameters) {
   EXPECT_LT(gradcheck(loss, {p.W_enc, p.b_enc, p.W_dec, p.b_dec}), 1e-7);
   // rec and l1 separately, so neither term can hide behind the other
   auto l1_only = [x](const std::vector<Variable>& v) {
-    SparseAutoencoder sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
+    StandardSae sae(v[0].data(), v[1].data(), v[2].data(), v[3].data());
     sae.W_enc = v[0], sae.b_enc = v[1], sae.W_dec = v[2], sae.b_dec = v[3];
     return sae.loss(Variable(x), 0.0).l1;
   };
@@ -74,7 +74,7 @@ TEST(SaeModel, GradcheckFullLossAllFourParameters) {
 TEST(SaeModel, LossValuesByDefinition) {
   // rec and l1 recomputed element by element from the definitions in docs/contract.md §1.
   Problem p = make_problem(4, 3, 5, DType::F64, 5);
-  SparseAutoencoder sae(p.W_enc, p.b_enc, p.W_dec, p.b_dec);
+  StandardSae sae(p.W_enc, p.b_enc, p.W_dec, p.b_dec);
   auto loss = sae.loss(Variable(p.x), 2.0);
   auto x = p.x.to_vector(), we = p.W_enc.to_vector(), be = p.b_enc.to_vector(), wd = p.W_dec.to_vector(),
        bd = p.b_dec.to_vector();
@@ -105,12 +105,12 @@ namespace {
 void compare_fused_with_autograd(int64_t n, int64_t d, int64_t f, DType dtype, double lambda, double tol,
                                  uint64_t seed) {
   Problem p = make_problem(n, d, f, dtype, seed, 0.0);
-  SparseAutoencoder reference(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
+  StandardSae reference(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
   auto loss = reference.loss(Variable(p.x), lambda);
   loss.total.backward();
 
-  SparseAutoencoder fused(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
-  SaeStep step(n + 3, d, f, dtype, Device::CPU);  // workspace larger than the batch on purpose
+  StandardSae fused(p.W_enc.clone(), p.b_enc.clone(), p.W_dec.clone(), p.b_dec.clone());
+  SaeStep step = sae::testing::standard_step(n + 3, d, f, dtype, Device::CPU);  // workspace larger than the batch on purpose
   // Poison the gradients: the step must overwrite them entirely.
   for (Variable& param : fused.parameters()) param.grad() = Tensor::full(param.shape(), NAN, dtype);
   StepSums sums = fused_backward(step, fused, p.x, lambda);
@@ -146,8 +146,8 @@ TEST(SaeStep, FusedMatchesAutogradFloat32LargeEnoughToThread) {
 
 TEST(SaeStep, RejectsBadBatches) {
   Rng rng(1);
-  SparseAutoencoder sae(4, 6, rng);
-  SaeStep step(8, 4, 6, DType::F32, Device::CPU);
+  StandardSae sae(4, 6, rng);
+  SaeStep step = sae::testing::standard_step(8, 4, 6, DType::F32, Device::CPU);
   EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{9, 4}), 1.0), Error);  // too many tokens
   EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{3, 5}), 1.0), Error);  // wrong width
 }

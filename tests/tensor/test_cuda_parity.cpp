@@ -289,6 +289,7 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
   struct Tf32Off {
     ~Tf32Off() { cuda_set_tf32(false); }
   } restore;
+  // Random products: within TF32's rounding with it on, within float32's with it off.
   Rng rng(9);
   Tensor a = random_cpu(Shape{128, 512}, DType::F32, rng, -1.0, 1.0);
   Tensor b = random_cpu(Shape{512, 64}, DType::F32, rng, -1.0, 1.0);
@@ -297,6 +298,17 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
   expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{5e-2, 1e-2}, "matmul tf32");
   cuda_set_tf32(false);
   expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{1e-6 * 520, 1e-5}, "matmul f32 after tf32 off");
+  // A product whose float32 and TF32 results are known exactly: every a = 1 + 2^-12 (a float32, but
+  // a quarter of TF32's last mantissa bit at 1, so TF32 reads it as 1, rounding or truncating), every
+  // b = 1, k = 512: each partial sum of m terms is m (1 + 2^-12), exact in float32 for m <= 2048, so
+  // the float32 result is 512.125 in any summation order and the TF32 result 512.
+  const Tensor ones_a = Tensor::full(Shape{128, 512}, 1.0 + std::ldexp(1.0, -12)), ones_b = Tensor::full(Shape{512, 64}, 1.0);
+  cuda_set_tf32(true);
+  expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.0), kExact,
+                   "tf32 on: inputs rounded to TF32");
+  cuda_set_tf32(false);
+  expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.125), kExact,
+                   "tf32 off again: float32 inputs");
 }
 
 TEST(CudaParity, Transpose) {

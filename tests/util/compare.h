@@ -1,12 +1,14 @@
 // Tensor comparisons shared by the tests: element-wise closeness with NaN/Inf rules, closeness
-// relative to the reference's scale (for results of long sums in another order), bitwise equality,
-// and the relative distance of two saved SAEs. (Random inputs: random_inputs.h.)
+// relative to the reference's scale (for results of long sums in another order; an all-zero
+// reference compared exactly), bitwise equality, NaN-filled outputs for kernels to overwrite, and
+// the relative distance of two saved SAEs. (Random inputs: random_inputs.h.)
 #pragma once
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -42,21 +44,44 @@ inline void expect_close(const Tensor& got, const Tensor& ref, Tolerance tol, co
 }
 
 // max |got - ref| <= rel * max |ref| + atol: for results of long sums whose rounding depends on the
-// summation order (GEMMs, gradients). The reference must not be all zeros.
+// summation order (GEMMs, gradients). A reference of all zeros (or an empty one) has no scale: then
+// every value must be exactly 0, or within the atol the test states. A NaN or an infinity in the
+// reference is a failure (it would carry no information about got), and so is one in got.
 inline void expect_close_to_scale(const Tensor& got, const Tensor& ref, double rel, const std::string& what,
                                   double atol = 0.0) {
   ASSERT_EQ(got.shape(), ref.shape()) << what;
   const std::vector<double> g = got.to_vector(), r = ref.to_vector();
+  if (r.empty()) return;  // nothing to compare (an empty batch)
   double scale = 0.0, worst = 0.0;
   size_t worst_at = 0;
-  for (double v : r) scale = std::max(scale, std::abs(v));
+  int64_t non_finite = 0;
+  size_t first_non_finite = 0;
   for (size_t i = 0; i < r.size(); ++i) {
-    const double diff = std::isnan(g[i]) ? INFINITY : std::abs(g[i] - r[i]);
+    if (std::isfinite(r[i]))
+      scale = std::max(scale, std::abs(r[i]));
+    else if (non_finite++ == 0)
+      first_non_finite = i;
+  }
+  if (non_finite > 0)
+    ADD_FAILURE() << what << ": " << non_finite << " of " << r.size() << " reference values are not finite (index "
+                  << first_non_finite << ": " << r[first_non_finite] << ")";
+  for (size_t i = 0; i < r.size(); ++i) {
+    if (!std::isfinite(r[i])) continue;
+    const double diff = std::isfinite(g[i]) ? std::abs(g[i] - r[i]) : INFINITY;
     if (diff > worst) worst = diff, worst_at = i;
   }
-  EXPECT_GT(scale, 0.0) << what << ": reference is all zeros";
+  if (scale == 0.0) {
+    EXPECT_LE(worst, atol) << what << ": the reference is all zeros, so the result must be too (atol " << atol
+                           << "); index " << worst_at << " is " << g[worst_at];
+    return;
+  }
   EXPECT_LE(worst, rel * scale + atol) << what << ": worst at index " << worst_at << ": got " << g[worst_at]
                                        << ", want " << r[worst_at] << " (max |want| " << scale << ")";
+}
+
+// A tensor of NaN, for the outputs a kernel must write: one it never writes fails the comparison.
+inline Tensor nan_filled(const Shape& shape, DType dtype, Device device = Device::CPU) {
+  return Tensor::full(shape, std::numeric_limits<double>::quiet_NaN(), dtype, device);
 }
 
 inline void expect_bitwise_equal(const Tensor& got, const Tensor& want, const std::string& what) {

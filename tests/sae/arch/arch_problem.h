@@ -8,7 +8,7 @@
 #include <functional>
 #include <vector>
 
-#include "sae/arch.h"
+#include "sae/arch/reference.h"
 #include "sae/params.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
@@ -20,25 +20,46 @@ struct ArchProblem {
   Tensor x;
 };
 
-inline ArchProblem draw_arch_problem(Architecture a, int64_t n, int64_t d, int64_t f, int64_t k, Rng& rng) {
+// The dictionary tensor or own tensor `name` of p, and its autograd variable in v.
+inline Tensor& tensor_named(SaeParams& p, const std::string& name) {
+  if (name == "W_enc") return p.W_enc;
+  if (name == "b_enc") return p.b_enc;
+  if (name == "W_dec") return p.W_dec;
+  if (name == "b_dec") return p.b_dec;
+  return p.own_tensor(name);
+}
+inline Variable& variable_named(ArchVariables& v, const std::string& name) {
+  if (name == "W_enc") return v.W_enc;
+  if (name == "b_enc") return v.b_enc;
+  if (name == "W_dec") return v.W_dec;
+  if (name == "b_dec") return v.b_dec;
+  for (auto& [key, var] : v.own)
+    if (key == name) return var;
+  throw Error(cat("no variable ", name));
+}
+
+inline bool topk_family(const std::string& a) { return a == "topk" || a == "batchtopk"; }
+
+inline ArchProblem draw_arch_problem(const std::string& a, int64_t n, int64_t d, int64_t f, int64_t k, Rng& rng) {
   ArchProblem out;
   SaeParams& p = out.params;
-  p.architecture = a;
-  p.k = is_topk_family(a) ? k : 0;
+  p.kind = a;
+  if (topk_family(a)) p.settings["k"] = k;
+  if (a == "batchtopk") p.settings["threshold"] = 0.0;
   out.x = add(normal_tensor(Shape{n, d}, 0.0, 1.0, rng, DType::F64),
               uniform_tensor(Shape{d}, -0.5, 0.5, rng, DType::F64));
   p.W_dec = normal_tensor(Shape{f, d}, 0.0, 1.0, rng, DType::F64);
   p.W_dec = mul(div(p.W_dec, norm2(p.W_dec, 1, true)), uniform_tensor(Shape{f, 1}, 0.5, 1.5, rng, DType::F64));
   p.W_enc = add(mul_scalar(transpose(p.W_dec), 0.8), normal_tensor(Shape{d, f}, 0.0, 0.3, rng, DType::F64));
   p.b_dec = normal_tensor(Shape{d}, 0.0, 0.2, rng, DType::F64);
-  if (a == Architecture::Gated) {
-    p.b_gate = normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64);
-    p.b_mag = normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64);
-    p.r_mag = normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64);
+  if (a == "gated") {
+    p.own.push_back({"b_gate", normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64)});
+    p.own.push_back({"b_mag", normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64)});
+    p.own.push_back({"r_mag", normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64)});
   } else {
     p.b_enc = normal_tensor(Shape{f}, 0.0, 0.3, rng, DType::F64);
   }
-  if (a == Architecture::JumpReLU) p.log_threshold = log(uniform_tensor(Shape{f}, 0.3, 1.2, rng, DType::F64));
+  if (a == "jumprelu") p.own.push_back({"log_threshold", log(uniform_tensor(Shape{f}, 0.3, 1.2, rng, DType::F64))});
   return out;
 }
 
@@ -48,10 +69,11 @@ inline double arch_margin(const ArchProblem& prob, int64_t k, double bandwidth, 
   const SaeParams& p = prob.params;
   const int64_t n = prob.x.size(0), f = p.d_sae();
   double margin = INFINITY;
-  if (p.architecture == Architecture::Gated) {
+  if (p.kind == "gated") {
     const Tensor Q = matmul(prob.x, p.W_enc);
-    for (double v : add(Q, p.b_gate).to_vector()) margin = std::min(margin, std::abs(v));
-    for (double v : add(mul(Q, exp(p.r_mag)), p.b_mag).to_vector()) margin = std::min(margin, std::abs(v));
+    for (double v : add(Q, p.own_tensor("b_gate")).to_vector()) margin = std::min(margin, std::abs(v));
+    for (double v : add(mul(Q, exp(p.own_tensor("r_mag"))), p.own_tensor("b_mag")).to_vector())
+      margin = std::min(margin, std::abs(v));
     return margin;
   }
   const std::vector<double> P = add(matmul(prob.x, p.W_enc), p.b_enc).to_vector();
@@ -65,16 +87,16 @@ inline double arch_margin(const ArchProblem& prob, int64_t k, double bandwidth, 
       if (keep < static_cast<int64_t>(row.size())) margin = std::min(margin, row[keep - 1] - row[keep]);
     }
   };
-  if (p.architecture == Architecture::TopK) row_gap(k, nullptr);
+  if (p.kind == "topk") row_gap(k, nullptr);
   if (allowed) row_gap(k_aux, allowed);
-  if (p.architecture == Architecture::BatchTopK) {
+  if (p.kind == "batchtopk") {
     std::vector<double> a;
     for (double v : P) a.push_back(std::max(v, 0.0));
     std::sort(a.rbegin(), a.rend());
     if (a[k * n - 1] > 0) margin = std::min(margin, a[k * n - 1] - a[k * n]);
   }
-  if (p.architecture == Architecture::JumpReLU) {
-    const std::vector<double> theta = exp(p.log_threshold).to_vector();
+  if (p.kind == "jumprelu") {
+    const std::vector<double> theta = exp(p.own_tensor("log_threshold")).to_vector();
     for (int64_t t = 0; t < n; ++t)
       for (int64_t i = 0; i < f; ++i) {
         const double dist = P[t * f + i] - theta[i];
@@ -86,7 +108,7 @@ inline double arch_margin(const ArchProblem& prob, int64_t k, double bandwidth, 
 
 // Draws (seed, seed + 1, ...), each changed by `tweak`, until arch_margin >= margin and `accept`
 // agrees.
-inline ArchProblem well_conditioned_problem(Architecture a, int64_t n, int64_t d, int64_t f, int64_t k, uint64_t seed,
+inline ArchProblem well_conditioned_problem(const std::string& a, int64_t n, int64_t d, int64_t f, int64_t k, uint64_t seed,
                                             double margin, double bandwidth = 0.5,
                                             const std::vector<uint8_t>* allowed = nullptr, int64_t k_aux = 0,
                                             const std::function<bool(const ArchProblem&)>& accept = nullptr,
@@ -103,8 +125,8 @@ inline ArchProblem well_conditioned_problem(Architecture a, int64_t n, int64_t d
 inline ArchProblem to_dtype(const ArchProblem& prob, DType dtype) {
   ArchProblem out = prob;
   out.x = prob.x.to(dtype);
-  for (int i = 0; i < 8; ++i)
-    if (prob.params.slots()[i]->defined()) *out.params.slots()[i] = prob.params.slots()[i]->to(dtype);
+  out.params = prob.params.clone();
+  for (auto& [name, t] : out.params.present()) *t = t->to(dtype);
   return out;
 }
 

@@ -1,16 +1,14 @@
 // Every architecture against the PyTorch float64 fixture (scripts/gen_arch_fixtures.py): the autograd
-// reference (sae/arch_model.h) and the fused step (sae/step/arch_step.h) in float64 and float32, on
+// reference (each unit's reference_loss) and the fused step (SaeStep) in float64 and float32, on
 // the loss terms, latents, AuxK's dead mask and activations, every raw and projected gradient, and
 // the 5-step Adam trajectories (losses, final parameters, BatchTopK's threshold, the dead clock).
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "sae/arch_model.h"
-#include "sae/model.h"
-#include "sae/step/arch_step.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
-#include "sae/step/sae_step.h"
 #include "tensor/ops.h"
 #include "tests/sae/arch/arch_fixture.h"
 #include "tests/util/compare.h"
@@ -23,6 +21,7 @@ using sae::testing::arch_cases;
 using sae::testing::arch_fixture;
 using sae::testing::ArchCase;
 using sae::testing::expect_close_to_scale;
+using sae::TopKFamilyStep;
 
 namespace {
 
@@ -45,20 +44,18 @@ SaeAdamState fixture_adam(const SaeParams& p) {
   return SaeAdamState::zeros_like(p, fx.scalar("cfg.beta1"), fx.scalar("cfg.beta2"), fx.scalar("cfg.adam_eps"));
 }
 
-// The fused step of the case (SaeStep hands the other architectures to ArchStep).
+// The fused step of the case.
 SaeStep make_step(const ArchCase& c, DType dtype, bool unit_norm) {
-  ArchOptions o = c.options;
-  o.unit_norm_decoder = unit_norm;
   const int64_t n = arch_fixture().integer("cfg.N"), d = arch_fixture().integer("cfg.D"),
                 f = arch_fixture().integer("cfg.F");
-  return SaeStep(n, d, f, dtype, Device::CPU, c.options.architecture == Architecture::Standard ? SparseMode::Off
-                                                                                                : SparseMode::On,
-                 o);
+  return SaeStep(c.arch(), c.settings(unit_norm), n, d, f, dtype, Device::CPU);
 }
 
 void set_clock(SaeStep& step, const ArchCase& c) {
-  if (c.options.auxk_coefficient > 0) step.tokens_since_fired() = ints_of(c.name + ".state.tokens_since_fired");
+  if (c.auxk) *step.dead_clock() = ints_of(c.name + ".state.tokens_since_fired");
 }
+
+TopKFamilyStep& topk_step(SaeStep& step) { return dynamic_cast<TopKFamilyStep&>(step.unit_step()); }
 
 }  // namespace
 
@@ -70,14 +67,14 @@ TEST(ArchFixture, ReferenceMatchesTheFixtureInFloat64) {
     const Tensor x = arch_case_tensor(c, "x", DType::F64);
     // The dead mask the reference uses is the one the clock gives after this batch's firings.
     std::vector<uint8_t> dead;
-    const bool auxk = c.options.auxk_coefficient > 0;
+    const bool auxk = c.auxk;
     if (auxk) dead = fixture_dead_mask(c);
     const ArchVariables v = ArchVariables::leaves(p);
-    ArchReferenceLoss loss = arch_reference_loss(c.options, v, x, c.lambda, auxk ? &dead : nullptr);
+    ReferenceLoss loss = c.arch().reference_loss(c.settings(), v, x, c.lambda, auxk ? &dead : nullptr, nullptr);
     loss.total.backward();
     if (auxk) {
       std::vector<int64_t> clock = ints_of(name + ".state.tokens_since_fired");
-      EXPECT_EQ(dead_after_batch(clock, loss.fired, x.size(0), c.options.dead_tokens), dead);
+      EXPECT_EQ(dead_after_batch(clock, loss.fired, x.size(0), c.dead_tokens), dead);
       expect_close_to_scale(loss.aux_acts, arch_case_tensor(c, "out.aux_acts", DType::F64), 1e-12, "aux_acts");
       expect_scalar(loss.aux.data().item(), arch_fixture().scalar(name + ".loss.aux"), 1e-12, "aux");
     }
@@ -101,7 +98,7 @@ TEST(ArchFixture, FusedStepGradientsMatchTheFixture) {
       const Tensor x = arch_case_tensor(c, "x", dtype);
       // Raw gradients (the projection off), then the projected decoder gradient of unit-norm cases.
       for (bool unit_norm : {false, true}) {
-        if (unit_norm && !c.options.unit_norm_decoder) continue;
+        if (unit_norm && !c.unit_norm) continue;
         const SaeParams p = arch_case_params(c, dtype);
         SaeStep step = make_step(c, dtype, unit_norm);
         set_clock(step, c);
@@ -112,15 +109,14 @@ TEST(ArchFixture, FusedStepGradientsMatchTheFixture) {
         expect_close_to_scale(step.features().to(DType::F64), arch_case_tensor(c, "out.f", DType::F64), rel, "f");
         expect_close_to_scale(step.reconstruction().to(DType::F64), arch_case_tensor(c, "out.x_hat", DType::F64), rel,
                               "x_hat");
-        if (c.options.auxk_coefficient > 0) {
-          ArchStep* arch = step.arch_step();
-          EXPECT_EQ(arch->dead_mask(), fixture_dead_mask(c));
-          expect_close_to_scale(arch->aux_activations().to(DType::F64),
+        if (c.auxk) {
+          EXPECT_EQ(topk_step(step).dead_mask(), fixture_dead_mask(c));
+          expect_close_to_scale(topk_step(step).aux_activations().to(DType::F64),
                                 arch_case_tensor(c, "out.aux_acts", DType::F64), rel, "aux_acts");
           expect_scalar(s.aux, arch_fixture().scalar(name + ".loss.aux"), rel, "aux");
         }
         for (const auto& [slot, tensor] : g.present()) {
-          const std::string which = unit_norm && std::string(slot) == "W_dec" ? "grad_proj." : "grad.";
+          const std::string which = unit_norm && slot == "W_dec" ? "grad_proj." : "grad.";
           expect_close_to_scale(tensor->to(DType::F64), arch_case_tensor(c, which + slot, DType::F64), rel,
                                 which + slot);
         }
@@ -142,30 +138,32 @@ TEST(ArchFixture, FiveAdamStepsFollowTheFixtureTrajectory) {
       SaeParams p = arch_case_params(c, dtype);
       SaeAdamState adam = fixture_adam(p);
       const Tensor x = arch_case_tensor(c, "x", dtype);
-      SaeStep step = make_step(c, dtype, c.options.unit_norm_decoder);
+      SaeStep step = make_step(c, dtype, c.unit_norm);
       set_clock(step, c);
       const std::vector<double> losses = fx.values(name + ".traj.loss"), recs = fx.values(name + ".traj.rec");
       for (int64_t t = 0; t < steps; ++t) {
         const StepSums s = step.train_step(p, adam, x, c.lambda, lr());
         expect_scalar(s.loss, losses[t], rel, "loss at step " + std::to_string(t + 1));
         expect_scalar(s.rec, recs[t], rel, "rec at step " + std::to_string(t + 1));
-        if (c.options.auxk_coefficient > 0) {
+        if (c.auxk) {
           int64_t dead = 0;
-          for (uint8_t m : step.arch_step()->dead_mask()) dead += m;
+          for (uint8_t m : topk_step(step).dead_mask()) dead += m;
           EXPECT_EQ(dead, ints_of(name + ".traj.n_dead")[t]) << "step " << t + 1;
         }
         if (name == "batchtopk")
-          expect_scalar(p.batchtopk_threshold, fx.values("batchtopk.traj.threshold")[t], rel, "threshold");
+          expect_scalar(p.settings.at("threshold").as_number(), fx.values("batchtopk.traj.threshold")[t], rel,
+                        "threshold");
       }
       const SaeParams want = arch_case_params(c, DType::F64, "final");
-      for (int i = 0; i < 8; ++i) {
-        ASSERT_EQ(p.slots()[i]->defined(), want.slots()[i]->defined()) << SaeParams::kSlotNames[i];
-        if (p.slots()[i]->defined())
-          expect_close_to_scale(p.slots()[i]->to(DType::F64), *want.slots()[i], rel,
-                                std::string("final ") + SaeParams::kSlotNames[i]);
+      const auto got = p.present();
+      const auto wanted = want.present();
+      ASSERT_EQ(got.size(), wanted.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(got[i].first, wanted[i].first);
+        expect_close_to_scale(got[i].second->to(DType::F64), *wanted[i].second, rel, "final " + got[i].first);
       }
-      if (c.options.auxk_coefficient > 0) {
-        EXPECT_EQ(step.tokens_since_fired(), ints_of(name + ".final.tokens_since_fired"));
+      if (c.auxk) {
+        EXPECT_EQ(*step.dead_clock(), ints_of(name + ".final.tokens_since_fired"));
       }
     }
   }

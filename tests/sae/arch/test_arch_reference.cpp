@@ -1,4 +1,4 @@
-// The architectures' autograd reference (sae/arch_model.h) on its own: float64 gradchecks of every
+// The architecture units' autograd references (reference_loss) on their own: float64 gradchecks of every
 // loss where it is differentiable (the stop-gradient values frozen, the selections held by margins),
 // the straight-through gradients of JumpReLU checked element by element against their formulas,
 // the selections against brute force, the inference rules, the geometric median against the
@@ -7,8 +7,9 @@
 
 #include <cmath>
 
-#include "sae/arch_init.h"
-#include "sae/arch_model.h"
+#include "sae/arch/dictionary.h"
+#include "sae/arch/jumprelu/jumprelu.h"
+#include "sae/arch/registry.h"
 #include "tensor/ops.h"
 #include "tests/sae/arch/arch_fixture.h"
 #include "tests/sae/arch/arch_problem.h"
@@ -21,50 +22,49 @@ using sae::testing::ArchProblem;
 using sae::testing::expect_close_to_scale;
 using sae::testing::gradcheck;
 using sae::testing::max_abs;
+using sae::testing::tensor_named;
+using sae::testing::unit_settings;
+using sae::testing::variable_named;
 using sae::testing::well_conditioned_problem;
 
 namespace {
 constexpr int64_t kN = 6, kD = 5, kF = 12;
 
-// Gradcheck of `term` of the loss with respect to the named slots; the other slots are constants.
-double check_term(const ArchOptions& o, const ArchProblem& prob, double lambda, const std::vector<std::string>& names,
-                  const std::vector<uint8_t>* dead, const ArchFrozen* frozen,
-                  Variable ArchReferenceLoss::*term = &ArchReferenceLoss::total) {
-  std::vector<int> slots;
+// Gradcheck of `term` of the unit's loss with respect to the named tensors; the others are constants.
+double check_term(const ArchSettings& settings, const ArchProblem& prob, double lambda,
+                  const std::vector<std::string>& names, const std::vector<uint8_t>* dead, const ArchFrozen* frozen,
+                  Variable ReferenceLoss::*term = &ReferenceLoss::total) {
+  SaeParams base = prob.params;
   std::vector<Tensor> inputs;
-  for (const std::string& name : names)
-    for (int i = 0; i < 8; ++i)
-      if (name == SaeParams::kSlotNames[i]) {
-        slots.push_back(i);
-        inputs.push_back(*prob.params.slots()[i]);
-      }
-  EXPECT_EQ(slots.size(), names.size());
+  for (const std::string& name : names) inputs.push_back(tensor_named(base, name));
   const Tensor x = prob.x;
-  const SaeParams base = prob.params;
+  const ArchUnit& unit = arch_unit(base.kind);
   auto f = [&, x, base](const std::vector<Variable>& v) {
     ArchVariables vars = ArchVariables::leaves(base, false);
-    Variable* all[8] = {&vars.W_enc, &vars.b_enc, &vars.W_dec, &vars.b_dec,
-                        &vars.log_threshold, &vars.b_gate, &vars.b_mag, &vars.r_mag};
-    for (size_t j = 0; j < slots.size(); ++j) *all[slots[j]] = v[j];
-    return arch_reference_loss(o, vars, x, lambda, dead, frozen).*term;
+    for (size_t j = 0; j < names.size(); ++j) variable_named(vars, names[j]) = v[j];
+    return unit.reference_loss(settings, vars, x, lambda, dead, frozen).*term;
   };
   return gradcheck(f, inputs);
 }
 
-ArchOptions options_for(Architecture a, int64_t k = 3) {
-  ArchOptions o;
-  o.architecture = a;
-  o.k = k;
-  o.jumprelu_bandwidth = 0.5;
-  return o;
+// The unit's settings for these tests: k 3, bandwidth 0.5, no AuxK unless asked.
+ArchSettings settings_for(const std::string& a, std::vector<std::pair<std::string, Json>> given = {}) {
+  if (a == "topk" || a == "batchtopk") {
+    given.push_back({"k", Json(3)});
+    bool auxk = false;
+    for (const auto& [name, value] : given) auxk |= name == "auxk-coefficient";
+    if (!auxk) given.push_back({"auxk-coefficient", Json(0.0)});
+  }
+  if (a == "jumprelu") given.push_back({"jumprelu-bandwidth", Json(0.5)});
+  return unit_settings(a, given);
 }
 }  // namespace
 
 TEST(ArchReference, GradcheckTopKAndBatchTopK) {
-  for (Architecture a : {Architecture::TopK, Architecture::BatchTopK}) {
-    SCOPED_TRACE(architecture_name(a));
+  for (const std::string a : {"topk", "batchtopk"}) {
+    SCOPED_TRACE(a);
     const ArchProblem prob = well_conditioned_problem(a, kN, kD, kF, 3, 100, 1e-3);
-    EXPECT_LT(check_term(options_for(a), prob, 0.0, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
+    EXPECT_LT(check_term(settings_for(a), prob, 0.0, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
   }
 }
 
@@ -72,44 +72,41 @@ TEST(ArchReference, GradcheckAuxKWithTheResidualFrozen) {
   // Half the latents dead; the AuxK term alone and the total, e and Z held at the base point.
   std::vector<uint8_t> dead(kF, 0);
   for (int64_t i = 0; i < kF; i += 2) dead[i] = 1;
-  for (Architecture a : {Architecture::TopK, Architecture::BatchTopK}) {
-    SCOPED_TRACE(architecture_name(a));
-    ArchOptions o = options_for(a);
-    o.auxk_coefficient = 0.25;
-    o.auxk_k = 2;
+  for (const std::string a : {"topk", "batchtopk"}) {
+    SCOPED_TRACE(a);
+    const ArchSettings o = settings_for(a, {{"auxk-coefficient", Json(0.25)}, {"auxk-k", Json(2)}});
     const ArchProblem prob = well_conditioned_problem(a, kN, kD, kF, 3, 200, 1e-3, 0.5, &dead, 2);
-    const ArchReferenceLoss base = arch_reference_loss(o, ArchVariables::leaves(prob.params, false), prob.x, 0, &dead);
+    const ReferenceLoss base =
+        arch_unit(a).reference_loss(o, ArchVariables::leaves(prob.params, false), prob.x, 0, &dead, nullptr);
     ASSERT_GT(base.aux.data().item(), 0.0);
     ArchFrozen frozen;
     frozen.residual = sub(prob.x, base.x_hat);
     const std::vector<std::string> all = {"W_enc", "b_enc", "W_dec", "b_dec"};
-    EXPECT_LT(check_term(o, prob, 0.0, all, &dead, &frozen, &ArchReferenceLoss::aux), 1e-7);
+    EXPECT_LT(check_term(o, prob, 0.0, all, &dead, &frozen, &ReferenceLoss::aux), 1e-7);
     EXPECT_LT(check_term(o, prob, 0.0, all, &dead, &frozen), 1e-7);
   }
 }
 
 TEST(ArchReference, GradcheckGatedWithTheAuxiliaryDecoderFrozen) {
-  const ArchProblem prob = well_conditioned_problem(Architecture::Gated, kN, kD, kF, 0, 300, 1e-3);
+  const ArchProblem prob = well_conditioned_problem("gated", kN, kD, kF, 0, 300, 1e-3);
   ArchFrozen frozen;
   frozen.W_dec = prob.params.W_dec.clone();
   frozen.b_dec = prob.params.b_dec.clone();
   const std::vector<std::string> all = {"W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"};
-  const ArchOptions o = options_for(Architecture::Gated);
+  const ArchSettings o = settings_for("gated");
   EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen), 1e-7);
-  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ArchReferenceLoss::aux), 1e-7);
-  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ArchReferenceLoss::sparsity), 1e-7);
+  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ReferenceLoss::aux), 1e-7);
+  EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ReferenceLoss::sparsity), 1e-7);
 }
 
 TEST(ArchReference, GradcheckJumpReluWhereItIsADerivative) {
   // Without straight-through to the input, P's gradient is the true one; the threshold's is not.
-  const ArchProblem prob = well_conditioned_problem(Architecture::JumpReLU, kN, kD, kF, 0, 400, 1e-3, 0.5);
-  ArchOptions step = options_for(Architecture::JumpReLU);
-  EXPECT_LT(check_term(step, prob, 0.2, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
-  ArchOptions tanh = step;
-  tanh.jumprelu_penalty = JumpReluPenalty::Tanh;
-  tanh.jumprelu_pre_act = 0.05;
-  EXPECT_LT(check_term(tanh, prob, 0.3, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
-  tanh.jumprelu_ste_to_input = true;  // then only the decoder's gradient is a derivative
+  // With the tanh penalty the estimators also feed P, so only the decoder's gradient is a derivative.
+  const ArchProblem prob = well_conditioned_problem("jumprelu", kN, kD, kF, 0, 400, 1e-3, 0.5);
+  EXPECT_LT(check_term(settings_for("jumprelu"), prob, 0.2, {"W_enc", "b_enc", "W_dec", "b_dec"}, nullptr, nullptr),
+            1e-7);
+  const ArchSettings tanh =
+      settings_for("jumprelu", {{"jumprelu-penalty", Json("tanh")}, {"jumprelu-pre-act", Json(0.05)}});
   EXPECT_LT(check_term(tanh, prob, 0.3, {"W_dec", "b_dec"}, nullptr, nullptr), 1e-7);
 }
 
@@ -117,16 +114,16 @@ TEST(ArchReference, StraightThroughGradientsElementByElement) {
   // loss = sum_{t,i} w_ti f_ti (and sum w_ti H_ti) with random w; the formulas of
   // docs/architectures.md §2.3 written out with loops.
   const double eps = 0.5;
-  const ArchProblem prob = well_conditioned_problem(Architecture::JumpReLU, kN, kD, kF, 0, 500, 1e-3, eps);
+  const ArchProblem prob = well_conditioned_problem("jumprelu", kN, kD, kF, 0, 500, 1e-3, eps);
   const Tensor P = add(matmul(prob.x, prob.params.W_enc), prob.params.b_enc);
   Rng rng(7);
   const Tensor w = uniform_tensor(P.shape(), -1.0, 1.0, rng, DType::F64);
-  const std::vector<double> p = P.to_vector(), wv = w.to_vector(), t = prob.params.log_threshold.to_vector();
+  const std::vector<double> p = P.to_vector(), wv = w.to_vector(), t = prob.params.own_tensor("log_threshold").to_vector();
   int64_t in_window = 0;
   for (bool ste_to_input : {false, true})
     for (bool step : {false, true}) {
       SCOPED_TRACE(std::string(step ? "step" : "jumprelu") + (ste_to_input ? " ste_to_input" : ""));
-      Variable pre(P.clone(), true), log_threshold(prob.params.log_threshold.clone(), true);
+      Variable pre(P.clone(), true), log_threshold(prob.params.own_tensor("log_threshold").clone(), true);
       const Variable out = step ? step_ste(pre, log_threshold, eps, ste_to_input)
                                 : jumprelu_ste(pre, log_threshold, eps, ste_to_input);
       ag::sum(out * Variable(w)).backward();
@@ -166,12 +163,11 @@ TEST(ArchReference, SelectionsBreakTiesByIndex) {
 
 TEST(ArchReference, InferenceRules) {
   // sae_encode against the rules of docs/architectures.md §3, element by element.
-  for (Architecture a : {Architecture::Standard, Architecture::TopK, Architecture::BatchTopK, Architecture::JumpReLU,
-                         Architecture::Gated}) {
-    SCOPED_TRACE(architecture_name(a));
+  for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
+    SCOPED_TRACE(a);
     Rng rng(11);
     ArchProblem prob = sae::testing::draw_arch_problem(a, kN, kD, kF, 4, rng);
-    prob.params.batchtopk_threshold = 0.4;
+    if (a == "batchtopk") prob.params.settings["threshold"] = 0.4;
     const std::vector<double> f = sae_encode(prob.params, prob.x).to_vector();
     const SaeParams& p = prob.params;
     const std::vector<double> Q = matmul(prob.x, p.W_enc).to_vector();
@@ -180,19 +176,19 @@ TEST(ArchReference, InferenceRules) {
       std::vector<std::pair<double, int64_t>> row;
       for (int64_t i = 0; i < kF; ++i) {
         const double q = Q[t * kF + i];
-        if (a == Architecture::Gated) {
-          const double gate = q + p.b_gate.to_vector()[i];
-          const double mag = q * std::exp(p.r_mag.to_vector()[i]) + p.b_mag.to_vector()[i];
+        if (a == "gated") {
+          const double gate = q + p.own_tensor("b_gate").to_vector()[i];
+          const double mag = q * std::exp(p.own_tensor("r_mag").to_vector()[i]) + p.own_tensor("b_mag").to_vector()[i];
           want[t * kF + i] = gate > 0 ? std::max(mag, 0.0) : 0.0;
           continue;
         }
         const double P = q + p.b_enc.to_vector()[i];
-        if (a == Architecture::Standard) want[t * kF + i] = std::max(P, 0.0);
-        if (a == Architecture::BatchTopK) want[t * kF + i] = P > 0.4 ? P : 0.0;
-        if (a == Architecture::JumpReLU) want[t * kF + i] = P > std::exp(p.log_threshold.to_vector()[i]) ? P : 0.0;
+        if (a == "standard") want[t * kF + i] = std::max(P, 0.0);
+        if (a == "batchtopk") want[t * kF + i] = P > 0.4 ? P : 0.0;
+        if (a == "jumprelu") want[t * kF + i] = P > std::exp(p.own_tensor("log_threshold").to_vector()[i]) ? P : 0.0;
         row.push_back({-P, i});
       }
-      if (a == Architecture::TopK) {
+      if (a == "topk") {
         std::sort(row.begin(), row.end());
         for (int64_t j = 0; j < 4; ++j) want[t * kF + row[j].second] = std::max(-row[j].first, 0.0);
       }
@@ -234,44 +230,43 @@ TEST(ArchReference, Initialisations) {
   // Tied: unit rows, W_enc = W_dec^T, zero biases; each architecture's own tensors; the standard
   // init unchanged; b_dec at the geometric median of the sample.
   Rng rng_a(5), rng_b(5);
-  ArchInit standard;
-  const SaeParams s = arch_initial_params(standard, 4, 6, rng_a, {});
+  const SaeParams s = arch_unit("standard").initial_params(unit_settings("standard"), 4, 6, rng_a, {});
   const SaeParams s_ref = SaeParams::standard_init(4, 6, rng_b);
-  for (int i = 0; i < 4; ++i)
-    sae::testing::expect_bitwise_equal(*s.slots()[i], *s_ref.slots()[i], SaeParams::kNames[i]);
+  const auto got = s.present();
+  const auto want = s_ref.present();
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < got.size(); ++i) sae::testing::expect_bitwise_equal(*got[i].second, *want[i].second, got[i].first);
   const std::vector<double> sample = {0, 0, 0, 1, /**/ 1, 1, 1, 1, /**/ 1, 1, 1, 1, /**/ 9, 9, 9, 9, /**/ 1, 1, 1, 2};
-  for (Architecture a : {Architecture::TopK, Architecture::JumpReLU, Architecture::Gated}) {
-    SCOPED_TRACE(architecture_name(a));
-    ArchInit init;
-    init.architecture = a;
-    init.k = 2;
-    init.tied = true;
-    init.unit_norm_decoder = true;
-    init.b_dec = BDecInit::GeometricMedian;
-    init.jumprelu_threshold = 0.05;
+  for (const std::string a : {"topk", "jumprelu", "gated"}) {
+    SCOPED_TRACE(a);
+    std::vector<std::pair<std::string, Json>> given = {{"init-tied", Json("on")},
+                                                       {"unit-norm-decoder", Json("on")},
+                                                       {"init-b-dec", Json("geometric_median")}};
+    if (a == "topk") given.push_back({"k", Json(2)});
+    if (a == "jumprelu") given.push_back({"jumprelu-init-threshold", Json(0.05)});
     Rng rng(9);
-    const SaeParams p = arch_initial_params(init, 4, 6, rng, sample);
-    EXPECT_EQ(p.architecture, a);
+    const SaeParams p = arch_unit(a).initial_params(unit_settings(a, given), 4, 6, rng, sample);
+    EXPECT_EQ(p.kind, a);
     for (double n : norm2(p.W_dec, 1).to_vector()) EXPECT_NEAR(n, 1.0, 1e-6);
     sae::testing::expect_bitwise_equal(p.W_enc, transpose(p.W_dec), "W_enc = W_dec^T");
     const GeometricMedian m = geometric_median(sample, 5, 4);
     expect_close_to_scale(p.b_dec.to(DType::F64), Tensor::from_vector(m.point, Shape{4}, DType::F64), 1e-7, "b_dec");
     EXPECT_LT(std::abs(m.point[0] - 1.0), 0.2);  // the outlier row (9, 9, 9, 9) does not pull it
-    if (a == Architecture::Gated) {
+    if (a == "gated") {
       EXPECT_FALSE(p.b_enc.defined());
-      EXPECT_EQ(max_abs(p.b_gate) + max_abs(p.b_mag) + max_abs(p.r_mag), 0.0);
+      EXPECT_EQ(max_abs(p.own_tensor("b_gate")) + max_abs(p.own_tensor("b_mag")) + max_abs(p.own_tensor("r_mag")), 0.0);
     } else {
       EXPECT_EQ(max_abs(p.b_enc), 0.0);
     }
-    if (a == Architecture::JumpReLU) {
-      for (double t : p.log_threshold.to_vector()) EXPECT_NEAR(std::exp(t), 0.05, 1e-8);
+    if (a == "jumprelu") {
+      for (double t : p.own_tensor("log_threshold").to_vector()) EXPECT_NEAR(std::exp(t), 0.05, 1e-8);
     }
-    if (a == Architecture::TopK) {
-      EXPECT_EQ(p.k, 2);
+    if (a == "topk") {
+      EXPECT_EQ(p.settings.at("k").as_int(), 2);
     }
   }
-  ArchInit needs_sample;
-  needs_sample.b_dec = BDecInit::GeometricMedian;
   Rng rng(1);
-  EXPECT_THROW(arch_initial_params(needs_sample, 4, 6, rng, {}), DataError);
+  EXPECT_THROW(arch_unit("standard").initial_params(unit_settings("standard", {{"init-b-dec", Json("geometric_median")}}),
+                                                     4, 6, rng, {}),
+               DataError);
 }

@@ -1,4 +1,4 @@
-// The architectures' fused step (sae/step/arch_step.h) and its kernels against the autograd
+// The architecture units' fused steps (SaeStep) and the shared kernels against the autograd
 // reference and brute force, on random problems larger than the fixture's: the TopK, AuxK and
 // BatchTopK selections (ties included) into entry lists, the by-feature lists, every gradient in
 // float64 and float32, one Adam step with the unit-norm decoder against the same step done by hand,
@@ -7,11 +7,13 @@
 
 #include <cmath>
 
-#include "sae/arch_model.h"
-#include "sae/step/arch_step.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tests/sae/arch/arch_problem.h"
+#include "tests/util/standard_sae.h"
 #include "tests/util/compare.h"
 #include "tests/util/random_inputs.h"
 
@@ -22,6 +24,7 @@ using sae::testing::expect_bitwise_equal;
 using sae::testing::expect_close_to_scale;
 using sae::testing::quantized_cpu;
 using sae::testing::random_cpu;
+using sae::testing::unit_settings;
 using sae::testing::well_conditioned_problem;
 
 namespace {
@@ -54,10 +57,33 @@ std::vector<double> dense_rows(const SparseFeatures& s, int64_t row0, int64_t ro
   return out;
 }
 
-// What a selection keeps: relu(P) where the flags say so.
-std::vector<double> kept(const std::vector<double>& P, const std::vector<uint8_t>& flags) {
-  std::vector<double> out(P.size());
-  for (size_t i = 0; i < P.size(); ++i) out[i] = flags[i] ? std::max(P[i], 0.0) : 0.0;
+// The brute force: sort every candidate (value, index) by value down and index up, keep the
+// first k (per row, among the allowed features) or `total` (over the whole batch, index row-major),
+// and of those the ones > 0. Returns the kept values in a dense [rows, F].
+std::vector<double> kept_by_sorting(const std::vector<double>& P, int64_t rows, int64_t features, int64_t k,
+                                    const std::vector<uint8_t>* allowed = nullptr) {
+  std::vector<double> out(P.size(), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<std::pair<double, int64_t>> candidates;
+    for (int64_t i = 0; i < features; ++i)
+      if (!allowed || (*allowed)[i]) candidates.push_back({-P[r * features + i], i});
+    std::sort(candidates.begin(), candidates.end());  // -value up = value down; ties: index up
+    for (int64_t q = 0; q < std::min<int64_t>(k, int64_t(candidates.size())); ++q) {
+      const int64_t i = candidates[q].second;
+      if (P[r * features + i] > 0) out[r * features + i] = P[r * features + i];
+    }
+  }
+  return out;
+}
+std::vector<double> kept_flat_by_sorting(const std::vector<double>& P, int64_t total) {
+  std::vector<std::pair<double, int64_t>> candidates;
+  for (int64_t e = 0; e < int64_t(P.size()); ++e) candidates.push_back({-P[e], e});
+  std::sort(candidates.begin(), candidates.end());
+  std::vector<double> out(P.size(), 0.0);
+  for (int64_t q = 0; q < std::min<int64_t>(total, int64_t(candidates.size())); ++q) {
+    const int64_t e = candidates[q].second;
+    if (P[e] > 0) out[e] = P[e];
+  }
   return out;
 }
 
@@ -90,12 +116,12 @@ TEST(ArchKernels, TopKSelectionMatchesBruteForceWithTies) {
         // All features; then the allowed ones in rows n .. 2n-1 of the same lists (AuxK's use).
         SparseFeatures s = token_lists(2 * n, f, 2 * n * k, dtype);
         topk_select_(s, pre, bias, Tensor(), k, 0);
-        expect_same_values(dense_rows(s, 0, n, f), kept(P, top_k_per_row(P, n, f, k)), "all features");
+        expect_same_values(dense_rows(s, 0, n, f), kept_by_sorting(P, n, f, k), "all features");
         std::vector<uint8_t> allowed(f);
         for (int64_t i = 0; i < f; ++i) allowed[i] = rng.below(3) == 0;
         const Tensor mask = Tensor::from_vector(std::vector<double>(allowed.begin(), allowed.end()), Shape{f}, dtype);
         topk_select_(s, pre, bias, mask, k, n);
-        expect_same_values(dense_rows(s, n, n, f), kept(P, top_k_per_row(P, n, f, k, &allowed)), "allowed features");
+        expect_same_values(dense_rows(s, n, n, f), kept_by_sorting(P, n, f, k, &allowed), "allowed features");
       }
 }
 
@@ -111,8 +137,7 @@ TEST(ArchKernels, BatchTopKSelectionMatchesBruteForceWithTies) {
         const Tensor P = add(pre, bias);
         SparseFeatures s = token_lists(n, f, total, dtype);
         batchtopk_select_(s, pre, bias, total);
-        const std::vector<double> relu_P = relu(P).to_vector();
-        expect_same_values(dense_rows(s, 0, n, f), kept(relu_P, top_k_flat(relu_P, total)), "batch top k");
+        expect_same_values(dense_rows(s, 0, n, f), kept_flat_by_sorting(P.to_vector(), total), "batch top k");
       }
 }
 
@@ -148,42 +173,47 @@ TEST(ArchKernels, ByFeatureListsFromTokenLists) {
 
 namespace {
 struct Setting {
-  Architecture architecture;
+  const char* unit;
   bool auxk = false;
-  JumpReluPenalty penalty = JumpReluPenalty::Step;
+  const char* penalty = "step";
   bool unit_norm = false;
   const char* name;
 };
 
 const Setting kSettings[] = {
-    {Architecture::TopK, false, JumpReluPenalty::Step, false, "topk"},
-    {Architecture::TopK, true, JumpReluPenalty::Step, true, "topk auxk unit-norm"},
-    {Architecture::BatchTopK, true, JumpReluPenalty::Step, false, "batchtopk auxk"},
-    {Architecture::JumpReLU, false, JumpReluPenalty::Step, true, "jumprelu step unit-norm"},
-    {Architecture::JumpReLU, false, JumpReluPenalty::Tanh, false, "jumprelu tanh"},
-    {Architecture::Gated, false, JumpReluPenalty::Step, true, "gated unit-norm"},
+    {"topk", false, "step", false, "topk"},
+    {"topk", true, "step", true, "topk auxk unit-norm"},
+    {"batchtopk", true, "step", false, "batchtopk auxk"},
+    {"jumprelu", false, "step", true, "jumprelu step unit-norm"},
+    {"jumprelu", false, "tanh", false, "jumprelu tanh"},
+    {"gated", false, "step", true, "gated unit-norm"},
 };
 
-ArchOptions options_of(const Setting& s) {
-  ArchOptions o;
-  o.architecture = s.architecture;
-  o.k = 4;
-  if (s.auxk) {
-    o.auxk_coefficient = 0.5;
-    o.auxk_k = 3;
-    o.dead_tokens = 50;
+constexpr int64_t kN = 40, kD = 12, kF = 30, kK = 4, kAuxK = 3, kDeadTokens = 50;
+constexpr double kLambda = 0.3;
+
+ArchSettings settings_of(const Setting& s) {
+  const std::string unit = s.unit;
+  std::vector<std::pair<std::string, Json>> given = {{"unit-norm-decoder", Json(s.unit_norm ? "on" : "off")}};
+  if (unit == "topk" || unit == "batchtopk") {
+    given.push_back({"k", Json(kK)});
+    given.push_back({"auxk-coefficient", Json(s.auxk ? 0.5 : 0.0)});
+    given.push_back({"auxk-k", Json(kAuxK)});
   }
-  o.unit_norm_decoder = s.unit_norm;
-  o.jumprelu_penalty = s.penalty;
-  o.jumprelu_bandwidth = 0.5;
-  o.jumprelu_tanh_c = 2.0;
-  o.jumprelu_pre_act = 0.1;
-  o.jumprelu_ste_to_input = s.penalty == JumpReluPenalty::Tanh;
-  return o;
+  if (unit == "jumprelu") {
+    given.push_back({"jumprelu-penalty", Json(s.penalty)});
+    given.push_back({"jumprelu-bandwidth", Json(0.5)});
+    given.push_back({"jumprelu-tanh-c", Json(2.0)});
+    given.push_back({"jumprelu-pre-act", Json(0.1)});
+  }
+  return unit_settings(unit, given, kDeadTokens);
 }
 
-constexpr int64_t kN = 40, kD = 12, kF = 30;
-constexpr double kLambda = 0.3;
+SaeStep step_of(const Setting& s, DType dtype) {
+  return SaeStep(arch_unit(s.unit), settings_of(s), kN, kD, kF, dtype, Device::CPU);
+}
+
+TopKFamilyStep& topk_step(SaeStep& step) { return dynamic_cast<TopKFamilyStep&>(step.unit_step()); }
 
 // The clock of a step with AuxK: the odd latents have been quiet long enough to be dead.
 std::vector<int64_t> half_dead_clock() {
@@ -192,42 +222,42 @@ std::vector<int64_t> half_dead_clock() {
   return clock;
 }
 
-// A problem for `o`; with AuxK, the odd latents' encoder bias lowered so that most of them fire on
-// no token of the batch (and stay dead), while some of their pre-activations are still > 0.
-ArchProblem problem_for(const ArchOptions& o, uint64_t seed, double margin = 1e-3) {
-  if (o.auxk_coefficient == 0) return well_conditioned_problem(o.architecture, kN, kD, kF, o.k, seed, margin, 0.5);
+// A problem for the setting; with AuxK, the odd latents' encoder bias lowered so that most of them
+// fire on no token of the batch (and stay dead), while some of their pre-activations are still > 0.
+ArchProblem problem_for(const Setting& setting, uint64_t seed, double margin = 1e-3) {
+  if (!setting.auxk) return well_conditioned_problem(setting.unit, kN, kD, kF, kK, seed, margin, 0.5);
   auto lower_odd = [](ArchProblem& prob) {
     std::vector<double> b = prob.params.b_enc.to_vector();
     for (size_t i = 1; i < b.size(); i += 2) b[i] -= 1.2;
     prob.params.b_enc = Tensor::from_vector(b, Shape{kF}, DType::F64);
   };
-  auto enough_dead = [&o](const ArchProblem& prob) {
-    const ArchReferenceLoss base = arch_reference_loss(o, ArchVariables::leaves(prob.params, false), prob.x, 0, nullptr);
+  const ArchSettings settings = settings_of(setting);
+  auto enough_dead = [&](const ArchProblem& prob) {
+    const ReferenceLoss base = arch_unit(setting.unit).reference_loss(
+        settings, ArchVariables::leaves(prob.params, false), prob.x, 0, nullptr, nullptr);
     std::vector<int64_t> clock = half_dead_clock();
-    const std::vector<uint8_t> dead = dead_after_batch(clock, base.fired, kN, o.dead_tokens);
+    const std::vector<uint8_t> dead = dead_after_batch(clock, base.fired, kN, kDeadTokens);
     int64_t n_dead = 0;
     for (uint8_t d : dead) n_dead += d;
-    return n_dead >= 5 && arch_margin(prob, o.k, 0.5, &dead, o.auxk_k) >= 1e-3;
+    return n_dead >= 5 && arch_margin(prob, kK, 0.5, &dead, kAuxK) >= 1e-3;
   };
-  return well_conditioned_problem(o.architecture, kN, kD, kF, o.k, seed, margin, 0.5, nullptr, 0, enough_dead,
-                                  lower_odd);
+  return well_conditioned_problem(setting.unit, kN, kD, kF, kK, seed, margin, 0.5, nullptr, 0, enough_dead, lower_odd);
 }
 }  // namespace
 
 TEST(ArchStep, GradientsMatchTheReference) {
   for (const Setting& setting : kSettings) {
-    const ArchOptions o = options_of(setting);
-    const ArchProblem prob64 = problem_for(o, 1000);
+    const ArchProblem prob64 = problem_for(setting, 1000);
     for (DType dtype : {DType::F64, DType::F32}) {
       SCOPED_TRACE(cat(setting.name, " ", dtype_name(dtype)));
       const ArchProblem prob = sae::testing::to_dtype(prob64, dtype);
-      ArchStep step(kN, kD, kF, dtype, Device::CPU, o);
-      if (setting.auxk) step.tokens_since_fired() = half_dead_clock();
+      SaeStep step = step_of(setting, dtype);
+      if (setting.auxk) *step.dead_clock() = half_dead_clock();
       SaeParams g = grads_like(prob.params);
       const StepSums s = step.forward_backward(prob.params, prob.x, kLambda, g);
       // The reference in float64 on the same (rounded) values, with the step's dead mask.
       const ArchProblem ref = sae::testing::to_dtype(prob, DType::F64);
-      const std::vector<uint8_t> dead = step.dead_mask();
+      const std::vector<uint8_t> dead = setting.auxk ? topk_step(step).dead_mask() : std::vector<uint8_t>();
       if (setting.auxk) {
         int64_t n_dead = 0;
         for (uint8_t d : dead) n_dead += d;
@@ -235,7 +265,9 @@ TEST(ArchStep, GradientsMatchTheReference) {
         EXPECT_GT(s.aux, 0.0);
       }
       const ArchVariables v = ArchVariables::leaves(ref.params);
-      ArchReferenceLoss loss = arch_reference_loss(o, v, ref.x, kLambda, setting.auxk ? &dead : nullptr);
+      ReferenceLoss loss =
+          arch_unit(setting.unit).reference_loss(settings_of(setting), v, ref.x, kLambda, setting.auxk ? &dead : nullptr,
+                                                 nullptr);
       loss.total.backward();
       const double rel = dtype == DType::F64 ? 1e-11 : 3e-5;
       auto near = [&](double got, double want, const char* what) {
@@ -250,11 +282,13 @@ TEST(ArchStep, GradientsMatchTheReference) {
       EXPECT_EQ(s.active, active);
       expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
       SaeParams want = v.grads(ref.params);
-      if (o.unit_norm_decoder) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
-      for (int i = 0; i < 8; ++i)
-        if (g.slots()[i]->defined())
-          expect_close_to_scale(g.slots()[i]->to(DType::F64), *want.slots()[i], 10 * rel,
-                                std::string("grad ") + SaeParams::kSlotNames[i]);
+      if (setting.unit_norm) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
+      const auto got_grads = g.present();
+      const auto want_grads = want.present();
+      ASSERT_EQ(got_grads.size(), want_grads.size());
+      for (size_t i = 0; i < got_grads.size(); ++i)
+        expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
+                              "grad " + got_grads[i].first);
     }
   }
 }
@@ -264,10 +298,9 @@ TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
   // forward_backward's gradients put through adam_step_ and the renormalisation by hand.
   for (const Setting& setting : kSettings) {
     SCOPED_TRACE(setting.name);
-    const ArchOptions o = options_of(setting);
-    const ArchProblem prob = problem_for(o, 2000);
-    ArchStep fused(kN, kD, kF, DType::F64, Device::CPU, o), by_hand(kN, kD, kF, DType::F64, Device::CPU, o);
-    if (setting.auxk) fused.tokens_since_fired() = by_hand.tokens_since_fired() = half_dead_clock();
+    const ArchProblem prob = problem_for(setting, 2000);
+    SaeStep fused = step_of(setting, DType::F64), by_hand = step_of(setting, DType::F64);
+    if (setting.auxk) *fused.dead_clock() = *by_hand.dead_clock() = half_dead_clock();
     SaeParams p = prob.params.clone(), q = prob.params.clone();
     SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
     for (int step = 0; step < 3; ++step) {
@@ -275,37 +308,38 @@ TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
       SaeParams g = grads_like(q);
       by_hand.forward_backward(q, prob.x, kLambda, g);
       const AdamScalars scalars = adam_q.next_step(1e-2);
-      for (int i = 0; i < 8; ++i)
-        if (q.slots()[i]->defined())
-          adam_step_(*q.slots()[i], *adam_q.m.slots()[i], *adam_q.v.slots()[i], *g.slots()[i], scalars);
-      if (o.unit_norm_decoder) decoder_normalize_(q.W_dec);
-      if (o.architecture == Architecture::BatchTopK) {
+      auto qp = q.present(), qm = adam_q.m.present(), qv = adam_q.v.present(), qg = g.present();
+      for (size_t i = 0; i < qp.size(); ++i) adam_step_(*qp[i].second, *qm[i].second, *qv[i].second, *qg[i].second, scalars);
+      if (setting.unit_norm) decoder_normalize_(q.W_dec);
+      if (std::string(setting.unit) == "batchtopk") {
         double smallest = INFINITY;
         for (double f : by_hand.features().to_vector())
           if (f > 0) smallest = std::min(smallest, f);
-        q.batchtopk_threshold = step == 0 ? smallest : 0.99 * q.batchtopk_threshold + 0.01 * smallest;
-        EXPECT_NEAR(p.batchtopk_threshold, q.batchtopk_threshold, 1e-15);
+        const double before = q.settings.at("threshold").as_number();
+        q.settings["threshold"] = step == 0 ? smallest : 0.99 * before + 0.01 * smallest;
+        EXPECT_NEAR(p.settings.at("threshold").as_number(), q.settings.at("threshold").as_number(), 1e-15);
       }
     }
-    for (int i = 0; i < 8; ++i)
-      if (p.slots()[i]->defined())
-        expect_close_to_scale(*p.slots()[i], *q.slots()[i], 1e-12, SaeParams::kSlotNames[i]);
-    if (o.unit_norm_decoder) {
+    const auto got = p.present();
+    const auto want = q.present();
+    for (size_t i = 0; i < got.size(); ++i) expect_close_to_scale(*got[i].second, *want[i].second, 1e-12, got[i].first);
+    if (setting.unit_norm) {
       for (double n : norm2(p.W_dec, 1).to_vector()) EXPECT_NEAR(n, 1.0, 1e-14);
     }
-    EXPECT_EQ(fused.tokens_since_fired(), by_hand.tokens_since_fired());
+    if (setting.auxk) {
+      EXPECT_EQ(*fused.dead_clock(), *by_hand.dead_clock());
+    }
   }
 }
 
 TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
   const Setting setting = kSettings[1];  // topk with AuxK and the unit-norm decoder
-  const ArchOptions o = options_of(setting);
-  const ArchProblem prob = problem_for(o, 3000, 1e-4);
-  ArchStep step(kN, kD, kF, DType::F32, Device::CPU, o);
-  step.tokens_since_fired() = half_dead_clock();
+  const ArchProblem prob = problem_for(setting, 3000, 1e-4);
+  SaeStep step = step_of(setting, DType::F32);
+  *step.dead_clock() = half_dead_clock();
   const ArchProblem f32 = sae::testing::to_dtype(prob, DType::F32);
   step.forward(f32.params, f32.x, 0.0);
-  EXPECT_EQ(step.tokens_since_fired(), half_dead_clock());  // forward alone does not advance the clock
+  EXPECT_EQ(*step.dead_clock(), half_dead_clock());  // forward alone does not advance the clock
   SaeParams p = f32.params.clone();
   SaeAdamState adam = SaeAdamState::zeros_like(p);
   Tensor x = f32.x.clone();
@@ -313,23 +347,19 @@ TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
   const StepSums s = step.train_step(p, adam, x, 0.0, 1e-2);
   EXPECT_FALSE(std::isfinite(s.loss));
   EXPECT_EQ(adam.steps, 0);
-  EXPECT_EQ(step.tokens_since_fired(), half_dead_clock());
-  for (int i = 0; i < 4; ++i) expect_bitwise_equal(*p.slots()[i], *f32.params.slots()[i], SaeParams::kSlotNames[i]);
+  EXPECT_EQ(*step.dead_clock(), half_dead_clock());
+  const auto after = p.present();
+  const auto before = f32.params.present();
+  for (size_t i = 0; i < after.size(); ++i) expect_bitwise_equal(*after[i].second, *before[i].second, after[i].first);
 }
 
 TEST(ArchStep, RejectsMismatchedParametersAndBadSizes) {
-  ArchOptions o;
-  o.architecture = Architecture::TopK;
-  o.k = 3;
-  ArchStep step(8, 4, 6, DType::F32, Device::CPU, o);
+  auto topk_settings_k = [](int64_t k) { return unit_settings("topk", {{"k", Json(k)}}); };
+  SaeStep step(arch_unit("topk"), topk_settings_k(3), 8, 4, 6, DType::F32, Device::CPU);
   Rng rng(1);
-  ArchProblem gated = sae::testing::draw_arch_problem(Architecture::Gated, 8, 4, 6, 0, rng);
+  ArchProblem gated = sae::testing::draw_arch_problem("gated", 8, 4, 6, 0, rng);
   gated = sae::testing::to_dtype(gated, DType::F32);
   EXPECT_THROW(step.forward(gated.params, gated.x, 0.0), Error);  // a gated SAE in a topk step
-  o.k = 7;
-  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, o), UsageError);  // k > F
-  o.k = 0;
-  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, o), UsageError);
-  ArchOptions standard;
-  EXPECT_THROW(ArchStep(8, 4, 6, DType::F32, Device::CPU, standard), Error);
+  EXPECT_THROW(SaeStep(arch_unit("topk"), topk_settings_k(7), 8, 4, 6, DType::F32, Device::CPU), UsageError);  // k > F
+  EXPECT_THROW(SaeStep(arch_unit("topk"), topk_settings_k(0), 8, 4, 6, DType::F32, Device::CPU), UsageError);
 }

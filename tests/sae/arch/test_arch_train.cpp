@@ -9,7 +9,7 @@
 
 #include "io/npy.h"
 #include "io/safetensors.h"
-#include "sae/arch_model.h"
+#include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
@@ -28,46 +28,48 @@ namespace {
 
 // A few seconds of training for each architecture (resume, export): small, and AuxK with a dead
 // window short enough that latents die within the run.
-TrainConfig tiny_config(Architecture a, const std::string& out) {
+bool topk_family(const std::string& a) { return a == "topk" || a == "batchtopk"; }
+
+TrainConfig tiny_config(const std::string& a, const std::string& out) {
   TrainConfig c = tiny_story_run_config(out);
   c.lr = 3e-3;
   c.l1 = 0.0;  // set below for the penalised architectures
   c.batch_tokens = 20;
   c.normalize = Normalization::Dataset;
   c.architecture = a;
-  if (is_topk_family(a)) {
-    c.k = 3;
+  if (topk_family(a)) {
+    c.arch.set("k", Json(3));
     c.dead_window = 100;  // AuxK at work within 40 steps of 20 tokens
-    c.auxk_k = 4;
+    c.arch.set("auxk-k", Json(4));
   } else {
     c.l1 = 0.2;
   }
-  if (a == Architecture::JumpReLU) {
-    c.jumprelu_init_threshold = 0.05;
-    c.jumprelu_bandwidth = 0.1;
+  if (a == "jumprelu") {
+    c.arch.set("jumprelu-init-threshold", Json(0.05));
+    c.arch.set("jumprelu-bandwidth", Json(0.1));
   }
   return c;
 }
 
 struct Variant {
-  Architecture architecture;
-  JumpReluPenalty penalty;
+  const char* architecture;
+  const char* penalty;
   const char* name;
 };
 const Variant kVariants[] = {
-    {Architecture::TopK, JumpReluPenalty::Step, "topk"},
-    {Architecture::BatchTopK, JumpReluPenalty::Step, "batchtopk"},
-    {Architecture::JumpReLU, JumpReluPenalty::Step, "jumprelu_step"},
-    {Architecture::JumpReLU, JumpReluPenalty::Tanh, "jumprelu_tanh"},
-    {Architecture::Gated, JumpReluPenalty::Step, "gated"},
+    {"topk", "step", "topk"},
+    {"batchtopk", "step", "batchtopk"},
+    {"jumprelu", "step", "jumprelu_step"},
+    {"jumprelu", "tanh", "jumprelu_tanh"},
+    {"gated", "step", "gated"},
 };
 
 TrainConfig tiny_config(const Variant& v, const std::string& out) {
   TrainConfig c = tiny_config(v.architecture, out);
-  c.jumprelu_penalty = v.penalty;
-  if (v.penalty == JumpReluPenalty::Tanh) {
-    c.jumprelu_pre_act = 0.01;
-    c.jumprelu_bandwidth = 0.5;
+  if (std::string(v.penalty) == "tanh") {
+    c.arch.set("jumprelu-penalty", Json("tanh"));
+    c.arch.set("jumprelu-pre-act", Json(0.01));
+    c.arch.set("jumprelu-bandwidth", Json(0.5));
   }
   return c;
 }
@@ -94,14 +96,15 @@ TEST(ArchTrain, EveryArchitectureRecoversAPlantedDictionary) {
   for (const Variant& v : kVariants) {
     SCOPED_TRACE(v.name);
     TrainConfig c = planted_dictionary_config(dir.str(v.name));
-    c.architecture = v.architecture;
-    c.jumprelu_penalty = v.penalty;
-    if (is_topk_family(v.architecture)) c.k = k;
-    if (v.architecture == Architecture::Gated) c.l1 = 10.0;
-    if (v.architecture == Architecture::JumpReLU) {
-      c.jumprelu_init_threshold = 1.0;
-      c.jumprelu_bandwidth = 0.5;
-      c.l1 = v.penalty == JumpReluPenalty::Step ? 1.0 : 0.5;
+    const std::string a = v.architecture;
+    c.architecture = a;
+    if (topk_family(a)) c.arch.set("k", Json(k));
+    if (a == "gated") c.l1 = 10.0;
+    if (a == "jumprelu") {
+      c.arch.set("jumprelu-penalty", Json(v.penalty));
+      c.arch.set("jumprelu-init-threshold", Json(1.0));
+      c.arch.set("jumprelu-bandwidth", Json(0.5));
+      c.l1 = std::string(v.penalty) == "step" ? 1.0 : 0.5;
     }
     const TrainResult r = train(c);
     ASSERT_TRUE(r.concepts.has_value());
@@ -110,7 +113,7 @@ TEST(ArchTrain, EveryArchitectureRecoversAPlantedDictionary) {
     EXPECT_GE(r.concepts->recovered, 0.9);
     EXPECT_GT(r.concepts->mmcs, 0.95);
     EXPECT_LT(r.l0, 6.0);
-    if (is_topk_family(v.architecture)) {
+    if (topk_family(a)) {
       EXPECT_LE(r.l0, double(k) + 1e-9);  // at most k per token (batchtopk: on average)
       EXPECT_LE(r.fvu, base.fvu);
     }
@@ -139,7 +142,7 @@ TEST(ArchTrain, ResumeIsBitExactForEveryArchitecture) {
     // The run actually used its architecture's machinery.
     const std::string csv = read_file(dir.str("full/metrics.csv"));
     EXPECT_NE(csv.find("aux_loss"), std::string::npos);
-    if (v.architecture == Architecture::TopK) {
+    if (std::string(v.architecture) == "topk") {
       Checkpoint done = load_checkpoint(dir.str("full/sae"), Device::CPU);
       int64_t dead = 0;
       for (int64_t last : done.state->last_fired) dead += done.state->tokens - last >= 100;
@@ -159,17 +162,18 @@ TEST(ArchTrain, ExportsInSaelensLayoutAndLoadsBack) {
     const Json cfg = Json::parse(read_file(model + "/cfg.json"));
     SafetensorsFile weights = SafetensorsFile::open(model + "/sae_weights.safetensors");
     std::vector<std::string> want = {"W_dec", "W_enc", "b_dec", "b_enc"};
-    std::string arch = architecture_name(v.architecture);
-    if (v.architecture == Architecture::Gated) want = {"W_dec", "W_enc", "b_dec", "b_gate", "b_mag", "r_mag"};
-    if (v.architecture == Architecture::BatchTopK || v.architecture == Architecture::JumpReLU) {
+    const std::string a = v.architecture;
+    std::string arch = a;
+    if (a == "gated") want = {"W_dec", "W_enc", "b_dec", "b_gate", "b_mag", "r_mag"};
+    if (a == "batchtopk" || a == "jumprelu") {
       want.push_back("threshold");
       arch = "jumprelu";
     }
     EXPECT_EQ(weights.names(), want);
     EXPECT_EQ(cfg.at("architecture").as_string(), arch);
     EXPECT_EQ(cfg.at("apply_b_dec_to_input").as_bool(), false);
-    EXPECT_EQ(cfg.at("sae_cpp").at("training_architecture").as_string(), architecture_name(v.architecture));
-    if (v.architecture == Architecture::TopK) {
+    EXPECT_EQ(cfg.at("sae_cpp").at("training_architecture").as_string(), a);
+    if (a == "topk") {
       EXPECT_EQ(cfg.at("k").as_int(), 3);
       EXPECT_EQ(cfg.at("rescale_acts_by_decoder_norm").as_bool(), false);
     } else {
@@ -177,16 +181,17 @@ TEST(ArchTrain, ExportsInSaelensLayoutAndLoadsBack) {
     }
     // Loaded back (with the training state: exact), and the folder alone as sae_apply reads it.
     const Checkpoint loaded = load_checkpoint(model, Device::CPU);
-    EXPECT_EQ(loaded.params.architecture, v.architecture);
+    EXPECT_EQ(loaded.params.kind, a);
     const std::vector<double> threshold = weights.has("threshold") ? weights.read_f32("threshold").to_vector()
                                                                    : std::vector<double>{};
-    if (v.architecture == Architecture::BatchTopK) {
-      EXPECT_GT(loaded.params.batchtopk_threshold, 0.0);
-      for (double t : threshold) EXPECT_EQ(t, static_cast<float>(loaded.params.batchtopk_threshold));
-      EXPECT_EQ(loaded.params.k, 3);
+    if (a == "batchtopk") {
+      const double theta = loaded.params.settings.at("threshold").as_number();
+      EXPECT_GT(theta, 0.0);
+      for (double t : threshold) EXPECT_EQ(t, static_cast<float>(theta));
+      EXPECT_EQ(loaded.params.settings.at("k").as_int(), 3);
     }
-    if (v.architecture == Architecture::JumpReLU) {
-      const std::vector<double> exact = exp(loaded.params.log_threshold).to_vector();
+    if (a == "jumprelu") {
+      const std::vector<double> exact = exp(loaded.params.own_tensor("log_threshold")).to_vector();
       for (size_t i = 0; i < threshold.size(); ++i) EXPECT_EQ(threshold[i], exact[i]);
     }
     Rng rng(3);
@@ -209,12 +214,11 @@ TEST(ArchTrain, ExportsInSaelensLayoutAndLoadsBack) {
     again.init = model;
     again.steps = 1;
     again.lr = 1e-12;
-    if (is_topk_family(v.architecture)) again.k = 0;  // taken from the folder
+    if (topk_family(a)) again.arch.set("k", Json(0));  // taken from the folder
     train(again);
     const Checkpoint continued = load_checkpoint(dir.str("init/sae"), Device::CPU);
     EXPECT_LT(sae::testing::max_abs_diff(continued.params.W_enc, loaded.params.W_enc), 1e-6);
-    TrainConfig other = tiny_config(v.architecture == Architecture::Gated ? Architecture::Standard : Architecture::Gated,
-                                    dir.str("other"));
+    TrainConfig other = tiny_config(a == "gated" ? "standard" : "gated", dir.str("other"));
     other.init = model;
     EXPECT_THROW(train(other), UsageError);
   }
@@ -235,13 +239,13 @@ TEST(ArchTrain, OldConfigFilesMeanTheStandardSae) {
   }
   ASSERT_LT(old.size(), j.size());
   const TrainConfig back = TrainConfig::from_json(old);
-  EXPECT_EQ(back.architecture, Architecture::Standard);
+  EXPECT_EQ(back.architecture, "standard");
   EXPECT_EQ(run_identity(back), run_identity(c));
-  EXPECT_EQ(TrainConfig::from_json(j).architecture, Architecture::Standard);
-  c.architecture = Architecture::TopK;
-  c.k = 7;
-  EXPECT_EQ(TrainConfig::from_json(c.to_json()).k, 7);
-  EXPECT_EQ(TrainConfig::from_json(c.to_json()).architecture, Architecture::TopK);
+  EXPECT_EQ(TrainConfig::from_json(j).architecture, "standard");
+  c.architecture = "topk";
+  c.arch.set("k", Json(7));
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).arch.at("k").as_int(), 7);
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).architecture, "topk");
 }
 
 TEST(ArchTrain, OptionsThatDoNotApplyOrAreOutOfRangeGetOneLine) {
@@ -271,7 +275,7 @@ TEST(ArchTrain, OptionsThatDoNotApplyOrAreOutOfRangeGetOneLine) {
       {"--architecture gated --jumprelu-bandwidth 0.1", "--jumprelu-bandwidth applies only to"},
       {"--architecture jumprelu --jumprelu-bandwidth 0", "--jumprelu-bandwidth must be"},
       {"--architecture jumprelu --jumprelu-init-threshold=-1", "--jumprelu-init-threshold must be"},
-      {"--unit-norm-decoder", "--unit-norm-decoder applies to"},
+      {"--unit-norm-decoder", "--unit-norm-decoder applies only to"},
       {"--architecture topk --k 2 --sparse off", "--sparse applies only to --architecture standard"},
       {"--architecture lasso", "--architecture: expected"},
       {"--architecture jumprelu --jumprelu-penalty l2", "--jumprelu-penalty: expected"},

@@ -1,13 +1,19 @@
-// CUDA checks of the architectures' kernels and step (sae/step/cuda_arch_kernels.cu and the
-// unit-norm part of cuda_kernels.cu's sparse decoder backward) against the CPU: the selections and
+// CUDA checks of the shared selection, sparse and decoder kernels, the units' own kernels (JumpReLU,
+// Gated) and the units' steps against the CPU: the selections and
 // by-feature lists exactly (they compare and copy values; no arithmetic but P = pre + bias), the
-// dense kernels and the projection to rounding, and three training steps of every architecture.
-// Every test skips when no GPU is present.
+// dense kernels and the projection to rounding (every output NaN until the kernel writes it; the
+// outputs that are zero by definition compared exactly), and three training steps of every
+// architecture. Every test skips when no GPU is present. The CPU kernels these are compared with are
+// checked against their formulas in tests/sae/step/test_arch_dense_kernels.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "sae/step/arch_step.h"
+#include "sae/arch/gated/gated_kernels.h"
+#include "sae/arch/jumprelu/jumprelu_kernels.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
@@ -15,10 +21,12 @@
 #include "tests/util/compare.h"
 #include "tests/util/random_inputs.h"
 #include "tests/util/gpu.h"
+#include "tests/util/standard_sae.h"
 
 using namespace sae;
 using sae::testing::expect_bitwise_equal;
 using sae::testing::expect_close_to_scale;
+using sae::testing::nan_filled;
 using sae::testing::quantized_cpu;
 using sae::testing::random_cpu;
 
@@ -113,51 +121,61 @@ TEST(CudaArch, DenseKernelsMatchTheCpu) {
     const Tensor log_threshold = log(random_cpu(Shape{f}, dtype, rng, 0.2, 1.0, false));
     const Tensor fnorms = random_cpu(Shape{f}, dtype, rng, 0.5, 1.5, false), upstream = random_cpu(Shape{n, f}, dtype, rng);
     for (bool tanh : {false, true}) {
-      JumpReluConstants c;
+      JumpReluSettings c;
+      const double lambda = 0.3;
       c.tanh = tanh;
       c.ste_to_input = tanh;
-      c.lambda = 0.3;
       c.pre_act = 0.05;
       c.tanh_c = 4;
       c.bandwidth = 0.5;
-      Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre), f_cpu = Tensor::zeros(pre.shape(), dtype),
-             f_gpu = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+      // Every output starts as NaN: one a kernel never writes fails the comparison.
+      Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre), f_cpu = nan_filled(pre.shape(), dtype),
+             f_gpu = nan_filled(pre.shape(), dtype, Device::CUDA);
       Tensor cols_cpu[3], cols_gpu[3];
       for (int i = 0; i < 3; ++i) {
-        cols_cpu[i] = Tensor::zeros(Shape{f}, dtype);
-        cols_gpu[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+        cols_cpu[i] = nan_filled(Shape{f}, dtype);
+        cols_gpu[i] = nan_filled(Shape{f}, dtype, Device::CUDA);
       }
       jumprelu_forward_(f_cpu, P_cpu, bias, log_threshold, fnorms, c, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
       jumprelu_forward_(f_gpu, P_gpu, on_gpu(bias), on_gpu(log_threshold), on_gpu(fnorms), c, cols_gpu[0], cols_gpu[1],
                         cols_gpu[2]);
       expect_close_to_scale(f_gpu.to(Device::CPU), f_cpu, rel, "jumprelu f");
-      for (int i = 0; i < 3; ++i) expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], rel, "jumprelu sums", 1e-12);
+      expect_close_to_scale(P_gpu.to(Device::CPU), P_cpu, rel, "jumprelu P");
+      // With the step penalty the relu(theta - P) sums are zero by definition: compared exactly.
+      for (int i = 0; i < 3; ++i) expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], rel, cat("jumprelu sums ", i));
       Tensor g_c = upstream.clone(), g_g = on_gpu(upstream);
       for (int i = 0; i < 3; ++i) {
-        fill_(cols_cpu[i], 0.0);
-        fill_(cols_gpu[i], 0.0);
+        fill_(cols_cpu[i], NAN);
+        fill_(cols_gpu[i], NAN);
       }
-      jumprelu_backward_(g_c, P_cpu, log_threshold, fnorms, c, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
-      jumprelu_backward_(g_g, P_gpu, on_gpu(log_threshold), on_gpu(fnorms), c, cols_gpu[0], cols_gpu[1], cols_gpu[2]);
+      jumprelu_backward_(g_c, P_cpu, log_threshold, fnorms, c, lambda, cols_cpu[0], cols_cpu[1], cols_cpu[2]);
+      jumprelu_backward_(g_g, P_gpu, on_gpu(log_threshold), on_gpu(fnorms), c, lambda, cols_gpu[0], cols_gpu[1],
+                         cols_gpu[2]);
       expect_close_to_scale(g_g.to(Device::CPU), g_c, rel, "jumprelu dL/dP");
+      // With the step penalty the decoder scale is zero by definition: compared exactly.
       for (int i = 0; i < 3; ++i)
-        expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], 10 * rel, "jumprelu column grads", 1e-12);
+        expect_close_to_scale(cols_gpu[i].to(Device::CPU), cols_cpu[i], 10 * rel, cat("jumprelu column grads ", i));
     }
     // Gated.
     const Tensor b_gate = random_cpu(Shape{f}, dtype, rng), b_mag = random_cpu(Shape{f}, dtype, rng),
                  r_mag = random_cpu(Shape{f}, dtype, rng, -0.5, 0.5);
-    Tensor fc = Tensor::zeros(pre.shape(), dtype), gc = Tensor::zeros(pre.shape(), dtype);
-    Tensor fg = Tensor::zeros(pre.shape(), dtype, Device::CUDA), gg = Tensor::zeros(pre.shape(), dtype, Device::CUDA);
+    Tensor fc = nan_filled(pre.shape(), dtype), gc = nan_filled(pre.shape(), dtype);
+    Tensor fg = nan_filled(pre.shape(), dtype, Device::CUDA), gg = nan_filled(pre.shape(), dtype, Device::CUDA);
     Tensor cc[3], cg[3];
     for (int i = 0; i < 3; ++i) {
-      cc[i] = Tensor::zeros(Shape{f}, dtype);
-      cg[i] = Tensor::zeros(Shape{f}, dtype, Device::CUDA);
+      cc[i] = nan_filled(Shape{f}, dtype);
+      cg[i] = nan_filled(Shape{f}, dtype, Device::CUDA);
     }
     gated_forward_(fc, gc, pre, b_gate, b_mag, r_mag, cc[0], cc[1]);
     gated_forward_(fg, gg, on_gpu(pre), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), cg[0], cg[1]);
     expect_close_to_scale(fg.to(Device::CPU), fc, rel, "gated f");
     expect_close_to_scale(gg.to(Device::CPU), gc, rel, "gated gate");
     expect_bitwise_equal(cg[0], cc[0], "gated counts");
+    expect_close_to_scale(cg[1].to(Device::CPU), cc[1], rel, "gated col_gate");
+    for (int i = 0; i < 3; ++i) {
+      fill_(cc[i], NAN);
+      fill_(cg[i], NAN);
+    }
     Tensor up_c = upstream.clone(), up_g = on_gpu(upstream);
     const Tensor aux = random_cpu(Shape{n, f}, dtype, rng);
     gated_backward_(up_c, aux, pre, b_gate, b_mag, r_mag, fnorms, 0.3, cc[0], cc[1], cc[2]);
@@ -171,36 +189,38 @@ TEST(CudaArch, DenseKernelsMatchTheCpu) {
 TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   struct Setting {
-    Architecture a;
-    JumpReluPenalty penalty;
+    const char* unit;
+    const char* penalty;
     bool unit_norm;
   };
-  const Setting settings[] = {{Architecture::TopK, JumpReluPenalty::Step, true},
-                              {Architecture::BatchTopK, JumpReluPenalty::Step, true},
-                              {Architecture::JumpReLU, JumpReluPenalty::Step, true},
-                              {Architecture::JumpReLU, JumpReluPenalty::Tanh, false},
-                              {Architecture::Gated, JumpReluPenalty::Step, false}};
-  const int64_t n = 64, d = 24, f = 80;
+  const Setting settings[] = {
+      {"topk", "step", true}, {"batchtopk", "step", true}, {"jumprelu", "step", true}, {"jumprelu", "tanh", false},
+      {"gated", "step", false}};
+  const int64_t n = 64, d = 24, f = 80, k = 6;
   for (const Setting& s : settings) {
-    SCOPED_TRACE(architecture_name(s.a));
-    ArchOptions o;
-    o.architecture = s.a;
-    o.k = 6;
-    o.auxk_coefficient = is_topk_family(s.a) ? 0.1 : 0.0;
-    o.auxk_k = 5;
-    o.dead_tokens = 40;
-    o.unit_norm_decoder = s.unit_norm;
-    o.jumprelu_penalty = s.penalty;
-    o.jumprelu_ste_to_input = s.penalty == JumpReluPenalty::Tanh;
-    o.jumprelu_bandwidth = 0.5;
-    o.jumprelu_pre_act = 0.05;
+    const std::string a = s.unit;
+    SCOPED_TRACE(a + " " + s.penalty);
+    std::vector<std::pair<std::string, Json>> given = {{"unit-norm-decoder", Json(s.unit_norm ? "on" : "off")}};
+    const bool topk = a == "topk" || a == "batchtopk";
+    if (topk) {
+      given.push_back({"k", Json(k)});
+      given.push_back({"auxk-coefficient", Json(0.1)});
+      given.push_back({"auxk-k", Json(5)});
+    }
+    if (a == "jumprelu") {
+      given.push_back({"jumprelu-penalty", Json(s.penalty)});
+      given.push_back({"jumprelu-bandwidth", Json(0.5)});
+      given.push_back({"jumprelu-pre-act", Json(0.05)});
+    }
+    const ArchSettings settings_ = sae::testing::unit_settings(a, given, 40);
     const sae::testing::ArchProblem prob =
-        sae::testing::to_dtype(sae::testing::well_conditioned_problem(s.a, n, d, f, o.k, 77, 1e-3, 0.5), DType::F32);
-    ArchStep cpu(n, d, f, DType::F32, Device::CPU, o), gpu(n, d, f, DType::F32, Device::CUDA, o);
-    if (o.auxk_coefficient > 0) {
+        sae::testing::to_dtype(sae::testing::well_conditioned_problem(a, n, d, f, k, 77, 1e-3, 0.5), DType::F32);
+    SaeStep cpu(arch_unit(a), settings_, n, d, f, DType::F32, Device::CPU);
+    SaeStep gpu(arch_unit(a), settings_, n, d, f, DType::F32, Device::CUDA);
+    if (topk) {
       std::vector<int64_t> clock(f);
       for (int64_t i = 0; i < f; ++i) clock[i] = i % 3 == 0 ? 100 : 0;
-      cpu.tokens_since_fired() = gpu.tokens_since_fired() = clock;
+      *cpu.dead_clock() = *gpu.dead_clock() = clock;
     }
     SaeParams p_cpu = prob.params.clone(), p_gpu = prob.params.to(Device::CUDA);
     SaeAdamState a_cpu = SaeAdamState::zeros_like(p_cpu), a_gpu = SaeAdamState::zeros_like(p_gpu);
@@ -210,11 +230,17 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
       const StepSums sg = gpu.train_step(p_gpu, a_gpu, x_gpu, 0.3, 1e-3);
       EXPECT_NEAR(sg.loss, sc.loss, 1e-4 * std::abs(sc.loss)) << "step " << step;
       EXPECT_EQ(sg.active, sc.active) << "step " << step;
-      EXPECT_EQ(gpu.dead_mask(), cpu.dead_mask());
+      if (topk) {
+        EXPECT_EQ(dynamic_cast<TopKFamilyStep&>(gpu.unit_step()).dead_mask(),
+                  dynamic_cast<TopKFamilyStep&>(cpu.unit_step()).dead_mask());
+      }
     }
-    for (int i = 0; i < 8; ++i)
-      if (p_cpu.slots()[i]->defined())
-        expect_close_to_scale(p_gpu.slots()[i]->to(Device::CPU), *p_cpu.slots()[i], 1e-5, SaeParams::kSlotNames[i]);
-    EXPECT_NEAR(p_gpu.batchtopk_threshold, p_cpu.batchtopk_threshold, 1e-6);
+    const auto got = p_gpu.present();
+    const auto want = p_cpu.present();
+    for (size_t i = 0; i < got.size(); ++i)
+      expect_close_to_scale(got[i].second->to(Device::CPU), *want[i].second, 1e-5, got[i].first);
+    if (a == "batchtopk") {
+      EXPECT_NEAR(p_gpu.settings.at("threshold").as_number(), p_cpu.settings.at("threshold").as_number(), 1e-6);
+    }
   }
 }

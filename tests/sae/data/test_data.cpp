@@ -229,13 +229,29 @@ TEST(Batcher, TokenModeVisitsEveryTokenOncePerEpochAndResumes) {
 }
 
 TEST(Batcher, DatasetNormalisationScalesMeanSquaredNormToD) {
+  // The estimate by its definition (docs/contract.md: mean ||s x||^2 = d over up to `sample`
+  // tokens spread evenly through the data: token floor((i + 1/2) T / n) for i < n), recomputed here.
   SyntheticSource s(small_synthetic());
-  const double scale = estimate_dataset_scale(s, 2000);
-  std::vector<float> x(500 * s.d());
-  s.read_tokens(0, 500, x.data());
+  const int64_t d = s.d(), tokens = s.num_tokens();
+  ASSERT_GT(tokens, 600);
+  std::vector<float> row(d);
+  for (int64_t sample : {int64_t(1), int64_t(7), tokens / 3, tokens, int64_t(65536)}) {
+    const int64_t n = std::min(sample, tokens);
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      s.read_tokens(static_cast<int64_t>((i + 0.5) * double(tokens) / double(n)), 1, row.data());
+      for (float v : row) total += double(v) * v;
+    }
+    const double want = std::sqrt(double(d) / (total / double(n)));
+    EXPECT_NEAR(estimate_dataset_scale(s, sample), want, 1e-12 * want) << "sample " << sample;
+  }
+  // Over the whole data set the scaled mean squared norm is d.
+  const double scale = estimate_dataset_scale(s, tokens);
+  std::vector<float> x(tokens * d);
+  s.read_tokens(0, tokens, x.data());
   double sq = 0;
   for (float v : x) sq += double(v) * v * scale * scale;
-  EXPECT_NEAR(sq / 500.0, double(s.d()), 0.1 * s.d());
+  EXPECT_NEAR(sq / double(tokens), double(d), 1e-12 * d);
 }
 
 TEST(Batcher, RejectsImpossibleCombinations) {

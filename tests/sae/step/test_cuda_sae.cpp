@@ -17,13 +17,13 @@
 #include <vector>
 
 #include "tests/util/gradcheck.h"
-#include "tests/util/step_util.h"
 #include "tests/util/test_util.h"
 #include "nn/module.h"
-#include "sae/model.h"
-#include "sae/step/sae_step.h"
+#include "tests/util/standard_sae.h"
+#include "sae/arch/sae_step.h"
 #include "sae/train/trainer.h"
 #include "tensor/cuda/backend.h"
+#include "sae/arch/standard/standard_kernels.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
@@ -32,6 +32,7 @@
 #include "tests/util/gpu.h"
 
 using namespace sae;
+using sae::testing::StandardSae;
 using sae::testing::expect_same_saved_weights;
 using sae::testing::Tolerance;
 using sae::testing::kExact;
@@ -347,7 +348,7 @@ TEST(CudaGradcheck, SaeLossAllFourParametersAndDetectsAWrongGradient) {
   ASSERT_GE(reduce(ReduceOp::min, abs(add(matmul(x, W_enc), b_enc))).item(), 1e-3);
   Tensor x_gpu = cuda64(x);
   auto loss = [x_gpu](const Vars& v) {
-    SparseAutoencoder model(v[0].data(), v[1].data(), v[2].data(), v[3].data());
+    StandardSae model(v[0].data(), v[1].data(), v[2].data(), v[3].data());
     model.W_enc = v[0], model.b_enc = v[1], model.W_dec = v[2], model.b_dec = v[3];
     return model.loss(Variable(x_gpu), 0.7).total;
   };
@@ -396,8 +397,8 @@ Problem exact_encoder_problem(int64_t n, int64_t d, int64_t f, DType dtype, uint
   return p;
 }
 
-std::unique_ptr<SparseAutoencoder> model_on(const Problem& p, Device device) {
-  return std::make_unique<SparseAutoencoder>(p.W_enc.to(device).clone(), p.b_enc.to(device).clone(),
+std::unique_ptr<StandardSae> model_on(const Problem& p, Device device) {
+  return std::make_unique<StandardSae>(p.W_enc.to(device).clone(), p.b_enc.to(device).clone(),
                                              p.W_dec.to(device).clone(), p.b_dec.to(device).clone());
 }
 
@@ -409,7 +410,8 @@ void compare_step(int64_t n, int64_t d, int64_t f, DType dtype, double lambda, u
   const double rel = dtype == DType::F32 ? 3e-5 : 1e-11;
   Problem p = exact_encoder_problem(n, d, f, dtype, seed);
   auto cpu_model = model_on(p, Device::CPU), gpu_model = model_on(p, Device::CUDA);
-  SaeStep cpu_step(n + 3, d, f, dtype, Device::CPU), gpu_step(n + 3, d, f, dtype, Device::CUDA);
+  SaeStep cpu_step = sae::testing::standard_step(n + 3, d, f, dtype, Device::CPU);
+  SaeStep gpu_step = sae::testing::standard_step(n + 3, d, f, dtype, Device::CUDA);
   for (Variable& param : gpu_model->parameters())  // the step must overwrite every gradient
     param.grad() = Tensor::full(param.shape(), kNaN, dtype, Device::CUDA);
   const StepSums cpu = fused_backward(cpu_step, *cpu_model, p.x, lambda);
@@ -473,7 +475,7 @@ TEST(CudaSaeStep, AgreesWithTheAutogradReferenceOnTheGpu) {
   Tensor x = on_gpu(p.x);
   auto loss = reference->loss(Variable(x), lambda);
   loss.total.backward();
-  SaeStep step(30, 12, 50, DType::F64, Device::CUDA);
+  SaeStep step = sae::testing::standard_step(30, 12, 50, DType::F64, Device::CUDA);
   const StepSums sums = fused_backward(step, *fused, x, lambda);
   EXPECT_NEAR(sums.rec, loss.rec.data().item(), 1e-10 * std::abs(sums.rec));
   EXPECT_NEAR(sums.l1, loss.l1.data().item(), 1e-10 * std::abs(sums.l1));

@@ -459,13 +459,13 @@ TEST(FeatureStatsTraining, GatheringChangesNothingOfTheRun) {
   kinds.push_back(stats_run(""));
   kinds.back().batch_tokens = 0;
   kinds.back().normalize = Normalization::Story;
-  kinds.back().sparse = SparseMode::Off;
+  kinds.back().arch.set("sparse", Json("off"));
   kinds.push_back(stats_run(""));
-  kinds.back().architecture = Architecture::TopK;
-  kinds.back().k = 4;
+  kinds.back().architecture = "topk";
+  kinds.back().arch.set("k", Json(4));
   kinds.back().l1 = 0;
   kinds.push_back(stats_run(""));
-  kinds.back().architecture = Architecture::JumpReLU;
+  kinds.back().architecture = "jumprelu";
   for (size_t i = 0; i < kinds.size(); ++i) {
     TrainConfig with = kinds[i], without = kinds[i];
     with.out = dir.str(cat("with", i));
@@ -540,7 +540,7 @@ TEST(FeatureStatsTraining, TextRunsKeepTheStoriesTokensAroundEachTopActivation) 
   TempDir dir("stats_text");
   const std::string model = std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/model";
   const std::string text = std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/stories.txt";
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(model);
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(model);
   std::vector<std::vector<int32_t>> ids;
   StoryReader reader(text);
   TextStory story;

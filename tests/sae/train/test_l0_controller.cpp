@@ -173,8 +173,8 @@ TEST(L0Controller, JumpReluWithTheTanhPenaltyReachesTheTarget) {
   // thresholds of latents firing within the bandwidth of them (docs/architectures.md §7.7).
   TempDir dir("l0_jumprelu");
   TrainConfig c = controlled_run(dir.str("tanh"), 4.0, 0.0);
-  c.architecture = Architecture::JumpReLU;
-  c.jumprelu_penalty = JumpReluPenalty::Tanh;
+  c.architecture = "jumprelu";
+  c.arch.set("jumprelu-penalty", Json("tanh"));
   train(c);
   EXPECT_NEAR(last_tenth_l0(c.out), 4.0, 0.2);
   const Metrics m = read_metrics(c.out + "/metrics.csv");
@@ -222,8 +222,8 @@ TEST(L0Controller, BadOptionsAreRefused) {
   t.target_l0 = -1;
   refused(t, "--target-l0 must be in");
   t = c;
-  t.architecture = Architecture::TopK;
-  t.k = 4;
+  t.architecture = "topk";
+  t.arch.set("k", Json(4));
   t.l1 = TrainConfig().l1;
   t.target_l0 = 4;
   refused(t, "sets its L0 with --k");

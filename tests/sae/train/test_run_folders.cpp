@@ -70,10 +70,10 @@ TEST(RunFolders, EveryRunKindResumesBitExactly) {
   stories.normalize = Normalization::Story;
   expect_bit_exact_resume(stories, 13, dir, "stories");
   TrainConfig dense = tiny("");
-  dense.sparse = SparseMode::Off;
+  dense.arch.set("sparse", Json("off"));
   expect_bit_exact_resume(dense, 20, dir, "sparse_off");
   TrainConfig sparse = tiny("");
-  sparse.sparse = SparseMode::On;
+  sparse.arch.set("sparse", Json("on"));
   expect_bit_exact_resume(sparse, 11, dir, "sparse_on");
   TrainConfig prefetch = tiny("");
   prefetch.prefetch = PrefetchMode::On;

@@ -39,10 +39,10 @@ TEST(TrainTogether, EachSaeEqualsItsSeparateRun) {
     configs.push_back(c);
   }
   configs[2].features = 24;               // another width
-  configs[1].sparse = SparseMode::Auto;   // another step path
+  configs[1].arch.set("sparse", Json("auto"));   // another step path
   TrainConfig topk = tiny(dir.str("together_topk"));
-  topk.architecture = Architecture::TopK;
-  topk.k = 3;
+  topk.architecture = "topk";
+  topk.arch.set("k", Json(3));
   topk.l1 = TrainConfig().l1;
   configs.push_back(topk);
   const std::vector<TrainResult> together = train_together(configs);

@@ -1,0 +1,36 @@
+// The registry of architecture units: the one list of SAE kinds (registry.cpp), and what the rest of
+// the code asks of it. Adding an architecture adds one line to that list (docs/architectures.md
+// "Adding an architecture").
+#pragma once
+#include <string>
+#include <vector>
+
+#include "sae/arch/unit.h"
+
+namespace sae {
+
+const std::vector<const ArchUnit*>& arch_units();
+// The unit named `name`: UsageError naming --architecture and listing the units otherwise.
+const ArchUnit& arch_unit(const std::string& name);
+// The unit of an SAE (its params.kind; Error for an unknown kind, which no loader lets through).
+const ArchUnit& unit_of(const SaeParams& params);
+std::string arch_unit_names(const char* separator = " | ");
+
+// Every architecture option row of every unit, once each (a family's rows listed by several units
+// are one row), in registry order.
+const std::vector<ArchOption>& arch_option_rows();
+// The units that read option `name`, as "topk, batchtopk"; empty when none does.
+std::string units_reading(const std::string& name);
+// The units whose sparsity coefficient is lambda (ArchUnit::has_lambda), as "standard, jumprelu, gated".
+std::string units_with_lambda();
+
+// The unit whose folder cfg.json (SAELens's "architecture", our sae_cpp.training_architecture) names:
+// DataError naming `where` when none does.
+const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where);
+
+// Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec (+ x W_skip for a skip
+// transcoder, which needs its input x: Error without it).
+Tensor sae_encode(const SaeParams& params, const Tensor& x);
+Tensor sae_decode(const SaeParams& params, const Tensor& f, const Tensor* x = nullptr);
+
+}  // namespace sae

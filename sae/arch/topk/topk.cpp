@@ -1,0 +1,93 @@
+// The TopK unit (see topk.h): the TopK family's options and step with the per-token selection, its
+// reference, inference and SAELens export ("topk" with cfg k and rescale_acts_by_decoder_norm false;
+// a SAELens folder with rescale_acts_by_decoder_norm true is folded on import).
+#include "sae/arch/topk/topk.h"
+
+#include "sae/arch/topk_family.h"
+#include "sae/step/sae_ops.h"
+#include "tensor/ops.h"
+
+namespace sae {
+
+namespace {
+class TopKStep : public TopKFamilyStep {
+ public:
+  using TopKFamilyStep::TopKFamilyStep;
+
+ protected:
+  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t) override {
+    topk_select_(main, pre, b_enc, Tensor(), settings_.k, 0);
+  }
+};
+
+class TopKUnit : public ArchUnit {
+ public:
+  std::string name() const override { return "topk"; }
+  std::string description() const override {
+    return "f = relu(P) on the k largest P of each token, AuxK for dead latents (Gao et al. 2024)";
+  }
+  std::vector<ArchOption> option_rows() const override { return topk_family_rows(); }
+  std::vector<std::string> reads() const override { return topk_family_reads(); }
+  void validate(const ArchSettings& s, int64_t d_sae) const override { validate_topk_family(s, d_sae, name()); }
+  bool has_lambda() const override { return false; }
+  bool trains_crosscoders() const override { return true; }
+  std::string sparsity_note() const override { return "sets its L0 with --k"; }
+  DictionaryInit dictionary_init(const ArchSettings& s) const override { return topk_family_dictionary_init(s); }
+  void init_own(SaeParams& p, const ArchSettings& s) const override { p.settings["k"] = s.integer("k"); }
+  void check_settings(const SaeParams& p) const override {
+    const int64_t k = p.settings.has("k") ? p.settings.at("k").as_int() : 0;
+    if (k < 1 || k > p.d_sae()) throw DataError(cat("SAE (topk): k must be in [1, d_sae = ", p.d_sae(), "], got ", k));
+  }
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
+                                      Device device) const override {
+    return std::make_unique<TopKStep>(topk_settings(s, shape.d_in), shape, dtype, device, name());
+  }
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>* dead,
+                               const ArchFrozen* frozen) const override {
+    const TopKSettings o = topk_settings(s, x.size(1));
+    const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
+    const std::vector<uint8_t> kept = top_k_per_row(P.to_vector(), P.size(0), P.size(1), o.k);
+    return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
+  }
+  Tensor encode(const SaeParams& p, const Tensor& x) const override {
+    check(p);
+    const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
+    const Tensor host = P.to(Device::CPU);
+    const std::vector<uint8_t> mask =
+        top_k_per_row(host.to_vector(), P.size(0), P.size(1), p.settings.at("k").as_int());
+    return mul(relu(P), flags_tensor(mask, P.shape(), P));
+  }
+  void set_cfg_keys(const SaeParams& p, Json& cfg, Json&) const override {
+    cfg["k"] = p.settings.at("k");  // required: SAELens silently uses k = 100 without it
+    cfg["rescale_acts_by_decoder_norm"] = false;
+  }
+  void check_cfg(const Json& cfg) const override {
+    if (cfg.has("k")) cfg.at("k").as_int();
+    if (cfg.has("rescale_acts_by_decoder_norm")) cfg.at("rescale_acts_by_decoder_norm").as_bool();
+  }
+  void import_rest(const SafetensorsFile&, const Json& cfg, const std::string& where, SaeParams& p) const override {
+    if (!cfg.has("k") || !cfg.at("k").is_number()) throw DataError(cat(where, ": a topk cfg.json needs an integer k"));
+    p.settings["k"] = cfg.at("k").as_int();
+  }
+  // SAELens's rescale_acts_by_decoder_norm: select on P n_i and divide by n_i again in decode is our
+  // topk with W_enc[:, i] n_i, b_enc n_i and W_dec[i, :] / n_i.
+  void finish_import(const Json& cfg, const std::string& where, SaeParams& p) const override {
+    if (!cfg.has("rescale_acts_by_decoder_norm") || !cfg.at("rescale_acts_by_decoder_norm").as_bool()) return;
+    const int64_t features = p.d_sae();
+    const Tensor n = norm2(p.W_dec, 1);
+    if (!(reduce(ReduceOp::min, n).item() > 0))
+      throw DataError(cat(where, ": rescale_acts_by_decoder_norm with a zero decoder row"));
+    p.W_enc = mul(p.W_enc, n.reshape(Shape{1, features}));
+    p.b_enc = mul(p.b_enc, n);
+    p.W_dec = div(p.W_dec, n.reshape(Shape{features, 1}));
+  }
+};
+}  // namespace
+
+const ArchUnit& topk_unit() {
+  static const TopKUnit unit;
+  return unit;
+}
+
+}  // namespace sae

@@ -1,0 +1,375 @@
+// The TopK family's options, step and AuxK reference (see topk_family.h), in the order they run.
+#include "sae/arch/topk_family.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "sae/arch/dictionary.h"
+#include "sae/step/sae_ops.h"
+#include "tensor/ops.h"
+
+namespace sae {
+
+namespace {
+void require(bool ok, const std::string& message) {
+  if (!ok) throw UsageError(message);
+}
+
+Tensor zero_indices(int64_t count, Device device) {
+  return Tensor::from_vector(std::vector<double>(count, 0.0), Shape{count}, DType::I32, device);
+}
+
+int32_t read_index(const Tensor& row_ptr, int64_t at) {
+  return static_cast<int32_t>(row_ptr.slice_rows(at, at + 1).item());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- options
+
+TopKSettings topk_settings(const ArchSettings& s, int64_t d_in) {
+  TopKSettings o;
+  o.k = s.integer("k");
+  o.auxk_coefficient = s.number("auxk-coefficient");
+  o.auxk_k = s.integer("auxk-k") > 0 ? s.integer("auxk-k") : std::max<int64_t>(1, d_in / 2);
+  o.dead_tokens = s.integer("dead-window");
+  o.unit_norm_decoder = s.toggle("unit-norm-decoder", true);
+  return o;
+}
+
+std::vector<ArchOption> topk_family_rows() {
+  return {{"k", "k",
+           "(--k or -k) topk: latents kept per token; batchtopk, matryoshka: their mean (k N per batch); required",
+           ArchValueType::Integer, "0"},
+          {"auxk-coefficient", "auxk_coefficient", "AuxK's alpha (dead latents predict the residual); 0 = off",
+           ArchValueType::Number, "0.03125"},
+          {"auxk-k", "auxk_k", "AuxK's k_aux, dead latents per token (0 = d_in / 2); dead = --dead-window tokens "
+           "without firing", ArchValueType::Integer, "0"},
+          unit_norm_decoder_row(), init_tied_row(), init_b_dec_row()};
+}
+
+std::vector<std::string> topk_family_reads() {
+  return {"k", "auxk-coefficient", "auxk-k", "dead-window", "unit-norm-decoder", "init-tied", "init-b-dec"};
+}
+
+void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::string& unit) {
+  const int64_t k = s.integer("k");
+  require(k != 0, cat("--k is required with --architecture ", unit, " (latents per token, 1 to --features)"));
+  require(k >= 1 && k <= d_sae, cat("--k must be in [1, ", d_sae, "] (at most --features), got ", k));
+  const double alpha = s.number("auxk-coefficient");
+  require(std::isfinite(alpha) && alpha >= 0, cat("--auxk-coefficient must be a finite number >= 0, got ", alpha));
+  const int64_t k_aux = s.integer("auxk-k");
+  require(k_aux >= 0 && k_aux <= d_sae, cat("--auxk-k must be in [0, ", d_sae, "] (0 = d_in / 2), got ", k_aux));
+}
+
+DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {
+  return resolve_dictionary_init(s, /*unit_norm_when_auto=*/true, /*tied_when_auto=*/true,
+                                 /*median_when_auto=*/true);
+}
+
+// ---------------------------------------------------------------- the step
+
+TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
+                               const std::string& unit)
+    : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae) {
+  const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae, d_out = shape.d_out;
+  const bool auxk = settings.auxk_coefficient > 0;
+  if (settings.k < 1 || settings.k > d_sae)
+    throw UsageError(cat("--k must be in [1, ", d_sae, "] (the number of features), got ", settings.k));
+  k_aux_ = auxk ? std::min(d_sae, settings.auxk_k) : 0;
+  if ((auxk ? 2 : 1) * max_tokens * d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", d_sae,
+                         " features do not fit int32 entry indices; use smaller batches"));
+  pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
+  x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
+  scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  col_mean_ = Tensor::zeros(Shape{d_out}, dtype, device);
+  zero_d_ = Tensor::zeros(Shape{d_out}, dtype, device);
+  for (Tensor* t : {&col_sum_, &col_count_, &all_sum_, &all_count_, &norms_, &dead_flags_})
+    *t = Tensor::zeros(Shape{d_sae}, dtype, device);
+  sums_ = Tensor::zeros(Shape{1}, dtype, device);
+  const int64_t capacity = max_tokens * (std::min(settings.k, d_sae) + k_aux_);
+  lists_.col_ptr = zero_indices(d_sae + 1, device);
+  lists_.row_ptr = zero_indices(2 * max_tokens + 1, device);
+  lists_.rows = zero_indices(capacity, device);
+  lists_.cols = zero_indices(capacity, device);
+  lists_.vals = Tensor::zeros(Shape{capacity}, dtype, device);
+  lists_.row_vals = Tensor::zeros(Shape{capacity}, dtype, device);
+  dpre_ = Tensor::zeros(Shape{capacity}, dtype, device);
+  if (auxk) tokens_since_fired_.assign(d_sae, 0);
+}
+
+SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
+  SparseFeatures s = lists_;
+  s.row_ptr = lists_.row_ptr.slice_rows(row0, row0 + rows + 1);
+  return s;
+}
+
+StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                                 bool train) {
+  const int64_t n = x.size(0);
+  tokens_ = n;
+  aux_ = 0;
+  Tensor pre = pre_.slice_rows(0, n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
+  matmul_(pre, x, false, params.W_enc, false);
+  reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
+  // The kept latents: rows 0 .. N-1 of the lists; then by feature (which also counts them).
+  SparseFeatures main = lists(0, n);
+  select(main, pre, params.b_enc, n);
+  main_entries_ = all_entries_ = read_index(lists_.row_ptr, n);
+  sparse_by_feature_(main, col_sum_, col_count_);
+  sparse_decode_(x_hat, main, params.W_dec, params.b_dec);
+  binary_(BinaryOp::sub, r, x_hat, target);
+  reduce_all_(ReduceOp::sum_squares, sums_, r);
+  rec_ = sums_.item();
+  aux_rows_ = false;
+  auto sums = [&] {
+    StepSums s;
+    s.rec = rec_;
+    s.aux = aux_;
+    s.loss = rec_ + lambda * 0.0 + aux_;
+    s.active = double(main_entries_);
+    s.tokens = tokens_;
+    s.sparse = true;
+    return s;
+  };
+  if (k_aux_ == 0) return sums();
+
+  // AuxK: the dead mask counts this batch's firings; the dead latents' k_aux largest P per token.
+  std::vector<uint8_t> fired(d_sae_);
+  const std::vector<double> counts = col_count_.to_vector();
+  for (int64_t i = 0; i < d_sae_; ++i) fired[i] = counts[i] > 0;
+  std::vector<int64_t> clock = tokens_since_fired_;
+  dead_ = dead_after_batch(clock, fired, n, settings_.dead_tokens);
+  if (train) {
+    clock_before_ = tokens_since_fired_;
+    tokens_since_fired_ = clock;
+  }
+  int64_t n_dead = 0;
+  for (uint8_t d : dead_) n_dead += d;
+  if (n_dead == 0 || n == 0) return sums();
+  copy_(dead_flags_, Tensor::from_vector(std::vector<double>(dead_.begin(), dead_.end()), Shape{d_sae_},
+                                         dead_flags_.dtype(), Device::CPU)
+                         .to(dead_flags_.device()));
+  SparseFeatures all = lists(0, 2 * n);
+  topk_select_(all, pre, params.b_enc, dead_flags_, std::min(k_aux_, n_dead), n);
+  all_entries_ = read_index(lists_.row_ptr, 2 * n);
+  if (all_entries_ == main_entries_) return sums();
+  // e_hat = a W_dec (no b_dec) in the rows below r; Z = sum (e - mean_t e)^2 = sum (r - mean_t r)^2.
+  Tensor e_hat = grad_x_hat_.slice_rows(n, 2 * n), centred = scratch_rows_.slice_rows(0, n);
+  SparseFeatures aux = lists(n, n);
+  sparse_decode_(e_hat, aux, params.W_dec, zero_d_);
+  reduce_axis_(ReduceOp::mean, col_mean_, r, 0);
+  binary_(BinaryOp::sub, centred, r, col_mean_);
+  reduce_all_(ReduceOp::sum_squares, sums_, centred);
+  const double Z = sums_.item();
+  if (!(Z > 0)) return sums();  // the peers' nan_to_num: no term
+  binary_(BinaryOp::add, e_hat, e_hat, r);  // e_hat - e, with e = -r
+  reduce_all_(ReduceOp::sum_squares, sums_, e_hat);
+  const double scale = settings_.auxk_coefficient * double(n) / Z;
+  aux_ = scale * sums_.item();
+  affine_(e_hat, e_hat, 2.0 * scale, 0.0);  // dL/de_hat
+  sparse_by_feature_(all, all_sum_, all_count_);  // both blocks of rows, for the backward
+  aux_rows_ = true;
+  return sums();
+}
+
+std::vector<std::string> TopKFamilyStep::backward(const SaeParams& params, const Tensor& x, double, SaeParams& grads,
+                                                  const FusedAdam* fused) {
+  const int64_t n = tokens_;
+  Tensor dx = grad_x_hat_.slice_rows(0, n);
+  affine_(dx, dx, 2.0, 0.0);
+  reduce_axis_(ReduceOp::sum, grads.b_dec, dx, 0);
+  // With AuxK rows the lists, the output gradients and the inputs are two stacked blocks of N rows.
+  const int64_t rows = aux_rows_ ? 2 * n : n;
+  Tensor inputs = x;
+  if (aux_rows_) {
+    if (!x_stacked_.defined()) x_stacked_ = Tensor::zeros(Shape{2 * max_tokens_, d_in_}, x.dtype(), x.device());
+    Tensor top = x_stacked_.slice_rows(0, n), bottom = x_stacked_.slice_rows(n, 2 * n);
+    copy_(top, x);
+    copy_(bottom, x);
+    inputs = x_stacked_.slice_rows(0, 2 * n);
+  }
+  const SparseFeatures by_feature = lists(0, rows);
+  const SaeAdamState* adam = fused ? fused->adam : nullptr;
+  ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                   adam ? adam->v.W_dec : Tensor(), fused);
+  ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                   adam ? adam->v.W_enc : Tensor(), fused);
+  ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                   adam ? adam->v.b_enc : Tensor(), fused);
+  sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, rows), by_feature, norms_,
+                           aux_rows_ ? all_sum_ : col_sum_, 0.0, settings_.unit_norm_decoder);
+  sparse_encoder_backward_(W_enc, b_enc, inputs, by_feature, dpre_);
+  if (fused) return {"W_enc", "b_enc", "W_dec"};
+  return {};
+}
+
+StepFeatures TopKFamilyStep::step_features() const {
+  StepFeatures out;
+  out.tokens = tokens_;
+  out.sparse = true;
+  out.lists = lists_;  // by feature: rows >= tokens_ are AuxK's when aux_rows_
+  return out;
+}
+
+Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features, const Tensor& like) {
+  std::vector<double> out(rows * features, 0.0);
+  if (rows > 0) {
+    const std::vector<double> ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to_vector();
+    const int64_t end = static_cast<int64_t>(ptr[rows]);
+    if (end > 0) {
+      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector();
+      const std::vector<double> vals = s.row_vals.slice_rows(0, end).to_vector();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t e = static_cast<int64_t>(ptr[r]); e < static_cast<int64_t>(ptr[r + 1]); ++e)
+          out[r * features + static_cast<int64_t>(cols[e])] = vals[e];
+    }
+  }
+  return Tensor::from_vector(out, Shape{rows, features}, like.dtype(), like.device());
+}
+
+Tensor TopKFamilyStep::features() const { return dense_from_lists(lists_, 0, tokens_, d_sae_, pre_); }
+
+Tensor TopKFamilyStep::aux_activations() const {
+  if (all_entries_ == main_entries_) return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
+  return dense_from_lists(lists_, tokens_, tokens_, d_sae_, pre_);
+}
+
+// ---------------------------------------------------------------- selection by batch
+
+double batch_threshold(const SaeParams& p) {
+  return p.settings.has("threshold") ? p.settings.at("threshold").as_number() : 0.0;
+}
+
+BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
+                             Device device, const std::string& unit)
+    : TopKFamilyStep(settings, shape, dtype, device, unit), rate_(rate) {}
+
+void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
+  batchtopk_select_(main, pre, b_enc, settings_.k * n);
+}
+
+StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                                bool train) {
+  const StepSums sums = TopKFamilyStep::forward(params, x, target, lambda, train);
+  if (main_entries_ > 0) {
+    reduce_all_(ReduceOp::min, sums_, lists_.row_vals.slice_rows(0, main_entries_));
+    min_positive_ = sums_.item();
+  }
+  return sums;
+}
+
+// The inference threshold, from this step's f (the parameters before the update).
+void BatchTopKStep::after_update(SaeParams& params) {
+  if (main_entries_ == 0) return;
+  const double theta = batch_threshold(params);
+  params.settings["threshold"] = theta > 0 ? (1.0 - rate_) * theta + rate_ * min_positive_ : min_positive_;
+}
+
+std::vector<ArchOption> BatchThresholdUnit::option_rows() const {
+  std::vector<ArchOption> rows = topk_family_rows();
+  rows.push_back({"batchtopk-threshold-lr", "batchtopk_threshold_lr",
+                  "rate of the inference threshold's moving average of the smallest kept activation",
+                  ArchValueType::Number, "0.01"});
+  return rows;
+}
+
+std::vector<std::string> BatchThresholdUnit::reads() const {
+  std::vector<std::string> names = topk_family_reads();
+  names.push_back("batchtopk-threshold-lr");
+  return names;
+}
+
+void BatchThresholdUnit::validate(const ArchSettings& s, int64_t d_sae) const {
+  validate_topk_family(s, d_sae, name());
+  const double rate = s.number("batchtopk-threshold-lr");
+  require(rate > 0 && rate <= 1, cat("--batchtopk-threshold-lr must be in (0, 1], got ", rate));
+}
+
+void BatchThresholdUnit::init_own(SaeParams& p, const ArchSettings& s) const {
+  p.settings["k"] = s.integer("k");
+  p.settings["threshold"] = 0.0;
+}
+
+Tensor BatchThresholdUnit::encode(const SaeParams& p, const Tensor& x) const {
+  check(p);
+  const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
+  return mul(relu(P), gt(P, Tensor::full(Shape{1}, batch_threshold(p), P.dtype(), P.device())));
+}
+
+std::vector<std::pair<std::string, Tensor>> BatchThresholdUnit::saelens_weights(const SaeParams& p) const {
+  std::vector<std::pair<std::string, Tensor>> out = ArchUnit::saelens_weights(p);
+  out.push_back({"threshold", Tensor::full(Shape{p.d_sae()}, batch_threshold(p), DType::F32)});
+  return out;
+}
+
+void BatchThresholdUnit::set_cfg_keys(const SaeParams& p, Json&, Json& ours) const {
+  ours["k"] = p.settings.at("k");
+  ours["batchtopk_threshold"] = batch_threshold(p);
+}
+
+void BatchThresholdUnit::check_cfg(const Json& cfg) const {
+  const Json& ours = cfg.at("sae_cpp");
+  if (ours.has("k")) ours.at("k").as_int();
+  if (ours.has("batchtopk_threshold")) ours.at("batchtopk_threshold").as_number();
+}
+
+// One threshold for every latent (in full precision in sae_cpp).
+void BatchThresholdUnit::import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+                                     SaeParams& p) const {
+  if (!weights.has("threshold")) throw DataError(cat(where, ": missing tensor threshold"));
+  const Tensor threshold = weights.read_f32("threshold");
+  if (threshold.shape() != Shape{p.d_sae()})
+    throw DataError(cat(where, ": threshold should be [", p.d_sae(), "], got ", threshold.describe()));
+  const std::vector<double> theta = threshold.to_vector();
+  for (double v : theta)
+    if (v != theta[0]) throw DataError(cat(where, ": a ", name(), " SAE has one threshold for every latent"));
+  const Json& ours = cfg.at("sae_cpp");
+  p.settings["threshold"] = ours.has("batchtopk_threshold") ? ours.at("batchtopk_threshold").as_number() : theta[0];
+  p.settings["k"] = ours.has("k") ? ours.at("k").as_int() : int64_t(0);
+}
+
+void BatchThresholdUnit::save_state(const SaeParams& p, std::vector<std::pair<std::string, Tensor>>&, Json& info) const {
+  info["batchtopk_threshold"] = batch_threshold(p);
+}
+
+void BatchThresholdUnit::load_state(const SafetensorsFile&, const Json& info, SaeParams& p) const {
+  if (info.has("batchtopk_threshold")) p.settings["threshold"] = info.at("batchtopk_threshold").as_number();
+}
+
+// ---------------------------------------------------------------- the reference
+
+ReferenceLoss topk_family_reference(const TopKSettings& o, const std::vector<uint8_t>& kept, const ArchVariables& p,
+                                    const Tensor& x, const Tensor& target, double lambda,
+                                    const std::vector<uint8_t>* dead, const ArchFrozen* frozen) {
+  const Variable X(x);
+  const int64_t n = x.size(0), features = p.W_enc.shape()[1];
+  ReferenceLoss out;
+  const Variable P = ag::matmul(X, p.W_enc) + p.b_enc;
+  out.pre = P.data();
+  const Variable f = ag::relu(P) * Variable(flags_tensor(kept, P.shape(), x));
+  finish_reference(out, p, x, target, f, lambda);
+  // AuxK: the k_aux largest P of each token among the dead latents predict the (constant) residual.
+  if (o.auxk_coefficient > 0 && dead) {
+    for (uint8_t d : *dead) out.n_dead += d;
+    if (out.n_dead > 0) {
+      const int64_t k_aux = std::min(o.auxk_k, out.n_dead);
+      const Tensor selected =
+          flags_tensor(top_k_per_row(P.data().to_vector(), n, features, k_aux, dead), P.shape(), x);
+      const Variable a = ag::relu(P) * Variable(selected);
+      out.aux_acts = a.data();
+      const Tensor e = frozen && frozen->residual.defined() ? frozen->residual : sub(target, out.x_hat);
+      const double Z = sum(square(sub(e, mean(e, 0, true)))).item();
+      if (Z > 0) {
+        const Variable e_hat = ag::matmul(a, p.W_dec);
+        out.aux = ag::sum(ag::square(e_hat - Variable(e))) * (o.auxk_coefficient * double(n) / Z);
+        out.total = out.rec + out.sparsity * lambda + out.aux;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace sae

@@ -1,0 +1,130 @@
+// What every unit shares (see unit.h): fresh parameters, the shape check, the SAELens weights and
+// import by tensor name, the input shift and scale folds.
+#include "sae/arch/unit.h"
+
+#include <cmath>
+
+#include "sae/arch/dictionary.h"
+#include "tensor/ops.h"
+
+namespace sae {
+
+bool finite(const StepSums& s) {
+  return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1) && std::isfinite(s.aux);
+}
+
+ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                         const FusedAdam* fused) {
+  ParamUpdate u;
+  u.param = param;  // a handle: Adam updates the caller's tensor
+  if (fused) {
+    u.m = m;
+    u.v = v;
+    u.adam = true;
+    u.scalars = fused->scalars;
+  } else {
+    u.grad = grad;
+  }
+  return u;
+}
+
+SaeParams ArchUnit::initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
+                                   const std::vector<double>& sample) const {
+  SaeParams p = initial_dictionary(dictionary_init(s), d, d_sae, rng, sample);
+  p.kind = name();
+  init_own(p, s);
+  check(p);
+  return p;
+}
+
+void ArchUnit::check(const SaeParams& p) const {
+  if (p.kind != name()) throw DataError(cat("SAE: a ", p.kind, " SAE given to the ", name(), " architecture"));
+  p.check_shapes(has_b_enc(), own_tensors());
+  check_settings(p);
+}
+
+namespace {
+Tensor host_f32(const Tensor& t) { return t.to(Device::CPU).to(DType::F32); }
+
+Tensor read_finite(const SafetensorsFile& weights, const std::string& name, const std::string& where) {
+  if (!weights.has(name)) throw DataError(cat(where, ": missing tensor ", name));
+  const Tensor t = weights.read_f32(name);
+  const float* p = t.data<float>();
+  for (int64_t k = 0; k < t.numel(); ++k)
+    if (!std::isfinite(p[k])) throw DataError(cat(where, ": ", name, " holds ", p[k], " at element ", k));
+  return t;
+}
+}  // namespace
+
+std::string ArchUnit::folder_architecture(const SaeParams& p) const {
+  if (p.sources > 1) return "crosscoder";
+  if (!p.transcoder) return saelens_architecture();
+  const bool skip = p.W_skip.defined();
+  const std::string saelens = saelens_transcoder_architecture(skip);
+  return !saelens.empty() ? saelens : name() + (skip ? "_skip_transcoder" : "_transcoder");
+}
+
+std::vector<std::pair<std::string, Tensor>> ArchUnit::saelens_weights(const SaeParams& p) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& [name, tensor] : p.present())
+    out.push_back({name, name == "W_skip" ? transpose(host_f32(*tensor)) : host_f32(*tensor)});
+  return out;
+}
+
+SaeParams ArchUnit::import_saelens(const SafetensorsFile& weights, const Json& cfg, const std::string& where) const {
+  SaeParams p;
+  p.kind = name();
+  if (has_b_enc())
+    p.b_enc = read_finite(weights, "b_enc", where);
+  else if (weights.has("b_enc"))
+    throw DataError(cat(where, ": a ", name(), " SAE has no b_enc"));
+  p.W_enc = read_finite(weights, "W_enc", where);
+  p.W_dec = read_finite(weights, "W_dec", where);
+  p.b_dec = read_finite(weights, "b_dec", where);
+  if (p.W_enc.ndim() != 2) throw DataError(cat(where, ": W_enc must be 2-D, got ", p.W_enc.describe()));
+  // The dictionary's kind, from the folder's architecture name (unit_for_folder chose this unit).
+  const std::string arch = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
+  if (arch == "crosscoder") {
+    const Json& ours = cfg.at("sae_cpp");
+    p.sources = ours.has("sources") ? ours.at("sources").as_int() : 0;
+    if (p.sources < 2) throw DataError(cat(where, ": a crosscoder needs sae_cpp.sources >= 2"));
+  } else if (arch != saelens_architecture()) {
+    p.transcoder = true;
+    if (weights.has("W_skip")) {
+      const Tensor stored = read_finite(weights, "W_skip", where);  // SAELens's [d_out, d_in]
+      if (stored.ndim() != 2) throw DataError(cat(where, ": W_skip must be 2-D, got ", stored.describe()));
+      p.W_skip = transpose(stored);
+    }
+    if (arch.find("skip") != std::string::npos && !p.W_skip.defined())
+      throw DataError(cat(where, ": a skip transcoder needs W_skip"));
+  }
+  for (const std::string& own : own_tensors())
+    if (weights.has(own)) p.own.push_back({own, read_finite(weights, own, where)});
+  import_rest(weights, cfg, where, p);
+  for (const std::string& own : own_tensors())
+    if (!p.has_own(own)) throw DataError(cat(where, ": missing tensor ", own));
+  try {
+    check(p);
+  } catch (const DataError& e) {
+    throw DataError(cat(where, ": ", e.what()));
+  }
+  // SAELens's input centring: (x - b_dec) W + b = x W + (b - b_dec W), per bias that sees it.
+  if (cfg.has("apply_b_dec_to_input") && cfg.at("apply_b_dec_to_input").as_bool()) {
+    if (p.d_out() != p.d_in() || p.transcoder)
+      throw DataError(cat(where, ": apply_b_dec_to_input with a transcoder (SAELens refuses it too)"));
+    fold_input_shift(p, matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()}));
+  }
+  finish_import(cfg, where, p);
+  return p;
+}
+
+void ArchUnit::fold_input_shift(SaeParams& p, const Tensor& shift) const { p.b_enc = sub(p.b_enc, shift); }
+
+void ArchUnit::fold_input_scale(SaeParams& p, double scale) const {
+  if (!(std::isfinite(scale) && scale > 0)) throw DataError(cat("fold_input_scale: scale must be > 0, got ", scale));
+  p.W_enc = mul_scalar(p.W_enc, scale);
+  p.W_dec = mul_scalar(p.W_dec, 1.0 / scale);
+  p.b_dec = mul_scalar(p.b_dec, 1.0 / scale);
+}
+
+}  // namespace sae

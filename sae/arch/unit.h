@@ -1,0 +1,201 @@
+// ArchUnit: one SAE architecture, everything about it behind one interface (docs/architectures.md
+// "Adding an architecture" is the recipe). A unit states its option rows and their checks, its
+// parameters and their initialisation, the forward and backward of its training step (a UnitStep over
+// the shared kernel families of sae/step and its own kernels beside it), its plain autograd reference
+// loss, its inference rule, its SAELens export and import, and what it reports. The registry
+// (registry.h) lists the units; the trainer, checkpoints, sae_apply, sae_eval, feature statistics and
+// the studies ask the unit and never branch on the kind.
+// Letters: N tokens, D input width (d_in), F latents (d_sae); P = x W_enc + b_enc the pre-activation.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "sae/arch/reference.h"
+#include "sae/arch/settings.h"
+#include "sae/params.h"
+#include "sae/step/sae_kernels.h"
+
+namespace sae {
+
+// The sums of one step's loss (for the caller's metrics and the divergence check).
+struct StepSums {
+  double rec = 0;      // sum of squared reconstruction error
+  double l1 = 0;       // the sparsity term lambda multiplies (the unit's: the decoder-norm-weighted L1,
+                       // JumpReLU's L0 or tanh sum, 0 for units whose sparsity is set by k)
+  double aux = 0;      // auxiliary terms as they enter the loss (AuxK, gated's, JumpReLU's pre-activation)
+  double loss = 0;     // rec + lambda * l1 + aux
+  double active = 0;   // number of (token, latent) pairs with f > 0
+  int64_t tokens = 0;  // N
+  bool sparse = false; // this step took the sparse path
+};
+bool finite(const StepSums& s);
+
+// The latents of a step's batch as the step holds them, for statistics (sae/train/feature_stats.h):
+// on the sparse path the by-feature entry lists (entries of rows >= tokens are auxiliary, not
+// latents), otherwise f [N, F]. Views of the step's buffers, valid until its next call.
+struct StepFeatures {
+  int64_t tokens = 0;
+  bool sparse = false;
+  Tensor dense;          // f [N, F], when !sparse
+  SparseFeatures lists;  // when sparse
+};
+
+// Adam fused into a unit's backward kernels (the sparse path updates W_enc, b_enc and W_dec row by
+// row as their gradients are known).
+struct FusedAdam {
+  SaeAdamState* adam = nullptr;
+  AdamScalars scalars;
+};
+
+// How a parameter's gradient leaves a shared sparse backward kernel: written into `grad`, or, with
+// `fused`, as one Adam step on the parameter with its moments `m` and `v` (the gradient is never stored).
+ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                         const FusedAdam* fused);
+
+// The sizes a step is made for: up to max_tokens tokens of width d_in in, d_out out (d_in for an
+// SAE or a crosscoder, the target's width for a transcoder), d_sae latents.
+struct StepShape {
+  int64_t max_tokens = 0, d_in = 0, d_out = 0, d_sae = 0;
+};
+
+// One training step of a unit with its buffers (allocated once, for up to max_tokens tokens).
+class UnitStep {
+ public:
+  virtual ~UnitStep() = default;
+  // The loss terms of x [N, D_in] reconstructing `target` [N, D_out] (x itself for an SAE) into the
+  // step's buffers (params checked by SaeStep). `train`: this is a training step, so the unit's
+  // clocks (AuxK's) move; undo_forward() puts them back.
+  virtual StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                           bool train) = 0;
+  virtual void undo_forward() {}
+  // After forward: the gradient of every parameter into `grads` (as Adam sees it: projected for a
+  // unit-norm decoder). With `fused`, the unit may apply Adam to some parameters inside its kernels
+  // instead; it returns their names (SaeStep applies Adam to the others from `grads`).
+  virtual std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda,
+                                            SaeParams& grads, const FusedAdam* fused) = 0;
+  // After Adam has updated every parameter (a unit-norm decoder is renormalised here; BatchTopK
+  // moves its inference threshold).
+  virtual void after_update(SaeParams& params) {}
+  // The last forward's results.
+  virtual Tensor features() const = 0;            // f [N, F] (may be made from entry lists)
+  virtual Tensor reconstruction() const = 0;      // x_hat [N, D_out]
+  // After backward: dL/dx_hat [N, D_out] as a term added to every reconstruction would receive it
+  // (2 (x_hat - target); summed over a Matryoshka's prefixes): a skip transcoder's W_skip gets x^T of it.
+  virtual Tensor output_gradient() const = 0;
+  virtual const Tensor& feature_counts() const = 0;  // tokens each latent fired on [F]
+  virtual StepFeatures step_features() const = 0;
+  // Tokens since each latent last fired, for units that keep such a clock (AuxK); null otherwise.
+  virtual std::vector<int64_t>* dead_clock() { return nullptr; }
+};
+
+// How a fresh dictionary starts (docs/architectures.md §2.7-2.8): the standard init (PyTorch
+// nn.Linear's) or the tied one (decoder rows N(0, I) scaled to norm 1, W_enc = W_dec^T, biases 0),
+// rows at unit norm, b_dec zero or at the geometric median of a sample of the data.
+enum class BDecInit { Keep, Zero, GeometricMedian };  // Keep: what the init drew
+struct DictionaryInit {
+  bool tied = false;
+  bool unit_norm_decoder = false;
+  BDecInit b_dec = BDecInit::Keep;
+};
+
+class ArchUnit {
+ public:
+  virtual ~ArchUnit() = default;
+  virtual std::string name() const = 0;         // --architecture's word and cfg.json's sae_cpp name
+  virtual std::string description() const = 0;  // one line: the formula and where it comes from
+
+  // ---- options ----
+  // The rows this unit defines (a family's shared rows may be listed by several units: the same row).
+  virtual std::vector<ArchOption> option_rows() const { return {}; }
+  // Every option it reads: its rows' names and common options (e.g. "dead-window"). Architecture
+  // rows of other units, given with this one, are refused.
+  virtual std::vector<std::string> reads() const = 0;
+  // Ranges and combinations of its options (UsageError naming the option); d_sae = --features.
+  virtual void validate(const ArchSettings& s, int64_t d_sae) const {}
+  // Whether lambda (--l1) is its sparsity coefficient (then --l1-warmup-steps and --target-l0 apply,
+  // and the L0 set point adjusts lambda); units whose sparsity is set otherwise (k) refuse them.
+  virtual bool has_lambda() const { return true; }
+  // For units without lambda: how their sparsity is set, for messages ("sets its L0 with --k").
+  virtual std::string sparsity_note() const { return ""; }
+
+  // ---- parameters ----
+  virtual bool has_b_enc() const { return true; }
+  virtual std::vector<std::string> own_tensors() const { return {}; }  // each [F], after the dictionary
+  virtual DictionaryInit dictionary_init(const ArchSettings& s) const = 0;
+  // A fresh SAE: the dictionary as `init` says (sample: [n, D] float64 rows, read for the geometric
+  // median), then the unit's own tensors and settings. Draws from rng exactly as
+  // SaeParams::standard_init when init.tied is false.
+  SaeParams initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
+                           const std::vector<double>& sample) const;
+  // The unit's own tensors and inference settings on a fresh dictionary (which has b_enc).
+  virtual void init_own(SaeParams& params, const ArchSettings& s) const {}
+  // Shapes, kind and settings as this unit needs them: DataError naming the tensor or setting.
+  void check(const SaeParams& params) const;
+  virtual void check_settings(const SaeParams& params) const {}
+
+  // ---- the training step ----
+  virtual std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
+                                              Device device) const = 0;
+  // Whether the metrics carry an aux_loss column.
+  virtual bool reports_aux() const { return true; }
+
+  // ---- the plain reference (what gradchecks and the fused step are tested against) ----
+  // x [N, D_in] reconstructing `target` [N, D_out]; dead: AuxK's dead mask (this batch's firings
+  // counted), or null; frozen: stop-gradient values fixed from outside so finite differences see the
+  // function autograd differentiates.
+  virtual ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x,
+                                       const Tensor& target, double lambda, const std::vector<uint8_t>* dead,
+                                       const ArchFrozen* frozen) const = 0;
+  // An SAE: x reconstructs itself.
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
+                               const std::vector<uint8_t>* dead, const ArchFrozen* frozen) const {
+    return reference_loss(s, p, x, x, lambda, dead, frozen);
+  }
+
+  // ---- inference, as the exported folder means it (docs/architectures.md §3) ----
+  virtual Tensor encode(const SaeParams& params, const Tensor& x) const = 0;  // f [N, F]
+
+  // ---- SAELens export and import ----
+  virtual std::string saelens_architecture() const { return name(); }
+  // As a transcoder (with a skip path or not): SAELens's architecture name, "" where SAELens has no
+  // such class (we then write "<unit>_transcoder" / "<unit>_skip_transcoder", which only we load).
+  virtual std::string saelens_transcoder_architecture(bool skip) const { return ""; }
+  // Whether the unit trains as a transcoder or a crosscoder (the option rules refuse the others).
+  virtual bool trains_transcoders() const { return true; }
+  virtual bool trains_crosscoders() const { return false; }
+  // Whether a SAELens folder of saelens_architecture() from elsewhere (no sae_cpp name) is this unit.
+  virtual bool reads_foreign_folders() const { return true; }
+  // The architecture name cfg.json gets for `params` (an SAE's, a transcoder's or "crosscoder").
+  std::string folder_architecture(const SaeParams& params) const;
+  // sae_weights.safetensors's tensors (float32, host; W_skip transposed, as SAELens stores it) and
+  // cfg.json's architecture keys.
+  virtual std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& params) const;
+  virtual void set_cfg_keys(const SaeParams& params, Json& cfg, Json& ours) const {}
+  // Type checks of the cfg.json keys the unit reads (DataError, which the loader prefixes with the file).
+  virtual void check_cfg(const Json& cfg) const {}
+  // The parameters a folder holds (float32, host): the dictionary and own tensors by name, then
+  // import_rest for what is not a plain tensor (own tensors stored otherwise, settings), the shape
+  // check, apply_b_dec_to_input folded (fold_input_shift), and finish_import for folds of the unit's
+  // own cfg keys. DataError naming `where`.
+  SaeParams import_saelens(const SafetensorsFile& weights, const Json& cfg, const std::string& where) const;
+  virtual void import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+                           SaeParams& params) const {}
+  virtual void finish_import(const Json& cfg, const std::string& where, SaeParams& params) const {}
+  // SAELens's apply_b_dec_to_input: the encoder sees x - shift_source; folds shift = b_dec W_enc [F]
+  // into the biases that see it, so the SAE takes x itself.
+  virtual void fold_input_shift(SaeParams& params, const Tensor& shift) const;
+  // The SAE for inputs `scale` times larger (a dataset scale folded into the weights): encoder side
+  // times scale, decoder side divided by it, so encode(scale x) and decode(.) / scale are unchanged.
+  virtual void fold_input_scale(SaeParams& params, double scale) const;
+  // The training state beyond Adam's moments: tensors and metadata keys a resume needs exactly.
+  virtual void save_state(const SaeParams& params, std::vector<std::pair<std::string, Tensor>>& tensors,
+                          Json& info) const {}
+  virtual void load_state(const SafetensorsFile& file, const Json& info, SaeParams& params) const {}
+};
+
+}  // namespace sae

@@ -1,0 +1,73 @@
+// The training metrics of sae/train/metrics.h on cases worked out by hand: the fraction of variance
+// unexplained (against the batch's mean token, not the mean of all values, and not uncentred) and
+// concept recovery (cosines of unit concepts with decoder rows of any norm and sign, zero rows,
+// dead features left out of purity, the threshold inclusive).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "sae/train/metrics.h"
+#include "tensor/tensor.h"
+
+using namespace sae;
+
+TEST(Metrics, FractionOfVarianceUnexplainedByHand) {
+  // x [3, 2]: column means (2, 10); centred x: (-1, -2), (0, 0), (1, 2): total 1 + 4 + 0 + 0 + 1 + 4 = 10.
+  const std::vector<float> x = {1, 8, 2, 10, 3, 12};
+  // Residuals (0, 1), (-1, 0), (0, 2): 1 + 1 + 4 = 6, FVU = 0.6.
+  const std::vector<float> x_hat = {1, 7, 3, 10, 3, 10};
+  EXPECT_NEAR(fraction_of_variance_unexplained(x.data(), x_hat.data(), 3, 2), 0.6, 1e-12);
+  // (With the mean of all values, 6, the total would be 25+4+16+16+9+36 = 106; uncentred, 322.)
+  // A perfect reconstruction, and the mean token as the reconstruction (FVU 1).
+  EXPECT_EQ(fraction_of_variance_unexplained(x.data(), x.data(), 3, 2), 0.0);
+  const std::vector<float> mean_token = {2, 10, 2, 10, 2, 10};
+  EXPECT_NEAR(fraction_of_variance_unexplained(x.data(), mean_token.data(), 3, 2), 1.0, 1e-12);
+  // Every token the same: no variance to explain; reported as 0.
+  const std::vector<float> same = {4, 5, 4, 5};
+  EXPECT_EQ(fraction_of_variance_unexplained(same.data(), x.data(), 2, 2), 0.0);
+}
+
+TEST(Metrics, ConceptRecoveryByHand) {
+  // Concepts (unit rows): e1, e2, (0.6, 0.8).
+  const Tensor concepts = Tensor::from_vector({1, 0, 0, 1, 0.6, 0.8}, Shape{3, 2});
+  // Decoder rows of other norms: 3 e1 (cos 1, 0, 0.6), -2 e2 (cos 0, -1, -0.8),
+  // (4, 3) (cos 0.8, 0.6, 0.96), and a zero row (cos 0 with everything).
+  const Tensor decoder = Tensor::from_vector({3, 0, 0, -2, 4, 3, 0, 0}, Shape{4, 2});
+  // Best per concept: 1, 0.6, 0.96 -> MMCS 2.56 / 3; recovered at 0.9: e1 and (0.6, 0.8).
+  // Best per feature: 1, 0, 0.96, 0 -> pure at 0.9: features 0 and 2.
+  const ConceptRecovery all = concept_recovery(concepts, decoder, {});
+  EXPECT_EQ(all.concepts, 3);
+  EXPECT_EQ(all.alive_features, 4);
+  EXPECT_NEAR(all.mmcs, 2.56 / 3, 1e-6);
+  EXPECT_NEAR(all.recovered, 2.0 / 3, 1e-12);
+  EXPECT_NEAR(all.purity, 2.0 / 4, 1e-12);
+  // Feature 2 dead: purity over the three alive ones (feature 0 pure); MMCS and recovery still use
+  // every row.
+  const ConceptRecovery alive = concept_recovery(concepts, decoder, {true, true, false, true});
+  EXPECT_EQ(alive.alive_features, 3);
+  EXPECT_NEAR(alive.purity, 1.0 / 3, 1e-12);
+  EXPECT_NEAR(alive.mmcs, 2.56 / 3, 1e-6);
+  EXPECT_NEAR(alive.recovered, 2.0 / 3, 1e-12);
+  // Threshold 0.5: e2 (0.6) recovered too; feature 1 (best cosine 0) and the zero row still not pure.
+  const ConceptRecovery loose = concept_recovery(concepts, decoder, {}, 0.5);
+  EXPECT_NEAR(loose.recovered, 1.0, 1e-12);
+  EXPECT_NEAR(loose.purity, 2.0 / 4, 1e-12);
+  // The threshold is inclusive: a cosine of exactly 1 counts at threshold 1.
+  const ConceptRecovery exact = concept_recovery(concepts, decoder, {}, 1.0);
+  EXPECT_NEAR(exact.recovered, 1.0 / 3, 1e-12);
+  EXPECT_NEAR(exact.purity, 1.0 / 4, 1e-12);
+  // The matches feature by feature.
+  const std::vector<ConceptMatch> best = best_concept_per_feature(concepts, decoder);
+  ASSERT_EQ(best.size(), 4u);
+  EXPECT_EQ(best[0].index, 0);
+  EXPECT_NEAR(best[0].cosine, 1.0, 1e-6);
+  EXPECT_EQ(best[1].index, 0);  // cosines 0, -1, -0.8: the first concept, at 0
+  EXPECT_NEAR(best[1].cosine, 0.0, 1e-6);
+  EXPECT_EQ(best[2].index, 2);
+  EXPECT_NEAR(best[2].cosine, 0.96, 1e-6);
+  EXPECT_EQ(best[3].index, 0);
+  EXPECT_EQ(best[3].cosine, 0.0);
+  // Decoder and concepts of different widths: one error naming both.
+  EXPECT_THROW(concept_recovery(concepts, Tensor::zeros(Shape{4, 3}), {}), Error);
+}
