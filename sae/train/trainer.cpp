@@ -111,7 +111,7 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
 
 // The row metrics.csv and TensorBoard get at a logged step. x (the input, [n, d_in]), target and
 // x_hat ([n, d]: the target's width) are host arrays; target = x for an SAE.
-MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats& stats, const float* x, int64_t d_in,
+MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments& raw, const float* x, int64_t d_in,
                      const float* target, const float* x_hat, int64_t n, int64_t d, double lambda, double lr) {
   const double elements = double(n) * double(d);
   const MeanStd normalized = mean_std(x, n * d_in), reconstructed = mean_std(x_hat, n * d);
@@ -130,8 +130,8 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
       {"l0", sums.active / double(n)},
       {"dead_features", double(run.dead.dead(run.tokens))},
       {"fvu", fraction_of_variance_unexplained(target, x_hat, n, d)},
-      {"raw_mean", stats.raw_mean},
-      {"raw_std", stats.raw_std},
+      {"raw_mean", raw.mean},
+      {"raw_std", raw.std},
       {"normalized_mean", normalized.mean},
       {"normalized_std", normalized.std},
       {"reconstructed_mean", reconstructed.mean},
@@ -550,7 +550,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
           recon = reconstruction_host.data<float>();
         }
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, batch.stats, x_host, columns.d_in, target_host, recon, n, columns.d_out, lambda, lr),
+            metric_row(run, sums, columns.raw_moments(batch.stats), x_host, columns.d_in, target_host, recon, n, columns.d_out, lambda, lr),
             run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         m.log->write(m.result.last_row);

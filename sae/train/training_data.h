@@ -54,6 +54,9 @@ struct RunColumns {
   DatasetScales scales(const TrainingData& data) const;
   // Mean ||x||^2 of the run's input (TrainingData::mean_squared_norms of its input blocks, summed).
   double input_mean_squared_norm(const TrainingData& data) const;
+  // The raw moments of the run's own blocks (the same blocks, in the same order, give the same numbers
+  // whether the batch holds only them or other runs' reads too).
+  RawMoments raw_moments(const BatchStats& stats) const;
 };
 RunColumns run_columns(const TrainingData& data, const std::vector<std::string>& in, const std::vector<std::string>& out);
 
