@@ -4,6 +4,7 @@
 #include "lm/tokenizer.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -680,6 +681,8 @@ BpeTokenizer BpeTokenizer::from_model_dir(const std::string& dir) {
   const std::string tokenizer_json = dir + "/tokenizer.json";
   BpeTokenizer t = [&] {
     if (is_regular_file(tokenizer_json)) return from_tokenizer_json(tokenizer_json);
+    struct stat info;
+    if (::stat(tokenizer_json.c_str(), &info) == 0) ::close(open_regular_file(tokenizer_json));  // a FIFO, a directory
     const std::string vocab_json = dir + "/vocab.json", merges_txt = dir + "/merges.txt";
     if (is_regular_file(vocab_json) && is_regular_file(merges_txt)) return from_files(vocab_json, merges_txt);
     throw DataError(cat(dir, ": no tokenizer.json, nor vocab.json with merges.txt"));

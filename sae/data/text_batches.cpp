@@ -7,6 +7,12 @@
 
 namespace sae {
 
+void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConfig& model) {
+  if (tokenizer.vocab_size() > model.vocab_size)
+    throw DataError(cat(model.source, ": vocab_size ", model.vocab_size, " is smaller than the tokenizer's ",
+                        tokenizer.vocab_size(), " ids (", tokenizer.source(), ")"));
+}
+
 Json TextBatcher::PiecePosition::to_json() const {
   Json j = Json::object();
   j["next_story"] = story.next_story;

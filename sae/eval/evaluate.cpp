@@ -9,6 +9,7 @@
 
 #include "lm/text_data.h"
 #include "lm/text_windows.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/next_token.h"
 #include "tensor/ops.h"
 
@@ -25,6 +26,17 @@ double total(const std::vector<double>& values) {
 
 double ratio_or_nan(double numerator, double denominator) {
   return denominator == 0 ? NAN : numerator / denominator;
+}
+
+// Every value of t is finite (its largest and smallest are).
+bool all_finite(const Tensor& t) {
+  return std::isfinite(reduce(ReduceOp::max, t).item()) && std::isfinite(reduce(ReduceOp::min, t).item());
+}
+
+// The squared norm in double (a float32 sum of squares overflows above ~3e38).
+double squared_norm(const Tensor& t) {
+  const double norm = reduce(ReduceOp::norm2, t).item();
+  return norm * norm;
 }
 
 Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(); }
@@ -63,9 +75,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
                         const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const DecoderConfig& config = model.config();
-  if (tokenizer.vocab_size() > config.vocab_size)
-    throw DataError(cat(tokenizer.source(), ": the tokenizer has ", tokenizer.vocab_size(), " ids, the model only ",
-                        config.vocab_size));
+  check_tokenizer_fits_model(tokenizer, config);
   if (!(options.dense_threshold >= 0 && options.dense_threshold <= 1))
     throw UsageError(cat("--dense-threshold must be in [0, 1], got ", options.dense_threshold));
   if (sae.params.device() != model.device())
@@ -122,8 +132,11 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     Tensor x = document_rows(state);
     Tensor f;
     const Tensor x_hat = reconstruct(sae, transcoder ? input : x, &f);
-    squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
-    variance += reduce(ReduceOp::sum_squares, sub(x, mean)).item();
+    if (!all_finite(x_hat))  // never a silent NaN in the scores: an SAE whose weights overflow float32
+      throw DataError(cat(sae.dir, ": the SAE's reconstruction of ", hook_name(site), " is not finite on piece ",
+                          done - r.pieces + 1, " of ", options.text, " (its weights overflow float32)"));
+    squared_error += squared_norm(sub(x, x_hat));
+    variance += squared_norm(sub(x, mean));
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
@@ -175,6 +188,15 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   }
   progress.finish();
 
+  for (const auto& [name, value] : {std::pair<const char*, double>{"the reconstruction error", squared_error},
+                                    {"the clean next-token loss", ce_clean},
+                                    {"the next-token loss with the SAE", ce_spliced},
+                                    {"the KL divergence with the SAE", kl_spliced},
+                                    {"the zero-ablated loss", ce_zero + kl_zero},
+                                    {"the mean-ablated loss", ce_mean + kl_mean}})
+    if (!std::isfinite(value))
+      throw DataError(cat(sae.dir, ": ", name, " over ", options.text, " is not finite (", value,
+                          "); no score can be computed"));
   const double predictions = static_cast<double>(r.predictions), tokens = static_cast<double>(r.tokens);
   r.clean = {ce_clean / predictions, 0.0};
   r.spliced = {ce_spliced / predictions, kl_spliced / tokens};

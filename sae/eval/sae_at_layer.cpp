@@ -1,7 +1,9 @@
 // load_sae_at_layer, reconstruct and decoder_direction (see sae_at_layer.h). T tokens, D width, F features.
 #include "sae/eval/sae_at_layer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
@@ -165,10 +167,21 @@ Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,
                          " features)"));
-  const Tensor row = sae.params.W_dec.slice_rows(feature, feature + 1).reshape(Shape{sae.params.d_out()});
-  const double norm = std::sqrt(reduce(ReduceOp::sum_squares, row).item());
-  if (!(norm > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
-  return mul_scalar(row, 1.0 / norm);
+  // In double on the host: a float32 sum of squares overflows for weights above ~1e19 (a norm of
+  // inf would make the direction 0, and the "steered" text the unsteered one).
+  const int64_t width = sae.params.W_dec.size(1);
+  const std::vector<double> row = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
+  double largest = 0;
+  for (double v : row) largest = std::max(largest, std::abs(v));
+  if (!std::isfinite(largest))
+    throw DataError(cat(sae.dir, ": feature ", feature, "'s decoder row holds a value that is not finite"));
+  if (!(largest > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
+  double scaled = 0;  // sum of (v / largest)^2: no overflow, no underflow
+  for (double v : row) scaled += (v / largest) * (v / largest);
+  const double norm = largest * std::sqrt(scaled);
+  std::vector<double> direction(row.size());
+  for (size_t j = 0; j < row.size(); ++j) direction[j] = row[j] / norm;
+  return Tensor::from_vector(direction, Shape{width}, DType::F32, sae.params.device());
 }
 
 }  // namespace sae

@@ -28,16 +28,24 @@ struct TrainResult {
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   Device device = Device::CPU;
+  // A --resume of a run that was at its last step already (RunStart::finished): nothing was
+  // trained; the numbers are its last metrics.csv row and its final model's.
+  bool already_finished = false;
 };
 
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
+// A run that is at config.steps already is not trained again: its result is read back from its
+// folder (a job scheduler's retry after a crash while the final outputs were written succeeds; the
+// caller draws what is missing, sae_train its figures).
 TrainResult train(TrainConfig config);
 
 // Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each
 // batch is read (and, from text, run through the language model) once and goes through every SAE in
 // turn. Each config writes its own run folder, exactly as train() would: the results are identical to
 // separate runs. The configs must agree on every option that shapes the batches (options.h,
-// data_stream_identity) and on --steps; resumed ones must stand at the same step. UsageError otherwise.
+// data_stream_identity) and on --steps (UsageError otherwise). Resumed ones that stand at different
+// steps (a crash between their checkpoints) train in groups, one pass over the data per group; runs
+// at their last step already are not trained (see train()).
 std::vector<TrainResult> train_together(std::vector<TrainConfig> configs);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -106,17 +107,17 @@ struct Accumulator {
   }
 };
 
-// Splits [0, n) into one contiguous chunk per thread and adds the chunks' results in thread
-// order, so a sum depends only on n and the thread count, never on timing (runs are repeatable).
 template <typename ChunkSum>
 double deterministic_sum(int64_t n, ChunkSum chunk_sum) {
-  if (n < kParallelMin) return chunk_sum(0, n);
-  std::vector<double> partial(omp_get_max_threads(), 0.0);
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    partial[t] = chunk_sum(n * t / nt, n * (t + 1) / nt);
-  }
+  // Fixed chunks of about kSumChunk values, summed in order: the result depends on n only, not on the
+  // number of threads (--threads, OMP_NUM_THREADS, the machine's cores).
+  constexpr int64_t kSumChunk = 1 << 15;
+  if (n < 2 * kSumChunk) return chunk_sum(0, n);
+  const int64_t chunks = n / kSumChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c)
+    partial[c] = chunk_sum(n * c / chunks, n * (c + 1) / chunks);
   double total = 0.0;
   for (double p : partial) total += p;
   return total;
@@ -325,6 +326,13 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
     return;
   }
+  // A small product runs on one thread (kGemmParallelMin): the decision depends on the shape only, so
+  // results stay repeatable. Not while another thread may run GEMMs too (OpenBLAS's thread count is
+  // one global): see set_blas_shared_between_threads.
+  const int threads = cpu_threads();
+  const bool one_thread = threads > 1 && double(m) * double(n) * double(k) < kGemmParallelMin &&
+                          !blas_shared_between_threads();
+  if (one_thread) openblas_set_num_threads(1);
   // One row or one column: a matrix-vector product. OpenBLAS 0.3.21's GEMM would pack the whole
   // matrix first (for generation's [1, d] x [d, V] logits, 150 MB written for one token); GEMV reads
   // it once. y [1, n] = x op(b): op(b) [k, n] is b [n, k] untransposed when trans_b.
@@ -344,14 +352,14 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     else
       cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, mat.data<double>(), ld, vec.data<double>(), inc, beta,
                   out.data<double>(), 1);
-    return;
-  }
-  if (out.dtype() == DType::F32)
+  } else if (out.dtype() == DType::F32) {
     cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
                 ldb, static_cast<float>(beta), out.data<float>(), n);
-  else
+  } else {
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb, beta,
                 out.data<double>(), n);
+  }
+  if (one_thread) openblas_set_num_threads(threads);  // (also restores this thread's OpenMP count)
 }
 
 void transpose_cpu(Tensor& out, const Tensor& x) {
@@ -391,6 +399,13 @@ void set_cpu_threads(int n) {
 }
 
 int cpu_threads() { return omp_get_max_threads(); }
+
+namespace {
+std::atomic<int> blas_sharers{0};
+}  // namespace
+
+void set_blas_shared_between_threads(bool shared) { blas_sharers += shared ? 1 : -1; }
+bool blas_shared_between_threads() { return blas_sharers.load() > 0; }
 
 #define SAE_CPU_ENTRY(name, signature) name##_cpu,
 const KernelTable& cpu_kernels() {
