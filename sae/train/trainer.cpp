@@ -195,7 +195,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
   const TrainConfig& shared = members[0].config();
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
-  if (device == Device::CUDA) cuda_set_tf32(shared.tf32);
+  const ScopedMatmulPrecision precision(shared.precision);  // the run's GEMMs (tensor/precision.h); put back after
   const std::optional<TrainingState>& first_state = members[0].start.state;
   TrainingData data =
       open_training_data(shared, device, first_state ? std::optional<double>(first_state->dataset_scale) : std::nullopt);
@@ -379,6 +379,7 @@ TrainResult train(TrainConfig config) {
 double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
+  const ScopedMatmulPrecision precision(config.precision);
   TrainingData data = open_training_data(config, device, 1.0);
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;

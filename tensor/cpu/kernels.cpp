@@ -1,5 +1,6 @@
 // CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
-// large tensors, cblas_sgemm/dgemm for matmul. The transformer ops' kernels are in
+// large tensors, cblas_sgemm/dgemm for matmul (float32 operands rounded first at --precision tf32 or
+// bf16: gemm_precision.h). The transformer ops' kernels are in
 // transformer_kernels.cpp; the table below holds both. Inputs were validated by the front-end (ops.cpp).
 #include <cblas.h>
 #include <omp.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tensor/cpu/gemm_precision.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/cpu/transformer_kernels.h"
 #include "tensor/dispatch.h"
@@ -272,10 +274,13 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
     return;
   }
-  if (out.dtype() == DType::F32)
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
-                ldb, static_cast<float>(beta), out.data<float>(), n);
-  else
+  if (out.dtype() == DType::F32) {
+    const Precision precision = matmul_precision();  // tf32 / bf16: rounded copies (gemm_precision.h)
+    const float* pa = gemm_operand(a.data<float>(), a.numel(), precision, 0);
+    const float* pb = gemm_operand(b.data<float>(), b.numel(), precision, 1);
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), pa, lda, pb, ldb, static_cast<float>(beta),
+                out.data<float>(), n);
+  } else
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb, beta,
                 out.data<double>(), n);
 }

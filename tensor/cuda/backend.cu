@@ -32,8 +32,8 @@ struct Context {
 };
 
 std::mutex g_cublas_mutex;
-cublasHandle_t g_cublas = nullptr;  // created on the first GEMM
-bool g_tf32 = false;                // plain float32 GEMM unless cuda_set_tf32(true)
+cublasHandle_t g_cublas = nullptr;                // created on the first GEMM
+cublasMath_t g_math_mode = CUBLAS_DEFAULT_MATH;   // the handle's math mode (cublas_handle_for)
 
 Context* make_context() {
   if (!cuda_available())
@@ -192,10 +192,22 @@ cublasHandle_t cublas_handle() {
     cublasHandle_t handle = nullptr;
     SAE_CUBLAS_CHECK(cublasCreate(&handle));
     SAE_CUBLAS_CHECK(cublasSetStream(handle, stream));
-    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, g_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
     g_cublas = handle;  // never destroyed, like the context
+    g_math_mode = CUBLAS_DEFAULT_MATH;
   }
   return g_cublas;
+}
+
+cublasHandle_t cublas_handle_for(Precision precision) {
+  cublasHandle_t handle = cublas_handle();
+  const cublasMath_t mode = precision == Precision::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+  std::lock_guard<std::mutex> lock(g_cublas_mutex);
+  if (mode != g_math_mode) {
+    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
+    g_math_mode = mode;
+  }
+  return handle;
 }
 
 // ---------------------------------------------------------------- backend.h
@@ -253,12 +265,5 @@ void cuda_synchronize() {
 
 size_t cuda_bytes_in_use() { return allocator().in_use(); }
 size_t cuda_bytes_reserved() { return allocator().reserved(); }
-
-void cuda_set_tf32(bool enabled) {
-  std::lock_guard<std::mutex> lock(g_cublas_mutex);
-  g_tf32 = enabled;
-  if (g_cublas)
-    SAE_CUBLAS_CHECK(cublasSetMathMode(g_cublas, enabled ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-}
 
 }  // namespace sae

@@ -24,6 +24,5 @@ const KernelTable& cuda_kernels();
 // Caching allocator counters (bytes currently handed out, bytes held from the driver).
 size_t cuda_bytes_in_use();
 size_t cuda_bytes_reserved();
-void cuda_set_tf32(bool enabled);  // cuBLAS TF32 tensor-core math for float32 GEMM (off by default)
 
 }  // namespace sae

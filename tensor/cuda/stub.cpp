@@ -21,6 +21,5 @@ void cuda_synchronize() {}
 const KernelTable& cuda_kernels() { not_built(); }
 size_t cuda_bytes_in_use() { return 0; }
 size_t cuda_bytes_reserved() { return 0; }
-void cuda_set_tf32(bool) {}
 
 }  // namespace sae
