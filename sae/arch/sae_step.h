@@ -44,7 +44,8 @@ class SaeStep {
   const ArchUnit& unit_;
   std::unique_ptr<UnitStep> step_;
   int64_t max_tokens_, d_in_, d_sae_;
-  SaeParams grads_;  // train_step's gradients (made on first use)
+  SaeParams grads_;  // train_step's gradients (made on first use; none for the unit's always_fused())
+  bool grads_made_ = false;
 };
 
 }  // namespace sae
