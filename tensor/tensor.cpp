@@ -47,9 +47,11 @@ std::string Shape::str() const {
   return s + "]";
 }
 
-Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
+Storage::Storage(size_t nbytes, Device dev, bool page_locked) : bytes(nbytes), device(dev), pinned(page_locked) {
   size_t alloc_bytes = nbytes == 0 ? 64 : (nbytes + 63) / 64 * 64;
-  if (device == Device::CPU) {
+  if (pinned) {
+    data = cuda_host_alloc(alloc_bytes);  // page-aligned
+  } else if (device == Device::CPU) {
     data = std::aligned_alloc(64, alloc_bytes);
     if (!data) throw Error(cat("out of host memory allocating ", nbytes, " bytes"));
   } else {
@@ -58,7 +60,9 @@ Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
 }
 
 Storage::~Storage() {
-  if (device == Device::CPU)
+  if (pinned)
+    cuda_host_free(data);
+  else if (device == Device::CPU)
     std::free(data);
   else
     cuda_free(data);
@@ -69,6 +73,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     if (shape[i] < 0) throw Error(cat("Tensor::empty: negative dimension in ", shape.str()));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(shape.numel() * dtype_size(dtype), device);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  for (int i = 0; i < shape.ndim; ++i)
+    if (shape[i] < 0) throw Error(cat("Tensor::empty_pinned: negative dimension in ", shape.str()));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(shape.numel() * dtype_size(dtype), Device::CPU, cuda_available());
   t.shape_ = shape;
   t.dtype_ = dtype;
   return t;

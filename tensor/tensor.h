@@ -45,7 +45,8 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device = Device::CPU;
-  Storage(size_t bytes, Device device);
+  bool pinned = false;  // page-locked host memory (Tensor::empty_pinned)
+  Storage(size_t bytes, Device device, bool pinned = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -57,6 +58,10 @@ class Tensor {
 
   // Creation. Contents of empty() are unspecified.
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  // A host tensor in page-locked memory when a GPU is available (copies to the device from it run
+  // asynchronously: tensor/cuda/backend.h CudaUpload), in ordinary memory otherwise.
+  static Tensor empty_pinned(const Shape& shape, DType dtype = DType::F32);
+  bool is_pinned() const { return storage_ && storage_->pinned; }
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::F32,
                      Device device = Device::CPU);

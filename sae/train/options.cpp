@@ -241,6 +241,9 @@ std::vector<TrainOption> make_table() {
       precision_row(training),
       row("prefetch", training, "prepare the next batch on a worker thread: auto (on for CUDA) | on | off", controls,
           "prefetch", FIELD(prefetch), choice(parse_prefetch_mode, prefetch_mode_name), "auto"),
+      row("device-data", training, "batches to the GPU asynchronously (page-locked, their own stream) or made "
+          "there (synthetic data), metrics computed there: auto (on for CUDA) | on | off", controls, "device_data",
+          FIELD(device_data), choice(parse_device_data_mode, device_data_mode_name), "auto"),
       row("checkpoint-every", training, "steps between checkpoints", controls, "checkpoint_every",
           FIELD(checkpoint_every), integer()),
       row("log-every", training, "steps between metrics rows", controls, "log_every", FIELD(log_every), integer()),
@@ -369,7 +372,7 @@ Json run_identity(const TrainConfig& config) {
 Json data_stream_identity(const TrainConfig& config) {
   static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "long-stories",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
-                                               "device", "precision", "prefetch", "threads"};
+                                               "device", "precision", "prefetch", "device-data", "threads"};
   Json all = config.to_json(), kept = Json::object();
   for (const char* name : kStreamOptions) {
     const TrainOption& o = train_option(name);

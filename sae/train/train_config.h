@@ -48,6 +48,7 @@ struct TrainConfig {
   DeviceChoice device = DeviceChoice::Auto;
   Precision precision = Precision::FP32;  // float32 GEMMs: fp32, tf32 or bf16 inputs (tensor/precision.h)
   PrefetchMode prefetch = PrefetchMode::Auto;  // next batch on a worker thread (auto: on for CUDA)
+  DeviceDataMode device_data = DeviceDataMode::Auto;  // batches to / made on the device, metrics there
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0

@@ -12,6 +12,7 @@
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
+#include "sae/train/batch_upload.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/l0_controller.h"
@@ -93,11 +94,11 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
-// The row metrics.csv and TensorBoard get at a logged step. x and x_hat are host [n, d].
-MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats& stats, const float* x,
-                     const float* x_hat, int64_t n, int64_t d, double lambda, double lr) {
+// The row metrics.csv and TensorBoard get at a logged step.
+MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats& stats, const BatchMetrics& batch,
+                     int64_t n, int64_t d, double lambda, double lr) {
   const double elements = double(n) * double(d);
-  const MeanStd normalized = mean_std(x, n * d), reconstructed = mean_std(x_hat, n * d);
+  const MeanStd &normalized = batch.normalized, &reconstructed = batch.reconstructed;
   return {
       {"step", double(run.step)},
       {"tokens", double(run.tokens)},
@@ -112,7 +113,7 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
       {"nonzero_proportion", sums.active / (double(n) * double(run.params.d_sae()))},
       {"l0", sums.active / double(n)},
       {"dead_features", double(run.dead.dead(run.tokens))},
-      {"fvu", fraction_of_variance_unexplained(x, x_hat, n, d)},
+      {"fvu", batch.fvu},
       {"raw_mean", stats.raw_mean},
       {"raw_std", stats.raw_std},
       {"normalized_mean", normalized.mean},
@@ -274,8 +275,14 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
   };
 
   // ---- buffers, allocated once ----
-  Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
-  Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
+  // --device-data: batches reach the device through a BatchUpload (or are made there), and the batch
+  // metrics are computed there (sae/train/batch_upload.h); otherwise a plain copy into x_device.
+  const bool device_data = shared.device_data == DeviceDataMode::On ||
+                           (shared.device_data == DeviceDataMode::Auto && device != Device::CPU);
+  std::unique_ptr<BatchUpload> upload = device_data ? make_batch_upload(device, max_tokens, d) : nullptr;
+  batcher.set_generate_on_device(device_data);
+  Tensor x_device = device == Device::CPU || device_data ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
+  Tensor reconstruction_host = device_data ? Tensor() : Tensor::empty(Shape{max_tokens, d});
   std::vector<Tensor> counts_host;
   for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features}));
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
@@ -285,15 +292,15 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
       !(data.model && device != Device::CPU);
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
-  BatchPrefetcher prefetcher(batcher, d, background);
+  BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
 
   // ---- the loop: each batch goes through every SAE ----
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
     const int64_t n = batch.tokens;
-    Tensor x = batch.normalized.slice_rows(0, n);
-    if (device != Device::CPU) {
+    Tensor x = upload ? batch.device.slice_rows(0, n) : batch.normalized.slice_rows(0, n);
+    if (!upload && device != Device::CPU) {
       x = x_device.slice_rows(0, n);
       cuda_copy_to_device(x.raw(), batch.normalized.raw(), n * d * sizeof(float));
     }
@@ -324,13 +331,21 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
 
       if (run.step % config.log_every == 0 || run.step == steps) {
         Tensor x_hat = m.step->reconstruction();
-        const float* recon = x_hat.data<float>();
-        if (device != Device::CPU) {
-          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
-          recon = reconstruction_host.data<float>();
+        BatchStats stats = batch.stats;
+        BatchMetrics batch_columns;
+        if (upload) {  // on the device; the one read-back of the batch's statistics
+          if (batch.on_device) read_device_stats(batch.device_stats, stats);
+          batch_columns = batch_metrics(x, x_hat);
+        } else {
+          const float* recon = x_hat.data<float>();
+          if (device != Device::CPU) {
+            cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
+            recon = reconstruction_host.data<float>();
+          }
+          batch_columns = batch_metrics(batch.normalized.data<float>(), recon, n, d);
         }
-        m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, batch.stats, batch.normalized.data<float>(), recon, n, d, lambda, lr), run, sums);
+        m.result.last_row =
+            with_architecture_metrics(metric_row(run, sums, stats, batch_columns, n, d, lambda, lr), run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         m.log->write(m.result.last_row);
       }

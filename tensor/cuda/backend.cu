@@ -28,6 +28,7 @@ namespace {
 
 struct Context {
   cudaStream_t stream = nullptr;
+  cudaStream_t upload = nullptr;  // host-to-device copies of CudaUpload (made on first use)
   int sm_count = 0;
 };
 
@@ -179,6 +180,15 @@ CachingAllocator& allocator() {
 
 }  // namespace
 
+// The upload stream, made on first use. Non-blocking: it must not wait for the legacy default stream.
+std::mutex g_upload_mutex;
+cudaStream_t upload_stream() {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(g_upload_mutex);
+  if (!ctx.upload) SAE_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.upload, cudaStreamNonBlocking));
+  return ctx.upload;
+}
+
 // ---------------------------------------------------------------- check.h
 
 cudaStream_t cuda_stream() { return context().stream; }
@@ -256,6 +266,61 @@ void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
 void cuda_copy_on_device(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+}
+
+void* cuda_host_alloc(size_t bytes) {
+  cuda_stream();  // a clear error when there is no GPU
+  void* ptr = nullptr;
+  const cudaError_t err = cudaHostAlloc(&ptr, std::max<size_t>(bytes, 1), cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(cat("out of page-locked host memory allocating ", bytes, " bytes (", cudaGetErrorString(err), ")"));
+  }
+  return ptr;
+}
+
+void cuda_host_free(void* ptr) {
+  if (!ptr) return;
+  const cudaError_t err = cudaFreeHost(ptr);
+  if (err != cudaSuccess) std::fprintf(stderr, "sae: cudaFreeHost failed: %s\n", cudaGetErrorString(err));
+}
+
+CudaUpload::CudaUpload() {
+  cudaEvent_t copied = nullptr, released = nullptr;
+  upload_stream();
+  SAE_CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+  SAE_CUDA_CHECK(cudaEventCreateWithFlags(&released, cudaEventDisableTiming));
+  copied_ = copied;
+  released_ = released;
+}
+
+CudaUpload::~CudaUpload() {
+  // A copy in flight still writes its destination: wait for it before anyone frees either end.
+  if (copied_recorded_) cudaEventSynchronize(static_cast<cudaEvent_t>(copied_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(copied_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(released_));
+  cudaGetLastError();
+}
+
+void CudaUpload::wait_source_free() {
+  if (copied_recorded_) SAE_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(copied_)));
+}
+
+void CudaUpload::start(void* dst, const void* src, size_t bytes) {
+  cudaStream_t stream = upload_stream();
+  if (released_recorded_) SAE_CUDA_CHECK(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(released_), 0));
+  if (bytes > 0) SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  SAE_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(copied_), stream));
+  copied_recorded_ = true;
+}
+
+void CudaUpload::make_compute_wait() {
+  if (copied_recorded_) SAE_CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), static_cast<cudaEvent_t>(copied_), 0));
+}
+
+void CudaUpload::release() {
+  SAE_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(released_), cuda_stream()));
+  released_recorded_ = true;
 }
 
 void cuda_synchronize() {
