@@ -6,6 +6,8 @@
 #   scripts/device_check.sh              everything below, in this order, within DEVICE_BUDGET seconds
 #                                        (default 470: under 8 minutes; each step also has its own
 #                                        limit, and a step that would not fit what is left is skipped)
+#   scripts/device_check.sh original     only run3000, run105k and memcheck (a second call, when the
+#                                        first had no time left for them)
 #   scripts/device_check.sh rehearse     the same steps on a machine without a GPU, at toy sizes on
 #                                        the CPU (CUDA tests skip, CUDA benchmarks report "no GPU"):
 #                                        checks the script, the bundle and every command line
@@ -22,27 +24,29 @@
 #                 at d 768 and 2304 (tf32, bf16) with device memory; the step's kernels one by one
 #   bench_sparse  BM_Cuda_SparseStep at 2% and 0.5% (dense vs sparse) and BM_Cuda_SparseCrossover
 #                 (prints the crossover density that sets kAutoMaxDensityCuda)
-#   run3000       the original configuration (sae_train --device cuda --l1 50: synthetic stories,
-#                 one per step, F 10000) for 3000 steps, then
-#   run105k       all 105000 steps, when 35 x the 3000 steps' time fits in what is left (else skipped)
 #   text          training from text: bench/make_bench_text_model.py, 2000 steps of sae_train --model
-#                 at fp32 and bf16, and the tutorial's loop in PyTorch/transformers on the GPU
+#                 at fp32, tf32 and bf16, and the tutorial's loop in PyTorch/transformers on the GPU
 #   npy_runs      real sae_train runs on 4096 x 60 random tokens (--batch 4096 --normalize dataset,
 #                 120 steps): standard F 10000 and TopK F 65536 k 32 at fp32, tf32 and bf16
+#   run3000       the original configuration (sae_train --device cuda --l1 50: synthetic stories,
+#                 one per step, F 10000) for 3000 steps, then
+#   run105k       all 105000 steps, when 35 x the 3000 steps' time fits in what is left (else skipped:
+#                 run the `original` mode in a second call)
 #   memcheck      compute-sanitizer memcheck (exact-size allocations) on the new kernels' tests
 # What comes back under $OUT (default ./device-out): summary.txt, digest.txt (the key lines of every
 # log: benchmark rows, peers, "trained" lines) and logs.tar.gz: three files.
 # Exit status: 0 when every step that ran passed, 1 otherwise.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-all}
+case $mode in
+  all | original | rehearse) ;;
+  *) echo "device_check.sh: unknown mode '$mode' (all, original, rehearse)"; exit 2 ;;
+esac
 out=${OUT:-$root/device-out}
 logs="$out/logs"
 mkdir -p "$logs"
-mode=${1:-all}
-case $mode in
-  all | rehearse) ;;
-  *) echo "device_check.sh: unknown mode '$mode' (all, rehearse)"; exit 2 ;;
-esac
+only_original=$([ "$mode" = original ] && echo 1 || echo 0)
 summary="$out/summary.txt"
 budget=${DEVICE_BUDGET:-$([ "$mode" = rehearse ] && echo 1500 || echo 470)}
 started=$(date +%s)
@@ -143,6 +147,7 @@ core=$("$bin/sae_tests" --gtest_filter='CpuRuntime.OpenBlasUsesAvx2KernelsWhenTh
 if [ -n "$core" ] && [ "$core" != unset ]; then export OPENBLAS_CORETYPE=$core; fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
+if [ "$only_original" = 0 ]; then
 # ---- 1. the CUDA tests: one process per suite (an illegal address is sticky), 6 at a time ----
 cuda_tests() {
   local suites
@@ -153,8 +158,8 @@ cuda_tests() {
   one_suite() {
     local filter="$1.*"
     [ "$1" = IN_CPU_SUITES ] && filter="*.*Cuda*-*Cuda*.*"
-    SAE_REQUIRE_GPU=$expect_gpu CUDA_LAUNCH_BLOCKING=1 "$bin/sae_tests" --gtest_filter="$filter" --gtest_brief=1 \
-      > "$logs/cuda_$1.log" 2>&1
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-3} SAE_REQUIRE_GPU=$expect_gpu CUDA_LAUNCH_BLOCKING=1 "$bin/sae_tests" \
+      --gtest_filter="$filter" --gtest_brief=1 > "$logs/cuda_$1.log" 2>&1
   }
   export -f one_suite
   printf '%s\n' $suites IN_CPU_SUITES | grep -v Allocator | xargs -P 6 -I{} bash -c 'one_suite {}'
@@ -175,24 +180,7 @@ step peer_torch 110 30 "${py[@]}" "$root/bench/peer_torch_gpu.py" "${peer_args[@
 step bench_topk 150 30 "${bench[@]}" --benchmark_filter='BM_Cuda_TopKStep'
 step bench_sparse 90 20 "${bench[@]}" --benchmark_filter='BM_Cuda_SparseStep/(218|4096)/(5|20)/|BM_Cuda_SparseCrossover'
 
-# ---- 3. the original configuration: 3000 steps, then 105k when they fit ----
-original=(--device "$dev" --l1 50 --progress lines --checkpoint-every 1000000 --overwrite)
-seconds_of() { sed -n 's/^trained .* in \([0-9.]*\)s$/\1/p' "$1" | tail -1; }
-step run3000 60 10 "$bin/sae_train" "${original[@]}" --steps "$original_steps" --out /tmp/sae-run3000
-seconds=$(seconds_of "$logs/run3000.log")
-if [ -n "$seconds" ]; then
-  need=$(awk -v s="$seconds" -v a="$original_steps" -v b="$long_steps" 'BEGIN { printf "%d", s * b / a + 20 }')
-  if [ "$mode" = rehearse ]; then
-    note "NOTE run105k: ${original_steps} steps took ${seconds}s, 105000 would need ~${need}s (not run in a rehearsal)"
-  else
-    timer=()
-    [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
-    step run105k "$need" "$need" "${timer[@]}" "$bin/sae_train" "${original[@]}" --steps "$long_steps" --out /tmp/sae-run105k &&
-      note "run105k: $(grep -m1 '^trained' "$logs/run105k.log")"
-  fi
-fi
-
-# ---- 4. training from text on the GPU, and the tutorial's loop ----
+# ---- 3. training from text on the GPU, and the tutorial's loop ----
 text_run() {
   local work=/tmp/sae_bench_text
   LD_LIBRARY_PATH=$python_library_path python3 "$root/bench/make_bench_text_model.py" --out "$work" --stories 300 || return 1
@@ -210,7 +198,7 @@ text_run() {
 export -f text_run
 step text 110 30 bash -c text_run
 
-# ---- 5. real runs on a token file: standard and TopK at each precision ----
+# ---- 4. real runs on a token file: standard and TopK at each precision ----
 npy_runs() {
   local work=/tmp/sae_npy
   mkdir -p "$work"
@@ -232,6 +220,25 @@ np.save('$work/acts.npy', np.random.default_rng(0).standard_normal(($npy_tokens,
 }
 export -f npy_runs
 step npy_runs 100 30 bash -c npy_runs
+
+fi  # sections 1-4
+
+# ---- 5. the original configuration: 3000 steps, then 105k when they fit ----
+original=(--device "$dev" --l1 50 --progress lines --checkpoint-every 1000000 --overwrite)
+seconds_of() { sed -n 's/^trained .* in \([0-9.]*\)s$/\1/p' "$1" | tail -1; }
+step run3000 60 10 "$bin/sae_train" "${original[@]}" --steps "$original_steps" --out /tmp/sae-run3000
+seconds=$(seconds_of "$logs/run3000.log")
+if [ -n "$seconds" ]; then
+  need=$(awk -v s="$seconds" -v a="$original_steps" -v b="$long_steps" 'BEGIN { printf "%d", 1.1 * s * b / a + 20 }')
+  if [ "$mode" = rehearse ]; then
+    note "NOTE run105k: ${original_steps} steps took ${seconds}s, 105000 would need ~${need}s (not run in a rehearsal)"
+  else
+    timer=()
+    [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
+    step run105k "$need" "$need" "${timer[@]}" "$bin/sae_train" "${original[@]}" --steps "$long_steps" --out /tmp/sae-run105k &&
+      note "run105k: $(grep -m1 '^trained' "$logs/run105k.log")"
+  fi
+fi
 
 # ---- 6. memcheck of the new kernels' tests (exact-size allocations) ----
 if [ -n "$sanitizer" ]; then

@@ -1,9 +1,10 @@
 // The CUDA kernels of sae/data (see cuda_data.h): the batch normalisation and the synthetic
 // generator on the device. Everything is queued on the backend's compute stream; nothing is read
 // back here.
-//   normalize_rows       one block sums the batch in float64 (per-thread partial sums in a fixed
-//                        order, then a tree), twice (the mean, then the squared deviations); a
-//                        grid-stride kernel applies (x - shift) * scale with the host's float casts.
+//   normalize_rows       the batch summed in float64, twice (the mean, then the squared deviations):
+//                        blocks of per-thread partial sums in a fixed order and a fixed tree, then one
+//                        block over the blocks' sums; a grid-stride kernel applies (x - shift) * scale
+//                        with the host's float casts.
 //   synthetic_tokens     one block per token: thread 0 draws (synthetic_math.h: the noise's
 //                        uniforms, then the concepts and magnitudes, in generate_token's order), in
 //                        chunks into shared memory; after each chunk every thread applies it to its
@@ -34,17 +35,28 @@ __device__ double block_total(double value) {
   return total;
 }
 
-// stats[0] = mean, stats[1] = std (unbiased) of x[0 .. count).
-__global__ void moments_kernel(double* stats, const float* x, int64_t count) {
+// The moments in two passes over x[0 .. count), each a grid of blocks writing one partial sum
+// apiece (grid-stride, so each thread's terms come in a fixed order) and one block adding the
+// partials in a fixed tree: pass 0 sums x and writes stats[0] = the mean; pass 1 sums (x - mean)^2
+// and writes stats[1] = the unbiased std.
+__global__ void moments_partial_kernel(double* partial, const float* x, int64_t count, const double* stats, int pass) {
+  const double mean = pass == 1 ? stats[0] : 0.0;
   double sum = 0;
-  for (int64_t i = threadIdx.x; i < count; i += kSumThreads) sum += x[i];
-  const double mean = block_total(sum) / double(count);
-  double sq = 0;
-  for (int64_t i = threadIdx.x; i < count; i += kSumThreads) sq += (x[i] - mean) * (x[i] - mean);
-  const double total_sq = block_total(sq);
+  for (int64_t i = blockIdx.x * int64_t(kSumThreads) + threadIdx.x; i < count; i += int64_t(gridDim.x) * kSumThreads)
+    sum += pass == 0 ? double(x[i]) : (x[i] - mean) * (x[i] - mean);
+  const double total = block_total(sum);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+__global__ void moments_final_kernel(double* stats, const double* partial, int blocks, int64_t count, int pass) {
+  double sum = 0;
+  for (int b = threadIdx.x; b < blocks; b += kSumThreads) sum += partial[b];
+  const double total = block_total(sum);
   if (threadIdx.x == 0) {
-    stats[0] = mean;
-    stats[1] = count > 1 ? sqrt(total_sq / double(count - 1)) : 0.0;
+    if (pass == 0)
+      stats[0] = total / double(count);
+    else
+      stats[1] = count > 1 ? sqrt(total / double(count - 1)) : 0.0;
   }
 }
 
@@ -130,8 +142,16 @@ __global__ void synthetic_tokens_kernel(float* out, int64_t rows, const int64_t*
 
 void normalize_rows_cuda(float* rows, int64_t count, int64_t d, int mode, double scale, double* stats) {
   if (count <= 0) return;
-  moments_kernel<<<1, kSumThreads, 0, cuda_stream()>>>(stats, rows, count);
-  SAE_CUDA_CHECK_LAUNCH();
+  const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(count, kSumThreads),
+                                                                              int64_t(cuda_sm_count()) * 2)));
+  DeviceBuffer partial(static_cast<size_t>(blocks) * sizeof(double));
+  double* part = static_cast<double*>(partial.ptr);
+  for (int pass = 0; pass < 2; ++pass) {
+    moments_partial_kernel<<<blocks, kSumThreads, 0, cuda_stream()>>>(part, rows, count, stats, pass);
+    SAE_CUDA_CHECK_LAUNCH();
+    moments_final_kernel<<<1, kSumThreads, 0, cuda_stream()>>>(stats, part, blocks, count, pass);
+    SAE_CUDA_CHECK_LAUNCH();
+  }
   if (mode == 2) return;
   normalize_kernel<<<grid_for(count), kBlock, 0, cuda_stream()>>>(rows, count, d, mode, scale, stats);
   SAE_CUDA_CHECK_LAUNCH();
