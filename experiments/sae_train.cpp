@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
                           cxxopts::value<std::string>()->default_value("none"))(
         "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
         cxxopts::value<std::string>())(
-        "k-list", "topk, batchtopk: one SAE per k (comma-separated, increasing) on the same batches, into OUT/k_<k>/",
+        "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
+                  "OUT/k_<k>/",
         cxxopts::value<std::string>());
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;

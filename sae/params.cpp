@@ -39,7 +39,7 @@ namespace {
 template <typename Make>
 SaeParams map_tensors(const SaeParams& from, Make make) {
   SaeParams p = from;
-  for (Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec})
+  for (Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec, &p.W_skip})
     if (t->defined()) *t = make(*t);
   for (NamedTensor& o : p.own)
     if (o.tensor.defined()) o.tensor = make(o.tensor);
@@ -61,9 +61,9 @@ SaeParams SaeParams::clone() const {
 
 std::vector<std::pair<std::string, Tensor*>> SaeParams::present() {
   std::vector<std::pair<std::string, Tensor*>> out;
-  const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
-  Tensor* dictionary[4] = {&W_enc, &b_enc, &W_dec, &b_dec};
-  for (int i = 0; i < 4; ++i)
+  const char* names[5] = {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"};
+  Tensor* dictionary[5] = {&W_enc, &b_enc, &W_dec, &b_dec, &W_skip};
+  for (int i = 0; i < 5; ++i)
     if (dictionary[i]->defined()) out.push_back({names[i], dictionary[i]});
   for (NamedTensor& o : own)
     if (o.tensor.defined()) out.push_back({o.name, &o.tensor});
@@ -96,6 +96,15 @@ void SaeParams::check_shapes(bool with_b_enc, const std::vector<std::string>& ow
   if (!W_enc.defined() || W_enc.ndim() != 2)
     throw DataError(cat("SAE (", kind, "): W_enc must be 2-D, got ", W_enc.describe()));
   const int64_t d = W_enc.size(0), f = W_enc.size(1);
+  if (!W_dec.defined() || W_dec.ndim() != 2 || W_dec.size(0) != f)
+    throw DataError(cat("SAE (", kind, "): W_dec should be [", f, ", d_out] (W_enc is ", W_enc.describe(), "), got ",
+                        W_dec.defined() ? W_dec.describe() : std::string("none")));
+  const int64_t d_out = W_dec.size(1);
+  if (sources < 1 || d % sources != 0 || (sources > 1 && (d_out != d || transcoder)))
+    throw DataError(cat("SAE (", kind, "): ", sources, " sources do not split d_in ", d, " and d_out ", d_out));
+  if (!transcoder && (d_out != d || W_skip.defined()))
+    throw DataError(cat("SAE (", kind, "): d_out ", d_out, (W_skip.defined() ? " and W_skip" : ""),
+                        " but not a transcoder (d_in ", d, ")"));
   auto want = [&](const std::string& name, const Tensor& t, bool needed, const Shape& shape) {
     if (!needed && t.defined())
       throw DataError(cat("SAE (", kind, "): has a tensor ", name, " that this architecture does not use"));
@@ -106,8 +115,9 @@ void SaeParams::check_shapes(bool with_b_enc, const std::vector<std::string>& ow
       throw DataError(cat("SAE (", kind, "): ", name, " is ", t.describe(), " but W_enc is ", W_enc.describe()));
   };
   want("b_enc", b_enc, with_b_enc, Shape{f});
-  want("W_dec", W_dec, true, Shape{f, d});
-  want("b_dec", b_dec, true, Shape{d});
+  want("W_dec", W_dec, true, Shape{f, d_out});
+  want("b_dec", b_dec, true, Shape{d_out});
+  if (W_skip.defined()) want("W_skip", W_skip, true, Shape{d, d_out});
   for (const NamedTensor& o : own) {
     bool listed = false;
     for (const std::string& name : own_names) listed |= name == o.name;

@@ -1,7 +1,10 @@
 // SaeParams: an SAE's parameters as plain tensors, in SAELens's names and layout, and SaeAdamState,
 // torch.optim.Adam's state for them. Every architecture (sae/arch: one unit each) has the
-// dictionary: W_enc [D, F], b_enc [F] (absent where a unit has none, e.g. gated), W_dec [F, D], b_dec
-// [D]; a unit adds its own tensors (jumprelu: log_threshold [F]; gated: b_gate, b_mag, r_mag [F]) in
+// dictionary: W_enc [D, F], b_enc [F] (absent where a unit has none, e.g. gated), W_dec [F, D_out],
+// b_dec [D_out], where D_out = D except for a transcoder (which maps one activation to another), and
+// W_skip [D, D_out] for a skip transcoder (x_hat += x W_skip; SAELens stores its transpose). A
+// crosscoder reads `sources` activations concatenated (D = sources * D_source, D_out = D): its
+// sparsity penalty weighs each latent by the sum of its decoder's per-source norms. A unit adds its own tensors (jumprelu: log_threshold [F]; gated: b_gate, b_mag, r_mag [F]) in
 // the order it lists them, names the unit (`kind`, its registry name) and keeps what inference needs
 // beyond tensors in `settings` (topk: {"k": 32}). The fused training step updates these buffers in
 // place, checkpoints save and load them, and the autograd references wrap them; nothing here builds
@@ -26,7 +29,10 @@ struct NamedTensor {
 
 struct SaeParams {
   Tensor W_enc, b_enc, W_dec, b_dec;
+  Tensor W_skip;                   // skip transcoders only
   std::vector<NamedTensor> own;    // the unit's own tensors, in its order
+  int64_t sources = 1;             // crosscoders: the number of activations concatenated in x
+  bool transcoder = false;         // x reconstructs another activation (d_out may equal d_in)
   std::string kind = "standard";   // the architecture unit (sae/arch/registry.h)
   Json settings = Json::object();  // the unit's inference settings (cfg.json's, e.g. topk's k)
 
@@ -40,9 +46,10 @@ struct SaeParams {
   static SaeParams zeros_like(const SaeParams& like);
 
   int64_t d_in() const { return W_enc.size(0); }
+  int64_t d_out() const { return W_dec.size(1); }
   int64_t d_sae() const { return W_enc.size(1); }
   Device device() const { return W_enc.device(); }
-  // Every defined tensor with its name: W_enc, b_enc, W_dec, b_dec, then the unit's own (handles:
+  // Every defined tensor with its name: W_enc, b_enc, W_dec, b_dec, W_skip, then the unit's own (handles:
   // they share storage with these). The order is fixed, so two SaeParams of one kind pair up.
   std::vector<std::pair<std::string, Tensor*>> present();
   std::vector<std::pair<std::string, const Tensor*>> present() const;
@@ -50,9 +57,10 @@ struct SaeParams {
   Tensor& own_tensor(const std::string& name);
   const Tensor& own_tensor(const std::string& name) const;
   bool has_own(const std::string& name) const;
-  // W_enc 2-D, W_dec [F, D], b_dec [D], b_enc [F] when `with_b_enc` (absent otherwise), each own
-  // tensor named in `own_names` [F] and no other, all of W_enc's dtype and device: DataError naming
-  // the kind and the tensor otherwise.
+  // W_enc 2-D, W_dec [F, D_out], b_dec [D_out], b_enc [F] when `with_b_enc` (absent otherwise),
+  // W_skip [D, D_out] if any, each own tensor named in `own_names` [F] and no other, all of W_enc's
+  // dtype and device, `sources` dividing D and D_out = D for a crosscoder (never a transcoder), D_out
+  // = D and no W_skip for an SAE: DataError naming the kind and the tensor otherwise.
   void check_shapes(bool with_b_enc, const std::vector<std::string>& own_names) const;
   SaeParams to(Device device) const;  // copies (or shares, when already there)
   SaeParams clone() const;

@@ -3,7 +3,8 @@
 # encodes and decodes one input with our sae_apply (--raw: the inputs as given), and checks that
 # SAELens (pip sae-lens; SAE.load_from_disk on the exported sae/ folder) gives the same features
 # and reconstruction, then runs scripts/check_saelens_archs.py on the same folders.
-# Usage: scripts/check_saelens_trained.sh [WORK_DIR] (default /tmp/sae_check_saelens). Needs a build.
+# Usage: scripts/check_saelens_trained.sh [WORK_DIR] (default /tmp/sae_check_saelens). Needs a build
+# (BUILD=dir, default build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/sae_check_saelens}
@@ -11,24 +12,26 @@ rm -rf "$work" && mkdir -p "$work"
 common=(--synthetic-d 64 --features 256 --steps 400 --batch 256 --normalize dataset --lr 1e-3 --progress none
         --checkpoint-every 100000)
 python3 -c "import numpy as np; np.save('$work/x.npy', np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32) * 3)"
-for arch in standard topk batchtopk jumprelu gated; do
+archs=(standard topk batchtopk jumprelu gated matryoshka_batchtopk)
+for arch in "${archs[@]}"; do
   case $arch in
     standard) opts=(--l1 1) ;;
     topk | batchtopk) opts=(--architecture "$arch" --k 8) ;;
     jumprelu) opts=(--architecture jumprelu --l1 0.5) ;;
     gated) opts=(--architecture gated --l1 1) ;;
+    matryoshka_batchtopk) opts=(--architecture matryoshka_batchtopk --k 8 --matryoshka-widths 32,128,256) ;;
   esac
-  build/bin/sae_train "${common[@]}" "${opts[@]}" --out "$work/$arch" > "$work/$arch.log"
-  build/bin/sae_apply --sae "$work/$arch/sae" --input "$work/x.npy" --raw \
+  "${BUILD:-build}"/bin/sae_train "${common[@]}" "${opts[@]}" --out "$work/$arch" > "$work/$arch.log"
+  "${BUILD:-build}"/bin/sae_apply --sae "$work/$arch/sae" --input "$work/x.npy" --raw \
     --features-out "$work/$arch.f.npy" --reconstruction-out "$work/$arch.xhat.npy" > /dev/null
 done
-python3 - "$work" <<'PY'
+python3 - "$work" "${archs[@]}" <<'PY'
 import sys, json, numpy as np, torch
 from sae_lens import SAE
 work = sys.argv[1]
 x = torch.from_numpy(np.load(f"{work}/x.npy"))
 bad = 0
-for arch in ["standard", "topk", "batchtopk", "jumprelu", "gated"]:
+for arch in sys.argv[2:]:
     sae = SAE.load_from_disk(f"{work}/{arch}/sae", device="cpu")
     with torch.no_grad():
         f = sae.encode(x)
@@ -44,4 +47,6 @@ for arch in ["standard", "topk", "batchtopk", "jumprelu", "gated"]:
           f"max|f - f_ours| {df:.2e}  max|x_hat - x_hat_ours| {dx:.2e}  active-set flips {flips}  {'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if bad else 0)
 PY
-python3 scripts/check_saelens_archs.py "$work"/{standard,topk,batchtopk,jumprelu,gated}/sae
+folders=()
+for arch in "${archs[@]}"; do folders+=("$work/$arch/sae"); done
+python3 scripts/check_saelens_archs.py "${folders[@]}"

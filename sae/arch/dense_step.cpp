@@ -6,15 +6,15 @@
 
 namespace sae {
 
-DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype,
-                             Device device)
+DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, const StepShape& shape, DType dtype, Device device)
     : unit_norm_decoder_(unit_norm_decoder) {
+  const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae, d_out = shape.d_out;
   pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   grad_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-  x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
-  grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
-  scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
+  x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   for (Tensor* t : {&col_count_, &col_a_, &col_b_, &norms_, &scale_, &safe_norms_})
     *t = Tensor::zeros(Shape{d_sae}, dtype, device);
   tiny_ = Tensor::full(Shape{1}, 1e-30, dtype, device);
@@ -28,11 +28,11 @@ void DenseUnitStep::start_forward(const SaeParams& params, const Tensor& x) {
   reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
 }
 
-void DenseUnitStep::decode(const SaeParams& params, const Tensor& x) {
+void DenseUnitStep::decode(const SaeParams& params, const Tensor& target) {
   Tensor f = f_.slice_rows(0, tokens_), x_hat = x_hat_.slice_rows(0, tokens_), r = grad_x_hat_.slice_rows(0, tokens_);
   matmul_(x_hat, f, false, params.W_dec, false);
   add_(x_hat, params.b_dec);
-  binary_(BinaryOp::sub, r, x_hat, x);
+  binary_(BinaryOp::sub, r, x_hat, target);
 }
 
 std::vector<std::string> DenseUnitStep::backward(const SaeParams& params, const Tensor& x, double lambda,

@@ -17,13 +17,14 @@ namespace sae {
 
 class DenseUnitStep : public UnitStep {
  public:
-  DenseUnitStep(bool unit_norm_decoder, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device);
+  DenseUnitStep(bool unit_norm_decoder, const StepShape& shape, DType dtype, Device device);
 
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
   void after_update(SaeParams& params) override;
   Tensor features() const override { return f_.slice_rows(0, tokens_); }
   Tensor reconstruction() const override { return x_hat_.slice_rows(0, tokens_); }
+  Tensor output_gradient() const override { return grad_x_hat_.slice_rows(0, tokens_); }
   const Tensor& feature_counts() const override { return col_count_; }
   StepFeatures step_features() const override;
 
@@ -33,14 +34,14 @@ class DenseUnitStep : public UnitStep {
   virtual void activation_backward(const SaeParams& params, double lambda, SaeParams& grads, Tensor& grad) = 0;
   // Starts a forward of x: tokens_, pre = x W_enc, norms_.
   void start_forward(const SaeParams& params, const Tensor& x);
-  // x_hat = f W_dec + b_dec and r = x_hat - x (into the top of grad_x_hat_).
-  void decode(const SaeParams& params, const Tensor& x);
+  // x_hat = f W_dec + b_dec and r = x_hat - target (into the top of grad_x_hat_).
+  void decode(const SaeParams& params, const Tensor& target);
 
   bool unit_norm_decoder_;
   int64_t tokens_ = 0;
   Tensor pre_, f_, grad_;                  // [max_tokens, F]
-  Tensor x_hat_, grad_x_hat_;              // [max_tokens, D]: x_hat; r, then dL/dx_hat
-  Tensor scratch_rows_;                    // [max_tokens, D]
+  Tensor x_hat_, grad_x_hat_;              // [max_tokens, D_out]: x_hat; r, then dL/dx_hat
+  Tensor scratch_rows_;                    // [max_tokens, D_out]
   Tensor col_count_, col_a_, col_b_, norms_, scale_, safe_norms_, tiny_;  // [F]; tiny_ [1]
   Tensor sums_;                            // [4] scratch of reductions
 };

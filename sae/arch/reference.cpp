@@ -21,7 +21,9 @@ ArchVariables ArchVariables::leaves(const SaeParams& p, bool requires_grad) {
   v.b_enc = leaf(p.b_enc);
   v.W_dec = leaf(p.W_dec);
   v.b_dec = leaf(p.b_dec);
+  v.W_skip = leaf(p.W_skip);
   for (const NamedTensor& o : p.own) v.own.push_back({o.name, leaf(o.tensor)});
+  v.sources = p.sources;
   return v;
 }
 
@@ -34,19 +36,21 @@ SaeParams ArchVariables::grads(const SaeParams& like) const {
   take(g.b_enc, b_enc);
   take(g.W_dec, W_dec);
   take(g.b_dec, b_dec);
+  take(g.W_skip, W_skip);
   for (NamedTensor& o : g.own) take(o.tensor, own_var(o.name));
   return g;
 }
 
 Variable zero_term(const Tensor& like) { return Variable(Tensor::zeros(Shape{1}, like.dtype(), like.device())); }
 
-void finish_reference(ReferenceLoss& out, const ArchVariables& p, const Tensor& x, const Variable& f, double lambda) {
-  const Variable X(x);
+void finish_reference(ReferenceLoss& out, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                      const Variable& f, double lambda) {
   const int64_t n = x.size(0), features = p.W_enc.shape()[1];
   if (!out.sparsity.defined()) out.sparsity = zero_term(x);
   if (!out.aux.defined()) out.aux = zero_term(x);
-  const Variable x_hat = ag::matmul(f, p.W_dec) + p.b_dec;
-  out.rec = ag::sum(ag::square(X - x_hat));
+  Variable x_hat = ag::matmul(f, p.W_dec) + p.b_dec;
+  if (p.W_skip.defined()) x_hat = x_hat + ag::matmul(Variable(x), p.W_skip);
+  out.rec = ag::sum(ag::square(Variable(target) - x_hat));
   out.f = f.data();
   out.x_hat = x_hat.data();
   const std::vector<double> fv = out.f.to_vector();
@@ -54,6 +58,13 @@ void finish_reference(ReferenceLoss& out, const ArchVariables& p, const Tensor& 
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < features; ++i) out.fired[i] |= fv[t * features + i] > 0;
   out.total = out.rec + out.sparsity * lambda + out.aux;
+}
+
+Variable decoder_norms(const Variable& W_dec, int64_t sources) {
+  if (sources == 1) return ag::norm2(W_dec, 1);
+  const int64_t f = W_dec.shape()[0], d = W_dec.shape()[1];
+  const Variable blocks = ag::norm2(ag::reshape(W_dec, Shape{f * sources, d / sources}), 1);
+  return ag::sum(ag::reshape(blocks, Shape{f, sources}), 1);
 }
 
 std::vector<uint8_t> dead_after_batch(std::vector<int64_t>& tokens_since_fired, const std::vector<uint8_t>& fired,

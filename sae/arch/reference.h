@@ -16,8 +16,9 @@ namespace sae {
 
 // The parameters as autograd leaves (sharing storage with the SaeParams they came from).
 struct ArchVariables {
-  Variable W_enc, b_enc, W_dec, b_dec;
+  Variable W_enc, b_enc, W_dec, b_dec, W_skip;
   std::vector<std::pair<std::string, Variable>> own;  // in the unit's order
+  int64_t sources = 1;  // a crosscoder's sources (SaeParams::sources)
   const Variable& own_var(const std::string& name) const;
   static ArchVariables leaves(const SaeParams& params, bool requires_grad = true);
   // The gradients backward() left in the leaves, shaped like the parameters (zeros where none).
@@ -41,9 +42,13 @@ struct ArchFrozen {
   Tensor W_dec, b_dec;  // gated: the decoder of the auxiliary reconstruction
 };
 
-// x_hat = f W_dec + b_dec, rec = sum (x - x_hat)^2, out.f, out.x_hat, out.fired; sparsity and aux
-// default to 0 where the unit left them undefined; total = rec + lambda sparsity + aux.
-void finish_reference(ReferenceLoss& out, const ArchVariables& p, const Tensor& x, const Variable& f, double lambda);
+// x_hat = f W_dec + b_dec (+ x W_skip), rec = sum (target - x_hat)^2, out.f, out.x_hat, out.fired;
+// sparsity and aux default to 0 where the unit left them undefined; total = rec + lambda sparsity + aux.
+void finish_reference(ReferenceLoss& out, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                      const Variable& f, double lambda);
+// n_i, the weight of latent i in the sparsity penalties: ||W_dec[i,:]||, or for a crosscoder the sum
+// of its decoder's per-source norms sum_s ||W_dec[i, block s]|| ([F]).
+Variable decoder_norms(const Variable& W_dec, int64_t sources);
 // Zero [1] variable of x's dtype and device (a loss term a unit does not have).
 Variable zero_term(const Tensor& like);
 

@@ -6,6 +6,7 @@
 #include "sae/arch/batchtopk/batchtopk.h"
 #include "sae/arch/gated/gated.h"
 #include "sae/arch/jumprelu/jumprelu.h"
+#include "sae/arch/matryoshka/matryoshka.h"
 #include "sae/arch/standard/standard.h"
 #include "sae/arch/topk/topk.h"
 #include "tensor/ops.h"
@@ -14,7 +15,7 @@ namespace sae {
 
 const std::vector<const ArchUnit*>& arch_units() {
   static const std::vector<const ArchUnit*> units = {
-      &standard_unit(), &topk_unit(), &batchtopk_unit(), &jumprelu_unit(), &gated_unit(),
+      &standard_unit(), &topk_unit(), &batchtopk_unit(), &jumprelu_unit(), &gated_unit(), &matryoshka_unit(),
   };
   return units;
 }
@@ -60,25 +61,51 @@ std::string units_reading(const std::string& name) {
   return out;
 }
 
+std::string units_with_lambda() {
+  std::string out;
+  for (const ArchUnit* u : arch_units())
+    if (u->has_lambda()) out += (out.empty() ? "" : ", ") + u->name();
+  return out;
+}
+
 const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
   const std::string saelens = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
   std::string ours;
   if (cfg.has("sae_cpp") && cfg.at("sae_cpp").is_object() && cfg.at("sae_cpp").has("training_architecture"))
     ours = cfg.at("sae_cpp").at("training_architecture").as_string();
-  for (const ArchUnit* u : arch_units())
-    if (u->saelens_architecture() == saelens && (ours.empty() ? u->reads_foreign_folders() : u->name() == ours))
-      return *u;
+  // The names a unit's folders carry: as an SAE, as a transcoder (SAELens's or ours) and, with our
+  // sae_cpp name, as a crosscoder.
+  auto names_of = [](const ArchUnit& u) {
+    std::vector<std::string> names = {u.saelens_architecture()};
+    for (bool skip : {false, true}) {
+      const std::string saelens = u.saelens_transcoder_architecture(skip);
+      names.push_back(!saelens.empty() ? saelens : u.name() + (skip ? "_skip_transcoder" : "_transcoder"));
+    }
+    return names;
+  };
+  for (const ArchUnit* u : arch_units()) {
+    const std::vector<std::string> names = names_of(*u);
+    const bool named = std::find(names.begin(), names.end(), saelens) != names.end() ||
+                       (saelens == "crosscoder" && u->trains_crosscoders());
+    if (named && (ours.empty() ? u->reads_foreign_folders() && saelens != "crosscoder" : u->name() == ours)) return *u;
+  }
   if (!ours.empty() && ours != saelens)
     throw DataError(cat(where, ": sae_cpp.training_architecture '", printable(ours), "' is not a ", printable(saelens),
                         " architecture we know"));
   std::string readable;
   for (const ArchUnit* u : arch_units())
-    if (u->reads_foreign_folders()) readable += (readable.empty() ? "" : ", ") + u->saelens_architecture();
+    if (u->reads_foreign_folders())
+      for (const std::string& name : names_of(*u)) readable += (readable.empty() ? "" : ", ") + name;
   throw DataError(cat(where, ": architecture '", printable(saelens), "' is not supported (", readable, ")"));
 }
 
 Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(params).encode(params, x); }
 
-Tensor sae_decode(const SaeParams& p, const Tensor& f) { return add(matmul(f, p.W_dec), p.b_dec); }
+Tensor sae_decode(const SaeParams& p, const Tensor& f, const Tensor* x) {
+  const Tensor x_hat = add(matmul(f, p.W_dec), p.b_dec);
+  if (!p.W_skip.defined()) return x_hat;
+  if (!x) throw Error("sae_decode: a skip transcoder's output needs its input x");
+  return add(x_hat, matmul(*x, p.W_skip));
+}
 
 }  // namespace sae

@@ -21,13 +21,16 @@ std::string arch_unit_names(const char* separator = " | ");
 const std::vector<ArchOption>& arch_option_rows();
 // The units that read option `name`, as "topk, batchtopk"; empty when none does.
 std::string units_reading(const std::string& name);
+// The units whose sparsity coefficient is lambda (ArchUnit::has_lambda), as "standard, jumprelu, gated".
+std::string units_with_lambda();
 
 // The unit whose folder cfg.json (SAELens's "architecture", our sae_cpp.training_architecture) names:
 // DataError naming `where` when none does.
 const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where);
 
-// Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec.
+// Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec (+ x W_skip for a skip
+// transcoder, which needs its input x: Error without it).
 Tensor sae_encode(const SaeParams& params, const Tensor& x);
-Tensor sae_decode(const SaeParams& params, const Tensor& f);
+Tensor sae_decode(const SaeParams& params, const Tensor& f, const Tensor* x = nullptr);
 
 }  // namespace sae

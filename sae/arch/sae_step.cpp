@@ -7,39 +7,90 @@
 
 namespace sae {
 
-SaeStep::SaeStep(const ArchUnit& unit, const ArchSettings& settings, int64_t max_tokens, int64_t d_in, int64_t d_sae,
-                 DType dtype, Device device)
-    : unit_(unit), max_tokens_(max_tokens), d_in_(d_in), d_sae_(d_sae) {
-  if (max_tokens <= 0 || d_in <= 0 || d_sae <= 0)
-    throw UsageError(cat("SaeStep: max_tokens, d_in and d_sae must be positive, got ", max_tokens, ", ", d_in, ", ",
-                         d_sae));
-  step_ = unit.make_step(settings, max_tokens, d_in, d_sae, dtype, device);
+SaeStep::SaeStep(const ArchUnit& unit, const ArchSettings& settings, const StepShape& shape, DType dtype,
+                 Device device)
+    : unit_(unit), shape_(shape) {
+  if (shape.max_tokens <= 0 || shape.d_in <= 0 || shape.d_out <= 0 || shape.d_sae <= 0)
+    throw UsageError(cat("SaeStep: max_tokens, d_in, d_out and d_sae must be positive, got ", shape.max_tokens, ", ",
+                         shape.d_in, ", ", shape.d_out, ", ", shape.d_sae));
+  step_ = unit.make_step(settings, shape, dtype, device);
 }
 
-void SaeStep::check(const SaeParams& params, const Tensor& x) const {
+SaeStep::SaeStep(const ArchUnit& unit, const ArchSettings& settings, int64_t max_tokens, int64_t d_in, int64_t d_sae,
+                 DType dtype, Device device)
+    : SaeStep(unit, settings, StepShape{max_tokens, d_in, d_in, d_sae}, dtype, device) {}
+
+void SaeStep::check(const SaeParams& params, const Tensor& x, const Tensor& target) const {
   unit_.check(params);
-  if (params.d_in() != d_in_ || params.d_sae() != d_sae_)
-    throw Error(cat("SaeStep: made for d_in ", d_in_, ", d_sae ", d_sae_, "; the SAE has ", params.d_in(), ", ",
-                    params.d_sae()));
-  if (x.ndim() != 2 || x.size(1) != d_in_) throw Error(cat("SaeStep: batch ", x.describe(), " does not match d_in ", d_in_));
-  if (x.size(0) > max_tokens_)
-    throw Error(cat("SaeStep: batch of ", x.size(0), " tokens exceeds the workspace (", max_tokens_, ")"));
+  if (params.d_in() != shape_.d_in || params.d_out() != shape_.d_out || params.d_sae() != shape_.d_sae)
+    throw Error(cat("SaeStep: made for d_in ", shape_.d_in, ", d_out ", shape_.d_out, ", d_sae ", shape_.d_sae,
+                    "; the SAE has ", params.d_in(), ", ", params.d_out(), ", ", params.d_sae()));
+  if (x.ndim() != 2 || x.size(1) != shape_.d_in)
+    throw Error(cat("SaeStep: batch ", x.describe(), " does not match d_in ", shape_.d_in));
+  if (target.ndim() != 2 || target.size(1) != shape_.d_out || target.size(0) != x.size(0))
+    throw Error(cat("SaeStep: target ", target.describe(), " does not match ", x.size(0), " tokens of d_out ",
+                    shape_.d_out));
+  if (x.size(0) > shape_.max_tokens)
+    throw Error(cat("SaeStep: batch of ", x.size(0), " tokens exceeds the workspace (", shape_.max_tokens, ")"));
+}
+
+Tensor SaeStep::unit_target(const SaeParams& params, const Tensor& x, const Tensor& target) {
+  skipped_ = params.W_skip.defined();
+  tokens_ = x.size(0);
+  if (!skipped_) return target;
+  if (!skip_out_.defined()) {
+    skip_out_ = Tensor::zeros(Shape{shape_.max_tokens, shape_.d_out}, x.dtype(), x.device());
+    skip_target_ = Tensor::zeros(Shape{shape_.max_tokens, shape_.d_out}, x.dtype(), x.device());
+  }
+  Tensor out = skip_out_.slice_rows(0, tokens_), reduced = skip_target_.slice_rows(0, tokens_);
+  matmul_(out, x, false, params.W_skip, false);
+  binary_(BinaryOp::sub, reduced, target, out);
+  return reduced;
+}
+
+StepSums SaeStep::run_forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                              bool train) {
+  check(params, x, target);
+  return step_->forward(params, x, unit_target(params, x, target), lambda, train);
+}
+
+Tensor SaeStep::reconstruction() const {
+  if (!skipped_) return step_->reconstruction();
+  Tensor with_skip = skip_target_.slice_rows(0, tokens_);  // the unit's target is no longer needed
+  binary_(BinaryOp::add, with_skip, step_->reconstruction(), skip_out_.slice_rows(0, tokens_));
+  return with_skip;
+}
+
+void SaeStep::skip_gradient(const Tensor& x, SaeParams& grads) const {
+  if (skipped_) matmul_(grads.W_skip, x, true, step_->output_gradient(), false);
 }
 
 StepSums SaeStep::forward(const SaeParams& params, const Tensor& x, double lambda) {
-  check(params, x);
-  return step_->forward(params, x, lambda, false);
+  return forward(params, x, x, lambda);
+}
+
+StepSums SaeStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda) {
+  return run_forward(params, x, target, lambda, false);
 }
 
 StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads) {
-  check(params, x);
-  const StepSums sums = step_->forward(params, x, lambda, true);
+  return forward_backward(params, x, x, lambda, grads);
+}
+
+StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                                   SaeParams& grads) {
+  const StepSums sums = run_forward(params, x, target, lambda, true);
   step_->backward(params, x, lambda, grads, nullptr);
+  skip_gradient(x, grads);
   return sums;
 }
 
 StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double lambda, double lr) {
-  check(params, x);
+  return train_step(params, adam, x, x, lambda, lr);
+}
+
+StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target,
+                             double lambda, double lr) {
   if (!grads_made_) {
     // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update.
     const std::vector<std::string> fused = step_->always_fused();
@@ -49,7 +100,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
                                                                       : Tensor::zeros(t->shape(), t->dtype(), t->device());
     grads_made_ = true;
   }
-  const StepSums sums = step_->forward(params, x, lambda, true);
+  const StepSums sums = run_forward(params, x, target, lambda, true);
   if (!finite(sums)) {
     step_->undo_forward();
     return sums;
@@ -58,6 +109,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   fused.adam = &adam;
   fused.scalars = adam.next_step(lr);
   const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, &fused);
+  skip_gradient(x, grads_);
   auto p = params.present(), m = adam.m.present(), v = adam.v.present(), g = grads_.present();
   for (size_t i = 0; i < p.size(); ++i) {
     const std::string& name = p[i].first;

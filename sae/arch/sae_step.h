@@ -1,10 +1,13 @@
-// SaeStep: the one owner of an SAE's training step, for every architecture. It checks the batch and
-// the parameters, runs the unit's step (sae/arch/unit.h UnitStep: the fused forward and backward of
-// that architecture, as a fixed sequence of kernels into buffers allocated once) and applies Adam to
-// every parameter the unit's kernels did not update themselves. The numbers are those of the unit's
-// autograd reference (reference_loss followed by backward()), up to floating-point order; each unit's
-// tests compare the two.
-// Letters: N tokens in the batch (up to max_tokens), D input width, F latents.
+// SaeStep: the one owner of a dictionary's training step, for every architecture: an SAE (x
+// reconstructs itself), a transcoder (x reconstructs a target of another width; with W_skip, x_hat +=
+// x W_skip) or a crosscoder (x and its target are several activations concatenated). It checks the
+// batch and the parameters, runs the unit's step (sae/arch/unit.h UnitStep: the fused forward and
+// backward of that architecture, as a fixed sequence of kernels into buffers allocated once) and
+// applies Adam to every parameter the unit's kernels did not update themselves. A skip path is the
+// step's, not the unit's: the unit reconstructs target - x W_skip, and W_skip's gradient is x^T of
+// the unit's output gradient. The numbers are those of the unit's autograd reference (reference_loss
+// followed by backward()), up to floating-point order; each unit's tests compare the two.
+// Letters: N tokens in the batch (up to max_tokens), D_in, D_out the widths, F latents.
 #pragma once
 #include <memory>
 #include <string>
@@ -16,21 +19,29 @@ namespace sae {
 
 class SaeStep {
  public:
+  SaeStep(const ArchUnit& unit, const ArchSettings& settings, const StepShape& shape, DType dtype, Device device);
+  // An SAE: d_out = d_in.
   SaeStep(const ArchUnit& unit, const ArchSettings& settings, int64_t max_tokens, int64_t d_in, int64_t d_sae,
           DType dtype, Device device);
 
-  // Forward only (nothing is updated; the unit's clocks do not move).
+  // Forward only (nothing is updated; the unit's clocks do not move). x [N, D_in]; target [N, D_out]
+  // (x itself when omitted).
   StepSums forward(const SaeParams& params, const Tensor& x, double lambda);
-  // Forward and backward for x [N, D] (N <= max_tokens): writes into `grads` (SaeParams::zeros_like
-  // of params) the gradient Adam would see. Moves the unit's clocks.
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda);
+  // Forward and backward (N <= max_tokens): writes into `grads` (SaeParams::zeros_like of params)
+  // the gradient Adam would see. Moves the unit's clocks.
   StepSums forward_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads);
+  StepSums forward_backward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                            SaeParams& grads);
   // One training step: forward, backward and one Adam step at learning rate lr. When the loss is not
   // finite nothing is updated (the caller stops).
   StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double lambda, double lr);
+  StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target, double lambda,
+                      double lr);
 
   // Views of the last call's results (valid until the next call).
-  Tensor features() const { return step_->features(); }              // f [N, F]
-  Tensor reconstruction() const { return step_->reconstruction(); }  // x_hat [N, D]
+  Tensor features() const { return step_->features(); }  // f [N, F]
+  Tensor reconstruction() const;                          // x_hat [N, D_out] (with the skip path)
   const Tensor& feature_counts() const { return step_->feature_counts(); }
   StepFeatures step_features() const { return step_->step_features(); }
   // Tokens since each latent last fired (AuxK's clock; a resumed run sets it); null without one.
@@ -39,13 +50,20 @@ class SaeStep {
   UnitStep& unit_step() { return *step_; }
 
  private:
-  void check(const SaeParams& params, const Tensor& x) const;
+  void check(const SaeParams& params, const Tensor& x, const Tensor& target) const;
+  // The unit's target: target itself, or target - x W_skip (into skip_target_).
+  Tensor unit_target(const SaeParams& params, const Tensor& x, const Tensor& target);
+  StepSums run_forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool train);
+  void skip_gradient(const Tensor& x, SaeParams& grads) const;
 
   const ArchUnit& unit_;
   std::unique_ptr<UnitStep> step_;
-  int64_t max_tokens_, d_in_, d_sae_;
+  StepShape shape_;
   SaeParams grads_;  // train_step's gradients (made on first use; none for the unit's always_fused())
   bool grads_made_ = false;
+  Tensor skip_target_, skip_out_;  // [max_tokens, D_out]: skip transcoders only (made on first use)
+  bool skipped_ = false;           // the last forward had a skip path
+  int64_t tokens_ = 0;
 };
 
 }  // namespace sae

@@ -21,9 +21,9 @@ struct ArchOption {
   std::string help;
   ArchValueType type = ArchValueType::Number;
   std::string default_text;          // the default, as the command line would give it
-  std::vector<std::string> choices;  // Choice: the allowed words
-  std::string when_missing;          // read when config.json lacks the key ("": the default)
-  std::string implicit_value;        // what "--name" alone means ("": a value must follow)
+  std::vector<std::string> choices = {};  // Choice: the allowed words
+  std::string when_missing = "";     // read when config.json lacks the key ("": the default)
+  std::string implicit_value = "";   // what "--name" alone means ("": a value must follow)
 
   Json parse(const std::string& text) const;  // UsageError naming --name
   std::string text(const Json& value) const;  // as the command line gives it

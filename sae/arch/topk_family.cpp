@@ -23,23 +23,6 @@ int32_t read_index(const Tensor& row_ptr, int64_t at) {
   return static_cast<int32_t>(row_ptr.slice_rows(at, at + 1).item());
 }
 
-ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
-  ParamUpdate u;
-  u.param = param;
-  u.grad = grad;
-  return u;
-}
-
-// The parameter's handle shares its storage: Adam updates the caller's tensor.
-ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
-  ParamUpdate u;
-  u.param = param;
-  u.m = m;
-  u.v = v;
-  u.adam = true;
-  u.scalars = scalars;
-  return u;
-}
 }  // namespace
 
 // ---------------------------------------------------------------- options
@@ -86,9 +69,10 @@ DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {
 
 // ---------------------------------------------------------------- the step
 
-TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, int64_t max_tokens, int64_t d_in, int64_t d_sae,
-                               DType dtype, Device device, const std::string& unit)
-    : settings_(settings), max_tokens_(max_tokens), d_in_(d_in), d_sae_(d_sae) {
+TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
+                               const std::string& unit)
+    : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae) {
+  const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae, d_out = shape.d_out;
   const bool auxk = settings.auxk_coefficient > 0;
   if (settings.k < 1 || settings.k > d_sae)
     throw UsageError(cat("--k must be in [1, ", d_sae, "] (the number of features), got ", settings.k));
@@ -99,11 +83,11 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, int64_t max_tokens,
     throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", settings.k + k_aux_,
                          " kept latents do not fit int32 entry indices; use smaller batches"));
   pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-  x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
-  grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_in}, dtype, device);
-  scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
-  col_mean_ = Tensor::zeros(Shape{d_in}, dtype, device);
-  zero_d_ = Tensor::zeros(Shape{d_in}, dtype, device);
+  x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
+  scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
+  col_mean_ = Tensor::zeros(Shape{d_out}, dtype, device);
+  zero_d_ = Tensor::zeros(Shape{d_out}, dtype, device);
   for (Tensor* t : {&col_sum_, &col_count_, &all_sum_, &all_count_, &norms_, &dead_flags_})
     *t = Tensor::zeros(Shape{d_sae}, dtype, device);
   sums_ = Tensor::zeros(Shape{1}, dtype, device);
@@ -124,7 +108,8 @@ SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
   return s;
 }
 
-StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, double lambda, bool train) {
+StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                                 bool train) {
   const int64_t n = x.size(0);
   tokens_ = n;
   aux_ = 0;
@@ -137,7 +122,7 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, doubl
   main_entries_ = all_entries_ = read_index(lists_.row_ptr, n);
   sparse_by_feature_(main, col_sum_, col_count_);
   sparse_decode_(x_hat, main, params.W_dec, params.b_dec);
-  binary_(BinaryOp::sub, r, x_hat, x);
+  binary_(BinaryOp::sub, r, x_hat, target);
   reduce_all_(ReduceOp::sum_squares, sums_, r);
   rec_ = sums_.item();
   aux_rows_ = false;
@@ -202,24 +187,20 @@ std::vector<std::string> TopKFamilyStep::backward(const SaeParams& params, const
   const int64_t rows = aux_rows_ ? 2 * n : n;
   Tensor inputs = x;
   if (aux_rows_) {
-    if (!x_stacked_.defined()) x_stacked_ = Tensor::zeros(grad_x_hat_.shape(), x.dtype(), x.device());
+    if (!x_stacked_.defined()) x_stacked_ = Tensor::zeros(Shape{2 * max_tokens_, d_in_}, x.dtype(), x.device());
     Tensor top = x_stacked_.slice_rows(0, n), bottom = x_stacked_.slice_rows(n, 2 * n);
     copy_(top, x);
     copy_(bottom, x);
     inputs = x_stacked_.slice_rows(0, 2 * n);
   }
   const SparseFeatures by_feature = lists(0, rows);
-  ParamUpdate W_dec, W_enc, b_enc;
-  if (fused) {
-    SaeAdamState& adam = *fused->adam;
-    W_dec = adam_into(params.W_dec, adam.m.W_dec, adam.v.W_dec, fused->scalars);
-    W_enc = adam_into(params.W_enc, adam.m.W_enc, adam.v.W_enc, fused->scalars);
-    b_enc = adam_into(params.b_enc, adam.m.b_enc, adam.v.b_enc, fused->scalars);
-  } else {
-    W_dec = gradient_into(params.W_dec, grads.W_dec);
-    W_enc = gradient_into(params.W_enc, grads.W_enc);
-    b_enc = gradient_into(params.b_enc, grads.b_enc);
-  }
+  const SaeAdamState* adam = fused ? fused->adam : nullptr;
+  ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                   adam ? adam->v.W_dec : Tensor(), fused);
+  ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                   adam ? adam->v.W_enc : Tensor(), fused);
+  ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                   adam ? adam->v.b_enc : Tensor(), fused);
   sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, rows), by_feature, norms_,
                            aux_rows_ ? all_sum_ : col_sum_, 0.0, settings_.unit_norm_decoder);
   sparse_encoder_backward_(W_enc, b_enc, inputs, by_feature, dpre_);
@@ -264,12 +245,12 @@ double batch_threshold(const SaeParams& p) {
   return p.settings.has("threshold") ? p.settings.at("threshold").as_number() : 0.0;
 }
 
-BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, int64_t max_tokens, int64_t d_in, int64_t d_sae,
-                             DType dtype, Device device, const std::string& unit)
-    : TopKFamilyStep(settings, max_tokens, d_in, d_sae, dtype, device, unit), rate_(rate) {
+BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
+                             Device device, const std::string& unit)
+    : TopKFamilyStep(settings, shape, dtype, device, unit), rate_(rate) {
   // The selection over the whole batch counts and indexes its N F candidates in int32.
-  if ((settings.auxk_coefficient > 0 ? 2 : 1) * max_tokens * d_sae >= (int64_t(1) << 31))
-    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", d_sae,
+  if ((settings.auxk_coefficient > 0 ? 2 : 1) * shape.max_tokens * shape.d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", shape.max_tokens, " tokens x ", shape.d_sae,
                          " features do not fit int32 indices of the batch-wide selection; use smaller batches"));
 }
 
@@ -277,8 +258,9 @@ void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor
   batchtopk_select_(main, pre, b_enc, settings_.k * n);
 }
 
-StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, double lambda, bool train) {
-  const StepSums sums = TopKFamilyStep::forward(params, x, lambda, train);
+StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                                bool train) {
+  const StepSums sums = TopKFamilyStep::forward(params, x, target, lambda, train);
   if (main_entries_ > 0) {
     reduce_all_(ReduceOp::min, sums_, lists_.row_vals.slice_rows(0, main_entries_));
     min_positive_ = sums_.item();
@@ -367,15 +349,15 @@ void BatchThresholdUnit::load_state(const SafetensorsFile&, const Json& info, Sa
 // ---------------------------------------------------------------- the reference
 
 ReferenceLoss topk_family_reference(const TopKSettings& o, const std::vector<uint8_t>& kept, const ArchVariables& p,
-                                    const Tensor& x, double lambda, const std::vector<uint8_t>* dead,
-                                    const ArchFrozen* frozen) {
+                                    const Tensor& x, const Tensor& target, double lambda,
+                                    const std::vector<uint8_t>* dead, const ArchFrozen* frozen) {
   const Variable X(x);
   const int64_t n = x.size(0), features = p.W_enc.shape()[1];
   ReferenceLoss out;
   const Variable P = ag::matmul(X, p.W_enc) + p.b_enc;
   out.pre = P.data();
   const Variable f = ag::relu(P) * Variable(flags_tensor(kept, P.shape(), x));
-  finish_reference(out, p, x, f, lambda);
+  finish_reference(out, p, x, target, f, lambda);
   // AuxK: the k_aux largest P of each token among the dead latents predict the (constant) residual.
   if (o.auxk_coefficient > 0 && dead) {
     for (uint8_t d : *dead) out.n_dead += d;
@@ -385,7 +367,7 @@ ReferenceLoss topk_family_reference(const TopKSettings& o, const std::vector<uin
           flags_tensor(top_k_per_row(P.data().to_vector(), n, features, k_aux, dead), P.shape(), x);
       const Variable a = ag::relu(P) * Variable(selected);
       out.aux_acts = a.data();
-      const Tensor e = frozen && frozen->residual.defined() ? frozen->residual : sub(x, out.x_hat);
+      const Tensor e = frozen && frozen->residual.defined() ? frozen->residual : sub(target, out.x_hat);
       const double Z = sum(square(sub(e, mean(e, 0, true)))).item();
       if (Z > 0) {
         const Variable e_hat = ag::matmul(a, p.W_dec);

@@ -42,16 +42,18 @@ DictionaryInit topk_family_dictionary_init(const ArchSettings& s);
 
 class TopKFamilyStep : public UnitStep {
  public:
-  TopKFamilyStep(const TopKSettings& settings, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype,
-                 Device device, const std::string& unit);
+  TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
+                 const std::string& unit);
 
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool train) override;
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                   bool train) override;
   void undo_forward() override { tokens_since_fired_ = clock_before_; }
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
   std::vector<std::string> always_fused() const override { return {"W_enc", "b_enc", "W_dec"}; }
   Tensor features() const override;
   Tensor reconstruction() const override { return x_hat_.slice_rows(0, tokens_); }
+  Tensor output_gradient() const override { return grad_x_hat_.slice_rows(0, tokens_); }
   const Tensor& feature_counts() const override { return col_count_; }
   StepFeatures step_features() const override;
   std::vector<int64_t>* dead_clock() override { return settings_.auxk_coefficient > 0 ? &tokens_since_fired_ : nullptr; }
@@ -66,13 +68,13 @@ class TopKFamilyStep : public UnitStep {
   SparseFeatures lists(int64_t row0, int64_t rows) const;  // row_ptr viewed from row0, rows + 1 values
 
   TopKSettings settings_;
-  int64_t max_tokens_, d_in_, d_sae_, k_aux_ = 0, tokens_ = 0;
+  int64_t max_tokens_, d_in_, d_out_, d_sae_, k_aux_ = 0, tokens_ = 0;
   Tensor pre_;                           // [max_tokens, F]: x W_enc
-  Tensor x_hat_;                         // [max_tokens, D]
-  Tensor grad_x_hat_;                    // [2 max_tokens, D]: r (then 2 r), and AuxK's dL/de_hat below it
-  Tensor x_stacked_;                     // [2 max_tokens, D]: x twice, for the AuxK rows (made on first use)
-  Tensor scratch_rows_;                  // [max_tokens, D]: the centred residual
-  Tensor col_mean_, zero_d_;             // [D]
+  Tensor x_hat_;                         // [max_tokens, D_out]
+  Tensor grad_x_hat_;                    // [2 max_tokens, D_out]: r (then 2 r), and AuxK's dL/de_hat below it
+  Tensor x_stacked_;                     // [2 max_tokens, D_in]: x twice, for the AuxK rows (made on first use)
+  Tensor scratch_rows_;                  // [max_tokens, D_out]: the centred residual
+  Tensor col_mean_, zero_d_;             // [D_out]
   Tensor col_sum_, col_count_, all_sum_, all_count_, norms_, dead_flags_;  // [F]
   Tensor sums_;                          // [1] scratch of reductions
   SparseFeatures lists_;                 // row_ptr [2 max_tokens + 1]; room for every entry
@@ -90,9 +92,10 @@ class TopKFamilyStep : public UnitStep {
 // step sets it), kept in the SAE's settings as "threshold".
 class BatchTopKStep : public TopKFamilyStep {
  public:
-  BatchTopKStep(const TopKSettings& settings, double rate, int64_t max_tokens, int64_t d_in, int64_t d_sae,
-                DType dtype, Device device, const std::string& unit);
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool train) override;
+  BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype, Device device,
+                const std::string& unit);
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                   bool train) override;
   void after_update(SaeParams& params) override;
 
  protected:
@@ -117,6 +120,10 @@ class BatchThresholdUnit : public ArchUnit {
   void init_own(SaeParams& p, const ArchSettings& s) const override;
   Tensor encode(const SaeParams& p, const Tensor& x) const override;
   std::string saelens_architecture() const override { return "jumprelu"; }
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
+  }
+  bool trains_crosscoders() const override { return true; }
   bool reads_foreign_folders() const override { return false; }
   std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override;
   void set_cfg_keys(const SaeParams& p, Json& cfg, Json& ours) const override;
@@ -131,8 +138,8 @@ double batch_threshold(const SaeParams& p);  // 0 until the first step sets it
 // The reference of a TopK-family unit: f = relu(P) * kept (the unit's selection as 0/1 flags
 // [N * F]), plus AuxK's term when dead latents are given (ReferenceLoss.aux_acts, n_dead).
 ReferenceLoss topk_family_reference(const TopKSettings& s, const std::vector<uint8_t>& kept, const ArchVariables& p,
-                                    const Tensor& x, double lambda, const std::vector<uint8_t>* dead,
-                                    const ArchFrozen* frozen);
+                                    const Tensor& x, const Tensor& target, double lambda,
+                                    const std::vector<uint8_t>* dead, const ArchFrozen* frozen);
 // Dense [rows, F] from by-token lists rows row0 .. row0+rows-1 (made on the host).
 Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features, const Tensor& like);
 

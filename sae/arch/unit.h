@@ -52,13 +52,26 @@ struct FusedAdam {
   AdamScalars scalars;
 };
 
+// How a parameter's gradient leaves a shared sparse backward kernel: written into `grad`, or, with
+// `fused`, as one Adam step on the parameter with its moments `m` and `v` (the gradient is never stored).
+ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                         const FusedAdam* fused);
+
+// The sizes a step is made for: up to max_tokens tokens of width d_in in, d_out out (d_in for an
+// SAE or a crosscoder, the target's width for a transcoder), d_sae latents.
+struct StepShape {
+  int64_t max_tokens = 0, d_in = 0, d_out = 0, d_sae = 0;
+};
+
 // One training step of a unit with its buffers (allocated once, for up to max_tokens tokens).
 class UnitStep {
  public:
   virtual ~UnitStep() = default;
-  // The loss terms of x [N, D] into the step's buffers (params checked by SaeStep). `train`: this is
-  // a training step, so the unit's clocks (AuxK's) move; undo_forward() puts them back.
-  virtual StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool train) = 0;
+  // The loss terms of x [N, D_in] reconstructing `target` [N, D_out] (x itself for an SAE) into the
+  // step's buffers (params checked by SaeStep). `train`: this is a training step, so the unit's
+  // clocks (AuxK's) move; undo_forward() puts them back.
+  virtual StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
+                           bool train) = 0;
   virtual void undo_forward() {}
   // After forward: the gradient of every parameter into `grads` (as Adam sees it: projected for a
   // unit-norm decoder). With `fused`, the unit may apply Adam to some parameters inside its kernels
@@ -74,7 +87,10 @@ class UnitStep {
   virtual void after_update(SaeParams& params) {}
   // The last forward's results.
   virtual Tensor features() const = 0;            // f [N, F] (may be made from entry lists)
-  virtual Tensor reconstruction() const = 0;      // x_hat [N, D]
+  virtual Tensor reconstruction() const = 0;      // x_hat [N, D_out]
+  // After backward: dL/dx_hat [N, D_out] as a term added to every reconstruction would receive it
+  // (2 (x_hat - target); summed over a Matryoshka's prefixes): a skip transcoder's W_skip gets x^T of it.
+  virtual Tensor output_gradient() const = 0;
   virtual const Tensor& feature_counts() const = 0;  // tokens each latent fired on [F]
   virtual StepFeatures step_features() const = 0;
   // Tokens since each latent last fired, for units that keep such a clock (AuxK); null otherwise.
@@ -127,25 +143,41 @@ class ArchUnit {
   virtual void check_settings(const SaeParams& params) const {}
 
   // ---- the training step ----
-  virtual std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae,
-                                              DType dtype, Device device) const = 0;
+  virtual std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
+                                              Device device) const = 0;
   // Whether the metrics carry an aux_loss column.
   virtual bool reports_aux() const { return true; }
 
   // ---- the plain reference (what gradchecks and the fused step are tested against) ----
-  // dead: AuxK's dead mask (this batch's firings counted), or null; frozen: stop-gradient values
-  // fixed from outside so finite differences see the function autograd differentiates.
-  virtual ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
-                                       const std::vector<uint8_t>* dead, const ArchFrozen* frozen) const = 0;
+  // x [N, D_in] reconstructing `target` [N, D_out]; dead: AuxK's dead mask (this batch's firings
+  // counted), or null; frozen: stop-gradient values fixed from outside so finite differences see the
+  // function autograd differentiates.
+  virtual ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x,
+                                       const Tensor& target, double lambda, const std::vector<uint8_t>* dead,
+                                       const ArchFrozen* frozen) const = 0;
+  // An SAE: x reconstructs itself.
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
+                               const std::vector<uint8_t>* dead, const ArchFrozen* frozen) const {
+    return reference_loss(s, p, x, x, lambda, dead, frozen);
+  }
 
   // ---- inference, as the exported folder means it (docs/architectures.md §3) ----
   virtual Tensor encode(const SaeParams& params, const Tensor& x) const = 0;  // f [N, F]
 
   // ---- SAELens export and import ----
   virtual std::string saelens_architecture() const { return name(); }
+  // As a transcoder (with a skip path or not): SAELens's architecture name, "" where SAELens has no
+  // such class (we then write "<unit>_transcoder" / "<unit>_skip_transcoder", which only we load).
+  virtual std::string saelens_transcoder_architecture(bool skip) const { return ""; }
+  // Whether the unit trains as a transcoder or a crosscoder (the option rules refuse the others).
+  virtual bool trains_transcoders() const { return true; }
+  virtual bool trains_crosscoders() const { return false; }
   // Whether a SAELens folder of saelens_architecture() from elsewhere (no sae_cpp name) is this unit.
   virtual bool reads_foreign_folders() const { return true; }
-  // sae_weights.safetensors's tensors (float32, host) and cfg.json's architecture keys.
+  // The architecture name cfg.json gets for `params` (an SAE's, a transcoder's or "crosscoder").
+  std::string folder_architecture(const SaeParams& params) const;
+  // sae_weights.safetensors's tensors (float32, host; W_skip transposed, as SAELens stores it) and
+  // cfg.json's architecture keys.
   virtual std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& params) const;
   virtual void set_cfg_keys(const SaeParams& params, Json& cfg, Json& ours) const {}
   // Type checks of the cfg.json keys the unit reads (DataError, which the loader prefixes with the file).

@@ -1,8 +1,10 @@
-// Block- and warp-level helpers of the SAE step's CUDA kernels (cuda_kernels.cu, cuda_arch_kernels.cu;
-// .cu files only). No atomics: sums are added in a fixed order, so results repeat bit for bit.
+// Block- and warp-level helpers of the CUDA kernels of the step's families and of the units (.cu
+// files only). No atomics: sums are added in a fixed order, so results repeat bit for bit.
 // Every helper must be called by all threads of the block (blockDim.x a multiple of 32).
 #pragma once
 #include <cstdint>
+
+#include "tensor/cuda/common.cuh"
 
 namespace sae {
 
@@ -56,6 +58,34 @@ __device__ inline void warp_count_digit(int* warp_hist, int digit) {
   const unsigned peers = __match_any_sync(0xffffffffu, digit);
   if (digit >= 0 && __ffs(peers) - 1 == int(threadIdx.x % 32)) warp_hist[digit] += __popc(peers);
   __syncwarp();
+}
+
+// One block: row_ptr[1 .. rows] = row_ptr[0] + running sums of counts (row_ptr points at row0's
+// entry; set_base: row_ptr[0] = 0 first). Each thread owns a chunk; chunk totals scanned by thread 0.
+static __global__ void offsets_from_counts_kernel(int32_t* row_ptr, const int32_t* counts, int64_t rows, bool set_base) {
+  __shared__ int32_t chunk_base[kBlock];
+  if (set_base && threadIdx.x == 0) row_ptr[0] = 0;
+  __syncthreads();
+  const int64_t chunk = (rows + kBlock - 1) / kBlock;
+  const int64_t begin = min(rows, threadIdx.x * chunk), end = min(rows, begin + chunk);
+  int32_t total = 0;
+  for (int64_t r = begin; r < end; ++r) total += counts[r];
+  chunk_base[threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t running = row_ptr[0];
+    for (int t = 0; t < kBlock; ++t) {
+      const int32_t c = chunk_base[t];
+      chunk_base[t] = running;
+      running += c;
+    }
+  }
+  __syncthreads();
+  int32_t running = chunk_base[threadIdx.x];
+  for (int64_t r = begin; r < end; ++r) {
+    running += counts[r];
+    row_ptr[r + 1] = running;
+  }
 }
 
 }  // namespace sae

@@ -129,34 +129,6 @@ __global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* coun
   }
 }
 
-// One block: row_ptr[1 .. rows] = row_ptr[0] + running sums of counts (row_ptr points at row0's
-// entry; set_base: row_ptr[0] = 0 first). Each thread owns a chunk; chunk totals scanned by thread 0.
-__global__ void offsets_from_counts_kernel(int32_t* row_ptr, const int32_t* counts, int64_t rows, bool set_base) {
-  __shared__ int32_t chunk_base[kBlock];
-  if (set_base && threadIdx.x == 0) row_ptr[0] = 0;
-  __syncthreads();
-  const int64_t chunk = (rows + kBlock - 1) / kBlock;
-  const int64_t begin = min(rows, threadIdx.x * chunk), end = min(rows, begin + chunk);
-  int32_t total = 0;
-  for (int64_t r = begin; r < end; ++r) total += counts[r];
-  chunk_base[threadIdx.x] = total;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t running = row_ptr[0];
-    for (int t = 0; t < kBlock; ++t) {
-      const int32_t c = chunk_base[t];
-      chunk_base[t] = running;
-      running += c;
-    }
-  }
-  __syncthreads();
-  int32_t running = chunk_base[threadIdx.x];
-  for (int64_t r = begin; r < end; ++r) {
-    running += counts[r];
-    row_ptr[r + 1] = running;
-  }
-}
-
 template <typename T>
 __global__ void pack_slots_kernel(int32_t* cols_out, T* vals_out, const int32_t* row_ptr, const int32_t* counts,
                                   const int32_t* slot_cols, const T* slot_vals, int64_t rows, int64_t k) {

@@ -7,13 +7,9 @@
 
 namespace sae {
 
-#define SAE_DECLARE_CPU_KERNEL(name, signature) std::type_identity_t<signature> name##_cpu;
-#define SAE_DECLARE_CUDA_KERNEL(name, signature) std::type_identity_t<signature> name##_cuda;
 SAE_STEP_KERNELS(SAE_DECLARE_CPU_KERNEL)
 #if defined(SAE_WITH_CUDA)
 SAE_STEP_KERNELS(SAE_DECLARE_CUDA_KERNEL)
 #endif
-#undef SAE_DECLARE_CPU_KERNEL
-#undef SAE_DECLARE_CUDA_KERNEL
 
 }  // namespace sae

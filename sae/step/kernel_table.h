@@ -10,6 +10,10 @@
 #define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;
 #define SAE_CPU_KERNEL(name, signature) name##_cpu,
 #define SAE_CUDA_KERNEL(name, signature) name##_cuda,
+// Declarations of a list's backend functions: LIST(SAE_DECLARE_CPU_KERNEL), and in CUDA builds
+// LIST(SAE_DECLARE_CUDA_KERNEL).
+#define SAE_DECLARE_CPU_KERNEL(name, signature) std::type_identity_t<signature> name##_cpu;
+#define SAE_DECLARE_CUDA_KERNEL(name, signature) std::type_identity_t<signature> name##_cuda;
 
 namespace sae {
 // Thrown where a CUDA table is asked for in a build without CUDA.

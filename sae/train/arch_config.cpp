@@ -27,12 +27,6 @@ Json row_value(const TrainConfig& c, const ArchOption& row) {
   return c.arch.has(row.name) ? c.arch.at(row.name) : row.default_value();
 }
 
-std::string lambda_units() {
-  std::string out;
-  for (const ArchUnit* u : arch_units())
-    if (u->has_lambda()) out += (out.empty() ? "" : ", ") + u->name();
-  return out;
-}
 }  // namespace
 
 const ArchUnit& run_unit(const TrainConfig& c) { return arch_unit(c.architecture); }
@@ -73,7 +67,7 @@ void validate_architecture_options(const TrainConfig& c) {
     require(c.l1_warmup_steps == defaults.l1_warmup_steps,
             cat("--l1-warmup-steps does not apply to --architecture ", arch, ": it ", unit.sparsity_note()));
     require(c.target_l0 == defaults.target_l0,
-            cat("--target-l0 applies to --architecture ", lambda_units(), "; ", arch, " ", unit.sparsity_note()));
+            cat("--target-l0 applies to --architecture ", units_with_lambda(), "; ", arch, " ", unit.sparsity_note()));
   }
   unit.validate(arch_settings(c), c.features);
 }

@@ -15,23 +15,23 @@ namespace sae {
 namespace {
 class GatedStep : public DenseUnitStep {
  public:
-  GatedStep(bool unit_norm, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device)
-      : DenseUnitStep(unit_norm, max_tokens, d_in, d_sae, dtype, device) {
-    gate_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
+  GatedStep(bool unit_norm, const StepShape& shape, DType dtype, Device device)
+      : DenseUnitStep(unit_norm, shape, dtype, device) {
+    gate_ = Tensor::zeros(Shape{shape.max_tokens, shape.d_sae}, dtype, device);
   }
 
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool) override {
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     start_forward(params, x);
     const int64_t n = tokens_;
     Tensor pre = pre_.slice_rows(0, n), f = f_.slice_rows(0, n), gate = gate_.slice_rows(0, n);
     Tensor r = grad_x_hat_.slice_rows(0, n), r_gate = scratch_rows_.slice_rows(0, n);
     gated_forward_(f, gate, pre, params.own_tensor("b_gate"), params.own_tensor("b_mag"), params.own_tensor("r_mag"),
                    col_count_, col_a_);
-    decode(params, x);
-    // The auxiliary reconstruction from relu(pi_gate): r_gate = gate W_dec + b_dec - x.
+    decode(params, target);
+    // The auxiliary reconstruction from relu(pi_gate): r_gate = gate W_dec + b_dec - target.
     matmul_(r_gate, gate, false, params.W_dec, false);
     add_(r_gate, params.b_dec);
-    binary_(BinaryOp::sub, r_gate, r_gate, x);
+    binary_(BinaryOp::sub, r_gate, r_gate, target);
     Tensor s0 = sums_.slice_rows(0, 1), s1 = sums_.slice_rows(1, 2), s2 = sums_.slice_rows(2, 3),
            s3 = sums_.slice_rows(3, 4);
     reduce_all_(ReduceOp::sum_squares, s0, r);
@@ -79,6 +79,7 @@ class GatedUnit : public ArchUnit {
   }
   std::vector<std::string> reads() const override { return {"unit-norm-decoder", "init-tied", "init-b-dec"}; }
   bool has_b_enc() const override { return false; }
+  bool trains_transcoders() const override { return false; }  // no gated transcoder in the peers
   std::vector<std::string> own_tensors() const override { return {"b_gate", "b_mag", "r_mag"}; }
   DictionaryInit dictionary_init(const ArchSettings& s) const override {
     return resolve_dictionary_init(s, /*unit_norm_when_auto=*/false, /*tied_when_auto=*/true,
@@ -90,13 +91,13 @@ class GatedUnit : public ArchUnit {
     p.own.push_back({"b_mag", Tensor::zeros(Shape{p.d_sae()})});
     p.own.push_back({"r_mag", Tensor::zeros(Shape{p.d_sae()})});
   }
-  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae, DType dtype,
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<GatedStep>(dictionary_init(s).unit_norm_decoder, max_tokens, d, d_sae, dtype, device);
+    return std::make_unique<GatedStep>(dictionary_init(s).unit_norm_decoder, shape, dtype, device);
   }
-  ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, double lambda,
-                               const std::vector<uint8_t>*, const ArchFrozen* frozen) const override {
-    const Variable X(x);
+  ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>*, const ArchFrozen* frozen) const override {
+    const Variable X(x), Y(target);
     ReferenceLoss out;
     const Variable Q = ag::matmul(X, p.W_enc);
     const Variable pi_gate = Q + p.own_var("b_gate");
@@ -108,9 +109,9 @@ class GatedUnit : public ArchUnit {
     const Variable frozen_W_dec = fixed ? Variable(frozen->W_dec) : p.W_dec.detach();
     const Variable frozen_b_dec = fixed ? Variable(frozen->b_dec) : p.b_dec.detach();
     const Variable x_gate = ag::matmul(gate, frozen_W_dec) + frozen_b_dec;  // frozen decoder
-    out.aux = ag::sum(ag::square(X - x_gate));
+    out.aux = ag::sum(ag::square(Y - x_gate));
     out.pre = pi_mag.data();
-    finish_reference(out, p, x, f, lambda);
+    finish_reference(out, p, x, target, f, lambda);
     return out;
   }
   Tensor encode(const SaeParams& p, const Tensor& x) const override {

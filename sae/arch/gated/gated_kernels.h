@@ -27,14 +27,10 @@ struct GatedKernelTable {
 const GatedKernelTable& gated_cpu_kernels();
 const GatedKernelTable& gated_cuda_kernels();  // CUDA builds only
 
-#define SAE_DECLARE_GATED_CPU(name, signature) std::type_identity_t<signature> name##_cpu;
-#define SAE_DECLARE_GATED_CUDA(name, signature) std::type_identity_t<signature> name##_cuda;
-GATED_KERNELS(SAE_DECLARE_GATED_CPU)
+GATED_KERNELS(SAE_DECLARE_CPU_KERNEL)
 #if defined(SAE_WITH_CUDA)
-GATED_KERNELS(SAE_DECLARE_GATED_CUDA)
+GATED_KERNELS(SAE_DECLARE_CUDA_KERNEL)
 #endif
-#undef SAE_DECLARE_GATED_CPU
-#undef SAE_DECLARE_GATED_CUDA
 
 // Front-end.
 void gated_forward_(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,

@@ -49,19 +49,18 @@ Window window(const Tensor& pre, const Tensor& log_threshold, double eps) {
 
 class JumpReluStep : public DenseUnitStep {
  public:
-  JumpReluStep(const JumpReluSettings& s, bool unit_norm, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype,
-               Device device)
-      : DenseUnitStep(unit_norm, max_tokens, d_in, d_sae, dtype, device), settings_(s) {
+  JumpReluStep(const JumpReluSettings& s, bool unit_norm, const StepShape& shape, DType dtype, Device device)
+      : DenseUnitStep(unit_norm, shape, dtype, device), settings_(s) {
     if (!(s.bandwidth > 0)) throw UsageError(cat("--jumprelu-bandwidth must be > 0, got ", s.bandwidth));
   }
 
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool) override {
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     start_forward(params, x);
     const int64_t n = tokens_;
     Tensor pre = pre_.slice_rows(0, n), f = f_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
     jumprelu_forward_(f, pre, params.b_enc, params.own_tensor("log_threshold"), norms_, settings_, col_count_, col_a_,
                       col_b_);
-    decode(params, x);
+    decode(params, target);
     Tensor s0 = sums_.slice_rows(0, 1), s1 = sums_.slice_rows(1, 2), s2 = sums_.slice_rows(2, 3),
            s3 = sums_.slice_rows(3, 4);
     reduce_all_(ReduceOp::sum_squares, s0, r);
@@ -142,13 +141,13 @@ class JumpReluUnit : public ArchUnit {
   void init_own(SaeParams& p, const ArchSettings& s) const override {
     p.own.push_back({"log_threshold", Tensor::full(Shape{p.d_sae()}, std::log(s.number("jumprelu-init-threshold")))});
   }
-  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae, DType dtype,
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<JumpReluStep>(jumprelu_settings(s), dictionary_init(s).unit_norm_decoder, max_tokens, d,
-                                          d_sae, dtype, device);
+    return std::make_unique<JumpReluStep>(jumprelu_settings(s), dictionary_init(s).unit_norm_decoder, shape, dtype,
+                                          device);
   }
-  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
-                               const std::vector<uint8_t>*, const ArchFrozen*) const override {
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>*, const ArchFrozen*) const override {
     const JumpReluSettings o = jumprelu_settings(s);
     const Variable& log_threshold = p.own_var("log_threshold");
     ReferenceLoss out;
@@ -162,7 +161,7 @@ class JumpReluUnit : public ArchUnit {
       out.sparsity = ag::sum(tanh_of(ag::affine(f * norms, o.tanh_c, 0.0)));
       out.aux = ag::sum(ag::relu(ag::exp(log_threshold) - P) * norms) * o.pre_act;
     }
-    finish_reference(out, p, x, f, lambda);
+    finish_reference(out, p, x, target, f, lambda);
     return out;
   }
   Tensor encode(const SaeParams& p, const Tensor& x) const override {
@@ -170,10 +169,13 @@ class JumpReluUnit : public ArchUnit {
     const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
     return mul(relu(P), gt(P, exp(p.own_tensor("log_threshold"))));
   }
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
+  }
   std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override {
     std::vector<std::pair<std::string, Tensor>> out;
-    for (const auto& [name, tensor] : p.present())
-      if (name != "log_threshold") out.push_back({name, tensor->to(Device::CPU).to(DType::F32)});
+    for (auto& named : ArchUnit::saelens_weights(p))
+      if (named.first != "log_threshold") out.push_back(std::move(named));
     out.push_back({"threshold", exp(p.own_tensor("log_threshold").to(Device::CPU).to(DType::F32))});
     return out;
   }

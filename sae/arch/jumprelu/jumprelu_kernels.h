@@ -39,14 +39,10 @@ struct JumpReluKernelTable {
 const JumpReluKernelTable& jumprelu_cpu_kernels();
 const JumpReluKernelTable& jumprelu_cuda_kernels();  // CUDA builds only
 
-#define SAE_DECLARE_JUMPRELU_CPU(name, signature) std::type_identity_t<signature> name##_cpu;
-#define SAE_DECLARE_JUMPRELU_CUDA(name, signature) std::type_identity_t<signature> name##_cuda;
-JUMPRELU_KERNELS(SAE_DECLARE_JUMPRELU_CPU)
+JUMPRELU_KERNELS(SAE_DECLARE_CPU_KERNEL)
 #if defined(SAE_WITH_CUDA)
-JUMPRELU_KERNELS(SAE_DECLARE_JUMPRELU_CUDA)
+JUMPRELU_KERNELS(SAE_DECLARE_CUDA_KERNEL)
 #endif
-#undef SAE_DECLARE_JUMPRELU_CPU
-#undef SAE_DECLARE_JUMPRELU_CUDA
 
 // Front-end.
 void jumprelu_forward_(Tensor& f, Tensor& pre, const Tensor& bias, const Tensor& log_threshold, const Tensor& norms,

@@ -39,30 +39,14 @@ namespace {
 constexpr double kAutoMaxDensityCpu = 0.2;
 constexpr double kAutoMaxDensityCuda = 0.05;
 
-ParamUpdate gradient_into(const Tensor& param, Tensor& grad) {
-  ParamUpdate u;
-  u.param = param;
-  u.grad = grad;
-  return u;
-}
-
-ParamUpdate adam_into(const Tensor& param, const Tensor& m, const Tensor& v, const AdamScalars& scalars) {
-  ParamUpdate u;
-  u.param = param;
-  u.m = m;
-  u.v = v;
-  u.adam = true;
-  u.scalars = scalars;
-  return u;
-}
-
 class StandardStep : public UnitStep {
  public:
-  StandardStep(SparseMode mode, int64_t max_tokens, int64_t d_in, int64_t d_sae, DType dtype, Device device)
-      : max_tokens_(max_tokens), sparse_mode_(mode), auto_max_density_(sae::auto_max_density(device)) {
+  StandardStep(SparseMode mode, const StepShape& shape, DType dtype, Device device)
+      : max_tokens_(shape.max_tokens), sparse_mode_(mode), auto_max_density_(sae::auto_max_density(device)) {
+    const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae;
     f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-    x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
-    grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_in}, dtype, device);
+    x_hat_ = Tensor::zeros(Shape{max_tokens, shape.d_out}, dtype, device);
+    grad_x_hat_ = Tensor::zeros(Shape{max_tokens, shape.d_out}, dtype, device);
     col_sum_ = Tensor::zeros(Shape{d_sae}, dtype, device);
     col_count_ = Tensor::zeros(Shape{d_sae}, dtype, device);
     norms_ = Tensor::zeros(Shape{d_sae}, dtype, device);
@@ -78,7 +62,7 @@ class StandardStep : public UnitStep {
     }
   }
 
-  StepSums forward(const SaeParams& params, const Tensor& x, double lambda, bool) override {
+  StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     const int64_t n = x.size(0);
     tokens_ = n;
     Tensor f = features(), x_hat = reconstruction(), grad_x_hat = grad_x_hat_.slice_rows(0, n);
@@ -88,7 +72,8 @@ class StandardStep : public UnitStep {
     encoder_activate_(f, params.b_enc, col_sum_, col_count_);
     reduce_all_(ReduceOp::sum, active, col_count_);
     sparse_ = false;
-    if (sparse_mode_ != SparseMode::Off && n > 0) {
+    // A crosscoder's penalty weighs each decoder block by its own norm: the dense path only.
+    if (sparse_mode_ != SparseMode::Off && n > 0 && params.sources == 1) {
       const double entries = active.item();  // one value back to the host
       sparse_ = sparse_mode_ == SparseMode::On || entries <= auto_max_density_ * double(n) * double(f.size(1));
       if (sparse_) {
@@ -102,9 +87,19 @@ class StandardStep : public UnitStep {
       matmul_(x_hat, f, false, params.W_dec, false);
       add_(x_hat, params.b_dec);
     }
-    binary_(BinaryOp::sub, grad_x_hat, x_hat, x);  // r = x_hat - x (scaled to 2r in backward)
+    binary_(BinaryOp::sub, grad_x_hat, x_hat, target);  // r = x_hat - target (scaled to 2r in backward)
     reduce_all_(ReduceOp::sum_squares, rec, grad_x_hat);
-    reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
+    sources_ = params.sources;
+    if (sources_ == 1) {
+      reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
+    } else {  // n_i = sum_s ||W_dec[i, block s]||
+      const int64_t f_count = params.d_sae(), width = params.d_out() / sources_;
+      if (!block_norms_.defined() || block_norms_.numel() != f_count * sources_)
+        block_norms_ = Tensor::zeros(Shape{f_count, sources_}, norms_.dtype(), norms_.device());
+      Tensor flat = block_norms_.reshape(Shape{f_count * sources_});
+      reduce_axis_(ReduceOp::norm2, flat, params.W_dec.reshape(Shape{f_count * sources_, width}), 1);
+      reduce_axis_(ReduceOp::sum, norms_, block_norms_, 1);
+    }
     binary_(BinaryOp::mul, scratch_f_, col_sum_, norms_);
     reduce_all_(ReduceOp::sum, l1, scratch_f_);
 
@@ -129,17 +124,13 @@ class StandardStep : public UnitStep {
       dense_backward(params, x, lambda, grads);
       return {};
     }
-    ParamUpdate W_dec, W_enc, b_enc;
-    if (fused) {
-      SaeAdamState& adam = *fused->adam;
-      W_dec = adam_into(params.W_dec, adam.m.W_dec, adam.v.W_dec, fused->scalars);
-      W_enc = adam_into(params.W_enc, adam.m.W_enc, adam.v.W_enc, fused->scalars);
-      b_enc = adam_into(params.b_enc, adam.m.b_enc, adam.v.b_enc, fused->scalars);
-    } else {
-      W_dec = gradient_into(params.W_dec, grads.W_dec);
-      W_enc = gradient_into(params.W_enc, grads.W_enc);
-      b_enc = gradient_into(params.b_enc, grads.b_enc);
-    }
+    const SaeAdamState* adam = fused ? fused->adam : nullptr;
+    ParamUpdate W_dec = param_update(params.W_dec, grads.W_dec, adam ? adam->m.W_dec : Tensor(),
+                                     adam ? adam->v.W_dec : Tensor(), fused);
+    ParamUpdate W_enc = param_update(params.W_enc, grads.W_enc, adam ? adam->m.W_enc : Tensor(),
+                                     adam ? adam->v.W_enc : Tensor(), fused);
+    ParamUpdate b_enc = param_update(params.b_enc, grads.b_enc, adam ? adam->m.b_enc : Tensor(),
+                                     adam ? adam->v.b_enc : Tensor(), fused);
     const SparseFeatures lists = lists_for_batch();
     sparse_decoder_backward_(dpre_, W_dec, grad_x_hat, lists, norms_, col_sum_, lambda);
     sparse_encoder_backward_(W_enc, b_enc, x, lists, dpre_);
@@ -149,6 +140,7 @@ class StandardStep : public UnitStep {
 
   Tensor features() const override { return f_.slice_rows(0, tokens_); }
   Tensor reconstruction() const override { return x_hat_.slice_rows(0, tokens_); }
+  Tensor output_gradient() const override { return grad_x_hat_.slice_rows(0, tokens_); }
   const Tensor& feature_counts() const override { return col_count_; }
   StepFeatures step_features() const override {
     StepFeatures out;
@@ -173,10 +165,22 @@ class StandardStep : public UnitStep {
     const Tensor& W_dec = params.W_dec;
     matmul_(grads.W_dec, f, true, grad_x_hat, false);
     // L1 through the decoder norms: d(lambda sum_i s_i n_i)/dW_dec[i,:] = lambda s_i W_dec[i,:] / n_i
-    binary_(BinaryOp::maximum, scratch_f_, norms_, tiny_);
-    binary_(BinaryOp::div, scratch_f_, col_sum_, scratch_f_);
-    affine_(scratch_f_, scratch_f_, lambda, 0.0);
-    add_scaled_rows_(grads.W_dec, W_dec, scratch_f_);
+    // (a crosscoder's: lambda s_i W_dec[i, block s] / n_is for each block).
+    if (sources_ == 1) {
+      binary_(BinaryOp::maximum, scratch_f_, norms_, tiny_);
+      binary_(BinaryOp::div, scratch_f_, col_sum_, scratch_f_);
+      affine_(scratch_f_, scratch_f_, lambda, 0.0);
+      add_scaled_rows_(grads.W_dec, W_dec, scratch_f_);
+    } else {
+      const int64_t f_count = W_dec.size(0), width = W_dec.size(1) / sources_;
+      if (!block_scale_.defined()) block_scale_ = Tensor::zeros(block_norms_.shape(), norms_.dtype(), norms_.device());
+      binary_(BinaryOp::maximum, block_scale_, block_norms_, tiny_);
+      binary_(BinaryOp::div, block_scale_, col_sum_.reshape(Shape{f_count, 1}), block_scale_);
+      affine_(block_scale_, block_scale_, lambda, 0.0);
+      Tensor grad_blocks = grads.W_dec.reshape(Shape{f_count * sources_, width});
+      add_scaled_rows_(grad_blocks, W_dec.reshape(Shape{f_count * sources_, width}),
+                       block_scale_.reshape(Shape{f_count * sources_}));
+    }
     // Back to the latents: df = dx_hat W_dec^T + lambda n, masked by f > 0.
     matmul_(grad_f, grad_x_hat, false, W_dec, true);
     affine_(scratch_f_, norms_, lambda, 0.0);
@@ -212,6 +216,8 @@ class StandardStep : public UnitStep {
   Tensor col_sum_, col_count_;  // [F]: sum_t f[t,i], count_t f[t,i] > 0
   Tensor norms_, scratch_f_;    // [F]
   Tensor sums_;                 // [3]: rec, l1, active
+  int64_t sources_ = 1;         // a crosscoder's sources (of the last forward's SAE)
+  Tensor block_norms_, block_scale_;  // [F, sources]: crosscoders only
   Tensor tiny_;                 // [1]: floor for decoder norms in divisions
   SparseMode sparse_mode_;
   double auto_max_density_;
@@ -244,20 +250,24 @@ class StandardUnit : public ArchUnit {
     if (b_dec == "geometric_median") init.b_dec = BDecInit::GeometricMedian;
     return init;
   }
-  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae, DType dtype,
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<StandardStep>(parse_sparse_mode(s.text("sparse")), max_tokens, d, d_sae, dtype, device);
+    return std::make_unique<StandardStep>(parse_sparse_mode(s.text("sparse")), shape, dtype, device);
   }
   bool reports_aux() const override { return false; }
-  ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, double lambda,
-                               const std::vector<uint8_t>*, const ArchFrozen*) const override {
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "skip_transcoder" : "transcoder";
+  }
+  bool trains_crosscoders() const override { return true; }
+  ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>*, const ArchFrozen*) const override {
     ReferenceLoss out;
     const Variable P = ag::matmul(Variable(x), p.W_enc) + p.b_enc;
     out.pre = P.data();
     const Variable f = ag::relu(P);
     // Sum the decoder rows' norms in first ([F]) and multiply by f after: never an [N, F, D] tensor.
-    out.sparsity = ag::sum(f * ag::norm2(p.W_dec, 1));
-    finish_reference(out, p, x, f, lambda);
+    out.sparsity = ag::sum(f * decoder_norms(p.W_dec, p.sources));
+    finish_reference(out, p, x, target, f, lambda);
     return out;
   }
   Tensor encode(const SaeParams& p, const Tensor& x) const override {

@@ -22,11 +22,9 @@ struct StandardKernelTable {
 const StandardKernelTable& standard_cpu_kernels();
 const StandardKernelTable& standard_cuda_kernels();  // CUDA builds only
 
-void encoder_activate_cpu(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
-void encoder_backward_cpu(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum);
+STANDARD_KERNELS(SAE_DECLARE_CPU_KERNEL)
 #if defined(SAE_WITH_CUDA)
-void encoder_activate_cuda(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count);
-void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum);
+STANDARD_KERNELS(SAE_DECLARE_CUDA_KERNEL)
 #endif
 
 // Front-end.

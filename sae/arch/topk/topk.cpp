@@ -30,6 +30,7 @@ class TopKUnit : public ArchUnit {
   std::vector<std::string> reads() const override { return topk_family_reads(); }
   void validate(const ArchSettings& s, int64_t d_sae) const override { validate_topk_family(s, d_sae, name()); }
   bool has_lambda() const override { return false; }
+  bool trains_crosscoders() const override { return true; }
   std::string sparsity_note() const override { return "sets its L0 with --k"; }
   DictionaryInit dictionary_init(const ArchSettings& s) const override { return topk_family_dictionary_init(s); }
   void init_own(SaeParams& p, const ArchSettings& s) const override { p.settings["k"] = s.integer("k"); }
@@ -37,16 +38,17 @@ class TopKUnit : public ArchUnit {
     const int64_t k = p.settings.has("k") ? p.settings.at("k").as_int() : 0;
     if (k < 1 || k > p.d_sae()) throw DataError(cat("SAE (topk): k must be in [1, d_sae = ", p.d_sae(), "], got ", k));
   }
-  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, int64_t max_tokens, int64_t d, int64_t d_sae, DType dtype,
+  std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<TopKStep>(topk_settings(s, d), max_tokens, d, d_sae, dtype, device, name());
+    return std::make_unique<TopKStep>(topk_settings(s, shape.d_in), shape, dtype, device, name());
   }
-  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, double lambda,
-                               const std::vector<uint8_t>* dead, const ArchFrozen* frozen) const override {
+  ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
+                               double lambda, const std::vector<uint8_t>* dead,
+                               const ArchFrozen* frozen) const override {
     const TopKSettings o = topk_settings(s, x.size(1));
     const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_per_row(P.to_vector(), P.size(0), P.size(1), o.k);
-    return topk_family_reference(o, kept, p, x, lambda, dead, frozen);
+    return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
   }
   Tensor encode(const SaeParams& p, const Tensor& x) const override {
     check(p);
