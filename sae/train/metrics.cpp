@@ -37,10 +37,15 @@ double fraction_of_variance_unexplained(const float* x, const float* x_hat, int6
 }
 
 BatchMetrics batch_metrics(const float* x, const float* x_hat, int64_t n, int64_t d) {
+  return batch_metrics(x, d, x, x_hat, n, d);
+}
+
+BatchMetrics batch_metrics(const float* x, int64_t d_in, const float* target, const float* x_hat, int64_t n,
+                           int64_t d) {
   BatchMetrics m;
-  m.normalized = mean_std(x, n * d);
+  m.normalized = mean_std(x, n * d_in);
   m.reconstructed = mean_std(x_hat, n * d);
-  m.fvu = fraction_of_variance_unexplained(x, x_hat, n, d);
+  m.fvu = fraction_of_variance_unexplained(target, x_hat, n, d);
   return m;
 }
 

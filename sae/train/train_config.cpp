@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
@@ -44,6 +45,7 @@ void TrainConfig::validate() const {
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
   validate_architecture_options(*this);
+  dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
   const TrainConfig defaults;
   if (target_l0 == 0) {
     require(target_l0_ki == defaults.target_l0_ki && target_l0_kp == defaults.target_l0_kp &&
