@@ -104,9 +104,10 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
-// The row metrics.csv and TensorBoard get at a logged step. `batch`: the input's, the
-// reconstruction's and the FVU of the target (the input for an SAE); d is the target's width.
-MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats& stats, const BatchMetrics& batch,
+// The row metrics.csv and TensorBoard get at a logged step. `raw`: the run's own blocks' raw
+// moments; `batch`: the input's, the reconstruction's and the FVU of the target (the input for an
+// SAE); d is the target's width.
+MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments& raw, const BatchMetrics& batch,
                      int64_t n, int64_t d, double lambda, double lr) {
   const double elements = double(n) * double(d);
   const MeanStd &normalized = batch.normalized, &reconstructed = batch.reconstructed;
@@ -125,8 +126,8 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchStats
       {"l0", sums.active / double(n)},
       {"dead_features", double(run.dead.dead(run.tokens))},
       {"fvu", batch.fvu},
-      {"raw_mean", stats.raw_mean},
-      {"raw_std", stats.raw_std},
+      {"raw_mean", raw.mean},
+      {"raw_std", raw.std},
       {"normalized_mean", normalized.mean},
       {"normalized_std", normalized.std},
       {"reconstructed_mean", reconstructed.mean},
@@ -490,7 +491,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
           batch_columns = batch_metrics(x_host, columns.d_in, target_host, recon, n, columns.d_out);
         }
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, stats, batch_columns, n, columns.d_out, lambda, lr), run, sums);
+            metric_row(run, sums, columns.raw_moments(stats), batch_columns, n, columns.d_out, lambda, lr), run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         m.log->write(m.result.last_row);
       }
