@@ -77,9 +77,11 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   if (settings.k < 1 || settings.k > d_sae)
     throw UsageError(cat("--k must be in [1, ", d_sae, "] (the number of features), got ", settings.k));
   k_aux_ = auxk ? std::min(d_sae, settings.auxk_k) : 0;
-  if ((auxk ? 2 : 1) * max_tokens * d_sae >= (int64_t(1) << 31))
-    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", d_sae,
-                         " features do not fit int32 entry indices; use smaller batches"));
+  // Entry positions are int32: the lists hold at most k + k_aux entries per token. (The dense
+  // pre-activations [N, F] are indexed in int64: 4096 tokens x 2^20 latents is fine.)
+  if (max_tokens * (std::min(settings.k, d_sae) + k_aux_) >= (int64_t(1) << 31) || d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", settings.k + k_aux_,
+                         " kept latents do not fit int32 entry indices; use smaller batches"));
   pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
@@ -245,7 +247,12 @@ double batch_threshold(const SaeParams& p) {
 
 BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
                              Device device, const std::string& unit)
-    : TopKFamilyStep(settings, shape, dtype, device, unit), rate_(rate) {}
+    : TopKFamilyStep(settings, shape, dtype, device, unit), rate_(rate) {
+  // The selection over the whole batch counts and indexes its N F candidates in int32.
+  if ((settings.auxk_coefficient > 0 ? 2 : 1) * shape.max_tokens * shape.d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", shape.max_tokens, " tokens x ", shape.d_sae,
+                         " features do not fit int32 indices of the batch-wide selection; use smaller batches"));
+}
 
 void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
   batchtopk_select_(main, pre, b_enc, settings_.k * n);

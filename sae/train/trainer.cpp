@@ -13,6 +13,7 @@
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
+#include "sae/train/batch_upload.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/dictionary_reads.h"
@@ -109,12 +110,13 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
-// The row metrics.csv and TensorBoard get at a logged step. x (the input, [n, d_in]), target and
-// x_hat ([n, d]: the target's width) are host arrays; target = x for an SAE.
-MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments& raw, const float* x, int64_t d_in,
-                     const float* target, const float* x_hat, int64_t n, int64_t d, double lambda, double lr) {
+// The row metrics.csv and TensorBoard get at a logged step. `raw`: the run's own blocks' raw
+// moments; `batch`: the input's, the reconstruction's and the FVU of the target (the input for an
+// SAE); d is the target's width.
+MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments& raw, const BatchMetrics& batch,
+                     int64_t n, int64_t d, double lambda, double lr) {
   const double elements = double(n) * double(d);
-  const MeanStd normalized = mean_std(x, n * d_in), reconstructed = mean_std(x_hat, n * d);
+  const MeanStd &normalized = batch.normalized, &reconstructed = batch.reconstructed;
   return {
       {"step", double(run.step)},
       {"tokens", double(run.tokens)},
@@ -129,7 +131,7 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments
       {"nonzero_proportion", sums.active / (double(n) * double(run.params.d_sae()))},
       {"l0", sums.active / double(n)},
       {"dead_features", double(run.dead.dead(run.tokens))},
-      {"fvu", fraction_of_variance_unexplained(target, x_hat, n, d)},
+      {"fvu", batch.fvu},
       {"raw_mean", raw.mean},
       {"raw_std", raw.std},
       {"normalized_mean", normalized.mean},
@@ -358,7 +360,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   const std::optional<TrainingState>& first_state = members[0].start.state;
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
-  if (device == Device::CUDA) cuda_set_tf32(shared.tf32);
+  const ScopedMatmulPrecision precision(shared.precision);  // the run's GEMMs (tensor/precision.h); put back after
   // Every activation any of them reads, once: one pass of the data (of each model) serves them all.
   std::vector<std::string> reads;
   auto add_read = [&](const std::string& r) {
@@ -466,10 +468,21 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   };
 
   // ---- buffers, allocated once ----
-  Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
+  // --device-data: batches reach the device through a BatchUpload (or are made there), and the batch
+  // metrics are computed there (sae/train/batch_upload.h); otherwise a plain copy into x_device. Only
+  // when every dictionary reads the whole row as its input and target (SAEs, crosscoders): the
+  // column gathers of transcoders read the host batch, and they take the plain path.
+  const bool whole_rows_only = std::all_of(members.begin(), members.end(), [](const Member& m) {
+    return m.columns.whole_row && m.columns.target_is_input;
+  });
+  const bool device_data = whole_rows_only && (shared.device_data == DeviceDataMode::On ||
+                                               (shared.device_data == DeviceDataMode::Auto && device != Device::CPU));
+  std::unique_ptr<BatchUpload> upload = device_data ? make_batch_upload(device, max_tokens, d) : nullptr;
+  batcher.set_generate_on_device(device_data);
+  Tensor x_device = device == Device::CPU || device_data ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   int64_t widest_out = 0;
   for (const Member& m : members) widest_out = std::max(widest_out, m.columns.d_out);
-  Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, widest_out});
+  Tensor reconstruction_host = device_data ? Tensor() : Tensor::empty(Shape{max_tokens, widest_out});
   std::vector<Tensor> counts_host;
   for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features}));
   const bool whole_rows_used =
@@ -481,15 +494,15 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
       !(data.model && device != Device::CPU);
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
-  BatchPrefetcher prefetcher(batcher, d, background);
+  BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
 
   // ---- the loop: each batch goes through every SAE ----
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
     const int64_t n = batch.tokens;
-    Tensor rows = batch.normalized.slice_rows(0, n);
-    if (device != Device::CPU && whole_rows_used) {
+    Tensor rows = upload ? batch.device.slice_rows(0, n) : batch.normalized.slice_rows(0, n);
+    if (!upload && device != Device::CPU && whole_rows_used) {
       rows = x_device.slice_rows(0, n);
       cuda_copy_to_device(rows.raw(), batch.normalized.raw(), n * d * sizeof(float));
     }
@@ -499,7 +512,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
       const RunColumns& columns = m.columns;
       RunState& run = m.run();
       // Its input and target: the whole row, or its columns of it.
-      const float* x_host = batch.normalized.data<float>();
+      const float* x_host = upload ? nullptr : batch.normalized.data<float>();  // --device-data: rows are on the device
       const float* target_host = x_host;
       Tensor x = rows, target;
       if (!columns.whole_row) {
@@ -544,14 +557,21 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
 
       if (run.step % config.log_every == 0 || run.step == steps) {
         Tensor x_hat = m.step->reconstruction();
-        const float* recon = x_hat.data<float>();
-        if (device != Device::CPU) {
-          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
-          recon = reconstruction_host.data<float>();
+        BatchStats stats = batch.stats;
+        BatchMetrics batch_columns;
+        if (upload) {  // on the device; the one read-back of the batch's statistics (x is the target)
+          if (batch.on_device) read_device_stats(batch.device_stats, stats);
+          batch_columns = batch_metrics(x, x_hat);
+        } else {
+          const float* recon = x_hat.data<float>();
+          if (device != Device::CPU) {
+            cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
+            recon = reconstruction_host.data<float>();
+          }
+          batch_columns = batch_metrics(x_host, columns.d_in, target_host, recon, n, columns.d_out);
         }
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, columns.raw_moments(batch.stats), x_host, columns.d_in, target_host, recon, n, columns.d_out, lambda, lr),
-            run, sums);
+            metric_row(run, sums, columns.raw_moments(stats), batch_columns, n, columns.d_out, lambda, lr), run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         m.log->write(m.result.last_row);
       }
@@ -602,6 +622,7 @@ TrainResult train(TrainConfig config) {
 double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
+  const ScopedMatmulPrecision precision(config.precision);
   TrainingData data = open_training_data(config, device, 1.0);
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
