@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
     options.add_options()
         ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
-        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one",
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one; or a "
+         "Gemma Scope params.npz (with --hook)",
          cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
