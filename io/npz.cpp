@@ -310,6 +310,7 @@ Tensor NpzFile::read_f32(const std::string& name) const {
     const NpyHeader h = parse_npy_header(stored, e.size, where);
     Tensor out = empty_for(h, where);
     convert_to_f32(stored + h.data_offset, h.dtype, static_cast<size_t>(h.elements), out.data<float>());
+    file_.release_pages(e.data_offset, e.compressed);  // the array has a copy of its own now
     return out;
   }
   // Deflated: the header first, then the data inflated straight into the tensor (float32) or
@@ -344,6 +345,7 @@ Tensor NpzFile::read_f32(const std::string& name) const {
   }
   z.finish();
   check_crc(z.crc());
+  file_.release_pages(e.data_offset, e.compressed);
   return out;
 }
 

@@ -10,7 +10,8 @@
 //   from the compressed bytes: at most 1032 times them, checked before anything is allocated).
 // read_f32 parses the entry's .npy header (io/npy.h: '<f4', '<f2' or '<f8', C order, exact data
 // size), converts the data to float32 (stored: from the mapping; deflated: inflated in a stream
-// straight into the tensor) and checks the entry's CRC-32. Every violation is a one-line DataError
+// straight into the tensor), checks the entry's CRC-32 and drops the entry's mapped pages (the
+// array has its own copy: reading a whole archive needs about its size once). Every violation is a one-line DataError
 // naming the file (and the entry).
 #pragma once
 #include <cstdint>
