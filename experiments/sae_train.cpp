@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "sae/cli/cli.h"
+#include "sae/dist/mpi_world.h"
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
 #include "sae/train/run_start.h"
@@ -42,10 +43,14 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
       add("k_" + std::to_string(k), [k](sae::TrainConfig& c) { c.arch.set("k", sae::Json(k)); });
   return configs;
 }
-}  // namespace
 
-int main(int argc, char** argv) {
-  return sae::run_main("sae_train", argc, argv, [&] {
+// The options, the configs they make (one per SAE), and whether the program should go on (not --help).
+struct Parsed {
+  std::vector<sae::TrainConfig> configs;
+  bool go = false;
+};
+
+Parsed parse(int argc, char** argv) {
     cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
     sae::add_training_options(options);
     options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
@@ -56,7 +61,8 @@ int main(int argc, char** argv) {
                   "OUT/k_<k>/",
         cxxopts::value<std::string>());
     cxxopts::ParseResult parsed;
-    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
+    Parsed out;
+    if (!sae::parse_command_line(options, argc, argv, parsed)) return out;
     const std::string profile_name = parsed["profile"].as<std::string>();
     if (profile_name != "demo" && profile_name != "none")
       throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
@@ -71,10 +77,17 @@ int main(int argc, char** argv) {
       }
     }
     if (configs.empty()) configs.push_back(config);
+    out.configs = configs;
+    out.go = true;
+    return out;
+}
+
+// The reports and figures of finished runs.
+void report(const std::vector<sae::TrainResult>& results) {
     // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
     // written) and gets one note; a gnuplot that fails gets a warning.
     const bool draw = sae::gnuplot_found();
-    for (const sae::TrainResult& result : sae::train_together(configs)) {
+    for (const sae::TrainResult& result : results) {
       std::printf("%s", sae::format_report(result).c_str());
       try {
         for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
@@ -84,6 +97,61 @@ int main(int argc, char** argv) {
       }
     }
     if (!draw) std::printf("figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n");
+}
+
+// Under mpirun (docs/distributed.md): every rank parses the same command line and trains its part;
+// a failure is one line on rank 0 (or on the rank that failed inside the loop, then mpirun stops the
+// others) and a non-zero exit from every rank.
+int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
+  world.announce_termination("sae_train");
+  sae::Collectives& everyone = world.collectives(1, sae::Device::CPU);
+  try {
+    Parsed parsed;
+    everyone.agree([&] { parsed = parse(argc, argv); });
+    if (!parsed.go) return 0;
+    // Every rank must run the same options: rank 0's, compared here.
+    for (const sae::TrainConfig& mine : parsed.configs) {
+      const sae::Json own = mine.to_json();
+      const sae::Json lead = sae::Json::parse(everyone.broadcast(own.dump(), 0));
+      everyone.agree([&] {
+        for (const auto& [key, value] : lead.items())
+          if (!own.has(key) || own.at(key) != value)
+            throw sae::UsageError(sae::cat("options differ between ranks: ", key, " is ",
+                                           own.has(key) ? own.at(key).dump() : "(absent)", " here and ", value.dump(),
+                                           " on rank 0"));
+      });
+    }
+    const sae::TrainConfig& first = parsed.configs.front();
+    sae::Collectives* grid = nullptr;
+    everyone.agree([&] {
+      grid = &world.collectives(static_cast<int>(first.shards), sae::resolve_device(first.device));
+    });
+    const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
+    if (world.rank() == 0) report(results);
+    return 0;
+  } catch (const sae::RankFailure& e) {
+    if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s%s\n", e.what(), e.code == 2 ? " (see --help)" : "");
+    return e.code;
+  } catch (const sae::TrainingDiverged& e) {  // every rank sees the same sums
+    if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s\n", e.what());
+    return 1;
+  } catch (const sae::UsageError& e) {
+    world.fail("sae_train", e, 2);
+  } catch (const std::exception& e) {
+    world.fail("sae_train", e, 1);
+  }
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return sae::run_main("sae_train", argc, argv, [&] {
+    // MPI starts first, before any option is read, so that every rank reads them together.
+    bool shards_given = false;
+    for (int i = 1; i < argc; ++i) shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
+    std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
+    if (world) return train_distributed(*world, argc, argv);
+    const Parsed parsed = parse(argc, argv);
+    if (parsed.go) report(sae::train_together(parsed.configs));
     return 0;
   });
 }

@@ -114,8 +114,27 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
       throw UsageError(cat("--batch ", batch_tokens, " is larger than the data (", source.num_tokens(), " tokens)"));
     max_tokens_ = batch_tokens;
     token_list_.resize(batch_tokens);
+    part_end_ = batch_tokens;
     source_.expect_random_access(true);
   }
+}
+
+void BatchSource::set_part(int64_t part, int64_t parts) {
+  if (parts > 1) throw UsageError("this data source cannot be split between data-parallel replicas");
+}
+
+void Batcher::set_part(int64_t part, int64_t parts) {
+  if (parts == 1) return;
+  if (batch_tokens_ == 0)
+    throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "
+                     "--batch N, or --shards equal to the number of ranks");
+  if (batch_tokens_ < parts)
+    throw UsageError(cat("--batch ", batch_tokens_, " is smaller than the ", parts, " data-parallel replicas"));
+  // The same split as sae/arch/collectives.h part_begin.
+  part_begin_ = batch_tokens_ * part / parts;
+  part_end_ = batch_tokens_ * (part + 1) / parts;
+  max_tokens_ = part_end_ - part_begin_;
+  part_list_.resize(max_tokens_);
 }
 
 void BatchOrigins::resize(int64_t rows, int64_t new_radius) {
@@ -145,9 +164,17 @@ int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
         perm = RandomPermutation(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
       }
     }
-    source_.read_token_list(token_list_, raw);
+    if (part_list_.empty()) {
+      source_.read_token_list(token_list_, raw);
+    } else {  // a replica's rows only
+      n = part_end_ - part_begin_;
+      std::copy(token_list_.begin() + part_begin_, token_list_.begin() + part_end_, part_list_.begin());
+      source_.read_token_list(part_list_, raw);
+    }
   }
-  auto token_of_row = [&](int64_t row) { return batch_tokens_ == 0 ? first_token + row : token_list_[row]; };
+  auto token_of_row = [&](int64_t row) {
+    return batch_tokens_ == 0 ? first_token + row : token_list_[part_begin_ + row];
+  };
   stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, token_of_row, source_.name());
   if (recording_origins()) record_batch_origins(n, story, first_token);
   return n;
@@ -158,7 +185,7 @@ void Batcher::record_batch_origins(int64_t n, int64_t story, int64_t first_token
   origins_.has_token_ids = source_.has_token_ids();
   const int64_t radius = origins_.radius, width = origins_.width();
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t token = story >= 0 ? first_token + r : token_list_[r];
+    const int64_t token = story >= 0 ? first_token + r : token_list_[part_begin_ + r];
     const int64_t s = story >= 0 ? story : source_.story_containing(token);
     // The tokens of its story (of the whole source when there are no stories).
     const int64_t begin = s >= 0 ? source_.story_begin(s) : 0;

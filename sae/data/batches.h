@@ -74,6 +74,11 @@ class BatchSource {
   // Position in the data, for exact resume.
   virtual Json state() const = 0;
   virtual void restore(const Json& state) = 0;
+  // Data-parallel replicas of a distributed run (docs/distributed.md): from now on next() returns
+  // only rows [N part / parts, N (part + 1) / parts) of each N-token batch, reading only those, and
+  // the position moves on as for the whole batch (so a checkpoint's position serves any number of
+  // replicas). UsageError for a source that cannot be split; call before the first batch.
+  virtual void set_part(int64_t part, int64_t parts);
 
   // From now on next() also records where each row of its batch came from (origins()), with the
   // token ids of `radius` tokens on each side. Off until called: then next() does nothing more.
@@ -97,9 +102,12 @@ class Batcher : public BatchSource {
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
   void restore(const Json& state) override;
+  void set_part(int64_t part, int64_t parts) override;
 
  private:
   ActivationSource& source_;
+  int64_t part_begin_ = 0, part_end_ = 0;  // token mode: this replica's rows of each batch
+  std::vector<int64_t> part_list_;         // their tokens
   int64_t batch_tokens_, max_tokens_;
   Normalization normalization_;
   double dataset_scale_;

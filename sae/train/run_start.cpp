@@ -49,14 +49,16 @@ void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std:
 
 }  // namespace
 
-RunStart start_run(TrainConfig config) {
+RunStart start_run(TrainConfig config, bool owner) {
   if (!config.init.empty() && !config.resume.empty())
     throw UsageError("--init and --resume cannot be used together");
   RunStart start;
   if (!config.resume.empty()) {
     const std::string run_dir = run_dir_of(config.resume);
-    start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
-    recover_interrupted_saves(run_dir);
+    if (owner) {
+      start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
+      recover_interrupted_saves(run_dir);
+    }
     start.resumed_from = find_latest_checkpoint(config.resume);
     const std::string config_path = (fs::path(run_dir) / "config.json").string();
     const TrainConfig cli = config;
@@ -76,7 +78,13 @@ RunStart start_run(TrainConfig config) {
     if (start.state->step >= config.steps)
       throw UsageError(cat("--resume: the run is already at step ", start.state->step,
                            "; pass --steps larger than that"));
-    remove_interrupted_saves(run_dir);
+    if (owner) remove_interrupted_saves(run_dir);
+  } else if (!owner) {
+    if (!config.init.empty()) {
+      start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
+      config.features = start.params->d_sae();
+      adopt_init_architecture(config, *start.params);
+    }
   } else {
     std::error_code ec;
     fs::create_directories(config.out, ec);

@@ -28,17 +28,22 @@ struct TrainResult {
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   Device device = Device::CPU;
+  CollectiveStats collectives;     // a distributed run's collectives in the training loop (this rank's)
 };
 
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
-TrainResult train(TrainConfig config);
+// ranks: a distributed run (docs/distributed.md): this process is one rank of ranks' grid of latent
+// shards x data-parallel replicas, and every rank calls train with the same configuration; rank 0
+// writes the logs and the folder's files, every shard's owner its part of each checkpoint. Null:
+// one process.
+TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
 
 // Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each
 // batch is read (and, from text, run through the language model) once and goes through every SAE in
 // turn. Each config writes its own run folder, exactly as train() would: the results are identical to
 // separate runs. The configs must agree on every option that shapes the batches (options.h,
 // data_stream_identity) and on --steps; resumed ones must stand at the same step. UsageError otherwise.
-std::vector<TrainResult> train_together(std::vector<TrainConfig> configs);
+std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few
 // steps on the configuration's own data after one warm-up step. For the study drivers' estimates.
