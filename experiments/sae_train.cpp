@@ -89,6 +89,12 @@ void report(const std::vector<sae::TrainResult>& results) {
     const bool draw = sae::gnuplot_found();
     for (const sae::TrainResult& result : results) {
       std::printf("%s", sae::format_report(result).c_str());
+      const sae::CollectiveStats& c = result.collectives;
+      if (c.calls > 0)  // a distributed run: rank 0's share of the loop in collectives (bench/RESULTS.md)
+        std::printf("  collectives (rank 0, training loop): %lld calls, %.3f MB handed over, %.3f MB sent by a ring, "
+                    "%.3f s = %.1f%% of the loop\n",
+                    (long long)c.calls, c.payload_bytes / 1e6, c.ring_bytes / 1e6, c.seconds,
+                    result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
       try {
         for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
           std::printf("  figure: %s\n", png.c_str());
@@ -116,9 +122,9 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
       everyone.agree([&] {
         for (const auto& [key, value] : lead.items())
           if (!own.has(key) || own.at(key) != value)
-            throw sae::UsageError(sae::cat("options differ between ranks: ", key, " is ",
-                                           own.has(key) ? own.at(key).dump() : "(absent)", " here and ", value.dump(),
-                                           " on rank 0"));
+            throw sae::UsageError(sae::cat("every rank must be given the same options: its ", key, " is ",
+                                           own.has(key) ? own.at(key).dump() : "(absent)", ", rank 0's ",
+                                           value.dump()));
       });
     }
     const sae::TrainConfig& first = parsed.configs.front();

@@ -155,7 +155,7 @@ extern "C" void on_sigterm(int) {
 
 class OpenMpiWorld : public MpiWorld {
  public:
-  OpenMpiWorld(int* argc, char*** argv) {
+  OpenMpiWorld(int* argc, char*** argv) : launched_(launched_by_mpirun()) {  // (MPI_Init sets mpirun's variables)
     int started = 0;
     MPI_Initialized(&started);
     if (!started) check_mpi(MPI_Init(argc, argv), "MPI_Init");
@@ -179,8 +179,11 @@ class OpenMpiWorld : public MpiWorld {
   int ranks() const override { return ranks_; }
   Collectives& collectives(int shards, Device device) override {
     if (shards < 1 || ranks_ % shards != 0)
-      throw UsageError(cat("--shards ", shards, " does not divide the ", ranks_, " ranks mpirun started (ranks = "
-                           "shards x data-parallel replicas)"));
+      throw UsageError(launched_
+                           ? cat("--shards ", shards, " does not divide the ", ranks_, " ranks mpirun started (ranks = "
+                                 "shards x data-parallel replicas)")
+                           : cat("--shards ", shards, " needs mpirun -np P with P a multiple of ", shards,
+                                 " (this process runs alone)"));
     const auto key = std::make_pair(shards, static_cast<int>(device));
     auto found = grids_.find(key);
     if (found == grids_.end())
@@ -206,6 +209,7 @@ class OpenMpiWorld : public MpiWorld {
   }
 
  private:
+  bool launched_;
   int rank_ = 0, ranks_ = 1;
   std::map<std::pair<int, int>, std::unique_ptr<MpiCollectives>> grids_;
 };

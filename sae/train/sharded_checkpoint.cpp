@@ -2,9 +2,11 @@
 #include "sae/train/sharded_checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -41,6 +43,14 @@ void write_all(int fd, const void* data, size_t bytes, uint64_t at, const std::s
     at += static_cast<uint64_t>(done);
     bytes -= static_cast<size_t>(done);
   }
+}
+
+// Test hook (tests/dist): SAE_TEST_KILL_RANK_IN_SAVE=<rank>:<step> kills that rank with SIGKILL in
+// the middle of the save of that step's checkpoint (its weight slices written, its optimizer shard
+// not), as a crash would.
+void test_kill_in_save(int rank, int64_t step) {
+  const char* at = std::getenv("SAE_TEST_KILL_RANK_IN_SAVE");
+  if (at != nullptr && cat(rank, ":", step) == at) ::raise(SIGKILL);
 }
 
 }  // namespace
@@ -105,6 +115,7 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
       throw;
     }
     ::close(fd);
+    test_kill_in_save(c.rank(), state.step);
     std::vector<std::pair<std::string, Tensor>> tensors;
     Json info = training_state_info(shard_params, state, tensors);
     info["shard"] = c.shard();
@@ -118,7 +129,7 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
     cfg["d_sae"] = latents;
     write_file_atomic((fs::path(temp) / "cfg.json").string(), cfg.dump(2) + "\n");
     TrainingState whole = state;
-    whole.adam = SaeAdamState{};
+    whole.adam.m = whole.adam.v = SaeParams{};  // in the shard files (adam.steps stays)
     whole.last_fired.clear();
     std::vector<std::pair<std::string, Tensor>> none;
     Json info = training_state_info(shard_params, whole, none);
@@ -133,6 +144,7 @@ int64_t state_shards(const Json& info) { return info.has("shards") ? info.at("sh
 
 bool shard_files_complete(const std::string& dir, const Json& info) {
   const int64_t shards = state_shards(info);
+  if (shards <= 1) return true;  // one process's state holds everything
   for (int64_t s = 0; s < shards; ++s) {
     try {
       const SafetensorsFile file = SafetensorsFile::open((fs::path(dir) / shard_file(s)).string());
