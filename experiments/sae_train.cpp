@@ -1,6 +1,8 @@
 // sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list: each batch read and
 // run through the model once; OUT/l1_<value>/ or OUT/k_<value>/ per SAE, each a complete run folder)
-// (docs/contract.md §5). Thin: options -> TrainConfig(s) -> train() / train_together() -> report.
+// (docs/contract.md §5). Under mpirun, on several ranks (docs/distributed.md): --shards S latent
+// shards times P / S data-parallel replicas, or --distribute (each SAE of a list on one rank).
+// Thin: options -> TrainConfig(s) -> train() / train_together() -> report.
 #include <cstdio>
 #include <filesystem>
 #include <vector>
@@ -47,62 +49,75 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
 // The options, the configs they make (one per SAE), and whether the program should go on (not --help).
 struct Parsed {
   std::vector<sae::TrainConfig> configs;
+  bool distribute = false;  // --distribute: each SAE on one rank
   bool go = false;
 };
 
 Parsed parse(int argc, char** argv) {
-    cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
-    sae::add_training_options(options);
-    options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
-                          cxxopts::value<std::string>()->default_value("none"))(
-        "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
-        cxxopts::value<std::string>())(
-        "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
-                  "OUT/k_<k>/",
-        cxxopts::value<std::string>());
-    cxxopts::ParseResult parsed;
-    Parsed out;
-    if (!sae::parse_command_line(options, argc, argv, parsed)) return out;
-    const std::string profile_name = parsed["profile"].as<std::string>();
-    if (profile_name != "demo" && profile_name != "none")
-      throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
-    const bool lists = parsed.count("l1-list") || parsed.count("k-list");  // each SAE is validated when it starts
-    sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
-    std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
-    if (configs.empty() && !config.resume.empty()) {  // --resume OUT of an --l1-list / --k-list run
-      for (const std::string& run : sae::run_folders_under(config.resume)) {
-        sae::TrainConfig c = config;
-        c.resume = run;
-        configs.push_back(c);
-      }
+  cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
+  sae::add_training_options(options);
+  options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
+                        cxxopts::value<std::string>()->default_value("none"))(
+      "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
+      cxxopts::value<std::string>())(
+      "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
+                "OUT/k_<k>/",
+      cxxopts::value<std::string>())(
+      "distribute", "under mpirun with --l1-list or --k-list: each SAE trained whole on one rank (SAE i on rank i "
+                    "mod P) instead of every SAE on every rank's shards (docs/distributed.md)");
+  cxxopts::ParseResult parsed;
+  Parsed out;
+  if (!sae::parse_command_line(options, argc, argv, parsed)) return out;
+  const std::string profile_name = parsed["profile"].as<std::string>();
+  if (profile_name != "demo" && profile_name != "none")
+    throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
+  const bool lists = parsed.count("l1-list") || parsed.count("k-list");  // each SAE is validated when it starts
+  sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
+  std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
+  if (configs.empty() && !config.resume.empty()) {  // --resume OUT of an --l1-list / --k-list run
+    for (const std::string& run : sae::run_folders_under(config.resume)) {
+      sae::TrainConfig c = config;
+      c.resume = run;
+      configs.push_back(c);
     }
-    if (configs.empty()) configs.push_back(config);
-    out.configs = configs;
-    out.go = true;
-    return out;
+  }
+  out.distribute = parsed.count("distribute") > 0;
+  if (out.distribute && configs.empty())
+    throw sae::UsageError("--distribute spreads the SAEs of --l1-list or --k-list over the ranks: give one of them");
+  if (out.distribute && config.shards > 1)
+    throw sae::UsageError("--distribute trains each SAE whole on one rank: leave --shards out");
+  if (configs.empty()) configs.push_back(config);
+  out.configs = configs;
+  out.go = true;
+  return out;
 }
 
-// The reports and figures of finished runs.
-void report(const std::vector<sae::TrainResult>& results) {
-    // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
-    // written) and gets one note; a gnuplot that fails gets a warning.
-    const bool draw = sae::gnuplot_found();
-    for (const sae::TrainResult& result : results) {
-      std::printf("%s", sae::format_report(result).c_str());
-      const sae::CollectiveStats& c = result.collectives;
-      if (c.calls > 0)  // a distributed run: rank 0's share of the loop in collectives (bench/RESULTS.md)
-        std::printf("  collectives (rank 0, training loop): %lld calls, %.3f MB handed over, %.3f MB sent by a ring, "
+// The reports of finished runs, and their figures drawn.
+std::string report(const std::vector<sae::TrainResult>& results) {
+  // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
+  // written) and gets one note; a gnuplot that fails gets a warning.
+  const bool draw = sae::gnuplot_found();
+  std::string text;
+  for (const sae::TrainResult& result : results) {
+    text += sae::format_report(result);
+    const sae::CollectiveStats& c = result.collectives;
+    if (c.calls > 0) {  // a distributed run: rank 0's share of the loop in collectives (bench/RESULTS.md)
+      char line[400];
+      std::snprintf(line, sizeof line,
+                    "  collectives (rank 0, training loop): %lld calls, %.3f MB handed over, %.3f MB sent by a ring, "
                     "%.3f s = %.1f%% of the loop\n",
                     (long long)c.calls, c.payload_bytes / 1e6, c.ring_bytes / 1e6, c.seconds,
                     result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
-      try {
-        for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
-          std::printf("  figure: %s\n", png.c_str());
-      } catch (const sae::DataError& e) {
-        std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
-      }
+      text += line;
     }
-    if (!draw) std::printf("figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n");
+    try {
+      for (const std::string& png : sae::plot_training_run(result.out_dir, draw)) text += "  figure: " + png + "\n";
+    } catch (const sae::DataError& e) {
+      std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
+    }
+  }
+  if (!draw && !results.empty()) text += "figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n";
+  return text;
 }
 
 // Under mpirun (docs/distributed.md): every rank parses the same command line and trains its part;
@@ -127,13 +142,25 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
                                            value.dump()));
       });
     }
-    const sae::TrainConfig& first = parsed.configs.front();
-    sae::Collectives* grid = nullptr;
-    everyone.agree([&] {
-      grid = &world.collectives(static_cast<int>(first.shards), sae::resolve_device(first.device));
-    });
-    const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
-    if (world.rank() == 0) report(results);
+    std::string text;
+    if (parsed.distribute) {  // SAE i on rank i mod P, each alone
+      std::vector<sae::TrainConfig> mine;
+      for (size_t i = 0; i < parsed.configs.size(); ++i)
+        if (static_cast<int>(i % world.ranks()) == world.rank()) mine.push_back(parsed.configs[i]);
+      if (!mine.empty()) text = report(sae::train_together(mine));
+    } else {
+      const sae::TrainConfig& first = parsed.configs.front();
+      sae::Collectives* grid = nullptr;
+      everyone.agree([&] {
+        grid = &world.collectives(static_cast<int>(first.shards), sae::resolve_device(first.device));
+      });
+      const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
+      if (world.rank() == 0) text = report(results);
+    }
+    for (int r = 0; r < world.ranks(); ++r) {  // rank 0 prints every rank's reports, in rank order
+      const std::string part = parsed.distribute ? everyone.broadcast(text, r) : (r == 0 ? text : "");
+      if (world.rank() == 0) std::printf("%s", part.c_str());
+    }
     return 0;
   } catch (const sae::RankFailure& e) {
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s%s\n", e.what(), e.code == 2 ? " (see --help)" : "");
@@ -157,7 +184,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
     if (world) return train_distributed(*world, argc, argv);
     const Parsed parsed = parse(argc, argv);
-    if (parsed.go) report(sae::train_together(parsed.configs));
+    if (parsed.go) std::printf("%s", report(sae::train_together(parsed.configs)).c_str());
     return 0;
   });
 }

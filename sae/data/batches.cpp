@@ -120,7 +120,9 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
 }
 
 void BatchSource::set_part(int64_t part, int64_t parts) {
-  if (parts > 1) throw UsageError("this data source cannot be split between data-parallel replicas");
+  if (parts > 1)
+    throw UsageError("text through the language model cannot be split between data-parallel replicas yet: make an "
+                     "activation cache (sae_cache) and train on it, or give --shards the number of ranks");
 }
 
 void Batcher::set_part(int64_t part, int64_t parts) {

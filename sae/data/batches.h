@@ -77,7 +77,8 @@ class BatchSource {
   // Data-parallel replicas of a distributed run (docs/distributed.md): from now on next() returns
   // only rows [N part / parts, N (part + 1) / parts) of each N-token batch, reading only those, and
   // the position moves on as for the whole batch (so a checkpoint's position serves any number of
-  // replicas). UsageError for a source that cannot be split; call before the first batch.
+  // replicas). UsageError for a source that cannot be split (text through the language model, for
+  // now); call before the first batch.
   virtual void set_part(int64_t part, int64_t parts);
 
   // From now on next() also records where each row of its batch came from (origins()), with the

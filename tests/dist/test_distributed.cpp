@@ -5,7 +5,8 @@
 // a rank killed in the middle of a checkpoint leaves only complete ones and the job resumes to the
 // same model; the refusals (S not dividing F or P, options that differ between ranks) are one line
 // from rank 0 and a non-zero exit, nothing hangs. Skipped when the build has no MPI or mpirun is
-// not on PATH. (CUDA + NCCL: several GPUs needed; not here.)
+// not on PATH. Also --distribute (the SAEs of a list over the ranks). (CUDA + NCCL: several GPUs
+// needed; not here.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -239,4 +240,29 @@ TEST(Distributed, WithoutMpiShardsIsRefused) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find("--shards needs a build with MPI"), std::string::npos) << r.err;
+}
+
+// --distribute: the SAEs of --l1-list over the ranks (SAE i on rank i mod P) are the SAEs one
+// process trains together, byte for byte; rank 0 prints every report.
+TEST(Distributed, DistributeSpreadsAListOverTheRanks) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("dist_list");
+  const std::string options = kStandard + " --steps 30 --checkpoint-every 50 --l1-list 0.5,1,2";
+  auto one = sae::testing::run_binary("sae_train", options + " --out " + dir.str("one"), dir);
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto spread = mpirun(2, options + " --distribute --out " + dir.str("spread"), dir);
+  ASSERT_EQ(spread.exit_code, 0) << spread.err;
+  size_t reports = 0;
+  for (size_t at = spread.out.find("trained 30 steps"); at != std::string::npos; at = spread.out.find("trained 30 steps", at + 1))
+    ++reports;
+  EXPECT_EQ(reports, 3u) << spread.out;
+  for (const char* run : {"l1_0.5", "l1_1", "l1_2"})
+    EXPECT_EQ(sae::testing::read_file(dir.str("spread/") + run + "/sae/sae_weights.safetensors"),
+              sae::testing::read_file(dir.str("one/") + run + "/sae/sae_weights.safetensors"))
+        << run;
+  auto refused = mpirun(2, kStandard + " --steps 5 --distribute --out " + dir.str("bad"), dir);
+  EXPECT_EQ(refused.exit_code, 2);
+  const std::vector<std::string> lines = our_lines(refused.err);
+  ASSERT_EQ(lines.size(), 1u) << refused.err;
+  EXPECT_NE(lines[0].find("--distribute spreads the SAEs of --l1-list or --k-list"), std::string::npos) << lines[0];
 }
