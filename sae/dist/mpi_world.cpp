@@ -65,12 +65,13 @@ constexpr int64_t kPiece = int64_t(1) << 30;
 
 class MpiCollectives : public Collectives {
  public:
-  MpiCollectives(int shards, int replicas, int rank, Device device)
+  // nccl: every rank has a GPU of its own (NCCL refuses two ranks on one device).
+  MpiCollectives(int shards, int replicas, int rank, Device device, bool nccl)
       : Collectives(shards, replicas, rank), device_(device) {
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &all_), "MPI_Comm_dup");
     check_mpi(MPI_Comm_split(MPI_COMM_WORLD, replica(), shard(), &shards_), "MPI_Comm_split (shards)");
     check_mpi(MPI_Comm_split(MPI_COMM_WORLD, shard(), replica(), &replicas_), "MPI_Comm_split (replicas)");
-    if (device != Device::CPU && nccl_built()) {
+    if (device != Device::CPU && nccl_built() && nccl) {
       nccl_ = std::make_unique<NcclGroups>();
       for (Group g : {Group::Shards, Group::Replicas, Group::All}) {
         NcclId id{};
@@ -164,10 +165,14 @@ class OpenMpiWorld : public MpiWorld {
     // Ranks on one machine take its GPUs in turn (before anything touches CUDA).
     MPI_Comm local;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
-    int local_rank = 0;
+    int local_rank = 0, local_ranks = 1;
     MPI_Comm_rank(local, &local_rank);
+    MPI_Comm_size(local, &local_ranks);
     MPI_Comm_free(&local);
-    cuda_select_device_for_rank(local_rank);
+    const int gpus = cuda_select_device_for_rank(local_rank);
+    int own_gpu = gpus >= local_ranks ? 1 : 0;  // on every machine: NCCL can carry device tensors
+    MPI_Allreduce(MPI_IN_PLACE, &own_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    own_gpu_ = own_gpu == 1;
   }
   ~OpenMpiWorld() override {
     grids_.clear();
@@ -187,7 +192,8 @@ class OpenMpiWorld : public MpiWorld {
     const auto key = std::make_pair(shards, static_cast<int>(device));
     auto found = grids_.find(key);
     if (found == grids_.end())
-      found = grids_.emplace(key, std::make_unique<MpiCollectives>(shards, ranks_ / shards, rank_, device)).first;
+      found = grids_.emplace(key, std::make_unique<MpiCollectives>(shards, ranks_ / shards, rank_, device, own_gpu_))
+                  .first;
     return *found->second;
   }
   [[noreturn]] void fail(const std::string& program, const std::exception& e, int code) override {
@@ -210,6 +216,7 @@ class OpenMpiWorld : public MpiWorld {
 
  private:
   bool launched_;
+  bool own_gpu_ = false;  // every rank has a GPU of its own: device tensors go through NCCL
   int rank_ = 0, ranks_ = 1;
   std::map<std::pair<int, int>, std::unique_ptr<MpiCollectives>> grids_;
 };

@@ -17,17 +17,19 @@
 
 namespace sae {
 
-void cuda_select_device_for_rank(int local_rank) {
+int cuda_select_device_for_rank(int local_rank) {
 #if SAE_WITH_CUDA
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     cudaGetLastError();  // no GPU: the run is on the CPU, or fails later with the backend's message
-    return;
+    return 0;
   }
   if (cudaSetDevice(local_rank % devices) != cudaSuccess)
     throw Error(cat("CUDA: cannot select GPU ", local_rank % devices, " for MPI rank ", local_rank, " of this machine"));
+  return devices;
 #else
   (void)local_rank;
+  return 0;
 #endif
 }
 

@@ -2,7 +2,8 @@
 // group, bootstrapped over MPI (the group's first rank makes the unique id, MPI broadcasts it), as
 // llm.c does. Sums of device tensors run on the backend's one stream. Built when CMake found NCCL
 // beside CUDA (SAE_WITH_NCCL); otherwise nccl_built() is false and the rest throws. NCCL runs one rank
-// per GPU: two ranks sharing one GPU are refused by NCCL itself (MPI's host path serves them).
+// per GPU: when ranks share a GPU (more ranks than GPUs on a machine) MpiWorld does not make these,
+// and device tensors go through the host to MPI.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -17,7 +18,8 @@ struct NcclId {
 NcclId nccl_unique_id();
 
 // With CUDA and a GPU: this rank uses GPU local_rank mod (the machine's GPUs). Nothing otherwise.
-void cuda_select_device_for_rank(int local_rank);
+// Returns the machine's GPUs (0 without CUDA or GPU).
+int cuda_select_device_for_rank(int local_rank);
 
 class NcclGroups {
  public:
