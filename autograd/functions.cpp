@@ -213,6 +213,12 @@ Variable gelu_new(const Variable& x) {
                      [tx](const Tensor& g, const Needs&) { return Grads{g * gelu_new_grad(tx)}; });
 }
 
+Variable gelu(const Variable& x) {
+  Tensor tx = x.data();
+  return make_result(sae::gelu(tx), "gelu", {x},
+                     [tx](const Tensor& g, const Needs&) { return Grads{g * gelu_grad(tx)}; });
+}
+
 // dx = y * (g - sum(g * y)) along the row.
 Variable softmax(const Variable& x) {
   Tensor y = sae::softmax(x.data());
@@ -253,6 +259,13 @@ Variable attention_mask(const Variable& scores, int64_t window) {
 Variable swap_axes01(const Variable& x) {
   return make_result(sae::swap_axes01(x.data()), "swap_axes01", {x},
                      [](const Tensor& g, const Needs&) { return Grads{sae::swap_axes01(g)}; });
+}
+
+// A rotation is undone by the opposite angle: dx = rotary(g, cos, -sin).
+Variable rotary(const Variable& x, const Tensor& cos, const Tensor& sin) {
+  return make_result(sae::rotary(x.data(), cos, sin), "rotary", {x}, [cos, sin](const Tensor& g, const Needs&) {
+    return Grads{sae::rotary(g, cos, sae::neg(sin))};
+  });
 }
 
 }  // namespace sae::ag

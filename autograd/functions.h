@@ -34,11 +34,14 @@ Variable reshape(const Variable& x, const Shape& shape);
 Variable embedding(const Variable& table, const Tensor& ids);  // rows of table [V, D] at int32 ids [N]
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps);  // last dim
 Variable gelu_new(const Variable& x);
+Variable gelu(const Variable& x);  // the exact (erf) GELU
 Variable softmax(const Variable& x);  // last dim
 Variable batched_matmul(const Variable& a, const Variable& b, bool trans_a = false, bool trans_b = false);
 // Masked scores are -inf: follow with softmax (their gradient is 0).
 Variable attention_mask(const Variable& scores, int64_t window);
 Variable swap_axes01(const Variable& x);  // [A, B, C] -> [B, A, C]
+// Rotary position embedding of x [B, T, D] (tensor/ops.h rotary); the tables cos, sin [T, R] are constants.
+Variable rotary(const Variable& x, const Tensor& cos, const Tensor& sin);
 
 }  // namespace sae::ag
 

@@ -3,8 +3,9 @@
 //   BM_EvalSplicedCe_Ours   one 218-token story with an SAE (d 768, F 10000, PyTorch's nn.Linear
 //                           init: about half the features active) spliced at hidden_states[2]:
 //                           blocks 0-1, per-story normalisation, encode, decode, back to raw scale,
-//                           blocks 2-3, ln_f, the [218, 50257] logits, log-softmax and the 217
-//                           next-token losses (sae_eval's spliced run)
+//                           blocks 2-3, ln_f, the [218, 50257] logits (one GEMM into a reused buffer)
+//                           and the 217 next-token losses, fused (next_token_ce: one pass per row;
+//                           sae_eval's spliced run)
 //   BM_EvalCleanCe_Ours     the same without the SAE (what the splice adds)
 //   BM_Generate_Ours        64 new tokens after a 16-token prompt, greedy, with the KV cache and a
 //                           steering vector added at hidden_states[2] (sae_steer's loop)
@@ -47,15 +48,10 @@ SaeAtLayer& sae() {
     out.dir = "bench";
     out.params = SaeParams::standard_init(768, kFeatures, rng);
     out.layer = kLayer;
+    out.site = HookSite{kLayer, HookPoint::ResidPre};
     out.normalization = Normalization::Story;
     return out;
   }();
-  return s;
-}
-
-double total(const std::vector<double>& values) {
-  double s = 0;
-  for (double v : values) s += v;
   return s;
 }
 
@@ -63,11 +59,13 @@ void BM_EvalSplicedCe_Ours(benchmark::State& state) {
   GptNeo& m = model();
   const SaeAtLayer& s = sae();
   const std::vector<int32_t> ids = hashed_token_ids("bench.story", kTokens, 50257);
-  const ResidualHook splice = [&](int k, Tensor& x) {
-    if (k == kLayer) copy_(x, reconstruct(s, x));
-  };
+  const SiteHooks hooks({kLayer, HookPoint::ResidPre}, [&](Tensor& x) { copy_(x, reconstruct(s, x)); });
   double ce = 0;
-  for (auto _ : state) ce = total(next_token_losses(log_softmax_rows(m.logits(ids, splice)), ids));
+  Tensor logits;
+  for (auto _ : state) {
+    m.logits_into(logits, ids, hooks);
+    ce = next_token_ce(logits, ids);
+  }
   benchmark::DoNotOptimize(ce);
   state.SetItemsProcessed(state.iterations() * kTokens);
   state.SetLabel(cat("CE ", ce / (kTokens - 1)));  // a sanity check: random weights give about ln(50257) or more
@@ -77,7 +75,11 @@ void BM_EvalCleanCe_Ours(benchmark::State& state) {
   GptNeo& m = model();
   const std::vector<int32_t> ids = hashed_token_ids("bench.story", kTokens, 50257);
   double ce = 0;
-  for (auto _ : state) ce = total(next_token_losses(log_softmax_rows(m.logits(ids)), ids));
+  Tensor logits;
+  for (auto _ : state) {
+    m.logits_into(logits, ids, {});
+    ce = next_token_ce(logits, ids);
+  }
   benchmark::DoNotOptimize(ce);
   state.SetItemsProcessed(state.iterations() * kTokens);
 }
@@ -90,7 +92,7 @@ void BM_Generate_Ours(benchmark::State& state) {
   options.greedy = true;
   options.max_new_tokens = kNewTokens;
   for (auto _ : state) {
-    const std::vector<int32_t> out = generate(m, prompt, options, steering_hook(kLayer, vector));
+    const std::vector<int32_t> out = generate(m, prompt, options, steering_hook(HookSite{kLayer, HookPoint::ResidPre}, vector));
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations() * kNewTokens);

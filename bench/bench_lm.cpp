@@ -1,5 +1,6 @@
-// GPT-Neo benchmarks (lm/gpt_neo.h) on the TinyStories-33M architecture with hashed weights (the
-// speed does not depend on the values), on the CPU, one 218-token story per forward pass:
+// GPT-Neo benchmarks (lm/gpt_neo.h on lm/decoder_model.h) on the TinyStories-33M architecture with
+// hashed weights (the speed does not depend on the values), on the CPU, one 218-token story per pass
+// (the other families: bench_models.cpp):
 //   BM_LmExtract_Ours       hidden_states[2], the tutorial's SAE layer: embeddings + blocks 0 and 1
 //                           (forward_to: no copy of the result, no lm_head)
 //   BM_LmExtract_GemmFloor  the bare cblas_sgemm calls of those two blocks at the same shapes (the
@@ -115,7 +116,7 @@ void BM_LmLogits_Ours(benchmark::State& state) {
   set_counters(state);
 }
 
-// The ops of one block (lm/gpt_neo.cpp, run_block) one at a time, through the same tensor ops at
+// The ops of one block (lm/decoder_model.cpp, run_block) one at a time, through the same tensor ops at
 // the same shapes: T 218, d 768, H 16, hd 48, f 3072.
 void BM_LmBlockStage(benchmark::State& state) {
   const int64_t t = kTokens, d = 768, h = 16, hd = 48, f = 3072;

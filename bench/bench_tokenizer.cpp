@@ -38,14 +38,14 @@ const std::string& english_text() {
 void BM_TokenizerEncode(benchmark::State& state) {
   const bool cold = state.range(0) == 0;
   const std::string& text = english_text();
-  std::optional<Gpt2Tokenizer> tokenizer(Gpt2Tokenizer::from_tokenizer_json(fixture("tokenizer.json")));
+  std::optional<BpeTokenizer> tokenizer(BpeTokenizer::from_tokenizer_json(fixture("tokenizer.json")));
   if (!cold) benchmark::DoNotOptimize(tokenizer->encode(text).size());  // fills the cache
   size_t tokens = 0;
   for (auto _ : state) {
     if (cold) {  // a fresh tokenizer; loading it (and dropping the last one) is not timed
       state.PauseTiming();
       tokenizer.reset();
-      tokenizer.emplace(Gpt2Tokenizer::from_tokenizer_json(fixture("tokenizer.json")));
+      tokenizer.emplace(BpeTokenizer::from_tokenizer_json(fixture("tokenizer.json")));
       state.ResumeTiming();
     }
     tokens = tokenizer->encode(text).size();

@@ -1,6 +1,6 @@
 // sae_browser: one self-contained HTML page to browse what a run's features mean (docs/contract.md §5,
 // sae/features/browser.h). Thin: options -> browser_data -> browser_html -> the file.
-//   sae_browser --run DIR [--model DIR] [--stats FILE] [--out FILE.html] [--top-tokens N]
+//   sae_browser --run DIR [--model DIR] [--hook NAME] [--stats FILE] [--out FILE.html] [--top-tokens N]
 // Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
 #include <filesystem>
@@ -17,8 +17,10 @@ int main(int argc, char** argv) {
     options.add_options()
         ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder",
          cxxopts::value<std::string>())
-        ("model", "GPT-Neo folder for token text and promoted tokens (default: the run's --model)",
-         cxxopts::value<std::string>())
+        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia) for token text and promoted tokens (default: the "
+         "run's --model)", cxxopts::value<std::string>())
+        ("hook", "the hook point the SAE reads, SAELens's name (default: the run's --hook or the SAE's hook_name); "
+         "promoted tokens are shown only where it writes in the residual stream's space", cxxopts::value<std::string>())
         ("stats", "statistics file (default: the SAE folder's feature_stats.safetensors; sae_features "
                   "--stats-out writes others)", cxxopts::value<std::string>())
         ("out", "the page (default: RUN/features.html)", cxxopts::value<std::string>())
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
     sae::BrowserOptions browser;
     browser.run = parsed["run"].as<std::string>();
     if (parsed.count("model")) browser.model = parsed["model"].as<std::string>();
+    if (parsed.count("hook")) browser.hook = parsed["hook"].as<std::string>();
     if (parsed.count("stats")) browser.stats = parsed["stats"].as<std::string>();
     browser.top_tokens = parsed["top-tokens"].as<int64_t>();
     if (browser.top_tokens < 1 || browser.top_tokens > 100)

@@ -4,12 +4,12 @@
 // scores; FVU, L0, dead and dense features and a feature-density histogram. Thin: options -> model,
 // tokenizer, SAE (sae/eval/sae_at_layer.h) -> evaluate_sae (sae/eval/evaluate.h) -> eval.json, the
 // figure, the printed report.
-//   sae_eval --model DIR --sae DIR --text FILE [--max-stories N] [--layer L] [--out DIR]
+//   sae_eval --model DIR --sae DIR --text FILE [--max-stories N] [--hook NAME | --layer L] [--out DIR]
 #include <cstdio>
 #include <filesystem>
 
 #include "io/atomic_file.h"
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/eval/evaluate.h"
@@ -24,13 +24,21 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_eval", "Score an SAE spliced into its language model: CE and KL with the "
                                          "reconstruction, zero and mean ablation, FVU, L0, feature density");
     options.add_options()
-        ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+         "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one",
          cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
         ("max-stories", "evaluate the first N stories (0: the whole corpus)", cxxopts::value<int64_t>()->default_value("200"))
-        ("layer", "the hidden_states index the SAE reads (default: what its cfg.json says)", cxxopts::value<int64_t>())
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every window (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does)", cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions per window (default: the SAE's cfg.json context_size, else the model's)",
+         cxxopts::value<int64_t>())
+        ("hook", "the hook point the SAE reads and is spliced into, SAELens's name (default: what its cfg.json says)",
+         cxxopts::value<std::string>())
+        ("layer", "splice at hidden_states[layer] instead (default: what its cfg.json says)", cxxopts::value<int64_t>())
         ("dense-threshold", "a feature active on more than this fraction of tokens is dense",
          cxxopts::value<double>()->default_value("0.1"))
         ("out", "where eval.json and feature_density.png go", cxxopts::value<std::string>()->default_value("runs/eval"))
@@ -45,23 +53,27 @@ int main(int argc, char** argv) {
     sae::EvalOptions eval;
     eval.text = parsed["text"].as<std::string>();
     eval.max_stories = parsed["max-stories"].as<int64_t>();
+    eval.text_field = parsed["text-field"].as<std::string>();
+    const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 1)
+      throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", parsed["context-size"].as<int64_t>()));
     eval.dense_threshold = parsed["dense-threshold"].as<double>();
     eval.progress = sae::parse_progress_mode(parsed["progress"].as<std::string>());
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));
     if (!(eval.dense_threshold >= 0 && eval.dense_threshold <= 1))
       throw sae::UsageError(sae::cat("--dense-threshold must be in [0, 1], got ", eval.dense_threshold));
-    int layer = -1;
-    if (parsed.count("layer")) {
-      const int64_t value = parsed["layer"].as<int64_t>();
-      if (value < 0 || value > 1 << 20) throw sae::UsageError(sae::cat("--layer must be a hidden_states index >= 0, got ", value));
-      layer = static_cast<int>(value);
-    }
+    const sae::HookChoice choice =
+        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
+                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
     if (!fs::exists(eval.text)) throw sae::DataError(sae::cat(eval.text, ": no such file"));
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    sae::GptNeo model = sae::GptNeo::load(model_dir, device);
-    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
-    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), layer, device);
+    sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
+    const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
+    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
+    eval.bos = sae::bos_for_sae(bos_mode, sae, tokenizer);
+    eval.context_size = parsed.count("context-size") ? parsed["context-size"].as<int64_t>()
+                                                     : std::min(sae.context_size, model.config().max_positions);
     const sae::EvalResult result = sae::evaluate_sae(model, tokenizer, sae, eval);
 
     fs::create_directories(out);

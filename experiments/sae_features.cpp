@@ -2,7 +2,7 @@
 // step (docs/contract.md §5). Thin: options -> the SAE (load_checkpoint) -> the stories (a text through
 // the language model, or an activation file) -> sae/features/top_stories.h's two passes -> the JSON
 // (and, with --stats-out, feature_stats.safetensors for sae_browser --stats).
-//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--layer L] [--top N]
+//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--hook NAME | --layer L] [--top N]
 //                [--stories N] [--context C] [--out FILE.json] [--stats-out FILE] [--device cpu|cuda|auto]
 // Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
@@ -10,11 +10,12 @@
 #include <memory>
 
 #include "io/atomic_file.h"
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/synthetic.h"
+#include "sae/eval/sae_at_layer.h"
 #include "sae/features/top_stories.h"
 #include "sae/train/checkpoint.h"
 
@@ -23,15 +24,6 @@ std::string given(const cxxopts::ParseResult& parsed, const char* name) {
   return parsed.count(name) ? parsed[name].as<std::string>() : std::string();
 }
 
-// The layer the SAE was trained on, when its cfg.json says (a text run), else -1.
-int64_t trained_layer(const sae::Json& cfg) {
-  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object()) return -1;
-  const sae::Json& ours = cfg.at("sae_cpp");
-  if (!ours.has("data") || !ours.at("data").is_object()) return -1;
-  const sae::Json& data = ours.at("data");
-  if (!data.has("kind") || !data.at("kind").is_string() || data.at("kind").as_string() != "text") return -1;
-  return data.has("layer") && data.at("layer").is_number() ? data.at("layer").as_int() : -1;
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,13 +33,20 @@ int main(int argc, char** argv) {
                              "every token's activation (the tutorial's gather_high_activations)");
     options.add_options()
         ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture", cxxopts::value<std::string>())
-        ("model", "GPT-Neo folder: runs --text through it; with --data only its tokenizer is used",
+        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia): runs --text through it; with --data only its "
+         "tokenizer is used",
          cxxopts::value<std::string>())
         ("text", "stories: TinyStories .txt or JSON lines (with --model)", cxxopts::value<std::string>())
         ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder",
          cxxopts::value<std::string>())
-        ("layer", "hidden_states[layer] of --model (default: the SAE's training layer, else 2)",
-         cxxopts::value<int64_t>())
+        ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
+         "hidden_states[2])", cxxopts::value<std::string>())
+        ("layer", "read hidden_states[layer] of --model instead", cxxopts::value<int64_t>())
+        ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
+        ("prepend-bos", "on | off | auto: a BOS before every story (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does); the BOS row is not the SAE's input", cxxopts::value<std::string>()->default_value("auto"))
+        ("context-size", "positions a story may take, the BOS included (default: the SAE's cfg.json context_size, "
+         "else the model's); longer stories are cut", cxxopts::value<int64_t>())
         ("top", "top stories kept per feature", cxxopts::value<int64_t>()->default_value("10"))
         ("stories", "read at most this many stories (0: all)", cxxopts::value<int64_t>()->default_value("0"))
         ("context", "tokens kept on either side in --stats-out", cxxopts::value<int64_t>()->default_value("8"))
@@ -79,26 +78,60 @@ int main(int argc, char** argv) {
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);
 
-    std::unique_ptr<sae::GptNeo> model;
-    std::unique_ptr<sae::Gpt2Tokenizer> tokenizer;
+    const sae::HookChoice choice =
+        sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
+                         parsed.count("layer") > 0);
+    std::unique_ptr<sae::DecoderModel> model;
+    std::unique_ptr<sae::BpeTokenizer> tokenizer;
     std::unique_ptr<sae::ActivationSource> source;
     std::unique_ptr<sae::StoryInputs> inputs;
     sae::Json description = sae::Json::object();
-    if (!model_dir.empty()) tokenizer = std::make_unique<sae::Gpt2Tokenizer>(sae::Gpt2Tokenizer::from_model_dir(model_dir));
+    if (!model_dir.empty()) tokenizer = std::make_unique<sae::BpeTokenizer>(sae::BpeTokenizer::from_model_dir(model_dir));
     if (!text.empty()) {
-      model = std::make_unique<sae::GptNeo>(sae::GptNeo::load(model_dir, device));
-      if (model->config().hidden_size != params.d_in())
-        throw sae::DataError(sae::cat(model_dir, ": the model's width ", model->config().hidden_size,
-                                      " is not the SAE's d_in ", params.d_in()));
-      int64_t layer = parsed.count("layer") ? parsed["layer"].as<int64_t>() : trained_layer(checkpoint.cfg);
-      if (layer < 0) layer = 2;
-      inputs = sae::text_story_inputs(*model, *tokenizer, text, static_cast<int>(layer), normalization, max_stories,
-                                      device);
+      // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
+      // only up to there.
+      sae::HookSite site{2, sae::HookPoint::FinalOutput};
+      std::string from = "the default hidden_states[2]";
+      if (choice.given()) {
+        site = choice.site;
+        from = choice.option;
+      } else {
+        try {
+          sae::hook_site_from_cfg(checkpoint.cfg, site, from);
+        } catch (const sae::UsageError& e) {
+          throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
+        }
+      }
+      const sae::ModelFolder folder = sae::read_model_config(model_dir);
+      site = sae::resolve_hook_site(folder.config, site, choice.given() ? choice.option : from);
+      model = std::make_unique<sae::DecoderModel>(
+          sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers)));
+      const int64_t width = folder.config.hook_width(site);
+      if (width != params.d_in())
+        throw sae::DataError(sae::cat(model_dir, ": ", sae::hook_name(site), " is ", width,
+                                      " wide, but the SAE's d_in is ", params.d_in()));
+      // BOS and context as the SAE was trained (its cfg.json metadata), unless told otherwise.
+      const sae::Json meta = checkpoint.cfg.has("metadata") && checkpoint.cfg.at("metadata").is_object()
+                                 ? checkpoint.cfg.at("metadata") : sae::Json::object();
+      sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
+      if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
+        bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
+      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
+      if (parsed.count("context-size")) {
+        story_options.context_size = parsed["context-size"].as<int64_t>();
+        if (story_options.context_size < 1)
+          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+      } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
+        story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
+      }
+      inputs = sae::text_story_inputs(*model, *tokenizer, story_options, normalization, max_stories, device);
       description["text"] = text;
       description["model"] = model_dir;
-      description["layer"] = layer;
+      description["hook_name"] = sae::hook_name(site);
+      const int64_t k = sae::hidden_states_index(site, folder.config.num_layers);
+      if (k >= 0) description["layer"] = k;
     } else {
-      if (parsed.count("layer")) throw sae::UsageError("--layer goes with --model and --text");
+      if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
       source = sae::open_activations(data, sae::SyntheticOptions{});
       if (source->d() != params.d_in())
         throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));

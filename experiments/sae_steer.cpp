@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/eval/sae_at_layer.h"
@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_steer", "Continue a prompt with and without one SAE feature's decoder direction "
                                           "added to the residual stream");
     options.add_options()
-        ("model", "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json)", cxxopts::value<std::string>())
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+         "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
         ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<double>())
@@ -31,8 +32,12 @@ int main(int argc, char** argv) {
         ("top-k", "sample among the k most likely tokens only (0: all)", cxxopts::value<int64_t>()->default_value("0"))
         ("seed", "the sampling seed (both continuations use it)", cxxopts::value<uint64_t>()->default_value("0"))
         ("greedy", "always take the most likely token instead of sampling")
-        ("layer", "the hidden_states index to steer (default: the one the SAE reads, from its cfg.json)",
+        ("hook", "the hook point to steer at, SAELens's name (default: where the SAE reads, from its cfg.json)",
+         cxxopts::value<std::string>())
+        ("layer", "steer at hidden_states[layer] instead (default: where the SAE reads, from its cfg.json)",
          cxxopts::value<int64_t>())
+        ("prepend-bos", "on | off | auto: a BOS before the prompt (auto: as the SAE was trained, from its cfg.json, "
+         "else as the tokenizer does)", cxxopts::value<std::string>()->default_value("auto"))
         ("width", "column width of the side-by-side text", cxxopts::value<int64_t>()->default_value("48"))
         ("json", "print one JSON object instead of the side-by-side text")
         ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"));
@@ -54,18 +59,16 @@ int main(int argc, char** argv) {
     if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
     const int64_t width = parsed["width"].as<int64_t>();
     if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
-    int layer = -1;
-    if (parsed.count("layer")) {
-      const int64_t value = parsed["layer"].as<int64_t>();
-      if (value < 0 || value > 1 << 20) throw sae::UsageError(sae::cat("--layer must be a hidden_states index >= 0, got ", value));
-      layer = static_cast<int>(value);
-    }
+    const sae::HookChoice choice =
+        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
+                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
-    sae::GptNeo model = sae::GptNeo::load(model_dir, device);
-    const sae::Gpt2Tokenizer tokenizer = sae::Gpt2Tokenizer::from_model_dir(model_dir);
+    sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
+    const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     steer.generate.eos_id = tokenizer.eot_id();
-    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), layer, device);
+    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
+    steer.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), sae, tokenizer);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);
 
     if (parsed.count("json")) {
@@ -73,9 +76,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::printf("prompt (%zu tokens): %s\n", result.prompt.size(), prompt.c_str());
-    std::printf("feature %lld of %lld, strength %g, added to hidden_states[%d] (%s) at every position; %s\n\n",
+    std::printf("feature %lld of %lld, strength %g, added at %s%s (%s) at every position; %s\n\n",
                 static_cast<long long>(steer.feature), static_cast<long long>(sae.params.d_sae()), steer.strength,
-                sae.layer, sae.layer_source.c_str(),
+                sae::hook_name(sae.site).c_str(),
+                sae.layer >= 0 ? sae::cat(" = hidden_states[", sae.layer, "]").c_str() : "", sae.layer_source.c_str(),
                 steer.generate.greedy ? "greedy"
                                       : sae::cat("sampled with temperature ", steer.generate.temperature,
                                                  steer.generate.top_k ? sae::cat(", top-k ", steer.generate.top_k) : "",

@@ -1,7 +1,8 @@
-// The checks the tokenizer harnesses make on a loaded Gpt2Tokenizer (lm/tokenizer.h) and a text:
+// The checks the tokenizer harnesses make on a loaded BpeTokenizer (lm/tokenizer.h) and a text:
 // encode accepts exactly the valid UTF-8 texts (check_utf8), its ids are tokens of the vocabulary,
-// decode(encode(text)) == text, the pre-tokenizer's pieces cover the text, and ids that name no
-// token are refused by decode.
+// decode(encode(text)) == text (for an NFC tokenizer: the same up to canonical equivalence,
+// nfc(decode(encode(text))) == nfc(text)), the pre-tokenizer's pieces cover the text, and ids that
+// name no token are refused by decode.
 #pragma once
 #include <string>
 #include <string_view>
@@ -9,12 +10,13 @@
 
 #include "fuzz_util.h"
 #include "lm/tokenizer.h"
+#include "lm/unicode_nfc.h"
 #include "tensor/error.h"
 
 namespace sae::fuzz {
 
 // Returns the ids of text (empty when it is not valid UTF-8).
-inline std::vector<int32_t> check_encode(const Gpt2Tokenizer& tokenizer, std::string_view text) {
+inline std::vector<int32_t> check_encode(const BpeTokenizer& tokenizer, std::string_view text) {
   const bool valid = attempt([&] { check_utf8(text, "fuzz text"); });
   std::vector<int32_t> ids;
   const bool encoded = attempt([&] { ids = tokenizer.encode(text, "fuzz text"); });
@@ -24,10 +26,16 @@ inline std::vector<int32_t> check_encode(const Gpt2Tokenizer& tokenizer, std::st
   for (int32_t id : ids) require(id >= 0 && id < tokenizer.vocab_size(), cat("encode gave id ", id, " outside the vocabulary"));
   std::string back;
   require(attempt([&] { back = tokenizer.decode(ids); }), "decode refused the ids encode gave");
-  require(back == text, cat("decode(encode(text)) != text for \"", escaped(text), "\": got \"", escaped(back), "\""));
+  if (tokenizer.normalizes_nfc())
+    require(unicode::nfc(back) == unicode::nfc(text),
+            cat("decode(encode(text)) is not canonically equivalent to \"", escaped(text), "\": got \"", escaped(back), "\""));
+  else
+    require(back == text, cat("decode(encode(text)) != text for \"", escaped(text), "\": got \"", escaped(back), "\""));
 
   std::string joined;
-  for (std::string_view piece : gpt2_pre_tokenize(text)) {
+  std::vector<std::string_view> pieces;
+  pre_tokenize(tokenizer.pattern(), text, pieces);
+  for (std::string_view piece : pieces) {
     require(!piece.empty(), "the pre-tokenizer gave an empty piece");
     joined += piece;
   }
@@ -36,8 +44,10 @@ inline std::vector<int32_t> check_encode(const Gpt2Tokenizer& tokenizer, std::st
 }
 
 // A loaded tokenizer, on the given texts and a few fixed ones.
-inline void check_tokenizer(const Gpt2Tokenizer& tokenizer, const std::vector<std::string_view>& texts) {
-  require(tokenizer.eot_id() >= 0 && tokenizer.eot_id() < tokenizer.vocab_size(), "<|endoftext|> has no valid id");
+inline void check_tokenizer(const BpeTokenizer& tokenizer, const std::vector<std::string_view>& texts) {
+  require(tokenizer.eot_id() >= -1 && tokenizer.eot_id() < tokenizer.vocab_size(), "the end-of-text id is outside the vocabulary");
+  for (int32_t id : tokenizer.bos_prefix())
+    require(id >= 0 && id < tokenizer.vocab_size(), "the post-processor's BOS is outside the vocabulary");
   for (std::string_view text : texts) check_encode(tokenizer, text);
   for (const char* text : {"Once upon a time, there was a little dog named Max.", " <|endoftext|> Hello\n\n  world's 2024!",
                            "caf\xc3\xa9 \xe2\x80\x94 \xf0\x9f\x98\x80\t\r\n", ""})

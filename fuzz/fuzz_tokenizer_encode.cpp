@@ -7,13 +7,13 @@
 using namespace sae;
 
 namespace {
-const Gpt2Tokenizer& from_json() {
-  static const Gpt2Tokenizer t = Gpt2Tokenizer::from_tokenizer_json(SAE_SOURCE_DIR "/tests/ref/tokenizer/tokenizer.json");
+const BpeTokenizer& from_json() {
+  static const BpeTokenizer t = BpeTokenizer::from_tokenizer_json(SAE_SOURCE_DIR "/tests/ref/tokenizer/tokenizer.json");
   return t;
 }
-const Gpt2Tokenizer& from_pair() {
-  static const Gpt2Tokenizer t =
-      Gpt2Tokenizer::from_files(SAE_SOURCE_DIR "/tests/ref/tokenizer/vocab.json", SAE_SOURCE_DIR "/tests/ref/tokenizer/merges.txt");
+const BpeTokenizer& from_pair() {
+  static const BpeTokenizer t =
+      BpeTokenizer::from_files(SAE_SOURCE_DIR "/tests/ref/tokenizer/vocab.json", SAE_SOURCE_DIR "/tests/ref/tokenizer/merges.txt");
   return t;
 }
 }  // namespace

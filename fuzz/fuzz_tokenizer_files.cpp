@@ -11,8 +11,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<std::string_view> parts = fuzz::split_parts(data, size);
   const std::string vocab = fuzz::write_scratch_file("vocab.json", parts[0]);
   const std::string merges = fuzz::write_scratch_file("merges.txt", parts.size() > 1 ? parts[1] : std::string_view());
-  std::optional<Gpt2Tokenizer> tokenizer;
-  if (!fuzz::attempt([&] { tokenizer.emplace(Gpt2Tokenizer::from_files(vocab, merges)); })) return 0;
+  std::optional<BpeTokenizer> tokenizer;
+  if (!fuzz::attempt([&] { tokenizer.emplace(BpeTokenizer::from_files(vocab, merges)); })) return 0;
 
   const std::vector<std::string_view> texts(parts.begin() + std::min<size_t>(parts.size(), 2), parts.end());
   fuzz::check_tokenizer(*tokenizer, texts);

@@ -11,8 +11,8 @@ using namespace sae;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::vector<std::string_view> parts = fuzz::split_parts(data, size);
   const std::string path = fuzz::write_scratch_file("tokenizer.json", parts[0]);
-  std::optional<Gpt2Tokenizer> tokenizer;
-  if (!fuzz::attempt([&] { tokenizer.emplace(Gpt2Tokenizer::from_tokenizer_json(path)); })) return 0;
+  std::optional<BpeTokenizer> tokenizer;
+  if (!fuzz::attempt([&] { tokenizer.emplace(BpeTokenizer::from_tokenizer_json(path)); })) return 0;
   fuzz::check_tokenizer(*tokenizer, std::vector<std::string_view>(parts.begin() + 1, parts.end()));
   return 0;
 }

@@ -17,7 +17,8 @@ work="$(mktemp -d /tmp/sae_corpus.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1
 
-targets="json safetensors npy activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode"
+targets="json safetensors npy activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode
+         model_config text_corpus"
 for t in $targets; do rm -rf "${corpus:?}/$t"; mkdir -p "$corpus/$t"; done
 marker() { printf '\n=====sae-fuzz-part=====\n'; }
 # The JSON header of a safetensors file (8-byte little-endian length, then the text).
@@ -108,5 +109,15 @@ texts() { for i in "$@"; do marker; cat "$work/text_$i.txt"; done; }
 { cat "$work/tokenizer_strings.json"; texts 07; } > "$corpus/tokenizer_json/small_strings_added"
 cp "$work"/text_*.txt "$corpus/tokenizer_encode/"
 printf 'Once upon a time <|endoftext|> there was a cat.\n\n  It said "hi!" 123 \xe2\x80\x94 caf\xc3\xa9 \xf0\x9f\x90\x88' > "$corpus/tokenizer_encode/story.txt"
+
+# ---- model_config: the fixture models' config.json (GPT-Neo, GPT-2, GPT-NeoX) ----
+cp "$ref/gpt_neo/tiny/config.json" "$corpus/model_config/gpt_neo.json"
+for m in gpt2 gpt2_scaled pythia neox_seq; do cp "$ref/models/$m/config.json" "$corpus/model_config/$m.json"; done
+
+# ---- text_corpus: a few stories as .txt and JSON lines, plain, gzip and zstd ----
+head -c 1200 "$ref/text_train/stories.txt" > "$corpus/text_corpus/stories.txt"
+printf '{"text": "Once upon a time."}\n\n{"text": "  "}\n{"text": "Two \\u00e9."}\n' > "$corpus/text_corpus/lines.jsonl"
+gzip -9 -n -c "$corpus/text_corpus/lines.jsonl" > "$corpus/text_corpus/lines.jsonl.gz"
+zstd -q -19 -c "$corpus/text_corpus/stories.txt" > "$corpus/text_corpus/stories.txt.zst"
 
 du -sh "$corpus"/* | sed "s|$root/||"

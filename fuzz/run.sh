@@ -42,6 +42,8 @@ dicts_of() {
     train_config) echo train_config json ;;
     tokenizer_files | tokenizer_json) echo tokenizer json ;;
     tokenizer_encode) echo tokenizer ;;
+    model_config) echo json ;;
+    text_corpus) echo json ;;
   esac
 }
 

@@ -1,6 +1,8 @@
 // MappedFile: open + fstat + mmap(PROT_READ, MAP_PRIVATE), munmap on destruction.
 #include "io/mapped_file.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -62,6 +64,14 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 
 void MappedFile::advise_random(bool random) const {
   if (data_ != nullptr) ::madvise(const_cast<uint8_t*>(data_), size_, random ? MADV_RANDOM : MADV_NORMAL);
+}
+
+void MappedFile::release_pages(size_t begin, size_t bytes) const {
+  if (data_ == nullptr || begin >= size_) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t end = std::min(size_, begin + bytes);
+  const size_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(const_cast<uint8_t*>(data_) + first, last - first, MADV_DONTNEED);
 }
 
 std::string read_small_file(const std::string& path, size_t max_bytes) {

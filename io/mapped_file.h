@@ -26,6 +26,10 @@ class MappedFile {
   // each page touched; for shuffled batches and sampling from multi-GB files) or not (MADV_NORMAL).
   // A hint; never fails.
   void advise_random(bool random) const;
+  // Drops the pages of bytes [begin, begin + bytes) from this process's memory (madvise
+  // MADV_DONTNEED; whole pages inside the range only): they are read from the file again if touched.
+  // For data converted once into a copy of its own (model weights). A hint; never fails.
+  void release_pages(size_t begin, size_t bytes) const;
 
  private:
   void release();

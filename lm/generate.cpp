@@ -53,8 +53,13 @@ int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOpti
   return ids[0];
 }
 
-std::vector<int32_t> generate(GptNeo& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
                               const ResidualHook& hook) {
+  return generate(model, prompt, options, model.hidden_state_hooks(hook, model.config().num_layers));
+}
+
+std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const SiteHooks& hook) {
   check_generate_options(options);
   if (prompt.empty()) throw DataError("generate: the prompt has no tokens (a model needs at least one to start from)");
   const int64_t positions = model.config().max_positions, vocab = model.config().vocab_size;

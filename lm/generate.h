@@ -1,15 +1,15 @@
-// Text generation with GPT-Neo and its KV cache (GptNeo::logits_cached): the prompt is run once,
+// Text generation with a decoder model and its KV cache (DecoderModel::logits_cached): the prompt is run once,
 // then one new token at a time, each chosen from the last position's logits greedily (argmax) or
 // by sampling (temperature, optionally only the top k), with our seeded Rng, so the same seed gives
-// the same tokens on the same build. A residual hook (a steering vector, an SAE splice) is applied
-// to every position, prompt and generated, as GptNeo::logits applies it to a whole sequence.
+// the same tokens on the same build. Hooks (a steering vector, an SAE splice, at any hook point) are
+// applied to every position, prompt and generated, as DecoderModel::logits applies them to a whole sequence.
 // Generation stops after max_new_tokens or right after producing the end-of-text id.
 // Letters: V vocabulary, P the model's positions.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "tensor/rng.h"
 
 namespace sae {
@@ -34,7 +34,10 @@ int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOpti
 // The generated ids (without the prompt) after `prompt` (>= 1 token). The prompt plus
 // max_new_tokens must fit in the model's P positions (DataError naming both otherwise), so that
 // every token is generated with the same context a full forward over the sequence would see.
-std::vector<int32_t> generate(GptNeo& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                              const ResidualHook& hook = {});
+std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const SiteHooks& hooks = {});
+// The same with a hook on every hidden_states[k] (DecoderModel::logits).
+std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                              const ResidualHook& hook);
 
 }  // namespace sae

@@ -32,43 +32,46 @@ std::string trimmed(const std::string& s) {
   return s.substr(first, s.find_last_not_of(space) - first + 1);
 }
 
+// The name without a compression ending says the format.
+std::string without_compression(const std::string& path) {
+  for (const char* ending : {".gz", ".zst", ".zstd"})
+    if (ends_with(path, ending)) return path.substr(0, path.size() - std::strlen(ending));
+  return path;
+}
+
 }  // namespace
 
-StoryReader::StoryReader(const std::string& path) : path_(path) {
-  jsonl_ = ends_with(path, ".jsonl") || ends_with(path, ".json");
-  file_ = std::fopen(path.c_str(), "rb");
-  if (!file_) throw DataError(cat("cannot open ", path, ": ", std::strerror(errno)));
+StoryReader::StoryReader(const std::string& path, const std::string& text_field)
+    : path_(path), text_field_(text_field), lines_(path) {
+  const std::string name = without_compression(path);
+  jsonl_ = ends_with(name, ".jsonl") || ends_with(name, ".json");
+  if (text_field_.empty()) throw UsageError("--text-field must not be empty");
 }
 
-StoryReader::~StoryReader() {
-  if (file_) std::fclose(file_);
-}
+StoryReader::~StoryReader() = default;
 
 void StoryReader::seek(const TextPosition& position) {
-  if (position.next_story < 0 || position.byte_offset < 0 ||
-      std::fseek(file_, static_cast<long>(position.byte_offset), SEEK_SET) != 0)
+  if (position.next_story < 0 || position.byte_offset < 0)
     throw DataError(cat(path_, ": cannot continue at story ", position.next_story, ", byte ", position.byte_offset));
+  try {
+    lines_.seek(position.byte_offset);
+  } catch (const DataError& e) {
+    throw DataError(cat(path_, ": cannot continue at story ", position.next_story, ", byte ", position.byte_offset, " (",
+                        e.what(), ")"));
+  }
   position_ = position;
-  line_ = 0;
+  has_pending_ = false;
 }
 
 bool StoryReader::read_line(std::string& line) {
-  line.clear();
-  int c = std::getc(file_);
-  if (c == EOF) {
-    if (std::ferror(file_)) throw DataError(cat(path_, ": read error: ", std::strerror(errno)));
-    return false;
+  if (has_pending_) {  // the rest of a line after a separator: it ends where that line ended
+    line = std::move(pending_);
+    has_pending_ = false;
+    position_.byte_offset = lines_.offset();
+    return true;
   }
-  while (c != EOF && c != '\n') {
-    line.push_back(static_cast<char>(c));
-    if (static_cast<int64_t>(line.size()) > kMaxStoryBytes)
-      throw DataError(cat(path_, ": a line at byte ", position_.byte_offset, " is longer than ", kMaxStoryBytes,
-                          " bytes (not a text corpus?)"));
-    c = std::getc(file_);
-  }
-  if (c == EOF && std::ferror(file_)) throw DataError(cat(path_, ": read error: ", std::strerror(errno)));
-  position_.byte_offset += static_cast<int64_t>(line.size()) + (c == '\n' ? 1 : 0);
-  ++line_;
+  if (!lines_.read_line(line, kMaxStoryBytes)) return false;
+  position_.byte_offset = lines_.offset();
   return true;
 }
 
@@ -92,7 +95,11 @@ bool StoryReader::next_txt(TextStory& story) {
     // The story ends at the separator; reading goes on right after it (usually the next line).
     text += line.substr(0, at);
     const int64_t after = line_start + static_cast<int64_t>(at + kSeparatorSize);
-    if (after < position_.byte_offset && !blank(line.substr(at + kSeparatorSize))) seek({position_.next_story, after});
+    if (after < position_.byte_offset && !blank(line.substr(at + kSeparatorSize))) {
+      pending_ = line.substr(at + kSeparatorSize);  // the next story starts on this line
+      has_pending_ = true;
+      position_.byte_offset = after;
+    }
     if (!blank(text)) {
       story.index = position_.next_story++;
       story.text = trimmed(text);
@@ -119,8 +126,11 @@ bool StoryReader::next_jsonl(TextStory& story) {
     try {
       record = Json::parse(line, 1 << 16);
       if (!record.is_object()) throw DataError(cat("expected a JSON object, found a ", record.type_name()));
-      if (!record.has("text")) throw DataError("no \"text\" field");
-      story.text = record.at("text").as_string();
+      if (!record.has(text_field_)) throw DataError(cat("no \"", printable(text_field_), "\" field"));
+      if (!record.at(text_field_).is_string())
+        throw DataError(cat("the \"", printable(text_field_), "\" field is a ", record.at(text_field_).type_name(),
+                            ", not a string"));
+      story.text = record.at(text_field_).as_string();
     } catch (const DataError& e) {
       throw DataError(cat(path_, ": the line at byte ", start, ": ", e.what()));
     }

@@ -1,19 +1,23 @@
-// StoryReader: the stories of a text corpus, one at a time, streamed from disk (never read whole),
-// in one of the two formats TinyStories is distributed in:
+// StoryReader: the documents (stories) of a text corpus, one at a time, streamed from disk (never
+// read whole), plain or compressed with gzip or zstd (io/line_reader.h; .jsonl.gz, .jsonl.zst as
+// the Pile and most dataset dumps ship):
 //   .txt    stories separated by the line "<|endoftext|>" (TinyStories' TinyStoriesV2-*.txt); each
 //           story is the text between two separators with surrounding white space trimmed
-//   .jsonl  one JSON object per line with a string field "text" (also .json lines files from
-//           datasets' to_json); blank lines are skipped
+//   .jsonl  one JSON object per line with a string field, "text" unless told another (--text-field);
+//           also .json lines files from datasets' to_json; blank lines are skipped
+// The format is the name without a .gz / .zst / .zstd ending.
 // Empty stories (nothing but white space) are skipped, as the original skips stories whose token
 // list is empty. A story's position (its index among the non-empty stories and the byte offset of
 // where reading continues after it) can be saved and restored, so a run over text resumes exactly.
-// Errors (a missing file, a line that is not a JSON object with a string "text", a story above the
-// size limit) are DataErrors naming the file and the line or byte offset.
+// Errors (a missing file, a line that is not a JSON object with the string field, a story above the
+// size limit, a corrupt compressed file) are DataErrors naming the file and the line or byte offset.
+// Byte offsets count the decompressed text; resuming in a compressed file reads it again up to there.
 #pragma once
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 #include <string>
+
+#include "io/line_reader.h"
 
 namespace sae {
 
@@ -35,7 +39,7 @@ class StoryReader {
   // A story longer than this many bytes is an error (a file without separators, read as one story).
   static constexpr int64_t kMaxStoryBytes = int64_t(64) << 20;
 
-  explicit StoryReader(const std::string& path);
+  explicit StoryReader(const std::string& path, const std::string& text_field = "text");
   ~StoryReader();
   StoryReader(const StoryReader&) = delete;
   StoryReader& operator=(const StoryReader&) = delete;
@@ -43,6 +47,7 @@ class StoryReader {
   // The next non-empty story; false at the end of the file.
   bool next(TextStory& story);
   TextPosition position() const { return position_; }
+  int64_t file_offset() const { return lines_.file_offset(); }  // bytes of the file read (for progress)
   void seek(const TextPosition& position);  // a position returned by position(), possibly of another run
   void rewind() { seek(TextPosition{}); }
   const std::string& path() const { return path_; }
@@ -53,11 +58,12 @@ class StoryReader {
   bool next_txt(TextStory& story);
   bool next_jsonl(TextStory& story);
 
-  std::string path_;
+  std::string path_, text_field_;
   bool jsonl_ = false;
-  std::FILE* file_ = nullptr;
+  LineReader lines_;
   TextPosition position_;
-  int64_t line_ = 0;  // lines read so far (for messages), counted from the last seek
+  std::string pending_;  // .txt: the rest of a line after a separator, read next
+  bool has_pending_ = false;
 };
 
 }  // namespace sae

@@ -1,6 +1,6 @@
-// Gpt2Tokenizer: loading (tokenizer.json, vocab.json + merges.txt) with validation, UTF-8 checks,
-// GPT-2's pre-tokenisation by hand, the byte alphabet, BPE merging by rank with a word cache, and
-// decoding.
+// BpeTokenizer: loading (tokenizer.json, vocab.json + merges.txt) with validation, UTF-8 checks,
+// added tokens, normalisation and pre-tokenisation (lm/unicode_nfc.h, lm/pre_tokenizer.h), the byte
+// alphabet, BPE merging by rank with a word cache, and decoding.
 #include "lm/tokenizer.h"
 
 #include <sys/stat.h>
@@ -13,7 +13,8 @@
 #include <queue>
 #include <unordered_set>
 
-#include "lm/unicode_tables.h"
+#include "lm/unicode_nfc.h"
+#include "lm/utf8.h"
 #include "tensor/error.h"
 #include "io/json.h"
 #include "io/mapped_file.h"
@@ -41,156 +42,6 @@ std::string code_point_name(uint32_t code_point) {
   return buf;
 }
 
-void append_utf8(uint32_t code_point, std::string& out) {
-  if (code_point < 0x80) {
-    out += static_cast<char>(code_point);
-  } else if (code_point < 0x800) {
-    out += static_cast<char>(0xC0 | (code_point >> 6));
-    out += static_cast<char>(0x80 | (code_point & 0x3F));
-  } else if (code_point < 0x10000) {
-    out += static_cast<char>(0xE0 | (code_point >> 12));
-    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code_point & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code_point >> 18));
-    out += static_cast<char>(0x80 | ((code_point >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code_point & 0x3F));
-  }
-}
-
-// Decodes the code point at text[pos] of valid UTF-8; sets `length` to its byte count.
-uint32_t decode_code_point(std::string_view text, size_t pos, size_t& length) {
-  const auto byte = [&](size_t k) { return static_cast<uint32_t>(static_cast<uint8_t>(text[pos + k])); };
-  const uint32_t lead = byte(0);
-  if (lead < 0x80) {
-    length = 1;
-    return lead;
-  }
-  if (lead < 0xE0) {
-    length = 2;
-    return ((lead & 0x1F) << 6) | (byte(1) & 0x3F);
-  }
-  if (lead < 0xF0) {
-    length = 3;
-    return ((lead & 0x0F) << 12) | ((byte(1) & 0x3F) << 6) | (byte(2) & 0x3F);
-  }
-  length = 4;
-  return ((lead & 0x07) << 18) | ((byte(1) & 0x3F) << 12) | ((byte(2) & 0x3F) << 6) | (byte(3) & 0x3F);
-}
-
-// ---- character classes of the pre-tokenisation pattern ----
-
-enum class CharClass : uint8_t { Letter, Number, Space, Other };
-
-struct AsciiClasses {
-  CharClass of[128];
-  AsciiClasses() {
-    for (uint32_t c = 0; c < 128; ++c) {
-      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-        of[c] = CharClass::Letter;
-      } else if (c >= '0' && c <= '9') {
-        of[c] = CharClass::Number;
-      } else if (c == ' ' || (c >= 0x09 && c <= 0x0D)) {
-        of[c] = CharClass::Space;
-      } else {
-        of[c] = CharClass::Other;
-      }
-    }
-  }
-};
-const AsciiClasses kAsciiClasses;
-
-CharClass char_class(uint32_t code_point) {
-  if (code_point < 128) return kAsciiClasses.of[code_point];
-  if (unicode::is_letter(code_point)) return CharClass::Letter;
-  if (unicode::is_number(code_point)) return CharClass::Number;
-  if (unicode::is_white_space(code_point)) return CharClass::Space;
-  return CharClass::Other;
-}
-
-// The code point at a position of valid UTF-8 text, with its length and class.
-struct Char {
-  uint32_t code_point;
-  size_t length;
-  CharClass cls;
-};
-
-Char char_at(std::string_view text, size_t pos) {
-  const uint8_t lead = static_cast<uint8_t>(text[pos]);
-  if (lead < 0x80) return {lead, 1, kAsciiClasses.of[lead]};
-  Char c;
-  c.code_point = decode_code_point(text, pos, c.length);
-  c.cls = char_class(c.code_point);
-  return c;
-}
-
-// Length of the contraction ('s 't 're 've 'm 'll 'd, lower case only) at text[pos], or 0.
-size_t contraction_length(std::string_view text, size_t pos) {
-  if (text[pos] != '\'' || pos + 1 >= text.size()) return 0;
-  const char a = text[pos + 1];
-  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-  if (pos + 2 >= text.size()) return 0;
-  const char b = text[pos + 2];
-  if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
-  return 0;
-}
-
-// Calls emit(piece) for each consecutive match of GPT-2's pattern in valid UTF-8 text. At each
-// position the alternatives are tried in the pattern's order:
-//   1. 's 't 're 've 'm 'll 'd
-//   2-4. an optional U+0020 then a run of letters, or of numbers, or of "other" characters
-//        (neither White_Space, letter nor number); the space is taken only when such a run follows
-//   5. \s+(?!\S): a White_Space run up to the end of the text, or all but its last character when
-//      something else follows and the run has at least two characters
-//   6. \s+: the lone White_Space character before something else
-template <typename Emit>
-void for_each_piece(std::string_view text, Emit&& emit) {
-  const size_t n = text.size();
-  size_t pos = 0;
-  while (pos < n) {
-    const size_t start = pos;
-    const size_t contraction = contraction_length(text, pos);
-    if (contraction > 0) {
-      pos += contraction;
-      emit(text.substr(start, contraction));
-      continue;
-    }
-    const Char first = char_at(text, pos);
-    // Rules 2-4: which run (if any) starts here, after an optional leading space.
-    size_t run_start = pos;
-    CharClass run_class = first.cls;
-    if (first.code_point == ' ' && pos + 1 < n) {
-      const Char next = char_at(text, pos + 1);
-      if (next.cls != CharClass::Space) {
-        run_start = pos + 1;
-        run_class = next.cls;
-      }
-    }
-    if (run_class != CharClass::Space) {
-      pos = run_start;
-      while (pos < n) {
-        const Char c = char_at(text, pos);
-        if (c.cls != run_class) break;
-        pos += c.length;
-      }
-      emit(text.substr(start, pos - start));
-      continue;
-    }
-    // Rules 5-6: a White_Space run.
-    size_t last_start = pos, count = 0;
-    while (pos < n) {
-      const Char c = char_at(text, pos);
-      if (c.cls != CharClass::Space) break;
-      last_start = pos;
-      pos += c.length;
-      ++count;
-    }
-    if (pos < n && count >= 2) pos = last_start;  // leave the last one to join what follows
-    emit(text.substr(start, pos - start));
-  }
-}
-
 // ---- GPT-2's byte alphabet: each byte as a printable code point ----
 
 struct ByteAlphabet {
@@ -207,7 +58,7 @@ struct ByteAlphabet {
   }
   std::string text_of(uint8_t byte) const {
     std::string out;
-    append_utf8(code_point_of[byte], out);
+    utf8::append(code_point_of[byte], out);
     return out;
   }
 };
@@ -220,7 +71,7 @@ bool alphabet_to_bytes(const std::string& token, std::string& bytes, uint32_t& b
   size_t pos = 0;
   while (pos < token.size()) {
     size_t length = 0;
-    const uint32_t code_point = decode_code_point(token, pos, length);
+    const uint32_t code_point = utf8::decode(token, pos, length);
     if (code_point >= 324 || kByteAlphabet.byte_of[code_point] < 0) {
       bad = code_point;
       return false;
@@ -308,22 +159,16 @@ void check_utf8(std::string_view text, std::string_view label) {
   }
 }
 
-std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text) {
-  std::vector<std::string_view> pieces;
-  for_each_piece(text, [&](std::string_view piece) { pieces.push_back(piece); });
-  return pieces;
-}
-
 // ---- loading ----
 
-struct Gpt2Tokenizer::WordCache {
+struct BpeTokenizer::WordCache {
   std::mutex mutex;
   std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> ids_of_piece;
 };
 
 // The two file formats, read but not yet checked. Error messages name `vocab_where` and
 // `merges_where` ("<file>" or "<file>: model.vocab"...).
-struct Gpt2Tokenizer::Parts {
+struct BpeTokenizer::Parts {
   std::string source;
   std::string vocab_where, merges_where, added_where;
   std::vector<std::pair<std::string, int64_t>> vocab;  // entry in the byte alphabet -> id
@@ -332,16 +177,25 @@ struct Gpt2Tokenizer::Parts {
     std::string where;  // "line 7" or "model.merges[5]"
   };
   std::vector<MergeRule> merges;
-  std::vector<std::pair<std::string, int64_t>> added;  // literal content -> id
+  struct Added {
+    std::string content;
+    int64_t id;
+    bool normalized;  // matched in the normalised text (after the non-normalized ones)
+  };
+  std::vector<Added> added;
+  SplitPattern pattern = SplitPattern::Gpt2;
+  bool nfc = false, ignore_merges = false;
+  std::vector<std::string> bos_prefix;  // the post-processor's tokens before a text, by content
+  std::vector<int64_t> bos_prefix_ids;
 };
 
-Gpt2Tokenizer::Gpt2Tokenizer() : cache_(std::make_unique<WordCache>()) {}
-Gpt2Tokenizer::Gpt2Tokenizer(Gpt2Tokenizer&&) noexcept = default;
-Gpt2Tokenizer& Gpt2Tokenizer::operator=(Gpt2Tokenizer&&) noexcept = default;
-Gpt2Tokenizer::~Gpt2Tokenizer() = default;
+BpeTokenizer::BpeTokenizer() : cache_(std::make_unique<WordCache>()) {}
+BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
+BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
+BpeTokenizer::~BpeTokenizer() = default;
 
-Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
-  Gpt2Tokenizer t;
+BpeTokenizer BpeTokenizer::build(Parts parts) {
+  BpeTokenizer t;
   t.source_ = parts.source;
 
   // Ids: in range, each used by one token (a token may be both in the vocab and added).
@@ -358,7 +212,7 @@ Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
     claim_id(parts.vocab_where, token, id);
     id_of_entry.emplace(token, static_cast<int32_t>(id));
   }
-  for (const auto& [content, id] : parts.added) {
+  for (const auto& [content, id, normalized] : parts.added) {
     if (content.empty()) throw DataError(cat(parts.added_where, ": an added token (id ", id, ") is empty"));
     auto in_vocab = id_of_entry.find(content);
     if (in_vocab != id_of_entry.end() && in_vocab->second != id)
@@ -370,12 +224,18 @@ Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
 
   // Bytes of each token: added tokens are literal, vocab entries are in the byte alphabet.
   std::unordered_set<std::string> added_contents;
-  for (const auto& [content, id] : parts.added) {
+  t.pattern_ = parts.pattern;
+  t.nfc_ = parts.nfc;
+  t.ignore_merges_ = parts.ignore_merges;
+  for (const auto& [content, id, normalized] : parts.added) {
     added_contents.insert(content);
     t.token_bytes_[id] = content;
     t.has_token_[id] = 1;
-    t.added_tokens_.push_back({content, static_cast<int32_t>(id)});
-    t.added_first_byte_[static_cast<uint8_t>(content[0])] = true;
+    // A normalized added token is matched in normalised text, so its content is normalised too.
+    const std::string matched = normalized && parts.nfc ? unicode::nfc(content) : content;
+    t.added_tokens_.push_back({matched, static_cast<int32_t>(id), normalized});
+    t.added_first_byte_[normalized][static_cast<uint8_t>(matched[0])] = true;
+    t.has_added_[normalized] = true;
   }
   std::stable_sort(t.added_tokens_.begin(), t.added_tokens_.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
@@ -388,6 +248,7 @@ Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
                           ", which is not in GPT-2's byte alphabet (not a byte-level BPE vocabulary?)"));
     t.token_bytes_[id] = bytes;
     t.has_token_[id] = 1;
+    if (parts.ignore_merges) t.whole_.emplace(bytes, static_cast<int32_t>(id));
   }
 
   // Every byte needs its one-character token.
@@ -424,11 +285,16 @@ Gpt2Tokenizer Gpt2Tokenizer::build(Parts parts) {
     for (const AddedToken& a : t.added_tokens_)
       if (a.content == kEndOfText) t.eot_id_ = a.id;
   }
-  if (t.eot_id_ < 0) throw DataError(cat(parts.source, ": no ", kEndOfText, " token"));
+  for (int64_t id : parts.bos_prefix_ids) {
+    if (id < 0 || id >= t.vocab_size() || !t.has_token_[id])
+      throw DataError(cat(parts.source, ": the post-processor adds token id ", id, ", which is not in the vocabulary"));
+    t.bos_prefix_.push_back(static_cast<int32_t>(id));
+  }
+  if (t.bos_prefix_.size() == 1) t.bos_id_ = t.bos_prefix_[0];
   return t;
 }
 
-Gpt2Tokenizer Gpt2Tokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
+BpeTokenizer BpeTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
   Parts parts;
   parts.source = cat(vocab_json, " + ", merges_txt);
   parts.vocab_where = vocab_json;
@@ -461,12 +327,117 @@ Gpt2Tokenizer Gpt2Tokenizer::from_files(const std::string& vocab_json, const std
   }
 
   for (const auto& [token, id] : parts.vocab)
-    if (token == kEndOfText) parts.added.emplace_back(token, id);
+    if (token == kEndOfText) parts.added.push_back({token, id, false});
   if (parts.added.empty()) throw DataError(cat(vocab_json, ": no ", kEndOfText, " token"));
   return build(std::move(parts));
 }
 
-Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
+namespace {
+
+std::string type_of(const Json& part) {
+  if (part.is_null()) return "";
+  if (!part.is_object()) throw DataError(cat("expected an object, found a JSON ", part.type_name()));
+  return part.has("type") && part.at("type").is_string() ? part.at("type").as_string() : "(untyped)";
+}
+
+bool flag_or(const Json& part, const char* key, bool fallback) {
+  if (!part.has(key) || part.at(key).is_null()) return fallback;
+  return part.at(key).as_bool();
+}
+
+// A ByteLevel pre-tokenizer: no prefix space; `regex` says whether it splits with GPT-2's pattern.
+void check_byte_level(const Json& pre, bool regex, const char* where) {
+  if (flag_or(pre, "add_prefix_space", true))
+    throw DataError(cat(where, ".add_prefix_space is not false; a space would be put before the text"));
+  if (flag_or(pre, "use_regex", true) != regex)
+    throw DataError(cat(where, ".use_regex is ", regex ? "false" : "true", "; expected ", regex ? "true" : "false",
+                        regex ? " (GPT-2's pattern)" : " after a Split (the text would be split twice)"));
+}
+
+// The pre-tokenizer: ByteLevel with GPT-2's pattern, or Sequence [Split(pattern), ByteLevel].
+SplitPattern read_pre_tokenizer(const Json& pre) {
+  const std::string type = type_of(pre);
+  if (type == "ByteLevel") {
+    check_byte_level(pre, true, "pre_tokenizer");
+    return SplitPattern::Gpt2;
+  }
+  if (type == "Sequence") {
+    const Json& list = pre.at("pretokenizers");
+    if (!list.is_array() || list.size() != 2 || type_of(list.at(size_t(0))) != "Split" ||
+        type_of(list.at(size_t(1))) != "ByteLevel")
+      throw DataError("pre_tokenizer is a Sequence other than [Split, ByteLevel]; not a byte-level BPE we read");
+    const Json& split = list.at(size_t(0));
+    if (!split.has("pattern") || !split.at("pattern").is_object() || !split.at("pattern").has("Regex"))
+      throw DataError("pre_tokenizer Split: only a {\"Regex\": ...} pattern is supported");
+    const std::string regex = split.at("pattern").at("Regex").as_string();
+    const std::string behavior = split.has("behavior") ? split.at("behavior").as_string() : "";
+    if (behavior != "Isolated" || flag_or(split, "invert", false))
+      throw DataError(cat("pre_tokenizer Split: behavior \"", printable(behavior), "\"",
+                          flag_or(split, "invert", false) ? " inverted" : "", " is not supported (only Isolated)"));
+    const std::optional<SplitPattern> pattern = split_pattern_of_regex(regex);
+    if (!pattern)
+      throw DataError(cat("pre_tokenizer Split: the pattern \"", printable(regex, 60),
+                          "\" is not one we read (GPT-2's, Llama 3's or Qwen 2's)"));
+    check_byte_level(list.at(size_t(1)), false, "pre_tokenizer's ByteLevel");
+    return *pattern;
+  }
+  throw DataError(cat("pre_tokenizer is \"", type, "\"; only ByteLevel or Sequence [Split, ByteLevel] (byte-level BPE) "
+                      "is supported", type == "Metaspace" ? " (SentencePiece-style tokenizers are not read yet)" : ""));
+}
+
+// The normalizer: none or NFC (possibly as a one-element Sequence).
+bool read_normalizer(const Json& normalizer) {
+  std::string type = type_of(normalizer);
+  if (type == "Sequence" && normalizer.at("normalizers").is_array()) {
+    const Json& list = normalizer.at("normalizers");
+    if (list.size() == 0) return false;
+    if (list.size() == 1) type = type_of(list.at(size_t(0)));
+  }
+  if (type.empty()) return false;
+  if (type == "NFC") return true;
+  throw DataError(cat("normalizer \"", type, "\" is not supported (none or NFC)"));
+}
+
+// The post-processor: the special tokens a TemplateProcessing puts before the text (by content).
+std::vector<std::pair<std::string, std::vector<int64_t>>> read_post_processor(const Json& post) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> prefix;
+  const std::string type = type_of(post);
+  std::vector<const Json*> parts;
+  if (type == "Sequence") {
+    for (const Json& p : post.at("processors").elements()) parts.push_back(&p);
+  } else if (!type.empty()) {
+    parts.push_back(&post);
+  }
+  for (const Json* p : parts) {
+    const std::string t = type_of(*p);
+    if (t == "ByteLevel") continue;  // offsets only
+    if (t != "TemplateProcessing")
+      throw DataError(cat("post_processor \"", t, "\" is not supported (ByteLevel, TemplateProcessing)"));
+    const Json& single = p->at("single");
+    bool before = true;
+    for (const Json& piece : single.elements()) {
+      if (piece.has("Sequence")) {
+        before = false;
+        continue;
+      }
+      if (!piece.has("SpecialToken")) throw DataError("post_processor TemplateProcessing: a piece that is neither "
+                                                      "Sequence nor SpecialToken");
+      if (!before) continue;  // tokens after the text (an EOS) are not added by our runs
+      const std::string name = piece.at("SpecialToken").at("id").as_string();
+      const Json& specials = p->at("special_tokens");
+      if (!specials.has(name)) throw DataError(cat("post_processor TemplateProcessing: no special_tokens entry for \"",
+                                                   printable(name), "\""));
+      std::vector<int64_t> ids;
+      for (const Json& id : specials.at(name).at("ids").elements()) ids.push_back(id.as_int());
+      prefix.emplace_back(name, ids);
+    }
+  }
+  return prefix;
+}
+
+}  // namespace
+
+BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
   const Json root = parse_json_file(path);
   try {
     if (!root.is_object()) throw DataError(cat("expected a JSON object, found ", root.type_name()));
@@ -474,32 +445,23 @@ Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
     const std::string type = model.has("type") ? model.at("type").as_string() : "(none)";
     if (type != "BPE") throw DataError(cat("model.type is \"", type, "\"; only a byte-level \"BPE\" is supported"));
 
-    // Pre-tokenizer and friends: exactly GPT-2's arrangement.
-    const auto type_of = [&](const char* key) -> std::string {
-      if (!root.has(key) || root.at(key).is_null()) return "";
-      const Json& part = root.at(key);
-      return part.has("type") ? part.at("type").as_string() : "(untyped)";
-    };
-    if (type_of("pre_tokenizer") != "ByteLevel")
-      throw DataError(cat("pre_tokenizer is \"", type_of("pre_tokenizer"), "\"; only GPT-2's \"ByteLevel\" is supported (not a byte-level BPE?)"));
-    const Json& pre = root.at("pre_tokenizer");
-    if (!pre.has("add_prefix_space") || pre.at("add_prefix_space").as_bool())
-      throw DataError("pre_tokenizer.add_prefix_space is not false; GPT-2 adds no prefix space");
-    if (pre.has("use_regex") && !pre.at("use_regex").as_bool())
-      throw DataError("pre_tokenizer.use_regex is false; GPT-2 splits with its pattern");
-    if (!type_of("normalizer").empty()) throw DataError(cat("normalizer \"", type_of("normalizer"), "\" is not supported (GPT-2 has none)"));
-    // post_processor and decoder are not used: encode adds no special tokens (transformers 5 writes
-    // a TemplateProcessing that adds none for GPT-2) and decode gives the tokens' bytes.
-    // BPE options that GPT-2 does not use.
+    Parts parts;
+    parts.pattern = read_pre_tokenizer(root.has("pre_tokenizer") ? root.at("pre_tokenizer") : Json());
+    parts.nfc = read_normalizer(root.has("normalizer") ? root.at("normalizer") : Json());
+    for (const auto& [name, ids] : read_post_processor(root.has("post_processor") ? root.at("post_processor") : Json())) {
+      parts.bos_prefix.push_back(name);
+      parts.bos_prefix_ids.insert(parts.bos_prefix_ids.end(), ids.begin(), ids.end());
+    }
+    // BPE options that byte-level tokenizers do not use.
     if (model.has("dropout") && !model.at("dropout").is_null() && model.at("dropout").as_number() != 0.0)
       throw DataError("model.dropout is set; BPE dropout is not supported");
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.has(key) && !model.at(key).is_null() && !model.at(key).as_string().empty())
-        throw DataError(cat("model.", key, " is \"", model.at(key).as_string(), "\"; GPT-2 has none"));
-    if (model.has("ignore_merges") && model.at("ignore_merges").as_bool())
-      throw DataError("model.ignore_merges is true; GPT-2 always merges");
+        throw DataError(cat("model.", key, " is \"", model.at(key).as_string(), "\"; byte-level BPE has none"));
+    if (flag_or(model, "byte_fallback", false))
+      throw DataError("model.byte_fallback is true (a SentencePiece-style BPE); only byte-level BPE is read");
+    parts.ignore_merges = flag_or(model, "ignore_merges", false);
 
-    Parts parts;
     parts.source = path;
     parts.vocab_where = cat(path, ": model.vocab");
     parts.merges_where = cat(path, ":");
@@ -536,7 +498,8 @@ Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
         for (const char* option : {"lstrip", "rstrip", "single_word"})
           if (a.has(option) && a.at(option).as_bool())
             throw DataError(cat("added token \"", content, "\" has ", option, " set; only literal added tokens are supported"));
-        parts.added.emplace_back(content, a.at("id").as_int());
+        const bool special = flag_or(a, "special", false);
+        parts.added.push_back({content, a.at("id").as_int(), flag_or(a, "normalized", !special)});
       }
     }
     return build(std::move(parts));
@@ -547,31 +510,70 @@ Gpt2Tokenizer Gpt2Tokenizer::from_tokenizer_json(const std::string& path) {
   }
 }
 
-Gpt2Tokenizer Gpt2Tokenizer::from_model_dir(const std::string& dir) {
+namespace {
+
+// The id of a special token a folder names in tokenizer_config.json ("bos_token": "<s>" or
+// {"content": "<s>", ...}), when the tokenizer has it; -1 otherwise.
+int32_t named_token(const Json& config, const char* key, const std::unordered_map<std::string, int32_t>& ids) {
+  if (!config.is_object() || !config.has(key)) return -1;
+  const Json& v = config.at(key);
+  std::string content;
+  if (v.is_string()) content = v.as_string();
+  else if (v.is_object() && v.has("content") && v.at("content").is_string()) content = v.at("content").as_string();
+  auto it = ids.find(content);
+  return it == ids.end() ? -1 : it->second;
+}
+
+}  // namespace
+
+BpeTokenizer BpeTokenizer::from_model_dir(const std::string& dir) {
   const std::string tokenizer_json = dir + "/tokenizer.json";
-  if (is_regular_file(tokenizer_json)) return from_tokenizer_json(tokenizer_json);
-  const std::string vocab_json = dir + "/vocab.json", merges_txt = dir + "/merges.txt";
-  if (is_regular_file(vocab_json) && is_regular_file(merges_txt)) return from_files(vocab_json, merges_txt);
-  throw DataError(cat(dir, ": no tokenizer.json, nor vocab.json with merges.txt"));
+  BpeTokenizer t = [&] {
+    if (is_regular_file(tokenizer_json)) return from_tokenizer_json(tokenizer_json);
+    const std::string vocab_json = dir + "/vocab.json", merges_txt = dir + "/merges.txt";
+    if (is_regular_file(vocab_json) && is_regular_file(merges_txt)) return from_files(vocab_json, merges_txt);
+    throw DataError(cat(dir, ": no tokenizer.json, nor vocab.json with merges.txt"));
+  }();
+  // The folder's BOS / EOS when the tokenizer names none (GPT-2's bos_token is <|endoftext|>).
+  if (t.bos_id_ >= 0 && t.eot_id_ >= 0) return t;
+  std::unordered_map<std::string, int32_t> ids;
+  for (int64_t id = 0; id < t.vocab_size(); ++id)
+    if (t.has_token_[id]) ids.emplace(t.token_bytes_[id], static_cast<int32_t>(id));
+  const std::string tokenizer_config = dir + "/tokenizer_config.json", model_config = dir + "/config.json";
+  if (is_regular_file(tokenizer_config)) {
+    const Json c = parse_json_file(tokenizer_config);
+    if (t.bos_id_ < 0) t.bos_id_ = named_token(c, "bos_token", ids);
+    if (t.eot_id_ < 0) t.eot_id_ = named_token(c, "eos_token", ids);
+  }
+  if ((t.bos_id_ < 0 || t.eot_id_ < 0) && is_regular_file(model_config)) {
+    const Json c = parse_json_file(model_config);
+    const auto id_of = [&](const char* key) -> int32_t {
+      if (!c.is_object() || !c.has(key) || !c.at(key).is_number()) return -1;
+      const int64_t id = c.at(key).as_int();
+      return id >= 0 && id < t.vocab_size() && t.has_token_[id] ? static_cast<int32_t>(id) : -1;
+    };
+    if (t.bos_id_ < 0) t.bos_id_ = id_of("bos_token_id");
+    if (t.eot_id_ < 0) t.eot_id_ = id_of("eos_token_id");
+  }
+  return t;
 }
 
 // ---- encoding ----
 
-std::vector<int32_t> Gpt2Tokenizer::encode(std::string_view text, std::string_view label) const {
-  check_utf8(text, label);
-  std::vector<int32_t> ids;
-  ids.reserve(text.size() / 4 + 4);
-  if (added_tokens_.empty()) {
-    encode_ordinary(text, ids);
-    return ids;
+template <typename Between>
+void BpeTokenizer::split_on_added(std::string_view text, bool normalized, std::vector<int32_t>& ids,
+                                  Between&& between) const {
+  if (!has_added_[normalized]) {
+    between(text);
+    return;
   }
-  // Added tokens first: the leftmost match, the longest at that position.
+  // The leftmost match, the longest at that position (added_tokens_ is sorted longest first).
   size_t segment_start = 0, pos = 0;
   while (pos < text.size()) {
     const AddedToken* match = nullptr;
-    if (added_first_byte_[static_cast<uint8_t>(text[pos])]) {
+    if (added_first_byte_[normalized][static_cast<uint8_t>(text[pos])]) {
       for (const AddedToken& a : added_tokens_) {
-        if (text.compare(pos, a.content.size(), a.content) == 0) {
+        if (a.normalized == normalized && text.compare(pos, a.content.size(), a.content) == 0) {
           match = &a;
           break;
         }
@@ -581,23 +583,50 @@ std::vector<int32_t> Gpt2Tokenizer::encode(std::string_view text, std::string_vi
       ++pos;
       continue;
     }
-    encode_ordinary(text.substr(segment_start, pos - segment_start), ids);
+    between(text.substr(segment_start, pos - segment_start));
     ids.push_back(match->id);
     pos += match->content.size();
     segment_start = pos;
   }
-  encode_ordinary(text.substr(segment_start), ids);
+  between(text.substr(segment_start));
+}
+
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text, std::string_view label) const {
+  check_utf8(text, label);
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 4 + 4);
+  split_on_added(text, false, ids, [&](std::string_view segment) { encode_segment(segment, ids); });
   return ids;
 }
 
-void Gpt2Tokenizer::encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const {
-  for_each_piece(text, [&](std::string_view piece) { encode_piece(piece, ids); });
+void BpeTokenizer::encode_segment(std::string_view text, std::vector<int32_t>& ids) const {
+  if (text.empty()) return;
+  if (!nfc_) {
+    split_on_added(text, true, ids, [&](std::string_view rest) { encode_ordinary(rest, ids); });
+    return;
+  }
+  const std::string normalized = unicode::nfc(text);
+  split_on_added(normalized, true, ids, [&](std::string_view rest) { encode_ordinary(rest, ids); });
 }
 
-void Gpt2Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
+void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const {
+  if (text.empty()) return;
+  std::vector<std::string_view> pieces;
+  pre_tokenize(pattern_, text, pieces);
+  for (std::string_view piece : pieces) encode_piece(piece, ids);
+}
+
+void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
   if (piece.size() == 1) {
     ids.push_back(byte_ids_[static_cast<uint8_t>(piece[0])]);
     return;
+  }
+  if (ignore_merges_) {  // a piece the vocabulary has whole is that token, whatever the merges say
+    auto it = whole_.find(std::string(piece));
+    if (it != whole_.end()) {
+      ids.push_back(it->second);
+      return;
+    }
   }
   const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
   if (cacheable) {
@@ -620,7 +649,7 @@ void Gpt2Tokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& i
 // BPE on one piece: start from one symbol per byte and repeatedly merge the adjacent pair of lowest
 // rank (the leftmost when it occurs more than once) until no pair has a merge. The symbols form a
 // linked list; candidate pairs wait in a min-heap and are dropped when a neighbour has changed.
-std::vector<int32_t> Gpt2Tokenizer::merge_bytes(std::string_view piece) const {
+std::vector<int32_t> BpeTokenizer::merge_bytes(std::string_view piece) const {
   const int32_t n = static_cast<int32_t>(piece.size());
   struct Symbol {
     int32_t id, prev, next;  // prev/next: neighbour index or -1
@@ -663,18 +692,18 @@ std::vector<int32_t> Gpt2Tokenizer::merge_bytes(std::string_view piece) const {
 
 // ---- decoding ----
 
-const std::string& Gpt2Tokenizer::checked_token(int32_t id, const char* what) const {
+const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) const {
   if (id < 0 || id >= vocab_size() || !has_token_[id])
     throw DataError(cat(what, ": token id ", id, " is not in the vocabulary of ", source_, " (size ", vocab_size(), ")"));
   return token_bytes_[id];
 }
 
-std::string Gpt2Tokenizer::decode(const std::vector<int32_t>& ids) const {
+std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string text;
   for (int32_t id : ids) text += checked_token(id, "decode");
   return text;
 }
 
-std::string Gpt2Tokenizer::token_text(int32_t id) const { return checked_token(id, "token_text"); }
+std::string BpeTokenizer::token_text(int32_t id) const { return checked_token(id, "token_text"); }
 
 }  // namespace sae

@@ -119,8 +119,11 @@ void SaeParams::check_shapes(bool with_b_enc, const std::vector<std::string>& ow
     throw DataError(cat("SAE (", kind, "): W_dec should be [", f, ", d_out] (W_enc is ", W_enc.describe(), "), got ",
                         W_dec.defined() ? W_dec.describe() : std::string("none")));
   const int64_t d_out = W_dec.size(1);
-  if (sources < 1 || d % sources != 0 || (sources > 1 && d_out != d))
+  if (sources < 1 || d % sources != 0 || (sources > 1 && (d_out != d || transcoder)))
     throw DataError(cat("SAE (", kind, "): ", sources, " sources do not split d_in ", d, " and d_out ", d_out));
+  if (!transcoder && (d_out != d || W_skip.defined()))
+    throw DataError(cat("SAE (", kind, "): d_out ", d_out, (W_skip.defined() ? " and W_skip" : ""),
+                        " but not a transcoder (d_in ", d, ")"));
   auto want = [&](const std::string& name, const Tensor& t, bool needed, const Shape& shape) {
     if (!needed && t.defined())
       throw DataError(cat("SAE (", kind, "): has a tensor ", name, " that this architecture does not use"));

@@ -32,6 +32,7 @@ struct SaeParams {
   Tensor W_skip;                   // skip transcoders only
   std::vector<NamedTensor> own;    // the unit's own tensors, in its order
   int64_t sources = 1;             // crosscoders: the number of activations concatenated in x
+  bool transcoder = false;         // x reconstructs another activation (d_out may equal d_in)
   std::string kind = "standard";   // the architecture unit (sae/arch/registry.h)
   Json settings = Json::object();  // the unit's inference settings (cfg.json's, e.g. topk's k)
 
@@ -58,8 +59,8 @@ struct SaeParams {
   bool has_own(const std::string& name) const;
   // W_enc 2-D, W_dec [F, D_out], b_dec [D_out], b_enc [F] when `with_b_enc` (absent otherwise),
   // W_skip [D, D_out] if any, each own tensor named in `own_names` [F] and no other, all of W_enc's
-  // dtype and device, `sources` dividing D and D_out = D for a crosscoder: DataError naming the kind
-  // and the tensor otherwise.
+  // dtype and device, `sources` dividing D and D_out = D for a crosscoder (never a transcoder), D_out
+  // = D and no W_skip for an SAE: DataError naming the kind and the tensor otherwise.
   void check_shapes(bool with_b_enc, const std::vector<std::string>& own_names) const;
   SaeParams to(Device device) const;  // copies (or shares, when already there)
   SaeParams clone() const;

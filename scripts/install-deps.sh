@@ -9,6 +9,7 @@ packages=(
   cmake g++ make pkg-config
   libopenblas-openmp-dev   # CPU GEMM; the OpenMP flavour shares one thread pool with our loops
   libcxxopts-dev           # command-line parsing
+  zlib1g-dev libzstd-dev   # compressed text corpora (.jsonl.gz, .jsonl.zst)
   libgtest-dev             # tests
   libbenchmark-dev         # benchmarks
   gnuplot-nox              # PNG figures of the experiment drivers

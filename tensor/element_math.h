@@ -30,6 +30,20 @@ SAE_HOST_DEVICE inline T gelu_new_derivative(T z) {
   return s + T(2) * z * s_slope * T(0.7978845608028654) * (T(1) + T(3) * T(0.044715) * (z * z));
 }
 
+// The exact GELU (torch.nn.functional.gelu, approximate='none'; GPT-NeoX's "gelu"):
+//   gelu(z) = 0.5 z (1 + erf(z / sqrt(2))),  d/dz = Phi(z) + z phi(z), phi(z) = exp(-z^2 / 2) / sqrt(2 pi).
+template <typename T>
+SAE_HOST_DEVICE inline T gelu_value(T z) {
+  return T(0.5) * z * (T(1) + math_erf(z * T(0.7071067811865476)));
+}
+template <typename T>
+SAE_HOST_DEVICE inline T gelu_derivative(T z) {
+  const T cdf = T(0.5) * (T(1) + math_erf(z * T(0.7071067811865476)));
+  const T density = math_exp(T(-0.5) * z * z) * T(0.3989422804014327);
+  if (density == T(0)) return cdf;  // the tails (no 0 * inf)
+  return cdf + z * density;
+}
+
 // out = op(x). step(x) = x > 0 ? 1 : 0 (the ReLU derivative), sign(x) in {-1, 0, 1}; gelu_new above.
 template <typename T>
 SAE_HOST_DEVICE inline T apply_unary(UnaryOp op, T x) {
@@ -45,6 +59,8 @@ SAE_HOST_DEVICE inline T apply_unary(UnaryOp op, T x) {
     case UnaryOp::log: return math_log(x);
     case UnaryOp::gelu_new: return gelu_new_value(x);
     case UnaryOp::gelu_new_grad: return gelu_new_derivative(x);
+    case UnaryOp::gelu: return gelu_value(x);
+    case UnaryOp::gelu_grad: return gelu_derivative(x);
     default: return x;
   }
 }

@@ -1,6 +1,6 @@
 // Writing one function for host and device: SAE_HOST_DEVICE marks it for both when nvcc compiles
 // it (and is empty for the host compiler), and math_sqrt / math_exp / math_log / math_abs /
-// math_tanh are the float and double overloads on either side (sqrtf on the device for a float,
+// math_tanh / math_erf are the float and double overloads on either side (sqrtf on the device for a float,
 // std::sqrt on the host), so float32 stays float32 everywhere.
 #pragma once
 #include <cmath>
@@ -24,6 +24,8 @@ __device__ inline float math_abs(float x) { return fabsf(x); }
 __device__ inline double math_abs(double x) { return ::fabs(x); }
 __device__ inline float math_tanh(float x) { return tanhf(x); }
 __device__ inline double math_tanh(double x) { return ::tanh(x); }
+__device__ inline float math_erf(float x) { return erff(x); }
+__device__ inline double math_erf(double x) { return ::erf(x); }
 #else
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
 }  // namespace sae
@@ -45,6 +47,8 @@ template <typename T>
 inline T math_abs(T x) { return std::abs(x); }
 template <typename T>
 inline T math_tanh(T x) { return std::tanh(x); }
+template <typename T>
+inline T math_erf(T x) { return std::erf(x); }
 #endif
 
 }  // namespace sae

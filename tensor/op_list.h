@@ -22,9 +22,12 @@ namespace sae {
 // Element-wise unary ops: out[i] = op(x[i]).
 //   step(x) = x > 0 ? 1 : 0 (the ReLU derivative), sign(x) in {-1, 0, 1}.
 //   gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's tanh GELU), and
-//   gelu_new_grad(x) its derivative (element_math.h has the formulas).
-#define SAE_UNARY_OPS(X) \
-  X(neg) X(square) X(sqrt) X(abs) X(relu) X(step) X(sign) X(exp) X(log) X(gelu_new) X(gelu_new_grad)
+//   gelu_new_grad(x) its derivative; gelu(x) = 0.5 x (1 + erf(x / sqrt(2))) (the exact GELU of
+//   torch.nn.functional.gelu, GPT-NeoX's "gelu") and gelu_grad(x) its derivative (element_math.h
+//   has the formulas).
+#define SAE_UNARY_OPS(X)                                                                           \
+  X(neg) X(square) X(sqrt) X(abs) X(relu) X(step) X(sign) X(exp) X(log) X(gelu_new) X(gelu_new_grad) \
+  X(gelu) X(gelu_grad)
 
 // Element-wise binary ops with broadcasting: out[i] = op(a[i], b[i]).
 // Comparisons return 1 or 0 in the inputs' dtype.
@@ -98,7 +101,11 @@ struct Broadcast {
      0 <= p - j (causal) and, when window > 0, p - j < window; masked_value elsewhere */           \
   X(attention_mask, void(Tensor & out, const Tensor& scores, int64_t window, double masked_value))  \
   /* out [B, A, C] = x [A, B, C] with the two leading axes swapped (heads in and out of columns) */ \
-  X(swap_axes01, void(Tensor & out, const Tensor& x))
+  X(swap_axes01, void(Tensor & out, const Tensor& x))                                              \
+  /* rotary position embedding (GPT-NeoX's rotate-half form) of x [B, T, D] with cos, sin [T, R],  \
+     2R <= D: for j < R, out[j] = x[j] cos[t, j] - x[j + R] sin[t, j] and                          \
+     out[j + R] = x[j + R] cos[t, j] + x[j] sin[t, j]; columns 2R.. are copied. out may be x */   \
+  X(rotary, void(Tensor & out, const Tensor& x, const Tensor& cos, const Tensor& sin))
 
 struct KernelTable {
 #define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;

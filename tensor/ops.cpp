@@ -470,4 +470,26 @@ Tensor swap_axes01(const Tensor& x) {
   return out;
 }
 
+void rotary_(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  check_float("rotary", x);
+  if (x.ndim() != 3) throw Error(cat("rotary: expects x [B, T, D], got ", x.describe()));
+  check_same_device_dtype("rotary", cos, x);
+  check_same_device_dtype("rotary", sin, x);
+  if (cos.ndim() != 2 || cos.size(0) != x.size(1) || 2 * cos.size(1) > x.size(2))
+    throw Error(cat("rotary: expects cos [T, R] with T = ", x.size(1), " and 2R <= ", x.size(2), ", got ",
+                    cos.describe()));
+  check_shape("rotary", "sin", sin, cos.shape());
+  check_same_shape("rotary", out, x);
+  if (overlaps(out, x) && out.raw() != x.raw())
+    throw Error(cat("rotary: the output ", out.describe(), " partly overlaps the input"));
+  kernels_for(x.device()).rotary(out, x, cos, sin);
+}
+
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  check_defined("rotary", x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  rotary_(out, x, cos, sin);
+  return out;
+}
+
 }  // namespace sae

@@ -105,4 +105,11 @@ void attention_mask_(Tensor& out, const Tensor& scores, int64_t window, double m
 Tensor swap_axes01(const Tensor& x);
 void swap_axes01_(Tensor& out, const Tensor& x);
 
+// Rotary position embedding in GPT-NeoX's rotate-half form (Hugging Face's apply_rotary_pos_emb) on
+// x [B, T, D] (heads, positions, head dims) with the angles' cos and sin [T, R] for the T positions,
+// 2R <= D: for j < R, out[j] = x[j] cos[t, j] - x[j + R] sin[t, j], out[j + R] = x[j + R] cos[t, j]
+// + x[j] sin[t, j]; columns 2R.. (not rotated) are copied. out may be x (in place).
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
+void rotary_(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin);
+
 }  // namespace sae

@@ -73,15 +73,29 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
   std::string ours;
   if (cfg.has("sae_cpp") && cfg.at("sae_cpp").is_object() && cfg.at("sae_cpp").has("training_architecture"))
     ours = cfg.at("sae_cpp").at("training_architecture").as_string();
-  for (const ArchUnit* u : arch_units())
-    if (u->saelens_architecture() == saelens && (ours.empty() ? u->reads_foreign_folders() : u->name() == ours))
-      return *u;
+  // The names a unit's folders carry: as an SAE, as a transcoder (SAELens's or ours) and, with our
+  // sae_cpp name, as a crosscoder.
+  auto names_of = [](const ArchUnit& u) {
+    std::vector<std::string> names = {u.saelens_architecture()};
+    for (bool skip : {false, true}) {
+      const std::string saelens = u.saelens_transcoder_architecture(skip);
+      names.push_back(!saelens.empty() ? saelens : u.name() + (skip ? "_skip_transcoder" : "_transcoder"));
+    }
+    return names;
+  };
+  for (const ArchUnit* u : arch_units()) {
+    const std::vector<std::string> names = names_of(*u);
+    const bool named = std::find(names.begin(), names.end(), saelens) != names.end() ||
+                       (saelens == "crosscoder" && u->trains_crosscoders());
+    if (named && (ours.empty() ? u->reads_foreign_folders() && saelens != "crosscoder" : u->name() == ours)) return *u;
+  }
   if (!ours.empty() && ours != saelens)
     throw DataError(cat(where, ": sae_cpp.training_architecture '", printable(ours), "' is not a ", printable(saelens),
                         " architecture we know"));
   std::string readable;
   for (const ArchUnit* u : arch_units())
-    if (u->reads_foreign_folders()) readable += (readable.empty() ? "" : ", ") + u->saelens_architecture();
+    if (u->reads_foreign_folders())
+      for (const std::string& name : names_of(*u)) readable += (readable.empty() ? "" : ", ") + name;
   throw DataError(cat(where, ": architecture '", printable(saelens), "' is not supported (", readable, ")"));
 }
 

@@ -133,6 +133,10 @@ class BatchThresholdUnit : public ArchUnit {
   void init_own(SaeParams& p, const ArchSettings& s) const override;
   Tensor encode(const SaeParams& p, const Tensor& x) const override;
   std::string saelens_architecture() const override { return "jumprelu"; }
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
+  }
+  bool trains_crosscoders() const override { return true; }
   bool reads_foreign_folders() const override { return false; }
   std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override;
   void set_cfg_keys(const SaeParams& p, Json& cfg, Json& ours) const override;

@@ -56,9 +56,18 @@ Tensor read_finite(const SafetensorsFile& weights, const std::string& name, cons
 }
 }  // namespace
 
+std::string ArchUnit::folder_architecture(const SaeParams& p) const {
+  if (p.sources > 1) return "crosscoder";
+  if (!p.transcoder) return saelens_architecture();
+  const bool skip = p.W_skip.defined();
+  const std::string saelens = saelens_transcoder_architecture(skip);
+  return !saelens.empty() ? saelens : name() + (skip ? "_skip_transcoder" : "_transcoder");
+}
+
 std::vector<std::pair<std::string, Tensor>> ArchUnit::saelens_weights(const SaeParams& p) const {
   std::vector<std::pair<std::string, Tensor>> out;
-  for (const auto& [name, tensor] : p.present()) out.push_back({name, host_f32(*tensor)});
+  for (const auto& [name, tensor] : p.present())
+    out.push_back({name, name == "W_skip" ? transpose(host_f32(*tensor)) : host_f32(*tensor)});
   return out;
 }
 
@@ -73,6 +82,22 @@ SaeParams ArchUnit::import_saelens(const SafetensorsFile& weights, const Json& c
   p.W_dec = read_finite(weights, "W_dec", where);
   p.b_dec = read_finite(weights, "b_dec", where);
   if (p.W_enc.ndim() != 2) throw DataError(cat(where, ": W_enc must be 2-D, got ", p.W_enc.describe()));
+  // The dictionary's kind, from the folder's architecture name (unit_for_folder chose this unit).
+  const std::string arch = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
+  if (arch == "crosscoder") {
+    const Json& ours = cfg.at("sae_cpp");
+    p.sources = ours.has("sources") ? ours.at("sources").as_int() : 0;
+    if (p.sources < 2) throw DataError(cat(where, ": a crosscoder needs sae_cpp.sources >= 2"));
+  } else if (arch != saelens_architecture()) {
+    p.transcoder = true;
+    if (weights.has("W_skip")) {
+      const Tensor stored = read_finite(weights, "W_skip", where);  // SAELens's [d_out, d_in]
+      if (stored.ndim() != 2) throw DataError(cat(where, ": W_skip must be 2-D, got ", stored.describe()));
+      p.W_skip = transpose(stored);
+    }
+    if (arch.find("skip") != std::string::npos && !p.W_skip.defined())
+      throw DataError(cat(where, ": a skip transcoder needs W_skip"));
+  }
   for (const std::string& own : own_tensors())
     if (weights.has(own)) p.own.push_back({own, read_finite(weights, own, where)});
   import_rest(weights, cfg, where, p);
@@ -84,8 +109,11 @@ SaeParams ArchUnit::import_saelens(const SafetensorsFile& weights, const Json& c
     throw DataError(cat(where, ": ", e.what()));
   }
   // SAELens's input centring: (x - b_dec) W + b = x W + (b - b_dec W), per bias that sees it.
-  if (cfg.has("apply_b_dec_to_input") && cfg.at("apply_b_dec_to_input").as_bool())
+  if (cfg.has("apply_b_dec_to_input") && cfg.at("apply_b_dec_to_input").as_bool()) {
+    if (p.d_out() != p.d_in() || p.transcoder)
+      throw DataError(cat(where, ": apply_b_dec_to_input with a transcoder (SAELens refuses it too)"));
     fold_input_shift(p, matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()}));
+  }
   finish_import(cfg, where, p);
   return p;
 }

@@ -178,9 +178,18 @@ class ArchUnit {
 
   // ---- SAELens export and import ----
   virtual std::string saelens_architecture() const { return name(); }
+  // As a transcoder (with a skip path or not): SAELens's architecture name, "" where SAELens has no
+  // such class (we then write "<unit>_transcoder" / "<unit>_skip_transcoder", which only we load).
+  virtual std::string saelens_transcoder_architecture(bool skip) const { return ""; }
+  // Whether the unit trains as a transcoder or a crosscoder (the option rules refuse the others).
+  virtual bool trains_transcoders() const { return true; }
+  virtual bool trains_crosscoders() const { return false; }
   // Whether a SAELens folder of saelens_architecture() from elsewhere (no sae_cpp name) is this unit.
   virtual bool reads_foreign_folders() const { return true; }
-  // sae_weights.safetensors's tensors (float32, host) and cfg.json's architecture keys.
+  // The architecture name cfg.json gets for `params` (an SAE's, a transcoder's or "crosscoder").
+  std::string folder_architecture(const SaeParams& params) const;
+  // sae_weights.safetensors's tensors (float32, host; W_skip transposed, as SAELens stores it) and
+  // cfg.json's architecture keys.
   virtual std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& params) const;
   virtual void set_cfg_keys(const SaeParams& params, Json& cfg, Json& ours) const {}
   // Type checks of the cfg.json keys the unit reads (DataError, which the loader prefixes with the file).

@@ -26,20 +26,25 @@ TextBatcher::PiecePosition TextBatcher::PiecePosition::from_json(const Json& j) 
   return p;
 }
 
-TextBatcher::TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+TextBatcher::TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                          int64_t batch_tokens, Normalization normalization, double dataset_scale, uint64_t seed)
-    : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text), batch_tokens_(batch_tokens),
+    : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text, options.text_field),
+      batch_tokens_(batch_tokens),
       normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
-  const GptNeoConfig& c = model.config();
-  if (options.layer < 0 || options.layer > c.num_layers)
-    throw UsageError(cat("--layer ", options.layer, ": the model has hidden states 0 to ", c.num_layers));
+  const DecoderConfig& c = model.config();
+  options_.site = model.resolve(options.site);
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   if (batch_tokens > 0 && normalization == Normalization::Story)
     throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
                      "or none with token batches");
   if (options.chunk_tokens <= 0) throw UsageError(cat("--text-chunk-tokens must be positive, got ", options.chunk_tokens));
-  max_tokens_ = batch_tokens == 0 ? c.max_positions : batch_tokens;
-  model_.reserve(c.max_positions);
+  if (options.context_size > c.max_positions)
+    throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", c.max_positions,
+                         " positions"));
+  windows_ = WindowOptions{options.bos, options.context_size > 0 ? options.context_size : c.max_positions};
+  check_window_options(windows_);
+  max_tokens_ = batch_tokens == 0 ? windows_.context : batch_tokens;
+  model_.reserve(windows_.context);
 }
 
 void TextBatcher::seek_piece(const PiecePosition& position) {
@@ -72,27 +77,39 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
       story_index_ = story.index;
     }
     at_.piece = 0;
-    if (static_cast<int64_t>(story_ids_.size()) > positions && !options_.split_long_stories)
-      throw DataError(cat(story_where_, ": ", story_ids_.size(), " tokens, more than the model's ", positions,
-                          " positions (--long-stories split cuts such stories into pieces)"));
+    const int64_t length = static_cast<int64_t>(story_ids_.size()) + (windows_.bos >= 0 ? 1 : 0);
+    if (options_.context_size == 0 && length > positions && !options_.split_long_stories)
+      throw DataError(cat(story_where_, ": ", length, " tokens", windows_.bos >= 0 ? " with the BOS" : "",
+                          ", more than the model's ", positions,
+                          " positions (--long-stories split cuts such stories into pieces; --context-size N into "
+                          "windows)"));
   }
-  const int64_t begin = at_.piece * positions;
-  const int64_t end = std::min<int64_t>(begin + positions, static_cast<int64_t>(story_ids_.size()));
-  const std::vector<int32_t> ids(story_ids_.begin() + begin, story_ids_.begin() + end);
-  const Tensor hidden = model_.forward_to(ids, options_.layer).to(Device::CPU);
-  const int64_t t = end - begin, d = this->d();
+  const TokenWindow window = document_window(story_ids_, at_.piece, windows_);
+  const Tensor hidden = model_.forward_to_site(window.input, options_.site).to(Device::CPU);
+  const int64_t skip = window.bos && !options_.keep_bos ? 1 : 0;
+  const int64_t t = static_cast<int64_t>(window.input.size()) - skip, d = this->d();
   out.resize(static_cast<size_t>(t * d));
-  std::memcpy(out.data(), hidden.data<float>(), sizeof(float) * t * d);
+  std::memcpy(out.data(), hidden.data<float>() + skip * d, sizeof(float) * t * d);
   ++at_.piece;
   piece_story_ = story_index_;
-  piece_begin_ = begin;
+  piece_begin_ = window.first_token;
+  piece_bos_row_ = window.bos && options_.keep_bos;
   if (recording_origins()) piece_story_ids_ = story_ids_;
-  if (end == static_cast<int64_t>(story_ids_.size())) {  // the story is done: the next piece is the next story's
+  if (at_.piece == window_count(static_cast<int64_t>(story_ids_.size()), windows_)) {
+    // the story is done: the next piece is the next story's
     story_ids_.clear();
     at_.story = reader_.position();
     at_.piece = 0;
   }
   return t;
+}
+
+std::pair<int64_t, int64_t> TextBatcher::piece_row_origin(int64_t r) const {
+  if (piece_bos_row_) {
+    if (r == 0) return {-1, -1};
+    --r;
+  }
+  return {piece_story_, piece_begin_ + r};
 }
 
 void TextBatcher::fill_chunk() {
@@ -107,9 +124,10 @@ void TextBatcher::fill_chunk() {
     chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
     if (!recording_origins()) continue;
     for (int64_t r = 0; r < t; ++r) {
-      chunk_story_.push_back(piece_story_);
-      chunk_position_.push_back(piece_begin_ + r);
-      chunk_ids_.push_back(piece_story_ids_[static_cast<size_t>(piece_begin_ + r)]);
+      const auto [story, position] = piece_row_origin(r);
+      chunk_story_.push_back(story);
+      chunk_position_.push_back(position);
+      chunk_ids_.push_back(position >= 0 ? piece_story_ids_[static_cast<size_t>(position)] : -1);
     }
   }
   order_.emplace(static_cast<uint64_t>(chunk_.size()) / static_cast<uint64_t>(d()),
@@ -120,11 +138,10 @@ void TextBatcher::fill_chunk() {
 int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
   const int64_t d = this->d();
   if (batch_tokens_ == 0) {
-    const int64_t first_token = at_.piece * model_.config().max_positions;  // within its story
     const int64_t n = next_piece(piece_);
     std::memcpy(raw, piece_.data(), sizeof(float) * n * d);
     stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_,
-                            [&](int64_t row) { return first_token + row; }, story_where_);
+                            [&](int64_t row) { return piece_row_origin(row).second; }, story_where_);
     if (recording_origins()) record_story_origins(n);
     return n;
   }
@@ -147,9 +164,10 @@ void TextBatcher::record_story_origins(int64_t n) {
   const int64_t radius = origins_.radius, width = origins_.width();
   const int64_t length = static_cast<int64_t>(piece_story_ids_.size());
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t position = piece_begin_ + r;
-    origins_.story[r] = piece_story_;
+    const auto [story, position] = piece_row_origin(r);
+    origins_.story[r] = story;
     origins_.position[r] = position;
+    if (position < 0) continue;  // a kept BOS row: no place in the story
     for (int64_t o = -radius; o <= radius; ++o)
       if (position + o >= 0 && position + o < length)
         origins_.context[r * width + o + radius] = piece_story_ids_[static_cast<size_t>(position + o)];
@@ -166,6 +184,7 @@ void TextBatcher::record_chunk_origin(int64_t row, int64_t chunk_token) {
   const int64_t story = chunk_story_[chunk_token], position = chunk_position_[chunk_token];
   origins_.story[row] = story;
   origins_.position[row] = position;
+  if (story < 0) return;  // a kept BOS row
   for (int64_t o = -radius; o <= radius; ++o) {
     const int64_t t = chunk_token + o;
     if (t >= 0 && t < tokens && chunk_story_[t] == story && chunk_position_[t] == position + o)
@@ -204,21 +223,30 @@ void TextBatcher::restore(const Json& state) {
   cursor_ = cursor;
 }
 
-double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens) {
-  StoryReader reader(options.text);
+  StoryReader reader(options.text, options.text_field);
   TextStory story;
   double total = 0;
   int64_t tokens = 0;
-  const int64_t positions = model.config().max_positions, d = model.config().hidden_size;
+  const HookSite site = model.resolve(options.site);
+  const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
+  if (options.context_size > positions)
+    throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", positions, " positions"));
+  const WindowOptions windows{options.bos, options.context_size > 0 ? options.context_size : positions};
+  check_window_options(windows);
   while (tokens < sample_tokens && reader.next(story)) {
-    std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
-    if (static_cast<int64_t>(ids.size()) > positions) ids.resize(static_cast<size_t>(positions));
-    if (ids.empty()) continue;
-    const Tensor hidden = model.forward_to(ids, options.layer).to(Device::CPU);
-    const float* x = hidden.data<float>();
-    for (int64_t i = 0; i < hidden.numel(); ++i) total += double(x[i]) * x[i];
-    tokens += static_cast<int64_t>(ids.size());
+    const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
+    const int64_t count = window_count(static_cast<int64_t>(ids.size()), windows);
+    for (int64_t k = 0; k < count && tokens < sample_tokens; ++k) {
+      const TokenWindow window = document_window(ids, k, windows);
+      const Tensor hidden = model.forward_to_site(window.input, site).to(Device::CPU);
+      const int64_t skip = window.bos && !options.keep_bos ? 1 : 0;
+      const float* x = hidden.data<float>() + skip * d;
+      const int64_t rows = hidden.size(0) - skip;
+      for (int64_t i = 0; i < rows * d; ++i) total += double(x[i]) * x[i];
+      tokens += rows;
+    }
   }
   if (tokens == 0) throw DataError(cat(options.text, ": the text holds no stories"));
   const double mean_sq = total / double(tokens);

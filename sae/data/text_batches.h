@@ -1,6 +1,9 @@
 // TextBatcher: training batches computed from text by the language model, as the original does in
-// its training loop: each story of the corpus (lm/text_data.h) is tokenized (GPT-2 BPE, no BOS),
-// run through the model up to the requested layer only (hidden_states[layer], lm/gpt_neo.h), and
+// its training loop: each story of the corpus (lm/text_data.h) is tokenized (byte-level BPE), cut
+// into windows (lm/text_windows.h: at most --context-size positions, each starting with the BOS
+// when --prepend-bos says so; the BOS rows are left out unless keep_bos),
+// run through the model up to the requested hook point only (lm/hook_points.h; the blocks after it
+// are neither loaded nor run), and
 // normalised like any other batch (normalize_batch).
 //   story mode:  one story per batch, in corpus order, starting over at the end (a new epoch)
 //   token mode:  stories are gathered into chunks of at least chunk_tokens tokens (a chunk ends at a
@@ -8,20 +11,23 @@
 //                seeded by the seed and the chunk's number), N per batch, batches running on into
 //                the next chunk. (A shuffle across the whole corpus needs an activation cache,
 //                sae_cache, and --data CACHE/.)
-// A story longer than the model's positions is an error naming it, or, with split_long_stories,
-// cut into pieces of at most that many tokens, each normalised and trained on as a story.
+// Without --context-size a window is the model's P positions, and a story longer than that is an
+// error naming it, or, with split_long_stories, cut into windows; with --context-size every story is
+// cut into windows of that many positions (SAELens's way). Each window is normalised and trained
+// on as a story.
 // The position (text offset, epoch, chunk, cursor) is saved in checkpoints; a resumed run re-reads
 // from the start of the story or chunk it was in and skips what it had served, so resume is
 // bit-exact on the same build and machine.
-// Letters: T tokens of a story, D the model's width (hidden size), P its positions.
+// Letters: T tokens of a story, D the width at the hook point, P the model's positions.
 #pragma once
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/data/batches.h"
 
@@ -29,17 +35,21 @@ namespace sae {
 
 struct TextDataOptions {
   std::string text;             // the corpus (.txt or .jsonl)
-  int layer = 2;                // hidden_states[layer]
+  HookSite site = {2, HookPoint::ResidPre};  // where the activations are read (resolved by the model)
+  std::string text_field = "text";  // JSON lines: the field holding the text
   bool split_long_stories = false;
   int64_t chunk_tokens = 65536;  // token mode: tokens shuffled together
+  int32_t bos = -1;              // the token before every window (lm/text_windows.h resolve_bos); -1: none
+  int64_t context_size = 0;      // positions per window (0: the model's)
+  bool keep_bos = false;         // train on the BOS positions too
 };
 
 class TextBatcher : public BatchSource {
  public:
   // batch_tokens == 0 selects story mode. The model and tokenizer must outlive the batcher.
-  TextBatcher(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
+  TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
               Normalization normalization, double dataset_scale, uint64_t seed);
-  int64_t d() const override { return model_.config().hidden_size; }
+  int64_t d() const override { return model_.config().hook_width(options_.site); }
   int64_t max_batch_tokens() const override { return max_tokens_; }
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
@@ -50,9 +60,12 @@ class TextBatcher : public BatchSource {
   // go to `out` (host); returns T. Starts a new epoch at the end of the corpus.
   int64_t next_piece(std::vector<float>& out);
   void fill_chunk();
+  // The origin of row r of the piece next_piece served last: its story and position, or (-1, -1)
+  // for a BOS row.
+  std::pair<int64_t, int64_t> piece_row_origin(int64_t r) const;
 
-  GptNeo& model_;
-  const Gpt2Tokenizer& tokenizer_;
+  DecoderModel& model_;
+  const BpeTokenizer& tokenizer_;
   TextDataOptions options_;
   StoryReader reader_;
   int64_t batch_tokens_, max_tokens_;
@@ -81,6 +94,8 @@ class TextBatcher : public BatchSource {
   // Feature statistics (BatchSource::record_origins): the story of story_ids_, and of the piece
   // next_piece served last its story, first position and (when recording) its story's token ids.
   int64_t story_index_ = -1, piece_story_ = -1, piece_begin_ = 0;
+  bool piece_bos_row_ = false;  // row 0 of the last piece is a kept BOS
+  WindowOptions windows_;
   std::vector<int32_t> piece_story_ids_;
   std::vector<int64_t> chunk_story_, chunk_position_;  // token mode, per token of chunk_
   std::vector<int32_t> chunk_ids_;
@@ -90,7 +105,7 @@ class TextBatcher : public BatchSource {
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
 // story cut to the model's positions): s with mean ||s x||^2 = D.
-double estimate_text_dataset_scale(GptNeo& model, const Gpt2Tokenizer& tokenizer, const TextDataOptions& options,
+double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
                                    int64_t sample_tokens = 16384);
 
 }  // namespace sae

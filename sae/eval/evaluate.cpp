@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "sae/eval/next_token.h"
 #include "tensor/ops.h"
 
@@ -15,12 +16,6 @@ namespace sae {
 
 namespace {
 
-// A hook that changes hidden_states[layer] only.
-ResidualHook at_layer(int layer, std::function<void(Tensor&)> change) {
-  return [layer, change](int k, Tensor& state) {
-    if (k == layer) change(state);
-  };
-}
 
 double total(const std::vector<double>& values) {
   double s = 0;
@@ -34,28 +29,29 @@ double ratio_or_nan(double numerator, double denominator) {
 
 Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(); }
 
-// The stories of the corpus as pieces of at most P token ids.
+// The stories of the corpus as windows (lm/text_windows.h): of at most P positions (or
+// --context-size), a BOS first when asked for.
 struct Pieces {
-  std::vector<std::vector<int32_t>> ids;
-  int64_t stories = 0, tokens = 0, predictions = 0;
+  std::vector<TokenWindow> windows;
+  int64_t stories = 0, tokens = 0, predictions = 0;  // tokens: the document tokens (no BOS)
 };
 
-Pieces read_pieces(const Gpt2Tokenizer& tokenizer, const EvalOptions& options, int64_t positions) {
+Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, const WindowOptions& windows) {
   Pieces p;
-  StoryReader reader(options.text);
+  StoryReader reader(options.text, options.text_field);
   TextStory story;
   while ((options.max_stories == 0 || p.stories < options.max_stories) && reader.next(story)) {
     const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
     if (ids.empty()) continue;
     ++p.stories;
-    for (size_t begin = 0; begin < ids.size(); begin += positions) {
-      const size_t end = std::min(ids.size(), begin + static_cast<size_t>(positions));
-      p.ids.emplace_back(ids.begin() + begin, ids.begin() + end);
-      p.tokens += static_cast<int64_t>(end - begin);
-      p.predictions += static_cast<int64_t>(end - begin) - 1;
+    const int64_t count = window_count(static_cast<int64_t>(ids.size()), windows);
+    for (int64_t k = 0; k < count; ++k) {
+      p.windows.push_back(document_window(ids, k, windows));
+      p.tokens += p.windows.back().tokens;
+      p.predictions += static_cast<int64_t>(p.windows.back().input.size()) - 1;
     }
   }
-  if (p.ids.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
+  if (p.windows.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
   if (p.predictions == 0)
     throw DataError(cat(options.text, ": every story is one token long, so there is no next token to predict"));
   return p;
@@ -63,10 +59,10 @@ Pieces read_pieces(const Gpt2Tokenizer& tokenizer, const EvalOptions& options, i
 
 }  // namespace
 
-EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  const GptNeoConfig& config = model.config();
+  const DecoderConfig& config = model.config();
   if (tokenizer.vocab_size() > config.vocab_size)
     throw DataError(cat(tokenizer.source(), ": the tokenizer has ", tokenizer.vocab_size(), " ids, the model only ",
                         config.vocab_size));
@@ -74,28 +70,37 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
     throw UsageError(cat("--dense-threshold must be in [0, 1], got ", options.dense_threshold));
   if (sae.params.device() != model.device())
     throw UsageError("evaluate_sae: the SAE and the model must be on one device");
-  const int layer = sae.layer;
-  const int64_t d = config.hidden_size, features = sae.params.d_sae();
-  const Pieces pieces = read_pieces(tokenizer, options, config.max_positions);
+  const HookSite site = sae.site;
+  const int64_t d = config.hook_width(site), features = sae.params.d_sae();
+  if (options.context_size > config.max_positions)
+    throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", config.max_positions,
+                         " positions"));
+  const WindowOptions windows{options.bos, options.context_size > 0 ? options.context_size : config.max_positions};
+  check_window_options(windows);
+  const Pieces pieces = read_pieces(tokenizer, options, windows);
   int64_t longest = 0;
-  for (const auto& ids : pieces.ids) longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
+  for (const TokenWindow& w : pieces.windows) longest = std::max<int64_t>(longest, static_cast<int64_t>(w.input.size()));
   model.reserve(longest);
 
   EvalResult r;
   r.stories = pieces.stories;
-  r.pieces = static_cast<int64_t>(pieces.ids.size());
+  r.pieces = static_cast<int64_t>(pieces.windows.size());
   r.tokens = pieces.tokens;
   r.predictions = pieces.predictions;
   r.dense_threshold = options.dense_threshold;
   Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval");
 
-  // Pass 1: the mean of hidden_states[L] over every token, the mean-ablation vector.
+  // Pass 1: the mean of the hooked state over every token, the mean-ablation vector.
   std::vector<double> mean_sum(d, 0.0);
   int64_t done = 0, tokens_done = 0;
-  for (const auto& ids : pieces.ids) {
-    const std::vector<double> column_sums = sum(model.forward_to(ids, layer), 0).to_vector();
+  // The rows of a window's state that are the document's tokens (the BOS row is left as it is).
+  int64_t skip = 0;
+  const auto document_rows = [&](const Tensor& x) { return x.slice_rows(skip, x.size(0)); };
+  for (const TokenWindow& w : pieces.windows) {
+    skip = w.bos ? 1 : 0;
+    const std::vector<double> column_sums = sum(document_rows(model.forward_to_site(w.input, site)), 0).to_vector();
     for (int64_t j = 0; j < d; ++j) mean_sum[j] += column_sums[j];
-    tokens_done += static_cast<int64_t>(ids.size());
+    tokens_done += static_cast<int64_t>(w.input.size());
     ++done;
     progress.update_position(done, tokens_done, cat("mean pass, piece ", done, "/", r.pieces));
   }
@@ -107,7 +112,8 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
   double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
-  const ResidualHook splice = at_layer(layer, [&](Tensor& x) {
+  const SiteHooks splice(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
     Tensor f;
     const Tensor x_hat = reconstruct(sae, x, &f);
     squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
@@ -117,23 +123,46 @@ EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const Sae
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
     copy_(x, x_hat);
   });
-  const ResidualHook zero = at_layer(layer, [](Tensor& x) { fill_(x, 0.0); });
-  const ResidualHook mean_ablate = at_layer(layer, [&](Tensor& x) {
+  const SiteHooks zero(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
+    fill_(x, 0.0);
+  });
+  const SiteHooks mean_ablate(site, [&](Tensor& state) {
+    Tensor x = document_rows(state);
     fill_(x, 0.0);
     add_(x, mean);
   });
-  for (const auto& ids : pieces.ids) {
-    const Tensor log_p = log_softmax_rows(model.logits(ids));
-    ce_clean += total(next_token_losses(log_p, ids));
-    const Tensor log_spliced = log_softmax_rows(model.logits(ids, splice));
-    ce_spliced += total(next_token_losses(log_spliced, ids));
-    kl_spliced += total(kl_per_position(log_p, log_spliced));
-    const Tensor log_zero = log_softmax_rows(model.logits(ids, zero));
-    ce_zero += total(next_token_losses(log_zero, ids));
-    kl_zero += total(kl_per_position(log_p, log_zero));
-    const Tensor log_mean = log_softmax_rows(model.logits(ids, mean_ablate));
-    ce_mean += total(next_token_losses(log_mean, ids));
-    kl_mean += total(kl_per_position(log_p, log_mean));
+  Tensor run_logits;  // [T, V], reused by the three hooked runs of each window
+  for (const TokenWindow& w : pieces.windows) {
+    const std::vector<int32_t>& ids = w.input;
+    skip = w.bos ? 1 : 0;
+    if (model.device() == Device::CPU) {
+      // Fused (next_token.h): one pass per row for each run's normaliser, the clean run's
+      // probabilities kept for the KLs.
+      const CleanScores clean = score_clean_run(model.logits_with(ids, {}), ids);
+      ce_clean += clean.ce;
+      model.logits_into(run_logits, ids, splice);
+      RunScoreSums run = score_run(run_logits, ids, clean);
+      ce_spliced += run.ce, kl_spliced += run.kl;
+      model.logits_into(run_logits, ids, zero);
+      run = score_run(run_logits, ids, clean);
+      ce_zero += run.ce, kl_zero += run.kl;
+      model.logits_into(run_logits, ids, mean_ablate);
+      run = score_run(run_logits, ids, clean);
+      ce_mean += run.ce, kl_mean += run.kl;
+    } else {
+      const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
+      ce_clean += total(next_token_losses(log_p, ids));
+      const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
+      ce_spliced += total(next_token_losses(log_spliced, ids));
+      kl_spliced += total(kl_per_position(log_p, log_spliced));
+      const Tensor log_zero = log_softmax_rows(model.logits_with(ids, zero));
+      ce_zero += total(next_token_losses(log_zero, ids));
+      kl_zero += total(kl_per_position(log_p, log_zero));
+      const Tensor log_mean = log_softmax_rows(model.logits_with(ids, mean_ablate));
+      ce_mean += total(next_token_losses(log_mean, ids));
+      kl_mean += total(kl_per_position(log_p, log_mean));
+    }
     tokens_done += static_cast<int64_t>(ids.size());
     ++done;
     progress.update_position(done, tokens_done, cat("piece ", done - r.pieces, "/", r.pieces));
@@ -169,9 +198,12 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["sae"] = sae.dir;
   j["text"] = options.text;
   j["max_stories"] = options.max_stories;
-  j["layer"] = sae.layer;
+  j["prepend_bos"] = options.bos >= 0;
+  j["context_size"] = options.context_size;
+  j["hook_name"] = hook_name(sae.site);
+  if (sae.layer >= 0) j["layer"] = sae.layer;
   j["layer_from"] = sae.layer_source;
-  j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
+  if (sae.layer >= 0) j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
   j["architecture"] = sae.params.kind;
   j["d_in"] = sae.params.d_in();
   j["d_sae"] = sae.params.d_sae();
@@ -215,7 +247,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
-                        sae.params.d_sae(), ") spliced at hidden_states[", sae.layer, "] (", sae.layer_source,
+                        sae.params.d_sae(), ") spliced at ", hook_name(sae.site),
+                        sae.layer >= 0 ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
              " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");

@@ -1,9 +1,9 @@
 // sae_eval's computation (docs/contract.md §6): an SAE spliced into the language model at its layer,
 // scored over the stories of a corpus the way SAELens's evals score it (sae_lens/evals.py,
 // get_recons_loss and get_sparsity_and_variance_metrics):
-//   runs         clean; SAE (hidden_states[L] replaced by the SAE's reconstruction, brought back to
-//                raw scale); zero ablation (replaced by 0); mean ablation (replaced by the mean of
-//                hidden_states[L] over every evaluated token, computed in a first pass)
+//   runs         clean; SAE (the state at its hook point replaced by the SAE's reconstruction,
+//                brought back to raw scale); zero ablation (replaced by 0); mean ablation (replaced
+//                by the mean of that state over every evaluated token, computed in a first pass)
 //   CE           mean over every predicted token (position t predicts token t + 1 of its story) of
 //                -log p(next); pooled over all stories
 //   KL           mean over every position of KL(p_clean || p_run) (sum over the vocabulary)
@@ -12,16 +12,19 @@
 //   FVU          sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, raw scale
 //   L0, density  mean active features per token; per feature the fraction of tokens it is nonzero
 //                on; dead = never nonzero; dense = density > dense_threshold
-// A story longer than the model's positions P is cut into pieces of P tokens (the last shorter),
-// each run (and normalised) on its own, as sae_train --long-stories split does.
-// Letters: T tokens, D width, F features, V vocabulary, L the SAE's hidden_states index.
+// Stories are cut into windows (lm/text_windows.h: of P positions, or --context-size; each starting
+// with the BOS when one is prepended), each run (and normalised) on its own. The SAE, zero and mean
+// ablation replace the document's rows only: a BOS row is left as the model computed it, and the
+// statistics (FVU, L0, densities, the mean, KL) are over the document's tokens; CE counts every
+// prediction of the window, the one from the BOS too.
+// Letters: T tokens, D width at the hook point, F features, V vocabulary.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "io/json.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/tokenizer.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/report/plot.h"
@@ -31,8 +34,11 @@
 namespace sae {
 
 struct EvalOptions {
-  std::string text;               // corpus: .txt (stories separated by <|endoftext|>) or .jsonl
+  std::string text;               // corpus: .txt (stories separated by <|endoftext|>) or .jsonl (.gz, .zst)
+  std::string text_field = "text";  // JSON lines: the field with the text
   int64_t max_stories = 0;        // the first N non-empty stories; 0: all of them
+  int32_t bos = -1;               // put before every window (lm/text_windows.h resolve_bos); -1: none
+  int64_t context_size = 0;       // positions per window (0: the model's)
   double dense_threshold = 0.1;   // a feature firing on more than this fraction of tokens is dense
   ProgressMode progress = ProgressMode::None;
 };
@@ -58,7 +64,7 @@ struct EvalResult {
 // Runs the evaluation. The tokenizer's ids must fit the model's vocabulary. DataError for an empty
 // corpus (no story with a token), a corpus without a single next-token prediction (every piece one
 // token long), or anything the reader, the tokenizer or the model refuses.
-EvalResult evaluate_sae(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options);
 
 // eval.json: the result with what was evaluated (docs/contract.md §6 lists the keys). NaN -> null.

@@ -17,3 +17,26 @@ std::vector<double> next_token_losses(const Tensor& log_probs, const std::vector
 std::vector<double> kl_per_position(const Tensor& log_p, const Tensor& log_q);                    // [T]
 
 }  // namespace sae
+
+namespace sae {
+
+// The same numbers fused for logits on the host (sae_eval's four runs per window): one pass over a
+// row of [T, V] gives its log-normaliser lse[t] = m + log sum_v exp(z[t, v] - m) (float exp, double
+// sums), the clean run's probabilities are kept, and each other run's KL against them is
+//   KL(p || q)[t] = sum_v p[t, v] (z_p[t, v] - z_q[t, v]) - lse_p[t] + lse_q[t]
+// in a second pass without exp. CE[t] = lse[t] - z[t, ids[t + 1]].
+// The summed next-token CE of host logits alone (one lse pass per row, nothing kept).
+double next_token_ce(const Tensor& logits, const std::vector<int32_t>& ids);
+struct CleanScores {
+  Tensor logits;                // [T, V] (host)
+  std::vector<double> lse;      // [T]
+  std::vector<float> p;         // [T, V]: exp(z - lse)
+  double ce = 0;                // sum of the T - 1 losses
+};
+CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids);
+struct RunScoreSums {
+  double ce = 0, kl = 0;        // sums over the predictions and the positions
+};
+RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, const CleanScores& clean);
+
+}  // namespace sae

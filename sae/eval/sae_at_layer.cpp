@@ -9,47 +9,27 @@
 
 namespace sae {
 
-namespace {
-
-// N from "blocks.N.<suffix>", or -1.
-int block_index(const std::string& hook_name, const std::string& suffix) {
-  const std::string prefix = "blocks.";
-  if (hook_name.rfind(prefix, 0) != 0 || hook_name.size() <= prefix.size() + suffix.size() + 1) return -1;
-  if (hook_name.compare(hook_name.size() - suffix.size(), suffix.size(), suffix) != 0) return -1;
-  const std::string digits = hook_name.substr(prefix.size(), hook_name.size() - prefix.size() - suffix.size() - 1);
-  if (digits.empty() || digits.size() > 6 || hook_name[prefix.size() + digits.size()] != '.') return -1;
-  int n = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return -1;
-    n = n * 10 + (c - '0');
+bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
+  for (const Json* holder : {cfg.has("metadata") && cfg.at("metadata").is_object() ? &cfg.at("metadata") : nullptr, &cfg}) {
+    if (holder && holder->has("hook_name") && holder->at("hook_name").is_string()) {
+      const std::string name = holder->at("hook_name").as_string();
+      source = cat("cfg.json hook_name ", name);
+      site = parse_hook_name(name, "cfg.json hook_name");
+      return true;
+    }
   }
-  return n;
-}
-
-// The layer the folder says, with where it said it; -1 when it says nothing usable.
-int layer_from_cfg(const Json& cfg, int64_t model_layers, std::string& source) {
   if (cfg.has("sae_cpp") && cfg.at("sae_cpp").is_object()) {
     const Json& ours = cfg.at("sae_cpp");
     if (ours.has("data") && ours.at("data").is_object() && ours.at("data").has("layer")) {
       source = "cfg.json sae_cpp.data.layer";
-      return static_cast<int>(ours.at("data").at("layer").as_int());
+      site = HookSite{ours.at("data").at("layer").as_int(), HookPoint::FinalOutput};  // hidden_states[layer]
+      return true;
     }
   }
-  std::string hook_name;
-  if (cfg.has("metadata") && cfg.at("metadata").is_object() && cfg.at("metadata").has("hook_name") &&
-      cfg.at("metadata").at("hook_name").is_string())
-    hook_name = cfg.at("metadata").at("hook_name").as_string();
-  else if (cfg.has("hook_name") && cfg.at("hook_name").is_string())
-    hook_name = cfg.at("hook_name").as_string();
-  if (hook_name.empty()) return -1;
-  source = "cfg.json hook_name " + hook_name;
-  const int pre = block_index(hook_name, "hook_resid_pre");
-  if (pre >= 0) return pre;
-  // The last block's hook_resid_post is before ln_f, which no hidden_states index is.
-  const int post = block_index(hook_name, "hook_resid_post");
-  if (post >= 0 && post + 1 < model_layers) return post + 1;
-  return -1;
+  return false;
 }
+
+namespace {
 
 // A SAELens key that must be absent, null or `allowed`.
 void require_key(const Json& cfg, const std::string& key, const std::string& allowed, const std::string& where,
@@ -61,7 +41,8 @@ void require_key(const Json& cfg, const std::string& key, const std::string& all
 
 }  // namespace
 
-SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, int layer_override, Device device) {
+SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
+                             Device device) {
   SaeAtLayer s;
   s.dir = dir;
   Checkpoint checkpoint = load_checkpoint(dir, device, /*with_state=*/false);
@@ -70,21 +51,21 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, 
   const std::string where = dir + "/cfg.json";
   require_key(s.cfg, "normalize_activations", "none", where,
               "only \"none\": SAELens folds its dataset scaling into the weights when it saves");
-  require_key(s.cfg, "reshape_activations", "none", where, "only \"none\"");
   if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object())
     require_key(s.cfg.at("metadata"), "hook_head_index", "", where + " metadata",
-                "an SAE of one attention head does not read the residual stream");
-  require_key(s.cfg, "hook_head_index", "", where, "an SAE of one attention head does not read the residual stream");
-  if (s.params.d_in() != model.hidden_size)
-    throw DataError(cat(dir, ": the SAE's d_in is ", s.params.d_in(), " but the model's hidden size is ",
-                        model.hidden_size, " (", model.source, ")"));
+                "an SAE of one attention head reads a slice of hook_z; we splice whole hook points");
+  require_key(s.cfg, "hook_head_index", "", where, "an SAE of one attention head reads a slice of hook_z; we splice "
+                                                   "whole hook points");
 
+  HookSite named;
+  bool found = false;
   try {
-    if (layer_override >= 0) {
-      s.layer = layer_override;
-      s.layer_source = "--layer";
+    if (choice.given()) {
+      named = choice.site;
+      s.layer_source = choice.option;
+      found = true;
     } else {
-      s.layer = layer_from_cfg(s.cfg, model.num_layers, s.layer_source);
+      found = hook_site_from_cfg(s.cfg, named, s.layer_source);
     }
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
@@ -94,18 +75,39 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, 
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
   }
-  if (s.layer < 0 && layer_override < 0)
-    throw UsageError(cat(dir, " does not say which hidden_states index the SAE reads (no sae_cpp.data.layer, no "
-                         "hook_name blocks.N.hook_resid_pre): give --layer"));
-  if (s.layer < 0 || s.layer > model.num_layers) {
-    const std::string what = cat("hidden_states index ", s.layer, " (from ", s.layer_source, ") is outside 0..",
-                                 model.num_layers, " for the model's ", model.num_layers, " layers");
-    if (layer_override >= 0) throw UsageError(cat("--layer: ", what));
-    throw DataError(cat(dir, ": ", what));
+  if (!found)
+    throw UsageError(cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer): give --hook "
+                         "or --layer"));
+  try {
+    s.site = resolve_hook_site(model, named, choice.given() ? choice.option : s.layer_source);
+  } catch (const UsageError& e) {
+    if (choice.given()) throw;
+    throw DataError(cat(dir, ": ", e.what()));
   }
+  s.layer = static_cast<int>(hidden_states_index(s.site, model.num_layers));
+  const bool flattened_z = s.site.point == HookPoint::AttnZ && s.cfg.has("reshape_activations") &&
+                           s.cfg.at("reshape_activations") == Json("hook_z");
+  if (!flattened_z)
+    require_key(s.cfg, "reshape_activations", "none", where,
+                "only \"none\", or \"hook_z\" for an SAE at attn.hook_z (its heads flattened, as ours are)");
+  const int64_t width = model.hook_width(s.site);
+  if (s.params.d_in() != width)
+    throw DataError(cat(dir, ": the SAE's d_in is ", s.params.d_in(), " but ", hook_name(s.site), " of the model (",
+                        model.source, ") is ", width, " wide (the model's hidden size is ", model.hidden_size, ")"));
   if (s.normalization == Normalization::Dataset && !(s.dataset_scale > 0 && std::isfinite(s.dataset_scale)))
     throw DataError(cat(where, ": sae_cpp.dataset_scale must be a positive number, got ", s.dataset_scale));
+  if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object()) {
+    const Json& m = s.cfg.at("metadata");
+    if (m.has("prepend_bos") && m.at("prepend_bos").is_bool()) s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
+    if (m.has("context_size") && m.at("context_size").is_number() && m.at("context_size").as_number() >= 1)
+      s.context_size = m.at("context_size").as_int();
+  }
   return s;
+}
+
+int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer) {
+  if (mode == BosMode::Auto && sae.prepend_bos >= 0) mode = sae.prepend_bos ? BosMode::On : BosMode::Off;
+  return resolve_bos(mode, tokenizer);
 }
 
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
@@ -114,7 +116,7 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
   Tensor normalized = Tensor::empty(Shape{t, d});
   const BatchStats stats =
       normalize_batch(raw.data<float>(), normalized.data<float>(), t, d, sae.normalization, sae.dataset_scale,
-                      [](int64_t row) { return row; }, cat("hidden_states[", sae.layer, "]"));
+                      [](int64_t row) { return row; }, hook_name(sae.site));
   const Tensor f = sae_encode(sae.params, normalized.to(sae.params.device()));
   Tensor x_hat = sae_decode(sae.params, f);
   affine_(x_hat, x_hat, 1.0 / stats.norm_scale, stats.norm_shift);  // x = x_n / scale + shift

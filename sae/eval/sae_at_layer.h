@@ -1,5 +1,6 @@
 // An SAE as it sits inside the language model (docs/contract.md §6): its parameters (any
-// architecture our trainer writes, or a standard SAELens folder), the hidden_states index it reads,
+// architecture our trainer writes, or a standard SAELens folder), the hook point it reads
+// (lm/hook_points.h: a SAELens hook_name, or a hidden_states index),
 // and the normalisation its run trained it with, so that a reconstruction spliced into the model is
 // brought back to the raw scale of the residual stream. Also the steering direction of a feature.
 // Letters: T tokens, D the model's width (= the SAE's d_in), F the SAE's features.
@@ -7,7 +8,8 @@
 #include <string>
 
 #include "io/json.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
+#include "lm/text_windows.h"
 #include "sae/data/batches.h"
 #include "sae/params.h"
 
@@ -17,21 +19,34 @@ struct SaeAtLayer {
   std::string dir;
   SaeParams params;
   Json cfg;
-  int layer = -1;             // hidden_states[layer] (docs/gpt_neo.md section 5)
-  std::string layer_source;   // where `layer` came from, for the report
+  HookSite site;              // where it reads and is spliced in (resolved against the model)
+  int layer = -1;             // the hidden_states index of `site`, or -1 when it is not one
+  std::string layer_source;   // where `site` came from, for the report
   Normalization normalization = Normalization::None;
   double dataset_scale = 1.0;
+  int prepend_bos = -1;       // cfg.json metadata.prepend_bos: 1 true, 0 false, -1 not said
+  int64_t context_size = 0;   // cfg.json metadata.context_size (0: not said)
 };
 
+// The BOS a run with this SAE puts before each window: --prepend-bos on / off as given; auto: what
+// the SAE was trained with (metadata.prepend_bos) when its cfg.json says, else what the tokenizer does.
+int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer);
+
+// The hook point an SAE folder's cfg.json names (metadata.hook_name, a top-level hook_name, or
+// sae_cpp.data.layer as hidden_states[layer]), with where it said it; false when it names none.
+// UsageError for a hook_name we do not read.
+bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
+
 // Loads DIR (sae/train/checkpoint.h load_checkpoint) onto `device` and fits it to the model. The
-// layer: `layer_override` when >= 0, else cfg.json's sae_cpp.data.layer (what sae_train records for
-// a run from text), else a SAELens metadata.hook_name "blocks.N.hook_resid_pre" (N) or
-// "blocks.N.hook_resid_post" (N + 1, when that is not the last block); none of these is a
-// UsageError asking for --layer. The normalisation: cfg.json's sae_cpp.normalization and
+// hook point: `choice` when given, else cfg.json's metadata.hook_name (SAELens's, and ours), else a
+// top-level hook_name, else sae_cpp.data.layer (runs from before --hook); none of these is a
+// UsageError asking for --hook or --layer. The normalisation: cfg.json's sae_cpp.normalization and
 // dataset_scale (none for a folder from elsewhere). DataError, one line naming the folder, for: d_in
-// != the model's hidden size, a layer outside 0..L, SAELens normalize_activations or
-// reshape_activations other than "none", a hook_head_index.
-SaeAtLayer load_sae_at_layer(const std::string& dir, const GptNeoConfig& model, int layer_override, Device device);
+// != the width at the hook point, a hook point the model does not have, SAELens
+// normalize_activations other than "none", reshape_activations other than "none" ("hook_z" for an
+// attn.hook_z SAE), a hook_head_index.
+SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
+                             Device device);
 
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std), encoded (sae_encode), decoded, and

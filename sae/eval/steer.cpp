@@ -76,13 +76,11 @@ Json id_list(const std::vector<int32_t>& ids) {
 
 }  // namespace
 
-ResidualHook steering_hook(int layer, const Tensor& vector) {
-  return [layer, vector](int k, Tensor& state) {
-    if (k == layer) add_(state, vector);
-  };
+SiteHooks steering_hook(const HookSite& site, const Tensor& vector) {
+  return SiteHooks(site, [vector](Tensor& state) { add_(state, vector); });
 }
 
-SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options) {
   if (!std::isfinite(options.strength)) throw UsageError(cat("--strength must be a finite number, got ", options.strength));
   check_generate_options(options.generate);
@@ -90,17 +88,19 @@ SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLaye
   const Tensor vector = mul_scalar(decoder_direction(sae, options.feature), options.strength);
   SteerResult r;
   r.prompt = tokenizer.encode(prompt, "--prompt");
-  if (r.prompt.empty()) throw DataError("--prompt: the prompt is empty (generation needs at least one token)");
+  if (r.prompt.empty() && options.bos < 0)
+    throw DataError("--prompt: the prompt is empty (generation needs at least one token)");
+  if (options.bos >= 0) r.prompt.insert(r.prompt.begin(), options.bos);
   for (int32_t id : r.prompt)
     if (id >= model.config().vocab_size)
       throw DataError(cat(tokenizer.source(), ": the prompt's token ", id, " is outside the model's vocabulary of ",
                           model.config().vocab_size));
   r.unsteered = generate(model, r.prompt, options.generate);
-  r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.layer, vector));
+  r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.site, vector));
   return r;
 }
 
-std::string display_text(const Gpt2Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
   const std::string bytes = tokenizer.decode(ids);
   std::string out;
   size_t i = 0;
@@ -152,7 +152,7 @@ std::string side_by_side(const std::string& left_title, const std::string& left,
   return out;
 }
 
-Json steer_json(const SteerResult& r, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                 const SteerOptions& options) {
   Json j = Json::object();
   j["prompt"] = prompt;  // valid UTF-8: the tokenizer checked it

@@ -1,9 +1,9 @@
 // Steering (sae_steer, docs/contract.md §7), as the original tutorial's steer.py does it: while the
 // model generates, `strength` times the unit decoder direction of one SAE feature,
-// W_dec[i] / ||W_dec[i]||, is added to hidden_states[L] (the output of block L-1, raw scale) at every
-// position, the prompt's and each generated token's. The same prompt is continued twice, without and
+// W_dec[i] / ||W_dec[i]||, is added at the SAE's hook point (raw scale) at every position, the
+// prompt's and each generated token's. The same prompt is continued twice, without and
 // with the hook, with the same generation options and seed, so only the steering differs.
-// Letters: D the model's width, L the SAE's hidden_states index.
+// Letters: D the width at the SAE's hook point.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,18 +11,19 @@
 
 #include "io/json.h"
 #include "lm/generate.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/tokenizer.h"
 #include "sae/eval/sae_at_layer.h"
 
 namespace sae {
 
-// Adds `vector` [D] (on the model's device) to every row of hidden_states[layer].
-ResidualHook steering_hook(int layer, const Tensor& vector);
+// Adds `vector` [D] (on the model's device) to every row of the state at `site`.
+SiteHooks steering_hook(const HookSite& site, const Tensor& vector);
 
 struct SteerOptions {
   int64_t feature = 0;
   double strength = 0;  // finite
+  int32_t bos = -1;     // put before the prompt (lm/text_windows.h); -1: none
   GenerateOptions generate;
 };
 
@@ -32,12 +33,12 @@ struct SteerResult {
 
 // UsageError for a feature out of range or a strength that is not finite; DataError for a zero
 // decoder row, an empty prompt or one that leaves no room for the new tokens.
-SteerResult steer(GptNeo& model, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
+SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
 
 // Token bytes as text to show: the bytes, with every invalid UTF-8 sequence (a character split
 // between tokens, cut off at the end) replaced by U+FFFD, as Hugging Face's decode does.
-std::string display_text(const Gpt2Tokenizer& tokenizer, const std::vector<int32_t>& ids);
+std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids);
 
 // The two continuations in two columns of `width` characters (code points), each column headed and
 // wrapped at spaces; lines of the text break the column too.
@@ -46,7 +47,7 @@ std::string side_by_side(const std::string& left_title, const std::string& left,
 
 // {"prompt", "prompt_ids", "feature", "strength", "layer", "greedy", "temperature", "top_k", "seed",
 //  "max_new_tokens", "unsteered": {"text", "ids"}, "steered": {"text", "ids"}}: texts without the prompt.
-Json steer_json(const SteerResult& result, const Gpt2Tokenizer& tokenizer, const SaeAtLayer& sae,
+Json steer_json(const SteerResult& result, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                 const std::string& prompt, const SteerOptions& options);
 
 }  // namespace sae

@@ -9,7 +9,7 @@
 #include <optional>
 #include <set>
 
-#include "lm/gpt_neo.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/data/synthetic.h"
 #include "sae/features/token_text.h"
@@ -98,17 +98,30 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   std::string model_dir = options.model;
   if (model_dir.empty() && config && config->has("model") && config->at("model").is_string())
     model_dir = config->at("model").as_string();
-  std::unique_ptr<Gpt2Tokenizer> tokenizer;
+  std::unique_ptr<BpeTokenizer> tokenizer;
   std::optional<PromotedTokens> promoted;
   if (!model_dir.empty()) {
     if (!fs::is_directory(model_dir)) {
       note(cat("the run's model folder ", model_dir, " is gone: tokens are shown as ids, no promoted tokens "
                "(give --model DIR)"));
     } else {
-      tokenizer = std::make_unique<Gpt2Tokenizer>(Gpt2Tokenizer::from_model_dir(model_dir));
-      if (has_model_files(model_dir)) {
-        const GptNeo model = GptNeo::load(model_dir);
-        const Tensor& unembedding = model.parameter("lm_head");
+      tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(model_dir));
+      // Promoted tokens (W_dec W_U^T) mean something where the SAE writes into the residual stream's
+      // space: not at attn.hook_z (per-head outputs) or ln2.hook_normalized (before the norm's weights).
+      std::string hook = options.hook;
+      if (!hook.empty()) parse_hook_name(hook, "--hook");  // a UsageError for a name we do not read
+      if (hook.empty() && config && config->has("hook") && config->at("hook").is_string())
+        hook = config->at("hook").as_string();
+      if (hook.empty() && sae.cfg.has("metadata") && sae.cfg.at("metadata").is_object() &&
+          sae.cfg.at("metadata").has("hook_name") && sae.cfg.at("metadata").at("hook_name").is_string())
+        hook = sae.cfg.at("metadata").at("hook_name").as_string();
+      const bool residual_space = hook.empty() || (hook.find("hook_z") == std::string::npos &&
+                                                   hook.find("hook_normalized") == std::string::npos);
+      if (!residual_space) {
+        note(cat("the SAE reads ", hook, ", not the residual stream's space: no promoted tokens"));
+      } else if (has_model_files(model_dir)) {
+        // Only the unembedding is read; the blocks are left on disk.
+        const Tensor unembedding = load_unembedding(model_dir);
         if (unembedding.size(1) != sae.params.d_in())
           throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the SAE's d_in ",
                               sae.params.d_in()));

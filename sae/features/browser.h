@@ -20,7 +20,8 @@ namespace sae {
 
 struct BrowserOptions {
   std::string run;       // a run folder (config.json, sae/) or an SAE folder (cfg.json, sae_weights...)
-  std::string model;     // a GPT-Neo folder: its tokenizer and lm_head ("" = the run's own --model, if any)
+  std::string model;     // a model folder: its tokenizer and unembedding ("" = the run's own --model, if any)
+  std::string hook;      // the SAE's hook point ("" = the run's --hook, else its cfg.json's hook_name)
   std::string stats;     // feature_stats.safetensors ("" = the one in the SAE folder)
   int64_t top_tokens = 10;  // promoted and suppressed tokens shown per feature
 };

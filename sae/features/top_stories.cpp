@@ -40,12 +40,15 @@ Tensor normalised_input(const std::vector<float>& raw, int64_t t, int64_t d, con
 
 class TextStoryInputs : public StoryInputs {
  public:
-  TextStoryInputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text, int layer,
+  TextStoryInputs(DecoderModel& model, const BpeTokenizer& tokenizer, const TextStoryOptions& options,
                   const InputNormalization& normalization, int64_t max_stories, Device device)
-      : model_(model), tokenizer_(tokenizer), reader_(text), layer_(layer), normalization_(normalization),
-        max_stories_(max_stories), device_(device) {
-    if (layer < 0 || layer > model.config().num_layers)
-      throw UsageError(cat("--layer ", layer, ": the model has hidden states 0 to ", model.config().num_layers));
+      : model_(model), tokenizer_(tokenizer), reader_(options.text, options.text_field), site_(model.resolve(options.site)),
+        normalization_(normalization), max_stories_(max_stories), device_(device) {
+    const int64_t positions = model.config().max_positions;
+    if (options.context_size > positions)
+      throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", positions, " positions"));
+    windows_ = WindowOptions{options.bos, options.context_size > 0 ? options.context_size : positions};
+    check_window_options(windows_);
   }
 
   bool next(StoryInput& out) override {
@@ -56,13 +59,14 @@ class TextStoryInputs : public StoryInputs {
       if (!reader_.next(story)) return false;
       ids = tokenizer_.encode(story.text, story.where);
     } while (ids.empty());
-    const int64_t positions = model_.config().max_positions, d = model_.config().hidden_size;
-    out.truncated = static_cast<int64_t>(ids.size()) > positions;
-    if (out.truncated) ids.resize(static_cast<size_t>(positions));
-    const int64_t t = static_cast<int64_t>(ids.size());
-    const Tensor hidden = model_.forward_to(ids, layer_).to(Device::CPU);  // a view of the workspace: copy it
+    const int64_t d = model_.config().hook_width(site_);
+    out.truncated = window_count(static_cast<int64_t>(ids.size()), windows_) > 1;
+    const TokenWindow window = document_window(ids, 0, windows_);
+    ids.resize(static_cast<size_t>(window.tokens));
+    const int64_t t = window.tokens, skip = window.bos ? 1 : 0;
+    const Tensor hidden = model_.forward_to_site(window.input, site_).to(Device::CPU);  // a view: copy it
     std::vector<float> raw(static_cast<size_t>(t * d));
-    std::memcpy(raw.data(), hidden.data<float>(), sizeof(float) * t * d);
+    std::memcpy(raw.data(), hidden.data<float>() + skip * d, sizeof(float) * t * d);
     out.index = story.index;
     out.ids = std::move(ids);
     out.x = normalised_input(raw, t, d, normalization_, story.where, device_);
@@ -76,10 +80,11 @@ class TextStoryInputs : public StoryInputs {
   }
 
  private:
-  GptNeo& model_;
-  const Gpt2Tokenizer& tokenizer_;
+  DecoderModel& model_;
+  const BpeTokenizer& tokenizer_;
   StoryReader reader_;
-  int layer_;
+  HookSite site_;
+  WindowOptions windows_;
   InputNormalization normalization_;
   int64_t max_stories_, served_ = 0;
   Device device_;
@@ -134,10 +139,10 @@ void story_origins(const StoryInput& story, int64_t radius, BatchOrigins& origin
 
 }  // namespace
 
-std::unique_ptr<StoryInputs> text_story_inputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
-                                               int layer, const InputNormalization& normalization,
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer,
+                                               const TextStoryOptions& options, const InputNormalization& normalization,
                                                int64_t max_stories, Device device) {
-  return std::make_unique<TextStoryInputs>(model, tokenizer, text, layer, normalization, max_stories, device);
+  return std::make_unique<TextStoryInputs>(model, tokenizer, options, normalization, max_stories, device);
 }
 
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,
@@ -169,7 +174,7 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
 }
 
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const Gpt2Tokenizer* tokenizer) {
+                       const BpeTokenizer* tokenizer) {
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
   std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));

@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "io/json.h"
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
@@ -44,10 +45,18 @@ class StoryInputs {
   virtual void rewind() = 0;
 };
 
-// A text (.txt or .jsonl, lm/text_data.h) through `model` up to hidden_states[layer]; stories longer
-// than the model's positions are cut to them (StoryInput::truncated). max_stories 0: all.
-std::unique_ptr<StoryInputs> text_story_inputs(GptNeo& model, const Gpt2Tokenizer& tokenizer, const std::string& text,
-                                               int layer, const InputNormalization& normalization,
+// Where the stories of a text come from and how the model reads them.
+struct TextStoryOptions {
+  std::string text;                 // .txt or .jsonl, plain or compressed (lm/text_data.h)
+  std::string text_field = "text";
+  HookSite site;                    // where the SAE reads
+  int32_t bos = -1;                 // before each story (lm/text_windows.h); its row is not the SAE's input
+  int64_t context_size = 0;         // positions a story may take, the BOS included (0: the model's)
+};
+// A text through `model` up to the hook point; stories longer than the context are cut to it
+// (StoryInput::truncated); the BOS row, when there is one, is left out. max_stories 0: all.
+std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer,
+                                               const TextStoryOptions& options, const InputNormalization& normalization,
                                                int64_t max_stories, Device device);
 // An activation file or cache with story boundaries (UsageError without), token ids when it has them.
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,
@@ -68,6 +77,6 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
 //    "text" (the story decoded), "annotated_text" (each token's text, a space, activation_block)}
 // Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const Gpt2Tokenizer* tokenizer);
+                       const BpeTokenizer* tokenizer);
 
 }  // namespace sae

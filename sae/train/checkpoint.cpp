@@ -111,9 +111,10 @@ void require(bool ok, const std::string& path, const std::string& what) {
 Json saelens_config(const SaeParams& params, const Json& extra) {
   const ArchUnit& unit = unit_of(params);
   Json cfg = Json::object();
-  cfg["architecture"] = unit.saelens_architecture();
+  cfg["architecture"] = unit.folder_architecture(params);
   cfg["d_in"] = params.d_in();
   cfg["d_sae"] = params.d_sae();
+  if (params.transcoder) cfg["d_out"] = params.d_out();
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
@@ -122,10 +123,20 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   Json metadata = Json::object();
   metadata["sae_lens_version"] = "6.0.0";
   metadata["sae_lens_training_version"] = "6.0.0";
+  // A run from text says where its activations came from as SAELens does (model_name, hook_name,
+  // hook_head_index, context_size, prepend_bos): the data description carries them.
+  if (extra.is_object() && extra.has("data") && extra.at("data").is_object() &&
+      extra.at("data").has("saelens_metadata") && extra.at("data").at("saelens_metadata").is_object())
+    for (const auto& [key, value] : extra.at("data").at("saelens_metadata").items()) metadata[key] = value;
   cfg["metadata"] = metadata;
+  // An attn.hook_z SAE reads the heads flattened, which SAELens says so.
+  if (metadata.has("hook_name") && metadata.at("hook_name").is_string() &&
+      metadata.at("hook_name").as_string().find("hook_z") != std::string::npos)
+    cfg["reshape_activations"] = "hook_z";
   cfg["sae_cpp"] = extra;
   Json& ours = cfg["sae_cpp"];
   ours["training_architecture"] = unit.name();
+  if (params.sources > 1) ours["sources"] = params.sources;
   unit.set_cfg_keys(params, cfg, ours);
   return cfg;
 }

@@ -105,6 +105,18 @@ Codec<bool> long_stories() {
           [](const bool& v) { return Json(v ? "split" : "error"); }, [parse](const Json& j) { return parse(j.as_string()); }};
 }
 
+// --bos-activations skip|keep, held as TrainConfig::keep_bos_activations.
+Codec<bool> skip_or_keep() {
+  auto parse = [](const std::string& t) {
+    if (t == "skip") return false;
+    if (t == "keep") return true;
+    throw UsageError(cat("--bos-activations: expected skip or keep, got '", t, "'"));
+  };
+  return {[parse](const std::string&, const std::string& t) { return parse(t); },
+          [](const bool& v) { return std::string(v ? "keep" : "skip"); },
+          [](const bool& v) { return Json(v ? "keep" : "skip"); }, [parse](const Json& j) { return parse(j.as_string()); }};
+}
+
 // An enum stored by name; parse_fn throws UsageError naming the option.
 template <typename E>
 Codec<E> choice(E (*parse_fn)(const std::string&), const char* (*name_fn)(E)) {
@@ -186,15 +198,30 @@ std::vector<TrainOption> make_table() {
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
-      row("model", text_group, "a Hugging Face GPT-Neo folder (config.json, model.safetensors, tokenizer.json): train "
-          "on its activations, computed from --text inside the loop", defines, "model", FIELD(model), text(),
-          std::string()),
+      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, "
+          "model.safetensors, tokenizer.json): train on its activations, computed from --text inside the loop",
+          defines, "model", FIELD(model), text(), std::string()),
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
-          "with a \"text\" field", defines, "text", FIELD(text), text(), std::string()),
+          "(--text-field), plain or compressed (.jsonl.gz, .jsonl.zst)", defines, "text", FIELD(text), text(),
+          std::string()),
       row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
           defines, "layer", FIELD(layer), integer(), "2"),
+      row("hook", text_group, "train at this hook point instead of --layer, named as SAELens names it: "
+          "blocks.L.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out | "
+          "ln2.hook_normalized | attn.hook_z (docs/models.md)", defines, "hook", FIELD(hook), text(), std::string()),
       row("long-stories", text_group, "a story longer than the model's positions: error | split (into pieces)", defines,
           "long_stories", FIELD(split_long_stories), long_stories(), "error"),
+      row("text-field", text_group, "JSON lines: the field that holds each document's text", defines, "text_field",
+          FIELD(text_field), text(), "text"),
+      row("prepend-bos", text_group, "on | off | auto: a BOS token at the start of every window (auto: when the "
+          "model's tokenizer adds one, as Llama 3's does; GPT-2's and Pythia's do not)", defines, "prepend_bos",
+          FIELD(prepend_bos), choice(parse_bos_mode, bos_mode_name), "off"),  // runs from before it had none
+      row("context-size", text_group, "positions per window: every document is cut into windows of this many, "
+          "the BOS included, as SAELens does (0: the model's positions, and --long-stories decides)", defines,
+          "context_size", FIELD(context_size), integer(), "0"),
+      row("bos-activations", text_group, "skip | keep: train on the activations at BOS positions (skipped by "
+          "default: their norms are often 10-100x the others')", defines, "bos_activations",
+          FIELD(keep_bos_activations), skip_or_keep(), "skip"),
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
           "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
@@ -347,7 +374,8 @@ Json run_identity(const TrainConfig& config) {
 }
 
 Json data_stream_identity(const TrainConfig& config) {
-  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "long-stories",
+  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "hook", "long-stories",
+                                               "text-field", "prepend-bos", "context-size", "bos-activations",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
                                                "device", "prefetch", "threads"};
   Json all = config.to_json(), kept = Json::object();

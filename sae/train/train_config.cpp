@@ -21,7 +21,14 @@ void TrainConfig::validate() const {
   require((data == "text") == !model.empty(), "--model DIR and --text FILE train from text: give both, and no --data");
   require(model.empty() == text.empty(), "--model DIR and --text FILE go together");
   require(layer >= 0 && layer <= 1024, cat("--layer must be a hidden-state index >= 0, got ", layer));
+  if (!hook.empty()) {
+    parse_hook_name(hook, "--hook");  // UsageError naming the option
+    require(!was_given("layer"), "--hook and --layer both say where to read activations: give one");
+  }
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
+  require(context_size >= 0 && context_size <= (int64_t(1) << 24),
+          cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
+  require(!text_field.empty(), "--text-field must not be empty");
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));
   require(std::isfinite(lr) && lr > 0 && lr < 10, cat("--lr must be in (0, 10), got ", lr));
@@ -63,6 +70,11 @@ void TrainConfig::validate() const {
 
 bool TrainConfig::was_given(const std::string& option) const {
   return std::find(given.begin(), given.end(), option) != given.end();
+}
+
+HookSite TrainConfig::hook_site() const {
+  if (!hook.empty()) return parse_hook_name(hook, "--hook");
+  return HookSite{layer, HookPoint::FinalOutput};  // hidden_states[layer]: the model resolves it
 }
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }

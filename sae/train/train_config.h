@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "io/json.h"
+#include "lm/hook_points.h"
+#include "lm/text_windows.h"
 #include "sae/data/batches.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
@@ -28,8 +30,13 @@ struct TrainConfig {
   std::string data = "synthetic";    // "synthetic", a .safetensors / .npy path, a cache folder, or "text"
   std::string model;                 // --model DIR (a Hugging Face GPT-Neo folder): train from text
   std::string text;                  // --text FILE: the corpus (.txt or .jsonl)
-  int64_t layer = 2;                 // hidden_states[layer] of the model
+  int64_t layer = 2;                 // hidden_states[layer] of the model (when no --hook)
+  std::string hook;                  // --hook NAME (lm/hook_points.h): where activations are read; "" = --layer
   bool split_long_stories = false;   // --long-stories split: cut stories longer than the model's positions
+  std::string text_field = "text";   // --text-field: the JSON lines field holding the text
+  BosMode prepend_bos = BosMode::Auto;  // --prepend-bos on|off|auto: a BOS before every window (lm/text_windows.h)
+  int64_t context_size = 0;          // --context-size: positions per window (0: the model's)
+  bool keep_bos_activations = false; // --bos-activations keep: train on the BOS positions too (default skip)
   int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
   SyntheticOptions synthetic;
   int64_t features = 10000;          // F (d_sae)
@@ -87,6 +94,7 @@ struct TrainConfig {
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
   std::string batch_name() const;        // "story" or the token count
+  HookSite hook_site() const;            // --hook, or hidden_states[--layer] (resolved by the model)
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };

@@ -1,13 +1,13 @@
 // The data a run trains on, opened from its configuration: the built-in synthetic generator, an
 // activation file, an activation cache (sae/data: Batcher over an ActivationSource), or a text
 // corpus run through a language model inside the loop (--model DIR --text FILE: TextBatcher over
-// lm/gpt_neo and lm/tokenizer). The trainer and the study drivers see a BatchSource and a
+// lm/decoder_model and lm/tokenizer, loaded only up to the hook point it reads). The trainer and the study drivers see a BatchSource and a
 // description of where the data came from.
 #pragma once
 #include <memory>
 #include <optional>
 
-#include "lm/gpt_neo.h"
+#include "lm/decoder_model.h"
 #include "lm/tokenizer.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
@@ -18,8 +18,8 @@ namespace sae {
 
 struct TrainingData {
   std::unique_ptr<ActivationSource> activations;  // synthetic, file or cache (not for text)
-  std::unique_ptr<GptNeo> model;                  // text only
-  std::unique_ptr<Gpt2Tokenizer> tokenizer;       // text only
+  std::unique_ptr<DecoderModel> model;            // text only (up to the hook point)
+  std::unique_ptr<BpeTokenizer> tokenizer;       // text only
   std::unique_ptr<BatchSource> batches;
   int64_t d = 0;
   double dataset_scale = 1.0;  // the one used: the saved one on --resume, else estimated or 1

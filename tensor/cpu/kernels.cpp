@@ -272,6 +272,27 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
     return;
   }
+  // One row or one column: a matrix-vector product. OpenBLAS 0.3.21's GEMM would pack the whole
+  // matrix first (for generation's [1, d] x [d, V] logits, 150 MB written for one token); GEMV reads
+  // it once. y [1, n] = x op(b): op(b) [k, n] is b [n, k] untransposed when trans_b.
+  if (m == 1 || n == 1) {
+    const bool row = m == 1;
+    const Tensor& mat = row ? b : a;
+    const Tensor& vec = row ? a : b;
+    // The matrix of y = M x, row-major as stored: [n, k] (row, trans_b) or [k, n] (row, !trans_b);
+    // [m, k] (column, !trans_a) or [k, m] (column, trans_a).
+    const bool mat_trans = row ? !trans_b : trans_a;
+    const int rows = static_cast<int>(mat.size(0)), cols = static_cast<int>(mat.size(1));
+    const int ld = cols, inc = 1;  // the vector is a row [1, k] or a column [k, 1]: contiguous either way
+    const CBLAS_TRANSPOSE t = mat_trans ? CblasTrans : CblasNoTrans;
+    if (out.dtype() == DType::F32)
+      cblas_sgemv(CblasRowMajor, t, rows, cols, static_cast<float>(alpha), mat.data<float>(), ld, vec.data<float>(), inc,
+                  static_cast<float>(beta), out.data<float>(), 1);
+    else
+      cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, mat.data<double>(), ld, vec.data<double>(), inc, beta,
+                  out.data<double>(), 1);
+    return;
+  }
   if (out.dtype() == DType::F32)
     cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
                 ldb, static_cast<float>(beta), out.data<float>(), n);

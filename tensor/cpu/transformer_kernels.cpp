@@ -1,6 +1,6 @@
 // CPU kernels of the transformer ops (SAE_TRANSFORMER_KERNELS in tensor/op_list.h): embedding
 // gather and its scatter-add, LayerNorm, softmax, batched GEMM, the causal/local attention mask,
-// and the swap of two leading axes. Plain loops, OpenMP over rows for large tensors, cblas for the
+// the swap of two leading axes and the rotary position embedding. Plain loops, OpenMP over rows for large tensors, cblas for the
 // GEMMs. Inputs were validated by the front-end (tensor/ops.cpp).
 // Letters: N rows, D row width, B batch, M/N/K GEMM sizes, Tq queries, Tk keys.
 #include "tensor/cpu/transformer_kernels.h"
@@ -189,6 +189,32 @@ void swap_axes01_cpu(Tensor& out, const Tensor& x) {
 #pragma omp parallel for if (a * b * c >= kParallelMin)
   for (int64_t j = 0; j < b; ++j)
     for (int64_t i = 0; i < a; ++i) std::memcpy(o + (j * a + i) * row_bytes, in + (i * b + j) * row_bytes, row_bytes);
+}
+
+// Each row (b, t) of x [B, T, D]: the pairs (j, j + R) turned by the angle whose cos and sin are
+// row t of the tables; both values are read before either is written, so out may be x.
+void rotary_cpu(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  dispatch_float(x.dtype(), "rotary", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t batch = x.size(0), t = x.size(1), d = x.size(2), r = cos.size(1);
+    const T *in = x.data<T>(), *c = cos.data<T>(), *s = sin.data<T>();
+    T* o = out.data<T>();
+#pragma omp parallel for if (batch * t * d >= kParallelMin)
+    for (int64_t row = 0; row < batch * t; ++row) {
+      const T* src = in + row * d;
+      T* dst = o + row * d;
+      const T* cr = c + (row % t) * r;
+      const T* sr = s + (row % t) * r;
+#pragma omp simd
+      for (int64_t j = 0; j < r; ++j) {
+        const T x1 = src[j], x2 = src[j + r];
+        dst[j] = x1 * cr[j] - x2 * sr[j];
+        dst[j + r] = x2 * cr[j] + x1 * sr[j];
+      }
+      if (dst != src)
+        for (int64_t j = 2 * r; j < d; ++j) dst[j] = src[j];
+    }
+  });
 }
 
 }  // namespace sae

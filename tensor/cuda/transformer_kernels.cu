@@ -9,6 +9,7 @@
 //   batched_matmul       cublas{S,D}gemmStridedBatched (the row-major trick of matmul_cuda)
 //   attention_mask       grid-stride over the scores
 //   swap_axes01          grid-stride over out's elements
+//   rotary               grid-stride over the rows' (j, j + R) pairs and the copied columns
 // Letters: N rows, D row width, B batch, Tq queries, Tk keys.
 #include <climits>
 #include <cmath>
@@ -124,6 +125,25 @@ __global__ void swap_axes01_kernel(T* out, const T* x, int64_t a, int64_t b, int
   }
 }
 
+// Index i < B T R: one rotated pair; B T R <= i < B T (R + D - 2R): one copied column.
+template <typename T>
+__global__ void rotary_kernel(T* out, const T* x, const T* cos, const T* sin, int64_t batch, int64_t t, int64_t d,
+                              int64_t r) {
+  const int64_t pairs = batch * t * r, rest = d - 2 * r, total = pairs + batch * t * rest;
+  for (int64_t i = thread_index(); i < total; i += grid_stride()) {
+    if (i < pairs) {
+      const int64_t j = i % r, row = i / r;
+      const T x1 = x[row * d + j], x2 = x[row * d + j + r];
+      const T c = cos[(row % t) * r + j], s = sin[(row % t) * r + j];
+      out[row * d + j] = x1 * c - x2 * s;
+      out[row * d + j + r] = x2 * c + x1 * s;
+    } else {
+      const int64_t k = i - pairs, row = k / rest, j = 2 * r + k % rest;
+      out[row * d + j] = x[row * d + j];
+    }
+  }
+}
+
 template <typename T>
 __global__ void scale_kernel(T* out, int64_t n, T beta) {
   for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = beta == T(0) ? T(0) : beta * out[i];
@@ -227,6 +247,18 @@ void swap_axes01_cuda(Tensor& out, const Tensor& x) {
   dispatch_float(x.dtype(), "swap_axes01", [&](auto zero) {
     using T = decltype(zero);
     swap_axes01_kernel<<<grid_for(a * b * c), kBlock, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(), a, b, c);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void rotary_cuda(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const int64_t batch = x.size(0), t = x.size(1), d = x.size(2), r = cos.size(1);
+  const int64_t total = batch * t * (d - r);
+  if (total == 0) return;
+  dispatch_float(x.dtype(), "rotary", [&](auto zero) {
+    using T = decltype(zero);
+    rotary_kernel<<<grid_for(total), kBlock, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(), cos.data<T>(),
+                                                                 sin.data<T>(), batch, t, d, r);
   });
   SAE_CUDA_CHECK_LAUNCH();
 }

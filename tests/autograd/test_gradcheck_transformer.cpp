@@ -1,8 +1,11 @@
 // Float64 gradcheck (central differences vs backward) of the transformer ops' autograd functions
-// (autograd/functions.h): embedding with repeated ids, LayerNorm (x, weight and bias), gelu_new,
+// (autograd/functions.h): embedding with repeated ids, LayerNorm (x, weight and bias), gelu_new, gelu,
+// rotary,
 // softmax, batched matmul in every transpose case, the attention mask followed by softmax (global,
 // local, fewer queries than keys), the axis swap, and one whole attention head composed of them.
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "tests/util/gradcheck.h"
 
@@ -41,6 +44,27 @@ TEST(GradcheckTransformer, GeluNew) {
   Tensor x = random_off_kink(Shape{4, 6}, rng, -4.0, 4.0);
   EXPECT_LT(gradcheck([](const Vars& v) { return ag::gelu_new(v[0]); }, {x}), kTol);
   EXPECT_LT(gradcheck([](const Vars& v) { return ag::gelu_new(ag::gelu_new(v[0])); }, {x}), kTol);
+}
+
+TEST(GradcheckTransformer, GeluExact) {
+  Rng rng(13);
+  Tensor x = random_off_kink(Shape{4, 6}, rng, -4.0, 4.0);
+  EXPECT_LT(gradcheck([](const Vars& v) { return ag::gelu(v[0]); }, {x}), kTol);
+  EXPECT_LT(gradcheck([](const Vars& v) { return ag::gelu(ag::gelu(v[0])); }, {x}), kTol);
+}
+
+// The rotation's gradient is the opposite rotation; squaring afterwards makes it depend on x.
+TEST(GradcheckTransformer, Rotary) {
+  Rng rng(14);
+  const int64_t t = 4, r = 3;
+  Tensor x = random_off_kink(Shape{2, t, 8}, rng);
+  std::vector<double> c(t * r), s(t * r);
+  for (int64_t i = 0; i < t * r; ++i) {
+    c[i] = std::cos(0.7 * double(i) + 0.1);
+    s[i] = std::sin(0.7 * double(i) + 0.1);
+  }
+  const Tensor cos = Tensor::from_vector(c, Shape{t, r}, DType::F64), sin = Tensor::from_vector(s, Shape{t, r}, DType::F64);
+  EXPECT_LT(gradcheck([&](const Vars& v) { return ag::square(ag::rotary(v[0], cos, sin)); }, {x}), kTol);
 }
 
 TEST(GradcheckTransformer, Softmax) {

@@ -274,7 +274,7 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
   // The first promoted token of feature 5 is the largest W_dec[5] . lm_head[v].
   const Checkpoint sae = load_checkpoint(dir.str("run/sae"), Device::CPU, false);
   const GptNeo model = GptNeo::load(ref("model"));
-  const std::vector<double> dec = sae.params.W_dec.to_vector(), unembed = model.parameter("lm_head").to_vector();
+  const std::vector<double> dec = sae.params.W_dec.to_vector(), unembed = model.unembedding().to_vector();
   const int64_t d = 32, vocab = model.config().vocab_size;
   int64_t best = 0;
   double best_value = -INFINITY;

@@ -58,7 +58,7 @@ struct StoryData {
 
 // Every story through the model, normalised per story and encoded: the brute force's own pass.
 std::vector<StoryData> encode_all(const SaeParams& p) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   std::vector<StoryData> out;
   StoryReader reader(ref("stories.txt"));
@@ -102,7 +102,7 @@ std::vector<std::vector<Top>> brute_force(const std::vector<StoryData>& stories,
 
 // Checks the JSON entries against the brute force, field by field.
 void expect_entries(const Json& entries, const std::vector<StoryData>& stories, const std::vector<std::vector<Top>>& want,
-                    const Gpt2Tokenizer& tokenizer, const std::string& what) {
+                    const BpeTokenizer& tokenizer, const std::string& what) {
   size_t at = 0;
   int64_t compared = 0;
   for (size_t j = 0; j < want.size(); ++j)
@@ -159,14 +159,15 @@ TEST(TokenText, DisplayAndAnnotation) {
 }
 
 TEST(TopStories, EveryArchitectureEqualsBruteForce) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
     const SaeParams sae = make_sae(a, 17);
     const std::vector<StoryData> stories = encode_all(sae);
     InputNormalization normalization;
     normalization.kind = Normalization::Story;
-    auto inputs = text_story_inputs(model, tokenizer, ref("stories.txt"), 2, normalization, 0, Device::CPU);
+    auto inputs = text_story_inputs(model, tokenizer, TextStoryOptions{ref("stories.txt"), "text", {2, HookPoint::ResidPre}},
+                                    normalization, 0, Device::CPU);
     for (int64_t n : {1, 4}) {
       GatherSummary summary;
       const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{n, 3}, &summary);
@@ -182,7 +183,7 @@ TEST(TopStories, EveryArchitectureEqualsBruteForce) {
 TEST(TopStories, ActivationFileWithTokenIds) {
   // The fixture's activations (HF's hidden_states[2]) with its token ids: the stories are read from
   // the file, and named by the tokenizer.
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const SaeParams sae = make_sae("standard", 5);
   std::unique_ptr<ActivationSource> source = open_activations(ref("acts.safetensors"), SyntheticOptions{});
   InputNormalization normalization;
@@ -223,7 +224,7 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("16 stories (578 tokens)"), std::string::npos) << r.out;
   const Json entries = Json::parse(read_file(dir.str("features.json")));
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const std::vector<StoryData> stories = encode_all(sae);
   expect_entries(entries, stories, brute_force(stories, 24, 3), tokenizer, "sae_features");
   const FeatureStats stats = FeatureStats::load(dir.str("stats.safetensors"));

@@ -157,8 +157,8 @@ TEST(KvCache, RefusesBadUseAndStaysUsableAfterAnError) {
   // A moved model keeps its caches.
   GptNeo moved = std::move(model);
   cache.clear();
-  EXPECT_NO_THROW(moved.logits_cached({ids[0]}, cache, {}, /*last_only=*/true));
-  EXPECT_EQ(moved.logits_cached({ids[1], ids[2]}, cache, {}, true).shape(), (Shape{1, moved.config().vocab_size}));
+  EXPECT_NO_THROW(moved.logits_cached({ids[0]}, cache, SiteHooks{}, /*last_only=*/true));
+  EXPECT_EQ(moved.logits_cached({ids[1], ids[2]}, cache, SiteHooks{}, true).shape(), (Shape{1, moved.config().vocab_size}));
 }
 
 // ---------------------------------------------------------------- generate

@@ -1,6 +1,10 @@
 // StoryReader (lm/text_data.h): TinyStories' .txt (separated by <|endoftext|>) and JSON lines,
-// empty stories skipped, white space trimmed, positions that resume exactly, and bad files.
+// plain and compressed (gzip, zstd: io/line_reader.h), another text field, empty stories skipped,
+// white space trimmed, positions that resume exactly, and bad files (one line each).
 #include <gtest/gtest.h>
+
+#include <zlib.h>
+#include <zstd.h>
 
 #include <fstream>
 #include <string>
@@ -22,6 +26,25 @@ std::vector<std::string> all_stories(StoryReader& reader) {
     out.push_back(s.text);
   }
   return out;
+}
+
+// `bytes` written gzip- or zstd-compressed (zstd in two frames, as some tools write it) to path.
+void write_compressed(const std::string& path, const std::string& bytes, bool zstd) {
+  if (!zstd) {
+    gzFile f = gzopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
+    gzclose(f);
+    return;
+  }
+  std::string out;
+  for (const std::string& part : {bytes.substr(0, bytes.size() / 3), bytes.substr(bytes.size() / 3)}) {
+    std::string frame(ZSTD_compressBound(part.size()), '\0');
+    const size_t n = ZSTD_compress(frame.data(), frame.size(), part.data(), part.size(), 3);
+    ASSERT_FALSE(ZSTD_isError(n));
+    out += frame.substr(0, n);
+  }
+  std::ofstream(path, std::ios::binary) << out;
 }
 
 }  // namespace
@@ -101,4 +124,81 @@ TEST(StoryReader, ReadsJsonLinesAndRefusesBadOnes) {
     }
   }
   EXPECT_THROW(StoryReader(dir.str("missing.txt")), DataError);
+}
+
+// The same stories from .jsonl, .jsonl.gz and .jsonl.zst (and a .txt.gz), large enough to span
+// many decompression blocks; positions saved in a compressed file resume exactly.
+TEST(StoryReader, CompressedFilesGiveTheSameStoriesAndResume) {
+  TempDir dir("text_compressed");
+  std::string jsonl, txt;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string text = "Story " + std::to_string(i) + std::string(static_cast<size_t>(i % 97), 'x') + " \u00e9nd.";
+    jsonl += "{\"id\": " + std::to_string(i) + ", \"content\": \"" + text + "\"}\n";
+    txt += "Story " + std::to_string(i) + "<|endoftext|>" + (i % 2 ? "\n" : "");
+  }
+  std::ofstream(dir.str("plain.jsonl")) << jsonl;
+  write_compressed(dir.str("s.jsonl.gz"), jsonl, false);
+  write_compressed(dir.str("s.jsonl.zst"), jsonl, true);
+  write_compressed(dir.str("s.txt.gz"), txt, false);
+  StoryReader plain(dir.str("plain.jsonl"), "content");
+  const std::vector<std::string> want = all_stories(plain);
+  ASSERT_EQ(want.size(), 3000u);
+  EXPECT_EQ(want[5], "Story 5xxxxx \xc3\xa9nd.");
+  for (const char* name : {"s.jsonl.gz", "s.jsonl.zst"}) {
+    SCOPED_TRACE(name);
+    StoryReader reader(dir.str(name), "content");
+    EXPECT_TRUE(reader.is_jsonl());
+    EXPECT_EQ(all_stories(reader), want);
+    StoryReader first(dir.str(name), "content");
+    TextStory s;
+    for (int i = 0; i < 1234; ++i) ASSERT_TRUE(first.next(s));
+    const TextPosition at = first.position();
+    StoryReader second(dir.str(name), "content");
+    second.seek(at);
+    ASSERT_TRUE(second.next(s));
+    EXPECT_EQ(s.index, 1234);
+    EXPECT_EQ(s.text, want[1234]);
+    // Without --text-field content, the lines have no "text".
+    StoryReader wrong_field(dir.str(name));
+    try {
+      wrong_field.next(s);
+      ADD_FAILURE() << "no error";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("no \"text\" field"), std::string::npos) << e.what();
+    }
+  }
+  StoryReader txt_reader(dir.str("s.txt.gz"));
+  EXPECT_FALSE(txt_reader.is_jsonl());
+  const std::vector<std::string> stories = all_stories(txt_reader);
+  ASSERT_EQ(stories.size(), 3000u);
+  EXPECT_EQ(stories[2999], "Story 2999");
+}
+
+TEST(StoryReader, CorruptCompressedFilesAreOneLineErrors) {
+  TempDir dir("text_corrupt");
+  std::string jsonl;
+  for (int i = 0; i < 5000; ++i) jsonl += "{\"text\": \"Story " + std::to_string(i) + " of many words here.\"}\n";
+  for (bool zstd : {false, true}) {
+    const std::string path = dir.str(zstd ? "s.jsonl.zst" : "s.jsonl.gz");
+    write_compressed(path, jsonl, zstd);
+    std::string bytes = sae::testing::read_file(path);
+    const std::string truncated = dir.str(zstd ? "t.jsonl.zst" : "t.jsonl.gz");
+    std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    const std::string garbled = dir.str(zstd ? "g.jsonl.zst" : "g.jsonl.gz");
+    for (size_t i = bytes.size() / 3; i < bytes.size() / 3 + 64; ++i) bytes[i] = static_cast<char>(bytes[i] ^ 0x5A);
+    std::ofstream(garbled, std::ios::binary) << bytes;
+    for (const std::string& bad : {truncated, garbled}) {
+      try {
+        StoryReader reader(bad);
+        TextStory s;
+        while (reader.next(s)) {
+        }
+        ADD_FAILURE() << bad << ": read to the end without an error";
+      } catch (const DataError& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find(bad), std::string::npos) << message;
+        EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+      }
+    }
+  }
 }

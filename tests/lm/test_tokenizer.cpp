@@ -1,4 +1,4 @@
-// Gpt2Tokenizer tests: thousands of strings against the ids of the `tokenizers` package
+// BpeTokenizer tests: thousands of strings against the ids of the `tokenizers` package
 // (tests/ref/tokenizer/, made by scripts/gen_tokenizer_fixture.py), both file formats and both
 // merge spellings, GPT-2's pre-tokenisation rules one by one with pieces worked out by hand from the
 // pattern, BPE rank order on a hand-made vocabulary, invalid UTF-8, corrupt files, decode errors,
@@ -11,6 +11,7 @@
 
 #include "tests/util/test_util.h"
 #include "lm/tokenizer.h"
+#include "lm/unicode_nfc.h"
 #include "lm/unicode_tables.h"
 #include "tensor/error.h"
 #include "io/json.h"
@@ -54,8 +55,8 @@ const std::vector<Case>& fixture_cases() {
   return cases;
 }
 
-const Gpt2Tokenizer& fixture_tokenizer() {
-  static const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_tokenizer_json(ref("tokenizer.json"));
+const BpeTokenizer& fixture_tokenizer() {
+  static const BpeTokenizer tokenizer = BpeTokenizer::from_tokenizer_json(ref("tokenizer.json"));
   return tokenizer;
 }
 
@@ -66,7 +67,7 @@ std::string ids_text(const std::vector<int32_t>& ids) {
 }
 
 // Every fixture string: the witness's ids, and decode gives the exact bytes back.
-void expect_matches_fixture(const Gpt2Tokenizer& tokenizer, const std::string& what) {
+void expect_matches_fixture(const BpeTokenizer& tokenizer, const std::string& what) {
   const std::vector<Case>& cases = fixture_cases();
   ASSERT_GT(cases.size(), 5000u);
   size_t failures = 0;
@@ -140,10 +141,10 @@ struct SmallModel {
     for (const std::string& m : merges) text += m + "\n";
     return text;
   }
-  Gpt2Tokenizer load(const TempDir& dir) const {
+  BpeTokenizer load(const TempDir& dir) const {
     write_file(dir.str("vocab.json"), vocab_json());
     write_file(dir.str("merges.txt"), merges_txt());
-    return Gpt2Tokenizer::from_files(dir.str("vocab.json"), dir.str("merges.txt"));
+    return BpeTokenizer::from_files(dir.str("vocab.json"), dir.str("merges.txt"));
   }
 };
 
@@ -154,7 +155,7 @@ Json load_tokenizer_json() { return Json::parse(sae::testing::read_file(ref("tok
 // ---- against the `tokenizers` witness ----
 
 TEST(TokenizerFixture, TokenizerJsonMatchesTokenizersOnEveryCase) {
-  const Gpt2Tokenizer& tokenizer = fixture_tokenizer();
+  const BpeTokenizer& tokenizer = fixture_tokenizer();
   EXPECT_EQ(tokenizer.eot_id(), 4096);
   EXPECT_EQ(tokenizer.vocab_size(), 4097);
   expect_matches_fixture(tokenizer, "tokenizer.json");
@@ -185,7 +186,7 @@ TEST(TokenizerFixture, PreTokenizerSplitsLikeTokenizersOnEveryCase) {
 }
 
 TEST(TokenizerFixture, VocabAndMergesFilesMatchTokenizersOnEveryCase) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_files(ref("vocab.json"), ref("merges.txt"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_files(ref("vocab.json"), ref("merges.txt"));
   EXPECT_EQ(tokenizer.eot_id(), 4096);
   EXPECT_EQ(tokenizer.vocab_size(), 4097);
   for (int32_t id = 0; id < tokenizer.vocab_size(); ++id)
@@ -204,18 +205,18 @@ TEST(TokenizerFixture, MergesWrittenAsStringsLoadTheSame) {
   root["model"]["merges"] = string_merges;
   TempDir dir("tok_string_merges");
   write_file(dir.str("tokenizer.json"), root.dump());
-  expect_matches_fixture(Gpt2Tokenizer::from_tokenizer_json(dir.str("tokenizer.json")), "string merges");
+  expect_matches_fixture(BpeTokenizer::from_tokenizer_json(dir.str("tokenizer.json")), "string merges");
 }
 
 TEST(TokenizerFixture, ModelDirPrefersTokenizerJson) {
-  EXPECT_EQ(Gpt2Tokenizer::from_model_dir(ref_dir()).source(), ref("tokenizer.json"));
+  EXPECT_EQ(BpeTokenizer::from_model_dir(ref_dir()).source(), ref("tokenizer.json"));
   TempDir dir("tok_model_dir");
   write_file(dir.str("vocab.json"), sae::testing::read_file(ref("vocab.json")));
   write_file(dir.str("merges.txt"), sae::testing::read_file(ref("merges.txt")));
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(dir.str());
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(dir.str());
   EXPECT_NE(tokenizer.source().find("vocab.json"), std::string::npos);
   EXPECT_EQ(tokenizer.encode("Hello world"), fixture_tokenizer().encode("Hello world"));
-  expect_error<DataError>([&] { Gpt2Tokenizer::from_model_dir(dir.str("nothing_here")); }, {dir.str("nothing_here"), "tokenizer.json"});
+  expect_error<DataError>([&] { BpeTokenizer::from_model_dir(dir.str("nothing_here")); }, {dir.str("nothing_here"), "tokenizer.json"});
 }
 
 // ---- pre-tokenisation, rule by rule; expected pieces worked out by hand from the pattern ----
@@ -297,7 +298,7 @@ TEST(TokenizerPreTokenize, UnicodeVersionIsSixteen) {
 // ---- special tokens ----
 
 TEST(TokenizerSpecial, EndOfTextIsMatchedLiterallyAnywhere) {
-  const Gpt2Tokenizer& t = fixture_tokenizer();
+  const BpeTokenizer& t = fixture_tokenizer();
   const int32_t eot = t.eot_id();
   EXPECT_EQ(t.token_text(eot), kEot);
   EXPECT_EQ(t.encode(kEot), (std::vector<int32_t>{eot}));
@@ -321,19 +322,19 @@ TEST(TokenizerMerge, LowestRankFirstAndLeftmostFirst) {
   {
     // "b c" has the lower rank, so "abc" becomes a + bc although "a b" also exists.
     SmallModel m{{"bc", "ab"}, {"b c", "a b"}};
-    const Gpt2Tokenizer t = m.load(dir);
+    const BpeTokenizer t = m.load(dir);
     EXPECT_EQ(t.encode("abc"), (std::vector<int32_t>{'a', 257}));
     EXPECT_EQ(t.encode("ab"), (std::vector<int32_t>{258}));
   }
   {
     SmallModel m{{"ab", "bc"}, {"a b", "b c"}};
-    const Gpt2Tokenizer t = m.load(dir);
+    const BpeTokenizer t = m.load(dir);
     EXPECT_EQ(t.encode("abc"), (std::vector<int32_t>{257, 'c'}));
   }
   {
     // Repeated pairs merge from the left; then the merged tokens merge further.
     SmallModel m{{"aa", "aaaa"}, {"a a", "aa aa"}};
-    const Gpt2Tokenizer t = m.load(dir);
+    const BpeTokenizer t = m.load(dir);
     EXPECT_EQ(t.encode("aaa"), (std::vector<int32_t>{257, 'a'}));
     EXPECT_EQ(t.encode("aaaaa"), (std::vector<int32_t>{258, 'a'}));
     EXPECT_EQ(t.encode("aaaaaa"), (std::vector<int32_t>{258, 257}));
@@ -341,14 +342,14 @@ TEST(TokenizerMerge, LowestRankFirstAndLeftmostFirst) {
   {
     // A space is a byte like any other ("\u0120" in the alphabet); merges cross it within a piece.
     SmallModel m{{"\u0120t", "\u0120th"}, {"\u0120 t", "\u0120t h"}};
-    const Gpt2Tokenizer t = m.load(dir);
+    const BpeTokenizer t = m.load(dir);
     EXPECT_EQ(t.encode(" th th"), (std::vector<int32_t>{258, 258}));
     EXPECT_EQ(t.decode({258, 258}), " th th");
   }
   {
     // Long pieces (a 5000-space run is one piece) merge without trouble.
     SmallModel m{{"\u0120\u0120"}, {"\u0120 \u0120"}};
-    const Gpt2Tokenizer t = m.load(dir);
+    const BpeTokenizer t = m.load(dir);
     const std::vector<int32_t> ids = t.encode(std::string(5000, ' '));
     EXPECT_EQ(ids, std::vector<int32_t>(2500, 257));
   }
@@ -357,7 +358,7 @@ TEST(TokenizerMerge, LowestRankFirstAndLeftmostFirst) {
 // ---- bad input ----
 
 TEST(TokenizerErrors, InvalidUtf8NamesTheLabelAndTheByte) {
-  const Gpt2Tokenizer& t = fixture_tokenizer();
+  const BpeTokenizer& t = fixture_tokenizer();
   const auto expect_bad = [&](const std::string& text, const std::string& offset, const std::string& reason) {
     expect_error<DataError>([&] { t.encode(text, "story 17"); }, {"story 17", "invalid UTF-8", offset, reason});
   };
@@ -377,7 +378,7 @@ TEST(TokenizerErrors, InvalidUtf8NamesTheLabelAndTheByte) {
 }
 
 TEST(TokenizerErrors, DecodeRejectsIdsOutsideTheVocabulary) {
-  const Gpt2Tokenizer& t = fixture_tokenizer();
+  const BpeTokenizer& t = fixture_tokenizer();
   EXPECT_THROW(t.decode({1, -1}), Error);
   EXPECT_THROW(t.decode({static_cast<int32_t>(t.vocab_size())}), Error);
   expect_error<DataError>([&] { t.decode({5, 4097}); }, {"4097", "tokenizer.json"});
@@ -392,11 +393,11 @@ TEST(TokenizerErrors, CorruptTokenizerJsonNamesTheFile) {
     write_file(path, root.dump());
     std::vector<std::string> all = parts;
     all.push_back(path);
-    expect_error<DataError>([&] { Gpt2Tokenizer::from_tokenizer_json(path); }, all);
+    expect_error<DataError>([&] { BpeTokenizer::from_tokenizer_json(path); }, all);
   };
-  expect_error<DataError>([&] { Gpt2Tokenizer::from_tokenizer_json(dir.str("missing.json")); }, {dir.str("missing.json")});
+  expect_error<DataError>([&] { BpeTokenizer::from_tokenizer_json(dir.str("missing.json")); }, {dir.str("missing.json")});
   write_file(path, "{\"model\": {\"type\": \"BPE\",");
-  expect_error<DataError>([&] { Gpt2Tokenizer::from_tokenizer_json(path); }, {path, "JSON parse error"});
+  expect_error<DataError>([&] { BpeTokenizer::from_tokenizer_json(path); }, {path, "JSON parse error"});
 
   const Json good = load_tokenizer_json();
   Json root = good;
@@ -404,17 +405,40 @@ TEST(TokenizerErrors, CorruptTokenizerJsonNamesTheFile) {
   expect_rejected(root, {"WordPiece", "BPE"});
   root = good;
   root["pre_tokenizer"]["type"] = "Metaspace";
-  expect_rejected(root, {"Metaspace", "ByteLevel"});
+  expect_rejected(root, {"Metaspace", "ByteLevel", "SentencePiece"});
   root = good;
   root["pre_tokenizer"]["add_prefix_space"] = true;
   expect_rejected(root, {"add_prefix_space"});
   root = good;
-  root["normalizer"] = Json::object();
-  root["normalizer"]["type"] = "NFC";
-  expect_rejected(root, {"NFC"});
+  root["pre_tokenizer"]["use_regex"] = false;
+  expect_rejected(root, {"use_regex"});
   root = good;
-  root["model"]["ignore_merges"] = true;
-  expect_rejected(root, {"ignore_merges"});
+  root["normalizer"] = Json::object();
+  root["normalizer"]["type"] = "NFKC";
+  expect_rejected(root, {"NFKC", "NFC"});
+  root = good;
+  root["model"]["byte_fallback"] = true;
+  expect_rejected(root, {"byte_fallback"});
+  root = good;
+  root["post_processor"] = Json::parse(R"({"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]})");
+  expect_rejected(root, {"RobertaProcessing"});
+  // A Split with a pattern we do not read, or another behaviour, or without the ByteLevel after it.
+  const Json llama = Json::parse(sae::testing::read_file(sae::testing::ref_path("tokenizers/llama3/tokenizer.json")));
+  const auto with_pre = [&](const std::string& key, const Json& value, size_t which) {
+    Json r = llama;
+    Json list = Json::array();
+    for (size_t i = 0; i < 2; ++i) {
+      Json part = llama.at("pre_tokenizer").at("pretokenizers").at(i);
+      if (i == which) part[key] = value;
+      list.push_back(part);
+    }
+    r["pre_tokenizer"]["pretokenizers"] = list;
+    return r;
+  };
+  expect_rejected(with_pre("pattern", Json::parse(R"({"Regex": "\\p{L}+|\\s+"})"), 0), {"Split", "not one we read"});
+  expect_rejected(with_pre("pattern", Json::parse(R"({"String": " "})"), 0), {"Split", "Regex"});
+  expect_rejected(with_pre("behavior", Json("Removed"), 0), {"Removed"});
+  expect_rejected(with_pre("use_regex", Json(true), 1), {"use_regex"});
   root = good;
   root["model"]["vocab"]["\u0120zzz"] = 17;  // an id that "\u0120" + something else already has
   expect_rejected(root, {"id 17", "used by both"});
@@ -453,12 +477,12 @@ TEST(TokenizerErrors, CorruptVocabOrMergesNamesTheFile) {
   const auto load = [&](const std::string& vocab_text, const std::string& merges_text) {
     write_file(vocab, vocab_text);
     write_file(merges, merges_text);
-    return Gpt2Tokenizer::from_files(vocab, merges);
+    return BpeTokenizer::from_files(vocab, merges);
   };
   EXPECT_EQ(load(good.vocab_json(), good.merges_txt()).encode("ab"), (std::vector<int32_t>{257}));
 
-  expect_error<DataError>([&] { Gpt2Tokenizer::from_files(dir.str("none.json"), merges); }, {dir.str("none.json")});
-  expect_error<DataError>([&] { Gpt2Tokenizer::from_files(vocab, dir.str("none.txt")); }, {dir.str("none.txt")});
+  expect_error<DataError>([&] { BpeTokenizer::from_files(dir.str("none.json"), merges); }, {dir.str("none.json")});
+  expect_error<DataError>([&] { BpeTokenizer::from_files(vocab, dir.str("none.txt")); }, {dir.str("none.txt")});
   expect_error<DataError>([&] { load("{\"a\": 1,}", good.merges_txt()); }, {vocab, "JSON parse error"});
   expect_error<DataError>([&] { load("[1, 2]", good.merges_txt()); }, {vocab, "object"});
   expect_error<DataError>([&] { load("{\"a\": 1, \"a\": 2}", good.merges_txt()); }, {vocab, "duplicate"});
@@ -488,7 +512,7 @@ TEST(TokenizerErrors, CorruptVocabOrMergesNamesTheFile) {
 // ---- concurrency ----
 
 TEST(TokenizerCache, ConcurrentEncodingGivesTheWitnessIds) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_tokenizer_json(ref("tokenizer.json"));  // a cold cache
+  const BpeTokenizer tokenizer = BpeTokenizer::from_tokenizer_json(ref("tokenizer.json"));  // a cold cache
   const std::vector<Case>& cases = fixture_cases();
   std::vector<int> failures(4, 0);
   std::vector<std::thread> threads;
@@ -502,4 +526,145 @@ TEST(TokenizerCache, ConcurrentEncodingGivesTheWitnessIds) {
   }
   for (std::thread& t : threads) t.join();
   for (int k = 0; k < 4; ++k) EXPECT_EQ(failures[k], 0) << "thread " << k;
+}
+
+// ---- the other byte-level BPE families (tests/ref/tokenizers, scripts/gen_bpe_tokenizer_fixtures.py) ----
+
+namespace {
+
+struct FamilyCases {
+  std::vector<int32_t> bos;
+  std::vector<Case> cases;
+};
+
+FamilyCases family_cases(const std::string& name) {
+  FamilyCases out;
+  std::istringstream lines(sae::testing::read_file(sae::testing::ref_path("tokenizers/" + name + "/cases.jsonl")));
+  std::string line;
+  std::getline(lines, line);
+  const Json head = Json::parse(line);  // (a temporary in the loop's range would die before the body)
+  for (const Json& id : head.at("bos").elements()) out.bos.push_back(static_cast<int32_t>(id.as_int()));
+  while (std::getline(lines, line)) {
+    const Json j = Json::parse(line);
+    Case c;
+    c.text = j.at("text").as_string();
+    for (const Json& id : j.at("ids").elements()) c.ids.push_back(static_cast<int32_t>(id.as_int()));
+    for (const Json& n : j.at("pieces").elements()) c.piece_bytes.push_back(static_cast<size_t>(n.as_int()));
+    out.cases.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Llama 3's and Qwen 2's Split patterns, NFC, ignore_merges, normalized and special added tokens,
+// the BOS a TemplateProcessing adds: ids and pre-tokenizer pieces of every case as `tokenizers` gives them.
+TEST(TokenizerFamilies, LlamaQwenAndNeoxStyleTokenizersMatchTokenizersOnEveryCase) {
+  const struct {
+    const char* name;
+    SplitPattern pattern;
+    bool nfc;
+  } families[] = {{"llama3", SplitPattern::Llama3, false}, {"qwen2", SplitPattern::Qwen2, true},
+                  {"neox", SplitPattern::Gpt2, true}};
+  for (const auto& f : families) {
+    SCOPED_TRACE(f.name);
+    const BpeTokenizer t = BpeTokenizer::from_model_dir(sae::testing::ref_path(std::string("tokenizers/") + f.name));
+    EXPECT_EQ(t.pattern(), f.pattern);
+    EXPECT_EQ(t.normalizes_nfc(), f.nfc);
+    const FamilyCases fc = family_cases(f.name);
+    EXPECT_EQ(t.bos_prefix(), fc.bos);
+    ASSERT_GT(fc.cases.size(), 1500u);
+    size_t id_failures = 0, piece_failures = 0;
+    for (size_t i = 0; i < fc.cases.size(); ++i) {
+      const Case& c = fc.cases[i];
+      const std::vector<int32_t> ids = t.encode(c.text, cat("case ", i));
+      if (ids != c.ids && ++id_failures <= 8)
+        ADD_FAILURE() << f.name << " case " << i << " " << Json(c.text).dump() << "\n  expected " << ids_text(c.ids)
+                      << "\n  got      " << ids_text(ids);
+      std::vector<std::string_view> got;
+      pre_tokenize(f.pattern, c.text, got);
+      std::vector<size_t> lengths;
+      for (std::string_view p : got) lengths.push_back(p.size());
+      if (lengths != c.piece_bytes && ++piece_failures <= 8)
+        ADD_FAILURE() << f.name << " case " << i << " " << Json(c.text).dump() << ": pre-tokenizer pieces differ";
+    }
+    EXPECT_EQ(id_failures, 0u) << f.name << ": ids of " << id_failures << " of " << fc.cases.size() << " cases differ";
+    EXPECT_EQ(piece_failures, 0u);
+  }
+  // The BOS / EOS the folders name: Llama 3's post-processor, NeoX's tokenizer_config.json.
+  const BpeTokenizer llama = BpeTokenizer::from_model_dir(sae::testing::ref_path("tokenizers/llama3"));
+  EXPECT_EQ(llama.bos_id(), 1024);
+  EXPECT_EQ(llama.token_text(llama.bos_id()), "<|begin_of_text|>");
+  const BpeTokenizer neox = BpeTokenizer::from_model_dir(sae::testing::ref_path("tokenizers/neox"));
+  EXPECT_TRUE(neox.bos_prefix().empty());
+  EXPECT_EQ(neox.token_text(neox.bos_id()), "<|endoftext|>");
+  EXPECT_EQ(neox.eot_id(), neox.bos_id());
+  const BpeTokenizer qwen = BpeTokenizer::from_model_dir(sae::testing::ref_path("tokenizers/qwen2"));
+  EXPECT_EQ(qwen.bos_id(), -1);  // Qwen 2 names no BOS
+}
+
+// The Llama 3 pattern's rules, with pieces worked out by hand from the regex.
+TEST(TokenizerFamilies, Llama3PatternRulesByHand) {
+  const auto cut = [](SplitPattern p, std::string_view text) {
+    std::vector<std::string_view> views;
+    pre_tokenize(p, text, views);
+    return std::vector<std::string>(views.begin(), views.end());
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(cut(SplitPattern::Llama3, "12345 678"), (V{"123", "45", " ", "678"}));
+  EXPECT_EQ(cut(SplitPattern::Qwen2, "123"), (V{"1", "2", "3"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "DON'T"), (V{"DON", "'T"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "!hello world"), (V{"!hello", " world"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "a  \n\n  b"), (V{"a", "  \n\n", " ", " b"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "...\n\nx"), (V{"...\n\n", "x"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "\nhello"), (V{"\n", "hello"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, "\thello"), (V{"\thello"}));
+  EXPECT_EQ(cut(SplitPattern::Llama3, " 42"), (V{" ", "42"}));
+  EXPECT_EQ(cut(SplitPattern::Gpt2, " 42"), (V{" 42"}));
+  EXPECT_EQ(split_pattern_of_regex(split_pattern_regex(SplitPattern::Qwen2)), SplitPattern::Qwen2);
+  EXPECT_FALSE(split_pattern_of_regex("\\s+").has_value());
+}
+
+// ignore_merges: a piece the vocabulary holds whole is that token, even when the merges would
+// stop short of it (here "abc": merges give "ab" + "c").
+TEST(TokenizerFamilies, IgnoreMergesTakesWholePieces) {
+  TempDir dir("tok_ignore_merges");
+  Json root = Json::object();
+  Json model = Json::object();
+  model["type"] = "BPE";
+  Json vocab = Json::object();
+  for (int b = 0; b < 256; ++b) vocab[alphabet_char(b)] = b;
+  vocab["ab"] = 256;
+  vocab["abc"] = 257;
+  vocab["bc"] = 258;
+  model["vocab"] = vocab;
+  model["merges"] = Json::parse(R"([["a", "b"], ["b", "c"]])");
+  root["model"] = model;
+  root["pre_tokenizer"] = Json::parse(R"({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})");
+  for (bool ignore : {false, true}) {
+    root["model"]["ignore_merges"] = ignore;
+    write_file(dir.str("tokenizer.json"), root.dump());
+    const BpeTokenizer t = BpeTokenizer::from_tokenizer_json(dir.str("tokenizer.json"));
+    const std::vector<int32_t> want = ignore ? std::vector<int32_t>{257} : std::vector<int32_t>{256, 'c'};
+    EXPECT_EQ(t.encode("abc"), want) << ignore;
+    EXPECT_EQ(t.encode("abcd"), (std::vector<int32_t>{256, 'c', 'd'})) << "abcd is not in the vocabulary";
+    EXPECT_EQ(t.eot_id(), -1);  // no <|endoftext|>: generation then never stops early
+  }
+}
+
+// NFC by hand: composition, Hangul by formula, reordering of marks, compatibility characters left
+// alone, singletons decomposed, and Unicode 16's new composites left uncomposed as tokenizers does.
+TEST(TokenizerFamilies, NfcByHand) {
+  using unicode::nfc;
+  EXPECT_EQ(nfc("e\xcc\x81"), "\xc3\xa9");                                   // e + U+0301 -> é
+  EXPECT_EQ(nfc("A\xcc\x8a"), "\xc3\x85");                                   // A + ring -> Å
+  EXPECT_EQ(nfc("\xe2\x84\xab"), "\xc3\x85");                                // U+212B ANGSTROM SIGN -> Å
+  EXPECT_EQ(nfc("\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"), "\xea\xb0\x81");    // jamo G A G -> 각
+  EXPECT_EQ(nfc("a\xcc\x82\xcc\xa3"), "\xe1\xba\xad");                       // a + circumflex + dot below -> ậ
+  EXPECT_EQ(nfc("a\xcc\xa3\xcc\x82"), "\xe1\xba\xad");                       // the same, marks in the other order
+  EXPECT_EQ(nfc("\xef\xac\x81"), "\xef\xac\x81");                            // ﬁ: compatibility only, kept
+  EXPECT_EQ(nfc("plain ascii text"), "plain ascii text");
+  EXPECT_EQ(nfc("\xf0\x90\x97\x92\xcc\x87"), "\xf0\x90\x97\x92\xcc\x87");    // U+105D2 + U+0307: new in 16, kept
+  EXPECT_EQ(unicode::combining_class(0x301), 230);
+  EXPECT_EQ(unicode::combining_class(0x41), 0);
 }

@@ -156,6 +156,30 @@ TEST(CudaParityTransformer, AttentionMaskAndSwapAxes) {
   }
 }
 
+// Rotary embedding at Pythia's shapes (12 heads of 64, 16 rotated columns: R 8) and small odd ones,
+// in place and not, and the exact GELU beside it.
+TEST(CudaParityTransformer, RotaryAndGelu) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(12);
+  for (DType d : kDTypes) {
+    for (auto [b, t, width, r] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{24, 218, 64, 8}, {3, 5, 8, 4},
+                                  {2, 7, 9, 1}, {1, 1, 2, 1}}) {
+      const Tensor x = random_cpu(Shape{b, t, width}, d, rng);
+      const Tensor c = random_cpu(Shape{t, r}, d, rng), s = random_cpu(Shape{t, r}, d, rng);
+      Tensor out = poisoned(x.shape(), d);
+      rotary_(out, gpu(x), gpu(c), gpu(s));
+      const Tensor want = rotary(x, c, s);
+      expect_on_gpu_close(out, want, kExact, cat("rotary ", x.shape().str()));
+      Tensor in_place = gpu(x);
+      rotary_(in_place, in_place, gpu(c), gpu(s));
+      expect_on_gpu_close(in_place, want, kExact, "rotary in place");
+    }
+    const Tensor z = random_cpu(Shape{9, 301}, d, rng) * 4.0;
+    expect_on_gpu_close(gelu(gpu(z)), gelu(z), row_tol(d), "gelu");
+    expect_on_gpu_close(gelu_grad(gpu(z)), gelu_grad(z), row_tol(d), "gelu_grad");
+  }
+}
+
 // The gradients of each autograd function of the transformer ops, on CUDA against the CPU.
 TEST(CudaParityTransformer, AutogradGradients) {
   SKIP_WITHOUT_GPU();
@@ -176,6 +200,8 @@ TEST(CudaParityTransformer, AutogradGradients) {
        {Shape{9, 40}, Shape{40}, Shape{40}}},
       {"gelu_new", [](const std::vector<Variable>& v) { return ag::gelu_new(v[0]); },
        [](const std::vector<Variable>& v) { return ag::gelu_new(v[0]); }, {Shape{9, 40}}},
+      {"gelu", [](const std::vector<Variable>& v) { return ag::gelu(v[0]); },
+       [](const std::vector<Variable>& v) { return ag::gelu(v[0]); }, {Shape{9, 40}}},
       {"masked softmax", [](const std::vector<Variable>& v) { return ag::softmax(ag::attention_mask(v[0], 3)); },
        [](const std::vector<Variable>& v) { return ag::softmax(ag::attention_mask(v[0], 3)); }, {Shape{4, 10, 10}}},
       {"batched_matmul", [](const std::vector<Variable>& v) { return ag::batched_matmul(v[0], v[1], false, true); },

@@ -2,6 +2,8 @@
 // every transpose flag, views, dtype conversion, and the errors the front-end must throw.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <cmath>
 
 #include "tensor/cuda/backend.h"
@@ -178,6 +180,34 @@ TEST(Ops, MatmulAllTransposeFlags) {
     matmul(a, a);
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[2, 3]"), std::string::npos) << e.what();
+  }
+}
+
+// One row or one column (a matrix-vector product inside the kernel) in every transpose case, with
+// alpha and beta, against a float64 loop.
+TEST(Ops, MatmulOfOneRowOrColumnEveryCase) {
+  Rng rng(31);
+  for (auto [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1, 37, 53}, {41, 29, 1}, {1, 1, 9}, {1, 7, 1}}) {
+    for (int flags = 0; flags < 4; ++flags) {
+      const bool ta = flags & 1, tb = flags & 2;
+      for (DType d : {DType::F32, DType::F64}) {
+        const Tensor a = uniform_tensor(ta ? Shape{k, m} : Shape{m, k}, -1, 1, rng, d);
+        const Tensor b = uniform_tensor(tb ? Shape{n, k} : Shape{k, n}, -1, 1, rng, d);
+        Tensor out = uniform_tensor(Shape{m, n}, -1, 1, rng, d);
+        const std::vector<double> av = a.to_vector(), bv = b.to_vector(), before = out.to_vector();
+        matmul_(out, a, ta, b, tb, 1.5, 0.5);
+        const std::vector<double> got = out.to_vector();
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0;
+            for (int64_t p = 0; p < k; ++p)
+              want += (ta ? av[p * m + i] : av[i * k + p]) * (tb ? bv[j * k + p] : bv[p * n + j]);
+            want = 1.5 * want + 0.5 * before[i * n + j];
+            ASSERT_NEAR(got[i * n + j], want, d == DType::F32 ? 2e-5 : 1e-12)
+                << m << "x" << k << "x" << n << " flags " << flags;
+          }
+      }
+    }
   }
 }
 

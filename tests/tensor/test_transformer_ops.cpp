@@ -1,5 +1,5 @@
 // The transformer ops of the tensor library (tensor/ops.h: embedding, layer_norm, gelu_new,
-// softmax, batched_matmul, attention_mask, swap_axes01) on the CPU, against hand-worked values and
+// gelu, softmax, batched_matmul, attention_mask, swap_axes01, rotary) on the CPU, against hand-worked values and
 // against plain float64 loops written here from the ops' definitions, in float32 and float64; and
 // the errors their front-ends throw. (Gradients: tests/autograd/test_gradcheck_transformer.cpp;
 // CUDA: test_cuda_parity_transformer.cpp.)
@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "tensor/ops.h"
@@ -341,4 +342,87 @@ TEST(TransformerOps, SwapAxes01MovesBlocks) {
   Rng rng(6);
   Tensor big = random_cpu(Shape{218, 48, 16}, DType::F32, rng);  // the threaded path
   expect_close(swap_axes01(swap_axes01(big)), big, sae::testing::kExact, "big swap twice");
+}
+
+// The exact GELU of torch.nn.functional.gelu (GPT-NeoX's "gelu"): literals from Python's math.erf,
+// a sweep against the erf form in double and a central difference of it, and the tails.
+TEST(TransformerOps, GeluExactMatchesTheErfFormAndItsDerivative) {
+  const std::vector<double> z = {-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0};
+  const std::vector<double> want = {-0.00404969409489031, -0.15865525393145707, -0.15426876936299344, 0.0,
+                                    0.34573123063700656,  0.8413447460685429,   2.99595030590511};
+  for (DType d : kDTypes)
+    expect_close(gelu(Tensor::from_vector(z, Shape{7}, d)), Tensor::from_vector(want, Shape{7}, d),
+                 d == DType::F32 ? Tolerance{1e-7, 3e-7} : Tolerance{1e-16, 1e-15}, "gelu literals");
+  const auto erf_form = [](double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); };
+  std::vector<double> xs, values, slopes;
+  for (double x = -12.0; x <= 12.0; x += 0.01) {
+    xs.push_back(x);
+    values.push_back(erf_form(x));
+    const double h = 1e-6;
+    slopes.push_back((erf_form(x + h) - erf_form(x - h)) / (2 * h));
+  }
+  const Shape s{static_cast<int64_t>(xs.size())};
+  const Tensor x = Tensor::from_vector(xs, s, DType::F64);
+  expect_close(gelu(x), Tensor::from_vector(values, s, DType::F64), Tolerance{1e-15, 1e-13}, "gelu sweep");
+  expect_close(gelu_grad(x), Tensor::from_vector(slopes, s, DType::F64), Tolerance{1e-8, 1e-8}, "gelu_grad");
+  expect_close(gelu(x.to(DType::F32)), Tensor::from_vector(values, s, DType::F32), Tolerance{1e-7, 1e-6},
+               "gelu sweep f32");
+  // gelu and gelu_new are different functions: they differ by up to ~5e-4 (near |z| = 2).
+  EXPECT_GT(sae::testing::max_abs_diff(gelu(x), gelu_new(x)), 1e-4);
+  const std::vector<double> tails = {-1e30, -100.0, 100.0, 1e30};
+  for (DType d : kDTypes) {
+    Tensor t = Tensor::from_vector(tails, Shape{4}, d);
+    expect_close(gelu(t), Tensor::from_vector({0, 0, 100, 1e30}, Shape{4}, d), Tolerance{1e-30, 1e-7}, "gelu tails");
+    expect_close(gelu_grad(t), Tensor::from_vector({0, 0, 1, 1}, Shape{4}, d), Tolerance{1e-30, 0},
+                 "gelu_grad tails");
+  }
+}
+
+// Rotary embedding against a float64 loop written from Hugging Face's apply_rotary_pos_emb
+// (q * cos + rotate_half(q) * sin on the first 2R columns, cos/sin repeated over both halves), in
+// place and not, with every row of the tables distinct; then the front-end's refusals.
+TEST(TransformerOps, RotaryMatchesRotateHalfAndCopiesTheRest) {
+  Rng rng(11);
+  for (DType d : kDTypes) {
+    for (auto [b, t, width, r] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{3, 5, 8, 2}, {2, 4, 6, 3}, {1, 1, 2, 1},
+                                  {16, 37, 64, 8}}) {
+      const Tensor x = random_cpu(Shape{b, t, width}, d, rng);
+      std::vector<double> angles(t * r), cos_v(t * r), sin_v(t * r);
+      for (int64_t p = 0; p < t; ++p)
+        for (int64_t j = 0; j < r; ++j) {
+          const double angle = (p + 3) * std::pow(10000.0, -2.0 * j / (2.0 * r));
+          cos_v[p * r + j] = std::cos(angle);
+          sin_v[p * r + j] = std::sin(angle);
+        }
+      const Tensor cos_t = Tensor::from_vector(cos_v, Shape{t, r}, d), sin_t = Tensor::from_vector(sin_v, Shape{t, r}, d);
+      const std::vector<double> in = x.to_vector();
+      std::vector<double> want(in.size());
+      for (int64_t row = 0; row < b * t; ++row) {
+        const int64_t p = row % t;
+        for (int64_t j = 0; j < width; ++j) {
+          const double* v = in.data() + row * width;
+          double y = v[j];
+          if (j < 2 * r) {
+            const int64_t k = j % r;
+            const double rotated_half = j < r ? -v[j + r] : v[j - r];  // rotate_half: cat(-x2, x1)
+            y = v[j] * cos_v[p * r + k] + rotated_half * sin_v[p * r + k];
+          }
+          want[row * width + j] = y;
+        }
+      }
+      const Tensor expected = Tensor::from_vector(want, x.shape(), d);
+      expect_close(rotary(x, cos_t, sin_t), expected, tol_for(d), cat("rotary ", x.shape().str(), " R ", r));
+      Tensor in_place = x.clone();
+      rotary_(in_place, in_place, cos_t, sin_t);
+      expect_close(in_place, expected, tol_for(d), "rotary in place");
+      // The inverse rotation gives x back.
+      expect_close(rotary(rotary(x, cos_t, sin_t), cos_t, neg(sin_t)), x, tol_for(d), "rotary undone");
+    }
+  }
+  const Tensor x = Tensor::zeros(Shape{2, 3, 4}), c = Tensor::zeros(Shape{3, 2});
+  EXPECT_THROW(rotary(x, Tensor::zeros(Shape{3, 3}), Tensor::zeros(Shape{3, 3})), Error);  // 2R > D
+  EXPECT_THROW(rotary(x, Tensor::zeros(Shape{2, 2}), Tensor::zeros(Shape{2, 2})), Error);  // T mismatch
+  EXPECT_THROW(rotary(x, c, Tensor::zeros(Shape{3, 1})), Error);
+  EXPECT_THROW(rotary(x, c, Tensor::zeros(Shape{3, 2}, DType::F64)), Error);
+  EXPECT_THROW(rotary(x.reshape(Shape{6, 4}), c, c), Error);
 }

@@ -79,6 +79,7 @@ class GatedUnit : public ArchUnit {
   }
   std::vector<std::string> reads() const override { return {"unit-norm-decoder", "init-tied", "init-b-dec"}; }
   bool has_b_enc() const override { return false; }
+  bool trains_transcoders() const override { return false; }  // no gated transcoder in the peers
   std::vector<std::string> own_tensors() const override { return {"b_gate", "b_mag", "r_mag"}; }
   DictionaryInit dictionary_init(const ArchSettings& s) const override {
     return resolve_dictionary_init(s, /*unit_norm_when_auto=*/false, /*tied_when_auto=*/true,

@@ -170,10 +170,13 @@ class JumpReluUnit : public ArchUnit {
     const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
     return mul(relu(P), gt(P, exp(p.own_tensor("log_threshold"))));
   }
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
+  }
   std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override {
     std::vector<std::pair<std::string, Tensor>> out;
-    for (const auto& [name, tensor] : p.present())
-      if (name != "log_threshold") out.push_back({name, tensor->to(Device::CPU).to(DType::F32)});
+    for (auto& named : ArchUnit::saelens_weights(p))
+      if (named.first != "log_threshold") out.push_back(std::move(named));
     out.push_back({"threshold", exp(p.own_tensor("log_threshold").to(Device::CPU).to(DType::F32))});
     return out;
   }

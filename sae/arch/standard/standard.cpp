@@ -261,6 +261,10 @@ class StandardUnit : public ArchUnit {
     return std::make_unique<StandardStep>(parse_sparse_mode(s.text("sparse")), shape, dtype, device);
   }
   bool reports_aux() const override { return false; }
+  std::string saelens_transcoder_architecture(bool skip) const override {
+    return skip ? "skip_transcoder" : "transcoder";
+  }
+  bool trains_crosscoders() const override { return true; }
   ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>*, const ArchFrozen*) const override {
     ReferenceLoss out;

@@ -32,6 +32,7 @@ class TopKUnit : public ArchUnit {
   std::vector<std::string> reads() const override { return topk_family_reads(); }
   void validate(const ArchSettings& s, int64_t d_sae) const override { validate_topk_family(s, d_sae, name()); }
   bool has_lambda() const override { return false; }
+  bool trains_crosscoders() const override { return true; }
   std::string sparsity_note() const override { return "sets its L0 with --k"; }
   DictionaryInit dictionary_init(const ArchSettings& s) const override { return topk_family_dictionary_init(s); }
   void init_own(SaeParams& p, const ArchSettings& s) const override { p.settings["k"] = s.integer("k"); }

@@ -58,6 +58,7 @@ SaeParams params_of(const Case& c, DType dtype) {
   SaeParams p;
   p.kind = c.unit;
   p.sources = c.sources;
+  p.transcoder = c.sources == 1;
   auto read = [&](const char* name) { return fx().tensor(c.name + ".param." + name, dtype); };
   p.W_enc = read("W_enc");
   p.b_enc = read("b_enc");

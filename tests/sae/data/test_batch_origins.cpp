@@ -93,7 +93,7 @@ TEST(BatchOrigins, StoryAndTokenBatchesOfAnActivationFile) {
 }
 
 TEST(BatchOrigins, TextStoriesAndTokenBatches) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   // The stories' ids, and each story's hidden_states[2] computed alone.
   std::vector<std::vector<int32_t>> ids;
@@ -108,7 +108,7 @@ TEST(BatchOrigins, TextStoriesAndTokenBatches) {
   for (int64_t batch : {int64_t(0), int64_t(50)}) {
     TextDataOptions options;
     options.text = ref("stories.txt");
-    options.layer = 2;
+    options.site = HookSite{2, HookPoint::ResidPre};
     options.chunk_tokens = 100;  // chunks of a few stories: rows come from several, shuffled
     TextBatcher batcher(model, tokenizer, options, batch, batch ? Normalization::None : Normalization::Story, 1.0, 3);
     batcher.record_origins(radius);

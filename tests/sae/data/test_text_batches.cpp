@@ -49,7 +49,7 @@ TrainConfig text_config(const std::string& out) {
 }  // namespace
 
 TEST(TextData, OurTokensAndActivationsAreHuggingFaces) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   SafetensorsFile expected = SafetensorsFile::open(ref("acts.safetensors"));
   const std::vector<int64_t> lengths = expected.read_i64("story_lengths"), ids = expected.read_i64("token_ids");
@@ -136,7 +136,7 @@ TEST(TextData, LongStoriesAreAnErrorOrCutIntoPieces) {
     EXPECT_NE(std::string(e.what()).find("128 positions"), std::string::npos) << e.what();
   }
   const int64_t long_tokens =
-      static_cast<int64_t>(Gpt2Tokenizer::from_model_dir(ref("model")).encode(long_story.substr(0, long_story.size() - 1)).size());
+      static_cast<int64_t>(BpeTokenizer::from_model_dir(ref("model")).encode(long_story.substr(0, long_story.size() - 1)).size());
   ASSERT_EQ(long_tokens, 320);
   c.out = dir.str("split");
   c.split_long_stories = true;

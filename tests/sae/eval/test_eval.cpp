@@ -20,6 +20,7 @@
 #include <fstream>
 
 #include "lm/generate.h"
+#include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/next_token.h"
@@ -44,7 +45,10 @@ std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DI
 
 std::vector<int32_t> to_ids(const std::vector<int64_t>& values) { return std::vector<int32_t>(values.begin(), values.end()); }
 
-GptNeoConfig model_config() { return GptNeoConfig::load(eval_ref("model/config.json")); }
+DecoderConfig model_config() { return read_model_config(eval_ref("model")).config; }
+
+// --layer K (K >= 0), or nothing (the folder decides).
+HookChoice layer_choice(int layer) { return hook_choice("", layer, layer >= 0); }
 
 // A copy of a fixture SAE folder in `dir` with cfg.json changed by `edit`.
 template <typename Edit>
@@ -75,8 +79,8 @@ void expect_relative(double got, double want, double rel, const std::string& wha
 }
 
 struct Loaded {
-  GptNeo model = GptNeo::load(eval_ref("model"));
-  Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+  DecoderModel model = load_decoder_model(eval_ref("model"));
+  BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(eval_ref("model"));
 };
 
 EvalOptions fixture_options() {
@@ -100,7 +104,7 @@ TEST(SaeEval, MatchesThePyTorchReferenceForEachFolder) {
   } cases[] = {{"story", "sae_story", -1, 2}, {"topk", "sae_topk", -1, 1}, {"saelens", "sae_saelens", 3, 3}};
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    const SaeAtLayer sae = load_sae_at_layer(eval_ref(c.folder), lm.model.config(), c.layer_override, Device::CPU);
+    const SaeAtLayer sae = load_sae_at_layer(eval_ref(c.folder), lm.model.config(), layer_choice(c.layer_override), Device::CPU);
     ASSERT_EQ(sae.layer, c.layer);
     const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
     const std::string p = std::string(c.name) + ".";
@@ -158,7 +162,7 @@ TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
   extra["data"]["layer"] = 2;
   save_checkpoint(dir.str("identity"), params, extra, nullptr);
   Loaded lm;
-  const SaeAtLayer sae = load_sae_at_layer(dir.str("identity"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(dir.str("identity"), lm.model.config(), layer_choice(-1), Device::CPU);
   const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
   EXPECT_NEAR(r.spliced.ce, r.clean.ce, 1e-5 * r.clean.ce);
   EXPECT_LT(r.spliced.kl, 1e-6);
@@ -173,7 +177,7 @@ TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
 
 TEST(SaeEval, MaxStoriesTakesTheFirstStories) {
   Loaded lm;
-  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), layer_choice(-1), Device::CPU);
   EvalOptions options = fixture_options();
   options.max_stories = 2;
   const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, options);
@@ -184,7 +188,7 @@ TEST(SaeEval, MaxStoriesTakesTheFirstStories) {
 
 TEST(SaeEval, ReportsJsonTableAndHistogram) {
   Loaded lm;
-  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), layer_choice(-1), Device::CPU);
   const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, fixture_options());
   const Json j = eval_json(r, sae, eval_ref("model"), fixture_options());
   EXPECT_EQ(j.at("ce_loss").at("sae").as_number(), r.spliced.ce);
@@ -207,7 +211,7 @@ TEST(SaeEval, ReportsJsonTableAndHistogram) {
 
 TEST(SaeEval, RefusesCorporaWithoutPredictions) {
   Loaded lm;
-  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), layer_choice(-1), Device::CPU);
   TempDir dir("eval_text");
   EvalOptions options;
   options.text = dir.str("empty.txt");
@@ -262,18 +266,18 @@ TEST(NextToken, LogSoftmaxLossesAndKlEqualDoubleSums) {
 // ---------------------------------------------------------------- folders: layer, normalisation, refusals
 
 TEST(SaeAtLayer, ReadsTheLayerAndNormalisationFromTheFolder) {
-  const GptNeoConfig config = model_config();
-  const SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, -1, Device::CPU);
+  const DecoderConfig config = model_config();
+  const SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(-1), Device::CPU);
   EXPECT_EQ(story.layer, 2);
   EXPECT_EQ(story.normalization, Normalization::Story);
   EXPECT_NE(story.layer_source.find("sae_cpp.data.layer"), std::string::npos);
-  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, -1, Device::CPU);
+  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, layer_choice(-1), Device::CPU);
   EXPECT_EQ(topk.layer, 1);
   EXPECT_EQ(topk.normalization, Normalization::Dataset);
   EXPECT_DOUBLE_EQ(topk.dataset_scale, 1.7);
   EXPECT_EQ(topk.params.kind, "topk");
   EXPECT_EQ(topk.params.settings.at("k").as_int(), 12);
-  const SaeAtLayer overridden = load_sae_at_layer(eval_ref("sae_story"), config, 4, Device::CPU);
+  const SaeAtLayer overridden = load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(4), Device::CPU);
   EXPECT_EQ(overridden.layer, 4);
   EXPECT_EQ(overridden.layer_source, "--layer");
 
@@ -285,56 +289,65 @@ TEST(SaeAtLayer, ReadsTheLayerAndNormalisationFromTheFolder) {
   int n = 0;
   for (const auto& h : hooks) {
     const std::string folder = edited_copy(dir, "sae_saelens", [&](Json& cfg) { cfg["metadata"]["hook_name"] = h.hook; });
-    EXPECT_EQ(load_sae_at_layer(folder, config, -1, Device::CPU).layer, h.layer) << h.hook;
+    EXPECT_EQ(load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU).layer, h.layer) << h.hook;
     fs::rename(folder, dir.str(cat("hook", n++)));
   }
 }
 
 TEST(SaeAtLayer, RefusesWhatDoesNotFitWithOneLine) {
-  const GptNeoConfig config = model_config();
+  const DecoderConfig config = model_config();
   // No layer in the folder: ask for --layer.
-  std::string message = error_of([&] { load_sae_at_layer(eval_ref("sae_saelens"), config, -1, Device::CPU); });
+  std::string message = error_of([&] { load_sae_at_layer(eval_ref("sae_saelens"), config, layer_choice(-1), Device::CPU); });
   EXPECT_NE(message.find("--layer"), std::string::npos) << message;
-  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_saelens"), config, -1, Device::CPU), UsageError);
-  // The last block's resid_post is before ln_f: no hidden_states index.
+  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_saelens"), config, layer_choice(-1), Device::CPU), UsageError);
+  // The last block's resid_post is before the final norm: no hidden_states index, but a hook point
+  // we splice at; a hook point we do not read is refused (from the folder: a data error).
   TempDir dir("eval_refuse");
   std::string folder = edited_copy(dir, "sae_saelens", [](Json& cfg) { cfg["metadata"]["hook_name"] = "blocks.3.hook_resid_post"; });
-  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), UsageError);
+  const SaeAtLayer last = load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU);
+  EXPECT_EQ(last.site, (HookSite{3, HookPoint::ResidPost}));
+  EXPECT_EQ(last.layer, -1);
+  fs::remove_all(folder);
+  folder = edited_copy(dir, "sae_saelens", [](Json& cfg) { cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_q"; });
+  message = error_of([&] { load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU); });
+  EXPECT_NE(message.find("hook_q"), std::string::npos) << message;
+  EXPECT_THROW(load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU), DataError);
   fs::remove_all(folder);
   // Out of range: from --layer a usage error, from the folder a data error.
-  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), config, 5, Device::CPU); });
-  EXPECT_NE(message.find("outside 0..4"), std::string::npos) << message;
-  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_story"), config, 5, Device::CPU), UsageError);
+  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(5), Device::CPU); });
+  EXPECT_NE(message.find("hidden states 0 to 4"), std::string::npos) << message;
+  EXPECT_THROW(load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(5), Device::CPU), UsageError);
   folder = edited_copy(dir, "sae_story", [](Json& cfg) { cfg["sae_cpp"]["data"]["layer"] = 9; });
-  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  EXPECT_THROW(load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU), DataError);
   fs::remove_all(folder);
   // Width.
-  GptNeoConfig wider = config;
+  DecoderConfig wider = config;
   wider.hidden_size = 64;
-  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), wider, -1, Device::CPU); });
-  EXPECT_NE(message.find("d_in is 32 but the model's hidden size is 64"), std::string::npos) << message;
+  message = error_of([&] { load_sae_at_layer(eval_ref("sae_story"), wider, layer_choice(-1), Device::CPU); });
+  EXPECT_NE(message.find("d_in is 32 but blocks.2.hook_resid_pre"), std::string::npos) << message;
+  EXPECT_NE(message.find("is 64 wide"), std::string::npos) << message;
   // SAELens options we do not apply.
   for (const char* key : {"normalize_activations", "reshape_activations"}) {
     folder = edited_copy(dir, "sae_story", [&](Json& cfg) { cfg[key] = "layer_norm"; });
-    message = error_of([&] { load_sae_at_layer(folder, config, -1, Device::CPU); });
+    message = error_of([&] { load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU); });
     EXPECT_NE(message.find(key), std::string::npos) << message;
     fs::remove_all(folder);
   }
   folder = edited_copy(dir, "sae_story", [](Json& cfg) { cfg["sae_cpp"]["normalization"] = "sideways"; });
-  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  EXPECT_THROW(load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU), DataError);
   fs::remove_all(folder);
   folder = edited_copy(dir, "sae_topk", [](Json& cfg) { cfg["sae_cpp"]["dataset_scale"] = -1.0; });
-  EXPECT_THROW(load_sae_at_layer(folder, config, -1, Device::CPU), DataError);
+  EXPECT_THROW(load_sae_at_layer(folder, config, layer_choice(-1), Device::CPU), DataError);
   fs::remove_all(folder);
-  EXPECT_THROW(load_sae_at_layer(dir.str("nothing"), config, -1, Device::CPU), DataError);
+  EXPECT_THROW(load_sae_at_layer(dir.str("nothing"), config, layer_choice(-1), Device::CPU), DataError);
 }
 
 TEST(SaeAtLayer, ReconstructUndoesTheNormalisation) {
   // With dataset scale s the SAE sees s x and its output is divided by s: for a linear SAE (no ReLU
   // effect: +-basis pairs) the reconstruction is then independent of s.
-  const GptNeoConfig config = model_config();
-  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, -1, Device::CPU);
-  SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, -1, Device::CPU);
+  const DecoderConfig config = model_config();
+  const SaeAtLayer topk = load_sae_at_layer(eval_ref("sae_topk"), config, layer_choice(-1), Device::CPU);
+  SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(-1), Device::CPU);
   Rng rng(3);
   const Tensor x = normal_tensor(Shape{9, 32}, 0.4, 1.3, rng);
   Tensor f;
@@ -361,7 +374,7 @@ TEST(SaeAtLayer, ReconstructUndoesTheNormalisation) {
 TEST(Steer, GreedySteeredGenerationEqualsHuggingFaceWithTheSameHook) {
   Loaded lm;
   const test::Fixture e(eval_ref("expected.safetensors"));
-  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), layer_choice(-1), Device::CPU);
   ASSERT_EQ(sae.layer, e.integer("steer.layer"));
   const Tensor direction = decoder_direction(sae, e.integer("steer.feature"));
   EXPECT_NEAR(std::sqrt(reduce(ReduceOp::sum_squares, direction).item()), 1.0, 1e-6);
@@ -371,7 +384,7 @@ TEST(Steer, GreedySteeredGenerationEqualsHuggingFaceWithTheSameHook) {
   options.max_new_tokens = 40;
   for (int p = 0; p < 2; ++p) {
     const std::vector<int32_t> prompt = to_ids(e.ints(cat("gen", p, ".prompt")));
-    EXPECT_EQ(generate(lm.model, prompt, options, steering_hook(sae.layer, vector)), to_ids(e.ints(cat("gen", p, ".steered"))))
+    EXPECT_EQ(generate(lm.model, prompt, options, steering_hook(sae.site, vector)), to_ids(e.ints(cat("gen", p, ".steered"))))
         << "prompt " << p;
   }
   // steer() runs both; its prompt is the tokenizer's.
@@ -394,7 +407,7 @@ TEST(Steer, GreedySteeredGenerationEqualsHuggingFaceWithTheSameHook) {
 
 TEST(Steer, RefusesBadFeaturesStrengthsAndPrompts) {
   Loaded lm;
-  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), -1, Device::CPU);
+  const SaeAtLayer sae = load_sae_at_layer(eval_ref("sae_story"), lm.model.config(), layer_choice(-1), Device::CPU);
   SteerOptions options;
   options.strength = 3;
   options.generate.max_new_tokens = 4;
@@ -416,7 +429,7 @@ TEST(Steer, RefusesBadFeaturesStrengthsAndPrompts) {
 }
 
 TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(eval_ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(eval_ref("model"));
   const std::vector<int32_t> ids = tokenizer.encode("Zoë the café owner “hi”");
   EXPECT_EQ(display_text(tokenizer, ids), "Zoë the café owner “hi”");
   // Find a token whose bytes are an incomplete UTF-8 sequence: it shows as U+FFFD.
@@ -443,12 +456,12 @@ TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
 TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   Loaded lm;
-  GptNeo gpu = GptNeo::load(eval_ref("model"), Device::CUDA);
+  DecoderModel gpu = load_decoder_model(eval_ref("model"), Device::CUDA);
   const test::Fixture e(eval_ref("expected.safetensors"));
   for (const char* folder : {"sae_story", "sae_topk"}) {
     SCOPED_TRACE(folder);
-    const SaeAtLayer cpu_sae = load_sae_at_layer(eval_ref(folder), lm.model.config(), -1, Device::CPU);
-    const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref(folder), gpu.config(), -1, Device::CUDA);
+    const SaeAtLayer cpu_sae = load_sae_at_layer(eval_ref(folder), lm.model.config(), layer_choice(-1), Device::CPU);
+    const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref(folder), gpu.config(), layer_choice(-1), Device::CUDA);
     const EvalResult want = evaluate_sae(lm.model, lm.tokenizer, cpu_sae, fixture_options());
     const EvalResult got = evaluate_sae(gpu, lm.tokenizer, gpu_sae, fixture_options());
     for (const auto& [g, w] : {std::pair{got.clean, want.clean}, std::pair{got.spliced, want.spliced},
@@ -459,7 +472,7 @@ TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
     expect_relative(got.fvu, want.fvu, 1e-5, "FVU");
     EXPECT_EQ(got.density, want.density);
   }
-  const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref("sae_story"), gpu.config(), -1, Device::CUDA);
+  const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref("sae_story"), gpu.config(), layer_choice(-1), Device::CUDA);
   SteerOptions options;
   options.feature = e.integer("steer.feature");
   options.strength = e.scalar("steer.strength");
@@ -468,4 +481,28 @@ TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
   const SteerResult r = steer(gpu, lm.tokenizer, gpu_sae, "Once upon a time, there was a little", options);
   EXPECT_EQ(r.unsteered, to_ids(e.ints("gen0.greedy")));
   EXPECT_EQ(r.steered, to_ids(e.ints("gen0.steered")));
+}
+
+// The fused host scoring (score_clean_run, score_run) against the tensor-op helpers in float64.
+TEST(NextToken, FusedScoresEqualTheOpByOpHelpers) {
+  Rng rng(21);
+  const int64_t t = 37, v = 1003;
+  const Tensor zp = normal_tensor(Shape{t, v}, 0.0, 3.0, rng), zq = normal_tensor(Shape{t, v}, 0.2, 2.5, rng);
+  std::vector<int32_t> ids(t);
+  for (int32_t& id : ids) id = static_cast<int32_t>(rng.below(v));
+  const Tensor lp = log_softmax_rows(zp.to(DType::F64)), lq = log_softmax_rows(zq.to(DType::F64));
+  double ce_p = 0, ce_q = 0, kl = 0;
+  for (double x : next_token_losses(lp, ids)) ce_p += x;
+  for (double x : next_token_losses(lq, ids)) ce_q += x;
+  for (double x : kl_per_position(lp, lq)) kl += x;
+  const CleanScores clean = score_clean_run(zp.clone(), ids);
+  const RunScoreSums run = score_run(zq, ids, clean);
+  EXPECT_NEAR(clean.ce, ce_p, 1e-6 * ce_p);
+  EXPECT_NEAR(next_token_ce(zp, ids), ce_p, 1e-6 * ce_p);
+  EXPECT_NEAR(run.ce, ce_q, 1e-6 * ce_q);
+  EXPECT_NEAR(run.kl, kl, 1e-5 * kl);
+  EXPECT_GT(kl, 1.0);
+  const RunScoreSums same = score_run(zp, ids, clean);
+  EXPECT_NEAR(same.kl, 0.0, 1e-5 * t);
+  EXPECT_THROW(score_run(zq.slice_rows(0, 5), ids, clean), Error);
 }

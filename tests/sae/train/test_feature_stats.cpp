@@ -540,7 +540,7 @@ TEST(FeatureStatsTraining, TextRunsKeepTheStoriesTokensAroundEachTopActivation) 
   TempDir dir("stats_text");
   const std::string model = std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/model";
   const std::string text = std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/stories.txt";
-  const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::from_model_dir(model);
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(model);
   std::vector<std::vector<int32_t>> ids;
   StoryReader reader(text);
   TextStory story;

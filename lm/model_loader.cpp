@@ -1,0 +1,436 @@
+// Model folders and weight conversion for every family (see model_loader.h).
+#include "lm/model_loader.h"
+
+#include <sys/stat.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "io/safetensors.h"
+#include "tensor/ops.h"
+
+namespace sae {
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::vector<int64_t> shape_of(const Tensor& t) {
+  std::vector<int64_t> s;
+  for (int i = 0; i < t.ndim(); ++i) s.push_back(t.size(i));
+  return s;
+}
+
+bool is_float_dtype(const std::string& dtype) {
+  return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
+}
+
+bool file_exists(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+// One rule for one block (or for the whole model when it has no {i}).
+struct ExpandedRule {
+  std::string ours;
+  std::vector<std::string> files;  // full names in the source (prefix included)
+  WeightTransform transform;
+  int64_t block = -1;              // -1: embeddings or head
+  bool head = false;
+};
+
+// The file shape a rule expects for each of its tensors, from our parameter's shape.
+std::vector<int64_t> file_shape(const ExpandedRule& rule, const std::vector<int64_t>& ours) {
+  switch (rule.transform) {
+    case WeightTransform::Transpose:
+      if (ours.size() == 2) return {ours[1], ours[0]};
+      return ours;
+    case WeightTransform::StackRows: {
+      std::vector<int64_t> part = ours;
+      part[0] /= static_cast<int64_t>(rule.files.size());
+      return part;
+    }
+    default: return ours;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- the weights' source
+
+struct WeightSource::Files {
+  std::vector<SafetensorsFile> files;
+  std::map<std::string, size_t> file_of;  // tensor -> index into files
+  int64_t bytes = 0;
+};
+
+WeightSource::WeightSource() = default;
+WeightSource::WeightSource(WeightSource&&) noexcept = default;
+WeightSource& WeightSource::operator=(WeightSource&&) noexcept = default;
+WeightSource::~WeightSource() = default;
+
+WeightSource WeightSource::open_model_dir(const std::string& dir) {
+  WeightSource source;
+  source.files_ = std::make_unique<Files>();
+  Files& f = *source.files_;
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  auto add_file = [&](const std::string& path) {
+    f.files.push_back(SafetensorsFile::open(path));
+    f.bytes += static_cast<int64_t>(f.files.back().mapping().size());
+    return f.files.size() - 1;
+  };
+  if (file_exists(single)) {
+    const size_t k = add_file(single);
+    for (const std::string& name : f.files[k].names()) f.file_of[name] = k;
+    source.label_ = single;
+    return source;
+  }
+  if (file_exists(index)) {
+    // {"weight_map": {"tensor": "model-00001-of-00002.safetensors", ...}}: each shard opened once.
+    const Json j = read_json_file(index);
+    if (!j.is_object() || !j.has("weight_map") || !j.at("weight_map").is_object())
+      throw DataError(cat(index, ": expected an object with a 'weight_map' object"));
+    std::map<std::string, size_t> shard_index;
+    for (const auto& [name, shard] : j.at("weight_map").items()) {
+      if (!shard.is_string() || shard.as_string().find('/') != std::string::npos)
+        throw DataError(cat(index, ": weight_map['", printable(name), "'] is not a file name in the folder"));
+      const std::string path = dir + "/" + shard.as_string();
+      auto it = shard_index.find(path);
+      if (it == shard_index.end()) it = shard_index.emplace(path, add_file(path)).first;
+      if (!f.files[it->second].has(name))
+        throw DataError(cat(index, ": '", printable(name), "' is listed in ", path, ", which does not hold it"));
+      f.file_of[name] = it->second;
+    }
+    for (const auto& [path, k] : shard_index)
+      for (const std::string& name : f.files[k].names())
+        if (!f.file_of.count(name))
+          throw DataError(cat(path, ": tensor '", printable(name), "' is not in ", index, "'s weight_map"));
+    source.label_ = cat(f.files.size(), " shards of ", dir, " (", index, ")");
+    return source;
+  }
+  std::error_code ec;
+  const bool has_bin = std::filesystem::exists(dir + "/pytorch_model.bin", ec);
+  throw DataError(cat(dir, ": no model.safetensors",
+                      has_bin ? " (only safetensors weights are read, not pytorch_model.bin: convert it with "
+                                "transformers' save_pretrained(safe_serialization=True))"
+                              : ""));
+}
+
+WeightSource WeightSource::in_memory(const NamedTensors& tensors, const std::string& label) {
+  WeightSource source;
+  source.memory_ = &tensors;
+  source.label_ = label;
+  return source;
+}
+
+std::vector<std::string> WeightSource::names() const {
+  std::vector<std::string> names;
+  if (memory_) {
+    for (const auto& [name, t] : *memory_) names.push_back(name);
+  } else {
+    for (const auto& [name, k] : files_->file_of) names.push_back(name);
+  }
+  return names;
+}
+
+bool WeightSource::has(const std::string& name) const {
+  if (memory_) {
+    auto it = memory_->find(name);
+    return it != memory_->end() && it->second.defined();
+  }
+  return files_->file_of.count(name) > 0;
+}
+
+std::vector<int64_t> WeightSource::shape(const std::string& name) const {
+  if (memory_) return shape_of(memory_->at(name));
+  return files_->files[files_->file_of.at(name)].entry(name).shape;
+}
+
+std::string WeightSource::where(const std::string& name) const {
+  if (memory_) return label_;
+  return files_->files[files_->file_of.at(name)].path();
+}
+
+Tensor WeightSource::read_f32(const std::string& name) const {
+  if (memory_) {
+    const Tensor& t = memory_->at(name);
+    if (t.dtype() == DType::I32) throw DataError(cat(label_, ": tensor '", name, "' is int32, expected floating point"));
+    return t.to(Device::CPU).to(DType::F32);
+  }
+  Tensor t = files_->files[files_->file_of.at(name)].read_f32(name);
+  release(name);  // the float32 copy is what the model keeps
+  return t;
+}
+
+void WeightSource::read_rows(const std::string& name, int64_t begin, int64_t count, float* out) const {
+  if (count <= 0) return;
+  if (memory_) {
+    const Tensor t = read_f32(name);
+    const int64_t row = t.ndim() == 0 || t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+    std::memcpy(out, t.data<float>() + begin * row, sizeof(float) * static_cast<size_t>(count * row));
+    return;
+  }
+  files_->files[files_->file_of.at(name)].read_rows_f32(name, begin, count, out);
+}
+
+void WeightSource::release(const std::string& name) const {
+  if (memory_) return;
+  const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
+  const SafetensorsEntry& e = file.entry(name);
+  file.mapping().release_pages(static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file.mapping().data()), e.bytes);
+}
+
+void WeightSource::check_float(const std::string& name) const {
+  if (memory_) {
+    if (memory_->at(name).dtype() == DType::I32)
+      throw DataError(cat(label_, ": tensor '", name, "' is int32, expected floating point"));
+    return;
+  }
+  const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
+  const std::string& dtype = file.entry(name).dtype;
+  if (!is_float_dtype(dtype))
+    throw DataError(cat(file.path(), ": tensor '", printable(name), "' is ", dtype, ", expected F32, F16, BF16 or F64"));
+}
+
+int64_t WeightSource::bytes() const { return files_ ? files_->bytes : 0; }
+
+// ---------------------------------------------------------------- conversion
+
+NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& config, const WeightSource& source,
+                             ModelPart part) {
+  const int64_t layers = config.num_layers;
+  const int64_t blocks = part.blocks < 0 ? layers : std::min(part.blocks, layers);
+  const bool head = part.head && blocks == layers;
+  std::map<std::string, std::vector<int64_t>> our_shapes;
+  for (const auto& [name, shape] : config.parameter_shapes(layers, true)) our_shapes[name] = shape;
+  our_shapes["unembed"] = {config.vocab_size, config.hidden_size};
+
+  // The file's names carry the base model's prefix when any of them does.
+  const std::vector<std::string> names = source.names();
+  bool prefixed = false;
+  for (const std::string& name : names)
+    if (!family.base_prefix.empty() && name.rfind(family.base_prefix, 0) == 0) prefixed = true;
+  const std::string prefix = prefixed ? family.base_prefix : "";
+
+  std::vector<ExpandedRule> rules;
+  for (const WeightRule& rule : family.weight_rules(config)) {
+    const bool per_block = rule.ours.find("{i}") != std::string::npos;
+    for (int64_t i = 0; i < (per_block ? layers : 1); ++i) {
+      ExpandedRule r;
+      r.ours = per_block ? with_block(rule.ours, i) : rule.ours;
+      for (const std::string& file : rule.files) r.files.push_back(prefix + (per_block ? with_block(file, i) : file));
+      r.transform = rule.transform;
+      r.block = per_block ? i : -1;
+      r.head = r.ours.rfind("final_norm", 0) == 0;
+      if (!our_shapes.count(r.ours)) throw Error(cat(family.name, ": a rule names no parameter '", r.ours, "'"));
+      rules.push_back(std::move(r));
+    }
+  }
+  std::map<std::string, std::vector<int64_t>> expected;  // file tensor -> shape
+  for (const ExpandedRule& r : rules)
+    for (const std::string& file : r.files) expected[file] = file_shape(r, our_shapes.at(r.ours));
+
+  // Every tensor of the file: expected (with its shape, a float dtype), an unembedding, or ignored.
+  std::string unembedding_file;
+  for (const std::string& name : names) {
+    const bool is_unembedding =
+        std::find(family.unembedding_files.begin(), family.unembedding_files.end(), name) !=
+        family.unembedding_files.end();
+    auto it = expected.find(name);
+    if (it == expected.end() && !is_unembedding) {
+      const std::string bare = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+      if (family.ignored && family.ignored(bare, layers)) continue;
+      throw DataError(cat(source.where(name), ": unexpected tensor '", printable(name), "' (not a ", family.name,
+                          " parameter of ", config.source, ")"));
+    }
+    const std::vector<int64_t> want = is_unembedding ? our_shapes.at("unembed") : it->second;
+    if (source.shape(name) != want)
+      throw DataError(cat(source.where(name), ": tensor '", printable(name), "' has shape ",
+                          shape_text(source.shape(name)), ", expected ", shape_text(want), " for ", config.source));
+    source.check_float(name);
+    if (is_unembedding) {
+      if (!unembedding_file.empty())
+        throw DataError(cat(source.label(), ": both '", unembedding_file, "' and '", name,
+                            "' hold an unembedding; which one is meant?"));
+      unembedding_file = name;
+    }
+  }
+  for (const ExpandedRule& r : rules)
+    for (const std::string& file : r.files)
+      if (!source.has(file))
+        throw DataError(cat(source.label(), ": missing tensor '", file, "' ", shape_text(expected.at(file))));
+  if (!config.tie_word_embeddings && unembedding_file.empty())
+    throw DataError(cat(source.label(), ": missing tensor '", family.unembedding_files.at(0), "' ",
+                        shape_text(our_shapes.at("unembed")), " (the embeddings are not tied)"));
+
+  // Read (only what the part needs) straight into our layout, a few rows at a time (no full-size
+  // intermediate copy), check finite.
+  auto finite = [&](const Tensor& t, const std::string& name) {
+    const float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(p[i]))
+        throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
+                            ") at flat index ", i));
+  };
+  auto read = [&](const std::string& name) {
+    Tensor t = source.read_f32(name);
+    finite(t, name);
+    return t;
+  };
+  NamedTensors ours;
+  for (const ExpandedRule& r : rules) {
+    if (r.block >= blocks || (r.head && !head)) continue;
+    const std::vector<int64_t>& shape = our_shapes.at(r.ours);
+    Tensor out = Tensor::empty(Shape::from_vector(shape));
+    float* dst = out.data<float>();
+    const int64_t rows = shape[0], columns = shape.size() == 2 ? shape[1] : 1;
+    switch (r.transform) {
+      case WeightTransform::Copy:
+        source.read_rows(r.files[0], 0, rows, dst);
+        break;
+      case WeightTransform::Transpose: {
+        if (shape.size() != 2) {  // a bias: as it is
+          source.read_rows(r.files[0], 0, rows, dst);
+          break;
+        }
+        // The file is [columns, rows] (in, out): 64 of its rows at a time, scattered into our columns.
+        constexpr int64_t kChunk = 64;
+        std::vector<float> chunk(static_cast<size_t>(kChunk * rows));
+        for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
+          const int64_t n = std::min(kChunk, columns - i0);
+          source.read_rows(r.files[0], i0, n, chunk.data());
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
+        }
+        break;
+      }
+      case WeightTransform::StackRows: {
+        const int64_t part = rows / static_cast<int64_t>(r.files.size());
+        for (size_t k = 0; k < r.files.size(); ++k)
+          source.read_rows(r.files[k], 0, part, dst + static_cast<int64_t>(k) * part * columns);
+        break;
+      }
+      case WeightTransform::QkvPerHead: {
+        // Rows of the file run [H, 3, hd]; ours [3, H, hd].
+        const int64_t h = config.num_heads, hd = config.head_dim;
+        for (int64_t head_index = 0; head_index < h; ++head_index)
+          for (int64_t p = 0; p < 3; ++p)
+            source.read_rows(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
+        break;
+      }
+    }
+    for (const std::string& file : r.files) source.release(file);
+    finite(out, r.files.size() == 1 ? r.files[0] : r.ours);
+    ours[r.ours] = out;
+  }
+  if (head && !unembedding_file.empty()) ours["unembed"] = read(unembedding_file);
+  return ours;
+}
+
+// ---------------------------------------------------------------- folders
+
+ModelFolder read_model_config(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  const Json json = read_json_file(path);
+  ModelFolder folder;
+  folder.family = &family_for(json, path);
+  folder.config = folder.family->parse_config(json, path);
+  if (json.has("_name_or_path") && json.at("_name_or_path").is_string() && !json.at("_name_or_path").as_string().empty())
+    folder.name = json.at("_name_or_path").as_string();
+  else
+    folder.name = std::filesystem::path(dir).lexically_normal().filename().string();
+  if (folder.name.empty() || folder.name == ".")
+    folder.name = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
+  return folder;
+}
+
+DecoderModel load_decoder_model(const std::string& dir, Device device, ModelPart part) {
+  const ModelFolder folder = read_model_config(dir);
+  DecoderModel model = [&] {
+    const WeightSource source = WeightSource::open_model_dir(dir);
+    const NamedTensors parameters = convert_weights(*folder.family, folder.config, source, part);
+    return DecoderModel::from_parameters(folder.config, parameters, device, source.label(), part);
+  }();
+#if defined(__GLIBC__)
+  // The conversion's transient copies (a tensor read, then transposed) went back to the heap; hand
+  // that memory back to the system so that the run's peak is the model's own size.
+  ::malloc_trim(0);
+#endif
+  return model;
+}
+
+Tensor load_unembedding(const std::string& dir) {
+  const ModelFolder folder = read_model_config(dir);
+  const WeightSource source = WeightSource::open_model_dir(dir);
+  const std::vector<int64_t> shape = {folder.config.vocab_size, folder.config.hidden_size};
+  std::vector<std::string> candidates = folder.family->unembedding_files;
+  if (folder.config.tie_word_embeddings) {
+    for (const WeightRule& rule : folder.family->weight_rules(folder.config))
+      if (rule.ours == "embed.tokens") {
+        candidates.push_back(folder.family->base_prefix + rule.files.at(0));
+        candidates.push_back(rule.files.at(0));
+      }
+  }
+  for (const std::string& name : candidates) {
+    if (!source.has(name)) continue;
+    if (source.shape(name) != shape)
+      throw DataError(cat(source.where(name), ": tensor '", name, "' has shape ", shape_text(source.shape(name)),
+                          ", expected ", shape_text(shape)));
+    source.check_float(name);
+    return source.read_f32(name);
+  }
+  throw DataError(cat(source.label(), ": no unembedding (", candidates.empty() ? "none listed" : candidates.front(),
+                      ")"));
+}
+
+// ---------------------------------------------------------------- families
+
+std::string with_block(const std::string& pattern, int64_t block) {
+  const size_t at = pattern.find("{i}");
+  if (at == std::string::npos) return pattern;
+  return pattern.substr(0, at) + std::to_string(block) + pattern.substr(at + 3);
+}
+
+bool is_block_buffer(const std::string& name, const std::string& prefix, const std::vector<std::string>& suffixes,
+                     int64_t layers) {
+  if (name.rfind(prefix, 0) != 0) return false;
+  size_t pos = prefix.size(), digits = 0;
+  int64_t layer = 0;
+  while (pos < name.size() && name[pos] >= '0' && name[pos] <= '9' && digits < 6) {
+    layer = layer * 10 + (name[pos++] - '0');
+    ++digits;
+  }
+  if (digits == 0 || layer >= layers) return false;
+  const std::string rest = name.substr(pos);
+  for (const std::string& suffix : suffixes)
+    if (rest == suffix) return true;
+  return false;
+}
+
+std::vector<const ModelFamily*> all_families() { return {&gpt_neo_family(), &gpt2_family(), &gpt_neox_family()}; }
+
+const ModelFamily& family_for(const Json& config, const std::string& source) {
+  if (!config.is_object()) throw DataError(cat(source, ": expected a JSON object, got a ", config.type_name()));
+  const std::string type =
+      config.has("model_type") && config.at("model_type").is_string() ? config.at("model_type").as_string() : "";
+  std::string known;
+  for (const ModelFamily* family : all_families()) {
+    if (family->model_type == type) return *family;
+    known += (known.empty() ? "" : ", ") + ("\"" + family->model_type + "\"");
+  }
+  throw DataError(cat(source, ": 'model_type' ", config.has("model_type") ? config.at("model_type").dump() : "(none)",
+                      " is not a model family we read (", known, ")"));
+}
+
+}  // namespace sae

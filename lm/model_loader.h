@@ -1,0 +1,69 @@
+// Loading a Hugging Face model folder into a DecoderModel, for every family alike: config.json ->
+// the family (lm/model_family.h) and its DecoderConfig; the weights (model.safetensors, or the shards
+// model.safetensors.index.json lists; F32, F16, BF16 or F64, widened to float32) checked against the
+// family's table and converted to our parameters, only for the part of the model asked for (the
+// blocks after it are neither read nor converted: the file is memory-mapped and their pages are
+// never touched). Errors are one-line DataErrors naming the file and the tensor or key.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/json.h"
+#include "lm/decoder_model.h"
+#include "lm/model_family.h"
+
+namespace sae {
+
+// Where the tensors come from: safetensors files (memory-mapped) or tensors in memory.
+class WeightSource {
+ public:
+  static WeightSource open_model_dir(const std::string& dir);   // model.safetensors or its index's shards
+  static WeightSource in_memory(const NamedTensors& tensors, const std::string& label);
+  WeightSource(WeightSource&&) noexcept;
+  WeightSource& operator=(WeightSource&&) noexcept;
+  ~WeightSource();
+
+  std::vector<std::string> names() const;  // sorted
+  bool has(const std::string& name) const;
+  std::vector<int64_t> shape(const std::string& name) const;
+  Tensor read_f32(const std::string& name) const;  // float32 on the host; DataError for integer tensors
+  void check_float(const std::string& name) const;  // DataError unless F32, F16, BF16 or F64 (header only)
+  // Rows [begin, begin + count) along dim 0 as float32 into out (count * row length floats).
+  void read_rows(const std::string& name, int64_t begin, int64_t count, float* out) const;
+  // Done with a tensor: its pages of the file need not stay resident (no-op in memory).
+  void release(const std::string& name) const;
+  std::string where(const std::string& name) const;  // the file holding it (or the label)
+  const std::string& label() const { return label_; }  // the file, or "N shards of DIR"
+  int64_t bytes() const;  // the size of the files (0 in memory)
+
+ private:
+  WeightSource();
+  struct Files;
+  std::unique_ptr<Files> files_;
+  const NamedTensors* memory_ = nullptr;
+  std::string label_;
+};
+
+// Checks every tensor of the source against the family's rules (unexpected names, shapes, missing
+// ones) and converts those of `part` to our parameters (float32 host tensors, finite).
+NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& config, const WeightSource& source,
+                             ModelPart part);
+
+struct ModelFolder {
+  const ModelFamily* family = nullptr;
+  DecoderConfig config;
+  std::string name;  // config.json's _name_or_path when set (e.g. "gpt2"), else the folder's name
+};
+// dir/config.json: its family and DecoderConfig (DataError for a family we do not read).
+ModelFolder read_model_config(const std::string& dir);
+
+// The unembedding [V, d] of the model in `dir` alone (float32, host): its own tensor when the file
+// has one, else the tied token embedding. Nothing else is read.
+Tensor load_unembedding(const std::string& dir);
+
+// The model in `dir` (config.json + safetensors), `part` of it, on `device`.
+DecoderModel load_decoder_model(const std::string& dir, Device device = Device::CPU,
+                                ModelPart part = ModelPart::whole());
+
+}  // namespace sae

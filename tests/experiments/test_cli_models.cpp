@@ -1,0 +1,180 @@
+// The programs end to end on the GPT-2 and Pythia fixture models (tests/ref/models, with their
+// tokenizers) at hook points other than hidden_states, from compressed JSON lines with another text
+// field, with a BOS before every 16-position window: sae_train writes SAELens's metadata (hook_name,
+// model_name, context_size, prepend_bos; reshape_activations hook_z); sae_eval splices the SAE at its
+// hook point; sae_steer puts the BOS before the prompt; sae_features and sae_cache read there too,
+// the cache holding the windows' rows without the BOS rows, equal to the model's; refusals are one
+// line (resid_mid in a parallel block, a hook point of no block, --hook with --layer).
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/json.h"
+#include "lm/model_loader.h"
+#include "lm/text_data.h"
+#include "lm/text_windows.h"
+#include "sae/data/activations.h"
+#include "tests/util/compare.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::run_binary;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string model_dir(const std::string& name) { return sae::testing::ref_path("models/" + name); }
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The text_train stories as gzip-compressed JSON lines with the text under "content".
+std::string write_corpus(const TempDir& dir) {
+  StoryReader reader(sae::testing::ref_path("text_train/stories.txt"));
+  TextStory story;
+  std::string lines;
+  while (reader.next(story)) {
+    Json j = Json::object();
+    j["id"] = story.index;
+    j["content"] = story.text;
+    lines += j.dump() + "\n";
+  }
+  const std::string path = dir.str("stories.jsonl.gz");
+  gzFile f = gzopen(path.c_str(), "wb");
+  gzwrite(f, lines.data(), static_cast<unsigned>(lines.size()));
+  gzclose(f);
+  return path;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace
+
+TEST(CliModels, Gpt2AttentionSaeFromCompressedJsonLinesWithBos) {
+  TempDir dir("cli_models");
+  const std::string corpus = write_corpus(dir);
+  const std::string text = cat(" --text ", quote(corpus), " --text-field content");
+  const std::string model = cat(" --model ", quote(model_dir("gpt2")));
+  const std::string run = dir.str("run");
+  sae::testing::CommandResult r = run_binary(
+      "sae_train",
+      cat(model, text, " --hook blocks.1.attn.hook_z --prepend-bos on --context-size 16 --features 24 --steps 12 ",
+          "--batch 32 --l1 0.1 --lr 1e-3 --normalize dataset --log-every 4 --checkpoint-every 100 --device cpu ",
+          "--progress none --feature-stats-steps 4 --out ", quote(run)),
+      dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json cfg = read_json_file(run + "/sae/cfg.json");
+  EXPECT_EQ(cfg.at("d_in").as_int(), 32);
+  EXPECT_EQ(cfg.at("reshape_activations").as_string(), "hook_z");
+  const Json& meta = cfg.at("metadata");
+  EXPECT_EQ(meta.at("hook_name").as_string(), "blocks.1.attn.hook_z");
+  EXPECT_EQ(meta.at("model_name").as_string(), "gpt2");
+  EXPECT_EQ(meta.at("context_size").as_int(), 16);
+  EXPECT_TRUE(meta.at("prepend_bos").as_bool());
+  EXPECT_TRUE(meta.at("hook_head_index").is_null());
+
+  // sae_eval splices it at its hook point, with its BOS and context (from cfg.json).
+  r = run_binary("sae_eval", cat(model, text, " --sae ", quote(run + "/sae"), " --out ", quote(dir.str("eval")),
+                                 " --device cpu --progress none"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json eval = read_json_file(dir.str("eval/eval.json"));
+  EXPECT_EQ(eval.at("hook_name").as_string(), "blocks.1.attn.hook_z");
+  EXPECT_TRUE(eval.at("prepend_bos").as_bool());
+  EXPECT_EQ(eval.at("context_size").as_int(), 16);
+  EXPECT_FALSE(eval.has("layer"));  // hook_z is no hidden_states index
+  EXPECT_GT(eval.at("ce_loss").at("clean").as_number(), 0.0);
+
+  // sae_steer: the BOS before the prompt.
+  r = run_binary("sae_steer", cat(model, " --sae ", quote(run + "/sae"), " --feature 1 --strength 3 --prompt 'Once upon' ",
+                                  "--greedy --max-new-tokens 4 --json --device cpu"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json steer = Json::parse(r.out);
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(model_dir("gpt2"));
+  EXPECT_EQ(steer.at("prompt_ids").at(size_t(0)).as_int(), tokenizer.bos_id());
+
+  // sae_features reads there too.
+  r = run_binary("sae_features", cat(model, text, " --sae ", quote(run + "/sae"), " --stories 6 --out ",
+                                     quote(dir.str("features.json")), " --device cpu"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("6 stories"), std::string::npos) << r.out;
+
+  // sae_cache: the rows after each window's BOS, as the model computes them.
+  r = run_binary("sae_cache", cat(model, text, " --hook blocks.1.attn.hook_z --prepend-bos on --context-size 16 --out ",
+                                  quote(dir.str("cache")), " --device cpu --progress none"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::unique_ptr<ActivationSource> cache = open_activations(dir.str("cache"), SyntheticOptions{});
+  DecoderModel gpt2 = load_decoder_model(model_dir("gpt2"));
+  StoryReader reader(corpus, "content");
+  TextStory story;
+  int64_t tokens = 0, windows = 0;
+  std::vector<int32_t> first_doc;
+  while (reader.next(story)) {
+    const std::vector<int32_t> ids = tokenizer.encode(story.text);
+    if (first_doc.empty()) first_doc = ids;
+    tokens += static_cast<int64_t>(ids.size());
+    windows += window_count(static_cast<int64_t>(ids.size()), WindowOptions{tokenizer.bos_id(), 16});
+  }
+  EXPECT_EQ(cache->num_tokens(), tokens);
+  EXPECT_EQ(cache->num_stories(), windows);
+  const TokenWindow w = document_window(first_doc, 0, WindowOptions{tokenizer.bos_id(), 16});
+  const Tensor want = gpt2.forward_to_site(w.input, {1, HookPoint::AttnZ}).clone();
+  std::vector<float> got(static_cast<size_t>(15 * 32));
+  cache->read_tokens(0, 15, got.data());
+  sae::testing::expect_bitwise_equal(Tensor::from_data(got.data(), Shape{15, 32}), want.slice_rows(1, 16),
+                                     "the cache's first window");
+}
+
+TEST(CliModels, PythiaTranscoderInputAndRefusals) {
+  TempDir dir("cli_models_pythia");
+  const std::string corpus = write_corpus(dir);
+  const std::string base = cat(" --model ", quote(model_dir("pythia")), " --text ", quote(corpus), " --text-field content",
+                               " --features 16 --steps 6 --batch 24 --normalize dataset --l1 0.1 --lr 1e-3 --device cpu",
+                               " --progress none --long-stories split",
+                               " --checkpoint-every 100 --feature-stats-steps 0");
+  sae::testing::CommandResult r =
+      run_binary("sae_train", base + " --hook blocks.2.ln2.hook_normalized --out " + quote(dir.str("run")), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json cfg = read_json_file(dir.str("run/sae/cfg.json"));
+  EXPECT_EQ(cfg.at("metadata").at("hook_name").as_string(), "blocks.2.ln2.hook_normalized");
+  EXPECT_FALSE(cfg.at("metadata").at("prepend_bos").as_bool());  // auto: Pythia's tokenizer adds none
+  EXPECT_EQ(cfg.at("reshape_activations").as_string(), "none");
+  r = run_binary("sae_eval", cat(" --model ", quote(model_dir("pythia")), " --text ", quote(corpus),
+                                 " --text-field content --sae ", quote(dir.str("run/sae")), " --out ",
+                                 quote(dir.str("eval")), " --device cpu --progress none"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(dir.str("eval/eval.json")).at("hook_name").as_string(), "blocks.2.ln2.hook_normalized");
+
+  const struct {
+    std::string args;
+    int code;
+    const char* mention;
+  } bad[] = {
+      {base + " --hook blocks.1.hook_resid_mid --out " + quote(dir.str("x1")), 2, "parallel"},
+      {base + " --hook blocks.9.hook_resid_pre --out " + quote(dir.str("x2")), 2, "blocks 0 to 3"},
+      {base + " --hook blocks.1.hook_resid_pre --layer 2 --out " + quote(dir.str("x3")), 2, "give one"},
+      {base + " --hook blocks.1.attn.hook_pattern --out " + quote(dir.str("x4")), 2, "hook_pattern"},
+      {base + " --prepend-bos sometimes --out " + quote(dir.str("x5")), 2, "--prepend-bos"},
+      {base + " --context-size 65 --out " + quote(dir.str("x6")), 2, "context-size"},
+  };
+  for (const auto& b : bad) {
+    r = run_binary("sae_train", b.args, dir);
+    EXPECT_EQ(r.exit_code, b.code) << b.args << "\n" << r.err;
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(b.mention), std::string::npos) << r.err;
+  }
+}

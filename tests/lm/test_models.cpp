@@ -1,0 +1,423 @@
+// The decoder model's other families (lm/decoder_model.h, lm/model_family.h) against Hugging Face
+// transformers (fixtures in tests/ref/models, made by scripts/gen_model_fixtures.py: tiny random-init
+// GPT-2 (plain; scaled by the inverse layer index, erf GELU, untied), Pythia-like GPT-NeoX (parallel
+// residual, rotary on 25% of each head) and a sequential GPT-NeoX (rotary on every dim, base 500, no
+// attention biases)):
+//   - every hook point of every block, read by stopping there and all at once in one pass, the
+//     hidden states and the logits (two sequences, up to every position), <= 1e-5 of max |HF|;
+//   - greedy generation with the KV cache equal to HF's generate;
+//   - changing a hook point's state changes the rest of the run as the model's equations say;
+//   - loading stops at the hook: later blocks are neither read (NaN there goes unnoticed) nor held;
+//   - the files as the Hub has them: GPT-2 without the "transformer." prefix and with its mask
+//     buffers, Pythia's embed_out or lm_head, the older rotary_pct / rotary_emb_base keys, shards;
+//   - refusals, one line each, naming the file and the key.
+// docs/models.md describes the families and hook points.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "lm/decoder_model.h"
+#include "lm/generate.h"
+#include "lm/model_loader.h"
+#include "tensor/ops.h"
+#include "tests/util/compare.h"
+#include "tests/util/fixture.h"
+#include "tests/util/gpu.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::RawArray;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr double kRel = 1e-5;  // of each tensor's max |value|
+const char* kModels[] = {"gpt2", "gpt2_scaled", "pythia", "neox_seq"};
+
+std::string models_ref(const std::string& name) { return sae::testing::ref_path("models/" + name); }
+
+std::vector<int32_t> to_ids(const std::vector<int64_t>& values) { return std::vector<int32_t>(values.begin(), values.end()); }
+
+// max |got - want| / max |want|, with a failure above `rel`.
+double expect_near_scale(const Tensor& got, const Tensor& want, const std::string& what, double rel = kRel) {
+  EXPECT_EQ(got.shape(), want.shape()) << what;
+  if (got.shape() != want.shape()) return INFINITY;
+  const double scale = sae::testing::max_abs(want), err = sae::testing::max_abs_diff(got.to(Device::CPU), want);
+  EXPECT_GT(scale, 0.0) << what;
+  EXPECT_LE(err, rel * scale) << what << ": max error " << err << ", max |want| " << scale;
+  return err / scale;
+}
+
+// Every hook point the model has, block by block, in the order a block computes them.
+std::vector<HookSite> all_sites(const DecoderConfig& c) {
+  std::vector<HookSite> sites;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (HookPoint p : {HookPoint::ResidPre, HookPoint::AttnZ, HookPoint::AttnOut, HookPoint::ResidMid,
+                        HookPoint::Ln2Normalized, HookPoint::MlpOut, HookPoint::ResidPost})
+      if (p != HookPoint::ResidMid || c.residual == ResidualWiring::Sequential) sites.push_back({l, p});
+  return sites;
+}
+
+std::vector<RawArray> arrays_of(const std::string& path) {
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  std::vector<RawArray> arrays;
+  for (const std::string& name : file.names()) {
+    const SafetensorsEntry& e = file.entry(name);
+    arrays.push_back({name, e.dtype, e.shape, std::string(static_cast<const char*>(e.data), e.bytes)});
+  }
+  return arrays;
+}
+
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+// dir/config.json (the fixture's, edited) and dir/model.safetensors from arrays.
+void write_folder(const std::string& dir, const Json& config, const std::vector<RawArray>& arrays) {
+  fs::create_directories(dir);
+  write_text(dir + "/config.json", config.dump(2));
+  sae::testing::write_raw_safetensors(dir + "/model.safetensors", arrays);
+}
+
+Json fixture_config(const std::string& model) { return read_json_file(models_ref(model + "/config.json")); }
+
+template <typename Call>
+std::string error_of(Call call) {
+  try {
+    call();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line: " << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- parity with Hugging Face
+
+TEST(Models, EveryHookPointHiddenStateAndLogitsMatchHuggingFace) {
+  for (const char* name : kModels) {
+    SCOPED_TRACE(name);
+    DecoderModel model = load_decoder_model(models_ref(name));
+    const DecoderConfig& c = model.config();
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    const std::vector<int32_t> ids = to_ids(e.ints("seq0.input_ids"));
+    // Each hook point alone: the run stops there.
+    double worst_hook = 0;
+    std::string worst_name;
+    std::map<std::string, double> worst_by_point;  // over the blocks
+    for (const HookSite& site : all_sites(c)) {
+      const std::string hook = hook_name(site);
+      const double err = expect_near_scale(model.forward_to_site(ids, site), e.tensor("seq0.hook." + hook), hook);
+      if (err > worst_hook) worst_hook = err, worst_name = hook;
+      const std::string point = hook.substr(hook.find('.', 7) + 1);
+      worst_by_point[point] = std::max(worst_by_point[point], err);
+    }
+    std::string by_point;
+    for (const auto& [point, err] : worst_by_point) by_point += cat(" ", point, " ", err);
+    std::printf("%-12s per hook point (worst block):%s\n", name, by_point.c_str());
+    // All of them in one full pass (each one's buffer path at once), then the logits.
+    std::map<std::string, Tensor> seen;
+    SiteHooks hooks;
+    for (const HookSite& site : all_sites(c))
+      hooks.at.emplace_back(site, [&seen, site](Tensor& state) { seen[hook_name(site)] = state.clone(); });
+    const Tensor logits = model.logits_with(ids, hooks);
+    ASSERT_EQ(seen.size(), all_sites(c).size());
+    for (const auto& [hook, value] : seen) expect_near_scale(value, e.tensor("seq0.hook." + hook), "one pass " + hook);
+    double worst_logits = 0, worst_hidden = 0;
+    for (int s = 0; s < 2; ++s) {
+      const std::vector<int32_t> seq = to_ids(e.ints(cat("seq", s, ".input_ids")));
+      for (int k = 0; k <= c.num_layers; ++k)
+        worst_hidden = std::max(worst_hidden, expect_near_scale(model.hidden_states(seq, k),
+                                                                e.tensor(cat("seq", s, ".hidden.", k)), cat("hidden ", k)));
+      worst_logits = std::max(worst_logits, expect_near_scale(s == 0 ? logits : model.logits(seq),
+                                                              e.tensor(cat("seq", s, ".logits")), "logits"));
+    }
+    std::printf("%-12s max error / max|HF|: hook points %.2e (worst %s), hidden states %.2e, logits %.2e\n", name,
+                worst_hook, worst_name.c_str(), worst_hidden, worst_logits);
+  }
+}
+
+TEST(Models, GreedyGenerationEqualsHuggingFaceGenerate) {
+  for (const char* name : kModels) {
+    SCOPED_TRACE(name);
+    DecoderModel model = load_decoder_model(models_ref(name));
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    GenerateOptions options;
+    options.greedy = true;
+    options.max_new_tokens = static_cast<int64_t>(e.ints("gen.greedy").size());
+    EXPECT_EQ(generate(model, to_ids(e.ints("gen.prompt")), options), to_ids(e.ints("gen.greedy")))
+        << "HF's smallest top-2 margin: " << e.scalar("gen.min_margin");
+  }
+}
+
+// ---------------------------------------------------------------- writing at hook points
+
+// Zeroing the MLP's output leaves resid_post = resid_mid (sequential) or resid_pre + attn_out
+// (parallel), HF's values; zeroing ln2.hook_normalized leaves the MLP only its norm's bias as input,
+// so every row of mlp_out is the same.
+TEST(Models, ChangingAHookPointChangesTheRestOfTheRun) {
+  for (const char* name : {"gpt2", "pythia", "neox_seq"}) {
+    SCOPED_TRACE(name);
+    DecoderModel model = load_decoder_model(models_ref(name));
+    const bool parallel = model.config().residual == ResidualWiring::Parallel;
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    const std::vector<int32_t> ids = to_ids(e.ints("seq0.input_ids"));
+    const Tensor post = model.forward_to_site(ids, {1, HookPoint::ResidPost},
+                                              SiteHooks({1, HookPoint::MlpOut}, [](Tensor& x) { fill_(x, 0.0); }))
+                            .clone();
+    const Tensor want = parallel ? add(e.tensor("seq0.hook.blocks.1.hook_resid_pre"), e.tensor("seq0.hook.blocks.1.hook_attn_out"))
+                                 : e.tensor("seq0.hook.blocks.1.hook_resid_mid");
+    expect_near_scale(post, want, "resid_post with mlp_out zeroed");
+    const Tensor mlp_out = model.forward_to_site(ids, {1, HookPoint::MlpOut},
+                                                 SiteHooks({1, HookPoint::Ln2Normalized}, [](Tensor& x) { fill_(x, 0.0); }))
+                               .clone();
+    for (int64_t r = 1; r < mlp_out.size(0); ++r)
+      sae::testing::expect_bitwise_equal(mlp_out.slice_rows(r, r + 1), mlp_out.slice_rows(0, 1), cat("row ", r));
+    EXPECT_GT(sae::testing::max_abs_diff(mlp_out, e.tensor("seq0.hook.blocks.1.hook_mlp_out")), 0.01);
+    // Writing back what was there changes nothing, bit for bit (every hook point's buffer path).
+    const Tensor plain = model.logits(ids);
+    SiteHooks identity;
+    for (const HookSite& site : all_sites(model.config()))
+      identity.at.emplace_back(site, [](Tensor& x) { copy_(x, x.clone()); });
+    const Tensor rewritten = model.logits_with(ids, identity);
+    expect_near_scale(rewritten, plain, "hooks that rewrite the same values", 1e-6);
+    // A hook may not replace the tensor.
+    EXPECT_THROW(model.logits_with(ids, SiteHooks({0, HookPoint::AttnZ}, [](Tensor& x) { x = x.clone(); })), UsageError);
+  }
+}
+
+// ---------------------------------------------------------------- loading only what the hook needs
+
+TEST(Models, LoadingStopsAtTheHookAndLaterBlocksAreNeverRead) {
+  TempDir dir("models_stop");
+  for (const char* name : {"gpt2", "pythia"}) {
+    SCOPED_TRACE(name);
+    // Block 3's MLP weight made NaN: loading the whole model refuses it; loading up to block 1 never reads it.
+    std::vector<RawArray> arrays = arrays_of(models_ref(std::string(name) + "/model.safetensors"));
+    const std::string poisoned_tensor = std::string(name) == "gpt2" ? "transformer.h.3.mlp.c_fc.weight"
+                                                                    : "gpt_neox.layers.3.mlp.dense_h_to_4h.weight";
+    for (RawArray& a : arrays)
+      if (a.name == poisoned_tensor) {
+        const float nan = NAN;
+        std::memcpy(a.bytes.data() + 4 * 7, &nan, 4);
+      }
+    const std::string folder = dir.str(name);
+    write_folder(folder, fixture_config(name), arrays);
+    const std::string message = error_of([&] { load_decoder_model(folder); });
+    EXPECT_NE(message.find(poisoned_tensor), std::string::npos) << message;
+    EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+
+    const HookSite site{1, HookPoint::ResidPost};
+    DecoderModel part = load_decoder_model(folder, Device::CPU, ModelPart::up_to(site, 4));
+    EXPECT_EQ(part.loaded_blocks(), 2);
+    EXPECT_FALSE(part.has_head());
+    EXPECT_THROW(part.parameter("blocks.2.ln1.weight"), Error);
+    EXPECT_THROW(part.parameter("final_norm.weight"), Error);
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    const std::vector<int32_t> ids = to_ids(e.ints("seq0.input_ids"));
+    expect_near_scale(part.forward_to_site(ids, site), e.tensor("seq0.hook.blocks.1.hook_resid_post"), "part");
+    expect_near_scale(part.hidden_states(ids, 2), e.tensor("seq0.hidden.2"), "part hidden_states[2]");
+    const std::string beyond = error_of([&] { part.forward_to_site(ids, {2, HookPoint::AttnOut}); });
+    EXPECT_NE(beyond.find("only 2 were loaded"), std::string::npos) << beyond;
+    EXPECT_THROW(part.logits(ids), UsageError);
+    EXPECT_THROW(part.unembedding(), UsageError);
+  }
+}
+
+// ---------------------------------------------------------------- the files as the Hub has them
+
+// openai-community/gpt2's model.safetensors was saved from GPT2Model: no "transformer." prefix, and
+// the mask buffers h.{i}.attn.bias and h.{i}.attn.masked_bias.
+TEST(Models, Gpt2FileWithoutPrefixAndWithMaskBuffers) {
+  TempDir dir("models_gpt2_hub");
+  std::vector<RawArray> arrays;
+  for (RawArray a : arrays_of(models_ref("gpt2/model.safetensors"))) {
+    const std::string prefix = "transformer.";
+    if (a.name.rfind(prefix, 0) == 0) a.name = a.name.substr(prefix.size());
+    arrays.push_back(a);
+  }
+  for (int i = 0; i < 4; ++i) {
+    arrays.push_back({cat("h.", i, ".attn.bias"), "F32", {1, 1, 64, 64}, std::string(64 * 64 * 4, '\0')});
+    arrays.push_back({cat("h.", i, ".attn.masked_bias"), "F32", {}, std::string(4, '\0')});
+  }
+  write_folder(dir.str("hub"), fixture_config("gpt2"), arrays);
+  DecoderModel model = load_decoder_model(dir.str("hub"));
+  const test::Fixture e(models_ref("gpt2_expected.safetensors"));
+  expect_near_scale(model.logits(to_ids(e.ints("seq1.input_ids"))), e.tensor("seq1.logits"), "hub-style GPT-2");
+  // A buffer of a block the config does not have is not a buffer.
+  arrays.push_back({"h.7.attn.bias", "F32", {1}, std::string(4, '\0')});
+  write_folder(dir.str("hub7"), fixture_config("gpt2"), arrays);
+  const std::string message = error_of([&] { load_decoder_model(dir.str("hub7")); });
+  EXPECT_NE(message.find("unexpected tensor 'h.7.attn.bias'"), std::string::npos) << message;
+}
+
+// Pythia's files on the Hub: config.json with rotary_pct / rotary_emb_base (no rope_parameters),
+// embed_out.weight (transformers 5 also writes lm_head.weight), and older buffers.
+TEST(Models, PythiaHubSpellingsAndBuffers) {
+  TempDir dir("models_pythia_hub");
+  const test::Fixture e(models_ref("pythia_expected.safetensors"));
+  const std::vector<int32_t> ids = to_ids(e.ints("seq1.input_ids"));
+  Json legacy = fixture_config("pythia");
+  legacy["rope_parameters"] = Json();  // as the Hub's files: no rope_parameters
+  legacy["rotary_pct"] = 0.25;
+  legacy["rotary_emb_base"] = 10000;
+  legacy["rope_scaling"] = Json();
+  std::vector<RawArray> arrays = arrays_of(models_ref("pythia/model.safetensors"));
+  for (int i = 0; i < 4; ++i) {
+    arrays.push_back({cat("gpt_neox.layers.", i, ".attention.bias"), "BOOL", {1, 1, 64, 64}, std::string(64 * 64, '\1')});
+    arrays.push_back({cat("gpt_neox.layers.", i, ".attention.masked_bias"), "F32", {}, std::string(4, '\0')});
+    arrays.push_back({cat("gpt_neox.layers.", i, ".attention.rotary_emb.inv_freq"), "F32", {2}, std::string(8, '\0')});
+  }
+  write_folder(dir.str("legacy"), legacy, arrays);
+  DecoderModel model = load_decoder_model(dir.str("legacy"));
+  EXPECT_EQ(model.config().rotary_dims, 4);
+  EXPECT_EQ(model.config().rotary_base, 10000);
+  expect_near_scale(model.logits(ids), e.tensor("seq1.logits"), "legacy keys and buffers");
+  // lm_head.weight in place of embed_out.weight; both at once is ambiguous.
+  std::vector<RawArray> renamed = arrays_of(models_ref("pythia/model.safetensors"));
+  for (RawArray& a : renamed)
+    if (a.name == "embed_out.weight") a.name = "lm_head.weight";
+  write_folder(dir.str("lm_head"), fixture_config("pythia"), renamed);
+  expect_near_scale(load_decoder_model(dir.str("lm_head")).logits(ids), e.tensor("seq1.logits"), "lm_head.weight");
+  std::vector<RawArray> both = arrays_of(models_ref("pythia/model.safetensors"));
+  for (const RawArray& a : both)
+    if (a.name == "embed_out.weight") {
+      RawArray copy = a;
+      copy.name = "lm_head.weight";
+      both.push_back(copy);
+      break;
+    }
+  write_folder(dir.str("both"), fixture_config("pythia"), both);
+  const std::string message = error_of([&] { load_decoder_model(dir.str("both")); });
+  EXPECT_NE(message.find("both"), std::string::npos) << message;
+  // Untied without any unembedding.
+  std::vector<RawArray> headless = arrays_of(models_ref("pythia/model.safetensors"));
+  std::erase_if(headless, [](const RawArray& a) { return a.name == "embed_out.weight"; });
+  write_folder(dir.str("headless"), fixture_config("pythia"), headless);
+  const std::string missing = error_of([&] { load_decoder_model(dir.str("headless")); });
+  EXPECT_NE(missing.find("missing tensor 'embed_out.weight'"), std::string::npos) << missing;
+  // The file is checked whole even when a run stops early (a file without its head is broken).
+  EXPECT_THROW(load_decoder_model(dir.str("headless"), Device::CPU, ModelPart{2, false}), DataError);
+}
+
+// A model split into shards with model.safetensors.index.json, as save_pretrained writes large ones.
+TEST(Models, ShardedFilesWithTheirIndex) {
+  TempDir dir("models_shards");
+  const std::vector<RawArray> arrays = arrays_of(models_ref("neox_seq/model.safetensors"));
+  std::vector<RawArray> first, second;
+  Json map = Json::object();
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    const std::string shard = i % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+    (i % 2 ? second : first).push_back(arrays[i]);
+    map[arrays[i].name] = shard;
+  }
+  const std::string folder = dir.str("sharded");
+  fs::create_directories(folder);
+  write_text(folder + "/config.json", fixture_config("neox_seq").dump());
+  sae::testing::write_raw_safetensors(folder + "/model-00001-of-00002.safetensors", first);
+  sae::testing::write_raw_safetensors(folder + "/model-00002-of-00002.safetensors", second);
+  Json index = Json::object();
+  index["metadata"] = Json::object();
+  index["weight_map"] = map;
+  write_text(folder + "/model.safetensors.index.json", index.dump());
+  const test::Fixture e(models_ref("neox_seq_expected.safetensors"));
+  const std::vector<int32_t> ids = to_ids(e.ints("seq1.input_ids"));
+  expect_near_scale(load_decoder_model(folder).logits(ids), e.tensor("seq1.logits"), "sharded");
+  // A tensor the index sends to the wrong shard.
+  map[arrays[0].name] = "model-00002-of-00002.safetensors";
+  index["weight_map"] = map;
+  write_text(folder + "/model.safetensors.index.json", index.dump());
+  const std::string message = error_of([&] { load_decoder_model(folder); });
+  EXPECT_NE(message.find(arrays[0].name), std::string::npos) << message;
+}
+
+// ---------------------------------------------------------------- refusals
+
+TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
+  struct Case {
+    const char* model;
+    const char* key;
+    Json value;
+    const char* mention;
+  };
+  const std::vector<Case> cases = {
+      {"gpt2", "add_cross_attention", Json(true), "add_cross_attention"},
+      {"gpt2", "activation_function", Json("relu"), "activation_function"},
+      {"gpt2", "n_head", Json(int64_t(5)), "not divisible"},
+      {"gpt2", "scale_attn_weights", Json("yes"), "scale_attn_weights"},
+      {"gpt2", "n_embd", Json(-3), "n_embd"},
+      {"pythia", "hidden_act", Json("relu"), "hidden_act"},
+      {"pythia", "rope_parameters", Json::parse(R"({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000})"),
+       "linear"},
+      {"pythia", "rope_scaling", Json::parse(R"({"type": "dynamic", "factor": 2.0})"), "dynamic"},
+      {"pythia", "rope_parameters", Json::parse(R"({"rope_type": "default", "partial_rotary_factor": 0.1})"),
+       "even number"},
+      {"pythia", "rotary_emb_base", Json(int64_t(500)), "disagree"},
+      {"pythia", "use_parallel_residual", Json(int64_t(1)), "use_parallel_residual"},
+      {"pythia", "model_type", Json("llama"), "not a model family we read"},
+  };
+  TempDir dir("models_config");
+  for (const Case& c : cases) {
+    Json config = fixture_config(c.model);
+    config[c.key] = c.value;
+    const std::string folder = dir.str(cat(c.model, "_", c.key));
+    fs::create_directories(folder);
+    write_text(folder + "/config.json", config.dump());
+    fs::copy_file(models_ref(std::string(c.model) + "/model.safetensors"), folder + "/model.safetensors",
+                  fs::copy_options::overwrite_existing);
+    const std::string message = error_of([&] { load_decoder_model(folder); });
+    EXPECT_NE(message.find(c.mention), std::string::npos) << c.key << ": " << message;
+    EXPECT_NE(message.find("config.json"), std::string::npos) << message;
+    EXPECT_THROW(load_decoder_model(folder), DataError) << c.key;
+  }
+}
+
+TEST(Models, HookRefusalsInOneLine) {
+  DecoderModel pythia = load_decoder_model(models_ref("pythia"));
+  const std::vector<int32_t> ids = {1, 2, 3};
+  std::string message = error_of([&] { pythia.forward_to_site(ids, {1, HookPoint::ResidMid}); });
+  EXPECT_NE(message.find("parallel"), std::string::npos) << message;
+  EXPECT_THROW(pythia.forward_to_site(ids, {1, HookPoint::ResidMid}), UsageError);
+  message = error_of([&] { pythia.forward_to_site(ids, {4, HookPoint::ResidPre}); });
+  EXPECT_NE(message.find("blocks 0 to 3"), std::string::npos) << message;
+  message = error_of([&] { pythia.forward_to_site(ids, parse_hook_name("hidden_states[5]")); });
+  EXPECT_NE(message.find("outside 0..4"), std::string::npos) << message;
+  for (const char* bad : {"blocks.1.attn.hook_q", "blocks.x.hook_resid_pre", "hook_embed", "blocks.1.hook_resid_pre.x",
+                          "hidden_states[]", "blocks..hook_mlp_out"})
+    EXPECT_THROW(parse_hook_name(bad), UsageError) << bad;
+  // Names round-trip, and hidden_states[K] is blocks.K.hook_resid_pre below the last block.
+  for (const HookSite& site : all_sites(pythia.config())) EXPECT_EQ(parse_hook_name(hook_name(site)), site);
+  EXPECT_EQ(pythia.resolve(parse_hook_name("hidden_states[2]")), (HookSite{2, HookPoint::ResidPre}));
+  EXPECT_EQ(pythia.resolve(parse_hook_name("hidden_states[4]")), (HookSite{4, HookPoint::FinalOutput}));
+  EXPECT_EQ(hook_choice("", 3, true).site, (HookSite{3, HookPoint::FinalOutput}));
+  EXPECT_THROW(hook_choice("blocks.1.hook_resid_pre", 3, true), UsageError);
+  EXPECT_EQ(pythia.config().hook_width({0, HookPoint::AttnZ}), 32);
+}
+
+// ---------------------------------------------------------------- CUDA
+
+TEST(ModelsCuda, EveryHookPointAndLogitsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const char* name : kModels) {
+    SCOPED_TRACE(name);
+    DecoderModel cpu = load_decoder_model(models_ref(name)), gpu = load_decoder_model(models_ref(name), Device::CUDA);
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    const std::vector<int32_t> ids = to_ids(e.ints("seq0.input_ids"));
+    for (const HookSite& site : all_sites(cpu.config())) {
+      const Tensor got = gpu.forward_to_site(ids, site).clone();
+      ASSERT_EQ(got.device(), Device::CUDA);
+      expect_near_scale(got, e.tensor("seq0.hook." + hook_name(site)), "cuda " + hook_name(site));
+    }
+    expect_near_scale(gpu.logits(to_ids(e.ints("seq1.input_ids"))), e.tensor("seq1.logits"), "cuda logits");
+    GenerateOptions options;
+    options.greedy = true;
+    options.max_new_tokens = static_cast<int64_t>(e.ints("gen.greedy").size());
+    EXPECT_EQ(generate(gpu, to_ids(e.ints("gen.prompt")), options), to_ids(e.ints("gen.greedy")));
+  }
+}
