@@ -286,3 +286,31 @@ TEST(Distributed, TwoRanksSharingOneGpuEqualOneProcess) {
   expect_same_model(dir.str("one"), dir.str("s2"), 1e-4);
   expect_same_model(dir.str("one"), dir.str("r2"), 1e-4);
 }
+
+// Text through a language model (the GPT-2 fixture at a hook point, a BOS before every 16-position
+// window): 2 shards, every rank running the model on the whole batch, equal the one-process run
+// after 30 steps; cfg.json keeps the hook's metadata. With 2 replicas the text is refused in one line
+// (a replica cannot yet run the model on its share of the batch only).
+TEST(Distributed, ShardsOnTextThroughAModelAtAHookEqualOneProcess) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("dist_text");
+  const std::string options =
+      " --model " + sae::testing::ref_path("models/gpt2") + " --text " + sae::testing::ref_path("text_train/stories.txt") +
+      " --hook blocks.1.hook_resid_post --prepend-bos on --context-size 16 --features 24 --steps 30 --batch 32"
+      " --architecture topk --k 3 --lr 1e-3 --normalize dataset --log-every 10 --checkpoint-every 100"
+      " --feature-stats-steps 0 --device cpu --threads 1 --progress none";
+  auto one = sae::testing::run_binary("sae_train", options + " --out " + dir.str("one"), dir);
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto shards = mpirun(2, options + " --shards 2 --out " + dir.str("s2"), dir);
+  ASSERT_EQ(shards.exit_code, 0) << shards.err;
+  std::printf("text at blocks.1.hook_resid_post, 2 shards vs one process:\n");
+  expect_same_model(dir.str("one"), dir.str("s2"), 2e-5);
+  const Json cfg = Json::parse(sae::testing::read_file(dir.str("s2/sae/cfg.json")));
+  EXPECT_EQ(cfg.at("d_sae").as_int(), 24);
+  EXPECT_EQ(cfg.at("metadata").at("hook_name").as_string(), "blocks.1.hook_resid_post");
+  auto replicas = mpirun(2, options + " --out " + dir.str("r2"), dir);
+  EXPECT_EQ(replicas.exit_code, 2);
+  const std::vector<std::string> lines = our_lines(replicas.err);
+  ASSERT_EQ(lines.size(), 1u) << replicas.err;
+  EXPECT_NE(lines[0].find("cannot be split between data-parallel replicas"), std::string::npos) << lines[0];
+}
