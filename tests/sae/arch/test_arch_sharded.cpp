@@ -1,4 +1,5 @@
-// Every architecture unit's step on several ranks (sae/arch/collectives.h) is the one-process step of
+// Every architecture unit's step on several ranks (sae/arch/collectives.h), as an SAE and as a transcoder
+// (with and without W_skip) or crosscoder where the unit trains one, is the one-process step of
 // the whole SAE on the whole batch: S latent shards x R replicas, run on threads of this process
 // (tests/util/thread_collectives.h), train 6 steps of float64 Adam from the same start on the same
 // batches; the shards' slices put back together must equal the one-process parameters, and every
@@ -27,11 +28,17 @@ namespace {
 
 constexpr int64_t kD = 12, kF = 24, kN = 16, kSteps = 6;
 
+// kOut: a transcoder's target width; a crosscoder reads kSources activations of kD / kSources.
+constexpr int64_t kOut = 8, kSources = 3;
+
+enum class Dictionary { Sae, Transcoder, SkipTranscoder, Crosscoder };
+
 struct Case {
   const char* name;
   const char* unit;
   std::vector<std::pair<std::string, Json>> options;
   int64_t dead_window = 1000000;
+  Dictionary dictionary = Dictionary::Sae;
 };
 
 std::vector<Case> cases() {
@@ -47,8 +54,23 @@ std::vector<Case> cases() {
        "jumprelu",
        {{"jumprelu-penalty", Json("tanh")}, {"jumprelu-pre-act", Json(0.1)}, {"jumprelu-bandwidth", Json(0.5)}}},
       {"gated", "gated", {}},
+      // Dictionaries beyond the SAE: W_skip is replicated on every rank, its gradient summed over the
+      // replicas; a crosscoder's L1 weighs each latent by its per-source decoder norms (local to a shard).
+      {"standard_transcoder", "standard", {{"sparse", Json("off")}}, 1000000, Dictionary::Transcoder},
+      {"standard_skip_transcoder", "standard", {{"sparse", Json("off")}}, 1000000, Dictionary::SkipTranscoder},
+      {"topk_skip_transcoder", "topk", {{"k", Json(2)}, {"auxk-k", Json(3)}}, 1, Dictionary::SkipTranscoder},
+      {"jumprelu_transcoder",
+       "jumprelu",
+       {{"jumprelu-init-threshold", Json(0.05)}, {"jumprelu-bandwidth", Json(0.5)}},
+       1000000,
+       Dictionary::Transcoder},
+      {"standard_crosscoder", "standard", {{"sparse", Json("off")}}, 1000000, Dictionary::Crosscoder},
+      {"topk_crosscoder", "topk", {{"k", Json(2)}}, 1000000, Dictionary::Crosscoder},
   };
 }
+
+bool transcoder(const Case& c) { return c.dictionary == Dictionary::Transcoder || c.dictionary == Dictionary::SkipTranscoder; }
+int64_t d_out(const Case& c) { return transcoder(c) ? kOut : kD; }
 
 struct Run {
   SaeParams params;
@@ -65,12 +87,30 @@ std::vector<Tensor> batches() {
   return out;
 }
 
-SaeParams start(const ArchUnit& unit, const ArchSettings& s) {
+// The targets: the batches themselves, or (a transcoder) kSteps of [kN, kOut] that depend on them.
+std::vector<Tensor> targets(const Case& c) {
+  const std::vector<Tensor> xs = batches();
+  if (!transcoder(c)) return xs;
+  Rng rng(13);
+  const Tensor map = normal_tensor(Shape{kD, kOut}, 0.0, 0.4, rng, DType::F64);
+  std::vector<Tensor> out;
+  for (const Tensor& x : xs) out.push_back(add(matmul(x, map), normal_tensor(Shape{kN, kOut}, 0.0, 0.3, rng, DType::F64)));
+  return out;
+}
+
+SaeParams start(const Case& c, const ArchUnit& unit, const ArchSettings& s) {
   Rng rng(5);
   std::vector<double> sample;
   const Tensor first = batches()[0];
   sample = first.to_vector();
   SaeParams p = unit.initial_params(s, kD, kF, rng, sample);
+  if (transcoder(c)) {  // a decoder to the target's width, and the skip path
+    p.transcoder = true;
+    p.W_dec = normal_tensor(Shape{kF, kOut}, 0.0, 0.3, rng, DType::F32);
+    p.b_dec = uniform_tensor(Shape{kOut}, -0.2, 0.2, rng, DType::F32);
+    if (c.dictionary == Dictionary::SkipTranscoder) p.W_skip = normal_tensor(Shape{kD, kOut}, 0.0, 0.2, rng, DType::F32);
+  }
+  if (c.dictionary == Dictionary::Crosscoder) p.sources = kSources;
   for (auto& [name, t] : p.present()) *t = t->to(DType::F64);
   return p;
 }
@@ -80,10 +120,12 @@ double lambda_of(const ArchUnit& unit) { return unit.has_lambda() ? 0.3 : 0.0; }
 Run one_process(const Case& c) {
   const ArchUnit& unit = arch_unit(c.unit);
   const ArchSettings s = unit_settings(c.unit, c.options, c.dead_window);
-  Run run{start(unit, s), {}};
+  Run run{start(c, unit, s), {}};
   SaeAdamState adam = SaeAdamState::zeros_like(run.params);
-  SaeStep step(unit, s, kN, kD, kF, DType::F64, Device::CPU);
-  for (const Tensor& x : batches()) run.sums.push_back(step.train_step(run.params, adam, x, lambda_of(unit), 1e-2));
+  SaeStep step(unit, s, StepShape{kN, kD, d_out(c), kF}, DType::F64, Device::CPU);
+  const std::vector<Tensor> xs = batches(), ys = targets(c);
+  for (int64_t i = 0; i < kSteps; ++i)
+    run.sums.push_back(step.train_step(run.params, adam, xs[i], ys[i], lambda_of(unit), 1e-2));
   return run;
 }
 
@@ -92,18 +134,20 @@ std::vector<Run> ranks(const Case& c, int shards, int replicas) {
   const ArchUnit& unit = arch_unit(c.unit);
   const ArchSettings s = unit_settings(c.unit, c.options, c.dead_window);
   std::vector<Run> out(shards * replicas);
-  const SaeParams whole = start(unit, s);
+  const SaeParams whole = start(c, unit, s);
+  const std::vector<Tensor> xs = batches(), ys = targets(c);
   run_ranks(shards, replicas, [&](Collectives& col) {
     const int64_t per = kF / shards, first = col.shard() * per;
     const int64_t t0 = part_begin(kN, replicas, col.replica()), t1 = part_begin(kN, replicas, col.replica() + 1);
     Run& run = out[col.rank()];
     run.params = whole.latent_slice(first, first + per);
     SaeAdamState adam = SaeAdamState::zeros_like(run.params);
-    StepShape shape{t1 - t0, kD, kD, per, first, kF, kN};
+    StepShape shape{t1 - t0, kD, d_out(c), per, first, kF, kN};
     SaeStep step(unit, s, shape, DType::F64, Device::CPU);
     step.set_collectives(&col);
-    for (const Tensor& x : batches())
-      run.sums.push_back(step.train_step(run.params, adam, x.slice_rows(t0, t1).clone(), lambda_of(unit), 1e-2));
+    for (int64_t i = 0; i < kSteps; ++i)
+      run.sums.push_back(step.train_step(run.params, adam, xs[i].slice_rows(t0, t1).clone(),
+                                         ys[i].slice_rows(t0, t1).clone(), lambda_of(unit), 1e-2));
   });
   return out;
 }
