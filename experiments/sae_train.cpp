@@ -173,6 +173,7 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
   } catch (const std::exception& e) {
     world.fail("sae_train", e, 1);
   }
+  return 1;  // not reached: fail() ends this rank
 }
 }  // namespace
 

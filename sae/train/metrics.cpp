@@ -137,42 +137,46 @@ ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, 
   return out;
 }
 
-BatchSummary summarize_batch(Collectives* c, double raw_mean, double raw_std, const float* x, const float* x_hat,
-                             int64_t n, int64_t d) {
+BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n) {
+  const float *x = rows.x, *target = rows.target, *x_hat = rows.x_hat;
+  const int64_t d = rows.d_out;
   BatchSummary out;
-  out.normalized = mean_std(x, n * d);
+  out.normalized = mean_std(x, n * rows.d_in);
   out.reconstructed = mean_std(x_hat, n * d);
-  out.raw = {raw_mean, raw_std};
+  out.raw = {rows.raw_mean, rows.raw_std};
   if (!spans(c, Group::Replicas)) {
-    out.fvu = fraction_of_variance_unexplained(x, x_hat, n, d);
+    out.fvu = fraction_of_variance_unexplained(target, x_hat, n, d);
     return out;
   }
   // Means and stds from each part's count, mean and sum of squared deviations.
-  const double count = double(n) * double(d);
-  double parts[7] = {count};
+  const int64_t widths[3] = {rows.raw_width, rows.d_in, d};
+  double parts[9] = {};
   for (int k = 0; k < 3; ++k) {
     const MeanStd& m = k == 0 ? out.raw : k == 1 ? out.normalized : out.reconstructed;
-    parts[1 + 2 * k] = count * m.mean;
-    parts[2 + 2 * k] = (count - 1) * m.std * m.std + count * m.mean * m.mean;
+    const double count = double(n) * double(widths[k]);
+    parts[3 * k] = count;
+    parts[3 * k + 1] = count * m.mean;
+    parts[3 * k + 2] = (count - 1) * m.std * m.std + count * m.mean * m.mean;
   }
-  c->sum(Group::Replicas, parts, 7);
+  c->sum(Group::Replicas, parts, 9);
   for (int k = 0; k < 3; ++k) {
     MeanStd& m = k == 0 ? out.raw : k == 1 ? out.normalized : out.reconstructed;
-    m.mean = parts[1 + 2 * k] / parts[0];
-    const double squares = parts[2 + 2 * k] - parts[0] * m.mean * m.mean;
-    m.std = parts[0] > 1 ? std::sqrt(std::max(0.0, squares) / (parts[0] - 1)) : 0.0;
+    const double count = parts[3 * k];
+    m.mean = count > 0 ? parts[3 * k + 1] / count : 0.0;
+    const double squares = parts[3 * k + 2] - count * m.mean * m.mean;
+    m.std = count > 1 ? std::sqrt(std::max(0.0, squares) / (count - 1)) : 0.0;
   }
-  // FVU: the whole batch's column means first, then both sums.
+  // FVU: the whole batch's column means of the target first, then both sums.
   std::vector<double> column(d + 1, 0.0);
   for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < d; ++j) column[j] += x[t * d + j];
+    for (int64_t j = 0; j < d; ++j) column[j] += target[t * d + j];
   column[d] = double(n);
   c->sum(Group::Replicas, column.data(), d + 1);
   for (int64_t j = 0; j < d; ++j) column[j] /= column[d];
   double sums[2] = {0, 0};
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < d; ++j) {
-      const double e = double(x[t * d + j]) - x_hat[t * d + j], centred = x[t * d + j] - column[j];
+      const double e = double(target[t * d + j]) - x_hat[t * d + j], centred = target[t * d + j] - column[j];
       sums[0] += e * e;
       sums[1] += centred * centred;
     }

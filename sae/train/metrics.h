@@ -17,15 +17,25 @@ struct MeanStd {
 };
 MeanStd mean_std(const float* x, int64_t count);
 
-// What a logged step reports about its batch x [n, d] and reconstruction x_hat: mean and std of the
-// raw batch (stats), of x and of x_hat, and the FVU. With data-parallel replicas (c spans
-// Group::Replicas) each holds part of the batch, and these are the whole batch's (up to rounding).
+// What a logged step reports about its n tokens: mean and std of the raw rows (raw_mean/raw_std over
+// raw_width values a token, from the batch's stats), of the input x [n, d_in] and of the
+// reconstruction x_hat [n, d_out], and the FVU of x_hat against target [n, d_out] (target = x for an
+// SAE). With data-parallel replicas (c spans Group::Replicas) each holds part of the batch, and these
+// are the whole batch's (up to rounding).
 struct BatchSummary {
   MeanStd raw, normalized, reconstructed;
   double fvu = 0;
 };
-BatchSummary summarize_batch(Collectives* c, double raw_mean, double raw_std, const float* x, const float* x_hat,
-                             int64_t n, int64_t d);
+struct BatchRows {
+  double raw_mean = 0, raw_std = 0;
+  int64_t raw_width = 0;
+  const float* x = nullptr;
+  int64_t d_in = 0;
+  const float* target = nullptr;
+  const float* x_hat = nullptr;
+  int64_t d_out = 0;
+};
+BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n);
 
 // Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_t x)^2, where mean_t x is the
 // batch's mean token vector. x and x_hat are [n, d] row-major.

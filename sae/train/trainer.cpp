@@ -398,7 +398,9 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
           recon = reconstruction_host.data<float>();
         }
         const BatchSummary summary =
-            summarize_batch(dist, batch.stats.raw_mean, batch.stats.raw_std, batch.normalized.data<float>(), recon, n, d);
+            summarize_batch(dist, BatchRows{batch.stats.raw_mean, batch.stats.raw_std, d, batch.normalized.data<float>(), d,
+                                            batch.normalized.data<float>(), recon, d},
+                            n);
         m.result.last_row = with_architecture_metrics(
             metric_row(run, sums, summary, batch_tokens, d, config.features, dead_features(m), lambda, lr), run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
