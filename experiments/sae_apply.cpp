@@ -2,7 +2,7 @@
 // rules of docs/architectures.md §3) on activations (docs/contract.md §5). Thin: options -> the SAE
 // (load_checkpoint) -> its inputs normalised as in training -> encode/decode
 // story by story or in row blocks -> .npy outputs.
-//   sae_apply --sae DIR --input X [--features-out F.npy] [--reconstruction-out XHAT.npy] [--raw]
+//   sae_apply --sae DIR --input X[,X2,...] [--features-out F.npy] [--reconstruction-out XHAT.npy] [--raw]
 // X is a .npy [N, d_in] or a safetensors activation file (activations, optional story_lengths; see
 // docs/contract.md §4). The SAE sees its inputs normalised the way it was trained (cfg.json
 // sae_cpp.normalization: per story, which needs story_lengths, or times dataset_scale), unless
@@ -18,6 +18,7 @@
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
+#include "sae/data/concat_source.h"
 #include "sae/data/synthetic.h"
 #include "sae/train/checkpoint.h"
 
@@ -26,20 +27,6 @@ namespace {
 // temporary for large inputs.
 constexpr int64_t kBlockRows = 4096;
 
-// How the SAE expects its inputs, from cfg.json's sae_cpp block (none for an SAE from elsewhere).
-struct InputNormalization {
-  sae::Normalization kind = sae::Normalization::None;
-  double dataset_scale = 1.0;
-};
-
-InputNormalization trained_normalization(const sae::Json& cfg) {
-  InputNormalization n;
-  if (!cfg.has("sae_cpp")) return n;
-  const sae::Json& ours = cfg.at("sae_cpp");
-  if (ours.has("normalization")) n.kind = sae::parse_normalization(ours.at("normalization").as_string());
-  if (ours.has("dataset_scale")) n.dataset_scale = ours.at("dataset_scale").as_number();
-  return n;
-}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -69,22 +56,44 @@ int main(int argc, char** argv) {
     const std::string sae_dir = parsed["sae"].as<std::string>();
     sae::Checkpoint checkpoint = sae::load_checkpoint(sae_dir, device, /*with_state=*/false);
     const sae::SaeParams& model = checkpoint.params;
-    InputNormalization normalization;
-    if (!parsed.count("raw")) {
-      try {
-        normalization = trained_normalization(checkpoint.cfg);
-      } catch (const sae::Error& e) {
-        throw sae::DataError(sae::cat(sae_dir, "/cfg.json: sae_cpp: ", e.what()));
-      }
-    }
+    sae::InputNormalization normalization;
+    if (!parsed.count("raw")) normalization = sae::trained_normalization(checkpoint.cfg, sae_dir + "/cfg.json");
+    // A crosscoder reads one file per source (--input A,B,...), side by side.
     const std::string input_path = parsed["input"].as<std::string>();
-    std::unique_ptr<sae::ActivationSource> input = sae::open_activations(input_path, sae::SyntheticOptions{});
-    const int64_t n = input->num_tokens(), d = input->d(), f = model.d_sae();
+    const std::vector<std::string> paths =
+        model.sources > 1 ? sae::split_option_list("--input", input_path) : std::vector<std::string>{input_path};
+    if (static_cast<int64_t>(paths.size()) != model.sources)
+      throw sae::UsageError(sae::cat("the crosscoder reads ", model.sources, " sources: give --input with ",
+                                     model.sources, " files separated by commas, got ", paths.size()));
+    std::unique_ptr<sae::ActivationSource> input;
+    if (paths.size() == 1) {
+      input = sae::open_activations(paths[0], sae::SyntheticOptions{});
+    } else {
+      std::vector<std::unique_ptr<sae::ActivationSource>> sources;
+      for (const std::string& path : paths) sources.push_back(sae::open_activations(path, sae::SyntheticOptions{}));
+      input = std::make_unique<sae::ConcatSource>(std::move(sources));
+    }
+    const int64_t n = input->num_tokens(), d = input->d(), f = model.d_sae(), d_out = model.d_out();
     if (d != model.d_in())
-      throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the SAE's d_in is ", model.d_in()));
+      throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the dictionary's d_in is ", model.d_in()));
     if (normalization.kind == sae::Normalization::Story && input->num_stories() == 0)
       throw sae::UsageError(sae::cat("the SAE was trained with per-story normalisation and ", input_path,
                                      " has no story boundaries: give a safetensors file with story_lengths, or --raw"));
+    // The dataset scales of the input's column blocks and of the output's: a transcoder's input and
+    // target have one each; an SAE's and a crosscoder's output is its input.
+    const std::vector<int64_t> in_widths = input->block_widths();
+    const std::vector<int64_t> out_widths = model.transcoder ? std::vector<int64_t>{d_out} : in_widths;
+    const std::vector<double>& scales = normalization.scales.per_block;
+    sae::DatasetScales in_scales(std::vector<double>(in_widths.size(), 1.0)), out_scales(
+        std::vector<double>(out_widths.size(), 1.0));
+    if (normalization.kind == sae::Normalization::Dataset) {
+      const size_t expected = in_widths.size() + (model.transcoder ? 1 : 0);
+      if (scales.size() != expected)
+        throw sae::DataError(sae::cat(sae_dir, "/cfg.json: sae_cpp.dataset_scale has ", scales.size(),
+                                      " scales but the dictionary's data has ", expected, " column blocks"));
+      in_scales = std::vector<double>(scales.begin(), scales.begin() + in_widths.size());
+      out_scales = model.transcoder ? sae::DatasetScales(scales.back()) : in_scales;
+    }
 
     // The pieces the SAE sees: one story each for per-story normalisation, else blocks of rows.
     std::vector<std::pair<int64_t, int64_t>> pieces;  // (first token, tokens)
@@ -97,30 +106,42 @@ int main(int argc, char** argv) {
     // Only the requested outputs are held (whole, for write_npy): N x d_sae floats can be large.
     sae::Tensor features, reconstruction;
     if (!features_out.empty()) features = sae::Tensor::empty(sae::Shape{n, f});
-    if (!reconstruction_out.empty()) reconstruction = sae::Tensor::empty(sae::Shape{n, d});
+    if (!reconstruction_out.empty()) reconstruction = sae::Tensor::empty(sae::Shape{n, d_out});
     for (const auto& [begin, rows] : pieces) {
       sae::Tensor raw = sae::Tensor::empty(sae::Shape{rows, d}), x = sae::Tensor::empty(sae::Shape{rows, d});
       input->read_tokens(begin, rows, raw.data<float>());
       const sae::BatchStats stats =
-          sae::normalize_batch(raw.data<float>(), x.data<float>(), rows, d, normalization.kind,
-                               normalization.dataset_scale, [first = begin](int64_t row) { return first + row; }, input->name());
-      const sae::Tensor fx = sae::sae_encode(model, x.to(device));
+          sae::normalize_blocks(raw.data<float>(), x.data<float>(), rows, in_widths, normalization.kind, in_scales,
+                                [first = begin](int64_t row) { return first + row; }, input->name());
+      const sae::Tensor x_device = x.to(device);
+      const sae::Tensor fx = sae::sae_encode(model, x_device);
       if (features.defined()) {
         const sae::Tensor fh = fx.to(sae::Device::CPU);
         std::memcpy(features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
       }
       if (reconstruction.defined()) {
-        const sae::Tensor xh = sae::sae_decode(model, fx).to(sae::Device::CPU);
+        // Back to the data's scale, block by block (per story: the one block's shift and scale).
+        const sae::Tensor xh = sae::sae_decode(model, fx, &x_device).to(sae::Device::CPU);
         const float* in = xh.data<float>();
-        float* out = reconstruction.data<float>() + begin * d;
-        const double shift = stats.norm_shift, scale = stats.norm_scale;
-        for (int64_t i = 0; i < rows * d; ++i) out[i] = static_cast<float>(in[i] / scale + shift);
+        float* out = reconstruction.data<float>() + begin * d_out;
+        for (int64_t r = 0; r < rows; ++r) {
+          int64_t column = 0;
+          for (size_t b = 0; b < out_widths.size(); ++b) {
+            const bool story = normalization.kind == sae::Normalization::Story;
+            const double shift = story ? stats.norm_shift : 0.0;
+            const double scale = story ? stats.norm_scale : out_scales.per_block[b];
+            for (int64_t c = column; c < column + out_widths[b]; ++c)
+              out[r * d_out + c] = static_cast<float>(in[r * d_out + c] / scale + shift);
+            column += out_widths[b];
+          }
+        }
       }
     }
     if (features.defined()) sae::write_npy(features_out, features);
     if (reconstruction.defined()) sae::write_npy(reconstruction_out, reconstruction);
-    std::printf("sae_apply: %lld rows, d_in %lld, d_sae %lld, inputs normalised: %s\n", static_cast<long long>(n),
-                static_cast<long long>(d), static_cast<long long>(f),
+    std::printf("sae_apply: %lld rows, d_in %lld, d_sae %lld, d_out %lld, inputs normalised: %s\n",
+                static_cast<long long>(n), static_cast<long long>(d), static_cast<long long>(f),
+                static_cast<long long>(d_out),
                 parsed.count("raw") ? "no (--raw)" : sae::normalization_name(normalization.kind));
     return 0;
   });

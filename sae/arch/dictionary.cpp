@@ -50,28 +50,46 @@ GeometricMedian geometric_median(const std::vector<double>& points, int64_t n, i
   return out;
 }
 
-SaeParams initial_dictionary(const DictionaryInit& init, int64_t d, int64_t features, Rng& rng,
+namespace {
+// Rows N(0, I) scaled to norm 1, [rows, width].
+Tensor unit_rows(int64_t rows, int64_t width, Rng& rng) {
+  Tensor t = normal_tensor(Shape{rows, width}, 0.0, 1.0, rng);
+  return div(t, norm2(t, 1, true));
+}
+}  // namespace
+
+SaeParams initial_dictionary(const DictionaryInit& init, const DictionaryShape& shape, Rng& rng,
                              const std::vector<double>& sample) {
+  const int64_t d_in = shape.d_in, d_out = shape.d_out, features = shape.d_sae;
+  if (d_in <= 0 || d_out <= 0 || features <= 0)
+    throw UsageError(cat("SAE: d_in, d_out and d_sae must be positive, got ", d_in, ", ", d_out, ", ", features));
   SaeParams p;
-  if (!init.tied) {
-    p = SaeParams::standard_init(d, features, rng);
-  } else {
-    if (d <= 0 || features <= 0)
-      throw UsageError(cat("SAE: d_in and d_sae must be positive, got ", d, ", ", features));
-    p.W_dec = normal_tensor(Shape{features, d}, 0.0, 1.0, rng);
-    p.W_dec = div(p.W_dec, norm2(p.W_dec, 1, true));  // rows of norm 1
-    p.W_enc = transpose(p.W_dec);
+  if (!init.tied && d_in == d_out) {
+    p = SaeParams::standard_init(d_in, features, rng);
+  } else if (!init.tied) {  // nn.Linear's init of Linear(D_in, F) and Linear(F, D_out)
+    const double enc_bound = 1.0 / std::sqrt(static_cast<double>(d_in));
+    const double dec_bound = 1.0 / std::sqrt(static_cast<double>(features));
+    p.W_enc = uniform_tensor(Shape{d_in, features}, -enc_bound, enc_bound, rng);
+    p.b_enc = uniform_tensor(Shape{features}, -enc_bound, enc_bound, rng);
+    p.W_dec = uniform_tensor(Shape{features, d_out}, -dec_bound, dec_bound, rng);
+    p.b_dec = uniform_tensor(Shape{d_out}, -dec_bound, dec_bound, rng);
+  } else {  // tied: W_enc = W_dec^T; a transcoder's encoder gets its own unit rows of width D_in
+    p.W_dec = unit_rows(features, d_out, rng);
+    p.W_enc = transpose(d_in == d_out ? p.W_dec : unit_rows(features, d_in, rng));
     p.b_enc = Tensor::zeros(Shape{features});
-    p.b_dec = Tensor::zeros(Shape{d});
+    p.b_dec = Tensor::zeros(Shape{d_out});
   }
   if (init.unit_norm_decoder) p.W_dec = div(p.W_dec, norm2(p.W_dec, 1, true));
-  if (init.b_dec == BDecInit::Zero) p.b_dec = Tensor::zeros(Shape{d});
+  if (init.b_dec == BDecInit::Zero) p.b_dec = Tensor::zeros(Shape{d_out});
   if (init.b_dec == BDecInit::GeometricMedian) {
-    if (sample.empty() || sample.size() % d != 0)
+    if (sample.empty() || sample.size() % d_out != 0)
       throw DataError(cat("--init-b-dec geometric_median: no data sample to take the median of"));
-    const GeometricMedian m = geometric_median(sample, static_cast<int64_t>(sample.size()) / d, d);
-    p.b_dec = Tensor::from_vector(m.point, Shape{d}, DType::F32);
+    const GeometricMedian m = geometric_median(sample, static_cast<int64_t>(sample.size()) / d_out, d_out);
+    p.b_dec = Tensor::from_vector(m.point, Shape{d_out}, DType::F32);
   }
+  p.sources = shape.sources;
+  p.transcoder = shape.transcoder;
+  if (shape.skip) p.W_skip = Tensor::zeros(Shape{d_in, d_out});
   return p;
 }
 

@@ -9,10 +9,10 @@
 
 namespace sae {
 
-// The dictionary for data of width d. `sample` ([n, d] row-major, float64) is read only for
-// BDecInit::GeometricMedian (DataError when it is empty). Draws from `rng` exactly as
-// SaeParams::standard_init when init.tied is false.
-SaeParams initial_dictionary(const DictionaryInit& init, int64_t d, int64_t features, Rng& rng,
+// The dictionary of `shape` (W_skip at zero for a skip transcoder). `sample` ([n, D_out] row-major,
+// float64: the target's rows) is read only for BDecInit::GeometricMedian (DataError when it is empty).
+// Draws from `rng` exactly as SaeParams::standard_init when init.tied is false and D_in = D_out.
+SaeParams initial_dictionary(const DictionaryInit& init, const DictionaryShape& shape, Rng& rng,
                              const std::vector<double>& sample);
 
 struct GeometricMedian {

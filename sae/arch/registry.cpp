@@ -26,9 +26,14 @@ std::string arch_unit_names(const char* separator) {
   return out;
 }
 
-const ArchUnit& arch_unit(const std::string& name) {
+const ArchUnit* find_arch_unit(const std::string& name) {
   for (const ArchUnit* u : arch_units())
-    if (u->name() == name) return *u;
+    if (u->name() == name) return u;
+  return nullptr;
+}
+
+const ArchUnit& arch_unit(const std::string& name) {
+  if (const ArchUnit* u = find_arch_unit(name)) return *u;
   throw UsageError(cat("--architecture: expected ", arch_unit_names(", "), ", got '", printable(name), "'"));
 }
 
@@ -65,6 +70,13 @@ std::string units_with_lambda() {
   std::string out;
   for (const ArchUnit* u : arch_units())
     if (u->has_lambda()) out += (out.empty() ? "" : ", ") + u->name();
+  return out;
+}
+
+std::string units_training_crosscoders() {
+  std::string out;
+  for (const ArchUnit* u : arch_units())
+    if (u->trains_crosscoders()) out += (out.empty() ? "" : ", ") + u->name();
   return out;
 }
 

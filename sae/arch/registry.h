@@ -12,6 +12,8 @@ namespace sae {
 const std::vector<const ArchUnit*>& arch_units();
 // The unit named `name`: UsageError naming --architecture and listing the units otherwise.
 const ArchUnit& arch_unit(const std::string& name);
+// The unit named `name`, or null.
+const ArchUnit* find_arch_unit(const std::string& name);
 // The unit of an SAE (its params.kind; Error for an unknown kind, which no loader lets through).
 const ArchUnit& unit_of(const SaeParams& params);
 std::string arch_unit_names(const char* separator = " | ");
@@ -23,6 +25,8 @@ const std::vector<ArchOption>& arch_option_rows();
 std::string units_reading(const std::string& name);
 // The units whose sparsity coefficient is lambda (ArchUnit::has_lambda), as "standard, jumprelu, gated".
 std::string units_with_lambda();
+// The units that train crosscoders (ArchUnit::trains_crosscoders), as "standard, topk, ...".
+std::string units_training_crosscoders();
 
 // The unit whose folder cfg.json (SAELens's "architecture", our sae_cpp.training_architecture) names:
 // DataError naming `where` when none does.

@@ -28,9 +28,9 @@ ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& 
   return u;
 }
 
-SaeParams ArchUnit::initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
+SaeParams ArchUnit::initial_params(const ArchSettings& s, const DictionaryShape& shape, Rng& rng,
                                    const std::vector<double>& sample) const {
-  SaeParams p = initial_dictionary(dictionary_init(s), d, d_sae, rng, sample);
+  SaeParams p = initial_dictionary(dictionary_init(s), shape, rng, sample);
   p.kind = name();
   init_own(p, s);
   check(p);

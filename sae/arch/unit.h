@@ -109,6 +109,15 @@ class UnitStep {
   Collectives* collectives_ = nullptr;
 };
 
+// What a fresh dictionary is shaped for: an SAE (d_out = d_in), a transcoder (x reconstructs a target
+// of width d_out; with `skip`, W_skip [D_in, D_out] starts at zero) or a crosscoder over `sources`
+// activations concatenated (d_in = d_out = sources * the width of one).
+struct DictionaryShape {
+  int64_t d_in = 0, d_out = 0, d_sae = 0, sources = 1;
+  bool transcoder = false, skip = false;
+  static DictionaryShape sae(int64_t d, int64_t d_sae) { return {d, d, d_sae}; }
+};
+
 // How a fresh dictionary starts (docs/architectures.md §2.7-2.8): the standard init (PyTorch
 // nn.Linear's) or the tied one (decoder rows N(0, I) scaled to norm 1, W_enc = W_dec^T, biases 0),
 // rows at unit norm, b_dec zero or at the geometric median of a sample of the data.
@@ -143,11 +152,15 @@ class ArchUnit {
   virtual bool has_b_enc() const { return true; }
   virtual std::vector<std::string> own_tensors() const { return {}; }  // each [F], after the dictionary
   virtual DictionaryInit dictionary_init(const ArchSettings& s) const = 0;
-  // A fresh SAE: the dictionary as `init` says (sample: [n, D] float64 rows, read for the geometric
-  // median), then the unit's own tensors and settings. Draws from rng exactly as
-  // SaeParams::standard_init when init.tied is false.
-  SaeParams initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
+  // A fresh dictionary of `shape`: as dictionary_init says (sample: [n, D_out] float64 rows of the
+  // target, read for the geometric median), then the unit's own tensors and settings. Draws from rng
+  // exactly as SaeParams::standard_init when init.tied is false (for an SAE).
+  SaeParams initial_params(const ArchSettings& s, const DictionaryShape& shape, Rng& rng,
                            const std::vector<double>& sample) const;
+  SaeParams initial_params(const ArchSettings& s, int64_t d, int64_t d_sae, Rng& rng,
+                           const std::vector<double>& sample) const {
+    return initial_params(s, DictionaryShape::sae(d, d_sae), rng, sample);
+  }
   // The unit's own tensors and inference settings on a fresh dictionary (which has b_enc).
   virtual void init_own(SaeParams& params, const ArchSettings& s) const {}
   // Shapes, kind and settings as this unit needs them: DataError naming the tensor or setting.
@@ -184,6 +197,8 @@ class ArchUnit {
   // Whether the unit trains as a transcoder or a crosscoder (the option rules refuse the others).
   virtual bool trains_transcoders() const { return true; }
   virtual bool trains_crosscoders() const { return false; }
+  // Option combinations a crosscoder of this unit refuses (UsageError naming the option).
+  virtual void validate_crosscoder(const ArchSettings& s) const {}
   // Whether a SAELens folder of saelens_architecture() from elsewhere (no sae_cpp name) is this unit.
   virtual bool reads_foreign_folders() const { return true; }
   // The architecture name cfg.json gets for `params` (an SAE's, a transcoder's or "crosscoder").

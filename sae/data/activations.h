@@ -15,6 +15,9 @@ class ActivationSource {
  public:
   virtual ~ActivationSource() = default;
   virtual int64_t d() const = 0;
+  // The row's column blocks, each normalised on its own (sae/data/batches.h): one of width d, or a
+  // ConcatSource's sources.
+  virtual std::vector<int64_t> block_widths() const { return {d()}; }
   virtual int64_t num_tokens() const = 0;
   // Story boundaries: story s covers tokens [story_begin(s), story_begin(s) + story_length(s)).
   // A source without boundaries reports no stories.

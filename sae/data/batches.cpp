@@ -96,10 +96,80 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
   return stats;
 }
 
-Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
-                 uint64_t seed)
-    : source_(source), batch_tokens_(batch_tokens), normalization_(normalization), dataset_scale_(dataset_scale),
-      seed_(seed) {
+Json DatasetScales::to_json() const {
+  if (per_block.size() == 1) return Json(per_block[0]);
+  Json j = Json::array();
+  for (double s : per_block) j.push_back(Json(s));
+  return j;
+}
+
+DatasetScales DatasetScales::from_json(const Json& j) {
+  std::vector<double> scales;
+  if (j.is_array()) {
+    for (const Json& v : j.elements()) scales.push_back(v.as_number());
+  } else {
+    scales.push_back(j.as_number());
+  }
+  if (scales.empty()) throw DataError("dataset_scale: an empty list");
+  for (double s : scales)
+    if (!std::isfinite(s) || !(s > 0)) throw DataError(cat("dataset_scale must be a positive number, got ", s));
+  return DatasetScales(std::move(scales));
+}
+
+InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path) {
+  InputNormalization n;
+  if (!cfg.has("sae_cpp")) return n;
+  try {
+    const Json& ours = cfg.at("sae_cpp");
+    if (ours.has("normalization")) n.kind = parse_normalization(ours.at("normalization").as_string());
+    if (ours.has("dataset_scale")) n.scales = DatasetScales::from_json(ours.at("dataset_scale"));
+  } catch (const Error& e) {
+    throw DataError(cat(cfg_path, ": sae_cpp: ", e.what()));
+  }
+  return n;
+}
+
+BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, const std::vector<int64_t>& widths,
+                            Normalization normalization, const DatasetScales& scales,
+                            const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name) {
+  if (scales.per_block.size() != widths.size())
+    throw Error(cat("normalize_blocks: ", scales.per_block.size(), " scales for ", widths.size(), " blocks"));
+  int64_t d = 0;
+  for (int64_t w : widths) d += w;
+  if (widths.size() == 1) return normalize_batch(raw, normalized, n, d, normalization, scales.first(), token_of_row, source_name);
+  // Each block gathered, normalised and put back; the whole row's statistics for the metrics.
+  std::vector<float> block_raw, block_normalized;
+  BatchStats first;
+  int64_t offset = 0;
+  for (size_t b = 0; b < widths.size(); ++b) {
+    const int64_t w = widths[b];
+    block_raw.resize(static_cast<size_t>(n * w));
+    block_normalized.resize(static_cast<size_t>(n * w));
+    for (int64_t r = 0; r < n; ++r) std::copy_n(raw + r * d + offset, w, block_raw.data() + r * w);
+    const BatchStats stats = normalize_batch(block_raw.data(), block_normalized.data(), n, w, normalization,
+                                             scales.per_block[b], token_of_row,
+                                             cat(source_name, " (column block ", b, ", first column ", offset, ")"));
+    if (b == 0) first = stats;
+    for (int64_t r = 0; r < n; ++r) std::copy_n(block_normalized.data() + r * w, w, normalized + r * d + offset);
+    offset += w;
+  }
+  double sum = 0, sq = 0;
+  const int64_t count = n * d;
+  for (int64_t i = 0; i < count; ++i) sum += raw[i];
+  const double mean = sum / double(count);
+  for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
+  first.raw_mean = mean;
+  first.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  return first;
+}
+
+Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization,
+                 DatasetScales dataset_scale, uint64_t seed)
+    : source_(source), batch_tokens_(batch_tokens), normalization_(normalization),
+      dataset_scale_(std::move(dataset_scale)), widths_(source.block_widths()), seed_(seed) {
+  if (dataset_scale_.per_block.size() != widths_.size())
+    throw DataError(cat(source.name(), ": ", widths_.size(), " column blocks but ", dataset_scale_.per_block.size(),
+                        " dataset scales"));
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   if (batch_tokens == 0) {
     if (source.num_stories() == 0)
@@ -147,7 +217,6 @@ void BatchOrigins::resize(int64_t rows, int64_t new_radius) {
 }
 
 int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
-  const int64_t d = source_.d();
   int64_t n, first_token = 0, story = -1;
   if (batch_tokens_ == 0) {
     story = next_story_;
@@ -177,7 +246,7 @@ int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
   auto token_of_row = [&](int64_t row) {
     return batch_tokens_ == 0 ? first_token + row : token_list_[part_begin_ + row];
   };
-  stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, token_of_row, source_.name());
+  stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_, token_of_row, source_.name());
   if (recording_origins()) record_batch_origins(n, story, first_token);
   return n;
 }
@@ -221,25 +290,39 @@ void Batcher::restore(const Json& state) {
     throw DataError("resume: the checkpoint's data position does not fit this data set");
 }
 
-double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {
+DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens) {
   const int64_t n = std::min(sample_tokens, source.num_tokens()), d = source.d();
+  const std::vector<int64_t> widths = source.block_widths();
   if (n <= 0) throw DataError("data: no tokens to estimate the dataset normalisation from");
   source.expect_random_access(true);
   std::vector<float> row(d);
-  double total = 0;
+  std::vector<double> total(widths.size(), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
     source.read_tokens(token, 1, row.data());
-    double sq = 0;
-    for (float v : row) sq += double(v) * v;
-    total += sq;
+    int64_t j = 0;
+    for (size_t b = 0; b < widths.size(); ++b) {
+      double sq = 0;
+      for (const int64_t end = j + widths[b]; j < end; ++j) sq += double(row[j]) * row[j];
+      total[b] += sq;
+    }
   }
   source.expect_random_access(false);  // a Batcher in token mode sets it again
-  const double mean_sq = total / double(n);
-  if (!std::isfinite(mean_sq))
-    throw DataError(cat(source.name(), ": non-finite activations while estimating the dataset scale"));
-  if (!(mean_sq > 0)) throw DataError(cat(source.name(), ": all sampled activations are zero; cannot normalise"));
-  return std::sqrt(double(d) / mean_sq);
+  std::vector<double> scales;
+  for (size_t b = 0; b < widths.size(); ++b) {
+    const double mean_sq = total[b] / double(n);
+    const std::string block = widths.size() > 1 ? cat(" (column block ", b, ")") : std::string();
+    if (!std::isfinite(mean_sq))
+      throw DataError(cat(source.name(), block, ": non-finite activations while estimating the dataset scale"));
+    if (!(mean_sq > 0))
+      throw DataError(cat(source.name(), block, ": all sampled activations are zero; cannot normalise"));
+    scales.push_back(std::sqrt(double(widths[b]) / mean_sq));
+  }
+  return DatasetScales(std::move(scales));
+}
+
+double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {
+  return estimate_dataset_scales(source, sample_tokens).first();
 }
 
 }  // namespace sae

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "io/json.h"
 #include "sae/data/activations.h"
 #include "tensor/tensor.h"
 
@@ -35,6 +36,27 @@ struct BatchStats {
   double norm_shift = 0, norm_scale = 1;  // x_n = (x - shift) * scale
 };
 
+// The dataset scales of a row's column blocks (ActivationSource::block_widths): one per block, each
+// block's mean ||s x||^2 = its width. One number for the one block of an SAE's data.
+struct DatasetScales {
+  std::vector<double> per_block;
+  DatasetScales(double scale = 1.0) : per_block{scale} {}  // NOLINT: one block
+  DatasetScales(std::vector<double> scales) : per_block(std::move(scales)) {}  // NOLINT
+  double first() const { return per_block.at(0); }
+  Json to_json() const;  // a number for one block, else an array
+  static DatasetScales from_json(const Json& j);  // DataError unless positive finite numbers
+};
+
+// How a trained dictionary expects its data, from cfg.json's sae_cpp block (none for a folder from
+// elsewhere): the normalisation and one dataset scale per column block (an SAE's one; a
+// transcoder's input then target; a crosscoder's sources). DataError naming cfg_path when malformed.
+struct InputNormalization {
+  Normalization kind = Normalization::None;
+  DatasetScales scales;
+  double input_scale() const { return scales.first(); }
+};
+InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path);
+
 // Checks a batch [n, d] for NaN/Inf (DataError naming the source and the token, found through
 // token_of_row), computes its statistics (double accumulation, std unbiased) and writes
 // normalized = (raw - shift) * scale for the chosen normalisation: story, (x - mean) / std * sqrt(d)
@@ -42,6 +64,12 @@ struct BatchStats {
 BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
                            double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
                            const std::string& source_name);
+// The same for a row of column blocks (widths summing to d): each block normalised on its own with
+// its scale (story: its own mean and std). The statistics returned are of the whole row (raw) and of
+// the first block (shift, scale). One block: normalize_batch itself.
+BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, const std::vector<int64_t>& widths,
+                            Normalization normalization, const DatasetScales& scales,
+                            const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);
 
 // Where the rows of a batch came from, for feature statistics (sae/train/feature_stats.h): row r is
 // the token at position[r] of story story[r] (stories counted from 0 in the source's order: the story
@@ -67,6 +95,8 @@ class BatchSource {
  public:
   virtual ~BatchSource() = default;
   virtual int64_t d() const = 0;
+  // The row's column blocks (each normalised on its own; ActivationSource::block_widths).
+  virtual std::vector<int64_t> block_widths() const { return {d()}; }
   virtual int64_t max_batch_tokens() const = 0;
   // Fills raw and normalized (host float32, each [max_batch_tokens, D]) with the next batch;
   // returns its number of tokens. Throws DataError if the batch holds NaN or Inf.
@@ -95,10 +125,12 @@ class BatchSource {
 
 class Batcher : public BatchSource {
  public:
-  // batch_tokens == 0 selects story mode. dataset_scale is used by Normalization::Dataset.
-  Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, double dataset_scale,
+  // batch_tokens == 0 selects story mode. dataset_scale (one per block of the source) is used by
+  // Normalization::Dataset.
+  Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization, DatasetScales dataset_scale,
           uint64_t seed);
   int64_t d() const override { return source_.d(); }
+  std::vector<int64_t> block_widths() const override { return widths_; }
   int64_t max_batch_tokens() const override { return max_tokens_; }
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
@@ -111,7 +143,8 @@ class Batcher : public BatchSource {
   std::vector<int64_t> part_list_;         // their tokens
   int64_t batch_tokens_, max_tokens_;
   Normalization normalization_;
-  double dataset_scale_;
+  DatasetScales dataset_scale_;
+  std::vector<int64_t> widths_;
   uint64_t seed_;
   int64_t next_story_ = 0;                   // story mode
   int64_t epoch_ = 0, cursor_ = 0;           // token mode
@@ -124,5 +157,7 @@ class Batcher : public BatchSource {
 // Estimates the dataset scale s with mean ||s x||^2 = D over a sample of up to `sample_tokens`
 // tokens spread evenly through the source (SAELens's norm scaling factor).
 double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens = 65536);
+// The same per column block (ActivationSource::block_widths).
+DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens = 65536);
 
 }  // namespace sae

@@ -26,13 +26,75 @@ TextBatcher::PiecePosition TextBatcher::PiecePosition::from_json(const Json& j) 
   return p;
 }
 
+std::vector<TextRead> resolve_text_reads(DecoderModel& model, DecoderModel* model_b, const TextDataOptions& options) {
+  std::vector<TextRead> reads = options.reads.empty() ? std::vector<TextRead>{TextRead{0, options.site}} : options.reads;
+  for (TextRead& r : reads) {
+    if (r.model == 1 && !model_b) throw UsageError("a read of the second model without --model-b");
+    r.site = (r.model == 0 ? model : *model_b).resolve(r.site);
+  }
+  return reads;
+}
+
+namespace {
+// Sites in the order a forward pass reaches them.
+bool before(const HookSite& a, const HookSite& b) {
+  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
+}
+}  // namespace
+
+void window_activations(DecoderModel& model, DecoderModel* model_b, const std::vector<TextRead>& reads,
+                        const std::vector<int32_t>& ids, bool skip_first, std::vector<float>& out) {
+  const int64_t skip = skip_first ? 1 : 0, rows = static_cast<int64_t>(ids.size()) - skip;
+  std::vector<int64_t> offsets;
+  int64_t d = 0;
+  for (const TextRead& r : reads) {
+    offsets.push_back(d);
+    d += (r.model == 0 ? model : *model_b).config().hook_width(r.site);
+  }
+  out.resize(static_cast<size_t>(rows * d));
+  if (reads.size() == 1) {  // one read: the state where the run stops
+    const int64_t w = d;
+    const Tensor hidden = (reads[0].model == 0 ? model : *model_b).forward_to_site(ids, reads[0].site).to(Device::CPU);
+    std::memcpy(out.data(), hidden.data<float>() + skip * w, sizeof(float) * rows * w);
+    return;
+  }
+  for (int m = 0; m < 2; ++m) {
+    DecoderModel* which = m == 0 ? &model : model_b;
+    SiteHooks hooks;
+    std::optional<HookSite> last;
+    for (size_t k = 0; k < reads.size(); ++k) {
+      if (reads[k].model != m) continue;
+      const HookSite site = reads[k].site;
+      if (!last || before(*last, site)) last = site;
+      const int64_t offset = offsets[k], w = which->config().hook_width(site);
+      hooks.at.emplace_back(site, [&out, offset, w, d, skip, rows](Tensor& state) {
+        const Tensor host = state.to(Device::CPU);
+        const float* src = host.data<float>() + skip * w;
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * d + offset, src + r * w, sizeof(float) * w);
+      });
+    }
+    if (last) which->forward_to_site(ids, *last, hooks);
+  }
+}
+
 TextBatcher::TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
-                         int64_t batch_tokens, Normalization normalization, double dataset_scale, uint64_t seed)
+                         int64_t batch_tokens, Normalization normalization, DatasetScales dataset_scale, uint64_t seed,
+                         DecoderModel* model_b)
     : model_(model), tokenizer_(tokenizer), options_(options), reader_(options.text, options.text_field),
-      batch_tokens_(batch_tokens),
-      normalization_(normalization), dataset_scale_(dataset_scale), seed_(seed) {
+      batch_tokens_(batch_tokens), normalization_(normalization), dataset_scale_(std::move(dataset_scale)), seed_(seed),
+      model_b_(model_b) {
   const DecoderConfig& c = model.config();
   options_.site = model.resolve(options.site);
+  options_.reads = resolve_text_reads(model, model_b, options);
+  for (const TextRead& r : options_.reads) {
+    widths_.push_back((r.model == 0 ? model : *model_b).config().hook_width(r.site));
+    d_ += widths_.back();
+  }
+  if (dataset_scale_.per_block.size() != widths_.size())
+    throw Error(cat("TextBatcher: ", widths_.size(), " reads but ", dataset_scale_.per_block.size(), " dataset scales"));
+  if (model_b && model_b->config().max_positions < c.max_positions)
+    throw UsageError(cat("--model-b has ", model_b->config().max_positions, " positions, fewer than --model's ",
+                         c.max_positions));
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   if (batch_tokens > 0 && normalization == Normalization::Story)
     throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
@@ -85,11 +147,9 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
                           "windows)"));
   }
   const TokenWindow window = document_window(story_ids_, at_.piece, windows_);
-  const Tensor hidden = model_.forward_to_site(window.input, options_.site).to(Device::CPU);
   const int64_t skip = window.bos && !options_.keep_bos ? 1 : 0;
-  const int64_t t = static_cast<int64_t>(window.input.size()) - skip, d = this->d();
-  out.resize(static_cast<size_t>(t * d));
-  std::memcpy(out.data(), hidden.data<float>() + skip * d, sizeof(float) * t * d);
+  const int64_t t = static_cast<int64_t>(window.input.size()) - skip;
+  window_activations(model_, model_b_, options_.reads, window.input, skip == 1, out);
   ++at_.piece;
   piece_story_ = story_index_;
   piece_begin_ = window.first_token;
@@ -140,8 +200,8 @@ int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
   if (batch_tokens_ == 0) {
     const int64_t n = next_piece(piece_);
     std::memcpy(raw, piece_.data(), sizeof(float) * n * d);
-    stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_,
-                            [&](int64_t row) { return piece_row_origin(row).second; }, story_where_);
+    stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_,
+                             [&](int64_t row) { return piece_row_origin(row).second; }, story_where_);
     if (recording_origins()) record_story_origins(n);
     return n;
   }
@@ -153,8 +213,8 @@ int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
     std::memcpy(raw + i * d, chunk_.data() + token * d, sizeof(float) * d);
     if (recording_origins()) record_chunk_origin(i, token);
   }
-  stats = normalize_batch(raw, normalized, n, d, normalization_, dataset_scale_, [&](int64_t row) { return row; },
-                          cat(reader_.path(), " chunk ", chunk_index_, " (row of the batch)"));
+  stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_, [&](int64_t row) { return row; },
+                           cat(reader_.path(), " chunk ", chunk_index_, " (row of the batch)"));
   return n;
 }
 
@@ -223,36 +283,52 @@ void TextBatcher::restore(const Json& state) {
   cursor_ = cursor;
 }
 
-double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
-                                   int64_t sample_tokens) {
+DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer,
+                                          const TextDataOptions& options, int64_t sample_tokens, DecoderModel* model_b) {
   StoryReader reader(options.text, options.text_field);
   TextStory story;
-  double total = 0;
+  const std::vector<TextRead> reads = resolve_text_reads(model, model_b, options);
+  std::vector<int64_t> widths;
+  int64_t d = 0;
+  for (const TextRead& r : reads) {
+    widths.push_back((r.model == 0 ? model : *model_b).config().hook_width(r.site));
+    d += widths.back();
+  }
+  std::vector<double> total(reads.size(), 0.0);
   int64_t tokens = 0;
-  const HookSite site = model.resolve(options.site);
-  const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
+  const int64_t positions = model.config().max_positions;
   if (options.context_size > positions)
     throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", positions, " positions"));
   const WindowOptions windows{options.bos, options.context_size > 0 ? options.context_size : positions};
   check_window_options(windows);
+  std::vector<float> rows;
   while (tokens < sample_tokens && reader.next(story)) {
     const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
     const int64_t count = window_count(static_cast<int64_t>(ids.size()), windows);
     for (int64_t k = 0; k < count && tokens < sample_tokens; ++k) {
       const TokenWindow window = document_window(ids, k, windows);
-      const Tensor hidden = model.forward_to_site(window.input, site).to(Device::CPU);
-      const int64_t skip = window.bos && !options.keep_bos ? 1 : 0;
-      const float* x = hidden.data<float>() + skip * d;
-      const int64_t rows = hidden.size(0) - skip;
-      for (int64_t i = 0; i < rows * d; ++i) total += double(x[i]) * x[i];
-      tokens += rows;
+      const bool skip = window.bos && !options.keep_bos;
+      window_activations(model, model_b, reads, window.input, skip, rows);
+      const int64_t n = static_cast<int64_t>(rows.size()) / d;
+      for (int64_t r = 0; r < n; ++r) {
+        const float* x = rows.data() + r * d;
+        int64_t j = 0;
+        for (size_t b = 0; b < widths.size(); ++b)
+          for (const int64_t end = j + widths[b]; j < end; ++j) total[b] += double(x[j]) * x[j];
+      }
+      tokens += n;
     }
   }
   if (tokens == 0) throw DataError(cat(options.text, ": the text holds no stories"));
-  const double mean_sq = total / double(tokens);
-  if (!std::isfinite(mean_sq) || !(mean_sq > 0))
-    throw DataError(cat(options.text, ": the model's activations are ", mean_sq, " on average; cannot normalise"));
-  return std::sqrt(double(d) / mean_sq);
+  std::vector<double> scales;
+  for (size_t b = 0; b < widths.size(); ++b) {
+    const double mean_sq = total[b] / double(tokens);
+    if (!std::isfinite(mean_sq) || !(mean_sq > 0))
+      throw DataError(cat(options.text, ": the model's activations", reads.size() > 1 ? cat(" at read ", b) : "",
+                          " are ", mean_sq, " on average; cannot normalise"));
+    scales.push_back(std::sqrt(double(widths[b]) / mean_sq));
+  }
+  return DatasetScales(std::move(scales));
 }
 
 }  // namespace sae

@@ -33,9 +33,19 @@
 
 namespace sae {
 
+// One activation a text batch holds: a hook site of the model (0) or of the second model (1: --model-b,
+// the same tokens through another model of the same tokenizer, for model diffing).
+struct TextRead {
+  int model = 0;
+  HookSite site;
+};
+
 struct TextDataOptions {
   std::string text;             // the corpus (.txt or .jsonl)
   HookSite site = {2, HookPoint::ResidPre};  // where the activations are read (resolved by the model)
+  // Several activations side by side, in this order (a transcoder's input and target, a crosscoder's
+  // sources; one column block each), all from one pass of each model; empty: `site` alone.
+  std::vector<TextRead> reads;
   std::string text_field = "text";  // JSON lines: the field holding the text
   bool split_long_stories = false;
   int64_t chunk_tokens = 65536;  // token mode: tokens shuffled together
@@ -46,10 +56,12 @@ struct TextDataOptions {
 
 class TextBatcher : public BatchSource {
  public:
-  // batch_tokens == 0 selects story mode. The model and tokenizer must outlive the batcher.
+  // batch_tokens == 0 selects story mode. The models and tokenizer must outlive the batcher; model_b
+  // is read by options.reads of model 1.
   TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options, int64_t batch_tokens,
-              Normalization normalization, double dataset_scale, uint64_t seed);
-  int64_t d() const override { return model_.config().hook_width(options_.site); }
+              Normalization normalization, DatasetScales dataset_scale, uint64_t seed, DecoderModel* model_b = nullptr);
+  int64_t d() const override { return d_; }
+  std::vector<int64_t> block_widths() const override { return widths_; }
   int64_t max_batch_tokens() const override { return max_tokens_; }
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
@@ -70,8 +82,11 @@ class TextBatcher : public BatchSource {
   StoryReader reader_;
   int64_t batch_tokens_, max_tokens_;
   Normalization normalization_;
-  double dataset_scale_;
+  DatasetScales dataset_scale_;
   uint64_t seed_;
+  DecoderModel* model_b_;
+  std::vector<int64_t> widths_;  // per read
+  int64_t d_ = 0;
   // Where the next piece comes from: the start of its story (re-read on resume), which piece of it,
   // in which epoch. A story's pieces are 0 .. ceil(T / P) - 1; unsplit stories have one.
   struct PiecePosition {
@@ -104,8 +119,17 @@ class TextBatcher : public BatchSource {
 };
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
-// story cut to the model's positions): s with mean ||s x||^2 = D.
-double estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer, const TextDataOptions& options,
-                                   int64_t sample_tokens = 16384);
+// story cut to the model's positions): s with mean ||s x||^2 = D; one per read (options.reads).
+DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer,
+                                          const TextDataOptions& options, int64_t sample_tokens = 16384,
+                                          DecoderModel* model_b = nullptr);
+
+// The reads of `options` resolved by their models (`site` alone when there are no reads), and the
+// width of each. UsageError for a read of model 1 without a second model.
+std::vector<TextRead> resolve_text_reads(DecoderModel& model, DecoderModel* model_b, const TextDataOptions& options);
+// One window's activations at every read, side by side ([rows, sum of widths] into out; the BOS row
+// dropped when `skip_first`), from one forward pass of each model, stopped at its last read.
+void window_activations(DecoderModel& model, DecoderModel* model_b, const std::vector<TextRead>& reads,
+                        const std::vector<int32_t>& ids, bool skip_first, std::vector<float>& out);
 
 }  // namespace sae

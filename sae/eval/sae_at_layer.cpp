@@ -49,6 +49,9 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   s.params = std::move(checkpoint.params);
   s.cfg = std::move(checkpoint.cfg);
   const std::string where = dir + "/cfg.json";
+  if (s.params.transcoder || s.params.sources > 1)
+    throw DataError(cat(dir, ": a ", s.params.transcoder ? "transcoder" : "crosscoder",
+                        " is evaluated on its activation files with sae_apply; splicing into the model takes SAEs"));
   require_key(s.cfg, "normalize_activations", "none", where,
               "only \"none\": SAELens folds its dataset scaling into the weights when it saves");
   if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object())
@@ -70,7 +73,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
       if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
-      if (ours.has("dataset_scale")) s.dataset_scale = ours.at("dataset_scale").as_number();
+      if (ours.has("dataset_scale")) s.dataset_scale = DatasetScales::from_json(ours.at("dataset_scale")).first();
     }
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));

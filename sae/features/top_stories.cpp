@@ -12,28 +12,13 @@
 
 namespace sae {
 
-InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path) {
-  InputNormalization n;
-  if (!cfg.has("sae_cpp")) return n;
-  try {
-    const Json& ours = cfg.at("sae_cpp");
-    if (ours.has("normalization")) n.kind = parse_normalization(ours.at("normalization").as_string());
-    if (ours.has("dataset_scale")) n.dataset_scale = ours.at("dataset_scale").as_number();
-  } catch (const Error& e) {
-    throw DataError(cat(cfg_path, ": sae_cpp: ", e.what()));
-  }
-  if (!std::isfinite(n.dataset_scale) || !(n.dataset_scale > 0))
-    throw DataError(cat(cfg_path, ": sae_cpp.dataset_scale must be a positive number, got ", n.dataset_scale));
-  return n;
-}
-
 namespace {
 
 // raw [T, D] host -> the SAE's input on `device`.
 Tensor normalised_input(const std::vector<float>& raw, int64_t t, int64_t d, const InputNormalization& normalization,
                         const std::string& where, Device device) {
   Tensor x = Tensor::empty(Shape{t, d});
-  normalize_batch(raw.data(), x.data<float>(), t, d, normalization.kind, normalization.dataset_scale,
+  normalize_batch(raw.data(), x.data<float>(), t, d, normalization.kind, normalization.input_scale(),
                   [](int64_t row) { return row; }, where);
   return x.to(device);
 }

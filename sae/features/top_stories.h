@@ -21,14 +21,6 @@
 
 namespace sae {
 
-// How an SAE expects its inputs, from cfg.json's sae_cpp block (none for an SAE from elsewhere).
-// DataError naming the file for a malformed block.
-struct InputNormalization {
-  Normalization kind = Normalization::None;
-  double dataset_scale = 1.0;
-};
-InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path);
-
 // One story as the SAE sees it.
 struct StoryInput {
   int64_t index = -1;          // among the text's non-empty stories, or the file's stories, from 0

@@ -72,13 +72,25 @@ void validate_architecture_options(const TrainConfig& c) {
   unit.validate(arch_settings(c), c.features);
 }
 
-SaeParams fresh_params(const TrainConfig& c, TrainingData& data) {
+SaeParams fresh_params(const TrainConfig& c, TrainingData& data, const RunColumns& columns) {
   const ArchUnit& unit = run_unit(c);
   const ArchSettings settings = arch_settings(c);
   std::vector<double> sample;
-  if (unit.dictionary_init(settings).b_dec == BDecInit::GeometricMedian) sample = first_training_tokens(data, c);
+  if (unit.dictionary_init(settings).b_dec == BDecInit::GeometricMedian) {
+    sample = first_training_tokens(data, c);
+    if (!(columns.whole_row && columns.target_is_input)) {  // the target's columns of the rows
+      const int64_t n = static_cast<int64_t>(sample.size()) / data.d;
+      std::vector<float> rows(sample.begin(), sample.end()), target(static_cast<size_t>(n * columns.d_out));
+      columns.gather_target(data, rows.data(), n, target.data());
+      sample.assign(target.begin(), target.end());
+    }
+  }
+  DictionaryShape shape{columns.d_in, columns.d_out, c.features};
+  shape.transcoder = !columns.target_is_input;
+  shape.skip = c.skip;
+  shape.sources = columns.target_is_input ? static_cast<int64_t>(columns.in.size()) : 1;
   Rng rng(c.seed);
-  return unit.initial_params(settings, data.d, c.features, rng, sample);
+  return unit.initial_params(settings, shape, rng, sample);
 }
 
 void adopt_init_architecture(TrainConfig& c, const SaeParams& loaded) {

@@ -26,8 +26,10 @@ ArchSettings arch_settings(const std::string& unit, const std::vector<std::pair<
 // lambda, and the unit's own range checks.
 void validate_architecture_options(const TrainConfig& c);
 
-// A fresh run's parameters (the standard SAE with default options: the study's init, exactly).
-SaeParams fresh_params(const TrainConfig& c, TrainingData& data);
+// A fresh run's parameters (the standard SAE with default options: the study's init, exactly) for
+// its columns of the data (an SAE's, a transcoder's with --skip's W_skip, a crosscoder's sources).
+struct RunColumns;
+SaeParams fresh_params(const TrainConfig& c, TrainingData& data, const RunColumns& columns);
 // --init: the folder's architecture must be the run's (UsageError otherwise); a run without --k takes
 // the folder's k when the unit has one.
 void adopt_init_architecture(TrainConfig& c, const SaeParams& loaded);

@@ -170,7 +170,7 @@ Json training_state_info(const SaeParams& params, const TrainingState& state,
   info["step"] = state.step;
   info["tokens"] = state.tokens;
   info["adam_steps"] = state.adam.steps;
-  info["dataset_scale"] = state.dataset_scale;
+  info["dataset_scale"] = state.dataset_scale.to_json();
   info["batcher"] = state.batcher;
   if (!state.l0_controller.is_null()) info["l0_controller"] = state.l0_controller;
   return info;
@@ -260,7 +260,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       st.step = info.at("step").as_int();
       st.tokens = info.at("tokens").as_int();
       st.adam.steps = info.at("adam_steps").as_int();
-      st.dataset_scale = info.at("dataset_scale").as_number();
+      st.dataset_scale = DatasetScales::from_json(info.at("dataset_scale"));
       st.batcher = info.at("batcher");
       if (!st.batcher.is_object()) throw DataError("batcher must be an object");
       if (info.has("l0_controller")) st.l0_controller = info.at("l0_controller");
@@ -270,8 +270,6 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     }
     require(st.step >= 0 && st.tokens >= 0 && st.adam.steps >= 0, where,
             cat("step, tokens and adam_steps must be >= 0, got ", st.step, ", ", st.tokens, ", ", st.adam.steps));
-    require(std::isfinite(st.dataset_scale) && st.dataset_scale > 0, where,
-            cat("dataset_scale must be a positive number, got ", st.dataset_scale));
     const std::string state_arch = state_info.has("architecture") ? state_info.at("architecture").as_string() : "standard";
     require(state_arch == unit.name(), where,
             cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));

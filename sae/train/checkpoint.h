@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "io/json.h"
+#include "sae/data/batches.h"
 #include "sae/params.h"
 
 namespace sae {
@@ -22,7 +23,7 @@ namespace sae {
 struct TrainingState {
   int64_t step = 0;           // optimizer updates done
   int64_t tokens = 0;         // tokens seen
-  double dataset_scale = 1.0;
+  DatasetScales dataset_scale;  // per activation read (one for an SAE)
   Json batcher;               // Batcher::state()
   std::vector<int64_t> last_fired;  // DeadFeatureTracker clocks [F]
   SaeAdamState adam;                // moments and steps taken (betas and eps come from the run's config)

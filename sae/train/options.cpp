@@ -193,6 +193,7 @@ std::vector<TrainOption> make_table() {
   const char* synthetic = "Synthetic data (--data synthetic)";
   const char* target = "L0 set point (docs/architectures.md §2.9)";
   const char* text_group = "Text through a language model (--model, --text)";
+  const char* dictionaries = "Transcoders and crosscoders (docs/architectures.md §2.13)";
   const char* stats_group = "Feature statistics (what each feature fires on; sae_browser shows them)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
   std::vector<TrainOption> table = {
@@ -224,6 +225,22 @@ std::vector<TrainOption> make_table() {
           FIELD(keep_bos_activations), skip_or_keep(), "skip"),
       row("text-chunk-tokens", text_group, "token batches from text: tokens gathered and shuffled together", defines,
           "text_chunk_tokens", FIELD(text_chunk_tokens), integer(), "65536"),
+      row("target-data", dictionaries, "a transcoder from activation files or caches: --data holds its input, this "
+          "its target (the same tokens, in the same order)", defines, "target_data", FIELD(target_data), text(),
+          std::string()),
+      row("transcoder", dictionaries, "a transcoder of block L's MLP from text: reads blocks.L.ln2.hook_normalized, "
+          "reconstructs blocks.L.hook_mlp_out (-1: none)", defines, "transcoder_block", FIELD(transcoder_block),
+          integer(), "-1"),
+      row("hook-in", dictionaries, "a transcoder's input hook (text; default with --transcoder L: "
+          "blocks.L.ln2.hook_normalized)", defines, "hook_in", FIELD(hook_in), text(), std::string()),
+      row("hook-out", dictionaries, "a transcoder's target hook (text; default with --transcoder L: "
+          "blocks.L.hook_mlp_out)", defines, "hook_out", FIELD(hook_out), text(), std::string()),
+      row("hooks", dictionaries, "a crosscoder over these hooks, comma-separated (text; with --model-b: of both "
+          "models)", defines, "hooks", FIELD(hooks), text(), std::string()),
+      row("model-b", dictionaries, "a crosscoder over the same hooks (--hook, --layer or --hooks) of --model and "
+          "this model (same tokenizer): model diffing", defines, "model_b", FIELD(model_b), text(), std::string()),
+      row("skip", dictionaries, "a skip transcoder: adds a linear skip path x W_skip, W_skip starting at zero",
+          defines, "skip", FIELD(skip), flag(), "false"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
       row("l1", training, "lambda, the sparsity coefficient (of " + units_with_lambda() + ")", defines,
           "l1", FIELD(l1), number()),
@@ -374,7 +391,9 @@ Json run_identity(const TrainConfig& config) {
 }
 
 Json data_stream_identity(const TrainConfig& config) {
-  static const char* const kStreamOptions[] = {"data",  "model", "text",      "layer", "hook", "long-stories",
+  // Not the activations read (--layer, --hook, a transcoder's or crosscoder's hooks, --target-data):
+  // dictionaries at several hooks train from one pass, each reading its own columns.
+  static const char* const kStreamOptions[] = {"data",  "model", "model-b", "text", "long-stories",
                                                "text-field", "prepend-bos", "context-size", "bos-activations",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
                                                "device", "prefetch", "threads"};

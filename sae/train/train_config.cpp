@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/feature_stats.h"
 #include "tensor/cuda/backend.h"
 
@@ -47,6 +48,7 @@ void TrainConfig::validate() const {
   require(features % shards == 0,
           cat("--shards ", shards, " does not divide --features ", features, " (each shard holds F / S latents)"));
   validate_architecture_options(*this);
+  dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
   const TrainConfig defaults;
   if (target_l0 == 0) {
     require(target_l0_ki == defaults.target_l0_ki && target_l0_kp == defaults.target_l0_kp &&

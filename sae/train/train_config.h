@@ -38,6 +38,13 @@ struct TrainConfig {
   int64_t context_size = 0;          // --context-size: positions per window (0: the model's)
   bool keep_bos_activations = false; // --bos-activations keep: train on the BOS positions too (default skip)
   int64_t text_chunk_tokens = 65536; // token batches from text: tokens shuffled together
+  // Transcoders and crosscoders (sae/train/dictionary_reads.h; docs/architectures.md §2.13).
+  std::string target_data;           // --target-data: a transcoder's target activations (files or caches)
+  int64_t transcoder_block = -1;     // --transcoder L: block L's MLP (ln2.hook_normalized -> hook_mlp_out)
+  std::string hook_in, hook_out;     // --hook-in / --hook-out: a transcoder's hooks (text)
+  std::string hooks;                 // --hooks a,b,...: a crosscoder's hooks (text)
+  std::string model_b;               // --model-b DIR: the same hooks of a second model (crosscoder)
+  bool skip = false;                 // --skip: a skip transcoder (x_hat += x W_skip, W_skip from zero)
   SyntheticOptions synthetic;
   int64_t features = 10000;          // F (d_sae)
   double l1 = 0.0;                   // lambda

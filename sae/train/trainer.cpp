@@ -15,6 +15,7 @@
 #include "sae/arch/sae_step.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/l0_controller.h"
 #include "sae/train/options.h"
 #include "sae/train/run_feature_stats.h"
@@ -42,7 +43,7 @@ struct RunState {
   SaeParams params;
   SaeAdamState adam;
   int64_t step = 0, tokens = 0;
-  double dataset_scale = 1.0;
+  DatasetScales dataset_scale;  // of its columns (RunColumns::scales)
   Json data_position;  // Batcher::state() after the last batch trained on
   DeadFeatureTracker dead;
   std::optional<L0Controller> controller;  // --target-l0
@@ -66,10 +67,16 @@ struct RunState {
 Json run_description(const TrainConfig& c, const Json& data, const RunState& run) {
   Json j = Json::object();
   j["normalization"] = normalization_name(c.normalize);
-  j["dataset_scale"] = run.dataset_scale;
+  j["dataset_scale"] = run.dataset_scale.to_json();
+  const bool transcoder = run.params.transcoder;
   j["input_note"] = c.normalize == Normalization::Story ? "inputs must be normalised per story: (x - mean) / std * sqrt(d_in)"
-                    : c.normalize == Normalization::Dataset ? "inputs must be multiplied by dataset_scale"
-                                                            : "raw activations";
+                    : c.normalize == Normalization::Dataset
+                        ? (run.dataset_scale.per_block.size() == 1
+                               ? "inputs must be multiplied by dataset_scale"
+                               : transcoder ? "inputs must be multiplied by dataset_scale[0]; outputs are the target "
+                                              "times dataset_scale[1]"
+                                            : "each source's activations must be multiplied by its dataset_scale")
+                        : "raw activations";
   j["l1_coefficient"] = c.l1;
   j["lr"] = c.lr;
   j["steps"] = run.step;
@@ -81,13 +88,16 @@ Json run_description(const TrainConfig& c, const Json& data, const RunState& run
 }
 
 // config.json: every option plus what was resolved at start.
-void write_run_config(const TrainConfig& c, Device device, const TrainingData& data, int64_t max_tokens) {
+void write_run_config(const TrainConfig& c, Device device, const TrainingData& data, const RunColumns& columns,
+                      const Json& description, const DatasetScales& scales, int64_t max_tokens) {
   Json cfg = c.to_json();
   cfg["resolved"] = Json::object();
   cfg["resolved"]["device"] = device_name(device);
-  cfg["resolved"]["d_in"] = data.d;
-  cfg["resolved"]["dataset_scale"] = data.dataset_scale;
-  cfg["resolved"]["data"] = data.description;
+  cfg["resolved"]["dictionary"] = dictionary_kind_name(dictionary_kind(c));
+  cfg["resolved"]["d_in"] = columns.d_in;
+  if (!columns.target_is_input) cfg["resolved"]["d_out"] = columns.d_out;
+  cfg["resolved"]["dataset_scale"] = scales.to_json();
+  cfg["resolved"]["data"] = description;
   cfg["resolved"]["max_batch_tokens"] = max_tokens;
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
@@ -96,7 +106,7 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
 }
 
 // The row metrics.csv and TensorBoard get at a logged step: sums and batch of its n tokens of width
-// d (the whole batch's, on several ranks), dead of features latents.
+// d (the target's; the whole batch's, on several ranks), dead of features latents.
 MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchSummary& batch, int64_t n, int64_t d,
                      int64_t features, int64_t dead, double lambda, double lr) {
   const double elements = double(n) * double(d);
@@ -150,6 +160,11 @@ bool controlled(const TrainConfig& c, const RunState& run, int64_t step) {
 // One SAE of a training process: its start, state, step buffers, logs and result.
 struct Member {
   RunStart start;
+  DictionaryReads reads;          // what it reads and reconstructs
+  RunColumns columns;             // where those are in the data's rows (set once the data is open)
+  Json description;               // the data as its cfg.json tells it
+  Tensor x_host, target_host;     // its columns of the batch, when they are not the whole row
+  Tensor x_device, target_device; // the same on a GPU
   std::optional<RunState> state;  // set once the data is open
   std::unique_ptr<SaeStep> step;
   std::unique_ptr<RunLog> log;
@@ -175,6 +190,75 @@ void check_same_stream(const Member& first, const Member& other) {
     throw UsageError(cat("SAEs trained together must start from the same step and data position: ", first.config().out,
                          " is at step ", s0, ", ", other.config().out, " at step ", s1,
                          "; resume them separately"));
+}
+
+// The dataset scales of `reads` as the resumed runs saved them (each run's are its input's, then a
+// transcoder's target's); none for fresh runs.
+std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, const std::vector<std::string>& reads) {
+  if (!members[0].start.state) return std::nullopt;
+  std::vector<double> scales(reads.size(), 0.0);
+  for (const Member& m : members) {
+    if (!m.start.state) continue;
+    std::vector<std::string> own = m.reads.in;
+    if (m.reads.out != m.reads.in) own.insert(own.end(), m.reads.out.begin(), m.reads.out.end());
+    const std::vector<double>& saved = m.start.state->dataset_scale.per_block;
+    if (saved.size() != own.size())
+      throw DataError(cat(m.start.resumed_from, ": ", saved.size(), " dataset scales saved for ", own.size(),
+                          " activations read"));
+    for (size_t k = 0; k < own.size(); ++k) {
+      const size_t b = static_cast<size_t>(std::find(reads.begin(), reads.end(), own[k]) - reads.begin());
+      if (scales[b] == 0) scales[b] = saved[k];
+    }
+  }
+  for (size_t b = 0; b < reads.size(); ++b)
+    if (scales[b] == 0)
+      throw UsageError(cat("resume: no saved dataset scale for ", reads[b], "; resume these runs separately"));
+  return DatasetScales(std::move(scales));
+}
+
+// The data as a run's cfg.json tells it: the shared description with its own reads (and, from text,
+// SAELens's hook_name: the input's; a transcoder's target as hook_name_out).
+Json member_description(const TrainingData& data, const DictionaryReads& reads) {
+  Json j = data.description;
+  j["dictionary"] = dictionary_kind_name(reads.kind);
+  if (reads.kind != DictionaryKind::Sae || data.reads.size() > 1) {
+    Json in = Json::array(), out = Json::array();
+    for (const std::string& r : reads.in) in.push_back(Json(r));
+    for (const std::string& r : reads.out) out.push_back(Json(r));
+    j["reads"] = in;
+    if (reads.out != reads.in) j["target_reads"] = out;
+  }
+  if (!reads.text) return j;
+  const HookSite in_site = data.model->resolve(parse_text_read(reads.in[0]).site);
+  j["hook_name"] = hook_name(in_site);
+  if (j.has("saelens_metadata")) {
+    Json& meta = j["saelens_metadata"];
+    meta["hook_name"] = hook_name(in_site);
+    if (reads.kind == DictionaryKind::Transcoder)
+      meta["hook_name_out"] = hook_name(data.model->resolve(parse_text_read(reads.out[0]).site));
+    if (reads.kind == DictionaryKind::Crosscoder) {
+      Json hooks = Json::array();
+      for (const std::string& r : reads.in) hooks.push_back(Json(r));
+      meta["crosscoder_hooks"] = hooks;
+    }
+  }
+  return j;
+}
+
+// Loaded parameters (--init, --resume) must be the dictionary the options describe.
+void check_dictionary_shape(const SaeParams& p, const RunColumns& columns, const DictionaryReads& reads, bool skip,
+                            const std::string& out) {
+  const char* kind = dictionary_kind_name(reads.kind);
+  const int64_t sources = reads.kind == DictionaryKind::Crosscoder ? static_cast<int64_t>(reads.in.size()) : 1;
+  if (p.d_in() != columns.d_in || p.d_out() != columns.d_out)
+    throw DataError(cat(out, ": the checkpoint maps width ", p.d_in(), " to ", p.d_out(), " but this ", kind,
+                        " reads ", columns.d_in, " and reconstructs ", columns.d_out));
+  if (p.transcoder != (reads.kind == DictionaryKind::Transcoder) || p.sources != sources)
+    throw DataError(cat(out, ": the checkpoint is ", p.transcoder ? "a transcoder" : p.sources > 1 ? "a crosscoder" : "an SAE",
+                        ", the options describe a ", kind));
+  if (p.W_skip.defined() != skip)
+    throw DataError(cat(out, ": the checkpoint's transcoder ", p.W_skip.defined() ? "has" : "has no",
+                        " skip path; give --skip ", p.W_skip.defined() ? "" : "only ", "to match it"));
 }
 
 }  // namespace
@@ -222,15 +306,22 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
   });
+  const std::optional<TrainingState>& first_state = members[0].start.state;
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
   if (device == Device::CUDA) cuda_set_tf32(shared.tf32);
-  const std::optional<TrainingState>& first_state = members[0].start.state;
+  // Every activation any of them reads, once: one pass of the data (of each model) serves them all.
+  std::vector<std::string> reads;
+  auto add_read = [&](const std::string& r) {
+    if (std::find(reads.begin(), reads.end(), r) == reads.end()) reads.push_back(r);
+  };
+  for (Member& m : members) {
+    m.reads = dictionary_reads(m.config());
+    for (const std::string& r : m.reads.in) add_read(r);
+    for (const std::string& r : m.reads.out) add_read(r);
+  }
   TrainingData data;
-  agree([&] {
-    data = open_training_data(shared, device,
-                              first_state ? std::optional<double>(first_state->dataset_scale) : std::nullopt);
-  });
+  agree([&] { data = open_training_data(shared, reads, device, saved_scales(members, reads)); });
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
   const int64_t batch_max_tokens = batcher.max_batch_tokens();  // the whole batch's, before a replica's part
@@ -252,7 +343,19 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   // only its part of each batch.
   std::vector<SaeParams> firsts;
   for (Member& m : members)
-    agree([&] { firsts.push_back(m.start.params ? initial_params(m.start, d) : fresh_params(m.config(), data)); });
+    agree([&] {
+      m.columns = run_columns(data, m.reads.in, m.reads.out);
+      const RunColumns& columns = m.columns;
+      if (m.reads.kind == DictionaryKind::Crosscoder)
+        for (size_t b : columns.in)
+          if (data.widths[b] != data.widths[columns.in[0]])
+            throw DataError(cat("a crosscoder's sources must have one width: ", data.reads[columns.in[0]], " has ",
+                                data.widths[columns.in[0]], ", ", data.reads[b], " has ", data.widths[b]));
+      m.description = member_description(data, m.reads);
+      // A fresh b_dec at the geometric median is taken from the first normalised batches.
+      firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
+      check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip, m.config().out);
+    });
   if (dist) agree([&] { batcher.set_part(dist->replica(), dist->replicas()); });
   const int64_t max_tokens = batcher.max_batch_tokens();
 
@@ -261,17 +364,19 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     const TrainConfig& config = m.config();
     const int64_t latents = config.features / shards, first_latent = dist ? dist->shard() * latents : 0;
     auto mine = [&](const SaeParams& whole) { return dist ? whole.latent_slice(first_latent, first_latent + latents) : whole; };
+    const RunColumns& columns = m.columns;
     const SaeParams first = mine(firsts[i]);
-    m.state = RunState{first.to(device), {}, 0, 0, data.dataset_scale, Json(),
+    m.state = RunState{first.to(device), {}, 0, 0, columns.scales(data), Json(),
                      DeadFeatureTracker(latents, config.dead_window), std::nullopt};
     RunState& run = m.run();
     run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
     if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config), config.l1);
     if (m.start.state) {
       const TrainingState& st = *m.start.state;
-      if (st.dataset_scale != data.dataset_scale)
+      if (st.dataset_scale.per_block != run.dataset_scale.per_block)
         throw UsageError(cat("SAEs trained together must share the dataset scale: ", config.out, " has ",
-                             st.dataset_scale, ", ", shared.out, " has ", data.dataset_scale));
+                             st.dataset_scale.to_json().dump(), ", ", shared.out, " has ",
+                             run.dataset_scale.to_json().dump()));
       run.step = st.step;
       run.tokens = st.tokens;
       run.adam.m = mine(st.adam.m).to(device);
@@ -289,10 +394,17 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
         }
       }
     }
-    const StepShape shape{max_tokens, d, d, latents, first_latent, config.features, batch_max_tokens};
+    const StepShape shape{max_tokens, columns.d_in, columns.d_out, latents, first_latent, config.features, batch_max_tokens};
     m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), shape, DType::F32, device);
     m.step->set_collectives(dist);
     set_dead_clock(m.step->dead_clock(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
+    // Buffers for its own columns, made once.
+    if (!columns.whole_row) m.x_host = Tensor::empty(Shape{max_tokens, columns.d_in});
+    if (!columns.target_is_input) m.target_host = Tensor::empty(Shape{max_tokens, columns.d_out});
+    if (device != Device::CPU && !columns.whole_row)
+      m.x_device = Tensor::empty(Shape{max_tokens, columns.d_in}, DType::F32, device);
+    if (device != Device::CPU && !columns.target_is_input)
+      m.target_device = Tensor::empty(Shape{max_tokens, columns.d_out}, DType::F32, device);
   }
   if (first_state) batcher.restore(first_state->batcher);
 
@@ -301,7 +413,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     agree([&] {
       if (!lead) return;
       fs::create_directories(m.config().out);
-      write_run_config(m.config(), device, data, batch_max_tokens);
+      write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, batch_max_tokens);
       m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
     });
     m.result.device = device;
@@ -323,7 +435,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   };
   auto save = [&](Member& m, const std::string& dir) {
     const TrainingState st = m.run().saved();
-    const Json description = run_description(m.config(), data.description, m.run());
+    const Json description = run_description(m.config(), m.description, m.run());
     if (dist) {
       const int64_t latents = m.config().features / shards;
       save_sharded_checkpoint(*dist, dir, m.run().params, dist->shard() * latents, m.config().features, description,
@@ -336,9 +448,13 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
 
   // ---- buffers, allocated once ----
   Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
-  Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, d});
+  int64_t widest_out = 0;
+  for (const Member& m : members) widest_out = std::max(widest_out, m.columns.d_out);
+  Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, widest_out});
   std::vector<Tensor> counts_host;
   for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features / shards}));
+  const bool whole_rows_used =
+      std::any_of(members.begin(), members.end(), [](const Member& m) { return m.columns.whole_row; });
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
   // that means running the language model on the GPU from a second thread (one stream, one handle).
   const bool background =
@@ -354,19 +470,43 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
     const int64_t n = batch.tokens;
-    Tensor x = batch.normalized.slice_rows(0, n);
-    if (device != Device::CPU) {
-      x = x_device.slice_rows(0, n);
-      cuda_copy_to_device(x.raw(), batch.normalized.raw(), n * d * sizeof(float));
+    Tensor rows = batch.normalized.slice_rows(0, n);
+    if (device != Device::CPU && whole_rows_used) {
+      rows = x_device.slice_rows(0, n);
+      cuda_copy_to_device(rows.raw(), batch.normalized.raw(), n * d * sizeof(float));
     }
     for (size_t i = 0; i < members.size(); ++i) {
       Member& m = members[i];
       const TrainConfig& config = m.config();
+      const RunColumns& columns = m.columns;
       RunState& run = m.run();
+      // Its input and target: the whole row, or its columns of it.
+      const float* x_host = batch.normalized.data<float>();
+      const float* target_host = x_host;
+      Tensor x = rows, target;
+      if (!columns.whole_row) {
+        columns.gather_input(data, batch.normalized.data<float>(), n, m.x_host.data<float>());
+        x_host = target_host = m.x_host.data<float>();
+        x = m.x_host.slice_rows(0, n);
+        if (device != Device::CPU) {
+          x = m.x_device.slice_rows(0, n);
+          cuda_copy_to_device(x.raw(), m.x_host.raw(), n * columns.d_in * sizeof(float));
+        }
+      }
+      if (!columns.target_is_input) {
+        columns.gather_target(data, batch.normalized.data<float>(), n, m.target_host.data<float>());
+        target_host = m.target_host.data<float>();
+        target = m.target_host.slice_rows(0, n);
+        if (device != Device::CPU) {
+          target = m.target_device.slice_rows(0, n);
+          cuda_copy_to_device(target.raw(), m.target_host.raw(), n * columns.d_out * sizeof(float));
+        }
+      }
       const bool control = controlled(config, run, this_step);
       const double lambda = control ? run.controller->lambda() : config.l1_at(this_step);
       const double lr = config.lr_at(this_step);
-      const StepSums sums = m.step->train_step(run.params, run.adam, x, lambda, lr);  // forward, backward, Adam
+      const StepSums sums = target.defined() ? m.step->train_step(run.params, run.adam, x, target, lambda, lr)
+                                             : m.step->train_step(run.params, run.adam, x, lambda, lr);
       if (!finite(sums))
         throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged at step ", this_step,
                                    ": loss is ", sums.loss, " (rec ", sums.rec, ", l1 ", sums.l1,
@@ -394,15 +534,16 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
         Tensor x_hat = m.step->reconstruction();
         const float* recon = x_hat.data<float>();
         if (device != Device::CPU) {
-          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * d * sizeof(float));
+          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
           recon = reconstruction_host.data<float>();
         }
         const BatchSummary summary =
-            summarize_batch(dist, BatchRows{batch.stats.raw_mean, batch.stats.raw_std, d, batch.normalized.data<float>(), d,
-                                            batch.normalized.data<float>(), recon, d},
+            summarize_batch(dist, BatchRows{batch.stats.raw_mean, batch.stats.raw_std, d, x_host, columns.d_in,
+                                            target_host, recon, columns.d_out},
                             n);
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, summary, batch_tokens, d, config.features, dead_features(m), lambda, lr), run, sums);
+            metric_row(run, sums, summary, batch_tokens, columns.d_out, config.features, dead_features(m), lambda, lr), run,
+            sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         if (m.log) m.log->write(m.result.last_row);
       }

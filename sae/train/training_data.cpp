@@ -1,73 +1,218 @@
 // open_training_data (see training_data.h).
 #include "sae/train/training_data.h"
 
+#include <algorithm>
+#include <filesystem>
+
 #include "lm/model_loader.h"
+#include "sae/data/concat_source.h"
 #include "sae/data/text_batches.h"
+#include "sae/train/dictionary_reads.h"
 
 namespace sae {
 
-TrainingData open_training_data(const TrainConfig& config, Device device, std::optional<double> saved_scale) {
+size_t TrainingData::block(const std::string& read) const {
+  for (size_t b = 0; b < reads.size(); ++b)
+    if (reads[b] == read) return b;
+  throw Error(cat("training data: no column block for ", printable(read)));
+}
+
+namespace {
+
+// Sites in the order a forward pass reaches them.
+bool before(const HookSite& a, const HookSite& b) {
+  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
+}
+
+// A model read up to the last of `sites` (already resolved against its config).
+DecoderModel load_up_to(const std::string& dir, const ModelFolder& folder, const std::vector<HookSite>& sites,
+                        Device device) {
+  HookSite last = sites.front();
+  for (const HookSite& s : sites)
+    if (before(last, s)) last = s;
+  return load_decoder_model(dir, device, ModelPart::up_to(last, folder.config.num_layers));
+}
+
+// --model-b must read text as --model does: the same vocabulary, the same ids for a probe text.
+void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b) {
+  if (tokenizer.vocab_size() > model_b.config().vocab_size)
+    throw DataError(cat(dir_b, ": --model's tokenizer has ", tokenizer.vocab_size(), " ids, --model-b only ",
+                        model_b.config().vocab_size));
+  const std::filesystem::path b(dir_b);
+  if (!std::filesystem::exists(b / "tokenizer.json") && !std::filesystem::exists(b / "vocab.json"))
+    return;  // a folder without its own tokenizer reads --model's
+  std::optional<BpeTokenizer> other;
+  other.emplace(BpeTokenizer::from_model_dir(dir_b));
+  const std::string probe = "Once upon a time, 42 foxes said: \"Don't!\" caf\xc3\xa9 \xe2\x80\x94 the end.\n";
+  if (other->vocab_size() != tokenizer.vocab_size() || other->encode(probe) != tokenizer.encode(probe))
+    throw DataError(cat(dir_b, ": its tokenizer is not --model's; a crosscoder over two models reads the same tokens "
+                        "through both"));
+}
+
+TrainingData open_text(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
+                       const std::optional<DatasetScales>& saved) {
+  TrainingData data;
+  const bool single = reads.size() == 1;
+  const std::string what = single ? (config.hook.empty() ? "--layer" : "--hook") : "a read";
+  const ModelFolder folder = read_model_config(config.model);
+  std::optional<ModelFolder> folder_b;
+  if (!config.model_b.empty()) folder_b = read_model_config(config.model_b);
+  TextDataOptions options;
+  std::vector<HookSite> sites[2];
+  for (const std::string& read : reads) {
+    const TextReadName r = parse_text_read(read);
+    if (r.model == 1 && !folder_b) throw UsageError(cat(read, ": a read of --model-b without --model-b"));
+    const HookSite site = resolve_hook_site(r.model == 0 ? folder.config : folder_b->config, r.site, what);
+    options.reads.push_back(TextRead{r.model, site});
+    sites[r.model].push_back(site);
+  }
+  if (sites[0].empty()) throw UsageError("a crosscoder over two models reads --model too");
+  data.model = std::make_unique<DecoderModel>(load_up_to(config.model, folder, sites[0], device));
+  data.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(config.model));
+  if (data.tokenizer->vocab_size() > data.model->config().vocab_size)
+    throw DataError(cat(config.model, ": the tokenizer has ", data.tokenizer->vocab_size(), " ids, the model only ",
+                        data.model->config().vocab_size));
+  if (folder_b) {
+    data.model_b = std::make_unique<DecoderModel>(load_up_to(config.model_b, *folder_b, sites[1], device));
+    check_same_tokenizer(config.model_b, *data.tokenizer, *data.model_b);
+  }
+  options.text = config.text;
+  options.site = options.reads.front().site;
+  if (single) options.reads.clear();  // one read: the batcher's own path
+  if (config.context_size > folder.config.max_positions)
+    throw UsageError(cat("--context-size ", config.context_size, " is more than the model's ",
+                         folder.config.max_positions, " positions"));
+  options.text_field = config.text_field;
+  options.bos = resolve_bos(config.prepend_bos, *data.tokenizer);
+  options.context_size = config.context_size;
+  options.keep_bos = config.keep_bos_activations;
+  options.split_long_stories = config.split_long_stories;
+  options.chunk_tokens = config.text_chunk_tokens;
+  DecoderModel* model_b = data.model_b.get();
+  data.dataset_scale = saved ? *saved
+                             : (config.normalize == Normalization::Dataset
+                                    ? estimate_text_dataset_scale(*data.model, *data.tokenizer, options, 16384, model_b)
+                                    : DatasetScales(std::vector<double>(reads.size(), 1.0)));
+  auto text = std::make_unique<TextBatcher>(*data.model, *data.tokenizer, options, config.batch_tokens,
+                                            config.normalize, data.dataset_scale, config.seed, model_b);
+  data.widths = text->block_widths();
+  const HookSite site = sites[0].front();
+  data.description = Json::object();
+  data.description["kind"] = "text";
+  data.description["text"] = config.text;
+  data.description["model"] = config.model;
+  if (folder_b) data.description["model_b"] = config.model_b;
+  data.description["hook_name"] = hook_name(site);
+  const int64_t k = hidden_states_index(site, folder.config.num_layers);
+  if (k >= 0) data.description["layer"] = k;  // the hidden_states index, when the site is one
+  if (k >= 0) data.description["hidden_states"] = cat("hidden_states[", k, "]");
+  data.description["model_family"] = folder.config.family;
+  Json saelens = Json::object();  // cfg.json's metadata, as SAELens writes it (sae/train/checkpoint.cpp)
+  saelens["model_name"] = folder.name;
+  saelens["hook_name"] = hook_name(site);
+  saelens["hook_head_index"] = Json();
+  saelens["context_size"] = config.context_size > 0 ? config.context_size : folder.config.max_positions;
+  saelens["prepend_bos"] = options.bos >= 0;
+  data.description["saelens_metadata"] = saelens;
+  data.description["tokenizer"] = data.tokenizer->source();
+  data.description["bos_id"] = options.bos;
+  data.description["bos_activations"] = config.keep_bos_activations ? "keep" : "skip";
+  data.batches = std::move(text);
+  return data;
+}
+
+}  // namespace
+
+TrainingData open_training_data(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
+                                const std::optional<DatasetScales>& saved) {
+  if (reads.empty()) throw Error("open_training_data: nothing to read");
+  if (saved && saved->per_block.size() != reads.size())
+    throw DataError(cat("resume: ", saved->per_block.size(), " dataset scales saved for ", reads.size(), " activations"));
   TrainingData data;
   if (config.data == "text") {
-    // Only what the hook point needs is loaded: the blocks after it are never read from disk.
-    const ModelFolder folder = read_model_config(config.model);
-    const HookSite site = resolve_hook_site(folder.config, config.hook_site(), config.hook.empty() ? "--layer" : "--hook");
-    data.model = std::make_unique<DecoderModel>(
-        load_decoder_model(config.model, device, ModelPart::up_to(site, folder.config.num_layers)));
-    data.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(config.model));
-    if (data.tokenizer->vocab_size() > data.model->config().vocab_size)
-      throw DataError(cat(config.model, ": the tokenizer has ", data.tokenizer->vocab_size(), " ids, the model only ",
-                          data.model->config().vocab_size));
-    TextDataOptions options;
-    options.text = config.text;
-    options.site = site;
-    if (config.context_size > folder.config.max_positions)
-      throw UsageError(cat("--context-size ", config.context_size, " is more than the model's ",
-                           folder.config.max_positions, " positions"));
-    options.text_field = config.text_field;
-    options.bos = resolve_bos(config.prepend_bos, *data.tokenizer);
-    options.context_size = config.context_size;
-    options.keep_bos = config.keep_bos_activations;
-    options.split_long_stories = config.split_long_stories;
-    options.chunk_tokens = config.text_chunk_tokens;
-    data.dataset_scale = saved_scale ? *saved_scale
-                                     : (config.normalize == Normalization::Dataset
-                                            ? estimate_text_dataset_scale(*data.model, *data.tokenizer, options)
-                                            : 1.0);
-    auto text = std::make_unique<TextBatcher>(*data.model, *data.tokenizer, options, config.batch_tokens,
-                                              config.normalize, data.dataset_scale, config.seed);
-    data.d = data.model->config().hook_width(site);
-    data.description = Json::object();
-    data.description["kind"] = "text";
-    data.description["text"] = config.text;
-    data.description["model"] = config.model;
-    data.description["hook_name"] = hook_name(site);
-    const int64_t k = hidden_states_index(site, folder.config.num_layers);
-    if (k >= 0) data.description["layer"] = k;  // the hidden_states index, when the site is one
-    if (k >= 0) data.description["hidden_states"] = cat("hidden_states[", k, "]");
-    data.description["model_family"] = folder.config.family;
-    Json saelens = Json::object();  // cfg.json's metadata, as SAELens writes it (sae/train/checkpoint.cpp)
-    saelens["model_name"] = folder.name;
-    saelens["hook_name"] = hook_name(site);
-    saelens["hook_head_index"] = Json();
-    saelens["context_size"] = config.context_size > 0 ? config.context_size : folder.config.max_positions;
-    saelens["prepend_bos"] = options.bos >= 0;
-    data.description["saelens_metadata"] = saelens;
-    data.description["tokenizer"] = data.tokenizer->source();
-    data.description["bos_id"] = options.bos;
-    data.description["bos_activations"] = config.keep_bos_activations ? "keep" : "skip";
-    data.batches = std::move(text);
-    return data;
+    data = open_text(config, reads, device, saved);
+  } else {
+    if (reads.size() == 1) {
+      data.activations = open_activations(reads[0], config.synthetic);
+    } else {
+      std::vector<std::unique_ptr<ActivationSource>> sources;
+      for (const std::string& read : reads) sources.push_back(open_activations(read, config.synthetic));
+      data.activations = std::make_unique<ConcatSource>(std::move(sources));
+    }
+    data.synthetic = dynamic_cast<const SyntheticSource*>(data.activations.get());
+    data.widths = data.activations->block_widths();
+    data.dataset_scale = saved ? *saved
+                               : (config.normalize == Normalization::Dataset
+                                      ? estimate_dataset_scales(*data.activations)
+                                      : DatasetScales(std::vector<double>(reads.size(), 1.0)));
+    data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize,
+                                             data.dataset_scale, config.seed);
+    data.description = data.activations->describe();
   }
-  data.activations = open_activations(config.data, config.synthetic);
-  data.synthetic = dynamic_cast<const SyntheticSource*>(data.activations.get());
-  data.d = data.activations->d();
-  data.dataset_scale = saved_scale ? *saved_scale
-                                   : (config.normalize == Normalization::Dataset ? estimate_dataset_scale(*data.activations) : 1.0);
-  data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize, data.dataset_scale,
-                                           config.seed);
-  data.description = data.activations->describe();
+  data.reads = reads;
+  for (int64_t w : data.widths) {
+    data.offsets.push_back(data.d);
+    data.d += w;
+  }
+  if (reads.size() > 1) {
+    Json names = Json::array();
+    for (const std::string& r : reads) names.push_back(Json(r));
+    data.description["reads"] = names;
+  }
   return data;
+}
+
+namespace {
+void gather_blocks(const TrainingData& data, const std::vector<size_t>& blocks, const float* rows, int64_t n,
+                   int64_t width, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    float* to = out + r * width;
+    for (size_t b : blocks) {
+      std::copy_n(rows + r * data.d + data.offsets[b], data.widths[b], to);
+      to += data.widths[b];
+    }
+  }
+}
+}  // namespace
+
+void RunColumns::gather_input(const TrainingData& data, const float* rows, int64_t n, float* x) const {
+  gather_blocks(data, in, rows, n, d_in, x);
+}
+
+void RunColumns::gather_target(const TrainingData& data, const float* rows, int64_t n, float* target) const {
+  gather_blocks(data, out, rows, n, d_out, target);
+}
+
+DatasetScales RunColumns::scales(const TrainingData& data) const {
+  std::vector<double> s;
+  for (size_t b : in) s.push_back(data.dataset_scale.per_block[b]);
+  if (!target_is_input)
+    for (size_t b : out) s.push_back(data.dataset_scale.per_block[b]);
+  return DatasetScales(std::move(s));
+}
+
+RunColumns run_columns(const TrainingData& data, const std::vector<std::string>& in, const std::vector<std::string>& out) {
+  RunColumns c;
+  for (const std::string& r : in) {
+    c.in.push_back(data.block(r));
+    c.d_in += data.widths[c.in.back()];
+  }
+  for (const std::string& r : out) {
+    c.out.push_back(data.block(r));
+    c.d_out += data.widths[c.out.back()];
+  }
+  c.target_is_input = c.in == c.out;
+  c.whole_row = c.d_in == data.d;
+  for (size_t k = 0; c.whole_row && k < c.in.size(); ++k) c.whole_row = c.in[k] == k;
+  return c;
+}
+
+TrainingData open_training_data(const TrainConfig& config, Device device, const std::optional<DatasetScales>& saved) {
+  const DictionaryReads r = dictionary_reads(config);
+  std::vector<std::string> reads = r.in;
+  for (const std::string& o : r.out)
+    if (std::find(reads.begin(), reads.end(), o) == reads.end()) reads.push_back(o);
+  return open_training_data(config, reads, device, saved);
 }
 
 }  // namespace sae

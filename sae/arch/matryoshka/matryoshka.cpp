@@ -175,6 +175,9 @@ class MatryoshkaUnit : public BatchThresholdUnit {
     if (widths.back() != d_sae)
       throw UsageError(cat("--matryoshka-widths must end at --features = ", d_sae, ", got ", widths.back()));
   }
+  // Its reference and step take a target like the family's, but no fixture checks them yet.
+  bool trains_transcoders() const override { return false; }
+  bool trains_crosscoders() const override { return false; }
   void init_own(SaeParams& p, const ArchSettings& s) const override {
     BatchThresholdUnit::init_own(p, s);
     p.settings["widths"] = s.at("matryoshka-widths");

@@ -265,6 +265,11 @@ class StandardUnit : public ArchUnit {
     return skip ? "skip_transcoder" : "transcoder";
   }
   bool trains_crosscoders() const override { return true; }
+  void validate_crosscoder(const ArchSettings& s) const override {
+    if (s.text("sparse") == "on")
+      throw UsageError("--sparse on: a crosscoder's step is dense (its penalty weighs each latent by the sum of its "
+                       "per-source decoder norms); use --sparse auto or off");
+  }
   ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>*, const ArchFrozen*) const override {
     ReferenceLoss out;

@@ -13,8 +13,12 @@
 #include "io/csv.h"
 #include "io/safetensors.h"
 #include "lm/gpt_neo.h"
+#include "lm/hook_points.h"
+#include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
+#include "sae/data/text_batches.h"
+#include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
 
@@ -197,4 +201,68 @@ TEST(TextData, BadInputsGetOneLine) {
     EXPECT_NE(r.err.find(c.mention), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
+}
+
+// Several hooks from one forward pass (a transcoder's input and target, a crosscoder's hooks, a
+// second model): each column block equals that hook read alone.
+TEST(TextData, SeveralReadsInOnePassEqualEachReadAlone) {
+  DecoderModel model = load_decoder_model(ref("model"));
+  DecoderModel model_b = load_decoder_model(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  StoryReader reader(ref("stories.txt"));
+  TextStory story;
+  ASSERT_TRUE(reader.next(story));
+  const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
+  const std::vector<TextRead> reads = {{0, parse_hook_name("blocks.1.hook_mlp_out")},
+                                       {0, parse_hook_name("blocks.1.ln2.hook_normalized")},
+                                       {1, parse_hook_name("blocks.0.hook_resid_post")},
+                                       {0, parse_hook_name("blocks.0.attn.hook_z")}};
+  for (const bool skip_first : {false, true}) {
+    std::vector<float> together;
+    window_activations(model, &model_b, reads, ids, skip_first, together);
+    const int64_t t = static_cast<int64_t>(ids.size()) - (skip_first ? 1 : 0);
+    int64_t width = 0;
+    for (const TextRead& r : reads) width += model.config().hook_width(r.site);
+    ASSERT_EQ(static_cast<int64_t>(together.size()), t * width);
+    int64_t column = 0;
+    for (const TextRead& r : reads) {
+      const Tensor alone = (r.model == 0 ? model : model_b).forward_to_site(ids, r.site).to(Device::CPU).clone();
+      const int64_t w = model.config().hook_width(r.site);
+      for (int64_t row = 0; row < t; ++row)
+        for (int64_t j = 0; j < w; ++j)
+          ASSERT_EQ(together[row * width + column + j], alone.data<float>()[(row + (skip_first ? 1 : 0)) * w + j])
+              << hook_name(r.site) << " row " << row << " column " << j;
+      column += w;
+    }
+  }
+}
+
+TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
+  TempDir dir("text_dictionaries");
+  TrainConfig tc = text_config(dir.str("transcoder"));
+  tc.transcoder_block = 1;
+  tc.normalize = Normalization::Dataset;
+  tc.batch_tokens = 40;
+  tc.given = {"transcoder"};
+  const TrainResult t = train(tc);
+  Checkpoint transcoder = load_checkpoint(dir.str("transcoder/sae"), Device::CPU, /*with_state=*/false);
+  EXPECT_TRUE(transcoder.params.transcoder);
+  EXPECT_EQ(transcoder.cfg.at("metadata").at("hook_name").as_string(), "blocks.1.ln2.hook_normalized");
+  EXPECT_EQ(transcoder.cfg.at("metadata").at("hook_name_out").as_string(), "blocks.1.hook_mlp_out");
+  EXPECT_EQ(transcoder.cfg.at("sae_cpp").at("dataset_scale").elements().size(), 2u);
+  const CsvNumbers tm = read_csv_numbers(dir.str("transcoder/metrics.csv"));
+  EXPECT_LT(tm.column("loss").back(), tm.column("loss").front());
+  EXPECT_EQ(t.steps, 24);
+
+  TrainConfig cc = text_config(dir.str("crosscoder"));
+  cc.hooks = "blocks.0.hook_resid_post,blocks.1.hook_resid_post";
+  cc.model_b = ref("model");
+  cc.normalize = Normalization::Dataset;
+  cc.batch_tokens = 40;
+  train(cc);
+  Checkpoint crosscoder = load_checkpoint(dir.str("crosscoder/sae"), Device::CPU, /*with_state=*/false);
+  EXPECT_EQ(crosscoder.params.sources, 4);  // two hooks of two models
+  EXPECT_EQ(crosscoder.params.d_in(), 4 * 32);
+  const CsvNumbers cm = read_csv_numbers(dir.str("crosscoder/metrics.csv"));
+  EXPECT_LT(cm.column("loss").back(), cm.column("loss").front());
 }
