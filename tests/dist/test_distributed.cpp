@@ -16,9 +16,12 @@
 #include <sstream>
 
 #include "io/csv.h"
+#include "io/npy.h"
 #include "io/safetensors.h"
 #include "sae/dist/mpi_world.h"
 #include "tests/util/gpu.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -313,4 +316,42 @@ TEST(Distributed, ShardsOnTextThroughAModelAtAHookEqualOneProcess) {
   const std::vector<std::string> lines = our_lines(replicas.err);
   ASSERT_EQ(lines.size(), 1u) << replicas.err;
   EXPECT_NE(lines[0].find("cannot be split between data-parallel replicas"), std::string::npos) << lines[0];
+}
+
+// Dictionaries beyond the SAE from activation files: a skip transcoder (TopK; x.npy to y.npy) and a
+// crosscoder (standard; x.npy and x2.npy side by side), each as 2 shards and as 2 replicas, equal the
+// one-process run after 40 steps (W_skip replicated; its gradient summed over the replicas).
+TEST(Distributed, TranscodersAndCrosscodersOverRanksEqualOneProcess) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("dist_dictionaries");
+  Rng rng(21);
+  const Tensor x = normal_tensor(Shape{4096, 16}, 0.0, 1.0, rng), x2 = normal_tensor(Shape{4096, 16}, 0.0, 1.0, rng);
+  const Tensor y = add(matmul(x, normal_tensor(Shape{16, 12}, 0.0, 0.5, rng)), normal_tensor(Shape{4096, 12}, 0.0, 0.2, rng));
+  write_npy(dir.str("x.npy"), x);
+  write_npy(dir.str("x2.npy"), x2);
+  write_npy(dir.str("y.npy"), y);
+  const std::string common = " --batch 64 --steps 40 --normalize dataset --lr 1e-3 --log-every 10 --checkpoint-every 100"
+                             " --feature-stats-steps 0 --progress none --device cpu --threads 1 --features 32";
+  const std::pair<std::string, std::string> runs[] = {
+      {"skip_transcoder", " --data " + dir.str("x.npy") + " --target-data " + dir.str("y.npy") +
+                              " --skip --architecture topk --k 4 --auxk-k 4 --dead-window 256"},
+      {"crosscoder", " --data " + dir.str("x.npy") + "," + dir.str("x2.npy") + " --l1 1"},
+  };
+  for (const auto& [name, options] : runs) {
+    auto one = sae::testing::run_binary("sae_train", common + options + " --out " + dir.str(name + "_one"), dir);
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    auto shards = mpirun(2, common + options + " --shards 2 --out " + dir.str(name + "_s2"), dir);
+    ASSERT_EQ(shards.exit_code, 0) << shards.err;
+    auto replicas = mpirun(2, common + options + " --out " + dir.str(name + "_r2"), dir);
+    ASSERT_EQ(replicas.exit_code, 0) << replicas.err;
+    std::printf("%s, 2 shards vs one process:\n", name.c_str());
+    expect_same_model(dir.str(name + "_one"), dir.str(name + "_s2"), 2e-5);
+    std::printf("%s, 2 replicas vs one process:\n", name.c_str());
+    expect_same_model(dir.str(name + "_one"), dir.str(name + "_r2"), 2e-5);
+    const Json cfg = Json::parse(sae::testing::read_file(dir.str(name + "_s2/sae/cfg.json")));
+    EXPECT_EQ(cfg.at("d_sae").as_int(), 32);
+    EXPECT_EQ(cfg.at("architecture").as_string(), Json::parse(sae::testing::read_file(dir.str(name + "_one/sae/cfg.json")))
+                                                      .at("architecture")
+                                                      .as_string());
+  }
 }
