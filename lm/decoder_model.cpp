@@ -6,11 +6,12 @@
 //   heads [3H, T, hd] = swap_axes01(qkv viewed [T, 3H, hd]);  rotary on rows 0..2H-1 (q and k)
 //   scores [H, T, T] = scale q k^T (the GEMM's alpha);  mask (-inf), softmax in place
 //   context [H, T, hd] = scores v;  z [T, H hd] = swap_axes01(context)
-//   sequential: x += z Wo^T (GEMM beta = 1), += bo;  m = LN2(x)
-//   parallel:   m = LN2(x) first (from the block's input), then x += z Wo^T + bo
-//   hidden [T, f] = act(m Win^T + bin);  x += hidden Wout^T (beta = 1), += bout
-// A hook on attn_out or mlp_out makes that output a buffer of its own (hooked, then added); a hook on
-// ln2.hook_normalized computes LN2 without its affine part, hooks it, then applies weight and bias.
+//   sequential: x += (z Wo^T + bo);  m = LN2(x)
+//   parallel:   m = LN2(x) first (from the block's input), then x += (z Wo^T + bo)
+//   hidden [T, f] = act(m Win^T + bin);  x += (hidden Wout^T + bout)
+// attn_out and mlp_out always have buffers of their own (computed, hooked when asked, then added), so
+// every state is the same to the bit whichever hooks a run reads; a hook on ln2.hook_normalized
+// computes LN2 without its affine part, hooks it, then applies weight and bias.
 // With a KV cache (generation) the T rows are the new positions; their k and v rows are appended to
 // the cache and the queries attend to the cached rows instead.
 #include "lm/decoder_model.h"
@@ -347,14 +348,11 @@ bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cac
   Tensor x = view(w.residual, Shape{t, d}), a = view(w.normed, Shape{t, d}), m = view(w.mlp_input, Shape{t, d});
   Tensor mean = view(w.mean, Shape{t}), rstd = view(w.rstd, Shape{t});
 
-  // The MLP's input LN2(x): with its affine part, or hooked before it (ln2.hook_normalized).
+  // The MLP's input LN2(x): normalised, hooked there when asked (ln2.hook_normalized), then its affine
+  // part; the same two steps whether hooked or not, so the rounding does not depend on the hooks.
   auto mlp_input = [&]() {
-    if (!run.wants(layer, HookPoint::Ln2Normalized)) {
-      layer_norm_(m, mean, rstd, x, block.ln2_weight, block.ln2_bias, eps);
-      return false;
-    }
     layer_norm_(m, mean, rstd, x, unit_weight_, zero_bias_, eps);
-    if (run.at(layer, HookPoint::Ln2Normalized, m)) return true;
+    if (run.wants(layer, HookPoint::Ln2Normalized) && run.at(layer, HookPoint::Ln2Normalized, m)) return true;
     binary_(BinaryOp::mul, m, m, block.ln2_weight);
     add_(m, block.ln2_bias);
     return false;
@@ -405,17 +403,12 @@ bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cac
   Tensor z = merged.reshape(Shape{t, aw});
   if (run.wants(layer, HookPoint::AttnZ) && run.at(layer, HookPoint::AttnZ, z)) return false;
 
-  const bool attn_hooked = run.wants(layer, HookPoint::AttnOut);
+  // The attention's output in its own buffer, then added: the same rounding whether it is hooked or not.
   Tensor attn_out = view(w.attn_out, Shape{t, d});
-  if (attn_hooked) {
-    matmul_(attn_out, z, false, block.out_weight, true);
-    if (block.out_bias.defined()) add_(attn_out, block.out_bias);
-    if (run.at(layer, HookPoint::AttnOut, attn_out)) return false;
-    if (!parallel) add_(x, attn_out);
-  } else if (!parallel) {
-    matmul_(x, z, false, block.out_weight, true, 1.0, 1.0);  // the residual add is the GEMM's beta = 1
-    if (block.out_bias.defined()) add_(x, block.out_bias);
-  }
+  matmul_(attn_out, z, false, block.out_weight, true);
+  if (block.out_bias.defined()) add_(attn_out, block.out_bias);
+  if (run.wants(layer, HookPoint::AttnOut) && run.at(layer, HookPoint::AttnOut, attn_out)) return false;
+  if (!parallel) add_(x, attn_out);
   if (!parallel) {
     if (run.wants(layer, HookPoint::ResidMid) && run.at(layer, HookPoint::ResidMid, x)) return false;
     if (mlp_input()) return false;
@@ -426,23 +419,12 @@ bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cac
   matmul_(hidden, m, false, block.in_weight, true);
   if (block.in_bias.defined()) add_(hidden, block.in_bias);
   unary_(config_.activation == MlpActivation::GeluNew ? UnaryOp::gelu_new : UnaryOp::gelu, hidden, hidden);
-  const bool mlp_hooked = run.wants(layer, HookPoint::MlpOut);
-  if (parallel && !attn_hooked) {  // x += attention's output now that the MLP has its input
-    matmul_(x, z, false, block.out_weight, true, 1.0, 1.0);
-    if (block.out_bias.defined()) add_(x, block.out_bias);
-  } else if (parallel) {
-    add_(x, attn_out);
-  }
-  if (mlp_hooked) {
-    Tensor mlp_out = view(w.mlp_out, Shape{t, d});
-    matmul_(mlp_out, hidden, false, block.out2_weight, true);
-    if (block.out2_bias.defined()) add_(mlp_out, block.out2_bias);
-    if (run.at(layer, HookPoint::MlpOut, mlp_out)) return false;
-    add_(x, mlp_out);
-  } else {
-    matmul_(x, hidden, false, block.out2_weight, true, 1.0, 1.0);
-    if (block.out2_bias.defined()) add_(x, block.out2_bias);
-  }
+  if (parallel) add_(x, attn_out);  // the attention's output joins now that the MLP has its input
+  Tensor mlp_out = view(w.mlp_out, Shape{t, d});
+  matmul_(mlp_out, hidden, false, block.out2_weight, true);
+  if (block.out2_bias.defined()) add_(mlp_out, block.out2_bias);
+  if (run.wants(layer, HookPoint::MlpOut) && run.at(layer, HookPoint::MlpOut, mlp_out)) return false;
+  add_(x, mlp_out);
   if (run.wants(layer, HookPoint::ResidPost) && run.at(layer, HookPoint::ResidPost, x)) return false;
   return true;
 }

@@ -73,6 +73,7 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
   for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
   stats.raw_mean = mean;
   stats.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  stats.blocks = {RawMoments{count, mean, sq, stats.raw_std}};
   switch (normalization) {
     case Normalization::Story:
       // x_n = (x - mean) / std * sqrt(D), over all N*D elements of the story, std unbiased (n-1).
@@ -140,6 +141,7 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
   // Each block gathered, normalised and put back; the whole row's statistics for the metrics.
   std::vector<float> block_raw, block_normalized;
   BatchStats first;
+  std::vector<RawMoments> blocks;
   int64_t offset = 0;
   for (size_t b = 0; b < widths.size(); ++b) {
     const int64_t w = widths[b];
@@ -150,6 +152,7 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
                                              scales.per_block[b], token_of_row,
                                              cat(source_name, " (column block ", b, ", first column ", offset, ")"));
     if (b == 0) first = stats;
+    blocks.push_back(stats.blocks.at(0));
     for (int64_t r = 0; r < n; ++r) std::copy_n(block_normalized.data() + r * w, w, normalized + r * d + offset);
     offset += w;
   }
@@ -160,7 +163,23 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
   for (int64_t i = 0; i < count; ++i) sq += (raw[i] - mean) * (raw[i] - mean);
   first.raw_mean = mean;
   first.raw_std = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+  first.blocks = std::move(blocks);
   return first;
+}
+
+RawMoments combine_moments(const std::vector<RawMoments>& blocks) {
+  if (blocks.empty()) throw Error("combine_moments: no blocks");
+  if (blocks.size() == 1) return blocks[0];
+  RawMoments out;
+  double weighted = 0;
+  for (const RawMoments& b : blocks) {
+    out.count += b.count;
+    weighted += double(b.count) * b.mean;
+  }
+  out.mean = weighted / double(out.count);
+  for (const RawMoments& b : blocks) out.m2 += b.m2 + double(b.count) * (b.mean - out.mean) * (b.mean - out.mean);
+  out.std = out.count > 1 ? std::sqrt(out.m2 / double(out.count - 1)) : 0.0;
+  return out;
 }
 
 Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization normalization,

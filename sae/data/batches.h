@@ -31,9 +31,19 @@ class RandomPermutation {
   uint64_t keys_[4];
 };
 
+// The raw moments of one column block of a batch: its element count, mean, sum of squared deviations
+// from that mean, and standard deviation (unbiased).
+struct RawMoments {
+  int64_t count = 0;
+  double mean = 0, m2 = 0, std = 0;
+};
+// Mean and std of several blocks together (blocks in the given order; one block: its own numbers).
+RawMoments combine_moments(const std::vector<RawMoments>& blocks);
+
 struct BatchStats {
   double raw_mean = 0, raw_std = 0;  // of the raw batch (all elements; std unbiased)
   double norm_shift = 0, norm_scale = 1;  // x_n = (x - shift) * scale
+  std::vector<RawMoments> blocks;    // per column block of the row (one for an SAE's data)
 };
 
 // The dataset scales of a row's column blocks (ActivationSource::block_widths): one per block, each

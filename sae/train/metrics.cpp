@@ -143,17 +143,18 @@ BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n) {
   BatchSummary out;
   out.normalized = mean_std(x, n * rows.d_in);
   out.reconstructed = mean_std(x_hat, n * d);
-  out.raw = {rows.raw_mean, rows.raw_std};
+  out.raw = {rows.raw.mean, rows.raw.std};
   if (!spans(c, Group::Replicas)) {
     out.fvu = fraction_of_variance_unexplained(target, x_hat, n, d);
     return out;
   }
   // Means and stds from each part's count, mean and sum of squared deviations.
-  const int64_t widths[3] = {rows.raw_width, rows.d_in, d};
+  const double counts[3] = {rows.raw.count > 0 ? double(rows.raw.count) : double(n) * double(rows.d_in),
+                             double(n) * double(rows.d_in), double(n) * double(d)};
   double parts[9] = {};
   for (int k = 0; k < 3; ++k) {
     const MeanStd& m = k == 0 ? out.raw : k == 1 ? out.normalized : out.reconstructed;
-    const double count = double(n) * double(widths[k]);
+    const double count = counts[k];
     parts[3 * k] = count;
     parts[3 * k + 1] = count * m.mean;
     parts[3 * k + 2] = (count - 1) * m.std * m.std + count * m.mean * m.mean;

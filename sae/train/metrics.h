@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "sae/arch/collectives.h"
+#include "sae/data/batches.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -17,18 +18,17 @@ struct MeanStd {
 };
 MeanStd mean_std(const float* x, int64_t count);
 
-// What a logged step reports about its n tokens: mean and std of the raw rows (raw_mean/raw_std over
-// raw_width values a token, from the batch's stats), of the input x [n, d_in] and of the
-// reconstruction x_hat [n, d_out], and the FVU of x_hat against target [n, d_out] (target = x for an
-// SAE). With data-parallel replicas (c spans Group::Replicas) each holds part of the batch, and these
-// are the whole batch's (up to rounding).
+// What a logged step reports about its n tokens: mean and std of the run's raw columns (raw: their
+// moments in this batch, RunColumns::raw_moments; a count of 0 means n d_in elements), of the input x
+// [n, d_in] and of the reconstruction x_hat [n, d_out], and the FVU of x_hat against target [n, d_out]
+// (target = x for an SAE). With data-parallel replicas (c spans Group::Replicas) each holds part of
+// the batch, and these are the whole batch's (up to rounding).
 struct BatchSummary {
   MeanStd raw, normalized, reconstructed;
   double fvu = 0;
 };
 struct BatchRows {
-  double raw_mean = 0, raw_std = 0;
-  int64_t raw_width = 0;
+  RawMoments raw;
   const float* x = nullptr;
   int64_t d_in = 0;
   const float* target = nullptr;

@@ -538,8 +538,8 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
           recon = reconstruction_host.data<float>();
         }
         const BatchSummary summary =
-            summarize_batch(dist, BatchRows{batch.stats.raw_mean, batch.stats.raw_std, d, x_host, columns.d_in,
-                                            target_host, recon, columns.d_out},
+            summarize_batch(dist, BatchRows{columns.raw_moments(batch.stats), x_host, columns.d_in, target_host, recon,
+                                            columns.d_out},
                             n);
         m.result.last_row = with_architecture_metrics(
             metric_row(run, sums, summary, batch_tokens, columns.d_out, config.features, dead_features(m), lambda, lr), run,

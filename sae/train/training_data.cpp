@@ -183,6 +183,15 @@ void RunColumns::gather_target(const TrainingData& data, const float* rows, int6
   gather_blocks(data, out, rows, n, d_out, target);
 }
 
+RawMoments RunColumns::raw_moments(const BatchStats& stats) const {
+  if (stats.blocks.empty()) return RawMoments{0, stats.raw_mean, 0, stats.raw_std};
+  std::vector<RawMoments> own;
+  for (size_t b : in) own.push_back(stats.blocks.at(b));
+  if (!target_is_input)
+    for (size_t b : out) own.push_back(stats.blocks.at(b));
+  return combine_moments(own);
+}
+
 DatasetScales RunColumns::scales(const TrainingData& data) const {
   std::vector<double> s;
   for (size_t b : in) s.push_back(data.dataset_scale.per_block[b]);

@@ -48,6 +48,9 @@ struct RunColumns {
   void gather_target(const TrainingData& data, const float* rows, int64_t n, float* target) const;
   // The run's dataset scales: its input blocks', then (a transcoder's) its target blocks'.
   DatasetScales scales(const TrainingData& data) const;
+  // The raw moments of the run's own blocks (the same blocks, in the same order, give the same numbers
+  // whether the batch holds only them or other runs' reads too).
+  RawMoments raw_moments(const BatchStats& stats) const;
 };
 RunColumns run_columns(const TrainingData& data, const std::vector<std::string>& in, const std::vector<std::string>& out);
 

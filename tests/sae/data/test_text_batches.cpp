@@ -18,6 +18,7 @@
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
 #include "sae/data/text_batches.h"
+#include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
@@ -216,7 +217,8 @@ TEST(TextData, SeveralReadsInOnePassEqualEachReadAlone) {
   const std::vector<TextRead> reads = {{0, parse_hook_name("blocks.1.hook_mlp_out")},
                                        {0, parse_hook_name("blocks.1.ln2.hook_normalized")},
                                        {1, parse_hook_name("blocks.0.hook_resid_post")},
-                                       {0, parse_hook_name("blocks.0.attn.hook_z")}};
+                                       {0, parse_hook_name("blocks.0.attn.hook_z")},
+                                       {0, parse_hook_name("blocks.2.hook_resid_pre")}};
   for (const bool skip_first : {false, true}) {
     std::vector<float> together;
     window_activations(model, &model_b, reads, ids, skip_first, together);
@@ -253,6 +255,14 @@ TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
   const CsvNumbers tm = read_csv_numbers(dir.str("transcoder/metrics.csv"));
   EXPECT_LT(tm.column("loss").back(), tm.column("loss").front());
   EXPECT_EQ(t.steps, 24);
+  // Splicing into the model (sae_eval, sae_steer) takes SAEs: one line for a transcoder.
+  const DecoderModel model = load_decoder_model(ref("model"));
+  try {
+    load_sae_at_layer(dir.str("transcoder/sae"), model.config(), HookChoice{}, Device::CPU);
+    ADD_FAILURE() << "a transcoder was accepted for splicing";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("a transcoder is evaluated"), std::string::npos) << e.what();
+  }
 
   TrainConfig cc = text_config(dir.str("crosscoder"));
   cc.hooks = "blocks.0.hook_resid_post,blocks.1.hook_resid_post";

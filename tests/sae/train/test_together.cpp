@@ -86,6 +86,41 @@ TEST(TrainTogether, FromTextEachSaeEqualsItsSeparateRun) {
   }
 }
 
+TEST(TrainTogether, DictionariesAtSeveralHooksFromOnePassEqualTheirSeparateRuns) {
+  // An SAE at one hook, a transcoder of block 1 and a crosscoder over two hooks, read from one
+  // forward pass of the model: each writes what its separate run writes.
+  TempDir dir("together_hooks");
+  std::vector<TrainConfig> configs;
+  for (int kind = 0; kind < 3; ++kind) {
+    TrainConfig c;
+    c.data = "text";
+    c.model = text_ref("model");
+    c.text = text_ref("stories.txt");
+    if (kind == 0) c.hook = "blocks.2.hook_resid_pre";
+    if (kind == 1) c.transcoder_block = 1;
+    if (kind == 2) c.hooks = "blocks.0.hook_resid_post,blocks.1.ln2.hook_normalized";
+    c.features = 32;
+    c.l1 = 0.5;
+    c.lr = 1e-3;
+    c.steps = 10;
+    c.batch_tokens = 40;
+    c.normalize = Normalization::Dataset;
+    c.log_every = 1;
+    c.checkpoint_every = 5;
+    c.progress = ProgressMode::None;
+    c.device = DeviceChoice::Cpu;
+    c.out = dir.str("together_" + std::to_string(configs.size()));
+    configs.push_back(c);
+  }
+  train_together(configs);
+  for (size_t i = 0; i < configs.size(); ++i) {
+    TrainConfig alone = configs[i];
+    alone.out = dir.str("alone_" + std::to_string(i));
+    train(alone);
+    expect_same_run(configs[i].out, alone.out);
+  }
+}
+
 TEST(TrainTogether, ResumesTogetherBitExactly) {
   TempDir dir("together_resume");
   std::vector<TrainConfig> full, cut;
