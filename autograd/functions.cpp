@@ -268,6 +268,45 @@ Variable rotary(const Variable& x, const Tensor& cos, const Tensor& sin) {
   });
 }
 
+// y = x * r * w, r = (mean(x^2) + eps)^(-1/2), per row of D values; with u = g * w:
+//   dx = r * u - x * r^3 * mean(u * x),  dweight = sum over rows of g * x * r.
+Variable rms_norm(const Variable& x, const Variable& weight, double eps) {
+  Tensor tx = x.data(), tw = weight.data();
+  const int64_t d = tx.size(-1), rows = d == 0 ? 0 : tx.numel() / d;
+  Tensor out = Tensor::empty(tx.shape(), tx.dtype(), tx.device());
+  Tensor rstd = Tensor::empty(Shape{rows, 1}, tx.dtype(), tx.device());
+  rms_norm_(out, rstd, tx, tw, eps);
+  return make_result(out, "rms_norm", {x, weight}, [tx, tw, rstd, rows, d](const Tensor& g, const Needs& n) {
+    const Tensor g2 = g.reshape(Shape{rows, d}), x2 = tx.reshape(Shape{rows, d});
+    Tensor gx, gw;
+    if (n[0]) {
+      const Tensor u = g2 * tw;
+      const Tensor r3 = rstd * rstd * rstd;
+      gx = (u * rstd - x2 * (r3 * sae::mean(u * x2, -1, true))).reshape(tx.shape());
+    }
+    if (n[1]) gw = sae::sum(g2 * (x2 * rstd), 0);
+    return Grads{gx, gw};
+  });
+}
+
+Variable glu(const Variable& x, GluActivation act) {
+  Tensor tx = x.data();
+  return make_result(sae::glu(tx, act), "glu", {x}, [tx, act](const Tensor& g, const Needs&) {
+    Tensor gx = Tensor::empty(tx.shape(), tx.dtype(), tx.device());
+    glu_backward_(gx, tx, g, act);
+    return Grads{gx};
+  });
+}
+
+// d/dx cap tanh(x / cap) = 1 - tanh^2(x / cap) = 1 - (y / cap)^2.
+Variable soft_cap(const Variable& x, double cap) {
+  Tensor y = sae::soft_cap(x.data(), cap);
+  return make_result(y, "soft_cap", {x}, [y, cap](const Tensor& g, const Needs&) {
+    const Tensor t = mul_scalar(y, 1.0 / cap);
+    return Grads{g * affine(t * t, -1.0, 1.0)};
+  });
+}
+
 }  // namespace sae::ag
 
 namespace sae {

@@ -3,6 +3,7 @@
 // summed back to their own shape (sum_to).
 #pragma once
 #include "autograd/variable.h"
+#include "tensor/op_list.h"
 
 namespace sae::ag {
 
@@ -42,6 +43,9 @@ Variable attention_mask(const Variable& scores, int64_t window);
 Variable swap_axes01(const Variable& x);  // [A, B, C] -> [B, A, C]
 // Rotary position embedding of x [B, T, D] (tensor/ops.h rotary); the tables cos, sin [T, R] are constants.
 Variable rotary(const Variable& x, const Tensor& cos, const Tensor& sin);
+Variable rms_norm(const Variable& x, const Variable& weight, double eps);  // last dim
+Variable glu(const Variable& x, GluActivation act);  // x [N, 2F] (gate, up) -> act(gate) * up [N, F]
+Variable soft_cap(const Variable& x, double cap);    // cap * tanh(x / cap)
 
 }  // namespace sae::ag
 

@@ -7,7 +7,10 @@ mode, torch.no_grad(), float32, one 128-token window per pass:
             (m = 6 for GPT-2 small, 3 for Pythia-70m: the middle block's hook_resid_pre)
   generate  model.generate, greedy, 64 new tokens (min_new_tokens 64: no early stop) after a
             16-token prompt, with its KV cache
-Families: gpt2 (GPT2LMHeadModel, GPT-2 small's config), pythia (GPTNeoXForCausalLM, Pythia-70m's).
+Families: gpt2 (GPT2LMHeadModel, GPT-2 small's config), pythia (GPTNeoXForCausalLM, Pythia-70m's),
+qwen2 (Qwen2ForCausalLM, Qwen2.5-0.5B's), llama (LlamaForCausalLM, Llama-3.2-1B's), gemma2
+(Gemma2ForCausalLM, Gemma-2-2B's; the whole model in float32 takes about 10.5 GB). "both" is gpt2
+and pythia; "all" every family.
 
     python3 bench/peer_hf_models.py [--family gpt2|pythia|both] [--mode extract|generate|both]
         [--threads N] [--tokens 128] [--rounds 5] [--label TEXT]
@@ -25,6 +28,22 @@ import torch
 FAMILIES = {
     "gpt2": dict(middle=6, config=dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                                        activation_function="gelu_new", layer_norm_epsilon=1e-5)),
+    "qwen2": dict(middle=12, config=dict(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                                         num_key_value_heads=2, intermediate_size=4864, max_position_embeddings=32768,
+                                         rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "llama": dict(middle=8, config=dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                                        num_key_value_heads=8, intermediate_size=8192, head_dim=64,
+                                        max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                         "original_max_position_embeddings": 8192})),
+    "gemma2": dict(middle=12, config=dict(vocab_size=256000, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                                          num_key_value_heads=4, head_dim=256, intermediate_size=9216,
+                                          max_position_embeddings=8192, rms_norm_eps=1e-6, query_pre_attn_scalar=256,
+                                          sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                          hidden_activation="gelu_pytorch_tanh",
+                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
     "pythia": dict(middle=3, config=dict(vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
                                          intermediate_size=2048, max_position_embeddings=2048, rotary_pct=0.25,
                                          rotary_emb_base=10000, use_parallel_residual=True, hidden_act="gelu",
@@ -33,11 +52,13 @@ FAMILIES = {
 
 
 def build(family):
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+    import transformers as t
     cfg = FAMILIES[family]["config"]
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
-    return GPTNeoXForCausalLM(GPTNeoXConfig(**cfg)).eval()
+    classes = dict(gpt2=(t.GPT2Config, t.GPT2LMHeadModel), pythia=(t.GPTNeoXConfig, t.GPTNeoXForCausalLM),
+                   qwen2=(t.Qwen2Config, t.Qwen2ForCausalLM), llama=(t.LlamaConfig, t.LlamaForCausalLM),
+                   gemma2=(t.Gemma2Config, t.Gemma2ForCausalLM))
+    config_class, model_class = classes[family]
+    return model_class(config_class(**cfg)).eval()
 
 
 def timed_rounds(fn, rounds, reps):
@@ -52,7 +73,7 @@ def timed_rounds(fn, rounds, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=["gpt2", "pythia", "both"], default="both")
+    ap.add_argument("--family", choices=list(FAMILIES) + ["both", "all"], default="both")
     ap.add_argument("--mode", choices=["extract", "generate", "both"], default="both")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
@@ -67,7 +88,8 @@ def main():
     import transformers
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    for family in (["gpt2", "pythia"] if args.family == "both" else [args.family]):
+    chosen = {"both": ["gpt2", "pythia"], "all": list(FAMILIES)}.get(args.family, [args.family])
+    for family in chosen:
         model = build(family)
         vocab = model.config.vocab_size
         gen = torch.Generator().manual_seed(1)

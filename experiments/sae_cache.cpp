@@ -2,7 +2,9 @@
 // written as an activation cache (sae/data/activation_cache.h) to train on many times with
 // `sae_train --data CACHE/`. Thin: options -> model, tokenizer, stories -> cache writer.
 //   sae_cache --model DIR --text FILE (--layer 2 | --hook NAME) --out CACHE/ [--dtype f32|f16|bf16]
-// Killed at any moment, it continues where its manifest says when run again with the same options.
+// Killed at any moment, it continues where its manifest says when run again with the same options;
+// shards already written are checked first, and any found deleted, truncated or altered are
+// rewritten from the text (a complete cache too).
 #include <cstdio>
 #include <filesystem>
 
@@ -12,6 +14,7 @@
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activation_cache.h"
+#include "sae/data/text_batches.h"
 #include "sae/report/run_log.h"
 #include "sae/train/train_config.h"
 
@@ -21,7 +24,7 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_cache", argc, argv, [&] {
     cxxopts::Options options("sae_cache", "Write a language model's activations on a text corpus as an activation cache");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())
@@ -55,6 +58,7 @@ int main(int argc, char** argv) {
         sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
                          parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
     if (!choice.given()) choice = sae::hook_choice("", 2, true);
+    sae::require_input_file(text);
     std::string dtype = parsed["dtype"].as<std::string>();
     if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
       throw sae::UsageError(sae::cat("--dtype: expected f32, f16 or bf16, got '", dtype, "'"));
@@ -78,6 +82,7 @@ int main(int argc, char** argv) {
     sae::DecoderModel model =
         sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers));
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
+    sae::check_tokenizer_fits_model(tokenizer, model.config());
     const int64_t positions = model.config().max_positions, d = model.config().hook_width(site);
     const int64_t layer = sae::hidden_states_index(site, folder.config.num_layers);
     sae::Json source = sae::Json::object();
@@ -103,30 +108,18 @@ int main(int argc, char** argv) {
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());
     sae::ActivationCacheWriter writer(out, d, dtype, parsed["shard-tokens"].as<int64_t>(), source);
-    if (writer.manifest().complete) {
-      std::printf("sae_cache: %s is complete already (%lld tokens, %lld stories)\n", out.c_str(),
-                  (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
-      return 0;
-    }
+    // One story of the text into the cache: tokenized, cut into windows (lm/text_windows.h), each
+    // run through the model and added as a story of its own; the BOS row left out unless kept.
     sae::StoryReader reader(text, text_field);
-    if (writer.manifest().text_position.has("next_story"))
-      reader.seek({writer.manifest().text_position.at("next_story").as_int(),
-                   writer.manifest().text_position.at("byte_offset").as_int()});
-    const int64_t start_story = reader.position().next_story;
-    if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
-    sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
-                           static_cast<int64_t>(fs::file_size(text)), reader.file_offset(), "sae_cache ");
-    sae::TextStory story;
     int64_t tokens = writer.manifest().tokens;
-    while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
+    auto cache_story = [&](const sae::TextStory& story) {
       const std::vector<int32_t> ids = tokenizer.encode(story.text, story.where);
-      if (ids.empty()) continue;
+      if (ids.empty()) return;
       const int64_t length = static_cast<int64_t>(ids.size()) + (windows.bos >= 0 ? 1 : 0);
       if (context_size == 0 && length > positions && long_stories == "error")
         throw sae::DataError(sae::cat(story.where, ": ", length, " tokens", windows.bos >= 0 ? " with the BOS" : "",
                                       ", more than the model's ", positions,
                                       " positions (--long-stories split cuts such stories into pieces)"));
-      // Windows (lm/text_windows.h), each cached as a story of its own; the BOS row left out unless kept.
       const int64_t count = sae::window_count(static_cast<int64_t>(ids.size()), windows);
       for (int64_t k = 0; k < count; ++k) {
         const sae::TokenWindow window = sae::document_window(ids, k, windows);
@@ -139,9 +132,43 @@ int main(int argc, char** argv) {
         writer.add_story(story.index, piece, hidden.data<float>() + skip * d, after, k + 1 == count);
         tokens += static_cast<int64_t>(piece.size());
       }
-      progress.update_position(reader.file_offset(), tokens,
-                               sae::cat(reader.position().next_story, " stories"));
+    };
+    auto text_position = [&](const sae::Json& j) {
+      try {
+        return sae::TextPosition{j.at("next_story").as_int(), j.at("byte_offset").as_int()};
+      } catch (const sae::DataError& e) {
+        throw sae::DataError(sae::cat(out, "/manifest.json: a text position: ", e.what()));
+      }
+    };
+    sae::TextStory story;
+    // Shards written before that are missing or broken: written again from the text.
+    for (const auto& [index, problem] : writer.damaged_shards()) {
+      const std::string file = writer.manifest().shards[index].file;
+      reader.seek(text_position(writer.shard_start(index)));
+      writer.begin_rewrite(index);
+      while (writer.rewriting() && reader.next(story)) cache_story(story);
+      if (writer.rewriting())
+        throw sae::DataError(sae::cat(text, ": ended before ", out, "/", file,
+                                      " was rewritten: the text has changed since the cache was written"));
+      std::printf("sae_cache: rewrote %s/%s (%s)\n", out.c_str(), file.c_str(), problem.c_str());
     }
+    if (writer.manifest().complete) {
+      std::printf("sae_cache: %s is complete already (%lld tokens, %lld stories)\n", out.c_str(),
+                  (long long)writer.manifest().tokens, (long long)writer.manifest().stories);
+      return 0;
+    }
+    reader.rewind();
+    if (writer.manifest().text_position.has("next_story")) reader.seek(text_position(writer.manifest().text_position));
+    const int64_t start_story = reader.position().next_story;
+    if (start_story > 0) std::printf("sae_cache: continuing %s at story %lld\n", out.c_str(), (long long)start_story);
+    sae::Progress progress(sae::parse_progress_mode(parsed["progress"].as<std::string>()),
+                           static_cast<int64_t>(fs::file_size(text)), reader.file_offset(), "sae_cache ");
+    while ((max_stories == 0 || reader.position().next_story < max_stories) && reader.next(story)) {
+      cache_story(story);
+      progress.update_position(reader.file_offset(), tokens, sae::cat(reader.position().next_story, " stories"));
+    }
+    // The same refusal as sae_train's for a corpus without a single token.
+    if (tokens == 0) throw sae::DataError(sae::cat(text, ": the text holds no stories"));
     writer.finish();
     progress.finish();
     std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, %s of %s\n",

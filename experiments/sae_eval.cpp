@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_eval", "Score an SAE spliced into its language model: CE and KL with the "
                                          "reconstruction, zero and mean ablation, FVU, L0, feature density");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one",
          cxxopts::value<std::string>())
@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
         sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
                          parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
     if (!fs::exists(eval.text)) throw sae::DataError(sae::cat(eval.text, ": no such file"));
+    sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);

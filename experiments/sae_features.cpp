@@ -15,6 +15,7 @@
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
 #include "sae/data/synthetic.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/features/top_stories.h"
 #include "sae/train/checkpoint.h"
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
     if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
     if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
+    if (!text.empty()) sae::require_input_file(text);
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
     const sae::FeatureStatsOptions stats_options{parsed["top"].as<int64_t>(), parsed["context"].as<int64_t>()};
@@ -103,9 +105,15 @@ int main(int argc, char** argv) {
         }
       }
       const sae::ModelFolder folder = sae::read_model_config(model_dir);
-      site = sae::resolve_hook_site(folder.config, site, choice.given() ? choice.option : from);
+      try {
+        site = sae::resolve_hook_site(folder.config, site, choice.given() ? choice.option : from);
+      } catch (const sae::UsageError& e) {  // the SAE's cfg.json at fault: named, exit 1 (as sae_eval, sae_steer)
+        if (choice.given() || from.rfind("cfg.json", 0) != 0) throw;
+        throw sae::DataError(sae::cat(sae_dir, ": ", e.what()));
+      }
       model = std::make_unique<sae::DecoderModel>(
           sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(site, folder.config.num_layers)));
+      sae::check_tokenizer_fits_model(*tokenizer, model->config());
       const int64_t width = folder.config.hook_width(site);
       if (width != params.d_in())
         throw sae::DataError(sae::cat(model_dir, ": ", sae::hook_name(site), " is ", width,

@@ -11,6 +11,7 @@
 #include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/eval/steer.h"
 #include "sae/train/train_config.h"
@@ -20,7 +21,7 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_steer", "Continue a prompt with and without one SAE feature's decoder direction "
                                           "added to the residual stream");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
+    sae::check_tokenizer_fits_model(tokenizer, model.config());
     steer.generate.eos_id = tokenizer.eot_id();
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
     steer.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), sae, tokenizer);

@@ -1,14 +1,18 @@
-// sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list: each batch read and
-// run through the model once; OUT/l1_<value>/ or OUT/k_<value>/ per SAE, each a complete run folder)
-// (docs/contract.md §5). Under mpirun, on several ranks (docs/distributed.md): --shards S latent
-// shards times P / S data-parallel replicas, or --distribute (each SAE of a list on one rank).
-// Thin: options -> TrainConfig(s) -> train() / train_together() -> report.
+// sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list, --layer-list,
+// --transcoder-list: each batch read and run through the model once; OUT/l1_<value>/, OUT/k_<value>/,
+// OUT/layer_<L>/ per SAE or transcoder, each a complete run folder) (docs/contract.md §5), listed in
+// OUT/sweep.json. Under mpirun, on several ranks (docs/distributed.md): --shards S latent shards times
+// P / S data-parallel replicas, or --distribute (each SAE of a list on one rank).
+// Thin: options -> TrainConfig(s) -> train() / train_together() -> report, figures.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <vector>
 
+#include "io/atomic_file.h"
 #include "sae/cli/cli.h"
 #include "sae/dist/mpi_world.h"
+#include "sae/train/options.h"
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
 #include "sae/train/run_start.h"
@@ -24,25 +28,136 @@ const sae::Profile kDemo = {
     {"steps", "4000"},             {"checkpoint-every", "1000"},   {"log-every", "20"},
     {"l1-warmup-steps", "100"},    {"dead-window", "200000"},
 };
-// One config per value of --l1-list or --k-list, each into OUT/<option>_<value>/.
-std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed) {
-  const bool l1s = parsed.count("l1-list"), ks = parsed.count("k-list");
-  if (l1s && ks) throw sae::UsageError("give --l1-list or --k-list, not both");
-  if (l1s && base.was_given("l1")) throw sae::UsageError("give --l1 or --l1-list, not both");
-  if (ks && base.was_given("k")) throw sae::UsageError("give --k or --k-list, not both");
+// OUT/sweep.json: the SAEs of a list's run (the option, its values, and the options
+// they share), written before any of them starts, so that `--resume OUT` after a crash continues
+// every one of them, also one killed before it wrote its config.json.
+constexpr const char* kSweepFile = "sweep.json";
+
+// The list options and what each value sets.
+const char* const kListOptions[] = {"l1", "k", "layer", "transcoder"};
+
+// One config per value of --l1-list, --k-list, --layer-list (an SAE at hidden_states[L]) or
+// --transcoder-list (a transcoder of block L's MLP), each into OUT/<option>_<value>/ (layer_<L>/ for
+// the last two).
+std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const std::string& option,
+                                            const std::vector<std::string>& values) {
   std::vector<sae::TrainConfig> configs;
-  auto add = [&](const std::string& name, auto set) {
+  for (const std::string& value : values) {
     sae::TrainConfig c = base;
-    set(c);
+    std::string name;
+    if (option == "l1") {
+      c.l1 = std::stod(value);
+      name = "l1_" + sae::format_number(c.l1, 6);
+    } else if (option == "k") {
+      const int64_t k = std::stoll(value);
+      c.arch.set("k", sae::Json(k));
+      name = "k_" + std::to_string(k);
+    } else {
+      const int64_t block = std::stoll(value);
+      if (option == "layer") c.layer = block;
+      else c.transcoder_block = block;
+      c.given.push_back(option);
+      name = "layer_" + std::to_string(block);
+    }
     c.out = (std::filesystem::path(base.out) / name).string();
     configs.push_back(c);
-  };
+  }
+  return configs;
+}
+
+// Block indices of --layer-list / --transcoder-list: non-negative integers, increasing.
+std::vector<std::string> block_list(const std::string& option, const std::string& text) {
+  std::vector<std::string> out;
+  for (double v : sae::parse_increasing_number_list(option, text)) {
+    if (v != static_cast<double>(static_cast<int64_t>(v)) || v > 1024)
+      throw sae::UsageError(sae::cat("--", option, ": ", v, " is not a block index"));
+    out.push_back(std::to_string(static_cast<int64_t>(v)));
+  }
+  return out;
+}
+
+// owner: this process writes OUT/sweep.json (under mpirun, rank 0; the other ranks make the same
+// configs without touching the folder).
+std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed,
+                                            bool owner) {
+  const bool l1s = parsed.count("l1-list"), ks = parsed.count("k-list"), layers = parsed.count("layer-list"),
+             transcoders = parsed.count("transcoder-list");
+  if (int(l1s) + int(ks) + int(layers) + int(transcoders) > 1)
+    throw sae::UsageError("give one of --l1-list, --k-list, --layer-list and --transcoder-list");
+  if (l1s && base.was_given("l1")) throw sae::UsageError("give --l1 or --l1-list, not both");
+  if (ks && base.was_given("k")) throw sae::UsageError("give --k or --k-list, not both");
+  if (layers && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
+    throw sae::UsageError("--layer-list trains an SAE at hidden_states[L] for each L: give it without --layer, "
+                          "--hook and --transcoder");
+  if (transcoders && base.was_given("transcoder"))
+    throw sae::UsageError("give --transcoder or --transcoder-list, not both");
+  if (!l1s && !ks && !layers && !transcoders) return {};
+  std::vector<std::string> values;
   if (l1s)
     for (double l1 : sae::parse_increasing_number_list("l1-list", parsed["l1-list"].as<std::string>()))
-      add("l1_" + sae::format_number(l1, 6), [l1](sae::TrainConfig& c) { c.l1 = l1; });
+      values.push_back(sae::format_number(l1, 17));
   if (ks)
     for (int64_t k : sae::parse_positive_int_list("k-list", parsed["k-list"].as<std::string>()))
-      add("k_" + std::to_string(k), [k](sae::TrainConfig& c) { c.arch.set("k", sae::Json(k)); });
+      values.push_back(std::to_string(k));
+  if (layers) values = block_list("layer-list", parsed["layer-list"].as<std::string>());
+  if (transcoders) values = block_list("transcoder-list", parsed["transcoder-list"].as<std::string>());
+  const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : "transcoder";
+  if (!owner) return sweep_configs(base, option, values);
+  const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
+  if (std::filesystem::exists(file) && !base.overwrite)
+    throw sae::UsageError(sae::cat("--out ", base.out, " already holds SAEs trained together (", file.string(),
+                                   "); continue them with --resume ", base.out,
+                                   ", replace them with --overwrite, or choose another --out"));
+  std::filesystem::create_directories(base.out);
+  sae::Json sweep = sae::Json::object();
+  sweep["option"] = option;
+  sae::Json list = sae::Json::array();
+  for (const std::string& v : values) list.push_back(v);
+  sweep["values"] = list;
+  sweep["config"] = base.to_json();
+  sae::write_file_atomic(file.string(), sweep.dump(2) + "\n");
+  return sweep_configs(base, option, values);
+}
+
+// --resume OUT of a list's run: every SAE of OUT/sweep.json (each continued from its
+// folder, or started there when it had not begun), else every run folder under OUT.
+std::vector<sae::TrainConfig> resumed_sweep_configs(const sae::TrainConfig& cli) {
+  std::vector<sae::TrainConfig> configs;
+  const std::filesystem::path file = std::filesystem::path(cli.resume) / kSweepFile;
+  if (!std::filesystem::exists(file)) {
+    for (const std::string& run : sae::run_folders_under(cli.resume)) {
+      sae::TrainConfig c = cli;
+      c.resume = run;
+      configs.push_back(c);
+    }
+    return configs;
+  }
+  const sae::Json sweep = sae::read_json_file(file.string());
+  std::vector<std::string> values;
+  sae::TrainConfig base;
+  try {
+    const std::string option = sweep.at("option").as_string();
+    if (std::find(std::begin(kListOptions), std::end(kListOptions), option) == std::end(kListOptions))
+      throw sae::DataError("option must be \"l1\", \"k\", \"layer\" or \"transcoder\"");
+    for (const sae::Json& v : sweep.at("values").elements()) values.push_back(v.as_string());
+    base = sae::resumed_config(sweep.at("config"), cli);
+    base.out = cli.resume;
+    base.resume.clear();
+    base.given = cli.given;
+    for (sae::TrainConfig& c : sweep_configs(base, option, values)) {
+      if (std::filesystem::exists(std::filesystem::path(c.out) / "config.json")) {  // begun: continued
+        sae::TrainConfig resumed = cli;
+        resumed.resume = c.out;
+        configs.push_back(resumed);
+      } else {
+        configs.push_back(c);  // killed before it began: started
+      }
+    }
+  } catch (const std::invalid_argument&) {
+    throw sae::DataError(sae::cat(file.string(), ": a value is not a number"));
+  } catch (const sae::DataError& e) {
+    throw sae::DataError(sae::cat(file.string(), ": ", e.what()));
+  }
   return configs;
 }
 
@@ -53,7 +168,8 @@ struct Parsed {
   bool go = false;
 };
 
-Parsed parse(int argc, char** argv) {
+// owner: as sweep_configs's.
+Parsed parse(int argc, char** argv, bool owner) {
   cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
   sae::add_training_options(options);
   options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
@@ -63,6 +179,12 @@ Parsed parse(int argc, char** argv) {
       "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
                 "OUT/k_<k>/",
       cxxopts::value<std::string>())(
+      "layer-list", "from text: one SAE per block index L (comma-separated, increasing) at hidden_states[L], all "
+                    "from one forward pass, into OUT/layer_<L>/",
+      cxxopts::value<std::string>())(
+      "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
+                         "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
+      cxxopts::value<std::string>())(
       "distribute", "under mpirun with --l1-list or --k-list: each SAE trained whole on one rank (SAE i on rank i "
                     "mod P) instead of every SAE on every rank's shards (docs/distributed.md)");
   cxxopts::ParseResult parsed;
@@ -71,16 +193,11 @@ Parsed parse(int argc, char** argv) {
   const std::string profile_name = parsed["profile"].as<std::string>();
   if (profile_name != "demo" && profile_name != "none")
     throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
-  const bool lists = parsed.count("l1-list") || parsed.count("k-list");  // each SAE is validated when it starts
+  const bool lists = parsed.count("l1-list") || parsed.count("k-list") || parsed.count("layer-list") ||
+                     parsed.count("transcoder-list");  // each SAE is validated when it starts
   sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
-  std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
-  if (configs.empty() && !config.resume.empty()) {  // --resume OUT of an --l1-list / --k-list run
-    for (const std::string& run : sae::run_folders_under(config.resume)) {
-      sae::TrainConfig c = config;
-      c.resume = run;
-      configs.push_back(c);
-    }
-  }
+  std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed, owner);
+  if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);  // --resume OUT of a list's run
   out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())
     throw sae::UsageError("--distribute spreads the SAEs of --l1-list or --k-list over the ranks: give one of them");
@@ -110,6 +227,8 @@ std::string report(const std::vector<sae::TrainResult>& results) {
                     result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
       text += line;
     }
+    // A run that was finished already gets only the figures it lacks (a crash while they were drawn).
+    if (result.already_finished && sae::training_run_figures_exist(result.out_dir)) continue;
     try {
       for (const std::string& png : sae::plot_training_run(result.out_dir, draw)) text += "  figure: " + png + "\n";
     } catch (const sae::DataError& e) {
@@ -128,7 +247,7 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
   sae::Collectives& everyone = world.collectives(1, sae::Device::CPU);
   try {
     Parsed parsed;
-    everyone.agree([&] { parsed = parse(argc, argv); });
+    everyone.agree([&] { parsed = parse(argc, argv, /*owner=*/world.rank() == 0); });
     if (!parsed.go) return 0;
     // Every rank must run the same options: rank 0's, compared here.
     for (const sae::TrainConfig& mine : parsed.configs) {
@@ -184,7 +303,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
     std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
     if (world) return train_distributed(*world, argc, argv);
-    const Parsed parsed = parse(argc, argv);
+    const Parsed parsed = parse(argc, argv, /*owner=*/true);
     if (parsed.go) std::printf("%s", report(sae::train_together(parsed.configs)).c_str());
     return 0;
   });

@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
+#include <unistd.h>
 #include <vector>
 
+#include "io/mapped_file.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -21,9 +23,21 @@ constexpr size_t kBlock = size_t(1) << 16;
 
 enum class Compression { None, Gzip, Zstd };
 
+// The file through open_regular_file: a FIFO, a device or a directory is refused at once, never
+// waited on.
+std::FILE* open_file(const std::string& path) {
+  const int fd = open_regular_file(path);
+  std::FILE* f = ::fdopen(fd, "rb");
+  if (!f) {
+    const int saved = errno;
+    ::close(fd);
+    throw DataError(cat("cannot open ", path, ": ", std::strerror(saved)));
+  }
+  return f;
+}
+
 Compression sniff(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw DataError(cat("cannot open ", path, ": ", std::strerror(errno)));
+  std::FILE* f = open_file(path);
   unsigned char magic[4] = {0, 0, 0, 0};
   const size_t n = std::fread(magic, 1, 4, f);
   std::fclose(f);
@@ -61,8 +75,7 @@ void LineReader::open() {
     if (!d->gz) throw DataError(cat("cannot open ", path_, " (gzip): ", std::strerror(errno)));
     gzbuffer(d->gz, kBlock);
   } else {
-    d->file = std::fopen(path_.c_str(), "rb");
-    if (!d->file) throw DataError(cat("cannot open ", path_, ": ", std::strerror(errno)));
+    d->file = open_file(path_);
     if (d->kind == Compression::Zstd) {
       d->zstd = ZSTD_createDCtx();
       if (!d->zstd) throw Error(cat(path_, ": cannot make a zstd decompressor"));

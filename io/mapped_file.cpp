@@ -16,23 +16,43 @@
 
 namespace sae {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+namespace {
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "a special file";
+}
+}  // namespace
+
+int open_regular_file(const std::string& path) {
   // O_NONBLOCK so that opening a FIFO by mistake cannot hang; it has no effect on regular files.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw DataError(cat("cannot open ", path, ": ", std::strerror(errno)));
+  struct stat info;
+  if (::fstat(fd, &info) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    throw DataError(cat("cannot stat ", path, ": ", std::strerror(saved)));
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    if (S_ISDIR(info.st_mode)) throw DataError(cat("cannot read ", path, ": it is a directory, expected a file"));
+    throw DataError(cat("cannot read ", path, ": it is ", file_kind(info.st_mode), ", not a regular file"));
+  }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // plain blocking reads from here on
+  return fd;
+}
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  const int fd = open_regular_file(path);
   struct stat info;
   if (::fstat(fd, &info) != 0) {
     int saved = errno;
     ::close(fd);
     throw DataError(cat("cannot stat ", path, ": ", std::strerror(saved)));
-  }
-  if (S_ISDIR(info.st_mode)) {
-    ::close(fd);
-    throw DataError(cat("cannot read ", path, ": it is a directory, expected a file"));
-  }
-  if (!S_ISREG(info.st_mode)) {
-    ::close(fd);
-    throw DataError(cat("cannot read ", path, ": not a regular file"));
   }
   size_ = static_cast<size_t>(info.st_size);
   if (size_ > 0) {

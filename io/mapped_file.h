@@ -39,6 +39,12 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Opens `path` read-only after checking that it is a regular file, and returns the descriptor.
+// A FIFO, a device, a socket or a directory is refused at once (a FIFO is opened without blocking
+// and never read), with the one message every program gives for it: "cannot read PATH: it is a
+// FIFO (named pipe), not a regular file". DataError naming the path and the OS reason otherwise.
+int open_regular_file(const std::string& path);
+
 // The whole of a small file (a config, a cfg.json, a CSV) as bytes, read through a MappedFile, so
 // a FIFO, a device or a directory is refused instead of blocking or being read forever. DataError
 // naming the path when the file is larger than max_bytes.

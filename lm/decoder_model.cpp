@@ -1,14 +1,16 @@
 // DecoderModel: parameters, workspace, hooks and the forward pass (see decoder_model.h). Every op
 // comes from tensor/ops.h, so CPU and CUDA run the same code. Letters as in decoder_model.h.
 //
-// One block (run_block), the fast path when no hook wants the pieces inside it:
-//   a = LN1(x);  qkv [T, 3 H hd] = a Wqkv^T (+ bqkv)       one GEMM (q, k, v weights stacked at load)
-//   heads [3H, T, hd] = swap_axes01(qkv viewed [T, 3H, hd]);  rotary on rows 0..2H-1 (q and k)
-//   scores [H, T, T] = scale q k^T (the GEMM's alpha);  mask (-inf), softmax in place
+// One block (run_block):
+//   a = norm1(x);  qkv [T, (H + 2 KV) hd] = a Wqkv^T (+ bqkv)   one GEMM (q, k, v weights stacked at load)
+//   heads [H + 2KV, T, hd] = swap_axes01(qkv viewed [T, H + 2KV, hd]);  rotary on rows 0..H+KV-1 (q, k)
+//   scores [H, T, T] = scale q k^T (the GEMM's alpha; one batch entry per key/value head holding its
+//   group of query heads), soft-capped (Gemma 2);  mask (-inf), softmax in place
 //   context [H, T, hd] = scores v;  z [T, H hd] = swap_axes01(context)
 //   sequential: x += (z Wo^T + bo);  m = LN2(x)
 //   parallel:   m = LN2(x) first (from the block's input), then x += (z Wo^T + bo)
-//   hidden [T, f] = act(m Win^T + bin);  x += (hidden Wout^T + bout)
+//   hidden [T, f] = act(m Win^T + bin) (gated: act(gate) * up);  x += (hidden Wout^T + bout)
+//   (Gemma 2: attn_out and mlp_out pass through their post-norms before being added)
 // attn_out and mlp_out always have buffers of their own (computed, hooked when asked, then added), so
 // every state is the same to the bit whichever hooks a run reads; a hook on ln2.hook_normalized
 // computes LN2 without its affine part, hooks it, then applies weight and bias.
@@ -42,6 +44,29 @@ std::vector<int64_t> shape_of(const Tensor& t) {
   return s;
 }
 
+// Hugging Face's rope_type rescaling of the inverse frequencies, in float32 as it computes them
+// (modeling_rope_utils: _compute_linear_scaling_rope_parameters, _compute_llama3_parameters).
+void scale_rotary_frequencies(std::vector<float>& inv_freq, const RopeScaling& scaling) {
+  const float factor = static_cast<float>(scaling.factor);
+  if (scaling.kind == RopeScaling::Kind::Linear) {
+    for (float& f : inv_freq) f = f / factor;
+  } else if (scaling.kind == RopeScaling::Kind::Llama3) {
+    const double low = scaling.low_freq_factor, high = scaling.high_freq_factor, old = scaling.original_positions;
+    const double low_freq_wavelen = old / low, high_freq_wavelen = old / high;
+    for (float& f : inv_freq) {
+      const float wavelen = static_cast<float>(2 * M_PI) / f;
+      const float scaled = wavelen > low_freq_wavelen ? f / factor : f;  // long wavelengths: slowed down
+      const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+      if (medium) {
+        const float smooth = static_cast<float>((static_cast<float>(old) / wavelen - low) / (high - low));
+        f = (1.0f - smooth) * scaled / factor + smooth * scaled;
+      } else {
+        f = scaled;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- config
@@ -54,13 +79,17 @@ void DecoderConfig::check() const {
   const bool ok = vocab_size > 0 && hidden_size > 0 && num_layers > 0 && num_heads > 0 && head_dim > 0 &&
                   intermediate_size > 0 && max_positions > 0 && static_cast<int64_t>(layers.size()) == num_layers &&
                   norm_eps >= 0 && (positions != PositionKind::Rotary ||
-                                    (rotary_dims > 0 && rotary_dims % 2 == 0 && rotary_dims <= head_dim));
+                                    (rotary_dims > 0 && rotary_dims % 2 == 0 && rotary_dims <= head_dim)) &&
+                  kv_heads() > 0 && num_heads % kv_heads() == 0 && attn_softcap >= 0 && final_softcap >= 0 &&
+                  embed_scale > 0;
   if (!ok) throw Error(cat(family, " ", source, ": inconsistent decoder configuration"));
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> DecoderConfig::parameter_shapes(int64_t blocks,
                                                                                          bool head) const {
   const int64_t d = hidden_size, f = intermediate_size, a = attention_width();
+  const int64_t f_in = gated_mlp() ? 2 * f : f;  // a gated MLP's Win: gate rows, then up rows
+  const bool norm_bias = norm == NormKind::LayerNorm;
   std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
   shapes.push_back({"embed.tokens", {vocab_size, d}});
   if (positions == PositionKind::Learned) shapes.push_back({"embed.positions", {max_positions, d}});
@@ -68,21 +97,23 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> DecoderConfig::paramet
   for (int64_t i = 0; i < blocks; ++i) {
     const std::string b = cat("blocks.", i, ".");
     shapes.push_back({b + "ln1.weight", {d}});
-    shapes.push_back({b + "ln1.bias", {d}});
+    if (norm_bias) shapes.push_back({b + "ln1.bias", {d}});
     shapes.push_back({b + "attn.qkv.weight", {qkv_width(), d}});
     if (qkv_bias) shapes.push_back({b + "attn.qkv.bias", {qkv_width()}});
     shapes.push_back({b + "attn.out.weight", {d, a}});
     if (out_bias) shapes.push_back({b + "attn.out.bias", {d}});
+    if (post_norms) shapes.push_back({b + "ln1_post.weight", {d}});
     shapes.push_back({b + "ln2.weight", {d}});
-    shapes.push_back({b + "ln2.bias", {d}});
-    shapes.push_back({b + "mlp.in.weight", {f, d}});
-    if (mlp_bias) shapes.push_back({b + "mlp.in.bias", {f}});
+    if (norm_bias) shapes.push_back({b + "ln2.bias", {d}});
+    shapes.push_back({b + "mlp.in.weight", {f_in, d}});
+    if (mlp_bias) shapes.push_back({b + "mlp.in.bias", {f_in}});
     shapes.push_back({b + "mlp.out.weight", {d, f}});
     if (mlp_bias) shapes.push_back({b + "mlp.out.bias", {d}});
+    if (post_norms) shapes.push_back({b + "ln2_post.weight", {d}});
   }
   if (head) {
     shapes.push_back({"final_norm.weight", {d}});
-    shapes.push_back({"final_norm.bias", {d}});
+    if (norm_bias) shapes.push_back({"final_norm.bias", {d}});
     if (!tie_word_embeddings) shapes.push_back({"unembed", {vocab_size, d}});
   }
   return shapes;
@@ -97,6 +128,7 @@ ModelPart ModelPart::up_to(const HookSite& site, int64_t layers) {
 struct DecoderModel::Block {
   Tensor ln1_weight, ln1_bias, qkv_weight, qkv_bias, out_weight, out_bias, ln2_weight, ln2_bias;
   Tensor in_weight, in_bias, out2_weight, out2_bias;  // the MLP's two Linears
+  Tensor post1_weight, post2_weight;                  // post_norms: after attention, after the MLP
   AttentionLayer attention;
 };
 
@@ -111,7 +143,8 @@ struct DecoderModel::Workspace {
   Tensor scores;               // [H, T, T]
   Tensor context, merged;      // [H, T, hd], [T, H hd] (hook_z)
   Tensor attn_out, mlp_out;    // [T, d], used when hooked
-  Tensor mlp;                  // [T, f]
+  Tensor mlp;                  // [T, f] ([T, 2f] for a gated MLP: gate and up)
+  Tensor gated;                // [T, f]: act(gate) * up (gated MLPs)
 };
 
 // One call's hooks (which points of which block are wanted) and where it stops.
@@ -184,17 +217,22 @@ DecoderModel DecoderModel::from_parameters(DecoderConfig config, const NamedTens
   auto p = [&](const std::string& name) { return model.parameters_.at(name); };
   model.embed_tokens_ = p("embed.tokens");
   if (c.positions == PositionKind::Learned) model.embed_positions_ = p("embed.positions");
+  const bool norm_bias = c.norm == NormKind::LayerNorm;
   for (int64_t i = 0; i < blocks; ++i) {
     const std::string b = cat("blocks.", i, ".");
     Block block;
     block.ln1_weight = p(b + "ln1.weight");
-    block.ln1_bias = p(b + "ln1.bias");
+    if (norm_bias) block.ln1_bias = p(b + "ln1.bias");
     block.qkv_weight = p(b + "attn.qkv.weight");
     if (c.qkv_bias) block.qkv_bias = p(b + "attn.qkv.bias");
     block.out_weight = p(b + "attn.out.weight");
     if (c.out_bias) block.out_bias = p(b + "attn.out.bias");
     block.ln2_weight = p(b + "ln2.weight");
-    block.ln2_bias = p(b + "ln2.bias");
+    if (norm_bias) block.ln2_bias = p(b + "ln2.bias");
+    if (c.post_norms) {
+      block.post1_weight = p(b + "ln1_post.weight");
+      block.post2_weight = p(b + "ln2_post.weight");
+    }
     block.in_weight = p(b + "mlp.in.weight");
     if (c.mlp_bias) block.in_bias = p(b + "mlp.in.bias");
     block.out2_weight = p(b + "mlp.out.weight");
@@ -204,7 +242,7 @@ DecoderModel DecoderModel::from_parameters(DecoderConfig config, const NamedTens
   }
   if (head) {
     model.final_weight_ = p("final_norm.weight");
-    model.final_bias_ = p("final_norm.bias");
+    if (norm_bias) model.final_bias_ = p("final_norm.bias");
     model.unembed_ = p("unembed");
   }
   if (c.positions == PositionKind::Rotary) {
@@ -218,6 +256,7 @@ DecoderModel DecoderModel::from_parameters(DecoderConfig config, const NamedTens
                                                       static_cast<double>(exponent)));
       inv_freq[static_cast<size_t>(j)] = 1.0f / power;
     }
+    scale_rotary_frequencies(inv_freq, c.rope_scaling);
     Tensor cos = Tensor::empty(Shape{positions, r}), sin = Tensor::empty(Shape{positions, r});
     float *pc = cos.data<float>(), *ps = sin.data<float>();
     for (int64_t t = 0; t < positions; ++t)
@@ -259,7 +298,8 @@ void DecoderModel::reserve(int64_t max_tokens) {
   w.merged = buffer(t * a);
   w.attn_out = buffer(t * d);
   w.mlp_out = buffer(t * d);
-  w.mlp = buffer(t * f);
+  w.mlp = buffer(t * (config_.gated_mlp() ? 2 * f : f));
+  if (config_.gated_mlp()) w.gated = buffer(t * f);
   w.tokens = t;
 }
 
@@ -337,76 +377,101 @@ void DecoderModel::check_ids(const std::vector<int32_t>& ids, int64_t first_posi
 
 // ---------------------------------------------------------------- forward
 
+void DecoderModel::norm_(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  Workspace& w = *workspace_;
+  const int64_t t = x.size(0);
+  Tensor rstd = view(w.rstd, Shape{t});
+  if (config_.norm == NormKind::RMSNorm) {
+    rms_norm_(out, rstd, x, weight, config_.norm_eps);
+  } else {
+    Tensor mean = view(w.mean, Shape{t});
+    layer_norm_(out, mean, rstd, x, weight, bias, config_.norm_eps);
+  }
+}
+
+void DecoderModel::cap_logits_(Tensor& logits) const {
+  if (config_.final_softcap > 0) soft_cap_(logits, logits, config_.final_softcap);
+}
+
 bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cache, Run& run) {
   const Block& block = blocks_[index];
   const int64_t layer = static_cast<int64_t>(index);
   Workspace& w = *workspace_;
-  const int64_t d = config_.hidden_size, h = config_.num_heads, hd = config_.head_dim;
+  const int64_t d = config_.hidden_size, h = config_.num_heads, hd = config_.head_dim, kv = config_.kv_heads();
+  const int64_t group = h / kv;  // query heads per key/value head (their rows run group by group)
   const int64_t f = config_.intermediate_size, aw = config_.attention_width();
-  const double eps = config_.norm_eps;
   const bool parallel = config_.residual == ResidualWiring::Parallel;
+  const bool post_norms = config_.post_norms;
   Tensor x = view(w.residual, Shape{t, d}), a = view(w.normed, Shape{t, d}), m = view(w.mlp_input, Shape{t, d});
-  Tensor mean = view(w.mean, Shape{t}), rstd = view(w.rstd, Shape{t});
 
-  // The MLP's input LN2(x): normalised, hooked there when asked (ln2.hook_normalized), then its affine
-  // part; the same two steps whether hooked or not, so the rounding does not depend on the hooks.
+  // The MLP's input norm2(x): normalised, hooked there when asked (ln2.hook_normalized), then its
+  // weight (and bias); the same two steps whether hooked or not, so the rounding does not depend on
+  // the hooks.
   auto mlp_input = [&]() {
-    layer_norm_(m, mean, rstd, x, unit_weight_, zero_bias_, eps);
+    norm_(m, x, unit_weight_, zero_bias_);
     if (run.wants(layer, HookPoint::Ln2Normalized) && run.at(layer, HookPoint::Ln2Normalized, m)) return true;
     binary_(BinaryOp::mul, m, m, block.ln2_weight);
-    add_(m, block.ln2_bias);
+    if (block.ln2_bias.defined()) add_(m, block.ln2_bias);
     return false;
   };
 
   if (parallel && mlp_input()) return false;  // the block's input feeds both branches
 
-  // attention
-  layer_norm_(a, mean, rstd, x, block.ln1_weight, block.ln1_bias, eps);
+  // attention: heads [H + 2 KV, T, hd] hold the queries, then the keys, then the values
+  norm_(a, x, block.ln1_weight, block.ln1_bias);
   Tensor qkv = view(w.qkv, Shape{t, config_.qkv_width()});
   matmul_(qkv, a, false, block.qkv_weight, true);
   if (block.qkv_bias.defined()) add_(qkv, block.qkv_bias);
-  Tensor heads = view(w.heads, Shape{3 * h, t, hd});
-  swap_axes01_(heads, qkv.reshape(Shape{t, 3 * h, hd}));
+  Tensor heads = view(w.heads, Shape{h + 2 * kv, t, hd});
+  swap_axes01_(heads, qkv.reshape(Shape{t, h + 2 * kv, hd}));
   if (config_.positions == PositionKind::Rotary) {
-    Tensor qk = heads.slice_rows(0, 2 * h);
+    Tensor qk = heads.slice_rows(0, h + kv);
     rotary_(qk, qk, rotary_cos_.slice_rows(past, past + t), rotary_sin_.slice_rows(past, past + t));
   }
-  Tensor q = heads.slice_rows(0, h), k = heads.slice_rows(h, 2 * h), v = heads.slice_rows(2 * h, 3 * h);
+  Tensor q = heads.slice_rows(0, h), k = heads.slice_rows(h, h + kv), v = heads.slice_rows(h + kv, h + 2 * kv);
   const int64_t window = block.attention.window;
+  int64_t keys = t;
   Tensor scores;
   if (cache == nullptr) {
     scores = view(w.scores, Shape{h, t, t});
   } else {
-    // The new rows' keys and values join the cache (as rows [T, H, hd]); the queries then attend to
+    // The new rows' keys and values join the cache (as rows [T, KV, hd]); the queries then attend to
     // the cached rows they may see: all of them (global), or the last `window` before each query.
-    Tensor cached_k = cache->keys_[index].slice_rows(past, past + t).reshape(Shape{t, h, hd});
-    Tensor cached_v = cache->values_[index].slice_rows(past, past + t).reshape(Shape{t, h, hd});
+    Tensor cached_k = cache->keys_[index].slice_rows(past, past + t).reshape(Shape{t, kv, hd});
+    Tensor cached_v = cache->values_[index].slice_rows(past, past + t).reshape(Shape{t, kv, hd});
     swap_axes01_(cached_k, k);
     swap_axes01_(cached_v, v);
     const int64_t first_key = window > 0 ? std::max<int64_t>(0, past - window + 1) : 0;
-    const int64_t keys = past + t - first_key;
-    k = view(cache->key_heads_, Shape{h, keys, hd});
-    v = view(cache->value_heads_, Shape{h, keys, hd});
-    swap_axes01_(k, cache->keys_[index].slice_rows(first_key, past + t).reshape(Shape{keys, h, hd}));
-    swap_axes01_(v, cache->values_[index].slice_rows(first_key, past + t).reshape(Shape{keys, h, hd}));
+    keys = past + t - first_key;
+    k = view(cache->key_heads_, Shape{kv, keys, hd});
+    v = view(cache->value_heads_, Shape{kv, keys, hd});
+    swap_axes01_(k, cache->keys_[index].slice_rows(first_key, past + t).reshape(Shape{keys, kv, hd}));
+    swap_axes01_(v, cache->values_[index].slice_rows(first_key, past + t).reshape(Shape{keys, kv, hd}));
     if (cache->scores_.numel() < h * t * keys) cache->scores_ = Tensor::empty(Shape{h * t * keys}, DType::F32, device_);
     scores = view(cache->scores_, Shape{h, t, keys});
   }
+  // The `group` query heads of one key/value head are consecutive rows: one batch entry of
+  // [group T] query rows per key/value head.
+  Tensor grouped_scores = scores.reshape(Shape{kv, group * t, keys});
+  batched_matmul_(grouped_scores, q.reshape(Shape{kv, group * t, hd}), false, k, true, block.attention.score_scale);
+  if (config_.attn_softcap > 0) soft_cap_(scores, scores, config_.attn_softcap);
   // attention_mask takes the queries as the last t of the keys' positions, which they are.
-  batched_matmul_(scores, q, false, k, true, block.attention.score_scale);
   attention_mask_(scores, scores, window);
   softmax_(scores, scores);
   Tensor context = view(w.context, Shape{h, t, hd});
-  batched_matmul_(context, scores, false, v, false);
+  Tensor grouped_context = context.reshape(Shape{kv, group * t, hd});
+  batched_matmul_(grouped_context, grouped_scores, false, v, false);
   Tensor merged = view(w.merged, Shape{t, h, hd});
   swap_axes01_(merged, context);
   Tensor z = merged.reshape(Shape{t, aw});
   if (run.wants(layer, HookPoint::AttnZ) && run.at(layer, HookPoint::AttnZ, z)) return false;
 
-  // The attention's output in its own buffer, then added: the same rounding whether it is hooked or not.
+  // The attention's output in its own buffer (post-normed when post_norms), then added: the same
+  // rounding whether it is hooked or not.
   Tensor attn_out = view(w.attn_out, Shape{t, d});
   matmul_(attn_out, z, false, block.out_weight, true);
   if (block.out_bias.defined()) add_(attn_out, block.out_bias);
+  if (post_norms) norm_(attn_out, attn_out, block.post1_weight, Tensor());
   if (run.wants(layer, HookPoint::AttnOut) && run.at(layer, HookPoint::AttnOut, attn_out)) return false;
   if (!parallel) add_(x, attn_out);
   if (!parallel) {
@@ -415,14 +480,24 @@ bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cac
   }
 
   // MLP
-  Tensor hidden = view(w.mlp, Shape{t, f});
-  matmul_(hidden, m, false, block.in_weight, true);
-  if (block.in_bias.defined()) add_(hidden, block.in_bias);
-  unary_(config_.activation == MlpActivation::GeluNew ? UnaryOp::gelu_new : UnaryOp::gelu, hidden, hidden);
+  Tensor hidden;
+  if (config_.gated_mlp()) {
+    Tensor both = view(w.mlp, Shape{t, 2 * f});
+    matmul_(both, m, false, block.in_weight, true);
+    if (block.in_bias.defined()) add_(both, block.in_bias);
+    hidden = view(w.gated, Shape{t, f});
+    glu_(hidden, both, config_.activation == MlpActivation::SwiGlu ? GluActivation::silu : GluActivation::gelu_tanh);
+  } else {
+    hidden = view(w.mlp, Shape{t, f});
+    matmul_(hidden, m, false, block.in_weight, true);
+    if (block.in_bias.defined()) add_(hidden, block.in_bias);
+    unary_(config_.activation == MlpActivation::GeluNew ? UnaryOp::gelu_new : UnaryOp::gelu, hidden, hidden);
+  }
   if (parallel) add_(x, attn_out);  // the attention's output joins now that the MLP has its input
   Tensor mlp_out = view(w.mlp_out, Shape{t, d});
   matmul_(mlp_out, hidden, false, block.out2_weight, true);
   if (block.out2_bias.defined()) add_(mlp_out, block.out2_bias);
+  if (post_norms) norm_(mlp_out, mlp_out, block.post2_weight, Tensor());
   if (run.wants(layer, HookPoint::MlpOut) && run.at(layer, HookPoint::MlpOut, mlp_out)) return false;
   add_(x, mlp_out);
   if (run.wants(layer, HookPoint::ResidPost) && run.at(layer, HookPoint::ResidPost, x)) return false;
@@ -449,6 +524,7 @@ Tensor DecoderModel::run(const std::vector<int32_t>& ids, const HookSite& stop, 
 
   Tensor x = view(w.residual, Shape{t, d});
   embedding_(x, embed_tokens_, id_view);
+  if (config_.embed_scale != 1.0f) affine_(x, x, config_.embed_scale, 0.0);
   if (config_.positions == PositionKind::Learned) add_(x, embed_positions_.slice_rows(past, past + t));
   const int64_t blocks = stop.point == HookPoint::FinalOutput ? layers : blocks_needed(stop, layers);
   for (int64_t i = 0; i < blocks; ++i) {
@@ -459,8 +535,8 @@ Tensor DecoderModel::run(const std::vector<int32_t>& ids, const HookSite& stop, 
     r.at(stop.layer, stop.point, x);  // resid_pre of the block after the last one run
     return x;
   }
-  Tensor y = view(w.normed, Shape{t, d}), mean = view(w.mean, Shape{t}), rstd = view(w.rstd, Shape{t});
-  layer_norm_(y, mean, rstd, x, final_weight_, final_bias_, config_.norm_eps);
+  Tensor y = view(w.normed, Shape{t, d});
+  norm_(y, x, final_weight_, final_bias_);
   r.at(layers, HookPoint::FinalOutput, y);
   return y;
 }
@@ -480,7 +556,9 @@ Tensor DecoderModel::forward_to_site(const std::vector<int32_t>& ids, const Hook
 
 Tensor DecoderModel::logits_with(const std::vector<int32_t>& ids, const SiteHooks& hooks) {
   const Tensor y = run(ids, HookSite{config_.num_layers, HookPoint::FinalOutput}, hooks, nullptr);
-  return matmul(y, unembedding(), false, true);
+  Tensor logits = matmul(y, unembedding(), false, true);
+  cap_logits_(logits);
+  return logits;
 }
 
 void DecoderModel::logits_into(Tensor& out, const std::vector<int32_t>& ids, const SiteHooks& hooks) {
@@ -489,6 +567,7 @@ void DecoderModel::logits_into(Tensor& out, const std::vector<int32_t>& ids, con
   if (!out.defined() || out.shape() != shape || out.device() != device_ || out.dtype() != DType::F32)
     out = Tensor::empty(shape, DType::F32, device_);
   matmul_(out, y, false, unembedding(), true);
+  cap_logits_(out);
 }
 
 Tensor DecoderModel::forward_to(const std::vector<int32_t>& ids, int layer, const ResidualHook& hook) {
@@ -512,7 +591,7 @@ KvCache DecoderModel::new_cache(int64_t capacity) const {
   if (capacity < 1 || capacity > config_.max_positions)
     throw DataError(cat(config_.family, " ", source_, ": a cache of ", capacity, " positions (it must hold 1..",
                         config_.max_positions, ", the model's positions)"));
-  const int64_t a = config_.attention_width();
+  const int64_t a = config_.kv_width();
   KvCache cache;
   cache.owner_ = workspace_.get();
   cache.capacity_ = capacity;
@@ -536,7 +615,9 @@ Tensor DecoderModel::logits_cached(const std::vector<int32_t>& ids, KvCache& cac
   Tensor y = run(ids, HookSite{config_.num_layers, HookPoint::FinalOutput}, hooks, &cache);
   cache.length_ += n;  // only now: a throw above leaves the cache as it was (rows past length_ are unused)
   if (last_only) y = y.slice_rows(n - 1, n);
-  return matmul(y, unembedding(), false, true);
+  Tensor logits = matmul(y, unembedding(), false, true);
+  cap_logits_(logits);
+  return logits;
 }
 
 Tensor DecoderModel::logits_cached(const std::vector<int32_t>& ids, KvCache& cache, const ResidualHook& hook,

@@ -1,21 +1,23 @@
 // DecoderModel: the decoder-only transformer every supported family runs on (docs/models.md), on CPU
 // or CUDA, forward pass only (no autograd graph), one workspace reused between calls. A family
-// (lm/model_family.h: GPT-Neo, GPT-2, GPT-NeoX/Pythia) states its differences as data in a
-// DecoderConfig (norms, position scheme, residual wiring, activation, biases, per-layer attention
-// window and score scale) and as a table mapping its file's tensors onto the parameters below; the
-// forward pass itself is written once, here:
-//   x = E[ids] (+ P[positions] when positions are learned)                     hidden_states[0]
+// (lm/model_family.h: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral, Gemma 2) states its
+// differences as data in a DecoderConfig (norms, position scheme, residual wiring, activation, biases,
+// key/value heads, per-layer attention window and score scale, Gemma 2's extras) and as a table
+// mapping its file's tensors onto the parameters below; the forward pass itself is written once, here:
+//   x = E[ids] * embed_scale (+ P[positions] when positions are learned)        hidden_states[0]
 //   per block:  a = norm1(x); [q k v] = a Wqkv^T (+ b); rotary on q, k (when rotary);
-//               z = softmax(scale q k^T, causal / local mask) v      (heads side by side: hook_z)
-//               attn_out = z Wo^T (+ bo)
+//               z = softmax(cap(scale q k^T), causal / local mask) v  (heads side by side: hook_z;
+//                   query head j reads key/value head j / (H / KV))
+//               attn_out = z Wo^T (+ bo)  (then post-norm1 when post_norms)
 //               sequential:  x = x + attn_out;  m = norm2(x);   parallel:  m = norm2(x_before)
-//               mlp_out = act(m Win^T + bin) Wout^T + bout;  x = x + (attn_out when parallel) + mlp_out
-//   y = final_norm(x);  logits = y U^T                                           hidden_states[N]
+//               mlp_out = act(m Win^T + bin) Wout^T + bout (gated: act(gate) * up; then post-norm2)
+//               x = x + (attn_out when parallel) + mlp_out
+//   y = final_norm(x);  logits = cap(y U^T)                                      hidden_states[N]
 // Hooks (lm/hook_points.h) read or change the state at any TransformerLens hook point, and a run
 // stops at the requested one: the blocks after it are neither loaded (load with a ModelPart) nor run.
 // Generation runs one new token at a time against a KvCache (lm/generate.h).
-// Letters: T tokens, d hidden size, H heads, hd head size, f MLP width, V vocabulary, P positions,
-// N blocks, R rotated pairs per head (rotary dims / 2).
+// Letters: T tokens, d hidden size, H heads, KV key/value heads, hd head size, f MLP width, V
+// vocabulary, P positions, N blocks, R rotated pairs per head (rotary dims / 2).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -30,10 +32,19 @@
 
 namespace sae {
 
-enum class NormKind { LayerNorm };                 // (RMSNorm: part 2)
+enum class NormKind { LayerNorm, RMSNorm };       // RMSNorm: x / sqrt(mean(x^2) + eps) * w, no bias
 enum class PositionKind { Learned, Rotary };       // a table added to the embeddings, or rotary on q and k
-enum class MlpActivation { GeluNew, GeluExact };   // tanh-approximated GELU, or the erf GELU
+// The MLP: act(m Win^T + bin) Wout^T + bout with the tanh GELU or the erf GELU, or gated (Win holds
+// the gate's rows then the up projection's, [2f, d]): (act(gate) * up) Wout^T with silu (SwiGLU:
+// Llama, Qwen 2, Mistral) or the tanh GELU (GeGLU: Gemma 2).
+enum class MlpActivation { GeluNew, GeluExact, SwiGlu, GeGlu };
 enum class ResidualWiring { Sequential, Parallel };
+// How rotary frequencies are rescaled for long contexts (Hugging Face's rope_type): none (default),
+// linear (every frequency / factor) or llama3 (low frequencies / factor, high ones kept, smoothed between).
+struct RopeScaling {
+  enum class Kind { None, Linear, Llama3 } kind = Kind::None;
+  double factor = 1, low_freq_factor = 1, high_freq_factor = 4, original_positions = 8192;
+};
 
 // What one block's attention does differently from the others.
 struct AttentionLayer {
@@ -45,20 +56,31 @@ struct DecoderConfig {
   std::string family;  // the family's display name ("GPT-Neo", "GPT-2", "GPT-NeoX")
   std::string source;  // the config file (or a label), for messages
   int64_t vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0, head_dim = 0;
+  int64_t num_kv_heads = 0;  // grouped-query attention: key/value heads (0: num_heads); divides num_heads
   int64_t intermediate_size = 0, max_positions = 0;
   NormKind norm = NormKind::LayerNorm;
   double norm_eps = 1e-5;
   PositionKind positions = PositionKind::Learned;
   int64_t rotary_dims = 0;      // rotary: the first rotary_dims of each head are turned (even, <= hd)
   double rotary_base = 10000;   // rotary: theta; pair j turns by position * base^(-2j / rotary_dims)
+  RopeScaling rope_scaling;     // rotary: rescaled frequencies
   MlpActivation activation = MlpActivation::GeluNew;
   ResidualWiring residual = ResidualWiring::Sequential;
   bool qkv_bias = false, out_bias = true, mlp_bias = true;
   bool tie_word_embeddings = true;  // the unembedding is the token embedding unless the file has its own
+  // Gemma 2: the embeddings are multiplied by embed_scale (float32 sqrt(d)); post_norms adds a norm
+  // after attention and after the MLP (their outputs are normed before joining the residual);
+  // attention scores and final logits are soft-capped, cap tanh(s / cap), where the cap is > 0.
+  float embed_scale = 1.0f;
+  bool post_norms = false;
+  double attn_softcap = 0, final_softcap = 0;
   std::vector<AttentionLayer> layers;  // one per block
 
   int64_t attention_width() const { return num_heads * head_dim; }  // H hd: hook_z's width
-  int64_t qkv_width() const { return 3 * num_heads * head_dim; }
+  int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
+  int64_t kv_width() const { return kv_heads() * head_dim; }  // one of k, v: KV hd
+  int64_t qkv_width() const { return (num_heads + 2 * kv_heads()) * head_dim; }
+  bool gated_mlp() const { return activation == MlpActivation::SwiGlu || activation == MlpActivation::GeGlu; }
   // The width of the state at a hook point: hd * H for hook_z, d elsewhere.
   int64_t hook_width(const HookSite& site) const;
   // Every parameter the forward pass reads (our names, docs/models.md), with its shape, for the
@@ -119,8 +141,8 @@ class KvCache {
   friend class DecoderModel;
   const void* owner_ = nullptr;        // the model's workspace: identifies the model (which may move)
   int64_t length_ = 0, capacity_ = 0;
-  std::vector<Tensor> keys_, values_;  // per layer [capacity, H hd]: one row per position (keys after rotary)
-  Tensor key_heads_, value_heads_;     // flat scratch: the rows a block attends to, heads first [H, keys, hd]
+  std::vector<Tensor> keys_, values_;  // per layer [capacity, KV hd]: one row per position (keys after rotary)
+  Tensor key_heads_, value_heads_;     // flat scratch: the rows a block attends to, heads first [KV, keys, hd]
   Tensor scores_;                      // flat scratch [H, new positions, keys], grown when needed
 };
 
@@ -213,6 +235,8 @@ class DecoderModel {
   std::vector<Block> blocks_;
   Tensor embed_tokens_, embed_positions_, final_weight_, final_bias_, unembed_;
   Tensor rotary_cos_, rotary_sin_;  // [P, R] on the device (rotary only)
+  void norm_(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias);  // config_.norm of x's rows
+  void cap_logits_(Tensor& logits) const;                                              // final soft-capping
   Tensor unit_weight_, zero_bias_;  // [d]: a norm without its affine part (ln2.hook_normalized)
   std::unique_ptr<Workspace> workspace_;
 };

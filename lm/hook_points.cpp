@@ -5,6 +5,10 @@
 
 namespace sae {
 
+bool reached_before(const HookSite& a, const HookSite& b) {
+  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
+}
+
 namespace {
 
 struct PointName {

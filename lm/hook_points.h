@@ -33,6 +33,9 @@ struct HookSite {
   bool operator==(const HookSite& other) const = default;
 };
 
+// Whether a forward pass reaches site a before site b.
+bool reached_before(const HookSite& a, const HookSite& b);
+
 // "blocks.3.hook_resid_pre", ..., "hidden_states[4]" for FinalOutput.
 std::string hook_name(const HookSite& site);
 // The site a name names. UsageError (one line, naming the option `what`) for anything else:

@@ -1,4 +1,4 @@
-// A model family (GPT-Neo, GPT-2, GPT-NeoX / Pythia) as data for the one decoder model
+// A model family (GPT-Neo, GPT-2, GPT-NeoX / Pythia, Llama, Qwen 2, Mistral, Gemma 2) as data for the one decoder model
 // (lm/decoder_model.h): how its config.json becomes a DecoderConfig, and a table of how its file's
 // tensors become our parameters. Loading (lm/model_loader.h) and checking are written once for all.
 // Letters: d hidden size, H heads, hd head size.
@@ -16,15 +16,18 @@ namespace sae {
 enum class WeightTransform {
   Copy,        // the same shape
   Transpose,   // stored [in, out] (GPT-2's Conv1D); ours is [out, in]
-  StackRows,   // several tensors stacked along dim 0 in order (GPT-Neo's q_proj, k_proj, v_proj)
+  StackRows,   // several tensors stacked along dim 0 in order (GPT-Neo's q_proj, k_proj, v_proj); equal
+               // parts unless the rule gives each file's rows (grouped-query q_proj, k_proj, v_proj)
   QkvPerHead,  // one fused q/k/v tensor whose rows run head by head, [H, 3, hd] (GPT-NeoX's
                // query_key_value); ours runs [3, H, hd]: all queries, all keys, all values
+  PlusOne,     // the same shape, 1 added in float32 (Gemma's RMSNorm multiplies by 1 + w)
 };
 
 struct WeightRule {
   std::string ours;                // our parameter ("blocks.{i}.attn.qkv.weight"; {i} the block)
   std::vector<std::string> files;  // the file's tensors, after the base prefix ({i} the block)
   WeightTransform transform = WeightTransform::Copy;
+  std::vector<int64_t> rows = {};  // StackRows: each file's rows (empty: equal parts)
 };
 
 struct ModelFamily {
@@ -43,6 +46,10 @@ struct ModelFamily {
 const ModelFamily& gpt_neo_family();  // lm/gpt_neo.cpp
 const ModelFamily& gpt2_family();     // lm/gpt2.cpp
 const ModelFamily& gpt_neox_family(); // lm/gpt_neox.cpp
+const ModelFamily& llama_family();    // lm/llama.cpp
+const ModelFamily& qwen2_family();    // lm/llama.cpp
+const ModelFamily& mistral_family();  // lm/llama.cpp
+const ModelFamily& gemma2_family();   // lm/gemma2.cpp
 // The family whose model_type config.json names; DataError listing the supported ones otherwise.
 const ModelFamily& family_for(const Json& config, const std::string& source);
 std::vector<const ModelFamily*> all_families();

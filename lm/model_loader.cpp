@@ -46,19 +46,20 @@ struct ExpandedRule {
   std::string ours;
   std::vector<std::string> files;  // full names in the source (prefix included)
   WeightTransform transform;
+  std::vector<int64_t> rows;       // StackRows: each file's rows (empty: equal parts)
   int64_t block = -1;              // -1: embeddings or head
   bool head = false;
 };
 
 // The file shape a rule expects for each of its tensors, from our parameter's shape.
-std::vector<int64_t> file_shape(const ExpandedRule& rule, const std::vector<int64_t>& ours) {
+std::vector<int64_t> file_shape(const ExpandedRule& rule, size_t file, const std::vector<int64_t>& ours) {
   switch (rule.transform) {
     case WeightTransform::Transpose:
       if (ours.size() == 2) return {ours[1], ours[0]};
       return ours;
     case WeightTransform::StackRows: {
       std::vector<int64_t> part = ours;
-      part[0] /= static_cast<int64_t>(rule.files.size());
+      part[0] = rule.rows.empty() ? part[0] / static_cast<int64_t>(rule.files.size()) : rule.rows.at(file);
       return part;
     }
     default: return ours;
@@ -82,7 +83,7 @@ WeightSource::~WeightSource() = default;
 
 WeightSource WeightSource::open_model_dir(const std::string& dir) {
   WeightSource source;
-  source.files_ = std::make_unique<Files>();
+  source.files_ = std::make_shared<Files>();
   Files& f = *source.files_;
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   auto add_file = [&](const std::string& path) {
@@ -184,6 +185,50 @@ void WeightSource::read_rows(const std::string& name, int64_t begin, int64_t cou
   files_->files[files_->file_of.at(name)].read_rows_f32(name, begin, count, out);
 }
 
+DType WeightSource::stored_dtype(const std::string& name) const {
+  if (memory_) {
+    const DType d = memory_->at(name).dtype();
+    return is_half_dtype(d) ? d : DType::F32;
+  }
+  const std::string& dtype = files_->files[files_->file_of.at(name)].entry(name).dtype;
+  return dtype == "BF16" ? DType::BF16 : dtype == "F16" ? DType::F16 : DType::F32;
+}
+
+void WeightSource::read_rows_stored(const std::string& name, int64_t begin, int64_t count, void* out) const {
+  if (count <= 0) return;
+  const DType dtype = stored_dtype(name);
+  if (!is_half_dtype(dtype)) throw Error(cat("read_rows_stored: '", name, "' is not a 16-bit tensor"));
+  const std::vector<int64_t> s = shape(name);
+  int64_t row = 1;
+  for (size_t i = 1; i < s.size(); ++i) row *= s[i];
+  const size_t row_bytes = static_cast<size_t>(row) * dtype_size(dtype);
+  const size_t offset = static_cast<size_t>(begin) * row_bytes, bytes = static_cast<size_t>(count) * row_bytes;
+  if (memory_) {
+    const Tensor host = memory_->at(name).to(Device::CPU);  // held for the copy
+    std::memcpy(out, static_cast<const uint8_t*>(host.raw()) + offset, bytes);
+    return;
+  }
+  std::memcpy(out, static_cast<const uint8_t*>(files_->files[files_->file_of.at(name)].entry(name).data) + offset, bytes);
+}
+
+Tensor WeightSource::borrowed_stored(const std::string& name) const {
+  if (memory_) return Tensor();
+  const DType dtype = stored_dtype(name);
+  if (!is_half_dtype(dtype)) return Tensor();
+  const SafetensorsEntry& e = files_->files[files_->file_of.at(name)].entry(name);
+  if (reinterpret_cast<uintptr_t>(e.data) % dtype_size(dtype) != 0) return Tensor();
+  return Tensor::borrowed(e.data, Shape::from_vector(e.shape), dtype, files_);
+}
+
+void WeightSource::release_rows(const std::string& name, int64_t begin, int64_t count) const {
+  if (memory_ || count <= 0) return;
+  const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
+  const SafetensorsEntry& e = file.entry(name);
+  const size_t row_bytes = e.shape.empty() || e.shape[0] == 0 ? 0 : e.bytes / static_cast<size_t>(e.shape[0]);
+  const size_t offset = static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file.mapping().data());
+  file.mapping().release_pages(offset + static_cast<size_t>(begin) * row_bytes, static_cast<size_t>(count) * row_bytes);
+}
+
 void WeightSource::release(const std::string& name) const {
   if (memory_) return;
   const SafetensorsFile& file = files_->files[files_->file_of.at(name)];
@@ -231,6 +276,10 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
       r.ours = per_block ? with_block(rule.ours, i) : rule.ours;
       for (const std::string& file : rule.files) r.files.push_back(prefix + (per_block ? with_block(file, i) : file));
       r.transform = rule.transform;
+      r.rows = rule.rows;
+      if (!r.rows.empty() && r.rows.size() != r.files.size())
+        throw Error(cat(family.name, ": rule '", r.ours, "' gives rows for ", r.rows.size(), " of ", r.files.size(),
+                        " files"));
       r.block = per_block ? i : -1;
       r.head = r.ours.rfind("final_norm", 0) == 0;
       if (!our_shapes.count(r.ours)) throw Error(cat(family.name, ": a rule names no parameter '", r.ours, "'"));
@@ -239,7 +288,7 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
   }
   std::map<std::string, std::vector<int64_t>> expected;  // file tensor -> shape
   for (const ExpandedRule& r : rules)
-    for (const std::string& file : r.files) expected[file] = file_shape(r, our_shapes.at(r.ours));
+    for (size_t k = 0; k < r.files.size(); ++k) expected[r.files[k]] = file_shape(r, k, our_shapes.at(r.ours));
 
   // Every tensor of the file: expected (with its shape, a float dtype), an unembedding, or ignored.
   std::string unembedding_file;
@@ -276,14 +325,52 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
 
   // Read (only what the part needs) straight into our layout, a few rows at a time (no full-size
   // intermediate copy), check finite.
-  auto finite = [&](const Tensor& t, const std::string& name) {
-    const float* p = t.data<float>();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(p[i]))
-        throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
-                            ") at flat index ", i));
+  // Every value finite (a 16-bit tensor's widened one at a time: no float32 copy of it); the error
+  // names the file's tensor, the one the bad value came from when the rule stacks several.
+  auto value_at = [](const Tensor& t, int64_t i) -> float {
+    if (t.dtype() == DType::BF16) return widen(t.data<BFloat16>()[i]);
+    if (t.dtype() == DType::F16) return widen(t.data<Float16>()[i]);
+    return t.data<float>()[i];
+  };
+  auto check_finite = [&](const Tensor& t, const std::vector<std::string>& files, const std::vector<int64_t>& rows) {
+    const int64_t row = t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const float v = value_at(t, i);
+      if (std::isfinite(v)) continue;
+      size_t k = 0;  // the file whose rows hold index i (StackRows), else the first
+      for (int64_t first = 0; k + 1 < files.size() && i >= (first + rows[k]) * row; ++k) first += rows[k];
+      throw DataError(cat(source.where(files[k]), ": tensor '", printable(files[k]), "' holds a non-finite value (", v,
+                          ") at flat index ", i));
+    }
+  };
+  auto finite = [&](const Tensor& t, const std::string& name) { check_finite(t, {name}, {}); };
+  // Each file's rows in a StackRows rule.
+  auto stacked_rows = [](const ExpandedRule& r, int64_t rows) {
+    if (!r.rows.empty()) return r.rows;
+    return std::vector<int64_t>(r.files.size(), rows / static_cast<int64_t>(r.files.size()));
+  };
+  // Weight matrices stay 16-bit when every file of the rule stores the same 16-bit dtype and the
+  // rule copies or stacks rows (the GEMM weights, the embedding table, the unembedding; not learned
+  // positions, which are added).
+  auto stored_half = [&](const std::string& ours, const std::vector<std::string>& files, WeightTransform transform,
+                         size_t dims) {
+    if (dims != 2 || ours == "embed.positions") return DType::F32;
+    if (transform != WeightTransform::Copy && transform != WeightTransform::StackRows) return DType::F32;
+    const DType d = source.stored_dtype(files[0]);
+    for (const std::string& file : files)
+      if (source.stored_dtype(file) != d) return DType::F32;
+    return d;
   };
   auto read = [&](const std::string& name) {
+    const DType d = stored_half("unembed", {name}, WeightTransform::Copy, source.shape(name).size());
+    if (is_half_dtype(d)) {
+      const std::vector<int64_t> shape = source.shape(name);
+      Tensor t = Tensor::empty(Shape::from_vector(shape), d);
+      source.read_rows_stored(name, 0, shape[0], t.raw());
+      source.release(name);
+      finite(t, name);
+      return t;
+    }
     Tensor t = source.read_f32(name);
     finite(t, name);
     return t;
@@ -292,12 +379,53 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
   for (const ExpandedRule& r : rules) {
     if (r.block >= blocks || (r.head && !head)) continue;
     const std::vector<int64_t>& shape = our_shapes.at(r.ours);
+    const DType half = stored_half(r.ours, r.files, r.transform, shape.size());
+    if (is_half_dtype(half) && r.ours == "embed.tokens") {
+      // The token embedding over the file's mapping: checked a chunk of rows at a time, each chunk's
+      // pages released after its check, so that only the rows the model gathers come back.
+      Tensor table = source.borrowed_stored(r.files[0]);
+      if (table.defined()) {
+        constexpr int64_t kChunkRows = 256;
+        const int64_t row = shape[1];
+        for (int64_t i0 = 0; i0 < shape[0]; i0 += kChunkRows) {
+          const int64_t n = std::min(kChunkRows, shape[0] - i0);
+          for (int64_t i = i0 * row; i < (i0 + n) * row; ++i) {
+            const float v = value_at(table, i);
+            if (!std::isfinite(v))
+              throw DataError(cat(source.where(r.files[0]), ": tensor '", printable(r.files[0]),
+                                  "' holds a non-finite value (", v, ") at flat index ", i));
+          }
+          source.release_rows(r.files[0], i0, n);
+        }
+        ours[r.ours] = table;
+        continue;
+      }
+    }
+    if (is_half_dtype(half)) {  // rows as stored, one file after the other
+      Tensor out = Tensor::empty(Shape::from_vector(shape), half);
+      uint8_t* dst = static_cast<uint8_t*>(out.raw());
+      const size_t row_bytes = static_cast<size_t>(shape[1]) * dtype_size(half);
+      int64_t row = 0;
+      for (size_t k = 0; k < r.files.size(); ++k) {
+        const int64_t part = r.rows.empty() ? shape[0] / static_cast<int64_t>(r.files.size()) : r.rows[k];
+        source.read_rows_stored(r.files[k], 0, part, dst + static_cast<size_t>(row) * row_bytes);
+        source.release(r.files[k]);
+        row += part;
+      }
+      check_finite(out, r.files, stacked_rows(r, shape[0]));
+      ours[r.ours] = out;
+      continue;
+    }
     Tensor out = Tensor::empty(Shape::from_vector(shape));
     float* dst = out.data<float>();
     const int64_t rows = shape[0], columns = shape.size() == 2 ? shape[1] : 1;
     switch (r.transform) {
       case WeightTransform::Copy:
         source.read_rows(r.files[0], 0, rows, dst);
+        break;
+      case WeightTransform::PlusOne:
+        source.read_rows(r.files[0], 0, rows, dst);
+        for (int64_t i = 0; i < rows * columns; ++i) dst[i] = 1.0f + dst[i];
         break;
       case WeightTransform::Transpose: {
         if (shape.size() != 2) {  // a bias: as it is
@@ -316,9 +444,12 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
         break;
       }
       case WeightTransform::StackRows: {
-        const int64_t part = rows / static_cast<int64_t>(r.files.size());
-        for (size_t k = 0; k < r.files.size(); ++k)
-          source.read_rows(r.files[k], 0, part, dst + static_cast<int64_t>(k) * part * columns);
+        int64_t row = 0;
+        for (size_t k = 0; k < r.files.size(); ++k) {
+          const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
+          source.read_rows(r.files[k], 0, part, dst + row * columns);
+          row += part;
+        }
         break;
       }
       case WeightTransform::QkvPerHead: {
@@ -331,7 +462,10 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
       }
     }
     for (const std::string& file : r.files) source.release(file);
-    finite(out, r.files.size() == 1 ? r.files[0] : r.ours);
+    if (r.transform == WeightTransform::StackRows)
+      check_finite(out, r.files, stacked_rows(r, rows));
+    else
+      finite(out, r.files[0]);
     ours[r.ours] = out;
   }
   if (head && !unembedding_file.empty()) ours["unembed"] = read(unembedding_file);
@@ -418,7 +552,10 @@ bool is_block_buffer(const std::string& name, const std::string& prefix, const s
   return false;
 }
 
-std::vector<const ModelFamily*> all_families() { return {&gpt_neo_family(), &gpt2_family(), &gpt_neox_family()}; }
+std::vector<const ModelFamily*> all_families() {
+  return {&gpt_neo_family(), &gpt2_family(), &gpt_neox_family(), &llama_family(),
+          &qwen2_family(),   &mistral_family(), &gemma2_family()};
+}
 
 const ModelFamily& family_for(const Json& config, const std::string& source) {
   if (!config.is_object()) throw DataError(cat(source, ": expected a JSON object, got a ", config.type_name()));

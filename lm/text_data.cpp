@@ -1,10 +1,14 @@
 // StoryReader (see text_data.h).
 #include "lm/text_data.h"
 
+#include <stdio.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
 #include "io/json.h"
+#include "io/mapped_file.h"
 #include "tensor/error.h"
 
 namespace sae {

@@ -4,6 +4,7 @@
 #include "lm/tokenizer.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,6 +28,46 @@ constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;  // a guard against absu
 constexpr size_t kMaxCachedPieceBytes = 128;
 constexpr size_t kMaxCacheEntries = size_t{1} << 20;  // then the cache starts over
 const char* const kEndOfText = "<|endoftext|>";
+const char* const kMetaSpace = "\xE2\x96\x81";  // U+2581 "▁", SentencePiece's space
+
+// "<0x41>" -> 0x41 (SentencePiece's byte pieces, upper-case hex); -1 for anything else.
+int byte_piece_value(const std::string& piece) {
+  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
+  int value = 0;
+  for (int k = 3; k < 5; ++k) {
+    const char c = piece[static_cast<size_t>(k)];
+    if (c >= '0' && c <= '9') value = value * 16 + (c - '0');
+    else if (c >= 'A' && c <= 'F') value = value * 16 + (c - 'A' + 10);
+    else return -1;
+  }
+  return value;
+}
+
+// A SentencePiece piece's text: "▁" as a space, a byte piece as its byte.
+std::string sp_piece_bytes(const std::string& piece) {
+  const int byte = byte_piece_value(piece);
+  if (byte >= 0) return std::string(1, static_cast<char>(byte));
+  std::string out;
+  for (size_t pos = 0; pos < piece.size();) {
+    if (piece.compare(pos, 3, kMetaSpace) == 0) {
+      out += ' ';
+      pos += 3;
+    } else {
+      out += piece[pos++];
+    }
+  }
+  return out;
+}
+
+std::string replace_spaces(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + text.size() / 4 + 3);
+  for (char c : text) {
+    if (c == ' ') out += kMetaSpace;
+    else out += c;
+  }
+  return out;
+}
 
 // ---- UTF-8 ----
 
@@ -187,6 +228,8 @@ struct BpeTokenizer::Parts {
   bool nfc = false, ignore_merges = false;
   std::vector<std::string> bos_prefix;  // the post-processor's tokens before a text, by content
   std::vector<int64_t> bos_prefix_ids;
+  SentencePiece sp;                     // sp.on: a SentencePiece-style BPE
+  std::string unk_token;                // its model.unk_token
 };
 
 BpeTokenizer::BpeTokenizer() : cache_(std::make_unique<WordCache>()) {}
@@ -240,7 +283,18 @@ BpeTokenizer BpeTokenizer::build(Parts parts) {
   std::stable_sort(t.added_tokens_.begin(), t.added_tokens_.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   std::string bytes;
+  t.sp_ = parts.sp;
+  std::fill(std::begin(t.byte_piece_ids_), std::end(t.byte_piece_ids_), -1);
   for (const auto& [token, id] : parts.vocab) {
+    if (parts.sp.on) {  // pieces of Unicode characters, not the byte alphabet
+      t.piece_ids_.emplace(token, static_cast<int32_t>(id));
+      const int byte = byte_piece_value(token);
+      if (byte >= 0) t.byte_piece_ids_[byte] = static_cast<int32_t>(id);
+      if (added_contents.count(token)) continue;
+      t.token_bytes_[id] = sp_piece_bytes(token);
+      t.has_token_[id] = 1;
+      continue;
+    }
     if (added_contents.count(token)) continue;
     uint32_t bad = 0;
     if (!alphabet_to_bytes(token, bytes, bad))
@@ -251,8 +305,25 @@ BpeTokenizer BpeTokenizer::build(Parts parts) {
     if (parts.ignore_merges) t.whole_.emplace(bytes, static_cast<int32_t>(id));
   }
 
-  // Every byte needs its one-character token.
-  for (int b = 0; b < 256; ++b) {
+  if (parts.sp.on) {
+    if (!parts.unk_token.empty()) {
+      auto it = id_of_entry.find(parts.unk_token);
+      if (it == id_of_entry.end())
+        throw DataError(cat(parts.vocab_where, ": the unk_token \"", printable(parts.unk_token), "\" is not in the vocab"));
+      t.sp_.unk_id = it->second;
+    }
+    if (parts.sp.byte_fallback)
+      for (int b = 0; b < 256; ++b)
+        if (t.byte_piece_ids_[b] < 0)
+          throw DataError(cat(parts.vocab_where, ": byte_fallback is set but there is no piece <", hex_byte(static_cast<uint8_t>(b)),
+                              ">"));
+    for (const AddedToken& a : t.added_tokens_)
+      if (a.normalized)
+        throw DataError(cat(parts.added_where, ": added token \"", printable(a.content),
+                            "\" is normalized; a SentencePiece-style BPE here takes only literal (special) added tokens"));
+  }
+  // Every byte needs its one-character token (byte-level BPE).
+  for (int b = 0; b < 256 && !parts.sp.on; ++b) {
     auto it = id_of_entry.find(kByteAlphabet.text_of(static_cast<uint8_t>(b)));
     if (it == id_of_entry.end())
       throw DataError(cat(parts.vocab_where, ": no token for byte ", hex_byte(static_cast<uint8_t>(b)), " (\"",
@@ -437,6 +508,80 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> read_post_processor(co
 
 }  // namespace
 
+// A SentencePiece-style BPE's set-up (byte_fallback, a Metaspace pre-tokenizer, or a normalizer that
+// writes "▁" for spaces); sp.on is false for anything else (a byte-level BPE). Combinations other
+// than the ones Llama 2, Mistral and Gemma files use are refused.
+BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, const Json& normalizer, const Json& pre,
+                                                             const Json& decoder) {
+  SentencePiece sp;
+  const auto is_meta = [](const Json& part, const char* key) {
+    return part.has(key) && part.at(key).is_string() && part.at(key).as_string() == kMetaSpace;
+  };
+  const auto is_string_pattern = [](const Json& part, const char* text) {
+    return part.has("pattern") && part.at("pattern").is_object() && part.at("pattern").has("String") &&
+           part.at("pattern").at("String").is_string() && part.at("pattern").at("String").as_string() == text;
+  };
+  // The normalizer: Replace(" ", "▁"), optionally with Prepend("▁"), in a Sequence or alone.
+  std::vector<const Json*> normalizers;
+  const std::string normalizer_type = type_of(normalizer);
+  if (normalizer_type == "Sequence") {
+    for (const Json& n : normalizer.at("normalizers").elements()) normalizers.push_back(&n);
+  } else if (!normalizer_type.empty()) {
+    normalizers.push_back(&normalizer);
+  }
+  bool replaces = false, prepends = false, other_normalizer = false;
+  for (const Json* n : normalizers) {
+    const std::string type = type_of(*n);
+    if (type == "Replace" && is_string_pattern(*n, " ") && is_meta(*n, "content")) replaces = true;
+    else if (type == "Prepend" && is_meta(*n, "prepend")) prepends = true;
+    else other_normalizer = true;
+  }
+  const std::string pre_type = type_of(pre);
+  const bool metaspace = pre_type == "Metaspace";
+  sp.on = flag_or(model, "byte_fallback", false) || metaspace || replaces || prepends;
+  if (!sp.on) return sp;
+  if (other_normalizer)
+    throw DataError("a SentencePiece-style BPE's normalizer may only Replace(\" \", \"▁\") and Prepend(\"▁\")");
+  sp.byte_fallback = flag_or(model, "byte_fallback", false);
+  sp.fuse_unk = flag_or(model, "fuse_unk", false);
+  if (metaspace) {
+    if (replaces || prepends) throw DataError("both a Metaspace pre-tokenizer and a \"▁\" normalizer; which one is meant?");
+    if (!is_meta(pre, "replacement")) throw DataError("pre_tokenizer Metaspace: only the replacement \"▁\" is supported");
+    const std::string scheme = pre.has("prepend_scheme") && pre.at("prepend_scheme").is_string()
+                                   ? pre.at("prepend_scheme").as_string()
+                                   : (flag_or(pre, "add_prefix_space", true) ? "always" : "never");
+    if (scheme == "always") sp.prepend = Prepend::UnlessSpace;
+    else if (scheme == "first") sp.prepend = Prepend::FirstUnlessSpace;
+    else if (scheme == "never") sp.prepend = Prepend::Never;
+    else throw DataError(cat("pre_tokenizer Metaspace: prepend_scheme \"", printable(scheme), "\" is not supported"));
+    sp.split = flag_or(pre, "split", true);
+  } else {
+    if (!replaces)
+      throw DataError("model.byte_fallback or a \"▁\" normalizer make a SentencePiece-style BPE, which needs the "
+                      "normalizer Replace(\" \", \"▁\") or a Metaspace pre-tokenizer");
+    sp.prepend = prepends ? Prepend::Always : Prepend::Never;
+    // Gemma's Split(" ", MergedWithPrevious) runs after the spaces became "▁": it never cuts.
+    if (!pre_type.empty() && !(pre_type == "Split" && is_string_pattern(pre, " ")))
+      throw DataError(cat("pre_tokenizer \"", pre_type, "\" is not supported with a SentencePiece-style BPE"));
+  }
+  // Decoding: one leading space dropped by Strip(" ", 1, 0) or by Metaspace with a prepend scheme.
+  std::vector<const Json*> decoders;
+  const std::string decoder_type = type_of(decoder);
+  if (decoder_type == "Sequence") {
+    for (const Json& d : decoder.at("decoders").elements()) decoders.push_back(&d);
+  } else if (!decoder_type.empty()) {
+    decoders.push_back(&decoder);
+  }
+  for (const Json* d : decoders) {
+    const std::string type = type_of(*d);
+    if (type == "Strip") sp.strip_leading_space = d->has("start") && d->at("start").as_int() > 0;
+    if (type == "Metaspace")
+      sp.strip_leading_space = !(d->has("prepend_scheme") && d->at("prepend_scheme").is_string() &&
+                                 d->at("prepend_scheme").as_string() == "never");
+  }
+  return sp;
+}
+
 BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
   const Json root = parse_json_file(path);
   try {
@@ -446,8 +591,16 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
     if (type != "BPE") throw DataError(cat("model.type is \"", type, "\"; only a byte-level \"BPE\" is supported"));
 
     Parts parts;
-    parts.pattern = read_pre_tokenizer(root.has("pre_tokenizer") ? root.at("pre_tokenizer") : Json());
-    parts.nfc = read_normalizer(root.has("normalizer") ? root.at("normalizer") : Json());
+    const Json& pre = root.has("pre_tokenizer") ? root.at("pre_tokenizer") : Json();
+    const Json& normalizer = root.has("normalizer") ? root.at("normalizer") : Json();
+    const Json& decoder = root.has("decoder") ? root.at("decoder") : Json();
+    parts.sp = read_sentencepiece(model, normalizer, pre, decoder);
+    if (parts.sp.on) {
+      if (model.has("unk_token") && model.at("unk_token").is_string()) parts.unk_token = model.at("unk_token").as_string();
+    } else {
+      parts.pattern = read_pre_tokenizer(pre);
+      parts.nfc = read_normalizer(normalizer);
+    }
     for (const auto& [name, ids] : read_post_processor(root.has("post_processor") ? root.at("post_processor") : Json())) {
       parts.bos_prefix.push_back(name);
       parts.bos_prefix_ids.insert(parts.bos_prefix_ids.end(), ids.begin(), ids.end());
@@ -458,8 +611,6 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.has(key) && !model.at(key).is_null() && !model.at(key).as_string().empty())
         throw DataError(cat("model.", key, " is \"", model.at(key).as_string(), "\"; byte-level BPE has none"));
-    if (flag_or(model, "byte_fallback", false))
-      throw DataError("model.byte_fallback is true (a SentencePiece-style BPE); only byte-level BPE is read");
     parts.ignore_merges = flag_or(model, "ignore_merges", false);
 
     parts.source = path;
@@ -530,6 +681,8 @@ BpeTokenizer BpeTokenizer::from_model_dir(const std::string& dir) {
   const std::string tokenizer_json = dir + "/tokenizer.json";
   BpeTokenizer t = [&] {
     if (is_regular_file(tokenizer_json)) return from_tokenizer_json(tokenizer_json);
+    struct stat info;
+    if (::stat(tokenizer_json.c_str(), &info) == 0) ::close(open_regular_file(tokenizer_json));  // a FIFO, a directory
     const std::string vocab_json = dir + "/vocab.json", merges_txt = dir + "/merges.txt";
     if (is_regular_file(vocab_json) && is_regular_file(merges_txt)) return from_files(vocab_json, merges_txt);
     throw DataError(cat(dir, ": no tokenizer.json, nor vocab.json with merges.txt"));
@@ -595,8 +748,72 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, std::string_vie
   check_utf8(text, label);
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 4 + 4);
+  if (sp_.on) {
+    split_on_added(text, false, ids, [&](std::string_view segment) {
+      encode_sp_segment(segment, segment.data() == text.data(), ids);
+    });
+    return ids;
+  }
   split_on_added(text, false, ids, [&](std::string_view segment) { encode_segment(segment, ids); });
   return ids;
+}
+
+void BpeTokenizer::encode_sp_segment(std::string_view text, bool at_start, std::vector<int32_t>& ids) const {
+  if (text.empty()) return;
+  std::string s = replace_spaces(text);
+  const bool starts_with_space = s.compare(0, 3, kMetaSpace) == 0;
+  if (sp_.prepend == Prepend::Always || (sp_.prepend == Prepend::UnlessSpace && !starts_with_space) ||
+      (sp_.prepend == Prepend::FirstUnlessSpace && at_start && !starts_with_space))
+    s.insert(0, kMetaSpace);
+  const std::string_view all(s);
+  if (!sp_.split) {
+    encode_piece(all, ids);
+    return;
+  }
+  size_t start = 0;  // pieces begin at each "▁" (merged with the text after it)
+  for (size_t pos = 3; pos + 3 <= all.size(); ++pos)
+    if (all.compare(pos, 3, kMetaSpace) == 0) {
+      encode_piece(all.substr(start, pos - start), ids);
+      start = pos;
+      pos += 2;
+    }
+  encode_piece(all.substr(start), ids);
+}
+
+// A SentencePiece-style word: one symbol per character (its piece; else its bytes' <0xNN> pieces
+// with byte_fallback; else <unk>, fused with a <unk> before it under fuse_unk), then BPE.
+std::vector<int32_t> BpeTokenizer::merge_characters(std::string_view piece) const {
+  std::vector<int32_t> symbols;
+  bool pending_unk = false;  // as `tokenizers`: an <unk> joins the word when a known piece (or the end) follows
+  const auto flush_unk = [&] {
+    if (pending_unk) symbols.push_back(sp_.unk_id);
+    pending_unk = false;
+  };
+  std::string character;
+  for (size_t pos = 0; pos < piece.size();) {
+    size_t length = 1;
+    const uint8_t lead = static_cast<uint8_t>(piece[pos]);
+    if (lead >= 0xF0) length = 4;
+    else if (lead >= 0xE0) length = 3;
+    else if (lead >= 0xC0) length = 2;
+    character.assign(piece.substr(pos, length));
+    pos += length;
+    auto it = piece_ids_.find(character);
+    if (it != piece_ids_.end()) {
+      flush_unk();
+      symbols.push_back(it->second);
+      continue;
+    }
+    if (sp_.byte_fallback) {
+      for (char c : character) symbols.push_back(byte_piece_ids_[static_cast<uint8_t>(c)]);
+      continue;
+    }
+    if (sp_.unk_id < 0) continue;
+    if (pending_unk && !sp_.fuse_unk) symbols.push_back(sp_.unk_id);
+    pending_unk = true;
+  }
+  flush_unk();
+  return merge_symbols(std::move(symbols));
 }
 
 void BpeTokenizer::encode_segment(std::string_view text, std::vector<int32_t>& ids) const {
@@ -617,7 +834,7 @@ void BpeTokenizer::encode_ordinary(std::string_view text, std::vector<int32_t>& 
 }
 
 void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
-  if (piece.size() == 1) {
+  if (piece.size() == 1 && !sp_.on) {
     ids.push_back(byte_ids_[static_cast<uint8_t>(piece[0])]);
     return;
   }
@@ -637,7 +854,7 @@ void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& id
       return;
     }
   }
-  std::vector<int32_t> merged = merge_bytes(piece);
+  std::vector<int32_t> merged = sp_.on ? merge_characters(piece) : merge_bytes(piece);
   ids.insert(ids.end(), merged.begin(), merged.end());
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_->mutex);
@@ -650,12 +867,19 @@ void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& id
 // rank (the leftmost when it occurs more than once) until no pair has a merge. The symbols form a
 // linked list; candidate pairs wait in a min-heap and are dropped when a neighbour has changed.
 std::vector<int32_t> BpeTokenizer::merge_bytes(std::string_view piece) const {
-  const int32_t n = static_cast<int32_t>(piece.size());
+  std::vector<int32_t> ids(piece.size());
+  for (size_t i = 0; i < piece.size(); ++i) ids[i] = byte_ids_[static_cast<uint8_t>(piece[i])];
+  return merge_symbols(std::move(ids));
+}
+
+std::vector<int32_t> BpeTokenizer::merge_symbols(std::vector<int32_t> initial) const {
+  const int32_t n = static_cast<int32_t>(initial.size());
+  if (n == 0) return initial;
   struct Symbol {
     int32_t id, prev, next;  // prev/next: neighbour index or -1
   };
   std::vector<Symbol> symbols(n);
-  for (int32_t i = 0; i < n; ++i) symbols[i] = {byte_ids_[static_cast<uint8_t>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1};
+  for (int32_t i = 0; i < n; ++i) symbols[i] = {initial[i], i - 1, i + 1 < n ? i + 1 : -1};
 
   struct Candidate {
     int32_t rank, left, right, left_id, right_id, result;
@@ -701,6 +925,7 @@ const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) con
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string text;
   for (int32_t id : ids) text += checked_token(id, "decode");
+  if (sp_.strip_leading_space && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;
 }
 

@@ -9,8 +9,18 @@
 //   3. the rest is cut by the pre-tokenisation pattern (GPT-2's, Llama 3's or Qwen 2's;
 //      lm/pre_tokenizer.h), each piece's bytes mapped to GPT-2's printable byte alphabet and merged
 //      by merge rank (or, with ignore_merges, taken whole when the vocabulary has it).
+// SentencePiece-style BPE as Llama 2, Mistral and Gemma ship it in tokenizer.json (pieces of Unicode
+// characters with "▁" for a space; byte_fallback to <0xNN> pieces, or <unk>) is read too: each text
+// between raw added tokens has its spaces replaced by "▁", gets a "▁" in front as the file says
+// (normalizer Prepend: always; Metaspace prepend_scheme "always": unless it starts with "▁"; "first":
+// the same, for the segment at the start of the text only), is cut before each "▁" when Metaspace
+// splits, and each piece is merged from its characters (a character outside the vocabulary becomes its
+// UTF-8 bytes' <0xNN> pieces, or <unk>, consecutive ones fused with fuse_unk). decode() turns "▁" back
+// into spaces and byte pieces into their bytes, and drops one leading space where the decoder does
+// (Strip, or Metaspace with a prepend scheme).
 // The post-processor's TemplateProcessing says which tokens HF adds around a text: bos_prefix()
-// (Llama 3's <|begin_of_text|>; none for GPT-2 and Pythia). See docs/tokenizer.md.
+// (Llama 3's <|begin_of_text|>, Llama 2's <s>, Gemma's <bos>; none for GPT-2 and Pythia). See
+// docs/tokenizer.md.
 // Bad files, unsupported options and invalid UTF-8 throw DataError with one line naming the file or
 // the text's label.
 #pragma once
@@ -21,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "io/json.h"
 #include "lm/pre_tokenizer.h"
 
 namespace sae {
@@ -70,6 +81,7 @@ class BpeTokenizer {
   const std::string& source() const { return source_; }                    // the file(s) loaded
   SplitPattern pattern() const { return pattern_; }
   bool normalizes_nfc() const { return nfc_; }
+  bool sentencepiece() const { return sp_.on; }  // a SentencePiece-style BPE (see the top of this file)
 
  private:
   struct AddedToken {
@@ -81,8 +93,20 @@ class BpeTokenizer {
     int32_t rank;
     int32_t result;
   };
+  // How a SentencePiece-style BPE prepares a text (see the top of this file).
+  enum class Prepend { Never, Always, UnlessSpace, FirstUnlessSpace };
+  struct SentencePiece {
+    bool on = false;
+    Prepend prepend = Prepend::Never;
+    bool split = false;             // cut before each "▁" (Metaspace split)
+    bool byte_fallback = false, fuse_unk = false;
+    int32_t unk_id = -1;            // -1: a character outside the vocabulary is dropped
+    bool strip_leading_space = false;
+  };
   struct WordCache;
-  struct Parts;  // what the two file formats have in common, before checks
+  struct Parts;
+  static SentencePiece read_sentencepiece(const Json& model, const Json& normalizer, const Json& pre,
+                                          const Json& decoder);  // what the two file formats have in common, before checks
   static BpeTokenizer build(Parts parts);
   BpeTokenizer();
 
@@ -91,6 +115,9 @@ class BpeTokenizer {
   void encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const;
   void encode_piece(std::string_view piece, std::vector<int32_t>& ids) const;
   std::vector<int32_t> merge_bytes(std::string_view piece) const;
+  std::vector<int32_t> merge_symbols(std::vector<int32_t> symbols) const;  // BPE from these ids
+  void encode_sp_segment(std::string_view text, bool at_start, std::vector<int32_t>& ids) const;
+  std::vector<int32_t> merge_characters(std::string_view piece) const;     // SentencePiece style
   const std::string& checked_token(int32_t id, const char* what) const;
   // Splits `text` on the added tokens of one kind (leftmost, then longest), calling `between` for the
   // text between them and appending the tokens' ids.
@@ -109,6 +136,9 @@ class BpeTokenizer {
   std::vector<AddedToken> added_tokens_;             // longest first
   bool added_first_byte_[2][256] = {};               // [normalized][first byte of an added token]
   bool has_added_[2] = {false, false};
+  SentencePiece sp_;
+  std::unordered_map<std::string, int32_t> piece_ids_;  // SentencePiece style: a vocabulary piece -> id
+  int32_t byte_piece_ids_[256] = {};                    // <0xNN> -> id, or -1
   std::vector<int32_t> bos_prefix_;
   int32_t bos_id_ = -1, eot_id_ = -1;
   std::unique_ptr<WordCache> cache_;

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The L0 set-point figure of docs/architectures.md §2.9 (docs/figures/target_l0.png): trains the demo
 # configuration with --target-l0 8 and plots the batch L0, the controller's smoothed L0 and lambda
-# against the step. Needs a build (make) and gnuplot. Usage: scripts/plot_target_l0.sh [OUT_PNG]
+# against the step. Needs a build (make; BUILD=dir for another) and gnuplot. Usage: scripts/plot_target_l0.sh [OUT_PNG]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 png=${1:-docs/figures/target_l0.png}
 run=$(mktemp -d /tmp/target_l0.XXXXXX)
 trap 'rm -rf "$run"' EXIT
-build/bin/sae_train --profile demo --target-l0 8 --out "$run/run" --progress none > "$run/report.txt"
+"${BUILD:-build}"/bin/sae_train --profile demo --target-l0 8 --out "$run/run" --progress none > "$run/report.txt"
 csv="$run/run/metrics.csv"
 col() { head -1 "$csv" | tr ',' '\n' | grep -nx "$1" | cut -d: -f1; }
 gnuplot <<GP

@@ -5,7 +5,8 @@
 //     relu_loop(out.data<T>(), x.data<T>(), x.numel());
 //   });
 // Float32 and float64 only; any other dtype throws Error naming the op (front-ends check dtypes
-// first, so kernels never see one).
+// first, so kernels never see one). dispatch_storage also takes the 16-bit storage types
+// (BFloat16, Float16: tensor/half.h), for the kernels that read or write them (copy, embedding).
 #pragma once
 #include "tensor/tensor.h"
 
@@ -16,6 +17,15 @@ decltype(auto) dispatch_float(DType dtype, const char* op, Body&& body) {
   if (dtype == DType::F32) return body(float{});
   if (dtype == DType::F64) return body(double{});
   throw Error(cat(op, ": expects float32 or float64, got ", dtype_name(dtype)));
+}
+
+template <typename Body>
+decltype(auto) dispatch_storage(DType dtype, const char* op, Body&& body) {
+  if (dtype == DType::F32) return body(float{});
+  if (dtype == DType::F64) return body(double{});
+  if (dtype == DType::BF16) return body(BFloat16{});
+  if (dtype == DType::F16) return body(Float16{});
+  throw Error(cat(op, ": expects a float dtype (f32, f64, bf16, f16), got ", dtype_name(dtype)));
 }
 
 }  // namespace sae

@@ -44,6 +44,28 @@ SAE_HOST_DEVICE inline T gelu_derivative(T z) {
   return cdf + z * density;
 }
 
+// SwiGLU's gate, silu(z) = z sigmoid(z) = z / (1 + exp(-z)) (torch.nn.functional.silu), and its
+// derivative s (1 + z (1 - s)), s = sigmoid(z).
+template <typename T>
+SAE_HOST_DEVICE inline T silu_value(T z) {
+  return z / (T(1) + math_exp(-z));
+}
+template <typename T>
+SAE_HOST_DEVICE inline T silu_derivative(T z) {
+  const T s = T(1) / (T(1) + math_exp(-z));
+  return s * (T(1) + z * (T(1) - s));
+}
+
+// The gate's activation of a gated MLP (tensor/op_list.h GluActivation) and its derivative.
+template <typename T>
+SAE_HOST_DEVICE inline T glu_gate(GluActivation act, T z) {
+  return act == GluActivation::silu ? silu_value(z) : gelu_new_value(z);
+}
+template <typename T>
+SAE_HOST_DEVICE inline T glu_gate_derivative(GluActivation act, T z) {
+  return act == GluActivation::silu ? silu_derivative(z) : gelu_new_derivative(z);
+}
+
 // out = op(x). step(x) = x > 0 ? 1 : 0 (the ReLU derivative), sign(x) in {-1, 0, 1}; gelu_new above.
 template <typename T>
 SAE_HOST_DEVICE inline T apply_unary(UnaryOp op, T x) {

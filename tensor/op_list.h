@@ -47,6 +47,11 @@ const char* op_name(UnaryOp op);
 const char* op_name(BinaryOp op);
 const char* op_name(ReduceOp op);
 
+// The gate's activation of a gated MLP (glu in SAE_TRANSFORMER_KERNELS): SwiGLU's silu(z) = z / (1 +
+// exp(-z)) (Llama, Qwen 2, Mistral) or GeGLU's tanh GELU, gelu_new above (Gemma's gelu_pytorch_tanh).
+enum class GluActivation { silu, gelu_tanh };
+const char* glu_activation_name(GluActivation act);
+
 // Broadcasting plan for binary ops, with every shape left-padded to 4 dims. A stride of 0 repeats
 // that input along the dimension.
 struct Broadcast {
@@ -63,7 +68,7 @@ struct Broadcast {
 // so a missing kernel or a wrong signature stops the compile.
 #define SAE_KERNELS(X)                                                                             \
   X(fill, void(Tensor & out, double value))                                                       \
-  X(copy, void(Tensor & out, const Tensor& src)) /* same device; converts f32 <-> f64 */           \
+  X(copy, void(Tensor & out, const Tensor& src)) /* same device; converts between f32 f64 bf16 f16 */ \
   X(unary, void(UnaryOp op, Tensor & out, const Tensor& x))                                       \
   X(binary, void(BinaryOp op, Tensor & out, const Tensor& a, const Tensor& b, const Broadcast& plan)) \
   X(affine, void(Tensor & out, const Tensor& x, double scale, double shift)) /* scale*x+shift */   \
@@ -72,7 +77,8 @@ struct Broadcast {
   /* x viewed as [outer, len, inner], reduced over len into out [outer, inner] */                  \
   X(reduce_axis, void(ReduceOp op, Tensor & out, const Tensor& x, int64_t outer, int64_t len,      \
                       int64_t inner))                                                              \
-  /* out = alpha * op(a) op(b) + beta * out, 2-D, row-major */                                     \
+  /* out = alpha * op(a) op(b) + beta * out, 2-D, row-major; b may be bf16 / f16 with a and out    \
+     float32 (a model's weights as stored: widened a tile of rows or columns at a time) */          \
   X(matmul, void(Tensor & out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,       \
                  double alpha, double beta))                                                       \
   X(transpose, void(Tensor & out, const Tensor& x)) /* 2-D */                                      \
@@ -84,7 +90,8 @@ struct Broadcast {
 // tensor/cuda/transformer_kernels.cu). Letters: N rows (tokens), D row width, V table rows
 // (vocabulary), B batch (heads), Tq queries, Tk keys.
 #define SAE_TRANSFORMER_KERNELS(X)                                                                 \
-  /* out [N, D] = table [V, D] rows ids [N] (int32, each in [0, V): checked by the front-end) */     \
+  /* out [N, D] = table [V, D] rows ids [N] (int32, each in [0, V): checked by the front-end); a     \
+     bf16 / f16 table gives float32 rows */                                                        \
   X(embedding, void(Tensor & out, const Tensor& table, const Tensor& ids))                         \
   /* table_grad[ids[n]] += grad[n] for n = 0..N-1 in order (the gather's backward) */               \
   X(embedding_backward, void(Tensor & table_grad, const Tensor& grad, const Tensor& ids))          \
@@ -105,12 +112,21 @@ struct Broadcast {
   /* rotary position embedding (GPT-NeoX's rotate-half form) of x [B, T, D] with cos, sin [T, R],  \
      2R <= D: for j < R, out[j] = x[j] cos[t, j] - x[j + R] sin[t, j] and                          \
      out[j + R] = x[j + R] cos[t, j] + x[j] sin[t, j]; columns 2R.. are copied. out may be x */   \
-  X(rotary, void(Tensor & out, const Tensor& x, const Tensor& cos, const Tensor& sin))
+  X(rotary, void(Tensor & out, const Tensor& x, const Tensor& cos, const Tensor& sin))              \
+  /* each row of x [N, D]: out = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps) (RMSNorm);     \
+     rstd [N] is written for the backward; out may be x */                                         \
+  X(rms_norm, void(Tensor & out, Tensor & rstd, const Tensor& x, const Tensor& weight, double eps))  \
+  /* x [N, 2F] holds a gate [N, F] then an up projection [N, F]: out [N, F] = act(gate) * up */     \
+  X(glu, void(Tensor & out, const Tensor& x, GluActivation act))                                  \
+  /* its backward: grad_x [N, 2F] = [grad * up * act'(gate), grad * act(gate)] */                  \
+  X(glu_backward, void(Tensor & grad_x, const Tensor& x, const Tensor& grad, GluActivation act))   \
+  /* out = cap * tanh(x / cap), cap > 0 (Gemma 2's soft-capping of scores and logits); out may be x */ \
+  X(soft_cap, void(Tensor & out, const Tensor& x, double cap))
 
 struct KernelTable {
-#define SAE_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;
-  SAE_KERNELS(SAE_KERNEL_SLOT)
-#undef SAE_KERNEL_SLOT
+#define SAE_OP_KERNEL_SLOT(name, signature) std::add_pointer_t<signature> name;
+  SAE_KERNELS(SAE_OP_KERNEL_SLOT)
+#undef SAE_OP_KERNEL_SLOT
 };
 
 const KernelTable& cpu_kernels();

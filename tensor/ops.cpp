@@ -10,10 +10,12 @@ void check_defined(const char* op, const Tensor& t) {
   if (!t.defined()) throw Error(cat(op, ": undefined tensor"));
 }
 
-// Arithmetic is on float32 and float64 only; int32 tensors are index lists for the sparse kernels.
+// Arithmetic is on float32 and float64 only; int32 tensors are index lists for the sparse kernels,
+// bf16 and f16 ones stored weights that only copy, embedding and matmul's weight operand read.
 void check_float(const char* op, const Tensor& t) {
   check_defined(op, t);
-  if (t.dtype() == DType::I32) throw Error(cat(op, ": expects a floating-point tensor, got ", t.describe()));
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F64)
+    throw Error(cat(op, ": expects a float32 or float64 tensor, got ", t.describe()));
 }
 
 void check_same_device_dtype(const char* op, const Tensor& a, const Tensor& b) {
@@ -91,6 +93,8 @@ const char* op_name(ReduceOp op) {
 }
 #undef SAE_NAME_CASE
 
+const char* glu_activation_name(GluActivation act) { return act == GluActivation::silu ? "silu" : "gelu_tanh"; }
+
 const KernelTable& kernels_for(Device device) {
   if (device == Device::CPU) return cpu_kernels();
   return cuda_kernels();
@@ -107,7 +111,8 @@ void copy_(Tensor& out, const Tensor& src) {
   check_defined("copy", out);
   check_defined("copy", src);
   if (out.shape() != src.shape() || out.device() != src.device() ||
-      (out.dtype() != src.dtype() && (out.dtype() == DType::I32 || src.dtype() == DType::I32)))
+      (out.dtype() != src.dtype() && (out.dtype() == DType::I32 || src.dtype() == DType::I32)) ||
+      (out.dtype() != src.dtype() && overlaps(out, src)))
     throw Error(cat("copy: cannot copy ", src.describe(), " into ", out.describe()));
   kernels_for(out.device()).copy(out, src);
 }
@@ -155,7 +160,15 @@ void affine_(Tensor& out, const Tensor& x, double scale, double shift) {
 
 void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
              double beta) {
-  check_same_device_dtype("matmul", a, b);
+  check_defined("matmul", b);
+  if (is_half_dtype(b.dtype())) {  // stored weights: widened by the kernel, float32 otherwise
+    check_float("matmul", a);
+    if (a.dtype() != DType::F32 || a.device() != b.device())
+      throw Error(cat("matmul: a ", dtype_name(b.dtype()), " operand needs a float32 one on its device, got ",
+                      a.describe(), " and ", b.describe()));
+  } else {
+    check_same_device_dtype("matmul", a, b);
+  }
   check_same_device_dtype("matmul", out, a);
   if (a.ndim() != 2 || b.ndim() != 2)
     throw Error(cat("matmul: expects 2-D operands, got ", a.describe(), " and ", b.describe()));
@@ -296,7 +309,8 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 // ---------------------------------------------------------------- linear algebra
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
-  check_same_device_dtype("matmul", a, b);
+  check_float("matmul", a);
+  check_defined("matmul", b);
   if (a.ndim() != 2 || b.ndim() != 2)
     throw Error(cat("matmul: expects 2-D operands, got ", a.describe(), " and ", b.describe()));
   int64_t m = trans_a ? a.size(1) : a.size(0), n = trans_b ? b.size(0) : b.size(1);
@@ -316,14 +330,22 @@ Tensor transpose(const Tensor& x) {
 // ---------------------------------------------------------------- transformer ops
 
 void embedding_(Tensor& out, const Tensor& table, const Tensor& ids) {
-  check_float("embedding", table);
+  check_defined("embedding", table);
+  if (!is_half_dtype(table.dtype())) check_float("embedding", table);
   check_defined("embedding", ids);
   if (table.ndim() != 2) throw Error(cat("embedding: the table should be 2-D [V, D], got ", table.describe()));
   if (ids.dtype() != DType::I32 || ids.ndim() != 1)
     throw Error(cat("embedding: ids should be int32 [N], got ", ids.describe()));
   if (ids.device() != table.device())
     throw Error(cat("embedding: device mismatch: table ", table.describe(), ", ids ", ids.describe()));
-  check_same_device_dtype("embedding", out, table);
+  if (is_half_dtype(table.dtype())) {
+    check_float("embedding", out);
+    if (out.dtype() != DType::F32 || out.device() != table.device())
+      throw Error(cat("embedding: rows of a ", dtype_name(table.dtype()), " table go into float32 on its device, got ",
+                      out.describe()));
+  } else {
+    check_same_device_dtype("embedding", out, table);
+  }
   check_shape("embedding", "out", out, Shape{ids.size(0), table.size(1)});
   // Check every id on the host: a bad one would read outside the table.
   const Tensor host_ids = ids.to(Device::CPU);
@@ -336,11 +358,12 @@ void embedding_(Tensor& out, const Tensor& table, const Tensor& ids) {
 }
 
 Tensor embedding(const Tensor& table, const Tensor& ids) {
-  check_float("embedding", table);
+  check_defined("embedding", table);
   check_defined("embedding", ids);
   if (table.ndim() != 2 || ids.ndim() != 1)
     throw Error(cat("embedding: expects a table [V, D] and ids [N], got ", table.describe(), " and ", ids.describe()));
-  Tensor out = Tensor::empty(Shape{ids.size(0), table.size(1)}, table.dtype(), table.device());
+  const DType out_dtype = is_half_dtype(table.dtype()) ? DType::F32 : table.dtype();
+  Tensor out = Tensor::empty(Shape{ids.size(0), table.size(1)}, out_dtype, table.device());
   embedding_(out, table, ids);
   return out;
 }
@@ -489,6 +512,80 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   check_defined("rotary", x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   rotary_(out, x, cos, sin);
+  return out;
+}
+
+void rms_norm_(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
+  check_float("rms_norm", x);
+  if (x.ndim() < 1) throw Error(cat("rms_norm: expects at least one dim, got ", x.describe()));
+  const int64_t d = x.size(-1), rows = last_dim_rows(x);
+  check_same_shape("rms_norm", out, x);
+  check_same_device_dtype("rms_norm", weight, x);
+  check_shape("rms_norm", "weight", weight, Shape{d});
+  check_same_device_dtype("rms_norm", rstd, x);
+  if (rstd.numel() != rows)
+    throw Error(cat("rms_norm: rstd should hold ", rows, " values (one per row of ", x.describe(), "), got ",
+                    rstd.describe()));
+  if (!(eps >= 0.0) || std::isinf(eps)) throw Error(cat("rms_norm: eps must be finite and >= 0, got ", eps));
+  if (overlaps(out, x) && out.raw() != x.raw())
+    throw Error(cat("rms_norm: the output ", out.describe(), " partly overlaps the input"));
+  kernels_for(x.device()).rms_norm(out, rstd, x, weight, eps);
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  check_float("rms_norm", x);
+  if (x.ndim() < 1) throw Error(cat("rms_norm: expects at least one dim, got ", x.describe()));
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(Shape{last_dim_rows(x)}, x.dtype(), x.device());
+  rms_norm_(out, rstd, x, weight, eps);
+  return out;
+}
+
+namespace {
+// x [N, 2F] and its half-width partner [N, F] (out of glu, or the gradient coming in).
+void check_glu_shapes(const char* op, const Tensor& wide, const Tensor& narrow) {
+  check_float(op, wide);
+  if (wide.ndim() != 2 || wide.size(1) % 2 != 0)
+    throw Error(cat(op, ": expects x [N, 2F] (gate, then up), got ", wide.describe()));
+  check_same_device_dtype(op, narrow, wide);
+  check_shape(op, "the [N, F] operand", narrow, Shape{wide.size(0), wide.size(1) / 2});
+}
+}  // namespace
+
+void glu_(Tensor& out, const Tensor& x, GluActivation act) {
+  check_glu_shapes("glu", x, out);
+  if (overlaps(out, x)) throw Error(cat("glu: the output ", out.describe(), " overlaps the input"));
+  kernels_for(x.device()).glu(out, x, act);
+}
+
+Tensor glu(const Tensor& x, GluActivation act) {
+  check_float("glu", x);
+  if (x.ndim() != 2 || x.size(1) % 2 != 0) throw Error(cat("glu: expects x [N, 2F] (gate, then up), got ", x.describe()));
+  Tensor out = Tensor::empty(Shape{x.size(0), x.size(1) / 2}, x.dtype(), x.device());
+  glu_(out, x, act);
+  return out;
+}
+
+void glu_backward_(Tensor& grad_x, const Tensor& x, const Tensor& grad, GluActivation act) {
+  check_glu_shapes("glu_backward", x, grad);
+  check_same_shape("glu_backward", grad_x, x);
+  if (overlaps(grad_x, x) || overlaps(grad_x, grad))
+    throw Error(cat("glu_backward: the output ", grad_x.describe(), " overlaps an input"));
+  kernels_for(x.device()).glu_backward(grad_x, x, grad, act);
+}
+
+void soft_cap_(Tensor& out, const Tensor& x, double cap) {
+  check_same_shape("soft_cap", out, x);
+  if (!(cap > 0.0) || std::isinf(cap)) throw Error(cat("soft_cap: the cap must be a finite number > 0, got ", cap));
+  if (overlaps(out, x) && out.raw() != x.raw())
+    throw Error(cat("soft_cap: the output ", out.describe(), " partly overlaps the input"));
+  kernels_for(x.device()).soft_cap(out, x, cap);
+}
+
+Tensor soft_cap(const Tensor& x, double cap) {
+  check_float("soft_cap", x);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  soft_cap_(out, x, cap);
   return out;
 }
 

@@ -11,12 +11,16 @@ namespace sae {
 
 // ---- in place / into existing outputs ----
 void fill_(Tensor& out, double value);
-void copy_(Tensor& out, const Tensor& src);  // same shape and device; converts dtype
+// Same shape and device; converts between f32, f64, bf16 and f16 (rounding to nearest even), or copies
+// i32 to i32.
+void copy_(Tensor& out, const Tensor& src);
 void add_(Tensor& out, const Tensor& x);     // out += x (gradient accumulation)
 void unary_(UnaryOp op, Tensor& out, const Tensor& x);
 void binary_(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b);
 void affine_(Tensor& out, const Tensor& x, double scale, double shift);
-// out = alpha * op(a) op(b) + beta * out; out must already have the result's shape.
+// out = alpha * op(a) op(b) + beta * out; out must already have the result's shape. b may be bf16 or
+// f16 when a and out are float32 (weights kept as a model file stores them): it is widened to float32
+// a tile at a time, so the result is the float32 product of the widened values.
 void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha = 1.0,
              double beta = 0.0);
 void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis);  // out: x's shape without axis
@@ -69,7 +73,8 @@ Tensor transpose(const Tensor& x);  // 2-D
 // Letters: N rows (tokens), D row width, V table rows, B batch (heads), Tq queries, Tk keys.
 
 // Rows of table [V, D] picked by ids (int32 [N], on the table's device): [N, D]. An id outside
-// [0, V) throws Error naming it (ids on a GPU are copied to the host for this check).
+// [0, V) throws Error naming it (ids on a GPU are copied to the host for this check). A bf16 or f16
+// table gives float32 rows (out float32).
 Tensor embedding(const Tensor& table, const Tensor& ids);
 void embedding_(Tensor& out, const Tensor& table, const Tensor& ids);
 // table_grad [V, D] += the rows of grad [N, D] at ids, in id order (accumulates).
@@ -111,5 +116,22 @@ void swap_axes01_(Tensor& out, const Tensor& x);
 // + x[j] sin[t, j]; columns 2R.. (not rotated) are copied. out may be x (in place).
 Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
 void rotary_(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin);
+
+// RMSNorm over the last dim (Llama's, and Gemma's with its weight 1 + w folded in):
+// x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps), weight [D], eps >= 0 (sum of squares in double).
+// The _ form also writes rstd (N = numel / D values); out may be x.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+void rms_norm_(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps);
+
+// A gated MLP's activation: x [N, 2F] holds the gate projection then the up projection (one GEMM of
+// the two weights stacked); out [N, F] = act(gate) * up (SwiGLU with silu, GeGLU with the tanh GELU).
+// glu_backward_ gives the gradient with respect to x [N, 2F] from grad [N, F].
+Tensor glu(const Tensor& x, GluActivation act);
+void glu_(Tensor& out, const Tensor& x, GluActivation act);
+void glu_backward_(Tensor& grad_x, const Tensor& x, const Tensor& grad, GluActivation act);
+
+// Soft-capping (Gemma 2's attention scores and final logits): cap * tanh(x / cap), cap > 0. out may be x.
+Tensor soft_cap(const Tensor& x, double cap);
+void soft_cap_(Tensor& out, const Tensor& x, double cap);
 
 }  // namespace sae

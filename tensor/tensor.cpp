@@ -9,9 +9,18 @@
 
 namespace sae {
 
-const char* dtype_name(DType dtype) { return dtype == DType::F32 ? "f32" : (dtype == DType::F64 ? "f64" : "i32"); }
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "f32";
+    case DType::F64: return "f64";
+    case DType::I32: return "i32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+  }
+  return "?";
+}
 const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
-size_t dtype_size(DType dtype) { return dtype == DType::F64 ? 8 : 4; }
+size_t dtype_size(DType dtype) { return dtype == DType::F64 ? 8 : (is_half_dtype(dtype) ? 2 : 4); }
 
 Shape::Shape(std::initializer_list<int64_t> list) {
   if (list.size() > kMaxDims) throw Error(cat("Shape: at most ", kMaxDims, " dims, got ", list.size()));
@@ -57,7 +66,13 @@ Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
   }
 }
 
+Storage::Storage(void* borrowed, size_t nbytes, std::shared_ptr<const void> keep_alive)
+    : data(borrowed), bytes(nbytes), device(Device::CPU), owner(std::move(keep_alive)) {
+  if (!owner) throw Error("Storage: borrowed bytes need an owner");
+}
+
 Storage::~Storage() {
+  if (owner) return;  // borrowed
   if (device == Device::CPU)
     std::free(data);
   else
@@ -69,6 +84,18 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     if (shape[i] < 0) throw Error(cat("Tensor::empty: negative dimension in ", shape.str()));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(shape.numel() * dtype_size(dtype), device);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::borrowed(const void* data, const Shape& shape, DType dtype, std::shared_ptr<const void> owner) {
+  for (int i = 0; i < shape.ndim; ++i)
+    if (shape[i] < 0) throw Error(cat("Tensor::borrowed: negative dimension in ", shape.str()));
+  if (reinterpret_cast<uintptr_t>(data) % dtype_size(dtype) != 0)
+    throw Error(cat("Tensor::borrowed: bytes not aligned for ", dtype_name(dtype)));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(const_cast<void*>(data), shape.numel() * dtype_size(dtype), std::move(owner));
   t.shape_ = shape;
   t.dtype_ = dtype;
   return t;
@@ -94,6 +121,12 @@ Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape
   } else if (dtype == DType::I32) {
     int32_t* p = host.data<int32_t>();
     for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<int32_t>(values[i]);
+  } else if (dtype == DType::BF16) {
+    BFloat16* p = host.data<BFloat16>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = to_bfloat16(static_cast<float>(values[i]));
+  } else if (dtype == DType::F16) {
+    Float16* p = host.data<Float16>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = to_float16(static_cast<float>(values[i]));
   } else if (!values.empty()) {  // an empty vector's data() may be null: memcpy must not see it
     std::memcpy(host.raw(), values.data(), values.size() * sizeof(double));
   }
@@ -189,6 +222,12 @@ std::vector<double> Tensor::to_vector() const {
   } else if (dtype_ == DType::I32) {
     const int32_t* p = host.data<int32_t>();
     for (int64_t i = 0; i < numel(); ++i) values[i] = p[i];
+  } else if (dtype_ == DType::BF16) {
+    const BFloat16* p = host.data<BFloat16>();
+    for (int64_t i = 0; i < numel(); ++i) values[i] = widen(p[i]);
+  } else if (dtype_ == DType::F16) {
+    const Float16* p = host.data<Float16>();
+    for (int64_t i = 0; i < numel(); ++i) values[i] = widen(p[i]);
   } else if (!values.empty()) {
     std::memcpy(values.data(), host.raw(), numel() * sizeof(double));
   }

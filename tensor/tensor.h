@@ -1,8 +1,12 @@
 // Tensor: a contiguous, row-major block of float32 or float64 numbers with up to 4 dimensions,
 // living on one device (CPU or CUDA). int32 tensors hold indices (the sparse feature lists of
 // sae/step/sae_kernels.h): they can be created, copied, moved between devices and read back, and only the
-// sparse kernels take them; every arithmetic op rejects them. Storage is shared between a tensor and its views
-// (reshape, row slices); everything else makes a new tensor. Ops live in ops.h.
+// sparse kernels take them; every arithmetic op rejects them. bf16 and f16 tensors hold a model's weights
+// as its file stores them (tensor/half.h): created, copied and converted to and from float32/64, moved
+// between devices, read back, and read (widened) by embedding and by matmul as its weight operand only.
+// Storage is shared between a tensor and its views (reshape, row slices); everything else makes a new
+// tensor. Storage may also be borrowed (a memory-mapped file's bytes, kept alive by an owner): such a
+// tensor is read-only in fact, and nothing may write into it. Ops live in ops.h.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -12,15 +16,17 @@
 #include <vector>
 
 #include "tensor/error.h"
+#include "tensor/half.h"
 
 namespace sae {
 
-enum class DType { F32, F64, I32 };
+enum class DType { F32, F64, I32, BF16, F16 };
 enum class Device { CPU, CUDA };
 
 const char* dtype_name(DType dtype);
 const char* device_name(Device device);
 size_t dtype_size(DType dtype);
+inline bool is_half_dtype(DType dtype) { return dtype == DType::BF16 || dtype == DType::F16; }
 
 // Up to 4 dimensions, stored inline.
 struct Shape {
@@ -40,12 +46,14 @@ struct Shape {
 };
 
 // Owns one device allocation. CPU memory is 64-byte aligned; CUDA memory comes from the caching
-// allocator (tensor/cuda/backend.h).
+// allocator (tensor/cuda/backend.h). Or borrows host bytes that `owner` keeps alive (a memory mapping).
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device = Device::CPU;
+  std::shared_ptr<const void> owner;  // set: borrowed bytes, not freed here
   Storage(size_t bytes, Device device);
+  Storage(void* borrowed, size_t bytes, std::shared_ptr<const void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -65,6 +73,10 @@ class Tensor {
   static Tensor from_vector(const std::vector<double>& values, const Shape& shape,
                             DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor from_data(const float* values, const Shape& shape, Device device = Device::CPU);
+  // A host tensor over bytes it does not own (e.g. a memory-mapped file's), which `owner` keeps alive
+  // as long as any view of it lives. The bytes must be aligned to the element size and must not be
+  // written (a read-only mapping faults).
+  static Tensor borrowed(const void* data, const Shape& shape, DType dtype, std::shared_ptr<const void> owner);
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }
@@ -118,6 +130,14 @@ constexpr DType dtype_of<double>() {
 template <>
 constexpr DType dtype_of<int32_t>() {
   return DType::I32;
+}
+template <>
+constexpr DType dtype_of<BFloat16>() {
+  return DType::BF16;
+}
+template <>
+constexpr DType dtype_of<Float16>() {
+  return DType::F16;
 }
 
 template <typename T>

@@ -1,4 +1,5 @@
-// The CPU backend's threads: our OpenMP loops and OpenBLAS share one OpenMP pool, sized here.
+// The CPU backend's threads: our OpenMP loops and OpenBLAS share one OpenMP pool, sized here. Loops
+// and GEMMs below a size run on one thread (tensor/cpu/parallel.h).
 #pragma once
 
 namespace sae {
@@ -7,5 +8,10 @@ namespace sae {
 void set_cpu_threads(int n);
 // The threads a parallel CPU kernel will use.
 int cpu_threads();
+// While another thread may run GEMMs at the same time (a background batch prefetcher running the
+// language model), small GEMMs keep the full thread count instead of switching OpenBLAS to one
+// thread and back (its count is one global, read by every thread). Calls nest: true then false.
+void set_blas_shared_between_threads(bool shared);
+bool blas_shared_between_threads();
 
 }  // namespace sae

@@ -1,13 +1,17 @@
 // Shared command-line options, profiles and the exit-code wrapper (see cli.h).
 #include "sae/cli/cli.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
+#include "io/mapped_file.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -56,6 +60,7 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
     if (c.was_given("data")) throw UsageError("--data and --model/--text are two ways to give the data: choose one");
     c.data = "text";
   }
+  if (!c.text.empty()) require_input_file(c.text);  // a FIFO would block the reader: refused here, at once
   if (validate) c.validate();
   return c;
 }
@@ -131,6 +136,8 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
   return true;
 }
 
+void require_input_file(const std::string& path) { ::close(open_regular_file(path)); }
+
 int run_main(const char* program, int argc, char** argv, const std::function<int()>& body) {
   if (argc > 0) restart_with_cpu_runtime_environment(argv);
   try {
@@ -141,6 +148,18 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The library's text ("filesystem error: cannot get file size: Is a directory [PATH]") as one
+    // of our lines: the path first, then what could not be done and why.
+    std::string what = e.what();
+    const std::string prefix = "filesystem error: ";
+    if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
+    const size_t paths = what.find(" [");
+    if (paths != std::string::npos) what = what.substr(0, paths);
+    std::string where = e.path1().string();
+    if (!e.path2().empty()) where += " -> " + e.path2().string();
+    std::fprintf(stderr, "%s: error: %s\n", program, printable(where.empty() ? what : where + ": " + what, 1000).c_str());
+    return 1;
   } catch (const TrainingDiverged& e) {
     std::fprintf(stderr, "%s: error: %s\n", program, e.what());
     return 1;

@@ -45,6 +45,11 @@ std::vector<double> parse_increasing_number_list(const std::string& option, cons
 // for quick on non-synthetic data (its values are sized for the synthetic generator).
 Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResult& parsed, const Profile& quick);
 
+// An input file named by --option (a corpus, ...) must be a regular file: a FIFO or a directory is
+// refused at once with the message of io/mapped_file.h open_regular_file, the same in every program
+// (DataError).
+void require_input_file(const std::string& path);
+
 // Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 

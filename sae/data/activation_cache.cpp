@@ -45,6 +45,7 @@ Json CacheManifest::to_json() const {
     e["tokens"] = s.tokens;
     e["stories"] = s.stories;
     e["first_story"] = s.first_story;
+    if (!s.text_after.is_null()) e["text_after"] = s.text_after;
     list.push_back(e);
   }
   j["shards"] = list;
@@ -75,6 +76,7 @@ CacheManifest CacheManifest::from_json(const Json& j, const std::string& path) {
       s.tokens = e.at("tokens").as_int();
       s.stories = e.at("stories").as_int();
       s.first_story = e.at("first_story").as_int();
+      if (e.has("text_after")) s.text_after = e.at("text_after");
       if (s.file.find('/') != std::string::npos || s.file.empty() || s.file[0] == '.')
         throw DataError(cat("shard file '", printable(s.file), "' must be a plain name inside the cache"));
       if (s.tokens <= 0 || s.stories <= 0 || s.stories > s.tokens)
@@ -91,6 +93,39 @@ CacheManifest CacheManifest::from_json(const Json& j, const std::string& path) {
     throw DataError(cat(path, ": ", e.what()));
   }
   return m;
+}
+
+std::string cache_shard_problem(const std::string& dir, const CacheManifest& manifest, const CacheShard& shard) {
+  const std::string path = (fs::path(dir) / shard.file).string();
+  try {
+    const SafetensorsFile file = SafetensorsFile::open(path);  // missing, truncated, not safetensors
+    auto expect = [&](const char* name, const char* dtype, std::vector<int64_t> shape) {
+      if (!file.has(name)) throw DataError(cat("no tensor '", name, "'"));
+      const SafetensorsEntry& e = file.entry(name);
+      if (e.dtype != dtype || e.shape != shape)
+        throw DataError(cat("'", name, "' is ", printable(e.dtype), " of ", e.shape.size(), " dims, the manifest says ", dtype));
+    };
+    expect("activations", manifest.dtype.c_str(), {shard.tokens, manifest.d});
+    expect("story_lengths", "I64", {shard.stories});
+    expect("story_index", "I64", {shard.stories});
+    expect("token_ids", "I32", {shard.tokens});
+    int64_t sum = 0;
+    for (int64_t length : file.read_i64("story_lengths")) {
+      if (length <= 0 || length > shard.tokens - sum) throw DataError("story_lengths do not tile its tokens");
+      sum += length;
+    }
+    if (sum != shard.tokens) throw DataError(cat("story_lengths sum to ", sum, ", the manifest says ", shard.tokens));
+    const std::vector<int64_t> index = file.read_i64("story_index");
+    if (index.front() != shard.first_story)
+      throw DataError(cat("its first story is ", index.front(), ", the manifest says ", shard.first_story));
+    auto source = file.metadata().find("source");
+    if (source == file.metadata().end() || source->second != manifest.source.dump())
+      throw DataError("its source differs from the manifest's");
+  } catch (const DataError& e) {
+    const std::string message = e.what();
+    return message.rfind(path, 0) == 0 ? message : cat(path, ": ", message);
+  }
+  return "";
 }
 
 bool is_activation_cache(const std::string& path) { return fs::is_directory(path) && fs::exists(fs::path(path) / kManifest); }
@@ -129,12 +164,63 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
                                     [&](const CacheShard& s) { return s.file == name; });
     if (name.rfind("shard_", 0) == 0 && !listed) fs::remove(entry.path(), ec);
   }
+  for (size_t k = 0; k < manifest_.shards.size(); ++k) {
+    const std::string problem = cache_shard_problem(dir, manifest_, manifest_.shards[k]);
+    if (!problem.empty()) damaged_.push_back({k, problem});
+  }
   pending_position_ = manifest_.text_position;
+}
+
+Json ActivationCacheWriter::shard_start(size_t index) const {
+  if (index >= manifest_.shards.size()) throw Error(cat("shard_start: no shard ", index));
+  if (index == 0) {
+    Json start = Json::object();
+    start["next_story"] = int64_t(0);
+    start["byte_offset"] = int64_t(0);
+    return start;
+  }
+  const Json& after = manifest_.shards[index - 1].text_after;
+  if (after.is_null())
+    throw DataError(cat(dir_, "/", manifest_.shards[index].file, " is damaged, and this cache (written by an older "
+                        "sae_cache) does not record where its text begins: delete ", dir_, " and run sae_cache again"));
+  return after;
+}
+
+void ActivationCacheWriter::begin_rewrite(size_t index) {
+  if (index >= manifest_.shards.size()) throw Error(cat("begin_rewrite: no shard ", index));
+  pending_activations_.clear();
+  pending_ids_.clear();
+  pending_lengths_.clear();
+  pending_story_index_.clear();
+  std::error_code ec;
+  fs::remove(fs::path(dir_) / manifest_.shards[index].file, ec);
+  rewriting_ = static_cast<int64_t>(index);
+}
+
+void ActivationCacheWriter::finish_rewrite() {
+  const CacheShard& shard = manifest_.shards[static_cast<size_t>(rewriting_)];
+  const int64_t tokens = static_cast<int64_t>(pending_ids_.size());
+  if (tokens != shard.tokens || pending_story_index_.front() != shard.first_story)
+    throw DataError(cat(dir_, "/", shard.file, ": rewritten from the text it holds ", tokens, " tokens from story ",
+                        pending_story_index_.front(), ", the manifest says ", shard.tokens, " from story ",
+                        shard.first_story, ": the text or the model has changed since the cache was written"));
+  write_safetensors_raw((fs::path(dir_) / shard.file).string(),
+                        {{"activations", manifest_.dtype, {shard.tokens, manifest_.d}, std::move(pending_activations_)},
+                         {"story_lengths", "I64", {shard.stories}, bytes_of(pending_lengths_)},
+                         {"story_index", "I64", {shard.stories}, bytes_of(pending_story_index_)},
+                         {"token_ids", "I32", {shard.tokens}, bytes_of(pending_ids_)}},
+                        {{"source", manifest_.source.dump()}});
+  pending_activations_.clear();
+  pending_ids_.clear();
+  pending_lengths_.clear();
+  pending_story_index_.clear();
+  pending_position_ = manifest_.text_position;
+  rewriting_ = -1;
 }
 
 void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int32_t>& token_ids, const float* activations,
                                       const Json& position_after, bool may_end_shard) {
-  if (manifest_.complete) throw Error(cat(dir_, ": the cache is complete; nothing more can be added"));
+  if (manifest_.complete && !rewriting()) throw Error(cat(dir_, ": the cache is complete; nothing more can be added"));
   if (token_ids.empty()) throw Error("ActivationCacheWriter: a story needs at least one token");
   const size_t values = token_ids.size() * static_cast<size_t>(manifest_.d);
   const size_t at = pending_activations_.size();
@@ -144,6 +230,11 @@ void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int
   pending_lengths_.push_back(static_cast<int64_t>(token_ids.size()));
   pending_story_index_.push_back(story_index);
   pending_position_ = position_after;
+  if (rewriting()) {  // the shard ends after as many stories (and pieces) as it held
+    const CacheShard& shard = manifest_.shards[static_cast<size_t>(rewriting_)];
+    if (static_cast<int64_t>(pending_lengths_.size()) == shard.stories) finish_rewrite();
+    return;
+  }
   if (may_end_shard && static_cast<int64_t>(pending_ids_.size()) >= shard_tokens_) write_shard();
 }
 
@@ -154,6 +245,7 @@ void ActivationCacheWriter::write_shard() {
   shard.tokens = static_cast<int64_t>(pending_ids_.size());
   shard.stories = static_cast<int64_t>(pending_lengths_.size());
   shard.first_story = pending_story_index_.front();
+  shard.text_after = pending_position_;
   write_safetensors_raw((fs::path(dir_) / shard.file).string(),
                         {{"activations", manifest_.dtype, {shard.tokens, manifest_.d}, std::move(pending_activations_)},
                          {"story_lengths", "I64", {shard.stories}, bytes_of(pending_lengths_)},
@@ -172,6 +264,7 @@ void ActivationCacheWriter::write_shard() {
 }
 
 void ActivationCacheWriter::finish() {
+  if (rewriting()) throw Error(cat(dir_, ": finish() while a shard is being rewritten"));
   write_shard();
   manifest_.complete = true;
   write_file_atomic((fs::path(dir_) / kManifest).string(), manifest_.to_json().dump(2) + "\n");

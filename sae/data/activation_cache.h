@@ -2,15 +2,18 @@
 // (experiments/sae_cache) and trained on many times (`--data CACHE/`), for data too big for one
 // pass of the model per run. A cache is a folder:
 //   CACHE/manifest.json          format, version, d, dtype, the model/layer/text it came from, the
-//                                shards in order (file, tokens, stories, first story index), where
-//                                the text continues (a TextPosition), tokens and stories in all,
-//                                and "complete"
+//                                shards in order (file, tokens, stories, first story index, where
+//                                the text continues after it), where the text continues (a
+//                                TextPosition), tokens and stories in all, and "complete"
 //   CACHE/shard_00000.safetensors ...  each an activation file (docs/contract.md §4): activations
 //                                [n, d] (F32, F16 or BF16), story_lengths [k] I64, token_ids [n] I32,
 //                                story_index [k] I64 (each story's index in the corpus)
 // The writer adds whole stories, writes a shard (atomically) whenever it holds shard_tokens tokens,
 // and rewrites the manifest (atomically) after each shard, so a cache killed at any moment keeps
-// every shard its manifest lists and continues from the text position recorded with them.
+// every shard its manifest lists and continues from the text position recorded with them. A
+// continued cache (complete or not) first checks every shard its manifest lists (the file opens,
+// its header agrees with the manifest: dtypes, shapes, story lengths, source): a shard deleted,
+// truncated or replaced since is rewritten from the text, starting where the shard before it ended.
 // CacheSource reads all shards as one ActivationSource, memory-mapped, never loaded whole.
 #pragma once
 #include <memory>
@@ -26,6 +29,7 @@ namespace sae {
 struct CacheShard {
   std::string file;  // name within the cache folder
   int64_t tokens = 0, stories = 0, first_story = 0;
+  Json text_after;   // where the text continues after it (null in caches written before it was kept)
 };
 
 struct CacheManifest {
@@ -41,6 +45,10 @@ struct CacheManifest {
   static CacheManifest from_json(const Json& j, const std::string& path);  // DataError naming path
 };
 
+// What is wrong with a shard listed in `manifest` (file missing, truncated, not safetensors, or a
+// header that disagrees with the manifest); "" when nothing is.
+std::string cache_shard_problem(const std::string& dir, const CacheManifest& manifest, const CacheShard& shard);
+
 // True when `path` is a folder holding a manifest.json.
 bool is_activation_cache(const std::string& path);
 CacheManifest read_cache_manifest(const std::string& dir);
@@ -54,6 +62,15 @@ class ActivationCacheWriter {
   // The manifest so far (on a continued cache: its shards; shard files it does not list, left by
   // a kill during a write, are deleted).
   const CacheManifest& manifest() const { return manifest_; }
+  // Listed shards that failed the check (index into manifest().shards, with the reason), in order.
+  // Each is rewritten by: reading the text from shard_start(index) and adding its stories again
+  // after begin_rewrite(index) until rewriting() is false.
+  const std::vector<std::pair<size_t, std::string>>& damaged_shards() const { return damaged_; }
+  // Where the text of shard `index` begins (a TextPosition as JSON). DataError when the cache does
+  // not record it (written by an older sae_cache: delete the cache and write it again).
+  Json shard_start(size_t index) const;
+  void begin_rewrite(size_t index);
+  bool rewriting() const { return rewriting_ >= 0; }
   // One story (or one piece of a story cut into pieces): its index in the corpus, its token ids and
   // activations [T, d] (float32, host). When the pending tokens reach shard_tokens and
   // may_end_shard (false for every piece of a cut story but its last), writes a shard;
@@ -65,8 +82,11 @@ class ActivationCacheWriter {
 
  private:
   void write_shard();
+  void finish_rewrite();
 
   std::string dir_;
+  std::vector<std::pair<size_t, std::string>> damaged_;
+  int64_t rewriting_ = -1;  // the shard being rewritten
   int64_t shard_tokens_;
   CacheManifest manifest_;
   std::string pending_activations_;  // in dtype

@@ -1,6 +1,8 @@
 // BatchPrefetcher (see prefetch.h).
 #include "sae/data/prefetch.h"
 
+#include "tensor/threads.h"
+
 namespace sae {
 
 PrefetchMode parse_prefetch_mode(const std::string& text) {
@@ -21,6 +23,7 @@ BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool backgroun
     slot.normalized = Tensor::empty(Shape{batcher.max_batch_tokens(), d});
   }
   if (background_) {
+    set_blas_shared_between_threads(true);  // the worker may run GEMMs beside the step's
     worker_ = std::thread([this] { worker_loop(); });
     std::lock_guard<std::mutex> lock(mutex_);
     target_ = 0;
@@ -37,6 +40,7 @@ BatchPrefetcher::~BatchPrefetcher() {
     changed_.notify_all();
   }
   worker_.join();
+  set_blas_shared_between_threads(false);
 }
 
 void BatchPrefetcher::prepare(PreparedBatch& slot) {

@@ -7,6 +7,12 @@
 
 namespace sae {
 
+void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConfig& model) {
+  if (tokenizer.vocab_size() > model.vocab_size)
+    throw DataError(cat(model.source, ": vocab_size ", model.vocab_size, " is smaller than the tokenizer's ",
+                        tokenizer.vocab_size(), " ids (", tokenizer.source(), ")"));
+}
+
 Json TextBatcher::PiecePosition::to_json() const {
   Json j = Json::object();
   j["next_story"] = story.next_story;
@@ -35,13 +41,6 @@ std::vector<TextRead> resolve_text_reads(DecoderModel& model, DecoderModel* mode
   return reads;
 }
 
-namespace {
-// Sites in the order a forward pass reaches them.
-bool before(const HookSite& a, const HookSite& b) {
-  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
-}
-}  // namespace
-
 void window_activations(DecoderModel& model, DecoderModel* model_b, const std::vector<TextRead>& reads,
                         const std::vector<int32_t>& ids, bool skip_first, std::vector<float>& out) {
   const int64_t skip = skip_first ? 1 : 0, rows = static_cast<int64_t>(ids.size()) - skip;
@@ -65,7 +64,7 @@ void window_activations(DecoderModel& model, DecoderModel* model_b, const std::v
     for (size_t k = 0; k < reads.size(); ++k) {
       if (reads[k].model != m) continue;
       const HookSite site = reads[k].site;
-      if (!last || before(*last, site)) last = site;
+      if (!last || reached_before(*last, site)) last = site;
       const int64_t offset = offsets[k], w = which->config().hook_width(site);
       hooks.at.emplace_back(site, [&out, offset, w, d, skip, rows](Tensor& state) {
         const Tensor host = state.to(Device::CPU);

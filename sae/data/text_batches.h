@@ -33,6 +33,12 @@
 
 namespace sae {
 
+// The check every program makes before it runs a text through a model, with one message, the same
+// in every program (sae_train, sae_cache, sae_eval, sae_steer, sae_features): the tokenizer's ids
+// fit the model's vocabulary (DataError naming the model's config.json). (--layer and --hook are
+// checked by lm/hook_points.h hook_choice and resolve_hook_site, also the same in every program.)
+void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConfig& model);
+
 // One activation a text batch holds: a hook site of the model (0) or of the second model (1: --model-b,
 // the same tokens through another model of the same tokenizer, for model diffing).
 struct TextRead {

@@ -9,6 +9,7 @@
 
 #include "lm/text_data.h"
 #include "lm/text_windows.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/next_token.h"
 #include "tensor/ops.h"
 
@@ -25,6 +26,17 @@ double total(const std::vector<double>& values) {
 
 double ratio_or_nan(double numerator, double denominator) {
   return denominator == 0 ? NAN : numerator / denominator;
+}
+
+// Every value of t is finite (its largest and smallest are).
+bool all_finite(const Tensor& t) {
+  return std::isfinite(reduce(ReduceOp::max, t).item()) && std::isfinite(reduce(ReduceOp::min, t).item());
+}
+
+// The squared norm in double (a float32 sum of squares overflows above ~3e38).
+double squared_norm(const Tensor& t) {
+  const double norm = reduce(ReduceOp::norm2, t).item();
+  return norm * norm;
 }
 
 Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(); }
@@ -63,9 +75,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
                         const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const DecoderConfig& config = model.config();
-  if (tokenizer.vocab_size() > config.vocab_size)
-    throw DataError(cat(tokenizer.source(), ": the tokenizer has ", tokenizer.vocab_size(), " ids, the model only ",
-                        config.vocab_size));
+  check_tokenizer_fits_model(tokenizer, config);
   if (!(options.dense_threshold >= 0 && options.dense_threshold <= 1))
     throw UsageError(cat("--dense-threshold must be in [0, 1], got ", options.dense_threshold));
   if (sae.params.device() != model.device())
@@ -112,12 +122,21 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
-  const SiteHooks splice(site, [&](Tensor& state) {
+  // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
+  // its output hook with its prediction; an SAE reads and replaces one hook.
+  const bool transcoder = sae.params.transcoder;
+  Tensor input;
+  SiteHooks splice;
+  if (transcoder) splice.at.emplace_back(sae.input_site, [&](Tensor& state) { input = document_rows(state).clone(); });
+  splice.at.emplace_back(site, [&](Tensor& state) {
     Tensor x = document_rows(state);
     Tensor f;
-    const Tensor x_hat = reconstruct(sae, x, &f);
-    squared_error += reduce(ReduceOp::sum_squares, sub(x, x_hat)).item();
-    variance += reduce(ReduceOp::sum_squares, sub(x, mean)).item();
+    const Tensor x_hat = reconstruct(sae, transcoder ? input : x, &f);
+    if (!all_finite(x_hat))  // never a silent NaN in the scores: an SAE whose weights overflow float32
+      throw DataError(cat(sae.dir, ": the SAE's reconstruction of ", hook_name(site), " is not finite on piece ",
+                          done - r.pieces + 1, " of ", options.text, " (its weights overflow float32)"));
+    squared_error += squared_norm(sub(x, x_hat));
+    variance += squared_norm(sub(x, mean));
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
@@ -169,6 +188,15 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   }
   progress.finish();
 
+  for (const auto& [name, value] : {std::pair<const char*, double>{"the reconstruction error", squared_error},
+                                    {"the clean next-token loss", ce_clean},
+                                    {"the next-token loss with the SAE", ce_spliced},
+                                    {"the KL divergence with the SAE", kl_spliced},
+                                    {"the zero-ablated loss", ce_zero + kl_zero},
+                                    {"the mean-ablated loss", ce_mean + kl_mean}})
+    if (!std::isfinite(value))
+      throw DataError(cat(sae.dir, ": ", name, " over ", options.text, " is not finite (", value,
+                          "); no score can be computed"));
   const double predictions = static_cast<double>(r.predictions), tokens = static_cast<double>(r.tokens);
   r.clean = {ce_clean / predictions, 0.0};
   r.spliced = {ce_spliced / predictions, kl_spliced / tokens};
@@ -206,6 +234,11 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   if (sae.layer >= 0) j["hidden_states"] = cat("hidden_states[", sae.layer, "]");
   j["architecture"] = sae.params.kind;
   j["d_in"] = sae.params.d_in();
+  if (sae.params.transcoder) {
+    j["transcoder"] = true;
+    j["hook_name_in"] = hook_name(sae.input_site);
+    j["d_out"] = sae.params.d_out();
+  }
   j["d_sae"] = sae.params.d_sae();
   j["normalization"] = normalization_name(sae.normalization);
   j["dataset_scale"] = sae.dataset_scale;
@@ -247,7 +280,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
-                        sae.params.d_sae(), ") spliced at ", hook_name(sae.site),
+                        sae.params.d_sae(), sae.params.transcoder ? cat(", a transcoder from ", hook_name(sae.input_site)) : "",
+                        ") spliced at ", hook_name(sae.site),
                         sae.layer >= 0 ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,

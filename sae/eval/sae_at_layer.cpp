@@ -1,7 +1,9 @@
 // load_sae_at_layer, reconstruct and decoder_direction (see sae_at_layer.h). T tokens, D width, F features.
 #include "sae/eval/sae_at_layer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
@@ -49,9 +51,12 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   s.params = std::move(checkpoint.params);
   s.cfg = std::move(checkpoint.cfg);
   const std::string where = dir + "/cfg.json";
-  if (s.params.transcoder || s.params.sources > 1)
-    throw DataError(cat(dir, ": a ", s.params.transcoder ? "transcoder" : "crosscoder",
-                        " is evaluated on its activation files with sae_apply; splicing into the model takes SAEs"));
+  if (s.params.sources > 1)
+    throw DataError(cat(dir, ": a crosscoder is evaluated on its activation files with sae_apply; splicing into "
+                        "the model takes SAEs and transcoders"));
+  if (s.params.transcoder && choice.given())
+    throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
+                         "(metadata.hook_name, metadata.hook_name_out)"));
   require_key(s.cfg, "normalize_activations", "none", where,
               "only \"none\": SAELens folds its dataset scaling into the weights when it saves");
   if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object())
@@ -73,7 +78,11 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
       if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
-      if (ours.has("dataset_scale")) s.dataset_scale = DatasetScales::from_json(ours.at("dataset_scale")).first();
+      if (ours.has("dataset_scale")) {
+        const DatasetScales scales = DatasetScales::from_json(ours.at("dataset_scale"));
+        s.dataset_scale = scales.first();
+        s.output_scale = scales.per_block.back();
+      }
     }
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
@@ -87,15 +96,36 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     if (choice.given()) throw;
     throw DataError(cat(dir, ": ", e.what()));
   }
+  s.input_site = s.site;
+  if (s.params.transcoder) {
+    const Json* meta = s.cfg.has("metadata") && s.cfg.at("metadata").is_object() ? &s.cfg.at("metadata") : nullptr;
+    if (!meta || !meta->has("hook_name_out") || !meta->at("hook_name_out").is_string())
+      throw DataError(cat(where, ": a transcoder without metadata.hook_name_out: it does not say which hook it "
+                                 "replaces (a transcoder trained on activation files is evaluated with sae_apply)"));
+    try {
+      s.site = resolve_hook_site(model, parse_hook_name(meta->at("hook_name_out").as_string(), "cfg.json hook_name_out"),
+                                 "cfg.json hook_name_out");
+    } catch (const UsageError& e) {
+      throw DataError(cat(dir, ": ", e.what()));
+    }
+    if (!reached_before(s.input_site, s.site))
+      throw DataError(cat(dir, ": the transcoder reads ", hook_name(s.input_site), ", which the model reaches only after ",
+                          hook_name(s.site), ", the hook it replaces"));
+    if (s.params.d_out() != model.hook_width(s.site))
+      throw DataError(cat(dir, ": the transcoder's d_out is ", s.params.d_out(), " but ", hook_name(s.site),
+                          " of the model (", model.source, ") is ", model.hook_width(s.site), " wide"));
+  } else {
+    s.output_scale = s.dataset_scale;
+  }
   s.layer = static_cast<int>(hidden_states_index(s.site, model.num_layers));
   const bool flattened_z = s.site.point == HookPoint::AttnZ && s.cfg.has("reshape_activations") &&
                            s.cfg.at("reshape_activations") == Json("hook_z");
   if (!flattened_z)
     require_key(s.cfg, "reshape_activations", "none", where,
                 "only \"none\", or \"hook_z\" for an SAE at attn.hook_z (its heads flattened, as ours are)");
-  const int64_t width = model.hook_width(s.site);
+  const int64_t width = model.hook_width(s.input_site);
   if (s.params.d_in() != width)
-    throw DataError(cat(dir, ": the SAE's d_in is ", s.params.d_in(), " but ", hook_name(s.site), " of the model (",
+    throw DataError(cat(dir, ": the SAE's d_in is ", s.params.d_in(), " but ", hook_name(s.input_site), " of the model (",
                         model.source, ") is ", width, " wide (the model's hidden size is ", model.hidden_size, ")"));
   if (s.normalization == Normalization::Dataset && !(s.dataset_scale > 0 && std::isfinite(s.dataset_scale)))
     throw DataError(cat(where, ": sae_cpp.dataset_scale must be a positive number, got ", s.dataset_scale));
@@ -120,9 +150,14 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
   const BatchStats stats =
       normalize_batch(raw.data<float>(), normalized.data<float>(), t, d, sae.normalization, sae.dataset_scale,
                       [](int64_t row) { return row; }, hook_name(sae.site));
-  const Tensor f = sae_encode(sae.params, normalized.to(sae.params.device()));
-  Tensor x_hat = sae_decode(sae.params, f);
-  affine_(x_hat, x_hat, 1.0 / stats.norm_scale, stats.norm_shift);  // x = x_n / scale + shift
+  const Tensor input = normalized.to(sae.params.device());
+  const Tensor f = sae_encode(sae.params, input);
+  Tensor x_hat = sae_decode(sae.params, f, &input);
+  // x = x_n / scale + shift (a transcoder: its target's scale, no shift)
+  if (sae.params.transcoder)
+    affine_(x_hat, x_hat, sae.normalization == Normalization::Dataset ? 1.0 / sae.output_scale : 1.0, 0.0);
+  else
+    affine_(x_hat, x_hat, 1.0 / stats.norm_scale, stats.norm_shift);
   if (features) *features = f;
   return x_hat;
 }
@@ -132,10 +167,21 @@ Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,
                          " features)"));
-  const Tensor row = sae.params.W_dec.slice_rows(feature, feature + 1).reshape(Shape{sae.params.d_in()});
-  const double norm = std::sqrt(reduce(ReduceOp::sum_squares, row).item());
-  if (!(norm > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
-  return mul_scalar(row, 1.0 / norm);
+  // In double on the host: a float32 sum of squares overflows for weights above ~1e19 (a norm of
+  // inf would make the direction 0, and the "steered" text the unsteered one).
+  const int64_t width = sae.params.W_dec.size(1);
+  const std::vector<double> row = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
+  double largest = 0;
+  for (double v : row) largest = std::max(largest, std::abs(v));
+  if (!std::isfinite(largest))
+    throw DataError(cat(sae.dir, ": feature ", feature, "'s decoder row holds a value that is not finite"));
+  if (!(largest > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
+  double scaled = 0;  // sum of (v / largest)^2: no overflow, no underflow
+  for (double v : row) scaled += (v / largest) * (v / largest);
+  const double norm = largest * std::sqrt(scaled);
+  std::vector<double> direction(row.size());
+  for (size_t j = 0; j < row.size(); ++j) direction[j] = row[j] / norm;
+  return Tensor::from_vector(direction, Shape{width}, DType::F32, sae.params.device());
 }
 
 }  // namespace sae

@@ -19,11 +19,14 @@ struct SaeAtLayer {
   std::string dir;
   SaeParams params;
   Json cfg;
-  HookSite site;              // where it reads and is spliced in (resolved against the model)
+  HookSite site;              // where it is spliced in (resolved against the model): where an SAE reads,
+                              // a transcoder's output hook (cfg.json metadata.hook_name_out)
+  HookSite input_site;        // where it reads: `site` for an SAE, a transcoder's input hook
   int layer = -1;             // the hidden_states index of `site`, or -1 when it is not one
   std::string layer_source;   // where `site` came from, for the report
   Normalization normalization = Normalization::None;
-  double dataset_scale = 1.0;
+  double dataset_scale = 1.0;  // of its input
+  double output_scale = 1.0;   // of what it reconstructs: dataset_scale, a transcoder's target's
   int prepend_bos = -1;       // cfg.json metadata.prepend_bos: 1 true, 0 false, -1 not said
   int64_t context_size = 0;   // cfg.json metadata.context_size (0: not said)
 };
@@ -37,7 +40,9 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
 // UsageError for a hook_name we do not read.
 bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
 
-// Loads DIR (sae/train/checkpoint.h load_checkpoint) onto `device` and fits it to the model. The
+// Loads DIR (sae/train/checkpoint.h load_checkpoint) onto `device` and fits it to the model. A
+// transcoder reads and replaces the hooks its cfg.json names (metadata.hook_name, before
+// metadata.hook_name_out; --hook/--layer refused); a crosscoder is refused. Otherwise the
 // hook point: `choice` when given, else cfg.json's metadata.hook_name (SAELens's, and ours), else a
 // top-level hook_name, else sae_cpp.data.layer (runs from before --hook); none of these is a
 // UsageError asking for --hook or --layer. The normalisation: cfg.json's sae_cpp.normalization and
@@ -50,10 +55,13 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
 
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std), encoded (sae_encode), decoded, and
-// brought back to x's scale. `features`, when given, receives f [T, F]. DataError if x holds NaN/Inf.
+// brought back to x's scale (a transcoder: its prediction of the target [T, D_out], the skip path
+// included, in the target's scale). `features`, when given, receives f [T, F]. DataError if x holds
+// NaN/Inf.
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features = nullptr);
 
-// W_dec[feature] / ||W_dec[feature]|| [D] on the SAE's device: the direction sae_steer adds.
+// W_dec[feature] / ||W_dec[feature]|| [D_out] on the SAE's device: the direction sae_steer adds (at
+// `site`).
 // UsageError for a feature outside 0..F-1, DataError for a zero decoder row.
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature);
 

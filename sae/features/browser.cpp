@@ -112,19 +112,24 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       if (!hook.empty()) parse_hook_name(hook, "--hook");  // a UsageError for a name we do not read
       if (hook.empty() && config && config->has("hook") && config->at("hook").is_string())
         hook = config->at("hook").as_string();
+      // A transcoder's decoder writes where its target is: metadata.hook_name_out.
+      const char* written_key = sae.params.transcoder ? "hook_name_out" : "hook_name";
       if (hook.empty() && sae.cfg.has("metadata") && sae.cfg.at("metadata").is_object() &&
-          sae.cfg.at("metadata").has("hook_name") && sae.cfg.at("metadata").at("hook_name").is_string())
-        hook = sae.cfg.at("metadata").at("hook_name").as_string();
+          sae.cfg.at("metadata").has(written_key) && sae.cfg.at("metadata").at(written_key).is_string())
+        hook = sae.cfg.at("metadata").at(written_key).as_string();
       const bool residual_space = hook.empty() || (hook.find("hook_z") == std::string::npos &&
                                                    hook.find("hook_normalized") == std::string::npos);
-      if (!residual_space) {
+      if (sae.params.sources > 1) {
+        note("a crosscoder's decoder rows span its sources: no promoted tokens (each feature shows its decoder "
+             "norm per source)");
+      } else if (!residual_space) {
         note(cat("the SAE reads ", hook, ", not the residual stream's space: no promoted tokens"));
       } else if (has_model_files(model_dir)) {
         // Only the unembedding is read; the blocks are left on disk.
         const Tensor unembedding = load_unembedding(model_dir);
-        if (unembedding.size(1) != sae.params.d_in())
-          throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the SAE's d_in ",
-                              sae.params.d_in()));
+        if (unembedding.size(1) != sae.params.d_out())
+          throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the width the SAE's "
+                              "decoder writes (", sae.params.d_out(), ")"));
         promoted = promoted_tokens(sae.params.W_dec, unembedding, options.top_tokens);
       } else {
         note(cat(model_dir, " has no config.json + model.safetensors: no promoted tokens"));
@@ -147,6 +152,24 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       throw DataError(cat((run / "config.json").string(), ": synthetic width ", source.d(), " is not the SAE's d_in ",
                           sae.params.d_in()));
     concepts = best_concept_per_feature(source.concepts(), sae.params.W_dec);
+  }
+
+  // A crosscoder: each feature's decoder norm per source (W_dec[i, s d:(s+1) d]), for model diffing.
+  const int64_t sources = sae.params.sources;
+  std::vector<double> source_norms;
+  if (sources > 1) {
+    const Tensor w = sae.params.W_dec.to(Device::CPU);
+    const int64_t width = w.size(1) / sources;
+    source_norms.assign(static_cast<size_t>(features * sources), 0.0);
+    for (int64_t i = 0; i < features; ++i)
+      for (int64_t src = 0; src < sources; ++src) {
+        double sq = 0;
+        for (int64_t j = 0; j < width; ++j) {
+          const double v = w.data<float>()[i * w.size(1) + src * width + j];
+          sq += v * v;
+        }
+        source_norms[static_cast<size_t>(i * sources + src)] = std::sqrt(sq);
+      }
   }
 
   // Features, and the tokens they mention.
@@ -193,6 +216,11 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       for (const Json* side : {&f["up"], &f["down"]})
         for (const Json& pair : side->elements()) used.insert(static_cast<int32_t>(pair.at(0).as_int()));
     }
+    if (sources > 1) {
+      Json norms = Json::array();
+      for (int64_t src = 0; src < sources; ++src) norms.push_back(compact(source_norms[static_cast<size_t>(i * sources + src)]));
+      f["sn"] = norms;
+    }
     if (concepts) {
       Json match = Json::array();
       match.push_back((*concepts)[i].index);
@@ -225,6 +253,18 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   about["architecture"] = sae.params.kind;
   about["d_in"] = sae.params.d_in();
   about["d_sae"] = features;
+  if (sources > 1) {
+    Json names = Json::array();
+    const Json* meta = sae.cfg.has("metadata") && sae.cfg.at("metadata").is_object() ? &sae.cfg.at("metadata") : nullptr;
+    for (int64_t src = 0; src < sources; ++src) {
+      const bool named = meta && meta->has("crosscoder_hooks") && meta->at("crosscoder_hooks").is_array() &&
+                         static_cast<int64_t>(meta->at("crosscoder_hooks").elements().size()) == sources &&
+                         meta->at("crosscoder_hooks").elements()[static_cast<size_t>(src)].is_string();
+      names.push_back(named ? meta->at("crosscoder_hooks").elements()[static_cast<size_t>(src)].as_string()
+                            : cat("source ", src));
+    }
+    about["sources"] = names;
+  }
   about["sae"] = sae_dir.string();
   about["stats"] = stats_path;
   about["model"] = tokenizer ? model_dir : std::string();

@@ -210,6 +210,9 @@ const char* kTail = R"HTML(</script>
     panel.appendChild(el('div', 'facts', 'fired on ' + f.n + ' of ' + data.about.tokens + ' tokens (density ' +
                                        percent(f.d) + ')' + (f.top.length ? ', largest activation ' + num(f.top[0].v) : '')));
     if (f.c) panel.appendChild(el('div', 'facts concept', 'planted concept ' + f.c[0] + ', cosine ' + num(f.c[1])));
+    if (f.sn) panel.appendChild(el('div', 'facts sources', 'decoder norm per source: ' + f.sn.map(function (v, s) {
+      return data.about.sources[s] + ' ' + num(v);
+    }).join(', ')));
     var hist = el('div', 'section');
     hist.appendChild(el('h3', null, 'Activations'));
     hist.appendChild(drawHistogram(f));

@@ -70,7 +70,9 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
 
   std::string gp = cat("# Redraw with: cd ", dir.string(), " && gnuplot ", stem, ".gp\n");
   gp += "set terminal " + png_terminal() + "\n";
-  gp += "set output '" + stem + ".png'\n";
+  // `output` can be set from outside (gnuplot -e): the program draws to a temporary name, then renames.
+  gp += "if (!exists(\"output\")) output = '" + stem + ".png'\n";
+  gp += "set output output\n";
   gp += "set title " + gnuplot_string(figure.title) + "\n";
   gp += "set xlabel " + gnuplot_string(figure.xlabel) + "\n";
   gp += "set ylabel " + gnuplot_string(figure.ylabel) + "\n";
@@ -101,18 +103,31 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
     throw DataError(cat(png_path, ": gnuplot was not found on PATH (install gnuplot-nox, e.g. scripts/install-deps.sh); "
                         "the data and script are in ", (dir / (stem + ".gp")).string()));
   const std::string log = (dir / (stem + ".gnuplot.log")).string();
-  const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot " + shell_quote(stem + ".gp") + " > " +
+  const fs::path drawing = dir / (stem + ".png.tmp");
+  std::error_code ec;
+  fs::remove(drawing, ec);
+  const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot -e " +
+                              shell_quote("output='" + stem + ".png.tmp'") + " " + shell_quote(stem + ".gp") + " > " +
                               shell_quote(stem + ".gnuplot.log") + " 2>&1";
   const int status = std::system(command.c_str());
-  if (status != 0 || !fs::exists(png)) {
+  if (status != 0 || !fs::exists(drawing)) {
+    fs::remove(drawing, ec);
     std::string first_line;
     std::ifstream in(log);
     while (first_line.find_first_not_of(" \t") == std::string::npos && std::getline(in, first_line)) {
     }
     throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "): ", first_line));
   }
-  std::error_code ec;
   fs::remove(log, ec);
+  fs::rename(drawing, png, ec);
+  if (ec) throw DataError(cat(png_path, ": cannot rename ", drawing.string(), " to it: ", ec.message()));
+}
+
+bool training_run_figures_exist(const std::string& run_dir) {
+  for (const char* stem : {"loss", "sparsity"})
+    for (const char* extension : {".png", ".dat", ".gp"})
+      if (!fs::exists(fs::path(run_dir) / "figures" / (std::string(stem) + extension))) return false;
+  return true;
 }
 
 bool gnuplot_found() { return std::system("command -v gnuplot > /dev/null 2>&1") == 0; }

@@ -21,8 +21,9 @@ struct Figure {
 };
 // Writes PATH.png plus PATH.dat (the data, one gnuplot index block per series) and PATH.gp (the
 // script: `cd DIR && gnuplot NAME.gp` redraws it), then runs gnuplot. `png_path` must end in
-// .png. DataError when gnuplot is missing or fails. With `draw` false only the .dat and .gp files
-// are written (for machines without gnuplot: the script draws the PNG later).
+// .png. Each file is put in place by a rename (the PNG is drawn as PATH.png.tmp), so a crash never
+// leaves a half-written one. DataError when gnuplot is missing or fails. With `draw` false only the
+// .dat and .gp files are written (for machines without gnuplot: the script draws the PNG later).
 void plot(const Figure& figure, const std::string& png_path, bool draw = true);
 
 // Whether gnuplot is on PATH (looked up on every call: PATH may change).
@@ -32,5 +33,7 @@ bool gnuplot_found();
 // element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths (none
 // when `draw` is false: then only their data and scripts are written).
 std::vector<std::string> plot_training_run(const std::string& run_dir, bool draw = true);
+// Whether every file plot_training_run writes is there.
+bool training_run_figures_exist(const std::string& run_dir);
 
 }  // namespace sae

@@ -29,18 +29,31 @@ inline void take(const ScanOut<T>& o, int64_t j, T v, int32_t r, const T* thresh
   }
 }
 
+// Features per tile of the dense scan: the tile's histograms (256 x 48 doubles, 96 KiB) and
+// candidate lists stay in L2 while its rows stream by, each row's part 16 cache lines in a row (so
+// the prefetcher follows). Row by row over all of a thread's features, every positive value hit
+// another feature's histogram line, far apart (at F 10000, 1.9 MiB of them per thread). Measured
+// with perf at F 10000, 218 tokens, every feature active, one thread: the scan took 4.5% of the
+// step's samples row by row, 3.1% in tiles of 256 (6.0% in tiles of 16: a page per row).
+constexpr int64_t kScanTile = 256;
+
 template <typename T>
 void scan_dense_typed(ScanOut<T> o, const T* f, const T* threshold, const int32_t* group, int64_t n, int64_t features) {
 #pragma omp parallel if (n * features >= kParallelMin)
   {
-    // Each thread owns a block of features and reads its part of every row, rows in order.
+    // Each thread owns a block of features (whole tiles) and reads its part of every row, rows in order.
     const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-    const int64_t j0 = features * thread / threads, j1 = features * (thread + 1) / threads;
+    const int64_t tiles = (features + kScanTile - 1) / kScanTile;
+    const int64_t j0 = std::min(features, tiles * thread / threads * kScanTile);
+    const int64_t j1 = std::min(features, tiles * (thread + 1) / threads * kScanTile);
     for (int64_t j = j0; j < j1; ++j) o.count[j] = 0;
-    for (int64_t r = 0; r < n; ++r) {
-      const T* row = f + r * features;
-      for (int64_t j = j0; j < j1; ++j)
-        if (row[j] > T(0)) take(o, j, row[j], static_cast<int32_t>(r), threshold, group);
+    for (int64_t t0 = j0; t0 < j1; t0 += kScanTile) {
+      const int64_t t1 = std::min(j1, t0 + kScanTile);
+      for (int64_t r = 0; r < n; ++r) {
+        const T* row = f + r * features;
+        for (int64_t j = t0; j < t1; ++j)
+          if (row[j] > T(0)) take(o, j, row[j], static_cast<int32_t>(r), threshold, group);
+      }
     }
   }
 }

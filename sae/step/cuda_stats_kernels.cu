@@ -44,9 +44,15 @@ __global__ void scan_dense_kernel(ScanOut<T> o, const T* f, const T* threshold, 
   for (int b = 0; b < kHistogramBins; ++b) local_histogram[b] = 0;
   int32_t count = 0;
   const T limit = threshold[j];
-  for (int64_t r = 0; r < n; ++r) {
-    const T v = f[r * features + j];
-    if (v > T(0)) take(o, j, v, static_cast<int32_t>(r), limit, group, count, local_histogram);
+  // kAhead rows' loads issued before any is used: the loop was one memory latency per row.
+  constexpr int kAhead = 8;
+  for (int64_t r0 = 0; r0 < n; r0 += kAhead) {
+    T v[kAhead];
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) v[i] = r0 + i < n ? f[(r0 + i) * features + j] : T(0);
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i)
+      if (v[i] > T(0)) take(o, j, v[i], static_cast<int32_t>(r0 + i), limit, group, count, local_histogram);
   }
   finish(o, j, count, local_histogram);
 }

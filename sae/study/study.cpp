@@ -33,6 +33,13 @@ void check_same_run(const std::string& dir, const TrainConfig& wanted) {
                           "; use another --out or remove the folder"));
 }
 
+// Empty, or only the lock a run takes before it writes anything (a study killed as its runs started).
+bool holds_only_a_lock(const std::string& dir) {
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().filename() != ".lock") return false;
+  return true;
+}
+
 bool has_checkpoint(const std::string& dir) {
   try {
     find_latest_checkpoint(dir);
@@ -131,7 +138,7 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
   config.resume = "";
   if (fs::exists(fs::path(dir) / "config.json"))
     check_same_run(dir, config);
-  else if (fs::exists(dir) && !fs::is_empty(dir))
+  else if (fs::exists(dir) && !holds_only_a_lock(dir))
     throw DataError(cat(dir, ": exists but holds no run (no config.json); use another --out or remove it"));
   if (finished_step(dir) >= config.steps) {
     p.finished = finished_outcome(run.name, dir, config);

@@ -190,13 +190,15 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     const ArchUnit& unit = unit_of(params);
     write_safetensors((temp / kWeightsFile).string(), unit.saelens_weights(params));
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
+    // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
+    // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.
+    if (write_more) write_more(temp.string());
     if (state) {
       std::vector<std::pair<std::string, Tensor>> tensors;
       const Json info = training_state_info(params, *state, tensors);
       write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
-    if (write_more) write_more(temp.string());
-    install_checkpoint_folder(temp.string(), dir);
+    install_checkpoint_folder(temp.string(), dir);  // sync, swap into place, sync the parent
   } catch (...) {
     fs::remove_all(temp, ec);  // a failed save (disk full, ...) leaves nothing of its own behind
     throw;
@@ -310,10 +312,8 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   return out;
 }
 
-std::string find_latest_checkpoint(const std::string& dir) {
-  const fs::path root(dir);
-  if (fs::exists(root / kStateFile)) return root.string();
-  if (!fs::is_directory(root)) throw DataError(cat("--resume ", dir, ": no such run or checkpoint directory"));
+std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) {
+  const fs::path root(run_dir);
   std::string best;
   int64_t best_step = -1;
   auto consider = [&](const fs::path& candidate) {
@@ -330,8 +330,17 @@ std::string find_latest_checkpoint(const std::string& dir) {
       if (entry.is_directory() && name.rfind("step_", 0) == 0 && interrupted_save_target(name).empty())
         consider(entry.path());
     }
-  if (best.empty()) throw DataError(cat("--resume ", dir, ": no complete checkpoint found"));
+  if (best.empty()) return std::nullopt;
   return best;
+}
+
+std::string find_latest_checkpoint(const std::string& dir) {
+  const fs::path root(dir);
+  if (fs::exists(root / kStateFile)) return root.string();
+  if (!fs::is_directory(root)) throw DataError(cat("--resume ", dir, ": no such run or checkpoint directory"));
+  const std::optional<std::string> latest = latest_checkpoint_in_run(dir);
+  if (!latest) throw DataError(cat("--resume ", dir, ": no complete checkpoint found"));
+  return *latest;
 }
 
 std::vector<std::string> recover_interrupted_saves(const std::string& run_dir) {

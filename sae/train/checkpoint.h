@@ -34,7 +34,8 @@ struct TrainingState {
 Json saelens_config(const SaeParams& params, const Json& extra);
 
 // Writes DIR (see the top of this file); the parameters may live on any device. write_more (when set)
-// writes further files into the folder being built (its path is given), before it is swapped in.
+// writes further files into the folder being built (its path is given), before it is swapped in. The
+// training state file is written last, after write_more: a folder that holds it holds everything.
 void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state,
                      const std::function<void(const std::string& folder)>& write_more = {});
 
@@ -52,6 +53,9 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
 // The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or
 // `dir` itself when it is a checkpoint. DataError when there is none.
 std::string find_latest_checkpoint(const std::string& dir);
+// The newest complete checkpoint of a run directory (sae/ or checkpoints/step_N); none when the run
+// has not written one yet.
+std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir);
 
 // The pieces a distributed run's save (sharded_checkpoint.h) shares with save_checkpoint: the
 // temporary folder a save of DIR builds (DIR.tmp-<pid>), putting a complete one in place as

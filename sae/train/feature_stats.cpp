@@ -49,11 +49,6 @@ Tensor zero_i32(const Shape& shape, Device device) {
   return t.to(device);
 }
 
-Tensor i32_tensor(const std::vector<int32_t>& values, Device device) {
-  Tensor t = Tensor::empty(Shape{static_cast<int64_t>(values.size())}, DType::I32, device);
-  upload(t, values.data(), values.size() * sizeof(int32_t));
-  return t;
-}
 }  // namespace
 
 void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options) {
@@ -79,7 +74,22 @@ struct FeatureStats::Buffers {
   std::vector<int32_t> count, rows, groups;
   std::vector<float> values;
   std::unordered_map<int64_t, int32_t> group_of_story;
+  // The context look-ups of a batch, kept from batch to batch so that no step allocates them anew:
+  // on the host (rows, features, where each answer goes, the answers) and on the device (grown as
+  // needed, like group).
+  std::vector<int32_t> query_rows, query_features;
+  std::vector<int64_t> query_targets;
+  std::vector<float> found;
+  Tensor query_rows_device, query_features_device, found_device;
 };
+
+namespace {
+// The first n entries of `buffer` (re-made larger when it is too small).
+Tensor first_n(Tensor& buffer, int64_t n, DType dtype, Device device) {
+  if (!buffer.defined() || buffer.numel() < n) buffer = Tensor::empty(Shape{std::max<int64_t>(n, 1024)}, dtype, device);
+  return buffer.slice_rows(0, n);
+}
+}  // namespace
 
 FeatureStats::FeatureStats(int64_t features, const FeatureStatsOptions& options, Device device)
     : features_(features), options_(options), device_(device), source_(Json::object()) {
@@ -155,11 +165,13 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
 
 int32_t FeatureStats::free_slot(int64_t feature) const {
   const int64_t k = options_.k;
-  std::vector<uint8_t> used(static_cast<size_t>(k), 0);
-  for (int32_t a = 0; a < count_[feature]; ++a)
-    if (slot_[feature * k + a] >= 0) used[slot_[feature * k + a]] = 1;
+  uint64_t used[(kMaxK + 63) / 64] = {};  // a bit per slot, on the stack: this runs for every new entry
+  for (int32_t a = 0; a < count_[feature]; ++a) {
+    const int32_t s = slot_[feature * k + a];
+    if (s >= 0) used[s / 64] |= uint64_t(1) << (s % 64);
+  }
   for (int32_t s = 0; s < k; ++s)
-    if (!used[s]) return s;
+    if (!(used[s / 64] >> (s % 64) & 1)) return s;
   throw Error("FeatureStats: no free slot (a broken list)");
 }
 
@@ -225,8 +237,13 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
 // positions next to it), looked up in one kernel call.
 void FeatureStats::look_up_context(const StepFeatures& batch, const BatchOrigins& origins, bool known, int64_t n) {
   const int64_t k = options_.k, w = width(), c = options_.context;
-  std::vector<int32_t> query_rows, query_features;
-  std::vector<int64_t> query_targets;  // into values_at_
+  Buffers& b = *buffers_;
+  std::vector<int32_t>& query_rows = b.query_rows;
+  std::vector<int32_t>& query_features = b.query_features;
+  std::vector<int64_t>& query_targets = b.query_targets;  // into values_at_
+  query_rows.clear();
+  query_features.clear();
+  query_targets.clear();
   for (int64_t i = 0; i < features_; ++i) {
     if (!touched_[i]) continue;
     for (int32_t rank = 0; rank < count_[i]; ++rank) {
@@ -249,15 +266,18 @@ void FeatureStats::look_up_context(const StepFeatures& batch, const BatchOrigins
   }
   if (query_rows.empty()) return;
   const int64_t m = static_cast<int64_t>(query_rows.size());
-  Tensor rows = i32_tensor(query_rows, device_), features = i32_tensor(query_features, device_);
-  Tensor out = Tensor::empty(Shape{m}, DType::F32, device_);
+  Tensor rows = first_n(b.query_rows_device, m, DType::I32, device_);
+  Tensor features = first_n(b.query_features_device, m, DType::I32, device_);
+  Tensor out = first_n(b.found_device, m, DType::F32, device_);
+  upload(rows, query_rows.data(), sizeof(int32_t) * m);
+  upload(features, query_features.data(), sizeof(int32_t) * m);
   if (batch.sparse)
     feature_values_at_sparse_(out, batch.lists, n, rows, features);
   else
     feature_values_at_(out, batch.dense, rows, features);
-  std::vector<float> found(static_cast<size_t>(m));
-  download(found.data(), out, sizeof(float) * m);
-  for (int64_t q = 0; q < m; ++q) values_at_[query_targets[q]] = found[q];
+  b.found.resize(static_cast<size_t>(m));
+  download(b.found.data(), out, sizeof(float) * m);
+  for (int64_t q = 0; q < m; ++q) values_at_[query_targets[q]] = b.found[q];
 }
 
 void FeatureStats::upload_thresholds() {

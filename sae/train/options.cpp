@@ -199,7 +199,7 @@ std::vector<TrainOption> make_table() {
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
-      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2 or GPT-NeoX/Pythia (config.json, "
+      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, "
           "model.safetensors, tokenizer.json): train on its activations, computed from --text inside the loop",
           defines, "model", FIELD(model), text(), std::string()),
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
@@ -286,15 +286,16 @@ std::vector<TrainOption> make_table() {
           "replicas (docs/distributed.md); needs a build with MPI", controls, "shards", FIELD(shards), integer(), "1"),
       row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
           FIELD(architecture), architecture_codec(), "standard"),
-      row("target-l0", target, "an L0 set point: lambda (--l1 is where it starts) is adjusted every step so that "
-          "the average L0 reaches and holds this many latents per token (" + units_with_lambda() + "); 0 = off",
+      row("target-l0", target, "an L0 set point: lambda is adjusted every step so that the average L0 reaches and "
+          "holds this many latents per token (" + units_with_lambda() + "); it starts at --l1, or, with --l1 0, at the "
+          "data's scale (docs/architectures.md 7.7); 0 = off",
           defines, "target_l0", FIELD(target_l0), number(), "0"),
       row("target-l0-ki", target, "the controller's integral gain K_i (per step, on log lambda)", defines,
-          "target_l0_ki", FIELD(target_l0_ki), number(), "0.001"),
+          "target_l0_ki", FIELD(target_l0_ki), number(), "0.02"),
       row("target-l0-kp", target, "the controller's proportional gain K_p (on the change of the error)", defines,
-          "target_l0_kp", FIELD(target_l0_kp), number(), "0.1"),
+          "target_l0_kp", FIELD(target_l0_kp), number(), "2"),
       row("target-l0-ema", target, "weight of the newest batch in the smoothed L0 the controller reads", defines,
-          "target_l0_ema", FIELD(target_l0_ema), number(), "0.01"),
+          "target_l0_ema", FIELD(target_l0_ema), number(), "0.05"),
       row("target-l0-max-change", target, "largest change of log lambda in one step", defines,
           "target_l0_max_change", FIELD(target_l0_max_change), number(), "0.01"),
       row("feature-stats-steps", stats_group, "gather what each feature fires on over the last N steps (0: "

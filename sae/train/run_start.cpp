@@ -49,6 +49,20 @@ void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std:
 
 }  // namespace
 
+namespace {
+
+// --init: the checkpoint a fresh run starts from; its width and architecture become the run's.
+void load_init(RunStart& start, TrainConfig& config) {
+  start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
+  if (config.was_given("features") && config.features != start.params->d_sae())
+    throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",
+                         start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
+  config.features = start.params->d_sae();
+  adopt_init_architecture(config, *start.params);
+}
+
+}  // namespace
+
 RunStart start_run(TrainConfig config, bool owner) {
   if (!config.init.empty() && !config.resume.empty())
     throw UsageError("--init and --resume cannot be used together");
@@ -59,7 +73,10 @@ RunStart start_run(TrainConfig config, bool owner) {
       start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
       recover_interrupted_saves(run_dir);
     }
-    start.resumed_from = find_latest_checkpoint(config.resume);
+    // A run killed before its first checkpoint: resumed from its start (its config.json).
+    const bool from_the_start = fs::weakly_canonical(config.resume) == fs::weakly_canonical(run_dir) &&
+                                !latest_checkpoint_in_run(run_dir).has_value();
+    if (!from_the_start) start.resumed_from = find_latest_checkpoint(config.resume);
     const std::string config_path = (fs::path(run_dir) / "config.json").string();
     const TrainConfig cli = config;
     try {
@@ -71,20 +88,23 @@ RunStart start_run(TrainConfig config, bool owner) {
     config.out = run_dir;
     config.resume = cli.resume;
     config.given = cli.given;
-    Checkpoint checkpoint = load_checkpoint(start.resumed_from, Device::CPU);
-    if (!checkpoint.state) throw DataError(cat(start.resumed_from, ": has no training state to resume from"));
-    start.params = std::move(checkpoint.params);
-    start.state = std::move(checkpoint.state);
-    if (start.state->step >= config.steps)
-      throw UsageError(cat("--resume: the run is already at step ", start.state->step,
-                           "; pass --steps larger than that"));
+    if (from_the_start) {
+      if (!config.init.empty()) load_init(start, config);
+    } else {
+      Checkpoint checkpoint = load_checkpoint(start.resumed_from, Device::CPU);
+      if (!checkpoint.state) throw DataError(cat(start.resumed_from, ": has no training state to resume from"));
+      start.params = std::move(checkpoint.params);
+      start.state = std::move(checkpoint.state);
+      if (start.state->step > config.steps)
+        throw UsageError(cat("--resume: the run is already at step ", start.state->step, "; pass --steps ",
+                             start.state->step, " or more"));
+      std::error_code ec;
+      start.finished =
+          start.state->step == config.steps && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec);
+    }
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {
-    if (!config.init.empty()) {
-      start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
-      config.features = start.params->d_sae();
-      adopt_init_architecture(config, *start.params);
-    }
+    if (!config.init.empty()) load_init(start, config);
   } else {
     std::error_code ec;
     fs::create_directories(config.out, ec);
@@ -97,14 +117,7 @@ RunStart start_run(TrainConfig config, bool owner) {
       for (const char* name : kRunFiles) fs::remove_all(fs::path(config.out) / name);
     }
     remove_interrupted_saves(config.out);
-    if (!config.init.empty()) {
-      start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
-      if (config.was_given("features") && config.features != start.params->d_sae())
-        throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",
-                             start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
-      config.features = start.params->d_sae();
-      adopt_init_architecture(config, *start.params);
-    }
+    if (!config.init.empty()) load_init(start, config);
   }
   config.validate();
   start.config = std::move(config);

@@ -4,7 +4,9 @@
 // own config.json with the command line's Controls options, sae/train/options.h; a Defines option
 // given on the command line that contradicts it is refused), recovers what a crash inside a
 // checkpoint save left and sweeps stale temporary folders, and loads what the run continues from.
-// A fresh run into a folder that already holds a run is refused unless --overwrite.
+// A fresh run into a folder that already holds a run is refused unless --overwrite. --resume with
+// --steps below the run's step is refused; at the run's step it is `finished` (see RunStart). A run
+// killed before its first checkpoint is resumed from its start (its config.json, no checkpoint).
 // Library code: throws, never exits.
 #pragma once
 #include <memory>
@@ -23,7 +25,10 @@ struct RunStart {
   TrainConfig config;                  // validated; on --resume out is the run's folder
   std::optional<SaeParams> params;     // from --init or --resume (on the CPU); none for a fresh run
   std::optional<TrainingState> state;  // --resume only
-  std::string resumed_from;            // the checkpoint folder, on --resume
+  std::string resumed_from;            // the checkpoint folder, on --resume ("" from the run's start)
+  // --resume of a run whose final model (RUN/sae) is at config.steps already: nothing to train (a
+  // retry after a crash while the final outputs were written; the caller finishes what is missing).
+  bool finished = false;
   std::unique_ptr<FileLock> lock;      // held for the whole run
 };
 

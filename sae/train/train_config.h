@@ -75,11 +75,13 @@ struct TrainConfig {
   std::string architecture = "standard";
   ArchSettings arch;
 
-  // --target-l0: the L0 set-point controller (sae/train/l0_controller.h); 0 = off.
+  // --target-l0: the L0 set-point controller (sae/train/l0_controller.h); 0 = off. It starts at
+  // --l1, or, when --l1 is 0, at the data's scale of lambda (lambda_scale; the run then records it
+  // as its l1).
   double target_l0 = 0;
-  double target_l0_ki = 1e-3;
-  double target_l0_kp = 0.1;
-  double target_l0_ema = 0.01;
+  double target_l0_ki = 0.02;
+  double target_l0_kp = 2.0;
+  double target_l0_ema = 0.05;
   double target_l0_max_change = 0.01;
 
   int64_t threads = 0;               // CPU threads; 0 = OpenMP's default (OMP_NUM_THREADS or all cores)

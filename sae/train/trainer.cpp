@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "io/atomic_file.h"
+#include "io/csv.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
@@ -100,6 +101,11 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   cfg["resolved"]["data"] = description;
   cfg["resolved"]["max_batch_tokens"] = max_tokens;
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
+  if (c.target_l0 > 0) {  // where the L0 controller's lambda lives (l0_controller.h)
+    const double mean_squared_norm = columns.input_mean_squared_norm(data);
+    cfg["resolved"]["target_l0_lambda_scale"] = lambda_scale(c.architecture == "jumprelu", mean_squared_norm, c.target_l0);
+    cfg["resolved"]["target_l0_mean_squared_norm"] = mean_squared_norm;
+  }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   cfg["resolved"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset: OpenMP's default)";
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
@@ -141,8 +147,10 @@ MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const St
   return row;
 }
 
-L0ControllerSettings l0_controller_settings(const TrainConfig& c) {
+// mean_squared_norm: of the run's input (RunColumns::input_mean_squared_norm).
+L0ControllerSettings l0_controller_settings(const TrainConfig& c, double mean_squared_norm) {
   L0ControllerSettings s;
+  s.scale = lambda_scale(c.architecture == "jumprelu", mean_squared_norm, c.target_l0);
   s.target = c.target_l0;
   s.ki = c.target_l0_ki;
   s.kp = c.target_l0_kp;
@@ -177,19 +185,53 @@ struct Member {
 
 // SAEs train together only on the same data stream: every option that shapes the batches, and the
 // steps and device, must agree. UsageError naming the first that differs.
-void check_same_stream(const Member& first, const Member& other) {
-  const Json a = data_stream_identity(first.config()), b = data_stream_identity(other.config());
+void check_same_stream(const TrainConfig& first, const TrainConfig& other) {
+  const Json a = data_stream_identity(first), b = data_stream_identity(other);
   for (const auto& [key, value] : a.items())
     if (!b.has(key) || b.at(key) != value)
-      throw UsageError(cat("SAEs trained together must share the data: ", other.config().out, " has ", key, " = ",
-                           b.has(key) ? b.at(key).dump() : "(absent)", " but ", first.config().out, " has ",
-                           value.dump()));
-  const int64_t s0 = first.start.state ? first.start.state->step : 0;
-  const int64_t s1 = other.start.state ? other.start.state->step : 0;
-  if (s0 != s1 || (first.start.state && first.start.state->batcher != other.start.state->batcher))
-    throw UsageError(cat("SAEs trained together must start from the same step and data position: ", first.config().out,
-                         " is at step ", s0, ", ", other.config().out, " at step ", s1,
-                         "; resume them separately"));
+      throw UsageError(cat("SAEs trained together must share the data: ", other.out, " has ", key, " = ",
+                           b.has(key) ? b.at(key).dump() : "(absent)", " but ", first.out, " has ", value.dump()));
+}
+
+// Whether two SAEs stand at the same step and data position (so that one pass serves both).
+bool same_position(const Member& a, const Member& b) {
+  const int64_t s0 = a.start.state ? a.start.state->step : 0, s1 = b.start.state ? b.start.state->step : 0;
+  if (s0 != s1) return false;
+  if (!a.start.state || !b.start.state) return !a.start.state && !b.start.state;
+  return a.start.state->batcher == b.start.state->batcher;
+}
+
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks);
+
+// The result of a run that was at its last step already: its last logged metrics and final model.
+TrainResult finished_result(const RunStart& start) {
+  const TrainConfig& config = start.config;
+  const TrainingState& state = *start.state;
+  TrainResult r;
+  r.already_finished = true;
+  r.steps = state.step;
+  r.tokens = state.tokens;
+  r.out_dir = config.out;
+  r.model_dir = start.resumed_from;
+  r.metrics_csv = (fs::path(config.out) / "metrics.csv").string();
+  r.tensorboard_file = (fs::path(config.out) / "tensorboard").string();
+  r.wrote_checkpoints = fs::is_directory(fs::path(config.out) / "checkpoints");
+  const CsvNumbers metrics = read_csv_numbers(r.metrics_csv);
+  if (!metrics.rows.empty())
+    for (size_t i = 0; i < metrics.columns.size() && i < metrics.rows.back().size(); ++i)
+      r.last_row.push_back({metrics.columns[i], metrics.rows.back()[i]});
+  if (!r.last_row.empty()) {
+    r.fvu = metric(r.last_row, "fvu");
+    r.l0 = metric(r.last_row, "l0");
+    r.nonzero_proportion = metric(r.last_row, "nonzero_proportion");
+  }
+  DeadFeatureTracker dead(start.params->d_sae(), config.dead_window);
+  dead.last_fired() = state.last_fired;
+  r.dead_features = dead.dead(state.tokens);
+  if (config.data == "synthetic")
+    r.concepts = concept_recovery(SyntheticSource(config.synthetic).concepts(), start.params->W_dec,
+                                  dead.alive(state.tokens));
+  return r;
 }
 
 // The dataset scales of `reads` as the resumed runs saved them (each run's are its input's, then a
@@ -276,7 +318,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     else
       phase();
   };
-  // ---- where each run starts, and the shared data ----
+  // ---- where each run starts ----
   std::vector<std::string> folders;
   for (const TrainConfig& c : requested) {
     const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
@@ -284,20 +326,68 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
       throw UsageError(cat("two SAEs trained together would share the folder ", folder));
     folders.push_back(folder);
   }
-  std::vector<Member> members(requested.size());
+  // Runs at their last step already (a retry after a crash while the final outputs were written) are
+  // not trained: their results are read back. The others train in groups that stand at the same step
+  // and data position (after a crash between their checkpoints, some may be a checkpoint behind):
+  // each group is one pass over the data; the results are in the order of `requested`.
+  std::vector<std::optional<TrainResult>> results(requested.size());
+  std::vector<std::vector<Member>> groups;
+  std::vector<std::vector<size_t>> group_index;
+  std::optional<TrainConfig> first;
   for (size_t i = 0; i < requested.size(); ++i) {
     // Rank 0 owns the folder (lock, recovery, overwrite); then the other ranks read it.
+    RunStart start;
     agree([&] {
-      if (lead) members[i].start = start_run(requested[i]);
+      if (lead) start = start_run(requested[i]);
     });
     agree([&] {
-      if (!lead) members[i].start = start_run(requested[i], /*owner=*/false);
+      if (!lead) start = start_run(requested[i], /*owner=*/false);
     });
-    members[i].name = requested.size() > 1 ? fs::path(members[i].config().out).filename().string() : "";
+    if (start.finished) {
+      agree([&] { results[i] = finished_result(start); });
+      continue;
+    }
+    Member m;
+    m.start = std::move(start);
+    m.name = requested.size() > 1 ? fs::path(m.config().out).filename().string() : "";
     agree([&] {
-      if (i > 0) check_same_stream(members[0], members[i]);
+      if (first) check_same_stream(*first, m.config());
     });
+    if (!first) first = m.config();
+    size_t g = 0;
+    while (g < groups.size() && !same_position(groups[g].front(), m)) ++g;
+    if (g == groups.size()) {
+      groups.emplace_back();
+      group_index.emplace_back();
+    }
+    groups[g].push_back(std::move(m));
+    group_index[g].push_back(i);
   }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<TrainResult> trained = train_members(groups[g], ranks);
+    for (size_t k = 0; k < trained.size(); ++k) results[group_index[g][k]] = std::move(trained[k]);
+  }
+  std::vector<TrainResult> out;
+  for (std::optional<TrainResult>& r : results) out.push_back(std::move(*r));
+  return out;
+}
+
+namespace {
+
+// One pass over the data for SAEs at the same step and data position.
+// ranks: as train_together's; every rank trains the same group.
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks) {
+  // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
+  // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
+  // every rank and stops them all when it fails on one.
+  Collectives* const dist = ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr;
+  const bool lead = dist == nullptr || dist->rank() == 0;
+  auto agree = [&](const std::function<void()>& phase) {
+    if (dist)
+      dist->agree(phase);
+    else
+      phase();
+  };
   const TrainConfig& shared = members[0].config();
   const int64_t shards = dist ? dist->shards() : 1;
   agree([&] {
@@ -346,6 +436,9 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     agree([&] {
       m.columns = run_columns(data, m.reads.in, m.reads.out);
       const RunColumns& columns = m.columns;
+      // --target-l0 without --l1: the controller starts at the data's scale, which the run records as its l1.
+      if (m.config().target_l0 > 0 && m.config().l1 == 0)
+        m.start.config.l1 = l0_controller_settings(m.config(), columns.input_mean_squared_norm(data)).scale;
       if (m.reads.kind == DictionaryKind::Crosscoder)
         for (size_t b : columns.in)
           if (data.widths[b] != data.widths[columns.in[0]])
@@ -370,7 +463,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
                      DeadFeatureTracker(latents, config.dead_window), std::nullopt};
     RunState& run = m.run();
     run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
-    if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config), config.l1);
+    if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config, columns.input_mean_squared_norm(data)), config.l1);
     if (m.start.state) {
       const TrainingState& st = *m.start.state;
       if (st.dataset_scale.per_block != run.dataset_scale.per_block)
@@ -588,6 +681,8 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   return results;
 }
 
+}  // namespace
+
 TrainResult train(TrainConfig config, Collectives* ranks) {
   std::vector<TrainConfig> one;
   one.push_back(std::move(config));
@@ -621,7 +716,14 @@ double measure_step_seconds(const TrainConfig& config) {
 
 std::string format_report(const TrainResult& r) {
   char buffer[2048];
-  int used = std::snprintf(buffer, sizeof buffer,
+  int used = r.already_finished
+                 ? std::snprintf(buffer, sizeof buffer,
+                                 "%s was trained to step %lld (%lld tokens) already: nothing to train\n"
+                                 "  final step: FVU %.4f | L0 %.1f active features per token (proportion %.5f) | "
+                                 "dead features %lld\n",
+                                 r.out_dir.c_str(), (long long)r.steps, (long long)r.tokens, r.fvu, r.l0,
+                                 r.nonzero_proportion, (long long)r.dead_features)
+                 : std::snprintf(buffer, sizeof buffer,
                            "trained %lld steps (%lld tokens) on %s in %s\n"
                            "  final step: FVU %.4f | L0 %.1f active features per token (proportion %.5f) | "
                            "dead features %lld\n",

@@ -29,9 +29,15 @@ struct TrainResult {
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   Device device = Device::CPU;
   CollectiveStats collectives;     // a distributed run's collectives in the training loop (this rank's)
+  // A --resume of a run that was at its last step already (RunStart::finished): nothing was
+  // trained; the numbers are its last metrics.csv row and its final model's.
+  bool already_finished = false;
 };
 
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
+// A run that is at config.steps already is not trained again: its result is read back from its
+// folder (a job scheduler's retry after a crash while the final outputs were written succeeds; the
+// caller draws what is missing, sae_train its figures).
 // ranks: a distributed run (docs/distributed.md): this process is one rank of ranks' grid of latent
 // shards x data-parallel replicas, and every rank calls train with the same configuration; rank 0
 // writes the logs and the folder's files, every shard's owner its part of each checkpoint. Null:
@@ -42,7 +48,10 @@ TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
 // batch is read (and, from text, run through the language model) once and goes through every SAE in
 // turn. Each config writes its own run folder, exactly as train() would: the results are identical to
 // separate runs. The configs must agree on every option that shapes the batches (options.h,
-// data_stream_identity) and on --steps; resumed ones must stand at the same step. UsageError otherwise.
+// data_stream_identity) and on --steps (UsageError otherwise). Resumed ones that stand at different
+// steps (a crash between their checkpoints) train in groups, one pass over the data per group; runs
+// at their last step already are not trained (see train()).
+// ranks: as train()'s; on several ranks every rank forms the same groups and trains them in turn.
 std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few

@@ -69,9 +69,7 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   if (sites[0].empty()) throw UsageError("a crosscoder over two models reads --model too");
   data.model = std::make_unique<DecoderModel>(load_up_to(config.model, folder, sites[0], device));
   data.tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(config.model));
-  if (data.tokenizer->vocab_size() > data.model->config().vocab_size)
-    throw DataError(cat(config.model, ": the tokenizer has ", data.tokenizer->vocab_size(), " ids, the model only ",
-                        data.model->config().vocab_size));
+  check_tokenizer_fits_model(*data.tokenizer, data.model->config());
   if (folder_b) {
     data.model_b = std::make_unique<DecoderModel>(load_up_to(config.model_b, *folder_b, sites[1], device));
     check_same_tokenizer(config.model_b, *data.tokenizer, *data.model_b);
@@ -96,6 +94,12 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   auto text = std::make_unique<TextBatcher>(*data.model, *data.tokenizer, options, config.batch_tokens,
                                             config.normalize, data.dataset_scale, config.seed, model_b);
   data.widths = text->block_widths();
+  data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
+  if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
+    const DatasetScales s = estimate_text_dataset_scale(*data.model, *data.tokenizer, options, 16384, model_b);
+    for (size_t b = 0; b < data.widths.size(); ++b)
+      data.mean_squared_norms[b] = double(data.widths[b]) / (s.per_block.at(b) * s.per_block.at(b));
+  }
   const HookSite site = sites[0].front();
   data.description = Json::object();
   data.description["kind"] = "text";
@@ -148,6 +152,12 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
     data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize,
                                              data.dataset_scale, config.seed);
     data.description = data.activations->describe();
+    data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
+    if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
+      const DatasetScales s = estimate_dataset_scales(*data.activations);
+      for (size_t b = 0; b < data.widths.size(); ++b)
+        data.mean_squared_norms[b] = double(data.widths[b]) / (s.per_block.at(b) * s.per_block.at(b));
+    }
   }
   data.reads = reads;
   for (int64_t w : data.widths) {
@@ -198,6 +208,12 @@ DatasetScales RunColumns::scales(const TrainingData& data) const {
   if (!target_is_input)
     for (size_t b : out) s.push_back(data.dataset_scale.per_block[b]);
   return DatasetScales(std::move(s));
+}
+
+double RunColumns::input_mean_squared_norm(const TrainingData& data) const {
+  double sum = 0;
+  for (size_t b : in) sum += data.mean_squared_norms.at(b);
+  return sum;
 }
 
 RunColumns run_columns(const TrainingData& data, const std::vector<std::string>& in, const std::vector<std::string>& out) {

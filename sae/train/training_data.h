@@ -30,6 +30,10 @@ struct TrainingData {
   std::vector<int64_t> widths, offsets;
   DatasetScales dataset_scale;     // per block: the saved ones on --resume, else estimated or 1
   Json description;                // for config.json and cfg.json
+  // Per block: mean ||x||^2 of its columns as the dictionary sees them (after normalisation): the
+  // block's width for --normalize dataset and story (so by construction), measured on a sample for
+  // none (only with --target-l0: the L0 controller's scale of lambda; the width otherwise).
+  std::vector<double> mean_squared_norms;
   const SyntheticSource* synthetic = nullptr;  // for concept recovery
 
   // The block of `read` (Error when the data does not hold it).
@@ -48,6 +52,8 @@ struct RunColumns {
   void gather_target(const TrainingData& data, const float* rows, int64_t n, float* target) const;
   // The run's dataset scales: its input blocks', then (a transcoder's) its target blocks'.
   DatasetScales scales(const TrainingData& data) const;
+  // Mean ||x||^2 of the run's input (TrainingData::mean_squared_norms of its input blocks, summed).
+  double input_mean_squared_norm(const TrainingData& data) const;
   // The raw moments of the run's own blocks (the same blocks, in the same order, give the same numbers
   // whether the batch holds only them or other runs' reads too).
   RawMoments raw_moments(const BatchStats& stats) const;

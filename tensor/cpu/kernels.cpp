@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -106,17 +107,17 @@ struct Accumulator {
   }
 };
 
-// Splits [0, n) into one contiguous chunk per thread and adds the chunks' results in thread
-// order, so a sum depends only on n and the thread count, never on timing (runs are repeatable).
 template <typename ChunkSum>
 double deterministic_sum(int64_t n, ChunkSum chunk_sum) {
-  if (n < kParallelMin) return chunk_sum(0, n);
-  std::vector<double> partial(omp_get_max_threads(), 0.0);
-#pragma omp parallel
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    partial[t] = chunk_sum(n * t / nt, n * (t + 1) / nt);
-  }
+  // Fixed chunks of about kSumChunk values, summed in order: the result depends on n only, not on the
+  // number of threads (--threads, OMP_NUM_THREADS, the machine's cores).
+  constexpr int64_t kSumChunk = 1 << 15;
+  if (n < 2 * kSumChunk) return chunk_sum(0, n);
+  const int64_t chunks = n / kSumChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c)
+    partial[c] = chunk_sum(n * c / chunks, n * (c + 1) / chunks);
   double total = 0.0;
   for (double p : partial) total += p;
   return total;
@@ -196,18 +197,23 @@ void fill_cpu(Tensor& out, double value) {
 
 template <typename To, typename From>
 void convert(To* out, const From* src, int64_t n) {
-#pragma omp parallel for simd if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<To>(src[i]);
+#pragma omp parallel for if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) out[i] = convert_element<To>(src[i]);
 }
 
 void copy_cpu(Tensor& out, const Tensor& src) {
   const int64_t n = out.numel();
-  if (out.dtype() == src.dtype())
+  if (out.dtype() == src.dtype()) {
     std::memmove(out.raw(), src.raw(), out.nbytes());
-  else if (out.dtype() == DType::F32)
-    convert(out.data<float>(), src.data<double>(), n);
-  else
-    convert(out.data<double>(), src.data<float>(), n);
+    return;
+  }
+  dispatch_storage(out.dtype(), "copy", [&](auto to) {
+    dispatch_storage(src.dtype(), "copy", [&](auto from) {
+      using To = decltype(to);
+      using From = decltype(from);
+      convert(out.data<To>(), src.data<From>(), n);
+    });
+  });
 }
 
 void unary_cpu(UnaryOp op, Tensor& out, const Tensor& x) {
@@ -261,8 +267,56 @@ void reduce_axis_cpu(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, i
   });
 }
 
+// A 16-bit weight operand b: kTileFloats of it at a time widened to float32 (columns j0..j0+nb of
+// op(b): rows of b when trans_b, else a block of its columns), then one GEMM (or GEMV for one row of a)
+// into those columns of out. The rows of out are complete after each tile: no sum crosses tiles.
+template <typename H>
+void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool trans_b, int64_t m, int64_t n,
+                    int64_t k, int64_t lda, int64_t ldb, float alpha, float beta) {
+  constexpr int64_t kTileFloats = int64_t(1) << 18;  // 1 MB of float32
+  const int64_t tile = std::max<int64_t>(16, kTileFloats / std::max<int64_t>(k, 1) / 16 * 16);
+  std::vector<float> widened(static_cast<size_t>(std::min(tile, n) * k));
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  for (int64_t j0 = 0; j0 < n; j0 += tile) {
+    const int64_t nb = std::min(tile, n - j0);
+    float* w = widened.data();
+    if (trans_b) {  // rows j0.. of b [n, k]: w [nb, k]
+      const H* src = b + j0 * ldb;
+#pragma omp parallel for if (nb * k >= kParallelMin)
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t c = 0; c < k; ++c) w[r * k + c] = widen(src[r * ldb + c]);
+    } else {  // columns j0.. of b [k, n]: w [k, nb]
+#pragma omp parallel for if (nb * k >= kParallelMin)
+      for (int64_t r = 0; r < k; ++r)
+        for (int64_t c = 0; c < nb; ++c) w[r * nb + c] = widen(b[r * ldb + j0 + c]);
+    }
+    const int ldw = static_cast<int>(trans_b ? k : nb);
+    if (m == 1 && !trans_a) {  // one row: y [nb] = op(w) x (GEMV reads w once)
+      cblas_sgemv(CblasRowMajor, trans_b ? CblasNoTrans : CblasTrans, static_cast<int>(trans_b ? nb : k),
+                  static_cast<int>(trans_b ? k : nb), alpha, w, ldw, a, 1, beta, out + j0, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, ta, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(nb),
+                  static_cast<int>(k), alpha, a, static_cast<int>(lda), w, ldw, beta, out + j0, static_cast<int>(n));
+    }
+  }
+}
+
 void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                 double beta) {
+  if (is_half_dtype(b.dtype())) {
+    const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
+      return;
+    }
+    const auto run = [&](const auto* weights) {
+      matmul_widened(out.data<float>(), a.data<float>(), trans_a, weights, trans_b, m, n, k, a.size(1), b.size(1),
+                     static_cast<float>(alpha), static_cast<float>(beta));
+    };
+    if (b.dtype() == DType::BF16) run(b.data<BFloat16>()); else run(b.data<Float16>());
+    return;
+  }
   const int m = static_cast<int>(out.size(0)), n = static_cast<int>(out.size(1));
   const int k = static_cast<int>(trans_a ? a.size(0) : a.size(1));
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1));
@@ -272,6 +326,13 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
     return;
   }
+  // A small product runs on one thread (kGemmParallelMin): the decision depends on the shape only, so
+  // results stay repeatable. Not while another thread may run GEMMs too (OpenBLAS's thread count is
+  // one global): see set_blas_shared_between_threads.
+  const int threads = cpu_threads();
+  const bool one_thread = threads > 1 && double(m) * double(n) * double(k) < kGemmParallelMin &&
+                          !blas_shared_between_threads();
+  if (one_thread) openblas_set_num_threads(1);
   // One row or one column: a matrix-vector product. OpenBLAS 0.3.21's GEMM would pack the whole
   // matrix first (for generation's [1, d] x [d, V] logits, 150 MB written for one token); GEMV reads
   // it once. y [1, n] = x op(b): op(b) [k, n] is b [n, k] untransposed when trans_b.
@@ -291,14 +352,14 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     else
       cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, mat.data<double>(), ld, vec.data<double>(), inc, beta,
                   out.data<double>(), 1);
-    return;
-  }
-  if (out.dtype() == DType::F32)
+  } else if (out.dtype() == DType::F32) {
     cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
                 ldb, static_cast<float>(beta), out.data<float>(), n);
-  else
+  } else {
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb, beta,
                 out.data<double>(), n);
+  }
+  if (one_thread) openblas_set_num_threads(threads);  // (also restores this thread's OpenMP count)
 }
 
 void transpose_cpu(Tensor& out, const Tensor& x) {
@@ -338,6 +399,13 @@ void set_cpu_threads(int n) {
 }
 
 int cpu_threads() { return omp_get_max_threads(); }
+
+namespace {
+std::atomic<int> blas_sharers{0};
+}  // namespace
+
+void set_blas_shared_between_threads(bool shared) { blas_sharers += shared ? 1 : -1; }
+bool blas_shared_between_threads() { return blas_sharers.load() > 0; }
 
 #define SAE_CPU_ENTRY(name, signature) name##_cpu,
 const KernelTable& cpu_kernels() {

@@ -1,6 +1,7 @@
 // CPU kernels of the transformer ops (SAE_TRANSFORMER_KERNELS in tensor/op_list.h): embedding
 // gather and its scatter-add, LayerNorm, softmax, batched GEMM, the causal/local attention mask,
-// the swap of two leading axes and the rotary position embedding. Plain loops, OpenMP over rows for large tensors, cblas for the
+// the swap of two leading axes, the rotary position embedding, RMSNorm, the gated MLP activation (and
+// its backward) and soft-capping. Plain loops, OpenMP over rows for large tensors, cblas for the
 // GEMMs. Inputs were validated by the front-end (tensor/ops.cpp).
 // Letters: N rows, D row width, B batch, M/N/K GEMM sizes, Tq queries, Tk keys.
 #include "tensor/cpu/transformer_kernels.h"
@@ -15,19 +16,29 @@
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
+#include "tensor/element_math.h"
 #include "tensor/host_device.h"
 
 namespace sae {
 
 void embedding_cpu(Tensor& out, const Tensor& table, const Tensor& ids) {
-  dispatch_float(table.dtype(), "embedding", [&](auto zero) {
+  dispatch_storage(table.dtype(), "embedding", [&](auto zero) {
     using T = decltype(zero);
     const int64_t n = ids.numel(), d = table.size(1);
     const int32_t* id = ids.data<int32_t>();
     const T* rows = table.data<T>();
-    T* o = out.data<T>();
+    if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Float16>) {  // widened into float32 rows
+      float* o = out.data<float>();
 #pragma omp parallel for if (n * d >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) std::memcpy(o + i * d, rows + int64_t(id[i]) * d, d * sizeof(T));
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = rows + int64_t(id[i]) * d;
+        for (int64_t j = 0; j < d; ++j) o[i * d + j] = widen(row[j]);
+      }
+    } else {
+      T* o = out.data<T>();
+#pragma omp parallel for if (n * d >= kParallelMin)
+      for (int64_t i = 0; i < n; ++i) std::memcpy(o + i * d, rows + int64_t(id[i]) * d, d * sizeof(T));
+    }
   });
 }
 
@@ -214,6 +225,82 @@ void rotary_cpu(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& s
       if (dst != src)
         for (int64_t j = 2 * r; j < d; ++j) dst[j] = src[j];
     }
+  });
+}
+
+// Sum of squares in double, rstd = 1 / sqrt(mean + eps) rounded to T, then out = (x * rstd) * weight in
+// T, the order Hugging Face's LlamaRMSNorm multiplies in. out may be x.
+void rms_norm_cpu(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
+  dispatch_float(x.dtype(), "rms_norm", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t d = x.size(-1), n = d == 0 ? 0 : x.numel() / d;
+    const T *in = x.data<T>(), *w = weight.data<T>();
+    T *o = out.data<T>(), *rstd_out = rstd.data<T>();
+#pragma omp parallel for if (n * d >= kParallelMin)
+    for (int64_t r = 0; r < n; ++r) {
+      const T* row = in + r * d;
+      double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
+      for (int64_t j = 0; j < d; ++j) squares += double(row[j]) * double(row[j]);
+      const T s = static_cast<T>(1.0 / std::sqrt(squares / static_cast<double>(d) + eps));
+      T* dst = o + r * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) dst[j] = (row[j] * s) * w[j];
+      rstd_out[r] = s;
+    }
+  });
+}
+
+void glu_cpu(Tensor& out, const Tensor& x, GluActivation act) {
+  dispatch_float(x.dtype(), "glu", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t n = out.size(0), f = out.size(1);
+    const T* in = x.data<T>();
+    T* o = out.data<T>();
+    const auto rows = [&](auto gate_of) {
+#pragma omp parallel for if (n * f >= kParallelMin)
+      for (int64_t r = 0; r < n; ++r) {
+        const T *gate = in + r * 2 * f, *up = gate + f;
+        T* dst = o + r * f;
+#pragma omp simd
+        for (int64_t j = 0; j < f; ++j) dst[j] = gate_of(gate[j]) * up[j];
+      }
+    };
+    if (act == GluActivation::silu)
+      rows([](T z) { return silu_value(z); });
+    else
+      rows([](T z) { return gelu_new_value(z); });
+  });
+}
+
+void glu_backward_cpu(Tensor& grad_x, const Tensor& x, const Tensor& grad, GluActivation act) {
+  dispatch_float(x.dtype(), "glu_backward", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t n = grad.size(0), f = grad.size(1);
+    const T *in = x.data<T>(), *g = grad.data<T>();
+    T* gx = grad_x.data<T>();
+#pragma omp parallel for if (n * f >= kParallelMin)
+    for (int64_t r = 0; r < n; ++r) {
+      const T *gate = in + r * 2 * f, *up = gate + f, *gr = g + r * f;
+      T *grad_gate = gx + r * 2 * f, *grad_up = grad_gate + f;
+      for (int64_t j = 0; j < f; ++j) {
+        grad_gate[j] = gr[j] * up[j] * glu_gate_derivative(act, gate[j]);
+        grad_up[j] = gr[j] * glu_gate(act, gate[j]);
+      }
+    }
+  });
+}
+
+// tanh(x / cap) * cap, the order Hugging Face's Gemma 2 computes it in. out may be x.
+void soft_cap_cpu(Tensor& out, const Tensor& x, double cap) {
+  dispatch_float(x.dtype(), "soft_cap", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t n = x.numel();
+    const T* in = x.data<T>();
+    T* o = out.data<T>();
+    const T c = static_cast<T>(cap);
+#pragma omp parallel for if (n >= kParallelMin / 4)
+    for (int64_t i = 0; i < n; ++i) o[i] = math_tanh(in[i] / c) * c;
   });
 }
 

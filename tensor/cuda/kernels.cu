@@ -49,17 +49,19 @@ void fill_cuda(Tensor& out, double value) {
 
 template <typename To, typename From>
 __global__ void convert_kernel(To* out, const From* src, int64_t n) {
-  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = static_cast<To>(src[i]);
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = convert_element<To>(src[i]);
 }
 
 void copy_cuda(Tensor& out, const Tensor& src) {
   const int64_t n = out.numel();
   if (n == 0) return;
   if (out.dtype() != src.dtype()) {
-    dispatch_float(out.dtype(), "copy", [&](auto zero) {
-      using T = decltype(zero);
-      using From = std::conditional_t<std::is_same_v<T, float>, double, float>;  // the other one
-      convert_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<T>(), src.data<From>(), n);
+    dispatch_storage(out.dtype(), "copy", [&](auto to) {
+      dispatch_storage(src.dtype(), "copy", [&](auto from) {
+        using To = decltype(to);
+        using From = decltype(from);
+        convert_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<To>(), src.data<From>(), n);
+      });
     });
     SAE_CUDA_CHECK_LAUNCH();
     return;
@@ -437,9 +439,26 @@ void reduce_axis_cuda(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, 
 
 // ---------------------------------------------------------------- matmul
 
+// Columns j0..j0+nb of op(b) widened into w: rows j0.. of b [., ld] (trans_b: w [nb, k]) or its
+// columns j0.. (w [k, nb]).
+template <typename H>
+__global__ void widen_tile_kernel(float* w, const H* b, bool trans_b, int64_t j0, int64_t nb, int64_t k, int64_t ld) {
+  for (int64_t i = thread_index(); i < nb * k; i += grid_stride()) {
+    if (trans_b) {
+      const int64_t r = i / k, c = i % k;
+      w[i] = widen(b[(j0 + r) * ld + c]);
+    } else {
+      const int64_t r = i / nb, c = i % nb;
+      w[i] = widen(b[r * ld + j0 + c]);
+    }
+  }
+}
+
 // cuBLAS is column-major, and a row-major [r, c] matrix is the column-major [c, r] matrix holding
 // its transpose. So out^T = op(b)^T op(a)^T is one column-major GEMM with the operands swapped,
 // m and n swapped, each transpose flag kept, and the leading dimensions the row-major row lengths.
+// A 16-bit b (a model's weights) is widened a tile of op(b)'s columns at a time into scratch, each
+// tile one sgemm into those columns of out (as the CPU does, tensor/cpu/kernels.cpp).
 void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                  double beta) {
   const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
@@ -457,6 +476,27 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1)), ldc = ni;
   cublasHandle_t handle = cublas_handle();
+  if (is_half_dtype(b.dtype())) {
+    constexpr int64_t kTileFloats = int64_t(1) << 22;  // 16 MB of float32 scratch
+    const int64_t tile = std::max<int64_t>(16, kTileFloats / k / 16 * 16);
+    DeviceBuffer scratch(static_cast<size_t>(std::min(tile, n) * k) * sizeof(float));
+    float* w = static_cast<float*>(scratch.ptr);
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+    for (int64_t j0 = 0; j0 < n; j0 += tile) {
+      const int64_t nb = std::min(tile, n - j0);
+      if (b.dtype() == DType::BF16)
+        widen_tile_kernel<<<grid_for(nb * k), kBlock, 0, cuda_stream()>>>(w, b.data<BFloat16>(), trans_b, j0, nb, k,
+                                                                           b.size(1));
+      else
+        widen_tile_kernel<<<grid_for(nb * k), kBlock, 0, cuda_stream()>>>(w, b.data<Float16>(), trans_b, j0, nb, k,
+                                                                           b.size(1));
+      SAE_CUDA_CHECK_LAUNCH();
+      const int nbi = static_cast<int>(nb), ldw = static_cast<int>(trans_b ? k : nb);
+      SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, nbi, mi, ki, &alpha_f, w, ldw, a.data<float>(), lda, &beta_f,
+                                   out.data<float>() + j0, ldc));
+    }
+    return;
+  }
   if (out.dtype() == DType::F32) {
     const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
     SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<float>(), ldb, a.data<float>(), lda,

@@ -10,13 +10,18 @@
 //   attention_mask       grid-stride over the scores
 //   swap_axes01          grid-stride over out's elements
 //   rotary               grid-stride over the rows' (j, j + R) pairs and the copied columns
+//   rms_norm             one warp per row, double sums by warp shuffles
+//   glu, glu_backward    grid-stride over the [N, F] elements
+//   soft_cap             grid-stride over the elements
 // Letters: N rows, D row width, B batch, Tq queries, Tk keys.
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda/transformer_kernels.h"
 #include "tensor/dispatch.h"
+#include "tensor/element_math.h"
 #include "tensor/host_device.h"
 
 namespace sae {
@@ -46,9 +51,10 @@ __device__ inline int64_t warp_count() { return int64_t(gridDim.x) * blockDim.x 
 
 // ---------------------------------------------------------------- embedding
 
-template <typename T>
-__global__ void embedding_kernel(T* out, const T* table, const int32_t* ids, int64_t n, int64_t d) {
-  for (int64_t i = thread_index(); i < n * d; i += grid_stride()) out[i] = table[int64_t(ids[i / d]) * d + i % d];
+template <typename Out, typename T>
+__global__ void embedding_kernel(Out* out, const T* table, const int32_t* ids, int64_t n, int64_t d) {
+  for (int64_t i = thread_index(); i < n * d; i += grid_stride())
+    out[i] = convert_element<Out>(table[int64_t(ids[i / d]) * d + i % d]);
 }
 
 template <typename T>
@@ -145,6 +151,44 @@ __global__ void rotary_kernel(T* out, const T* x, const T* cos, const T* sin, in
 }
 
 template <typename T>
+__global__ void rms_norm_kernel(T* out, T* rstd, const T* x, const T* weight, int64_t n, int64_t d, double eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t r = warp_index(); r < n; r += warp_count()) {
+    const T* row = x + r * d;
+    double squares = 0.0;
+    for (int64_t j = lane; j < d; j += 32) squares += double(row[j]) * double(row[j]);
+    const T s = static_cast<T>(1.0 / sqrt(warp_sum(squares) / static_cast<double>(d) + eps));
+    T* dst = out + r * d;
+    for (int64_t j = lane; j < d; j += 32) dst[j] = (row[j] * s) * weight[j];
+    if (lane == 0) rstd[r] = s;
+  }
+}
+
+template <typename T>
+__global__ void glu_kernel(T* out, const T* x, int64_t n, int64_t f, GluActivation act) {
+  for (int64_t i = thread_index(); i < n * f; i += grid_stride()) {
+    const int64_t r = i / f, j = i % f;
+    const T gate = x[r * 2 * f + j], up = x[r * 2 * f + f + j];
+    out[i] = glu_gate(act, gate) * up;
+  }
+}
+
+template <typename T>
+__global__ void glu_backward_kernel(T* grad_x, const T* x, const T* grad, int64_t n, int64_t f, GluActivation act) {
+  for (int64_t i = thread_index(); i < n * f; i += grid_stride()) {
+    const int64_t r = i / f, j = i % f;
+    const T gate = x[r * 2 * f + j], up = x[r * 2 * f + f + j], g = grad[i];
+    grad_x[r * 2 * f + j] = g * up * glu_gate_derivative(act, gate);
+    grad_x[r * 2 * f + f + j] = g * glu_gate(act, gate);
+  }
+}
+
+template <typename T>
+__global__ void soft_cap_kernel(T* out, const T* x, int64_t n, T cap) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = math_tanh(x[i] / cap) * cap;
+}
+
+template <typename T>
 __global__ void scale_kernel(T* out, int64_t n, T beta) {
   for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = beta == T(0) ? T(0) : beta * out[i];
 }
@@ -154,10 +198,14 @@ __global__ void scale_kernel(T* out, int64_t n, T beta) {
 void embedding_cuda(Tensor& out, const Tensor& table, const Tensor& ids) {
   const int64_t n = ids.numel(), d = table.size(1);
   if (n * d == 0) return;
-  dispatch_float(table.dtype(), "embedding", [&](auto zero) {
+  dispatch_storage(table.dtype(), "embedding", [&](auto zero) {
     using T = decltype(zero);
-    embedding_kernel<<<grid_for(n * d), kBlock, 0, cuda_stream()>>>(out.data<T>(), table.data<T>(),
-                                                                    ids.data<int32_t>(), n, d);
+    if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Float16>)  // widened into float32 rows
+      embedding_kernel<<<grid_for(n * d), kBlock, 0, cuda_stream()>>>(out.data<float>(), table.data<T>(),
+                                                                      ids.data<int32_t>(), n, d);
+    else
+      embedding_kernel<<<grid_for(n * d), kBlock, 0, cuda_stream()>>>(out.data<T>(), table.data<T>(),
+                                                                      ids.data<int32_t>(), n, d);
   });
   SAE_CUDA_CHECK_LAUNCH();
 }
@@ -259,6 +307,48 @@ void rotary_cuda(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& 
     using T = decltype(zero);
     rotary_kernel<<<grid_for(total), kBlock, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(), cos.data<T>(),
                                                                  sin.data<T>(), batch, t, d, r);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void rms_norm_cuda(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
+  const int64_t d = x.size(-1), n = d == 0 ? 0 : x.numel() / d;
+  if (n == 0) return;
+  dispatch_float(x.dtype(), "rms_norm", [&](auto zero) {
+    using T = decltype(zero);
+    rms_norm_kernel<<<grid_for(n, kWarpsPerBlock), kBlock, 0, cuda_stream()>>>(
+        out.data<T>(), rstd.data<T>(), x.data<T>(), weight.data<T>(), n, d, eps);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void glu_cuda(Tensor& out, const Tensor& x, GluActivation act) {
+  const int64_t n = out.size(0), f = out.size(1);
+  if (n * f == 0) return;
+  dispatch_float(x.dtype(), "glu", [&](auto zero) {
+    using T = decltype(zero);
+    glu_kernel<<<grid_for(n * f), kBlock, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(), n, f, act);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void glu_backward_cuda(Tensor& grad_x, const Tensor& x, const Tensor& grad, GluActivation act) {
+  const int64_t n = grad.size(0), f = grad.size(1);
+  if (n * f == 0) return;
+  dispatch_float(x.dtype(), "glu_backward", [&](auto zero) {
+    using T = decltype(zero);
+    glu_backward_kernel<<<grid_for(n * f), kBlock, 0, cuda_stream()>>>(grad_x.data<T>(), x.data<T>(), grad.data<T>(),
+                                                                       n, f, act);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+void soft_cap_cuda(Tensor& out, const Tensor& x, double cap) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  dispatch_float(x.dtype(), "soft_cap", [&](auto zero) {
+    using T = decltype(zero);
+    soft_cap_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(out.data<T>(), x.data<T>(), n, static_cast<T>(cap));
   });
   SAE_CUDA_CHECK_LAUNCH();
 }

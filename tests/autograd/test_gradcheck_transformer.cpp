@@ -2,7 +2,9 @@
 // (autograd/functions.h): embedding with repeated ids, LayerNorm (x, weight and bias), gelu_new, gelu,
 // rotary,
 // softmax, batched matmul in every transpose case, the attention mask followed by softmax (global,
-// local, fewer queries than keys), the axis swap, and one whole attention head composed of them.
+// local, fewer queries than keys), the axis swap, and one whole attention head composed of them;
+// RMSNorm (x and weight), the gated activations (SwiGLU, GeGLU), soft-capping, and a grouped-query
+// soft-capped attention head composed of them.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -130,6 +132,49 @@ TEST(GradcheckTransformer, AttentionHeadComposition) {
     Variable qh = ag::swap_axes01(x[0]), kh = ag::swap_axes01(x[1]), vh = ag::swap_axes01(x[2]);
     Variable p = ag::softmax(ag::attention_mask(ag::batched_matmul(qh, kh, false, true), 3));
     return ag::swap_axes01(ag::batched_matmul(p, vh));
+  };
+  EXPECT_LT(gradcheck(attention, {q, k, v}), kTol);
+}
+
+TEST(GradcheckTransformer, RmsNormBothInputs) {
+  Rng rng(15);
+  for (const Shape& shape : {Shape{3, 5}, Shape{2, 3, 4}, Shape{1, 1}}) {
+    const int64_t d = shape[shape.ndim - 1];
+    Tensor x = random_off_kink(shape, rng, -2.0, 3.0), w = random_off_kink(Shape{d}, rng);
+    auto f = [](const Vars& v) { return ag::square(ag::rms_norm(v[0], v[1], 1e-5)); };
+    EXPECT_LT(gradcheck(f, {x, w}), kTol) << shape.str();
+  }
+}
+
+TEST(GradcheckTransformer, GatedActivations) {
+  Rng rng(16);
+  for (GluActivation act : {GluActivation::silu, GluActivation::gelu_tanh}) {
+    Tensor x = random_off_kink(Shape{4, 6}, rng, -4.0, 4.0);
+    EXPECT_LT(gradcheck([act](const Vars& v) { return ag::square(ag::glu(v[0], act)); }, {x}), kTol)
+        << glu_activation_name(act);
+  }
+}
+
+TEST(GradcheckTransformer, SoftCap) {
+  Rng rng(17);
+  Tensor x = random_off_kink(Shape{3, 7}, rng, -20.0, 20.0);
+  for (double cap : {50.0, 3.0})
+    EXPECT_LT(gradcheck([cap](const Vars& v) { return ag::square(ag::soft_cap(v[0], cap)); }, {x}), kTol) << cap;
+}
+
+// Four query heads over two key/value heads (grouped-query attention as the decoder runs it: the
+// queries of a group stacked into one batch entry), soft-capped scores, a local window.
+TEST(GradcheckTransformer, GroupedQuerySoftCappedAttentionComposition) {
+  Rng rng(18);
+  const int64_t t = 5, heads = 4, kv_heads = 2, hd = 3, group = heads / kv_heads;
+  Tensor q = random_off_kink(Shape{heads, t, hd}, rng), k = random_off_kink(Shape{kv_heads, t, hd}, rng);
+  Tensor v = random_off_kink(Shape{kv_heads, t, hd}, rng);
+  auto attention = [&](const Vars& x) {
+    Variable qg = ag::reshape(x[0], Shape{kv_heads, group * t, hd});
+    Variable scores = ag::soft_cap(ag::batched_matmul(qg, x[1], false, true), 2.0);
+    Variable masked = ag::attention_mask(ag::reshape(scores, Shape{heads, t, t}), 3);
+    Variable p = ag::reshape(ag::softmax(masked), Shape{kv_heads, group * t, t});
+    return ag::batched_matmul(p, x[2]);
   };
   EXPECT_LT(gradcheck(attention, {q, k, v}), kTol);
 }

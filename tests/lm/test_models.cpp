@@ -1,8 +1,10 @@
 // The decoder model's other families (lm/decoder_model.h, lm/model_family.h) against Hugging Face
 // transformers (fixtures in tests/ref/models, made by scripts/gen_model_fixtures.py: tiny random-init
 // GPT-2 (plain; scaled by the inverse layer index, erf GELU, untied), Pythia-like GPT-NeoX (parallel
-// residual, rotary on 25% of each head) and a sequential GPT-NeoX (rotary on every dim, base 500, no
-// attention biases)):
+// residual, rotary on 25% of each head), a sequential GPT-NeoX (rotary on every dim, base 500, no
+// attention biases), Llama (grouped-query, llama3 RoPE scaling; and one with every bias, head_dim 16,
+// linear scaling, untied), Qwen 2 (q/k/v biases, sliding-window blocks), Mistral (one key/value head,
+// sliding window), Gemma 2 (in float32 and stored as bfloat16)):
 //   - every hook point of every block, read by stopping there and all at once in one pass, the
 //     hidden states and the logits (two sequences, up to every position), <= 1e-5 of max |HF|;
 //   - greedy generation with the KV cache equal to HF's generate;
@@ -37,7 +39,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr double kRel = 1e-5;  // of each tensor's max |value|
-const char* kModels[] = {"gpt2", "gpt2_scaled", "pythia", "neox_seq"};
+const char* kModels[] = {"gpt2",       "gpt2_scaled", "pythia", "neox_seq", "llama",
+                         "llama_bias", "qwen2",       "mistral", "gemma2",  "gemma2_bf16"};
 
 std::string models_ref(const std::string& name) { return sae::testing::ref_path("models/" + name); }
 
@@ -162,7 +165,7 @@ TEST(Models, GreedyGenerationEqualsHuggingFaceGenerate) {
 // (parallel), HF's values; zeroing ln2.hook_normalized leaves the MLP only its norm's bias as input,
 // so every row of mlp_out is the same.
 TEST(Models, ChangingAHookPointChangesTheRestOfTheRun) {
-  for (const char* name : {"gpt2", "pythia", "neox_seq"}) {
+  for (const char* name : {"gpt2", "pythia", "neox_seq", "llama", "qwen2", "gemma2"}) {
     SCOPED_TRACE(name);
     DecoderModel model = load_decoder_model(models_ref(name));
     const bool parallel = model.config().residual == ResidualWiring::Parallel;
@@ -228,6 +231,52 @@ TEST(Models, LoadingStopsAtTheHookAndLaterBlocksAreNeverRead) {
     EXPECT_THROW(part.logits(ids), UsageError);
     EXPECT_THROW(part.unembedding(), UsageError);
   }
+}
+
+// ---------------------------------------------------------------- 16-bit weights stay as stored
+
+// gemma2_bf16 holds gemma2's weights rounded to bfloat16: the weight matrices stay bf16 in memory
+// (the parity test above reads every hook point of it against transformers in float32), the norms
+// are float32, so the parameters take about the file's bytes; a NaN in a bf16 matrix is refused.
+TEST(Models, SixteenBitWeightMatricesStayAsStored) {
+  DecoderModel model = load_decoder_model(models_ref("gemma2_bf16"));
+  for (const char* name : {"embed.tokens", "blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight",
+                           "blocks.3.mlp.in.weight", "blocks.3.mlp.out.weight", "unembed"})
+    EXPECT_EQ(model.parameter(name).dtype(), DType::BF16) << name;
+  for (const char* name : {"blocks.0.ln1.weight", "blocks.0.ln1_post.weight", "final_norm.weight"})
+    EXPECT_EQ(model.parameter(name).dtype(), DType::F32) << name;
+  size_t bytes = 0;
+  for (const std::string& name : model.parameter_names())
+    if (name != "unembed") bytes += model.parameter(name).nbytes();  // tied: the embedding itself
+  const size_t file = fs::file_size(models_ref("gemma2_bf16/model.safetensors"));
+  EXPECT_LE(bytes, file) << "parameters " << bytes << " bytes, file " << file;
+  EXPECT_GE(bytes, file * 9 / 10);
+  EXPECT_EQ(load_decoder_model(models_ref("gemma2")).parameter("embed.tokens").dtype(), DType::F32);
+
+  // A NaN in a stacked bf16 matrix (copied) and in the embedding (gathered from the file's mapping).
+  TempDir dir("models_bf16");
+  for (const char* poisoned : {"model.layers.1.mlp.up_proj.weight", "model.embed_tokens.weight"}) {
+    std::vector<RawArray> arrays = arrays_of(models_ref("gemma2_bf16/model.safetensors"));
+    for (RawArray& a : arrays)
+      if (a.name == poisoned) {
+        ASSERT_EQ(a.dtype, "BF16");
+        const uint16_t nan = 0x7fc0;
+        std::memcpy(a.bytes.data() + a.bytes.size() - 2 * 5, &nan, 2);
+      }
+    const std::string folder = dir.str(cat("poisoned_", poisoned));
+    write_folder(folder, fixture_config("gemma2_bf16"), arrays);
+    const std::string message = error_of([&] { load_decoder_model(folder); });
+    EXPECT_NE(message.find(poisoned), std::string::npos) << message;
+    EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  }
+  // The embedding read from the mapping gives the same rows as a copy widened to float32.
+  const Tensor table = model.parameter("embed.tokens");
+  const std::vector<int32_t> ids = {0, 1, 511, 7, 300};
+  const Tensor rows = embedding(table, Tensor::from_vector(std::vector<double>(ids.begin(), ids.end()), Shape{5},
+                                                           DType::I32));
+  const Tensor wide = table.to(DType::F32);
+  for (size_t i = 0; i < ids.size(); ++i)
+    sae::testing::expect_bitwise_equal(rows.slice_rows(i, i + 1), wide.slice_rows(ids[i], ids[i] + 1), cat("row ", ids[i]));
 }
 
 // ---------------------------------------------------------------- the files as the Hub has them
@@ -360,7 +409,21 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
        "even number"},
       {"pythia", "rotary_emb_base", Json(int64_t(500)), "disagree"},
       {"pythia", "use_parallel_residual", Json(int64_t(1)), "use_parallel_residual"},
-      {"pythia", "model_type", Json("llama"), "not a model family we read"},
+      {"pythia", "model_type", Json("falcon"), "not a model family we read"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000})"), "yarn"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "llama3", "factor": 8.0, "rope_theta": 10000})"),
+       "low_freq_factor"},
+      {"llama", "rope_parameters", Json::parse(R"({"rope_type": "linear", "rope_theta": 10000})"), "factor"},
+      {"llama", "num_key_value_heads", Json(int64_t(3)), "num_key_value_heads"},
+      {"llama", "hidden_act", Json("relu"), "hidden_act"},
+      {"llama", "head_dim", Json(int64_t(7)), "head_dim"},
+      {"qwen2", "layer_types", Json::parse(R"(["full_attention", "chunked_attention", "full_attention"])"),
+       "chunked_attention"},
+      {"qwen2", "layer_types", Json::parse(R"(["full_attention"])"), "layer_types"},
+      {"mistral", "sliding_window", Json(int64_t(0)), "sliding_window"},
+      {"gemma2", "hidden_activation", Json("silu_x"), "hidden_activation"},
+      {"gemma2", "attn_logit_softcapping", Json(-1.0), "attn_logit_softcapping"},
+      {"gemma2", "query_pre_attn_scalar", Json("big"), "query_pre_attn_scalar"},
   };
   TempDir dir("models_config");
   for (const Case& c : cases) {

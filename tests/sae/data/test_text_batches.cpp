@@ -255,14 +255,11 @@ TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
   const CsvNumbers tm = read_csv_numbers(dir.str("transcoder/metrics.csv"));
   EXPECT_LT(tm.column("loss").back(), tm.column("loss").front());
   EXPECT_EQ(t.steps, 24);
-  // Splicing into the model (sae_eval, sae_steer) takes SAEs: one line for a transcoder.
+  // sae_eval and sae_steer splice it where it was trained: it reads ln2.hook_normalized, replaces hook_mlp_out.
   const DecoderModel model = load_decoder_model(ref("model"));
-  try {
-    load_sae_at_layer(dir.str("transcoder/sae"), model.config(), HookChoice{}, Device::CPU);
-    ADD_FAILURE() << "a transcoder was accepted for splicing";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("a transcoder is evaluated"), std::string::npos) << e.what();
-  }
+  const SaeAtLayer spliced = load_sae_at_layer(dir.str("transcoder/sae"), model.config(), HookChoice{}, Device::CPU);
+  EXPECT_EQ(hook_name(spliced.input_site), "blocks.1.ln2.hook_normalized");
+  EXPECT_EQ(hook_name(spliced.site), "blocks.1.hook_mlp_out");
 
   TrainConfig cc = text_config(dir.str("crosscoder"));
   cc.hooks = "blocks.0.hook_resid_post,blocks.1.hook_resid_post";
@@ -275,4 +272,11 @@ TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
   EXPECT_EQ(crosscoder.params.d_in(), 4 * 32);
   const CsvNumbers cm = read_csv_numbers(dir.str("crosscoder/metrics.csv"));
   EXPECT_LT(cm.column("loss").back(), cm.column("loss").front());
+  // Splicing a crosscoder into the model is not done: one line.
+  try {
+    load_sae_at_layer(dir.str("crosscoder/sae"), model.config(), HookChoice{}, Device::CPU);
+    ADD_FAILURE() << "a crosscoder was accepted for splicing";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("a crosscoder is evaluated"), std::string::npos) << e.what();
+  }
 }

@@ -144,6 +144,40 @@ TEST(SaeEval, MatchesThePyTorchReferenceForEachFolder) {
   }
 }
 
+TEST(SaeEval, ATranscoderSplicedForItsMlpMatchesThePyTorchSplice) {
+  // scripts/gen_transcoder_eval_fixture.py: a skip transcoder of block 1's MLP (ln2.hook_normalized ->
+  // hook_mlp_out, dataset scales 1.3 and 0.8), spliced in by PyTorch hooks on HF's GPT-Neo.
+  Loaded lm;
+  const std::string folder = std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_transcoder/";
+  const test::Fixture e(folder + "expected.safetensors");
+  const SaeAtLayer tc = load_sae_at_layer(folder + "tc", lm.model.config(), HookChoice{}, Device::CPU);
+  EXPECT_EQ(hook_name(tc.input_site), "blocks.1.ln2.hook_normalized");
+  EXPECT_EQ(hook_name(tc.site), "blocks.1.hook_mlp_out");
+  const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, tc, fixture_options());
+  EXPECT_EQ(r.tokens, e.integer("tc.tokens"));
+  EXPECT_EQ(r.predictions, e.integer("tc.predictions"));
+  expect_relative(r.clean.ce, e.scalar("tc.ce_clean"), 2e-5, "CE clean");
+  expect_relative(r.spliced.ce, e.scalar("tc.ce_sae"), 2e-5, "CE spliced");
+  expect_relative(r.zero_ablated.ce, e.scalar("tc.ce_zero"), 2e-5, "CE zero");
+  expect_relative(r.mean_ablated.ce, e.scalar("tc.ce_mean"), 2e-5, "CE mean");
+  expect_relative(r.spliced.kl, e.scalar("tc.kl_sae"), 1e-4, "KL spliced");
+  expect_relative(r.zero_ablated.kl, e.scalar("tc.kl_zero"), 1e-4, "KL zero");
+  expect_relative(r.mean_ablated.kl, e.scalar("tc.kl_mean"), 1e-4, "KL mean");
+  expect_relative(r.ce_score, e.scalar("tc.ce_score"), 2e-3, "CE score");
+  expect_relative(r.kl_score, e.scalar("tc.kl_score"), 1e-4, "KL score");
+  expect_relative(r.fvu, e.scalar("tc.fvu"), 1e-5, "FVU of the MLP's output");
+  expect_relative(r.l0, e.scalar("tc.l0"), 1e-12, "L0");
+  EXPECT_EQ(r.density, e.values("tc.density"));
+  const std::vector<double> mean = e.values("tc.mean");
+  ASSERT_EQ(r.mean_activation.size(), mean.size());
+  for (size_t j = 0; j < mean.size(); ++j) EXPECT_NEAR(r.mean_activation[j], mean[j], 1e-6) << "mean " << j;
+  EXPECT_EQ(r.dead, 4);
+  // A transcoder's hooks come from its folder: --hook is refused in one line.
+  EXPECT_NE(error_of([&] { load_sae_at_layer(folder + "tc", lm.model.config(), layer_choice(2), Device::CPU); })
+                .find("a transcoder reads and replaces"),
+            std::string::npos);
+}
+
 TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
   // Planted truth: W_enc = [I, -I], W_dec = [I; -I], no biases: x_hat = relu(x) - relu(-x) = x.
   TempDir dir("eval_identity");

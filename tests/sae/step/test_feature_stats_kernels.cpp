@@ -190,9 +190,11 @@ TEST(FeatureStatsKernels, HistogramBinsAtTheirEdges) {
 }
 
 TEST(FeatureStatsKernels, DenseScanEqualsBruteForce) {
+  // 40 x 37: one thread, three tiles of features (16, 16, 5); 300 x 1001: past the size where
+  // threads split the tiles (tensor/cpu/parallel.h).
+  for (const auto& [n, features] : {std::pair<int64_t, int64_t>{40, 37}, {300, 1001}})
   for (DType dtype : {DType::F32, DType::F64})
     for (int64_t k : {1, 3, 8}) {
-      const int64_t n = 40, features = 37;
       const Tensor f = random_f(n, features, dtype, 10 + k);
       const std::vector<double> fv = f.to_vector(), thresholds = random_thresholds(features, 20 + k);
       const std::vector<int32_t> groups = random_groups(n, 30 + k);

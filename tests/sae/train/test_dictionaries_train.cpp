@@ -12,6 +12,7 @@
 
 #include "io/npy.h"
 #include "sae/arch/registry.h"
+#include "sae/features/browser.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/metrics.h"
 #include "sae/train/trainer.h"
@@ -207,6 +208,21 @@ TEST(DictionaryTraining, CrosscoderRecoversTheSharedConceptsOverBothSources) {
   std::printf("planted crosscoder: recovered %.3f, FVU %.4f, L0 %.2f\n", recovered, r.fvu, r.l0);
   EXPECT_GE(recovered, 0.9);
   EXPECT_LT(r.fvu, 0.1);
+  // The browser shows each feature's decoder norm per source (for model diffing).
+  BrowserOptions options;
+  options.run = dir.str("run");
+  const Json data = browser_data(options);
+  ASSERT_EQ(data.at("about").at("sources").elements().size(), 2u);
+  const Json& f3 = data.at("features").elements().at(3);
+  ASSERT_EQ(f3.at("sn").elements().size(), 2u);
+  for (int64_t s = 0; s < 2; ++s) {
+    double sq = 0;
+    for (int64_t j = 0; j < p.d_in; ++j) {
+      const double v = ck.params.W_dec.data<float>()[3 * 2 * p.d_in + s * p.d_in + j];
+      sq += v * v;
+    }
+    EXPECT_NEAR(f3.at("sn").elements()[s].as_number(), std::sqrt(sq), 1e-3 * std::sqrt(sq));  // 4 digits on the page
+  }
 }
 
 TEST(DictionaryTraining, TranscoderResumeIsBitExact) {

@@ -1,6 +1,7 @@
 // The L0 set-point controller (--target-l0, docs/architectures.md §2.9): its update against the
-// formulas worked by hand, its clamps, exact state round trip; training reaching the target within
-// 5% from above and from below (standard, and JumpReLU with the tanh penalty), bit-exact resume, bad options.
+// formulas worked by hand, its clamps and band, exact state round trip; training reaching the target
+// within 5% on fresh planted data (several dictionaries, widths, targets; from the data's scale and
+// 100x below and above it) and for JumpReLU with the tanh penalty, bit-exact resume, bad options.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 
 using namespace sae;
 using sae::testing::read_file;
+using sae::testing::planted_dictionary_config;
 using sae::testing::small_synthetic_config;
 using sae::testing::TempDir;
 
@@ -24,17 +26,41 @@ TEST(L0Controller, FollowsTheFormulasStepByStep) {
   s.max_change = 0.2;
   L0Controller c(s, 2.0);
   EXPECT_DOUBLE_EQ(c.lambda(), 2.0);
-  // Step 1: Lbar = 8, e = log 2 = 0.693..., du = 0.1 e = 0.0693 (no K_p term), lambda = 2 e^0.0693.
+  // Step 1: Lbar = 8, e = log 2 = 0.693..., clamped to 0.5 in the integral term: du = 0.1 * 0.5 = 0.05
+  // (no K_p term on the first step).
   c.update(8);
   EXPECT_DOUBLE_EQ(c.smoothed_l0(), 8);
-  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.1 * std::log(2.0)), 1e-12);
-  // Step 2: Lbar = 0.5*8 + 0.5*2 = 5, e = log 1.25; du = 0.1 e + 0.5 (e - log 2) = -0.2724... -> clamped to -0.2.
+  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.05), 1e-12);
+  // Step 2: Lbar = 0.5*8 + 0.5*2 = 5, e = log 1.25; du = 0.1 e + 0.5 (e - log 2) = -0.2127... -> clamped to -0.2.
   c.update(2);
   EXPECT_DOUBLE_EQ(c.smoothed_l0(), 5);
-  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.1 * std::log(2.0) - 0.2), 1e-12);
+  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.05 - 0.2), 1e-12);
   // Step 3: Lbar = 0.5*5 + 0.5*3 = 4 = L*: e = 0; du = 0.5 (0 - log 1.25) = -0.1116.
   c.update(3);
-  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.1 * std::log(2.0) - 0.2 - 0.5 * std::log(1.25)), 1e-12);
+  EXPECT_NEAR(c.lambda(), 2.0 * std::exp(0.05 - 0.2 - 0.5 * std::log(1.25)), 1e-12);
+}
+
+TEST(L0Controller, WithTheDataScaleLambdaApproachesFromBelowWithinItsBand) {
+  L0ControllerSettings s;
+  s.target = 8;
+  s.max_change = 0.01;
+  s.scale = lambda_scale(false, 256.0, 8.0);  // sqrt(256 / 8)
+  EXPECT_DOUBLE_EQ(s.scale, std::sqrt(32.0));
+  EXPECT_DOUBLE_EQ(lambda_scale(true, 256.0, 8.0), 32.0);  // an L0-like penalty: E / L*
+  EXPECT_THROW(lambda_scale(false, 0.0, 8.0), DataError);
+  // Any start above lambda_s / 3 starts there; L0 far above the target then raises lambda by at most
+  // delta a step (the ceiling rises as fast), up to 10 lambda_s.
+  for (double lambda0 : {s.scale, 100 * s.scale, 1e9}) {
+    L0Controller c(s, lambda0);
+    EXPECT_NEAR(c.lambda(), s.scale / 3, 1e-9);
+    c.update(1000);
+    EXPECT_NEAR(c.lambda(), s.scale / 3 * std::exp(0.01), 1e-9);
+    for (int i = 0; i < 2000; ++i) c.update(1000);
+    EXPECT_NEAR(c.lambda(), 10 * s.scale, 1e-9);
+  }
+  // Below: it starts where asked, down to lambda_s / 1000.
+  EXPECT_NEAR(L0Controller(s, s.scale / 100).lambda(), s.scale / 100, 1e-12);
+  EXPECT_NEAR(L0Controller(s, 1e-9).lambda(), s.scale / 1000, 1e-12);
 }
 
 TEST(L0Controller, StaysWithinItsBoundsAndSurvivesAnEmptyBatch) {
@@ -79,49 +105,80 @@ TrainConfig controlled_run(const std::string& out, double target, double l1) {
   c.log_every = 1;
   c.checkpoint_every = 1000;
   c.target_l0 = target;
-  c.target_l0_ki = 0.01;
-  c.target_l0_kp = 0.1;
-  c.target_l0_ema = 0.05;
-  c.target_l0_max_change = 0.05;
   return c;
 }
 
-// Mean L0 over the last `window` logged steps.
-double final_l0(const std::string& out, size_t window) {
+// Mean L0 over the last tenth of the logged steps.
+double last_tenth_l0(const std::string& out) {
   const Metrics m = read_metrics(out + "/metrics.csv");
-  const std::vector<double> l0 = m.column("l0");
-  double sum = 0;
-  for (size_t i = l0.size() - window; i < l0.size(); ++i) sum += l0[i];
-  return sum / double(window);
+  return m.tail_mean("l0", m.rows.size() - 1, 0.1);
+}
+
+// A planted dictionary the controller was not tuned on: `concepts` unit directions in width d,
+// `active` per token, token batches of 256, dataset normalisation, lr 1e-3, 4000 steps (the issue's
+// setting, scaled down so the test is quick).
+TrainConfig fresh_planted(const std::string& out, int64_t d, int64_t concepts, double active, double zipf,
+                          uint64_t seed, int64_t features, double target) {
+  TrainConfig c = planted_dictionary_config(out);
+  c.synthetic.d = d;
+  c.synthetic.concepts = concepts;
+  c.synthetic.active = active;
+  c.synthetic.zipf = zipf;
+  c.synthetic.seed = seed;
+  c.features = features;
+  c.lr = 1e-3;
+  c.steps = 4000;
+  c.log_every = 10;
+  c.feature_stats_steps = 0;
+  c.target_l0 = target;
+  return c;
 }
 }  // namespace
 
-TEST(L0Controller, TrainingReachesTheTargetWithinFivePercent) {
+// Issue 24: the set point missed by 12% on planted data it was not tuned on, and could not start
+// without --l1. Several dictionaries, widths and targets, each from the data's scale (--l1 0) and
+// from 100x below and above it: the mean L0 of the last 10% of a 4000-step run is within 5%.
+TEST(L0Controller, ReachesTheTargetOnFreshPlantedDataFromAnyStart) {
   TempDir dir("l0_target");
   struct Case {
     const char* name;
-    const char* architecture;
-    double target, l1;
+    int64_t d, concepts;
+    double active, zipf;
+    uint64_t seed;
+    int64_t features;
+    double target;
+    std::vector<double> starts;  // --l1, in units of the data's scale (0: --l1 0, start at the scale)
   };
-  // From far below (lambda too large: L0 starts near 0) and from above (lambda too small).
-  for (const Case& k : {Case{"standard_up", "standard", 6.0, 20.0},
-                        Case{"standard_down", "standard", 3.0, 0.01},
-                        Case{"jumprelu_tanh", "jumprelu", 4.0, 0.1}}) {
-    SCOPED_TRACE(k.name);
-    TrainConfig c = controlled_run(dir.str(k.name), k.target, k.l1);
-    c.architecture = k.architecture;
-    // The tanh penalty's gradient reaches the pre-activations; the step penalty's reaches only the
-    // thresholds of latents firing within the bandwidth of them (docs/architectures.md §2.9).
-    if (std::string(k.architecture) == "jumprelu") c.arch.set("jumprelu-penalty", Json("tanh"));
-    const TrainResult r = train(c);
-    const double l0 = final_l0(c.out, 500);
-    EXPECT_NEAR(l0, k.target, 0.05 * k.target);
-    // Uncontrolled, the same lambda is far from the target: the controller did the work.
-    const Metrics m = read_metrics(c.out + "/metrics.csv");
-    EXPECT_NE(m.column("l1_coefficient").back(), k.l1);
-    EXPECT_EQ(m.column("l0_smoothed").size(), m.rows.size());
-    (void)r;
+  for (const Case& k : {Case{"d32_c64", 32, 64, 3, 0, 21, 96, 4, {0, 0.01, 100}},
+                        Case{"d48_c128_zipf", 48, 128, 5, 1, 22, 192, 10, {0}},
+                        Case{"d24_c48", 24, 48, 2, 0.5, 23, 64, 2, {0.01}}}) {
+    const double scale = std::sqrt(double(k.d) / k.target);  // E ||x||^2 = d after dataset normalisation
+    for (double start : k.starts) {
+      const double l1 = start * scale;
+      SCOPED_TRACE(cat(k.name, ", --l1 ", l1));
+      TrainConfig c = fresh_planted(dir.str(cat(k.name, "_", l1)), k.d, k.concepts, k.active, k.zipf, k.seed,
+                                    k.features, k.target);
+      c.l1 = l1;
+      train(c);
+      EXPECT_NEAR(last_tenth_l0(c.out), k.target, 0.05 * k.target);
+      const Json cfg = read_json_file(c.out + "/config.json");
+      EXPECT_NEAR(cfg.at("resolved").at("target_l0_lambda_scale").as_number(), scale, 1e-9 * scale);
+      if (l1 == 0) EXPECT_NEAR(cfg.at("l1").as_number(), scale, 1e-9 * scale);  // the start it picked, recorded
+    }
   }
+}
+
+TEST(L0Controller, JumpReluWithTheTanhPenaltyReachesTheTarget) {
+  // The tanh penalty's gradient reaches the pre-activations; the step penalty's reaches only the
+  // thresholds of latents firing within the bandwidth of them (docs/architectures.md §7.7).
+  TempDir dir("l0_jumprelu");
+  TrainConfig c = controlled_run(dir.str("tanh"), 4.0, 0.0);
+  c.architecture = "jumprelu";
+  c.arch.set("jumprelu-penalty", Json("tanh"));
+  train(c);
+  EXPECT_NEAR(last_tenth_l0(c.out), 4.0, 0.2);
+  const Metrics m = read_metrics(c.out + "/metrics.csv");
+  EXPECT_EQ(m.column("l0_smoothed").size(), m.rows.size());
 }
 
 TEST(L0Controller, ResumeIsBitExact) {
@@ -172,11 +229,12 @@ TEST(L0Controller, BadOptionsAreRefused) {
   refused(t, "sets its L0 with --k");
   t = c;
   t.target_l0_ki = 0.5;
+  t.given.push_back("target-l0-ki");
   refused(t, "apply only with --target-l0");
   t = c;
   t.target_l0 = 3;
-  t.l1 = 0;
-  refused(t, "must be > 0");
+  t.l1 = 0;  // the controller starts at the data's scale
+  EXPECT_NO_THROW(t.validate());
   t = c;
   t.target_l0 = 3;
   t.target_l0_ema = 0;

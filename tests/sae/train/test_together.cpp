@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "io/json.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
 
@@ -121,6 +122,33 @@ TEST(TrainTogether, DictionariesAtSeveralHooksFromOnePassEqualTheirSeparateRuns)
   }
 }
 
+TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
+  TempDir dir("together_layers");
+  const std::string text = " --model " + text_ref("model") + " --text " + text_ref("stories.txt") +
+                           " --features 16 --steps 6 --batch 40 --normalize dataset --l1 0.5 --progress none"
+                           " --device cpu";
+  auto r = run_binary("sae_train", text + " --transcoder-list 0,2 --out " + dir.str("tl"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int block : {0, 2}) {
+    const Json meta = read_json_file(dir.str(cat("tl/layer_", block, "/sae/cfg.json"))).at("metadata");
+    EXPECT_EQ(meta.at("hook_name").as_string(), cat("blocks.", block, ".ln2.hook_normalized"));
+    EXPECT_EQ(meta.at("hook_name_out").as_string(), cat("blocks.", block, ".hook_mlp_out"));
+  }
+  // Each equals its own run (--transcoder 2 alone).
+  r = run_binary("sae_train", text + " --transcoder 2 --out " + dir.str("alone"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_file(dir.str("alone/sae/sae_weights.safetensors")), read_file(dir.str("tl/layer_2/sae/sae_weights.safetensors")));
+  r = run_binary("sae_train", text + " --layer-list 1,3 --out " + dir.str("sl"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(dir.str("sl/layer_3/sae/cfg.json")).at("metadata").at("hook_name").as_string(),
+            "blocks.3.hook_resid_pre");
+  for (const std::string& bad : {std::string(" --layer-list 1,2 --layer 2"), std::string(" --layer-list 1 --l1-list 1,2"),
+                                 std::string(" --transcoder-list 1 --transcoder 1"), std::string(" --layer-list 1.5")}) {
+    r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+  }
+}
+
 TEST(TrainTogether, ResumesTogetherBitExactly) {
   TempDir dir("together_resume");
   std::vector<TrainConfig> full, cut;
@@ -185,7 +213,17 @@ TEST(TrainTogether, RefusesSaesThatDoNotShareTheData) {
     r->progress = ProgressMode::None;
     r->device = DeviceChoice::Cpu;
   }
-  expect_refused({r1, r2}, "same step");
+  // They stand at different steps: they train in two groups, one pass over the data each, and end as
+  // an uninterrupted run of 30 steps does.
+  const std::vector<TrainResult> both = train_together({r1, r2});
+  ASSERT_EQ(both.size(), 2u);
+  EXPECT_EQ(both[0].steps, 30);
+  EXPECT_EQ(both[1].steps, 30);
+  TrainConfig whole = tiny(dir.str("whole"));
+  whole.steps = 30;
+  train(whole);
+  EXPECT_EQ(read_file(whole.out + "/sae/sae_weights.safetensors"), read_file(early.out + "/sae/sae_weights.safetensors"));
+  EXPECT_EQ(read_file(whole.out + "/sae/sae_weights.safetensors"), read_file(late.out + "/sae/sae_weights.safetensors"));
 }
 
 TEST(TrainTogether, SaeTrainListsWriteOneFolderPerValueAndResumeTogether) {

@@ -1,0 +1,262 @@
+// The Llama-style families of the decoder model (lm/decoder_model.h, lm/model_family.h;
+// docs/models.md): Hugging Face LlamaForCausalLM (Llama 2, 3, 3.1, 3.2), Qwen2ForCausalLM (Qwen 2,
+// 2.5), MistralForCausalLM and Gemma2ForCausalLM. All four: RMSNorm, rotary embeddings on every dim
+// of each head (rotate-half form, rope_theta; rope_type default, linear or llama3, any other refused),
+// grouped-query attention (num_key_value_heads), separate q_proj / k_proj / v_proj stacked at load,
+// a gated MLP (gate_proj, up_proj stacked; down_proj), sequential residual. Each adds:
+//   Llama    attention_bias (q, k, v and o), mlp_bias, head_dim
+//   Qwen 2   q/k/v biases (none on o_proj); sliding-window layers from layer_types, or from
+//            use_sliding_window with max_window_layers (blocks from that index on) as older files say
+//   Mistral  sliding_window on every block (null: global)
+//   Gemma 2  embeddings times sqrt(d) (float32), RMSNorm weights stored as w for 1 + w (added at load),
+//            norms after attention and after the MLP too, GeGLU (gelu_pytorch_tanh), scores scaled by
+//            query_pre_attn_scalar^-1/2 and soft-capped (attn_logit_softcapping), final logits
+//            soft-capped, sliding-window blocks alternating with global ones (layer_types; even
+//            blocks local when absent), tied embeddings by default
+// A sliding window of W: each query sees its own position and the W - 1 before it (Hugging Face's
+// kv_idx > q_idx - W).
+#include <cmath>
+
+#include "lm/config_rules.h"
+#include "lm/model_family.h"
+
+namespace sae {
+
+namespace {
+
+enum class Style { Llama, Qwen2, Mistral, Gemma2 };
+
+// rope_parameters (transformers 5) or rope_scaling with a top-level rope_theta (the Hub's older files).
+void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) {
+  const Json* rope = nullptr;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!json.has(key) || json.at(key).is_null()) continue;
+    if (!json.at(key).is_object()) throw DataError(cat(source, ": '", key, "' must be an object, got ", json.at(key).dump()));
+    if (rope == nullptr) rope = &json.at(key);
+  }
+  auto number = [&](const std::string& key, double fallback) {
+    if (rope && rope->has(key) && !rope->at(key).is_null()) {
+      if (!rope->at(key).is_number() || !(rope->at(key).as_number() > 0) || std::isinf(rope->at(key).as_number()))
+        throw DataError(cat(source, ": rope '", key, "' must be a positive number, got ", rope->at(key).dump()));
+      return rope->at(key).as_number();
+    }
+    return fallback;
+  };
+  c.positions = PositionKind::Rotary;
+  c.rotary_dims = c.head_dim;
+  c.rotary_base = number("rope_theta", positive_number_or(json, "rope_theta", 10000.0, source));
+  std::string type = "default";
+  if (rope)
+    for (const char* key : {"rope_type", "type"})
+      if (rope->has(key) && rope->at(key).is_string()) {
+        type = rope->at(key).as_string();
+        break;
+      }
+  if (type == "linear") {
+    c.rope_scaling.kind = RopeScaling::Kind::Linear;
+    c.rope_scaling.factor = number("factor", 0);
+    if (c.rope_scaling.factor == 0) throw DataError(cat(source, ": rope_type \"linear\" needs a 'factor'"));
+  } else if (type == "llama3") {
+    RopeScaling& s = c.rope_scaling;
+    s.kind = RopeScaling::Kind::Llama3;
+    s.factor = number("factor", 0);
+    s.low_freq_factor = number("low_freq_factor", 0);
+    s.high_freq_factor = number("high_freq_factor", 0);
+    s.original_positions = number("original_max_position_embeddings", 0);
+    if (s.factor == 0 || s.low_freq_factor == 0 || s.high_freq_factor == 0 || s.original_positions == 0)
+      throw DataError(cat(source, ": rope_type \"llama3\" needs 'factor', 'low_freq_factor', 'high_freq_factor' and "
+                          "'original_max_position_embeddings'"));
+    if (!(s.high_freq_factor > s.low_freq_factor))
+      throw DataError(cat(source, ": rope 'high_freq_factor' (", s.high_freq_factor, ") must be above 'low_freq_factor' (",
+                          s.low_freq_factor, ")"));
+  } else if (type != "default") {
+    throw DataError(cat(source, ": rope_type \"", printable(type),
+                        "\" is not supported (default, linear and llama3 are)"));
+  }
+}
+
+// The window of each block: layer_types when given ("full_attention" / "sliding_attention"), else
+// the family's rule.
+std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers, const std::string& source) {
+  int64_t window = 0;
+  if (json.has("sliding_window") && !json.at("sliding_window").is_null())
+    window = positive_int(json, "sliding_window", source);
+  std::vector<int64_t> windows(static_cast<size_t>(layers), 0);
+  if (json.has("layer_types") && !json.at("layer_types").is_null()) {
+    const Json& types = json.at("layer_types");
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != layers)
+      throw DataError(cat(source, ": 'layer_types' must be a list of ", layers, " strings"));
+    for (int64_t i = 0; i < layers; ++i) {
+      const Json& type = types.at(static_cast<size_t>(i));
+      const std::string name = type.is_string() ? type.as_string() : type.dump();
+      if (name == "sliding_attention") {
+        if (window == 0)
+          throw DataError(cat(source, ": 'layer_types' names sliding_attention but 'sliding_window' is not set"));
+        windows[static_cast<size_t>(i)] = window;
+      } else if (name != "full_attention") {
+        throw DataError(cat(source, ": 'layer_types' entry ", i, " \"", printable(name),
+                            "\" is not supported (full_attention or sliding_attention)"));
+      }
+    }
+    return windows;
+  }
+  for (int64_t i = 0; i < layers; ++i) {
+    bool sliding = false;
+    if (style == Style::Mistral) sliding = window > 0;
+    if (style == Style::Gemma2) sliding = (i + 1) % 2 == 1;
+    if (style == Style::Qwen2 && bool_or(json, "use_sliding_window", false, source)) {
+      const Json& m = json.has("max_window_layers") ? json.at("max_window_layers") : Json();
+      const int64_t from = m.is_null() ? 0 : positive_int(json, "max_window_layers", source);
+      sliding = i >= from;
+    }
+    if (sliding && window == 0) throw DataError(cat(source, ": sliding-window attention needs 'sliding_window'"));
+    if (sliding) windows[static_cast<size_t>(i)] = window;
+  }
+  return windows;
+}
+
+DecoderConfig parse(const Json& json, Style style, const std::string& source) {
+  static const char* const kTypes[] = {"llama", "qwen2", "mistral", "gemma2"};
+  static const char* const kNames[] = {"Llama", "Qwen 2", "Mistral", "Gemma 2"};
+  require_model_type(json, kTypes[static_cast<int>(style)], source);
+  DecoderConfig c;
+  c.family = kNames[static_cast<int>(style)];
+  c.source = source;
+  c.vocab_size = positive_int(json, "vocab_size", source);
+  c.hidden_size = positive_int(json, "hidden_size", source);
+  c.num_layers = positive_int(json, "num_hidden_layers", source);
+  c.num_heads = positive_int(json, "num_attention_heads", source);
+  c.intermediate_size = positive_int(json, "intermediate_size", source);
+  c.max_positions = positive_int(json, "max_position_embeddings", source);
+  if (c.num_layers > kMaxModelLayers)
+    throw DataError(cat(source, ": 'num_hidden_layers' ", c.num_layers, " is above ", kMaxModelLayers));
+  c.num_kv_heads = json.has("num_key_value_heads") && !json.at("num_key_value_heads").is_null()
+                       ? positive_int(json, "num_key_value_heads", source)
+                       : c.num_heads;
+  if (c.num_heads % c.num_kv_heads != 0)
+    throw DataError(cat(source, ": 'num_attention_heads' ", c.num_heads, " is not a multiple of 'num_key_value_heads' ",
+                        c.num_kv_heads));
+  if (json.has("head_dim") && !json.at("head_dim").is_null()) {
+    c.head_dim = positive_int(json, "head_dim", source);
+  } else if (style == Style::Gemma2) {
+    c.head_dim = 256;  // Gemma2Config's default
+  } else {
+    if (c.hidden_size % c.num_heads != 0)
+      throw DataError(cat(source, ": 'hidden_size' ", c.hidden_size, " is not divisible by 'num_attention_heads' ",
+                          c.num_heads));
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  if (c.head_dim % 2 != 0) throw DataError(cat(source, ": 'head_dim' ", c.head_dim, " must be even (rotary pairs)"));
+  c.norm = NormKind::RMSNorm;
+  c.norm_eps = positive_number_or(json, "rms_norm_eps", 1e-6, source);
+  c.residual = ResidualWiring::Sequential;
+
+  const std::string act_key = style == Style::Gemma2 ? "hidden_activation" : "hidden_act";
+  const std::string act = string_or(json, act_key, style == Style::Gemma2 ? "gelu_pytorch_tanh" : "silu", source);
+  if (act == "silu" || act == "swish") {
+    c.activation = MlpActivation::SwiGlu;
+  } else if (act == "gelu_pytorch_tanh" || act == "gelu_new") {
+    c.activation = MlpActivation::GeGlu;
+  } else {
+    throw DataError(cat(source, ": '", act_key, "' \"", printable(act),
+                        "\" is not supported (silu, or gelu_pytorch_tanh / gelu_new)"));
+  }
+
+  const bool attention_bias = bool_or(json, "attention_bias", false, source);
+  c.qkv_bias = style == Style::Qwen2 || attention_bias;
+  c.out_bias = style != Style::Qwen2 && attention_bias;
+  c.mlp_bias = bool_or(json, "mlp_bias", false, source);
+  c.tie_word_embeddings = bool_or(json, "tie_word_embeddings", style == Style::Gemma2, source);
+  read_rotary(json, c, source);
+
+  double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  if (style == Style::Gemma2) {
+    c.embed_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    c.post_norms = true;
+    scale = 1.0 / std::sqrt(positive_number_or(json, "query_pre_attn_scalar", 256.0, source));
+    // Soft-capping: null turns it off; absent, Gemma2Config's defaults.
+    auto cap = [&](const std::string& key, double fallback) {
+      if (json.has(key) && json.at(key).is_null()) return 0.0;
+      return positive_number_or(json, key, fallback, source);
+    };
+    c.attn_softcap = cap("attn_logit_softcapping", 50.0);
+    c.final_softcap = cap("final_logit_softcapping", 30.0);
+  }
+  for (int64_t window : read_windows(json, style, c.num_layers, source))
+    c.layers.push_back(AttentionLayer{window, scale});
+  return c;
+}
+
+std::vector<WeightRule> rules(const DecoderConfig& c, Style style) {
+  const std::string b = "layers.{i}.";
+  const int64_t q = c.num_heads * c.head_dim, kv = c.kv_width(), f = c.intermediate_size;
+  const WeightTransform norm = style == Style::Gemma2 ? WeightTransform::PlusOne : WeightTransform::Copy;
+  std::vector<WeightRule> r = {
+      {"embed.tokens", {"embed_tokens.weight"}},
+      {"blocks.{i}.ln1.weight", {b + "input_layernorm.weight"}, norm},
+      {"blocks.{i}.attn.qkv.weight",
+       {b + "self_attn.q_proj.weight", b + "self_attn.k_proj.weight", b + "self_attn.v_proj.weight"},
+       WeightTransform::StackRows,
+       {q, kv, kv}},
+      {"blocks.{i}.attn.out.weight", {b + "self_attn.o_proj.weight"}},
+      {"blocks.{i}.mlp.in.weight", {b + "mlp.gate_proj.weight", b + "mlp.up_proj.weight"}, WeightTransform::StackRows},
+      {"blocks.{i}.mlp.out.weight", {b + "mlp.down_proj.weight"}},
+      {"final_norm.weight", {"norm.weight"}, norm},
+  };
+  if (style == Style::Gemma2) {
+    r.push_back({"blocks.{i}.ln1_post.weight", {b + "post_attention_layernorm.weight"}, norm});
+    r.push_back({"blocks.{i}.ln2.weight", {b + "pre_feedforward_layernorm.weight"}, norm});
+    r.push_back({"blocks.{i}.ln2_post.weight", {b + "post_feedforward_layernorm.weight"}, norm});
+  } else {
+    r.push_back({"blocks.{i}.ln2.weight", {b + "post_attention_layernorm.weight"}});
+  }
+  if (c.qkv_bias)
+    r.push_back({"blocks.{i}.attn.qkv.bias",
+                 {b + "self_attn.q_proj.bias", b + "self_attn.k_proj.bias", b + "self_attn.v_proj.bias"},
+                 WeightTransform::StackRows,
+                 {q, kv, kv}});
+  if (c.out_bias) r.push_back({"blocks.{i}.attn.out.bias", {b + "self_attn.o_proj.bias"}});
+  if (c.mlp_bias) {
+    r.push_back({"blocks.{i}.mlp.in.bias", {b + "mlp.gate_proj.bias", b + "mlp.up_proj.bias"}, WeightTransform::StackRows,
+                 {f, f}});
+    r.push_back({"blocks.{i}.mlp.out.bias", {b + "mlp.down_proj.bias"}});
+  }
+  return r;
+}
+
+// Rotary inverse frequencies some older files hold; Hugging Face recomputes them.
+bool ignored(const std::string& name, int64_t layers) {
+  return is_block_buffer(name, "layers.", {".self_attn.rotary_emb.inv_freq"}, layers) || name == "rotary_emb.inv_freq";
+}
+
+DecoderConfig parse_llama(const Json& json, const std::string& source) { return parse(json, Style::Llama, source); }
+DecoderConfig parse_qwen2(const Json& json, const std::string& source) { return parse(json, Style::Qwen2, source); }
+DecoderConfig parse_mistral(const Json& json, const std::string& source) { return parse(json, Style::Mistral, source); }
+DecoderConfig parse_gemma2(const Json& json, const std::string& source) { return parse(json, Style::Gemma2, source); }
+std::vector<WeightRule> llama_rules(const DecoderConfig& c) { return rules(c, Style::Llama); }
+std::vector<WeightRule> qwen2_rules(const DecoderConfig& c) { return rules(c, Style::Qwen2); }
+std::vector<WeightRule> mistral_rules(const DecoderConfig& c) { return rules(c, Style::Mistral); }
+std::vector<WeightRule> gemma2_rules(const DecoderConfig& c) { return rules(c, Style::Gemma2); }
+
+}  // namespace
+
+const ModelFamily& llama_family() {
+  static const ModelFamily family{"llama", "Llama", "model.", {"lm_head.weight"}, parse_llama, llama_rules, ignored};
+  return family;
+}
+const ModelFamily& qwen2_family() {
+  static const ModelFamily family{"qwen2", "Qwen 2", "model.", {"lm_head.weight"}, parse_qwen2, qwen2_rules, ignored};
+  return family;
+}
+const ModelFamily& mistral_family() {
+  static const ModelFamily family{"mistral", "Mistral", "model.", {"lm_head.weight"}, parse_mistral, mistral_rules,
+                                  ignored};
+  return family;
+}
+const ModelFamily& gemma2_family() {
+  static const ModelFamily family{"gemma2", "Gemma 2", "model.", {"lm_head.weight"}, parse_gemma2, gemma2_rules,
+                                  ignored};
+  return family;
+}
+
+}  // namespace sae
