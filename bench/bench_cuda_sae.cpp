@@ -1,7 +1,9 @@
 // CUDA benchmarks of the SAE step (skipped without a GPU), each against a floor in the same run:
 //   encoder_activate / encoder_backward   vs  a device-to-device copy of f (the bytes one pass
 //                                             must read and write at least), reported in GB/s
-//   the fused SaeStep forward_backward    vs  its five cuBLAS GEMMs alone
+//   the fused SaeStep forward_backward    vs  its five cuBLAS GEMMs alone, at each --precision
+//   (second argument: 0 fp32, 1 tf32, 2 bf16; the floor's GEMMs at the same precision)
+//   a whole training step (BM_Cuda_SaeTrainStep: forward, backward, Adam), the unit a run pays
 // Shapes of the study: one story (N = 218) or a token batch (N = 4096), D = 768, F = 10000.
 // Every timed iteration ends with cuda_synchronize(), so times include the kernels, not just
 // their launches.
@@ -16,6 +18,7 @@
 #include "tensor/cuda/backend.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tensor/rng.h"
 
 using namespace sae;
@@ -79,10 +82,13 @@ void BM_Cuda_CopyFloor(benchmark::State& state) {
   set_bytes(state, 2.0 * src.nbytes());
 }
 
-// range(0): N
+Precision precision_of(int64_t arg) { return arg == 1 ? Precision::TF32 : (arg == 2 ? Precision::BF16 : Precision::FP32); }
+
+// range(0): N, range(1): precision
 void BM_Cuda_SaeStep(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   const int64_t n = state.range(0);
+  const ScopedMatmulPrecision precision(precision_of(state.range(1)));
   Rng rng(4);
   SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
   SaeParams grads = SaeParams::zeros_like(params);
@@ -94,10 +100,29 @@ void BM_Cuda_SaeStep(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// range(0): N, range(1): precision. train_step: forward, backward and Adam, dense (--sparse off).
+void BM_Cuda_SaeTrainStep(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const int64_t n = state.range(0);
+  const ScopedMatmulPrecision precision(precision_of(state.range(1)));
+  Rng rng(6);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
+  SaeAdamState adam = SaeAdamState::zeros_like(params);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CUDA);
+  step.train_step(params, adam, x, 5.0, 1e-5);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(step.train_step(params, adam, x, 5.0, 1e-5));
+    cuda_synchronize();  // Adam's kernels run after the step's last read-back
+  }
+  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // The floor of the step: its five GEMMs (2 * N * D * F flops each) with nothing around them.
 void BM_Cuda_SaeStepGemmFloor(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   const int64_t n = state.range(0);
+  const ScopedMatmulPrecision precision(precision_of(state.range(1)));
   Rng rng(5);
   Tensor x = random_gpu(Shape{n, kD}, -1, 1, rng), W_enc = random_gpu(Shape{kD, kF}, -1, 1, rng);
   Tensor W_dec = random_gpu(Shape{kF, kD}, -1, 1, rng), f = random_gpu(Shape{n, kF}, 0, 1, rng);
@@ -119,5 +144,12 @@ void BM_Cuda_SaeStepGemmFloor(benchmark::State& state) {
 BENCHMARK(BM_Cuda_EncoderActivate)->Arg(218)->Arg(4096)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_Cuda_EncoderBackward)->Args({218, 50})->Args({4096, 50})->Args({4096, 2})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_Cuda_CopyFloor)->Arg(218)->Arg(4096)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK(BM_Cuda_SaeStep)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Cuda_SaeStepGemmFloor)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
+namespace {
+void tokens_and_precisions(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {218, 4096})
+    for (int64_t p : {0, 1, 2}) b->Args({n, p});
+}
+}  // namespace
+BENCHMARK(BM_Cuda_SaeStep)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Cuda_SaeStepGemmFloor)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Cuda_SaeTrainStep)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();

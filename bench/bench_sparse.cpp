@@ -8,7 +8,8 @@
 // lr > 0 drifts the density within a few dozen steps). The measured density is reported.
 // Arguments: tokens, density in units of 0.1%, mode (0 dense, 1 sparse, 2 auto).
 // BM_SparseCrossover runs dense and sparse at densities between 5% and 50%: where the two cross is
-// auto mode's threshold (sae/step/sae_step.cpp).
+// auto mode's threshold on the CPU (sae/arch/standard/standard.cpp); BM_Cuda_SparseCrossover measures
+// and reports the crossover on the GPU.
 // The floor of the sparse step: the dense encoder GEMM plus one streaming pass over Adam's bytes
 // for W_enc and W_dec (read and write of parameter, m and v).
 // The CUDA versions need a GPU and report "no GPU" otherwise.
@@ -28,6 +29,7 @@
 #include "tensor/cuda/backend.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tensor/rng.h"
 #include "tests/util/random_inputs.h"
 
@@ -281,6 +283,71 @@ void crossover_args(benchmark::internal::Benchmark* b) {
 }
 
 void BM_SparseCrossover(benchmark::State& state) { run_step(state, Device::CPU); }
+
+// On the GPU: the crossover itself, measured and reported (issue 22: CUDA's --sparse auto
+// threshold, kAutoMaxDensityCuda in sae/arch/standard/standard.cpp, is set from it). For one batch
+// size and precision, dense (--sparse off) and sparse (--sparse on) training steps at densities
+// 0.5% to 30%; the counters are each density's sparse / dense time and `crossover_pct`, the density
+// where the two cross (linear between the measured points; 0 when sparse never wins, the largest
+// density measured when it always does). One line on stdout says the same.
+// range(0): N, range(1): precision (0 fp32, 1 tf32, 2 bf16).
+void BM_Cuda_SparseCrossover(benchmark::State& state) {
+  if (!cuda_available()) {
+    state.SkipWithError("no GPU");
+    return;
+  }
+  const int64_t n = state.range(0);
+  const Precision precision = state.range(1) == 1 ? Precision::TF32 : (state.range(1) == 2 ? Precision::BF16 : Precision::FP32);
+  const ScopedMatmulPrecision scope(precision);
+  const std::vector<double> densities = {0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3};
+  const int repeats = n >= 1024 ? 10 : 30;
+  Rng rng(7);
+  const SaeParams start = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
+  const Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, Device::CUDA);
+  // Pre-activation quantiles from a sample of x W_enc (every 7th value), sorted once on the host.
+  std::vector<double> pre = matmul(x, start.W_enc).to_vector(), sample;
+  for (size_t i = 0; i < pre.size(); i += 7) sample.push_back(pre[i]);
+  std::sort(sample.begin(), sample.end());
+  std::vector<double> ratio(densities.size());
+  for (auto _ : state) {
+    for (size_t i = 0; i < densities.size(); ++i) {
+      const double threshold = sample[static_cast<size_t>((1.0 - densities[i]) * double(sample.size() - 1))];
+      double ms[2] = {0, 0};
+      for (int sparse = 0; sparse < 2; ++sparse) {
+        SaeParams params = start.clone();
+        fill_(params.b_enc, -threshold);
+        SaeAdamState adam = SaeAdamState::zeros_like(params);
+        SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json(sparse ? "on" : "off")}}), n, kD,
+                     kF, DType::F32, Device::CUDA);
+        for (int w = 0; w < 3; ++w) step.train_step(params, adam, x, kLambda, kLr);
+        cuda_synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int r = 0; r < repeats; ++r) step.train_step(params, adam, x, kLambda, kLr);
+        cuda_synchronize();
+        ms[sparse] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / repeats;
+      }
+      ratio[i] = ms[1] / ms[0];
+      state.counters[cat("sparse/dense@", densities[i] * 100, "%")] = ratio[i];
+      if (densities[i] == 0.02) state.counters["dense_ms@2%"] = ms[0], state.counters["sparse_ms@2%"] = ms[1];
+    }
+  }
+  double crossover = ratio[0] > 1.0 ? 0.0 : densities.back();
+  for (size_t i = 0; i + 1 < densities.size(); ++i)
+    if (ratio[i] <= 1.0 && ratio[i + 1] > 1.0) {
+      crossover = densities[i] + (1.0 - ratio[i]) / (ratio[i + 1] - ratio[i]) * (densities[i + 1] - densities[i]);
+      break;
+    }
+  state.counters["crossover_pct"] = 100.0 * crossover;
+  std::string line = cat("BM_Cuda_SparseCrossover N ", n, " ", precision_name(precision), ": sparse pays below ",
+                         100.0 * crossover, "% (sparse / dense:");
+  for (size_t i = 0; i < densities.size(); ++i) line += cat(" ", densities[i] * 100, "% ", ratio[i]);
+  std::printf("%s)\n", line.c_str());
+}
+
+void cuda_crossover_args(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {218, 4096})
+    for (int64_t p : {0, 2}) b->Args({n, p});
+}
 }  // namespace
 
 BENCHMARK(BM_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
@@ -289,3 +356,4 @@ BENCHMARK(BM_SparseStep_Parts)->Args({218, 20})->Args({4096, 20})->Unit(benchmar
 BENCHMARK(BM_SparseStep_GatherFloor)->Args({218, 20})->Args({4096, 20})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_SparseStep_Floor)->Arg(218)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_Cuda_SparseStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Cuda_SparseCrossover)->Apply(cuda_crossover_args)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);

@@ -12,7 +12,7 @@ set(rules
   "lm:tensor,tensor/cuda,io,autograd,nn,lm"
   "sae:tensor,io,autograd,nn,sae"
   "sae/step:tensor,tensor/cpu,tensor/cuda,sae,sae/step"
-  "sae/data:tensor,io,lm,sae/data"
+  "sae/data:tensor,tensor/cuda,io,lm,sae/data"
   "sae/report:tensor,io,sae/report"
   "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train"
   "sae/study:tensor,io,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study"

@@ -5,8 +5,9 @@
 # network: the programs for sm_90 with a generic x86-64-v3 CPU target, and the shared libraries
 # they need that the device may lack, packed as .device/bundle.tar.xz (~7 MB; .device/ is
 # git-ignored). On the device, scripts/device_check.sh unpacks and runs it
-# (name .device in the device tool's carry). The build lives in /work/main/build-device because the
-# tests look up fixtures and programs by the paths compiled into them.
+# (name .device in the device tool's carry). The build lives in build-device/ of this checkout, and
+# the bundle records this checkout's path (source_root): the tests look up fixtures and programs by
+# the paths compiled into them, and device_check.sh makes that path lead to the device's copy.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-device"
@@ -24,6 +25,7 @@ ldd "$stage"/bin/* | awk '/=>/ {print $3}' | sort -u |
   grep -E 'openblas|gfortran|quadmath|gomp|benchmark|cxxopts' | while read -r lib; do
   cp -L "$lib" "$stage/lib/"
 done
-tar -C "$stage" -cJf "$root/.device/bundle.tar.xz" bin lib
+echo "$root" > "$stage/source_root"
+tar -C "$stage" -cJf "$root/.device/bundle.tar.xz" bin lib source_root
 rm -rf "$stage"
 ls -la "$root/.device/bundle.tar.xz"

@@ -56,9 +56,11 @@ std::string Shape::str() const {
   return s + "]";
 }
 
-Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
+Storage::Storage(size_t nbytes, Device dev, bool page_locked) : bytes(nbytes), device(dev), pinned(page_locked) {
   size_t alloc_bytes = nbytes == 0 ? 64 : (nbytes + 63) / 64 * 64;
-  if (device == Device::CPU) {
+  if (pinned) {
+    data = cuda_host_alloc(alloc_bytes);  // page-aligned
+  } else if (device == Device::CPU) {
     data = std::aligned_alloc(64, alloc_bytes);
     if (!data) throw Error(cat("out of host memory allocating ", nbytes, " bytes"));
   } else {
@@ -73,7 +75,9 @@ Storage::Storage(void* borrowed, size_t nbytes, std::shared_ptr<const void> keep
 
 Storage::~Storage() {
   if (owner) return;  // borrowed
-  if (device == Device::CPU)
+  if (pinned)
+    cuda_host_free(data);
+  else if (device == Device::CPU)
     std::free(data);
   else
     cuda_free(data);
@@ -96,6 +100,16 @@ Tensor Tensor::borrowed(const void* data, const Shape& shape, DType dtype, std::
     throw Error(cat("Tensor::borrowed: bytes not aligned for ", dtype_name(dtype)));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(const_cast<void*>(data), shape.numel() * dtype_size(dtype), std::move(owner));
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) {
+  for (int i = 0; i < shape.ndim; ++i)
+    if (shape[i] < 0) throw Error(cat("Tensor::empty_pinned: negative dimension in ", shape.str()));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(shape.numel() * dtype_size(dtype), Device::CPU, cuda_available());
   t.shape_ = shape;
   t.dtype_ = dtype;
   return t;

@@ -52,7 +52,8 @@ struct Storage {
   size_t bytes = 0;
   Device device = Device::CPU;
   std::shared_ptr<const void> owner;  // set: borrowed bytes, not freed here
-  Storage(size_t bytes, Device device);
+  bool pinned = false;                // page-locked host memory (Tensor::empty_pinned)
+  Storage(size_t bytes, Device device, bool pinned = false);
   Storage(void* borrowed, size_t bytes, std::shared_ptr<const void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -65,6 +66,10 @@ class Tensor {
 
   // Creation. Contents of empty() are unspecified.
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  // A host tensor in page-locked memory when a GPU is available (copies to the device from it run
+  // asynchronously: tensor/cuda/backend.h CudaUpload), in ordinary memory otherwise.
+  static Tensor empty_pinned(const Shape& shape, DType dtype = DType::F32);
+  bool is_pinned() const { return storage_ && storage_->pinned; }
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::F32,
                      Device device = Device::CPU);

@@ -99,7 +99,18 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
 
 StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target,
                              double lambda, double lr) {
-  if (!grads_.W_enc.defined()) grads_ = SaeParams::zeros_like(params);
+  Collectives* c = step_->collectives();
+  const bool replicated = spans(c, Group::Replicas);
+  if (!grads_made_) {
+    // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update;
+    // with replicas every gradient is summed over them first, so every one gets a buffer.
+    const std::vector<std::string> fused = replicated ? std::vector<std::string>{} : step_->always_fused();
+    grads_ = params;  // handles: each is replaced below, params keep their storage
+    for (auto& [name, t] : grads_.present())
+      *t = std::find(fused.begin(), fused.end(), name) != fused.end() ? Tensor()
+                                                                      : Tensor::zeros(t->shape(), t->dtype(), t->device());
+    grads_made_ = true;
+  }
   const StepSums sums = run_forward(params, x, target, lambda, true);
   if (!finite(sums)) {
     step_->undo_forward();
@@ -108,16 +119,19 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   FusedAdam fused;
   fused.adam = &adam;
   fused.scalars = adam.next_step(lr);
-  Collectives* c = step_->collectives();
-  const bool replicated = spans(c, Group::Replicas);
   const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, replicated ? nullptr : &fused);
   skip_gradient(x, grads_);
   auto p = params.present(), m = adam.m.present(), v = adam.v.present(), g = grads_.present();
   if (replicated)
     for (auto& [name, grad] : g) c->sum(Group::Replicas, *grad);
-  for (size_t i = 0; i < p.size(); ++i)
-    if (std::find(done.begin(), done.end(), p[i].first) == done.end())
-      adam_step_(*p[i].second, *m[i].second, *v[i].second, *g[i].second, fused.scalars);
+  for (size_t i = 0; i < p.size(); ++i) {
+    const std::string& name = p[i].first;
+    if (std::find(done.begin(), done.end(), name) != done.end()) continue;
+    auto grad = std::find_if(g.begin(), g.end(), [&](const auto& entry) { return entry.first == name; });
+    if (grad == g.end())
+      throw Error(cat("SaeStep: the ", unit_.name(), " step said it updates ", name, " itself, but did not"));
+    adam_step_(*p[i].second, *m[i].second, *v[i].second, *grad->second, fused.scalars);
+  }
   step_->after_update(params);
   return sums;
 }

@@ -67,7 +67,8 @@ class SaeStep {
   const ArchUnit& unit_;
   std::unique_ptr<UnitStep> step_;
   StepShape shape_;
-  SaeParams grads_;                // train_step's gradients (made on first use)
+  SaeParams grads_;  // train_step's gradients (made on first use; none for the unit's always_fused())
+  bool grads_made_ = false;
   Tensor skip_target_, skip_out_;  // [max_tokens, D_out]: skip transcoders only (made on first use)
   bool skipped_ = false;           // the last forward had a skip path
   int64_t tokens_ = 0;

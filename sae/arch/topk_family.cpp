@@ -79,9 +79,6 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   if (settings.k < 1 || settings.k > latents)
     throw UsageError(cat("--k must be in [1, ", latents, "] (the number of features), got ", settings.k));
   k_aux_ = auxk ? std::min(latents, settings.auxk_k) : 0;
-  if ((auxk ? 2 : 1) * max_tokens * d_sae >= (int64_t(1) << 31))
-    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", d_sae,
-                         " features do not fit int32 entry indices; use smaller batches"));
   pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
@@ -97,6 +94,11 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   const int64_t main_room = by_batch ? std::min(settings.k * batch_tokens, max_tokens * d_sae)
                                      : max_tokens * std::min(settings.k, d_sae);
   const int64_t capacity = main_room + max_tokens * std::min(k_aux_, d_sae);
+  // Entry positions are int32 (the dense pre-activations [N, F] are indexed in int64: 4096 tokens
+  // x 2^20 latents is fine).
+  if (capacity >= (int64_t(1) << 31) || d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", std::min(settings.k, d_sae) + k_aux_,
+                         " kept latents do not fit int32 entry indices; use smaller batches"));
   lists_.col_ptr = zero_indices(d_sae + 1, device);
   lists_.row_ptr = zero_indices(2 * max_tokens + 1, device);
   lists_.rows = zero_indices(capacity, device);
@@ -283,7 +285,12 @@ double batch_threshold(const SaeParams& p) {
 
 BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
                              Device device, const std::string& unit)
-    : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {}
+    : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {
+  // The selection over the whole batch counts and indexes its N F candidates in int32.
+  if ((settings.auxk_coefficient > 0 ? 2 : 1) * shape.max_tokens * shape.d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", shape.max_tokens, " tokens x ", shape.d_sae,
+                         " features do not fit int32 indices of the batch-wide selection; use smaller batches"));
+}
 
 void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
   if (collectives_ != nullptr && collectives_->ranks() > 1)

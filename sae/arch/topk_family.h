@@ -57,6 +57,7 @@ class TopKFamilyStep : public UnitStep {
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
   void after_update(SaeParams& params) override;
+  std::vector<std::string> always_fused() const override { return {"W_enc", "b_enc", "W_dec"}; }
   Tensor features() const override;
   Tensor reconstruction() const override { return x_hat_.slice_rows(0, tokens_); }
   Tensor output_gradient() const override { return grad_x_hat_.slice_rows(0, tokens_); }

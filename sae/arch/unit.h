@@ -84,6 +84,10 @@ class UnitStep {
   // instead; it returns their names (SaeStep applies Adam to the others from `grads`).
   virtual std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda,
                                             SaeParams& grads, const FusedAdam* fused) = 0;
+  // The parameters backward() always updates itself when given FusedAdam (returning their names):
+  // SaeStep::train_step keeps no gradient buffer for them (at 2^20 latents W_enc's and W_dec's would
+  // be tens of GB). Empty when some steps may need every gradient (a dense step).
+  virtual std::vector<std::string> always_fused() const { return {}; }
   // After Adam has updated every parameter (a unit-norm decoder is renormalised here; BatchTopK
   // moves its inference threshold).
   virtual void after_update(SaeParams& params) {}

@@ -126,7 +126,13 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
     }
     throw UsageError(message);
   } catch (const cxxopts::exceptions::exception& e) {
-    throw UsageError(e.what());
+    std::string message = e.what();
+    // Options that were replaced: say by what.
+    for (const auto& [old_option, replacement] : {std::pair<std::string, std::string>{"tf32", "--precision tf32"}})
+      if (message.find("'" + old_option + "'") != std::string::npos ||
+          message.find("\u2018" + old_option + "\u2019") != std::string::npos)  // cxxopts quotes it so
+        message += cat(" (--", old_option, " was replaced by ", replacement, ")");
+    throw UsageError(message);
   }
   if (!out.unmatched().empty()) throw UsageError(cat("unexpected argument '", out.unmatched()[0], "'"));
   if (out.count("help")) {

@@ -18,6 +18,10 @@ void ActivationSource::read_token_list(const std::vector<int64_t>& tokens, float
   for (size_t i = 0; i < tokens.size(); ++i) read_tokens(tokens[i], 1, out + i * d());
 }
 
+void ActivationSource::generate_on(const std::vector<int64_t>&, Tensor&) {
+  throw Error(cat(name(), ": cannot make tokens on a device"));
+}
+
 int64_t ActivationSource::longest_story() const {
   int64_t longest = 0;
   for (int64_t s = 0; s < num_stories(); ++s) longest = std::max(longest, story_length(s));

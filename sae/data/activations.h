@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "io/json.h"
+#include "tensor/tensor.h"
 
 namespace sae {
 
@@ -36,6 +37,11 @@ class ActivationSource {
   // file stops reading ahead around every row it touches while random is set.
   virtual void expect_random_access(bool random) {}
   int64_t longest_story() const;
+  // Sources that can make tokens on a device (the synthetic generator: on CUDA, and on the CPU the
+  // same computation split the way the GPU splits it): the tokens read_token_list would give, into
+  // out (float32 [tokens, D] on that device). Where the numbers differ: docs/contract.md §3.
+  virtual bool generates_on(Device device) const { return false; }
+  virtual void generate_on(const std::vector<int64_t>& tokens, Tensor& out);
   // Token ids, for showing what a feature fires on (feature statistics): activation files and caches
   // that store token_ids have them; -1 for a token without one.
   virtual bool has_token_ids() const { return false; }

@@ -5,6 +5,10 @@
 #include <cmath>
 #include <functional>
 
+#if defined(SAE_WITH_CUDA)
+#include "sae/data/cuda_data.h"
+#endif
+
 namespace sae {
 
 Normalization parse_normalization(const std::string& name) {
@@ -50,6 +54,41 @@ uint64_t RandomPermutation::operator()(uint64_t index) const {
     x = (left << half_bits_) | right;
   } while (x >= n_);
   return x;
+}
+
+void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
+                               BatchStats& stats) {
+  const int64_t n = rows.size(0), d = rows.size(1), count = n * d;
+  stats.norm_shift = 0;
+  stats.norm_scale = normalization == Normalization::Dataset ? dataset_scale : 1.0;
+  const int mode = normalization == Normalization::Story ? 0 : (normalization == Normalization::Dataset ? 1 : 2);
+  if (rows.device() == Device::CPU) {
+    float* x = rows.data<float>();
+    double* out = device_stats.data<double>();
+    double sum = 0;  // normalize_batch's sums, in its order
+    for (int64_t i = 0; i < count; ++i) sum += x[i];
+    const double mean = count > 0 ? sum / double(count) : 0.0;
+    double sq = 0;
+    for (int64_t i = 0; i < count; ++i) sq += (x[i] - mean) * (x[i] - mean);
+    out[0] = mean;
+    out[1] = count > 1 ? std::sqrt(sq / double(count - 1)) : 0.0;
+    if (mode == 2 || count == 0) return;
+    const float shift = mode == 0 ? static_cast<float>(mean) : 0.0f;
+    const float scale = static_cast<float>(mode == 0 ? std::sqrt(double(d)) / out[1] : dataset_scale);
+    for (int64_t i = 0; i < count; ++i) x[i] = (x[i] - shift) * scale;
+    return;
+  }
+#if defined(SAE_WITH_CUDA)
+  normalize_rows_cuda(rows.data<float>(), count, d, mode, dataset_scale, device_stats.data<double>());
+#else
+  throw Error("normalize_batch_on_device: this build has no CUDA support");
+#endif
+}
+
+void read_device_stats(const Tensor& device_stats, BatchStats& stats) {
+  const std::vector<double> v = device_stats.to_vector();
+  stats.raw_mean = v[0];
+  stats.raw_std = v[1];
 }
 
 BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
@@ -235,37 +274,73 @@ void BatchOrigins::resize(int64_t rows, int64_t new_radius) {
   context.assign(static_cast<size_t>(rows * width()), -1);
 }
 
-int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
-  int64_t n, first_token = 0, story = -1;
+int64_t Batcher::pick_tokens(int64_t& story, int64_t& first_token) {
+  story = -1;
+  first_token = 0;
   if (batch_tokens_ == 0) {
     story = next_story_;
-    n = source_.story_length(story);
     first_token = source_.story_begin(story);
-    source_.read_tokens(first_token, n, raw);
     next_story_ = (next_story_ + 1) % source_.num_stories();
-  } else {
-    n = batch_tokens_;
-    RandomPermutation perm(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
-    for (int64_t i = 0; i < n; ++i) {
-      token_list_[i] = static_cast<int64_t>(perm(cursor_));
-      if (++cursor_ == source_.num_tokens()) {
-        cursor_ = 0;
-        ++epoch_;
-        perm = RandomPermutation(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
-      }
+    return source_.story_length(story);
+  }
+  const int64_t n = batch_tokens_;
+  RandomPermutation perm(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
+  for (int64_t i = 0; i < n; ++i) {
+    token_list_[i] = static_cast<int64_t>(perm(cursor_));
+    if (++cursor_ == source_.num_tokens()) {
+      cursor_ = 0;
+      ++epoch_;
+      perm = RandomPermutation(source_.num_tokens(), seed_ + 0x1000 * static_cast<uint64_t>(epoch_));
     }
-    if (part_list_.empty()) {
-      source_.read_token_list(token_list_, raw);
-    } else {  // a replica's rows only
-      n = part_end_ - part_begin_;
-      std::copy(token_list_.begin() + part_begin_, token_list_.begin() + part_end_, part_list_.begin());
-      source_.read_token_list(part_list_, raw);
-    }
+  }
+  return n;
+}
+
+int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
+  int64_t first_token = 0, story = -1;
+  int64_t n = pick_tokens(story, first_token);
+  if (story >= 0) {
+    source_.read_tokens(first_token, n, raw);
+  } else if (part_list_.empty()) {
+    source_.read_token_list(token_list_, raw);
+  } else {  // a replica's rows only
+    n = part_end_ - part_begin_;
+    std::copy(token_list_.begin() + part_begin_, token_list_.begin() + part_end_, part_list_.begin());
+    source_.read_token_list(part_list_, raw);
   }
   auto token_of_row = [&](int64_t row) {
     return batch_tokens_ == 0 ? first_token + row : token_list_[part_begin_ + row];
   };
   stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_, token_of_row, source_.name());
+  if (recording_origins()) record_batch_origins(n, story, first_token);
+  return n;
+}
+
+int64_t BatchSource::next_on_device(Tensor&, Tensor&, BatchStats&) {
+  throw Error("this data source cannot make its batches on a device");
+}
+
+bool Batcher::generates_on_device(Device device) const {
+  return generate_on_device_ && part_list_.empty() && source_.generates_on(device);  // not a replica's part
+}
+
+int64_t Batcher::next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) {
+  if (!generates_on_device(out.device())) throw Error(cat(source_.name(), ": cannot make batches on ", device_name(out.device())));
+  int64_t first_token = 0, story = -1;
+  const int64_t n = pick_tokens(story, first_token);
+  std::vector<int64_t> story_tokens;
+  if (story >= 0) {
+    story_tokens.resize(n);
+    for (int64_t i = 0; i < n; ++i) story_tokens[i] = first_token + i;
+  }
+  const std::vector<int64_t>& tokens = story >= 0 ? story_tokens : token_list_;
+  if (!device_stats.defined()) device_stats = Tensor::zeros(Shape{2}, DType::F64, out.device());
+  Tensor rows = out.slice_rows(0, n);
+  source_.generate_on(tokens, rows);
+  stats = BatchStats();
+  // A source that makes its batches on a device (synthetic data) has one column block.
+  if (widths_.size() != 1) throw Error(cat(source_.name(), ": batches of ", widths_.size(), " column blocks cannot be made on a device"));
+  normalize_batch_on_device(rows, device_stats, normalization_, dataset_scale_.first(), stats);
   if (recording_origins()) record_batch_origins(n, story, first_token);
   return n;
 }

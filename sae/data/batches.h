@@ -81,6 +81,18 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
                             Normalization normalization, const DatasetScales& scales,
                             const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);
 
+// normalize_batch on the device of `rows` ([n, D] float32, raw in, normalised out, in place):
+// device_stats ([2] float64, same device) = raw mean and raw std (unbiased), with float64 sums; the
+// shift and scale as normalize_batch makes them (story: from those statistics, on the device;
+// dataset, none: known, also written to stats.norm_shift / norm_scale). Nothing is read back, and
+// nothing is checked: a source that makes batches on a device makes finite ones, and a story of
+// zero variance gives non-finite values (and so a diverged run) where normalize_batch throws. On the
+// CPU the result equals normalize_batch's bit for bit; on CUDA the sums run in another order.
+void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
+                               BatchStats& stats);
+// The raw mean and std from device_stats (one read-back), into stats.
+void read_device_stats(const Tensor& device_stats, BatchStats& stats);
+
 // Where the rows of a batch came from, for feature statistics (sae/train/feature_stats.h): row r is
 // the token at position[r] of story story[r] (stories counted from 0 in the source's order: the story
 // index of an activation file, a cache or a corpus); story -1 means the data has no stories, and
@@ -120,6 +132,16 @@ class BatchSource {
   // replicas). UsageError for a source that cannot be split (text through the language model, for
   // now); call before the first batch.
   virtual void set_part(int64_t part, int64_t parts);
+  // Sources that make their batches on a device (the synthetic generator, with --device-data):
+  // the next batch, normalised, into `out` (float32 [max_batch_tokens, D] on that device), the same
+  // tokens next() would give (docs/contract.md §3 says where the numbers differ). Nothing is read
+  // back: `stats` gets the normalisation's shift and scale only when they are known on the host
+  // (dataset, none); `device_stats` ([2] float64 on the device: raw mean, raw std, made on first
+  // use) holds the batch's statistics. Returns the number of tokens.
+  virtual bool generates_on_device(Device device) const { return false; }
+  virtual int64_t next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats);
+  // Whether to make batches on the device when the source can (off until asked: --device-data).
+  virtual void set_generate_on_device(bool on) {}
 
   // From now on next() also records where each row of its batch came from (origins()), with the
   // token ids of `radius` tokens on each side. Off until called: then next() does nothing more.
@@ -146,8 +168,15 @@ class Batcher : public BatchSource {
   Json state() const override;
   void restore(const Json& state) override;
   void set_part(int64_t part, int64_t parts) override;
+  bool generates_on_device(Device device) const override;
+  int64_t next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) override;
+  void set_generate_on_device(bool on) override { generate_on_device_ = on; }
 
  private:
+  bool generate_on_device_ = false;
+  // The next batch's tokens (story mode: the story's, in order; token mode: the permutation's next
+  // batch_tokens): fills token_list_, returns its size, sets story and first_token.
+  int64_t pick_tokens(int64_t& story, int64_t& first_token);
   ActivationSource& source_;
   int64_t part_begin_ = 0, part_end_ = 0;  // token mode: this replica's rows of each batch
   std::vector<int64_t> part_list_;         // their tokens

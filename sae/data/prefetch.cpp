@@ -16,11 +16,33 @@ const char* prefetch_mode_name(PrefetchMode mode) {
   return mode == PrefetchMode::Auto ? "auto" : (mode == PrefetchMode::On ? "on" : "off");
 }
 
-BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool background)
-    : batcher_(batcher), background_(background) {
-  for (PreparedBatch& slot : slots_) {
-    slot.raw = Tensor::empty(Shape{batcher.max_batch_tokens(), d});
-    slot.normalized = Tensor::empty(Shape{batcher.max_batch_tokens(), d});
+DeviceDataMode parse_device_data_mode(const std::string& text) {
+  if (text == "auto") return DeviceDataMode::Auto;
+  if (text == "on") return DeviceDataMode::On;
+  if (text == "off") return DeviceDataMode::Off;
+  throw UsageError(cat("--device-data: expected auto, on or off, got '", text, "'"));
+}
+
+const char* device_data_mode_name(DeviceDataMode mode) {
+  return mode == DeviceDataMode::Auto ? "auto" : (mode == DeviceDataMode::On ? "on" : "off");
+}
+
+BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool background, BatchUpload* upload)
+    : batcher_(batcher),
+      upload_(upload),
+      on_device_(upload && batcher.generates_on_device(upload->device())),
+      background_(background && !on_device_) {
+  const Shape shape{batcher.max_batch_tokens(), d};
+  for (int s = 0; s < 2; ++s) {
+    PreparedBatch& slot = slots_[s];
+    if (on_device_) {  // nothing on the host
+      slot.raw = Tensor::empty(Shape{0, d});
+      slot.normalized = Tensor::empty(Shape{0, d});
+    } else {
+      slot.raw = upload ? Tensor::empty_pinned(shape) : Tensor::empty(shape);
+      slot.normalized = upload ? Tensor::empty_pinned(shape) : Tensor::empty(shape);
+    }
+    if (upload) slot.device = upload->device_buffer(s);
   }
   if (background_) {
     set_blas_shared_between_threads(true);  // the worker may run GEMMs beside the step's
@@ -33,20 +55,30 @@ BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool backgroun
 }
 
 BatchPrefetcher::~BatchPrefetcher() {
-  if (!background_) return;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-    changed_.notify_all();
+  if (background_) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      changed_.notify_all();
+    }
+    worker_.join();
+    set_blas_shared_between_threads(false);
   }
-  worker_.join();
-  set_blas_shared_between_threads(false);
+  if (upload_) upload_->finish();
 }
 
 void BatchPrefetcher::prepare(PreparedBatch& slot) {
-  slot.tokens = batcher_.next(slot.raw.data<float>(), slot.normalized.data<float>(), slot.stats);
+  const int s = static_cast<int>(&slot - slots_);
+  if (on_device_) {
+    slot.tokens = batcher_.next_on_device(slot.device, slot.device_stats, slot.stats);
+    slot.on_device = true;
+  } else {
+    if (upload_) upload_->before_fill(s);
+    slot.tokens = batcher_.next(slot.raw.data<float>(), slot.normalized.data<float>(), slot.stats);
+  }
   slot.position = batcher_.state();
   if (batcher_.recording_origins()) slot.origins = batcher_.origins();
+  if (upload_ && !on_device_) upload_->after_fill(s, slot);
 }
 
 void BatchPrefetcher::worker_loop() {
@@ -71,9 +103,12 @@ void BatchPrefetcher::worker_loop() {
 }
 
 const PreparedBatch& BatchPrefetcher::next() {
+  // The slot handed out last is done with: its device work has all been queued.
+  if (upload_ && !on_device_ && current_ >= 0) upload_->hand_back(current_);
   if (!background_) {
     current_ = current_ == 0 ? 1 : 0;
     prepare(slots_[current_]);
+    if (upload_ && !on_device_) upload_->hand_out(current_);
     return slots_[current_];
   }
   std::unique_lock<std::mutex> lock(mutex_);
@@ -89,6 +124,7 @@ const PreparedBatch& BatchPrefetcher::next() {
   target_ = 1 - current_;
   requested_ = true;
   changed_.notify_all();
+  if (upload_) upload_->hand_out(current_);
   return slots_[current_];
 }
 

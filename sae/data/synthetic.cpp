@@ -4,7 +4,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tensor/cuda/backend.h"
 #include "tensor/rng.h"
+#if defined(SAE_WITH_CUDA)
+#include "sae/data/cuda_data.h"
+#endif
 
 namespace sae {
 
@@ -180,6 +184,121 @@ void SyntheticSource::read_token_list(const std::vector<int64_t>& tokens, float*
     const int64_t story = story_of_token(tokens[i]);
     generate_token(story, tokens[i] - story_offsets_[story], story_concept_ids(story), out + i * opt_.d);
   }
+}
+
+SyntheticTokenSettings SyntheticSource::token_settings() const {
+  SyntheticTokenSettings t;
+  t.seed = opt_.seed;
+  t.d = opt_.d;
+  t.story_concepts = opt_.story_concepts;
+  t.story_active = opt_.story_active;
+  t.token_concepts = opt_.concepts - opt_.story_concepts;
+  t.noise = opt_.noise;
+  t.story_presence = opt_.story_presence;
+  t.magnitude = opt_.magnitude;
+  t.poisson_limit = std::exp(-opt_.active);
+  return t;
+}
+
+void SyntheticSource::generate_token_split(int64_t token, float* out) const {
+  const SyntheticTokenSettings t = token_settings();
+  const int64_t d = opt_.d, story = story_of_token(token);
+  std::vector<int64_t> story_ids(static_cast<size_t>(std::max<int64_t>(t.story_active, 1)));
+  if (t.story_active > 0) synthetic_story_concept_ids(t.seed, story, t.story_concepts, t.story_active, story_ids.data());
+  SyntheticRng rng(synthetic_mix(t.seed, kSyntheticStreamToken, static_cast<uint64_t>(token)));
+  for (int64_t j = 0; j < d; j += 2) {
+    double u1, u2, first, second;
+    synthetic_noise_draw(rng, u1, u2);
+    synthetic_noise_values(t.noise, u1, u2, first, second);
+    out[j] = mean_[j] + static_cast<float>(first);
+    if (j + 1 < d) out[j + 1] = mean_[j + 1] + static_cast<float>(second);
+  }
+  const float* c = concepts_.data<float>();
+  SyntheticConceptDraws draws;
+  int64_t concept_index = 0;
+  float magnitude = 0;
+  while (draws.next(rng, t, story_ids.data(), token_cdf_.data(), concept_index, magnitude))
+    for (int64_t j = 0; j < d; ++j) out[j] += magnitude * c[concept_index * d + j];
+}
+
+#if defined(SAE_WITH_CUDA)
+namespace {
+// Device memory of the generator's tables (cuda_alloc), given back with the source.
+struct DeviceBytes {
+  void* ptr = nullptr;
+  DeviceBytes() = default;
+  DeviceBytes(const void* host, size_t bytes) : ptr(cuda_alloc(std::max<size_t>(bytes, 1))) {
+    if (bytes > 0) cuda_copy_to_device(ptr, host, bytes);
+  }
+  ~DeviceBytes() { cuda_free(ptr); }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+};
+}  // namespace
+struct SyntheticSource::DeviceTables {
+  DeviceBytes concepts, mean, cdf, offsets;
+  std::unique_ptr<DeviceBytes> tokens;  // the token list of a batch that is not one story's run
+  size_t token_room = 0;
+  DeviceTables(const SyntheticSource& s)
+      : concepts(s.concepts_.data<float>(), s.concepts_.nbytes()),
+        mean(s.mean_.data(), s.mean_.size() * sizeof(float)),
+        cdf(s.token_cdf_.data(), s.token_cdf_.size() * sizeof(double)),
+        offsets(s.story_offsets_.data(), s.story_offsets_.size() * sizeof(int64_t)) {}
+};
+#else
+struct SyntheticSource::DeviceTables {};
+#endif
+
+bool SyntheticSource::generates_on(Device device) const {
+  if (device == Device::CPU) return true;
+#if defined(SAE_WITH_CUDA)
+  return cuda_available() && opt_.story_active <= kSyntheticDeviceMaxStoryActive;
+#else
+  return false;
+#endif
+}
+
+void SyntheticSource::generate_on(const std::vector<int64_t>& tokens, Tensor& out) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (out.ndim() != 2 || out.size(0) != n || out.size(1) != opt_.d || out.dtype() != DType::F32)
+    throw Error(cat("synthetic data: generate_on into ", out.describe(), " for ", n, " tokens of width ", opt_.d));
+  for (int64_t token : tokens)
+    if (token < 0 || token >= num_tokens())
+      throw Error(cat("synthetic data: token ", token, " out of range (", num_tokens(), ")"));
+  if (!generates_on(out.device())) throw Error(cat("synthetic data: cannot make tokens on ", device_name(out.device())));
+  if (out.device() == Device::CPU) {
+    float* o = out.data<float>();
+#pragma omp parallel for schedule(static) if (n >= 16)
+    for (int64_t i = 0; i < n; ++i) generate_token_split(tokens[i], o + i * opt_.d);
+    return;
+  }
+#if defined(SAE_WITH_CUDA)
+  if (!device_) device_ = std::make_shared<DeviceTables>(*this);
+  SyntheticDeviceTables tables;
+  tables.concepts = static_cast<const float*>(device_->concepts.ptr);
+  tables.mean = static_cast<const float*>(device_->mean.ptr);
+  tables.token_cdf = static_cast<const double*>(device_->cdf.ptr);
+  tables.story_offsets = static_cast<const int64_t*>(device_->offsets.ptr);
+  tables.stories = opt_.stories;
+  if (n == 0) return;
+  // One story's consecutive tokens (story batches) need no token list on the device.
+  const int64_t story = story_of_token(tokens[0]);
+  bool one_run = tokens.back() < story_offsets_[story + 1];
+  for (int64_t i = 1; i < n && one_run; ++i) one_run = tokens[i] == tokens[0] + i;
+  if (one_run) {
+    synthetic_tokens_cuda(out.data<float>(), n, nullptr, story, tokens[0], token_settings(), tables);
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(n) * sizeof(int64_t);
+  if (device_->token_room < bytes) {
+    device_->tokens = std::make_unique<DeviceBytes>(tokens.data(), bytes);
+    device_->token_room = bytes;
+  } else {
+    cuda_copy_to_device(device_->tokens->ptr, tokens.data(), bytes);  // pageable: staged before it returns
+  }
+  synthetic_tokens_cuda(out.data<float>(), n, static_cast<const int64_t*>(device_->tokens->ptr), -1, 0,
+                        token_settings(), tables);
+#endif
 }
 
 Json SyntheticSource::describe() const {

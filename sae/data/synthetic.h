@@ -10,9 +10,11 @@
 // story batches, shuffled token batches and resumed runs all see the same data.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "sae/data/activations.h"
+#include "sae/data/synthetic_math.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -47,6 +49,13 @@ class SyntheticSource : public ActivationSource {
   void read_token_list(const std::vector<int64_t>& tokens, float* out) override;
   Json describe() const override;
   std::string name() const override { return "synthetic data"; }
+  // On CUDA (a GPU present, story_active <= 1024): the tokens made by a kernel, one block per token
+  // (cuda_data.cu); on the CPU: the same split computed on the host, which equals read_tokens bit for
+  // bit (tests/sae/data/test_synthetic_device.cpp). The CUDA tokens differ from the CPU's only where
+  // the device's double log, cos or sin differ from glibc's in a last bit that survives the cast
+  // of the noise term to float32 (docs/contract.md §3).
+  bool generates_on(Device device) const override;
+  void generate_on(const std::vector<int64_t>& tokens, Tensor& out) override;
 
   const Tensor& concepts() const { return concepts_; }  // [C, D], unit rows
   const SyntheticOptions& options() const { return opt_; }
@@ -57,8 +66,16 @@ class SyntheticSource : public ActivationSource {
   // Writes one token; `story_concepts` = story_concept_ids(story). Pure, so tokens run in parallel.
   void generate_token(int64_t story, int64_t position, const std::vector<int64_t>& story_concepts, float* out) const;
 
+  // The settings of one token for synthetic_math.h.
+  SyntheticTokenSettings token_settings() const;
+  // generate_on's host version: token `token` into out (d floats), the device's split on the host.
+  void generate_token_split(int64_t token, float* out) const;
+
   SyntheticOptions opt_;
   std::vector<int64_t> story_offsets_;  // [stories + 1]
+  // generate_on(Device::CUDA)'s tables and token list, made on first use (cuda_data.h).
+  struct DeviceTables;
+  std::shared_ptr<DeviceTables> device_;
   Tensor concepts_;                     // [C, D]
   std::vector<float> mean_;             // [D]
   std::vector<double> token_cdf_;       // cumulative weights of the token-level concepts

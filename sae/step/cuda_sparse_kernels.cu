@@ -9,6 +9,8 @@
 #include <climits>
 #include <cmath>
 
+#include <cub/device/device_radix_sort.cuh>
+
 #include "sae/step/cuda_block.cuh"
 #include "sae/step/kernel_decls.h"
 #include "tensor/cuda/common.cuh"
@@ -34,6 +36,8 @@ namespace {
 //                            segment) counts its entries (ballots), offsets per row over its
 //                            segments, one scan over the rows, then each warp writes its entries
 //                            in column order (ballot prefix counts).
+//   sparse_by_feature        the by-token lists sorted by feature with CUB's stable radix sort (no
+//                            dense [N, F] scratch), then gathered, col_ptr by binary search.
 //   sparse_decode            one block per (token, 256 columns of x_hat): each thread adds its
 //                            column of W_dec for every entry of the token, in feature order.
 //   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
@@ -264,14 +268,50 @@ void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t col
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-// sparse_by_feature: the by-token entries are scattered into a dense [rows, cols] scratch (one
-// thread per row), the by-feature lists are built from it as sparse_index builds them, and each
-// feature's count and sum are read off its list in row order.
-template <typename T>
-__global__ void scatter_rows_kernel(T* dense, const int32_t* row_ptr, const int32_t* cols_in, const T* vals,
-                                    int64_t rows, int64_t cols) {
+// sparse_by_feature: the by-token entries (row order, then column order) sorted by column with a
+// stable radix sort (CUB's: stable, so each feature's entries keep their row order, and the result
+// is fully determined by its input), then gathered: rows[p], vals[p] of the p-th entry by feature;
+// col_ptr[c] = the first position whose column is >= c (a binary search per feature); each
+// feature's count and sum read off its list in row order. Memory: O(entries), never [rows, cols].
+// entry_row[e - row_ptr[0]] = the row of by-token entry e.
+__global__ void entry_rows_kernel(int32_t* entry_row, const int32_t* row_ptr, int64_t rows) {
+  const int32_t base = row_ptr[0];
   for (int64_t r = thread_index(); r < rows; r += grid_stride())
-    for (int32_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) dense[r * cols + cols_in[e]] = vals[e];
+    for (int32_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) entry_row[e - base] = static_cast<int32_t>(r);
+}
+
+// ends = {row_ptr[0], row_ptr[rows]}: where the lists' entries begin and end.
+__global__ void list_ends_kernel(int32_t* ends, const int32_t* row_ptr, int64_t rows) {
+  if (thread_index() == 0) {
+    ends[0] = row_ptr[0];
+    ends[1] = row_ptr[rows];
+  }
+}
+
+__global__ void iota_kernel(int32_t* out, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = static_cast<int32_t>(i);
+}
+
+template <typename T>
+__global__ void gather_by_feature_kernel(int32_t* rows_out, T* vals_out, const int32_t* order, const int32_t* entry_row,
+                                         const T* row_vals, int64_t entries) {
+  for (int64_t p = thread_index(); p < entries; p += grid_stride()) {
+    const int32_t e = order[p];
+    rows_out[p] = entry_row[e];
+    vals_out[p] = row_vals[e];
+  }
+}
+
+// col_ptr[c] for c in [0, cols]: the number of sorted keys below c.
+__global__ void col_ptr_from_sorted_kernel(int32_t* col_ptr, const int32_t* sorted_cols, int64_t entries, int64_t cols) {
+  for (int64_t c = thread_index(); c <= cols; c += grid_stride()) {
+    int64_t lo = 0, hi = entries;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (sorted_cols[mid] < c) lo = mid + 1; else hi = mid;
+    }
+    col_ptr[c] = static_cast<int32_t>(lo);
+  }
 }
 
 template <typename T>
@@ -286,23 +326,55 @@ __global__ void feature_sums_kernel(T* col_sum, T* col_count, const int32_t* col
 
 template <typename T>
 void sparse_by_feature_typed(SparseFeatures& s, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+  int32_t* col_ptr = s.col_ptr.data<int32_t>();
   if (cols == 0) {
-    SAE_CUDA_CHECK(cudaMemsetAsync(s.col_ptr.data<int32_t>(), 0, sizeof(int32_t), cuda_stream()));
+    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
     return;
   }
-  const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(T);
-  DeviceBuffer dense(std::max<size_t>(bytes, sizeof(T)));
-  T* f = static_cast<T*>(dense.ptr);
-  if (bytes > 0) SAE_CUDA_CHECK(cudaMemsetAsync(f, 0, bytes, cuda_stream()));
+  // The entries' range is needed on the host to size the sort: one read of two values.
+  int32_t ends[2] = {0, 0};
   if (rows > 0) {
-    scatter_rows_kernel<<<grid_for(rows), kBlock, 0, cuda_stream()>>>(f, s.row_ptr.data<int32_t>(),
-                                                                    s.cols.data<int32_t>(), s.row_vals.data<T>(), rows,
-                                                                    cols);
+    DeviceBuffer ends_device(sizeof ends);
+    list_ends_kernel<<<1, 32, 0, cuda_stream()>>>(static_cast<int32_t*>(ends_device.ptr), s.row_ptr.data<int32_t>(),
+                                                  rows);
     SAE_CUDA_CHECK_LAUNCH();
+    cuda_copy_to_host(ends, ends_device.ptr, sizeof ends);
   }
-  by_feature_from_dense(s, f, rows, cols);
-  feature_sums_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(col_sum, col_count, s.col_ptr.data<int32_t>(),
-                                                                   s.vals.data<T>(), cols);
+  const int32_t base = ends[0], entries = ends[1] - ends[0];
+  if (entries > 0) {
+    const size_t n = static_cast<size_t>(entries);
+    DeviceBuffer entry_row(n * sizeof(int32_t)), order_in(n * sizeof(int32_t)), order(n * sizeof(int32_t)),
+        sorted_cols(n * sizeof(int32_t));
+    int32_t* row_of = static_cast<int32_t*>(entry_row.ptr);
+    entry_rows_kernel<<<grid_for(rows), kBlock, 0, cuda_stream()>>>(row_of, s.row_ptr.data<int32_t>(), rows);
+    SAE_CUDA_CHECK_LAUNCH();
+    iota_kernel<<<grid_for(entries), kBlock, 0, cuda_stream()>>>(static_cast<int32_t*>(order_in.ptr), entries);
+    SAE_CUDA_CHECK_LAUNCH();
+    int end_bit = 1;
+    while (end_bit < 31 && (int64_t(1) << end_bit) <= cols) ++end_bit;  // every column index < 2^end_bit
+    size_t temp_bytes = 0;
+    const int32_t* keys = s.cols.data<int32_t>() + base;
+    SAE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys,
+                                                   static_cast<int32_t*>(sorted_cols.ptr),
+                                                   static_cast<int32_t*>(order_in.ptr), static_cast<int32_t*>(order.ptr),
+                                                   entries, 0, end_bit, cuda_stream()));
+    DeviceBuffer temp(std::max<size_t>(temp_bytes, 1));
+    SAE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.ptr, temp_bytes, keys,
+                                                   static_cast<int32_t*>(sorted_cols.ptr),
+                                                   static_cast<int32_t*>(order_in.ptr), static_cast<int32_t*>(order.ptr),
+                                                   entries, 0, end_bit, cuda_stream()));
+    gather_by_feature_kernel<<<grid_for(entries), kBlock, 0, cuda_stream()>>>(
+        s.rows.data<int32_t>(), s.vals.data<T>(), static_cast<const int32_t*>(order.ptr), row_of,
+        s.row_vals.data<T>() + base, entries);
+    SAE_CUDA_CHECK_LAUNCH();
+    col_ptr_from_sorted_kernel<<<grid_for(cols + 1), kBlock, 0, cuda_stream()>>>(
+        col_ptr, static_cast<const int32_t*>(sorted_cols.ptr), entries, cols);
+    SAE_CUDA_CHECK_LAUNCH();
+  } else {
+    SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, static_cast<size_t>(cols + 1) * sizeof(int32_t), cuda_stream()));
+  }
+  feature_sums_kernel<<<grid_for(cols), kBlock, 0, cuda_stream()>>>(col_sum, col_count, col_ptr, s.vals.data<T>(),
+                                                                   cols);
   SAE_CUDA_CHECK_LAUNCH();
 }
 

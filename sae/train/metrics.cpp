@@ -36,6 +36,46 @@ double fraction_of_variance_unexplained(const float* x, const float* x_hat, int6
   return total > 0 ? residual / total : 0.0;
 }
 
+BatchMetrics batch_metrics(const float* x, const float* x_hat, int64_t n, int64_t d) {
+  return batch_metrics(x, d, x, x_hat, n, d);
+}
+
+BatchMetrics batch_metrics(const float* x, int64_t d_in, const float* target, const float* x_hat, int64_t n,
+                           int64_t d) {
+  BatchMetrics m;
+  m.normalized = mean_std(x, n * d_in);
+  m.reconstructed = mean_std(x_hat, n * d);
+  m.fvu = fraction_of_variance_unexplained(target, x_hat, n, d);
+  return m;
+}
+
+BatchMetrics batch_metrics(const Tensor& x, const Tensor& x_hat) {
+  const int64_t n = x.size(0), d = x.size(1), count = n * d;
+  BatchMetrics m;
+  if (count == 0) return m;
+  const Tensor x64 = x.to(DType::F64), h64 = x_hat.to(DType::F64);
+  // Six sums into one tensor, read back together.
+  Tensor sums = Tensor::empty(Shape{6}, DType::F64, x.device());
+  auto put = [&](int64_t i, const Tensor& value) {
+    Tensor slot = sums.slice_rows(i, i + 1);
+    copy_(slot, value.reshape(Shape{1}));
+  };
+  const Tensor x_mean = mean(x64), h_mean = mean(h64);
+  put(0, x_mean);
+  put(1, sum(square(sub(x64, x_mean))));
+  put(2, h_mean);
+  put(3, sum(square(sub(h64, h_mean))));
+  put(4, sum(square(sub(x64, h64))));
+  put(5, sum(square(sub(x64, mean(x64, 0, true)))));
+  const std::vector<double> v = sums.to_vector();
+  m.normalized.mean = v[0];
+  m.normalized.std = count > 1 ? std::sqrt(v[1] / double(count - 1)) : 0.0;
+  m.reconstructed.mean = v[2];
+  m.reconstructed.std = count > 1 ? std::sqrt(v[3] / double(count - 1)) : 0.0;
+  m.fvu = v[5] > 0 ? v[4] / v[5] : 0.0;
+  return m;
+}
+
 DeadFeatureTracker::DeadFeatureTracker(int64_t features, int64_t window) : window_(window), last_fired_(features, 0) {}
 
 void DeadFeatureTracker::update(const float* counts, int64_t tokens_seen) {

@@ -1,4 +1,5 @@
-// Metrics of a training step beyond the loss sums of SaeStep, computed on the host at log steps,
+// Metrics of a training step beyond the loss sums of SaeStep, computed at log steps (on the host, or
+// on the device from tensors),
 // plus dead-feature tracking and concept recovery against known (synthetic) concepts.
 // Letters: N tokens, D input width, F features, C concepts.
 #pragma once
@@ -40,6 +41,22 @@ BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n);
 // Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_t x)^2, where mean_t x is the
 // batch's mean token vector. x and x_hat are [n, d] row-major.
 double fraction_of_variance_unexplained(const float* x, const float* x_hat, int64_t n, int64_t d);
+
+// The batch-level columns of a metrics row: mean and std of the normalised batch x and of its
+// reconstruction x_hat, and the FVU of x_hat against the target (x itself for an SAE).
+struct BatchMetrics {
+  MeanStd normalized, reconstructed;
+  double fvu = 0;
+};
+// From host arrays [n, d] (mean_std, fraction_of_variance_unexplained).
+BatchMetrics batch_metrics(const float* x, const float* x_hat, int64_t n, int64_t d);
+// A transcoder's: x [n, d_in], target and x_hat [n, d].
+BatchMetrics batch_metrics(const float* x, int64_t d_in, const float* target, const float* x_hat, int64_t n,
+                           int64_t d);
+// The same from tensors [n, d] on any device, computed there in float64 with tensor ops and read back
+// once (what a GPU run does at a log step instead of copying x_hat to the host). Agrees with the host
+// version to float64 rounding in another summation order.
+BatchMetrics batch_metrics(const Tensor& x, const Tensor& x_hat);
 
 // A feature is dead if it has not fired on any of the last `window` tokens seen.
 class DeadFeatureTracker {

@@ -187,6 +187,25 @@ TrainOption arch_option(const ArchOption& a, const std::string& group) {
   return o;
 }
 
+// --precision (tensor/precision.h), which replaced the flag --tf32: a config.json with "tf32" and no
+// "precision" (a run from before) reads as tf32 or fp32.
+TrainOption precision_row(const char* group) {
+  TrainOption o = row("precision", group,
+                      "float32 GEMMs: fp32 | tf32 (TF32 tensor cores) | bf16 (bfloat16 inputs, float32 sums; Adam, "
+                      "weights and sums stay float32). On CPU the inputs are rounded alike: a reference, not faster",
+                      OptionRole::Controls, "precision", FIELD(precision), choice(parse_precision, precision_name),
+                      "fp32");
+  o.from_older_key = [](const Json& section) -> std::optional<std::string> {
+    if (!section.has("tf32")) return std::nullopt;
+    try {
+      return section.at("tf32").as_bool() ? "tf32" : "fp32";
+    } catch (const Error& e) {
+      throw DataError(cat("config key 'tf32': ", e.what()));
+    }
+  };
+  return o;
+}
+
 std::vector<TrainOption> make_table() {
   const char* training = "Training";
   const std::string architecture = "Architecture (docs/architectures.md; auto = the architecture's default)";
@@ -263,10 +282,12 @@ std::vector<TrainOption> make_table() {
           unsigned_integer()),
       row("device", training, "cpu | cuda | auto", controls, "device", FIELD(device),
           choice(parse_device_choice, device_choice_name)),
-      row("tf32", training, "on CUDA, TF32 tensor-core GEMMs (faster; float32 GEMMs by default)", controls, "tf32",
-          FIELD(tf32), flag(), "false"),
+      precision_row(training),
       row("prefetch", training, "prepare the next batch on a worker thread: auto (on for CUDA) | on | off", controls,
           "prefetch", FIELD(prefetch), choice(parse_prefetch_mode, prefetch_mode_name), "auto"),
+      row("device-data", training, "batches to the GPU asynchronously (page-locked, their own stream) or made "
+          "there (synthetic data), metrics computed there: auto (on for CUDA) | on | off", controls, "device_data",
+          FIELD(device_data), choice(parse_device_data_mode, device_data_mode_name), "auto"),
       row("checkpoint-every", training, "steps between checkpoints", controls, "checkpoint_every",
           FIELD(checkpoint_every), integer()),
       row("log-every", training, "steps between metrics rows", controls, "log_every", FIELD(log_every), integer()),
@@ -372,8 +393,12 @@ TrainConfig TrainConfig::from_json(const Json& j) {
     if (o.json_key.empty()) continue;
     if (o.in_synthetic_section() && !j.has("synthetic")) continue;  // a run on a file: the defaults
     const Json& section = o.in_synthetic_section() ? j.at("synthetic") : j;
+    std::optional<std::string> older;
+    if (!section.has(o.json_key) && o.from_older_key) older = o.from_older_key(section);
     if (section.has(o.json_key))
       o.from_json(c, section.at(o.json_key));
+    else if (older)
+      o.parse(c, *older);
     else if (o.when_missing)
       o.parse(c, *o.when_missing);
     else
@@ -397,7 +422,7 @@ Json data_stream_identity(const TrainConfig& config) {
   static const char* const kStreamOptions[] = {"data",  "model", "model-b", "text", "long-stories",
                                                "text-field", "prepend-bos", "context-size", "bos-activations",
                                                "text-chunk-tokens", "batch", "normalize", "seed",  "steps",
-                                               "device", "prefetch", "threads"};
+                                               "device", "precision", "prefetch", "device-data", "threads"};
   Json all = config.to_json(), kept = Json::object();
   for (const char* name : kStreamOptions) {
     const TrainOption& o = train_option(name);

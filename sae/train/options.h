@@ -42,6 +42,10 @@ struct TrainOption {
   std::function<void(TrainConfig&, const TrainConfig&)> copy;
   // Read when config.json lacks the key (runs from before the option existed); none: the key is required.
   std::optional<std::string> when_missing;
+  // For an option that replaced an older one: when config.json lacks the key, the value (as command-line
+  // text) its older key gives, if it holds one (config.json's section in, none when absent). Tried
+  // before when_missing.
+  std::function<std::optional<std::string>(const Json& section)> from_older_key;
   bool in_synthetic_section() const { return name.rfind("synthetic-", 0) == 0; }
 };
 
@@ -51,7 +55,7 @@ const TrainOption& train_option(const std::string& name);  // Error for an unkno
 // The options that define what a run computes (OptionRole::Defines), as stored in config.json.
 Json run_identity(const TrainConfig& config);
 // What must agree for SAEs to train on one data stream (trainer.h, train_together): the data and
-// how it is batched, normalised and shuffled, --steps, the device and threads.
+// how it is batched, normalised and shuffled, --steps, the device, the precision and threads.
 Json data_stream_identity(const TrainConfig& config);
 // On --resume: the run's saved config (config.json) with every Controls option taken from `cli`.
 TrainConfig resumed_config(const Json& saved, const TrainConfig& cli);

@@ -15,6 +15,7 @@
 #include "sae/data/synthetic.h"
 #include "sae/report/run_log.h"
 #include "sae/arch/settings.h"
+#include "tensor/precision.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -59,8 +60,9 @@ struct TrainConfig {
   bool overwrite = false;            // a fresh run may replace a run already in `out`
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
-  bool tf32 = false;                 // CUDA: TF32 tensor-core GEMMs (faster, ~1e-3 relative error)
+  Precision precision = Precision::FP32;  // float32 GEMMs: fp32, tf32 or bf16 inputs (tensor/precision.h)
   PrefetchMode prefetch = PrefetchMode::Auto;  // next batch on a worker thread (auto: on for CUDA)
+  DeviceDataMode device_data = DeviceDataMode::Auto;  // batches to / made on the device, metrics there
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0

@@ -14,6 +14,7 @@
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
+#include "sae/train/batch_upload.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/dictionary_reads.h"
@@ -111,10 +112,12 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
-// The row metrics.csv and TensorBoard get at a logged step: sums and batch of its n tokens of width
-// d (the target's; the whole batch's, on several ranks), dead of features latents.
-MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchSummary& batch, int64_t n, int64_t d,
-                     int64_t features, int64_t dead, double lambda, double lr) {
+// The row metrics.csv and TensorBoard get at a logged step: sums of its n tokens (the whole batch's,
+// on several ranks), `raw` the run's own blocks' raw moments, `batch` the input's, the
+// reconstruction's and the FVU of the target (the input for an SAE) of width d; dead of features
+// latents.
+MetricRow metric_row(const RunState& run, const StepSums& sums, const MeanStd& raw, const BatchMetrics& batch,
+                     int64_t n, int64_t d, int64_t features, int64_t dead, double lambda, double lr) {
   const double elements = double(n) * double(d);
   const MeanStd &normalized = batch.normalized, &reconstructed = batch.reconstructed;
   return {
@@ -132,8 +135,8 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const BatchSumma
       {"l0", sums.active / double(n)},
       {"dead_features", double(dead)},
       {"fvu", batch.fvu},
-      {"raw_mean", batch.raw.mean},
-      {"raw_std", batch.raw.std},
+      {"raw_mean", raw.mean},
+      {"raw_std", raw.std},
       {"normalized_mean", normalized.mean},
       {"normalized_std", normalized.std},
       {"reconstructed_mean", reconstructed.mean},
@@ -395,11 +398,14 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (m.config().features % shards != 0)
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
+    if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
+      throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
+                       "are summed on the host): leave it at auto or off");
   });
   const std::optional<TrainingState>& first_state = members[0].start.state;
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
-  if (device == Device::CUDA) cuda_set_tf32(shared.tf32);
+  const ScopedMatmulPrecision precision(shared.precision);  // the run's GEMMs (tensor/precision.h); put back after
   // Every activation any of them reads, once: one pass of the data (of each model) serves them all.
   std::vector<std::string> reads;
   auto add_read = [&](const std::string& r) {
@@ -540,10 +546,22 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   };
 
   // ---- buffers, allocated once ----
-  Tensor x_device = device == Device::CPU ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
+  // --device-data: batches reach the device through a BatchUpload (or are made there), and the batch
+  // metrics are computed there (sae/train/batch_upload.h); otherwise a plain copy into x_device. Only
+  // when every dictionary reads the whole row as its input and target (SAEs, crosscoders): the
+  // column gathers of transcoders read the host batch, and they take the plain path.
+  const bool whole_rows_only = std::all_of(members.begin(), members.end(), [](const Member& m) {
+    return m.columns.whole_row && m.columns.target_is_input;
+  });
+  // Data-parallel replicas take the plain path too (their metrics are summed over them on the host).
+  const bool device_data = whole_rows_only && !spans(dist, Group::Replicas) && (shared.device_data == DeviceDataMode::On ||
+                                               (shared.device_data == DeviceDataMode::Auto && device != Device::CPU));
+  std::unique_ptr<BatchUpload> upload = device_data ? make_batch_upload(device, max_tokens, d) : nullptr;
+  batcher.set_generate_on_device(device_data);
+  Tensor x_device = device == Device::CPU || device_data ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   int64_t widest_out = 0;
   for (const Member& m : members) widest_out = std::max(widest_out, m.columns.d_out);
-  Tensor reconstruction_host = Tensor::empty(Shape{max_tokens, widest_out});
+  Tensor reconstruction_host = device_data ? Tensor() : Tensor::empty(Shape{max_tokens, widest_out});
   std::vector<Tensor> counts_host;
   for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features / shards}));
   const bool whole_rows_used =
@@ -555,7 +573,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       !(data.model && device != Device::CPU);
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
-  BatchPrefetcher prefetcher(batcher, d, background);
+  BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
 
   // ---- the loop: each batch goes through every SAE ----
   if (dist) dist->reset_stats();
@@ -563,8 +581,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
     const int64_t n = batch.tokens;
-    Tensor rows = batch.normalized.slice_rows(0, n);
-    if (device != Device::CPU && whole_rows_used) {
+    Tensor rows = upload ? batch.device.slice_rows(0, n) : batch.normalized.slice_rows(0, n);
+    if (!upload && device != Device::CPU && whole_rows_used) {
       rows = x_device.slice_rows(0, n);
       cuda_copy_to_device(rows.raw(), batch.normalized.raw(), n * d * sizeof(float));
     }
@@ -574,7 +592,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const RunColumns& columns = m.columns;
       RunState& run = m.run();
       // Its input and target: the whole row, or its columns of it.
-      const float* x_host = batch.normalized.data<float>();
+      const float* x_host = upload ? nullptr : batch.normalized.data<float>();  // --device-data: rows are on the device
       const float* target_host = x_host;
       Tensor x = rows, target;
       if (!columns.whole_row) {
@@ -625,18 +643,29 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
 
       if (run.step % config.log_every == 0 || run.step == steps) {
         Tensor x_hat = m.step->reconstruction();
-        const float* recon = x_hat.data<float>();
-        if (device != Device::CPU) {
-          cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
-          recon = reconstruction_host.data<float>();
+        BatchStats stats = batch.stats;
+        BatchMetrics batch_columns;
+        MeanStd raw;
+        if (upload) {  // on the device; the one read-back of the batch's statistics (x is the target)
+          if (batch.on_device) read_device_stats(batch.device_stats, stats);
+          batch_columns = batch_metrics(x, x_hat);
+          const RawMoments moments = columns.raw_moments(stats);
+          raw = {moments.mean, moments.std};
+        } else {  // on the host; with replicas, the whole batch's
+          const float* recon = x_hat.data<float>();
+          if (device != Device::CPU) {
+            cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
+            recon = reconstruction_host.data<float>();
+          }
+          const BatchSummary summary = summarize_batch(
+              dist, BatchRows{columns.raw_moments(stats), x_host, columns.d_in, target_host, recon, columns.d_out}, n);
+          batch_columns = {summary.normalized, summary.reconstructed, summary.fvu};
+          raw = summary.raw;
         }
-        const BatchSummary summary =
-            summarize_batch(dist, BatchRows{columns.raw_moments(batch.stats), x_host, columns.d_in, target_host, recon,
-                                            columns.d_out},
-                            n);
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, summary, batch_tokens, columns.d_out, config.features, dead_features(m), lambda, lr), run,
-            sums);
+            metric_row(run, sums, raw, batch_columns, batch_tokens, columns.d_out, config.features, dead_features(m),
+                       lambda, lr),
+            run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         if (m.log) m.log->write(m.result.last_row);
       }
@@ -692,6 +721,7 @@ TrainResult train(TrainConfig config, Collectives* ranks) {
 double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
+  const ScopedMatmulPrecision precision(config.precision);
   TrainingData data = open_training_data(config, device, 1.0);
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;

@@ -1,5 +1,6 @@
 // CPU kernels for every entry of the op list (op_list.h): plain loops, OpenMP across cores for
-// large tensors, cblas_sgemm/dgemm for matmul. The transformer ops' kernels are in
+// large tensors, cblas_sgemm/dgemm for matmul (float32 operands rounded first at --precision tf32 or
+// bf16: gemm_precision.h). The transformer ops' kernels are in
 // transformer_kernels.cpp; the table below holds both. Inputs were validated by the front-end (ops.cpp).
 #include <cblas.h>
 #include <omp.h>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tensor/cpu/gemm_precision.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/cpu/transformer_kernels.h"
 #include "tensor/dispatch.h"
@@ -333,6 +335,10 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
   const bool one_thread = threads > 1 && double(m) * double(n) * double(k) < kGemmParallelMin &&
                           !blas_shared_between_threads();
   if (one_thread) openblas_set_num_threads(1);
+  // float32 at --precision tf32 / bf16: both paths multiply rounded copies (gemm_precision.h).
+  const Precision precision = out.dtype() == DType::F32 ? matmul_precision() : Precision::FP32;
+  const float* pa = out.dtype() == DType::F32 ? gemm_operand(a.data<float>(), a.numel(), precision, 0) : nullptr;
+  const float* pb = out.dtype() == DType::F32 ? gemm_operand(b.data<float>(), b.numel(), precision, 1) : nullptr;
   // One row or one column: a matrix-vector product. OpenBLAS 0.3.21's GEMM would pack the whole
   // matrix first (for generation's [1, d] x [d, V] logits, 150 MB written for one token); GEMV reads
   // it once. y [1, n] = x op(b): op(b) [k, n] is b [n, k] untransposed when trans_b.
@@ -347,14 +353,14 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     const int ld = cols, inc = 1;  // the vector is a row [1, k] or a column [k, 1]: contiguous either way
     const CBLAS_TRANSPOSE t = mat_trans ? CblasTrans : CblasNoTrans;
     if (out.dtype() == DType::F32)
-      cblas_sgemv(CblasRowMajor, t, rows, cols, static_cast<float>(alpha), mat.data<float>(), ld, vec.data<float>(), inc,
+      cblas_sgemv(CblasRowMajor, t, rows, cols, static_cast<float>(alpha), row ? pb : pa, ld, row ? pa : pb, inc,
                   static_cast<float>(beta), out.data<float>(), 1);
     else
       cblas_dgemv(CblasRowMajor, t, rows, cols, alpha, mat.data<double>(), ld, vec.data<double>(), inc, beta,
                   out.data<double>(), 1);
   } else if (out.dtype() == DType::F32) {
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(), lda, b.data<float>(),
-                ldb, static_cast<float>(beta), out.data<float>(), n);
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), pa, lda, pb, ldb, static_cast<float>(beta),
+                out.data<float>(), n);
   } else {
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), lda, b.data<double>(), ldb, beta,
                 out.data<double>(), n);

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "tensor/cpu/gemm_precision.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
 #include "tensor/element_math.h"
@@ -145,6 +146,10 @@ void batched_matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor
     using T = decltype(zero);
     T* o = out.data<T>();
     const T *pa = a.data<T>(), *pb = b.data<T>();
+    if constexpr (std::is_same_v<T, float>) {  // tf32 / bf16: rounded copies (gemm_precision.h)
+      pa = gemm_operand(pa, a.numel(), matmul_precision(), 0);
+      pb = gemm_operand(pb, b.numel(), matmul_precision(), 1);
+    }
     if (k == 0) {  // BLAS leaves out untouched when k == 0; the product is zero
       const int64_t total = batch * stride_out;
       for (int64_t i = 0; i < total; ++i) o[i] = beta == 0.0 ? T(0) : static_cast<T>(beta) * o[i];

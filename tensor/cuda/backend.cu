@@ -28,12 +28,13 @@ namespace {
 
 struct Context {
   cudaStream_t stream = nullptr;
+  cudaStream_t upload = nullptr;  // host-to-device copies of CudaUpload (made on first use)
   int sm_count = 0;
 };
 
 std::mutex g_cublas_mutex;
-cublasHandle_t g_cublas = nullptr;  // created on the first GEMM
-bool g_tf32 = false;                // plain float32 GEMM unless cuda_set_tf32(true)
+cublasHandle_t g_cublas = nullptr;                // created on the first GEMM
+cublasMath_t g_math_mode = CUBLAS_DEFAULT_MATH;   // the handle's math mode (cublas_handle_for)
 
 Context* make_context() {
   if (!cuda_available())
@@ -179,6 +180,15 @@ CachingAllocator& allocator() {
 
 }  // namespace
 
+// The upload stream, made on first use. Non-blocking: it must not wait for the legacy default stream.
+std::mutex g_upload_mutex;
+cudaStream_t upload_stream() {
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(g_upload_mutex);
+  if (!ctx.upload) SAE_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.upload, cudaStreamNonBlocking));
+  return ctx.upload;
+}
+
 // ---------------------------------------------------------------- check.h
 
 cudaStream_t cuda_stream() { return context().stream; }
@@ -192,10 +202,22 @@ cublasHandle_t cublas_handle() {
     cublasHandle_t handle = nullptr;
     SAE_CUBLAS_CHECK(cublasCreate(&handle));
     SAE_CUBLAS_CHECK(cublasSetStream(handle, stream));
-    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, g_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
     g_cublas = handle;  // never destroyed, like the context
+    g_math_mode = CUBLAS_DEFAULT_MATH;
   }
   return g_cublas;
+}
+
+cublasHandle_t cublas_handle_for(Precision precision) {
+  cublasHandle_t handle = cublas_handle();
+  const cublasMath_t mode = precision == Precision::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+  std::lock_guard<std::mutex> lock(g_cublas_mutex);
+  if (mode != g_math_mode) {
+    SAE_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
+    g_math_mode = mode;
+  }
+  return handle;
 }
 
 // ---------------------------------------------------------------- backend.h
@@ -246,6 +268,61 @@ void cuda_copy_on_device(void* dst, const void* src, size_t bytes) {
   SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
 }
 
+void* cuda_host_alloc(size_t bytes) {
+  cuda_stream();  // a clear error when there is no GPU
+  void* ptr = nullptr;
+  const cudaError_t err = cudaHostAlloc(&ptr, std::max<size_t>(bytes, 1), cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(cat("out of page-locked host memory allocating ", bytes, " bytes (", cudaGetErrorString(err), ")"));
+  }
+  return ptr;
+}
+
+void cuda_host_free(void* ptr) {
+  if (!ptr) return;
+  const cudaError_t err = cudaFreeHost(ptr);
+  if (err != cudaSuccess) std::fprintf(stderr, "sae: cudaFreeHost failed: %s\n", cudaGetErrorString(err));
+}
+
+CudaUpload::CudaUpload() {
+  cudaEvent_t copied = nullptr, released = nullptr;
+  upload_stream();
+  SAE_CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+  SAE_CUDA_CHECK(cudaEventCreateWithFlags(&released, cudaEventDisableTiming));
+  copied_ = copied;
+  released_ = released;
+}
+
+CudaUpload::~CudaUpload() {
+  // A copy in flight still writes its destination: wait for it before anyone frees either end.
+  if (copied_recorded_) cudaEventSynchronize(static_cast<cudaEvent_t>(copied_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(copied_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(released_));
+  cudaGetLastError();
+}
+
+void CudaUpload::wait_source_free() {
+  if (copied_recorded_) SAE_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(copied_)));
+}
+
+void CudaUpload::start(void* dst, const void* src, size_t bytes) {
+  cudaStream_t stream = upload_stream();
+  if (released_recorded_) SAE_CUDA_CHECK(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(released_), 0));
+  if (bytes > 0) SAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  SAE_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(copied_), stream));
+  copied_recorded_ = true;
+}
+
+void CudaUpload::make_compute_wait() {
+  if (copied_recorded_) SAE_CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), static_cast<cudaEvent_t>(copied_), 0));
+}
+
+void CudaUpload::release() {
+  SAE_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(released_), cuda_stream()));
+  released_recorded_ = true;
+}
+
 void cuda_synchronize() {
   if (!cuda_available()) return;  // nothing can have been queued
   SAE_CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
@@ -253,12 +330,5 @@ void cuda_synchronize() {
 
 size_t cuda_bytes_in_use() { return allocator().in_use(); }
 size_t cuda_bytes_reserved() { return allocator().reserved(); }
-
-void cuda_set_tf32(bool enabled) {
-  std::lock_guard<std::mutex> lock(g_cublas_mutex);
-  g_tf32 = enabled;
-  if (g_cublas)
-    SAE_CUBLAS_CHECK(cublasSetMathMode(g_cublas, enabled ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-}
 
 }  // namespace sae

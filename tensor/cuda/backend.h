@@ -21,9 +21,38 @@ void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 void cuda_copy_on_device(void* dst, const void* src, size_t bytes);
 void cuda_synchronize();
 const KernelTable& cuda_kernels();
+// Page-locked host memory (cudaHostAlloc): copies from it to the device run asynchronously, at full
+// bus speed. Throws when no GPU is available.
+void* cuda_host_alloc(size_t bytes);
+void cuda_host_free(void* ptr);  // never throws (logs a failure)
+
+// A host-to-device copy into one destination buffer, on the backend's second stream (the upload
+// stream), ordered against the compute stream by events, so that it overlaps the kernels queued
+// before it. The protocol, for one buffer used over and over:
+//   wait_source_free()   before rewriting the host source: the previous copy has read it (host waits)
+//   start(dst, src, n)   copy once the compute stream has passed the last release() (device waits)
+//   make_compute_wait()  before queuing kernels that read dst (the compute stream waits, not the host)
+//   release()            after queuing the last kernel that reads dst this round
+// The source must be page-locked (cuda_host_alloc) for the copy to be asynchronous.
+class CudaUpload {
+ public:
+  CudaUpload();  // throws when no GPU is available
+  ~CudaUpload();  // waits for a copy in flight
+  CudaUpload(const CudaUpload&) = delete;
+  CudaUpload& operator=(const CudaUpload&) = delete;
+  void wait_source_free();
+  void start(void* dst, const void* src, size_t bytes);
+  void make_compute_wait();
+  void release();
+
+ private:
+  void* copied_ = nullptr;    // cudaEvent_t: recorded on the upload stream after each copy
+  void* released_ = nullptr;  // cudaEvent_t: recorded on the compute stream by release()
+  bool copied_recorded_ = false, released_recorded_ = false;
+};
+
 // Caching allocator counters (bytes currently handed out, bytes held from the driver).
 size_t cuda_bytes_in_use();
 size_t cuda_bytes_reserved();
-void cuda_set_tf32(bool enabled);  // cuBLAS TF32 tensor-core math for float32 GEMM (off by default)
 
 }  // namespace sae

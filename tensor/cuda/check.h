@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "tensor/error.h"
+#include "tensor/precision.h"
 
 namespace sae {
 
@@ -27,8 +28,11 @@ namespace sae {
 
 // The stream every kernel, copy and cuBLAS call runs on; created on first use. Throws when no GPU.
 cudaStream_t cuda_stream();
-// The cuBLAS handle, bound to cuda_stream(), math mode set by cuda_set_tf32().
+// The cuBLAS handle, bound to cuda_stream(), in its default math mode.
 cublasHandle_t cublas_handle();
+// The handle with the math mode of a float32 GEMM at `precision` (tensor/precision.h): TF32 tensor-op
+// math for tf32, the default otherwise (bf16 GEMMs name their types in cublasGemmEx).
+cublasHandle_t cublas_handle_for(Precision precision);
 // Streaming multiprocessors of the device (sizes grid-stride launches).
 int cuda_sm_count();
 

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <cuda_bf16.h>
+
 #include "tensor/cuda/backend.h"
 #include "tensor/cuda/check.h"
+#include "tensor/tensor.h"
 
 namespace sae {
 
@@ -33,6 +36,17 @@ struct DeviceBuffer {
   ~DeviceBuffer() { cuda_free(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+// A float32 tensor's values rounded to bfloat16 (nearest even) in scratch device memory, for the
+// bf16 GEMMs of --precision bf16 (tensor/precision.h); given back when it goes out of scope.
+class Bf16Operand {
+ public:
+  explicit Bf16Operand(const Tensor& t);
+  __nv_bfloat16* data() { return static_cast<__nv_bfloat16*>(buffer_.ptr); }
+
+ private:
+  DeviceBuffer buffer_;
 };
 
 }  // namespace sae

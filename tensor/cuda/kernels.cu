@@ -10,7 +10,8 @@
 //                      fixed-shape tree reductions, no atomics, so results are deterministic. Long
 //                      reductions are split across blocks into double partials that a second
 //                      kernel combines.
-//   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data
+//   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data; at --precision tf32
+//                      TF32 tensor-op math, at bf16 cublasGemmEx on bfloat16 copies (precision.h)
 //   transpose          32x32 tiles through shared memory
 //   adam_step          one fused pass over param, m, v and grad (tensor/adam_math.h)
 //   transformer ops    in transformer_kernels.cu (the table below holds them too)
@@ -454,6 +455,23 @@ __global__ void widen_tile_kernel(float* w, const H* b, bool trans_b, int64_t j0
   }
 }
 
+}  // namespace
+
+// A float32 operand as bfloat16 (round to nearest even: the CPU reference's round_to_bf16, bit for
+// bit), in scratch memory from the caching allocator, for --precision bf16 (tensor/precision.h).
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = __float2bfloat16_rn(x[i]);
+}
+
+Bf16Operand::Bf16Operand(const Tensor& t) : buffer_(std::max<size_t>(1, t.numel() * sizeof(__nv_bfloat16))) {
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  to_bf16_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(data(), t.data<float>(), n);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+
 // cuBLAS is column-major, and a row-major [r, c] matrix is the column-major [c, r] matrix holding
 // its transpose. So out^T = op(b)^T op(a)^T is one column-major GEMM with the operands swapped,
 // m and n swapped, each transpose flag kept, and the leading dimensions the row-major row lengths.
@@ -475,7 +493,8 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1)), ldc = ni;
-  cublasHandle_t handle = cublas_handle();
+  const Precision precision = out.dtype() == DType::F32 ? matmul_precision() : Precision::FP32;
+  cublasHandle_t handle = cublas_handle_for(precision);
   if (is_half_dtype(b.dtype())) {
     constexpr int64_t kTileFloats = int64_t(1) << 22;  // 16 MB of float32 scratch
     const int64_t tile = std::max<int64_t>(16, kTileFloats / k / 16 * 16);
@@ -497,7 +516,13 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
     }
     return;
   }
-  if (out.dtype() == DType::F32) {
+  if (out.dtype() == DType::F32 && precision == Precision::BF16) {
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+    Bf16Operand a16(a), b16(b);
+    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb, a16.data(),
+                                  CUDA_R_16BF, lda, &beta_f, out.data<float>(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+  } else if (out.dtype() == DType::F32) {
     const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
     SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<float>(), ldb, a.data<float>(), lda,
                                  &beta_f, out.data<float>(), ldc));

@@ -19,8 +19,15 @@ void cuda_copy_to_host(void*, const void*, size_t) { not_built(); }
 void cuda_copy_on_device(void*, const void*, size_t) { not_built(); }
 void cuda_synchronize() {}
 const KernelTable& cuda_kernels() { not_built(); }
+void* cuda_host_alloc(size_t) { not_built(); }
+void cuda_host_free(void*) {}
+CudaUpload::CudaUpload() { not_built(); }
+CudaUpload::~CudaUpload() {}
+void CudaUpload::wait_source_free() { not_built(); }
+void CudaUpload::start(void*, const void*, size_t) { not_built(); }
+void CudaUpload::make_compute_wait() { not_built(); }
+void CudaUpload::release() { not_built(); }
 size_t cuda_bytes_in_use() { return 0; }
 size_t cuda_bytes_reserved() { return 0; }
-void cuda_set_tf32(bool) {}
 
 }  // namespace sae

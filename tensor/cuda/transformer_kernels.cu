@@ -6,7 +6,8 @@
 //   embedding            grid-stride over out's elements
 //   embedding_backward   one thread per column, walking the ids in order (as the CPU does)
 //   layer_norm, softmax  one warp per row, double sums by warp shuffles
-//   batched_matmul       cublas{S,D}gemmStridedBatched (the row-major trick of matmul_cuda)
+//   batched_matmul       cublas{S,D}gemmStridedBatched (the row-major trick of matmul_cuda); at
+//                        --precision bf16 cublasGemmStridedBatchedEx on bfloat16 copies
 //   attention_mask       grid-stride over the scores
 //   swap_axes01          grid-stride over out's elements
 //   rotary               grid-stride over the rows' (j, j + R) pairs and the copied columns
@@ -265,8 +266,16 @@ void batched_matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tenso
   const int lda = static_cast<int>(a.size(2)), ldb = static_cast<int>(b.size(2)), ldc = ni;
   const long long stride_a = a.size(1) * a.size(2), stride_b = b.size(1) * b.size(2), stride_c = m * n;
   const int count = static_cast<int>(batch);
-  cublasHandle_t handle = cublas_handle();
-  if (out.dtype() == DType::F32) {
+  const Precision precision = out.dtype() == DType::F32 ? matmul_precision() : Precision::FP32;
+  cublasHandle_t handle = cublas_handle_for(precision);
+  if (out.dtype() == DType::F32 && precision == Precision::BF16) {
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+    Bf16Operand a16(a), b16(b);
+    SAE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb,
+                                                stride_b, a16.data(), CUDA_R_16BF, lda, stride_a, &beta_f,
+                                                out.data<float>(), CUDA_R_32F, ldc, stride_c, count, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT));
+  } else if (out.dtype() == DType::F32) {
     const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
     SAE_CUBLAS_CHECK(cublasSgemmStridedBatched(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<float>(), ldb,
                                                stride_b, a.data<float>(), lda, stride_a, &beta_f, out.data<float>(),

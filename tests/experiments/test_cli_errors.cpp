@@ -123,6 +123,8 @@ TEST(Cli, RunsWithoutGnuplotAndSaysSoOnce) {
 
 TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --bogus 3", 2, "bogus");
+  expect_error(kTiny + " --tf32", 2, "--tf32 was replaced by --precision tf32");
+  expect_error(kTiny + " --precision fp16", 2, "--precision: expected fp32, tf32 or bf16, got 'fp16'");
   expect_error(kTiny + " --features 0", 2, "--features");
   expect_error(kTiny + " --features abc", 2, "features");
   expect_error(kTiny + " --l1 -1", 2, "--l1");

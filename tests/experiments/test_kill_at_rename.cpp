@@ -87,7 +87,9 @@ void expect_same_outputs(const std::map<std::string, std::string>& want, const s
       ADD_FAILURE() << "missing " << name;
       continue;
     }
-    const bool time_dependent = std::any_of(timed.begin(), timed.end(), [&](const std::string& t) {
+    const std::string& file = name;  // clang 14 cannot capture a structured binding in a lambda
+    const bool time_dependent = std::any_of(timed.begin(), timed.end(), [&file](const std::string& t) {
+      const std::string& name = file;
       return name == t || (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
                            name[name.size() - t.size() - 1] == '/');
     });

@@ -2,7 +2,7 @@
 // reference, in float32 and float64, with |cuda - cpu| <= atol + rtol * |cpu|. Sizes include 1, 7,
 // non-multiples of the block sizes and tensors larger than one grid-stride sweep. Every CUDA output
 // is filled with NaN before the kernel writes it. Also: copies, the caching allocator, TF32 and the
-// out-of-memory error. Every test skips when no GPU is present.
+// out-of-memory error (bf16 GEMMs: test_precision.cpp). Every test skips when no GPU is present.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tensor/rng.h"
 #include "tests/util/compare.h"
 #include "tests/util/gpu.h"
@@ -286,29 +287,28 @@ TEST(CudaParity, MatmulAllTransposeFlagsAlphaBeta) {
 
 TEST(CudaParity, MatmulTf32IsOptIn) {
   SKIP_WITHOUT_GPU();
-  struct Tf32Off {
-    ~Tf32Off() { cuda_set_tf32(false); }
-  } restore;
-  // Random products: within TF32's rounding with it on, within float32's with it off.
+  // Random products: within TF32's rounding at --precision tf32, within float32's at fp32.
   Rng rng(9);
   Tensor a = random_cpu(Shape{128, 512}, DType::F32, rng, -1.0, 1.0);
   Tensor b = random_cpu(Shape{512, 64}, DType::F32, rng, -1.0, 1.0);
   Tensor ref = matmul(a, b);
-  cuda_set_tf32(true);
-  expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{5e-2, 1e-2}, "matmul tf32");
-  cuda_set_tf32(false);
-  expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{1e-6 * 520, 1e-5}, "matmul f32 after tf32 off");
+  {
+    const ScopedMatmulPrecision tf32(Precision::TF32);
+    expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{5e-2, 1e-2}, "matmul tf32");
+  }
+  expect_gpu_close(matmul(on_gpu(a), on_gpu(b)), ref, Tolerance{1e-6 * 520, 1e-5}, "matmul f32 after tf32");
   // A product whose float32 and TF32 results are known exactly: every a = 1 + 2^-12 (a float32, but
   // a quarter of TF32's last mantissa bit at 1, so TF32 reads it as 1, rounding or truncating), every
   // b = 1, k = 512: each partial sum of m terms is m (1 + 2^-12), exact in float32 for m <= 2048, so
   // the float32 result is 512.125 in any summation order and the TF32 result 512.
   const Tensor ones_a = Tensor::full(Shape{128, 512}, 1.0 + std::ldexp(1.0, -12)), ones_b = Tensor::full(Shape{512, 64}, 1.0);
-  cuda_set_tf32(true);
-  expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.0), kExact,
-                   "tf32 on: inputs rounded to TF32");
-  cuda_set_tf32(false);
+  {
+    const ScopedMatmulPrecision tf32(Precision::TF32);
+    expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.0), kExact,
+                     "tf32: inputs rounded to TF32");
+  }
   expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.125), kExact,
-                   "tf32 off again: float32 inputs");
+                   "fp32 again: float32 inputs");
 }
 
 TEST(CudaParity, Transpose) {

@@ -32,7 +32,10 @@ namespace sae {
 namespace {
 // Auto mode's default density thresholds. CPU: measured (bench/bench_sparse.cpp BM_SparseCrossover,
 // bench/RESULTS.md), the sparse step is faster below about 25% at 4096 tokens and 40% at 218.
-// CUDA: not measured yet; a cautious guess until a GPU run of the same benchmark sets it.
+// CUDA: bracketed by the H200 sitting of 2026-12-04 (bench/RESULTS.md, BM_Cuda_SparseStep): sparse
+// over dense 1.23x at 2% and 0.80x at 10% density (218 tokens), 1.84x and 0.66x (4096 tokens), so the
+// crossover lies between about 6% and 8% by interpolation; 5% stays on the side where sparse pays
+// until BM_Cuda_SparseCrossover (scripts/device_check.sh) measures it.
 constexpr double kAutoMaxDensityCpu = 0.2;
 constexpr double kAutoMaxDensityCuda = 0.05;
 

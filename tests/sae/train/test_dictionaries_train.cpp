@@ -96,6 +96,15 @@ TrainConfig file_run(const std::string& data, const std::string& out) {
   return c;
 }
 
+// Planted x and y written to DIR/x.npy and DIR/y.npy; a transcoder run x -> y into DIR/<out>.
+TrainConfig transcoder_run(const TempDir& dir, const Planted& p, const std::string& out) {
+  write_npy(dir.str("x.npy"), p.x);
+  write_npy(dir.str("y.npy"), p.y);
+  TrainConfig c = file_run(dir.str("x.npy"), dir.str(out));
+  c.target_data = dir.str("y.npy");
+  return c;
+}
+
 double cosine_rows_recovered(const Tensor& concepts, const Tensor& decoder) {
   return concept_recovery(concepts, decoder, {}).recovered;
 }
@@ -114,10 +123,7 @@ std::string one_line_error(const TrainConfig& c) {
 TEST(DictionaryTraining, TranscoderRecoversThePlantedOutputDirections) {
   TempDir dir("transcoder_planted");
   Planted p(11, /*linear=*/false);
-  write_npy(dir.str("x.npy"), p.x);
-  write_npy(dir.str("y.npy"), p.y);
-  TrainConfig c = file_run(dir.str("x.npy"), dir.str("run"));
-  c.target_data = dir.str("y.npy");
+  TrainConfig c = transcoder_run(dir, p, "run");
   const TrainResult r = train(c);
   Checkpoint ck = load_checkpoint(dir.str("run/sae"), Device::CPU, /*with_state=*/false);
   ASSERT_TRUE(ck.params.transcoder);
@@ -159,10 +165,7 @@ TEST(DictionaryTraining, TranscoderRecoversThePlantedOutputDirections) {
 TEST(DictionaryTraining, SkipTranscoderLearnsThePlantedLinearPart) {
   TempDir dir("skip_planted");
   Planted p(12, /*linear=*/true);
-  write_npy(dir.str("x.npy"), p.x);
-  write_npy(dir.str("y.npy"), p.y);
-  TrainConfig plain = file_run(dir.str("x.npy"), dir.str("plain"));
-  plain.target_data = dir.str("y.npy");
+  TrainConfig plain = transcoder_run(dir, p, "plain");
   TrainConfig skip = plain;
   skip.out = dir.str("skip");
   skip.skip = true;
@@ -228,10 +231,7 @@ TEST(DictionaryTraining, CrosscoderRecoversTheSharedConceptsOverBothSources) {
 TEST(DictionaryTraining, TranscoderResumeIsBitExact) {
   TempDir dir("transcoder_resume");
   Planted p(14, /*linear=*/true);
-  write_npy(dir.str("x.npy"), p.x);
-  write_npy(dir.str("y.npy"), p.y);
-  TrainConfig full = file_run(dir.str("x.npy"), dir.str("full"));
-  full.target_data = dir.str("y.npy");
+  TrainConfig full = transcoder_run(dir, p, "full");
   full.skip = true;
   full.steps = 40;
   full.log_every = 5;
@@ -255,10 +255,7 @@ TEST(DictionaryTraining, TranscoderResumeIsBitExact) {
 TEST(DictionaryTraining, ApplyPredictsTheTargetAsTheCheckpointDoesInProcess) {
   TempDir dir("transcoder_apply");
   Planted p(15, /*linear=*/true);
-  write_npy(dir.str("x.npy"), p.x);
-  write_npy(dir.str("y.npy"), p.y);
-  TrainConfig c = file_run(dir.str("x.npy"), dir.str("run"));
-  c.target_data = dir.str("y.npy");
+  TrainConfig c = transcoder_run(dir, p, "run");
   c.skip = true;
   c.steps = 300;
   train(c);

@@ -29,6 +29,33 @@ std::string text_ref(const std::string& name) {
   return std::string(SAE_SOURCE_DIR) + "/tests/ref/text_train/" + name;
 }
 
+// A short run from the fixture model's text (the caller says where it reads).
+TrainConfig text_run(const std::string& out) {
+  TrainConfig c;
+  c.data = "text";
+  c.model = text_ref("model");
+  c.text = text_ref("stories.txt");
+  c.features = 32;
+  c.lr = 1e-3;
+  c.log_every = 1;
+  c.checkpoint_every = 5;
+  c.progress = ProgressMode::None;
+  c.device = DeviceChoice::Cpu;
+  c.out = out;
+  return c;
+}
+
+// Trains `configs` together, then each alone in DIR/alone_<i>: the same files.
+void expect_together_equals_alone(const TempDir& dir, const std::vector<TrainConfig>& configs) {
+  train_together(configs);
+  for (size_t i = 0; i < configs.size(); ++i) {
+    TrainConfig alone = configs[i];
+    alone.out = dir.str("alone_" + std::to_string(i));
+    train(alone);
+    expect_same_run(configs[i].out, alone.out);
+  }
+}
+
 }  // namespace
 
 TEST(TrainTogether, EachSaeEqualsItsSeparateRun) {
@@ -62,29 +89,13 @@ TEST(TrainTogether, FromTextEachSaeEqualsItsSeparateRun) {
   TempDir dir("together_text");
   std::vector<TrainConfig> configs;
   for (double l1 : {0.1, 1.0}) {
-    TrainConfig c;
-    c.data = "text";
-    c.model = text_ref("model");
-    c.text = text_ref("stories.txt");
+    TrainConfig c = text_run(dir.str("together_" + std::to_string(configs.size())));
     c.layer = 2;
-    c.features = 32;
     c.l1 = l1;
-    c.lr = 1e-3;
     c.steps = 12;
-    c.log_every = 1;
-    c.checkpoint_every = 5;
-    c.progress = ProgressMode::None;
-    c.device = DeviceChoice::Cpu;
-    c.out = dir.str("together_" + std::to_string(configs.size()));
     configs.push_back(c);
   }
-  train_together(configs);
-  for (size_t i = 0; i < configs.size(); ++i) {
-    TrainConfig alone = configs[i];
-    alone.out = dir.str("alone_" + std::to_string(i));
-    train(alone);
-    expect_same_run(configs[i].out, alone.out);
-  }
+  expect_together_equals_alone(dir, configs);
 }
 
 TEST(TrainTogether, DictionariesAtSeveralHooksFromOnePassEqualTheirSeparateRuns) {
@@ -93,33 +104,17 @@ TEST(TrainTogether, DictionariesAtSeveralHooksFromOnePassEqualTheirSeparateRuns)
   TempDir dir("together_hooks");
   std::vector<TrainConfig> configs;
   for (int kind = 0; kind < 3; ++kind) {
-    TrainConfig c;
-    c.data = "text";
-    c.model = text_ref("model");
-    c.text = text_ref("stories.txt");
+    TrainConfig c = text_run(dir.str("together_" + std::to_string(configs.size())));
     if (kind == 0) c.hook = "blocks.2.hook_resid_pre";
     if (kind == 1) c.transcoder_block = 1;
     if (kind == 2) c.hooks = "blocks.0.hook_resid_post,blocks.1.ln2.hook_normalized";
-    c.features = 32;
     c.l1 = 0.5;
-    c.lr = 1e-3;
     c.steps = 10;
     c.batch_tokens = 40;
     c.normalize = Normalization::Dataset;
-    c.log_every = 1;
-    c.checkpoint_every = 5;
-    c.progress = ProgressMode::None;
-    c.device = DeviceChoice::Cpu;
-    c.out = dir.str("together_" + std::to_string(configs.size()));
     configs.push_back(c);
   }
-  train_together(configs);
-  for (size_t i = 0; i < configs.size(); ++i) {
-    TrainConfig alone = configs[i];
-    alone.out = dir.str("alone_" + std::to_string(i));
-    train(alone);
-    expect_same_run(configs[i].out, alone.out);
-  }
+  expect_together_equals_alone(dir, configs);
 }
 
 TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {

@@ -1,0 +1,245 @@
+// --precision (tensor/precision.h): the roundings against independent formulas (io/float_convert's
+// bfloat16 conversion, frexp arithmetic for TF32), the CPU GEMMs at tf32 and bf16 against float64
+// products of the rounded inputs written here, and the CUDA GEMMs at every precision against the CPU
+// ones (skipped without a GPU). Tolerances are stated where they are used.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "io/float_convert.h"
+#include "tensor/ops.h"
+#include "tensor/precision.h"
+#include "tensor/rng.h"
+#include "tests/util/compare.h"
+#include "tests/util/gpu.h"
+
+using namespace sae;
+using sae::testing::expect_close;
+using sae::testing::expect_close_to_scale;
+using sae::testing::kExact;
+using sae::testing::random_cpu;
+
+namespace {
+
+// The nearest float with `bits` significant bits (ties to even), for normal floats: frexp and an
+// exact scaled rounding in double (the default rounding mode is to nearest even).
+double nearest_with_bits(double x, int bits) {
+  if (x == 0.0 || !std::isfinite(x)) return x;
+  int exponent = 0;
+  const double mantissa = std::frexp(x, &exponent);  // x = mantissa * 2^exponent, |mantissa| in [0.5, 1)
+  return std::ldexp(std::nearbyint(std::ldexp(mantissa, bits)), exponent - bits);
+}
+
+// A float64 product of two row-major matrices whose entries are first rounded by `round`.
+std::vector<double> rounded_product(const Tensor& a, const Tensor& b, float (*round)(float)) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  const std::vector<double> av = a.to_vector(), bv = b.to_vector();
+  std::vector<double> out(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t t = 0; t < k; ++t)
+        s += double(round(static_cast<float>(av[i * k + t]))) * double(round(static_cast<float>(bv[t * n + j])));
+      out[i * n + j] = s;
+    }
+  return out;
+}
+
+float keep(float x) { return x; }
+
+// max |got - want| / max |want|.
+double relative_distance(const std::vector<double>& got, const std::vector<double>& want) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    worst = std::max(worst, std::abs(got[i] - want[i]));
+    scale = std::max(scale, std::abs(want[i]));
+  }
+  return worst / scale;
+}
+
+}  // namespace
+
+TEST(Precision, NamesParseAndUnknownOnesAreRefused) {
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16})
+    EXPECT_EQ(parse_precision(precision_name(p)), p);
+  EXPECT_STREQ(precision_name(Precision::BF16), "bf16");
+  try {
+    parse_precision("fp16");
+    FAIL() << "fp16 accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--precision: expected fp32, tf32 or bf16, got 'fp16'"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Precision, ScopedPrecisionIsPutBack) {
+  EXPECT_EQ(matmul_precision(), Precision::FP32);  // the default every other test relies on
+  {
+    const ScopedMatmulPrecision outer(Precision::BF16);
+    EXPECT_EQ(matmul_precision(), Precision::BF16);
+    {
+      const ScopedMatmulPrecision inner(Precision::TF32);
+      EXPECT_EQ(matmul_precision(), Precision::TF32);
+    }
+    EXPECT_EQ(matmul_precision(), Precision::BF16);
+  }
+  EXPECT_EQ(matmul_precision(), Precision::FP32);
+}
+
+TEST(Precision, Bf16RoundingIsTheFileFormatsConversion) {
+  // io/float_convert.h's f32_to_bf16 (written for .safetensors files) is an independent rounding
+  // to nearest even; widening it back must give round_to_bf16 bit for bit, here over random floats of
+  // every exponent, ties, values that round up to the next binade or to infinity, and specials.
+  Rng rng(1);
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, std::numeric_limits<float>::infinity(),
+                               -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::max(),
+                               std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::min(),
+                               1.0f + std::ldexp(1.0f, -8),                       // a tie: to even (1)
+                               1.0f + 3 * std::ldexp(1.0f, -8),                   // a tie: to even (up)
+                               1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20),  // above the tie: up
+                               2.0f - std::ldexp(1.0f, -10)};                     // up to the next binade
+  for (int i = 0; i < 100000; ++i) values.push_back(f32_from_bits(static_cast<uint32_t>(rng.next_u64())));
+  int64_t checked = 0;
+  for (float x : values) {
+    if (std::isnan(x)) {
+      EXPECT_TRUE(std::isnan(round_to_bf16(x)));
+      continue;
+    }
+    const float want = bf16_to_f32(f32_to_bf16(x));
+    ASSERT_EQ(f32_bits(round_to_bf16(x)), f32_bits(want)) << "x = " << x << " (bits " << f32_bits(x) << ")";
+    ++checked;
+  }
+  EXPECT_GT(checked, 99000);
+  EXPECT_EQ(round_to_bf16(1.0f + std::ldexp(1.0f, -8)), 1.0f);
+  EXPECT_EQ(round_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_EQ(round_to_bf16(std::numeric_limits<float>::max()), std::numeric_limits<float>::infinity());
+}
+
+TEST(Precision, Tf32AndBf16RoundingAreNearestWithTheirMantissaBits) {
+  // Normal floats: the nearest value with 11 (TF32) or 8 (bfloat16) significant bits, from frexp.
+  Rng rng(2);
+  for (int i = 0; i < 100000; ++i) {
+    const double x = std::ldexp(rng.uniform(-1.0, 1.0), static_cast<int>(rng.below(200)) - 100);
+    const float xf = static_cast<float>(x);
+    ASSERT_EQ(double(round_to_tf32(xf)), nearest_with_bits(xf, 11)) << "x = " << xf;
+    ASSERT_EQ(double(round_to_bf16(xf)), nearest_with_bits(xf, 8)) << "x = " << xf;
+    EXPECT_EQ(f32_bits(round_to_tf32(xf)) & 0x1FFFu, 0u);
+    EXPECT_EQ(round_to_precision(xf, Precision::FP32), xf);
+  }
+  EXPECT_EQ(round_to_tf32(1.0f + std::ldexp(1.0f, -11)), 1.0f);  // a tie: to even
+  EXPECT_EQ(round_to_tf32(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)), 1.0f + std::ldexp(1.0f, -10));
+}
+
+TEST(Precision, CpuMatmulRoundsItsFloat32InputsAndSumsInFloat32) {
+  Rng rng(3);
+  const Tensor a = random_cpu(Shape{37, 300}, DType::F32, rng), b = random_cpu(Shape{300, 29}, DType::F32, rng);
+  const std::vector<double> exact = rounded_product(a, b, keep);
+  for (Precision p : {Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    float (*round)(float) = p == Precision::BF16 ? round_to_bf16 : round_to_tf32;
+    const std::vector<double> want = rounded_product(a, b, round);
+    const std::vector<double> got = matmul(a, b).to_vector();
+    // Float32 sums of 300 terms of size <= 4 (|a|, |b| < 2): far inside 1e-5 of the largest value.
+    EXPECT_LT(relative_distance(got, want), 1e-5) << precision_name(p);
+    // And the rounding did happen: the result is as far from the float32 product as the rounded
+    // inputs make it (bf16: ~2^-9 relative per input, tf32: ~2^-12), measurably more than float32's sums.
+    const double moved = relative_distance(got, exact);
+    EXPECT_GT(moved, p == Precision::BF16 ? 3e-4 : 3e-5) << precision_name(p);
+    EXPECT_LT(moved, p == Precision::BF16 ? 3e-2 : 3e-3) << precision_name(p);
+    // Transposed operands and accumulation (alpha, beta) go through the same rounding.
+    Tensor acc = Tensor::full(Shape{37, 29}, 1.0);
+    matmul_(acc, transpose(a), true, transpose(b), true, 2.0, -1.0);
+    std::vector<double> want_acc = want;
+    for (double& v : want_acc) v = 2.0 * v - 1.0;
+    EXPECT_LT(relative_distance(acc.to_vector(), want_acc), 1e-5) << precision_name(p) << " transposed";
+  }
+  // Back at fp32: the plain float32 product.
+  EXPECT_LT(relative_distance(matmul(a, b).to_vector(), exact), 1e-6);
+}
+
+TEST(Precision, KnownProductsShowWhichInputsWereRounded) {
+  // Every a = 1 + 2^-9: a float32 and a TF32 value, but below half of bfloat16's last bit at 1, so
+  // bf16 reads it as 1. With b = 1 and k = 512 each output is 512 (1 + 2^-9) = 513 exactly in
+  // float32 (every partial sum is exact) and 512 in bf16.
+  const Tensor a = Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -9)), b = Tensor::full(Shape{512, 2}, 1.0);
+  expect_close(matmul(a, b), Tensor::full(Shape{3, 2}, 513.0), kExact, "fp32");
+  {
+    const ScopedMatmulPrecision scope(Precision::TF32);
+    expect_close(matmul(a, b), Tensor::full(Shape{3, 2}, 513.0), kExact, "tf32 keeps 1 + 2^-9");
+    const Tensor a12 = Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -12));
+    expect_close(matmul(a12, b), Tensor::full(Shape{3, 2}, 512.0), kExact, "tf32 drops 2^-12");
+  }
+  {
+    const ScopedMatmulPrecision scope(Precision::BF16);
+    expect_close(matmul(a, b), Tensor::full(Shape{3, 2}, 512.0), kExact, "bf16 drops 2^-9");
+    // float64 GEMMs are never rounded.
+    expect_close(matmul(a.to(DType::F64), b.to(DType::F64)), Tensor::full(Shape{3, 2}, 513.0, DType::F64), kExact,
+                 "f64 at bf16");
+    // batched_matmul rounds alike.
+    expect_close(batched_matmul(a.reshape(Shape{1, 3, 512}), b.reshape(Shape{1, 512, 2})),
+                 Tensor::full(Shape{1, 3, 2}, 512.0), kExact, "batched bf16");
+  }
+}
+
+TEST(Precision, CpuBatchedMatmulAtBf16IsTheRoundedProduct) {
+  Rng rng(4);
+  const Tensor a = random_cpu(Shape{4, 9, 70}, DType::F32, rng), b = random_cpu(Shape{4, 70, 5}, DType::F32, rng);
+  const ScopedMatmulPrecision scope(Precision::BF16);
+  const Tensor got = batched_matmul(a, b);
+  for (int64_t i = 0; i < 4; ++i) {
+    const Tensor ai = a.slice_rows(i, i + 1).reshape(Shape{9, 70}), bi = b.slice_rows(i, i + 1).reshape(Shape{70, 5});
+    const std::vector<double> want = rounded_product(ai, bi, round_to_bf16);
+    EXPECT_LT(relative_distance(got.slice_rows(i, i + 1).to_vector(), want), 1e-5) << "batch " << i;
+  }
+}
+
+// ---------------------------------------------------------------- CUDA against the CPU reference
+
+TEST(CudaPrecision, MatmulAtEachPrecisionMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(5);
+  for (const auto& [m, k, n] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {37, 300, 29}, {218, 768, 1000},
+                                                                   {513, 64, 2049}}) {
+    const Tensor a = random_cpu(Shape{m, k}, DType::F32, rng), b = random_cpu(Shape{k, n}, DType::F32, rng);
+    for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+      const ScopedMatmulPrecision scope(p);
+      const Tensor ref = matmul(a, b);
+      Tensor got = Tensor::full(Shape{m, n}, std::nan(""), DType::F32, Device::CUDA);
+      matmul_(got, a.to(Device::CUDA), false, b.to(Device::CUDA), false);
+      // bf16: the same rounded inputs (both round to nearest even), exact products, float32 sums in
+      // another order: within 1e-4 of the largest value (float32 sums of <= 768 terms err below 1e-5;
+      // the margin covers tensor cores' accumulation). tf32: cuBLAS may truncate the inputs where
+      // the CPU reference rounds them, up to 2^-10 relative per input: 5e-3.
+      const double rel = p == Precision::TF32 ? 5e-3 : 1e-4;
+      expect_close_to_scale(got, ref, rel, cat("matmul ", precision_name(p), " ", m, "x", k, "x", n));
+    }
+  }
+}
+
+TEST(CudaPrecision, KnownProductsOnTheGpu) {
+  SKIP_WITHOUT_GPU();
+  const Tensor a = Tensor::full(Shape{128, 512}, 1.0 + std::ldexp(1.0, -9), DType::F32, Device::CUDA);
+  const Tensor b = Tensor::full(Shape{512, 64}, 1.0, DType::F32, Device::CUDA);
+  expect_close(matmul(a, b), Tensor::full(Shape{128, 64}, 513.0, DType::F32, Device::CUDA), kExact, "fp32");
+  {
+    const ScopedMatmulPrecision scope(Precision::BF16);
+    expect_close(matmul(a, b), Tensor::full(Shape{128, 64}, 512.0, DType::F32, Device::CUDA), kExact, "bf16");
+    const Tensor b2 = Tensor::full(Shape{2, 512, 64}, 1.0, DType::F32, Device::CUDA);
+    expect_close(batched_matmul(a.reshape(Shape{2, 64, 512}), b2),
+                 Tensor::full(Shape{2, 64, 64}, 512.0, DType::F32, Device::CUDA), kExact, "batched bf16");
+  }
+}
+
+TEST(CudaPrecision, BatchedMatmulAtBf16MatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(6);
+  const Tensor a = random_cpu(Shape{6, 33, 70}, DType::F32, rng), b = random_cpu(Shape{6, 70, 17}, DType::F32, rng);
+  const ScopedMatmulPrecision scope(Precision::BF16);
+  const Tensor ref = batched_matmul(a, b);
+  const Tensor got = batched_matmul(a.to(Device::CUDA), b.to(Device::CUDA));
+  EXPECT_EQ(got.device(), Device::CUDA);
+  expect_close_to_scale(got, ref, 1e-4, "batched_matmul bf16");
+}
