@@ -282,7 +282,19 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
   return out;
 }
 
+bool is_crosscoder_folder(const std::string& dir) {
+  try {
+    const Json cfg = read_json_file(dir + "/cfg.json");
+    return cfg.is_object() && cfg.has("architecture") && cfg.at("architecture") == Json("crosscoder");
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
+  if (sae.crosscoder())
+    throw UsageError(cat(sae.dir, " is a crosscoder: its decoder rows span its sources, and steering at each of its "
+                         "hooks is not done (sae_steer takes SAEs and transcoders)"));
   const int64_t features = sae.params.d_sae();
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,

@@ -72,6 +72,10 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
                              Device device, const DecoderConfig* model_b = nullptr);
 
+// Whether DIR's cfg.json says it is a crosscoder (architecture "crosscoder"); false when it cannot
+// be read (load_sae_at_layer then says why). For programs that take SAEs and transcoders only.
+bool is_crosscoder_folder(const std::string& dir);
+
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std), encoded (sae_encode), decoded, and
 // brought back to x's scale (a transcoder: its prediction of the target [T, D_out], the skip path
@@ -88,7 +92,8 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
 
 // W_dec[feature] / ||W_dec[feature]|| [D_out] on the SAE's device: the direction sae_steer adds (at
 // `site`).
-// UsageError for a feature outside 0..F-1, DataError for a zero decoder row.
+// UsageError for a feature outside 0..F-1 and for a crosscoder (its rows span its sources: steering
+// at each of its hooks is not done), DataError for a zero decoder row.
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature);
 
 }  // namespace sae

@@ -179,4 +179,11 @@ TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
                  "max_position_embeddings");
   expect_failure("sae_steer", steer_args("--strength 1 --prompt Hi"), 2, "--feature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --layer 9"), 2, "--layer");
+  // A crosscoder (of one model or of two) is not steered.
+  for (const char* folder : {"xc", "diff"})
+    expect_failure("sae_steer",
+                   cat("--model ", quote(eval_ref("model")), " --sae ",
+                       quote(std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_crosscoder/" + folder),
+                       " --device cpu --feature 1 --strength 1 --prompt Hi"),
+                   2, "is a crosscoder");
 }

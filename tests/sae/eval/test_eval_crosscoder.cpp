@@ -5,7 +5,8 @@
 //     of that model and of a second one (model diffing): CE and KL of the clean, spliced, zero- and
 //     mean-ablated runs per model, the scores, FVU per source and over all, L0, densities, means;
 //   - planted truth: a crosscoder that reconstructs both sources exactly scores CE 1 and FVU ~0;
-//   - the one-line refusals (--hook, a missing --model-b, a --model-b it does not read, bad folders).
+//   - the one-line refusals (--hook, a missing --model-b, a --model-b it does not read, bad folders);
+//   - CUDA against the CPU (skips without a GPU).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
 #include "tests/util/fixture.h"
+#include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -239,4 +241,40 @@ TEST(SaeEvalCrosscoder, RefusesWhatDoesNotFitWithOneLine) {
   // evaluate_sae is not for a crosscoder, reconstruct neither.
   const SaeAtLayer xc = load_sae_at_layer(xc_ref("xc"), config, HookChoice{}, Device::CPU);
   EXPECT_THROW(reconstruct(xc, Tensor::zeros(Shape{2, 64})), Error);
+  // Steering along a crosscoder's decoder rows is not done: one line.
+  message = error_of([&] { decoder_direction(xc, 1); });
+  EXPECT_NE(message.find("is a crosscoder"), std::string::npos) << message;
+  EXPECT_TRUE(is_crosscoder_folder(xc_ref("xc")));
+  EXPECT_FALSE(is_crosscoder_folder(eval_ref("sae_story")));
+  EXPECT_FALSE(is_crosscoder_folder(xc_ref("no_such_folder")));
+}
+
+TEST(SaeEvalCrosscoderCuda, BothFixturesMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  Loaded lm;
+  DecoderModel gpu = load_decoder_model(eval_ref("model"), Device::CUDA);
+  DecoderModel gpu_b = load_decoder_model(xc_ref("model_b"), Device::CUDA);
+  for (const bool two_models : {false, true}) {
+    const std::string folder = xc_ref(two_models ? "diff" : "xc");
+    SCOPED_TRACE(folder);
+    const SaeAtLayer cpu_xc = load_sae_at_layer(folder, lm.model.config(), HookChoice{}, Device::CPU,
+                                                two_models ? &lm.model_b.config() : nullptr);
+    const SaeAtLayer gpu_xc = load_sae_at_layer(folder, gpu.config(), HookChoice{}, Device::CUDA,
+                                                two_models ? &gpu_b.config() : nullptr);
+    const CrosscoderEvalResult want =
+        evaluate_crosscoder(lm.model, two_models ? &lm.model_b : nullptr, lm.tokenizer, cpu_xc, fixture_options());
+    const CrosscoderEvalResult got =
+        evaluate_crosscoder(gpu, two_models ? &gpu_b : nullptr, lm.tokenizer, gpu_xc, fixture_options());
+    ASSERT_EQ(got.models.size(), want.models.size());
+    for (size_t m = 0; m < want.models.size(); ++m) {
+      const SpliceScores &g = got.models[m], &w = want.models[m];
+      for (const auto& [a, b] : {std::pair{g.clean, w.clean}, std::pair{g.spliced, w.spliced},
+                                 std::pair{g.zero_ablated, w.zero_ablated}, std::pair{g.mean_ablated, w.mean_ablated}}) {
+        expect_relative(a.ce, b.ce, 1e-5, "CE");
+        if (b.kl > 0) expect_relative(a.kl, b.kl, 1e-4, "KL");
+      }
+    }
+    for (size_t k = 0; k < want.fvu.size(); ++k) expect_relative(got.fvu[k], want.fvu[k], 1e-5, "FVU");
+    EXPECT_EQ(got.density, want.density);
+  }
 }
