@@ -17,7 +17,8 @@ set(rules
   "sae/train:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train"
   "sae/study:tensor,io,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study"
   "sae/features:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/train,sae/features"
-  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study,sae/cli"
+  "sae/dist:tensor,tensor/cuda,io,sae,sae/step,sae/arch,sae/dist"
+  "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study,sae/dist,sae/cli"
   "sae/eval:tensor,io,lm,sae,sae/arch,sae/data,sae/report,sae/train,sae/eval")
 
 # The architecture units (docs/architectures.md "Adding an architecture"): sae/arch (the interface,

@@ -1,8 +1,9 @@
 // sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list, --layer-list,
 // --transcoder-list: each batch read and run through the model once; OUT/l1_<value>/, OUT/k_<value>/,
 // OUT/layer_<L>/ per SAE or transcoder, each a complete run folder) (docs/contract.md §5), listed in
-// OUT/sweep.json. Thin: options -> TrainConfig(s) -> train() /
-// train_together() -> report, figures.
+// OUT/sweep.json. Under mpirun, on several ranks (docs/distributed.md): --shards S latent shards times
+// P / S data-parallel replicas, or --distribute (each SAE of a list on one rank).
+// Thin: options -> TrainConfig(s) -> train() / train_together() -> report, figures.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 
 #include "io/atomic_file.h"
 #include "sae/cli/cli.h"
+#include "sae/dist/mpi_world.h"
 #include "sae/train/options.h"
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
@@ -74,7 +76,10 @@ std::vector<std::string> block_list(const std::string& option, const std::string
   return out;
 }
 
-std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed) {
+// owner: this process writes OUT/sweep.json (under mpirun, rank 0; the other ranks make the same
+// configs without touching the folder).
+std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed,
+                                            bool owner) {
   const bool l1s = parsed.count("l1-list"), ks = parsed.count("k-list"), layers = parsed.count("layer-list"),
              transcoders = parsed.count("transcoder-list");
   if (int(l1s) + int(ks) + int(layers) + int(transcoders) > 1)
@@ -97,6 +102,7 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   if (layers) values = block_list("layer-list", parsed["layer-list"].as<std::string>());
   if (transcoders) values = block_list("transcoder-list", parsed["transcoder-list"].as<std::string>());
   const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : "transcoder";
+  if (!owner) return sweep_configs(base, option, values);
   const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
   if (std::filesystem::exists(file) && !base.overwrite)
     throw sae::UsageError(sae::cat("--out ", base.out, " already holds SAEs trained together (", file.string(),
@@ -154,51 +160,151 @@ std::vector<sae::TrainConfig> resumed_sweep_configs(const sae::TrainConfig& cli)
   }
   return configs;
 }
+
+// The options, the configs they make (one per SAE), and whether the program should go on (not --help).
+struct Parsed {
+  std::vector<sae::TrainConfig> configs;
+  bool distribute = false;  // --distribute: each SAE on one rank
+  bool go = false;
+};
+
+// owner: as sweep_configs's.
+Parsed parse(int argc, char** argv, bool owner) {
+  cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
+  sae::add_training_options(options);
+  options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
+                        cxxopts::value<std::string>()->default_value("none"))(
+      "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
+      cxxopts::value<std::string>())(
+      "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
+                "OUT/k_<k>/",
+      cxxopts::value<std::string>())(
+      "layer-list", "from text: one SAE per block index L (comma-separated, increasing) at hidden_states[L], all "
+                    "from one forward pass, into OUT/layer_<L>/",
+      cxxopts::value<std::string>())(
+      "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
+                         "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
+      cxxopts::value<std::string>())(
+      "distribute", "under mpirun with --l1-list or --k-list: each SAE trained whole on one rank (SAE i on rank i "
+                    "mod P) instead of every SAE on every rank's shards (docs/distributed.md)");
+  cxxopts::ParseResult parsed;
+  Parsed out;
+  if (!sae::parse_command_line(options, argc, argv, parsed)) return out;
+  const std::string profile_name = parsed["profile"].as<std::string>();
+  if (profile_name != "demo" && profile_name != "none")
+    throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
+  const bool lists = parsed.count("l1-list") || parsed.count("k-list") || parsed.count("layer-list") ||
+                     parsed.count("transcoder-list");  // each SAE is validated when it starts
+  sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
+  std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed, owner);
+  if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);  // --resume OUT of a list's run
+  out.distribute = parsed.count("distribute") > 0;
+  if (out.distribute && configs.empty())
+    throw sae::UsageError("--distribute spreads the SAEs of --l1-list or --k-list over the ranks: give one of them");
+  if (out.distribute && config.shards > 1)
+    throw sae::UsageError("--distribute trains each SAE whole on one rank: leave --shards out");
+  if (configs.empty()) configs.push_back(config);
+  out.configs = configs;
+  out.go = true;
+  return out;
+}
+
+// The reports of finished runs, and their figures drawn.
+std::string report(const std::vector<sae::TrainResult>& results) {
+  // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
+  // written) and gets one note; a gnuplot that fails gets a warning.
+  const bool draw = sae::gnuplot_found();
+  std::string text;
+  for (const sae::TrainResult& result : results) {
+    text += sae::format_report(result);
+    const sae::CollectiveStats& c = result.collectives;
+    if (c.calls > 0) {  // a distributed run: rank 0's share of the loop in collectives (bench/RESULTS.md)
+      char line[400];
+      std::snprintf(line, sizeof line,
+                    "  collectives (rank 0, training loop): %lld calls, %.3f MB handed over, %.3f MB sent by a ring, "
+                    "%.3f s = %.1f%% of the loop\n",
+                    (long long)c.calls, c.payload_bytes / 1e6, c.ring_bytes / 1e6, c.seconds,
+                    result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
+      text += line;
+    }
+    // A run that was finished already gets only the figures it lacks (a crash while they were drawn).
+    if (result.already_finished && sae::training_run_figures_exist(result.out_dir)) continue;
+    try {
+      for (const std::string& png : sae::plot_training_run(result.out_dir, draw)) text += "  figure: " + png + "\n";
+    } catch (const sae::DataError& e) {
+      std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
+    }
+  }
+  if (!draw && !results.empty()) text += "figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n";
+  return text;
+}
+
+// Under mpirun (docs/distributed.md): every rank parses the same command line and trains its part;
+// a failure is one line on rank 0 (or on the rank that failed inside the loop, then mpirun stops the
+// others) and a non-zero exit from every rank.
+int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
+  world.announce_termination("sae_train");
+  sae::Collectives& everyone = world.collectives(1, sae::Device::CPU);
+  try {
+    Parsed parsed;
+    everyone.agree([&] { parsed = parse(argc, argv, /*owner=*/world.rank() == 0); });
+    if (!parsed.go) return 0;
+    // Every rank must run the same options: rank 0's, compared here.
+    for (const sae::TrainConfig& mine : parsed.configs) {
+      const sae::Json own = mine.to_json();
+      const sae::Json lead = sae::Json::parse(everyone.broadcast(own.dump(), 0));
+      everyone.agree([&] {
+        for (const auto& [key, value] : lead.items())
+          if (!own.has(key) || own.at(key) != value)
+            throw sae::UsageError(sae::cat("every rank must be given the same options: its ", key, " is ",
+                                           own.has(key) ? own.at(key).dump() : "(absent)", ", rank 0's ",
+                                           value.dump()));
+      });
+    }
+    std::string text;
+    if (parsed.distribute) {  // SAE i on rank i mod P, each alone
+      std::vector<sae::TrainConfig> mine;
+      for (size_t i = 0; i < parsed.configs.size(); ++i)
+        if (static_cast<int>(i % world.ranks()) == world.rank()) mine.push_back(parsed.configs[i]);
+      if (!mine.empty()) text = report(sae::train_together(mine));
+    } else {
+      const sae::TrainConfig& first = parsed.configs.front();
+      sae::Collectives* grid = nullptr;
+      everyone.agree([&] {
+        grid = &world.collectives(static_cast<int>(first.shards), sae::resolve_device(first.device));
+      });
+      const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
+      if (world.rank() == 0) text = report(results);
+    }
+    for (int r = 0; r < world.ranks(); ++r) {  // rank 0 prints every rank's reports, in rank order
+      const std::string part = parsed.distribute ? everyone.broadcast(text, r) : (r == 0 ? text : "");
+      if (world.rank() == 0) std::printf("%s", part.c_str());
+    }
+    return 0;
+  } catch (const sae::RankFailure& e) {
+    if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s%s\n", e.what(), e.code == 2 ? " (see --help)" : "");
+    return e.code;
+  } catch (const sae::TrainingDiverged& e) {  // every rank sees the same sums
+    if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s\n", e.what());
+    return 1;
+  } catch (const sae::UsageError& e) {
+    world.fail("sae_train", e, 2);
+  } catch (const std::exception& e) {
+    world.fail("sae_train", e, 1);
+  }
+  return 1;  // not reached: fail() ends this rank
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   return sae::run_main("sae_train", argc, argv, [&] {
-    cxxopts::Options options("sae_train", "Train a sparse autoencoder on activations (defaults: the original study)");
-    sae::add_training_options(options);
-    options.add_options()("profile", "preset option values: 'demo' (what make demo runs) or 'none'",
-                          cxxopts::value<std::string>()->default_value("none"))(
-        "l1-list", "train one SAE per lambda (comma-separated, increasing) on the same batches, into OUT/l1_<lambda>/",
-        cxxopts::value<std::string>())(
-        "k-list", "architectures set by --k: one SAE per k (comma-separated, increasing) on the same batches, into "
-                  "OUT/k_<k>/",
-        cxxopts::value<std::string>())(
-        "layer-list", "from text: one SAE per block index L (comma-separated, increasing) at hidden_states[L], all "
-                      "from one forward pass, into OUT/layer_<L>/",
-        cxxopts::value<std::string>())(
-        "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
-                           "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
-        cxxopts::value<std::string>());
-    cxxopts::ParseResult parsed;
-    if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
-    const std::string profile_name = parsed["profile"].as<std::string>();
-    if (profile_name != "demo" && profile_name != "none")
-      throw sae::UsageError("--profile: expected demo or none, got '" + profile_name + "'");
-    const bool lists = parsed.count("l1-list") || parsed.count("k-list") || parsed.count("layer-list") ||
-                       parsed.count("transcoder-list");  // each SAE is validated when it starts
-    sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
-    std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed);
-    if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);
-    if (configs.empty()) configs.push_back(config);
-    // The model is saved: a missing gnuplot only costs the PNGs (their data and scripts are still
-    // written) and gets one note; a gnuplot that fails gets a warning.
-    const bool draw = sae::gnuplot_found();
-    for (const sae::TrainResult& result : sae::train_together(configs)) {
-      std::printf("%s", sae::format_report(result).c_str());
-      // A run that was finished already gets only the figures it lacks (a crash while they were drawn).
-      if (result.already_finished && sae::training_run_figures_exist(result.out_dir)) continue;
-      try {
-        for (const std::string& png : sae::plot_training_run(result.out_dir, draw))
-          std::printf("  figure: %s\n", png.c_str());
-      } catch (const sae::DataError& e) {
-        std::fprintf(stderr, "sae_train: warning: no figures: %s\n", e.what());
-      }
-    }
-    if (!draw) std::printf("figures: not drawn (no gnuplot on PATH); each run's figures/*.gp draws them\n");
+    // MPI starts first, before any option is read, so that every rank reads them together.
+    bool shards_given = false;
+    for (int i = 1; i < argc; ++i) shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
+    std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
+    if (world) return train_distributed(*world, argc, argv);
+    const Parsed parsed = parse(argc, argv, /*owner=*/true);
+    if (parsed.go) std::printf("%s", report(sae::train_together(parsed.configs)).c_str());
     return 0;
   });
 }

@@ -246,23 +246,17 @@ std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
   return out;
 }
 
-void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
-                           const std::map<std::string, std::string>& metadata) {
+SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
+                                     const std::map<std::string, std::string>& metadata, const std::string& path) {
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const RawTensor& t = tensors[i];
+    const SafetensorsSpec& t = tensors[i];
     if (t.name == "__metadata__") throw Error(cat("write_safetensors ", path, ": '__metadata__' is reserved, not a tensor name"));
     for (size_t j = 0; j < i; ++j)
       if (tensors[j].name == t.name) throw Error(cat("write_safetensors ", path, ": tensor name '", t.name, "' given twice"));
-    const size_t element = safetensors_dtype_size(t.dtype);
-    if (element == 0) throw Error(cat("write_safetensors ", path, ": unknown dtype '", t.dtype, "'"));
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
-    if (numel * element != t.bytes.size())
-      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes for shape ",
-                      shape_str(t.shape), " of ", t.dtype));
+    if (safetensors_dtype_size(t.dtype) == 0) throw Error(cat("write_safetensors ", path, ": unknown dtype '", t.dtype, "'"));
   }
   // Largest element size first, then by name, as the reference writer orders them.
-  std::stable_sort(tensors.begin(), tensors.end(), [](const RawTensor& a, const RawTensor& b) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const SafetensorsSpec& a, const SafetensorsSpec& b) {
     const size_t sa = safetensors_dtype_size(a.dtype), sb = safetensors_dtype_size(b.dtype);
     return sa != sb ? sa > sb : a.name < b.name;
   });
@@ -272,8 +266,11 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
     meta = Json::object();
     for (const auto& [key, value] : metadata) meta[key] = Json(value);
   }
+  SafetensorsLayout layout;
   uint64_t offset = 0;
-  for (const RawTensor& t : tensors) {
+  for (const SafetensorsSpec& t : tensors) {
+    uint64_t bytes = safetensors_dtype_size(t.dtype);
+    for (int64_t d : t.shape) bytes *= static_cast<uint64_t>(d);
     Json info = Json::object();
     info["dtype"] = Json(t.dtype);
     Json shape = Json::array();
@@ -281,18 +278,41 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
     info["shape"] = shape;
     Json offsets = Json::array();
     offsets.push_back(Json(offset));
-    offsets.push_back(Json(offset + t.bytes.size()));
+    offsets.push_back(Json(offset + bytes));
     info["data_offsets"] = offsets;
-    offset += t.bytes.size();
+    layout.order.push_back(t.name);
+    layout.begin[t.name] = offset;
+    offset += bytes;
     header[t.name] = info;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t header_bytes = text.size();
+  layout.header.assign(reinterpret_cast<const char*>(&header_bytes), 8);
+  layout.header += text;
+  for (auto& [name, begin] : layout.begin) begin += layout.header.size();
+  layout.file_bytes = layout.header.size() + offset;
+  return layout;
+}
+
+void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsSpec> specs;
+  for (const RawTensor& t : tensors) {
+    const size_t element = safetensors_dtype_size(t.dtype);
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+    if (element != 0 && numel * element != t.bytes.size())
+      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes for shape ",
+                      shape_str(t.shape), " of ", t.dtype));
+    specs.push_back({t.name, t.dtype, t.shape});
+  }
+  const SafetensorsLayout layout = safetensors_layout(specs, metadata, path);
+  std::map<std::string, const RawTensor*> by_name;
+  for (const RawTensor& t : tensors) by_name[t.name] = &t;
   AtomicFileWriter out(path);
-  uint64_t header_bytes = text.size();
-  out.write(&header_bytes, 8);
-  out.write(text);
-  for (const RawTensor& t : tensors) out.write(t.bytes);
+  out.write(layout.header);
+  for (const std::string& name : layout.order) out.write(by_name.at(name)->bytes);
   out.commit();
 }
 

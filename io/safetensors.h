@@ -71,6 +71,22 @@ struct RawTensor {
   std::vector<int64_t> shape;
   std::string bytes;
 };
+// The layout write_safetensors gives tensors of these names, dtypes and shapes: the header (its
+// 8-byte length and the JSON, padded), each tensor's first byte in the file, their order, the
+// file's size. For writers that fill a file in parts (the shards of a distributed run's checkpoint).
+struct SafetensorsSpec {
+  std::string name, dtype;
+  std::vector<int64_t> shape;
+};
+struct SafetensorsLayout {
+  std::string header;
+  std::map<std::string, uint64_t> begin;
+  std::vector<std::string> order;
+  uint64_t file_bytes = 0;
+};
+SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
+                                     const std::map<std::string, std::string>& metadata = {},
+                                     const std::string& path = "");
 // Writes raw tensors and string metadata atomically, laid out as write_safetensors does.
 // Throws Error for an unknown dtype, a size that does not match the shape, a duplicate or reserved name.
 void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,

@@ -59,6 +59,25 @@ SaeParams SaeParams::clone() const {
   return map_tensors(*this, [](const Tensor& t) { return t.clone(); });
 }
 
+int SaeParams::latent_axis(const std::string& name) {
+  if (name == "W_enc") return 1;
+  if (name == "b_dec" || name == "W_skip") return -1;
+  return 0;
+}
+
+SaeParams SaeParams::latent_slice(int64_t begin, int64_t end) const {
+  if (begin < 0 || end <= begin || end > d_sae())
+    throw Error(cat("SaeParams::latent_slice: latents [", begin, ", ", end, ") of ", d_sae()));
+  SaeParams p = *this;
+  for (auto& [name, t] : p.present()) {
+    const int axis = latent_axis(name);
+    if (axis == 0) *t = t->slice_rows(begin, end).clone();
+    if (axis == 1) *t = transpose(transpose(*t).slice_rows(begin, end));
+    if (axis < 0) *t = t->clone();
+  }
+  return p;
+}
+
 std::vector<std::pair<std::string, Tensor*>> SaeParams::present() {
   std::vector<std::pair<std::string, Tensor*>> out;
   const char* names[5] = {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"};

@@ -64,6 +64,13 @@ struct SaeParams {
   void check_shapes(bool with_b_enc, const std::vector<std::string>& own_names) const;
   SaeParams to(Device device) const;  // copies (or shares, when already there)
   SaeParams clone() const;
+  // Latents [begin, end) of this SAE, a latent shard of a distributed run (sae/arch/collectives.h):
+  // those columns of W_enc, rows of W_dec and entries of b_enc and every own tensor; b_dec and W_skip,
+  // which every shard holds whole, whole. Copies; kind, settings and sources too.
+  SaeParams latent_slice(int64_t begin, int64_t end) const;
+  // The axis along which a tensor of present() runs over the latents: 1 for W_enc, -1 for b_dec and
+  // W_skip (no latent axis), 0 for every other (W_dec, b_enc, the own tensors).
+  static int latent_axis(const std::string& name);
 };
 
 // torch.optim.Adam's state for SaeParams: the moments m and v (shaped like the parameters) and the

@@ -14,6 +14,7 @@ packages=(
   libbenchmark-dev         # benchmarks
   gnuplot-nox              # PNG figures of the experiment drivers
   chromium                 # headless browser: the feature browser's page is rendered in a test
+  openmpi-bin libopenmpi-dev  # distributed training (mpirun, sae_train --shards; docs/distributed.md)
 )
 if [ "${1:-}" = --clang ]; then
   packages+=(

@@ -30,9 +30,14 @@ void DenseUnitStep::start_forward(const SaeParams& params, const Tensor& x) {
 
 void DenseUnitStep::decode(const SaeParams& params, const Tensor& target) {
   Tensor f = f_.slice_rows(0, tokens_), x_hat = x_hat_.slice_rows(0, tokens_), r = grad_x_hat_.slice_rows(0, tokens_);
-  matmul_(x_hat, f, false, params.W_dec, false);
-  add_(x_hat, params.b_dec);
+  decode_into(x_hat, f, params);
   binary_(BinaryOp::sub, r, x_hat, target);
+}
+
+void DenseUnitStep::decode_into(Tensor& out, const Tensor& f, const SaeParams& params) {
+  matmul_(out, f, false, params.W_dec, false);
+  sum_over(collectives_, Group::Shards, out);  // a latent shard's part of the sum
+  add_(out, params.b_dec);
 }
 
 std::vector<std::string> DenseUnitStep::backward(const SaeParams& params, const Tensor& x, double lambda,

@@ -6,6 +6,8 @@
 //   backward:  dx = 2 r;  db_dec = sum_t dx;  dW_dec = f^T dx + (scale_i / n_i) W_dec[i,:];
 //              grad = dx W_dec^T  -> the unit's activation backward -> dL/dpre;  dW_enc = x^T dL/dpre
 //   unit-norm: dW_dec[i,:] loses its component along the row before Adam, rows renormalised after.
+//   latent shards (collectives.h): every decode's partial product is summed over the shards before
+//   b_dec is added; a unit completes its sums with complete_step_sums.
 // Letters: N tokens (up to max_tokens), D input width, F latents.
 #pragma once
 #include <string>
@@ -36,6 +38,8 @@ class DenseUnitStep : public UnitStep {
   void start_forward(const SaeParams& params, const Tensor& x);
   // x_hat = f W_dec + b_dec and r = x_hat - target (into the top of grad_x_hat_).
   void decode(const SaeParams& params, const Tensor& target);
+  // out = f W_dec + b_dec; on latent shards the partial products are summed over the shards first.
+  void decode_into(Tensor& out, const Tensor& f, const SaeParams& params);
 
   bool unit_norm_decoder_;
   int64_t tokens_ = 0;

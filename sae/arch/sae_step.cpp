@@ -21,7 +21,13 @@ SaeStep::SaeStep(const ArchUnit& unit, const ArchSettings& settings, int64_t max
     : SaeStep(unit, settings, StepShape{max_tokens, d_in, d_in, d_sae}, dtype, device) {}
 
 void SaeStep::check(const SaeParams& params, const Tensor& x, const Tensor& target) const {
-  unit_.check(params);
+  if (shape_.total_latents() == shape_.d_sae) {
+    unit_.check(params);
+  } else {  // a latent shard: its settings are the whole SAE's (topk's k may exceed its latents)
+    if (params.kind != unit_.name())
+      throw DataError(cat("SAE: a ", params.kind, " SAE given to the ", unit_.name(), " architecture"));
+    params.check_shapes(unit_.has_b_enc(), unit_.own_tensors());
+  }
   if (params.d_in() != shape_.d_in || params.d_out() != shape_.d_out || params.d_sae() != shape_.d_sae)
     throw Error(cat("SaeStep: made for d_in ", shape_.d_in, ", d_out ", shape_.d_out, ", d_sae ", shape_.d_sae,
                     "; the SAE has ", params.d_in(), ", ", params.d_out(), ", ", params.d_sae()));
@@ -65,6 +71,8 @@ void SaeStep::skip_gradient(const Tensor& x, SaeParams& grads) const {
   if (skipped_) matmul_(grads.W_skip, x, true, step_->output_gradient(), false);
 }
 
+void SaeStep::set_collectives(Collectives* c) { step_->set_collectives(c); }
+
 StepSums SaeStep::forward(const SaeParams& params, const Tensor& x, double lambda) {
   return forward(params, x, x, lambda);
 }
@@ -91,9 +99,12 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
 
 StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target,
                              double lambda, double lr) {
+  Collectives* c = step_->collectives();
+  const bool replicated = spans(c, Group::Replicas);
   if (!grads_made_) {
-    // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update.
-    const std::vector<std::string> fused = step_->always_fused();
+    // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update;
+    // with replicas every gradient is summed over them first, so every one gets a buffer.
+    const std::vector<std::string> fused = replicated ? std::vector<std::string>{} : step_->always_fused();
     grads_ = params;  // handles: each is replaced below, params keep their storage
     for (auto& [name, t] : grads_.present())
       *t = std::find(fused.begin(), fused.end(), name) != fused.end() ? Tensor()
@@ -108,9 +119,11 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   FusedAdam fused;
   fused.adam = &adam;
   fused.scalars = adam.next_step(lr);
-  const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, &fused);
+  const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, replicated ? nullptr : &fused);
   skip_gradient(x, grads_);
   auto p = params.present(), m = adam.m.present(), v = adam.v.present(), g = grads_.present();
+  if (replicated)
+    for (auto& [name, grad] : g) c->sum(Group::Replicas, *grad);
   for (size_t i = 0; i < p.size(); ++i) {
     const std::string& name = p[i].first;
     if (std::find(done.begin(), done.end(), name) != done.end()) continue;

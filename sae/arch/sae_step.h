@@ -6,7 +6,9 @@
 // applies Adam to every parameter the unit's kernels did not update themselves. A skip path is the
 // step's, not the unit's: the unit reconstructs target - x W_skip, and W_skip's gradient is x^T of
 // the unit's output gradient. The numbers are those of the unit's autograd reference (reference_loss
-// followed by backward()), up to floating-point order; each unit's tests compare the two.
+// followed by backward()), up to floating-point order; each unit's tests compare the two. On several
+// ranks (set_collectives) the step is a latent shard's and a replica's part of one step of the whole
+// SAE on the whole batch.
 // Letters: N tokens in the batch (up to max_tokens), D_in, D_out the widths, F latents.
 #pragma once
 #include <memory>
@@ -48,6 +50,12 @@ class SaeStep {
   std::vector<int64_t>* dead_clock() { return step_->dead_clock(); }
   const ArchUnit& unit() const { return unit_; }
   UnitStep& unit_step() { return *step_; }
+
+  // A distributed run (collectives.h, docs/distributed.md): the unit's step calls `c` at its defined
+  // points. With several replicas, train_step keeps every gradient (no Adam fused into the backward
+  // kernels), sums them over the replicas (the loss is a sum over the batch's tokens, so the
+  // batch's gradient is the sum of the replicas'), then applies Adam to every parameter.
+  void set_collectives(Collectives* c);
 
  private:
   void check(const SaeParams& params, const Tensor& x, const Tensor& target) const;

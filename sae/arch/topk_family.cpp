@@ -70,18 +70,15 @@ DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {
 // ---------------------------------------------------------------- the step
 
 TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
-                               const std::string& unit)
-    : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae) {
+                               const std::string& unit, bool by_batch)
+    : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae),
+      first_latent_(shape.first_latent) {
   const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae, d_out = shape.d_out;
+  const int64_t latents = shape.total_latents();
   const bool auxk = settings.auxk_coefficient > 0;
-  if (settings.k < 1 || settings.k > d_sae)
-    throw UsageError(cat("--k must be in [1, ", d_sae, "] (the number of features), got ", settings.k));
-  k_aux_ = auxk ? std::min(d_sae, settings.auxk_k) : 0;
-  // Entry positions are int32: the lists hold at most k + k_aux entries per token. (The dense
-  // pre-activations [N, F] are indexed in int64: 4096 tokens x 2^20 latents is fine.)
-  if (max_tokens * (std::min(settings.k, d_sae) + k_aux_) >= (int64_t(1) << 31) || d_sae >= (int64_t(1) << 31))
-    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", settings.k + k_aux_,
-                         " kept latents do not fit int32 entry indices; use smaller batches"));
+  if (settings.k < 1 || settings.k > latents)
+    throw UsageError(cat("--k must be in [1, ", latents, "] (the number of features), got ", settings.k));
+  k_aux_ = auxk ? std::min(latents, settings.auxk_k) : 0;
   pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
@@ -91,7 +88,17 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   for (Tensor* t : {&col_sum_, &col_count_, &all_sum_, &all_count_, &norms_, &dead_flags_})
     *t = Tensor::zeros(Shape{d_sae}, dtype, device);
   sums_ = Tensor::zeros(Shape{1}, dtype, device);
-  const int64_t capacity = max_tokens * (std::min(settings.k, d_sae) + k_aux_);
+  // A shard keeps at most k (k_aux) of its latents per token; selected by batch, at most k N of the
+  // whole batch, which may be more than k per token of its own when the replicas' tokens count too.
+  const int64_t batch_tokens = std::max(shape.max_tokens, shape.all_tokens);
+  const int64_t main_room = by_batch ? std::min(settings.k * batch_tokens, max_tokens * d_sae)
+                                     : max_tokens * std::min(settings.k, d_sae);
+  const int64_t capacity = main_room + max_tokens * std::min(k_aux_, d_sae);
+  // Entry positions are int32 (the dense pre-activations [N, F] are indexed in int64: 4096 tokens
+  // x 2^20 latents is fine).
+  if (capacity >= (int64_t(1) << 31) || d_sae >= (int64_t(1) << 31))
+    throw UsageError(cat("--architecture ", unit, ": ", max_tokens, " tokens x ", std::min(settings.k, d_sae) + k_aux_,
+                         " kept latents do not fit int32 entry indices; use smaller batches"));
   lists_.col_ptr = zero_indices(d_sae + 1, device);
   lists_.row_ptr = zero_indices(2 * max_tokens + 1, device);
   lists_.rows = zero_indices(capacity, device);
@@ -108,10 +115,23 @@ SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
   return s;
 }
 
+void TopKFamilyStep::decode(Tensor& x_hat, const SparseFeatures& entries, const SaeParams& params) {
+  if (!spans(collectives_, Group::Shards)) {
+    sparse_decode_(x_hat, entries, params.W_dec, params.b_dec);
+    return;
+  }
+  sparse_decode_(x_hat, entries, params.W_dec, zero_d_);
+  collectives_->sum(Group::Shards, x_hat);
+  add_(x_hat, params.b_dec);
+}
+
 StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                                  bool train) {
+  Collectives* c = collectives_;
+  const bool sharded = spans(c, Group::Shards), replicated = spans(c, Group::Replicas);
   const int64_t n = x.size(0);
   tokens_ = n;
+  all_tokens_ = sum_over(c, Group::Replicas, n);
   aux_ = 0;
   Tensor pre = pre_.slice_rows(0, n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
   matmul_(pre, x, false, params.W_enc, false);
@@ -121,7 +141,7 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
   select(main, pre, params.b_enc, n);
   main_entries_ = all_entries_ = read_index(lists_.row_ptr, n);
   sparse_by_feature_(main, col_sum_, col_count_);
-  sparse_decode_(x_hat, main, params.W_dec, params.b_dec);
+  decode(x_hat, main, params);
   binary_(BinaryOp::sub, r, x_hat, target);
   reduce_all_(ReduceOp::sum_squares, sums_, r);
   rec_ = sums_.item();
@@ -134,42 +154,54 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
     s.active = double(main_entries_);
     s.tokens = tokens_;
     s.sparse = true;
+    complete_step_sums(c, s, lambda, 0.0);
     return s;
   };
   if (k_aux_ == 0) return sums();
 
-  // AuxK: the dead mask counts this batch's firings; the dead latents' k_aux largest P per token.
+  // AuxK: the dead mask counts this batch's firings (every replica's); the dead latents' k_aux
+  // largest P per token (of every shard's dead latents).
   std::vector<uint8_t> fired(d_sae_);
-  const std::vector<double> counts = col_count_.to_vector();
+  std::vector<double> counts = col_count_.to_vector();
+  if (replicated) c->sum(Group::Replicas, counts.data(), d_sae_);
   for (int64_t i = 0; i < d_sae_; ++i) fired[i] = counts[i] > 0;
   std::vector<int64_t> clock = tokens_since_fired_;
-  dead_ = dead_after_batch(clock, fired, n, settings_.dead_tokens);
+  dead_ = dead_after_batch(clock, fired, all_tokens_, settings_.dead_tokens);
   if (train) {
     clock_before_ = tokens_since_fired_;
     tokens_since_fired_ = clock;
   }
   int64_t n_dead = 0;
   for (uint8_t d : dead_) n_dead += d;
-  if (n_dead == 0 || n == 0) return sums();
+  n_dead = sum_over(c, Group::Shards, n_dead);
+  if (n_dead == 0 || all_tokens_ == 0) return sums();
   copy_(dead_flags_, Tensor::from_vector(std::vector<double>(dead_.begin(), dead_.end()), Shape{d_sae_},
                                          dead_flags_.dtype(), Device::CPU)
                          .to(dead_flags_.device()));
   SparseFeatures all = lists(0, 2 * n);
   topk_select_(all, pre, params.b_enc, dead_flags_, std::min(k_aux_, n_dead), n);
+  if (sharded) shard_topk_cut(*c, lists_, n, n, std::min(k_aux_, n_dead), first_latent_);
   all_entries_ = read_index(lists_.row_ptr, 2 * n);
-  if (all_entries_ == main_entries_) return sums();
+  if (sum_over(c, Group::All, all_entries_ - main_entries_) == 0) return sums();
   // e_hat = a W_dec (no b_dec) in the rows below r; Z = sum (e - mean_t e)^2 = sum (r - mean_t r)^2.
   Tensor e_hat = grad_x_hat_.slice_rows(n, 2 * n), centred = scratch_rows_.slice_rows(0, n);
   SparseFeatures aux = lists(n, n);
   sparse_decode_(e_hat, aux, params.W_dec, zero_d_);
-  reduce_axis_(ReduceOp::mean, col_mean_, r, 0);
+  sum_over(c, Group::Shards, e_hat);
+  if (replicated) {  // the whole batch's column means
+    reduce_axis_(ReduceOp::sum, col_mean_, r, 0);
+    c->sum(Group::Replicas, col_mean_);
+    affine_(col_mean_, col_mean_, 1.0 / double(all_tokens_), 0.0);
+  } else {
+    reduce_axis_(ReduceOp::mean, col_mean_, r, 0);
+  }
   binary_(BinaryOp::sub, centred, r, col_mean_);
   reduce_all_(ReduceOp::sum_squares, sums_, centred);
-  const double Z = sums_.item();
+  const double Z = sum_over(c, Group::Replicas, sums_.item());
   if (!(Z > 0)) return sums();  // the peers' nan_to_num: no term
   binary_(BinaryOp::add, e_hat, e_hat, r);  // e_hat - e, with e = -r
   reduce_all_(ReduceOp::sum_squares, sums_, e_hat);
-  const double scale = settings_.auxk_coefficient * double(n) / Z;
+  const double scale = settings_.auxk_coefficient * double(all_tokens_) / Z;
   aux_ = scale * sums_.item();
   affine_(e_hat, e_hat, 2.0 * scale, 0.0);  // dL/de_hat
   sparse_by_feature_(all, all_sum_, all_count_);  // both blocks of rows, for the backward
@@ -204,8 +236,14 @@ std::vector<std::string> TopKFamilyStep::backward(const SaeParams& params, const
   sparse_decoder_backward_(dpre_, W_dec, grad_x_hat_.slice_rows(0, rows), by_feature, norms_,
                            aux_rows_ ? all_sum_ : col_sum_, 0.0, settings_.unit_norm_decoder);
   sparse_encoder_backward_(W_enc, b_enc, inputs, by_feature, dpre_);
+  // Adam fused in renormalises a unit-norm decoder's rows itself; otherwise after the update.
+  normalize_after_update_ = settings_.unit_norm_decoder && !fused;
   if (fused) return {"W_enc", "b_enc", "W_dec"};
   return {};
+}
+
+void TopKFamilyStep::after_update(SaeParams& params) {
+  if (normalize_after_update_) decoder_normalize_(params.W_dec);
 }
 
 StepFeatures TopKFamilyStep::step_features() const {
@@ -247,7 +285,7 @@ double batch_threshold(const SaeParams& p) {
 
 BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
                              Device device, const std::string& unit)
-    : TopKFamilyStep(settings, shape, dtype, device, unit), rate_(rate) {
+    : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {
   // The selection over the whole batch counts and indexes its N F candidates in int32.
   if ((settings.auxk_coefficient > 0 ? 2 : 1) * shape.max_tokens * shape.d_sae >= (int64_t(1) << 31))
     throw UsageError(cat("--architecture ", unit, ": ", shape.max_tokens, " tokens x ", shape.d_sae,
@@ -255,7 +293,10 @@ BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const St
 }
 
 void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
-  batchtopk_select_(main, pre, b_enc, settings_.k * n);
+  if (collectives_ != nullptr && collectives_->ranks() > 1)
+    distributed_batchtopk_select(*collectives_, main, pre, b_enc, settings_.k * all_tokens_, all_tokens_);
+  else
+    batchtopk_select_(main, pre, b_enc, settings_.k * n);
 }
 
 StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
@@ -265,12 +306,16 @@ StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, const 
     reduce_all_(ReduceOp::min, sums_, lists_.row_vals.slice_rows(0, main_entries_));
     min_positive_ = sums_.item();
   }
+  selected_any_ = sums.active > 0;  // sums.active counts every rank's entries
+  if (selected_any_ && collectives_ != nullptr && collectives_->ranks() > 1)
+    min_positive_ = collectives_->min(Group::All, main_entries_ > 0 ? min_positive_ : HUGE_VAL);
   return sums;
 }
 
 // The inference threshold, from this step's f (the parameters before the update).
 void BatchTopKStep::after_update(SaeParams& params) {
-  if (main_entries_ == 0) return;
+  TopKFamilyStep::after_update(params);
+  if (!selected_any_) return;
   const double theta = batch_threshold(params);
   params.settings["threshold"] = theta > 0 ? (1.0 - rate_) * theta + rate_ * min_positive_ : min_positive_;
 }

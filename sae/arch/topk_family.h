@@ -40,16 +40,23 @@ std::vector<std::string> topk_family_reads();     // those and dead-window
 void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::string& unit);
 DictionaryInit topk_family_dictionary_init(const ArchSettings& s);
 
+// On several ranks (collectives.h) a latent shard selects among its own latents and the global
+// selection is exact: TopK's and AuxK's per token by shard_topk_cut over the shards' candidates,
+// BatchTopK's over every rank by distributed_batchtopk_select; the partial decodes are summed over
+// the shards; AuxK's dead mask counts every replica's firings, its n_dead and k_aux are global, and
+// its residual statistics (mean_t e, Z, N) are the whole batch's.
 class TopKFamilyStep : public UnitStep {
  public:
+  // by_batch: the unit selects by batch (room for k N entries of the whole batch).
   TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
-                 const std::string& unit);
+                 const std::string& unit, bool by_batch = false);
 
   StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                    bool train) override;
   void undo_forward() override { tokens_since_fired_ = clock_before_; }
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
+  void after_update(SaeParams& params) override;
   std::vector<std::string> always_fused() const override { return {"W_enc", "b_enc", "W_dec"}; }
   Tensor features() const override;
   Tensor reconstruction() const override { return x_hat_.slice_rows(0, tokens_); }
@@ -67,8 +74,14 @@ class TopKFamilyStep : public UnitStep {
   virtual void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) = 0;
   SparseFeatures lists(int64_t row0, int64_t rows) const;  // row_ptr viewed from row0, rows + 1 values
 
+  // x_hat = (the kept entries) W_dec + b_dec: partial decodes summed over the shards.
+  void decode(Tensor& x_hat, const SparseFeatures& entries, const SaeParams& params);
+
   TopKSettings settings_;
   int64_t max_tokens_, d_in_, d_out_, d_sae_, k_aux_ = 0, tokens_ = 0;
+  int64_t first_latent_ = 0;              // a latent shard's first latent (0 in one process)
+  int64_t all_tokens_ = 0;                // the whole batch's N (every replica's tokens)
+  bool normalize_after_update_ = false;   // the last backward left a unit-norm decoder's rows to renormalise
   Tensor pre_;                           // [max_tokens, F]: x W_enc
   Tensor x_hat_;                         // [max_tokens, D_out]
   Tensor grad_x_hat_;                    // [2 max_tokens, D_out]: r (then 2 r), and AuxK's dL/de_hat below it
@@ -100,6 +113,7 @@ class BatchTopKStep : public TopKFamilyStep {
 
  protected:
   void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) override;
+  bool selected_any_ = false;  // the last forward kept entries (on any rank)
 
  private:
   double rate_, min_positive_ = 0;

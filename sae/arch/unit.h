@@ -15,6 +15,7 @@
 
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "sae/arch/collectives.h"
 #include "sae/arch/reference.h"
 #include "sae/arch/settings.h"
 #include "sae/params.h"
@@ -58,9 +59,14 @@ ParamUpdate param_update(const Tensor& param, const Tensor& grad, const Tensor& 
                          const FusedAdam* fused);
 
 // The sizes a step is made for: up to max_tokens tokens of width d_in in, d_out out (d_in for an
-// SAE or a crosscoder, the target's width for a transcoder), d_sae latents.
+// SAE or a crosscoder, the target's width for a transcoder), d_sae latents. A latent shard of a
+// distributed run (collectives.h) holds latents [first_latent, first_latent + d_sae) of an SAE of
+// all_latents (0: d_sae, the whole SAE); a replica holds up to max_tokens of a batch of up to
+// all_tokens (0: max_tokens).
 struct StepShape {
   int64_t max_tokens = 0, d_in = 0, d_out = 0, d_sae = 0;
+  int64_t first_latent = 0, all_latents = 0, all_tokens = 0;
+  int64_t total_latents() const { return all_latents > 0 ? all_latents : d_sae; }
 };
 
 // One training step of a unit with its buffers (allocated once, for up to max_tokens tokens).
@@ -95,6 +101,16 @@ class UnitStep {
   virtual StepFeatures step_features() const = 0;
   // Tokens since each latent last fired, for units that keep such a clock (AuxK); null otherwise.
   virtual std::vector<int64_t>* dead_clock() { return nullptr; }
+
+  // Several ranks (docs/distributed.md): the step calls these collectives at its defined points (the
+  // partial decode's all-reduce, the loss sums, the global selections, AuxK's dead counts and
+  // residual statistics), so that its sums, reconstruction and gradients are those of the whole
+  // SAE on the whole batch. Null (one process) by default; SaeStep sets it before the first step.
+  void set_collectives(Collectives* c) { collectives_ = c; }
+  Collectives* collectives() const { return collectives_; }
+
+ protected:
+  Collectives* collectives_ = nullptr;
 };
 
 // What a fresh dictionary is shaped for: an SAE (d_out = d_in), a transcoder (x reconstructs a target

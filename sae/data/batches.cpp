@@ -242,8 +242,29 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
       throw UsageError(cat("--batch ", batch_tokens, " is larger than the data (", source.num_tokens(), " tokens)"));
     max_tokens_ = batch_tokens;
     token_list_.resize(batch_tokens);
+    part_end_ = batch_tokens;
     source_.expect_random_access(true);
   }
+}
+
+void BatchSource::set_part(int64_t part, int64_t parts) {
+  if (parts > 1)
+    throw UsageError("text through the language model cannot be split between data-parallel replicas yet: make an "
+                     "activation cache (sae_cache) and train on it, or give --shards the number of ranks");
+}
+
+void Batcher::set_part(int64_t part, int64_t parts) {
+  if (parts == 1) return;
+  if (batch_tokens_ == 0)
+    throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "
+                     "--batch N, or --shards equal to the number of ranks");
+  if (batch_tokens_ < parts)
+    throw UsageError(cat("--batch ", batch_tokens_, " is smaller than the ", parts, " data-parallel replicas"));
+  // The same split as sae/arch/collectives.h part_begin.
+  part_begin_ = batch_tokens_ * part / parts;
+  part_end_ = batch_tokens_ * (part + 1) / parts;
+  max_tokens_ = part_end_ - part_begin_;
+  part_list_.resize(max_tokens_);
 }
 
 void BatchOrigins::resize(int64_t rows, int64_t new_radius) {
@@ -277,12 +298,19 @@ int64_t Batcher::pick_tokens(int64_t& story, int64_t& first_token) {
 
 int64_t Batcher::next(float* raw, float* normalized, BatchStats& stats) {
   int64_t first_token = 0, story = -1;
-  const int64_t n = pick_tokens(story, first_token);
-  if (story >= 0)
+  int64_t n = pick_tokens(story, first_token);
+  if (story >= 0) {
     source_.read_tokens(first_token, n, raw);
-  else
+  } else if (part_list_.empty()) {
     source_.read_token_list(token_list_, raw);
-  auto token_of_row = [&](int64_t row) { return batch_tokens_ == 0 ? first_token + row : token_list_[row]; };
+  } else {  // a replica's rows only
+    n = part_end_ - part_begin_;
+    std::copy(token_list_.begin() + part_begin_, token_list_.begin() + part_end_, part_list_.begin());
+    source_.read_token_list(part_list_, raw);
+  }
+  auto token_of_row = [&](int64_t row) {
+    return batch_tokens_ == 0 ? first_token + row : token_list_[part_begin_ + row];
+  };
   stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_, token_of_row, source_.name());
   if (recording_origins()) record_batch_origins(n, story, first_token);
   return n;
@@ -293,7 +321,7 @@ int64_t BatchSource::next_on_device(Tensor&, Tensor&, BatchStats&) {
 }
 
 bool Batcher::generates_on_device(Device device) const {
-  return generate_on_device_ && source_.generates_on(device);
+  return generate_on_device_ && part_list_.empty() && source_.generates_on(device);  // not a replica's part
 }
 
 int64_t Batcher::next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) {
@@ -322,7 +350,7 @@ void Batcher::record_batch_origins(int64_t n, int64_t story, int64_t first_token
   origins_.has_token_ids = source_.has_token_ids();
   const int64_t radius = origins_.radius, width = origins_.width();
   for (int64_t r = 0; r < n; ++r) {
-    const int64_t token = story >= 0 ? first_token + r : token_list_[r];
+    const int64_t token = story >= 0 ? first_token + r : token_list_[part_begin_ + r];
     const int64_t s = story >= 0 ? story : source_.story_containing(token);
     // The tokens of its story (of the whole source when there are no stories).
     const int64_t begin = s >= 0 ? source_.story_begin(s) : 0;

@@ -126,6 +126,12 @@ class BatchSource {
   // Position in the data, for exact resume.
   virtual Json state() const = 0;
   virtual void restore(const Json& state) = 0;
+  // Data-parallel replicas of a distributed run (docs/distributed.md): from now on next() returns
+  // only rows [N part / parts, N (part + 1) / parts) of each N-token batch, reading only those, and
+  // the position moves on as for the whole batch (so a checkpoint's position serves any number of
+  // replicas). UsageError for a source that cannot be split (text through the language model, for
+  // now); call before the first batch.
+  virtual void set_part(int64_t part, int64_t parts);
   // Sources that make their batches on a device (the synthetic generator, with --device-data):
   // the next batch, normalised, into `out` (float32 [max_batch_tokens, D] on that device), the same
   // tokens next() would give (docs/contract.md §3 says where the numbers differ). Nothing is read
@@ -161,6 +167,7 @@ class Batcher : public BatchSource {
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
   void restore(const Json& state) override;
+  void set_part(int64_t part, int64_t parts) override;
   bool generates_on_device(Device device) const override;
   int64_t next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) override;
   void set_generate_on_device(bool on) override { generate_on_device_ = on; }
@@ -171,6 +178,8 @@ class Batcher : public BatchSource {
   // batch_tokens): fills token_list_, returns its size, sets story and first_token.
   int64_t pick_tokens(int64_t& story, int64_t& first_token);
   ActivationSource& source_;
+  int64_t part_begin_ = 0, part_end_ = 0;  // token mode: this replica's rows of each batch
+  std::vector<int64_t> part_list_;         // their tokens
   int64_t batch_tokens_, max_tokens_;
   Normalization normalization_;
   DatasetScales dataset_scale_;

@@ -16,6 +16,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "sae/arch/registry.h"
+#include "sae/train/sharded_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -77,7 +78,9 @@ int64_t complete_checkpoint_step(const fs::path& dir) {
     if (meta == file.metadata().end()) return -1;
     SafetensorsFile::open((dir / kWeightsFile).string());
     read_json_file((dir / kConfigFile).string());
-    return Json::parse(meta->second).at("step").as_int();
+    const Json info = Json::parse(meta->second);
+    if (!shard_files_complete(dir.string(), info)) return -1;  // a distributed run's optimizer shards
+    return info.at("step").as_int();
   } catch (const Error&) {
     return -1;
   }
@@ -138,13 +141,46 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   return cfg;
 }
 
+std::string checkpoint_temp_folder(const std::string& dir) {
+  const fs::path target(dir);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  return (parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
+}
+
+void install_checkpoint_folder(const std::string& temp, const std::string& dir) {
+  const fs::path target(dir);
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const fs::path old = parent / (target.filename().string() + ".old-" + std::to_string(::getpid()));
+  sync_directory(temp);
+  swap_into_place(temp, target, old);
+  sync_directory(parent.string());
+}
+
+Json training_state_info(const SaeParams& params, const TrainingState& state,
+                         std::vector<std::pair<std::string, Tensor>>& tensors) {
+  const ArchUnit& unit = unit_of(params);
+  for (const auto& [name, m] : state.adam.m.present()) tensors.push_back({std::string("adam_m.") + name, *m});
+  for (const auto& [name, v] : state.adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
+  tensors.push_back({"last_fired", int_vector_as_f64(state.last_fired)});
+  Json info = Json::object();
+  info["architecture"] = unit.name();
+  unit.save_state(params, tensors, info);
+  info["format"] = kStateFormat;
+  info["version"] = 1;
+  info["step"] = state.step;
+  info["tokens"] = state.tokens;
+  info["adam_steps"] = state.adam.steps;
+  info["dataset_scale"] = state.dataset_scale.to_json();
+  info["batcher"] = state.batcher;
+  if (!state.l0_controller.is_null()) info["l0_controller"] = state.l0_controller;
+  return info;
+}
+
 void save_checkpoint(const std::string& dir, const SaeParams& params, const Json& extra, const TrainingState* state,
                      const std::function<void(const std::string& folder)>& write_more) {
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  const std::string pid = std::to_string(::getpid());
-  const fs::path temp = parent / (target.filename().string() + ".tmp-" + pid);
-  const fs::path old = parent / (target.filename().string() + ".old-" + pid);
+  const fs::path temp = checkpoint_temp_folder(dir);
   std::error_code ec;
   fs::create_directories(parent, ec);
   fs::remove_all(temp, ec);
@@ -159,25 +195,10 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     if (write_more) write_more(temp.string());
     if (state) {
       std::vector<std::pair<std::string, Tensor>> tensors;
-      for (const auto& [name, m] : state->adam.m.present()) tensors.push_back({std::string("adam_m.") + name, *m});
-      for (const auto& [name, v] : state->adam.v.present()) tensors.push_back({std::string("adam_v.") + name, *v});
-      tensors.push_back({"last_fired", int_vector_as_f64(state->last_fired)});
-      Json info = Json::object();
-      info["architecture"] = unit.name();
-      unit.save_state(params, tensors, info);
-      info["format"] = kStateFormat;
-      info["version"] = 1;
-      info["step"] = state->step;
-      info["tokens"] = state->tokens;
-      info["adam_steps"] = state->adam.steps;
-      info["dataset_scale"] = state->dataset_scale.to_json();
-      info["batcher"] = state->batcher;
-      if (!state->l0_controller.is_null()) info["l0_controller"] = state->l0_controller;
+      const Json info = training_state_info(params, *state, tensors);
       write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
-    sync_directory(temp.string());
-    swap_into_place(temp, target, old);
-    sync_directory(parent.string());
+    install_checkpoint_folder(temp.string(), dir);  // sync, swap into place, sync the parent
   } catch (...) {
     fs::remove_all(temp, ec);  // a failed save (disk full, ...) leaves nothing of its own behind
     throw;
@@ -254,6 +275,12 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     const std::string state_arch = state_info.has("architecture") ? state_info.at("architecture").as_string() : "standard";
     require(state_arch == unit.name(), where,
             cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));
+    if (state_shards(state_info) > 1) {  // a distributed run's: the optimizer shards beside it
+      load_sharded_state(dir, state_info, out.params, st, device);
+      out.state = std::move(st);
+      out.params = out.params.to(device);
+      return out;
+    }
     unit.load_state(file, state_info, out.params);
     st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
     auto params = out.params.present(), m_all = st.adam.m.present(), v_all = st.adam.v.present();

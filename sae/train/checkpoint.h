@@ -57,6 +57,15 @@ std::string find_latest_checkpoint(const std::string& dir);
 // has not written one yet.
 std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir);
 
+// The pieces a distributed run's save (sharded_checkpoint.h) shares with save_checkpoint: the
+// temporary folder a save of DIR builds (DIR.tmp-<pid>), putting a complete one in place as
+// save_checkpoint does, and the training state's metadata and tensors (Adam's moments, the
+// dead-feature clocks, the unit's state) for parameters `params` (a whole SAE or a latent shard).
+std::string checkpoint_temp_folder(const std::string& dir);
+void install_checkpoint_folder(const std::string& temp, const std::string& dir);
+Json training_state_info(const SaeParams& params, const TrainingState& state,
+                         std::vector<std::pair<std::string, Tensor>>& tensors);
+
 // After a crash inside save_checkpoint: for every checkpoint of the run (sae/, checkpoints/step_N/)
 // that is missing while a complete copy of it sits under a temporary name, renames the newest such
 // copy into place. Returns the folders recovered.

@@ -137,7 +137,7 @@ std::vector<ConceptMatch> best_concept_per_feature(const Tensor& concepts, const
 }
 
 ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
-                                 double threshold) {
+                                 double threshold, Collectives* shards) {
   const int64_t n_concepts = concepts.size(0), n_features = decoder.size(0);
   std::vector<float> best_for_concept(n_concepts, -1.0f), best_for_feature(n_features, -1.0f);
   for_each_cosine_block(concepts, decoder, "concept_recovery", [&](int64_t c0, int64_t rows, const float* p) {
@@ -148,6 +148,11 @@ ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, 
         best_for_feature[i] = std::max(best_for_feature[i], v);
       }
   });
+  if (spans(shards, Group::Shards)) {  // every shard's best cosine of each concept
+    std::vector<double> best(best_for_concept.begin(), best_for_concept.end());
+    shards->max(Group::Shards, best.data(), n_concepts);
+    for (int64_t c = 0; c < n_concepts; ++c) best_for_concept[c] = static_cast<float>(best[c]);
+  }
   ConceptRecovery out;
   out.concepts = n_concepts;
   double sum = 0;
@@ -164,7 +169,60 @@ ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, 
     ++out.alive_features;
     pure += best_for_feature[i] >= threshold;
   }
+  if (spans(shards, Group::Shards)) {
+    out.alive_features = shards->sum(Group::Shards, out.alive_features);
+    pure = shards->sum(Group::Shards, pure);
+  }
   out.purity = out.alive_features ? double(pure) / double(out.alive_features) : 0.0;
+  return out;
+}
+
+BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n) {
+  const float *x = rows.x, *target = rows.target, *x_hat = rows.x_hat;
+  const int64_t d = rows.d_out;
+  BatchSummary out;
+  out.normalized = mean_std(x, n * rows.d_in);
+  out.reconstructed = mean_std(x_hat, n * d);
+  out.raw = {rows.raw.mean, rows.raw.std};
+  if (!spans(c, Group::Replicas)) {
+    out.fvu = fraction_of_variance_unexplained(target, x_hat, n, d);
+    return out;
+  }
+  // Means and stds from each part's count, mean and sum of squared deviations.
+  const double counts[3] = {rows.raw.count > 0 ? double(rows.raw.count) : double(n) * double(rows.d_in),
+                             double(n) * double(rows.d_in), double(n) * double(d)};
+  double parts[9] = {};
+  for (int k = 0; k < 3; ++k) {
+    const MeanStd& m = k == 0 ? out.raw : k == 1 ? out.normalized : out.reconstructed;
+    const double count = counts[k];
+    parts[3 * k] = count;
+    parts[3 * k + 1] = count * m.mean;
+    parts[3 * k + 2] = (count - 1) * m.std * m.std + count * m.mean * m.mean;
+  }
+  c->sum(Group::Replicas, parts, 9);
+  for (int k = 0; k < 3; ++k) {
+    MeanStd& m = k == 0 ? out.raw : k == 1 ? out.normalized : out.reconstructed;
+    const double count = parts[3 * k];
+    m.mean = count > 0 ? parts[3 * k + 1] / count : 0.0;
+    const double squares = parts[3 * k + 2] - count * m.mean * m.mean;
+    m.std = count > 1 ? std::sqrt(std::max(0.0, squares) / (count - 1)) : 0.0;
+  }
+  // FVU: the whole batch's column means of the target first, then both sums.
+  std::vector<double> column(d + 1, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < d; ++j) column[j] += target[t * d + j];
+  column[d] = double(n);
+  c->sum(Group::Replicas, column.data(), d + 1);
+  for (int64_t j = 0; j < d; ++j) column[j] /= column[d];
+  double sums[2] = {0, 0};
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < d; ++j) {
+      const double e = double(target[t * d + j]) - x_hat[t * d + j], centred = target[t * d + j] - column[j];
+      sums[0] += e * e;
+      sums[1] += centred * centred;
+    }
+  c->sum(Group::Replicas, sums, 2);
+  out.fvu = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
   return out;
 }
 

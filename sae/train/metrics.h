@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "sae/arch/collectives.h"
+#include "sae/data/batches.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -16,6 +18,25 @@ struct MeanStd {
   double mean = 0, std = 0;  // over all elements, std unbiased
 };
 MeanStd mean_std(const float* x, int64_t count);
+
+// What a logged step reports about its n tokens: mean and std of the run's raw columns (raw: their
+// moments in this batch, RunColumns::raw_moments; a count of 0 means n d_in elements), of the input x
+// [n, d_in] and of the reconstruction x_hat [n, d_out], and the FVU of x_hat against target [n, d_out]
+// (target = x for an SAE). With data-parallel replicas (c spans Group::Replicas) each holds part of
+// the batch, and these are the whole batch's (up to rounding).
+struct BatchSummary {
+  MeanStd raw, normalized, reconstructed;
+  double fvu = 0;
+};
+struct BatchRows {
+  RawMoments raw;
+  const float* x = nullptr;
+  int64_t d_in = 0;
+  const float* target = nullptr;
+  const float* x_hat = nullptr;
+  int64_t d_out = 0;
+};
+BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n);
 
 // Fraction of variance unexplained: sum (x - x_hat)^2 / sum (x - mean_t x)^2, where mean_t x is the
 // batch's mean token vector. x and x_hat are [n, d] row-major.
@@ -58,9 +79,12 @@ struct ConceptRecovery {
   double purity = 0;     // fraction of alive features whose best concept cosine >= threshold
   int64_t concepts = 0, alive_features = 0;
 };
-// concepts [C, D] (unit rows), decoder [F, D] (any norms); alive: F flags (empty = all alive).
+// concepts [C, D] (unit rows), decoder [F, D] (any norms); alive: F flags (empty = all alive). With
+// latent shards (shards spans Group::Shards), decoder and alive are this shard's rows, and the
+// result is the whole SAE's.
 ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, const std::vector<bool>& alive,
-                                 double threshold = 0.9);
+                                 double threshold = 0.9,
+                                 Collectives* shards = nullptr);
 
 // For each decoder row, the concept with the largest cosine (the matching concept_recovery counts):
 // its index and the cosine. A zero row matches concept 0 at cosine 0.

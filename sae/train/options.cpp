@@ -303,6 +303,8 @@ std::vector<TrainOption> make_table() {
           choice(parse_progress_mode, progress_mode_name)),
       row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,
           "threads", FIELD(threads), integer(), "0"),
+      row("shards", training, "under mpirun -np P: the latents split over S ranks, times P / S data-parallel "
+          "replicas (docs/distributed.md); needs a build with MPI", controls, "shards", FIELD(shards), integer(), "1"),
       row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
           FIELD(architecture), architecture_codec(), "standard"),
       row("target-l0", target, "an L0 set point: lambda is adjusted every step so that the average L0 reaches and "

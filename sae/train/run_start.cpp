@@ -63,14 +63,16 @@ void load_init(RunStart& start, TrainConfig& config) {
 
 }  // namespace
 
-RunStart start_run(TrainConfig config) {
+RunStart start_run(TrainConfig config, bool owner) {
   if (!config.init.empty() && !config.resume.empty())
     throw UsageError("--init and --resume cannot be used together");
   RunStart start;
   if (!config.resume.empty()) {
     const std::string run_dir = run_dir_of(config.resume);
-    start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
-    recover_interrupted_saves(run_dir);
+    if (owner) {
+      start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
+      recover_interrupted_saves(run_dir);
+    }
     // A run killed before its first checkpoint: resumed from its start (its config.json).
     const bool from_the_start = fs::weakly_canonical(config.resume) == fs::weakly_canonical(run_dir) &&
                                 !latest_checkpoint_in_run(run_dir).has_value();
@@ -100,7 +102,9 @@ RunStart start_run(TrainConfig config) {
       start.finished =
           start.state->step == config.steps && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec);
     }
-    remove_interrupted_saves(run_dir);
+    if (owner) remove_interrupted_saves(run_dir);
+  } else if (!owner) {
+    if (!config.init.empty()) load_init(start, config);
   } else {
     std::error_code ec;
     fs::create_directories(config.out, ec);

@@ -32,7 +32,10 @@ struct RunStart {
   std::unique_ptr<FileLock> lock;      // held for the whole run
 };
 
-RunStart start_run(TrainConfig config);
+// owner = false: a distributed run's other ranks (docs/distributed.md), after rank 0 started the run
+// as owner: they read the same folder and checkpoint without locking, recovering, creating or
+// clearing anything.
+RunStart start_run(TrainConfig config, bool owner = true);
 
 // The run folders directly under `dir` (each holds a config.json), sorted by name: the SAEs that
 // sae_train --l1-list / --k-list trained together there. Empty when `dir` is itself a run.

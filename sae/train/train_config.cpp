@@ -44,6 +44,9 @@ void TrainConfig::validate() const {
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
+  require(shards >= 1 && shards <= 65536, cat("--shards must be in [1, 65536], got ", shards));
+  require(features % shards == 0,
+          cat("--shards ", shards, " does not divide --features ", features, " (each shard holds F / S latents)"));
   validate_architecture_options(*this);
   dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
   const TrainConfig defaults;

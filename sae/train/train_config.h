@@ -87,6 +87,7 @@ struct TrainConfig {
   double target_l0_max_change = 0.01;
 
   int64_t threads = 0;               // CPU threads; 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
+  int64_t shards = 1;                // latent shards of a distributed run (under mpirun; docs/distributed.md)
 
   // Feature statistics (sae/train/feature_stats.h), gathered over the last feature_stats_steps steps
   // (0: none): per feature its firing count, histogram and top feature_stats_k activations, each with

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 
 #include "io/atomic_file.h"
 #include "io/csv.h"
@@ -21,6 +22,7 @@
 #include "sae/train/options.h"
 #include "sae/train/run_feature_stats.h"
 #include "sae/train/run_start.h"
+#include "sae/train/sharded_checkpoint.h"
 #include "sae/train/training_data.h"
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
@@ -110,11 +112,12 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
 }
 
-// The row metrics.csv and TensorBoard get at a logged step. `raw`: the run's own blocks' raw
-// moments; `batch`: the input's, the reconstruction's and the FVU of the target (the input for an
-// SAE); d is the target's width.
-MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments& raw, const BatchMetrics& batch,
-                     int64_t n, int64_t d, double lambda, double lr) {
+// The row metrics.csv and TensorBoard get at a logged step: sums of its n tokens (the whole batch's,
+// on several ranks), `raw` the run's own blocks' raw moments, `batch` the input's, the
+// reconstruction's and the FVU of the target (the input for an SAE) of width d; dead of features
+// latents.
+MetricRow metric_row(const RunState& run, const StepSums& sums, const MeanStd& raw, const BatchMetrics& batch,
+                     int64_t n, int64_t d, int64_t features, int64_t dead, double lambda, double lr) {
   const double elements = double(n) * double(d);
   const MeanStd &normalized = batch.normalized, &reconstructed = batch.reconstructed;
   return {
@@ -128,9 +131,9 @@ MetricRow metric_row(const RunState& run, const StepSums& sums, const RawMoments
       {"l1_per_element", sums.l1 / elements},
       {"l1_coefficient", lambda},
       {"lr", lr},
-      {"nonzero_proportion", sums.active / (double(n) * double(run.params.d_sae()))},
+      {"nonzero_proportion", sums.active / (double(n) * double(features))},
       {"l0", sums.active / double(n)},
-      {"dead_features", double(run.dead.dead(run.tokens))},
+      {"dead_features", double(dead)},
       {"fvu", batch.fvu},
       {"raw_mean", raw.mean},
       {"raw_std", raw.std},
@@ -201,7 +204,7 @@ bool same_position(const Member& a, const Member& b) {
   return a.start.state->batcher == b.start.state->batcher;
 }
 
-std::vector<TrainResult> train_members(std::vector<Member>& members);
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks);
 
 // The result of a run that was at its last step already: its last logged metrics and final model.
 TrainResult finished_result(const RunStart& start) {
@@ -305,8 +308,19 @@ void check_dictionary_shape(const SaeParams& p, const RunColumns& columns, const
 
 }  // namespace
 
-std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
+std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Collectives* ranks) {
   if (requested.empty()) throw UsageError("train_together: no runs");
+  // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
+  // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
+  // every rank and stops them all when it fails on one.
+  Collectives* const dist = ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr;
+  const bool lead = dist == nullptr || dist->rank() == 0;
+  auto agree = [&](const std::function<void()>& phase) {
+    if (dist)
+      dist->agree(phase);
+    else
+      phase();
+  };
   // ---- where each run starts ----
   std::vector<std::string> folders;
   for (const TrainConfig& c : requested) {
@@ -324,15 +338,24 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
   std::vector<std::vector<size_t>> group_index;
   std::optional<TrainConfig> first;
   for (size_t i = 0; i < requested.size(); ++i) {
-    RunStart start = start_run(std::move(requested[i]));
+    // Rank 0 owns the folder (lock, recovery, overwrite); then the other ranks read it.
+    RunStart start;
+    agree([&] {
+      if (lead) start = start_run(requested[i]);
+    });
+    agree([&] {
+      if (!lead) start = start_run(requested[i], /*owner=*/false);
+    });
     if (start.finished) {
-      results[i] = finished_result(start);
+      agree([&] { results[i] = finished_result(start); });
       continue;
     }
     Member m;
     m.start = std::move(start);
     m.name = requested.size() > 1 ? fs::path(m.config().out).filename().string() : "";
-    if (first) check_same_stream(*first, m.config());
+    agree([&] {
+      if (first) check_same_stream(*first, m.config());
+    });
     if (!first) first = m.config();
     size_t g = 0;
     while (g < groups.size() && !same_position(groups[g].front(), m)) ++g;
@@ -344,7 +367,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
     group_index[g].push_back(i);
   }
   for (size_t g = 0; g < groups.size(); ++g) {
-    std::vector<TrainResult> trained = train_members(groups[g]);
+    std::vector<TrainResult> trained = train_members(groups[g], ranks);
     for (size_t k = 0; k < trained.size(); ++k) results[group_index[g][k]] = std::move(trained[k]);
   }
   std::vector<TrainResult> out;
@@ -355,8 +378,30 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested) {
 namespace {
 
 // One pass over the data for SAEs at the same step and data position.
-std::vector<TrainResult> train_members(std::vector<Member>& members) {
+// ranks: as train_together's; every rank trains the same group.
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks) {
+  // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
+  // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
+  // every rank and stops them all when it fails on one.
+  Collectives* const dist = ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr;
+  const bool lead = dist == nullptr || dist->rank() == 0;
+  auto agree = [&](const std::function<void()>& phase) {
+    if (dist)
+      dist->agree(phase);
+    else
+      phase();
+  };
   const TrainConfig& shared = members[0].config();
+  const int64_t shards = dist ? dist->shards() : 1;
+  agree([&] {
+    for (const Member& m : members)
+      if (m.config().features % shards != 0)
+        throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
+                             " (each shard holds F / S latents)"));
+    if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
+      throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
+                       "are summed on the host): leave it at auto or off");
+  });
   const std::optional<TrainingState>& first_state = members[0].start.state;
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
@@ -371,37 +416,57 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
     for (const std::string& r : m.reads.in) add_read(r);
     for (const std::string& r : m.reads.out) add_read(r);
   }
-  TrainingData data = open_training_data(shared, reads, device, saved_scales(members, reads));
+  TrainingData data;
+  agree([&] { data = open_training_data(shared, reads, device, saved_scales(members, reads)); });
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
-  const int64_t max_tokens = batcher.max_batch_tokens();
-  if (max_tokens > 65536)
-    throw UsageError(cat("the longest story has ", max_tokens, " tokens; story batches above 65536 tokens are not "
+  const int64_t batch_max_tokens = batcher.max_batch_tokens();  // the whole batch's, before a replica's part
+  if (batch_max_tokens > 65536)
+    throw UsageError(cat("the longest story has ", batch_max_tokens, " tokens; story batches above 65536 tokens are not "
                          "supported: use --batch N"));
   const SyntheticSource* synthetic = data.synthetic;
   // Before any batch is drawn (the geometric median's, a restore): the batches record their origins.
-  for (Member& m : members)
-    m.feature_stats = std::make_unique<RunFeatureStats>(m.config(), device, batcher, m.start.resumed_from,
-                                                        m.start.state ? m.start.state->step : 0, data.description);
-
+  // (Several ranks: not gathered; docs/distributed.md.)
   for (Member& m : members) {
-    m.columns = run_columns(data, m.reads.in, m.reads.out);
-    const RunColumns& columns = m.columns;
-    // --target-l0 without --l1: the controller starts at the data's scale, which the run records as its l1.
-    if (m.config().target_l0 > 0 && m.config().l1 == 0)
-      m.start.config.l1 = l0_controller_settings(m.config(), columns.input_mean_squared_norm(data)).scale;
+    TrainConfig watched = m.config();
+    if (dist) watched.feature_stats_steps = 0;
+    m.feature_stats = std::make_unique<RunFeatureStats>(watched, device, batcher, m.start.resumed_from,
+                                                        m.start.state ? m.start.state->step : 0, data.description);
+  }
+
+  // Every rank makes the whole SAE's first parameters (the same numbers as one process: a fresh b_dec
+  // at the geometric median of the whole first batches) and keeps its latents; then a replica reads
+  // only its part of each batch.
+  std::vector<SaeParams> firsts;
+  for (Member& m : members)
+    agree([&] {
+      m.columns = run_columns(data, m.reads.in, m.reads.out);
+      const RunColumns& columns = m.columns;
+      // --target-l0 without --l1: the controller starts at the data's scale, which the run records as its l1.
+      if (m.config().target_l0 > 0 && m.config().l1 == 0)
+        m.start.config.l1 = l0_controller_settings(m.config(), columns.input_mean_squared_norm(data)).scale;
+      if (m.reads.kind == DictionaryKind::Crosscoder)
+        for (size_t b : columns.in)
+          if (data.widths[b] != data.widths[columns.in[0]])
+            throw DataError(cat("a crosscoder's sources must have one width: ", data.reads[columns.in[0]], " has ",
+                                data.widths[columns.in[0]], ", ", data.reads[b], " has ", data.widths[b]));
+      m.description = member_description(data, m.reads);
+      // A fresh b_dec at the geometric median is taken from the first normalised batches.
+      firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
+      check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip, m.config().out);
+    });
+  if (dist) agree([&] { batcher.set_part(dist->replica(), dist->replicas()); });
+  const int64_t max_tokens = batcher.max_batch_tokens();
+
+  for (size_t i = 0; i < members.size(); ++i) {
+    Member& m = members[i];
     const TrainConfig& config = m.config();
-    if (m.reads.kind == DictionaryKind::Crosscoder)
-      for (size_t b : columns.in)
-        if (data.widths[b] != data.widths[columns.in[0]])
-          throw DataError(cat("a crosscoder's sources must have one width: ", data.reads[columns.in[0]], " has ",
-                              data.widths[columns.in[0]], ", ", data.reads[b], " has ", data.widths[b]));
-    m.description = member_description(data, m.reads);
-    // A fresh b_dec at the geometric median is taken from the first normalised batches.
-    const SaeParams first = m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(config, data, columns);
-    check_dictionary_shape(first, columns, m.reads, config.skip, config.out);
+    const int64_t latents = config.features / shards, first_latent = dist ? dist->shard() * latents : 0;
+    auto mine = [&](const SaeParams& whole) { return dist ? whole.latent_slice(first_latent, first_latent + latents) : whole; };
+    const RunColumns& columns = m.columns;
+    const SaeParams first = mine(firsts[i]);
     m.state = RunState{first.to(device), {}, 0, 0, columns.scales(data), Json(),
-                     DeadFeatureTracker(config.features, config.dead_window), std::nullopt};
+                     DeadFeatureTracker(latents, config.dead_window), std::nullopt};
     RunState& run = m.run();
     run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
     if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config, columns.input_mean_squared_norm(data)), config.l1);
@@ -413,10 +478,11 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
                              run.dataset_scale.to_json().dump()));
       run.step = st.step;
       run.tokens = st.tokens;
-      run.adam.m = st.adam.m.to(device);
-      run.adam.v = st.adam.v.to(device);
+      run.adam.m = mine(st.adam.m).to(device);
+      run.adam.v = mine(st.adam.v).to(device);
       run.adam.steps = st.adam.steps;
-      run.dead.last_fired() = st.last_fired;
+      run.dead.last_fired().assign(st.last_fired.begin() + first_latent,
+                                   st.last_fired.begin() + first_latent + latents);
       if (run.controller) {
         if (st.l0_controller.is_null())
           throw DataError(cat(m.start.resumed_from, ": --target-l0 run without the controller's state"));
@@ -427,9 +493,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
         }
       }
     }
-    m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config),
-                                       StepShape{max_tokens, columns.d_in, columns.d_out, config.features},
-                                       DType::F32, device);
+    const StepShape shape{max_tokens, columns.d_in, columns.d_out, latents, first_latent, config.features, batch_max_tokens};
+    m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), shape, DType::F32, device);
+    m.step->set_collectives(dist);
     set_dead_clock(m.step->dead_clock(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
     // Buffers for its own columns, made once.
     if (!columns.whole_row) m.x_host = Tensor::empty(Shape{max_tokens, columns.d_in});
@@ -441,29 +507,41 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   }
   if (first_state) batcher.restore(first_state->batcher);
 
-  // ---- outputs ----
+  // ---- outputs (rank 0's) ----
   for (Member& m : members) {
-    fs::create_directories(m.config().out);
-    write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, max_tokens);
-    m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
+    agree([&] {
+      if (!lead) return;
+      fs::create_directories(m.config().out);
+      write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, batch_max_tokens);
+      m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
+    });
     m.result.device = device;
     m.result.out_dir = m.config().out;
   }
   const int64_t start_step = members[0].run().step, steps = shared.steps;
-  Progress progress(shared.progress, steps, start_step,
+  Progress progress(lead ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
+  auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead(m.run().tokens)); };
   auto report_concepts = [&](Member& m, const char* when) {
-    ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(m.run().tokens));
+    ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(m.run().tokens),
+                                         0.9, dist);
     char line[300];
     std::snprintf(line, sizeof line, "%s%s%s step %lld: concept recovery MMCS %.3f, recovered %.1f%%, purity %.1f%%",
                   m.name.c_str(), m.name.empty() ? "" : ": ", when, (long long)m.run().step, r.mmcs, 100 * r.recovered,
                   100 * r.purity);
-    progress.message(line);
+    if (lead) progress.message(line);
     return r;
   };
   auto save = [&](Member& m, const std::string& dir) {
     const TrainingState st = m.run().saved();
-    save_checkpoint(dir, m.run().params, run_description(m.config(), m.description, m.run()), &st,
+    const Json description = run_description(m.config(), m.description, m.run());
+    if (dist) {
+      const int64_t latents = m.config().features / shards;
+      save_sharded_checkpoint(*dist, dir, m.run().params, dist->shard() * latents, m.config().features, description,
+                              st);
+      return;
+    }
+    save_checkpoint(dir, m.run().params, description, &st,
                     [&](const std::string& folder) { m.feature_stats->write(folder); });
   };
 
@@ -475,7 +553,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   const bool whole_rows_only = std::all_of(members.begin(), members.end(), [](const Member& m) {
     return m.columns.whole_row && m.columns.target_is_input;
   });
-  const bool device_data = whole_rows_only && (shared.device_data == DeviceDataMode::On ||
+  // Data-parallel replicas take the plain path too (their metrics are summed over them on the host).
+  const bool device_data = whole_rows_only && !spans(dist, Group::Replicas) && (shared.device_data == DeviceDataMode::On ||
                                                (shared.device_data == DeviceDataMode::Auto && device != Device::CPU));
   std::unique_ptr<BatchUpload> upload = device_data ? make_batch_upload(device, max_tokens, d) : nullptr;
   batcher.set_generate_on_device(device_data);
@@ -484,7 +563,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   for (const Member& m : members) widest_out = std::max(widest_out, m.columns.d_out);
   Tensor reconstruction_host = device_data ? Tensor() : Tensor::empty(Shape{max_tokens, widest_out});
   std::vector<Tensor> counts_host;
-  for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features}));
+  for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features / shards}));
   const bool whole_rows_used =
       std::any_of(members.begin(), members.end(), [](const Member& m) { return m.columns.whole_row; });
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
@@ -497,6 +576,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
   BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
 
   // ---- the loop: each batch goes through every SAE ----
+  if (dist) dist->reset_stats();
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
@@ -544,12 +624,18 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
                                    "); the last good checkpoint is kept. Try a lower --lr."));
       run.step = this_step;
       run.data_position = batch.position;
-      run.tokens += n;
-      if (control) run.controller->update(sums.active / double(n));
+      const int64_t batch_tokens = dist ? sums.tokens : n;  // every replica's (the sums are the whole batch's)
+      run.tokens += batch_tokens;
+      if (control) run.controller->update(sums.active / double(batch_tokens));
       const Tensor& counts = m.step->feature_counts();
       const float* fired = counts.data<float>();
       if (device != Device::CPU) {  // into the buffer made once, no allocation per step
         cuda_copy_to_host(counts_host[i].raw(), counts.raw(), counts.nbytes());
+        fired = counts_host[i].data<float>();
+      }
+      if (spans(dist, Group::Replicas)) {  // a latent fired if it fired on any replica's tokens
+        if (device == Device::CPU) copy_(counts_host[i], counts);
+        dist->sum(Group::Replicas, counts_host[i]);
         fired = counts_host[i].data<float>();
       }
       run.dead.update(fired, run.tokens);
@@ -559,51 +645,64 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
         Tensor x_hat = m.step->reconstruction();
         BatchStats stats = batch.stats;
         BatchMetrics batch_columns;
+        MeanStd raw;
         if (upload) {  // on the device; the one read-back of the batch's statistics (x is the target)
           if (batch.on_device) read_device_stats(batch.device_stats, stats);
           batch_columns = batch_metrics(x, x_hat);
-        } else {
+          const RawMoments moments = columns.raw_moments(stats);
+          raw = {moments.mean, moments.std};
+        } else {  // on the host; with replicas, the whole batch's
           const float* recon = x_hat.data<float>();
           if (device != Device::CPU) {
             cuda_copy_to_host(reconstruction_host.raw(), x_hat.raw(), n * columns.d_out * sizeof(float));
             recon = reconstruction_host.data<float>();
           }
-          batch_columns = batch_metrics(x_host, columns.d_in, target_host, recon, n, columns.d_out);
+          const BatchSummary summary = summarize_batch(
+              dist, BatchRows{columns.raw_moments(stats), x_host, columns.d_in, target_host, recon, columns.d_out}, n);
+          batch_columns = {summary.normalized, summary.reconstructed, summary.fvu};
+          raw = summary.raw;
         }
         m.result.last_row = with_architecture_metrics(
-            metric_row(run, sums, columns.raw_moments(stats), batch_columns, n, columns.d_out, lambda, lr), run, sums);
+            metric_row(run, sums, raw, batch_columns, batch_tokens, columns.d_out, config.features, dead_features(m),
+                       lambda, lr),
+            run, sums);
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
-        m.log->write(m.result.last_row);
+        if (m.log) m.log->write(m.result.last_row);
       }
-      if (i == 0) progress.update(run.step, run.tokens, sums.loss, sums.active / double(n));
+      if (i == 0) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
       if (run.step % config.checkpoint_every == 0 && run.step < steps) {
-        m.log->flush();
+        if (m.log) m.log->flush();
         save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());
         if (synthetic) report_concepts(m, "checkpoint");
       }
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
+  const CollectiveStats loop_collectives = dist ? dist->stats() : CollectiveStats{};
   progress.finish();
 
   // ---- final models: sae/ (SAELens layout + training state, so it can be extended with --resume) ----
   std::vector<TrainResult> results;
   for (Member& m : members) {
-    m.log->flush();
+    if (m.log) m.log->flush();
     TrainResult& result = m.result;
     result.seconds = seconds;
+    result.collectives = loop_collectives;
     result.model_dir = (fs::path(m.config().out) / "sae").string();
     save(m, result.model_dir);
     result.steps = m.run().step;
     result.tokens = m.run().tokens;
-    result.metrics_csv = m.log->csv_path();
-    result.tensorboard_file = m.log->tensorboard_path();
+    result.metrics_csv = (fs::path(m.config().out) / "metrics.csv").string();
+    if (m.log) {
+      result.metrics_csv = m.log->csv_path();
+      result.tensorboard_file = m.log->tensorboard_path();
+    }
     if (!result.last_row.empty()) {
       result.fvu = metric(result.last_row, "fvu");
       result.l0 = metric(result.last_row, "l0");
       result.nonzero_proportion = metric(result.last_row, "nonzero_proportion");
     }
-    result.dead_features = m.run().dead.dead(m.run().tokens);
+    result.dead_features = dead_features(m);
     result.wrote_checkpoints = fs::is_directory(fs::path(m.config().out) / "checkpoints");
     if (synthetic) result.concepts = report_concepts(m, "final");
     results.push_back(std::move(result));
@@ -613,10 +712,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members) {
 
 }  // namespace
 
-TrainResult train(TrainConfig config) {
+TrainResult train(TrainConfig config, Collectives* ranks) {
   std::vector<TrainConfig> one;
   one.push_back(std::move(config));
-  return std::move(train_together(std::move(one)).front());
+  return std::move(train_together(std::move(one), ranks).front());
 }
 
 double measure_step_seconds(const TrainConfig& config) {

@@ -28,6 +28,7 @@ struct TrainResult {
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   Device device = Device::CPU;
+  CollectiveStats collectives;     // a distributed run's collectives in the training loop (this rank's)
   // A --resume of a run that was at its last step already (RunStart::finished): nothing was
   // trained; the numbers are its last metrics.csv row and its final model's.
   bool already_finished = false;
@@ -37,7 +38,11 @@ struct TrainResult {
 // A run that is at config.steps already is not trained again: its result is read back from its
 // folder (a job scheduler's retry after a crash while the final outputs were written succeeds; the
 // caller draws what is missing, sae_train its figures).
-TrainResult train(TrainConfig config);
+// ranks: a distributed run (docs/distributed.md): this process is one rank of ranks' grid of latent
+// shards x data-parallel replicas, and every rank calls train with the same configuration; rank 0
+// writes the logs and the folder's files, every shard's owner its part of each checkpoint. Null:
+// one process.
+TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
 
 // Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each
 // batch is read (and, from text, run through the language model) once and goes through every SAE in
@@ -46,7 +51,8 @@ TrainResult train(TrainConfig config);
 // data_stream_identity) and on --steps (UsageError otherwise). Resumed ones that stand at different
 // steps (a crash between their checkpoints) train in groups, one pass over the data per group; runs
 // at their last step already are not trained (see train()).
-std::vector<TrainResult> train_together(std::vector<TrainConfig> configs);
+// ranks: as train()'s; on several ranks every rank forms the same groups and trains them in turn.
+std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few
 // steps on the configuration's own data after one warm-up step. For the study drivers' estimates.

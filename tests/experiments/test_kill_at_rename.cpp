@@ -93,7 +93,9 @@ void expect_same_outputs(const std::map<std::string, std::string>& want, const s
       return name == t || (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
                            name[name.size() - t.size() - 1] == '/');
     });
-    if (!time_dependent) EXPECT_TRUE(it->second == bytes) << name << " differs from the uninterrupted run's";
+    if (!time_dependent) {
+      EXPECT_TRUE(it->second == bytes) << name << " differs from the uninterrupted run's";
+    }
   }
   for (const auto& [name, bytes] : got)
     if (!want.count(name)) ADD_FAILURE() << "left behind: " << name;

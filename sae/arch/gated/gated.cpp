@@ -29,8 +29,7 @@ class GatedStep : public DenseUnitStep {
                    col_count_, col_a_);
     decode(params, target);
     // The auxiliary reconstruction from relu(pi_gate): r_gate = gate W_dec + b_dec - target.
-    matmul_(r_gate, gate, false, params.W_dec, false);
-    add_(r_gate, params.b_dec);
+    decode_into(r_gate, gate, params);
     binary_(BinaryOp::sub, r_gate, r_gate, target);
     Tensor s0 = sums_.slice_rows(0, 1), s1 = sums_.slice_rows(1, 2), s2 = sums_.slice_rows(2, 3),
            s3 = sums_.slice_rows(3, 4);
@@ -47,6 +46,7 @@ class GatedStep : public DenseUnitStep {
     out.aux = s[3];
     out.loss = out.rec + lambda * out.l1 + out.aux;
     out.tokens = n;
+    complete_step_sums(collectives_, out, lambda, 0.0);  // the auxiliary reconstruction is complete
     return out;
   }
 

@@ -76,6 +76,7 @@ class JumpReluStep : public DenseUnitStep {
     out.aux = settings_.tanh ? settings_.pre_act * s[3] : 0.0;
     out.loss = out.rec + lambda * out.l1 + out.aux;
     out.tokens = n;
+    complete_step_sums(collectives_, out, lambda, out.aux);  // the pre-activation loss sums over latents
     return out;
   }
 

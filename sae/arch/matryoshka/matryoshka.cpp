@@ -28,7 +28,11 @@ class MatryoshkaStep : public BatchTopKStep {
       : BatchTopKStep(settings, rate, shape, dtype, device, "matryoshka_batchtopk"),
         levels_count_(static_cast<int64_t>(widths.size())) {
     const int64_t m = levels_count_, max_tokens = shape.max_tokens, d_sae = shape.d_sae;
-    widths_ = Tensor::from_vector(std::vector<double>(widths.begin(), widths.end()), Shape{m}, DType::I32, device);
+    // A latent shard's prefixes end where the global ones do, within its latents (some may be empty).
+    std::vector<double> ends(widths.size());
+    for (size_t g = 0; g < widths.size(); ++g)
+      ends[g] = double(std::clamp<int64_t>(widths[g] - shape.first_latent, 0, d_sae));
+    widths_ = Tensor::from_vector(ends, Shape{m}, DType::I32, device);
     const int64_t rows = (m + 1) * max_tokens;
     if (rows * d_sae >= (int64_t(1) << 31))
       throw UsageError(cat("--architecture matryoshka_batchtopk: ", max_tokens, " tokens x ", m, " prefixes x ", d_sae,
@@ -59,6 +63,7 @@ class MatryoshkaStep : public BatchTopKStep {
     if (m > 1 && n > 0) {
       Tensor inner = inner_.slice_rows(0, (m - 1) * n);
       sparse_decode_(inner, level_lists((m - 1) * n), params.W_dec, zero_d_);
+      sum_over(collectives_, Group::Shards, inner);  // the groups' partial decodes of every shard
       for (int64_t g = 0; g < m - 1; ++g) {
         Tensor block = inner_.slice_rows(g * n, (g + 1) * n);
         if (g == 0) {
@@ -69,7 +74,7 @@ class MatryoshkaStep : public BatchTopKStep {
         }
       }
       reduce_all_(ReduceOp::sum_squares, sums_, inner);
-      const double inner_sum = sums_.item();
+      const double inner_sum = sum_over(collectives_, Group::Replicas, sums_.item());
       sums.aux += inner_sum;
       sums.loss = sums.rec + lambda * 0.0 + sums.aux;
     }
@@ -109,6 +114,7 @@ class MatryoshkaStep : public BatchTopKStep {
     sparse_decoder_backward_(dpre_, W_dec, grads_.slice_rows(0, rows), levels, norms_, level_sum_, 0.0,
                              settings_.unit_norm_decoder);
     sparse_encoder_backward_(W_enc, b_enc, x_levels_.slice_rows(0, rows), levels, dpre_);
+    normalize_after_update_ = settings_.unit_norm_decoder && !fused;  // (TopKFamilyStep::after_update)
     if (fused) return {"W_enc", "b_enc", "W_dec"};
     return {};
   }
@@ -178,7 +184,7 @@ class MatryoshkaUnit : public BatchThresholdUnit {
   }
   std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    validate(s, shape.d_sae);
+    validate(s, shape.total_latents());
     return std::make_unique<MatryoshkaStep>(topk_settings(s, shape.d_in), s.number("batchtopk-threshold-lr"),
                                             widths_of(s), shape, dtype, device);
   }

@@ -42,7 +42,8 @@ constexpr double kAutoMaxDensityCuda = 0.05;
 class StandardStep : public UnitStep {
  public:
   StandardStep(SparseMode mode, const StepShape& shape, DType dtype, Device device)
-      : max_tokens_(shape.max_tokens), sparse_mode_(mode), auto_max_density_(sae::auto_max_density(device)) {
+      : max_tokens_(shape.max_tokens), latents_(shape.total_latents()), sparse_mode_(mode),
+        auto_max_density_(sae::auto_max_density(device)) {
     const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae;
     f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
     x_hat_ = Tensor::zeros(Shape{max_tokens, shape.d_out}, dtype, device);
@@ -53,6 +54,7 @@ class StandardStep : public UnitStep {
     scratch_f_ = Tensor::zeros(Shape{d_sae}, dtype, device);
     sums_ = Tensor::zeros(Shape{3}, dtype, device);
     tiny_ = Tensor::full(Shape{1}, 1e-30, dtype, device);
+    zero_d_ = Tensor::zeros(Shape{shape.d_out}, dtype, device);
     if (mode != SparseMode::Off) {
       if (max_tokens * d_sae >= (int64_t(1) << 31))
         throw UsageError(cat("--sparse: ", max_tokens, " tokens x ", d_sae, " features do not fit int32 entry "
@@ -72,21 +74,25 @@ class StandardStep : public UnitStep {
     encoder_activate_(f, params.b_enc, col_sum_, col_count_);
     reduce_all_(ReduceOp::sum, active, col_count_);
     sparse_ = false;
+    // Latent shards (collectives.h) decode their own latents; the partial sums are summed over the
+    // shards and b_dec added once. The density that picks the path is the whole batch's.
+    Collectives* c = collectives_;
+    const bool sharded = spans(c, Group::Shards);
     // A crosscoder's penalty weighs each decoder block by its own norm: the dense path only.
     if (sparse_mode_ != SparseMode::Off && n > 0 && params.sources == 1) {
       const double entries = active.item();  // one value back to the host
-      sparse_ = sparse_mode_ == SparseMode::On || entries <= auto_max_density_ * double(n) * double(f.size(1));
+      const double cells = double(sum_over(c, Group::Replicas, n)) * double(latents_);
+      sparse_ = sparse_mode_ == SparseMode::On || sum_over(c, Group::All, entries) <= auto_max_density_ * cells;
       if (sparse_) {
         reserve_entries(entries);
         SparseFeatures lists = lists_for_batch();
         sparse_index_(lists, f, col_count_);
-        sparse_decode_(x_hat, lists, params.W_dec, params.b_dec);
+        sparse_decode_(x_hat, lists, params.W_dec, sharded ? zero_d_ : params.b_dec);
       }
     }
-    if (!sparse_) {
-      matmul_(x_hat, f, false, params.W_dec, false);
-      add_(x_hat, params.b_dec);
-    }
+    if (!sparse_) matmul_(x_hat, f, false, params.W_dec, false);
+    if (sharded) c->sum(Group::Shards, x_hat);
+    if (!sparse_ || sharded) add_(x_hat, params.b_dec);
     binary_(BinaryOp::sub, grad_x_hat, x_hat, target);  // r = x_hat - target (scaled to 2r in backward)
     reduce_all_(ReduceOp::sum_squares, rec, grad_x_hat);
     sources_ = params.sources;
@@ -111,6 +117,7 @@ class StandardStep : public UnitStep {
     s.loss = s.rec + lambda * s.l1;
     s.tokens = tokens_;
     s.sparse = sparse_;
+    complete_step_sums(c, s, lambda, 0.0);
     return s;
   }
 
@@ -211,6 +218,8 @@ class StandardStep : public UnitStep {
   }
 
   int64_t max_tokens_, tokens_ = 0;
+  int64_t latents_;             // F of the whole SAE (a latent shard holds some of them)
+  Tensor zero_d_;               // [D_out]: the partial decodes' bias
   Tensor f_, grad_f_;           // [max_tokens, F] (grad_f_ made on the first dense backward)
   Tensor x_hat_, grad_x_hat_;   // [max_tokens, D]
   Tensor col_sum_, col_count_;  // [F]: sum_t f[t,i], count_t f[t,i] > 0

@@ -17,6 +17,8 @@ class TopKStep : public TopKFamilyStep {
  protected:
   void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t) override {
     topk_select_(main, pre, b_enc, Tensor(), settings_.k, 0);
+    // A latent shard's candidates: the k best of every shard's are the global k (collectives.h).
+    if (spans(collectives_, Group::Shards)) shard_topk_cut(*collectives_, main, 0, pre.size(0), settings_.k, first_latent_);
   }
 };
 

@@ -163,7 +163,9 @@ TEST(L0Controller, ReachesTheTargetOnFreshPlantedDataFromAnyStart) {
       EXPECT_NEAR(last_tenth_l0(c.out), k.target, 0.05 * k.target);
       const Json cfg = read_json_file(c.out + "/config.json");
       EXPECT_NEAR(cfg.at("resolved").at("target_l0_lambda_scale").as_number(), scale, 1e-9 * scale);
-      if (l1 == 0) EXPECT_NEAR(cfg.at("l1").as_number(), scale, 1e-9 * scale);  // the start it picked, recorded
+      if (l1 == 0) {
+        EXPECT_NEAR(cfg.at("l1").as_number(), scale, 1e-9 * scale);  // the start it picked, recorded
+      }
     }
   }
 }
