@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 
 namespace sae {
 
@@ -11,6 +13,21 @@ void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConf
   if (tokenizer.vocab_size() > model.vocab_size)
     throw DataError(cat(model.source, ": vocab_size ", model.vocab_size, " is smaller than the tokenizer's ",
                         tokenizer.vocab_size(), " ids (", tokenizer.source(), ")"));
+}
+
+void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b) {
+  if (tokenizer.vocab_size() > model_b.config().vocab_size)
+    throw DataError(cat(dir_b, ": --model's tokenizer has ", tokenizer.vocab_size(), " ids, --model-b only ",
+                        model_b.config().vocab_size));
+  const std::filesystem::path b(dir_b);
+  if (!std::filesystem::exists(b / "tokenizer.json") && !std::filesystem::exists(b / "vocab.json"))
+    return;  // a folder without its own tokenizer reads --model's
+  std::optional<BpeTokenizer> other;
+  other.emplace(BpeTokenizer::from_model_dir(dir_b));
+  const std::string probe = "Once upon a time, 42 foxes said: \"Don't!\" caf\xc3\xa9 \xe2\x80\x94 the end.\n";
+  if (other->vocab_size() != tokenizer.vocab_size() || other->encode(probe) != tokenizer.encode(probe))
+    throw DataError(cat(dir_b, ": its tokenizer is not --model's; a crosscoder over two models reads the same tokens "
+                        "through both"));
 }
 
 Json TextBatcher::PiecePosition::to_json() const {

@@ -38,6 +38,10 @@ namespace sae {
 // fit the model's vocabulary (DataError naming the model's config.json). (--layer and --hook are
 // checked by lm/hook_points.h hook_choice and resolve_hook_site, also the same in every program.)
 void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConfig& model);
+// A second model (--model-b, folder dir_b) reads text as the first does: `tokenizer`'s ids fit its
+// vocabulary, and its own tokenizer, when its folder has one, has the same vocabulary size and gives
+// the same ids for a probe text (DataError naming dir_b otherwise).
+void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b);
 
 // One activation a text batch holds: a hook site of the model (0) or of the second model (1: --model-b,
 // the same tokens through another model of the same tokenizer, for model diffing).
