@@ -3,15 +3,20 @@
 // reconstruction, with the layer zero-ablated and mean-ablated; KL to the clean run; CE and KL
 // scores; FVU, L0, dead and dense features and a feature-density histogram. Thin: options -> model,
 // tokenizer, SAE (sae/eval/sae_at_layer.h) -> evaluate_sae (sae/eval/evaluate.h) -> eval.json, the
-// figure, the printed report.
-//   sae_eval --model DIR --sae DIR --text FILE [--max-stories N] [--hook NAME | --layer L] [--out DIR]
+// figure, the printed report. A crosscoder is spliced in at each of its hooks (evaluate_crosscoder:
+// reconstructions from a clean pass, then each model run with its hooks replaced); over two models
+// (model diffing) the second is --model-b.
+//   sae_eval --model DIR [--model-b DIR] --sae DIR --text FILE [--max-stories N] [--hook NAME | --layer L]
+//            [--out DIR]
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "io/atomic_file.h"
 #include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
+#include "sae/data/text_batches.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/report/plot.h"
@@ -26,6 +31,8 @@ int main(int argc, char** argv) {
     options.add_options()
         ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
+        ("model-b", "the second model of a crosscoder over two models (model diffing; the same tokenizer)",
+         cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one; or a "
          "Gemma Scope params.npz (with --hook)",
          cxxopts::value<std::string>())
@@ -72,15 +79,36 @@ int main(int argc, char** argv) {
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
-    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
+    const std::string model_b_dir = parsed.count("model-b") ? parsed["model-b"].as<std::string>() : std::string();
+    std::optional<sae::DecoderModel> model_b;
+    if (!model_b_dir.empty()) {
+      model_b.emplace(sae::load_decoder_model(model_b_dir, device));
+      sae::check_same_tokenizer(model_b_dir, tokenizer, *model_b);
+    }
+    const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device,
+                                                       model_b ? &model_b->config() : nullptr);
     eval.bos = sae::bos_for_sae(bos_mode, sae, tokenizer);
     eval.context_size = parsed.count("context-size") ? parsed["context-size"].as<int64_t>()
                                                      : std::min(sae.context_size, model.config().max_positions);
-    const sae::EvalResult result = sae::evaluate_sae(model, tokenizer, sae, eval);
+    std::string report;
+    sae::Json json;
+    std::vector<double> density;
+    int64_t tokens = 0, dead = 0;
+    if (sae.crosscoder()) {
+      const sae::CrosscoderEvalResult result =
+          sae::evaluate_crosscoder(model, model_b ? &*model_b : nullptr, tokenizer, sae, eval);
+      json = sae::crosscoder_eval_json(result, sae, model_dir, model_b_dir, eval);
+      report = sae::crosscoder_eval_report(result, sae);
+      density = result.density, tokens = result.tokens, dead = result.dead;
+    } else {
+      const sae::EvalResult result = sae::evaluate_sae(model, tokenizer, sae, eval);
+      json = sae::eval_json(result, sae, model_dir, eval);
+      report = sae::eval_report(result, sae);
+      density = result.density, tokens = result.tokens, dead = result.dead;
+    }
 
     fs::create_directories(out);
     const std::string json_path = (fs::path(out) / "eval.json").string();
-    sae::Json json = sae::eval_json(result, sae, model_dir, eval);
     json["device"] = sae::device_name(device);
     const std::string figure_path = (fs::path(out) / "feature_density.png").string();
     json["figures"] = sae::Json::object();
@@ -88,11 +116,11 @@ int main(int argc, char** argv) {
     sae::write_file_atomic(json_path, json.dump(2) + "\n");
     std::string figure_note = figure_path;
     try {
-      sae::plot(sae::density_histogram(result, sae_dir), figure_path);
+      sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure_path);
     } catch (const sae::DataError& e) {  // no gnuplot: the numbers are still good
       figure_note = sae::cat("not drawn (", e.what(), ")");
     }
-    std::printf("%s\nfiles: %s, %s\n", sae::eval_report(result, sae).c_str(), json_path.c_str(), figure_note.c_str());
+    std::printf("%s\nfiles: %s, %s\n", report.c_str(), json_path.c_str(), figure_note.c_str());
     return 0;
   });
 }

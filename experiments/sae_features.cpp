@@ -1,19 +1,24 @@
 // sae_features: what each feature of a trained SAE (any architecture) fires on, the tutorial's gather
 // step (docs/contract.md §5). Thin: options -> the SAE (load_checkpoint) -> the stories (a text through
 // the language model, or an activation file) -> sae/features/top_stories.h's two passes -> the JSON
-// (and, with --stats-out, feature_stats.safetensors for sae_browser --stats).
-//   sae_features --sae DIR (--model DIR --text FILE | --data FILE [--model DIR]) [--hook NAME | --layer L] [--top N]
-//                [--stories N] [--context C] [--out FILE.json] [--stats-out FILE] [--device cpu|cuda|auto]
+// (and, with --stats-out, feature_stats.safetensors for sae_browser --stats). A crosscoder reads all
+// its sources together: from text the hooks of its cfg.json (metadata.crosscoder_hooks; --model-b
+// for a second model's), from files --data A,B,... (one per source).
+//   sae_features --sae DIR (--model DIR [--model-b DIR] --text FILE | --data FILE[,FILE...] [--model DIR])
+//                [--hook NAME | --layer L] [--top N] [--stories N] [--context C] [--out FILE.json]
+//                [--stats-out FILE] [--device cpu|cuda|auto]
 // Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "io/atomic_file.h"
 #include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
+#include "sae/data/concat_source.h"
 #include "sae/data/synthetic.h"
 #include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
@@ -38,9 +43,10 @@ int main(int argc, char** argv) {
         ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia): runs --text through it; with --data only its "
          "tokenizer is used",
          cxxopts::value<std::string>())
+        ("model-b", "a crosscoder over two models: the second (the same tokenizer)", cxxopts::value<std::string>())
         ("text", "stories: TinyStories .txt or JSON lines (with --model)", cxxopts::value<std::string>())
-        ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder",
-         cxxopts::value<std::string>())
+        ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder (a crosscoder: "
+         "one per source, comma-separated, in its order)", cxxopts::value<std::string>())
         ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
          "hidden_states[2])", cxxopts::value<std::string>())
         ("layer", "read hidden_states[layer] of --model instead", cxxopts::value<int64_t>())
@@ -59,10 +65,11 @@ int main(int argc, char** argv) {
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const std::string sae_dir = given(parsed, "sae"), model_dir = given(parsed, "model"), text = given(parsed, "text"),
                       data = given(parsed, "data"), out = parsed["out"].as<std::string>(),
-                      stats_out = given(parsed, "stats-out");
+                      stats_out = given(parsed, "stats-out"), model_b_dir = given(parsed, "model-b");
     if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
     if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
     if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
+    if (!model_b_dir.empty() && text.empty()) throw sae::UsageError("--model-b DIR goes with --model and --text");
     if (!text.empty()) sae::require_input_file(text);
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
@@ -90,7 +97,48 @@ int main(int argc, char** argv) {
     std::unique_ptr<sae::StoryInputs> inputs;
     sae::Json description = sae::Json::object();
     if (!model_dir.empty()) tokenizer = std::make_unique<sae::BpeTokenizer>(sae::BpeTokenizer::from_model_dir(model_dir));
-    if (!text.empty()) {
+    std::unique_ptr<sae::DecoderModel> model_b;
+    if (!text.empty() && params.sources > 1) {
+      // A crosscoder: every source of its cfg.json, from one pass of each model, side by side.
+      const sae::ModelFolder folder = sae::read_model_config(model_dir);
+      std::optional<sae::ModelFolder> folder_b;
+      if (!model_b_dir.empty()) folder_b = sae::read_model_config(model_b_dir);
+      const sae::SaeAtLayer crosscoder =
+          sae::load_sae_at_layer(sae_dir, folder.config, choice, device, folder_b ? &folder_b->config : nullptr);
+      std::optional<sae::HookSite> last[2];
+      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), crosscoder.site, -1, 0, {}};
+      sae::Json hooks = sae::Json::array();
+      for (const sae::CrosscoderSource& source : crosscoder.sources) {
+        story_options.reads.push_back(sae::TextRead{source.model, source.site});
+        std::optional<sae::HookSite>& l = last[source.model];
+        if (!l || sae::reached_before(*l, source.site)) l = source.site;
+        hooks.push_back(sae::Json(source.read));
+      }
+      model = std::make_unique<sae::DecoderModel>(
+          sae::load_decoder_model(model_dir, device, sae::ModelPart::up_to(*last[0], folder.config.num_layers)));
+      sae::check_tokenizer_fits_model(*tokenizer, model->config());
+      if (folder_b) {
+        model_b = std::make_unique<sae::DecoderModel>(
+            sae::load_decoder_model(model_b_dir, device, sae::ModelPart::up_to(*last[1], folder_b->config.num_layers)));
+        sae::check_same_tokenizer(model_b_dir, *tokenizer, *model_b);
+      }
+      story_options.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), crosscoder, *tokenizer);
+      if (parsed.count("context-size")) {
+        story_options.context_size = parsed["context-size"].as<int64_t>();
+        if (story_options.context_size < 1)
+          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+      } else if (crosscoder.context_size > 0) {
+        story_options.context_size = std::min(crosscoder.context_size, folder.config.max_positions);
+      }
+      inputs = sae::text_story_inputs(*model, *tokenizer, story_options, normalization, max_stories, device, model_b.get());
+      description["text"] = text;
+      description["model"] = model_dir;
+      if (model_b) description["model_b"] = model_b_dir;
+      description["crosscoder_hooks"] = hooks;
+    } else if (!text.empty()) {
+      if (!model_b_dir.empty())
+        throw sae::UsageError(sae::cat("--model-b: ", sae_dir, " is not a crosscoder (a second model is read by a "
+                                       "crosscoder over two models only)"));
       // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
       // only up to there.
       sae::HookSite site{2, sae::HookPoint::FinalOutput};
@@ -143,7 +191,27 @@ int main(int argc, char** argv) {
       if (k >= 0) description["layer"] = k;
     } else {
       if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
-      source = sae::open_activations(data, sae::SyntheticOptions{});
+      std::vector<std::string> files;
+      for (size_t begin = 0;;) {
+        const size_t comma = data.find(',', begin);
+        files.push_back(data.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
+        if (files.back().empty()) throw sae::UsageError(sae::cat("--data '", data, "': an empty entry in the list"));
+        if (comma == std::string::npos) break;
+        begin = comma + 1;
+      }
+      if (params.sources > 1 && static_cast<int64_t>(files.size()) != params.sources)
+        throw sae::UsageError(sae::cat("--data: ", sae_dir, " is a crosscoder of ", params.sources,
+                                       " sources: give one activation file per source, comma-separated (got ",
+                                       files.size(), ")"));
+      if (params.sources == 1 && files.size() > 1)
+        throw sae::UsageError(sae::cat("--data: several files are a crosscoder's sources; ", sae_dir, " reads one"));
+      if (files.size() == 1) {
+        source = sae::open_activations(data, sae::SyntheticOptions{});
+      } else {
+        std::vector<std::unique_ptr<sae::ActivationSource>> sources;
+        for (const std::string& file : files) sources.push_back(sae::open_activations(file, sae::SyntheticOptions{}));
+        source = std::make_unique<sae::ConcatSource>(std::move(sources));
+      }
       if (source->d() != params.d_in())
         throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));
       inputs = sae::file_story_inputs(*source, normalization, max_stories, device);

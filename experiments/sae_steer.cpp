@@ -70,6 +70,9 @@ int main(int argc, char** argv) {
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     sae::check_tokenizer_fits_model(tokenizer, model.config());
     steer.generate.eos_id = tokenizer.eot_id();
+    if (sae::is_crosscoder_folder(sae_dir))
+      throw sae::UsageError(sae::cat(sae_dir, " is a crosscoder: steering along its decoder rows at each of its hooks "
+                                     "is not done (sae_steer takes SAEs and transcoders)"));
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
     steer.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), sae, tokenizer);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);

@@ -97,7 +97,7 @@ if ! tar -C "$bundle" -xJf "$root/.device/bundle.tar.xz" 2> "$logs/unpack.log"; 
 fi
 # The tests find fixtures and programs by the paths compiled into them (the checkout the bundle was
 # built in): make those paths lead here.
-built_in=$(cat "$bundle/source_root" 2> /dev/null || echo /work/main)
+built_in=$(cat "$bundle/source_root" 2> /dev/null || echo "$root")  # a bundle without it: built here
 if [ "$built_in" != "$root" ] && [ ! -e "$built_in" ]; then mkdir -p "$(dirname "$built_in")" && ln -s "$root" "$built_in"; fi
 if [ ! -d "$built_in/build-device/bin" ] || [ -L "$built_in/build-device/bin" ]; then
   mkdir -p "$built_in/build-device" && ln -sfn "$bundle/bin" "$built_in/build-device/bin"

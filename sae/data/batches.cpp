@@ -247,13 +247,11 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
   }
 }
 
-void BatchSource::set_part(int64_t part, int64_t parts) {
-  if (parts > 1)
-    throw UsageError("text through the language model cannot be split between data-parallel replicas yet: make an "
-                     "activation cache (sae_cache) and train on it, or give --shards the number of ranks");
+void BatchSource::set_part(int64_t part, int64_t parts, const SumOverParts&) {
+  if (parts > 1) throw UsageError("this data source cannot be split between data-parallel replicas");
 }
 
-void Batcher::set_part(int64_t part, int64_t parts) {
+void Batcher::set_part(int64_t part, int64_t parts, const SumOverParts&) {
   if (parts == 1) return;
   if (batch_tokens_ == 0)
     throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "

@@ -129,9 +129,12 @@ class BatchSource {
   // Data-parallel replicas of a distributed run (docs/distributed.md): from now on next() returns
   // only rows [N part / parts, N (part + 1) / parts) of each N-token batch, reading only those, and
   // the position moves on as for the whole batch (so a checkpoint's position serves any number of
-  // replicas). UsageError for a source that cannot be split (text through the language model, for
-  // now); call before the first batch.
-  virtual void set_part(int64_t part, int64_t parts);
+  // replicas). A source whose rows are computed (text through the language model) computes its share
+  // and completes the rest with sum_over_parts (a sum over the replicas, in place; every replica calls
+  // it at the same points of next() and restore()). UsageError for a source that cannot be split;
+  // call before the first batch.
+  using SumOverParts = std::function<void(float* values, int64_t count)>;
+  virtual void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts);
   // Sources that make their batches on a device (the synthetic generator, with --device-data):
   // the next batch, normalised, into `out` (float32 [max_batch_tokens, D] on that device), the same
   // tokens next() would give (docs/contract.md §3 says where the numbers differ). Nothing is read
@@ -167,7 +170,7 @@ class Batcher : public BatchSource {
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
   void restore(const Json& state) override;
-  void set_part(int64_t part, int64_t parts) override;
+  void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
   bool generates_on_device(Device device) const override;
   int64_t next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) override;
   void set_generate_on_device(bool on) override { generate_on_device_ = on; }

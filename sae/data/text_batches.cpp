@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 
 namespace sae {
 
@@ -11,6 +13,21 @@ void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConf
   if (tokenizer.vocab_size() > model.vocab_size)
     throw DataError(cat(model.source, ": vocab_size ", model.vocab_size, " is smaller than the tokenizer's ",
                         tokenizer.vocab_size(), " ids (", tokenizer.source(), ")"));
+}
+
+void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b) {
+  if (tokenizer.vocab_size() > model_b.config().vocab_size)
+    throw DataError(cat(dir_b, ": --model's tokenizer has ", tokenizer.vocab_size(), " ids, --model-b only ",
+                        model_b.config().vocab_size));
+  const std::filesystem::path b(dir_b);
+  if (!std::filesystem::exists(b / "tokenizer.json") && !std::filesystem::exists(b / "vocab.json"))
+    return;  // a folder without its own tokenizer reads --model's
+  std::optional<BpeTokenizer> other;
+  other.emplace(BpeTokenizer::from_model_dir(dir_b));
+  const std::string probe = "Once upon a time, 42 foxes said: \"Don't!\" caf\xc3\xa9 \xe2\x80\x94 the end.\n";
+  if (other->vocab_size() != tokenizer.vocab_size() || other->encode(probe) != tokenizer.encode(probe))
+    throw DataError(cat(dir_b, ": its tokenizer is not --model's; a crosscoder over two models reads the same tokens "
+                        "through both"));
 }
 
 Json TextBatcher::PiecePosition::to_json() const {
@@ -105,6 +122,7 @@ TextBatcher::TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, con
   windows_ = WindowOptions{options.bos, options.context_size > 0 ? options.context_size : c.max_positions};
   check_window_options(windows_);
   max_tokens_ = batch_tokens == 0 ? windows_.context : batch_tokens;
+  part_end_ = batch_tokens;
   model_.reserve(windows_.context);
 }
 
@@ -121,7 +139,7 @@ void TextBatcher::seek_piece(const PiecePosition& position) {
   }
 }
 
-int64_t TextBatcher::next_piece(std::vector<float>& out) {
+int64_t TextBatcher::next_piece(std::vector<float>& out, bool compute) {
   const int64_t positions = model_.config().max_positions;
   if (story_ids_.empty()) {
     TextStory story;
@@ -148,7 +166,10 @@ int64_t TextBatcher::next_piece(std::vector<float>& out) {
   const TokenWindow window = document_window(story_ids_, at_.piece, windows_);
   const int64_t skip = window.bos && !options_.keep_bos ? 1 : 0;
   const int64_t t = static_cast<int64_t>(window.input.size()) - skip;
-  window_activations(model_, model_b_, options_.reads, window.input, skip == 1, out);
+  if (compute)
+    window_activations(model_, model_b_, options_.reads, window.input, skip == 1, out);
+  else
+    out.assign(static_cast<size_t>(t * d()), 0.0f);
   ++at_.piece;
   piece_story_ = story_index_;
   piece_begin_ = window.first_token;
@@ -178,8 +199,8 @@ void TextBatcher::fill_chunk() {
   chunk_story_.clear();
   chunk_position_.clear();
   chunk_ids_.clear();
-  while (static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d()) {
-    const int64_t t = next_piece(piece_);
+  for (int64_t piece = 0; static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d(); ++piece) {
+    const int64_t t = next_piece(piece_, piece % parts_ == part_);  // a replica's share of the pieces
     chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
     if (!recording_origins()) continue;
     for (int64_t r = 0; r < t; ++r) {
@@ -189,6 +210,7 @@ void TextBatcher::fill_chunk() {
       chunk_ids_.push_back(position >= 0 ? piece_story_ids_[static_cast<size_t>(position)] : -1);
     }
   }
+  if (parts_ > 1) sum_over_parts_(chunk_.data(), static_cast<int64_t>(chunk_.size()));  // the others' pieces
   order_.emplace(static_cast<uint64_t>(chunk_.size()) / static_cast<uint64_t>(d()),
                  seed_ + 0x1000 * static_cast<uint64_t>(chunk_index_));
   cursor_ = 0;
@@ -204,17 +226,37 @@ int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
     if (recording_origins()) record_story_origins(n);
     return n;
   }
-  const int64_t n = batch_tokens_;
+  // Every row of the batch is drawn (the position moves on as for the whole batch); a replica keeps
+  // rows [part_begin_, part_end_).
+  const int64_t n = part_end_ - part_begin_;
   if (recording_origins()) origins_.resize(n, origins_radius_);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < batch_tokens_; ++i) {
     if (chunk_index_ < 0 || cursor_ == static_cast<int64_t>(chunk_.size()) / d) fill_chunk();
     const int64_t token = static_cast<int64_t>((*order_)(static_cast<uint64_t>(cursor_++)));
-    std::memcpy(raw + i * d, chunk_.data() + token * d, sizeof(float) * d);
-    if (recording_origins()) record_chunk_origin(i, token);
+    if (i < part_begin_ || i >= part_end_) continue;
+    std::memcpy(raw + (i - part_begin_) * d, chunk_.data() + token * d, sizeof(float) * d);
+    if (recording_origins()) record_chunk_origin(i - part_begin_, token);
   }
   stats = normalize_blocks(raw, normalized, n, widths_, normalization_, dataset_scale_, [&](int64_t row) { return row; },
                            cat(reader_.path(), " chunk ", chunk_index_, " (row of the batch)"));
   return n;
+}
+
+void TextBatcher::set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) {
+  if (parts == 1) return;
+  if (batch_tokens_ == 0)
+    throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "
+                     "--batch N, or --shards equal to the number of ranks");
+  if (batch_tokens_ < parts)
+    throw UsageError(cat("--batch ", batch_tokens_, " is smaller than the ", parts, " data-parallel replicas"));
+  if (!sum_over_parts) throw Error("TextBatcher::set_part: replicas need a sum over the parts");
+  part_ = part;
+  parts_ = parts;
+  sum_over_parts_ = sum_over_parts;
+  // The same split as sae/arch/collectives.h part_begin.
+  part_begin_ = batch_tokens_ * part / parts;
+  part_end_ = batch_tokens_ * (part + 1) / parts;
+  max_tokens_ = part_end_ - part_begin_;
 }
 
 void TextBatcher::record_story_origins(int64_t n) {

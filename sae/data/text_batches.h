@@ -38,6 +38,10 @@ namespace sae {
 // fit the model's vocabulary (DataError naming the model's config.json). (--layer and --hook are
 // checked by lm/hook_points.h hook_choice and resolve_hook_site, also the same in every program.)
 void check_tokenizer_fits_model(const BpeTokenizer& tokenizer, const DecoderConfig& model);
+// A second model (--model-b, folder dir_b) reads text as the first does: `tokenizer`'s ids fit its
+// vocabulary, and its own tokenizer, when its folder has one, has the same vocabulary size and gives
+// the same ids for a probe text (DataError naming dir_b otherwise).
+void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b);
 
 // One activation a text batch holds: a hook site of the model (0) or of the second model (1: --model-b,
 // the same tokens through another model of the same tokenizer, for model diffing).
@@ -72,11 +76,16 @@ class TextBatcher : public BatchSource {
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
   void restore(const Json& state) override;
+  // Token mode only: replica `part` runs the model on every parts-th piece of each chunk (zeros
+  // elsewhere) and sum_over_parts completes the chunk, so each replica computes its share of the
+  // activations and the batches equal one process's.
+  void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
 
  private:
   // The next piece of text to train on: a story, or a piece of a long one. Its activations [T, D]
-  // go to `out` (host); returns T. Starts a new epoch at the end of the corpus.
-  int64_t next_piece(std::vector<float>& out);
+  // go to `out` (host; zeros without running the model when !compute); returns T. Starts a new
+  // epoch at the end of the corpus.
+  int64_t next_piece(std::vector<float>& out, bool compute = true);
   void fill_chunk();
   // The origin of row r of the piece next_piece served last: its story and position, or (-1, -1)
   // for a BOS row.
@@ -109,6 +118,8 @@ class TextBatcher : public BatchSource {
   // Token mode: the chunk being served, from its first piece's position.
   PiecePosition chunk_start_;
   int64_t chunk_index_ = -1, cursor_ = 0;
+  int64_t part_ = 0, parts_ = 1, part_begin_ = 0, part_end_ = 0;  // a replica's rows of each batch
+  SumOverParts sum_over_parts_;
   std::vector<float> chunk_;  // [chunk tokens, D]
   std::optional<RandomPermutation> order_;  // the chunk's serving order
   std::vector<float> piece_;  // scratch [T, D]

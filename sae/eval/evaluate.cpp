@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <optional>
 
 #include "lm/text_data.h"
 #include "lm/text_windows.h"
@@ -69,28 +70,120 @@ Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, co
   return p;
 }
 
-}  // namespace
+// A window's clean run: its summed CE and what the hooked runs' KL is measured against (on the host
+// the fused scores of next_token.h, on a device the log-probabilities). `hooks` only read.
+struct CleanRun {
+  double ce = 0;
+  CleanScores host;
+  Tensor log_p;
+};
 
-EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
-                        const EvalOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+CleanRun clean_run(DecoderModel& model, const std::vector<int32_t>& ids, const SiteHooks& hooks) {
+  CleanRun c;
+  if (model.device() == Device::CPU) {
+    c.host = score_clean_run(model.logits_with(ids, hooks), ids);
+    c.ce = c.host.ce;
+  } else {
+    c.log_p = log_softmax_rows(model.logits_with(ids, hooks));
+    c.ce = total(next_token_losses(c.log_p, ids));
+  }
+  return c;
+}
+
+// A hooked run's summed CE and KL against the clean run (`logits`: reused between the runs on the host).
+RunScoreSums hooked_run(DecoderModel& model, const std::vector<int32_t>& ids, const SiteHooks& hooks,
+                        const CleanRun& clean, Tensor& logits) {
+  if (model.device() == Device::CPU) {
+    model.logits_into(logits, ids, hooks);
+    return score_run(logits, ids, clean.host);
+  }
+  const Tensor log_q = log_softmax_rows(model.logits_with(ids, hooks));
+  return RunScoreSums{total(next_token_losses(log_q, ids)), total(kl_per_position(clean.log_p, log_q))};
+}
+
+// The summed CE and KL of one model's runs over the windows.
+struct RunSums {
+  double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
+
+  // One window: its clean run and the spliced, zero- and mean-ablated runs.
+  void add(DecoderModel& model, const std::vector<int32_t>& ids, const CleanRun& clean, const SiteHooks& splice,
+           const SiteHooks& zero, const SiteHooks& mean, Tensor& logits) {
+    ce_clean += clean.ce;
+    RunScoreSums run = hooked_run(model, ids, splice, clean, logits);
+    ce_spliced += run.ce, kl_spliced += run.kl;
+    run = hooked_run(model, ids, zero, clean, logits);
+    ce_zero += run.ce, kl_zero += run.kl;
+    run = hooked_run(model, ids, mean, clean, logits);
+    ce_mean += run.ce, kl_mean += run.kl;
+  }
+};
+
+// The means and scores of the sums. DataError (naming `who` and the corpus) when a sum or the
+// reconstruction error is not finite.
+SpliceScores splice_scores(const RunSums& s, double squared_error, double predictions, double tokens,
+                           const std::string& who, const std::string& text) {
+  for (const auto& [name, value] : {std::pair<const char*, double>{"the reconstruction error", squared_error},
+                                    {"the clean next-token loss", s.ce_clean},
+                                    {"the next-token loss with the SAE", s.ce_spliced},
+                                    {"the KL divergence with the SAE", s.kl_spliced},
+                                    {"the zero-ablated loss", s.ce_zero + s.kl_zero},
+                                    {"the mean-ablated loss", s.ce_mean + s.kl_mean}})
+    if (!std::isfinite(value))
+      throw DataError(cat(who, ": ", name, " over ", text, " is not finite (", value, "); no score can be computed"));
+  SpliceScores r;
+  r.clean = {s.ce_clean / predictions, 0.0};
+  r.spliced = {s.ce_spliced / predictions, s.kl_spliced / tokens};
+  r.zero_ablated = {s.ce_zero / predictions, s.kl_zero / tokens};
+  r.mean_ablated = {s.ce_mean / predictions, s.kl_mean / tokens};
+  r.ce_score = ratio_or_nan(r.zero_ablated.ce - r.spliced.ce, r.zero_ablated.ce - r.clean.ce);
+  r.kl_score = ratio_or_nan(r.zero_ablated.kl - r.spliced.kl, r.zero_ablated.kl);
+  r.ce_score_mean = ratio_or_nan(r.mean_ablated.ce - r.spliced.ce, r.mean_ablated.ce - r.clean.ce);
+  r.kl_score_mean = ratio_or_nan(r.mean_ablated.kl - r.spliced.kl, r.mean_ablated.kl);
+  return r;
+}
+
+// L0, densities, dead and dense features from the per-feature firing counts.
+template <typename Result>
+void feature_statistics(Result& r, double active, const std::vector<double>& fired, double threshold) {
+  const double tokens = static_cast<double>(r.tokens);
+  r.l0 = active / tokens;
+  r.density.resize(fired.size());
+  for (size_t i = 0; i < fired.size(); ++i) {
+    r.density[i] = fired[i] / tokens;
+    r.dead += fired[i] == 0;
+    r.dense += r.density[i] > threshold;
+  }
+}
+
+// Checks shared by the evaluations; the windows of the corpus, the model reserved for the longest.
+Pieces prepare(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const EvalOptions& options) {
   const DecoderConfig& config = model.config();
   check_tokenizer_fits_model(tokenizer, config);
   if (!(options.dense_threshold >= 0 && options.dense_threshold <= 1))
     throw UsageError(cat("--dense-threshold must be in [0, 1], got ", options.dense_threshold));
   if (sae.params.device() != model.device())
     throw UsageError("evaluate_sae: the SAE and the model must be on one device");
-  const HookSite site = sae.site;
-  const int64_t d = config.hook_width(site), features = sae.params.d_sae();
   if (options.context_size > config.max_positions)
     throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", config.max_positions,
                          " positions"));
   const WindowOptions windows{options.bos, options.context_size > 0 ? options.context_size : config.max_positions};
   check_window_options(windows);
-  const Pieces pieces = read_pieces(tokenizer, options, windows);
+  Pieces pieces = read_pieces(tokenizer, options, windows);
   int64_t longest = 0;
   for (const TokenWindow& w : pieces.windows) longest = std::max<int64_t>(longest, static_cast<int64_t>(w.input.size()));
   model.reserve(longest);
+  return pieces;
+}
+
+}  // namespace
+
+EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
+                        const EvalOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  if (sae.crosscoder()) throw UsageError(cat(sae.dir, ": a crosscoder is evaluated by evaluate_crosscoder"));
+  const Pieces pieces = prepare(model, tokenizer, sae, options);
+  const HookSite site = sae.site;
+  const int64_t d = model.config().hook_width(site), features = sae.params.d_sae();
 
   EvalResult r;
   r.stories = pieces.stories;
@@ -119,7 +212,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   const Tensor mean = Tensor::from_vector(r.mean_activation, Shape{d}, DType::F32, model.device());
 
   // Pass 2: the four runs of every piece, and the SAE's statistics inside the spliced run.
-  double ce_clean = 0, ce_spliced = 0, ce_zero = 0, ce_mean = 0, kl_spliced = 0, kl_zero = 0, kl_mean = 0;
+  RunSums sums;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
   // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
@@ -155,67 +248,264 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   for (const TokenWindow& w : pieces.windows) {
     const std::vector<int32_t>& ids = w.input;
     skip = w.bos ? 1 : 0;
-    if (model.device() == Device::CPU) {
-      // Fused (next_token.h): one pass per row for each run's normaliser, the clean run's
-      // probabilities kept for the KLs.
-      const CleanScores clean = score_clean_run(model.logits_with(ids, {}), ids);
-      ce_clean += clean.ce;
-      model.logits_into(run_logits, ids, splice);
-      RunScoreSums run = score_run(run_logits, ids, clean);
-      ce_spliced += run.ce, kl_spliced += run.kl;
-      model.logits_into(run_logits, ids, zero);
-      run = score_run(run_logits, ids, clean);
-      ce_zero += run.ce, kl_zero += run.kl;
-      model.logits_into(run_logits, ids, mean_ablate);
-      run = score_run(run_logits, ids, clean);
-      ce_mean += run.ce, kl_mean += run.kl;
-    } else {
-      const Tensor log_p = log_softmax_rows(model.logits_with(ids, {}));
-      ce_clean += total(next_token_losses(log_p, ids));
-      const Tensor log_spliced = log_softmax_rows(model.logits_with(ids, splice));
-      ce_spliced += total(next_token_losses(log_spliced, ids));
-      kl_spliced += total(kl_per_position(log_p, log_spliced));
-      const Tensor log_zero = log_softmax_rows(model.logits_with(ids, zero));
-      ce_zero += total(next_token_losses(log_zero, ids));
-      kl_zero += total(kl_per_position(log_p, log_zero));
-      const Tensor log_mean = log_softmax_rows(model.logits_with(ids, mean_ablate));
-      ce_mean += total(next_token_losses(log_mean, ids));
-      kl_mean += total(kl_per_position(log_p, log_mean));
-    }
+    sums.add(model, ids, clean_run(model, ids, {}), splice, zero, mean_ablate, run_logits);
     tokens_done += static_cast<int64_t>(ids.size());
     ++done;
     progress.update_position(done, tokens_done, cat("piece ", done - r.pieces, "/", r.pieces));
   }
   progress.finish();
 
-  for (const auto& [name, value] : {std::pair<const char*, double>{"the reconstruction error", squared_error},
-                                    {"the clean next-token loss", ce_clean},
-                                    {"the next-token loss with the SAE", ce_spliced},
-                                    {"the KL divergence with the SAE", kl_spliced},
-                                    {"the zero-ablated loss", ce_zero + kl_zero},
-                                    {"the mean-ablated loss", ce_mean + kl_mean}})
-    if (!std::isfinite(value))
-      throw DataError(cat(sae.dir, ": ", name, " over ", options.text, " is not finite (", value,
-                          "); no score can be computed"));
-  const double predictions = static_cast<double>(r.predictions), tokens = static_cast<double>(r.tokens);
-  r.clean = {ce_clean / predictions, 0.0};
-  r.spliced = {ce_spliced / predictions, kl_spliced / tokens};
-  r.zero_ablated = {ce_zero / predictions, kl_zero / tokens};
-  r.mean_ablated = {ce_mean / predictions, kl_mean / tokens};
-  r.ce_score = ratio_or_nan(r.zero_ablated.ce - r.spliced.ce, r.zero_ablated.ce - r.clean.ce);
-  r.kl_score = ratio_or_nan(r.zero_ablated.kl - r.spliced.kl, r.zero_ablated.kl);
-  r.ce_score_mean = ratio_or_nan(r.mean_ablated.ce - r.spliced.ce, r.mean_ablated.ce - r.clean.ce);
-  r.kl_score_mean = ratio_or_nan(r.mean_ablated.kl - r.spliced.kl, r.mean_ablated.kl);
+  const SpliceScores scores = splice_scores(sums, squared_error, static_cast<double>(r.predictions),
+                                           static_cast<double>(r.tokens), sae.dir, options.text);
+  r.clean = scores.clean;
+  r.spliced = scores.spliced;
+  r.zero_ablated = scores.zero_ablated;
+  r.mean_ablated = scores.mean_ablated;
+  r.ce_score = scores.ce_score;
+  r.kl_score = scores.kl_score;
+  r.ce_score_mean = scores.ce_score_mean;
+  r.kl_score_mean = scores.kl_score_mean;
   r.fvu = ratio_or_nan(squared_error, variance);
-  r.l0 = active / tokens;
-  r.density.resize(features);
-  for (int64_t i = 0; i < features; ++i) {
-    r.density[i] = fired[i] / tokens;
-    r.dead += fired[i] == 0;
-    r.dense += r.density[i] > options.dense_threshold;
-  }
+  feature_statistics(r, active, fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
+}
+
+CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* model_b, const BpeTokenizer& tokenizer,
+                                         const SaeAtLayer& crosscoder, const EvalOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const SaeAtLayer& cc = crosscoder;
+  if (!cc.crosscoder()) throw UsageError(cat(cc.dir, ": not a crosscoder (sae_eval evaluates it with evaluate_sae)"));
+  if (cc.reads_model_b() && !model_b)
+    throw UsageError(cat(cc.dir, " is a crosscoder over two models: give --model-b"));
+  if (!cc.reads_model_b() && model_b) throw UsageError(cat("--model-b: ", cc.dir, " reads hooks of one model only"));
+  const Pieces pieces = prepare(model, tokenizer, cc, options);
+  std::vector<DecoderModel*> models{&model};
+  if (model_b) {
+    check_tokenizer_fits_model(tokenizer, model_b->config());
+    if (model_b->device() != model.device()) throw UsageError("evaluate_crosscoder: the two models must be on one device");
+    for (const TokenWindow& w : pieces.windows)
+      if (static_cast<int64_t>(w.input.size()) > model_b->config().max_positions)
+        throw UsageError(cat("--model-b has ", model_b->config().max_positions, " positions, fewer than a window's ",
+                             w.input.size(), " (give --context-size)"));
+    int64_t longest = 0;
+    for (const TokenWindow& w : pieces.windows) longest = std::max<int64_t>(longest, static_cast<int64_t>(w.input.size()));
+    model_b->reserve(longest);
+    models.push_back(model_b);
+  }
+  const int64_t sources = static_cast<int64_t>(cc.sources.size()), d = cc.params.d_in() / sources;
+  const int64_t features = cc.params.d_sae();
+
+  CrosscoderEvalResult r;
+  r.stories = pieces.stories;
+  r.pieces = static_cast<int64_t>(pieces.windows.size());
+  r.tokens = pieces.tokens;
+  r.predictions = pieces.predictions;
+  r.dense_threshold = options.dense_threshold;
+  Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval");
+  int64_t skip = 0;  // the BOS row of a window, left as the model computed it
+  const auto document_rows = [&](const Tensor& x) { return x.slice_rows(skip, x.size(0)); };
+
+  // Pass 1: each source's mean over every token (the mean-ablation vectors), one run of each model
+  // up to its last source.
+  std::vector<std::vector<double>> mean_sum(sources, std::vector<double>(d, 0.0));
+  int64_t done = 0, tokens_done = 0;
+  for (const TokenWindow& w : pieces.windows) {
+    skip = w.bos ? 1 : 0;
+    for (size_t m = 0; m < models.size(); ++m) {
+      SiteHooks read;
+      std::optional<HookSite> last;
+      for (int64_t k = 0; k < sources; ++k) {
+        if (cc.sources[k].model != static_cast<int>(m)) continue;
+        const HookSite site = cc.sources[k].site;
+        if (!last || reached_before(*last, site)) last = site;
+        read.at.emplace_back(site, [&, k](Tensor& state) {
+          const std::vector<double> column_sums = sum(document_rows(state), 0).to_vector();
+          for (int64_t j = 0; j < d; ++j) mean_sum[k][j] += column_sums[j];
+        });
+      }
+      if (last) models[m]->forward_to_site(w.input, *last, read);
+    }
+    tokens_done += static_cast<int64_t>(w.input.size());
+    ++done;
+    progress.update_position(done, tokens_done, cat("mean pass, piece ", done, "/", r.pieces));
+  }
+  std::vector<Tensor> means;
+  r.mean_activation.assign(sources, std::vector<double>(d));
+  for (int64_t k = 0; k < sources; ++k) {
+    for (int64_t j = 0; j < d; ++j) r.mean_activation[k][j] = mean_sum[k][j] / static_cast<double>(r.tokens);
+    means.push_back(Tensor::from_vector(r.mean_activation[k], Shape{d}, DType::F32, model.device()));
+  }
+
+  // Pass 2, each window: the clean run of each model reads every source; one encoding of them all;
+  // each model's runs with its hooks spliced, zero- and mean-ablated.
+  std::vector<RunSums> sums(models.size());
+  std::vector<double> squared_error(sources, 0.0), variance(sources, 0.0), fired(features, 0.0);
+  double active = 0;
+  std::vector<Tensor> x(sources), x_hat;
+  std::vector<SiteHooks> read(models.size()), splice(models.size()), zero(models.size()), mean_ablate(models.size());
+  for (int64_t k = 0; k < sources; ++k) {
+    const int m = cc.sources[k].model;
+    const HookSite site = cc.sources[k].site;
+    read[m].at.emplace_back(site, [&, k](Tensor& state) { x[k] = document_rows(state).clone(); });
+    splice[m].at.emplace_back(site, [&, k](Tensor& state) {
+      Tensor rows = document_rows(state);
+      copy_(rows, x_hat[k]);
+    });
+    zero[m].at.emplace_back(site, [&](Tensor& state) {
+      Tensor rows = document_rows(state);
+      fill_(rows, 0.0);
+    });
+    mean_ablate[m].at.emplace_back(site, [&, k](Tensor& state) {
+      Tensor rows = document_rows(state);
+      fill_(rows, 0.0);
+      add_(rows, means[k]);
+    });
+  }
+  Tensor run_logits;  // [T, V], reused by the hooked runs
+  for (const TokenWindow& w : pieces.windows) {
+    const std::vector<int32_t>& ids = w.input;
+    skip = w.bos ? 1 : 0;
+    std::vector<CleanRun> clean;
+    for (size_t m = 0; m < models.size(); ++m) clean.push_back(clean_run(*models[m], ids, read[m]));
+    Tensor f;
+    x_hat = reconstruct_sources(cc, x, &f);
+    for (int64_t k = 0; k < sources; ++k) {
+      if (!all_finite(x_hat[k]))  // never a silent NaN in the scores
+        throw DataError(cat(cc.dir, ": the crosscoder's reconstruction of ", cc.sources[k].read,
+                            " is not finite on piece ", done - r.pieces + 1, " of ", options.text,
+                            " (its weights overflow float32)"));
+      squared_error[k] += squared_norm(sub(x[k], x_hat[k]));
+      variance[k] += squared_norm(sub(x[k], means[k]));
+    }
+    active += reduce(ReduceOp::count_nonzero, f).item();
+    const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
+    for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
+    for (size_t m = 0; m < models.size(); ++m)
+      sums[m].add(*models[m], ids, clean[m], splice[m], zero[m], mean_ablate[m], run_logits);
+    tokens_done += static_cast<int64_t>(ids.size());
+    ++done;
+    progress.update_position(done, tokens_done, cat("piece ", done - r.pieces, "/", r.pieces));
+  }
+  progress.finish();
+
+  const double all_error = total(squared_error);
+  for (size_t m = 0; m < models.size(); ++m)
+    r.models.push_back(splice_scores(sums[m], all_error, static_cast<double>(r.predictions),
+                                     static_cast<double>(r.tokens), cat(cc.dir, m == 1 ? " (--model-b)" : ""),
+                                     options.text));
+  for (int64_t k = 0; k < sources; ++k) r.fvu.push_back(ratio_or_nan(squared_error[k], variance[k]));
+  r.fvu_all = ratio_or_nan(all_error, total(variance));
+  feature_statistics(r, active, fired, options.dense_threshold);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+namespace {
+
+Json scores_json(const SpliceScores& s) {
+  Json j = Json::object();
+  Json ce = Json::object();
+  ce["clean"] = number_or_null(s.clean.ce);
+  ce["sae"] = number_or_null(s.spliced.ce);
+  ce["zero_ablation"] = number_or_null(s.zero_ablated.ce);
+  ce["mean_ablation"] = number_or_null(s.mean_ablated.ce);
+  j["ce_loss"] = ce;
+  Json kl = Json::object();
+  kl["sae"] = number_or_null(s.spliced.kl);
+  kl["zero_ablation"] = number_or_null(s.zero_ablated.kl);
+  kl["mean_ablation"] = number_or_null(s.mean_ablated.kl);
+  j["kl_div"] = kl;
+  j["ce_loss_score"] = number_or_null(s.ce_score);
+  j["kl_div_score"] = number_or_null(s.kl_score);
+  j["ce_loss_score_mean_ablation"] = number_or_null(s.ce_score_mean);
+  j["kl_div_score_mean_ablation"] = number_or_null(s.kl_score_mean);
+  return j;
+}
+
+std::string format_or_na(double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); }
+
+}  // namespace
+
+Json crosscoder_eval_json(const CrosscoderEvalResult& r, const SaeAtLayer& cc, const std::string& model_dir,
+                          const std::string& model_b_dir, const EvalOptions& options) {
+  Json j = Json::object();
+  j["format"] = "sae-cpp-eval";
+  j["version"] = 1;
+  j["model"] = model_dir;
+  if (cc.reads_model_b()) j["model_b"] = model_b_dir;
+  j["sae"] = cc.dir;
+  j["text"] = options.text;
+  j["max_stories"] = options.max_stories;
+  j["prepend_bos"] = options.bos >= 0;
+  j["context_size"] = options.context_size;
+  j["crosscoder"] = true;
+  j["architecture"] = cc.params.kind;
+  j["d_in"] = cc.params.d_in();
+  j["d_sae"] = cc.params.d_sae();
+  j["normalization"] = normalization_name(cc.normalization);
+  Json sources = Json::array();
+  for (size_t k = 0; k < cc.sources.size(); ++k) {
+    Json s = Json::object();
+    s["read"] = cc.sources[k].read;
+    s["model"] = cc.sources[k].model == 1 ? "model_b" : "model";
+    s["hook_name"] = hook_name(cc.sources[k].site);
+    s["dataset_scale"] = cc.sources[k].scale;
+    s["fvu"] = number_or_null(r.fvu[k]);
+    Json mean = Json::array();
+    for (double v : r.mean_activation[k]) mean.push_back(v);
+    s["mean_activation"] = mean;
+    sources.push_back(s);
+  }
+  j["sources"] = sources;
+  j["stories"] = r.stories;
+  j["pieces"] = r.pieces;
+  j["tokens"] = r.tokens;
+  j["predicted_tokens"] = r.predictions;
+  // The model's scores at the top level as for an SAE; the second model's under "model_b_scores".
+  const Json scores = scores_json(r.models.at(0));
+  for (const auto& [key, value] : scores.items()) j[key] = value;
+  if (r.models.size() > 1) j["model_b_scores"] = scores_json(r.models[1]);
+  j["fvu"] = number_or_null(r.fvu_all);
+  j["explained_variance"] = number_or_null(1.0 - r.fvu_all);
+  j["l0"] = number_or_null(r.l0);
+  j["dead_features"] = r.dead;
+  j["dense_features"] = r.dense;
+  j["dense_threshold"] = r.dense_threshold;
+  Json density = Json::array();
+  for (double v : r.density) density.push_back(v);
+  j["feature_density"] = density;
+  j["seconds"] = r.seconds;
+  return j;
+}
+
+std::string crosscoder_eval_report(const CrosscoderEvalResult& r, const SaeAtLayer& cc) {
+  std::string reads;
+  for (const CrosscoderSource& s : cc.sources) reads += cat(reads.empty() ? "" : ", ", s.read);
+  std::string out = cat("sae_eval: ", cc.dir, " (a ", cc.params.kind, " crosscoder, d_sae ", cc.params.d_sae(), ", ",
+                        cc.sources.size(), " sources: ", reads, ") spliced at each of its hooks (reconstructions from "
+                        "the clean run), inputs normalised: ", normalization_name(cc.normalization), "\n");
+  out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
+             " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");
+  for (size_t m = 0; m < r.models.size(); ++m) {
+    const SpliceScores& s = r.models[m];
+    if (r.models.size() > 1) out += m == 0 ? "--model, with its sources spliced:\n" : "--model-b, with its sources spliced:\n";
+    Table table;
+    table.header = {"run", "CE loss", "KL vs clean"};
+    table.rows = {{"clean", format_or_na(s.clean.ce), "0"},
+                  {"crosscoder spliced", format_or_na(s.spliced.ce), format_or_na(s.spliced.kl)},
+                  {"zero ablation", format_or_na(s.zero_ablated.ce), format_or_na(s.zero_ablated.kl)},
+                  {"mean ablation", format_or_na(s.mean_ablated.ce), format_or_na(s.mean_ablated.kl)}};
+    out += markdown(table) + "\n";
+    out += cat("CE loss score ", format_or_na(s.ce_score), " (vs zero ablation), ", format_or_na(s.ce_score_mean),
+               " (vs mean ablation); KL score ", format_or_na(s.kl_score), " (vs zero), ", format_or_na(s.kl_score_mean),
+               " (vs mean)\n\n");
+  }
+  for (size_t k = 0; k < cc.sources.size(); ++k) out += cat("FVU of ", cc.sources[k].read, " ", format_or_na(r.fvu[k]), "\n");
+  out += cat("FVU ", format_or_na(r.fvu_all), " (all sources) | L0 ", format_or_na(r.l0), " | dead features ", r.dead,
+             " of ", r.density.size(), " | dense features (density > ", format_number(r.dense_threshold), ") ", r.dense,
+             "\n");
+  return out;
 }
 
 Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& model_dir, const EvalOptions& options) {
@@ -302,6 +592,16 @@ std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
 }
 
 Figure density_histogram(const EvalResult& r, const std::string& sae_name) {
+  return density_histogram(r.density, r.tokens, r.dead, r.dense_threshold, sae_name);
+}
+
+Figure density_histogram(const std::vector<double>& density, int64_t tokens, int64_t dead, double dense_threshold,
+                         const std::string& sae_name) {
+  struct {
+    const std::vector<double>& density;
+    int64_t tokens, dead;
+    double dense_threshold;
+  } r{density, tokens, dead, dense_threshold};
   constexpr double kBin = 0.25;  // decades
   std::vector<double> logs;
   for (double v : r.density)

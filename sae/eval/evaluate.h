@@ -17,7 +17,15 @@
 // ablation replace the document's rows only: a BOS row is left as the model computed it, and the
 // statistics (FVU, L0, densities, the mean, KL) are over the document's tokens; CE counts every
 // prediction of the window, the one from the BOS too.
-// Letters: T tokens, D width at the hook point, F features, V vocabulary.
+// A crosscoder (evaluate_crosscoder; docs/contract.md §6, docs/architectures.md §2.13) is spliced in
+// at each of its hooks. Acausal, it needs every source before it encodes, so each window is run in
+// two passes: a clean pass of each model (its logits are the clean run's) reads all the sources, the
+// concatenated sources are encoded once and each source's reconstruction decoded; then each model is
+// run again with EACH of its hooks replaced by its reconstruction (computed from the clean
+// activations, not from the spliced run's own), and with each of its hooks zero- and mean-ablated.
+// The scores are per model (model diffing: the model with its sources, the second model with its);
+// FVU per source and over all; L0 and densities of the one encoding.
+// Letters: T tokens, D width at the hook point, F features, V vocabulary, S sources, d a source's width.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -61,11 +69,43 @@ struct EvalResult {
   double seconds = 0;
 };
 
+// One model's runs and their scores: against zero ablation (SAELens's) and against mean ablation;
+// NaN when the denominator is 0.
+struct SpliceScores {
+  RunScores clean, spliced, zero_ablated, mean_ablated;
+  double ce_score = 0, kl_score = 0, ce_score_mean = 0, kl_score_mean = 0;
+};
+
+struct CrosscoderEvalResult {
+  int64_t stories = 0, pieces = 0, tokens = 0, predictions = 0;
+  std::vector<SpliceScores> models;                   // the model, then the second model when it has sources
+  std::vector<double> fvu;                            // [S]: sum ||x_s - x_hat_s||^2 / sum ||x_s - mean_s||^2
+  double fvu_all = 0;                                 // the same sums over all sources
+  double l0 = 0;
+  std::vector<double> density;                        // [F]
+  int64_t dead = 0, dense = 0;
+  double dense_threshold = 0.1;
+  std::vector<std::vector<double>> mean_activation;   // [S][d]: each source's mean-ablation vector
+  double seconds = 0;
+};
+
 // Runs the evaluation. The tokenizer's ids must fit the model's vocabulary. DataError for an empty
 // corpus (no story with a token), a corpus without a single next-token prediction (every piece one
 // token long), or anything the reader, the tokenizer or the model refuses.
 EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                         const EvalOptions& options);
+
+// The crosscoder's evaluation (see the top). `model_b` is the second model, required when a source
+// reads it (UsageError otherwise, as for a second model given to a crosscoder of one model); its
+// vocabulary must hold the tokenizer's ids. DataError as evaluate_sae.
+CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* model_b, const BpeTokenizer& tokenizer,
+                                         const SaeAtLayer& crosscoder, const EvalOptions& options);
+// Its eval.json (docs/contract.md §6) and printed report.
+Json crosscoder_eval_json(const CrosscoderEvalResult& result, const SaeAtLayer& crosscoder, const std::string& model_dir,
+                          const std::string& model_b_dir, const EvalOptions& options);
+std::string crosscoder_eval_report(const CrosscoderEvalResult& result, const SaeAtLayer& crosscoder);
+Figure density_histogram(const std::vector<double>& density, int64_t tokens, int64_t dead, double dense_threshold,
+                         const std::string& sae_name);
 
 // eval.json: the result with what was evaluated (docs/contract.md §6 lists the keys). NaN -> null.
 Json eval_json(const EvalResult& result, const SaeAtLayer& sae, const std::string& model_dir, const EvalOptions& options);

@@ -7,6 +7,7 @@
 
 #include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
+#include "sae/train/dictionary_reads.h"
 #include "tensor/ops.h"
 
 namespace sae {
@@ -49,10 +50,81 @@ void require_key(const Json& cfg, const std::string& key, const std::string& all
   throw DataError(cat(where, ": ", key, " ", cfg.at(key).dump(), " is not supported (", why, ")"));
 }
 
+// cfg.json metadata.prepend_bos and context_size, when said.
+void read_window_metadata(SaeAtLayer& s) {
+  if (!s.cfg.has("metadata") || !s.cfg.at("metadata").is_object()) return;
+  const Json& m = s.cfg.at("metadata");
+  if (m.has("prepend_bos") && m.at("prepend_bos").is_bool()) s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
+  if (m.has("context_size") && m.at("context_size").is_number() && m.at("context_size").as_number() >= 1)
+    s.context_size = m.at("context_size").as_int();
+}
+
+// A crosscoder's sources from metadata.crosscoder_hooks, resolved against their models, with their
+// dataset scales (see load_sae_at_layer).
+void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConfig* model_b, const std::string& where) {
+  const int64_t count = s.params.sources, width = s.params.d_in() / count;
+  const Json* meta = s.cfg.has("metadata") && s.cfg.at("metadata").is_object() ? &s.cfg.at("metadata") : nullptr;
+  if (!meta || !meta->has("crosscoder_hooks") || !meta->at("crosscoder_hooks").is_array())
+    throw DataError(cat(where, ": a crosscoder without metadata.crosscoder_hooks: it does not say which hooks it reads "
+                               "(a crosscoder trained on activation files is evaluated with sae_apply)"));
+  const std::vector<Json>& hooks = meta->at("crosscoder_hooks").elements();
+  if (static_cast<int64_t>(hooks.size()) != count)
+    throw DataError(cat(where, ": metadata.crosscoder_hooks names ", hooks.size(), " hooks for ", count, " sources"));
+  InputNormalization normalization;
+  try {
+    normalization = trained_normalization(s.cfg, where);
+  } catch (const Error& e) {
+    throw DataError(e.what());
+  }
+  if (normalization.kind == Normalization::Story)
+    throw DataError(cat(where, ": a crosscoder normalised per story cannot be spliced (each source is scaled on its own)"));
+  if (normalization.kind == Normalization::Dataset && static_cast<int64_t>(normalization.scales.per_block.size()) != count)
+    throw DataError(cat(where, ": sae_cpp.dataset_scale holds ", normalization.scales.per_block.size(), " scales for ",
+                        count, " sources"));
+  s.normalization = normalization.kind;
+  s.dataset_scale = s.output_scale = normalization.scales.first();
+  for (int64_t k = 0; k < count; ++k) {
+    if (!hooks[k].is_string()) throw DataError(cat(where, ": metadata.crosscoder_hooks[", k, "] is not a string"));
+    CrosscoderSource source;
+    source.read = hooks[k].as_string();
+    if (normalization.kind == Normalization::Dataset) source.scale = normalization.scales.per_block[k];
+    TextReadName read;
+    try {
+      read = parse_text_read(source.read);
+    } catch (const Error& e) {
+      throw DataError(cat(where, ": metadata.crosscoder_hooks: ", e.what()));
+    }
+    source.model = read.model;
+    if (read.model == 1 && !model_b)
+      throw UsageError(cat(s.dir, " is a crosscoder over two models (it reads ", source.read, "): give --model-b"));
+    const DecoderConfig& owner = read.model == 1 ? *model_b : model;
+    try {
+      source.site = resolve_hook_site(owner, read.site, "cfg.json crosscoder_hooks");
+    } catch (const UsageError& e) {
+      throw DataError(cat(s.dir, ": ", e.what()));
+    }
+    if (owner.hook_width(source.site) != width)
+      throw DataError(cat(s.dir, ": the crosscoder's sources are ", width, " wide (d_in ", s.params.d_in(), " / ", count,
+                          ") but ", source.read, " of ", owner.source, " is ", owner.hook_width(source.site), " wide"));
+    for (const CrosscoderSource& other : s.sources)
+      if (other.model == source.model && other.site == source.site)
+        throw DataError(cat(where, ": metadata.crosscoder_hooks reads ", source.read, " twice"));
+    s.sources.push_back(source);
+  }
+  if (s.sources[0].model != 0)
+    throw DataError(cat(where, ": metadata.crosscoder_hooks must start with a hook of the model (a crosscoder over two "
+                               "models reads the same hooks of both)"));
+  if (model_b && !s.reads_model_b())
+    throw UsageError(cat("--model-b: ", s.dir, " reads hooks of one model only"));
+  s.site = s.input_site = s.sources[0].site;
+  s.layer_source = "cfg.json metadata.crosscoder_hooks";
+  s.layer = s.sources[0].model == 0 ? static_cast<int>(hidden_states_index(s.site, model.num_layers)) : -1;
+}
+
 }  // namespace
 
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
-                             Device device) {
+                             Device device, const DecoderConfig* model_b) {
   SaeAtLayer s;
   s.dir = dir;
   Checkpoint checkpoint = load_checkpoint(dir, device, /*with_state=*/false);
@@ -60,9 +132,12 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   const bool npz = !checkpoint.npz.empty();
   s.cfg = std::move(checkpoint.cfg);
   const std::string where = dir + "/cfg.json";
-  if (s.params.sources > 1)
-    throw DataError(cat(dir, ": a crosscoder is evaluated on its activation files with sae_apply; splicing into "
-                        "the model takes SAEs and transcoders"));
+  if (s.params.sources > 1 && choice.given())
+    throw UsageError(cat(choice.option, ": a crosscoder reads and replaces the hooks its cfg.json names "
+                         "(metadata.crosscoder_hooks)"));
+  if (s.params.sources == 1 && model_b)
+    throw UsageError(cat("--model-b: ", dir, " is not a crosscoder (a second model is read by a crosscoder over two "
+                         "models only)"));
   if (s.params.transcoder && choice.given())
     throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
                          "(metadata.hook_name, metadata.hook_name_out)"));
@@ -74,6 +149,11 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   require_key(s.cfg, "hook_head_index", "", where, "an SAE of one attention head reads a slice of hook_z; we splice "
                                                    "whole hook points");
 
+  if (s.params.sources > 1) {
+    fit_crosscoder(s, model, model_b, where);
+    read_window_metadata(s);
+    return s;
+  }
   HookSite named;
   bool found = false;
   try {
@@ -136,13 +216,14 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
                         model.source, ") is ", width, " wide (the model's hidden size is ", model.hidden_size, ")"));
   if (s.normalization == Normalization::Dataset && !(s.dataset_scale > 0 && std::isfinite(s.dataset_scale)))
     throw DataError(cat(where, ": sae_cpp.dataset_scale must be a positive number, got ", s.dataset_scale));
-  if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object()) {
-    const Json& m = s.cfg.at("metadata");
-    if (m.has("prepend_bos") && m.at("prepend_bos").is_bool()) s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
-    if (m.has("context_size") && m.at("context_size").is_number() && m.at("context_size").as_number() >= 1)
-      s.context_size = m.at("context_size").as_int();
-  }
+  read_window_metadata(s);
   return s;
+}
+
+bool SaeAtLayer::reads_model_b() const {
+  for (const CrosscoderSource& source : sources)
+    if (source.model == 1) return true;
+  return false;
 }
 
 int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer) {
@@ -151,6 +232,7 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
 }
 
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
+  if (sae.params.sources > 1) throw Error("reconstruct: a crosscoder reconstructs its sources (reconstruct_sources)");
   const int64_t t = x.size(0), d = x.size(1);
   const Tensor raw = x.to(Device::CPU);
   Tensor normalized = Tensor::empty(Shape{t, d});
@@ -169,7 +251,57 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
   return x_hat;
 }
 
+std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x, Tensor* features) {
+  const int64_t count = static_cast<int64_t>(sae.sources.size());
+  if (count < 2 || static_cast<int64_t>(x.size()) != count)
+    throw Error(cat("reconstruct_sources: ", x.size(), " activations for a dictionary of ", count, " sources"));
+  const int64_t t = x[0].size(0), d = sae.params.d_in() / count;
+  std::vector<int64_t> widths;
+  DatasetScales scales(std::vector<double>{});
+  Tensor raw = Tensor::empty(Shape{t, count * d});
+  float* row = raw.data<float>();
+  for (int64_t k = 0; k < count; ++k) {
+    if (x[k].ndim() != 2 || x[k].size(0) != t || x[k].size(1) != d)
+      throw Error(cat("reconstruct_sources: source ", k, " is ", x[k].describe(), ", expected [", t, ", ", d, "]"));
+    const Tensor host = x[k].to(Device::CPU);
+    const float* src = host.data<float>();
+    for (int64_t r = 0; r < t; ++r) std::copy_n(src + r * d, d, row + r * count * d + k * d);
+    widths.push_back(d);
+    scales.per_block.push_back(sae.sources[k].scale);
+  }
+  Tensor normalized = Tensor::empty(Shape{t, count * d});
+  normalize_blocks(raw.data<float>(), normalized.data<float>(), t, widths, sae.normalization, scales,
+                   [](int64_t r) { return r; }, cat(sae.dir, " sources"));
+  const Tensor input = normalized.to(sae.params.device());
+  const Tensor f = sae_encode(sae.params, input);
+  const Tensor x_hat = sae_decode(sae.params, f, &input).to(Device::CPU);
+  std::vector<Tensor> out;
+  for (int64_t k = 0; k < count; ++k) {
+    Tensor block = Tensor::empty(Shape{t, d});
+    const float* src = x_hat.data<float>();
+    float* dst = block.data<float>();
+    const double inverse = sae.normalization == Normalization::Dataset ? 1.0 / sae.sources[k].scale : 1.0;
+    for (int64_t r = 0; r < t; ++r)
+      for (int64_t j = 0; j < d; ++j) dst[r * d + j] = static_cast<float>(src[r * count * d + k * d + j] * inverse);
+    out.push_back(block.to(sae.params.device()));
+  }
+  if (features) *features = f;
+  return out;
+}
+
+bool is_crosscoder_folder(const std::string& dir) {
+  try {
+    const Json cfg = read_json_file(dir + "/cfg.json");
+    return cfg.is_object() && cfg.has("architecture") && cfg.at("architecture") == Json("crosscoder");
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
+  if (sae.crosscoder())
+    throw UsageError(cat(sae.dir, " is a crosscoder: its decoder rows span its sources, and steering at each of its "
+                         "hooks is not done (sae_steer takes SAEs and transcoders)"));
   const int64_t features = sae.params.d_sae();
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,

@@ -3,9 +3,13 @@
 // (lm/hook_points.h: a SAELens hook_name, or a hidden_states index),
 // and the normalisation its run trained it with, so that a reconstruction spliced into the model is
 // brought back to the raw scale of the residual stream. Also the steering direction of a feature.
-// Letters: T tokens, D the model's width (= the SAE's d_in), F the SAE's features.
+// A crosscoder (docs/architectures.md §2.13) is its sources: the hooks it reads side by side, of the
+// model or of a second model (model diffing), each with its dataset scale.
+// Letters: T tokens, D the model's width (= the SAE's d_in), F the SAE's features, S a crosscoder's
+// sources, d the width of one source.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "io/json.h"
 #include "lm/decoder_model.h"
@@ -14,6 +18,15 @@
 #include "sae/params.h"
 
 namespace sae {
+
+// One read of a crosscoder: a hook of the model (0) or of the second model (1), where it is spliced
+// back too.
+struct CrosscoderSource {
+  std::string read;   // as cfg.json metadata.crosscoder_hooks names it ("model_b:" before a second model's)
+  int model = 0;
+  HookSite site;      // resolved against its model
+  double scale = 1.0; // its dataset scale (1 without --normalize dataset)
+};
 
 struct SaeAtLayer {
   std::string dir;
@@ -29,6 +42,9 @@ struct SaeAtLayer {
   double output_scale = 1.0;   // of what it reconstructs: dataset_scale, a transcoder's target's
   int prepend_bos = -1;       // cfg.json metadata.prepend_bos: 1 true, 0 false, -1 not said
   int64_t context_size = 0;   // cfg.json metadata.context_size (0: not said)
+  std::vector<CrosscoderSource> sources;  // a crosscoder's S reads in order (empty for an SAE, a transcoder)
+  bool crosscoder() const { return !sources.empty(); }
+  bool reads_model_b() const;             // a crosscoder with a source of the second model
 };
 
 // The BOS a run with this SAE puts before each window: --prepend-bos on / off as given; auto: what
@@ -46,7 +62,10 @@ std::string no_hook_point_message(const std::string& dir, bool npz);
 
 // Loads DIR (sae/train/checkpoint.h load_checkpoint; a Gemma Scope params.npz too) onto `device` and fits it to the model. A
 // transcoder reads and replaces the hooks its cfg.json names (metadata.hook_name, before
-// metadata.hook_name_out; --hook/--layer refused); a crosscoder is refused. Otherwise the
+// metadata.hook_name_out; --hook/--layer refused). A crosscoder reads and replaces the hooks of
+// metadata.crosscoder_hooks (one per source, each d = d_in / S wide; "model_b:" ones of `model_b`,
+// which must then be given, and is refused otherwise: UsageError; --hook/--layer refused);
+// sae_cpp.normalization story is refused, dataset needs one scale per source. Otherwise the
 // hook point: `choice` when given, else cfg.json's metadata.hook_name (SAELens's, and ours), else a
 // top-level hook_name, else sae_cpp.data.layer (runs from before --hook); none of these is a
 // UsageError asking for --hook or --layer. The normalisation: cfg.json's sae_cpp.normalization and
@@ -55,18 +74,30 @@ std::string no_hook_point_message(const std::string& dir, bool npz);
 // normalize_activations other than "none", reshape_activations other than "none" ("hook_z" for an
 // attn.hook_z SAE), a hook_head_index.
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
-                             Device device);
+                             Device device, const DecoderConfig* model_b = nullptr);
+
+// Whether DIR's cfg.json says it is a crosscoder (architecture "crosscoder"); false when it cannot
+// be read (load_sae_at_layer then says why). For programs that take SAEs and transcoders only.
+bool is_crosscoder_folder(const std::string& dir);
 
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std), encoded (sae_encode), decoded, and
 // brought back to x's scale (a transcoder: its prediction of the target [T, D_out], the skip path
 // included, in the target's scale). `features`, when given, receives f [T, F]. DataError if x holds
-// NaN/Inf.
+// NaN/Inf. Not for a crosscoder (Error): reconstruct_sources.
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features = nullptr);
+
+// A crosscoder's reconstruction of its sources: raw x_s [T, d] for s = 1..S (the same T tokens, on
+// the SAE's device), each scaled by its dataset scale, put side by side, encoded once
+// (f = encode([s_1 x_1 | ... | s_S x_S])), decoded, and each source's block brought back:
+// x_hat_s = x_hat[:, (s-1)d : s d] / s_s. `features` receives f [T, F]. DataError if an x_s holds
+// NaN/Inf; Error for a wrong count or shape.
+std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x, Tensor* features = nullptr);
 
 // W_dec[feature] / ||W_dec[feature]|| [D_out] on the SAE's device: the direction sae_steer adds (at
 // `site`).
-// UsageError for a feature outside 0..F-1, DataError for a zero decoder row.
+// UsageError for a feature outside 0..F-1 and for a crosscoder (its rows span its sources: steering
+// at each of its hooks is not done), DataError for a zero decoder row.
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature);
 
 }  // namespace sae

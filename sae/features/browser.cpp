@@ -13,6 +13,7 @@
 #include "lm/tokenizer.h"
 #include "sae/data/synthetic.h"
 #include "sae/features/token_text.h"
+#include "sae/features/top_stories.h"
 #include "sae/step/feature_stats_math.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/metrics.h"
@@ -159,21 +160,7 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
 
   // A crosscoder: each feature's decoder norm per source (W_dec[i, s d:(s+1) d]), for model diffing.
   const int64_t sources = sae.params.sources;
-  std::vector<double> source_norms;
-  if (sources > 1) {
-    const Tensor w = sae.params.W_dec.to(Device::CPU);
-    const int64_t width = w.size(1) / sources;
-    source_norms.assign(static_cast<size_t>(features * sources), 0.0);
-    for (int64_t i = 0; i < features; ++i)
-      for (int64_t src = 0; src < sources; ++src) {
-        double sq = 0;
-        for (int64_t j = 0; j < width; ++j) {
-          const double v = w.data<float>()[i * w.size(1) + src * width + j];
-          sq += v * v;
-        }
-        source_norms[static_cast<size_t>(i * sources + src)] = std::sqrt(sq);
-      }
-  }
+  const std::vector<double> source_norms = source_decoder_norms(sae.params);
 
   // Features, and the tokens they mention.
   std::set<int32_t> used;

@@ -14,22 +14,45 @@ namespace sae {
 
 namespace {
 
-// raw [T, D] host -> the SAE's input on `device`.
-Tensor normalised_input(const std::vector<float>& raw, int64_t t, int64_t d, const InputNormalization& normalization,
-                        const std::string& where, Device device) {
+// The scales of `blocks` column blocks: one per block from the trained normalisation (one block: its
+// first, the input's, as a transcoder reads only its input here). DataError when a dataset
+// normalisation has fewer scales than blocks.
+DatasetScales block_scales(const InputNormalization& normalization, size_t blocks) {
+  const std::vector<double>& all = normalization.scales.per_block;
+  if (blocks == 1) return DatasetScales(normalization.input_scale());
+  if (all.size() < blocks) {
+    if (normalization.kind == Normalization::Dataset)
+      throw DataError(cat("the SAE was trained with ", all.size(), " dataset scales, the data has ", blocks,
+                          " column blocks"));
+    return DatasetScales(std::vector<double>(blocks, 1.0));
+  }
+  return DatasetScales(std::vector<double>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(blocks)));
+}
+
+// raw [T, D] host (column blocks of `widths`) -> the SAE's input on `device`.
+Tensor normalised_input(const std::vector<float>& raw, int64_t t, const std::vector<int64_t>& widths,
+                        const InputNormalization& normalization, const std::string& where, Device device) {
+  int64_t d = 0;
+  for (int64_t w : widths) d += w;
   Tensor x = Tensor::empty(Shape{t, d});
-  normalize_batch(raw.data(), x.data<float>(), t, d, normalization.kind, normalization.input_scale(),
-                  [](int64_t row) { return row; }, where);
+  normalize_blocks(raw.data(), x.data<float>(), t, widths, normalization.kind, block_scales(normalization, widths.size()),
+                   [](int64_t row) { return row; }, where);
   return x.to(device);
 }
 
 class TextStoryInputs : public StoryInputs {
  public:
   TextStoryInputs(DecoderModel& model, const BpeTokenizer& tokenizer, const TextStoryOptions& options,
-                  const InputNormalization& normalization, int64_t max_stories, Device device)
-      : model_(model), tokenizer_(tokenizer), reader_(options.text, options.text_field), site_(model.resolve(options.site)),
+                  const InputNormalization& normalization, int64_t max_stories, Device device, DecoderModel* model_b)
+      : model_(model), model_b_(model_b), tokenizer_(tokenizer), reader_(options.text, options.text_field),
         normalization_(normalization), max_stories_(max_stories), device_(device) {
-    const int64_t positions = model.config().max_positions;
+    TextDataOptions reads;
+    reads.site = options.site;
+    reads.reads = options.reads;
+    reads_ = resolve_text_reads(model, model_b, reads);
+    for (const TextRead& r : reads_) widths_.push_back((r.model == 0 ? model : *model_b).config().hook_width(r.site));
+    int64_t positions = model.config().max_positions;
+    if (model_b) positions = std::min(positions, model_b->config().max_positions);
     if (options.context_size > positions)
       throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", positions, " positions"));
     windows_ = WindowOptions{options.bos, options.context_size > 0 ? options.context_size : positions};
@@ -44,17 +67,15 @@ class TextStoryInputs : public StoryInputs {
       if (!reader_.next(story)) return false;
       ids = tokenizer_.encode(story.text, story.where);
     } while (ids.empty());
-    const int64_t d = model_.config().hook_width(site_);
     out.truncated = window_count(static_cast<int64_t>(ids.size()), windows_) > 1;
     const TokenWindow window = document_window(ids, 0, windows_);
     ids.resize(static_cast<size_t>(window.tokens));
-    const int64_t t = window.tokens, skip = window.bos ? 1 : 0;
-    const Tensor hidden = model_.forward_to_site(window.input, site_).to(Device::CPU);  // a view: copy it
-    std::vector<float> raw(static_cast<size_t>(t * d));
-    std::memcpy(raw.data(), hidden.data<float>() + skip * d, sizeof(float) * t * d);
+    const int64_t t = window.tokens;
+    std::vector<float> raw;  // [t, sum of widths]: every read, one pass of each model
+    window_activations(model_, model_b_, reads_, window.input, window.bos, raw);
     out.index = story.index;
     out.ids = std::move(ids);
-    out.x = normalised_input(raw, t, d, normalization_, story.where, device_);
+    out.x = normalised_input(raw, t, widths_, normalization_, story.where, device_);
     ++served_;
     return true;
   }
@@ -66,9 +87,11 @@ class TextStoryInputs : public StoryInputs {
 
  private:
   DecoderModel& model_;
+  DecoderModel* model_b_;
   const BpeTokenizer& tokenizer_;
   StoryReader reader_;
-  HookSite site_;
+  std::vector<TextRead> reads_;
+  std::vector<int64_t> widths_;
   WindowOptions windows_;
   InputNormalization normalization_;
   int64_t max_stories_, served_ = 0;
@@ -95,7 +118,8 @@ class FileStoryInputs : public StoryInputs {
     if (source_.has_token_ids())
       for (int64_t i = 0; i < t; ++i) out.ids.push_back(source_.token_id(begin + i));
     out.truncated = false;
-    out.x = normalised_input(raw, t, d, normalization_, cat(source_.name(), " story ", next_), device_);
+    out.x = normalised_input(raw, t, source_.block_widths(), normalization_, cat(source_.name(), " story ", next_),
+                             device_);
     ++next_;
     return true;
   }
@@ -126,8 +150,8 @@ void story_origins(const StoryInput& story, int64_t radius, BatchOrigins& origin
 
 std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer,
                                                const TextStoryOptions& options, const InputNormalization& normalization,
-                                               int64_t max_stories, Device device) {
-  return std::make_unique<TextStoryInputs>(model, tokenizer, options, normalization, max_stories, device);
+                                               int64_t max_stories, Device device, DecoderModel* model_b) {
+  return std::make_unique<TextStoryInputs>(model, tokenizer, options, normalization, max_stories, device, model_b);
 }
 
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,
@@ -158,8 +182,28 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
   return stats;
 }
 
+std::vector<double> source_decoder_norms(const SaeParams& params) {
+  const int64_t sources = params.sources, features = params.d_sae();
+  if (sources <= 1) return {};
+  const Tensor w = params.W_dec.to(Device::CPU);
+  const int64_t columns = w.size(1), width = columns / sources;
+  const float* data = w.data<float>();
+  std::vector<double> norms(static_cast<size_t>(features * sources), 0.0);
+  for (int64_t i = 0; i < features; ++i)
+    for (int64_t src = 0; src < sources; ++src) {
+      double sq = 0;
+      for (int64_t j = 0; j < width; ++j) {
+        const double v = data[i * columns + src * width + j];
+        sq += v * v;
+      }
+      norms[static_cast<size_t>(i * sources + src)] = std::sqrt(sq);
+    }
+  return norms;
+}
+
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
                        const BpeTokenizer* tokenizer) {
+  const std::vector<double> source_norms = source_decoder_norms(params);
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
   std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));
@@ -211,6 +255,12 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
       e["strengths"] = strengths;
       e["text"] = text;
       e["annotated_text"] = annotated;
+      if (!source_norms.empty()) {
+        Json norms = Json::array();
+        for (int64_t src = 0; src < params.sources; ++src)
+          norms.push_back(round_significant(source_norms[static_cast<size_t>(feature * params.sources + src)]));
+        e["source_norms"] = norms;
+      }
       entries[feature][rank] = std::move(e);
     }
     wanted.erase(it);

@@ -4,6 +4,11 @@
 // the SAE's inference rule, sae_encode, and added as one batch), then each feature's top stories in
 // the tutorial's JSON (pass 2: only the stories pass 1 kept are encoded again, for the activation of
 // every token). The SAE sees its inputs normalised the way it was trained (cfg.json's sae_cpp).
+// A crosscoder's input is its sources side by side, each normalised with its own dataset scale: from
+// text, every read of one pass of each model (sae/data/text_batches.h window_activations, as its
+// training read them: several hooks of the model, or the same hook of a second model); from
+// activation files, one file per source (ConcatSource). Its features, top stories and strengths are
+// those of the one encoding of all sources.
 // Letters: T tokens of a story, D = d_in, F = d_sae.
 #pragma once
 #include <memory>
@@ -16,6 +21,7 @@
 #include "lm/tokenizer.h"
 #include "sae/data/activations.h"
 #include "sae/data/batches.h"
+#include "sae/data/text_batches.h"
 #include "sae/params.h"
 #include "sae/train/feature_stats.h"
 
@@ -41,16 +47,20 @@ class StoryInputs {
 struct TextStoryOptions {
   std::string text;                 // .txt or .jsonl, plain or compressed (lm/text_data.h)
   std::string text_field = "text";
-  HookSite site;                    // where the SAE reads
+  HookSite site;                    // where the SAE reads (with no `reads`)
   int32_t bos = -1;                 // before each story (lm/text_windows.h); its row is not the SAE's input
   int64_t context_size = 0;         // positions a story may take, the BOS included (0: the model's)
+  std::vector<TextRead> reads = {}; // a crosscoder's sources, in order (model 1: the second model)
 };
-// A text through `model` up to the hook point; stories longer than the context are cut to it
-// (StoryInput::truncated); the BOS row, when there is one, is left out. max_stories 0: all.
+// A text through `model` (and `model_b` for reads of a second model) up to the hook point(s); stories
+// longer than the context are cut to it (StoryInput::truncated); the BOS row, when there is one, is
+// left out. max_stories 0: all. Each read is a column block normalised with its own scale
+// (normalization.scales: one per read; for a single read its first).
 std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer,
                                                const TextStoryOptions& options, const InputNormalization& normalization,
-                                               int64_t max_stories, Device device);
-// An activation file or cache with story boundaries (UsageError without), token ids when it has them.
+                                               int64_t max_stories, Device device, DecoderModel* model_b = nullptr);
+// An activation file or cache with story boundaries (UsageError without), token ids when it has them;
+// a ConcatSource's column blocks (a crosscoder's files) each normalised with its own scale.
 std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const InputNormalization& normalization,
                                                int64_t max_stories, Device device);
 
@@ -62,11 +72,18 @@ struct GatherSummary {
 FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
                                   GatherSummary* summary = nullptr);
 
+// A crosscoder's decoder norm per feature and source, ||W_dec[i, s d:(s+1) d]|| ([F, S] row-major;
+// empty for one source): what sae_browser shows per feature and sae_features writes per entry.
+std::vector<double> source_decoder_norms(const SaeParams& params);
+
 // Pass 2: the tutorial's JSON, an array with one object per (feature, top story), features in order,
 // each feature's stories largest first:
 //   {"feature_idx", "step" (the story's index), "position" (of its largest activation), "tokens",
 //    "strengths" (the feature's activation on every token, 6 significant digits), "max_strength",
 //    "text" (the story decoded), "annotated_text" (each token's text, a space, activation_block)}
+// and, for a crosscoder, "source_norms": the feature's decoder norm per source (6 significant
+// digits), in its sources' order (a feature whose norm is near zero for a source does not write it:
+// for model diffing, a latent of one model only).
 // Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
                        const BpeTokenizer* tokenizer);

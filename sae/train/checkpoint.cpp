@@ -318,7 +318,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     const std::string state_arch = state_info.has("architecture") ? state_info.at("architecture").as_string() : "standard";
     require(state_arch == unit.name(), where,
             cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));
-    if (state_shards(state_info) > 1) {  // a distributed run's: the optimizer shards beside it
+    if (sharded_state(state_info)) {  // a distributed run's: the optimizer shards beside it
       load_sharded_state(dir, state_info, out.params, st, device);
       out.state = std::move(st);
       out.params = out.params.to(device);

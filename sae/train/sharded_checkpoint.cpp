@@ -140,11 +140,12 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
   });
 }
 
-int64_t state_shards(const Json& info) { return info.has("shards") ? info.at("shards").as_int() : 1; }
+bool sharded_state(const Json& info) { return info.has("shards"); }
+int64_t state_shards(const Json& info) { return sharded_state(info) ? info.at("shards").as_int() : 1; }
 
 bool shard_files_complete(const std::string& dir, const Json& info) {
+  if (!sharded_state(info)) return true;  // one process's state holds everything
   const int64_t shards = state_shards(info);
-  if (shards <= 1) return true;  // one process's state holds everything
   for (int64_t s = 0; s < shards; ++s) {
     try {
       const SafetensorsFile file = SafetensorsFile::open((fs::path(dir) / shard_file(s)).string());

@@ -28,7 +28,9 @@ namespace sae {
 void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaeParams& shard_params,
                              int64_t first_latent, int64_t latents, const Json& extra, const TrainingState& state);
 
-// The shards a training state's metadata names (1: one process's file holds everything).
+// Whether a training state's metadata says its moments are in shard files (a distributed run's,
+// also with one shard and several replicas), and how many (1 otherwise).
+bool sharded_state(const Json& info);
 int64_t state_shards(const Json& info);
 // Whether every shard file of a sharded state is there and readable.
 bool shard_files_complete(const std::string& dir, const Json& info);

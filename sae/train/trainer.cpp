@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -455,7 +456,14 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
       check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip, m.config().out);
     });
-  if (dist) agree([&] { batcher.set_part(dist->replica(), dist->replicas()); });
+  // A replica reads its rows of each batch; text sources run the model on their share of the text and
+  // complete the rest by a sum over the replicas (host floats through a tensor).
+  auto sum_over_replicas = [dist](float* values, int64_t count) {
+    Tensor t = Tensor::from_data(values, Shape{count});
+    dist->sum(Group::Replicas, t);
+    std::memcpy(values, t.data<float>(), sizeof(float) * static_cast<size_t>(count));
+  };
+  if (dist) agree([&] { batcher.set_part(dist->replica(), dist->replicas(), sum_over_replicas); });
   const int64_t max_tokens = batcher.max_batch_tokens();
 
   for (size_t i = 0; i < members.size(); ++i) {
@@ -567,10 +575,11 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const bool whole_rows_used =
       std::any_of(members.begin(), members.end(), [](const Member& m) { return m.columns.whole_row; });
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
-  // that means running the language model on the GPU from a second thread (one stream, one handle).
+  // that means running the language model on the GPU from a second thread (one stream, one handle),
+  // nor when text batches make collective calls (replicas), which must come from this thread.
   const bool background =
       (shared.prefetch == PrefetchMode::On || (shared.prefetch == PrefetchMode::Auto && device != Device::CPU)) &&
-      !(data.model && device != Device::CPU);
+      !(data.model && device != Device::CPU) && !(data.model && spans(dist, Group::Replicas));
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
   BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`

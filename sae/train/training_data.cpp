@@ -33,22 +33,6 @@ DecoderModel load_up_to(const std::string& dir, const ModelFolder& folder, const
   return load_decoder_model(dir, device, ModelPart::up_to(last, folder.config.num_layers));
 }
 
-// --model-b must read text as --model does: the same vocabulary, the same ids for a probe text.
-void check_same_tokenizer(const std::string& dir_b, const BpeTokenizer& tokenizer, const DecoderModel& model_b) {
-  if (tokenizer.vocab_size() > model_b.config().vocab_size)
-    throw DataError(cat(dir_b, ": --model's tokenizer has ", tokenizer.vocab_size(), " ids, --model-b only ",
-                        model_b.config().vocab_size));
-  const std::filesystem::path b(dir_b);
-  if (!std::filesystem::exists(b / "tokenizer.json") && !std::filesystem::exists(b / "vocab.json"))
-    return;  // a folder without its own tokenizer reads --model's
-  std::optional<BpeTokenizer> other;
-  other.emplace(BpeTokenizer::from_model_dir(dir_b));
-  const std::string probe = "Once upon a time, 42 foxes said: \"Don't!\" caf\xc3\xa9 \xe2\x80\x94 the end.\n";
-  if (other->vocab_size() != tokenizer.vocab_size() || other->encode(probe) != tokenizer.encode(probe))
-    throw DataError(cat(dir_b, ": its tokenizer is not --model's; a crosscoder over two models reads the same tokens "
-                        "through both"));
-}
-
 TrainingData open_text(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
                        const std::optional<DatasetScales>& saved) {
   TrainingData data;

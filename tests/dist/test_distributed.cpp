@@ -291,31 +291,45 @@ TEST(Distributed, TwoRanksSharingOneGpuEqualOneProcess) {
 }
 
 // Text through a language model (the GPT-2 fixture at a hook point, a BOS before every 16-position
-// window): 2 shards, every rank running the model on the whole batch, equal the one-process run
-// after 30 steps; cfg.json keeps the hook's metadata. With 2 replicas the text is refused in one line
-// (a replica cannot yet run the model on its share of the batch only).
-TEST(Distributed, ShardsOnTextThroughAModelAtAHookEqualOneProcess) {
+// window, chunks of 200 tokens so that 30 steps of 32 tokens fill several): 2 shards, every rank
+// running the model on the whole batch, and 2 replicas, each running it on half of each chunk's
+// windows (the rest summed in from the other), equal the one-process run after 30 steps; so does a
+// 2-replica run resumed at step 15 in the middle of a chunk (restore re-fills the chunk over both
+// replicas). cfg.json keeps the hook's metadata. Story batches cannot be split: one line.
+TEST(Distributed, ShardsAndReplicasOnTextThroughAModelAtAHookEqualOneProcess) {
   SKIP_WITHOUT_MPI();
   TempDir dir("dist_text");
   const std::string options =
       " --model " + sae::testing::ref_path("models/gpt2") + " --text " + sae::testing::ref_path("text_train/stories.txt") +
-      " --hook blocks.1.hook_resid_post --prepend-bos on --context-size 16 --features 24 --steps 30 --batch 32"
-      " --architecture topk --k 3 --lr 1e-3 --normalize dataset --log-every 10 --checkpoint-every 100"
+      " --hook blocks.1.hook_resid_post --prepend-bos on --context-size 16 --features 24 --batch 32"
+      " --text-chunk-tokens 200 --architecture topk --k 3 --lr 1e-3 --normalize dataset --log-every 5"
       " --feature-stats-steps 0 --device cpu --threads 1 --progress none";
-  auto one = sae::testing::run_binary("sae_train", options + " --out " + dir.str("one"), dir);
+  const std::string steps30 = " --steps 30 --checkpoint-every 100";
+  auto one = sae::testing::run_binary("sae_train", options + steps30 + " --out " + dir.str("one"), dir);
   ASSERT_EQ(one.exit_code, 0) << one.err;
-  auto shards = mpirun(2, options + " --shards 2 --out " + dir.str("s2"), dir);
+  auto shards = mpirun(2, options + steps30 + " --shards 2 --out " + dir.str("s2"), dir);
   ASSERT_EQ(shards.exit_code, 0) << shards.err;
   std::printf("text at blocks.1.hook_resid_post, 2 shards vs one process:\n");
   expect_same_model(dir.str("one"), dir.str("s2"), 2e-5);
   const Json cfg = Json::parse(sae::testing::read_file(dir.str("s2/sae/cfg.json")));
   EXPECT_EQ(cfg.at("d_sae").as_int(), 24);
   EXPECT_EQ(cfg.at("metadata").at("hook_name").as_string(), "blocks.1.hook_resid_post");
-  auto replicas = mpirun(2, options + " --out " + dir.str("r2"), dir);
-  EXPECT_EQ(replicas.exit_code, 2);
-  const std::vector<std::string> lines = our_lines(replicas.err);
-  ASSERT_EQ(lines.size(), 1u) << replicas.err;
-  EXPECT_NE(lines[0].find("cannot be split between data-parallel replicas"), std::string::npos) << lines[0];
+
+  auto replicas = mpirun(2, options + steps30 + " --out " + dir.str("r2"), dir);
+  ASSERT_EQ(replicas.exit_code, 0) << replicas.err;
+  std::printf("the same text, 2 replicas vs one process:\n");
+  expect_same_model(dir.str("one"), dir.str("r2"), 2e-5);
+  ASSERT_EQ(mpirun(2, options + " --steps 15 --checkpoint-every 100 --out " + dir.str("resumed"), dir).exit_code, 0);
+  auto resumed = mpirun(2, "--resume " + dir.str("resumed") + " --steps 30 --log-every 5 --progress none", dir);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  std::printf("2 replicas to step 15, resumed to 30, vs one process:\n");
+  expect_same_model(dir.str("one"), dir.str("resumed"), 2e-5);
+
+  auto story = mpirun(2, options + " --batch story" + steps30 + " --out " + dir.str("story"), dir);
+  EXPECT_EQ(story.exit_code, 2);
+  const std::vector<std::string> lines = our_lines(story.err);
+  ASSERT_EQ(lines.size(), 1u) << story.err;
+  EXPECT_NE(lines[0].find("--batch story cannot be split between data-parallel replicas"), std::string::npos) << lines[0];
 }
 
 // Dictionaries beyond the SAE from activation files: a skip transcoder (TopK; x.npy to y.npy) and a

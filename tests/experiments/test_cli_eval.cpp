@@ -107,6 +107,37 @@ TEST(SaeEvalCli, RefusesBadInputWithOneLine) {
   EXPECT_FALSE(fs::exists(dir.str("o/eval.json")));
 }
 
+TEST(SaeEvalCli, SplicesACrosscoderOverTwoModelsWithModelB) {
+  // scripts/gen_crosscoder_eval_fixture.py's diff/: the same hook of the model and of model_b/.
+  TempDir dir("cli_eval_crosscoder");
+  const std::string ref = std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_crosscoder/";
+  const std::string model_b = " --model-b " + quote(ref + "model_b");
+  const sae::testing::CommandResult r = run_binary("sae_eval", eval_args(ref + "diff", dir.str("out")) + model_b, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = read_json_file(dir.str("out/eval.json"));
+  const test::Fixture e(ref + "expected.safetensors");
+  EXPECT_TRUE(j.at("crosscoder").as_bool());
+  EXPECT_NEAR(j.at("ce_loss").at("sae").as_number(), e.scalar("diff.a.ce_sae"), 2e-5 * e.scalar("diff.a.ce_sae"));
+  EXPECT_NEAR(j.at("model_b_scores").at("ce_loss").at("sae").as_number(), e.scalar("diff.b.ce_sae"),
+              2e-5 * e.scalar("diff.b.ce_sae"));
+  EXPECT_NEAR(j.at("fvu").as_number(), e.scalar("diff.fvu_all"), 1e-5 * e.scalar("diff.fvu_all"));
+  EXPECT_NE(r.out.find("--model-b, with its sources spliced:"), std::string::npos) << r.out;
+  // Without --model-b; --model-b with a crosscoder of one model, with an SAE; --hook.
+  expect_failure("sae_eval", eval_args(ref + "diff", dir.str("o")), 2, "give --model-b");
+  expect_failure("sae_eval", eval_args(ref + "xc", dir.str("o")) + model_b, 2, "reads hooks of one model only");
+  expect_failure("sae_eval", eval_args(eval_ref("sae_story"), dir.str("o")) + model_b, 2, "is not a crosscoder");
+  expect_failure("sae_eval", eval_args(ref + "xc", dir.str("o")) + " --hook blocks.1.hook_resid_post", 2,
+                 "a crosscoder reads and replaces");
+  // A second model whose tokenizer is not the model's.
+  fs::create_directories(dir.str("other_b"));
+  for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(ref + "model_b/" + file, dir.str("other_b/") + file);
+  std::ofstream(dir.str("other_b/tokenizer.json"))
+      << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}, "added_tokens": []})";
+  expect_failure("sae_eval", eval_args(ref + "diff", dir.str("o")) + " --model-b " + quote(dir.str("other_b")), 1,
+                 "other_b");
+  EXPECT_FALSE(fs::exists(dir.str("o/eval.json")));
+}
+
 TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   const test::Fixture e(eval_ref("expected.safetensors"));
   TempDir dir("cli_steer");
@@ -148,4 +179,11 @@ TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
                  "max_position_embeddings");
   expect_failure("sae_steer", steer_args("--strength 1 --prompt Hi"), 2, "--feature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --layer 9"), 2, "--layer");
+  // A crosscoder (of one model or of two) is not steered.
+  for (const char* folder : {"xc", "diff"})
+    expect_failure("sae_steer",
+                   cat("--model ", quote(eval_ref("model")), " --sae ",
+                       quote(std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_crosscoder/" + folder),
+                       " --device cpu --feature 1 --strength 1 --prompt Hi"),
+                   2, "is a crosscoder");
 }

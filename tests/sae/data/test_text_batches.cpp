@@ -18,6 +18,7 @@
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
 #include "sae/data/text_batches.h"
+#include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
@@ -272,11 +273,29 @@ TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
   EXPECT_EQ(crosscoder.params.d_in(), 4 * 32);
   const CsvNumbers cm = read_csv_numbers(dir.str("crosscoder/metrics.csv"));
   EXPECT_LT(cm.column("loss").back(), cm.column("loss").front());
-  // Splicing a crosscoder into the model is not done: one line.
+  // sae_eval splices it in at its four hooks (two of each model); the second model is required.
   try {
     load_sae_at_layer(dir.str("crosscoder/sae"), model.config(), HookChoice{}, Device::CPU);
-    ADD_FAILURE() << "a crosscoder was accepted for splicing";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("a crosscoder is evaluated"), std::string::npos) << e.what();
+    ADD_FAILURE() << "a crosscoder over two models was accepted without the second";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("give --model-b"), std::string::npos) << e.what();
   }
+  const SaeAtLayer xc =
+      load_sae_at_layer(dir.str("crosscoder/sae"), model.config(), HookChoice{}, Device::CPU, &model.config());
+  ASSERT_EQ(xc.sources.size(), 4u);
+  EXPECT_EQ(xc.sources[0].read, "blocks.0.hook_resid_post");
+  EXPECT_EQ(xc.sources[3].read, "model_b:blocks.1.hook_resid_post");
+  EXPECT_EQ(xc.sources[3].model, 1);
+  DecoderModel model_a = load_decoder_model(ref("model")), model_b = load_decoder_model(ref("model"));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  EvalOptions options;
+  options.text = ref("stories.txt");
+  options.max_stories = 4;
+  const CrosscoderEvalResult r = evaluate_crosscoder(model_a, &model_b, tokenizer, xc, options);
+  ASSERT_EQ(r.models.size(), 2u);
+  EXPECT_EQ(r.models[0].clean.ce, r.models[1].clean.ce);  // the same model twice
+  ASSERT_EQ(r.fvu.size(), 4u);
+  for (double fvu : r.fvu) EXPECT_TRUE(std::isfinite(fvu) && fvu > 0) << fvu;
+  EXPECT_TRUE(std::isfinite(r.models[1].kl_score)) << r.models[1].kl_score;
+  EXPECT_LT(r.fvu_all, 0.9);  // trained: better than the mean (0.73 here)
 }
