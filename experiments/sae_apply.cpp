@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_apply", argc, argv, [&] {
     cxxopts::Options options("sae_apply", "Encode and decode activations with a trained SAE checkpoint");
     options.add_options()
-        ("sae", "checkpoint directory (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
+        ("sae", "checkpoint directory (cfg.json + sae_weights.safetensors), or a Gemma Scope params.npz",
+         cxxopts::value<std::string>())
         ("input", "activations: .npy [N, d_in], or .safetensors with 'activations' (and 'story_lengths')",
          cxxopts::value<std::string>())
         ("features-out", "write the feature activations f [N, d_sae] here (.npy float32)",

@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
                              "Write a self-contained HTML page showing what a run's SAE features fire on (open it in "
                              "any browser; no server, no network)");
     options.add_options()
-        ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder",
+        ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, or a Gemma "
+         "Scope params.npz (statistics beside it)",
          cxxopts::value<std::string>())
         ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia) for token text and promoted tokens (default: the "
          "run's --model)", cxxopts::value<std::string>())
@@ -23,7 +24,7 @@ int main(int argc, char** argv) {
          "promoted tokens are shown only where it writes in the residual stream's space", cxxopts::value<std::string>())
         ("stats", "statistics file (default: the SAE folder's feature_stats.safetensors; sae_features "
                   "--stats-out writes others)", cxxopts::value<std::string>())
-        ("out", "the page (default: RUN/features.html)", cxxopts::value<std::string>())
+        ("out", "the page (default: RUN/features.html; beside a params.npz)", cxxopts::value<std::string>())
         ("top-tokens", "promoted and suppressed tokens per feature", cxxopts::value<int64_t>()->default_value("10"));
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
@@ -36,8 +37,11 @@ int main(int argc, char** argv) {
     browser.top_tokens = parsed["top-tokens"].as<int64_t>();
     if (browser.top_tokens < 1 || browser.top_tokens > 100)
       throw sae::UsageError(sae::cat("--top-tokens must be in [1, 100], got ", browser.top_tokens));
-    const std::string out = parsed.count("out") ? parsed["out"].as<std::string>()
-                                                : (std::filesystem::path(browser.run) / "features.html").string();
+    // The page goes into the run folder (for a params.npz given as the file: beside it).
+    const std::filesystem::path run(browser.run);
+    const bool npz_file = !std::filesystem::is_directory(run) && run.extension() == ".npz";
+    const std::filesystem::path folder = npz_file ? (run.has_parent_path() ? run.parent_path() : ".") : run;
+    const std::string out = parsed.count("out") ? parsed["out"].as<std::string>() : (folder / "features.html").string();
     std::string notes;
     const sae::Json data = sae::browser_data(browser, &notes);
     if (!notes.empty()) std::fprintf(stderr, "sae_browser: note: %s", notes.c_str());

@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
          "tokenizer.json)", cxxopts::value<std::string>())
         ("model-b", "the second model of a crosscoder over two models (model diffing; the same tokenizer)",
          cxxopts::value<std::string>())
-        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one",
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one; or a "
+         "Gemma Scope params.npz (with --hook)",
          cxxopts::value<std::string>())
         ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
          cxxopts::value<std::string>())

@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
                              "What each SAE feature fires on: per feature its top stories by largest activation, with "
                              "every token's activation (the tutorial's gather_high_activations)");
     options.add_options()
-        ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture", cxxopts::value<std::string>())
+        ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture, or a Gemma Scope params.npz",
+         cxxopts::value<std::string>())
         ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia): runs --text through it; with --data only its "
          "tokenizer is used",
          cxxopts::value<std::string>())
@@ -145,6 +146,8 @@ int main(int argc, char** argv) {
       if (choice.given()) {
         site = choice.site;
         from = choice.option;
+      } else if (!checkpoint.npz.empty()) {  // the file names no hook point: no default either
+        throw sae::UsageError(sae::no_hook_point_message(sae_dir, true));
       } else {
         try {
           sae::hook_site_from_cfg(checkpoint.cfg, site, from);

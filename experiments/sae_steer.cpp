@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
     options.add_options()
         ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
-        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors)", cxxopts::value<std::string>())
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors), or a Gemma Scope params.npz",
+         cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
         ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<double>())
         ("prompt", "the text to continue", cxxopts::value<std::string>())

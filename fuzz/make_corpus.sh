@@ -17,7 +17,7 @@ work="$(mktemp -d /tmp/sae_corpus.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1
 
-targets="json safetensors npy activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode
+targets="json safetensors npy npz activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode
          model_config text_corpus"
 for t in $targets; do rm -rf "${corpus:?}/$t"; mkdir -p "$corpus/$t"; done
 marker() { printf '\n=====sae-fuzz-part=====\n'; }
@@ -54,6 +54,10 @@ cp "$work/tokens/sae/training_state.safetensors" "$corpus/safetensors/tokens_tra
 # ---- npy: fixtures (the refused ones too) and sae_apply's outputs ----
 cp "$ref"/io_np_*.npy "$corpus/npy/"
 cp "$work/features.npy" "$work/reconstruction.npy" "$corpus/npy/"
+
+# ---- npz: Gemma Scope-format params.npz, stored and deflated (scripts/gen_gemma_scope_fixture.py) ----
+cp "$ref/gemma_scope/stored/params.npz" "$corpus/npz/params_stored.npz"
+cp "$ref/gemma_scope/deflated.npz" "$corpus/npz/params_deflated.npz"
 
 # ---- activations: files with story_lengths and token_ids, .npy ----
 for f in io_st_hand io_st_lib sae_loop_data; do cp "$ref/$f.safetensors" "$corpus/activations/"; done

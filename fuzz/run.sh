@@ -37,6 +37,7 @@ dicts_of() {
     json) echo json ;;
     safetensors) echo safetensors json ;;
     npy) echo npy ;;
+    npz) echo npz npy ;;
     activations) echo safetensors npy json ;;
     checkpoint) echo checkpoint safetensors json ;;
     train_config) echo train_config json ;;

@@ -137,13 +137,8 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-NpyFile NpyFile::open(const std::string& path) {
-  NpyFile f;
-  f.file_ = MappedFile(path);
-  const uint8_t* bytes = f.file_.data();
-  size_t size = f.file_.size();
-
-  if (size < kMagicBytes + 2 || std::memcmp(bytes, kMagic, kMagicBytes) != 0)
+size_t npy_header_bytes(const uint8_t* bytes, size_t available, uint64_t total, const std::string& path) {
+  if (total < kMagicBytes + 2 || available < kMagicBytes + 2 || std::memcmp(bytes, kMagic, kMagicBytes) != 0)
     throw DataError(cat(path, ": not a .npy file (missing the \\x93NUMPY magic)"));
   int major = bytes[6], minor = bytes[7];
   size_t length_bytes;
@@ -151,43 +146,63 @@ NpyFile NpyFile::open(const std::string& path) {
   else if (major == 2 || major == 3) length_bytes = 4;
   else throw DataError(cat(path, ": unsupported .npy format version ", major, ".", minor, " (expected 1.0, 2.0 or 3.0)"));
   size_t prefix = kMagicBytes + 2 + length_bytes;
-  if (size < prefix) throw DataError(cat(path, ": truncated .npy header (", size, " bytes)"));
+  if (total < prefix || available < prefix) throw DataError(cat(path, ": truncated .npy header (", total, " bytes)"));
   uint32_t header_bytes = 0;
   std::memcpy(&header_bytes, bytes + 8, length_bytes);  // little-endian
-  if (header_bytes > size - prefix)
-    throw DataError(cat(path, ": .npy header length ", header_bytes, " runs past the end of the file (", size, " bytes)"));
+  if (header_bytes > total - prefix)
+    throw DataError(cat(path, ": .npy header length ", header_bytes, " runs past the end of the file (", total, " bytes)"));
+  return prefix + header_bytes;
+}
 
-  std::string header(reinterpret_cast<const char*>(bytes + prefix), header_bytes);
+NpyHeader parse_npy_header(const uint8_t* bytes, uint64_t total, const std::string& path) {
+  NpyHeader h;
+  const size_t end = npy_header_bytes(bytes, static_cast<size_t>(std::min<uint64_t>(total, kMagicBytes + 2 + 4)), total, path);
+  const size_t prefix = kMagicBytes + 2 + (bytes[6] == 1 ? 2 : 4);
+  std::string header(reinterpret_cast<const char*>(bytes + prefix), end - prefix);
   bool fortran_order = false;
-  NpyHeaderParser(header, path).parse(f.descr_, fortran_order, f.shape_);
+  NpyHeaderParser(header, path).parse(h.descr, fortran_order, h.shape);
 
   if (fortran_order) throw DataError(cat(path, ": Fortran-order arrays are not supported (save a C-order array, e.g. np.ascontiguousarray)"));
-  if (f.descr_ == "<f4") f.dtype_ = "F32", f.element_size_ = 4;
-  else if (f.descr_ == "<f2") f.dtype_ = "F16", f.element_size_ = 2;
-  else if (f.descr_ == "<f8") f.dtype_ = "F64", f.element_size_ = 8;
-  else if (!f.descr_.empty() && f.descr_[0] == '>')
-    throw DataError(cat(path, ": big-endian dtype '", printable(f.descr_), "' is not supported (expected '<f4', '<f2' or '<f8')"));
-  else throw DataError(cat(path, ": dtype '", printable(f.descr_), "' is not supported (expected '<f4', '<f2' or '<f8')"));
+  if (h.descr == "<f4") h.dtype = "F32", h.element_size = 4;
+  else if (h.descr == "<f2") h.dtype = "F16", h.element_size = 2;
+  else if (h.descr == "<f8") h.dtype = "F64", h.element_size = 8;
+  else if (!h.descr.empty() && h.descr[0] == '>')
+    throw DataError(cat(path, ": big-endian dtype '", printable(h.descr), "' is not supported (expected '<f4', '<f2' or '<f8')"));
+  else throw DataError(cat(path, ": dtype '", printable(h.descr), "' is not supported (expected '<f4', '<f2' or '<f8')"));
 
   // The element count: 0 when any dimension is 0, otherwise the product, which must fit int64.
   uint64_t numel = 1;
-  const bool empty = std::find(f.shape_.begin(), f.shape_.end(), int64_t(0)) != f.shape_.end();
-  for (int64_t d : f.shape_)
+  const bool empty = std::find(h.shape.begin(), h.shape.end(), int64_t(0)) != h.shape.end();
+  for (int64_t d : h.shape)
     if (!empty && (__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel) || numel > uint64_t(INT64_MAX)))
-      throw DataError(cat(path, ": shape ", shape_str(f.shape_), " is too large"));
+      throw DataError(cat(path, ": shape ", shape_str(h.shape), " is too large"));
   if (empty) numel = 0;
-  f.elements_ = static_cast<int64_t>(numel);
+  h.elements = static_cast<int64_t>(numel);
   uint64_t expected;
-  if (__builtin_mul_overflow(numel, f.element_size_, &expected))
-    throw DataError(cat(path, ": shape ", shape_str(f.shape_), " is too large"));
-  uint64_t available = size - prefix - header_bytes;
+  if (__builtin_mul_overflow(numel, h.element_size, &expected))
+    throw DataError(cat(path, ": shape ", shape_str(h.shape), " is too large"));
+  uint64_t available = total - end;
   if (available < expected)
-    throw DataError(cat(path, ": truncated .npy data: shape ", shape_str(f.shape_), " of '", f.descr_, "' needs ", expected, " bytes, file has ",
+    throw DataError(cat(path, ": truncated .npy data: shape ", shape_str(h.shape), " of '", h.descr, "' needs ", expected, " bytes, file has ",
                         available));
   if (available > expected)
-    throw DataError(cat(path, ": .npy file has ", available - expected, " bytes after the data of shape ", shape_str(f.shape_), " of '",
-                        f.descr_, "' (corrupt or wrong header)"));
-  f.data_ = bytes + prefix + header_bytes;
+    throw DataError(cat(path, ": .npy file has ", available - expected, " bytes after the data of shape ", shape_str(h.shape), " of '",
+                        h.descr, "' (corrupt or wrong header)"));
+  h.data_offset = end;
+  return h;
+}
+
+NpyFile NpyFile::open(const std::string& path) {
+  NpyFile f;
+  f.file_ = MappedFile(path);
+  const uint8_t* bytes = f.file_.data();
+  NpyHeader h = parse_npy_header(bytes, f.file_.size(), path);
+  f.descr_ = std::move(h.descr);
+  f.dtype_ = std::move(h.dtype);
+  f.element_size_ = h.element_size;
+  f.shape_ = std::move(h.shape);
+  f.elements_ = h.elements;
+  f.data_ = bytes + h.data_offset;
   return f;
 }
 

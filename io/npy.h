@@ -5,7 +5,9 @@
 // padded with spaces and ended by '\n', then the raw C-order data.
 // Accepted element types: '<f4', and '<f2' or '<f8' converted to float32. Fortran order,
 // big-endian, other dtypes, truncated or over-long data are DataErrors naming the file.
-// The row-block API matches SafetensorsFile so a data loader can treat both alike.
+// The row-block API matches SafetensorsFile so a data loader can treat both alike. The header
+// checks work on bytes in memory too (npy_header_bytes, parse_npy_header), for the .npy entries of
+// a .npz archive (io/npz.h).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -15,6 +17,26 @@
 #include "tensor/tensor.h"
 
 namespace sae {
+
+// What a .npy header says, checked against the .npy's total size: the element type, the shape,
+// and where the data starts.
+struct NpyHeader {
+  std::string descr;         // as in the header, e.g. "<f4"
+  std::string dtype;         // safetensors name: "F32", "F16" or "F64"
+  size_t element_size = 0;
+  std::vector<int64_t> shape;
+  int64_t elements = 0;      // 0 when a dimension is 0; checked to fit int64
+  size_t data_offset = 0;    // bytes before the data (magic, version, length field, header)
+};
+
+// The number of bytes before the data (magic + version + length field + header) of a .npy of
+// `total` bytes, from its first `available` bytes (12 suffice; fewer only when total is smaller).
+// DataError naming `where` for a missing magic, an unknown version, a header past the end.
+size_t npy_header_bytes(const uint8_t* bytes, size_t available, uint64_t total, const std::string& where);
+// Parses and checks the header at `bytes` (which hold at least npy_header_bytes of them) of a .npy
+// of `total` bytes: dtype '<f4', '<f2' or '<f8', C order, and exactly shape * element size data
+// bytes after it. DataError naming `where` otherwise.
+NpyHeader parse_npy_header(const uint8_t* bytes, uint64_t total, const std::string& where);
 
 class NpyFile {
  public:

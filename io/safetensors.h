@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "io/mapped_file.h"
+#include "io/named_tensor_file.h"
 #include "tensor/tensor.h"
 
 namespace sae {
@@ -34,20 +35,20 @@ struct SafetensorsEntry {
   int64_t numel() const { return elements; }
 };
 
-class SafetensorsFile {
+class SafetensorsFile : public NamedTensorFile {
  public:
   static SafetensorsFile open(const std::string& path);
 
-  const std::string& path() const { return file_.path(); }
+  const std::string& path() const override { return file_.path(); }
   const MappedFile& mapping() const { return file_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::vector<std::string> names() const;  // sorted
-  bool has(const std::string& name) const { return entries_.count(name) > 0; }
+  bool has(const std::string& name) const override { return entries_.count(name) > 0; }
   const SafetensorsEntry& entry(const std::string& name) const;  // DataError when missing
 
   // The whole tensor as a float32 CPU tensor, from F32, F16, BF16 or F64 (at most 4 dims; a
   // 0-dim entry comes back as shape [1], the library's scalar).
-  Tensor read_f32(const std::string& name) const;
+  Tensor read_f32(const std::string& name) const override;
   // Rows [row_begin, row_begin + row_count) along dim 0, as [row_count, ...rest] or into out,
   // which must hold row_count * (numel / shape[0]) floats. Only those rows are read.
   Tensor read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count) const;

@@ -369,7 +369,7 @@ void BatchThresholdUnit::check_cfg(const Json& cfg) const {
 }
 
 // One threshold for every latent (in full precision in sae_cpp).
-void BatchThresholdUnit::import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+void BatchThresholdUnit::import_rest(const NamedTensorFile& weights, const Json& cfg, const std::string& where,
                                      SaeParams& p) const {
   if (!weights.has("threshold")) throw DataError(cat(where, ": missing tensor threshold"));
   const Tensor threshold = weights.read_f32("threshold");

@@ -142,7 +142,7 @@ class BatchThresholdUnit : public ArchUnit {
   std::vector<std::pair<std::string, Tensor>> saelens_weights(const SaeParams& p) const override;
   void set_cfg_keys(const SaeParams& p, Json& cfg, Json& ours) const override;
   void check_cfg(const Json& cfg) const override;
-  void import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+  void import_rest(const NamedTensorFile& weights, const Json& cfg, const std::string& where,
                    SaeParams& p) const override;
   void save_state(const SaeParams& p, std::vector<std::pair<std::string, Tensor>>& tensors, Json& info) const override;
   void load_state(const SafetensorsFile& file, const Json& info, SaeParams& p) const override;

@@ -46,7 +46,7 @@ void ArchUnit::check(const SaeParams& p) const {
 namespace {
 Tensor host_f32(const Tensor& t) { return t.to(Device::CPU).to(DType::F32); }
 
-Tensor read_finite(const SafetensorsFile& weights, const std::string& name, const std::string& where) {
+Tensor read_finite(const NamedTensorFile& weights, const std::string& name, const std::string& where) {
   if (!weights.has(name)) throw DataError(cat(where, ": missing tensor ", name));
   const Tensor t = weights.read_f32(name);
   const float* p = t.data<float>();
@@ -71,7 +71,7 @@ std::vector<std::pair<std::string, Tensor>> ArchUnit::saelens_weights(const SaeP
   return out;
 }
 
-SaeParams ArchUnit::import_saelens(const SafetensorsFile& weights, const Json& cfg, const std::string& where) const {
+SaeParams ArchUnit::import_saelens(const NamedTensorFile& weights, const Json& cfg, const std::string& where) const {
   SaeParams p;
   p.kind = name();
   if (has_b_enc())

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "io/json.h"
+#include "io/named_tensor_file.h"
 #include "io/safetensors.h"
 #include "sae/arch/collectives.h"
 #include "sae/arch/reference.h"
@@ -216,9 +217,10 @@ class ArchUnit {
   // The parameters a folder holds (float32, host): the dictionary and own tensors by name, then
   // import_rest for what is not a plain tensor (own tensors stored otherwise, settings), the shape
   // check, apply_b_dec_to_input folded (fold_input_shift), and finish_import for folds of the unit's
-  // own cfg keys. DataError naming `where`.
-  SaeParams import_saelens(const SafetensorsFile& weights, const Json& cfg, const std::string& where) const;
-  virtual void import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+  // own cfg keys. DataError naming `where`. `weights`: sae_weights.safetensors, or a params.npz
+  // (Gemma Scope's release format) given with a cfg made for it (sae/train/checkpoint.h).
+  SaeParams import_saelens(const NamedTensorFile& weights, const Json& cfg, const std::string& where) const;
+  virtual void import_rest(const NamedTensorFile& weights, const Json& cfg, const std::string& where,
                            SaeParams& params) const {}
   virtual void finish_import(const Json& cfg, const std::string& where, SaeParams& params) const {}
   // SAELens's apply_b_dec_to_input: the encoder sees x - shift_source; folds shift = b_dec W_enc [F]

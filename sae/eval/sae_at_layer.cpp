@@ -32,6 +32,14 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
   return false;
 }
 
+std::string no_hook_point_message(const std::string& dir, bool npz) {
+  if (npz)
+    return cat(dir, ": a Gemma Scope params.npz does not say where the SAE reads: give --hook (Gemma Scope's "
+               "gemma-scope-2b-pt-res layer_L SAEs read blocks.L.hook_resid_post, -mlp- ones blocks.L.hook_mlp_out, -att- "
+               "ones blocks.L.attn.hook_z) or --layer");
+  return cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer): give --hook or --layer");
+}
+
 namespace {
 
 // A SAELens key that must be absent, null or `allowed`.
@@ -121,6 +129,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   s.dir = dir;
   Checkpoint checkpoint = load_checkpoint(dir, device, /*with_state=*/false);
   s.params = std::move(checkpoint.params);
+  const bool npz = !checkpoint.npz.empty();
   s.cfg = std::move(checkpoint.cfg);
   const std::string where = dir + "/cfg.json";
   if (s.params.sources > 1 && choice.given())
@@ -167,9 +176,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
   }
-  if (!found)
-    throw UsageError(cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer): give --hook "
-                         "or --layer"));
+  if (!found) throw UsageError(no_hook_point_message(dir, npz));
   try {
     s.site = resolve_hook_site(model, named, choice.given() ? choice.option : s.layer_source);
   } catch (const UsageError& e) {

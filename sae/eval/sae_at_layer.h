@@ -56,7 +56,11 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
 // UsageError for a hook_name we do not read.
 bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
 
-// Loads DIR (sae/train/checkpoint.h load_checkpoint) onto `device` and fits it to the model. A
+// The UsageError text for an SAE that names no hook point: give --hook or --layer (for a Gemma
+// Scope params.npz, `npz`, with Gemma Scope's hook naming).
+std::string no_hook_point_message(const std::string& dir, bool npz);
+
+// Loads DIR (sae/train/checkpoint.h load_checkpoint; a Gemma Scope params.npz too) onto `device` and fits it to the model. A
 // transcoder reads and replaces the hooks its cfg.json names (metadata.hook_name, before
 // metadata.hook_name_out; --hook/--layer refused). A crosscoder reads and replaces the hooks of
 // metadata.crosscoder_hooks (one per source, each d = d_in / S wide; "model_b:" ones of `model_b`,

@@ -76,16 +76,19 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   auto note = [&](const std::string& line) {
     if (notes) *notes += line + "\n";
   };
-  const fs::path run(options.run);
+  // A Gemma Scope params.npz given as the file: its folder plays the run folder.
+  const bool npz_file = !fs::is_directory(options.run) && !gemma_scope_npz(options.run).empty();
+  const fs::path given(options.run);
+  const fs::path run = npz_file ? (given.has_parent_path() ? given.parent_path() : fs::path(".")) : given;
   if (!fs::is_directory(run)) throw DataError(cat(options.run, ": no such run folder"));
   if (!options.model.empty() && !fs::is_directory(options.model))
     throw DataError(cat("--model ", options.model, ": no such folder"));
-  // The SAE: RUN/sae, or the folder itself.
-  const fs::path sae_dir = fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
+  // The SAE: RUN/sae, the folder itself (SAELens's layout, or one holding a params.npz), or the .npz.
+  const fs::path sae_dir = npz_file ? given : fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
   const Checkpoint sae = load_checkpoint(sae_dir.string(), Device::CPU, /*with_state=*/false);
   const int64_t features = sae.params.d_sae();
   const std::string stats_path =
-      options.stats.empty() ? (sae_dir / "feature_stats.safetensors").string() : options.stats;
+      options.stats.empty() ? ((npz_file ? run : sae_dir) / "feature_stats.safetensors").string() : options.stats;
   if (!fs::exists(stats_path))
     throw DataError(cat(stats_path, ": no feature statistics. Runs gather them with --feature-stats-steps (on by "
                         "default); for another SAE or text, sae_features --stats-out writes them"));

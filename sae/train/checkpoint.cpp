@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "io/npz.h"
 #include "io/safetensors.h"
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
@@ -27,6 +28,7 @@ constexpr const char* kWeightsFile = "sae_weights.safetensors";
 constexpr const char* kConfigFile = "cfg.json";
 constexpr const char* kStateFile = "training_state.safetensors";
 constexpr const char* kStateFormat = "sae-cpp-training-state";
+constexpr const char* kNpzFile = "params.npz";  // Gemma Scope's release format
 constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
 
 Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
@@ -205,11 +207,52 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   }
 }
 
+std::string gemma_scope_npz(const std::string& path) {
+  const fs::path p(path);
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) {
+    if (!fs::exists(p / kConfigFile, ec) && fs::exists(p / kNpzFile, ec)) return (p / kNpzFile).string();
+    return "";
+  }
+  return p.extension() == ".npz" && fs::exists(p, ec) ? path : "";
+}
+
+namespace {
+// A Gemma Scope params.npz as a JumpReLU SAE: W_enc [D, F], W_dec [F, D], b_enc [F], b_dec [D],
+// threshold [F] (import_saelens checks the names, shapes and values), with a cfg.json made for it.
+Checkpoint load_npz(const std::string& path, Device device) {
+  const NpzFile file = NpzFile::open(path);
+  Checkpoint out;
+  out.npz = path;
+  out.cfg = Json::object();
+  out.cfg["architecture"] = "jumprelu";
+  const ArchUnit& unit = arch_unit("jumprelu");
+  out.params = unit.import_saelens(file, out.cfg, path);
+  if (out.params.d_in() < 1 || out.params.d_sae() < 1)
+    throw DataError(cat(path, ": an SAE needs d_in >= 1 and d_sae >= 1, W_enc is [", out.params.d_in(), ", ",
+                        out.params.d_sae(), "]"));
+  out.cfg["d_in"] = out.params.d_in();
+  out.cfg["d_sae"] = out.params.d_sae();
+  out.cfg["dtype"] = "float32";
+  out.cfg["apply_b_dec_to_input"] = false;
+  out.cfg["normalize_activations"] = "none";
+  out.cfg["reshape_activations"] = "none";
+  out.params = out.params.to(device);
+  return out;
+}
+}  // namespace
+
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state) {
   const fs::path root(dir);
-  if (!fs::is_directory(root)) throw DataError(cat(dir, ": not a checkpoint directory"));
+  const std::string npz = gemma_scope_npz(dir);
+  if (!npz.empty()) return load_npz(npz, device);  // weights only: never a training state
+  if (!fs::is_directory(root))
+    throw DataError(cat(dir, ": not a checkpoint directory (an SAE is a folder with cfg.json and "
+                             "sae_weights.safetensors, or a Gemma Scope params.npz)"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
-  if (!fs::exists(cfg_path)) throw DataError(cat(dir, ": missing ", kConfigFile));
+  if (!fs::exists(cfg_path))
+    throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, or a "
+                        "Gemma Scope params.npz)"));
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());
@@ -337,6 +380,9 @@ std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) 
 std::string find_latest_checkpoint(const std::string& dir) {
   const fs::path root(dir);
   if (fs::exists(root / kStateFile)) return root.string();
+  if (!gemma_scope_npz(dir).empty())
+    throw DataError(cat("--resume ", dir, ": a Gemma Scope params.npz holds weights only, no training state to resume "
+                        "from (start a run from it with --init)"));
   if (!fs::is_directory(root)) throw DataError(cat("--resume ", dir, ": no such run or checkpoint directory"));
   const std::optional<std::string> latest = latest_checkpoint_in_run(dir);
   if (!latest) throw DataError(cat("--resume ", dir, ": no complete checkpoint found"));

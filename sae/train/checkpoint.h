@@ -43,12 +43,20 @@ struct Checkpoint {
   SaeParams params;
   Json cfg;
   std::optional<TrainingState> state;  // when the directory has training_state.safetensors
+  std::string npz;  // a Gemma Scope params.npz: its path (cfg made for it, no hook point); else ""
 };
-// Loads a SAELens-format standard SAE (any directory with sae_weights.safetensors + cfg.json) onto
-// `device`, and its training state when with_state (a program that only applies the SAE does not
-// need it, nor fail on it). DataError naming the file for a missing/corrupt file, another
-// architecture, shapes that disagree with cfg, non-finite weights, or a state out of range.
+// Loads an SAE onto `device`: a SAELens-format folder (sae_weights.safetensors + cfg.json; ours of
+// any architecture, or SAELens's), and its training state when with_state (a program that only
+// applies the SAE does not need it, nor fail on it); or Gemma Scope's release format (docs/contract.md
+// §4), a params.npz (W_enc, W_dec, b_enc, b_dec, threshold) given as the file or as a folder that
+// holds it and no cfg.json, read as a JumpReLU SAE with a cfg made for it (architecture jumprelu,
+// d_in, d_sae, no normalisation, no hook point, no training state). DataError naming the file for a
+// missing/corrupt file, another architecture, shapes that disagree with cfg, non-finite weights, or
+// a state out of range.
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state = true);
+// Where a Gemma Scope params.npz is when `path` is one (the file, or a folder that holds it and no
+// cfg.json); "" otherwise.
+std::string gemma_scope_npz(const std::string& path);
 
 // The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or
 // `dir` itself when it is a checkpoint. DataError when there is none.

@@ -180,7 +180,7 @@ class JumpReluUnit : public ArchUnit {
     out.push_back({"threshold", exp(p.own_tensor("log_threshold").to(Device::CPU).to(DType::F32))});
     return out;
   }
-  void import_rest(const SafetensorsFile& weights, const Json&, const std::string& where,
+  void import_rest(const NamedTensorFile& weights, const Json&, const std::string& where,
                    SaeParams& p) const override {
     if (!weights.has("threshold")) throw DataError(cat(where, ": missing tensor threshold"));
     const Tensor threshold = weights.read_f32("threshold");

@@ -218,7 +218,7 @@ class MatryoshkaUnit : public BatchThresholdUnit {
     if (ours.has("matryoshka_widths"))
       for (const Json& w : ours.at("matryoshka_widths").elements()) w.as_int();
   }
-  void import_rest(const SafetensorsFile& weights, const Json& cfg, const std::string& where,
+  void import_rest(const NamedTensorFile& weights, const Json& cfg, const std::string& where,
                    SaeParams& p) const override {
     BatchThresholdUnit::import_rest(weights, cfg, where, p);
     const Json& ours = cfg.at("sae_cpp");

@@ -68,7 +68,7 @@ class TopKUnit : public ArchUnit {
     if (cfg.has("k")) cfg.at("k").as_int();
     if (cfg.has("rescale_acts_by_decoder_norm")) cfg.at("rescale_acts_by_decoder_norm").as_bool();
   }
-  void import_rest(const SafetensorsFile&, const Json& cfg, const std::string& where, SaeParams& p) const override {
+  void import_rest(const NamedTensorFile&, const Json& cfg, const std::string& where, SaeParams& p) const override {
     if (!cfg.has("k") || !cfg.at("k").is_number()) throw DataError(cat(where, ": a topk cfg.json needs an integer k"));
     p.settings["k"] = cfg.at("k").as_int();
   }
