@@ -72,7 +72,10 @@ std::string ArchOption::text(const Json& value) const {
     case ArchValueType::Choice: return value.as_string();
     case ArchValueType::IntegerList: {
       std::string out;
-      for (const Json& v : value.elements()) out += (out.empty() ? "" : ",") + std::to_string(v.as_int());
+      for (const Json& v : value.elements()) {
+        if (!out.empty()) out += ',';
+        out += std::to_string(v.as_int());
+      }
       return out;
     }
   }

@@ -74,7 +74,8 @@ void RunLog::write(const MetricRow& row) {
   for (size_t i = 0; i < row.size(); ++i) {
     if (row[i].first != columns_[i])
       throw DataError(cat(csv_path_, ": column ", i, " is '", columns_[i], "', this run logs '", row[i].first, "'"));
-    line += (i ? "," : "") + format_value(row[i].second);
+    if (i) line += ',';
+    line += format_value(row[i].second);
   }
   if (std::fprintf(csv_, "%s\n", line.c_str()) < 0) throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
   const int64_t step = static_cast<int64_t>(row[0].second);
