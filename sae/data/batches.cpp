@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <tuple>
 
 #if defined(SAE_WITH_CUDA)
 #include "sae/data/cuda_data.h"
@@ -251,16 +252,19 @@ void BatchSource::set_part(int64_t part, int64_t parts, const SumOverParts&) {
   if (parts > 1) throw UsageError("this data source cannot be split between data-parallel replicas");
 }
 
-void Batcher::set_part(int64_t part, int64_t parts, const SumOverParts&) {
-  if (parts == 1) return;
-  if (batch_tokens_ == 0)
+std::pair<int64_t, int64_t> replica_rows(int64_t batch_tokens, int64_t part, int64_t parts) {
+  if (batch_tokens == 0)
     throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "
                      "--batch N, or --shards equal to the number of ranks");
-  if (batch_tokens_ < parts)
-    throw UsageError(cat("--batch ", batch_tokens_, " is smaller than the ", parts, " data-parallel replicas"));
+  if (batch_tokens < parts)
+    throw UsageError(cat("--batch ", batch_tokens, " is smaller than the ", parts, " data-parallel replicas"));
   // The same split as sae/arch/collectives.h part_begin.
-  part_begin_ = batch_tokens_ * part / parts;
-  part_end_ = batch_tokens_ * (part + 1) / parts;
+  return {batch_tokens * part / parts, batch_tokens * (part + 1) / parts};
+}
+
+void Batcher::set_part(int64_t part, int64_t parts, const SumOverParts&) {
+  if (parts == 1) return;
+  std::tie(part_begin_, part_end_) = replica_rows(batch_tokens_, part, parts);
   max_tokens_ = part_end_ - part_begin_;
   part_list_.resize(max_tokens_);
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/json.h"
@@ -113,6 +114,10 @@ struct BatchOrigins {
 // Where training batches come from: activation files or synthetic data (Batcher, below), or text
 // run through a language model (TextBatcher, text_batches.h). The trainer and the prefetcher see
 // only this.
+// The rows [begin, end) of each N-token batch that data-parallel replica `part` of `parts` keeps.
+// UsageError for story batches (N = 0: a story is one batch) and for fewer rows than replicas.
+std::pair<int64_t, int64_t> replica_rows(int64_t batch_tokens, int64_t part, int64_t parts);
+
 class BatchSource {
  public:
   virtual ~BatchSource() = default;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <tuple>
 
 namespace sae {
 
@@ -244,18 +245,11 @@ int64_t TextBatcher::next(float* raw, float* normalized, BatchStats& stats) {
 
 void TextBatcher::set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) {
   if (parts == 1) return;
-  if (batch_tokens_ == 0)
-    throw UsageError("--batch story cannot be split between data-parallel replicas (a story is one batch): use "
-                     "--batch N, or --shards equal to the number of ranks");
-  if (batch_tokens_ < parts)
-    throw UsageError(cat("--batch ", batch_tokens_, " is smaller than the ", parts, " data-parallel replicas"));
+  std::tie(part_begin_, part_end_) = replica_rows(batch_tokens_, part, parts);
   if (!sum_over_parts) throw Error("TextBatcher::set_part: replicas need a sum over the parts");
   part_ = part;
   parts_ = parts;
   sum_over_parts_ = sum_over_parts;
-  // The same split as sae/arch/collectives.h part_begin.
-  part_begin_ = batch_tokens_ * part / parts;
-  part_end_ = batch_tokens_ * (part + 1) / parts;
   max_tokens_ = part_end_ - part_begin_;
 }
 

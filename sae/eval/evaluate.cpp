@@ -536,21 +536,10 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["pieces"] = r.pieces;
   j["tokens"] = r.tokens;
   j["predicted_tokens"] = r.predictions;
-  Json ce = Json::object();
-  ce["clean"] = number_or_null(r.clean.ce);
-  ce["sae"] = number_or_null(r.spliced.ce);
-  ce["zero_ablation"] = number_or_null(r.zero_ablated.ce);
-  ce["mean_ablation"] = number_or_null(r.mean_ablated.ce);
-  j["ce_loss"] = ce;
-  Json kl = Json::object();
-  kl["sae"] = number_or_null(r.spliced.kl);
-  kl["zero_ablation"] = number_or_null(r.zero_ablated.kl);
-  kl["mean_ablation"] = number_or_null(r.mean_ablated.kl);
-  j["kl_div"] = kl;
-  j["ce_loss_score"] = number_or_null(r.ce_score);
-  j["kl_div_score"] = number_or_null(r.kl_score);
-  j["ce_loss_score_mean_ablation"] = number_or_null(r.ce_score_mean);
-  j["kl_div_score_mean_ablation"] = number_or_null(r.kl_score_mean);
+  const SpliceScores scores{r.clean, r.spliced, r.zero_ablated, r.mean_ablated,
+                            r.ce_score, r.kl_score, r.ce_score_mean, r.kl_score_mean};
+  const Json score_keys = scores_json(scores);  // a temporary's items() would dangle in the loop
+  for (const auto& [key, value] : score_keys.items()) j[key] = value;
   j["fvu"] = number_or_null(r.fvu);
   j["explained_variance"] = number_or_null(1.0 - r.fvu);
   j["l0"] = number_or_null(r.l0);

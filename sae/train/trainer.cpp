@@ -41,6 +41,16 @@ double metric(const MetricRow& row, const std::string& name) {
 
 namespace {
 
+// The ranks of a distributed run, or null for one process (no ranks, or one).
+Collectives* several_ranks(Collectives* ranks) { return ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr; }
+// Runs `phase` on every rank (Collectives::agree), or here when there are none.
+void agree_on(Collectives* dist, const std::function<void()>& phase) {
+  if (dist)
+    dist->agree(phase);
+  else
+    phase();
+}
+
 // Everything a checkpoint saves and a resumed run restores. The tensors live on the run's device.
 struct RunState {
   SaeParams params;
@@ -314,14 +324,9 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
   // every rank and stops them all when it fails on one.
-  Collectives* const dist = ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr;
+  Collectives* const dist = several_ranks(ranks);
   const bool lead = dist == nullptr || dist->rank() == 0;
-  auto agree = [&](const std::function<void()>& phase) {
-    if (dist)
-      dist->agree(phase);
-    else
-      phase();
-  };
+  auto agree = [dist](const std::function<void()>& phase) { agree_on(dist, phase); };
   // ---- where each run starts ----
   std::vector<std::string> folders;
   for (const TrainConfig& c : requested) {
@@ -384,14 +389,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
   // every rank and stops them all when it fails on one.
-  Collectives* const dist = ranks != nullptr && ranks->ranks() > 1 ? ranks : nullptr;
+  Collectives* const dist = several_ranks(ranks);
   const bool lead = dist == nullptr || dist->rank() == 0;
-  auto agree = [&](const std::function<void()>& phase) {
-    if (dist)
-      dist->agree(phase);
-    else
-      phase();
-  };
+  auto agree = [dist](const std::function<void()>& phase) { agree_on(dist, phase); };
   const TrainConfig& shared = members[0].config();
   const int64_t shards = dist ? dist->shards() : 1;
   agree([&] {

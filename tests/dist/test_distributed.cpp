@@ -69,6 +69,14 @@ std::vector<std::string> our_lines(const std::string& err) {
   return lines;
 }
 
+// A run that must stop with exit code `code` and exactly one line of ours on stderr that mentions `what`.
+void expect_refused(const CommandResult& r, int code, const std::string& what) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
+  const std::vector<std::string> lines = our_lines(r.err);
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  EXPECT_NE(lines[0].find(what), std::string::npos) << lines[0];
+}
+
 double max_relative(const std::vector<double>& a, const std::vector<double>& b) {
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]) / std::max(std::abs(a[i]), 1e-6));
@@ -212,11 +220,8 @@ TEST(Distributed, Refusals) {
       {kStandard + " --steps 5 --batch story --normalize story", "--batch story cannot be split"},
   };
   for (const Case& c : cases) {
-    auto r = mpirun(2, c.args + " --out " + dir.str("run"), dir);
-    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.err;
-    const std::vector<std::string> lines = our_lines(r.err);
-    ASSERT_EQ(lines.size(), 1u) << r.err;
-    EXPECT_NE(lines[0].find(c.must_mention), std::string::npos) << lines[0];
+    SCOPED_TRACE(c.args);
+    expect_refused(mpirun(2, c.args + " --out " + dir.str("run"), dir), 2, c.must_mention);
   }
   // Options that differ between ranks (mpirun's MPMD form gives each rank its own command line).
   const std::string bin = std::string(SAE_BIN_DIR) + "/sae_train";
@@ -264,11 +269,8 @@ TEST(Distributed, DistributeSpreadsAListOverTheRanks) {
     EXPECT_EQ(sae::testing::read_file(dir.str("spread/") + run + "/sae/sae_weights.safetensors"),
               sae::testing::read_file(dir.str("one/") + run + "/sae/sae_weights.safetensors"))
         << run;
-  auto refused = mpirun(2, kStandard + " --steps 5 --distribute --out " + dir.str("bad"), dir);
-  EXPECT_EQ(refused.exit_code, 2);
-  const std::vector<std::string> lines = our_lines(refused.err);
-  ASSERT_EQ(lines.size(), 1u) << refused.err;
-  EXPECT_NE(lines[0].find("--distribute spreads the SAEs of --l1-list or --k-list"), std::string::npos) << lines[0];
+  expect_refused(mpirun(2, kStandard + " --steps 5 --distribute --out " + dir.str("bad"), dir), 2,
+                 "--distribute spreads the SAEs of --l1-list or --k-list");
 }
 
 // On a GPU: two ranks sharing one device (the host path: NCCL needs a GPU per rank, so its path is
@@ -325,11 +327,8 @@ TEST(Distributed, ShardsAndReplicasOnTextThroughAModelAtAHookEqualOneProcess) {
   std::printf("2 replicas to step 15, resumed to 30, vs one process:\n");
   expect_same_model(dir.str("one"), dir.str("resumed"), 2e-5);
 
-  auto story = mpirun(2, options + " --batch story" + steps30 + " --out " + dir.str("story"), dir);
-  EXPECT_EQ(story.exit_code, 2);
-  const std::vector<std::string> lines = our_lines(story.err);
-  ASSERT_EQ(lines.size(), 1u) << story.err;
-  EXPECT_NE(lines[0].find("--batch story cannot be split between data-parallel replicas"), std::string::npos) << lines[0];
+  expect_refused(mpirun(2, options + " --batch story" + steps30 + " --out " + dir.str("story"), dir), 2,
+                 "--batch story cannot be split between data-parallel replicas");
 }
 
 // Dictionaries beyond the SAE from activation files: a skip transcoder (TopK; x.npy to y.npy) and a
