@@ -283,9 +283,11 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
     return 0;
   } catch (const sae::RankFailure& e) {
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s%s\n", e.what(), e.code == 2 ? " (see --help)" : "");
+    world.error_reported();  // after the line: a stop while it is printed still leaves one line
     return e.code;
   } catch (const sae::TrainingDiverged& e) {  // every rank sees the same sums
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s\n", e.what());
+    world.error_reported();
     return 1;
   } catch (const sae::UsageError& e) {
     world.fail("sae_train", e, 2);

@@ -147,10 +147,13 @@ class MpiCollectives : public Collectives {
 
 // The line rank 0 prints when mpirun stops it (another rank died); set before the handler is.
 char termination_line[512];
+volatile sig_atomic_t termination_announced = 1;  // 0 once this rank has printed the job's error itself
 
 extern "C" void on_sigterm(int) {
-  const ssize_t ignored = ::write(STDERR_FILENO, termination_line, std::strlen(termination_line));
-  (void)ignored;
+  if (termination_announced) {
+    const ssize_t ignored = ::write(STDERR_FILENO, termination_line, std::strlen(termination_line));
+    (void)ignored;
+  }
   ::_exit(143);
 }
 
@@ -213,6 +216,7 @@ class OpenMpiWorld : public MpiWorld {
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, nullptr);
   }
+  void error_reported() override { termination_announced = 0; }
 
  private:
   bool launched_;

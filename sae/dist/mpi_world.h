@@ -38,6 +38,9 @@ class MpiWorld {
   // On rank 0: a SIGTERM (mpirun stopping the job after another rank died) prints one line naming
   // the program before this rank exits.
   virtual void announce_termination(const std::string& program) = 0;
+  // Rank 0 has printed the job's one error line: a SIGTERM from now on (mpirun stopping the ranks
+  // that are still finishing) ends this rank without a second line.
+  virtual void error_reported() = 0;
 };
 
 // MPI when launched by mpirun or when shards_given (then UsageError without MPI in the build); null
