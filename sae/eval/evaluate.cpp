@@ -403,6 +403,24 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
 
 namespace {
 
+Json numbers_json(const std::vector<double>& values) {
+  Json out = Json::array();
+  for (double v : values) out.push_back(v);
+  return out;
+}
+
+// The keys an SAE's and a crosscoder's eval.json share after their scores.
+void put_dictionary_keys(Json& j, double fvu, double l0, int64_t dead, int64_t dense, double dense_threshold,
+                         const std::vector<double>& density) {
+  j["fvu"] = number_or_null(fvu);
+  j["explained_variance"] = number_or_null(1.0 - fvu);
+  j["l0"] = number_or_null(l0);
+  j["dead_features"] = dead;
+  j["dense_features"] = dense;
+  j["dense_threshold"] = dense_threshold;
+  j["feature_density"] = numbers_json(density);
+}
+
 Json scores_json(const SpliceScores& s) {
   Json j = Json::object();
   Json ce = Json::object();
@@ -452,9 +470,7 @@ Json crosscoder_eval_json(const CrosscoderEvalResult& r, const SaeAtLayer& cc, c
     s["hook_name"] = hook_name(cc.sources[k].site);
     s["dataset_scale"] = cc.sources[k].scale;
     s["fvu"] = number_or_null(r.fvu[k]);
-    Json mean = Json::array();
-    for (double v : r.mean_activation[k]) mean.push_back(v);
-    s["mean_activation"] = mean;
+    s["mean_activation"] = numbers_json(r.mean_activation[k]);
     sources.push_back(s);
   }
   j["sources"] = sources;
@@ -466,15 +482,7 @@ Json crosscoder_eval_json(const CrosscoderEvalResult& r, const SaeAtLayer& cc, c
   const Json scores = scores_json(r.models.at(0));
   for (const auto& [key, value] : scores.items()) j[key] = value;
   if (r.models.size() > 1) j["model_b_scores"] = scores_json(r.models[1]);
-  j["fvu"] = number_or_null(r.fvu_all);
-  j["explained_variance"] = number_or_null(1.0 - r.fvu_all);
-  j["l0"] = number_or_null(r.l0);
-  j["dead_features"] = r.dead;
-  j["dense_features"] = r.dense;
-  j["dense_threshold"] = r.dense_threshold;
-  Json density = Json::array();
-  for (double v : r.density) density.push_back(v);
-  j["feature_density"] = density;
+  put_dictionary_keys(j, r.fvu_all, r.l0, r.dead, r.dense, r.dense_threshold, r.density);
   j["seconds"] = r.seconds;
   return j;
 }
@@ -540,18 +548,8 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
                             r.ce_score, r.kl_score, r.ce_score_mean, r.kl_score_mean};
   const Json score_keys = scores_json(scores);  // a temporary's items() would dangle in the loop
   for (const auto& [key, value] : score_keys.items()) j[key] = value;
-  j["fvu"] = number_or_null(r.fvu);
-  j["explained_variance"] = number_or_null(1.0 - r.fvu);
-  j["l0"] = number_or_null(r.l0);
-  j["dead_features"] = r.dead;
-  j["dense_features"] = r.dense;
-  j["dense_threshold"] = r.dense_threshold;
-  Json density = Json::array();
-  for (double v : r.density) density.push_back(v);
-  j["feature_density"] = density;
-  Json mean = Json::array();
-  for (double v : r.mean_activation) mean.push_back(v);
-  j["mean_activation"] = mean;
+  put_dictionary_keys(j, r.fvu, r.l0, r.dead, r.dense, r.dense_threshold, r.density);
+  j["mean_activation"] = numbers_json(r.mean_activation);
   j["seconds"] = r.seconds;
   return j;
 }

@@ -119,6 +119,22 @@ void expect_same_model(const std::string& want, const std::string& got, double t
   }
 }
 
+// `options` trained as one process, as 2 shards and as 2 replicas (folders NAME_one, NAME_s2 and
+// NAME_r2 of dir): both distributed runs equal the one-process run within 2e-5.
+void expect_shards_and_replicas_equal_one_process(const std::string& options, const TempDir& dir,
+                                                  const std::string& name) {
+  auto one = sae::testing::run_binary("sae_train", options + " --out " + dir.str(name + "_one"), dir);
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto shards = mpirun(2, options + " --shards 2 --out " + dir.str(name + "_s2"), dir);
+  ASSERT_EQ(shards.exit_code, 0) << shards.err;
+  auto replicas = mpirun(2, options + " --out " + dir.str(name + "_r2"), dir);
+  ASSERT_EQ(replicas.exit_code, 0) << replicas.err;
+  std::printf("%s, 2 shards vs one process:\n", name.c_str());
+  expect_same_model(dir.str(name + "_one"), dir.str(name + "_s2"), 2e-5);
+  std::printf("%s, 2 replicas vs one process:\n", name.c_str());
+  expect_same_model(dir.str(name + "_one"), dir.str(name + "_r2"), 2e-5);
+}
+
 }  // namespace
 
 // The equality: P = 2 as 2 shards and as 2 replicas, 100 steps, standard and TopK.
@@ -126,17 +142,7 @@ TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
   SKIP_WITHOUT_MPI();
   TempDir dir("dist_equal");
   for (const auto& [name, options] : {std::pair<std::string, std::string>{"standard", kStandard}, {"topk", kTopK}}) {
-    const std::string steps = " --steps 100 --checkpoint-every 50";
-    auto one = sae::testing::run_binary("sae_train", options + steps + " --out " + dir.str(name + "_one"), dir);
-    ASSERT_EQ(one.exit_code, 0) << one.err;
-    auto shards = mpirun(2, options + steps + " --shards 2 --out " + dir.str(name + "_s2"), dir);
-    ASSERT_EQ(shards.exit_code, 0) << shards.err;
-    auto replicas = mpirun(2, options + steps + " --out " + dir.str(name + "_r2"), dir);
-    ASSERT_EQ(replicas.exit_code, 0) << replicas.err;
-    std::printf("%s, 2 shards vs one process:\n", name.c_str());
-    expect_same_model(dir.str(name + "_one"), dir.str(name + "_s2"), 2e-5);
-    std::printf("%s, 2 replicas vs one process:\n", name.c_str());
-    expect_same_model(dir.str(name + "_one"), dir.str(name + "_r2"), 2e-5);
+    expect_shards_and_replicas_equal_one_process(options + " --steps 100 --checkpoint-every 50", dir, name);
     // The shards wrote one SAELens folder and an optimizer shard each.
     for (const char* file : {"cfg.json", "training_state.safetensors", "training_state.shard_0.safetensors",
                              "training_state.shard_1.safetensors"})
@@ -364,16 +370,7 @@ TEST(Distributed, TranscodersAndCrosscodersOverRanksEqualOneProcess) {
       {"crosscoder", " --data " + dir.str("x.npy") + "," + dir.str("x2.npy") + " --l1 1"},
   };
   for (const auto& [name, options] : runs) {
-    auto one = sae::testing::run_binary("sae_train", common + options + " --out " + dir.str(name + "_one"), dir);
-    ASSERT_EQ(one.exit_code, 0) << one.err;
-    auto shards = mpirun(2, common + options + " --shards 2 --out " + dir.str(name + "_s2"), dir);
-    ASSERT_EQ(shards.exit_code, 0) << shards.err;
-    auto replicas = mpirun(2, common + options + " --out " + dir.str(name + "_r2"), dir);
-    ASSERT_EQ(replicas.exit_code, 0) << replicas.err;
-    std::printf("%s, 2 shards vs one process:\n", name.c_str());
-    expect_same_model(dir.str(name + "_one"), dir.str(name + "_s2"), 2e-5);
-    std::printf("%s, 2 replicas vs one process:\n", name.c_str());
-    expect_same_model(dir.str(name + "_one"), dir.str(name + "_r2"), 2e-5);
+    expect_shards_and_replicas_equal_one_process(common + options, dir, name);
     const Json cfg = Json::parse(sae::testing::read_file(dir.str(name + "_s2/sae/cfg.json")));
     EXPECT_EQ(cfg.at("d_sae").as_int(), 32);
     EXPECT_EQ(cfg.at("architecture").as_string(), Json::parse(sae::testing::read_file(dir.str(name + "_one/sae/cfg.json")))
