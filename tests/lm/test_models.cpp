@@ -27,6 +27,7 @@
 #include "lm/model_loader.h"
 #include "tensor/ops.h"
 #include "tests/util/compare.h"
+#include "tests/util/errors.h"
 #include "tests/util/fixture.h"
 #include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
@@ -34,6 +35,7 @@
 using namespace sae;
 using sae::testing::RawArray;
 using sae::testing::TempDir;
+using sae::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -86,18 +88,6 @@ void write_folder(const std::string& dir, const Json& config, const std::vector<
 }
 
 Json fixture_config(const std::string& model) { return read_json_file(models_ref(model + "/config.json")); }
-
-template <typename Call>
-std::string error_of(Call call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
-}
 
 }  // namespace
 

@@ -30,6 +30,7 @@
 #include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
+#include "tests/util/errors.h"
 #include "tests/util/gpu.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
@@ -37,6 +38,7 @@
 
 using namespace sae;
 using sae::testing::TempDir;
+using sae::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -60,18 +62,6 @@ std::string edited_copy(const TempDir& dir, const std::string& folder, Edit edit
   edit(cfg);
   std::ofstream(out + "/cfg.json") << cfg.dump(2);
   return out;
-}
-
-template <typename Call>
-std::string error_of(Call call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
 }
 
 void expect_relative(double got, double want, double rel, const std::string& what) {

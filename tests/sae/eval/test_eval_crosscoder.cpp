@@ -18,12 +18,14 @@
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
+#include "tests/util/errors.h"
 #include "tests/util/fixture.h"
 #include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
 using sae::testing::TempDir;
+using sae::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -31,18 +33,6 @@ namespace {
 std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
 std::string xc_ref(const std::string& name) {
   return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_crosscoder/" + name;
-}
-
-template <typename Call>
-std::string error_of(Call call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line: " << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
 }
 
 void expect_relative(double got, double want, double rel, const std::string& what) {
