@@ -2,7 +2,8 @@
 // --transcoder-list: each batch read and run through the model once; OUT/l1_<value>/, OUT/k_<value>/,
 // OUT/layer_<L>/ per SAE or transcoder, each a complete run folder) (docs/contract.md §5), listed in
 // OUT/sweep.json. Under mpirun, on several ranks (docs/distributed.md): --shards S latent shards times
-// P / S data-parallel replicas, or --distribute (each SAE of a list on one rank).
+// P / S data-parallel replicas, or --distribute (each SAE of a list on one rank; from text the ranks
+// share the language model's work).
 // Thin: options -> TrainConfig(s) -> train() / train_together() -> report, figures.
 #include <algorithm>
 #include <cstdio>
@@ -185,8 +186,9 @@ Parsed parse(int argc, char** argv, bool owner) {
       "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
                          "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
       cxxopts::value<std::string>())(
-      "distribute", "under mpirun with --l1-list or --k-list: each SAE trained whole on one rank (SAE i on rank i "
-                    "mod P) instead of every SAE on every rank's shards (docs/distributed.md)");
+      "distribute", "under mpirun with --l1-list, --k-list, --layer-list or --transcoder-list: each SAE trained "
+                    "whole on one rank (SAE i on rank i mod P) instead of every SAE on every rank's shards; from "
+                    "text, the ranks share the language model's work (docs/distributed.md)");
   cxxopts::ParseResult parsed;
   Parsed out;
   if (!sae::parse_command_line(options, argc, argv, parsed)) return out;
@@ -200,7 +202,8 @@ Parsed parse(int argc, char** argv, bool owner) {
   if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);  // --resume OUT of a list's run
   out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())
-    throw sae::UsageError("--distribute spreads the SAEs of --l1-list or --k-list over the ranks: give one of them");
+    throw sae::UsageError("--distribute spreads the SAEs of a list over the ranks: give --l1-list, --k-list, "
+                          "--layer-list or --transcoder-list");
   if (out.distribute && config.shards > 1)
     throw sae::UsageError("--distribute trains each SAE whole on one rank: leave --shards out");
   if (configs.empty()) configs.push_back(config);
@@ -239,6 +242,23 @@ std::string report(const std::vector<sae::TrainResult>& results) {
   return text;
 }
 
+// --distribute from text: what each pass over the data cost this rank (its share of the language
+// model's windows; the activations the others computed, summed in).
+std::string pass_report(const std::vector<sae::PassShare>& passes, int rank, int ranks) {
+  std::string text;
+  for (const sae::PassShare& p : passes) {
+    if (!p.shared) continue;
+    char line[400];
+    std::snprintf(line, sizeof line,
+                  "rank %d of %d, steps %lld to %lld (%lld SAEs here): the language model ran on %lld of the %lld "
+                  "windows here; %.3f MB of activations summed over the ranks\n",
+                  rank, ranks, (long long)p.first_step + 1, (long long)p.last_step, (long long)p.saes_here,
+                  (long long)p.counts.windows_run, (long long)p.counts.windows, 4e-6 * double(p.counts.floats_summed));
+    text += line;
+  }
+  return text;
+}
+
 // Under mpirun (docs/distributed.md): every rank parses the same command line and trains its part;
 // a failure is one line on rank 0 (or on the rank that failed inside the loop, then mpirun stops the
 // others) and a non-zero exit from every rank.
@@ -262,11 +282,9 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
       });
     }
     std::string text;
-    if (parsed.distribute) {  // SAE i on rank i mod P, each alone
-      std::vector<sae::TrainConfig> mine;
-      for (size_t i = 0; i < parsed.configs.size(); ++i)
-        if (static_cast<int>(i % world.ranks()) == world.rank()) mine.push_back(parsed.configs[i]);
-      if (!mine.empty()) text = report(sae::train_together(mine));
+    if (parsed.distribute) {  // SAE i on rank i mod P, each whole; from text, one model pass shared
+      const sae::SpreadResult spread = sae::train_spread(parsed.configs, everyone);
+      text = report(spread.results) + pass_report(spread.passes, world.rank(), world.ranks());
     } else {
       const sae::TrainConfig& first = parsed.configs.front();
       sae::Collectives* grid = nullptr;

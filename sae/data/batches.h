@@ -140,6 +140,21 @@ class BatchSource {
   // call before the first batch.
   using SumOverParts = std::function<void(float* values, int64_t count)>;
   virtual void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts);
+  // Ranks that each train other SAEs on the same batches (sae_train --distribute): every rank still
+  // gets whole batches, but a source whose rows are computed (text through the language model, token
+  // batches) computes only share `part` of `parts` of them and completes the rest with
+  // sum_over_parts (a sum over every rank, at the same points of next() and restore() on each).
+  // Returns false, and changes nothing, for a source with nothing to share (activation files,
+  // synthetic data, story batches). Call before the first batch.
+  virtual bool share_computation(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) { return false; }
+  // What this rank computed of the batches' rows since it was made (or since share_computation
+  // began sharing): the language model's windows
+  // run here, of all windows the batches were filled from, and the floats completed by
+  // sum_over_parts (zero for sources that compute nothing).
+  struct ComputeCounts {
+    int64_t windows_run = 0, windows = 0, floats_summed = 0;
+  };
+  virtual ComputeCounts compute_counts() const { return {}; }
   // Sources that make their batches on a device (the synthetic generator, with --device-data):
   // the next batch, normalised, into `out` (float32 [max_batch_tokens, D] on that device), the same
   // tokens next() would give (docs/contract.md §3 says where the numbers differ). Nothing is read

@@ -201,8 +201,11 @@ void TextBatcher::fill_chunk() {
   chunk_position_.clear();
   chunk_ids_.clear();
   for (int64_t piece = 0; static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d(); ++piece) {
-    const int64_t t = next_piece(piece_, piece % parts_ == part_);  // a replica's share of the pieces
+    const bool mine = piece % parts_ == part_;  // a replica's (or rank's) share of the pieces
+    const int64_t t = next_piece(piece_, mine);
     chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
+    ++counts_.windows;
+    if (mine) ++counts_.windows_run;
     if (!recording_origins()) continue;
     for (int64_t r = 0; r < t; ++r) {
       const auto [story, position] = piece_row_origin(r);
@@ -211,7 +214,10 @@ void TextBatcher::fill_chunk() {
       chunk_ids_.push_back(position >= 0 ? piece_story_ids_[static_cast<size_t>(position)] : -1);
     }
   }
-  if (parts_ > 1) sum_over_parts_(chunk_.data(), static_cast<int64_t>(chunk_.size()));  // the others' pieces
+  if (parts_ > 1) {  // the others' pieces
+    sum_over_parts_(chunk_.data(), static_cast<int64_t>(chunk_.size()));
+    counts_.floats_summed += static_cast<int64_t>(chunk_.size());
+  }
   order_.emplace(static_cast<uint64_t>(chunk_.size()) / static_cast<uint64_t>(d()),
                  seed_ + 0x1000 * static_cast<uint64_t>(chunk_index_));
   cursor_ = 0;
@@ -251,6 +257,17 @@ void TextBatcher::set_part(int64_t part, int64_t parts, const SumOverParts& sum_
   parts_ = parts;
   sum_over_parts_ = sum_over_parts;
   max_tokens_ = part_end_ - part_begin_;
+}
+
+bool TextBatcher::share_computation(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) {
+  if (batch_tokens_ == 0 || parts == 1) return false;  // a story is one batch: every rank runs it itself
+  if (!sum_over_parts) throw Error("TextBatcher::share_computation: needs a sum over the parts");
+  if (part < 0 || part >= parts) throw Error(cat("TextBatcher::share_computation: part ", part, " of ", parts));
+  part_ = part;
+  parts_ = parts;
+  sum_over_parts_ = sum_over_parts;
+  counts_ = {};  // from here on: what the shared batches cost this rank
+  return true;
 }
 
 void TextBatcher::record_story_origins(int64_t n) {
@@ -309,7 +326,15 @@ void TextBatcher::restore(const Json& state) {
     return;
   }
   const int64_t chunk_index = state.at("chunk_index").as_int(), cursor = state.at("cursor").as_int();
-  if (chunk_index < 0) return;  // saved before the first batch
+  if (chunk_index < 0) {  // saved before the first batch: back to the start (also after batches were drawn)
+    seek_piece(PiecePosition::from_json(state.at("chunk_start")));
+    chunk_start_ = at_;
+    chunk_index_ = -1;
+    cursor_ = 0;
+    chunk_.clear();
+    order_.reset();
+    return;
+  }
   seek_piece(PiecePosition::from_json(state.at("chunk_start")));
   chunk_index_ = chunk_index - 1;  // fill_chunk counts it again
   fill_chunk();

@@ -80,6 +80,10 @@ class TextBatcher : public BatchSource {
   // elsewhere) and sum_over_parts completes the chunk, so each replica computes its share of the
   // activations and the batches equal one process's.
   void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
+  // Token mode only (story mode: false): rank `part` runs the model on every parts-th piece of each
+  // chunk as set_part does, but keeps every row of each batch.
+  bool share_computation(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
+  ComputeCounts compute_counts() const override { return counts_; }
 
  private:
   // The next piece of text to train on: a story, or a piece of a long one. Its activations [T, D]
@@ -120,6 +124,7 @@ class TextBatcher : public BatchSource {
   int64_t chunk_index_ = -1, cursor_ = 0;
   int64_t part_ = 0, parts_ = 1, part_begin_ = 0, part_end_ = 0;  // a replica's rows of each batch
   SumOverParts sum_over_parts_;
+  ComputeCounts counts_;  // token mode: the pieces of the chunks filled, and those run here
   std::vector<float> chunk_;  // [chunk tokens, D]
   std::optional<RandomPermutation> order_;  // the chunk's serving order
   std::vector<float> piece_;  // scratch [T, D]

@@ -215,7 +215,21 @@ bool same_position(const Member& a, const Member& b) {
   return a.start.state->batcher == b.start.state->batcher;
 }
 
-std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks);
+// A pass over the data of a --distribute run (train_spread): the SAEs of a group are spread over the
+// ranks, and when the language model's work is shared every rank takes part in every pass, with or
+// without SAEs of its own in it (then it only computes its share of each chunk).
+struct SpreadPass {
+  Collectives* all = nullptr;
+  std::vector<std::string> reads;  // every activation any SAE of the run reads: each chunk carries them all
+  TrainConfig stream;              // the pass's data options (its first SAE's; every SAE's agree)
+  Json position;                   // the saved data position it starts from (null: the data's start)
+  int64_t start_step = 0;
+  bool share = false;              // the model's work is split over the ranks (text, token batches)
+  PassShare* out = nullptr;        // what this rank computed
+};
+
+// pass: null for one process or a grid of shards x replicas; then members is not empty.
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass = nullptr);
 
 // The result of a run that was at its last step already: its last logged metrics and final model.
 TrainResult finished_result(const RunStart& start) {
@@ -249,8 +263,10 @@ TrainResult finished_result(const RunStart& start) {
 }
 
 // The dataset scales of `reads` as the resumed runs saved them (each run's are its input's, then a
-// transcoder's target's); none for fresh runs.
-std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, const std::vector<std::string>& reads) {
+// transcoder's target's); none for fresh runs. unread_ones: a read no member reads (a --distribute
+// pass carries other ranks' reads) gets 1 (its columns are computed and exchanged, never trained on).
+std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, const std::vector<std::string>& reads,
+                                          bool unread_ones = false) {
   if (!members[0].start.state) return std::nullopt;
   std::vector<double> scales(reads.size(), 0.0);
   for (const Member& m : members) {
@@ -266,6 +282,15 @@ std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, co
       if (scales[b] == 0) scales[b] = saved[k];
     }
   }
+  for (size_t b = 0; b < reads.size(); ++b)
+    if (scales[b] == 0 && unread_ones) {
+      bool read = false;
+      for (const Member& m : members) {
+        read = read || std::find(m.reads.in.begin(), m.reads.in.end(), reads[b]) != m.reads.in.end();
+        read = read || std::find(m.reads.out.begin(), m.reads.out.end(), reads[b]) != m.reads.out.end();
+      }
+      if (!read) scales[b] = 1;
+    }
   for (size_t b = 0; b < reads.size(); ++b)
     if (scales[b] == 0)
       throw UsageError(cat("resume: no saved dataset scale for ", reads[b], "; resume these runs separately"));
@@ -381,18 +406,135 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   return out;
 }
 
+SpreadResult train_spread(const std::vector<TrainConfig>& requested, Collectives& all) {
+  if (requested.empty()) throw UsageError("train_spread: no runs");
+  const size_t count = requested.size();
+  const int ranks = all.ranks();
+  auto mine = [&](size_t i) { return static_cast<int>(i % static_cast<size_t>(ranks)) == all.rank(); };
+  // ---- where each SAE starts: its rank owns its folder (lock, recovery, overwrite) ----
+  std::vector<std::optional<RunStart>> starts(count);
+  all.agree([&] {
+    std::vector<std::string> folders;
+    for (const TrainConfig& c : requested) {
+      const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
+      if (std::find(folders.begin(), folders.end(), folder) != folders.end())
+        throw UsageError(cat("two SAEs trained together would share the folder ", folder));
+      folders.push_back(folder);
+    }
+    for (size_t i = 0; i < count; ++i)
+      if (mine(i)) starts[i] = start_run(requested[i]);
+  });
+  // Every rank learns every SAE's configuration and position (each rank's, broadcast in turn).
+  Json own = Json::array();
+  for (size_t i = 0; i < count; ++i) {
+    if (!mine(i)) continue;
+    const RunStart& start = *starts[i];
+    Json e = Json::object();
+    e["index"] = static_cast<int64_t>(i);
+    e["finished"] = start.finished;
+    e["resumed"] = start.state.has_value();
+    e["step"] = start.state ? start.state->step : int64_t{0};
+    e["position"] = start.state ? start.state->batcher : Json();
+    e["config"] = start.config.to_json();
+    own.push_back(e);
+  }
+  std::vector<Json> entries(count);
+  for (int r = 0; r < ranks; ++r) {
+    const Json part = Json::parse(all.broadcast(own.dump(), r));
+    for (const Json& e : part.elements()) entries[static_cast<size_t>(e.at("index").as_int())] = e;
+  }
+  std::vector<TrainConfig> configs(count);
+  std::vector<size_t> training;  // those not at their last step already, in order
+  SpreadResult out;
+  std::vector<std::optional<TrainResult>> results(count);
+  all.agree([&] {
+    for (size_t i = 0; i < count; ++i) {
+      configs[i] = TrainConfig::from_json(entries[i].at("config"));
+      if (entries[i].at("finished").as_bool()) {
+        if (mine(i)) results[i] = finished_result(*starts[i]);
+        continue;
+      }
+      if (!training.empty()) check_same_stream(configs[training.front()], configs[i]);
+      training.push_back(i);
+    }
+  });
+  // The passes: SAEs standing at the same step and data position train in one (a crash between
+  // their checkpoints may leave some a checkpoint behind), in the order of their first SAE.
+  std::vector<std::string> keys;
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i : training) {
+    const Json& e = entries[i];
+    const std::string key =
+        e.at("resumed").as_bool() ? cat(e.at("step").as_int(), "|", e.at("position").dump()) : std::string("fresh");
+    const size_t g = static_cast<size_t>(std::find(keys.begin(), keys.end(), key) - keys.begin());
+    if (g == keys.size()) {
+      keys.push_back(key);
+      groups.emplace_back();
+    }
+    groups[g].push_back(i);
+  }
+  // Text through the model in token batches: the ranks share its work, so every rank takes part in
+  // every pass. Otherwise each rank reads the data for its own SAEs alone.
+  const bool share = ranks > 1 && !training.empty() && configs[training.front()].data == "text" &&
+                     configs[training.front()].batch_tokens > 0;
+  std::vector<std::string> reads;  // every activation any SAE reads, in the order of the SAEs
+  for (size_t i : training) {
+    const DictionaryReads r = dictionary_reads(configs[i]);
+    for (const std::vector<std::string>* list : {&r.in, &r.out})
+      for (const std::string& read : *list)
+        if (std::find(reads.begin(), reads.end(), read) == reads.end()) reads.push_back(read);
+  }
+  for (const std::vector<size_t>& group : groups) {
+    std::vector<Member> members;
+    std::vector<size_t> index;
+    for (size_t i : group) {
+      if (!mine(i)) continue;
+      Member m;
+      m.start = std::move(*starts[i]);
+      m.name = count > 1 ? fs::path(m.config().out).filename().string() : "";
+      members.push_back(std::move(m));
+      index.push_back(i);
+    }
+    if (!share) {  // this rank's SAEs alone, as one process trains them
+      if (members.empty()) continue;
+      std::vector<TrainResult> trained = train_members(members, nullptr);
+      for (size_t k = 0; k < trained.size(); ++k) results[index[k]] = std::move(trained[k]);
+      continue;
+    }
+    SpreadPass pass;
+    pass.all = &all;
+    pass.reads = reads;
+    pass.stream = configs[group.front()];
+    pass.position = entries[group.front()].at("position");
+    pass.start_step = entries[group.front()].at("step").as_int();
+    pass.share = share;
+    out.passes.emplace_back();
+    pass.out = &out.passes.back();
+    std::vector<TrainResult> trained = train_members(members, nullptr, &pass);
+    for (size_t k = 0; k < trained.size(); ++k) results[index[k]] = std::move(trained[k]);
+  }
+  for (size_t i = 0; i < count; ++i)
+    if (mine(i)) out.results.push_back(std::move(*results[i]));
+  return out;
+}
+
 namespace {
 
 // One pass over the data for SAEs at the same step and data position.
 // ranks: as train_together's; every rank trains the same group.
-std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks) {
+// pass: a --distribute pass (SpreadPass); members are this rank's SAEs of it (maybe none).
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass) {
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
-  // every rank and stops them all when it fails on one.
+  // every rank and stops them all when it fails on one. A --distribute pass: every rank writes its
+  // own SAEs' folders, and every rank of the run agrees on each phase (each makes the same calls,
+  // whatever its number of SAEs).
   Collectives* const dist = several_ranks(ranks);
   const bool lead = dist == nullptr || dist->rank() == 0;
-  auto agree = [dist](const std::function<void()>& phase) { agree_on(dist, phase); };
-  const TrainConfig& shared = members[0].config();
+  Collectives* const agreeing = dist ? dist : pass ? several_ranks(pass->all) : nullptr;
+  auto agree = [agreeing](const std::function<void()>& phase) { agree_on(agreeing, phase); };
+  if (members.empty() && !pass) throw Error("train_members: no SAEs");
+  const TrainConfig& shared = members.empty() ? pass->stream : members[0].config();
   const int64_t shards = dist ? dist->shards() : 1;
   agree([&] {
     for (const Member& m : members)
@@ -403,7 +545,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
                        "are summed on the host): leave it at auto or off");
   });
-  const std::optional<TrainingState>& first_state = members[0].start.state;
+  // Where the pass starts: the saved data position of its resumed SAEs (null: the data's start).
+  const Json resume_position = pass ? pass->position
+                               : members[0].start.state ? members[0].start.state->batcher
+                                                        : Json();
   if (shared.threads > 0) set_cpu_threads(static_cast<int>(shared.threads));
   const Device device = resolve_device(shared.device);
   const ScopedMatmulPrecision precision(shared.precision);  // the run's GEMMs (tensor/precision.h); put back after
@@ -412,13 +557,21 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   auto add_read = [&](const std::string& r) {
     if (std::find(reads.begin(), reads.end(), r) == reads.end()) reads.push_back(r);
   };
+  if (pass) reads = pass->reads;  // every rank's: the chunks carry them all
   for (Member& m : members) {
     m.reads = dictionary_reads(m.config());
     for (const std::string& r : m.reads.in) add_read(r);
     for (const std::string& r : m.reads.out) add_read(r);
   }
+  if (pass && reads.size() != pass->reads.size()) throw Error("train_members: an SAE reads what the pass does not");
   TrainingData data;
-  agree([&] { data = open_training_data(shared, reads, device, saved_scales(members, reads)); });
+  agree([&] {
+    // A rank without SAEs in the pass normalises nothing it trains on: no dataset scale to estimate.
+    const std::optional<DatasetScales> scales =
+        members.empty() ? std::optional<DatasetScales>(DatasetScales(std::vector<double>(reads.size(), 1.0)))
+                        : saved_scales(members, reads, /*unread_ones=*/pass != nullptr);
+    data = open_training_data(shared, reads, device, scales);
+  });
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
   const int64_t batch_max_tokens = batcher.max_batch_tokens();  // the whole batch's, before a replica's part
@@ -439,8 +592,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   // at the geometric median of the whole first batches) and keeps its latents; then a replica reads
   // only its part of each batch.
   std::vector<SaeParams> firsts;
-  for (Member& m : members)
-    agree([&] {
+  agree([&] {  // one phase for all of them (a --distribute pass: every rank agrees as often)
+    for (Member& m : members) {
       m.columns = run_columns(data, m.reads.in, m.reads.out);
       const RunColumns& columns = m.columns;
       // --target-l0 without --l1: the controller starts at the data's scale, which the run records as its l1.
@@ -455,7 +608,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       // A fresh b_dec at the geometric median is taken from the first normalised batches.
       firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
       check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip, m.config().out);
-    });
+    }
+  });
   // A replica reads its rows of each batch; text sources run the model on their share of the text and
   // complete the rest by a sum over the replicas (host floats through a tensor).
   auto sum_over_replicas = [dist](float* values, int64_t count) {
@@ -464,6 +618,19 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     std::memcpy(values, t.data<float>(), sizeof(float) * static_cast<size_t>(count));
   };
   if (dist) agree([&] { batcher.set_part(dist->replica(), dist->replicas(), sum_over_replicas); });
+  // A --distribute pass: every rank runs the model on its share of each chunk's windows and one sum
+  // over all of them completes the chunk (after the geometric median's sample above, which each rank
+  // that needs it draws alone, before anything is shared; the source is back at its start then).
+  auto sum_over_all = [pass](float* values, int64_t count) {
+    Tensor t = Tensor::from_data(values, Shape{count});
+    pass->all->sum(Group::All, t);
+    std::memcpy(values, t.data<float>(), sizeof(float) * static_cast<size_t>(count));
+  };
+  if (pass && pass->share)
+    agree([&] {
+      if (!batcher.share_computation(pass->all->rank(), pass->all->ranks(), sum_over_all))
+        throw Error("train_members: the data cannot share its computation over the ranks");
+    });
   const int64_t max_tokens = batcher.max_batch_tokens();
 
   for (size_t i = 0; i < members.size(); ++i) {
@@ -513,21 +680,23 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     if (device != Device::CPU && !columns.target_is_input)
       m.target_device = Tensor::empty(Shape{max_tokens, columns.d_out}, DType::F32, device);
   }
-  if (first_state) batcher.restore(first_state->batcher);
+  if (!resume_position.is_null()) batcher.restore(resume_position);  // a shared pass: re-fills its chunk together
 
   // ---- outputs (rank 0's) ----
-  for (Member& m : members) {
-    agree([&] {
-      if (!lead) return;
+  agree([&] {
+    if (!lead) return;
+    for (Member& m : members) {
       fs::create_directories(m.config().out);
       write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, batch_max_tokens);
       m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
-    });
+    }
+  });
+  for (Member& m : members) {
     m.result.device = device;
     m.result.out_dir = m.config().out;
   }
-  const int64_t start_step = members[0].run().step, steps = shared.steps;
-  Progress progress(lead ? shared.progress : ProgressMode::None, steps, start_step,
+  const int64_t start_step = members.empty() ? pass->start_step : members[0].run().step, steps = shared.steps;
+  Progress progress(lead && !members.empty() ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
   auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead(m.run().tokens)); };
   auto report_concepts = [&](Member& m, const char* when) {
@@ -579,7 +748,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   // nor when text batches make collective calls (replicas), which must come from this thread.
   const bool background =
       (shared.prefetch == PrefetchMode::On || (shared.prefetch == PrefetchMode::Auto && device != Device::CPU)) &&
-      !(data.model && device != Device::CPU) && !(data.model && spans(dist, Group::Replicas));
+      !(data.model && device != Device::CPU) && !(data.model && spans(dist, Group::Replicas)) &&
+      !(pass && pass->share);
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
   BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
@@ -689,6 +859,13 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
   const CollectiveStats loop_collectives = dist ? dist->stats() : CollectiveStats{};
   progress.finish();
+  if (pass && pass->out) {
+    pass->out->first_step = start_step;
+    pass->out->last_step = steps;
+    pass->out->shared = pass->share;
+    pass->out->saes_here = static_cast<int64_t>(members.size());
+    pass->out->counts = batcher.compute_counts();
+  }
 
   // ---- final models: sae/ (SAELens layout + training state, so it can be extended with --resume) ----
   std::vector<TrainResult> results;

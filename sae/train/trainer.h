@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "sae/data/batches.h"
 #include "sae/train/metrics.h"
 #include "sae/report/run_log.h"
 #include "sae/train/train_config.h"
@@ -53,6 +54,28 @@ TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
 // at their last step already are not trained (see train()).
 // ranks: as train()'s; on several ranks every rank forms the same groups and trains them in turn.
 std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr);
+
+// One pass over the data of a --distribute run, as this rank saw it (train_spread).
+struct PassShare {
+  int64_t first_step = 0, last_step = 0;  // the pass trained steps first_step + 1 .. last_step
+  bool shared = false;                    // the ranks shared its language-model work
+  int64_t saes_here = 0;                  // SAEs this rank trained in it (0: it only computed its share)
+  BatchSource::ComputeCounts counts;      // the model's windows run here, of all, and the floats summed in
+};
+struct SpreadResult {
+  std::vector<TrainResult> results;  // this rank's SAEs (config i for i mod P == rank), in order
+  std::vector<PassShare> passes;     // every pass over the data, in order (the same number on every rank)
+};
+
+// --distribute (docs/distributed.md): the SAEs of `configs` (a list's run) spread over the ranks of
+// `all`, config i trained whole on rank i mod P, exactly as one process trains it alone. From text
+// through a language model with token batches, the ranks share one model pass: each rank runs the
+// model on its share of every chunk's windows, one sum over the ranks completes the chunk on each,
+// and a rank without an SAE (P above the number of SAEs) still computes its share. Every activation
+// any SAE reads (several --layer-list hooks) travels in the chunk. Resumed SAEs standing at different
+// steps train in passes, one per step, every rank taking part in each. Other data: each rank reads
+// it for its own SAEs, nothing is shared. Every rank calls this with the same configs.
+SpreadResult train_spread(const std::vector<TrainConfig>& configs, Collectives& all);
 
 // Seconds one dense training step of this configuration takes on this machine: a fresh SAE, a few
 // steps on the configuration's own data after one warm-up step. For the study drivers' estimates.

@@ -290,7 +290,7 @@ TEST(Distributed, DistributeSpreadsAListOverTheRanks) {
               sae::testing::read_file(dir.str("one/") + run + "/sae/sae_weights.safetensors"))
         << run;
   expect_refused(mpirun(2, kStandard + " --steps 5 --distribute --out " + dir.str("bad"), dir), 2,
-                 "--distribute spreads the SAEs of --l1-list or --k-list");
+                 "--distribute spreads the SAEs of a list over the ranks");
 }
 
 // On a GPU: two ranks sharing one device (the host path: NCCL needs a GPU per rank, so its path is
