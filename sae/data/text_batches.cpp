@@ -201,7 +201,9 @@ void TextBatcher::fill_chunk() {
   chunk_position_.clear();
   chunk_ids_.clear();
   for (int64_t piece = 0; static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d(); ++piece) {
-    const bool mine = piece % parts_ == part_;  // a replica's (or rank's) share of the pieces
+    // A replica's (or rank's) share of the pieces: round robin, starting one part further each chunk
+    // (so that a chunk of few pieces does not always give its first to part 0).
+    const bool mine = (piece + chunk_index_) % parts_ == part_;
     const int64_t t = next_piece(piece_, mine);
     chunk_.insert(chunk_.end(), piece_.begin(), piece_.end());
     ++counts_.windows;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
@@ -349,6 +350,119 @@ TEST(Distributed, ShardsAndReplicasOnTextThroughAModelAtAHookEqualOneProcess) {
 
   expect_refused(mpirun(2, options + " --batch story" + steps30 + " --out " + dir.str("story"), dir), 2,
                  "--batch story cannot be split between data-parallel replicas");
+}
+
+namespace {
+
+// What a --distribute run from text printed about each rank's share of a pass: per rank, the model's
+// windows run there and the pass's windows ("rank R of P, steps A to B (N SAEs here): the language
+// model ran on W of the T windows here; ..."), for the pass starting at step `first`.
+struct PassLine {
+  int rank = -1, saes = -1;
+  long long run = -1, windows = -1;
+};
+std::vector<PassLine> pass_lines(const std::string& out, int ranks, long long first) {
+  std::vector<PassLine> lines;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    PassLine p;
+    int of = 0;
+    long long a = 0, b = 0;
+    if (std::sscanf(line.c_str(), "rank %d of %d, steps %lld to %lld (%d SAEs here): the language model ran on %lld of the %lld",
+                    &p.rank, &of, &a, &b, &p.saes, &p.run, &p.windows) == 7 &&
+        of == ranks && a == first)
+      lines.push_back(p);
+  }
+  return lines;
+}
+
+// The model's work of a pass is really shared: one line per rank, in rank order, every window run on
+// exactly one rank, each rank about 1/P of them (round robin within each chunk); saes[r] SAEs on rank r.
+void expect_shared_pass(const std::string& out, int ranks, long long first, const std::vector<int>& saes) {
+  const std::vector<PassLine> lines = pass_lines(out, ranks, first);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(ranks)) << out;
+  long long run = 0;
+  for (int r = 0; r < ranks; ++r) {
+    EXPECT_EQ(lines[r].rank, r);
+    EXPECT_EQ(lines[r].saes, saes[r]) << "rank " << r;
+    EXPECT_EQ(lines[r].windows, lines[0].windows);
+    const double share = double(lines[0].windows) / ranks;
+    EXPECT_LE(std::abs(double(lines[r].run) - share), 0.2 * share) << "rank " << r << " ran " << lines[r].run;
+    run += lines[r].run;
+    std::printf("  rank %d of %d (%d SAEs): the model ran on %lld of %lld windows\n", r, ranks, saes[r], lines[r].run,
+                lines[r].windows);
+  }
+  EXPECT_GT(lines[0].windows, 0);
+  EXPECT_EQ(run, lines[0].windows) << "every window run on exactly one rank";
+}
+
+}  // namespace
+
+// --distribute from text (the GPT-2 fixture, as above): the ranks share one language-model pass (each
+// runs the model on its share of every chunk's windows, one sum over the ranks completes the chunk),
+// and each SAE trained on its rank equals the same SAE trained alone in one process. Exactly: every
+// activation is computed on one rank and summed with zeros, so the values are byte-identical.
+//   --k-list 2,3 on 2 ranks, and on 3 ranks (rank 2 without an SAE still computes its share);
+//   a resume where the SAEs stand at different steps (k_2 trained on alone to step 20, k_3 at 10):
+//   two passes, every rank taking part in both, on 3 ranks (the first run had 2);
+//   --layer-list 1,2 (two hooks: each chunk carries both) on 2 ranks.
+TEST(Distributed, DistributeSharesOneModelPassOverText) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("dist_spread_text");
+  const std::string text =
+      " --model " + sae::testing::ref_path("models/gpt2") + " --text " + sae::testing::ref_path("text_train/stories.txt") +
+      " --prepend-bos on --context-size 16 --features 24 --batch 32 --text-chunk-tokens 200 --architecture topk"
+      " --lr 1e-3 --normalize dataset --log-every 5 --feature-stats-steps 0 --device cpu --threads 1 --progress none";
+  const std::string at_hook = text + " --hook blocks.1.hook_resid_post";
+  const std::string steps30 = " --steps 30 --checkpoint-every 100";
+  for (const char* k : {"2", "3"}) {
+    auto one = sae::testing::run_binary("sae_train", at_hook + steps30 + " --k " + k + " --out " + dir.str(std::string("one_k") + k), dir);
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+  }
+  for (int ranks : {2, 3}) {
+    const std::string out = dir.str("spread" + std::to_string(ranks));
+    auto spread = mpirun(ranks, at_hook + steps30 + " --k-list 2,3 --distribute --out " + out, dir);
+    ASSERT_EQ(spread.exit_code, 0) << spread.err;
+    std::printf("--k-list 2,3 --distribute on %d ranks:\n", ranks);
+    expect_shared_pass(spread.out, ranks, 1, ranks == 2 ? std::vector<int>{1, 1} : std::vector<int>{1, 1, 0});
+    for (const char* k : {"2", "3"}) {
+      std::printf(" k_%s vs one process:\n", k);
+      expect_same_model(dir.str(std::string("one_k") + k), out + "/k_" + k, 0);
+    }
+  }
+
+  // Resumed at different steps: k_2 at step 20, k_3 at step 10.
+  const std::string resumed = dir.str("resumed");
+  ASSERT_EQ(mpirun(2, at_hook + " --steps 10 --checkpoint-every 100 --k-list 2,3 --distribute --out " + resumed, dir).exit_code, 0);
+  auto alone = sae::testing::run_binary("sae_train", "--resume " + resumed + "/k_2 --steps 20 --log-every 5 --progress none", dir);
+  ASSERT_EQ(alone.exit_code, 0) << alone.err;
+  auto continued = mpirun(3, "--resume " + resumed + " --steps 30 --log-every 5 --progress none --distribute", dir);
+  ASSERT_EQ(continued.exit_code, 0) << continued.err;
+  std::printf("resumed at steps 20 (k_2) and 10 (k_3) on 3 ranks: the pass from step 21, then from step 11:\n");
+  expect_shared_pass(continued.out, 3, 21, {1, 0, 0});
+  expect_shared_pass(continued.out, 3, 11, {0, 1, 0});
+  for (const char* k : {"2", "3"}) {
+    std::printf(" k_%s vs one process:\n", k);
+    expect_same_model(dir.str(std::string("one_k") + k), resumed + "/k_" + k, 0);
+  }
+
+  // Two hooks: every chunk carries both, each rank trains at its own.
+  const std::string topk3 = text + steps30 + " --k 3";
+  for (const char* layer : {"1", "2"}) {
+    auto one = sae::testing::run_binary("sae_train", topk3 + " --layer " + layer + " --out " + dir.str(std::string("one_layer") + layer), dir);
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+  }
+  auto layers = mpirun(2, topk3 + " --layer-list 1,2 --distribute --out " + dir.str("layers"), dir);
+  ASSERT_EQ(layers.exit_code, 0) << layers.err;
+  std::printf("--layer-list 1,2 --distribute on 2 ranks:\n");
+  expect_shared_pass(layers.out, 2, 1, {1, 1});
+  for (const char* layer : {"1", "2"}) {
+    std::printf(" layer_%s vs one process:\n", layer);
+    expect_same_model(dir.str(std::string("one_layer") + layer), dir.str(std::string("layers/layer_") + layer), 0);
+  }
+  EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("layers/layer_2/sae/cfg.json"))).at("metadata").at("hook_name").as_string(),
+            "blocks.2.hook_resid_pre");
 }
 
 // Dictionaries beyond the SAE from activation files: a skip transcoder (TopK; x.npy to y.npy) and a

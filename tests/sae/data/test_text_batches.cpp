@@ -6,7 +6,9 @@
 // trains to the same bits as the text, and bad inputs get one line.
 #include <gtest/gtest.h>
 
+#include <barrier>
 #include <cmath>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 
@@ -238,6 +240,96 @@ TEST(TextData, SeveralReadsInOnePassEqualEachReadAlone) {
       column += w;
     }
   }
+}
+
+namespace {
+
+// Token batches of the fixture's text at hidden_states[2] (raw), small chunks so that a few batches
+// cross several.
+struct ShareFixture {
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  TextDataOptions options;
+  ShareFixture() {
+    options.text = ref("stories.txt");
+    options.chunk_tokens = 100;
+  }
+  std::unique_ptr<TextBatcher> batcher(DecoderModel& model) const {
+    return std::make_unique<TextBatcher>(model, tokenizer, options, 16, Normalization::None, DatasetScales(1.0), 7);
+  }
+};
+
+std::vector<float> draw(BatchSource& b, int batches) {
+  const int64_t d = b.d();
+  std::vector<float> raw(static_cast<size_t>(b.max_batch_tokens() * d)), normalized(raw.size()), out;
+  BatchStats stats;
+  for (int i = 0; i < batches; ++i) {
+    const int64_t n = b.next(raw.data(), normalized.data(), stats);
+    out.insert(out.end(), raw.begin(), raw.begin() + n * d);
+  }
+  return out;
+}
+
+}  // namespace
+
+// A state saved before the first batch, restored after batches were drawn (the geometric median's
+// sample, sae/train/arch_config.h first_training_tokens), puts the batcher back at its start: the
+// same first batches again.
+TEST(TextData, RestoringTheStartStateServesTheFirstBatchesAgain) {
+  DecoderModel model = load_decoder_model(ref("model"));
+  const ShareFixture f;
+  std::unique_ptr<TextBatcher> b = f.batcher(model);
+  const Json start = b->state();
+  const std::vector<float> first = draw(*b, 12);
+  b->restore(start);
+  EXPECT_EQ(draw(*b, 12), first);
+}
+
+// sae_train --distribute from text: two parts (two ranks, here two threads, each with its model) each
+// run the model on every other window of a chunk; the sum over the parts completes the chunk, and
+// both serve exactly the whole batches of one batcher running every window. The counts say so.
+TEST(TextData, SharedComputationServesWholeBatchesFromAShareOfTheWindows) {
+  const ShareFixture f;
+  DecoderModel alone_model = load_decoder_model(ref("model"));
+  std::unique_ptr<TextBatcher> alone = f.batcher(alone_model);
+  const std::vector<float> want = draw(*alone, 20);
+  const BatchSource::ComputeCounts all = alone->compute_counts();
+  EXPECT_EQ(all.windows_run, all.windows);
+  EXPECT_EQ(all.floats_summed, 0);
+
+  DecoderModel models[2] = {load_decoder_model(ref("model")), load_decoder_model(ref("model"))};
+  std::unique_ptr<TextBatcher> parts[2] = {f.batcher(models[0]), f.batcher(models[1])};
+  std::barrier meet(2);
+  std::vector<float> slots[2];
+  for (int p = 0; p < 2; ++p)
+    ASSERT_TRUE(parts[p]->share_computation(p, 2, [&, p](float* values, int64_t count) {
+      slots[p].assign(values, values + count);
+      meet.arrive_and_wait();
+      ASSERT_EQ(slots[0].size(), slots[1].size());
+      for (int64_t i = 0; i < count; ++i) values[i] = slots[0][static_cast<size_t>(i)] + slots[1][static_cast<size_t>(i)];
+      meet.arrive_and_wait();  // both have read the slots before either fills them again
+    }));
+  std::vector<float> got[2];
+  std::thread other([&] { got[1] = draw(*parts[1], 20); });
+  got[0] = draw(*parts[0], 20);
+  other.join();
+  EXPECT_EQ(got[0], want);
+  EXPECT_EQ(got[1], want);
+  const BatchSource::ComputeCounts c0 = parts[0]->compute_counts(), c1 = parts[1]->compute_counts();
+  EXPECT_EQ(c0.windows, all.windows);
+  EXPECT_EQ(c1.windows, all.windows);
+  EXPECT_EQ(c0.windows_run + c1.windows_run, all.windows);  // each window on one part
+  EXPECT_LE(std::abs(c0.windows_run - c1.windows_run), 2);  // about half each
+  EXPECT_GT(c0.windows_run, 0);
+  // Every float of every chunk filled is summed: at least the rows drawn, whole rows of D.
+  EXPECT_EQ(c0.floats_summed, c1.floats_summed);
+  EXPECT_GE(c0.floats_summed, static_cast<int64_t>(want.size()));
+  EXPECT_EQ(c0.floats_summed % alone->d(), 0);
+  std::printf("windows run: part 0 %lld, part 1 %lld of %lld; floats summed per part %lld\n",
+              (long long)c0.windows_run, (long long)c1.windows_run, (long long)all.windows, (long long)c0.floats_summed);
+  // Story batches have nothing to share.
+  DecoderModel story_model = load_decoder_model(ref("model"));
+  TextBatcher stories(story_model, f.tokenizer, f.options, 0, Normalization::None, DatasetScales(1.0), 7);
+  EXPECT_FALSE(stories.share_computation(0, 2, [](float*, int64_t) {}));
 }
 
 TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
