@@ -463,6 +463,12 @@ TEST(Distributed, DistributeSharesOneModelPassOverText) {
   }
   EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("layers/layer_2/sae/cfg.json"))).at("metadata").at("hook_name").as_string(),
             "blocks.2.hook_resid_pre");
+
+  // A phase that fails on one rank (rank 1's folder holds a run already) stops every rank: one line.
+  fs::create_directories(dir.str("taken"));
+  fs::copy(dir.str("one_k3"), dir.str("taken/k_3"), fs::copy_options::recursive);
+  expect_refused(mpirun(2, at_hook + steps30 + " --k-list 2,3 --distribute --out " + dir.str("taken"), dir), 2,
+                 "rank 1 of 2: --out");
 }
 
 // Dictionaries beyond the SAE from activation files: a skip transcoder (TopK; x.npy to y.npy) and a
