@@ -70,9 +70,14 @@ void scan_sparse_typed(ScanOut<T> o, const int32_t* col_ptr, const int32_t* rows
   }
 }
 
+// Look-ups of single activations: each a read far from the last (a cache miss), worth splitting from a
+// few thousand on.
+constexpr int64_t kParallelLookUps = 1 << 14;
+
 template <typename T>
 void values_dense_typed(T* out, const T* f, const int32_t* rows, const int32_t* features, int64_t m, int64_t n,
                         int64_t f_count) {
+#pragma omp parallel for schedule(static) if (m >= kParallelLookUps)
   for (int64_t k = 0; k < m; ++k) {
     const int64_t r = rows[k], j = features[k];
     out[k] = r >= 0 && r < n && j >= 0 && j < f_count ? f[r * f_count + j] : std::numeric_limits<T>::quiet_NaN();
@@ -82,6 +87,7 @@ void values_dense_typed(T* out, const T* f, const int32_t* rows, const int32_t* 
 template <typename T>
 void values_sparse_typed(T* out, const int32_t* col_ptr, const int32_t* entry_rows, const T* vals, int64_t rows_limit,
                          const int32_t* rows, const int32_t* features, int64_t m, int64_t f_count) {
+#pragma omp parallel for schedule(static) if (m >= kParallelLookUps)
   for (int64_t k = 0; k < m; ++k) {
     const int32_t r = rows[k], j = features[k];
     if (r < 0 || r >= rows_limit || j < 0 || j >= f_count) {

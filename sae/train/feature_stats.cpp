@@ -1,6 +1,7 @@
 // FeatureStats (see feature_stats.h): the per-batch scan and merge, and feature_stats.safetensors.
 #include "sae/train/feature_stats.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -20,6 +21,8 @@ constexpr const char* kMetadataKey = "feature_stats";
 constexpr int64_t kMaxK = 1000, kMaxContext = 256;
 constexpr double kMaxListBytes = 8.0 * (int64_t(1) << 30);
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
+// Below these many features (lists) or context look-ups, merging runs on one thread.
+constexpr int64_t kParallelFeatures = 1024, kParallelLookUps = 1 << 14;
 
 template <typename T>
 std::string bytes_of(const std::vector<T>& v) {
@@ -41,6 +44,14 @@ void download(void* to, const Tensor& from, size_t bytes) {
     std::memcpy(to, from.raw(), bytes);
   else
     cuda_copy_to_host(to, from.raw(), bytes);
+}
+
+// Whether the batch holds the neighbour `offset` tokens from `row` in the same story (so the
+// feature's value there can be looked up).
+bool holds_neighbour(const BatchOrigins& origins, int64_t n, int64_t row, int64_t offset) {
+  const int64_t t = row + offset;
+  return offset != 0 && t >= 0 && t < n && origins.story[t] == origins.story[row] &&
+         origins.position[t] == origins.position[row] + offset;
 }
 
 Tensor zero_i32(const Shape& shape, Device device) {
@@ -78,7 +89,7 @@ struct FeatureStats::Buffers {
   // on the host (rows, features, where each answer goes, the answers) and on the device (grown as
   // needed, like group).
   std::vector<int32_t> query_rows, query_features;
-  std::vector<int64_t> query_targets;
+  std::vector<int64_t> query_targets, query_offset;
   std::vector<float> found;
   Tensor query_rows_device, query_features_device, found_device;
 };
@@ -172,12 +183,16 @@ int32_t FeatureStats::free_slot(int64_t feature) const {
   }
   for (int32_t s = 0; s < k; ++s)
     if (!(used[s / 64] >> (s % 64) & 1)) return s;
-  throw Error("FeatureStats: no free slot (a broken list)");
+  return -1;  // a broken list
 }
 
+// Each feature's candidates merge into its own list (a thread owns whole features and takes their
+// candidates in the order they came, so the lists do not depend on the number of threads). A new
+// entry gets a free payload slot, its place, and its token ids; its context values are looked up next
+// (look_up_context), counted here per feature so that the look-ups can be laid out in one array.
 void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int64_t n, int64_t step) {
   Buffers& b = *buffers_;
-  const int64_t k = options_.k, w = width();
+  const int64_t k = options_.k, w = width(), c = options_.context;
   // Origins recorded with a wider radius (another SAE trained on the same batches wants more): the
   // middle w of each row's ids.
   const int64_t origin_width = origins.width(), shift = origins.radius - options_.context;
@@ -202,15 +217,25 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
       rows = b.rows.data();
     }
   }
+  // Rows of no known story never match: each gets its own key below every key given so far.
+  const int64_t unknown_base = unknown_key_;
+  unknown_key_ -= n;
+  std::vector<int64_t>& queries = b.query_offset;  // [F + 1]: the feature's look-ups, summed below
+  queries.assign(static_cast<size_t>(features_ + 1), 0);
+  bool bad_row = false, no_slot = false;  // a candidate row outside the batch; a list without a free slot
+#pragma omp parallel for schedule(static) reduction(|| : bad_row, no_slot) if (features_ >= kParallelFeatures)
   for (int64_t i = 0; i < features_; ++i) {
     if (count[i] == 0) continue;
-    for (int32_t c = 0; c < count[i]; ++c) {
-      const float value = values[i * k + c];
-      const int32_t row = rows[i * k + c];
-      if (row < 0 || row >= n) throw Error(cat("FeatureStats: a candidate row ", row, " outside the batch of ", n));
+    const int64_t at = i * k;
+    for (int32_t cand = 0; cand < count[i]; ++cand) {
+      const float value = values[at + cand];
+      const int32_t row = rows[at + cand];
+      if (row < 0 || row >= n) {
+        bad_row = true;
+        continue;
+      }
       const int64_t story = known ? origins.story[row] : -1;
-      const int64_t key = story >= 0 ? story : unknown_key_--;  // rows of no known story never match
-      const int64_t at = i * k;
+      const int64_t key = story >= 0 ? story : unknown_base - row;
       if (!offer_candidate(value_.data() + at, slot_.data() + at, key_.data() + at, count_[i],
                            static_cast<int32_t>(k), value, int32_t(-1), key))
         continue;
@@ -218,6 +243,11 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
       int32_t rank = 0;
       while (slot_[at + rank] != -1) ++rank;
       const int32_t slot = free_slot(i);
+      if (slot < 0) {
+        no_slot = true;
+        slot_[at + rank] = 0;
+        continue;
+      }
       slot_[at + rank] = slot;
       const int64_t p = at + slot;
       story_[p] = story;
@@ -230,7 +260,16 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
       }
       touched_[i] = 1;
     }
+    if (!touched_[i] || !known) continue;
+    for (int32_t rank = 0; rank < count_[i]; ++rank) {
+      const int32_t row = pending_row_[at + slot_[at + rank]];
+      if (row < 0) continue;
+      for (int64_t o = -c; o <= c; ++o) queries[i + 1] += holds_neighbour(origins, n, row, o);
+    }
   }
+  if (no_slot) throw Error("FeatureStats: no free slot (a broken list)");
+  if (bad_row) throw Error(cat("FeatureStats: a candidate row outside the batch of ", n));
+  for (int64_t i = 0; i < features_; ++i) queries[i + 1] += queries[i];
 }
 
 // The feature's value on the neighbours of each new entry that the batch holds (same story, the
@@ -238,14 +277,15 @@ void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int
 void FeatureStats::look_up_context(const StepFeatures& batch, const BatchOrigins& origins, bool known, int64_t n) {
   const int64_t k = options_.k, w = width(), c = options_.context;
   Buffers& b = *buffers_;
-  std::vector<int32_t>& query_rows = b.query_rows;
-  std::vector<int32_t>& query_features = b.query_features;
-  std::vector<int64_t>& query_targets = b.query_targets;  // into values_at_
-  query_rows.clear();
-  query_features.clear();
-  query_targets.clear();
+  const std::vector<int64_t>& offset = b.query_offset;
+  const int64_t m = offset[features_];
+  b.query_rows.resize(static_cast<size_t>(m));
+  b.query_features.resize(static_cast<size_t>(m));
+  b.query_targets.resize(static_cast<size_t>(m));  // into values_at_
+#pragma omp parallel for schedule(static) if (features_ >= kParallelFeatures)
   for (int64_t i = 0; i < features_; ++i) {
     if (!touched_[i]) continue;
+    int64_t q = offset[i];
     for (int32_t rank = 0; rank < count_[i]; ++rank) {
       const int64_t p = i * k + slot_[i * k + rank];
       const int32_t row = pending_row_[p];
@@ -254,30 +294,28 @@ void FeatureStats::look_up_context(const StepFeatures& batch, const BatchOrigins
       values_at_[p * w + c] = value_[i * k + rank];
       if (!known) continue;
       for (int64_t o = -c; o <= c; ++o) {
-        const int64_t t = row + o;
-        if (o == 0 || t < 0 || t >= n || origins.story[t] != origins.story[row] ||
-            origins.position[t] != origins.position[row] + o)
-          continue;
-        query_rows.push_back(static_cast<int32_t>(t));
-        query_features.push_back(static_cast<int32_t>(i));
-        query_targets.push_back(p * w + o + c);
+        if (!holds_neighbour(origins, n, row, o)) continue;
+        b.query_rows[q] = static_cast<int32_t>(row + o);
+        b.query_features[q] = static_cast<int32_t>(i);
+        b.query_targets[q] = p * w + o + c;
+        ++q;
       }
     }
   }
-  if (query_rows.empty()) return;
-  const int64_t m = static_cast<int64_t>(query_rows.size());
+  if (m == 0) return;
   Tensor rows = first_n(b.query_rows_device, m, DType::I32, device_);
   Tensor features = first_n(b.query_features_device, m, DType::I32, device_);
   Tensor out = first_n(b.found_device, m, DType::F32, device_);
-  upload(rows, query_rows.data(), sizeof(int32_t) * m);
-  upload(features, query_features.data(), sizeof(int32_t) * m);
+  upload(rows, b.query_rows.data(), sizeof(int32_t) * m);
+  upload(features, b.query_features.data(), sizeof(int32_t) * m);
   if (batch.sparse)
     feature_values_at_sparse_(out, batch.lists, n, rows, features);
   else
     feature_values_at_(out, batch.dense, rows, features);
   b.found.resize(static_cast<size_t>(m));
   download(b.found.data(), out, sizeof(float) * m);
-  for (int64_t q = 0; q < m; ++q) values_at_[query_targets[q]] = b.found[q];
+#pragma omp parallel for schedule(static) if (m >= kParallelLookUps)
+  for (int64_t q = 0; q < m; ++q) values_at_[b.query_targets[q]] = b.found[q];
 }
 
 void FeatureStats::upload_thresholds() {

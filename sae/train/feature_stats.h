@@ -9,8 +9,9 @@
 // Per batch, one kernel pass over the step's features (its sparse entry lists when it has them, f
 // otherwise; sae/step/sae_kernels.h "feature statistics") fills the histograms and lists each
 // feature's candidates: the batch's largest values above the feature's threshold (its K-th largest so
-// far, 0 while it has fewer). The host merges those few into the lists, in the order they came, and
-// looks up the context values of the new entries. The result equals a brute-force pass that sorts
+// far, 0 while it has fewer). The host merges those few into the lists, in the order they came (each
+// list by one thread, the features split over the threads), and looks up the context values of the
+// new entries. The result equals a brute-force pass that sorts
 // every story's largest value (tests/sae/train/test_feature_stats.cpp).
 // Letters: F features, K top activations per feature, C context tokens on either side, W = 2C + 1,
 // N rows (tokens) of a batch.
@@ -97,7 +98,7 @@ class FeatureStats {
   // number), and the payload slot each rank's entry lives in; count [F].
   std::vector<float> value_;
   std::vector<int64_t> key_;
-  int64_t unknown_key_ = -1;  // the next key of an entry of no known story (counting down)
+  int64_t unknown_key_ = -1;  // keys of entries of no known story count down: a batch's row r gets unknown_key_ - r
   std::vector<int32_t> slot_;
   std::vector<int32_t> count_;
   // Payload by slot [F, K] (tokens and values [F, K, W]); pending_row_: the batch row whose context
