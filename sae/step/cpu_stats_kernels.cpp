@@ -104,18 +104,12 @@ void feature_stats_scan_sparse_cpu(FeatureCandidates& out, Tensor& histogram, co
 
 void feature_stats_merge_cpu(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
                              const Tensor& f) {
-  FeatureStatsBatchView b = stats_batch_view(candidates, rows, f.size(0), f.size(1));
-  b.f = f.data<float>();
-  merge_all(lists, b);
+  merge_all(lists, stats_batch_view(candidates, rows, f));
 }
 
 void feature_stats_merge_sparse_cpu(FeatureTopLists& lists, const FeatureCandidates& candidates,
                                     const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n) {
-  FeatureStatsBatchView b = stats_batch_view(candidates, rows, n, s.col_ptr.numel() - 1);
-  b.col_ptr = s.col_ptr.data<int32_t>();
-  b.entry_rows = s.rows.data<int32_t>();
-  b.entry_values = s.vals.data<float>();
-  merge_all(lists, b);
+  merge_all(lists, stats_batch_view(candidates, rows, s, n));
 }
 
 }  // namespace sae

@@ -25,8 +25,7 @@ ScanOut<T> scan_out(FeatureCandidates& out, Tensor& histogram) {
           out.count.data<int32_t>(), histogram.data<double>(), static_cast<int32_t>(out.values.size(1))};
 }
 
-// The merge's lists and batch as plain pointers (feature_stats_math.h); the batch's features are
-// filled in by the caller (f, or the lists of a sparse step).
+// The merge's lists and batch as plain pointers (feature_stats_math.h).
 inline int64_t* int64_data(Tensor& t) { return static_cast<int64_t*>(t.raw()); }
 inline const int64_t* int64_data(const Tensor& t) { return static_cast<const int64_t*>(t.raw()); }
 
@@ -38,6 +37,8 @@ inline FeatureTopListsView top_lists_view(FeatureTopLists& l) {
           static_cast<int32_t>((l.tokens.size(2) - 1) / 2)};
 }
 
+// The batch of a merge: the candidates, the rows, and the features to look context values up in (f
+// [N, F], or the by-feature lists of a sparse step's rows < n).
 inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const FeatureStatsRows& rows, int64_t n,
                                               int64_t features) {
   const bool known = rows.story.defined();
@@ -52,6 +53,22 @@ inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const 
   b.step = rows.step;
   b.unknown_base = rows.unknown_base;
   b.features = features;
+  return b;
+}
+
+inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const FeatureStatsRows& rows,
+                                              const Tensor& f) {
+  FeatureStatsBatchView b = stats_batch_view(c, rows, f.size(0), f.size(1));
+  b.f = f.data<float>();
+  return b;
+}
+
+inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const FeatureStatsRows& rows,
+                                              const SparseFeatures& s, int64_t n) {
+  FeatureStatsBatchView b = stats_batch_view(c, rows, n, s.col_ptr.numel() - 1);
+  b.col_ptr = s.col_ptr.data<int32_t>();
+  b.entry_rows = s.rows.data<int32_t>();
+  b.entry_values = s.vals.data<float>();
   return b;
 }
 
