@@ -8,6 +8,8 @@
 // taking new entries at the rate of the first few dozen steps of a window (each feature's K largest
 // of n values change about K / n of the time), more than in the rest of a long window. As in
 // bench_sparse.cpp the density is set through b_enc and Adam runs with lr 0, so it stays put.
+// BM_Cuda_StepWithFeatureStats: the same on the GPU (skipped without one; each iteration ends with a
+// synchronisation, so times include the kernels).
 // Arguments: tokens, density in units of 0.1%, sparse path (0/1), statistics (0/1).
 #include <benchmark/benchmark.h>
 
@@ -19,6 +21,7 @@
 #include "sae/arch/standard/standard_kernels.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/feature_stats.h"
+#include "tensor/cuda/backend.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/random_inputs.h"
@@ -30,17 +33,17 @@ namespace {
 constexpr int64_t kD = 768, kF = 10000;
 constexpr double kLambda = 50.0, kLr = 0.0;
 
-void BM_StepWithFeatureStats(benchmark::State& state) {
+void step_with_feature_stats(benchmark::State& state, Device device) {
   const int64_t n = state.range(0);
   const double density = state.range(1) / 1000.0;
   const bool sparse = state.range(2) != 0, gather = state.range(3) != 0;
   Rng rng(1);
-  SaeParams params = SaeParams::standard_init(kD, kF, rng);
-  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, device);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);
   copy_(params.b_enc, bias_for_density(x, params.W_enc, density));
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json(sparse ? "on" : "off")}}), n, kD, kF, DType::F32, Device::CPU);
-  FeatureStats stats(kF, FeatureStatsOptions{10, 8});
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json(sparse ? "on" : "off")}}), n, kD, kF, DType::F32, device);
+  FeatureStats stats(kF, FeatureStatsOptions{10, 8}, device);
   BatchOrigins origins;
   origins.resize(n, 8);
   origins.has_token_ids = true;
@@ -53,15 +56,25 @@ void BM_StepWithFeatureStats(benchmark::State& state) {
   double active = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng);
+    x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);
     for (int64_t r = 0; r < n; ++r) origins.story[r] = iteration;  // a new story each step
     state.ResumeTiming();
     const StepSums sums = step.train_step(params, adam, x, kLambda, kLr);
     if (gather) stats.add(step.step_features(), origins, ++iteration);
+    if (device == Device::CUDA) cuda_synchronize();
     active = sums.active;
   }
   state.counters["density"] = active / double(n * kF);
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+void BM_StepWithFeatureStats(benchmark::State& state) { step_with_feature_stats(state, Device::CPU); }
+
+void BM_Cuda_StepWithFeatureStats(benchmark::State& state) {
+  if (!cuda_available()) {
+    state.SkipWithError("no GPU");
+    return;
+  }
+  step_with_feature_stats(state, Device::CUDA);
 }
 }  // namespace
 
@@ -79,3 +92,14 @@ BENCHMARK(BM_StepWithFeatureStats)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(2.0);
+
+// On the GPU: the original's story (dense 10%, sparse 2%) and a 4096-token batch, each pair back to back.
+BENCHMARK(BM_Cuda_StepWithFeatureStats)
+    ->Args({218, 100, 0, 0})
+    ->Args({218, 100, 0, 1})
+    ->Args({218, 20, 1, 0})
+    ->Args({218, 20, 1, 1})
+    ->Args({4096, 100, 0, 0})
+    ->Args({4096, 100, 0, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();

@@ -179,6 +179,7 @@ step bench_step 90 20 "${bench[@]}" \
 step peer_torch 110 30 "${py[@]}" "$root/bench/peer_torch_gpu.py" "${peer_args[@]}"
 step bench_topk 150 30 "${bench[@]}" --benchmark_filter='BM_Cuda_TopKStep'
 step bench_sparse 90 20 "${bench[@]}" --benchmark_filter='BM_Cuda_SparseStep/(218|4096)/(5|20)/|BM_Cuda_SparseCrossover'
+step bench_stats 45 15 "${bench[@]}" --benchmark_filter='BM_Cuda_StepWithFeatureStats'
 
 # ---- 3. training from text on the GPU, and the tutorial's loop ----
 text_run() {

@@ -1,6 +1,6 @@
 // CPU kernels of the feature statistics (sae_kernels.h, "feature statistics"; formulas in
 // feature_stats_math.h): one pass over the batch's activations that fills every feature's histogram
-// and its list of candidates, and the look-up of single activations. Each feature is owned by one
+// and its list of candidates, and the merge of those into the top lists. Each feature is owned by one
 // thread, which reads its rows in order, so the results do not depend on the number of threads.
 // Inputs were validated by the front-end (stats_ops.cpp).
 // Letters: N rows (tokens), F features, K candidates per feature, B histogram bins.
@@ -70,29 +70,16 @@ void scan_sparse_typed(ScanOut<T> o, const int32_t* col_ptr, const int32_t* rows
   }
 }
 
-template <typename T>
-void values_dense_typed(T* out, const T* f, const int32_t* rows, const int32_t* features, int64_t m, int64_t n,
-                        int64_t f_count) {
-  for (int64_t k = 0; k < m; ++k) {
-    const int64_t r = rows[k], j = features[k];
-    out[k] = r >= 0 && r < n && j >= 0 && j < f_count ? f[r * f_count + j] : std::numeric_limits<T>::quiet_NaN();
-  }
-}
+// Below this many features the merge runs on one thread.
+constexpr int64_t kParallelFeatures = 1024;
 
-template <typename T>
-void values_sparse_typed(T* out, const int32_t* col_ptr, const int32_t* entry_rows, const T* vals, int64_t rows_limit,
-                         const int32_t* rows, const int32_t* features, int64_t m, int64_t f_count) {
-  for (int64_t k = 0; k < m; ++k) {
-    const int32_t r = rows[k], j = features[k];
-    if (r < 0 || r >= rows_limit || j < 0 || j >= f_count) {
-      out[k] = std::numeric_limits<T>::quiet_NaN();
-      continue;
-    }
-    const int32_t* begin = entry_rows + col_ptr[j];
-    const int32_t* end = entry_rows + col_ptr[j + 1];
-    const int32_t* found = std::lower_bound(begin, end, r);
-    out[k] = found != end && *found == r ? vals[found - entry_rows] : T(0);
-  }
+void merge_all(FeatureTopLists& lists, const FeatureStatsBatchView& b) {
+  const FeatureTopListsView l = top_lists_view(lists);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int32_t error = 0;
+#pragma omp parallel for schedule(static) reduction(| : error) if (b.features >= kParallelFeatures)
+  for (int64_t j = 0; j < b.features; ++j) error |= merge_into_top_list(l, b, j, nan);
+  lists.error.data<int32_t>()[0] |= error;
 }
 
 }  // namespace
@@ -115,21 +102,14 @@ void feature_stats_scan_sparse_cpu(FeatureCandidates& out, Tensor& histogram, co
   });
 }
 
-void feature_values_at_cpu(Tensor& out, const Tensor& f, const Tensor& rows, const Tensor& features) {
-  dispatch_float(f.dtype(), "feature_values_at", [&](auto zero) {
-    using T = decltype(zero);
-    values_dense_typed(out.data<T>(), f.data<T>(), rows.data<int32_t>(), features.data<int32_t>(), out.numel(),
-                       f.size(0), f.size(1));
-  });
+void feature_stats_merge_cpu(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
+                             const Tensor& f) {
+  merge_all(lists, stats_batch_view(candidates, rows, f));
 }
 
-void feature_values_at_sparse_cpu(Tensor& out, const SparseFeatures& s, int64_t rows_limit, const Tensor& rows,
-                                  const Tensor& features) {
-  dispatch_float(s.vals.dtype(), "feature_values_at_sparse", [&](auto zero) {
-    using T = decltype(zero);
-    values_sparse_typed(out.data<T>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(), s.vals.data<T>(), rows_limit,
-                        rows.data<int32_t>(), features.data<int32_t>(), out.numel(), s.col_ptr.numel() - 1);
-  });
+void feature_stats_merge_sparse_cpu(FeatureTopLists& lists, const FeatureCandidates& candidates,
+                                    const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n) {
+  merge_all(lists, stats_batch_view(candidates, rows, s, n));
 }
 
 }  // namespace sae

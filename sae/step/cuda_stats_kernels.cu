@@ -1,8 +1,8 @@
 // CUDA kernels of the feature statistics (sae_kernels.h, "feature statistics"; formulas in
 // feature_stats_math.h), registered in cuda_kernels.cu's table. Each computes exactly what its CPU
 // twin in cpu_stats_kernels.cpp computes (comparisons and counts only, no sums of floats): one thread
-// per feature reads its rows in order, so a feature's candidates and histogram have one owner and
-// come out bit for bit as on the CPU. No atomics.
+// per feature reads its rows in order, so a feature's candidates, histogram and top list have one
+// owner and come out bit for bit as on the CPU. No atomics but the merge's error bits.
 // Dense scan: the threads of a warp read neighbouring features of one row (coalesced). A thread
 // counts its histogram in local memory and adds it to the f64 histogram once at the end.
 // Letters: N rows (tokens), F features, K candidates per feature, B histogram bins.
@@ -71,35 +71,20 @@ __global__ void scan_sparse_kernel(ScanOut<T> o, const int32_t* col_ptr, const i
   finish(o, j, count, local_histogram);
 }
 
-template <typename T>
-__global__ void values_dense_kernel(T* out, const T* f, const int32_t* rows, const int32_t* features, int64_t m,
-                                    int64_t n, int64_t f_count) {
-  for (int64_t k = thread_index(); k < m; k += grid_stride()) {
-    const int64_t r = rows[k], j = features[k];
-    out[k] = r >= 0 && r < n && j >= 0 && j < f_count ? f[r * f_count + j] : T(NAN);
-  }
+// One thread per feature merges its candidates into its list (the same function as the CPU's);
+// what went wrong is or-ed into lists.error, read by the host when it reads the lists.
+__global__ void merge_kernel(FeatureTopListsView l, FeatureStatsBatchView b, int32_t* error) {
+  const int64_t j = thread_index();
+  if (j >= b.features) return;
+  const int32_t bits = merge_into_top_list(l, b, j, __int_as_float(0x7fc00000));
+  if (bits != 0) atomicOr(error, bits);
 }
 
-template <typename T>
-__global__ void values_sparse_kernel(T* out, const int32_t* col_ptr, const int32_t* entry_rows, const T* vals,
-                                     int64_t rows_limit, const int32_t* rows, const int32_t* features, int64_t m,
-                                     int64_t f_count) {
-  for (int64_t k = thread_index(); k < m; k += grid_stride()) {
-    const int32_t r = rows[k], j = features[k];
-    if (r < 0 || r >= rows_limit || j < 0 || j >= f_count) {
-      out[k] = T(NAN);
-      continue;
-    }
-    int32_t lo = col_ptr[j], hi = col_ptr[j + 1];  // the first entry with row >= r, by bisection
-    while (lo < hi) {
-      const int32_t mid = lo + (hi - lo) / 2;
-      if (entry_rows[mid] < r)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    out[k] = lo < col_ptr[j + 1] && entry_rows[lo] == r ? vals[lo] : T(0);
-  }
+void merge_all(FeatureTopLists& lists, const FeatureStatsBatchView& b) {
+  if (b.features == 0) return;
+  merge_kernel<<<static_cast<int>(ceil_div(b.features, kBlock)), kBlock, 0, cuda_stream()>>>(
+      top_lists_view(lists), b, lists.error.data<int32_t>());
+  SAE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -129,28 +114,14 @@ void feature_stats_scan_sparse_cuda(FeatureCandidates& out, Tensor& histogram, c
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-void feature_values_at_cuda(Tensor& out, const Tensor& f, const Tensor& rows, const Tensor& features) {
-  const int64_t m = out.numel();
-  if (m == 0) return;
-  dispatch_float(f.dtype(), "feature_values_at", [&](auto zero) {
-    using T = decltype(zero);
-    values_dense_kernel<T><<<grid_for(m), kBlock, 0, cuda_stream()>>>(out.data<T>(), f.data<T>(), rows.data<int32_t>(),
-                                                                      features.data<int32_t>(), m, f.size(0), f.size(1));
-  });
-  SAE_CUDA_CHECK_LAUNCH();
+void feature_stats_merge_cuda(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
+                              const Tensor& f) {
+  merge_all(lists, stats_batch_view(candidates, rows, f));
 }
 
-void feature_values_at_sparse_cuda(Tensor& out, const SparseFeatures& s, int64_t rows_limit, const Tensor& rows,
-                                   const Tensor& features) {
-  const int64_t m = out.numel();
-  if (m == 0) return;
-  dispatch_float(s.vals.dtype(), "feature_values_at_sparse", [&](auto zero) {
-    using T = decltype(zero);
-    values_sparse_kernel<T><<<grid_for(m), kBlock, 0, cuda_stream()>>>(
-        out.data<T>(), s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(), s.vals.data<T>(), rows_limit,
-        rows.data<int32_t>(), features.data<int32_t>(), m, s.col_ptr.numel() - 1);
-  });
-  SAE_CUDA_CHECK_LAUNCH();
+void feature_stats_merge_sparse_cuda(FeatureTopLists& lists, const FeatureCandidates& candidates,
+                                     const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n) {
+  merge_all(lists, stats_batch_view(candidates, rows, s, n));
 }
 
 }  // namespace sae

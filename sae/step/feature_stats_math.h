@@ -2,7 +2,9 @@
 // for the CPU kernels (cpu_stats_kernels.cpp), the CUDA kernels (cuda_stats_kernels.cu) and the host
 // side that merges their results (sae/train/feature_stats.cpp):
 //   histogram_bin: half-octave bins read off a float's bits (docs/contract.md §4, feature_stats);
-//   offer_candidate: how a feature's short list of its largest activations takes one more.
+//   offer_candidate: how a feature's short list of its largest activations takes one more;
+//   merge_into_top_list: how one batch's candidates of a feature enter its top list (with their
+//   payload: where each happened, its context's token ids and the feature's values there).
 // Letters: K the list's capacity; a "group" is a set of rows that count once (the rows of one story).
 #pragma once
 #include <cstdint>
@@ -74,6 +76,135 @@ SAE_HOST_DEVICE inline bool offer_candidate(T* values, int32_t* rows, G* groups,
   rows[at] = row;
   groups[at] = group;
   return true;
+}
+
+// ---------------------------------------------------------------- a feature's top list
+
+// Bits of FeatureTopListsView::error (sae_kernels.h FeatureTopLists::error).
+constexpr int32_t kStatsBadRow = 1;  // a candidate's row outside the batch
+constexpr int32_t kStatsNoSlot = 2;  // a list without a free payload slot (a broken list)
+constexpr int32_t kMaxTopK = 1000;   // the largest K (check_feature_stats_options)
+
+// The top lists of all features as plain pointers: per feature [K] by rank (value, dedup key, the
+// payload slot of each rank) and count; the payload [K] by slot (story, position, step, the batch row
+// whose context is still to look up or -1) and [K, W] by slot (token ids, the feature's values).
+struct FeatureTopListsView {
+  float* value;
+  int64_t* key;
+  int32_t* slot;
+  int32_t* count;
+  float* threshold;  // [F]: the K-th value, 0 while a list has fewer
+  int64_t* story;
+  int64_t* position;
+  int64_t* step;
+  int32_t* pending_row;
+  int32_t* tokens;
+  float* values;
+  int32_t k;
+  int32_t context;  // C (W = 2C + 1)
+};
+
+// One batch as the merge reads it: the scan's candidates, where the rows came from (story null: not
+// known), and the features to look up context values in (f [N, F] dense, or the by-feature lists).
+struct FeatureStatsBatchView {
+  const float* candidate_values;  // [F, K] in decreasing order
+  const int32_t* candidate_rows;  // [F, K]
+  const int32_t* candidate_count;  // [F]
+  int64_t rows;                    // N
+  const int64_t* story;            // [N], or null
+  const int64_t* position;         // [N]
+  const int32_t* tokens;           // [N, W]
+  int64_t step;
+  int64_t unknown_base;  // a row r of no known story gets key unknown_base - r
+  const float* f;        // [N, F], or null with the lists
+  const int32_t* col_ptr;
+  const int32_t* entry_rows;
+  const float* entry_values;
+  int64_t features;
+};
+
+// The feature's value at row r of the batch (0 where the sparse lists hold no entry: f was 0).
+SAE_HOST_DEVICE inline float batch_feature_value(const FeatureStatsBatchView& b, int64_t r, int64_t j) {
+  if (b.f) return b.f[r * b.features + j];
+  int32_t lo = b.col_ptr[j], hi = b.col_ptr[j + 1];  // the first entry with row >= r, by bisection
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo) / 2;
+    if (b.entry_rows[mid] < r)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < b.col_ptr[j + 1] && b.entry_rows[lo] == r ? b.entry_values[lo] : 0.0f;
+}
+
+// The payload slot no entry of the list uses, or -1.
+SAE_HOST_DEVICE inline int32_t free_payload_slot(const int32_t* slot, int32_t count, int32_t k) {
+  uint64_t used[(kMaxTopK + 63) / 64] = {};
+  for (int32_t a = 0; a < count; ++a)
+    if (slot[a] >= 0) used[slot[a] / 64] |= uint64_t(1) << (slot[a] % 64);
+  for (int32_t s = 0; s < k; ++s)
+    if (!(used[s / 64] >> (s % 64) & 1)) return s;
+  return -1;
+}
+
+// Feature j's candidates of one batch enter its top list, in the order they came (offer_candidate:
+// at most one entry per story, rows of no known story each on their own). A new entry takes a free
+// payload slot and its row's token ids; then every new entry still in the list gets the feature's
+// value at itself and at the neighbours the batch holds (same story, the positions next to it; NaN
+// elsewhere), and the threshold is updated. Returns kStats* bits for what went wrong, or 0.
+SAE_HOST_DEVICE inline int32_t merge_into_top_list(const FeatureTopListsView& l, const FeatureStatsBatchView& b,
+                                                   int64_t j, float nan) {
+  const int32_t k = l.k;
+  const int64_t c = l.context, w = 2 * c + 1, at = j * k;
+  int32_t error = 0;
+  bool added = false;
+  for (int32_t cand = 0; cand < b.candidate_count[j]; ++cand) {
+    const float value = b.candidate_values[at + cand];
+    const int32_t row = b.candidate_rows[at + cand];
+    if (row < 0 || row >= b.rows) {
+      error |= kStatsBadRow;
+      continue;
+    }
+    const int64_t story = b.story ? b.story[row] : -1;
+    const int64_t key = story >= 0 ? story : b.unknown_base - row;
+    if (!offer_candidate(l.value + at, l.slot + at, l.key + at, l.count[j], k, value, int32_t(-1), key)) continue;
+    int32_t rank = 0;  // the new entry holds slot -1
+    while (l.slot[at + rank] != -1) ++rank;
+    const int32_t slot = free_payload_slot(l.slot + at, l.count[j], k);
+    if (slot < 0) {
+      error |= kStatsNoSlot;
+      l.slot[at + rank] = 0;
+      continue;
+    }
+    l.slot[at + rank] = slot;
+    const int64_t p = at + slot;
+    l.story[p] = story;
+    l.position[p] = b.story ? b.position[row] : -1;
+    l.step[p] = b.step;
+    l.pending_row[p] = row;
+    for (int64_t o = 0; o < w; ++o) {
+      l.tokens[p * w + o] = b.story ? b.tokens[row * w + o] : -1;
+      l.values[p * w + o] = nan;
+    }
+    added = true;
+  }
+  if (!added) return error;
+  for (int32_t rank = 0; rank < l.count[j]; ++rank) {
+    const int64_t p = at + l.slot[at + rank];
+    const int32_t row = l.pending_row[p];
+    if (row < 0) continue;
+    l.pending_row[p] = -1;
+    l.values[p * w + c] = l.value[at + rank];
+    if (!b.story) continue;
+    for (int64_t o = -c; o <= c; ++o) {
+      const int64_t t = row + o;
+      if (o == 0 || t < 0 || t >= b.rows || b.story[t] != b.story[row] || b.position[t] != b.position[row] + o)
+        continue;
+      l.values[p * w + o + c] = batch_feature_value(b, t, j);
+    }
+  }
+  l.threshold[j] = l.count[j] == k ? l.value[at + k - 1] : 0.0f;
+  return error;
 }
 
 }  // namespace sae

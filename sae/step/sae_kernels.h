@@ -51,6 +51,30 @@ struct FeatureCandidates {
   Tensor count;                 // [F] i32
 };
 
+// The top lists the candidates merge into (feature_stats_math.h FeatureTopListsView). The int64 arrays
+// are tensors of 8-byte elements (F64 storage, read only as int64: the tensor library has no int64).
+struct FeatureTopLists {
+  Tensor value;                  // [F, K] f32, by rank
+  Tensor key;                    // [F, K] int64, by rank
+  Tensor slot;                   // [F, K] i32, by rank
+  Tensor count;                  // [F] i32
+  Tensor threshold;              // [F] f32
+  Tensor story, position, step;  // [F, K] int64, by slot
+  Tensor pending_row;            // [F, K] i32, by slot
+  Tensor tokens;                 // [F, K, W] i32, by slot
+  Tensor values;                 // [F, K, W] f32, by slot
+  Tensor error;                  // [1] i32: kStats* bits of every merge so far (0: none)
+};
+
+// Where one batch's rows came from, for the merge: story and position [N] int64 (undefined: not
+// known), the token ids around each row [N, W] i32; the batch's step; unknown_base - r is the dedup
+// key of a row r of no known story.
+struct FeatureStatsRows {
+  Tensor story, position, tokens;
+  int64_t step = 0;
+  int64_t unknown_base = -1;
+};
+
 #define SAE_STEP_KERNELS(X)                                                                            \
   /* ---- sparse: only the entries of f, listed in a SparseFeatures (above). dpre [capacity] is       \
      indexed like the by-feature lists. ---- */                                                        \
@@ -104,11 +128,13 @@ struct FeatureCandidates {
   /* from the by-feature lists of s, entries of rows < N only (AuxK's rows N.. are not features) */     \
   X(feature_stats_scan_sparse, void(FeatureCandidates & out, Tensor & histogram, const SparseFeatures& s, \
                                     int64_t rows, const Tensor& threshold, const Tensor& group))          \
-  /* out[m] = f[rows[m], features[m]] (rows, features [M] i32; NaN for an index out of range) */        \
-  X(feature_values_at, void(Tensor & out, const Tensor& f, const Tensor& rows, const Tensor& features))   \
-  /* the same from the by-feature lists (0 where the entry is absent: f was 0 there) */                 \
-  X(feature_values_at_sparse, void(Tensor & out, const SparseFeatures& s, int64_t rows_limit,            \
-                                   const Tensor& rows, const Tensor& features))
+  /* merges each feature's candidates into its top list (merge_into_top_list, one owner per feature),  \
+     looking up the context values of new entries in f [N,F] */                                      \
+  X(feature_stats_merge, void(FeatureTopLists & lists, const FeatureCandidates& candidates,            \
+                              const FeatureStatsRows& rows, const Tensor& f))                           \
+  /* the same, the values looked up in the by-feature lists of s (rows < n) */                         \
+  X(feature_stats_merge_sparse, void(FeatureTopLists & lists, const FeatureCandidates& candidates,     \
+                                     const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n))
 
 struct SaeKernelTable {
   SAE_STEP_KERNELS(SAE_KERNEL_SLOT)

@@ -36,8 +36,13 @@ void feature_stats_scan_(FeatureCandidates& out, Tensor& histogram, const Tensor
 // `rows` = N: the by-feature lists' entries of rows >= N are skipped (AuxK's).
 void feature_stats_scan_sparse_(FeatureCandidates& out, Tensor& histogram, const SparseFeatures& s, int64_t rows,
                                 const Tensor& threshold, const Tensor& group);
-void feature_values_at_(Tensor& out, const Tensor& f, const Tensor& rows, const Tensor& features);
-void feature_values_at_sparse_(Tensor& out, const SparseFeatures& s, int64_t rows_limit, const Tensor& rows,
-                               const Tensor& features);
+// New top lists of F features, K entries each, C context tokens on either side, all empty.
+FeatureTopLists empty_top_lists(int64_t features, int64_t k, int64_t context, Device device);
+// lists as FeatureTopLists describes them for candidates [F, K] (f32); rows' story and position [N]
+// (or undefined) and tokens [N, W]; f32 features on the lists' device.
+void feature_stats_merge_(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
+                          const Tensor& f);
+void feature_stats_merge_sparse_(FeatureTopLists& lists, const FeatureCandidates& candidates,
+                                 const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n);
 
 }  // namespace sae

@@ -1,5 +1,8 @@
 // Front-end of the feature-statistics kernels (sae_ops.h, sae_kernels.h "feature statistics"):
 // shapes, dtypes and devices checked, naming the op and the operands, then the device's kernel.
+#include <algorithm>
+#include <limits>
+
 #include "sae/step/feature_stats_math.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/checks.h"
@@ -53,17 +56,73 @@ void check_feature_lists(const char* op, const SparseFeatures& s, int64_t featur
                     s.vals.describe()));
 }
 
-// Look-ups: out [M] like the values, rows and features [M] i32.
-void check_lookups(const char* op, const Tensor& out, const Tensor& rows, const Tensor& features, const Tensor& like) {
-  check_same_device_dtype(op, like, out);
-  if (out.ndim() != 1) throw Error(cat(op, ": out must be 1-D, got ", out.describe()));
-  check_i32(op, "rows", rows, like);
-  check_i32(op, "features", features, like);
-  if (rows.shape() != out.shape() || features.shape() != out.shape())
-    throw Error(cat(op, ": rows and features must be shaped like out ", out.shape().str(), ", got ", rows.describe(),
-                    " and ", features.describe()));
+// The lists of F features with K entries of W values each, the candidates [F, K] and the batch's rows
+// (N of them), all float32 / on the device of `like`.
+void check_merge(const char* op, const FeatureTopLists& l, const FeatureCandidates& c, const FeatureStatsRows& rows,
+                 int64_t features, int64_t n, const Tensor& like) {
+  if (like.dtype() != DType::F32) throw Error(cat(op, ": features must be f32, got ", like.describe()));
+  check_device(op, l.value, like);
+  check_same_device_dtype(op, like, l.value);
+  if (l.value.ndim() != 2 || l.value.size(0) != features || l.value.size(1) < 1 || l.value.size(1) > kMaxTopK)
+    throw Error(cat(op, ": list values must be [F = ", features, ", K in 1..", kMaxTopK, "], got ", l.value.describe()));
+  const Shape fk = l.value.shape();
+  auto check = [&](const char* name, const Tensor& t, DType dtype, const Shape& shape) {
+    check_device(op, t, like);
+    if (t.dtype() != dtype || t.shape() != shape)
+      throw Error(cat(op, ": ", name, " must be ", dtype_name(dtype), " ", shape.str(), ", got ", t.describe()));
+  };
+  check("list keys", l.key, DType::F64, fk);
+  check("list slots", l.slot, DType::I32, fk);
+  check("list count", l.count, DType::I32, Shape{features});
+  check("thresholds", l.threshold, DType::F32, Shape{features});
+  check("stories", l.story, DType::F64, fk);
+  check("positions", l.position, DType::F64, fk);
+  check("steps", l.step, DType::F64, fk);
+  check("pending rows", l.pending_row, DType::I32, fk);
+  if (l.tokens.ndim() != 3 || l.tokens.size(2) % 2 != 1)
+    throw Error(cat(op, ": list tokens must be [F, K, W = 2C + 1], got ", l.tokens.describe()));
+  const int64_t w = l.tokens.size(2);
+  check("list tokens", l.tokens, DType::I32, Shape{fk[0], fk[1], w});
+  check("list values", l.values, DType::F32, Shape{fk[0], fk[1], w});
+  check("error", l.error, DType::I32, Shape{1});
+  check("candidate values", c.values, DType::F32, fk);
+  check("candidate rows", c.rows, DType::I32, fk);
+  check("candidate count", c.count, DType::I32, Shape{features});
+  if (rows.story.defined() != rows.position.defined() || rows.story.defined() != rows.tokens.defined())
+    throw Error(cat(op, ": the rows' story, position and tokens are given together or not at all"));
+  if (rows.story.defined()) {
+    check("row stories", rows.story, DType::F64, Shape{n});
+    check("row positions", rows.position, DType::F64, Shape{n});
+    check("row tokens", rows.tokens, DType::I32, Shape{n, w});
+  }
+  if (n >= (int64_t(1) << 31)) throw Error(cat(op, ": ", n, " rows do not fit int32 row indices"));
+}
+// A tensor of `shape` on `device` holding `fill` (T's bytes: int64 in 8-byte F64 elements).
+template <typename T>
+Tensor filled(const Shape& shape, DType dtype, T fill, Device device) {
+  Tensor t = Tensor::empty(shape, dtype, Device::CPU);
+  std::fill_n(static_cast<T*>(t.raw()), t.numel(), fill);
+  return t.to(device);
 }
 }  // namespace
+
+FeatureTopLists empty_top_lists(int64_t features, int64_t k, int64_t context, Device device) {
+  const Shape fk{features, k}, fkw{features, k, 2 * context + 1};
+  FeatureTopLists l;
+  l.value = filled(fk, DType::F32, 0.0f, device);
+  l.key = filled(fk, DType::F64, int64_t(0), device);
+  l.slot = filled(fk, DType::I32, int32_t(-1), device);
+  l.count = filled(Shape{features}, DType::I32, int32_t(0), device);
+  l.threshold = filled(Shape{features}, DType::F32, 0.0f, device);
+  l.story = filled(fk, DType::F64, int64_t(-1), device);
+  l.position = filled(fk, DType::F64, int64_t(-1), device);
+  l.step = filled(fk, DType::F64, int64_t(-1), device);
+  l.pending_row = filled(fk, DType::I32, int32_t(-1), device);
+  l.tokens = filled(fkw, DType::I32, int32_t(-1), device);
+  l.values = filled(fkw, DType::F32, std::numeric_limits<float>::quiet_NaN(), device);
+  l.error = filled(Shape{1}, DType::I32, int32_t(0), device);
+  return l;
+}
 
 void feature_stats_scan_(FeatureCandidates& out, Tensor& histogram, const Tensor& f, const Tensor& threshold,
                          const Tensor& group) {
@@ -88,22 +147,25 @@ void feature_stats_scan_sparse_(FeatureCandidates& out, Tensor& histogram, const
   sae_kernels_for(s.vals.device()).feature_stats_scan_sparse(out, histogram, s, rows, threshold, group);
 }
 
-void feature_values_at_(Tensor& out, const Tensor& f, const Tensor& rows, const Tensor& features) {
-  const char* op = "feature_values_at";
+void feature_stats_merge_(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
+                          const Tensor& f) {
+  const char* op = "feature_stats_merge";
   check_float(op, f);
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
-  check_lookups(op, out, rows, features, f);
-  sae_kernels_for(f.device()).feature_values_at(out, f, rows, features);
+  check_merge(op, lists, candidates, rows, f.size(1), f.size(0), f);
+  sae_kernels_for(f.device()).feature_stats_merge(lists, candidates, rows, f);
 }
 
-void feature_values_at_sparse_(Tensor& out, const SparseFeatures& s, int64_t rows_limit, const Tensor& rows,
-                               const Tensor& features) {
-  const char* op = "feature_values_at_sparse";
+void feature_stats_merge_sparse_(FeatureTopLists& lists, const FeatureCandidates& candidates,
+                                 const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n) {
+  const char* op = "feature_stats_merge_sparse";
   check_defined(op, s.vals);
   check_defined(op, s.col_ptr);
-  check_feature_lists(op, s, s.col_ptr.numel() - 1, s.vals);
-  check_lookups(op, out, rows, features, s.vals);
-  sae_kernels_for(s.vals.device()).feature_values_at_sparse(out, s, rows_limit, rows, features);
+  if (n < 0) throw Error(cat(op, ": rows must be >= 0, got ", n));
+  const int64_t features = s.col_ptr.numel() - 1;
+  check_feature_lists(op, s, features, s.vals);
+  check_merge(op, lists, candidates, rows, features, n, s.vals);
+  sae_kernels_for(s.vals.device()).feature_stats_merge_sparse(lists, candidates, rows, s, n);
 }
 
 }  // namespace sae

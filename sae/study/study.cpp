@@ -136,6 +136,7 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
   config = run.config;
   config.out = dir;
   config.resume = "";
+  give_every_control(config);  // the study's steps and intervals hold when its run is resumed
   if (fs::exists(fs::path(dir) / "config.json"))
     check_same_run(dir, config);
   else if (fs::exists(dir) && !holds_only_a_lock(dir))

@@ -1,8 +1,10 @@
 // FeatureStats (see feature_stats.h): the per-batch scan and merge, and feature_stats.safetensors.
 #include "sae/train/feature_stats.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <limits>
 #include <memory>
 #include <unordered_map>
@@ -17,7 +19,7 @@ namespace sae {
 namespace {
 constexpr const char* kFormat = "sae-cpp-feature-stats";
 constexpr const char* kMetadataKey = "feature_stats";
-constexpr int64_t kMaxK = 1000, kMaxContext = 256;
+constexpr int64_t kMaxK = kMaxTopK, kMaxContext = 256;
 constexpr double kMaxListBytes = 8.0 * (int64_t(1) << 30);
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -66,55 +68,74 @@ void check_feature_stats_options(int64_t features, const FeatureStatsOptions& op
 }
 
 struct FeatureStats::Buffers {
+  FeatureTopLists lists;         // on the device
   FeatureCandidates candidates;  // on the device
   Tensor histogram;              // [F, kHistogramBins] f64, on the device
-  Tensor threshold;              // [F] f32, on the device
-  Tensor group;                  // [rows] i32, grown as needed
-  // Host copies of the candidates (CUDA only) and the batch's groups.
-  std::vector<int32_t> count, rows, groups;
-  std::vector<float> values;
+  // The batch's groups and rows (story, position, tokens), built on the host and copied to the
+  // device tensors (grown as needed, kept from batch to batch).
+  std::vector<int32_t> groups;
+  std::vector<int32_t> row_tokens;
   std::unordered_map<int64_t, int32_t> group_of_story;
-  // The context look-ups of a batch, kept from batch to batch so that no step allocates them anew:
-  // on the host (rows, features, where each answer goes, the answers) and on the device (grown as
-  // needed, like group).
-  std::vector<int32_t> query_rows, query_features;
-  std::vector<int64_t> query_targets;
-  std::vector<float> found;
-  Tensor query_rows_device, query_features_device, found_device;
+  Tensor group, story, position, tokens;
 };
 
 namespace {
-// The first n entries of `buffer` (re-made larger when it is too small).
-Tensor first_n(Tensor& buffer, int64_t n, DType dtype, Device device) {
-  if (!buffer.defined() || buffer.numel() < n) buffer = Tensor::empty(Shape{std::max<int64_t>(n, 1024)}, dtype, device);
+// The first n rows of `buffer` ([n] or [n, width]; re-made larger when it is too small).
+Tensor first_rows(Tensor& buffer, int64_t n, int64_t width, DType dtype, Device device) {
+  if (!buffer.defined() || buffer.size(0) < n) {
+    const int64_t rows = std::max<int64_t>(n, 1024);
+    buffer = Tensor::empty(width > 0 ? Shape{rows, width} : Shape{rows}, dtype, device);
+  }
   return buffer.slice_rows(0, n);
+}
+
+// Bytes [offset, offset + bytes) of a tensor, copied to the host.
+void download_part(void* to, const Tensor& from, size_t offset, size_t bytes) {
+  if (bytes == 0) return;
+  const char* start = static_cast<const char*>(from.raw()) + offset;
+  if (from.device() == Device::CPU)
+    std::memcpy(to, start, bytes);
+  else
+    cuda_copy_to_host(to, start, bytes);
+}
+
+template <typename T>
+std::vector<T> host_copy(const Tensor& t) {
+  std::vector<T> out(t.nbytes() / sizeof(T));
+  download(out.data(), t, t.nbytes());
+  return out;
+}
+
+template <typename T>
+T host_at(const Tensor& t, int64_t index) {
+  T v;
+  download_part(&v, t, sizeof(T) * index, sizeof(T));
+  return v;
+}
+
+// Host values in a new tensor on `device` (int64 in 8-byte F64 elements: sae_kernels.h FeatureTopLists).
+template <typename T>
+Tensor tensor_of(const std::vector<T>& values, const Shape& shape, Device device) {
+  const DType dtype = sizeof(T) == 8 ? DType::F64 : (std::is_same_v<T, float> ? DType::F32 : DType::I32);
+  Tensor t = Tensor::empty(shape, dtype, Device::CPU);
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), sizeof(T) * values.size());
+  return t.to(device);
 }
 }  // namespace
 
 FeatureStats::FeatureStats(int64_t features, const FeatureStatsOptions& options, Device device)
     : features_(features), options_(options), device_(device), source_(Json::object()) {
   check_feature_stats_options(features, options);
-  const int64_t k = options.k, entries = features * k;
-  value_.assign(entries, 0.0f);
-  key_.assign(entries, 0);
-  slot_.assign(entries, -1);
-  count_.assign(features, 0);
-  story_.assign(entries, -1);
-  position_.assign(entries, -1);
-  step_.assign(entries, -1);
-  pending_row_.assign(entries, -1);
-  tokens_at_.assign(entries * width(), -1);
-  values_at_.assign(entries * width(), kNaN);
-  threshold_.assign(features, 0.0f);
-  touched_.assign(features, 0);
+  const int64_t k = options.k;
   buffers_ = std::make_unique<Buffers>();
   Buffers& b = *buffers_;
-  b.candidates.values = Tensor::zeros(Shape{features, k}, DType::F32, device);
-  b.candidates.rows = zero_i32(Shape{features, k}, device);
-  b.candidates.groups = zero_i32(Shape{features, k}, device);
+  b.lists = empty_top_lists(features, k, options.context, device);
+  const Shape fk{features, k};
+  b.candidates.values = Tensor::zeros(fk, DType::F32, device);
+  b.candidates.rows = zero_i32(fk, device);
+  b.candidates.groups = zero_i32(fk, device);
   b.candidates.count = zero_i32(Shape{features}, device);
   b.histogram = Tensor::zeros(Shape{features, kHistogramBins}, DType::F64, device);
-  b.threshold = Tensor::zeros(Shape{features}, DType::F32, device);
 }
 
 FeatureStats::~FeatureStats() = default;
@@ -144,18 +165,36 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
     else
       b.groups[r] = static_cast<int32_t>(n + r);
   }
-  if (!b.group.defined() || b.group.numel() < n) b.group = Tensor::empty(Shape{n}, DType::I32, device_);
-  Tensor group = b.group.slice_rows(0, n);
+  Tensor group = first_rows(b.group, n, 0, DType::I32, device_);
   upload(group, b.groups.data(), sizeof(int32_t) * n);
 
-  if (batch.sparse)
-    feature_stats_scan_sparse_(b.candidates, b.histogram, batch.lists, n, b.threshold, group);
-  else
-    feature_stats_scan_(b.candidates, b.histogram, batch.dense, b.threshold, group);
+  // Where the rows came from, for the merge: origins recorded with a wider radius (another SAE
+  // trained on the same batches wants more) give the middle W of each row's ids.
+  FeatureStatsRows rows;
+  rows.step = step;
+  rows.unknown_base = unknown_key_;
+  unknown_key_ -= n;
+  if (known) {
+    const int64_t w = width(), origin_width = origins.width(), shift = origins.radius - options_.context;
+    b.row_tokens.resize(static_cast<size_t>(n * w));
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(&b.row_tokens[r * w], &origins.context[r * origin_width + shift], sizeof(int32_t) * w);
+    rows.story = first_rows(b.story, n, 0, DType::F64, device_);
+    rows.position = first_rows(b.position, n, 0, DType::F64, device_);
+    rows.tokens = first_rows(b.tokens, n, w, DType::I32, device_);
+    upload(rows.story, origins.story.data(), sizeof(int64_t) * n);
+    upload(rows.position, origins.position.data(), sizeof(int64_t) * n);
+    upload(rows.tokens, b.row_tokens.data(), sizeof(int32_t) * n * w);
+  }
 
-  merge_candidates(origins, known, n, step);
-  look_up_context(batch, origins, known, n);
-  upload_thresholds();
+  if (batch.sparse) {
+    feature_stats_scan_sparse_(b.candidates, b.histogram, batch.lists, n, b.lists.threshold, group);
+    feature_stats_merge_sparse_(b.lists, b.candidates, rows, batch.lists, n);
+  } else {
+    feature_stats_scan_(b.candidates, b.histogram, batch.dense, b.lists.threshold, group);
+    feature_stats_merge_(b.lists, b.candidates, rows, batch.dense);
+  }
+  if (device_ == Device::CPU) check_lists();  // on a GPU: when the lists are read (no wait per step)
   tokens_ += n;
   ++steps_;
   if (first_step_ < 0) first_step_ = step;
@@ -163,133 +202,10 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
   has_token_ids_ = has_token_ids_ || (known && origins.has_token_ids);
 }
 
-int32_t FeatureStats::free_slot(int64_t feature) const {
-  const int64_t k = options_.k;
-  uint64_t used[(kMaxK + 63) / 64] = {};  // a bit per slot, on the stack: this runs for every new entry
-  for (int32_t a = 0; a < count_[feature]; ++a) {
-    const int32_t s = slot_[feature * k + a];
-    if (s >= 0) used[s / 64] |= uint64_t(1) << (s % 64);
-  }
-  for (int32_t s = 0; s < k; ++s)
-    if (!(used[s / 64] >> (s % 64) & 1)) return s;
-  throw Error("FeatureStats: no free slot (a broken list)");
-}
-
-void FeatureStats::merge_candidates(const BatchOrigins& origins, bool known, int64_t n, int64_t step) {
-  Buffers& b = *buffers_;
-  const int64_t k = options_.k, w = width();
-  // Origins recorded with a wider radius (another SAE trained on the same batches wants more): the
-  // middle w of each row's ids.
-  const int64_t origin_width = origins.width(), shift = origins.radius - options_.context;
-  const int32_t* count = b.candidates.count.data<int32_t>();
-  const float* values = nullptr;
-  const int32_t* rows = nullptr;
-  if (device_ == Device::CPU) {
-    values = b.candidates.values.data<float>();
-    rows = b.candidates.rows.data<int32_t>();
-  } else {
-    b.count.resize(static_cast<size_t>(features_));
-    download(b.count.data(), b.candidates.count, sizeof(int32_t) * features_);
-    count = b.count.data();
-    int64_t total = 0;
-    for (int64_t i = 0; i < features_; ++i) total += count[i];
-    if (total > 0) {
-      b.values.resize(static_cast<size_t>(features_ * k));
-      b.rows.resize(static_cast<size_t>(features_ * k));
-      download(b.values.data(), b.candidates.values, sizeof(float) * features_ * k);
-      download(b.rows.data(), b.candidates.rows, sizeof(int32_t) * features_ * k);
-      values = b.values.data();
-      rows = b.rows.data();
-    }
-  }
-  for (int64_t i = 0; i < features_; ++i) {
-    if (count[i] == 0) continue;
-    for (int32_t c = 0; c < count[i]; ++c) {
-      const float value = values[i * k + c];
-      const int32_t row = rows[i * k + c];
-      if (row < 0 || row >= n) throw Error(cat("FeatureStats: a candidate row ", row, " outside the batch of ", n));
-      const int64_t story = known ? origins.story[row] : -1;
-      const int64_t key = story >= 0 ? story : unknown_key_--;  // rows of no known story never match
-      const int64_t at = i * k;
-      if (!offer_candidate(value_.data() + at, slot_.data() + at, key_.data() + at, count_[i],
-                           static_cast<int32_t>(k), value, int32_t(-1), key))
-        continue;
-      // The new entry holds slot -1: give it the payload slot no other entry uses.
-      int32_t rank = 0;
-      while (slot_[at + rank] != -1) ++rank;
-      const int32_t slot = free_slot(i);
-      slot_[at + rank] = slot;
-      const int64_t p = at + slot;
-      story_[p] = story;
-      position_[p] = known ? origins.position[row] : -1;
-      step_[p] = step;
-      pending_row_[p] = row;
-      for (int64_t o = 0; o < w; ++o) {
-        tokens_at_[p * w + o] = known ? origins.context[row * origin_width + shift + o] : -1;
-        values_at_[p * w + o] = kNaN;
-      }
-      touched_[i] = 1;
-    }
-  }
-}
-
-// The feature's value on the neighbours of each new entry that the batch holds (same story, the
-// positions next to it), looked up in one kernel call.
-void FeatureStats::look_up_context(const StepFeatures& batch, const BatchOrigins& origins, bool known, int64_t n) {
-  const int64_t k = options_.k, w = width(), c = options_.context;
-  Buffers& b = *buffers_;
-  std::vector<int32_t>& query_rows = b.query_rows;
-  std::vector<int32_t>& query_features = b.query_features;
-  std::vector<int64_t>& query_targets = b.query_targets;  // into values_at_
-  query_rows.clear();
-  query_features.clear();
-  query_targets.clear();
-  for (int64_t i = 0; i < features_; ++i) {
-    if (!touched_[i]) continue;
-    for (int32_t rank = 0; rank < count_[i]; ++rank) {
-      const int64_t p = i * k + slot_[i * k + rank];
-      const int32_t row = pending_row_[p];
-      if (row < 0) continue;
-      pending_row_[p] = -1;
-      values_at_[p * w + c] = value_[i * k + rank];
-      if (!known) continue;
-      for (int64_t o = -c; o <= c; ++o) {
-        const int64_t t = row + o;
-        if (o == 0 || t < 0 || t >= n || origins.story[t] != origins.story[row] ||
-            origins.position[t] != origins.position[row] + o)
-          continue;
-        query_rows.push_back(static_cast<int32_t>(t));
-        query_features.push_back(static_cast<int32_t>(i));
-        query_targets.push_back(p * w + o + c);
-      }
-    }
-  }
-  if (query_rows.empty()) return;
-  const int64_t m = static_cast<int64_t>(query_rows.size());
-  Tensor rows = first_n(b.query_rows_device, m, DType::I32, device_);
-  Tensor features = first_n(b.query_features_device, m, DType::I32, device_);
-  Tensor out = first_n(b.found_device, m, DType::F32, device_);
-  upload(rows, query_rows.data(), sizeof(int32_t) * m);
-  upload(features, query_features.data(), sizeof(int32_t) * m);
-  if (batch.sparse)
-    feature_values_at_sparse_(out, batch.lists, n, rows, features);
-  else
-    feature_values_at_(out, batch.dense, rows, features);
-  b.found.resize(static_cast<size_t>(m));
-  download(b.found.data(), out, sizeof(float) * m);
-  for (int64_t q = 0; q < m; ++q) values_at_[query_targets[q]] = b.found[q];
-}
-
-void FeatureStats::upload_thresholds() {
-  const int64_t k = options_.k;
-  bool changed = false;
-  for (int64_t i = 0; i < features_; ++i) {
-    if (!touched_[i]) continue;
-    touched_[i] = 0;
-    threshold_[i] = count_[i] == k ? value_[i * k + k - 1] : 0.0f;
-    changed = true;
-  }
-  if (changed) upload(buffers_->threshold, threshold_.data(), sizeof(float) * features_);
+void FeatureStats::check_lists() const {
+  const int32_t error = host_at<int32_t>(buffers_->lists.error, 0);
+  if (error & kStatsBadRow) throw Error("FeatureStats: a candidate row outside its batch");
+  if (error & kStatsNoSlot) throw Error("FeatureStats: no free slot (a broken list)");
 }
 
 std::vector<double> FeatureStats::histogram() const { return buffers_->histogram.to_vector(); }
@@ -304,19 +220,24 @@ std::vector<double> FeatureStats::counts() const {
 
 int32_t FeatureStats::top_count(int64_t feature) const {
   if (feature < 0 || feature >= features_) throw Error(cat("FeatureStats: no feature ", feature));
-  return count_[feature];
+  return host_at<int32_t>(buffers_->lists.count, feature);
 }
 
 FeatureTop FeatureStats::top(int64_t feature, int64_t rank) const {
   if (rank < 0 || rank >= top_count(feature)) throw Error(cat("FeatureStats: feature ", feature, " has no rank ", rank));
-  const int64_t k = options_.k, w = width(), p = feature * k + slot_[feature * k + rank];
+  check_lists();
+  const FeatureTopLists& l = buffers_->lists;
+  const int64_t k = options_.k, w = width(), r = feature * k + rank;
+  const int64_t p = feature * k + host_at<int32_t>(l.slot, r);
   FeatureTop t;
-  t.value = value_[feature * k + rank];
-  t.story = story_[p];
-  t.position = position_[p];
-  t.step = step_[p];
-  t.tokens.assign(tokens_at_.begin() + p * w, tokens_at_.begin() + (p + 1) * w);
-  t.values.assign(values_at_.begin() + p * w, values_at_.begin() + (p + 1) * w);
+  t.value = host_at<float>(l.value, r);
+  t.story = host_at<int64_t>(l.story, p);
+  t.position = host_at<int64_t>(l.position, p);
+  t.step = host_at<int64_t>(l.step, p);
+  t.tokens.resize(static_cast<size_t>(w));
+  t.values.resize(static_cast<size_t>(w));
+  download_part(t.tokens.data(), l.tokens, sizeof(int32_t) * p * w, sizeof(int32_t) * w);
+  download_part(t.values.data(), l.values, sizeof(float) * p * w, sizeof(float) * w);
   return t;
 }
 
@@ -327,15 +248,22 @@ void FeatureStats::save(const std::string& path) const {
   std::vector<float> top_value(f * k, 0.0f), top_values(f * k * w, kNaN);
   std::vector<int64_t> top_story(f * k, -1), top_position(f * k, -1), top_step(f * k, -1);
   std::vector<int32_t> top_tokens(f * k * w, -1);
+  check_lists();
+  const FeatureTopLists& l = buffers_->lists;
+  const std::vector<int32_t> count = host_copy<int32_t>(l.count), slot = host_copy<int32_t>(l.slot);
+  const std::vector<float> value = host_copy<float>(l.value), values = host_copy<float>(l.values);
+  const std::vector<int64_t> story = host_copy<int64_t>(l.story), position = host_copy<int64_t>(l.position),
+                             step = host_copy<int64_t>(l.step);
+  const std::vector<int32_t> tokens = host_copy<int32_t>(l.tokens);
   for (int64_t i = 0; i < f; ++i)
-    for (int32_t rank = 0; rank < count_[i]; ++rank) {
-      const int64_t r = i * k + rank, p = i * k + slot_[r];
-      top_value[r] = value_[r];
-      top_story[r] = story_[p];
-      top_position[r] = position_[p];
-      top_step[r] = step_[p];
-      std::memcpy(&top_tokens[r * w], &tokens_at_[p * w], sizeof(int32_t) * w);
-      std::memcpy(&top_values[r * w], &values_at_[p * w], sizeof(float) * w);
+    for (int32_t rank = 0; rank < count[i]; ++rank) {
+      const int64_t r = i * k + rank, p = i * k + slot[r];
+      top_value[r] = value[r];
+      top_story[r] = story[p];
+      top_position[r] = position[p];
+      top_step[r] = step[p];
+      std::memcpy(&top_tokens[r * w], &tokens[p * w], sizeof(int32_t) * w);
+      std::memcpy(&top_values[r * w], &values[p * w], sizeof(float) * w);
     }
   std::vector<double> edges(kHistogramBins + 1);
   for (int b = 0; b < kHistogramBins; ++b) edges[b] = histogram_lower_edge(b);
@@ -356,7 +284,6 @@ void FeatureStats::save(const std::string& path) const {
   info["token_ids"] = has_token_ids_;
   info["histogram_bins"] = kHistogramBins;
   info["source"] = source_;
-  const std::vector<int32_t>& count = count_;
   std::vector<RawTensor> tensors = {
       {"counts", "F64", {f}, bytes_of(counts())},
       {"histogram", "F64", {f, kHistogramBins}, bytes_of(histogram())},
@@ -484,23 +411,38 @@ FeatureStats FeatureStats::load(const std::string& path, Device device) {
   s.last_step_ = last_step;
   s.has_token_ids_ = token_ids;
   s.source_ = source;
+  // The lists with rank r in slot r; entries past a list's count as a new list's.
+  const int64_t entries = f * k;
+  std::vector<float> value(entries, 0.0f), values(entries * w, kNaN), threshold(f, 0.0f);
+  std::vector<int64_t> key(entries, 0), story(entries, -1), position(entries, -1), step(entries, -1);
+  std::vector<int32_t> slot(entries, -1), ids(entries * w, -1);
   for (int64_t i = 0; i < f; ++i) {
-    s.count_[i] = top_count[i];
     for (int32_t r = 0; r < top_count[i]; ++r) {
-      const int64_t e = i * k + r;  // rank r lives in slot r
-      s.value_[e] = top_value[e];
-      s.slot_[e] = r;
-      s.key_[e] = top_story[e] >= 0 ? top_story[e] : s.unknown_key_--;
-      s.story_[e] = top_story[e];
-      s.position_[e] = top_position[e];
-      s.step_[e] = top_step[e];
-      std::memcpy(&s.tokens_at_[e * w], &top_tokens[e * w], sizeof(int32_t) * w);
-      std::memcpy(&s.values_at_[e * w], &top_values[e * w], sizeof(float) * w);
+      const int64_t e = i * k + r;
+      value[e] = top_value[e];
+      slot[e] = r;
+      key[e] = top_story[e] >= 0 ? top_story[e] : s.unknown_key_--;
+      story[e] = top_story[e];
+      position[e] = top_position[e];
+      step[e] = top_step[e];
+      std::memcpy(&ids[e * w], &top_tokens[e * w], sizeof(int32_t) * w);
+      std::memcpy(&values[e * w], &top_values[e * w], sizeof(float) * w);
     }
-    s.touched_[i] = 1;
+    threshold[i] = top_count[i] == k ? value[i * k + k - 1] : 0.0f;
   }
+  FeatureTopLists& l = s.buffers_->lists;
+  const Shape fk{f, k}, fkw{f, k, w};
+  l.value = tensor_of(value, fk, device);
+  l.key = tensor_of(key, fk, device);
+  l.slot = tensor_of(slot, fk, device);
+  l.count = tensor_of(top_count, Shape{f}, device);
+  l.threshold = tensor_of(threshold, Shape{f}, device);
+  l.story = tensor_of(story, fk, device);
+  l.position = tensor_of(position, fk, device);
+  l.step = tensor_of(step, fk, device);
+  l.tokens = tensor_of(ids, fkw, device);
+  l.values = tensor_of(values, fkw, device);
   upload(s.buffers_->histogram, hist.data(), sizeof(double) * hist.size());
-  s.upload_thresholds();
   return s;
 }
 

@@ -9,8 +9,9 @@
 // Per batch, one kernel pass over the step's features (its sparse entry lists when it has them, f
 // otherwise; sae/step/sae_kernels.h "feature statistics") fills the histograms and lists each
 // feature's candidates: the batch's largest values above the feature's threshold (its K-th largest so
-// far, 0 while it has fewer). The host merges those few into the lists, in the order they came, and
-// looks up the context values of the new entries. The result equals a brute-force pass that sorts
+// far, 0 while it has fewer). A second kernel merges those few into the lists, in the order they came
+// (each list by one thread), and looks up the context values of the new entries; the lists stay on
+// the device (read back to save them). The result equals a brute-force pass that sorts
 // every story's largest value (tests/sae/train/test_feature_stats.cpp).
 // Letters: F features, K top activations per feature, C context tokens on either side, W = 2C + 1,
 // N rows (tokens) of a batch.
@@ -81,11 +82,8 @@ class FeatureStats {
   static FeatureStats load(const std::string& path, Device device = Device::CPU);
 
  private:
-  struct Buffers;  // the device side
-  void merge_candidates(const BatchOrigins& origins, bool known, int64_t n, int64_t step);
-  void look_up_context(const StepFeatures& batch, const BatchOrigins& origins, bool known, int64_t n);
-  void upload_thresholds();
-  int32_t free_slot(int64_t feature) const;
+  struct Buffers;  // on the device: the lists (sae_kernels.h FeatureTopLists), the scan's outputs
+  void check_lists() const;  // Error when a merge found a broken list or a bad candidate
 
   int64_t features_;
   FeatureStatsOptions options_;
@@ -93,20 +91,7 @@ class FeatureStats {
   int64_t tokens_ = 0, steps_ = 0, first_step_ = -1, last_step_ = -1;
   bool has_token_ids_ = false;
   Json source_;
-  // The lists, by rank: [F, K] values (largest first), dedup keys (story, or a unique negative
-  // number), and the payload slot each rank's entry lives in; count [F].
-  std::vector<float> value_;
-  std::vector<int64_t> key_;
-  int64_t unknown_key_ = -1;  // the next key of an entry of no known story (counting down)
-  std::vector<int32_t> slot_;
-  std::vector<int32_t> count_;
-  // Payload by slot [F, K] (tokens and values [F, K, W]); pending_row_: the batch row whose context
-  // values are still to be looked up (-1: done).
-  std::vector<int64_t> story_, position_, step_;
-  std::vector<int32_t> tokens_at_, pending_row_;
-  std::vector<float> values_at_;
-  std::vector<float> threshold_;     // [F]: the K-th value, or 0 while a list has fewer
-  std::vector<uint8_t> touched_;     // [F]: lists changed by the batch being added
+  int64_t unknown_key_ = -1;  // keys of entries of no known story count down: a batch's row r gets unknown_key_ - r
   std::unique_ptr<Buffers> buffers_;
 };
 

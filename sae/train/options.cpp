@@ -214,7 +214,7 @@ std::vector<TrainOption> make_table() {
   const char* text_group = "Text through a language model (--model, --text)";
   const char* dictionaries = "Transcoders and crosscoders (docs/architectures.md §2.13)";
   const char* stats_group = "Feature statistics (what each feature fires on; sae_browser shows them)";
-  const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls;
+  const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls, launch = OptionRole::Launch;
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
@@ -274,9 +274,9 @@ std::vector<TrainOption> make_table() {
           choice(parse_normalization, normalization_name)),
       row("init", training, "start from this SAELens-format checkpoint directory", defines, "init", FIELD(init),
           text()),
-      row("resume", training, "continue the run in this directory to --steps", controls, "", FIELD(resume), text()),
-      row("out", training, "output directory", controls, "out", FIELD(out), text()),
-      row("overwrite", training, "a fresh run into an --out that holds a run replaces it (deletes its files)", controls,
+      row("resume", training, "continue the run in this directory to --steps", launch, "", FIELD(resume), text()),
+      row("out", training, "output directory", launch, "out", FIELD(out), text()),
+      row("overwrite", training, "a fresh run into an --out that holds a run replaces it (deletes its files)", launch,
           "", FIELD(overwrite), flag()),
       row("seed", training, "random seed (initialisation, token shuffling)", defines, "seed", FIELD(seed),
           unsigned_integer()),
@@ -304,7 +304,7 @@ std::vector<TrainOption> make_table() {
       row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,
           "threads", FIELD(threads), integer(), "0"),
       row("shards", training, "under mpirun -np P: the latents split over S ranks, times P / S data-parallel "
-          "replicas (docs/distributed.md); needs a build with MPI", controls, "shards", FIELD(shards), integer(), "1"),
+          "replicas (docs/distributed.md); needs a build with MPI", launch, "shards", FIELD(shards), integer(), "1"),
       row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
           FIELD(architecture), architecture_codec(), "standard"),
       row("target-l0", target, "an L0 set point: lambda is adjusted every step so that the average L0 reaches and "
@@ -432,10 +432,15 @@ Json data_stream_identity(const TrainConfig& config) {
   return kept;
 }
 
+void give_every_control(TrainConfig& config) {
+  for (const TrainOption& o : train_options())
+    if (o.role == OptionRole::Controls && !config.was_given(o.name)) config.given.push_back(o.name);
+}
+
 TrainConfig resumed_config(const Json& saved, const TrainConfig& cli) {
   TrainConfig c = TrainConfig::from_json(saved);
   for (const TrainOption& o : train_options())
-    if (o.role == OptionRole::Controls) o.copy(c, cli);
+    if (o.role == OptionRole::Launch || (o.role == OptionRole::Controls && cli.was_given(o.name))) o.copy(c, cli);
   return c;
 }
 

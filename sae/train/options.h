@@ -20,8 +20,10 @@ namespace sae {
 enum class OptionRole {
   Defines,   // what the run computes: on --resume it comes from the run's config.json, and a study
              // folder holding a run with another value is refused
-  Controls,  // how far it runs, where, and how it is watched: on --resume it comes from the command
-             // line, and it is not part of a study run's identity
+  Controls,  // how far it runs, where, and how it is watched: on --resume the command line's value when
+             // given, else the run's saved one; not part of a study run's identity
+  Launch,    // this launch only (where the run is, how many ranks split it): on --resume always from the
+             // command line (or its default), never from the run
 };
 
 struct TrainOption {
@@ -57,7 +59,11 @@ Json run_identity(const TrainConfig& config);
 // What must agree for SAEs to train on one data stream (trainer.h, train_together): the data and
 // how it is batched, normalised and shuffled, --steps, the device, the precision and threads.
 Json data_stream_identity(const TrainConfig& config);
-// On --resume: the run's saved config (config.json) with every Controls option taken from `cli`.
+// On --resume: the run's saved config (config.json) with the Controls options `cli` was given and every
+// Launch option taken from `cli`.
 TrainConfig resumed_config(const Json& saved, const TrainConfig& cli);
+// Marks every Controls option of `config` as given: a config made in code (a study's run, a test)
+// whose Controls values all hold on --resume, defaults included.
+void give_every_control(TrainConfig& config);
 
 }  // namespace sae

@@ -132,6 +132,7 @@ TEST(ArchTrain, ResumeIsBitExactForEveryArchitecture) {
     fs::remove_all(dir.str("split/sae"));  // resume from checkpoints/step_10, as if killed at step 17
     TrainConfig rest = tiny_config(v, "");
     rest.resume = dir.str("split");
+    give_every_control(rest);
     rest.steps = 40;
     const TrainResult r = train(rest);
     EXPECT_EQ(r.steps, 40);

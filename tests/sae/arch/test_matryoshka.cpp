@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "io/safetensors.h"
+#include "sae/train/options.h"
 #include "sae/arch/matryoshka/matryoshka_kernels.h"
 #include "sae/arch/registry.h"
 #include "sae/arch/sae_step.h"
@@ -364,6 +365,7 @@ TEST(MatryoshkaTrain, ResumeIsBitExactAndTheExportLoadsBack) {
   std::filesystem::remove_all(dir.str("split/sae"));  // resume from checkpoints/step_10, as if killed at step 17
   TrainConfig rest = tiny("");
   rest.resume = dir.str("split");
+  give_every_control(rest);
   rest.steps = 40;
   train(rest);
   EXPECT_EQ(read_file(dir.str("full/sae/sae_weights.safetensors")), read_file(dir.str("split/sae/sae_weights.safetensors")));

@@ -19,6 +19,7 @@
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
+#include "sae/train/options.h"
 #include "sae/data/text_batches.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
@@ -116,6 +117,7 @@ TEST(TextData, RunsOverTextResumeBitExactly) {
     train(cut);
     TrainConfig rest;
     rest.resume = cut.out;
+    give_every_control(rest);
     rest.steps = full.steps;
     rest.log_every = 1;
     rest.progress = ProgressMode::None;

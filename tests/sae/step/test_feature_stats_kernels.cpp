@@ -1,8 +1,10 @@
 // The feature-statistics kernels (sae_kernels.h "feature statistics", feature_stats_math.h): the
 // histogram bins at their edges and on random values; feature_stats_scan on f and
 // feature_stats_scan_sparse on its entry lists (with AuxK-like rows past N that must be skipped)
-// against a brute-force pass that sorts every group's best value; the value look-ups; float64; the
-// front-end's errors; and the CUDA kernels against the CPU, bit for bit (skipped without a GPU).
+// against a brute-force pass that sorts every group's best value; the merge into the top lists, its
+// context looked up in f and in the entry lists alike, bad candidates flagged; float64; the front-end's
+// errors; and the CUDA scans against the CPU, bit for bit (skipped without a GPU; the merge on the GPU:
+// FeatureStats.OnCudaTheSameFileAsOnCpu).
 // Letters: N rows, F features, K candidates per feature.
 #include <gtest/gtest.h>
 
@@ -246,32 +248,75 @@ TEST(FeatureStatsKernels, EveryRowItsOwnGroupKeepsTheKLargest) {
   EXPECT_EQ(histogram.to_vector()[histogram_bin(3.0f)], 3.0);
 }
 
-TEST(FeatureStatsKernels, ValueLookUps) {
-  const int64_t n = 12, features = 9;
-  const Tensor f = random_f(n, features, DType::F32, 21);
-  const std::vector<double> fv = f.to_vector();
-  std::vector<int32_t> rows, feats;
-  for (int32_t r = -1; r <= n; ++r)
-    for (int32_t j = -1; j <= features; ++j) {
-      rows.push_back(r);
-      feats.push_back(j);
+// The rows of a batch for the merge: stories and positions (int64 in 8-byte elements), the token ids
+// around each row.
+FeatureStatsRows merge_rows(const std::vector<int64_t>& story, const std::vector<int64_t>& position, int64_t w) {
+  const int64_t n = static_cast<int64_t>(story.size());
+  FeatureStatsRows rows;
+  rows.story = Tensor::empty(Shape{n}, DType::F64);
+  rows.position = Tensor::empty(Shape{n}, DType::F64);
+  std::memcpy(rows.story.raw(), story.data(), sizeof(int64_t) * n);
+  std::memcpy(rows.position.raw(), position.data(), sizeof(int64_t) * n);
+  std::vector<int32_t> ids(static_cast<size_t>(n * w));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(100 + i);
+  rows.tokens = i32(ids).reshape(Shape{n, w});
+  rows.step = 7;
+  return rows;
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+TEST(FeatureStatsKernels, MergeLooksUpContextInFAndInTheListsAlike) {
+  // Rows: story 5 at positions 0..2, story 9 at 4..5, a row of no known story. Each feature's best
+  // value per story enters its list with its context; the dense merge (values read from f) and the
+  // sparse one (read from the lists, absent entries 0) give the same lists, and a neighbour's value
+  // is f's.
+  const int64_t n = 6, features = 4, k = 3, c = 1, w = 2 * c + 1;
+  const std::vector<int64_t> story = {5, 5, 5, 9, 9, -1}, position = {0, 1, 2, 4, 5, 0};
+  std::vector<double> fv = random_f(n, features, DType::F32, 77).to_vector();
+  fv[1 * features + 0] = 1000.0;  // feature 0's best of story 5 is its middle row
+  const Tensor f = Tensor::from_vector(fv, Shape{n, features});
+  const SparseFeatures s = lists_of(fv, n, features, DType::F32, 2);
+  const Tensor groups = i32({0, 0, 0, 1, 1, 8}), threshold = Tensor::zeros(Shape{features});
+  const FeatureStatsRows rows = merge_rows(story, position, w);
+  FeatureTopLists dense = empty_top_lists(features, k, c, Device::CPU), sparse = empty_top_lists(features, k, c, Device::CPU);
+  FeatureCandidates from_f = candidates(features, k, DType::F32), from_lists = candidates(features, k, DType::F32);
+  Tensor h1 = Tensor::zeros(Shape{features, kHistogramBins}, DType::F64), h2 = h1.clone();
+  feature_stats_scan_(from_f, h1, f, threshold, groups);
+  feature_stats_merge_(dense, from_f, rows, f);
+  feature_stats_scan_sparse_(from_lists, h2, s, n, threshold, groups);
+  feature_stats_merge_sparse_(sparse, from_lists, rows, s, n);
+  for (const auto& [a, b] : std::vector<std::pair<Tensor, Tensor>>{
+           {dense.value, sparse.value}, {dense.slot, sparse.slot}, {dense.count, sparse.count},
+           {dense.story, sparse.story}, {dense.position, sparse.position}, {dense.tokens, sparse.tokens},
+           {dense.values, sparse.values}, {dense.threshold, sparse.threshold}})
+    EXPECT_TRUE(same_bytes(a, b));
+  const std::vector<int32_t> count = i32_values(dense.count), slot = i32_values(dense.slot);
+  const std::vector<double> value = dense.value.to_vector(), values = dense.values.to_vector();
+  const int64_t* stories = static_cast<const int64_t*>(dense.story.raw());
+  const int64_t* positions = static_cast<const int64_t*>(dense.position.raw());
+  int checked = 0;
+  for (int64_t j = 0; j < features; ++j)
+    for (int32_t rank = 0; rank < count[j]; ++rank) {
+      const int64_t p = j * k + slot[j * k + rank];
+      EXPECT_EQ(values[p * w + c], value[j * k + rank]);
+      if (stories[p] != 5 || positions[p] != 1) continue;  // the middle of story 5: both neighbours held
+      EXPECT_EQ(values[p * w], fv[0 * features + j]);
+      EXPECT_EQ(values[p * w + 2], fv[2 * features + j]);
+      ++checked;
     }
-  const int64_t m = static_cast<int64_t>(rows.size());
-  const SparseFeatures lists = lists_of(fv, n, features, DType::F32, 3);
-  Tensor dense_out = Tensor::full(Shape{m}, -5.0), sparse_out = Tensor::full(Shape{m}, -5.0);
-  feature_values_at_(dense_out, f, i32(rows), i32(feats));
-  feature_values_at_sparse_(sparse_out, lists, n, i32(rows), i32(feats));
-  const std::vector<double> a = dense_out.to_vector(), b = sparse_out.to_vector();
-  for (int64_t q = 0; q < m; ++q) {
-    const bool inside = rows[q] >= 0 && rows[q] < n && feats[q] >= 0 && feats[q] < features;
-    if (!inside) {
-      EXPECT_TRUE(std::isnan(a[q]) && std::isnan(b[q])) << rows[q] << ", " << feats[q];
-      continue;
-    }
-    const double want = fv[rows[q] * features + feats[q]];
-    EXPECT_EQ(a[q], want);
-    EXPECT_EQ(b[q], want);  // absent entries read 0, as f is there
-  }
+  EXPECT_EQ(i32_values(dense.error), (std::vector<int32_t>{0}));
+  // A candidate row outside the batch is flagged, not followed.
+  FeatureCandidates bad = candidates(features, k, DType::F32);
+  bad.count = i32(std::vector<int32_t>(features, 0));
+  bad.count.data<int32_t>()[1] = 1;
+  bad.rows.data<int32_t>()[1 * k] = 99;
+  bad.values.data<float>()[1 * k] = 1e30f;
+  feature_stats_merge_(dense, bad, rows, f);
+  EXPECT_EQ(i32_values(dense.error), (std::vector<int32_t>{kStatsBadRow}));
+  EXPECT_GE(checked, 1);
 }
 
 TEST(FeatureStatsKernels, FrontEndNamesTheOpAndTheOperands) {
@@ -300,9 +345,13 @@ TEST(FeatureStatsKernels, FrontEndNamesTheOpAndTheOperands) {
   EXPECT_NE(message([&] { feature_stats_scan_(short_out, histogram, f, Tensor::zeros(Shape{3}), groups); })
                 .find("candidate values"),
             std::string::npos);
-  Tensor out_values = Tensor::zeros(Shape{2});
-  EXPECT_NE(message([&] { feature_values_at_(out_values, f, i32({0}), i32({0, 1})); }).find("feature_values_at"),
+  FeatureTopLists lists = empty_top_lists(3, 2, 1, Device::CPU);
+  EXPECT_NE(message([&] { feature_stats_merge_(lists, short_out, FeatureStatsRows{}, f); })
+                .find("feature_stats_merge: candidate values"),
             std::string::npos);
+  FeatureStatsRows half;
+  half.story = Tensor::empty(Shape{4}, DType::F64);
+  EXPECT_NE(message([&] { feature_stats_merge_(lists, out, half, f); }).find("together"), std::string::npos);
 }
 
 TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
@@ -339,18 +388,6 @@ TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
       for (int64_t j = 0; j < features; ++j)
         for (int32_t c = 0; c < count[j]; ++c) EXPECT_EQ(a[j * k + c], b[j * k + c]) << what;
       EXPECT_EQ(hist_cpu.to_vector(), hist_gpu.to_vector()) << what;
-    }
-    const std::vector<int32_t> rows = {0, 5, 299, 300, -1, 17}, feats = {0, 516, 3, 3, 2, 517};
-    Tensor a = Tensor::zeros(Shape{6}, dtype), b = Tensor::zeros(Shape{6}, dtype, Device::CUDA);
-    feature_values_at_(a, f, i32(rows), i32(feats));
-    feature_values_at_(b, f.to(Device::CUDA), i32(rows).to(Device::CUDA), i32(feats).to(Device::CUDA));
-    Tensor c = Tensor::zeros(Shape{6}, dtype), d = Tensor::zeros(Shape{6}, dtype, Device::CUDA);
-    feature_values_at_sparse_(c, lists, n, i32(rows), i32(feats));
-    feature_values_at_sparse_(d, lists_gpu, n, i32(rows).to(Device::CUDA), i32(feats).to(Device::CUDA));
-    const std::vector<double> va = a.to_vector(), vb = b.to_vector(), vc = c.to_vector(), vd = d.to_vector();
-    for (int q = 0; q < 6; ++q) {
-      EXPECT_TRUE(va[q] == vb[q] || (std::isnan(va[q]) && std::isnan(vb[q]))) << q;
-      EXPECT_TRUE(vc[q] == vd[q] || (std::isnan(vc[q]) && std::isnan(vd[q]))) << q;
     }
   }
 }

@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "nn/adam.h"
+#include "sae/train/options.h"
 #include "sae/arch/sae_step.h"
 #include "sae/train/trainer.h"
 #include "tensor/cuda/backend.h"
@@ -593,6 +594,7 @@ TEST(TrainerSparse, ResumeIsBitExactWithSparseOn) {
   std::filesystem::remove_all(dir.str("cut/sae"));
   TrainConfig rest = sparse_run("", "off");  // --resume takes --sparse from the run's config.json
   rest.resume = dir.str("cut");
+  give_every_control(rest);
   rest.steps = 40;
   rest.checkpoint_every = 10;
   train(rest);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io/npy.h"
+#include "sae/train/options.h"
 #include "sae/arch/registry.h"
 #include "sae/features/browser.h"
 #include "sae/train/checkpoint.h"
@@ -244,6 +245,7 @@ TEST(DictionaryTraining, TranscoderResumeIsBitExact) {
   fs::remove_all(dir.str("cut/sae"));  // died after its step-20 checkpoint
   TrainConfig rest;
   rest.resume = dir.str("cut");
+  give_every_control(rest);
   rest.steps = 40;
   rest.log_every = 5;
   rest.progress = ProgressMode::None;

@@ -1,11 +1,13 @@
 // FeatureStats (sae/train/feature_stats.h) against a brute-force pass over the same batches (every
 // story's largest value per feature, sorted, with its context looked up in its batch), for dense f and
 // sparse entry lists, stories spread over batches, repeated and unknown; the file saved, loaded and
-// continued giving the same bytes as an uninterrupted pass; hostile files refused with one line naming
-// the file. And in training (sae/train/run_feature_stats.h): statistics change nothing of the run,
-// cover exactly the last --feature-stats-steps steps, resume bit-exactly, carry the right token ids
-// around each top activation on text, and bad option values are refused.
+// continued giving the same bytes as an uninterrupted pass, and the same bytes on any thread count;
+// hostile files refused with one line naming the file. And in training (sae/train/run_feature_stats.h):
+// statistics change nothing of the run, cover exactly the last --feature-stats-steps steps, resume
+// bit-exactly, carry the right token ids around each top activation on text, and bad option values
+// are refused.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -18,6 +20,7 @@
 #include "io/safetensors.h"
 #include "lm/text_data.h"
 #include "lm/tokenizer.h"
+#include "sae/train/options.h"
 #include "sae/data/synthetic.h"
 #include "sae/step/feature_stats_math.h"
 #include "sae/train/checkpoint.h"
@@ -47,7 +50,7 @@ struct Batch {
 
 // Batches of stretches of stories (consecutive positions, so neighbours are known), stories drawn
 // from a small pool so they repeat across batches, some rows of no known story; f with ties.
-std::vector<Batch> random_batches(int count, uint64_t seed) {
+std::vector<Batch> random_batches(int count, uint64_t seed, int64_t features = kFeatures) {
   Rng rng(seed);
   std::vector<Batch> out;
   for (int b = 0; b < count; ++b) {
@@ -71,12 +74,12 @@ std::vector<Batch> random_batches(int count, uint64_t seed) {
       for (int64_t k = 0; k < batch.origins.width(); ++k)
         batch.origins.context[r * batch.origins.width() + k] = static_cast<int32_t>(rng.below(50)) - 1;
     }
-    std::vector<double> f(n * kFeatures);
+    std::vector<double> f(n * features);
     for (double& v : f) {
       const double u = rng.uniform();
       v = u < 0.6 ? 0.0 : (u < 0.68 ? 1.25 : std::exp2(-6.0 + 10.0 * rng.uniform()));
     }
-    batch.f = Tensor::from_vector(f, Shape{n, kFeatures});
+    batch.f = Tensor::from_vector(f, Shape{n, features});
     out.push_back(std::move(batch));
   }
   return out;
@@ -91,21 +94,21 @@ StepFeatures dense_features(const Batch& b) {
 
 // The by-feature entry lists of f (what a sparse step holds).
 StepFeatures sparse_features(const Batch& b) {
-  const int64_t n = b.f.size(0);
+  const int64_t n = b.f.size(0), features = b.f.size(1);
   const std::vector<double> f = b.f.to_vector();
   std::vector<double> col_ptr(1, 0), rows, vals;
-  for (int64_t j = 0; j < kFeatures; ++j) {
+  for (int64_t j = 0; j < features; ++j) {
     for (int64_t r = 0; r < n; ++r)
-      if (f[r * kFeatures + j] > 0) {
+      if (f[r * features + j] > 0) {
         rows.push_back(double(r));
-        vals.push_back(f[r * kFeatures + j]);
+        vals.push_back(f[r * features + j]);
       }
     col_ptr.push_back(double(rows.size()));
   }
   StepFeatures s;
   s.tokens = n;
   s.sparse = true;
-  s.lists.col_ptr = Tensor::from_vector(col_ptr, Shape{kFeatures + 1}, DType::I32);
+  s.lists.col_ptr = Tensor::from_vector(col_ptr, Shape{features + 1}, DType::I32);
   s.lists.rows = Tensor::from_vector(rows, Shape{static_cast<int64_t>(rows.size())}, DType::I32);
   s.lists.vals = Tensor::from_vector(vals, Shape{static_cast<int64_t>(vals.size())});
   return s;
@@ -119,13 +122,16 @@ struct Seen {
   int b, r;
 };
 std::vector<std::vector<Seen>> brute_force_tops(const std::vector<Batch>& batches, int64_t k) {
-  std::vector<std::vector<Seen>> out(kFeatures);
-  for (int64_t j = 0; j < kFeatures; ++j) {
+  const int64_t features = batches.front().f.size(1);
+  std::vector<std::vector<double>> fs;
+  for (const Batch& batch : batches) fs.push_back(batch.f.to_vector());
+  std::vector<std::vector<Seen>> out(features);
+  for (int64_t j = 0; j < features; ++j) {
     std::map<int64_t, Seen> best;
     for (int b = 0; b < static_cast<int>(batches.size()); ++b) {
-      const std::vector<double> f = batches[b].f.to_vector();
+      const std::vector<double>& f = fs[b];
       for (int64_t r = 0; r < batches[b].f.size(0); ++r) {
-        const double v = f[r * kFeatures + j];
+        const double v = f[r * features + j];
         if (!(v > 0)) continue;
         const int64_t story = batches[b].origins.story[r];
         const int64_t key = story >= 0 ? story : -(1 + b * 1000 + r);
@@ -144,7 +150,10 @@ std::vector<std::vector<Seen>> brute_force_tops(const std::vector<Batch>& batche
 
 void expect_equals_brute_force(const FeatureStats& stats, const std::vector<Batch>& batches, const std::string& what) {
   const auto tops = brute_force_tops(batches, stats.k());
-  for (int64_t j = 0; j < kFeatures; ++j) {
+  const int64_t features = stats.features();
+  std::vector<std::vector<double>> fs;
+  for (const Batch& batch : batches) fs.push_back(batch.f.to_vector());
+  for (int64_t j = 0; j < features; ++j) {
     ASSERT_EQ(stats.top_count(j), static_cast<int32_t>(tops[j].size())) << what << " feature " << j;
     for (int32_t rank = 0; rank < stats.top_count(j); ++rank) {
       const Seen& want = tops[j][rank];
@@ -156,29 +165,29 @@ void expect_equals_brute_force(const FeatureStats& stats, const std::vector<Batc
       EXPECT_EQ(got.story, o.story[want.r]) << where;
       EXPECT_EQ(got.position, o.position[want.r]) << where;
       EXPECT_EQ(got.step, batch.step) << where;
-      const std::vector<double> f = batch.f.to_vector();
+      const std::vector<double>& f = fs[want.b];
       for (int64_t k = -kRadius; k <= kRadius; ++k) {
         EXPECT_EQ(got.tokens[k + kRadius], o.context[want.r * o.width() + k + kRadius]) << where;
         const int64_t t = want.r + k;
         const bool neighbour = t >= 0 && t < batch.f.size(0) && o.story[t] == o.story[want.r] &&
                                o.position[t] == o.position[want.r] + k;
         if (neighbour)
-          EXPECT_EQ(got.values[k + kRadius], float(f[t * kFeatures + j])) << where << " offset " << k;
+          EXPECT_EQ(got.values[k + kRadius], float(f[t * features + j])) << where << " offset " << k;
         else
           EXPECT_TRUE(std::isnan(got.values[k + kRadius])) << where << " offset " << k;
       }
     }
   }
   // Histograms and counts.
-  std::vector<double> histogram(kFeatures * kHistogramBins, 0.0), counts(kFeatures, 0.0);
+  std::vector<double> histogram(features * kHistogramBins, 0.0), counts(features, 0.0);
   int64_t tokens = 0;
   for (const Batch& b : batches) {
     const std::vector<double> f = b.f.to_vector();
     tokens += b.f.size(0);
     for (int64_t r = 0; r < b.f.size(0); ++r)
-      for (int64_t j = 0; j < kFeatures; ++j)
-        if (f[r * kFeatures + j] > 0) {
-          histogram[j * kHistogramBins + histogram_bin(float(f[r * kFeatures + j]))] += 1;
+      for (int64_t j = 0; j < features; ++j)
+        if (f[r * features + j] > 0) {
+          histogram[j * kHistogramBins + histogram_bin(float(f[r * features + j]))] += 1;
           counts[j] += 1;
         }
   }
@@ -233,6 +242,26 @@ TEST(FeatureStats, EqualsBruteForceOnDenseAndSparseFeatures) {
     expect_equals_brute_force(dense, batches, cat("dense k ", k));
     expect_equals_brute_force(sparse, batches, cat("sparse k ", k));
   }
+}
+
+TEST(FeatureStats, ManyFeaturesGiveTheSameFileOnAnyThreadCount) {
+  // Enough features (and context look-ups) for the merge and the look-ups to split over threads:
+  // 1, 2 and 3 threads write the same bytes, and the brute force agrees.
+  constexpr int64_t kMany = 2500;
+  const std::vector<Batch> batches = random_batches(6, 404, kMany);
+  TempDir dir("stats_threads");
+  const int threads_before = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    FeatureStats stats(kMany, FeatureStatsOptions{7, kRadius});
+    for (size_t i = 0; i < batches.size(); ++i)
+      stats.add(i % 2 ? sparse_features(batches[i]) : dense_features(batches[i]), batches[i].origins, batches[i].step);
+    stats.save(dir.str(cat(threads, ".safetensors")));
+    if (threads == 2) expect_equals_brute_force(stats, batches, "2 threads");
+  }
+  omp_set_num_threads(threads_before);
+  EXPECT_EQ(read_file(dir.str("2.safetensors")), read_file(dir.str("1.safetensors")));
+  EXPECT_EQ(read_file(dir.str("3.safetensors")), read_file(dir.str("1.safetensors")));
 }
 
 TEST(FeatureStats, UnknownOriginsKeepEveryRowApart) {
@@ -443,6 +472,7 @@ std::string stats_bytes(const std::string& dir) { return read_file(dir + "/featu
 TrainConfig resumed(const TrainConfig& c, const std::string& run) {
   TrainConfig r;
   r.resume = run;
+  give_every_control(r);
   r.steps = c.steps;
   r.checkpoint_every = c.checkpoint_every;
   r.log_every = c.log_every;

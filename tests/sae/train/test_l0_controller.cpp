@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "sae/train/options.h"
 #include "sae/study/study.h"
 #include "sae/train/l0_controller.h"
 #include "sae/train/trainer.h"
@@ -196,6 +197,7 @@ TEST(L0Controller, ResumeIsBitExact) {
   std::filesystem::remove_all(cut.out + "/sae");  // resume from checkpoints/step_25
   TrainConfig rest;
   rest.resume = cut.out;
+  give_every_control(rest);
   rest.steps = 60;
   rest.checkpoint_every = 25;
   rest.log_every = 1;

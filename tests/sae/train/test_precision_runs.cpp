@@ -52,9 +52,12 @@ TEST(PrecisionRuns, ConfigJsonStoresItAndReadsTheOlderTf32Key) {
   Json both = j;
   both["tf32"] = true;
   EXPECT_EQ(TrainConfig::from_json(both).precision, Precision::BF16);
-  // A resumed run takes the precision from the command line (it controls how, not what).
+  // A resumed run takes the precision from the command line when given (it controls how, not what),
+  // else the run's.
   TrainConfig cli;
   cli.precision = Precision::TF32;
+  EXPECT_EQ(resumed_config(j, cli).precision, Precision::BF16);
+  cli.given = {"precision"};
   EXPECT_EQ(resumed_config(j, cli).precision, Precision::TF32);
 }
 

@@ -3,16 +3,19 @@
 // off, prefetch); a fresh run does not mix with a run already in its folder (refused, or replaced
 // with --overwrite); two runs cannot share a folder (lock); a crash inside a checkpoint save loses
 // nothing (killed after the exchange, and between the two renames of the fallback path); stale
-// temporary folders are swept; --resume refuses options that contradict the run; --init refuses a
+// temporary folders are swept; --resume refuses options that contradict the run and keeps its
+// Controls options (--steps, --log-every, ...) unless they are given again; --init refuses a
 // contradicting --features; config files that are FIFOs or devices are refused, not waited on.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "io/file_lock.h"
 #include "io/json.h"
+#include "sae/train/options.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
@@ -40,6 +43,7 @@ void expect_bit_exact_resume(TrainConfig config, int64_t cut_at, const TempDir& 
   train(first);
   TrainConfig rest;
   rest.resume = first.out;
+  give_every_control(rest);
   rest.steps = steps;
   rest.checkpoint_every = config.checkpoint_every;
   rest.log_every = config.log_every;
@@ -178,6 +182,7 @@ TEST(RunFolders, StaleTemporaryFoldersAreSweptAndRecovered) {
   fs::create_directories(dir.str("run/sae.tmp-4242"));
   TrainConfig more;
   more.resume = dir.str("run");
+  give_every_control(more);
   more.steps = 25;
   more.progress = ProgressMode::None;
   more.device = DeviceChoice::Cpu;
@@ -205,6 +210,36 @@ TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
                                           " --out " + dir.str("init_run"), dir);
   EXPECT_EQ(init.exit_code, 2) << init.err;
   EXPECT_NE(init.err.find("--features 20 contradicts --init"), std::string::npos) << init.err;
+}
+
+TEST(RunFolders, ResumeKeepsTheRunsControlsUnlessGivenAgain) {
+  // --resume with fewer options: --log-every and --checkpoint-every stay the run's (5 and 10, not the
+  // defaults); --steps left out means the run's own, so a finished run trains nothing; a Controls
+  // option given again wins, and is what the run keeps from then on.
+  TempDir dir("resume_controls");
+  const std::string run = dir.str("run");
+  auto first = run_binary("sae_train", command_line_tiny() + " --steps 20 --log-every 5 --checkpoint-every 10 --out " + run, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  auto steps_of_rows = [&] {
+    std::vector<std::string> steps;
+    std::istringstream lines(read_file(run + "/metrics.csv"));
+    std::string line;
+    std::getline(lines, line);  // the header
+    while (std::getline(lines, line)) steps.push_back(line.substr(0, line.find(',')));
+    return steps;
+  };
+  auto more = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
+  ASSERT_EQ(more.exit_code, 0) << more.err;
+  EXPECT_EQ(steps_of_rows(), (std::vector<std::string>{"5", "10", "15", "20", "25", "30", "35", "40"}));
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step_30"));
+  auto again = run_binary("sae_train", " --resume " + run, dir);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("already: nothing to train"), std::string::npos) << again.out;
+  auto given = run_binary("sae_train", " --resume " + run + " --steps 44 --log-every 2", dir);
+  ASSERT_EQ(given.exit_code, 0) << given.err;
+  const std::vector<std::string> rows = steps_of_rows();
+  EXPECT_EQ(std::vector<std::string>(rows.end() - 3, rows.end()), (std::vector<std::string>{"40", "42", "44"}));
+  EXPECT_EQ(Json::parse(read_file(run + "/config.json")).at("log_every").as_int(), 2);
 }
 
 TEST(RunFolders, ConfigFilesThatAreNotRegularFilesAreRefused) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "io/json.h"
+#include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
 
@@ -162,6 +163,7 @@ TEST(TrainTogether, ResumesTogetherBitExactly) {
     fs::remove_all(c.out + "/sae");  // as if killed at step 17: resume from checkpoints/step_10
     TrainConfig r;
     r.resume = c.out;
+    give_every_control(r);
     r.steps = 30;
     r.log_every = 1;
     r.checkpoint_every = 10;
@@ -202,7 +204,9 @@ TEST(TrainTogether, RefusesSaesThatDoNotShareTheData) {
   train(late);
   TrainConfig r1, r2;
   r1.resume = early.out;
+  give_every_control(r1);
   r2.resume = late.out;
+  give_every_control(r2);
   for (TrainConfig* r : {&r1, &r2}) {
     r->steps = 30;
     r->progress = ProgressMode::None;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "sae/train/options.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
 #include "tensor/ops.h"
@@ -52,6 +53,7 @@ TEST(Trainer, ResumeFromTheFinalModelIsBitExact) {
   train(first);
   TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("split");
+  give_every_control(rest);
   rest.steps = 40;
   TrainResult r = train(rest);
   EXPECT_EQ(r.steps, 40);
@@ -75,6 +77,7 @@ TEST(Trainer, ResumeFromAMidRunCheckpointIsBitExactInTokenMode) {
   fs::remove_all(dir.str("cut/sae"));
   TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("cut");
+  give_every_control(rest);
   rest.steps = 40;
   rest.checkpoint_every = 10;
   TrainResult r = train(rest);
@@ -166,6 +169,7 @@ TEST(Trainer, PrefetchThreadGivesTheSameRunAndResumes) {
   train(threaded);
   TrainConfig rest = tiny_story_run_config("");
   rest.resume = dir.str("threaded");
+  give_every_control(rest);
   rest.steps = 40;
   rest.prefetch = PrefetchMode::On;
   train(rest);
