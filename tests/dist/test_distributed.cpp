@@ -360,6 +360,7 @@ namespace {
 struct PassLine {
   int rank = -1, saes = -1;
   long long run = -1, windows = -1;
+  double megabytes = -1;  // activations summed over the ranks
 };
 std::vector<PassLine> pass_lines(const std::string& out, int ranks, long long first) {
   std::vector<PassLine> lines;
@@ -369,8 +370,10 @@ std::vector<PassLine> pass_lines(const std::string& out, int ranks, long long fi
     PassLine p;
     int of = 0;
     long long a = 0, b = 0;
-    if (std::sscanf(line.c_str(), "rank %d of %d, steps %lld to %lld (%d SAEs here): the language model ran on %lld of the %lld",
-                    &p.rank, &of, &a, &b, &p.saes, &p.run, &p.windows) == 7 &&
+    if (std::sscanf(line.c_str(),
+                    "rank %d of %d, steps %lld to %lld (%d SAEs here): the language model ran on %lld of the %lld "
+                    "windows here; %lf MB",
+                    &p.rank, &of, &a, &b, &p.saes, &p.run, &p.windows, &p.megabytes) == 8 &&
         of == ranks && a == first)
       lines.push_back(p);
   }
@@ -379,14 +382,17 @@ std::vector<PassLine> pass_lines(const std::string& out, int ranks, long long fi
 
 // The model's work of a pass is really shared: one line per rank, in rank order, every window run on
 // exactly one rank, each rank about 1/P of them (round robin within each chunk); saes[r] SAEs on rank r.
-void expect_shared_pass(const std::string& out, int ranks, long long first, const std::vector<int>& saes) {
+// Returns the megabytes each rank summed in (the same on every rank).
+double expect_shared_pass(const std::string& out, int ranks, long long first, const std::vector<int>& saes) {
   const std::vector<PassLine> lines = pass_lines(out, ranks, first);
-  ASSERT_EQ(lines.size(), static_cast<size_t>(ranks)) << out;
+  EXPECT_EQ(lines.size(), static_cast<size_t>(ranks)) << out;
+  if (lines.size() != static_cast<size_t>(ranks)) return -1;
   long long run = 0;
   for (int r = 0; r < ranks; ++r) {
     EXPECT_EQ(lines[r].rank, r);
     EXPECT_EQ(lines[r].saes, saes[r]) << "rank " << r;
     EXPECT_EQ(lines[r].windows, lines[0].windows);
+    EXPECT_EQ(lines[r].megabytes, lines[0].megabytes);
     const double share = double(lines[0].windows) / ranks;
     EXPECT_LE(std::abs(double(lines[r].run) - share), 0.2 * share) << "rank " << r << " ran " << lines[r].run;
     run += lines[r].run;
@@ -395,6 +401,8 @@ void expect_shared_pass(const std::string& out, int ranks, long long first, cons
   }
   EXPECT_GT(lines[0].windows, 0);
   EXPECT_EQ(run, lines[0].windows) << "every window run on exactly one rank";
+  EXPECT_GT(lines[0].megabytes, 0);
+  return lines[0].megabytes;
 }
 
 }  // namespace
@@ -420,12 +428,14 @@ TEST(Distributed, DistributeSharesOneModelPassOverText) {
     auto one = sae::testing::run_binary("sae_train", at_hook + steps30 + " --k " + k + " --out " + dir.str(std::string("one_k") + k), dir);
     ASSERT_EQ(one.exit_code, 0) << one.err;
   }
+  double one_hook_megabytes = 0;  // the activations of one hook over the 30 steps' chunks
   for (int ranks : {2, 3}) {
     const std::string out = dir.str("spread" + std::to_string(ranks));
     auto spread = mpirun(ranks, at_hook + steps30 + " --k-list 2,3 --distribute --out " + out, dir);
     ASSERT_EQ(spread.exit_code, 0) << spread.err;
     std::printf("--k-list 2,3 --distribute on %d ranks:\n", ranks);
-    expect_shared_pass(spread.out, ranks, 1, ranks == 2 ? std::vector<int>{1, 1} : std::vector<int>{1, 1, 0});
+    one_hook_megabytes =
+        expect_shared_pass(spread.out, ranks, 1, ranks == 2 ? std::vector<int>{1, 1} : std::vector<int>{1, 1, 0});
     for (const char* k : {"2", "3"}) {
       std::printf(" k_%s vs one process:\n", k);
       expect_same_model(dir.str(std::string("one_k") + k), out + "/k_" + k, 0);
@@ -456,7 +466,8 @@ TEST(Distributed, DistributeSharesOneModelPassOverText) {
   auto layers = mpirun(2, topk3 + " --layer-list 1,2 --distribute --out " + dir.str("layers"), dir);
   ASSERT_EQ(layers.exit_code, 0) << layers.err;
   std::printf("--layer-list 1,2 --distribute on 2 ranks:\n");
-  expect_shared_pass(layers.out, 2, 1, {1, 1});
+  // Both hooks travel in every chunk (the fixture's blocks have one width): twice one hook's bytes.
+  EXPECT_NEAR(expect_shared_pass(layers.out, 2, 1, {1, 1}), 2 * one_hook_megabytes, 0.0015);
   for (const char* layer : {"1", "2"}) {
     std::printf(" layer_%s vs one process:\n", layer);
     expect_same_model(dir.str(std::string("one_layer") + layer), dir.str(std::string("layers/layer_") + layer), 0);
