@@ -147,10 +147,9 @@ class BatchSource {
   // Returns false, and changes nothing, for a source with nothing to share (activation files,
   // synthetic data, story batches). Call before the first batch.
   virtual bool share_computation(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) { return false; }
-  // What this rank computed of the batches' rows since it was made (or since share_computation
-  // began sharing): the language model's windows
-  // run here, of all windows the batches were filled from, and the floats completed by
-  // sum_over_parts (zero for sources that compute nothing).
+  // What this rank computed of the batches' rows since it was made (or since share_computation began
+  // sharing): the language model's windows run here, of all windows the batches were filled from,
+  // and the floats completed by sum_over_parts (zeros for sources that compute nothing).
   struct ComputeCounts {
     int64_t windows_run = 0, windows = 0, floats_summed = 0;
   };

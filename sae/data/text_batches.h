@@ -76,12 +76,12 @@ class TextBatcher : public BatchSource {
   int64_t next(float* raw, float* normalized, BatchStats& stats) override;
   Json state() const override;
   void restore(const Json& state) override;
-  // Token mode only: replica `part` runs the model on the pieces i of chunk c with (i + c) mod parts
-  // = part (zeros elsewhere) and sum_over_parts completes the chunk, so each replica computes its share of the
-  // activations and the batches equal one process's.
+  // Token mode only: replica `part` runs the model on the pieces i of chunk c with
+  // (i + c) mod parts = part (zeros elsewhere) and sum_over_parts completes the chunk, so each replica
+  // computes its share of the activations and the batches equal one process's.
   void set_part(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
-  // Token mode only (story mode: false): rank `part` runs the model on every parts-th piece of each
-  // chunk as set_part does, but keeps every row of each batch.
+  // Token mode only (story mode: false): rank `part` runs the model on its pieces of each chunk as
+  // set_part does, but keeps every row of each batch (sae_train --distribute).
   bool share_computation(int64_t part, int64_t parts, const SumOverParts& sum_over_parts) override;
   ComputeCounts compute_counts() const override { return counts_; }
 
