@@ -19,6 +19,19 @@ int64_t positive_int(const Json& config, const std::string& key, const std::stri
   return static_cast<int64_t>(number);
 }
 
+StandardSizes standard_sizes(const Json& config, const std::string& source) {
+  StandardSizes s;
+  s.vocab_size = positive_int(config, "vocab_size", source);
+  s.hidden_size = positive_int(config, "hidden_size", source);
+  s.num_layers = positive_int(config, "num_hidden_layers", source);
+  s.num_heads = positive_int(config, "num_attention_heads", source);
+  s.intermediate_size = positive_int(config, "intermediate_size", source);
+  s.max_positions = positive_int(config, "max_position_embeddings", source);
+  if (s.num_layers > kMaxModelLayers)
+    throw DataError(cat(source, ": 'num_hidden_layers' ", s.num_layers, " is above ", kMaxModelLayers));
+  return s;
+}
+
 int64_t aliased_int(const Json& config, const std::string& key, const std::string& alias, const std::string& source) {
   const bool has_key = config.has(key), has_alias = config.has(alias);
   if (!has_key && !has_alias) throw DataError(cat(source, ": missing '", key, "'"));
