@@ -1,5 +1,5 @@
 // Reading a Hugging Face config.json the strict way the model families do (lm/gpt_neo.cpp,
-// lm/gpt2.cpp, lm/gpt_neox.cpp, lm/llama.cpp): each helper either returns a checked value or throws a one-line
+// lm/gpt2.cpp, lm/gpt_neox.cpp): each helper either returns a checked value or throws a one-line
 // DataError naming the file (`source`) and the key. Sizes above 2^24 are refused (no model has
 // them; they would only allocate absurdly).
 #pragma once
@@ -25,13 +25,6 @@ bool bool_or(const Json& config, const std::string& key, bool fallback, const st
 // A string, or `fallback` when the key is absent (null counts as absent).
 std::string string_or(const Json& config, const std::string& key, const std::string& fallback,
                       const std::string& source);
-// The sizes GPT-NeoX and the Llama-style families name alike: vocab_size, hidden_size,
-// num_hidden_layers (at most kMaxModelLayers), num_attention_heads, intermediate_size,
-// max_position_embeddings, each a positive_int.
-struct StandardSizes {
-  int64_t vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_positions;
-};
-StandardSizes standard_sizes(const Json& config, const std::string& source);
 // config.json must be an object whose model_type is `expected`.
 void require_model_type(const Json& config, const std::string& expected, const std::string& source);
 // The key must be absent, null or equal to `allowed`; otherwise a DataError saying `why`.

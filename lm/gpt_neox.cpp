@@ -38,13 +38,7 @@ DecoderConfig parse_gpt_neox(const Json& json, const std::string& source) {
   DecoderConfig c;
   c.family = "GPT-NeoX";
   c.source = source;
-  const StandardSizes sizes = standard_sizes(json, source);
-  c.vocab_size = sizes.vocab_size;
-  c.hidden_size = sizes.hidden_size;
-  c.num_layers = sizes.num_layers;
-  c.num_heads = sizes.num_heads;
-  c.intermediate_size = sizes.intermediate_size;
-  c.max_positions = sizes.max_positions;
+  read_standard_sizes(json, source, c);
   if (c.hidden_size % c.num_heads != 0)
     throw DataError(cat(source, ": 'hidden_size' ", c.hidden_size, " is not divisible by 'num_attention_heads' ",
                         c.num_heads));

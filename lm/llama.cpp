@@ -122,13 +122,7 @@ DecoderConfig parse(const Json& json, Style style, const std::string& source) {
   DecoderConfig c;
   c.family = kNames[static_cast<int>(style)];
   c.source = source;
-  const StandardSizes sizes = standard_sizes(json, source);
-  c.vocab_size = sizes.vocab_size;
-  c.hidden_size = sizes.hidden_size;
-  c.num_layers = sizes.num_layers;
-  c.num_heads = sizes.num_heads;
-  c.intermediate_size = sizes.intermediate_size;
-  c.max_positions = sizes.max_positions;
+  read_standard_sizes(json, source, c);
   c.num_kv_heads = json.has("num_key_value_heads") && !json.at("num_key_value_heads").is_null()
                        ? positive_int(json, "num_key_value_heads", source)
                        : c.num_heads;
