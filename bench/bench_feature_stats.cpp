@@ -13,6 +13,7 @@
 // Arguments: tokens, density in units of 0.1%, sparse path (0/1), statistics (0/1).
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "sae/arch/registry.h"
@@ -53,20 +54,29 @@ void step_with_feature_stats(benchmark::State& state, Device device) {
   }
   step.train_step(params, adam, x, kLambda, kLr);  // first-use allocations
   int64_t iteration = 0;
-  double active = 0;
+  double active = 0, step_seconds = 0, stats_seconds = 0;
   for (auto _ : state) {
     state.PauseTiming();
     x = normal_tensor(Shape{n, kD}, 0.0, std::sqrt(double(kD)), rng, DType::F32, device);
     for (int64_t r = 0; r < n; ++r) origins.story[r] = iteration;  // a new story each step
     state.ResumeTiming();
+    const auto begin = std::chrono::steady_clock::now();
     const StepSums sums = step.train_step(params, adam, x, kLambda, kLr);
+    if (device == Device::CUDA) cuda_synchronize();
+    const auto stepped = std::chrono::steady_clock::now();
     if (gather) stats.add(step.step_features(), origins, ++iteration);
     if (device == Device::CUDA) cuda_synchronize();
+    step_seconds += std::chrono::duration<double>(stepped - begin).count();
+    stats_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - stepped).count();
     active = sums.active;
   }
+  // The statistics' share of the same iterations' step (add() after the step, timed apart), beside
+  // the ratio of the two rows (which also holds what the statistics do to the caches).
+  if (gather) state.counters["stats/step"] = stats_seconds / step_seconds;
   state.counters["density"] = active / double(n * kF);
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
+
 void BM_StepWithFeatureStats(benchmark::State& state) { step_with_feature_stats(state, Device::CPU); }
 
 void BM_Cuda_StepWithFeatureStats(benchmark::State& state) {

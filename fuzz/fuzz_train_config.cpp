@@ -1,7 +1,7 @@
 // Fuzzes a run's config.json as --resume reads it (sae/train/options.h): the input is parsed as
-// JSON, turned into a TrainConfig (TrainConfig::from_json, resumed_config) and validated. A config
-// that reads must write back (to_json) to JSON that reads to the same config, and have a run
-// identity (what a study compares). A validated synthetic-data config must describe a generator
+// JSON, turned into a TrainConfig (TrainConfig::from_json, resumed_config: the command line's given
+// options win, the run's others stay) and validated. A config that reads must write back (to_json)
+// to JSON that reads to the same config, and have a run identity (what a study compares). A validated synthetic-data config must describe a generator
 // whose sizes fit in int64; a small one is built and its first story drawn.
 #include <cmath>
 #include <string>
@@ -54,13 +54,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                       fuzz::escaped(again.dump()));
   fuzz::require(fuzz::attempt([&] { (void)run_identity(config).dump(); }), "a config that was read has no run identity");
 
+  // As `--resume runs/resumed --steps 7` gives them: the Launch option and the given Controls option
+  // come from the command line, the other Controls options from the run.
   TrainConfig command_line;
   command_line.out = "runs/resumed";
   command_line.steps = 7;
+  command_line.given = {"steps"};
   TrainConfig resumed;
   const bool resumes = fuzz::attempt([&] { resumed = resumed_config(saved, command_line); });
   fuzz::require(resumes, "resumed_config refused a config that from_json read");
   fuzz::require(resumed.out == "runs/resumed" && resumed.steps == 7, "resumed_config did not take the command line's options");
+  fuzz::require(resumed.log_every == config.log_every && resumed.checkpoint_every == config.checkpoint_every,
+                "resumed_config did not keep the run's Controls options that the command line left out");
   fuzz::require(run_identity(resumed) == run_identity(config), "resumed_config changed what the run computes");
   fuzz::attempt([&] { resumed.validate(); });
   fuzz::attempt([&] { (void)config.batch_name(), (void)config.lr_at(1), (void)config.l1_at(1); });

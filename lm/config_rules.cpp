@@ -1,5 +1,6 @@
 // The config.json helpers of the model families (see config_rules.h).
 #include "lm/config_rules.h"
+#include "lm/model_family.h"
 
 #include <cmath>
 
@@ -17,6 +18,17 @@ int64_t positive_int(const Json& config, const std::string& key, const std::stri
   if (number > static_cast<double>(kMaxModelSize))
     throw DataError(cat(source, ": '", key, "' is ", value.dump(), ", above the supported ", kMaxModelSize));
   return static_cast<int64_t>(number);
+}
+
+void read_standard_sizes(const Json& config, const std::string& source, DecoderConfig& c) {
+  c.vocab_size = positive_int(config, "vocab_size", source);
+  c.hidden_size = positive_int(config, "hidden_size", source);
+  c.num_layers = positive_int(config, "num_hidden_layers", source);
+  c.num_heads = positive_int(config, "num_attention_heads", source);
+  c.intermediate_size = positive_int(config, "intermediate_size", source);
+  c.max_positions = positive_int(config, "max_position_embeddings", source);
+  if (c.num_layers > kMaxModelLayers)
+    throw DataError(cat(source, ": 'num_hidden_layers' ", c.num_layers, " is above ", kMaxModelLayers));
 }
 
 int64_t aliased_int(const Json& config, const std::string& key, const std::string& alias, const std::string& source) {

@@ -38,14 +38,7 @@ DecoderConfig parse_gpt_neox(const Json& json, const std::string& source) {
   DecoderConfig c;
   c.family = "GPT-NeoX";
   c.source = source;
-  c.vocab_size = positive_int(json, "vocab_size", source);
-  c.hidden_size = positive_int(json, "hidden_size", source);
-  c.num_layers = positive_int(json, "num_hidden_layers", source);
-  c.num_heads = positive_int(json, "num_attention_heads", source);
-  c.intermediate_size = positive_int(json, "intermediate_size", source);
-  c.max_positions = positive_int(json, "max_position_embeddings", source);
-  if (c.num_layers > kMaxModelLayers)
-    throw DataError(cat(source, ": 'num_hidden_layers' ", c.num_layers, " is above ", kMaxModelLayers));
+  read_standard_sizes(json, source, c);
   if (c.hidden_size % c.num_heads != 0)
     throw DataError(cat(source, ": 'hidden_size' ", c.hidden_size, " is not divisible by 'num_attention_heads' ",
                         c.num_heads));

@@ -122,14 +122,7 @@ DecoderConfig parse(const Json& json, Style style, const std::string& source) {
   DecoderConfig c;
   c.family = kNames[static_cast<int>(style)];
   c.source = source;
-  c.vocab_size = positive_int(json, "vocab_size", source);
-  c.hidden_size = positive_int(json, "hidden_size", source);
-  c.num_layers = positive_int(json, "num_hidden_layers", source);
-  c.num_heads = positive_int(json, "num_attention_heads", source);
-  c.intermediate_size = positive_int(json, "intermediate_size", source);
-  c.max_positions = positive_int(json, "max_position_embeddings", source);
-  if (c.num_layers > kMaxModelLayers)
-    throw DataError(cat(source, ": 'num_hidden_layers' ", c.num_layers, " is above ", kMaxModelLayers));
+  read_standard_sizes(json, source, c);
   c.num_kv_heads = json.has("num_key_value_heads") && !json.at("num_key_value_heads").is_null()
                        ? positive_int(json, "num_key_value_heads", source)
                        : c.num_heads;

@@ -30,6 +30,11 @@ struct WeightRule {
   std::vector<int64_t> rows = {};  // StackRows: each file's rows (empty: equal parts)
 };
 
+// vocab_size, hidden_size, num_hidden_layers (at most kMaxModelLayers), num_attention_heads,
+// intermediate_size and max_position_embeddings into c, each a positive_int (lm/config_rules.h): the
+// sizes GPT-NeoX and the Llama-style families name alike. Defined in config_rules.cpp.
+void read_standard_sizes(const Json& config, const std::string& source, DecoderConfig& c);
+
 struct ModelFamily {
   std::string model_type;   // config.json's "model_type"
   std::string name;         // for messages: "GPT-2"

@@ -24,6 +24,8 @@
 #                 at d 768 and 2304 (tf32, bf16) with device memory; the step's kernels one by one
 #   bench_sparse  BM_Cuda_SparseStep at 2% and 0.5% (dense vs sparse) and BM_Cuda_SparseCrossover
 #                 (prints the crossover density that sets kAutoMaxDensityCuda)
+#   bench_stats   BM_Cuda_StepWithFeatureStats: what gathering feature statistics adds to a step
+#                 (218 tokens dense and sparse, 4096 dense; goal: at most 5%)
 #   text          training from text: bench/make_bench_text_model.py, 2000 steps of sae_train --model
 #                 at fp32, tf32 and bf16, and the tutorial's loop in PyTorch/transformers on the GPU
 #   npy_runs      real sae_train runs on 4096 x 60 random tokens (--batch 4096 --normalize dataset,

@@ -443,6 +443,20 @@ Json scores_json(const SpliceScores& s) {
 
 std::string format_or_na(double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); }
 
+// The CE / KL table of the clean, spliced and ablated runs, and the scores' line.
+std::string scores_report(const SpliceScores& s, const char* spliced) {
+  Table table;
+  table.header = {"run", "CE loss", "KL vs clean"};
+  table.rows = {{"clean", format_or_na(s.clean.ce), "0"},
+                {spliced, format_or_na(s.spliced.ce), format_or_na(s.spliced.kl)},
+                {"zero ablation", format_or_na(s.zero_ablated.ce), format_or_na(s.zero_ablated.kl)},
+                {"mean ablation", format_or_na(s.mean_ablated.ce), format_or_na(s.mean_ablated.kl)}};
+  return markdown(table) + "\n" +
+         cat("CE loss score ", format_or_na(s.ce_score), " (vs zero ablation), ", format_or_na(s.ce_score_mean),
+             " (vs mean ablation); KL score ", format_or_na(s.kl_score), " (vs zero), ", format_or_na(s.kl_score_mean),
+             " (vs mean)\n");
+}
+
 }  // namespace
 
 Json crosscoder_eval_json(const CrosscoderEvalResult& r, const SaeAtLayer& cc, const std::string& model_dir,
@@ -498,16 +512,7 @@ std::string crosscoder_eval_report(const CrosscoderEvalResult& r, const SaeAtLay
   for (size_t m = 0; m < r.models.size(); ++m) {
     const SpliceScores& s = r.models[m];
     if (r.models.size() > 1) out += m == 0 ? "--model, with its sources spliced:\n" : "--model-b, with its sources spliced:\n";
-    Table table;
-    table.header = {"run", "CE loss", "KL vs clean"};
-    table.rows = {{"clean", format_or_na(s.clean.ce), "0"},
-                  {"crosscoder spliced", format_or_na(s.spliced.ce), format_or_na(s.spliced.kl)},
-                  {"zero ablation", format_or_na(s.zero_ablated.ce), format_or_na(s.zero_ablated.kl)},
-                  {"mean ablation", format_or_na(s.mean_ablated.ce), format_or_na(s.mean_ablated.kl)}};
-    out += markdown(table) + "\n";
-    out += cat("CE loss score ", format_or_na(s.ce_score), " (vs zero ablation), ", format_or_na(s.ce_score_mean),
-               " (vs mean ablation); KL score ", format_or_na(s.kl_score), " (vs zero), ", format_or_na(s.kl_score_mean),
-               " (vs mean)\n\n");
+    out += scores_report(s, "crosscoder spliced") + "\n";
   }
   for (size_t k = 0; k < cc.sources.size(); ++k) out += cat("FVU of ", cc.sources[k].read, " ", format_or_na(r.fvu[k]), "\n");
   out += cat("FVU ", format_or_na(r.fvu_all), " (all sources) | L0 ", format_or_na(r.l0), " | dead features ", r.dead,
@@ -555,7 +560,6 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 }
 
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
-  auto number = [](double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); };
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
                         sae.params.d_sae(), sae.params.transcoder ? cat(", a transcoder from ", hook_name(sae.input_site)) : "",
                         ") spliced at ", hook_name(sae.site),
@@ -563,17 +567,10 @@ std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
              " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");
-  Table table;
-  table.header = {"run", "CE loss", "KL vs clean"};
-  table.rows = {{"clean", number(r.clean.ce), "0"},
-                {"SAE spliced", number(r.spliced.ce), number(r.spliced.kl)},
-                {"zero ablation", number(r.zero_ablated.ce), number(r.zero_ablated.kl)},
-                {"mean ablation", number(r.mean_ablated.ce), number(r.mean_ablated.kl)}};
-  out += markdown(table) + "\n";
-  out += cat("CE loss score ", number(r.ce_score), " (vs zero ablation), ", number(r.ce_score_mean),
-             " (vs mean ablation); KL score ", number(r.kl_score), " (vs zero), ", number(r.kl_score_mean),
-             " (vs mean)\n");
-  out += cat("FVU ", number(r.fvu), " | L0 ", number(r.l0), " | dead features ", r.dead, " of ", r.density.size(),
+  out += scores_report(SpliceScores{r.clean, r.spliced, r.zero_ablated, r.mean_ablated, r.ce_score, r.kl_score,
+                                    r.ce_score_mean, r.kl_score_mean},
+                       "SAE spliced");
+  out += cat("FVU ", format_or_na(r.fvu), " | L0 ", format_or_na(r.l0), " | dead features ", r.dead, " of ", r.density.size(),
              " | dense features (density > ", format_number(r.dense_threshold), ") ", r.dense, "\n");
   return out;
 }

@@ -297,6 +297,26 @@ std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, co
   return DatasetScales(std::move(scales));
 }
 
+// A crosscoder's sources from text must be different activations: a hook written two ways
+// (blocks.0.hook_resid_post is hidden_states[1], i.e. blocks.1.hook_resid_pre) is one source twice.
+void require_distinct_sources(const TrainingData& data, const DictionaryReads& reads) {
+  if (reads.kind != DictionaryKind::Crosscoder || !reads.text) return;
+  std::vector<std::pair<int, HookSite>> seen;
+  for (const std::string& read : reads.in) {
+    const TextReadName r = parse_text_read(read);
+    const DecoderModel& model = r.model == 0 ? *data.model : *data.model_b;
+    const int64_t layers = model.config().num_layers;
+    HookSite site = model.resolve(r.site);
+    const int64_t k = hidden_states_index(site, layers);
+    if (k >= 0) site = hidden_states_site(k, layers);
+    for (size_t i = 0; i < seen.size(); ++i)
+      if (seen[i] == std::make_pair(r.model, site))
+        throw UsageError(cat("--hooks: ", printable(reads.in[i]), " and ", printable(read),
+                             " are the same activations (", hook_name(site), ")"));
+    seen.emplace_back(r.model, site);
+  }
+}
+
 // The data as a run's cfg.json tells it: the shared description with its own reads (and, from text,
 // SAELens's hook_name: the input's; a transcoder's target as hook_name_out).
 Json member_description(const TrainingData& data, const DictionaryReads& reads) {
@@ -604,6 +624,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
           if (data.widths[b] != data.widths[columns.in[0]])
             throw DataError(cat("a crosscoder's sources must have one width: ", data.reads[columns.in[0]], " has ",
                                 data.widths[columns.in[0]], ", ", data.reads[b], " has ", data.widths[b]));
+      require_distinct_sources(data, m.reads);
       m.description = member_description(data, m.reads);
       // A fresh b_dec at the geometric median is taken from the first normalised batches.
       firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));

@@ -1,7 +1,8 @@
 // Tensor comparisons shared by the tests: element-wise closeness with NaN/Inf rules, closeness
 // relative to the reference's scale (for results of long sums in another order; an all-zero
 // reference compared exactly), bitwise equality, NaN-filled outputs for kernels to overwrite, and
-// the relative distance of two saved SAEs. (Random inputs: random_inputs.h.)
+// the relative distance of two saved SAEs, one number relative to another. (Random inputs:
+// random_inputs.h.)
 #pragma once
 #include <gtest/gtest.h>
 
@@ -22,6 +23,11 @@ struct Tolerance {
   double atol, rtol;
 };
 constexpr Tolerance kExact{0.0, 0.0};
+
+// One number within `rel` of the reference's magnitude.
+inline void expect_relative(double got, double want, double rel, const std::string& what) {
+  EXPECT_LE(std::abs(got - want), rel * std::abs(want)) << what << ": got " << got << ", want " << want;
+}
 
 // |got - ref| <= atol + rtol * |ref| element by element; NaN must meet NaN and an infinity the same
 // infinity. Reports the first few failures and their count.

@@ -37,6 +37,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::expect_relative;
 using sae::testing::TempDir;
 using sae::testing::error_of;
 namespace fs = std::filesystem;
@@ -62,10 +63,6 @@ std::string edited_copy(const TempDir& dir, const std::string& folder, Edit edit
   edit(cfg);
   std::ofstream(out + "/cfg.json") << cfg.dump(2);
   return out;
-}
-
-void expect_relative(double got, double want, double rel, const std::string& what) {
-  EXPECT_LE(std::abs(got - want), rel * std::abs(want)) << what << ": got " << got << ", want " << want;
 }
 
 struct Loaded {

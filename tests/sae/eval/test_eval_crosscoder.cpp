@@ -18,12 +18,14 @@
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
+#include "tests/util/compare.h"
 #include "tests/util/errors.h"
 #include "tests/util/fixture.h"
 #include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::expect_relative;
 using sae::testing::TempDir;
 using sae::testing::error_of;
 namespace fs = std::filesystem;
@@ -33,10 +35,6 @@ namespace {
 std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
 std::string xc_ref(const std::string& name) {
   return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_crosscoder/" + name;
-}
-
-void expect_relative(double got, double want, double rel, const std::string& what) {
-  EXPECT_LE(std::abs(got - want), rel * std::abs(want)) << what << ": got " << got << ", want " << want;
 }
 
 struct Loaded {

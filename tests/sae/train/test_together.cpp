@@ -118,6 +118,24 @@ TEST(TrainTogether, DictionariesAtSeveralHooksFromOnePassEqualTheirSeparateRuns)
   expect_together_equals_alone(dir, configs);
 }
 
+TEST(TrainTogether, ACrosscoderRefusesOneActivationNamedTwoWays) {
+  // blocks.0.hook_resid_post is hidden_states[1], i.e. blocks.1.hook_resid_pre: one source twice.
+  TempDir dir("crosscoder_same_source");
+  const std::string text = " --model " + text_ref("model") + " --text " + text_ref("stories.txt") +
+                           " --features 16 --steps 2 --batch 40 --normalize none --l1 0.5 --progress none --device cpu";
+  for (const char* hooks : {"blocks.0.hook_resid_post,blocks.1.hook_resid_pre",
+                                   "hidden_states[1],blocks.0.hook_resid_post"}) {
+    auto r = run_binary("sae_train", text + " --hooks " + std::string(hooks) + " --out " + dir.str("run"), dir);
+    EXPECT_EQ(r.exit_code, 2) << hooks << ": " << r.err;
+    EXPECT_NE(r.err.find("are the same activations (blocks.1.hook_resid_pre)"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  // Different activations still train.
+  auto ok = run_binary("sae_train", text + " --hooks blocks.0.hook_resid_post,blocks.1.hook_resid_post --out " +
+                                        dir.str("fine"), dir);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
 TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
   TempDir dir("together_layers");
   const std::string text = " --model " + text_ref("model") + " --text " + text_ref("stories.txt") +
