@@ -59,8 +59,9 @@ void check_feature_stats_options(int64_t features, const FeatureStatsOptions& op
   if (options.context < 0 || options.context > kMaxContext)
     throw UsageError(cat("--feature-stats-context must be in [0, ", kMaxContext, "], got ", options.context));
   if (features < 1) throw UsageError(cat("feature statistics: need at least one feature, got ", features));
-  // Per list entry: value, key, slot, story, position, step, pending row; W token ids and values.
-  const double bytes = double(features) * double(options.k) * (40.0 + 8.0 * double(2 * options.context + 1));
+  // Per list entry: value, key, slot, story, position, step, pending row (44 bytes) and the scan's
+  // candidate value, row and group (12); W token ids and values.
+  const double bytes = double(features) * double(options.k) * (56.0 + 8.0 * double(2 * options.context + 1));
   if (bytes > kMaxListBytes)
     throw UsageError(cat("--feature-stats-k ", options.k, " and --feature-stats-context ", options.context, " for ",
                          features, " features need ", bytes / double(int64_t(1) << 30),
