@@ -90,7 +90,9 @@ void RunLog::flush() {
 std::string format_duration(double seconds) {
   char buffer[32];
   if (!std::isfinite(seconds) || seconds < 0) return "?";
-  if (seconds < 60)
+  if (seconds < 1)  // short runs: two digits ("0.042s", "0.00031s"), not "0.0s"
+    std::snprintf(buffer, sizeof buffer, "%.2gs", seconds);
+  else if (seconds < 60)
     std::snprintf(buffer, sizeof buffer, "%.1fs", seconds);
   else if (seconds < 3600)
     std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(seconds) / 60, int(seconds) % 60);

@@ -60,6 +60,6 @@ class Progress {
   bool drawn_ = false;
 };
 
-std::string format_duration(double seconds);  // "1h02m", "3m05s", "12.3s"
+std::string format_duration(double seconds);  // "1h02m", "3m05s", "12.3s", "0.042s"
 
 }  // namespace sae
