@@ -297,6 +297,17 @@ std::optional<DatasetScales> saved_scales(const std::vector<Member>& members, co
   return DatasetScales(std::move(scales));
 }
 
+// Each SAE of a list in its own run folder (UsageError naming a shared one).
+void require_own_folders(const std::vector<TrainConfig>& configs) {
+  std::vector<std::string> folders;
+  for (const TrainConfig& c : configs) {
+    const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
+    if (std::find(folders.begin(), folders.end(), folder) != folders.end())
+      throw UsageError(cat("two SAEs trained together would share the folder ", folder));
+    folders.push_back(folder);
+  }
+}
+
 // A crosscoder's sources from text must be different activations: a hook written two ways
 // (blocks.0.hook_resid_post is hidden_states[1], i.e. blocks.1.hook_resid_pre) is one source twice.
 void require_distinct_sources(const TrainingData& data, const DictionaryReads& reads) {
@@ -373,13 +384,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   const bool lead = dist == nullptr || dist->rank() == 0;
   auto agree = [dist](const std::function<void()>& phase) { agree_on(dist, phase); };
   // ---- where each run starts ----
-  std::vector<std::string> folders;
-  for (const TrainConfig& c : requested) {
-    const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
-    if (std::find(folders.begin(), folders.end(), folder) != folders.end())
-      throw UsageError(cat("two SAEs trained together would share the folder ", folder));
-    folders.push_back(folder);
-  }
+  require_own_folders(requested);
   // Runs at their last step already (a retry after a crash while the final outputs were written) are
   // not trained: their results are read back. The others train in groups that stand at the same step
   // and data position (after a crash between their checkpoints, some may be a checkpoint behind):
@@ -434,13 +439,7 @@ SpreadResult train_spread(const std::vector<TrainConfig>& requested, Collectives
   // ---- where each SAE starts: its rank owns its folder (lock, recovery, overwrite) ----
   std::vector<std::optional<RunStart>> starts(count);
   all.agree([&] {
-    std::vector<std::string> folders;
-    for (const TrainConfig& c : requested) {
-      const std::string folder = fs::weakly_canonical(c.resume.empty() ? c.out : c.resume).string();
-      if (std::find(folders.begin(), folders.end(), folder) != folders.end())
-        throw UsageError(cat("two SAEs trained together would share the folder ", folder));
-      folders.push_back(folder);
-    }
+    require_own_folders(requested);
     for (size_t i = 0; i < count; ++i)
       if (mine(i)) starts[i] = start_run(requested[i]);
   });
