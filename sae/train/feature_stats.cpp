@@ -37,14 +37,6 @@ void upload(Tensor& to, const void* from, size_t bytes) {
     cuda_copy_to_device(to.raw(), from, bytes);
 }
 
-void download(void* to, const Tensor& from, size_t bytes) {
-  if (bytes == 0) return;
-  if (from.device() == Device::CPU)
-    std::memcpy(to, from.raw(), bytes);
-  else
-    cuda_copy_to_host(to, from.raw(), bytes);
-}
-
 Tensor zero_i32(const Shape& shape, Device device) {
   Tensor t = Tensor::empty(shape, DType::I32, Device::CPU);
   if (t.nbytes() > 0) std::memset(t.raw(), 0, t.nbytes());
@@ -103,7 +95,7 @@ void download_part(void* to, const Tensor& from, size_t offset, size_t bytes) {
 template <typename T>
 std::vector<T> host_copy(const Tensor& t) {
   std::vector<T> out(t.nbytes() / sizeof(T));
-  download(out.data(), t, t.nbytes());
+  download_part(out.data(), t, 0, t.nbytes());
   return out;
 }
 
