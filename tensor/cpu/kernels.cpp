@@ -305,6 +305,15 @@ void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool t
 
 void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                 double beta) {
+  if (out.dtype() == DType::BF16) {  // the float32 product in scratch (kept between calls), then rounded
+    thread_local Tensor scratch;
+    if (!scratch.defined() || scratch.numel() < out.numel())
+      scratch = Tensor::empty(Shape{std::max<int64_t>(out.numel(), 1)}, DType::F32, Device::CPU);
+    Tensor product = scratch.slice_rows(0, out.numel()).reshape(out.shape());
+    matmul_cpu(product, a, trans_a, b, trans_b, alpha, 0.0);
+    copy_cpu(out, product);
+    return;
+  }
   if (is_half_dtype(b.dtype())) {
     const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
     if (m == 0 || n == 0) return;

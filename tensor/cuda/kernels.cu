@@ -493,8 +493,25 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1)), ldc = ni;
-  const Precision precision = out.dtype() == DType::F32 ? matmul_precision() : Precision::FP32;
+  const bool bf16_out = out.dtype() == DType::BF16;
+  const Precision precision = out.dtype() == DType::F32 || bf16_out ? matmul_precision() : Precision::FP32;
   cublasHandle_t handle = cublas_handle_for(precision);
+  if (bf16_out && precision == Precision::BF16) {  // bfloat16 inputs and output, float32 sums
+    const float alpha_f = static_cast<float>(alpha), beta_f = 0.0f;
+    Bf16Operand a16(a), b16(b);
+    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb, a16.data(),
+                                  CUDA_R_16BF, lda, &beta_f, out.data<BFloat16>(), CUDA_R_16BF, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  if (bf16_out) {  // fp32 / tf32 inputs: the float32 product in scratch, then rounded
+    Tensor product = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+    matmul_cuda(product, a, trans_a, b, trans_b, alpha, 0.0);
+    to_bf16_kernel<<<grid_for(product.numel()), kBlock, 0, cuda_stream()>>>(
+        reinterpret_cast<__nv_bfloat16*>(out.data<BFloat16>()), product.data<float>(), product.numel());
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
   if (is_half_dtype(b.dtype())) {
     constexpr int64_t kTileFloats = int64_t(1) << 22;  // 16 MB of float32 scratch
     const int64_t tile = std::max<int64_t>(16, kTileFloats / k / 16 * 16);

@@ -196,6 +196,48 @@ TEST(Precision, CpuBatchedMatmulAtBf16IsTheRoundedProduct) {
   }
 }
 
+TEST(Precision, Bf16OutputIsTheFloat32ProductRoundedOnce) {
+  Rng rng(7);
+  const Tensor a = random_cpu(Shape{37, 300}, DType::F32, rng), b = random_cpu(Shape{300, 29}, DType::F32, rng);
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    Tensor got = Tensor::empty(Shape{37, 29}, DType::BF16);
+    matmul_(got, a, false, b, false);
+    ASSERT_EQ(got.dtype(), DType::BF16);
+    // The same float32 product the float32 output gets (one GEMM path), rounded to nearest even.
+    const std::vector<double> product = matmul(a, b).to_vector(), stored = got.to(DType::F32).to_vector();
+    for (size_t i = 0; i < product.size(); ++i)
+      ASSERT_EQ(stored[i], double(round_to_bf16(static_cast<float>(product[i])))) << precision_name(p) << " " << i;
+    // Independently: within half a bf16 step (2^-8 relative) of the float64 product of the inputs
+    // rounded as the precision rounds them, plus the float32 sums' 1e-5 of the largest value.
+    float (*round)(float) = p == Precision::BF16 ? round_to_bf16 : (p == Precision::TF32 ? round_to_tf32 : keep);
+    const std::vector<double> want = rounded_product(a, b, round);
+    double scale = 0;
+    for (double w : want) scale = std::max(scale, std::abs(w));
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_LE(std::abs(stored[i] - want[i]), std::ldexp(std::abs(want[i]), -8) + 1e-5 * scale) << i;
+  }
+  // Transposed operands and alpha.
+  Tensor t = Tensor::empty(Shape{37, 29}, DType::BF16);
+  matmul_(t, transpose(a), true, transpose(b), true, 2.0);
+  const std::vector<double> twice = matmul(a, b).to_vector(), stored = t.to(DType::F32).to_vector();
+  for (size_t i = 0; i < twice.size(); ++i)
+    ASSERT_EQ(stored[i], double(round_to_bf16(static_cast<float>(2.0 * twice[i])))) << i;
+  // 512 (1 + 2^-9) = 513 in float32 sums, stored as bf16's 512 (its step at 512 is 4).
+  Tensor known = Tensor::empty(Shape{3, 2}, DType::BF16);
+  matmul_(known, Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -9)), false, Tensor::full(Shape{512, 2}, 1.0),
+          false);
+  expect_close(known.to(DType::F32), Tensor::full(Shape{3, 2}, 512.0), kExact, "513 stored as bf16");
+}
+
+TEST(Precision, Bf16OutputRefusesAccumulationAndOtherOperands) {
+  const Tensor a = Tensor::full(Shape{2, 3}, 1.0), b = Tensor::full(Shape{3, 4}, 1.0);
+  Tensor out = Tensor::empty(Shape{2, 4}, DType::BF16);
+  EXPECT_THROW(matmul_(out, a, false, b, false, 1.0, 1.0), Error);
+  EXPECT_THROW(matmul_(out, a.to(DType::F64), false, b.to(DType::F64), false), Error);
+  EXPECT_THROW(matmul_(out, a, false, b.to(DType::BF16), false), Error);
+}
+
 // ---------------------------------------------------------------- CUDA against the CPU reference
 
 TEST(CudaPrecision, MatmulAtEachPrecisionMatchesTheCpuReference) {
@@ -216,6 +258,23 @@ TEST(CudaPrecision, MatmulAtEachPrecisionMatchesTheCpuReference) {
       const double rel = p == Precision::TF32 ? 5e-3 : 1e-4;
       expect_close_to_scale(got, ref, rel, cat("matmul ", precision_name(p), " ", m, "x", k, "x", n));
     }
+  }
+}
+
+TEST(CudaPrecision, Bf16OutputMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(8);
+  const Tensor a = random_cpu(Shape{218, 768}, DType::F32, rng), b = random_cpu(Shape{768, 1000}, DType::F32, rng);
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    Tensor ref = Tensor::empty(Shape{218, 1000}, DType::BF16), got = Tensor::empty(Shape{218, 1000}, DType::BF16, Device::CUDA);
+    matmul_(ref, a, false, b, false);
+    matmul_(got, a.to(Device::CUDA), false, b.to(Device::CUDA), false);
+    // The float32 sums differ in order (and tf32 inputs may be truncated on the GPU, as above), so a
+    // value may round to the neighbouring bf16: one bf16 step, 2^-7 of the value, on top of the
+    // float32 tolerances of MatmulAtEachPrecisionMatchesTheCpuReference.
+    expect_close_to_scale(got.to(DType::F32), ref.to(DType::F32), (p == Precision::TF32 ? 5e-3 : 1e-4) + 8e-3,
+                          cat("bf16 output at ", precision_name(p)));
   }
 }
 
