@@ -34,7 +34,7 @@ def per_step_payload(D, F, N, k, k_aux, S, R, auxk=True, unit="topk"):
     add("step sums (rec, aux, tokens) over replicas", 24, "allreduce", R)
     add("step sums (l1, active, aux) over all", 24, "allreduce", S * R)
     if auxk:
-        add("AuxK firing counts over replicas (doubles)", Fs * 8, "allreduce", R)
+        add("AuxK firing counts over replicas (floats)", Fs * F32, "allreduce", R)
         add("AuxK n_dead over shards", 8, "allreduce", S)
         add("AuxK candidates n k_aux (value, index)", n * k_aux * 8, "allgather", S)
         add("AuxK entries over all", 8, "allreduce", S * R)

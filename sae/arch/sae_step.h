@@ -46,8 +46,9 @@ class SaeStep {
   Tensor reconstruction() const;                          // x_hat [N, D_out] (with the skip path)
   const Tensor& feature_counts() const { return step_->feature_counts(); }
   StepFeatures step_features() const { return step_->step_features(); }
-  // Tokens since each latent last fired (AuxK's clock; a resumed run sets it); null without one.
-  std::vector<int64_t>* dead_clock() { return step_->dead_clock(); }
+  // Tokens since each latent last fired (AuxK's clock; a resumed run sets it); nullopt without one.
+  std::optional<std::vector<int64_t>> dead_clock() const { return step_->dead_clock(); }
+  void set_dead_clock(const std::vector<int64_t>& clock) { step_->set_dead_clock(clock); }
   const ArchUnit& unit() const { return unit_; }
   UnitStep& unit_step() { return *step_; }
 

@@ -111,7 +111,10 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   lists_.vals = Tensor::zeros(Shape{capacity}, dtype, device);
   lists_.row_vals = Tensor::zeros(Shape{capacity}, dtype, device);
   dpre_ = Tensor::zeros(Shape{capacity}, dtype, device);
-  if (auxk) tokens_since_fired_.assign(d_sae, 0);
+  if (auxk) {
+    clock_ = Tensor::zeros(Shape{d_sae}, DType::F64, device);
+    clock_before_ = Tensor::zeros(Shape{d_sae}, DType::F64, device);
+  }
 }
 
 SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
@@ -147,6 +150,7 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
   tokens_ = n;
   all_tokens_ = sum_over(c, Group::Replicas, n);
   aux_ = 0;
+  clock_moved_ = false;
   Tensor pre = pre_activations(n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
   matmul_(pre, x, false, params.W_enc, false);
   reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
@@ -175,23 +179,22 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
 
   // AuxK: the dead mask counts this batch's firings (every replica's); the dead latents' k_aux
   // largest P per token (of every shard's dead latents).
-  std::vector<uint8_t> fired(d_sae_);
-  std::vector<double> counts = col_count_.to_vector();
-  if (replicated) c->sum(Group::Replicas, counts.data(), d_sae_);
-  for (int64_t i = 0; i < d_sae_; ++i) fired[i] = counts[i] > 0;
-  std::vector<int64_t> clock = tokens_since_fired_;
-  dead_ = dead_after_batch(clock, fired, all_tokens_, settings_.dead_tokens);
-  if (train) {
-    clock_before_ = tokens_since_fired_;
-    tokens_since_fired_ = clock;
+  // On the step's device (latent_clock: dead_after_batch's rule); one count read back.
+  Tensor counts = col_count_;
+  if (replicated) {
+    if (!fired_.defined()) fired_ = Tensor::zeros(col_count_.shape(), col_count_.dtype(), col_count_.device());
+    copy_(fired_, col_count_);
+    c->sum(Group::Replicas, fired_);
+    counts = fired_;
   }
-  int64_t n_dead = 0;
-  for (uint8_t d : dead_) n_dead += d;
+  copy_(clock_before_, clock_);
+  clock_moved_ = train;
+  latent_clock_(train ? clock_ : clock_before_, dead_flags_, counts, double(all_tokens_),
+                double(settings_.dead_tokens));
+  reduce_all_(ReduceOp::sum, sums_, dead_flags_);
+  int64_t n_dead = static_cast<int64_t>(sums_.item());
   n_dead = sum_over(c, Group::Shards, n_dead);
   if (n_dead == 0 || all_tokens_ == 0) return sums();
-  copy_(dead_flags_, Tensor::from_vector(std::vector<double>(dead_.begin(), dead_.end()), Shape{d_sae_},
-                                         dead_flags_.dtype(), Device::CPU)
-                         .to(dead_flags_.device()));
   SparseFeatures all = lists(0, 2 * n);
   topk_select_(all, pre, params.b_enc, dead_flags_, std::min(k_aux_, n_dead), n);
   if (sharded) shard_topk_cut(*c, lists_, n, n, std::min(k_aux_, n_dead), first_latent_);
@@ -254,6 +257,30 @@ std::vector<std::string> TopKFamilyStep::backward(const SaeParams& params, const
   normalize_after_update_ = settings_.unit_norm_decoder && !fused;
   if (fused) return {"W_enc", "b_enc", "W_dec"};
   return {};
+}
+
+void TopKFamilyStep::undo_forward() {
+  if (clock_moved_) copy_(clock_, clock_before_);
+  clock_moved_ = false;
+}
+
+std::optional<std::vector<int64_t>> TopKFamilyStep::dead_clock() const {
+  if (!clock_.defined()) return std::nullopt;
+  const std::vector<double> c = clock_.to_vector();
+  return std::vector<int64_t>(c.begin(), c.end());
+}
+
+void TopKFamilyStep::set_dead_clock(const std::vector<int64_t>& clock) {
+  if (!clock_.defined()) return;
+  if (int64_t(clock.size()) != d_sae_)
+    throw Error(cat("set_dead_clock: ", clock.size(), " clocks for ", d_sae_, " latents"));
+  copy_(clock_, Tensor::from_vector(std::vector<double>(clock.begin(), clock.end()), Shape{d_sae_}, DType::F64)
+                    .to(clock_.device()));
+}
+
+std::vector<uint8_t> TopKFamilyStep::dead_mask() const {
+  const std::vector<double> d = dead_flags_.to_vector();
+  return std::vector<uint8_t>(d.begin(), d.end());
 }
 
 void TopKFamilyStep::after_update(SaeParams& params) {

@@ -19,6 +19,7 @@
 // Letters: N tokens (up to max_tokens), D input width, F latents.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -60,7 +61,7 @@ class TopKFamilyStep : public UnitStep {
 
   StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                    bool train) override;
-  void undo_forward() override { tokens_since_fired_ = clock_before_; }
+  void undo_forward() override;
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
   void after_update(SaeParams& params) override;
@@ -70,11 +71,12 @@ class TopKFamilyStep : public UnitStep {
   Tensor output_gradient() const override { return grad_x_hat_.slice_rows(0, tokens_); }
   const Tensor& feature_counts() const override { return col_count_; }
   StepFeatures step_features() const override;
-  std::vector<int64_t>* dead_clock() override { return settings_.auxk_coefficient > 0 ? &tokens_since_fired_ : nullptr; }
+  std::optional<std::vector<int64_t>> dead_clock() const override;
+  void set_dead_clock(const std::vector<int64_t>& clock) override;
 
-  // AuxK's a [N, F] of the last call (zeros when no latent was dead) and its dead mask.
+  // AuxK's a [N, F] of the last call (zeros when no latent was dead) and its dead mask (read back).
   Tensor aux_activations() const;
-  const std::vector<uint8_t>& dead_mask() const { return dead_; }
+  std::vector<uint8_t> dead_mask() const;
 
  protected:
   // The kept latents of x's P = pre + b_enc: by-token lists of rows 0 .. N-1 of `main`.
@@ -97,11 +99,14 @@ class TopKFamilyStep : public UnitStep {
   Tensor scratch_rows_;                  // [max_tokens, D_out]: the centred residual
   Tensor col_mean_, zero_d_;             // [D_out]
   Tensor col_sum_, col_count_, all_sum_, all_count_, norms_, dead_flags_;  // [F]
+  Tensor fired_;                         // [F]: the firing counts summed over replicas (made when needed)
   Tensor sums_;                          // [1] scratch of reductions
   SparseFeatures lists_;                 // row_ptr [2 max_tokens + 1]; room for every entry
   Tensor dpre_;                          // dL/dP at each by-feature entry
-  std::vector<int64_t> tokens_since_fired_, clock_before_;
-  std::vector<uint8_t> dead_;
+  // AuxK's clock [F] f64 on the step's device (tokens since each latent last fired), and a copy from
+  // before the last forward (undo_forward; a forward that does not train moves the copy only).
+  Tensor clock_, clock_before_;
+  bool clock_moved_ = false;             // the last forward moved clock_ (undo_forward puts it back)
   // The last forward.
   int64_t main_entries_ = 0, all_entries_ = 0;
   bool aux_rows_ = false;                // the by-feature lists hold AuxK's rows N .. 2N-1

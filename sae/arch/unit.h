@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -100,8 +101,11 @@ class UnitStep {
   virtual Tensor output_gradient() const = 0;
   virtual const Tensor& feature_counts() const = 0;  // tokens each latent fired on [F]
   virtual StepFeatures step_features() const = 0;
-  // Tokens since each latent last fired, for units that keep such a clock (AuxK); null otherwise.
-  virtual std::vector<int64_t>* dead_clock() { return nullptr; }
+  // Tokens since each latent last fired, for units that keep such a clock (AuxK; on the step's
+  // device, read back here); nullopt otherwise. set_dead_clock sets it (a resumed run), or does
+  // nothing without one.
+  virtual std::optional<std::vector<int64_t>> dead_clock() const { return std::nullopt; }
+  virtual void set_dead_clock(const std::vector<int64_t>&) {}
 
   // Several ranks (docs/distributed.md): the step calls these collectives at its defined points (the
   // partial decode's all-reduce, the loss sums, the global selections, AuxK's dead counts and

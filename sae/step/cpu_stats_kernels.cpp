@@ -112,4 +112,19 @@ void feature_stats_merge_sparse_cpu(FeatureTopLists& lists, const FeatureCandida
   merge_all(lists, stats_batch_view(candidates, rows, s, n));
 }
 
+void latent_clock_cpu(Tensor& clock, Tensor& dead, const Tensor& counts, double tokens, double dead_tokens) {
+  dispatch_float(counts.dtype(), "latent_clock", [&](auto zero) {
+    using T = decltype(zero);
+    double* c = clock.data<double>();
+    const T* fired = counts.data<T>();
+    T* d = dead.defined() ? dead.data<T>() : nullptr;
+    const int64_t features = clock.numel();
+#pragma omp parallel for if (features >= kParallelMin)
+    for (int64_t i = 0; i < features; ++i) {
+      c[i] = fired[i] > T(0) ? 0.0 : c[i] + tokens;
+      if (d) d[i] = c[i] >= dead_tokens ? T(1) : T(0);
+    }
+  });
+}
+
 }  // namespace sae

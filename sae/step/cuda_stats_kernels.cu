@@ -124,4 +124,28 @@ void feature_stats_merge_sparse_cuda(FeatureTopLists& lists, const FeatureCandid
   merge_all(lists, stats_batch_view(candidates, rows, s, n));
 }
 
+namespace {
+template <typename T>
+__global__ void latent_clock_kernel(double* clock, T* dead, const T* fired, int64_t features, double tokens,
+                                    double dead_tokens) {
+  for (int64_t i = thread_index(); i < features; i += grid_stride()) {
+    const double c = fired[i] > T(0) ? 0.0 : clock[i] + tokens;
+    clock[i] = c;
+    if (dead) dead[i] = c >= dead_tokens ? T(1) : T(0);
+  }
+}
+}  // namespace
+
+void latent_clock_cuda(Tensor& clock, Tensor& dead, const Tensor& counts, double tokens, double dead_tokens) {
+  const int64_t features = clock.numel();
+  if (features == 0) return;
+  dispatch_float(counts.dtype(), "latent_clock", [&](auto zero) {
+    using T = decltype(zero);
+    latent_clock_kernel<<<grid_for(features), kBlock, 0, cuda_stream()>>>(
+        clock.data<double>(), dead.defined() ? dead.data<T>() : nullptr, counts.data<T>(), features, tokens,
+        dead_tokens);
+    SAE_CUDA_CHECK_LAUNCH();
+  });
+}
+
 }  // namespace sae

@@ -4,7 +4,8 @@
 //               backward kernels with Adam fused in
 //   selection   TopK's and BatchTopK's selections straight into by-token lists
 //   decoder     rows scaled into a matrix, the unit-norm decoder's projection and normalisation
-//   statistics  what each feature fires on, gathered while training (sae/train/feature_stats.h)
+//   statistics  what each feature fires on, gathered while training (sae/train/feature_stats.h),
+//               and each latent's clock of tokens since it last fired (dead latents, AuxK)
 // A unit's own kernels (standard's ReLU passes, JumpReLU's, Gated's) have their own list beside the
 // unit. Like the generic op list (tensor/op_list.h) each backend builds its table from this list
 // (cpu_kernels.cpp, cuda_kernels.cu), so a missing kernel stops the compile; the front-end
@@ -134,7 +135,11 @@ struct FeatureStatsRows {
                               const FeatureStatsRows& rows, const Tensor& f))                           \
   /* the same, the values looked up in the by-feature lists of s (rows < n) */                         \
   X(feature_stats_merge_sparse, void(FeatureTopLists & lists, const FeatureCandidates& candidates,     \
-                                     const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n))
+                                     const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n))   \
+  /* clock [F] f64 (tokens since each latent last fired, exact integers): 0 where counts [F] > 0,      \
+     else clock + tokens; dead [F] (counts' dtype; may be undefined) = 1 where the new clock >=        \
+     dead_tokens, else 0 */                                                                            \
+  X(latent_clock, void(Tensor & clock, Tensor & dead, const Tensor& counts, double tokens, double dead_tokens))
 
 struct SaeKernelTable {
   SAE_STEP_KERNELS(SAE_KERNEL_SLOT)

@@ -45,5 +45,8 @@ void feature_stats_merge_(FeatureTopLists& lists, const FeatureCandidates& candi
                           const Tensor& f);
 void feature_stats_merge_sparse_(FeatureTopLists& lists, const FeatureCandidates& candidates,
                                  const FeatureStatsRows& rows, const SparseFeatures& s, int64_t n);
+// Dead latents without a read-back: clock [F] f64 on counts' device; dead [F] in counts' dtype or
+// undefined; tokens and dead_tokens >= 0.
+void latent_clock_(Tensor& clock, Tensor& dead, const Tensor& counts, double tokens, double dead_tokens);
 
 }  // namespace sae

@@ -168,4 +168,16 @@ void feature_stats_merge_sparse_(FeatureTopLists& lists, const FeatureCandidates
   sae_kernels_for(s.vals.device()).feature_stats_merge_sparse(lists, candidates, rows, s, n);
 }
 
+void latent_clock_(Tensor& clock, Tensor& dead, const Tensor& counts, double tokens, double dead_tokens) {
+  const char* op = "latent_clock";
+  check_float(op, counts);
+  check_device(op, clock, counts);
+  if (counts.ndim() != 1 || clock.dtype() != DType::F64 || clock.shape() != counts.shape())
+    throw Error(cat(op, ": expects clock f64 [F] and counts [F], got ", clock.describe(), " and ", counts.describe()));
+  if (dead.defined()) check_same_shape(op, dead, counts);
+  if (!(tokens >= 0) || !(dead_tokens >= 0))
+    throw Error(cat(op, ": tokens and dead_tokens must be >= 0, got ", tokens, " and ", dead_tokens));
+  sae_kernels_for(counts.device()).latent_clock(clock, dead, counts, tokens, dead_tokens);
+}
+
 }  // namespace sae

@@ -112,9 +112,8 @@ RunOutcome finished_outcome(const std::string& name, const std::string& dir, con
   r.concepts.reset();
   if (config.data == "synthetic") {
     SyntheticSource source(config.synthetic);
-    DeadFeatureTracker dead(final_model.params.d_sae(), config.dead_window);
-    dead.last_fired() = final_model.state->last_fired;
-    r.concepts = concept_recovery(source.concepts(), final_model.params.W_dec, dead.alive(r.tokens));
+    const DeadFeatureTracker dead(config.dead_window, final_model.state->last_fired, r.tokens);
+    r.concepts = concept_recovery(source.concepts(), final_model.params.W_dec, dead.alive());
   }
   write_run_summary(r);
   return r;

@@ -102,11 +102,6 @@ void adopt_init_architecture(TrainConfig& c, const SaeParams& loaded) {
   if (has_k && (!c.arch.has("k") || c.arch.at("k").as_int() == 0) && loaded.settings.has("k")) c.arch.set("k", loaded.settings.at("k"));
 }
 
-void set_dead_clock(std::vector<int64_t>* clock, const std::vector<int64_t>& last_fired, int64_t tokens) {
-  if (!clock) return;
-  for (size_t i = 0; i < clock->size() && i < last_fired.size(); ++i) (*clock)[i] = tokens - last_fired[i];
-}
-
 std::vector<double> first_training_tokens(TrainingData& data, const TrainConfig& c, int64_t max_tokens) {
   BatchSource& batches = *data.batches;
   const Json start = batches.state();

@@ -33,9 +33,6 @@ SaeParams fresh_params(const TrainConfig& c, TrainingData& data, const RunColumn
 // --init: the folder's architecture must be the run's (UsageError otherwise); a run without --k takes
 // the folder's k when the unit has one.
 void adopt_init_architecture(TrainConfig& c, const SaeParams& loaded);
-// AuxK's clock (tokens since each latent fired) from the dead-feature tracker's last-fired token
-// counts; `clock` is null when the step keeps none.
-void set_dead_clock(std::vector<int64_t>* clock, const std::vector<int64_t>& last_fired, int64_t tokens);
 
 // Tokens of the first batches a run will train on (normalised as it will see them), up to
 // `max_tokens` and, for activation data, never more than the data holds, as float64 [n, d] (the

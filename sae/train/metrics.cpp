@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 
+#include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
 
 namespace sae {
@@ -76,22 +77,43 @@ BatchMetrics batch_metrics(const Tensor& x, const Tensor& x_hat) {
   return m;
 }
 
-DeadFeatureTracker::DeadFeatureTracker(int64_t features, int64_t window) : window_(window), last_fired_(features, 0) {}
+DeadFeatureTracker::DeadFeatureTracker(int64_t features, int64_t window)
+    : window_(window), clock_(Tensor::zeros(Shape{features}, DType::F64)) {}
 
-void DeadFeatureTracker::update(const float* counts, int64_t tokens_seen) {
-  for (size_t i = 0; i < last_fired_.size(); ++i)
-    if (counts[i] > 0) last_fired_[i] = tokens_seen;
+DeadFeatureTracker::DeadFeatureTracker(int64_t window, const std::vector<int64_t>& last_fired, int64_t tokens_seen)
+    : window_(window) {
+  std::vector<double> clock(last_fired.size());
+  for (size_t i = 0; i < clock.size(); ++i) clock[i] = double(tokens_seen - last_fired[i]);
+  clock_ = Tensor::from_vector(clock, Shape{int64_t(clock.size())}, DType::F64);
 }
 
-int64_t DeadFeatureTracker::dead(int64_t tokens_seen) const {
+void DeadFeatureTracker::update(const Tensor& counts, int64_t batch_tokens) {
+  if (clock_.device() != counts.device()) clock_ = clock_.to(counts.device());
+  Tensor no_mask;
+  latent_clock_(clock_, no_mask, counts, double(batch_tokens), 0.0);
+}
+
+std::vector<int64_t> DeadFeatureTracker::clocks() const {
+  const std::vector<double> c = clock_.to_vector();
+  return std::vector<int64_t>(c.begin(), c.end());
+}
+
+std::vector<int64_t> DeadFeatureTracker::last_fired(int64_t tokens_seen) const {
+  std::vector<int64_t> out = clocks();
+  for (int64_t& c : out) c = tokens_seen - c;
+  return out;
+}
+
+int64_t DeadFeatureTracker::dead() const {
   int64_t n = 0;
-  for (int64_t last : last_fired_) n += tokens_seen - last >= window_;
+  for (int64_t c : clocks()) n += c >= window_;
   return n;
 }
 
-std::vector<bool> DeadFeatureTracker::alive(int64_t tokens_seen) const {
-  std::vector<bool> out(last_fired_.size());
-  for (size_t i = 0; i < out.size(); ++i) out[i] = tokens_seen - last_fired_[i] < window_;
+std::vector<bool> DeadFeatureTracker::alive() const {
+  const std::vector<int64_t> c = clocks();
+  std::vector<bool> out(c.size());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = c[i] < window_;
   return out;
 }
 

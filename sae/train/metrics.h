@@ -58,19 +58,26 @@ BatchMetrics batch_metrics(const float* x, int64_t d_in, const float* target, co
 // version to float64 rounding in another summation order.
 BatchMetrics batch_metrics(const Tensor& x, const Tensor& x_hat);
 
-// A feature is dead if it has not fired on any of the last `window` tokens seen.
+// A feature is dead if it has not fired on any of the last `window` tokens seen. Each feature's
+// clock (the tokens since it last fired, exact integers in f64) lives on the device of the counts it
+// is given: a batch is one kernel (latent_clock), and the clocks are read back only when asked (at a
+// log step, a checkpoint, the end).
 class DeadFeatureTracker {
  public:
-  DeadFeatureTracker(int64_t features, int64_t window);
-  // counts[i] = tokens of the latest batch on which feature i fired; tokens_seen includes that batch.
-  void update(const float* counts, int64_t tokens_seen);
-  int64_t dead(int64_t tokens_seen) const;
-  std::vector<bool> alive(int64_t tokens_seen) const;
-  std::vector<int64_t>& last_fired() { return last_fired_; }  // token count when each last fired
-  const std::vector<int64_t>& last_fired() const { return last_fired_; }
+  DeadFeatureTracker(int64_t features, int64_t window);  // every clock at 0, on the CPU
+  // From a checkpoint's last_fired (the token count when each last fired) at tokens_seen.
+  DeadFeatureTracker(int64_t window, const std::vector<int64_t>& last_fired, int64_t tokens_seen);
+  // counts [F] (float, any device: the clocks move there once) = tokens of the latest batch on which
+  // each feature fired; batch_tokens = that batch's tokens.
+  void update(const Tensor& counts, int64_t batch_tokens);
+  int64_t dead() const;
+  std::vector<bool> alive() const;
+  std::vector<int64_t> clocks() const;                         // tokens since each last fired
+  std::vector<int64_t> last_fired(int64_t tokens_seen) const;  // tokens_seen - clock, as checkpoints keep it
+
  private:
   int64_t window_;
-  std::vector<int64_t> last_fired_;
+  Tensor clock_;  // [F] f64
 };
 
 struct ConceptRecovery {

@@ -67,7 +67,7 @@ struct RunState {
     st.tokens = tokens;
     st.dataset_scale = dataset_scale;
     st.batcher = data_position;
-    st.last_fired = dead.last_fired();
+    st.last_fired = dead.last_fired(tokens);
     st.adam.m = adam.m.to(Device::CPU);
     st.adam.v = adam.v.to(Device::CPU);
     st.adam.steps = adam.steps;
@@ -253,12 +253,11 @@ TrainResult finished_result(const RunStart& start) {
     r.l0 = metric(r.last_row, "l0");
     r.nonzero_proportion = metric(r.last_row, "nonzero_proportion");
   }
-  DeadFeatureTracker dead(start.params->d_sae(), config.dead_window);
-  dead.last_fired() = state.last_fired;
-  r.dead_features = dead.dead(state.tokens);
+  const DeadFeatureTracker dead(config.dead_window, state.last_fired, state.tokens);
+  r.dead_features = dead.dead();
   if (config.data == "synthetic")
     r.concepts = concept_recovery(SyntheticSource(config.synthetic).concepts(), start.params->W_dec,
-                                  dead.alive(state.tokens));
+                                  dead.alive());
   return r;
 }
 
@@ -676,8 +675,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       run.adam.m = mine(st.adam.m).to(device);
       run.adam.v = mine(st.adam.v).to(device);
       run.adam.steps = st.adam.steps;
-      run.dead.last_fired().assign(st.last_fired.begin() + first_latent,
-                                   st.last_fired.begin() + first_latent + latents);
+      run.dead = DeadFeatureTracker(config.dead_window,
+                                    std::vector<int64_t>(st.last_fired.begin() + first_latent,
+                                                         st.last_fired.begin() + first_latent + latents),
+                                    run.tokens);
       if (run.controller) {
         if (st.l0_controller.is_null())
           throw DataError(cat(m.start.resumed_from, ": --target-l0 run without the controller's state"));
@@ -691,7 +692,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     const StepShape shape{max_tokens, columns.d_in, columns.d_out, latents, first_latent, config.features, batch_max_tokens};
     m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), shape, DType::F32, device);
     m.step->set_collectives(dist);
-    set_dead_clock(m.step->dead_clock(), run.dead.last_fired(), run.tokens);  // AuxK's, from the tracker
+    m.step->set_dead_clock(run.dead.clocks());  // AuxK's, from the tracker
     // Buffers for its own columns, made once.
     if (!columns.whole_row) m.x_host = Tensor::empty(Shape{max_tokens, columns.d_in});
     if (!columns.target_is_input) m.target_host = Tensor::empty(Shape{max_tokens, columns.d_out});
@@ -718,9 +719,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const int64_t start_step = members.empty() ? pass->start_step : members[0].run().step, steps = shared.steps;
   Progress progress(lead && !members.empty() ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
-  auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead(m.run().tokens)); };
+  auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead()); };
   auto report_concepts = [&](Member& m, const char* when) {
-    ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(m.run().tokens),
+    ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(),
                                          0.9, dist);
     char line[300];
     std::snprintf(line, sizeof line, "%s%s%s step %lld: concept recovery MMCS %.3f, recovered %.1f%%, purity %.1f%%",
@@ -759,8 +760,11 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   int64_t widest_out = 0;
   for (const Member& m : members) widest_out = std::max(widest_out, m.columns.d_out);
   Tensor reconstruction_host = device_data ? Tensor() : Tensor::empty(Shape{max_tokens, widest_out});
-  std::vector<Tensor> counts_host;
-  for (const Member& m : members) counts_host.push_back(Tensor::empty(Shape{m.config().features / shards}));
+  std::vector<Tensor> replica_counts;  // the firing counts summed over replicas, made once
+  for (const Member& m : members) {
+    const bool replicated = spans(dist, Group::Replicas);
+    replica_counts.push_back(replicated ? Tensor::empty(Shape{m.config().features / shards}, DType::F32, device) : Tensor());
+  }
   const bool whole_rows_used =
       std::any_of(members.begin(), members.end(), [](const Member& m) { return m.columns.whole_row; });
   // The next batch is prepared on a worker thread while a GPU step runs (--prefetch auto). Not when
@@ -826,18 +830,13 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const int64_t batch_tokens = dist ? sums.tokens : n;  // every replica's (the sums are the whole batch's)
       run.tokens += batch_tokens;
       if (control) run.controller->update(sums.active / double(batch_tokens));
-      const Tensor& counts = m.step->feature_counts();
-      const float* fired = counts.data<float>();
-      if (device != Device::CPU) {  // into the buffer made once, no allocation per step
-        cuda_copy_to_host(counts_host[i].raw(), counts.raw(), counts.nbytes());
-        fired = counts_host[i].data<float>();
-      }
+      Tensor counts = m.step->feature_counts();  // on the step's device: nothing read back here
       if (spans(dist, Group::Replicas)) {  // a latent fired if it fired on any replica's tokens
-        if (device == Device::CPU) copy_(counts_host[i], counts);
-        dist->sum(Group::Replicas, counts_host[i]);
-        fired = counts_host[i].data<float>();
+        copy_(replica_counts[i], counts);
+        dist->sum(Group::Replicas, replica_counts[i]);
+        counts = replica_counts[i];
       }
-      run.dead.update(fired, run.tokens);
+      run.dead.update(counts, batch_tokens);
       m.feature_stats->add(*m.step, batch, run.step);
 
       if (run.step % config.log_every == 0 || run.step == steps) {

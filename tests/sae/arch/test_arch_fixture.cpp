@@ -52,7 +52,7 @@ SaeStep make_step(const ArchCase& c, DType dtype, bool unit_norm) {
 }
 
 void set_clock(SaeStep& step, const ArchCase& c) {
-  if (c.auxk) *step.dead_clock() = ints_of(c.name + ".state.tokens_since_fired");
+  if (c.auxk) step.set_dead_clock(ints_of(c.name + ".state.tokens_since_fired"));
 }
 
 TopKFamilyStep& topk_step(SaeStep& step) { return dynamic_cast<TopKFamilyStep&>(step.unit_step()); }

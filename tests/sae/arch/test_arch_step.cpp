@@ -300,7 +300,7 @@ TEST(ArchStep, GradientsMatchTheReference) {
       SCOPED_TRACE(cat(setting.name, " ", dtype_name(dtype)));
       const ArchProblem prob = sae::testing::to_dtype(prob64, dtype);
       SaeStep step = step_of(setting, dtype);
-      if (setting.auxk) *step.dead_clock() = half_dead_clock();
+      if (setting.auxk) step.set_dead_clock(half_dead_clock());
       SaeParams g = grads_like(prob.params);
       const StepSums s = step.forward_backward(prob.params, prob.x, kLambda, g);
       // The reference in float64 on the same (rounded) values, with the step's dead mask.
@@ -378,7 +378,10 @@ TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
     SCOPED_TRACE(setting.name);
     const ArchProblem prob = problem_for(setting, 2000);
     SaeStep fused = step_of(setting, DType::F64), by_hand = step_of(setting, DType::F64);
-    if (setting.auxk) *fused.dead_clock() = *by_hand.dead_clock() = half_dead_clock();
+    if (setting.auxk) {
+      fused.set_dead_clock(half_dead_clock());
+      by_hand.set_dead_clock(half_dead_clock());
+    }
     SaeParams p = prob.params.clone(), q = prob.params.clone();
     SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
     for (int step = 0; step < 3; ++step) {
@@ -414,7 +417,7 @@ TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
   const Setting setting = kSettings[1];  // topk with AuxK and the unit-norm decoder
   const ArchProblem prob = problem_for(setting, 3000, 1e-4);
   SaeStep step = step_of(setting, DType::F32);
-  *step.dead_clock() = half_dead_clock();
+  step.set_dead_clock(half_dead_clock());
   const ArchProblem f32 = sae::testing::to_dtype(prob, DType::F32);
   step.forward(f32.params, f32.x, 0.0);
   EXPECT_EQ(*step.dead_clock(), half_dead_clock());  // forward alone does not advance the clock

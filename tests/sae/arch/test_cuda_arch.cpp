@@ -250,7 +250,8 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
     if (topk) {
       std::vector<int64_t> clock(f);
       for (int64_t i = 0; i < f; ++i) clock[i] = i % 3 == 0 ? 100 : 0;
-      *cpu.dead_clock() = *gpu.dead_clock() = clock;
+      cpu.set_dead_clock(clock);
+      gpu.set_dead_clock(clock);
     }
     SaeParams p_cpu = prob.params.clone(), p_gpu = prob.params.to(Device::CUDA);
     SaeAdamState a_cpu = SaeAdamState::zeros_like(p_cpu), a_gpu = SaeAdamState::zeros_like(p_gpu);

@@ -137,7 +137,7 @@ TEST(Matryoshka, FusedStepGradientsMatchTheFixture) {
       SCOPED_TRACE(cat(dtype_name(dtype), unit_norm ? " projected" : " raw"));
       const SaeParams p = fixture_params(dtype);
       SaeStep step = make_step(dtype, unit_norm);
-      *step.dead_clock() = fx().ints(kCase + ".state.tokens_since_fired");
+      step.set_dead_clock(fx().ints(kCase + ".state.tokens_since_fired"));
       SaeParams g = SaeParams::zeros_like(p);
       for (const auto& [name, t] : g.present()) fill_(*t, NAN);  // every gradient must be written
       const StepSums s = step.forward_backward(p, x_of(dtype), 0.0, g);
@@ -163,7 +163,7 @@ TEST(Matryoshka, FiveAdamStepsFollowTheFixtureTrajectory) {
     SaeAdamState adam =
         SaeAdamState::zeros_like(p, fx().scalar("cfg.beta1"), fx().scalar("cfg.beta2"), fx().scalar("cfg.adam_eps"));
     SaeStep step = make_step(dtype, true);
-    *step.dead_clock() = fx().ints(kCase + ".state.tokens_since_fired");
+    step.set_dead_clock(fx().ints(kCase + ".state.tokens_since_fired"));
     const std::vector<double> losses = fx().values(kCase + ".traj.loss"), recs = fx().values(kCase + ".traj.rec");
     const std::vector<double> thresholds = fx().values(kCase + ".traj.threshold");
     const std::vector<int64_t> n_dead = fx().ints(kCase + ".traj.n_dead");
@@ -298,7 +298,8 @@ TEST(MatryoshkaCuda, ThreeTrainingStepsMatchTheCpu) {
   SaeStep cpu = make_step(DType::F32, true);
   SaeStep gpu(matryoshka_unit_ref(), settings(true), fx().integer("cfg.N"), fx().integer("cfg.D"),
               fx().integer("cfg.F"), DType::F32, Device::CUDA);
-  *cpu.dead_clock() = *gpu.dead_clock() = fx().ints(kCase + ".state.tokens_since_fired");
+  cpu.set_dead_clock(fx().ints(kCase + ".state.tokens_since_fired"));
+  gpu.set_dead_clock(fx().ints(kCase + ".state.tokens_since_fired"));
   SaeParams p_cpu = p.clone(), p_gpu = p.to(Device::CUDA);
   SaeAdamState a_cpu = SaeAdamState::zeros_like(p_cpu), a_gpu = SaeAdamState::zeros_like(p_gpu);
   for (int step = 0; step < 3; ++step) {

@@ -4,7 +4,7 @@
 // against a brute-force pass that sorts every group's best value; the merge into the top lists, its
 // context looked up in f and in the entry lists alike, bad candidates flagged; float64; the front-end's
 // errors; and the CUDA scans against the CPU, bit for bit (skipped without a GPU; the merge on the GPU:
-// FeatureStats.OnCudaTheSameFileAsOnCpu).
+// FeatureStats.OnCudaTheSameFileAsOnCpu); latent_clock (dead latents) against its rule, and on CUDA.
 // Letters: N rows, F features, K candidates per feature.
 #include <gtest/gtest.h>
 
@@ -390,4 +390,58 @@ TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
       EXPECT_EQ(hist_cpu.to_vector(), hist_gpu.to_vector()) << what;
     }
   }
+}
+
+// latent_clock (dead latents without a read-back) against the rule written here, batch after batch:
+// a latent that fired restarts at 0, the others add the batch's tokens; dead where the clock reaches
+// dead_tokens. Clocks past 2^24 stay exact (f64); without a dead mask only the clock moves.
+TEST(LatentClock, FollowsTheRuleBatchAfterBatch) {
+  const int64_t f = 300;
+  Rng rng(31);
+  for (DType dtype : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    std::vector<int64_t> want(f);
+    for (int64_t& c : want) c = int64_t(rng.below(40));
+    want[7] = (int64_t(1) << 40) + 3;  // a long-dead latent: beyond float32's integers
+    Tensor clock = Tensor::from_vector(std::vector<double>(want.begin(), want.end()), Shape{f}, DType::F64);
+    Tensor dead = Tensor::full(Shape{f}, 7.0, dtype);
+    for (int batch = 0; batch < 6; ++batch) {
+      const int64_t tokens = 1 + int64_t(rng.below(20)), dead_tokens = 50;
+      std::vector<double> counts(f);
+      for (double& c : counts) c = rng.below(4) == 0 ? double(1 + rng.below(5)) : 0.0;
+      counts[7] = 0;
+      latent_clock_(clock, dead, Tensor::from_vector(counts, Shape{f}, dtype), double(tokens), double(dead_tokens));
+      const std::vector<double> got = clock.to_vector(), mask = dead.to_vector();
+      for (int64_t i = 0; i < f; ++i) {
+        want[i] = counts[i] > 0 ? 0 : want[i] + tokens;
+        ASSERT_EQ(got[i], double(want[i])) << "batch " << batch << " latent " << i;
+        ASSERT_EQ(mask[i], want[i] >= dead_tokens ? 1.0 : 0.0) << "batch " << batch << " latent " << i;
+      }
+    }
+    Tensor no_mask;
+    latent_clock_(clock, no_mask, Tensor::zeros(Shape{f}, dtype), 5.0, 0.0);
+    EXPECT_EQ(clock.to_vector()[7], double(want[7] + 5));
+  }
+  Tensor dead;
+  Tensor f32_clock = Tensor::zeros(Shape{f});
+  EXPECT_THROW(latent_clock_(f32_clock, dead, Tensor::zeros(Shape{f}), 1.0, 1.0), Error);  // clock must be f64
+  Tensor clock = Tensor::zeros(Shape{f}, DType::F64);
+  EXPECT_THROW(latent_clock_(clock, dead, Tensor::zeros(Shape{f + 1}), 1.0, 1.0), Error);
+  EXPECT_THROW(latent_clock_(clock, dead, Tensor::zeros(Shape{f}), -1.0, 1.0), Error);
+}
+
+TEST(LatentClock, CudaEqualsCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t f = 70000;
+  Rng rng(32);
+  std::vector<double> start(f), counts(f);
+  for (double& c : start) c = double(rng.below(100));
+  for (double& c : counts) c = rng.below(3) == 0 ? 1.0 : 0.0;
+  Tensor cpu_clock = Tensor::from_vector(start, Shape{f}, DType::F64), gpu_clock = cpu_clock.to(Device::CUDA);
+  Tensor cpu_dead = Tensor::zeros(Shape{f}), gpu_dead = Tensor::zeros(Shape{f}, DType::F32, Device::CUDA);
+  const Tensor fired = Tensor::from_vector(counts, Shape{f});
+  latent_clock_(cpu_clock, cpu_dead, fired, 17.0, 60.0);
+  latent_clock_(gpu_clock, gpu_dead, fired.to(Device::CUDA), 17.0, 60.0);
+  EXPECT_EQ(gpu_clock.to_vector(), cpu_clock.to_vector());
+  EXPECT_EQ(gpu_dead.to_vector(), cpu_dead.to_vector());
 }
