@@ -223,8 +223,8 @@ void encoder_backward_typed(T* grad, const T* f, const T* norms, T lambda, T* co
 // every run and every GPU. Sums are in double, rounded to T once (the CPU also sums in double, in
 // another order: the two agree to rounding).
 constexpr int64_t kMaxSumBlocks = 1024;
-constexpr int64_t kResidualElementsPerBlock = 8192;  // x_hat [N, D]: a slice holds about this many values
-constexpr int64_t kPenaltyRowsPerBlock = 64;         // W_dec [F, D]: a slice holds about this many rows
+constexpr int64_t kResidualElementsPerBlock = 4096;  // x_hat [N, D]: a slice holds about this many values
+constexpr int64_t kPenaltyRowsPerBlock = 32;         // W_dec [F, D]: a slice holds about this many rows
 
 int64_t sum_blocks(int64_t rows, int64_t rows_per_block) {
   return std::clamp<int64_t>(ceil_div(rows, std::max<int64_t>(rows_per_block, 1)), 1, kMaxSumBlocks);

@@ -37,7 +37,7 @@ constexpr double kLambda = 0.37;
 // Relative tolerances: one value (a few roundings), and a sum of many terms (each kernel sums in
 // double, but its inputs and output are rounded to the dtype).
 double element_rel(DType d) { return d == DType::F32 ? 1e-6 : 1e-14; }
-double sum_rel(DType d) { return d == DType::F32 ? 1e-6 : 1e-13; }
+double sum_rel(DType d) { return d == DType::F32 ? 1e-6 : 1e-12; }
 
 // Shapes big enough that the CPU kernels run on several threads (>= 2^18 values) and the sums in
 // chunks (>= 2^16), a small odd one, and empty ones (their sums are 0).
@@ -92,7 +92,7 @@ TEST(StandardKernels, DecoderPenaltyMatchesItsFormula) {
       Tensor norms = nan_filled(Shape{f}, d), l1 = nan_filled(Shape{1}, d), active = nan_filled(Shape{1}, d);
       decoder_penalty_(norms, l1, active, W, stats.col_sum, stats.col_count);
       const PenaltyExpected e = penalty_formula(W, stats.col_sum, stats.col_count);
-      expect_close(norms, Tensor::from_vector(e.norms, Shape{f}, d), {0.0, element_rel(d)}, label("norms", d, s));
+      expect_close(norms, Tensor::from_vector(e.norms, Shape{f}, d), {0.0, sum_rel(d)}, label("norms", d, s));
       expect_relative(l1.item(), e.l1, sum_rel(d), label("l1", d, s));
       EXPECT_EQ(active.item(), e.active) << label("active (a sum of integers: exact)", d, s);
     }
@@ -335,14 +335,23 @@ TEST(StandardKernels, FusedDenseStepIsTheUnfusedOpsBitForBit) {
 namespace {
 Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); }
 
+// A sum of up to 6M positive terms added in double in two orders, then rounded to the dtype: float32
+// results differ by that last rounding at most; float64 ones by the double roundings (well below
+// n u in practice).
+double gpu_sum_rel(DType d) { return d == DType::F32 ? 1e-6 : 1e-11; }
+
 // Decoder shapes: tiny, odd, the study's [10000, 768], rows longer than a warp's sweep, more rows
-// than one block's slice (several blocks and the finishing kernel), and empty ones.
+// than one block's slice (several blocks and the finishing kernel), more than the most blocks hold
+// at their usual size (the slices grow), and empty ones.
 std::vector<Shape> gpu_decoder_shapes() {
-  return {Shape{1, 1}, Shape{7, 13}, Shape{10000, 768}, Shape{65, 3000}, Shape{2049, 5}, Shape{0, 4}, Shape{3, 0}};
+  return {Shape{1, 1},    Shape{7, 13},     Shape{10000, 768}, Shape{65, 3000},
+          Shape{2049, 5}, Shape{40000, 3}, Shape{0, 4},       Shape{3, 0}};
 }
-// x_hat shapes: also the token batch [4096, 768] and rows wider than a block's slice.
+// x_hat shapes: also one story [218, 768], the token batch [4096, 768], more rows than the most
+// blocks hold at their usual size, rows wider than a block's slice.
 std::vector<Shape> gpu_residual_shapes() {
-  return {Shape{1, 1}, Shape{7, 13}, Shape{218, 768}, Shape{4096, 768}, Shape{3, 10000}, Shape{0, 5}, Shape{5, 0}};
+  return {Shape{1, 1},      Shape{7, 13},     Shape{218, 768}, Shape{4096, 768},
+          Shape{6000, 1024}, Shape{3, 10000}, Shape{0, 5},     Shape{5, 0}};
 }
 }  // namespace
 
@@ -361,8 +370,8 @@ TEST(CudaStandardKernels, DecoderPenaltyMatchesCpu) {
       Tensor g_norms = nan_filled(Shape{f}, d, Device::CUDA), g_l1 = nan_filled(Shape{1}, d, Device::CUDA),
              g_active = nan_filled(Shape{1}, d, Device::CUDA);
       decoder_penalty_(g_norms, g_l1, g_active, W_gpu, sum_gpu, count_gpu);
-      expect_close(g_norms.to(Device::CPU), norms, {0.0, element_rel(d)}, what + " norms");
-      expect_close(g_l1.to(Device::CPU), l1, {0.0, sum_rel(d)}, what + " l1");
+      expect_close(g_norms.to(Device::CPU), norms, {0.0, gpu_sum_rel(d)}, what + " norms");
+      expect_close(g_l1.to(Device::CPU), l1, {0.0, gpu_sum_rel(d)}, what + " l1");
       expect_close(g_active.to(Device::CPU), active, kExact, what + " active");
       Tensor again_norms = nan_filled(Shape{f}, d, Device::CUDA), again_l1 = nan_filled(Shape{1}, d, Device::CUDA),
              again_active = nan_filled(Shape{1}, d, Device::CUDA);
@@ -390,7 +399,7 @@ TEST(CudaStandardKernels, DecoderResidualMatchesCpu) {
         // One add, one subtraction and 2 r + 0 per value (no fused multiply-adds): the CPU's bits.
         expect_bitwise_equal(g_x_hat, x_hat, what + " x_hat");
         expect_bitwise_equal(g_grad, grad, what + " grad");
-        expect_close(g_rec.to(Device::CPU), rec, {0.0, sum_rel(d)}, what + " rec");
+        expect_close(g_rec.to(Device::CPU), rec, {0.0, gpu_sum_rel(d)}, what + " rec");
         Tensor again_x_hat = on_gpu(x_hat_in), again_grad = nan_filled(s, d, Device::CUDA),
                again_rec = nan_filled(Shape{1}, d, Device::CUDA);
         decoder_residual_(again_x_hat, g_bias, g_target, again_grad, again_rec);
