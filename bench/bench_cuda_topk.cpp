@@ -5,7 +5,8 @@
 //                           by-feature lists, the sparse decoder and both backward kernels with
 //                           Adam fused in
 //   BM_Cuda_TopKStep_Floor  what the step cannot avoid: the one dense encoder GEMM (at the same
-//                           precision), our top-k selection kernel on its output, and one Adam step
+//                           precision; at bf16 into bf16 pre-activations, as the step keeps them),
+//                           our top-k selection kernel on its output, and one Adam step
 //                           over as many parameters as the SAE has (our Adam kernel: a streaming
 //                           pass over parameter, gradient and both moments)
 //   BM_Cuda_TopKStep_Parts  the step's kernels one by one (ms per step as counters), each followed
@@ -24,6 +25,7 @@
 
 #include "sae/arch/registry.h"
 #include "sae/arch/sae_step.h"
+#include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
 #include "sae/train/arch_config.h"
 #include "tensor/cuda/backend.h"
@@ -96,7 +98,7 @@ void BM_Cuda_TopKStep_Floor(benchmark::State& state) {
   const Tensor W_enc = uniform_tensor(Shape{d, 64}, -1, 1, rng, DType::F32, Device::CUDA);
   const Tensor W = matmul(W_enc, uniform_tensor(Shape{64, features}, -1, 1, rng, DType::F32, Device::CUDA));
   const Tensor b_enc = Tensor::zeros(Shape{features}, DType::F32, Device::CUDA);
-  Tensor pre = Tensor::empty(Shape{kN, features}, DType::F32, Device::CUDA);
+  Tensor pre = Tensor::empty(Shape{kN, features}, topk_pre_dtype(DType::F32), Device::CUDA);  // as the step keeps it
   SparseFeatures lists;
   auto ints = [](int64_t n) { return Tensor::zeros(Shape{n}, DType::I32, Device::CUDA); };
   lists.col_ptr = ints(features + 1);
@@ -129,7 +131,8 @@ void BM_Cuda_TopKStep_Parts(benchmark::State& state) {
   Rng rng(3);
   SaeParams params = gpu_topk_params(features, d, rng);
   const Tensor x = normal_tensor(Shape{kN, d}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
-  Tensor pre = Tensor::empty(Shape{kN, features}, DType::F32, Device::CUDA), x_hat = Tensor::empty(Shape{kN, d}, DType::F32, Device::CUDA);
+  Tensor pre = Tensor::empty(Shape{kN, features}, topk_pre_dtype(DType::F32), Device::CUDA);
+  Tensor x_hat = Tensor::empty(Shape{kN, d}, DType::F32, Device::CUDA);
   SparseFeatures s;
   auto ints = [](int64_t n) { return Tensor::zeros(Shape{n}, DType::I32, Device::CUDA); };
   s.col_ptr = ints(features + 1);

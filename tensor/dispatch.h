@@ -19,6 +19,18 @@ decltype(auto) dispatch_float(DType dtype, const char* op, Body&& body) {
   throw Error(cat(op, ": expects float32 or float64, got ", dtype_name(dtype)));
 }
 
+// A float tensor read by an op that computes in float32 / float64: body(T{}, data) with T the
+// compute type and data the stored elements (float32 and float64 as stored, bfloat16 computed in
+// float32: the op widens each element where it reads it).
+template <typename Body>
+decltype(auto) dispatch_float_or_bf16(const Tensor& x, const char* op, Body&& body) {
+  if (x.dtype() == DType::BF16) return body(float{}, x.data<BFloat16>());
+  return dispatch_float(x.dtype(), op, [&](auto zero) {
+    using T = decltype(zero);
+    return body(zero, x.data<T>());
+  });
+}
+
 template <typename Body>
 decltype(auto) dispatch_storage(DType dtype, const char* op, Body&& body) {
   if (dtype == DType::F32) return body(float{});

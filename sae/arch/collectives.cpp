@@ -305,9 +305,11 @@ void distributed_batchtopk_typed(Collectives& c, SparseFeatures& s, const Tensor
 
 void distributed_batchtopk_select(Collectives& c, SparseFeatures& s, const Tensor& pre, const Tensor& bias,
                                   int64_t total, int64_t tokens_total) {
-  dispatch_float(pre.dtype(), "distributed_batchtopk_select", [&](auto zero) {
+  // bf16 pre-activations (--precision bf16) are read widened, as the selection kernels read them.
+  const Tensor values = pre.dtype() == DType::BF16 ? pre.to(DType::F32) : pre;
+  dispatch_float(values.dtype(), "distributed_batchtopk_select", [&](auto zero) {
     using T = decltype(zero);
-    distributed_batchtopk_typed<T>(c, s, pre, bias, total, tokens_total);
+    distributed_batchtopk_typed<T>(c, s, values, bias, total, tokens_total);
   });
 }
 

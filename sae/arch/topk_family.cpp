@@ -7,6 +7,7 @@
 #include "sae/arch/dictionary.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 
 namespace sae {
 
@@ -69,6 +70,10 @@ DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {
 
 // ---------------------------------------------------------------- the step
 
+DType topk_pre_dtype(DType dtype) {
+  return dtype == DType::F32 && matmul_precision() == Precision::BF16 ? DType::BF16 : dtype;
+}
+
 TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
                                const std::string& unit, bool by_batch)
     : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae),
@@ -79,7 +84,7 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   if (settings.k < 1 || settings.k > latents)
     throw UsageError(cat("--k must be in [1, ", latents, "] (the number of features), got ", settings.k));
   k_aux_ = auxk ? std::min(latents, settings.auxk_k) : 0;
-  pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
+  pre_ = Tensor::empty(Shape{max_tokens, d_sae}, topk_pre_dtype(dtype), device);  // written before read
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
   scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
@@ -115,6 +120,15 @@ SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
   return s;
 }
 
+Tensor TopKFamilyStep::pre_activations(int64_t n) {
+  const DType want = topk_pre_dtype(x_hat_.dtype());
+  if (pre_.dtype() != want) {
+    pre_ = Tensor();  // the old buffer goes first
+    pre_ = Tensor::empty(Shape{max_tokens_, d_sae_}, want, x_hat_.device());
+  }
+  return pre_.slice_rows(0, n);
+}
+
 void TopKFamilyStep::decode(Tensor& x_hat, const SparseFeatures& entries, const SaeParams& params) {
   if (!spans(collectives_, Group::Shards)) {
     sparse_decode_(x_hat, entries, params.W_dec, params.b_dec);
@@ -133,7 +147,7 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
   tokens_ = n;
   all_tokens_ = sum_over(c, Group::Replicas, n);
   aux_ = 0;
-  Tensor pre = pre_.slice_rows(0, n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
+  Tensor pre = pre_activations(n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
   matmul_(pre, x, false, params.W_enc, false);
   reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
   // The kept latents: rows 0 .. N-1 of the lists; then by feature (which also counts them).
@@ -270,11 +284,11 @@ Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int
   return Tensor::from_vector(out, Shape{rows, features}, like.dtype(), like.device());
 }
 
-Tensor TopKFamilyStep::features() const { return dense_from_lists(lists_, 0, tokens_, d_sae_, pre_); }
+Tensor TopKFamilyStep::features() const { return dense_from_lists(lists_, 0, tokens_, d_sae_, x_hat_); }
 
 Tensor TopKFamilyStep::aux_activations() const {
-  if (all_entries_ == main_entries_) return Tensor::zeros(Shape{tokens_, d_sae_}, pre_.dtype(), pre_.device());
-  return dense_from_lists(lists_, tokens_, tokens_, d_sae_, pre_);
+  if (all_entries_ == main_entries_) return Tensor::zeros(Shape{tokens_, d_sae_}, x_hat_.dtype(), x_hat_.device());
+  return dense_from_lists(lists_, tokens_, tokens_, d_sae_, x_hat_);
 }
 
 // ---------------------------------------------------------------- selection by batch

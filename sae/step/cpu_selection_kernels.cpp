@@ -56,8 +56,9 @@ struct KeptRow {
   }
 };
 
-template <typename T>
-void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const T* pre, const T* bias,
+// P: the pre-activations' element type (T, or BFloat16 with T float).
+template <typename T, typename P>
+void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const P* pre, const T* bias,
                        const T* allowed, int64_t n, int64_t cols, int64_t k, int64_t row0) {
   if (row0 == 0) row_ptr[0] = 0;
   // The candidate columns, once: all of them, or the allowed ones (AuxK: usually few).
@@ -82,28 +83,36 @@ void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const T
 #pragma omp for schedule(dynamic, 8)
     for (int64_t r = 0; r < n; ++r) {
       KeptRow<T> kept{heap_buffer.data(), 0, keep};
-      const T* row = pre + r * cols;
+      const P* row = pre + r * cols;
+      auto value = [&](int64_t j) { return T(read_pre(row[j])) + bias[j]; };
       if (keep > 0 && candidates) {
-        for (int64_t c = 0; c < n_candidates; ++c) kept.offer(row[candidates[c]] + bias[candidates[c]], candidates[c]);
+        for (int64_t c = 0; c < n_candidates; ++c) kept.offer(value(candidates[c]), candidates[c]);
       } else if (keep > 0) {
         int64_t j = 0;
-        for (; j < cols && kept.size < keep; ++j) kept.offer(row[j] + bias[j], static_cast<int32_t>(j));
-#if defined(__AVX__)
+        for (; j < cols && kept.size < keep; ++j) kept.offer(value(j), static_cast<int32_t>(j));
+#if defined(__AVX2__)
         // Once k are kept, most values are below the worst of them: test 8 at a time.
         if constexpr (std::is_same_v<T, float>) {
           for (; j + 8 <= cols; j += 8) {
-            const __m256 v = _mm256_add_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(bias + j));
+            __m256 p;
+            if constexpr (std::is_same_v<P, float>) {
+              p = _mm256_loadu_ps(row + j);
+            } else {  // bfloat16: its bits are the top half of the float32's
+              const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j));
+              p = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+            }
+            const __m256 v = _mm256_add_ps(p, _mm256_loadu_ps(bias + j));
             unsigned mask = static_cast<unsigned>(
                 _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(kept.heap[0].value), _CMP_GT_OQ)));
             while (mask != 0) {
               const int64_t c = j + __builtin_ctz(mask);
               mask &= mask - 1;
-              kept.offer(row[c] + bias[c], static_cast<int32_t>(c));
+              kept.offer(value(c), static_cast<int32_t>(c));
             }
           }
         }
 #endif
-        for (; j < cols; ++j) kept.offer(row[j] + bias[j], static_cast<int32_t>(j));
+        for (; j < cols; ++j) kept.offer(value(j), static_cast<int32_t>(j));
       }
       // Those with P > 0 become entries, in feature order.
       int32_t* out_cols = slot_cols + r * keep;
@@ -136,8 +145,8 @@ void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const T
 // bucket where the running count from the top reaches the rank. Then each row counts its values
 // above the key and equal to it; the ties go to the rows in order until `total` are taken.
 
-template <typename T>
-void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const T* pre, const T* bias,
+template <typename T, typename P>
+void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const P* pre, const T* bias,
                             int64_t n, int64_t cols, int64_t total) {
   using Key = decltype(order_key(T(0)));
   constexpr int kKeyBits = 8 * sizeof(Key), kDigitBits = 16;
@@ -162,7 +171,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < cols; ++j) {
-          const T v = pre[r * cols + j] + bias[j];
+          const T v = T(read_pre(pre[r * cols + j])) + bias[j];
           if (!(v > T(0))) continue;
           const Key key = order_key(v);
           if ((key & prefix_mask) == prefix) ++mine[(key >> shift) & Key(kBins - 1)];
@@ -190,7 +199,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
   for (int64_t r = 0; r < n; ++r) {
     int64_t gt = 0, eq = 0;
     for (int64_t j = 0; j < cols; ++j) {
-      const T v = pre[r * cols + j] + bias[j];
+      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       gt += key > threshold;
@@ -212,7 +221,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
     int32_t e = row_ptr[r];
     int64_t ties_here = count_eq[r];
     for (int64_t j = 0; j < cols; ++j) {
-      const T v = pre[r * cols + j] + bias[j];
+      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       if (key > threshold || (key == threshold && ties_here-- > 0)) {
@@ -232,17 +241,17 @@ const T* optional_data(const Tensor& t) {
 
 void topk_select_cpu(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                      int64_t row0) {
-  dispatch_float(pre.dtype(), "topk_select", [&](auto zero) {
+  dispatch_float_or_bf16(pre, "topk_select", [&](auto zero, const auto* p) {
     using T = decltype(zero);
-    topk_select_typed(s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), pre.data<T>(),
-                      bias.data<T>(), optional_data<T>(allowed), pre.size(0), pre.size(1), k, row0);
+    topk_select_typed(s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), p, bias.data<T>(),
+                      optional_data<T>(allowed), pre.size(0), pre.size(1), k, row0);
   });
 }
 
 void batchtopk_select_cpu(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total) {
-  dispatch_float(pre.dtype(), "batchtopk_select", [&](auto zero) {
+  dispatch_float_or_bf16(pre, "batchtopk_select", [&](auto zero, const auto* p) {
     using T = decltype(zero);
-    batchtopk_select_typed(s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), pre.data<T>(),
+    batchtopk_select_typed(s.row_ptr.data<int32_t>(), s.cols.data<int32_t>(), s.row_vals.data<T>(), p,
                            bias.data<T>(), pre.size(0), pre.size(1), total);
   });
 }

@@ -8,6 +8,7 @@
 //   batchtopk_select  the same radix selection over the whole batch (per-block histograms added in
 //                     block order), per-row counts above and at the threshold key, the ties handed
 //                     to rows in order by one thread, then one block per row packs its entries.
+// Pre-activations may be bfloat16 (the TopK family at --precision bf16): widened where read.
 // No atomics: every count has one owner and a fixed order, so results repeat bit for bit.
 #include <algorithm>
 
@@ -71,16 +72,17 @@ __device__ void radix_pass(RadixState<Key>& state, int shift, int64_t cols, KeyF
 
 // ---- topk_select ----
 
-template <typename T>
-__global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* counts, const T* pre, const T* bias,
+// P: the pre-activations' element type (T, or BFloat16 with T float: read_pre widens it).
+template <typename T, typename P>
+__global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* counts, const P* pre, const T* bias,
                                  const T* allowed, int64_t rows, int64_t cols, int64_t k) {
   using Key = KeyOf<T>;
   __shared__ RadixState<Key> state;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* row = pre + r * cols;
+    const P* row = pre + r * cols;
     auto key_of = [&](int64_t j, Key& key) {
       if (allowed && allowed[j] == T(0)) return false;
-      const T v = row[j] + bias[j];
+      const T v = T(read_pre(row[j])) + bias[j];
       if (!(v == v)) return false;  // NaN is never selected
       key = order_key(v);
       return true;
@@ -114,7 +116,7 @@ __global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* coun
       int at_total = 0, kept_total = 0;
       const int at_before = block_flag_scan(at, at_total);
       const bool taken = above || (at && ties_seen + at_before < ties);
-      const T v = candidate ? row[j] + bias[j] : T(0);
+      const T v = candidate ? T(read_pre(row[j])) + bias[j] : T(0);
       const bool entry = taken && v > T(0);
       const int position = block_flag_scan(entry, kept_total);
       if (entry) {
@@ -141,8 +143,8 @@ __global__ void pack_slots_kernel(int32_t* cols_out, T* vals_out, const int32_t*
   }
 }
 
-template <typename T>
-void topk_select_typed(SparseFeatures& s, const T* pre, const T* bias, const T* allowed, int64_t rows, int64_t cols,
+template <typename T, typename P>
+void topk_select_typed(SparseFeatures& s, const P* pre, const T* bias, const T* allowed, int64_t rows, int64_t cols,
                        int64_t k, int64_t row0) {
   int32_t* row_ptr = s.row_ptr.data<int32_t>() + row0;
   if (rows == 0) {
@@ -176,8 +178,8 @@ struct FlatState {
 };
 
 // Each block's histogram of the next digit of the keys of relu(P) > 0 that match the prefix.
-template <typename T>
-__global__ void flat_histogram_kernel(int* partial, const T* pre, const T* bias, int64_t rows, int64_t cols,
+template <typename T, typename P>
+__global__ void flat_histogram_kernel(int* partial, const P* pre, const T* bias, int64_t rows, int64_t cols,
                                       const FlatState<KeyOf<T>>* state, int shift) {
   using Key = KeyOf<T>;
   __shared__ int warp_hist[kSelectWarps][kDigits];
@@ -191,7 +193,7 @@ __global__ void flat_histogram_kernel(int* partial, const T* pre, const T* bias,
     const int64_t i = base + threadIdx.x;
     int digit = -1;
     if (i < total) {
-      const T v = pre[i] + bias[i % cols];
+      const T v = T(read_pre(pre[i])) + bias[i % cols];
       if (v > T(0)) {
         const Key key = order_key(v);
         if ((key & mask) == prefix) digit = int((key >> shift) & Key(kDigits - 1));
@@ -239,15 +241,15 @@ __global__ void flat_pick_digit_kernel(FlatState<KeyOf<T>>* state, const int* pa
 }
 
 // Per row: values above the threshold key and at it.
-template <typename T>
-__global__ void flat_row_counts_kernel(long long* above, long long* at, const T* pre, const T* bias, int64_t rows,
+template <typename T, typename P>
+__global__ void flat_row_counts_kernel(long long* above, long long* at, const P* pre, const T* bias, int64_t rows,
                                        int64_t cols, const FlatState<KeyOf<T>>* state) {
   using Key = KeyOf<T>;
   const Key threshold = state->prefix;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t gt = 0, eq = 0;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-      const T v = pre[r * cols + j] + bias[j];
+      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       gt += key > threshold ? 1 : 0;
@@ -277,9 +279,9 @@ __global__ void flat_row_offsets_kernel(int32_t* row_ptr, const long long* above
   }
 }
 
-template <typename T>
+template <typename T, typename P>
 __global__ void flat_write_kernel(int32_t* cols_out, T* vals_out, const int32_t* row_ptr, const long long* take,
-                                  const T* pre, const T* bias, int64_t rows, int64_t cols,
+                                  const P* pre, const T* bias, int64_t rows, int64_t cols,
                                   const FlatState<KeyOf<T>>* state) {
   using Key = KeyOf<T>;
   const Key threshold = state->prefix;
@@ -288,7 +290,7 @@ __global__ void flat_write_kernel(int32_t* cols_out, T* vals_out, const int32_t*
     const long long ties = take[r];
     for (int64_t j0 = 0; j0 < cols; j0 += blockDim.x) {
       const int64_t j = j0 + threadIdx.x;
-      const T v = j < cols ? pre[r * cols + j] + bias[j] : T(0);
+      const T v = j < cols ? T(read_pre(pre[r * cols + j])) + bias[j] : T(0);
       const Key key = order_key(v);
       const bool positive = v > T(0);
       const bool above = positive && key > threshold, at = positive && key == threshold;
@@ -306,8 +308,8 @@ __global__ void flat_write_kernel(int32_t* cols_out, T* vals_out, const int32_t*
   }
 }
 
-template <typename T>
-void batchtopk_select_typed(SparseFeatures& s, const T* pre, const T* bias, int64_t rows, int64_t cols,
+template <typename T, typename P>
+void batchtopk_select_typed(SparseFeatures& s, const P* pre, const T* bias, int64_t rows, int64_t cols,
                             int64_t total) {
   using Key = KeyOf<T>;
   int32_t* row_ptr = s.row_ptr.data<int32_t>();
@@ -324,7 +326,7 @@ void batchtopk_select_typed(SparseFeatures& s, const T* pre, const T* bias, int6
   SAE_CUDA_CHECK(cudaMemcpyAsync(state, &start, sizeof start, cudaMemcpyHostToDevice, cuda_stream()));
   for (int pass = 0; pass * kDigitBits < int(8 * sizeof(Key)); ++pass) {
     const int shift = int(8 * sizeof(Key)) - kDigitBits * (pass + 1);
-    flat_histogram_kernel<<<blocks, kBlock, 0, cuda_stream()>>>(static_cast<int*>(partial.ptr), pre, bias, rows, cols,
+    flat_histogram_kernel<T><<<blocks, kBlock, 0, cuda_stream()>>>(static_cast<int*>(partial.ptr), pre, bias, rows, cols,
                                                                 state, shift);
     SAE_CUDA_CHECK_LAUNCH();
     flat_pick_digit_kernel<T><<<1, kBlock, 0, cuda_stream()>>>(state, static_cast<int*>(partial.ptr), blocks, shift,
@@ -333,11 +335,11 @@ void batchtopk_select_typed(SparseFeatures& s, const T* pre, const T* bias, int6
   }
   long long* gt = static_cast<long long*>(above.ptr);
   long long* eq = static_cast<long long*>(at.ptr);
-  flat_row_counts_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(gt, eq, pre, bias, rows, cols, state);
+  flat_row_counts_kernel<T><<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(gt, eq, pre, bias, rows, cols, state);
   SAE_CUDA_CHECK_LAUNCH();
   flat_row_offsets_kernel<T><<<1, 32, 0, cuda_stream()>>>(row_ptr, gt, eq, rows, state);
   SAE_CUDA_CHECK_LAUNCH();
-  flat_write_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(s.cols.data<int32_t>(), s.row_vals.data<T>(),
+  flat_write_kernel<T><<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(s.cols.data<int32_t>(), s.row_vals.data<T>(),
                                                                      row_ptr, eq, pre, bias, rows, cols, state);
   SAE_CUDA_CHECK_LAUNCH();
 }
@@ -351,16 +353,16 @@ const T* optional_data(const Tensor& t) {
 
 void topk_select_cuda(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                       int64_t row0) {
-  dispatch_float(pre.dtype(), "topk_select", [&](auto zero) {
+  dispatch_float_or_bf16(pre, "topk_select", [&](auto zero, const auto* p) {
     using T = decltype(zero);
-    topk_select_typed(s, pre.data<T>(), bias.data<T>(), optional_data<T>(allowed), pre.size(0), pre.size(1), k, row0);
+    topk_select_typed(s, p, bias.data<T>(), optional_data<T>(allowed), pre.size(0), pre.size(1), k, row0);
   });
 }
 
 void batchtopk_select_cuda(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total) {
-  dispatch_float(pre.dtype(), "batchtopk_select", [&](auto zero) {
+  dispatch_float_or_bf16(pre, "batchtopk_select", [&](auto zero, const auto* p) {
     using T = decltype(zero);
-    batchtopk_select_typed(s, pre.data<T>(), bias.data<T>(), pre.size(0), pre.size(1), total);
+    batchtopk_select_typed(s, p, bias.data<T>(), pre.size(0), pre.size(1), total);
   });
 }
 

@@ -148,8 +148,14 @@ void check_token_lists(const char* op, const SparseFeatures& s, int64_t row0, in
     throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
 }
 
-// pre [N, F] and bias [F].
+// pre [N, F] and bias [F]; pre may be bf16 with a float32 bias (read widened).
 void check_pre_and_bias(const char* op, const Tensor& pre, const Tensor& bias) {
+  check_float(op, bias);
+  if (pre.defined() && pre.dtype() == DType::BF16 && bias.dtype() == DType::F32) {
+    if (pre.ndim() != 2 || bias.shape() != Shape{pre.size(1)} || pre.device() != bias.device())
+      throw Error(cat(op, ": expects [N, F] and [F] on one device, got ", pre.describe(), " and ", bias.describe()));
+    return;
+  }
   check_float(op, pre);
   check_rows_and_column_vector(op, pre, bias);
 }
@@ -159,9 +165,12 @@ void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, cons
                   int64_t row0) {
   const char* op = "topk_select";
   check_pre_and_bias(op, pre, bias);
-  if (allowed.defined()) check_rows_and_column_vector(op, pre, allowed);
+  if (allowed.defined()) {
+    check_same_device_dtype(op, bias, allowed);
+    check_same_shape(op, bias, allowed);
+  }
   if (k < 1) throw Error(cat(op, ": k must be >= 1, got ", k));
-  check_token_lists(op, s, row0, pre.size(0), pre.size(1), pre);
+  check_token_lists(op, s, row0, pre.size(0), pre.size(1), bias);
   sae_kernels_for(pre.device()).topk_select(s, pre, bias, allowed, k, row0);
 }
 
@@ -171,7 +180,7 @@ void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias,
   if (total < 0) throw Error(cat(op, ": total must be >= 0, got ", total));
   if (s.cols.defined() && total > s.cols.numel())
     throw Error(cat(op, ": ", total, " entries do not fit lists of ", s.cols.numel()));
-  check_token_lists(op, s, 0, pre.size(0), pre.size(1), pre);
+  check_token_lists(op, s, 0, pre.size(0), pre.size(1), bias);
   sae_kernels_for(pre.device()).batchtopk_select(s, pre, bias, total);
 }
 

@@ -20,7 +20,8 @@ void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tens
                               const Tensor& dpre);
 
 // The selections (TopK, BatchTopK, AuxK). Selections write by-token lists into rows row0.. of s; the
-// caller guarantees room for every entry (N k for topk_select, total for batchtopk_select).
+// caller guarantees room for every entry (N k for topk_select, total for batchtopk_select). pre may
+// be bf16 with a float32 bias: each value is widened, then the bias added in float32.
 void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                   int64_t row0);
 void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total);

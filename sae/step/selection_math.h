@@ -1,9 +1,11 @@
 // The order-preserving integer keys of floats that the selection kernels (cpu_selection_kernels.cpp,
-// cuda_selection_kernels.cu) compare and count, one copy for both backends.
+// cuda_selection_kernels.cu) compare and count, and how they read a pre-activation, one copy for
+// both backends.
 #pragma once
 #include <cstdint>
 #include <cstring>
 
+#include "tensor/half.h"
 #include "tensor/host_device.h"
 
 namespace sae {
@@ -28,5 +30,11 @@ SAE_HOST_DEVICE inline uint64_t order_key(double v) {
 #endif
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
+
+// A pre-activation as the selections read it: float32 / float64 as stored; bfloat16 (the TopK
+// family's pre-activations at --precision bf16) widened to float32, exactly.
+SAE_HOST_DEVICE inline float read_pre(float v) { return v; }
+SAE_HOST_DEVICE inline double read_pre(double v) { return v; }
+SAE_HOST_DEVICE inline float read_pre(BFloat16 v) { return widen(v); }
 
 }  // namespace sae

@@ -272,9 +272,11 @@ void reduce_axis_cpu(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, i
 // A 16-bit weight operand b: kTileFloats of it at a time widened to float32 (columns j0..j0+nb of
 // op(b): rows of b when trans_b, else a block of its columns), then one GEMM (or GEMV for one row of a)
 // into those columns of out. The rows of out are complete after each tile: no sum crosses tiles.
+// At tf32 / bf16 the widened values are rounded as the precision rounds GEMM inputs (a no-op except
+// for f16 weights at bf16: bf16 values are exact in both, f16 ones in tf32); the caller rounds a.
 template <typename H>
 void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool trans_b, int64_t m, int64_t n,
-                    int64_t k, int64_t lda, int64_t ldb, float alpha, float beta) {
+                    int64_t k, int64_t lda, int64_t ldb, float alpha, float beta, Precision precision) {
   constexpr int64_t kTileFloats = int64_t(1) << 18;  // 1 MB of float32
   const int64_t tile = std::max<int64_t>(16, kTileFloats / std::max<int64_t>(k, 1) / 16 * 16);
   std::vector<float> widened(static_cast<size_t>(std::min(tile, n) * k));
@@ -286,11 +288,11 @@ void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool t
       const H* src = b + j0 * ldb;
 #pragma omp parallel for if (nb * k >= kParallelMin)
       for (int64_t r = 0; r < nb; ++r)
-        for (int64_t c = 0; c < k; ++c) w[r * k + c] = widen(src[r * ldb + c]);
+        for (int64_t c = 0; c < k; ++c) w[r * k + c] = round_to_precision(widen(src[r * ldb + c]), precision);
     } else {  // columns j0.. of b [k, n]: w [k, nb]
 #pragma omp parallel for if (nb * k >= kParallelMin)
       for (int64_t r = 0; r < k; ++r)
-        for (int64_t c = 0; c < nb; ++c) w[r * nb + c] = widen(b[r * ldb + j0 + c]);
+        for (int64_t c = 0; c < nb; ++c) w[r * nb + c] = round_to_precision(widen(b[r * ldb + j0 + c]), precision);
     }
     const int ldw = static_cast<int>(trans_b ? k : nb);
     if (m == 1 && !trans_a) {  // one row: y [nb] = op(w) x (GEMV reads w once)
@@ -305,6 +307,15 @@ void matmul_widened(float* out, const float* a, bool trans_a, const H* b, bool t
 
 void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                 double beta) {
+  if (out.dtype() == DType::BF16) {  // the float32 product in scratch (kept between calls), then rounded
+    thread_local Tensor scratch;
+    if (!scratch.defined() || scratch.numel() < out.numel())
+      scratch = Tensor::empty(Shape{std::max<int64_t>(out.numel(), 1)}, DType::F32, Device::CPU);
+    Tensor product = scratch.slice_rows(0, out.numel()).reshape(out.shape());
+    matmul_cpu(product, a, trans_a, b, trans_b, alpha, 0.0);
+    copy_cpu(out, product);
+    return;
+  }
   if (is_half_dtype(b.dtype())) {
     const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
     if (m == 0 || n == 0) return;
@@ -312,9 +323,11 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
       if (beta == 0.0) fill_cpu(out, 0.0); else affine_cpu(out, out, beta, 0.0);
       return;
     }
+    const Precision precision = matmul_precision();  // the activations a rounded as any float32 operand
+    const float* pa = gemm_operand(a.data<float>(), a.numel(), precision, 0);
     const auto run = [&](const auto* weights) {
-      matmul_widened(out.data<float>(), a.data<float>(), trans_a, weights, trans_b, m, n, k, a.size(1), b.size(1),
-                     static_cast<float>(alpha), static_cast<float>(beta));
+      matmul_widened(out.data<float>(), pa, trans_a, weights, trans_b, m, n, k, a.size(1), b.size(1),
+                     static_cast<float>(alpha), static_cast<float>(beta), precision);
     };
     if (b.dtype() == DType::BF16) run(b.data<BFloat16>()); else run(b.data<Float16>());
     return;

@@ -11,7 +11,9 @@
 //                      reductions are split across blocks into double partials that a second
 //                      kernel combines.
 //   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data; at --precision tf32
-//                      TF32 tensor-op math, at bf16 cublasGemmEx on bfloat16 copies (precision.h)
+//                      TF32 tensor-op math, at bf16 cublasGemmEx on bfloat16 copies (precision.h);
+//                      a bf16 output straight from cublasGemmEx at bf16; 16-bit weights widened a
+//                      tile at a time, except bf16 weights at bf16 (cublasGemmEx reads them as stored)
 //   transpose          32x32 tiles through shared memory
 //   adam_step          one fused pass over param, m, v and grad (tensor/adam_math.h)
 //   transformer ops    in transformer_kernels.cu (the table below holds them too)
@@ -441,18 +443,24 @@ void reduce_axis_cuda(ReduceOp op, Tensor& out, const Tensor& x, int64_t outer, 
 // ---------------------------------------------------------------- matmul
 
 // Columns j0..j0+nb of op(b) widened into w: rows j0.. of b [., ld] (trans_b: w [nb, k]) or its
-// columns j0.. (w [k, nb]).
+// columns j0.. (w [k, nb]); rounded as `precision` rounds GEMM inputs (as the CPU's matmul_widened).
 template <typename H>
-__global__ void widen_tile_kernel(float* w, const H* b, bool trans_b, int64_t j0, int64_t nb, int64_t k, int64_t ld) {
+__global__ void widen_tile_kernel(float* w, const H* b, bool trans_b, int64_t j0, int64_t nb, int64_t k, int64_t ld,
+                                  Precision precision) {
   for (int64_t i = thread_index(); i < nb * k; i += grid_stride()) {
     if (trans_b) {
       const int64_t r = i / k, c = i % k;
-      w[i] = widen(b[(j0 + r) * ld + c]);
+      w[i] = round_to_precision(widen(b[(j0 + r) * ld + c]), precision);
     } else {
       const int64_t r = i / nb, c = i % nb;
-      w[i] = widen(b[r * ld + j0 + c]);
+      w[i] = round_to_precision(widen(b[r * ld + j0 + c]), precision);
     }
   }
+}
+
+// x rounded to bfloat16 values, kept as float32 (an f16 weight's activations at --precision bf16).
+__global__ void round_bf16_kernel(float* out, const float* x, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = round_to_bf16(x[i]);
 }
 
 }  // namespace
@@ -493,9 +501,44 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int lda = static_cast<int>(a.size(1)), ldb = static_cast<int>(b.size(1)), ldc = ni;
-  const Precision precision = out.dtype() == DType::F32 ? matmul_precision() : Precision::FP32;
+  const bool bf16_out = out.dtype() == DType::BF16;
+  const Precision precision = out.dtype() == DType::F32 || bf16_out ? matmul_precision() : Precision::FP32;
   cublasHandle_t handle = cublas_handle_for(precision);
+  if (bf16_out && precision == Precision::BF16) {  // bfloat16 inputs and output, float32 sums
+    const float alpha_f = static_cast<float>(alpha), beta_f = 0.0f;
+    Bf16Operand a16(a), b16(b);
+    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb, a16.data(),
+                                  CUDA_R_16BF, lda, &beta_f, out.data<BFloat16>(), CUDA_R_16BF, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  if (bf16_out) {  // fp32 / tf32 inputs: the float32 product in scratch, then rounded
+    Tensor product = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+    matmul_cuda(product, a, trans_a, b, trans_b, alpha, 0.0);
+    to_bf16_kernel<<<grid_for(product.numel()), kBlock, 0, cuda_stream()>>>(
+        reinterpret_cast<__nv_bfloat16*>(out.data<BFloat16>()), product.data<float>(), product.numel());
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (b.dtype() == DType::BF16 && precision == Precision::BF16) {  // bf16 weights as they are, no widening
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
+    Bf16Operand a16(a);
+    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<BFloat16>(), CUDA_R_16BF, ldb,
+                                  a16.data(), CUDA_R_16BF, lda, &beta_f, out.data<float>(), CUDA_R_32F, ldc,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
   if (is_half_dtype(b.dtype())) {
+    // tf32: the handle's TF32 math rounds both inputs; bf16 (f16 weights): the tiles and a are rounded
+    // to bf16 values here and multiplied in float32 (exact products, as the CPU reference).
+    Tensor a_rounded;
+    if (precision == Precision::BF16) {
+      a_rounded = Tensor::empty(a.shape(), DType::F32, Device::CUDA);
+      round_bf16_kernel<<<grid_for(a.numel()), kBlock, 0, cuda_stream()>>>(a_rounded.data<float>(), a.data<float>(),
+                                                                             a.numel());
+      SAE_CUDA_CHECK_LAUNCH();
+    }
+    const float* pa = precision == Precision::BF16 ? a_rounded.data<float>() : a.data<float>();
     constexpr int64_t kTileFloats = int64_t(1) << 22;  // 16 MB of float32 scratch
     const int64_t tile = std::max<int64_t>(16, kTileFloats / k / 16 * 16);
     DeviceBuffer scratch(static_cast<size_t>(std::min(tile, n) * k) * sizeof(float));
@@ -505,13 +548,13 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
       const int64_t nb = std::min(tile, n - j0);
       if (b.dtype() == DType::BF16)
         widen_tile_kernel<<<grid_for(nb * k), kBlock, 0, cuda_stream()>>>(w, b.data<BFloat16>(), trans_b, j0, nb, k,
-                                                                           b.size(1));
+                                                                           b.size(1), precision);
       else
         widen_tile_kernel<<<grid_for(nb * k), kBlock, 0, cuda_stream()>>>(w, b.data<Float16>(), trans_b, j0, nb, k,
-                                                                           b.size(1));
+                                                                           b.size(1), precision);
       SAE_CUDA_CHECK_LAUNCH();
       const int nbi = static_cast<int>(nb), ldw = static_cast<int>(trans_b ? k : nb);
-      SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, nbi, mi, ki, &alpha_f, w, ldw, a.data<float>(), lda, &beta_f,
+      SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, nbi, mi, ki, &alpha_f, w, ldw, pa, lda, &beta_f,
                                    out.data<float>() + j0, ldc));
     }
     return;

@@ -196,6 +196,82 @@ TEST(Precision, CpuBatchedMatmulAtBf16IsTheRoundedProduct) {
   }
 }
 
+TEST(Precision, Bf16OutputIsTheFloat32ProductRoundedOnce) {
+  Rng rng(7);
+  const Tensor a = random_cpu(Shape{37, 300}, DType::F32, rng), b = random_cpu(Shape{300, 29}, DType::F32, rng);
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    Tensor got = Tensor::empty(Shape{37, 29}, DType::BF16);
+    matmul_(got, a, false, b, false);
+    ASSERT_EQ(got.dtype(), DType::BF16);
+    // The same float32 product the float32 output gets (one GEMM path), rounded to nearest even.
+    const std::vector<double> product = matmul(a, b).to_vector(), stored = got.to(DType::F32).to_vector();
+    for (size_t i = 0; i < product.size(); ++i)
+      ASSERT_EQ(stored[i], double(round_to_bf16(static_cast<float>(product[i])))) << precision_name(p) << " " << i;
+    // Independently: within half a bf16 step (2^-8 relative) of the float64 product of the inputs
+    // rounded as the precision rounds them, plus the float32 sums' 1e-5 of the largest value.
+    float (*round)(float) = p == Precision::BF16 ? round_to_bf16 : (p == Precision::TF32 ? round_to_tf32 : keep);
+    const std::vector<double> want = rounded_product(a, b, round);
+    double scale = 0;
+    for (double w : want) scale = std::max(scale, std::abs(w));
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_LE(std::abs(stored[i] - want[i]), std::ldexp(std::abs(want[i]), -8) + 1e-5 * scale) << i;
+  }
+  // Transposed operands and alpha.
+  Tensor t = Tensor::empty(Shape{37, 29}, DType::BF16);
+  matmul_(t, transpose(a), true, transpose(b), true, 2.0);
+  const std::vector<double> twice = matmul(a, b).to_vector(), stored = t.to(DType::F32).to_vector();
+  for (size_t i = 0; i < twice.size(); ++i)
+    ASSERT_EQ(stored[i], double(round_to_bf16(static_cast<float>(2.0 * twice[i])))) << i;
+  // 512 (1 + 2^-9) = 513 in float32 sums, stored as bf16's 512 (its step at 512 is 4).
+  Tensor known = Tensor::empty(Shape{3, 2}, DType::BF16);
+  matmul_(known, Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -9)), false, Tensor::full(Shape{512, 2}, 1.0),
+          false);
+  expect_close(known.to(DType::F32), Tensor::full(Shape{3, 2}, 512.0), kExact, "513 stored as bf16");
+}
+
+TEST(Precision, SixteenBitWeightsAreReadAtTheRunsPrecision) {
+  // A model's bf16 / f16 weight matrices (widened per tile) and the float32 activations they multiply
+  // are GEMM inputs like any others: rounded at tf32 / bf16 (bf16 values are exact in both, f16 ones
+  // in tf32; f16 at bf16 rounds). Against float64 products of the inputs rounded here.
+  Rng rng(9);
+  const Tensor a = random_cpu(Shape{37, 300}, DType::F32, rng), b32 = random_cpu(Shape{300, 29}, DType::F32, rng);
+  for (DType h : {DType::BF16, DType::F16}) {
+    const Tensor b = b32.to(h), widened = b.to(DType::F32);
+    const std::vector<double> exact = rounded_product(a, widened, keep);
+    for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+      SCOPED_TRACE(cat(dtype_name(h), " at ", precision_name(p)));
+      const ScopedMatmulPrecision scope(p);
+      float (*round)(float) = p == Precision::BF16 ? round_to_bf16 : (p == Precision::TF32 ? round_to_tf32 : keep);
+      const std::vector<double> want = rounded_product(a, widened, round);
+      EXPECT_LT(relative_distance(matmul(a, b).to_vector(), want), 1e-5);
+      Tensor t = Tensor::full(Shape{37, 29}, 1.0);  // a weight stored [n, k] (trans_b), alpha and beta
+      matmul_(t, a, false, transpose(b32).to(h), true, 2.0, -1.0);
+      std::vector<double> want_t = want;
+      for (double& v : want_t) v = 2.0 * v - 1.0;
+      EXPECT_LT(relative_distance(t.to_vector(), want_t), 1e-5) << "trans_b";
+      if (p != Precision::FP32) EXPECT_GT(relative_distance(matmul(a, b).to_vector(), exact), 3e-5) << "a was rounded";
+    }
+  }
+  // 1 + 2^-9 in the activations: kept at fp32 and tf32, dropped at bf16 (weights bf16 ones).
+  const Tensor a9 = Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -9));
+  const Tensor ones = Tensor::full(Shape{512, 2}, 1.0).to(DType::BF16);
+  expect_close(matmul(a9, ones), Tensor::full(Shape{3, 2}, 513.0), kExact, "fp32, bf16 weights");
+  const ScopedMatmulPrecision scope(Precision::BF16);
+  expect_close(matmul(a9, ones), Tensor::full(Shape{3, 2}, 512.0), kExact, "bf16, bf16 weights");
+  // f16 weights of 1 + 2^-9 (exact in f16) are rounded to 1 at bf16.
+  expect_close(matmul(Tensor::full(Shape{3, 512}, 1.0), Tensor::full(Shape{512, 2}, 1.0 + std::ldexp(1.0, -9)).to(DType::F16)),
+               Tensor::full(Shape{3, 2}, 512.0), kExact, "bf16, f16 weights");
+}
+
+TEST(Precision, Bf16OutputRefusesAccumulationAndOtherOperands) {
+  const Tensor a = Tensor::full(Shape{2, 3}, 1.0), b = Tensor::full(Shape{3, 4}, 1.0);
+  Tensor out = Tensor::empty(Shape{2, 4}, DType::BF16);
+  EXPECT_THROW(matmul_(out, a, false, b, false, 1.0, 1.0), Error);
+  EXPECT_THROW(matmul_(out, a.to(DType::F64), false, b.to(DType::F64), false), Error);
+  EXPECT_THROW(matmul_(out, a, false, b.to(DType::BF16), false), Error);
+}
+
 // ---------------------------------------------------------------- CUDA against the CPU reference
 
 TEST(CudaPrecision, MatmulAtEachPrecisionMatchesTheCpuReference) {
@@ -217,6 +293,42 @@ TEST(CudaPrecision, MatmulAtEachPrecisionMatchesTheCpuReference) {
       expect_close_to_scale(got, ref, rel, cat("matmul ", precision_name(p), " ", m, "x", k, "x", n));
     }
   }
+}
+
+TEST(CudaPrecision, Bf16OutputMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(8);
+  const Tensor a = random_cpu(Shape{218, 768}, DType::F32, rng), b = random_cpu(Shape{768, 1000}, DType::F32, rng);
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    Tensor ref = Tensor::empty(Shape{218, 1000}, DType::BF16), got = Tensor::empty(Shape{218, 1000}, DType::BF16, Device::CUDA);
+    matmul_(ref, a, false, b, false);
+    matmul_(got, a.to(Device::CUDA), false, b.to(Device::CUDA), false);
+    // The float32 sums differ in order (and tf32 inputs may be truncated on the GPU, as above), so a
+    // value may round to the neighbouring bf16: one bf16 step, 2^-7 of the value, on top of the
+    // float32 tolerances of MatmulAtEachPrecisionMatchesTheCpuReference.
+    expect_close_to_scale(got.to(DType::F32), ref.to(DType::F32), (p == Precision::TF32 ? 5e-3 : 1e-4) + 8e-3,
+                          cat("bf16 output at ", precision_name(p)));
+  }
+}
+
+TEST(CudaPrecision, SixteenBitWeightsAtEachPrecisionMatchTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(10);
+  const Tensor a = random_cpu(Shape{218, 768}, DType::F32, rng), b32 = random_cpu(Shape{768, 1000}, DType::F32, rng);
+  for (DType h : {DType::BF16, DType::F16})
+    for (bool trans_b : {false, true})
+      for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+        const ScopedMatmulPrecision scope(p);
+        const Tensor b = (trans_b ? transpose(b32) : b32).to(h);
+        Tensor ref = Tensor::empty(Shape{218, 1000}), got = Tensor::empty(Shape{218, 1000}, DType::F32, Device::CUDA);
+        matmul_(ref, a, false, b, trans_b);
+        matmul_(got, a.to(Device::CUDA), false, b.to(Device::CUDA), trans_b);
+        // As MatmulAtEachPrecisionMatchesTheCpuReference: float32 sums in another order (bf16: the
+        // weights read as stored by cublasGemmEx), tf32 inputs possibly truncated on the GPU.
+        expect_close_to_scale(got, ref, p == Precision::TF32 ? 5e-3 : 1e-4,
+                              cat(dtype_name(h), trans_b ? " trans_b" : "", " at ", precision_name(p)));
+      }
 }
 
 TEST(CudaPrecision, KnownProductsOnTheGpu) {

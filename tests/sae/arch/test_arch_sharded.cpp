@@ -242,33 +242,35 @@ TEST(ArchSharded, TopKCutIsExactWithTies) {
 }
 
 // distributed_batchtopk_select against brute force over S x R ranks, with ties at the threshold that
-// are taken only in part (the global row-major order decides).
+// are taken only in part (the global row-major order decides); pre-activations in float32 and in
+// bf16 (--precision bf16: read widened).
 TEST(ArchSharded, BatchTopKIsExactWithTies) {
   constexpr int64_t n = 9, f = 8, shards = 2, replicas = 3, per = f / shards;
   Rng rng(8);
   std::vector<double> values(n * f);
   for (double& v : values) v = double(int64_t(rng.below(4)));  // 0 .. 3: ties everywhere
-  for (int64_t total : {int64_t(5), int64_t(13), int64_t(30), int64_t(100)}) {
-    SCOPED_TRACE(total);
-    const std::vector<uint8_t> want = top_k_flat(values, total);
-    std::vector<double> kept(n * f, -1);
-    run_ranks(shards, replicas, [&](Collectives& col) {
-      const int64_t first = col.shard() * per;
-      const int64_t t0 = part_begin(n, replicas, col.replica()), t1 = part_begin(n, replicas, col.replica() + 1);
-      std::vector<double> local((t1 - t0) * per);
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t j = 0; j < per; ++j) local[(t - t0) * per + j] = values[t * f + first + j];
-      const Tensor pre = Tensor::from_vector(local, Shape{t1 - t0, per}, DType::F32);
-      SparseFeatures s;
-      s.row_ptr = Tensor::empty(Shape{t1 - t0 + 1}, DType::I32);
-      s.cols = Tensor::empty(Shape{(t1 - t0) * per}, DType::I32);
-      s.row_vals = Tensor::zeros(Shape{(t1 - t0) * per});
-      distributed_batchtopk_select(col, s, pre, Tensor::zeros(Shape{per}), total, n);
-      const std::vector<double> dense = dense_from_lists(s, 0, t1 - t0, per, pre).to_vector();
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t j = 0; j < per; ++j) kept[t * f + first + j] = dense[(t - t0) * per + j] > 0;
-    });
-    for (int64_t e = 0; e < n * f; ++e)
-      EXPECT_EQ(kept[e], double(want[e] && values[e] > 0)) << "element " << e;
-  }
+  for (DType pre_dtype : {DType::F32, DType::BF16})
+    for (int64_t total : {int64_t(5), int64_t(13), int64_t(30), int64_t(100)}) {
+      SCOPED_TRACE(cat(dtype_name(pre_dtype), " total ", total));
+      const std::vector<uint8_t> want = top_k_flat(values, total);
+      std::vector<double> kept(n * f, -1);
+      run_ranks(shards, replicas, [&](Collectives& col) {
+        const int64_t first = col.shard() * per;
+        const int64_t t0 = part_begin(n, replicas, col.replica()), t1 = part_begin(n, replicas, col.replica() + 1);
+        std::vector<double> local((t1 - t0) * per);
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t j = 0; j < per; ++j) local[(t - t0) * per + j] = values[t * f + first + j];
+        const Tensor pre = Tensor::from_vector(local, Shape{t1 - t0, per}, DType::F32).to(pre_dtype);
+        SparseFeatures s;
+        s.row_ptr = Tensor::empty(Shape{t1 - t0 + 1}, DType::I32);
+        s.cols = Tensor::empty(Shape{(t1 - t0) * per}, DType::I32);
+        s.row_vals = Tensor::zeros(Shape{(t1 - t0) * per});
+        distributed_batchtopk_select(col, s, pre, Tensor::zeros(Shape{per}), total, n);
+        const std::vector<double> dense = dense_from_lists(s, 0, t1 - t0, per, s.row_vals).to_vector();
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t j = 0; j < per; ++j) kept[t * f + first + j] = dense[(t - t0) * per + j] > 0;
+      });
+      for (int64_t e = 0; e < n * f; ++e)
+        EXPECT_EQ(kept[e], double(want[e] && values[e] > 0)) << "element " << e;
+    }
 }

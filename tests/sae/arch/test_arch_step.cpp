@@ -12,6 +12,7 @@
 #include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tests/sae/arch/arch_problem.h"
 #include "tests/util/standard_sae.h"
 #include "tests/util/compare.h"
@@ -139,6 +140,53 @@ TEST(ArchKernels, BatchTopKSelectionMatchesBruteForceWithTies) {
         batchtopk_select_(s, pre, bias, total);
         expect_same_values(dense_rows(s, 0, n, f), kept_flat_by_sorting(P.to_vector(), total), "batch top k");
       }
+}
+
+TEST(ArchKernels, SelectionsReadBf16PreActivationsWidened) {
+  // The TopK family's pre-activations at --precision bf16: pre bf16, bias and the lists float32.
+  // P = widen(pre) + bias in float32, then the brute force; and the lists equal those of the same
+  // selection on the widened float32 copy, bit for bit. Sizes cover the CPU kernel's 8-wide path
+  // (F = 70: eight blocks of 8 and a tail) and ties (quantized values are exact in bf16).
+  const int64_t n = 37, f = 70;
+  for (bool ties : {false, true}) {
+    Rng rng(5 + ties);
+    const Tensor pre16 = (ties ? quantized_cpu(Shape{n, f}, DType::F32, rng) : random_cpu(Shape{n, f}, DType::F32, rng))
+                             .to(DType::BF16);
+    const Tensor bias = random_cpu(Shape{f}, DType::F32, rng, -0.5, 0.5, false);
+    const Tensor widened = pre16.to(DType::F32);
+    const std::vector<double> P = add(widened, bias).to_vector();
+    for (int64_t k : {int64_t(1), int64_t(5), int64_t(33), f}) {
+      SCOPED_TRACE(cat("ties ", ties, " k ", k));
+      SparseFeatures s = token_lists(2 * n, f, 2 * n * k, DType::F32), want = token_lists(2 * n, f, 2 * n * k, DType::F32);
+      topk_select_(s, pre16, bias, Tensor(), k, 0);
+      topk_select_(want, widened, bias, Tensor(), k, 0);
+      expect_same_values(dense_rows(s, 0, n, f), kept_by_sorting(P, n, f, k), "topk");
+      std::vector<uint8_t> allowed(f);
+      for (int64_t i = 0; i < f; ++i) allowed[i] = rng.below(3) == 0;
+      const Tensor mask = Tensor::from_vector(std::vector<double>(allowed.begin(), allowed.end()), Shape{f});
+      topk_select_(s, pre16, bias, mask, k, n);
+      topk_select_(want, widened, bias, mask, k, n);
+      expect_same_values(dense_rows(s, n, n, f), kept_by_sorting(P, n, f, k, &allowed), "topk allowed");
+      const int64_t used = int64_t(want.row_ptr.to_vector()[2 * n]);
+      expect_bitwise_equal(s.row_ptr, want.row_ptr, "row_ptr");
+      expect_bitwise_equal(s.cols.slice_rows(0, used), want.cols.slice_rows(0, used), "cols");
+      expect_bitwise_equal(s.row_vals.slice_rows(0, used), want.row_vals.slice_rows(0, used), "row_vals");
+    }
+    for (int64_t total : {int64_t(1), int64_t(300), n * f}) {
+      SCOPED_TRACE(cat("ties ", ties, " total ", total));
+      SparseFeatures s = token_lists(n, f, total, DType::F32);
+      batchtopk_select_(s, pre16, bias, total);
+      expect_same_values(dense_rows(s, 0, n, f), kept_flat_by_sorting(P, total), "batch top k");
+    }
+  }
+  // A bf16 pre needs a float32 bias; a bf16 bias is refused.
+  SparseFeatures s = token_lists(2, 4, 8, DType::F32);
+  EXPECT_THROW(topk_select_(s, Tensor::zeros(Shape{2, 4}).to(DType::BF16), Tensor::zeros(Shape{4}).to(DType::BF16),
+                            Tensor(), 1, 0),
+               Error);
+  EXPECT_THROW(topk_select_(s, Tensor::zeros(Shape{2, 4}).to(DType::BF16), Tensor::zeros(Shape{4}, DType::F64),
+                            Tensor(), 1, 0),
+               Error);
 }
 
 TEST(ArchKernels, ByFeatureListsFromTokenLists) {
@@ -290,6 +338,36 @@ TEST(ArchStep, GradientsMatchTheReference) {
         expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
                               "grad " + got_grads[i].first);
     }
+  }
+}
+
+TEST(ArchStep, TopKFamilyAtBf16SelectsFromBf16PreActivations) {
+  // At --precision bf16 a float32 TopK-family step keeps x W_enc in bf16: its features are the
+  // selection of P = bf16(x W_enc) + b_enc, where x W_enc is the float32 product of the rounded
+  // inputs (this CPU's matmul at bf16) rounded once to bf16, written here. At fp32 nothing is rounded.
+  for (const std::string unit : {"topk", "batchtopk"}) {
+    SCOPED_TRACE(unit);
+    const ArchProblem prob = sae::testing::to_dtype(well_conditioned_problem(unit, kN, kD, kF, kK, 77, 1e-3, 0.5),
+                                                    DType::F32);
+    const ArchSettings settings = unit_settings(unit, {{"k", Json(kK)}, {"auxk-coefficient", Json(0.0)}}, kDeadTokens);
+    auto kept = [&](const Tensor& product) {
+      const std::vector<double> P = add(product, prob.params.b_enc).to_vector();
+      return unit == "topk" ? kept_by_sorting(P, kN, kF, kK) : kept_flat_by_sorting(P, kK * kN);
+    };
+    SaeStep step(arch_unit(unit), settings, kN, kD, kF, DType::F32, Device::CPU);
+    step.forward(prob.params, prob.x, 0.0);
+    const std::vector<double> fp32 = step.features().to_vector();
+    expect_same_values(fp32, kept(matmul(prob.x, prob.params.W_enc)), "fp32");
+    const ScopedMatmulPrecision scope(Precision::BF16);
+    step.forward(prob.params, prob.x, 0.0);  // the same step: its pre-activations change dtype
+    const std::vector<double> bf16 = step.features().to_vector();
+    expect_same_values(bf16, kept(matmul(prob.x, prob.params.W_enc).to(DType::BF16).to(DType::F32)), "bf16");
+    SaeStep fresh(arch_unit(unit), settings, kN, kD, kF, DType::F32, Device::CPU);  // made at bf16
+    fresh.forward(prob.params, prob.x, 0.0);
+    expect_same_values(fresh.features().to_vector(), bf16, "a step made at bf16");
+    int64_t rounded = 0;  // the values did change (bf16 keeps 8 significant bits)
+    for (size_t i = 0; i < bf16.size(); ++i) rounded += bf16[i] != fp32[i];
+    EXPECT_GT(rounded, 0);
   }
 }
 

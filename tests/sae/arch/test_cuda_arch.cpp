@@ -97,6 +97,36 @@ TEST(CudaArch, SelectionsAndByFeatureListsEqualTheCpu) {
     }
 }
 
+TEST(CudaArch, SelectionsOfBf16PreActivationsEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 300, f = 1500;
+  for (bool ties : {false, true}) {
+    SCOPED_TRACE(ties ? "ties" : "no ties");
+    Rng rng(ties ? 4 : 3);
+    const Tensor pre =
+        (ties ? quantized_cpu(Shape{n, f}, DType::F32, rng) : random_cpu(Shape{n, f}, DType::F32, rng)).to(DType::BF16);
+    const Tensor bias = random_cpu(Shape{f}, DType::F32, rng, -0.5, 0.5, false);
+    std::vector<double> mask(f);
+    for (double& m : mask) m = rng.below(4) == 0;
+    const Tensor allowed = Tensor::from_vector(mask, Shape{f});
+    for (int64_t k : {int64_t(1), int64_t(32), int64_t(700)}) {
+      SparseFeatures cpu = lists(2 * n, f, 2 * n * k, DType::F32, Device::CPU);
+      SparseFeatures gpu = lists(2 * n, f, 2 * n * k, DType::F32, Device::CUDA);
+      topk_select_(cpu, pre, bias, Tensor(), k, 0);
+      topk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), Tensor(), k, 0);
+      topk_select_(cpu, pre, bias, allowed, k, n);
+      topk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), allowed.to(Device::CUDA), k, n);
+      expect_same_token_lists(gpu, cpu, 2 * n, cat("bf16 topk k ", k));
+    }
+    for (int64_t total : {int64_t(1), int64_t(9000), n * f}) {
+      SparseFeatures cpu = lists(n, f, total, DType::F32, Device::CPU), gpu = lists(n, f, total, DType::F32, Device::CUDA);
+      batchtopk_select_(cpu, pre, bias, total);
+      batchtopk_select_(gpu, pre.to(Device::CUDA), bias.to(Device::CUDA), total);
+      expect_same_token_lists(gpu, cpu, n, cat("bf16 batchtopk total ", total));
+    }
+  }
+}
+
 TEST(CudaArch, DenseKernelsMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 257, f = 300, d = 40;
