@@ -60,10 +60,10 @@ void BM_Cuda_EncoderBackward(benchmark::State& state) {
   const double active = state.range(1) / 100.0;
   Rng rng(2);
   Tensor f = relu(add_scalar(random_gpu(Shape{n, kF}, 0, 1, rng), active - 1.0));
-  Tensor grad = random_gpu(Shape{n, kF}, -1, 1, rng), row_add = random_gpu(Shape{kF}, 0, 1, rng);
+  Tensor grad = random_gpu(Shape{n, kF}, -1, 1, rng), norms = random_gpu(Shape{kF}, 0, 1, rng);
   Tensor col_sum = Tensor::empty(Shape{kF}, DType::F32, Device::CUDA);
   for (auto _ : state) {
-    encoder_backward_(grad, f, row_add, col_sum);
+    encoder_backward_(grad, f, norms, 0.5, col_sum);
     cuda_synchronize();
   }
   set_bytes(state, (2.0 + active) * grad.nbytes());  // read f, write grad, read grad where f > 0

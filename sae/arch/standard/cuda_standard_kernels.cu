@@ -1,10 +1,13 @@
 // CUDA kernels of the standard SAE (standard_kernels.h), computing what their CPU twins in
 // cpu_standard_kernels.cpp compute, to rounding: encoder_activate and encoder_backward make one pass
 // over f [N, F] (N rows = tokens, F columns = features), rewriting it in place and summing every
-// column.
+// column; decoder_penalty and decoder_residual make one pass over W_dec [F, D] and x_hat [N, D] with
+// a sum over all of it; decoder_penalty_backward one pass over W_dec. Every sum is added in a fixed
+// order (no atomics), so results repeat bit for bit.
 #include <algorithm>
 
 #include "sae/arch/standard/standard_kernels.h"
+#include "sae/step/cuda_block.cuh"
 #include "tensor/cuda/common.cuh"
 #include "tensor/dispatch.h"
 
@@ -114,19 +117,19 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
   }
 }
 
-// grad [rows, cols] in place: grad = (grad + row_add[c]) * (f > 0); sums the results per column.
+// grad [rows, cols] in place: grad = (grad + lambda norms[c]) * (f > 0); sums the results per column.
 // Multiplied by the mask, as on the CPU (and as autograd's g * step(pre)): a non-finite gradient stays
 // non-finite where f is 0, so that NaN weights stop the run instead of dying silently.
 template <typename T>
-__global__ void encoder_backward_kernel(T* grad, const T* f, const T* row_add, ColumnSumsOut<T> out, int64_t rows,
-                                        int64_t cols, int64_t splits) {
+__global__ void encoder_backward_kernel(T* grad, const T* f, const T* norms, T lambda, ColumnSumsOut<T> out,
+                                        int64_t rows, int64_t cols, int64_t splits) {
   const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
   for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
     const int64_t tile = task % tiles, split = task / tiles;
     const int64_t c = tile * kSaeColumns + threadIdx.x;
     double sum = 0.0;
     if (c < cols) {
-      const T a = row_add[c];
+      const T a = lambda * norms[c] + T(0);  // the L1 term's dLoss/df, as affine_(norms, lambda, 0)
       T* g_column = grad + c;
       const T* f_column = f + c;
       const int64_t end = min(rows, (split + 1) * chunk);
@@ -202,13 +205,152 @@ void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64
 }
 
 template <typename T>
-void encoder_backward_typed(T* grad, const T* f, const T* row_add, T* col_sum, int64_t rows, int64_t cols) {
+void encoder_backward_typed(T* grad, const T* f, const T* norms, T lambda, T* col_sum, int64_t rows, int64_t cols) {
   if (cols == 0) return;
   launch_column_pass(rows, cols, col_sum, static_cast<T*>(nullptr),
                      [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
                        encoder_backward_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(
-                           grad, f, row_add, out, rows, cols, splits);
+                           grad, f, norms, lambda, out, rows, cols, splits);
                      });
+}
+
+// ---------------------------------------------------------------- decoder kernels
+//
+// decoder_penalty and decoder_residual each end in one sum over the whole matrix. The rows are cut
+// into `blocks` contiguous slices (a number that depends on the shape alone, never on the GPU); each
+// block adds its slice in a fixed order (block_sum) into one partial, and with more than one block,
+// finish_sums_kernel adds the partials in block order: two launches, no atomics, the same bits on
+// every run and every GPU. Sums are in double, rounded to T once (the CPU also sums in double, in
+// another order: the two agree to rounding).
+constexpr int64_t kMaxSumBlocks = 1024;
+constexpr int64_t kResidualElementsPerBlock = 4096;  // x_hat [N, D]: a slice holds about this many values
+constexpr int64_t kPenaltyRowsPerBlock = 32;         // W_dec [F, D]: a slice holds about this many rows
+
+int64_t sum_blocks(int64_t rows, int64_t rows_per_block) {
+  return std::clamp<int64_t>(ceil_div(rows, std::max<int64_t>(rows_per_block, 1)), 1, kMaxSumBlocks);
+}
+
+// Rows [begin, end) of the slice of this block.
+struct RowSlice {
+  int64_t begin, end;
+};
+__device__ inline RowSlice block_rows(int64_t rows) {
+  const int64_t chunk = (rows + gridDim.x - 1) / gridDim.x, begin = min(rows, blockIdx.x * chunk);
+  return {begin, min(rows, begin + chunk)};
+}
+
+// One block: first[0] = T(sum of partials[0, blocks)); second (when not null) = T(sum of
+// partials[blocks, 2 blocks)), in a fixed order.
+template <typename T>
+__global__ void finish_sums_kernel(const double* partials, int64_t blocks, T* first, T* second) {
+  double a = 0.0, b = 0.0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
+    a += partials[i];
+    if (second) b += partials[blocks + i];
+  }
+  a = block_sum(a);
+  if (second) b = block_sum(b);
+  if (threadIdx.x == 0) {
+    *first = static_cast<T>(a);
+    if (second) *second = static_cast<T>(b);
+  }
+}
+
+// The block's sums (every thread calls it): straight into first/second with one block, else into
+// partials[blockIdx.x] and partials[gridDim.x + blockIdx.x].
+template <typename T>
+__device__ void store_block_sums(double a, double b, double* partials, T* first, T* second) {
+  a = block_sum(a);
+  if (second) b = block_sum(b);
+  if (threadIdx.x != 0) return;
+  if (partials) {
+    partials[blockIdx.x] = a;
+    if (second) partials[gridDim.x + blockIdx.x] = b;
+  } else {
+    *first = static_cast<T>(a);
+    if (second) *second = static_cast<T>(b);
+  }
+}
+
+// Launches `launch(blocks, partials)` (partials null with one block), then the finishing kernel.
+template <typename T, typename Launch>
+void launch_sums(int64_t blocks, T* first, T* second, Launch launch) {
+  if (blocks == 1) {
+    launch(1, static_cast<double*>(nullptr));
+    SAE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  DeviceBuffer partials(static_cast<size_t>(2 * blocks) * sizeof(double));
+  double* p = static_cast<double*>(partials.ptr);
+  launch(static_cast<int>(blocks), p);
+  SAE_CUDA_CHECK_LAUNCH();
+  finish_sums_kernel<<<1, kBlock, 0, cuda_stream()>>>(p, blocks, first, second);
+  SAE_CUDA_CHECK_LAUNCH();
+}
+
+// One warp per row of W [rows, cols] (8 warps per block, rows of the block's slice in turn): the
+// row's norm (squares summed in double by lane, then across lanes in a fixed tree), and lane 0's
+// running sums of col_sum[i] * norms[i] (the product in T, as binary_ mul gives it) and col_count[i].
+template <typename T>
+__global__ void decoder_penalty_kernel(T* norms, const T* W, const T* col_sum, const T* col_count, int64_t rows,
+                                       int64_t cols, double* partials, T* l1, T* active) {
+  const RowSlice slice = block_rows(rows);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  double l1_part = 0.0, count_part = 0.0;
+  for (int64_t i = slice.begin + warp; i < slice.end; i += warps) {
+    const T* w = W + i * cols;
+    double squares = 0.0;
+    for (int64_t c = lane; c < cols; c += 32) squares += double(w[c]) * double(w[c]);
+    for (int offset = 16; offset > 0; offset /= 2) squares += __shfl_down_sync(0xffffffffu, squares, offset);
+    if (lane == 0) {
+      const T n = static_cast<T>(sqrt(squares));
+      norms[i] = n;
+      l1_part += double(col_sum[i] * n);
+      count_part += double(col_count[i]);
+    }
+  }
+  store_block_sums(l1_part, count_part, partials, l1, active);
+}
+
+// x_hat [rows, cols] += bias (when not null); r = x_hat - target; grad = 2 r + 0 (as affine_ gives
+// it); the squares of r summed. Threads stride along each row of the block's slice (coalesced).
+template <typename T>
+__global__ void decoder_residual_kernel(T* x_hat, const T* bias, const T* target, T* grad, int64_t rows,
+                                        int64_t cols, double* partials, T* rec) {
+  const RowSlice slice = block_rows(rows);
+  double squares = 0.0;
+  for (int64_t row = slice.begin; row < slice.end; ++row) {
+    T* xr = x_hat + row * cols;
+    const T* tr = target + row * cols;
+    T* gr = grad + row * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      T v = xr[c];
+      if (bias) {
+        v = v + bias[c];
+        xr[c] = v;
+      }
+      const T r = v - tr[c];
+      gr[c] = T(2) * r + T(0);
+      squares += double(r) * double(r);
+    }
+  }
+  store_block_sums(squares, 0.0, partials, rec, static_cast<T*>(nullptr));
+}
+
+// grad [rows, cols] += scale_i W[i,:], scale_i = lambda col_sum[i] / max(norms[i], 1e-30) computed as
+// the CPU does (maximum, div, affine_): the result is the CPU's bit for bit. Grid as add_scaled_rows.
+template <typename T>
+__global__ void decoder_penalty_backward_kernel(T* grad, const T* W, const T* norms, const T* col_sum, T lambda,
+                                                int64_t rows, int64_t cols) {
+  const T tiny = static_cast<T>(1e-30);
+  for (int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const T floor = norms[i] > tiny ? norms[i] : tiny;
+    const T scale = lambda * (col_sum[i] / floor) + T(0);
+    T* g = grad + i * cols;
+    const T* w = W + i * cols;
+    for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(blockDim.x) * gridDim.x)
+      g[c] = g[c] + scale * w[c];
+  }
 }
 
 }  // namespace
@@ -221,12 +363,55 @@ void encoder_activate_cuda(Tensor& f, const Tensor& bias, Tensor& col_sum, Tenso
   });
 }
 
-void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& row_add, Tensor& col_sum) {
+void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& norms, double lambda, Tensor& col_sum) {
   dispatch_float(f.dtype(), "encoder_backward", [&](auto zero) {
     using T = decltype(zero);
-    encoder_backward_typed(grad.data<T>(), f.data<T>(), row_add.data<T>(), col_sum.data<T>(),
+    encoder_backward_typed(grad.data<T>(), f.data<T>(), norms.data<T>(), static_cast<T>(lambda), col_sum.data<T>(),
                            f.size(0), f.size(1));
   });
+}
+
+void decoder_penalty_cuda(Tensor& norms, Tensor& l1, Tensor& active, const Tensor& W_dec, const Tensor& col_sum,
+                          const Tensor& col_count) {
+  const int64_t rows = W_dec.size(0), cols = W_dec.size(1);
+  dispatch_float(W_dec.dtype(), "decoder_penalty", [&](auto zero) {
+    using T = decltype(zero);
+    T *n = norms.data<T>(), *l1_out = l1.data<T>(), *active_out = active.data<T>();
+    const T *W = W_dec.data<T>(), *s = col_sum.data<T>(), *counts = col_count.data<T>();
+    launch_sums(sum_blocks(rows, kPenaltyRowsPerBlock), l1_out, active_out, [&](int blocks, double* partials) {
+      decoder_penalty_kernel<<<blocks, kBlock, 0, cuda_stream()>>>(n, W, s, counts, rows, cols, partials, l1_out,
+                                                                   active_out);
+    });
+  });
+}
+
+void decoder_residual_cuda(Tensor& x_hat, const Tensor& bias, const Tensor& target, Tensor& grad, Tensor& rec) {
+  const int64_t rows = x_hat.size(0), cols = x_hat.size(1);
+  const int64_t rows_per_block = kResidualElementsPerBlock / std::max<int64_t>(cols, 1);
+  dispatch_float(x_hat.dtype(), "decoder_residual", [&](auto zero) {
+    using T = decltype(zero);
+    T *x = x_hat.data<T>(), *g = grad.data<T>(), *out = rec.data<T>();
+    const T *b = bias.defined() ? bias.data<T>() : nullptr, *t = target.data<T>();
+    launch_sums(sum_blocks(rows, rows_per_block), out, static_cast<T*>(nullptr), [&](int blocks, double* partials) {
+      decoder_residual_kernel<<<blocks, kBlock, 0, cuda_stream()>>>(x, b, t, g, rows, cols, partials, out);
+    });
+  });
+}
+
+void decoder_penalty_backward_cuda(Tensor& grad_W_dec, const Tensor& W_dec, const Tensor& norms, const Tensor& col_sum,
+                                   double lambda) {
+  const int64_t rows = W_dec.size(0), cols = W_dec.size(1);
+  if (rows == 0 || cols == 0) return;
+  // Narrow rows get narrow blocks (a warp at least); grid y is limited to 65535, the loop covers more.
+  const int threads = static_cast<int>(std::min<int64_t>(kBlock, ceil_div(cols, 32) * 32));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(cols, threads), 1024)),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  dispatch_float(W_dec.dtype(), "decoder_penalty_backward", [&](auto zero) {
+    using T = decltype(zero);
+    decoder_penalty_backward_kernel<<<grid, threads, 0, cuda_stream()>>>(
+        grad_W_dec.data<T>(), W_dec.data<T>(), norms.data<T>(), col_sum.data<T>(), static_cast<T>(lambda), rows, cols);
+  });
+  SAE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace sae

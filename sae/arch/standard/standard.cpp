@@ -1,11 +1,16 @@
 // The standard SAE unit (see standard.h): options, parameters, its step, reference, inference.
 //
-// The step, in the order it runs (N tokens, D input width, F latents):
-//   pre = x W_enc; f = relu(pre + b_enc)            (encoder_activate also sums f per latent)
-//   x_hat = f W_dec + b_dec; r = x_hat - x; rec = sum r^2
-//   n_i = ||W_dec[i,:]||; l1 = sum_i n_i * sum_t f[t,i]
-//   dx_hat = 2 r;  db_dec = sum_t dx_hat;  dW_dec = f^T dx_hat + lambda * (sum_t f[t,i] / n_i) W_dec[i,:]
-//   df = dx_hat W_dec^T + lambda n;  dpre = df * (f > 0);  db_enc = sum_t dpre;  dW_enc = x^T dpre
+// The step, in the order it runs (N tokens, D input width, F latents), with the kernels of each line
+// (GEMMs by matmul_, the rest the unit's fused kernels, standard_kernels.h):
+//   pre = x W_enc; f = relu(pre + b_enc)      GEMM, encoder_activate (also sums and counts f per latent)
+//   n_i = ||W_dec[i,:]||; l1 = sum_i n_i * sum_t f[t,i]; active = #(f > 0)           decoder_penalty
+//   x_hat = f W_dec + b_dec; r = x_hat - x; rec = sum r^2; dx_hat = 2 r          GEMM, decoder_residual
+//   db_dec = sum_t dx_hat                                                                 reduce_axis_
+//   dW_dec = f^T dx_hat + lambda * (sum_t f[t,i] / n_i) W_dec[i,:]      GEMM, decoder_penalty_backward
+//   df = dx_hat W_dec^T + lambda n;  dpre = df * (f > 0);  db_enc = sum_t dpre   GEMM, encoder_backward
+//   dW_enc = x^T dpre                                                                             GEMM
+// A crosscoder (sources > 1; n_i = sum_s ||W_dec[i, block s]||) computes the two penalty lines with
+// the tensor ops one by one.
 // The sparse path (tests/sae/step/test_sparse.cpp) computes the same formulas from the entries of f
 // that are > 0 only: after the encoder GEMM (which stays dense) the positive entries are listed by
 // feature and by token (sparse_index), and then
@@ -72,7 +77,8 @@ class StandardStep : public UnitStep {
 
     matmul_(f, x, false, params.W_enc, false);
     encoder_activate_(f, params.b_enc, col_sum_, col_count_);
-    reduce_all_(ReduceOp::sum, active, col_count_);
+    sources_ = params.sources;
+    penalty_sums(params, l1, active);
     sparse_ = false;
     // Latent shards (collectives.h) decode their own latents; the partial sums are summed over the
     // shards and b_dec added once. The density that picks the path is the whole batch's.
@@ -92,22 +98,10 @@ class StandardStep : public UnitStep {
     }
     if (!sparse_) matmul_(x_hat, f, false, params.W_dec, false);
     if (sharded) c->sum(Group::Shards, x_hat);
-    if (!sparse_ || sharded) add_(x_hat, params.b_dec);
-    binary_(BinaryOp::sub, grad_x_hat, x_hat, target);  // r = x_hat - target (scaled to 2r in backward)
-    reduce_all_(ReduceOp::sum_squares, rec, grad_x_hat);
-    sources_ = params.sources;
-    if (sources_ == 1) {
-      reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
-    } else {  // n_i = sum_s ||W_dec[i, block s]||
-      const int64_t f_count = params.d_sae(), width = params.d_out() / sources_;
-      if (!block_norms_.defined() || block_norms_.numel() != f_count * sources_)
-        block_norms_ = Tensor::zeros(Shape{f_count, sources_}, norms_.dtype(), norms_.device());
-      Tensor flat = block_norms_.reshape(Shape{f_count * sources_});
-      reduce_axis_(ReduceOp::norm2, flat, params.W_dec.reshape(Shape{f_count * sources_, width}), 1);
-      reduce_axis_(ReduceOp::sum, norms_, block_norms_, 1);
-    }
-    binary_(BinaryOp::mul, scratch_f_, col_sum_, norms_);
-    reduce_all_(ReduceOp::sum, l1, scratch_f_);
+    // x_hat += b_dec (unless the sparse decode added it); r = x_hat - target; rec = sum r^2; and
+    // grad_x_hat = 2 r, d rec / d x_hat, for the backward.
+    const Tensor no_bias;
+    decoder_residual_(x_hat, !sparse_ || sharded ? params.b_dec : no_bias, target, grad_x_hat, rec);
 
     const std::vector<double> host = sums_.to_vector();
     StepSums s;
@@ -123,9 +117,8 @@ class StandardStep : public UnitStep {
 
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override {
-    // d rec / d x_hat = 2 r, and its column sums d rec / d b_dec.
+    // d rec / d x_hat = 2 r (the forward wrote it), and its column sums d rec / d b_dec.
     Tensor grad_x_hat = grad_x_hat_.slice_rows(0, tokens_);
-    affine_(grad_x_hat, grad_x_hat, 2.0, 0.0);
     reduce_axis_(ReduceOp::sum, grads.b_dec, grad_x_hat, 0);
     if (!sparse_) {
       dense_backward(params, x, lambda, grads);
@@ -164,6 +157,25 @@ class StandardStep : public UnitStep {
   void set_auto_max_density(double density) { auto_max_density_ = density; }
 
  private:
+  // The penalty's sums (norms_ n_i, l1 = sum_i n_i sum_t f[t,i], active = sum_t,i [f > 0]) from
+  // encoder_activate's column sums: one fused kernel, or for a crosscoder (n_i = sum_s ||W_dec[i,
+  // block s]||) the ops one by one.
+  void penalty_sums(const SaeParams& params, Tensor& l1, Tensor& active) {
+    if (sources_ == 1) {
+      decoder_penalty_(norms_, l1, active, params.W_dec, col_sum_, col_count_);
+      return;
+    }
+    reduce_all_(ReduceOp::sum, active, col_count_);
+    const int64_t f_count = params.d_sae(), width = params.d_out() / sources_;
+    if (!block_norms_.defined() || block_norms_.numel() != f_count * sources_)
+      block_norms_ = Tensor::zeros(Shape{f_count, sources_}, norms_.dtype(), norms_.device());
+    Tensor flat = block_norms_.reshape(Shape{f_count * sources_});
+    reduce_axis_(ReduceOp::norm2, flat, params.W_dec.reshape(Shape{f_count * sources_, width}), 1);
+    reduce_axis_(ReduceOp::sum, norms_, block_norms_, 1);
+    binary_(BinaryOp::mul, scratch_f_, col_sum_, norms_);
+    reduce_all_(ReduceOp::sum, l1, scratch_f_);
+  }
+
   // The dense backward (the five-GEMM path), after d rec / d x_hat.
   void dense_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads) {
     const int64_t n = tokens_;
@@ -174,10 +186,7 @@ class StandardStep : public UnitStep {
     // L1 through the decoder norms: d(lambda sum_i s_i n_i)/dW_dec[i,:] = lambda s_i W_dec[i,:] / n_i
     // (a crosscoder's: lambda s_i W_dec[i, block s] / n_is for each block).
     if (sources_ == 1) {
-      binary_(BinaryOp::maximum, scratch_f_, norms_, tiny_);
-      binary_(BinaryOp::div, scratch_f_, col_sum_, scratch_f_);
-      affine_(scratch_f_, scratch_f_, lambda, 0.0);
-      add_scaled_rows_(grads.W_dec, W_dec, scratch_f_);
+      decoder_penalty_backward_(grads.W_dec, W_dec, norms_, col_sum_, lambda);
     } else {
       const int64_t f_count = W_dec.size(0), width = W_dec.size(1) / sources_;
       if (!block_scale_.defined()) block_scale_ = Tensor::zeros(block_norms_.shape(), norms_.dtype(), norms_.device());
@@ -190,8 +199,7 @@ class StandardStep : public UnitStep {
     }
     // Back to the latents: df = dx_hat W_dec^T + lambda n, masked by f > 0.
     matmul_(grad_f, grad_x_hat, false, W_dec, true);
-    affine_(scratch_f_, norms_, lambda, 0.0);
-    encoder_backward_(grad_f, f, scratch_f_, grads.b_enc);
+    encoder_backward_(grad_f, f, norms_, lambda, grads.b_enc);
     matmul_(grads.W_enc, x, true, grad_f, false);
   }
 

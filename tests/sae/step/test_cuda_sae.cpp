@@ -125,19 +125,20 @@ void check_encoder_activate(const Tensor& f_in, const Tensor& bias, const std::s
   expect_close(again_sum, sum_gpu.to(Device::CPU), kExact, what + " col_sum repeated");
 }
 
-void check_encoder_backward(const Tensor& grad_in, const Tensor& f, const Tensor& row_add, const std::string& what) {
+void check_encoder_backward(const Tensor& grad_in, const Tensor& f, const Tensor& norms, const std::string& what,
+                            double lambda = 0.37) {
   const DType d = grad_in.dtype();
   const Shape col{grad_in.size(1)};
   Tensor g_cpu = grad_in.clone(), sum_cpu = Tensor::full(col, kNaN, d);
-  encoder_backward_(g_cpu, f, row_add, sum_cpu);
+  encoder_backward_(g_cpu, f, norms, lambda, sum_cpu);
 
-  Tensor g_gpu = on_gpu(grad_in), f_gpu = on_gpu(f), add_gpu = on_gpu(row_add), sum_gpu = poisoned(col, d);
-  encoder_backward_(g_gpu, f_gpu, add_gpu, sum_gpu);
+  Tensor g_gpu = on_gpu(grad_in), f_gpu = on_gpu(f), norms_gpu = on_gpu(norms), sum_gpu = poisoned(col, d);
+  encoder_backward_(g_gpu, f_gpu, norms_gpu, lambda, sum_gpu);
   expect_close(g_gpu, g_cpu, kExact, what + " grad");
   expect_column_sums(sum_gpu, sum_cpu, g_cpu, what + " col_sum");
 
   Tensor again_g = on_gpu(grad_in), again_sum = poisoned(col, d);
-  encoder_backward_(again_g, f_gpu, add_gpu, again_sum);
+  encoder_backward_(again_g, f_gpu, norms_gpu, lambda, again_sum);
   expect_close(again_sum, sum_gpu.to(Device::CPU), kExact, what + " col_sum repeated");
 }
 }  // namespace
@@ -225,8 +226,8 @@ TEST(CudaSae, FusedKernelsOnRowViewsLeaveTheRestAlone) {
     Tensor grad = random_cpu(Shape{n + extra, cols}, d, rng);
     Tensor g_cpu = grad.clone(), g_gpu = on_gpu(grad);
     Tensor g_cpu_rows = g_cpu.slice_rows(0, n), g_gpu_rows = g_gpu.slice_rows(0, n);
-    encoder_backward_(g_cpu_rows, cpu_rows, bias, sum_cpu);
-    encoder_backward_(g_gpu_rows, gpu_rows, on_gpu(bias), sum_gpu);
+    encoder_backward_(g_cpu_rows, cpu_rows, bias, 0.5, sum_cpu);
+    encoder_backward_(g_gpu_rows, gpu_rows, on_gpu(bias), 0.5, sum_gpu);
     expect_close(g_gpu, g_cpu, kExact, label("encoder_backward on a row view", d, grad.shape()));
     expect_column_sums(sum_gpu, sum_cpu, g_cpu_rows, label("encoder_backward on a row view col_sum", d, grad.shape()));
   }
