@@ -94,7 +94,8 @@ def main():
     w.put("activations", np.concatenate(acts).astype(np.float32))
     w.put("story_lengths", np.asarray(lengths, dtype=np.int64))
     w.put("token_ids", np.asarray(ids_all, dtype=np.int32))
-    w.put_text("source", f"hidden_states[{LAYER}] of {model_dir} (F16 weights in float32), transformers")
+    w.put_text("source", f"hidden_states[{LAYER}] of {os.path.relpath(model_dir, repo)} (F16 weights in float32), "
+                         "transformers")
     w.save(os.path.join(out, "acts.safetensors"))
     print(f"wrote {out}: vocab {vocab_size}, {len(STORIES)} stories, {sum(lengths)} tokens "
           f"(lengths {min(lengths)}..{max(lengths)}), max |act| {np.abs(np.concatenate(acts)).max():.3f}")
