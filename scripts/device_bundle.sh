@@ -3,7 +3,7 @@
 # session needs on the device machine, whose image (as the device tool's KINDS.md describes it,
 # not checked yet) has nvcc, CUDA's libraries and PyTorch but none of our Debian libraries, and no
 # network: the programs for sm_90 with a generic x86-64-v3 CPU target, and the shared libraries
-# they need that the device may lack, packed as .device/bundle.tar.xz (~7 MB; .device/ is
+# they need that the device may lack, packed as .device/bundle.tar.xz (~17 MB; .device/ is
 # git-ignored). On the device, scripts/device_check.sh unpacks and runs it
 # (name .device in the device tool's carry). The build lives in build-device/ of this checkout, and
 # the bundle records this checkout's path (source_root): the tests look up fixtures and programs by
