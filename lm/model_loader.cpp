@@ -350,12 +350,11 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
     return std::vector<int64_t>(r.files.size(), rows / static_cast<int64_t>(r.files.size()));
   };
   // Weight matrices stay 16-bit when every file of the rule stores the same 16-bit dtype and the
-  // rule copies or stacks rows (the GEMM weights, the embedding table, the unembedding; not learned
-  // positions, which are added).
+  // rule moves whole values (copies, stacks, transposes or reorders rows: the GEMM weights, the
+  // embedding table, the unembedding; not learned positions, which are added, nor (1 + w) norms).
   auto stored_half = [&](const std::string& ours, const std::vector<std::string>& files, WeightTransform transform,
                          size_t dims) {
-    if (dims != 2 || ours == "embed.positions") return DType::F32;
-    if (transform != WeightTransform::Copy && transform != WeightTransform::StackRows) return DType::F32;
+    if (dims != 2 || ours == "embed.positions" || transform == WeightTransform::PlusOne) return DType::F32;
     const DType d = source.stored_dtype(files[0]);
     for (const std::string& file : files)
       if (source.stored_dtype(file) != d) return DType::F32;
@@ -401,18 +400,38 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
         continue;
       }
     }
-    if (is_half_dtype(half)) {  // rows as stored, one file after the other
+    if (is_half_dtype(half)) {  // the stored 16-bit values, moved as the rule says, never widened
       Tensor out = Tensor::empty(Shape::from_vector(shape), half);
-      uint8_t* dst = static_cast<uint8_t*>(out.raw());
-      const size_t row_bytes = static_cast<size_t>(shape[1]) * dtype_size(half);
-      int64_t row = 0;
-      for (size_t k = 0; k < r.files.size(); ++k) {
-        const int64_t part = r.rows.empty() ? shape[0] / static_cast<int64_t>(r.files.size()) : r.rows[k];
-        source.read_rows_stored(r.files[k], 0, part, dst + static_cast<size_t>(row) * row_bytes);
-        source.release(r.files[k]);
-        row += part;
+      uint16_t* dst = static_cast<uint16_t*>(out.raw());
+      const int64_t rows = shape[0], columns = shape[1];
+      if (r.transform == WeightTransform::Transpose) {
+        // The file is [columns, rows] (in, out): 64 of its rows at a time, scattered into our columns.
+        constexpr int64_t kChunk = 64;
+        std::vector<uint16_t> chunk(static_cast<size_t>(kChunk * rows));
+        for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
+          const int64_t n = std::min(kChunk, columns - i0);
+          source.read_rows_stored(r.files[0], i0, n, chunk.data());
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
+        }
+      } else if (r.transform == WeightTransform::QkvPerHead) {  // rows of the file [H, 3, hd]; ours [3, H, hd]
+        const int64_t h = config.num_heads, hd = config.head_dim;
+        for (int64_t head_index = 0; head_index < h; ++head_index)
+          for (int64_t p = 0; p < 3; ++p)
+            source.read_rows_stored(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
+      } else {  // Copy, StackRows: rows as stored, one file after the other
+        int64_t row = 0;
+        for (size_t k = 0; k < r.files.size(); ++k) {
+          const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
+          source.read_rows_stored(r.files[k], 0, part, dst + row * columns);
+          row += part;
+        }
       }
-      check_finite(out, r.files, stacked_rows(r, shape[0]));
+      for (const std::string& file : r.files) source.release(file);
+      if (r.transform == WeightTransform::StackRows)
+        check_finite(out, r.files, stacked_rows(r, rows));
+      else
+        finite(out, r.files[0]);
       ours[r.ours] = out;
       continue;
     }

@@ -269,6 +269,63 @@ TEST(Models, SixteenBitWeightMatricesStayAsStored) {
     sae::testing::expect_bitwise_equal(rows.slice_rows(i, i + 1), wide.slice_rows(ids[i], ids[i] + 1), cat("row ", ids[i]));
 }
 
+// GPT-2's Conv1D weights are transposed at load and GPT-NeoX's query_key_value reordered by head: from
+// a 16-bit file they stay 16-bit too (the stored values moved, never widened). Each fixture's float32
+// file is written here once with every float tensor rounded to the 16-bit dtype (the expectation:
+// loaded as float32 values) and once stored in that dtype: the two models give the same hidden states
+// and logits up to the order of float32 sums (16-bit weights are multiplied a tile at a time), and
+// the 16-bit one holds about the file's bytes.
+TEST(Models, TransposedAndReorderedSixteenBitMatricesStayAsStored) {
+  TempDir dir("models_16bit");
+  for (const auto& [name, half] : {std::pair<std::string, DType>{"gpt2", DType::F16}, {"pythia", DType::BF16}}) {
+    SCOPED_TRACE(name);
+    std::vector<RawArray> stored, rounded;
+    for (const RawArray& a : arrays_of(models_ref(name + "/model.safetensors"))) {
+      if (a.dtype != "F32") {
+        stored.push_back(a);
+        rounded.push_back(a);
+        continue;
+      }
+      std::vector<float> values(a.bytes.size() / 4);
+      std::memcpy(values.data(), a.bytes.data(), a.bytes.size());
+      const Tensor t = Tensor::from_vector(std::vector<double>(values.begin(), values.end()),
+                                           Shape{int64_t(values.size())}, DType::F32);
+      const Tensor h = t.to(half);
+      const std::vector<double> back = h.to(DType::F32).to_vector();
+      std::vector<float> rounded_values(back.begin(), back.end());
+      rounded.push_back({a.name, "F32", a.shape, sae::testing::raw_bytes(rounded_values)});
+      stored.push_back({a.name, half == DType::BF16 ? "BF16" : "F16", a.shape,
+                        std::string(static_cast<const char*>(h.raw()), h.nbytes())});
+    }
+    write_folder(dir.str(name + "_rounded"), fixture_config(name), rounded);
+    write_folder(dir.str(name + "_16"), fixture_config(name), stored);
+    DecoderModel want = load_decoder_model(dir.str(name + "_rounded"));
+    DecoderModel got = load_decoder_model(dir.str(name + "_16"));
+    for (const char* p : {"blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight", "blocks.1.mlp.in.weight",
+                          "blocks.1.mlp.out.weight", "embed.tokens"}) {
+      EXPECT_EQ(got.parameter(p).dtype(), half) << p;
+      sae::testing::expect_bitwise_equal(got.parameter(p).to(DType::F32), want.parameter(p), p);
+    }
+    const test::Fixture e(models_ref(name + "_expected.safetensors"));
+    const std::vector<int32_t> ids = to_ids(e.ints("seq0.input_ids"));
+    for (int64_t k = 0; k <= got.config().num_layers; ++k)
+      expect_near_scale(got.hidden_states(ids, k), want.hidden_states(ids, k), cat("hidden_states[", k, "]"), 1e-6);
+    expect_near_scale(got.logits(ids), want.logits(ids), "logits", 1e-6);
+    // Bytes: the file's, plus 2 a value for what is widened (biases, norms, learned positions); a tied
+    // unembedding is the embedding itself.
+    size_t bytes = 0, widened = 0;
+    for (const std::string& p : got.parameter_names()) {
+      const Tensor& t = got.parameter(p);
+      if (p == "unembed" && t.raw() == got.parameter("embed.tokens").raw()) continue;
+      bytes += t.nbytes();
+      if (t.dtype() == DType::F32) widened += t.nbytes() / 2;
+    }
+    const size_t file = fs::file_size(dir.str(name + "_16/model.safetensors"));
+    EXPECT_LE(bytes, file + widened) << "parameters " << bytes << " bytes, file " << file << ", widened " << widened;
+    EXPECT_LT(widened, file / 4) << "the matrices, most of the file, stay 16-bit";
+  }
+}
+
 // ---------------------------------------------------------------- the files as the Hub has them
 
 // openai-community/gpt2's model.safetensors was saved from GPT2Model: no "transformer." prefix, and
