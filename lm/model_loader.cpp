@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <type_traits>
 
 #include "io/safetensors.h"
 #include "tensor/ops.h"
@@ -374,6 +375,36 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
     finite(t, name);
     return t;
   };
+  // A rule's rows moved into dst [rows, columns] (elements float32, or 16-bit as stored), each read by
+  // read(file, first row, count, out): a matrix of a Transpose rule from the file's [columns, rows] (64
+  // of its rows at a time, scattered into our columns); QkvPerHead from rows [H, 3, hd] to ours
+  // [3, H, hd]; anything else (Copy, PlusOne, StackRows, a transposed bias) rows as stored, one file
+  // after the other.
+  auto place_rows = [&](const ExpandedRule& r, int64_t rows, int64_t columns, bool matrix, auto* dst, auto read) {
+    using Element = std::remove_pointer_t<decltype(dst)>;
+    if (r.transform == WeightTransform::Transpose && matrix) {
+      constexpr int64_t kChunk = 64;
+      std::vector<Element> chunk(static_cast<size_t>(kChunk * rows));
+      for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
+        const int64_t n = std::min(kChunk, columns - i0);
+        read(r.files[0], i0, n, chunk.data());
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
+      }
+    } else if (r.transform == WeightTransform::QkvPerHead) {
+      const int64_t h = config.num_heads, hd = config.head_dim;
+      for (int64_t head_index = 0; head_index < h; ++head_index)
+        for (int64_t p = 0; p < 3; ++p)
+          read(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
+    } else {
+      int64_t row = 0;
+      for (size_t k = 0; k < r.files.size(); ++k) {
+        const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
+        read(r.files[k], 0, part, dst + row * columns);
+        row += part;
+      }
+    }
+  };
   NamedTensors ours;
   for (const ExpandedRule& r : rules) {
     if (r.block >= blocks || (r.head && !head)) continue;
@@ -400,85 +431,23 @@ NamedTensors convert_weights(const ModelFamily& family, const DecoderConfig& con
         continue;
       }
     }
-    if (is_half_dtype(half)) {  // the stored 16-bit values, moved as the rule says, never widened
-      Tensor out = Tensor::empty(Shape::from_vector(shape), half);
-      uint16_t* dst = static_cast<uint16_t*>(out.raw());
-      const int64_t rows = shape[0], columns = shape[1];
-      if (r.transform == WeightTransform::Transpose) {
-        // The file is [columns, rows] (in, out): 64 of its rows at a time, scattered into our columns.
-        constexpr int64_t kChunk = 64;
-        std::vector<uint16_t> chunk(static_cast<size_t>(kChunk * rows));
-        for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
-          const int64_t n = std::min(kChunk, columns - i0);
-          source.read_rows_stored(r.files[0], i0, n, chunk.data());
-          for (int64_t i = 0; i < n; ++i)
-            for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
-        }
-      } else if (r.transform == WeightTransform::QkvPerHead) {  // rows of the file [H, 3, hd]; ours [3, H, hd]
-        const int64_t h = config.num_heads, hd = config.head_dim;
-        for (int64_t head_index = 0; head_index < h; ++head_index)
-          for (int64_t p = 0; p < 3; ++p)
-            source.read_rows_stored(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
-      } else {  // Copy, StackRows: rows as stored, one file after the other
-        int64_t row = 0;
-        for (size_t k = 0; k < r.files.size(); ++k) {
-          const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
-          source.read_rows_stored(r.files[k], 0, part, dst + row * columns);
-          row += part;
-        }
-      }
-      for (const std::string& file : r.files) source.release(file);
-      if (r.transform == WeightTransform::StackRows)
-        check_finite(out, r.files, stacked_rows(r, rows));
-      else
-        finite(out, r.files[0]);
-      ours[r.ours] = out;
-      continue;
-    }
-    Tensor out = Tensor::empty(Shape::from_vector(shape));
-    float* dst = out.data<float>();
+    // 16-bit matrices keep the stored values (moved as the rule says, never widened); the rest is float32.
+    const bool stays_half = is_half_dtype(half);
+    Tensor out = Tensor::empty(Shape::from_vector(shape), stays_half ? half : DType::F32);
     const int64_t rows = shape[0], columns = shape.size() == 2 ? shape[1] : 1;
-    switch (r.transform) {
-      case WeightTransform::Copy:
-        source.read_rows(r.files[0], 0, rows, dst);
-        break;
-      case WeightTransform::PlusOne:
-        source.read_rows(r.files[0], 0, rows, dst);
+    if (stays_half) {
+      place_rows(r, rows, columns, true, static_cast<uint16_t*>(out.raw()),
+                 [&](const std::string& file, int64_t begin, int64_t count, uint16_t* to) {
+                   source.read_rows_stored(file, begin, count, to);
+                 });
+    } else {
+      float* dst = out.data<float>();
+      place_rows(r, rows, columns, shape.size() == 2, dst,
+                 [&](const std::string& file, int64_t begin, int64_t count, float* to) {
+                   source.read_rows(file, begin, count, to);
+                 });
+      if (r.transform == WeightTransform::PlusOne)
         for (int64_t i = 0; i < rows * columns; ++i) dst[i] = 1.0f + dst[i];
-        break;
-      case WeightTransform::Transpose: {
-        if (shape.size() != 2) {  // a bias: as it is
-          source.read_rows(r.files[0], 0, rows, dst);
-          break;
-        }
-        // The file is [columns, rows] (in, out): 64 of its rows at a time, scattered into our columns.
-        constexpr int64_t kChunk = 64;
-        std::vector<float> chunk(static_cast<size_t>(kChunk * rows));
-        for (int64_t i0 = 0; i0 < columns; i0 += kChunk) {
-          const int64_t n = std::min(kChunk, columns - i0);
-          source.read_rows(r.files[0], i0, n, chunk.data());
-          for (int64_t i = 0; i < n; ++i)
-            for (int64_t o = 0; o < rows; ++o) dst[o * columns + i0 + i] = chunk[static_cast<size_t>(i * rows + o)];
-        }
-        break;
-      }
-      case WeightTransform::StackRows: {
-        int64_t row = 0;
-        for (size_t k = 0; k < r.files.size(); ++k) {
-          const int64_t part = r.rows.empty() ? rows / static_cast<int64_t>(r.files.size()) : r.rows[k];
-          source.read_rows(r.files[k], 0, part, dst + row * columns);
-          row += part;
-        }
-        break;
-      }
-      case WeightTransform::QkvPerHead: {
-        // Rows of the file run [H, 3, hd]; ours [3, H, hd].
-        const int64_t h = config.num_heads, hd = config.head_dim;
-        for (int64_t head_index = 0; head_index < h; ++head_index)
-          for (int64_t p = 0; p < 3; ++p)
-            source.read_rows(r.files[0], (head_index * 3 + p) * hd, hd, dst + ((p * h + head_index) * hd) * columns);
-        break;
-      }
     }
     for (const std::string& file : r.files) source.release(file);
     if (r.transform == WeightTransform::StackRows)
