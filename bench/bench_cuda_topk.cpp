@@ -98,7 +98,7 @@ void BM_Cuda_TopKStep_Floor(benchmark::State& state) {
   const Tensor W_enc = uniform_tensor(Shape{d, 64}, -1, 1, rng, DType::F32, Device::CUDA);
   const Tensor W = matmul(W_enc, uniform_tensor(Shape{64, features}, -1, 1, rng, DType::F32, Device::CUDA));
   const Tensor b_enc = Tensor::zeros(Shape{features}, DType::F32, Device::CUDA);
-  Tensor pre = Tensor::empty(Shape{kN, features}, topk_pre_dtype(DType::F32), Device::CUDA);  // as the step keeps it
+  Tensor pre = Tensor::empty(Shape{kN, features}, activation_dtype(DType::F32), Device::CUDA);  // as the step keeps it
   SparseFeatures lists;
   auto ints = [](int64_t n) { return Tensor::zeros(Shape{n}, DType::I32, Device::CUDA); };
   lists.col_ptr = ints(features + 1);
@@ -131,7 +131,7 @@ void BM_Cuda_TopKStep_Parts(benchmark::State& state) {
   Rng rng(3);
   SaeParams params = gpu_topk_params(features, d, rng);
   const Tensor x = normal_tensor(Shape{kN, d}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
-  Tensor pre = Tensor::empty(Shape{kN, features}, topk_pre_dtype(DType::F32), Device::CUDA);
+  Tensor pre = Tensor::empty(Shape{kN, features}, activation_dtype(DType::F32), Device::CUDA);
   Tensor x_hat = Tensor::empty(Shape{kN, d}, DType::F32, Device::CUDA);
   SparseFeatures s;
   auto ints = [](int64_t n) { return Tensor::zeros(Shape{n}, DType::I32, Device::CUDA); };

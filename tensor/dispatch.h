@@ -31,6 +31,15 @@ decltype(auto) dispatch_float_or_bf16(const Tensor& x, const char* op, Body&& bo
   });
 }
 
+// A kernel that stores its elements as bfloat16 or as its compute type: body(T{}, S{}) with T the
+// compute type and S the storage type (float32: float, float; float64: double, double; bf16: float,
+// BFloat16; tensor/half.h load_value and store_value convert).
+template <typename Body>
+decltype(auto) dispatch_compute_and_storage(DType dtype, const char* op, Body&& body) {
+  if (dtype == DType::BF16) return body(float{}, BFloat16{});
+  return dispatch_float(dtype, op, [&](auto zero) { return body(zero, zero); });
+}
+
 template <typename Body>
 decltype(auto) dispatch_storage(DType dtype, const char* op, Body&& body) {
   if (dtype == DType::F32) return body(float{});

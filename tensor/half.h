@@ -98,4 +98,18 @@ SAE_HOST_DEVICE inline To convert_element(From x) {
   }
 }
 
+// A kernel templated on a storage type S and a compute type T reads and writes its elements through
+// these: float32 and float64 as they are; bfloat16 (activations kept in bf16 at --precision bf16)
+// widened to float32 where read and rounded to nearest even where written.
+SAE_HOST_DEVICE inline float load_value(float x) { return x; }
+SAE_HOST_DEVICE inline double load_value(double x) { return x; }
+SAE_HOST_DEVICE inline float load_value(BFloat16 x) { return widen(x); }
+template <typename S, typename T>
+SAE_HOST_DEVICE inline S store_value(T v) {
+  if constexpr (std::is_same_v<S, BFloat16>)
+    return to_bfloat16(static_cast<float>(v));
+  else
+    return static_cast<S>(v);
+}
+
 }  // namespace sae

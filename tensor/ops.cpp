@@ -161,20 +161,22 @@ void affine_(Tensor& out, const Tensor& x, double scale, double shift) {
 void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
              double beta) {
   check_defined("matmul", b);
-  if (out.dtype() == DType::BF16) {  // a product stored as bfloat16 (pre-activations at --precision bf16)
-    if (a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.device() != b.device() || out.device() != a.device())
-      throw Error(cat("matmul: a bf16 output needs float32 operands on its device, got ", a.describe(), " and ",
-                      b.describe(), " into ", out.describe()));
-    if (beta != 0.0) throw Error("matmul: a bf16 output is written, never accumulated into (beta must be 0)");
-  } else if (is_half_dtype(b.dtype())) {  // stored weights: widened by the kernel, float32 otherwise
-    check_float("matmul", a);
-    if (a.dtype() != DType::F32 || a.device() != b.device())
-      throw Error(cat("matmul: a ", dtype_name(b.dtype()), " operand needs a float32 one on its device, got ",
-                      a.describe(), " and ", b.describe()));
+  check_defined("matmul", a);
+  const bool mixed = out.dtype() == DType::BF16 || is_half_dtype(a.dtype()) || is_half_dtype(b.dtype());
+  if (mixed) {  // 16-bit operands (stored weights, bf16 activations) or a bf16 output: widened, float32 sums
+    auto f32_or_half = [](DType t) { return t == DType::F32 || is_half_dtype(t); };
+    if (!f32_or_half(a.dtype()) || !f32_or_half(b.dtype()) ||
+        (out.dtype() != DType::F32 && out.dtype() != DType::BF16) || a.device() != b.device() ||
+        out.device() != a.device())
+      throw Error(cat("matmul: 16-bit operands or a bf16 output need float32 or 16-bit operands and a float32 or "
+                      "bf16 output on one device, got ",
+                      a.describe(), " @ ", b.describe(), " into ", out.describe()));
+    if (out.dtype() == DType::BF16 && beta != 0.0)
+      throw Error("matmul: a bf16 output is written, never accumulated into (beta must be 0)");
   } else {
     check_same_device_dtype("matmul", a, b);
+    check_same_device_dtype("matmul", out, a);
   }
-  if (out.dtype() != DType::BF16) check_same_device_dtype("matmul", out, a);
   if (a.ndim() != 2 || b.ndim() != 2)
     throw Error(cat("matmul: expects 2-D operands, got ", a.describe(), " and ", b.describe()));
   int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);

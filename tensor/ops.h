@@ -18,11 +18,12 @@ void add_(Tensor& out, const Tensor& x);     // out += x (gradient accumulation)
 void unary_(UnaryOp op, Tensor& out, const Tensor& x);
 void binary_(BinaryOp op, Tensor& out, const Tensor& a, const Tensor& b);
 void affine_(Tensor& out, const Tensor& x, double scale, double shift);
-// out = alpha * op(a) op(b) + beta * out; out must already have the result's shape. b may be bf16 or
-// f16 when a and out are float32 (weights kept as a model file stores them): it is widened to float32
-// a tile at a time, so the result is the float32 product of the widened values. out may be bf16 when
-// a and b are float32 (beta 0): the float32 product (its inputs rounded per --precision, precision.h)
-// is rounded once to bfloat16, to nearest even.
+// out = alpha * op(a) op(b) + beta * out; out must already have the result's shape. a and b may be
+// bf16 or f16 where the other operand is float32 or 16-bit and out is float32 or bf16 (weights kept
+// as a model file stores them, activations kept in bf16 at --precision bf16): the result is the
+// float32 product of the widened values (their inputs rounded per --precision, precision.h; bf16
+// values are exact at every precision). A 16-bit b is widened a tile at a time. out may be bf16
+// (beta 0): that float32 product rounded once to bfloat16, to nearest even.
 void matmul_(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha = 1.0,
              double beta = 0.0);
 void reduce_axis_(ReduceOp op, Tensor& out, const Tensor& x, int axis);  // out: x's shape without axis

@@ -12,8 +12,8 @@
 // 0.3.21 has no cblas_sbgemm), so a CPU run at tf32 or bf16 is the reference of a GPU run at that
 // precision (slower than fp32 on a CPU, never faster). Everything that is not a GEMM (element-wise
 // ops, reductions, the sparse kernels, Adam) stays float32 at every precision. A GEMM may also write
-// a bf16 output (tensor/ops.h matmul_): the TopK family's pre-activations at bf16
-// (sae/arch/topk_family.h topk_pre_dtype).
+// a bf16 output and read bf16 operands (tensor/ops.h matmul_): the [N, F] activations of the
+// standard and TopK-family steps at bf16 (sae/arch/unit.h activation_dtype).
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -70,10 +70,6 @@ DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {
 
 // ---------------------------------------------------------------- the step
 
-DType topk_pre_dtype(DType dtype) {
-  return dtype == DType::F32 && matmul_precision() == Precision::BF16 ? DType::BF16 : dtype;
-}
-
 TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& shape, DType dtype, Device device,
                                const std::string& unit, bool by_batch)
     : settings_(settings), max_tokens_(shape.max_tokens), d_in_(shape.d_in), d_out_(shape.d_out), d_sae_(shape.d_sae),
@@ -84,7 +80,7 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   if (settings.k < 1 || settings.k > latents)
     throw UsageError(cat("--k must be in [1, ", latents, "] (the number of features), got ", settings.k));
   k_aux_ = auxk ? std::min(latents, settings.auxk_k) : 0;
-  pre_ = Tensor::empty(Shape{max_tokens, d_sae}, topk_pre_dtype(dtype), device);  // written before read
+  pre_ = Tensor::empty(Shape{max_tokens, d_sae}, activation_dtype(dtype), device);  // written before read
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
   scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
@@ -124,7 +120,7 @@ SparseFeatures TopKFamilyStep::lists(int64_t row0, int64_t rows) const {
 }
 
 Tensor TopKFamilyStep::pre_activations(int64_t n) {
-  const DType want = topk_pre_dtype(x_hat_.dtype());
+  const DType want = activation_dtype(x_hat_.dtype());
   if (pre_.dtype() != want) {
     pre_ = Tensor();  // the old buffer goes first
     pre_ = Tensor::empty(Shape{max_tokens_, d_sae_}, want, x_hat_.device());

@@ -41,12 +41,6 @@ std::vector<std::string> topk_family_reads();     // those and dead-window
 void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::string& unit);
 DictionaryInit topk_family_dictionary_init(const ArchSettings& s);
 
-// The dtype of the step's pre-activations x W_enc [N, F] for an SAE of `dtype`: bfloat16 for a
-// float32 SAE at --precision bf16 (the encoder GEMM rounds its float32 sums once to bf16 and the
-// selections widen each value before adding b_enc in float32: half the memory and the selection's
-// reads of the largest tensor of a step at many latents), else `dtype`. Read at each batch: the
-// precision is the process's (tensor/precision.h).
-DType topk_pre_dtype(DType dtype);
 
 // On several ranks (collectives.h) a latent shard selects among its own latents and the global
 // selection is exact: TopK's and AuxK's per token by shard_topk_cut over the shards' candidates,
@@ -92,7 +86,7 @@ class TopKFamilyStep : public UnitStep {
   int64_t first_latent_ = 0;              // a latent shard's first latent (0 in one process)
   int64_t all_tokens_ = 0;                // the whole batch's N (every replica's tokens)
   bool normalize_after_update_ = false;   // the last backward left a unit-norm decoder's rows to renormalise
-  Tensor pre_;                           // [max_tokens, F]: x W_enc, in topk_pre_dtype
+  Tensor pre_;                           // [max_tokens, F]: x W_enc, in activation_dtype
   Tensor x_hat_;                         // [max_tokens, D_out]
   Tensor grad_x_hat_;                    // [2 max_tokens, D_out]: r (then 2 r), and AuxK's dL/de_hat below it
   Tensor x_stacked_;                     // [2 max_tokens, D_in]: x twice, for the AuxK rows (made on first use)

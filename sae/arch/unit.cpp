@@ -6,8 +6,13 @@
 
 #include "sae/arch/dictionary.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 
 namespace sae {
+
+DType activation_dtype(DType dtype) {
+  return dtype == DType::F32 && matmul_precision() == Precision::BF16 ? DType::BF16 : dtype;
+}
 
 bool finite(const StepSums& s) {
   return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1) && std::isfinite(s.aux);

@@ -38,6 +38,14 @@ struct StepSums {
 };
 bool finite(const StepSums& s);
 
+// The dtype a step keeps its [N, F] activations in (the standard step's pre-activations, f and
+// dLoss/df; the TopK family's pre-activations x W_enc) for an SAE of `dtype`: bfloat16 for a float32
+// SAE at --precision bf16, else `dtype`. The GEMMs write them rounded once from their float32 sums
+// and read them as stored; the kernels widen each value and compute in float32. Half the memory and
+// the reads of a step's largest tensors. Read at each batch: the precision is the process's
+// (tensor/precision.h).
+DType activation_dtype(DType dtype);
+
 // The latents of a step's batch as the step holds them, for statistics (sae/train/feature_stats.h):
 // on the sparse path the by-feature entry lists (entries of rows >= tokens are auxiliary, not
 // latents), otherwise f [N, F]. Views of the step's buffers, valid until its next call.

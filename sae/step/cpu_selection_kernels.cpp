@@ -84,7 +84,7 @@ void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const P
     for (int64_t r = 0; r < n; ++r) {
       KeptRow<T> kept{heap_buffer.data(), 0, keep};
       const P* row = pre + r * cols;
-      auto value = [&](int64_t j) { return T(read_pre(row[j])) + bias[j]; };
+      auto value = [&](int64_t j) { return T(load_value(row[j])) + bias[j]; };
       if (keep > 0 && candidates) {
         for (int64_t c = 0; c < n_candidates; ++c) kept.offer(value(candidates[c]), candidates[c]);
       } else if (keep > 0) {
@@ -171,7 +171,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < cols; ++j) {
-          const T v = T(read_pre(pre[r * cols + j])) + bias[j];
+          const T v = T(load_value(pre[r * cols + j])) + bias[j];
           if (!(v > T(0))) continue;
           const Key key = order_key(v);
           if ((key & prefix_mask) == prefix) ++mine[(key >> shift) & Key(kBins - 1)];
@@ -199,7 +199,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
   for (int64_t r = 0; r < n; ++r) {
     int64_t gt = 0, eq = 0;
     for (int64_t j = 0; j < cols; ++j) {
-      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
+      const T v = T(load_value(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       gt += key > threshold;
@@ -221,7 +221,7 @@ void batchtopk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, co
     int32_t e = row_ptr[r];
     int64_t ties_here = count_eq[r];
     for (int64_t j = 0; j < cols; ++j) {
-      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
+      const T v = T(load_value(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       if (key > threshold || (key == threshold && ties_here-- > 0)) {

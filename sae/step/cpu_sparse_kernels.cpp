@@ -69,10 +69,11 @@ struct UpdateSink {
 // By token: the same scan counts each token's entries in each band; a prefix over tokens and bands
 // says where each band's share of each token's list goes, and each thread then walks its band's
 // features in order and writes their entries there, so each token's list is in feature order.
-// Neither list depends on the number of threads.
-template <typename T>
+// Neither list depends on the number of threads. f may be stored as bf16 (S; the values are widened
+// into the lists).
+template <typename T, typename S>
 void sparse_index_typed(int32_t* col_ptr, int32_t* rows, T* vals, int32_t* row_ptr, int32_t* cols_out, T* row_vals,
-                        const T* f, const T* col_count, int64_t n, int64_t cols) {
+                        const S* f, const T* col_count, int64_t n, int64_t cols) {
   col_ptr[0] = 0;
   for (int64_t j = 0; j < cols; ++j) col_ptr[j + 1] = col_ptr[j] + static_cast<int32_t>(col_count[j]);
   const bool threaded = n * cols >= kParallelMin;
@@ -87,10 +88,10 @@ void sparse_index_typed(int32_t* col_ptr, int32_t* rows, T* vals, int32_t* row_p
     int32_t* next = cursor.data() - j0;  // next[j]: where column j's next entry goes
     int32_t* token_count = band_offset.data() + int64_t(band) * n;
     for (int64_t r = 0; r < n; ++r) {
-      const T* row = f + r * cols;
+      const S* row = f + r * cols;
       int64_t j = j0, found = 0;
 #if defined(__AVX__)
-      if constexpr (std::is_same_v<T, float>) {
+      if constexpr (std::is_same_v<S, float>) {
         const __m256 zero = _mm256_setzero_ps();
         for (; j + 8 <= j1; j += 8) {
           unsigned mask = static_cast<unsigned>(
@@ -107,10 +108,11 @@ void sparse_index_typed(int32_t* col_ptr, int32_t* rows, T* vals, int32_t* row_p
       }
 #endif
       for (; j < j1; ++j) {
-        if (row[j] > T(0)) {
+        const T v = load_value(row[j]);
+        if (v > T(0)) {
           const int32_t e = next[j]++;
           rows[e] = static_cast<int32_t>(r);
-          vals[e] = row[j];
+          vals[e] = v;
           ++found;
         }
       }
@@ -513,10 +515,11 @@ void sparse_by_feature_typed(SparseFeatures& s, T* col_sum, T* col_count, int64_
 }  // namespace
 
 void sparse_index_cpu(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
-  dispatch_float(f.dtype(), "sparse_index", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "sparse_index", [&](auto zero, auto stored) {
     using T = decltype(zero);
+    using S = decltype(stored);
     sparse_index_typed(s.col_ptr.data<int32_t>(), s.rows.data<int32_t>(), s.vals.data<T>(), s.row_ptr.data<int32_t>(),
-                       s.cols.data<int32_t>(), s.row_vals.data<T>(), f.data<T>(), col_count.data<T>(), f.size(0),
+                       s.cols.data<int32_t>(), s.row_vals.data<T>(), f.data<S>(), col_count.data<T>(), f.size(0),
                        f.size(1));
   });
 }

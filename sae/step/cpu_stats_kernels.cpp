@@ -37,8 +37,9 @@ inline void take(const ScanOut<T>& o, int64_t j, T v, int32_t r, const T* thresh
 // step's samples row by row, 3.1% in tiles of 256 (6.0% in tiles of 16: a page per row).
 constexpr int64_t kScanTile = 256;
 
-template <typename T>
-void scan_dense_typed(ScanOut<T> o, const T* f, const T* threshold, const int32_t* group, int64_t n, int64_t features) {
+// f stored as S (T, or bf16 widened as read).
+template <typename T, typename S>
+void scan_dense_typed(ScanOut<T> o, const S* f, const T* threshold, const int32_t* group, int64_t n, int64_t features) {
 #pragma omp parallel if (n * features >= kParallelMin)
   {
     // Each thread owns a block of features (whole tiles) and reads its part of every row, rows in order.
@@ -50,9 +51,11 @@ void scan_dense_typed(ScanOut<T> o, const T* f, const T* threshold, const int32_
     for (int64_t t0 = j0; t0 < j1; t0 += kScanTile) {
       const int64_t t1 = std::min(j1, t0 + kScanTile);
       for (int64_t r = 0; r < n; ++r) {
-        const T* row = f + r * features;
-        for (int64_t j = t0; j < t1; ++j)
-          if (row[j] > T(0)) take(o, j, row[j], static_cast<int32_t>(r), threshold, group);
+        const S* row = f + r * features;
+        for (int64_t j = t0; j < t1; ++j) {
+          const T v = load_value(row[j]);
+          if (v > T(0)) take(o, j, v, static_cast<int32_t>(r), threshold, group);
+        }
       }
     }
   }
@@ -86,9 +89,10 @@ void merge_all(FeatureTopLists& lists, const FeatureStatsBatchView& b) {
 
 void feature_stats_scan_cpu(FeatureCandidates& out, Tensor& histogram, const Tensor& f, const Tensor& threshold,
                             const Tensor& group) {
-  dispatch_float(f.dtype(), "feature_stats_scan", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "feature_stats_scan", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    scan_dense_typed(scan_out<T>(out, histogram), f.data<T>(), threshold.data<T>(), group.data<int32_t>(), f.size(0),
+    using S = decltype(stored);
+    scan_dense_typed(scan_out<T>(out, histogram), f.data<S>(), threshold.data<T>(), group.data<int32_t>(), f.size(0),
                      f.size(1));
   });
 }

@@ -72,7 +72,7 @@ __device__ void radix_pass(RadixState<Key>& state, int shift, int64_t cols, KeyF
 
 // ---- topk_select ----
 
-// P: the pre-activations' element type (T, or BFloat16 with T float: read_pre widens it).
+// P: the pre-activations' element type (T, or BFloat16 with T float: load_value widens it).
 template <typename T, typename P>
 __global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* counts, const P* pre, const T* bias,
                                  const T* allowed, int64_t rows, int64_t cols, int64_t k) {
@@ -82,7 +82,7 @@ __global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* coun
     const P* row = pre + r * cols;
     auto key_of = [&](int64_t j, Key& key) {
       if (allowed && allowed[j] == T(0)) return false;
-      const T v = T(read_pre(row[j])) + bias[j];
+      const T v = T(load_value(row[j])) + bias[j];
       if (!(v == v)) return false;  // NaN is never selected
       key = order_key(v);
       return true;
@@ -116,7 +116,7 @@ __global__ void topk_rows_kernel(int32_t* slot_cols, T* slot_vals, int32_t* coun
       int at_total = 0, kept_total = 0;
       const int at_before = block_flag_scan(at, at_total);
       const bool taken = above || (at && ties_seen + at_before < ties);
-      const T v = candidate ? T(read_pre(row[j])) + bias[j] : T(0);
+      const T v = candidate ? T(load_value(row[j])) + bias[j] : T(0);
       const bool entry = taken && v > T(0);
       const int position = block_flag_scan(entry, kept_total);
       if (entry) {
@@ -193,7 +193,7 @@ __global__ void flat_histogram_kernel(int* partial, const P* pre, const T* bias,
     const int64_t i = base + threadIdx.x;
     int digit = -1;
     if (i < total) {
-      const T v = T(read_pre(pre[i])) + bias[i % cols];
+      const T v = T(load_value(pre[i])) + bias[i % cols];
       if (v > T(0)) {
         const Key key = order_key(v);
         if ((key & mask) == prefix) digit = int((key >> shift) & Key(kDigits - 1));
@@ -249,7 +249,7 @@ __global__ void flat_row_counts_kernel(long long* above, long long* at, const P*
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t gt = 0, eq = 0;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-      const T v = T(read_pre(pre[r * cols + j])) + bias[j];
+      const T v = T(load_value(pre[r * cols + j])) + bias[j];
       if (!(v > T(0))) continue;
       const Key key = order_key(v);
       gt += key > threshold ? 1 : 0;
@@ -290,7 +290,7 @@ __global__ void flat_write_kernel(int32_t* cols_out, T* vals_out, const int32_t*
     const long long ties = take[r];
     for (int64_t j0 = 0; j0 < cols; j0 += blockDim.x) {
       const int64_t j = j0 + threadIdx.x;
-      const T v = j < cols ? T(read_pre(pre[r * cols + j])) + bias[j] : T(0);
+      const T v = j < cols ? T(load_value(pre[r * cols + j])) + bias[j] : T(0);
       const Key key = order_key(v);
       const bool positive = v > T(0);
       const bool above = positive && key > threshold, at = positive && key == threshold;

@@ -96,13 +96,14 @@ constexpr int64_t kSparseSliceRows = 256;
 constexpr int kWarps = kBlock / 32;  // 8 warps in a block of kBlock threads
 
 // counts[s * cols + c] = entries > 0 of column c in rows [s * kSparseSliceRows, ...) of that slice.
-template <typename T>
-__global__ void count_slices_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t slices) {
+// f is stored as S (float32, float64, or bf16 widened as read: the standard step's f at bf16).
+template <typename S>
+__global__ void count_slices_kernel(int32_t* counts, const S* f, int64_t rows, int64_t cols, int64_t slices) {
   for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
     const int64_t slice = k / cols, c = k % cols;
     const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
     int32_t count = 0;
-    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) count += f[r * cols + c] > T(0) ? 1 : 0;
+    for (int64_t r = slice * kSparseSliceRows; r < end; ++r) count += load_value(f[r * cols + c]) > 0 ? 1 : 0;
     counts[k] = count;
   }
 }
@@ -147,15 +148,15 @@ __global__ void scan_counts_kernel(int32_t* ptr, int64_t count) {
   }
 }
 
-template <typename T>
+template <typename T, typename S>
 __global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_t* offsets, const int32_t* col_ptr,
-                                    const T* f, int64_t rows, int64_t cols, int64_t slices) {
+                                    const S* f, int64_t rows, int64_t cols, int64_t slices) {
   for (int64_t k = thread_index(); k < slices * cols; k += grid_stride()) {
     const int64_t slice = k / cols, c = k % cols;
     const int64_t end = min(rows, (slice + 1) * kSparseSliceRows);
     int32_t e = col_ptr[c] + offsets[k];
     for (int64_t r = slice * kSparseSliceRows; r < end; ++r) {
-      const T v = f[r * cols + c];
+      const T v = load_value(f[r * cols + c]);
       if (v > T(0)) {
         out_rows[e] = static_cast<int32_t>(r);
         out_vals[e] = v;
@@ -169,8 +170,8 @@ __global__ void fill_columns_kernel(int32_t* out_rows, T* out_vals, const int32_
 constexpr int64_t kRowSegment = 1024;
 
 // counts[r * segments + s] = entries > 0 of row r in segment s (ballots over 32 columns at a time).
-template <typename T>
-__global__ void count_row_segments_kernel(int32_t* counts, const T* f, int64_t rows, int64_t cols, int64_t segments) {
+template <typename S>
+__global__ void count_row_segments_kernel(int32_t* counts, const S* f, int64_t rows, int64_t cols, int64_t segments) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * kWarps;
   for (int64_t task = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; task < rows * segments; task += warps) {
@@ -178,7 +179,7 @@ __global__ void count_row_segments_kernel(int32_t* counts, const T* f, int64_t r
     int32_t count = 0;
     for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
       const int64_t c = c0 + lane;
-      count += __popc(__ballot_sync(0xffffffffu, c < c_end && f[r * cols + c] > T(0)));
+      count += __popc(__ballot_sync(0xffffffffu, c < c_end && load_value(f[r * cols + c]) > 0));
     }
     if (lane == 0) counts[task] = count;
   }
@@ -198,9 +199,9 @@ __global__ void segment_offsets_kernel(int32_t* counts, int32_t* row_ptr, int64_
 }
 
 // Each (row, segment) warp writes its entries in column order after the row's earlier segments.
-template <typename T>
+template <typename T, typename S>
 __global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const int32_t* offsets,
-                                         const int32_t* row_ptr, const T* f, int64_t rows, int64_t cols,
+                                         const int32_t* row_ptr, const S* f, int64_t rows, int64_t cols,
                                          int64_t segments) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * kWarps;
@@ -209,7 +210,7 @@ __global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const i
     int32_t written = row_ptr[r] + offsets[task];
     for (int64_t c0 = (task % segments) * kRowSegment; c0 < c_end; c0 += 32) {
       const int64_t c = c0 + lane;
-      const T v = c < c_end ? f[r * cols + c] : T(0);
+      const T v = c < c_end ? T(load_value(f[r * cols + c])) : T(0);
       const bool on = v > T(0);
       const unsigned ballot = __ballot_sync(0xffffffffu, on);
       if (on) {
@@ -223,8 +224,8 @@ __global__ void fill_row_segments_kernel(int32_t* out_cols, T* out_vals, const i
 }
 
 // The by-feature lists (col_ptr, rows, vals) of the entries of f [rows, cols] that are > 0.
-template <typename T>
-void by_feature_from_dense(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+template <typename T, typename S>
+void by_feature_from_dense(SparseFeatures& s, const S* f, int64_t rows, int64_t cols) {
   int32_t* col_ptr = s.col_ptr.data<int32_t>();
   if (cols == 0) {
     SAE_CUDA_CHECK(cudaMemsetAsync(col_ptr, 0, sizeof(int32_t), cuda_stream()));
@@ -244,10 +245,10 @@ void by_feature_from_dense(SparseFeatures& s, const T* f, int64_t rows, int64_t 
   }
 }
 
-template <typename T>
-void sparse_index_typed(SparseFeatures& s, const T* f, int64_t rows, int64_t cols) {
+template <typename T, typename S>
+void sparse_index_typed(SparseFeatures& s, const S* f, int64_t rows, int64_t cols) {
   int32_t* row_ptr = s.row_ptr.data<int32_t>();
-  by_feature_from_dense(s, f, rows, cols);
+  by_feature_from_dense<T>(s, f, rows, cols);
   // By token.
   if (rows == 0) {
     SAE_CUDA_CHECK(cudaMemsetAsync(row_ptr, 0, sizeof(int32_t), cuda_stream()));
@@ -510,9 +511,10 @@ void sparse_encoder_backward_typed(ParamUpdate& W_enc, ParamUpdate& b_enc, const
 }  // namespace
 
 void sparse_index_cuda(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
-  dispatch_float(f.dtype(), "sparse_index", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "sparse_index", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    sparse_index_typed(s, f.data<T>(), f.size(0), f.size(1));
+    using S = decltype(stored);
+    sparse_index_typed<T>(s, f.data<S>(), f.size(0), f.size(1));
   });
 }
 

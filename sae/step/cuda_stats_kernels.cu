@@ -35,8 +35,9 @@ __device__ inline void finish(const ScanOut<T>& o, int64_t j, int32_t count, con
     if (local_histogram[b] != 0) h[b] += double(local_histogram[b]);
 }
 
-template <typename T>
-__global__ void scan_dense_kernel(ScanOut<T> o, const T* f, const T* threshold, const int32_t* group, int64_t n,
+// f stored as S (T, or bf16 widened as read).
+template <typename T, typename S>
+__global__ void scan_dense_kernel(ScanOut<T> o, const S* f, const T* threshold, const int32_t* group, int64_t n,
                                   int64_t features) {
   const int64_t j = thread_index();
   if (j >= features) return;
@@ -49,7 +50,7 @@ __global__ void scan_dense_kernel(ScanOut<T> o, const T* f, const T* threshold, 
   for (int64_t r0 = 0; r0 < n; r0 += kAhead) {
     T v[kAhead];
 #pragma unroll
-    for (int i = 0; i < kAhead; ++i) v[i] = r0 + i < n ? f[(r0 + i) * features + j] : T(0);
+    for (int i = 0; i < kAhead; ++i) v[i] = r0 + i < n ? T(load_value(f[(r0 + i) * features + j])) : T(0);
 #pragma unroll
     for (int i = 0; i < kAhead; ++i)
       if (v[i] > T(0)) take(o, j, v[i], static_cast<int32_t>(r0 + i), limit, group, count, local_histogram);
@@ -93,10 +94,11 @@ void feature_stats_scan_cuda(FeatureCandidates& out, Tensor& histogram, const Te
                              const Tensor& group) {
   const int64_t features = f.size(1);
   if (features == 0) return;
-  dispatch_float(f.dtype(), "feature_stats_scan", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "feature_stats_scan", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    scan_dense_kernel<T><<<static_cast<int>(ceil_div(features, kBlock)), kBlock, 0, cuda_stream()>>>(
-        scan_out<T>(out, histogram), f.data<T>(), threshold.data<T>(), group.data<int32_t>(), f.size(0), features);
+    using S = decltype(stored);
+    scan_dense_kernel<T, S><<<static_cast<int>(ceil_div(features, kBlock)), kBlock, 0, cuda_stream()>>>(
+        scan_out<T>(out, histogram), f.data<S>(), threshold.data<T>(), group.data<int32_t>(), f.size(0), features);
   });
   SAE_CUDA_CHECK_LAUNCH();
 }

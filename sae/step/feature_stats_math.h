@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tensor/half.h"
 #include "tensor/host_device.h"
 
 namespace sae {
@@ -116,7 +117,8 @@ struct FeatureStatsBatchView {
   const int32_t* tokens;           // [N, W]
   int64_t step;
   int64_t unknown_base;  // a row r of no known story gets key unknown_base - r
-  const float* f;        // [N, F], or null with the lists
+  const float* f;        // [N, F], or null with the lists or f_bf16
+  const BFloat16* f_bf16;  // [N, F] stored as bf16 (widened as read), or null
   const int32_t* col_ptr;
   const int32_t* entry_rows;
   const float* entry_values;
@@ -126,6 +128,7 @@ struct FeatureStatsBatchView {
 // The feature's value at row r of the batch (0 where the sparse lists hold no entry: f was 0).
 SAE_HOST_DEVICE inline float batch_feature_value(const FeatureStatsBatchView& b, int64_t r, int64_t j) {
   if (b.f) return b.f[r * b.features + j];
+  if (b.f_bf16) return widen(b.f_bf16[r * b.features + j]);
   int32_t lo = b.col_ptr[j], hi = b.col_ptr[j + 1];  // the first entry with row >= r, by bisection
   while (lo < hi) {
     const int32_t mid = lo + (hi - lo) / 2;

@@ -80,7 +80,7 @@ struct FeatureStatsRows {
   /* ---- sparse: only the entries of f, listed in a SparseFeatures (above). dpre [capacity] is       \
      indexed like the by-feature lists. ---- */                                                        \
   /* builds both lists of f [N,F]; col_count [F] holds each column's number of entries > 0. Entries    \
-     past the last one are left alone. */                                                              \
+     past the last one are left alone. f may be bf16 (col_count and the lists float32: widened). */    \
   X(sparse_index, void(SparseFeatures & s, const Tensor& f, const Tensor& col_count))                   \
   /* x_hat [N,D] = f W_dec + b_dec from f's entries */                                                  \
   X(sparse_decode, void(Tensor & x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec)) \

@@ -18,6 +18,17 @@ void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor&
     throw Error(cat(op, ": expects [N, F] and [F], got ", m.describe(), " and ", v.describe()));
 }
 
+void check_activations_and_column_vector(const char* op, const Tensor& m, const Tensor& v) {
+  check_float(op, v);
+  if (m.defined() && m.dtype() == DType::BF16 && v.dtype() == DType::F32) {
+    if (m.ndim() != 2 || v.shape() != Shape{m.size(1)} || m.device() != v.device())
+      throw Error(cat(op, ": expects [N, F] and [F] on one device, got ", m.describe(), " and ", v.describe()));
+    return;
+  }
+  check_float(op, m);
+  check_rows_and_column_vector(op, m, v);
+}
+
 void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
   check_same_shape("add_scaled_rows", out, x);
   check_same_device_dtype("add_scaled_rows", x, row_scale);
@@ -72,10 +83,9 @@ void check_update(const char* op, const char* name, const ParamUpdate& u, const 
 
 void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count) {
   const char* op = "sparse_index";
-  check_float(op, f);
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
-  check_rows_and_column_vector(op, f, col_count);
-  check_lists(op, s, f.size(0), f.size(1), f);
+  check_activations_and_column_vector(op, f, col_count);
+  check_lists(op, s, f.size(0), f.size(1), col_count);
   sae_kernels_for(f.device()).sparse_index(s, f, col_count);
 }
 
@@ -148,23 +158,12 @@ void check_token_lists(const char* op, const SparseFeatures& s, int64_t row0, in
     throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
 }
 
-// pre [N, F] and bias [F]; pre may be bf16 with a float32 bias (read widened).
-void check_pre_and_bias(const char* op, const Tensor& pre, const Tensor& bias) {
-  check_float(op, bias);
-  if (pre.defined() && pre.dtype() == DType::BF16 && bias.dtype() == DType::F32) {
-    if (pre.ndim() != 2 || bias.shape() != Shape{pre.size(1)} || pre.device() != bias.device())
-      throw Error(cat(op, ": expects [N, F] and [F] on one device, got ", pre.describe(), " and ", bias.describe()));
-    return;
-  }
-  check_float(op, pre);
-  check_rows_and_column_vector(op, pre, bias);
-}
 }  // namespace
 
 void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                   int64_t row0) {
   const char* op = "topk_select";
-  check_pre_and_bias(op, pre, bias);
+  check_activations_and_column_vector(op, pre, bias);
   if (allowed.defined()) {
     check_same_device_dtype(op, bias, allowed);
     check_same_shape(op, bias, allowed);
@@ -176,7 +175,7 @@ void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, cons
 
 void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, int64_t total) {
   const char* op = "batchtopk_select";
-  check_pre_and_bias(op, pre, bias);
+  check_activations_and_column_vector(op, pre, bias);
   if (total < 0) throw Error(cat(op, ": total must be >= 0, got ", total));
   if (s.cols.defined() && total > s.cols.numel())
     throw Error(cat(op, ": ", total, " entries do not fit lists of ", s.cols.numel()));

@@ -8,6 +8,8 @@ namespace sae {
 
 // Front-end check shared with the units' kernels: m [N, F] and v [F] on one device and dtype.
 void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v);
+// The same for activations m, which may also be bf16 with a float32 v (kernels widen each value).
+void check_activations_and_column_vector(const char* op, const Tensor& m, const Tensor& v);
 
 void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 // The sparse path. The caller guarantees that the entry lists and dpre have room for every entry of

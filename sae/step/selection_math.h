@@ -31,10 +31,4 @@ SAE_HOST_DEVICE inline uint64_t order_key(double v) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
-// A pre-activation as the selections read it: float32 / float64 as stored; bfloat16 (the TopK
-// family's pre-activations at --precision bf16) widened to float32, exactly.
-SAE_HOST_DEVICE inline float read_pre(float v) { return v; }
-SAE_HOST_DEVICE inline double read_pre(double v) { return v; }
-SAE_HOST_DEVICE inline float read_pre(BFloat16 v) { return widen(v); }
-
 }  // namespace sae

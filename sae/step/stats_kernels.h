@@ -59,7 +59,10 @@ inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const 
 inline FeatureStatsBatchView stats_batch_view(const FeatureCandidates& c, const FeatureStatsRows& rows,
                                               const Tensor& f) {
   FeatureStatsBatchView b = stats_batch_view(c, rows, f.size(0), f.size(1));
-  b.f = f.data<float>();
+  if (f.dtype() == DType::BF16)
+    b.f_bf16 = f.data<BFloat16>();
+  else
+    b.f = f.data<float>();
   return b;
 }
 

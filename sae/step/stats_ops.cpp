@@ -44,6 +44,19 @@ void check_scan(const char* op, const FeatureCandidates& out, const Tensor& hist
   if (n >= (int64_t(1) << 31)) throw Error(cat(op, ": ", n, " rows do not fit int32 row indices"));
 }
 
+// What dense features f are checked like: f itself, or for bf16 features (the standard step's f at
+// --precision bf16, widened as read) a float32 tensor of the op on f's device.
+const Tensor& float32_like(const char* op, const Tensor& f, const Tensor& float32) {
+  if (f.dtype() != DType::BF16) {
+    check_float(op, f);
+    return f;
+  }
+  if (float32.dtype() != DType::F32 || float32.device() != f.device())
+    throw Error(cat(op, ": bf16 features ", f.describe(), " need float32 statistics on their device, got ",
+                    float32.describe()));
+  return float32;
+}
+
 // The by-feature lists of s: col_ptr [F+1], rows and vals of one length (i32, float).
 void check_feature_lists(const char* op, const SparseFeatures& s, int64_t features, const Tensor& like) {
   check_i32(op, "col_ptr", s.col_ptr, like);
@@ -127,9 +140,8 @@ FeatureTopLists empty_top_lists(int64_t features, int64_t k, int64_t context, De
 void feature_stats_scan_(FeatureCandidates& out, Tensor& histogram, const Tensor& f, const Tensor& threshold,
                          const Tensor& group) {
   const char* op = "feature_stats_scan";
-  check_float(op, f);
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
-  check_scan(op, out, histogram, threshold, group, f.size(1), f.size(0), f);
+  check_scan(op, out, histogram, threshold, group, f.size(1), f.size(0), float32_like(op, f, out.values));
   sae_kernels_for(f.device()).feature_stats_scan(out, histogram, f, threshold, group);
 }
 
@@ -150,9 +162,8 @@ void feature_stats_scan_sparse_(FeatureCandidates& out, Tensor& histogram, const
 void feature_stats_merge_(FeatureTopLists& lists, const FeatureCandidates& candidates, const FeatureStatsRows& rows,
                           const Tensor& f) {
   const char* op = "feature_stats_merge";
-  check_float(op, f);
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
-  check_merge(op, lists, candidates, rows, f.size(1), f.size(0), f);
+  check_merge(op, lists, candidates, rows, f.size(1), f.size(0), float32_like(op, f, lists.value));
   sae_kernels_for(f.device()).feature_stats_merge(lists, candidates, rows, f);
 }
 

@@ -139,8 +139,9 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
   const int64_t n = batch.tokens;
   if (n <= 0) return;
   const Tensor& like = batch.sparse ? batch.lists.vals : batch.dense;
-  if (!like.defined() || like.dtype() != DType::F32 || like.device() != device_)
-    throw Error(cat("FeatureStats: expects float32 features on ", device_name(device_), ", got ",
+  const bool bf16_dense = !batch.sparse && like.defined() && like.dtype() == DType::BF16;
+  if (!like.defined() || (like.dtype() != DType::F32 && !bf16_dense) || like.device() != device_)
+    throw Error(cat("FeatureStats: expects float32 (or dense bf16) features on ", device_name(device_), ", got ",
                     like.defined() ? like.describe() : std::string("nothing")));
   if (!batch.sparse && batch.dense.shape() != Shape{n, features_})
     throw Error(cat("FeatureStats: f should be [", n, ", ", features_, "], got ", batch.dense.describe()));

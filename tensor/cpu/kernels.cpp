@@ -316,6 +316,15 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
     copy_cpu(out, product);
     return;
   }
+  if (is_half_dtype(a.dtype())) {  // activations in 16 bits: widened whole into scratch (kept between calls)
+    thread_local Tensor wide_a;
+    if (!wide_a.defined() || wide_a.numel() < a.numel())
+      wide_a = Tensor::empty(Shape{std::max<int64_t>(a.numel(), 1)}, DType::F32, Device::CPU);
+    Tensor widened = wide_a.slice_rows(0, a.numel()).reshape(a.shape());
+    copy_cpu(widened, a);
+    matmul_cpu(out, widened, trans_a, b, trans_b, alpha, beta);
+    return;
+  }
   if (is_half_dtype(b.dtype())) {
     const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
     if (m == 0 || n == 0) return;

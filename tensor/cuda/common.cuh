@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 
 #include <cuda_bf16.h>
 
@@ -38,15 +39,17 @@ struct DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
 
-// A float32 tensor's values rounded to bfloat16 (nearest even) in scratch device memory, for the
-// bf16 GEMMs of --precision bf16 (tensor/precision.h); given back when it goes out of scope.
+// A GEMM operand as bfloat16, for the bf16 GEMMs of --precision bf16 (tensor/precision.h): a bf16
+// tensor as stored, a float32 one rounded (nearest even) into scratch device memory that is given
+// back when this goes out of scope.
 class Bf16Operand {
  public:
   explicit Bf16Operand(const Tensor& t);
-  __nv_bfloat16* data() { return static_cast<__nv_bfloat16*>(buffer_.ptr); }
+  __nv_bfloat16* data() { return data_; }
 
  private:
-  DeviceBuffer buffer_;
+  std::unique_ptr<DeviceBuffer> copy_;  // the rounded copy of a float32 operand
+  __nv_bfloat16* data_ = nullptr;
 };
 
 }  // namespace sae

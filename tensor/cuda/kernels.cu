@@ -12,8 +12,9 @@
 //                      kernel combines.
 //   matmul             cuBLAS sgemm/dgemm on row-major [m, k] @ [k, n] data; at --precision tf32
 //                      TF32 tensor-op math, at bf16 cublasGemmEx on bfloat16 copies (precision.h);
-//                      a bf16 output straight from cublasGemmEx at bf16; 16-bit weights widened a
-//                      tile at a time, except bf16 weights at bf16 (cublasGemmEx reads them as stored)
+//                      a bf16 output straight from cublasGemmEx at bf16; bf16 operands at bf16 read
+//                      as stored; otherwise a 16-bit b (weights) widened a tile at a time, a 16-bit
+//                      a (activations) widened whole
 //   transpose          32x32 tiles through shared memory
 //   adam_step          one fused pass over param, m, v and grad (tensor/adam_math.h)
 //   transformer ops    in transformer_kernels.cu (the table below holds them too)
@@ -471,10 +472,16 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t n) {
   for (int64_t i = thread_index(); i < n; i += grid_stride()) out[i] = __float2bfloat16_rn(x[i]);
 }
 
-Bf16Operand::Bf16Operand(const Tensor& t) : buffer_(std::max<size_t>(1, t.numel() * sizeof(__nv_bfloat16))) {
+Bf16Operand::Bf16Operand(const Tensor& t) {
+  if (t.dtype() == DType::BF16) {  // as stored
+    data_ = reinterpret_cast<__nv_bfloat16*>(const_cast<void*>(t.raw()));
+    return;
+  }
   const int64_t n = t.numel();
+  copy_ = std::make_unique<DeviceBuffer>(std::max<size_t>(1, n * sizeof(__nv_bfloat16)));
+  data_ = static_cast<__nv_bfloat16*>(copy_->ptr);
   if (n == 0) return;
-  to_bf16_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(data(), t.data<float>(), n);
+  to_bf16_kernel<<<grid_for(n), kBlock, 0, cuda_stream()>>>(data_, t.data<float>(), n);
   SAE_CUDA_CHECK_LAUNCH();
 }
 
@@ -504,15 +511,17 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const bool bf16_out = out.dtype() == DType::BF16;
   const Precision precision = out.dtype() == DType::F32 || bf16_out ? matmul_precision() : Precision::FP32;
   cublasHandle_t handle = cublas_handle_for(precision);
-  if (bf16_out && precision == Precision::BF16) {  // bfloat16 inputs and output, float32 sums
-    const float alpha_f = static_cast<float>(alpha), beta_f = 0.0f;
+  if (precision == Precision::BF16 && a.dtype() != DType::F16 && b.dtype() != DType::F16 &&
+      out.dtype() != DType::F64) {
+    // bfloat16 inputs (as stored, or float32 rounded into copies), float32 sums, a float32 or bf16 out
+    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
     Bf16Operand a16(a), b16(b);
     SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb, a16.data(),
-                                  CUDA_R_16BF, lda, &beta_f, out.data<BFloat16>(), CUDA_R_16BF, ldc,
+                                  CUDA_R_16BF, lda, &beta_f, out.raw(), bf16_out ? CUDA_R_16BF : CUDA_R_32F, ldc,
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return;
   }
-  if (bf16_out) {  // fp32 / tf32 inputs: the float32 product in scratch, then rounded
+  if (bf16_out) {  // fp32 / tf32 inputs (or f16 ones at bf16): the float32 product in scratch, then rounded
     Tensor product = Tensor::empty(out.shape(), DType::F32, Device::CUDA);
     matmul_cuda(product, a, trans_a, b, trans_b, alpha, 0.0);
     to_bf16_kernel<<<grid_for(product.numel()), kBlock, 0, cuda_stream()>>>(
@@ -520,12 +529,10 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
     SAE_CUDA_CHECK_LAUNCH();
     return;
   }
-  if (b.dtype() == DType::BF16 && precision == Precision::BF16) {  // bf16 weights as they are, no widening
-    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
-    Bf16Operand a16(a);
-    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<BFloat16>(), CUDA_R_16BF, ldb,
-                                  a16.data(), CUDA_R_16BF, lda, &beta_f, out.data<float>(), CUDA_R_32F, ldc,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (is_half_dtype(a.dtype())) {  // 16-bit activations at fp32 / tf32 (or f16 at bf16): widened whole
+    Tensor widened = Tensor::empty(a.shape(), DType::F32, Device::CUDA);
+    copy_cuda(widened, a);
+    matmul_cuda(out, widened, trans_a, b, trans_b, alpha, beta);
     return;
   }
   if (is_half_dtype(b.dtype())) {
@@ -559,13 +566,7 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
     }
     return;
   }
-  if (out.dtype() == DType::F32 && precision == Precision::BF16) {
-    const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
-    Bf16Operand a16(a), b16(b);
-    SAE_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, ni, mi, ki, &alpha_f, b16.data(), CUDA_R_16BF, ldb, a16.data(),
-                                  CUDA_R_16BF, lda, &beta_f, out.data<float>(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
-  } else if (out.dtype() == DType::F32) {
+  if (out.dtype() == DType::F32) {
     const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
     SAE_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, ni, mi, ki, &alpha_f, b.data<float>(), ldb, a.data<float>(), lda,
                                  &beta_f, out.data<float>(), ldc));

@@ -266,12 +266,60 @@ TEST(Precision, SixteenBitWeightsAreReadAtTheRunsPrecision) {
                Tensor::full(Shape{3, 2}, 512.0), kExact, "bf16, f16 weights");
 }
 
-TEST(Precision, Bf16OutputRefusesAccumulationAndOtherOperands) {
+TEST(Precision, SixteenBitActivationsAreWidenedAndReadAtTheRunsPrecision) {
+  // bf16 / f16 activations as the first operand (plain and transposed), with a float32 or 16-bit second
+  // operand and a float32 or bf16 output: the float32 product of the widened values, their inputs
+  // rounded as the precision rounds them. Against float64 products of those rounded values.
+  Rng rng(11);
+  const Tensor a32 = random_cpu(Shape{37, 300}, DType::F32, rng), b32 = random_cpu(Shape{300, 29}, DType::F32, rng);
+  for (DType h : {DType::BF16, DType::F16})
+    for (DType bt : {DType::F32, DType::BF16}) {
+      const Tensor a = a32.to(h), wide_a = a.to(DType::F32), b = b32.to(bt), wide_b = b.to(DType::F32);
+      for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+        SCOPED_TRACE(cat(dtype_name(h), " @ ", dtype_name(bt), " at ", precision_name(p)));
+        const ScopedMatmulPrecision scope(p);
+        float (*round)(float) = p == Precision::BF16 ? round_to_bf16 : (p == Precision::TF32 ? round_to_tf32 : keep);
+        const std::vector<double> want = rounded_product(wide_a, wide_b, round);
+        Tensor out = Tensor::full(Shape{37, 29}, 1.0);
+        matmul_(out, a, false, b, false, 2.0, -1.0);  // alpha and beta
+        std::vector<double> want_ab = want;
+        for (double& v : want_ab) v = 2.0 * v - 1.0;
+        EXPECT_LT(relative_distance(out.to_vector(), want_ab), 1e-5) << "a";
+        Tensor t = Tensor::empty(Shape{37, 29});
+        matmul_(t, transpose(a32).to(h), true, b, false);  // a stored [k, m]: f^T dx_hat
+        EXPECT_LT(relative_distance(t.to_vector(), want), 1e-5) << "trans_a";
+        // A bf16 output: the float32 product of the same path, rounded once.
+        Tensor o16 = Tensor::empty(Shape{37, 29}, DType::BF16), o32 = Tensor::empty(Shape{37, 29});
+        matmul_(o16, a, false, b, false);
+        matmul_(o32, a, false, b, false);
+        const std::vector<double> p32 = o32.to_vector(), p16 = o16.to(DType::F32).to_vector();
+        for (size_t i = 0; i < p32.size(); ++i)
+          ASSERT_EQ(p16[i], double(round_to_bf16(static_cast<float>(p32[i])))) << i;
+      }
+    }
+  // f16 activations of 1 + 2^-9 (exact in f16 and tf32) are rounded to 1 at bf16 only.
+  const Tensor a9 = Tensor::full(Shape{3, 512}, 1.0 + std::ldexp(1.0, -9)).to(DType::F16);
+  const Tensor ones = Tensor::full(Shape{512, 2}, 1.0);
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    Tensor out = Tensor::empty(Shape{3, 2});
+    matmul_(out, a9, false, ones, false);
+    expect_close(out, Tensor::full(Shape{3, 2}, p == Precision::BF16 ? 512.0 : 513.0), kExact, precision_name(p));
+  }
+}
+
+TEST(Precision, MixedMatmulsRefuseAccumulationIntoBf16AndOtherDtypes) {
   const Tensor a = Tensor::full(Shape{2, 3}, 1.0), b = Tensor::full(Shape{3, 4}, 1.0);
   Tensor out = Tensor::empty(Shape{2, 4}, DType::BF16);
   EXPECT_THROW(matmul_(out, a, false, b, false, 1.0, 1.0), Error);
   EXPECT_THROW(matmul_(out, a.to(DType::F64), false, b.to(DType::F64), false), Error);
-  EXPECT_THROW(matmul_(out, a, false, b.to(DType::BF16), false), Error);
+  Tensor out32 = Tensor::empty(Shape{2, 4}), out64 = Tensor::empty(Shape{2, 4}, DType::F64);
+  EXPECT_THROW(matmul_(out32, a.to(DType::F64), false, b.to(DType::BF16), false), Error);
+  EXPECT_THROW(matmul_(out64, a.to(DType::BF16), false, b, false), Error);
+  EXPECT_THROW(matmul_(out32, a.to(DType::BF16), false, Tensor::zeros(Shape{3, 4}, DType::I32), false), Error);
+  // Allowed: 16-bit operands on either side, into float32 or bf16.
+  matmul_(out, a.to(DType::BF16), false, b.to(DType::F16), false);
+  expect_close(out.to(DType::F32), Tensor::full(Shape{2, 4}, 3.0), kExact, "bf16 @ f16 into bf16");
 }
 
 // ---------------------------------------------------------------- CUDA against the CPU reference
@@ -331,6 +379,31 @@ TEST(CudaPrecision, SixteenBitWeightsAtEachPrecisionMatchTheCpuReference) {
         expect_close_to_scale(got, ref, p == Precision::TF32 ? 5e-3 : 1e-4,
                               cat(dtype_name(h), trans_b ? " trans_b" : "", " at ", precision_name(p)));
       }
+}
+
+TEST(CudaPrecision, SixteenBitActivationsAtEachPrecisionMatchTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(12);
+  const Tensor a32 = random_cpu(Shape{218, 768}, DType::F32, rng), b32 = random_cpu(Shape{768, 1000}, DType::F32, rng);
+  for (DType h : {DType::BF16, DType::F16})
+    for (DType bt : {DType::F32, DType::BF16})
+      for (bool trans_a : {false, true})
+        for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+          const ScopedMatmulPrecision scope(p);
+          const Tensor a = (trans_a ? transpose(a32) : a32).to(h), b = b32.to(bt);
+          Tensor ref = Tensor::empty(Shape{218, 1000}), got = Tensor::empty(Shape{218, 1000}, DType::F32, Device::CUDA);
+          matmul_(ref, a, trans_a, b, false);
+          matmul_(got, a.to(Device::CUDA), trans_a, b.to(Device::CUDA), false);
+          // As SixteenBitWeightsAtEachPrecisionMatchTheCpuReference.
+          const std::string what = cat(dtype_name(h), trans_a ? "^T" : "", " @ ", dtype_name(bt), " at ", precision_name(p));
+          expect_close_to_scale(got, ref, p == Precision::TF32 ? 5e-3 : 1e-4, what);
+          Tensor ref16 = Tensor::empty(Shape{218, 1000}, DType::BF16);
+          Tensor got16 = Tensor::empty(Shape{218, 1000}, DType::BF16, Device::CUDA);
+          matmul_(ref16, a, trans_a, b, false);
+          matmul_(got16, a.to(Device::CUDA), trans_a, b.to(Device::CUDA), false);
+          expect_close_to_scale(got16.to(DType::F32), ref16.to(DType::F32), (p == Precision::TF32 ? 5e-3 : 1e-4) + 8e-3,
+                                what + " into bf16");
+        }
 }
 
 TEST(CudaPrecision, KnownProductsOnTheGpu) {

@@ -5,6 +5,8 @@
 // kernels (cpu_kernels(): the same double accumulation in the same chunks as reduce_all_ and
 // reduce_axis_). encoder_activate and encoder_backward split the F columns of f [N, F] over threads,
 // so each column's sum is accumulated by one thread in row order (deterministic, no combining step).
+// Those two also take f and its gradient stored as bfloat16 (the step's activations at --precision
+// bf16): read widened, computed in float32, written rounded to nearest even.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,19 +22,22 @@ namespace sae {
 
 namespace {
 
-template <typename T>
-void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+// f stored as S (T, or bf16 with T float32: tensor/half.h); the column sums and counts are of the
+// values as stored, so that they agree with every later reader of f.
+template <typename T, typename S>
+void encoder_activate_typed(S* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
 #pragma omp parallel if (rows * cols >= kParallelMin)
   {
     SAE_THREAD_COLUMNS(cols)
     for (int64_t j = j0; j < j1; ++j) col_sum[j] = col_count[j] = T(0);
     for (int64_t r = 0; r < rows; ++r) {
-      T* row = f + r * cols;
+      S* row = f + r * cols;
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
         // Branch-free so that the loop vectorises: max for the ReLU, a 0/1 conversion for the count.
-        const T v = std::max(row[j] + bias[j], T(0));
-        row[j] = v;
+        const S stored = store_value<S>(std::max(load_value(row[j]) + bias[j], T(0)));
+        row[j] = stored;
+        const T v = load_value(stored);
         col_sum[j] += v;
         col_count[j] += static_cast<T>(v > T(0));
       }
@@ -40,8 +45,9 @@ void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64
   }
 }
 
-template <typename T>
-void encoder_backward_typed(T* grad, const T* f, const T* norms, T lambda, T* col_sum, int64_t rows, int64_t cols) {
+// grad and f stored as S; col_sum sums the results before they are stored.
+template <typename T, typename S>
+void encoder_backward_typed(S* grad, const S* f, const T* norms, T lambda, T* col_sum, int64_t rows, int64_t cols) {
   // The L1 term's dLoss/df, lambda n_j, as affine_(row_add, norms, lambda, 0) computes it.
   thread_local std::vector<T> row_add_buffer;
   T* row_add = grow(row_add_buffer, static_cast<size_t>(cols));
@@ -51,13 +57,13 @@ void encoder_backward_typed(T* grad, const T* f, const T* norms, T lambda, T* co
     SAE_THREAD_COLUMNS(cols)
     for (int64_t j = j0; j < j1; ++j) col_sum[j] = T(0);
     for (int64_t r = 0; r < rows; ++r) {
-      T* g = grad + r * cols;
-      const T* fr = f + r * cols;
+      S* g = grad + r * cols;
+      const S* fr = f + r * cols;
 #pragma omp simd
       for (int64_t j = j0; j < j1; ++j) {
         // (g + row_add) * mask, branch-free; like autograd's g * step(pre), a non-finite g stays non-finite.
-        const T v = (g[j] + row_add[j]) * static_cast<T>(fr[j] > T(0));
-        g[j] = v;
+        const T v = (load_value(g[j]) + row_add[j]) * static_cast<T>(load_value(fr[j]) > T(0));
+        g[j] = store_value<S>(v);
         col_sum[j] += v;
       }
     }
@@ -97,9 +103,10 @@ void penalty_backward_typed(T* grad, const T* W, const T* norms, const T* col_su
 }  // namespace
 
 void encoder_activate_cpu(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
-  dispatch_float(f.dtype(), "encoder_activate", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "encoder_activate", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    encoder_activate_typed(f.data<T>(), bias.data<T>(), col_sum.data<T>(), col_count.data<T>(), f.size(0), f.size(1));
+    using S = decltype(stored);
+    encoder_activate_typed(f.data<S>(), bias.data<T>(), col_sum.data<T>(), col_count.data<T>(), f.size(0), f.size(1));
   });
 }
 
@@ -139,9 +146,10 @@ void decoder_penalty_backward_cpu(Tensor& grad_W_dec, const Tensor& W_dec, const
 }
 
 void encoder_backward_cpu(Tensor& grad, const Tensor& f, const Tensor& norms, double lambda, Tensor& col_sum) {
-  dispatch_float(f.dtype(), "encoder_backward", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "encoder_backward", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    encoder_backward_typed(grad.data<T>(), f.data<T>(), norms.data<T>(), static_cast<T>(lambda), col_sum.data<T>(),
+    using S = decltype(stored);
+    encoder_backward_typed(grad.data<S>(), f.data<S>(), norms.data<T>(), static_cast<T>(lambda), col_sum.data<T>(),
                            f.size(0), f.size(1));
   });
 }

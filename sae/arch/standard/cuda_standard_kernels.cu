@@ -77,9 +77,11 @@ __device__ void store_column_sums(double sum, long long count, int64_t c, int64_
   __syncthreads();  // the shared arrays are rewritten by the block's next task
 }
 
-// f [rows, cols] in place: f = relu(f + bias[c]); sums and counts the results per column.
-template <typename T>
-__global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> out, int64_t rows, int64_t cols,
+// f [rows, cols] in place: f = relu(f + bias[c]); sums and counts the results per column. f is
+// stored as S (T, or bf16 with T float: read widened, written rounded); the sums and counts are of
+// the stored values.
+template <typename T, typename S>
+__global__ void encoder_activate_kernel(S* f, const T* bias, ColumnSumsOut<T> out, int64_t rows, int64_t cols,
                                         int64_t splits) {
   const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
   for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
@@ -89,29 +91,26 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
     long long count = 0;
     if (c < cols) {
       const T b = bias[c];
-      T* column = f + c;
+      S* column = f + c;
       const int64_t end = min(rows, (split + 1) * chunk);
       int64_t r = split * chunk + threadIdx.y;
+      // as the CPU's std::max(pre, 0): a NaN stays NaN
+      auto activate = [&](S& at, S value) {
+        const T pre = load_value(value) + b;
+        const S stored = store_value<S>(pre < T(0) ? T(0) : pre);
+        at = stored;
+        const T act = load_value(stored);
+        sum += act;
+        count += act > T(0) ? 1 : 0;
+      };
       for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
-        T v[kSaeUnroll];
+        S v[kSaeUnroll];
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) v[u] = column[(r + u * kSaeRowLanes) * cols];
 #pragma unroll
-        for (int u = 0; u < kSaeUnroll; ++u) {
-          const T pre = v[u] + b;
-          const T act = pre < T(0) ? T(0) : pre;  // as the CPU's std::max(pre, 0): a NaN stays NaN
-          column[(r + u * kSaeRowLanes) * cols] = act;
-          sum += act;
-          count += act > T(0) ? 1 : 0;
-        }
+        for (int u = 0; u < kSaeUnroll; ++u) activate(column[(r + u * kSaeRowLanes) * cols], v[u]);
       }
-      for (; r < end; r += kSaeRowLanes) {
-        const T pre = column[r * cols] + b;
-        const T act = pre < T(0) ? T(0) : pre;
-        column[r * cols] = act;
-        sum += act;
-        count += act > T(0) ? 1 : 0;
-      }
+      for (; r < end; r += kSaeRowLanes) activate(column[r * cols], column[r * cols]);
     }
     store_column_sums<T, true>(sum, count, c, cols, split, splits, out);
   }
@@ -119,9 +118,10 @@ __global__ void encoder_activate_kernel(T* f, const T* bias, ColumnSumsOut<T> ou
 
 // grad [rows, cols] in place: grad = (grad + lambda norms[c]) * (f > 0); sums the results per column.
 // Multiplied by the mask, as on the CPU (and as autograd's g * step(pre)): a non-finite gradient stays
-// non-finite where f is 0, so that NaN weights stop the run instead of dying silently.
-template <typename T>
-__global__ void encoder_backward_kernel(T* grad, const T* f, const T* norms, T lambda, ColumnSumsOut<T> out,
+// non-finite where f is 0, so that NaN weights stop the run instead of dying silently. grad and f are
+// stored as S; the sums are of the results before they are stored.
+template <typename T, typename S>
+__global__ void encoder_backward_kernel(S* grad, const S* f, const T* norms, T lambda, ColumnSumsOut<T> out,
                                         int64_t rows, int64_t cols, int64_t splits) {
   const int64_t tiles = (cols + kSaeColumns - 1) / kSaeColumns, chunk = (rows + splits - 1) / splits;
   for (int64_t task = blockIdx.x; task < tiles * splits; task += gridDim.x) {
@@ -130,27 +130,27 @@ __global__ void encoder_backward_kernel(T* grad, const T* f, const T* norms, T l
     double sum = 0.0;
     if (c < cols) {
       const T a = lambda * norms[c] + T(0);  // the L1 term's dLoss/df, as affine_(norms, lambda, 0)
-      T* g_column = grad + c;
-      const T* f_column = f + c;
+      S* g_column = grad + c;
+      const S* f_column = f + c;
       const int64_t end = min(rows, (split + 1) * chunk);
       int64_t r = split * chunk + threadIdx.y;
       for (; r + (kSaeUnroll - 1) * kSaeRowLanes < end; r += kSaeUnroll * kSaeRowLanes) {
         bool on[kSaeUnroll];
-        T v[kSaeUnroll];
+        S v[kSaeUnroll];
 #pragma unroll
-        for (int u = 0; u < kSaeUnroll; ++u) on[u] = f_column[(r + u * kSaeRowLanes) * cols] > T(0);
+        for (int u = 0; u < kSaeUnroll; ++u) on[u] = load_value(f_column[(r + u * kSaeRowLanes) * cols]) > T(0);
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) v[u] = g_column[(r + u * kSaeRowLanes) * cols];
 #pragma unroll
         for (int u = 0; u < kSaeUnroll; ++u) {
-          const T result = (v[u] + a) * (on[u] ? T(1) : T(0));
-          g_column[(r + u * kSaeRowLanes) * cols] = result;
+          const T result = (load_value(v[u]) + a) * (on[u] ? T(1) : T(0));
+          g_column[(r + u * kSaeRowLanes) * cols] = store_value<S>(result);
           sum += result;
         }
       }
       for (; r < end; r += kSaeRowLanes) {
-        const T result = (g_column[r * cols] + a) * (f_column[r * cols] > T(0) ? T(1) : T(0));
-        g_column[r * cols] = result;
+        const T result = (load_value(g_column[r * cols]) + a) * (load_value(f_column[r * cols]) > T(0) ? T(1) : T(0));
+        g_column[r * cols] = store_value<S>(result);
         sum += result;
       }
     }
@@ -195,8 +195,8 @@ void launch_column_pass(int64_t rows, int64_t cols, T* col_sum, T* col_count, La
   SAE_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T>
-void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
+template <typename T, typename S>
+void encoder_activate_typed(S* f, const T* bias, T* col_sum, T* col_count, int64_t rows, int64_t cols) {
   if (cols == 0) return;  // rows == 0 still runs: the sums and counts become 0
   launch_column_pass(rows, cols, col_sum, col_count, [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
     encoder_activate_kernel<<<grid, dim3(kSaeColumns, kSaeRowLanes), 0, cuda_stream()>>>(f, bias, out, rows, cols,
@@ -204,8 +204,8 @@ void encoder_activate_typed(T* f, const T* bias, T* col_sum, T* col_count, int64
   });
 }
 
-template <typename T>
-void encoder_backward_typed(T* grad, const T* f, const T* norms, T lambda, T* col_sum, int64_t rows, int64_t cols) {
+template <typename T, typename S>
+void encoder_backward_typed(S* grad, const S* f, const T* norms, T lambda, T* col_sum, int64_t rows, int64_t cols) {
   if (cols == 0) return;
   launch_column_pass(rows, cols, col_sum, static_cast<T*>(nullptr),
                      [&](int grid, const ColumnSumsOut<T>& out, int64_t splits) {
@@ -356,17 +356,18 @@ __global__ void decoder_penalty_backward_kernel(T* grad, const T* W, const T* no
 }  // namespace
 
 void encoder_activate_cuda(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
-  dispatch_float(f.dtype(), "encoder_activate", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "encoder_activate", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    encoder_activate_typed(f.data<T>(), bias.data<T>(), col_sum.data<T>(), col_count.data<T>(),
-                           f.size(0), f.size(1));
+    using S = decltype(stored);
+    encoder_activate_typed(f.data<S>(), bias.data<T>(), col_sum.data<T>(), col_count.data<T>(), f.size(0), f.size(1));
   });
 }
 
 void encoder_backward_cuda(Tensor& grad, const Tensor& f, const Tensor& norms, double lambda, Tensor& col_sum) {
-  dispatch_float(f.dtype(), "encoder_backward", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "encoder_backward", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    encoder_backward_typed(grad.data<T>(), f.data<T>(), norms.data<T>(), static_cast<T>(lambda), col_sum.data<T>(),
+    using S = decltype(stored);
+    encoder_backward_typed(grad.data<S>(), f.data<S>(), norms.data<T>(), static_cast<T>(lambda), col_sum.data<T>(),
                            f.size(0), f.size(1));
   });
 }

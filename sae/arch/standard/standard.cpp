@@ -11,6 +11,11 @@
 //   dW_enc = x^T dpre                                                                             GEMM
 // A crosscoder (sources > 1; n_i = sum_s ||W_dec[i, block s]||) computes the two penalty lines with
 // the tensor ops one by one.
+// At --precision bf16 a float32 SAE keeps pre, f and df/dpre [N, F] in bfloat16 (activation_dtype,
+// unit.h): the GEMMs write them rounded once from their float32 sums and read them as stored, and
+// encoder_activate / encoder_backward widen each value and compute in float32. The [F] and [N, D]
+// tensors, every sum (sum_t f from the stored values, db_enc before rounding) and the parameters stay
+// float32.
 // The sparse path (tests/sae/step/test_sparse.cpp) computes the same formulas from the entries of f
 // that are > 0 only: after the encoder GEMM (which stays dense) the positive entries are listed by
 // feature and by token (sparse_index), and then
@@ -47,10 +52,10 @@ constexpr double kAutoMaxDensityCuda = 0.05;
 class StandardStep : public UnitStep {
  public:
   StandardStep(SparseMode mode, const StepShape& shape, DType dtype, Device device)
-      : max_tokens_(shape.max_tokens), latents_(shape.total_latents()), sparse_mode_(mode),
+      : max_tokens_(shape.max_tokens), latents_(shape.total_latents()), dtype_(dtype), sparse_mode_(mode),
         auto_max_density_(sae::auto_max_density(device)) {
     const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae;
-    f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
+    f_ = Tensor::empty(Shape{max_tokens, d_sae}, activation_dtype(dtype), device);  // written before read
     x_hat_ = Tensor::zeros(Shape{max_tokens, shape.d_out}, dtype, device);
     grad_x_hat_ = Tensor::zeros(Shape{max_tokens, shape.d_out}, dtype, device);
     col_sum_ = Tensor::zeros(Shape{d_sae}, dtype, device);
@@ -72,6 +77,12 @@ class StandardStep : public UnitStep {
   StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     const int64_t n = x.size(0);
     tokens_ = n;
+    if (f_.dtype() != activation_dtype(dtype_)) {  // the precision changed since the last batch
+      const Shape shape = f_.shape();
+      const Device device = f_.device();
+      f_ = grad_f_ = Tensor();  // the old buffers go first
+      f_ = Tensor::empty(shape, activation_dtype(dtype_), device);
+    }
     Tensor f = features(), x_hat = reconstruction(), grad_x_hat = grad_x_hat_.slice_rows(0, n);
     Tensor rec = sums_.slice_rows(0, 1), l1 = sums_.slice_rows(1, 2), active = sums_.slice_rows(2, 3);
 
@@ -179,7 +190,7 @@ class StandardStep : public UnitStep {
   // The dense backward (the five-GEMM path), after d rec / d x_hat.
   void dense_backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads) {
     const int64_t n = tokens_;
-    if (!grad_f_.defined()) grad_f_ = Tensor::zeros(f_.shape(), f_.dtype(), f_.device());
+    if (!grad_f_.defined()) grad_f_ = Tensor::empty(f_.shape(), f_.dtype(), f_.device());  // written before read
     Tensor f = features(), grad_x_hat = grad_x_hat_.slice_rows(0, n), grad_f = grad_f_.slice_rows(0, n);
     const Tensor& W_dec = params.W_dec;
     matmul_(grads.W_dec, f, true, grad_x_hat, false);
@@ -214,9 +225,9 @@ class StandardStep : public UnitStep {
       *t = Tensor();  // free the old lists before making the new ones
     lists_.rows = Tensor::empty(Shape{capacity_}, DType::I32, device);
     lists_.cols = Tensor::empty(Shape{capacity_}, DType::I32, device);
-    lists_.vals = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
-    lists_.row_vals = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
-    dpre_ = Tensor::empty(Shape{capacity_}, f_.dtype(), device);
+    lists_.vals = Tensor::empty(Shape{capacity_}, dtype_, device);
+    lists_.row_vals = Tensor::empty(Shape{capacity_}, dtype_, device);
+    dpre_ = Tensor::empty(Shape{capacity_}, dtype_, device);
   }
 
   SparseFeatures lists_for_batch() const {
@@ -227,8 +238,9 @@ class StandardStep : public UnitStep {
 
   int64_t max_tokens_, tokens_ = 0;
   int64_t latents_;             // F of the whole SAE (a latent shard holds some of them)
+  DType dtype_;                 // the SAE's; f_ and grad_f_ are in activation_dtype(dtype_)
   Tensor zero_d_;               // [D_out]: the partial decodes' bias
-  Tensor f_, grad_f_;           // [max_tokens, F] (grad_f_ made on the first dense backward)
+  Tensor f_, grad_f_;           // [max_tokens, F] (grad_f_ made on the first dense backward), bf16 at bf16
   Tensor x_hat_, grad_x_hat_;   // [max_tokens, D]
   Tensor col_sum_, col_count_;  // [F]: sum_t f[t,i], count_t f[t,i] > 0
   Tensor norms_, scratch_f_;    // [F]

@@ -4,7 +4,11 @@
 // Each kernel fuses what would otherwise be several element-wise ops and reductions (one launch or
 // two on the GPU instead of four to six); on the CPU each does the same float operations in the same
 // order as the op sequence it replaces (standard.cpp's header lists the step), so CPU runs repeat
-// those ops' results bit for bit. Letters: N tokens, D output width, F latents.
+// those ops' results bit for bit. Letters: N tokens, D output width, F latents. encoder_activate and
+// encoder_backward also take f and grad [N, F] stored as bf16 with float32 vectors (the step's
+// activations at --precision bf16): each value is widened where read, computed in float32 and rounded
+// to nearest even where written; col_sum and col_count of encoder_activate are of the stored values,
+// encoder_backward's col_sum of the values before they are rounded.
 #pragma once
 #include "sae/step/kernel_table.h"
 #include "tensor/tensor.h"

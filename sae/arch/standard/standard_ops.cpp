@@ -26,9 +26,9 @@ void check_scalar_out(const char* op, const Tensor& x, const Tensor& out) {
 }  // namespace
 
 void encoder_activate_(Tensor& f, const Tensor& bias, Tensor& col_sum, Tensor& col_count) {
-  check_rows_and_column_vector("encoder_activate", f, bias);
-  check_rows_and_column_vector("encoder_activate", f, col_sum);
-  check_rows_and_column_vector("encoder_activate", f, col_count);
+  check_activations_and_column_vector("encoder_activate", f, bias);
+  check_activations_and_column_vector("encoder_activate", f, col_sum);
+  check_activations_and_column_vector("encoder_activate", f, col_count);
   SAE_KERNELS_FOR(f.device(), standard).encoder_activate(f, bias, col_sum, col_count);
 }
 
@@ -62,9 +62,11 @@ void decoder_penalty_backward_(Tensor& grad_W_dec, const Tensor& W_dec, const Te
 }
 
 void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& norms, double lambda, Tensor& col_sum) {
-  check_same_shape("encoder_backward", grad, f);
-  check_rows_and_column_vector("encoder_backward", grad, norms);
-  check_rows_and_column_vector("encoder_backward", grad, col_sum);
+  if (grad.shape() != f.shape() || grad.dtype() != f.dtype() || grad.device() != f.device())
+    throw Error(cat("encoder_backward: grad ", grad.describe(), " and f ", f.describe(),
+                    " differ in shape, dtype or device"));
+  check_activations_and_column_vector("encoder_backward", grad, norms);
+  check_activations_and_column_vector("encoder_backward", grad, col_sum);
   SAE_KERNELS_FOR(f.device(), standard).encoder_backward(grad, f, norms, lambda, col_sum);
 }
 

@@ -1,8 +1,10 @@
-// The standard SAE's fused step at --precision tf32 and bf16 on the CPU, against its autograd
-// reference at the same precision: both multiply the same float32 operands in their GEMMs (x, W_enc,
-// f, W_dec, dL/dx_hat = 2 r, dL/dpre), so both round the same values and differ only by the order of
-// float32 sums, as at fp32. And both differ from the fp32 step by the rounding of the inputs, which
-// shows that the precision reached every GEMM of the step.
+// The standard SAE's fused step at --precision tf32 and bf16 on the CPU. At tf32, against its
+// autograd reference at the same precision: both multiply the same float32 operands in their GEMMs
+// (x, W_enc, f, W_dec, dL/dx_hat = 2 r, dL/dpre), so both round the same values and differ only by
+// the order of float32 sums, as at fp32. At bf16 the step also keeps x W_enc, f and dL/df [N, F] in
+// bfloat16 (sae/arch/unit.h activation_dtype), so its reference is the step's formulas written here
+// with generic ops, rounding those values where the step stores them. Both precisions differ from
+// the fp32 step by the rounding, which shows that it reached every GEMM of the step.
 // Letters: N tokens, D input width, F features.
 #include <gtest/gtest.h>
 
@@ -42,6 +44,25 @@ Grads step_and_reference(const SaeParams& start, const Tensor& x, double lambda)
   return g;
 }
 
+// The standard step at bf16 by its formulas (sae/arch/standard/standard.cpp), with generic ops and
+// the [N, F] values rounded to bf16 where the step stores them: pre = x W_enc, f, and the decoder's
+// part of dL/df (dL/dpre is rounded again where dW_enc's GEMM reads it; db_enc sums it unrounded).
+Grads bf16_formulas(const SaeParams& p, const Tensor& x, double lambda) {
+  auto stored = [](const Tensor& t) { return t.to(DType::BF16).to(DType::F32); };
+  const Tensor f = stored(relu(add(stored(matmul(x, p.W_enc)), p.b_enc)));
+  const Tensor r = sub(add(matmul(f, p.W_dec), p.b_dec), x);
+  const Tensor norms = norm2(p.W_dec, 1), col_sum = sum(f, 0);
+  Grads g;
+  g.ref_rec = sum(square(r)).item();
+  g.ref_l1 = sum(mul(col_sum, norms)).item();
+  const Tensor dx = mul_scalar(r, 2.0);
+  const Tensor dW_dec = add(matmul(f, dx, true, false),
+                            mul(mul_scalar(div(col_sum, norms), lambda).reshape(Shape{p.d_sae(), 1}), p.W_dec));
+  const Tensor dpre = mul(add(stored(matmul(dx, p.W_dec, false, true)), mul_scalar(norms, lambda)), gt(f, Tensor::zeros(f.shape())));
+  g.reference = {matmul(x, stored(dpre), true, false), sum(dpre, 0), dW_dec, sum(dx, 0)};
+  return g;
+}
+
 double max_relative(const Tensor& a, const Tensor& b) {
   return reduce(ReduceOp::max, abs(sub(a, b))).item() / reduce(ReduceOp::max, abs(b)).item();
 }
@@ -58,8 +79,15 @@ TEST(StepPrecision, FusedStepMatchesItsReferenceAtEachPrecision) {
   const Grads fp32 = step_and_reference(start, x, lambda);
   for (Precision p : {Precision::TF32, Precision::BF16}) {
     const ScopedMatmulPrecision scope(p);
-    const Grads g = step_and_reference(start, x, lambda);
+    Grads g = step_and_reference(start, x, lambda);
+    if (p == Precision::BF16) {
+      const Grads formulas = bf16_formulas(start, x, lambda);
+      g.reference = formulas.reference;
+      g.ref_rec = formulas.ref_rec;
+      g.ref_l1 = formulas.ref_l1;
+    }
     // Fused against reference: float32 sums in two orders, as at fp32 (test_sae_model.cpp's 1e-5).
+    // At bf16 the roundings of [N, F] values are the same in both (same GEMM, same float32 adds).
     EXPECT_NEAR(g.sums.rec, g.ref_rec, 1e-5 * g.ref_rec) << precision_name(p);
     EXPECT_NEAR(g.sums.l1, g.ref_l1, 1e-5 * g.ref_l1) << precision_name(p);
     for (int i = 0; i < 4; ++i) {
@@ -73,5 +101,24 @@ TEST(StepPrecision, FusedStepMatchesItsReferenceAtEachPrecision) {
     }
     EXPECT_GT(std::abs(g.sums.rec - fp32.sums.rec), (p == Precision::BF16 ? 1e-5 : 1e-6) * fp32.sums.rec)
         << precision_name(p);
+  }
+}
+
+TEST(StepPrecision, Bf16KeepsTheActivationsInBf16AsTheFormulasRoundThem) {
+  // At bf16 the step's f [N, F] is bf16, bit-equal to bf16(relu(bf16(x W_enc) + b_enc)); at tf32 it
+  // is float32. A step made at one precision follows the precision of its later batches.
+  Rng rng(22);
+  const int64_t n = 64, d = 24, f = 200;
+  const SaeParams start = SaeParams::standard_init(d, f, rng);
+  const Tensor x = normal_tensor(Shape{n, d}, 0.0, 1.0, rng);
+  SaeStep step = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU);
+  for (Precision p : {Precision::TF32, Precision::BF16, Precision::FP32, Precision::BF16}) {
+    const ScopedMatmulPrecision scope(p);
+    step.forward(start, x, 0.5);
+    const Tensor got = step.features();
+    ASSERT_EQ(got.dtype(), p == Precision::BF16 ? DType::BF16 : DType::F32) << precision_name(p);
+    if (p != Precision::BF16) continue;
+    const Tensor want = relu(add(matmul(x, start.W_enc).to(DType::BF16).to(DType::F32), start.b_enc)).to(DType::BF16);
+    sae::testing::expect_close(got.to(DType::F32), want.to(DType::F32), sae::testing::kExact, "f at bf16");
   }
 }
