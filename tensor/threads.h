@@ -13,5 +13,13 @@ int cpu_threads();
 // thread and back (its count is one global, read by every thread). Calls nest: true then false.
 void set_blas_shared_between_threads(bool shared);
 bool blas_shared_between_threads();
+// The same for a scope (threads that run GEMMs side by side, as tests' simulated ranks do: switching
+// the count while another thread is in a GEMM crashed OpenBLAS 0.3.21 now and then).
+struct BlasSharedScope {
+  BlasSharedScope() { set_blas_shared_between_threads(true); }
+  ~BlasSharedScope() { set_blas_shared_between_threads(false); }
+  BlasSharedScope(const BlasSharedScope&) = delete;
+  BlasSharedScope& operator=(const BlasSharedScope&) = delete;
+};
 
 }  // namespace sae

@@ -13,6 +13,7 @@
 
 #include "sae/arch/collectives.h"
 #include "tensor/ops.h"
+#include "tensor/threads.h"
 
 namespace sae::testing {
 
@@ -91,7 +92,11 @@ class ThreadCollectives : public Collectives {
 
 // Runs body on S x R threads (rank = replica * S + shard); rethrows the first exception. A rank that
 // throws while others wait in a collective would hang them: bodies must not throw in tests that pass.
+// While the ranks run, GEMMs on several threads at once must not switch OpenBLAS's one global
+// thread count (tensor/threads.h): that raced with the other ranks' calls and crashed OpenBLAS 0.3.21
+// now and then ("precompiled NUM_THREADS exceeded", then SIGSEGV or abort).
 inline void run_ranks(int shards, int replicas, const std::function<void(Collectives&)>& body) {
+  const BlasSharedScope shared_blas;
   ThreadHub hub(shards, replicas);
   std::vector<std::thread> threads;
   std::mutex lock;

@@ -15,6 +15,7 @@
 #include "sae/arch/standard/standard_kernels.h"
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 #include "tensor/rng.h"
 #include "tests/util/compare.h"
 #include "tests/util/gpu.h"
@@ -189,6 +190,56 @@ TEST(StandardKernels, EncoderBackwardMatchesItsFormula) {
       expect_close_to_scale(col_sum, Tensor::from_vector(want_sum, Shape{cols}, d),
                             d == DType::F32 ? 3e-5 : 1e-13, label("db_enc", d, s));
     }
+}
+
+TEST(StandardKernels, Bf16ActivationsAreReadWidenedAndWrittenRounded) {
+  // f and dL/df stored as bf16 with float32 vectors (the step's activations at --precision bf16):
+  // encoder_activate stores bf16(max(pre + b, 0)) and sums and counts the stored values;
+  // encoder_backward stores bf16((g + lambda n) [f > 0]) and sums the values before rounding.
+  Rng rng(205);
+  for (const Shape& s : {Shape{257, 1100}, Shape{7, 13}}) {
+    const int64_t n = s[0], cols = s[1];
+    const Tensor pre = random_cpu(s, DType::F32, rng).to(DType::BF16);
+    const Tensor bias = random_cpu(Shape{cols}, DType::F32, rng, -0.5, 0.5);
+    Tensor f = pre.clone(), col_sum = nan_filled(Shape{cols}, DType::F32), col_count = nan_filled(Shape{cols}, DType::F32);
+    encoder_activate_(f, bias, col_sum, col_count);
+    ASSERT_EQ(f.dtype(), DType::BF16);
+    const std::vector<double> pv = pre.to(DType::F32).to_vector(), bv = bias.to_vector();
+    std::vector<double> want(pv.size()), want_sum(cols, 0.0), want_count(cols, 0.0);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t i = t * cols + j;
+        const float sum32 = static_cast<float>(pv[i]) + static_cast<float>(bv[j]);  // float32, as the kernel adds
+        want[i] = double(round_to_bf16(std::max(sum32, 0.0f)));
+        want_sum[j] += want[i];
+        want_count[j] += want[i] > 0;
+      }
+    expect_close(f.to(DType::F32), Tensor::from_vector(want, s), kExact, label("f bf16", DType::BF16, s));
+    expect_close(col_count, Tensor::from_vector(want_count, Shape{cols}), kExact, label("counts", DType::BF16, s));
+    expect_close_to_scale(col_sum, Tensor::from_vector(want_sum, Shape{cols}), 3e-5, label("sums", DType::BF16, s));
+
+    const Tensor grad_in = random_cpu(s, DType::F32, rng).to(DType::BF16);
+    const Tensor norms = random_cpu(Shape{cols}, DType::F32, rng, 0.0, 2.0);
+    Tensor grad = grad_in.clone(), db_enc = nan_filled(Shape{cols}, DType::F32);
+    encoder_backward_(grad, f, norms, kLambda, db_enc);
+    const std::vector<double> g = grad_in.to(DType::F32).to_vector(), nv = norms.to_vector();
+    std::vector<double> want_g(g.size()), want_db(cols, 0.0);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < cols; ++j) {
+        const int64_t i = t * cols + j;
+        const float add = static_cast<float>(kLambda) * static_cast<float>(nv[j]);
+        const float v = want[i] > 0 ? static_cast<float>(g[i]) + add : 0.0f;
+        want_g[i] = double(round_to_bf16(v));
+        want_db[j] += v;
+      }
+    expect_close(grad.to(DType::F32), Tensor::from_vector(want_g, s), kExact, label("dpre bf16", DType::BF16, s));
+    expect_close_to_scale(db_enc, Tensor::from_vector(want_db, Shape{cols}), 3e-5, label("db_enc", DType::BF16, s));
+  }
+  // bf16 activations need float32 vectors, and grad and f of one dtype.
+  Tensor f16 = Tensor::full(Shape{2, 3}, 1.0).to(DType::BF16), v32 = Tensor::zeros(Shape{3});
+  Tensor v64 = Tensor::zeros(Shape{3}, DType::F64), g32 = Tensor::zeros(Shape{2, 3});
+  EXPECT_THROW(encoder_activate_(f16, v64, v32, v32), Error);
+  EXPECT_THROW(encoder_backward_(g32, f16, v32, 1.0, v32), Error);
 }
 
 TEST(StandardKernels, BadArgumentsAreOneLineErrors) {

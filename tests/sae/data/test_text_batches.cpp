@@ -25,6 +25,7 @@
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
+#include "tensor/threads.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -311,6 +312,7 @@ TEST(TextData, SharedComputationServesWholeBatchesFromAShareOfTheWindows) {
       meet.arrive_and_wait();  // both have read the slots before either fills them again
     }));
   std::vector<float> got[2];
+  const BlasSharedScope shared_blas;  // both models run GEMMs at once (tensor/threads.h)
   std::thread other([&] { got[1] = draw(*parts[1], 20); });
   got[0] = draw(*parts[0], 20);
   other.join();

@@ -106,18 +106,24 @@ std::vector<Shape> column_pass_shapes() {
 // ---------------------------------------------------------------- the three fused kernels
 
 namespace {
+// [N, F] activations as float32 where they are bf16 (the step's at --precision bf16), for comparing.
+Tensor widened(const Tensor& t) { return t.dtype() == DType::BF16 ? t.to(DType::F32) : t; }
+DType vector_dtype(const Tensor& activations) {
+  return activations.dtype() == DType::BF16 ? DType::F32 : activations.dtype();
+}
+
 void check_encoder_activate(const Tensor& f_in, const Tensor& bias, const std::string& what) {
-  const DType d = f_in.dtype();
+  const DType d = vector_dtype(f_in);
   const Shape col{f_in.size(1)};
   Tensor f_cpu = f_in.clone(), sum_cpu = Tensor::full(col, kNaN, d), count_cpu = Tensor::full(col, kNaN, d);
   encoder_activate_(f_cpu, bias, sum_cpu, count_cpu);
 
   Tensor f_gpu = on_gpu(f_in), bias_gpu = on_gpu(bias), sum_gpu = poisoned(col, d), count_gpu = poisoned(col, d);
   encoder_activate_(f_gpu, bias_gpu, sum_gpu, count_gpu);
-  expect_close(f_gpu, f_cpu, kExact, what + " f");  // one add and a compare: bitwise equal
+  expect_close(widened(f_gpu), widened(f_cpu), kExact, what + " f");  // one add and a compare: bitwise equal
   expect_close(count_gpu, count_cpu, kExact, what + " col_count");
-  expect_close(count_gpu, sum(step(f_cpu), 0).reshape(col), kExact, what + " col_count by definition");
-  expect_column_sums(sum_gpu, sum_cpu, f_cpu, what + " col_sum");
+  expect_close(count_gpu, sum(step(widened(f_cpu)), 0).reshape(col), kExact, what + " col_count by definition");
+  expect_column_sums(sum_gpu, sum_cpu, widened(f_cpu), what + " col_sum");
 
   // No atomics: the same input gives the same bits.
   Tensor again_f = on_gpu(f_in), again_sum = poisoned(col, d), again_count = poisoned(col, d);
@@ -127,15 +133,15 @@ void check_encoder_activate(const Tensor& f_in, const Tensor& bias, const std::s
 
 void check_encoder_backward(const Tensor& grad_in, const Tensor& f, const Tensor& norms, const std::string& what,
                             double lambda = 0.37) {
-  const DType d = grad_in.dtype();
+  const DType d = vector_dtype(grad_in);
   const Shape col{grad_in.size(1)};
   Tensor g_cpu = grad_in.clone(), sum_cpu = Tensor::full(col, kNaN, d);
   encoder_backward_(g_cpu, f, norms, lambda, sum_cpu);
 
   Tensor g_gpu = on_gpu(grad_in), f_gpu = on_gpu(f), norms_gpu = on_gpu(norms), sum_gpu = poisoned(col, d);
   encoder_backward_(g_gpu, f_gpu, norms_gpu, lambda, sum_gpu);
-  expect_close(g_gpu, g_cpu, kExact, what + " grad");
-  expect_column_sums(sum_gpu, sum_cpu, g_cpu, what + " col_sum");
+  expect_close(widened(g_gpu), widened(g_cpu), kExact, what + " grad");
+  expect_column_sums(sum_gpu, sum_cpu, widened(g_cpu), what + " col_sum");
 
   Tensor again_g = on_gpu(grad_in), again_sum = poisoned(col, d);
   encoder_backward_(again_g, f_gpu, norms_gpu, lambda, again_sum);
@@ -183,6 +189,22 @@ TEST(CudaSae, EncoderBackwardMatchesCpu) {
   for (double& x : fv) x = rng.below(50) == 0 ? rng.uniform(1e-3, 2.0) : 0.0;
   check_encoder_backward(random_cpu(big, DType::F32, rng), Tensor::from_vector(fv, big, DType::F32),
                          random_cpu(Shape{10000}, DType::F32, rng), label("encoder_backward sparse", DType::F32, big));
+}
+
+TEST(CudaSae, Bf16ActivationKernelsMatchCpu) {
+  // f and dL/df stored as bf16 (the step's at --precision bf16), float32 vectors: the stored values
+  // bit for bit (one float32 add and one rounding, as on the CPU), the sums as for float32.
+  SKIP_WITHOUT_GPU();
+  Rng rng(103);
+  for (const Shape& s : column_pass_shapes()) {
+    const Shape col{s[1]};
+    const Tensor pre = random_cpu(s, DType::F32, rng).to(DType::BF16);
+    check_encoder_activate(pre, random_cpu(col, DType::F32, rng, -1.0, 1.0), label("encoder_activate", DType::BF16, s));
+    Tensor f = pre.clone(), sums = Tensor::zeros(col), counts = Tensor::zeros(col);
+    encoder_activate_(f, Tensor::zeros(col), sums, counts);
+    check_encoder_backward(random_cpu(s, DType::F32, rng).to(DType::BF16), f, random_cpu(col, DType::F32, rng),
+                           label("encoder_backward", DType::BF16, s));
+  }
 }
 
 // NaN and infinite values go through the fused kernels as on the CPU: a NaN pre-activation stays NaN

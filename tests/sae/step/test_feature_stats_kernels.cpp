@@ -354,6 +354,35 @@ TEST(FeatureStatsKernels, FrontEndNamesTheOpAndTheOperands) {
   EXPECT_NE(message([&] { feature_stats_merge_(lists, out, half, f); }).find("together"), std::string::npos);
 }
 
+TEST(FeatureStatsKernels, Bf16FeaturesAreReadWidened) {
+  // Dense f stored as bf16 (the standard step's f at --precision bf16): the scan equals the brute
+  // force on the widened values, and scan + merge give the same bytes as with the widened float32 f.
+  const int64_t n = 300, features = 1001, k = 4, c = 1, w = 2 * c + 1;
+  const Tensor f = random_f(n, features, DType::F32, 51).to(DType::BF16), wide = f.to(DType::F32);
+  const std::vector<double> thresholds = random_thresholds(features, 52);
+  const std::vector<int32_t> groups = random_groups(n, 53);
+  const Tensor threshold = Tensor::from_vector(thresholds, Shape{features});
+  FeatureCandidates from_bf16 = candidates(features, k, DType::F32), from_wide = candidates(features, k, DType::F32);
+  Tensor h1 = Tensor::zeros(Shape{features, kHistogramBins}, DType::F64), h2 = h1.clone();
+  feature_stats_scan_(from_bf16, h1, f, threshold, i32(groups));
+  feature_stats_scan_(from_wide, h2, wide, threshold, i32(groups));
+  expect_matches(brute_force(wide.to_vector(), n, features, thresholds, groups, k), from_bf16, h1, features, k, "bf16");
+  std::vector<int64_t> story(n), position(n);
+  for (int64_t r = 0; r < n; ++r) {
+    story[r] = r / 10;
+    position[r] = r % 10;
+  }
+  const FeatureStatsRows rows = merge_rows(story, position, w);
+  FeatureTopLists a = empty_top_lists(features, k, c, Device::CPU), b = empty_top_lists(features, k, c, Device::CPU);
+  feature_stats_merge_(a, from_bf16, rows, f);
+  feature_stats_merge_(b, from_wide, rows, wide);
+  for (const auto& [x, y] : std::vector<std::pair<Tensor, Tensor>>{
+           {a.value, b.value}, {a.slot, b.slot}, {a.count, b.count}, {a.story, b.story}, {a.position, b.position},
+           {a.values, b.values}, {a.threshold, b.threshold}})
+    EXPECT_TRUE(same_bytes(x, y));
+  EXPECT_GT(i32_values(a.count)[0] + i32_values(a.count)[1], 0);
+}
+
 TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
   SKIP_WITHOUT_GPU();
   for (DType dtype : {DType::F32, DType::F64}) {
@@ -390,6 +419,18 @@ TEST(FeatureStatsKernels, CudaEqualsCpuBitForBit) {
       EXPECT_EQ(hist_cpu.to_vector(), hist_gpu.to_vector()) << what;
     }
   }
+  // Dense bf16 features (widened as read).
+  const int64_t n = 300, features = 517, k = 5;
+  const Tensor f = random_f(n, features, DType::F32, 44).to(DType::BF16);
+  const Tensor threshold = Tensor::from_vector(random_thresholds(features, 45), Shape{features});
+  const std::vector<int32_t> groups = random_groups(n, 46);
+  FeatureCandidates cpu = candidates(features, k, DType::F32), gpu = candidates(features, k, DType::F32, Device::CUDA);
+  Tensor hist_cpu = Tensor::zeros(Shape{features, kHistogramBins}, DType::F64), hist_gpu = hist_cpu.to(Device::CUDA);
+  feature_stats_scan_(cpu, hist_cpu, f, threshold, i32(groups));
+  feature_stats_scan_(gpu, hist_gpu, f.to(Device::CUDA), threshold.to(Device::CUDA), i32(groups).to(Device::CUDA));
+  EXPECT_EQ(i32_values(cpu.count), i32_values(gpu.count)) << "bf16";
+  EXPECT_EQ(i32_values(cpu.rows), i32_values(gpu.rows)) << "bf16";
+  EXPECT_EQ(hist_cpu.to_vector(), hist_gpu.to_vector()) << "bf16";
 }
 
 // latent_clock (dead latents without a read-back) against the rule written here, batch after batch:

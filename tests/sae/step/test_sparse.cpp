@@ -266,6 +266,34 @@ TEST(SparseKernels, IndexMatchesTheDefinition) {
   }
 }
 
+TEST(SparseKernels, IndexReadsBf16FeaturesWidened) {
+  // f stored as bf16 (the standard step's f at --precision bf16): the lists (float32) are those of
+  // the widened values, bit for bit, tiny positive values included.
+  Rng rng(12);
+  for (auto [n, cols, density] : std::vector<std::tuple<int64_t, int64_t, double>>{
+           {7, 13, 0.3}, {300, 1001, 0.02}, {64, 2000, 0.2}, {0, 5, 0.5}, {40, 37, 1.0}}) {
+    const std::string what = cat("sparse_index bf16 [", n, ", ", cols, "] density ", density);
+    const Tensor f = random_features(Shape{n, cols}, density, DType::F32, rng).to(DType::BF16);
+    const Tensor widened = f.to(DType::F32);
+    const ListsByDefinition want = lists_by_definition(widened);
+    const size_t entries = want.rows.size();
+    SparseFeatures s = empty_lists(n, cols, static_cast<int64_t>(entries) + 5, DType::F32);
+    sparse_index_(s, f, column_counts(widened));
+    EXPECT_EQ(s.col_ptr.to_vector(), want.col_ptr) << what;
+    EXPECT_EQ(s.row_ptr.to_vector(), want.row_ptr) << what;
+    for (auto [got_tensor, expected] : std::vector<std::pair<const Tensor*, const std::vector<double>*>>{
+             {&s.rows, &want.rows}, {&s.vals, &want.vals}, {&s.cols, &want.cols}, {&s.row_vals, &want.row_vals}}) {
+      const std::vector<double> got = got_tensor->to_vector();
+      EXPECT_EQ(std::vector<double>(got.begin(), got.begin() + entries), *expected) << what;
+    }
+  }
+  // bf16 lists are refused: the lists hold float32 values.
+  const Tensor f = Tensor::full(Shape{2, 3}, 1.0).to(DType::BF16);
+  SparseFeatures bad = empty_lists(2, 3, 6, DType::F32);
+  bad.vals = Tensor::empty(Shape{6}, DType::BF16);
+  EXPECT_THROW(sparse_index_(bad, f, Tensor::full(Shape{3}, 2.0)), Error);
+}
+
 namespace {
 // Both lists of f, made with the kernel.
 SparseFeatures lists_of(const Tensor& f) {
@@ -702,6 +730,30 @@ TEST(CudaSparse, KernelsMatchCpu) {
         }
       }
     }
+  }
+}
+
+TEST(CudaSparse, IndexOfBf16FeaturesMatchesCpu) {
+  // f stored as bf16 (the standard step's f at --precision bf16), float32 lists: bit for bit.
+  SKIP_WITHOUT_GPU();
+  Rng rng(22);
+  for (auto [n, cols, density] : std::vector<std::tuple<int64_t, int64_t, double>>{
+           {218, 10000, 0.02}, {1100, 333, 0.05}, {5, 9, 0.5}, {64, 70, 1.0}, {3, 40, 0.0}}) {
+    const std::string what = cat("bf16 N", n, " F", cols, " density ", density);
+    const Tensor f = random_features(Shape{n, cols}, density, DType::F32, rng).to(DType::BF16);
+    const Tensor counts = column_counts(f.to(DType::F32));
+    const int64_t entries = static_cast<int64_t>(sum(counts).item());
+    SparseFeatures cpu = empty_lists(n, cols, entries + 1, DType::F32);
+    SparseFeatures gpu = empty_lists(n, cols, entries + 1, DType::F32, Device::CUDA);
+    sparse_index_(cpu, f, counts);
+    sparse_index_(gpu, f.to(Device::CUDA), counts.to(Device::CUDA));
+    expect_bitwise_equal(gpu.col_ptr, cpu.col_ptr, what + " col_ptr");
+    expect_bitwise_equal(gpu.row_ptr, cpu.row_ptr, what + " row_ptr");
+    if (entries == 0) continue;
+    expect_bitwise_equal(gpu.rows.slice_rows(0, entries), cpu.rows.slice_rows(0, entries), what + " rows");
+    expect_bitwise_equal(gpu.vals.slice_rows(0, entries), cpu.vals.slice_rows(0, entries), what + " vals");
+    expect_bitwise_equal(gpu.cols.slice_rows(0, entries), cpu.cols.slice_rows(0, entries), what + " cols");
+    expect_bitwise_equal(gpu.row_vals.slice_rows(0, entries), cpu.row_vals.slice_rows(0, entries), what + " row_vals");
   }
 }
 

@@ -122,3 +122,28 @@ TEST(StepPrecision, Bf16KeepsTheActivationsInBf16AsTheFormulasRoundThem) {
     sae::testing::expect_close(got.to(DType::F32), want.to(DType::F32), sae::testing::kExact, "f at bf16");
   }
 }
+
+TEST(StepPrecision, SparsePathAtBf16DecodesTheBf16Features) {
+  // At bf16 with --sparse on, the step lists the entries of its bf16 f (widened): its features are the
+  // dense step's bit for bit, and x_hat is the float32 decode of the widened f (the sparse products
+  // are float32: only the GEMMs round their inputs).
+  Rng rng(23);
+  const int64_t n = 50, d = 16, f = 120;
+  const SaeParams start = SaeParams::standard_init(d, f, rng);
+  const Tensor x = normal_tensor(Shape{n, d}, 0.0, 1.0, rng);
+  const ScopedMatmulPrecision scope(Precision::BF16);
+  SaeStep dense = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU, SparseMode::Off);
+  SaeStep sparse = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU, SparseMode::On);
+  const StepSums a = dense.forward(start, x, 0.5), b = sparse.forward(start, x, 0.5);
+  EXPECT_FALSE(a.sparse);
+  ASSERT_TRUE(b.sparse);
+  EXPECT_EQ(a.active, b.active);
+  EXPECT_GT(b.active, 0);
+  sae::testing::expect_bitwise_equal(sparse.features(), dense.features(), "bf16 f");
+  Tensor want;
+  {
+    const ScopedMatmulPrecision fp32(Precision::FP32);
+    want = add(matmul(sparse.features().to(DType::F32), start.W_dec), start.b_dec);
+  }
+  sae::testing::expect_close_to_scale(sparse.reconstruction(), want, 1e-6, "sparse x_hat");
+}
