@@ -118,14 +118,15 @@ void BM_Cuda_SaeTrainStep(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The floor of the step: its five GEMMs (2 * N * D * F flops each) with nothing around them.
+// The floor of the step: its five GEMMs (2 * N * D * F flops each) with nothing around them, on
+// operands as the step keeps them (its [N, F] activations in bf16 at bf16: sae/arch/unit.h).
 void BM_Cuda_SaeStepGemmFloor(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   const int64_t n = state.range(0);
   const ScopedMatmulPrecision precision(precision_of(state.range(1)));
   Rng rng(5);
   Tensor x = random_gpu(Shape{n, kD}, -1, 1, rng), W_enc = random_gpu(Shape{kD, kF}, -1, 1, rng);
-  Tensor W_dec = random_gpu(Shape{kF, kD}, -1, 1, rng), f = random_gpu(Shape{n, kF}, 0, 1, rng);
+  Tensor W_dec = random_gpu(Shape{kF, kD}, -1, 1, rng), f = random_gpu(Shape{n, kF}, 0, 1, rng).to(activation_dtype(DType::F32));
   Tensor dx = random_gpu(Shape{n, kD}, -1, 1, rng);
   Tensor pre = f.clone(), x_hat = dx.clone(), grad_f = f.clone(), grad_W_dec = W_dec.clone(), grad_W_enc = W_enc.clone();
   for (auto _ : state) {
