@@ -6,12 +6,12 @@
 
 namespace sae {
 
-DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, const StepShape& shape, DType dtype, Device device)
-    : unit_norm_decoder_(unit_norm_decoder) {
+DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, bool bf16_pre, const StepShape& shape, DType dtype,
+                             Device device)
+    : unit_norm_decoder_(unit_norm_decoder), bf16_pre_(bf16_pre), dtype_(dtype) {
   const int64_t max_tokens = shape.max_tokens, d_sae = shape.d_sae, d_out = shape.d_out;
-  pre_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-  f_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
-  grad_ = Tensor::zeros(Shape{max_tokens, d_sae}, dtype, device);
+  for (Tensor* t : {&pre_, &f_, &grad_})  // written before read
+    *t = Tensor::empty(Shape{max_tokens, d_sae}, t == &pre_ && !bf16_pre ? dtype : activations_dtype(), device);
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
@@ -21,7 +21,18 @@ DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, const StepShape& shape, DTy
   sums_ = Tensor::zeros(Shape{4}, dtype, device);
 }
 
+void DenseUnitStep::keep_dtype(Tensor& t, DType dtype) const {
+  if (t.dtype() == dtype) return;
+  const Shape shape = t.shape();
+  const Device device = t.device();
+  t = Tensor();  // the old buffer goes first
+  t = Tensor::empty(shape, dtype, device);
+}
+
 void DenseUnitStep::start_forward(const SaeParams& params, const Tensor& x) {
+  keep_dtype(pre_, bf16_pre_ ? activations_dtype() : dtype_);
+  keep_dtype(f_, activations_dtype());
+  keep_dtype(grad_, activations_dtype());
   tokens_ = x.size(0);
   Tensor pre = pre_.slice_rows(0, tokens_);
   matmul_(pre, x, false, params.W_enc, false);

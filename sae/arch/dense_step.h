@@ -17,9 +17,13 @@
 
 namespace sae {
 
+// At --precision bf16 a float32 SAE keeps f and grad [N, F] in bf16 (activation_dtype, unit.h), and
+// pre too unless the unit keeps it float32 (JumpReLU: its straight-through window is narrower than
+// bf16's spacing); a unit's other [N, F] buffers follow activations_dtype().
 class DenseUnitStep : public UnitStep {
  public:
-  DenseUnitStep(bool unit_norm_decoder, const StepShape& shape, DType dtype, Device device);
+  // bf16_pre: pre follows the activations' dtype (else it stays in the SAE's dtype).
+  DenseUnitStep(bool unit_norm_decoder, bool bf16_pre, const StepShape& shape, DType dtype, Device device);
 
   std::vector<std::string> backward(const SaeParams& params, const Tensor& x, double lambda, SaeParams& grads,
                                     const FusedAdam* fused) override;
@@ -34,14 +38,19 @@ class DenseUnitStep : public UnitStep {
   // grad [N, F] holds dL/df from the reconstruction and becomes dL/dpre; the unit also writes its
   // parameters' gradients and scale_ (the coefficient of u_i its terms add to dL/dW_dec[i,:]).
   virtual void activation_backward(const SaeParams& params, double lambda, SaeParams& grads, Tensor& grad) = 0;
-  // Starts a forward of x: tokens_, pre = x W_enc, norms_.
+  // Starts a forward of x: tokens_, pre = x W_enc, norms_ (first the [N, F] buffers follow the
+  // precision, which may have changed since the last batch).
   void start_forward(const SaeParams& params, const Tensor& x);
+  DType activations_dtype() const { return activation_dtype(dtype_); }
+  // t [max_tokens, F] in `dtype`: itself, or a new buffer when the dtype differs.
+  void keep_dtype(Tensor& t, DType dtype) const;
   // x_hat = f W_dec + b_dec and r = x_hat - target (into the top of grad_x_hat_).
   void decode(const SaeParams& params, const Tensor& target);
   // out = f W_dec + b_dec; on latent shards the partial products are summed over the shards first.
   void decode_into(Tensor& out, const Tensor& f, const SaeParams& params);
 
-  bool unit_norm_decoder_;
+  bool unit_norm_decoder_, bf16_pre_;
+  DType dtype_;  // the SAE's
   int64_t tokens_ = 0;
   Tensor pre_, f_, grad_;                  // [max_tokens, F]
   Tensor x_hat_, grad_x_hat_;              // [max_tokens, D_out]: x_hat; r, then dL/dx_hat

@@ -18,6 +18,14 @@ void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor&
     throw Error(cat(op, ": expects [N, F] and [F], got ", m.describe(), " and ", v.describe()));
 }
 
+void check_like_activations(const char* op, const Tensor& a, const Tensor& m) {
+  check_defined(op, a);
+  check_defined(op, m);
+  if (m.dtype() != DType::BF16) check_float(op, m);
+  if (a.shape() != m.shape() || a.dtype() != m.dtype() || a.device() != m.device())
+    throw Error(cat(op, ": ", a.describe(), " and ", m.describe(), " differ in shape, dtype or device"));
+}
+
 void check_activations_and_column_vector(const char* op, const Tensor& m, const Tensor& v) {
   check_float(op, v);
   if (m.defined() && m.dtype() == DType::BF16 && v.dtype() == DType::F32) {

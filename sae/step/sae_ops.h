@@ -10,6 +10,8 @@ namespace sae {
 void check_rows_and_column_vector(const char* op, const Tensor& m, const Tensor& v);
 // The same for activations m, which may also be bf16 with a float32 v (kernels widen each value).
 void check_activations_and_column_vector(const char* op, const Tensor& m, const Tensor& v);
+// a has the shape, dtype and device of the activations m (float32, float64 or bf16).
+void check_like_activations(const char* op, const Tensor& a, const Tensor& m);
 
 void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 // The sparse path. The caller guarantees that the entry lists and dpre have room for every entry of

@@ -191,8 +191,8 @@ TrainOption arch_option(const ArchOption& a, const std::string& group) {
 // "precision" (a run from before) reads as tf32 or fp32.
 TrainOption precision_row(const char* group) {
   TrainOption o = row("precision", group,
-                      "float32 GEMMs: fp32 | tf32 (TF32 tensor cores) | bf16 (bfloat16 inputs, float32 sums; the standard "
-                      "and TopK-family [N, F] activations held in bf16; Adam, weights and sums stay float32). On CPU the inputs are "
+                      "float32 GEMMs: fp32 | tf32 (TF32 tensor cores) | bf16 (bfloat16 inputs, float32 sums; the SAE's "
+                      "[N, F] activations held in bf16; Adam, weights and sums stay float32). On CPU the inputs are "
                       "rounded alike: a reference, not faster",
                       OptionRole::Controls, "precision", FIELD(precision), choice(parse_precision, precision_name),
                       "fp32");

@@ -16,8 +16,10 @@ namespace sae {
 
 namespace {
 
-template <typename T>
-void gated_forward_typed(T* f, T* gate, const T* pre, const T* b_gate, const T* b_mag, const T* r_mag, T* col_count,
+// The [N, F] buffers are stored as S (T, or bf16 with T float32: tensor/half.h); sums and counts are
+// of the float32 values before they are stored.
+template <typename T, typename S>
+void gated_forward_typed(S* f, S* gate, const S* pre, const T* b_gate, const T* b_mag, const T* r_mag, T* col_count,
                          T* col_gate, int64_t rows, int64_t cols) {
 #pragma omp parallel if (rows * cols >= kParallelMin)
   {
@@ -29,17 +31,18 @@ void gated_forward_typed(T* f, T* gate, const T* pre, const T* b_gate, const T* 
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = j0; j < j1; ++j) {
-        const GatedForwardTerms<T> t = gated_forward_element(pre[r * cols + j], b_gate[j], b_mag[j], exp_r[j - j0]);
-        f[r * cols + j] = t.f;
-        gate[r * cols + j] = t.gate;
+        const GatedForwardTerms<T> t =
+            gated_forward_element(T(load_value(pre[r * cols + j])), b_gate[j], b_mag[j], exp_r[j - j0]);
+        f[r * cols + j] = store_value<S>(t.f);
+        gate[r * cols + j] = store_value<S>(t.gate);
         col_count[j] += t.f > T(0) ? T(1) : T(0);
         col_gate[j] += t.gate;
       }
   }
 }
 
-template <typename T>
-void gated_backward_typed(T* grad, const T* grad_gate, const T* pre, const T* b_gate, const T* b_mag, const T* r_mag,
+template <typename T, typename S>
+void gated_backward_typed(S* grad, const S* grad_gate, const S* pre, const T* b_gate, const T* b_mag, const T* r_mag,
                           const T* norms, T lambda, T* grad_b_gate, T* grad_b_mag, T* grad_r_mag, int64_t rows,
                           int64_t cols) {
 #pragma omp parallel if (rows * cols >= kParallelMin)
@@ -52,11 +55,11 @@ void gated_backward_typed(T* grad, const T* grad_gate, const T* pre, const T* b_
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = j0; j < j1; ++j) {
-        const T Q = pre[r * cols + j], e = exp_r[j - j0];
+        const T Q = load_value(pre[r * cols + j]), e = exp_r[j - j0];
         const GatedBackwardTerms<T> t =
-            gated_backward_element(grad[r * cols + j], grad_gate[r * cols + j], Q, b_gate[j], b_mag[j], e,
-                                   lambda * norms[j]);
-        grad[r * cols + j] = t.grad_gate + t.grad_mag * e;
+            gated_backward_element(T(load_value(grad[r * cols + j])), T(load_value(grad_gate[r * cols + j])), Q,
+                                   b_gate[j], b_mag[j], e, lambda * norms[j]);
+        grad[r * cols + j] = store_value<S>(t.grad_gate + t.grad_mag * e);
         grad_b_gate[j] += t.grad_gate;
         grad_b_mag[j] += t.grad_mag;
         r_sum[j - j0] += t.grad_mag * Q;
@@ -69,9 +72,10 @@ void gated_backward_typed(T* grad, const T* grad_gate, const T* pre, const T* b_
 
 void gated_forward_cpu(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor& b_gate, const Tensor& b_mag,
                        const Tensor& r_mag, Tensor& col_count, Tensor& col_gate) {
-  dispatch_float(f.dtype(), "gated_forward", [&](auto zero) {
+  dispatch_compute_and_storage(f.dtype(), "gated_forward", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    gated_forward_typed(f.data<T>(), gate.data<T>(), pre.data<T>(), b_gate.data<T>(), b_mag.data<T>(),
+    using S = decltype(stored);
+    gated_forward_typed(f.data<S>(), gate.data<S>(), pre.data<S>(), b_gate.data<T>(), b_mag.data<T>(),
                         r_mag.data<T>(), col_count.data<T>(), col_gate.data<T>(), f.size(0), f.size(1));
   });
 }
@@ -79,9 +83,10 @@ void gated_forward_cpu(Tensor& f, Tensor& gate, const Tensor& pre, const Tensor&
 void gated_backward_cpu(Tensor& grad, const Tensor& grad_gate, const Tensor& pre, const Tensor& b_gate,
                         const Tensor& b_mag, const Tensor& r_mag, const Tensor& norms, double lambda,
                         Tensor& grad_b_gate, Tensor& grad_b_mag, Tensor& grad_r_mag) {
-  dispatch_float(grad.dtype(), "gated_backward", [&](auto zero) {
+  dispatch_compute_and_storage(grad.dtype(), "gated_backward", [&](auto zero, auto stored) {
     using T = decltype(zero);
-    gated_backward_typed(grad.data<T>(), grad_gate.data<T>(), pre.data<T>(), b_gate.data<T>(), b_mag.data<T>(),
+    using S = decltype(stored);
+    gated_backward_typed(grad.data<S>(), grad_gate.data<S>(), pre.data<S>(), b_gate.data<T>(), b_mag.data<T>(),
                          r_mag.data<T>(), norms.data<T>(), static_cast<T>(lambda), grad_b_gate.data<T>(),
                          grad_b_mag.data<T>(), grad_r_mag.data<T>(), grad.size(0), grad.size(1));
   });

@@ -16,12 +16,13 @@ namespace {
 class GatedStep : public DenseUnitStep {
  public:
   GatedStep(bool unit_norm, const StepShape& shape, DType dtype, Device device)
-      : DenseUnitStep(unit_norm, shape, dtype, device) {
-    gate_ = Tensor::zeros(Shape{shape.max_tokens, shape.d_sae}, dtype, device);
+      : DenseUnitStep(unit_norm, /*bf16_pre=*/true, shape, dtype, device) {
+    gate_ = Tensor::empty(Shape{shape.max_tokens, shape.d_sae}, activations_dtype(), device);  // written before read
   }
 
   StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     start_forward(params, x);
+    keep_dtype(gate_, activations_dtype());
     const int64_t n = tokens_;
     Tensor pre = pre_.slice_rows(0, n), f = f_.slice_rows(0, n), gate = gate_.slice_rows(0, n);
     Tensor r = grad_x_hat_.slice_rows(0, n), r_gate = scratch_rows_.slice_rows(0, n);
@@ -64,7 +65,7 @@ class GatedStep : public DenseUnitStep {
   }
 
  private:
-  Tensor gate_;  // [max_tokens, F]: relu(pi_gate), then d aux / d gate
+  Tensor gate_;  // [max_tokens, F]: relu(pi_gate), then d aux / d gate; in activations_dtype()
 };
 
 class GatedUnit : public ArchUnit {

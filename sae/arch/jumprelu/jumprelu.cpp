@@ -50,7 +50,7 @@ Window window(const Tensor& pre, const Tensor& log_threshold, double eps) {
 class JumpReluStep : public DenseUnitStep {
  public:
   JumpReluStep(const JumpReluSettings& s, bool unit_norm, const StepShape& shape, DType dtype, Device device)
-      : DenseUnitStep(unit_norm, shape, dtype, device), settings_(s) {
+      : DenseUnitStep(unit_norm, /*bf16_pre=*/false, shape, dtype, device), settings_(s) {
     if (!(s.bandwidth > 0)) throw UsageError(cat("--jumprelu-bandwidth must be > 0, got ", s.bandwidth));
   }
 

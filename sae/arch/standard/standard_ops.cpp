@@ -62,9 +62,7 @@ void decoder_penalty_backward_(Tensor& grad_W_dec, const Tensor& W_dec, const Te
 }
 
 void encoder_backward_(Tensor& grad, const Tensor& f, const Tensor& norms, double lambda, Tensor& col_sum) {
-  if (grad.shape() != f.shape() || grad.dtype() != f.dtype() || grad.device() != f.device())
-    throw Error(cat("encoder_backward: grad ", grad.describe(), " and f ", f.describe(),
-                    " differ in shape, dtype or device"));
+  check_like_activations("encoder_backward", grad, f);
   check_activations_and_column_vector("encoder_backward", grad, norms);
   check_activations_and_column_vector("encoder_backward", grad, col_sum);
   SAE_KERNELS_FOR(f.device(), standard).encoder_backward(grad, f, norms, lambda, col_sum);

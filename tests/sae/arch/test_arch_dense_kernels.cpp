@@ -317,3 +317,77 @@ TEST(ArchDenseKernels, NoRowsGiveZeroColumns) {
     expect_written_zeros(outs, 3, "gated_backward");
   }
 }
+
+// At --precision bf16 the dense units keep f and dL/df (and gated its Q and relu(pi_gate)) in bf16
+// (sae/arch/dense_step.h): the kernels read each stored value widened, compute in float32, and round
+// each [N, F] result once; their column sums are of the values before rounding. So each equals the
+// float32 kernel (checked against the formulas above) on the widened inputs: [N, F] outputs rounded
+// to bf16, [F] outputs bit for bit.
+TEST(ArchDenseKernels, Bf16StorageIsTheFloat32KernelRoundedOnce) {
+  const Shape nf{kN, kF}, f1{kF};
+  auto bf16 = [](const Tensor& t) { return t.to(DType::BF16); };
+  auto widened = [](const Tensor& t) { return t.to(DType::F32); };
+  {
+    const GatedInputs in = gated_inputs(DType::F32, 31);
+    const Tensor Q16 = bf16(host(in.Q, nf, DType::F32)), b_gate = host(in.b_gate, f1, DType::F32),
+                 b_mag = host(in.b_mag, f1, DType::F32), r_mag = host(in.r_mag, f1, DType::F32),
+                 norms = host(in.norms, f1, DType::F32);
+    Tensor f16 = Tensor::empty(nf, DType::BF16), gate16 = Tensor::empty(nf, DType::BF16);
+    Tensor f32 = nan_filled(nf, DType::F32), gate32 = nan_filled(nf, DType::F32);
+    Tensor c16 = nan_filled(f1, DType::F32), g16 = nan_filled(f1, DType::F32), c32 = c16.clone(), g32 = g16.clone();
+    gated_forward_(f16, gate16, Q16, b_gate, b_mag, r_mag, c16, g16);
+    gated_forward_(f32, gate32, widened(Q16), b_gate, b_mag, r_mag, c32, g32);
+    sae::testing::expect_bitwise_equal(f16, bf16(f32), "gated f");
+    sae::testing::expect_bitwise_equal(gate16, bf16(gate32), "gated gate");
+    sae::testing::expect_bitwise_equal(c16, c32, "gated count");
+    sae::testing::expect_bitwise_equal(g16, g32, "gated col_gate");
+
+    const Tensor up16 = bf16(host(in.upstream, nf, DType::F32)), upg16 = bf16(host(in.upstream_gate, nf, DType::F32));
+    Tensor grad16 = up16.clone(), grad32 = widened(up16);
+    Tensor a16 = nan_filled(f1, DType::F32), b16 = a16.clone(), r16 = a16.clone(), a32 = a16.clone(),
+           b32 = a16.clone(), r32 = a16.clone();
+    gated_backward_(grad16, upg16, Q16, b_gate, b_mag, r_mag, norms, kLambda, a16, b16, r16);
+    gated_backward_(grad32, widened(upg16), widened(Q16), b_gate, b_mag, r_mag, norms, kLambda, a32, b32, r32);
+    sae::testing::expect_bitwise_equal(grad16, bf16(grad32), "gated dL/dQ");
+    for (auto [got, want] : {std::pair<Tensor*, Tensor*>{&a16, &a32}, {&b16, &b32}, {&r16, &r32}})
+      sae::testing::expect_bitwise_equal(*got, *want, "gated parameter gradient");
+  }
+  for (bool tanh : {false, true}) {
+    SCOPED_TRACE(tanh ? "jumprelu tanh" : "jumprelu step");
+    JumpReluSettings c;
+    c.tanh = tanh;
+    c.ste_to_input = tanh;
+    c.bandwidth = 0.05;
+    c.pre_act = 0.1;
+    const JumpReluInputs in = jumprelu_inputs(DType::F32, c.bandwidth, 32);
+    const Tensor bias = host(in.bias, f1, DType::F32), log_threshold = host(in.log_threshold, f1, DType::F32),
+                 norms = host(in.norms, f1, DType::F32);
+    Tensor pre16 = host(in.pre, nf, DType::F32), pre32 = pre16.clone();  // P stays float32
+    Tensor f16 = Tensor::empty(nf, DType::BF16), f32 = nan_filled(nf, DType::F32);
+    Tensor o16[3] = {nan_filled(f1, DType::F32), nan_filled(f1, DType::F32), nan_filled(f1, DType::F32)};
+    Tensor o32[3] = {o16[0].clone(), o16[1].clone(), o16[2].clone()};
+    jumprelu_forward_(f16, pre16, bias, log_threshold, norms, c, o16[0], o16[1], o16[2]);
+    jumprelu_forward_(f32, pre32, bias, log_threshold, norms, c, o32[0], o32[1], o32[2]);
+    sae::testing::expect_bitwise_equal(pre16, pre32, "P");
+    sae::testing::expect_bitwise_equal(f16, bf16(f32), "f");
+    for (int i = 0; i < 3; ++i) sae::testing::expect_bitwise_equal(o16[i], o32[i], cat("forward column output ", i));
+    const Tensor up16 = bf16(host(in.upstream, nf, DType::F32));
+    Tensor grad16 = up16.clone(), grad32 = widened(up16);
+    for (int i = 0; i < 3; ++i) {
+      fill_(o16[i], NAN);
+      fill_(o32[i], NAN);
+    }
+    jumprelu_backward_(grad16, pre16, log_threshold, norms, c, kLambda, o16[0], o16[1], o16[2]);
+    jumprelu_backward_(grad32, pre32, log_threshold, norms, c, kLambda, o32[0], o32[1], o32[2]);
+    sae::testing::expect_bitwise_equal(grad16, bf16(grad32), "dL/dP");
+    for (int i = 0; i < 3; ++i) sae::testing::expect_bitwise_equal(o16[i], o32[i], cat("backward column output ", i));
+  }
+  // bf16 storage needs float32 vectors (and, for JumpReLU, a float32 P).
+  Tensor f = Tensor::empty(nf, DType::BF16), g = Tensor::empty(nf, DType::BF16);
+  const Tensor v64 = Tensor::zeros(f1, DType::F64);
+  Tensor w64 = v64.clone(), x64 = v64.clone();
+  EXPECT_THROW(gated_forward_(f, g, Tensor::zeros(nf, DType::BF16), v64, v64, v64, w64, x64), Error);
+  Tensor pre64 = Tensor::zeros(nf, DType::F64);
+  JumpReluSettings c;
+  EXPECT_THROW(jumprelu_forward_(f, pre64, v64, v64, v64, c, w64, x64, w64), Error);
+}

@@ -216,6 +216,66 @@ TEST(CudaArch, DenseKernelsMatchTheCpu) {
   }
 }
 
+TEST(CudaArch, DenseKernelsOnBf16StorageMatchTheCpu) {
+  // f, dL/df and gated's Q and gate stored as bf16 (the dense units at --precision bf16), float32
+  // vectors: as DenseKernelsMatchTheCpu, plus one bf16 step (2^-8 of a value, within 8e-3 of the
+  // largest) where the GPU's float32 result lands on the other side of a rounding boundary.
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 257, f = 300;
+  const double rel = 1e-5, stored_rel = 8e-3;
+  Rng rng(6);
+  auto on_gpu = [](const Tensor& t) { return t.to(Device::CUDA); };
+  auto wide = [](const Tensor& t) { return t.to(Device::CPU).to(DType::F32); };
+  const Tensor pre = random_cpu(Shape{n, f}, DType::F32, rng), bias = random_cpu(Shape{f}, DType::F32, rng, -0.5, 0.5);
+  const Tensor log_threshold = log(random_cpu(Shape{f}, DType::F32, rng, 0.2, 1.0, false));
+  const Tensor norms = random_cpu(Shape{f}, DType::F32, rng, 0.5, 1.5, false);
+  const Tensor up16 = random_cpu(Shape{n, f}, DType::F32, rng).to(DType::BF16);
+  for (bool tanh : {false, true}) {
+    JumpReluSettings c;
+    c.tanh = tanh;
+    c.ste_to_input = tanh;
+    c.pre_act = 0.05;
+    c.bandwidth = 0.5;
+    Tensor P_cpu = pre.clone(), P_gpu = on_gpu(pre);
+    Tensor f_cpu = Tensor::empty(Shape{n, f}, DType::BF16), f_gpu = Tensor::empty(Shape{n, f}, DType::BF16, Device::CUDA);
+    Tensor cc[3], cg[3];
+    for (int i = 0; i < 3; ++i) {
+      cc[i] = nan_filled(Shape{f}, DType::F32);
+      cg[i] = nan_filled(Shape{f}, DType::F32, Device::CUDA);
+    }
+    jumprelu_forward_(f_cpu, P_cpu, bias, log_threshold, norms, c, cc[0], cc[1], cc[2]);
+    jumprelu_forward_(f_gpu, P_gpu, on_gpu(bias), on_gpu(log_threshold), on_gpu(norms), c, cg[0], cg[1], cg[2]);
+    expect_close_to_scale(wide(f_gpu), wide(f_cpu), stored_rel, "jumprelu bf16 f");
+    for (int i = 0; i < 3; ++i) expect_close_to_scale(cg[i].to(Device::CPU), cc[i], rel, cat("jumprelu sums ", i));
+    Tensor g_c = up16.clone(), g_g = on_gpu(up16);
+    jumprelu_backward_(g_c, P_cpu, log_threshold, norms, c, 0.3, cc[0], cc[1], cc[2]);
+    jumprelu_backward_(g_g, P_gpu, on_gpu(log_threshold), on_gpu(norms), c, 0.3, cg[0], cg[1], cg[2]);
+    expect_close_to_scale(wide(g_g), wide(g_c), stored_rel, "jumprelu bf16 dL/dP");
+    for (int i = 0; i < 3; ++i) expect_close_to_scale(cg[i].to(Device::CPU), cc[i], 10 * rel, cat("jumprelu grads ", i));
+  }
+  const Tensor Q16 = pre.to(DType::BF16), b_gate = random_cpu(Shape{f}, DType::F32, rng),
+               b_mag = random_cpu(Shape{f}, DType::F32, rng), r_mag = random_cpu(Shape{f}, DType::F32, rng, -0.5, 0.5);
+  Tensor fc = Tensor::empty(Shape{n, f}, DType::BF16), gc = fc.clone();
+  Tensor fg = Tensor::empty(Shape{n, f}, DType::BF16, Device::CUDA), gg = fg.clone();
+  Tensor cc[3], cg[3];
+  for (int i = 0; i < 3; ++i) {
+    cc[i] = nan_filled(Shape{f}, DType::F32);
+    cg[i] = nan_filled(Shape{f}, DType::F32, Device::CUDA);
+  }
+  gated_forward_(fc, gc, Q16, b_gate, b_mag, r_mag, cc[0], cc[1]);
+  gated_forward_(fg, gg, on_gpu(Q16), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), cg[0], cg[1]);
+  expect_close_to_scale(wide(fg), wide(fc), stored_rel, "gated bf16 f");
+  expect_close_to_scale(wide(gg), wide(gc), stored_rel, "gated bf16 gate");
+  expect_close_to_scale(cg[1].to(Device::CPU), cc[1], rel, "gated col_gate");
+  Tensor up_c = up16.clone(), up_g = on_gpu(up16);
+  const Tensor aux16 = random_cpu(Shape{n, f}, DType::F32, rng).to(DType::BF16);
+  gated_backward_(up_c, aux16, Q16, b_gate, b_mag, r_mag, norms, 0.3, cc[0], cc[1], cc[2]);
+  gated_backward_(up_g, on_gpu(aux16), on_gpu(Q16), on_gpu(b_gate), on_gpu(b_mag), on_gpu(r_mag), on_gpu(norms), 0.3,
+                  cg[0], cg[1], cg[2]);
+  expect_close_to_scale(wide(up_g), wide(up_c), stored_rel, "gated bf16 dL/dQ");
+  for (int i = 0; i < 3; ++i) expect_close_to_scale(cg[i].to(Device::CPU), cc[i], 10 * rel, "gated column grads");
+}
+
 TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
   SKIP_WITHOUT_GPU();
   struct Setting {

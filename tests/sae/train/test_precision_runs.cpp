@@ -85,8 +85,8 @@ TEST(PrecisionRuns, Bf16RunRecoversThePlantedDictionaryAsTheFp32RunDoes) {
   // active per token, 256-token batches, 600 steps), once at fp32 and once at bf16. What must
   // match: the concepts recovered (cos >= 0.9) and purity within 3 of 48 concepts, MMCS within 0.01,
   // the final FVU within 20% and L0 within 10% of the fp32 run's. Measured on the CPU (this test's
-  // numbers): both recover 100% of the concepts, MMCS 0.9964 / 0.9965, purity 0.885 / 0.875, FVU
-  // 0.0756 / 0.0757, L0 7.80 / 7.87.
+  // numbers): both recover 100% of the concepts, MMCS 0.9964 / 0.9963, purity 0.885 / 0.875, FVU
+  // 0.0756 / 0.0757, L0 7.80 / 7.82 (at bf16 the step also keeps x W_enc, f and dL/df in bf16).
   TempDir dir("precision_planted");
   TrainConfig c = planted_dictionary_config(dir.str("fp32"));
   c.l1 = 1.0;
@@ -118,4 +118,31 @@ TEST(PrecisionRuns, TopKAtBf16RecoversThePlantedDictionaryAsAtFp32) {
   c.precision = Precision::BF16;
   const TrainResult bf16 = train(c);
   expect_same_recovery(fp32, bf16, dir.str("fp32"), dir.str("bf16"), "topk");
+}
+
+TEST(PrecisionRuns, GatedAndJumpReluAtBf16RecoverThePlantedDictionaryAsAtFp32) {
+  // The same planted dictionary with the dense units, at the settings of ArchTrain's planted test
+  // (gated lambda 10; JumpReLU step penalty, theta_0 1, bandwidth 0.5, lambda 1), at fp32 and at
+  // bf16, where their steps keep f and dL/df [N, F] in bf16 (gated also its pre-activations and
+  // relu(pi_gate); JumpReLU's P stays float32: sae/arch/dense_step.h). What must match: as above
+  // (expect_same_recovery). Measured on the CPU: gated recovered 0.979 / 0.979, MMCS 0.9810 / 0.9808,
+  // FVU 0.2730 / 0.2715, L0 2.93 / 2.93; JumpReLU recovered 0.979 / 1.000, MMCS 0.9957 / 0.9975, FVU
+  // 0.0531 / 0.0521, L0 3.00 / 2.99 (fp32 / bf16).
+  for (const char* architecture : {"gated", "jumprelu"}) {
+    SCOPED_TRACE(architecture);
+    TempDir dir(cat("precision_", architecture));
+    TrainConfig c = planted_dictionary_config(dir.str("fp32"));
+    c.architecture = architecture;  // 1200 steps, as ArchTrain's
+    if (std::string(architecture) == "gated") c.l1 = 10.0;
+    if (std::string(architecture) == "jumprelu") {
+      c.arch.set("jumprelu-init-threshold", Json(1.0));
+      c.arch.set("jumprelu-bandwidth", Json(0.5));
+      c.l1 = 1.0;
+    }
+    const TrainResult fp32 = train(c);
+    c.out = dir.str("bf16");
+    c.precision = Precision::BF16;
+    const TrainResult bf16 = train(c);
+    expect_same_recovery(fp32, bf16, dir.str("fp32"), dir.str("bf16"), architecture);
+  }
 }
