@@ -118,6 +118,26 @@ void BM_Cuda_SaeTrainStep(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The same with the loss sums left on the device (the trainer's --device-data): nothing waits for
+// the GPU inside the step; one synchronisation per step, as above, after Adam.
+void BM_Cuda_SaeTrainStepSumsOnDevice(benchmark::State& state) {
+  if (skip_without_gpu(state)) return;
+  const int64_t n = state.range(0);
+  const ScopedMatmulPrecision precision(precision_of(state.range(1)));
+  Rng rng(6);
+  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
+  SaeAdamState adam = SaeAdamState::zeros_like(params);
+  Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
+  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CUDA);
+  step.set_sums_on_device(true);
+  step.train_step(params, adam, x, 5.0, 1e-5);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(step.train_step(params, adam, x, 5.0, 1e-5));
+    cuda_synchronize();
+  }
+  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // The floor of the step: its five GEMMs (2 * N * D * F flops each) with nothing around them, on
 // operands as the step keeps them (its [N, F] activations in bf16 at bf16: sae/arch/unit.h).
 void BM_Cuda_SaeStepGemmFloor(benchmark::State& state) {
@@ -154,3 +174,4 @@ void tokens_and_precisions(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_Cuda_SaeStep)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Cuda_SaeStepGemmFloor)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Cuda_SaeTrainStep)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Cuda_SaeTrainStepSumsOnDevice)->Apply(tokens_and_precisions)->Unit(benchmark::kMillisecond)->UseRealTime();

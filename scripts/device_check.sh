@@ -16,7 +16,8 @@
 #   machine       nvidia-smi, cores, tools, every program's libraries
 #   cuda_tests    every test with Cuda in its suite or name, one process per suite, 6 at a time,
 #                 SAE_REQUIRE_GPU=1 (a CUDA start-up failure fails instead of skipping)
-#   bench_step    BM_Cuda_SaeStep / GemmFloor / SaeTrainStep at 218 and 4096 tokens, fp32/tf32/bf16,
+#   bench_step    BM_Cuda_SaeStep / GemmFloor / SaeTrainStep (also with its loss sums left on the device)
+#                 at 218 and 4096 tokens, fp32/tf32/bf16,
 #                 and the element-wise kernels against their copy floor
 #   peer_torch    bench/peer_torch_gpu.py: the standard step (218, 4096 tokens) and TopK (F 16384,
 #                 65536) in eager PyTorch at fp32, TF32 and bf16 autocast, right after ours
@@ -177,7 +178,7 @@ export -f cuda_tests
 # ---- 2. benchmarks and the PyTorch peer, in one sitting ----
 bench=("$bin/sae_bench" --benchmark_counters_tabular=true --benchmark_min_time="$min_time")
 step bench_step 90 20 "${bench[@]}" \
-  --benchmark_filter='BM_Cuda_(SaeStep|SaeStepGemmFloor|SaeTrainStep|EncoderActivate|EncoderBackward|CopyFloor)/'
+  --benchmark_filter='BM_Cuda_(SaeStep|SaeStepGemmFloor|SaeTrainStep|SaeTrainStepSumsOnDevice|EncoderActivate|EncoderBackward|CopyFloor)/'
 step peer_torch 110 30 "${py[@]}" "$root/bench/peer_torch_gpu.py" "${peer_args[@]}"
 step bench_topk 150 30 "${bench[@]}" --benchmark_filter='BM_Cuda_TopKStep'
 step bench_sparse 90 20 "${bench[@]}" --benchmark_filter='BM_Cuda_SparseStep/(218|4096)/(5|20)/|BM_Cuda_SparseCrossover'

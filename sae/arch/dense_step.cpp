@@ -21,6 +21,15 @@ DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, bool bf16_pre, const StepSh
   sums_ = Tensor::zeros(Shape{4}, dtype, device);
 }
 
+StepSums DenseUnitStep::sums_or_pending(double lambda) {
+  lambda_ = lambda;
+  if (!keeps_sums_on_device()) return read_sums();
+  StepSums pending;
+  pending.tokens = tokens_;
+  pending.pending = true;
+  return pending;
+}
+
 void DenseUnitStep::keep_dtype(Tensor& t, DType dtype) const {
   if (t.dtype() == dtype) return;
   const Shape shape = t.shape();

@@ -44,6 +44,8 @@ class DenseUnitStep : public UnitStep {
   DType activations_dtype() const { return activation_dtype(dtype_); }
   // t [max_tokens, F] in `dtype`: itself, or a new buffer when the dtype differs.
   void keep_dtype(Tensor& t, DType dtype) const;
+  // The end of a forward whose sums are in sums_: pending sums (keeps_sums_on_device) or read_sums().
+  StepSums sums_or_pending(double lambda);
   // x_hat = f W_dec + b_dec and r = x_hat - target (into the top of grad_x_hat_).
   void decode(const SaeParams& params, const Tensor& target);
   // out = f W_dec + b_dec; on latent shards the partial products are summed over the shards first.
@@ -57,6 +59,7 @@ class DenseUnitStep : public UnitStep {
   Tensor scratch_rows_;                    // [max_tokens, D_out]
   Tensor col_count_, col_a_, col_b_, norms_, scale_, safe_norms_, tiny_;  // [F]; tiny_ [1]
   Tensor sums_;                            // [4] scratch of reductions
+  double lambda_ = 0;                      // the last forward's
 };
 
 }  // namespace sae

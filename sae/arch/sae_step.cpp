@@ -112,7 +112,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
     grads_made_ = true;
   }
   const StepSums sums = run_forward(params, x, target, lambda, true);
-  if (!finite(sums)) {
+  if (!sums.pending && !finite(sums)) {
     step_->undo_forward();
     return sums;
   }

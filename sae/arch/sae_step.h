@@ -36,7 +36,8 @@ class SaeStep {
   StepSums forward_backward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                             SaeParams& grads);
   // One training step: forward, backward and one Adam step at learning rate lr. When the loss is not
-  // finite nothing is updated (the caller stops).
+  // finite nothing is updated (the caller stops), except with pending sums (set_sums_on_device):
+  // then nothing reads the loss before the update, and the caller checks it with read_sums().
   StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, double lambda, double lr);
   StepSums train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target, double lambda,
                       double lr);
@@ -57,6 +58,13 @@ class SaeStep {
   // kernels), sums them over the replicas (the loss is a sum over the batch's tokens, so the
   // batch's gradient is the sum of the replicas'), then applies Adam to every parameter.
   void set_collectives(Collectives* c);
+
+  // Lets the unit leave its loss sums on the device (a GPU step then waits for nothing until they are
+  // read): forward, forward_backward and train_step may return sums with `pending` set, completed
+  // by read_sums() (the last call's). Units that read values back inside their step anyway (the
+  // TopK family) and steps with collectives return complete sums.
+  void set_sums_on_device(bool keep) { step_->set_sums_on_device(keep); }
+  StepSums read_sums() { return step_->read_sums(); }
 
  private:
   void check(const SaeParams& params, const Tensor& x, const Tensor& target) const;

@@ -35,6 +35,7 @@ struct StepSums {
   double active = 0;   // number of (token, latent) pairs with f > 0
   int64_t tokens = 0;  // N
   bool sparse = false; // this step took the sparse path
+  bool pending = false;  // the loss terms above are still on the step's device (SaeStep::read_sums)
 };
 bool finite(const StepSums& s);
 
@@ -122,8 +123,18 @@ class UnitStep {
   void set_collectives(Collectives* c) { collectives_ = c; }
   Collectives* collectives() const { return collectives_; }
 
+  // Loss sums left on the device (SaeStep::set_sums_on_device): a unit that can, and is asked to,
+  // returns pending sums from forward (tokens and sparse set, no loss terms) and reads them back in
+  // read_sums(). Never with collectives (their sums are completed over the ranks in the forward).
+  void set_sums_on_device(bool keep) { sums_on_device_ = keep; }
+  virtual StepSums read_sums() { throw Error("this step's loss sums were read in its forward"); }
+
  protected:
+  bool keeps_sums_on_device() const { return sums_on_device_ && !collectives_; }
   Collectives* collectives_ = nullptr;
+
+ private:
+  bool sums_on_device_ = false;
 };
 
 // What a fresh dictionary is shaped for: an SAE (d_out = d_in), a transcoder (x reconstructs a target

@@ -132,6 +132,12 @@ void Progress::update(int64_t step, int64_t tokens, double loss, double l0) {
   draw(step, tokens, cat("step ", step, "/", total_), extra);
 }
 
+bool Progress::due(int64_t step) const {
+  if (!bar_ && !lines_) return false;
+  const double since_draw = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_draw_).count();
+  return step >= total_ || since_draw >= (bar_ ? 0.2 : 10.0);
+}
+
 void Progress::update_position(int64_t done, int64_t tokens, const std::string& what) {
   const double percent = total_ > 0 ? 100.0 * double(done) / double(total_) : 100.0;
   char position[32];
@@ -141,11 +147,9 @@ void Progress::update_position(int64_t done, int64_t tokens, const std::string& 
 
 void Progress::draw(int64_t done, int64_t tokens, const std::string& position, const std::string& extra) {
   if (!bar_ && !lines_) return;
-  const auto now = std::chrono::steady_clock::now();
   if (start_tokens_ < 0) start_tokens_ = tokens;
-  const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
-  const bool last = done >= total_;
-  if (bar_ ? since_draw < 0.2 && !last : since_draw < 10.0 && !last) return;
+  if (!due(done)) return;
+  const auto now = std::chrono::steady_clock::now();
   last_draw_ = now;
   const double elapsed = std::chrono::duration<double>(now - begin_).count();
   const double rate = elapsed > 0 ? double(done - start_) / elapsed : 0;

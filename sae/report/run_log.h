@@ -44,6 +44,12 @@ class Progress {
  public:
   Progress(ProgressMode mode, int64_t total_steps, int64_t start_step, const std::string& label = "");
   void update(int64_t step, int64_t tokens, double loss, double l0);
+  // Whether update(step, ...) would draw now (callers whose loss must first be read back ask), and
+  // the tokens of a step that was not drawn (the rate counts from the first step seen).
+  bool due(int64_t step) const;
+  void seen(int64_t tokens) {
+    if (start_tokens_ < 0) start_tokens_ = tokens;
+  }
   // For work measured in another unit than steps (e.g. bytes of a corpus): `done` of the total,
   // with `what` in place of the step count and the loss.
   void update_position(int64_t done, int64_t tokens, const std::string& what);

@@ -755,6 +755,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const bool device_data = whole_rows_only && !spans(dist, Group::Replicas) && (shared.device_data == DeviceDataMode::On ||
                                                (shared.device_data == DeviceDataMode::Auto && device != Device::CPU));
   std::unique_ptr<BatchUpload> upload = device_data ? make_batch_upload(device, max_tokens, d) : nullptr;
+  // With --device-data the steps' loss sums stay on the device too (read back in the loop where they
+  // are needed), except where the L0 controller reads them every step.
+  for (Member& m : members) m.step->set_sums_on_device(device_data && !m.run().controller);
   batcher.set_generate_on_device(device_data);
   Tensor x_device = device == Device::CPU || device_data ? Tensor() : Tensor::empty(Shape{max_tokens, d}, DType::F32, device);
   int64_t widest_out = 0;
@@ -819,11 +822,21 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const bool control = controlled(config, run, this_step);
       const double lambda = control ? run.controller->lambda() : config.l1_at(this_step);
       const double lr = config.lr_at(this_step);
-      const StepSums sums = target.defined() ? m.step->train_step(run.params, run.adam, x, target, lambda, lr)
-                                             : m.step->train_step(run.params, run.adam, x, lambda, lr);
-      if (!finite(sums))
-        throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged at step ", this_step,
-                                   ": loss is ", sums.loss, " (rec ", sums.rec, ", l1 ", sums.l1,
+      StepSums sums = target.defined() ? m.step->train_step(run.params, run.adam, x, target, lambda, lr)
+                                       : m.step->train_step(run.params, run.adam, x, lambda, lr);
+      // Pending sums (--device-data: still on the device) are read back only where something needs
+      // them: the metrics row, the L0 controller, a redraw of the progress line, and before every
+      // save, so that a diverged run never writes its weights. The step has applied its update by
+      // then, and a non-finite loss leaves non-finite weights, so every later read sees it.
+      const bool log_step = this_step % config.log_every == 0 || this_step == steps;
+      const bool save_step = (this_step % config.checkpoint_every == 0 && this_step < steps) || this_step == steps;
+      const bool was_pending = sums.pending;
+      if (sums.pending && (control || log_step || save_step || (i == 0 && progress.due(this_step))))
+        sums = m.step->read_sums();
+      if (!sums.pending && !finite(sums))
+        throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged ",
+                                   was_pending ? "by step " : "at step ", this_step, ": loss is ", sums.loss,
+                                   " (rec ", sums.rec, ", l1 ", sums.l1,
                                    "); the last good checkpoint is kept. Try a lower --lr."));
       run.step = this_step;
       run.data_position = batch.position;
@@ -839,7 +852,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       run.dead.update(counts, batch_tokens);
       m.feature_stats->add(*m.step, batch, run.step);
 
-      if (run.step % config.log_every == 0 || run.step == steps) {
+      if (log_step) {
         Tensor x_hat = m.step->reconstruction();
         BatchStats stats = batch.stats;
         BatchMetrics batch_columns;
@@ -867,7 +880,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
         if (run.controller) m.result.last_row.push_back({"l0_smoothed", run.controller->smoothed_l0()});
         if (m.log) m.log->write(m.result.last_row);
       }
-      if (i == 0) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
+      if (i == 0 && sums.pending) progress.seen(run.tokens);
+      if (i == 0 && !sums.pending) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
       if (run.step % config.checkpoint_every == 0 && run.step < steps) {
         if (m.log) m.log->flush();
         save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());

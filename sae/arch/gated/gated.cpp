@@ -39,15 +39,19 @@ class GatedStep : public DenseUnitStep {
     binary_(BinaryOp::mul, scale_, col_a_, norms_);
     reduce_all_(ReduceOp::sum, s2, scale_);
     reduce_all_(ReduceOp::sum_squares, s3, r_gate);
+    return sums_or_pending(lambda);
+  }
+
+  StepSums read_sums() override {
     const std::vector<double> s = sums_.to_vector();
     StepSums out;
     out.rec = s[0];
     out.active = s[1];
     out.l1 = s[2];
     out.aux = s[3];
-    out.loss = out.rec + lambda * out.l1 + out.aux;
-    out.tokens = n;
-    complete_step_sums(collectives_, out, lambda, 0.0);  // the auxiliary reconstruction is complete
+    out.loss = out.rec + lambda_ * out.l1 + out.aux;
+    out.tokens = tokens_;
+    complete_step_sums(collectives_, out, lambda_, 0.0);  // the auxiliary reconstruction is complete
     return out;
   }
 

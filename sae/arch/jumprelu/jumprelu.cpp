@@ -68,15 +68,19 @@ class JumpReluStep : public DenseUnitStep {
     reduce_all_(ReduceOp::sum, s2, col_a_);
     binary_(BinaryOp::mul, scale_, col_b_, norms_);
     reduce_all_(ReduceOp::sum, s3, scale_);
+    return sums_or_pending(lambda);
+  }
+
+  StepSums read_sums() override {
     const std::vector<double> s = sums_.to_vector();
     StepSums out;
     out.rec = s[0];
     out.active = s[1];
     out.l1 = s[2];
     out.aux = settings_.tanh ? settings_.pre_act * s[3] : 0.0;
-    out.loss = out.rec + lambda * out.l1 + out.aux;
-    out.tokens = n;
-    complete_step_sums(collectives_, out, lambda, out.aux);  // the pre-activation loss sums over latents
+    out.loss = out.rec + lambda_ * out.l1 + out.aux;
+    out.tokens = tokens_;
+    complete_step_sums(collectives_, out, lambda_, out.aux);  // the pre-activation loss sums over latents
     return out;
   }
 

@@ -113,16 +113,27 @@ class StandardStep : public UnitStep {
     // grad_x_hat = 2 r, d rec / d x_hat, for the backward.
     const Tensor no_bias;
     decoder_residual_(x_hat, !sparse_ || sharded ? params.b_dec : no_bias, target, grad_x_hat, rec);
+    lambda_ = lambda;
+    if (keeps_sums_on_device()) {
+      StepSums pending;
+      pending.tokens = tokens_;
+      pending.sparse = sparse_;
+      pending.pending = true;
+      return pending;
+    }
+    return read_sums();
+  }
 
+  StepSums read_sums() override {
     const std::vector<double> host = sums_.to_vector();
     StepSums s;
     s.rec = host[0];
     s.l1 = host[1];
     s.active = host[2];
-    s.loss = s.rec + lambda * s.l1;
+    s.loss = s.rec + lambda_ * s.l1;
     s.tokens = tokens_;
     s.sparse = sparse_;
-    complete_step_sums(c, s, lambda, 0.0);
+    complete_step_sums(collectives_, s, lambda_, 0.0);
     return s;
   }
 
@@ -251,6 +262,7 @@ class StandardStep : public UnitStep {
   SparseMode sparse_mode_;
   double auto_max_density_;
   bool sparse_ = false;         // the last forward took the sparse path
+  double lambda_ = 0;           // the last forward's
   int64_t capacity_ = 0;        // entries the lists and dpre have room for
   SparseFeatures lists_;        // row_ptr [max_tokens+1]; lists_for_batch() views its first N+1
   Tensor dpre_;                 // [capacity_]: dLoss/dpre at each by-feature entry

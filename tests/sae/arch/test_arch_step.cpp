@@ -434,6 +434,43 @@ TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
   for (size_t i = 0; i < after.size(); ++i) expect_bitwise_equal(*after[i].second, *before[i].second, after[i].first);
 }
 
+TEST(ArchStep, SumsLeftOnTheDeviceAreReadBackAsTheStepWouldHaveReturnedThem) {
+  // set_sums_on_device (the trainer's --device-data): the standard, gated and JumpReLU steps return
+  // pending sums, and read_sums() gives the sums a step without it returns, bit for bit, after the
+  // same parameter updates; the TopK family reads values back inside its step anyway and returns
+  // complete sums. A pending train_step applies its update (nothing reads the loss first).
+  for (const Setting& setting : kSettings) {
+    SCOPED_TRACE(setting.name);
+    const ArchProblem prob = problem_for(setting, 2100);
+    SaeStep plain = step_of(setting, DType::F64), kept = step_of(setting, DType::F64);
+    kept.set_sums_on_device(true);
+    if (setting.auxk) {
+      plain.set_dead_clock(half_dead_clock());
+      kept.set_dead_clock(half_dead_clock());
+    }
+    SaeParams p = prob.params.clone(), q = prob.params.clone();
+    SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
+    const std::string unit = setting.unit;
+    const bool can_keep = unit == "standard" || unit == "gated" || unit == "jumprelu";
+    for (int step = 0; step < 3; ++step) {
+      const StepSums want = plain.train_step(p, adam_p, prob.x, kLambda, 1e-2);
+      StepSums got = kept.train_step(q, adam_q, prob.x, kLambda, 1e-2);
+      EXPECT_EQ(got.pending, can_keep);
+      EXPECT_EQ(got.tokens, want.tokens);
+      if (got.pending) got = kept.read_sums();
+      EXPECT_FALSE(got.pending);
+      EXPECT_EQ(got.loss, want.loss);
+      EXPECT_EQ(got.rec, want.rec);
+      EXPECT_EQ(got.l1, want.l1);
+      EXPECT_EQ(got.aux, want.aux);
+      EXPECT_EQ(got.active, want.active);
+    }
+    EXPECT_EQ(adam_q.steps, 3);
+    const auto a = p.present(), b = q.present();
+    for (size_t i = 0; i < a.size(); ++i) expect_bitwise_equal(*b[i].second, *a[i].second, a[i].first);
+  }
+}
+
 TEST(ArchStep, RejectsMismatchedParametersAndBadSizes) {
   auto topk_settings_k = [](int64_t k) { return unit_settings("topk", {{"k", Json(k)}}); };
   SaeStep step(arch_unit("topk"), topk_settings_k(3), 8, 4, 6, DType::F32, Device::CPU);

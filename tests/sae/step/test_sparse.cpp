@@ -530,6 +530,34 @@ TEST(SaeStepSparse, MatchesDenseAtDensities0p1_2_20_100PercentFloat32) {
   compare_sparse_with_dense(218, 96, 1000, 0.02, DType::F32, 0.0, 3);  // lambda = 0
 }
 
+TEST(SaeStepSparse, SumsLeftOnTheDeviceMatchInEveryMode) {
+  // set_sums_on_device (the trainer's --device-data): the standard step returns pending sums on the
+  // dense and the sparse path, and read_sums() gives what a step without it returns, bit for bit,
+  // after the same updates (Adam fused into the sparse backward included).
+  Problem p = make_problem(120, 24, 600, 0.02, DType::F32, 9);
+  for (SparseMode mode : {SparseMode::Off, SparseMode::On, SparseMode::Auto}) {
+    SCOPED_TRACE(sparse_mode_name(mode));
+    SaeStep plain = sae::testing::standard_step(120, 24, 600, DType::F32, Device::CPU, mode);
+    SaeStep kept = sae::testing::standard_step(120, 24, 600, DType::F32, Device::CPU, mode);
+    kept.set_sums_on_device(true);
+    auto a = model_of(p), b = model_of(p);
+    SaeAdamState adam_a = make_adam(*a), adam_b = make_adam(*b);
+    for (int step = 0; step < 3; ++step) {
+      const StepSums want = fused_train_step(plain, *a, adam_a, p.x, 2.0, 1e-3);
+      StepSums got = fused_train_step(kept, *b, adam_b, p.x, 2.0, 1e-3);
+      ASSERT_TRUE(got.pending);
+      EXPECT_EQ(got.sparse, want.sparse);
+      got = kept.read_sums();
+      EXPECT_EQ(got.loss, want.loss);
+      EXPECT_EQ(got.rec, want.rec);
+      EXPECT_EQ(got.l1, want.l1);
+      EXPECT_EQ(got.active, want.active);
+    }
+    auto pa = a->named_parameters(), pb = b->named_parameters();
+    for (size_t i = 0; i < pa.size(); ++i) expect_bitwise_equal(pb[i].second.data(), pa[i].second.data(), pa[i].first);
+  }
+}
+
 TEST(SaeStepSparse, IsDeterministic) {
   Problem p = make_problem(300, 32, 800, 0.03, DType::F32, 4);
   std::vector<Tensor> first;

@@ -106,6 +106,29 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   ASSERT_TRUE(last.state.has_value());
   EXPECT_EQ(last.state->step, 3);
   EXPECT_TRUE(std::isfinite(sum(abs(last.params.W_dec)).item()));
+
+  // --device-data: the loss sums stay on the device and are read back where needed (before every
+  // save among them). Checkpoints every step: the same checkpoints as above. Every 100 steps (none
+  // in the 10): the run stops by its last step without writing anything, and says so.
+  TrainConfig kept = c;
+  kept.out = dir.str("kept");
+  kept.device_data = DeviceDataMode::On;
+  EXPECT_THROW(train(kept), TrainingDiverged);
+  EXPECT_TRUE(fs::exists(dir.str("kept/checkpoints/step_3")));
+  EXPECT_FALSE(fs::exists(dir.str("kept/checkpoints/step_4")));
+  EXPECT_FALSE(fs::exists(dir.str("kept/sae")));
+  kept.out = dir.str("kept_rarely");
+  kept.checkpoint_every = 100;
+  kept.log_every = 100;
+  std::string message;
+  try {
+    train(kept);
+  } catch (const TrainingDiverged& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("training diverged by step 10"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(dir.str("kept_rarely/checkpoints")));
+  EXPECT_FALSE(fs::exists(dir.str("kept_rarely/sae")));
 }
 
 TEST(Trainer, WritesEveryOutputInTheSpec) {
