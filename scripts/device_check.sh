@@ -248,7 +248,7 @@ fi
 if [ -n "$sanitizer" ]; then
   (cd "$root" && export SAE_CUDA_EXACT_ALLOC=1 SAE_REQUIRE_GPU=$expect_gpu && step memcheck 90 30 "$sanitizer" \
     --tool memcheck --error-exitcode 3 "$bin/sae_tests" \
-    --gtest_filter='CudaPrecision.*:CudaDeviceData.TheGenerator*:CudaDeviceData.Normalize*:CudaSparse.KernelsMatchCpu:CudaArch.Selections*:CudaSae.Bf16*:CudaSparse.IndexOfBf16*' \
+    --gtest_filter='CudaPrecision.*:CudaDeviceData.TheGenerator*:CudaDeviceData.Normalize*:CudaSparse.KernelsMatchCpu:CudaArch.Selections*:CudaSae.Bf16*:CudaSparse.IndexOfBf16*:CudaArch.DenseKernelsOnBf16Storage*' \
     --gtest_brief=1) || status=1
 else
   note "SKIP memcheck: compute-sanitizer not found"

@@ -24,10 +24,7 @@ DenseUnitStep::DenseUnitStep(bool unit_norm_decoder, bool bf16_pre, const StepSh
 StepSums DenseUnitStep::sums_or_pending(double lambda) {
   lambda_ = lambda;
   if (!keeps_sums_on_device()) return read_sums();
-  StepSums pending;
-  pending.tokens = tokens_;
-  pending.pending = true;
-  return pending;
+  return pending_sums(sums_, tokens_, false);
 }
 
 void DenseUnitStep::keep_dtype(Tensor& t, DType dtype) const {

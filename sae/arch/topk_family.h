@@ -41,7 +41,6 @@ std::vector<std::string> topk_family_reads();     // those and dead-window
 void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::string& unit);
 DictionaryInit topk_family_dictionary_init(const ArchSettings& s);
 
-
 // On several ranks (collectives.h) a latent shard selects among its own latents and the global
 // selection is exact: TopK's and AuxK's per token by shard_topk_cut over the shards' candidates,
 // BatchTopK's over every rank by distributed_batchtopk_select; the partial decodes are summed over

@@ -14,6 +14,29 @@ DType activation_dtype(DType dtype) {
   return dtype == DType::F32 && matmul_precision() == Precision::BF16 ? DType::BF16 : dtype;
 }
 
+StepSums UnitStep::pending_sums(const Tensor& sums, int64_t tokens, bool sparse) {
+  if (!nonfinite_.defined() || nonfinite_.shape() != sums.shape()) {
+    nonfinite_ = Tensor::zeros(sums.shape(), sums.dtype(), sums.device());
+    scratch_ = Tensor::zeros(sums.shape(), sums.dtype(), sums.device());
+  }
+  affine_(scratch_, sums, 0.0, 0.0);  // 0 where finite, NaN where not
+  add_(nonfinite_, scratch_);
+  StepSums pending;
+  pending.tokens = tokens;
+  pending.sparse = sparse;
+  pending.pending = true;
+  return pending;
+}
+
+double UnitStep::loss_since_read(double loss) {
+  if (!nonfinite_.defined()) return loss;
+  bool clean = true;
+  for (double v : nonfinite_.to_vector()) clean = clean && v == 0.0;
+  if (clean) return loss;
+  fill_(nonfinite_, 0.0);
+  return std::nan("");
+}
+
 bool finite(const StepSums& s) {
   return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1) && std::isfinite(s.aux);
 }

@@ -131,10 +131,18 @@ class UnitStep {
 
  protected:
   bool keeps_sums_on_device() const { return sums_on_device_ && !collectives_; }
+  // The end of a forward that keeps its sums [k] on the device: pending sums (tokens, sparse). A
+  // non-finite sum also marks a flag on the device (0 * sum is NaN exactly there), so that a loss
+  // that overflowed for one batch is seen at the next read even if every later one is finite.
+  StepSums pending_sums(const Tensor& sums, int64_t tokens, bool sparse);
+  // For read_sums(): the loss with that flag (NaN when a forward since the last read had a
+  // non-finite sum); clears the flag.
+  double loss_since_read(double loss);
   Collectives* collectives_ = nullptr;
 
  private:
   bool sums_on_device_ = false;
+  Tensor nonfinite_, scratch_;  // [k]: sums of 0 * the pending sums since the last read
 };
 
 // What a fresh dictionary is shaped for: an SAE (d_out = d_in), a transcoder (x reconstructs a target

@@ -287,7 +287,8 @@ std::vector<TrainOption> make_table() {
       row("prefetch", training, "prepare the next batch on a worker thread: auto (on for CUDA) | on | off", controls,
           "prefetch", FIELD(prefetch), choice(parse_prefetch_mode, prefetch_mode_name), "auto"),
       row("device-data", training, "batches to the GPU asynchronously (page-locked, their own stream) or made "
-          "there (synthetic data), metrics computed there: auto (on for CUDA) | on | off", controls, "device_data",
+          "there (synthetic data), metrics computed there, loss sums read back only where needed: auto (on for "
+          "CUDA) | on | off", controls, "device_data",
           FIELD(device_data), choice(parse_device_data_mode, device_data_mode_name), "auto"),
       row("checkpoint-every", training, "steps between checkpoints", controls, "checkpoint_every",
           FIELD(checkpoint_every), integer()),

@@ -827,7 +827,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       // Pending sums (--device-data: still on the device) are read back only where something needs
       // them: the metrics row, the L0 controller, a redraw of the progress line, and before every
       // save, so that a diverged run never writes its weights. The step has applied its update by
-      // then, and a non-finite loss leaves non-finite weights, so every later read sees it.
+      // then; a non-finite loss sum of any step since the last read makes the read's loss NaN
+      // (UnitStep::pending_sums), even where the later steps' losses are finite.
       const bool log_step = this_step % config.log_every == 0 || this_step == steps;
       const bool save_step = (this_step % config.checkpoint_every == 0 && this_step < steps) || this_step == steps;
       const bool was_pending = sums.pending;

@@ -49,7 +49,7 @@ class GatedStep : public DenseUnitStep {
     out.active = s[1];
     out.l1 = s[2];
     out.aux = s[3];
-    out.loss = out.rec + lambda_ * out.l1 + out.aux;
+    out.loss = loss_since_read(out.rec + lambda_ * out.l1 + out.aux);
     out.tokens = tokens_;
     complete_step_sums(collectives_, out, lambda_, 0.0);  // the auxiliary reconstruction is complete
     return out;

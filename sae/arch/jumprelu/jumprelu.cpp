@@ -78,7 +78,7 @@ class JumpReluStep : public DenseUnitStep {
     out.active = s[1];
     out.l1 = s[2];
     out.aux = settings_.tanh ? settings_.pre_act * s[3] : 0.0;
-    out.loss = out.rec + lambda_ * out.l1 + out.aux;
+    out.loss = loss_since_read(out.rec + lambda_ * out.l1 + out.aux);
     out.tokens = tokens_;
     complete_step_sums(collectives_, out, lambda_, out.aux);  // the pre-activation loss sums over latents
     return out;

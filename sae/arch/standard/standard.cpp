@@ -114,13 +114,7 @@ class StandardStep : public UnitStep {
     const Tensor no_bias;
     decoder_residual_(x_hat, !sparse_ || sharded ? params.b_dec : no_bias, target, grad_x_hat, rec);
     lambda_ = lambda;
-    if (keeps_sums_on_device()) {
-      StepSums pending;
-      pending.tokens = tokens_;
-      pending.sparse = sparse_;
-      pending.pending = true;
-      return pending;
-    }
+    if (keeps_sums_on_device()) return pending_sums(sums_, tokens_, sparse_);
     return read_sums();
   }
 
@@ -130,7 +124,7 @@ class StandardStep : public UnitStep {
     s.rec = host[0];
     s.l1 = host[1];
     s.active = host[2];
-    s.loss = s.rec + lambda_ * s.l1;
+    s.loss = loss_since_read(s.rec + lambda_ * s.l1);
     s.tokens = tokens_;
     s.sparse = sparse_;
     complete_step_sums(collectives_, s, lambda_, 0.0);

@@ -293,10 +293,15 @@ TEST(DeviceData, CpuRunsWithDeviceDataOnTrainToTheSameBits) {
   // bit for bit; the metrics' batch columns agree to float64 rounding (their sums run in another
   // order), every other column exactly.
   TempDir dir("device_data");
+  // Metrics every step, and every 7th with checkpoints every 10th (the loss sums then stay on the
+  // device between reads: sae/train/trainer.cpp).
   for (int64_t batch : {int64_t(0), int64_t(20)}) {
     for (PrefetchMode prefetch : {PrefetchMode::Off, PrefetchMode::On}) {
-      const std::string tag = cat(batch, "_", prefetch_mode_name(prefetch));
+     for (int64_t log_every : {int64_t(1), int64_t(7)}) {
+      const std::string tag = cat(batch, "_", prefetch_mode_name(prefetch), "_", log_every);
       TrainConfig off = sae::testing::tiny_story_run_config(dir.str("off_" + tag));
+      off.log_every = log_every;
+      off.checkpoint_every = log_every == 1 ? off.checkpoint_every : 10;
       off.batch_tokens = batch;
       off.normalize = batch == 0 ? Normalization::Story : Normalization::Dataset;
       off.prefetch = prefetch;
@@ -323,6 +328,7 @@ TEST(DeviceData, CpuRunsWithDeviceDataOnTrainToTheSameBits) {
             EXPECT_EQ(b[r][c], a[r][c]) << tag << " " << column << " row " << r;
           }
         }
+     }
     }
   }
   // An activation file (host batches, HostBatchUpload): the same weights too.

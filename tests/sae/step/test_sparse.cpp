@@ -558,6 +558,35 @@ TEST(SaeStepSparse, SumsLeftOnTheDeviceMatchInEveryMode) {
   }
 }
 
+TEST(SaeStepSparse, ANonFiniteLossLeftOnTheDeviceIsSeenAtTheNextRead) {
+  // A batch whose squared error overflows float32 (rec = inf) while every gradient stays finite
+  // (f = 0: W_enc 0, b_enc < 0), then ordinary batches with finite losses. A plain step returns the
+  // inf and updates nothing; a step that leaves its sums on the device applies the update, and the
+  // next read_sums() has a NaN loss (the flag of UnitStep::pending_sums), after which reads are
+  // clean again.
+  Rng rng(31);
+  const int64_t n = 6, d = 8, f = 16;
+  SaeParams start = SaeParams::standard_init(d, f, rng);
+  fill_(start.W_enc, 0.0);
+  fill_(start.b_enc, -1.0);
+  const Tensor huge = Tensor::full(Shape{n, d}, 3e19), ordinary = normal_tensor(Shape{n, d}, 0.0, 1.0, rng);
+  SaeStep plain = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU, SparseMode::Off);
+  SaeStep kept = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU, SparseMode::Off);
+  kept.set_sums_on_device(true);
+  SaeParams p = start.clone(), q = start.clone();
+  SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
+  EXPECT_FALSE(std::isfinite(plain.train_step(p, adam_p, huge, 1.0, 1e-3).rec));
+  EXPECT_EQ(adam_p.steps, 0);
+  EXPECT_TRUE(kept.train_step(q, adam_q, huge, 1.0, 1e-3).pending);
+  EXPECT_TRUE(kept.train_step(q, adam_q, ordinary, 1.0, 1e-3).pending);
+  EXPECT_EQ(adam_q.steps, 2);  // applied: nothing read the loss first
+  const StepSums late = kept.read_sums();
+  EXPECT_TRUE(std::isfinite(late.rec)) << "the last batch's own terms are finite";
+  EXPECT_FALSE(finite(late)) << "the earlier batch's overflow is reported";
+  kept.train_step(q, adam_q, ordinary, 1.0, 1e-3);
+  EXPECT_TRUE(finite(kept.read_sums())) << "the flag is cleared by a read";
+}
+
 TEST(SaeStepSparse, IsDeterministic) {
   Problem p = make_problem(300, 32, 800, 0.03, DType::F32, 4);
   std::vector<Tensor> first;

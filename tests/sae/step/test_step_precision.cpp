@@ -106,7 +106,8 @@ TEST(StepPrecision, FusedStepMatchesItsReferenceAtEachPrecision) {
 
 TEST(StepPrecision, Bf16KeepsTheActivationsInBf16AsTheFormulasRoundThem) {
   // At bf16 the step's f [N, F] is bf16, bit-equal to bf16(relu(bf16(x W_enc) + b_enc)); at tf32 it
-  // is float32. A step made at one precision follows the precision of its later batches.
+  // is float32. A step made at one precision follows the precision of its later batches (forward and
+  // backward: the gradient must not depend on the precision of earlier batches).
   Rng rng(22);
   const int64_t n = 64, d = 24, f = 200;
   const SaeParams start = SaeParams::standard_init(d, f, rng);
@@ -114,7 +115,11 @@ TEST(StepPrecision, Bf16KeepsTheActivationsInBf16AsTheFormulasRoundThem) {
   SaeStep step = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU);
   for (Precision p : {Precision::TF32, Precision::BF16, Precision::FP32, Precision::BF16}) {
     const ScopedMatmulPrecision scope(p);
-    step.forward(start, x, 0.5);
+    SaeParams grads = SaeParams::zeros_like(start), fresh_grads = SaeParams::zeros_like(start);
+    step.forward_backward(start, x, 0.5, grads);  // the backward's dL/df buffer follows too
+    SaeStep fresh = sae::testing::standard_step(n, d, f, DType::F32, Device::CPU);
+    fresh.forward_backward(start, x, 0.5, fresh_grads);
+    sae::testing::expect_bitwise_equal(grads.W_enc, fresh_grads.W_enc, cat("dW_enc at ", precision_name(p)));
     const Tensor got = step.features();
     ASSERT_EQ(got.dtype(), p == Precision::BF16 ? DType::BF16 : DType::F32) << precision_name(p);
     if (p != Precision::BF16) continue;
