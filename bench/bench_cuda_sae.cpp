@@ -100,8 +100,10 @@ void BM_Cuda_SaeStep(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// range(0): N, range(1): precision. train_step: forward, backward and Adam, dense (--sparse off).
-void BM_Cuda_SaeTrainStep(benchmark::State& state) {
+// range(0): N, range(1): precision. train_step: forward, backward and Adam, dense (--sparse off),
+// one synchronisation per step after Adam. sums_on_device: the loss sums left on the device (the
+// trainer's --device-data), so nothing inside the step waits for the GPU.
+void train_step_bench(benchmark::State& state, bool sums_on_device) {
   if (skip_without_gpu(state)) return;
   const int64_t n = state.range(0);
   const ScopedMatmulPrecision precision(precision_of(state.range(1)));
@@ -110,26 +112,7 @@ void BM_Cuda_SaeTrainStep(benchmark::State& state) {
   SaeAdamState adam = SaeAdamState::zeros_like(params);
   Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
   SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CUDA);
-  step.train_step(params, adam, x, 5.0, 1e-5);
-  for (auto _ : state) {
-    benchmark::DoNotOptimize(step.train_step(params, adam, x, 5.0, 1e-5));
-    cuda_synchronize();  // Adam's kernels run after the step's last read-back
-  }
-  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
-}
-
-// The same with the loss sums left on the device (the trainer's --device-data): nothing waits for
-// the GPU inside the step; one synchronisation per step, as above, after Adam.
-void BM_Cuda_SaeTrainStepSumsOnDevice(benchmark::State& state) {
-  if (skip_without_gpu(state)) return;
-  const int64_t n = state.range(0);
-  const ScopedMatmulPrecision precision(precision_of(state.range(1)));
-  Rng rng(6);
-  SaeParams params = SaeParams::standard_init(kD, kF, rng, DType::F32, Device::CUDA);
-  SaeAdamState adam = SaeAdamState::zeros_like(params);
-  Tensor x = normal_tensor(Shape{n, kD}, 0.0, 1.0, rng, DType::F32, Device::CUDA);
-  SaeStep step(arch_unit("standard"), arch_settings("standard", {{"sparse", Json("off")}}), n, kD, kF, DType::F32, Device::CUDA);
-  step.set_sums_on_device(true);
+  step.set_sums_on_device(sums_on_device);
   step.train_step(params, adam, x, 5.0, 1e-5);
   for (auto _ : state) {
     benchmark::DoNotOptimize(step.train_step(params, adam, x, 5.0, 1e-5));
@@ -137,6 +120,8 @@ void BM_Cuda_SaeTrainStepSumsOnDevice(benchmark::State& state) {
   }
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
+void BM_Cuda_SaeTrainStep(benchmark::State& state) { train_step_bench(state, false); }
+void BM_Cuda_SaeTrainStepSumsOnDevice(benchmark::State& state) { train_step_bench(state, true); }
 
 // The floor of the step: its five GEMMs (2 * N * D * F flops each) with nothing around them, on
 // operands as the step keeps them (its [N, F] activations in bf16 at bf16: sae/arch/unit.h).
