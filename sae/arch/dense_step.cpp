@@ -27,14 +27,6 @@ StepSums DenseUnitStep::sums_or_pending(double lambda) {
   return pending_sums(sums_, tokens_, false);
 }
 
-void DenseUnitStep::keep_dtype(Tensor& t, DType dtype) const {
-  if (t.dtype() == dtype) return;
-  const Shape shape = t.shape();
-  const Device device = t.device();
-  t = Tensor();  // the old buffer goes first
-  t = Tensor::empty(shape, dtype, device);
-}
-
 void DenseUnitStep::start_forward(const SaeParams& params, const Tensor& x) {
   keep_dtype(pre_, bf16_pre_ ? activations_dtype() : dtype_);
   keep_dtype(f_, activations_dtype());

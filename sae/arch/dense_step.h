@@ -42,8 +42,6 @@ class DenseUnitStep : public UnitStep {
   // precision, which may have changed since the last batch).
   void start_forward(const SaeParams& params, const Tensor& x);
   DType activations_dtype() const { return activation_dtype(dtype_); }
-  // t [max_tokens, F] in `dtype`: itself, or a new buffer when the dtype differs.
-  void keep_dtype(Tensor& t, DType dtype) const;
   // The end of a forward whose sums are in sums_: pending sums (keeps_sums_on_device) or read_sums().
   StepSums sums_or_pending(double lambda);
   // x_hat = f W_dec + b_dec and r = x_hat - target (into the top of grad_x_hat_).

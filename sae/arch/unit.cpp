@@ -37,6 +37,14 @@ double UnitStep::loss_since_read(double loss) {
   return std::nan("");
 }
 
+void keep_dtype(Tensor& t, DType dtype) {
+  if (t.dtype() == dtype) return;
+  const Shape shape = t.shape();
+  const Device device = t.device();
+  t = Tensor();
+  t = Tensor::empty(shape, dtype, device);
+}
+
 bool finite(const StepSums& s) {
   return std::isfinite(s.loss) && std::isfinite(s.rec) && std::isfinite(s.l1) && std::isfinite(s.aux);
 }

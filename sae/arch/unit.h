@@ -46,6 +46,9 @@ bool finite(const StepSums& s);
 // the reads of a step's largest tensors. Read at each batch: the precision is the process's
 // (tensor/precision.h).
 DType activation_dtype(DType dtype);
+// A step's buffer t in `dtype`: t itself, or (after a change of precision) a new buffer of its shape
+// and device, written before read, the old one freed first.
+void keep_dtype(Tensor& t, DType dtype);
 
 // The latents of a step's batch as the step holds them, for statistics (sae/train/feature_stats.h):
 // on the sparse path the by-feature entry lists (entries of rows >= tokens are auxiliary, not

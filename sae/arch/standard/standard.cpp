@@ -77,12 +77,8 @@ class StandardStep : public UnitStep {
   StepSums forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool) override {
     const int64_t n = x.size(0);
     tokens_ = n;
-    if (f_.dtype() != activation_dtype(dtype_)) {  // the precision changed since the last batch
-      const Shape shape = f_.shape();
-      const Device device = f_.device();
-      f_ = grad_f_ = Tensor();  // the old buffers go first
-      f_ = Tensor::empty(shape, activation_dtype(dtype_), device);
-    }
+    if (f_.dtype() != activation_dtype(dtype_)) grad_f_ = Tensor();  // remade by the next dense backward
+    keep_dtype(f_, activation_dtype(dtype_));                         // the precision may have changed
     Tensor f = features(), x_hat = reconstruction(), grad_x_hat = grad_x_hat_.slice_rows(0, n);
     Tensor rec = sums_.slice_rows(0, 1), l1 = sums_.slice_rows(1, 2), active = sums_.slice_rows(2, 3);
 

@@ -43,6 +43,19 @@ void expect_same_recovery(const TrainResult& fp32, const TrainResult& bf16, cons
   const Tensor b = SafetensorsFile::open(bf16_dir + "/sae/sae_weights.safetensors").read_f32("W_dec");
   EXPECT_GT(reduce(ReduceOp::max, abs(sub(a, b))).item(), 1e-4) << "the bf16 run is another run";
 }
+
+// Runs c at fp32 into dir/fp32 and at bf16 into dir/bf16 (each run puts the process's precision
+// back), then expect_same_recovery.
+void expect_same_recovery_at_bf16(TrainConfig c, const std::string& dir, const char* label) {
+  c.out = dir + "/fp32";
+  const TrainResult fp32 = train(c);
+  EXPECT_EQ(matmul_precision(), Precision::FP32);
+  c.out = dir + "/bf16";
+  c.precision = Precision::BF16;
+  const TrainResult bf16 = train(c);
+  EXPECT_EQ(matmul_precision(), Precision::FP32) << "the run put the process's precision back";
+  expect_same_recovery(fp32, bf16, dir + "/fp32", dir + "/bf16", label);
+}
 }  // namespace
 
 TEST(PrecisionRuns, ConfigJsonStoresItAndReadsTheOlderTf32Key) {
@@ -91,13 +104,7 @@ TEST(PrecisionRuns, Bf16RunRecoversThePlantedDictionaryAsTheFp32RunDoes) {
   TrainConfig c = planted_dictionary_config(dir.str("fp32"));
   c.l1 = 1.0;
   c.steps = 600;
-  const TrainResult fp32 = train(c);
-  EXPECT_EQ(matmul_precision(), Precision::FP32);
-  c.out = dir.str("bf16");
-  c.precision = Precision::BF16;
-  const TrainResult bf16 = train(c);
-  EXPECT_EQ(matmul_precision(), Precision::FP32) << "the run put the process's precision back";
-  expect_same_recovery(fp32, bf16, dir.str("fp32"), dir.str("bf16"), "standard");
+  expect_same_recovery_at_bf16(c, dir.str(), "standard");
   const Json cfg = Json::parse(sae::testing::read_file(dir.str("bf16/config.json")));
   EXPECT_EQ(cfg.at("precision").as_string(), "bf16");
 }
@@ -113,11 +120,7 @@ TEST(PrecisionRuns, TopKAtBf16RecoversThePlantedDictionaryAsAtFp32) {
   c.architecture = "topk";
   c.arch.set("k", Json(3));
   c.steps = 600;
-  const TrainResult fp32 = train(c);
-  c.out = dir.str("bf16");
-  c.precision = Precision::BF16;
-  const TrainResult bf16 = train(c);
-  expect_same_recovery(fp32, bf16, dir.str("fp32"), dir.str("bf16"), "topk");
+  expect_same_recovery_at_bf16(c, dir.str(), "topk");
 }
 
 TEST(PrecisionRuns, GatedAndJumpReluAtBf16RecoverThePlantedDictionaryAsAtFp32) {
@@ -139,10 +142,6 @@ TEST(PrecisionRuns, GatedAndJumpReluAtBf16RecoverThePlantedDictionaryAsAtFp32) {
       c.arch.set("jumprelu-bandwidth", Json(0.5));
       c.l1 = 1.0;
     }
-    const TrainResult fp32 = train(c);
-    c.out = dir.str("bf16");
-    c.precision = Precision::BF16;
-    const TrainResult bf16 = train(c);
-    expect_same_recovery(fp32, bf16, dir.str("fp32"), dir.str("bf16"), architecture);
+    expect_same_recovery_at_bf16(c, dir.str(), architecture);
   }
 }
