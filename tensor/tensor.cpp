@@ -56,8 +56,29 @@ std::string Shape::str() const {
   return s + "]";
 }
 
+thread_local HostWorkCounter* HostWorkCounter::current_ = nullptr;
+
+HostWorkCounter::HostWorkCounter() : outer_(current_) { current_ = this; }
+
+HostWorkCounter::~HostWorkCounter() {
+  current_ = outer_;
+  if (outer_) {
+    outer_->work_.allocations += work_.allocations;
+    outer_->work_.reads += work_.reads;
+  }
+}
+
+void HostWorkCounter::note_allocation() {
+  if (current_) ++current_->work_.allocations;
+}
+
+void HostWorkCounter::note_read() {
+  if (current_) ++current_->work_.reads;
+}
+
 Storage::Storage(size_t nbytes, Device dev, bool page_locked) : bytes(nbytes), device(dev), pinned(page_locked) {
   size_t alloc_bytes = nbytes == 0 ? 64 : (nbytes + 63) / 64 * 64;
+  HostWorkCounter::note_allocation();
   if (pinned) {
     data = cuda_host_alloc(alloc_bytes);  // page-aligned
   } else if (device == Device::CPU) {
@@ -228,6 +249,7 @@ Tensor Tensor::to(DType target) const {
 }
 
 std::vector<double> Tensor::to_vector() const {
+  HostWorkCounter::note_read();
   Tensor host = to(Device::CPU);
   std::vector<double> values(numel());
   if (dtype_ == DType::F32) {

@@ -28,6 +28,32 @@ const char* device_name(Device device);
 size_t dtype_size(DType dtype);
 inline bool is_half_dtype(DType dtype) { return dtype == DType::BF16 || dtype == DType::F16; }
 
+// What a GPU training step must not do between its kernels if it is never to wait for the GPU (and
+// what a captured CUDA graph could not hold): allocate tensor memory or read values back to the
+// host. A HostWorkCounter counts both on its thread while it lives: every owned Storage made, and
+// every read-back (Tensor::to_vector and item, and the direct device-to-host copies, which call
+// note_read). The CPU counts the same calls, so a CPU test shows what a step does on the GPU.
+// Counters nest: an inner one's counts are added to the outer one's when it ends.
+struct HostWork {
+  int64_t allocations = 0, reads = 0;
+};
+class HostWorkCounter {
+ public:
+  HostWorkCounter();
+  ~HostWorkCounter();
+  HostWorkCounter(const HostWorkCounter&) = delete;
+  HostWorkCounter& operator=(const HostWorkCounter&) = delete;
+  const HostWork& counted() const { return work_; }
+  // Counted by the thread's innermost counter, if any.
+  static void note_allocation();
+  static void note_read();
+
+ private:
+  HostWork work_;
+  HostWorkCounter* outer_;
+  static thread_local HostWorkCounter* current_;
+};
+
 // Up to 4 dimensions, stored inline.
 struct Shape {
   static constexpr int kMaxDims = 4;

@@ -339,6 +339,7 @@ void sparse_by_feature_typed(SparseFeatures& s, T* col_sum, T* col_count, int64_
     list_ends_kernel<<<1, 32, 0, cuda_stream()>>>(static_cast<int32_t*>(ends_device.ptr), s.row_ptr.data<int32_t>(),
                                                   rows);
     SAE_CUDA_CHECK_LAUNCH();
+    HostWorkCounter::note_read();
     cuda_copy_to_host(ends, ends_device.ptr, sizeof ends);
   }
   const int32_t base = ends[0], entries = ends[1] - ends[0];

@@ -46,8 +46,23 @@ void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale) {
 }
 
 namespace {
+constexpr int64_t kInt32Limit = int64_t(1) << 31;
+
+void check_int32_lists(const char* op, int64_t rows, int64_t features, int64_t entries) {
+  if (rows >= kInt32Limit || features >= kInt32Limit || entries >= kInt32Limit)
+    throw Error(cat(op, ": ", rows, " rows, ", features, " features or ", entries,
+                    " list entries do not fit int32 indices"));
+}
+
+// Lists made from every cell of [N, F] (a dense f, a batch-wide selection) may hold N F entries.
+void check_int32_cells(const char* op, int64_t rows, int64_t features) {
+  if (rows * features >= kInt32Limit)
+    throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
+}
+
 // The lists of SparseFeatures for f [N, F] (sae_kernels.h): int32 pointers and indices, values in
-// `like`'s dtype, everything on `like`'s device. Entry indices must fit in int32.
+// `like`'s dtype, everything on `like`'s device. Entry positions, rows and features must fit in int32;
+// N F may not (the kernels index [N, F] and [F, D] in int64: TopK at 4096 tokens x 2^20 latents).
 void check_lists(const char* op, const SparseFeatures& s, int64_t n, int64_t features, const Tensor& like) {
   check_shape(op, "col_ptr", s.col_ptr, Shape{features + 1});
   check_shape(op, "row_ptr", s.row_ptr, Shape{n + 1});
@@ -65,8 +80,7 @@ void check_lists(const char* op, const SparseFeatures& s, int64_t n, int64_t fea
   for (const Tensor* t : {&s.col_ptr, &s.rows, &s.row_ptr, &s.cols})
     if (t->device() != like.device())
       throw Error(cat(op, ": device mismatch: ", t->describe(), " vs ", like.describe()));
-  if (n * features >= (int64_t(1) << 31) || s.rows.numel() >= (int64_t(1) << 31))
-    throw Error(cat(op, ": ", n, " x ", features, " entries do not fit int32 indices"));
+  check_int32_lists(op, n, features, s.rows.numel());
 }
 
 // dpre: one value per entry, in the lists' dtype and length.
@@ -94,6 +108,7 @@ void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count) 
   if (f.ndim() != 2) throw Error(cat(op, ": f must be [N, F], got ", f.describe()));
   check_activations_and_column_vector(op, f, col_count);
   check_lists(op, s, f.size(0), f.size(1), col_count);
+  check_int32_cells(op, f.size(0), f.size(1));
   sae_kernels_for(f.device()).sparse_index(s, f, col_count);
 }
 
@@ -162,8 +177,7 @@ void check_token_lists(const char* op, const SparseFeatures& s, int64_t row0, in
   check_same_device_dtype(op, like, s.row_vals);
   if (s.row_ptr.device() != like.device() || s.cols.device() != like.device())
     throw Error(cat(op, ": device mismatch: ", s.row_ptr.describe(), ", ", s.cols.describe(), " vs ", like.describe()));
-  if (rows * features >= (int64_t(1) << 31) || s.cols.numel() >= (int64_t(1) << 31))
-    throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
+  check_int32_lists(op, rows, features, s.cols.numel());
 }
 
 }  // namespace
@@ -188,6 +202,7 @@ void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias,
   if (s.cols.defined() && total > s.cols.numel())
     throw Error(cat(op, ": ", total, " entries do not fit lists of ", s.cols.numel()));
   check_token_lists(op, s, 0, pre.size(0), pre.size(1), bias);
+  check_int32_cells(op, pre.size(0), pre.size(1));  // it counts and indexes the batch's N F candidates
   sae_kernels_for(pre.device()).batchtopk_select(s, pre, bias, total);
 }
 

@@ -85,6 +85,7 @@ Tensor first_rows(Tensor& buffer, int64_t n, int64_t width, DType dtype, Device 
 // Bytes [offset, offset + bytes) of a tensor, copied to the host.
 void download_part(void* to, const Tensor& from, size_t offset, size_t bytes) {
   if (bytes == 0) return;
+  HostWorkCounter::note_read();
   const char* start = static_cast<const char*>(from.raw()) + offset;
   if (from.device() == Device::CPU)
     std::memcpy(to, start, bytes);

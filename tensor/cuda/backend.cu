@@ -292,6 +292,10 @@ CudaUpload::CudaUpload() {
   SAE_CUDA_CHECK(cudaEventCreateWithFlags(&released, cudaEventDisableTiming));
   copied_ = copied;
   released_ = released;
+  // The first copy waits for the work queued so far too: a destination may be a block the caching
+  // allocator took back from tensors that queued kernels still use (it assumes one stream).
+  SAE_CUDA_CHECK(cudaEventRecord(released, cuda_stream()));
+  released_recorded_ = true;
 }
 
 CudaUpload::~CudaUpload() {

@@ -47,7 +47,7 @@ class CudaUpload {
 
  private:
   void* copied_ = nullptr;    // cudaEvent_t: recorded on the upload stream after each copy
-  void* released_ = nullptr;  // cudaEvent_t: recorded on the compute stream by release()
+  void* released_ = nullptr;  // cudaEvent_t: recorded on the compute stream at construction and by release()
   bool copied_recorded_ = false, released_recorded_ = false;
 };
 

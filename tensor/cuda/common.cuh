@@ -33,7 +33,7 @@ __device__ inline int64_t grid_stride() { return int64_t(blockDim.x) * gridDim.x
 // it back before the kernels that use it have run is safe: every user is on the one stream.
 struct DeviceBuffer {
   void* ptr;
-  explicit DeviceBuffer(size_t bytes) : ptr(cuda_alloc(bytes)) {}
+  explicit DeviceBuffer(size_t bytes) : ptr(cuda_alloc(bytes)) { HostWorkCounter::note_allocation(); }
   ~DeviceBuffer() { cuda_free(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;

@@ -497,7 +497,9 @@ void matmul_cuda(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bo
   const int64_t m = out.size(0), n = out.size(1), k = trans_a ? a.size(0) : a.size(1);
   if (m == 0 || n == 0) return;
   if (k == 0) {  // the product is zero; as on the CPU, out = beta * out (0 when beta == 0, even over NaN)
-    if (beta == 0.0)
+    if (beta == 0.0 && out.dtype() == DType::BF16)  // fill takes float32 / float64; +0 is all zero bits
+      SAE_CUDA_CHECK(cudaMemsetAsync(out.raw(), 0, out.nbytes(), cuda_stream()));
+    else if (beta == 0.0)
       fill_cuda(out, 0.0);
     else
       affine_cuda(out, out, beta, 0.0);

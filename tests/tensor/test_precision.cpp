@@ -359,6 +359,11 @@ TEST(CudaPrecision, Bf16OutputMatchesTheCpuReference) {
     // float32 tolerances of MatmulAtEachPrecisionMatchesTheCpuReference.
     expect_close_to_scale(got.to(DType::F32), ref.to(DType::F32), (p == Precision::TF32 ? 5e-3 : 1e-4) + 8e-3,
                           cat("bf16 output at ", precision_name(p)));
+    // An empty product (k = 0) is zero, as on the CPU, over whatever the output held.
+    Tensor empty_product = Tensor::full(Shape{3, 5}, NAN, DType::F32, Device::CUDA).to(DType::BF16);
+    matmul_(empty_product, Tensor::zeros(Shape{3, 0}, DType::F32, Device::CUDA), false,
+            Tensor::zeros(Shape{0, 5}, DType::F32, Device::CUDA), false);
+    EXPECT_EQ(empty_product.to_vector(), std::vector<double>(15, 0.0)) << precision_name(p);
   }
 }
 

@@ -114,7 +114,11 @@ void decoder_penalty_cpu(Tensor& norms, Tensor& l1, Tensor& active, const Tensor
                          const Tensor& col_count) {
   const KernelTable& ops = cpu_kernels();
   ops.reduce_axis(ReduceOp::norm2, norms, W_dec, W_dec.size(0), W_dec.size(1), 1);
-  Tensor weighted = Tensor::empty(norms.shape(), norms.dtype());  // col_sum[i] norms[i]
+  // col_sum[i] norms[i], summed by reduce_all as the ops it replaced did. The scratch is kept per
+  // thread, so that a step makes no tensor after its first (ArchStep.AStepWithPendingSums...).
+  thread_local Tensor weighted;
+  if (!weighted.defined() || weighted.shape() != norms.shape() || weighted.dtype() != norms.dtype())
+    weighted = Tensor::empty(norms.shape(), norms.dtype());
   dispatch_float(W_dec.dtype(), "decoder_penalty", [&](auto zero) {
     using T = decltype(zero);
     T* w = weighted.data<T>();

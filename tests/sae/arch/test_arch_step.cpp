@@ -16,6 +16,7 @@
 #include "tests/sae/arch/arch_problem.h"
 #include "tests/util/standard_sae.h"
 #include "tests/util/compare.h"
+#include "tests/util/gpu.h"
 #include "tests/util/random_inputs.h"
 
 using namespace sae;
@@ -217,6 +218,112 @@ TEST(ArchKernels, ByFeatureListsFromTokenLists) {
     EXPECT_EQ(counts[i], count);
     EXPECT_NEAR(sums[i], sum, 1e-5);
   }
+}
+
+// TopK at 2048 tokens x 2^20 latents: N F = 2^31 cells, more than int32 counts, while the lists hold 2
+// N entries. The list kernels index [F, D] and [N, D] in int64 and take the lists as long as their
+// entries, rows and features fit int32 (the front-ends refused N F >= 2^31 before). The by-token lists
+// (two entries per token, at the far corners of both axes), then sparse_by_feature, sparse_decode and
+// sparse_encoder_backward's gradients, on `device`, read back.
+struct ManyLatentsRun {
+  static constexpr int64_t n = 2048, f = int64_t(1) << 20, d = 2, per = 2;
+  std::vector<double> cols, vals;                          // the by-token lists
+  std::vector<double> ptr, rows, col_sum, col_count;       // by feature
+  std::vector<double> W_dec, b_dec, x, dpre, x_hat, dW, db;  // inputs and outputs
+};
+ManyLatentsRun run_many_latents(Device device) {
+  ManyLatentsRun r;
+  const int64_t n = r.n, f = r.f, d = r.d, per = r.per;
+  std::vector<double> row_ptr(n + 1, 0.0);
+  r.cols.resize(n * per);
+  r.vals.resize(n * per);
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t a = (t * 40503) % (f / 2), b = f - 1 - t;  // a < f/2 <= b: increasing in each row
+    row_ptr[t + 1] = double((t + 1) * per);
+    r.cols[t * per] = double(a);
+    r.cols[t * per + 1] = double(b);
+    r.vals[t * per] = 0.5 + 0.001 * double(t % 97);
+    r.vals[t * per + 1] = 1.5 - 0.001 * double(t % 89);
+  }
+  SparseFeatures s = token_lists(n, f, n * per, DType::F32);
+  s.row_ptr = Tensor::from_vector(row_ptr, Shape{n + 1}, DType::I32);
+  s.cols = Tensor::from_vector(r.cols, Shape{n * per}, DType::I32);
+  s.row_vals = Tensor::from_vector(r.vals, Shape{n * per});
+  for (Tensor* t : {&s.col_ptr, &s.rows, &s.vals, &s.row_ptr, &s.cols, &s.row_vals}) *t = t->to(device);
+  Tensor col_sum = Tensor::full(Shape{f}, NAN, DType::F32, device), col_count = col_sum.clone();
+  sparse_by_feature_(s, col_sum, col_count);
+
+  Rng rng(11);
+  const Tensor W_dec = random_cpu(Shape{f, d}, DType::F32, rng), b_dec = random_cpu(Shape{d}, DType::F32, rng);
+  const Tensor x = random_cpu(Shape{n, d}, DType::F32, rng), dpre = random_cpu(Shape{n * per}, DType::F32, rng);
+  Tensor x_hat = Tensor::full(Shape{n, d}, NAN, DType::F32, device);
+  sparse_decode_(x_hat, s, W_dec.to(device), b_dec.to(device));
+  // dW_enc[:, i] = sum_e x[rows[e], :] dpre[e], db_enc[i] = sum_e dpre[e] (dpre: one value per entry).
+  ParamUpdate W_enc, b_enc;  // gradients written, no Adam
+  W_enc.param = Tensor::zeros(Shape{d, f}, DType::F32, device);
+  W_enc.grad = Tensor::full(Shape{d, f}, NAN, DType::F32, device);
+  b_enc.param = Tensor::zeros(Shape{f}, DType::F32, device);
+  b_enc.grad = Tensor::full(Shape{f}, NAN, DType::F32, device);
+  sparse_encoder_backward_(W_enc, b_enc, x.to(device), s, dpre.to(device));
+
+  r.ptr = s.col_ptr.to_vector();
+  r.rows = s.rows.to_vector();
+  r.col_sum = col_sum.to_vector();
+  r.col_count = col_count.to_vector();
+  r.W_dec = W_dec.to_vector();
+  r.b_dec = b_dec.to_vector();
+  r.x = x.to_vector();
+  r.dpre = dpre.to_vector();
+  r.x_hat = x_hat.to_vector();
+  r.dW = W_enc.grad.to_vector();
+  r.db = b_enc.grad.to_vector();
+  return r;
+}
+
+// The latents the checks look at: both ends of both halves.
+const int64_t kManyLatentsChecked[] = {0, ManyLatentsRun::f / 2 - 1, ManyLatentsRun::f - ManyLatentsRun::n,
+                                       ManyLatentsRun::f - 1};
+
+TEST(ArchKernels, ListsOfManyTokensAndLatentsIndexBeyondInt32Cells) {
+  // Values against brute force from the by-token lists.
+  const ManyLatentsRun r = run_many_latents(Device::CPU);
+  const int64_t n = r.n, f = r.f, d = r.d, per = r.per;
+  EXPECT_EQ(r.ptr[f], double(n * per));
+  ASSERT_EQ(r.ptr[f] - r.ptr[f - 1], 1.0);  // the last latent: token 0's second entry
+  EXPECT_EQ(r.rows[int64_t(r.ptr[f - 1])], 0.0);
+  EXPECT_EQ(r.col_count[f - n], 1.0);  // token n - 1's second entry
+  EXPECT_EQ(r.col_sum[f - n], r.vals[(n - 1) * per + 1]);
+  for (int64_t t : {int64_t(0), int64_t(1), n / 2, n - 1})
+    for (int64_t c = 0; c < d; ++c) {
+      double want = r.b_dec[c];
+      for (int64_t k = t * per; k < (t + 1) * per; ++k) want += r.vals[k] * r.W_dec[int64_t(r.cols[k]) * d + c];
+      EXPECT_NEAR(r.x_hat[t * d + c], want, 1e-5) << "token " << t << " column " << c;
+    }
+  for (int64_t i : kManyLatentsChecked) {
+    double want_b = 0, want_w[d] = {0, 0};
+    for (int64_t e = int64_t(r.ptr[i]); e < int64_t(r.ptr[i + 1]); ++e) {
+      want_b += r.dpre[e];
+      for (int64_t c = 0; c < d; ++c) want_w[c] += r.x[int64_t(r.rows[e]) * d + c] * r.dpre[e];
+    }
+    EXPECT_NEAR(r.db[i], want_b, 1e-5) << "latent " << i;
+    for (int64_t c = 0; c < d; ++c) EXPECT_NEAR(r.dW[c * f + i], want_w[c], 1e-5) << "latent " << i;
+  }
+}
+
+TEST(CudaArch, ListsOfManyTokensAndLatentsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const ManyLatentsRun cpu = run_many_latents(Device::CPU), gpu = run_many_latents(Device::CUDA);
+  EXPECT_EQ(gpu.ptr, cpu.ptr);
+  EXPECT_EQ(gpu.rows, cpu.rows);  // stable by token in each feature, as on the CPU
+  EXPECT_EQ(gpu.col_count, cpu.col_count);
+  EXPECT_EQ(gpu.col_sum, cpu.col_sum);
+  for (size_t i = 0; i < cpu.x_hat.size(); ++i) ASSERT_NEAR(gpu.x_hat[i], cpu.x_hat[i], 1e-5) << "x_hat " << i;
+  for (int64_t i : kManyLatentsChecked) {
+    EXPECT_NEAR(gpu.db[i], cpu.db[i], 1e-5) << "latent " << i;
+    for (int64_t c = 0; c < cpu.d; ++c)
+      EXPECT_NEAR(gpu.dW[c * cpu.f + i], cpu.dW[c * cpu.f + i], 1e-5) << "latent " << i;
+  }
+  EXPECT_EQ(gpu.db.size(), cpu.db.size());
 }
 
 namespace {
@@ -468,6 +575,61 @@ TEST(ArchStep, SumsLeftOnTheDeviceAreReadBackAsTheStepWouldHaveReturnedThem) {
     EXPECT_EQ(adam_q.steps, 3);
     const auto a = p.present(), b = q.present();
     for (size_t i = 0; i < a.size(); ++i) expect_bitwise_equal(*b[i].second, *a[i].second, a[i].first);
+  }
+}
+
+TEST(ArchStep, AStepWithPendingSumsNeitherAllocatesNorReadsBackAfterItsFirst) {
+  // What lets a GPU step run without waiting for the GPU (docs/performance.md, --device-data): once
+  // its buffers exist, a standard (dense), gated or JumpReLU train_step with its sums left on the
+  // device makes no tensor and reads nothing back (HostWorkCounter counts the calls that would
+  // allocate or wait on a GPU). The TopK family and --sparse auto read values back inside their
+  // steps, and a first step makes its buffers: the counter sees both, so it is not blind.
+  struct Case {
+    std::string unit, name;
+    ArchSettings settings;
+    bool pending;  // expected: the step leaves its sums on the device
+    bool quiet;    // expected: nothing allocated or read after the first step
+  };
+  std::vector<Case> cases = {
+      {"standard", "standard dense", unit_settings("standard", {{"sparse", Json("off")}}), true, true},
+      {"standard", "standard sparse auto", unit_settings("standard", {{"sparse", Json("auto")}}), true, false}};
+  for (const Setting& setting : kSettings) {
+    const std::string unit = setting.unit;
+    const bool dense = unit == "gated" || unit == "jumprelu";
+    cases.push_back({unit, setting.name, settings_of(setting), dense, dense});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const ArchProblem prob = sae::testing::to_dtype(well_conditioned_problem(c.unit, kN, kD, kF, kK, 2200, 1e-3, 0.5),
+                                                    DType::F32);
+    SaeStep step(arch_unit(c.unit), c.settings, kN, kD, kF, DType::F32, Device::CPU);
+    step.set_sums_on_device(true);
+    SaeParams p = prob.params.clone();
+    SaeAdamState adam = SaeAdamState::zeros_like(p);
+    HostWork first, later;
+    {
+      HostWorkCounter counter;
+      step.train_step(p, adam, prob.x, kLambda, 1e-2);
+      first = counter.counted();
+    }
+    {
+      HostWorkCounter counter;
+      for (int i = 0; i < 3; ++i) {
+        const StepSums sums = step.train_step(p, adam, prob.x, kLambda, 1e-2);
+        EXPECT_EQ(sums.pending, c.pending);
+      }
+      later = counter.counted();
+    }
+    EXPECT_GT(first.allocations, 0);
+    if (c.quiet) {
+      EXPECT_EQ(later.allocations, 0);
+      EXPECT_EQ(later.reads, 0);
+    } else {
+      EXPECT_GT(later.reads, 0);
+    }
+    if (c.pending) {
+      EXPECT_TRUE(finite(step.read_sums()));
+    }
   }
 }
 
