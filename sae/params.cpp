@@ -43,12 +43,16 @@ SaeParams map_tensors(const SaeParams& from, Make make) {
     if (t->defined()) *t = make(*t);
   for (NamedTensor& o : p.own)
     if (o.tensor.defined()) o.tensor = make(o.tensor);
+  for (NamedTensor& o : p.stated)
+    if (o.tensor.defined()) o.tensor = make(o.tensor);
   return p;
 }
 }  // namespace
 
 SaeParams SaeParams::zeros_like(const SaeParams& like) {
-  return map_tensors(like, [](const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); });
+  SaeParams p = map_tensors(like, [](const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); });
+  p.stated.clear();  // gradients and moments of the trained tensors only
+  return p;
 }
 
 SaeParams SaeParams::to(Device device) const {
@@ -75,6 +79,7 @@ SaeParams SaeParams::latent_slice(int64_t begin, int64_t end) const {
     if (axis == 1) *t = transpose(transpose(*t).slice_rows(begin, end));
     if (axis < 0) *t = t->clone();
   }
+  for (NamedTensor& o : p.stated) o.tensor = o.tensor.slice_rows(begin, end).clone();
   return p;
 }
 

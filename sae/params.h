@@ -31,6 +31,11 @@ struct SaeParams {
   Tensor W_enc, b_enc, W_dec, b_dec;
   Tensor W_skip;                   // skip transcoders only
   std::vector<NamedTensor> own;    // the unit's own tensors, in its order
+  // Values a unit's inference reads as a loaded folder states them, where its trained tensors can
+  // only come close (jumprelu: SAELens's threshold, which exp(log threshold) gives back to within a
+  // few ulps). Each [F]. Not trained, not in present(): SaeStep::train_step drops them, since the
+  // trained tensors then rule.
+  std::vector<NamedTensor> stated;
   int64_t sources = 1;             // crosscoders: the number of activations concatenated in x
   bool transcoder = false;         // x reconstructs another activation (d_out may equal d_in)
   std::string kind = "standard";   // the architecture unit (sae/arch/registry.h)

@@ -133,6 +133,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
     adam_step_(*p[i].second, *m[i].second, *v[i].second, *grad->second, fused.scalars);
   }
   step_->after_update(params);
+  params.stated.clear();  // what a folder stated is no longer what the trained tensors say
   return sums;
 }
 

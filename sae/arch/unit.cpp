@@ -156,11 +156,4 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& weights, const Json& c
 
 void ArchUnit::fold_input_shift(SaeParams& p, const Tensor& shift) const { p.b_enc = sub(p.b_enc, shift); }
 
-void ArchUnit::fold_input_scale(SaeParams& p, double scale) const {
-  if (!(std::isfinite(scale) && scale > 0)) throw DataError(cat("fold_input_scale: scale must be > 0, got ", scale));
-  p.W_enc = mul_scalar(p.W_enc, scale);
-  p.W_dec = mul_scalar(p.W_dec, 1.0 / scale);
-  p.b_dec = mul_scalar(p.b_dec, 1.0 / scale);
-}
-
 }  // namespace sae

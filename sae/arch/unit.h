@@ -260,9 +260,6 @@ class ArchUnit {
   // SAELens's apply_b_dec_to_input: the encoder sees x - shift_source; folds shift = b_dec W_enc [F]
   // into the biases that see it, so the SAE takes x itself.
   virtual void fold_input_shift(SaeParams& params, const Tensor& shift) const;
-  // The SAE for inputs `scale` times larger (a dataset scale folded into the weights): encoder side
-  // times scale, decoder side divided by it, so encode(scale x) and decode(.) / scale are unchanged.
-  virtual void fold_input_scale(SaeParams& params, double scale) const;
   // The training state beyond Adam's moments: tensors and metadata keys a resume needs exactly.
   virtual void save_state(const SaeParams& params, std::vector<std::pair<std::string, Tensor>>& tensors,
                           Json& info) const {}

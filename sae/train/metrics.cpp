@@ -7,6 +7,7 @@
 
 #include "sae/step/sae_ops.h"
 #include "tensor/ops.h"
+#include "tensor/precision.h"
 
 namespace sae {
 
@@ -135,6 +136,10 @@ void for_each_cosine_block(const Tensor& concepts, const Tensor& decoder, const 
     const float inv = sq > 0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
     for (int64_t j = 0; j < d; ++j) rows[i * d + j] *= inv;
   }
+  // An evaluation, not part of the run: cosines at float32 whatever the run's --precision (a bf16
+  // product of rounded rows moves a cosine by up to ~1%, enough to flip "recovered" at 0.9). The
+  // precision is the process's: ranks on threads (tests) reporting at once at tf32/bf16 would race.
+  const ScopedMatmulPrecision exact(Precision::FP32);
   const int64_t block = 512;
   for (int64_t c0 = 0; c0 < n_concepts; c0 += block) {
     const int64_t count = std::min(block, n_concepts - c0);

@@ -96,6 +96,20 @@ class JumpReluStep : public DenseUnitStep {
 
 bool tanh_penalty(const ArchSettings& s) { return s.text("jumprelu-penalty") == "tanh"; }
 
+// The inference threshold: as a loaded folder states it, else exp(log_threshold).
+Tensor threshold_of(const SaeParams& p) {
+  for (const NamedTensor& o : p.stated)
+    if (o.name == "threshold") {
+      const Tensor& log_threshold = p.own_tensor("log_threshold");
+      if (o.tensor.shape() != log_threshold.shape() || o.tensor.dtype() != log_threshold.dtype() ||
+          o.tensor.device() != log_threshold.device())
+        throw DataError(cat("jumprelu: the stated threshold ", o.tensor.describe(), " does not go with log_threshold ",
+                            log_threshold.describe()));
+      return o.tensor;
+    }
+  return exp(p.own_tensor("log_threshold"));
+}
+
 class JumpReluUnit : public ArchUnit {
  public:
   std::string name() const override { return "jumprelu"; }
@@ -172,7 +186,7 @@ class JumpReluUnit : public ArchUnit {
   Tensor encode(const SaeParams& p, const Tensor& x) const override {
     check(p);
     const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
-    return mul(relu(P), gt(P, exp(p.own_tensor("log_threshold"))));
+    return mul(relu(P), gt(P, threshold_of(p)));
   }
   std::string saelens_transcoder_architecture(bool skip) const override {
     return skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
@@ -181,7 +195,7 @@ class JumpReluUnit : public ArchUnit {
     std::vector<std::pair<std::string, Tensor>> out;
     for (auto& named : ArchUnit::saelens_weights(p))
       if (named.first != "log_threshold") out.push_back(std::move(named));
-    out.push_back({"threshold", exp(p.own_tensor("log_threshold").to(Device::CPU).to(DType::F32))});
+    out.push_back({"threshold", threshold_of(p).to(Device::CPU).to(DType::F32)});
     return out;
   }
   void import_rest(const NamedTensorFile& weights, const Json&, const std::string& where,
@@ -192,8 +206,11 @@ class JumpReluUnit : public ArchUnit {
       throw DataError(cat(where, ": threshold should be [", p.d_sae(), "], got ", threshold.describe()));
     for (double v : threshold.to_vector())
       if (!(v >= 0) || !std::isfinite(v)) throw DataError(cat(where, ": jumprelu thresholds must be >= 0, got ", v));
-    // exp(log(theta)) is theta to rounding; our training state keeps log_threshold exactly
+    // Trained as log theta; exp(log theta) is theta only to within a few ulps (half the float32
+    // thresholds differ), so inference and a re-export read the threshold as stated. Our training
+    // state keeps log_threshold exactly (load_state).
     p.own.push_back({"log_threshold", log(threshold)});
+    p.stated.push_back({"threshold", threshold});
   }
   void save_state(const SaeParams& p, std::vector<std::pair<std::string, Tensor>>& tensors, Json&) const override {
     tensors.push_back({"param.log_threshold", p.own_tensor("log_threshold").to(Device::CPU)});

@@ -11,6 +11,9 @@
 #include <string>
 
 #include "io/safetensors.h"
+#include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
 #include "tests/util/test_util.h"
@@ -153,4 +156,53 @@ TEST(CheckpointFiles, AnEmptySaeIsRefused) {
           << e.what();
     }
   }
+}
+
+TEST(CheckpointFiles, JumpReluThresholdsAreReadAsTheFolderStatesThem) {
+  // A JumpReLU folder (SAELens's format, Gemma Scope's too) states each threshold theta; we train
+  // log theta, and exp(log theta) gives back only about half of the float32 thetas exactly. Inference
+  // (encode) and a re-export must use theta as stated: a pre-activation equal to theta is cut, the
+  // next float above it kept. Latents are picked where exp(log theta) falls below theta (then P =
+  // theta would wrongly pass) and above it (then P = next(theta) would wrongly be cut).
+  std::vector<double> theta, pre;
+  int below = 0, above = 0;
+  for (int i = 0; below + above < 64 && i < 100000; ++i) {
+    const float t = 0.01f + 0.0007f * float(i);
+    const float back = std::exp(std::log(t));  // what exp(log_threshold) gives (float32)
+    if (back < t && below < 32) {
+      ++below;
+      theta.push_back(t);
+      pre.push_back(t);  // must be cut: P > theta is false
+    } else if (back > t && above < 32) {
+      ++above;
+      theta.push_back(t);
+      pre.push_back(std::nextafter(t, 1.0f));  // must be kept
+    }
+  }
+  ASSERT_EQ(below + above, 64);
+  const int64_t f = 64;
+  SaeParams p = SaeParams::from_tensors(Tensor::zeros(Shape{1, f}), Tensor::from_vector(pre, Shape{f}),
+                                        Tensor::full(Shape{f, 1}, 1.0), Tensor::zeros(Shape{1}));
+  p.kind = "jumprelu";
+  const Tensor stated = Tensor::from_vector(theta, Shape{f});
+  p.own.push_back({"log_threshold", log(stated)});
+  p.stated.push_back({"threshold", stated});
+  TempDir dir("ckpt_jumprelu_theta");
+  save_checkpoint(dir.str("sae"), p, Json::object(), nullptr);
+  EXPECT_EQ(SafetensorsFile::open(dir.str("sae/sae_weights.safetensors")).read_f32("threshold").to_vector(), theta);
+
+  Checkpoint loaded = load_checkpoint(dir.str("sae"), Device::CPU, false);
+  const std::vector<double> features = sae_encode(loaded.params, Tensor::full(Shape{1, 1}, 1.0)).to_vector();
+  for (int64_t i = 0; i < f; ++i) {
+    const bool cut = pre[i] == theta[i];
+    EXPECT_EQ(features[i], cut ? 0.0 : pre[i]) << "latent " << i << " theta " << theta[i];
+  }
+  // The bits survive a move and a latent slice; a training step drops them (log_threshold rules).
+  EXPECT_EQ(loaded.params.to(Device::CPU).latent_slice(32, 64).stated.at(0).tensor.to_vector(),
+            std::vector<double>(theta.begin() + 32, theta.end()));
+  SaeStep step(arch_unit("jumprelu"), arch_settings("jumprelu", {}, 1000000), 1, 1, f, DType::F32, Device::CPU);
+  SaeAdamState adam = SaeAdamState::zeros_like(loaded.params);
+  EXPECT_TRUE(adam.m.stated.empty());
+  step.train_step(loaded.params, adam, Tensor::full(Shape{1, 1}, 1.0), 1e-3, 1e-3);
+  EXPECT_TRUE(loaded.params.stated.empty());
 }

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "sae/train/metrics.h"
+#include "tensor/precision.h"
+#include "tensor/rng.h"
+#include "tests/util/random_inputs.h"
 #include "tensor/tensor.h"
 
 using namespace sae;
@@ -70,4 +73,25 @@ TEST(Metrics, ConceptRecoveryByHand) {
   EXPECT_EQ(best[3].cosine, 0.0);
   // Decoder and concepts of different widths: one error naming both.
   EXPECT_THROW(concept_recovery(concepts, Tensor::zeros(Shape{4, 3}), {}), Error);
+}
+
+TEST(Metrics, ConceptRecoveryIsTheSameAtEveryRunPrecision) {
+  // An evaluation: a run at --precision tf32 or bf16 reports the cosines float32 gives (before, the
+  // run's precision rounded the rows first and moved MMCS and recovery).
+  Rng rng(5);
+  const Tensor concepts = sae::testing::random_cpu(Shape{40, 24}, DType::F32, rng);
+  const Tensor noise = sae::testing::random_cpu(Shape{60, 24}, DType::F32, rng);
+  Tensor decoder = Tensor::empty(Shape{60, 24});  // near the concepts: cosines around the 0.9 threshold
+  for (int64_t i = 0; i < 60; ++i)
+    for (int64_t j = 0; j < 24; ++j)
+      decoder.data<float>()[i * 24 + j] = concepts.data<float>()[(i % 40) * 24 + j] + 0.3f * noise.data<float>()[i * 24 + j];
+  const ConceptRecovery want = concept_recovery(concepts, decoder, {});
+  for (Precision p : {Precision::TF32, Precision::BF16}) {
+    const ScopedMatmulPrecision run(p);
+    const ConceptRecovery got = concept_recovery(concepts, decoder, {});
+    EXPECT_EQ(got.mmcs, want.mmcs) << precision_name(p);
+    EXPECT_EQ(got.recovered, want.recovered) << precision_name(p);
+    EXPECT_EQ(got.purity, want.purity) << precision_name(p);
+    EXPECT_EQ(matmul_precision(), p);  // put back
+  }
 }
