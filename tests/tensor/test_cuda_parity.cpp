@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -300,12 +301,20 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
   // A product whose float32 and TF32 results are known exactly: every a = 1 + 2^-12 (a float32, but
   // a quarter of TF32's last mantissa bit at 1, so TF32 reads it as 1, rounding or truncating), every
   // b = 1, k = 512: each partial sum of m terms is m (1 + 2^-12), exact in float32 for m <= 2048, so
-  // the float32 result is 512.125 in any summation order and the TF32 result 512.
+  // the float32 result is 512.125 in any summation order and the TF32 result 512. TF32 math allows
+  // cuBLAS tensor cores but does not force them (its heuristics may pick a float32 kernel for a
+  // shape), so at tf32 each element is one of the two; at fp32 it must be 512.125.
   const Tensor ones_a = Tensor::full(Shape{128, 512}, 1.0 + std::ldexp(1.0, -12)), ones_b = Tensor::full(Shape{512, 64}, 1.0);
   {
     const ScopedMatmulPrecision tf32(Precision::TF32);
-    expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.0), kExact,
-                     "tf32: inputs rounded to TF32");
+    const std::vector<double> got = matmul(on_gpu(ones_a), on_gpu(ones_b)).to_vector();
+    int64_t rounded = 0, other = 0;
+    for (double v : got) {
+      rounded += v == 512.0;
+      other += v != 512.0 && v != 512.125;
+    }
+    EXPECT_EQ(other, 0) << "tf32: every element is 512 (TF32 inputs) or 512.125 (float32 inputs)";
+    std::printf("tf32 matmul: %lld of %zu elements from TF32 inputs\n", (long long)rounded, got.size());
   }
   expect_gpu_close(matmul(on_gpu(ones_a), on_gpu(ones_b)), Tensor::full(Shape{128, 64}, 512.125), kExact,
                    "fp32 again: float32 inputs");
