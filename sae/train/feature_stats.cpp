@@ -100,6 +100,45 @@ std::vector<T> host_copy(const Tensor& t) {
   return out;
 }
 
+// A tensor's elements on the host: its own memory on the CPU, a copy from a GPU. (At 2^20 features
+// the lists are gigabytes: save reads the CPU's in place.)
+template <typename T>
+class HostElements {
+ public:
+  explicit HostElements(const Tensor& t) {
+    if (t.device() == Device::CPU) {
+      data_ = static_cast<const T*>(t.raw());
+    } else {
+      copy_ = host_copy<T>(t);
+      data_ = copy_.data();
+    }
+  }
+  const T& operator[](int64_t i) const { return data_[i]; }
+  const T* at(int64_t i) const { return data_ + i; }
+
+ private:
+  std::vector<T> copy_;
+  const T* data_ = nullptr;
+};
+
+// n elements of T, each `fill` until set, kept as the bytes a safetensors file holds (handed over
+// without another copy).
+template <typename T>
+class TensorBytes {
+ public:
+  TensorBytes(int64_t n, T fill) : bytes_(static_cast<size_t>(n) * sizeof(T), '\0') {
+    for (int64_t i = 0; i < n; ++i) set(i, fill);
+  }
+  void set(int64_t i, const T& v) { std::memcpy(&bytes_[static_cast<size_t>(i) * sizeof(T)], &v, sizeof(T)); }
+  void set(int64_t i, const T* v, int64_t count) {
+    std::memcpy(&bytes_[static_cast<size_t>(i) * sizeof(T)], v, sizeof(T) * static_cast<size_t>(count));
+  }
+  std::string take() { return std::move(bytes_); }
+
+ private:
+  std::string bytes_;
+};
+
 template <typename T>
 T host_at(const Tensor& t, int64_t index) {
   T v;
@@ -240,26 +279,28 @@ FeatureTop FeatureStats::top(int64_t feature, int64_t rank) const {
 
 void FeatureStats::save(const std::string& path) const {
   const int64_t f = features_, k = options_.k, w = width();
-  std::vector<float> top_value(f * k, 0.0f), top_values(f * k * w, kNaN);
-  std::vector<int64_t> top_story(f * k, -1), top_position(f * k, -1), top_step(f * k, -1);
-  std::vector<int32_t> top_tokens(f * k * w, -1);
+  TensorBytes<float> top_value(f * k, 0.0f), top_values(f * k * w, kNaN);
+  TensorBytes<int64_t> top_story(f * k, -1), top_position(f * k, -1), top_step(f * k, -1);
+  TensorBytes<int32_t> top_tokens(f * k * w, -1), top_count(f, 0);
   check_lists();
-  const FeatureTopLists& l = buffers_->lists;
-  const std::vector<int32_t> count = host_copy<int32_t>(l.count), slot = host_copy<int32_t>(l.slot);
-  const std::vector<float> value = host_copy<float>(l.value), values = host_copy<float>(l.values);
-  const std::vector<int64_t> story = host_copy<int64_t>(l.story), position = host_copy<int64_t>(l.position),
-                             step = host_copy<int64_t>(l.step);
-  const std::vector<int32_t> tokens = host_copy<int32_t>(l.tokens);
-  for (int64_t i = 0; i < f; ++i)
-    for (int32_t rank = 0; rank < count[i]; ++rank) {
-      const int64_t r = i * k + rank, p = i * k + slot[r];
-      top_value[r] = value[r];
-      top_story[r] = story[p];
-      top_position[r] = position[p];
-      top_step[r] = step[p];
-      std::memcpy(&top_tokens[r * w], &tokens[p * w], sizeof(int32_t) * w);
-      std::memcpy(&top_values[r * w], &values[p * w], sizeof(float) * w);
+  {
+    const FeatureTopLists& l = buffers_->lists;
+    const HostElements<int32_t> count(l.count), slot(l.slot), tokens(l.tokens);
+    const HostElements<float> value(l.value), values(l.values);
+    const HostElements<int64_t> story(l.story), position(l.position), step(l.step);
+    for (int64_t i = 0; i < f; ++i) {
+      top_count.set(i, count[i]);
+      for (int32_t rank = 0; rank < count[i]; ++rank) {
+        const int64_t r = i * k + rank, p = i * k + slot[r];
+        top_value.set(r, value[r]);
+        top_story.set(r, story[p]);
+        top_position.set(r, position[p]);
+        top_step.set(r, step[p]);
+        top_tokens.set(r * w, tokens.at(p * w), w);
+        top_values.set(r * w, values.at(p * w), w);
+      }
     }
+  }
   std::vector<double> edges(kHistogramBins + 1);
   for (int b = 0; b < kHistogramBins; ++b) edges[b] = histogram_lower_edge(b);
   edges[kHistogramBins] = std::numeric_limits<double>::infinity();
@@ -283,13 +324,13 @@ void FeatureStats::save(const std::string& path) const {
       {"counts", "F64", {f}, bytes_of(counts())},
       {"histogram", "F64", {f, kHistogramBins}, bytes_of(histogram())},
       {"histogram_edges", "F64", {kHistogramBins + 1}, bytes_of(edges)},
-      {"top_count", "I32", {f}, bytes_of(count)},
-      {"top_value", "F32", {f, k}, bytes_of(top_value)},
-      {"top_story", "I64", {f, k}, bytes_of(top_story)},
-      {"top_position", "I64", {f, k}, bytes_of(top_position)},
-      {"top_step", "I64", {f, k}, bytes_of(top_step)},
-      {"top_tokens", "I32", {f, k, w}, bytes_of(top_tokens)},
-      {"top_values", "F32", {f, k, w}, bytes_of(top_values)},
+      {"top_count", "I32", {f}, top_count.take()},
+      {"top_value", "F32", {f, k}, top_value.take()},
+      {"top_story", "I64", {f, k}, top_story.take()},
+      {"top_position", "I64", {f, k}, top_position.take()},
+      {"top_step", "I64", {f, k}, top_step.take()},
+      {"top_tokens", "I32", {f, k, w}, top_tokens.take()},
+      {"top_values", "F32", {f, k, w}, top_values.take()},
   };
   write_safetensors_raw(path, std::move(tensors), {{kMetadataKey, info.dump()}});
 }
