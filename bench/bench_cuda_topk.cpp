@@ -120,7 +120,8 @@ void topk_step_floor(benchmark::State& state) {
   lists.row_vals = Tensor::zeros(Shape{kN * kK}, DType::F32, Device::CUDA);
   const int64_t count = 2 * d * features + features + d;
   Tensor p = Tensor::zeros(Shape{count}, DType::F32, Device::CUDA);
-  Tensor m = Tensor::full(Shape{count}, 1e-3, DType::F32, Device::CUDA), v = Tensor::zeros(Shape{count}, DType::F32, Device::CUDA);
+  Tensor m = Tensor::full(Shape{count}, 1e-3, DType::F32, Device::CUDA);
+  Tensor v = Tensor::zeros(Shape{count}, DType::F32, Device::CUDA);
   const Tensor& g = m;  // read before m is written, element by element (see the file comment)
   AdamScalars scalars;
   scalars.lr = 1e-4;

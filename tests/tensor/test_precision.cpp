@@ -266,6 +266,33 @@ TEST(Precision, SixteenBitWeightsAreReadAtTheRunsPrecision) {
                Tensor::full(Shape{3, 2}, 512.0), kExact, "bf16, f16 weights");
 }
 
+TEST(Precision, WideSixteenBitProductsAreMadeInBlocksOfRowsWithTheSameBits) {
+  // At 2^20 latents the CPU's 16-bit GEMMs work a block of output rows at a time (256 MB of float32
+  // scratch, at least 64 rows) instead of a float32 copy of a whole [N, F] operand or product. Each
+  // output row is one GEMM's row either way, so the bits equal the product of the operand widened
+  // whole. Blocks of 64 and 6 rows: a bf16 output [70, 2^20], a bf16 first operand [70, 2^20] x
+  // [2^20, 2], and its transpose [2^20, 70]^T x [2^20, 2] (blocks of its columns).
+  const int64_t wide = int64_t(1) << 20, rows = 70, k = 8;
+  Rng rng(21);
+  const Tensor x = random_cpu(Shape{rows, k}, DType::F32, rng), w = random_cpu(Shape{k, wide}, DType::F32, rng);
+  Tensor o16 = Tensor::empty(Shape{rows, wide}, DType::BF16), o32 = Tensor::empty(Shape{rows, wide});
+  matmul_(o16, x, false, w, false);
+  matmul_(o32, x, false, w, false);
+  expect_close(o16.to(DType::F32), o32.to(DType::BF16).to(DType::F32), kExact, "bf16 output in blocks");
+
+  const Tensor f = o16, v = random_cpu(Shape{wide, 2}, DType::F32, rng, -0.01, 0.01);
+  Tensor got = Tensor::empty(Shape{rows, 2}), want = Tensor::empty(Shape{rows, 2});
+  matmul_(got, f, false, v, false);
+  matmul_(want, f.to(DType::F32), false, v, false);
+  expect_close(got, want, kExact, "bf16 first operand in blocks of rows");
+
+  const Tensor ft = transpose(o32).to(DType::BF16), u = random_cpu(Shape{wide, 2}, DType::F32, rng);
+  Tensor got_t = Tensor::empty(Shape{rows, 2}), want_t = Tensor::empty(Shape{rows, 2});
+  matmul_(got_t, ft, true, u, false);
+  matmul_(want_t, ft.to(DType::F32), true, u, false);
+  expect_close(got_t, want_t, kExact, "transposed bf16 first operand in blocks of its columns");
+}
+
 TEST(Precision, SixteenBitActivationsAreWidenedAndReadAtTheRunsPrecision) {
   // bf16 / f16 activations as the first operand (plain and transposed), with a float32 or 16-bit second
   // operand and a float32 or bf16 output: the float32 product of the widened values, their inputs

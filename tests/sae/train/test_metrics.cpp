@@ -82,9 +82,9 @@ TEST(Metrics, ConceptRecoveryIsTheSameAtEveryRunPrecision) {
   const Tensor concepts = sae::testing::random_cpu(Shape{40, 24}, DType::F32, rng);
   const Tensor noise = sae::testing::random_cpu(Shape{60, 24}, DType::F32, rng);
   Tensor decoder = Tensor::empty(Shape{60, 24});  // near the concepts: cosines around the 0.9 threshold
+  const float *c = concepts.data<float>(), *e = noise.data<float>();
   for (int64_t i = 0; i < 60; ++i)
-    for (int64_t j = 0; j < 24; ++j)
-      decoder.data<float>()[i * 24 + j] = concepts.data<float>()[(i % 40) * 24 + j] + 0.3f * noise.data<float>()[i * 24 + j];
+    for (int64_t j = 0; j < 24; ++j) decoder.data<float>()[i * 24 + j] = c[(i % 40) * 24 + j] + 0.3f * e[i * 24 + j];
   const ConceptRecovery want = concept_recovery(concepts, decoder, {});
   for (Precision p : {Precision::TF32, Precision::BF16}) {
     const ScopedMatmulPrecision run(p);
