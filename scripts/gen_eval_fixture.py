@@ -4,6 +4,7 @@ density) and of generation with the KV cache and a steering hook (sae_steer), wi
 number computed here by PyTorch, Hugging Face transformers and SAELens, independently of the C++.
 
     python3 scripts/gen_eval_fixture.py [--out-dir DIR]
+    python3 scripts/gen_eval_fixture.py --bos-only   # expected_bos.safetensors from what DIR holds
 
 Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
 
@@ -33,6 +34,11 @@ Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
         ||W_dec[feature]|| to hidden_states[layer] (the output of block layer-1) at every position
         gen0.logits F32 [6, V]: HF's full-forward logits over prompt 0 + its greedy continuation, at
         the positions gen0.logit_positions
+    expected_bos.safetensors
+        bos I64 (the model's BOS id) and the {sae}.* evaluations again with the BOS first in every
+        window (windows of the BOS and 63 tokens), masked as SAELens masks its special tokens: the
+        splice, the mean ablation and the statistics leave the BOS row, zero ablation zeroes it too,
+        CE leaves out the prediction made from it and KL its position
 
 The definitions (SAELens evals.get_recons_loss and get_sparsity_and_variance_metrics, in our words):
 CE = mean over every predicted token (position t predicts ids[t+1]) of -log softmax(logits)[next];
@@ -200,13 +206,21 @@ class Normalizer:
 
 # ---------------------------------------------------------------- the evaluation, as SAELens defines it
 
-def pieces_of(ids):
-    return [ids[i:i + POSITIONS] for i in range(0, len(ids), POSITIONS)]
+def pieces_of(ids, bos=None):
+    """The windows of one story: POSITIONS tokens each, or a BOS and POSITIONS - 1 tokens."""
+    if bos is None:
+        return [ids[i:i + POSITIONS] for i in range(0, len(ids), POSITIONS)]
+    return [[bos] + ids[i:i + POSITIONS - 1] for i in range(0, len(ids), POSITIONS - 1)]
 
 
-def evaluate(model, stories_ids, sae, layer, normalizer):
-    pieces = [p for ids in stories_ids for p in pieces_of(ids)]
-    acts = [hidden(model, p, layer) for p in pieces]
+def evaluate(model, stories_ids, sae, layer, normalizer, bos=None):
+    """With a BOS first in every window, as SAELens's evals mask it (its special tokens): the SAE
+    splice and the statistics leave the BOS row out, zero ablation zeroes every row (BOS too), CE
+    leaves out the prediction made from the BOS and KL its position. Mean ablation (ours, not
+    SAELens's) replaces the document rows by their mean and leaves the BOS row."""
+    first = 0 if bos is None else 1
+    pieces = [p for ids in stories_ids for p in pieces_of(ids, bos)]
+    acts = [hidden(model, p, layer)[first:] for p in pieces]
     mean = torch.cat(acts).double().mean(0)
     sums = {k: 0.0 for k in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean")}
     predictions = tokens = 0
@@ -214,27 +228,27 @@ def evaluate(model, stories_ids, sae, layer, normalizer):
     fired = torch.zeros(F_SAE, dtype=torch.float64)
     for p, x in zip(pieces, acts):
         def splice(h):
-            features = sae.encode(normalizer.forward(h).unsqueeze(0))[0]
-            return normalizer.back(sae.decode(features.unsqueeze(0))[0])
+            features = sae.encode(normalizer.forward(h[first:]).unsqueeze(0))[0]
+            return torch.cat([h[:first], normalizer.back(sae.decode(features.unsqueeze(0))[0])])
 
         def zero(h):
             return torch.zeros_like(h)
 
         def mean_ablate(h):
-            return mean.float().expand_as(h).clone()
+            return torch.cat([h[:first], mean.float().expand_as(h[first:])])
 
         clean = run_with_hook(model, p, layer, lambda h: h)
         variants = {"sae": run_with_hook(model, p, layer, splice), "zero": run_with_hook(model, p, layer, zero),
                     "mean": run_with_hook(model, p, layer, mean_ablate)}
-        target = torch.tensor(p[1:], dtype=torch.long)
-        sums["ce_clean"] += F.cross_entropy(clean[:-1].double(), target, reduction="sum").item()
+        target = torch.tensor(p[first + 1:], dtype=torch.long)
+        sums["ce_clean"] += F.cross_entropy(clean[first:-1].double(), target, reduction="sum").item()
         log_p = F.log_softmax(clean.double(), -1)
         for name, logits in variants.items():
-            sums["ce_" + name] += F.cross_entropy(logits[:-1].double(), target, reduction="sum").item()
+            sums["ce_" + name] += F.cross_entropy(logits[first:-1].double(), target, reduction="sum").item()
             kl = F.kl_div(F.log_softmax(logits.double(), -1), log_p.exp(), reduction="none").sum(-1)
-            sums["kl_" + name] += kl.sum().item()
-        predictions += len(p) - 1
-        tokens += len(p)
+            sums["kl_" + name] += kl[first:].sum().item()
+        predictions += len(p) - 1 - first
+        tokens += len(p) - first
         features = sae.encode(normalizer.forward(x).unsqueeze(0))[0]
         x_hat = normalizer.back(sae.decode(features.unsqueeze(0))[0])
         err += ((x.double() - x_hat.double()) ** 2).sum().item()
@@ -253,6 +267,45 @@ def evaluate(model, stories_ids, sae, layer, normalizer):
     out["tokens"] = tokens
     out["predictions"] = predictions
     return out
+
+
+def evaluate_cases(out, model, stories_ids, w, bos=None):
+    """Every SAE folder evaluated as SAELens defines it (SAELens loads each folder and does the
+    encoding and decoding of the reference), its numbers put into w."""
+    from sae_lens import SAE
+    cases = {"story": ("sae_story", 2, Normalizer("story")), "topk": ("sae_topk", 1, Normalizer("dataset", TOPK_SCALE)),
+             "saelens": ("sae_saelens", 3, Normalizer("none"))}
+    for name, (folder, layer, normalizer) in cases.items():
+        sae = SAE.load_from_disk(os.path.join(out, folder), device="cpu")
+        sae.eval()
+        with torch.no_grad():
+            r = evaluate(model, stories_ids, sae, layer, normalizer, bos)
+        for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_score", "kl_score",
+                    "fvu", "l0"):
+            w.put(f"{name}.{key}", float(r[key]))
+        w.put(f"{name}.density", r["density"].astype(np.float64))
+        w.put(f"{name}.mean", r["mean"].astype(np.float64))
+        w.put(f"{name}.tokens", int(r["tokens"]))
+        w.put(f"{name}.predictions", int(r["predictions"]))
+        print(f"{name}{' with a BOS' if bos is not None else ''}: layer {layer}, {r['tokens']} tokens; "
+              f"CE clean {r['ce_clean']:.4f} sae {r['ce_sae']:.4f} zero {r['ce_zero']:.4f} mean {r['ce_mean']:.4f}; "
+              f"KL sae {r['kl_sae']:.4f} zero {r['kl_zero']:.4f}; ce_score {r['ce_score']:.4f} "
+              f"kl_score {r['kl_score']:.4f} fvu {r['fvu']:.4f} l0 {r['l0']:.2f}; "
+              f"dead {(r['density'] == 0).sum()} dense {(r['density'] > 0.1).sum()}")
+
+
+def write_bos_expectations(out, model, stories_ids):
+    """expected_bos.safetensors: the same evaluations with the model's BOS first in every window."""
+    import sae_lens
+    import transformers
+    w = FixtureWriter()
+    bos = model.config.bos_token_id
+    w.put("bos", int(bos))
+    evaluate_cases(out, model, stories_ids, w, bos)
+    w.put_text("generator", "scripts/gen_eval_fixture.py")
+    w.put_text("versions", f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                           f"sae_lens {sae_lens.__version__}")
+    w.save(os.path.join(out, "expected_bos.safetensors"))
 
 
 def greedy(model, prompt, steer=None):
@@ -289,8 +342,16 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default=os.path.join(repo, "tests", "ref", "eval"))
+    parser.add_argument("--bos-only", action="store_true",
+                        help="only expected_bos.safetensors, from the model and folders already in --out-dir")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.bos_only:
+        tokenizer = Tokenizer.from_file(os.path.join(args.out_dir, "model", "tokenizer.json"))
+        model = GPTNeoForCausalLM.from_pretrained(os.path.join(args.out_dir, "model"), dtype=torch.float32).eval()
+        stories_ids = [tokenizer.encode(s, add_special_tokens=False).ids for s in STORIES]
+        write_bos_expectations(args.out_dir, model, stories_ids)
+        return
     torch.manual_seed(20261201)
     out = args.out_dir
     model_dir = os.path.join(out, "model")
@@ -321,29 +382,10 @@ def main():
     plain_cfg["apply_b_dec_to_input"] = True
     write_sae(os.path.join(out, "sae_saelens"), saelens_weights, plain_cfg)
 
-    # SAELens itself loads each folder and does the encoding and decoding of the reference.
-    from sae_lens import SAE
-    cases = {"story": ("sae_story", 2, Normalizer("story")), "topk": ("sae_topk", 1, Normalizer("dataset", TOPK_SCALE)),
-             "saelens": ("sae_saelens", 3, Normalizer("none"))}
     w = FixtureWriter()
     for s, ids in enumerate(stories_ids):
         w.put(f"story{s}.ids", np.asarray(ids, dtype=np.int64))
-    for name, (folder, layer, normalizer) in cases.items():
-        sae = SAE.load_from_disk(os.path.join(out, folder), device="cpu")
-        sae.eval()
-        with torch.no_grad():
-            r = evaluate(model, stories_ids, sae, layer, normalizer)
-        for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_score", "kl_score",
-                    "fvu", "l0"):
-            w.put(f"{name}.{key}", float(r[key]))
-        w.put(f"{name}.density", r["density"].astype(np.float64))
-        w.put(f"{name}.mean", r["mean"].astype(np.float64))
-        w.put(f"{name}.tokens", int(r["tokens"]))
-        w.put(f"{name}.predictions", int(r["predictions"]))
-        print(f"{name}: layer {layer}, {r['tokens']} tokens; CE clean {r['ce_clean']:.4f} sae {r['ce_sae']:.4f} "
-              f"zero {r['ce_zero']:.4f} mean {r['ce_mean']:.4f}; KL sae {r['kl_sae']:.4f} zero {r['kl_zero']:.4f}; "
-              f"ce_score {r['ce_score']:.4f} kl_score {r['kl_score']:.4f} fvu {r['fvu']:.4f} l0 {r['l0']:.2f}; "
-              f"dead {(r['density'] == 0).sum()} dense {(r['density'] > 0.1).sum()}")
+    evaluate_cases(out, model, stories_ids, w)
 
     decoder_row = weights["W_dec"][STEER_FEATURE]
     vector = STEER_STRENGTH * decoder_row / decoder_row.norm()
@@ -371,6 +413,7 @@ def main():
     w.put_text("versions", f"torch {torch.__version__}, transformers {transformers.__version__}, "
                            f"sae_lens {sae_lens.__version__}")
     w.save(os.path.join(out, "expected.safetensors"))
+    write_bos_expectations(out, model, stories_ids)
     total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(out) for f in files)
     print(f"wrote {out}: {total / 1e3:.0f} KB")
 

@@ -19,9 +19,9 @@ namespace sae {
 namespace {
 
 
-double total(const std::vector<double>& values) {
+double total(const std::vector<double>& values, int64_t first = 0) {
   double s = 0;
-  for (double v : values) s += v;
+  for (size_t i = static_cast<size_t>(first); i < values.size(); ++i) s += values[i];
   return s;
 }
 
@@ -61,7 +61,8 @@ Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, co
     for (int64_t k = 0; k < count; ++k) {
       p.windows.push_back(document_window(ids, k, windows));
       p.tokens += p.windows.back().tokens;
-      p.predictions += static_cast<int64_t>(p.windows.back().input.size()) - 1;
+      // Predictions made from a document token: not the one from the BOS (SAELens masks it).
+      p.predictions += static_cast<int64_t>(p.windows.back().input.size()) - 1 - (p.windows.back().bos ? 1 : 0);
     }
   }
   if (p.windows.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
@@ -71,21 +72,24 @@ Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, co
 }
 
 // A window's clean run: its summed CE and what the hooked runs' KL is measured against (on the host
-// the fused scores of next_token.h, on a device the log-probabilities). `hooks` only read.
+// the fused scores of next_token.h, on a device the log-probabilities). `hooks` only read. The sums
+// start at position `first`: 1 with a BOS, whose prediction and KL SAELens's evals leave out.
 struct CleanRun {
   double ce = 0;
   CleanScores host;
   Tensor log_p;
+  int64_t first = 0;
 };
 
-CleanRun clean_run(DecoderModel& model, const std::vector<int32_t>& ids, const SiteHooks& hooks) {
+CleanRun clean_run(DecoderModel& model, const std::vector<int32_t>& ids, const SiteHooks& hooks, int64_t first) {
   CleanRun c;
+  c.first = first;
   if (model.device() == Device::CPU) {
-    c.host = score_clean_run(model.logits_with(ids, hooks), ids);
+    c.host = score_clean_run(model.logits_with(ids, hooks), ids, first);
     c.ce = c.host.ce;
   } else {
     c.log_p = log_softmax_rows(model.logits_with(ids, hooks));
-    c.ce = total(next_token_losses(c.log_p, ids));
+    c.ce = total(next_token_losses(c.log_p, ids), first);
   }
   return c;
 }
@@ -95,10 +99,11 @@ RunScoreSums hooked_run(DecoderModel& model, const std::vector<int32_t>& ids, co
                         const CleanRun& clean, Tensor& logits) {
   if (model.device() == Device::CPU) {
     model.logits_into(logits, ids, hooks);
-    return score_run(logits, ids, clean.host);
+    return score_run(logits, ids, clean.host, clean.first);
   }
   const Tensor log_q = log_softmax_rows(model.logits_with(ids, hooks));
-  return RunScoreSums{total(next_token_losses(log_q, ids)), total(kl_per_position(clean.log_p, log_q))};
+  return RunScoreSums{total(next_token_losses(log_q, ids), clean.first),
+                      total(kl_per_position(clean.log_p, log_q), clean.first)};
 }
 
 // The summed CE and KL of one model's runs over the windows.
@@ -235,10 +240,9 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
     copy_(x, x_hat);
   });
-  const SiteHooks zero(site, [&](Tensor& state) {
-    Tensor x = document_rows(state);
-    fill_(x, 0.0);
-  });
+  // Zero ablation zeroes every row, the BOS's too, as SAELens's evals do; mean ablation (ours) and
+  // the splice leave the BOS row as it is.
+  const SiteHooks zero(site, [&](Tensor& state) { fill_(state, 0.0); });
   const SiteHooks mean_ablate(site, [&](Tensor& state) {
     Tensor x = document_rows(state);
     fill_(x, 0.0);
@@ -248,7 +252,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   for (const TokenWindow& w : pieces.windows) {
     const std::vector<int32_t>& ids = w.input;
     skip = w.bos ? 1 : 0;
-    sums.add(model, ids, clean_run(model, ids, {}), splice, zero, mean_ablate, run_logits);
+    sums.add(model, ids, clean_run(model, ids, {}, skip), splice, zero, mean_ablate, run_logits);
     tokens_done += static_cast<int64_t>(ids.size());
     ++done;
     progress.update_position(done, tokens_done, cat("piece ", done - r.pieces, "/", r.pieces));
@@ -352,10 +356,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
       Tensor rows = document_rows(state);
       copy_(rows, x_hat[k]);
     });
-    zero[m].at.emplace_back(site, [&](Tensor& state) {
-      Tensor rows = document_rows(state);
-      fill_(rows, 0.0);
-    });
+    zero[m].at.emplace_back(site, [&](Tensor& state) { fill_(state, 0.0); });  // the BOS row too
     mean_ablate[m].at.emplace_back(site, [&, k](Tensor& state) {
       Tensor rows = document_rows(state);
       fill_(rows, 0.0);
@@ -367,7 +368,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
     const std::vector<int32_t>& ids = w.input;
     skip = w.bos ? 1 : 0;
     std::vector<CleanRun> clean;
-    for (size_t m = 0; m < models.size(); ++m) clean.push_back(clean_run(*models[m], ids, read[m]));
+    for (size_t m = 0; m < models.size(); ++m) clean.push_back(clean_run(*models[m], ids, read[m], skip));
     Tensor f;
     x_hat = reconstruct_sources(cc, x, &f);
     for (int64_t k = 0; k < sources; ++k) {

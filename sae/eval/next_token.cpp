@@ -94,7 +94,7 @@ double next_token_ce(const Tensor& logits, const std::vector<int32_t>& ids) {
   return ce;
 }
 
-CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids) {
+CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids, int64_t first) {
   check_host_logits(logits, ids, "score_clean_run");
   const int64_t t = logits.size(0), v = logits.size(1);
   CleanScores s;
@@ -103,12 +103,13 @@ CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids) {
   const float* z = logits.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < t; ++r) s.lse[r] = row_lse(z + r * v, v, s.p.data() + r * v);
-  for (int64_t r = 0; r + 1 < t; ++r) s.ce += s.lse[r] - static_cast<double>(z[r * v + ids[r + 1]]);
+  for (int64_t r = first; r + 1 < t; ++r) s.ce += s.lse[r] - static_cast<double>(z[r * v + ids[r + 1]]);
   s.logits = std::move(logits);
   return s;
 }
 
-RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, const CleanScores& clean) {
+RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, const CleanScores& clean,
+                       int64_t first) {
   check_host_logits(logits, ids, "score_run");
   if (logits.shape() != clean.logits.shape())
     throw Error(cat("score_run: logits ", logits.describe(), " and the clean run's ", clean.logits.describe()));
@@ -125,7 +126,7 @@ RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, co
     kl[r] = dot - clean.lse[r] + lse[r];
   }
   RunScoreSums sums;
-  for (int64_t r = 0; r < t; ++r) {
+  for (int64_t r = first; r < t; ++r) {
     sums.kl += kl[r];
     if (r + 1 < t) sums.ce += lse[r] - static_cast<double>(zq[r * v + ids[r + 1]]);
   }

@@ -24,19 +24,21 @@ namespace sae {
 // row of [T, V] gives its log-normaliser lse[t] = m + log sum_v exp(z[t, v] - m) (float exp, double
 // sums), the clean run's probabilities are kept, and each other run's KL against them is
 //   KL(p || q)[t] = sum_v p[t, v] (z_p[t, v] - z_q[t, v]) - lse_p[t] + lse_q[t]
-// in a second pass without exp. CE[t] = lse[t] - z[t, ids[t + 1]].
+// in a second pass without exp. CE[t] = lse[t] - z[t, ids[t + 1]]. Positions before `first` are
+// left out of the sums (their predictions and their KL): a window's BOS, as SAELens's evals mask it.
 // The summed next-token CE of host logits alone (one lse pass per row, nothing kept).
 double next_token_ce(const Tensor& logits, const std::vector<int32_t>& ids);
 struct CleanScores {
   Tensor logits;                // [T, V] (host)
   std::vector<double> lse;      // [T]
   std::vector<float> p;         // [T, V]: exp(z - lse)
-  double ce = 0;                // sum of the T - 1 losses
+  double ce = 0;                // sum of the losses of positions first .. T-2
 };
-CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids);
+CleanScores score_clean_run(Tensor logits, const std::vector<int32_t>& ids, int64_t first = 0);
 struct RunScoreSums {
   double ce = 0, kl = 0;        // sums over the predictions and the positions
 };
-RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, const CleanScores& clean);
+RunScoreSums score_run(const Tensor& logits, const std::vector<int32_t>& ids, const CleanScores& clean,
+                       int64_t first = 0);
 
 }  // namespace sae
