@@ -38,7 +38,9 @@ Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
         bos I64 (the model's BOS id) and the {sae}.* evaluations again with the BOS first in every
         window (windows of the BOS and 63 tokens), masked as SAELens masks its special tokens: the
         splice, the mean ablation and the statistics leave the BOS row, zero ablation zeroes it too,
-        CE leaves out the prediction made from it and KL its position
+        CE leaves out the prediction made from it and KL its position; and SAELens's reconstruction
+        metrics (get_sparsity_and_variance_metrics): {sae}.l2_norm_in, .l2_norm_out, .l2_ratio,
+        .relative_reconstruction_bias, .l1, .mse, .cossim (F64 scalars)
 
 The definitions (SAELens evals.get_recons_loss and get_sparsity_and_variance_metrics, in our words):
 CE = mean over every predicted token (position t predicts ids[t+1]) of -log softmax(logits)[next];
@@ -226,6 +228,10 @@ def evaluate(model, stories_ids, sae, layer, normalizer, bos=None):
     predictions = tokens = 0
     err = var = l0 = 0.0
     fired = torch.zeros(F_SAE, dtype=torch.float64)
+    # get_sparsity_and_variance_metrics's per-token values, pooled (relative_reconstruction_bias: its
+    # two means over every token, where SAELens averages the ratio over its batches)
+    per_token = {k: 0.0 for k in ("l2_norm_in", "l2_norm_out", "l2_ratio", "l1", "mse", "cossim")}
+    out_squared = dot = 0.0
     for p, x in zip(pieces, acts):
         def splice(h):
             features = sae.encode(normalizer.forward(h[first:]).unsqueeze(0))[0]
@@ -255,7 +261,19 @@ def evaluate(model, stories_ids, sae, layer, normalizer, bos=None):
         var += ((x.double() - mean) ** 2).sum().item()
         l0 += (features != 0).sum().item()
         fired += (features != 0).double().sum(0)
-    out = {}
+        x64, y64 = x.double(), x_hat.double()
+        norm_in, norm_out = torch.norm(x64, dim=-1), torch.norm(y64, dim=-1)
+        per_token["l2_norm_in"] += norm_in.sum().item()
+        per_token["l2_norm_out"] += norm_out.sum().item()
+        safe_in = torch.where(norm_in.abs() < 0.0001, torch.ones_like(norm_in), norm_in)
+        per_token["l2_ratio"] += (norm_out / safe_in).sum().item()
+        per_token["l1"] += features.double().abs().sum().item()
+        per_token["mse"] += ((x64 - y64) ** 2).sum().item()
+        per_token["cossim"] += ((x64 / norm_in[:, None]) * (y64 / norm_out[:, None])).sum().item()
+        out_squared += (norm_out ** 2).sum().item()
+        dot += (x64 * y64).sum().item()
+    out = {k: v / tokens for k, v in per_token.items()}
+    out["relative_reconstruction_bias"] = out_squared / dot
     for k, v in sums.items():
         out[k] = v / (predictions if k.startswith("ce") else tokens)
     out["ce_score"] = (out["ce_zero"] - out["ce_sae"]) / (out["ce_zero"] - out["ce_clean"])
@@ -280,8 +298,11 @@ def evaluate_cases(out, model, stories_ids, w, bos=None):
         sae.eval()
         with torch.no_grad():
             r = evaluate(model, stories_ids, sae, layer, normalizer, bos)
-        for key in ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_score", "kl_score",
-                    "fvu", "l0"):
+        keys = ["ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_score", "kl_score",
+                "fvu", "l0"]
+        if bos is not None:  # SAELens's reconstruction metrics, in the BOS file only (it came later)
+            keys += ["l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias", "l1", "mse", "cossim"]
+        for key in keys:
             w.put(f"{name}.{key}", float(r[key]))
         w.put(f"{name}.density", r["density"].astype(np.float64))
         w.put(f"{name}.mean", r["mean"].astype(np.float64))

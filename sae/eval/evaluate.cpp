@@ -147,6 +147,42 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
   return r;
 }
 
+// The sums of SAELens's per-token reconstruction metrics (EvalResult), token by token in double.
+struct ReconstructionSums {
+  double norm_in = 0, norm_out = 0, ratio = 0, l1 = 0, squared_error = 0, cos = 0, out_squared = 0, dot = 0;
+  int64_t tokens = 0;
+
+  // x, x_hat [n, d] (raw scale) and f [n, F] of n tokens.
+  void add(const Tensor& x, const Tensor& x_hat, const Tensor& f) {
+    const int64_t n = x.size(0);
+    const std::vector<double> in = reduce(ReduceOp::norm2, x, 1).to_vector();
+    const std::vector<double> out = reduce(ReduceOp::norm2, x_hat, 1).to_vector();
+    const std::vector<double> dots = sum(mul(x, x_hat), 1).to_vector();
+    const std::vector<double> errors = reduce(ReduceOp::sum_squares, sub(x, x_hat), 1).to_vector();
+    for (int64_t t = 0; t < n; ++t) {
+      norm_in += in[t];
+      norm_out += out[t];
+      ratio += out[t] / (std::abs(in[t]) < 1e-4 ? 1.0 : in[t]);
+      squared_error += errors[t];
+      cos += dots[t] / (in[t] * out[t]);  // NaN for a zero vector, as SAELens's
+      out_squared += out[t] * out[t];
+      dot += dots[t];
+    }
+    l1 += reduce(ReduceOp::sum, abs(f)).item();
+    tokens += n;
+  }
+  void put(EvalResult& r) const {
+    const double n = static_cast<double>(tokens);
+    r.l2_norm_in = norm_in / n;
+    r.l2_norm_out = norm_out / n;
+    r.l2_ratio = ratio / n;
+    r.l1 = l1 / n;
+    r.mse = squared_error / n;
+    r.cossim = cos / n;
+    r.relative_reconstruction_bias = ratio_or_nan(out_squared, dot);
+  }
+};
+
 // L0, densities, dead and dense features from the per-feature firing counts.
 template <typename Result>
 void feature_statistics(Result& r, double active, const std::vector<double>& fired, double threshold) {
@@ -218,6 +254,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
 
   // Pass 2: the four runs of every piece, and the SAE's statistics inside the spliced run.
   RunSums sums;
+  ReconstructionSums reconstruction;
   double squared_error = 0, variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
   // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
@@ -238,6 +275,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
+    reconstruction.add(x, x_hat, f);
     copy_(x, x_hat);
   });
   // Zero ablation zeroes every row, the BOS's too, as SAELens's evals do; mean ablation (ours) and
@@ -270,6 +308,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   r.ce_score_mean = scores.ce_score_mean;
   r.kl_score_mean = scores.kl_score_mean;
   r.fvu = ratio_or_nan(squared_error, variance);
+  reconstruction.put(r);
   feature_statistics(r, active, fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
@@ -555,6 +594,11 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   const Json score_keys = scores_json(scores);  // a temporary's items() would dangle in the loop
   for (const auto& [key, value] : score_keys.items()) j[key] = value;
   put_dictionary_keys(j, r.fvu, r.l0, r.dead, r.dense, r.dense_threshold, r.density);
+  for (const auto& [key, value] : {std::pair<const char*, double>{"mse", r.mse}, {"cossim", r.cossim}, {"l1", r.l1},
+                                   {"l2_norm_in", r.l2_norm_in}, {"l2_norm_out", r.l2_norm_out},
+                                   {"l2_ratio", r.l2_ratio},
+                                   {"relative_reconstruction_bias", r.relative_reconstruction_bias}})
+    j[key] = number_or_null(value);
   j["mean_activation"] = numbers_json(r.mean_activation);
   j["seconds"] = r.seconds;
   return j;
@@ -573,6 +617,9 @@ std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
                        "SAE spliced");
   out += cat("FVU ", format_or_na(r.fvu), " | L0 ", format_or_na(r.l0), " | dead features ", r.dead, " of ", r.density.size(),
              " | dense features (density > ", format_number(r.dense_threshold), ") ", r.dense, "\n");
+  out += cat("MSE ", format_or_na(r.mse), " | cosine ", format_or_na(r.cossim), " | L1 ", format_or_na(r.l1),
+             " | l2 ratio ", format_or_na(r.l2_ratio), " | relative reconstruction bias ",
+             format_or_na(r.relative_reconstruction_bias), "\n");
   return out;
 }
 

@@ -115,6 +115,16 @@ void expect_each_folder_matches(const std::string& expected, const EvalOptions& 
     expect_relative(r.kl_score, e.scalar(p + "kl_score"), 1e-4, "KL score");
     expect_relative(r.fvu, e.scalar(p + "fvu"), 1e-5, "FVU");
     expect_relative(r.l0, e.scalar(p + "l0"), 1e-12, "L0");
+    if (e.has(p + "mse")) {  // SAELens's reconstruction metrics (in the BOS fixture)
+      expect_relative(r.mse, e.scalar(p + "mse"), 1e-5, "mse");
+      expect_relative(r.cossim, e.scalar(p + "cossim"), 1e-5, "cossim");
+      expect_relative(r.l1, e.scalar(p + "l1"), 1e-5, "l1");
+      expect_relative(r.l2_norm_in, e.scalar(p + "l2_norm_in"), 1e-5, "l2_norm_in");
+      expect_relative(r.l2_norm_out, e.scalar(p + "l2_norm_out"), 1e-5, "l2_norm_out");
+      expect_relative(r.l2_ratio, e.scalar(p + "l2_ratio"), 1e-5, "l2_ratio");
+      expect_relative(r.relative_reconstruction_bias, e.scalar(p + "relative_reconstruction_bias"), 1e-5,
+                      "relative_reconstruction_bias");
+    }
     EXPECT_EQ(r.density, e.values(p + "density"));
     const std::vector<double> mean = e.values(p + "mean");
     ASSERT_EQ(r.mean_activation.size(), mean.size());
