@@ -147,10 +147,10 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
   return r;
 }
 
-// The sums of SAELens's per-token reconstruction metrics (EvalResult), token by token in double.
+// The sums of SAELens's per-token reconstruction metrics (EvalResult), token by token in double
+// (mse is the FVU's squared error over the tokens).
 struct ReconstructionSums {
-  double norm_in = 0, norm_out = 0, ratio = 0, l1 = 0, squared_error = 0, cos = 0, out_squared = 0, dot = 0;
-  int64_t tokens = 0;
+  double norm_in = 0, norm_out = 0, ratio = 0, l1 = 0, cos = 0, out_squared = 0, dot = 0;
 
   // x, x_hat [n, d] (raw scale) and f [n, F] of n tokens.
   void add(const Tensor& x, const Tensor& x_hat, const Tensor& f) {
@@ -158,26 +158,23 @@ struct ReconstructionSums {
     const std::vector<double> in = reduce(ReduceOp::norm2, x, 1).to_vector();
     const std::vector<double> out = reduce(ReduceOp::norm2, x_hat, 1).to_vector();
     const std::vector<double> dots = sum(mul(x, x_hat), 1).to_vector();
-    const std::vector<double> errors = reduce(ReduceOp::sum_squares, sub(x, x_hat), 1).to_vector();
     for (int64_t t = 0; t < n; ++t) {
       norm_in += in[t];
       norm_out += out[t];
       ratio += out[t] / (std::abs(in[t]) < 1e-4 ? 1.0 : in[t]);
-      squared_error += errors[t];
       cos += dots[t] / (in[t] * out[t]);  // NaN for a zero vector, as SAELens's
       out_squared += out[t] * out[t];
       dot += dots[t];
     }
     l1 += reduce(ReduceOp::sum, abs(f)).item();
-    tokens += n;
   }
+  // r.tokens counted.
   void put(EvalResult& r) const {
-    const double n = static_cast<double>(tokens);
+    const double n = static_cast<double>(r.tokens);
     r.l2_norm_in = norm_in / n;
     r.l2_norm_out = norm_out / n;
     r.l2_ratio = ratio / n;
     r.l1 = l1 / n;
-    r.mse = squared_error / n;
     r.cossim = cos / n;
     r.relative_reconstruction_bias = ratio_or_nan(out_squared, dot);
   }
@@ -309,6 +306,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   r.kl_score_mean = scores.kl_score_mean;
   r.fvu = ratio_or_nan(squared_error, variance);
   reconstruction.put(r);
+  r.mse = squared_error / static_cast<double>(r.tokens);
   feature_statistics(r, active, fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;

@@ -313,43 +313,44 @@ int64_t scratch_rows(int64_t width) {
   return std::max<int64_t>(64, kScratchFloats / std::max<int64_t>(width, 1));
 }
 
+// The first `floats` values of a float32 scratch kept between calls, remade (the old one freed
+// first) when it is smaller.
+Tensor kept_scratch(Tensor& kept, int64_t floats) {
+  if (!kept.defined() || kept.numel() < floats) {
+    kept = Tensor();
+    kept = Tensor::empty(Shape{std::max<int64_t>(floats, 1)}, DType::F32, Device::CPU);
+  }
+  return kept.slice_rows(0, floats);
+}
+
 void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, double alpha,
                 double beta) {
   const int64_t out_rows = out.size(0);
   if (out.dtype() == DType::BF16) {  // the float32 product of a block of rows in scratch, then rounded
-    const int64_t tile = trans_a ? std::max<int64_t>(out_rows, 1) : scratch_rows(out.size(1));  // trans_a: whole
+    // With trans_a, op(a)'s rows are a's columns: one block.
+    const int64_t tile = trans_a ? std::max<int64_t>(out_rows, 1) : scratch_rows(out.size(1));
     thread_local Tensor scratch;
-    const int64_t need = std::max<int64_t>(std::min(tile, out_rows) * out.size(1), 1);
-    if (!scratch.defined() || scratch.numel() < need) {
-      scratch = Tensor();  // the old block first
-      scratch = Tensor::empty(Shape{need}, DType::F32, Device::CPU);
-    }
     for (int64_t r0 = 0; r0 < out_rows; r0 += tile) {
       const int64_t r1 = std::min(out_rows, r0 + tile);
-      Tensor rows = out.slice_rows(r0, r1);
-      Tensor product = scratch.slice_rows(0, rows.numel()).reshape(rows.shape());
+      Tensor block = out.slice_rows(r0, r1);
+      Tensor product = kept_scratch(scratch, block.numel()).reshape(block.shape());
       matmul_cpu(product, trans_a ? a : a.slice_rows(r0, r1), trans_a, b, trans_b, alpha, 0.0);
-      copy_cpu(rows, product);
+      copy_cpu(block, product);
     }
     return;
   }
   if (is_half_dtype(a.dtype())) {  // activations in 16 bits: a block of op(a)'s rows widened at a time
     const int64_t width = trans_a ? a.size(0) : a.size(1), tile = scratch_rows(width);
     thread_local Tensor wide;
-    const int64_t need = std::max<int64_t>(std::min(tile, out_rows) * width, 1);
-    if (!wide.defined() || wide.numel() < need) {
-      wide = Tensor();
-      wide = Tensor::empty(Shape{need}, DType::F32, Device::CPU);
-    }
     for (int64_t r0 = 0; r0 < out_rows; r0 += tile) {
       const int64_t r1 = std::min(out_rows, r0 + tile), rows = r1 - r0;
-      Tensor out_rows = out.slice_rows(r0, r1);
+      Tensor block = out.slice_rows(r0, r1);
       if (!trans_a) {  // rows r0.. of a
-        Tensor widened = wide.slice_rows(0, rows * width).reshape(Shape{rows, width});
+        Tensor widened = kept_scratch(wide, rows * width).reshape(Shape{rows, width});
         copy_cpu(widened, a.slice_rows(r0, r1));
-        matmul_cpu(out_rows, widened, false, b, trans_b, alpha, beta);
+        matmul_cpu(block, widened, false, b, trans_b, alpha, beta);
       } else {  // columns r0.. of a [width, out_rows]: widened [width, rows], op = its transpose
-        Tensor widened = wide.slice_rows(0, width * rows).reshape(Shape{width, rows});
+        Tensor widened = kept_scratch(wide, width * rows).reshape(Shape{width, rows});
         float* w = widened.data<float>();
         const int64_t cols = a.size(1);
         const auto gather = [&](const auto* src) {
@@ -358,7 +359,7 @@ void matmul_cpu(Tensor& out, const Tensor& a, bool trans_a, const Tensor& b, boo
             for (int64_t c = 0; c < rows; ++c) w[t * rows + c] = widen(src[t * cols + r0 + c]);
         };
         if (a.dtype() == DType::BF16) gather(a.data<BFloat16>()); else gather(a.data<Float16>());
-        matmul_cpu(out_rows, widened, true, b, trans_b, alpha, beta);
+        matmul_cpu(block, widened, true, b, trans_b, alpha, beta);
       }
     }
     return;
