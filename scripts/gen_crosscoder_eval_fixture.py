@@ -3,6 +3,8 @@
 computed here by PyTorch and Hugging Face transformers, independently of the C++.
 
     python3 scripts/gen_crosscoder_eval_fixture.py [--out-dir DIR]
+    python3 scripts/gen_crosscoder_eval_fixture.py --metrics-only  # expected_metrics.safetensors from
+                                                                   # the folders DIR already holds
 
 Cases (our crosscoder format, docs/architectures.md §2.13: the unit's SAE over the concatenated
 sources, cfg.json architecture "crosscoder", sae_cpp.sources, metadata.crosscoder_hooks):
@@ -23,6 +25,11 @@ sums added); L0 and density of f.
 expected.safetensors: {case}.{model}.ce_clean, .ce_sae, .ce_zero, .ce_mean, .kl_sae, .kl_zero,
 .kl_mean, .ce_score, .kl_score (F64; model "a", and "b" for diff), {case}.fvu F64 [S], {case}.fvu_all,
 {case}.l0, {case}.density F64 [F], {case}.mean F64 [S, d], {case}.tokens, {case}.predictions I64.
+expected_metrics.safetensors (it came later, so it is written from the committed folders): SAELens's
+reconstruction metrics (evals.get_sparsity_and_variance_metrics's per-token formulas) over the
+concatenated raw sources x = [x_1 | ... | x_S] and x_hat = [x_hat_1 | ... | x_hat_S], means over the
+tokens: {case}.l2_norm_in, .l2_norm_out, .l2_ratio, .l1 (of f), .mse, .cossim, and
+{case}.relative_reconstruction_bias (mean ||x_hat||^2 / mean x . x_hat over every token) (F64).
 Needs torch, transformers, tokenizers, numpy.
 """
 import argparse
@@ -42,6 +49,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from transformers import GPTNeoForCausalLM  # noqa: E402
 
 D, F_XC = 32, 48
+METRICS = ("l2_norm_in", "l2_norm_out", "l2_ratio", "l1", "mse", "cossim", "relative_reconstruction_bias")
 CASES = {
     "xc": {"reads": [(0, 0), (0, 2)], "scales": [1.3, 0.7], "arch": "standard", "k": None, "seed": 31},
     "diff": {"reads": [(0, 1), (1, 1)], "scales": [0.9, 1.1], "arch": "topk", "k": 6, "seed": 32},
@@ -114,6 +122,8 @@ def evaluate(models, pieces, case, w):
     var = [0.0] * sources
     l0 = 0.0
     fired = torch.zeros(F_XC, dtype=torch.float64)
+    per_token = {k: 0.0 for k in ("l2_norm_in", "l2_norm_out", "l2_ratio", "l1", "mse", "cossim")}
+    out_squared = dot = 0.0
     for p in pieces:
         clean = {m: run(models[m], p) for m in used}
         xs = [clean[m][1][b] for m, b in reads]
@@ -123,6 +133,18 @@ def evaluate(models, pieces, case, w):
             var[s] += ((xs[s].double() - means[s]) ** 2).sum().item()
         l0 += (f != 0).sum().item()
         fired += (f != 0).double().sum(0)
+        x64 = torch.cat([x.double() for x in xs], dim=1)
+        y64 = torch.cat([y.double() for y in x_hat], dim=1)
+        norm_in, norm_out = torch.norm(x64, dim=-1), torch.norm(y64, dim=-1)
+        per_token["l2_norm_in"] += norm_in.sum().item()
+        per_token["l2_norm_out"] += norm_out.sum().item()
+        safe_in = torch.where(norm_in.abs() < 0.0001, torch.ones_like(norm_in), norm_in)
+        per_token["l2_ratio"] += (norm_out / safe_in).sum().item()
+        per_token["l1"] += f.abs().sum().item()
+        per_token["mse"] += ((x64 - y64) ** 2).sum().item()
+        per_token["cossim"] += ((x64 / norm_in[:, None]) * (y64 / norm_out[:, None])).sum().item()
+        out_squared += (norm_out ** 2).sum().item()
+        dot += (x64 * y64).sum().item()
         target = torch.tensor(p[1:], dtype=torch.long)
         for m in used:
             own = [s for s, (mm, _) in enumerate(reads) if mm == m]
@@ -148,6 +170,8 @@ def evaluate(models, pieces, case, w):
     stats = {"fvu": np.array([e / v for e, v in zip(err, var)]), "fvu_all": sum(err) / sum(var), "l0": l0 / tokens,
              "density": (fired / tokens).numpy(), "mean": torch.stack(means).numpy(), "tokens": tokens,
              "predictions": predictions}
+    stats.update({k: v / tokens for k, v in per_token.items()})
+    stats["relative_reconstruction_bias"] = out_squared / dot
     return result, stats
 
 
@@ -173,15 +197,42 @@ def write_folder(folder, case, w):
         fh.write("\n")
 
 
+def write_metric_expectations(out, models, pieces):
+    """expected_metrics.safetensors: SAELens's reconstruction metrics of each case, with the weights
+    its folder holds."""
+    import safetensors.numpy
+    import transformers
+    e = FixtureWriter()
+    for name, case in CASES.items():
+        stored = safetensors.numpy.load_file(os.path.join(out, name, "sae_weights.safetensors"))
+        w = {k: torch.from_numpy(v) for k, v in stored.items()}
+        _, stats = evaluate(models, pieces, case, w)
+        for k in METRICS:
+            e.put(f"{name}.{k}", np.asarray(stats[k], dtype=np.float64))
+        print(name, {k: round(stats[k], 6) for k in METRICS})
+    e.put_text("generator", "scripts/gen_crosscoder_eval_fixture.py")
+    e.put_text("versions", f"torch {torch.__version__}, transformers {transformers.__version__}")
+    e.save(os.path.join(out, "expected_metrics.safetensors"))
+
+
 def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default=os.path.join(repo, "tests", "ref", "eval_crosscoder"))
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="only expected_metrics.safetensors, from model_b/ and the folders already in --out-dir")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = args.out_dir
     model_dir = os.path.join(repo, "tests", "ref", "eval", "model")
     model = GPTNeoForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    stories_ids = [tokenizer.encode(s, add_special_tokens=False).ids for s in STORIES]
+    pieces = [p for ids in stories_ids for p in pieces_of(ids)]
+    if args.metrics_only:
+        write_metric_expectations(out, [model, GPTNeoForCausalLM.from_pretrained(
+            os.path.join(out, "model_b"), dtype=torch.float32).eval()], pieces)
+        return
     # model_b: the model "fine-tuned" (every weight moved), written in F16 as the model is
     torch.manual_seed(20261205)
     model_b_dir = os.path.join(out, "model_b")
@@ -193,9 +244,6 @@ def main():
     moved.half().save_pretrained(model_b_dir, safe_serialization=True)
     model_b = GPTNeoForCausalLM.from_pretrained(model_b_dir, dtype=torch.float32).eval()
 
-    tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    stories_ids = [tokenizer.encode(s, add_special_tokens=False).ids for s in STORIES]
-    pieces = [p for ids in stories_ids for p in pieces_of(ids)]
     e = FixtureWriter()
     for name, case in CASES.items():
         w = weights(case["seed"], len(case["reads"]))
@@ -211,6 +259,7 @@ def main():
             e.put(f"{name}.{k}", np.asarray(stats[k], dtype=np.int64))
         print(name, "fvu", stats["fvu"], "fvu_all", stats["fvu_all"], "l0", stats["l0"])
     e.save(os.path.join(out, "expected.safetensors"))
+    write_metric_expectations(out, [model, model_b], pieces)
 
 
 if __name__ == "__main__":

@@ -147,36 +147,40 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
   return r;
 }
 
-// The sums of SAELens's per-token reconstruction metrics (EvalResult), token by token in double
-// (mse is the FVU's squared error over the tokens).
+// The sums of SAELens's per-token reconstruction metrics (ReconstructionMetrics), token by token in
+// double.
 struct ReconstructionSums {
   double norm_in = 0, norm_out = 0, ratio = 0, l1 = 0, cos = 0, out_squared = 0, dot = 0;
+  std::vector<double> squared_error;  // per part: sum ||x_s - x_hat_s||^2
 
-  // x, x_hat [n, d] (raw scale) and f [n, F] of n tokens.
-  void add(const Tensor& x, const Tensor& x_hat, const Tensor& f) {
-    const int64_t n = x.size(0);
-    const std::vector<double> in = reduce(ReduceOp::norm2, x, 1).to_vector();
-    const std::vector<double> out = reduce(ReduceOp::norm2, x_hat, 1).to_vector();
-    const std::vector<double> dots = sum(mul(x, x_hat), 1).to_vector();
+  // x, x_hat: the [n, d_s] parts of n tokens' input and reconstruction (raw scale; one part for an
+  // SAE, a crosscoder's sources), f [n, F].
+  void add(const std::vector<Tensor>& x, const std::vector<Tensor>& x_hat, const Tensor& f) {
+    const int64_t n = f.size(0);
+    std::vector<double> in(n, 0.0), out(n, 0.0), dots(n, 0.0);
+    squared_error.resize(x.size(), 0.0);
+    for (size_t k = 0; k < x.size(); ++k) {
+      const std::vector<double> in_k = sum(mul(x[k], x[k]), 1).to_vector();
+      const std::vector<double> out_k = sum(mul(x_hat[k], x_hat[k]), 1).to_vector();
+      const std::vector<double> dots_k = sum(mul(x[k], x_hat[k]), 1).to_vector();
+      for (int64_t t = 0; t < n; ++t) in[t] += in_k[t], out[t] += out_k[t], dots[t] += dots_k[t];
+      squared_error[k] += squared_norm(sub(x[k], x_hat[k]));
+    }
     for (int64_t t = 0; t < n; ++t) {
-      norm_in += in[t];
-      norm_out += out[t];
-      ratio += out[t] / (std::abs(in[t]) < 1e-4 ? 1.0 : in[t]);
-      cos += dots[t] / (in[t] * out[t]);  // NaN for a zero vector, as SAELens's
-      out_squared += out[t] * out[t];
+      const double norm_x = std::sqrt(in[t]), norm_x_hat = std::sqrt(out[t]);
+      norm_in += norm_x;
+      norm_out += norm_x_hat;
+      ratio += norm_x_hat / (norm_x < 1e-4 ? 1.0 : norm_x);
+      cos += dots[t] / (norm_x * norm_x_hat);  // NaN for a zero vector, as SAELens's
+      out_squared += out[t];
       dot += dots[t];
     }
     l1 += reduce(ReduceOp::sum, abs(f)).item();
   }
-  // r.tokens counted.
-  void put(EvalResult& r) const {
-    const double n = static_cast<double>(r.tokens);
-    r.l2_norm_in = norm_in / n;
-    r.l2_norm_out = norm_out / n;
-    r.l2_ratio = ratio / n;
-    r.l1 = l1 / n;
-    r.cossim = cos / n;
-    r.relative_reconstruction_bias = ratio_or_nan(out_squared, dot);
+  ReconstructionMetrics means(int64_t tokens) const {
+    const double n = static_cast<double>(tokens);
+    return ReconstructionMetrics{norm_in / n, norm_out / n, ratio / n, l1 / n, total(squared_error) / n, cos / n,
+                                 ratio_or_nan(out_squared, dot)};
   }
 };
 
@@ -252,7 +256,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   // Pass 2: the four runs of every piece, and the SAE's statistics inside the spliced run.
   RunSums sums;
   ReconstructionSums reconstruction;
-  double squared_error = 0, variance = 0, active = 0;
+  double variance = 0, active = 0;
   std::vector<double> fired(features, 0.0);
   // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
   // its output hook with its prediction; an SAE reads and replaces one hook.
@@ -267,12 +271,11 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     if (!all_finite(x_hat))  // never a silent NaN in the scores: an SAE whose weights overflow float32
       throw DataError(cat(sae.dir, ": the SAE's reconstruction of ", hook_name(site), " is not finite on piece ",
                           done - r.pieces + 1, " of ", options.text, " (its weights overflow float32)"));
-    squared_error += squared_norm(sub(x, x_hat));
     variance += squared_norm(sub(x, mean));
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
-    reconstruction.add(x, x_hat, f);
+    reconstruction.add({x}, {x_hat}, f);
     copy_(x, x_hat);
   });
   // Zero ablation zeroes every row, the BOS's too, as SAELens's evals do; mean ablation (ours) and
@@ -294,7 +297,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   }
   progress.finish();
 
-  const SpliceScores scores = splice_scores(sums, squared_error, static_cast<double>(r.predictions),
+  const SpliceScores scores = splice_scores(sums, total(reconstruction.squared_error), static_cast<double>(r.predictions),
                                            static_cast<double>(r.tokens), sae.dir, options.text);
   r.clean = scores.clean;
   r.spliced = scores.spliced;
@@ -304,9 +307,8 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   r.kl_score = scores.kl_score;
   r.ce_score_mean = scores.ce_score_mean;
   r.kl_score_mean = scores.kl_score_mean;
-  r.fvu = ratio_or_nan(squared_error, variance);
-  reconstruction.put(r);
-  r.mse = squared_error / static_cast<double>(r.tokens);
+  r.fvu = ratio_or_nan(total(reconstruction.squared_error), variance);
+  r.reconstruction = reconstruction.means(r.tokens);
   feature_statistics(r, active, fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
@@ -381,8 +383,10 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
   // Pass 2, each window: the clean run of each model reads every source; one encoding of them all;
   // each model's runs with its hooks spliced, zero- and mean-ablated.
   std::vector<RunSums> sums(models.size());
-  std::vector<double> squared_error(sources, 0.0), variance(sources, 0.0), fired(features, 0.0);
+  std::vector<double> variance(sources, 0.0), fired(features, 0.0);
   double active = 0;
+  ReconstructionSums reconstruction;
+  reconstruction.squared_error.assign(sources, 0.0);
   std::vector<Tensor> x(sources), x_hat;
   std::vector<SiteHooks> read(models.size()), splice(models.size()), zero(models.size()), mean_ablate(models.size());
   for (int64_t k = 0; k < sources; ++k) {
@@ -413,12 +417,12 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
         throw DataError(cat(cc.dir, ": the crosscoder's reconstruction of ", cc.sources[k].read,
                             " is not finite on piece ", done - r.pieces + 1, " of ", options.text,
                             " (its weights overflow float32)"));
-      squared_error[k] += squared_norm(sub(x[k], x_hat[k]));
       variance[k] += squared_norm(sub(x[k], means[k]));
     }
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
+    reconstruction.add(x, x_hat, f);
     for (size_t m = 0; m < models.size(); ++m)
       sums[m].add(*models[m], ids, clean[m], splice[m], zero[m], mean_ablate[m], run_logits);
     tokens_done += static_cast<int64_t>(ids.size());
@@ -427,6 +431,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
   }
   progress.finish();
 
+  const std::vector<double>& squared_error = reconstruction.squared_error;
   const double all_error = total(squared_error);
   for (size_t m = 0; m < models.size(); ++m)
     r.models.push_back(splice_scores(sums[m], all_error, static_cast<double>(r.predictions),
@@ -434,6 +439,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
                                      options.text));
   for (int64_t k = 0; k < sources; ++k) r.fvu.push_back(ratio_or_nan(squared_error[k], variance[k]));
   r.fvu_all = ratio_or_nan(all_error, total(variance));
+  r.reconstruction = reconstruction.means(r.tokens);
   feature_statistics(r, active, fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
@@ -459,6 +465,15 @@ void put_dictionary_keys(Json& j, double fvu, double l0, int64_t dead, int64_t d
   j["feature_density"] = numbers_json(density);
 }
 
+// SAELens's reconstruction metrics, under its names.
+void put_reconstruction_keys(Json& j, const ReconstructionMetrics& m) {
+  for (const auto& [key, value] : {std::pair<const char*, double>{"mse", m.mse}, {"cossim", m.cossim}, {"l1", m.l1},
+                                   {"l2_norm_in", m.l2_norm_in}, {"l2_norm_out", m.l2_norm_out},
+                                   {"l2_ratio", m.l2_ratio},
+                                   {"relative_reconstruction_bias", m.relative_reconstruction_bias}})
+    j[key] = number_or_null(value);
+}
+
 Json scores_json(const SpliceScores& s) {
   Json j = Json::object();
   Json ce = Json::object();
@@ -480,6 +495,12 @@ Json scores_json(const SpliceScores& s) {
 }
 
 std::string format_or_na(double v) { return std::isfinite(v) ? format_number(v, 5) : std::string("n/a"); }
+
+std::string reconstruction_report(const ReconstructionMetrics& m) {
+  return cat("MSE ", format_or_na(m.mse), " | cosine ", format_or_na(m.cossim), " | L1 ", format_or_na(m.l1),
+             " | l2 ratio ", format_or_na(m.l2_ratio), " | relative reconstruction bias ",
+             format_or_na(m.relative_reconstruction_bias), "\n");
+}
 
 // The CE / KL table of the clean, spliced and ablated runs, and the scores' line.
 std::string scores_report(const SpliceScores& s, const char* spliced) {
@@ -535,6 +556,7 @@ Json crosscoder_eval_json(const CrosscoderEvalResult& r, const SaeAtLayer& cc, c
   for (const auto& [key, value] : scores.items()) j[key] = value;
   if (r.models.size() > 1) j["model_b_scores"] = scores_json(r.models[1]);
   put_dictionary_keys(j, r.fvu_all, r.l0, r.dead, r.dense, r.dense_threshold, r.density);
+  put_reconstruction_keys(j, r.reconstruction);
   j["seconds"] = r.seconds;
   return j;
 }
@@ -556,6 +578,7 @@ std::string crosscoder_eval_report(const CrosscoderEvalResult& r, const SaeAtLay
   out += cat("FVU ", format_or_na(r.fvu_all), " (all sources) | L0 ", format_or_na(r.l0), " | dead features ", r.dead,
              " of ", r.density.size(), " | dense features (density > ", format_number(r.dense_threshold), ") ", r.dense,
              "\n");
+  out += reconstruction_report(r.reconstruction);
   return out;
 }
 
@@ -592,11 +615,7 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   const Json score_keys = scores_json(scores);  // a temporary's items() would dangle in the loop
   for (const auto& [key, value] : score_keys.items()) j[key] = value;
   put_dictionary_keys(j, r.fvu, r.l0, r.dead, r.dense, r.dense_threshold, r.density);
-  for (const auto& [key, value] : {std::pair<const char*, double>{"mse", r.mse}, {"cossim", r.cossim}, {"l1", r.l1},
-                                   {"l2_norm_in", r.l2_norm_in}, {"l2_norm_out", r.l2_norm_out},
-                                   {"l2_ratio", r.l2_ratio},
-                                   {"relative_reconstruction_bias", r.relative_reconstruction_bias}})
-    j[key] = number_or_null(value);
+  put_reconstruction_keys(j, r.reconstruction);
   j["mean_activation"] = numbers_json(r.mean_activation);
   j["seconds"] = r.seconds;
   return j;
@@ -615,9 +634,7 @@ std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
                        "SAE spliced");
   out += cat("FVU ", format_or_na(r.fvu), " | L0 ", format_or_na(r.l0), " | dead features ", r.dead, " of ", r.density.size(),
              " | dense features (density > ", format_number(r.dense_threshold), ") ", r.dense, "\n");
-  out += cat("MSE ", format_or_na(r.mse), " | cosine ", format_or_na(r.cossim), " | L1 ", format_or_na(r.l1),
-             " | l2 ratio ", format_or_na(r.l2_ratio), " | relative reconstruction bias ",
-             format_or_na(r.relative_reconstruction_bias), "\n");
+  out += reconstruction_report(r.reconstruction);
   return out;
 }
 

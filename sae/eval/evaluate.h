@@ -56,18 +56,23 @@ struct RunScores {
   double ce = 0, kl = 0;
 };
 
+// SAELens's reconstruction metrics (evals.get_sparsity_and_variance_metrics), raw scale, means over
+// the evaluated tokens of: ||x||, ||x_hat||, ||x_hat|| / ||x|| (||x|| < 1e-4 counted as 1),
+// sum_i |f_i|, ||x - x_hat||^2 and cos(x, x_hat); relative_reconstruction_bias = mean ||x_hat||^2 /
+// mean x . x_hat over all tokens (SAELens averages that ratio over its batches). A crosscoder's x and
+// x_hat are its sources' concatenated.
+struct ReconstructionMetrics {
+  double l2_norm_in = 0, l2_norm_out = 0, l2_ratio = 0, l1 = 0, mse = 0, cossim = 0;
+  double relative_reconstruction_bias = 0;
+};
+
 struct EvalResult {
   int64_t stories = 0, pieces = 0, tokens = 0, predictions = 0;
   RunScores clean, spliced, zero_ablated, mean_ablated;
   double ce_score = 0, kl_score = 0;                  // against zero ablation (SAELens's)
   double ce_score_mean = 0, kl_score_mean = 0;        // against mean ablation
   double fvu = 0, l0 = 0;
-  // SAELens's reconstruction metrics (evals.get_sparsity_and_variance_metrics), raw scale, means over
-  // the evaluated tokens of: ||x||, ||x_hat||, ||x_hat|| / ||x|| (||x|| < 1e-4 counted as 1),
-  // sum_i |f_i|, ||x - x_hat||^2 and cos(x, x_hat); relative_reconstruction_bias = mean ||x_hat||^2 /
-  // mean x . x_hat over all tokens (SAELens averages that ratio over its batches).
-  double l2_norm_in = 0, l2_norm_out = 0, l2_ratio = 0, l1 = 0, mse = 0, cossim = 0;
-  double relative_reconstruction_bias = 0;
+  ReconstructionMetrics reconstruction;
   std::vector<double> density;                        // [F]
   int64_t dead = 0, dense = 0;
   double dense_threshold = 0.1;
@@ -88,6 +93,7 @@ struct CrosscoderEvalResult {
   std::vector<double> fvu;                            // [S]: sum ||x_s - x_hat_s||^2 / sum ||x_s - mean_s||^2
   double fvu_all = 0;                                 // the same sums over all sources
   double l0 = 0;
+  ReconstructionMetrics reconstruction;               // over the concatenated sources
   std::vector<double> density;                        // [F]
   int64_t dead = 0, dense = 0;
   double dense_threshold = 0.1;

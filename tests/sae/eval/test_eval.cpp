@@ -32,6 +32,7 @@
 #include "tensor/rng.h"
 #include "tests/util/errors.h"
 #include "tests/util/gpu.h"
+#include "tests/sae/eval/reconstruction_expect.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
@@ -116,14 +117,7 @@ void expect_each_folder_matches(const std::string& expected, const EvalOptions& 
     expect_relative(r.fvu, e.scalar(p + "fvu"), 1e-5, "FVU");
     expect_relative(r.l0, e.scalar(p + "l0"), 1e-12, "L0");
     if (e.has(p + "mse")) {  // SAELens's reconstruction metrics (in the BOS fixture)
-      expect_relative(r.mse, e.scalar(p + "mse"), 1e-5, "mse");
-      expect_relative(r.cossim, e.scalar(p + "cossim"), 1e-5, "cossim");
-      expect_relative(r.l1, e.scalar(p + "l1"), 1e-5, "l1");
-      expect_relative(r.l2_norm_in, e.scalar(p + "l2_norm_in"), 1e-5, "l2_norm_in");
-      expect_relative(r.l2_norm_out, e.scalar(p + "l2_norm_out"), 1e-5, "l2_norm_out");
-      expect_relative(r.l2_ratio, e.scalar(p + "l2_ratio"), 1e-5, "l2_ratio");
-      expect_relative(r.relative_reconstruction_bias, e.scalar(p + "relative_reconstruction_bias"), 1e-5,
-                      "relative_reconstruction_bias");
+      sae::testing::expect_reconstruction_metrics(r.reconstruction, e, p);
     }
     EXPECT_EQ(r.density, e.values(p + "density"));
     const std::vector<double> mean = e.values(p + "mean");
@@ -521,6 +515,9 @@ TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
       if (w.kl > 0) expect_relative(g.kl, w.kl, 1e-4, "KL");
     }
     expect_relative(got.fvu, want.fvu, 1e-5, "FVU");
+    expect_relative(got.reconstruction.cossim, want.reconstruction.cossim, 1e-5, "cossim");
+    expect_relative(got.reconstruction.relative_reconstruction_bias, want.reconstruction.relative_reconstruction_bias,
+                    1e-5, "relative_reconstruction_bias");
     EXPECT_EQ(got.density, want.density);
   }
   const SaeAtLayer gpu_sae = load_sae_at_layer(eval_ref("sae_story"), gpu.config(), layer_choice(-1), Device::CUDA);

@@ -3,7 +3,8 @@
 //     scripts/gen_crosscoder_eval_fixture.py): a ReLU crosscoder over blocks.0 and blocks.2
 //     hook_resid_post of the sae_eval fixture's model, and a TopK crosscoder over blocks.1.hook_resid_post
 //     of that model and of a second one (model diffing): CE and KL of the clean, spliced, zero- and
-//     mean-ablated runs per model, the scores, FVU per source and over all, L0, densities, means;
+//     mean-ablated runs per model, the scores, FVU per source and over all, L0, densities, means, and
+//     SAELens's reconstruction metrics over the concatenated sources (expected_metrics.safetensors);
 //   - planted truth: a crosscoder that reconstructs both sources exactly scores CE 1 and FVU ~0;
 //   - the one-line refusals (--hook, a missing --model-b, a --model-b it does not read, bad folders);
 //   - CUDA against the CPU (skips without a GPU).
@@ -18,6 +19,7 @@
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/train/checkpoint.h"
+#include "tests/sae/eval/reconstruction_expect.h"
 #include "tests/util/compare.h"
 #include "tests/util/errors.h"
 #include "tests/util/fixture.h"
@@ -98,15 +100,19 @@ TEST(SaeEvalCrosscoder, SplicedAtEachOfItsHooksMatchesThePyTorchSplice) {
   ASSERT_EQ(r.models.size(), 1u);
   expect_scores(r.models[0], e, "xc.a.");
   expect_statistics(r, e, "xc.");
+  sae::testing::expect_reconstruction_metrics(r.reconstruction, test::Fixture(xc_ref("expected_metrics.safetensors")),
+                                              "xc.");
   // eval.json: the model's scores where an SAE's are, each source's FVU and mean.
   const Json j = crosscoder_eval_json(r, xc, "m", "", fixture_options());
   EXPECT_EQ(j.at("ce_loss").at("sae").as_number(), r.models[0].spliced.ce);
   EXPECT_EQ(j.at("sources").size(), 2u);
   EXPECT_EQ(j.at("sources").at(1).at("fvu").as_number(), r.fvu[1]);
   EXPECT_FALSE(j.has("model_b_scores"));
+  EXPECT_EQ(j.at("cossim").as_number(), r.reconstruction.cossim);
   const std::string report = crosscoder_eval_report(r, xc);
   EXPECT_NE(report.find("| crosscoder spliced |"), std::string::npos) << report;
   EXPECT_NE(report.find("FVU of blocks.2.hook_resid_post"), std::string::npos) << report;
+  EXPECT_NE(report.find("| relative reconstruction bias "), std::string::npos) << report;
 }
 
 TEST(SaeEvalCrosscoder, ModelDiffingSplicesEachModelWithItsOwnSources) {
@@ -123,6 +129,8 @@ TEST(SaeEvalCrosscoder, ModelDiffingSplicesEachModelWithItsOwnSources) {
   expect_scores(r.models[0], e, "diff.a.");
   expect_scores(r.models[1], e, "diff.b.");
   expect_statistics(r, e, "diff.");
+  sae::testing::expect_reconstruction_metrics(r.reconstruction, test::Fixture(xc_ref("expected_metrics.safetensors")),
+                                              "diff.");
   EXPECT_DOUBLE_EQ(r.l0, 6.0);  // TopK k 6, every selected latent positive here
   const Json j = crosscoder_eval_json(r, diff, "m", "mb", fixture_options());
   EXPECT_EQ(j.at("model_b").as_string(), "mb");
@@ -165,6 +173,9 @@ TEST(SaeEvalCrosscoder, ACrosscoderThatReconstructsExactlyScoresOne) {
   EXPECT_NEAR(s.kl_score, 1.0, 1e-5);
   for (double v : r.fvu) EXPECT_LT(v, 1e-10);
   EXPECT_LT(r.fvu_all, 1e-10);
+  EXPECT_NEAR(r.reconstruction.cossim, 1.0, 1e-6);
+  EXPECT_NEAR(r.reconstruction.l2_ratio, 1.0, 1e-6);
+  EXPECT_NEAR(r.reconstruction.relative_reconstruction_bias, 1.0, 1e-6);
   EXPECT_GT(s.zero_ablated.kl, 0.1);  // ablating both hooks does change the model
   EXPECT_GT(s.mean_ablated.kl, 0.01);
   EXPECT_DOUBLE_EQ(r.l0, static_cast<double>(d));
@@ -263,6 +274,9 @@ TEST(SaeEvalCrosscoderCuda, BothFixturesMatchTheCpu) {
       }
     }
     for (size_t k = 0; k < want.fvu.size(); ++k) expect_relative(got.fvu[k], want.fvu[k], 1e-5, "FVU");
+    expect_relative(got.reconstruction.cossim, want.reconstruction.cossim, 1e-5, "cossim");
+    expect_relative(got.reconstruction.relative_reconstruction_bias, want.reconstruction.relative_reconstruction_bias,
+                    1e-5, "relative_reconstruction_bias");
     EXPECT_EQ(got.density, want.density);
   }
 }
