@@ -322,12 +322,7 @@ double batch_threshold(const SaeParams& p) {
 
 BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const StepShape& shape, DType dtype,
                              Device device, const std::string& unit)
-    : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {
-  // The selection over the whole batch counts and indexes its N F candidates in int32.
-  if ((settings.auxk_coefficient > 0 ? 2 : 1) * shape.max_tokens * shape.d_sae >= (int64_t(1) << 31))
-    throw UsageError(cat("--architecture ", unit, ": ", shape.max_tokens, " tokens x ", shape.d_sae,
-                         " features do not fit int32 indices of the batch-wide selection; use smaller batches"));
-}
+    : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {}
 
 void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
   if (collectives_ != nullptr && collectives_->ranks() > 1)

@@ -54,7 +54,7 @@ void check_int32_lists(const char* op, int64_t rows, int64_t features, int64_t e
                     " list entries do not fit int32 indices"));
 }
 
-// Lists made from every cell of [N, F] (a dense f, a batch-wide selection) may hold N F entries.
+// Lists made from every cell of a dense f [N, F] may hold N F entries.
 void check_int32_cells(const char* op, int64_t rows, int64_t features) {
   if (rows * features >= kInt32Limit)
     throw Error(cat(op, ": ", rows, " x ", features, " entries do not fit int32 indices"));
@@ -202,7 +202,6 @@ void batchtopk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias,
   if (s.cols.defined() && total > s.cols.numel())
     throw Error(cat(op, ": ", total, " entries do not fit lists of ", s.cols.numel()));
   check_token_lists(op, s, 0, pre.size(0), pre.size(1), bias);
-  check_int32_cells(op, pre.size(0), pre.size(1));  // it counts and indexes the batch's N F candidates
   sae_kernels_for(pre.device()).batchtopk_select(s, pre, bias, total);
 }
 

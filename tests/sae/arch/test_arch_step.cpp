@@ -5,12 +5,14 @@
 // what forward() leaves alone, a non-finite loss, and BatchTopK's first threshold.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "sae/arch/registry.h"
 #include "sae/arch/sae_step.h"
 #include "sae/arch/topk_family.h"
 #include "sae/step/sae_ops.h"
+#include "tensor/half.h"
 #include "tensor/ops.h"
 #include "tensor/precision.h"
 #include "tests/sae/arch/arch_problem.h"
@@ -324,6 +326,81 @@ TEST(CudaArch, ListsOfManyTokensAndLatentsMatchTheCpu) {
       EXPECT_NEAR(gpu.dW[c * cpu.f + i], cpu.dW[c * cpu.f + i], 1e-5) << "latent " << i;
   }
   EXPECT_EQ(gpu.db.size(), cpu.db.size());
+}
+
+namespace {
+// The BatchTopK selection over more than 2^31 cells: bf16 pre-activations [2056, 2^20] (4.3 GB), all
+// -1 but 24 planted values in the first, middle and last rows (the last rows' cells lie past 2^31),
+// ties at the threshold; a float32 bias lifts the last column. Returns the lists read back.
+struct ManyCellsSelection {
+  static constexpr int64_t n = 2056, f = int64_t(1) << 20, total = 14;
+  struct Cell {
+    int64_t row, col;
+    double value;  // pre-activation + bias, exact in bf16 and float32
+  };
+  std::vector<Cell> planted;
+  std::vector<double> row_ptr, cols, vals;
+};
+ManyCellsSelection select_many_cells(Device device) {
+  using S = ManyCellsSelection;
+  S r;
+  const int64_t n = S::n, f = S::f;
+  const int64_t rows[] = {0, 1, n / 2, 2047, 2048, n - 1};
+  const int64_t cols[] = {0, 77, f - 2, f - 1};
+  const double values[] = {0.5, 1.25, 2.0, 1.25, 0.75, 1.25};  // each row's values: rotated per row
+  for (size_t a = 0; a < std::size(rows); ++a)
+    for (size_t b = 0; b < std::size(cols); ++b) r.planted.push_back({rows[a], cols[b], values[(a + b) % std::size(values)]});
+  const double lift = 0.25;  // bias[f - 1]
+  Tensor pre = Tensor::empty(Shape{n, f}, DType::BF16);
+  BFloat16* p = pre.data<BFloat16>();
+  std::fill(p, p + n * f, to_bfloat16(-1.0f));
+  for (const S::Cell& c : r.planted)
+    p[c.row * f + c.col] = to_bfloat16(static_cast<float>(c.value - (c.col == f - 1 ? lift : 0.0)));
+  Tensor bias = Tensor::zeros(Shape{f});
+  bias.data<float>()[f - 1] = static_cast<float>(lift);
+  SparseFeatures s = token_lists(n, f, S::total, DType::F32);
+  for (Tensor* t : {&s.col_ptr, &s.rows, &s.vals, &s.row_ptr, &s.cols, &s.row_vals}) *t = t->to(device);
+  batchtopk_select_(s, pre.to(device), bias.to(device), S::total);
+  r.row_ptr = s.row_ptr.to_vector();
+  r.cols = s.cols.to_vector();
+  r.vals = s.row_vals.to_vector();
+  return r;
+}
+}  // namespace
+
+TEST(ArchKernels, BatchTopKSelectsAmongMoreThanInt32Cells) {
+  // Brute force from the planted cells: the `total` largest, ties at the threshold to the rows in
+  // order and in a row to the columns in order (the kernels' rule), as by-token lists.
+  using S = ManyCellsSelection;
+  const S r = select_many_cells(Device::CPU);
+  std::vector<double> sorted;
+  for (const S::Cell& c : r.planted) sorted.push_back(c.value);
+  std::sort(sorted.rbegin(), sorted.rend());
+  const double threshold = sorted[S::total - 1];
+  int64_t ties = S::total;
+  for (double v : sorted) ties -= v > threshold;
+  ASSERT_GT(ties, 0);
+  ASSERT_LT(ties, std::count(sorted.begin(), sorted.end(), threshold));  // some ties are left out
+  std::vector<double> want_ptr(S::n + 1, 0.0), want_cols, want_vals;
+  for (const S::Cell& c : r.planted)  // planted in row order, then column order
+    if (c.value > threshold || (c.value == threshold && ties-- > 0)) {
+      want_cols.push_back(double(c.col));
+      want_vals.push_back(c.value);
+      for (int64_t t = c.row + 1; t <= S::n; ++t) ++want_ptr[t];
+    }
+  ASSERT_EQ(r.row_ptr.size(), want_ptr.size());
+  EXPECT_EQ(r.row_ptr, want_ptr);
+  EXPECT_EQ(std::vector<double>(r.cols.begin(), r.cols.begin() + S::total), want_cols);
+  EXPECT_EQ(std::vector<double>(r.vals.begin(), r.vals.begin() + S::total), want_vals);
+  EXPECT_GT(want_ptr[S::n] - want_ptr[2048], 0.0);  // entries from past 2^31 cells
+}
+
+TEST(CudaArch, BatchTopKSelectsAmongMoreThanInt32CellsAsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const ManyCellsSelection cpu = select_many_cells(Device::CPU), gpu = select_many_cells(Device::CUDA);
+  EXPECT_EQ(gpu.row_ptr, cpu.row_ptr);
+  EXPECT_EQ(gpu.cols, cpu.cols);
+  EXPECT_EQ(gpu.vals, cpu.vals);
 }
 
 namespace {
