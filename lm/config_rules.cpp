@@ -63,6 +63,24 @@ std::string string_or(const Json& config, const std::string& key, const std::str
   return config.at(key).as_string();
 }
 
+const Json* rope_settings(const Json& config, const std::string& source, std::string& type) {
+  const Json* rope = nullptr;
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!config.has(key) || config.at(key).is_null()) continue;
+    if (!config.at(key).is_object())
+      throw DataError(cat(source, ": '", key, "' must be an object, got ", config.at(key).dump()));
+    if (rope == nullptr && config.at(key).size() > 0) rope = &config.at(key);
+  }
+  type = "default";
+  if (rope)
+    for (const char* key : {"rope_type", "type"})
+      if (rope->has(key) && rope->at(key).is_string()) {
+        type = rope->at(key).as_string();
+        break;
+      }
+  return rope;
+}
+
 void require_model_type(const Json& config, const std::string& expected, const std::string& source) {
   if (!config.is_object()) throw DataError(cat(source, ": expected a JSON object, got a ", config.type_name()));
   if (!config.has("model_type") || !config.at("model_type").is_string() ||

@@ -25,6 +25,10 @@ bool bool_or(const Json& config, const std::string& key, bool fallback, const st
 // A string, or `fallback` when the key is absent (null counts as absent).
 std::string string_or(const Json& config, const std::string& key, const std::string& fallback,
                       const std::string& source);
+// The rotary settings' object as transformers picks it (convert_rope_params_to_dict): a non-empty
+// rope_scaling (the Hub's older files) over rope_parameters; nullptr when neither is set. Its
+// rope_type (or the older "type"; rope_type first) in `type`, "default" when it names none.
+const Json* rope_settings(const Json& config, const std::string& source, std::string& type);
 // config.json must be an object whose model_type is `expected`.
 void require_model_type(const Json& config, const std::string& expected, const std::string& source);
 // The key must be absent, null or equal to `allowed`; otherwise a DataError saying `why`.

@@ -61,21 +61,11 @@ DecoderConfig parse_gpt_neox(const Json& json, const std::string& source) {
   c.mlp_bias = true;
   c.tie_word_embeddings = bool_or(json, "tie_word_embeddings", false, source);
 
-  // Rotary: Hugging Face reads rope_scaling (older files) in place of rope_parameters when it is set.
-  const Json* rope = nullptr;
-  for (const char* key : {"rope_scaling", "rope_parameters"}) {
-    if (!json.has(key) || json.at(key).is_null()) continue;
-    if (!json.at(key).is_object()) throw DataError(cat(source, ": '", key, "' must be an object, got ", json.at(key).dump()));
-    if (rope == nullptr) rope = &json.at(key);
-  }
-  if (rope) {
-    std::string type = "default";
-    for (const char* key : {"rope_type", "type"})
-      if (rope->has(key) && rope->at(key).is_string()) type = rope->at(key).as_string();
-    if (type != "default")
-      throw DataError(cat(source, ": RoPE scaling of type \"", printable(type),
-                          "\" is not supported (GPT-NeoX here runs the default rotary embedding only)"));
-  }
+  std::string type;
+  const Json* rope = rope_settings(json, source, type);
+  if (type != "default")
+    throw DataError(cat(source, ": RoPE scaling of type \"", printable(type),
+                        "\" is not supported (GPT-NeoX here runs the default rotary embedding only)"));
   c.positions = PositionKind::Rotary;
   c.rotary_base = rope_number(json, rope, "rope_theta", "rotary_emb_base", 10000.0, source);
   const double factor = rope_number(json, rope, "partial_rotary_factor", "rotary_pct", 0.25, source);

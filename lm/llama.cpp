@@ -26,14 +26,13 @@ namespace {
 
 enum class Style { Llama, Qwen2, Mistral, Gemma2 };
 
-// rope_parameters (transformers 5) or rope_scaling with a top-level rope_theta (the Hub's older files).
+// rope_parameters (transformers 5) or rope_scaling with a top-level rope_theta (the Hub's older
+// files). As transformers reads them (convert_rope_params_to_dict): a non-empty rope_scaling wins
+// over rope_parameters; the dict's rope_theta over the top-level one; llama3's
+// original_max_position_embeddings is the dict's, else max_position_embeddings.
 void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) {
-  const Json* rope = nullptr;
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    if (!json.has(key) || json.at(key).is_null()) continue;
-    if (!json.at(key).is_object()) throw DataError(cat(source, ": '", key, "' must be an object, got ", json.at(key).dump()));
-    if (rope == nullptr) rope = &json.at(key);
-  }
+  std::string type;
+  const Json* rope = rope_settings(json, source, type);
   auto number = [&](const std::string& key, double fallback) {
     if (rope && rope->has(key) && !rope->at(key).is_null()) {
       if (!rope->at(key).is_number() || !(rope->at(key).as_number() > 0) || std::isinf(rope->at(key).as_number()))
@@ -44,14 +43,8 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
   };
   c.positions = PositionKind::Rotary;
   c.rotary_dims = c.head_dim;
-  c.rotary_base = number("rope_theta", positive_number_or(json, "rope_theta", 10000.0, source));
-  std::string type = "default";
-  if (rope)
-    for (const char* key : {"rope_type", "type"})
-      if (rope->has(key) && rope->at(key).is_string()) {
-        type = rope->at(key).as_string();
-        break;
-      }
+  const bool dict_theta = rope && rope->has("rope_theta") && !rope->at("rope_theta").is_null();
+  c.rotary_base = dict_theta ? number("rope_theta", 0) : positive_number_or(json, "rope_theta", 10000.0, source);
   if (type == "linear") {
     c.rope_scaling.kind = RopeScaling::Kind::Linear;
     c.rope_scaling.factor = number("factor", 0);
@@ -62,10 +55,9 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
     s.factor = number("factor", 0);
     s.low_freq_factor = number("low_freq_factor", 0);
     s.high_freq_factor = number("high_freq_factor", 0);
-    s.original_positions = number("original_max_position_embeddings", 0);
-    if (s.factor == 0 || s.low_freq_factor == 0 || s.high_freq_factor == 0 || s.original_positions == 0)
-      throw DataError(cat(source, ": rope_type \"llama3\" needs 'factor', 'low_freq_factor', 'high_freq_factor' and "
-                          "'original_max_position_embeddings'"));
+    s.original_positions = number("original_max_position_embeddings", static_cast<double>(c.max_positions));
+    if (s.factor == 0 || s.low_freq_factor == 0 || s.high_freq_factor == 0)
+      throw DataError(cat(source, ": rope_type \"llama3\" needs 'factor', 'low_freq_factor' and 'high_freq_factor'"));
     if (!(s.high_freq_factor > s.low_freq_factor))
       throw DataError(cat(source, ": rope 'high_freq_factor' (", s.high_freq_factor, ") must be above 'low_freq_factor' (",
                           s.low_freq_factor, ")"));
@@ -75,12 +67,19 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
   }
 }
 
-// The window of each block: layer_types when given ("full_attention" / "sliding_attention"), else
-// the family's rule.
+// The window of each block, as transformers' config classes set it: layer_types when given
+// ("full_attention" / "sliding_attention"), else the family's rule (Mistral: every block; Qwen 2:
+// blocks from max_window_layers (28 when left out) on, only with use_sliding_window; Gemma 2: the
+// even blocks). sliding_window left out is 4096 (Mistral, Qwen 2, Gemma 2); null: no window
+// (Mistral, Qwen 2; a Gemma 2 block that slides then needs one).
 std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers, const std::string& source) {
   int64_t window = 0;
   if (json.has("sliding_window") && !json.at("sliding_window").is_null())
     window = positive_int(json, "sliding_window", source);
+  else if (!json.has("sliding_window") && style != Style::Llama)
+    window = 4096;
+  const bool qwen_slides = style == Style::Qwen2 && bool_or(json, "use_sliding_window", false, source);
+  if (style == Style::Qwen2 && !qwen_slides) window = 0;  // Qwen2Config drops sliding_window
   std::vector<int64_t> windows(static_cast<size_t>(layers), 0);
   if (json.has("layer_types") && !json.at("layer_types").is_null()) {
     const Json& types = json.at("layer_types");
@@ -91,7 +90,9 @@ std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers,
       const std::string name = type.is_string() ? type.as_string() : type.dump();
       if (name == "sliding_attention") {
         if (window == 0)
-          throw DataError(cat(source, ": 'layer_types' names sliding_attention but 'sliding_window' is not set"));
+          throw DataError(cat(source, ": 'layer_types' names sliding_attention but ",
+                              style == Style::Qwen2 && !qwen_slides ? "'use_sliding_window' is false"
+                                                                    : "'sliding_window' is not set"));
         windows[static_cast<size_t>(i)] = window;
       } else if (name != "full_attention") {
         throw DataError(cat(source, ": 'layer_types' entry ", i, " \"", printable(name),
@@ -100,15 +101,16 @@ std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers,
     }
     return windows;
   }
+  int64_t qwen_from = 28;  // Qwen2Config's max_window_layers
+  if (style == Style::Qwen2 && json.has("max_window_layers") && !json.at("max_window_layers").is_null()) {
+    const Json& m = json.at("max_window_layers");
+    qwen_from = m.is_number() && m.as_number() == 0 ? 0 : positive_int(json, "max_window_layers", source);
+  }
   for (int64_t i = 0; i < layers; ++i) {
     bool sliding = false;
     if (style == Style::Mistral) sliding = window > 0;
+    if (style == Style::Qwen2) sliding = window > 0 && i >= qwen_from;
     if (style == Style::Gemma2) sliding = (i + 1) % 2 == 1;
-    if (style == Style::Qwen2 && bool_or(json, "use_sliding_window", false, source)) {
-      const Json& m = json.has("max_window_layers") ? json.at("max_window_layers") : Json();
-      const int64_t from = m.is_null() ? 0 : positive_int(json, "max_window_layers", source);
-      sliding = i >= from;
-    }
     if (sliding && window == 0) throw DataError(cat(source, ": sliding-window attention needs 'sliding_window'"));
     if (sliding) windows[static_cast<size_t>(i)] = window;
   }

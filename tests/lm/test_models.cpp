@@ -433,6 +433,49 @@ TEST(Models, ShardedFilesWithTheirIndex) {
   EXPECT_NE(message.find(arrays[0].name), std::string::npos) << message;
 }
 
+// ---------------------------------------------------------------- config spellings
+
+TEST(Models, ConfigSpellingsAreReadAsTransformersReadsThem) {
+  // tests/ref/models/config_cases.json (scripts/gen_config_cases.py): fixture configs edited as the
+  // Hub's files differ from what save_pretrained writes, with the windows and RoPE transformers runs.
+  const Json cases = read_json_file(models_ref("config_cases.json"));
+  TempDir dir("models_config_cases");
+  for (size_t n = 0; n < cases.at("cases").size(); ++n) {
+    const Json& c = cases.at("cases").at(n);
+    const std::string name = c.at("name").as_string();
+    SCOPED_TRACE(name);
+    const Json& erase = c.at("erase");
+    const Json original = fixture_config(c.at("model").as_string());
+    Json config = Json::object();
+    for (const auto& [key, value] : original.items()) {
+      bool erased = false;
+      for (size_t k = 0; k < erase.size(); ++k) erased = erased || erase.at(k).as_string() == key;
+      if (!erased) config[key] = value;
+    }
+    for (const auto& [key, value] : c.at("set").items()) config[key] = value;
+    const std::string folder = dir.str(name);
+    fs::create_directories(folder);
+    write_text(folder + "/config.json", config.dump());
+    const DecoderConfig got = read_model_config(folder).config;
+    const Json& windows = c.at("windows");
+    ASSERT_EQ(got.layers.size(), windows.size());
+    for (size_t i = 0; i < windows.size(); ++i) EXPECT_EQ(got.layers[i].window, windows.at(i).as_int()) << "block " << i;
+    const Json& rope = c.at("rope");
+    EXPECT_EQ(got.rotary_base, rope.at("theta").as_number());
+    const std::string type = rope.at("type").as_string();
+    const RopeScaling::Kind kind = type == "linear"   ? RopeScaling::Kind::Linear
+                                   : type == "llama3" ? RopeScaling::Kind::Llama3
+                                                      : RopeScaling::Kind::None;
+    EXPECT_EQ(got.rope_scaling.kind, kind) << type;
+    if (kind != RopeScaling::Kind::None) {
+      EXPECT_EQ(got.rope_scaling.factor, rope.at("factor").as_number());
+    }
+    if (kind == RopeScaling::Kind::Llama3) {
+      EXPECT_EQ(got.rope_scaling.original_positions, rope.at("original_positions").as_number());
+    }
+  }
+}
+
 // ---------------------------------------------------------------- refusals
 
 TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
@@ -468,6 +511,8 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
        "chunked_attention"},
       {"qwen2", "layer_types", Json::parse(R"(["full_attention"])"), "layer_types"},
       {"mistral", "sliding_window", Json(int64_t(0)), "sliding_window"},
+      // transformers fails on these (Qwen2Config drops sliding_window without use_sliding_window)
+      {"qwen2", "use_sliding_window", Json(false), "'use_sliding_window' is false"},
       {"gemma2", "hidden_activation", Json("silu_x"), "hidden_activation"},
       {"gemma2", "attn_logit_softcapping", Json(-1.0), "attn_logit_softcapping"},
       {"gemma2", "query_pre_attn_scalar", Json("big"), "query_pre_attn_scalar"},

@@ -1,0 +1,99 @@
+"""How transformers reads config.json spellings the model fixtures do not use (the Hub's older
+files, keys left out, keys that disagree): each case edits a fixture's config.json
+(tests/ref/models/M/config.json, written by gen_model_fixtures.py), loads it with AutoConfig, and
+records what the model will run with, so that tests/lm/test_models.cpp can check that our reader
+(lm/llama.cpp) agrees.
+
+    python3 scripts/gen_config_cases.py [--out tests/ref/models/config_cases.json]
+
+Each case: {"name", "model", "set": {key: value} (null: the key written as null), "erase": [keys],
+"windows": [per block: the attention window, 0 = global], "rope": {"type", "theta", "factor",
+"original_positions"}} where windows are what the HF model masks with (layer_types and
+sliding_window; Mistral's MistralForCausalLM slides every block when sliding_window is set) and
+rope is config.rope_parameters after transformers standardised it.
+Needs transformers (the installed version is recorded in the file).
+"""
+import argparse
+import json
+import os
+import tempfile
+
+import transformers
+from transformers import AutoConfig
+
+CASES = [
+    # rope: rope_scaling wins over rope_parameters (convert_rope_params_to_dict)
+    ("rope_scaling_beats_rope_parameters", "llama",
+     {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+      "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, []),
+    # the Hub's older spelling: rope_scaling with "type" and a top-level rope_theta
+    ("hub_rope_scaling_and_rope_theta", "llama",
+     {"rope_scaling": {"type": "linear", "factor": 2.0}, "rope_theta": 500000.0}, ["rope_parameters"]),
+    # llama3 without original_max_position_embeddings: max_position_embeddings stands in
+    ("llama3_without_original_positions", "llama",
+     {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "rope_theta": 1000.0}}, []),
+    # a top-level original_max_position_embeddings beside the rope dict's, and alone
+    ("llama3_top_level_original_positions", "llama", {"original_max_position_embeddings": 40}, []),
+    ("llama3_original_positions_only_at_top_level", "llama",
+     {"original_max_position_embeddings": 40,
+      "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "rope_theta": 1000.0}}, []),
+    # a null top-level rope_theta beside rope_parameters' own
+    ("null_rope_theta_beside_rope_parameters", "llama", {"rope_theta": None}, []),
+    # Mistral: sliding_window left out is MistralConfig's 4096; null turns it off
+    ("mistral_without_sliding_window", "mistral", {}, ["sliding_window"]),
+    ("mistral_null_sliding_window", "mistral", {"sliding_window": None}, []),
+    # Qwen 2: max_window_layers left out is 28; 0 slides every block; sliding_window left out is 4096
+    ("qwen2_without_max_window_layers", "qwen2", {}, ["max_window_layers", "layer_types"]),
+    ("qwen2_max_window_layers_0", "qwen2", {"max_window_layers": 0}, ["layer_types"]),
+    ("qwen2_without_sliding_window", "qwen2", {}, ["sliding_window", "layer_types"]),
+    ("qwen2_use_sliding_window_false", "qwen2", {"use_sliding_window": False}, ["layer_types"]),
+    ("qwen2_null_sliding_window", "qwen2", {"sliding_window": None}, ["layer_types"]),
+    # Gemma 2: no layer_types (even blocks slide), sliding_window left out is 4096
+    ("gemma2_without_sliding_window", "gemma2", {}, ["sliding_window", "layer_types"]),
+]
+
+
+def windows_of(config, model):
+    layers = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None) or 0
+    if model == "mistral":
+        return [window] * layers
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return [0] * layers
+    return [window if t == "sliding_attention" else 0 for t in types]
+
+
+def main():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(repo, "tests", "ref", "models", "config_cases.json"))
+    args = parser.parse_args()
+    out = []
+    for name, model, set_keys, erase in CASES:
+        with open(os.path.join(repo, "tests", "ref", "models", model, "config.json")) as f:
+            config = json.load(f)
+        for key in erase:
+            config.pop(key, None)
+        config.update(set_keys)
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                json.dump(config, f)
+            hf = AutoConfig.from_pretrained(folder)
+        rope = hf.rope_parameters
+        case = {"name": name, "model": model, "set": set_keys, "erase": erase, "windows": windows_of(hf, model),
+                "rope": {"type": rope.get("rope_type", "default"), "theta": rope["rope_theta"],
+                         "factor": rope.get("factor", 0.0),
+                         "original_positions": rope.get("original_max_position_embeddings", 0)}}
+        print(name, case["windows"], case["rope"])
+        out.append(case)
+    with open(args.out, "w") as f:
+        json.dump({"generator": "scripts/gen_config_cases.py", "transformers": transformers.__version__,
+                   "cases": out}, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
