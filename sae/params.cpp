@@ -69,6 +69,51 @@ int SaeParams::latent_axis(const std::string& name) {
   return 0;
 }
 
+bool SaeParams::scale_dependent(const std::string& name) {
+  return name == "W_enc" || name == "W_dec" || name == "b_dec" || name == "W_skip";
+}
+
+namespace {
+// The scale of each of `width` columns, from scales over equal blocks (inverted when asked).
+std::vector<double> column_scales(const std::vector<double>& blocks, int64_t width, bool inverse) {
+  if (blocks.empty() || width % static_cast<int64_t>(blocks.size()) != 0)
+    throw Error(cat("fold_input_scales: ", blocks.size(), " scales for ", width, " columns"));
+  const int64_t per = width / static_cast<int64_t>(blocks.size());
+  std::vector<double> out(static_cast<size_t>(width));
+  for (int64_t j = 0; j < width; ++j) {
+    const double s = blocks[static_cast<size_t>(j / per)];
+    if (!(s > 0) || !std::isfinite(s)) throw Error(cat("fold_input_scales: a scale of ", s));
+    out[static_cast<size_t>(j)] = inverse ? 1.0 / s : s;
+  }
+  return out;
+}
+
+// t [R, C] (host float32 copy) times row[r] * col[c] (an empty vector: 1).
+Tensor scaled(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col) {
+  Tensor out = t.to(Device::CPU).to(DType::F32).clone();
+  const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
+  float* p = out.data<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const double factor = (row.empty() ? 1.0 : row[static_cast<size_t>(r)]) * (col.empty() ? 1.0 : col[static_cast<size_t>(c)]);
+      p[r * cols + c] = static_cast<float>(static_cast<double>(p[r * cols + c]) * factor);
+    }
+  return out;
+}
+}  // namespace
+
+SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
+                            bool inverse) {
+  const std::vector<double> in_col = column_scales(in, p.d_in(), inverse);
+  const std::vector<double> out_col = column_scales(out, p.d_out(), !inverse);  // divided by out
+  SaeParams r = p;
+  r.W_enc = scaled(p.W_enc, in_col, {});
+  r.W_dec = scaled(p.W_dec, {}, out_col);
+  r.b_dec = scaled(p.b_dec, {}, out_col);
+  if (p.W_skip.defined()) r.W_skip = scaled(p.W_skip, in_col, out_col);
+  return r;
+}
+
 SaeParams SaeParams::latent_slice(int64_t begin, int64_t end) const {
   if (begin < 0 || end <= begin || end > d_sae())
     throw Error(cat("SaeParams::latent_slice: latents [", begin, ", ", end, ") of ", d_sae()));

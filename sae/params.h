@@ -76,7 +76,20 @@ struct SaeParams {
   // The axis along which a tensor of present() runs over the latents: 1 for W_enc, -1 for b_dec and
   // W_skip (no latent axis), 0 for every other (W_dec, b_enc, the own tensors).
   static int latent_axis(const std::string& name);
+  // The tensors fold_input_scales changes.
+  static bool scale_dependent(const std::string& name);
 };
+
+// The SAE of raw activations that computes what `p` computes on scaled ones, SAELens's
+// fold_activation_norm_scaling_factor per block: p reads input column block b times in[b] and its
+// output block b is the target times out[b] (blocks of equal width: a crosscoder's sources; one
+// block otherwise), so W_enc's rows of block b are multiplied by in[b], W_dec's columns and b_dec's
+// entries of block b divided by out[b], and W_skip by in / out. b_enc and the unit's own tensors
+// (thresholds, gates) stay: the pre-activations and features are the same. `inverse` undoes it (to
+// within a rounding). Computed in double, rounded to float32 once; the changed tensors are new host
+// float32 tensors, the others shared with p.
+SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
+                            bool inverse);
 
 // torch.optim.Adam's state for SaeParams: the moments m and v (shaped like the parameters) and the
 // number of steps taken; betas and eps are fixed for a run.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Trains a small SAE of every architecture with sae_train (built-in synthetic data, d 64, F 256),
-# encodes and decodes one input with our sae_apply (--raw: the inputs as given), and checks that
-# SAELens (pip sae-lens; SAE.load_from_disk on the exported sae/ folder) gives the same features
-# and reconstruction, then runs scripts/check_saelens_archs.py on the same folders.
+# Trains a small SAE of every architecture with sae_train (built-in synthetic data, d 64, F 256,
+# --normalize dataset), encodes and decodes raw inputs with our sae_apply (which scales them as the
+# SAE was trained), and checks that SAELens (pip sae-lens; SAE.load_from_disk on the exported sae/
+# folder, whose weights have the dataset scale folded in as SAELens folds it) gives the same
+# features and reconstruction from the same raw inputs, then runs scripts/check_saelens_archs.py on
+# the same folders.
 # Usage: scripts/check_saelens_trained.sh [WORK_DIR] (default /tmp/sae_check_saelens). Needs a build
 # (BUILD=dir, default build).
 set -euo pipefail
@@ -22,7 +24,7 @@ for arch in "${archs[@]}"; do
     matryoshka_batchtopk) opts=(--architecture matryoshka_batchtopk --k 8 --matryoshka-widths 32,128,256) ;;
   esac
   "${BUILD:-build}"/bin/sae_train "${common[@]}" "${opts[@]}" --out "$work/$arch" > "$work/$arch.log"
-  "${BUILD:-build}"/bin/sae_apply --sae "$work/$arch/sae" --input "$work/x.npy" --raw \
+  "${BUILD:-build}"/bin/sae_apply --sae "$work/$arch/sae" --input "$work/x.npy" \
     --features-out "$work/$arch.f.npy" --reconstruction-out "$work/$arch.xhat.npy" > /dev/null
 done
 python3 - "$work" "${archs[@]}" <<'PY'

@@ -2,7 +2,8 @@
 # Trains small transcoders of every unit that trains them (standard, standard with --skip, jumprelu,
 # batchtopk -> exported as jumprelu) with sae_train from two activation files (x -> y, planted:
 # shared sparse codes through random directions, y also linear in part of x), predicts y with our
-# sae_apply (--raw: the inputs as given), and checks that SAELens (pip sae-lens;
+# sae_apply (which scales x and y back as trained, --normalize dataset), and checks that SAELens
+# (pip sae-lens, raw x, the dataset scales folded into the exported weights;
 # SAE.load_from_disk on the exported sae/ folder: Transcoder, SkipTranscoder, JumpReLUTranscoder,
 # JumpReLUSkipTranscoder) gives the same features and prediction.
 # Usage: scripts/check_saelens_transcoders.sh [WORK_DIR] (default /tmp/sae_check_transcoders).
@@ -36,7 +37,7 @@ for kind in "${kinds[@]}"; do
     batchtopk) opts=(--architecture batchtopk --k 8) ;;
   esac
   "${BUILD:-build}"/bin/sae_train "${common[@]}" "${opts[@]}" --out "$work/$kind" > "$work/$kind.log"
-  "${BUILD:-build}"/bin/sae_apply --sae "$work/$kind/sae" --input "$work/x.npy" --raw \
+  "${BUILD:-build}"/bin/sae_apply --sae "$work/$kind/sae" --input "$work/x.npy" \
     --features-out "$work/$kind.f.npy" --reconstruction-out "$work/$kind.yhat.npy" > /dev/null
 done
 python3 - "$work" "${kinds[@]}" <<'PY'

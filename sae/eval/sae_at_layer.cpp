@@ -141,8 +141,6 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   if (s.params.transcoder && choice.given())
     throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
                          "(metadata.hook_name, metadata.hook_name_out)"));
-  require_key(s.cfg, "normalize_activations", "none", where,
-              "only \"none\": SAELens folds its dataset scaling into the weights when it saves");
   if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object())
     require_key(s.cfg.at("metadata"), "hook_head_index", "", where + " metadata",
                 "an SAE of one attention head reads a slice of hook_z; we splice whole hook points");

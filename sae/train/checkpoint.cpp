@@ -110,6 +110,36 @@ void require(bool ok, const std::string& path, const std::string& what) {
 
 }  // namespace
 
+namespace {
+// The scales a folder of `extra` (sae_cpp) folds into its weights, in and out per block; none
+// unless dataset-normalised.
+std::optional<std::pair<std::vector<double>, std::vector<double>>> folded_scales(const SaeParams& p, const Json& extra) {
+  if (!extra.is_object() || !extra.has("normalization") || extra.at("normalization") != Json("dataset") ||
+      !extra.has("dataset_scale"))
+    return std::nullopt;
+  const std::vector<double> scales = DatasetScales::from_json(extra.at("dataset_scale")).per_block;
+  if (p.transcoder) {
+    if (scales.size() != 2) throw Error(cat("checkpoint: a transcoder's dataset_scale has ", scales.size(), " entries"));
+    return std::make_pair(std::vector<double>{scales[0]}, std::vector<double>{scales[1]});
+  }
+  if (static_cast<int64_t>(scales.size()) != p.sources)
+    throw Error(cat("checkpoint: dataset_scale has ", scales.size(), " entries for ", p.sources, " sources"));
+  return std::make_pair(scales, scales);
+}
+}  // namespace
+
+std::vector<std::pair<std::string, Tensor>> folder_weights(const SaeParams& params, const Json& extra) {
+  const auto scales = folded_scales(params, extra);
+  const ArchUnit& unit = unit_of(params);
+  return unit.saelens_weights(scales ? fold_input_scales(params, scales->first, scales->second, false) : params);
+}
+
+void add_exact_params(const SaeParams& params, const Json& extra, std::vector<std::pair<std::string, Tensor>>& tensors) {
+  if (!folded_scales(params, extra)) return;
+  for (const auto& [name, t] : params.present())
+    if (SaeParams::scale_dependent(name)) tensors.push_back({"param." + name, t->to(Device::CPU).to(DType::F32)});
+}
+
 Json saelens_config(const SaeParams& params, const Json& extra) {
   const ArchUnit& unit = unit_of(params);
   Json cfg = Json::object();
@@ -120,7 +150,8 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
-  cfg["normalize_activations"] = "none";
+  const bool per_story = extra.is_object() && extra.has("normalization") && extra.at("normalization") == Json("story");
+  cfg["normalize_activations"] = per_story ? "per_story" : "none";
   cfg["reshape_activations"] = "none";
   Json metadata = Json::object();
   metadata["sae_lens_version"] = "6.0.0";
@@ -139,6 +170,7 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   Json& ours = cfg["sae_cpp"];
   ours["training_architecture"] = unit.name();
   if (params.sources > 1) ours["sources"] = params.sources;
+  if (folded_scales(params, extra)) ours["dataset_scale_folded"] = true;
   unit.set_cfg_keys(params, cfg, ours);
   return cfg;
 }
@@ -189,8 +221,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
   try {
-    const ArchUnit& unit = unit_of(params);
-    write_safetensors((temp / kWeightsFile).string(), unit.saelens_weights(params));
+    write_safetensors((temp / kWeightsFile).string(), folder_weights(params, extra));
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
     // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.
@@ -198,6 +229,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     if (state) {
       std::vector<std::pair<std::string, Tensor>> tensors;
       const Json info = training_state_info(params, *state, tensors);
+      add_exact_params(params, extra, tensors);
       write_safetensors((temp / kStateFile).string(), tensors, {{"training_state", info.dump()}});
     }
     install_checkpoint_folder(temp.string(), dir);  // sync, swap into place, sync the parent
@@ -242,6 +274,24 @@ Checkpoint load_npz(const std::string& path, Device device) {
 }
 }  // namespace
 
+namespace {
+// normalize_activations: only what SAELens's inference leaves as it is (none; and
+// expected_average_only_in and covariance_whitening, whose statistics SAELens folds into the weights
+// when it saves), and our per_story beside sae_cpp's story normalisation: SAELens normalises every
+// input at inference with layer_norm and constant_norm_rescale, which we do not.
+void check_input_normalization(const Json& cfg) {
+  if (!cfg.has("normalize_activations")) return;
+  const std::string kind = cfg.at("normalize_activations").as_string();
+  const bool story = cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization") &&
+                     cfg.at("sae_cpp").at("normalization") == Json("story");
+  if (kind == "none" || kind == "expected_average_only_in" || kind == "covariance_whitening") return;
+  if (kind == "per_story" && story) return;
+  throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (SAELens normalises each input ",
+                      "with it at inference; we read none, expected_average_only_in, covariance_whitening, and our ",
+                      "per_story)"));
+}
+}  // namespace
+
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state) {
   const fs::path root(dir);
   const std::string npz = gemma_scope_npz(dir);
@@ -277,6 +327,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       if (ours.has("training_architecture")) ours.at("training_architecture").as_string();
     }
   });
+  checked([&] { check_input_normalization(out.cfg); });
   const ArchUnit& unit = unit_for_folder(out.cfg, cfg_path.string());
   checked([&] { unit.check_cfg(out.cfg); });
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());
@@ -289,6 +340,16 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
     throw DataError(cat(cfg_path.string(), ": d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
                         out.params.d_sae()));
+  // Ours of a dataset-normalised run holds the SAE of raw activations (folder_weights): back to the
+  // trained parameters, which read inputs times the scales (exactly, from the state, below).
+  const Json ours = out.cfg.has("sae_cpp") ? out.cfg.at("sae_cpp") : Json::object();
+  const bool folded = ours.has("dataset_scale_folded") && ours.at("dataset_scale_folded") == Json(true);
+  if (folded) {
+    std::optional<std::pair<std::vector<double>, std::vector<double>>> scales;
+    checked([&] { scales = folded_scales(out.params, ours); });
+    if (!scales) throw DataError(cat(cfg_path.string(), ": dataset_scale_folded without a dataset normalisation"));
+    out.params = fold_input_scales(out.params, scales->first, scales->second, true);
+  }
 
   const fs::path state_path = root / kStateFile;
   if (with_state && fs::exists(state_path)) {
@@ -325,6 +386,13 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       return out;
     }
     unit.load_state(file, state_info, out.params);
+    for (const auto& [name, param] : out.params.present()) {  // a folded folder's trained tensors
+      if (!folded || !SaeParams::scale_dependent(name)) continue;
+      require(file.has("param." + name), where, cat("a folded folder's state must hold param.", name));
+      const Tensor exact = file.read_f32("param." + name);
+      require(exact.shape() == param->shape(), where, cat("param.", name, " has the wrong shape"));
+      *param = exact;
+    }
     st.adam.m = st.adam.v = out.params;  // the same tensors present, each replaced below
     auto params = out.params.present(), m_all = st.adam.m.present(), v_all = st.adam.v.present();
     for (size_t i = 0; i < params.size(); ++i) {

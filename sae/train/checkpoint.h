@@ -33,6 +33,17 @@ struct TrainingState {
 // cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".
 Json saelens_config(const SaeParams& params, const Json& extra);
 
+// A dataset-normalised dictionary's folder holds the SAE of raw activations, as SAELens's do: the
+// scales of `extra` (sae_cpp: normalization "dataset", dataset_scale) folded into the weights
+// (fold_input_scales; cfg.json says "dataset_scale_folded": true), while the training state keeps
+// the trained tensors exactly (param.<name>) for a resume. A per-story one is marked
+// normalize_activations "per_story", which SAELens refuses (it has no such normalisation). The
+// tensors of sae_weights.safetensors for `params` (a whole SAE or a latent shard):
+std::vector<std::pair<std::string, Tensor>> folder_weights(const SaeParams& params, const Json& extra);
+// The trained tensors a folded folder's training state keeps (param.<name>, host float32), added
+// to `tensors`; nothing when the folder is not folded.
+void add_exact_params(const SaeParams& params, const Json& extra, std::vector<std::pair<std::string, Tensor>>& tensors);
+
 // Writes DIR (see the top of this file); the parameters may live on any device. write_more (when set)
 // writes further files into the folder being built (its path is given), before it is swapped in. The
 // training state file is written last, after write_more: a folder that holds it holds everything.

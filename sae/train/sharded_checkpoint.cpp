@@ -57,11 +57,10 @@ void test_kill_in_save(int rank, int64_t step) {
 
 void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaeParams& shard_params,
                              int64_t first_latent, int64_t latents, const Json& extra, const TrainingState& state) {
-  const ArchUnit& unit = unit_of(shard_params);
   const int64_t shard_latents = shard_params.d_sae();
   const bool owner = c.replica() == 0;  // replicas hold the same slice: replica 0 writes it
   // The weights as SAELens stores them (this shard's part), and the whole file's layout.
-  const std::vector<std::pair<std::string, Tensor>> weights = unit.saelens_weights(shard_params);
+  const std::vector<std::pair<std::string, Tensor>> weights = folder_weights(shard_params, extra);
   std::vector<SafetensorsSpec> specs;
   for (const auto& [name, t] : weights) {
     SafetensorsSpec spec{name, "F32", {}};
@@ -118,6 +117,7 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
     test_kill_in_save(c.rank(), state.step);
     std::vector<std::pair<std::string, Tensor>> tensors;
     Json info = training_state_info(shard_params, state, tensors);
+    add_exact_params(shard_params, extra, tensors);
     info["shard"] = c.shard();
     info["first_latent"] = first_latent;
     write_safetensors((fs::path(temp) / shard_file(c.shard())).string(), tensors, {{"training_state", info.dump()}});
@@ -188,14 +188,16 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
         Tensor rows = params_all[i].second->slice_rows(s * per, (s + 1) * per);
         copy_(rows, *slice_all[i].second);
       }
-    // Adam's moments: this shard's slice, and the whole ones (b_dec, W_skip) from shard 0.
+    // Adam's moments: this shard's slice, and the whole ones (b_dec, W_skip) from shard 0; and a
+    // folded folder's trained tensors (param.<name>, checkpoint.h folder_weights) the same way.
     for (size_t i = 0; i < params_all.size(); ++i) {
       const std::string& name = params_all[i].first;
       const int axis = SaeParams::latent_axis(name);
       if (axis < 0 && s > 0) continue;
-      for (const char* moment : {"adam_m.", "adam_v."}) {
-        const Tensor part = file.read_f32(moment + name);
-        Tensor& whole = *(moment[5] == 'm' ? m_all : v_all)[i].second;
+      for (const std::string prefix : {"adam_m.", "adam_v.", "param."}) {
+        if (prefix == "param." && !file.has(prefix + name)) continue;
+        const Tensor part = file.read_f32(prefix + name);
+        Tensor& whole = *(prefix == "param." ? params_all : prefix == "adam_m." ? m_all : v_all)[i].second;
         const Tensor& want = *slice_all[i].second;
         if (part.shape() != want.shape())
           throw DataError(cat(path, ": Adam moments of ", name, " have the wrong shape ", part.describe()));

@@ -85,10 +85,11 @@ Json run_description(const TrainConfig& c, const Json& data, const RunState& run
   j["input_note"] = c.normalize == Normalization::Story ? "inputs must be normalised per story: (x - mean) / std * sqrt(d_in)"
                     : c.normalize == Normalization::Dataset
                         ? (run.dataset_scale.per_block.size() == 1
-                               ? "inputs must be multiplied by dataset_scale"
-                               : transcoder ? "inputs must be multiplied by dataset_scale[0]; outputs are the target "
-                                              "times dataset_scale[1]"
-                                            : "each source's activations must be multiplied by its dataset_scale")
+                               ? "raw activations: trained on inputs times dataset_scale, folded into the weights"
+                               : transcoder ? "raw activations: trained on inputs times dataset_scale[0] and the target "
+                                              "times dataset_scale[1], folded into the weights"
+                                            : "raw activations: trained on each source times its dataset_scale, folded "
+                                              "into the weights")
                         : "raw activations";
   j["l1_coefficient"] = c.l1;
   j["lr"] = c.lr;

@@ -1,0 +1,168 @@
+// A dataset-normalised dictionary's folder holds the SAE of raw activations, as SAELens's folders do
+// (its fold_activation_norm_scaling_factor; sae/train/checkpoint.h folder_weights):
+//   - SAELens's forward, written here in double from the file's own tensors and run on raw inputs,
+//     equals our trained parameters run on scaled inputs, for an SAE, a skip transcoder (input and
+//     target scales) and a crosscoder (a scale per source);
+//   - with its training state the trained parameters come back bit for bit; without, to a rounding;
+//   - a per-story folder says "per_story", which SAELens refuses, and our readers take it; SAELens's
+//     input normalisations that we do not run (layer_norm, constant_norm_rescale) are refused in one
+//     line.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "sae/train/checkpoint.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
+#include "tests/util/errors.h"
+#include "tests/util/random_inputs.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::TempDir;
+using sae::testing::error_of;
+using sae::testing::random_cpu;
+
+namespace {
+
+struct Case {
+  const char* name;
+  int64_t d_in, d_out, sources;
+  bool transcoder;
+  std::vector<double> scales;  // sae_cpp.dataset_scale: one, input and target, or one per source
+};
+
+SaeParams make_params(const Case& c, Rng& rng) {
+  const int64_t f = 24;
+  SaeParams p = SaeParams::from_tensors(random_cpu(Shape{c.d_in, f}, DType::F32, rng, -1, 1),
+                                        random_cpu(Shape{f}, DType::F32, rng, -0.3, 0.3),
+                                        random_cpu(Shape{f, c.d_in}, DType::F32, rng, -1, 1),
+                                        random_cpu(Shape{c.d_in}, DType::F32, rng, -1, 1));
+  p.sources = c.sources;
+  p.transcoder = c.transcoder;
+  if (c.transcoder) {  // its own output width
+    p.W_dec = random_cpu(Shape{f, c.d_out}, DType::F32, rng, -1, 1);
+    p.b_dec = random_cpu(Shape{c.d_out}, DType::F32, rng, -1, 1);
+    p.W_skip = random_cpu(Shape{c.d_in, c.d_out}, DType::F32, rng, -0.5, 0.5);
+  }
+  return p;
+}
+
+Json dataset_extra(const std::vector<double>& scales) {
+  Json extra = Json::object();
+  extra["normalization"] = "dataset";
+  extra["dataset_scale"] = DatasetScales(scales).to_json();
+  return extra;
+}
+
+TrainingState some_state(const SaeParams& p, const std::vector<double>& scales) {
+  TrainingState st;
+  st.step = 3;
+  st.tokens = 30;
+  st.dataset_scale = DatasetScales(scales);
+  st.batcher = Json::object();
+  st.last_fired.assign(static_cast<size_t>(p.d_sae()), 0);
+  st.adam = SaeAdamState::zeros_like(p);
+  st.adam.steps = 3;
+  return st;
+}
+
+std::vector<double> values(const Tensor& t) { return t.to_vector(); }
+
+}  // namespace
+
+TEST(CheckpointFolding, TheFolderIsTheSaeOfRawActivationsAsSaeLensReadsIt) {
+  const Case cases[] = {{"sae", 6, 6, 1, false, {2.5}},
+                        {"skip_transcoder", 6, 4, 1, true, {0.3, 7.0}},
+                        {"crosscoder", 8, 8, 2, false, {1.7, 0.45}}};
+  TempDir dir("checkpoint_folding");
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Rng rng(41);
+    const SaeParams p = make_params(c, rng);
+    const std::string folder = dir.str(c.name);
+    const TrainingState st = some_state(p, c.scales);
+    save_checkpoint(folder, p, dataset_extra(c.scales), &st);
+    const Json cfg = read_json_file(folder + "/cfg.json");
+    EXPECT_EQ(cfg.at("normalize_activations").as_string(), "none");
+    EXPECT_TRUE(cfg.at("sae_cpp").at("dataset_scale_folded").as_bool());
+
+    // SAELens on raw x, from the file: f = relu(x W_enc + b_enc), y = f W_dec + b_dec (+ x W_skip^T).
+    const SafetensorsFile file = SafetensorsFile::open(folder + "/sae_weights.safetensors");
+    const std::vector<double> We = values(file.read_f32("W_enc")), be = values(file.read_f32("b_enc")),
+                              Wd = values(file.read_f32("W_dec")), bd = values(file.read_f32("b_dec"));
+    const std::vector<double> Ws = c.transcoder ? values(file.read_f32("W_skip")) : std::vector<double>{};
+    // Ours: the trained tensors on x scaled per input block, the output divided per output block.
+    const std::vector<double> pe = values(p.W_enc), pbe = values(p.b_enc), pd = values(p.W_dec), pbd = values(p.b_dec);
+    const std::vector<double> ps = c.transcoder ? values(p.W_skip) : std::vector<double>{};
+    const int64_t D = c.d_in, O = c.d_out, F = p.d_sae();
+    auto in_scale = [&](int64_t j) { return c.transcoder ? c.scales[0] : c.scales[j / (D / c.sources)]; };
+    auto out_scale = [&](int64_t j) { return c.transcoder ? c.scales[1] : c.scales[j / (O / c.sources)]; };
+    for (int token = 0; token < 5; ++token) {
+      std::vector<double> x(D);
+      for (double& v : x) v = 3 * rng.normal();
+      std::vector<double> f_raw(F), f_ours(F);
+      for (int64_t i = 0; i < F; ++i) {
+        double a = be[i], b = pbe[i];
+        for (int64_t j = 0; j < D; ++j) a += x[j] * We[j * F + i], b += x[j] * in_scale(j) * pe[j * F + i];
+        f_raw[i] = std::max(a, 0.0), f_ours[i] = std::max(b, 0.0);
+        EXPECT_NEAR(f_raw[i], f_ours[i], 1e-5 * (1 + std::abs(f_ours[i]))) << "feature " << i;
+      }
+      for (int64_t o = 0; o < O; ++o) {
+        double a = bd[o], b = pbd[o];
+        for (int64_t i = 0; i < F; ++i) a += f_raw[i] * Wd[i * O + o], b += f_ours[i] * pd[i * O + o];
+        if (c.transcoder)
+          for (int64_t j = 0; j < D; ++j) a += x[j] * Ws[o * D + j], b += x[j] * in_scale(j) * ps[j * O + o];
+        b /= out_scale(o);
+        EXPECT_NEAR(a, b, 1e-5 * (1 + std::abs(b))) << "output " << o;
+      }
+    }
+
+    // The trained tensors: exactly with the state, to a rounding without it.
+    const Checkpoint resumed = load_checkpoint(folder, Device::CPU, true);
+    for (const auto& [name, t] : p.present()) {
+      const Tensor* back = nullptr;
+      for (const auto& [other, u] : resumed.params.present())
+        if (other == name) back = u;
+      ASSERT_NE(back, nullptr) << name;
+      EXPECT_EQ(values(*back), values(*t)) << name;
+    }
+    const Checkpoint applied = load_checkpoint(folder, Device::CPU, false);
+    const std::vector<double> want = values(p.W_dec), got = values(applied.params.W_dec);
+    for (size_t k = 0; k < want.size(); ++k) EXPECT_NEAR(got[k], want[k], 2e-7 * std::abs(want[k])) << k;
+  }
+}
+
+TEST(CheckpointFolding, PerStoryFoldersSaySoAndSaeLensNormalisationsWeDoNotRunAreRefused) {
+  TempDir dir("checkpoint_story");
+  Rng rng(5);
+  const SaeParams p = make_params({"sae", 6, 6, 1, false, {1.0}}, rng);
+  Json story = Json::object();
+  story["normalization"] = "story";
+  save_checkpoint(dir.str("story"), p, story, nullptr);
+  Json cfg = read_json_file(dir.str("story/cfg.json"));
+  EXPECT_EQ(cfg.at("normalize_activations").as_string(), "per_story");
+  EXPECT_FALSE(cfg.at("sae_cpp").has("dataset_scale_folded"));
+  EXPECT_EQ(values(load_checkpoint(dir.str("story"), Device::CPU).params.W_enc), values(p.W_enc));  // not folded
+
+  save_checkpoint(dir.str("plain"), p, Json::object(), nullptr);
+  const std::string cfg_path = dir.str("plain/cfg.json");
+  cfg = read_json_file(cfg_path);
+  for (const char* kind : {"layer_norm", "constant_norm_rescale", "per_story"}) {
+    cfg["normalize_activations"] = kind;  // per_story without sae_cpp's story normalisation, too
+    write_file_atomic(cfg_path, cfg.dump());
+    const std::string message = error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); });
+    EXPECT_NE(message.find(cat("normalize_activations \"", kind, "\" is not supported")), std::string::npos) << message;
+    EXPECT_NE(message.find(cfg_path), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  for (const char* kind : {"none", "expected_average_only_in", "covariance_whitening"}) {
+    cfg["normalize_activations"] = kind;  // what SAELens's inference leaves as it is
+    write_file_atomic(cfg_path, cfg.dump());
+    EXPECT_EQ(values(load_checkpoint(dir.str("plain"), Device::CPU).params.W_enc), values(p.W_enc)) << kind;
+  }
+}
