@@ -4,6 +4,7 @@
 // either without knowing which.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -14,6 +15,7 @@ class NamedTensorFile {
   virtual ~NamedTensorFile() = default;
   virtual const std::string& path() const = 0;
   virtual bool has(const std::string& name) const = 0;
+  virtual std::vector<std::string> names() const = 0;  // sorted
   // The whole tensor as a float32 CPU tensor (F16 / BF16 / F64 converted); DataError naming the
   // file when it is missing, not a float array, or corrupt.
   virtual Tensor read_f32(const std::string& name) const = 0;

@@ -40,7 +40,7 @@ class NpzFile : public NamedTensorFile {
   static NpzFile open(const std::string& path);
 
   const std::string& path() const override { return file_.path(); }
-  std::vector<std::string> names() const;  // sorted
+  std::vector<std::string> names() const override;  // sorted
   bool has(const std::string& name) const override { return entries_.count(name) > 0; }
   const NpzEntry& entry(const std::string& name) const;  // DataError when missing
   // The array NAME as a float32 CPU tensor (at most 4 dims; 0-dim comes back as shape [1]).

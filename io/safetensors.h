@@ -42,7 +42,7 @@ class SafetensorsFile : public NamedTensorFile {
   const std::string& path() const override { return file_.path(); }
   const MappedFile& mapping() const { return file_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  std::vector<std::string> names() const;  // sorted
+  std::vector<std::string> names() const override;  // sorted
   bool has(const std::string& name) const override { return entries_.count(name) > 0; }
   const SafetensorsEntry& entry(const std::string& name) const;  // DataError when missing
 

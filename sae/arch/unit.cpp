@@ -2,6 +2,8 @@
 // import by tensor name, the input shift and scale folds.
 #include "sae/arch/unit.h"
 
+#include <set>
+
 #include <cmath>
 
 #include "sae/arch/dictionary.h"
@@ -107,7 +109,33 @@ std::vector<std::pair<std::string, Tensor>> ArchUnit::saelens_weights(const SaeP
   return out;
 }
 
-SaeParams ArchUnit::import_saelens(const NamedTensorFile& weights, const Json& cfg, const std::string& where) const {
+namespace {
+// The file as a unit imports it, noting each tensor read: one nobody reads is refused afterwards, as
+// SAELens's strict load_state_dict refuses it.
+class ReadTracker : public NamedTensorFile {
+ public:
+  explicit ReadTracker(const NamedTensorFile& file) : file_(file) {}
+  const std::string& path() const override { return file_.path(); }
+  bool has(const std::string& name) const override { return file_.has(name); }
+  std::vector<std::string> names() const override { return file_.names(); }
+  Tensor read_f32(const std::string& name) const override {
+    read_.insert(name);
+    return file_.read_f32(name);
+  }
+  void refuse_unread(const std::string& where) const {
+    for (const std::string& name : file_.names())
+      if (!read_.count(name))
+        throw DataError(cat(where, ": unexpected tensor ", printable(name), " (SAELens's loading refuses it too)"));
+  }
+
+ private:
+  const NamedTensorFile& file_;
+  mutable std::set<std::string> read_;
+};
+}  // namespace
+
+SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg, const std::string& where) const {
+  const ReadTracker weights(file);
   SaeParams p;
   p.kind = name();
   if (has_b_enc())
@@ -126,7 +154,7 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& weights, const Json& c
     if (p.sources < 2) throw DataError(cat(where, ": a crosscoder needs sae_cpp.sources >= 2"));
   } else if (arch != saelens_architecture()) {
     p.transcoder = true;
-    if (weights.has("W_skip")) {
+    if (arch.find("skip") != std::string::npos && weights.has("W_skip")) {
       const Tensor stored = read_finite(weights, "W_skip", where);  // SAELens's [d_out, d_in]
       if (stored.ndim() != 2) throw DataError(cat(where, ": W_skip must be 2-D, got ", stored.describe()));
       p.W_skip = transpose(stored);
@@ -144,13 +172,15 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& weights, const Json& c
   } catch (const DataError& e) {
     throw DataError(cat(where, ": ", e.what()));
   }
-  // SAELens's input centring: (x - b_dec) W + b = x W + (b - b_dec W), per bias that sees it.
-  if (cfg.has("apply_b_dec_to_input") && cfg.at("apply_b_dec_to_input").as_bool()) {
+  // SAELens's input centring: (x - b_dec) W + b = x W + (b - b_dec W), per bias that sees it. Left
+  // out, it is SAELens's default, true (which its transcoders refuse).
+  if (!cfg.has("apply_b_dec_to_input") || cfg.at("apply_b_dec_to_input").as_bool()) {
     if (p.d_out() != p.d_in() || p.transcoder)
       throw DataError(cat(where, ": apply_b_dec_to_input with a transcoder (SAELens refuses it too)"));
     fold_input_shift(p, matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()}));
   }
   finish_import(cfg, where, p);
+  weights.refuse_unread(where);
   return p;
 }
 

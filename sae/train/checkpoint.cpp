@@ -258,6 +258,7 @@ Checkpoint load_npz(const std::string& path, Device device) {
   out.npz = path;
   out.cfg = Json::object();
   out.cfg["architecture"] = "jumprelu";
+  out.cfg["apply_b_dec_to_input"] = false;  // as SAELens's Gemma Scope loader says
   const ArchUnit& unit = arch_unit("jumprelu");
   out.params = unit.import_saelens(file, out.cfg, path);
   if (out.params.d_in() < 1 || out.params.d_sae() < 1)
@@ -266,7 +267,6 @@ Checkpoint load_npz(const std::string& path, Device device) {
   out.cfg["d_in"] = out.params.d_in();
   out.cfg["d_sae"] = out.params.d_sae();
   out.cfg["dtype"] = "float32";
-  out.cfg["apply_b_dec_to_input"] = false;
   out.cfg["normalize_activations"] = "none";
   out.cfg["reshape_activations"] = "none";
   out.params = out.params.to(device);
@@ -289,6 +289,27 @@ void check_input_normalization(const Json& cfg) {
   throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (SAELens normalises each input ",
                       "with it at inference; we read none, expected_average_only_in, covariance_whitening, and our ",
                       "per_story)"));
+}
+}  // namespace
+
+namespace {
+// SAELens before 6 named TopK by activation_fn "topk" (or activation_fn_str) and its k in
+// activation_fn_kwargs: made architecture topk with k, as SAELens's handle_pre_6_0_config does.
+// Another activation than relu is refused.
+void read_pre_6_activation(Json& cfg) {
+  for (const char* key : {"activation_fn", "activation_fn_str"}) {
+    if (!cfg.has(key) || cfg.at(key).is_null()) continue;
+    const std::string fn = cfg.at(key).as_string();
+    if (fn == "relu") continue;
+    const std::string arch = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
+    if (fn != "topk" || arch != "standard")
+      throw DataError(cat(key, " \"", printable(fn), "\" with architecture \"", printable(arch),
+                          "\" is not supported (SAELens before 6 said relu, or topk with activation_fn_kwargs.k)"));
+    const Json& kwargs = cfg.has("activation_fn_kwargs") ? cfg.at("activation_fn_kwargs") : Json();
+    if (!kwargs.is_object() || !kwargs.has("k")) throw DataError(cat(key, " \"topk\" needs activation_fn_kwargs.k"));
+    cfg["architecture"] = "topk";
+    cfg["k"] = kwargs.at("k");
+  }
 }
 }  // namespace
 
@@ -327,7 +348,10 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       if (ours.has("training_architecture")) ours.at("training_architecture").as_string();
     }
   });
-  checked([&] { check_input_normalization(out.cfg); });
+  checked([&] {
+    check_input_normalization(out.cfg);
+    read_pre_6_activation(out.cfg);
+  });
   const ArchUnit& unit = unit_for_folder(out.cfg, cfg_path.string());
   checked([&] { unit.check_cfg(out.cfg); });
   SafetensorsFile weights = SafetensorsFile::open(weights_path.string());

@@ -2,6 +2,7 @@
 #include "sae/train/run_start.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "sae/train/arch_config.h"
@@ -57,6 +58,15 @@ namespace {
 // --init: the checkpoint a fresh run starts from; its width and architecture become the run's.
 void load_init(RunStart& start, TrainConfig& config) {
   start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
+  // What it trains must be finite (a JumpReLU threshold of 0, which inference takes, is a
+  // log_threshold of -inf).
+  for (const auto& [name, t] : start.params->present()) {
+    const float* v = t->data<float>();  // host float32, as load_checkpoint makes them
+    for (int64_t k = 0; k < t->numel(); ++k)
+      if (!std::isfinite(v[k]))
+        throw DataError(cat("--init ", config.init, ": the trained ", name, " would start at ", v[k], " (element ", k,
+                            name == "log_threshold" ? ", a threshold of 0" : "", "): it cannot be trained from"));
+  }
   if (config.was_given("features") && config.features != start.params->d_sae())
     throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",
                          start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));

@@ -627,7 +627,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       m.description = member_description(data, m.reads);
       // A fresh b_dec at the geometric median is taken from the first normalised batches.
       firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
-      check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip, m.config().out);
+      check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip,
+                             m.config().init.empty() ? m.config().out : m.config().init);
     }
   });
   // A replica reads its rows of each batch; text sources run the model on their share of the text and

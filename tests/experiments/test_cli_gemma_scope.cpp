@@ -257,3 +257,35 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
   flipped[100] = char(flipped[100] ^ 0x10);  // inside W_enc's data
   expect_refused(flipped, "CRC-32 mismatch");
 }
+
+TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRefused) {
+  TempDir dir("cli_gs_zero");
+  const int64_t d = 4, f = 6;
+  const std::string x = dir.str("x.npy");
+  write_npy(x, Tensor::from_vector(std::vector<double>(3 * d, 0.5), Shape{3, d}, DType::F32));
+  auto values = [](int64_t n, float v) { return std::vector<float>(static_cast<size_t>(n), v); };
+  std::vector<float> threshold = values(f, 0.1f);
+  threshold[2] = 0.0f;  // SAELens applies it (pre > 0); log 0 = -inf cannot be trained
+  std::vector<ZipEntry> entries{{"W_enc.npy", npy_f32("(4, 6)", values(d * f, 0.1f)), 0},
+                                {"W_dec.npy", npy_f32("(6, 4)", values(f * d, 0.2f)), 0},
+                                {"b_enc.npy", npy_f32("(6,)", values(f, 0.0f)), 8},
+                                {"b_dec.npy", npy_f32("(4,)", values(d, 0.0f)), 8},
+                                {"threshold.npy", npy_f32("(6,)", threshold), 0}};
+  const std::string zero = dir.str("zero.npz");
+  write_bytes(zero, make_zip(entries));
+  const CommandResult applied = run_binary(
+      "sae_apply", cat("--sae ", quote(zero), " --input ", quote(x), " --features-out ", quote(dir.str("f.npy"))), dir);
+  ASSERT_EQ(applied.exit_code, 0) << applied.err;
+  for (double v : NpyFile::open(dir.str("f.npy")).read_f32().to_vector()) EXPECT_NEAR(v, 0.2, 1e-6);
+  expect_failure("sae_train",
+                 cat("--data ", quote(x), " --init ", quote(zero), " --architecture jumprelu --normalize none --steps 2 "
+                     "--batch 3 --device cpu --progress none --out ", quote(dir.str("run"))),
+                 1, "log_threshold would start at -inf (element 2, a threshold of 0)");
+  // An array the SAE does not have: SAELens's strict loading refuses it, and so do we.
+  entries.push_back({"finetuning_scaling_factor.npy", npy_f32("(1,)", values(1, 1.0f)), 0});
+  write_bytes(dir.str("extra.npz"), make_zip(entries));
+  expect_failure("sae_apply",
+                 cat("--sae ", quote(dir.str("extra.npz")), " --input ", quote(x), " --features-out ",
+                     quote(dir.str("g.npy"))),
+                 1, "unexpected tensor finetuning_scaling_factor");
+}

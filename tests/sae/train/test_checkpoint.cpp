@@ -8,14 +8,17 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "sae/arch/registry.h"
 #include "sae/arch/sae_step.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
+#include "tests/util/errors.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -205,4 +208,64 @@ TEST(CheckpointFiles, JumpReluThresholdsAreReadAsTheFolderStatesThem) {
   EXPECT_TRUE(adam.m.stated.empty());
   step.train_step(loaded.params, adam, Tensor::full(Shape{1, 1}, 1.0), 1e-3, 1e-3);
   EXPECT_TRUE(loaded.params.stated.empty());
+}
+
+TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLensReadsThem) {
+  // SAELens (6.x and its pre-6 conversion) defaults apply_b_dec_to_input to true, turns a pre-6
+  // activation_fn "topk" into a TopK SAE, and loads strictly (an unknown tensor is an error).
+  TempDir dir("checkpoint_saelens_spellings");
+  Rng rng(9);
+  const int64_t d = 5, f = 12;
+  const SaeParams p = SaeParams::standard_init(d, f, rng);
+  save_checkpoint(dir.str("sae"), p, Json::object(), nullptr);
+  const std::string cfg_path = dir.str("sae/cfg.json");
+  const Json saved = read_json_file(cfg_path);
+  auto with_cfg = [&](const std::function<void(Json&)>& edit) {
+    Json cfg = Json::object();
+    for (const auto& [key, value] : saved.items())
+      if (key != "apply_b_dec_to_input" && key != "sae_cpp") cfg[key] = value;  // a folder SAELens wrote
+    edit(cfg);
+    write_file_atomic(cfg_path, cfg.dump());
+  };
+  // apply_b_dec_to_input left out: the input is centred, b_enc' = b_enc - b_dec W_enc.
+  with_cfg([](Json&) {});
+  const SaeParams centred = load_checkpoint(dir.str("sae"), Device::CPU).params;
+  const std::vector<double> We = p.W_enc.to_vector(), be = p.b_enc.to_vector(), bd = p.b_dec.to_vector();
+  const std::vector<double> got = centred.b_enc.to_vector();
+  for (int64_t i = 0; i < f; ++i) {
+    double want = be[i];
+    for (int64_t j = 0; j < d; ++j) want -= bd[j] * We[j * f + i];
+    EXPECT_NEAR(got[i], want, 1e-6) << i;
+  }
+  // A pre-6 TopK folder: architecture standard, activation_fn topk, k in activation_fn_kwargs.
+  with_cfg([](Json& cfg) {
+    cfg["apply_b_dec_to_input"] = false;
+    cfg["metadata"] = Json::object();
+    cfg["activation_fn_str"] = "topk";
+    cfg["activation_fn_kwargs"] = Json::parse(R"({"k": 3})");
+  });
+  const SaeParams topk = load_checkpoint(dir.str("sae"), Device::CPU).params;
+  EXPECT_EQ(topk.kind, "topk");
+  const Tensor features = arch_unit("topk").encode(topk, Tensor::full(Shape{4, d}, 2.0));
+  for (int64_t r = 0; r < 4; ++r) EXPECT_LE(reduce(ReduceOp::count_nonzero, features.slice_rows(r, r + 1)).item(), 3.0);
+  with_cfg([](Json& cfg) { cfg["activation_fn"] = "tanh-relu"; });
+  std::string message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
+  EXPECT_NE(message.find("activation_fn \"tanh-relu\""), std::string::npos) << message;
+  // A tensor the SAE does not have.
+  with_cfg([](Json& cfg) { cfg["apply_b_dec_to_input"] = false; });
+  std::vector<std::pair<std::string, Tensor>> tensors = {{"W_enc", p.W_enc}, {"b_enc", p.b_enc}, {"W_dec", p.W_dec},
+                                                         {"b_dec", p.b_dec}, {"finetuning_scaling_factor", Tensor::full(Shape{1}, 1.0)}};
+  write_safetensors(dir.str("sae/sae_weights.safetensors"), tensors);
+  message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
+  EXPECT_NE(message.find("unexpected tensor finetuning_scaling_factor"), std::string::npos) << message;
+  // W_skip beside a transcoder without a skip path ("transcoder", not "skip_transcoder").
+  tensors.back() = {"W_skip", Tensor::zeros(Shape{d, d})};
+  write_safetensors(dir.str("sae/sae_weights.safetensors"), tensors);
+  with_cfg([&](Json& cfg) {
+    cfg["apply_b_dec_to_input"] = false;
+    cfg["architecture"] = "transcoder";
+    cfg["d_out"] = d;
+  });
+  message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
+  EXPECT_NE(message.find("unexpected tensor W_skip"), std::string::npos) << message;
 }
