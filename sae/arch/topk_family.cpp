@@ -28,11 +28,11 @@ int32_t read_index(const Tensor& row_ptr, int64_t at) {
 
 // ---------------------------------------------------------------- options
 
-TopKSettings topk_settings(const ArchSettings& s, int64_t d_in) {
+TopKSettings topk_settings(const ArchSettings& s, int64_t d_out) {
   TopKSettings o;
   o.k = s.integer("k");
   o.auxk_coefficient = s.number("auxk-coefficient");
-  o.auxk_k = s.integer("auxk-k") > 0 ? s.integer("auxk-k") : std::max<int64_t>(1, d_in / 2);
+  o.auxk_k = s.integer("auxk-k") > 0 ? s.integer("auxk-k") : std::max<int64_t>(1, d_out / 2);
   o.dead_tokens = s.integer("dead-window");
   o.unit_norm_decoder = s.toggle("unit-norm-decoder", true);
   return o;
@@ -44,7 +44,7 @@ std::vector<ArchOption> topk_family_rows() {
            ArchValueType::Integer, "0"},
           {"auxk-coefficient", "auxk_coefficient", "AuxK's alpha (dead latents predict the residual); 0 = off",
            ArchValueType::Number, "0.03125"},
-          {"auxk-k", "auxk_k", "AuxK's k_aux, dead latents per token (0 = d_in / 2); dead = --dead-window tokens "
+          {"auxk-k", "auxk_k", "AuxK's k_aux, dead latents per token (0 = half the reconstructed width, d_out / 2); dead = --dead-window tokens "
            "without firing", ArchValueType::Integer, "0"},
           unit_norm_decoder_row(), init_tied_row(), init_b_dec_row()};
 }
@@ -60,7 +60,7 @@ void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::strin
   const double alpha = s.number("auxk-coefficient");
   require(std::isfinite(alpha) && alpha >= 0, cat("--auxk-coefficient must be a finite number >= 0, got ", alpha));
   const int64_t k_aux = s.integer("auxk-k");
-  require(k_aux >= 0 && k_aux <= d_sae, cat("--auxk-k must be in [0, ", d_sae, "] (0 = d_in / 2), got ", k_aux));
+  require(k_aux >= 0 && k_aux <= d_sae, cat("--auxk-k must be in [0, ", d_sae, "] (0 = d_out / 2), got ", k_aux));
 }
 
 DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {

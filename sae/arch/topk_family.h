@@ -30,11 +30,11 @@ namespace sae {
 struct TopKSettings {
   int64_t k = 0;                  // latents per token (batchtopk: their mean, k N per batch)
   double auxk_coefficient = 0.0;  // AuxK's alpha; 0 = off
-  int64_t auxk_k = 0;             // AuxK's k_aux (resolved: d_in / 2 when the option is 0)
+  int64_t auxk_k = 0;             // AuxK's k_aux (resolved: d_out / 2 when the option is 0, as sparsify)
   int64_t dead_tokens = 1000000;  // a latent is dead once this many tokens passed without it firing
   bool unit_norm_decoder = true;
 };
-TopKSettings topk_settings(const ArchSettings& s, int64_t d_in);
+TopKSettings topk_settings(const ArchSettings& s, int64_t d_out);  // d_out: the reconstructed width
 
 std::vector<ArchOption> topk_family_rows();       // k, auxk-coefficient, auxk-k and the dictionary rows
 std::vector<std::string> topk_family_reads();     // those and dead-window

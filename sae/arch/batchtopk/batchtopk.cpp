@@ -17,13 +17,13 @@ class BatchTopKUnit : public BatchThresholdUnit {
   }
   std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<BatchTopKStep>(topk_settings(s, shape.d_in), s.number("batchtopk-threshold-lr"), shape,
+    return std::make_unique<BatchTopKStep>(topk_settings(s, shape.d_out), s.number("batchtopk-threshold-lr"), shape,
                                            dtype, device, name());
   }
   ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>* dead,
                                const ArchFrozen* frozen) const override {
-    const TopKSettings o = topk_settings(s, x.size(1));
+    const TopKSettings o = topk_settings(s, target.size(1));
     const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_flat(relu(P).to_vector(), o.k * x.size(0));
     return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);

@@ -42,12 +42,12 @@ class TopKUnit : public ArchUnit {
   }
   std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                       Device device) const override {
-    return std::make_unique<TopKStep>(topk_settings(s, shape.d_in), shape, dtype, device, name());
+    return std::make_unique<TopKStep>(topk_settings(s, shape.d_out), shape, dtype, device, name());
   }
   ReferenceLoss reference_loss(const ArchSettings& s, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>* dead,
                                const ArchFrozen* frozen) const override {
-    const TopKSettings o = topk_settings(s, x.size(1));
+    const TopKSettings o = topk_settings(s, target.size(1));
     const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_per_row(P.to_vector(), P.size(0), P.size(1), o.k);
     return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
