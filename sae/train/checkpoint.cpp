@@ -175,6 +175,14 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   return cfg;
 }
 
+void check_adam_moment(const Tensor& moment, bool second, const std::string& where, const std::string& name) {
+  const float* p = moment.data<float>();
+  for (int64_t k = 0; k < moment.numel(); ++k)
+    if (!std::isfinite(p[k]) || (second && p[k] < 0))
+      throw DataError(cat(where, ": Adam's ", second ? "adam_v." : "adam_m.", name, " holds ", p[k], " at element ", k,
+                          second ? " (must be finite and >= 0)" : " (must be finite)"));
+}
+
 std::string checkpoint_temp_folder(const std::string& dir) {
   const fs::path target(dir);
   const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
@@ -425,6 +433,8 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       Tensor m = file.read_f32("adam_m." + name), v = file.read_f32("adam_v." + name);
       require(m.shape() == param.shape() && v.shape() == param.shape(), where,
               cat("Adam moments of ", name, " have the wrong shape"));
+      check_adam_moment(m, false, where, name);
+      check_adam_moment(v, true, where, name);
       *m_all[i].second = m.to(device);
       *v_all[i].second = v.to(device);
     }

@@ -80,6 +80,9 @@ std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir);
 // temporary folder a save of DIR builds (DIR.tmp-<pid>), putting a complete one in place as
 // save_checkpoint does, and the training state's metadata and tensors (Adam's moments, the
 // dead-feature clocks, the unit's state) for parameters `params` (a whole SAE or a latent shard).
+// A saved Adam moment must be finite (and the second, v, >= 0): DataError naming `where` and `name`
+// otherwise (a corrupt state would make the resumed run diverge at once).
+void check_adam_moment(const Tensor& moment, bool second, const std::string& where, const std::string& name);
 std::string checkpoint_temp_folder(const std::string& dir);
 void install_checkpoint_folder(const std::string& temp, const std::string& dir);
 Json training_state_info(const SaeParams& params, const TrainingState& state,

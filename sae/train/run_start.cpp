@@ -82,6 +82,12 @@ RunStart start_run(TrainConfig config, bool owner) {
   RunStart start;
   if (!config.resume.empty()) {
     const std::string run_dir = run_dir_of(config.resume);
+    // A resumed run continues in its own folder: an --out elsewhere would be silently ignored.
+    if (config.was_given("out") && fs::weakly_canonical(config.out) != fs::weakly_canonical(run_dir))
+      throw UsageError(cat("--out ", config.out, ": --resume continues ", run_dir,
+                           " in place (copy that folder to ", config.out, " and resume the copy to fork it)"));
+    if (config.was_given("overwrite") && config.overwrite)
+      throw UsageError("--overwrite and --resume cannot be used together (--resume continues the run's own files)");
     if (owner) {
       start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
       recover_interrupted_saves(run_dir);

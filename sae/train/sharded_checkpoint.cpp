@@ -200,7 +200,8 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
         Tensor& whole = *(prefix == "param." ? params_all : prefix == "adam_m." ? m_all : v_all)[i].second;
         const Tensor& want = *slice_all[i].second;
         if (part.shape() != want.shape())
-          throw DataError(cat(path, ": Adam moments of ", name, " have the wrong shape ", part.describe()));
+          throw DataError(cat(path, ": ", prefix, name, " has the wrong shape ", part.describe()));
+        if (prefix != "param.") check_adam_moment(part, prefix == "adam_v.", path, name);
         if (axis < 0) {
           whole = part.clone();
         } else if (axis == 0) {

@@ -234,8 +234,17 @@ TEST(Cli, KillNineLeavesOnlyLoadableCheckpoints) {
     ++loaded;
   }
   EXPECT_GE(loaded, 10);
-  // and the run resumes from the newest one
+  // --out elsewhere or --overwrite beside --resume would be ignored: refused, the run untouched
   const std::string steps = std::to_string(newest + 5);
+  for (const auto& [extra, mention] :
+       {std::pair<std::string, std::string>{" --out " + dir.str("fork"), "continues " + out + " in place"},
+        {" --overwrite", "--overwrite and --resume"}}) {
+    const auto refused = run_binary("sae_train", "--resume " + out + " --steps " + steps + extra, dir);
+    EXPECT_EQ(refused.exit_code, 2) << refused.err;
+    EXPECT_NE(refused.err.find(mention), std::string::npos) << refused.err;
+  }
+  EXPECT_FALSE(fs::exists(dir.str("fork")));
+  // and the run resumes from the newest one
   auto resumed = run_binary("sae_train", "--resume " + out + " --steps " + steps + " --progress none --device cpu", dir);
   EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("trained " + steps + " steps"), std::string::npos) << resumed.out;

@@ -93,6 +93,14 @@ TEST(CheckpointFiles, TrainingStateFieldsAreRangeChecked) {
       EXPECT_NE(std::string(e.what()).find("last_fired[0]"), std::string::npos) << e.what();
     }
   }
+  // Adam's moments: finite, and v >= 0 (a corrupt state would diverge at once, blamed on --lr).
+  for (const auto& [moment, value] : {std::pair<const char*, double>{"m", NAN}, {"v", -1.0}, {"v", INFINITY}}) {
+    TrainingState st = valid_state(p);
+    SaeParams& target = moment[0] == 'm' ? st.adam.m : st.adam.v;
+    target.W_dec = Tensor::full(target.W_dec.shape(), value);
+    expect_state_refused(p, st, cat("adam_", moment, ".W_dec holds ", value, " at element 0"), dir,
+                         cat("moment_", moment, value));
+  }
   TrainingState negative = valid_state(p);
   negative.tokens = -5;
   negative.last_fired.assign(6, 0);
