@@ -1,6 +1,8 @@
 // metrics.csv, TensorBoard scalars and the progress display (see run_log.h).
 #include "sae/report/run_log.h"
 
+#include <algorithm>
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -31,18 +33,25 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
   if (ec) throw DataError(cat(out_dir, ": cannot create the output directory: ", ec.message()));
   csv_path_ = (fs::path(out_dir) / "metrics.csv").string();
   if (fs::exists(csv_path_)) {
-    // Keep the header and the rows up to the resumed step; rewrite atomically, then append.
-    std::ifstream in(csv_path_);
+    // Keep the header and the whole rows up to the resumed step (not a last row cut short by a
+    // crash or a full disk: one without its newline, or of another field count); rewrite
+    // atomically, then append.
+    std::ifstream in(csv_path_, std::ios::binary);
+    std::stringstream whole;
+    whole << in.rdbuf();
+    std::string text = whole.str();
+    if (!text.empty() && text.back() != '\n') text.erase(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    std::stringstream lines(text);
     std::string line, kept;
-    if (std::getline(in, line)) {
+    if (std::getline(lines, line)) {
       kept = line + "\n";
       std::stringstream header(line);
       std::string name;
       while (std::getline(header, name, ',')) columns_.push_back(name);
       header_written_ = true;
     }
-    while (std::getline(in, line)) {
-      if (line.empty()) continue;
+    while (std::getline(lines, line)) {
+      if (line.empty() || static_cast<size_t>(std::count(line.begin(), line.end(), ',')) + 1 != columns_.size()) continue;
       const double step = std::atof(line.substr(0, line.find(',')).c_str());
       if (step <= double(keep_through_step)) kept += line + "\n";
     }

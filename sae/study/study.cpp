@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -14,6 +15,7 @@
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "io/atomic_file.h"
+#include "io/file_lock.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -136,6 +138,14 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
   config.out = dir;
   config.resume = "";
   give_every_control(config);  // the study's steps and intervals hold when its run is resumed
+  // Nothing of the folder is touched while another process trains in it: its lock, held here only
+  // (the trainer takes it for itself), and a save a kill interrupted put back or cleared.
+  std::optional<FileLock> lock;
+  if (fs::exists(dir)) {
+    lock.emplace((fs::path(dir) / ".lock").string());
+    recover_interrupted_saves(dir);
+    remove_interrupted_saves(dir);
+  }
   if (fs::exists(fs::path(dir) / "config.json"))
     check_same_run(dir, config);
   else if (fs::exists(dir) && !holds_only_a_lock(dir))

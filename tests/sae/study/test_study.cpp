@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "io/file_lock.h"
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
 #include "sae/study/study.h"
@@ -138,6 +139,19 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   EXPECT_EQ(count(resumed.result.out, "skipped"), 3);
   EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
   EXPECT_EQ(slurp(out / "summary.csv"), summary);
+
+  // A run another process trains in (its lock held), not yet at its first checkpoint: the study
+  // stops with one line and leaves the folder alone (a second study once deleted it).
+  fs::remove_all(out / "F_16" / "sae");
+  fs::remove_all(out / "F_16" / "checkpoints");
+  {
+    FileLock held((out / "F_16" / ".lock").string());
+    const CommandResult busy = run_binary("recon_vs_f", args, dir);
+    EXPECT_EQ(busy.exit_code, 1) << busy.err;
+    EXPECT_NE(busy.err.find("another process"), std::string::npos) << busy.err;
+    EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+  }
+  ASSERT_EQ(run_binary("recon_vs_f", args, dir).exit_code, 0);
 
   // The same --out with another learning rate: refused, nothing overwritten.
   const CommandResult changed = run_binary("recon_vs_f", kTinyData + " --lr 5e-3 --features-list 4,15,16,24 --out " + out.string(), dir);
