@@ -22,7 +22,10 @@ RunFeatureStats::RunFeatureStats(const TrainConfig& config, Device device, Batch
       throw DataError(cat(saved.string(), ": ", loaded.features(), " features, k ", loaded.k(), ", context ",
                           loaded.context(), " do not match the run's ", config.features, ", ", options.k, ", ",
                           options.context));
-    if (loaded.steps() > 0 && loaded.last_step() == resumed_step) stats_.emplace(std::move(loaded));
+    // Continued only when they lie inside this window: a run extended with --resume --steps has a
+    // later window, and statistics begun before it cannot be cut back (they start again here).
+    if (loaded.steps() > 0 && loaded.last_step() == resumed_step && loaded.first_step() > window_after_)
+      stats_.emplace(std::move(loaded));
   }
   if (!stats_) stats_.emplace(config.features, options, device);
   Json& source = stats_->source();

@@ -564,6 +564,18 @@ TEST(FeatureStatsTraining, CoverTheLastStepsAndResumeBitExactly) {
       EXPECT_EQ(read_file(c.out + "/sae/sae_weights.safetensors"), read_file(first.out + "/sae/sae_weights.safetensors"));
     }
   }
+  // A finished 25-step run (window 8 .. 25) extended to 30 steps (window 13 .. 30): its statistics
+  // began before the new window and cannot be cut back, so they start again at step 26 (they had
+  // covered steps 8 .. 30, 23 steps of an 18-step window).
+  TrainConfig shorter = stats_run(dir.str("extended"));
+  shorter.steps = 25;
+  train(shorter);
+  EXPECT_EQ(FeatureStats::load(shorter.out + "/sae/feature_stats.safetensors").first_step(), 8);
+  train(resumed(stats_run(""), shorter.out));
+  const FeatureStats extended = FeatureStats::load(shorter.out + "/sae/feature_stats.safetensors");
+  EXPECT_EQ(extended.first_step(), 26);
+  EXPECT_EQ(extended.last_step(), 30);
+  EXPECT_EQ(extended.steps(), 5);
 }
 
 TEST(FeatureStatsTraining, TextRunsKeepTheStoriesTokensAroundEachTopActivation) {
