@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
       source["bos_activations"] = bos_activations;
     }
     if (context_size > 0) source["context_size"] = context_size;
+    if (max_stories > 0) source["max_stories"] = max_stories;  // part of what the cache is
 
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());

@@ -182,6 +182,13 @@ TEST(TextData, ACacheTrainsToTheSameBitsAsTheText) {
                                            dir.str("cache"), dir);
   EXPECT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(again.out.find("complete already"), std::string::npos) << again.out;
+  // --max-stories is part of what a cache is: the same --out with another limit is refused, not
+  // reported complete with the other's stories.
+  auto limited = run_binary("sae_cache", "--model " + ref("model") + " --text " + ref("stories.txt") +
+                                             " --layer 2 --max-stories 3 --device cpu --progress none --out " +
+                                             dir.str("cache"), dir);
+  EXPECT_EQ(limited.exit_code, 2) << limited.out;
+  EXPECT_NE(limited.err.find("use another --out"), std::string::npos) << limited.err;
 }
 
 TEST(TextData, BadInputsGetOneLine) {
