@@ -1,10 +1,14 @@
 // Atomic file writes (temp file + fsync + rename + directory fsync), POSIX.
 #include "io/atomic_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "tensor/error.h"
@@ -39,8 +43,31 @@ void sync_directory(const std::string& dir) {
 }
 
 
-AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), temp_path_(path + ".tmp") {
-  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+namespace {
+std::atomic<uint64_t> writers{0};
+
+// Removes PATH.tmp-<pid>-<n> files whose process is gone (killed while writing PATH).
+void remove_stale_temps(const std::string& path) {
+  const std::string dir = parent_directory(path);
+  const std::string prefix = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1) +
+                             ".tmp-";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid > 0 && pid != static_cast<long>(::getpid()) && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+      ::unlink((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
+}
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(const std::string& path)
+    : path_(path), temp_path_(cat(path, ".tmp-", ::getpid(), "-", writers++)) {
+  remove_stale_temps(path);
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw DataError(cat("cannot create ", temp_path_, " (to write ", path_, "): ", os_reason()));
 }
 

@@ -1,7 +1,9 @@
-// Atomic file writes: the bytes go to PATH.tmp, which is flushed to disk (fsync) and renamed over
-// PATH, and then the directory is flushed too. A process killed at any moment leaves either the
-// old PATH or the new one, never a torn file (at worst a stale PATH.tmp). Errors throw DataError
-// naming the path and the OS reason.
+// Atomic file writes: the bytes go to PATH.tmp-<pid>-<n>, a name of this writer alone (two
+// processes writing one PATH each rename a whole file of their own: the last rename wins), which is
+// flushed to disk (fsync) and renamed over PATH, and then the directory is flushed too. A process
+// killed at any moment leaves either the old PATH or the new one, never a torn file; the temporary
+// file it may leave is removed by the next writer of PATH once its process is gone. Errors throw
+// DataError naming the path and the OS reason.
 #pragma once
 #include <cstddef>
 #include <string>
@@ -17,7 +19,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // The streaming form, for files too big to build in memory first:
 //   AtomicFileWriter out(path); out.write(p, n); ...; out.commit();
-// Destroying a writer that was not committed removes PATH.tmp and leaves PATH untouched.
+// Destroying a writer that was not committed removes its temporary file and leaves PATH untouched.
 class AtomicFileWriter {
  public:
   explicit AtomicFileWriter(const std::string& path);

@@ -224,6 +224,39 @@ TEST(Json, TypeErrorsNameWhatWasExpected) {
 // ---------------------------------------------------------------------------------------------
 // Atomic writes and memory mapping
 
+namespace {
+// Whether a temporary file of PATH (PATH.tmp-<pid>-<n>) is there.
+bool has_temp(const std::string& path) {
+  const std::filesystem::path p(path);
+  for (const auto& entry : std::filesystem::directory_iterator(p.parent_path()))
+    if (entry.path().filename().string().rfind(p.filename().string() + ".tmp", 0) == 0) return true;
+  return false;
+}
+}  // namespace
+
+TEST(AtomicFile, TwoWritersOfOnePathEachRenameTheirOwnWholeFile) {
+  // Two writers at once (two processes given the same output): each writes a temporary file of its
+  // own, so PATH ends as one of them whole, the one committed last (a shared PATH.tmp had mixed them).
+  TempDir dir("io_two");
+  const std::string path = dir.str("f.bin");
+  AtomicFileWriter a(path), b(path);
+  EXPECT_NE(a.temp_path(), b.temp_path());
+  a.write(std::string(1000, 'a'));
+  b.write(std::string(10, 'b'));
+  a.write(std::string(5, 'A'));
+  b.commit();
+  EXPECT_EQ(read_bytes(path), std::string(10, 'b'));
+  a.commit();
+  EXPECT_EQ(read_bytes(path), std::string(1000, 'a') + std::string(5, 'A'));
+  EXPECT_FALSE(has_temp(path));
+  // A temporary file left by a process that is gone (killed while writing): removed by the next writer.
+  const std::string stale = path + ".tmp-999999999-0";
+  std::ofstream(stale) << "torn";
+  write_file_atomic(path, "next");
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_EQ(read_bytes(path), "next");
+}
+
 TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   TempDir dir("io");
   std::string path = dir.str("a.txt");
@@ -231,14 +264,15 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   EXPECT_EQ(read_bytes(path), "first version, longer");
   write_file_atomic(path, "second");
   EXPECT_EQ(read_bytes(path), "second");
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(has_temp(path));
   {
     AtomicFileWriter out(path);
     out.write("abandoned", 9);
-    EXPECT_TRUE(std::filesystem::exists(path + ".tmp"));
+    EXPECT_TRUE(std::filesystem::exists(out.temp_path()));
+    EXPECT_TRUE(has_temp(path));
   }  // destroyed without commit: the old file stays, the temp file goes
   EXPECT_EQ(read_bytes(path), "second");
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(has_temp(path));
   {
     AtomicFileWriter out(path);
     out.write(std::string("streamed "));
@@ -317,7 +351,7 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
   Tensor s = Tensor::scalar(2.5, DType::F32);
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "caf\xc3\xa9 \"q\""}};
   write_safetensors(path, {{"W_enc", a}, {"b_dec", b}, {"alpha", s}}, meta);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(has_temp(path));
 
   // Byte layout: header length a multiple of 8, metadata first, F64 before F32, then by name.
   std::string bytes = read_bytes(path);
@@ -491,7 +525,7 @@ TEST(Npy, WriteReadRoundTripAndRows) {
   for (int i = 0; i < 6 * 4; ++i) values.push_back(std::sin(i) * 100);
   Tensor t = Tensor::from_vector(values, Shape{6, 4}, DType::F32);
   write_npy(path, t);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_FALSE(has_temp(path));
   std::string bytes = read_bytes(path);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
   uint16_t header_bytes;
