@@ -257,20 +257,32 @@ DecoderModel DecoderModel::from_parameters(DecoderConfig config, const NamedTens
       inv_freq[static_cast<size_t>(j)] = 1.0f / power;
     }
     scale_rotary_frequencies(inv_freq, c.rope_scaling);
-    Tensor cos = Tensor::empty(Shape{positions, r}), sin = Tensor::empty(Shape{positions, r});
-    float *pc = cos.data<float>(), *ps = sin.data<float>();
-    for (int64_t t = 0; t < positions; ++t)
-      for (int64_t j = 0; j < r; ++j) {
-        const float angle = static_cast<float>(t) * inv_freq[static_cast<size_t>(j)];
-        pc[t * r + j] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        ps[t * r + j] = static_cast<float>(std::sin(static_cast<double>(angle)));
-      }
-    model.rotary_cos_ = cos.to(device);
-    model.rotary_sin_ = sin.to(device);
+    model.rotary_inv_freq_ = std::move(inv_freq);
+    model.extend_rotary(std::min<int64_t>(positions, 256));  // more as longer runs need them
   }
   model.unit_weight_ = Tensor::full(Shape{c.hidden_size}, 1.0, DType::F32, device);
   model.zero_bias_ = Tensor::zeros(Shape{c.hidden_size}, DType::F32, device);
   return model;
+}
+
+// The rotary tables up to `positions` (at least; doubling, at most the model's): cos and sin of the
+// float32 angle position * inv_freq[j], as Hugging Face computes them. Built as runs reach further,
+// so that a model of a million positions run on short windows keeps short tables.
+void DecoderModel::extend_rotary(int64_t positions) {
+  const int64_t have = rotary_cos_.defined() ? rotary_cos_.size(0) : 0;
+  if (positions <= have) return;
+  const int64_t r = static_cast<int64_t>(rotary_inv_freq_.size());
+  const int64_t rows = std::min<int64_t>(config_.max_positions, std::max<int64_t>(positions, 2 * have));
+  Tensor cos = Tensor::empty(Shape{rows, r}), sin = Tensor::empty(Shape{rows, r});
+  float *pc = cos.data<float>(), *ps = sin.data<float>();
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t j = 0; j < r; ++j) {
+      const float angle = static_cast<float>(t) * rotary_inv_freq_[static_cast<size_t>(j)];
+      pc[t * r + j] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      ps[t * r + j] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  rotary_cos_ = cos.to(device_);
+  rotary_sin_ = sin.to(device_);
 }
 
 // ---------------------------------------------------------------- accessors
@@ -426,6 +438,7 @@ bool DecoderModel::run_block(size_t index, int64_t t, int64_t past, KvCache* cac
   swap_axes01_(heads, qkv.reshape(Shape{t, h + 2 * kv, hd}));
   if (config_.positions == PositionKind::Rotary) {
     Tensor qk = heads.slice_rows(0, h + kv);
+    extend_rotary(past + t);
     rotary_(qk, qk, rotary_cos_.slice_rows(past, past + t), rotary_sin_.slice_rows(past, past + t));
   }
   Tensor q = heads.slice_rows(0, h), k = heads.slice_rows(h, h + kv), v = heads.slice_rows(h + kv, h + 2 * kv);

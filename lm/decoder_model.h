@@ -234,7 +234,9 @@ class DecoderModel {
   std::map<std::string, Tensor> parameters_;  // every parameter by our name
   std::vector<Block> blocks_;
   Tensor embed_tokens_, embed_positions_, final_weight_, final_bias_, unembed_;
-  Tensor rotary_cos_, rotary_sin_;  // [P, R] on the device (rotary only)
+  Tensor rotary_cos_, rotary_sin_;  // [P', R] on the device (rotary only), P' <= P positions so far
+  std::vector<float> rotary_inv_freq_;  // [R]
+  void extend_rotary(int64_t positions);
   void norm_(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor& bias);  // config_.norm of x's rows
   void cap_logits_(Tensor& logits) const;                                              // final soft-capping
   Tensor unit_weight_, zero_bias_;  // [d]: a norm without its affine part (ln2.hook_normalized)
