@@ -13,6 +13,7 @@
 #include "sae/data/synthetic.h"
 #include "sae/report/table.h"
 #include "sae/train/options.h"
+#include "sae/train/run_start.h"
 #include "sae/train/trainer.h"
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
@@ -36,9 +37,12 @@ void check_same_run(const std::string& dir, const TrainConfig& wanted) {
 }
 
 // Empty, or only the lock a run takes before it writes anything (a study killed as its runs started).
+// A run folder a kill stopped before the trainer wrote config.json: its lock, its pending options.
 bool holds_only_a_lock(const std::string& dir) {
-  for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.path().filename() != ".lock") return false;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name != ".lock" && name.rfind(kPendingConfigFile, 0) != 0) return false;
+  }
   return true;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "io/atomic_file.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/options.h"
 
@@ -15,8 +16,8 @@ namespace sae {
 namespace {
 
 // What a training run writes into its folder (docs/contract.md §4).
-const char* const kRunFiles[] = {"config.json", "metrics.csv", "sae", "checkpoints", "tensorboard", "figures",
-                                 "summary.json"};
+const char* const kRunFiles[] = {"config.json", kPendingConfigFile, "metrics.csv", "sae", "checkpoints", "tensorboard",
+                                 "figures", "summary.json"};
 
 bool holds_a_run(const fs::path& dir) {
   for (const char* name : {"config.json", "metrics.csv", "sae", "checkpoints"})
@@ -29,7 +30,7 @@ std::string run_dir_of(const std::string& resume) {
   if (!gemma_scope_npz(resume).empty())
     throw DataError(cat("--resume ", resume, ": a Gemma Scope params.npz holds weights only, no training state to resume "
                         "from (start a run from it with --init)"));
-  if (fs::exists(fs::path(resume) / "config.json")) return resume;
+  if (fs::exists(fs::path(resume) / "config.json") || fs::exists(fs::path(resume) / kPendingConfigFile)) return resume;
   fs::path p = fs::path(resume);
   for (int up = 0; up < 3 && p.has_parent_path() && p != p.parent_path(); ++up) {
     p = p.parent_path();
@@ -96,7 +97,9 @@ RunStart start_run(TrainConfig config, bool owner) {
     const bool from_the_start = fs::weakly_canonical(config.resume) == fs::weakly_canonical(run_dir) &&
                                 !latest_checkpoint_in_run(run_dir).has_value();
     if (!from_the_start) start.resumed_from = find_latest_checkpoint(config.resume);
-    const std::string config_path = (fs::path(run_dir) / "config.json").string();
+    // A run stopped before the trainer wrote config.json has only its options (kPendingConfigFile).
+    const bool pending = !fs::exists(fs::path(run_dir) / "config.json");
+    const std::string config_path = (fs::path(run_dir) / (pending ? kPendingConfigFile : "config.json")).string();
     const TrainConfig cli = config;
     try {
       config = resumed_config(read_json_file(config_path), cli);
@@ -139,6 +142,8 @@ RunStart start_run(TrainConfig config, bool owner) {
     if (!config.init.empty()) load_init(start, config);
   }
   config.validate();
+  if (owner && config.resume.empty())
+    write_file_atomic((fs::path(config.out) / kPendingConfigFile).string(), config.to_json().dump(2) + "\n");
   start.config = std::move(config);
   return start;
 }

@@ -6,7 +6,10 @@
 // checkpoint save left and sweeps stale temporary folders, and loads what the run continues from.
 // A fresh run into a folder that already holds a run is refused unless --overwrite. --resume with
 // --steps below the run's step is refused; at the run's step it is `finished` (see RunStart). A run
-// killed before its first checkpoint is resumed from its start (its config.json, no checkpoint).
+// killed before its first checkpoint is resumed from its start (its config.json, no checkpoint). A
+// fresh run writes its options to RUN/config.pending.json as soon as it holds the lock, so that one
+// killed even before the trainer wrote config.json (while its data opened) is resumed from its
+// start by `--resume RUN` too; a fresh command into such a folder starts again (it holds no run).
 // Library code: throws, never exits.
 #pragma once
 #include <memory>
@@ -18,6 +21,10 @@
 #include "sae/params.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/train_config.h"
+
+namespace sae {
+inline constexpr const char* kPendingConfigFile = "config.pending.json";
+}  // namespace sae
 
 namespace sae {
 

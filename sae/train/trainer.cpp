@@ -122,6 +122,8 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   cfg["resolved"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset: OpenMP's default)";
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
+  std::error_code ec;
+  fs::remove(fs::path(c.out) / kPendingConfigFile, ec);  // config.json says all it said
 }
 
 // The row metrics.csv and TensorBoard get at a logged step: sums of its n tokens (the whole batch's,
