@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const sae::Profile profile = sae::study_profile(options, parsed, kQuick);
     const std::string out = sae::option_value(parsed, profile, "out");
-    const std::vector<int64_t> features = sae::parse_positive_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
+    const std::vector<int64_t> features = sae::parse_increasing_int_list("features-list", sae::option_value(parsed, profile, "features-list"));
 
     std::vector<sae::StudyRun> runs;
     for (int64_t f : features) {

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "io/atomic_file.h"
+#include "io/file_lock.h"
 #include "sae/cli/cli.h"
 #include "sae/dist/mpi_world.h"
 #include "sae/train/options.h"
@@ -98,18 +100,26 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
     for (double l1 : sae::parse_increasing_number_list("l1-list", parsed["l1-list"].as<std::string>()))
       values.push_back(sae::format_number(l1, 17));
   if (ks)
-    for (int64_t k : sae::parse_positive_int_list("k-list", parsed["k-list"].as<std::string>()))
+    for (int64_t k : sae::parse_increasing_int_list("k-list", parsed["k-list"].as<std::string>()))
       values.push_back(std::to_string(k));
   if (layers) values = block_list("layer-list", parsed["layer-list"].as<std::string>());
   if (transcoders) values = block_list("transcoder-list", parsed["transcoder-list"].as<std::string>());
   const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : "transcoder";
+  if (!base.resume.empty())
+    throw sae::UsageError(sae::cat("--", option, "-list and --resume: --resume OUT continues the SAEs its list started "
+                                   "(OUT/sweep.json); give it alone"));
   if (!owner) return sweep_configs(base, option, values);
   const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
-  if (std::filesystem::exists(file) && !base.overwrite)
+  std::filesystem::create_directories(base.out);
+  // OUT is this list's while it runs: a second list into it stops here, before it rewrites sweep.json.
+  static std::unique_ptr<sae::FileLock> held;
+  held = std::make_unique<sae::FileLock>((std::filesystem::path(base.out) / ".lock").string());
+  // A list stopped before any of its SAEs began (bad data, say) holds no SAE yet: started again.
+  const bool begun = !sae::run_folders_under(base.out).empty();
+  if (std::filesystem::exists(file) && begun && !base.overwrite)
     throw sae::UsageError(sae::cat("--out ", base.out, " already holds SAEs trained together (", file.string(),
                                    "); continue them with --resume ", base.out,
                                    ", replace them with --overwrite, or choose another --out"));
-  std::filesystem::create_directories(base.out);
   sae::Json sweep = sae::Json::object();
   sweep["option"] = option;
   sae::Json list = sae::Json::array();
@@ -199,6 +209,10 @@ Parsed parse(int argc, char** argv, bool owner) {
                      parsed.count("transcoder-list");  // each SAE is validated when it starts
   sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
   std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed, owner);
+  if (configs.empty() && !config.resume.empty() &&
+      std::filesystem::exists(std::filesystem::path(config.resume) / kSweepFile) && owner) {
+    static sae::FileLock held((std::filesystem::path(config.resume) / ".lock").string());  // as a list's run holds it
+  }
   if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);  // --resume OUT of a list's run
   out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())

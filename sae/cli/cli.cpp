@@ -196,13 +196,15 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
   return items;
 }
 
-std::vector<int64_t> parse_positive_int_list(const std::string& option, const std::string& text) {
+std::vector<int64_t> parse_increasing_int_list(const std::string& option, const std::string& text) {
   std::vector<int64_t> values;
   for (const std::string& item : split_option_list(option, text)) {
     char* stop = nullptr;
     const long long v = std::strtoll(item.c_str(), &stop, 10);
     if (*stop != '\0' || v <= 0)
       throw UsageError(cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
+    if (!values.empty() && v <= values.back())
+      throw UsageError(cat("--", option, ": give the values in increasing order, got '", text, "'"));
     values.push_back(v);
   }
   return values;
@@ -217,7 +219,7 @@ std::vector<double> parse_increasing_number_list(const std::string& option, cons
       throw UsageError(cat("--", option, ": expected non-negative numbers separated by commas, got '", text, "'"));
     if (!values.empty() && v <= values.back())
       throw UsageError(cat("--", option, ": give the values in increasing order, got '", text, "'"));
-    values.push_back(v);
+    values.push_back(v == 0 ? 0.0 : v);  // -0 is 0 (and names its folder so)
   }
   return values;
 }

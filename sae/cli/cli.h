@@ -36,9 +36,10 @@ Profile quick_study_data();
 // Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
 // when an item is empty.
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
-// Comma lists of the study drivers: positive integers (--features-list), or non-negative numbers
-// in increasing order (--l1-list). UsageError naming --option otherwise.
-std::vector<int64_t> parse_positive_int_list(const std::string& option, const std::string& text);
+// Comma lists of the study drivers, each in increasing order (a value twice would name one run
+// folder twice): positive integers (--features-list, --k-list), or non-negative numbers (--l1-list).
+// UsageError naming --option otherwise.
+std::vector<int64_t> parse_increasing_int_list(const std::string& option, const std::string& text);
 std::vector<double> parse_increasing_number_list(const std::string& option, const std::string& text);
 // The study drivers' --profile full|quick: an empty profile for full (the defaults); for quick,
 // `quick`, after printing each value with the default it replaces. UsageError for other names and

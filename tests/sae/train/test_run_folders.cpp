@@ -20,6 +20,7 @@
 #include "sae/train/options.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
+#include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -315,4 +316,39 @@ TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
   ASSERT_EQ(run_binary("sae_train", args + " --out " + dir.str("again"), dir).exit_code, 1);
   write_npy(data, Tensor::from_vector(values, Shape{400, 8}));
   EXPECT_EQ(run_binary("sae_train", args + " --out " + dir.str("again"), dir).exit_code, 0);
+}
+
+TEST(RunFolders, AListClaimsItsFolderOnlyOnceItBegins) {
+  TempDir dir("list_folder");
+  const std::string data = dir.str("x.npy");
+  const std::string args = " --data " + data + " --features 16 --steps 6 --batch 32 --normalize dataset "
+                           "--checkpoint-every 100 --progress none --device cpu --l1-list 0.1,0.3 --out " + dir.str("out");
+  // Stopped before any SAE began (its data not there): the corrected command starts it, no --overwrite.
+  EXPECT_EQ(run_binary("sae_train", args, dir).exit_code, 1);
+  Rng rng(6);
+  std::vector<double> values(300 * 8);
+  for (double& v : values) v = rng.normal();
+  write_npy(data, Tensor::from_vector(values, Shape{300, 8}));
+  const auto started = run_binary("sae_train", args, dir);
+  ASSERT_EQ(started.exit_code, 0) << started.err;
+  // Begun, it is refused to a fresh command, and a list with --resume is refused before it writes.
+  const std::string sweep = read_file(dir.str("out/sweep.json"));
+  EXPECT_EQ(run_binary("sae_train", args, dir).exit_code, 2);
+  const auto both = sae::testing::run_program("sae_train", "--resume " + dir.str("out") + " --l1-list 0.1,0.3", dir, "",
+                                              120, dir.str(""));
+  EXPECT_EQ(both.exit_code, 2) << both.err;
+  EXPECT_NE(both.err.find("--l1-list and --resume"), std::string::npos) << both.err;
+  EXPECT_FALSE(fs::exists(dir.str("runs")));
+  // A second list while the first holds OUT: refused before it touches sweep.json.
+  {
+    FileLock held(dir.str("out/.lock"));
+    const auto second = run_binary("sae_train", args + " --overwrite", dir);
+    EXPECT_EQ(second.exit_code, 1) << second.err;
+    EXPECT_NE(second.err.find("another process"), std::string::npos) << second.err;
+  }
+  EXPECT_EQ(read_file(dir.str("out/sweep.json")), sweep);
+  // A value twice would train two SAEs in one folder.
+  const auto twice = run_binary("sae_train", "--data " + data + " --k-list 4,4 --architecture topk --out " + dir.str("k"), dir);
+  EXPECT_EQ(twice.exit_code, 2) << twice.err;
+  EXPECT_NE(twice.err.find("increasing order"), std::string::npos) << twice.err;
 }
