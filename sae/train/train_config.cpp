@@ -66,7 +66,8 @@ void TrainConfig::validate() const {
   }
   require(feature_stats_steps >= 0, cat("--feature-stats-steps must be >= 0 (0: no statistics), got ",
                                          feature_stats_steps));
-  check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
+  if (feature_stats_steps > 0)  // their lists' size (statistics off: nothing is gathered)
+    check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
 }
 

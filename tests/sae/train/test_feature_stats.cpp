@@ -627,6 +627,17 @@ TEST(FeatureStatsTraining, TextRunsKeepTheStoriesTokensAroundEachTopActivation) 
   }
 }
 
+TEST(FeatureStatsTraining, TheirMemoryLimitAppliesOnlyWhenTheyAreGathered) {
+  // 5M features need 8.9 GiB of lists at the defaults: refused with statistics, fine without.
+  TrainConfig c = stats_run("unused");
+  c.features = 5'000'000;
+  c.feature_stats_k = 20;
+  c.feature_stats_context = 32;
+  EXPECT_THROW(c.validate(), UsageError);
+  c.feature_stats_steps = 0;
+  EXPECT_NO_THROW(c.validate());
+}
+
 TEST(FeatureStatsTraining, BadOptionValuesAreRefused) {
   TempDir dir("stats_options");
   // The case's options come last: they win over the base's --features 16.
