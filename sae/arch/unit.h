@@ -260,10 +260,20 @@ class ArchUnit {
   // SAELens's apply_b_dec_to_input: the encoder sees x - shift_source; folds shift = b_dec W_enc [F]
   // into the biases that see it, so the SAE takes x itself.
   virtual void fold_input_shift(SaeParams& params, const Tensor& shift) const;
+  // Puts each decoder row at norm 1 without changing what the SAE computes, where its activation
+  // allows it (ReLU, JumpReLU, gated: latent i's pre-activations, bias and threshold times n_i,
+  // W_dec[i] divided by n_i, so f_i is n_i times as large and x_hat the same); false where it does
+  // not (a top-k selection ranks the pre-activations, which the fold changes). For --init into a
+  // run that keeps decoder rows at norm 1. `norms` [F] are the rows' norms (> 0), params on the host.
+  virtual bool fold_decoder_norms(SaeParams& params, const std::vector<double>& norms) const { return false; }
   // The training state beyond Adam's moments: tensors and metadata keys a resume needs exactly.
   virtual void save_state(const SaeParams& params, std::vector<std::pair<std::string, Tensor>>& tensors,
                           Json& info) const {}
   virtual void load_state(const SafetensorsFile& file, const Json& info, SaeParams& params) const {}
 };
+
+// The part of fold_decoder_norms every foldable unit shares: W_enc's columns and b_enc times n,
+// W_dec's rows divided by n, and the unit's own [F] tensors named in `times` times n.
+void fold_dictionary_norms(SaeParams& params, const std::vector<double>& norms, const std::vector<std::string>& times);
 
 }  // namespace sae

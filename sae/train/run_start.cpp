@@ -73,6 +73,26 @@ void load_init(RunStart& start, TrainConfig& config) {
                          start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
   config.features = start.params->d_sae();
   adopt_init_architecture(config, *start.params);
+  // A run that keeps decoder rows at norm 1 renormalises them at its first update: rows of another
+  // norm are folded first where the unit allows it, so that the loaded SAE computes what it did.
+  const ArchUnit& unit = run_unit(config);
+  if (!unit.dictionary_init(arch_settings(config)).unit_norm_decoder) return;
+  SaeParams& p = *start.params;
+  const int64_t f = p.d_sae(), width = p.d_out();
+  const float* w = p.W_dec.data<float>();
+  std::vector<double> norms(static_cast<size_t>(f));
+  double worst = 0;
+  for (int64_t i = 0; i < f; ++i) {
+    double sum = 0;
+    for (int64_t k = 0; k < width; ++k) sum += double(w[i * width + k]) * double(w[i * width + k]);
+    norms[static_cast<size_t>(i)] = sum > 0 ? std::sqrt(sum) : 1.0;  // a zero row stays as it is
+    worst = std::max(worst, std::abs(norms[static_cast<size_t>(i)] - 1.0));
+  }
+  if (worst <= 1e-4) return;
+  if (!unit.fold_decoder_norms(p, norms))
+    throw UsageError(cat("--init ", config.init, ": its decoder rows are not at norm 1 (one is off by ", worst,
+                         ") and --architecture ", config.architecture, " puts them there at its first update, which "
+                         "changes the latents it selects; give --unit-norm-decoder=off"));
 }
 
 }  // namespace

@@ -289,3 +289,42 @@ TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRef
                      quote(dir.str("g.npy"))),
                  1, "unexpected tensor finetuning_scaling_factor");
 }
+
+TEST(GemmaScopeCli, InitIntoAUnitNormRunKeepsWhatTheSaeComputes) {
+  // Gemma Scope's decoder rows are not at norm 1; a jumprelu run keeps them there from its first
+  // update. The rows are folded first (latents scaled, thresholds too), so one update at lr 1e-30
+  // gives the same reconstruction; a TopK SAE cannot be folded (its selection would change): refused.
+  TempDir dir("cli_gs_unit_norm");
+  const std::string x = dir.str("x.npy");
+  Rng rng(12);
+  std::vector<double> values(20 * 4);
+  for (double& v : values) v = rng.normal();
+  write_npy(x, Tensor::from_vector(values, Shape{20, 4}, DType::F32));
+  const CommandResult trained = run_binary(
+      "sae_train", cat("--data ", quote(gs_ref("x.npy")), " --init ", quote(gs_ref("deflated.npz")), " --architecture jumprelu "
+                       "--normalize none --steps 1 --batch 20 --lr 1e-30 --device cpu --progress none --out ",
+                       quote(dir.str("run"))),
+      dir);
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  const std::string input = gs_ref("x.npy");
+  for (const auto& [sae, out] : {std::pair<std::string, std::string>{gs_ref("deflated.npz"), "before.npy"},
+                                 {dir.str("run/sae"), "after.npy"}}) {
+    const CommandResult r = run_binary(
+        "sae_apply", cat("--sae ", quote(sae), " --input ", quote(input), " --reconstruction-out ", quote(dir.str(out))), dir);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  const Tensor before = NpyFile::open(dir.str("before.npy")).read_f32(), after = NpyFile::open(dir.str("after.npy")).read_f32();
+  EXPECT_LE(max_abs_diff(after, before), 1e-4 * (1.0 + max_abs(before)));
+  // A TopK SAE with rows at norm 0.5.
+  SaeParams p = SaeParams::standard_init(4, 8, rng);
+  p.kind = "topk";
+  p.settings["k"] = 2;
+  Tensor rows = Tensor::full(Shape{8, 4}, 0.25);  // norm 0.5
+  p.W_dec = rows;
+  save_checkpoint(dir.str("topk"), p, Json::object(), nullptr);
+  const std::string base = cat("--data ", quote(x), " --init ", quote(dir.str("topk")), " --architecture topk --k 2 "
+                               "--normalize none --steps 1 --batch 20 --device cpu --progress none --out ");
+  expect_failure("sae_train", base + quote(dir.str("t1")), 2, "give --unit-norm-decoder=off");
+  const CommandResult off = run_binary("sae_train", base + quote(dir.str("t2")) + " --unit-norm-decoder=off", dir);
+  EXPECT_EQ(off.exit_code, 0) << off.err;
+}

@@ -74,6 +74,10 @@ class GatedStep : public DenseUnitStep {
 
 class GatedUnit : public ArchUnit {
  public:
+  bool fold_decoder_norms(SaeParams& p, const std::vector<double>& norms) const override {
+    fold_dictionary_norms(p, norms, {"b_gate", "b_mag"});  // r_mag scales W_enc's already scaled columns
+    return true;
+  }
   std::string name() const override { return "gated"; }
   std::string description() const override {
     return "f = H(x W_enc + b_gate) relu(x W_enc exp(r_mag) + b_mag), L1 of relu(pi_gate) and an auxiliary "

@@ -112,6 +112,15 @@ Tensor threshold_of(const SaeParams& p) {
 
 class JumpReluUnit : public ArchUnit {
  public:
+  bool fold_decoder_norms(SaeParams& p, const std::vector<double>& norms) const override {
+    fold_dictionary_norms(p, norms, {});
+    Tensor& t = p.own_tensor("log_threshold");  // theta_i n_i
+    t = t.to(Device::CPU).to(DType::F32).clone();
+    float* v = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) v[i] = static_cast<float>(v[i] + std::log(norms[static_cast<size_t>(i)]));
+    p.stated.clear();  // the stated thresholds were of the unfolded latents
+    return true;
+  }
   std::string name() const override { return "jumprelu"; }
   std::string description() const override {
     return "f = P H(P - theta), straight-through thresholds; lambda L0 (step) or lambda sum tanh(c f n) + "

@@ -260,6 +260,10 @@ class StandardStep : public UnitStep {
 
 class StandardUnit : public ArchUnit {
  public:
+  bool fold_decoder_norms(SaeParams& p, const std::vector<double>& norms) const override {
+    fold_dictionary_norms(p, norms, {});
+    return true;
+  }
   std::string name() const override { return "standard"; }
   std::string description() const override {
     return "f = relu(x W_enc + b_enc), loss = rec + lambda sum f ||W_dec[i]|| (the study's SAE)";

@@ -6,7 +6,9 @@
 //   - with its training state the trained parameters come back bit for bit; without, to a rounding;
 //   - a per-story folder says "per_story", which SAELens refuses, and our readers take it; SAELens's
 //     input normalisations that we do not run (layer_norm, constant_norm_rescale) are refused in one
-//     line.
+//     line;
+//   - fold_decoder_norms, which --init uses before a run that keeps decoder rows at norm 1: the
+//     latents scale, the reconstruction stays (standard, jumprelu, gated); TopK cannot.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,6 +17,7 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
@@ -164,5 +167,58 @@ TEST(CheckpointFolding, PerStoryFoldersSaySoAndSaeLensNormalisationsWeDoNotRunAr
     cfg["normalize_activations"] = kind;  // what SAELens's inference leaves as it is
     write_file_atomic(cfg_path, cfg.dump());
     EXPECT_EQ(values(load_checkpoint(dir.str("plain"), Device::CPU).params.W_enc), values(p.W_enc)) << kind;
+  }
+}
+
+TEST(DecoderNormFolding, LatentsScaleAndTheReconstructionStays) {
+  // fold_decoder_norms (for --init into a run that keeps decoder rows at norm 1): rows at norm 1,
+  // each latent n_i times as large, x_hat the same; a TopK SAE says it cannot.
+  Rng rng(8);
+  const int64_t d = 6, f = 10, n = 7;
+  const Tensor x = random_cpu(Shape{n, d}, DType::F32, rng, -2, 2);
+  for (const char* kind : {"standard", "jumprelu", "gated", "topk"}) {
+    SCOPED_TRACE(kind);
+    SaeParams p = SaeParams::from_tensors(random_cpu(Shape{d, f}, DType::F32, rng, -1, 1),
+                                          random_cpu(Shape{f}, DType::F32, rng, -0.2, 0.2),
+                                          random_cpu(Shape{f, d}, DType::F32, rng, -1, 1),
+                                          random_cpu(Shape{d}, DType::F32, rng, -1, 1));
+    p.kind = kind;
+    if (p.kind == "jumprelu") p.own = {{"log_threshold", Tensor::full(Shape{f}, std::log(0.3))}};
+    if (p.kind == "gated") {
+      p.b_enc = Tensor();
+      p.own = {{"b_gate", random_cpu(Shape{f}, DType::F32, rng, -0.3, 0.3)},
+               {"b_mag", random_cpu(Shape{f}, DType::F32, rng, -0.3, 0.3)},
+               {"r_mag", random_cpu(Shape{f}, DType::F32, rng, -0.5, 0.5)}};
+    }
+    if (p.kind == "topk") p.settings["k"] = 3;
+    const ArchUnit& unit = arch_unit(kind);
+    std::vector<double> norms(f);
+    const std::vector<double> w = values(p.W_dec);
+    for (int64_t i = 0; i < f; ++i) {
+      double s = 0;
+      for (int64_t k = 0; k < d; ++k) s += w[i * d + k] * w[i * d + k];
+      norms[i] = std::sqrt(s);
+    }
+    const Tensor f_before = unit.encode(p, x);
+    const Tensor x_before = add(matmul(f_before, p.W_dec), p.b_dec);
+    SaeParams folded = p.clone();
+    if (p.kind == "topk") {
+      EXPECT_FALSE(unit.fold_decoder_norms(folded, norms));
+      continue;
+    }
+    ASSERT_TRUE(unit.fold_decoder_norms(folded, norms));
+    const std::vector<double> rows = values(folded.W_dec);
+    for (int64_t i = 0; i < f; ++i) {
+      double s = 0;
+      for (int64_t k = 0; k < d; ++k) s += rows[i * d + k] * rows[i * d + k];
+      EXPECT_NEAR(std::sqrt(s), 1.0, 1e-6) << "row " << i;
+    }
+    const Tensor f_after = unit.encode(folded, x);
+    const std::vector<double> fb = values(f_before), fa = values(f_after);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < f; ++i)
+        EXPECT_NEAR(fa[t * f + i], fb[t * f + i] * norms[i], 1e-5 * (1 + std::abs(fa[t * f + i]))) << t << " " << i;
+    const std::vector<double> xb = values(x_before), xa = values(add(matmul(f_after, folded.W_dec), folded.b_dec));
+    for (size_t k = 0; k < xb.size(); ++k) EXPECT_NEAR(xa[k], xb[k], 1e-5 * (1 + std::abs(xb[k]))) << k;
   }
 }
