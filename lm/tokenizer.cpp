@@ -839,8 +839,9 @@ void BpeTokenizer::encode_piece(std::string_view piece, std::vector<int32_t>& id
     return;
   }
   if (ignore_merges_) {  // a piece the vocabulary has whole is that token, whatever the merges say
-    auto it = whole_.find(std::string(piece));
-    if (it != whole_.end()) {
+    const std::unordered_map<std::string, int32_t>& whole = sp_.on ? piece_ids_ : whole_;  // by piece, by bytes
+    auto it = whole.find(std::string(piece));
+    if (it != whole.end()) {
       ids.push_back(it->second);
       return;
     }

@@ -54,14 +54,14 @@ TEST(StoryReader, ReadsTinyStoriesText) {
   const std::string path = dir.str("stories.txt");
   std::ofstream(path) << "Once upon a time, a cat.\nIt was happy.\n<|endoftext|>\n"
                          "\n<|endoftext|>\n"                           // an empty story: skipped
-                         "  Tom had a ball. \r\n<|endoftext|>\r\n"      // CRLF, spaces trimmed
+                         "  Tom had a ball. \r\nHe threw it.\r\n<|endoftext|>\r\n"  // CRLF read as Python's text mode
                          "Lily ran.<|endoftext|>The dog barked.\n"      // a separator inside a line
                          "<|endoftext|>\n"
                          "Last story without a separator.\n";
   StoryReader reader(path);
   EXPECT_FALSE(reader.is_jsonl());
   const std::vector<std::string> stories = all_stories(reader);
-  const std::vector<std::string> want = {"Once upon a time, a cat.\nIt was happy.", "Tom had a ball.", "Lily ran.",
+  const std::vector<std::string> want = {"Once upon a time, a cat.\nIt was happy.", "Tom had a ball. \nHe threw it.", "Lily ran.",
                                          "The dog barked.", "Last story without a separator."};
   EXPECT_EQ(stories, want);
 }

@@ -652,6 +652,24 @@ TEST(TokenizerFamilies, IgnoreMergesTakesWholePieces) {
   }
 }
 
+TEST(TokenizerFamilies, IgnoreMergesTakesWholePiecesInSentencePieceStyleFiles) {
+  // As a Mistral v0.3 file (Metaspace "first"): "ab" is the word "▁ab", which the merges make
+  // "▁a" "b"; with ignore_merges the vocabulary's whole "▁ab" is taken (tokenizers' rule).
+  TempDir dir("tok_sp_ignore_merges");
+  Json root = Json::parse(R"({"model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": false,
+      "vocab": {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "c": 4, "\u2581a": 5, "ab": 6, "\u2581ab": 7},
+      "merges": [["\u2581", "a"], ["a", "b"]]},
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false}})");
+  for (bool ignore : {false, true}) {
+    root["model"]["ignore_merges"] = ignore;
+    write_file(dir.str("tokenizer.json"), root.dump());
+    const BpeTokenizer t = BpeTokenizer::from_tokenizer_json(dir.str("tokenizer.json"));
+    const std::vector<int32_t> want = ignore ? std::vector<int32_t>{7} : std::vector<int32_t>{5, 3};
+    EXPECT_EQ(t.encode("ab"), want) << ignore;
+    EXPECT_EQ(t.encode("abc"), (std::vector<int32_t>{5, 3, 4})) << "abc is not in the vocabulary";
+  }
+}
+
 // NFC by hand: composition, Hangul by formula, reordering of marks, compatibility characters left
 // alone, singletons decomposed, and Unicode 16's new composites left uncomposed as tokenizers does.
 TEST(TokenizerFamilies, NfcByHand) {
