@@ -76,6 +76,10 @@ int main(int argc, char** argv) {
     if (!fs::exists(eval.text)) throw sae::DataError(sae::cat(eval.text, ": no such file"));
     sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
+    // The output folder before the work: a --out that cannot be made is said at once.
+    std::error_code made;
+    fs::create_directories(out, made);
+    if (made || !fs::is_directory(out)) throw sae::DataError(sae::cat(out, ": cannot create the output directory"));
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
@@ -107,7 +111,6 @@ int main(int argc, char** argv) {
       density = result.density, tokens = result.tokens, dead = result.dead;
     }
 
-    fs::create_directories(out);
     const std::string json_path = (fs::path(out) / "eval.json").string();
     json["device"] = sae::device_name(device);
     const std::string figure_path = (fs::path(out) / "feature_density.png").string();

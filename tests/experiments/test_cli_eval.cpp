@@ -90,6 +90,8 @@ TEST(SaeEvalCli, RefusesBadInputWithOneLine) {
   expect_failure("sae_eval", eval_args(good_sae, dir.str("o")) + " --max-stories -1", 2, "--max-stories");
   expect_failure("sae_eval", eval_args(good_sae, dir.str("o")) + " --dense-threshold 2", 2, "--dense-threshold");
   expect_failure("sae_eval", eval_args(dir.str("no_such_sae"), dir.str("o")), 1, "no_such_sae");
+  std::ofstream(dir.str("a_file")) << "x";  // --out under a file: said before the evaluation runs
+  expect_failure("sae_eval", eval_args(good_sae, dir.str("a_file/o")), 1, "cannot create the output directory");
   // An SAE of another width.
   Rng rng(1);
   const SaeParams narrow = SaeParams::standard_init(16, 24, rng);
