@@ -1,5 +1,5 @@
 // UTF-8 code points, for code that has already checked its text (lm/tokenizer.h check_utf8):
-// decode the code point at a byte offset, and append one.
+// decode the code point at a byte offset, and append one; and bytes made valid UTF-8 for display.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -44,6 +44,39 @@ inline void append(uint32_t code_point, std::string& out) {
     out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
     out += static_cast<char>(0x80 | (code_point & 0x3F));
   }
+}
+
+// `bytes` as valid UTF-8, what Python's bytes.decode("utf-8", "replace") and so Hugging Face's
+// decode give: the longest valid start of a broken sequence (Unicode's "maximal subpart"), or a
+// byte that starts none, becomes one U+FFFD.
+inline std::string replace_invalid(std::string_view bytes) {
+  std::string out;
+  size_t i = 0;
+  const size_t n = bytes.size();
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(bytes[i]);
+    if (c < 0x80) {
+      out += bytes[i++];
+      continue;
+    }
+    const size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    size_t k = 1;
+    for (; k < length && i + k < n; ++k) {
+      const unsigned char b = static_cast<unsigned char>(bytes[i + k]);
+      unsigned char lo = 0x80, hi = 0xBF;
+      if (k == 1) {
+        if (c == 0xE0) lo = 0xA0;       // no overlong 3-byte forms
+        else if (c == 0xED) hi = 0x9F;  // no surrogates
+        else if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
+        else if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+      }
+      if (b < lo || b > hi) break;
+    }
+    if (length > 0 && k == length) out.append(bytes.substr(i, length));
+    else out += "\xEF\xBF\xBD";  // U+FFFD
+    i += k;
+  }
+  return out;
 }
 
 }  // namespace sae::utf8

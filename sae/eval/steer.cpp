@@ -3,13 +3,13 @@
 
 #include <cmath>
 
+#include "lm/utf8.h"
 #include "tensor/ops.h"
 
 namespace sae {
 
 namespace {
 
-const char* const kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 bool is_continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
 
@@ -101,40 +101,7 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 }
 
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
-  const std::string bytes = tokenizer.decode(ids);
-  std::string out;
-  size_t i = 0;
-  const size_t n = bytes.size();
-  while (i < n) {
-    const unsigned char c = static_cast<unsigned char>(bytes[i]);
-    if (c < 0x80) {
-      out += bytes[i++];
-      continue;
-    }
-    const size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (length == 0) {
-      out += kReplacement;
-      ++i;
-      continue;
-    }
-    // The longest valid start of the sequence (Unicode's "maximal subpart") becomes one U+FFFD.
-    size_t k = 1;
-    for (; k < length && i + k < n; ++k) {
-      const unsigned char b = static_cast<unsigned char>(bytes[i + k]);
-      unsigned char lo = 0x80, hi = 0xBF;
-      if (k == 1) {
-        if (c == 0xE0) lo = 0xA0;       // no overlong 3-byte forms
-        else if (c == 0xED) hi = 0x9F;  // no surrogates
-        else if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
-        else if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-      }
-      if (b < lo || b > hi) break;
-    }
-    if (k == length) out.append(bytes, i, length);
-    else out += kReplacement;
-    i += k;
-  }
-  return out;
+  return utf8::replace_invalid(tokenizer.decode(ids));
 }
 
 std::string side_by_side(const std::string& left_title, const std::string& left, const std::string& right_title,

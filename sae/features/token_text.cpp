@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "lm/utf8.h"
+
 namespace sae {
 
 namespace {
@@ -80,20 +82,7 @@ std::string display_token(std::string_view bytes) {
   return out;
 }
 
-std::string valid_utf8(std::string_view bytes) {
-  std::string out;
-  for (size_t at = 0; at < bytes.size();) {
-    const size_t length = utf8_sequence(bytes, at);
-    if (length == 0) {
-      append_code_point(out, 0xFFFD);
-      ++at;
-    } else {
-      out.append(bytes.substr(at, length));
-      at += length;
-    }
-  }
-  return out;
-}
+std::string valid_utf8(std::string_view bytes) { return utf8::replace_invalid(bytes); }
 
 std::string activation_block(double value, double max) {
   int level = 0;

@@ -5,10 +5,10 @@
 //   final model's statistics describe the features it ended with, and earlier steps cost nothing.
 //   Resume: the statistics saved with the checkpoint continue when the checkpoint's step is inside the
 //   window (what an uninterrupted run holds there, so resume stays bit-exact); a checkpoint from
-//   before the window starts them empty. A run resumed with a larger --steps whose new window began
-//   before the checkpoint keeps the saved ones too, so its statistics then cover the old window's
-//   start to the new end; one resumed from a checkpoint without statistics inside the window starts
-//   them at the checkpoint. The file says which steps it covers.
+//   before the window starts them empty. A run resumed with a larger --steps keeps the saved ones
+//   only if they began inside its new window; otherwise (they cannot be cut back), and from a
+//   checkpoint without statistics inside the window, it starts them at the checkpoint. The file
+//   says which steps it covers.
 #pragma once
 #include <optional>
 #include <string>

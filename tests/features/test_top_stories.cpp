@@ -147,6 +147,9 @@ TEST(TokenText, DisplayAndAnnotation) {
   EXPECT_EQ(display_token(" caf\xc3\xa9"), " caf\xc3\xa9");
   EXPECT_EQ(display_token("\xed\xa0\x80"), "\\xED\\xA0\\x80");  // a surrogate is not UTF-8
   EXPECT_EQ(valid_utf8("ok\xff\xc3\xa9"), "ok\ufffd\xc3\xa9");
+  // A cut sequence is one U+FFFD, as Python's decode("utf-8", "replace") gives (not one per byte).
+  EXPECT_EQ(valid_utf8("a\xE6\x97"), "a\ufffd");
+  EXPECT_EQ(valid_utf8("\xF0\x9F\x98x\xED\xA0\x80"), "\ufffdx\ufffd\ufffd\ufffd");
   EXPECT_EQ(activation_block(0, 5), "\u2581");
   EXPECT_EQ(activation_block(-1, 5), "\u2581");
   EXPECT_EQ(activation_block(5, 5), "\u2588");
