@@ -133,17 +133,24 @@ class FileStoryInputs : public StoryInputs {
   Device device_;
 };
 
-// The origins of one whole story's rows.
-void story_origins(const StoryInput& story, int64_t radius, BatchOrigins& origins) {
+// The origins of rows [begin, end) of one story.
+void story_origins(const StoryInput& story, int64_t begin, int64_t end, int64_t radius, BatchOrigins& origins) {
   const int64_t t = story.x.size(0), width = 2 * radius + 1;
-  origins.resize(t, radius);
+  origins.resize(end - begin, radius);
   origins.has_token_ids = !story.ids.empty();
-  for (int64_t r = 0; r < t; ++r) {
-    origins.story[r] = story.index;
-    origins.position[r] = r;
+  for (int64_t r = begin; r < end; ++r) {
+    origins.story[r - begin] = story.index;
+    origins.position[r - begin] = r;
     for (int64_t o = -radius; o <= radius; ++o)
-      if (r + o >= 0 && r + o < t) origins.context[r * width + o + radius] = origins.has_token_ids ? story.ids[r + o] : -2;
+      if (r + o >= 0 && r + o < t)
+        origins.context[(r - begin) * width + o + radius] = origins.has_token_ids ? story.ids[r + o] : -2;
   }
+}
+
+// Rows of a story encoded at once (top_stories.h): `given`, else [rows, F] float32 of at most 256 MB.
+int64_t rows_per_block(int64_t given, int64_t features) {
+  if (given > 0) return given;
+  return std::max<int64_t>(1, (int64_t(1) << 26) / std::max<int64_t>(1, features));
 }
 
 }  // namespace
@@ -160,7 +167,7 @@ std::unique_ptr<StoryInputs> file_story_inputs(ActivationSource& source, const I
 }
 
 FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
-                                  GatherSummary* summary) {
+                                  GatherSummary* summary, int64_t block_rows) {
   FeatureStats stats(params.d_sae(), options, params.device());
   BatchOrigins origins;
   StoryInput story;
@@ -169,13 +176,17 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
   while (inputs.next(story)) {
     if (story.x.size(1) != params.d_in())
       throw DataError(cat("story ", story.index, " has width ", story.x.size(1), ", the SAE's d_in is ", params.d_in()));
-    StepFeatures features;
-    features.tokens = story.x.size(0);
-    features.dense = sae_encode(params, story.x);
-    story_origins(story, options.context, origins);
-    stats.add(features, origins, story.index);
+    const int64_t t = story.x.size(0), block = rows_per_block(block_rows, params.d_sae());
+    for (int64_t begin = 0; begin < t; begin += block) {
+      const int64_t end = std::min(t, begin + block);
+      StepFeatures features;
+      features.tokens = end - begin;
+      features.dense = sae_encode(params, story.x.slice_rows(begin, end));
+      story_origins(story, begin, end, options.context, origins);
+      stats.add(features, origins, story.index, /*new_step=*/begin == 0);
+    }
     ++counted.stories;
-    counted.tokens += features.tokens;
+    counted.tokens += t;
     counted.truncated += story.truncated;
   }
   if (summary) *summary = counted;
@@ -202,7 +213,7 @@ std::vector<double> source_decoder_norms(const SaeParams& params) {
 }
 
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const BpeTokenizer* tokenizer) {
+                       const BpeTokenizer* tokenizer, int64_t block_rows) {
   const std::vector<double> source_norms = source_decoder_norms(params);
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
@@ -216,9 +227,17 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
   while (!wanted.empty() && inputs.next(story)) {
     auto it = wanted.find(story.index);
     if (it == wanted.end()) continue;
-    const Tensor f = sae_encode(params, story.x).to(Device::CPU);
-    const int64_t t = f.size(0), features = f.size(1);
-    const float* values = f.data<float>();
+    // The wanted features' values at every position, encoded a block of rows at a time.
+    const int64_t t = story.x.size(0), features = params.d_sae(), block = rows_per_block(block_rows, features);
+    std::map<int64_t, std::vector<float>> column;  // feature -> [t]
+    for (const auto& [feature, rank] : it->second) column[feature].resize(static_cast<size_t>(t));
+    for (int64_t begin = 0; begin < t; begin += block) {
+      const int64_t end = std::min(t, begin + block);
+      const Tensor f = sae_encode(params, story.x.slice_rows(begin, end)).to(Device::CPU);
+      const float* values = f.data<float>();
+      for (auto& [feature, v] : column)
+        for (int64_t p = begin; p < end; ++p) v[static_cast<size_t>(p)] = values[(p - begin) * features + feature];
+    }
     // Each token's text once per story.
     std::vector<std::string> labels(static_cast<size_t>(t));
     std::string text;
@@ -241,8 +260,9 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
       const double max = top.value;
       Json strengths = Json::array();
       std::string annotated;
+      const std::vector<float>& values = column.at(feature);
       for (int64_t p = 0; p < t; ++p) {
-        const double v = values[p * features + feature];
+        const double v = values[static_cast<size_t>(p)];
         strengths.push_back(round_significant(v));
         annotated += labels[p] + " " + activation_block(v, max);
       }

@@ -68,9 +68,13 @@ struct GatherSummary {
   int64_t stories = 0, tokens = 0, truncated = 0;
 };
 
+// Both passes encode a story a block of `block_rows` rows at a time (0: as many as 256 MB of [rows,
+// F] float32 hold), never the whole T x F of a long file story. The statistics then know a top
+// activation's neighbours' values within its block only (NaN across a block's edge, as across a
+// token batch's in training); the entries' strengths are whole.
 // Pass 1: every story through the SAE into statistics (step = the story's index).
 FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
-                                  GatherSummary* summary = nullptr);
+                                  GatherSummary* summary = nullptr, int64_t block_rows = 0);
 
 // A crosscoder's decoder norm per feature and source, ||W_dec[i, s d:(s+1) d]|| ([F, S] row-major;
 // empty for one source): what sae_browser shows per feature and sae_features writes per entry.
@@ -86,6 +90,6 @@ std::vector<double> source_decoder_norms(const SaeParams& params);
 // for model diffing, a latent of one model only).
 // Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const BpeTokenizer* tokenizer);
+                       const BpeTokenizer* tokenizer, int64_t block_rows = 0);
 
 }  // namespace sae

@@ -175,7 +175,7 @@ FeatureStats::~FeatureStats() = default;
 FeatureStats::FeatureStats(FeatureStats&&) noexcept = default;
 FeatureStats& FeatureStats::operator=(FeatureStats&&) noexcept = default;
 
-void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, int64_t step) {
+void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, int64_t step, bool new_step) {
   const int64_t n = batch.tokens;
   if (n <= 0) return;
   const Tensor& like = batch.sparse ? batch.lists.vals : batch.dense;
@@ -230,7 +230,7 @@ void FeatureStats::add(const StepFeatures& batch, const BatchOrigins& origins, i
   }
   if (device_ == Device::CPU) check_lists();  // on a GPU: when the lists are read (no wait per step)
   tokens_ += n;
-  ++steps_;
+  if (new_step || steps_ == 0) ++steps_;
   if (first_step_ < 0) first_step_ = step;
   last_step_ = step;
   has_token_ids_ = has_token_ids_ || (known && origins.has_token_ids);

@@ -56,7 +56,9 @@ class FeatureStats {
   // Adds one batch: the step's features (float32) and where its rows came from (origins of a wider
   // radius give their middle; origins with another row count or a smaller radius count as unknown:
   // no stories, no tokens, no neighbours).
-  void add(const StepFeatures& batch, const BatchOrigins& origins, int64_t step);
+  // `new_step` false: the batch continues the step of the last add (a story added in blocks of
+  // rows: its steps count once).
+  void add(const StepFeatures& batch, const BatchOrigins& origins, int64_t step, bool new_step = true);
 
   int64_t features() const { return features_; }
   int64_t k() const { return options_.k; }

@@ -273,3 +273,53 @@ TEST(TopStories, BadInputGetsOneLine) {
     EXPECT_LE(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
 }
+
+TEST(TopStories, AStoryLongerThanOneEncodingBlockIsEncodedInBlocks) {
+  // A long file story encoded 64 rows at a time (by default as many rows as 256 MB of [rows, F]
+  // hold, so that T x F is never made: a 1M-token story at F 16384 would be 65 GB). The statistics
+  // and entries equal brute force over the whole story, and equal those made in one block.
+  TempDir dir("top_stories_blocks");
+  const int64_t d = 4, f = 24, t = 700;
+  sae::testing::write_activation_file(dir.str("long.safetensors"), d, {t},
+                                      [](int64_t r, int64_t j) { return std::sin(0.37 * r + 1.3 * j) + 0.1 * j; });
+  Rng rng(3);
+  const SaeParams sae = SaeParams::standard_init(d, f, rng);
+  std::unique_ptr<ActivationSource> source = open_activations(dir.str("long.safetensors"), SyntheticOptions{});
+  auto inputs = file_story_inputs(*source, InputNormalization{}, 0, Device::CPU);
+  const FeatureStats stats = gather_feature_stats(sae, *inputs, FeatureStatsOptions{1, 2}, nullptr, 64);
+  EXPECT_EQ(stats.steps(), 1);  // one story, however many blocks
+  EXPECT_EQ(stats.tokens(), t);
+  std::vector<float> x(t * d);
+  source->read_tokens(0, t, x.data());
+  const std::vector<double> W = sae.W_enc.to_vector(), b = sae.b_enc.to_vector();
+  const Json entries = top_story_entries(sae, *inputs, stats, nullptr, 64);
+  ASSERT_GE(entries.size(), 15u);  // latents that never fire have no entry
+  for (const Json& e : entries.elements()) {
+    const int64_t i = e.at("feature_idx").as_int();
+    double best = 0;
+    int64_t at = -1;
+    for (int64_t p = 0; p < t; ++p) {
+      double pre = b[i];
+      for (int64_t j = 0; j < d; ++j) pre += double(x[p * d + j]) * W[j * f + i];
+      const double v = std::max(pre, 0.0);
+      EXPECT_NEAR(e.at("strengths").at(p).as_number(), v, 1e-4 * (1 + v)) << "feature " << i << " position " << p;
+      if (v > best) best = v, at = p;
+    }
+    EXPECT_EQ(e.at("position").as_int(), at) << i;
+    EXPECT_NEAR(e.at("max_strength").as_number(), best, 1e-4 * (1 + best)) << i;
+  }
+  const FeatureStats whole = gather_feature_stats(sae, *inputs, FeatureStatsOptions{1, 2}, nullptr, t);
+  EXPECT_EQ(top_story_entries(sae, *inputs, whole, nullptr, t).dump(), entries.dump());
+  int at_edges = 0;  // tops within the context of a block edge: their neighbours' values too
+  for (int64_t i = 0; i < f; ++i) {
+    ASSERT_EQ(whole.top_count(i), stats.top_count(i)) << i;
+    if (whole.top_count(i) == 0) continue;
+    const FeatureTop a = whole.top(i, 0), c = stats.top(i, 0);
+    EXPECT_EQ(a.position, c.position) << i;
+    at_edges += a.position % 64 < 2 || a.position % 64 > 61;
+    for (size_t k = 0; k < a.values.size(); ++k)
+      EXPECT_TRUE(a.values[k] == c.values[k] || (std::isnan(a.values[k]) && std::isnan(c.values[k])))
+          << "feature " << i << " value " << k << ": " << a.values[k] << " vs " << c.values[k];
+  }
+  RecordProperty("tops_at_block_edges", at_edges);
+}
