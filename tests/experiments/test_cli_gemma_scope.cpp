@@ -60,6 +60,25 @@ void expect_failure(const std::string& program, const std::string& args, int cod
   EXPECT_NE(r.err.find(needle), std::string::npos) << "wanted '" << needle << "' in: " << r.err;
 }
 
+// A small Gemma Scope archive's entries (d 4, F 6, every threshold `threshold` but `zero_at` 0 when
+// given) and an input of 3 rows of 0.5 written to DIR/x.npy: every feature's pre-activation is 0.2.
+constexpr int64_t kSmallD = 4, kSmallF = 6;
+std::vector<float> filled(int64_t n, float v) { return std::vector<float>(static_cast<size_t>(n), v); }
+std::vector<ZipEntry> small_params(int64_t zero_at = -1) {
+  std::vector<float> threshold = filled(kSmallF, 0.1f);
+  if (zero_at >= 0) threshold[static_cast<size_t>(zero_at)] = 0.0f;
+  return {{"W_enc.npy", npy_f32("(4, 6)", filled(kSmallD * kSmallF, 0.1f)), 0},
+          {"W_dec.npy", npy_f32("(6, 4)", filled(kSmallF * kSmallD, 0.2f)), 0},
+          {"b_enc.npy", npy_f32("(6,)", filled(kSmallF, 0.0f)), 8},
+          {"b_dec.npy", npy_f32("(4,)", filled(kSmallD, 0.0f)), 8},
+          {"threshold.npy", npy_f32("(6,)", threshold), 0}};
+}
+std::string small_input(const TempDir& dir) {
+  const std::string x = dir.str("x.npy");
+  write_npy(x, Tensor::from_vector(std::vector<double>(3 * kSmallD, 0.5), Shape{3, kSmallD}, DType::F32));
+  return x;
+}
+
 std::string eval_args(const std::string& sae, const std::string& out) {
   return cat("--model ", quote(eval_ref("model")), " --sae ", quote(sae), " --text ", quote(eval_ref("stories.txt")),
              " --out ", quote(out), " --progress none --device cpu");
@@ -196,18 +215,11 @@ TEST(GemmaScopeCli, FeaturesAndBrowserReadTheArchive) {
 
 TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
   TempDir dir("cli_gs_hostile");
-  const int64_t d = 4, f = 6;
-  const std::string x = dir.str("x.npy");
-  write_npy(x, Tensor::from_vector(std::vector<double>(3 * d, 0.5), Shape{3, d}, DType::F32));
-  auto values = [](int64_t n, float v) { return std::vector<float>(static_cast<size_t>(n), v); };
+  const int64_t d = kSmallD, f = kSmallF;
+  const std::string x = small_input(dir);
+  const auto values = filled;
   // A good SAE's entries, then each broken one way.
-  auto entries = [&] {
-    return std::vector<ZipEntry>{{"W_enc.npy", npy_f32("(4, 6)", values(d * f, 0.1f)), 0},
-                                 {"W_dec.npy", npy_f32("(6, 4)", values(f * d, 0.2f)), 0},
-                                 {"b_enc.npy", npy_f32("(6,)", values(f, 0.0f)), 8},
-                                 {"b_dec.npy", npy_f32("(4,)", values(d, 0.0f)), 8},
-                                 {"threshold.npy", npy_f32("(6,)", values(f, 0.1f)), 0}};
-  };
+  auto entries = [] { return small_params(); };
   int n = 0;
   auto expect_refused = [&](const std::string& bytes, const std::string& needle) {
     const std::string path = dir.str(cat("h", n++, ".npz"));
@@ -260,17 +272,8 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
 
 TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRefused) {
   TempDir dir("cli_gs_zero");
-  const int64_t d = 4, f = 6;
-  const std::string x = dir.str("x.npy");
-  write_npy(x, Tensor::from_vector(std::vector<double>(3 * d, 0.5), Shape{3, d}, DType::F32));
-  auto values = [](int64_t n, float v) { return std::vector<float>(static_cast<size_t>(n), v); };
-  std::vector<float> threshold = values(f, 0.1f);
-  threshold[2] = 0.0f;  // SAELens applies it (pre > 0); log 0 = -inf cannot be trained
-  std::vector<ZipEntry> entries{{"W_enc.npy", npy_f32("(4, 6)", values(d * f, 0.1f)), 0},
-                                {"W_dec.npy", npy_f32("(6, 4)", values(f * d, 0.2f)), 0},
-                                {"b_enc.npy", npy_f32("(6,)", values(f, 0.0f)), 8},
-                                {"b_dec.npy", npy_f32("(4,)", values(d, 0.0f)), 8},
-                                {"threshold.npy", npy_f32("(6,)", threshold), 0}};
+  const std::string x = small_input(dir);
+  std::vector<ZipEntry> entries = small_params(/*zero_at=*/2);  // SAELens applies it (pre > 0); log 0 cannot train
   const std::string zero = dir.str("zero.npz");
   write_bytes(zero, make_zip(entries));
   const CommandResult applied = run_binary(
@@ -282,7 +285,7 @@ TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRef
                      "--batch 3 --device cpu --progress none --out ", quote(dir.str("run"))),
                  1, "log_threshold would start at -inf (element 2, a threshold of 0)");
   // An array the SAE does not have: SAELens's strict loading refuses it, and so do we.
-  entries.push_back({"finetuning_scaling_factor.npy", npy_f32("(1,)", values(1, 1.0f)), 0});
+  entries.push_back({"finetuning_scaling_factor.npy", npy_f32("(1,)", filled(1, 1.0f)), 0});
   write_bytes(dir.str("extra.npz"), make_zip(entries));
   expect_failure("sae_apply",
                  cat("--sae ", quote(dir.str("extra.npz")), " --input ", quote(x), " --features-out ",
