@@ -105,6 +105,9 @@ int main(int argc, char** argv) {
     }
     if (context_size > 0) source["context_size"] = context_size;
     if (max_stories > 0) source["max_stories"] = max_stories;  // part of what the cache is
+    // The text's size: a corpus rewritten between a killed run and its retry is another source (the
+    // retry would seek to a byte of the old text), refused as one.
+    source["text_bytes"] = static_cast<int64_t>(fs::file_size(text));
 
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());

@@ -189,6 +189,15 @@ TEST(TextData, ACacheTrainsToTheSameBitsAsTheText) {
                                              dir.str("cache"), dir);
   EXPECT_EQ(limited.exit_code, 2) << limited.out;
   EXPECT_NE(limited.err.find("use another --out"), std::string::npos) << limited.err;
+  // A corpus rewritten in place is another source too (a retry would seek into the new text).
+  fs::copy_file(ref("stories.txt"), dir.str("copy.txt"));
+  const std::string copied = "--model " + ref("model") + " --text " + dir.str("copy.txt") +
+                             " --layer 2 --device cpu --progress none --out " + dir.str("copy_cache");
+  ASSERT_EQ(run_binary("sae_cache", copied, dir).exit_code, 0);
+  std::ofstream(dir.str("copy.txt"), std::ios::app) << "One more story.\n<|endoftext|>\n";
+  const auto rewritten = run_binary("sae_cache", copied, dir);
+  EXPECT_EQ(rewritten.exit_code, 2) << rewritten.out;
+  EXPECT_NE(rewritten.err.find("use another --out"), std::string::npos) << rewritten.err;
 }
 
 TEST(TextData, BadInputsGetOneLine) {
