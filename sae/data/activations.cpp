@@ -1,12 +1,14 @@
 // Activation files (safetensors, .npy; memory-mapped) and the shared ActivationSource helpers.
 #include "sae/data/activations.h"
 
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <optional>
 
+#include "io/file_fingerprint.h"
 #include "sae/data/activation_cache.h"
 #include "sae/data/synthetic.h"
 #include "io/npy.h"
@@ -117,6 +119,7 @@ class FileSource : public ActivationSource {
     Json j = Json::object();
     j["kind"] = npy_ ? "npy" : "safetensors";
     j["path"] = path_;
+    j["fingerprint"] = file_fingerprint(path_);  // a resume checks that the file is the one it read
     j["tokens"] = tokens_;
     j["d"] = d_;
     j["stories"] = num_stories();

@@ -122,7 +122,10 @@ RunStart start_run(TrainConfig config, bool owner) {
     const std::string config_path = (fs::path(run_dir) / (pending ? kPendingConfigFile : "config.json")).string();
     const TrainConfig cli = config;
     try {
-      config = resumed_config(read_json_file(config_path), cli);
+      const Json saved = read_json_file(config_path);
+      config = resumed_config(saved, cli);
+      if (saved.has("resolved") && saved.at("resolved").is_object() && saved.at("resolved").has("data"))
+        start.resolved_data = saved.at("resolved").at("data");
     } catch (const DataError& e) {
       throw DataError(cat(config_path, ": ", e.what()));
     }

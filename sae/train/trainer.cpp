@@ -359,6 +359,29 @@ Json member_description(const TrainingData& data, const DictionaryReads& reads) 
   return j;
 }
 
+// Whether a description holds a file's fingerprint (io/file_fingerprint.h): runs started before
+// they were recorded are resumed without the check.
+bool records_fingerprints(const Json& j) {
+  if (j.is_object()) {
+    for (const auto& [key, value] : j.items())
+      if (key == "fingerprint" || key == "text_fingerprint" || records_fingerprints(value)) return true;
+  } else if (j.is_array()) {
+    for (size_t i = 0; i < j.size(); ++i)
+      if (records_fingerprints(j.at(i))) return true;
+  }
+  return false;
+}
+
+// A resumed run reads the data it started on: the files' fingerprints (and everything else the
+// description says) as its config.json recorded them. DataError otherwise (a replaced or rewritten file would
+// continue a run with other data, and another dataset scale, silently).
+void check_same_data(const Json& saved, const Json& now, const std::string& out) {
+  if (saved.is_null() || !records_fingerprints(saved) || saved == now) return;
+  throw DataError(cat("--resume ", out, ": the data is not what the run started on (config.json's resolved.data ",
+                      printable(saved.dump(), 160), ", now ", printable(now.dump(), 160),
+                      "); resume it with that data, or start a new run"));
+}
+
 // Loaded parameters (--init, --resume) must be the dictionary the options describe.
 void check_dictionary_shape(const SaeParams& p, const RunColumns& columns, const DictionaryReads& reads, bool skip,
                             const std::string& out) {
@@ -627,6 +650,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
                                 data.widths[columns.in[0]], ", ", data.reads[b], " has ", data.widths[b]));
       require_distinct_sources(data, m.reads);
       m.description = member_description(data, m.reads);
+      check_same_data(m.start.resolved_data, m.description, m.config().out);
       // A fresh b_dec at the geometric median is taken from the first normalised batches.
       firsts.push_back(m.start.params ? initial_params(m.start, columns.d_in) : fresh_params(m.config(), data, columns));
       check_dictionary_shape(firsts.back(), columns, m.reads, m.config().skip,

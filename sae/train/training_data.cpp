@@ -2,8 +2,8 @@
 #include "sae/train/training_data.h"
 
 #include <algorithm>
-#include <filesystem>
 
+#include "io/file_fingerprint.h"
 #include "lm/model_loader.h"
 #include "sae/data/concat_source.h"
 #include "sae/data/text_batches.h"
@@ -88,6 +88,7 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   data.description = Json::object();
   data.description["kind"] = "text";
   data.description["text"] = config.text;
+  data.description["text_fingerprint"] = file_fingerprint(config.text);  // checked on --resume
   data.description["model"] = config.model;
   if (folder_b) data.description["model_b"] = config.model_b;
   data.description["hook_name"] = hook_name(site);

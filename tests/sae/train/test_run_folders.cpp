@@ -352,3 +352,27 @@ TEST(RunFolders, AListClaimsItsFolderOnlyOnceItBegins) {
   EXPECT_EQ(twice.exit_code, 2) << twice.err;
   EXPECT_NE(twice.err.find("increasing order"), std::string::npos) << twice.err;
 }
+
+TEST(RunFolders, AResumeRefusesDataThatIsNotWhatTheRunStartedOn) {
+  // The same file name with other bytes (same shape): a resume would go on with other data and keep
+  // the old dataset scale. config.json's resolved.data records each file's fingerprint.
+  TempDir dir("changed_data");
+  const std::string data = dir.str("x.npy");
+  auto write = [&](uint64_t seed) {
+    Rng rng(seed);
+    std::vector<double> values(300 * 8);
+    for (double& v : values) v = rng.normal() * static_cast<double>(seed);
+    write_npy(data, Tensor::from_vector(values, Shape{300, 8}));
+  };
+  write(1);
+  const std::string args = " --data " + data + " --features 16 --batch 32 --normalize dataset --lr 1e-3 "
+                           "--checkpoint-every 5 --progress none --device cpu";
+  ASSERT_EQ(run_binary("sae_train", args + " --steps 10 --out " + dir.str("run"), dir).exit_code, 0);
+  write(5);  // replaced
+  const auto refused = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 20", dir);
+  EXPECT_EQ(refused.exit_code, 1) << refused.err;
+  EXPECT_NE(refused.err.find("the data is not what the run started on"), std::string::npos) << refused.err;
+  EXPECT_EQ(std::count(refused.err.begin(), refused.err.end(), '\n'), 1) << refused.err;
+  write(1);  // the data it started on
+  EXPECT_EQ(run_binary("sae_train", "--resume " + dir.str("run") + " --steps 20", dir).exit_code, 0);
+}
