@@ -75,6 +75,7 @@ bool StoryReader::read_line(std::string& line) {
     return true;
   }
   if (!lines_.read_line(line, kMaxStoryBytes)) return false;
+  if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF, as Python's text mode reads it
   position_.byte_offset = lines_.offset();
   return true;
 }
@@ -87,7 +88,6 @@ bool StoryReader::next_txt(TextStory& story) {
   while (true) {
     const int64_t line_start = position_.byte_offset;
     if (!read_line(line)) break;
-    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF, as Python's text mode reads it
     const size_t at = line.find(kSeparator);
     if (at == std::string::npos) {
       text += line;

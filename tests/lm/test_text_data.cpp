@@ -66,6 +66,25 @@ TEST(StoryReader, ReadsTinyStoriesText) {
   EXPECT_EQ(stories, want);
 }
 
+TEST(StoryReader, ALineContinuedAfterASeparatorResumesAsRead) {
+  // fuzz_text_corpus: the rest of a line after a separator, ending in "\r\r", lost a second "\r"
+  // when it was read on, but not when a resumed reader read it from the file.
+  TempDir dir("text_resume_crlf");
+  const std::string path = dir.str("s.txt");
+  std::ofstream(path, std::ios::binary) << "A<|endoftext|>B\r\r\nC\r\n<|endoftext|>\r\nD\n";
+  StoryReader whole(path);
+  const std::vector<std::string> everything = all_stories(whole);
+  ASSERT_EQ(everything.size(), 3u);
+  EXPECT_EQ(everything[1], "B\r\nC");  // CRLF read as LF; the lone CR before it is kept
+  StoryReader first(path);
+  TextStory s;
+  ASSERT_TRUE(first.next(s));
+  StoryReader second(path);
+  second.seek(first.position());
+  ASSERT_TRUE(second.next(s));
+  EXPECT_EQ(s.text, everything[1]);
+}
+
 TEST(StoryReader, PositionsResumeExactly) {
   TempDir dir("text_resume");
   for (const std::string name : {"s.txt", "s.jsonl"}) {
