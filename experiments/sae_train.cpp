@@ -79,6 +79,13 @@ std::vector<std::string> block_list(const std::string& option, const std::string
   return out;
 }
 
+// A list's OUT is its process's while it runs (OUT/.lock, held to the end): a second list into it,
+// or a --resume of it, stops with one line before it rewrites sweep.json.
+void hold_list_folder(const std::string& out) {
+  static std::unique_ptr<sae::FileLock> held;
+  held = std::make_unique<sae::FileLock>((std::filesystem::path(out) / ".lock").string());
+}
+
 // owner: this process writes OUT/sweep.json (under mpirun, rank 0; the other ranks make the same
 // configs without touching the folder).
 std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed,
@@ -111,9 +118,7 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   if (!owner) return sweep_configs(base, option, values);
   const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
   std::filesystem::create_directories(base.out);
-  // OUT is this list's while it runs: a second list into it stops here, before it rewrites sweep.json.
-  static std::unique_ptr<sae::FileLock> held;
-  held = std::make_unique<sae::FileLock>((std::filesystem::path(base.out) / ".lock").string());
+  hold_list_folder(base.out);
   // A list stopped before any of its SAEs began (bad data, say) holds no SAE yet: started again.
   const bool begun = !sae::run_folders_under(base.out).empty();
   if (std::filesystem::exists(file) && begun && !base.overwrite)
@@ -210,9 +215,8 @@ Parsed parse(int argc, char** argv, bool owner) {
   sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{}, !lists);
   std::vector<sae::TrainConfig> configs = sweep_configs(config, parsed, owner);
   if (configs.empty() && !config.resume.empty() &&
-      std::filesystem::exists(std::filesystem::path(config.resume) / kSweepFile) && owner) {
-    static sae::FileLock held((std::filesystem::path(config.resume) / ".lock").string());  // as a list's run holds it
-  }
+      std::filesystem::exists(std::filesystem::path(config.resume) / kSweepFile) && owner)
+    hold_list_folder(config.resume);
   if (configs.empty() && !config.resume.empty()) configs = resumed_sweep_configs(config);  // --resume OUT of a list's run
   out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())

@@ -88,8 +88,9 @@ std::vector<double> column_scales(const std::vector<double>& blocks, int64_t wid
   return out;
 }
 
-// t [R, C] (host float32 copy) times row[r] * col[c] (an empty vector: 1).
-Tensor scaled(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col) {
+}  // namespace
+
+Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col) {
   Tensor out = t.to(Device::CPU).to(DType::F32).clone();
   const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
   float* p = out.data<float>();
@@ -100,17 +101,16 @@ Tensor scaled(const Tensor& t, const std::vector<double>& row, const std::vector
     }
   return out;
 }
-}  // namespace
 
 SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
                             bool inverse) {
   const std::vector<double> in_col = column_scales(in, p.d_in(), inverse);
   const std::vector<double> out_col = column_scales(out, p.d_out(), !inverse);  // divided by out
   SaeParams r = p;
-  r.W_enc = scaled(p.W_enc, in_col, {});
-  r.W_dec = scaled(p.W_dec, {}, out_col);
-  r.b_dec = scaled(p.b_dec, {}, out_col);
-  if (p.W_skip.defined()) r.W_skip = scaled(p.W_skip, in_col, out_col);
+  r.W_enc = scaled_host(p.W_enc, in_col, {});
+  r.W_dec = scaled_host(p.W_dec, {}, out_col);
+  r.b_dec = scaled_host(p.b_dec, {}, out_col);
+  if (p.W_skip.defined()) r.W_skip = scaled_host(p.W_skip, in_col, out_col);
   return r;
 }
 

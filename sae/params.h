@@ -90,6 +90,9 @@ struct SaeParams {
 // float32 tensors, the others shared with p.
 SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
                             bool inverse);
+// A host float32 copy of t ([R, C], or [C]) with element (r, c) times row[r] * col[c] in double,
+// rounded once (an empty vector: 1). The folds above and ArchUnit::fold_decoder_norms use it.
+Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col);
 
 // torch.optim.Adam's state for SaeParams: the moments m and v (shaped like the parameters) and the
 // number of steps taken; betas and eps are fixed for a run.

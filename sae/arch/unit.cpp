@@ -187,24 +187,12 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
 void ArchUnit::fold_input_shift(SaeParams& p, const Tensor& shift) const { p.b_enc = sub(p.b_enc, shift); }
 
 void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const std::vector<std::string>& times) {
-  const int64_t d = p.d_in(), f = p.d_sae();
-  auto scale = [&](Tensor& t, bool divide) {  // [F] entries, or W_dec's rows [F, D_out]
-    t = t.to(Device::CPU).to(DType::F32).clone();
-    float* v = t.data<float>();
-    const int64_t per = t.numel() / f;
-    for (int64_t i = 0; i < f; ++i)
-      for (int64_t k = 0; k < per; ++k) {
-        const double n = norms[static_cast<size_t>(i)];
-        v[i * per + k] = static_cast<float>(divide ? v[i * per + k] / n : v[i * per + k] * n);
-      }
-  };
-  p.W_enc = p.W_enc.to(Device::CPU).to(DType::F32).clone();
-  float* w = p.W_enc.data<float>();
-  for (int64_t r = 0; r < d; ++r)
-    for (int64_t i = 0; i < f; ++i) w[r * f + i] = static_cast<float>(w[r * f + i] * norms[static_cast<size_t>(i)]);
-  if (p.b_enc.defined()) scale(p.b_enc, false);
-  scale(p.W_dec, true);
-  for (const std::string& name : times) scale(p.own_tensor(name), false);
+  std::vector<double> inverse(norms.size());
+  for (size_t i = 0; i < norms.size(); ++i) inverse[i] = 1.0 / norms[i];
+  p.W_enc = scaled_host(p.W_enc, {}, norms);  // [D, F]: its columns
+  if (p.b_enc.defined()) p.b_enc = scaled_host(p.b_enc, {}, norms);
+  p.W_dec = scaled_host(p.W_dec, inverse, {});  // [F, D_out]: its rows
+  for (const std::string& name : times) p.own_tensor(name) = scaled_host(p.own_tensor(name), {}, norms);
 }
 
 }  // namespace sae

@@ -1,10 +1,9 @@
 // metrics.csv, TensorBoard scalars and the progress display (see run_log.h).
 #include "sae/report/run_log.h"
 
-#include <algorithm>
-
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -40,7 +39,8 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
     std::stringstream whole;
     whole << in.rdbuf();
     std::string text = whole.str();
-    if (!text.empty() && text.back() != '\n') text.erase(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    const size_t whole_lines = text.rfind('\n');  // up to and with the last newline
+    text.erase(whole_lines == std::string::npos ? 0 : whole_lines + 1);
     std::stringstream lines(text);
     std::string line, kept;
     if (std::getline(lines, line)) {

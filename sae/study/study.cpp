@@ -4,9 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <optional>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "sae/train/checkpoint.h"

@@ -8,6 +8,7 @@
 #include "io/atomic_file.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/options.h"
+#include "tensor/ops.h"
 
 namespace fs = std::filesystem;
 
@@ -78,15 +79,11 @@ void load_init(RunStart& start, TrainConfig& config) {
   const ArchUnit& unit = run_unit(config);
   if (!unit.dictionary_init(arch_settings(config)).unit_norm_decoder) return;
   SaeParams& p = *start.params;
-  const int64_t f = p.d_sae(), width = p.d_out();
-  const float* w = p.W_dec.data<float>();
-  std::vector<double> norms(static_cast<size_t>(f));
+  std::vector<double> norms = reduce(ReduceOp::norm2, p.W_dec, 1).to_vector();
   double worst = 0;
-  for (int64_t i = 0; i < f; ++i) {
-    double sum = 0;
-    for (int64_t k = 0; k < width; ++k) sum += double(w[i * width + k]) * double(w[i * width + k]);
-    norms[static_cast<size_t>(i)] = sum > 0 ? std::sqrt(sum) : 1.0;  // a zero row stays as it is
-    worst = std::max(worst, std::abs(norms[static_cast<size_t>(i)] - 1.0));
+  for (double& n : norms) {
+    if (n == 0) n = 1;  // a zero row stays as it is
+    worst = std::max(worst, std::abs(n - 1.0));
   }
   if (worst <= 1e-4) return;
   if (!unit.fold_decoder_norms(p, norms))
