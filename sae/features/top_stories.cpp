@@ -147,10 +147,11 @@ void story_origins(const StoryInput& story, int64_t begin, int64_t end, int64_t 
   }
 }
 
-// Rows of a story encoded at once (top_stories.h): `given`, else [rows, F] float32 of at most 256 MB.
+// Rows of a story encoded at once (top_stories.h): `given`, else [rows, F] float32 of at most 64 MB
+// (the encoding makes a few such arrays at once).
 int64_t rows_per_block(int64_t given, int64_t features) {
   if (given > 0) return given;
-  return std::max<int64_t>(1, (int64_t(1) << 26) / std::max<int64_t>(1, features));
+  return std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, features));
 }
 
 }  // namespace

@@ -68,8 +68,8 @@ struct GatherSummary {
   int64_t stories = 0, tokens = 0, truncated = 0;
 };
 
-// Both passes encode a story a block of `block_rows` rows at a time (0: as many as 256 MB of [rows,
-// F] float32 hold), never the whole T x F of a long file story. The statistics then know a top
+// Both passes encode a story a block of `block_rows` rows at a time (0: as many as 64 MB of [rows, F]
+// float32 hold; the encoding makes a few such arrays at once), never the whole T x F of a long file story. The statistics then know a top
 // activation's neighbours' values within its block only (NaN across a block's edge, as across a
 // token batch's in training); the entries' strengths are whole.
 // Pass 1: every story through the SAE into statistics (step = the story's index).
