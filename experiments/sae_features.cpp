@@ -87,6 +87,12 @@ int main(int argc, char** argv) {
     const sae::InputNormalization normalization =
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);
+    // Whether the run trained on its BOS rows too (our cfg.json's sae_cpp.data.bos_activations).
+    const sae::Json* run_data = checkpoint.cfg.has("sae_cpp") && checkpoint.cfg.at("sae_cpp").is_object() &&
+                                        checkpoint.cfg.at("sae_cpp").has("data")
+                                    ? &checkpoint.cfg.at("sae_cpp").at("data") : nullptr;
+    const bool kept_bos = run_data && run_data->is_object() && run_data->has("bos_activations") &&
+                          run_data->at("bos_activations") == sae::Json("keep");
 
     const sae::HookChoice choice =
         sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
@@ -107,6 +113,7 @@ int main(int argc, char** argv) {
           sae::load_sae_at_layer(sae_dir, folder.config, choice, device, folder_b ? &folder_b->config : nullptr);
       std::optional<sae::HookSite> last[2];
       sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), crosscoder.site, -1, 0, {}};
+      story_options.keep_bos = kept_bos;
       sae::Json hooks = sae::Json::array();
       for (const sae::CrosscoderSource& source : crosscoder.sources) {
         story_options.reads.push_back(sae::TextRead{source.model, source.site});
@@ -176,6 +183,7 @@ int main(int argc, char** argv) {
       if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
         bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
       sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
+      story_options.keep_bos = kept_bos;
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
         if (story_options.context_size < 1)

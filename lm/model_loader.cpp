@@ -492,28 +492,62 @@ DecoderModel load_decoder_model(const std::string& dir, Device device, ModelPart
   return model;
 }
 
+namespace {
+
+// The tensor of `ours`'s (one-file) rule, with or without the base prefix; empty when there is none.
+std::string rule_file(const ModelFolder& folder, const WeightSource& source, const std::string& ours) {
+  for (const WeightRule& rule : folder.family->weight_rules(folder.config))
+    if (rule.ours == ours)
+      for (const std::string& name : {folder.family->base_prefix + rule.files.at(0), rule.files.at(0)})
+        if (source.has(name)) return name;
+  return "";
+}
+
+// Tensor `name` of `source` as float32, refused unless it has `shape` and finite values.
+Tensor read_checked(const WeightSource& source, const std::string& name, const std::vector<int64_t>& shape) {
+  if (source.shape(name) != shape)
+    throw DataError(cat(source.where(name), ": tensor '", name, "' has shape ", shape_text(source.shape(name)),
+                        ", expected ", shape_text(shape)));
+  source.check_float(name);
+  Tensor t = source.read_f32(name);
+  const float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(p[i]))
+      throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
+                          ") at flat index ", i));
+  return t;
+}
+
+}  // namespace
+
 Tensor load_unembedding(const std::string& dir) {
   const ModelFolder folder = read_model_config(dir);
   const WeightSource source = WeightSource::open_model_dir(dir);
-  const std::vector<int64_t> shape = {folder.config.vocab_size, folder.config.hidden_size};
-  std::vector<std::string> candidates = folder.family->unembedding_files;
-  if (folder.config.tie_word_embeddings) {
+  const int64_t vocab = folder.config.vocab_size, d = folder.config.hidden_size;
+  std::string unembedding;
+  for (const std::string& name : folder.family->unembedding_files)
+    if (unembedding.empty() && source.has(name)) unembedding = name;
+  if (unembedding.empty() && folder.config.tie_word_embeddings) unembedding = rule_file(folder, source, "embed.tokens");
+  if (unembedding.empty())
+    throw DataError(cat(source.label(), ": no unembedding (",
+                        folder.family->unembedding_files.empty() ? "none listed" : folder.family->unembedding_files.front(),
+                        ")"));
+  Tensor W_U = read_checked(source, unembedding, {vocab, d});
+  // The final norm's weight (1 + w for Gemma's RMSNorm) scales every unembedding row, as
+  // TransformerLens's fold_ln folds it into W_U.
+  const std::string norm = rule_file(folder, source, "final_norm.weight");
+  if (norm.empty()) throw DataError(cat(source.label(), ": no final norm weight"));
+  Tensor weight = read_checked(source, norm, {d});
+  const bool plus_one = [&] {
     for (const WeightRule& rule : folder.family->weight_rules(folder.config))
-      if (rule.ours == "embed.tokens") {
-        candidates.push_back(folder.family->base_prefix + rule.files.at(0));
-        candidates.push_back(rule.files.at(0));
-      }
-  }
-  for (const std::string& name : candidates) {
-    if (!source.has(name)) continue;
-    if (source.shape(name) != shape)
-      throw DataError(cat(source.where(name), ": tensor '", name, "' has shape ", shape_text(source.shape(name)),
-                          ", expected ", shape_text(shape)));
-    source.check_float(name);
-    return source.read_f32(name);
-  }
-  throw DataError(cat(source.label(), ": no unembedding (", candidates.empty() ? "none listed" : candidates.front(),
-                      ")"));
+      if (rule.ours == "final_norm.weight") return rule.transform == WeightTransform::PlusOne;
+    return false;
+  }();
+  const float* w = weight.data<float>();
+  float* u = W_U.data<float>();
+  for (int64_t v = 0; v < vocab; ++v)
+    for (int64_t j = 0; j < d; ++j) u[v * d + j] *= plus_one ? 1.0f + w[j] : w[j];
+  return W_U;
 }
 
 // ---------------------------------------------------------------- families

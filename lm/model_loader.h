@@ -74,8 +74,9 @@ struct ModelFolder {
 // dir/config.json: its family and DecoderConfig (DataError for a family we do not read).
 ModelFolder read_model_config(const std::string& dir);
 
-// The unembedding [V, d] of the model in `dir` alone (float32, host): its own tensor when the file
-// has one, else the tied token embedding. Nothing else is read.
+// The unembedding [V, d] of the model in `dir` (float32, host: its own tensor when the file has one,
+// else the tied token embedding) with the final norm's weight folded in, W_U[v, j] x w[j] (1 + w[j]
+// for Gemma), as TransformerLens's fold_ln gives it to feature dashboards. Nothing else is read.
 Tensor load_unembedding(const std::string& dir);
 
 // The model in `dir` (config.json + safetensors), `part` of it, on `device`.

@@ -1,8 +1,9 @@
 // StoryReader: the documents (stories) of a text corpus, one at a time, streamed from disk (never
 // read whole), plain or compressed with gzip or zstd (io/line_reader.h; .jsonl.gz, .jsonl.zst as
 // the Pile and most dataset dumps ship):
-//   .txt    stories separated by the line "<|endoftext|>" (TinyStories' TinyStoriesV2-*.txt); each
-//           story is the text between two separators with surrounding white space trimmed
+//   .txt    stories separated by "<|endoftext|>" (TinyStories' TinyStoriesV2-*.txt), on a line of
+//           its own or inside one (as Python's str.split); each story is the text between two
+//           separators with surrounding white space trimmed
 //   .jsonl  one JSON object per line with a string field, "text" unless told another (--text-field);
 //           also .json lines files from datasets' to_json; blank lines are skipped
 // The format is the name without a .gz / .zst / .zstd ending.

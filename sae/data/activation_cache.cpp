@@ -300,14 +300,24 @@ CacheSource::CacheSource(const std::string& dir) : dir_(dir), manifest_(read_cac
                      file.entry("token_ids").numel() == s.tokens;
     shards_.push_back(std::move(file));
   }
+  check_ends_are_finite(*this);
+}
+
+size_t CacheSource::shard_of(int64_t token) const {
+  return static_cast<size_t>(std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), token) -
+                             shard_offsets_.begin() - 1);
+}
+
+std::string CacheSource::locate(int64_t token) const {
+  const size_t shard = shard_of(token);
+  return cat("token ", token, " (", manifest_.shards[shard].file, " token ", token - shard_offsets_[shard], ")");
 }
 
 void CacheSource::read_tokens(int64_t begin, int64_t count, float* out) {
   if (begin < 0 || count < 0 || begin + count > num_tokens())
     throw Error(cat(dir_, ": tokens [", begin, ", ", begin + count, ") out of range (", num_tokens(), ")"));
   while (count > 0) {
-    const size_t shard = static_cast<size_t>(std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), begin) -
-                                             shard_offsets_.begin() - 1);
+    const size_t shard = shard_of(begin);
     const int64_t within = begin - shard_offsets_[shard];
     const int64_t rows = std::min(count, shard_offsets_[shard + 1] - begin);
     shards_[shard].read_rows_f32("activations", within, rows, out);
@@ -319,8 +329,7 @@ void CacheSource::read_tokens(int64_t begin, int64_t count, float* out) {
 
 int32_t CacheSource::token_id(int64_t token) const {
   if (!has_token_ids_ || token < 0 || token >= num_tokens()) return -1;
-  const size_t shard = static_cast<size_t>(std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), token) -
-                                           shard_offsets_.begin() - 1);
+  const size_t shard = shard_of(token);
   int32_t id;
   std::memcpy(&id, static_cast<const char*>(shards_[shard].entry("token_ids").data) + 4 * (token - shard_offsets_[shard]),
               4);

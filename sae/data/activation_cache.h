@@ -110,6 +110,7 @@ class CacheSource : public ActivationSource {
   void expect_random_access(bool random) override;
   bool has_token_ids() const override { return has_token_ids_; }
   int32_t token_id(int64_t token) const override;
+  std::string locate(int64_t token) const override;  // "token T (shard_NNNNN.safetensors token t)"
   const CacheManifest& manifest() const { return manifest_; }
 
  private:
@@ -118,6 +119,7 @@ class CacheSource : public ActivationSource {
   std::vector<SafetensorsFile> shards_;
   std::vector<int64_t> shard_offsets_;  // first token of each shard, then the total
   std::vector<int64_t> story_offsets_;  // first token of each story, then the total
+  size_t shard_of(int64_t token) const;  // the shard holding `token`
   bool has_token_ids_ = true;           // every shard has token_ids I32 [its tokens]
 };
 

@@ -43,6 +43,20 @@ int64_t ActivationSource::story_containing(int64_t token) const {
   return lo;
 }
 
+std::string ActivationSource::locate(int64_t token) const { return cat("token ", token); }
+
+void check_ends_are_finite(ActivationSource& source) {
+  const int64_t tokens = source.num_tokens(), d = source.d(), sample = std::min<int64_t>(tokens, 4096);
+  std::vector<float> buffer(static_cast<size_t>(sample * d));
+  for (int64_t start : {int64_t(0), tokens - sample}) {
+    source.read_tokens(start, sample, buffer.data());
+    for (int64_t i = 0; i < sample * d; ++i)
+      if (!std::isfinite(buffer[i]))
+        throw DataError(cat(source.name(), ": non-finite activation (", buffer[i], ") at ", source.locate(start + i / d),
+                            ", column ", i % d));
+  }
+}
+
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -79,7 +93,7 @@ class FileSource : public ActivationSource {
       }
     }
     if (tokens_ <= 0 || d_ <= 0) throw DataError(cat(path, ": empty activations [", tokens_, ", ", d_, "]"));
-    check_sample_is_finite();
+    check_ends_are_finite(*this);
   }
 
   int64_t d() const override { return d_; }
@@ -150,19 +164,6 @@ class FileSource : public ActivationSource {
     if (story_offsets_.back() != tokens_)
       throw DataError(cat(path_, ": story_lengths sum to ", story_offsets_.back(), " but activations has ", tokens_,
                           " tokens"));
-  }
-
-  // A cheap early check (the batcher checks every batch it reads): the first and last tokens.
-  void check_sample_is_finite() {
-    const int64_t sample = std::min<int64_t>(tokens_, 4096);
-    std::vector<float> buffer(sample * d_);
-    for (int64_t start : {int64_t(0), tokens_ - sample}) {
-      read_tokens(start, sample, buffer.data());
-      for (int64_t i = 0; i < sample * d_; ++i)
-        if (!std::isfinite(buffer[i]))
-          throw DataError(cat(path_, ": non-finite activation (", buffer[i], ") at token ", start + i / d_,
-                              ", column ", i % d_));
-    }
   }
 
   std::string path_;

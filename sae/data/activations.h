@@ -48,7 +48,13 @@ class ActivationSource {
   virtual int32_t token_id(int64_t token) const { return -1; }
   // The story holding `token` (binary search over story_begin), or -1 for a source without stories.
   int64_t story_containing(int64_t token) const;
+  // Where `token` is, for messages: "token T" (a cache adds its shard file and the token there).
+  virtual std::string locate(int64_t token) const;
 };
+
+// The first and last 4096 tokens finite (the cheap check a file or cache gets on open; every batch is
+// checked when it is read): DataError naming the place of the first non-finite value.
+void check_ends_are_finite(ActivationSource& source);
 
 // Opens --data: "synthetic" (with the generator options in `synthetic`), a .safetensors / .npy
 // path, or an activation cache folder (activation_cache.h). Throws DataError for unreadable or malformed files, NaN/Inf included (checked on open).

@@ -396,6 +396,10 @@ DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_t
   for (int64_t i = 0; i < n; ++i) {
     const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
     source.read_tokens(token, 1, row.data());
+    for (int64_t c = 0; c < d; ++c)
+      if (!std::isfinite(row[c]))
+        throw DataError(cat(source.name(), ": non-finite activation (", row[c], ") at ", source.locate(token), ", column ",
+                            c, " (estimating the dataset scale)"));
     int64_t j = 0;
     for (size_t b = 0; b < widths.size(); ++b) {
       double sq = 0;
@@ -409,7 +413,7 @@ DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_t
     const double mean_sq = total[b] / double(n);
     const std::string block = widths.size() > 1 ? cat(" (column block ", b, ")") : std::string();
     if (!std::isfinite(mean_sq))
-      throw DataError(cat(source.name(), block, ": non-finite activations while estimating the dataset scale"));
+      throw DataError(cat(source.name(), block, ": the activations' squares overflow float64 while estimating the dataset scale"));
     if (!(mean_sq > 0))
       throw DataError(cat(source.name(), block, ": all sampled activations are zero; cannot normalise"));
     scales.push_back(std::sqrt(double(widths[b]) / mean_sq));

@@ -190,6 +190,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     try {
       s.site = resolve_hook_site(model, parse_hook_name(meta->at("hook_name_out").as_string(), "cfg.json hook_name_out"),
                                  "cfg.json hook_name_out");
+      s.layer_source = "cfg.json metadata.hook_name_out";  // where `site`, the hook it replaces, came from
     } catch (const UsageError& e) {
       throw DataError(cat(dir, ": ", e.what()));
     }

@@ -129,7 +129,7 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       } else if (!residual_space) {
         note(cat("the SAE reads ", hook, ", not the residual stream's space: no promoted tokens"));
       } else if (has_model_files(model_dir)) {
-        // Only the unembedding is read; the blocks are left on disk.
+        // Only the unembedding and the final norm's weight are read; the blocks are left on disk.
         const Tensor unembedding = load_unembedding(model_dir);
         if (unembedding.size(1) != sae.params.d_out())
           throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the width the SAE's "

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -457,16 +458,12 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   return out;
 }
 
-std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) {
+std::vector<std::pair<int64_t, std::string>> run_checkpoints(const std::string& run_dir) {
   const fs::path root(run_dir);
-  std::string best;
-  int64_t best_step = -1;
+  std::vector<std::pair<int64_t, std::string>> found;
   auto consider = [&](const fs::path& candidate) {
     const int64_t step = complete_checkpoint_step(candidate);
-    if (step > best_step) {
-      best_step = step;
-      best = candidate.string();
-    }
+    if (step >= 0) found.emplace_back(step, candidate.string());
   };
   consider(root / "sae");
   if (fs::is_directory(root / "checkpoints"))
@@ -475,6 +472,16 @@ std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) 
       if (entry.is_directory() && name.rfind("step_", 0) == 0 && interrupted_save_target(name).empty())
         consider(entry.path());
     }
+  // By step; sae/ (listed first) before a checkpoint of the same step.
+  std::stable_sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return found;
+}
+
+std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) {
+  std::string best;
+  int64_t best_step = -1;
+  for (const auto& [step, path] : run_checkpoints(run_dir))
+    if (step > best_step) best_step = step, best = path;
   if (best.empty()) return std::nullopt;
   return best;
 }

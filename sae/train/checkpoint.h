@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/json.h"
@@ -75,6 +76,8 @@ std::string find_latest_checkpoint(const std::string& dir);
 // The newest complete checkpoint of a run directory (sae/ or checkpoints/step_N); none when the run
 // has not written one yet.
 std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir);
+// Every complete checkpoint of a run directory (sae/ and checkpoints/step_N) with its step, by step.
+std::vector<std::pair<int64_t, std::string>> run_checkpoints(const std::string& run_dir);
 
 // The pieces a distributed run's save (sharded_checkpoint.h) shares with save_checkpoint: the
 // temporary folder a save of DIR builds (DIR.tmp-<pid>), putting a complete one in place as

@@ -53,6 +53,33 @@ void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std:
   }
 }
 
+// A resume from an earlier checkpoint than the run's newest rewinds the run: what it saved after that
+// step (later checkpoints, a final sae/) belongs to the continuation being replaced, and a later plain
+// --resume would pick it up. It is moved, newest first, into RUN/superseded/from_step_S (-2, -3, ...
+// for another rewind to S) with a copy of metrics.csv as it stood (the resumed run drops its rows
+// after S), so nothing written is lost. Returns that folder, or "" when nothing came after S.
+std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step) {
+  std::vector<std::pair<int64_t, std::string>> later;
+  for (const auto& checkpoint : run_checkpoints(run_dir))
+    if (checkpoint.first > step) later.push_back(checkpoint);
+  if (later.empty()) return "";
+  const fs::path base = fs::path(run_dir) / "superseded" / cat("from_step_", step);
+  fs::path aside = base;
+  for (int k = 2; fs::exists(aside); ++k) aside = fs::path(cat(base.string(), "-", k));
+  std::error_code ec;
+  fs::create_directories(aside / "checkpoints", ec);
+  if (!ec && fs::exists(fs::path(run_dir) / "metrics.csv"))
+    fs::copy_file(fs::path(run_dir) / "metrics.csv", aside / "metrics.csv", ec);
+  for (auto it = later.rbegin(); !ec && it != later.rend(); ++it) {
+    const fs::path from(it->second);
+    const bool final_model = from.filename() == "sae" && from.parent_path() == fs::path(run_dir);
+    fs::rename(from, final_model ? aside / "sae" : aside / "checkpoints" / from.filename(), ec);
+  }
+  if (ec) throw DataError(cat(aside.string(), ": cannot set aside the checkpoints after step ", step, ": ", ec.message()));
+  sync_directory(run_dir);
+  return aside.string();
+}
+
 }  // namespace
 
 namespace {
@@ -143,6 +170,7 @@ RunStart start_run(TrainConfig config, bool owner) {
       std::error_code ec;
       start.finished =
           start.state->step == config.steps && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec);
+      if (owner) start.superseded = set_aside_later_checkpoints(run_dir, start.state->step);
     }
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {

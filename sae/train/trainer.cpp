@@ -952,6 +952,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     }
     result.dead_features = dead_features(m);
     result.wrote_checkpoints = fs::is_directory(fs::path(m.config().out) / "checkpoints");
+    result.superseded = m.start.superseded;
     if (synthetic) result.concepts = report_concepts(m, "final");
     results.push_back(std::move(result));
   }
@@ -1017,7 +1018,11 @@ std::string format_report(const TrainResult& r) {
   std::snprintf(buffer + used, sizeof buffer - used, "  files: %s/config.json, %s, %s,\n         %s/ (SAELens format)%s\n",
                 r.out_dir.c_str(), r.metrics_csv.c_str(), r.tensorboard_file.c_str(), r.model_dir.c_str(),
                 r.wrote_checkpoints ? (", " + r.out_dir + "/checkpoints/").c_str() : "");
-  return buffer;
+  std::string text = buffer;
+  if (!r.superseded.empty())
+    text += "  the checkpoints the run had saved after the one it resumed from, and its metrics.csv as it stood,\n"
+            "  are in " + r.superseded + "/\n";
+  return text;
 }
 
 }  // namespace sae

@@ -19,6 +19,7 @@
 #include "sae/features/token_text.h"
 #include "sae/features/top_stories.h"
 #include "sae/train/checkpoint.h"
+#include "tests/util/compare.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -56,8 +57,10 @@ struct StoryData {
   Tensor f;  // [T, F]
 };
 
-// Every story through the model, normalised per story and encoded: the brute force's own pass.
-std::vector<StoryData> encode_all(const SaeParams& p) {
+// Every story through the model, normalised per story and encoded: the brute force's own pass. With
+// `bos` (>= 0) the model reads it before each story; `keep_bos`: its row joins the story's
+// normalisation (a run trained with --bos-activations keep), then is dropped.
+std::vector<StoryData> encode_all(const SaeParams& p, int32_t bos = -1, bool keep_bos = false) {
   const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   GptNeo model = GptNeo::load(ref("model"));
   std::vector<StoryData> out;
@@ -66,12 +69,14 @@ std::vector<StoryData> encode_all(const SaeParams& p) {
   while (reader.next(story)) {
     StoryData s;
     s.ids = tokenizer.encode(story.text, story.where);
-    const Tensor hidden = model.hidden_states(s.ids, 2);
-    const int64_t t = hidden.size(0), d = hidden.size(1);
+    std::vector<int32_t> input = s.ids;
+    if (bos >= 0) input.insert(input.begin(), bos);
+    const Tensor all = model.hidden_states(input, 2);
+    const int64_t first = bos >= 0 && !keep_bos ? 1 : 0, t = all.size(0) - first, d = all.size(1);
     Tensor x = Tensor::empty(Shape{t, d});
-    normalize_batch(hidden.data<float>(), x.data<float>(), t, d, Normalization::Story, 1.0, [](int64_t r) { return r; },
-                    "test");
-    s.f = sae_encode(p, x);
+    normalize_batch(all.data<float>() + first * d, x.data<float>(), t, d, Normalization::Story, 1.0,
+                    [](int64_t r) { return r; }, "test");
+    s.f = sae_encode(p, bos >= 0 && keep_bos ? x.slice_rows(1, t).clone() : x);
     out.push_back(std::move(s));
   }
   return out;
@@ -244,6 +249,34 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
         EXPECT_EQ(t.tokens[k + 8], p >= 0 && p < static_cast<int64_t>(ids.size()) ? ids[p] : -1);
       }
     }
+}
+
+// A run trained with --bos-activations keep normalised each story together with its BOS row; its
+// features are ranked from the same inputs (the BOS row itself is still not a candidate).
+TEST(TopStories, AKeptBosRunNormalisesEachStoryWithItsBosRow) {
+  TempDir dir("sae_features_keep_bos");
+  const SaeParams sae = make_sae("standard", 29);
+  const int32_t bos = BpeTokenizer::from_model_dir(ref("model")).bos_id();
+  ASSERT_GE(bos, 0);
+  Json extra = Json::object();
+  extra["normalization"] = "story";
+  extra["dataset_scale"] = 1.0;
+  extra["data"] = Json::object();
+  extra["data"]["bos_activations"] = "keep";
+  save_checkpoint(dir.str("sae"), sae, extra, nullptr);
+  const std::string args = " --sae " + dir.str("sae") + " --model " + ref("model") + " --text " + ref("stories.txt") +
+                           " --prepend-bos on --top 3 --out " + dir.str("features.json");
+  const sae::testing::CommandResult r = run_binary("sae_features", args, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json entries = Json::parse(read_file(dir.str("features.json")));
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  const std::vector<StoryData> kept = encode_all(sae, bos, true), skipped = encode_all(sae, bos, false);
+  expect_entries(entries, kept, brute_force(kept, 24, 3), tokenizer, "kept BOS");
+  // The BOS row moves the normalisation: the inputs differ from a run that skipped it.
+  double apart = 0;
+  for (size_t s = 0; s < kept.size(); ++s)
+    apart = std::max(apart, sae::testing::max_abs_diff(kept[s].f, skipped[s].f));
+  EXPECT_GT(apart, 1e-3);
 }
 
 TEST(TopStories, BadInputGetsOneLine) {

@@ -149,6 +149,47 @@ TEST(Models, GreedyGenerationEqualsHuggingFaceGenerate) {
   }
 }
 
+// load_unembedding folds the final norm's weight into W_U (as TransformerLens's fold_ln): the last
+// block's output, normalised without the norm's affine part, times it gives HF's logits (through the
+// soft-cap where the model has one); a LayerNorm's bias adds one row b U^T at every position.
+TEST(Models, UnembeddingHoldsTheFinalNormWeightAsHuggingFaceLogitsSay) {
+  for (const char* name : kModels) {
+    SCOPED_TRACE(name);
+    const DecoderConfig c = read_model_config(models_ref(name)).config;
+    const test::Fixture e(models_ref(std::string(name) + "_expected.safetensors"));
+    const std::vector<double> h = e.tensor(cat("seq0.hook.blocks.", c.num_layers - 1, ".hook_resid_post")).to_vector();
+    const std::vector<double> logits = e.tensor("seq0.logits").to_vector();
+    const Tensor U = load_unembedding(models_ref(name));
+    ASSERT_EQ(U.shape(), (Shape{c.vocab_size, c.hidden_size}));
+    const std::vector<double> u = U.to_vector();
+    const int64_t d = c.hidden_size, V = c.vocab_size, T = static_cast<int64_t>(h.size()) / d;
+    double scale = 0, worst = 0;
+    std::vector<double> first_offset(static_cast<size_t>(V));
+    for (int64_t t = 0; t < T; ++t) {
+      const double* x = h.data() + t * d;
+      double mean = 0, square = 0;
+      for (int64_t j = 0; j < d; ++j) mean += x[j] / d;
+      const double center = c.norm == NormKind::LayerNorm ? mean : 0.0;
+      for (int64_t j = 0; j < d; ++j) square += (x[j] - center) * (x[j] - center) / d;
+      const double inv = 1.0 / std::sqrt(square + c.norm_eps);
+      for (int64_t v = 0; v < V; ++v) {
+        double z = 0;
+        for (int64_t j = 0; j < d; ++j) z += (x[j] - center) * inv * u[v * d + j];
+        if (c.final_softcap > 0) z = c.final_softcap * std::tanh(z / c.final_softcap);
+        const double want = logits[t * V + v];
+        scale = std::max(scale, std::fabs(want));
+        if (c.norm == NormKind::RMSNorm) {
+          worst = std::max(worst, std::fabs(z - want));
+        } else {  // the bias's row, the same at every position
+          if (t == 0) first_offset[v] = want - z;
+          worst = std::max(worst, std::fabs(want - z - first_offset[v]));
+        }
+      }
+    }
+    EXPECT_LE(worst, 2e-5 * scale) << "max |logits| " << scale;
+  }
+}
+
 // ---------------------------------------------------------------- writing at hook points
 
 // Zeroing the MLP's output leaves resid_post = resid_mid (sequential) or resid_pre + attn_out

@@ -129,6 +129,34 @@ TEST(ActivationCache, DamagedManifestsAreRefused) {
   expect_refused("\"dtype\": \"F32\"", "\"dtype\": \"F16\"", "as the manifest says");
 }
 
+TEST(ActivationCache, ANonFiniteValueIsRefusedOnOpenNamingItsShard) {
+  // As a single file is (its first and last 4096 tokens, here all 21): the error names the shard and
+  // the token in it, not only the token of the whole cache.
+  TempDir dir("cache_nan");
+  ActivationCacheWriter writer(dir.str("c"), kD, "F32", 10, Json("test source"));
+  int64_t token = 0;
+  for (int64_t s = 0; s < 3; ++s) {
+    std::vector<int32_t> ids;
+    std::vector<float> acts;
+    for (int64_t t = 0; t < 7; ++t, ++token) {
+      ids.push_back(static_cast<int32_t>(token));
+      for (int64_t j = 0; j < kD; ++j) acts.push_back(token == 16 && j == 3 ? NAN : value(token, j));
+    }
+    Json after = Json::object();
+    after["next_story"] = s + 1;
+    writer.add_story(s, ids, acts.data(), after);
+  }
+  writer.finish();
+  ASSERT_GE(read_cache_manifest(dir.str("c")).shards.size(), 2u);  // shards of 14 and 7 tokens
+  try {
+    CacheSource source(dir.str("c"));
+    ADD_FAILURE() << "a NaN was accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("token 16 (shard_00001.safetensors token 2), column 3"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(ActivationCache, TrainingFromACacheEqualsTrainingFromOneFile) {
   TempDir dir("cache_train");
   write_cache(dir.str("cache"), "F32", 10);

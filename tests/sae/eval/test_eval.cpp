@@ -164,6 +164,7 @@ TEST(SaeEval, ATranscoderSplicedForItsMlpMatchesThePyTorchSplice) {
   const SaeAtLayer tc = load_sae_at_layer(folder + "tc", lm.model.config(), HookChoice{}, Device::CPU);
   EXPECT_EQ(hook_name(tc.input_site), "blocks.1.ln2.hook_normalized");
   EXPECT_EQ(hook_name(tc.site), "blocks.1.hook_mlp_out");
+  EXPECT_EQ(tc.layer_source, "cfg.json metadata.hook_name_out");  // what reports name beside `site`
   const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, tc, fixture_options());
   EXPECT_EQ(r.tokens, e.integer("tc.tokens"));
   EXPECT_EQ(r.predictions, e.integer("tc.predictions"));

@@ -289,6 +289,40 @@ TEST(RunFolders, ReportAndConfigSayOnlyWhatIsThere) {
   EXPECT_TRUE(saved.at("resolved").has("threads"));
 }
 
+TEST(RunFolders, ARewindingResumeSetsTheLaterCheckpointsAside) {
+  // A finished 40-step run (checkpoints 10..30, sae/ at 40) resumed from step_20 to 30: what it had
+  // saved after step 20 moves to superseded/from_step_20/ (metrics.csv as it stood with it); the run
+  // is then a consistent 30-step run, so a plain --resume finds it finished instead of step 40's
+  // abandoned final model (which it refused: "already at step 40").
+  TempDir dir("resume_rewind");
+  const std::string run = dir.str("run");
+  auto first = run_binary("sae_train", command_line_tiny() + " --steps 40 --log-every 5 --checkpoint-every 10 --out " + run, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string old_weights = read_file(run + "/sae/sae_weights.safetensors"),
+                    old_step_30 = read_file(run + "/checkpoints/step_30/sae_weights.safetensors"),
+                    old_metrics = read_file(run + "/metrics.csv");
+  auto rewind = run_binary("sae_train", " --resume " + run + "/checkpoints/step_20 --steps 30", dir);
+  ASSERT_EQ(rewind.exit_code, 0) << rewind.err;
+  const std::string aside = run + "/superseded/from_step_20";
+  EXPECT_NE(rewind.out.find(aside), std::string::npos) << rewind.out;
+  EXPECT_EQ(read_file(aside + "/sae/sae_weights.safetensors"), old_weights);
+  EXPECT_EQ(read_file(aside + "/checkpoints/step_30/sae_weights.safetensors"), old_step_30);
+  EXPECT_EQ(read_file(aside + "/metrics.csv"), old_metrics);
+  EXPECT_FALSE(fs::exists(aside + "/checkpoints/step_20"));
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step_20"));
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/step_30"));  // the run's final step is in sae/
+  EXPECT_EQ(latest_checkpoint_in_run(run).value_or(""), run + "/sae");
+  auto again = run_binary("sae_train", " --resume " + run, dir);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("was trained to step 30"), std::string::npos) << again.out;
+  // Rewinding to step 20 again keeps the first set aside: the second goes to from_step_20-2.
+  const std::string step_30_weights = read_file(run + "/sae/sae_weights.safetensors");
+  auto twice = run_binary("sae_train", " --resume " + run + "/checkpoints/step_20 --steps 25", dir);
+  ASSERT_EQ(twice.exit_code, 0) << twice.err;
+  EXPECT_EQ(read_file(aside + "-2/sae/sae_weights.safetensors"), step_30_weights);
+  EXPECT_EQ(read_file(aside + "/sae/sae_weights.safetensors"), old_weights);
+}
+
 TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
   // A fresh run writes its options (config.pending.json) as soon as it holds the folder; one stopped
   // before the trainer wrote config.json (here by data that is not there yet; a kill while the data
