@@ -232,7 +232,7 @@ int main(int argc, char** argv) {
         ("continue-steps", "steps in total of the continued run (0: 3 x --steps, the original's ratio)",
          cxxopts::value<int64_t>()->default_value("0"))
         ("profile",
-         "full: the defaults, the original's exact configuration (~8-14 h on 2 CPU cores, estimated). quick "
+         "full: the defaults, the original's exact configuration (about 5 h on 2 CPU cores, estimated: docs/results.md). quick "
          "(synthetic data only; minutes): the study at width 64, every width-like value scaled by 64/768, with a "
          "larger lr and fewer steps: " + sae::profile_text(kQuick) + ". The command line overrides a profile.",
          cxxopts::value<std::string>()->default_value("full"));

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "lm/hook_points.h"
 #include "sae/cli/cli.h"
 #include "sae/features/browser.h"
 
@@ -32,7 +33,10 @@ int main(int argc, char** argv) {
     sae::BrowserOptions browser;
     browser.run = parsed["run"].as<std::string>();
     if (parsed.count("model")) browser.model = parsed["model"].as<std::string>();
-    if (parsed.count("hook")) browser.hook = parsed["hook"].as<std::string>();
+    if (parsed.count("hook")) {
+      browser.hook = parsed["hook"].as<std::string>();
+      sae::parse_hook_name(browser.hook, "--hook");  // a name we do not read: refused with or without a model
+    }
     if (parsed.count("stats")) browser.stats = parsed["stats"].as<std::string>();
     browser.top_tokens = parsed["top-tokens"].as<int64_t>();
     if (browser.top_tokens < 1 || browser.top_tokens > 100)

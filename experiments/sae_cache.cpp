@@ -175,8 +175,9 @@ int main(int argc, char** argv) {
     if (tokens == 0) throw sae::DataError(sae::cat(text, ": the text holds no stories"));
     writer.finish();
     progress.finish();
-    std::printf("sae_cache: wrote %s: %lld tokens of %lld stories, %zu shards, d %lld, %s, %s of %s\n",
-                out.c_str(), (long long)writer.manifest().tokens, (long long)writer.manifest().stories,
+    std::printf("sae_cache: wrote %s: %lld tokens of %lld stories in %lld windows, %zu shards, d %lld, %s, %s of %s\n",
+                out.c_str(), (long long)writer.manifest().tokens, (long long)reader.position().next_story,
+                (long long)writer.manifest().stories,
                 writer.manifest().shards.size(), (long long)d, dtype.c_str(), sae::hook_name(site).c_str(),
                 model_dir.c_str());
     return 0;

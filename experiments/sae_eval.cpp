@@ -63,8 +63,9 @@ int main(int argc, char** argv) {
     eval.max_stories = parsed["max-stories"].as<int64_t>();
     eval.text_field = parsed["text-field"].as<std::string>();
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
-    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 1)
-      throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", parsed["context-size"].as<int64_t>()));
+    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 0)
+      throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
+                                     parsed["context-size"].as<int64_t>()));
     eval.dense_threshold = parsed["dense-threshold"].as<double>();
     eval.progress = sae::parse_progress_mode(parsed["progress"].as<std::string>());
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));

@@ -132,8 +132,9 @@ int main(int argc, char** argv) {
       story_options.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), crosscoder, *tokenizer);
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
-        if (story_options.context_size < 1)
-          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+        if (story_options.context_size < 0)
+          throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
+                                         story_options.context_size));
       } else if (crosscoder.context_size > 0) {
         story_options.context_size = std::min(crosscoder.context_size, folder.config.max_positions);
       }
@@ -186,8 +187,9 @@ int main(int argc, char** argv) {
       story_options.keep_bos = kept_bos;
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
-        if (story_options.context_size < 1)
-          throw sae::UsageError(sae::cat("--context-size must be >= 1, got ", story_options.context_size));
+        if (story_options.context_size < 0)
+          throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
+                                         story_options.context_size));
       } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
         story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
       }
@@ -229,7 +231,7 @@ int main(int argc, char** argv) {
 
     sae::GatherSummary summary;
     sae::FeatureStats stats = sae::gather_feature_stats(params, *inputs, stats_options, &summary);
-    if (summary.stories == 0) throw sae::DataError("no stories to read");
+    if (summary.stories == 0) throw sae::DataError(sae::cat(text.empty() ? data : text, ": no stories to read"));
     stats.source()["gathered_by"] = "sae_features";
     stats.source()["sae"] = sae_dir;
     stats.source()["data"] = description;

@@ -85,16 +85,18 @@ int main(int argc, char** argv) {
     std::printf("feature %lld of %lld, strength %g, added at %s%s (%s) at every position; %s\n\n",
                 static_cast<long long>(steer.feature), static_cast<long long>(sae.params.d_sae()), steer.strength,
                 sae::hook_name(sae.site).c_str(),
-                sae.layer >= 0 ? sae::cat(" = hidden_states[", sae.layer, "]").c_str() : "", sae.layer_source.c_str(),
+                sae.layer >= 0 && sae::hook_name(sae.site).rfind("hidden_states", 0) != 0
+                    ? sae::cat(" = hidden_states[", sae.layer, "]").c_str() : "",
+                sae.layer_source.c_str(),
                 steer.generate.greedy ? "greedy"
                                       : sae::cat("sampled with temperature ", steer.generate.temperature,
                                                  steer.generate.top_k ? sae::cat(", top-k ", steer.generate.top_k) : "",
                                                  ", seed ", steer.generate.seed).c_str());
-    std::printf("%s", sae::side_by_side(sae::cat("unsteered (", result.unsteered.size(), " tokens)"),
-                                        sae::display_text(tokenizer, result.unsteered),
-                                        sae::cat("steered (", result.steered.size(), " tokens)"),
-                                        sae::display_text(tokenizer, result.steered), static_cast<int>(width))
-                          .c_str());
+    const std::string columns = sae::side_by_side(sae::cat("unsteered (", result.unsteered.size(), " tokens)"),
+                                                  sae::display_text(tokenizer, result.unsteered),
+                                                  sae::cat("steered (", result.steered.size(), " tokens)"),
+                                                  sae::display_text(tokenizer, result.steered), static_cast<int>(width));
+    std::fwrite(columns.data(), 1, columns.size(), stdout);
     return 0;
   });
 }

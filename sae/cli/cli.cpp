@@ -134,7 +134,15 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
         message += cat(" (--", old_option, " was replaced by ", replacement, ")");
     throw UsageError(message);
   }
-  if (!out.unmatched().empty()) throw UsageError(cat("unexpected argument '", out.unmatched()[0], "'"));
+  if (!out.unmatched().empty()) {
+    // After a flag or an option whose value is optional ("--init-tied off"): its value needs "=".
+    const std::string& stray = out.unmatched()[0];
+    for (size_t i = 2; i < args.size(); ++i)
+      if (args[i] == stray && args[i - 1].rfind("--", 0) == 0 && args[i - 1].find('=') == std::string::npos)
+        throw UsageError(cat("unexpected argument '", stray, "' after ", args[i - 1], ": a flag or an option whose value "
+                             "is optional takes its value with '=' (", args[i - 1], "=", stray, ")"));
+    throw UsageError(cat("unexpected argument '", stray, "'"));
+  }
   if (out.count("help")) {
     std::cout << options.help() << std::endl;
     return false;

@@ -233,7 +233,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   r.tokens = pieces.tokens;
   r.predictions = pieces.predictions;
   r.dense_threshold = options.dense_threshold;
-  Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval");
+  Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval ");
 
   // Pass 1: the mean of the hooked state over every token, the mean-ablation vector.
   std::vector<double> mean_sum(d, 0.0);
@@ -264,10 +264,19 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   Tensor input;
   SiteHooks splice;
   if (transcoder) splice.at.emplace_back(sae.input_site, [&](Tensor& state) { input = document_rows(state).clone(); });
+  // An SAE trained per story on its BOS rows too (--bos-activations keep) normalised each window with
+  // its BOS row: so here, then the BOS row's reconstruction and features are dropped (it stays spliced out).
+  const bool bos_in_statistics = sae.kept_bos && sae.normalization == Normalization::Story && !transcoder;
   splice.at.emplace_back(site, [&](Tensor& state) {
     Tensor x = document_rows(state);
     Tensor f;
-    const Tensor x_hat = reconstruct(sae, transcoder ? input : x, &f);
+    Tensor x_hat;
+    if (bos_in_statistics && skip == 1) {
+      x_hat = reconstruct(sae, state, &f).slice_rows(1, state.size(0));
+      f = f.slice_rows(1, f.size(0));
+    } else {
+      x_hat = reconstruct(sae, transcoder ? input : x, &f);
+    }
     if (!all_finite(x_hat))  // never a silent NaN in the scores: an SAE whose weights overflow float32
       throw DataError(cat(sae.dir, ": the SAE's reconstruction of ", hook_name(site), " is not finite on piece ",
                           done - r.pieces + 1, " of ", options.text, " (its weights overflow float32)"));
@@ -345,7 +354,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
   r.tokens = pieces.tokens;
   r.predictions = pieces.predictions;
   r.dense_threshold = options.dense_threshold;
-  Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval");
+  Progress progress(options.progress, 2 * r.pieces, 0, "sae_eval ");
   int64_t skip = 0;  // the BOS row of a window, left as the model computed it
   const auto document_rows = [&](const Tensor& x) { return x.slice_rows(skip, x.size(0)); };
 
@@ -625,7 +634,8 @@ std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
                         sae.params.d_sae(), sae.params.transcoder ? cat(", a transcoder from ", hook_name(sae.input_site)) : "",
                         ") spliced at ", hook_name(sae.site),
-                        sae.layer >= 0 ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
+                        sae.layer >= 0 && hook_name(sae.site).rfind("hidden_states", 0) != 0
+                            ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
              " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");

@@ -16,7 +16,7 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
   for (const Json* holder : {cfg.has("metadata") && cfg.at("metadata").is_object() ? &cfg.at("metadata") : nullptr, &cfg}) {
     if (holder && holder->has("hook_name") && holder->at("hook_name").is_string()) {
       const std::string name = holder->at("hook_name").as_string();
-      source = cat("cfg.json hook_name ", name);
+      source = "cfg.json hook_name";  // messages and reports give the name beside it
       site = parse_hook_name(name, "cfg.json hook_name");
       return true;
     }
@@ -165,6 +165,8 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
       if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
+      s.kept_bos = ours.has("data") && ours.at("data").is_object() && ours.at("data").has("bos_activations") &&
+                   ours.at("data").at("bos_activations") == Json("keep");
       if (ours.has("dataset_scale")) {
         const DatasetScales scales = DatasetScales::from_json(ours.at("dataset_scale"));
         s.dataset_scale = scales.first();

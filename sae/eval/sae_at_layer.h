@@ -41,6 +41,7 @@ struct SaeAtLayer {
   double dataset_scale = 1.0;  // of its input
   double output_scale = 1.0;   // of what it reconstructs: dataset_scale, a transcoder's target's
   int prepend_bos = -1;       // cfg.json metadata.prepend_bos: 1 true, 0 false, -1 not said
+  bool kept_bos = false;      // trained on its BOS rows too (sae_cpp.data.bos_activations "keep")
   int64_t context_size = 0;   // cfg.json metadata.context_size (0: not said)
   std::vector<CrosscoderSource> sources;  // a crosscoder's S reads in order (empty for an SAE, a transcoder)
   bool crosscoder() const { return !sources.empty(); }

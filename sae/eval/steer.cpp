@@ -101,7 +101,20 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 }
 
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
-  return utf8::replace_invalid(tokenizer.decode(ids));
+  const std::string text = utf8::replace_invalid(tokenizer.decode(ids));
+  std::string out;
+  for (const char c : text) {
+    const unsigned char b = static_cast<unsigned char>(c);
+    if ((b >= 0x20 && b != 0x7F) || b == '\n' || b >= 0x80) {
+      out += c;
+    } else {  // a control byte (NUL, a tab, an escape) as its Unicode picture: U+2400 + b, DEL U+2421
+      const int code = b == 0x7F ? 0x2421 : 0x2400 + b;
+      out += static_cast<char>(0xE0 | (code >> 12));
+      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (code & 0x3F));
+    }
+  }
+  return out;
 }
 
 std::string side_by_side(const std::string& left_title, const std::string& left, const std::string& right_title,

@@ -37,7 +37,9 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
                   const SteerOptions& options);
 
 // Token bytes as text to show: the bytes, with every invalid UTF-8 sequence (a character split
-// between tokens, cut off at the end) replaced by U+FFFD, as Hugging Face's decode does.
+// between tokens, cut off at the end) replaced by U+FFFD, as Hugging Face's decode does, and control
+// bytes other than the newline (NUL, tab, escape) as their Unicode pictures (U+2400 + byte, DEL
+// U+2421), so a column neither ends at a NUL nor takes a terminal's escape sequence.
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids);
 
 // The two continuations in two columns of `width` characters (code points), each column headed and

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <cmath>
 #include <cstring>
 #include <cstdlib>
@@ -744,6 +745,21 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     m.result.device = device;
     m.result.out_dir = m.config().out;
   }
+  // A fresh run that fails before its first step (a story longer than the context, an empty corpus)
+  // leaves no run behind: the corrected command would be refused as "already holds a run".
+  struct UnstartedRuns {
+    std::vector<Member>& members;
+    bool lead;
+    ~UnstartedRuns() {
+      if (!lead || std::uncaught_exceptions() == 0) return;
+      for (Member& m : members) {
+        if (m.start.state || !m.config().resume.empty() || m.run().step > 0) continue;
+        std::error_code ec;
+        for (const char* name : {"config.json", "metrics.csv", "tensorboard"})
+          fs::remove_all(fs::path(m.config().out) / name, ec);
+      }
+    }
+  } unstarted_runs{members, lead};
   const int64_t start_step = members.empty() ? pass->start_step : members[0].run().step, steps = shared.steps;
   Progress progress(lead && !members.empty() ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");

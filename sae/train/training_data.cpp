@@ -2,6 +2,8 @@
 #include "sae/train/training_data.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <optional>
 
 #include "io/file_fingerprint.h"
 #include "lm/model_loader.h"
@@ -110,6 +112,32 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   return data;
 }
 
+// What a run from a cache records of where its activations came from (cfg.json's metadata, as a
+// run from text records it, sae/train/checkpoint.cpp): the cache manifest's model, hook, context and
+// BOS. The model's name and positions are read from its config.json when the folder is still there
+// (else the folder's name, and no context_size).
+Json cache_saelens_metadata(const Json& source) {
+  Json saelens = Json::object();
+  if (!source.is_object() || !source.has("hook_name") || !source.at("hook_name").is_string() || !source.has("model") ||
+      !source.at("model").is_string())
+    return saelens;
+  const std::string model = source.at("model").as_string();
+  std::optional<ModelFolder> folder;
+  try {
+    folder = read_model_config(model);
+  } catch (const Error&) {
+  }
+  saelens["model_name"] = folder ? folder->name : std::filesystem::path(model).lexically_normal().filename().string();
+  saelens["hook_name"] = source.at("hook_name");
+  saelens["hook_head_index"] = Json();
+  if (source.has("context_size") && source.at("context_size").is_number())
+    saelens["context_size"] = source.at("context_size");
+  else if (folder)
+    saelens["context_size"] = folder->config.max_positions;
+  saelens["prepend_bos"] = source.has("bos_id");
+  return saelens;
+}
+
 }  // namespace
 
 TrainingData open_training_data(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
@@ -137,6 +165,10 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
     data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize,
                                              data.dataset_scale, config.seed);
     data.description = data.activations->describe();
+    if (reads.size() == 1 && data.description.at("kind") == Json("activation_cache")) {
+      const Json saelens = cache_saelens_metadata(data.description.at("source"));
+      if (saelens.has("hook_name")) data.description["saelens_metadata"] = saelens;
+    }
     data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
     if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
       const DatasetScales s = estimate_dataset_scales(*data.activations);

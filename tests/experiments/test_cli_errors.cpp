@@ -139,6 +139,8 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --init a --resume b", 2, "--init");
   expect_error(kTiny + " --profile nope", 2, "--profile");
   expect_error(kTiny + " stray", 2, "stray");
+  expect_error(kTiny + " --unit-norm-decoder off", 2, "after --unit-norm-decoder: a flag or an option whose value "
+                                                     "is optional takes its value with '=' (--unit-norm-decoder=off)");
 #ifndef SAE_WITH_CUDA
   expect_error(kTiny + " --device cuda", 2, "--device cuda");
 #endif

@@ -136,6 +136,38 @@ TEST(CliModels, Gpt2AttentionSaeFromCompressedJsonLinesWithBos) {
   cache->read_tokens(0, 15, got.data());
   sae::testing::expect_bitwise_equal(Tensor::from_data(got.data(), Shape{15, 32}), want.slice_rows(1, 16),
                                      "the cache's first window");
+
+  // An SAE trained from the cache records where its activations came from as one trained from text
+  // does, so sae_eval and sae_features read its hook, context and BOS (sae_features had read
+  // hidden_states[2] with the model's context and no BOS, silently; sae_eval had refused it).
+  const std::string cached_run = dir.str("cached_run");
+  r = run_binary("sae_train", cat(" --data ", quote(dir.str("cache")), " --features 24 --steps 6 --batch 32 --l1 0.1 ",
+                                  "--normalize dataset --device cpu --progress none --out ", quote(cached_run)),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json cached_meta = read_json_file(cached_run + "/sae/cfg.json").at("metadata");
+  EXPECT_EQ(cached_meta.at("hook_name").as_string(), "blocks.1.attn.hook_z");
+  EXPECT_EQ(cached_meta.at("model_name").as_string(), "gpt2");
+  EXPECT_EQ(cached_meta.at("context_size").as_int(), 16);
+  EXPECT_TRUE(cached_meta.at("prepend_bos").as_bool());
+  r = run_binary("sae_eval", cat(model, text, " --sae ", quote(cached_run + "/sae"), " --out ",
+                                 quote(dir.str("cached_eval")), " --device cpu --progress none"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json cached_eval = read_json_file(dir.str("cached_eval/eval.json"));
+  EXPECT_EQ(cached_eval.at("hook_name").as_string(), "blocks.1.attn.hook_z");
+  EXPECT_TRUE(cached_eval.at("prepend_bos").as_bool());
+  EXPECT_EQ(cached_eval.at("context_size").as_int(), 16);
+  auto features = [&](const std::string& options, const std::string& out) {
+    const sae::testing::CommandResult f =
+        run_binary("sae_features", cat(model, text, " --sae ", quote(cached_run + "/sae"), options, " --stories 6 --out ",
+                                       quote(dir.str(out)), " --device cpu"),
+                   dir);
+    EXPECT_EQ(f.exit_code, 0) << f.err;
+    return sae::testing::read_file(dir.str(out));
+  };
+  EXPECT_EQ(features("", "cached_default.json"),
+            features(" --hook blocks.1.attn.hook_z --context-size 16 --prepend-bos on", "cached_explicit.json"));
 }
 
 TEST(CliModels, PythiaTranscoderInputAndRefusals) {

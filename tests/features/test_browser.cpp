@@ -239,6 +239,7 @@ TEST(Browser, ProgramErrors) {
       {" --run " + dir.str("run"), 1, "no feature statistics"},
       {" --run " + dir.str("run") + " --stats " + dir.str("run/sae/cfg.json"), 1, "cfg.json"},
       {" --run " + dir.str("run") + " --model " + dir.str("gone"), 1, "gone"},
+      {" --run " + dir.str("run") + " --hook blocks.9.hook_nope", 2, "hook_nope"},  // no model: still a bad name
   };
   for (const auto& [args, code, words] : cases) {
     const sae::testing::CommandResult r = run_binary("sae_browser", args, dir);

@@ -224,6 +224,13 @@ TEST(TextData, BadInputsGetOneLine) {
     EXPECT_NE(r.err.find(c.mention), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
+  // A run that failed on its corpus before its first step leaves no run behind: the corrected
+  // command into the same --out runs (it had been refused as "already holds a run").
+  const std::string corrected = base + " --text " + ref("stories.txt") + " --out " + dir.str("r2");
+  EXPECT_FALSE(fs::exists(dir.str("r2/config.json")));
+  EXPECT_FALSE(fs::exists(dir.str("r2/metrics.csv")));
+  const auto retried = run_binary("sae_train", corrected, dir);
+  EXPECT_EQ(retried.exit_code, 0) << retried.err;
 }
 
 // Several hooks from one forward pass (a transcoder's input and target, a crosscoder's hooks, a

@@ -21,6 +21,8 @@
 
 #include "lm/generate.h"
 #include "lm/model_loader.h"
+#include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "sae/arch/registry.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/next_token.h"
@@ -219,6 +221,52 @@ TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
   EXPECT_GT(r.mean_ablated.kl, 0.1);
   // Every token has each coordinate nonzero on one side: L0 = d (up to exact zeros, none here).
   EXPECT_DOUBLE_EQ(r.l0, static_cast<double>(d));
+}
+
+TEST(SaeEval, AKeptBosStorySaeIsScoredOnItsTrainingNormalisation) {
+  // The per-story fixture SAE, said to be trained with --bos-activations keep: each window is
+  // normalised with its BOS row (as training did), then that row is left out. L0 from a brute-force
+  // pass over the same windows, and a check that leaving the BOS out of the statistics differs.
+  TempDir dir("eval_keep_bos");
+  const std::string folder = edited_copy(dir, "sae_story", [](Json& cfg) {
+    cfg["sae_cpp"]["data"] = Json::object();
+    cfg["sae_cpp"]["data"]["layer"] = 2;
+    cfg["sae_cpp"]["data"]["bos_activations"] = "keep";
+  });
+  Loaded lm;
+  const SaeAtLayer sae = load_sae_at_layer(folder, lm.model.config(), layer_choice(-1), Device::CPU);
+  ASSERT_TRUE(sae.kept_bos);
+  ASSERT_EQ(sae.normalization, Normalization::Story);
+  EvalOptions options = fixture_options();
+  options.max_stories = 3;
+  options.bos = lm.tokenizer.bos_id();
+  options.context_size = 24;
+  ASSERT_GE(options.bos, 0);
+  const EvalResult r = evaluate_sae(lm.model, lm.tokenizer, sae, options);
+  double active[2] = {0, 0};  // [0]: the BOS row in the statistics, [1]: not
+  int64_t tokens = 0;
+  StoryReader reader(options.text);
+  TextStory story;
+  const WindowOptions windows{options.bos, options.context_size};
+  for (int s = 0; s < 3 && reader.next(story); ++s) {
+    const std::vector<int32_t> ids = lm.tokenizer.encode(story.text, story.where);
+    for (int64_t k = 0; k < window_count(static_cast<int64_t>(ids.size()), windows); ++k) {
+      const TokenWindow w = document_window(ids, k, windows);
+      const Tensor state = lm.model.forward_to_site(w.input, sae.site).to(Device::CPU);
+      const int64_t t = state.size(0), d = state.size(1);
+      for (int skip = 0; skip < 2; ++skip) {
+        Tensor x = Tensor::empty(Shape{t - skip, d});
+        normalize_batch(state.data<float>() + skip * d, x.data<float>(), t - skip, d, Normalization::Story, 1.0,
+                        [](int64_t row) { return row; }, "test");
+        const Tensor f = sae_encode(sae.params, x).slice_rows(1 - skip, t - skip);
+        active[skip] += reduce(ReduceOp::count_nonzero, f).item();
+      }
+      tokens += t - 1;
+    }
+  }
+  EXPECT_EQ(r.tokens, tokens);
+  EXPECT_DOUBLE_EQ(r.l0, active[0] / static_cast<double>(tokens));
+  EXPECT_NE(active[0], active[1]);
 }
 
 TEST(SaeEval, MaxStoriesTakesTheFirstStories) {
@@ -488,6 +536,17 @@ TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
   ASSERT_GE(partial, 0);
   EXPECT_EQ(display_text(tokenizer, {ids[0], partial}), display_text(tokenizer, {ids[0]}) + "\xEF\xBF\xBD");
   EXPECT_EQ(display_text(tokenizer, {partial, ids[0]}), "\xEF\xBF\xBD" + display_text(tokenizer, {ids[0]}));
+  // Control bytes (byte-level tokens of NUL, tab, escape, DEL) show as their Unicode pictures; a
+  // newline stays one (it breaks the column). A NUL had ended sae_steer's printed columns there.
+  auto byte_token = [&](unsigned char b) {
+    for (int32_t id = 0; id < tokenizer.vocab_size(); ++id)
+      if (tokenizer.token_text(id) == std::string(1, static_cast<char>(b))) return id;
+    return int32_t(-1);
+  };
+  const std::vector<int32_t> controls = {byte_token(0), byte_token('\t'), byte_token(0x1B), byte_token(0x7F),
+                                         byte_token('\n')};
+  for (int32_t id : controls) ASSERT_GE(id, 0);
+  EXPECT_EQ(display_text(tokenizer, controls), "\xE2\x90\x80\xE2\x90\x89\xE2\x90\x9B\xE2\x90\xA1\n");  // ␀␉␛␡ and a newline
   const std::string columns = side_by_side("left", "one two three four five six", "right", "alpha\nbeta", 10);
   EXPECT_EQ(columns,
             "left       | right\n"
