@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
         ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, or a Gemma "
          "Scope params.npz (statistics beside it)",
          cxxopts::value<std::string>())
-        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia) for token text and promoted tokens (default: the "
+        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral, Gemma 2) for token text and promoted tokens (default: the "
          "run's --model)", cxxopts::value<std::string>())
         ("hook", "the hook point the SAE reads, SAELens's name (default: the run's --hook or the SAE's hook_name); "
          "promoted tokens are shown only where it writes in the residual stream's space", cxxopts::value<std::string>())

@@ -74,7 +74,6 @@ int main(int argc, char** argv) {
     const sae::HookChoice choice =
         sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
                          parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
-    if (!fs::exists(eval.text)) throw sae::DataError(sae::cat(eval.text, ": no such file"));
     sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
     // The output folder before the work: a --out that cannot be made is said at once.

@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     options.add_options()
         ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture, or a Gemma Scope params.npz",
          cxxopts::value<std::string>())
-        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia): runs --text through it; with --data only its "
+        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral, Gemma 2): runs --text through it; with --data only its "
          "tokenizer is used",
          cxxopts::value<std::string>())
         ("model-b", "a crosscoder over two models: the second (the same tokenizer)", cxxopts::value<std::string>())

@@ -66,6 +66,9 @@ Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, co
     }
   }
   if (p.windows.empty()) throw DataError(cat(options.text, ": no story with any token to evaluate"));
+  if (p.predictions == 0 && windows.bos >= 0 && windows.context <= 2)
+    throw UsageError(cat("--context-size ", windows.context, " with a BOS leaves one token of a story per window: "
+                         "no next token to predict (give 3 or more)"));
   if (p.predictions == 0)
     throw DataError(cat(options.text, ": every story is one token long, so there is no next token to predict"));
   return p;

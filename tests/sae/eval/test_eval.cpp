@@ -314,6 +314,15 @@ TEST(SaeEval, RefusesCorporaWithoutPredictions) {
   options.text = dir.str("one_token.txt");
   std::ofstream(options.text) << "A\n<|endoftext|>\nb\n";  // one byte, one token each
   EXPECT_NE(error_of([&] { evaluate_sae(lm.model, lm.tokenizer, sae, options); }).find("one token"), std::string::npos);
+  // Long stories, but two positions with a BOS leave one story token per window: the option is named.
+  options.text = eval_ref("stories.txt");
+  options.bos = lm.tokenizer.bos_id();
+  options.context_size = 2;
+  EXPECT_THROW(evaluate_sae(lm.model, lm.tokenizer, sae, options), UsageError);
+  EXPECT_NE(error_of([&] { evaluate_sae(lm.model, lm.tokenizer, sae, options); }).find("--context-size 2 with a BOS"),
+            std::string::npos);
+  options.bos = -1;
+  options.context_size = 0;
   options.text = dir.str("missing.txt");
   EXPECT_THROW(evaluate_sae(lm.model, lm.tokenizer, sae, options), DataError);
 }
