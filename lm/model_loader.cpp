@@ -494,13 +494,20 @@ DecoderModel load_decoder_model(const std::string& dir, Device device, ModelPart
 
 namespace {
 
-// The tensor of `ours`'s (one-file) rule, with or without the base prefix; empty when there is none.
-std::string rule_file(const ModelFolder& folder, const WeightSource& source, const std::string& ours) {
+// The rule for our parameter `ours` (one file), and that file's name in `source` with or without the
+// base prefix ("" when the source has neither).
+struct FoundRule {
+  WeightRule rule;
+  std::string file;
+};
+FoundRule find_rule(const ModelFolder& folder, const WeightSource& source, const std::string& ours) {
   for (const WeightRule& rule : folder.family->weight_rules(folder.config))
-    if (rule.ours == ours)
+    if (rule.ours == ours) {
       for (const std::string& name : {folder.family->base_prefix + rule.files.at(0), rule.files.at(0)})
-        if (source.has(name)) return name;
-  return "";
+        if (source.has(name)) return {rule, name};
+      return {rule, ""};
+    }
+  return {};
 }
 
 // Tensor `name` of `source` as float32, refused unless it has `shape` and finite values.
@@ -527,7 +534,7 @@ Tensor load_unembedding(const std::string& dir) {
   std::string unembedding;
   for (const std::string& name : folder.family->unembedding_files)
     if (unembedding.empty() && source.has(name)) unembedding = name;
-  if (unembedding.empty() && folder.config.tie_word_embeddings) unembedding = rule_file(folder, source, "embed.tokens");
+  if (unembedding.empty() && folder.config.tie_word_embeddings) unembedding = find_rule(folder, source, "embed.tokens").file;
   if (unembedding.empty())
     throw DataError(cat(source.label(), ": no unembedding (",
                         folder.family->unembedding_files.empty() ? "none listed" : folder.family->unembedding_files.front(),
@@ -535,14 +542,10 @@ Tensor load_unembedding(const std::string& dir) {
   Tensor W_U = read_checked(source, unembedding, {vocab, d});
   // The final norm's weight (1 + w for Gemma's RMSNorm) scales every unembedding row, as
   // TransformerLens's fold_ln folds it into W_U.
-  const std::string norm = rule_file(folder, source, "final_norm.weight");
-  if (norm.empty()) throw DataError(cat(source.label(), ": no final norm weight"));
-  Tensor weight = read_checked(source, norm, {d});
-  const bool plus_one = [&] {
-    for (const WeightRule& rule : folder.family->weight_rules(folder.config))
-      if (rule.ours == "final_norm.weight") return rule.transform == WeightTransform::PlusOne;
-    return false;
-  }();
+  const FoundRule norm = find_rule(folder, source, "final_norm.weight");
+  if (norm.file.empty()) throw DataError(cat(source.label(), ": no final norm weight"));
+  const Tensor weight = read_checked(source, norm.file, {d});
+  const bool plus_one = norm.rule.transform == WeightTransform::PlusOne;
   const float* w = weight.data<float>();
   float* u = W_U.data<float>();
   for (int64_t v = 0; v < vocab; ++v)
