@@ -197,6 +197,7 @@ int main(int argc, char** argv) {
       description["text"] = text;
       description["model"] = model_dir;
       description["hook_name"] = sae::hook_name(site);
+      description["hook_from"] = from;  // the option, the SAE's cfg.json, or the tutorial's default
       const int64_t k = sae::hidden_states_index(site, folder.config.num_layers);
       if (k >= 0) description["layer"] = k;
     } else {
@@ -250,6 +251,9 @@ int main(int argc, char** argv) {
                 summary.truncated ? sae::cat(", ", summary.truncated, " cut to windows of the context size").c_str() : "",
                 static_cast<long long>(params.d_sae()), static_cast<long long>(silent),
                 100.0 * double(silent) / double(params.d_sae()));
+    if (description.has("hook_from"))
+      std::printf("  read at %s (%s)\n", description.at("hook_name").as_string().c_str(),
+                  description.at("hook_from").as_string().c_str());
     std::printf("  wrote %s (%zu entries)%s\n", out.c_str(), entries.size(),
                 stats_out.empty() ? "" : sae::cat(" and ", stats_out).c_str());
     return 0;
