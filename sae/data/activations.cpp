@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 
 #include "io/file_fingerprint.h"
@@ -179,6 +180,10 @@ class FileSource : public ActivationSource {
 std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic) {
   if (data == "synthetic") return std::make_unique<SyntheticSource>(synthetic);
   if (is_activation_cache(data)) return std::make_unique<CacheSource>(data);
+  std::error_code ec;
+  if (std::filesystem::is_directory(data, ec))
+    throw DataError(cat(data, ": a folder without a cache's manifest.json (--data takes a .safetensors or .npy "
+                        "file, or a folder sae_cache wrote)"));
   return std::make_unique<FileSource>(data);
 }
 

@@ -25,13 +25,14 @@ namespace sae {
 
 namespace {
 
-// A folder that already holds a run must hold this run; anything else is an error.
+// A folder that already holds a run must hold this run; anything else is refused as sae_train
+// refuses a run into a folder that holds another (UsageError: exit 2).
 void check_same_run(const std::string& dir, const TrainConfig& wanted) {
   const std::string path = (fs::path(dir) / "config.json").string();
   const Json have = run_identity(TrainConfig::from_json(read_json_file(path))), want = run_identity(wanted);
   for (const auto& [key, value] : want.items())
     if (!have.has(key) || have.at(key) != value)
-      throw DataError(cat(path, ": this folder holds a run with ", key, " = ",
+      throw UsageError(cat(path, ": this folder holds a run with ", key, " = ",
                           have.has(key) ? have.at(key).dump() : "(absent)", ", but the study asks for ", value.dump(),
                           "; use another --out or remove the folder"));
 }

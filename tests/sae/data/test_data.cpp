@@ -319,4 +319,21 @@ TEST(ActivationFile, ANonFiniteValueIsReportedWithFileAndToken) {
     EXPECT_NE(std::string(e.what()).find(path + ": non-finite activation (nan) at token 7013, column 1"), std::string::npos)
         << e.what();
   }
+  // The dataset scale's sample (every token here) names it too.
+  try {
+    estimate_dataset_scales(*source, 15000);
+    FAIL() << "NaN accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": non-finite activation (nan) at token 7013, column 1 (estimating"),
+              std::string::npos)
+        << e.what();
+  }
+  // A folder that is not a cache: said so, not "is a directory".
+  std::filesystem::create_directories(dir.str("folder"));
+  try {
+    open_activations(dir.str("folder"), SyntheticOptions{});
+    FAIL() << "a folder accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("a folder without a cache's manifest.json"), std::string::npos) << e.what();
+  }
 }

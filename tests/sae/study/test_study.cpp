@@ -155,7 +155,7 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
 
   // The same --out with another learning rate: refused, nothing overwritten.
   const CommandResult changed = run_binary("recon_vs_f", kTinyData + " --lr 5e-3 --features-list 4,15,16,24 --out " + out.string(), dir);
-  EXPECT_EQ(changed.exit_code, 1);
+  EXPECT_EQ(changed.exit_code, 2);  // as sae_train's refusal of a folder holding another run
   EXPECT_NE(changed.err.find("lr"), std::string::npos) << changed.err;
   EXPECT_NE(changed.err.find("another --out"), std::string::npos) << changed.err;
   EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
