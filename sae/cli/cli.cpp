@@ -61,7 +61,10 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
     c.data = "text";
   }
   if (!c.text.empty()) require_input_file(c.text);  // a FIFO would block the reader: refused here, at once
-  if (validate) c.validate();
+  // A --resume is validated once merged with the run's own config.json (start_run): its checks that
+  // join options (--shards dividing --features, --target-l0 within --features) would otherwise
+  // judge the defaults of what the command line leaves out.
+  if (validate && c.resume.empty()) c.validate();
   return c;
 }
 

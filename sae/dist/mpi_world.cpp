@@ -208,8 +208,9 @@ class OpenMpiWorld : public MpiWorld {
   void announce_termination(const std::string& program) override {
     if (rank_ != 0) return;
     std::snprintf(termination_line, sizeof termination_line,
-                  "%s: error: the job was stopped (another rank failed or died; mpirun names it); the last "
-                  "complete checkpoint is kept: continue with --resume\n",
+                  "%s: error: the job was stopped (another rank failed or died: its line or mpirun's says why); "
+                  "checkpoints already complete are kept (--resume continues from the last, once the cause is "
+                  "fixed)\n",
                   program.c_str());
     struct sigaction action {};
     action.sa_handler = on_sigterm;

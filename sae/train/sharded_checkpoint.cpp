@@ -178,6 +178,18 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
     auto meta = file.metadata().find("training_state");
     if (meta == file.metadata().end()) throw DataError(cat(path, ": no training_state metadata"));
     const Json shard_info = Json::parse(meta->second);
+    // The file must be this shard of this checkpoint: one renamed or copied in from another shard or
+    // step would put its latents (and its param.* tensors) in the wrong place without a word.
+    auto recorded = [](const Json& j, const char* key) {
+      return j.is_object() && j.has(key) && j.at(key).is_number() ? j.at(key).as_int() : int64_t(-1);
+    };
+    const int64_t step = recorded(info, "step"), its_step = recorded(shard_info, "step");
+    if ((shard_info.has("shard") && recorded(shard_info, "shard") != s) ||
+        (shard_info.has("first_latent") && recorded(shard_info, "first_latent") != s * per) ||
+        (step >= 0 && shard_info.has("step") && its_step != step))
+      throw DataError(cat(path, ": records shard ", recorded(shard_info, "shard"), " (first latent ",
+                          recorded(shard_info, "first_latent"), ") at step ", its_step, ", but is this checkpoint's shard ",
+                          s, " (first latent ", s * per, ") at step ", step));
     // The unit's state of this slice, read by the unit, put back into the whole SAE.
     SaeParams slice = params.latent_slice(s * per, (s + 1) * per);
     unit.load_state(file, shard_info, slice);

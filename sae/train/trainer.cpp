@@ -763,6 +763,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const int64_t start_step = members.empty() ? pass->start_step : members[0].run().step, steps = shared.steps;
   Progress progress(lead && !members.empty() ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
+  if (dist && lead && !members.empty() && members[0].config().was_given("feature-stats-steps") &&
+      members[0].config().feature_stats_steps > 0)
+    progress.message("--feature-stats-steps: feature statistics are not gathered by a run over several ranks "
+                     "(--shards, replicas; --distribute gathers them): none are written");
   auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead()); };
   auto report_concepts = [&](Member& m, const char* when) {
     ConceptRecovery r = concept_recovery(synthetic->concepts(), m.run().params.W_dec, m.run().dead.alive(),

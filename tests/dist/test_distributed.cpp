@@ -192,11 +192,41 @@ TEST(Distributed, ResumeAcrossRankCounts) {
     EXPECT_EQ(sae::testing::read_file(dir.str("same/sae/") + file), sae::testing::read_file(dir.str("straight/sae/") + file))
         << file << ": a resume with the same ranks is bit-exact";
 
+  // Optimizer shard files swapped (or one copied in from another checkpoint): refused, not mixed in.
+  fs::copy(dir.str("straight"), dir.str("swapped"), fs::copy_options::recursive);
+  fs::rename(dir.str("swapped/sae/training_state.shard_0.safetensors"), dir.str("swapped/sae/shard0"));
+  fs::rename(dir.str("swapped/sae/training_state.shard_1.safetensors"),
+             dir.str("swapped/sae/training_state.shard_0.safetensors"));
+  fs::rename(dir.str("swapped/sae/shard0"), dir.str("swapped/sae/training_state.shard_1.safetensors"));
+  auto swapped = sae::testing::run_binary("sae_train", "--resume " + dir.str("swapped") + " --steps 120 --progress none", dir);
+  EXPECT_EQ(swapped.exit_code, 1) << swapped.err;
+  EXPECT_NE(swapped.err.find("records shard 1 (first latent 16) at step 100, but is this checkpoint's shard 0"),
+            std::string::npos)
+      << swapped.err;
+  fs::copy_file(dir.str("straight/checkpoints/step_50/training_state.shard_1.safetensors"),
+                dir.str("swapped/sae/training_state.shard_1.safetensors"), fs::copy_options::overwrite_existing);
+  fs::copy_file(dir.str("straight/sae/training_state.shard_1.safetensors"),
+                dir.str("swapped/sae/training_state.shard_0.safetensors"), fs::copy_options::overwrite_existing);
+  fs::copy_file(dir.str("straight/sae/training_state.shard_0.safetensors"),
+                dir.str("swapped/sae/training_state.shard_0.safetensors"), fs::copy_options::overwrite_existing);
+  swapped = sae::testing::run_binary("sae_train", "--resume " + dir.str("swapped") + " --steps 120 --progress none", dir);
+  EXPECT_EQ(swapped.exit_code, 1) << swapped.err;
+  EXPECT_NE(swapped.err.find("at step 50, but is this checkpoint's shard 1 (first latent 16) at step 100"),
+            std::string::npos)
+      << swapped.err;
+
   ASSERT_EQ(mpirun(2, kTopK + at50 + " --shards 2 --out " + dir.str("resharded"), dir).exit_code, 0);
   auto r2 = mpirun(2, "--resume " + dir.str("resharded") + " --steps 100 --shards 1 --progress none", dir);
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   std::printf("2 shards to 50, then 2 replicas to 100, vs one process:\n");
   expect_same_model(dir.str("one"), dir.str("resharded"), 2e-5);
+
+  // --shards 3 divides the run's --features 48, not the default 10000 the command line leaves out:
+  // the resume is checked against the run's own (it had been refused, naming --features 10000).
+  auto f48 = mpirun(3, kData + " --features 48 --steps 20 --checkpoint-every 10 --shards 3 --out " + dir.str("f48"), dir);
+  ASSERT_EQ(f48.exit_code, 0) << f48.err;
+  auto r3 = mpirun(3, "--resume " + dir.str("f48") + " --steps 30 --shards 3 --progress none", dir);
+  EXPECT_EQ(r3.exit_code, 0) << r3.err;
 }
 
 // Rank 1 dies (SIGKILL) in the middle of saving step 40's checkpoint: every rank exits non-zero,
