@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
       std::printf("%s\n", sae::steer_json(result, tokenizer, sae, prompt, steer).dump(2).c_str());
       return 0;
     }
-    std::printf("prompt (%zu tokens): %s\n", result.prompt.size(), prompt.c_str());
+    std::printf("prompt (%zu tokens): %s\n", result.prompt.size(), sae::display_text(prompt).c_str());
     std::printf("feature %lld of %lld, strength %g, added at %s%s (%s) at every position; %s\n\n",
                 static_cast<long long>(steer.feature), static_cast<long long>(sae.params.d_sae()), steer.strength,
                 sae::hook_name(sae.site).c_str(),

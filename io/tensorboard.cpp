@@ -76,7 +76,8 @@ void put_bytes_field(std::string& out, uint32_t field, const std::string& bytes)
 }
 
 // Event field numbers (event.proto) and Summary / Summary.Value field numbers (summary.proto).
-constexpr uint32_t kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5;
+constexpr uint32_t kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5, kEventSessionLog = 7;
+constexpr uint32_t kSessionLogStatus = 1, kSessionStart = 1;
 constexpr uint32_t kSummaryValue = 1;
 constexpr uint32_t kValueTag = 1, kValueSimpleValue = 2;
 
@@ -169,6 +170,16 @@ void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double 
   put_bytes_field(event, kEventSummary, summary);
   append_record(event);
   if (pending_.size() >= kAutoFlushBytes) flush();
+}
+
+void TensorBoardWriter::purge_from(int64_t step, double wall_time) {
+  std::string session_log;
+  put_int64_field(session_log, kSessionLogStatus, kSessionStart);
+  std::string event;
+  put_double_field(event, kEventWallTime, wall_time);
+  put_int64_field(event, kEventStep, step);
+  put_bytes_field(event, kEventSessionLog, session_log);
+  append_record(event);
 }
 
 void TensorBoardWriter::append_record(const std::string& data) {

@@ -2,7 +2,9 @@
 // Owns one event file per writer, `events.out.tfevents.<unix seconds>.<host>.<pid>.<n>` (the name
 // TensorBoard's own EventFileWriter uses), holding TFRecord-framed Event protos:
 //   record = uint64 length (LE) | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
-//   Event   { wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5 }
+//   Event   { wall_time = 1 (double), step = 2 (int64), file_version = 3 (string), summary = 5,
+//             session_log = 7 }
+//   SessionLog { status = 1 (enum: START = 1) }
 //   Summary { value = 1 (repeated Value) },  Value { tag = 1 (string), simple_value = 2 (float) }
 // (tensorflow/core/util/event.proto, tensorflow/core/framework/summary.proto,
 //  tensorflow/core/lib/io/record_writer.cc). The first record is the file_version "brain.Event:2" event.
@@ -35,6 +37,10 @@ class TensorBoardWriter {
   // Appends one scalar event to the in-memory buffer (stored as float32, as TensorBoard does);
   // the buffer goes to disk on flush(), when it grows past a few hundred KiB, and in the destructor.
   void add_scalar(const std::string& tag, int64_t step, double value, double wall_time = unix_time_now());
+  // A SessionLog START event at `step`: TensorBoard then drops the events of earlier files at this
+  // step and after (a resumed run's steps past its checkpoint, written by the run it continues; as
+  // PyTorch's SummaryWriter(purge_step=step) does).
+  void purge_from(int64_t step, double wall_time = unix_time_now());
   // Writes the buffer to the file and flushes the C stream. Throws DataError naming the path.
   void flush();
   // Full path of the event file.

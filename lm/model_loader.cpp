@@ -546,10 +546,23 @@ Tensor load_unembedding(const std::string& dir) {
   if (norm.file.empty()) throw DataError(cat(source.label(), ": no final norm weight"));
   const Tensor weight = read_checked(source, norm.file, {d});
   const bool plus_one = norm.rule.transform == WeightTransform::PlusOne;
+  // A LayerNorm takes the mean out of whatever reaches it, so only a direction's centred part moves
+  // the logits: each row is centred over d (fold_ln's center_weights), which ranks a decoder row's
+  // tokens as TransformerLens's W_U does. (Its center_unembed, a shift per feature, is not applied.)
+  const bool center = folder.config.norm == NormKind::LayerNorm;
   const float* w = weight.data<float>();
   float* u = W_U.data<float>();
-  for (int64_t v = 0; v < vocab; ++v)
-    for (int64_t j = 0; j < d; ++j) u[v * d + j] *= plus_one ? 1.0f + w[j] : w[j];
+  for (int64_t v = 0; v < vocab; ++v) {
+    float* row = u + v * d;
+    double mean = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      row[j] *= plus_one ? 1.0f + w[j] : w[j];
+      mean += row[j];
+    }
+    mean /= static_cast<double>(d);
+    if (center)
+      for (int64_t j = 0; j < d; ++j) row[j] = static_cast<float>(row[j] - mean);
+  }
   return W_U;
 }
 

@@ -76,7 +76,9 @@ ModelFolder read_model_config(const std::string& dir);
 
 // The unembedding [V, d] of the model in `dir` (float32, host: its own tensor when the file has one,
 // else the tied token embedding) with the final norm's weight folded in, W_U[v, j] x w[j] (1 + w[j]
-// for Gemma), as TransformerLens's fold_ln gives it to feature dashboards. Nothing else is read.
+// for Gemma), each row then centred over j for a LayerNorm (which removes the mean of what reaches
+// it), as TransformerLens's fold_ln gives W_U to feature dashboards (its center_unembed, a constant
+// per feature, left out). Nothing else is read.
 Tensor load_unembedding(const std::string& dir);
 
 // The model in `dir` (config.json + safetensors), `part` of it, on `device`.

@@ -138,10 +138,17 @@ bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopt
     throw UsageError(message);
   }
   if (!out.unmatched().empty()) {
-    // After a flag or an option whose value is optional ("--init-tied off"): its value needs "=".
+    // Right after a flag or an option whose value is optional ("--init-tied off"): its value needs "=".
     const std::string& stray = out.unmatched()[0];
+    auto takes_no_separate_value = [&](const std::string& arg) {
+      if (arg.size() < 3 || arg.rfind("--", 0) != 0 || arg.find('=') != std::string::npos) return false;
+      for (const std::string& group : options.groups())
+        for (const cxxopts::HelpOptionDetails& o : options.group_help(group).options)
+          if (!o.l.empty() && o.l[0] == arg.substr(2)) return o.is_boolean || o.has_implicit;
+      return false;
+    };
     for (size_t i = 2; i < args.size(); ++i)
-      if (args[i] == stray && args[i - 1].rfind("--", 0) == 0 && args[i - 1].find('=') == std::string::npos)
+      if (args[i] == stray && takes_no_separate_value(args[i - 1]))
         throw UsageError(cat("unexpected argument '", stray, "' after ", args[i - 1], ": a flag or an option whose value "
                              "is optional takes its value with '=' (", args[i - 1], "=", stray, ")"));
     throw UsageError(cat("unexpected argument '", stray, "'"));

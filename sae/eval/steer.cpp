@@ -101,7 +101,11 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 }
 
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
-  const std::string text = utf8::replace_invalid(tokenizer.decode(ids));
+  return display_text(tokenizer.decode(ids));
+}
+
+std::string display_text(const std::string& bytes) {
+  const std::string text = utf8::replace_invalid(bytes);
   std::string out;
   for (const char c : text) {
     const unsigned char b = static_cast<unsigned char>(c);

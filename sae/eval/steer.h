@@ -41,6 +41,7 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 // bytes other than the newline (NUL, tab, escape) as their Unicode pictures (U+2400 + byte, DEL
 // U+2421), so a column neither ends at a NUL nor takes a terminal's escape sequence.
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids);
+std::string display_text(const std::string& bytes);  // the same for text (the prompt as given)
 
 // The two continuations in two columns of `width` characters (code points), each column headed and
 // wrapped at spaces; lines of the text break the column too.

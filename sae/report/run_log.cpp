@@ -60,6 +60,9 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
   csv_ = std::fopen(csv_path_.c_str(), "ab");
   if (!csv_) throw DataError(cat(csv_path_, ": cannot open for writing: ", std::strerror(errno)));
   tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
+  // A resumed run: TensorBoard drops what earlier event files hold after the resumed step (what the
+  // interrupted run logged past its checkpoint, or the continuation a rewind replaced), as metrics.csv.
+  if (keep_through_step > 0) tensorboard_->purge_from(keep_through_step + 1);
 }
 
 RunLog::~RunLog() {

@@ -19,7 +19,8 @@ using MetricRow = std::vector<std::pair<std::string, double>>;
 class RunLog {
  public:
   // Opens OUT/metrics.csv and a new event file in OUT/tensorboard. When resuming, rows after
-  // `keep_through_step` (written by the interrupted run after its last checkpoint) are dropped.
+  // `keep_through_step` (written by the interrupted run after its last checkpoint) are dropped, and
+  // the event file starts with a purge of the steps after it (TensorBoardWriter::purge_from).
   RunLog(const std::string& out_dir, int64_t keep_through_step);
   ~RunLog();
   void write(const MetricRow& row);

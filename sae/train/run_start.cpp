@@ -18,7 +18,7 @@ namespace {
 
 // What a training run writes into its folder (docs/contract.md §4).
 const char* const kRunFiles[] = {"config.json", kPendingConfigFile, "metrics.csv", "sae", "checkpoints", "tensorboard",
-                                 "figures", "summary.json"};
+                                 "figures", "summary.json", "superseded"};
 
 bool holds_a_run(const fs::path& dir) {
   for (const char* name : {"config.json", "metrics.csv", "sae", "checkpoints"})
@@ -33,7 +33,10 @@ std::string run_dir_of(const std::string& resume) {
                         "from (start a run from it with --init)"));
   if (fs::exists(fs::path(resume) / "config.json") || fs::exists(fs::path(resume) / kPendingConfigFile)) return resume;
   fs::path p = fs::path(resume);
-  for (int up = 0; up < 3 && p.has_parent_path() && p != p.parent_path(); ++up) {
+  for (int up = 0; up < 4 && p.has_parent_path() && p != p.parent_path(); ++up) {
+    if (p.filename() == "superseded")  // a continuation a rewind set aside: not the run's own
+      throw UsageError(cat("--resume ", resume, ": a checkpoint a rewinding --resume set aside (", p.string(),
+                           "); copy the run with it in place of its own checkpoints to continue it"));
     p = p.parent_path();
     if (fs::exists(p / "config.json")) return p.string();
   }
@@ -57,18 +60,39 @@ void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std:
 // step (later checkpoints, a final sae/) belongs to the continuation being replaced, and a later plain
 // --resume would pick it up. It is moved, newest first, into RUN/superseded/from_step_S (-2, -3, ...
 // for another rewind to S) with a copy of metrics.csv as it stood (the resumed run drops its rows
-// after S), so nothing written is lost. Returns that folder, or "" when nothing came after S.
+// after S), so nothing written is lost. The moves are recorded first (kRewindRecord): a rewind a
+// crash stopped half-way is finished by the next --resume of the run, into the same folder.
+// Returns that folder, or "" when nothing came after S.
+constexpr const char* kRewindRecord = "superseded/rewinding.json";
+
 std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step) {
+  const fs::path record = fs::path(run_dir) / kRewindRecord;
+  std::error_code ec;
   std::vector<std::pair<int64_t, std::string>> later;
   for (const auto& checkpoint : run_checkpoints(run_dir))
     if (checkpoint.first > step) later.push_back(checkpoint);
-  if (later.empty()) return "";
-  const fs::path base = fs::path(run_dir) / "superseded" / cat("from_step_", step);
-  fs::path aside = base;
-  for (int k = 2; fs::exists(aside); ++k) aside = fs::path(cat(base.string(), "-", k));
-  std::error_code ec;
+  if (later.empty()) {
+    fs::remove(record, ec);
+    return "";
+  }
+  fs::path aside;
+  if (fs::exists(record)) {
+    const Json was = read_json_file(record.string());
+    if (was.has("step") && was.at("step") == Json(step) && was.has("to") && was.at("to").is_string())
+      aside = was.at("to").as_string();
+  }
+  if (aside.empty()) {
+    const fs::path base = fs::path(run_dir) / "superseded" / cat("from_step_", step);
+    aside = base;
+    for (int k = 2; fs::exists(aside); ++k) aside = fs::path(cat(base.string(), "-", k));
+  }
   fs::create_directories(aside / "checkpoints", ec);
-  if (!ec && fs::exists(fs::path(run_dir) / "metrics.csv"))
+  if (ec) throw DataError(cat(aside.string(), ": cannot create it: ", ec.message()));
+  Json intent = Json::object();
+  intent["step"] = step;
+  intent["to"] = aside.string();
+  write_file_atomic(record.string(), intent.dump() + "\n");
+  if (fs::exists(fs::path(run_dir) / "metrics.csv") && !fs::exists(aside / "metrics.csv"))
     fs::copy_file(fs::path(run_dir) / "metrics.csv", aside / "metrics.csv", ec);
   for (auto it = later.rbegin(); !ec && it != later.rend(); ++it) {
     const fs::path from(it->second);
@@ -77,7 +101,18 @@ std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step
   }
   if (ec) throw DataError(cat(aside.string(), ": cannot set aside the checkpoints after step ", step, ": ", ec.message()));
   sync_directory(run_dir);
+  fs::remove(record, ec);
   return aside.string();
+}
+
+// A rewind a crash stopped half-way (its record still there): its remaining moves.
+void finish_interrupted_rewind(const std::string& run_dir) {
+  const fs::path record = fs::path(run_dir) / kRewindRecord;
+  if (!fs::exists(record)) return;
+  const Json was = read_json_file(record.string());
+  if (!was.has("step") || !was.at("step").is_number())
+    throw DataError(cat(record.string(), ": no step (the record of an interrupted rewind)"));
+  set_aside_later_checkpoints(run_dir, was.at("step").as_int());
 }
 
 }  // namespace
@@ -136,6 +171,7 @@ RunStart start_run(TrainConfig config, bool owner) {
     if (owner) {
       start.lock = std::make_unique<FileLock>((fs::path(run_dir) / ".lock").string());
       recover_interrupted_saves(run_dir);
+      finish_interrupted_rewind(run_dir);
     }
     // A run killed before its first checkpoint: resumed from its start (its config.json).
     const bool from_the_start = fs::weakly_canonical(config.resume) == fs::weakly_canonical(run_dir) &&

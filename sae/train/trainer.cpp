@@ -754,9 +754,12 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (!lead || std::uncaught_exceptions() == 0) return;
       for (Member& m : members) {
         if (m.start.state || !m.config().resume.empty() || m.run().step > 0) continue;
+        // Its own files only: another run's event files may share tensorboard/.
         std::error_code ec;
-        for (const char* name : {"config.json", "metrics.csv", "tensorboard"})
-          fs::remove_all(fs::path(m.config().out) / name, ec);
+        const fs::path out(m.config().out);
+        for (const char* name : {"config.json", "metrics.csv"}) fs::remove(out / name, ec);
+        if (m.log) fs::remove(m.log->tensorboard_path(), ec);
+        fs::remove(out / "tensorboard", ec);  // only when that left it empty
       }
     }
   } unstarted_runs{members, lead};

@@ -7,6 +7,7 @@
 
 #include "io/file_fingerprint.h"
 #include "lm/model_loader.h"
+#include "sae/data/activation_cache.h"
 #include "sae/data/concat_source.h"
 #include "sae/data/text_batches.h"
 #include "sae/train/dictionary_reads.h"
@@ -127,7 +128,9 @@ Json cache_saelens_metadata(const Json& source) {
     folder = read_model_config(model);
   } catch (const Error&) {
   }
-  saelens["model_name"] = folder ? folder->name : std::filesystem::path(model).lexically_normal().filename().string();
+  std::filesystem::path path = std::filesystem::path(model).lexically_normal();
+  if (path.filename().empty()) path = path.parent_path();  // "models/gpt2/"
+  saelens["model_name"] = folder ? folder->name : path.filename().string();
   saelens["hook_name"] = source.at("hook_name");
   saelens["hook_head_index"] = Json();
   if (source.has("context_size") && source.at("context_size").is_number())
@@ -136,6 +139,31 @@ Json cache_saelens_metadata(const Json& source) {
     saelens["context_size"] = folder->config.max_positions;
   saelens["prepend_bos"] = source.has("bos_id");
   return saelens;
+}
+
+// Activation caches say where their activations came from (each manifest's source): an SAE or a
+// transcoder trained from caches only records it as one trained from text does (cfg.json's metadata:
+// hook_name, and a transcoder's hook_name_out when its target cache is of the same model, windows and
+// BOS), and the BOS handling its windows had (bos_activations). A crosscoder's sources are not named.
+void describe_cache_origin(const TrainConfig& config, const std::vector<std::string>& reads, Json& description) {
+  for (const std::string& read : reads)
+    if (!is_activation_cache(read)) return;
+  const DictionaryReads kind = dictionary_reads(config);
+  if (kind.text || kind.in.size() != 1) return;
+  const Json in = read_cache_manifest(kind.in[0]).source;
+  Json saelens = cache_saelens_metadata(in);
+  if (!saelens.has("hook_name")) return;
+  if (kind.kind == DictionaryKind::Transcoder) {
+    if (kind.out.size() != 1) return;
+    const Json out = read_cache_manifest(kind.out[0]).source;
+    for (const char* key : {"model", "context_size", "bos_id", "text", "text_field"})
+      if (in.has(key) != out.has(key) || (in.has(key) && in.at(key) != out.at(key))) return;
+    saelens["hook_name_out"] = out.at("hook_name");
+  } else if (kind.kind != DictionaryKind::Sae) {
+    return;
+  }
+  description["saelens_metadata"] = saelens;
+  if (in.has("bos_activations")) description["bos_activations"] = in.at("bos_activations");
 }
 
 }  // namespace
@@ -165,10 +193,7 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
     data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize,
                                              data.dataset_scale, config.seed);
     data.description = data.activations->describe();
-    if (reads.size() == 1 && data.description.at("kind") == Json("activation_cache")) {
-      const Json saelens = cache_saelens_metadata(data.description.at("source"));
-      if (saelens.has("hook_name")) data.description["saelens_metadata"] = saelens;
-    }
+    describe_cache_origin(config, reads, data.description);
     data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
     if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
       const DatasetScales s = estimate_dataset_scales(*data.activations);

@@ -141,6 +141,12 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " stray", 2, "stray");
   expect_error(kTiny + " --unit-norm-decoder off", 2, "after --unit-norm-decoder: a flag or an option whose value "
                                                      "is optional takes its value with '=' (--unit-norm-decoder=off)");
+  // A stray repeating a value option's value is only a stray (no "=" hint naming --out).
+  TempDir dir("cli_stray");
+  const auto repeated = run_binary("sae_train", kTiny + " --out " + dir.str("run") + " " + dir.str("run"), dir);
+  EXPECT_EQ(repeated.exit_code, 2);
+  EXPECT_NE(repeated.err.find("unexpected argument '" + dir.str("run") + "'"), std::string::npos) << repeated.err;
+  EXPECT_EQ(repeated.err.find("after --out"), std::string::npos) << repeated.err;
 #ifndef SAE_WITH_CUDA
   expect_error(kTiny + " --device cuda", 2, "--device cuda");
 #endif

@@ -273,9 +273,9 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
   const Json data = browser_data(options_for(dir.str("run")));
   EXPECT_TRUE(data.at("has_promoted").as_bool());
   EXPECT_TRUE(data.at("has_tokens").as_bool());
-  // Each feature's first promoted token is the largest W_dec[i] . (lm_head[v] x ln_f.weight), the final
-  // norm's weight folded in as TransformerLens's fold_ln does; this model's weights (0.002 .. 0.01)
-  // change some features' first token against the raw lm_head.
+  // Each feature's first promoted token is the largest W_dec[i] . centred(lm_head[v] x ln_f.weight),
+  // the final LayerNorm's weight folded in and each row centred, as TransformerLens's fold_ln does;
+  // this model's weights (0.002 .. 0.01) change some features' first token against the raw lm_head.
   const Checkpoint sae = load_checkpoint(dir.str("run/sae"), Device::CPU, false);
   const GptNeo model = GptNeo::load(ref("model"));
   const std::vector<double> dec = sae.params.W_dec.to_vector(), unembed = model.unembedding().to_vector();
@@ -285,8 +285,10 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
   int64_t raw_differs = 0;
   for (int64_t i = 0; i < features; ++i) {
     auto logit = [&](int64_t v, bool folded) {
-      double dot = 0;
-      for (int64_t j = 0; j < d; ++j) dot += dec[i * d + j] * unembed[v * d + j] * (folded ? ln_f[j] : 1.0);
+      double dot = 0, mean = 0;
+      for (int64_t j = 0; j < d; ++j) mean += unembed[v * d + j] * (folded ? ln_f[j] : 1.0) / d;
+      for (int64_t j = 0; j < d; ++j)
+        dot += dec[i * d + j] * (folded ? unembed[v * d + j] * ln_f[j] - mean : unembed[v * d + j]);
       return dot;
     };
     int64_t best = 0, best_raw = 0;

@@ -124,6 +124,7 @@ struct Event {
   std::string file_version;
   bool has_summary = false;
   std::vector<ScalarValue> values;
+  int64_t session_status = -1;  // SessionLog.status, when the event has one
 };
 
 Event decode_event(const std::string& data) {
@@ -151,6 +152,11 @@ Event decode_event(const std::string& data) {
           }
         }
         e.values.push_back(v);
+      }
+    } else if (f.number == 7 && f.wire_type == 2) {
+      for (const Field& sf : decode_message(f.bytes)) {
+        if (sf.number != 1 || sf.wire_type != 0) throw std::runtime_error("unexpected SessionLog field");
+        e.session_status = static_cast<int64_t>(sf.number_value);
       }
     } else {
       throw std::runtime_error("unexpected Event field " + std::to_string(f.number));
@@ -254,6 +260,26 @@ TEST(TensorBoard, RoundTripTagsStepsValues) {
     expect_scalars(events, scalars);
   }
   EXPECT_EQ(read_events(path).size(), scalars.size() + 1);  // the destructor adds nothing twice
+}
+
+TEST(TensorBoard, PurgeFromWritesASessionStartAtItsStep) {
+  // event.proto: Event.session_log = 7, SessionLog.status = 1, START = 1 (what TensorBoard's
+  // EventAccumulator purges on: the earlier events at this step and after).
+  TempDir dir("purge");
+  std::string path;
+  {
+    TensorBoardWriter writer(dir.path.string());
+    path = writer.path();
+    writer.purge_from(41, 1700000000.5);
+    writer.add_scalar("loss", 45, 1.0, 1700000001.0);
+  }
+  const std::vector<Event> events = read_events(path);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[1].step, 41);
+  EXPECT_EQ(events[1].session_status, 1);
+  EXPECT_EQ(events[1].wall_time, 1700000000.5);
+  EXPECT_FALSE(events[1].has_summary);
+  EXPECT_EQ(events[2].session_status, -1);
 }
 
 TEST(TensorBoard, DefaultWallTimeIsNow) {

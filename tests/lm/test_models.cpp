@@ -151,7 +151,8 @@ TEST(Models, GreedyGenerationEqualsHuggingFaceGenerate) {
 
 // load_unembedding folds the final norm's weight into W_U (as TransformerLens's fold_ln): the last
 // block's output, normalised without the norm's affine part, times it gives HF's logits (through the
-// soft-cap where the model has one); a LayerNorm's bias adds one row b U^T at every position.
+// soft-cap where the model has one); a LayerNorm's bias adds one row b U^T at every position, and
+// its rows are centred over d (the centred input cannot tell), which the rows' means show.
 TEST(Models, UnembeddingHoldsTheFinalNormWeightAsHuggingFaceLogitsSay) {
   for (const char* name : kModels) {
     SCOPED_TRACE(name);
@@ -187,6 +188,16 @@ TEST(Models, UnembeddingHoldsTheFinalNormWeightAsHuggingFaceLogitsSay) {
       }
     }
     EXPECT_LE(worst, 2e-5 * scale) << "max |logits| " << scale;
+    double largest = 0, worst_mean = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      double mean = 0;
+      for (int64_t j = 0; j < d; ++j) mean += u[v * d + j] / d, largest = std::max(largest, std::fabs(u[v * d + j]));
+      worst_mean = std::max(worst_mean, std::fabs(mean));
+    }
+    if (c.norm == NormKind::LayerNorm)
+      EXPECT_LE(worst_mean, 1e-6 * largest) << "a row not centred";
+    else
+      EXPECT_GT(worst_mean, 1e-3 * largest) << "an RMSNorm's rows are not centred";
   }
 }
 

@@ -231,6 +231,13 @@ TEST(TextData, BadInputsGetOneLine) {
   EXPECT_FALSE(fs::exists(dir.str("r2/metrics.csv")));
   const auto retried = run_binary("sae_train", corrected, dir);
   EXPECT_EQ(retried.exit_code, 0) << retried.err;
+  // Only its own files go: another run's event files in the same tensorboard/ stay.
+  fs::create_directories(dir.str("r7/tensorboard/other_run"));
+  std::ofstream(dir.str("r7/tensorboard/other_run/events.out.tfevents.1")) << "theirs";
+  const auto failed = run_binary("sae_train", base + " --text " + dir.str("empty.txt") + " --out " + dir.str("r7"), dir);
+  EXPECT_EQ(failed.exit_code, 1) << failed.err;
+  EXPECT_TRUE(fs::exists(dir.str("r7/tensorboard/other_run/events.out.tfevents.1")));
+  EXPECT_FALSE(fs::exists(dir.str("r7/config.json")));
 }
 
 // Several hooks from one forward pass (a transcoder's input and target, a crosscoder's hooks, a

@@ -321,6 +321,34 @@ TEST(RunFolders, ARewindingResumeSetsTheLaterCheckpointsAside) {
   ASSERT_EQ(twice.exit_code, 0) << twice.err;
   EXPECT_EQ(read_file(aside + "-2/sae/sae_weights.safetensors"), step_30_weights);
   EXPECT_EQ(read_file(aside + "/sae/sae_weights.safetensors"), old_weights);
+  // A checkpoint set aside is not resumed in place (it had continued the run's own, overwriting it).
+  auto set_aside = run_binary("sae_train", " --resume " + aside + "/sae --steps 50", dir);
+  EXPECT_EQ(set_aside.exit_code, 2) << set_aside.err;
+  EXPECT_NE(set_aside.err.find("set aside"), std::string::npos) << set_aside.err;
+  // --overwrite replaces the run, what it had set aside included.
+  auto replaced = run_binary("sae_train", command_line_tiny() + " --steps 5 --overwrite --out " + run, dir);
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.err;
+  EXPECT_FALSE(fs::exists(run + "/superseded"));
+}
+
+TEST(RunFolders, ARewindACrashStoppedIsFinishedByTheNextResume) {
+  // The state a kill leaves after the rewind recorded its moves and moved sae/ only: a plain
+  // --resume first moves the rest (step_20, step_30) after it, then continues from step_10.
+  TempDir dir("resume_rewind_crash");
+  const std::string run = dir.str("run");
+  auto first = run_binary("sae_train", command_line_tiny() + " --steps 40 --log-every 5 --checkpoint-every 10 --out " + run, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string aside = run + "/superseded/from_step_10";
+  fs::create_directories(aside + "/checkpoints");
+  std::ofstream(run + "/superseded/rewinding.json") << "{\"step\": 10, \"to\": \"" << aside << "\"}\n";
+  fs::rename(run + "/sae", aside + "/sae");
+  const std::string old_step_30 = read_file(run + "/checkpoints/step_30/sae_weights.safetensors");
+  auto resumed = run_binary("sae_train", " --resume " + run, dir);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(read_file(aside + "/checkpoints/step_30/sae_weights.safetensors"), old_step_30);
+  EXPECT_TRUE(fs::exists(aside + "/checkpoints/step_20/training_state.safetensors"));
+  EXPECT_FALSE(fs::exists(run + "/superseded/rewinding.json"));
+  EXPECT_NE(resumed.out.find("trained 40 steps"), std::string::npos) << resumed.out;  // on from step 10
 }
 
 TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
