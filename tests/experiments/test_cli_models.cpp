@@ -170,6 +170,46 @@ TEST(CliModels, Gpt2AttentionSaeFromCompressedJsonLinesWithBos) {
             features(" --hook blocks.1.attn.hook_z --context-size 16 --prepend-bos on", "cached_explicit.json"));
 }
 
+// A transcoder trained from two caches of one model (its MLP's input and output) says which hooks
+// it reads and replaces, and an SAE from a cache that kept its BOS rows says so, as runs from text do.
+TEST(CliModels, TrainingFromCachesRecordsWhereTheyCameFrom) {
+  TempDir dir("cli_models_caches");
+  const std::string corpus = write_corpus(dir);
+  const std::string text = cat(" --text ", quote(corpus), " --text-field content");
+  const std::string model = cat(" --model ", quote(model_dir("gpt2")));
+  for (const char* hook : {"blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"}) {
+    const sae::testing::CommandResult r =
+        run_binary("sae_cache", cat(model, text, " --hook ", hook, " --prepend-bos on --bos-activations keep ",
+                                    "--context-size 16 --device cpu --progress none --out ", quote(dir.str(hook))),
+                   dir);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  const std::string common = " --features 24 --steps 4 --batch 32 --l1 0.1 --device cpu --progress none";
+  sae::testing::CommandResult r =
+      run_binary("sae_train", cat(" --data ", quote(dir.str("blocks.1.ln2.hook_normalized")), " --target-data ",
+                                  quote(dir.str("blocks.1.hook_mlp_out")), common, " --normalize dataset --out ",
+                                  quote(dir.str("tc"))),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json tc = read_json_file(dir.str("tc/sae/cfg.json"));
+  EXPECT_EQ(tc.at("metadata").at("hook_name").as_string(), "blocks.1.ln2.hook_normalized");
+  EXPECT_EQ(tc.at("metadata").at("hook_name_out").as_string(), "blocks.1.hook_mlp_out");
+  EXPECT_EQ(tc.at("metadata").at("context_size").as_int(), 16);
+  r = run_binary("sae_eval", cat(model, text, " --sae ", quote(dir.str("tc/sae")), " --out ", quote(dir.str("tc_eval")),
+                                 " --device cpu --progress none"),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(dir.str("tc_eval/eval.json")).at("hook_name").as_string(), "blocks.1.hook_mlp_out");
+  r = run_binary("sae_train", cat(" --data ", quote(dir.str("blocks.1.hook_mlp_out")),
+                                  " --features 24 --steps 4 --batch story --l1 0.1 --device cpu --progress none",
+                                  " --normalize story --out ", quote(dir.str("kept"))),
+                 dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json kept = read_json_file(dir.str("kept/sae/cfg.json"));
+  EXPECT_EQ(kept.at("sae_cpp").at("data").at("bos_activations").as_string(), "keep");
+  EXPECT_EQ(kept.at("metadata").at("hook_name").as_string(), "blocks.1.hook_mlp_out");
+}
+
 TEST(CliModels, PythiaTranscoderInputAndRefusals) {
   TempDir dir("cli_models_pythia");
   const std::string corpus = write_corpus(dir);
