@@ -81,6 +81,15 @@ constexpr uint32_t kSessionLogStatus = 1, kSessionStart = 1;
 constexpr uint32_t kSummaryValue = 1;
 constexpr uint32_t kValueTag = 1, kValueSimpleValue = 2;
 
+// An Event at `wall_time` and `step` whose one "what" field is `field` with `payload`.
+std::string event_of(double wall_time, int64_t step, uint32_t field, const std::string& payload) {
+  std::string event;
+  put_double_field(event, kEventWallTime, wall_time);
+  put_int64_field(event, kEventStep, step);
+  put_bytes_field(event, field, payload);
+  return event;
+}
+
 std::string host_name() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
@@ -133,11 +142,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
   }
   if (file_ == nullptr) throw DataError(cat("TensorBoardWriter: no free event file name like '", path_, "'"));
 
-  std::string event;
-  put_double_field(event, kEventWallTime, start);
-  put_int64_field(event, kEventStep, 0);
-  put_bytes_field(event, kEventFileVersion, "brain.Event:2");
-  append_record(event);
+  append_record(event_of(start, 0, kEventFileVersion, "brain.Event:2"));
   try {
     flush();
   } catch (...) {
@@ -163,23 +168,14 @@ void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double 
   put_float_field(summary_value, kValueSimpleValue, static_cast<float>(value));
   std::string summary;
   put_bytes_field(summary, kSummaryValue, summary_value);
-
-  std::string event;
-  put_double_field(event, kEventWallTime, wall_time);
-  put_int64_field(event, kEventStep, step);
-  put_bytes_field(event, kEventSummary, summary);
-  append_record(event);
+  append_record(event_of(wall_time, step, kEventSummary, summary));
   if (pending_.size() >= kAutoFlushBytes) flush();
 }
 
 void TensorBoardWriter::purge_from(int64_t step, double wall_time) {
   std::string session_log;
   put_int64_field(session_log, kSessionLogStatus, kSessionStart);
-  std::string event;
-  put_double_field(event, kEventWallTime, wall_time);
-  put_int64_field(event, kEventStep, step);
-  put_bytes_field(event, kEventSessionLog, session_log);
-  append_record(event);
+  append_record(event_of(wall_time, step, kEventSessionLog, session_log));
 }
 
 void TensorBoardWriter::append_record(const std::string& data) {
