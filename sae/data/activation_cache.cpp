@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "io/file_fingerprint.h"
 #include "io/float_convert.h"
 
 namespace fs = std::filesystem;
@@ -344,6 +345,9 @@ Json CacheSource::describe() const {
   Json j = Json::object();
   j["kind"] = "activation_cache";
   j["path"] = dir_;
+  // The manifest's bytes say which cache this is (its source, shards, text positions): a resume
+  // checks them as it checks an activation file's (sae/train/trainer.cpp check_same_data).
+  j["fingerprint"] = file_fingerprint((fs::path(dir_) / "manifest.json").string());
   j["tokens"] = manifest_.tokens;
   j["d"] = manifest_.d;
   j["stories"] = manifest_.stories;

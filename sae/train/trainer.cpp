@@ -377,7 +377,15 @@ bool records_fingerprints(const Json& j) {
 // description says) as its config.json recorded them. DataError otherwise (a replaced or rewritten file would
 // continue a run with other data, and another dataset scale, silently).
 void check_same_data(const Json& saved, const Json& now, const std::string& out) {
-  if (saved.is_null() || !records_fingerprints(saved) || saved == now) return;
+  // What the data is, without what was read from elsewhere (the model folder a cache names may move).
+  auto data_of = [](const Json& j) {
+    if (!j.is_object()) return j;
+    Json kept = Json::object();
+    for (const auto& [key, value] : j.items())
+      if (key != "saelens_metadata") kept[key] = value;
+    return kept;
+  };
+  if (saved.is_null() || !records_fingerprints(saved) || data_of(saved) == data_of(now)) return;
   throw DataError(cat("--resume ", out, ": the data is not what the run started on (config.json's resolved.data ",
                       printable(saved.dump(), 160), ", now ", printable(now.dump(), 160),
                       "); resume it with that data, or start a new run"));

@@ -9,6 +9,7 @@
 
 #include "io/float_convert.h"
 #include "sae/data/activation_cache.h"
+#include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tests/util/test_util.h"
 
@@ -181,4 +182,22 @@ TEST(ActivationCache, TrainingFromACacheEqualsTrainingFromOneFile) {
             read_file(dir.str("from_file/sae/sae_weights.safetensors")));
   EXPECT_EQ(read_json_file(dir.str("from_cache/config.json")).at("resolved").at("data").at("kind").as_string(),
             "activation_cache");
+  // The cache replaced by another at the same path (here its F16 rounding): a resume refuses it, as
+  // it refuses a replaced activation file (it had continued on the other data with the old scale).
+  c.data = dir.str("cache");
+  c.out = dir.str("from_cache");
+  fs::remove_all(dir.str("cache"));
+  write_cache(dir.str("cache"), "F16", 10);
+  TrainConfig more;
+  more.resume = c.out;
+  give_every_control(more);
+  more.steps = 30;
+  more.progress = ProgressMode::None;
+  more.device = DeviceChoice::Cpu;
+  try {
+    train(more);
+    ADD_FAILURE() << "a resume on a replaced cache";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("the data is not what the run started on"), std::string::npos) << e.what();
+  }
 }
