@@ -78,6 +78,9 @@ int main(int argc, char** argv) {
       throw sae::UsageError(sae::cat("--top must be in [1, 1000], got ", stats_options.k));
     if (stats_options.context < 0 || stats_options.context > 256)
       throw sae::UsageError(sae::cat("--context must be in [0, 256], got ", stats_options.context));
+    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 0)
+      throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
+                                     parsed["context-size"].as<int64_t>()));
     const int64_t max_stories = parsed["stories"].as<int64_t>();
     if (max_stories < 0) throw sae::UsageError(sae::cat("--stories must be >= 0 (0: all), got ", max_stories));
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
@@ -87,12 +90,6 @@ int main(int argc, char** argv) {
     const sae::InputNormalization normalization =
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);
-    // Whether the run trained on its BOS rows too (our cfg.json's sae_cpp.data.bos_activations).
-    const sae::Json* run_data = checkpoint.cfg.has("sae_cpp") && checkpoint.cfg.at("sae_cpp").is_object() &&
-                                        checkpoint.cfg.at("sae_cpp").has("data")
-                                    ? &checkpoint.cfg.at("sae_cpp").at("data") : nullptr;
-    const bool kept_bos = run_data && run_data->is_object() && run_data->has("bos_activations") &&
-                          run_data->at("bos_activations") == sae::Json("keep");
 
     const sae::HookChoice choice =
         sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
@@ -113,7 +110,6 @@ int main(int argc, char** argv) {
           sae::load_sae_at_layer(sae_dir, folder.config, choice, device, folder_b ? &folder_b->config : nullptr);
       std::optional<sae::HookSite> last[2];
       sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), crosscoder.site, -1, 0, {}};
-      story_options.keep_bos = kept_bos;
       sae::Json hooks = sae::Json::array();
       for (const sae::CrosscoderSource& source : crosscoder.sources) {
         story_options.reads.push_back(sae::TextRead{source.model, source.site});
@@ -132,9 +128,6 @@ int main(int argc, char** argv) {
       story_options.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), crosscoder, *tokenizer);
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
-        if (story_options.context_size < 0)
-          throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
-                                         story_options.context_size));
       } else if (crosscoder.context_size > 0) {
         story_options.context_size = std::min(crosscoder.context_size, folder.config.max_positions);
       }
@@ -184,12 +177,8 @@ int main(int argc, char** argv) {
       if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
         bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
       sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
-      story_options.keep_bos = kept_bos;
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
-        if (story_options.context_size < 0)
-          throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
-                                         story_options.context_size));
       } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
         story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
       }

@@ -82,12 +82,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::printf("prompt (%zu tokens): %s\n", result.prompt.size(), sae::display_text(prompt).c_str());
-    std::printf("feature %lld of %lld, strength %g, added at %s%s (%s) at every position; %s\n\n",
+    std::printf("feature %lld of %lld, strength %g, added at %s (%s) at every position; %s\n\n",
                 static_cast<long long>(steer.feature), static_cast<long long>(sae.params.d_sae()), steer.strength,
-                sae::hook_name(sae.site).c_str(),
-                sae.layer >= 0 && sae::hook_name(sae.site).rfind("hidden_states", 0) != 0
-                    ? sae::cat(" = hidden_states[", sae.layer, "]").c_str() : "",
-                sae.layer_source.c_str(),
+                sae::spliced_site_text(sae).c_str(), sae.layer_source.c_str(),
                 steer.generate.greedy ? "greedy"
                                       : sae::cat("sampled with temperature ", steer.generate.temperature,
                                                  steer.generate.top_k ? sae::cat(", top-k ", steer.generate.top_k) : "",

@@ -164,6 +164,8 @@ InputNormalization trained_normalization(const Json& cfg, const std::string& cfg
     const Json& ours = cfg.at("sae_cpp");
     if (ours.has("normalization")) n.kind = parse_normalization(ours.at("normalization").as_string());
     if (ours.has("dataset_scale")) n.scales = DatasetScales::from_json(ours.at("dataset_scale"));
+    n.with_bos_rows = ours.has("data") && ours.at("data").is_object() && ours.at("data").has("bos_activations") &&
+                      ours.at("data").at("bos_activations") == Json("keep");
   } catch (const Error& e) {
     throw DataError(cat(cfg_path, ": sae_cpp: ", e.what()));
   }

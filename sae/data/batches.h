@@ -64,6 +64,9 @@ struct DatasetScales {
 struct InputNormalization {
   Normalization kind = Normalization::None;
   DatasetScales scales;
+  // Trained on its BOS rows too (sae_cpp.data.bos_activations "keep"): a per-story normalisation
+  // took each window's BOS row into its statistics, so readers of its windows do the same.
+  bool with_bos_rows = false;
   double input_scale() const { return scales.first(); }
 };
 InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path);

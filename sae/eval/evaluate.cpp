@@ -636,9 +636,7 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
 std::string eval_report(const EvalResult& r, const SaeAtLayer& sae) {
   std::string out = cat("sae_eval: ", sae.dir, " (", sae.params.kind, ", d_sae ",
                         sae.params.d_sae(), sae.params.transcoder ? cat(", a transcoder from ", hook_name(sae.input_site)) : "",
-                        ") spliced at ", hook_name(sae.site),
-                        sae.layer >= 0 && hook_name(sae.site).rfind("hidden_states", 0) != 0
-                            ? cat(" = hidden_states[", sae.layer, "]") : std::string(), " (", sae.layer_source,
+                        ") spliced at ", spliced_site_text(sae), " (", sae.layer_source,
                         "), inputs normalised: ", normalization_name(sae.normalization), "\n");
   out += cat("  ", r.stories, " stories (", r.pieces, " pieces), ", r.tokens, " tokens, ", r.predictions,
              " next-token predictions, ", format_number(r.seconds, 3), " s\n\n");

@@ -12,6 +12,12 @@
 
 namespace sae {
 
+std::string spliced_site_text(const SaeAtLayer& sae) {
+  const std::string name = hook_name(sae.site);
+  if (sae.layer < 0 || name.rfind("hidden_states", 0) == 0) return name;
+  return cat(name, " = hidden_states[", sae.layer, "]");
+}
+
 bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
   for (const Json* holder : {cfg.has("metadata") && cfg.at("metadata").is_object() ? &cfg.at("metadata") : nullptr, &cfg}) {
     if (holder && holder->has("hook_name") && holder->at("hook_name").is_string()) {
@@ -165,13 +171,12 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     if (s.cfg.has("sae_cpp")) {
       const Json& ours = s.cfg.at("sae_cpp");
       if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
-      s.kept_bos = ours.has("data") && ours.at("data").is_object() && ours.at("data").has("bos_activations") &&
-                   ours.at("data").at("bos_activations") == Json("keep");
       if (ours.has("dataset_scale")) {
         const DatasetScales scales = DatasetScales::from_json(ours.at("dataset_scale"));
         s.dataset_scale = scales.first();
         s.output_scale = scales.per_block.back();
       }
+      s.kept_bos = trained_normalization(s.cfg, where).with_bos_rows;  // (the fields above read already)
     }
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));

@@ -48,6 +48,10 @@ struct SaeAtLayer {
   bool reads_model_b() const;             // a crosscoder with a source of the second model
 };
 
+// Where it is spliced in, for reports: its hook name, with " = hidden_states[L]" where that says
+// more (not for hidden_states[N] itself, the final norm's output).
+std::string spliced_site_text(const SaeAtLayer& sae);
+
 // The BOS a run with this SAE puts before each window: --prepend-bos on / off as given; auto: what
 // the SAE was trained with (metadata.prepend_bos) when its cfg.json says, else what the tokenizer does.
 int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer);

@@ -57,7 +57,6 @@ class TextStoryInputs : public StoryInputs {
       throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", positions, " positions"));
     windows_ = WindowOptions{options.bos, options.context_size > 0 ? options.context_size : positions};
     check_window_options(windows_);
-    keep_bos_ = options.keep_bos;
   }
 
   bool next(StoryInput& out) override {
@@ -73,7 +72,7 @@ class TextStoryInputs : public StoryInputs {
     ids.resize(static_cast<size_t>(window.tokens));
     const int64_t t = window.tokens;
     // A run that kept BOS rows normalised each story with its BOS row: so here, then it is dropped.
-    const bool bos_row = window.bos && keep_bos_ && normalization_.kind == Normalization::Story;
+    const bool bos_row = window.bos && normalization_.with_bos_rows && normalization_.kind == Normalization::Story;
     std::vector<float> raw;  // [t (+ the BOS row), sum of widths]: every read, one pass of each model
     window_activations(model_, model_b_, reads_, window.input, window.bos && !bos_row, raw);
     out.index = story.index;
@@ -97,7 +96,6 @@ class TextStoryInputs : public StoryInputs {
   std::vector<TextRead> reads_;
   std::vector<int64_t> widths_;
   WindowOptions windows_;
-  bool keep_bos_ = false;
   InputNormalization normalization_;
   int64_t max_stories_, served_ = 0;
   Device device_;

@@ -51,8 +51,6 @@ struct TextStoryOptions {
   int32_t bos = -1;                 // before each story (lm/text_windows.h); its row is not the SAE's input
   int64_t context_size = 0;         // positions a story may take, the BOS included (0: the model's)
   std::vector<TextRead> reads = {}; // a crosscoder's sources, in order (model 1: the second model)
-  bool keep_bos = false;            // the run kept BOS rows (--bos-activations keep): a per-story
-                                    // normalisation takes the BOS row into its statistics, as training did
 };
 // A text through `model` (and `model_b` for reads of a second model) up to the hook point(s); stories
 // longer than the context are cut to it (StoryInput::truncated); the BOS row, when there is one, is
