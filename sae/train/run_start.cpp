@@ -92,8 +92,13 @@ std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step
   intent["step"] = step;
   intent["to"] = aside.string();
   write_file_atomic(record.string(), intent.dump() + "\n");
-  if (fs::exists(fs::path(run_dir) / "metrics.csv") && !fs::exists(aside / "metrics.csv"))
-    fs::copy_file(fs::path(run_dir) / "metrics.csv", aside / "metrics.csv", ec);
+  if (fs::exists(fs::path(run_dir) / "metrics.csv") && !fs::exists(aside / "metrics.csv")) {
+    // Copied under a temporary name, then renamed: a kill mid-copy leaves no partial metrics.csv that
+    // the retry would take for the whole one.
+    fs::copy_file(fs::path(run_dir) / "metrics.csv", aside / "metrics.csv.partial", fs::copy_options::overwrite_existing,
+                  ec);
+    if (!ec) fs::rename(aside / "metrics.csv.partial", aside / "metrics.csv", ec);
+  }
   for (auto it = later.rbegin(); !ec && it != later.rend(); ++it) {
     const fs::path from(it->second);
     const bool final_model = from.filename() == "sae" && from.parent_path() == fs::path(run_dir);

@@ -342,12 +342,16 @@ TEST(RunFolders, ARewindACrashStoppedIsFinishedByTheNextResume) {
   fs::create_directories(aside + "/checkpoints");
   std::ofstream(run + "/superseded/rewinding.json") << "{\"step\": 10, \"to\": \"" << aside << "\"}\n";
   fs::rename(run + "/sae", aside + "/sae");
+  std::ofstream(aside + "/metrics.csv.partial") << "step,lo";  // a copy the kill cut short
+  const std::string old_metrics = read_file(run + "/metrics.csv");
   const std::string old_step_30 = read_file(run + "/checkpoints/step_30/sae_weights.safetensors");
   auto resumed = run_binary("sae_train", " --resume " + run, dir);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_EQ(read_file(aside + "/checkpoints/step_30/sae_weights.safetensors"), old_step_30);
   EXPECT_TRUE(fs::exists(aside + "/checkpoints/step_20/training_state.safetensors"));
   EXPECT_FALSE(fs::exists(run + "/superseded/rewinding.json"));
+  EXPECT_EQ(read_file(aside + "/metrics.csv"), old_metrics);
+  EXPECT_FALSE(fs::exists(aside + "/metrics.csv.partial"));
   EXPECT_NE(resumed.out.find("trained 40 steps"), std::string::npos) << resumed.out;  // on from step 10
 }
 
