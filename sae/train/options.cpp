@@ -277,7 +277,7 @@ std::vector<TrainOption> make_table() {
           text()),
       row("resume", training, "continue the run in this directory to --steps", launch, "", FIELD(resume), text()),
       row("out", training, "output directory", launch, "out", FIELD(out), text()),
-      row("overwrite", training, "a fresh run into an --out that holds a run replaces it (deletes its files)", launch,
+      row("overwrite", training, "a fresh run into an --out that holds a run replaces it (deletes its files once the new data is read)", launch,
           "", FIELD(overwrite), flag()),
       row("seed", training, "random seed (initialisation, token shuffling)", defines, "seed", FIELD(seed),
           unsigned_integer()),

@@ -225,7 +225,8 @@ RunStart start_run(TrainConfig config, bool owner) {
       if (!config.overwrite)
         throw UsageError(cat("--out ", config.out, " already holds a run; continue it with --resume ", config.out,
                              ", replace it with --overwrite, or choose another --out"));
-      for (const char* name : kRunFiles) fs::remove_all(fs::path(config.out) / name);
+      start.replaces_run = true;  // deleted once the new run's data is open (remove_replaced_run)
+      recover_interrupted_saves(config.out);  // kept whole until then
     }
     remove_interrupted_saves(config.out);
     if (!config.init.empty()) load_init(start, config);
@@ -235,6 +236,11 @@ RunStart start_run(TrainConfig config, bool owner) {
     write_file_atomic((fs::path(config.out) / kPendingConfigFile).string(), config.to_json().dump(2) + "\n");
   start.config = std::move(config);
   return start;
+}
+
+void remove_replaced_run(const std::string& out) {
+  for (const char* name : kRunFiles)
+    if (std::string(name) != kPendingConfigFile) fs::remove_all(fs::path(out) / name);
 }
 
 std::vector<std::string> run_folders_under(const std::string& dir) {

@@ -4,7 +4,9 @@
 // own config.json with the command line's Controls options, sae/train/options.h; a Defines option
 // given on the command line that contradicts it is refused), recovers what a crash inside a
 // checkpoint save left and sweeps stale temporary folders, and loads what the run continues from.
-// A fresh run into a folder that already holds a run is refused unless --overwrite. --resume with
+// A fresh run into a folder that already holds a run is refused unless --overwrite, which deletes
+// that run's files only once the new run's data is open and its first parameters made
+// (remove_replaced_run, called by the trainer): a mistyped --data leaves the old run. --resume with
 // --steps below the run's step is refused; at the run's step it is `finished` (see RunStart). A run
 // killed before its first checkpoint is resumed from its start (its config.json, no checkpoint). A
 // fresh run writes its options to RUN/config.pending.json as soon as it holds the lock, so that one
@@ -38,6 +40,8 @@ struct RunStart {
   // --resume of a run whose final model (RUN/sae) is at config.steps already: nothing to train (a
   // retry after a crash while the final outputs were written; the caller finishes what is missing).
   bool finished = false;
+  // --overwrite of a folder that holds a run: its files are still there (see remove_replaced_run).
+  bool replaces_run = false;
   std::unique_ptr<FileLock> lock;      // held for the whole run
 };
 
@@ -45,6 +49,10 @@ struct RunStart {
 // as owner: they read the same folder and checkpoint without locking, recovering, creating or
 // clearing anything.
 RunStart start_run(TrainConfig config, bool owner = true);
+
+// Deletes the run files of the run a fresh --overwrite run replaces in `out` (docs/contract.md §4:
+// not other files), keeping the new run's config.pending.json; the caller holds the folder's lock.
+void remove_replaced_run(const std::string& out);
 
 // The run folders directly under `dir` (each holds a config.json), sorted by name: the SAEs that
 // sae_train --l1-list / --k-list trained together there. Empty when `dir` is itself a run.

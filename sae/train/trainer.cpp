@@ -745,6 +745,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     if (!lead) return;
     for (Member& m : members) {
       fs::create_directories(m.config().out);
+      if (m.start.replaces_run) remove_replaced_run(m.config().out);
       write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, batch_max_tokens);
       m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
     }

@@ -60,6 +60,14 @@ void expect_bit_exact_resume(TrainConfig config, int64_t cut_at, const TempDir& 
   EXPECT_EQ(read_file(config.out + "/metrics.csv"), read_file(first.out + "/metrics.csv")) << what;
 }
 
+// The sorted names in a folder.
+std::vector<std::string> names_in(const std::string& folder) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::string command_line_tiny() {
   return " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
          " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
@@ -110,6 +118,22 @@ TEST(RunFolders, FreshRunIntoARunFolderIsRefusedUnlessOverwrite) {
     EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
   }
   EXPECT_EQ(read_file(dir.str("run/sae/sae_weights.safetensors")), before);  // untouched
+  // --overwrite with data that cannot be read (a mistyped path, data with a NaN) fails before the
+  // old run is deleted: it stays whole.
+  const std::string csv_before = read_file(dir.str("run/metrics.csv"));
+  const std::vector<std::string> checkpoints_before = names_in(dir.str("run/checkpoints"));
+  TrainConfig unreadable = again;
+  unreadable.overwrite = true;
+  unreadable.data = dir.str("missing.npy");
+  EXPECT_THROW(train(unreadable), DataError);
+  write_npy(dir.str("nan.npy"), Tensor::from_vector({1, 2, std::nan(""), 4}, Shape{2, 2}));
+  unreadable.data = dir.str("nan.npy");
+  EXPECT_THROW(train(unreadable), DataError);
+  EXPECT_EQ(read_file(dir.str("run/sae/sae_weights.safetensors")), before);
+  EXPECT_EQ(read_file(dir.str("run/metrics.csv")), csv_before);
+  EXPECT_EQ(names_in(dir.str("run/checkpoints")), checkpoints_before);
+  EXPECT_FALSE(checkpoints_before.empty());
+  EXPECT_EQ(read_json_file(dir.str("run/config.json")).at("lr").as_number(), c.lr);
   // --overwrite replaces it: the folder then holds exactly the new run (its rows only).
   std::ofstream(dir.str("run/notes.txt")) << "mine";  // not a run file: kept
   again.overwrite = true;
