@@ -1,6 +1,7 @@
 // Log-softmax, next-token losses and KL per position (see next_token.h). T positions, V vocabulary.
 #include "sae/eval/next_token.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -58,24 +59,37 @@ void check_host_logits(const Tensor& logits, const std::vector<int32_t>& ids, co
       throw Error(cat(who, ": id ", ids[t], " is outside the vocabulary [0, ", logits.size(1), ")"));
 }
 
-// lse of one row; when `p` is given, exp(z - lse) is written there.
+// lse of one row; when `p` is given, exp(z - lse) is written there. exp(z - max) below exp(-87)
+// (near FLT_MIN) counts as 0: the row's sum is at least 1, so those terms cannot change it, and
+// glibc's expf takes a slow path for every result that underflows, which made rows of widely
+// spread logits much slower. The clamp is stored before the exp is taken (in chunks on the stack):
+// GCC turns exp(d < -87 ? -87 : d) in one loop into exp(d) and a select after it.
 double row_lse(const float* z, int64_t v, float* p) {
   float top = -INFINITY;
 #pragma omp simd reduction(max : top)
   for (int64_t j = 0; j < v; ++j) top = z[j] > top ? z[j] : top;
+  constexpr int64_t kChunk = 1024;
+  alignas(64) float d[kChunk];
   double sum = 0;
-  if (p) {
+  for (int64_t j0 = 0; j0 < v; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, v - j0);
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) d[k] = std::max(z[j0 + k] - top, -87.0f);
+    if (p) {
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < v; ++j) {
-      p[j] = math_exp(z[j] - top);
-      sum += p[j];
+      for (int64_t k = 0; k < n; ++k) {
+        p[j0 + k] = math_exp(d[k]) * static_cast<float>(d[k] > -87.0f);
+        sum += p[j0 + k];
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < n; ++k) sum += math_exp(d[k]) * static_cast<float>(d[k] > -87.0f);
     }
+  }
+  if (p) {
     const float scale = static_cast<float>(1.0 / sum);
 #pragma omp simd
     for (int64_t j = 0; j < v; ++j) p[j] *= scale;
-  } else {
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < v; ++j) sum += math_exp(z[j] - top);
   }
   return static_cast<double>(top) + std::log(sum);
 }

@@ -215,12 +215,15 @@ int64_t finished_step(const std::string& run_dir) {
 namespace {
 
 // Steps a run has done already: its newest checkpoint's, or, for a continuation not started yet,
-// the finished run it continues.
-int64_t steps_done(const StudyRun& run, const std::string& dir) {
+// the step it starts from: that of the run it continues (`runs` in `out_root`), finished or not.
+int64_t steps_done(const StudyRun& run, const std::vector<StudyRun>& runs, const std::string& out_root) {
+  const std::string dir = (fs::path(out_root) / run.name).string();
   int64_t done = std::max<int64_t>(0, finished_step(dir));
   if (done == 0 && has_checkpoint(dir)) done = checkpoint_step(find_latest_checkpoint(dir));
-  if (done == 0 && !run.continue_from.empty()) done = std::max<int64_t>(0, finished_step(run.continue_from));
-  return done;
+  if (done != 0 || run.continue_from.empty()) return done;
+  for (const StudyRun& source : runs)
+    if (fs::path(out_root) / source.name == fs::path(run.continue_from)) return source.config.steps;
+  return std::max<int64_t>(0, finished_step(run.continue_from));
 }
 
 // Prints what the study will do, with the time it will take here: each run's steps to go and an
@@ -231,7 +234,7 @@ void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) 
   double seconds = 0;
   std::map<std::string, double> step_seconds;  // by what sets a dense step's cost
   for (const StudyRun& run : runs) {
-    const int64_t done = steps_done(run, (fs::path(out_root) / run.name).string());
+    const int64_t done = steps_done(run, runs, out_root);
     const int64_t to_go = std::max<int64_t>(0, run.config.steps - done);
     std::printf("  %s: F = %lld, lambda = %g, steps %lld to %lld%s\n", run.name.c_str(), (long long)run.config.features,
                 run.config.l1, (long long)done, (long long)run.config.steps, to_go == 0 ? " (finished)" : "");

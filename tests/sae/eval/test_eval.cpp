@@ -600,26 +600,32 @@ TEST(SaeEvalCuda, EvaluationAndSteeringMatchTheCpu) {
   EXPECT_EQ(r.steered, to_ids(e.ints("gen0.steered")));
 }
 
-// The fused host scoring (score_clean_run, score_run) against the tensor-op helpers in float64.
+// The fused host scoring (score_clean_run, score_run) against the tensor-op helpers in float64:
+// rows shorter than the fused code's chunk of 1024 and longer, logits close together and so
+// widely spread that most of exp(z - max) underflows float32 (those terms count as 0 there).
 TEST(NextToken, FusedScoresEqualTheOpByOpHelpers) {
-  Rng rng(21);
-  const int64_t t = 37, v = 1003;
-  const Tensor zp = normal_tensor(Shape{t, v}, 0.0, 3.0, rng), zq = normal_tensor(Shape{t, v}, 0.2, 2.5, rng);
-  std::vector<int32_t> ids(t);
-  for (int32_t& id : ids) id = static_cast<int32_t>(rng.below(v));
-  const Tensor lp = log_softmax_rows(zp.to(DType::F64)), lq = log_softmax_rows(zq.to(DType::F64));
-  double ce_p = 0, ce_q = 0, kl = 0;
-  for (double x : next_token_losses(lp, ids)) ce_p += x;
-  for (double x : next_token_losses(lq, ids)) ce_q += x;
-  for (double x : kl_per_position(lp, lq)) kl += x;
-  const CleanScores clean = score_clean_run(zp.clone(), ids);
-  const RunScoreSums run = score_run(zq, ids, clean);
-  EXPECT_NEAR(clean.ce, ce_p, 1e-6 * ce_p);
-  EXPECT_NEAR(next_token_ce(zp, ids), ce_p, 1e-6 * ce_p);
-  EXPECT_NEAR(run.ce, ce_q, 1e-6 * ce_q);
-  EXPECT_NEAR(run.kl, kl, 1e-5 * kl);
-  EXPECT_GT(kl, 1.0);
-  const RunScoreSums same = score_run(zp, ids, clean);
-  EXPECT_NEAR(same.kl, 0.0, 1e-5 * t);
-  EXPECT_THROW(score_run(zq.slice_rows(0, 5), ids, clean), Error);
+  for (const auto& [v, spread] : std::vector<std::pair<int64_t, double>>{{1003, 3.0}, {2500, 3.0}, {2500, 80.0}}) {
+    SCOPED_TRACE(cat("V ", v, ", logits' std ", spread));
+    Rng rng(21);
+    const int64_t t = 37;
+    const Tensor zp = normal_tensor(Shape{t, v}, 0.0, spread, rng),
+                 zq = normal_tensor(Shape{t, v}, 0.2, spread * 2.5 / 3.0, rng);
+    std::vector<int32_t> ids(t);
+    for (int32_t& id : ids) id = static_cast<int32_t>(rng.below(v));
+    const Tensor lp = log_softmax_rows(zp.to(DType::F64)), lq = log_softmax_rows(zq.to(DType::F64));
+    double ce_p = 0, ce_q = 0, kl = 0;
+    for (double x : next_token_losses(lp, ids)) ce_p += x;
+    for (double x : next_token_losses(lq, ids)) ce_q += x;
+    for (double x : kl_per_position(lp, lq)) kl += x;
+    const CleanScores clean = score_clean_run(zp.clone(), ids);
+    const RunScoreSums run = score_run(zq, ids, clean);
+    EXPECT_NEAR(clean.ce, ce_p, 1e-6 * ce_p);
+    EXPECT_NEAR(next_token_ce(zp, ids), ce_p, 1e-6 * ce_p);
+    EXPECT_NEAR(run.ce, ce_q, 1e-6 * ce_q);
+    EXPECT_NEAR(run.kl, kl, 1e-5 * kl);
+    EXPECT_GT(kl, 1.0);
+    const RunScoreSums same = score_run(zp, ids, clean);
+    EXPECT_NEAR(same.kl, 0.0, 1e-5 * t);
+    EXPECT_THROW(score_run(zq.slice_rows(0, 5), ids, clean), Error);
+  }
 }

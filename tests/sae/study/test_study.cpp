@@ -217,7 +217,8 @@ TEST(Study, L1SweepShapesContinuationAndSkip) {
 
 TEST(Study, L1SweepContinuesToThreeTimesItsStepsAndPrintsItsPlan) {
   // --continue-steps defaults to 3 x --steps (the original's ratio), whatever --steps is, and the
-  // study says what it will run and about how long that takes before it starts.
+  // study says what it will run (the continuation from the step its run ends at) and about how long
+  // that takes before it starts.
   TempDir dir("l1_sweep_plan");
   const fs::path out = dir.path / "study";
   const CommandResult r = run_binary("l1_sweep", kTinyData + " --features 32 --l1-list 0,1 --continue-lambda 1 "
@@ -225,7 +226,7 @@ TEST(Study, L1SweepContinuesToThreeTimesItsStepsAndPrintsItsPlan) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out / "l1_1_to_90" / "sae")) << r.out;
   EXPECT_NE(r.out.find("plan: 3 runs"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("l1_1_to_90: F = 32, lambda = 1, steps 0 to 90"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("l1_1_to_90: F = 32, lambda = 1, steps 30 to 90"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("estimated: at most"), std::string::npos) << r.out;
   EXPECT_LT(r.out.find("estimated: at most"), r.out.find("[1/3]")) << "the plan comes first";
 }
