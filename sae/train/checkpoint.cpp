@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "io/atomic_file.h"
 #include "io/npz.h"
@@ -72,20 +73,26 @@ void swap_into_place(const fs::path& temp, const fs::path& target, const fs::pat
 }
 
 // The step recorded in DIR/training_state.safetensors, or -1 when DIR is not a complete,
-// resumable checkpoint (any file missing or unreadable).
-int64_t complete_checkpoint_step(const fs::path& dir) {
-  if (!fs::exists(dir / kStateFile) || !fs::exists(dir / kWeightsFile) || !fs::exists(dir / kConfigFile)) return -1;
+// resumable checkpoint (any file missing or unreadable); `why` then says what is wrong.
+int64_t complete_checkpoint_step(const fs::path& dir, std::string* why = nullptr) {
+  auto incomplete = [&](const std::string& reason) {
+    if (why) *why = reason;
+    return int64_t{-1};
+  };
+  for (const char* file : {kStateFile, kWeightsFile, kConfigFile})
+    if (!fs::exists(dir / file)) return incomplete(cat(file, " is missing"));
   try {
     SafetensorsFile file = SafetensorsFile::open((dir / kStateFile).string());
     auto meta = file.metadata().find("training_state");
-    if (meta == file.metadata().end()) return -1;
+    if (meta == file.metadata().end()) return incomplete(cat(kStateFile, " has no training_state metadata"));
     SafetensorsFile::open((dir / kWeightsFile).string());
     read_json_file((dir / kConfigFile).string());
     const Json info = Json::parse(meta->second);
-    if (!shard_files_complete(dir.string(), info)) return -1;  // a distributed run's optimizer shards
+    if (!shard_files_complete(dir.string(), info))  // a distributed run's optimizer shards
+      return incomplete("a shard's optimizer file is missing or unreadable");
     return info.at("step").as_int();
-  } catch (const Error&) {
-    return -1;
+  } catch (const Error& e) {
+    return incomplete(e.what());
   }
 }
 
@@ -482,6 +489,28 @@ std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) 
   int64_t best_step = -1;
   for (const auto& [step, path] : run_checkpoints(run_dir))
     if (step > best_step) best_step = step, best = path;
+  // Saves put only complete folders under these names: one that is not complete was damaged after
+  // it was saved. The run's newest is not silently replaced by an older one (or by a new start).
+  const fs::path root(run_dir);
+  std::vector<std::pair<fs::path, int64_t>> newer;  // sae/ (the final model) and step_N past the best
+  if (fs::exists(root / "sae")) newer.emplace_back(root / "sae", std::numeric_limits<int64_t>::max());
+  std::error_code ec;
+  if (fs::is_directory(root / "checkpoints"))
+    for (const auto& entry : fs::directory_iterator(root / "checkpoints", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (!entry.is_directory() || name.rfind("step_", 0) != 0 || !interrupted_save_target(name).empty()) continue;
+      char* end = nullptr;
+      const long long step = std::strtoll(name.c_str() + 5, &end, 10);
+      if (*end == '\0' && step > best_step) newer.emplace_back(entry.path(), step);
+    }
+  for (const auto& [path, step] : newer) {
+    std::string why;
+    if (complete_checkpoint_step(path, &why) >= 0) continue;
+    throw DataError(cat(path.string(), ": not a complete checkpoint (", why, "), changed after it was saved; ",
+                        best.empty() ? cat("no complete checkpoint remains: start the run again with --overwrite")
+                                     : cat("resume from the newest complete one with --resume ", best,
+                                           ", or move the damaged folder out of the run")));
+  }
   if (best.empty()) return std::nullopt;
   return best;
 }

@@ -355,6 +355,39 @@ TEST(RunFolders, ARewindingResumeSetsTheLaterCheckpointsAside) {
   EXPECT_FALSE(fs::exists(run + "/superseded"));
 }
 
+TEST(RunFolders, ADamagedCheckpointIsNamedNotPassedOver) {
+  // Saves put only complete folders under their names, so one that is not complete was damaged
+  // later: a plain --resume names it instead of going on from an older checkpoint (or, with every
+  // one damaged, from step 0 over them).
+  TempDir dir("resume_damaged");
+  const std::string run = dir.str("run");
+  auto first = run_binary("sae_train", command_line_tiny() + " --steps 30 --checkpoint-every 10 --out " + run, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string weights = run + "/sae/sae_weights.safetensors";
+  fs::resize_file(weights, fs::file_size(weights) - 10);
+  const std::string step_20 = read_file(run + "/checkpoints/step_20/sae_weights.safetensors");
+  auto damaged = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
+  EXPECT_EQ(damaged.exit_code, 1) << damaged.err;
+  EXPECT_NE(damaged.err.find(run + "/sae: not a complete checkpoint"), std::string::npos) << damaged.err;
+  EXPECT_NE(damaged.err.find("--resume " + run + "/checkpoints/step_20"), std::string::npos) << damaged.err;
+  EXPECT_EQ(std::count(damaged.err.begin(), damaged.err.end(), '\n'), 1) << damaged.err;
+  EXPECT_EQ(read_file(run + "/checkpoints/step_20/sae_weights.safetensors"), step_20);
+  // A damaged step_N past the newest complete one too; with none complete left, no new start.
+  const std::string state_20 = run + "/checkpoints/step_20/training_state.safetensors";
+  fs::resize_file(state_20, fs::file_size(state_20) / 2);
+  auto older = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
+  EXPECT_EQ(older.exit_code, 1) << older.err;
+  EXPECT_NE(older.err.find("--resume " + run + "/checkpoints/step_10"), std::string::npos) << older.err;
+  const std::string state_10 = run + "/checkpoints/step_10/training_state.safetensors";
+  fs::remove(state_10);
+  const std::string metrics = read_file(run + "/metrics.csv");
+  auto none = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
+  EXPECT_EQ(none.exit_code, 1) << none.err;
+  EXPECT_NE(none.err.find("no complete checkpoint remains"), std::string::npos) << none.err;
+  EXPECT_EQ(read_file(run + "/metrics.csv"), metrics);
+  EXPECT_EQ(read_file(run + "/checkpoints/step_20/sae_weights.safetensors"), step_20);
+}
+
 TEST(RunFolders, ARewindACrashStoppedIsFinishedByTheNextResume) {
   // The state a kill leaves after the rewind recorded its moves and moved sae/ only: a plain
   // --resume first moves the rest (step_20, step_30) after it, then continues from step_10.
