@@ -47,14 +47,9 @@ bool holds_only_a_lock(const std::string& dir) {
   return true;
 }
 
-bool has_checkpoint(const std::string& dir) {
-  try {
-    find_latest_checkpoint(dir);
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
+// Whether the run in DIR has a complete checkpoint (a damaged newest one is an error, not "none":
+// the run would be started again over it).
+bool has_checkpoint(const std::string& dir) { return fs::is_directory(dir) && latest_checkpoint_in_run(dir).has_value(); }
 
 int64_t checkpoint_step(const std::string& checkpoint_dir) {
   SafetensorsFile file = SafetensorsFile::open((fs::path(checkpoint_dir) / "training_state.safetensors").string());

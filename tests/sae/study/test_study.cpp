@@ -140,6 +140,17 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
   EXPECT_EQ(slurp(out / "summary.csv"), summary);
 
+  // A run whose final model was damaged after it was saved: named (exit 1), its checkpoints left
+  // as they are (the study had resumed from an older one over it, or, with all of them damaged,
+  // taken the run for one killed before its first checkpoint and deleted the folder).
+  const fs::path state = out / "F_16" / "sae" / "training_state.safetensors";
+  fs::resize_file(state, fs::file_size(state) / 2);
+  const CommandResult damaged = run_binary("recon_vs_f", args, dir);
+  EXPECT_EQ(damaged.exit_code, 1) << damaged.err;
+  EXPECT_NE(damaged.err.find("not a complete checkpoint"), std::string::npos) << damaged.err;
+  EXPECT_TRUE(fs::exists(out / "F_16" / "checkpoints" / "step_1000" / "sae_weights.safetensors"));
+  EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+
   // A run another process trains in (its lock held), not yet at its first checkpoint: the study
   // stops with one line and leaves the folder alone (a second study once deleted it).
   fs::remove_all(out / "F_16" / "sae");
