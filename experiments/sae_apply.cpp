@@ -27,6 +27,17 @@ namespace {
 // temporary for large inputs.
 constexpr int64_t kBlockRows = 4096;
 
+// Outputs that are not finite (weights that overflow float32 on this input) are an error, as in
+// sae_eval, before anything is written: rows [first, first + rows) of width `width`.
+void require_finite(const float* values, int64_t first, int64_t rows, int64_t width, const char* what,
+                    const std::string& sae_dir) {
+  for (int64_t i = 0; i < rows * width; ++i)
+    if (!std::isfinite(values[i]))
+      throw sae::DataError(sae::cat(sae_dir, ": the SAE's ", what, " at row ", first + i / width, ", column ",
+                                    i % width, " is ", values[i], ", not finite: its weights overflow float32 on this "
+                                    "input; nothing written"));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,6 +129,7 @@ int main(int argc, char** argv) {
       const sae::Tensor fx = sae::sae_encode(model, x_device);
       if (features.defined()) {
         const sae::Tensor fh = fx.to(sae::Device::CPU);
+        require_finite(fh.data<float>(), begin, rows, f, "features", sae_dir);
         std::memcpy(features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
       }
       if (reconstruction.defined()) {
@@ -136,6 +148,7 @@ int main(int argc, char** argv) {
             column += out_widths[b];
           }
         }
+        require_finite(out, begin, rows, d_out, "reconstruction", sae_dir);
       }
     }
     if (features.defined()) sae::write_npy(features_out, features);

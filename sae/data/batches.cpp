@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <functional>
 #include <tuple>
 
@@ -76,6 +77,9 @@ void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization
     if (mode == 2 || count == 0) return;
     const float shift = mode == 0 ? static_cast<float>(mean) : 0.0f;
     const float scale = static_cast<float>(mode == 0 ? std::sqrt(double(d)) / out[1] : dataset_scale);
+    if (mode == 0 && out[1] > 0 && !std::isfinite(scale))  // as normalize_batch (zero variance: the loss says)
+      throw DataError(cat("a story's activations have std ", out[1], ": its scale sqrt(d) / std is outside float32's "
+                          "range (activations that small: multiply them by a constant first)"));
     for (int64_t i = 0; i < count; ++i) x[i] = (x[i] - shift) * scale;
     return;
   }
@@ -133,6 +137,16 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
       break;
   }
   const float shift = static_cast<float>(stats.norm_shift), scale = static_cast<float>(stats.norm_scale);
+  // The scale multiplies in float32: one that overflows it (a story's std below sqrt(d) / FLT_MAX,
+  // activations near 1e-38) or rounds to 0 would turn every input into inf or NaN, silently.
+  if (!std::isfinite(scale) || !(scale > 0))
+    throw DataError(cat(source_name, ": ",
+                        normalization == Normalization::Story
+                            ? cat("the story at token ", token_of_row(0), " has activations of std ", stats.raw_std,
+                                  ": its scale sqrt(d) / std = ", stats.norm_scale)
+                            : cat("the dataset scale ", stats.norm_scale),
+                        " is outside float32's range (activations that small or large: multiply them by a constant "
+                        "first)"));
   for (int64_t i = 0; i < count; ++i) normalized[i] = (raw[i] - shift) * scale;
   return stats;
 }
@@ -152,8 +166,9 @@ DatasetScales DatasetScales::from_json(const Json& j) {
     scales.push_back(j.as_number());
   }
   if (scales.empty()) throw DataError("dataset_scale: an empty list");
-  for (double s : scales)
-    if (!std::isfinite(s) || !(s > 0)) throw DataError(cat("dataset_scale must be a positive number, got ", s));
+  for (double s : scales)  // it multiplies inputs in float32 (normalize_batch)
+    if (!std::isfinite(s) || !(s >= std::numeric_limits<float>::min()) || s > std::numeric_limits<float>::max())
+      throw DataError(cat("dataset_scale must be a positive number in float32's range, got ", s));
   return DatasetScales(std::move(scales));
 }
 

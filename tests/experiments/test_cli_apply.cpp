@@ -164,8 +164,17 @@ TEST(CliApply, DataErrorsExitOne) {
   const std::string corrupt = s.dir.str("corrupt.npy");
   std::ofstream(corrupt) << "not a numpy file";
 
+  // Finite weights that overflow float32 on a finite input: outputs not finite (they were written).
+  const std::string huge = s.dir.str("huge_sae");
+  SaeParams big = s.model->params();
+  big.W_enc = Tensor::from_vector(std::vector<double>(5 * 7, 3e38), Shape{5, 7});
+  save_checkpoint(huge, big, Json::object(), nullptr);
+  const std::string ones = s.dir.str("ones.npy");
+  write_npy(ones, Tensor::from_vector(std::vector<double>(15, 1.0), Shape{3, 5}));
+
   const std::string outputs = " --features-out " + quote(s.dir.str("f.npy"));
   const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--sae " + quote(huge) + " --input " + quote(ones) + outputs, "huge_sae: the SAE's features at row 0"},
       {"--sae " + quote(s.dir.str("no_such_dir")) + " --input " + quote(s.input) + outputs, "no_such_dir"},
       {"--sae " + quote(broken_sae) + " --input " + quote(s.input) + outputs, "sae_weights.safetensors"},
       {"--sae " + quote(s.sae_dir) + " --input " + quote(s.dir.str("missing.npy")) + outputs, "missing.npy"},

@@ -261,6 +261,30 @@ TEST(Batcher, RejectsImpossibleCombinations) {
   EXPECT_THROW(parse_normalization("zscore"), UsageError);
 }
 
+TEST(Batcher, ScalesOutsideFloat32AreRefusedNotTurnedIntoInf) {
+  // A story of std 1e-39 (sqrt(d) / std overflows float32) or a dataset scale past FLT_MAX made
+  // every input inf or NaN, which the ReLU turned into all-zero features (sae_apply exit 0).
+  std::vector<float> raw(4 * 8), out(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<float>(((i * 7) % 5) * 1e-39);
+  auto token = [](int64_t row) { return 30 + row; };
+  try {
+    normalize_batch(raw.data(), out.data(), 4, 8, Normalization::Story, 1.0, token, "acts.npy");
+    FAIL() << "a scale past float32's range was used";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("acts.npy: the story at token 30"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("outside float32's range"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(normalize_batch(raw.data(), out.data(), 4, 8, Normalization::Dataset, 1e39, token, "acts.npy"), DataError);
+  // Scaled up to a normal range, the same story normalises to what it does at any scale.
+  for (float& v : raw) v *= 1e30f;
+  normalize_batch(raw.data(), out.data(), 4, 8, Normalization::Story, 1.0, token, "acts.npy");
+  for (float v : out) EXPECT_TRUE(std::isfinite(v));
+  // A saved scale a float32 multiply cannot hold: refused where it is read.
+  EXPECT_THROW(DatasetScales::from_json(Json(1e300)), DataError);
+  EXPECT_THROW(DatasetScales::from_json(Json(1e-300)), DataError);
+  EXPECT_EQ(DatasetScales::from_json(Json(2.5)).first(), 2.5);
+}
+
 TEST(ActivationFile, ReadsSafetensorsWithStoriesAndChecksThem) {
   TempDir dir("actfile");
   const std::string path = dir.str("acts.safetensors");
