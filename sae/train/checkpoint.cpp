@@ -237,7 +237,20 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
   if (!fs::create_directories(temp, ec) && ec)
     throw DataError(cat("checkpoint: cannot create ", temp.string(), ": ", ec.message()));
   try {
-    write_safetensors((temp / kWeightsFile).string(), folder_weights(params, extra));
+    // A weight that is not finite is never saved (a run whose loss stayed finite, as JumpReLU's
+    // with NaN thresholds that switch their features off, is caught here): the checkpoints saved
+    // before are kept.
+    std::vector<std::pair<std::string, Tensor>> weights = folder_weights(params, extra);
+    for (auto& [name, tensor] : weights) {
+      tensor = tensor.to(Device::CPU);
+      const Tensor values = tensor.dtype() == DType::F32 ? tensor : tensor.to(DType::F32);
+      const float* v = values.data<float>();
+      for (int64_t k = 0; k < values.numel(); ++k)
+        if (!std::isfinite(v[k]))
+          throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
+                              " (training made a weight that is not finite; the checkpoints saved before are kept)"));
+    }
+    write_safetensors((temp / kWeightsFile).string(), weights);
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
     // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "sae/train/arch_config.h"
 #include "sae/train/dictionary_reads.h"
@@ -34,7 +35,9 @@ void TrainConfig::validate() const {
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));
   require(std::isfinite(lr) && lr > 0 && lr < 10, cat("--lr must be in (0, 10), got ", lr));
   require(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "--beta1 and --beta2 must be in [0, 1)");
-  require(std::isfinite(eps) && eps > 0, cat("--eps must be > 0, got ", eps));
+  // Adam's epsilon is added in float32: below its smallest normal number it is (nearly) 0.
+  require(std::isfinite(eps) && eps >= std::numeric_limits<float>::min() && eps <= 1.0,
+          cat("--eps must be in [1.2e-38, 1] (added in float32), got ", eps));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   require(!out.empty(), "--out must not be empty");

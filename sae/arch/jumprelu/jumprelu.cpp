@@ -6,6 +6,7 @@
 #include "sae/arch/jumprelu/jumprelu.h"
 
 #include <cmath>
+#include <limits>
 
 #include "sae/arch/dense_step.h"
 #include "sae/arch/dictionary.h"
@@ -153,10 +154,12 @@ class JumpReluUnit : public ArchUnit {
         require(s.at(o.name) == o.default_value(),
                 cat("--", o.name, " applies only to --architecture jumprelu --jumprelu-penalty tanh"));
     }
-    require(std::isfinite(bandwidth) && bandwidth > 0,
-            cat("--jumprelu-bandwidth must be a finite number > 0, got ", bandwidth));
-    require(std::isfinite(theta0) && theta0 > 0,
-            cat("--jumprelu-init-threshold must be a finite number > 0, got ", theta0));
+    // Both are float32 values in training (the threshold is exp of a float32 log_threshold).
+    const double lowest = std::numeric_limits<float>::min(), highest = std::numeric_limits<float>::max();
+    require(std::isfinite(bandwidth) && bandwidth >= lowest && bandwidth <= highest,
+            cat("--jumprelu-bandwidth must be a number > 0 in float32's range, got ", bandwidth));
+    require(std::isfinite(theta0) && theta0 >= lowest && theta0 <= highest,
+            cat("--jumprelu-init-threshold must be a number > 0 in float32's range, got ", theta0));
     require(std::isfinite(c) && c > 0, cat("--jumprelu-tanh-c must be a finite number > 0, got ", c));
     require(std::isfinite(pre_act) && pre_act >= 0,
             cat("--jumprelu-pre-act must be a finite number >= 0, got ", pre_act));

@@ -276,6 +276,11 @@ TEST(ArchTrain, OptionsThatDoNotApplyOrAreOutOfRangeGetOneLine) {
       {"--architecture gated --jumprelu-bandwidth 0.1", "--jumprelu-bandwidth applies only to"},
       {"--architecture jumprelu --jumprelu-bandwidth 0", "--jumprelu-bandwidth must be"},
       {"--architecture jumprelu --jumprelu-init-threshold=-1", "--jumprelu-init-threshold must be"},
+      // float32 values in training: 1e39 made every threshold inf, an --eps of 1e-50 made Adam's 0/0
+      // NaN thresholds, saved with exit 0
+      {"--architecture jumprelu --jumprelu-init-threshold 1e39", "--jumprelu-init-threshold must be"},
+      {"--architecture jumprelu --jumprelu-bandwidth 1e-40", "--jumprelu-bandwidth must be"},
+      {"--architecture jumprelu --eps 1e-50", "--eps must be in"},
       {"--unit-norm-decoder", "--unit-norm-decoder applies only to"},
       {"--architecture topk --k 2 --sparse off", "--sparse applies only to --architecture standard"},
       {"--architecture lasso", "--architecture: expected"},

@@ -118,9 +118,23 @@ TEST(CheckpointFiles, WeightsAreCheckedElementByElement) {
   fill_(p.W_dec, 3e38);
   save_checkpoint(dir.str("large"), p, Json::object(), nullptr);
   EXPECT_NO_THROW(load_checkpoint(dir.str("large"), Device::CPU));
-  // A NaN is refused, naming the file, the tensor and the element.
-  p.W_enc.data<float>()[5] = std::nanf("");
+  // A NaN is not saved (the folder there before stays as it was) ...
   save_checkpoint(dir.str("nan"), p, Json::object(), nullptr);
+  const std::string good = sae::testing::read_file(dir.str("nan/sae_weights.safetensors"));
+  p.W_enc.data<float>()[5] = std::nanf("");
+  try {
+    save_checkpoint(dir.str("nan"), p, Json::object(), nullptr);
+    FAIL() << "NaN weights saved";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.str("nan") + ": not saved: the SAE's W_enc holds nan at element 5"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(sae::testing::read_file(dir.str("nan/sae_weights.safetensors")), good);
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path), std::filesystem::directory_iterator()),
+            2);  // large/ and nan/: no temporary folder left
+  // ... and one written by something else is refused, naming the file, the tensor and the element.
+  write_safetensors(dir.str("nan/sae_weights.safetensors"), folder_weights(p, Json::object()));
   try {
     load_checkpoint(dir.str("nan"), Device::CPU);
     FAIL() << "NaN weights accepted";
