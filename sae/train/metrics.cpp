@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <functional>
 
 #include "sae/step/sae_ops.h"
@@ -35,7 +36,7 @@ double fraction_of_variance_unexplained(const float* x, const float* x_hat, int6
       residual += e * e;
       total += c * c;
     }
-  return total > 0 ? residual / total : 0.0;
+  return total > 0 ? residual / total : std::numeric_limits<double>::quiet_NaN();  // nothing to explain
 }
 
 BatchMetrics batch_metrics(const float* x, const float* x_hat, int64_t n, int64_t d) {
@@ -74,7 +75,7 @@ BatchMetrics batch_metrics(const Tensor& x, const Tensor& x_hat) {
   m.normalized.std = count > 1 ? std::sqrt(v[1] / double(count - 1)) : 0.0;
   m.reconstructed.mean = v[2];
   m.reconstructed.std = count > 1 ? std::sqrt(v[3] / double(count - 1)) : 0.0;
-  m.fvu = v[5] > 0 ? v[4] / v[5] : 0.0;
+  m.fvu = v[5] > 0 ? v[4] / v[5] : std::numeric_limits<double>::quiet_NaN();
   return m;
 }
 
@@ -249,7 +250,7 @@ BatchSummary summarize_batch(Collectives* c, const BatchRows& rows, int64_t n) {
       sums[1] += centred * centred;
     }
   c->sum(Group::Replicas, sums, 2);
-  out.fvu = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  out.fvu = sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
   return out;
 }
 

@@ -26,9 +26,10 @@ TEST(Metrics, FractionOfVarianceUnexplainedByHand) {
   EXPECT_EQ(fraction_of_variance_unexplained(x.data(), x.data(), 3, 2), 0.0);
   const std::vector<float> mean_token = {2, 10, 2, 10, 2, 10};
   EXPECT_NEAR(fraction_of_variance_unexplained(x.data(), mean_token.data(), 3, 2), 1.0, 1e-12);
-  // Every token the same: no variance to explain; reported as 0.
+  // Every token the same (a batch of one token): no variance to explain, so no fraction of it: NaN
+  // (as sae_eval's n/a; it was 0, which read as a perfect reconstruction beside a large rec_loss).
   const std::vector<float> same = {4, 5, 4, 5};
-  EXPECT_EQ(fraction_of_variance_unexplained(same.data(), x.data(), 2, 2), 0.0);
+  EXPECT_TRUE(std::isnan(fraction_of_variance_unexplained(same.data(), x.data(), 2, 2)));
 }
 
 TEST(Metrics, ConceptRecoveryByHand) {
