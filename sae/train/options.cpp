@@ -46,17 +46,26 @@ Codec<int64_t> integer() {
           [](const Json& j) { return j.as_int(); }};
 }
 
+// Seeds: integers in [0, 2^53], which config.json's numbers (doubles) hold exactly, so that a run
+// resumed or repeated from what it recorded is the same run.
+constexpr uint64_t kMaxExactSeed = uint64_t{1} << 53;
+
 Codec<uint64_t> unsigned_integer() {
   return {[](const std::string& option, const std::string& text) {
             uint64_t v = 0;
             const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
-            if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
-              bad_value(option, "a non-negative integer", text);
+            if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size() || v > kMaxExactSeed)
+              bad_value(option, "an integer in [0, 2^53]", text);
             return v;
           },
           [](const uint64_t& v) { return std::to_string(v); },
           [](const uint64_t& v) { return Json(static_cast<int64_t>(v)); },
-          [](const Json& j) { return static_cast<uint64_t>(j.as_int()); }};
+          [](const Json& j) {
+            const int64_t v = j.as_int();
+            if (v < 0 || static_cast<uint64_t>(v) > kMaxExactSeed)
+              throw DataError(cat("a seed must be an integer in [0, 2^53], got ", v));
+            return static_cast<uint64_t>(v);
+          }};
 }
 
 Codec<double> number() {

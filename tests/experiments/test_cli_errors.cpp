@@ -136,6 +136,9 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --device tpu", 2, "--device");
   expect_error(kTiny + " --batch 16 --normalize story", 2, "--normalize story");
   expect_error(kTiny + " --synthetic-concepts 0", 2, "--synthetic-concepts");
+  // config.json holds numbers as doubles: a seed past 2^53 was recorded rounded (the run not repeatable)
+  expect_error(kTiny + " --seed 9007199254740993", 2, "--seed: expected an integer in [0, 2^53]");
+  expect_error(kTiny + " --synthetic-seed 18446744073709551615", 2, "--synthetic-seed: expected an integer in [0, 2^53]");
   expect_error(kTiny + " --init a --resume b", 2, "--init");
   expect_error(kTiny + " --profile nope", 2, "--profile");
   expect_error(kTiny + " stray", 2, "stray");
