@@ -222,7 +222,9 @@ int main(int argc, char** argv) {
     cxxopts::Options options("l1_sweep",
                              "L1 sweep at F = 10000 and one lambda continued to a longer run (the original study's "
                              "second and third results; defaults = its exact configuration)");
-    sae::add_training_options(options, {{"out", "runs/l1_sweep"}}, {"l1", "init", "resume"});
+    std::vector<std::string> leaves_out = sae::kStudyLeavesOut;
+    leaves_out.push_back("l1");
+    sae::add_training_options(options, {{"out", "runs/l1_sweep"}}, leaves_out);
     options.add_options("Study")
         ("l1-list", "the lambdas, comma-separated, increasing", cxxopts::value<std::string>()->default_value("0,5,50,500"))
         ("summary-step", "the summary table's step (the last logged step at or below it is used)",

@@ -86,7 +86,9 @@ int main(int argc, char** argv) {
     cxxopts::Options options("recon_vs_f",
                              "Reconstruction loss vs the number of features F at lambda = 0 (the original study's "
                              "first result; defaults = its exact configuration)");
-    sae::add_training_options(options, {{"out", "runs/recon_vs_f"}}, {"features", "init", "resume"});
+    std::vector<std::string> leaves_out = sae::kStudyLeavesOut;
+    leaves_out.push_back("features");
+    sae::add_training_options(options, {{"out", "runs/recon_vs_f"}}, leaves_out);
     options.add_options("Study")
         ("features-list", "the F values, comma-separated", cxxopts::value<std::string>()->default_value("100,767,768,1000"))
         ("profile",

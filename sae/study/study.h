@@ -23,6 +23,14 @@ namespace sae {
 
 // ---- running ----
 
+// The training options a study program does not take (an unknown option, exit 2): it starts,
+// resumes and refuses its runs' folders itself (--init, --resume, --overwrite), trains in one
+// process (--shards), and sets lambda per run, which an L0 set point would override (--target-l0
+// and its gains). Each program also leaves out what it sweeps (--l1 or --features).
+inline const std::vector<std::string> kStudyLeavesOut = {
+    "init", "resume", "overwrite", "shards", "target-l0", "target-l0-ki", "target-l0-kp", "target-l0-ema",
+    "target-l0-max-change"};
+
 struct StudyRun {
   std::string name;           // folder under the study's output folder
   TrainConfig config;         // config.out and config.resume are set by run_study

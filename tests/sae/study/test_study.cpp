@@ -256,6 +256,12 @@ TEST(Study, UsageErrors) {
       {"l1_sweep", "--l1-list 0,1 --continue-lambda 7", "--continue-lambda"},
       {"l1_sweep", "--l1-list 1,0", "--l1-list"},
       {"l1_sweep", "--continue-steps 100 --steps 200", "--continue-steps"},
+      // accepted and ignored or overridden before: every run labelled by a lambda it did not train
+      // at, one SAE trained in one process, a restart refused as "--overwrite and --resume"
+      {"l1_sweep", "--target-l0 4", "target-l0"},
+      {"recon_vs_f", "--target-l0 4", "target-l0"},
+      {"recon_vs_f", "--shards 2", "shards"},
+      {"l1_sweep", "--overwrite", "overwrite"},
   };
   for (const Case& c : cases) {
     const CommandResult r = run_binary(c.program, c.args + " --out " + dir.str("never"), dir);
