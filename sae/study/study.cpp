@@ -38,11 +38,13 @@ void check_same_run(const std::string& dir, const TrainConfig& wanted) {
 }
 
 // Empty, or only the lock a run takes before it writes anything (a study killed as its runs started).
-// A run folder a kill stopped before the trainer wrote config.json: its lock, its pending options.
+// A run folder a kill stopped before the trainer wrote config.json: its lock, its pending options,
+// and config.json's temporary file when the kill came while it was written.
 bool holds_only_a_lock(const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    if (name != ".lock" && name.rfind(kPendingConfigFile, 0) != 0) return false;
+    if (name != ".lock" && name.rfind(kPendingConfigFile, 0) != 0 && name.rfind("config.json.tmp-", 0) != 0)
+      return false;
   }
   return true;
 }

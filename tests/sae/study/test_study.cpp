@@ -164,6 +164,18 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   }
   ASSERT_EQ(run_binary("recon_vs_f", args, dir).exit_code, 0);
 
+  // A run killed while its config.json was first written (its options pending, config.json's
+  // temporary file left): started again (the folder was refused as holding no run, for good).
+  const std::string pending = slurp(out / "F_16" / "config.json");
+  fs::remove_all(out / "F_16");
+  fs::create_directories(out / "F_16");
+  std::ofstream(out / "F_16" / "config.pending.json") << pending;
+  std::ofstream(out / "F_16" / "config.json.tmp-999999-0") << pending.substr(0, 40);
+  const CommandResult restarted = run_binary("recon_vs_f", args, dir);
+  ASSERT_EQ(restarted.exit_code, 0) << restarted.err;
+  EXPECT_EQ(count(restarted.out, "F_16: trained"), 1) << restarted.out;
+  EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
+
   // The same --out with another learning rate: refused, nothing overwritten.
   const CommandResult changed = run_binary("recon_vs_f", kTinyData + " --lr 5e-3 --features-list 4,15,16,24 --out " + out.string(), dir);
   EXPECT_EQ(changed.exit_code, 2);  // as sae_train's refusal of a folder holding another run
