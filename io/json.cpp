@@ -444,6 +444,15 @@ bool Json::has(const std::string& key) const {
   return false;
 }
 
+void Json::erase(const std::string& key) {
+  expect(Type::Object);
+  for (auto it = object_.begin(); it != object_.end(); ++it)
+    if (it->first == key) {
+      object_.erase(it);
+      return;
+    }
+}
+
 const Json& Json::at(const std::string& key) const {
   expect(Type::Object);
   for (const auto& item : object_)

@@ -54,6 +54,7 @@ class Json {
   bool has(const std::string& key) const;
   const Json& at(const std::string& key) const;  // DataError naming the key when missing
   Json& operator[](const std::string& key);      // inserts null when missing; null becomes {}
+  void erase(const std::string& key);            // removes the member when present
   const std::vector<std::pair<std::string, Json>>& items() const;
 
   // Text. indent < 0: compact ({"a":1,"b":[1,2]}); indent >= 0: pretty, like Python's

@@ -332,11 +332,14 @@ void require_distinct_sources(const TrainingData& data, const DictionaryReads& r
 }
 
 // The data as a run's cfg.json tells it: the shared description with its own reads (and, from text,
-// SAELens's hook_name: the input's; a transcoder's target as hook_name_out).
+// SAELens's hook_name, layer and hidden_states: the input's; a transcoder's target as hook_name_out),
+// what the same run trained alone records (a list's members had recorded the list's reads and its
+// first member's layer).
 Json member_description(const TrainingData& data, const DictionaryReads& reads) {
   Json j = data.description;
   j["dictionary"] = dictionary_kind_name(reads.kind);
-  if (reads.kind != DictionaryKind::Sae || data.reads.size() > 1) {
+  j.erase("reads");
+  if (reads.kind != DictionaryKind::Sae || reads.in.size() > 1) {
     Json in = Json::array(), out = Json::array();
     for (const std::string& r : reads.in) in.push_back(Json(r));
     for (const std::string& r : reads.out) out.push_back(Json(r));
@@ -346,6 +349,11 @@ Json member_description(const TrainingData& data, const DictionaryReads& reads) 
   if (!reads.text) return j;
   const HookSite in_site = data.model->resolve(parse_text_read(reads.in[0]).site);
   j["hook_name"] = hook_name(in_site);
+  j.erase("layer");
+  j.erase("hidden_states");
+  const int64_t k = hidden_states_index(in_site, data.num_layers);
+  if (k >= 0) j["layer"] = k;
+  if (k >= 0) j["hidden_states"] = cat("hidden_states[", k, "]");
   if (j.has("saelens_metadata")) {
     Json& meta = j["saelens_metadata"];
     meta["hook_name"] = hook_name(in_site);
@@ -378,11 +386,15 @@ bool records_fingerprints(const Json& j) {
 // continue a run with other data, and another dataset scale, silently).
 void check_same_data(const Json& saved, const Json& now, const std::string& out) {
   // What the data is, without what was read from elsewhere (the model folder a cache names may move).
+  // Nor what says which of its activations the run reads: its options say that, and config.json's
+  // are compared with them (a list's members recorded the list's reads and first layer until a fix).
   auto data_of = [](const Json& j) {
     if (!j.is_object()) return j;
     Json kept = Json::object();
     for (const auto& [key, value] : j.items())
-      if (key != "saelens_metadata") kept[key] = value;
+      if (key != "saelens_metadata" && key != "reads" && key != "target_reads" && key != "layer" &&
+          key != "hidden_states" && key != "hook_name" && key != "dictionary")
+        kept[key] = value;
     return kept;
   };
   if (saved.is_null() || !records_fingerprints(saved) || data_of(saved) == data_of(now)) return;
@@ -638,7 +650,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     TrainConfig watched = m.config();
     if (dist) watched.feature_stats_steps = 0;
     m.feature_stats = std::make_unique<RunFeatureStats>(watched, device, batcher, m.start.resumed_from,
-                                                        m.start.state ? m.start.state->step : 0, data.description);
+                                                        m.start.state ? m.start.state->step : 0,
+                                                        member_description(data, m.reads));
   }
 
   // Every rank makes the whole SAE's first parameters (the same numbers as one process: a fresh b_dec

@@ -88,6 +88,7 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
       data.mean_squared_norms[b] = double(data.widths[b]) / (s.per_block.at(b) * s.per_block.at(b));
   }
   const HookSite site = sites[0].front();
+  data.num_layers = folder.config.num_layers;
   data.description = Json::object();
   data.description["kind"] = "text";
   data.description["text"] = config.text;

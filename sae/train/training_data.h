@@ -24,6 +24,7 @@ struct TrainingData {
   std::unique_ptr<ActivationSource> activations;  // synthetic, file(s) or cache(s) (not for text)
   std::unique_ptr<DecoderModel> model, model_b;   // text only (up to the last hook read)
   std::unique_ptr<BpeTokenizer> tokenizer;        // text only
+  int64_t num_layers = 0;                         // text only: the model's layers (all of them)
   std::unique_ptr<BatchSource> batches;
   int64_t d = 0;                   // a row's width: every read side by side
   std::vector<std::string> reads;  // one column block each, in order

@@ -111,6 +111,11 @@ TEST(Json, ParsesValuesAndKeepsKeyOrder) {
   EXPECT_EQ(j.at("o").size(), 0u);
   EXPECT_TRUE(j.has("m"));
   EXPECT_FALSE(j.has("q"));
+  // erase removes one member and keeps the others' order; a missing key is no error.
+  j.erase("a");
+  j.erase("q");
+  EXPECT_EQ(j.dump(), "{\"z\":1,\"m\":\"x\\ny\",\"d\":-5e-04,\"o\":{}}");
+  EXPECT_THROW(Json(1).erase("a"), DataError);
 }
 
 TEST(Json, StringEscapesAndSurrogatePairs) {

@@ -156,6 +156,18 @@ TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(read_json_file(dir.str("sl/layer_3/sae/cfg.json")).at("metadata").at("hook_name").as_string(),
             "blocks.3.hook_resid_pre");
+  // A member records the data as the same run alone does (they recorded the list's reads and its
+  // first member's layer), and is resumed alone (that was refused as other data).
+  r = run_binary("sae_train", text + " --layer 3 --out " + dir.str("alone3"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const auto& [member, single] : {std::pair<std::string, std::string>{"sl/layer_3", "alone3"}, {"tl/layer_2", "alone"}}) {
+    EXPECT_EQ(read_json_file(dir.str(member + "/config.json")).at("resolved").at("data"),
+              read_json_file(dir.str(single + "/config.json")).at("resolved").at("data")) << member;
+    EXPECT_EQ(read_json_file(dir.str(member + "/sae/cfg.json")).at("sae_cpp").at("data"),
+              read_json_file(dir.str(single + "/sae/cfg.json")).at("sae_cpp").at("data")) << member;
+  }
+  r = run_binary("sae_train", "--resume " + dir.str("sl/layer_1") + " --steps 8", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
   for (const std::string& bad : {std::string(" --layer-list 1,2 --layer 2"), std::string(" --layer-list 1 --l1-list 1,2"),
                                  std::string(" --transcoder-list 1 --transcoder 1"), std::string(" --layer-list 1.5")}) {
     r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
