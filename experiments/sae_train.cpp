@@ -248,8 +248,9 @@ std::string report(const std::vector<sae::TrainResult>& results) {
                     result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
       text += line;
     }
-    // A run that was finished already gets only the figures it lacks (a crash while they were drawn).
-    if (result.already_finished && sae::training_run_figures_exist(result.out_dir)) continue;
+    // A run that was finished already gets its figures drawn again only where they are missing or
+    // older than its metrics.csv (a crash while they were drawn).
+    if (result.already_finished && sae::training_run_figures_current(result.out_dir)) continue;
     try {
       for (const std::string& png : sae::plot_training_run(result.out_dir, draw)) text += "  figure: " + png + "\n";
     } catch (const sae::DataError& e) {

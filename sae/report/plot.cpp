@@ -123,10 +123,15 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   if (ec) throw DataError(cat(png_path, ": cannot rename ", drawing.string(), " to it: ", ec.message()));
 }
 
-bool training_run_figures_exist(const std::string& run_dir) {
+bool training_run_figures_current(const std::string& run_dir) {
+  std::error_code ec;
+  const auto metrics = fs::last_write_time(fs::path(run_dir) / "metrics.csv", ec);
+  if (ec) return false;
   for (const char* stem : {"loss", "sparsity"})
-    for (const char* extension : {".png", ".dat", ".gp"})
-      if (!fs::exists(fs::path(run_dir) / "figures" / (std::string(stem) + extension))) return false;
+    for (const char* extension : {".png", ".dat", ".gp"}) {
+      const auto figure = fs::last_write_time(fs::path(run_dir) / "figures" / (std::string(stem) + extension), ec);
+      if (ec || figure < metrics) return false;
+    }
   return true;
 }
 

@@ -33,7 +33,8 @@ bool gnuplot_found();
 // element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths (none
 // when `draw` is false: then only their data and scripts are written).
 std::vector<std::string> plot_training_run(const std::string& run_dir, bool draw = true);
-// Whether every file plot_training_run writes is there.
-bool training_run_figures_exist(const std::string& run_dir);
+// Whether every file plot_training_run writes is there and was written after RUN/metrics.csv last
+// was (a run extended or rewound, then stopped while its figures were redrawn, keeps older ones).
+bool training_run_figures_current(const std::string& run_dir);
 
 }  // namespace sae

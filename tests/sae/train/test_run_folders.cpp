@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -259,9 +260,19 @@ TEST(RunFolders, ResumeKeepsTheRunsControlsUnlessGivenAgain) {
   ASSERT_EQ(more.exit_code, 0) << more.err;
   EXPECT_EQ(steps_of_rows(), (std::vector<std::string>{"5", "10", "15", "20", "25", "30", "35", "40"}));
   EXPECT_TRUE(fs::exists(run + "/checkpoints/step_30"));
+  // Its figures, current, are left as they are by a retry; figures older than metrics.csv (a kill
+  // while an extended run redrew them) are drawn again (they had been kept, ending at the old step).
+  const std::string loss_dat = run + "/figures/loss.dat", drawn = read_file(loss_dat);
+  const auto drawn_at = fs::last_write_time(loss_dat);
   auto again = run_binary("sae_train", " --resume " + run, dir);
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(again.out.find("already: nothing to train"), std::string::npos) << again.out;
+  EXPECT_EQ(fs::last_write_time(loss_dat), drawn_at);
+  std::ofstream(loss_dat) << "# stale\n";
+  fs::last_write_time(loss_dat, fs::last_write_time(run + "/metrics.csv") - std::chrono::seconds(5));
+  auto redrawn = run_binary("sae_train", " --resume " + run, dir);
+  ASSERT_EQ(redrawn.exit_code, 0) << redrawn.err;
+  EXPECT_EQ(read_file(loss_dat), drawn);
   auto given = run_binary("sae_train", " --resume " + run + " --steps 44 --log-every 2", dir);
   ASSERT_EQ(given.exit_code, 0) << given.err;
   const std::vector<std::string> rows = steps_of_rows();
