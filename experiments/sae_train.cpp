@@ -102,6 +102,9 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   if (transcoders && base.was_given("transcoder"))
     throw sae::UsageError("give --transcoder or --transcoder-list, not both");
   if (!l1s && !ks && !layers && !transcoders) return {};
+  if ((layers || transcoders) && base.data != "text")  // each SAE the same, labelled by a layer it did not read
+    throw sae::UsageError(sae::cat("--", layers ? "layer" : "transcoder", "-list reads the model's blocks: it trains "
+                                   "from text (--model, --text), not --data ", base.data));
   std::vector<std::string> values;
   if (l1s)
     for (double l1 : sae::parse_increasing_number_list("l1-list", parsed["l1-list"].as<std::string>()))

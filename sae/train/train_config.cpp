@@ -27,6 +27,11 @@ void TrainConfig::validate() const {
     parse_hook_name(hook, "--hook");  // UsageError naming the option
     require(!was_given("layer"), "--hook and --layer both say where to read activations: give one");
   }
+  if (data != "text")  // they would be recorded and ignored (sae_browser then trusted a recorded --hook)
+    for (const char* option : {"layer", "hook", "long-stories", "text-field", "prepend-bos", "context-size",
+                               "bos-activations", "text-chunk-tokens"})
+      require(!was_given(option), cat("--", option, " applies only to training from text (--model, --text); --data ",
+                                      data, " holds its activations as they are"));
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
   require(context_size >= 0 && context_size <= (int64_t(1) << 24),
           cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));

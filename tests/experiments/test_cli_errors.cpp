@@ -136,6 +136,11 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --device tpu", 2, "--device");
   expect_error(kTiny + " --batch 16 --normalize story", 2, "--normalize story");
   expect_error(kTiny + " --synthetic-concepts 0", 2, "--synthetic-concepts");
+  // Options of a model's text with --data: they were recorded and ignored (and --layer-list trained one
+  // SAE per layer, each the same).
+  expect_error(kTiny + " --hook blocks.1.attn.hook_z", 2, "--hook applies only to training from text");
+  expect_error(kTiny + " --context-size 16", 2, "--context-size applies only to training from text");
+  expect_error(kTiny + " --layer-list 1,2", 2, "--layer-list reads the model's blocks");
   // config.json holds numbers as doubles: a seed past 2^53 was recorded rounded (the run not repeatable)
   expect_error(kTiny + " --seed 9007199254740993", 2, "--seed: expected an integer in [0, 2^53]");
   expect_error(kTiny + " --synthetic-seed 18446744073709551615", 2, "--synthetic-seed: expected an integer in [0, 2^53]");

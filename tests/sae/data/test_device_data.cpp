@@ -267,7 +267,7 @@ TEST(DeviceData, BatchMetricsFromTensorsAgreeWithTheHost) {
   EXPECT_EQ(batch_metrics(x, x).fvu, 0.0);
   const Tensor same = Tensor::full(Shape{4, 3}, 2.0);
   EXPECT_EQ(batch_metrics(same, same).normalized.std, 0.0);
-  EXPECT_EQ(batch_metrics(same, same).fvu, 0.0);
+  EXPECT_TRUE(std::isnan(batch_metrics(same, same).fvu));  // no variance to explain, as on the host
 }
 
 namespace {
