@@ -212,6 +212,19 @@ RunStart start_run(TrainConfig config, bool owner) {
       start.finished =
           start.state->step == config.steps && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec);
       if (owner) start.superseded = set_aside_later_checkpoints(run_dir, start.state->step);
+      // Extending a finished run: its final model stays, as the checkpoint of its step (the run's
+      // sae/ is the new end's; it had been overwritten, the old end kept nowhere).
+      const fs::path kept = fs::path(run_dir) / "checkpoints" / cat("step_", start.state->step);
+      if (owner && !start.finished && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec) &&
+          !fs::exists(kept)) {
+        fs::create_directories(kept.parent_path(), ec);
+        if (!ec) fs::rename(fs::path(run_dir) / "sae", kept, ec);
+        if (ec) throw DataError(cat(kept.string(), ": cannot keep the run's final model there: ", ec.message()));
+        sync_directory(run_dir);
+        sync_directory(kept.parent_path().string());
+        start.resumed_from = kept.string();
+        start.kept_final = kept.string();
+      }
     }
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {

@@ -36,6 +36,7 @@ struct RunStart {
   std::optional<TrainingState> state;  // --resume only
   std::string resumed_from;            // the checkpoint folder, on --resume ("" from the run's start)
   std::string superseded;              // a rewinding --resume: where the later checkpoints went (else "")
+  std::string kept_final;              // extending a finished run: where its final model went (else "")
   Json resolved_data;                  // --resume: config.json's resolved.data, what the run read (or null)
   // --resume of a run whose final model (RUN/sae) is at config.steps already: nothing to train (a
   // retry after a crash while the final outputs were written; the caller finishes what is missing).

@@ -998,6 +998,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     result.dead_features = dead_features(m);
     result.wrote_checkpoints = fs::is_directory(fs::path(m.config().out) / "checkpoints");
     result.superseded = m.start.superseded;
+    result.kept_final = m.start.kept_final;
     if (synthetic) result.concepts = report_concepts(m, "final");
     results.push_back(std::move(result));
   }
@@ -1067,6 +1068,7 @@ std::string format_report(const TrainResult& r) {
   if (!r.superseded.empty())
     text += "  the checkpoints the run had saved after the one it resumed from, and its metrics.csv as it stood,\n"
             "  are in " + r.superseded + "/\n";
+  if (!r.kept_final.empty()) text += "  the run's final model before it was extended is kept as " + r.kept_final + "/\n";
   return text;
 }
 

@@ -29,6 +29,7 @@ struct TrainResult {
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
   std::string superseded;          // a rewinding --resume: where the run's later checkpoints went (RunStart)
+  std::string kept_final;          // extending a finished run: its final model, kept as a checkpoint (RunStart)
   Device device = Device::CPU;
   CollectiveStats collectives;     // a distributed run's collectives in the training loop (this rank's)
   // A --resume of a run that was at its last step already (RunStart::finished): nothing was

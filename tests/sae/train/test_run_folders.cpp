@@ -178,6 +178,10 @@ TEST(RunFolders, ACrashInsideACheckpointSaveLosesNothing) {
     const std::string run = dir.str(hook.find("between") != std::string::npos ? "two_renames" : "exchange");
     auto first = run_binary("sae_train", base + " --steps 10 --out " + run, dir);
     ASSERT_EQ(first.exit_code, 0) << first.err;
+    // An extended run keeps its final model as checkpoints/step_10 unless one is there: one is, so
+    // the new final save replaces sae/ in place.
+    fs::create_directories(run + "/checkpoints");
+    fs::copy(run + "/sae", run + "/checkpoints/step_10");
     // Steps 10 -> 20, killed while the final sae/ is swapped in.
     const std::string killed = std::string("env ") + hook + " " + SAE_BIN_DIR + "/sae_train --resume " + run +
                                " --steps 20 --progress none --device cpu > /dev/null 2>&1";
@@ -256,10 +260,15 @@ TEST(RunFolders, ResumeKeepsTheRunsControlsUnlessGivenAgain) {
     while (std::getline(lines, line)) steps.push_back(line.substr(0, line.find(',')));
     return steps;
   };
+  const std::string final_20 = read_file(run + "/sae/sae_weights.safetensors");
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/step_20"));  // the last step is saved as sae/ only
   auto more = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
   ASSERT_EQ(more.exit_code, 0) << more.err;
   EXPECT_EQ(steps_of_rows(), (std::vector<std::string>{"5", "10", "15", "20", "25", "30", "35", "40"}));
   EXPECT_TRUE(fs::exists(run + "/checkpoints/step_30"));
+  // Extended, the run keeps its step-20 final model as that step's checkpoint (it was overwritten).
+  EXPECT_EQ(read_file(run + "/checkpoints/step_20/sae_weights.safetensors"), final_20);
+  EXPECT_NE(more.out.find("kept as " + run + "/checkpoints/step_20"), std::string::npos) << more.out;
   // Its figures, current, are left as they are by a retry; figures older than metrics.csv (a kill
   // while an extended run redrew them) are drawn again (they had been kept, ending at the old step).
   const std::string loss_dat = run + "/figures/loss.dat", drawn = read_file(loss_dat);
