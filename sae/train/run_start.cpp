@@ -203,6 +203,14 @@ RunStart start_run(TrainConfig config, bool owner) {
     } else {
       Checkpoint checkpoint = load_checkpoint(start.resumed_from, Device::CPU);
       if (!checkpoint.state) throw DataError(cat(start.resumed_from, ": has no training state to resume from"));
+      // What the checkpoint was trained on must be what config.json (perhaps edited) says: another
+      // normalisation would go on with a dataset scale never estimated, or none.
+      const Normalization trained =
+          trained_normalization(checkpoint.cfg, (fs::path(start.resumed_from) / "cfg.json").string()).kind;
+      if (trained != config.normalize)
+        throw DataError(cat(config_path, ": normalize is ", normalization_name(config.normalize), " but ",
+                            start.resumed_from, " was trained with ", normalization_name(trained),
+                            " (cfg.json sae_cpp.normalization): the run's files disagree"));
       start.params = std::move(checkpoint.params);
       start.state = std::move(checkpoint.state);
       if (start.state->step > config.steps)

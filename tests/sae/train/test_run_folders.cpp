@@ -237,6 +237,16 @@ TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
   // The same values as the run (here all of command_line_tiny) and Controls options are fine.
   auto same = run_binary("sae_train", command_line_tiny() + " --steps 8 --log-every 2 --resume " + dir.str("run"), dir);
   EXPECT_EQ(same.exit_code, 0) << same.err;
+  // A config.json edited to another normalisation than its checkpoints were trained with: refused
+  // (the run went on with a dataset scale of 1, never estimated).
+  const std::string config_path = dir.str("run/config.json"), original = read_file(config_path);
+  Json edited = Json::parse(original);
+  edited["normalize"] = edited.at("normalize").as_string() == "dataset" ? "none" : "dataset";
+  std::ofstream(config_path) << edited.dump(2);
+  auto disagree = run_binary("sae_train", " --resume " + dir.str("run") + " --steps 12", dir);
+  EXPECT_EQ(disagree.exit_code, 1) << disagree.err;
+  EXPECT_NE(disagree.err.find("the run's files disagree"), std::string::npos) << disagree.err;
+  std::ofstream(config_path) << original;
   // --init refuses an explicit --features that contradicts the checkpoint's d_sae (16).
   auto init = run_binary("sae_train", command_line_tiny() + " --features 20 --steps 3 --init " + dir.str("run/sae") +
                                           " --out " + dir.str("init_run"), dir);
