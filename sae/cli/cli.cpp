@@ -63,8 +63,9 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
   if (!c.text.empty()) require_input_file(c.text);  // a FIFO would block the reader: refused here, at once
   // A --resume is validated once merged with the run's own config.json (start_run): its checks that
   // join options (--shards dividing --features, --target-l0 within --features) would otherwise
-  // judge the defaults of what the command line leaves out.
-  if (validate && c.resume.empty()) c.validate();
+  // judge the defaults of what the command line leaves out. An --init run likewise, once it has
+  // taken the folder's width and k (--architecture topk --init DIR without --k was refused).
+  if (validate && c.resume.empty() && c.init.empty()) c.validate();
   return c;
 }
 

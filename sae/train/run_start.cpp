@@ -126,7 +126,20 @@ namespace {
 
 // --init: the checkpoint a fresh run starts from; its width and architecture become the run's.
 void load_init(RunStart& start, TrainConfig& config) {
-  start.params = load_checkpoint(config.init, Device::CPU, /*with_state=*/false).params;
+  Checkpoint loaded = load_checkpoint(config.init, Device::CPU, /*with_state=*/false);
+  start.params = std::move(loaded.params);
+  // One of our folders was trained on inputs normalised as its sae_cpp.normalization says, and its
+  // weights are read back in that space: another normalisation would start from another function.
+  // (A folder without it, SAELens's or one made by hand, is taken as the run's starting weights as
+  // they are.)
+  if (loaded.cfg.has("sae_cpp") && loaded.cfg.at("sae_cpp").is_object() &&
+      loaded.cfg.at("sae_cpp").has("normalization")) {
+    const Normalization trained = trained_normalization(loaded.cfg, config.init + "/cfg.json").kind;
+    if (trained != config.normalize)
+      throw UsageError(cat("--init ", config.init, " was trained with --normalize ", normalization_name(trained),
+                           " and the run normalises with --normalize ", normalization_name(config.normalize),
+                           ": give --normalize ", normalization_name(trained), " (its weights read those inputs)"));
+  }
   // What it trains must be finite (a JumpReLU threshold of 0, which inference takes, is a
   // log_threshold of -inf).
   for (const auto& [name, t] : start.params->present()) {

@@ -252,6 +252,29 @@ TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
                                           " --out " + dir.str("init_run"), dir);
   EXPECT_EQ(init.exit_code, 2) << init.err;
   EXPECT_NE(init.err.find("--features 20 contradicts --init"), std::string::npos) << init.err;
+  // ... and another normalisation than its folder was trained with (our folder says which): its
+  // weights read those inputs (another one started from another function).
+  const std::string trained_with = Json::parse(original).at("normalize").as_string();
+  const std::string other = trained_with == "dataset" ? "none" : "dataset";
+  auto normalised = run_binary("sae_train", command_line_tiny() + " --batch 16 --normalize " + other + " --steps 3 --init " +
+                                                dir.str("run/sae") + " --out " + dir.str("init_other"), dir);
+  EXPECT_EQ(normalised.exit_code, 2) << normalised.err;
+  EXPECT_NE(normalised.err.find("was trained with --normalize " + trained_with), std::string::npos) << normalised.err;
+}
+
+TEST(RunFolders, AnInitRunTakesTheFoldersKWhenNotGiven) {
+  // docs/architectures.md: --init takes the folder's k when --k is not given (it was refused as
+  // "--k is required": the command line was checked before the folder was read).
+  TempDir dir("init_k");
+  auto topk = run_binary("sae_train", command_line_tiny() + " --architecture topk --k 3 --steps 4 --out " + dir.str("a"), dir);
+  ASSERT_EQ(topk.exit_code, 0) << topk.err;
+  auto from = run_binary("sae_train", command_line_tiny() + " --architecture topk --steps 4 --init " + dir.str("a/sae") +
+                                          " --out " + dir.str("b"), dir);
+  ASSERT_EQ(from.exit_code, 0) << from.err;
+  EXPECT_EQ(read_json_file(dir.str("b/config.json")).at("k").as_int(), 3);
+  auto bad = run_binary("sae_train", command_line_tiny() + " --architecture topk --steps 4 --lr 0 --init " +
+                                         dir.str("a/sae") + " --out " + dir.str("c"), dir);
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;  // still checked, once the folder is read
 }
 
 TEST(RunFolders, ResumeKeepsTheRunsControlsUnlessGivenAgain) {
