@@ -5,6 +5,9 @@
             torch.no_grad(), output_hidden_states=True, a full forward pass (all layers and the
             50257-way logits, as the tutorial computes them) over one story of --tokens ids at a time.
             Reports tokens/s.
+  stop      the same work as ours: the base model (no unembedding) with only its first 2 blocks, as
+            SAELens's ActivationsStore runs it (run_with_cache(stop_at_layer=2)); HF applies its
+            final norm to the last hidden state, one norm of [T, 768] more than ours.
   step      the tutorial's whole training step from token ids: the forward pass above, x =
             hidden_states[2] (the raw residual stream after block 2), per-story normalisation
             x = (x - x.mean()) / x.std() * sqrt(768) (all elements, unbiased std), the SAE
@@ -13,7 +16,7 @@
             (lr 1e-5) step; F = 10000, lambda = 50, a fresh nn.Linear init (the dense regime, about
             half the features active). Reports ms per step and its split (model forward / SAE).
 
-    python3 bench/peer_hf_extract.py [--mode extract|step|both] [--threads N] [--device cpu|cuda]
+    python3 bench/peer_hf_extract.py [--mode extract|stop|step|both] [--threads N] [--device cpu|cuda]
         [--tokens 218] [--stories 20] [--steps 10] [--rounds 5] [--features 10000] [--label TEXT]
 
 Prints one JSON line per measurement (times are medians over --rounds rounds, after warm-up).
@@ -53,7 +56,7 @@ def timed_rounds(fn, rounds, reps, dev):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["extract", "step", "both"], default="both")
+    ap.add_argument("--mode", choices=["extract", "stop", "step", "both"], default="both")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=218, help="tokens per story (one story per forward)")
@@ -101,6 +104,23 @@ def main():
         sec = statistics.median(rounds)
         print(json.dumps(dict(bench="hf_extract", ms_per_story=round(sec * 1e3, 3),
                               tokens_per_s=round(args.tokens / sec, 1),
+                              rounds_ms=[round(r * 1e3, 2) for r in rounds], stories_per_round=args.stories,
+                              **common)), flush=True)
+
+    if args.mode == "stop":
+        base = model.base_model
+        base.h = torch.nn.ModuleList(list(base.h)[:LAYER])
+
+        def stop():
+            with torch.no_grad():
+                return base(next_story()).last_hidden_state[0]
+
+        for _ in range(args.warmup):
+            stop()
+        rounds = timed_rounds(stop, args.rounds, args.stories, dev)
+        sec = statistics.median(rounds)
+        print(json.dumps(dict(bench="hf_stop_at_layer", ms_per_story=round(sec * 1e3, 3),
+                              tokens_per_s=round(args.tokens / sec, 1), blocks=LAYER,
                               rounds_ms=[round(r * 1e3, 2) for r in rounds], stories_per_round=args.stories,
                               **common)), flush=True)
 

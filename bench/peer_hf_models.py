@@ -5,6 +5,9 @@ mode, torch.no_grad(), float32, one 128-token window per pass:
   extract   the forward as a user calls it to get activations: the whole model with
             output_hidden_states=True (all blocks and the [128, V] logits), taking hidden_states[m]
             (m = 6 for GPT-2 small, 3 for Pythia-70m: the middle block's hook_resid_pre)
+  stop      the same work as ours: the base model (no unembedding) with only its first m blocks,
+            as SAELens's ActivationsStore runs it (run_with_cache(stop_at_layer=m)); HF applies its
+            final norm to the last hidden state, one norm of [128, d] more than ours
   generate  model.generate, greedy, 64 new tokens (min_new_tokens 64: no early stop) after a
             16-token prompt, with its KV cache
 Families: gpt2 (GPT2LMHeadModel, GPT-2 small's config), pythia (GPTNeoXForCausalLM, Pythia-70m's),
@@ -12,7 +15,7 @@ qwen2 (Qwen2ForCausalLM, Qwen2.5-0.5B's), llama (LlamaForCausalLM, Llama-3.2-1B'
 (Gemma2ForCausalLM, Gemma-2-2B's; the whole model in float32 takes about 10.5 GB). "both" is gpt2
 and pythia; "all" every family.
 
-    python3 bench/peer_hf_models.py [--family gpt2|pythia|both] [--mode extract|generate|both]
+    python3 bench/peer_hf_models.py [--family gpt2|pythia|both] [--mode extract|stop|generate|both]
         [--threads N] [--tokens 128] [--rounds 5] [--label TEXT]
 
 Prints one JSON line per measurement (medians over --rounds timed rounds, after warm-up).
@@ -61,6 +64,14 @@ def build(family):
     return model_class(config_class(**cfg)).eval()
 
 
+def truncated_base(model, blocks):
+    """The model's base (no LM head) keeping only its first `blocks` blocks."""
+    base = model.base_model
+    name = "h" if hasattr(base, "h") else "layers"
+    setattr(base, name, torch.nn.ModuleList(list(getattr(base, name))[:blocks]))
+    return base
+
+
 def timed_rounds(fn, rounds, reps):
     out = []
     for _ in range(rounds):
@@ -74,7 +85,7 @@ def timed_rounds(fn, rounds, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=list(FAMILIES) + ["both", "all"], default="both")
-    ap.add_argument("--mode", choices=["extract", "generate", "both"], default="both")
+    ap.add_argument("--mode", choices=["extract", "stop", "generate", "both"], default="both")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=16)
@@ -111,6 +122,23 @@ def main():
             sec = statistics.median(rounds)
             print(json.dumps(dict(bench="hf_model_extract", ms_per_window=round(sec * 1e3, 3),
                                   tokens_per_s=round(args.tokens / sec, 1), tokens=args.tokens,
+                                  rounds_ms=[round(r * 1e3, 2) for r in rounds], **common)), flush=True)
+
+        if args.mode == "stop":
+            base = truncated_base(model, FAMILIES[family]["middle"])
+
+            def stop():
+                counter[0] += 1
+                with torch.no_grad():
+                    return base(windows[counter[0] % len(windows)]).last_hidden_state[0]
+
+            for _ in range(args.warmup):
+                stop()
+            rounds = timed_rounds(stop, args.rounds, args.windows)
+            sec = statistics.median(rounds)
+            print(json.dumps(dict(bench="hf_model_stop_at_layer", ms_per_window=round(sec * 1e3, 3),
+                                  tokens_per_s=round(args.tokens / sec, 1), tokens=args.tokens,
+                                  blocks=FAMILIES[family]["middle"],
                                   rounds_ms=[round(r * 1e3, 2) for r in rounds], **common)), flush=True)
 
         if args.mode in ("generate", "both"):
