@@ -201,6 +201,15 @@ RunStart start_run(TrainConfig config, bool owner) {
     const TrainConfig cli = config;
     try {
       const Json saved = read_json_file(config_path);
+      // The file's own values first, alone: a bad one is the file's error (exit 1, naming it), not
+      // the command line's.
+      try {
+        TrainConfig own = resumed_config(saved, TrainConfig{});
+        own.resume = cli.resume;
+        own.validate();
+      } catch (const UsageError& e) {
+        throw DataError(cat("a value the file holds: ", e.what()));
+      }
       config = resumed_config(saved, cli);
       if (saved.has("resolved") && saved.at("resolved").is_object() && saved.at("resolved").has("data"))
         start.resolved_data = saved.at("resolved").at("data");

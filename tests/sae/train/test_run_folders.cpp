@@ -246,6 +246,15 @@ TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
   auto disagree = run_binary("sae_train", " --resume " + dir.str("run") + " --steps 12", dir);
   EXPECT_EQ(disagree.exit_code, 1) << disagree.err;
   EXPECT_NE(disagree.err.find("the run's files disagree"), std::string::npos) << disagree.err;
+  // A value out of range in config.json is the file's error (exit 1, naming it), not the command
+  // line's (it read as "--features must be ...", exit 2).
+  edited = Json::parse(original);
+  edited["features"] = -5;
+  std::ofstream(config_path) << edited.dump(2);
+  auto bad_value = run_binary("sae_train", " --resume " + dir.str("run") + " --steps 12", dir);
+  EXPECT_EQ(bad_value.exit_code, 1) << bad_value.err;
+  EXPECT_NE(bad_value.err.find(config_path + ": a value the file holds: --features must be"), std::string::npos)
+      << bad_value.err;
   std::ofstream(config_path) << original;
   // --init refuses an explicit --features that contradicts the checkpoint's d_sae (16).
   auto init = run_binary("sae_train", command_line_tiny() + " --features 20 --steps 3 --init " + dir.str("run/sae") +
