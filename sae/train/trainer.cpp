@@ -907,11 +907,28 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const bool was_pending = sums.pending;
       if (sums.pending && (control || log_step || save_step || (i == 0 && progress.due(this_step))))
         sums = m.step->read_sums();
-      if (!sums.pending && !finite(sums))
-        throw TrainingDiverged(cat(m.name, m.name.empty() ? "" : ": ", "training diverged ",
-                                   was_pending ? "by step " : "at step ", this_step, ": loss is ", sums.loss,
-                                   " (rec ", sums.rec, ", l1 ", sums.l1,
-                                   "); the last good checkpoint is kept. Try a lower --lr."));
+      if (!sums.pending && !finite(sums)) {
+        // What to do next depends on what was saved: --resume keeps the run's --lr, so a lower one
+        // is a new run from the newest checkpoint (--init); with none, the data's scale may be it.
+        auto shown = [](double v) {
+          char text[32];
+          std::snprintf(text, sizeof text, "%.6g", std::isnan(v) ? std::fabs(v) : v);  // "nan", never "-nan"
+          return std::string(text);
+        };
+        std::string newest;
+        try {
+          newest = latest_checkpoint_in_run(m.config().out).value_or("");
+        } catch (const Error&) {
+        }
+        throw TrainingDiverged(cat(
+            m.name, m.name.empty() ? "" : ": ", "training diverged ", was_pending ? "by step " : "at step ",
+            this_step, ": loss is ", shown(sums.loss), " (rec ", shown(sums.rec), ", l1 ", shown(sums.l1), "); ",
+            newest.empty()
+                ? std::string("no checkpoint was saved: lower --lr, or look at the data's scale (--normalize "
+                              "dataset or story)")
+                : cat("nothing was saved after ", newest, ": start a run from it with a lower learning rate "
+                      "(--init ", newest, " --lr ...; --resume keeps the run's --lr)")));
+      }
       run.step = this_step;
       run.data_position = batch.position;
       const int64_t batch_tokens = dist ? sums.tokens : n;  // every replica's (the sums are the whole batch's)
