@@ -142,6 +142,11 @@ int main(int argc, char** argv) {
                                        "crosscoder over two models only)"));
       // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
       // only up to there.
+      try {
+        sae::refuse_one_head(checkpoint.cfg);
+      } catch (const sae::Error& e) {
+        throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
+      }
       sae::HookSite site{2, sae::HookPoint::FinalOutput};
       std::string from = "the default hidden_states[2]";
       if (choice.given()) {
@@ -152,7 +157,7 @@ int main(int argc, char** argv) {
       } else {
         try {
           sae::hook_site_from_cfg(checkpoint.cfg, site, from);
-        } catch (const sae::UsageError& e) {
+        } catch (const sae::Error& e) {
           throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
         }
       }

@@ -18,8 +18,19 @@ std::string spliced_site_text(const SaeAtLayer& sae) {
   return cat(name, " = hidden_states[", sae.layer, "]");
 }
 
+void refuse_one_head(const Json& cfg) {
+  for (const Json* holder : {cfg.has("metadata") && cfg.at("metadata").is_object() ? &cfg.at("metadata") : nullptr, &cfg})
+    if (holder && holder->has("hook_head_index") && !holder->at("hook_head_index").is_null())
+      throw DataError(cat("hook_head_index ", holder->at("hook_head_index").dump(),
+                          " is not supported (an SAE of one attention head reads a slice of hook_z; we read and "
+                          "splice whole hook points)"));
+}
+
 bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
+  refuse_one_head(cfg);
   for (const Json* holder : {cfg.has("metadata") && cfg.at("metadata").is_object() ? &cfg.at("metadata") : nullptr, &cfg}) {
+    if (holder && holder->has("hook_name") && !holder->at("hook_name").is_null() && !holder->at("hook_name").is_string())
+      throw DataError(cat("hook_name: expected a hook point's name, got ", holder->at("hook_name").dump()));
     if (holder && holder->has("hook_name") && holder->at("hook_name").is_string()) {
       const std::string name = holder->at("hook_name").as_string();
       source = "cfg.json hook_name";  // messages and reports give the name beside it
@@ -57,12 +68,23 @@ void require_key(const Json& cfg, const std::string& key, const std::string& all
 }
 
 // cfg.json metadata.prepend_bos and context_size, when said.
+// A value of another type or out of range is an error, not passed over (it was read as unsaid).
 void read_window_metadata(SaeAtLayer& s) {
   if (!s.cfg.has("metadata") || !s.cfg.at("metadata").is_object()) return;
   const Json& m = s.cfg.at("metadata");
-  if (m.has("prepend_bos") && m.at("prepend_bos").is_bool()) s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
-  if (m.has("context_size") && m.at("context_size").is_number() && m.at("context_size").as_number() >= 1)
-    s.context_size = m.at("context_size").as_int();
+  if (m.has("prepend_bos") && !m.at("prepend_bos").is_null()) {
+    if (!m.at("prepend_bos").is_bool())
+      throw DataError(cat(s.dir, "/cfg.json: metadata.prepend_bos must be true or false, got ", m.at("prepend_bos").dump()));
+    s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
+  }
+  if (m.has("context_size") && !m.at("context_size").is_null()) {
+    const Json& c = m.at("context_size");
+    if (!c.is_number() || c.as_number() < 1 || c.as_number() > double(int64_t(1) << 24) ||
+        c.as_number() != std::floor(c.as_number()))
+      throw DataError(cat(s.dir, "/cfg.json: metadata.context_size must be a whole number of positions >= 1, got ",
+                          c.dump()));
+    s.context_size = c.as_int();
+  }
 }
 
 // A crosscoder's sources from metadata.crosscoder_hooks, resolved against their models, with their
@@ -147,11 +169,11 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   if (s.params.transcoder && choice.given())
     throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
                          "(metadata.hook_name, metadata.hook_name_out)"));
-  if (s.cfg.has("metadata") && s.cfg.at("metadata").is_object())
-    require_key(s.cfg.at("metadata"), "hook_head_index", "", where + " metadata",
-                "an SAE of one attention head reads a slice of hook_z; we splice whole hook points");
-  require_key(s.cfg, "hook_head_index", "", where, "an SAE of one attention head reads a slice of hook_z; we splice "
-                                                   "whole hook points");
+  try {
+    refuse_one_head(s.cfg);
+  } catch (const Error& e) {
+    throw DataError(cat(where, ": ", e.what()));
+  }
 
   if (s.params.sources > 1) {
     fit_crosscoder(s, model, model_b, where);

@@ -58,8 +58,12 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
 
 // The hook point an SAE folder's cfg.json names (metadata.hook_name, a top-level hook_name, or
 // sae_cpp.data.layer as hidden_states[layer]), with where it said it; false when it names none.
-// UsageError for a hook_name we do not read.
+// UsageError for a hook_name we do not read; DataError for a hook_name that is not a string or a
+// hook_head_index (an SAE of one head: no program reads a slice of a hook).
 bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
+// DataError when cfg.json says hook_head_index (metadata's or top-level, not null): every program
+// that reads the SAE's hook refuses an SAE of one head.
+void refuse_one_head(const Json& cfg);
 
 // The UsageError text for an SAE that names no hook point: give --hook or --layer (for a Gemma
 // Scope params.npz, `npz`, with Gemma Scope's hook naming).

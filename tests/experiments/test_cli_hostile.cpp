@@ -147,6 +147,29 @@ TEST(HostileInput, ALayerOutOfRangeInCfgJsonNamesTheFile) {
                       "sae99: cfg.json sae_cpp.data.layer hidden_states[99]: hidden_states index 99 is outside 0..4");
 }
 
+// An SAE of one head (SAELens's hook_head_index): sae_features read the whole hook for it, exit 0,
+// where sae_eval refused it.
+TEST(HostileInput, AnSaeOfOneHeadIsRefusedByEveryProgramThatReadsItsHook) {
+  TempDir dir("hostile_head");
+  const std::string sae = sae_copy(dir, "head", [](Json& cfg) { cfg["metadata"]["hook_head_index"] = 3; });
+  expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), sae, 1,
+                      "head/cfg.json: hook_head_index 3 is not supported");
+}
+
+// Window metadata of the wrong type or range was passed over as unsaid (context_size -5 read as 0).
+TEST(HostileInput, WindowMetadataOfTheWrongKindNamesTheKey) {
+  TempDir dir("hostile_window");
+  const std::string size = sae_copy(dir, "size", [](Json& cfg) { cfg["metadata"]["context_size"] = -5; });
+  expect_same_refusal({{"sae_eval"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), size, 1,
+                      "size/cfg.json: metadata.context_size must be a whole number of positions >= 1, got -5");
+  const std::string bos = sae_copy(dir, "bos", [](Json& cfg) { cfg["metadata"]["prepend_bos"] = "yes"; });
+  expect_same_refusal({{"sae_eval"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), bos, 1,
+                      "bos/cfg.json: metadata.prepend_bos must be true or false, got \"yes\"");
+  const std::string name = sae_copy(dir, "name", [](Json& cfg) { cfg["metadata"]["hook_name"] = 5; });
+  expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), name, 1,
+                      "name/cfg.json: hook_name: expected a hook point's name, got 5");
+}
+
 // Defect 11: config.json without hidden_size or vocab_size said "JSON: missing key" without the file.
 TEST(HostileInput, AConfigWithoutItsSizesNamesTheFileAndTheKey) {
   TempDir dir("hostile_config");
