@@ -315,6 +315,9 @@ void check_input_normalization(const Json& cfg) {
                      cfg.at("sae_cpp").at("normalization") == Json("story");
   if (kind == "none" || kind == "expected_average_only_in" || kind == "covariance_whitening") return;
   if (kind == "per_story" && story) return;
+  if (kind == "per_story")
+    throw DataError("normalize_activations \"per_story\" goes with sae_cpp.normalization \"story\" (ours, per-story "
+                    "normalisation), which this cfg.json does not say");
   throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (SAELens normalises each input ",
                       "with it at inference; we read none, expected_average_only_in, covariance_whitening, and our ",
                       "per_story)"));

@@ -159,6 +159,21 @@ TEST(CheckpointFiles, ConfigErrorsNameTheFile) {
   }
   std::ofstream(dir.str("c/cfg.json"), std::ios::trunc) << R"({"d_in": "four"})";
   EXPECT_THROW(load_checkpoint(dir.str("c"), Device::CPU), DataError);
+  // Our per_story beside another normalisation of ours: says what it goes with (it said per_story
+  // is not supported while listing it as supported).
+  Json extra = Json::object();
+  extra["normalization"] = "none";
+  save_checkpoint(dir.str("s"), p, extra, nullptr);
+  Json cfg = read_json_file(dir.str("s/cfg.json"));
+  cfg["normalize_activations"] = "per_story";
+  std::ofstream(dir.str("s/cfg.json"), std::ios::trunc) << cfg.dump(2);
+  try {
+    load_checkpoint(dir.str("s"), Device::CPU);
+    FAIL() << "accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"per_story\" goes with sae_cpp.normalization \"story\""),
+              std::string::npos) << e.what();
+  }
 }
 
 TEST(CheckpointFiles, AnEmptySaeIsRefused) {
