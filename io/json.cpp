@@ -535,4 +535,39 @@ Json read_json_file(const std::string& path, size_t max_bytes, size_t max_values
   }
 }
 
+namespace {
+std::string cut(const std::string& text) { return text.size() <= 80 ? text : text.substr(0, 77) + "..."; }
+
+bool difference_at(const Json& was, const Json& now, const std::string& path, std::string& out) {
+  if (was == now) return false;
+  if (was.is_object() && now.is_object()) {
+    for (const auto& [key, value] : was.items()) {
+      const std::string inner = path.empty() ? key : path + "." + key;
+      if (!now.has(key)) {
+        out = cat(inner, ": ", cut(value.dump()), " (was) / (absent) (now)");
+        return true;
+      }
+      if (difference_at(value, now.at(key), inner, out)) return true;
+    }
+    for (const auto& [key, value] : now.items())
+      if (!was.has(key)) {
+        out = cat(path.empty() ? key : path + "." + key, ": (absent) (was) / ", cut(value.dump()), " (now)");
+        return true;
+      }
+  }
+  if (was.is_array() && now.is_array() && was.size() == now.size()) {
+    for (size_t i = 0; i < was.size(); ++i)
+      if (difference_at(was.at(i), now.at(i), cat(path, "[", i, "]"), out)) return true;
+  }
+  out = cat(path.empty() ? "the value" : path, ": ", cut(was.dump()), " (was) / ", cut(now.dump()), " (now)");
+  return true;
+}
+}  // namespace
+
+std::string first_difference(const Json& was, const Json& now) {
+  std::string out;
+  difference_at(was, now, "", out);
+  return out;
+}
+
 }  // namespace sae

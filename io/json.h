@@ -86,4 +86,8 @@ class Json {
 // Parses a JSON file (read with read_small_file, io/mapped_file.h); errors name the path.
 Json read_json_file(const std::string& path, size_t max_bytes = size_t(64) << 20, size_t max_values = size_t(1) << 20);
 
+// Where two values first differ, for a message: "key.inner[2]: 1 (was) / 2 (now)", each value cut to
+// 80 characters; "" when they are equal. A key only one side has reads "(absent)" on the other.
+std::string first_difference(const Json& was, const Json& now);
+
 }  // namespace sae

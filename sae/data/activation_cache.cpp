@@ -149,9 +149,12 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
   if (ec) throw DataError(cat(dir, ": cannot create the cache folder: ", ec.message()));
   if (is_activation_cache(dir)) {
     manifest_ = read_cache_manifest(dir);
-    if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != source)
-      throw UsageError(cat(dir, " holds a cache of other activations (d ", manifest_.d, ", ", manifest_.dtype, ", source ",
-                           printable(manifest_.source.dump(), 200), "); use another --out"));
+    if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != source) {
+      const std::string what = manifest_.d != d         ? cat("d: ", manifest_.d, " (the cache) / ", d, " (asked)")
+                               : manifest_.dtype != dtype ? cat("dtype: ", manifest_.dtype, " (the cache) / ", dtype, " (asked)")
+                                                          : first_difference(manifest_.source, source);
+      throw UsageError(cat(dir, " holds a cache of other activations (", printable(what, 400), "); use another --out"));
+    }
   } else {
     manifest_.d = d;
     manifest_.dtype = dtype;

@@ -399,7 +399,7 @@ void check_same_data(const Json& saved, const Json& now, const std::string& out)
   };
   if (saved.is_null() || !records_fingerprints(saved) || data_of(saved) == data_of(now)) return;
   throw DataError(cat("--resume ", out, ": the data is not what the run started on (config.json's resolved.data ",
-                      printable(saved.dump(), 160), ", now ", printable(now.dump(), 160),
+                      printable(first_difference(data_of(saved), data_of(now)), 400),
                       "); resume it with that data, or start a new run"));
 }
 

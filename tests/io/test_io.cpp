@@ -118,6 +118,24 @@ TEST(Json, ParsesValuesAndKeepsKeyOrder) {
   EXPECT_THROW(Json(1).erase("a"), DataError);
 }
 
+TEST(Json, FirstDifferenceNamesWhereTwoValuesPart) {
+  const Json a = Json::parse(R"({"kind": "file", "reads": [1, 2, 3], "inner": {"x": 1, "y": "long"}})");
+  EXPECT_EQ(first_difference(a, a), "");
+  Json b = a;
+  b["inner"]["y"] = "other";
+  EXPECT_EQ(first_difference(a, b), "inner.y: \"long\" (was) / \"other\" (now)");
+  b = Json::parse(R"({"kind": "file", "reads": [1, 5, 3], "inner": {"x": 1, "y": "long"}})");
+  EXPECT_EQ(first_difference(a, b), "reads[1]: 2 (was) / 5 (now)");
+  b = Json::parse(R"({"kind": "file", "reads": [1, 2, 3]})");
+  EXPECT_EQ(first_difference(a, b).rfind("inner: {", 0), 0u) << first_difference(a, b);
+  b["extra"] = std::string(200, 'z');
+  b["inner"] = a.at("inner");
+  const std::string extra = first_difference(a, b);
+  EXPECT_EQ(extra.rfind("extra: (absent) (was) / \"zzz", 0), 0u) << extra;
+  EXPECT_LT(extra.size(), 120u);  // the value cut
+  EXPECT_EQ(first_difference(Json(1), Json("1")), "the value: 1 (was) / \"1\" (now)");
+}
+
 TEST(Json, StringEscapesAndSurrogatePairs) {
   Json j = Json::parse(R"("q\" b\\ s\/ \b\f\n\r\t \u00e9 \u2603 \ud83d\ude00 \u0000end")");
   std::string want = std::string("q\" b\\ s/ \b\f\n\r\t \xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 ") + '\0' + "end";

@@ -557,6 +557,9 @@ TEST(RunFolders, AResumeRefusesDataThatIsNotWhatTheRunStartedOn) {
   const auto refused = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 20", dir);
   EXPECT_EQ(refused.exit_code, 1) << refused.err;
   EXPECT_NE(refused.err.find("the data is not what the run started on"), std::string::npos) << refused.err;
+  // It names what differs (both descriptions cut at 160 characters had read the same).
+  EXPECT_NE(refused.err.find("fingerprint"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("(was) / "), std::string::npos) << refused.err;
   EXPECT_EQ(std::count(refused.err.begin(), refused.err.end(), '\n'), 1) << refused.err;
   write(1);  // the data it started on
   EXPECT_EQ(run_binary("sae_train", "--resume " + dir.str("run") + " --steps 20", dir).exit_code, 0);
