@@ -13,7 +13,9 @@
 
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
+#include "sae/arch/registry.h"
 #include "sae/cli/cli.h"
+#include "sae/train/arch_config.h"
 #include "sae/dist/mpi_world.h"
 #include "sae/train/options.h"
 #include "sae/report/plot.h"
@@ -96,6 +98,12 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
     throw sae::UsageError("give one of --l1-list, --k-list, --layer-list and --transcoder-list");
   if (l1s && base.was_given("l1")) throw sae::UsageError("give --l1 or --l1-list, not both");
   if (ks && base.was_given("k")) throw sae::UsageError("give --k or --k-list, not both");
+  if (ks) {  // (the check of each SAE's --k would name an option the command line does not give)
+    const std::vector<std::string> reads = sae::run_unit(base).reads();
+    if (std::find(reads.begin(), reads.end(), "k") == reads.end())
+      throw sae::UsageError(sae::cat("--k-list trains one SAE per k: --architecture ", base.architecture,
+                                     " has no k (", sae::units_reading("k"), " have one)"));
+  }
   if (layers && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
     throw sae::UsageError("--layer-list trains an SAE at hidden_states[L] for each L: give it without --layer, "
                           "--hook and --transcoder");

@@ -49,9 +49,10 @@ std::string run_dir_of(const std::string& resume) {
 void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std::string& config_path) {
   for (const TrainOption& o : train_options()) {
     if (o.role != OptionRole::Defines || !cli.was_given(o.name)) continue;
-    if (o.text(cli) != o.text(run))
+    const std::string had = o.text(run);
+    if (o.text(cli) != had)
       throw UsageError(cat("--", o.name, " ", printable(o.text(cli)), " contradicts the run being resumed (",
-                           config_path, " has ", printable(o.text(run)),
+                           config_path, " has ", had.empty() ? std::string("none") : printable(had),
                            "); --resume continues a run as it was started: drop the option, or start a new run"));
   }
 }

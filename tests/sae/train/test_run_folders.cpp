@@ -234,6 +234,10 @@ TEST(RunFolders, ResumeRefusesOptionsThatContradictTheRun) {
   EXPECT_EQ(conflict.exit_code, 2) << conflict.err;
   EXPECT_NE(conflict.err.find("--lr 0.01 contradicts"), std::string::npos) << conflict.err;
   EXPECT_EQ(std::count(conflict.err.begin(), conflict.err.end(), '\n'), 1) << conflict.err;
+  // A value the run never set reads "none" (it read "config.json has )").
+  auto unset = run_binary("sae_train", "--hook blocks.1.hook_resid_pre --steps 8 --resume " + dir.str("run"), dir);
+  EXPECT_EQ(unset.exit_code, 2) << unset.err;
+  EXPECT_NE(unset.err.find("config.json has none)"), std::string::npos) << unset.err;
   // The same values as the run (here all of command_line_tiny) and Controls options are fine.
   auto same = run_binary("sae_train", command_line_tiny() + " --steps 8 --log-every 2 --resume " + dir.str("run"), dir);
   EXPECT_EQ(same.exit_code, 0) << same.err;
