@@ -184,6 +184,10 @@ void Progress::draw(int64_t done, int64_t tokens, const std::string& position, c
 
 void Progress::message(const std::string& line) {
   if (!bar_ && !lines_) return;
+  warning(line);
+}
+
+void Progress::warning(const std::string& line) {
   if (bar_ && drawn_) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr, "%s\n", line.c_str());
   drawn_ = false;

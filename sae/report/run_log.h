@@ -55,6 +55,7 @@ class Progress {
   // with `what` in place of the step count and the loss.
   void update_position(int64_t done, int64_t tokens, const std::string& what);
   void message(const std::string& line);  // prints a line without breaking the bar
+  void warning(const std::string& line);  // the same, also with --progress none (it says an option did nothing)
   void finish();
 
  private:

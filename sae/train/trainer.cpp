@@ -790,7 +790,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
   if (dist && lead && !members.empty() && members[0].config().was_given("feature-stats-steps") &&
       members[0].config().feature_stats_steps > 0)
-    progress.message("--feature-stats-steps: feature statistics are not gathered by a run over several ranks "
+    progress.warning("--feature-stats-steps: feature statistics are not gathered by a run over several ranks "
                      "(--shards, replicas; --distribute gathers them): none are written");
   auto dead_features = [&](Member& m) { return sum_over(dist, Group::Shards, m.run().dead.dead()); };
   auto report_concepts = [&](Member& m, const char* when) {
