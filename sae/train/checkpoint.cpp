@@ -38,13 +38,8 @@ Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
   return Tensor::from_vector(d, Shape{static_cast<int64_t>(v.size())}, DType::F64);
 }
 
-// Test hooks (tests/sae/train/test_checkpoint.cpp): SAE_TEST_KILL_AT=<point> kills the process with
-// SIGKILL at that point of a save, as a crash would; SAE_TEST_NO_RENAME_EXCHANGE=1 takes the
-// two-rename path that file systems without RENAME_EXCHANGE get.
-void test_kill_point(const char* point) {
-  const char* at = std::getenv("SAE_TEST_KILL_AT");
-  if (at != nullptr && std::strcmp(at, point) == 0) ::raise(SIGKILL);
-}
+// Test hook: SAE_TEST_NO_RENAME_EXCHANGE=1 takes the two-rename path that file systems without
+// RENAME_EXCHANGE get.
 
 // Puts the complete directory `temp` at `target`. With an existing target the two are exchanged
 // in one atomic step (renameat2 RENAME_EXCHANGE), so a complete target exists at every moment;
@@ -189,6 +184,11 @@ void check_adam_moment(const Tensor& moment, bool second, const std::string& whe
     if (!std::isfinite(p[k]) || (second && p[k] < 0))
       throw DataError(cat(where, ": Adam's ", second ? "adam_v." : "adam_m.", name, " holds ", p[k], " at element ", k,
                           second ? " (must be finite and >= 0)" : " (must be finite)"));
+}
+
+void test_kill_point(const char* point) {
+  const char* at = std::getenv("SAE_TEST_KILL_AT");
+  if (at != nullptr && std::strcmp(at, point) == 0) ::raise(SIGKILL);
 }
 
 std::string checkpoint_temp_folder(const std::string& dir) {

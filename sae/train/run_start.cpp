@@ -283,8 +283,15 @@ RunStart start_run(TrainConfig config, bool owner) {
 }
 
 void remove_replaced_run(const std::string& out) {
+  // config.json last: while any of the old run's files are there, its config.json says what they are
+  // (a kill here must not leave the new run's pending options beside the old checkpoints, which a
+  // --resume would then continue under the new options).
   for (const char* name : kRunFiles)
-    if (std::string(name) != kPendingConfigFile) fs::remove_all(fs::path(out) / name);
+    if (std::string(name) != kPendingConfigFile && std::string(name) != "config.json")
+      fs::remove_all(fs::path(out) / name);
+  sync_directory(out);
+  test_kill_point("overwrite-before-config");
+  fs::remove(fs::path(out) / "config.json");
 }
 
 std::vector<std::string> run_folders_under(const std::string& dir) {

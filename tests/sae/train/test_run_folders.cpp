@@ -135,6 +135,17 @@ TEST(RunFolders, FreshRunIntoARunFolderIsRefusedUnlessOverwrite) {
   EXPECT_EQ(names_in(dir.str("run/checkpoints")), checkpoints_before);
   EXPECT_FALSE(checkpoints_before.empty());
   EXPECT_EQ(read_json_file(dir.str("run/config.json")).at("lr").as_number(), c.lr);
+  // Killed while --overwrite deleted the old run's files: its config.json goes last, so the folder
+  // never holds the new run's pending options beside the old checkpoints (a --resume continued those
+  // under the new options); the --overwrite command again replaces what is left.
+  {
+    const auto killed = sae::testing::run_program("sae_train", command_line_tiny() + " --lr 0.02 --steps 5 --overwrite --out " +
+                                                                   dir.str("run"), dir, "SAE_TEST_KILL_AT=overwrite-before-config");
+    EXPECT_NE(killed.exit_code, 0);
+    EXPECT_FALSE(fs::exists(dir.str("run/checkpoints")));
+    EXPECT_FALSE(fs::exists(dir.str("run/sae")));
+    EXPECT_EQ(read_json_file(dir.str("run/config.json")).at("lr").as_number(), c.lr);
+  }
   // --overwrite replaces it: the folder then holds exactly the new run (its rows only).
   std::ofstream(dir.str("run/notes.txt")) << "mine";  // not a run file: kept
   again.overwrite = true;
