@@ -386,20 +386,37 @@ bool records_fingerprints(const Json& j) {
 // continue a run with other data, and another dataset scale, silently).
 void check_same_data(const Json& saved, const Json& now, const std::string& out) {
   // What the data is, without what was read from elsewhere (the model folder a cache names may move).
-  // Nor what says which of its activations the run reads: its options say that, and config.json's
-  // are compared with them (a list's members recorded the list's reads and first layer until a fix).
+  // Which of its activations the run reads is compared as the reads themselves: the input's hook_name,
+  // and each read now among those recorded (a list's members recorded the list's reads and its first
+  // member's layer until 2026-12-06; layer and hidden_states only restate hook_name).
   auto data_of = [](const Json& j) {
     if (!j.is_object()) return j;
     Json kept = Json::object();
     for (const auto& [key, value] : j.items())
       if (key != "saelens_metadata" && key != "reads" && key != "target_reads" && key != "layer" &&
-          key != "hidden_states" && key != "hook_name" && key != "dictionary")
+          key != "hidden_states" && key != "dictionary")
         kept[key] = value;
     return kept;
   };
-  if (saved.is_null() || !records_fingerprints(saved) || data_of(saved) == data_of(now)) return;
+  auto reads_recorded = [&] {
+    if (!saved.is_object() || !now.is_object()) return true;
+    std::vector<Json> recorded;
+    for (const char* key : {"reads", "target_reads"})
+      if (saved.has(key) && saved.at(key).is_array())
+        recorded.insert(recorded.end(), saved.at(key).elements().begin(), saved.at(key).elements().end());
+    for (const char* key : {"reads", "target_reads"})
+      if (now.has(key) && now.at(key).is_array())
+        for (const Json& read : now.at(key).elements())
+          if (std::find(recorded.begin(), recorded.end(), read) == recorded.end()) return false;
+    return true;
+  };
+  if (saved.is_null() || !records_fingerprints(saved) || (data_of(saved) == data_of(now) && reads_recorded())) return;
+  const std::string what = data_of(saved) != data_of(now)
+                               ? first_difference(data_of(saved), data_of(now))
+                               : cat("reads: ", now.has("reads") ? now.at("reads").dump() : "", " (now) are not among ",
+                                     saved.has("reads") ? saved.at("reads").dump() : "none", " (was)");
   throw DataError(cat("--resume ", out, ": the data is not what the run started on (config.json's resolved.data ",
-                      printable(first_difference(data_of(saved), data_of(now)), 400),
+                      printable(what, 400),
                       "); resume it with that data, or start a new run"));
 }
 

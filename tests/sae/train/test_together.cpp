@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "io/json.h"
 #include "sae/train/options.h"
@@ -168,6 +169,15 @@ TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
   }
   r = run_binary("sae_train", "--resume " + dir.str("sl/layer_1") + " --steps 8", dir);
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  // What a member reads is still compared: its config.json edited to another layer is refused.
+  const std::string config_path = dir.str("alone3/config.json");
+  Json edited = read_json_file(config_path);
+  edited["layer"] = 1;
+  std::ofstream(config_path) << edited.dump(2);
+  r = run_binary("sae_train", "--resume " + dir.str("alone3") + " --steps 8", dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("hook_name: \"blocks.3.hook_resid_pre\" (was) / \"blocks.1.hook_resid_pre\" (now)"),
+            std::string::npos) << r.err;
   for (const std::string& bad : {std::string(" --layer-list 1,2 --layer 2"), std::string(" --layer-list 1 --l1-list 1,2"),
                                  std::string(" --transcoder-list 1 --transcoder 1"), std::string(" --layer-list 1.5")}) {
     r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
