@@ -240,22 +240,32 @@ RunStart start_run(TrainConfig config, bool owner) {
         throw UsageError(cat("--resume: the run is already at step ", start.state->step, "; pass --steps ",
                              start.state->step, " or more"));
       std::error_code ec;
-      start.finished =
-          start.state->step == config.steps && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec);
-      if (owner) start.superseded = set_aside_later_checkpoints(run_dir, start.state->step);
-      // Extending a finished run: its final model stays, as the checkpoint of its step (the run's
-      // sae/ is the new end's; it had been overwritten, the old end kept nowhere).
-      const fs::path kept = fs::path(run_dir) / "checkpoints" / cat("step_", start.state->step);
-      if (owner && !start.finished && fs::equivalent(start.resumed_from, fs::path(run_dir) / "sae", ec) &&
-          !fs::exists(kept)) {
-        fs::create_directories(kept.parent_path(), ec);
-        if (!ec) fs::rename(fs::path(run_dir) / "sae", kept, ec);
-        if (ec) throw DataError(cat(kept.string(), ": cannot keep the run's final model there: ", ec.message()));
-        sync_directory(run_dir);
-        sync_directory(kept.parent_path().string());
-        start.resumed_from = kept.string();
-        start.kept_final = kept.string();
+      const fs::path final_model = fs::path(run_dir) / "sae";
+      const bool from_final = fs::equivalent(start.resumed_from, final_model, ec);
+      if (start.state->step == config.steps && !from_final) {
+        // At its last step from a checkpoint, not from sae/: a run killed after its final model was
+        // moved aside for an extension (keep_final_model) is finished (its sae/ made again from the
+        // checkpoint); a rewind to exactly that step would train nothing.
+        const std::optional<std::string> newest = latest_checkpoint_in_run(run_dir);
+        if (!newest || !fs::equivalent(*newest, start.resumed_from, ec))
+          throw UsageError(cat("--resume ", config.resume, ": the checkpoint is at step ", start.state->step,
+                               ", which --steps ", config.steps, " asks the run to end at: nothing to train; give "
+                               "--steps beyond it"));
+        if (owner) {
+          const std::string temp = checkpoint_temp_folder(final_model.string());
+          fs::remove_all(temp, ec);
+          fs::copy(start.resumed_from, temp, fs::copy_options::recursive, ec);
+          if (ec) throw DataError(cat(temp, ": cannot copy ", start.resumed_from, " there: ", ec.message()));
+          install_checkpoint_folder(temp, final_model.string());
+          start.resumed_from = final_model.string();
+        }
       }
+      start.finished = start.state->step == config.steps;
+      if (owner) start.superseded = set_aside_later_checkpoints(run_dir, start.state->step);
+      // Extending a finished run: its final model is kept as the checkpoint of its step (the run's
+      // sae/ becomes the new end's), moved there once the run's data is open (keep_final_model).
+      start.keep_final = owner && !start.finished && from_final &&
+                         !fs::exists(fs::path(run_dir) / "checkpoints" / cat("step_", start.state->step));
     }
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {
@@ -280,6 +290,22 @@ RunStart start_run(TrainConfig config, bool owner) {
     write_file_atomic((fs::path(config.out) / kPendingConfigFile).string(), config.to_json().dump(2) + "\n");
   start.config = std::move(config);
   return start;
+}
+
+void keep_final_model(RunStart& start) {
+  if (!start.keep_final) return;
+  const fs::path run_dir = fs::path(start.config.out);
+  const fs::path kept = run_dir / "checkpoints" / cat("step_", start.state->step);
+  std::error_code ec;
+  fs::create_directories(kept.parent_path(), ec);
+  if (!ec) fs::rename(run_dir / "sae", kept, ec);
+  if (ec) throw DataError(cat(kept.string(), ": cannot keep the run's final model there: ", ec.message()));
+  sync_directory(run_dir.string());
+  sync_directory(kept.parent_path().string());
+  test_kill_point("after-keep-final");
+  start.resumed_from = kept.string();
+  start.kept_final = kept.string();
+  start.keep_final = false;
 }
 
 void remove_replaced_run(const std::string& out) {

@@ -37,6 +37,7 @@ struct RunStart {
   std::string resumed_from;            // the checkpoint folder, on --resume ("" from the run's start)
   std::string superseded;              // a rewinding --resume: where the later checkpoints went (else "")
   std::string kept_final;              // extending a finished run: where its final model went (else "")
+  bool keep_final = false;             // extending a finished run: its sae/ still to keep (keep_final_model)
   Json resolved_data;                  // --resume: config.json's resolved.data, what the run read (or null)
   // --resume of a run whose final model (RUN/sae) is at config.steps already: nothing to train (a
   // retry after a crash while the final outputs were written; the caller finishes what is missing).
@@ -50,6 +51,12 @@ struct RunStart {
 // as owner: they read the same folder and checkpoint without locking, recovering, creating or
 // clearing anything.
 RunStart start_run(TrainConfig config, bool owner = true);
+
+// Extending a finished run (start.keep_final): moves its final model RUN/sae to
+// RUN/checkpoints/step_S, S its step, so the old end stays beside the new one; the caller does it
+// once the run's data is open (a refused or failed extension leaves the run as it was). A kill right
+// after it is a finished run from step_S, whose sae/ the next --resume makes again.
+void keep_final_model(RunStart& start);
 
 // Deletes the run files of the run a fresh --overwrite run replaces in `out` (docs/contract.md §4:
 // not other files), keeping the new run's config.pending.json; the caller holds the folder's lock.

@@ -776,6 +776,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     for (Member& m : members) {
       fs::create_directories(m.config().out);
       if (m.start.replaces_run) remove_replaced_run(m.config().out);
+      keep_final_model(m.start);
       write_run_config(m.config(), device, data, m.columns, m.description, m.run().dataset_scale, batch_max_tokens);
       m.log = std::make_unique<RunLog>(m.config().out, m.run().step);
     }

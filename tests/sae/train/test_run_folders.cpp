@@ -319,6 +319,22 @@ TEST(RunFolders, ResumeKeepsTheRunsControlsUnlessGivenAgain) {
   };
   const std::string final_20 = read_file(run + "/sae/sae_weights.safetensors");
   EXPECT_FALSE(fs::exists(run + "/checkpoints/step_20"));  // the last step is saved as sae/ only
+  // An extension refused, or killed right after it kept the final model aside: the run stays whole
+  // (its sae/ had been moved before the options were checked); the retry finds it finished at step
+  // 20 from checkpoints/step_20, makes sae/ again, and reports its real numbers (it reported zeros).
+  auto refused = run_binary("sae_train", " --resume " + run + " --steps 40 --log-every 0", dir);
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_EQ(read_file(run + "/sae/sae_weights.safetensors"), final_20);
+  const auto killed = sae::testing::run_program("sae_train", " --resume " + run + " --steps 40", dir,
+                                                "SAE_TEST_KILL_AT=after-keep-final");
+  EXPECT_NE(killed.exit_code, 0);
+  EXPECT_FALSE(fs::exists(run + "/sae"));
+  auto retried = run_binary("sae_train", " --resume " + run, dir);
+  ASSERT_EQ(retried.exit_code, 0) << retried.err;
+  EXPECT_NE(retried.out.find("nothing to train"), std::string::npos) << retried.out;
+  EXPECT_EQ(retried.out.find("FVU 0.0000"), std::string::npos) << retried.out;
+  EXPECT_EQ(read_file(run + "/sae/sae_weights.safetensors"), final_20);
+  fs::remove_all(run + "/checkpoints/step_20");  // as it was: the extension below keeps it again
   auto more = run_binary("sae_train", " --resume " + run + " --steps 40", dir);
   ASSERT_EQ(more.exit_code, 0) << more.err;
   EXPECT_EQ(steps_of_rows(), (std::vector<std::string>{"5", "10", "15", "20", "25", "30", "35", "40"}));
