@@ -5,7 +5,11 @@
 #
 #   scripts/device_check.sh              everything below, in this order, within DEVICE_BUDGET seconds
 #                                        (default 470: under 8 minutes; each step also has its own
-#                                        limit, and a step that would not fit what is left is skipped)
+#                                        limit, and a step that would not fit what is left is skipped).
+#                                        The limits add up to about 1000 s: in 470 s a call gets the
+#                                        tests, bench_step, peer_torch and part of bench_topk; the
+#                                        later steps need a second call with DEVICE_BUDGET set, which
+#                                        a 15-minute allowance (machine start included) may not leave
 #   scripts/device_check.sh original     only run3000, run105k and memcheck (a second call, when the
 #                                        first had no time left for them)
 #   scripts/device_check.sh rehearse     the same steps on a machine without a GPU, at toy sizes on
@@ -249,7 +253,15 @@ if [ -n "$sanitizer" ]; then
   (cd "$root" && export SAE_CUDA_EXACT_ALLOC=1 SAE_REQUIRE_GPU=$expect_gpu && step memcheck 90 30 "$sanitizer" \
     --tool memcheck --error-exitcode 3 "$bin/sae_tests" \
     --gtest_filter='CudaPrecision.*:CudaDeviceData.TheGenerator*:CudaDeviceData.Normalize*:CudaSparse.KernelsMatchCpu:CudaArch.Selections*:CudaSae.Bf16*:CudaSparse.IndexOfBf16*:CudaArch.DenseKernelsOnBf16Storage*' \
-    --gtest_brief=1) || status=1
+    --gtest_brief=1) || {
+      # Some device machines run under a sandbox where the sanitizer cannot attach ("Device not
+      # supported", error 999): that is no finding about the kernels.
+      if grep -qE "Device not supported|error 999" "$logs/memcheck.log" 2>/dev/null; then
+        note "SKIP memcheck: compute-sanitizer cannot attach to this device (see logs/memcheck.log)"
+      else
+        status=1
+      fi
+    }
 else
   note "SKIP memcheck: compute-sanitizer not found"
 fi

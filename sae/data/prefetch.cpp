@@ -64,7 +64,13 @@ BatchPrefetcher::~BatchPrefetcher() {
     worker_.join();
     set_blas_shared_between_threads(false);
   }
-  if (upload_) upload_->finish();
+  // A destructor must not throw: after a device fault the wait reports the same (sticky) error that
+  // is already unwinding the run, and a second throw here would abort the program (std::terminate)
+  // instead of the run's one-line error.
+  try {
+    if (upload_) upload_->finish();
+  } catch (const std::exception&) {
+  }
 }
 
 void BatchPrefetcher::prepare(PreparedBatch& slot) {

@@ -34,7 +34,12 @@ class CudaBatchUpload : public BatchUpload {
   CudaBatchUpload(int64_t max_tokens, int64_t d) {
     for (Tensor& b : buffers_) b = Tensor::empty(Shape{max_tokens, d}, DType::F32, Device::CUDA);
   }
-  ~CudaBatchUpload() override { finish(); }
+  ~CudaBatchUpload() override {
+    try {  // never throws from a destructor (see ~BatchPrefetcher)
+      finish();
+    } catch (const std::exception&) {
+    }
+  }
   Device device() const override { return Device::CUDA; }
   Tensor& device_buffer(int slot) override { return buffers_[slot]; }
   void before_fill(int slot) override { copies_[slot].wait_source_free(); }
