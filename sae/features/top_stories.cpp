@@ -240,7 +240,13 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
       const Tensor f = sae_encode(params, story.x.slice_rows(begin, end)).to(Device::CPU);
       const float* values = f.data<float>();
       for (auto& [feature, v] : column)
-        for (int64_t p = begin; p < end; ++p) v[static_cast<size_t>(p)] = values[(p - begin) * features + feature];
+        for (int64_t p = begin; p < end; ++p) {
+          v[static_cast<size_t>(p)] = values[(p - begin) * features + feature];
+          if (!std::isfinite(v[static_cast<size_t>(p)]))  // (it reached the JSON writer as "cannot write inf")
+            throw DataError(cat("story ", story.index, ", token ", p, ": feature ", feature, "'s activation is ",
+                                v[static_cast<size_t>(p)], ", not finite: the SAE's weights overflow float32 on "
+                                "this input"));
+        }
     }
     // Each token's text once per story.
     std::vector<std::string> labels(static_cast<size_t>(t));

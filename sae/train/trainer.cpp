@@ -942,8 +942,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
             m.name, m.name.empty() ? "" : ": ", "training diverged ", was_pending ? "by step " : "at step ",
             this_step, ": loss is ", shown(sums.loss), " (rec ", shown(sums.rec), ", l1 ", shown(sums.l1), "); ",
             newest.empty()
-                ? std::string("no checkpoint was saved: lower --lr, or look at the data's scale (--normalize "
-                              "dataset or story)")
+                ? std::string("no checkpoint was saved: lower --lr (or --l1), or look at the data's scale "
+                              "(--normalize dataset or story)")
                 : cat("nothing was saved after ", newest, ": start a run from it with a lower learning rate "
                       "(--init ", newest, " --lr ...; --resume keeps the run's --lr)")));
       }

@@ -282,6 +282,11 @@ TEST(TopStories, AKeptBosRunNormalisesEachStoryWithItsBosRow) {
 TEST(TopStories, BadInputGetsOneLine) {
   TempDir dir("sae_features_errors");
   save_sae(make_sae("standard", 2), dir.str("sae"));
+  // Finite weights that overflow float32 on the stories: a top activation is inf, which reached the
+  // JSON writer ("JSON: cannot write inf", naming neither the SAE nor the cause).
+  SaeParams big = make_sae("standard", 2);
+  big.W_enc = Tensor::full(big.W_enc.shape(), 3e38);
+  save_sae(big, dir.str("big"));
   const std::string sae = " --sae " + dir.str("sae"), text = " --model " + ref("model") + " --text " + ref("stories.txt");
   std::vector<float> flat(10 * 32, 0.5f);
   sae::testing::write_raw_safetensors(dir.str("npy_like.safetensors"),
@@ -297,6 +302,7 @@ TEST(TopStories, BadInputGetsOneLine) {
       {sae + " --data " + dir.str("npy_like.safetensors"), 2, "story boundaries"},
       {sae + " --data " + ref("acts.safetensors") + " --layer 2", 2, "--layer goes with"},
       {" --sae " + dir.str("missing") + text, 1, "missing"},
+      {" --sae " + dir.str("big") + text, 1, "activation is inf, not finite: the SAE's weights overflow float32"},
       {sae + " --model " + ref("model") + " --text " + dir.str("nothing.txt"), 1, "nothing.txt"},
   };
   for (const auto& [args, code, words] : cases) {
