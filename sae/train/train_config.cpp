@@ -76,6 +76,8 @@ void TrainConfig::validate() const {
                                          feature_stats_steps));
   if (feature_stats_steps > 0)  // their lists' size (statistics off: nothing is gathered)
     check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
+  else  // the values themselves still (an out-of-range value was recorded)
+    check_feature_stats_options(1, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
 }
 

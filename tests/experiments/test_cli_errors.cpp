@@ -141,6 +141,8 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --hook blocks.1.attn.hook_z", 2, "--hook applies only to training from text");
   expect_error(kTiny + " --context-size 16", 2, "--context-size applies only to training from text");
   expect_error(kTiny + " --layer-list 1,2", 2, "--layer-list reads the model's blocks");
+  // Out of range with statistics off: it was accepted and recorded.
+  expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-k -5", 2, "--feature-stats-k must be in [1, 1000]");
   // It said "--k applies only to ...", naming an option the command line did not give.
   expect_error(kTiny + " --k-list 2,3", 2, "--k-list trains one SAE per k: --architecture standard has no k");
   // config.json holds numbers as doubles: a seed past 2^53 was recorded rounded (the run not repeatable)
