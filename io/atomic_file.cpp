@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "tensor/error.h"
 
@@ -42,6 +43,33 @@ void sync_directory(const std::string& dir) {
   }
 }
 
+void sync_tree(const std::string& root) {
+  DIR* d = ::opendir(root.c_str());
+  if (d == nullptr) throw DataError(cat("cannot open directory ", root, " to sync it: ", os_reason()));
+  std::vector<std::string> folders;
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string path = root + "/" + name;
+    if (entry->d_type == DT_DIR) {
+      folders.push_back(path);
+      continue;
+    }
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // not a file we can open (a link to nowhere): nothing of ours to flush
+    const int rc = ::fsync(fd);
+    const int saved = errno;
+    ::close(fd);
+    if (rc != 0 && saved != EINVAL) {
+      errno = saved;
+      ::closedir(d);
+      throw DataError(cat("cannot sync ", path, ": ", os_reason()));
+    }
+  }
+  ::closedir(d);
+  for (const std::string& folder : folders) sync_tree(folder);
+  sync_directory(root);
+}
 
 namespace {
 std::atomic<uint64_t> writers{0};

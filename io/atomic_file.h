@@ -13,6 +13,9 @@ namespace sae {
 // Flushes a directory's entries (a rename into it, a new file) to disk. DataError naming the
 // directory and the OS reason; file systems that cannot sync a directory (EINVAL) are not an error.
 void sync_directory(const std::string& dir);
+// Flushes every file under `root` and every directory's entries (a folder copied before it is
+// renamed into place). DataError as sync_directory.
+void sync_tree(const std::string& root);
 
 // Writes a whole file at once.
 void write_file_atomic(const std::string& path, const std::string& bytes);

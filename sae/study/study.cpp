@@ -172,8 +172,10 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
     for (const char* part : {"config.json", "metrics.csv", "sae", "tensorboard"})
       if (fs::exists(fs::path(run.continue_from) / part))
         fs::copy(fs::path(run.continue_from) / part, temp / part, fs::copy_options::recursive);
+    sync_tree(temp.string());  // on disk before it takes the run's name (a power cut: no empty files)
     fs::remove_all(dir);
     fs::rename(temp, dir);
+    sync_directory(fs::path(dir).parent_path().string());
     config.resume = dir;
     p.start_step = finished_step(dir);
     p.action = cat("continued ", fs::path(run.continue_from).filename().string(), " from step ", p.start_step);

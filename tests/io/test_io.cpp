@@ -280,6 +280,21 @@ TEST(AtomicFile, TwoWritersOfOnePathEachRenameTheirOwnWholeFile) {
   EXPECT_EQ(read_bytes(path), "next");
 }
 
+TEST(AtomicFile, SyncTreeFlushesAFolderCopiedBeforeItIsRenamed) {
+  TempDir dir("sync_tree");
+  std::filesystem::create_directories(dir.str("run/sae/inner"));
+  std::ofstream(dir.str("run/metrics.csv")) << "step\n1\n";
+  std::ofstream(dir.str("run/sae/inner/w.bin")) << "bytes";
+  EXPECT_NO_THROW(sync_tree(dir.str("run")));
+  EXPECT_EQ(sae::testing::read_file(dir.str("run/sae/inner/w.bin")), "bytes");  // untouched
+  try {
+    sync_tree(dir.str("missing"));
+    FAIL() << "a missing folder was synced";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.str("missing")), std::string::npos) << e.what();
+  }
+}
+
 TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   TempDir dir("io");
   std::string path = dir.str("a.txt");
