@@ -186,6 +186,18 @@ void check_adam_moment(const Tensor& moment, bool second, const std::string& whe
                           second ? " (must be finite and >= 0)" : " (must be finite)"));
 }
 
+void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights, const std::string& dir) {
+  for (auto& [name, tensor] : weights) {
+    tensor = tensor.to(Device::CPU);
+    const Tensor values = tensor.dtype() == DType::F32 ? tensor : tensor.to(DType::F32);
+    const float* v = values.data<float>();
+    for (int64_t k = 0; k < values.numel(); ++k)
+      if (!std::isfinite(v[k]))
+        throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
+                            " (training made a weight that is not finite; the checkpoints saved before are kept)"));
+  }
+}
+
 void test_kill_point(const char* point) {
   const char* at = std::getenv("SAE_TEST_KILL_AT");
   if (at != nullptr && std::strcmp(at, point) == 0) ::raise(SIGKILL);
@@ -241,15 +253,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     // with NaN thresholds that switch their features off, is caught here): the checkpoints saved
     // before are kept.
     std::vector<std::pair<std::string, Tensor>> weights = folder_weights(params, extra);
-    for (auto& [name, tensor] : weights) {
-      tensor = tensor.to(Device::CPU);
-      const Tensor values = tensor.dtype() == DType::F32 ? tensor : tensor.to(DType::F32);
-      const float* v = values.data<float>();
-      for (int64_t k = 0; k < values.numel(); ++k)
-        if (!std::isfinite(v[k]))
-          throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
-                              " (training made a weight that is not finite; the checkpoints saved before are kept)"));
-    }
+    require_finite_weights(weights, dir);
     write_safetensors((temp / kWeightsFile).string(), weights);
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),

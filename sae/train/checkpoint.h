@@ -87,6 +87,9 @@ std::vector<std::pair<int64_t, std::string>> run_checkpoints(const std::string& 
 // otherwise (a corrupt state would make the resumed run diverge at once).
 void check_adam_moment(const Tensor& moment, bool second, const std::string& where, const std::string& name);
 std::string checkpoint_temp_folder(const std::string& dir);
+// A weight that is not finite is never saved: DataError naming DIR, the tensor and the element.
+// The tensors are moved to the host in place (they are written from there).
+void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights, const std::string& dir);
 // Test hook (tests/sae/train/): SAE_TEST_KILL_AT=<point> kills the process with SIGKILL at that
 // point of a save or a folder change, as a crash would.
 void test_kill_point(const char* point);

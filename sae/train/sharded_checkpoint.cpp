@@ -68,6 +68,10 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
     for (int i = 0; i < t.ndim(); ++i) spec.shape.push_back(i == axis ? latents : t.size(i));
     specs.push_back(spec);
   }
+  c.agree([&] {  // every shard's part finite, or no rank writes (as save_checkpoint)
+    std::vector<std::pair<std::string, Tensor>> host = weights;
+    require_finite_weights(host, dir);
+  });
   const std::string temp = c.broadcast(checkpoint_temp_folder(dir), 0);
   const std::string weights_path = (fs::path(temp) / kWeightsFile).string();
   const SafetensorsLayout layout = safetensors_layout(specs, {}, weights_path);
