@@ -22,9 +22,10 @@ for program in "$build"/bin/*; do  # every program: the tests run the experiment
   [ -x "$program" ] && [ -f "$program" ] || continue
   cp "$program" "$stage/bin/" && strip "$stage/bin/$(basename "$program")"
 done
-# Every library the programs load from outside CUDA's own folders and the C/C++ runtime.
+# Every library the programs load from outside CUDA's own folders and the C/C++ runtime (zlib and
+# zstd: the .npz reader).
 ldd "$stage"/bin/* | awk '/=>/ {print $3}' | sort -u |
-  grep -E 'openblas|gfortran|quadmath|gomp|benchmark|cxxopts' | while read -r lib; do
+  grep -E 'openblas|gfortran|quadmath|gomp|benchmark|cxxopts|/libz\.so|libzstd' | while read -r lib; do
   cp -L "$lib" "$stage/lib/"
 done
 # Nothing else: a library found here (Debian's) but on neither list would be missing on the device.
@@ -32,7 +33,7 @@ missing=$(ldd "$stage"/bin/* | awk '/=>/ {print $3}' | sort -u | while read -r l
   name=$(basename "$lib")
   [ -e "$stage/lib/$name" ] && continue
   case "$name" in
-    libc.so*|libm.so*|libstdc++.so*|libgcc_s.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) ;;
+    libc.so*|libm.so*|libmvec.so*|libstdc++.so*|libgcc_s.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) ;;
     libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|libnvrtc*|libnvJitLink*) ;;
     *) echo "$lib" ;;
   esac
