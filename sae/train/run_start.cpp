@@ -41,7 +41,8 @@ std::string run_dir_of(const std::string& resume) {
     if (fs::exists(p / "config.json")) return p.string();
   }
   if (!fs::exists(resume)) throw DataError(cat("--resume ", resume, ": no such run or checkpoint directory"));
-  throw DataError(cat("--resume ", resume, ": cannot find the run's config.json"));
+  throw DataError(cat("--resume ", resume, ": cannot find the run's config.json (a run stopped before it wrote its "
+                      "options has nothing to resume: start it again with its own command)"));
 }
 
 // --resume keeps what the run computes from its config.json; an option the user set that says
