@@ -115,14 +115,17 @@ def main():
                 out = model(windows[counter[0] % len(windows)], output_hidden_states=True)
             return out.hidden_states[FAMILIES[family]["middle"]][0]
 
-        if args.mode in ("extract", "both"):
+        def measure(bench, fn, **extra):
             for _ in range(args.warmup):
-                extract()
-            rounds = timed_rounds(extract, args.rounds, args.windows)
+                fn()
+            rounds = timed_rounds(fn, args.rounds, args.windows)
             sec = statistics.median(rounds)
-            print(json.dumps(dict(bench="hf_model_extract", ms_per_window=round(sec * 1e3, 3),
-                                  tokens_per_s=round(args.tokens / sec, 1), tokens=args.tokens,
+            print(json.dumps(dict(bench=bench, ms_per_window=round(sec * 1e3, 3),
+                                  tokens_per_s=round(args.tokens / sec, 1), tokens=args.tokens, **extra,
                                   rounds_ms=[round(r * 1e3, 2) for r in rounds], **common)), flush=True)
+
+        if args.mode in ("extract", "both"):
+            measure("hf_model_extract", extract)
 
         if args.mode == "stop":
             base = truncated_base(model, FAMILIES[family]["middle"])
@@ -132,14 +135,7 @@ def main():
                 with torch.no_grad():
                     return base(windows[counter[0] % len(windows)]).last_hidden_state[0]
 
-            for _ in range(args.warmup):
-                stop()
-            rounds = timed_rounds(stop, args.rounds, args.windows)
-            sec = statistics.median(rounds)
-            print(json.dumps(dict(bench="hf_model_stop_at_layer", ms_per_window=round(sec * 1e3, 3),
-                                  tokens_per_s=round(args.tokens / sec, 1), tokens=args.tokens,
-                                  blocks=FAMILIES[family]["middle"],
-                                  rounds_ms=[round(r * 1e3, 2) for r in rounds], **common)), flush=True)
+            measure("hf_model_stop_at_layer", stop, blocks=FAMILIES[family]["middle"])
 
         if args.mode in ("generate", "both"):
             prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=gen)
