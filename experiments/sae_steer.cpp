@@ -57,6 +57,10 @@ int main(int argc, char** argv) {
     steer.generate.top_k = parsed["top-k"].as<int64_t>();
     steer.generate.seed = parsed["seed"].as<uint64_t>();
     steer.generate.greedy = parsed.count("greedy") > 0;
+    for (const char* sampling : {"temperature", "top-k", "seed"})  // they would be recorded as if used
+      if (steer.generate.greedy && parsed.count(sampling))
+        throw sae::UsageError(sae::cat("--", sampling, " sets how tokens are sampled, and --greedy does not sample: "
+                                       "give one of them"));
     sae::check_generate_options(steer.generate);
     if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
     const int64_t width = parsed["width"].as<int64_t>();

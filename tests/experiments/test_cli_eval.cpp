@@ -173,6 +173,9 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
 
 TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
   expect_failure("sae_steer", steer_args("--feature 80 --strength 1 --prompt Hi"), 2, "--feature 80");
+  // Sampling options beside --greedy were recorded in the JSON as if used.
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --greedy --seed 3"), 2,
+                 "--seed sets how tokens are sampled, and --greedy does not sample");
   expect_failure("sae_steer", steer_args("--feature 79 --strength 1 --prompt Hi"), 1, "zero decoder row");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 0"), 2, "--temperature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength nan --prompt Hi"), 2, "--strength");
