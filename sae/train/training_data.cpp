@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <optional>
+#include <set>
 
 #include "io/file_fingerprint.h"
 #include "lm/model_loader.h"
@@ -34,6 +35,21 @@ DecoderModel load_up_to(const std::string& dir, const ModelFolder& folder, const
   for (const HookSite& s : sites)
     if (before(last, s)) last = s;
   return load_decoder_model(dir, device, ModelPart::up_to(last, folder.config.num_layers));
+}
+
+// The fingerprints of a model folder's weight files (model.safetensors, or its index and every
+// shard it names), joined: a run resumed on a model replaced under the same path can tell.
+std::string model_weights_fingerprint(const std::string& dir) {
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  if (std::filesystem::exists(single)) return file_fingerprint(single);
+  std::string joined = file_fingerprint(index);
+  std::set<std::string> shards;
+  const Json j = read_json_file(index);
+  if (j.is_object() && j.has("weight_map") && j.at("weight_map").is_object())
+    for (const auto& [name, shard] : j.at("weight_map").items())
+      if (shard.is_string()) shards.insert(shard.as_string());
+  for (const std::string& shard : shards) joined += cat("|", shard, "=", file_fingerprint(dir + "/" + shard));
+  return joined;
 }
 
 TrainingData open_text(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
@@ -94,7 +110,9 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   data.description["text"] = config.text;
   data.description["text_fingerprint"] = file_fingerprint(config.text);  // checked on --resume
   data.description["model"] = config.model;
+  data.description["model_fingerprint"] = model_weights_fingerprint(config.model);  // a replaced model, too
   if (folder_b) data.description["model_b"] = config.model_b;
+  if (folder_b) data.description["model_b_fingerprint"] = model_weights_fingerprint(config.model_b);
   data.description["hook_name"] = hook_name(site);
   const int64_t k = hidden_states_index(site, folder.config.num_layers);
   if (k >= 0) data.description["layer"] = k;  // the hidden_states index, when the site is one

@@ -185,6 +185,32 @@ TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
   }
 }
 
+TEST(TrainTogether, AResumeRefusesAModelReplacedUnderItsPath) {
+  // The model's weight files are fingerprinted as the text is: a run resumed on a model replaced under
+  // the same folder went on with other activations, exit 0.
+  TempDir dir("replaced_model");
+  fs::copy(text_ref("model"), dir.str("model"), fs::copy_options::recursive);
+  const std::string args = " --model " + dir.str("model") + " --text " + text_ref("stories.txt") +
+                           " --features 16 --steps 4 --checkpoint-every 2 --batch 40 --normalize none --l1 0.5"
+                           " --progress none --device cpu --out " + dir.str("run");
+  auto r = run_binary("sae_train", args, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_json_file(dir.str("run/config.json")).at("resolved").at("data").has("model_fingerprint"));
+  const std::string weights = dir.str("model/model.safetensors");
+  std::string bytes = read_file(weights);
+  bytes[bytes.size() - 3] ^= 0x40;  // one weight's bits
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << bytes;
+  r = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 6", dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("model_fingerprint"), std::string::npos) << r.err;
+  // A run from before the fingerprint was recorded resumes as it did (compared without it).
+  Json config = read_json_file(dir.str("run/config.json"));
+  config["resolved"]["data"].erase("model_fingerprint");
+  std::ofstream(dir.str("run/config.json"), std::ios::trunc) << config.dump(2);
+  r = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 6", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
 TEST(TrainTogether, ResumesTogetherBitExactly) {
   TempDir dir("together_resume");
   std::vector<TrainConfig> full, cut;
