@@ -411,12 +411,14 @@ void check_same_data(const Json& saved, const Json& now, const std::string& out)
     return true;
   };
   // A run started before the models' fingerprints were recorded (2026-12-06) is compared without them.
+  if (saved.is_null() || !records_fingerprints(saved)) return;
+  const Json was = data_of(saved);
   Json now_compared = data_of(now);
   for (const char* key : {"model_fingerprint", "model_b_fingerprint"})
     if (now_compared.is_object() && saved.is_object() && !saved.has(key)) now_compared.erase(key);
-  if (saved.is_null() || !records_fingerprints(saved) || (data_of(saved) == now_compared && reads_recorded())) return;
-  const std::string what = data_of(saved) != now_compared
-                               ? first_difference(data_of(saved), now_compared)
+  if (was == now_compared && reads_recorded()) return;
+  const std::string what = was != now_compared
+                               ? first_difference(was, now_compared)
                                : cat("reads: ", now.has("reads") ? now.at("reads").dump() : "", " (now) are not among ",
                                      saved.has("reads") ? saved.at("reads").dump() : "none", " (was)");
   throw DataError(cat("--resume ", out, ": the data is not what the run started on (config.json's resolved.data ",
