@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
     const sae::WindowOptions windows{sae::resolve_bos(bos_mode, tokenizer), context_size > 0 ? context_size : positions};
     sae::check_window_options(windows);
     const bool keep_bos = bos_activations == "keep";
+    if (keep_bos && windows.bos < 0) throw sae::UsageError(sae::no_bos_to_keep(bos_mode));
     if (text_field != "text") source["text_field"] = text_field;
     if (windows.bos >= 0) {
       source["bos_id"] = windows.bos;

@@ -82,7 +82,8 @@ bool is_float_dtype(const std::string& dtype) {
   return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
 }
 
-void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out) {
+void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out, std::string_view where,
+                    int64_t first_element) {
   const uint8_t* bytes = static_cast<const uint8_t*>(src);
   if (dtype == "F32") {
     if (count > 0) std::memcpy(out, bytes, count * 4);
@@ -98,6 +99,10 @@ void convert_to_f32(const void* src, const std::string& dtype, size_t count, flo
       double value;
       std::memcpy(&value, bytes + 8 * i, 8);
       out[i] = static_cast<float>(value);
+      if (std::isinf(out[i]) && std::isfinite(value))
+        throw DataError(cat(where.empty() ? std::string_view("float64 data") : where, ": element ",
+                            first_element + static_cast<int64_t>(i), ": float64 value ", value,
+                            " is outside float32's range (|x| <= 3.40282e+38)"));
     }
   } else {
     throw Error(cat("convert_to_f32: cannot convert ", dtype, " to float32"));

@@ -2,6 +2,7 @@
 #include "io/json.h"
 
 #include "io/mapped_file.h"
+#include "io/utf8.h"
 
 #include <charconv>
 #include <cmath>
@@ -226,27 +227,11 @@ class JsonParser {
   // Copies one raw UTF-8 sequence starting at pos_, rejecting malformed, overlong and surrogate
   // encodings.
   void copy_utf8(std::string& out) {
-    unsigned char lead = static_cast<unsigned char>(text_[pos_]);
-    int extra;
-    uint32_t code, min_code;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      extra = 1, code = lead & 0x1F, min_code = 0x80;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      extra = 2, code = lead & 0x0F, min_code = 0x800;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      extra = 3, code = lead & 0x07, min_code = 0x10000;
-    } else {
-      fail("invalid UTF-8 byte in string");
-    }
-    if (pos_ + extra >= text_.size()) fail("truncated UTF-8 sequence in string");
-    for (int i = 1; i <= extra; ++i) {
-      unsigned char c = static_cast<unsigned char>(text_[pos_ + i]);
-      if ((c & 0xC0) != 0x80) fail("invalid UTF-8 continuation byte in string");
-      code = (code << 6) | (c & 0x3F);
-    }
-    if (code < min_code || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) fail("invalid UTF-8 sequence in string");
-    out.append(text_, pos_, extra + 1);
-    pos_ += extra + 1;
+    size_t checked = 0;
+    const size_t length = utf8::sequence_length(text_, pos_, checked);
+    if (length == 0) fail("invalid UTF-8 in string");
+    out.append(text_, pos_, length);
+    pos_ += length;
   }
 
   std::string parse_string() {
@@ -313,6 +298,8 @@ class JsonParser {
 namespace {
 
 void dump_string(std::string& out, const std::string& s) {
+  // (Raw bytes would make a file that no JSON reader, ours included, reads back.)
+  if (!utf8::is_valid(s)) throw Error(cat("JSON: cannot write \"", printable(s), "\": it is not UTF-8 text"));
   out += '"';
   for (char ch : s) {
     unsigned char c = static_cast<unsigned char>(ch);

@@ -211,7 +211,7 @@ Tensor NpyFile::read_f32() const {
     throw DataError(cat(path(), ": array has shape ", shape_str(shape_), "; at most ", Shape::kMaxDims, " dims are supported"));
   // A 0-dim array becomes [1], the library's scalar shape.
   Tensor out = Tensor::empty(shape_.empty() ? Shape{1} : Shape::from_vector(shape_), DType::F32);
-  convert_to_f32(data_, dtype_, static_cast<size_t>(numel()), out.data<float>());
+  convert_to_f32(data_, dtype_, static_cast<size_t>(numel()), out.data<float>(), path());
   return out;
 }
 
@@ -231,7 +231,8 @@ void NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count, float* out) co
   if (row_begin < 0 || row_count < 0 || row_begin > rows || row_count > rows - row_begin)
     throw Error(cat(path(), ": rows [", row_begin, ", ", row_begin + row_count, ") out of range: the array has ", rows, " rows"));
   int64_t row_width = rows == 0 ? 0 : numel() / rows;
-  convert_to_f32(data_ + static_cast<size_t>(row_begin * row_width) * element_size_, dtype_, static_cast<size_t>(row_count * row_width), out);
+  convert_to_f32(data_ + static_cast<size_t>(row_begin * row_width) * element_size_, dtype_,
+                 static_cast<size_t>(row_count * row_width), out, path(), row_begin * row_width);
 }
 
 void write_npy(const std::string& path, const Tensor& tensor) {

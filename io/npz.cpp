@@ -309,7 +309,7 @@ Tensor NpzFile::read_f32(const std::string& name) const {
     check_crc(crc_of(stored, e.size));
     const NpyHeader h = parse_npy_header(stored, e.size, where);
     Tensor out = empty_for(h, where);
-    convert_to_f32(stored + h.data_offset, h.dtype, static_cast<size_t>(h.elements), out.data<float>());
+    convert_to_f32(stored + h.data_offset, h.dtype, static_cast<size_t>(h.elements), out.data<float>(), where);
     file_.release_pages(e.data_offset, e.compressed);  // the array has a copy of its own now
     return out;
   }
@@ -339,7 +339,7 @@ Tensor NpzFile::read_f32(const std::string& name) const {
     for (int64_t done = 0; done < h.elements;) {
       const size_t n = static_cast<size_t>(std::min<int64_t>(kBlock, h.elements - done));
       z.read(block.data(), n * h.element_size);
-      convert_to_f32(block.data(), h.dtype, n, dst + done);
+      convert_to_f32(block.data(), h.dtype, n, dst + done, where, done);
       done += static_cast<int64_t>(n);
     }
   }

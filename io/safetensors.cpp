@@ -200,7 +200,8 @@ Tensor SafetensorsFile::read_f32(const std::string& name) const {
     throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; at most ", Shape::kMaxDims, " dims are supported"));
   // A 0-dim entry becomes [1], the library's scalar shape.
   Tensor out = Tensor::empty(e.shape.empty() ? Shape{1} : Shape::from_vector(e.shape), DType::F32);
-  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>());
+  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>(),
+                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string());
   return out;
 }
 
@@ -224,7 +225,8 @@ void SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, 
   int64_t row_width = rows == 0 ? 0 : e.numel() / rows;
   size_t element_size = safetensors_dtype_size(e.dtype);
   const uint8_t* src = static_cast<const uint8_t*>(e.data) + static_cast<size_t>(row_begin * row_width) * element_size;
-  convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out);
+  convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out,
+                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string(), row_begin * row_width);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
@@ -255,10 +257,16 @@ SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
       if (tensors[j].name == t.name) throw Error(cat("write_safetensors ", path, ": tensor name '", t.name, "' given twice"));
     if (safetensors_dtype_size(t.dtype) == 0) throw Error(cat("write_safetensors ", path, ": unknown dtype '", t.dtype, "'"));
   }
-  // Largest element size first, then by name, as the reference writer orders them.
-  std::stable_sort(tensors.begin(), tensors.end(), [](const SafetensorsSpec& a, const SafetensorsSpec& b) {
-    const size_t sa = safetensors_dtype_size(a.dtype), sb = safetensors_dtype_size(b.dtype);
-    return sa != sb ? sa > sb : a.name < b.name;
+  // As the reference writer orders them: by dtype, in the reverse of its Dtype enum's order (I64
+  // before F64, BF16 before F16), then by name.
+  static const std::vector<std::string> kDtypeOrder = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3", "I16", "U16", "F16",
+                                                      "BF16", "I32", "U32", "F32", "F64",     "I64",     "U64"};
+  const auto rank = [](const std::string& dtype) {
+    return std::find(kDtypeOrder.begin(), kDtypeOrder.end(), dtype) - kDtypeOrder.begin();
+  };
+  std::stable_sort(tensors.begin(), tensors.end(), [&](const SafetensorsSpec& a, const SafetensorsSpec& b) {
+    const auto ra = rank(a.dtype), rb = rank(b.dtype);
+    return ra != rb ? ra > rb : a.name < b.name;
   });
   Json header = Json::object();
   if (!metadata.empty()) {

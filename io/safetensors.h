@@ -95,9 +95,9 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
 
 // Writes F32/F64 tensors (CUDA tensors are copied to the host) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
-// (omitted when empty), tensors ordered by element size (largest first) then name, data packed
-// without gaps, header padded with spaces to a multiple of 8 bytes so the data region starts
-// 8-byte aligned. Throws Error for an unsupported dtype, a duplicate or reserved name.
+// (omitted when empty), tensors ordered by dtype (the reverse of the reference's Dtype enum order:
+// I64, F64, F32, I32, BF16, F16, ...) then name, data packed without gaps, header padded with
+// spaces to a multiple of 8 bytes so the data region starts 8-byte aligned. Throws Error for an unsupported dtype, a duplicate or reserved name.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

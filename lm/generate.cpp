@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "tensor/ops.h"
+
 namespace sae {
 
 void check_generate_options(const GenerateOptions& options) {
@@ -75,10 +77,10 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
   Tensor logits = model.logits_cached(prompt, cache, hook, /*last_only=*/true).to(Device::CPU);
   while (true) {
     const float* row = logits.data<float>();
-    for (int64_t v = 0; v < vocab; ++v)
-      if (!std::isfinite(row[v]))
-        throw DataError(cat("generate: the logits after ", cache.length(), " positions are not finite (", row[v],
-                            " for id ", v, "); did the hook put NaN or Inf into the residual stream?"));
+    const int64_t v = first_non_finite(row, vocab);
+    if (v >= 0)
+      throw DataError(cat("generate: the logits after ", cache.length(), " positions are not finite (", row[v],
+                          " for id ", v, "); did the hook put NaN or Inf into the residual stream?"));
     const int32_t next = choose_next_token(row, vocab, options, rng);
     generated.push_back(next);
     if (next == options.eos_id || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;

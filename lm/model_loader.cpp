@@ -518,10 +518,10 @@ Tensor read_checked(const WeightSource& source, const std::string& name, const s
   source.check_float(name);
   Tensor t = source.read_f32(name);
   const float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(p[i]))
-      throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
-                          ") at flat index ", i));
+  const int64_t i = first_non_finite(p, t.numel());
+  if (i >= 0)
+    throw DataError(cat(source.where(name), ": tensor '", printable(name), "' holds a non-finite value (", p[i],
+                        ") at flat index ", i));
   return t;
 }
 

@@ -3,7 +3,7 @@
 #include "lm/pre_tokenizer.h"
 
 #include "lm/unicode_tables.h"
-#include "lm/utf8.h"
+#include "io/utf8.h"
 
 namespace sae {
 

@@ -50,6 +50,9 @@ StoryReader::StoryReader(const std::string& path, const std::string& text_field)
   const std::string name = without_compression(path);
   jsonl_ = ends_with(name, ".jsonl") || ends_with(name, ".json");
   if (text_field_.empty()) throw UsageError("--text-field must not be empty");
+  if (!jsonl_ && text_field_ != "text")  // it would be ignored: plain text has no fields
+    throw UsageError(cat("--text-field ", text_field_, " names a field of JSON lines (.jsonl): ", path,
+                         " is plain text, stories separated by <|endoftext|>"));
 }
 
 StoryReader::~StoryReader() = default;

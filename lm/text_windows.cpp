@@ -36,6 +36,12 @@ int32_t resolve_bos(BosMode mode, const BpeTokenizer& tokenizer) {
   return -1;
 }
 
+std::string no_bos_to_keep(BosMode mode) {
+  return cat("--bos-activations keep keeps the BOS rows, and this run puts no BOS before its windows (--prepend-bos ",
+             bos_mode_name(mode), mode == BosMode::Auto ? ": the tokenizer adds none" : "",
+             "): give --prepend-bos on, or leave --bos-activations out");
+}
+
 void check_window_options(const WindowOptions& options) {
   const int64_t least = options.bos >= 0 ? 2 : 1;
   if (options.context < least)

@@ -20,6 +20,8 @@ const char* bos_mode_name(BosMode mode);
 // The BOS id a run puts before each window: for on the tokenizer's BOS (UsageError when the folder
 // names none), for auto the one its post-processor adds (-1 when it adds none), for off -1.
 int32_t resolve_bos(BosMode mode, const BpeTokenizer& tokenizer);
+// The one line for --bos-activations keep when resolve_bos put no BOS (there is no row to keep).
+std::string no_bos_to_keep(BosMode mode);
 
 struct WindowOptions {
   int32_t bos = -1;      // the token before every window; -1: none

@@ -15,7 +15,7 @@
 #include <unordered_set>
 
 #include "lm/unicode_nfc.h"
-#include "lm/utf8.h"
+#include "io/utf8.h"
 #include "tensor/error.h"
 #include "io/json.h"
 #include "io/mapped_file.h"

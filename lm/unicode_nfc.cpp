@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "lm/utf8.h"
+#include "io/utf8.h"
 
 namespace sae::unicode {
 

@@ -119,8 +119,19 @@ def main():
             "b_enc": np.arange(5, dtype=np.float32) - 2,
             "b_dec": np.arange(1, 4, dtype=np.float64) / 3,
         }, path("io_st_ref_layout.safetensors"), metadata={"sae_lens_version": "6.0.0"})
+        # The reference orders tensors by dtype (its Dtype enum, reversed), not by element size:
+        # I64 before F64 (feature_stats.safetensors holds both), F32 before I32, F16 before I16.
+        save_file({
+            "a_f64": np.array([0.5, -1.25], dtype=np.float64),
+            "b_i64": np.array([-1, 2**40], dtype=np.int64),
+            "c_i32": np.array([7, -8], dtype=np.int32),
+            "d_f32": np.array([1.5, 2.5], dtype=np.float32),
+            "e_i16": np.array([3, -4], dtype=np.int16),
+            "f_f16": np.array([0.25, -2.0], dtype=np.float16),
+        }, path("io_st_ref_dtype_order.safetensors"))
     except ImportError:
-        print("safetensors not installed: io_st_lib.safetensors and io_st_ref_layout.safetensors not written")
+        print("safetensors not installed: io_st_lib.safetensors, io_st_ref_layout.safetensors and "
+              "io_st_ref_dtype_order.safetensors not written")
 
     # ---- safetensors with bfloat16, via torch (its own bf16 -> f32 conversion) ----
     try:

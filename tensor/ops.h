@@ -137,4 +137,13 @@ void glu_backward_(Tensor& grad_x, const Tensor& x, const Tensor& grad, GluActiv
 Tensor soft_cap(const Tensor& x, double cap);
 void soft_cap_(Tensor& out, const Tensor& x, double cap);
 
+// ---- host checks ----
+// The index of the first NaN or +-inf among `count` float32 values on the host, or -1 (for the checks
+// that refuse a non-finite weight, moment or output, each with its own message).
+inline int64_t first_non_finite(const float* values, int64_t count) {
+  for (int64_t k = 0; k < count; ++k)
+    if (!std::isfinite(values[k])) return k;
+  return -1;
+}
+
 }  // namespace sae

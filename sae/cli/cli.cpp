@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "io/mapped_file.h"
+#include "io/utf8.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -166,6 +167,10 @@ void require_input_file(const std::string& path) { ::close(open_regular_file(pat
 int run_main(const char* program, int argc, char** argv, const std::function<int()>& body) {
   if (argc > 0) restart_with_cpu_runtime_environment(argv);
   try {
+    for (int i = 1; i < argc; ++i)  // paths and values are recorded in JSON, which holds UTF-8 text only
+      if (!utf8::is_valid(argv[i]))
+        throw UsageError(cat("argument ", i, " '", printable(argv[i]), "' is not UTF-8 text (paths and values are "
+                             "recorded in JSON files, which hold UTF-8 only): rename the file or folder"));
     return body();
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());

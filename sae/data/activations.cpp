@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 
 #include "io/file_fingerprint.h"
@@ -14,6 +15,7 @@
 #include "sae/data/synthetic.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
+#include "tensor/ops.h"
 
 namespace sae {
 
@@ -51,10 +53,10 @@ void check_ends_are_finite(ActivationSource& source) {
   std::vector<float> buffer(static_cast<size_t>(sample * d));
   for (int64_t start : {int64_t(0), tokens - sample}) {
     source.read_tokens(start, sample, buffer.data());
-    for (int64_t i = 0; i < sample * d; ++i)
-      if (!std::isfinite(buffer[i]))
-        throw DataError(cat(source.name(), ": non-finite activation (", buffer[i], ") at ", source.locate(start + i / d),
-                            ", column ", i % d));
+    const int64_t i = first_non_finite(buffer.data(), sample * d);
+    if (i >= 0)
+      throw DataError(cat(source.name(), ": non-finite activation (", buffer[i], ") at ", source.locate(start + i / d),
+                          ", column ", i % d));
   }
 }
 
@@ -64,11 +66,27 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// What a file's first bytes say it is: a name can mislead (X.NPY, an .npz archive read as safetensors
+// gave "header length 193340853072 is above the 100 MB limit").
+enum class Magic { Npy, Zip, Other };
+Magic file_magic(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[6] = {};
+  in.read(head, sizeof head);
+  if (in.gcount() == 6 && std::memcmp(head, "\x93NUMPY", 6) == 0) return Magic::Npy;
+  if (in.gcount() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return Magic::Zip;
+  return Magic::Other;
+}
+
 // A safetensors or .npy file of activations [n_tokens, D], with optional story lengths.
 class FileSource : public ActivationSource {
  public:
   explicit FileSource(const std::string& path) : path_(path) {
-    if (ends_with(path, ".npy")) {
+    const Magic magic = file_magic(path);
+    if (magic == Magic::Zip)
+      throw DataError(cat(path, ": a zip archive (.npz?): activations are one array, a .npy file (numpy.save) or a "
+                                ".safetensors file"));
+    if (ends_with(path, ".npy") || magic == Magic::Npy) {
       npy_.emplace(NpyFile::open(path));
       if (npy_->shape().size() != 2)
         throw DataError(cat(path, ": expected a 2-D array [n_tokens, d], got ", npy_->shape().size(), " dims"));

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "lm/utf8.h"
+#include "io/utf8.h"
 #include "tensor/ops.h"
 
 namespace sae {

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "lm/utf8.h"
+#include "io/utf8.h"
 
 namespace sae {
 

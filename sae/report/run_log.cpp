@@ -21,7 +21,11 @@ namespace sae {
 namespace {
 std::string format_value(double v) {
   char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.9g", v);
+  // Counts (step, tokens) in full: %.9g wrote 1.23456793e+09 tokens from 10^9 on.
+  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0)
+    std::snprintf(buffer, sizeof buffer, "%.0f", v);
+  else
+    std::snprintf(buffer, sizeof buffer, "%.9g", v);
   return buffer;
 }
 }  // namespace

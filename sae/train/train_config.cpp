@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "sae/train/arch_config.h"
 #include "sae/train/dictionary_reads.h"
@@ -32,7 +33,13 @@ void TrainConfig::validate() const {
                                "bos-activations", "text-chunk-tokens"})
       require(!was_given(option), cat("--", option, " applies only to training from text (--model, --text); --data ",
                                       data, " holds its activations as they are"));
+  if (data != "synthetic")  // the generator's parameters: a file or a model's text has none
+    for (const std::string& option : given)
+      require(option.rfind("synthetic-", 0) != 0,
+              cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", data));
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
+  require(!(was_given("text-chunk-tokens") && batch_tokens == 0),
+          "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
   require(context_size >= 0 && context_size <= (int64_t(1) << 24),
           cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
   require(!text_field.empty(), "--text-field must not be empty");
@@ -57,6 +64,14 @@ void TrainConfig::validate() const {
           cat("--shards ", shards, " does not divide --features ", features, " (each shard holds F / S latents)"));
   validate_architecture_options(*this);
   dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
+  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1.
+  // (Given ones only: a resumed run keeps its own, and a longer --steps extends it.)
+  for (const auto& [option, length, effect] :
+       {std::tuple<const char*, int64_t, const char*>{"lr-warmup-steps", lr_warmup_steps, "the lr would never reach --lr"},
+        {"lr-decay-steps", lr_decay_steps, "the lr would start below --lr"},
+        {"l1-warmup-steps", l1_warmup_steps, "lambda would never reach --l1"}})
+    require(!was_given(option) || length <= steps,
+            cat("--", option, " ", length, " is more than --steps ", steps, ": ", effect));
   const TrainConfig defaults;
   if (target_l0 == 0) {
     // (Given ones: a run from before the gains' defaults changed records the old ones.)

@@ -85,6 +85,8 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
                          folder.config.max_positions, " positions"));
   options.text_field = config.text_field;
   options.bos = resolve_bos(config.prepend_bos, *data.tokenizer);
+  if (config.was_given("bos-activations") && config.keep_bos_activations && options.bos < 0)
+    throw UsageError(no_bos_to_keep(config.prepend_bos));
   options.context_size = config.context_size;
   options.keep_bos = config.keep_bos_activations;
   options.split_long_stories = config.split_long_stories;

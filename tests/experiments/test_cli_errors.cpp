@@ -26,10 +26,11 @@ namespace fs = std::filesystem;
 
 namespace {
 // Quick settings so that a run that should work finishes in well under a second.
+// kTrain for a --data file (the generator's options are refused beside one), kTiny for the generator.
+const std::string kTrain = " --features 16 --lr 1e-3 --steps 3 --progress none --device cpu";
 const std::string kTiny =
     " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
-    " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2 --features 16 --lr 1e-3"
-    " --steps 3 --progress none --device cpu";
+    " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2" + kTrain;
 
 void expect_error(const std::string& args, int code, const std::string& must_mention) {
   TempDir dir("cli");
@@ -141,6 +142,16 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --hook blocks.1.attn.hook_z", 2, "--hook applies only to training from text");
   expect_error(kTiny + " --context-size 16", 2, "--context-size applies only to training from text");
   expect_error(kTiny + " --layer-list 1,2", 2, "--layer-list reads the model's blocks");
+  // A Latin-1 file name: its bytes went raw into config.json and cfg.json, which no JSON reader read back.
+  expect_error(kTrain + " --data caf\xe9.npy", 2, "'caf\\xe9.npy' is not UTF-8 text");
+  expect_error(kTiny + " --data x.npy", 2, "--synthetic-d sets the synthetic generator: it applies only with --data "
+                                           "synthetic, not x.npy");
+  // Options that did nothing and were recorded as if they had.
+  expect_error(kTiny + " --architecture topk --k 2 --auxk-coefficient 0 --auxk-k 3", 2,
+               "--auxk-k sets AuxK's k_aux: AuxK is off (--auxk-coefficient 0)");
+  expect_error(kTiny + " --lr-decay-steps 4", 2, "--lr-decay-steps 4 is more than --steps 3: the lr would start below --lr");
+  expect_error(kTiny + " --lr-warmup-steps 5", 2, "--lr-warmup-steps 5 is more than --steps 3: the lr would never reach");
+  expect_error(kTiny + " --l1-warmup-steps 9", 2, "--l1-warmup-steps 9 is more than --steps 3: lambda would never reach");
   // Out of range with statistics off: it was accepted and recorded.
   expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-k -5", 2, "--feature-stats-k must be in [1, 1000]");
   // It said "--k applies only to ...", naming an option the command line did not give.
@@ -166,7 +177,7 @@ TEST(Cli, UsageErrorsExitTwo) {
 
 TEST(Cli, DataErrorsExitOne) {
   TempDir dir("cli_data");
-  expect_error(kTiny + " --data " + dir.str("missing.safetensors"), 1, "missing.safetensors");
+  expect_error(kTrain + " --data " + dir.str("missing.safetensors"), 1, "missing.safetensors");
   // truncated file: a valid header length pointing past the end
   {
     std::ofstream f(dir.str("trunc.safetensors"), std::ios::binary);
@@ -174,7 +185,7 @@ TEST(Cli, DataErrorsExitOne) {
     f.write(reinterpret_cast<const char*>(&n), 8);
     f << "{\"activations\":";
   }
-  expect_error(kTiny + " --data " + dir.str("trunc.safetensors"), 1, "trunc.safetensors");
+  expect_error(kTrain + " --data " + dir.str("trunc.safetensors"), 1, "trunc.safetensors");
   // corrupt JSON header
   {
     std::ofstream f(dir.str("corrupt.safetensors"), std::ios::binary);
@@ -183,24 +194,24 @@ TEST(Cli, DataErrorsExitOne) {
     f.write(reinterpret_cast<const char*>(&n), 8);
     f << h;
   }
-  expect_error(kTiny + " --data " + dir.str("corrupt.safetensors"), 1, "corrupt.safetensors");
+  expect_error(kTrain + " --data " + dir.str("corrupt.safetensors"), 1, "corrupt.safetensors");
   // wrong dtype and wrong shape
   write_raw_safetensors(dir.str("ints.safetensors"), {{"activations", "I32", {4, 2}, raw_bytes(std::vector<int32_t>(8, 1))}});
-  expect_error(kTiny + " --data " + dir.str("ints.safetensors"), 1, "I32");
+  expect_error(kTrain + " --data " + dir.str("ints.safetensors"), 1, "I32");
   write_raw_safetensors(dir.str("flat.safetensors"), {{"activations", "F32", {8}, raw_bytes(std::vector<float>(8, 1))}});
-  expect_error(kTiny + " --data " + dir.str("flat.safetensors"), 1, "2-D");
+  expect_error(kTrain + " --data " + dir.str("flat.safetensors"), 1, "2-D");
   write_raw_safetensors(dir.str("noacts.safetensors"), {{"x", "F32", {4, 2}, raw_bytes(std::vector<float>(8, 1))}});
-  expect_error(kTiny + " --data " + dir.str("noacts.safetensors"), 1, "activations");
+  expect_error(kTrain + " --data " + dir.str("noacts.safetensors"), 1, "activations");
   // story_lengths that do not sum to n_tokens
   write_raw_safetensors(dir.str("badlen.safetensors"),
                         {{"activations", "F32", {6, 2}, raw_bytes(std::vector<float>(12, 1))},
                          {"story_lengths", "I64", {2}, raw_bytes(std::vector<int64_t>{2, 3})}});
-  expect_error(kTiny + " --data " + dir.str("badlen.safetensors"), 1, "story_lengths");
+  expect_error(kTrain + " --data " + dir.str("badlen.safetensors"), 1, "story_lengths");
   // NaN and Inf in the data
   write_floats(dir.str("nan.safetensors"), 20, 8, NAN);
-  expect_error(kTiny + " --data " + dir.str("nan.safetensors"), 1, "non-finite");
+  expect_error(kTrain + " --data " + dir.str("nan.safetensors"), 1, "non-finite");
   write_floats(dir.str("inf.safetensors"), 20, 8, INFINITY);
-  expect_error(kTiny + " --data " + dir.str("inf.safetensors"), 1, "non-finite");
+  expect_error(kTrain + " --data " + dir.str("inf.safetensors"), 1, "non-finite");
   // .npy has no story boundaries: story batches are a usage error
   {
     std::ofstream f(dir.str("x.npy"), std::ios::binary);
@@ -214,12 +225,37 @@ TEST(Cli, DataErrorsExitOne) {
     std::vector<float> v(8, 0.5f);
     f.write(reinterpret_cast<const char*>(v.data()), 32);
   }
-  expect_error(kTiny + " --data " + dir.str("x.npy"), 2, "--batch");
+  expect_error(kTrain + " --data " + dir.str("x.npy"), 2, "--batch");
+  // The first bytes say what a file is, not its name: X.NPY is read as .npy, an .npz archive is named
+  // as one (both read as safetensors: "header length 193340853072 is above the 100 MB limit").
+  fs::copy_file(dir.str("x.npy"), dir.str("X.NPY"));
+  const auto upper = run_binary("sae_train", kTrain + " --batch 2 --normalize dataset --data " + dir.str("X.NPY") +
+                                                 " --out " + dir.str("upper"), dir);
+  EXPECT_EQ(upper.exit_code, 0) << upper.err;
+  std::ofstream(dir.str("acts.npz"), std::ios::binary) << std::string("PK\x03\x04\x14\0\0\0\0\0", 10);
+  expect_error(kTrain + " --batch 2 --normalize dataset --data " + dir.str("acts.npz"), 1,
+               "acts.npz: a zip archive (.npz?): activations are one array");
+  // float64 beyond float32's range: it read as "non-finite activation (inf) at token 2, column 1".
+  {
+    std::ofstream f(dir.str("big.npy"), std::ios::binary);
+    std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2), }";
+    while ((10 + header.size() + 1) % 64) header += ' ';
+    header += '\n';
+    f << "\x93NUMPY" << char(1) << char(0);
+    uint16_t len = header.size();
+    f.write(reinterpret_cast<const char*>(&len), 2);
+    f << header;
+    std::vector<double> v(8, 0.5);
+    v[5] = 1e39;
+    f.write(reinterpret_cast<const char*>(v.data()), 64);
+  }
+  expect_error(kTrain + " --batch 2 --normalize dataset --data " + dir.str("big.npy"), 1,
+               "big.npy: element 5: float64 value 1e+39 is outside float32's range");
   // d mismatch with --init: an SAE for d=8 on data with d=6
   auto made = run_binary("sae_train", kTiny + " --out " + dir.str("init"), dir);
   ASSERT_EQ(made.exit_code, 0) << made.err;
   write_floats(dir.str("d6.safetensors"), 20, 6);
-  expect_error(kTiny + " --data " + dir.str("d6.safetensors") + " --init " + dir.str("init/sae"), 1, "d_in");
+  expect_error(kTrain + " --data " + dir.str("d6.safetensors") + " --init " + dir.str("init/sae"), 1, "d_in");
   expect_error(kTiny + " --init " + dir.str("nowhere"), 1, "nowhere");
   expect_error(kTiny + " --resume " + dir.str("nowhere"), 1, "nowhere");
 }

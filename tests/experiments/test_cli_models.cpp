@@ -184,6 +184,15 @@ TEST(CliModels, TrainingFromCachesRecordsWhereTheyCameFrom) {
                    dir);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
+  // Kept BOS rows need a BOS: without one the option did nothing and the cache said nothing of it.
+  sae::testing::CommandResult refused =
+      run_binary("sae_cache", cat(model, text, " --layer 1 --prepend-bos off --bos-activations keep --device cpu",
+                                  " --progress none --out ", quote(dir.str("no_bos"))),
+                 dir);
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_NE(refused.err.find("this run puts no BOS before its windows (--prepend-bos off)"), std::string::npos)
+      << refused.err;
+  EXPECT_FALSE(fs::exists(dir.str("no_bos")));
   const std::string common = " --features 24 --steps 4 --batch 32 --l1 0.1 --device cpu --progress none";
   sae::testing::CommandResult r =
       run_binary("sae_train", cat(" --data ", quote(dir.str("blocks.1.ln2.hook_normalized")), " --target-data ",
@@ -242,6 +251,16 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
       {base + " --hook blocks.1.attn.hook_pattern --out " + quote(dir.str("x4")), 2, "hook_pattern"},
       {base + " --prepend-bos sometimes --out " + quote(dir.str("x5")), 2, "--prepend-bos"},
       {base + " --context-size 65 --out " + quote(dir.str("x6")), 2, "context-size"},
+      // Options that had no effect, recorded as if they had: BOS rows kept where no BOS is put, chunks
+      // of story batches, a JSON field of plain text.
+      {base + " --bos-activations keep --out " + quote(dir.str("x7")), 2,
+       "--bos-activations keep keeps the BOS rows, and this run puts no BOS before its windows (--prepend-bos auto: "
+       "the tokenizer adds none)"},
+      {base + " --batch story --normalize story --text-chunk-tokens 64 --out " + quote(dir.str("x8")), 2,
+       "--text-chunk-tokens gathers token batches"},
+      {cat(" --model ", quote(model_dir("pythia")), " --text ", quote(sae::testing::ref_path("text_train/stories.txt")),
+           " --text-field content --features 16 --steps 2 --device cpu --progress none --out ", quote(dir.str("x9"))),
+       2, "--text-field content names a field of JSON lines (.jsonl): "},
   };
   for (const auto& b : bad) {
     r = run_binary("sae_train", b.args, dir);

@@ -23,6 +23,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::raw_bytes;
 using sae::testing::TempDir;
 
 namespace {
@@ -146,6 +147,18 @@ TEST(Json, StringEscapesAndSurrogatePairs) {
   EXPECT_EQ(Json(want).dump(), R"("q\" b\\ s/ \b\f\n\r\t )" "\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 " R"(\u0000end")");
   EXPECT_EQ(Json::parse(Json(want).dump()).as_string(), want);
   EXPECT_EQ(Json(std::string("\x01\x1f")).dump(), "\"\\u0001\\u001f\"");
+  // Bytes that are not UTF-8 (a Latin-1 file name) made a file no JSON reader reads back: refused,
+  // as the parser refuses them (a lone byte, a cut sequence, an overlong form, a surrogate).
+  for (const std::string bad : {"a\xff.npy", "caf\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"}) {
+    EXPECT_THROW(Json(bad).dump(), Error) << printable(bad);
+    EXPECT_THROW(Json::parse("\"" + bad + "\""), DataError) << printable(bad);
+  }
+  try {
+    Json(std::string("data/caf\xe9.npy")).dump();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "JSON: cannot write \"data/caf\\xe9.npy\": it is not UTF-8 text");
+  }
 }
 
 TEST(Json, NumbersRoundTripExactly) {
@@ -477,7 +490,11 @@ TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
   expect_same_floats(f.read_f32("h").to_vector(), {1.0, -2.5, 65504.0, tiny_half, inf, -inf, -0.0, nan}, "F16");
   expect_same_floats(f.read_f32("b").to_vector(), {1.0, -2.5, 3.3895313892515355e38, tiny_bf16, inf, -inf, -0.0, nan}, "BF16");
   expect_same_floats(f.read_rows_f32("h", 1, 1).to_vector(), {inf, -inf, -0.0, nan}, "F16 row 1");
-  expect_same_floats(f.read_f32("d").to_vector(), {0.1f, -inf}, "F64 -> F32 overflows to -inf");
+  // A finite float64 beyond float32's range: it became -inf, then read as "non-finite activation (inf)".
+  expect_data_error([&] { f.read_f32("d"); },
+                    {path, "tensor 'd': element 1: float64 value -1e+300 is outside float32's range"});
+  expect_data_error([&] { f.read_rows_f32("d", 1, 1); }, {"tensor 'd': element 1: float64 value -1e+300"});
+  expect_same_floats(f.read_rows_f32("d", 0, 1).to_vector(), {0.1f}, "F64 row 0");
   EXPECT_EQ(f.read_i64("i"), (std::vector<int64_t>{7, -3, 2147483647, -2147483648LL}));
   EXPECT_EQ(f.read_i64("l"), i64);
   EXPECT_EQ(f.metadata().at("layer"), "2");
@@ -702,6 +719,24 @@ TEST(IoFixtures, OurWriterMatchesTheReferenceByteForByte) {
   std::string reference = read_bytes(ref("io_st_ref_layout.safetensors"));
   ASSERT_FALSE(reference.empty());
   EXPECT_EQ(ours, reference);
+}
+
+TEST(IoFixtures, OurWriterOrdersDtypesAsTheReference) {
+  // By dtype, not element size: ours put F64 before I64 (feature_stats.safetensors) and I32 before F32.
+  TempDir dir("io_order");
+  const auto raw = [](const std::string& name, const std::string& dtype, const auto& values) {
+    return RawTensor{name, dtype, {2}, raw_bytes(values)};
+  };
+  write_safetensors_raw(dir.str("ours.safetensors"),
+                        {raw("f_f16", "F16", std::vector<uint16_t>{f32_to_f16(0.25f), f32_to_f16(-2.0f)}),
+                         raw("e_i16", "I16", std::vector<int16_t>{3, -4}),
+                         raw("d_f32", "F32", std::vector<float>{1.5f, 2.5f}),
+                         raw("c_i32", "I32", std::vector<int32_t>{7, -8}),
+                         raw("b_i64", "I64", std::vector<int64_t>{-1, int64_t(1) << 40}),
+                         raw("a_f64", "F64", std::vector<double>{0.5, -1.25})});
+  const std::string reference = read_bytes(ref("io_st_ref_dtype_order.safetensors"));
+  ASSERT_FALSE(reference.empty());
+  EXPECT_EQ(read_bytes(dir.str("ours.safetensors")), reference);
 }
 
 TEST(IoFixtures, TorchWrittenBfloat16) {

@@ -19,6 +19,12 @@
 
 namespace sae::testing {
 
+// The larger of a running worst error and a new one, where a NaN or inf error makes it +inf: a check
+// `worst < tol` then fails (std::max(worst, NaN) is worst, so a NaN result passed unseen).
+inline double worst_error(double worst, double error) {
+  return std::isfinite(error) ? std::max(worst, error) : std::numeric_limits<double>::infinity();
+}
+
 struct Tolerance {
   double atol, rtol;
 };

@@ -1,5 +1,5 @@
-// format_duration (sae/report/run_log.h): the durations sae_train and the study drivers print, at
-// every scale (short runs keep two digits instead of reading "0.0s").
+// sae/report/run_log.h: the durations sae_train and the study drivers print, at every scale (short
+// runs keep two digits instead of reading "0.0s"), and metrics.csv's rows.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -36,4 +36,18 @@ TEST(RunLog, AResumeKeepsOnlyWholeRowsUpToItsStep) {
     got << in.rdbuf();
     EXPECT_EQ(got.str(), header + rows) << "after " << cut;
   }
+}
+
+TEST(RunLog, CountsAreWrittenInFullAndValuesToNineDigits) {
+  // tokens passed 10^9 at step 244141 of a 4096-token run: "%.9g" wrote 1.23456793e+09.
+  sae::testing::TempDir dir("run_log_counts");
+  {
+    RunLog log(dir.str(""), 0);
+    log.write({{"step", 301415.0}, {"tokens", 1234567891.0}, {"loss", 0.123456789123}, {"fvu", 1e-12},
+               {"big", 9007199254740993.0}, {"neg", -0.0}, {"nan", std::numeric_limits<double>::quiet_NaN()}});
+  }
+  std::ifstream in(dir.str("metrics.csv"), std::ios::binary);
+  std::stringstream got;
+  got << in.rdbuf();
+  EXPECT_EQ(got.str(), "step,tokens,loss,fvu,big,neg,nan\n301415,1234567891,0.123456789,1e-12,9.00719925e+15,-0,nan\n");
 }

@@ -1,5 +1,6 @@
-// UTF-8 code points, for code that has already checked its text (lm/tokenizer.h check_utf8):
-// decode the code point at a byte offset, and append one; and bytes made valid UTF-8 for display.
+// UTF-8: decode the code point at a byte offset of checked text (lm/tokenizer.h check_utf8 says why
+// text is not UTF-8), append one; the well-formed sequences (JSON's strings), and bytes made valid
+// UTF-8 for display.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -46,35 +47,44 @@ inline void append(uint32_t code_point, std::string& out) {
   }
 }
 
+// The byte count (1 to 4) of the well-formed sequence at bytes[pos] (no overlong forms, no
+// surrogates, nothing above U+10FFFF), or 0 when none starts there; `checked` is then the length of
+// the longest valid start (Unicode's "maximal subpart", at least 1).
+inline size_t sequence_length(std::string_view bytes, size_t pos, size_t& checked) {
+  const unsigned char c = static_cast<unsigned char>(bytes[pos]);
+  checked = 1;
+  if (c < 0x80) return 1;
+  const size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+  for (; checked < length && pos + checked < bytes.size(); ++checked) {
+    const unsigned char b = static_cast<unsigned char>(bytes[pos + checked]);
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (checked == 1) {
+      if (c == 0xE0) lo = 0xA0;       // no overlong 3-byte forms
+      else if (c == 0xED) hi = 0x9F;  // no surrogates
+      else if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
+      else if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+    }
+    if (b < lo || b > hi) break;
+  }
+  return length > 0 && checked == length ? length : 0;
+}
+
+inline bool is_valid(std::string_view bytes) {
+  size_t checked = 0;
+  for (size_t i = 0; i < bytes.size(); i += checked)
+    if (sequence_length(bytes, i, checked) == 0) return false;
+  return true;
+}
+
 // `bytes` as valid UTF-8, what Python's bytes.decode("utf-8", "replace") and so Hugging Face's
 // decode give: the longest valid start of a broken sequence (Unicode's "maximal subpart"), or a
 // byte that starts none, becomes one U+FFFD.
 inline std::string replace_invalid(std::string_view bytes) {
   std::string out;
-  size_t i = 0;
-  const size_t n = bytes.size();
-  while (i < n) {
-    const unsigned char c = static_cast<unsigned char>(bytes[i]);
-    if (c < 0x80) {
-      out += bytes[i++];
-      continue;
-    }
-    const size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    size_t k = 1;
-    for (; k < length && i + k < n; ++k) {
-      const unsigned char b = static_cast<unsigned char>(bytes[i + k]);
-      unsigned char lo = 0x80, hi = 0xBF;
-      if (k == 1) {
-        if (c == 0xE0) lo = 0xA0;       // no overlong 3-byte forms
-        else if (c == 0xED) hi = 0x9F;  // no surrogates
-        else if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
-        else if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-      }
-      if (b < lo || b > hi) break;
-    }
-    if (length > 0 && k == length) out.append(bytes.substr(i, length));
+  size_t checked = 0;
+  for (size_t i = 0; i < bytes.size(); i += checked) {
+    if (sequence_length(bytes, i, checked) > 0) out.append(bytes.substr(i, checked));
     else out += "\xEF\xBF\xBD";  // U+FFFD
-    i += k;
   }
   return out;
 }
