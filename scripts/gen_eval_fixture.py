@@ -11,7 +11,9 @@ Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
     model/        a small random GPT-Neo: vocab = the tokenizer's 4097 ids, hidden 32, 4 layers
                   alternating global/local with window 8 (shorter than every story and every
                   generated sequence), 4 heads, MLP 64, 64 positions, tied embeddings, normal init with
-                  std 0.2 (HF's default 0.02 makes greedy text repeat one token), saved by
+                  std 0.2 (HF's default 0.02 makes greedy text repeat one token), biases N(0, 0.2^2)
+                  and LayerNorm weights 1 + N(0, 0.2^2) (HF's 0 and 1 made zero ablation the same at
+                  every layer), saved by
                   save_pretrained in F16 (both sides widen it to float32), plus tokenizer.json
     stories.txt   6 short stories in TinyStories' format; one is longer than the 64 positions, so it
                   is evaluated as two pieces (64 + the rest), as sae_eval and --long-stories split do
@@ -26,8 +28,10 @@ Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
     expected.safetensors
         story{s}.ids I64                 the token ids of each story (GPT-2 BPE, no BOS)
         {sae}.ce_clean, .ce_sae, .ce_zero, .ce_mean, .kl_sae, .kl_zero, .kl_mean, .ce_score,
-        .kl_score, .fvu, .l0 (F64 scalars), .density F64 [80], .mean F64 [32] (the mean-ablation
-        vector), .tokens, .predictions I64, for sae in story, topk, saelens
+        .kl_score, .fvu, .l0, and SAELens's reconstruction metrics (get_sparsity_and_variance_metrics)
+        .l2_norm_in, .l2_norm_out, .l2_ratio, .relative_reconstruction_bias, .l1, .mse, .cossim (F64
+        scalars), .density F64 [80], .mean F64 [32] (the mean-ablation vector), .tokens,
+        .predictions I64, for sae in story, topk, saelens
         gen{p}.prompt I64, gen{p}.greedy I64, gen{p}.steered I64: greedy continuations of prompt p
         by HF generate (40 new tokens, KV cache), unsteered and with the steering hook
         steer.feature, steer.strength, steer.layer: the hook adds strength * W_dec[feature] /
@@ -38,9 +42,7 @@ Needs torch, transformers, tokenizers, sae_lens, numpy. Writes (about 0.7 MB):
         bos I64 (the model's BOS id) and the {sae}.* evaluations again with the BOS first in every
         window (windows of the BOS and 63 tokens), masked as SAELens masks its special tokens: the
         splice, the mean ablation and the statistics leave the BOS row, zero ablation zeroes it too,
-        CE leaves out the prediction made from it and KL its position; and SAELens's reconstruction
-        metrics (get_sparsity_and_variance_metrics): {sae}.l2_norm_in, .l2_norm_out, .l2_ratio,
-        .relative_reconstruction_bias, .l1, .mse, .cossim (F64 scalars)
+        CE leaves out the prediction made from it and KL its position
 
 The definitions (SAELens evals.get_recons_loss and get_sparsity_and_variance_metrics, in our words):
 CE = mean over every predicted token (position t predicts ids[t+1]) of -log softmax(logits)[next];
@@ -93,6 +95,21 @@ def model_config(vocab_size):
                         attention_dropout=0.0, layer_norm_epsilon=1e-5, initializer_range=0.2,
                         bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
                         architectures=["GPTNeoForCausalLM"])
+
+
+def random_model(vocab_size):
+    """HF's init leaves every bias 0 and every LayerNorm weight 1: a zeroed residual stream then stays
+    zero through the later blocks, and zero ablation gives the same (uniform) prediction at every
+    layer, so the tests could not tell the layers apart. Biases and norm weights are drawn too."""
+    model = GPTNeoForCausalLM(model_config(vocab_size))
+    g = torch.Generator().manual_seed(20261206)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    return model
 
 
 # ---------------------------------------------------------------- hooks on hidden_states[layer]
@@ -300,8 +317,8 @@ def evaluate_cases(out, model, stories_ids, w, bos=None):
             r = evaluate(model, stories_ids, sae, layer, normalizer, bos)
         keys = ["ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_score", "kl_score",
                 "fvu", "l0"]
-        if bos is not None:  # SAELens's reconstruction metrics, in the BOS file only (it came later)
-            keys += ["l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias", "l1", "mse", "cossim"]
+        # SAELens's reconstruction metrics
+        keys += ["l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias", "l1", "mse", "cossim"]
         for key in keys:
             w.put(f"{name}.{key}", float(r[key]))
         w.put(f"{name}.density", r["density"].astype(np.float64))
@@ -381,7 +398,7 @@ def main():
     tokenizer_json = os.path.join(repo, "tests", "ref", "tokenizer", "tokenizer.json")
     tokenizer = Tokenizer.from_file(tokenizer_json)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    GPTNeoForCausalLM(model_config(vocab_size)).half().save_pretrained(model_dir, safe_serialization=True)
+    random_model(vocab_size).half().save_pretrained(model_dir, safe_serialization=True)
     shutil.copyfile(tokenizer_json, os.path.join(model_dir, "tokenizer.json"))
     model = GPTNeoForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 

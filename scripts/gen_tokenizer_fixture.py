@@ -28,7 +28,7 @@ The C++ tests need no Python; the files are committed. Re-run with:
    every disagreement with `tokenizers`. Expected disagreements: characters that are letters or
    numbers in Unicode 17 (the `regex` module's tables) but unassigned in Unicode 16 (Oniguruma's,
    used by tokenizers; see scripts/gen_unicode_tables.py).
-Needs: tokenizers (0.23.3 made the committed files), unicodedata2==16.0.0 and ==17.* optional.
+Needs: tokenizers (0.23.3 made the committed files) and unicodedata2==16.0.0.
 """
 import argparse
 import glob
@@ -129,20 +129,24 @@ MIXED = ["abc123", "123abc", "a1b2c3", "GPT2", "mp3s", "4x4", "3rd", "21st", "iP
 
 
 def unicode_diff_letters():
-    """Code points whose class changed between Python's unicodedata and Unicode 16 / 17 (if the
-    unicodedata2 releases are importable), to probe the tables' version."""
+    """Code points whose class changed between Python's unicodedata and Unicode 16 (unicodedata2
+    16.0.0, required: without it these probe cases were left out silently and the committed
+    fixtures were not reproduced), to probe the tables' version."""
     samples = []
     try:
         import unicodedata2
-        for cp in range(0x110000):
-            if 0xD800 <= cp <= 0xDFFF:
-                continue
-            new = unicodedata2.category(chr(cp))[0]
-            old = unicodedata.category(chr(cp))[0]
-            if new in "LN" and new != old:
-                samples.append(chr(cp))
     except ImportError:
-        pass
+        sys.exit("gen_tokenizer_fixture.py needs unicodedata2==16.0.0 (pip install unicodedata2==16.0.0): "
+                 "the committed fixtures hold its Unicode 16 probe cases")
+    if unicodedata2.unidata_version != "16.0.0":
+        sys.exit(f"gen_tokenizer_fixture.py needs unicodedata2==16.0.0, found Unicode {unicodedata2.unidata_version}")
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        new = unicodedata2.category(chr(cp))[0]
+        old = unicodedata.category(chr(cp))[0]
+        if new in "LN" and new != old:
+            samples.append(chr(cp))
     # Unicode 17.0 letters and digits, unassigned in 16.0 (regex module knows them, tokenizers does not).
     samples_17 = ["\ua7ce", "\ua7cf", "\ua7d2", "\u088f", "\u0c5c", "\u0cdc", "\U00011de0", "\U00011de1"]
     return samples, samples_17

@@ -118,4 +118,16 @@ TEST(Gradcheck, DetectsAWrongGradient) {
                        [tx](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g * tx}; });
   };
   EXPECT_GT(gradcheck(wrong_square, {x}), 1e-2);
+  // A NaN gradient (a 0/0 in a backward formula), everywhere or in one place, is a failure: the
+  // checker's max had dropped NaN and reported 0.
+  auto nan_square = [](const Vars& v, bool everywhere) {
+    Tensor tx = v[0].data();
+    return make_result(square(tx), "nan_square", {v[0]}, [tx, everywhere](const Tensor& g, const std::vector<bool>&) {
+      std::vector<double> grad = (g * tx).to_vector();
+      for (size_t i = 0; i < grad.size(); ++i) grad[i] = everywhere || i == 2 ? std::nan("") : 2 * grad[i];
+      return std::vector<Tensor>{Tensor::from_vector(grad, tx.shape(), tx.dtype())};
+    });
+  };
+  EXPECT_EQ(gradcheck([&](const Vars& v) { return nan_square(v, true); }, {x}), INFINITY);
+  EXPECT_EQ(gradcheck([&](const Vars& v) { return nan_square(v, false); }, {x}), INFINITY);
 }

@@ -33,6 +33,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::worst_error;
 using sae::testing::RawArray;
 using sae::testing::TempDir;
 using sae::testing::error_of;
@@ -180,10 +181,10 @@ TEST(Models, UnembeddingHoldsTheFinalNormWeightAsHuggingFaceLogitsSay) {
         const double want = logits[t * V + v];
         scale = std::max(scale, std::fabs(want));
         if (c.norm == NormKind::RMSNorm) {
-          worst = std::max(worst, std::fabs(z - want));
+          worst = worst_error(worst, std::fabs(z - want));
         } else {  // the bias's row, the same at every position
           if (t == 0) first_offset[v] = want - z;
-          worst = std::max(worst, std::fabs(want - z - first_offset[v]));
+          worst = worst_error(worst, std::fabs(want - z - first_offset[v]));
         }
       }
     }

@@ -71,6 +71,33 @@ TEST(SaeModel, GradcheckFullLossAllFourParameters) {
   EXPECT_LT(gradcheck(l1_only, {p.W_enc, p.b_enc, p.W_dec, p.b_dec}), 1e-7);
 }
 
+TEST(SaeModel, FreshInitIsPyTorchsLinearDefault) {
+  // docs/contract.md: nn.Linear(d_in, F) and nn.Linear(F, d_in)'s defaults, weight and bias uniform
+  // in +-1/sqrt(fan_in): W_enc, b_enc within 1/sqrt(d_in); W_dec, b_dec within 1/sqrt(F). Checked by
+  // the bound, the largest value (near the bound for this many draws), the mean and the variance of
+  // U(-b, b), b^2/3 (the arch tests only compared the units' init with this same function).
+  const int64_t d = 64, f = 256;
+  Rng rng(11);
+  const SaeParams p = SaeParams::standard_init(d, f, rng);
+  const struct {
+    const char* name;
+    const Tensor& t;
+    double bound, least_max;
+  } cases[] = {{"W_enc", p.W_enc, 1 / std::sqrt(double(d)), 0.999}, {"b_enc", p.b_enc, 1 / std::sqrt(double(d)), 0.97},
+               {"W_dec", p.W_dec, 1 / std::sqrt(double(f)), 0.999}, {"b_dec", p.b_dec, 1 / std::sqrt(double(f)), 0.9}};
+  for (const auto& c : cases) {
+    const std::vector<double> v = c.t.to_vector();
+    double largest = 0, mean = 0, square = 0;
+    for (double x : v) largest = std::max(largest, std::abs(x)), mean += x / v.size(), square += x * x / v.size();
+    const double n = double(v.size()), variance = c.bound * c.bound / 3;
+    EXPECT_LE(largest, c.bound) << c.name;
+    EXPECT_GE(largest, c.least_max * c.bound) << c.name;
+    EXPECT_LT(std::abs(mean), 5 * std::sqrt(variance / n)) << c.name;  // 5 sigma
+    // The variance of x^2 for U(-b, b) is 4 b^4 / 45: 5 sigma of the mean of n squares.
+    EXPECT_LT(std::abs(square - variance), 5 * std::sqrt(4 * std::pow(c.bound, 4) / 45 / n)) << c.name;
+  }
+}
+
 TEST(SaeModel, LossValuesByDefinition) {
   // rec and l1 recomputed element by element from the definitions in docs/contract.md §1.
   Problem p = make_problem(4, 3, 5, DType::F64, 5);

@@ -17,6 +17,7 @@
 #include "tests/util/gpu.h"
 
 using namespace sae;
+using sae::testing::worst_error;
 using sae::testing::expect_close;
 using sae::testing::expect_close_to_scale;
 using sae::testing::kExact;
@@ -54,7 +55,7 @@ float keep(float x) { return x; }
 double relative_distance(const std::vector<double>& got, const std::vector<double>& want) {
   double worst = 0, scale = 0;
   for (size_t i = 0; i < want.size(); ++i) {
-    worst = std::max(worst, std::abs(got[i] - want[i]));
+    worst = worst_error(worst, std::abs(got[i] - want[i]));
     scale = std::max(scale, std::abs(want[i]));
   }
   return worst / scale;

@@ -11,6 +11,7 @@
 #include "autograd/functions.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
+#include "tests/util/compare.h"
 
 namespace sae::testing {
 
@@ -52,7 +53,7 @@ inline double gradcheck(const Function& f, const std::vector<Tensor>& inputs, do
       xp[k] = Tensor::from_vector(plus, input.shape(), DType::F64, input.device());
       xm[k] = Tensor::from_vector(minus, input.shape(), DType::F64, input.device());
       const double numeric = (scalar_loss(xp) - scalar_loss(xm)) / (2 * eps);
-      worst = std::max(worst, std::abs(analytic[i] - numeric) / (1.0 + std::abs(numeric)));
+      worst = worst_error(worst, std::abs(analytic[i] - numeric) / (1.0 + std::abs(numeric)));  // NaN: +inf
     }
   }
   return worst;

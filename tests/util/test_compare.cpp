@@ -85,3 +85,13 @@ TEST(Compare, NanFilledOutputFailsUntilWritten) {
     EXPECT_EQ(failures_of([&] { expect_close_to_scale(out, want, 1e-5, "written"); }), "");
   }
 }
+
+TEST(Compare, WorstErrorTurnsANonFiniteErrorIntoInfinity) {
+  // std::max(worst, NaN) keeps worst: a NaN result passed a `worst < tol` check.
+  using sae::testing::worst_error;
+  EXPECT_EQ(worst_error(0.5, 0.25), 0.5);
+  EXPECT_EQ(worst_error(0.25, 0.5), 0.5);
+  EXPECT_EQ(worst_error(0.0, std::nan("")), INFINITY);
+  EXPECT_EQ(worst_error(0.0, -INFINITY), INFINITY);
+  EXPECT_EQ(worst_error(worst_error(0.0, std::nan("")), 0.1), INFINITY);  // and it stays so
+}

@@ -27,8 +27,10 @@
 #include "sae/train/trainer.h"
 #include "tensor/threads.h"
 #include "tests/util/test_util.h"
+#include "tests/util/compare.h"
 
 using namespace sae;
+using sae::testing::worst_error;
 using sae::testing::read_file;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
@@ -76,7 +78,7 @@ TEST(TextData, OurTokensAndActivationsAreHuggingFaces) {
     const Tensor hidden = model.hidden_states(ours, 2);
     const float* got = hidden.data<float>();
     const float* want = acts.data<float>() + token * 32;
-    for (int64_t i = 0; i < length * 32; ++i) worst = std::max(worst, double(std::abs(got[i] - want[i])));
+    for (int64_t i = 0; i < length * 32; ++i) worst = worst_error(worst, double(std::abs(got[i] - want[i])));
     token += length;
   }
   EXPECT_FALSE(reader.next(story));

@@ -118,9 +118,7 @@ void expect_each_folder_matches(const std::string& expected, const EvalOptions& 
     expect_relative(r.kl_score, e.scalar(p + "kl_score"), 1e-4, "KL score");
     expect_relative(r.fvu, e.scalar(p + "fvu"), 1e-5, "FVU");
     expect_relative(r.l0, e.scalar(p + "l0"), 1e-12, "L0");
-    if (e.has(p + "mse")) {  // SAELens's reconstruction metrics (in the BOS fixture)
-      sae::testing::expect_reconstruction_metrics(r.reconstruction, e, p);
-    }
+    sae::testing::expect_reconstruction_metrics(r.reconstruction, e, p);  // SAELens's (a missing key throws)
     EXPECT_EQ(r.density, e.values(p + "density"));
     const std::vector<double> mean = e.values(p + "mean");
     ASSERT_EQ(r.mean_activation.size(), mean.size());
@@ -221,6 +219,13 @@ TEST(SaeEval, AnSaeThatReconstructsExactlyScoresOne) {
   EXPECT_GT(r.mean_ablated.kl, 0.1);
   // Every token has each coordinate nonzero on one side: L0 = d (up to exact zeros, none here).
   EXPECT_DOUBLE_EQ(r.l0, static_cast<double>(d));
+  // SAELens's reconstruction metrics of x_hat = x: no error, the same norms, cosine 1.
+  EXPECT_LT(r.reconstruction.mse, 1e-10);
+  EXPECT_NEAR(r.reconstruction.cossim, 1.0, 1e-6);
+  EXPECT_NEAR(r.reconstruction.l2_ratio, 1.0, 1e-6);
+  EXPECT_NEAR(r.reconstruction.relative_reconstruction_bias, 1.0, 1e-6);
+  EXPECT_NEAR(r.reconstruction.l2_norm_out, r.reconstruction.l2_norm_in, 1e-6 * r.reconstruction.l2_norm_in);
+  EXPECT_GT(r.reconstruction.l2_norm_in, 0.1);
 }
 
 TEST(SaeEval, AKeptBosStorySaeIsScoredOnItsTrainingNormalisation) {
