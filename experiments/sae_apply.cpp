@@ -21,6 +21,7 @@
 #include "sae/data/concat_source.h"
 #include "sae/data/synthetic.h"
 #include "sae/train/checkpoint.h"
+#include "tensor/ops.h"
 
 namespace {
 // Rows per encode/decode call when the data has no stories to go by: bounds the [rows, d_sae]
@@ -31,11 +32,11 @@ constexpr int64_t kBlockRows = 4096;
 // sae_eval, before anything is written: rows [first, first + rows) of width `width`.
 void require_finite(const float* values, int64_t first, int64_t rows, int64_t width, const char* what,
                     const std::string& sae_dir) {
-  for (int64_t i = 0; i < rows * width; ++i)
-    if (!std::isfinite(values[i]))
-      throw sae::DataError(sae::cat(sae_dir, ": the SAE's ", what, " at row ", first + i / width, ", column ",
-                                    i % width, " is ", values[i], ", not finite: its weights overflow float32 on this "
-                                    "input; nothing written"));
+  const int64_t i = sae::first_non_finite(values, rows * width);
+  if (i >= 0)
+    throw sae::DataError(sae::cat(sae_dir, ": the SAE's ", what, " at row ", first + i / width, ", column ", i % width,
+                                  " is ", values[i], ", not finite: its weights overflow float32 on this input; nothing "
+                                  "written"));
 }
 
 }  // namespace

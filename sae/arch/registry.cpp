@@ -66,17 +66,10 @@ std::string units_reading(const std::string& name) {
   return out;
 }
 
-std::string units_with_lambda() {
+std::string units_that(bool (ArchUnit::*can)() const) {
   std::string out;
   for (const ArchUnit* u : arch_units())
-    if (u->has_lambda()) out += (out.empty() ? "" : ", ") + u->name();
-  return out;
-}
-
-std::string units_training_crosscoders() {
-  std::string out;
-  for (const ArchUnit* u : arch_units())
-    if (u->trains_crosscoders()) out += (out.empty() ? "" : ", ") + u->name();
+    if ((u->*can)()) out += (out.empty() ? "" : ", ") + u->name();
   return out;
 }
 

@@ -23,10 +23,9 @@ std::string arch_unit_names(const char* separator = " | ");
 const std::vector<ArchOption>& arch_option_rows();
 // The units that read option `name`, as "topk, batchtopk"; empty when none does.
 std::string units_reading(const std::string& name);
-// The units whose sparsity coefficient is lambda (ArchUnit::has_lambda), as "standard, jumprelu, gated".
-std::string units_with_lambda();
-// The units that train crosscoders (ArchUnit::trains_crosscoders), as "standard, topk, ...".
-std::string units_training_crosscoders();
+// The units for which `can` holds, as "standard, jumprelu, gated": units_that(&ArchUnit::has_lambda)
+// (lambda is their sparsity coefficient), &ArchUnit::trains_transcoders, &ArchUnit::trains_crosscoders.
+std::string units_that(bool (ArchUnit::*can)() const);
 
 // The unit whose folder cfg.json (SAELens's "architecture", our sae_cpp.training_architecture) names:
 // DataError naming `where` when none does.

@@ -88,8 +88,8 @@ Tensor read_finite(const NamedTensorFile& weights, const std::string& name, cons
   if (!weights.has(name)) throw DataError(cat(where, ": missing tensor ", name));
   const Tensor t = weights.read_f32(name);
   const float* p = t.data<float>();
-  for (int64_t k = 0; k < t.numel(); ++k)
-    if (!std::isfinite(p[k])) throw DataError(cat(where, ": ", name, " holds ", p[k], " at element ", k));
+  const int64_t k = first_non_finite(p, t.numel());
+  if (k >= 0) throw DataError(cat(where, ": ", name, " holds ", p[k], " at element ", k));
   return t;
 }
 }  // namespace

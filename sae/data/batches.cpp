@@ -7,6 +7,8 @@
 #include <functional>
 #include <tuple>
 
+#include "tensor/ops.h"
+
 #if defined(SAE_WITH_CUDA)
 #include "sae/data/cuda_data.h"
 #endif
@@ -105,11 +107,10 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
   double sum = 0;
   for (int64_t i = 0; i < count; ++i) sum += raw[i];
   if (!std::isfinite(sum)) {
-    for (int64_t i = 0; i < count; ++i)
-      if (!std::isfinite(raw[i])) {
-        const int64_t token = token_of_row(i / d);
-        throw DataError(cat(source_name, ": non-finite activation (", raw[i], ") at token ", token, ", column ", i % d));
-      }
+    const int64_t i = first_non_finite(raw, count);
+    if (i >= 0)
+      throw DataError(cat(source_name, ": non-finite activation (", raw[i], ") at token ", token_of_row(i / d), ", column ",
+                          i % d));
     throw DataError(cat(source_name, ": activations overflow float64 when summed"));
   }
   const double mean = sum / double(count);
@@ -413,10 +414,10 @@ DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_t
   for (int64_t i = 0; i < n; ++i) {
     const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
     source.read_tokens(token, 1, row.data());
-    for (int64_t c = 0; c < d; ++c)
-      if (!std::isfinite(row[c]))
-        throw DataError(cat(source.name(), ": non-finite activation (", row[c], ") at ", source.locate(token), ", column ",
-                            c, " (estimating the dataset scale)"));
+    const int64_t c = first_non_finite(row.data(), d);
+    if (c >= 0)
+      throw DataError(cat(source.name(), ": non-finite activation (", row[c], ") at ", source.locate(token), ", column ", c,
+                          " (estimating the dataset scale)"));
     int64_t j = 0;
     for (size_t b = 0; b < widths.size(); ++b) {
       double sq = 0;

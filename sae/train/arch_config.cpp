@@ -67,7 +67,7 @@ void validate_architecture_options(const TrainConfig& c) {
     require(c.l1_warmup_steps == defaults.l1_warmup_steps,
             cat("--l1-warmup-steps does not apply to --architecture ", arch, ": it ", unit.sparsity_note()));
     require(c.target_l0 == defaults.target_l0,
-            cat("--target-l0 applies to --architecture ", units_with_lambda(), "; ", arch, " ", unit.sparsity_note()));
+            cat("--target-l0 applies to --architecture ", units_that(&ArchUnit::has_lambda), "; ", arch, " ", unit.sparsity_note()));
   }
   unit.validate(arch_settings(c), c.features);
 }

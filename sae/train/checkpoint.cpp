@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
+#include "tensor/ops.h"
 
 namespace fs = std::filesystem;
 
@@ -180,10 +181,13 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
 
 void check_adam_moment(const Tensor& moment, bool second, const std::string& where, const std::string& name) {
   const float* p = moment.data<float>();
-  for (int64_t k = 0; k < moment.numel(); ++k)
-    if (!std::isfinite(p[k]) || (second && p[k] < 0))
-      throw DataError(cat(where, ": Adam's ", second ? "adam_v." : "adam_m.", name, " holds ", p[k], " at element ", k,
-                          second ? " (must be finite and >= 0)" : " (must be finite)"));
+  int64_t k = first_non_finite(p, moment.numel());
+  if (k < 0 && second)
+    for (int64_t i = 0; i < moment.numel() && k < 0; ++i)
+      if (p[i] < 0) k = i;
+  if (k >= 0)
+    throw DataError(cat(where, ": Adam's ", second ? "adam_v." : "adam_m.", name, " holds ", p[k], " at element ", k,
+                        second ? " (must be finite and >= 0)" : " (must be finite)"));
 }
 
 void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights, const std::string& dir) {
@@ -191,10 +195,10 @@ void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights
     tensor = tensor.to(Device::CPU);
     const Tensor values = tensor.dtype() == DType::F32 ? tensor : tensor.to(DType::F32);
     const float* v = values.data<float>();
-    for (int64_t k = 0; k < values.numel(); ++k)
-      if (!std::isfinite(v[k]))
-        throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
-                            " (training made a weight that is not finite; the checkpoints saved before are kept)"));
+    const int64_t k = first_non_finite(v, values.numel());
+    if (k >= 0)
+      throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
+                          " (training made a weight that is not finite; the checkpoints saved before are kept)"));
   }
 }
 

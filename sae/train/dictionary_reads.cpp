@@ -124,10 +124,11 @@ DictionaryReads dictionary_reads(const TrainConfig& c) {
   }
   const ArchUnit* unit = find_arch_unit(c.architecture);
   if (unit && r.kind == DictionaryKind::Transcoder)
-    require(unit->trains_transcoders(), cat("--architecture ", c.architecture, " does not train transcoders"));
+    require(unit->trains_transcoders(), cat("--architecture ", c.architecture, " does not train transcoders (",
+                                            units_that(&ArchUnit::trains_transcoders), " do)"));
   if (unit && r.kind == DictionaryKind::Crosscoder) {
     require(unit->trains_crosscoders(), cat("--architecture ", c.architecture, " does not train crosscoders (",
-                                            units_training_crosscoders(), " do)"));
+                                            units_that(&ArchUnit::trains_crosscoders), " do)"));
     unit->validate_crosscoder(arch_settings(c));
   }
   require(!c.skip || r.kind == DictionaryKind::Transcoder,

@@ -271,7 +271,7 @@ std::vector<TrainOption> make_table() {
       row("skip", dictionaries, "a skip transcoder: adds a linear skip path x W_skip, W_skip starting at zero",
           defines, "skip", FIELD(skip), flag(), "false"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
-      row("l1", training, "lambda, the sparsity coefficient (of " + units_with_lambda() + ")", defines,
+      row("l1", training, "lambda, the sparsity coefficient (of " + units_that(&ArchUnit::has_lambda) + ")", defines,
           "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),
       row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
@@ -319,7 +319,7 @@ std::vector<TrainOption> make_table() {
       row("architecture", architecture, "the SAE's architecture: " + arch_unit_names(), defines, "architecture",
           FIELD(architecture), architecture_codec(), "standard"),
       row("target-l0", target, "an L0 set point: lambda is adjusted every step so that the average L0 reaches and "
-          "holds this many latents per token (" + units_with_lambda() + "); it starts at --l1, or, with --l1 0, at the "
+          "holds this many latents per token (" + units_that(&ArchUnit::has_lambda) + "); it starts at --l1, or, with --l1 0, at the "
           "data's scale (docs/architectures.md 7.7); 0 = off",
           defines, "target_l0", FIELD(target_l0), number(), "0"),
       row("target-l0-ki", target, "the controller's integral gain K_i (per step, on log lambda)", defines,

@@ -146,10 +146,10 @@ void load_init(RunStart& start, TrainConfig& config) {
   // log_threshold of -inf).
   for (const auto& [name, t] : start.params->present()) {
     const float* v = t->data<float>();  // host float32, as load_checkpoint makes them
-    for (int64_t k = 0; k < t->numel(); ++k)
-      if (!std::isfinite(v[k]))
-        throw DataError(cat("--init ", config.init, ": the trained ", name, " would start at ", v[k], " (element ", k,
-                            name == "log_threshold" ? ", a threshold of 0" : "", "): it cannot be trained from"));
+    const int64_t k = first_non_finite(v, t->numel());
+    if (k >= 0)
+      throw DataError(cat("--init ", config.init, ": the trained ", name, " would start at ", v[k], " (element ", k,
+                          name == "log_threshold" ? ", a threshold of 0" : "", "): it cannot be trained from"));
   }
   if (config.was_given("features") && config.features != start.params->d_sae())
     throw UsageError(cat("--features ", config.features, " contradicts --init ", config.init, ", whose SAE has d_sae ",

@@ -305,7 +305,7 @@ TEST(DictionaryTraining, OptionRulesAreOneLineUsageErrors) {
       {"story normalisation", [](TrainConfig& c) { c.target_data = "y.npy"; c.normalize = Normalization::Story; },
        "--normalize story"},
       {"gated transcoder", [](TrainConfig& c) { c.target_data = "y.npy"; c.architecture = "gated"; },
-       "does not train transcoders"},
+       "--architecture gated does not train transcoders (standard, topk, batchtopk, jumprelu do)"},
       {"text transcoder with --target-data",
        [](TrainConfig& c) { c.data = "text"; c.model = "m"; c.text = "t.txt"; c.target_data = "y.npy"; },
        "--target-data is for activation files"},
