@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
       if (!model_b_dir.empty())
         throw sae::UsageError(sae::cat("--model-b: ", sae_dir, " is not a crosscoder (a second model is read by a "
                                        "crosscoder over two models only)"));
+      sae::refuse_hook_choice(params, choice);  // a transcoder's encoder read its input hook only
       // Where to read: the option, else the SAE's cfg.json, else hidden_states[2]; the model is loaded
       // only up to there.
       try {

@@ -617,7 +617,14 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   }
   j["d_sae"] = sae.params.d_sae();
   j["normalization"] = normalization_name(sae.normalization);
+  // A transcoder's two scales, input and target, as its cfg.json lists them (the target's undoes the
+  // normalisation of what is spliced in).
   j["dataset_scale"] = sae.dataset_scale;
+  if (sae.params.transcoder) {
+    j["dataset_scale"] = Json::array();
+    j["dataset_scale"].push_back(sae.dataset_scale);
+    j["dataset_scale"].push_back(sae.output_scale);
+  }
   j["stories"] = r.stories;
   j["pieces"] = r.pieces;
   j["tokens"] = r.tokens;

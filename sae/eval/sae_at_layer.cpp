@@ -151,6 +151,15 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
 
 }  // namespace
 
+void refuse_hook_choice(const SaeParams& params, const HookChoice& choice) {
+  if (params.sources > 1 && choice.given())
+    throw UsageError(cat(choice.option, ": a crosscoder reads and replaces the hooks its cfg.json names "
+                         "(metadata.crosscoder_hooks)"));
+  if (params.transcoder && choice.given())
+    throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
+                         "(metadata.hook_name, metadata.hook_name_out)"));
+}
+
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
                              Device device, const DecoderConfig* model_b) {
   SaeAtLayer s;
@@ -160,15 +169,10 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   const bool npz = !checkpoint.npz.empty();
   s.cfg = std::move(checkpoint.cfg);
   const std::string where = dir + "/cfg.json";
-  if (s.params.sources > 1 && choice.given())
-    throw UsageError(cat(choice.option, ": a crosscoder reads and replaces the hooks its cfg.json names "
-                         "(metadata.crosscoder_hooks)"));
+  refuse_hook_choice(s.params, choice);
   if (s.params.sources == 1 && model_b)
     throw UsageError(cat("--model-b: ", dir, " is not a crosscoder (a second model is read by a crosscoder over two "
                          "models only)"));
-  if (s.params.transcoder && choice.given())
-    throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
-                         "(metadata.hook_name, metadata.hook_name_out)"));
   try {
     refuse_one_head(s.cfg);
   } catch (const Error& e) {

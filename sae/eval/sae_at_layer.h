@@ -84,6 +84,8 @@ std::string no_hook_point_message(const std::string& dir, bool npz);
 // attn.hook_z SAE), a hook_head_index.
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,
                              Device device, const DecoderConfig* model_b = nullptr);
+// UsageError for --hook / --layer with a crosscoder or a transcoder: its cfg.json names its hooks.
+void refuse_hook_choice(const SaeParams& params, const HookChoice& choice);
 
 // Whether DIR's cfg.json says it is a crosscoder (architecture "crosscoder"); false when it cannot
 // be read (load_sae_at_layer then says why). For programs that take SAEs and transcoders only.

@@ -144,7 +144,8 @@ Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAt
   j["sae"] = sae.dir;
   j["feature"] = options.feature;
   j["strength"] = options.strength;
-  j["layer"] = sae.layer;
+  j["hook_name"] = hook_name(sae.site);  // where the vector is added
+  j["layer"] = sae.layer >= 0 ? Json(sae.layer) : Json();  // its hidden_states index, when it is one
   j["layer_from"] = sae.layer_source;
   j["greedy"] = options.generate.greedy;
   j["temperature"] = options.generate.temperature;

@@ -109,6 +109,14 @@ TEST(SaeEvalCli, RefusesBadInputWithOneLine) {
                                  quote(eval_ref("stories.txt")), " --device cpu"),
                  1, "nomodel");
   EXPECT_FALSE(fs::exists(dir.str("o/eval.json")));
+  // A transcoder's encoder reads its input hook: sae_features encoded another hook's activations
+  // (the same width) with exit 0, where sae_eval and sae_steer refuse.
+  const std::string transcoder = std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_transcoder/tc";
+  for (const char* where : {" --hook blocks.1.hook_mlp_out", " --layer 1"})
+    expect_failure("sae_features", cat("--model ", quote(eval_ref("model")), " --sae ", quote(transcoder), " --text ",
+                                       quote(eval_ref("stories.txt")), " --device cpu --out ", quote(dir.str("f.json")),
+                                       where),
+                   2, "a transcoder reads and replaces the hooks its cfg.json names");
 }
 
 TEST(SaeEvalCli, SplicesACrosscoderOverTwoModelsWithModelB) {
@@ -159,6 +167,7 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   EXPECT_EQ(ids(j.at("unsteered").at("ids")), e.ints("gen1.greedy"));
   EXPECT_EQ(ids(j.at("steered").at("ids")), e.ints("gen1.steered"));
   EXPECT_EQ(j.at("layer").as_int(), 2);
+  EXPECT_EQ(j.at("hook_name").as_string(), "blocks.2.hook_resid_pre");  // hidden_states[2]
   EXPECT_EQ(j.at("prompt").as_string(), "The dog ran to the park and");
   const sae::testing::CommandResult text = run_binary("sae_steer", steer_args(options + " --width 30"), dir);
   ASSERT_EQ(text.exit_code, 0) << text.err;
@@ -171,6 +180,17 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   const sae::testing::CommandResult b = run_binary("sae_steer", steer_args(sampled), dir);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
+  // A transcoder is steered at the hook it replaces, which is no hidden_states index: the JSON said
+  // "layer": -1 and named no hook.
+  const sae::testing::CommandResult tc = run_binary(
+      "sae_steer", cat("--model ", quote(eval_ref("model")), " --sae ",
+                       quote(std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_transcoder/tc"),
+                       " --device cpu --feature 3 --strength 4 --prompt 'Once upon' --max-new-tokens 4 --json"),
+      dir);
+  ASSERT_EQ(tc.exit_code, 0) << tc.err;
+  const Json tc_json = Json::parse(tc.out);
+  EXPECT_EQ(tc_json.at("hook_name").as_string(), "blocks.1.hook_mlp_out");
+  EXPECT_TRUE(tc_json.at("layer").is_null());
 }
 
 TEST(SaeSteerCli, RefusesBadInputWithOneLine) {

@@ -208,7 +208,11 @@ TEST(CliModels, TrainingFromCachesRecordsWhereTheyCameFrom) {
                                  " --device cpu --progress none"),
                  dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(read_json_file(dir.str("tc_eval/eval.json")).at("hook_name").as_string(), "blocks.1.hook_mlp_out");
+  const Json tc_eval = read_json_file(dir.str("tc_eval/eval.json"));
+  EXPECT_EQ(tc_eval.at("hook_name").as_string(), "blocks.1.hook_mlp_out");
+  // Both scales, input and target, as cfg.json lists them (only the input's was reported).
+  EXPECT_EQ(tc_eval.at("dataset_scale").dump(), tc.at("sae_cpp").at("dataset_scale").dump());
+  EXPECT_EQ(tc_eval.at("dataset_scale").size(), 2u);
   r = run_binary("sae_train", cat(" --data ", quote(dir.str("blocks.1.hook_mlp_out")),
                                   " --features 24 --steps 4 --batch story --l1 0.1 --device cpu --progress none",
                                   " --normalize story --out ", quote(dir.str("kept"))),
