@@ -206,24 +206,6 @@ class JsonParser {
     return value;
   }
 
-  static void append_utf8(std::string& out, uint32_t code) {
-    if (code < 0x80) {
-      out += static_cast<char>(code);
-    } else if (code < 0x800) {
-      out += static_cast<char>(0xC0 | (code >> 6));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    } else if (code < 0x10000) {
-      out += static_cast<char>(0xE0 | (code >> 12));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (code >> 18));
-      out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    }
-  }
-
   // Copies one raw UTF-8 sequence starting at pos_, rejecting malformed, overlong and surrogate
   // encodings.
   void copy_utf8(std::string& out) {
@@ -277,7 +259,7 @@ class JsonParser {
             if (low < 0xDC00 || low > 0xDFFF) fail("high surrogate not followed by a low surrogate");
             code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
           }
-          append_utf8(out, code);
+          utf8::append(code, out);
           break;
         }
         default:

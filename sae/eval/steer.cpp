@@ -112,10 +112,7 @@ std::string display_text(const std::string& bytes) {
     if ((b >= 0x20 && b != 0x7F) || b == '\n' || b >= 0x80) {
       out += c;
     } else {  // a control byte (NUL, a tab, an escape) as its Unicode picture: U+2400 + b, DEL U+2421
-      const int code = b == 0x7F ? 0x2421 : 0x2400 + b;
-      out += static_cast<char>(0xE0 | (code >> 12));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
+      utf8::append(b == 0x7F ? 0x2421 : 0x2400 + b, out);
     }
   }
   return out;

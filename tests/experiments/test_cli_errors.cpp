@@ -32,6 +32,18 @@ const std::string kTiny =
     " --synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1"
     " --synthetic-stories 50 --synthetic-mean-length 8 --synthetic-active 2" + kTrain;
 
+// A version 1.0 .npy of shape (4, 2), written by hand as numpy lays it out.
+void write_npy_4x2(const std::string& path, const std::string& descr, const std::string& data) {
+  std::ofstream f(path, std::ios::binary);
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (4, 2), }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  f << "\x93NUMPY" << char(1) << char(0);
+  const uint16_t length = static_cast<uint16_t>(header.size());
+  f.write(reinterpret_cast<const char*>(&length), 2);
+  f << header << data;
+}
+
 void expect_error(const std::string& args, int code, const std::string& must_mention) {
   TempDir dir("cli");
   auto r = run_binary("sae_train", args + " --out " + dir.str("run"), dir);
@@ -213,18 +225,7 @@ TEST(Cli, DataErrorsExitOne) {
   write_floats(dir.str("inf.safetensors"), 20, 8, INFINITY);
   expect_error(kTrain + " --data " + dir.str("inf.safetensors"), 1, "non-finite");
   // .npy has no story boundaries: story batches are a usage error
-  {
-    std::ofstream f(dir.str("x.npy"), std::ios::binary);
-    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }";
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    f << "\x93NUMPY" << char(1) << char(0);
-    uint16_t len = header.size();
-    f.write(reinterpret_cast<const char*>(&len), 2);
-    f << header;
-    std::vector<float> v(8, 0.5f);
-    f.write(reinterpret_cast<const char*>(v.data()), 32);
-  }
+  write_npy_4x2(dir.str("x.npy"), "<f4", raw_bytes(std::vector<float>(8, 0.5f)));
   expect_error(kTrain + " --data " + dir.str("x.npy"), 2, "--batch");
   // The first bytes say what a file is, not its name: X.NPY is read as .npy, an .npz archive is named
   // as one (both read as safetensors: "header length 193340853072 is above the 100 MB limit").
@@ -236,19 +237,9 @@ TEST(Cli, DataErrorsExitOne) {
   expect_error(kTrain + " --batch 2 --normalize dataset --data " + dir.str("acts.npz"), 1,
                "acts.npz: a zip archive (.npz?): activations are one array");
   // float64 beyond float32's range: it read as "non-finite activation (inf) at token 2, column 1".
-  {
-    std::ofstream f(dir.str("big.npy"), std::ios::binary);
-    std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2), }";
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    f << "\x93NUMPY" << char(1) << char(0);
-    uint16_t len = header.size();
-    f.write(reinterpret_cast<const char*>(&len), 2);
-    f << header;
-    std::vector<double> v(8, 0.5);
-    v[5] = 1e39;
-    f.write(reinterpret_cast<const char*>(v.data()), 64);
-  }
+  std::vector<double> big(8, 0.5);
+  big[5] = 1e39;
+  write_npy_4x2(dir.str("big.npy"), "<f8", raw_bytes(big));
   expect_error(kTrain + " --batch 2 --normalize dataset --data " + dir.str("big.npy"), 1,
                "big.npy: element 5: float64 value 1e+39 is outside float32's range");
   // d mismatch with --init: an SAE for d=8 on data with d=6
