@@ -234,7 +234,7 @@ std::vector<TrainOption> make_table() {
       row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
           "(--text-field), plain or compressed (.jsonl.gz, .jsonl.zst)", defines, "text", FIELD(text), text(),
           std::string()),
-      row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream after block 2)",
+      row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream entering blocks.2: blocks.2.hook_resid_pre)",
           defines, "layer", FIELD(layer), integer(), "2"),
       row("hook", text_group, "train at this hook point instead of --layer, named as SAELens names it: "
           "blocks.L.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out | "
