@@ -211,7 +211,14 @@ cublasHandle_t cublas_handle() {
 
 cublasHandle_t cublas_handle_for(Precision precision) {
   cublasHandle_t handle = cublas_handle();
-  const cublasMath_t mode = precision == Precision::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+  // bf16: sums in float32 even where the output is bf16 (cuBLAS may otherwise reduce split-K partial
+  // sums in the output's precision; docs/contract.md: bf16 inputs, float32 accumulation).
+  const cublasMath_t mode =
+      precision == Precision::TF32
+          ? CUBLAS_TF32_TENSOR_OP_MATH
+          : (precision == Precision::BF16
+                 ? static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                 : CUBLAS_DEFAULT_MATH);
   std::lock_guard<std::mutex> lock(g_cublas_mutex);
   if (mode != g_math_mode) {
     SAE_CUBLAS_CHECK(cublasSetMathMode(handle, mode));
