@@ -52,6 +52,10 @@ void TrainConfig::validate() const {
           cat("--eps must be in [1.2e-38, 1] (added in float32), got ", eps));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
+  // (The batchers say so too; here it is said before the run's folder is made.)
+  require(!(batch_tokens > 0 && normalize == Normalization::Story),
+          "--normalize story needs --batch story (per-story statistics); use --normalize dataset or none with token "
+          "batches");
   require(!out.empty(), "--out must not be empty");
   require(checkpoint_every >= 1, cat("--checkpoint-every must be >= 1, got ", checkpoint_every));
   require(log_every >= 1, cat("--log-every must be >= 1, got ", log_every));

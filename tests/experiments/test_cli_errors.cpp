@@ -148,6 +148,12 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --normalize zscore", 2, "--normalize");
   expect_error(kTiny + " --device tpu", 2, "--device");
   expect_error(kTiny + " --batch 16 --normalize story", 2, "--normalize story");
+  {  // said before the run's folder is made (it left a folder holding .lock and config.pending.json)
+    TempDir dir("cli_story_batches");
+    const auto r = run_binary("sae_train", kTiny + " --batch 16 --normalize story --out " + dir.str("run"), dir);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_FALSE(fs::exists(dir.str("run")));
+  }
   expect_error(kTiny + " --synthetic-concepts 0", 2, "--synthetic-concepts");
   // Options of a model's text with --data: they were recorded and ignored (and --layer-list trained one
   // SAE per layer, each the same).
