@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
       throw sae::UsageError(sae::cat("--long-stories: expected error or split, got '", long_stories, "'"));
     if (max_stories < 0) throw sae::UsageError("--max-stories must be >= 0");
     const std::string text_field = parsed["text-field"].as<std::string>();
+    sae::check_text_field(text, text_field);
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     const int64_t context_size = parsed["context-size"].as<int64_t>();
     if (context_size < 0) throw sae::UsageError(sae::cat("--context-size must be >= 0, got ", context_size));

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
     eval.text = parsed["text"].as<std::string>();
     eval.max_stories = parsed["max-stories"].as<int64_t>();
     eval.text_field = parsed["text-field"].as<std::string>();
+    sae::check_text_field(eval.text, eval.text_field);
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 0)
       throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
     if (sae_dir.empty()) throw sae::UsageError("--sae DIR is required");
     if (text.empty() == data.empty()) throw sae::UsageError("give the stories: --model DIR --text FILE, or --data FILE");
     if (!text.empty() && model_dir.empty()) throw sae::UsageError("--text FILE needs --model DIR (the language model)");
+    if (!text.empty()) sae::check_text_field(text, parsed["text-field"].as<std::string>());
     if (!model_b_dir.empty() && text.empty()) throw sae::UsageError("--model-b DIR goes with --model and --text");
     if (!text.empty()) sae::require_input_file(text);
     if (data == "synthetic")

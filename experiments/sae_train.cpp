@@ -126,6 +126,7 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   if (!base.resume.empty())
     throw sae::UsageError(sae::cat("--", option, "-list and --resume: --resume OUT continues the SAEs its list started "
                                    "(OUT/sweep.json); give it alone"));
+  sae::refuse_options_without_effect(base);  // said before OUT and its sweep.json are made (its SAEs share them)
   if (!owner) return sweep_configs(base, option, values);
   const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
   std::filesystem::create_directories(base.out);

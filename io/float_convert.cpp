@@ -2,6 +2,7 @@
 #include "io/float_convert.h"
 
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 
@@ -83,7 +84,7 @@ bool is_float_dtype(const std::string& dtype) {
 }
 
 void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out, std::string_view where,
-                    int64_t first_element) {
+                    int64_t first_element, int64_t row_width) {
   const uint8_t* bytes = static_cast<const uint8_t*>(src);
   if (dtype == "F32") {
     if (count > 0) std::memcpy(out, bytes, count * 4);
@@ -99,10 +100,15 @@ void convert_to_f32(const void* src, const std::string& dtype, size_t count, flo
       double value;
       std::memcpy(&value, bytes + 8 * i, 8);
       out[i] = static_cast<float>(value);
-      if (std::isinf(out[i]) && std::isfinite(value))
-        throw DataError(cat(where.empty() ? std::string_view("float64 data") : where, ": element ",
-                            first_element + static_cast<int64_t>(i), ": float64 value ", value,
-                            " is outside float32's range (|x| <= 3.40282e+38)"));
+      if (std::isinf(out[i]) && std::isfinite(value)) {
+        const int64_t at = first_element + static_cast<int64_t>(i);
+        char text[32] = {};
+        std::to_chars(text, text + sizeof text - 1, value);  // the shortest that reads back
+        throw DataError(cat(where.empty() ? std::string_view("float64 data") : where, ": ",
+                            row_width > 0 ? cat("row ", at / row_width, ", column ", at % row_width) : cat("element ", at),
+                            ": float64 value ", text, " is outside float32's range (it rounds to inf; float32's "
+                            "largest value is 3.4028234663852886e+38)"));
+      }
     }
   } else {
     throw Error(cat("convert_to_f32: cannot convert ", dtype, " to float32"));

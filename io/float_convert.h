@@ -20,11 +20,12 @@ uint16_t f32_to_bf16(float value);
 // True for the dtypes convert_to_f32 accepts.
 bool is_float_dtype(const std::string& dtype);
 
-// Converts count elements stored as dtype at src (any alignment) into out. A finite float64 beyond
-// float32's range is a DataError "WHERE: element N: float64 value V is outside float32's range"
-// (N counted from first_element), not an inf that later reads as a non-finite input.
+// Converts count elements stored as dtype at src (any alignment) into out. A finite float64 that
+// rounds to inf in float32 is a DataError "WHERE: row R, column C: float64 value V is outside
+// float32's range" (element N counted from first_element; "element N" when row_width is 0), not an
+// inf that later reads as a non-finite input.
 void convert_to_f32(const void* src, const std::string& dtype, size_t count, float* out, std::string_view where = "",
-                    int64_t first_element = 0);
+                    int64_t first_element = 0, int64_t row_width = 0);
 // Converts count float32 values into dtype ("F32", "F16" or "BF16") at out (any alignment).
 void convert_from_f32(const float* in, size_t count, const std::string& dtype, void* out);
 

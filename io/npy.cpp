@@ -232,7 +232,7 @@ void NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count, float* out) co
     throw Error(cat(path(), ": rows [", row_begin, ", ", row_begin + row_count, ") out of range: the array has ", rows, " rows"));
   int64_t row_width = rows == 0 ? 0 : numel() / rows;
   convert_to_f32(data_ + static_cast<size_t>(row_begin * row_width) * element_size_, dtype_,
-                 static_cast<size_t>(row_count * row_width), out, path(), row_begin * row_width);
+                 static_cast<size_t>(row_count * row_width), out, path(), row_begin * row_width, row_width);
 }
 
 void write_npy(const std::string& path, const Tensor& tensor) {

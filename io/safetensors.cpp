@@ -226,7 +226,8 @@ void SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, 
   size_t element_size = safetensors_dtype_size(e.dtype);
   const uint8_t* src = static_cast<const uint8_t*>(e.data) + static_cast<size_t>(row_begin * row_width) * element_size;
   convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out,
-                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string(), row_begin * row_width);
+                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string(), row_begin * row_width,
+                 row_width);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {

@@ -45,14 +45,21 @@ std::string without_compression(const std::string& path) {
 
 }  // namespace
 
+bool is_json_lines_path(const std::string& path) {
+  const std::string name = without_compression(path);
+  return ends_with(name, ".jsonl") || ends_with(name, ".json");
+}
+
+void check_text_field(const std::string& text, const std::string& field) {
+  if (field != "text" && !is_json_lines_path(text))  // it would be ignored: plain text has no fields
+    throw UsageError(cat("--text-field ", field, " names a field of JSON lines (.jsonl): ", text,
+                         " is plain text, stories separated by <|endoftext|>"));
+}
+
 StoryReader::StoryReader(const std::string& path, const std::string& text_field)
     : path_(path), text_field_(text_field), lines_(path) {
-  const std::string name = without_compression(path);
-  jsonl_ = ends_with(name, ".jsonl") || ends_with(name, ".json");
+  jsonl_ = is_json_lines_path(path);
   if (text_field_.empty()) throw UsageError("--text-field must not be empty");
-  if (!jsonl_ && text_field_ != "text")  // it would be ignored: plain text has no fields
-    throw UsageError(cat("--text-field ", text_field_, " names a field of JSON lines (.jsonl): ", path,
-                         " is plain text, stories separated by <|endoftext|>"));
 }
 
 StoryReader::~StoryReader() = default;

@@ -35,6 +35,11 @@ struct TextPosition {
   bool operator==(const TextPosition& other) const = default;
 };
 
+// Whether PATH is read as JSON lines (.jsonl or .json, perhaps .gz / .zst): else plain text.
+bool is_json_lines_path(const std::string& path);
+// UsageError for a --text-field other than the default with a plain-text corpus (it would be ignored).
+void check_text_field(const std::string& text, const std::string& field);
+
 class StoryReader {
  public:
   // A story longer than this many bytes is an error (a file without separators, read as one story).

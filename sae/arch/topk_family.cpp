@@ -61,7 +61,6 @@ void validate_topk_family(const ArchSettings& s, int64_t d_sae, const std::strin
   require(std::isfinite(alpha) && alpha >= 0, cat("--auxk-coefficient must be a finite number >= 0, got ", alpha));
   const int64_t k_aux = s.integer("auxk-k");
   require(k_aux >= 0 && k_aux <= d_sae, cat("--auxk-k must be in [0, ", d_sae, "] (0 = d_out / 2), got ", k_aux));
-  require(k_aux == 0 || alpha > 0, "--auxk-k sets AuxK's k_aux: AuxK is off (--auxk-coefficient 0)");
 }
 
 DictionaryInit topk_family_dictionary_init(const ArchSettings& s) {

@@ -55,6 +55,7 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
     }
     o.parse(c, option_value(parsed, profile, o.name));
     if (parsed.count(o.name) > 0 || profile.count(o.name) > 0) c.given.push_back(o.name);
+    if (parsed.count(o.name) == 0 && profile.count(o.name) > 0) c.from_profile.push_back(o.name);
   }
   if (!c.init.empty() && !c.resume.empty()) throw UsageError("--init and --resume cannot be used together");
   if (!c.model.empty() || !c.text.empty()) {  // text through the model: no activation --data
@@ -170,7 +171,7 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
     for (int i = 1; i < argc; ++i)  // paths and values are recorded in JSON, which holds UTF-8 text only
       if (!utf8::is_valid(argv[i]))
         throw UsageError(cat("argument ", i, " '", printable(argv[i]), "' is not UTF-8 text (paths and values are "
-                             "recorded in JSON files, which hold UTF-8 only): rename the file or folder"));
+                             "recorded in JSON files, which hold UTF-8 only)"));
     return body();
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());

@@ -1,18 +1,19 @@
 // Activation files (safetensors, .npy; memory-mapped) and the shared ActivationSource helpers.
 #include "sae/data/activations.h"
 
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 
 #include "io/file_fingerprint.h"
 #include "sae/data/activation_cache.h"
 #include "sae/data/synthetic.h"
+#include "io/mapped_file.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "tensor/ops.h"
@@ -70,11 +71,12 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 // gave "header length 193340853072 is above the 100 MB limit").
 enum class Magic { Npy, Zip, Other };
 Magic file_magic(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  const int fd = open_regular_file(path);  // a FIFO, a device or a folder is refused, never read
   char head[6] = {};
-  in.read(head, sizeof head);
-  if (in.gcount() == 6 && std::memcmp(head, "\x93NUMPY", 6) == 0) return Magic::Npy;
-  if (in.gcount() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return Magic::Zip;
+  const ssize_t got = ::read(fd, head, sizeof head);
+  ::close(fd);
+  if (got == 6 && std::memcmp(head, "\x93NUMPY", 6) == 0) return Magic::Npy;
+  if (got >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return Magic::Zip;
   return Magic::Other;
 }
 

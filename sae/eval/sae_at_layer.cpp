@@ -153,11 +153,11 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
 
 void refuse_hook_choice(const SaeParams& params, const HookChoice& choice) {
   if (params.sources > 1 && choice.given())
-    throw UsageError(cat(choice.option, ": a crosscoder reads and replaces the hooks its cfg.json names "
+    throw UsageError(cat(choice.option, ": a crosscoder's hooks are those its cfg.json names "
                          "(metadata.crosscoder_hooks)"));
   if (params.transcoder && choice.given())
-    throw UsageError(cat(choice.option, ": a transcoder reads and replaces the hooks its cfg.json names "
-                         "(metadata.hook_name, metadata.hook_name_out)"));
+    throw UsageError(cat(choice.option, ": a transcoder's hooks are those its cfg.json names (metadata.hook_name, "
+                         "the input it reads; metadata.hook_name_out, the output it replaces)"));
 }
 
 SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model, const HookChoice& choice,

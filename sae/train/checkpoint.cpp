@@ -181,10 +181,9 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
 
 void check_adam_moment(const Tensor& moment, bool second, const std::string& where, const std::string& name) {
   const float* p = moment.data<float>();
-  int64_t k = first_non_finite(p, moment.numel());
-  if (k < 0 && second)
-    for (int64_t i = 0; i < moment.numel() && k < 0; ++i)
-      if (p[i] < 0) k = i;
+  int64_t k = -1;  // the first element that is not finite (or, for v, negative)
+  for (int64_t i = 0; i < moment.numel() && k < 0; ++i)
+    if (!std::isfinite(p[i]) || (second && p[i] < 0)) k = i;
   if (k >= 0)
     throw DataError(cat(where, ": Adam's ", second ? "adam_v." : "adam_m.", name, " holds ", p[k], " at element ", k,
                         second ? " (must be finite and >= 0)" : " (must be finite)"));

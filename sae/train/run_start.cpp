@@ -208,6 +208,7 @@ RunStart start_run(TrainConfig config, bool owner) {
       try {
         TrainConfig own = resumed_config(saved, TrainConfig{});
         own.resume = cli.resume;
+        own.trained_before = !from_the_start;
         own.validate();
       } catch (const UsageError& e) {
         throw DataError(cat("a value the file holds: ", e.what()));
@@ -222,6 +223,8 @@ RunStart start_run(TrainConfig config, bool owner) {
     config.out = run_dir;
     config.resume = cli.resume;
     config.given = cli.given;
+    config.from_profile = cli.from_profile;
+    config.trained_before = !from_the_start;
     if (from_the_start) {
       if (!config.init.empty()) load_init(start, config);
     } else {

@@ -6,6 +6,7 @@
 #include <limits>
 #include <tuple>
 
+#include "lm/text_data.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/dictionary_reads.h"
 #include "sae/train/feature_stats.h"
@@ -33,13 +34,7 @@ void TrainConfig::validate() const {
                                "bos-activations", "text-chunk-tokens"})
       require(!was_given(option), cat("--", option, " applies only to training from text (--model, --text); --data ",
                                       data, " holds its activations as they are"));
-  if (data != "synthetic")  // the generator's parameters: a file or a model's text has none
-    for (const std::string& option : given)
-      require(option.rfind("synthetic-", 0) != 0,
-              cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", data));
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
-  require(!(was_given("text-chunk-tokens") && batch_tokens == 0),
-          "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
   require(context_size >= 0 && context_size <= (int64_t(1) << 24),
           cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
   require(!text_field.empty(), "--text-field must not be empty");
@@ -68,14 +63,7 @@ void TrainConfig::validate() const {
           cat("--shards ", shards, " does not divide --features ", features, " (each shard holds F / S latents)"));
   validate_architecture_options(*this);
   dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
-  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1.
-  // (Given ones only: a resumed run keeps its own, and a longer --steps extends it.)
-  for (const auto& [option, length, effect] :
-       {std::tuple<const char*, int64_t, const char*>{"lr-warmup-steps", lr_warmup_steps, "the lr would never reach --lr"},
-        {"lr-decay-steps", lr_decay_steps, "the lr would start below --lr"},
-        {"l1-warmup-steps", l1_warmup_steps, "lambda would never reach --l1"}})
-    require(!was_given(option) || length <= steps,
-            cat("--", option, " ", length, " is more than --steps ", steps, ": ", effect));
+  if (!trained_before) refuse_options_without_effect(*this);
   const TrainConfig defaults;
   if (target_l0 == 0) {
     // (Given ones: a run from before the gains' defaults changed records the old ones.)
@@ -98,6 +86,36 @@ void TrainConfig::validate() const {
   else  // the values themselves still (an out-of-range value was recorded)
     check_feature_stats_options(1, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   if (data == "synthetic") synthetic.validate();
+}
+
+void refuse_options_without_effect(const TrainConfig& c) {
+  const TrainConfig defaults;
+  const auto source = [&](const char* option) {
+    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end() ? " (set by the profile)"
+                                                                                                 : "";
+  };
+  // The generator's parameters: a file or a model's text has none (a profile's are left aside).
+  if (c.data != "synthetic")
+    for (const std::string& option : c.given)
+      require(option.rfind("synthetic-", 0) != 0 ||
+                  std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end(),
+              cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", c.data));
+  require(c.text_chunk_tokens == defaults.text_chunk_tokens || c.batch_tokens > 0,
+          "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
+  require(c.data != "text" || c.text_field == defaults.text_field || is_json_lines_path(c.text),
+          cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
+              " is plain text, stories separated by <|endoftext|>"));
+  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1.
+  for (const auto& [option, length, effect] :
+       {std::tuple<const char*, int64_t, const char*>{"lr-warmup-steps", c.lr_warmup_steps, "the lr would never reach --lr"},
+        {"lr-decay-steps", c.lr_decay_steps, "the lr would start below --lr"},
+        {"l1-warmup-steps", c.l1_warmup_steps, "lambda would never reach --l1"}})
+    require(length <= c.steps,
+            cat("--", option, " ", length, source(option), " is more than --steps ", c.steps, ": ", effect));
+  const ArchSettings arch = arch_settings(c);
+  if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
+    require(arch.integer("auxk-k") == 0 || arch.number("auxk-coefficient") > 0,
+            "--auxk-k sets AuxK's k_aux: AuxK is off (--auxk-coefficient 0)");
 }
 
 bool TrainConfig::was_given(const std::string& option) const {

@@ -100,6 +100,12 @@ struct TrainConfig {
   // refuse one that contradicts the run, and --init one that contradicts the checkpoint.
   std::vector<std::string> given;
   bool was_given(const std::string& option) const;
+  // Of those, the ones only a profile set (--profile demo, a study's per-run values).
+  std::vector<std::string> from_profile;
+  // Not an option: a --resume from a checkpoint (the run has trained). Options that would have no
+  // effect are refused only before a run trains (docs/contract.md §5), so a run recorded before a
+  // refusal existed still resumes.
+  bool trained_before = false;
 
   void validate() const;  // UsageError naming the option
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
@@ -109,6 +115,12 @@ struct TrainConfig {
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };
+
+// UsageError for an option that would have no effect and would be recorded as if it had (docs/
+// contract.md §5): --synthetic-* beside other data (a profile's are left aside), --text-chunk-tokens
+// with story batches, --text-field with plain text, a schedule longer than --steps, --auxk-k with
+// AuxK off. By value (a default has no effect to miss); validate() calls it before a run trains.
+void refuse_options_without_effect(const TrainConfig& c);
 
 // Parses --batch: "story" or a positive integer. UsageError otherwise.
 int64_t parse_batch(const std::string& text);

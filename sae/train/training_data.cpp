@@ -85,7 +85,7 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
                          folder.config.max_positions, " positions"));
   options.text_field = config.text_field;
   options.bos = resolve_bos(config.prepend_bos, *data.tokenizer);
-  if (config.was_given("bos-activations") && config.keep_bos_activations && options.bos < 0)
+  if (!config.trained_before && config.keep_bos_activations && options.bos < 0)  // (docs/contract.md §5)
     throw UsageError(no_bos_to_keep(config.prepend_bos));
   options.context_size = config.context_size;
   options.keep_bos = config.keep_bos_activations;

@@ -170,6 +170,13 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --lr-decay-steps 4", 2, "--lr-decay-steps 4 is more than --steps 3: the lr would start below --lr");
   expect_error(kTiny + " --lr-warmup-steps 5", 2, "--lr-warmup-steps 5 is more than --steps 3: the lr would never reach");
   expect_error(kTiny + " --l1-warmup-steps 9", 2, "--l1-warmup-steps 9 is more than --steps 3: lambda would never reach");
+  expect_error(" --profile demo --steps 50", 2, "--l1-warmup-steps 100 (set by the profile) is more than --steps 50");
+  {  // a list's SAEs share OUT: said before OUT and its sweep.json are made (a --resume then trained them)
+    TempDir dir("cli_list_schedule");
+    const auto r = run_binary("sae_train", kTiny + " --l1-list 1,2 --lr-warmup-steps 10 --out " + dir.str("run"), dir);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_FALSE(fs::exists(dir.str("run")));
+  }
   // Out of range with statistics off: it was accepted and recorded.
   expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-k -5", 2, "--feature-stats-k must be in [1, 1000]");
   // It said "--k applies only to ...", naming an option the command line did not give.
@@ -191,6 +198,27 @@ TEST(Cli, UsageErrorsExitTwo) {
 #ifndef SAE_WITH_CUDA
   expect_error(kTiny + " --device cuda", 2, "--device cuda");
 #endif
+}
+
+// The refusals of options without effect hold before a run trains: a run recorded before they
+// existed (here: config.json edited to an --auxk-k beside --auxk-coefficient 0) still resumes, and a
+// profile's generator options are left aside beside a file (--profile demo --data FILE trained before).
+TEST(Cli, RefusalsOfOptionsWithoutEffectLeaveRecordedRunsAndProfilesAlone) {
+  TempDir dir("cli_no_effect");
+  auto made = run_binary("sae_train", kTiny + " --architecture topk --k 2 --auxk-coefficient 0 --checkpoint-every 2 --out " +
+                                          dir.str("old"), dir);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const std::string config = dir.str("old/config.json");
+  Json j = read_json_file(config);
+  j["auxk_k"] = 3;
+  std::ofstream(config) << j.dump(2);
+  auto resumed = run_binary("sae_train", "--resume " + dir.str("old") + " --steps 5 --progress none", dir);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  write_floats(dir.str("acts.safetensors"), 600, 8);
+  auto demo = run_binary("sae_train", " --profile demo --data " + dir.str("acts.safetensors") +
+                                          " --steps 2 --l1-warmup-steps 0 --features 16 --progress none --out " +
+                                          dir.str("demo"), dir);
+  EXPECT_EQ(demo.exit_code, 0) << demo.err;
 }
 
 TEST(Cli, DataErrorsExitOne) {
@@ -247,7 +275,7 @@ TEST(Cli, DataErrorsExitOne) {
   big[5] = 1e39;
   write_npy_4x2(dir.str("big.npy"), "<f8", raw_bytes(big));
   expect_error(kTrain + " --batch 2 --normalize dataset --data " + dir.str("big.npy"), 1,
-               "big.npy: element 5: float64 value 1e+39 is outside float32's range");
+               "big.npy: row 2, column 1: float64 value 1e+39 is outside float32's range");
   // d mismatch with --init: an SAE for d=8 on data with d=6
   auto made = run_binary("sae_train", kTiny + " --out " + dir.str("init"), dir);
   ASSERT_EQ(made.exit_code, 0) << made.err;

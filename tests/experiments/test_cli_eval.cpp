@@ -116,7 +116,7 @@ TEST(SaeEvalCli, RefusesBadInputWithOneLine) {
     expect_failure("sae_features", cat("--model ", quote(eval_ref("model")), " --sae ", quote(transcoder), " --text ",
                                        quote(eval_ref("stories.txt")), " --device cpu --out ", quote(dir.str("f.json")),
                                        where),
-                   2, "a transcoder reads and replaces the hooks its cfg.json names");
+                   2, "a transcoder's hooks are those its cfg.json names");
 }
 
 TEST(SaeEvalCli, SplicesACrosscoderOverTwoModelsWithModelB) {
@@ -139,7 +139,7 @@ TEST(SaeEvalCli, SplicesACrosscoderOverTwoModelsWithModelB) {
   expect_failure("sae_eval", eval_args(ref + "xc", dir.str("o")) + model_b, 2, "reads hooks of one model only");
   expect_failure("sae_eval", eval_args(eval_ref("sae_story"), dir.str("o")) + model_b, 2, "is not a crosscoder");
   expect_failure("sae_eval", eval_args(ref + "xc", dir.str("o")) + " --hook blocks.1.hook_resid_post", 2,
-                 "a crosscoder reads and replaces");
+                 "a crosscoder's hooks are those its cfg.json names");
   // A second model whose tokenizer is not the model's.
   fs::create_directories(dir.str("other_b"));
   for (const char* file : {"config.json", "model.safetensors"}) fs::copy_file(ref + "model_b/" + file, dir.str("other_b/") + file);

@@ -117,6 +117,18 @@ TEST(HostileInput, AFifoAsTextIsRefusedAtOnceByEveryProgram) {
                       "stories.fifo: it is a FIFO (named pipe), not a regular file");
 }
 
+// A FIFO as an activation file: reading its first bytes (which say .npy or .npz) blocked until
+// something wrote to it; refused at once, as a FIFO as --text is.
+TEST(HostileInput, AFifoAsActivationsIsRefusedAtOnce) {
+  TempDir dir("hostile_fifo_data");
+  ASSERT_EQ(::mkfifo(dir.str("acts.fifo").c_str(), 0600), 0);
+  const sae::testing::CommandResult train = sae::testing::run_binary(
+      "sae_train", cat("--data ", dir.str("acts.fifo"), " --features 8 --steps 1 --progress none --out ", dir.str("run")),
+      dir);
+  EXPECT_EQ(train.exit_code, 1) << train.err;
+  EXPECT_NE(train.err.find("acts.fifo: it is a FIFO (named pipe), not a regular file"), std::string::npos) << train.err;
+}
+
 // Defect 11: a directory as --text: our line, not the library's "filesystem error: ..." text.
 TEST(HostileInput, ADirectoryAsTextIsOneLineNamingIt) {
   TempDir dir("hostile_dir");

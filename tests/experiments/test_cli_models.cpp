@@ -272,4 +272,9 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
     EXPECT_EQ(count_lines(r.err), 1) << r.err;
     EXPECT_NE(r.err.find(b.mention), std::string::npos) << r.err;
   }
+  // The folder the BOS refusal leaves (found once the tokenizer is read) is refused on --resume too:
+  // nothing has trained, so its options are checked as a new run's (it trained what was refused).
+  r = run_binary("sae_train", "--resume " + quote(dir.str("x7")) + " --progress none", dir);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("this run puts no BOS before its windows"), std::string::npos) << r.err;
 }

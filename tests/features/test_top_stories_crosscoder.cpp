@@ -262,7 +262,7 @@ TEST(TopStoriesCrosscoder, TheProgramReadsEverySourceAndRefusesWhatDoesNotFit) {
   const std::tuple<std::string, int, std::string> cases[] = {
       {diff + text, 2, "give --model-b"},
       {xc + text + model_b, 2, "reads hooks of one model only"},
-      {xc + text + " --hook blocks.1.hook_resid_post", 2, "a crosscoder reads and replaces"},
+      {xc + text + " --hook blocks.1.hook_resid_post", 2, "a crosscoder's hooks are those its cfg.json names"},
       {" --sae " + eval_ref("sae_story") + text + model_b, 2, "is not a crosscoder"},
       {xc + " --data " + eval_ref("stories.txt"), 2, "one activation file per source"},
       {" --sae " + eval_ref("sae_story") + " --data a,b", 2, "reads one"},

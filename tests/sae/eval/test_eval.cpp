@@ -186,7 +186,7 @@ TEST(SaeEval, ATranscoderSplicedForItsMlpMatchesThePyTorchSplice) {
   EXPECT_EQ(r.dead, 4);
   // A transcoder's hooks come from its folder: --hook is refused in one line.
   EXPECT_NE(error_of([&] { load_sae_at_layer(folder + "tc", lm.model.config(), layer_choice(2), Device::CPU); })
-                .find("a transcoder reads and replaces"),
+                .find("a transcoder's hooks are those its cfg.json names"),
             std::string::npos);
 }
 

@@ -188,7 +188,7 @@ TEST(SaeEvalCrosscoder, RefusesWhatDoesNotFitWithOneLine) {
   std::string message = error_of([&] {
     load_sae_at_layer(xc_ref("xc"), config, hook_choice("blocks.1.hook_resid_post", -1, false), Device::CPU);
   });
-  EXPECT_NE(message.find("a crosscoder reads and replaces"), std::string::npos) << message;
+  EXPECT_NE(message.find("a crosscoder's hooks are those its cfg.json names"), std::string::npos) << message;
   // A crosscoder over two models needs the second; a crosscoder of one model or an SAE refuses it.
   message = error_of([&] { load_sae_at_layer(xc_ref("diff"), config, HookChoice{}, Device::CPU); });
   EXPECT_NE(message.find("give --model-b"), std::string::npos) << message;
