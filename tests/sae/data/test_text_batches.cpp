@@ -111,8 +111,10 @@ TEST(TextData, RunsOverTextResumeBitExactly) {
   for (int64_t batch : {int64_t(0), int64_t(40)}) {
     TrainConfig full = text_config(dir.str(cat("full_", batch)));
     full.batch_tokens = batch;
-    full.text_chunk_tokens = 100;  // several chunks, and batches that cross them
-    if (batch > 0) full.normalize = Normalization::Dataset;
+    if (batch > 0) {
+      full.text_chunk_tokens = 100;  // several chunks, and batches that cross them (story batches have none)
+      full.normalize = Normalization::Dataset;
+    }
     train(full);
     TrainConfig cut = full;
     cut.out = dir.str(cat("cut_", batch));

@@ -598,7 +598,7 @@ TEST(FeatureStatsTraining, TextRunsKeepTheStoriesTokensAroundEachTopActivation) 
     c.steps = 20;
     c.batch_tokens = batch;
     c.normalize = batch ? Normalization::Dataset : Normalization::Story;
-    c.text_chunk_tokens = 200;
+    if (batch > 0) c.text_chunk_tokens = 200;  // (story batches have no chunks)
     c.progress = ProgressMode::None;
     c.device = DeviceChoice::Cpu;
     c.feature_stats_steps = 20;
