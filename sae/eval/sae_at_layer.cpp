@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/dictionary_reads.h"
@@ -150,6 +151,26 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
 }
 
 }  // namespace
+
+std::string other_model_warning(const Json& cfg, const std::string& model_dir, bool model_b) {
+  const char* key = model_b ? "model_b_fingerprint" : "model_fingerprint";
+  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object() || !cfg.at("sae_cpp").has("data")) return "";
+  const Json& data = cfg.at("sae_cpp").at("data");
+  if (!data.is_object() || !data.has(key) || !data.at(key).is_string()) return "";
+  std::string now;
+  try {
+    now = model_weights_fingerprint(model_dir);
+  } catch (const Error&) {  // the model's own loading says what is wrong with its files
+    return "";
+  }
+  if (now == data.at(key).as_string()) return "";
+  const char* trained_key = model_b ? "model_b" : "model";
+  const std::string trained = data.has(trained_key) && data.at(trained_key).is_string()
+                                  ? cat(" (", data.at(trained_key).as_string(), " when it was trained)")
+                                  : "";
+  return cat(model_dir, ": its weights are not those the SAE was trained on", trained,
+             ": the numbers are this model's, not the training model's");
+}
 
 void refuse_hook_choice(const SaeParams& params, const HookChoice& choice) {
   if (params.sources > 1 && choice.given())

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <optional>
-#include <set>
 
 #include "io/file_fingerprint.h"
 #include "lm/model_loader.h"
@@ -35,21 +34,6 @@ DecoderModel load_up_to(const std::string& dir, const ModelFolder& folder, const
   for (const HookSite& s : sites)
     if (before(last, s)) last = s;
   return load_decoder_model(dir, device, ModelPart::up_to(last, folder.config.num_layers));
-}
-
-// The fingerprints of a model folder's weight files (model.safetensors, or its index and every
-// shard it names), joined: a run resumed on a model replaced under the same path can tell.
-std::string model_weights_fingerprint(const std::string& dir) {
-  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
-  if (std::filesystem::exists(single)) return file_fingerprint(single);
-  std::string joined = file_fingerprint(index);
-  std::set<std::string> shards;
-  const Json j = read_json_file(index);
-  if (j.is_object() && j.has("weight_map") && j.at("weight_map").is_object())
-    for (const auto& [name, shard] : j.at("weight_map").items())
-      if (shard.is_string()) shards.insert(shard.as_string());
-  for (const std::string& shard : shards) joined += cat("|", shard, "=", file_fingerprint(dir + "/" + shard));
-  return joined;
 }
 
 TrainingData open_text(const TrainConfig& config, const std::vector<std::string>& reads, Device device,

@@ -243,6 +243,26 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
                  dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(read_json_file(dir.str("eval/eval.json")).at("hook_name").as_string(), "blocks.2.ln2.hook_normalized");
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;  // the model it was trained on
+  // Another model of the same shapes (one weight byte changed): widths cannot tell, the recorded
+  // fingerprint can. The numbers are still given, with one warning line.
+  fs::copy(model_dir("pythia"), dir.str("other_pythia"), fs::copy_options::recursive);
+  {
+    std::fstream weights(dir.str("other_pythia/model.safetensors"), std::ios::in | std::ios::out | std::ios::binary);
+    weights.seekg(-1, std::ios::end);
+    const char last = static_cast<char>(weights.get());
+    weights.seekp(-1, std::ios::end);
+    weights.put(static_cast<char>(last ^ 1));
+  }
+  r = run_binary("sae_eval", cat(" --model ", quote(dir.str("other_pythia")), " --text ", quote(corpus),
+                                 " --text-field content --sae ", quote(dir.str("run/sae")), " --out ",
+                                 quote(dir.str("eval_other")), " --device cpu --progress none"),
+                 dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("sae_eval: warning: " + dir.str("other_pythia") + ": its weights are not those the SAE was "
+                       "trained on"),
+            std::string::npos)
+      << r.err;
 
   const struct {
     std::string args;
