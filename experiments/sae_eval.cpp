@@ -92,10 +92,8 @@ int main(int argc, char** argv) {
     }
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device,
                                                        model_b ? &model_b->config() : nullptr);
-    for (const auto& [dir, is_b] : {std::pair<std::string, bool>{model_dir, false}, {model_b_dir, true}}) {
-      const std::string warning = dir.empty() ? "" : sae::other_model_warning(sae.cfg, dir, is_b);
-      if (!warning.empty()) std::fprintf(stderr, "sae_eval: warning: %s\n", warning.c_str());
-    }
+    for (const std::string& warning : sae::other_model_warnings(sae.cfg, model_dir, model_b_dir))
+      std::fprintf(stderr, "sae_eval: warning: %s\n", warning.c_str());
     eval.bos = sae::bos_for_sae(bos_mode, sae, tokenizer);
     eval.context_size = parsed.count("context-size") ? parsed["context-size"].as<int64_t>()
                                                      : std::min(sae.context_size, model.config().max_positions);

@@ -89,10 +89,8 @@ int main(int argc, char** argv) {
     const sae::Checkpoint checkpoint = sae::load_checkpoint(sae_dir, device, /*with_state=*/false);
     const sae::SaeParams& params = checkpoint.params;
     if (!text.empty())  // (from --data, --model names only the tokenizer of the file's token ids)
-      for (const auto& [dir, is_b] : {std::pair<std::string, bool>{model_dir, false}, {model_b_dir, true}}) {
-        const std::string warning = dir.empty() ? "" : sae::other_model_warning(checkpoint.cfg, dir, is_b);
-        if (!warning.empty()) std::fprintf(stderr, "sae_features: warning: %s\n", warning.c_str());
-      }
+      for (const std::string& warning : sae::other_model_warnings(checkpoint.cfg, model_dir, model_b_dir))
+        std::fprintf(stderr, "sae_features: warning: %s\n", warning.c_str());
     const sae::InputNormalization normalization =
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);

@@ -78,8 +78,8 @@ int main(int argc, char** argv) {
       throw sae::UsageError(sae::cat(sae_dir, " is a crosscoder: steering along its decoder rows at each of its hooks "
                                      "is not done (sae_steer takes SAEs and transcoders)"));
     const sae::SaeAtLayer sae = sae::load_sae_at_layer(sae_dir, model.config(), choice, device);
-    const std::string warning = sae::other_model_warning(sae.cfg, model_dir);
-    if (!warning.empty()) std::fprintf(stderr, "sae_steer: warning: %s\n", warning.c_str());
+    for (const std::string& warning : sae::other_model_warnings(sae.cfg, model_dir))
+      std::fprintf(stderr, "sae_steer: warning: %s\n", warning.c_str());
     steer.bos = sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), sae, tokenizer);
     const sae::SteerResult result = sae::steer(model, tokenizer, sae, prompt, steer);
 

@@ -85,6 +85,12 @@ SafetensorsEntry parse_entry(const std::string& name, const Json& info, const st
   return e;
 }
 
+// What convert_to_f32 names in its one error, a float64 beyond float32's range ("" for other dtypes,
+// which cannot have one: the string is made only where it can be needed).
+std::string float64_where(const std::string& path, const SafetensorsEntry& e, const std::string& name) {
+  return e.dtype == "F64" ? cat(path, ": tensor '", printable(name), "'") : std::string();
+}
+
 }  // namespace
 
 size_t safetensors_dtype_size(const std::string& dtype) {
@@ -200,8 +206,7 @@ Tensor SafetensorsFile::read_f32(const std::string& name) const {
     throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; at most ", Shape::kMaxDims, " dims are supported"));
   // A 0-dim entry becomes [1], the library's scalar shape.
   Tensor out = Tensor::empty(e.shape.empty() ? Shape{1} : Shape::from_vector(e.shape), DType::F32);
-  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>(),
-                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string());
+  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>(), float64_where(path(), e, name));
   return out;
 }
 
@@ -225,9 +230,8 @@ void SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, 
   int64_t row_width = rows == 0 ? 0 : e.numel() / rows;
   size_t element_size = safetensors_dtype_size(e.dtype);
   const uint8_t* src = static_cast<const uint8_t*>(e.data) + static_cast<size_t>(row_begin * row_width) * element_size;
-  convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out,
-                 e.dtype == "F64" ? cat(path(), ": tensor '", printable(name), "'") : std::string(), row_begin * row_width,
-                 row_width);
+  convert_to_f32(src, e.dtype, static_cast<size_t>(row_count * row_width), out, float64_where(path(), e, name),
+                 row_begin * row_width, row_width);
 }
 
 std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {

@@ -11,11 +11,11 @@
 #include <optional>
 
 #include "io/file_fingerprint.h"
-#include "sae/data/activation_cache.h"
-#include "sae/data/synthetic.h"
 #include "io/mapped_file.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
+#include "sae/data/activation_cache.h"
+#include "sae/data/synthetic.h"
 #include "tensor/ops.h"
 
 namespace sae {

@@ -22,6 +22,12 @@ Normalization parse_normalization(const std::string& name) {
   throw UsageError(cat("--normalize: expected story, dataset or none, got '", name, "'"));
 }
 
+void check_story_normalization(int64_t batch_tokens, Normalization normalization) {
+  if (batch_tokens > 0 && normalization == Normalization::Story)
+    throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset or none "
+                     "with token batches");
+}
+
 const char* normalization_name(Normalization n) {
   switch (n) {
     case Normalization::Story: return "story";
@@ -254,9 +260,7 @@ Batcher::Batcher(ActivationSource& source, int64_t batch_tokens, Normalization n
                        "safetensors file without story_lengths): use --batch N");
     max_tokens_ = source.longest_story();
   } else {
-    if (normalization == Normalization::Story)
-      throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
-                       "or none with token batches");
+    check_story_normalization(batch_tokens, normalization);
     if (batch_tokens > source.num_tokens())
       throw UsageError(cat("--batch ", batch_tokens, " is larger than the data (", source.num_tokens(), " tokens)"));
     max_tokens_ = batch_tokens;

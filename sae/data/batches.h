@@ -18,6 +18,9 @@ namespace sae {
 
 enum class Normalization { Story, Dataset, None };
 Normalization parse_normalization(const std::string& name);  // UsageError when unknown
+// UsageError for --normalize story with token batches (batch_tokens > 0): per-story statistics need
+// story batches. Said by the options' validation and by both batchers.
+void check_story_normalization(int64_t batch_tokens, Normalization normalization);
 const char* normalization_name(Normalization n);
 
 // A bijection of [0, n) chosen by `seed` (4-round Feistel network on the smallest even power of

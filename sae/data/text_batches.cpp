@@ -113,9 +113,7 @@ TextBatcher::TextBatcher(DecoderModel& model, const BpeTokenizer& tokenizer, con
     throw UsageError(cat("--model-b has ", model_b->config().max_positions, " positions, fewer than --model's ",
                          c.max_positions));
   if (batch_tokens < 0) throw UsageError(cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
-  if (batch_tokens > 0 && normalization == Normalization::Story)
-    throw UsageError("--normalize story needs --batch story (per-story statistics); use --normalize dataset "
-                     "or none with token batches");
+  check_story_normalization(batch_tokens, normalization);
   if (options.chunk_tokens <= 0) throw UsageError(cat("--text-chunk-tokens must be positive, got ", options.chunk_tokens));
   if (options.context_size > c.max_positions)
     throw UsageError(cat("--context-size ", options.context_size, " is more than the model's ", c.max_positions,

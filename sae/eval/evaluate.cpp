@@ -619,12 +619,10 @@ Json eval_json(const EvalResult& r, const SaeAtLayer& sae, const std::string& mo
   j["normalization"] = normalization_name(sae.normalization);
   // A transcoder's two scales, input and target, as its cfg.json lists them (the target's undoes the
   // normalisation of what is spliced in).
-  j["dataset_scale"] = sae.dataset_scale;
-  if (sae.params.transcoder) {
-    j["dataset_scale"] = Json::array();
-    j["dataset_scale"].push_back(sae.dataset_scale);
-    j["dataset_scale"].push_back(sae.output_scale);
-  }
+  Json scales = Json::array();
+  scales.push_back(sae.dataset_scale);
+  scales.push_back(sae.output_scale);
+  j["dataset_scale"] = sae.params.transcoder ? scales : Json(sae.dataset_scale);
   j["stories"] = r.stories;
   j["pieces"] = r.pieces;
   j["tokens"] = r.tokens;

@@ -47,10 +47,7 @@ void TrainConfig::validate() const {
           cat("--eps must be in [1.2e-38, 1] (added in float32), got ", eps));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
-  // (The batchers say so too; here it is said before the run's folder is made.)
-  require(!(batch_tokens > 0 && normalize == Normalization::Story),
-          "--normalize story needs --batch story (per-story statistics); use --normalize dataset or none with token "
-          "batches");
+  check_story_normalization(batch_tokens, normalize);  // (the batchers too; here before the run's folder is made)
   require(!out.empty(), "--out must not be empty");
   require(checkpoint_every >= 1, cat("--checkpoint-every must be >= 1, got ", checkpoint_every));
   require(log_every >= 1, cat("--log-every must be >= 1, got ", log_every));
@@ -90,15 +87,13 @@ void TrainConfig::validate() const {
 
 void refuse_options_without_effect(const TrainConfig& c) {
   const TrainConfig defaults;
-  const auto source = [&](const char* option) {
-    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end() ? " (set by the profile)"
-                                                                                                 : "";
+  const auto by_profile = [&](const std::string& option) {
+    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
   };
   // The generator's parameters: a file or a model's text has none (a profile's are left aside).
   if (c.data != "synthetic")
     for (const std::string& option : c.given)
-      require(option.rfind("synthetic-", 0) != 0 ||
-                  std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end(),
+      require(option.rfind("synthetic-", 0) != 0 || by_profile(option),
               cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", c.data));
   require(c.text_chunk_tokens == defaults.text_chunk_tokens || c.batch_tokens > 0,
           "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
@@ -111,7 +106,8 @@ void refuse_options_without_effect(const TrainConfig& c) {
         {"lr-decay-steps", c.lr_decay_steps, "the lr would start below --lr"},
         {"l1-warmup-steps", c.l1_warmup_steps, "lambda would never reach --l1"}})
     require(length <= c.steps,
-            cat("--", option, " ", length, source(option), " is more than --steps ", c.steps, ": ", effect));
+            cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "", " is more than --steps ",
+                c.steps, ": ", effect));
   const ArchSettings arch = arch_settings(c);
   if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
     require(arch.integer("auxk-k") == 0 || arch.number("auxk-coefficient") > 0,
