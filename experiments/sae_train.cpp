@@ -5,14 +5,18 @@
 // P / S data-parallel replicas, or --distribute (each SAE of a list on one rank; from text the ranks
 // share the language model's work).
 // Thin: options -> TrainConfig(s) -> train() / train_together() -> report, figures.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
+#include "io/mapped_file.h"
 #include "sae/arch/registry.h"
 #include "sae/cli/cli.h"
 #include "sae/train/arch_config.h"
@@ -88,6 +92,47 @@ void hold_list_folder(const std::string& out) {
   held = std::make_unique<sae::FileLock>((std::filesystem::path(out) / ".lock").string());
 }
 
+// What a list's process wrote into OUT, taken back at its exit when none of its SAEs began (each
+// failed or was refused before it wrote its config.json: its data was missing, say): the sweep.json
+// it replaced is put back (a failed --overwrite kept the old SAEs but had lost their list) or its own
+// removed, and OUT, when made for the list, removed once empty. Static, like OUT's lock, and made
+// after it: undone while the lock is held.
+class ListRecord {
+ public:
+  ListRecord(std::string file, std::vector<std::string> made, const std::vector<sae::TrainConfig>& saes)
+      : file_(std::move(file)), made_(std::move(made)) {
+    std::error_code ec;
+    if (std::filesystem::exists(file_, ec)) replaced_ = sae::read_small_file(file_);
+    for (const sae::TrainConfig& c : saes) {
+      paths_.push_back((std::filesystem::path(c.out) / "config.json").string());
+      stamps_.push_back(stamp(paths_.back()));
+    }
+  }
+  ~ListRecord() {
+    for (size_t i = 0; i < paths_.size(); ++i)
+      if (stamp(paths_[i]) != stamps_[i]) return;  // an SAE began: the list is this one now
+    try {
+      if (replaced_) sae::write_file_atomic(file_, *replaced_);
+      else std::filesystem::remove(file_);
+    } catch (const std::exception&) {
+      return;  // left as it is (the list's own command starts it again)
+    }
+    sae::remove_made_folders(made_);
+  }
+
+ private:
+  // A file's identity (atomic writes make a new one): inode and change time, or "" when absent.
+  static std::string stamp(const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return "";
+    return sae::cat(st.st_ino, ":", st.st_ctim.tv_sec, ".", st.st_ctim.tv_nsec);
+  }
+  std::string file_;
+  std::vector<std::string> made_;
+  std::optional<std::string> replaced_;
+  std::vector<std::string> paths_, stamps_;  // each SAE's config.json, its identity at the start
+};
+
 // owner: this process writes OUT/sweep.json (under mpirun, rank 0; the other ranks make the same
 // configs without touching the folder).
 std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const cxxopts::ParseResult& parsed,
@@ -129,6 +174,7 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   sae::refuse_options_without_effect(base);  // said before OUT and its sweep.json are made (its SAEs share them)
   if (!owner) return sweep_configs(base, option, values);
   const std::filesystem::path file = std::filesystem::path(base.out) / kSweepFile;
+  const std::vector<std::string> made = sae::missing_folders(base.out);
   std::filesystem::create_directories(base.out);
   hold_list_folder(base.out);
   // A list stopped before any of its SAEs began (bad data, say) holds no SAE yet: started again.
@@ -143,8 +189,11 @@ std::vector<sae::TrainConfig> sweep_configs(const sae::TrainConfig& base, const 
   for (const std::string& v : values) list.push_back(v);
   sweep["values"] = list;
   sweep["config"] = base.to_json();
+  const std::vector<sae::TrainConfig> configs = sweep_configs(base, option, values);
+  static std::unique_ptr<ListRecord> record;
+  record = std::make_unique<ListRecord>(file.string(), made, configs);
   sae::write_file_atomic(file.string(), sweep.dump(2) + "\n");
-  return sweep_configs(base, option, values);
+  return configs;
 }
 
 // --resume OUT of a list's run: every SAE of OUT/sweep.json (each continued from its

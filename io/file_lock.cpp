@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "tensor/error.h"
@@ -33,6 +34,29 @@ FileLock::FileLock(const std::string& path) {
 
 FileLock::~FileLock() {
   if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+}
+
+std::vector<std::string> missing_folders(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> made;
+  std::error_code ec;
+  for (fs::path p = fs::absolute(path, ec); !p.empty() && !fs::exists(p, ec) && !ec; p = p.parent_path()) {
+    made.insert(made.begin(), p.string());
+    if (p == p.parent_path()) break;
+  }
+  return made;
+}
+
+void remove_made_folders(const std::vector<std::string>& made) {
+  namespace fs = std::filesystem;
+  if (made.empty()) return;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(made.back(), ec))
+    if (entry.path().filename() != ".lock") return;
+  if (ec) return;
+  fs::remove(fs::path(made.back()) / ".lock", ec);
+  for (auto it = made.rbegin(); it != made.rend(); ++it)
+    if (!fs::remove(*it, ec)) return;  // not empty (or gone): the folders above it stay too
 }
 
 }  // namespace sae

@@ -4,6 +4,7 @@
 // so a stale lock file never blocks a later run.
 #pragma once
 #include <string>
+#include <vector>
 
 namespace sae {
 
@@ -19,5 +20,13 @@ class FileLock {
  private:
   int fd_ = -1;
 };
+
+// A run folder that its run leaves as it found it when it fails before it begins: the folders
+// create_directories(path) would make, outermost first (none when path exists) ...
+std::vector<std::string> missing_folders(const std::string& path);
+// ... and, once the run is over, those folders removed again, innermost first: the last (the run's
+// folder) only while it holds nothing but .lock, whose holder is this process (the lock file goes
+// with it), each other only while empty.
+void remove_made_folders(const std::vector<std::string>& made);
 
 }  // namespace sae

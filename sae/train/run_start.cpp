@@ -276,10 +276,12 @@ RunStart start_run(TrainConfig config, bool owner) {
   } else if (!owner) {
     if (!config.init.empty()) load_init(start, config);
   } else {
+    const std::vector<std::string> made = missing_folders(config.out);
     std::error_code ec;
     fs::create_directories(config.out, ec);
     if (ec) throw DataError(cat(config.out, ": cannot create the output directory: ", ec.message()));
     start.lock = std::make_unique<FileLock>((fs::path(config.out) / ".lock").string());
+    start.cleanup = std::make_unique<FreshRunCleanup>(config.out, made);
     if (holds_a_run(config.out)) {
       if (!config.overwrite)
         throw UsageError(cat("--out ", config.out, " already holds a run; continue it with --resume ", config.out,
@@ -291,10 +293,20 @@ RunStart start_run(TrainConfig config, bool owner) {
     if (!config.init.empty()) load_init(start, config);
   }
   config.validate();
-  if (owner && config.resume.empty())
+  if (owner && config.resume.empty()) {
     write_file_atomic((fs::path(config.out) / kPendingConfigFile).string(), config.to_json().dump(2) + "\n");
+    test_kill_point("after-pending-config");
+  }
   start.config = std::move(config);
   return start;
+}
+
+FreshRunCleanup::~FreshRunCleanup() {
+  // The pending options are gone once config.json is written (the run began: a --resume continues
+  // it); still there, they are a run that never began.
+  std::error_code ec;
+  fs::remove(fs::path(out_) / kPendingConfigFile, ec);
+  remove_made_folders(made_);
 }
 
 void keep_final_model(RunStart& start) {

@@ -12,6 +12,9 @@
 // fresh run writes its options to RUN/config.pending.json as soon as it holds the lock, so that one
 // killed even before the trainer wrote config.json (while its data opened) is resumed from its
 // start by `--resume RUN` too; a fresh command into such a folder starts again (it holds no run).
+// A fresh run that stops by an error or refusal before the trainer writes config.json (a missing
+// --data file, a bad --init) leaves no trace: its config.pending.json is removed and so are the
+// folders start_run made for it, now empty (FreshRunCleanup); only a kill leaves the pending file.
 // Library code: throws, never exits.
 #pragma once
 #include <memory>
@@ -30,6 +33,21 @@ inline constexpr const char* kPendingConfigFile = "config.pending.json";
 
 namespace sae {
 
+// What a fresh run added to its folder, undone when the run ends before config.json is written
+// (see the header); declared in RunStart after its lock, so it runs while the lock is still held.
+class FreshRunCleanup {
+ public:
+  // `made`: the folders made for the run (missing_folders, io/file_lock.h).
+  FreshRunCleanup(std::string out, std::vector<std::string> made) : out_(std::move(out)), made_(std::move(made)) {}
+  ~FreshRunCleanup();
+  FreshRunCleanup(const FreshRunCleanup&) = delete;
+  FreshRunCleanup& operator=(const FreshRunCleanup&) = delete;
+
+ private:
+  std::string out_;
+  std::vector<std::string> made_;
+};
+
 struct RunStart {
   TrainConfig config;                  // validated; on --resume out is the run's folder
   std::optional<SaeParams> params;     // from --init or --resume (on the CPU); none for a fresh run
@@ -45,6 +63,7 @@ struct RunStart {
   // --overwrite of a folder that holds a run: its files are still there (see remove_replaced_run).
   bool replaces_run = false;
   std::unique_ptr<FileLock> lock;      // held for the whole run
+  std::unique_ptr<FreshRunCleanup> cleanup;  // a fresh run's (owner); after `lock`: destroyed first
 };
 
 // owner = false: a distributed run's other ranks (docs/distributed.md), after rank 0 started the run

@@ -19,6 +19,7 @@
 
 using namespace sae;
 using sae::testing::raw_bytes;
+using sae::testing::read_file;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
 using sae::testing::write_raw_safetensors;
@@ -52,6 +53,9 @@ void expect_error(const std::string& args, int code, const std::string& must_men
   EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
   // exactly one line
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  // and no trace: a refusal found once the folder was made (a missing --data file) left it holding
+  // .lock and config.pending.json
+  EXPECT_FALSE(fs::exists(dir.str("run"))) << args;
 }
 
 void write_floats(const std::string& path, int64_t tokens, int64_t d, float value_at_5 = 0.5f) {
@@ -283,6 +287,46 @@ TEST(Cli, DataErrorsExitOne) {
   expect_error(kTrain + " --data " + dir.str("d6.safetensors") + " --init " + dir.str("init/sae"), 1, "d_in");
   expect_error(kTiny + " --init " + dir.str("nowhere"), 1, "nowhere");
   expect_error(kTiny + " --resume " + dir.str("nowhere"), 1, "nowhere");
+}
+
+// A fresh run that fails before it begins takes back what it added: into a folder the user made, its
+// config.pending.json (the folder and its .lock stay); over a run with --overwrite, nothing of the old
+// run is touched. Folders it made itself go, parents included, once empty.
+TEST(Cli, AFreshRunThatFailsLeavesTheFolderAsItWas) {
+  TempDir dir("cli_no_trace");
+  fs::create_directories(dir.str("mine"));
+  std::ofstream(dir.str("mine/notes.txt")) << "kept";
+  const std::string missing = " --data " + dir.str("missing.npy");
+  auto r = run_binary("sae_train", kTrain + missing + " --out " + dir.str("mine"), dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(fs::exists(dir.str("mine/notes.txt")));
+  EXPECT_FALSE(fs::exists(dir.str("mine/config.pending.json")));
+  r = run_binary("sae_train", kTrain + missing + " --out " + dir.str("a/b/c"), dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_FALSE(fs::exists(dir.str("a")));
+  ASSERT_EQ(run_binary("sae_train", kTiny + " --out " + dir.str("old"), dir).exit_code, 0);
+  const std::string config = read_file(dir.str("old/config.json"));
+  r = run_binary("sae_train", kTrain + missing + " --overwrite --out " + dir.str("old"), dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(read_file(dir.str("old/config.json")), config);
+  EXPECT_TRUE(fs::exists(dir.str("old/sae/sae_weights.safetensors")));
+  EXPECT_FALSE(fs::exists(dir.str("old/config.pending.json")));
+  // --resume of the failed run's folder: nothing there to continue.
+  r = run_binary("sae_train", " --resume " + dir.str("mine") + " --progress none", dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  // A list: a failed --overwrite had rewritten OUT/sweep.json, so `--resume OUT` no longer continued
+  // the SAEs still there; a failed fresh list left OUT with sweep.json.
+  ASSERT_EQ(run_binary("sae_train", kTiny + " --l1-list 1,2 --out " + dir.str("list"), dir).exit_code, 0);
+  const std::string sweep = read_file(dir.str("list/sweep.json"));
+  r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --overwrite --out " + dir.str("list"), dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(read_file(dir.str("list/sweep.json")), sweep);
+  EXPECT_FALSE(fs::exists(dir.str("list/l1_3")));
+  r = run_binary("sae_train", " --resume " + dir.str("list") + " --steps 4 --progress none", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --out " + dir.str("new/list"), dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_FALSE(fs::exists(dir.str("new")));
 }
 
 TEST(Cli, KillNineLeavesOnlyLoadableCheckpoints) {

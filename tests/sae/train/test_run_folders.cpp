@@ -506,31 +506,35 @@ TEST(RunFolders, ARewindACrashStoppedIsFinishedByTheNextResume) {
 }
 
 TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
-  // A fresh run writes its options (config.pending.json) as soon as it holds the folder; one stopped
-  // before the trainer wrote config.json (here by data that is not there yet; a kill while the data
-  // opens is the same) is continued by --resume RUN, and a corrected fresh command may start again.
+  // A fresh run writes its options (config.pending.json) as soon as it holds the folder; one killed
+  // before the trainer wrote config.json (while its data opened) is continued by --resume RUN, and a
+  // fresh command into it may start again. One that fails there (its data is not there) leaves no
+  // trace: its folder is gone, as it was before.
   TempDir dir("pending_config");
   const std::string data = dir.str("x.npy");
   const std::string args = " --data " + data + " --features 16 --steps 12 --batch 32 --normalize dataset --lr 1e-3 "
                            "--checkpoint-every 100 --progress none --device cpu";
-  const auto stopped = run_binary("sae_train", args + " --out " + dir.str("run"), dir);
-  EXPECT_EQ(stopped.exit_code, 1) << stopped.err;
-  EXPECT_TRUE(fs::exists(dir.str("run/config.pending.json")));
-  EXPECT_FALSE(fs::exists(dir.str("run/config.json")));
+  const auto failed = run_binary("sae_train", args + " --out " + dir.str("run"), dir);
+  EXPECT_EQ(failed.exit_code, 1) << failed.err;
+  EXPECT_FALSE(fs::exists(dir.str("run")));
   Rng rng(4);
   std::vector<double> values(400 * 8);
   for (double& v : values) v = rng.normal();
   write_npy(data, Tensor::from_vector(values, Shape{400, 8}));
+  const auto killed = sae::testing::run_program("sae_train", args + " --out " + dir.str("run"), dir,
+                                                "SAE_TEST_KILL_AT=after-pending-config");
+  EXPECT_NE(killed.exit_code, 0);
+  EXPECT_TRUE(fs::exists(dir.str("run/config.pending.json")));
+  EXPECT_FALSE(fs::exists(dir.str("run/config.json")));
   const auto resumed = run_binary("sae_train", "--resume " + dir.str("run"), dir);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_FALSE(fs::exists(dir.str("run/config.pending.json")));
   const auto straight = run_binary("sae_train", args + " --out " + dir.str("straight"), dir);
   ASSERT_EQ(straight.exit_code, 0) << straight.err;
   EXPECT_EQ(read_file(dir.str("run/sae/sae_weights.safetensors")), read_file(dir.str("straight/sae/sae_weights.safetensors")));
-  // The same stop, then the fresh command again: it holds no run, so it starts.
-  fs::remove(data);
-  ASSERT_EQ(run_binary("sae_train", args + " --out " + dir.str("again"), dir).exit_code, 1);
-  write_npy(data, Tensor::from_vector(values, Shape{400, 8}));
+  // The same kill, then the fresh command again: it holds no run, so it starts.
+  ASSERT_NE(sae::testing::run_program("sae_train", args + " --out " + dir.str("again"), dir,
+                                      "SAE_TEST_KILL_AT=after-pending-config").exit_code, 0);
   EXPECT_EQ(run_binary("sae_train", args + " --out " + dir.str("again"), dir).exit_code, 0);
 }
 
