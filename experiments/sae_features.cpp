@@ -181,16 +181,14 @@ int main(int argc, char** argv) {
         throw sae::DataError(sae::cat(model_dir, ": ", sae::hook_name(site), " is ", width,
                                       " wide, but the SAE's d_in is ", params.d_in()));
       // BOS and context as the SAE was trained (its cfg.json metadata), unless told otherwise.
-      const sae::Json meta = checkpoint.cfg.has("metadata") && checkpoint.cfg.at("metadata").is_object()
-                                 ? checkpoint.cfg.at("metadata") : sae::Json::object();
-      sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
-      if (bos_mode == sae::BosMode::Auto && meta.has("prepend_bos") && meta.at("prepend_bos").is_bool())
-        bos_mode = meta.at("prepend_bos").as_bool() ? sae::BosMode::On : sae::BosMode::Off;
-      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, sae::resolve_bos(bos_mode, *tokenizer), 0};
+      const sae::WindowMetadata trained = sae::window_metadata(checkpoint.cfg, sae_dir);
+      const int32_t bos =
+          sae::bos_for_sae(sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>()), trained.prepend_bos, *tokenizer);
+      sae::TextStoryOptions story_options{text, parsed["text-field"].as<std::string>(), site, bos, 0};
       if (parsed.count("context-size")) {
         story_options.context_size = parsed["context-size"].as<int64_t>();
-      } else if (meta.has("context_size") && meta.at("context_size").is_number()) {
-        story_options.context_size = std::min(meta.at("context_size").as_int(), folder.config.max_positions);
+      } else if (trained.context_size > 0) {
+        story_options.context_size = std::min(trained.context_size, folder.config.max_positions);
       }
       inputs = sae::text_story_inputs(*model, *tokenizer, story_options, normalization, max_stories, device);
       description["text"] = text;

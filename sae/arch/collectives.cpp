@@ -56,7 +56,7 @@ void Collectives::agree(const std::function<void()>& phase) {
     message = e.what();
     code = 2;
   } catch (const std::exception& e) {
-    message = e.what();
+    message = error_text(e);
     code = 1;
   }
   std::vector<int64_t> codes(ranks());

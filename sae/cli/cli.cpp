@@ -180,16 +180,7 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
   } catch (const std::filesystem::filesystem_error& e) {
-    // The library's text ("filesystem error: cannot get file size: Is a directory [PATH]") as one
-    // of our lines: the path first, then what could not be done and why.
-    std::string what = e.what();
-    const std::string prefix = "filesystem error: ";
-    if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
-    const size_t paths = what.find(" [");
-    if (paths != std::string::npos) what = what.substr(0, paths);
-    std::string where = e.path1().string();
-    if (!e.path2().empty()) where += " -> " + e.path2().string();
-    std::fprintf(stderr, "%s: error: %s\n", program, printable(where.empty() ? what : where + ": " + what, 1000).c_str());
+    std::fprintf(stderr, "%s: error: %s\n", program, error_text(e).c_str());
     return 1;
   } catch (const TrainingDiverged& e) {
     std::fprintf(stderr, "%s: error: %s\n", program, e.what());

@@ -200,7 +200,7 @@ class OpenMpiWorld : public MpiWorld {
     return *found->second;
   }
   [[noreturn]] void fail(const std::string& program, const std::exception& e, int code) override {
-    std::fprintf(stderr, "%s: error: rank %d of %d: %s\n", program.c_str(), rank_, ranks_, e.what());
+    std::fprintf(stderr, "%s: error: rank %d of %d: %s\n", program.c_str(), rank_, ranks_, error_text(e).c_str());
     std::fflush(stderr);
     std::fflush(stdout);
     ::_exit(code);  // without MPI_Finalize: mpirun stops the other ranks

@@ -68,24 +68,10 @@ void require_key(const Json& cfg, const std::string& key, const std::string& all
   throw DataError(cat(where, ": ", key, " ", cfg.at(key).dump(), " is not supported (", why, ")"));
 }
 
-// cfg.json metadata.prepend_bos and context_size, when said.
-// A value of another type or out of range is an error, not passed over (it was read as unsaid).
 void read_window_metadata(SaeAtLayer& s) {
-  if (!s.cfg.has("metadata") || !s.cfg.at("metadata").is_object()) return;
-  const Json& m = s.cfg.at("metadata");
-  if (m.has("prepend_bos") && !m.at("prepend_bos").is_null()) {
-    if (!m.at("prepend_bos").is_bool())
-      throw DataError(cat(s.dir, "/cfg.json: metadata.prepend_bos must be true or false, got ", m.at("prepend_bos").dump()));
-    s.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
-  }
-  if (m.has("context_size") && !m.at("context_size").is_null()) {
-    const Json& c = m.at("context_size");
-    if (!c.is_number() || c.as_number() < 1 || c.as_number() > double(int64_t(1) << 24) ||
-        c.as_number() != std::floor(c.as_number()))
-      throw DataError(cat(s.dir, "/cfg.json: metadata.context_size must be a whole number of positions >= 1, got ",
-                          c.dump()));
-    s.context_size = c.as_int();
-  }
+  const WindowMetadata w = window_metadata(s.cfg, s.dir);
+  s.prepend_bos = w.prepend_bos;
+  s.context_size = w.context_size;
 }
 
 // A crosscoder's sources from metadata.crosscoder_hooks, resolved against their models, with their
@@ -284,9 +270,33 @@ bool SaeAtLayer::reads_model_b() const {
   return false;
 }
 
-int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer) {
-  if (mode == BosMode::Auto && sae.prepend_bos >= 0) mode = sae.prepend_bos ? BosMode::On : BosMode::Off;
+WindowMetadata window_metadata(const Json& cfg, const std::string& dir) {
+  WindowMetadata w;
+  if (!cfg.has("metadata") || !cfg.at("metadata").is_object()) return w;
+  const Json& m = cfg.at("metadata");
+  if (m.has("prepend_bos") && !m.at("prepend_bos").is_null()) {
+    if (!m.at("prepend_bos").is_bool())
+      throw DataError(cat(dir, "/cfg.json: metadata.prepend_bos must be true or false, got ", m.at("prepend_bos").dump()));
+    w.prepend_bos = m.at("prepend_bos").as_bool() ? 1 : 0;
+  }
+  if (m.has("context_size") && !m.at("context_size").is_null()) {
+    const Json& c = m.at("context_size");
+    if (!c.is_number() || c.as_number() < 1 || c.as_number() > double(int64_t(1) << 24) ||
+        c.as_number() != std::floor(c.as_number()))
+      throw DataError(cat(dir, "/cfg.json: metadata.context_size must be a whole number of positions >= 1, got ",
+                          c.dump()));
+    w.context_size = c.as_int();
+  }
+  return w;
+}
+
+int32_t bos_for_sae(BosMode mode, int prepend_bos, const BpeTokenizer& tokenizer) {
+  if (mode == BosMode::Auto && prepend_bos >= 0) mode = prepend_bos ? BosMode::On : BosMode::Off;
   return resolve_bos(mode, tokenizer);
+}
+
+int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer) {
+  return bos_for_sae(mode, sae.prepend_bos, tokenizer);
 }
 
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {

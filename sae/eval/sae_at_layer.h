@@ -52,9 +52,19 @@ struct SaeAtLayer {
 // more (not for hidden_states[N] itself, the final norm's output).
 std::string spliced_site_text(const SaeAtLayer& sae);
 
+// cfg.json's metadata.prepend_bos (1 true, 0 false, -1 not said) and metadata.context_size (0: not
+// said) of the SAE folder `dir`. A value of another type or out of range is a DataError naming
+// DIR/cfg.json, not read as unsaid.
+struct WindowMetadata {
+  int prepend_bos = -1;
+  int64_t context_size = 0;
+};
+WindowMetadata window_metadata(const Json& cfg, const std::string& dir);
+
 // The BOS a run with this SAE puts before each window: --prepend-bos on / off as given; auto: what
 // the SAE was trained with (metadata.prepend_bos) when its cfg.json says, else what the tokenizer does.
 int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tokenizer);
+int32_t bos_for_sae(BosMode mode, int prepend_bos, const BpeTokenizer& tokenizer);  // prepend_bos as SaeAtLayer's
 
 // The hook point an SAE folder's cfg.json names (metadata.hook_name, a top-level hook_name, or
 // sae_cpp.data.layer as hidden_states[layer]), with where it said it; false when it names none.

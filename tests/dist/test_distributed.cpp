@@ -9,6 +9,8 @@
 // needed; not here.)
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -292,6 +294,11 @@ TEST(Distributed, Refusals) {
   EXPECT_EQ(WEXITSTATUS(alone), 2);
   const std::string alone_err = sae::testing::read_file(dir.str("alone_err.txt"));
   EXPECT_NE(alone_err.find("--shards 2 needs mpirun -np P"), std::string::npos) << alone_err;
+  // A std::filesystem error reads as one process's line does (the path first), not the library's
+  // "filesystem error: ... [PATH]": the distributed path had an exception mapping of its own.
+  std::ofstream(dir.str("afile")) << "a file";
+  expect_refused(mpirun(2, kData + " --features 32 --steps 5 --l1-list 1,2 --out " + dir.str("afile"), dir), 1,
+                 dir.str("afile") + ": cannot create directories: Not a directory");
 }
 
 // Without MPI in the build, --shards is refused in one line (this test runs in builds without MPI).

@@ -168,14 +168,18 @@ TEST(HostileInput, AnSaeOfOneHeadIsRefusedByEveryProgramThatReadsItsHook) {
                       "head/cfg.json: hook_head_index 3 is not supported");
 }
 
-// Window metadata of the wrong type or range was passed over as unsaid (context_size -5 read as 0).
+// Window metadata of the wrong type or range was passed over as unsaid (context_size -5 read as 0);
+// sae_features, with a reader of its own, still did (exit 0), and 2.5 gave a line naming no file.
 TEST(HostileInput, WindowMetadataOfTheWrongKindNamesTheKey) {
   TempDir dir("hostile_window");
   const std::string size = sae_copy(dir, "size", [](Json& cfg) { cfg["metadata"]["context_size"] = -5; });
-  expect_same_refusal({{"sae_eval"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), size, 1,
+  expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), size, 1,
                       "size/cfg.json: metadata.context_size must be a whole number of positions >= 1, got -5");
+  const std::string half = sae_copy(dir, "half", [](Json& cfg) { cfg["metadata"]["context_size"] = 2.5; });
+  expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), half, 1,
+                      "half/cfg.json: metadata.context_size must be a whole number of positions >= 1, got 2.5");
   const std::string bos = sae_copy(dir, "bos", [](Json& cfg) { cfg["metadata"]["prepend_bos"] = "yes"; });
-  expect_same_refusal({{"sae_eval"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), bos, 1,
+  expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), bos, 1,
                       "bos/cfg.json: metadata.prepend_bos must be true or false, got \"yes\"");
   const std::string name = sae_copy(dir, "name", [](Json& cfg) { cfg["metadata"]["hook_name"] = 5; });
   expect_same_refusal({{"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"), eval_ref("stories.txt"), name, 1,
