@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Threads on a busy machine (issue 24): a 200-step sae_train run (D 384, F 64, one ~218-token
+# Threads on a busy machine: a 200-step sae_train run (D 384, F 64, one ~218-token
 # synthetic story per step: small steps, where waking threads costs the most) timed with the
 # default threading and with OMP_NUM_THREADS=1, first on the quiet machine, then with two CPU-bound
 # processes (busy loops) beside it. Each pair alternates REPEATS times (default 5); prints every

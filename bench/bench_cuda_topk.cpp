@@ -1,5 +1,5 @@
 // CUDA benchmarks of a TopK SAE's training step (skipped without a GPU), each against its floor in
-// the same run (issue 22):
+// the same run:
 //   BM_Cuda_TopKStep        SaeStep::train_step of --architecture topk (k 32, AuxK on at D/2 with no
 //                           latent dead, unit-norm decoder): the encoder GEMM, the selection, the
 //                           by-feature lists, the sparse decoder and both backward kernels with
@@ -14,7 +14,7 @@
 //   BM_Cuda_TopKStep_Parts  the step's kernels one by one (ms per step as counters), each followed
 //                           by a synchronisation
 // Arguments: F, D, precision (0 fp32, 1 tf32, 2 bf16); N = 4096 tokens. The 2^20-latent rows are
-// issue 22's goal "a TopK SAE with 2^20 latents at d 768 and d 2304 trains on one H200": they also
+// the GPU goal "a TopK SAE with 2^20 latents at d 768 and d 2304 trains on one H200": they also
 // report the device memory the step holds (cuda_bytes_reserved after the first step, in GB).
 // The dictionary is drawn on the GPU side cheaply: W_dec = A B with A [F, 64], B [64, D] uniform
 // (host-drawn, 64 F values rather than F D), rows normalised, W_enc = W_dec^T, biases 0, x normal:

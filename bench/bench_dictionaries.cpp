@@ -1,4 +1,4 @@
-// Transcoder and crosscoder steps against the SAE step of the same shape (issue 25): one training
+// Transcoder and crosscoder steps against the SAE step of the same shape: one training
 // step (forward, backward, Adam) of the standard unit through SaeStep, dense, lambda 1, on
 // 1024 tokens with F = 4096: an SAE at d 768, a transcoder 768 -> 768 (its target another array), a
 // skip transcoder, and a crosscoder over 4 sources of 768 (d_in = d_out = 3072) beside an SAE at

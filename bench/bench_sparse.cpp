@@ -1,4 +1,4 @@
-// The sparse SAE step (sae/step/sae_step.h, --sparse) against the dense step, in one run, at the
+// The sparse SAE step (sae/arch/sae_step.h, --sparse) against the dense step, in one run, at the
 // study's shapes (D = 768, F = 10000, lambda = 50): one 218-token story and a 4096-token batch, at
 // feature densities 0.5%, 2%, 10% and 100%. Each timed iteration is a whole training step
 // (SaeStep::train_step: forward, backward, Adam). The density is set through b_enc: minus the
@@ -284,8 +284,8 @@ void crossover_args(benchmark::internal::Benchmark* b) {
 
 void BM_SparseCrossover(benchmark::State& state) { run_step(state, Device::CPU); }
 
-// On the GPU: the crossover itself, measured and reported (issue 22: CUDA's --sparse auto
-// threshold, kAutoMaxDensityCuda in sae/arch/standard/standard.cpp, is set from it). For one batch
+// On the GPU: the crossover itself, measured and reported (CUDA's --sparse auto threshold,
+// kAutoMaxDensityCuda in sae/arch/standard/standard.cpp, is set from it). For one batch
 // size and precision, dense (--sparse off) and sparse (--sparse on) training steps at densities
 // 0.5% to 30%; the counters are each density's sparse / dense time and `crossover_pct`, the density
 // where the two cross (linear between the measured points; 0 when sparse never wins, the largest

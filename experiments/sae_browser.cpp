@@ -7,6 +7,7 @@
 
 #include "io/atomic_file.h"
 #include "lm/hook_points.h"
+#include "lm/model_family.h"
 #include "sae/cli/cli.h"
 #include "sae/features/browser.h"
 
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
         ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, or a Gemma "
          "Scope params.npz (statistics beside it)",
          cxxopts::value<std::string>())
-        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral, Gemma 2) for token text and promoted tokens (default: the "
+        ("model", "model folder (" + sae::supported_families_text() + ") for token text and promoted tokens (default: the "
          "run's --model)", cxxopts::value<std::string>())
         ("hook", "the hook point the SAE reads, SAELens's name (default: the run's --hook or the SAE's hook_name); "
          "promoted tokens are shown only where it writes in the residual stream's space", cxxopts::value<std::string>())

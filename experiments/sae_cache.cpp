@@ -11,6 +11,7 @@
 #include "io/file_lock.h"
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activation_cache.h"
@@ -24,11 +25,11 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_cache", argc, argv, [&] {
     cxxopts::Options options("sae_cache", "Write a language model's activations on a text corpus as an activation cache");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: " + sae::supported_families_text() + " (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
-        ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
+        ("text", std::string("the corpus: ") + sae::kCorpusFormats,
          cxxopts::value<std::string>())
-        ("layer", "cache hidden_states[layer] (default 2)", cxxopts::value<int64_t>())
+        ("layer", "cache hidden_states[layer] (without --hook: 2)", cxxopts::value<int64_t>())
         ("hook", "cache this hook point instead, SAELens's name (blocks.L.hook_resid_pre, ..., attn.hook_z)",
          cxxopts::value<std::string>())
         ("out", "the cache folder", cxxopts::value<std::string>())
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
     sae::check_text_field(text, text_field);
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     const int64_t context_size = parsed["context-size"].as<int64_t>();
-    if (context_size < 0) throw sae::UsageError(sae::cat("--context-size must be >= 0, got ", context_size));
+    sae::check_context_size(context_size);
     const std::string bos_activations = parsed["bos-activations"].as<std::string>();
     if (bos_activations != "skip" && bos_activations != "keep")
       throw sae::UsageError(sae::cat("--bos-activations: expected skip or keep, got '", bos_activations, "'"));

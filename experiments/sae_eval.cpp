@@ -14,6 +14,8 @@
 
 #include "io/atomic_file.h"
 #include "lm/model_loader.h"
+#include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/text_batches.h"
@@ -29,14 +31,14 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_eval", "Score an SAE spliced into its language model: CE and KL with the "
                                          "reconstruction, zero and mean ablation, FVU, L0, feature density");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: " + sae::supported_families_text() + " (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("model-b", "the second model of a crosscoder over two models (model diffing; the same tokenizer)",
          cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one; or a "
          "Gemma Scope params.npz (with --hook)",
          cxxopts::value<std::string>())
-        ("text", "the corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines with \"text\"",
+        ("text", std::string("the corpus: ") + sae::kCorpusFormats,
          cxxopts::value<std::string>())
         ("max-stories", "evaluate the first N stories (0: the whole corpus)", cxxopts::value<int64_t>()->default_value("200"))
         ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
@@ -64,9 +66,7 @@ int main(int argc, char** argv) {
     eval.text_field = parsed["text-field"].as<std::string>();
     sae::check_text_field(eval.text, eval.text_field);
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
-    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 0)
-      throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
-                                     parsed["context-size"].as<int64_t>()));
+    if (parsed.count("context-size")) sae::check_context_size(parsed["context-size"].as<int64_t>());
     eval.dense_threshold = parsed["dense-threshold"].as<double>();
     eval.progress = sae::parse_progress_mode(parsed["progress"].as<std::string>());
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));

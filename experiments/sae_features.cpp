@@ -15,6 +15,8 @@
 
 #include "io/atomic_file.h"
 #include "lm/model_loader.h"
+#include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
@@ -40,11 +42,11 @@ int main(int argc, char** argv) {
     options.add_options()
         ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture, or a Gemma Scope params.npz",
          cxxopts::value<std::string>())
-        ("model", "model folder (GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral, Gemma 2): runs --text through it; with --data only its "
+        ("model", "model folder (" + sae::supported_families_text() + "): runs --text through it; with --data only its "
          "tokenizer is used",
          cxxopts::value<std::string>())
         ("model-b", "a crosscoder over two models: the second (the same tokenizer)", cxxopts::value<std::string>())
-        ("text", "stories: TinyStories .txt or JSON lines (with --model)", cxxopts::value<std::string>())
+        ("text", std::string("stories (with --model): ") + sae::kCorpusFormats, cxxopts::value<std::string>())
         ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder (a crosscoder: "
          "one per source, comma-separated, in its order)", cxxopts::value<std::string>())
         ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
@@ -79,9 +81,7 @@ int main(int argc, char** argv) {
       throw sae::UsageError(sae::cat("--top must be in [1, 1000], got ", stats_options.k));
     if (stats_options.context < 0 || stats_options.context > 256)
       throw sae::UsageError(sae::cat("--context must be in [0, 256], got ", stats_options.context));
-    if (parsed.count("context-size") && parsed["context-size"].as<int64_t>() < 0)
-      throw sae::UsageError(sae::cat("--context-size must be >= 0 (0: the model's positions), got ",
-                                     parsed["context-size"].as<int64_t>()));
+    if (parsed.count("context-size")) sae::check_context_size(parsed["context-size"].as<int64_t>());
     const int64_t max_stories = parsed["stories"].as<int64_t>();
     if (max_stories < 0) throw sae::UsageError(sae::cat("--stories must be >= 0 (0: all), got ", max_stories));
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));

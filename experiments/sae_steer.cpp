@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
     cxxopts::Options options("sae_steer", "Continue a prompt with and without one SAE feature's decoder direction "
                                           "added to the residual stream");
     options.add_options()
-        ("model", "a Hugging Face model folder: GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, model.safetensors, "
+        ("model", "a Hugging Face model folder: " + sae::supported_families_text() + " (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors), or a Gemma Scope params.npz",
          cxxopts::value<std::string>())

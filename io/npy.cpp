@@ -142,8 +142,8 @@ size_t npy_header_bytes(const uint8_t* bytes, size_t available, uint64_t total, 
     throw DataError(cat(path, ": not a .npy file (missing the \\x93NUMPY magic)"));
   int major = bytes[6], minor = bytes[7];
   size_t length_bytes;
-  if (major == 1) length_bytes = 2;
-  else if (major == 2 || major == 3) length_bytes = 4;
+  if (major == 1 && minor == 0) length_bytes = 2;  // numpy reads these three versions and no other
+  else if ((major == 2 || major == 3) && minor == 0) length_bytes = 4;
   else throw DataError(cat(path, ": unsupported .npy format version ", major, ".", minor, " (expected 1.0, 2.0 or 3.0)"));
   size_t prefix = kMagicBytes + 2 + length_bytes;
   if (total < prefix || available < prefix) throw DataError(cat(path, ": truncated .npy header (", total, " bytes)"));

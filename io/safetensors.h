@@ -1,4 +1,4 @@
-// Reader and writer of the safetensors format (https://github.com/huggingface/safetensors):
+// Reader and writer of the safetensors format:
 //   8 bytes   N, the header length, unsigned little-endian
 //   N bytes   JSON header: {"__metadata__": {str: str} (optional),
 //                           NAME: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...}

@@ -1,5 +1,5 @@
 // TensorBoard event-file writer: CRC-32C, protobuf wire encoding and TFRecord framing by hand.
-// Protobuf wire format (https://protobuf.dev/programming-guides/encoding/): each field is a varint
+// Protobuf wire format: each field is a varint
 // key (field_number << 3 | wire_type) followed by its payload; wire types used here are
 // 0 varint (int64), 1 fixed64 (double), 2 length-delimited (string, sub-message), 5 fixed32 (float).
 #include "io/tensorboard.h"

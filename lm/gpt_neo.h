@@ -60,7 +60,6 @@ class GptNeo : public DecoderModel {
                              const std::string& source);
 
   const GptNeoConfig& config() const { return neo_config_; }  // GPT-Neo's (DecoderModel::config hidden)
-  const DecoderConfig& decoder_config() const { return DecoderModel::config(); }
 
  private:
   GptNeo(DecoderModel&& model, GptNeoConfig config);

@@ -54,10 +54,12 @@ const ModelFamily& gpt_neox_family(); // lm/gpt_neox.cpp
 const ModelFamily& llama_family();    // lm/llama.cpp
 const ModelFamily& qwen2_family();    // lm/llama.cpp
 const ModelFamily& mistral_family();  // lm/llama.cpp
-const ModelFamily& gemma2_family();   // lm/gemma2.cpp
+const ModelFamily& gemma2_family();   // lm/llama.cpp
 // The family whose model_type config.json names; DataError listing the supported ones otherwise.
 const ModelFamily& family_for(const Json& config, const std::string& source);
 std::vector<const ModelFamily*> all_families();
+// Their names for help texts: "GPT-Neo, GPT-2, GPT-NeoX (Pythia), Llama, Qwen 2, Mistral or Gemma 2".
+std::string supported_families_text();
 
 // "h.{i}.ln_1.weight" with i = 3 -> "h.3.ln_1.weight".
 std::string with_block(const std::string& pattern, int64_t block);

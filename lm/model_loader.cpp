@@ -597,6 +597,17 @@ std::vector<const ModelFamily*> all_families() {
           &qwen2_family(),   &mistral_family(), &gemma2_family()};
 }
 
+std::string supported_families_text() {
+  const std::vector<const ModelFamily*> families = all_families();
+  std::string text;
+  for (size_t i = 0; i < families.size(); ++i) {
+    text += i == 0 ? "" : i + 1 == families.size() ? " or " : ", ";
+    text += families[i]->name;
+    if (families[i]->model_type == "gpt_neox") text += " (Pythia)";
+  }
+  return text;
+}
+
 const ModelFamily& family_for(const Json& config, const std::string& source) {
   if (!config.is_object()) throw DataError(cat(source, ": expected a JSON object, got a ", config.type_name()));
   const std::string type =

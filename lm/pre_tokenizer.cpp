@@ -202,15 +202,6 @@ constexpr const char* kQwen2Regex =
 
 }  // namespace
 
-const char* split_pattern_name(SplitPattern pattern) {
-  switch (pattern) {
-    case SplitPattern::Gpt2: return "GPT-2";
-    case SplitPattern::Llama3: return "Llama 3";
-    case SplitPattern::Qwen2: return "Qwen 2";
-  }
-  return "?";
-}
-
 std::string split_pattern_regex(SplitPattern pattern) {
   switch (pattern) {
     case SplitPattern::Gpt2: return kGpt2Regex;

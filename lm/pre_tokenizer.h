@@ -18,7 +18,6 @@ namespace sae {
 
 enum class SplitPattern { Gpt2, Llama3, Qwen2 };
 
-const char* split_pattern_name(SplitPattern pattern);
 // The pattern a Split pre-tokenizer's regex (as tokenizer.json holds it, JSON-decoded) is, when it
 // is one of ours.
 std::optional<SplitPattern> split_pattern_of_regex(const std::string& regex);

@@ -22,6 +22,11 @@
 
 namespace sae {
 
+// What a corpus may be, for help texts (the formats above).
+inline constexpr const char* kCorpusFormats =
+    "TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines (--text-field), plain or compressed "
+    "(.gz, .zst)";
+
 struct TextStory {
   int64_t index = -1;        // among the corpus's non-empty stories, from 0
   std::string text;          // UTF-8 as in the file (not yet checked: the tokenizer checks it)

@@ -42,6 +42,11 @@ std::string no_bos_to_keep(BosMode mode) {
              "): give --prepend-bos on, or leave --bos-activations out");
 }
 
+void check_context_size(int64_t context_size) {
+  if (context_size < 0 || context_size > (int64_t(1) << 24))
+    throw UsageError(cat("--context-size must be >= 0 (0: the model's positions) and at most 2^24, got ", context_size));
+}
+
 void check_window_options(const WindowOptions& options) {
   const int64_t least = options.bos >= 0 ? 2 : 1;
   if (options.context < least)

@@ -37,6 +37,8 @@ struct TokenWindow {
 
 // UsageError for a context that cannot hold a token.
 void check_window_options(const WindowOptions& options);
+// UsageError for a --context-size below 0 or above 2^24 (every program that cuts windows says it alike).
+void check_context_size(int64_t context_size);
 // The number of windows of a document of `tokens` tokens (0 for an empty one).
 int64_t window_count(int64_t tokens, const WindowOptions& options);
 // Window k (0 <= k < window_count) of the document.

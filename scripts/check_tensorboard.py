@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reads a TensorBoard log directory with the real tensorboard package and prints every scalar.
 
-Checks that our hand-written event files (sae/tensorboard.cpp) load in TensorBoard itself.
+Checks that our hand-written event files (io/tensorboard.cpp) load in TensorBoard itself.
 Needs `pip install tensorboard`. Usage:
     python3 scripts/check_tensorboard.py LOG_DIR [--expect tag1,tag2|csv] [--csv metrics.csv] [--quiet]
 --csv compares every scalar with the run's metrics.csv: each column but `step` must be a tag with

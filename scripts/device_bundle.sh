@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds, on this machine (nvcc, OpenBLAS, GoogleTest and Google Benchmark installed), what a GPU
-# session needs on the device machine, whose image (as the device tool's KINDS.md describes it,
-# not checked yet) has nvcc, CUDA's libraries and PyTorch but none of our Debian libraries, and no
+# sitting needs on the device machine, whose image (as described for the device machine's GPU
+# kinds, not checked yet) has nvcc, CUDA's libraries and PyTorch but none of our Debian libraries, and no
 # network: the programs for sm_90 with a generic x86-64-v3 CPU target, and the shared libraries
 # they need that the device may lack, packed as .device/bundle.tar.xz (~23 MB; .device/ is
 # git-ignored). Built without MPI (and so without NCCL): the device runs one GPU, and Debian's Open
 # MPI libraries are not on it; the bundle is refused here if any program needs a library it neither
 # carries nor can expect on the device (CUDA's, the C/C++ runtime's). On the device, scripts/device_check.sh unpacks and runs it
-# (name .device in the device tool's carry). The build lives in build-device/ of this checkout, and
+# (.device carried along with the checkout). The build lives in build-device/ of this checkout, and
 # the bundle records this checkout's path (source_root): the tests look up fixtures and programs by
 # the paths compiled into them, and device_check.sh makes that path lead to the device's copy.
 set -euo pipefail

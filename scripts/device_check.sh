@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and measurements of one device sitting (issue 22), in one call, within a time
+# The GPU checks and measurements of one device sitting, in one call, within a time
 # budget. Run from the repository root on the device machine with .device/bundle.tar.xz (made here by
 # scripts/device_bundle.sh) carried along:
 #

@@ -13,7 +13,8 @@
 // precision (slower than fp32 on a CPU, never faster). Everything that is not a GEMM (element-wise
 // ops, reductions, the sparse kernels, Adam) stays float32 at every precision. A GEMM may also write
 // a bf16 output and read bf16 operands (tensor/ops.h matmul_): the [N, F] activations of the
-// standard and TopK-family steps at bf16 (sae/arch/unit.h activation_dtype).
+// standard, TopK-family, gated and JumpReLU steps at bf16 (sae/arch/unit.h activation_dtype;
+// docs/contract.md says which tensors each keeps in bf16).
 #pragma once
 #include <cstdint>
 #include <cstring>

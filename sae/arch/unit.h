@@ -186,6 +186,9 @@ class ArchUnit {
   virtual bool has_lambda() const { return true; }
   // For units without lambda: how their sparsity is set, for messages ("sets its L0 with --k").
   virtual std::string sparsity_note() const { return ""; }
+  // Whether lambda prices each active latent (an L0-like penalty) rather than the activations' size
+  // (an L1 penalty): the --target-l0 controller's scale of lambda (sae/train/l0_controller.h).
+  virtual bool l0_like_penalty() const { return false; }
 
   // ---- parameters ----
   virtual bool has_b_enc() const { return true; }

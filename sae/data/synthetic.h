@@ -51,7 +51,7 @@ class SyntheticSource : public ActivationSource {
   std::string name() const override { return "synthetic data"; }
   // On CUDA (a GPU present, story_active <= 1024): the tokens made by a kernel, one block per token
   // (cuda_data.cu); on the CPU: the same split computed on the host, which equals read_tokens bit for
-  // bit (tests/sae/data/test_synthetic_device.cpp). The CUDA tokens differ from the CPU's only where
+  // bit (tests/sae/data/test_device_data.cpp). The CUDA tokens differ from the CPU's only where
   // the device's double log, cos or sin differ from glibc's in a last bit that survives the cast
   // of the noise term to float32 (docs/contract.md §3).
   bool generates_on(Device device) const override;

@@ -4,8 +4,8 @@
 // pair (u1, u2) per two columns, then its concepts one at a time (the story-level ones present on
 // this token, then Poisson(active) token-level ones from the power law), each with its magnitude.
 // A token is then x[j] = mean[j] + noise_j, plus magnitude * concept[j] for each concept in turn.
-// The CUDA generator (cuda_synthetic.cu) splits this over threads: one thread draws, all apply;
-// tests/sae/data/test_synthetic_device.cpp runs the same split on the host against the generator.
+// The CUDA generator (cuda_data.cu) splits this over threads: one thread draws, all apply;
+// tests/sae/data/test_device_data.cpp runs the same split on the host against the generator.
 #pragma once
 #include <cmath>
 #include <cstdint>

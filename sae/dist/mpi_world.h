@@ -22,8 +22,8 @@ namespace sae {
 
 bool mpi_built();   // the build has MPI
 bool nccl_built();  // the build has NCCL (and CUDA)
-// Launched as one of several MPI ranks (mpirun's environment: OMPI_COMM_WORLD_SIZE, PMI_SIZE or
-// PMIX_RANK).
+// Launched as one of several MPI ranks (mpirun's environment: OMPI_COMM_WORLD_SIZE, PMI_SIZE,
+// PMIX_RANK or MPI_LOCALNRANKS).
 bool launched_by_mpirun();
 
 class MpiWorld {

@@ -13,10 +13,11 @@
 //   L0, density  mean active features per token; per feature the fraction of tokens it is nonzero
 //                on; dead = never nonzero; dense = density > dense_threshold
 // Stories are cut into windows (lm/text_windows.h: of P positions, or --context-size; each starting
-// with the BOS when one is prepended), each run (and normalised) on its own. The SAE, zero and mean
-// ablation replace the document's rows only: a BOS row is left as the model computed it, and the
-// statistics (FVU, L0, densities, the mean, KL) are over the document's tokens; CE counts every
-// prediction of the window, the one from the BOS too.
+// with the BOS when one is prepended), each run (and normalised) on its own. The SAE and mean
+// ablation replace the document's rows only (a BOS row is left as the model computed it); zero
+// ablation zeroes every row, the BOS's too, as SAELens's evals do. The statistics (FVU, L0,
+// densities, the mean, KL) are over the document's tokens; CE counts the predictions made from
+// document tokens, not the one from the BOS (SAELens masks it).
 // A crosscoder (evaluate_crosscoder; docs/contract.md §6, docs/architectures.md §2.13) is spliced in
 // at each of its hooks. Acausal, it needs every source before it encodes, so each window is run in
 // two passes: a clean pass of each model (its logits are the clean run's) reads all the sources, the

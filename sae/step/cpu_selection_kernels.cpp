@@ -140,7 +140,7 @@ void topk_select_typed(int32_t* row_ptr, int32_t* cols_out, T* vals_out, const P
 
 // ---- batch top k (BatchTopK) ----
 //
-// The `total`-th largest relu(P) of the batch is found by its integer key (arch_math.h), 16 bits at
+// The `total`-th largest relu(P) of the batch is found by its integer key (selection_math.h), 16 bits at
 // a time: a histogram of the next 16 bits among the keys that share the bits found so far, then the
 // bucket where the running count from the top reaches the rank. Then each row counts its values
 // above the key and equal to it; the ties go to the rows in order until `total` are taken.

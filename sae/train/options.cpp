@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <type_traits>
 
+#include "lm/model_family.h"
+#include "lm/text_data.h"
 #include "sae/arch/registry.h"
 
 namespace sae {
@@ -228,11 +230,10 @@ std::vector<TrainOption> make_table() {
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
           "data", FIELD(data), text()),
-      row("model", text_group, "a Hugging Face model folder, GPT-Neo, GPT-2, GPT-NeoX/Pythia, Llama, Qwen 2, Mistral or Gemma 2 (config.json, "
+      row("model", text_group, "a Hugging Face model folder, " + supported_families_text() + " (config.json, "
           "model.safetensors, tokenizer.json): train on its activations, computed from --text inside the loop",
           defines, "model", FIELD(model), text(), std::string()),
-      row("text", text_group, "the text corpus: TinyStories' .txt (stories separated by <|endoftext|>) or JSON lines "
-          "(--text-field), plain or compressed (.jsonl.gz, .jsonl.zst)", defines, "text", FIELD(text), text(),
+      row("text", text_group, std::string("the text corpus: ") + kCorpusFormats, defines, "text", FIELD(text), text(),
           std::string()),
       row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream entering blocks.2: blocks.2.hook_resid_pre)",
           defines, "layer", FIELD(layer), integer(), "2"),

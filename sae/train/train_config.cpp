@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/dictionary_reads.h"
 #include "sae/train/feature_stats.h"
@@ -35,8 +36,7 @@ void TrainConfig::validate() const {
       require(!was_given(option), cat("--", option, " applies only to training from text (--model, --text); --data ",
                                       data, " holds its activations as they are"));
   require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
-  require(context_size >= 0 && context_size <= (int64_t(1) << 24),
-          cat("--context-size must be >= 0 (0: the model's positions), got ", context_size));
+  check_context_size(context_size);
   require(!text_field.empty(), "--text-field must not be empty");
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));
   require(std::isfinite(l1) && l1 >= 0, cat("--l1 must be a finite number >= 0, got ", l1));
@@ -116,11 +116,6 @@ void refuse_options_without_effect(const TrainConfig& c) {
 
 bool TrainConfig::was_given(const std::string& option) const {
   return std::find(given.begin(), given.end(), option) != given.end();
-}
-
-HookSite TrainConfig::hook_site() const {
-  if (!hook.empty()) return parse_hook_name(hook, "--hook");
-  return HookSite{layer, HookPoint::FinalOutput};  // hidden_states[layer]: the model resolves it
 }
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }

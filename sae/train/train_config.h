@@ -111,7 +111,6 @@ struct TrainConfig {
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
   std::string batch_name() const;        // "story" or the token count
-  HookSite hook_site() const;            // --hook, or hidden_states[--layer] (resolved by the model)
   double lr_at(int64_t step) const;      // step counts from 1
   double l1_at(int64_t step) const;
 };

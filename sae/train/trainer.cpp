@@ -94,6 +94,7 @@ Json run_description(const TrainConfig& c, const Json& data, const RunState& run
                         : "raw activations";
   j["l1_coefficient"] = c.l1;
   j["lr"] = c.lr;
+  j["precision"] = precision_name(c.precision);  // of the GEMMs it trained with; the weights are float32
   j["steps"] = run.step;
   j["tokens"] = run.tokens;
   j["batch"] = c.batch_name();
@@ -117,7 +118,7 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
   cfg["resolved"]["threads"] = static_cast<int64_t>(cpu_threads());
   if (c.target_l0 > 0) {  // where the L0 controller's lambda lives (l0_controller.h)
     const double mean_squared_norm = columns.input_mean_squared_norm(data);
-    cfg["resolved"]["target_l0_lambda_scale"] = lambda_scale(c.architecture == "jumprelu", mean_squared_norm, c.target_l0);
+    cfg["resolved"]["target_l0_lambda_scale"] = lambda_scale(run_unit(c).l0_like_penalty(), mean_squared_norm, c.target_l0);
     cfg["resolved"]["target_l0_mean_squared_norm"] = mean_squared_norm;
   }
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
@@ -168,7 +169,7 @@ MetricRow with_architecture_metrics(MetricRow row, const RunState& run, const St
 // mean_squared_norm: of the run's input (RunColumns::input_mean_squared_norm).
 L0ControllerSettings l0_controller_settings(const TrainConfig& c, double mean_squared_norm) {
   L0ControllerSettings s;
-  s.scale = lambda_scale(c.architecture == "jumprelu", mean_squared_norm, c.target_l0);
+  s.scale = lambda_scale(run_unit(c).l0_like_penalty(), mean_squared_norm, c.target_l0);
   s.target = c.target_l0;
   s.ki = c.target_l0_ki;
   s.kp = c.target_l0_kp;

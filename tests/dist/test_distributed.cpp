@@ -142,7 +142,7 @@ void expect_shards_and_replicas_equal_one_process(const std::string& options, co
 
 }  // namespace
 
-// The equality: P = 2 as 2 shards and as 2 replicas, 100 steps, standard and TopK.
+// Distributed training's equality: P = 2 as 2 shards and as 2 replicas, 100 steps, standard and TopK.
 TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
   SKIP_WITHOUT_MPI();
   TempDir dir("dist_equal");

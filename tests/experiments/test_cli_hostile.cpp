@@ -1,4 +1,4 @@
-// The same hostile input given to every program that takes it (issue 24): each must refuse it at
+// The same hostile input given to every program that takes it: each must refuse it at
 // once with one line naming the file or option at fault, the same line and exit code in every
 // program for the same cause, or (non-finite weights) do the arithmetic in double instead of
 // printing a silent "n/a". Programs: sae_train (from text), sae_cache, sae_eval, sae_steer,
@@ -109,7 +109,7 @@ std::string sae_copy(const TempDir& dir, const std::string& name, const std::fun
 
 }  // namespace
 
-// Defect 9: a FIFO as --text blocked every program forever. Refused at once, one message for all.
+// A FIFO as --text used to block every program forever. Refused at once, one message for all.
 TEST(HostileInput, AFifoAsTextIsRefusedAtOnceByEveryProgram) {
   TempDir dir("hostile_fifo");
   ASSERT_EQ(::mkfifo(dir.str("stories.fifo").c_str(), 0600), 0);
@@ -129,7 +129,7 @@ TEST(HostileInput, AFifoAsActivationsIsRefusedAtOnce) {
   EXPECT_NE(train.err.find("acts.fifo: it is a FIFO (named pipe), not a regular file"), std::string::npos) << train.err;
 }
 
-// Defect 11: a directory as --text: our line, not the library's "filesystem error: ..." text.
+// A directory as --text: our line, not the library's "filesystem error: ..." text.
 TEST(HostileInput, ADirectoryAsTextIsOneLineNamingIt) {
   TempDir dir("hostile_dir");
   fs::create_directories(dir.str("stories"));
@@ -137,7 +137,7 @@ TEST(HostileInput, ADirectoryAsTextIsOneLineNamingIt) {
                       "stories: it is a directory, expected a file");
 }
 
-// Defect 8: --layer=-1 ran layer 2 in sae_features; every program refuses it alike (exit 2).
+// --layer=-1 used to run layer 2 in sae_features; every program refuses it alike (exit 2).
 TEST(HostileInput, ANegativeLayerIsAUsageErrorEverywhere) {
   expect_same_refusal({{"sae_cache", false}, {"sae_eval"}, {"sae_features"}, {"sae_steer"}}, eval_ref("model"),
                       eval_ref("stories.txt"), eval_ref("sae_story"), 2,
@@ -150,7 +150,7 @@ TEST(HostileInput, ANegativeLayerIsAUsageErrorEverywhere) {
   EXPECT_NE(train.err.find("--layer must be a hidden_states index >= 0, got -1"), std::string::npos) << train.err;
 }
 
-// Defect 11: a layer out of range given by the SAE's cfg.json is a data error naming that file (it
+// A layer out of range given by the SAE's cfg.json is a data error naming that file (it
 // was "--layer 99" with exit 2 in sae_features), the same in the three programs that read an SAE.
 TEST(HostileInput, ALayerOutOfRangeInCfgJsonNamesTheFile) {
   TempDir dir("hostile_cfg_layer");
@@ -186,7 +186,7 @@ TEST(HostileInput, WindowMetadataOfTheWrongKindNamesTheKey) {
                       "name/cfg.json: hook_name: expected a hook point's name, got 5");
 }
 
-// Defect 11: config.json without hidden_size or vocab_size said "JSON: missing key" without the file.
+// config.json without hidden_size or vocab_size used to say "JSON: missing key" without the file.
 TEST(HostileInput, AConfigWithoutItsSizesNamesTheFileAndTheKey) {
   TempDir dir("hostile_config");
   for (const char* key : {"hidden_size", "vocab_size"}) {
@@ -202,7 +202,7 @@ TEST(HostileInput, AConfigWithoutItsSizesNamesTheFileAndTheKey) {
   }
 }
 
-// Defect 11: a tokenizer with more ids than the model's vocabulary: sae_cache started anyway (and
+// A tokenizer with more ids than the model's vocabulary: sae_cache used to start anyway (and
 // wrote a cache whenever the text did not use the extra ids); every program refuses it up front.
 TEST(HostileInput, ATokenizerLargerThanTheVocabularyIsRefusedUpFront) {
   TempDir dir("hostile_vocab");
@@ -220,7 +220,7 @@ TEST(HostileInput, ATokenizerLargerThanTheVocabularyIsRefusedUpFront) {
                       "config.json: vocab_size 4097 is smaller than the tokenizer's 5001 ids");
 }
 
-// Defect 11: a FIFO tokenizer.json was reported as "no tokenizer.json".
+// A FIFO tokenizer.json used to be reported as "no tokenizer.json".
 TEST(HostileInput, AFifoTokenizerIsNamedAsAFifo) {
   TempDir dir("hostile_tokenizer");
   const fs::path model = dir.str("model");
@@ -232,7 +232,7 @@ TEST(HostileInput, AFifoTokenizerIsNamedAsAFifo) {
                       "tokenizer.json: it is a FIFO (named pipe), not a regular file");
 }
 
-// Defect 11: sae_cache wrote an empty "complete" cache for a corpus without a story (exit 0) where
+// sae_cache used to write an empty "complete" cache for a corpus without a story (exit 0) where
 // sae_train refuses it; now both refuse it alike and no cache claims to be complete.
 TEST(HostileInput, AnEmptyCorpusIsRefusedBySaeCacheAsBySaeTrain) {
   TempDir dir("hostile_empty");
@@ -266,7 +266,7 @@ std::vector<int64_t> ids_of(const Json& list) {
 }
 }  // namespace
 
-// Defect 10: a decoder row whose float32 norm overflows (3e38 entries): sae_steer's direction came
+// A decoder row whose float32 norm overflows (3e38 entries): sae_steer's direction used to come
 // out 0 and the "steered" ids were the unsteered ones (exit 0). The norm is now taken in double:
 // the direction is the row's, (1, 1, 0, ...) / sqrt 2, exactly as for the same row at scale 1.
 TEST(HostileInput, SteeringAlongAHugeDecoderRowUsesItsDirection) {
@@ -288,7 +288,7 @@ TEST(HostileInput, SteeringAlongAHugeDecoderRowUsesItsDirection) {
   EXPECT_EQ(ids_of(a.at("steered").at("ids")), ids_of(b.at("steered").at("ids")));
 }
 
-// Defect 10: sae_eval on that SAE printed every score as "n/a" and exited 0. Its reconstruction
+// sae_eval on that SAE used to print every score as "n/a" and exit 0. Its reconstruction
 // overflows float32: an error, exit 1, one line naming the SAE.
 TEST(HostileInput, EvaluatingAnSaeWhoseReconstructionOverflowsIsAnError) {
   TempDir dir("hostile_eval");

@@ -17,6 +17,7 @@
 #include "lm/text_windows.h"
 #include "sae/data/activations.h"
 #include "tests/util/compare.h"
+#include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -292,8 +293,13 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
     EXPECT_EQ(count_lines(r.err), 1) << r.err;
     EXPECT_NE(r.err.find(b.mention), std::string::npos) << r.err;
   }
-  // The folder the BOS refusal leaves (found once the tokenizer is read) is refused on --resume too:
+  // The BOS refusal is found once the tokenizer is read, after the folder is made: the folder is
+  // gone again. The folder of the same run killed before it began is refused on --resume too:
   // nothing has trained, so its options are checked as a new run's (it trained what was refused).
+  EXPECT_FALSE(std::filesystem::exists(dir.str("x7")));
+  r = sae::testing::run_program("sae_train", bad[6].args, dir, "SAE_TEST_KILL_AT=after-pending-config");
+  EXPECT_NE(r.exit_code, 0);
+  ASSERT_TRUE(std::filesystem::exists(dir.str("x7/config.pending.json")));
   r = run_binary("sae_train", "--resume " + quote(dir.str("x7")) + " --progress none", dir);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("this run puts no BOS before its windows"), std::string::npos) << r.err;

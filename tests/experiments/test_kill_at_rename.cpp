@@ -1,4 +1,4 @@
-// Killed at every rename (issue 24, defects 1 and 7): each program that writes a run, a study or a
+// Killed at every rename: each program that writes a run, a study or a
 // cache is killed with SIGKILL right after its N-th rename(2) (every file and folder is put in place
 // by one; tests/shim/kill_after_rename.cpp, loaded with LD_PRELOAD), for every N of an
 // uninterrupted run, and then the retry a job scheduler would make is run:

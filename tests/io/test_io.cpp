@@ -644,6 +644,11 @@ TEST(Npy, RejectsBadFiles) {
     b[6] = 4;
     open_bytes(b);
   }, {path, "version 4.0"});
+  expect_data_error([&] {  // numpy refuses a minor version other than 0 (we had read it as 1.0)
+    std::string b = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24);
+    b[7] = 1;
+    open_bytes(b);
+  }, {path, "version 1.1", "expected 1.0, 2.0 or 3.0"});
   expect_data_error([&] { open_bytes(npy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", data24)); }, {path, "Fortran"});
   expect_data_error([&] { open_bytes(npy("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", data24)); },
                     {path, "big-endian", "'>f4'"});

@@ -123,6 +123,7 @@ class JumpReluUnit : public ArchUnit {
     return true;
   }
   std::string name() const override { return "jumprelu"; }
+  bool l0_like_penalty() const override { return true; }  // step: lambda L0; tanh: lambda sum tanh(c f n)
   std::string description() const override {
     return "f = P H(P - theta), straight-through thresholds; lambda L0 (step) or lambda sum tanh(c f n) + "
            "pre-activation loss (tanh)";

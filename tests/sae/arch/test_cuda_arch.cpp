@@ -4,7 +4,7 @@
 // dense kernels and the projection to rounding (every output NaN until the kernel writes it; the
 // outputs that are zero by definition compared exactly), and three training steps of every
 // architecture. Every test skips when no GPU is present. The CPU kernels these are compared with are
-// checked against their formulas in tests/sae/step/test_arch_dense_kernels.cpp.
+// checked against their formulas in tests/sae/arch/test_arch_dense_kernels.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>

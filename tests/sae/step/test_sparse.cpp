@@ -1,4 +1,4 @@
-// The sparse path of the SAE step (sae/step/sae_step.h, the sparse_* kernels of sae/step/sae_kernels.h):
+// The sparse path of the SAE step (sae/arch/sae_step.h, the sparse_* kernels of sae/step/sae_kernels.h):
 //  - the int32 index dtype and the kernels' front-end checks;
 //  - sparse_index against the lists by definition; sparse_decode and the backward kernels against
 //    the dense formulas; Adam mode of the backward kernels against gradient mode followed by

@@ -1,4 +1,4 @@
-// Transcoders and crosscoders trained end to end from activation files (issue 25): planted ground
+// Transcoders and crosscoders trained end to end from activation files: planted ground
 // truth (shared sparse codes through known input and output directions) recovered by the decoder,
 // the target's FVU, W_skip learning a planted linear part, bit-exact resume, sae_apply's outputs
 // against the checkpoint applied in-process, and the option rules' one-line refusals.

@@ -107,6 +107,12 @@ TEST(PrecisionRuns, Bf16RunRecoversThePlantedDictionaryAsTheFp32RunDoes) {
   expect_same_recovery_at_bf16(c, dir.str(), "standard");
   const Json cfg = Json::parse(sae::testing::read_file(dir.str("bf16/config.json")));
   EXPECT_EQ(cfg.at("precision").as_string(), "bf16");
+  // The SAE's own folder says it too (SAELens reads cfg.json alone; its weights are float32).
+  for (const char* run : {"fp32", "bf16"}) {
+    const Json sae_cfg = Json::parse(sae::testing::read_file(dir.str(cat(run, "/sae/cfg.json"))));
+    EXPECT_EQ(sae_cfg.at("sae_cpp").at("precision").as_string(), run);
+    EXPECT_EQ(sae_cfg.at("dtype").as_string(), "float32");
+  }
 }
 
 TEST(PrecisionRuns, TopKAtBf16RecoversThePlantedDictionaryAsAtFp32) {
