@@ -304,26 +304,27 @@ TEST(Cli, AFreshRunThatFailsLeavesTheFolderAsItWas) {
   r = run_binary("sae_train", kTrain + missing + " --out " + dir.str("a/b/c"), dir);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_FALSE(fs::exists(dir.str("a")));
-  ASSERT_EQ(run_binary("sae_train", kTiny + " --out " + dir.str("old"), dir).exit_code, 0);
-  const std::string config = read_file(dir.str("old/config.json"));
-  r = run_binary("sae_train", kTrain + missing + " --overwrite --out " + dir.str("old"), dir);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(read_file(dir.str("old/config.json")), config);
+  // A failed --overwrite leaves what it would replace: a run's files; a list's SAEs and its sweep.json
+  // (which it had rewritten, so `--resume OUT` no longer continued the SAEs still there).
+  auto failed_overwrite_keeps = [&](const std::string& folder, const std::string& made_by, const std::string& failing,
+                                    const std::string& record) {
+    ASSERT_EQ(run_binary("sae_train", kTiny + made_by + " --out " + dir.str(folder), dir).exit_code, 0);
+    const std::string before = read_file(dir.str(folder + "/" + record));
+    const auto failed = run_binary("sae_train", kTrain + missing + failing + " --overwrite --out " + dir.str(folder), dir);
+    EXPECT_EQ(failed.exit_code, 1) << failed.err;
+    EXPECT_EQ(read_file(dir.str(folder + "/" + record)), before);
+    EXPECT_FALSE(fs::exists(dir.str(folder + "/config.pending.json")));
+  };
+  failed_overwrite_keeps("old", "", "", "config.json");
   EXPECT_TRUE(fs::exists(dir.str("old/sae/sae_weights.safetensors")));
-  EXPECT_FALSE(fs::exists(dir.str("old/config.pending.json")));
-  // --resume of the failed run's folder: nothing there to continue.
-  r = run_binary("sae_train", " --resume " + dir.str("mine") + " --progress none", dir);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  // A list: a failed --overwrite had rewritten OUT/sweep.json, so `--resume OUT` no longer continued
-  // the SAEs still there; a failed fresh list left OUT with sweep.json.
-  ASSERT_EQ(run_binary("sae_train", kTiny + " --l1-list 1,2 --out " + dir.str("list"), dir).exit_code, 0);
-  const std::string sweep = read_file(dir.str("list/sweep.json"));
-  r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --overwrite --out " + dir.str("list"), dir);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(read_file(dir.str("list/sweep.json")), sweep);
+  failed_overwrite_keeps("list", " --l1-list 1,2", " --l1-list 3,4", "sweep.json");
   EXPECT_FALSE(fs::exists(dir.str("list/l1_3")));
   r = run_binary("sae_train", " --resume " + dir.str("list") + " --steps 4 --progress none", dir);
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  // --resume of the failed run's folder: nothing there to continue.
+  r = run_binary("sae_train", " --resume " + dir.str("mine") + " --progress none", dir);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  // A failed fresh list into a folder it made: gone again.
   r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --out " + dir.str("new/list"), dir);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_FALSE(fs::exists(dir.str("new")));
