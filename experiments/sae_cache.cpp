@@ -55,9 +55,7 @@ int main(int argc, char** argv) {
     const std::string model_dir = parsed["model"].as<std::string>(), text = parsed["text"].as<std::string>();
     const std::string out = parsed["out"].as<std::string>();
     const int64_t max_stories = parsed["max-stories"].as<int64_t>();
-    sae::HookChoice choice =
-        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
-                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+    sae::HookChoice choice = sae::hook_choice_given(parsed);
     if (!choice.given()) choice = sae::hook_choice("", 2, true);
     sae::require_input_file(text);
     std::string dtype = parsed["dtype"].as<std::string>();

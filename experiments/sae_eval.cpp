@@ -72,9 +72,7 @@ int main(int argc, char** argv) {
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));
     if (!(eval.dense_threshold >= 0 && eval.dense_threshold <= 1))
       throw sae::UsageError(sae::cat("--dense-threshold must be in [0, 1], got ", eval.dense_threshold));
-    const sae::HookChoice choice =
-        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
-                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+    const sae::HookChoice choice = sae::hook_choice_given(parsed);
     sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
     // The output folder before the work: a --out that cannot be made is said at once.

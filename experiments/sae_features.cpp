@@ -95,9 +95,7 @@ int main(int argc, char** argv) {
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
     sae::check_feature_stats_options(params.d_sae(), stats_options);
 
-    const sae::HookChoice choice =
-        sae::hook_choice(given(parsed, "hook"), parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1,
-                         parsed.count("layer") > 0);
+    const sae::HookChoice choice = sae::hook_choice_given(parsed);
     std::unique_ptr<sae::DecoderModel> model;
     std::unique_ptr<sae::BpeTokenizer> tokenizer;
     std::unique_ptr<sae::ActivationSource> source;
@@ -199,14 +197,7 @@ int main(int argc, char** argv) {
       if (k >= 0) description["layer"] = k;
     } else {
       if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
-      std::vector<std::string> files;
-      for (size_t begin = 0;;) {
-        const size_t comma = data.find(',', begin);
-        files.push_back(data.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin));
-        if (files.back().empty()) throw sae::UsageError(sae::cat("--data '", data, "': an empty entry in the list"));
-        if (comma == std::string::npos) break;
-        begin = comma + 1;
-      }
+      const std::vector<std::string> files = sae::split_option_list("data", data);
       if (params.sources > 1 && static_cast<int64_t>(files.size()) != params.sources)
         throw sae::UsageError(sae::cat("--data: ", sae_dir, " is a crosscoder of ", params.sources,
                                        " sources: give one activation file per source, comma-separated (got ",

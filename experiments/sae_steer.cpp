@@ -65,9 +65,7 @@ int main(int argc, char** argv) {
     if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
     const int64_t width = parsed["width"].as<int64_t>();
     if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
-    const sae::HookChoice choice =
-        sae::hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
-                         parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+    const sae::HookChoice choice = sae::hook_choice_given(parsed);
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);

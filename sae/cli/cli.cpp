@@ -199,6 +199,11 @@ Profile quick_study_data() {
           {"synthetic-story-active", "1"}};
 }
 
+HookChoice hook_choice_given(const cxxopts::ParseResult& parsed) {
+  return hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
+                     parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+}
+
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text) {
   std::vector<std::string> items;
   size_t begin = 0;

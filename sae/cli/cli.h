@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "lm/hook_points.h"
 #include "sae/train/train_config.h"
 
 namespace sae {
@@ -33,6 +34,9 @@ std::string profile_text(const Profile& profile);
 // The synthetic data of both studies' --profile quick: the default generator scaled from d = 768 to
 // d = 64 (concept counts and active concepts per token by 1/12; one story concept per story).
 Profile quick_study_data();
+// --hook / --layer of a program that reads a hook point (lm/hook_points.h hook_choice): not given,
+// one of them, or a UsageError for both or a bad value.
+HookChoice hook_choice_given(const cxxopts::ParseResult& parsed);
 // Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
 // when an item is empty.
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
