@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     // A crosscoder reads one file per source (--input A,B,...), side by side.
     const std::string input_path = parsed["input"].as<std::string>();
     const std::vector<std::string> paths =
-        model.sources > 1 ? sae::split_option_list("--input", input_path) : std::vector<std::string>{input_path};
+        model.sources > 1 ? sae::split_option_list("input", input_path) : std::vector<std::string>{input_path};
     if (static_cast<int64_t>(paths.size()) != model.sources)
       throw sae::UsageError(sae::cat("the crosscoder reads ", model.sources, " sources: give --input with ",
                                      model.sources, " files separated by commas, got ", paths.size()));

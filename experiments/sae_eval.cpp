@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "io/atomic_file.h"
+#include "io/file_lock.h"
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "lm/text_windows.h"
@@ -75,7 +76,9 @@ int main(int argc, char** argv) {
     const sae::HookChoice choice = sae::hook_choice_given(parsed);
     sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
-    // The output folder before the work: a --out that cannot be made is said at once.
+    // The output folder before the work: a --out that cannot be made is said at once (and one made
+    // here is removed again if the work fails before it writes there).
+    const sae::MadeFolders made_here(out);
     std::error_code made;
     fs::create_directories(out, made);
     if (made || !fs::is_directory(out)) throw sae::DataError(sae::cat(out, ": cannot create the output directory"));

@@ -38,11 +38,22 @@ FileLock::~FileLock() {
 
 std::vector<std::string> missing_folders(const std::string& path) {
   namespace fs = std::filesystem;
-  std::vector<std::string> made;
+  // Each prefix of the path that ends in a name and is not there yet, as the file system will
+  // resolve it when it makes it ("p/../q" makes p, then p/../q; removed by the same names, in
+  // reverse). "." and empty parts (a trailing slash) name no folder of their own.
   std::error_code ec;
-  for (fs::path p = fs::absolute(path, ec); !p.empty() && !fs::exists(p, ec) && !ec; p = p.parent_path()) {
-    made.insert(made.begin(), p.string());
-    if (p == p.parent_path()) break;
+  const fs::path absolute = fs::absolute(path, ec);
+  if (ec) return {};
+  std::vector<std::string> made;
+  fs::path prefix;
+  for (const fs::path& part : absolute) {
+    prefix /= part;
+    if (part.empty() || part == "." || part == ".." || part == absolute.root_path() || part == absolute.root_name() ||
+        part == absolute.root_directory())
+      continue;
+    const bool there = fs::exists(prefix, ec);
+    if (ec) return made;  // a prefix that is not a folder: create_directories refuses it
+    if (!there) made.push_back(prefix.string());
   }
   return made;
 }

@@ -29,4 +29,18 @@ std::vector<std::string> missing_folders(const std::string& path);
 // with it), each other only while empty.
 void remove_made_folders(const std::vector<std::string>& made);
 
+// The two together: the folders `path` lacks when this is made, removed when it ends if they hold
+// nothing then (but the .lock of the last): a program that fails before it writes there leaves
+// none behind.
+class MadeFolders {
+ public:
+  explicit MadeFolders(const std::string& path) : made_(missing_folders(path)) {}
+  ~MadeFolders() { remove_made_folders(made_); }
+  MadeFolders(const MadeFolders&) = delete;
+  MadeFolders& operator=(const MadeFolders&) = delete;
+
+ private:
+  std::vector<std::string> made_;
+};
+
 }  // namespace sae

@@ -99,7 +99,7 @@ note "device_check.sh $mode: $(date -u +%FT%TZ), commit $(git -C "$root" rev-par
 bundle=/tmp/sae-bundle
 rm -rf "$bundle" && mkdir -p "$bundle"
 if ! tar -C "$bundle" -xJf "$root/.device/bundle.tar.xz" 2> "$logs/unpack.log"; then
-  note "FAIL unpack: $(head -c 300 "$logs/unpack.log") (run scripts/device_bundle.sh and carry .device)"
+  note "FAIL unpack: $(head -c 300 "$logs/unpack.log") (run scripts/device_bundle.sh and copy .device/ beside the checkout)"
   exit 1
 fi
 # The tests find fixtures and programs by the paths compiled into them (the checkout the bundle was

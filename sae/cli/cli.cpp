@@ -211,7 +211,7 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
     const size_t end = std::min(text.find(',', begin), text.size());
     items.push_back(text.substr(begin, end - begin));
     if (items.back().empty())
-      throw UsageError(cat("--", option, ": expected a comma-separated list, got '", text, "'"));
+      throw UsageError(cat("--", option, ": an empty item in the comma-separated list '", text, "'"));
     begin = end + 1;
   }
   return items;

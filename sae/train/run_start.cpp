@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "io/atomic_file.h"
+#include "io/mapped_file.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/options.h"
 #include "tensor/ops.h"
@@ -276,12 +277,12 @@ RunStart start_run(TrainConfig config, bool owner) {
   } else if (!owner) {
     if (!config.init.empty()) load_init(start, config);
   } else {
-    const std::vector<std::string> made = missing_folders(config.out);
+    auto cleanup = std::make_unique<FreshRunCleanup>(config.out);  // before the folder is made
     std::error_code ec;
     fs::create_directories(config.out, ec);
     if (ec) throw DataError(cat(config.out, ": cannot create the output directory: ", ec.message()));
     start.lock = std::make_unique<FileLock>((fs::path(config.out) / ".lock").string());
-    start.cleanup = std::make_unique<FreshRunCleanup>(config.out, made);
+    start.cleanup = std::move(cleanup);
     if (holds_a_run(config.out)) {
       if (!config.overwrite)
         throw UsageError(cat("--out ", config.out, " already holds a run; continue it with --resume ", config.out,
@@ -294,19 +295,34 @@ RunStart start_run(TrainConfig config, bool owner) {
   }
   config.validate();
   if (owner && config.resume.empty()) {
-    write_file_atomic((fs::path(config.out) / kPendingConfigFile).string(), config.to_json().dump(2) + "\n");
+    start.cleanup->write_pending(config.to_json().dump(2) + "\n");
     test_kill_point("after-pending-config");
   }
   start.config = std::move(config);
   return start;
 }
 
-FreshRunCleanup::~FreshRunCleanup() {
-  // The pending options are gone once config.json is written (the run began: a --resume continues
-  // it); still there, they are a run that never began.
+void FreshRunCleanup::write_pending(const std::string& options) {
+  const std::string path = (fs::path(out_) / kPendingConfigFile).string();
   std::error_code ec;
-  fs::remove(fs::path(out_) / kPendingConfigFile, ec);
-  remove_made_folders(made_);
+  if (fs::exists(path, ec)) replaced_pending_ = read_small_file(path);
+  write_file_atomic(path, options);
+  wrote_pending_ = true;
+}
+
+FreshRunCleanup::~FreshRunCleanup() {
+  // This run's pending options are gone once config.json is written (the run began: a --resume
+  // continues it); still there, they are a run that never began: the options it replaced come back.
+  const fs::path pending = fs::path(out_) / kPendingConfigFile;
+  std::error_code ec;
+  if (wrote_pending_ && fs::exists(pending, ec)) {
+    try {
+      if (replaced_pending_) write_file_atomic(pending.string(), *replaced_pending_);
+      else fs::remove(pending, ec);
+    } catch (const std::exception&) {
+      return;  // left as it is: a fresh command into the folder starts again
+    }
+  }
 }
 
 void keep_final_model(RunStart& start) {

@@ -37,15 +37,20 @@ namespace sae {
 // (see the header); declared in RunStart after its lock, so it runs while the lock is still held.
 class FreshRunCleanup {
  public:
-  // `made`: the folders made for the run (missing_folders, io/file_lock.h).
-  FreshRunCleanup(std::string out, std::vector<std::string> made) : out_(std::move(out)), made_(std::move(made)) {}
+  // Before the run's folder is made: the folders it lacks (io/file_lock.h MadeFolders).
+  explicit FreshRunCleanup(std::string out) : made_(out), out_(std::move(out)) {}
   ~FreshRunCleanup();
   FreshRunCleanup(const FreshRunCleanup&) = delete;
   FreshRunCleanup& operator=(const FreshRunCleanup&) = delete;
+  // Writes the run's config.pending.json, keeping the one it replaces (a run killed before it
+  // began, which --resume would have continued) to put back if this run never begins.
+  void write_pending(const std::string& options);
 
  private:
+  MadeFolders made_;  // removed after the destructor's body, once empty
   std::string out_;
-  std::vector<std::string> made_;
+  bool wrote_pending_ = false;
+  std::optional<std::string> replaced_pending_;
 };
 
 struct RunStart {

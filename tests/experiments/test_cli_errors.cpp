@@ -301,9 +301,12 @@ TEST(Cli, AFreshRunThatFailsLeavesTheFolderAsItWas) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(fs::exists(dir.str("mine/notes.txt")));
   EXPECT_FALSE(fs::exists(dir.str("mine/config.pending.json")));
-  r = run_binary("sae_train", kTrain + missing + " --out " + dir.str("a/b/c"), dir);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_FALSE(fs::exists(dir.str("a")));
+  for (const char* out : {"a/b/c", "a/b/c/", "a/./b//c", "p/../a/b"}) {  // "a/b/c/" had left a/ and a/b/
+    r = run_binary("sae_train", kTrain + missing + " --out " + dir.str(out), dir);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_FALSE(fs::exists(dir.str("a"))) << out;
+    EXPECT_FALSE(fs::exists(dir.str("p"))) << out;
+  }
   // A failed --overwrite leaves what it would replace: a run's files; a list's SAEs and its sweep.json
   // (which it had rewritten, so `--resume OUT` no longer continued the SAEs still there).
   auto failed_overwrite_keeps = [&](const std::string& folder, const std::string& made_by, const std::string& failing,
@@ -325,7 +328,7 @@ TEST(Cli, AFreshRunThatFailsLeavesTheFolderAsItWas) {
   r = run_binary("sae_train", " --resume " + dir.str("mine") + " --progress none", dir);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   // A failed fresh list into a folder it made: gone again.
-  r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --out " + dir.str("new/list"), dir);
+  r = run_binary("sae_train", kTrain + missing + " --l1-list 3,4 --out " + dir.str("new/list/"), dir);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_FALSE(fs::exists(dir.str("new")));
 }

@@ -266,7 +266,7 @@ TEST(TopStoriesCrosscoder, TheProgramReadsEverySourceAndRefusesWhatDoesNotFit) {
       {" --sae " + eval_ref("sae_story") + text + model_b, 2, "is not a crosscoder"},
       {xc + " --data " + eval_ref("stories.txt"), 2, "one activation file per source"},
       {" --sae " + eval_ref("sae_story") + " --data a,b", 2, "reads one"},
-      {xc + " --data a,,b", 2, "--data: expected a comma-separated list, got 'a,,b'"},
+      {xc + " --data a,,b", 2, "--data: an empty item in the comma-separated list 'a,,b'"},
       {xc + model_b + " --data a,b", 2, "--model-b DIR goes with --model and --text"},
   };
   for (const auto& [args, code, words] : cases) {

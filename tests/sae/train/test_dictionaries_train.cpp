@@ -227,6 +227,12 @@ TEST(DictionaryTraining, CrosscoderRecoversTheSharedConceptsOverBothSources) {
     }
     EXPECT_NEAR(f3.at("sn").elements()[s].as_number(), std::sqrt(sq), 1e-3 * std::sqrt(sq));  // 4 digits on the page
   }
+  // sae_apply takes one file per source; an empty item is named as the option (it said "----input").
+  const auto apply = run_binary("sae_apply", "--sae " + dir.str("run/sae") + " --input " + dir.str("a.npy") + ",," +
+                                                 dir.str("b.npy") + " --features-out " + dir.str("f.npy"), dir);
+  EXPECT_EQ(apply.exit_code, 2) << apply.err;
+  EXPECT_NE(apply.err.find("sae_apply: error: --input: an empty item in the comma-separated list"), std::string::npos)
+      << apply.err;
 }
 
 TEST(DictionaryTraining, TranscoderResumeIsBitExact) {

@@ -532,10 +532,21 @@ TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
   const auto straight = run_binary("sae_train", args + " --out " + dir.str("straight"), dir);
   ASSERT_EQ(straight.exit_code, 0) << straight.err;
   EXPECT_EQ(read_file(dir.str("run/sae/sae_weights.safetensors")), read_file(dir.str("straight/sae/sae_weights.safetensors")));
-  // The same kill, then the fresh command again: it holds no run, so it starts.
+  // The same kill, then a fresh command that fails there (a bad --init; other data that is not
+  // there): the killed run's options are kept (they had been deleted), and --resume continues it.
   ASSERT_NE(sae::testing::run_program("sae_train", args + " --out " + dir.str("again"), dir,
                                       "SAE_TEST_KILL_AT=after-pending-config").exit_code, 0);
-  EXPECT_EQ(run_binary("sae_train", args + " --out " + dir.str("again"), dir).exit_code, 0);
+  const std::string pending = read_file(dir.str("again/config.pending.json"));
+  EXPECT_EQ(run_binary("sae_train", args + " --init " + dir.str("nowhere") + " --out " + dir.str("again"), dir).exit_code, 1);
+  EXPECT_EQ(run_binary("sae_train", " --data " + dir.str("absent.npy") + " --features 16 --steps 12 --batch 32 "
+                       "--normalize dataset --lr 1e-3 --progress none --device cpu --out " + dir.str("again"), dir).exit_code, 1);
+  EXPECT_EQ(read_file(dir.str("again/config.pending.json")), pending);
+  EXPECT_EQ(run_binary("sae_train", "--resume " + dir.str("again"), dir).exit_code, 0);
+  EXPECT_EQ(read_file(dir.str("again/sae/sae_weights.safetensors")), read_file(dir.str("straight/sae/sae_weights.safetensors")));
+  // The fresh command into the killed run's folder: it holds no run, so it starts.
+  ASSERT_NE(sae::testing::run_program("sae_train", args + " --out " + dir.str("fresh"), dir,
+                                      "SAE_TEST_KILL_AT=after-pending-config").exit_code, 0);
+  EXPECT_EQ(run_binary("sae_train", args + " --out " + dir.str("fresh"), dir).exit_code, 0);
 }
 
 TEST(RunFolders, AListClaimsItsFolderOnlyOnceItBegins) {
