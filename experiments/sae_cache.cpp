@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "io/file_fingerprint.h"
 #include "io/file_lock.h"
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
@@ -106,9 +107,13 @@ int main(int argc, char** argv) {
     }
     if (context_size > 0) source["context_size"] = context_size;
     if (max_stories > 0) source["max_stories"] = max_stories;  // part of what the cache is
-    // The text's size: a corpus rewritten between a killed run and its retry is another source (the
-    // retry would seek to a byte of the old text), refused as one.
+    // The text's size and fingerprint: a corpus rewritten between a killed run and its retry is
+    // another source (the retry would seek to a byte of the old text), refused as one; so is a model
+    // whose weights changed. Both are in the manifest, whose fingerprint a run from the cache records:
+    // a cache made again under the same name from other weights or text is refused on --resume.
     source["text_bytes"] = static_cast<int64_t>(fs::file_size(text));
+    source["text_fingerprint"] = sae::file_fingerprint(text);
+    source["model_fingerprint"] = sae::model_weights_fingerprint(model_dir);
 
     fs::create_directories(out);
     const sae::FileLock lock((fs::path(out) / ".lock").string());

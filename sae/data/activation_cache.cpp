@@ -2,10 +2,10 @@
 #include "sae/data/activation_cache.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "io/atomic_file.h"
@@ -149,10 +149,15 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
   if (ec) throw DataError(cat(dir, ": cannot create the cache folder: ", ec.message()));
   if (is_activation_cache(dir)) {
     manifest_ = read_cache_manifest(dir);
-    if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != source) {
+    // A cache written before its source recorded the text's and the model's fingerprints is
+    // compared without them.
+    Json asked = source;
+    for (const char* key : {"text_fingerprint", "model_fingerprint"})
+      if (asked.is_object() && manifest_.source.is_object() && !manifest_.source.has(key)) asked.erase(key);
+    if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != asked) {
       const std::string what = manifest_.d != d         ? cat("d: ", manifest_.d, " (the cache) / ", d, " (asked)")
                                : manifest_.dtype != dtype ? cat("dtype: ", manifest_.dtype, " (the cache) / ", dtype, " (asked)")
-                                                          : first_difference(manifest_.source, source);
+                                                          : first_difference(manifest_.source, asked);
       throw UsageError(cat(dir, " holds a cache of other activations (", printable(what, 400), "); use another --out"));
     }
   } else {
@@ -227,6 +232,15 @@ void ActivationCacheWriter::add_story(int64_t story_index, const std::vector<int
   if (manifest_.complete && !rewriting()) throw Error(cat(dir_, ": the cache is complete; nothing more can be added"));
   if (token_ids.empty()) throw Error("ActivationCacheWriter: a story needs at least one token");
   const size_t values = token_ids.size() * static_cast<size_t>(manifest_.d);
+  // What the cache could not hold: a non-finite value, or one beyond f16's range (65504; from 65520
+  // it rounds to inf), said now, not found by a run hours later.
+  const bool f16 = manifest_.dtype == "F16";
+  for (size_t i = 0; i < values; ++i)
+    if (!(std::fabs(activations[i]) < (f16 ? 65520.0f : INFINITY)))
+      throw DataError(cat(dir_, ": story ", story_index, ", token ", i / static_cast<size_t>(manifest_.d), ", column ",
+                          i % static_cast<size_t>(manifest_.d), ": activation ", activations[i],
+                          std::isfinite(activations[i]) ? " is beyond f16's range (65504): use --dtype bf16 or f32"
+                                                        : " is not finite: the model's activations overflowed"));
   const size_t at = pending_activations_.size();
   pending_activations_.resize(at + values * safetensors_dtype_size(manifest_.dtype));
   convert_from_f32(activations, values, manifest_.dtype, pending_activations_.data() + at);

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "io/float_convert.h"
 #include "sae/data/activation_cache.h"
@@ -137,7 +139,8 @@ TEST(ActivationCache, DamagedManifestsAreRefused) {
 
 TEST(ActivationCache, ANonFiniteValueIsRefusedOnOpenNamingItsShard) {
   // As a single file is (its first and last 4096 tokens, here all 21): the error names the shard and
-  // the token in it, not only the token of the whole cache.
+  // the token in it, not only the token of the whole cache. The writer refuses such a value (below),
+  // so the shard is changed on disk afterwards, as a damaged or foreign cache would be.
   TempDir dir("cache_nan");
   ActivationCacheWriter writer(dir.str("c"), kD, "F32", 10, Json("test source"));
   int64_t token = 0;
@@ -146,7 +149,7 @@ TEST(ActivationCache, ANonFiniteValueIsRefusedOnOpenNamingItsShard) {
     std::vector<float> acts;
     for (int64_t t = 0; t < 7; ++t, ++token) {
       ids.push_back(static_cast<int32_t>(token));
-      for (int64_t j = 0; j < kD; ++j) acts.push_back(token == 16 && j == 3 ? NAN : value(token, j));
+      for (int64_t j = 0; j < kD; ++j) acts.push_back(value(token, j));
     }
     Json after = Json::object();
     after["next_story"] = s + 1;
@@ -154,11 +157,58 @@ TEST(ActivationCache, ANonFiniteValueIsRefusedOnOpenNamingItsShard) {
   }
   writer.finish();
   ASSERT_GE(read_cache_manifest(dir.str("c")).shards.size(), 2u);  // shards of 14 and 7 tokens
+  {  // token 16 = shard_00001's token 2, column 3
+    const std::string shard = dir.str("c/shard_00001.safetensors");
+    std::string bytes = read_file(shard);
+    uint64_t header = 0;
+    std::memcpy(&header, bytes.data(), 8);
+    const Json h = Json::parse(bytes.substr(8, header));
+    const int64_t begin = h.at("activations").at("data_offsets").elements()[0].as_int();
+    const float nan = NAN;
+    std::memcpy(&bytes[8 + header + begin + (2 * kD + 3) * 4], &nan, 4);
+    std::ofstream(shard, std::ios::binary) << bytes;
+  }
   try {
     CacheSource source(dir.str("c"));
     ADD_FAILURE() << "a NaN was accepted";
   } catch (const DataError& e) {
     EXPECT_NE(std::string(e.what()).find("token 16 (shard_00001.safetensors token 2), column 3"), std::string::npos)
+        << e.what();
+  }
+}
+
+// What a cache cannot hold is refused as it is written, naming the story, token and column: a
+// non-finite activation, and in an F16 cache a value beyond f16's range (it was written as inf with
+// exit 0, and found only by a run from the cache, hours later).
+TEST(ActivationCache, TheWriterRefusesValuesTheCacheCannotHold) {
+  TempDir dir("cache_range");
+  const std::vector<int32_t> ids = {1, 2};
+  std::vector<float> acts(2 * kD, 0.5f);
+  Json after = Json::object();
+  after["next_story"] = int64_t(1);
+  {
+    ActivationCacheWriter f16(dir.str("f16"), kD, "F16", 10, Json("test source"));
+    acts[kD + 2] = 65504.0f;  // f16's largest: kept
+    f16.add_story(7, ids, acts.data(), after);
+    acts[kD + 2] = 70000.0f;
+    try {
+      f16.add_story(8, ids, acts.data(), after);
+      ADD_FAILURE() << "70000 was written into an F16 cache";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("story 8, token 1, column 2: activation 70000 is beyond f16's range (65504): "
+                                           "use --dtype bf16 or f32"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  ActivationCacheWriter bf16(dir.str("bf16"), kD, "BF16", 10, Json("test source"));
+  bf16.add_story(7, ids, acts.data(), after);  // bf16 has float32's range
+  acts[3] = NAN;
+  try {
+    bf16.add_story(8, ids, acts.data(), after);
+    ADD_FAILURE() << "a NaN was written into the cache";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("story 8, token 0, column 3: activation nan is not finite"), std::string::npos)
         << e.what();
   }
 }
