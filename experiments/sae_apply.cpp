@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
     const std::string input_path = parsed["input"].as<std::string>();
     const std::vector<std::string> paths =
         model.sources > 1 ? sae::split_option_list("input", input_path) : std::vector<std::string>{input_path};
+    std::vector<std::pair<std::string, std::string>> inputs;
+    for (const std::string& path : paths) inputs.push_back({"input", path});
+    sae::check_output_files({{"features-out", features_out}, {"reconstruction-out", reconstruction_out}}, inputs);
     if (static_cast<int64_t>(paths.size()) != model.sources)
       throw sae::UsageError(sae::cat("the crosscoder reads ", model.sources, " sources: give --input with ",
                                      model.sources, " files separated by commas, got ", paths.size()));

@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
     const bool npz_file = !std::filesystem::is_directory(run) && run.extension() == ".npz";
     const std::filesystem::path folder = npz_file ? (run.has_parent_path() ? run.parent_path() : ".") : run;
     const std::string out = parsed.count("out") ? parsed["out"].as<std::string>() : (folder / "features.html").string();
+    if (parsed.count("out")) sae::check_output_files({{"out", out}}, {{"stats", browser.stats}});
     std::string notes;
     const sae::Json data = sae::browser_data(browser, &notes);
     if (!notes.empty()) std::fprintf(stderr, "sae_browser: note: %s", notes.c_str());

@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
     eval.bos = sae::bos_for_sae(bos_mode, sae, tokenizer);
     eval.context_size = parsed.count("context-size") ? parsed["context-size"].as<int64_t>()
                                                      : std::min(sae.context_size, model.config().max_positions);
+    if (eval.context_size == 0) eval.context_size = model.config().max_positions;  // eval.json: the windows' length
     std::string report;
     sae::Json json;
     std::vector<double> density;
@@ -118,15 +119,23 @@ int main(int argc, char** argv) {
     const std::string json_path = (fs::path(out) / "eval.json").string();
     json["device"] = sae::device_name(device);
     const std::string figure_path = (fs::path(out) / "feature_density.png").string();
-    json["figures"] = sae::Json::object();
-    json["figures"]["feature_density"] = "feature_density.png";
-    sae::write_file_atomic(json_path, json.dump(2) + "\n");
     std::string figure_note = figure_path;
-    try {
-      sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure_path);
-    } catch (const sae::DataError& e) {  // no gnuplot: the numbers are still good
-      figure_note = sae::cat("not drawn (", e.what(), ")");
+    bool drawn = false;
+    if (dead == static_cast<int64_t>(density.size())) {
+      figure_note = "not drawn (no feature fired: no density to show)";
+    } else {
+      try {
+        sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure_path);
+        drawn = true;
+      } catch (const sae::DataError& e) {  // no gnuplot: the numbers are still good
+        figure_note = sae::cat("not drawn (", e.what(), ")");
+      }
     }
+    std::error_code stale;
+    if (!drawn) fs::remove(figure_path, stale);  // an earlier evaluation's figure is not this one's
+    json["figures"] = sae::Json::object();
+    json["figures"]["feature_density"] = drawn ? sae::Json("feature_density.png") : sae::Json();
+    sae::write_file_atomic(json_path, json.dump(2) + "\n");
     std::printf("%s\nfiles: %s, %s\n", report.c_str(), json_path.c_str(), figure_note.c_str());
     return 0;
   });

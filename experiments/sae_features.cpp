@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
     if (!text.empty()) sae::check_text_field(text, parsed["text-field"].as<std::string>());
     if (!model_b_dir.empty() && text.empty()) throw sae::UsageError("--model-b DIR goes with --model and --text");
     if (!text.empty()) sae::require_input_file(text);
+    sae::check_output_files({{"out", out}, {"stats-out", stats_out}}, {{"data", data}, {"text", text}});
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
     const sae::FeatureStatsOptions stats_options{parsed["top"].as<int64_t>(), parsed["context"].as<int64_t>()};

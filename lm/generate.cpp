@@ -80,7 +80,9 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
     const int64_t v = first_non_finite(row, vocab);
     if (v >= 0)
       throw DataError(cat("generate: the logits after ", cache.length(), " positions are not finite (", row[v],
-                          " for id ", v, "); did the hook put NaN or Inf into the residual stream?"));
+                          " for id ", v, ")",
+                          hook.empty() ? ": the model's own (no hook ran)"
+                                       : ": the model's own, or what the hook put into the residual stream"));
     const int32_t next = choose_next_token(row, vocab, options, rng);
     generated.push_back(next);
     if (next == options.eos_id || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;

@@ -199,6 +199,33 @@ Profile quick_study_data() {
           {"synthetic-story-active", "1"}};
 }
 
+void check_output_files(const std::vector<std::pair<std::string, std::string>>& outputs,
+                        const std::vector<std::pair<std::string, std::string>>& inputs) {
+  namespace fs = std::filesystem;
+  auto same = [](const std::string& a, const std::string& b) {
+    std::error_code ec1, ec2;
+    const fs::path x = fs::weakly_canonical(a, ec1), y = fs::weakly_canonical(b, ec2);
+    return !ec1 && !ec2 && x == y;
+  };
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [option, path] = outputs[i];
+    if (path.empty()) continue;
+    for (size_t k = 0; k < i; ++k)
+      if (!outputs[k].second.empty() && same(outputs[k].second, path))
+        throw UsageError(cat("--", outputs[k].first, " and --", option, " name one file, ", path,
+                             ": the second would replace the first"));
+    for (const auto& [input_option, input] : inputs)
+      if (!input.empty() && same(input, path))
+        throw UsageError(cat("--", option, " ", path, " is --", input_option, ": it would replace what it is made from"));
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) throw DataError(cat("--", option, " ", path, ": is a folder, not a file"));
+    const fs::path folder = fs::path(path).parent_path();
+    if (!folder.empty() && !fs::is_directory(folder, ec))
+      throw DataError(cat("--", option, " ", path, ": its folder ", folder.string(),
+                          fs::exists(folder, ec) ? " is not a folder" : " does not exist"));
+  }
+}
+
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed) {
   return hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
                      parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);

@@ -34,6 +34,13 @@ std::string profile_text(const Profile& profile);
 // The synthetic data of both studies' --profile quick: the default generator scaled from d = 768 to
 // d = 64 (concept counts and active concepts per token by 1/12; one story concept per story).
 Profile quick_study_data();
+// Output files named before the work, so that a path that cannot be written is said at once, not
+// after it: UsageError when two outputs are one path (the second would replace the first), DataError
+// when an output's folder is missing or not a folder, or the output is a folder. `outputs`: each
+// option's name and its path ("" when not given); an output that is one of `inputs` (an input
+// option's name and path) is a UsageError too (it would replace what it was made from).
+void check_output_files(const std::vector<std::pair<std::string, std::string>>& outputs,
+                        const std::vector<std::pair<std::string, std::string>>& inputs = {});
 // --hook / --layer of a program that reads a hook point (lm/hook_points.h hook_choice): not given,
 // one of them, or a UsageError for both or a bad value.
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed);

@@ -25,8 +25,12 @@ double total(const std::vector<double>& values, int64_t first = 0) {
   return s;
 }
 
+// A score's denominator below this many nats is the size of float32 rounding in the logits, not a
+// difference the splice can be scored against: the score is NaN (null / n/a), as for 0.
+constexpr double kScoreFloor = 1e-6;
+
 double ratio_or_nan(double numerator, double denominator) {
-  return denominator == 0 ? NAN : numerator / denominator;
+  return !(std::fabs(denominator) >= kScoreFloor) ? NAN : numerator / denominator;
 }
 
 // Every value of t is finite (its largest and smallest are).
@@ -69,6 +73,9 @@ Pieces read_pieces(const BpeTokenizer& tokenizer, const EvalOptions& options, co
   if (p.predictions == 0 && windows.bos >= 0 && windows.context <= 2)
     throw UsageError(cat("--context-size ", windows.context, " with a BOS leaves one token of a story per window: "
                          "no next token to predict (give 3 or more)"));
+  if (p.predictions == 0 && windows.context <= 1)
+    throw UsageError(cat("--context-size ", windows.context, " leaves one token per window: no next token to predict "
+                         "(give 2 or more)"));
   if (p.predictions == 0)
     throw DataError(cat(options.text, ": every story is one token long, so there is no next token to predict"));
   return p;
@@ -130,8 +137,10 @@ struct RunSums {
 // reconstruction error is not finite.
 SpliceScores splice_scores(const RunSums& s, double squared_error, double predictions, double tokens,
                            const std::string& who, const std::string& text) {
+  if (!std::isfinite(s.ce_clean))  // the model alone: not the SAE's doing
+    throw DataError(cat(text, ": the clean next-token loss (the model alone, without the SAE) is not finite (", s.ce_clean,
+                        "); no score can be computed"));
   for (const auto& [name, value] : {std::pair<const char*, double>{"the reconstruction error", squared_error},
-                                    {"the clean next-token loss", s.ce_clean},
                                     {"the next-token loss with the SAE", s.ce_spliced},
                                     {"the KL divergence with the SAE", s.kl_spliced},
                                     {"the zero-ablated loss", s.ce_zero + s.kl_zero},
@@ -139,10 +148,11 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
     if (!std::isfinite(value))
       throw DataError(cat(who, ": ", name, " over ", text, " is not finite (", value, "); no score can be computed"));
   SpliceScores r;
+  // KL >= 0: a mean below 0 is the rounding of logits that agree, reported as 0.
   r.clean = {s.ce_clean / predictions, 0.0};
-  r.spliced = {s.ce_spliced / predictions, s.kl_spliced / tokens};
-  r.zero_ablated = {s.ce_zero / predictions, s.kl_zero / tokens};
-  r.mean_ablated = {s.ce_mean / predictions, s.kl_mean / tokens};
+  r.spliced = {s.ce_spliced / predictions, std::max(0.0, s.kl_spliced / tokens)};
+  r.zero_ablated = {s.ce_zero / predictions, std::max(0.0, s.kl_zero / tokens)};
+  r.mean_ablated = {s.ce_mean / predictions, std::max(0.0, s.kl_mean / tokens)};
   r.ce_score = ratio_or_nan(r.zero_ablated.ce - r.spliced.ce, r.zero_ablated.ce - r.clean.ce);
   r.kl_score = ratio_or_nan(r.zero_ablated.kl - r.spliced.kl, r.zero_ablated.kl);
   r.ce_score_mean = ratio_or_nan(r.mean_ablated.ce - r.spliced.ce, r.mean_ablated.ce - r.clean.ce);

@@ -8,7 +8,8 @@
 //                -log p(next); pooled over all stories
 //   KL           mean over every position of KL(p_clean || p_run) (sum over the vocabulary)
 //   scores       ce_score = (CE_zero - CE_sae) / (CE_zero - CE_clean); kl_score = (KL_zero - KL_sae)
-//                / KL_zero; the same against mean ablation; NaN when the denominator is 0
+//                / KL_zero; the same against mean ablation; NaN when the denominator is below 1e-6
+//                (rounding's size; a mean KL below 0, rounding too, is reported as 0)
 //   FVU          sum ||x - x_hat||^2 / sum ||x - mean||^2 over all tokens, raw scale
 //   L0, density  mean active features per token; per feature the fraction of tokens it is nonzero
 //                on; dead = never nonzero; dense = density > dense_threshold
@@ -82,7 +83,7 @@ struct EvalResult {
 };
 
 // One model's runs and their scores: against zero ablation (SAELens's) and against mean ablation;
-// NaN when the denominator is 0.
+// NaN when the denominator is below 1e-6 nats.
 struct SpliceScores {
   RunScores clean, spliced, zero_ablated, mean_ablated;
   double ce_score = 0, kl_score = 0, ce_score_mean = 0, kl_score_mean = 0;

@@ -47,6 +47,8 @@ PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, i
         });
         Json list = Json::array();
         for (int64_t j = 0; j < n; ++j) {
+          // A token whose logit the row does not move (a zero row's every token) is neither.
+          if (largest ? !(row[order[j]] > 0) : !(row[order[j]] < 0)) break;
           Json pair = Json::array();
           pair.push_back(order[j]);
           pair.push_back(round_significant(row[order[j]], 4));

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "io/json.h"
+#include "io/safetensors.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/rng.h"
 #include "tests/util/fixture.h"
@@ -82,6 +83,62 @@ TEST(SaeEvalCli, WritesTheReferenceNumbersAndTheFigure) {
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_NEAR(read_json_file(dir.str("out3/eval.json")).at("ce_loss").at("sae").as_number(), e.scalar("saelens.ce_sae"),
               2e-5 * e.scalar("saelens.ce_sae"));
+}
+
+// Logits that agree in every run (every token embedding the same, no positions, the unembedding tied:
+// the next-token distribution is uniform whatever the SAE does): every KL is 0 but for float32
+// rounding, which had given a kl_div_score of 1.39 from KL means of 1.9e-9 and -4.9e-9. Now every
+// score is null and no KL is below 0. Also: context_size is the windows' length (it said 0).
+TEST(SaeEvalCli, ScoresOfRoundingNoiseAreNull) {
+  TempDir dir("cli_eval_noise");
+  fs::copy(eval_ref("model"), dir.str("model"), fs::copy_options::recursive);
+  const SafetensorsFile weights = SafetensorsFile::open(eval_ref("model/model.safetensors"));
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& name : weights.names()) {
+    Tensor t = weights.read_f32(name);
+    if (name == "transformer.wpe.weight") t = Tensor::zeros(t.shape());
+    if (name == "transformer.wte.weight")
+      for (int64_t row = 0; row < t.size(0); ++row)
+        std::copy_n(t.data<float>() + 5 * t.size(1), t.size(1), t.data<float>() + row * t.size(1));
+    tensors.push_back({name, t});
+  }
+  fs::remove(dir.str("model/model.safetensors"));
+  write_safetensors(dir.str("model/model.safetensors"), tensors);
+  const auto r = run_binary("sae_eval", cat("--model ", quote(dir.str("model")), " --sae ", quote(eval_ref("sae_story")),
+                                            " --text ", quote(eval_ref("stories.txt")), " --layer 0 --out ",
+                                            quote(dir.str("out")), " --progress none --device cpu"),
+                            dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = read_json_file(dir.str("out/eval.json"));
+  for (const char* score : {"ce_loss_score", "kl_div_score", "ce_loss_score_mean_ablation", "kl_div_score_mean_ablation"})
+    EXPECT_TRUE(j.at(score).is_null()) << score << " " << j.at(score).dump();
+  for (const char* run : {"sae", "zero_ablation", "mean_ablation"}) {
+    EXPECT_GE(j.at("kl_div").at(run).as_number(), 0.0) << run;
+    EXPECT_LT(j.at("kl_div").at(run).as_number(), 1e-6) << run;
+  }
+  EXPECT_EQ(j.at("context_size").as_int(), read_json_file(eval_ref("model/config.json")).at("max_position_embeddings").as_int());
+}
+
+// No feature fires (b_enc far below 0): the numbers are written, no histogram is drawn (gnuplot had
+// failed on an empty plot), and the figure of an earlier evaluation into the same folder, which had
+// stayed beside the new eval.json as if it were its, is removed.
+TEST(SaeEvalCli, AnSaeOfDeadFeaturesHasNoFigure) {
+  TempDir dir("cli_eval_dead");
+  ASSERT_EQ(run_binary("sae_eval", eval_args(eval_ref("sae_story"), dir.str("out")), dir).exit_code, 0);
+  fs::copy(eval_ref("sae_story"), dir.str("dead"), fs::copy_options::recursive);
+  const SafetensorsFile weights = SafetensorsFile::open(eval_ref("sae_story/sae_weights.safetensors"));
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& name : weights.names())
+    tensors.push_back({name, name == "b_enc" ? Tensor::full(weights.read_f32(name).shape(), -1e4) : weights.read_f32(name)});
+  fs::remove(dir.str("dead/sae_weights.safetensors"));
+  write_safetensors(dir.str("dead/sae_weights.safetensors"), tensors);
+  const auto r = run_binary("sae_eval", eval_args(dir.str("dead"), dir.str("out")), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = read_json_file(dir.str("out/eval.json"));
+  EXPECT_EQ(j.at("dead_features").as_int(), j.at("d_sae").as_int());
+  EXPECT_TRUE(j.at("figures").at("feature_density").is_null());
+  EXPECT_FALSE(fs::exists(dir.str("out/feature_density.png")));
+  EXPECT_NE(r.out.find("not drawn (no feature fired"), std::string::npos) << r.out;
 }
 
 TEST(SaeEvalCli, RefusesBadInputWithOneLine) {

@@ -129,6 +129,42 @@ TEST(HostileInput, AFifoAsActivationsIsRefusedAtOnce) {
   EXPECT_NE(train.err.find("acts.fifo: it is a FIFO (named pipe), not a regular file"), std::string::npos) << train.err;
 }
 
+// Output files are checked before the work: a missing folder was found only at the final write (with
+// sae_features' JSON already written when its --stats-out failed); two outputs of one path kept only
+// the second, and an output named as the input replaced it.
+TEST(HostileInput, OutputPathsAreCheckedBeforeTheWork) {
+  TempDir dir("hostile_outputs");
+  std::vector<float> x(10 * 32, 0.25f);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += 0.01f * static_cast<float>(i % 7);
+  sae::testing::write_raw_safetensors(dir.str("x.safetensors"), {{"activations", "F32", {10, 32}, sae::testing::raw_bytes(x)}});
+  const std::string apply = cat("--sae ", shell_quote(eval_ref("sae_topk")), " --input ", dir.str("x.safetensors"), " --raw");
+  struct Case {
+    std::string program, args, mention;
+    int code;
+  };
+  const std::string features = cat(" --model ", shell_quote(eval_ref("model")), " --sae ", shell_quote(eval_ref("sae_story")),
+                                   " --text ", shell_quote(eval_ref("stories.txt")), " --device cpu");
+  const std::vector<Case> cases = {
+      {"sae_apply", apply + " --features-out " + dir.str("nodir/f.npy"), "nodir does not exist", 1},
+      {"sae_apply", apply + " --features-out " + dir.str("same.npy") + " --reconstruction-out " + dir.str("same.npy"),
+       "--features-out and --reconstruction-out name one file", 2},
+      {"sae_apply", apply + " --features-out " + dir.str("x.safetensors"), "it would replace what it is made from", 2},
+      {"sae_features", features + " --out " + dir.str("nodir/f.json"), "nodir does not exist", 1},
+      {"sae_features", features + " --out " + dir.str("f.json") + " --stats-out " + dir.str("nodir/s.safetensors"),
+       "nodir does not exist", 1},
+      {"sae_features", features + " --out " + dir.str("f.json") + " --stats-out " + dir.str("f.json"),
+       "--out and --stats-out name one file", 2},
+  };
+  for (const Case& c : cases) {
+    const CommandResult r = sae::testing::run_binary(c.program, c.args, dir);
+    EXPECT_EQ(r.exit_code, c.code) << c.program << c.args << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.mention), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  EXPECT_FALSE(fs::exists(dir.str("f.json")));  // refused before it wrote anything
+  EXPECT_FALSE(fs::exists(dir.str("same.npy")));
+}
+
 // A directory as --text: our line, not the library's "filesystem error: ..." text.
 TEST(HostileInput, ADirectoryAsTextIsOneLineNamingIt) {
   TempDir dir("hostile_dir");
