@@ -46,6 +46,27 @@ std::string run_dir_of(const std::string& resume) {
                       "options has nothing to resume: start it again with its own command)"));
 }
 
+// The paths config.json records are as they were given: a relative one is relative to the folder
+// the run was started from. DataError saying so when one is not found from here (it read as a
+// missing file, "cannot open models/gpt2/config.json", from another folder).
+void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& config_path) {
+  const std::pair<const char*, std::string> paths[] = {
+      {"data", run.data == "synthetic" || run.data == "text" ? std::string() : run.data},
+      {"target-data", run.target_data}, {"model", run.model}, {"model-b", run.model_b}, {"text", run.text},
+      {"init", run.init}};
+  for (const auto& [option, value] : paths)
+    for (size_t begin = 0; begin < value.size();) {
+      const size_t end = std::min(value.find(',', begin), value.size());
+      const fs::path path(value.substr(begin, end - begin));
+      std::error_code ec;
+      if (!path.empty() && path.is_relative() && !fs::exists(path, ec))
+        throw DataError(cat(config_path, ": --", option, " ", path.string(), " is relative to the folder the run was "
+                            "started from, and is not found from ", fs::current_path(ec).string(),
+                            ": resume from that folder"));
+      begin = end + 1;
+    }
+}
+
 // --resume keeps what the run computes from its config.json; an option the user set that says
 // otherwise is refused rather than silently dropped.
 void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std::string& config_path) {
@@ -273,6 +294,7 @@ RunStart start_run(TrainConfig config, bool owner) {
       start.keep_final = owner && !start.finished && from_final &&
                          !fs::exists(fs::path(run_dir) / "checkpoints" / cat("step_", start.state->step));
     }
+    if (!start.finished) refuse_relative_paths_not_found(config, config_path);  // (a finished run reads no data)
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {
     if (!config.init.empty()) load_init(start, config);

@@ -549,6 +549,25 @@ TEST(RunFolders, ARunStoppedBeforeItsConfigIsResumedFromItsStart) {
   EXPECT_EQ(run_binary("sae_train", args + " --out " + dir.str("fresh"), dir).exit_code, 0);
 }
 
+// config.json keeps --data as given: a run started with a relative path and resumed from another
+// folder said only "cannot open x.npy"; it now says the path is relative to where the run started.
+TEST(RunFolders, AResumeFromAnotherFolderNamesTheRelativePath) {
+  TempDir dir("relative_data");
+  fs::create_directories(dir.str("a"));
+  Rng rng(3);
+  std::vector<double> values(200 * 8);
+  for (double& v : values) v = rng.normal();
+  write_npy(dir.str("a/x.npy"), Tensor::from_vector(values, Shape{200, 8}));
+  const std::string args = " --data x.npy --features 16 --batch 32 --normalize dataset --lr 1e-3 --checkpoint-every 2 "
+                           "--progress none --device cpu --out run";
+  ASSERT_EQ(sae::testing::run_program("sae_train", args + " --steps 2", dir, "", 120, dir.str("a")).exit_code, 0);
+  const auto elsewhere = sae::testing::run_program("sae_train", "--resume a/run --steps 4", dir, "", 120, dir.str(""));
+  EXPECT_EQ(elsewhere.exit_code, 1) << elsewhere.err;
+  EXPECT_NE(elsewhere.err.find("--data x.npy is relative to the folder the run was started from"), std::string::npos)
+      << elsewhere.err;
+  EXPECT_EQ(sae::testing::run_program("sae_train", "--resume run --steps 4", dir, "", 120, dir.str("a")).exit_code, 0);
+}
+
 TEST(RunFolders, AListClaimsItsFolderOnlyOnceItBegins) {
   TempDir dir("list_folder");
   const std::string data = dir.str("x.npy");
