@@ -1,7 +1,8 @@
 # The layering rule, checked at every build (cmake -DSOURCE_DIR=... -P check_layering.cmake): a file
 # in a folder may include project headers only from the folders listed for it below (its own
 # included). Anything else stops the build with the file, the line and the rule. Tests, benchmarks
-# and programs may include everything. The table is the one in docs/architecture.md.
+# and programs may include everything. The table is the one in docs/architecture.md. A folder of the
+# layers that holds sources but has no rule stops the build too (it would go unchecked).
 set(rules
   "tensor:tensor,tensor/cpu,tensor/cuda"
   "tensor/cpu:tensor,tensor/cpu"
@@ -59,6 +60,25 @@ foreach(rule ${rules})
     endforeach()
   endforeach()
 endforeach()
+# A library folder without a rule would go unchecked: every folder of the layers that holds sources
+# must be listed above.
+set(ruled "")
+foreach(rule ${rules})
+  string(REPLACE ":" ";" parts "${rule}")
+  list(GET parts 0 folder)
+  list(APPEND ruled "${folder}")
+endforeach()
+foreach(root tensor io autograd nn lm sae)
+  file(GLOB_RECURSE sources RELATIVE "${SOURCE_DIR}" "${SOURCE_DIR}/${root}/*.h" "${SOURCE_DIR}/${root}/*.cpp"
+       "${SOURCE_DIR}/${root}/*.cu" "${SOURCE_DIR}/${root}/*.cuh")
+  foreach(source ${sources})
+    get_filename_component(folder "${source}" DIRECTORY)
+    list(FIND ruled "${folder}" found)
+    if(found EQUAL -1)
+      string(APPEND violations "\n  ${source}: its folder ${folder}/ has no layering rule (add one above and to docs/architecture.md)")
+    endif()
+  endforeach()
+endforeach()
 if(violations)
-  message(FATAL_ERROR "layering: a folder includes a layer it may not use:${violations}")
+  message(FATAL_ERROR "layering: a folder includes a layer it may not use, or has no rule:${violations}")
 endif()

@@ -129,7 +129,8 @@ int main(int argc, char** argv) {
       if (context_size == 0 && length > positions && long_stories == "error")
         throw sae::DataError(sae::cat(story.where, ": ", length, " tokens", windows.bos >= 0 ? " with the BOS" : "",
                                       ", more than the model's ", positions,
-                                      " positions (--long-stories split cuts such stories into pieces)"));
+                                      " positions (--long-stories split cuts such stories into pieces; --context-size N "
+                                      "into windows)"));
       const int64_t count = sae::window_count(static_cast<int64_t>(ids.size()), windows);
       for (int64_t k = 0; k < count; ++k) {
         const sae::TokenWindow window = sae::document_window(ids, k, windows);

@@ -115,4 +115,9 @@ void convert_to_f32(const void* src, const std::string& dtype, size_t count, flo
   }
 }
 
+void check_row_range(const std::string& what, int64_t rows, int64_t begin, int64_t count) {
+  if (begin < 0 || count < 0 || begin > rows || count > rows - begin)
+    throw Error(cat(what, ": rows [", begin, ", ", begin + count, ") out of range: it has ", rows, " rows"));
+}
+
 }  // namespace sae

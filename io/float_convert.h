@@ -17,6 +17,10 @@ float bf16_to_f32(uint16_t bits);
 uint16_t f32_to_f16(float value);
 uint16_t f32_to_bf16(float value);
 
+// Rows [begin, begin + count) of an array of `rows` rows, before they are read (and before a buffer
+// for them is made): Error naming `what` ("FILE" or "FILE: tensor 'x'") when they are not all there.
+void check_row_range(const std::string& what, int64_t rows, int64_t begin, int64_t count);
+
 // True for the dtypes convert_to_f32 accepts.
 bool is_float_dtype(const std::string& dtype);
 

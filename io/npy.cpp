@@ -218,6 +218,7 @@ Tensor NpyFile::read_f32() const {
 Tensor NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count) const {
   if (shape_.empty() || shape_.size() > static_cast<size_t>(Shape::kMaxDims))
     throw DataError(cat(path(), ": array has shape ", shape_str(shape_), "; rows need 1 to ", Shape::kMaxDims, " dims"));
+  check_rows(row_begin, row_count);  // before the allocation: rows past an empty array's end are of any width
   std::vector<int64_t> shape = shape_;
   shape[0] = row_count < 0 ? 0 : row_count;
   Tensor out = Tensor::empty(Shape::from_vector(shape), DType::F32);
@@ -225,11 +226,14 @@ Tensor NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count) const {
   return out;
 }
 
-void NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count, float* out) const {
+void NpyFile::check_rows(int64_t row_begin, int64_t row_count) const {
   if (shape_.empty()) throw DataError(cat(path(), ": array is a scalar; it has no rows"));
-  int64_t rows = shape_[0];
-  if (row_begin < 0 || row_count < 0 || row_begin > rows || row_count > rows - row_begin)
-    throw Error(cat(path(), ": rows [", row_begin, ", ", row_begin + row_count, ") out of range: the array has ", rows, " rows"));
+  check_row_range(path(), shape_[0], row_begin, row_count);
+}
+
+void NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count, float* out) const {
+  check_rows(row_begin, row_count);
+  const int64_t rows = shape_[0];
   int64_t row_width = rows == 0 ? 0 : numel() / rows;
   convert_to_f32(data_ + static_cast<size_t>(row_begin * row_width) * element_size_, dtype_,
                  static_cast<size_t>(row_count * row_width), out, path(), row_begin * row_width, row_width);

@@ -56,6 +56,7 @@ class NpyFile {
   void read_rows_f32(int64_t row_begin, int64_t row_count, float* out) const;
 
  private:
+  void check_rows(int64_t row_begin, int64_t row_count) const;  // Error for rows outside the array
   NpyFile() = default;
 
   MappedFile file_;

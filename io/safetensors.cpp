@@ -214,6 +214,8 @@ Tensor SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin
   const SafetensorsEntry& e = float_entry(name);
   if (e.shape.empty() || e.shape.size() > static_cast<size_t>(Shape::kMaxDims))
     throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; rows need 1 to ", Shape::kMaxDims, " dims"));
+  // Before the allocation: rows past an empty tensor's end are of any width.
+  check_row_range(cat(path(), ": tensor '", name, "'"), e.shape[0], row_begin, row_count);
   std::vector<int64_t> shape = e.shape;
   shape[0] = row_count < 0 ? 0 : row_count;
   Tensor out = Tensor::empty(Shape::from_vector(shape), DType::F32);
@@ -224,9 +226,8 @@ Tensor SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin
 void SafetensorsFile::read_rows_f32(const std::string& name, int64_t row_begin, int64_t row_count, float* out) const {
   const SafetensorsEntry& e = float_entry(name);
   if (e.shape.empty()) throw DataError(cat(path(), ": tensor '", name, "' is a scalar; it has no rows"));
-  int64_t rows = e.shape[0];
-  if (row_begin < 0 || row_count < 0 || row_begin > rows || row_count > rows - row_begin)
-    throw Error(cat(path(), ": rows [", row_begin, ", ", row_begin + row_count, ") of tensor '", name, "' out of range: it has ", rows, " rows"));
+  const int64_t rows = e.shape[0];
+  check_row_range(cat(path(), ": tensor '", name, "'"), rows, row_begin, row_count);
   int64_t row_width = rows == 0 ? 0 : e.numel() / rows;
   size_t element_size = safetensors_dtype_size(e.dtype);
   const uint8_t* src = static_cast<const uint8_t*>(e.data) + static_cast<size_t>(row_begin * row_width) * element_size;

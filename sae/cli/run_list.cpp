@@ -104,18 +104,18 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
   if (ks) {  // (the check of each SAE's --k would name an option the command line does not give)
     const std::vector<std::string> reads = run_unit(base).reads();
     if (std::find(reads.begin(), reads.end(), "k") == reads.end())
-      throw UsageError(cat("--k-list trains one SAE per k: --architecture ", base.architecture,
-                                     " has no k (", units_reading("k"), " have one)"));
+      throw UsageError(cat("--k-list trains one SAE per k: --architecture ", base.architecture, " has no k (",
+                           units_reading("k"), " have one)"));
   }
   if (layers && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
     throw UsageError("--layer-list trains an SAE at hidden_states[L] for each L: give it without --layer, "
-                          "--hook and --transcoder");
+                     "--hook and --transcoder");
   if (transcoders && base.was_given("transcoder"))
     throw UsageError("give --transcoder or --transcoder-list, not both");
   if (!l1s && !ks && !layers && !transcoders) return {};
   if ((layers || transcoders) && base.data != "text")  // each SAE the same, labelled by a layer it did not read
     throw UsageError(cat("--", layers ? "layer" : "transcoder", "-list reads the model's blocks: it trains "
-                                   "from text (--model, --text), not --data ", base.data));
+                         "from text (--model, --text), not --data ", base.data));
   std::vector<std::string> values;
   if (l1s)
     for (double l1 : parse_increasing_number_list("l1-list", *lists.l1s))
@@ -128,7 +128,7 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
   const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : "transcoder";
   if (!base.resume.empty())
     throw UsageError(cat("--", option, "-list and --resume: --resume OUT continues the SAEs its list started "
-                                   "(OUT/sweep.json); give it alone"));
+                         "(OUT/sweep.json); give it alone"));
   refuse_options_without_effect(base);  // said before OUT and its sweep.json are made (its SAEs share them)
   if (!owner) return configs_of(base, option, values);
   const fs::path file = fs::path(base.out) / kSweepFile;
@@ -140,8 +140,8 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
   const bool begun = !run_folders_under(base.out).empty();
   if (fs::exists(file) && begun && !base.overwrite)
     throw UsageError(cat("--out ", base.out, " already holds SAEs trained together (", file.string(),
-                                   "); continue them with --resume ", base.out,
-                                   ", replace them with --overwrite, or choose another --out"));
+                         "); continue them with --resume ", base.out,
+                         ", replace them with --overwrite, or choose another --out"));
   Json sweep = Json::object();
   sweep["option"] = option;
   Json list = Json::array();

@@ -60,9 +60,9 @@ void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& 
       const fs::path path(value.substr(begin, end - begin));
       std::error_code ec;
       if (!path.empty() && path.is_relative() && !fs::exists(path, ec))
-        throw DataError(cat(config_path, ": --", option, " ", path.string(), " is relative to the folder the run was "
-                            "started from, and is not found from ", fs::current_path(ec).string(),
-                            ": resume from that folder"));
+        throw DataError(cat(config_path, ": --", option, " ", path.string(), " is a relative path, as given when the "
+                            "run started, and is not found from ", fs::current_path(ec).string(),
+                            ": resume from the folder the run was started from (if the file is still there)"));
       begin = end + 1;
     }
 }

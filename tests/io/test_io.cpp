@@ -464,6 +464,10 @@ TEST(Safetensors, ReadRowsBlockInTheMiddle) {
   EXPECT_EQ(f.read_rows_f32("activations", 10, 0).shape(), (Shape{0, 3}));
   expect_error<Error>([&] { f.read_rows_f32("activations", 8, 3); }, {"rows [8, 11)", "10 rows"});
   expect_error<Error>([&] { f.read_rows_f32("activations", -1, 1); }, {"out of range"});
+  // Rows past the end of an empty tensor of huge rows: refused before a buffer is made (16 TiB here).
+  sae::testing::write_raw_safetensors(dir.str("empty.safetensors"), {{"activations", "F32", {0, int64_t(1) << 40, 4}, ""}});
+  const SafetensorsFile empty = SafetensorsFile::open(dir.str("empty.safetensors"));
+  expect_error<Error>([&] { empty.read_rows_f32("activations", 0, 1); }, {"rows [0, 1) out of range: it has 0 rows"});
 }
 
 TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
@@ -644,6 +648,18 @@ TEST(Npy, RejectsBadFiles) {
     b[6] = 4;
     open_bytes(b);
   }, {path, "version 4.0"});
+  {  // rows past the end of an empty array whose rows are huge: refused before a buffer for them is
+     // made (a fuzz finding: 32 GiB were allocated first; here 16 TiB, which no allocator gives)
+    write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1099511627776, 4), }", ""));
+    const NpyFile empty = NpyFile::open(path);
+    EXPECT_EQ(empty.read_rows_f32(0, 0).numel(), 0);
+    try {
+      empty.read_rows_f32(0, 1);
+      ADD_FAILURE() << "a row of an empty array was read";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("rows [0, 1) out of range: it has 0 rows"), std::string::npos) << e.what();
+    }
+  }
   expect_data_error([&] {  // numpy refuses a minor version other than 0 (we had read it as 1.0)
     std::string b = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", data24);
     b[7] = 1;
