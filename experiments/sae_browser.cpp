@@ -47,7 +47,14 @@ int main(int argc, char** argv) {
     const bool npz_file = !std::filesystem::is_directory(run) && run.extension() == ".npz";
     const std::filesystem::path folder = npz_file ? (run.has_parent_path() ? run.parent_path() : ".") : run;
     const std::string out = parsed.count("out") ? parsed["out"].as<std::string>() : (folder / "features.html").string();
-    if (parsed.count("out")) sae::check_output_files({{"out", out}}, {{"stats", browser.stats}});
+    if (parsed.count("out")) {  // not over what the page is made from
+      std::vector<std::pair<std::string, std::string>> inputs = {{"stats", browser.stats}, {"run", browser.run}};
+      for (const char* sae : {"", "sae"})
+        for (const char* file : {"feature_stats.safetensors", "cfg.json", "sae_weights.safetensors"})
+          inputs.push_back({"run", (run / sae / file).string()});
+      for (const char* file : {"config.json", "metrics.csv"}) inputs.push_back({"run", (run / file).string()});
+      sae::check_output_files({{"out", out}}, inputs);
+    }
     std::string notes;
     const sae::Json data = sae::browser_data(browser, &notes);
     if (!notes.empty()) std::fprintf(stderr, "sae_browser: note: %s", notes.c_str());

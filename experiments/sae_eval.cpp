@@ -13,7 +13,6 @@
 #include <optional>
 
 #include "io/atomic_file.h"
-#include "io/file_lock.h"
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "lm/text_windows.h"
@@ -76,12 +75,9 @@ int main(int argc, char** argv) {
     const sae::HookChoice choice = sae::hook_choice_given(parsed);
     sae::require_input_file(eval.text);  // a FIFO or a directory: refused at once
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));
-    // The output folder before the work: a --out that cannot be made is said at once (and one made
-    // here is removed again if the work fails before it writes there).
-    const sae::MadeFolders made_here(out);
-    std::error_code made;
-    fs::create_directories(out, made);
-    if (made || !fs::is_directory(out)) throw sae::DataError(sae::cat(out, ": cannot create the output directory"));
+    // A --out that cannot be made is said before the work; it is made when the results are written
+    // (a failed evaluation leaves none behind).
+    sae::check_output_folder(out);
 
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
@@ -116,26 +112,35 @@ int main(int argc, char** argv) {
       density = result.density, tokens = result.tokens, dead = result.dead;
     }
 
+    std::error_code made;
+    fs::create_directories(out, made);
+    if (made || !fs::is_directory(out)) throw sae::DataError(sae::cat(out, ": cannot create the output directory"));
+    // The numbers first (no figure named yet), then the figure, then the numbers naming it.
     const std::string json_path = (fs::path(out) / "eval.json").string();
     json["device"] = sae::device_name(device);
-    const std::string figure_path = (fs::path(out) / "feature_density.png").string();
-    std::string figure_note = figure_path;
+    json["figures"] = sae::Json::object();
+    json["figures"]["feature_density"] = sae::Json();
+    sae::write_file_atomic(json_path, json.dump(2) + "\n");
+    const fs::path figure = fs::path(out) / "feature_density";
+    std::string figure_note = figure.string() + ".png";
     bool drawn = false;
+    std::error_code stale;
     if (dead == static_cast<int64_t>(density.size())) {
       figure_note = "not drawn (no feature fired: no density to show)";
+      for (const char* end : {".gp", ".dat"}) fs::remove(figure.string() + end, stale);  // an earlier evaluation's
     } else {
       try {
-        sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure_path);
+        sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure.string() + ".png");
         drawn = true;
-      } catch (const sae::DataError& e) {  // no gnuplot: the numbers are still good
+      } catch (const std::exception& e) {  // no gnuplot: the numbers are still good
         figure_note = sae::cat("not drawn (", e.what(), ")");
       }
     }
-    std::error_code stale;
-    if (!drawn) fs::remove(figure_path, stale);  // an earlier evaluation's figure is not this one's
-    json["figures"] = sae::Json::object();
-    json["figures"]["feature_density"] = drawn ? sae::Json("feature_density.png") : sae::Json();
-    sae::write_file_atomic(json_path, json.dump(2) + "\n");
+    if (!drawn) fs::remove(figure.string() + ".png", stale);  // an earlier evaluation's figure is not this one's
+    if (drawn) {
+      json["figures"]["feature_density"] = "feature_density.png";
+      sae::write_file_atomic(json_path, json.dump(2) + "\n");
+    }
     std::printf("%s\nfiles: %s, %s\n", report.c_str(), json_path.c_str(), figure_note.c_str());
     return 0;
   });

@@ -36,6 +36,8 @@ class MadeFolders {
  public:
   explicit MadeFolders(const std::string& path) : made_(missing_folders(path)) {}
   ~MadeFolders() { remove_made_folders(made_); }
+  // They are another process's after all (it took their lock first): left alone.
+  void keep() { made_.clear(); }
   MadeFolders(const MadeFolders&) = delete;
   MadeFolders& operator=(const MadeFolders&) = delete;
 

@@ -216,14 +216,29 @@ void check_output_files(const std::vector<std::pair<std::string, std::string>>& 
                              ": the second would replace the first"));
     for (const auto& [input_option, input] : inputs)
       if (!input.empty() && same(input, path))
-        throw UsageError(cat("--", option, " ", path, " is --", input_option, ": it would replace what it is made from"));
+        throw UsageError(cat("--", option, " ", path, " is an input (of --", input_option,
+                             "): it would replace what it is made from"));
     std::error_code ec;
     if (fs::is_directory(path, ec)) throw DataError(cat("--", option, " ", path, ": is a folder, not a file"));
+    // A device, a FIFO or a socket would be replaced by the file (as root: /dev/null itself).
+    if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
+      throw DataError(cat("--", option, " ", path, ": is not a regular file (a device, a FIFO?): give a file path"));
     const fs::path folder = fs::path(path).parent_path();
     if (!folder.empty() && !fs::is_directory(folder, ec))
       throw DataError(cat("--", option, " ", path, ": its folder ", folder.string(),
                           fs::exists(folder, ec) ? " is not a folder" : " does not exist"));
   }
+}
+
+void check_output_folder(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = fs::absolute(dir, ec);
+  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) p = p.parent_path();
+  if (!fs::is_directory(p, ec))
+    throw DataError(cat(dir, ": cannot create the output directory: ", p.string(), " is not a folder"));
+  if (::access(p.c_str(), W_OK | X_OK) != 0)
+    throw DataError(cat(dir, ": cannot create the output directory: ", p.string(), " cannot be written"));
 }
 
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed) {

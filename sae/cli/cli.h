@@ -36,11 +36,16 @@ std::string profile_text(const Profile& profile);
 Profile quick_study_data();
 // Output files named before the work, so that a path that cannot be written is said at once, not
 // after it: UsageError when two outputs are one path (the second would replace the first), DataError
-// when an output's folder is missing or not a folder, or the output is a folder. `outputs`: each
+// when an output's folder is missing or not a folder, or the output is there and not a regular file
+// (a folder, a device: it would be replaced). `outputs`: each
 // option's name and its path ("" when not given); an output that is one of `inputs` (an input
 // option's name and path) is a UsageError too (it would replace what it was made from).
 void check_output_files(const std::vector<std::pair<std::string, std::string>>& outputs,
                         const std::vector<std::pair<std::string, std::string>>& inputs = {});
+// An output folder made only when the results are written: DataError "DIR: cannot create the output
+// directory: ..." now, before the work, when DIR or its nearest existing parent is not a folder or
+// cannot be written.
+void check_output_folder(const std::string& dir);
 // --hook / --layer of a program that reads a hook point (lm/hook_points.h hook_choice): not given,
 // one of them, or a UsageError for both or a bad value.
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed);

@@ -25,11 +25,15 @@ double total(const std::vector<double>& values, int64_t first = 0) {
   return s;
 }
 
-// A score's denominator below this many nats is the size of float32 rounding in the logits, not a
-// difference the splice can be scored against: the score is NaN (null / n/a), as for 0.
+double ratio_or_nan(double numerator, double denominator) {
+  return denominator == 0 ? NAN : numerator / denominator;
+}
+
+// A CE or KL score whose denominator is below this many nats: the size of float32 rounding in the
+// logits, not a difference the splice can be scored against. The score is NaN (null / n/a), as for 0.
 constexpr double kScoreFloor = 1e-6;
 
-double ratio_or_nan(double numerator, double denominator) {
+double score_or_nan(double numerator, double denominator) {
   return !(std::fabs(denominator) >= kScoreFloor) ? NAN : numerator / denominator;
 }
 
@@ -153,10 +157,10 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
   r.spliced = {s.ce_spliced / predictions, std::max(0.0, s.kl_spliced / tokens)};
   r.zero_ablated = {s.ce_zero / predictions, std::max(0.0, s.kl_zero / tokens)};
   r.mean_ablated = {s.ce_mean / predictions, std::max(0.0, s.kl_mean / tokens)};
-  r.ce_score = ratio_or_nan(r.zero_ablated.ce - r.spliced.ce, r.zero_ablated.ce - r.clean.ce);
-  r.kl_score = ratio_or_nan(r.zero_ablated.kl - r.spliced.kl, r.zero_ablated.kl);
-  r.ce_score_mean = ratio_or_nan(r.mean_ablated.ce - r.spliced.ce, r.mean_ablated.ce - r.clean.ce);
-  r.kl_score_mean = ratio_or_nan(r.mean_ablated.kl - r.spliced.kl, r.mean_ablated.kl);
+  r.ce_score = score_or_nan(r.zero_ablated.ce - r.spliced.ce, r.zero_ablated.ce - r.clean.ce);
+  r.kl_score = score_or_nan(r.zero_ablated.kl - r.spliced.kl, r.zero_ablated.kl);
+  r.ce_score_mean = score_or_nan(r.mean_ablated.ce - r.spliced.ce, r.mean_ablated.ce - r.clean.ce);
+  r.kl_score_mean = score_or_nan(r.mean_ablated.kl - r.spliced.kl, r.mean_ablated.kl);
   return r;
 }
 

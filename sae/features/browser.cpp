@@ -39,7 +39,12 @@ PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, i
     const float* p = logits.data<float>();
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = p + r * vocab;
+      // A row that moves every logit alike (a zero row: all 0) promotes and suppresses nothing. Our
+      // logits are not centred over the vocabulary (docs/contract.md), so their sign says nothing.
+      const auto [low, high] = std::minmax_element(row, row + vocab);
+      const bool flat = vocab == 0 || *low == *high;
       auto pick = [&](bool largest) {
+        if (flat) return Json::array();
         for (int64_t v = 0; v < vocab; ++v) order[v] = v;
         std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int64_t a, int64_t b) {
           if (row[a] != row[b]) return largest ? row[a] > row[b] : row[a] < row[b];
@@ -47,8 +52,6 @@ PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, i
         });
         Json list = Json::array();
         for (int64_t j = 0; j < n; ++j) {
-          // A token whose logit the row does not move (a zero row's every token) is neither.
-          if (largest ? !(row[order[j]] > 0) : !(row[order[j]] < 0)) break;
           Json pair = Json::array();
           pair.push_back(order[j]);
           pair.push_back(round_significant(row[order[j]], 4));

@@ -32,8 +32,8 @@ struct BrowserOptions {
 Json browser_data(const BrowserOptions& options, std::string* notes = nullptr);
 
 // The tokens each feature's decoder row promotes and suppresses most: logits = W_dec W_U^T, computed
-// in blocks of features; per feature the `count` largest above 0 and smallest below 0 as [[id, logit],
-// ...] (fewer when fewer move that way: none for a zero row).
+// in blocks of features; per feature the `count` largest and smallest as [[id, logit], ...] (none for a
+// row that moves every logit alike, such as a zero row).
 struct PromotedTokens {
   Json promoted, suppressed;  // arrays, one per feature
 };

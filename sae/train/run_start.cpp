@@ -47,13 +47,14 @@ std::string run_dir_of(const std::string& resume) {
 }
 
 // The paths config.json records are as they were given: a relative one is relative to the folder
-// the run was started from. DataError saying so when one is not found from here (it read as a
-// missing file, "cannot open models/gpt2/config.json", from another folder).
-void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& config_path) {
+// the run was started from. DataError saying so when one the resume reads is not found from here (it
+// read as a missing file, "cannot open models/gpt2/config.json", from another folder). `reads_init`:
+// the run starts again from its --init (no checkpoint yet).
+void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& config_path, bool reads_init) {
   const std::pair<const char*, std::string> paths[] = {
       {"data", run.data == "synthetic" || run.data == "text" ? std::string() : run.data},
       {"target-data", run.target_data}, {"model", run.model}, {"model-b", run.model_b}, {"text", run.text},
-      {"init", run.init}};
+      {"init", reads_init ? run.init : std::string()}};
   for (const auto& [option, value] : paths)
     for (size_t begin = 0; begin < value.size();) {
       const size_t end = std::min(value.find(',', begin), value.size());
@@ -62,7 +63,7 @@ void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& 
       if (!path.empty() && path.is_relative() && !fs::exists(path, ec))
         throw DataError(cat(config_path, ": --", option, " ", path.string(), " is a relative path, as given when the "
                             "run started, and is not found from ", fs::current_path(ec).string(),
-                            ": resume from the folder the run was started from (if the file is still there)"));
+                            ": resume from the folder the run was started from, or put it back there"));
       begin = end + 1;
     }
 }
@@ -294,7 +295,7 @@ RunStart start_run(TrainConfig config, bool owner) {
       start.keep_final = owner && !start.finished && from_final &&
                          !fs::exists(fs::path(run_dir) / "checkpoints" / cat("step_", start.state->step));
     }
-    if (!start.finished) refuse_relative_paths_not_found(config, config_path);  // (a finished run reads no data)
+    if (!start.finished) refuse_relative_paths_not_found(config, config_path, from_the_start);  // (a finished run reads none)
     if (owner) remove_interrupted_saves(run_dir);
   } else if (!owner) {
     if (!config.init.empty()) load_init(start, config);
@@ -303,7 +304,12 @@ RunStart start_run(TrainConfig config, bool owner) {
     std::error_code ec;
     fs::create_directories(config.out, ec);
     if (ec) throw DataError(cat(config.out, ": cannot create the output directory: ", ec.message()));
-    start.lock = std::make_unique<FileLock>((fs::path(config.out) / ".lock").string());
+    try {
+      start.lock = std::make_unique<FileLock>((fs::path(config.out) / ".lock").string());
+    } catch (...) {
+      cleanup->keep_folders();  // made a moment ago by the process that holds them now
+      throw;
+    }
     start.cleanup = std::move(cleanup);
     if (holds_a_run(config.out)) {
       if (!config.overwrite)

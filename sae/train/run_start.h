@@ -45,6 +45,8 @@ class FreshRunCleanup {
   // Writes the run's config.pending.json, keeping the one it replaces (a run killed before it
   // began, which --resume would have continued) to put back if this run never begins.
   void write_pending(const std::string& options);
+  // Another process holds the folder's lock: its folders are not this run's to remove.
+  void keep_folders() { made_.keep(); }
 
  private:
   MadeFolders made_;  // removed after the destructor's body, once empty

@@ -11,6 +11,7 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "sae/train/checkpoint.h"
+#include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
@@ -117,6 +118,31 @@ TEST(SaeEvalCli, ScoresOfRoundingNoiseAreNull) {
     EXPECT_LT(j.at("kl_div").at(run).as_number(), 1e-6) << run;
   }
   EXPECT_EQ(j.at("context_size").as_int(), read_json_file(eval_ref("model/config.json")).at("max_position_embeddings").as_int());
+  // The floor is for CE and KL scores only: FVU and the reconstruction bias are ratios of squared
+  // activations, whatever their scale. Embeddings 1e-5 times the fixture's, and a per-story SAE,
+  // give the fixture's FVU (a first version of the floor made it null).
+  std::vector<std::pair<std::string, Tensor>> small;
+  for (const std::string& name : weights.names()) {
+    Tensor t = weights.read_f32(name);
+    if (name == "transformer.wpe.weight" || name == "transformer.wte.weight") t = mul_scalar(t, 1e-5);
+    small.push_back({name, t});
+  }
+  fs::copy(eval_ref("model"), dir.str("small"), fs::copy_options::recursive);
+  fs::remove(dir.str("small/model.safetensors"));
+  write_safetensors(dir.str("small/model.safetensors"), small);
+  Json fvu[2];
+  for (int k = 0; k < 2; ++k) {
+    const std::string model = k == 0 ? eval_ref("model") : dir.str("small");
+    const auto run = run_binary("sae_eval", cat("--model ", quote(model), " --sae ", quote(eval_ref("sae_story")), " --text ",
+                                                quote(eval_ref("stories.txt")), " --layer 0 --out ", quote(dir.str(cat("o", k))),
+                                                " --progress none --device cpu"),
+                                dir);
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    fvu[k] = read_json_file(dir.str(cat("o", k, "/eval.json")));
+  }
+  ASSERT_TRUE(fvu[1].at("fvu").is_number()) << fvu[1].at("fvu").dump();
+  EXPECT_NEAR(fvu[1].at("fvu").as_number(), fvu[0].at("fvu").as_number(), 1e-3 * fvu[0].at("fvu").as_number());
+  EXPECT_TRUE(fvu[1].at("relative_reconstruction_bias").is_number());
 }
 
 // No feature fires (b_enc far below 0): the numbers are written, no histogram is drawn (gnuplot had

@@ -134,6 +134,7 @@ TEST(HostileInput, AFifoAsActivationsIsRefusedAtOnce) {
 // the second, and an output named as the input replaced it.
 TEST(HostileInput, OutputPathsAreCheckedBeforeTheWork) {
   TempDir dir("hostile_outputs");
+  ASSERT_EQ(::mkfifo(dir.str("fifo").c_str(), 0600), 0);  // as a device would be, it was replaced by the file
   std::vector<float> x(10 * 32, 0.25f);
   for (size_t i = 0; i < x.size(); ++i) x[i] += 0.01f * static_cast<float>(i % 7);
   sae::testing::write_raw_safetensors(dir.str("x.safetensors"), {{"activations", "F32", {10, 32}, sae::testing::raw_bytes(x)}});
@@ -148,7 +149,8 @@ TEST(HostileInput, OutputPathsAreCheckedBeforeTheWork) {
       {"sae_apply", apply + " --features-out " + dir.str("nodir/f.npy"), "nodir does not exist", 1},
       {"sae_apply", apply + " --features-out " + dir.str("same.npy") + " --reconstruction-out " + dir.str("same.npy"),
        "--features-out and --reconstruction-out name one file", 2},
-      {"sae_apply", apply + " --features-out " + dir.str("x.safetensors"), "it would replace what it is made from", 2},
+      {"sae_apply", apply + " --features-out " + dir.str("x.safetensors"), "is an input (of --input)", 2},
+      {"sae_apply", apply + " --features-out " + dir.str("fifo"), "is not a regular file", 1},
       {"sae_features", features + " --out " + dir.str("nodir/f.json"), "nodir does not exist", 1},
       {"sae_features", features + " --out " + dir.str("f.json") + " --stats-out " + dir.str("nodir/s.safetensors"),
        "nodir does not exist", 1},
@@ -163,6 +165,13 @@ TEST(HostileInput, OutputPathsAreCheckedBeforeTheWork) {
   }
   EXPECT_FALSE(fs::exists(dir.str("f.json")));  // refused before it wrote anything
   EXPECT_FALSE(fs::exists(dir.str("same.npy")));
+  EXPECT_FALSE(fs::is_regular_file(dir.str("fifo")));
+  // sae_browser's page over a file of the run it shows (the run's statistics had been overwritten).
+  fs::copy(eval_ref("sae_story"), dir.str("sae"), fs::copy_options::recursive);
+  const CommandResult page = sae::testing::run_binary(
+      "sae_browser", cat("--run ", dir.str("sae"), " --out ", dir.str("sae/sae_weights.safetensors")), dir);
+  EXPECT_EQ(page.exit_code, 2) << page.err;
+  EXPECT_NE(page.err.find("is an input (of --run)"), std::string::npos) << page.err;
 }
 
 // A directory as --text: our line, not the library's "filesystem error: ..." text.

@@ -182,20 +182,20 @@ TEST(Browser, PromotedTokensAreTheLargestAndSmallestDotProducts) {
     check(got.promoted.at(i), true);
     check(got.suppressed.at(i), false);
   }
-  // A zero row moves no logit: it promotes and suppresses nothing (it listed tokens 0-9 at 0), and a
-  // row that raises only two tokens promotes those two.
-  std::vector<double> zero(2 * d, 0.0);
-  zero[d] = 1;  // row 1 along the first axis
-  std::vector<double> few(vocab * d, 0.0);
-  few[3 * d] = 2, few[8 * d] = 1, few[9 * d] = -1;
-  const PromotedTokens none = promoted_tokens(Tensor::from_vector(zero, Shape{2, d}), Tensor::from_vector(few, Shape{vocab, d}), 6);
-  EXPECT_EQ(none.promoted.at(0).size(), 0u);
-  EXPECT_EQ(none.suppressed.at(0).size(), 0u);
-  ASSERT_EQ(none.promoted.at(1).size(), 2u);
-  EXPECT_EQ(none.promoted.at(1).at(0).at(0).as_int(), 3);
-  EXPECT_EQ(none.promoted.at(1).at(1).at(0).as_int(), 8);
-  ASSERT_EQ(none.suppressed.at(1).size(), 1u);
-  EXPECT_EQ(none.suppressed.at(1).at(0).at(0).as_int(), 9);
+  // A zero row moves no logit: it promotes and suppresses nothing (it listed tokens 0-9 at 0). A row
+  // whose logits are all above 0 still suppresses its smallest (the logits are not centred: a
+  // constant per feature says nothing).
+  std::vector<double> rows(2 * d, 0.0);
+  rows[d] = 1;  // row 1 along the first axis
+  std::vector<double> shifted(vocab * d, 0.0);
+  for (int64_t v = 0; v < vocab; ++v) shifted[v * d] = 5 + 0.01 * static_cast<double>(v % 7);
+  const PromotedTokens got2 = promoted_tokens(Tensor::from_vector(rows, Shape{2, d}), Tensor::from_vector(shifted, Shape{vocab, d}), 6);
+  EXPECT_EQ(got2.promoted.at(0).size(), 0u);
+  EXPECT_EQ(got2.suppressed.at(0).size(), 0u);
+  ASSERT_EQ(got2.promoted.at(1).size(), 6u);
+  ASSERT_EQ(got2.suppressed.at(1).size(), 6u);
+  EXPECT_EQ(got2.suppressed.at(1).at(0).at(0).as_int(), 0);  // 5.00, the smallest
+  EXPECT_EQ(got2.promoted.at(1).at(0).at(0).as_int(), 6);    // 5.06, the largest
 }
 
 TEST(Browser, DataOfASyntheticRun) {

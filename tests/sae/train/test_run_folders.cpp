@@ -558,14 +558,24 @@ TEST(RunFolders, AResumeFromAnotherFolderNamesTheRelativePath) {
   std::vector<double> values(200 * 8);
   for (double& v : values) v = rng.normal();
   write_npy(dir.str("a/x.npy"), Tensor::from_vector(values, Shape{200, 8}));
-  const std::string args = " --data x.npy --features 16 --batch 32 --normalize dataset --lr 1e-3 --checkpoint-every 2 "
-                           "--progress none --device cpu --out run";
+  const std::string base = " --data x.npy --features 16 --batch 32 --normalize dataset --lr 1e-3 --checkpoint-every 2 "
+                           "--progress none --device cpu";
+  const std::string args = base + " --out run";
   ASSERT_EQ(sae::testing::run_program("sae_train", args + " --steps 2", dir, "", 120, dir.str("a")).exit_code, 0);
   const auto elsewhere = sae::testing::run_program("sae_train", "--resume a/run --steps 4", dir, "", 120, dir.str(""));
   EXPECT_EQ(elsewhere.exit_code, 1) << elsewhere.err;
   EXPECT_NE(elsewhere.err.find("--data x.npy is a relative path, as given when the run started"), std::string::npos)
       << elsewhere.err;
   EXPECT_EQ(sae::testing::run_program("sae_train", "--resume run --steps 4", dir, "", 120, dir.str("a")).exit_code, 0);
+  // A relative --init that is gone: a resume from a checkpoint does not read it (it was refused).
+  ASSERT_EQ(sae::testing::run_program("sae_train", base + " --steps 2 --out init_run", dir, "", 120, dir.str("a")).exit_code,
+            0);
+  ASSERT_EQ(sae::testing::run_program("sae_train", base + " --steps 2 --init init_run/sae --out from_init", dir, "", 120,
+                                      dir.str("a")).exit_code,
+            0);
+  fs::remove_all(dir.str("a/init_run"));
+  const auto resumed = sae::testing::run_program("sae_train", "--resume from_init --steps 4", dir, "", 120, dir.str("a"));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
 }
 
 TEST(RunFolders, AListClaimsItsFolderOnlyOnceItBegins) {
