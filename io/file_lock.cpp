@@ -48,9 +48,7 @@ std::vector<std::string> missing_folders(const std::string& path) {
   fs::path prefix;
   for (const fs::path& part : absolute) {
     prefix /= part;
-    if (part.empty() || part == "." || part == ".." || part == absolute.root_path() || part == absolute.root_name() ||
-        part == absolute.root_directory())
-      continue;
+    if (part.empty() || part == "." || part == ".." || part == part.root_path()) continue;
     const bool there = fs::exists(prefix, ec);
     if (ec) return made;  // a prefix that is not a folder: create_directories refuses it
     if (!there) made.push_back(prefix.string());

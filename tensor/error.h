@@ -2,7 +2,6 @@
 // UsageError -> 2 (bad option or configuration), DataError -> 1 (missing, corrupt or bad data file,
 // I/O failure), any other Error -> 1. Library code throws and never exits.
 #pragma once
-#include <filesystem>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -73,17 +72,6 @@ inline std::string printable(std::string_view text, size_t max_chars = 120) {
 // The one-line text of any error, as every program prints it after "PROGRAM: error: ". A
 // std::filesystem error's library text ("filesystem error: cannot get file size: Is a directory
 // [PATH]") is put as ours: the path first, then what could not be done and why.
-inline std::string error_text(const std::exception& e) {
-  const auto* fs_error = dynamic_cast<const std::filesystem::filesystem_error*>(&e);
-  if (fs_error == nullptr) return e.what();
-  std::string what = fs_error->what();
-  const std::string prefix = "filesystem error: ";
-  if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
-  const size_t paths = what.find(" [");
-  if (paths != std::string::npos) what = what.substr(0, paths);
-  std::string where = fs_error->path1().string();
-  if (!fs_error->path2().empty()) where += " -> " + fs_error->path2().string();
-  return printable(where.empty() ? what : where + ": " + what, 1000);
-}
+std::string error_text(const std::exception& e);  // tensor/error.cpp
 
 }  // namespace sae

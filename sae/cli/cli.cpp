@@ -179,14 +179,8 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
-  } catch (const std::filesystem::filesystem_error& e) {
+  } catch (const std::exception& e) {  // a std::filesystem error's text put as ours (error_text)
     std::fprintf(stderr, "%s: error: %s\n", program, error_text(e).c_str());
-    return 1;
-  } catch (const TrainingDiverged& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
     return 1;
   }
 }
