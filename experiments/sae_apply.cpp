@@ -92,6 +92,9 @@ int main(int argc, char** argv) {
     const int64_t n = input->num_tokens(), d = input->d(), f = model.d_sae(), d_out = model.d_out();
     if (d != model.d_in())
       throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the dictionary's d_in is ", model.d_in()));
+    if (normalization.kind == sae::Normalization::Story && (model.sources > 1 || model.transcoder))
+      throw sae::DataError(sae::cat(sae_dir, "/cfg.json: a ", model.transcoder ? "transcoder" : "crosscoder",
+                                    " is not normalised per story (sae_cpp.normalization)"));
     if (normalization.kind == sae::Normalization::Story && input->num_stories() == 0)
       throw sae::UsageError(sae::cat("the SAE was trained with per-story normalisation and ", input_path,
                                      " has no story boundaries: give a safetensors file with story_lengths, or --raw"));
@@ -137,21 +140,9 @@ int main(int argc, char** argv) {
         std::memcpy(features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
       }
       if (reconstruction.defined()) {
-        // Back to the data's scale, block by block (per story: the one block's shift and scale).
         const sae::Tensor xh = sae::sae_decode(model, fx, &x_device).to(sae::Device::CPU);
-        const float* in = xh.data<float>();
         float* out = reconstruction.data<float>() + begin * d_out;
-        for (int64_t r = 0; r < rows; ++r) {
-          int64_t column = 0;
-          for (size_t b = 0; b < out_widths.size(); ++b) {
-            const bool story = normalization.kind == sae::Normalization::Story;
-            const double shift = story ? stats.norm_shift : 0.0;
-            const double scale = story ? stats.norm_scale : out_scales.per_block[b];
-            for (int64_t c = column; c < column + out_widths[b]; ++c)
-              out[r * d_out + c] = static_cast<float>(in[r * d_out + c] / scale + shift);
-            column += out_widths[b];
-          }
-        }
+        sae::denormalize_blocks(xh.data<float>(), out, rows, out_widths, normalization.kind, out_scales, stats);
         require_finite(out, begin, rows, d_out, "reconstruction", sae_dir);
       }
     }

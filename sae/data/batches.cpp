@@ -158,6 +158,31 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
   return stats;
 }
 
+void denormalize_blocks(const float* normalized, float* raw, int64_t n, const std::vector<int64_t>& widths,
+                        Normalization normalization, const DatasetScales& scales, const BatchStats& stats) {
+  if (scales.per_block.size() != widths.size() ||
+      (normalization == Normalization::Story && stats.blocks.size() != widths.size()))
+    throw Error(cat("denormalize_blocks: ", scales.per_block.size(), " scales and ", stats.blocks.size(),
+                    " block statistics for ", widths.size(), " blocks"));
+  int64_t d = 0;
+  for (int64_t w : widths) d += w;
+  int64_t offset = 0;
+  for (size_t b = 0; b < widths.size(); ++b) {
+    const int64_t w = widths[b];
+    double shift = 0, scale = 1;
+    if (normalization == Normalization::Story) {
+      shift = stats.blocks[b].mean;
+      scale = std::sqrt(double(w)) / stats.blocks[b].std;
+    } else if (normalization == Normalization::Dataset) {
+      scale = scales.per_block[b];
+    }
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = offset; c < offset + w; ++c)
+        raw[r * d + c] = static_cast<float>(normalized[r * d + c] / scale + shift);
+    offset += w;
+  }
+}
+
 Json DatasetScales::to_json() const {
   if (per_block.size() == 1) return Json(per_block[0]);
   Json j = Json::array();

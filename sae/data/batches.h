@@ -88,6 +88,14 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
                             Normalization normalization, const DatasetScales& scales,
                             const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);
 
+// The inverse of normalize_blocks for a dictionary's output rows [n, sum(widths)]: each column block
+// brought back to the data's scale, raw = normalized / scale + shift, in double, with the shift and
+// scale normalize_blocks used (story: the block's mean and sqrt(width) / std from stats.blocks;
+// dataset: the block's scale; none: a copy). An SAE's and a crosscoder's output blocks are its input
+// blocks; a transcoder's one block is its target, with the target's scale.
+void denormalize_blocks(const float* normalized, float* raw, int64_t n, const std::vector<int64_t>& widths,
+                        Normalization normalization, const DatasetScales& scales, const BatchStats& stats);
+
 // normalize_batch on the device of `rows` ([n, D] float32, raw in, normalised out, in place):
 // device_stats ([2] float64, same device) = raw mean and raw std (unbiased), with float64 sums; the
 // shift and scale as normalize_batch makes them (story: from those statistics, on the device;

@@ -338,19 +338,19 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
     scales.per_block.push_back(sae.sources[k].scale);
   }
   Tensor normalized = Tensor::empty(Shape{t, count * d});
-  normalize_blocks(raw.data<float>(), normalized.data<float>(), t, widths, sae.normalization, scales,
-                   [](int64_t r) { return r; }, cat(sae.dir, " sources"));
+  const BatchStats stats = normalize_blocks(raw.data<float>(), normalized.data<float>(), t, widths, sae.normalization,
+                                            scales, [](int64_t r) { return r; }, cat(sae.dir, " sources"));
   const Tensor input = normalized.to(sae.params.device());
   const Tensor f = sae_encode(sae.params, input);
   const Tensor x_hat = sae_decode(sae.params, f, &input).to(Device::CPU);
+  Tensor x_hat_raw = Tensor::empty(Shape{t, count * d});
+  denormalize_blocks(x_hat.data<float>(), x_hat_raw.data<float>(), t, widths, sae.normalization, scales, stats);
   std::vector<Tensor> out;
   for (int64_t k = 0; k < count; ++k) {
     Tensor block = Tensor::empty(Shape{t, d});
-    const float* src = x_hat.data<float>();
+    const float* src = x_hat_raw.data<float>();
     float* dst = block.data<float>();
-    const double inverse = sae.normalization == Normalization::Dataset ? 1.0 / sae.sources[k].scale : 1.0;
-    for (int64_t r = 0; r < t; ++r)
-      for (int64_t j = 0; j < d; ++j) dst[r * d + j] = static_cast<float>(src[r * count * d + k * d + j] * inverse);
+    for (int64_t r = 0; r < t; ++r) std::copy_n(src + r * count * d + k * d, d, dst + r * d);
     out.push_back(block.to(sae.params.device()));
   }
   if (features) *features = f;

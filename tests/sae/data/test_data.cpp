@@ -285,6 +285,36 @@ TEST(Batcher, ScalesOutsideFloat32AreRefusedNotTurnedIntoInf) {
   EXPECT_EQ(DatasetScales::from_json(Json(2.5)).first(), 2.5);
 }
 
+TEST(Batcher, DenormalizeBlocksUndoesNormalizeBlocksBlockByBlock) {
+  // Rows of two column blocks of different scales (widths 3 and 5): each block normalised on its own
+  // and brought back by its own statistics, so the round trip gives the raw rows (to float rounding).
+  const int64_t n = 6;
+  const std::vector<int64_t> widths = {3, 5};
+  std::vector<float> raw(n * 8), normalized(raw.size()), back(raw.size());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < 8; ++c)
+      raw[r * 8 + c] = static_cast<float>(c < 3 ? 1000.0 + 37.0 * std::sin(double(r * 8 + c)) : 0.01 * std::cos(double(r + 3 * c)));
+  auto token = [](int64_t row) { return row; };
+  for (Normalization kind : {Normalization::Story, Normalization::Dataset, Normalization::None}) {
+    const DatasetScales scales(std::vector<double>{0.02, 300.0});
+    const BatchStats stats = normalize_blocks(raw.data(), normalized.data(), n, widths, kind, scales, token, "acts");
+    denormalize_blocks(normalized.data(), back.data(), n, widths, kind, scales, stats);
+    for (size_t i = 0; i < raw.size(); ++i)
+      EXPECT_NEAR(back[i], raw[i], 2e-6 * std::fabs(raw[i]) + 1e-9) << normalization_name(kind) << " element " << i;
+    // Per story, the second block had its own mean and std: the first block's would not undo it.
+    if (kind == Normalization::Story) {
+      const double mean = stats.blocks[1].mean, scale = std::sqrt(5.0) / stats.blocks[1].std;
+      EXPECT_NEAR(normalized[3], (raw[3] - mean) * scale, 1e-4);
+    }
+  }
+  // One block: the output of a transcoder, with its target's scale.
+  std::vector<float> one = {2.0f, -4.0f}, out(2);
+  denormalize_blocks(one.data(), out.data(), 1, {2}, Normalization::Dataset, DatasetScales(4.0), BatchStats{});
+  EXPECT_EQ(out, (std::vector<float>{0.5f, -1.0f}));
+  EXPECT_THROW(denormalize_blocks(one.data(), out.data(), 1, {2}, Normalization::Story, DatasetScales(1.0), BatchStats{}),
+               Error);
+}
+
 TEST(ActivationFile, ReadsSafetensorsWithStoriesAndChecksThem) {
   TempDir dir("actfile");
   const std::string path = dir.str("acts.safetensors");
