@@ -27,12 +27,23 @@ namespace {
 enum class Style { Llama, Qwen2, Mistral, Gemma2 };
 
 // rope_parameters (transformers 5) or rope_scaling with a top-level rope_theta (the Hub's older
-// files). As transformers reads them (convert_rope_params_to_dict): a non-empty rope_scaling wins
-// over rope_parameters; the dict's rope_theta over the top-level one; llama3's
-// original_max_position_embeddings is the dict's, else max_position_embeddings.
+// files). As transformers reads them (convert_rope_params_to_dict, standardize_rope_params): a
+// non-empty rope_scaling wins over rope_parameters; the dict's rope_theta over the top-level one;
+// llama3's original_max_position_embeddings is the top-level key's, else the dict's, else
+// max_position_embeddings. Refused: parameters per layer type (a dict of dicts), and a
+// partial_rotary_factor below 1 with a scaled rope_type (transformers cannot run either).
 void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) {
   std::string type;
   const Json* rope = rope_settings(json, source, type);
+  if (rope)
+    for (const auto& [key, value] : rope->items())
+      if (value.is_object())
+        throw DataError(cat(source, ": rope parameters per layer type ('", printable(key),
+                            "': {...}) are not supported (one set for every block)"));
+  if (rope && type != "default" && rope->has("partial_rotary_factor") && rope->at("partial_rotary_factor").is_number() &&
+      rope->at("partial_rotary_factor").as_number() != 1.0)
+    throw DataError(cat(source, ": rope 'partial_rotary_factor' ", rope->at("partial_rotary_factor").dump(),
+                        " with rope_type \"", printable(type), "\" is not supported (every head dimension rotates)"));
   auto number = [&](const std::string& key, double fallback) {
     if (rope && rope->has(key) && !rope->at(key).is_null()) {
       if (!rope->at(key).is_number() || !(rope->at(key).as_number() > 0) || std::isinf(rope->at(key).as_number()))
@@ -55,7 +66,10 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
     s.factor = number("factor", 0);
     s.low_freq_factor = number("low_freq_factor", 0);
     s.high_freq_factor = number("high_freq_factor", 0);
-    s.original_positions = number("original_max_position_embeddings", static_cast<double>(c.max_positions));
+    s.original_positions = json.has("original_max_position_embeddings") &&
+                                   !json.at("original_max_position_embeddings").is_null()
+                               ? positive_number_or(json, "original_max_position_embeddings", 0, source)
+                               : number("original_max_position_embeddings", static_cast<double>(c.max_positions));
     if (s.factor == 0 || s.low_freq_factor == 0 || s.high_freq_factor == 0)
       throw DataError(cat(source, ": rope_type \"llama3\" needs 'factor', 'low_freq_factor' and 'high_freq_factor'"));
     if (!(s.high_freq_factor > s.low_freq_factor))
@@ -73,6 +87,7 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
 // even blocks). sliding_window left out is 4096 (Mistral, Qwen 2, Gemma 2); null: no window
 // (Mistral, Qwen 2; a Gemma 2 block that slides then needs one).
 std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers, const std::string& source) {
+  if (style == Style::Llama) return std::vector<int64_t>(static_cast<size_t>(layers), 0);  // LlamaModel never slides
   int64_t window = 0;
   if (json.has("sliding_window") && !json.at("sliding_window").is_null())
     window = positive_int(json, "sliding_window", source);
@@ -157,10 +172,14 @@ DecoderConfig parse(const Json& json, Style style, const std::string& source) {
                         "\" is not supported (silu, or gelu_pytorch_tanh / gelu_new)"));
   }
 
-  const bool attention_bias = bool_or(json, "attention_bias", false, source);
+  // Biases as transformers' classes build them: Qwen 2 always on q, k, v (nowhere else); attention_bias
+  // (q, k, v, o) read by Llama and Gemma 2, mlp_bias by Llama only; Mistral has none (those classes
+  // ignore the keys, and a file's bias tensors are then refused as unexpected).
+  const bool attention_bias =
+      (style == Style::Llama || style == Style::Gemma2) && bool_or(json, "attention_bias", false, source);
   c.qkv_bias = style == Style::Qwen2 || attention_bias;
-  c.out_bias = style != Style::Qwen2 && attention_bias;
-  c.mlp_bias = bool_or(json, "mlp_bias", false, source);
+  c.out_bias = attention_bias;
+  c.mlp_bias = style == Style::Llama && bool_or(json, "mlp_bias", false, source);
   c.tie_word_embeddings = bool_or(json, "tie_word_embeddings", style == Style::Gemma2, source);
   read_rotary(json, c, source);
 

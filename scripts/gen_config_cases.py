@@ -8,9 +8,12 @@ records what the model will run with, so that tests/lm/test_models.cpp can check
 
 Each case: {"name", "model", "set": {key: value} (null: the key written as null), "erase": [keys],
 "windows": [per block: the attention window, 0 = global], "rope": {"type", "theta", "factor",
-"original_positions"}} where windows are what the HF model masks with (layer_types and
-sliding_window; Mistral's MistralForCausalLM slides every block when sliding_window is set) and
-rope is config.rope_parameters after transformers standardised it.
+"original_positions"}, "biases": {"qkv", "out", "mlp"}} where windows are what the HF model masks
+with (layer_types and sliding_window; Mistral's MistralForCausalLM slides every block when
+sliding_window is set; LlamaModel never slides), rope is config.rope_parameters as the model runs
+it (read after AutoModelForCausalLM.from_config built the model: building it standardises the
+parameters again, and a top-level original_max_position_embeddings then wins over the dict's), and
+biases says which of block 0's q_proj, o_proj and MLP gate_proj the built model has.
 Needs transformers (the installed version is recorded in the file).
 """
 import argparse
@@ -19,7 +22,7 @@ import os
 import tempfile
 
 import transformers
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 CASES = [
     # rope: rope_scaling wins over rope_parameters (convert_rope_params_to_dict)
@@ -52,12 +55,23 @@ CASES = [
     ("qwen2_null_sliding_window", "qwen2", {"sliding_window": None}, ["layer_types"]),
     # Gemma 2: no layer_types (even blocks slide), sliding_window left out is 4096
     ("gemma2_without_sliding_window", "gemma2", {}, ["sliding_window", "layer_types"]),
+    # LlamaModel has no sliding-window attention, whatever layer_types and sliding_window say
+    ("llama_layer_types_do_not_slide", "llama",
+     {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}, []),
+    # which classes read attention_bias / mlp_bias (Llama both, Gemma 2 attention_bias, Mistral and Qwen 2
+    # neither: Qwen 2 always has q, k, v biases)
+    ("llama_biases", "llama", {"attention_bias": True, "mlp_bias": True}, []),
+    ("mistral_ignores_bias_keys", "mistral", {"attention_bias": True, "mlp_bias": True}, []),
+    ("qwen2_ignores_bias_keys", "qwen2", {"attention_bias": True, "mlp_bias": True}, ["layer_types"]),
+    ("gemma2_attention_bias_only", "gemma2", {"attention_bias": True, "mlp_bias": True}, []),
 ]
 
 
 def windows_of(config, model):
     layers = config.num_hidden_layers
     window = getattr(config, "sliding_window", None) or 0
+    if model == "llama":
+        return [0] * layers
     if model == "mistral":
         return [window] * layers
     types = getattr(config, "layer_types", None)
@@ -82,11 +96,16 @@ def main():
             with open(os.path.join(folder, "config.json"), "w") as f:
                 json.dump(config, f)
             hf = AutoConfig.from_pretrained(folder)
-        rope = hf.rope_parameters
+        built = AutoModelForCausalLM.from_config(hf)
+        rope = built.config.rope_parameters
+        block = built.model.layers[0]
         case = {"name": name, "model": model, "set": set_keys, "erase": erase, "windows": windows_of(hf, model),
                 "rope": {"type": rope.get("rope_type", "default"), "theta": rope["rope_theta"],
                          "factor": rope.get("factor", 0.0),
-                         "original_positions": rope.get("original_max_position_embeddings", 0)}}
+                         "original_positions": rope.get("original_max_position_embeddings", 0)},
+                "biases": {"qkv": block.self_attn.q_proj.bias is not None,
+                           "out": block.self_attn.o_proj.bias is not None,
+                           "mlp": block.mlp.gate_proj.bias is not None}}
         print(name, case["windows"], case["rope"])
         out.append(case)
     with open(args.out, "w") as f:

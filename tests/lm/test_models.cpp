@@ -490,7 +490,8 @@ TEST(Models, ShardedFilesWithTheirIndex) {
 
 TEST(Models, ConfigSpellingsAreReadAsTransformersReadsThem) {
   // tests/ref/models/config_cases.json (scripts/gen_config_cases.py): fixture configs edited as the
-  // Hub's files differ from what save_pretrained writes, with the windows and RoPE transformers runs.
+  // Hub's files differ from what save_pretrained writes, with the windows, RoPE and biases of the
+  // model transformers builds from them.
   const Json cases = read_json_file(models_ref("config_cases.json"));
   TempDir dir("models_config_cases");
   for (size_t n = 0; n < cases.at("cases").size(); ++n) {
@@ -526,6 +527,10 @@ TEST(Models, ConfigSpellingsAreReadAsTransformersReadsThem) {
     if (kind == RopeScaling::Kind::Llama3) {
       EXPECT_EQ(got.rope_scaling.original_positions, rope.at("original_positions").as_number());
     }
+    const Json& biases = c.at("biases");
+    EXPECT_EQ(got.qkv_bias, biases.at("qkv").as_bool());
+    EXPECT_EQ(got.out_bias, biases.at("out").as_bool());
+    EXPECT_EQ(got.mlp_bias, biases.at("mlp").as_bool());
   }
 }
 
@@ -557,6 +562,13 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
       {"llama", "rope_parameters", Json::parse(R"({"rope_type": "llama3", "factor": 8.0, "rope_theta": 10000})"),
        "low_freq_factor"},
       {"llama", "rope_parameters", Json::parse(R"({"rope_type": "linear", "rope_theta": 10000})"), "factor"},
+      // transformers builds half-width frequencies for these and fails in the attention
+      {"llama", "rope_parameters",
+       Json::parse(R"({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000, "partial_rotary_factor": 0.5})"),
+       "partial_rotary_factor"},
+      {"gemma2", "rope_parameters",
+       Json::parse(R"({"full_attention": {"rope_type": "default", "rope_theta": 10000}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000}})"),
+       "per layer type"},
       {"llama", "num_key_value_heads", Json(int64_t(3)), "num_key_value_heads"},
       {"llama", "hidden_act", Json("relu"), "hidden_act"},
       {"llama", "head_dim", Json(int64_t(7)), "head_dim"},
