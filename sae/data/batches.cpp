@@ -433,13 +433,14 @@ void Batcher::restore(const Json& state) {
     throw DataError("resume: the checkpoint's data position does not fit this data set");
 }
 
-DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens) {
+DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens,
+                                      std::vector<double>* mean_squared_norms) {
   const int64_t n = std::min(sample_tokens, source.num_tokens()), d = source.d();
   const std::vector<int64_t> widths = source.block_widths();
   if (n <= 0) throw DataError("data: no tokens to estimate the dataset normalisation from");
   source.expect_random_access(true);
   std::vector<float> row(d);
-  std::vector<double> total(widths.size(), 0.0);
+  std::vector<double> norms(widths.size(), 0.0), squares(widths.size(), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
     source.read_tokens(token, 1, row.data());
@@ -451,19 +452,23 @@ DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_t
     for (size_t b = 0; b < widths.size(); ++b) {
       double sq = 0;
       for (const int64_t end = j + widths[b]; j < end; ++j) sq += double(row[j]) * row[j];
-      total[b] += sq;
+      norms[b] += std::sqrt(sq);
+      squares[b] += sq;
     }
   }
   source.expect_random_access(false);  // a Batcher in token mode sets it again
   std::vector<double> scales;
   for (size_t b = 0; b < widths.size(); ++b) {
-    const double mean_sq = total[b] / double(n);
     const std::string block = widths.size() > 1 ? cat(" (column block ", b, ")") : std::string();
-    if (!std::isfinite(mean_sq))
+    if (!std::isfinite(squares[b]))
       throw DataError(cat(source.name(), block, ": the activations' squares overflow float64 while estimating the dataset scale"));
-    if (!(mean_sq > 0))
+    if (!(norms[b] > 0))
       throw DataError(cat(source.name(), block, ": all sampled activations are zero; cannot normalise"));
-    scales.push_back(std::sqrt(double(widths[b]) / mean_sq));
+    scales.push_back(std::sqrt(double(widths[b])) / (norms[b] / double(n)));
+  }
+  if (mean_squared_norms) {
+    mean_squared_norms->clear();
+    for (double sq : squares) mean_squared_norms->push_back(sq / double(n));
   }
   return DatasetScales(std::move(scales));
 }

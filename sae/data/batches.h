@@ -51,7 +51,7 @@ struct BatchStats {
 };
 
 // The dataset scales of a row's column blocks (ActivationSource::block_widths): one per block, each
-// block's mean ||s x||^2 = its width. One number for the one block of an SAE's data.
+// block's mean ||s x|| = sqrt(its width). One number for the one block of an SAE's data.
 struct DatasetScales {
   std::vector<double> per_block;
   DatasetScales(double scale = 1.0) : per_block{scale} {}  // NOLINT: one block
@@ -229,10 +229,12 @@ class Batcher : public BatchSource {
   void record_batch_origins(int64_t n, int64_t story, int64_t first_token);
 };
 
-// Estimates the dataset scale s with mean ||s x||^2 = D over a sample of up to `sample_tokens`
-// tokens spread evenly through the source (SAELens's norm scaling factor).
+// Estimates the dataset scale s with mean ||s x|| = sqrt(D) over a sample of up to `sample_tokens`
+// tokens spread evenly through the source (SAELens's norm scaling factor, sqrt(D) / mean ||x||).
 double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens = 65536);
-// The same per column block (ActivationSource::block_widths).
-DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens = 65536);
+// The same per column block (ActivationSource::block_widths); with mean_squared_norms, also each
+// block's raw mean ||x||^2 over the same sample.
+DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens = 65536,
+                                      std::vector<double>* mean_squared_norms = nullptr);
 
 }  // namespace sae

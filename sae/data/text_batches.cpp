@@ -344,7 +344,8 @@ void TextBatcher::restore(const Json& state) {
 }
 
 DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer,
-                                          const TextDataOptions& options, int64_t sample_tokens, DecoderModel* model_b) {
+                                          const TextDataOptions& options, int64_t sample_tokens, DecoderModel* model_b,
+                                          std::vector<double>* mean_squared_norms) {
   StoryReader reader(options.text, options.text_field);
   TextStory story;
   const std::vector<TextRead> reads = resolve_text_reads(model, model_b, options);
@@ -354,7 +355,7 @@ DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenize
     widths.push_back((r.model == 0 ? model : *model_b).config().hook_width(r.site));
     d += widths.back();
   }
-  std::vector<double> total(reads.size(), 0.0);
+  std::vector<double> norms(reads.size(), 0.0), squares(reads.size(), 0.0);
   int64_t tokens = 0;
   const int64_t positions = model.config().max_positions;
   if (options.context_size > positions)
@@ -373,8 +374,12 @@ DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenize
       for (int64_t r = 0; r < n; ++r) {
         const float* x = rows.data() + r * d;
         int64_t j = 0;
-        for (size_t b = 0; b < widths.size(); ++b)
-          for (const int64_t end = j + widths[b]; j < end; ++j) total[b] += double(x[j]) * x[j];
+        for (size_t b = 0; b < widths.size(); ++b) {
+          double sq = 0;
+          for (const int64_t end = j + widths[b]; j < end; ++j) sq += double(x[j]) * x[j];
+          norms[b] += std::sqrt(sq);
+          squares[b] += sq;
+        }
       }
       tokens += n;
     }
@@ -382,11 +387,16 @@ DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenize
   if (tokens == 0) throw DataError(cat(options.text, ": the text holds no stories"));
   std::vector<double> scales;
   for (size_t b = 0; b < widths.size(); ++b) {
-    const double mean_sq = total[b] / double(tokens);
-    if (!std::isfinite(mean_sq) || !(mean_sq > 0))
+    const double mean_norm = norms[b] / double(tokens);
+    if (!std::isfinite(squares[b]) || !(mean_norm > 0))
       throw DataError(cat(options.text, ": the model's activations", reads.size() > 1 ? cat(" at read ", b) : "",
-                          " are ", mean_sq, " on average; cannot normalise"));
-    scales.push_back(std::sqrt(double(widths[b]) / mean_sq));
+                          " have a norm of ", mean_norm, " on average (squares summing to ", squares[b],
+                          "); cannot normalise"));
+    scales.push_back(std::sqrt(double(widths[b])) / mean_norm);
+  }
+  if (mean_squared_norms) {
+    mean_squared_norms->clear();
+    for (double sq : squares) mean_squared_norms->push_back(sq / double(tokens));
   }
   return DatasetScales(std::move(scales));
 }

@@ -141,10 +141,12 @@ class TextBatcher : public BatchSource {
 };
 
 // SAELens's norm scaling factor over the corpus's first stories (up to sample_tokens tokens, each
-// story cut to the model's positions): s with mean ||s x||^2 = D; one per read (options.reads).
+// story cut to the model's positions): s = sqrt(D) / mean ||x||, so mean ||s x|| = sqrt(D); one per
+// read (options.reads). With mean_squared_norms, also each read's raw mean ||x||^2.
 DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenizer& tokenizer,
                                           const TextDataOptions& options, int64_t sample_tokens = 16384,
-                                          DecoderModel* model_b = nullptr);
+                                          DecoderModel* model_b = nullptr,
+                                          std::vector<double>* mean_squared_norms = nullptr);
 
 // The reads of `options` resolved by their models (`site` alone when there are no reads), and the
 // width of each. UsageError for a read of model 1 without a second model.

@@ -26,7 +26,7 @@ struct L0ControllerSettings {
 
 // The data's scale of lambda for an L0 target: where the penalty of L* active latents is of the
 // order of the reconstruction they buy. mean_squared_norm = E ||x||^2 of the SAE's inputs (D after
-// dataset or story normalisation); each of L* equal activations then has size sqrt(E / L*):
+// story normalisation, and taken as D after dataset normalisation); each of L* equal activations then has size sqrt(E / L*):
 //   L1 penalties (standard, gated: lambda f ||W_dec||, a soft threshold at about lambda / 2):
 //     lambda_s = sqrt(E / L*);
 //   L0-like penalties (jumprelu step and tanh: lambda per active latent, against an energy E / L*):

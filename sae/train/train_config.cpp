@@ -100,14 +100,16 @@ void refuse_options_without_effect(const TrainConfig& c) {
   require(c.data != "text" || c.text_field == defaults.text_field || is_json_lines_path(c.text),
           cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
               " is plain text, stories separated by <|endoftext|>"));
-  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1.
-  for (const auto& [option, length, effect] :
-       {std::tuple<const char*, int64_t, const char*>{"lr-warmup-steps", c.lr_warmup_steps, "the lr would never reach --lr"},
-        {"lr-decay-steps", c.lr_decay_steps, "the lr would start below --lr"},
-        {"l1-warmup-steps", c.l1_warmup_steps, "lambda would never reach --l1"}})
-    require(length <= c.steps,
-            cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "", " is more than --steps ",
-                c.steps, ": ", effect));
+  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1
+  // (lambda reaches --l1 at step W + 1, so its warm-up must be shorter than the run).
+  for (const auto& [option, length, limit, effect] :
+       {std::tuple<const char*, int64_t, int64_t, const char*>{"lr-warmup-steps", c.lr_warmup_steps, c.steps,
+                                                              "the lr would never reach --lr"},
+        {"lr-decay-steps", c.lr_decay_steps, c.steps, "the lr would start below --lr"},
+        {"l1-warmup-steps", c.l1_warmup_steps, c.steps - 1, "lambda would never reach --l1"}})
+    require(length <= limit, cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "",
+                                 limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
+                                 ": ", effect));
   const ArchSettings arch = arch_settings(c);
   if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
     require(arch.integer("auxk-k") == 0 || arch.number("auxk-coefficient") > 0,
@@ -120,17 +122,21 @@ bool TrainConfig::was_given(const std::string& option) const {
 
 std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story" : std::to_string(batch_tokens); }
 
+// SAELens's schedules (its get_lr_scheduler with the constant schedule, and CoefficientScheduler):
+// the lr warm-up gives step s the factor s / W; the decay over the last N steps gives step s the
+// factor (steps + 1 - s) / N, so the last step still updates (1 / N); lambda is 0 at step 1 and
+// rises by lambda / W a step to reach --l1 at step W + 1.
 double TrainConfig::lr_at(int64_t step) const {
   double factor = 1.0;
   if (lr_warmup_steps > 0) factor *= std::min(1.0, double(step) / double(lr_warmup_steps));
   if (lr_decay_steps > 0 && step > steps - lr_decay_steps)
-    factor *= std::max(0.0, double(steps - step) / double(lr_decay_steps));
+    factor *= std::max(0.0, double(steps + 1 - step) / double(lr_decay_steps));
   return lr * factor;
 }
 
 double TrainConfig::l1_at(int64_t step) const {
   if (l1_warmup_steps <= 0) return l1;
-  return l1 * std::min(1.0, double(step) / double(l1_warmup_steps));
+  return l1 * std::min(1.0, double(step - 1) / double(l1_warmup_steps));
 }
 
 int64_t parse_batch(const std::string& text) {

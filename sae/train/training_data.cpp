@@ -84,11 +84,8 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
                                             config.normalize, data.dataset_scale, config.seed, model_b);
   data.widths = text->block_widths();
   data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
-  if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
-    const DatasetScales s = estimate_text_dataset_scale(*data.model, *data.tokenizer, options, 16384, model_b);
-    for (size_t b = 0; b < data.widths.size(); ++b)
-      data.mean_squared_norms[b] = double(data.widths[b]) / (s.per_block.at(b) * s.per_block.at(b));
-  }
+  if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
+    estimate_text_dataset_scale(*data.model, *data.tokenizer, options, 16384, model_b, &data.mean_squared_norms);
   const HookSite site = sites[0].front();
   data.num_layers = folder.config.num_layers;
   data.description = Json::object();
@@ -200,11 +197,8 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
     data.description = data.activations->describe();
     describe_cache_origin(config, reads, data.description);
     data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
-    if (config.normalize == Normalization::None && config.target_l0 > 0) {  // raw: s with mean ||s x||^2 = width
-      const DatasetScales s = estimate_dataset_scales(*data.activations);
-      for (size_t b = 0; b < data.widths.size(); ++b)
-        data.mean_squared_norms[b] = double(data.widths[b]) / (s.per_block.at(b) * s.per_block.at(b));
-    }
+    if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
+      estimate_dataset_scales(*data.activations, 65536, &data.mean_squared_norms);
   }
   data.reads = reads;
   for (int64_t w : data.widths) {

@@ -32,8 +32,9 @@ struct TrainingData {
   DatasetScales dataset_scale;     // per block: the saved ones on --resume, else estimated or 1
   Json description;                // for config.json and cfg.json
   // Per block: mean ||x||^2 of its columns as the dictionary sees them (after normalisation): the
-  // block's width for --normalize dataset and story (so by construction), measured on a sample for
-  // none (only with --target-l0: the L0 controller's scale of lambda; the width otherwise).
+  // block's width for --normalize story (by construction) and dataset (nominal: mean ||s x|| =
+  // sqrt(width), so mean ||s x||^2 is the width times E||x||^2 / (E||x||)^2 >= 1, not measured), measured on
+  // a sample for none (only with --target-l0: the L0 controller's scale of lambda; the width otherwise).
   std::vector<double> mean_squared_norms;
   const SyntheticSource* synthetic = nullptr;  // for concept recovery
 

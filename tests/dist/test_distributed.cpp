@@ -529,7 +529,11 @@ TEST(Distributed, DistributeSharesOneModelPassOverText) {
 TEST(Distributed, TranscodersAndCrosscodersOverRanksEqualOneProcess) {
   SKIP_WITHOUT_MPI();
   TempDir dir("dist_dictionaries");
-  Rng rng(21);
+  // Seed 22: with seed 21's data, under SAELens's dataset scale, a crosscoder latent's pre-activation
+  // sat at the ReLU's kink in one step, and the summation orders of the shards and of one process
+  // took it to either side (W_enc 1e-3 apart after 40 steps): equality up to rounding holds away
+  // from the kinks only.
+  Rng rng(22);
   const Tensor x = normal_tensor(Shape{4096, 16}, 0.0, 1.0, rng), x2 = normal_tensor(Shape{4096, 16}, 0.0, 1.0, rng);
   const Tensor y = add(matmul(x, normal_tensor(Shape{16, 12}, 0.0, 0.5, rng)), normal_tensor(Shape{4096, 12}, 0.0, 0.2, rng));
   write_npy(dir.str("x.npy"), x);

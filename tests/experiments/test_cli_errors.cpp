@@ -173,8 +173,8 @@ TEST(Cli, UsageErrorsExitTwo) {
                "--auxk-k sets AuxK's k_aux: AuxK is off (--auxk-coefficient 0)");
   expect_error(kTiny + " --lr-decay-steps 4", 2, "--lr-decay-steps 4 is more than --steps 3: the lr would start below --lr");
   expect_error(kTiny + " --lr-warmup-steps 5", 2, "--lr-warmup-steps 5 is more than --steps 3: the lr would never reach");
-  expect_error(kTiny + " --l1-warmup-steps 9", 2, "--l1-warmup-steps 9 is more than --steps 3: lambda would never reach");
-  expect_error(" --profile demo --steps 50", 2, "--l1-warmup-steps 100 (set by the profile) is more than --steps 50");
+  expect_error(kTiny + " --l1-warmup-steps 3", 2, "--l1-warmup-steps 3 is not less than --steps 3: lambda would never reach");
+  expect_error(" --profile demo --steps 50", 2, "--l1-warmup-steps 100 (set by the profile) is not less than --steps 50");
   {  // a list's SAEs share OUT: said before OUT and its sweep.json are made (a --resume then trained them)
     TempDir dir("cli_list_schedule");
     const auto r = run_binary("sae_train", kTiny + " --l1-list 1,2 --lr-warmup-steps 10 --out " + dir.str("run"), dir);

@@ -332,9 +332,12 @@ TEST(MatryoshkaTrain, RecoversAPlantedDictionary) {
   // The planted data of the other architectures' test (48 concepts, 3 per token), prefixes of 48 and
   // 96 latents, k 4: the dictionary is recovered as by the other architectures (a first prefix
   // narrower than the 48 concepts merges some of them, as nested prefixes are meant to: 73% at
-  // widths 32, 64, 96).
+  // widths 32, 64, 96). 2000 steps: at the others' 1200 it had 43 of the 48 (0.896) under SAELens's
+  // dataset scale, still improving (44 at 2000, MMCS 0.972).
   TempDir dir("matryoshka_planted");
-  const TrainResult r = train(matryoshka_run(dir.str("run"), 96, {48, 96}, 4));
+  TrainConfig config = matryoshka_run(dir.str("run"), 96, {48, 96}, 4);
+  config.steps = 2000;
+  const TrainResult r = train(config);
   ASSERT_TRUE(r.concepts.has_value());
   std::printf("matryoshka     MMCS %.3f recovered %.3f L0 %.2f FVU %.3f\n", r.concepts->mmcs, r.concepts->recovered,
               r.l0, r.fvu);

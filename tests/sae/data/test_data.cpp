@@ -228,30 +228,45 @@ TEST(Batcher, TokenModeVisitsEveryTokenOncePerEpochAndResumes) {
   EXPECT_EQ(std::vector<float>(raw.begin(), raw.end()), after_save);
 }
 
-TEST(Batcher, DatasetNormalisationScalesMeanSquaredNormToD) {
-  // The estimate by its definition (docs/contract.md: mean ||s x||^2 = d over up to `sample`
-  // tokens spread evenly through the data: token floor((i + 1/2) T / n) for i < n), recomputed here.
+TEST(Batcher, DatasetNormalisationScalesTheMeanNormToSqrtD) {
+  // The estimate by its definition (docs/contract.md: s = sqrt(d) / mean ||x||, SAELens's norm
+  // scaling factor, over up to `sample` tokens spread evenly through the data: token
+  // floor((i + 1/2) T / n) for i < n), recomputed here; and the raw mean ||x||^2 of the same sample.
   SyntheticSource s(small_synthetic());
   const int64_t d = s.d(), tokens = s.num_tokens();
   ASSERT_GT(tokens, 600);
   std::vector<float> row(d);
   for (int64_t sample : {int64_t(1), int64_t(7), tokens / 3, tokens, int64_t(65536)}) {
     const int64_t n = std::min(sample, tokens);
-    double total = 0;
+    double norms = 0, squares = 0;
     for (int64_t i = 0; i < n; ++i) {
       s.read_tokens(static_cast<int64_t>((i + 0.5) * double(tokens) / double(n)), 1, row.data());
-      for (float v : row) total += double(v) * v;
+      double sq = 0;
+      for (float v : row) sq += double(v) * v;
+      norms += std::sqrt(sq);
+      squares += sq;
     }
-    const double want = std::sqrt(double(d) / (total / double(n)));
+    const double want = std::sqrt(double(d)) / (norms / double(n));
     EXPECT_NEAR(estimate_dataset_scale(s, sample), want, 1e-12 * want) << "sample " << sample;
+    std::vector<double> mean_squared_norms;
+    estimate_dataset_scales(s, sample, &mean_squared_norms);
+    ASSERT_EQ(mean_squared_norms.size(), 1u);
+    EXPECT_NEAR(mean_squared_norms[0], squares / double(n), 1e-12 * squares / double(n)) << "sample " << sample;
   }
-  // Over the whole data set the scaled mean squared norm is d.
+  // Over the whole data set the scaled mean norm is sqrt(d), and so the mean squared norm is above d
+  // (by the variance of the norms): the two definitions differ on this data.
   const double scale = estimate_dataset_scale(s, tokens);
   std::vector<float> x(tokens * d);
   s.read_tokens(0, tokens, x.data());
-  double sq = 0;
-  for (float v : x) sq += double(v) * v * scale * scale;
-  EXPECT_NEAR(sq / double(tokens), double(d), 1e-12 * d);
+  double norm_sum = 0, sq_sum = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += double(x[t * d + j]) * x[t * d + j] * scale * scale;
+    norm_sum += std::sqrt(sq);
+    sq_sum += sq;
+  }
+  EXPECT_NEAR(norm_sum / double(tokens), std::sqrt(double(d)), 1e-12 * d);
+  EXPECT_GT(sq_sum / double(tokens), 1.01 * double(d));
 }
 
 TEST(Batcher, RejectsImpossibleCombinations) {
