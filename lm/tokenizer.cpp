@@ -561,10 +561,13 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
                       "normalizer Replace(\" \", \"▁\") or a Metaspace pre-tokenizer");
     sp.prepend = prepends ? Prepend::Always : Prepend::Never;
     // Gemma's Split(" ", MergedWithPrevious) runs after the spaces became "▁": it never cuts.
-    if (!pre_type.empty() && !(pre_type == "Split" && is_string_pattern(pre, " ")))
-      throw DataError(cat("pre_tokenizer \"", pre_type, "\" is not supported with a SentencePiece-style BPE"));
+    // Inverted, it would cut out everything but the (absent) spaces: refused.
+    if (!pre_type.empty() && !(pre_type == "Split" && is_string_pattern(pre, " ") && !flag_or(pre, "invert", false)))
+      throw DataError(cat("pre_tokenizer \"", pre_type, "\"", pre_type == "Split" ? " (other than Gemma's Split(\" \"), not inverted)" : "",
+                          " is not supported with a SentencePiece-style BPE"));
   }
-  // Decoding: one leading space dropped by Strip(" ", 1, 0) or by Metaspace with a prepend scheme.
+  // Decoding: one leading space dropped by Strip(" ", 1, 0); every "▁" of the first token by Metaspace
+  // with a prepend scheme (tokenizers' Metaspace decode_chain: "  a" as "▁▁" "a" decodes to "a").
   std::vector<const Json*> decoders;
   const std::string decoder_type = type_of(decoder);
   if (decoder_type == "Sequence") {
@@ -576,8 +579,8 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
     const std::string type = type_of(*d);
     if (type == "Strip") sp.strip_leading_space = d->has("start") && d->at("start").as_int() > 0;
     if (type == "Metaspace")
-      sp.strip_leading_space = !(d->has("prepend_scheme") && d->at("prepend_scheme").is_string() &&
-                                 d->at("prepend_scheme").as_string() == "never");
+      sp.strip_first_token_spaces = !(d->has("prepend_scheme") && d->at("prepend_scheme").is_string() &&
+                                      d->at("prepend_scheme").as_string() == "never");
   }
   return sp;
 }
@@ -925,7 +928,15 @@ const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) con
 
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string text;
-  for (int32_t id : ids) text += checked_token(id, "decode");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string& token = checked_token(ids[i], "decode");
+    if (i == 0 && sp_.strip_first_token_spaces) {
+      for (char c : token)
+        if (c != ' ') text += c;
+    } else {
+      text += token;
+    }
+  }
   if (sp_.strip_leading_space && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;
 }

@@ -101,7 +101,8 @@ class BpeTokenizer {
     bool split = false;             // cut before each "▁" (Metaspace split)
     bool byte_fallback = false, fuse_unk = false;
     int32_t unk_id = -1;            // -1: a character outside the vocabulary is dropped
-    bool strip_leading_space = false;
+    bool strip_leading_space = false;   // decoding: Strip(" ", 1, 0) drops one leading space
+    bool strip_first_token_spaces = false;  // decoding: a Metaspace decoder with a prepend scheme drops every "▁" of the first token
   };
   struct WordCache;
   struct Parts;

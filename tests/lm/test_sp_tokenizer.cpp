@@ -187,4 +187,39 @@ TEST(SentencePieceTokenizer, RefusalsInOneLine) {
   std::string text = good.dump();  // byte piece <0x41> renamed: byte_fallback lacks it
   text.replace(text.find("\"<0x41>\""), 8, "\"<0y41>\"");
   refused(Json::parse(text), "<0x41>");
+  // Gemma's Split(" ") inverted would cut the text to nothing in `tokenizers` (it had been ignored).
+  const Json gemma = Json::parse(sae::testing::read_file(sae::testing::ref_path("tokenizers/sp_gemma/tokenizer.json")));
+  root = gemma;
+  ASSERT_EQ(root.at("pre_tokenizer").at("type").as_string(), "Split");
+  root["pre_tokenizer"]["invert"] = Json(true);
+  root["pre_tokenizer"]["behavior"] = Json("Removed");
+  refused(root, "not inverted");
+}
+
+TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
+  // tokenizers' Metaspace decoder (prepend scheme "first" or "always") drops every "▁" of the first
+  // token, not one leading space: with a "▁▁" piece, "  a" is ["▁▁", "a"] and decodes to "a". The
+  // expected strings are tokenizers 0.23's decode of this file.
+  Json root = Json::parse(R"({"version": "1.0", "added_tokens": [{"id": 0, "content": "<unk>", "single_word": false,
+      "lstrip": false, "rstrip": false, "normalized": false, "special": true}], "normalizer": null,
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
+      "post_processor": null,
+      "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
+      "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {"<unk>": 0, "\u2581": 1, "\u2581\u2581": 2, "a": 3, "\u2581a": 4, "b": 5},
+                "merges": [["\u2581", "\u2581"], ["\u2581", "a"]]}})");
+  sae::testing::TempDir dir("sp_metaspace_decode");
+  const std::string file = dir.str("tokenizer.json");
+  {
+    std::ofstream out(file, std::ios::binary);
+    out << root.dump();
+  }
+  const BpeTokenizer tok = BpeTokenizer::from_tokenizer_json(file);
+  EXPECT_EQ(tok.encode("  a"), (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(tok.decode({2, 3}), "a");
+  EXPECT_EQ(tok.decode({2, 2}), "  ");
+  EXPECT_EQ(tok.decode({4, 2, 3}), "a  a");
+  EXPECT_EQ(tok.decode({3, 2, 3}), "a  a");
+  EXPECT_EQ(tok.decode({2, 1}), " ");
 }
