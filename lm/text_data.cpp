@@ -118,7 +118,7 @@ bool StoryReader::next_txt(TextStory& story) {
     if (!blank(text)) {
       story.index = position_.next_story++;
       story.text = trimmed(text);
-      story.where = cat(path_, " story ", story.index, " (byte ", start, ")");
+      story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
       return true;
     }
     text.clear();
@@ -127,7 +127,7 @@ bool StoryReader::next_txt(TextStory& story) {
   if (blank(text)) return false;  // the end of the file, after the last separator
   story.index = position_.next_story++;
   story.text = trimmed(text);
-  story.where = cat(path_, " story ", story.index, " (byte ", start, ")");
+  story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
   return true;
 }
 
@@ -151,7 +151,7 @@ bool StoryReader::next_jsonl(TextStory& story) {
     }
     if (blank(story.text)) continue;  // an empty story, skipped like one without tokens
     story.index = position_.next_story++;
-    story.where = cat(path_, " story ", story.index, " (byte ", start, ")");
+    story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
     return true;
   }
 }

@@ -463,6 +463,10 @@ bool read_normalizer(const Json& normalizer) {
     const Json& list = normalizer.at("normalizers");
     if (list.size() == 0) return false;
     if (list.size() == 1) type = type_of(list.at(size_t(0)));
+    for (size_t i = 0; list.size() > 1 && i < list.size(); ++i)  // name the member we do not read
+      if (type_of(list.at(i)) != "NFC")
+        throw DataError(cat("normalizer Sequence: its member \"", printable(type_of(list.at(i))),
+                            "\" is not supported (none or NFC)"));
   }
   if (type.empty()) return false;
   if (type == "NFC") return true;
@@ -536,7 +540,13 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
     else if (type == "Prepend" && is_meta(*n, "prepend")) prepends = true;
     else other_normalizer = true;
   }
-  const std::string pre_type = type_of(pre);
+  // A one-element Sequence is its element (transformers' own SentencePiece conversion writes
+  // Sequence [Metaspace]).
+  const Json& pre_one = type_of(pre) == "Sequence" && pre.has("pretokenizers") && pre.at("pretokenizers").is_array() &&
+                                pre.at("pretokenizers").size() == 1
+                            ? pre.at("pretokenizers").at(size_t(0))
+                            : pre;
+  const std::string pre_type = type_of(pre_one);
   const bool metaspace = pre_type == "Metaspace";
   sp.on = flag_or(model, "byte_fallback", false) || metaspace || replaces || prepends;
   if (!sp.on) return sp;
@@ -546,23 +556,26 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
   sp.fuse_unk = flag_or(model, "fuse_unk", false);
   if (metaspace) {
     if (replaces || prepends) throw DataError("both a Metaspace pre-tokenizer and a \"▁\" normalizer; which one is meant?");
-    if (!is_meta(pre, "replacement")) throw DataError("pre_tokenizer Metaspace: only the replacement \"▁\" is supported");
-    const std::string scheme = pre.has("prepend_scheme") && pre.at("prepend_scheme").is_string()
-                                   ? pre.at("prepend_scheme").as_string()
-                                   : (flag_or(pre, "add_prefix_space", true) ? "always" : "never");
+    if (!is_meta(pre_one, "replacement")) throw DataError("pre_tokenizer Metaspace: only the replacement \"▁\" is supported");
+    const std::string scheme = pre_one.has("prepend_scheme") && pre_one.at("prepend_scheme").is_string()
+                                   ? pre_one.at("prepend_scheme").as_string()
+                                   : (flag_or(pre_one, "add_prefix_space", true) ? "always" : "never");
     if (scheme == "always") sp.prepend = Prepend::UnlessSpace;
     else if (scheme == "first") sp.prepend = Prepend::FirstUnlessSpace;
     else if (scheme == "never") sp.prepend = Prepend::Never;
     else throw DataError(cat("pre_tokenizer Metaspace: prepend_scheme \"", printable(scheme), "\" is not supported"));
-    sp.split = flag_or(pre, "split", true);
+    sp.split = flag_or(pre_one, "split", true);
   } else {
+    if (!replaces && pre_type == "ByteLevel")
+      throw DataError("model.byte_fallback is set on a byte-level BPE (a ByteLevel pre-tokenizer): not supported "
+                      "(byte fallback belongs to SentencePiece-style files)");
     if (!replaces)
       throw DataError("model.byte_fallback or a \"▁\" normalizer make a SentencePiece-style BPE, which needs the "
                       "normalizer Replace(\" \", \"▁\") or a Metaspace pre-tokenizer");
     sp.prepend = prepends ? Prepend::Always : Prepend::Never;
     // Gemma's Split(" ", MergedWithPrevious) runs after the spaces became "▁": it never cuts.
     // Inverted, it would cut out everything but the (absent) spaces: refused.
-    if (!pre_type.empty() && !(pre_type == "Split" && is_string_pattern(pre, " ") && !flag_or(pre, "invert", false)))
+    if (!pre_type.empty() && !(pre_type == "Split" && is_string_pattern(pre_one, " ") && !flag_or(pre_one, "invert", false)))
       throw DataError(cat("pre_tokenizer \"", pre_type, "\"", pre_type == "Split" ? " (other than Gemma's Split(\" \"), not inverted)" : "",
                           " is not supported with a SentencePiece-style BPE"));
   }
@@ -590,7 +603,9 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
   try {
     if (!root.is_object()) throw DataError(cat("expected a JSON object, found ", root.type_name()));
     const Json& model = root.at("model");
-    const std::string type = model.has("type") ? model.at("type").as_string() : "(none)";
+    // Without a "type", tokenizers reads a model with merges as a BPE.
+    const std::string type = model.has("type") ? model.at("type").as_string() : (model.has("merges") ? "BPE" : "");
+    if (type.empty()) throw DataError("model has no \"type\" and no merges: not a BPE we read");
     if (type != "BPE") throw DataError(cat("model.type is \"", type, "\"; only a byte-level \"BPE\" is supported"));
 
     Parts parts;

@@ -196,6 +196,27 @@ TEST(SentencePieceTokenizer, RefusalsInOneLine) {
   refused(root, "not inverted");
 }
 
+TEST(SentencePieceTokenizer, AOneElementSequenceIsItsElement) {
+  // transformers' own SentencePiece conversion writes the Metaspace pre-tokenizer inside a Sequence.
+  const std::string path = sae::testing::ref_path("tokenizers/sp_mistral/tokenizer.json");
+  const Json good = Json::parse(sae::testing::read_file(path));
+  ASSERT_EQ(good.at("pre_tokenizer").at("type").as_string(), "Metaspace");
+  Json root = good;
+  root["pre_tokenizer"] = Json::object();
+  root["pre_tokenizer"]["type"] = Json("Sequence");
+  root["pre_tokenizer"]["pretokenizers"] = Json::array();
+  root["pre_tokenizer"]["pretokenizers"].push_back(good.at("pre_tokenizer"));
+  sae::testing::TempDir dir("sp_sequence");
+  const std::string file = dir.str("tokenizer.json");
+  {
+    std::ofstream out(file, std::ios::binary);
+    out << root.dump();
+  }
+  const BpeTokenizer wrapped = BpeTokenizer::from_tokenizer_json(file), plain = BpeTokenizer::from_tokenizer_json(path);
+  for (const char* text : {"Hello world", "  two  spaces ", "a<s>b", "x"})
+    EXPECT_EQ(wrapped.encode(text), plain.encode(text)) << text;
+}
+
 TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
   // tokenizers' Metaspace decoder (prepend scheme "first" or "always") drops every "▁" of the first
   // token, not one leading space: with a "▁▁" piece, "  a" is ["▁▁", "a"] and decodes to "a". The

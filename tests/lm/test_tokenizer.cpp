@@ -419,7 +419,25 @@ TEST(TokenizerErrors, CorruptTokenizerJsonNamesTheFile) {
   expect_rejected(root, {"NFKC", "NFC"});
   root = good;
   root["model"]["byte_fallback"] = true;
-  expect_rejected(root, {"byte_fallback"});
+  expect_rejected(root, {"byte_fallback", "byte-level BPE"});
+  root = good;  // a Sequence names the member we do not read
+  root["normalizer"] = Json::parse(R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]})");
+  expect_rejected(root, {"member \"Lowercase\""});
+  {  // a model without "type" that has merges is a BPE, as tokenizers reads it
+    Json model = Json::object();
+    for (const auto& [key, value] : good.at("model").items())
+      if (key != "type") model[key] = value;
+    root = good;
+    root["model"] = model;
+    write_file(path, root.dump());
+    const BpeTokenizer untyped = BpeTokenizer::from_tokenizer_json(path);
+    write_file(path, good.dump());
+    EXPECT_EQ(untyped.encode("Hello world, again!"), BpeTokenizer::from_tokenizer_json(path).encode("Hello world, again!"));
+    Json bare = Json::object();
+    bare["vocab"] = good.at("model").at("vocab");
+    root["model"] = bare;
+    expect_rejected(root, {"no \"type\""});
+  }
   root = good;
   root["post_processor"] = Json::parse(R"({"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]})");
   expect_rejected(root, {"RobertaProcessing"});
