@@ -92,9 +92,12 @@ void remove_stale_temps(const std::string& path) {
 }
 }  // namespace
 
-AtomicFileWriter::AtomicFileWriter(const std::string& path)
-    : path_(path), temp_path_(cat(path, ".tmp-", ::getpid(), "-", writers++)) {
+std::string unique_temp_path(const std::string& path) {
   remove_stale_temps(path);
+  return cat(path, ".tmp-", ::getpid(), "-", writers++);
+}
+
+AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), temp_path_(unique_temp_path(path)) {
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw DataError(cat("cannot create ", temp_path_, " (to write ", path_, "): ", os_reason()));
 }

@@ -20,6 +20,11 @@ void sync_tree(const std::string& root);
 // Writes a whole file at once.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+// A temporary name of this writer alone for PATH (PATH.tmp-<pid>-<n>, the writers' own form), for a
+// file another program makes and the caller renames over PATH; the temporary files of processes
+// that are gone are removed first.
+std::string unique_temp_path(const std::string& path);
+
 // The streaming form, for files too big to build in memory first:
 //   AtomicFileWriter out(path); out.write(p, n); ...; out.commit();
 // Destroying a writer that was not committed removes its temporary file and leaves PATH untouched.

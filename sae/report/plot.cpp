@@ -102,13 +102,13 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   if (!gnuplot_found())
     throw DataError(cat(png_path, ": gnuplot was not found on PATH (install gnuplot-nox, e.g. scripts/install-deps.sh); "
                         "the data and script are in ", (dir / (stem + ".gp")).string()));
-  const std::string log = (dir / (stem + ".gnuplot.log")).string();
-  const fs::path drawing = dir / (stem + ".png.tmp");
+  // Names of this process alone: a concurrent drawing of the same figure keeps its own.
+  const fs::path drawing = unique_temp_path(png.string());
+  const std::string log = drawing.string() + ".gnuplot.log";
   std::error_code ec;
-  fs::remove(drawing, ec);
   const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot -e " +
-                              shell_quote("output='" + stem + ".png.tmp'") + " " + shell_quote(stem + ".gp") + " > " +
-                              shell_quote(stem + ".gnuplot.log") + " 2>&1";
+                              shell_quote("output='" + drawing.filename().string() + "'") + " " +
+                              shell_quote(stem + ".gp") + " > " + shell_quote(fs::path(log).filename().string()) + " 2>&1";
   const int status = std::system(command.c_str());
   if (status != 0 || !fs::exists(drawing)) {
     fs::remove(drawing, ec);

@@ -291,8 +291,15 @@ TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
   Figure figure;
   figure.title = "t";
   figure.series.push_back({"a", {1, 2, 3}, {3, 1, 2}});
+  // Another process drawing the same figure (a live pid's temporary name, and the fixed name older
+  // builds drew to): its file is not removed under it.
+  std::ofstream(dir.path / "ok.png.tmp") << "other";
+  std::ofstream(dir.path / "ok.png.tmp-1-0") << "other";
   plot(figure, dir.str("ok.png"));
   EXPECT_TRUE(fs::exists(dir.path / "ok.png"));
+  EXPECT_EQ(sae::testing::read_file(dir.str("ok.png.tmp")), "other");
+  EXPECT_EQ(sae::testing::read_file(dir.str("ok.png.tmp-1-0")), "other");
+  EXPECT_NE(sae::testing::read_file(dir.str("ok.png")), "other");
 
   const std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
   ::setenv("PATH", dir.str().c_str(), 1);  // a PATH without gnuplot
