@@ -93,8 +93,10 @@ int main(int argc, char** argv) {
     if (d != model.d_in())
       throw sae::DataError(sae::cat(input_path, ": has ", d, " columns but the dictionary's d_in is ", model.d_in()));
     if (normalization.kind == sae::Normalization::Story && (model.sources > 1 || model.transcoder))
-      throw sae::DataError(sae::cat(sae_dir, "/cfg.json: a ", model.transcoder ? "transcoder" : "crosscoder",
-                                    " is not normalised per story (sae_cpp.normalization)"));
+      throw sae::DataError(sae::cat(sae_dir, "/cfg.json: sae_cpp.normalization says \"story\", which a ",
+                                    model.transcoder ? "transcoder" : "crosscoder",
+                                    " cannot have (each of its activations has a dataset scale, or none); --raw "
+                                    "gives it the inputs as they are"));
     if (normalization.kind == sae::Normalization::Story && input->num_stories() == 0)
       throw sae::UsageError(sae::cat("the SAE was trained with per-story normalisation and ", input_path,
                                      " has no story boundaries: give a safetensors file with story_lengths, or --raw"));

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
          cxxopts::value<std::string>())
         ("layer", "splice at hidden_states[layer] instead (default: what its cfg.json says)", cxxopts::value<int64_t>())
         ("dense-threshold", "a feature active on more than this fraction of tokens is dense",
-         cxxopts::value<double>()->default_value("0.1"))
+         cxxopts::value<std::string>()->default_value("0.1"))
         ("out", "where eval.json and feature_density.png go", cxxopts::value<std::string>()->default_value("runs/eval"))
         ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"))
         ("progress", "auto | bar | lines | none", cxxopts::value<std::string>()->default_value("auto"));
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     sae::check_text_field(eval.text, eval.text_field);
     const sae::BosMode bos_mode = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     if (parsed.count("context-size")) sae::check_context_size(parsed["context-size"].as<int64_t>());
-    eval.dense_threshold = parsed["dense-threshold"].as<double>();
+    eval.dense_threshold = sae::number_option(parsed, "dense-threshold");
     eval.progress = sae::parse_progress_mode(parsed["progress"].as<std::string>());
     if (eval.max_stories < 0) throw sae::UsageError(sae::cat("--max-stories must be >= 0, got ", eval.max_stories));
     if (!(eval.dense_threshold >= 0 && eval.dense_threshold <= 1))

@@ -26,11 +26,11 @@ int main(int argc, char** argv) {
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors), or a Gemma Scope params.npz",
          cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
-        ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<double>())
+        ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<std::string>())
         ("prompt", "the text to continue", cxxopts::value<std::string>())
         ("max-new-tokens", "tokens to generate (fewer when the end-of-text token comes)",
          cxxopts::value<int64_t>()->default_value("50"))
-        ("temperature", "sampling temperature", cxxopts::value<double>()->default_value("1"))
+        ("temperature", "sampling temperature", cxxopts::value<std::string>()->default_value("1"))
         ("top-k", "sample among the k most likely tokens only (0: all)", cxxopts::value<int64_t>()->default_value("0"))
         ("seed", "the sampling seed (both continuations use it)", cxxopts::value<uint64_t>()->default_value("0"))
         ("greedy", "always take the most likely token instead of sampling")
@@ -51,9 +51,9 @@ int main(int argc, char** argv) {
     const std::string prompt = parsed["prompt"].as<std::string>();
     sae::SteerOptions steer;
     steer.feature = parsed["feature"].as<int64_t>();
-    steer.strength = parsed["strength"].as<double>();
+    steer.strength = sae::number_option(parsed, "strength");
     steer.generate.max_new_tokens = parsed["max-new-tokens"].as<int64_t>();
-    steer.generate.temperature = parsed["temperature"].as<double>();
+    steer.generate.temperature = sae::number_option(parsed, "temperature");
     steer.generate.top_k = parsed["top-k"].as<int64_t>();
     steer.generate.seed = parsed["seed"].as<uint64_t>();
     steer.generate.greedy = parsed.count("greedy") > 0;
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
         throw sae::UsageError(sae::cat("--", sampling, " sets how tokens are sampled, and --greedy does not sample: "
                                        "give one of them"));
     sae::check_generate_options(steer.generate);
-    if (!std::isfinite(steer.strength)) throw sae::UsageError(sae::cat("--strength must be a finite number, got ", steer.strength));
+    sae::check_strength(steer.strength);
     const int64_t width = parsed["width"].as<int64_t>();
     if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
     const sae::HookChoice choice = sae::hook_choice_given(parsed);

@@ -29,6 +29,14 @@ inline uint32_t decode(std::string_view text, size_t pos, size_t& length) {
   return ((lead & 0x07) << 18) | ((byte(1) & 0x3F) << 12) | ((byte(2) & 0x3F) << 6) | (byte(3) & 0x3F);
 }
 
+// Characters that act on the text around them where shown rather than being seen: C1 controls, the
+// bidirectional marks, embeddings, overrides and isolates (an override reverses every later token
+// of a line), the line and paragraph separators. Text for a screen shows them escaped.
+inline bool acts_on_surrounding_text(uint32_t cp) {
+  return (cp >= 0x80 && cp <= 0x9F) || cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) ||
+         (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 || cp == 0x2029;
+}
+
 inline void append(uint32_t code_point, std::string& out) {
   if (code_point < 0x80) {
     out += static_cast<char>(code_point);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -238,6 +239,15 @@ void check_output_folder(const std::string& dir) {
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed) {
   return hook_choice(parsed.count("hook") ? parsed["hook"].as<std::string>() : std::string(),
                      parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
+}
+
+double number_option(const cxxopts::ParseResult& parsed, const std::string& option) {
+  const std::string text = parsed[option].as<std::string>();
+  double value = 0;
+  const auto r = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
+    throw UsageError(cat("--", option, ": expected a number, got '", printable(text), "'"));
+  return value;
 }
 
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text) {

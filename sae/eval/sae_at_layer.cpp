@@ -228,6 +228,9 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   }
   s.input_site = s.site;
   if (s.params.transcoder) {
+    if (s.normalization == Normalization::Story)  // training refuses it: its target would have no scale
+      throw DataError(cat(where, ": sae_cpp.normalization says \"story\", which a transcoder cannot have (its input and "
+                                 "target are each scaled by a dataset scale, or not at all)"));
     const Json* meta = s.cfg.has("metadata") && s.cfg.at("metadata").is_object() ? &s.cfg.at("metadata") : nullptr;
     if (!meta || !meta->has("hook_name_out") || !meta->at("hook_name_out").is_string())
       throw DataError(cat(where, ": a transcoder without metadata.hook_name_out: it does not say which hook it "

@@ -2,6 +2,8 @@
 #include "sae/eval/steer.h"
 
 #include <cmath>
+#include <cstdio>
+#include <limits>
 
 #include "io/utf8.h"
 #include "tensor/ops.h"
@@ -82,7 +84,7 @@ SiteHooks steering_hook(const HookSite& site, const Tensor& vector) {
 
 SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options) {
-  if (!std::isfinite(options.strength)) throw UsageError(cat("--strength must be a finite number, got ", options.strength));
+  check_strength(options.strength);
   check_generate_options(options.generate);
   if (sae.params.device() != model.device()) throw UsageError("steer: the SAE and the model must be on one device");
   const Tensor vector = mul_scalar(decoder_direction(sae, options.feature), options.strength);
@@ -100,6 +102,12 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
   return r;
 }
 
+void check_strength(double strength) {
+  if (!std::isfinite(strength) || std::fabs(strength) > std::numeric_limits<float>::max())
+    throw UsageError(cat("--strength must be a finite number within float32's range (it is added in float32), got ",
+                         strength));
+}
+
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids) {
   return display_text(tokenizer.decode(ids));
 }
@@ -107,12 +115,16 @@ std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_
 std::string display_text(const std::string& bytes) {
   const std::string text = utf8::replace_invalid(bytes);
   std::string out;
-  for (const char c : text) {
-    const unsigned char b = static_cast<unsigned char>(c);
-    if ((b >= 0x20 && b != 0x7F) || b == '\n' || b >= 0x80) {
-      out += c;
-    } else {  // a control byte (NUL, a tab, an escape) as its Unicode picture: U+2400 + b, DEL U+2421
-      utf8::append(b == 0x7F ? 0x2421 : 0x2400 + b, out);
+  for (size_t at = 0, length = 0; at < text.size(); at += length) {
+    const uint32_t cp = utf8::decode(text, at, length);
+    if (cp == '\n' || (cp >= 0x20 && cp != 0x7F && !utf8::acts_on_surrounding_text(cp))) {
+      out.append(text, at, length);
+    } else if (cp < 0x80) {  // a control byte (NUL, a tab, an escape) as its Unicode picture: U+2400 + b, DEL U+2421
+      utf8::append(cp == 0x7F ? 0x2421 : 0x2400 + cp, out);
+    } else {  // a C1 control, a bidirectional override, a line separator: escaped
+      char escaped[16];
+      std::snprintf(escaped, sizeof escaped, "<U+%04X>", static_cast<unsigned>(cp));
+      out += escaped;
     }
   }
   return out;

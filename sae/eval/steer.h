@@ -35,11 +35,14 @@ struct SteerResult {
 // decoder row, an empty prompt or one that leaves no room for the new tokens.
 SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
+// UsageError unless --strength is finite in float32 (1e39 is a finite double, inf once added).
+void check_strength(double strength);
 
 // Token bytes as text to show: the bytes, with every invalid UTF-8 sequence (a character split
 // between tokens, cut off at the end) replaced by U+FFFD, as Hugging Face's decode does, and control
 // bytes other than the newline (NUL, tab, escape) as their Unicode pictures (U+2400 + byte, DEL
-// U+2421), so a column neither ends at a NUL nor takes a terminal's escape sequence.
+// U+2421), so a column neither ends at a NUL nor takes a terminal's escape sequence; C1 controls,
+// bidirectional marks and overrides and line separators as "<U+XXXX>" (utf8::acts_on_surrounding_text).
 std::string display_text(const BpeTokenizer& tokenizer, const std::vector<int32_t>& ids);
 std::string display_text(const std::string& bytes);  // the same for text (the prompt as given)
 

@@ -41,7 +41,7 @@ header .about { font-size: 12px; color: #b0bec5; }
 .context { margin: 4px 0; font-size: 13px; }
 .context .meta { color: #666; font-size: 11px; font-family: monospace; }
 .tokens { font-family: monospace; white-space: pre-wrap; line-height: 1.9; }
-.tok { padding: 1px 0; border-radius: 2px; white-space: pre; }
+.tok { padding: 1px 0; border-radius: 2px; white-space: pre; unicode-bidi: isolate; }
 .tok.max { outline: 1px solid #e65100; }
 .tok.unknown { color: #999; }
 table.logits { border-collapse: collapse; font-size: 12px; margin-right: 24px; }

@@ -30,6 +30,10 @@ std::string display_token(std::string_view bytes) {
         utf8::append(0x21E5, out);  // ⇥
       else
         utf8::append(b == 0x7F ? 0x2421 : 0x2400 + b, out);  // ␀ .. ␟, ␡
+    } else if (size_t n = 0; utf8::acts_on_surrounding_text(utf8::decode(bytes, at, n))) {
+      char escaped[16];
+      std::snprintf(escaped, sizeof escaped, "<U+%04X>", static_cast<unsigned>(utf8::decode(bytes, at, n)));
+      out += escaped;
     } else {
       out.append(bytes.substr(at, length));
     }

@@ -2,7 +2,8 @@
 // strings that may hold part of a UTF-8 character, control bytes or markup characters.
 //   display_token: for reading on screen: valid UTF-8 kept, control bytes shown as their Unicode
 //     control pictures (newline as "↵", tab as "⇥", others U+2400 + byte, DEL as "␡"), every byte of
-//     an invalid sequence as "\xNN";
+//     an invalid sequence as "\xNN", and characters that act on the text around them (C1 controls,
+//     bidirectional marks and overrides, line and paragraph separators) as "<U+XXXX>";
 //   valid_utf8: invalid sequences replaced by U+FFFD (what Hugging Face's decode gives);
 //   activation_block: the tutorial's annotation, one of ▁▂▃▄▅▆▇█ for a value relative to a maximum;
 //   round_significant: a number cut to a few significant digits for compact JSON.

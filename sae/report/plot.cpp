@@ -17,13 +17,27 @@ namespace sae {
 
 namespace {
 
-std::string gnuplot_string(const std::string& text) {  // a double-quoted gnuplot string
-  std::string out = "\"";
+// A single-quoted gnuplot string: gnuplot expands nothing inside one (a double-quoted string runs
+// `backquoted` text as a shell command: a run folder named so would have run it); ' is doubled, and a
+// control character (a newline would end the command) is written as a visible \xNN.
+std::string gnuplot_string(const std::string& text) {
+  std::string out = "'";
   for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (c == '\'') out += "''";
+    else if (u < 0x20 || u == 0x7f) out += cat("\\x", "0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15]);
+    else out += c;
   }
-  return out + "\"";
+  return out + "'";
+}
+
+// A path on the script's comment line: its control characters as '?' (a newline would end the
+// comment and make the rest of the path a command).
+std::string comment_text(const std::string& text) {
+  std::string out = text;
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
 }
 
 std::string shell_quote(const std::string& text) {
@@ -68,10 +82,11 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   }
   write_file_atomic((dir / (stem + ".dat")).string(), data);
 
-  std::string gp = cat("# Redraw with: cd ", dir.string(), " && gnuplot ", stem, ".gp\n");
+  std::string gp = cat("# Redraw with: cd ", comment_text(shell_quote(dir.string())), " && gnuplot ",
+                       comment_text(shell_quote(stem + ".gp")), "\n");
   gp += "set terminal " + png_terminal() + "\n";
   // `output` can be set from outside (gnuplot -e): the program draws to a temporary name, then renames.
-  gp += "if (!exists(\"output\")) output = '" + stem + ".png'\n";
+  gp += "if (!exists(\"output\")) output = " + gnuplot_string(stem + ".png") + "\n";
   gp += "set output output\n";
   gp += "set title " + gnuplot_string(figure.title) + "\n";
   gp += "set xlabel " + gnuplot_string(figure.xlabel) + "\n";
@@ -93,7 +108,7 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   gp += "set yrange " + range(figure.ymin, figure.ymax) + "\n";
   gp += "plot";
   for (size_t i = 0; i < figure.series.size(); ++i)
-    gp += cat(i ? ", \\\n    " : " ", "'", stem, ".dat' index ", i, " using 1:2 with lines lw 2 title ",
+    gp += cat(i ? ", \\\n    " : " ", gnuplot_string(stem + ".dat"), " index ", i, " using 1:2 with lines lw 2 title ",
               gnuplot_string(figure.series[i].title));
   gp += "\n";
   write_file_atomic((dir / (stem + ".gp")).string(), gp);
@@ -107,7 +122,7 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   const std::string log = drawing.string() + ".gnuplot.log";
   std::error_code ec;
   const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot -e " +
-                              shell_quote("output='" + drawing.filename().string() + "'") + " " +
+                              shell_quote("output=" + gnuplot_string(drawing.filename().string())) + " " +
                               shell_quote(stem + ".gp") + " > " + shell_quote(fs::path(log).filename().string()) + " 2>&1";
   const int status = std::system(command.c_str());
   if (status != 0 || !fs::exists(drawing)) {

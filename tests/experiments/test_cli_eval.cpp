@@ -285,6 +285,15 @@ TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
   expect_failure("sae_steer", steer_args("--feature 79 --strength 1 --prompt Hi"), 1, "zero decoder row");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 0"), 2, "--temperature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength nan --prompt Hi"), 2, "--strength");
+  // Numbers are read whole: cxxopts had kept "0x10" as 0 (no steering), "4,5" as 4, "1,5" as 1.
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 0x10 --prompt Hi"), 2,
+                 "--strength: expected a number, got '0x10'");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 4,5 --prompt Hi"), 2, "got '4,5'");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 1,5"), 2,
+                 "--temperature: expected a number, got '1,5'");
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1e39 --prompt Hi"), 2, "float32's range");
+  expect_failure("sae_eval", eval_args(eval_ref("sae_topk"), "unused_out") + " --dense-threshold 0,5", 2,
+                 "--dense-threshold: expected a number, got '0,5'");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt ''"), 1, "--prompt");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --max-new-tokens 100"), 1,
                  "max_position_embeddings");

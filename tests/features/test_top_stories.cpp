@@ -148,6 +148,10 @@ TEST(TokenText, DisplayAndAnnotation) {
   EXPECT_EQ(display_token("<b>&\"'"), "<b>&\"'");  // markup stays text: the page escapes it
   EXPECT_EQ(display_token("a\nb\tc\x01"), "a\u21b5b\u21e5c\u2401");
   EXPECT_EQ(display_token("\x7f"), "\u2421");
+  // A right-to-left override in a token had reversed every later token of the browser's line.
+  EXPECT_EQ(display_token("\u202Eevil"), "<U+202E>evil");
+  EXPECT_EQ(display_token("\u2029\xC2\x85"), "<U+2029><U+0085>");
+  EXPECT_EQ(display_token("\u05E9\u0627"), "\u05E9\u0627");  // right-to-left letters stay
   EXPECT_EQ(display_token("\xe2\x96"), "\\xE2\\x96");  // half a character
   EXPECT_EQ(display_token(" caf\xc3\xa9"), " caf\xc3\xa9");
   EXPECT_EQ(display_token("\xed\xa0\x80"), "\\xED\\xA0\\x80");  // a surrogate is not UTF-8

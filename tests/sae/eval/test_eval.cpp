@@ -184,6 +184,17 @@ TEST(SaeEval, ATranscoderSplicedForItsMlpMatchesThePyTorchSplice) {
   ASSERT_EQ(r.mean_activation.size(), mean.size());
   for (size_t j = 0; j < mean.size(); ++j) EXPECT_NEAR(r.mean_activation[j], mean[j], 1e-6) << "mean " << j;
   EXPECT_EQ(r.dead, 4);
+  {  // A hand-edited folder that says per-story normalisation (training refuses it): refused, where
+     // sae_eval had scored it with an output left in the normalised scale (FVU 287).
+    TempDir dir("eval_transcoder_story");
+    fs::copy(folder + "tc", dir.str("tc"), fs::copy_options::recursive);
+    Json cfg = Json::parse(sae::testing::read_file(dir.str("tc/cfg.json")));
+    cfg["sae_cpp"]["normalization"] = Json("story");
+    std::ofstream(dir.str("tc/cfg.json")) << cfg.dump();
+    const std::string message =
+        error_of([&] { load_sae_at_layer(dir.str("tc"), lm.model.config(), HookChoice{}, Device::CPU); });
+    EXPECT_NE(message.find("which a transcoder cannot have"), std::string::npos) << message;
+  }
   // A transcoder's hooks come from its folder: --hook is refused in one line.
   EXPECT_NE(error_of([&] { load_sae_at_layer(folder + "tc", lm.model.config(), layer_choice(2), Device::CPU); })
                 .find("a transcoder's hooks are those its cfg.json names"),
@@ -529,6 +540,9 @@ TEST(Steer, RefusesBadFeaturesStrengthsAndPrompts) {
   options.feature = 3;
   options.strength = INFINITY;
   EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "Hi", options), UsageError);
+  options.strength = -1e39;  // a finite double, -inf once added in float32
+  message = error_of([&] { steer(lm.model, lm.tokenizer, sae, "Hi", options); });
+  EXPECT_NE(message.find("float32's range"), std::string::npos) << message;
   options.strength = 3;
   EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "", options), DataError);
   EXPECT_THROW(steer(lm.model, lm.tokenizer, sae, "bad \xff utf-8", options), DataError);
@@ -561,6 +575,11 @@ TEST(Steer, DisplayTextReplacesBrokenUtf8AndColumnsWrap) {
                                          byte_token('\n')};
   for (int32_t id : controls) ASSERT_GE(id, 0);
   EXPECT_EQ(display_text(tokenizer, controls), "\xE2\x90\x80\xE2\x90\x89\xE2\x90\x9B\xE2\x90\xA1\n");  // ␀␉␛␡ and a newline
+  // Characters that act on the text around them are shown escaped: a right-to-left override had
+  // reversed the rest of the terminal line, C1 controls and U+2028 reached the terminal raw.
+  EXPECT_EQ(display_text(std::string("a\u202Eb\u2028c\xC2\x9B" "d\u200Fe\u2067f")),
+            "a<U+202E>b<U+2028>c<U+009B>d<U+200F>e<U+2067>f");
+  EXPECT_EQ(display_text(std::string("caf\u00E9 \u05E9\u05DC")), "caf\u00E9 \u05E9\u05DC");  // letters of any script stay
   const std::string columns = side_by_side("left", "one two three four five six", "right", "alpha\nbeta", 10);
   EXPECT_EQ(columns,
             "left       | right\n"

@@ -300,6 +300,19 @@ TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
   EXPECT_EQ(sae::testing::read_file(dir.str("ok.png.tmp")), "other");
   EXPECT_EQ(sae::testing::read_file(dir.str("ok.png.tmp-1-0")), "other");
   EXPECT_NE(sae::testing::read_file(dir.str("ok.png")), "other");
+  {  // Titles and folders are text to gnuplot, never commands: a double-quoted title ran `backquotes`
+     // (a run folder named so ran them when its figures were drawn), a newline in the folder ended
+     // the script's comment line and made the rest a command.
+    const std::string hostile = dir.str("x`touch " + dir.str("pwned1") + "`'y\n!touch " + dir.str("pwned2") + "\n");
+    fs::create_directories(hostile);
+    Figure evil = figure;
+    evil.title = "t `touch " + dir.str("pwned3") + "` 'q' \n!touch " + dir.str("pwned4");
+    evil.series[0].title = "s `touch " + dir.str("pwned5") + "`";
+    plot(evil, hostile + "/evil.png");
+    EXPECT_TRUE(fs::exists(hostile + "/evil.png"));
+    for (const char* name : {"pwned1", "pwned2", "pwned3", "pwned4", "pwned5"})
+      EXPECT_FALSE(fs::exists(dir.path / name)) << name << " was made by a command in a title or path";
+  }
 
   const std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
   ::setenv("PATH", dir.str().c_str(), 1);  // a PATH without gnuplot
