@@ -40,10 +40,13 @@ void read_rotary(const Json& json, DecoderConfig& c, const std::string& source) 
       if (value.is_object())
         throw DataError(cat(source, ": rope parameters per layer type ('", printable(key),
                             "': {...}) are not supported (one set for every block)"));
-  if (rope && type != "default" && rope->has("partial_rotary_factor") && rope->at("partial_rotary_factor").is_number() &&
-      rope->at("partial_rotary_factor").as_number() != 1.0)
-    throw DataError(cat(source, ": rope 'partial_rotary_factor' ", rope->at("partial_rotary_factor").dump(),
-                        " with rope_type \"", printable(type), "\" is not supported (every head dimension rotates)"));
+  // The dict's partial_rotary_factor, else a top-level one (transformers moves it into the dict).
+  const Json* partial = rope && rope->has("partial_rotary_factor") ? &rope->at("partial_rotary_factor")
+                        : json.has("partial_rotary_factor")         ? &json.at("partial_rotary_factor")
+                                                                    : nullptr;
+  if (type != "default" && partial && partial->is_number() && partial->as_number() != 1.0)
+    throw DataError(cat(source, ": 'partial_rotary_factor' ", partial->dump(), " with rope_type \"", printable(type),
+                        "\" is not supported (every head dimension rotates)"));
   auto number = [&](const std::string& key, double fallback) {
     if (rope && rope->has(key) && !rope->at(key).is_null()) {
       if (!rope->at(key).is_number() || !(rope->at(key).as_number() > 0) || std::isinf(rope->at(key).as_number()))

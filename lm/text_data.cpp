@@ -118,7 +118,7 @@ bool StoryReader::next_txt(TextStory& story) {
     if (!blank(text)) {
       story.index = position_.next_story++;
       story.text = trimmed(text);
-      story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
+      story.where = plain_story_where(story.index, start, text);
       return true;
     }
     text.clear();
@@ -127,8 +127,15 @@ bool StoryReader::next_txt(TextStory& story) {
   if (blank(text)) return false;  // the end of the file, after the last separator
   story.index = position_.next_story++;
   story.text = trimmed(text);
-  story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
+  story.where = plain_story_where(story.index, start, text);
   return true;
+}
+
+// Where a plain-text story is: the byte of the (uncompressed) corpus its trimmed text starts at, so
+// that a byte offset into the story's text (a UTF-8 error's) adds up to the corpus's.
+std::string StoryReader::plain_story_where(int64_t index, int64_t start, const std::string& untrimmed) const {
+  const size_t lead = untrimmed.find_first_not_of(" \t\n\r\f\v");
+  return cat(path_, " story ", index, " (its text from byte ", start + static_cast<int64_t>(lead), " of the corpus)");
 }
 
 bool StoryReader::next_jsonl(TextStory& story) {
@@ -151,7 +158,7 @@ bool StoryReader::next_jsonl(TextStory& story) {
     }
     if (blank(story.text)) continue;  // an empty story, skipped like one without tokens
     story.index = position_.next_story++;
-    story.where = cat(path_, " story ", story.index, " (from byte ", start, " of the file)");
+    story.where = cat(path_, " story ", story.index, " (the JSON line at byte ", start, ")");
     return true;
   }
 }

@@ -68,6 +68,7 @@ class StoryReader {
   bool read_line(std::string& line);  // false at the end; the line without its '\n'
   bool next_txt(TextStory& story);
   bool next_jsonl(TextStory& story);
+  std::string plain_story_where(int64_t index, int64_t start, const std::string& untrimmed) const;
 
   std::string path_, text_field_;
   bool jsonl_ = false;

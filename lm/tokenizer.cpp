@@ -426,7 +426,12 @@ void check_byte_level(const Json& pre, bool regex, const char* where) {
 }
 
 // The pre-tokenizer: ByteLevel with GPT-2's pattern, or Sequence [Split(pattern), ByteLevel].
-SplitPattern read_pre_tokenizer(const Json& pre) {
+SplitPattern read_pre_tokenizer(const Json& pre_tokenizer) {
+  // A one-element Sequence is its element (as in read_sentencepiece).
+  const Json& pre = type_of(pre_tokenizer) == "Sequence" && pre_tokenizer.has("pretokenizers") &&
+                            pre_tokenizer.at("pretokenizers").is_array() && pre_tokenizer.at("pretokenizers").size() == 1
+                        ? pre_tokenizer.at("pretokenizers").at(size_t(0))
+                        : pre_tokenizer;
   const std::string type = type_of(pre);
   if (type == "ByteLevel") {
     check_byte_level(pre, true, "pre_tokenizer");
@@ -555,7 +560,9 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
   sp.byte_fallback = flag_or(model, "byte_fallback", false);
   sp.fuse_unk = flag_or(model, "fuse_unk", false);
   if (metaspace) {
-    if (replaces || prepends) throw DataError("both a Metaspace pre-tokenizer and a \"▁\" normalizer; which one is meant?");
+    if (replaces || prepends)
+      throw DataError("a Metaspace pre-tokenizer beside a \"▁\" normalizer (the form transformers' SentencePiece "
+                      "converter writes, usually with Regex replacements) is not supported: one of the two");
     if (!is_meta(pre_one, "replacement")) throw DataError("pre_tokenizer Metaspace: only the replacement \"▁\" is supported");
     const std::string scheme = pre_one.has("prepend_scheme") && pre_one.at("prepend_scheme").is_string()
                                    ? pre_one.at("prepend_scheme").as_string()
@@ -943,9 +950,17 @@ const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) con
 
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string text;
+  // The first token's marks: a vocabulary piece's "▁" only (its spaces here), not an added token's
+  // own spaces nor a byte piece's byte.
+  const auto marks_dropped = [&](int32_t id) {
+    if (!sp_.strip_first_token_spaces) return false;
+    for (const AddedToken& added : added_tokens_)
+      if (added.id == id) return false;
+    return std::find(std::begin(byte_piece_ids_), std::end(byte_piece_ids_), id) == std::end(byte_piece_ids_);
+  };
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string& token = checked_token(ids[i], "decode");
-    if (i == 0 && sp_.strip_first_token_spaces) {
+    if (i == 0 && marks_dropped(ids[i])) {
       for (char c : token)
         if (c != ' ') text += c;
     } else {

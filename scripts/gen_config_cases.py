@@ -62,17 +62,25 @@ CASES = [
     # neither: Qwen 2 always has q, k, v biases)
     ("llama_biases", "llama", {"attention_bias": True, "mlp_bias": True}, []),
     ("mistral_ignores_bias_keys", "mistral", {"attention_bias": True, "mlp_bias": True}, []),
+    # a mistral config with layer_types: AutoConfig reads it as Ministral, whose blocks follow layer_types
+    ("mistral_layer_types_read_as_ministral", "mistral",
+     {"layer_types": ["full_attention", "sliding_attention", "full_attention"]}, []),
     ("qwen2_ignores_bias_keys", "qwen2", {"attention_bias": True, "mlp_bias": True}, ["layer_types"]),
     ("gemma2_attention_bias_only", "gemma2", {"attention_bias": True, "mlp_bias": True}, []),
 ]
 
 
-def windows_of(config, model):
+def windows_of(built):
+    """The windows of the model transformers built, by its class: LlamaModel never slides, MistralModel
+    slides every block when sliding_window is set; the others (Qwen 2, Gemma 2, and Ministral, which
+    AutoConfig makes of a mistral config that has layer_types) follow layer_types."""
+    config = built.config
     layers = config.num_hidden_layers
     window = getattr(config, "sliding_window", None) or 0
-    if model == "llama":
+    kind = type(built.model).__name__
+    if kind == "LlamaModel":
         return [0] * layers
-    if model == "mistral":
+    if kind == "MistralModel":
         return [window] * layers
     types = getattr(config, "layer_types", None)
     if types is None:
@@ -99,7 +107,7 @@ def main():
         built = AutoModelForCausalLM.from_config(hf)
         rope = built.config.rope_parameters
         block = built.model.layers[0]
-        case = {"name": name, "model": model, "set": set_keys, "erase": erase, "windows": windows_of(hf, model),
+        case = {"name": name, "model": model, "set": set_keys, "erase": erase, "windows": windows_of(built),
                 "rope": {"type": rope.get("rope_type", "default"), "theta": rope["rope_theta"],
                          "factor": rope.get("factor", 0.0),
                          "original_positions": rope.get("original_max_position_embeddings", 0)},

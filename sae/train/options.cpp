@@ -305,7 +305,7 @@ std::vector<TrainOption> make_table() {
       row("log-every", training, "steps between metrics rows", controls, "log_every", FIELD(log_every), integer()),
       row("lr-warmup-steps", training, "linear learning-rate warm-up", defines, "lr_warmup_steps",
           FIELD(lr_warmup_steps), integer()),
-      row("lr-decay-steps", training, "linear learning-rate decay to 0 over the last N steps", defines,
+      row("lr-decay-steps", training, "linear learning-rate decay over the last N steps (SAELens's: step s at (steps + 1 - s) / N, the last at 1 / N)", defines,
           "lr_decay_steps", FIELD(lr_decay_steps), integer()),
       row("l1-warmup-steps", training, "linear lambda warm-up", defines, "l1_warmup_steps", FIELD(l1_warmup_steps),
           integer()),

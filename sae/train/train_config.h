@@ -66,7 +66,7 @@ struct TrainConfig {
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0
-  int64_t lr_decay_steps = 0;        // linear decay to 0 over the last N steps
+  int64_t lr_decay_steps = 0;        // linear decay over the last N steps (the last step at lr / N)
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
   ProgressMode progress = ProgressMode::Auto;

@@ -566,6 +566,7 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
       {"llama", "rope_parameters",
        Json::parse(R"({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000, "partial_rotary_factor": 0.5})"),
        "partial_rotary_factor"},
+      {"llama", "partial_rotary_factor", Json(0.5), "partial_rotary_factor"},  // top-level, beside llama3
       {"gemma2", "rope_parameters",
        Json::parse(R"({"full_attention": {"rope_type": "default", "rope_theta": 10000}, "sliding_attention": {"rope_type": "default", "rope_theta": 10000}})"),
        "per layer type"},

@@ -222,7 +222,8 @@ TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
   // token, not one leading space: with a "▁▁" piece, "  a" is ["▁▁", "a"] and decodes to "a". The
   // expected strings are tokenizers 0.23's decode of this file.
   Json root = Json::parse(R"({"version": "1.0", "added_tokens": [{"id": 0, "content": "<unk>", "single_word": false,
-      "lstrip": false, "rstrip": false, "normalized": false, "special": true}], "normalizer": null,
+      "lstrip": false, "rstrip": false, "normalized": false, "special": true}, {"id": 6, "content": "hi there",
+      "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}], "normalizer": null,
       "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
       "post_processor": null,
       "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
@@ -243,4 +244,8 @@ TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
   EXPECT_EQ(tok.decode({4, 2, 3}), "a  a");
   EXPECT_EQ(tok.decode({3, 2, 3}), "a  a");
   EXPECT_EQ(tok.decode({2, 1}), " ");
+  // An added token first keeps its own spaces (only "▁" marks are dropped).
+  EXPECT_EQ(tok.encode("hi there a"), (std::vector<int32_t>{6, 4}));
+  EXPECT_EQ(tok.decode({6, 4}), "hi there a");
+  EXPECT_EQ(tok.decode({6, 2, 3}), "hi there  a");
 }

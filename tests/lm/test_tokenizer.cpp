@@ -423,6 +423,17 @@ TEST(TokenizerErrors, CorruptTokenizerJsonNamesTheFile) {
   root = good;  // a Sequence names the member we do not read
   root["normalizer"] = Json::parse(R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]})");
   expect_rejected(root, {"member \"Lowercase\""});
+  {  // a one-element pre_tokenizer Sequence is its element, as tokenizers reads it
+    root = good;
+    root["pre_tokenizer"] = Json::object();
+    root["pre_tokenizer"]["type"] = Json("Sequence");
+    root["pre_tokenizer"]["pretokenizers"] = Json::array();
+    root["pre_tokenizer"]["pretokenizers"].push_back(good.at("pre_tokenizer"));
+    write_file(path, root.dump());
+    const BpeTokenizer wrapped = BpeTokenizer::from_tokenizer_json(path);
+    write_file(path, good.dump());
+    EXPECT_EQ(wrapped.encode(" Hello  world's 42!"), BpeTokenizer::from_tokenizer_json(path).encode(" Hello  world's 42!"));
+  }
   {  // a model without "type" that has merges is a BPE, as tokenizers reads it
     Json model = Json::object();
     for (const auto& [key, value] : good.at("model").items())
