@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     if (!parsed.count("raw")) normalization = sae::trained_normalization(checkpoint.cfg, sae_dir + "/cfg.json");
     // A crosscoder reads one file per source (--input A,B,...), side by side.
     const std::string input_path = parsed["input"].as<std::string>();
+    if (model.sources > 1) sae::refuse_path_with_comma("--input", input_path);
     const std::vector<std::string> paths =
         model.sources > 1 ? sae::split_option_list("input", input_path) : std::vector<std::string>{input_path};
     std::vector<std::pair<std::string, std::string>> inputs;

@@ -198,6 +198,7 @@ int main(int argc, char** argv) {
       if (k >= 0) description["layer"] = k;
     } else {
       if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
+      sae::refuse_path_with_comma("--data", data);
       const std::vector<std::string> files = sae::split_option_list("data", data);
       if (params.sources > 1 && static_cast<int64_t>(files.size()) != params.sources)
         throw sae::UsageError(sae::cat("--data: ", sae_dir, " is a crosscoder of ", params.sources,

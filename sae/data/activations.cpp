@@ -207,4 +207,11 @@ std::unique_ptr<ActivationSource> open_activations(const std::string& data, cons
   return std::make_unique<FileSource>(data);
 }
 
+void refuse_path_with_comma(const std::string& option, const std::string& text) {
+  std::error_code ec;
+  if (text.find(',') != std::string::npos && std::filesystem::exists(text, ec))
+    throw UsageError(cat(option, " '", printable(text), "': a comma separates a crosscoder's sources, and this is one "
+                         "path with a comma in its name: give it a name without one (a symbolic link will do)"));
+}
+
 }  // namespace sae

@@ -61,4 +61,9 @@ void check_ends_are_finite(ActivationSource& source);
 struct SyntheticOptions;
 std::unique_ptr<ActivationSource> open_activations(const std::string& data, const SyntheticOptions& synthetic);
 
+// A comma in a data option separates a crosscoder's sources. UsageError naming `option` when the
+// whole text is itself a file or folder (a cache written under a name with a comma cannot be read
+// as one): it says to give it a name without a comma.
+void refuse_path_with_comma(const std::string& option, const std::string& text);
+
 }  // namespace sae

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "sae/arch/registry.h"
+#include "sae/data/activations.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/train_config.h"
 
@@ -62,6 +63,8 @@ DictionaryReads dictionary_reads(const TrainConfig& c) {
   r.text = c.data == "text";
   const bool transcoder =
       c.transcoder_block >= 0 || !c.hook_in.empty() || !c.hook_out.empty() || !c.target_data.empty();
+  if (!r.text) refuse_path_with_comma("--data", c.data);
+  if (!c.target_data.empty()) refuse_path_with_comma("--target-data", c.target_data);
   const bool crosscoder = !c.hooks.empty() || !c.model_b.empty() || (!r.text && c.data.find(',') != std::string::npos);
   require(!(transcoder && crosscoder),
           "a run trains a transcoder (--transcoder, --hook-in/--hook-out, --target-data) or a crosscoder (--hooks, "

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "io/npy.h"
 #include "sae/report/plot.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
@@ -152,6 +153,15 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --normalize zscore", 2, "--normalize");
   expect_error(kTiny + " --device tpu", 2, "--device");
   expect_error(kTiny + " --batch 16 --normalize story", 2, "--normalize story");
+  {  // a file whose name has a comma: read as two crosscoder sources (a misleading line about
+     // normalisation, then "cannot open"); now said for what it is
+    TempDir dir("cli_comma_path");
+    fs::create_directories(dir.str("a,b"));
+    write_npy(dir.str("a,b/x.npy"), Tensor::zeros(Shape{8, 4}));
+    const auto r = run_binary("sae_train", "--data " + dir.str("a,b/x.npy") + " --steps 2 --out " + dir.str("run"), dir);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("a comma separates a crosscoder's sources, and this is one path"), std::string::npos) << r.err;
+  }
   {  // said before the run's folder is made (it left a folder holding .lock and config.pending.json)
     TempDir dir("cli_story_batches");
     const auto r = run_binary("sae_train", kTiny + " --batch 16 --normalize story --out " + dir.str("run"), dir);
