@@ -153,6 +153,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
   }
   std::string continuation, figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
+  sae::StudyFigures drawing;
   if (continued >= 0) {
     const sae::RunOutcome& r = outcomes.back();
     const int64_t continue_steps = runs.back().config.steps;
@@ -175,7 +176,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     more.logy = true;
     more.series.push_back({"lambda = " + sae::format_number(lambdas[continued], 6), m.column("step"), m.column("l0")});
     more.xmarks.push_back(double(runs[continued].config.steps));
-    sae::plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
+    drawing.plot(more, (fs::path(out) / "l1_sweep_continued.png").string());
     figures += ", l1_sweep_continued.png";
   }
   const bool same_step = std::all_of(steps_used.begin(), steps_used.end(), [&](int64_t s) { return s == steps_used[0]; });
@@ -203,16 +204,16 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     f.series = series;
     return f;
   };
-  sae::plot(figure("L1 penalty before multiplying by lambda", "l1 per element (log scale)", l1_curves),
-            (fs::path(out) / "l1_sweep_l1.png").string());
-  sae::plot(figure("Reconstruction loss vs lambda", "reconstruction loss per element (log scale)", rec_curves),
-            (fs::path(out) / "l1_sweep_rec_loss.png").string());
-  sae::plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves),
-            (fs::path(out) / "l1_sweep_nonzero.png").string());
+  drawing.plot(figure("L1 penalty before multiplying by lambda", "l1 per element (log scale)", l1_curves),
+               (fs::path(out) / "l1_sweep_l1.png").string());
+  drawing.plot(figure("Reconstruction loss vs lambda", "reconstruction loss per element (log scale)", rec_curves),
+               (fs::path(out) / "l1_sweep_rec_loss.png").string());
+  drawing.plot(figure("Proportion of nonzero features vs lambda", "nonzero proportion (log scale)", nonzero_curves),
+               (fs::path(out) / "l1_sweep_nonzero.png").string());
   sae::Figure zoom = sae::zoom_figure("", "reconstruction loss per element", rec_curves, final_rec, last_step);
   zoom.title = figure("Zoom: reconstruction loss, last half, linear axis", "", {}).title;
-  sae::plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
-  sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, figures);
+  drawing.plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
+  sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, drawing.describe(figures));
 }
 
 }  // namespace

@@ -40,6 +40,21 @@ Figure zoom_figure(const std::string& title, const std::string& ylabel, const st
   return zoom;
 }
 
+void StudyFigures::plot(const Figure& figure, const std::string& png_path) {
+  try {
+    sae::plot(figure, png_path, draw_);
+  } catch (const DataError& e) {
+    if (failure_.empty()) failure_ = e.what();
+    std::fprintf(stderr, "warning: %s\n", e.what());
+  }
+}
+
+std::string StudyFigures::describe(const std::string& drawn) const {
+  if (!draw_) return "not drawn (no gnuplot on PATH; each figure's .gp next to this file draws it)";
+  if (!failure_.empty()) return cat("not all drawn (gnuplot failed: ", failure_, ")");
+  return drawn;
+}
+
 void write_summary(const std::string& out, const std::string& heading, const std::string& notes, const Table& table,
                    const std::string& figures) {
   write_csv(table, (fs::path(out) / "summary.csv").string());

@@ -23,6 +23,7 @@
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
 #include "sae/study/study.h"
+#include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -191,6 +192,23 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   EXPECT_EQ(taken.exit_code, 1);
   EXPECT_NE(taken.err.find("holds no run"), std::string::npos) << taken.err;
   EXPECT_EQ(slurp(other / "F_4" / "notes.txt"), "mine");
+}
+
+TEST(Study, WithoutGnuplotTheSummaryIsStillWritten) {
+  // A study on a machine without gnuplot trained every run and then ended with exit 1 at its first
+  // figure, writing no summary; now it writes the figures' scripts and data, and the summary says so.
+  TempDir dir("study_no_gnuplot");
+  fs::create_directories(dir.path / "bin");
+  fs::create_symlink("/usr/bin/timeout", dir.path / "bin" / "timeout");
+  const fs::path out = dir.path / "study";
+  const CommandResult r = sae::testing::run_program(
+      "recon_vs_f", kTinyData + " --features-list 16 --steps 1000 --out " + out.string(), dir,
+      "PATH=" + sae::testing::shell_quote(dir.str("bin")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out / "summary.csv"));
+  EXPECT_TRUE(fs::exists(out / "recon_vs_f.gp"));
+  EXPECT_FALSE(fs::exists(out / "recon_vs_f.png"));
+  EXPECT_NE(slurp(out / "summary.md").find("not drawn (no gnuplot on PATH"), std::string::npos) << slurp(out / "summary.md");
 }
 
 TEST(Study, L1SweepShapesContinuationAndSkip) {
