@@ -283,9 +283,19 @@ const char* kTail = R"HTML(</script>
     var first = fromHash(), typed = /^#search=(.*)$/.exec(location.hash);
     if (first >= 0 && first < features.length) search.value = String(first);
     select(first >= 0 && first < features.length ? first : order[0], false);
-    if (typed) {  // #search=N: as if N had been typed into the search box
-      search.value = decodeURIComponent(typed[1]);
-      searched();
+    if (first >= features.length) message.textContent = 'no feature ' + first;  // #fN past the end
+    if (typed) {  // #search=N: as if N had been typed into the search box (a malformed escape: as written)
+      var text = typed[1];
+      try {
+        text = decodeURIComponent(text);
+      } catch (malformed) {
+      }
+      if (/^\d+$/.test(text.trim())) {
+        search.value = text;
+        searched();
+      } else {
+        message.textContent = 'no feature ' + text;  // the number box would drop what is not a digit
+      }
     }
   } catch (error) {
     fail(error && error.message ? error.message : String(error));

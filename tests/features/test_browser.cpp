@@ -276,6 +276,15 @@ TEST(BrowserInChromium, SyntheticRun) {
   EXPECT_GT(count(dom, "data-value=\""), count(dom, "class=\"tok max\""));
   // The search box: #search=7 types 7 into it.
   expect_rendered(render(browser, page, "#search=7", "synthetic_search", dir), 48, 7, "synthetic search 7");
+  // A malformed escape, a search that is no number, a feature past the end: said, over a working page
+  // ("%" had put "URI malformed" in the error banner; the others had said nothing).
+  for (const auto& [hash, said] : {std::pair<std::string, std::string>{"#search=%", "no feature %"},
+                                   {"#search=abc", "no feature abc"}, {"#f99999", "no feature 99999"}}) {
+    const std::string odd = render(browser, page, hash, "synthetic_odd", dir);
+    EXPECT_EQ(odd.find("id=\"browser-error\""), std::string::npos) << hash;
+    EXPECT_NE(odd.find("id=\"browser-ready\""), std::string::npos) << hash;
+    EXPECT_NE(odd.find(said), std::string::npos) << hash;
+  }
 }
 
 TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
