@@ -18,6 +18,7 @@
 #include "lm/hook_points.h"
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
+#include "lm/text_windows.h"
 #include "lm/tokenizer.h"
 #include "sae/train/options.h"
 #include "sae/data/text_batches.h"
@@ -462,4 +463,44 @@ TEST(TextData, ATranscoderAndACrosscoderTrainFromText) {
   for (double fvu : r.fvu) EXPECT_TRUE(std::isfinite(fvu) && fvu > 0) << fvu;
   EXPECT_TRUE(std::isfinite(r.models[1].kl_score)) << r.models[1].kl_score;
   EXPECT_LT(r.fvu_all, 0.9);  // trained: better than the mean (0.73 here)
+}
+
+TEST(TextData, TheDatasetScaleFromTextIsSaeLenssOverTheFirstWindows) {
+  // estimate_text_dataset_scale against its definition, recomputed from the story batches (one
+  // window each, in the corpus's order, raw): s = sqrt(d) / mean ||x|| over the first whole windows
+  // holding at least `sample` tokens, and the raw mean ||x||^2 of the same rows.
+  ShareFixture f;
+  DecoderModel model = load_decoder_model(ref("model"));
+  TextBatcher stories(model, f.tokenizer, f.options, 0, Normalization::None, DatasetScales(1.0), 7);
+  const int64_t d = stories.d();
+  std::vector<float> raw(static_cast<size_t>(stories.max_batch_tokens() * d)), normalized(raw.size());
+  BatchStats stats;
+  int64_t windows = 0;  // in the corpus (the estimate reads it once at most)
+  StoryReader reader(f.options.text);
+  TextStory story;
+  while (reader.next(story))
+    windows += window_count(static_cast<int64_t>(f.tokenizer.encode(story.text).size()),
+                            WindowOptions{-1, model.config().max_positions});
+  ASSERT_GT(windows, 3);
+  for (const int64_t sample : {int64_t(1), int64_t(150), int64_t(100000)}) {
+    TextBatcher again(model, f.tokenizer, f.options, 0, Normalization::None, DatasetScales(1.0), 7);
+    double norms = 0, squares = 0;
+    int64_t tokens = 0;
+    for (int64_t window = 0; tokens < sample && window < windows; ++window) {
+      const int64_t n = again.next(raw.data(), normalized.data(), stats);
+      for (int64_t r = 0; r < n; ++r) {
+        double sq = 0;
+        for (int64_t j = 0; j < d; ++j) sq += double(raw[r * d + j]) * raw[r * d + j];
+        norms += std::sqrt(sq);
+        squares += sq;
+      }
+      tokens += n;
+    }
+    std::vector<double> mean_squared_norms;
+    const DatasetScales s = estimate_text_dataset_scale(model, f.tokenizer, f.options, sample, nullptr, &mean_squared_norms);
+    const double want = std::sqrt(double(d)) / (norms / double(tokens));
+    EXPECT_NEAR(s.first(), want, 1e-9 * want) << "sample " << sample;
+    ASSERT_EQ(mean_squared_norms.size(), 1u);
+    EXPECT_NEAR(mean_squared_norms[0], squares / double(tokens), 1e-9 * squares / double(tokens)) << "sample " << sample;
+  }
 }
