@@ -2,6 +2,7 @@
 #include "sae/arch/sae_step.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "tensor/ops.h"
 
@@ -100,11 +101,13 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
 StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor& x, const Tensor& target,
                              double lambda, double lr) {
   Collectives* c = step_->collectives();
-  const bool replicated = spans(c, Group::Replicas);
+  const bool replicated = spans(c, Group::Replicas), clipped = max_grad_norm_ > 0;
+  const bool every_gradient = replicated || clipped;  // no Adam fused into the backward kernels
   if (!grads_made_) {
     // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update;
-    // with replicas every gradient is summed over them first, so every one gets a buffer.
-    const std::vector<std::string> fused = replicated ? std::vector<std::string>{} : step_->always_fused();
+    // with replicas every gradient is summed over them first, and a clip scales every one, so every
+    // one gets a buffer.
+    const std::vector<std::string> fused = every_gradient ? std::vector<std::string>{} : step_->always_fused();
     grads_ = params;  // handles: each is replaced below, params keep their storage
     for (auto& [name, t] : grads_.present())
       *t = std::find(fused.begin(), fused.end(), name) != fused.end() ? Tensor()
@@ -119,11 +122,19 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   FusedAdam fused;
   fused.adam = &adam;
   fused.scalars = adam.next_step(lr);
-  const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, replicated ? nullptr : &fused);
+  const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, every_gradient ? nullptr : &fused);
   skip_gradient(x, grads_);
   auto p = params.present(), m = adam.m.present(), v = adam.v.present(), g = grads_.present();
   if (replicated)
     for (auto& [name, grad] : g) c->sum(Group::Replicas, *grad);
+  if (clipped) {
+    Tensor squares;  // the global squared norm, summed on the device, read back once
+    for (auto& [name, grad] : g) squares = squares.defined() ? squares + sum(*grad * *grad) : sum(*grad * *grad);
+    const double norm = std::sqrt(squares.to(Device::CPU).to_vector().at(0)), n = double(x.size(0));
+    const double scale = n * max_grad_norm_ / (norm + n * 1e-6);
+    if (scale < 1)
+      for (auto& [name, grad] : g) affine_(*grad, *grad, scale, 0.0);
+  }
   for (size_t i = 0; i < p.size(); ++i) {
     const std::string& name = p[i].first;
     if (std::find(done.begin(), done.end(), name) != done.end()) continue;

@@ -59,6 +59,13 @@ class SaeStep {
   // batch's gradient is the sum of the replicas'), then applies Adam to every parameter.
   void set_collectives(Collectives* c);
 
+  // Clips the gradient as SAELens does (torch's clip_grad_norm_(max_norm) on the gradient of its mean
+  // loss): our loss is a sum over the batch's N tokens, so its gradient g is scaled by
+  // min(1, N max_norm / (||g|| + N 1e-6)), ||g|| the global norm over every parameter. 0: off. With
+  // it, train_step keeps every gradient (no Adam fused into the backward kernels), as with replicas.
+  // One process only (the norm of latent shards' gradients would need their sum; refused earlier).
+  void set_max_grad_norm(double max_norm) { max_grad_norm_ = max_norm; }
+
   // Lets the unit leave its loss sums on the device (a GPU step then waits for nothing until they are
   // read): forward, forward_backward and train_step may return sums with `pending` set, completed
   // by read_sums() (the last call's). Units that read values back inside their step anyway (the
@@ -81,6 +88,7 @@ class SaeStep {
   Tensor skip_target_, skip_out_;  // [max_tokens, D_out]: skip transcoders only (made on first use)
   bool skipped_ = false;           // the last forward had a skip path
   int64_t tokens_ = 0;
+  double max_grad_norm_ = 0;
 };
 
 }  // namespace sae

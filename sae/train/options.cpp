@@ -278,6 +278,10 @@ std::vector<TrainOption> make_table() {
       row("beta1", training, "Adam beta1", defines, "beta1", FIELD(beta1), number()),
       row("beta2", training, "Adam beta2", defines, "beta2", FIELD(beta2), number()),
       row("eps", training, "Adam epsilon", defines, "eps", FIELD(eps), number()),
+      row("max-grad-norm", training,
+          "clip the gradient's global norm as SAELens does (its clip_grad_norm_ on the mean loss: ours, a sum over "
+          "the batch's N tokens, at N times this); SAELens clips at 1; 0: no clipping",
+          defines, "max_grad_norm", FIELD(max_grad_norm), number(), "0"),  // "0": runs from before it
       row("steps", training, "optimizer steps in total", controls, "steps", FIELD(steps), integer()),
       row("batch", training, "'story' (one story per step) or N (shuffled N-token batches)", defines, "batch",
           FIELD(batch_tokens), batch()),

@@ -45,6 +45,8 @@ void TrainConfig::validate() const {
   // Adam's epsilon is added in float32: below its smallest normal number it is (nearly) 0.
   require(std::isfinite(eps) && eps >= std::numeric_limits<float>::min() && eps <= 1.0,
           cat("--eps must be in [1.2e-38, 1] (added in float32), got ", eps));
+  require(std::isfinite(max_grad_norm) && max_grad_norm >= 0,
+          cat("--max-grad-norm must be a finite number >= 0 (0: no clipping), got ", max_grad_norm));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
   check_story_normalization(batch_tokens, normalize);  // (the batchers too; here before the run's folder is made)

@@ -51,6 +51,7 @@ struct TrainConfig {
   double l1 = 0.0;                   // lambda
   double lr = 1e-5;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double max_grad_norm = 0;          // SAELens's gradient clipping (of the mean loss's gradient); 0: none
   int64_t steps = 35000;
   int64_t batch_tokens = 0;          // 0 = one story per step ("story")
   Normalization normalize = Normalization::Story;

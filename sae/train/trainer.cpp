@@ -630,6 +630,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (m.config().features % shards != 0)
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
+    for (const Member& m : members)
+      if (m.config().max_grad_norm > 0 && (shards > 1 || spans(dist, Group::Replicas)))
+        throw UsageError("--max-grad-norm clips in one process: not over latent shards or data-parallel replicas yet "
+                         "(--distribute trains each SAE in one process and can clip)");
     if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
       throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
                        "are summed on the host): leave it at auto or off");
@@ -766,6 +770,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     const StepShape shape{max_tokens, columns.d_in, columns.d_out, latents, first_latent, config.features, batch_max_tokens};
     m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), shape, DType::F32, device);
     m.step->set_collectives(dist);
+    m.step->set_max_grad_norm(config.max_grad_norm);
     m.step->set_dead_clock(run.dead.clocks());  // AuxK's, from the tracker
     // Buffers for its own columns, made once.
     if (!columns.whole_row) m.x_host = Tensor::empty(Shape{max_tokens, columns.d_in});

@@ -270,6 +270,8 @@ TEST(Distributed, Refusals) {
       {kStandard + " --steps 5 --features 12 --shards 3", "--shards 3 does not divide the 2 ranks"},
       {kStandard + " --steps 5 --batch story --normalize story", "--batch story cannot be split"},
       {kStandard + " --steps 5 --device-data on", "--device-data on cannot split batches between data-parallel replicas"},
+      {kStandard + " --steps 5 --max-grad-norm 1", "--max-grad-norm clips in one process"},
+      {kStandard + " --steps 5 --max-grad-norm 1 --shards 2", "--max-grad-norm clips in one process"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);

@@ -147,6 +147,7 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --features abc", 2, "features");
   expect_error(kTiny + " --l1 -1", 2, "--l1");
   expect_error(kTiny + " --lr 0", 2, "--lr");
+  expect_error(kTiny + " --max-grad-norm -1", 2, "--max-grad-norm must be a finite number >= 0");
   expect_error(kTiny + " --steps 0", 2, "--steps");
   expect_error(kTiny + " --batch many", 2, "--batch");
   expect_error(kTiny + " --batch 0", 2, "--batch");

@@ -597,6 +597,58 @@ TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
   }
 }
 
+TEST(ArchStep, AClippedStepEqualsTheClipDoneByHand) {
+  // --max-grad-norm c (SAELens's clip_grad_norm_ of the mean loss's gradient): train_step against
+  // forward_backward's gradients scaled by min(1, N c / (||g|| + N 1e-6)), ||g|| over every
+  // parameter, then adam_step_ by hand. c small enough that every step is clipped, and large
+  // enough that none is (the unclipped step, bit for bit).
+  for (const Setting& setting : kSettings) {
+    SCOPED_TRACE(setting.name);
+    const ArchProblem prob = problem_for(setting, 2000);
+    const double n = double(prob.x.size(0));
+    for (const double max_norm : {1e-3, 1e12}) {
+      SaeStep clipped = step_of(setting, DType::F64), by_hand = step_of(setting, DType::F64);
+      clipped.set_max_grad_norm(max_norm);
+      if (setting.auxk) {
+        clipped.set_dead_clock(half_dead_clock());
+        by_hand.set_dead_clock(half_dead_clock());
+      }
+      SaeParams p = prob.params.clone(), q = prob.params.clone();
+      SaeAdamState adam_p = SaeAdamState::zeros_like(p), adam_q = SaeAdamState::zeros_like(q);
+      int clips = 0;
+      for (int step = 0; step < 3; ++step) {
+        clipped.train_step(p, adam_p, prob.x, kLambda, 1e-2);
+        SaeParams g = grads_like(q);
+        by_hand.forward_backward(q, prob.x, kLambda, g);
+        double squares = 0;
+        for (const auto& [name, t] : g.present())
+          for (double v : t->to_vector()) squares += v * v;
+        const double scale = n * max_norm / (std::sqrt(squares) + n * 1e-6);
+        if (scale < 1) {
+          ++clips;
+          for (const auto& [name, t] : g.present()) affine_(*t, *t, scale, 0.0);
+        }
+        const AdamScalars scalars = adam_q.next_step(1e-2);
+        auto qp = q.present(), qm = adam_q.m.present(), qv = adam_q.v.present(), qg = g.present();
+        for (size_t i = 0; i < qp.size(); ++i) adam_step_(*qp[i].second, *qm[i].second, *qv[i].second, *qg[i].second, scalars);
+        if (setting.unit_norm) decoder_normalize_(q.W_dec);
+        if (std::string(setting.unit) == "batchtopk") {
+          double smallest = INFINITY;
+          for (double f : by_hand.features().to_vector())
+            if (f > 0) smallest = std::min(smallest, f);
+          const double before = q.settings.at("threshold").as_number();
+          q.settings["threshold"] = step == 0 ? smallest : 0.99 * before + 0.01 * smallest;
+        }
+      }
+      EXPECT_EQ(clips, max_norm < 1 ? 3 : 0);
+      const auto got = p.present();
+      const auto want = q.present();
+      for (size_t i = 0; i < got.size(); ++i)
+        expect_close_to_scale(*got[i].second, *want[i].second, 1e-12, got[i].first);
+    }
+  }
+}
+
 TEST(ArchStep, ForwardChangesNothingAndANonFiniteLossUpdatesNothing) {
   const Setting setting = kSettings[1];  // topk with AuxK and the unit-norm decoder
   const ArchProblem prob = problem_for(setting, 3000, 1e-4);
