@@ -321,6 +321,28 @@ BpeTokenizer BpeTokenizer::build(Parts parts) {
       if (a.normalized)
         throw DataError(cat(parts.added_where, ": added token \"", printable(a.content),
                             "\" is normalized; a SentencePiece-style BPE here takes only literal (special) added tokens"));
+    // Decoding as `tokenizers` does, whose decoder sees every token's text, added tokens' too: "▁"
+    // becomes a space (an added token's own spaces stay), and with a Metaspace decoder every "▁" of
+    // the first token goes (byte pieces are bytes, not marks).
+    const auto replaced = [](const std::string& text, const char* with) {
+      std::string out;
+      for (size_t i = 0; i < text.size();) {
+        if (text.compare(i, 3, kMetaSpace) == 0) {
+          out += with;
+          i += 3;
+        } else {
+          out += text[i++];
+        }
+      }
+      return out;
+    };
+    for (const auto& [content, id, normalized] : parts.added) t.token_bytes_[id] = replaced(content, " ");
+    if (t.sp_.strip_first_token_spaces) {
+      t.first_token_bytes_ = t.token_bytes_;
+      for (const auto& [token, id] : parts.vocab)
+        if (!added_contents.count(token) && byte_piece_value(token) < 0) t.first_token_bytes_[id] = replaced(token, "");
+      for (const auto& [content, id, normalized] : parts.added) t.first_token_bytes_[id] = replaced(content, "");
+    }
   }
   // Every byte needs its one-character token (byte-level BPE).
   for (int b = 0; b < 256 && !parts.sp.on; ++b) {
@@ -950,22 +972,9 @@ const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) con
 
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string text;
-  // The first token's marks: a vocabulary piece's "▁" only (its spaces here), not an added token's
-  // own spaces nor a byte piece's byte.
-  const auto marks_dropped = [&](int32_t id) {
-    if (!sp_.strip_first_token_spaces) return false;
-    for (const AddedToken& added : added_tokens_)
-      if (added.id == id) return false;
-    return std::find(std::begin(byte_piece_ids_), std::end(byte_piece_ids_), id) == std::end(byte_piece_ids_);
-  };
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string& token = checked_token(ids[i], "decode");
-    if (i == 0 && marks_dropped(ids[i])) {
-      for (char c : token)
-        if (c != ' ') text += c;
-    } else {
-      text += token;
-    }
+    text += i == 0 && !first_token_bytes_.empty() ? first_token_bytes_[static_cast<size_t>(ids[i])] : token;
   }
   if (sp_.strip_leading_space && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;

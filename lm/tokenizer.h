@@ -130,6 +130,7 @@ class BpeTokenizer {
   bool nfc_ = false;
   bool ignore_merges_ = false;
   std::vector<std::string> token_bytes_;  // id -> bytes
+  std::vector<std::string> first_token_bytes_;  // id -> bytes as the first token (a Metaspace decoder's); else empty
   std::vector<uint8_t> has_token_;        // id -> 1 when some token has this id
   int32_t byte_ids_[256] = {};            // byte -> id of its one-byte token
   std::unordered_map<uint64_t, Merge> merges_;       // (left id << 32 | right id) -> rank and result

@@ -223,7 +223,9 @@ TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
   // expected strings are tokenizers 0.23's decode of this file.
   Json root = Json::parse(R"({"version": "1.0", "added_tokens": [{"id": 0, "content": "<unk>", "single_word": false,
       "lstrip": false, "rstrip": false, "normalized": false, "special": true}, {"id": 6, "content": "hi there",
-      "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}], "normalizer": null,
+      "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false},
+      {"id": 7, "content": "\u2581mk", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false,
+      "special": false}], "normalizer": null,
       "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
       "post_processor": null,
       "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": false},
@@ -248,4 +250,8 @@ TEST(SentencePieceTokenizer, MetaspaceDecoderDropsEveryMarkOfTheFirstToken) {
   EXPECT_EQ(tok.encode("hi there a"), (std::vector<int32_t>{6, 4}));
   EXPECT_EQ(tok.decode({6, 4}), "hi there a");
   EXPECT_EQ(tok.decode({6, 2, 3}), "hi there  a");
+  // An added token's own "▁" goes through the decoder too (it had stayed a "▁"): a space, or nothing
+  // as the first token.
+  EXPECT_EQ(tok.decode({7, 3}), "mka");
+  EXPECT_EQ(tok.decode({3, 7}), "a mk");
 }
