@@ -162,11 +162,11 @@ Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAt
   j["seed"] = static_cast<int64_t>(options.generate.seed);
   j["max_new_tokens"] = options.generate.max_new_tokens;
   Json unsteered = Json::object();
-  unsteered["text"] = display_text(tokenizer, r.unsteered);
+  unsteered["text"] = utf8::replace_invalid(tokenizer.decode(r.unsteered));  // the text itself (JSON escapes controls)
   unsteered["ids"] = id_list(r.unsteered);
   j["unsteered"] = unsteered;
   Json steered = Json::object();
-  steered["text"] = display_text(tokenizer, r.steered);
+  steered["text"] = utf8::replace_invalid(tokenizer.decode(r.steered));
   steered["ids"] = id_list(r.steered);
   j["steered"] = steered;
   return j;

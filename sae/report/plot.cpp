@@ -112,27 +112,39 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
               gnuplot_string(figure.series[i].title));
   gp += "\n";
   write_file_atomic((dir / (stem + ".gp")).string(), gp);
-  if (!draw) return;
+  std::error_code ec;
+  if (!draw) {
+    fs::remove(png, ec);  // an earlier drawing is of other data now
+    return;
+  }
 
-  if (!gnuplot_found())
+  if (!gnuplot_found()) {
+    fs::remove(png, ec);
     throw DataError(cat(png_path, ": gnuplot was not found on PATH (install gnuplot-nox, e.g. scripts/install-deps.sh); "
                         "the data and script are in ", (dir / (stem + ".gp")).string()));
+  }
   // Names of this process alone: a concurrent drawing of the same figure keeps its own.
   const fs::path drawing = unique_temp_path(png.string());
   const std::string log = drawing.string() + ".gnuplot.log";
-  std::error_code ec;
   const std::string command = "cd " + shell_quote(dir.string()) + " && gnuplot -e " +
                               shell_quote("output=" + gnuplot_string(drawing.filename().string())) + " " +
                               shell_quote(stem + ".gp") + " > " + shell_quote(fs::path(log).filename().string()) + " 2>&1";
   const int status = std::system(command.c_str());
   if (status != 0 || !fs::exists(drawing)) {
     fs::remove(drawing, ec);
+    fs::remove(png, ec);  // an earlier drawing is of other data now
     std::string first_line;
-    std::ifstream in(log);
-    while (first_line.find_first_not_of(" \t") == std::string::npos && std::getline(in, first_line)) {
+    {
+      std::ifstream in(log);
+      while (first_line.find_first_not_of(" \t") == std::string::npos && std::getline(in, first_line)) {
+      }
     }
-    throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "): ", first_line));
+    const fs::path kept = dir / (stem + ".gnuplot.log");  // gnuplot's output, under the figure's name
+    fs::rename(log, kept, ec);
+    throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "; its output in ",
+                        kept.string(), "): ", first_line));
   }
+  fs::remove(dir / (stem + ".gnuplot.log"), ec);  // an earlier failure's
   fs::remove(log, ec);
   fs::rename(drawing, png, ec);
   if (ec) throw DataError(cat(png_path, ": cannot rename ", drawing.string(), " to it: ", ec.message()));

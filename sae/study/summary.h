@@ -26,6 +26,7 @@ Figure zoom_figure(const std::string& title, const std::string& ylabel, const st
 // A study's figures, drawn as sae_train draws a run's: without gnuplot on PATH only their .gp and
 // .dat files (the script draws the PNG later), and a gnuplot that fails costs the figure, not the
 // study, whose summary is written either way (it had ended with exit 1 after hours of training).
+// A figure not drawn leaves no earlier PNG beside its new data (plot removes it).
 class StudyFigures {
  public:
   StudyFigures() : draw_(gnuplot_found()) {}
@@ -35,6 +36,7 @@ class StudyFigures {
 
  private:
   bool draw_;
+  int figures_ = 0, failed_ = 0;
   std::string failure_;  // the first gnuplot failure's message
 };
 

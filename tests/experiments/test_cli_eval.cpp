@@ -14,6 +14,8 @@
 #include "tensor/ops.h"
 #include "tensor/rng.h"
 #include "tests/util/fixture.h"
+#include "io/utf8.h"
+#include "lm/tokenizer.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -253,6 +255,12 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   EXPECT_EQ(j.at("layer").as_int(), 2);
   EXPECT_EQ(j.at("hook_name").as_string(), "blocks.2.hook_resid_pre");  // hidden_states[2]
   EXPECT_EQ(j.at("prompt").as_string(), "The dog ran to the park and");
+  {  // the JSON texts are the decoded texts (the display escapes are for the terminal only)
+    const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(eval_ref("model"));
+    std::vector<int32_t> steered;
+    for (int64_t id : e.ints("gen1.steered")) steered.push_back(static_cast<int32_t>(id));
+    EXPECT_EQ(j.at("steered").at("text").as_string(), utf8::replace_invalid(tokenizer.decode(steered)));
+  }
   const sae::testing::CommandResult text = run_binary("sae_steer", steer_args(options + " --width 30"), dir);
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_NE(text.out.find("unsteered (40 tokens)"), std::string::npos) << text.out;

@@ -201,8 +201,14 @@ TEST(Study, WithoutGnuplotTheSummaryIsStillWritten) {
   fs::create_directories(dir.path / "bin");
   fs::create_symlink("/usr/bin/timeout", dir.path / "bin" / "timeout");
   const fs::path out = dir.path / "study";
+  // First with gnuplot: its PNG, of one run. Then, without, the study of two runs: that PNG is not
+  // left beside the new data.
+  const CommandResult drawn =
+      run_binary("recon_vs_f", kTinyData + " --features-list 16 --steps 1000 --out " + out.string(), dir);
+  ASSERT_EQ(drawn.exit_code, 0) << drawn.err;
+  ASSERT_TRUE(fs::exists(out / "recon_vs_f.png"));
   const CommandResult r = sae::testing::run_program(
-      "recon_vs_f", kTinyData + " --features-list 16 --steps 1000 --out " + out.string(), dir,
+      "recon_vs_f", kTinyData + " --features-list 16,24 --steps 1000 --out " + out.string(), dir,
       "PATH=" + sae::testing::shell_quote(dir.str("bin")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out / "summary.csv"));
