@@ -74,12 +74,10 @@ int plan_runs(const cxxopts::ParseResult& parsed, const sae::Profile& profile, c
   }
   const std::string continue_text = sae::option_value(parsed, profile, "continue-lambda");
   if (continue_text == "none") return -1;
-  char* stop = nullptr;
-  const double lambda = std::strtod(continue_text.c_str(), &stop);
+  const double lambda = sae::number_value("continue-lambda", continue_text);
   int continued = -1;
   for (size_t i = 0; i < lambdas.size(); ++i)
-    if (*stop == '\0' && !continue_text.empty() && std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda))
-      continued = int(i);
+    if (std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda)) continued = int(i);
   if (continued < 0)
     throw sae::UsageError("--continue-lambda: expected one of --l1-list or 'none', got '" + continue_text + "'");
   if (continue_steps <= runs[continued].config.steps)

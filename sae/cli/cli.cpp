@@ -241,13 +241,27 @@ HookChoice hook_choice_given(const cxxopts::ParseResult& parsed) {
                      parsed.count("layer") ? parsed["layer"].as<int64_t>() : -1, parsed.count("layer") > 0);
 }
 
-double number_option(const cxxopts::ParseResult& parsed, const std::string& option) {
-  const std::string text = parsed[option].as<std::string>();
-  double value = 0;
+namespace {
+// The whole text as one decimal number (no sign '+', spaces, hex or trailing characters); UsageError
+// naming --option otherwise, or when it is out of double's range (1e400, or 1e-400, not 0).
+template <typename T>
+T whole_number(const std::string& option, const std::string& text, const char* expected) {
+  T value{};
   const auto r = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (r.ec == std::errc::result_out_of_range && r.ptr == text.data() + text.size())
+    throw UsageError(cat("--", option, ": '", printable(text), "' is out of range"));
   if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
-    throw UsageError(cat("--", option, ": expected a number, got '", printable(text), "'"));
+    throw UsageError(cat("--", option, ": expected ", expected, ", got '", printable(text), "'"));
   return value;
+}
+}  // namespace
+
+double number_value(const std::string& option, const std::string& text) {
+  return whole_number<double>(option, text, "a number");
+}
+
+double number_option(const cxxopts::ParseResult& parsed, const std::string& option) {
+  return number_value(option, parsed[option].as<std::string>());
 }
 
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text) {
@@ -266,9 +280,8 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
 std::vector<int64_t> parse_increasing_int_list(const std::string& option, const std::string& text) {
   std::vector<int64_t> values;
   for (const std::string& item : split_option_list(option, text)) {
-    char* stop = nullptr;
-    const long long v = std::strtoll(item.c_str(), &stop, 10);
-    if (*stop != '\0' || v <= 0)
+    const int64_t v = whole_number<int64_t>(option, item, "positive integers separated by commas");
+    if (v <= 0)
       throw UsageError(cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
     if (!values.empty() && v <= values.back())
       throw UsageError(cat("--", option, ": give the values in increasing order, got '", text, "'"));
@@ -280,9 +293,8 @@ std::vector<int64_t> parse_increasing_int_list(const std::string& option, const 
 std::vector<double> parse_increasing_number_list(const std::string& option, const std::string& text) {
   std::vector<double> values;
   for (const std::string& item : split_option_list(option, text)) {
-    char* stop = nullptr;
-    const double v = std::strtod(item.c_str(), &stop);
-    if (*stop != '\0' || !std::isfinite(v) || v < 0)
+    const double v = whole_number<double>(option, item, "non-negative numbers separated by commas");
+    if (!std::isfinite(v) || v < 0)
       throw UsageError(cat("--", option, ": expected non-negative numbers separated by commas, got '", text, "'"));
     if (!values.empty() && v <= values.back())
       throw UsageError(cat("--", option, ": give the values in increasing order, got '", text, "'"));

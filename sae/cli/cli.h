@@ -51,8 +51,10 @@ void check_output_folder(const std::string& dir);
 HookChoice hook_choice_given(const cxxopts::ParseResult& parsed);
 // The value of a number option declared as a string (cxxopts' value<double> keeps a number's first
 // digits and drops the rest: "0,5" read as 0, "0x10" as 0): the whole text must be one number, else
-// UsageError "--option: expected a number, got 'text'".
+// UsageError "--option: expected a number, got 'text'" (or "is out of range" for 1e400 / 1e-400).
+// The comma lists below read their items the same way.
 double number_option(const cxxopts::ParseResult& parsed, const std::string& option);
+double number_value(const std::string& option, const std::string& text);  // the same for a text in hand
 // Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
 // when an item is empty.
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text);

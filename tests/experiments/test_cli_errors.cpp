@@ -196,6 +196,11 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-k -5", 2, "--feature-stats-k must be in [1, 1000]");
   // It said "--k applies only to ...", naming an option the command line did not give.
   expect_error(kTiny + " --k-list 2,3", 2, "--k-list trains one SAE per k: --architecture standard has no k");
+  // List items are read whole, as --l1 is: strtod had trained l1_16 and l1_32 for "0x10,0x20", and
+  // l1_0 for 1e-400.
+  expect_error(kTiny + " --l1-list 0x10,0x20", 2, "--l1-list: expected non-negative numbers separated by commas");
+  expect_error(kTiny + " --l1-list 1e-400,1", 2, "--l1-list: '1e-400' is out of range");
+  expect_error(kTiny + " --l1-list ' 1,2'", 2, "--l1-list: expected non-negative numbers");
   // config.json holds numbers as doubles: a seed past 2^53 was recorded rounded (the run not repeatable)
   expect_error(kTiny + " --seed 9007199254740993", 2, "--seed: expected an integer in [0, 2^53]");
   expect_error(kTiny + " --synthetic-seed 18446744073709551615", 2, "--synthetic-seed: expected an integer in [0, 2^53]");
