@@ -50,6 +50,9 @@ int main(int argc, char** argv) {
     o.model_dir = parsed["model"].as<std::string>();
     o.text = parsed["text"].as<std::string>();
     o.out = parsed["out"].as<std::string>();
+    if (o.out.find(',') != std::string::npos)  // a comma in --data separates a crosscoder's sources
+      throw sae::UsageError(sae::cat("--out '", sae::printable(o.out), "': a cache whose name has a comma cannot be "
+                                     "read back (--data A,B names two sources): choose a name without one"));
     o.max_stories = parsed["max-stories"].as<int64_t>();
     o.choice = sae::hook_choice_given(parsed);
     sae::require_input_file(o.text);

@@ -243,7 +243,7 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   for (double e : edges) edge_list.push_back(e);
 
   Json data = Json::object();
-  data["title"] = options.run;
+  data["title"] = display_token(options.run);  // paths shown as text: controls and bidi overrides escaped
   Json about = Json::object();
   about["architecture"] = sae.params.kind;
   about["d_in"] = sae.params.d_in();
@@ -262,9 +262,10 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   }
   about["sae"] = sae_dir.string();
   about["stats"] = stats_path;
-  about["model"] = tokenizer ? model_dir : std::string();
-  about["data"] = config && config->has("data") && config->at("data").is_string() ? config->at("data").as_string()
-                                                                                   : std::string("(unknown)");
+  about["model"] = tokenizer ? display_token(model_dir) : std::string();
+  about["data"] = config && config->has("data") && config->at("data").is_string()
+                      ? display_token(config->at("data").as_string())
+                      : std::string("(unknown)");
   about["first_step"] = stats.first_step();
   about["last_step"] = stats.last_step();
   about["steps"] = stats.steps();

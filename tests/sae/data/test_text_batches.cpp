@@ -277,6 +277,13 @@ TEST(TextData, BadInputsGetOneLine) {
   EXPECT_EQ(failed.exit_code, 1) << failed.err;
   EXPECT_TRUE(fs::exists(dir.str("r7/tensorboard/other_run/events.out.tfevents.1")));
   EXPECT_FALSE(fs::exists(dir.str("r7/config.json")));
+  // sae_cache into a name with a comma: refused before any work (every reader would take the name
+  // for two crosscoder sources).
+  const auto comma = run_binary("sae_cache", "--model " + ref("model") + " --text " + ref("stories.txt") +
+                                                 " --progress none --out " + dir.str("c,1"), dir);
+  EXPECT_EQ(comma.exit_code, 2) << comma.err;
+  EXPECT_NE(comma.err.find("a cache whose name has a comma cannot be read back"), std::string::npos) << comma.err;
+  EXPECT_FALSE(fs::exists(dir.str("c,1")));
 }
 
 // Several hooks from one forward pass (a transcoder's input and target, a crosscoder's hooks, a
