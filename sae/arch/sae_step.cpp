@@ -128,9 +128,19 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   if (replicated)
     for (auto& [name, grad] : g) c->sum(Group::Replicas, *grad);
   if (clipped) {
-    Tensor squares;  // the global squared norm, summed on the device, read back once
-    for (auto& [name, grad] : g) squares = squares.defined() ? squares + sum(*grad * *grad) : sum(*grad * *grad);
-    const double norm = std::sqrt(squares.to(Device::CPU).to_vector().at(0)), n = double(x.size(0));
+    // The global squared norm, summed on the device and read back once: on latent shards each holds
+    // its latents' part (summed over the shards) and the whole of b_dec / W_skip (counted once); the
+    // batch's N tokens are summed over the replicas, whose gradient is already the batch's.
+    Tensor latent_squares, whole_squares;
+    for (auto& [name, grad] : g) {
+      Tensor& into = SaeParams::latent_axis(name) >= 0 ? latent_squares : whole_squares;
+      into = into.defined() ? into + sum(*grad * *grad) : sum(*grad * *grad);
+    }
+    const auto read = [](const Tensor& t) { return t.defined() ? t.to(Device::CPU).to_vector().at(0) : 0.0; };
+    double latent = read(latent_squares), n = double(x.size(0));
+    if (spans(c, Group::Shards)) c->sum(Group::Shards, &latent, 1);
+    if (replicated) c->sum(Group::Replicas, &n, 1);
+    const double norm = std::sqrt(latent + read(whole_squares));
     const double scale = n * max_grad_norm_ / (norm + n * 1e-6);
     if (scale < 1)
       for (auto& [name, grad] : g) affine_(*grad, *grad, scale, 0.0);

@@ -63,7 +63,8 @@ class SaeStep {
   // loss): our loss is a sum over the batch's N tokens, so its gradient g is scaled by
   // min(1, N max_norm / (||g|| + N 1e-6)), ||g|| the global norm over every parameter. 0: off. With
   // it, train_step keeps every gradient (no Adam fused into the backward kernels), as with replicas.
-  // One process only (the norm of latent shards' gradients would need their sum; refused earlier).
+  // Over latent shards the norm sums every shard's latents once and b_dec / W_skip once; over
+  // replicas N is the whole batch's tokens (their gradient is the batch's already).
   void set_max_grad_norm(double max_norm) { max_grad_norm_ = max_norm; }
 
   // Lets the unit leave its loss sums on the device (a GPU step then waits for nothing until they are

@@ -630,10 +630,6 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (m.config().features % shards != 0)
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
-    for (const Member& m : members)
-      if (m.config().max_grad_norm > 0 && (shards > 1 || spans(dist, Group::Replicas)))
-        throw UsageError("--max-grad-norm clips in one process: not over latent shards or data-parallel replicas yet "
-                         "(--distribute trains each SAE in one process and can clip)");
     if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
       throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
                        "are summed on the host): leave it at auto or off");
