@@ -555,6 +555,26 @@ TEST(ArchStep, TopKFamilyAtBf16SelectsFromBf16PreActivations) {
   }
 }
 
+namespace {
+// The rest of a training step done by hand after forward_backward's gradients g of q (`step`
+// counts from 0): Adam, the unit-norm decoder's renormalisation and BatchTopK's threshold (its
+// first minimum, then a 0.01-rate average of the batches' smallest active values).
+void finish_step_by_hand(const Setting& setting, const SaeStep& by_hand, SaeParams& q, SaeAdamState& adam_q,
+                         SaeParams& g, int step) {
+  const AdamScalars scalars = adam_q.next_step(1e-2);
+  auto qp = q.present(), qm = adam_q.m.present(), qv = adam_q.v.present(), qg = g.present();
+  for (size_t i = 0; i < qp.size(); ++i) adam_step_(*qp[i].second, *qm[i].second, *qv[i].second, *qg[i].second, scalars);
+  if (setting.unit_norm) decoder_normalize_(q.W_dec);
+  if (std::string(setting.unit) == "batchtopk") {
+    double smallest = INFINITY;
+    for (double f : by_hand.features().to_vector())
+      if (f > 0) smallest = std::min(smallest, f);
+    const double before = q.settings.at("threshold").as_number();
+    q.settings["threshold"] = step == 0 ? smallest : 0.99 * before + 0.01 * smallest;
+  }
+}
+}  // namespace
+
 TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
   // train_step (Adam fused into the sparse backward for topk and batchtopk) against
   // forward_backward's gradients put through adam_step_ and the renormalisation by hand.
@@ -572,16 +592,8 @@ TEST(ArchStep, OneAdamStepEqualsTheStepDoneByHand) {
       fused.train_step(p, adam_p, prob.x, kLambda, 1e-2);
       SaeParams g = grads_like(q);
       by_hand.forward_backward(q, prob.x, kLambda, g);
-      const AdamScalars scalars = adam_q.next_step(1e-2);
-      auto qp = q.present(), qm = adam_q.m.present(), qv = adam_q.v.present(), qg = g.present();
-      for (size_t i = 0; i < qp.size(); ++i) adam_step_(*qp[i].second, *qm[i].second, *qv[i].second, *qg[i].second, scalars);
-      if (setting.unit_norm) decoder_normalize_(q.W_dec);
+      finish_step_by_hand(setting, by_hand, q, adam_q, g, step);
       if (std::string(setting.unit) == "batchtopk") {
-        double smallest = INFINITY;
-        for (double f : by_hand.features().to_vector())
-          if (f > 0) smallest = std::min(smallest, f);
-        const double before = q.settings.at("threshold").as_number();
-        q.settings["threshold"] = step == 0 ? smallest : 0.99 * before + 0.01 * smallest;
         EXPECT_NEAR(p.settings.at("threshold").as_number(), q.settings.at("threshold").as_number(), 1e-15);
       }
     }
@@ -628,17 +640,7 @@ TEST(ArchStep, AClippedStepEqualsTheClipDoneByHand) {
           ++clips;
           for (const auto& [name, t] : g.present()) affine_(*t, *t, scale, 0.0);
         }
-        const AdamScalars scalars = adam_q.next_step(1e-2);
-        auto qp = q.present(), qm = adam_q.m.present(), qv = adam_q.v.present(), qg = g.present();
-        for (size_t i = 0; i < qp.size(); ++i) adam_step_(*qp[i].second, *qm[i].second, *qv[i].second, *qg[i].second, scalars);
-        if (setting.unit_norm) decoder_normalize_(q.W_dec);
-        if (std::string(setting.unit) == "batchtopk") {
-          double smallest = INFINITY;
-          for (double f : by_hand.features().to_vector())
-            if (f > 0) smallest = std::min(smallest, f);
-          const double before = q.settings.at("threshold").as_number();
-          q.settings["threshold"] = step == 0 ? smallest : 0.99 * before + 0.01 * smallest;
-        }
+        finish_step_by_hand(setting, by_hand, q, adam_q, g, step);
       }
       EXPECT_EQ(clips, max_norm < 1 ? 3 : 0);
       const auto got = p.present();
