@@ -64,7 +64,9 @@ class BpeTokenizer {
   // Token ids of `text` (UTF-8), without the post-processor's special tokens. Invalid UTF-8 throws
   // DataError naming `label` and the byte offset. Thread-safe: the word cache is guarded by a mutex.
   std::vector<int32_t> encode(std::string_view text, std::string_view label = "") const;
-  // The bytes of the tokens, concatenated. An id that names no token throws DataError.
+  // The bytes of the tokens, concatenated, as tokenizers' decoder gives them (a SentencePiece-style
+  // file's "▁" as spaces, a Strip's or Metaspace's leading marks dropped; docs/tokenizer.md). An id
+  // that names no token throws DataError.
   std::string decode(const std::vector<int32_t>& ids) const;
   // The bytes of one token (possibly part of a UTF-8 character), for display.
   std::string token_text(int32_t id) const;
