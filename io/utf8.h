@@ -37,6 +37,14 @@ inline bool acts_on_surrounding_text(uint32_t cp) {
          (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 || cp == 0x2029;
 }
 
+// "<U+202E>": such a character as text.
+inline std::string escaped(uint32_t cp) {
+  static const char digits[] = "0123456789ABCDEF";
+  std::string hex;
+  for (uint32_t v = cp; v > 0 || hex.size() < 4; v >>= 4) hex.insert(hex.begin(), digits[v & 15]);
+  return "<U+" + hex + ">";
+}
+
 inline void append(uint32_t code_point, std::string& out) {
   if (code_point < 0x80) {
     out += static_cast<char>(code_point);

@@ -433,14 +433,46 @@ void Batcher::restore(const Json& state) {
     throw DataError("resume: the checkpoint's data position does not fit this data set");
 }
 
+BlockNormSums::BlockNormSums(std::vector<int64_t> widths)
+    : widths_(std::move(widths)), norms_(widths_.size(), 0.0), squares_(widths_.size(), 0.0) {}
+
+void BlockNormSums::add(const float* row) {
+  int64_t j = 0;
+  for (size_t b = 0; b < widths_.size(); ++b) {
+    double sq = 0;
+    for (const int64_t end = j + widths_[b]; j < end; ++j) sq += double(row[j]) * row[j];
+    norms_[b] += std::sqrt(sq);
+    squares_[b] += sq;
+  }
+  ++rows_;
+}
+
+DatasetScales BlockNormSums::scales(const std::string& source) const {
+  std::vector<double> scales;
+  for (size_t b = 0; b < widths_.size(); ++b) {
+    const std::string block = widths_.size() > 1 ? cat(" (column block ", b, ")") : std::string();
+    if (!std::isfinite(squares_[b]))
+      throw DataError(cat(source, block, ": the activations' squares overflow float64 while estimating the dataset scale"));
+    if (!(norms_[b] > 0))
+      throw DataError(cat(source, block, ": all sampled activations are zero; cannot normalise"));
+    scales.push_back(std::sqrt(double(widths_[b])) / (norms_[b] / double(rows_)));
+  }
+  return DatasetScales(std::move(scales));
+}
+
+std::vector<double> BlockNormSums::mean_squared_norms() const {
+  std::vector<double> out;
+  for (double sq : squares_) out.push_back(sq / double(rows_));
+  return out;
+}
+
 DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_tokens,
                                       std::vector<double>* mean_squared_norms) {
   const int64_t n = std::min(sample_tokens, source.num_tokens()), d = source.d();
-  const std::vector<int64_t> widths = source.block_widths();
   if (n <= 0) throw DataError("data: no tokens to estimate the dataset normalisation from");
   source.expect_random_access(true);
   std::vector<float> row(d);
-  std::vector<double> norms(widths.size(), 0.0), squares(widths.size(), 0.0);
+  BlockNormSums sums(source.block_widths());
   for (int64_t i = 0; i < n; ++i) {
     const int64_t token = static_cast<int64_t>((static_cast<double>(i) + 0.5) * source.num_tokens() / n);
     source.read_tokens(token, 1, row.data());
@@ -448,29 +480,11 @@ DatasetScales estimate_dataset_scales(ActivationSource& source, int64_t sample_t
     if (c >= 0)
       throw DataError(cat(source.name(), ": non-finite activation (", row[c], ") at ", source.locate(token), ", column ", c,
                           " (estimating the dataset scale)"));
-    int64_t j = 0;
-    for (size_t b = 0; b < widths.size(); ++b) {
-      double sq = 0;
-      for (const int64_t end = j + widths[b]; j < end; ++j) sq += double(row[j]) * row[j];
-      norms[b] += std::sqrt(sq);
-      squares[b] += sq;
-    }
+    sums.add(row.data());
   }
   source.expect_random_access(false);  // a Batcher in token mode sets it again
-  std::vector<double> scales;
-  for (size_t b = 0; b < widths.size(); ++b) {
-    const std::string block = widths.size() > 1 ? cat(" (column block ", b, ")") : std::string();
-    if (!std::isfinite(squares[b]))
-      throw DataError(cat(source.name(), block, ": the activations' squares overflow float64 while estimating the dataset scale"));
-    if (!(norms[b] > 0))
-      throw DataError(cat(source.name(), block, ": all sampled activations are zero; cannot normalise"));
-    scales.push_back(std::sqrt(double(widths[b])) / (norms[b] / double(n)));
-  }
-  if (mean_squared_norms) {
-    mean_squared_norms->clear();
-    for (double sq : squares) mean_squared_norms->push_back(sq / double(n));
-  }
-  return DatasetScales(std::move(scales));
+  if (mean_squared_norms) *mean_squared_norms = sums.mean_squared_norms();
+  return sums.scales(source.name());
 }
 
 double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens) {

@@ -229,6 +229,23 @@ class Batcher : public BatchSource {
   void record_batch_origins(int64_t n, int64_t story, int64_t first_token);
 };
 
+// The sums a dataset scale is estimated from, per column block of the rows added: each row's block
+// norm ||x_b|| and its square. scales() is SAELens's sqrt(width) / mean ||x_b|| per block (DataError
+// naming `source`, and the block when there are several, when the squares overflow or every row
+// is zero); mean_squared_norms() the raw mean ||x_b||^2.
+class BlockNormSums {
+ public:
+  explicit BlockNormSums(std::vector<int64_t> widths);
+  void add(const float* row);  // sum(widths) values
+  DatasetScales scales(const std::string& source) const;
+  std::vector<double> mean_squared_norms() const;
+
+ private:
+  std::vector<int64_t> widths_;
+  std::vector<double> norms_, squares_;
+  int64_t rows_ = 0;
+};
+
 // Estimates the dataset scale s with mean ||s x|| = sqrt(D) over a sample of up to `sample_tokens`
 // tokens spread evenly through the source (SAELens's norm scaling factor, sqrt(D) / mean ||x||).
 double estimate_dataset_scale(ActivationSource& source, int64_t sample_tokens = 65536);

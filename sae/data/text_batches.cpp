@@ -355,7 +355,7 @@ DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenize
     widths.push_back((r.model == 0 ? model : *model_b).config().hook_width(r.site));
     d += widths.back();
   }
-  std::vector<double> norms(reads.size(), 0.0), squares(reads.size(), 0.0);
+  BlockNormSums sums(widths);
   int64_t tokens = 0;
   const int64_t positions = model.config().max_positions;
   if (options.context_size > positions)
@@ -371,34 +371,13 @@ DatasetScales estimate_text_dataset_scale(DecoderModel& model, const BpeTokenize
       const bool skip = window.bos && !options.keep_bos;
       window_activations(model, model_b, reads, window.input, skip, rows);
       const int64_t n = static_cast<int64_t>(rows.size()) / d;
-      for (int64_t r = 0; r < n; ++r) {
-        const float* x = rows.data() + r * d;
-        int64_t j = 0;
-        for (size_t b = 0; b < widths.size(); ++b) {
-          double sq = 0;
-          for (const int64_t end = j + widths[b]; j < end; ++j) sq += double(x[j]) * x[j];
-          norms[b] += std::sqrt(sq);
-          squares[b] += sq;
-        }
-      }
+      for (int64_t r = 0; r < n; ++r) sums.add(rows.data() + r * d);
       tokens += n;
     }
   }
   if (tokens == 0) throw DataError(cat(options.text, ": the text holds no stories"));
-  std::vector<double> scales;
-  for (size_t b = 0; b < widths.size(); ++b) {
-    const double mean_norm = norms[b] / double(tokens);
-    if (!std::isfinite(squares[b]) || !(mean_norm > 0))
-      throw DataError(cat(options.text, ": the model's activations", reads.size() > 1 ? cat(" at read ", b) : "",
-                          " have a norm of ", mean_norm, " on average (squares summing to ", squares[b],
-                          "); cannot normalise"));
-    scales.push_back(std::sqrt(double(widths[b])) / mean_norm);
-  }
-  if (mean_squared_norms) {
-    mean_squared_norms->clear();
-    for (double sq : squares) mean_squared_norms->push_back(sq / double(tokens));
-  }
-  return DatasetScales(std::move(scales));
+  if (mean_squared_norms) *mean_squared_norms = sums.mean_squared_norms();
+  return sums.scales(cat(options.text, ": the model's activations"));
 }
 
 }  // namespace sae

@@ -2,7 +2,6 @@
 #include "sae/eval/steer.h"
 
 #include <cmath>
-#include <cstdio>
 #include <limits>
 
 #include "io/utf8.h"
@@ -122,9 +121,7 @@ std::string display_text(const std::string& bytes) {
     } else if (cp < 0x80) {  // a control byte (NUL, a tab, an escape) as its Unicode picture: U+2400 + b, DEL U+2421
       utf8::append(cp == 0x7F ? 0x2421 : 0x2400 + cp, out);
     } else {  // a C1 control, a bidirectional override, a line separator: escaped
-      char escaped[16];
-      std::snprintf(escaped, sizeof escaped, "<U+%04X>", static_cast<unsigned>(cp));
-      out += escaped;
+      out += utf8::escaped(cp);
     }
   }
   return out;

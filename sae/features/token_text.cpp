@@ -23,6 +23,8 @@ std::string display_token(std::string_view bytes) {
       ++at;
       continue;
     }
+    size_t decoded = 0;
+    const uint32_t cp = utf8::decode(bytes, at, decoded);
     if (length == 1 && (b < 0x20 || b == 0x7F)) {
       if (b == '\n')
         utf8::append(0x21B5, out);  // ↵
@@ -30,10 +32,8 @@ std::string display_token(std::string_view bytes) {
         utf8::append(0x21E5, out);  // ⇥
       else
         utf8::append(b == 0x7F ? 0x2421 : 0x2400 + b, out);  // ␀ .. ␟, ␡
-    } else if (size_t n = 0; utf8::acts_on_surrounding_text(utf8::decode(bytes, at, n))) {
-      char escaped[16];
-      std::snprintf(escaped, sizeof escaped, "<U+%04X>", static_cast<unsigned>(utf8::decode(bytes, at, n)));
-      out += escaped;
+    } else if (utf8::acts_on_surrounding_text(cp)) {
+      out += utf8::escaped(cp);
     } else {
       out.append(bytes.substr(at, length));
     }
