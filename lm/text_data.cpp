@@ -9,6 +9,7 @@
 
 #include "io/json.h"
 #include "io/mapped_file.h"
+#include "lm/tokenizer.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -94,13 +95,25 @@ bool StoryReader::next(TextStory& story) { return jsonl_ ? next_jsonl(story) : n
 
 bool StoryReader::next_txt(TextStory& story) {
   std::string text, line;
-  int64_t start = position_.byte_offset;
+  int64_t start = position_.byte_offset;  // where this story's lines begin (for the size message)
+  int64_t text_start = -1;                // the corpus byte its trimmed text starts at, once seen
+  const auto add = [&](std::string_view part, int64_t part_start) {
+    check_story_utf8(part, part_start);
+    const size_t lead = part.find_first_not_of(" \t\n\r\f\v");
+    if (text_start < 0 && lead != std::string_view::npos) text_start = part_start + static_cast<int64_t>(lead);
+    text += part;
+  };
+  const auto finish = [&] {
+    story.index = position_.next_story++;
+    story.text = trimmed(text);
+    story.where = cat(path_, " story ", story.index, " (its text from byte ", text_start, " of the corpus)");
+  };
   while (true) {
     const int64_t line_start = position_.byte_offset;
     if (!read_line(line)) break;
     const size_t at = line.find(kSeparator);
     if (at == std::string::npos) {
-      text += line;
+      add(line, line_start);
       text += '\n';
       if (static_cast<int64_t>(text.size()) > kMaxStoryBytes)
         throw DataError(cat(path_, ": the story at byte ", start, " is longer than ", kMaxStoryBytes,
@@ -108,34 +121,33 @@ bool StoryReader::next_txt(TextStory& story) {
       continue;
     }
     // The story ends at the separator; reading goes on right after it (usually the next line).
-    text += line.substr(0, at);
+    add(std::string_view(line).substr(0, at), line_start);
     const int64_t after = line_start + static_cast<int64_t>(at + kSeparatorSize);
     if (after < position_.byte_offset && !blank(line.substr(at + kSeparatorSize))) {
       pending_ = line.substr(at + kSeparatorSize);  // the next story starts on this line
       has_pending_ = true;
       position_.byte_offset = after;
     }
-    if (!blank(text)) {
-      story.index = position_.next_story++;
-      story.text = trimmed(text);
-      story.where = plain_story_where(story.index, start, text);
+    if (text_start >= 0) {
+      finish();
       return true;
     }
     text.clear();
     start = position_.byte_offset;
   }
-  if (blank(text)) return false;  // the end of the file, after the last separator
-  story.index = position_.next_story++;
-  story.text = trimmed(text);
-  story.where = plain_story_where(story.index, start, text);
+  if (text_start < 0) return false;  // the end of the file, after the last separator
+  finish();
   return true;
 }
 
-// Where a plain-text story is: the byte of the (uncompressed) corpus its trimmed text starts at, so
-// that a byte offset into the story's text (a UTF-8 error's) adds up to the corpus's.
-std::string StoryReader::plain_story_where(int64_t index, int64_t start, const std::string& untrimmed) const {
-  const size_t lead = untrimmed.find_first_not_of(" \t\n\r\f\v");
-  return cat(path_, " story ", index, " (its text from byte ", start + static_cast<int64_t>(lead), " of the corpus)");
+// Plain text is checked line by line as read, so that an invalid byte is named by its offset in the
+// corpus (a story's text has lost its lines' '\r', and the tokenizer sees only the text).
+void StoryReader::check_story_utf8(std::string_view part, int64_t part_start) const {
+  std::string reason;
+  const size_t pos = first_invalid_utf8(part, reason);
+  if (pos != std::string_view::npos)
+    throw DataError(cat(path_, " story ", position_.next_story, ": invalid UTF-8 at byte ",
+                        part_start + static_cast<int64_t>(pos), " of the corpus: ", reason));
 }
 
 bool StoryReader::next_jsonl(TextStory& story) {

@@ -11,12 +11,14 @@
 // list is empty. A story's position (its index among the non-empty stories and the byte offset of
 // where reading continues after it) can be saved and restored, so a run over text resumes exactly.
 // Errors (a missing file, a line that is not a JSON object with the string field, a story above the
-// size limit, a corrupt compressed file) are DataErrors naming the file and the line or byte offset.
+// size limit, a corrupt compressed file, plain text that is not UTF-8) are DataErrors naming the file
+// and the line or byte offset.
 // Byte offsets count the decompressed text; resuming in a compressed file reads it again up to there.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "io/line_reader.h"
 
@@ -68,7 +70,7 @@ class StoryReader {
   bool read_line(std::string& line);  // false at the end; the line without its '\n'
   bool next_txt(TextStory& story);
   bool next_jsonl(TextStory& story);
-  std::string plain_story_where(int64_t index, int64_t start, const std::string& untrimmed) const;
+  void check_story_utf8(std::string_view part, int64_t part_start) const;
 
   std::string path_, text_field_;
   bool jsonl_ = false;

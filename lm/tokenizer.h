@@ -40,6 +40,9 @@ namespace sae {
 // UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF). An empty label reads "text".
 void check_utf8(std::string_view text, std::string_view label = "");
 
+// The byte offset of the first invalid UTF-8 sequence of `text` with its reason, or npos.
+size_t first_invalid_utf8(std::string_view text, std::string& reason);
+
 class BpeTokenizer {
  public:
   // vocab.json (token -> id, tokens in GPT-2's byte alphabet) and merges.txt ("a b" per line, an

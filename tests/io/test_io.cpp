@@ -23,6 +23,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::expect_error;
 using sae::testing::raw_bytes;
 using sae::testing::TempDir;
 
@@ -40,19 +41,6 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Runs f and checks it throws exactly ErrorType with every one of parts in its message.
-template <typename ErrorType, typename F>
-void expect_error(F f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an exception mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-  } catch (const ErrorType& e) {
-    std::string message = e.what();
-    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
 template <typename F>
 void expect_data_error(F f, const std::vector<std::string>& parts) {
   expect_error<DataError>(f, parts);

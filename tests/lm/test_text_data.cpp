@@ -14,6 +14,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::expect_error;
 using sae::testing::TempDir;
 
 namespace {
@@ -143,6 +144,48 @@ TEST(StoryReader, ReadsJsonLinesAndRefusesBadOnes) {
     }
   }
   EXPECT_THROW(StoryReader(dir.str("missing.txt")), DataError);
+}
+
+// An invalid byte of plain text is named by its offset in the corpus, whatever the line ends (a
+// story's text has lost its lines' '\r'), and by the story it is in; a story's place is where its
+// trimmed text starts. The expected offsets are counted in the bytes written.
+TEST(StoryReader, InvalidUtf8IsNamedByItsByteInTheCorpus) {
+  TempDir dir("text_utf8");
+  for (const std::string eol : {"\n", "\r\n"}) {
+    const std::string first = "First story." + eol + "<|endoftext|>" + eol;
+    const std::string second_lines = "  Line one." + eol + "Line two." + eol + "Bad ";
+    const std::string bytes = first + second_lines + "\xE2\x82 here." + eol + "<|endoftext|>x<|endoftext|>\xFF" + eol;
+    const std::string path = dir.str("bad.txt");
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    StoryReader reader(path);
+    TextStory s;
+    ASSERT_TRUE(reader.next(s));
+    EXPECT_EQ(s.where, path + " story 0 (its text from byte 0 of the corpus)");
+    const size_t bad = first.size() + second_lines.size();
+    ASSERT_EQ(bytes.substr(bad, 2), "\xE2\x82");
+    expect_error<DataError>([&] { reader.next(s); },
+                            {path + " story 1: invalid UTF-8 at byte " + std::to_string(bad) + " of the corpus",
+                             "not a continuation byte"});
+    // After the separator, the same line holds a good story; the next line's byte belongs to story 2.
+    StoryReader after(path);
+    after.seek(TextPosition{1, static_cast<int64_t>(bytes.find("<|endoftext|>x") + 13)});
+    ASSERT_TRUE(after.next(s));
+    EXPECT_EQ(s.text, "x");
+    EXPECT_EQ(s.where, path + " story 1 (its text from byte " + std::to_string(bytes.find("x<|endoftext|>\xFF")) +
+                           " of the corpus)");
+    expect_error<DataError>([&] { after.next(s); },
+                            {path + " story 2: invalid UTF-8 at byte " + std::to_string(bytes.rfind('\xFF')) +
+                                 " of the corpus: byte 0xFF never occurs in UTF-8"});
+  }
+  // A story's place counts leading white space and CRs of earlier lines.
+  const std::string path = dir.str("crlf.txt");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "a\r\n<|endoftext|>\r\n\r\n   b\r\n";
+  StoryReader reader(path);
+  TextStory s;
+  ASSERT_TRUE(reader.next(s));
+  ASSERT_TRUE(reader.next(s));
+  EXPECT_EQ(s.text, "b");
+  EXPECT_EQ(s.where, path + " story 1 (its text from byte 23 of the corpus)");
 }
 
 // The same stories from .jsonl, .jsonl.gz and .jsonl.zst (and a .txt.gz), large enough to span

@@ -17,6 +17,7 @@
 #include "io/json.h"
 
 using namespace sae;
+using sae::testing::expect_error;
 using sae::testing::TempDir;
 
 namespace {
@@ -90,20 +91,6 @@ std::vector<std::string> pieces(std::string_view text) {
   return out;
 }
 
-// Runs f and checks it throws exactly ErrorType with every one of parts in its message.
-template <typename ErrorType, typename F>
-void expect_error(F f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an exception mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-  } catch (const ErrorType& e) {
-    const std::string message = e.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
-    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
 
 // GPT-2's byte alphabet, written out again here: printable bytes stand for themselves, the other
 // 68 take the code points from U+0100 on, in byte order.

@@ -1,7 +1,8 @@
-// Helpers shared by the tests: temporary directories, whole-file reads, a small synthetic training
+// Helpers shared by the tests: one-line error checks, temporary directories, whole-file reads, a small synthetic training
 // configuration, running a built binary and capturing its exit code and stderr, and writing
 // activation files with any dtype.
 #pragma once
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +19,21 @@
 #include "io/json.h"
 
 namespace sae::testing {
+
+// Runs f and checks it throws exactly ErrorType, as one line holding every one of parts.
+template <typename ErrorType, typename F>
+void expect_error(F f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
+  } catch (const ErrorType& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "not one line: " << message;
+    for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
 
 // The whole file as bytes; throws when it cannot be opened.
 // A committed fixture: tests/ref/<path> of the source tree.
