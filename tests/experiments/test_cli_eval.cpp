@@ -272,6 +272,9 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   const sae::testing::CommandResult b = run_binary("sae_steer", steer_args(sampled), dir);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
+  // The tutorial's steer.py samples as Hugging Face generate does by default: among the 50 most likely.
+  EXPECT_EQ(Json::parse(a.out).at("top_k").as_int(), 50);
+  EXPECT_EQ(j.at("top_k").as_int(), 0);  // greedy: nothing sampled
   // A transcoder is steered at the hook it replaces, which is no hidden_states index: the JSON said
   // "layer": -1 and named no hook.
   const sae::testing::CommandResult tc = run_binary(
