@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_features", argc, argv, [&] {
     cxxopts::Options options("sae_features",
                              "What each SAE feature fires on: per feature its top stories by largest activation, with "
-                             "every token's activation (the tutorial's gather_high_activations)");
+                             "every token's strength, activation x decoder norm (the tutorial's gather_high_activations)");
     options.add_options()
         ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture, or a Gemma Scope params.npz",
          cxxopts::value<std::string>())

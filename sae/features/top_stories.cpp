@@ -197,9 +197,11 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
   return stats;
 }
 
-std::vector<double> source_decoder_norms(const SaeParams& params) {
-  const int64_t sources = params.sources, features = params.d_sae();
-  if (sources <= 1) return {};
+namespace {
+
+// ||W_dec[i, s w:(s+1) w]|| for every feature i and each of the S sources (one for an SAE), [F, S].
+std::vector<double> decoder_norms_per_source(const SaeParams& params) {
+  const int64_t sources = std::max<int64_t>(1, params.sources), features = params.d_sae();
   const Tensor w = params.W_dec.to(Device::CPU);
   const int64_t columns = w.size(1), width = columns / sources;
   const float* data = w.data<float>();
@@ -216,9 +218,28 @@ std::vector<double> source_decoder_norms(const SaeParams& params) {
   return norms;
 }
 
+}  // namespace
+
+std::vector<double> source_decoder_norms(const SaeParams& params) {
+  if (params.sources <= 1) return {};
+  return decoder_norms_per_source(params);
+}
+
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
                        const BpeTokenizer* tokenizer, int64_t block_rows) {
   const std::vector<double> source_norms = source_decoder_norms(params);
+  // The tutorial's strengths are its SAE's feature magnitudes, f_i ||W_dec[i]||: the length of what
+  // feature i adds to the reconstruction of the normalised input (its L1 penalty's terms).
+  std::vector<double> row_norms(static_cast<size_t>(params.d_sae()));
+  {
+    const std::vector<double> per_source = decoder_norms_per_source(params);
+    const size_t sources = per_source.size() / row_norms.size();
+    for (size_t i = 0; i < row_norms.size(); ++i) {
+      double sq = 0;
+      for (size_t src = 0; src < sources; ++src) sq += per_source[i * sources + src] * per_source[i * sources + src];
+      row_norms[i] = std::sqrt(sq);
+    }
+  }
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
   std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));
@@ -267,24 +288,25 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
     for (int32_t id : story.ids) tokens.push_back(static_cast<int64_t>(id));
     for (const auto& [feature, rank] : it->second) {
       const FeatureTop top = stats.top(feature, rank);
-      const double max = top.value;
+      const double max = top.value, norm = row_norms[static_cast<size_t>(feature)];
       Json strengths = Json::array();
       std::string annotated;
       const std::vector<float>& values = column.at(feature);
       for (int64_t p = 0; p < t; ++p) {
         const double v = values[static_cast<size_t>(p)];
-        strengths.push_back(round_significant(v));
+        strengths.push_back(round_significant(v * norm));
         annotated += labels[p] + " " + activation_block(v, max);
       }
       Json e = Json::object();
       e["feature_idx"] = feature;
       e["step"] = story.index;
       e["position"] = top.position;
-      e["max_strength"] = round_significant(max);
+      e["max_strength"] = round_significant(max * norm);
       e["tokens"] = tokens;
       e["strengths"] = strengths;
       e["text"] = text;
       e["annotated_text"] = annotated;
+      e["decoder_norm"] = round_significant(norm);
       if (!source_norms.empty()) {
         Json norms = Json::array();
         for (int64_t src = 0; src < params.sources; ++src)

@@ -83,8 +83,9 @@ std::vector<double> source_decoder_norms(const SaeParams& params);
 // Pass 2: the tutorial's JSON, an array with one object per (feature, top story), features in order,
 // each feature's stories largest first:
 //   {"feature_idx", "step" (the story's index), "position" (of its largest activation), "tokens",
-//    "strengths" (the feature's activation on every token, 6 significant digits), "max_strength",
-//    "text" (the story decoded), "annotated_text" (each token's text, a space, activation_block)}
+//    "strengths" (the tutorial's feature magnitude f_i ||W_dec[i]|| on every token, 6 significant
+//    digits), "max_strength", "text" (the story decoded), "annotated_text" (each token's text, a
+//    space, activation_block), "decoder_norm" (||W_dec[i]||, the whole row: f_i = strength / it)}
 // and, for a crosscoder, "source_norms": the feature's decoder norm per source (6 significant
 // digits), in its sources' order (a feature whose norm is near zero for a source does not write it:
 // for model diffing, a latent of one model only).

@@ -106,8 +106,24 @@ std::vector<std::vector<Top>> brute_force(const std::vector<StoryData>& stories,
 }
 
 // Checks the JSON entries against the brute force, field by field.
-void expect_entries(const Json& entries, const std::vector<StoryData>& stories, const std::vector<std::vector<Top>>& want,
-                    const BpeTokenizer& tokenizer, const std::string& what) {
+// ||W_dec[i]|| for every feature, summed in double as written (sae_features's "decoder_norm").
+std::vector<double> decoder_row_norms(const SaeParams& sae) {
+  const std::vector<double> w = sae.W_dec.to_vector();
+  const int64_t features = sae.d_sae(), d = sae.W_dec.size(1);
+  std::vector<double> norms(static_cast<size_t>(features));
+  for (int64_t i = 0; i < features; ++i) {
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += w[i * d + j] * w[i * d + j];
+    norms[i] = std::sqrt(sq);
+  }
+  return norms;
+}
+
+// Checks the JSON entries against the brute force, field by field; strengths are the tutorial's
+// magnitudes, the activation times the decoder row's norm.
+void expect_entries(const Json& entries, const SaeParams& sae, const std::vector<StoryData>& stories,
+                    const std::vector<std::vector<Top>>& want, const BpeTokenizer& tokenizer, const std::string& what) {
+  const std::vector<double> norms = decoder_row_norms(sae);
   size_t at = 0;
   int64_t compared = 0;
   for (size_t j = 0; j < want.size(); ++j)
@@ -118,7 +134,10 @@ void expect_entries(const Json& entries, const std::vector<StoryData>& stories, 
       ASSERT_EQ(e.at("feature_idx").as_int(), static_cast<int64_t>(j)) << where;
       ASSERT_EQ(e.at("step").as_int(), top.story) << where;
       EXPECT_EQ(e.at("position").as_int(), top.position) << where;
-      EXPECT_EQ(e.at("max_strength").as_number(), round_significant(float(top.max))) << where;
+      const double norm = norms[j];
+      EXPECT_NE(norm, 1.0) << where;  // so that the magnitude is not the activation
+      EXPECT_EQ(e.at("decoder_norm").as_number(), round_significant(norm)) << where;
+      EXPECT_EQ(e.at("max_strength").as_number(), round_significant(double(float(top.max)) * norm)) << where;
       const StoryData& s = stories[top.story];
       const std::vector<double> f = s.f.to_vector();
       const int64_t features = s.f.size(1);
@@ -128,7 +147,7 @@ void expect_entries(const Json& entries, const std::vector<StoryData>& stories, 
       for (size_t p = 0; p < s.ids.size(); ++p) {
         EXPECT_EQ(e.at("tokens").at(p).as_int(), s.ids[p]);
         const double v = f[p * features + j];
-        EXPECT_EQ(e.at("strengths").at(p).as_number(), round_significant(float(v))) << where << " token " << p;
+        EXPECT_EQ(e.at("strengths").at(p).as_number(), round_significant(double(float(v)) * norm)) << where << " token " << p;
         const int level = v <= 0 ? 0 : std::min(7, static_cast<int>(std::floor(8 * v / float(top.max))));
         const char blocks[8][4] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
         // A token holding part of a UTF-8 character ("ë", "“" in story 10) reads U+FFFD, as HF's decode.
@@ -186,7 +205,7 @@ TEST(TopStories, EveryArchitectureEqualsBruteForce) {
       EXPECT_EQ(summary.stories, 16);
       EXPECT_EQ(summary.tokens, 578);
       const Json entries = top_story_entries(sae, *inputs, stats, &tokenizer);
-      expect_entries(entries, stories, brute_force(stories, 24, n), tokenizer,
+      expect_entries(entries, sae, stories, brute_force(stories, 24, n), tokenizer,
                      cat(a, " top ", n));
     }
   }
@@ -222,7 +241,7 @@ TEST(TopStories, ActivationFileWithTokenIds) {
     const std::vector<double> f = sae_encode(sae, x).to_vector();
     double max = 0;
     for (int64_t p = 0; p < t; ++p) max = std::max(max, f[p * 24 + j]);
-    EXPECT_EQ(e.at("max_strength").as_number(), round_significant(float(max)));
+    EXPECT_EQ(e.at("max_strength").as_number(), round_significant(double(float(max)) * decoder_row_norms(sae)[j]));
   }
 }
 
@@ -238,7 +257,7 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
   const Json entries = Json::parse(read_file(dir.str("features.json")));
   const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const std::vector<StoryData> stories = encode_all(sae);
-  expect_entries(entries, stories, brute_force(stories, 24, 3), tokenizer, "sae_features");
+  expect_entries(entries, sae, stories, brute_force(stories, 24, 3), tokenizer, "sae_features");
   const FeatureStats stats = FeatureStats::load(dir.str("stats.safetensors"));
   EXPECT_EQ(stats.features(), 24);
   EXPECT_EQ(stats.tokens(), 578);
@@ -275,7 +294,7 @@ TEST(TopStories, AKeptBosRunNormalisesEachStoryWithItsBosRow) {
   const Json entries = Json::parse(read_file(dir.str("features.json")));
   const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const std::vector<StoryData> kept = encode_all(sae, bos, true), skipped = encode_all(sae, bos, false);
-  expect_entries(entries, kept, brute_force(kept, 24, 3), tokenizer, "kept BOS");
+  expect_entries(entries, sae, kept, brute_force(kept, 24, 3), tokenizer, "kept BOS");
   // The BOS row moves the normalisation: the inputs differ from a run that skipped it.
   double apart = 0;
   for (size_t s = 0; s < kept.size(); ++s)
@@ -337,6 +356,7 @@ TEST(TopStories, AStoryLongerThanOneEncodingBlockIsEncodedInBlocks) {
   const std::vector<double> W = sae.W_enc.to_vector(), b = sae.b_enc.to_vector();
   const Json entries = top_story_entries(sae, *inputs, stats, nullptr, 64);
   ASSERT_GE(entries.size(), 15u);  // latents that never fire have no entry
+  const std::vector<double> norms = decoder_row_norms(sae);
   for (const Json& e : entries.elements()) {
     const int64_t i = e.at("feature_idx").as_int();
     double best = 0;
@@ -344,7 +364,7 @@ TEST(TopStories, AStoryLongerThanOneEncodingBlockIsEncodedInBlocks) {
     for (int64_t p = 0; p < t; ++p) {
       double pre = b[i];
       for (int64_t j = 0; j < d; ++j) pre += double(x[p * d + j]) * W[j * f + i];
-      const double v = std::max(pre, 0.0);
+      const double v = std::max(pre, 0.0) * norms[i];
       EXPECT_NEAR(e.at("strengths").at(p).as_number(), v, 1e-4 * (1 + v)) << "feature " << i << " position " << p;
       if (v > best) best = v, at = p;
     }

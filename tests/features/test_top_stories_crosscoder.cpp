@@ -148,12 +148,15 @@ void expect_entries(const Json& entries, const std::vector<StoryFeatures>& stori
       ASSERT_EQ(e.at("feature_idx").as_int(), j) << where;
       ASSERT_EQ(e.at("step").as_int(), top.story) << where;
       EXPECT_EQ(e.at("position").as_int(), top.position) << where;
-      EXPECT_NEAR(e.at("max_strength").as_number(), top.max, 1e-5 * top.max) << where;
       const StoryFeatures& s = stories[top.story];
+      // The tutorial's magnitudes: the activation times the whole decoder row's norm.
+      const double norm = std::hypot(s.norms[j * 2], s.norms[j * 2 + 1]);
+      EXPECT_NEAR(e.at("decoder_norm").as_number(), norm, 1e-5 * norm) << where;
+      EXPECT_NEAR(e.at("max_strength").as_number(), top.max * norm, 1e-5 * top.max * norm) << where;
       ASSERT_EQ(e.at("strengths").size(), s.ids.size()) << where;
       for (size_t p = 0; p < s.ids.size(); ++p) {
         EXPECT_EQ(e.at("tokens").at(p).as_int(), s.ids[p]) << where;
-        const double v = s.f[p * kF + j];
+        const double v = s.f[p * kF + j] * norm;
         // float32 sums of D terms vs the float64 brute force; a strength is a difference of terms
         // of order 1 (an unvectorised build misses 1e-6 absolute on a 0.035 strength).
         EXPECT_NEAR(e.at("strengths").at(p).as_number(), v, 1e-5 * std::abs(v) + 1e-5) << where << " token " << p;
