@@ -101,7 +101,11 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
   for (const ArchUnit* u : arch_units())
     if (u->reads_foreign_folders())
       for (const std::string& name : names_of(*u)) readable += (readable.empty() ? "" : ", ") + name;
-  throw DataError(cat(where, ": architecture '", printable(saelens), "' is not supported (", readable, ")"));
+  // SAELens's training classes save BatchTopK and Matryoshka as such, which its own loading refuses
+  // too; their inference folders are jumprelu.
+  const bool training_class = saelens == "batchtopk" || saelens == "matryoshka_batchtopk";
+  throw DataError(cat(where, ": architecture '", printable(saelens), "' is not supported (", readable, ")",
+                      training_class ? "; SAELens saves such an SAE for inference as jumprelu (save_inference_model)" : ""));
 }
 
 Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(params).encode(params, x); }

@@ -180,6 +180,15 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
     fold_input_shift(p, matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()}));
   }
   finish_import(cfg, where, p);
+  // SAELens before 6 saved a scaling_factor [F]; its loader drops one of ones (allclose) and refuses
+  // any other without finetuning_scaling_factor, which 6.x cannot load either.
+  if (weights.has("scaling_factor")) {
+    const std::vector<double> factor = weights.read_f32("scaling_factor").to_vector();
+    for (double v : factor)
+      if (!(std::abs(v - 1.0) <= 1e-8 + 1e-5))
+        throw DataError(cat(where, ": a scaling_factor other than ones (", v, "), SAELens's finetuning scaling factor "
+                            "of before 6, is not supported (SAELens 6 cannot load it either)"));
+  }
   weights.refuse_unread(where);
   return p;
 }

@@ -332,6 +332,20 @@ void check_input_normalization(const Json& cfg) {
 }  // namespace
 
 namespace {
+// SAELens before 6 said where the SAE reads with hook_point (and hook_point_head_index), and
+// normalize_activations with a bool or null: read as SAELens's handle_pre_6_0_config reads them
+// (false and null are "none", true "expected_average_only_in", which inference leaves as it is).
+void read_pre_6_keys(Json& cfg) {
+  for (const auto& [old_key, key] : {std::pair<const char*, const char*>{"hook_point", "hook_name"},
+                                     {"hook_point_head_index", "hook_head_index"}})
+    if (cfg.has(old_key) && !cfg.has(key)) cfg[key] = cfg.at(old_key);
+  if (cfg.has("normalize_activations")) {
+    const Json kind = cfg.at("normalize_activations");
+    if (kind.is_null() || kind == Json(false)) cfg["normalize_activations"] = "none";
+    if (kind == Json(true)) cfg["normalize_activations"] = "expected_average_only_in";
+  }
+}
+
 // SAELens before 6 named TopK by activation_fn "topk" (or activation_fn_str) and its k in
 // activation_fn_kwargs: made architecture topk with k, as SAELens's handle_pre_6_0_config does.
 // Another activation than relu is refused.
@@ -388,6 +402,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     }
   });
   checked([&] {
+    read_pre_6_keys(out.cfg);
     check_input_normalization(out.cfg);
     read_pre_6_activation(out.cfg);
   });

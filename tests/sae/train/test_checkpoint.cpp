@@ -288,8 +288,33 @@ TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLe
   with_cfg([](Json& cfg) { cfg["activation_fn"] = "tanh-relu"; });
   std::string message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
   EXPECT_NE(message.find("activation_fn \"tanh-relu\""), std::string::npos) << message;
-  // A tensor the SAE does not have.
+  // Pre-6 spellings SAELens's handle_pre_6_0_config converts: hook_point, normalize_activations as a
+  // bool or null (false and null: none; true: expected_average_only_in, left alone at inference).
+  for (const Json& normalize : {Json(false), Json(), Json(true)}) {
+    with_cfg([&](Json& cfg) {
+      cfg["apply_b_dec_to_input"] = false;
+      cfg.erase("metadata");
+      cfg["hook_point"] = "blocks.1.hook_resid_pre";
+      cfg["normalize_activations"] = normalize;
+    });
+    const Checkpoint old = load_checkpoint(dir.str("sae"), Device::CPU);
+    EXPECT_EQ(old.cfg.at("hook_name").as_string(), "blocks.1.hook_resid_pre");
+    EXPECT_EQ(old.cfg.at("normalize_activations").as_string(), normalize == Json(true) ? "expected_average_only_in" : "none");
+    EXPECT_EQ(old.params.W_enc.to_vector(), We);
+  }
+  // A scaling_factor of ones, which pre-6 SAELens saved, is dropped as SAELens drops it; another is refused.
   with_cfg([](Json& cfg) { cfg["apply_b_dec_to_input"] = false; });
+  for (const double factor : {1.0, 2.0}) {
+    write_safetensors(dir.str("sae/sae_weights.safetensors"), {{"W_enc", p.W_enc}, {"b_enc", p.b_enc}, {"W_dec", p.W_dec},
+                                                               {"b_dec", p.b_dec}, {"scaling_factor", Tensor::full(Shape{f}, factor)}});
+    if (factor == 1.0) {
+      EXPECT_EQ(load_checkpoint(dir.str("sae"), Device::CPU).params.b_enc.to_vector(), be);
+    } else {
+      message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
+      EXPECT_NE(message.find("a scaling_factor other than ones (2)"), std::string::npos) << message;
+    }
+  }
+  // A tensor the SAE does not have.
   std::vector<std::pair<std::string, Tensor>> tensors = {{"W_enc", p.W_enc}, {"b_enc", p.b_enc}, {"W_dec", p.W_dec},
                                                          {"b_dec", p.b_dec}, {"finetuning_scaling_factor", Tensor::full(Shape{1}, 1.0)}};
   write_safetensors(dir.str("sae/sae_weights.safetensors"), tensors);
@@ -305,4 +330,10 @@ TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLe
   });
   message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
   EXPECT_NE(message.find("unexpected tensor W_skip"), std::string::npos) << message;
+  // SAELens's training-class BatchTopK folder, which SAELens does not load either: the message says
+  // what SAELens saves for inference.
+  with_cfg([&](Json& cfg) { cfg["architecture"] = "batchtopk"; });
+  message = sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU); });
+  EXPECT_NE(message.find("architecture 'batchtopk' is not supported"), std::string::npos) << message;
+  EXPECT_NE(message.find("save_inference_model"), std::string::npos) << message;
 }
