@@ -20,7 +20,7 @@ set(rules
   "sae/features:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/train,sae/features"
   "sae/dist:tensor,tensor/cuda,io,sae,sae/step,sae/arch,sae/dist"
   "sae/cli:tensor,tensor/cuda,io,lm,sae,sae/step,sae/arch,sae/data,sae/report,sae/train,sae/study,sae/dist,sae/cli"
-  "sae/eval:tensor,io,lm,sae,sae/arch,sae/data,sae/report,sae/train,sae/eval")
+  "sae/eval:tensor,io,lm,sae,sae/arch,sae/data,sae/report,sae/train,sae/features,sae/eval")
 
 # The architecture units (docs/architectures.md "Adding an architecture"): sae/arch (the interface,
 # registry, step owner and shared parts) may include every unit's folder; a unit's folder

@@ -1,10 +1,13 @@
 // sae_steer: generation steered by one SAE feature, as the original tutorial's steer.py
 // (docs/contract.md §7): the prompt is continued twice with the KV cache (lm/generate.h), without
 // and with strength * W_dec[feature] / ||W_dec[feature]|| added to hidden_states[L] at every
-// position, with the same options and seed; printed side by side, or as JSON with --json. Thin:
+// position, with the same options and seed; printed side by side, then (as steer.py) the steered text
+// read back by the model without steering, each token marked with the feature's strength; or as
+// JSON with --json. Thin:
 // options -> model, tokenizer, SAE -> steer (sae/eval/steer.h) -> output.
 //   sae_steer --model DIR --sae DIR --feature I --strength S --prompt TEXT [--max-new-tokens N]
 //             [--temperature T] [--top-k K] [--seed S] [--greedy] [--layer L] [--json]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -100,6 +103,14 @@ int main(int argc, char** argv) {
                                                   sae::cat("steered (", result.steered.size(), " tokens)"),
                                                   sae::display_text(tokenizer, result.steered), static_cast<int>(width));
     std::fwrite(columns.data(), 1, columns.size(), stdout);
+    // The tutorial's check: both texts read back by the model without steering.
+    double unsteered_max = 0, steered_max = 0;
+    for (double v : result.unsteered_strengths) unsteered_max = std::max(unsteered_max, v);
+    for (double v : result.steered_strengths) steered_max = std::max(steered_max, v);
+    std::printf("\nfeature %lld read back by the model without steering (strength = activation x decoder norm): "
+                "largest %.4g in the unsteered text, %.4g in the steered text:\n%s\n",
+                static_cast<long long>(steer.feature), unsteered_max, steered_max,
+                sae::annotated_read_back(tokenizer, result, steer.bos).c_str());
     return 0;
   });
 }

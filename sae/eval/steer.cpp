@@ -1,10 +1,12 @@
 // steering_hook, steer and the ways sae_steer shows its result (see steer.h). D width, L layer.
 #include "sae/eval/steer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "io/utf8.h"
+#include "sae/features/token_text.h"
 #include "tensor/ops.h"
 
 namespace sae {
@@ -98,7 +100,52 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
                           model.config().vocab_size));
   r.unsteered = generate(model, r.prompt, options.generate);
   r.steered = generate(model, r.prompt, options.generate, steering_hook(sae.site, vector));
+  for (auto [continuation, strengths] : {std::pair{&r.unsteered, &r.unsteered_strengths}, {&r.steered, &r.steered_strengths}}) {
+    std::vector<int32_t> ids = r.prompt;
+    ids.insert(ids.end(), continuation->begin(), continuation->end());
+    *strengths = feature_strengths(model, sae, ids, options.bos >= 0, options.feature);
+  }
   return r;
+}
+
+std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae, const std::vector<int32_t>& ids,
+                                      bool bos_first, int64_t feature) {
+  if (feature < 0 || feature >= sae.params.d_sae())
+    throw UsageError(cat("--feature ", feature, " is outside the SAE's features 0..", sae.params.d_sae() - 1));
+  const int64_t t = static_cast<int64_t>(ids.size()), skip = bos_first ? 1 : 0;
+  if (t <= skip) return {};
+  const Tensor x = model.forward_to_site(ids, sae.input_site).clone();
+  // A run that kept BOS rows normalised each story with its BOS row: so here, then the row is dropped.
+  const bool bos_in_statistics =
+      bos_first && sae.kept_bos && sae.normalization == Normalization::Story && !sae.params.transcoder;
+  Tensor f;
+  reconstruct(sae, bos_in_statistics || !bos_first ? x : x.slice_rows(1, t), &f);
+  if (bos_in_statistics) f = f.slice_rows(1, t);
+  const std::vector<double> w = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
+  double norm = 0;
+  for (double v : w) norm += v * v;
+  norm = std::sqrt(norm);
+  const std::vector<double> column = f.to(Device::CPU).to_vector();
+  const int64_t features = sae.params.d_sae();
+  std::vector<double> out(static_cast<size_t>(t - skip));
+  for (int64_t p = 0; p < t - skip; ++p) {
+    out[p] = column[p * features + feature] * norm;
+    if (!std::isfinite(out[p]))
+      throw DataError(cat(sae.dir, ": feature ", feature, "'s strength is not finite at token ", p,
+                          " of the text read back (the SAE's weights overflow float32)"));
+  }
+  return out;
+}
+
+std::string annotated_read_back(const BpeTokenizer& tokenizer, const SteerResult& r, int32_t bos) {
+  std::vector<int32_t> ids(r.prompt.begin() + (bos >= 0 ? 1 : 0), r.prompt.end());
+  ids.insert(ids.end(), r.steered.begin(), r.steered.end());
+  double max = 0;
+  for (double v : r.steered_strengths) max = std::max(max, v);
+  std::string out;
+  for (size_t p = 0; p < ids.size() && p < r.steered_strengths.size(); ++p)
+    out += display_token(tokenizer.token_text(ids[p])) + " " + activation_block(r.steered_strengths[p], max);
+  return out;
 }
 
 void check_strength(double strength) {
@@ -161,10 +208,21 @@ Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAt
   Json unsteered = Json::object();
   unsteered["text"] = utf8::replace_invalid(tokenizer.decode(r.unsteered));  // the text itself (JSON escapes controls)
   unsteered["ids"] = id_list(r.unsteered);
-  j["unsteered"] = unsteered;
   Json steered = Json::object();
   steered["text"] = utf8::replace_invalid(tokenizer.decode(r.steered));
   steered["ids"] = id_list(r.steered);
+  for (auto [entry, values] : {std::pair{&unsteered, &r.unsteered_strengths}, {&steered, &r.steered_strengths}}) {
+    Json list = Json::array();
+    double max = 0;
+    for (double v : *values) {
+      list.push_back(round_significant(v));
+      max = std::max(max, v);
+    }
+    (*entry)["strengths"] = list;
+    (*entry)["max_strength"] = round_significant(max);
+  }
+  steered["annotated_text"] = annotated_read_back(tokenizer, r, options.bos);
+  j["unsteered"] = unsteered;
   j["steered"] = steered;
   return j;
 }

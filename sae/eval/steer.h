@@ -29,12 +29,22 @@ struct SteerOptions {
 
 struct SteerResult {
   std::vector<int32_t> prompt, unsteered, steered;  // token ids; the continuations without the prompt
+  // The tutorial's check: each text (prompt and continuation, a BOS left out) read back by the model
+  // without steering, and the feature's strength f_i ||W_dec[i]|| (sae_features' unit) at every token.
+  std::vector<double> unsteered_strengths, steered_strengths;
 };
 
 // UsageError for a feature out of range or a strength that is not finite; DataError for a zero
 // decoder row, an empty prompt or one that leaves no room for the new tokens.
 SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
+// The strength f_i ||W_dec[i]|| of `feature` at every token of `ids`, read by `model` (no hooks) at
+// the SAE's input hook and encoded as the SAE was trained (sae_at_layer.h reconstruct). With
+// `bos_first`, ids[0] is a BOS, which gets no strength (a run that kept BOS rows normalises each
+// story with it, as in training). DataError for features that are not finite.
+std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae, const std::vector<int32_t>& ids,
+                                      bool bos_first, int64_t feature);
+
 // UsageError unless --strength is finite in float32 (1e39 is a finite double, inf once added).
 void check_strength(double strength);
 
@@ -51,8 +61,14 @@ std::string display_text(const std::string& bytes);  // the same for text (the p
 std::string side_by_side(const std::string& left_title, const std::string& left, const std::string& right_title,
                          const std::string& right, int width);
 
+// The steered text read back (the tutorial's last print): each token of prompt and continuation
+// followed by a space and activation_block of its strength relative to the text's largest.
+std::string annotated_read_back(const BpeTokenizer& tokenizer, const SteerResult& result, int32_t bos);
+
 // {"prompt", "prompt_ids", "feature", "strength", "layer", "greedy", "temperature", "top_k", "seed",
-//  "max_new_tokens", "unsteered": {"text", "ids"}, "steered": {"text", "ids"}}: texts without the prompt.
+//  "max_new_tokens", "unsteered": {"text", "ids", "strengths", "max_strength"}, "steered": {the same,
+//  "annotated_text"}}: texts and ids without the prompt; strengths over prompt and continuation (a
+//  BOS left out), 6 significant digits.
 Json steer_json(const SteerResult& result, const BpeTokenizer& tokenizer, const SaeAtLayer& sae,
                 const std::string& prompt, const SteerOptions& options);
 

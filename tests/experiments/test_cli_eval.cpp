@@ -15,6 +15,7 @@
 #include "tensor/rng.h"
 #include "tests/util/fixture.h"
 #include "io/utf8.h"
+#include "lm/model_loader.h"
 #include "lm/tokenizer.h"
 #include "tests/util/test_util.h"
 
@@ -261,11 +262,50 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
     for (int64_t id : e.ints("gen1.steered")) steered.push_back(static_cast<int32_t>(id));
     EXPECT_EQ(j.at("steered").at("text").as_string(), utf8::replace_invalid(tokenizer.decode(steered)));
   }
+  {  // The tutorial's read-back: the steered text through the model without steering, the feature's
+     // strength f ||W_dec[i]|| at every token; by hand: hidden_states[2], per-story normalisation
+     // (unbiased std, times sqrt(d)), relu(x W_enc + b_enc), in double.
+    DecoderModel model = load_decoder_model(eval_ref("model"), Device::CPU);
+    const Checkpoint sae = load_checkpoint(eval_ref("sae_story"), Device::CPU);
+    const int64_t i = e.integer("steer.feature"), d = sae.params.d_in(), features = sae.params.d_sae();
+    std::vector<int32_t> ids;
+    for (int64_t id : e.ints("gen1.prompt")) ids.push_back(static_cast<int32_t>(id));
+    for (int64_t id : e.ints("gen1.steered")) ids.push_back(static_cast<int32_t>(id));
+    const std::vector<double> x = model.hidden_states(ids, 2).to_vector();
+    const int64_t t = static_cast<int64_t>(ids.size());
+    double mean = 0, sq = 0;
+    for (double v : x) mean += v;
+    mean /= static_cast<double>(x.size());
+    for (double v : x) sq += (v - mean) * (v - mean);
+    const double scale = std::sqrt(static_cast<double>(d)) / std::sqrt(sq / static_cast<double>(x.size() - 1));
+    const std::vector<double> W = sae.params.W_enc.to_vector(), b = sae.params.b_enc.to_vector(),
+                              D = sae.params.W_dec.to_vector();
+    double norm = 0;
+    for (int64_t j = 0; j < d; ++j) norm += D[i * d + j] * D[i * d + j];
+    norm = std::sqrt(norm);
+    const Json& got = j.at("steered").at("strengths");
+    ASSERT_EQ(static_cast<int64_t>(got.size()), t);
+    double max = 0, largest = 0;
+    for (int64_t p = 0; p < t; ++p) {
+      double pre = b[i];
+      for (int64_t k = 0; k < d; ++k) pre += (x[p * d + k] - mean) * scale * W[k * features + i];
+      const double want = std::max(pre, 0.0) * norm;
+      EXPECT_NEAR(got.at(p).as_number(), want, 1e-4 * (1 + want)) << "token " << p;
+      max = std::max(max, want);
+      largest = std::max(largest, got.at(p).as_number());
+    }
+    EXPECT_GT(max, 0) << "the steered feature never fires: the comparison says little";
+    EXPECT_EQ(j.at("steered").at("max_strength").as_number(), largest);
+    EXPECT_EQ(j.at("unsteered").at("strengths").size(), e.ints("gen1.prompt").size() + e.ints("gen1.greedy").size());
+    const std::string annotated = j.at("steered").at("annotated_text").as_string();
+    EXPECT_NE(annotated.find("\u2588"), std::string::npos) << annotated;  // the maximum's block
+  }
   const sae::testing::CommandResult text = run_binary("sae_steer", steer_args(options + " --width 30"), dir);
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_NE(text.out.find("unsteered (40 tokens)"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("| steered (40 tokens)"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("hidden_states[2]"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("read back by the model without steering"), std::string::npos) << text.out;
   // Sampling: the same seed gives the same text.
   const std::string sampled = "--feature 3 --strength 4 --prompt 'Once upon' --max-new-tokens 12 --seed 9 --json";
   const sae::testing::CommandResult a = run_binary("sae_steer", steer_args(sampled), dir);
