@@ -16,6 +16,7 @@
 #include "sae/cli/cli.h"
 #include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
+#include "sae/train/checkpoint.h"
 #include "sae/eval/steer.h"
 #include "sae/train/train_config.h"
 

@@ -138,31 +138,6 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
 
 }  // namespace
 
-std::vector<std::string> other_model_warnings(const Json& cfg, const std::string& model_dir,
-                                              const std::string& model_b_dir) {
-  std::vector<std::string> warnings;
-  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object() || !cfg.at("sae_cpp").has("data")) return warnings;
-  const Json& data = cfg.at("sae_cpp").at("data");
-  if (!data.is_object()) return warnings;
-  for (const auto& [dir, trained_key] : {std::pair<std::string, std::string>{model_dir, "model"}, {model_b_dir, "model_b"}}) {
-    const std::string key = trained_key + "_fingerprint";
-    if (dir.empty() || !data.has(key) || !data.at(key).is_string()) continue;
-    std::string now;
-    try {
-      now = model_weights_fingerprint(dir);
-    } catch (const Error&) {  // the model's own loading says what is wrong with its files
-      continue;
-    }
-    if (now == data.at(key).as_string()) continue;
-    const std::string trained = data.has(trained_key) && data.at(trained_key).is_string()
-                                    ? cat(" (", data.at(trained_key).as_string(), " when it was trained)")
-                                    : "";
-    warnings.push_back(cat(dir, ": its weights are not those the SAE was trained on", trained,
-                           ": the numbers are this model's, not the training model's"));
-  }
-  return warnings;
-}
-
 void refuse_hook_choice(const SaeParams& params, const HookChoice& choice) {
   if (params.sources > 1 && choice.given())
     throw UsageError(cat(choice.option, ": a crosscoder's hooks are those its cfg.json names "

@@ -96,12 +96,6 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
                              Device device, const DecoderConfig* model_b = nullptr);
 // UsageError for --hook / --layer with a crosscoder or a transcoder: its cfg.json names its hooks.
 void refuse_hook_choice(const SaeParams& params, const HookChoice& choice);
-// A warning to print for each of model_dir and model_b_dir ("": none given) whose weights are not
-// those the SAE was trained on (its cfg.json sae_cpp.data.model_fingerprint, model_b_fingerprint);
-// none for a folder that records no fingerprint (from elsewhere, a run from activation files).
-// Widths alone do not tell two models apart, and every number would be the other model's.
-std::vector<std::string> other_model_warnings(const Json& cfg, const std::string& model_dir,
-                                              const std::string& model_b_dir = "");
 
 // Whether DIR's cfg.json says it is a crosscoder (architecture "crosscoder"); false when it cannot
 // be read (load_sae_at_layer then says why). For programs that take SAEs and transcoders only.

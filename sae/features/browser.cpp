@@ -114,6 +114,8 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       note(cat("the run's model folder ", model_dir, " is gone: tokens are shown as ids, no promoted tokens "
                "(give --model DIR)"));
     } else {
+      // Token ids named by another model's tokenizer, tokens promoted by its unembedding: said.
+      for (const std::string& warning : other_model_warnings(sae.cfg, model_dir)) note(cat("warning: ", warning));
       tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_model_dir(model_dir));
       // Promoted tokens (W_dec W_U^T) mean something where the SAE writes into the residual stream's
       // space: not at attn.hook_z (per-head outputs) or ln2.hook_normalized (before the norm's weights).

@@ -18,6 +18,7 @@
 #include "io/atomic_file.h"
 #include "io/npz.h"
 #include "io/safetensors.h"
+#include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
 #include "tensor/ops.h"
@@ -594,6 +595,31 @@ void remove_interrupted_saves(const std::string& run_dir) {
         std::error_code ec;
         fs::remove_all(entry.path(), ec);
       }
+}
+
+std::vector<std::string> other_model_warnings(const Json& cfg, const std::string& model_dir,
+                                              const std::string& model_b_dir) {
+  std::vector<std::string> warnings;
+  if (!cfg.has("sae_cpp") || !cfg.at("sae_cpp").is_object() || !cfg.at("sae_cpp").has("data")) return warnings;
+  const Json& data = cfg.at("sae_cpp").at("data");
+  if (!data.is_object()) return warnings;
+  for (const auto& [dir, trained_key] : {std::pair<std::string, std::string>{model_dir, "model"}, {model_b_dir, "model_b"}}) {
+    const std::string key = trained_key + "_fingerprint";
+    if (dir.empty() || !data.has(key) || !data.at(key).is_string()) continue;
+    std::string now;
+    try {
+      now = model_weights_fingerprint(dir);
+    } catch (const Error&) {  // the model's own loading says what is wrong with its files
+      continue;
+    }
+    if (now == data.at(key).as_string()) continue;
+    const std::string trained = data.has(trained_key) && data.at(trained_key).is_string()
+                                    ? cat(" (", data.at(trained_key).as_string(), " when it was trained)")
+                                    : "";
+    warnings.push_back(cat(dir, ": its weights are not those the SAE was trained on", trained,
+                           ": the numbers are this model's, not the training model's"));
+  }
+  return warnings;
 }
 
 }  // namespace sae

@@ -105,4 +105,11 @@ std::vector<std::string> recover_interrupted_saves(const std::string& run_dir);
 // for a run folder this process holds the lock of, after recover_interrupted_saves.
 void remove_interrupted_saves(const std::string& run_dir);
 
+// A warning to print for each of model_dir and model_b_dir ("": none given) whose weights are not
+// those the SAE was trained on (its cfg.json sae_cpp.data.model_fingerprint, model_b_fingerprint);
+// none for a folder that records no fingerprint (from elsewhere, a run from activation files).
+// Widths alone do not tell two models apart, and every number would be the other model's.
+std::vector<std::string> other_model_warnings(const Json& cfg, const std::string& model_dir,
+                                              const std::string& model_b_dir = "");
+
 }  // namespace sae

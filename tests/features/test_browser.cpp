@@ -262,6 +262,31 @@ TEST(Browser, ProgramErrors) {
   }
 }
 
+// Token ids named by another model's tokenizer, tokens promoted by its unembedding: the page is made
+// and the notes say whose weights these are not (as sae_eval, sae_steer and sae_features warn).
+TEST(Browser, AModelWithOtherWeightsThanTheRunsIsSaid) {
+  TempDir dir("browser_other_model");
+  TrainConfig c = text_run(dir.str("run"));
+  c.steps = 4;
+  train(c);
+  fs::copy(ref("model"), dir.str("other"), fs::copy_options::recursive);
+  {  // the last float's lowest mantissa byte: still a finite weight, another file
+    std::fstream f(dir.str("other/model.safetensors"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-4, std::ios::end);
+    const char byte = static_cast<char>(f.get() ^ 1);
+    f.seekp(-4, std::ios::end);
+    f.put(byte);
+  }
+  for (const auto& [model, warned] : {std::pair<std::string, bool>{ref("model"), false}, {dir.str("other"), true}}) {
+    BrowserOptions options = options_for(dir.str("run"));
+    options.model = model;
+    std::string notes;
+    browser_data(options, &notes);
+    EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
+        << model << ": " << notes;
+  }
+}
+
 TEST(BrowserInChromium, SyntheticRun) {
   SKIP_WITHOUT_CHROMIUM(browser);
   TempDir dir("browser_synthetic");
