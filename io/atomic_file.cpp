@@ -43,6 +43,21 @@ void sync_directory(const std::string& dir) {
   }
 }
 
+void sync_file(const std::string& path, bool missing_ok) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (missing_ok) return;
+    throw DataError(cat("cannot open ", path, " to sync it: ", os_reason()));
+  }
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc != 0 && saved != EINVAL) {
+    errno = saved;
+    throw DataError(cat("cannot sync ", path, ": ", os_reason()));
+  }
+}
+
 void sync_tree(const std::string& root) {
   DIR* d = ::opendir(root.c_str());
   if (d == nullptr) throw DataError(cat("cannot open directory ", root, " to sync it: ", os_reason()));
@@ -55,15 +70,11 @@ void sync_tree(const std::string& root) {
       folders.push_back(path);
       continue;
     }
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;  // not a file we can open (a link to nowhere): nothing of ours to flush
-    const int rc = ::fsync(fd);
-    const int saved = errno;
-    ::close(fd);
-    if (rc != 0 && saved != EINVAL) {
-      errno = saved;
+    try {
+      sync_file(path, /*missing_ok=*/true);  // a link to nowhere: nothing of ours to flush
+    } catch (const DataError&) {
       ::closedir(d);
-      throw DataError(cat("cannot sync ", path, ": ", os_reason()));
+      throw;
     }
   }
   ::closedir(d);

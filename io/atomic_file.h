@@ -13,6 +13,9 @@ namespace sae {
 // Flushes a directory's entries (a rename into it, a new file) to disk. DataError naming the
 // directory and the OS reason; file systems that cannot sync a directory (EINVAL) are not an error.
 void sync_directory(const std::string& dir);
+// Flushes a file another program wrote to disk before it is renamed into place. DataError as
+// sync_directory (`missing_ok`: a file that cannot be opened is skipped).
+void sync_file(const std::string& path, bool missing_ok = false);
 // Flushes every file under `root` and every directory's entries (a folder copied before it is
 // renamed into place). DataError as sync_directory.
 void sync_tree(const std::string& root);

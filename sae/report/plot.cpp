@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "io/atomic_file.h"
 #include "io/csv.h"
@@ -16,6 +17,25 @@ namespace fs = std::filesystem;
 namespace sae {
 
 namespace {
+
+// Why the drawn file is not a whole PNG ("" when it is): gnuplot exits 0 when the disk fills while
+// it draws, leaving an empty or cut-off file. A whole PNG starts with the signature and ends with
+// the IEND chunk. The file is flushed to disk first, as every output that is put in place by a rename.
+std::string incomplete_png(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  static const std::string signature("\x89PNG\r\n\x1a\n", 8), end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
+  if (!in.eof() && in.fail()) return "it cannot be read back";
+  if (bytes.size() < signature.size() + end.size() || bytes.compare(0, signature.size(), signature) != 0 ||
+      bytes.compare(bytes.size() - end.size(), end.size(), end) != 0)
+    return cat("gnuplot left an incomplete PNG (", bytes.size(), " bytes; a full disk?)");
+  try {
+    sync_file(path.string());
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 // A single-quoted gnuplot string: gnuplot expands nothing inside one (a double-quoted string runs
 // `backquoted` text as a shell command: a run folder named so would have run it); ' is doubled, and a
@@ -143,6 +163,13 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
     fs::rename(log, kept, ec);
     throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "; its output in ",
                         kept.string(), "): ", first_line));
+  }
+  const std::string incomplete = incomplete_png(drawing);
+  if (!incomplete.empty()) {
+    fs::remove(drawing, ec);
+    fs::remove(log, ec);
+    fs::remove(png, ec);  // an earlier drawing is of other data now
+    throw DataError(cat(png_path, ": ", incomplete));
   }
   fs::remove(dir / (stem + ".gnuplot.log"), ec);  // an earlier failure's
   fs::remove(log, ec);

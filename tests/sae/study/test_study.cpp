@@ -353,6 +353,27 @@ TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
   ::setenv("PATH", path.c_str(), 1);
   EXPECT_TRUE(fs::exists(dir.path / "missing.gp"));  // the script is kept for a later redraw
 
+  // A gnuplot that exits 0 with a cut-off PNG (a full disk): refused, never put in place; the
+  // earlier drawing, of other data, is removed too.
+  fs::create_directories(dir.path / "fakebin");
+  std::ofstream(dir.path / "fakebin/gnuplot") << "#!/bin/sh\n"
+                                                 "case \"$2\" in output=*) name=${2#output=\\'}; name=${name%\\'};\n"
+                                                 "  printf '\\211PNG\\r\\n\\032\\n' > \"$name\";; esac\nexit 0\n";
+  fs::permissions(dir.path / "fakebin/gnuplot", fs::perms::owner_all);
+  std::ofstream(dir.path / "cut.png") << "an earlier drawing";
+  ::setenv("PATH", dir.str("fakebin").c_str(), 1);
+  std::string message;
+  try {
+    plot(figure, dir.str("cut.png"));
+  } catch (const DataError& e) {
+    message = e.what();
+  }
+  ::setenv("PATH", path.c_str(), 1);
+  EXPECT_NE(message.find(dir.str("cut.png") + ": gnuplot left an incomplete PNG (8 bytes"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(dir.path / "cut.png"));
+  for (const auto& entry : fs::directory_iterator(dir.path))
+    EXPECT_EQ(entry.path().filename().string().find("cut.png.tmp-"), std::string::npos) << entry.path();
+
   std::ofstream(dir.path / "bad.csv") << "step,loss\n1,0.5\n2,oops\n";
   EXPECT_THROW(read_metrics(dir.str("bad.csv")), DataError);
   std::ofstream(dir.path / "good.csv") << "step,loss\n10,4\n20,2\n30,1\n";
