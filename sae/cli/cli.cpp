@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <charconv>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -173,7 +175,16 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
       if (!utf8::is_valid(argv[i]))
         throw UsageError(cat("argument ", i, " '", printable(argv[i]), "' is not UTF-8 text (paths and values are "
                              "recorded in JSON files, which hold UTF-8 only)"));
-    return body();
+    const int code = body();
+    // What the program printed must have reached its file: a full disk under `> FILE` is not exit 0.
+    errno = 0;
+    std::cout.flush();
+    int reason = errno;
+    const bool flushed = std::fflush(stdout) == 0;
+    if (reason == 0) reason = errno;
+    if (code == 0 && (!flushed || std::ferror(stdout) || std::cout.fail()))
+      throw DataError(cat("cannot write the standard output", reason != 0 ? cat(": ", std::strerror(reason)) : ""));
+    return code;
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;

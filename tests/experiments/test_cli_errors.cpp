@@ -114,6 +114,23 @@ TEST(Cli, HelpAndAGoodRun) {
   }
 }
 
+// What a program prints must reach its file: stdout on a full disk (/dev/full) is exit 1 with one
+// line, for every program (run_main checks the flush), not an empty file and exit 0.
+TEST(Cli, AStandardOutputThatCannotBeWrittenIsAnError) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir("cli_stdout_full");
+  for (const char* program : {"sae_train", "sae_steer", "sae_eval", "sae_features", "sae_apply", "l1_sweep"}) {
+    const std::string err = dir.str("err.txt");
+    const int status = std::system((std::string(SAE_BIN_DIR) + "/" + program + " --help > /dev/full 2> " + err).c_str());
+    ASSERT_TRUE(WIFEXITED(status)) << program;
+    EXPECT_EQ(WEXITSTATUS(status), 1) << program;
+    const std::string text = sae::testing::read_file(err);
+    // (The reason is known only when the last flush failed: an earlier write's errno is gone.)
+    EXPECT_EQ(text.rfind(std::string(program) + ": error: cannot write the standard output", 0), 0u) << text;
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << text;
+  }
+}
+
 TEST(Cli, RunsWithoutGnuplotAndSaysSoOnce) {
   // A PATH without gnuplot: the runs succeed, the figures' data and scripts are written, and one
   // line of stdout (not a warning on stderr) says the PNGs were not drawn, however many SAEs.
