@@ -14,6 +14,10 @@
 
 namespace sae {
 
+namespace {
+constexpr size_t kPidWidth = 20;  // pids are at most 7 digits (pid_max 4194304); room to spare
+}  // namespace
+
 FileLock::FileLock(const std::string& path) {
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd_ < 0) throw DataError(cat("cannot create the lock file ", path, ": ", std::strerror(errno)));
@@ -23,13 +27,19 @@ FileLock::FileLock(const std::string& path) {
     const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
     ::close(fd_);
     fd_ = -1;
+    std::string pid = n > 0 ? std::string(holder, size_t(n)) : "";
+    pid.erase(pid.find_last_not_of(' ') + 1);
     if (saved == EWOULDBLOCK)
-      throw DataError(cat(path, ": another process (pid ", n > 0 ? printable(std::string(holder, size_t(n))) : "unknown",
+      throw DataError(cat(path, ": another process (pid ", !pid.empty() ? printable(pid) : "unknown",
                           ") is running in this folder; wait for it to finish or use another --out"));
     throw DataError(cat("cannot lock ", path, ": ", std::strerror(saved)));
   }
-  const std::string pid = std::to_string(::getpid());
-  if (::ftruncate(fd_, 0) == 0) (void)!::pwrite(fd_, pid.data(), pid.size(), 0);
+  // The pid in a fixed width, written over the last holder's in one write: a process that reads it
+  // meanwhile never sees an empty file.
+  std::string pid = std::to_string(::getpid());
+  pid.resize(kPidWidth, ' ');
+  (void)!::pwrite(fd_, pid.data(), pid.size(), 0);
+  (void)!::ftruncate(fd_, kPidWidth);
 }
 
 FileLock::~FileLock() {

@@ -255,6 +255,10 @@ void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) 
 }  // namespace
 
 std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root) {
+  // One study at a time in a folder: two would prepare the same runs (a continuation's copy, a
+  // killed run's removal) under each other.
+  fs::create_directories(out_root);
+  const FileLock study_lock((fs::path(out_root) / ".study.lock").string());
   print_plan(runs, out_root);
   const size_t total = runs.size();
   std::vector<std::optional<RunOutcome>> outcomes(total);

@@ -164,6 +164,16 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
     EXPECT_EQ(slurp(out / "F_16" / "metrics.csv"), metrics16);
   }
   ASSERT_EQ(run_binary("recon_vs_f", args, dir).exit_code, 0);
+  // Another study in the same folder (a job started twice): refused before any run is touched (two
+  // had copied a continuation's source over each other and left a folder no retry could use).
+  {
+    FileLock held((out / ".study.lock").string());
+    const CommandResult twice = run_binary("recon_vs_f", args, dir);
+    EXPECT_EQ(twice.exit_code, 1) << twice.err;
+    EXPECT_NE(twice.err.find((out / ".study.lock").string() + ": another process (pid " + std::to_string(::getpid()) + ")"),
+              std::string::npos) << twice.err;
+    EXPECT_EQ(twice.out.find("plan:"), std::string::npos) << twice.out;
+  }
 
   // A run killed while its config.json was first written (its options pending, config.json's
   // temporary file left): started again (the folder was refused as holding no run, for good).
