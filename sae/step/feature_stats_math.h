@@ -140,6 +140,16 @@ SAE_HOST_DEVICE inline float batch_feature_value(const FeatureStatsBatchView& b,
   return lo < b.col_ptr[j + 1] && b.entry_rows[lo] == r ? b.entry_values[lo] : 0.0f;
 }
 
+// The key an entry is kept once per: its story; for data without stories (a story of -1, a position
+// that is the token's index in the data) the token itself, so that a token seen again in a later
+// epoch is not listed twice; rows of no known place (`unknown`, counted down from -1) each their own.
+constexpr int64_t kTokenKeyBase = -(int64_t(1) << 62);
+SAE_HOST_DEVICE inline int64_t top_entry_key(int64_t story, int64_t position, int64_t unknown) {
+  if (story >= 0) return story;
+  if (position >= 0) return kTokenKeyBase + position;
+  return unknown;
+}
+
 // The payload slot no entry of the list uses, or -1.
 SAE_HOST_DEVICE inline int32_t free_payload_slot(const int32_t* slot, int32_t count, int32_t k) {
   uint64_t used[(kMaxTopK + 63) / 64] = {};
@@ -169,7 +179,7 @@ SAE_HOST_DEVICE inline int32_t merge_into_top_list(const FeatureTopListsView& l,
       continue;
     }
     const int64_t story = b.story ? b.story[row] : -1;
-    const int64_t key = story >= 0 ? story : b.unknown_base - row;
+    const int64_t key = top_entry_key(story, b.story ? b.position[row] : -1, b.unknown_base - row);
     if (!offer_candidate(l.value + at, l.slot + at, l.key + at, l.count[j], k, value, int32_t(-1), key)) continue;
     int32_t rank = 0;  // the new entry holds slot -1
     while (l.slot[at + rank] != -1) ++rank;

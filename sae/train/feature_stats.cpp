@@ -457,7 +457,7 @@ FeatureStats FeatureStats::load(const std::string& path, Device device) {
       const int64_t e = i * k + r;
       value[e] = top_value[e];
       slot[e] = r;
-      key[e] = top_story[e] >= 0 ? top_story[e] : s.unknown_key_--;
+      key[e] = top_entry_key(top_story[e], top_position[e], top_story[e] < 0 && top_position[e] < 0 ? s.unknown_key_-- : 0);
       story[e] = top_story[e];
       position[e] = top_position[e];
       step[e] = top_step[e];

@@ -3,7 +3,7 @@
 //   - per feature, the number of tokens it fired on (f > 0) and a histogram of its positive values
 //     (half-octave bins, sae/step/feature_stats_math.h);
 //   - per feature, its K largest activations, at most one per story (the story's largest; of equal
-//     ones the first seen), each with where it happened (story, position, step) and its context: the
+//     ones the first seen; data without stories: one per token, over epochs), each with where it happened (story, position, step) and its context: the
 //     token ids of the C tokens on either side and the feature's value on each of them (NaN where the
 //     batch did not hold that neighbour, e.g. in shuffled token batches).
 // Per batch, one kernel pass over the step's features (its sparse entry lists when it has them, f

@@ -290,6 +290,40 @@ TEST(FeatureStats, UnknownOriginsKeepEveryRowApart) {
   }
 }
 
+TEST(FeatureStats, TokensOfDataWithoutStoriesAreListedOnceOverEpochs) {
+  // A .npy without story boundaries: each row is story -1 at its token's index. Seen again in a
+  // later epoch, a token keeps one entry (its largest value; of equal ones the first seen): every
+  // top list had held each token once per epoch.
+  const int64_t n = 12, features = 3, k = 5;
+  BatchOrigins origins;
+  origins.resize(n, kRadius);
+  for (int64_t r = 0; r < n; ++r) origins.position[r] = 1000 + r;  // story -1: a token of the file
+  for (const bool sparse : {false, true}) {
+    std::vector<double> f(n * features);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < features; ++j) f[r * features + j] = 1.0 + double((r * 7 + j * 5) % n);
+    FeatureStats stats(features, FeatureStatsOptions{k, kRadius});
+    Batch b{Tensor::from_vector(f, Shape{n, features}), origins, 0};
+    for (int64_t epoch = 0; epoch < 3; ++epoch) {
+      b.step = 10 + epoch;
+      if (epoch == 2) f[4 * features + 0] = 100.0, b.f = Tensor::from_vector(f, Shape{n, features});  // grown
+      stats.add(sparse ? sparse_features(b) : dense_features(b), b.origins, b.step);
+    }
+    for (int64_t j = 0; j < features; ++j) {
+      ASSERT_EQ(stats.top_count(j), k);
+      std::vector<std::pair<double, int64_t>> want;  // (the token's largest value, its index), largest first
+      for (int64_t r = 0; r < n; ++r) want.push_back({f[r * features + j], 1000 + r});
+      std::sort(want.begin(), want.end(), [](auto& a, auto& c) { return a.first > c.first; });
+      for (int32_t rank = 0; rank < k; ++rank) {
+        const FeatureTop t = stats.top(j, rank);
+        EXPECT_EQ(t.value, float(want[rank].first)) << "feature " << j << " rank " << rank;
+        EXPECT_EQ(t.position, want[rank].second) << "feature " << j << " rank " << rank;
+        EXPECT_EQ(t.step, j == 0 && t.position == 1004 ? 12 : 10) << "feature " << j << " rank " << rank;
+      }
+    }
+  }
+}
+
 TEST(FeatureStats, WiderOriginsGiveTheirMiddle) {
   // The same batches with origins of radius kRadius + 3 (the outer ids random): the same statistics.
   const std::vector<Batch> batches = random_batches(6, 31);
