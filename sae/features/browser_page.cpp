@@ -97,7 +97,8 @@ const char* kTail = R"HTML(</script>
   }
   function hint(f) {
     if (f.c) return 'concept ' + f.c[0] + ' (cos ' + num(f.c[1]) + ')';
-    if (data.has_tokens && f.top.length > 0) return tokenText(f.top[0].t[data.about.context]);
+    if (data.has_tokens && f.top.length > 0 && f.top[0].t[data.about.context] >= 0)  // -1: a BOS row, no token
+      return tokenText(f.top[0].t[data.about.context]);
     if (f.up && f.up.length > 0) return '\u2191 ' + tokenText(f.up[0][0]);
     return '';
   }
@@ -105,7 +106,7 @@ const char* kTail = R"HTML(</script>
   function drawList() {
     order = [];
     for (var i = 0; i < features.length; ++i) order.push(i);
-    order.sort(function (a, b) { return features[b].d - features[a].d || a - b; });
+    order.sort(function (a, b) { return features[b].n - features[a].n || a - b; });  // exact counts
     var list = document.getElementById('list'), fragment = document.createDocumentFragment();
     order.forEach(function (i) {
       var f = features[i], row = el('div', 'feature-row');
@@ -164,9 +165,11 @@ const char* kTail = R"HTML(</script>
   // One top activation: its tokens, each shaded by the feature's value there relative to the entry's.
   function drawContext(entry, rank) {
     var c = data.about.context, box = el('div', 'context');
-    var where = entry.s >= 0 ? 'story ' + entry.s + ', token ' + entry.p : 'token ' + entry.p;
-    box.appendChild(el('div', 'meta', '#' + (rank + 1) + '  ' + num(entry.v) + '  (' + where + ', seen at step ' +
-                                      entry.st + ')'));
+    // A row of no known place (a BOS row kept in training: story and position -1) is said so.
+    var where = entry.s >= 0 ? 'story ' + entry.s + ', token ' + entry.p
+                             : entry.p >= 0 ? 'token ' + entry.p + ' of the data' : 'a row of no story (a BOS)';
+    var seen = data.about.gathered_by === 'sae_features' ? '' : ', seen at step ' + entry.st;
+    box.appendChild(el('div', 'meta', '#' + (rank + 1) + '  ' + num(entry.v) + '  (' + where + seen + ')'));
     var line = el('div', 'tokens');
     for (var o = 0; o < entry.t.length; ++o) {
       var id = entry.t[o], value = entry.a[o], position = entry.p + o - c;
@@ -175,7 +178,9 @@ const char* kTail = R"HTML(</script>
       if (o === c) span.className += ' max';
       if (value === null) {
         span.className += ' unknown';
-        span.setAttribute('title', 'not recorded (the batch did not hold this token)');
+        span.setAttribute('title', data.about.gathered_by === 'sae_features'
+                                       ? 'not recorded (the story was encoded in blocks: another block held this token)'
+                                       : 'not recorded (the batch did not hold this token)');
       } else {
         var alpha = entry.v > 0 ? Math.min(1, Math.max(0, value / entry.v)) : 0;
         span.style.backgroundColor = 'rgba(255, 140, 0, ' + alpha.toFixed(3) + ')';
