@@ -65,8 +65,11 @@ class StandardStep : public UnitStep {
     sums_ = Tensor::zeros(Shape{3}, dtype, device);
     tiny_ = Tensor::full(Shape{1}, 1e-30, dtype, device);
     zero_d_ = Tensor::zeros(Shape{shape.d_out}, dtype, device);
-    if (mode != SparseMode::Off) {
-      if (max_tokens * d_sae >= (int64_t(1) << 31))
+    // The sparse path indexes [N, F] cells in int32: beyond, auto stays dense and on is refused.
+    const bool cells_fit = max_tokens * d_sae < (int64_t(1) << 31);
+    if (mode == SparseMode::Auto && !cells_fit) sparse_mode_ = SparseMode::Off;
+    if (sparse_mode_ != SparseMode::Off) {
+      if (!cells_fit)
         throw UsageError(cat("--sparse: ", max_tokens, " tokens x ", d_sae, " features do not fit int32 entry "
                              "indices; use smaller batches or --sparse off"));
       lists_.col_ptr = Tensor::empty(Shape{d_sae + 1}, DType::I32, device);

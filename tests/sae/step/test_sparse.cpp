@@ -614,6 +614,21 @@ TEST(SaeStepSparse, AutoModeChoosesByDensity) {
     set_sparse_auto_max_density(step.unit_step(), 0.0);  // nothing is sparse enough
     EXPECT_FALSE(step.forward(model->params(), p.x, 1.0).sparse);
   }
+  // A shape whose [N, F] cells pass int32 (4096 tokens x 2^19 latents = 2^31): auto stays dense (it
+  // had refused the run, the default refusing every standard SAE of 2^19 latents at 4096 tokens),
+  // on is refused. The [N, F] buffer is made, not touched.
+  {
+    const int64_t tokens = 4096, latents = int64_t(1) << 19;
+    SaeStep step = sae::testing::standard_step(tokens, 2, latents, DType::F32, Device::CPU, SparseMode::Auto);
+    Rng rng(3);
+    SaeParams params = SaeParams::standard_init(2, latents, rng);
+    std::vector<double> bias(static_cast<size_t>(latents), -1.0);
+    for (int i = 0; i < 10; ++i) bias[i] = 1.0;
+    params.b_enc = Tensor::from_vector(bias, Shape{latents});
+    Tensor x = Tensor::zeros(Shape{2, 2});  // pre-activations = b_enc: 10 of 2^19 fire, density far below 20%
+    EXPECT_FALSE(step.forward(params, x, 1.0).sparse);
+    EXPECT_THROW(sae::testing::standard_step(tokens, 2, latents, DType::F32, Device::CPU, SparseMode::On), UsageError);
+  }
   EXPECT_EQ(parse_sparse_mode("auto"), SparseMode::Auto);
   EXPECT_EQ(std::string(sparse_mode_name(SparseMode::On)), "on");
   EXPECT_THROW(parse_sparse_mode("yes"), UsageError);
