@@ -134,7 +134,8 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
     Tensor latent_squares, whole_squares;
     for (auto& [name, grad] : g) {
       Tensor& into = SaeParams::latent_axis(name) >= 0 ? latent_squares : whole_squares;
-      into = into.defined() ? into + sum(*grad * *grad) : sum(*grad * *grad);
+      const Tensor squares = reduce(ReduceOp::sum_squares, *grad);  // one element, no [d, F] temporary
+      into = into.defined() ? into + squares : squares;
     }
     const auto read = [](const Tensor& t) { return t.defined() ? t.to(Device::CPU).to_vector().at(0) : 0.0; };
     double latent = read(latent_squares), n = double(x.size(0));
