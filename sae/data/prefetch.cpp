@@ -1,6 +1,7 @@
 // BatchPrefetcher (see prefetch.h).
 #include "sae/data/prefetch.h"
 
+#include "tensor/cuda/backend.h"
 #include "tensor/threads.h"
 
 namespace sae {
@@ -45,6 +46,7 @@ BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool backgroun
     if (upload) slot.device = upload->device_buffer(s);
   }
   if (background_) {
+    if (upload_ && upload_->device() == Device::CUDA) cuda_device_ = cuda_current_device();
     set_blas_shared_between_threads(true);  // the worker may run GEMMs beside the step's
     worker_ = std::thread([this] { worker_loop(); });
     std::lock_guard<std::mutex> lock(mutex_);
@@ -97,6 +99,7 @@ void BatchPrefetcher::worker_loop() {
     lock.unlock();
     std::exception_ptr error;
     try {
+      cuda_use_device(cuda_device_);  // its uploads go to the step's GPU (a rank of latent shards: not GPU 0)
       prepare(slots_[target]);
     } catch (...) {
       error = std::current_exception();

@@ -91,6 +91,7 @@ class BatchPrefetcher {
   PreparedBatch slots_[2];
   int current_ = -1;  // slot handed out last
   bool background_;
+  int cuda_device_ = -1;  // the GPU of the thread that made this prefetcher: the worker's too
   std::thread worker_;
   std::mutex mutex_;
   std::condition_variable changed_;

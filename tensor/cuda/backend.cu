@@ -339,6 +339,17 @@ void cuda_synchronize() {
   SAE_CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
 }
 
+int cuda_current_device() {
+  if (!cuda_available()) return -1;
+  int device = 0;
+  SAE_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+void cuda_use_device(int device) {
+  if (device >= 0) SAE_CUDA_CHECK(cudaSetDevice(device));
+}
+
 size_t cuda_bytes_in_use() { return allocator().in_use(); }
 size_t cuda_bytes_reserved() { return allocator().reserved(); }
 

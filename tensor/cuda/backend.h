@@ -20,6 +20,10 @@ void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 void cuda_copy_on_device(void* dst, const void* src, size_t bytes);
 void cuda_synchronize();
+// The GPU this thread's CUDA calls go to (-1 without CUDA), and making it a thread's: a thread that
+// works for another (a prefetch worker) takes its GPU, or its first call opens a context on GPU 0.
+int cuda_current_device();
+void cuda_use_device(int device);
 const KernelTable& cuda_kernels();
 // Page-locked host memory (cudaHostAlloc): copies from it to the device run asynchronously, at full
 // bus speed. Throws when no GPU is available.

@@ -18,6 +18,8 @@ void cuda_copy_to_device(void*, const void*, size_t) { not_built(); }
 void cuda_copy_to_host(void*, const void*, size_t) { not_built(); }
 void cuda_copy_on_device(void*, const void*, size_t) { not_built(); }
 void cuda_synchronize() {}
+int cuda_current_device() { return -1; }
+void cuda_use_device(int) {}
 const KernelTable& cuda_kernels() { not_built(); }
 void* cuda_host_alloc(size_t) { not_built(); }
 void cuda_host_free(void*) {}
