@@ -320,6 +320,36 @@ TEST(CudaParity, MatmulTf32IsOptIn) {
                    "fp32 again: float32 inputs");
 }
 
+// The encoder GEMM of a TopK SAE at 2^20 latents and 4096 tokens: an output of 2^32 elements, whose
+// offsets pass int32 inside cuBLAS (each size fits an int; nothing else of ours reaches cuBLAS at this
+// size). Sampled entries, rows on both sides of 2^31 and 2^32 elements, against double dot products
+// of the operands rounded as the precision rounds them; the output starts as NaN. 16 GiB of GPU memory.
+TEST(CudaParity, MatmulWithAnOutputOf2To32Elements) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 4096, d = 64, f = int64_t(1) << 20;
+  Rng rng(11);
+  const Tensor x = random_cpu(Shape{n, d}, DType::F32, rng), w = random_cpu(Shape{d, f}, DType::F32, rng);
+  const std::vector<double> xs = x.to_vector(), ws = w.to_vector();  // float32 values, exactly
+  const Tensor xg = on_gpu(x), wg = on_gpu(w);
+  for (const Precision precision : {Precision::FP32, Precision::BF16}) {
+    const ScopedMatmulPrecision scoped(precision);
+    Tensor out = poisoned(Shape{n, f}, DType::F32);
+    matmul_(out, xg, false, wg, false);
+    for (const int64_t row : {int64_t(0), int64_t(2047), int64_t(2048), int64_t(4095)})
+      for (const int64_t col : {int64_t(0), int64_t(1), int64_t(123457), f - 2, f - 1}) {
+        double want = 0, scale = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          const double a = round_to_precision(float(xs[row * d + k]), precision);
+          const double b = round_to_precision(float(ws[k * f + col]), precision);
+          want += a * b;
+          scale += std::fabs(a * b);
+        }
+        const double got = out.slice_rows(row, row + 1).to(Device::CPU).to_vector()[col];
+        EXPECT_NEAR(got, want, 1e-5 * scale + 1e-7) << precision_name(precision) << " row " << row << " col " << col;
+      }
+  }
+}
+
 TEST(CudaParity, Transpose) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {Shape{1, 1}, Shape{7, 1000}, Shape{1000, 7}, Shape{33, 65},
