@@ -85,11 +85,26 @@ void sync_tree(const std::string& root) {
 namespace {
 std::atomic<uint64_t> writers{0};
 
+// The name temporary files of PATH start with: PATH's own name, or, for a name too long to take the
+// ".tmp-<pid>-<n>" ending within NAME_MAX (255 bytes), its first 183 bytes, "~" and a hash of it
+// (a legal 255-byte output name had failed only once all the work was done).
+std::string temp_stem(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string name = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  constexpr size_t kLongest = 200;  // + ".tmp-<pid>-<n>" and a ".gnuplot.log" beside it (plot.cpp)
+  if (name.size() <= kLongest) return name;
+  uint64_t hash = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
+  static const char* kHex = "0123456789abcdef";
+  std::string stem = name.substr(0, kLongest - 17) + "~";
+  for (int shift = 60; shift >= 0; shift -= 4) stem += kHex[(hash >> shift) & 15];
+  return stem;
+}
+
 // Removes PATH.tmp-<pid>-<n> files whose process is gone (killed while writing PATH).
 void remove_stale_temps(const std::string& path) {
   const std::string dir = parent_directory(path);
-  const std::string prefix = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1) +
-                             ".tmp-";
+  const std::string prefix = temp_stem(path) + ".tmp-";
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return;
   while (const dirent* entry = ::readdir(d)) {
@@ -105,7 +120,9 @@ void remove_stale_temps(const std::string& path) {
 
 std::string unique_temp_path(const std::string& path) {
   remove_stale_temps(path);
-  return cat(path, ".tmp-", ::getpid(), "-", writers++);
+  const size_t slash = path.find_last_of('/');
+  const std::string stem = temp_stem(path), head = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  return cat(head, stem, ".tmp-", ::getpid(), "-", writers++);
 }
 
 AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), temp_path_(unique_temp_path(path)) {

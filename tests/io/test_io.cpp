@@ -281,6 +281,28 @@ TEST(AtomicFile, TwoWritersOfOnePathEachRenameTheirOwnWholeFile) {
   EXPECT_EQ(read_bytes(path), "next");
 }
 
+TEST(AtomicFile, ANameOfNameMaxBytesIsWrittenToo) {
+  // A legal 255-byte name leaves no room for ".tmp-<pid>-<n>": the temporary file takes a shortened
+  // name (its first bytes, a hash), and a dead writer's leftover of that form is removed as well.
+  TempDir dir("io_long_name");
+  for (const size_t length : {size_t(200), size_t(201), size_t(255)}) {
+    const std::string path = dir.str(std::string(length, 'n'));
+    write_file_atomic(path, "whole");
+    EXPECT_EQ(read_bytes(path), "whole") << length;
+    AtomicFileWriter w(path);
+    const std::string temp = std::filesystem::path(w.temp_path()).filename().string();
+    EXPECT_LE(temp.size() + std::string(".gnuplot.log").size(), 255u) << temp;
+    EXPECT_EQ(std::filesystem::path(w.temp_path()).parent_path(), dir.path) << w.temp_path();
+    const std::string stale = dir.str(temp.substr(0, temp.find(".tmp-")) + ".tmp-999999999-0");
+    std::ofstream(stale) << "torn";
+    w.write(std::string("new"));
+    w.commit();
+    write_file_atomic(path, "again");
+    EXPECT_FALSE(std::filesystem::exists(stale)) << length;
+    EXPECT_EQ(read_bytes(path), "again");
+  }
+}
+
 TEST(AtomicFile, SyncTreeFlushesAFolderCopiedBeforeItIsRenamed) {
   TempDir dir("sync_tree");
   std::filesystem::create_directories(dir.str("run/sae/inner"));
