@@ -15,7 +15,8 @@ std::string error_text(const std::exception& e) {
   if (paths != std::string::npos) what = what.substr(0, paths);
   std::string where = fs_error->path1().string();
   if (!fs_error->path2().empty()) where += " -> " + fs_error->path2().string();
-  return printable(where.empty() ? what : where + ": " + what, 1000);
+  // A path near PATH_MAX is cut, never the reason after it.
+  return where.empty() ? printable(what, 1000) : printable(where, 700) + ": " + printable(what, 300);
 }
 
 }  // namespace sae
