@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
 
 #include "tensor/error.h"
 
@@ -151,14 +150,15 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
   }
 }
 
+// Silent: a run flushes its log where a failure can be reported (RunLog::flush, which throws); a
+// writer destroyed unflushed is one unwinding from another error, whose one line is the message (a
+// second line here had come before it).
 TensorBoardWriter::~TensorBoardWriter() {
   try {
     flush();
-  } catch (const std::exception& e) {
-    std::cerr << "warning: " << e.what() << "\n";
+  } catch (const std::exception&) {
   }
-  if (std::fclose(file_) != 0)
-    std::cerr << "warning: TensorBoardWriter: closing '" << path_ << "' failed: " << std::strerror(errno) << "\n";
+  std::fclose(file_);
 }
 
 void TensorBoardWriter::add_scalar(const std::string& tag, int64_t step, double value, double wall_time) {
