@@ -194,7 +194,7 @@ void TensorBoardWriter::flush() {
   bytes.swap(pending_);
   if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size())
     throw DataError(cat("TensorBoardWriter: writing '", path_, "' failed: ", std::strerror(errno)));
-  if (std::fflush(file_) != 0)
+  if (std::fflush(file_) != 0 || (::fsync(::fileno(file_)) != 0 && errno != EINVAL))
     throw DataError(cat("TensorBoardWriter: flushing '", path_, "' failed: ", std::strerror(errno)));
 }
 
