@@ -90,6 +90,10 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
     throw DataError(cat("--model ", options.model, ": no such folder"));
   // The SAE: RUN/sae, the folder itself (SAELens's layout, or one holding a params.npz), or the .npz.
   const fs::path sae_dir = npz_file ? given : fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
+  if (!npz_file && sae_dir == run && fs::exists(run / "config.json") && !fs::exists(run / "cfg.json") &&
+      gemma_scope_npz(run.string()).empty())  // a training run's folder, before its end wrote sae/
+    throw DataError(cat(options.run, ": the run has no final SAE yet (RUN/sae/ is written when it ends); give --run ",
+                        "RUN/checkpoints/step_N for one of its checkpoints"));
   const Checkpoint sae = load_checkpoint(sae_dir.string(), Device::CPU, /*with_state=*/false);
   const int64_t features = sae.params.d_sae();
   const std::string stats_path =

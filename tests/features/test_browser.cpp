@@ -254,7 +254,10 @@ TEST(Browser, ProgramErrors) {
       {" --run " + dir.str("run") + " --stats " + dir.str("run/sae/cfg.json"), 1, "cfg.json"},
       {" --run " + dir.str("run") + " --model " + dir.str("gone"), 1, "gone"},
       {" --run " + dir.str("run") + " --hook blocks.9.hook_nope", 2, "hook_nope"},  // no model: still a bad name
+      {" --run " + dir.str("unfinished"), 1, "the run has no final SAE yet"},  // had said "missing cfg.json"
   };
+  fs::create_directories(dir.str("unfinished/checkpoints"));
+  fs::copy_file(dir.str("run/config.json"), dir.str("unfinished/config.json"));
   for (const auto& [args, code, words] : cases) {
     const sae::testing::CommandResult r = run_binary("sae_browser", args, dir);
     EXPECT_EQ(r.exit_code, code) << args << ": " << r.err;
