@@ -2,6 +2,7 @@
 #include "sae/data/text_cache.h"
 
 #include <filesystem>
+#include <optional>
 
 #include "io/file_fingerprint.h"
 #include "io/file_lock.h"
@@ -53,8 +54,16 @@ TextCacheResult write_text_cache(const TextCacheOptions& o, const TextCacheEvent
   source["text_fingerprint"] = file_fingerprint(o.text);
   source["model_fingerprint"] = model_weights_fingerprint(o.model_dir);
 
+  // A fresh cache that fails before it writes anything leaves no folder behind (as sae_train).
+  MadeFolders made(o.out);
   fs::create_directories(o.out);
-  const FileLock lock((fs::path(o.out) / ".lock").string());
+  std::optional<FileLock> lock;
+  try {
+    lock.emplace((fs::path(o.out) / ".lock").string());
+  } catch (const DataError&) {
+    made.keep();  // another process's folder after all
+    throw;
+  }
   ActivationCacheWriter writer(o.out, d, o.dtype, o.shard_tokens, source);
   StoryReader reader(o.text, o.text_field);
   int64_t tokens = writer.manifest().tokens;

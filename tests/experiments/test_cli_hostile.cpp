@@ -289,7 +289,8 @@ TEST(HostileInput, AnEmptyCorpusIsRefusedBySaeCacheAsBySaeTrain) {
       "sae_cache", Program{"sae_cache"}.args(eval_ref("model"), dir.str("empty.txt"), "", cache_dir.str("cache")),
       cache_dir);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_FALSE(fs::exists(cache_dir.str("cache/manifest.json")));
+  // A fresh cache refused before it writes anything leaves no folder (it had left one holding .lock).
+  EXPECT_FALSE(fs::exists(cache_dir.str("cache"))) << r.err;
 }
 
 namespace {
