@@ -51,7 +51,7 @@ std::map<std::string, std::string> files_under(const fs::path& dir, int* event_f
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     if (!entry.is_regular_file()) continue;
     const std::string name = fs::relative(entry.path(), dir).string();
-    if (entry.path().filename() == ".lock") continue;
+    if (entry.path().filename() == ".lock" || entry.path().filename() == ".study.lock") continue;  // pids
     if (name.find("tensorboard/") != std::string::npos) {
       if (event_files) ++*event_files;
       continue;
