@@ -4,6 +4,7 @@
 //   OUT/<name>/        one run, as train() writes it, plus summary.json (steps, tokens, seconds,
 //                      concept recovery on synthetic data) so a later invocation can report it
 //   OUT/summary.csv, OUT/summary.md, OUT/<figure>.png with <figure>.gp and <figure>.dat beside it
+//   OUT/.study.lock    held while a study runs there (a second one is refused)
 // A study can be interrupted and started again: finished runs (sae/ holds training state at step
 // >= steps) are skipped, runs with a checkpoint are resumed, the rest are trained from scratch. A
 // run folder that holds a different configuration is an error, never silently reused. Runs that start
