@@ -96,7 +96,9 @@ std::string temp_stem(const std::string& path) {
   uint64_t hash = 1469598103934665603ull;  // FNV-1a
   for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
   static const char* kHex = "0123456789abcdef";
-  std::string stem = name.substr(0, kLongest - 17) + "~";
+  size_t cut = kLongest - 17;  // at a character's first byte: a cut UTF-8 sequence is no text name
+  while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
+  std::string stem = name.substr(0, cut) + "~";
   for (int shift = 60; shift >= 0; shift -= 4) stem += kHex[(hash >> shift) & 15];
   return stem;
 }

@@ -295,7 +295,7 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
       for (int64_t p = 0; p < t; ++p) {
         const double v = values[static_cast<size_t>(p)];
         strengths.push_back(round_significant(v * norm));
-        annotated += labels[p] + " " + activation_block(v, max);
+        annotated += labels[p] + " " + activation_block(norm > 0 ? v : 0.0, max);  // a zero row adds nothing
       }
       Json e = Json::object();
       e["feature_idx"] = feature;

@@ -340,6 +340,22 @@ void read_pre_6_keys(Json& cfg) {
   for (const auto& [old_key, key] : {std::pair<const char*, const char*>{"hook_point", "hook_name"},
                                      {"hook_point_head_index", "hook_head_index"}})
     if (cfg.has(old_key) && !cfg.has(key)) cfg[key] = cfg.at(old_key);
+  // Before 6 (no sae_lens_version, or below 6) the model's keys sat at the top level, where 6 reads
+  // them from metadata: copied there (never over one metadata has), and a flat cfg.json without
+  // prepend_bos says true, as SAELens's conversion defaults it (a run had gone without the BOS and
+  // at the model's positions where SAELens reads prepend_bos true and the folder's context_size).
+  const bool had_metadata = cfg.has("metadata") && cfg.at("metadata").is_object();
+  const Json* version = cfg.has("sae_lens_version") ? &cfg.at("sae_lens_version")
+                        : had_metadata && cfg.at("metadata").has("sae_lens_version") ? &cfg.at("metadata").at("sae_lens_version")
+                                                                                      : nullptr;
+  const bool pre_6 = version == nullptr || !version->is_string() || std::atoi(version->as_string().c_str()) < 6;
+  if (!pre_6) return;
+  Json metadata = had_metadata ? cfg.at("metadata") : Json::object();
+  for (const char* key : {"model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size", "dataset_path",
+                          "hook_name_out", "hook_head_index_out", "model_class_name", "exclude_special_tokens"})
+    if (cfg.has(key) && !metadata.has(key)) metadata[key] = cfg.at(key);
+  if (!had_metadata && !metadata.has("prepend_bos")) metadata["prepend_bos"] = true;
+  cfg["metadata"] = metadata;
   if (cfg.has("normalize_activations")) {
     const Json kind = cfg.at("normalize_activations");
     if (kind.is_null() || kind == Json(false)) cfg["normalize_activations"] = "none";

@@ -148,7 +148,7 @@ void expect_entries(const Json& entries, const SaeParams& sae, const std::vector
         EXPECT_EQ(e.at("tokens").at(p).as_int(), s.ids[p]);
         const double v = f[p * features + j];
         EXPECT_EQ(e.at("strengths").at(p).as_number(), round_significant(double(float(v)) * norm)) << where << " token " << p;
-        const int level = v <= 0 ? 0 : std::min(7, static_cast<int>(std::floor(8 * v / float(top.max))));
+        const int level = v <= 0 || norm == 0 ? 0 : std::min(7, static_cast<int>(std::floor(8 * v / float(top.max))));
         const char blocks[8][4] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
         // A token holding part of a UTF-8 character ("ë", "“" in story 10) reads U+FFFD, as HF's decode.
         annotated += valid_utf8(tokenizer.token_text(s.ids[p])) + " " + blocks[level];
@@ -278,7 +278,9 @@ TEST(TopStories, TheProgramWritesTheJsonAndTheStatistics) {
 // features are ranked from the same inputs (the BOS row itself is still not a candidate).
 TEST(TopStories, AKeptBosRunNormalisesEachStoryWithItsBosRow) {
   TempDir dir("sae_features_keep_bos");
-  const SaeParams sae = make_sae("standard", 29);
+  SaeParams sae = make_sae("standard", 29);
+  float* row = sae.W_dec.data<float>() + 5 * sae.d_in();  // feature 5 adds nothing: strengths 0, ▁ shading
+  for (int64_t j = 0; j < sae.d_in(); ++j) row[j] = 0.0f;
   const int32_t bos = BpeTokenizer::from_model_dir(ref("model")).bos_id();
   ASSERT_GE(bos, 0);
   Json extra = Json::object();
@@ -295,6 +297,15 @@ TEST(TopStories, AKeptBosRunNormalisesEachStoryWithItsBosRow) {
   const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
   const std::vector<StoryData> kept = encode_all(sae, bos, true), skipped = encode_all(sae, bos, false);
   expect_entries(entries, sae, kept, brute_force(kept, 24, 3), tokenizer, "kept BOS");
+  int64_t zero_row_entries = 0;
+  for (const Json& e : entries.elements()) {
+    if (e.at("feature_idx").as_int() != 5) continue;
+    ++zero_row_entries;
+    EXPECT_EQ(e.at("decoder_norm").as_number(), 0.0);
+    EXPECT_EQ(e.at("max_strength").as_number(), 0.0);
+    EXPECT_EQ(e.at("annotated_text").as_string().find("\u2588"), std::string::npos);  // no █: it adds nothing
+  }
+  EXPECT_GT(zero_row_entries, 0) << "feature 5 never fires: the zero row is not checked";
   // The BOS row moves the normalisation: the inputs differ from a run that skipped it.
   double apart = 0;
   for (size_t s = 0; s < kept.size(); ++s)

@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "io/atomic_file.h"
+#include "io/utf8.h"
 #include "tensor/rng.h"
 #include "io/float_convert.h"
 #include "io/json.h"
@@ -285,14 +286,18 @@ TEST(AtomicFile, ANameOfNameMaxBytesIsWrittenToo) {
   // A legal 255-byte name leaves no room for ".tmp-<pid>-<n>": the temporary file takes a shortened
   // name (its first bytes, a hash), and a dead writer's leftover of that form is removed as well.
   TempDir dir("io_long_name");
-  for (const size_t length : {size_t(200), size_t(201), size_t(255)}) {
-    const std::string path = dir.str(std::string(length, 'n'));
+  const std::string euro = "\xe2\x82\xac";  // a 3-byte character across the cut at byte 183
+  for (const std::string& name : {std::string(200, 'n'), std::string(201, 'n'), std::string(255, 'n'),
+                                  std::string(182, 'n') + euro + std::string(70, 'n')}) {
+    const size_t length = name.size();
+    const std::string path = dir.str(name);
     write_file_atomic(path, "whole");
     EXPECT_EQ(read_bytes(path), "whole") << length;
     AtomicFileWriter w(path);
     const std::string temp = std::filesystem::path(w.temp_path()).filename().string();
     EXPECT_LE(temp.size() + std::string(".gnuplot.log").size(), 255u) << temp;
     EXPECT_EQ(std::filesystem::path(w.temp_path()).parent_path(), dir.path) << w.temp_path();
+    EXPECT_TRUE(utf8::is_valid(temp)) << temp;
     const std::string stale = dir.str(temp.substr(0, temp.find(".tmp-")) + ".tmp-999999999-0");
     std::ofstream(stale) << "torn";
     w.write(std::string("new"));

@@ -299,9 +299,30 @@ TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLe
     });
     const Checkpoint old = load_checkpoint(dir.str("sae"), Device::CPU);
     EXPECT_EQ(old.cfg.at("hook_name").as_string(), "blocks.1.hook_resid_pre");
+    // A flat cfg.json (no sae_lens_version): its model keys are read from metadata, where 6 reads
+    // them, and prepend_bos defaults to true, as SAELens's conversion does.
+    EXPECT_EQ(old.cfg.at("metadata").at("hook_name").as_string(), "blocks.1.hook_resid_pre");
+    EXPECT_TRUE(old.cfg.at("metadata").at("prepend_bos").as_bool());
     EXPECT_EQ(old.cfg.at("normalize_activations").as_string(), normalize == Json(true) ? "expected_average_only_in" : "none");
     EXPECT_EQ(old.params.W_enc.to_vector(), We);
   }
+  // Its top-level prepend_bos and context_size (SAELens 3-5) are metadata's, as SAELens reads them;
+  // metadata's own win, and a 6.x folder's top level is not read so.
+  with_cfg([](Json& cfg) {
+    cfg["apply_b_dec_to_input"] = false;
+    cfg.erase("metadata");
+    cfg["sae_lens_version"] = "5.10.3";
+    cfg["prepend_bos"] = false;
+    cfg["context_size"] = 16;
+  });
+  Checkpoint old5 = load_checkpoint(dir.str("sae"), Device::CPU);
+  EXPECT_FALSE(old5.cfg.at("metadata").at("prepend_bos").as_bool());
+  EXPECT_EQ(old5.cfg.at("metadata").at("context_size").as_int(), 16);
+  with_cfg([](Json& cfg) {
+    cfg["apply_b_dec_to_input"] = false;
+    cfg["context_size"] = 16;  // metadata says sae_lens_version 6.0.0
+  });
+  EXPECT_FALSE(load_checkpoint(dir.str("sae"), Device::CPU).cfg.at("metadata").has("context_size"));
   // A scaling_factor of ones, which pre-6 SAELens saved, is dropped as SAELens drops it; another is refused.
   with_cfg([](Json& cfg) { cfg["apply_b_dec_to_input"] = false; });
   for (const double factor : {1.0, 2.0}) {
