@@ -194,8 +194,14 @@ void TensorBoardWriter::flush() {
   bytes.swap(pending_);
   if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size())
     throw DataError(cat("TensorBoardWriter: writing '", path_, "' failed: ", std::strerror(errno)));
-  if (std::fflush(file_) != 0 || (::fsync(::fileno(file_)) != 0 && errno != EINVAL))
+  if (std::fflush(file_) != 0)
     throw DataError(cat("TensorBoardWriter: flushing '", path_, "' failed: ", std::strerror(errno)));
+}
+
+void TensorBoardWriter::sync() {
+  flush();
+  if (::fsync(::fileno(file_)) != 0 && errno != EINVAL)
+    throw DataError(cat("TensorBoardWriter: syncing '", path_, "' failed: ", std::strerror(errno)));
 }
 
 }  // namespace sae

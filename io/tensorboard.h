@@ -43,6 +43,8 @@ class TensorBoardWriter {
   void purge_from(int64_t step, double wall_time = unix_time_now());
   // Writes the buffer to the file and flushes the C stream. Throws DataError naming the path.
   void flush();
+  // flush(), then the file to disk (fsync), as before a checkpoint. Throws DataError naming the path.
+  void sync();
   // Full path of the event file.
   const std::string& path() const { return path_; }
 

@@ -121,6 +121,7 @@ std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae
   Tensor f;
   reconstruct(sae, bos_in_statistics || !bos_first ? x : x.slice_rows(1, t), &f);
   if (bos_in_statistics) f = f.slice_rows(1, t);
+  // In double: a row whose float32 norm overflows still has a finite direction and strengths.
   const std::vector<double> w = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
   double norm = 0;
   for (double v : w) norm += v * v;

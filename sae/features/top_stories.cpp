@@ -199,9 +199,10 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
 
 namespace {
 
-// ||W_dec[i, s w:(s+1) w]|| for every feature i and each of the S sources (one for an SAE), [F, S].
-std::vector<double> decoder_norms_per_source(const SaeParams& params) {
-  const int64_t sources = std::max<int64_t>(1, params.sources), features = params.d_sae();
+// ||W_dec[i, s w:(s+1) w]|| for every feature i and each of `sources` equal blocks of its row, [F, S]
+// (one block: the whole row's norm).
+std::vector<double> decoder_norms(const SaeParams& params, int64_t sources) {
+  const int64_t features = params.d_sae();
   const Tensor w = params.W_dec.to(Device::CPU);
   const int64_t columns = w.size(1), width = columns / sources;
   const float* data = w.data<float>();
@@ -222,7 +223,7 @@ std::vector<double> decoder_norms_per_source(const SaeParams& params) {
 
 std::vector<double> source_decoder_norms(const SaeParams& params) {
   if (params.sources <= 1) return {};
-  return decoder_norms_per_source(params);
+  return decoder_norms(params, params.sources);
 }
 
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
@@ -230,16 +231,7 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
   const std::vector<double> source_norms = source_decoder_norms(params);
   // The tutorial's strengths are its SAE's feature magnitudes, f_i ||W_dec[i]||: the length of what
   // feature i adds to the reconstruction of the normalised input (its L1 penalty's terms).
-  std::vector<double> row_norms(static_cast<size_t>(params.d_sae()));
-  {
-    const std::vector<double> per_source = decoder_norms_per_source(params);
-    const size_t sources = per_source.size() / row_norms.size();
-    for (size_t i = 0; i < row_norms.size(); ++i) {
-      double sq = 0;
-      for (size_t src = 0; src < sources; ++src) sq += per_source[i * sources + src] * per_source[i * sources + src];
-      row_norms[i] = std::sqrt(sq);
-    }
-  }
+  const std::vector<double> row_norms = decoder_norms(params, 1);
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
   std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));

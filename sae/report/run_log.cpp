@@ -103,7 +103,7 @@ void RunLog::write(const MetricRow& row) {
 void RunLog::flush() {
   if (std::fflush(csv_) != 0 || (::fsync(::fileno(csv_)) != 0 && errno != EINVAL))
     throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
-  tensorboard_->flush();
+  tensorboard_->sync();
 }
 
 std::string format_duration(double seconds) {
