@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "tensor/ops.h"
@@ -24,16 +25,18 @@ int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOpti
       if (logits[v] > logits[best]) best = v;  // strictly greater: the lowest id wins a tie
     return static_cast<int32_t>(best);
   }
-  // The candidates: every id, or the top_k largest logits (larger first, then the lower id).
+  // The candidates, in id order: every id, or those whose logit is at least the top_k-th largest
+  // (ties at the boundary are all kept, as transformers' TopKLogitsWarper keeps them).
   std::vector<int32_t> ids(vocab);
   std::iota(ids.begin(), ids.end(), 0);
   int64_t candidates = vocab;
   if (options.top_k > 0 && options.top_k < vocab) {
-    candidates = options.top_k;
-    std::partial_sort(ids.begin(), ids.begin() + candidates, ids.end(), [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
-    std::sort(ids.begin(), ids.begin() + candidates);  // draw in id order, as without top_k
+    std::vector<float> sorted(logits, logits + vocab);
+    std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(), std::greater<float>());
+    const float kth = sorted[options.top_k - 1];
+    candidates = 0;
+    for (int64_t v = 0; v < vocab; ++v)
+      if (logits[v] >= kth) ids[candidates++] = static_cast<int32_t>(v);
   }
   double largest = -INFINITY;
   for (int64_t c = 0; c < candidates; ++c) largest = std::max(largest, static_cast<double>(logits[ids[c]]));

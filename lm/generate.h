@@ -18,7 +18,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 50;
   bool greedy = false;       // argmax of the logits (the lowest id among equal maxima), no sampling
   double temperature = 1.0;  // sampling: softmax(logits / temperature); > 0
-  int64_t top_k = 0;         // sampling: only the k largest logits (ties: the lower id); 0 = all
+  int64_t top_k = 0;         // sampling: only logits >= the k-th largest (ties kept, as HF); 0 = all
   uint64_t seed = 0;         // sampling: the Rng's seed
   int32_t eos_id = -1;       // stop after generating this id (it is kept); -1: never stop early
 };
@@ -27,7 +27,8 @@ struct GenerateOptions {
 void check_generate_options(const GenerateOptions& options);
 
 // The next token from one row of logits [V] (host float32): the argmax when greedy, else a draw
-// from softmax(logits / temperature) restricted to the top_k largest, computed in double, with one
+// from softmax(logits / temperature) restricted to the logits >= the top_k-th largest (all ties at
+// the boundary kept, as transformers' TopKLogitsWarper), computed in double, with one
 // rng.uniform() per draw (the first id whose cumulative probability exceeds it).
 int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOptions& options, Rng& rng);
 

@@ -304,13 +304,18 @@ TEST(ChooseNextToken, SamplesSoftmaxOfLogitsOverTemperatureRestrictedToTopK) {
       }
     }
   }
-  // A top k that ties at the boundary keeps the lower id: the 2 largest are 4 and 1 (not 5).
+  // A top k that ties at the boundary keeps every tied id, as transformers' TopKLogitsWarper does:
+  // top_k 2 keeps 4 (2.5) and both 1 and 5 (2.0), each of the tied ones drawn with its softmax share.
   GenerateOptions options;
   options.top_k = 2;
   Rng rng(3);
-  for (int i = 0; i < 2000; ++i) {
-    const int32_t v = choose_next_token(logits.data(), 6, options, rng);
-    EXPECT_TRUE(v == 4 || v == 1) << v;
+  std::map<int, int> counts;
+  for (int i = 0; i < n; ++i) ++counts[choose_next_token(logits.data(), 6, options, rng)];
+  const double z = std::exp(2.5) + 2 * std::exp(2.0);
+  for (int v = 0; v < 6; ++v) {
+    const double p = v == 4 ? std::exp(2.5) / z : v == 1 || v == 5 ? std::exp(2.0) / z : 0.0;
+    const double sigma = std::sqrt(n * p * (1 - p));
+    EXPECT_NEAR(counts[v], n * p, 5 * sigma + 1) << "top_k 2 with a tie at the boundary, id " << v;
   }
 }
 
