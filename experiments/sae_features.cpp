@@ -20,8 +20,6 @@
 #include "lm/tokenizer.h"
 #include "sae/cli/cli.h"
 #include "sae/data/activations.h"
-#include "sae/data/concat_source.h"
-#include "sae/data/synthetic.h"
 #include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
 #include "sae/features/top_stories.h"
@@ -198,21 +196,7 @@ int main(int argc, char** argv) {
       if (k >= 0) description["layer"] = k;
     } else {
       if (choice.given()) throw sae::UsageError(sae::cat(choice.option, " goes with --model and --text"));
-      sae::refuse_path_with_comma("--data", data);
-      const std::vector<std::string> files = sae::split_option_list("data", data);
-      if (params.sources > 1 && static_cast<int64_t>(files.size()) != params.sources)
-        throw sae::UsageError(sae::cat("--data: ", sae_dir, " is a crosscoder of ", params.sources,
-                                       " sources: give one activation file per source, comma-separated (got ",
-                                       files.size(), ")"));
-      if (params.sources == 1 && files.size() > 1)
-        throw sae::UsageError(sae::cat("--data: several files are a crosscoder's sources; ", sae_dir, " reads one"));
-      if (files.size() == 1) {
-        source = sae::open_activations(data, sae::SyntheticOptions{});
-      } else {
-        std::vector<std::unique_ptr<sae::ActivationSource>> sources;
-        for (const std::string& file : files) sources.push_back(sae::open_activations(file, sae::SyntheticOptions{}));
-        source = std::make_unique<sae::ConcatSource>(std::move(sources));
-      }
+      source = sae::open_dictionary_inputs("data", data, params.sources, sae_dir);
       if (source->d() != params.d_in())
         throw sae::DataError(sae::cat(data, ": has ", source->d(), " columns but the SAE's d_in is ", params.d_in()));
       inputs = sae::file_story_inputs(*source, normalization, max_stories, device);

@@ -16,8 +16,8 @@
 // the same, for the segment at the start of the text only), is cut before each "▁" when Metaspace
 // splits, and each piece is merged from its characters (a character outside the vocabulary becomes its
 // UTF-8 bytes' <0xNN> pieces, or <unk>, consecutive ones fused with fuse_unk). decode() turns "▁" back
-// into spaces and byte pieces into their bytes, and drops one leading space where the decoder does
-// (Strip, or Metaspace with a prepend scheme).
+// into spaces and byte pieces into their bytes, and drops one leading space where the decoder has
+// Strip(" ", 1, 0), or every "▁" of the first token where it is a Metaspace with a prepend scheme.
 // The post-processor's TemplateProcessing says which tokens HF adds around a text: bos_prefix()
 // (Llama 3's <|begin_of_text|>, Llama 2's <s>, Gemma's <bos>; none for GPT-2 and Pythia). See
 // docs/tokenizer.md.

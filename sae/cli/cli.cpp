@@ -16,6 +16,8 @@
 
 #include "io/mapped_file.h"
 #include "io/utf8.h"
+#include "sae/data/concat_source.h"
+#include "sae/data/synthetic.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -286,6 +288,21 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
     begin = end + 1;
   }
   return items;
+}
+
+std::unique_ptr<ActivationSource> open_dictionary_inputs(const std::string& option, const std::string& text,
+                                                         int64_t sources, const std::string& sae_dir) {
+  refuse_path_with_comma("--" + option, text);
+  const std::vector<std::string> files = split_option_list(option, text);
+  if (sources > 1 && static_cast<int64_t>(files.size()) != sources)
+    throw UsageError(cat("--", option, ": ", sae_dir, " is a crosscoder of ", sources,
+                         " sources: give one activation file per source, comma-separated (got ", files.size(), ")"));
+  if (sources == 1 && files.size() > 1)
+    throw UsageError(cat("--", option, ": several files are a crosscoder's sources; ", sae_dir, " reads one"));
+  if (files.size() == 1) return open_activations(files[0], SyntheticOptions{});
+  std::vector<std::unique_ptr<ActivationSource>> opened;
+  for (const std::string& file : files) opened.push_back(open_activations(file, SyntheticOptions{}));
+  return std::make_unique<ConcatSource>(std::move(opened));
 }
 
 std::vector<int64_t> parse_increasing_int_list(const std::string& option, const std::string& text) {

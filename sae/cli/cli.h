@@ -5,10 +5,12 @@
 #include <cxxopts.hpp>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "lm/hook_points.h"
+#include "sae/data/activations.h"
 #include "sae/train/train_config.h"
 
 namespace sae {
@@ -58,6 +60,11 @@ double number_value(const std::string& option, const std::string& text);  // the
 // Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
 // when an item is empty.
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
+// The activation files a dictionary reads from --OPTION: one file, or a crosscoder's one per source
+// (`sources` of them, comma-separated, read side by side as a ConcatSource). UsageError for a path
+// with a comma that exists (refuse_path_with_comma) or a file count other than `sources`.
+std::unique_ptr<ActivationSource> open_dictionary_inputs(const std::string& option, const std::string& text,
+                                                         int64_t sources, const std::string& sae_dir);
 // Comma lists of the study drivers, each in increasing order (a value twice would name one run
 // folder twice): positive integers (--features-list, --k-list), or non-negative numbers (--l1-list).
 // UsageError naming --option otherwise.

@@ -282,3 +282,27 @@ TEST(CliApply, GivesTheSaeItsInputsNormalisedAsInTraining) {
                                           " --features-out " + quote(f_path));
   EXPECT_EQ(corrupt_state.exit_code, 0) << corrupt_state.err;
 }
+
+TEST(CliApply, InputListsAreReadAsSaeFeaturesAndSaeTrainReadThem) {
+  // One rule for every program that reads a dictionary's activation files (open_dictionary_inputs):
+  // a path with a comma in its name is refused (sae_apply had read it for a one-source SAE while
+  // sae_features and sae_train refused it), and two files for a one-source SAE are named as such
+  // (sae_apply had tried to open "A,B" as one file).
+  TinySae s(4);
+  fs::create_directories(s.dir.str("a,b"));
+  write_npy(s.dir.str("a,b/x.npy"), s.x);
+  const std::string f_path = s.dir.str("f.npy");
+  auto r = run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.dir.str("a,b/x.npy")) +
+                                " --features-out " + quote(f_path));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--input '"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("a comma separates a crosscoder's sources, and this is one path"), std::string::npos) << r.err;
+  r = run_apply(s.dir, "--sae " + quote(s.sae_dir) + " --input " + quote(s.input + "," + s.input) +
+                           " --features-out " + quote(f_path));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--input: several files are a crosscoder's sources; " + s.sae_dir + " reads one"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(count_lines(r.err), 1);
+  EXPECT_FALSE(fs::exists(f_path));
+}

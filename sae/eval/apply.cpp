@@ -1,0 +1,94 @@
+// apply_dictionary (see apply.h).
+#include "sae/eval/apply.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "tensor/ops.h"
+
+namespace sae {
+
+namespace {
+
+// Rows per encode/decode call when the data has no stories to go by: bounds the [rows, d_sae]
+// temporary for large inputs.
+constexpr int64_t kBlockRows = 4096;
+
+// Outputs that are not finite (weights that overflow float32 on this input) are an error, as in
+// sae_eval, before anything is written: rows [first, first + rows) of width `width`.
+void require_finite(const float* values, int64_t first, int64_t rows, int64_t width, const char* what,
+                    const std::string& sae_dir) {
+  const int64_t i = first_non_finite(values, rows * width);
+  if (i >= 0)
+    throw DataError(cat(sae_dir, ": the SAE's ", what, " at row ", first + i / width, ", column ", i % width, " is ",
+                        values[i], ", not finite: its weights overflow float32 on this input; nothing written"));
+}
+
+}  // namespace
+
+AppliedDictionary apply_dictionary(const SaeParams& dictionary, const InputNormalization& normalization,
+                                   ActivationSource& input, bool features, bool reconstruction, Device device,
+                                   const std::string& sae_dir) {
+  const int64_t n = input.num_tokens(), d = input.d(), f = dictionary.d_sae(), d_out = dictionary.d_out();
+  if (d != dictionary.d_in())
+    throw DataError(cat(input.name(), ": has ", d, " columns but the dictionary's d_in is ", dictionary.d_in()));
+  if (normalization.kind == Normalization::Story && (dictionary.sources > 1 || dictionary.transcoder))
+    throw DataError(cat(sae_dir, "/cfg.json: sae_cpp.normalization says \"story\", which a ",
+                        dictionary.transcoder ? "transcoder" : "crosscoder",
+                        " cannot have (each of its activations has a dataset scale, or none); --raw gives it the "
+                        "inputs as they are"));
+  if (normalization.kind == Normalization::Story && input.num_stories() == 0)
+    throw UsageError(cat("the SAE was trained with per-story normalisation and ", input.name(),
+                         " has no story boundaries: give a safetensors file with story_lengths, or --raw"));
+  // The dataset scales of the input's column blocks and of the output's: a transcoder's input and
+  // target have one each; an SAE's and a crosscoder's output is its input.
+  const std::vector<int64_t> in_widths = input.block_widths();
+  const std::vector<int64_t> out_widths = dictionary.transcoder ? std::vector<int64_t>{d_out} : in_widths;
+  const std::vector<double>& scales = normalization.scales.per_block;
+  DatasetScales in_scales(std::vector<double>(in_widths.size(), 1.0)),
+      out_scales(std::vector<double>(out_widths.size(), 1.0));
+  if (normalization.kind == Normalization::Dataset) {
+    const size_t expected = in_widths.size() + (dictionary.transcoder ? 1 : 0);
+    if (scales.size() != expected)
+      throw DataError(cat(sae_dir, "/cfg.json: sae_cpp.dataset_scale has ", scales.size(),
+                          " scales but the dictionary's data has ", expected, " column blocks"));
+    in_scales = std::vector<double>(scales.begin(), scales.begin() + static_cast<std::ptrdiff_t>(in_widths.size()));
+    out_scales = dictionary.transcoder ? DatasetScales(scales.back()) : in_scales;
+  }
+
+  // The pieces the SAE sees: one story each for per-story normalisation, else blocks of rows.
+  std::vector<std::pair<int64_t, int64_t>> pieces;  // (first token, tokens)
+  if (normalization.kind == Normalization::Story) {
+    for (int64_t s = 0; s < input.num_stories(); ++s) pieces.push_back({input.story_begin(s), input.story_length(s)});
+  } else {
+    for (int64_t begin = 0; begin < n; begin += kBlockRows) pieces.push_back({begin, std::min(kBlockRows, n - begin)});
+  }
+
+  // Only the requested outputs are held (whole): N x d_sae floats can be large.
+  AppliedDictionary out;
+  if (features) out.features = Tensor::empty(Shape{n, f});
+  if (reconstruction) out.reconstruction = Tensor::empty(Shape{n, d_out});
+  for (const auto& [begin, rows] : pieces) {
+    Tensor raw = Tensor::empty(Shape{rows, d}), x = Tensor::empty(Shape{rows, d});
+    input.read_tokens(begin, rows, raw.data<float>());
+    const BatchStats stats =
+        normalize_blocks(raw.data<float>(), x.data<float>(), rows, in_widths, normalization.kind, in_scales,
+                         [first = begin](int64_t row) { return first + row; }, input.name());
+    const Tensor x_device = x.to(device);
+    const Tensor fx = sae_encode(dictionary, x_device);
+    if (features) {
+      const Tensor fh = fx.to(Device::CPU);
+      require_finite(fh.data<float>(), begin, rows, f, "features", sae_dir);
+      std::memcpy(out.features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
+    }
+    if (reconstruction) {
+      const Tensor xh = sae_decode(dictionary, fx, &x_device).to(Device::CPU);
+      float* row = out.reconstruction.data<float>() + begin * d_out;
+      denormalize_blocks(xh.data<float>(), row, rows, out_widths, normalization.kind, out_scales, stats);
+      require_finite(row, begin, rows, d_out, "reconstruction", sae_dir);
+    }
+  }
+  return out;
+}
+
+}  // namespace sae
