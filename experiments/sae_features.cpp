@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < params.d_sae(); ++i) silent += stats.top_count(i) == 0;
     std::printf("sae_features: %lld stories (%lld tokens%s), %lld features, %lld of them (%.1f%%) never active\n",
                 static_cast<long long>(summary.stories), static_cast<long long>(summary.tokens),
-                summary.truncated ? sae::cat(", ", summary.truncated, " cut to windows of the context size").c_str() : "",
+                summary.truncated ? sae::cat(", ", summary.truncated, " longer than the context size: only their first window read").c_str() : "",
                 static_cast<long long>(params.d_sae()), static_cast<long long>(silent),
                 100.0 * double(silent) / double(params.d_sae()));
     if (description.has("hook_from"))

@@ -146,6 +146,14 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
   p.W_dec = read_finite(weights, "W_dec", where);
   p.b_dec = read_finite(weights, "b_dec", where);
   if (p.W_enc.ndim() != 2) throw DataError(cat(where, ": W_enc must be 2-D, got ", p.W_enc.describe()));
+  // Orientation first: a W_enc or W_dec stored transposed is named as such, not by the first bias or
+  // threshold that disagrees with it.
+  if (p.W_dec.ndim() == 2 && p.W_enc.size(1) != p.W_dec.size(0))
+    throw DataError(cat(where, ": W_enc ", p.W_enc.describe(), " and W_dec ", p.W_dec.describe(),
+                        " disagree: W_enc is [d_in, d_sae] and W_dec [d_sae, d_out] (is one of them transposed?)"));
+  if (p.b_enc.defined() && p.b_enc.ndim() == 1 && p.b_enc.size(0) != p.W_enc.size(1))
+    throw DataError(cat(where, ": b_enc ", p.b_enc.describe(), " does not match W_enc ", p.W_enc.describe(),
+                        ": W_enc is [d_in, d_sae] and W_dec [d_sae, d_out] (are both transposed?)"));
   // The dictionary's kind, from the folder's architecture name (unit_for_folder chose this unit).
   const std::string arch = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
   if (arch == "crosscoder") {

@@ -306,6 +306,12 @@ Checkpoint load_npz(const std::string& path, Device device) {
   out.cfg["dtype"] = "float32";
   out.cfg["normalize_activations"] = "none";
   out.cfg["reshape_activations"] = "none";
+  // The windows Gemma Scope trained on, as SAELens's Gemma Scope loader states them: 1024 tokens
+  // after a BOS (the programs' defaults; a model with fewer positions clamps them).
+  Json metadata = Json::object();
+  metadata["context_size"] = 1024;
+  metadata["prepend_bos"] = true;
+  out.cfg["metadata"] = metadata;
   out.params = out.params.to(device);
   return out;
 }

@@ -22,6 +22,16 @@ size_t TrainingData::block(const std::string& read) const {
 
 namespace {
 
+// Each input block's mean ||x||^2 as its normalisation makes it: w^2 per story (every element of a
+// story scaled to variance w, the tutorial's normalisation), w for dataset normalisation (its scale
+// makes the mean norm sqrt(w); the mean square is a few % more). Raw inputs (none) are measured by
+// the caller.
+std::vector<double> nominal_mean_squared_norms(const std::vector<int64_t>& widths, Normalization normalize) {
+  std::vector<double> e;
+  for (int64_t w : widths) e.push_back(normalize == Normalization::Story ? double(w) * double(w) : double(w));
+  return e;
+}
+
 // Sites in the order a forward pass reaches them.
 bool before(const HookSite& a, const HookSite& b) {
   return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
@@ -83,7 +93,7 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   auto text = std::make_unique<TextBatcher>(*data.model, *data.tokenizer, options, config.batch_tokens,
                                             config.normalize, data.dataset_scale, config.seed, model_b);
   data.widths = text->block_widths();
-  data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
+  data.mean_squared_norms = nominal_mean_squared_norms(data.widths, config.normalize);
   if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
     estimate_text_dataset_scale(*data.model, *data.tokenizer, options, 16384, model_b, &data.mean_squared_norms);
   const HookSite site = sites[0].front();
@@ -196,7 +206,7 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
                                              data.dataset_scale, config.seed);
     data.description = data.activations->describe();
     describe_cache_origin(config, reads, data.description);
-    data.mean_squared_norms.assign(data.widths.begin(), data.widths.end());
+    data.mean_squared_norms = nominal_mean_squared_norms(data.widths, config.normalize);
     if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
       estimate_dataset_scales(*data.activations, 65536, &data.mean_squared_norms);
   }

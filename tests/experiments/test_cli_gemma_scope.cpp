@@ -138,7 +138,11 @@ TEST(GemmaScopeCli, LoadsAsOurJumpReluSaeAndEvaluatesAsOurFolder) {
   EXPECT_EQ(c.npz, gs_ref("stored/params.npz"));
   EXPECT_FALSE(c.state.has_value());
   EXPECT_EQ(c.cfg.at("architecture").as_string(), "jumprelu");
-  EXPECT_FALSE(c.cfg.has("metadata"));  // no hook point
+  // No hook point; the windows Gemma Scope trained on (SAELens's Gemma Scope loader: 1024 tokens after
+  // a BOS), which the programs take as their defaults (the model's 8192 positions had been).
+  EXPECT_FALSE(c.cfg.at("metadata").has("hook_name"));
+  EXPECT_EQ(c.cfg.at("metadata").at("context_size").as_int(), 1024);
+  EXPECT_TRUE(c.cfg.at("metadata").at("prepend_bos").as_bool());
   // The folder form finds the same file; log_threshold is log(threshold).
   EXPECT_EQ(load_checkpoint(gs_ref("stored"), Device::CPU, false).npz, (fs::path(gs_ref("stored")) / "params.npz").string());
   const Tensor threshold = NpzFile::open(gs_ref("stored/params.npz")).read_f32("threshold");
@@ -157,6 +161,16 @@ TEST(GemmaScopeCli, LoadsAsOurJumpReluSaeAndEvaluatesAsOurFolder) {
   const Json run_cfg = read_json_file(dir.str("run/sae/cfg.json"));
   EXPECT_EQ(run_cfg.at("architecture").as_string(), "jumprelu");
   EXPECT_EQ(run_cfg.at("d_sae").as_int(), 64);
+  // Its weights read raw activations: a run that normalises them (the default story, or dataset)
+  // would start from another function (L0 0 at step 1 with dataset's scale on real activations), so
+  // only --normalize none is taken.
+  for (const std::string normalize : {"", " --normalize story", " --normalize dataset"})
+    expect_failure("sae_train",
+                   cat("--data ", quote(gs_ref("x.npy")), " --init ", quote(gs_ref("deflated.npz")),
+                       " --architecture jumprelu --steps 3 --batch 10 --device cpu --progress none", normalize,
+                       " --out ", quote(dir.str("run_normalised"))),
+                   2, "reads raw activations (a folder without sae_cpp.normalization");
+  EXPECT_FALSE(fs::exists(dir.str("run_normalised")));
   expect_failure("sae_train", cat("--resume ", quote(gs_ref("stored/params.npz"))), 1, "holds weights only");
   expect_failure("sae_train", cat("--resume ", quote(gs_ref("stored"))), 1, "holds weights only");
   try {
@@ -170,6 +184,11 @@ TEST(GemmaScopeCli, LoadsAsOurJumpReluSaeAndEvaluatesAsOurFolder) {
   // the numbers of the same SAE saved as our own jumprelu folder.
   expect_failure("sae_eval", eval_args(gs_ref("stored/params.npz"), dir.str("o0")), 2, "blocks.L.hook_resid_post");
   save_checkpoint(dir.str("ours"), c.params, Json::object(), nullptr);
+  {  // our folder with the windows the archive states
+    Json cfg = read_json_file(dir.str("ours/cfg.json"));
+    cfg["metadata"] = c.cfg.at("metadata");
+    std::ofstream(dir.str("ours/cfg.json")) << cfg.dump(2);
+  }
   const CommandResult a = run_binary("sae_eval", eval_args(gs_ref("stored/params.npz"), dir.str("o1")) + " --layer 3", dir);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   const CommandResult b = run_binary("sae_eval", eval_args(dir.str("ours"), dir.str("o2")) + " --layer 3", dir);
@@ -250,7 +269,16 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
   };
   expect_refused(make_zip(without("W_dec.npy")), "missing tensor W_dec");
   expect_refused(make_zip(without("threshold.npy")), "missing tensor threshold");
-  expect_refused(make_zip(replaced("W_dec.npy", npy_f32("(4, 6)", values(d * f, 0.2f)))), "W_dec should be");
+  // Arrays stored transposed are named as such (a transposed W_enc was blamed on the threshold).
+  expect_refused(make_zip(replaced("W_dec.npy", npy_f32("(4, 6)", values(d * f, 0.2f)))),
+                 "W_dec f32[4, 6] cpu disagree: W_enc is [d_in, d_sae] and W_dec [d_sae, d_out] (is one of them "
+                 "transposed?)");
+  expect_refused(make_zip(replaced("W_enc.npy", npy_f32("(6, 4)", values(d * f, 0.1f)))), "(is one of them transposed?)");
+  std::vector<ZipEntry> both = replaced("W_enc.npy", npy_f32("(6, 4)", values(d * f, 0.1f)));
+  for (ZipEntry& z : both)
+    if (z.name == "W_dec.npy") z.data = npy_f32("(4, 6)", values(d * f, 0.2f));
+  expect_refused(make_zip(both), "does not match W_enc f32[6, 4] cpu: W_enc is [d_in, d_sae] and W_dec "
+                                 "[d_sae, d_out] (are both transposed?)");
   expect_refused(make_zip(replaced("threshold.npy", npy_f32("(5,)", values(5, 0.1f)))), "threshold should be [6]");
   std::vector<float> with_nan = values(d * f, 0.1f);
   with_nan[7] = std::numeric_limits<float>::quiet_NaN();

@@ -215,7 +215,7 @@ TEST(TopStoriesCrosscoder, TheProgramReadsEverySourceAndRefusesWhatDoesNotFit) {
     const std::vector<StoryFeatures> stories = encode_all(*run.c);
     size_t tokens = 0;
     for (const StoryFeatures& s : stories) tokens += s.ids.size();
-    EXPECT_NE(r.out.find(cat("6 stories (", tokens, " tokens, 1 cut to windows of the context size)")), std::string::npos)
+    EXPECT_NE(r.out.find(cat("6 stories (", tokens, " tokens, 1 longer than the context size: only their first window read)")), std::string::npos)
         << r.out;
     expect_entries(Json::parse(read_file(out)), stories, 3, "sae_features " + run.c->folder);
     // The statistics say which sources they were gathered from (as the browser names them).

@@ -172,6 +172,33 @@ TEST(L0Controller, ReachesTheTargetOnFreshPlantedDataFromAnyStart) {
   }
 }
 
+// The data's scale of lambda takes E = mean ||x||^2 as the normalisation makes it: d^2 per story
+// (every element of a story at variance d), which had been taken as d, so lambda_s came out sqrt(d)
+// too small and its ceiling of 10 lambda_s held lambda below what the target needs (a story run of
+// the demo's data ended 28% over its L0). Checked against the normalised batches' own statistics.
+TEST(L0Controller, TheDataScaleOfStoryNormalisedInputsIsTheirMeanSquaredNorm) {
+  TempDir dir("l0_story_scale");
+  TrainConfig c = small_synthetic_config(dir.str("run"));
+  c.normalize = Normalization::Story;
+  c.batch_tokens = 0;  // story batches
+  c.features = 64;
+  c.steps = 20;
+  c.log_every = 1;
+  c.target_l0 = 4;
+  train(c);
+  const double d = double(c.synthetic.d);
+  const Json cfg = read_json_file(c.out + "/config.json");
+  const double e = cfg.at("resolved").at("target_l0_mean_squared_norm").as_number();
+  EXPECT_DOUBLE_EQ(e, d * d);
+  EXPECT_DOUBLE_EQ(cfg.at("resolved").at("target_l0_lambda_scale").as_number(), std::sqrt(d * d / 4));
+  // Every logged batch: mean ||x||^2 = d (normalized_std^2 + normalized_mean^2), within 1% of E.
+  const Metrics m = read_metrics(c.out + "/metrics.csv");
+  ASSERT_EQ(m.rows.size(), 20u);
+  const std::vector<double> sd = m.column("normalized_std"), mean = m.column("normalized_mean");
+  for (size_t r = 0; r < m.rows.size(); ++r)
+    EXPECT_NEAR(d * (sd[r] * sd[r] + mean[r] * mean[r]), e, 0.01 * e) << "row " << r;
+}
+
 TEST(L0Controller, JumpReluWithTheTanhPenaltyReachesTheTarget) {
   // The tanh penalty's gradient reaches the pre-activations; the step penalty's reaches only the
   // thresholds of latents firing within the bandwidth of them (docs/architectures.md §7.7).
