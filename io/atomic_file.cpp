@@ -29,33 +29,36 @@ std::string parent_directory(const std::string& path) {
 
 }  // namespace
 
-// Makes the rename itself durable. Some file systems do not support fsync on a directory
-// (EINVAL); the rename has still happened there, so that case is not an error.
+void sync_fd(int fd, const std::string& what) {
+  if (::fsync(fd) != 0 && errno != EINVAL) throw DataError(cat("cannot sync ", what, ": ", os_reason()));
+}
+
+// Makes the rename itself durable (file systems that cannot sync a directory have still renamed).
 void sync_directory(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw DataError(cat("cannot open directory ", dir, " to sync it: ", os_reason()));
-  int rc = ::fsync(fd);
-  int saved = errno;
-  ::close(fd);
-  if (rc != 0 && saved != EINVAL) {
-    errno = saved;
-    throw DataError(cat("cannot sync directory ", dir, ": ", os_reason()));
+  try {
+    sync_fd(fd, "directory " + dir);
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
+  ::close(fd);
 }
 
 void sync_file(const std::string& path, bool missing_ok) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (missing_ok) return;
+    if (missing_ok && errno == ENOENT) return;
     throw DataError(cat("cannot open ", path, " to sync it: ", os_reason()));
   }
-  const int rc = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  if (rc != 0 && saved != EINVAL) {
-    errno = saved;
-    throw DataError(cat("cannot sync ", path, ": ", os_reason()));
+  try {
+    sync_fd(fd, path);
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
+  ::close(fd);
 }
 
 void sync_tree(const std::string& root) {
@@ -153,7 +156,7 @@ void AtomicFileWriter::write(const void* data, size_t bytes) {
 
 void AtomicFileWriter::commit() {
   if (fd_ < 0) throw Error(cat("AtomicFileWriter: ", path_, " committed twice"));
-  if (::fsync(fd_) != 0) throw DataError(cat("cannot sync ", temp_path_, ": ", os_reason()));
+  sync_fd(fd_, temp_path_);
   int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) throw DataError(cat("cannot close ", temp_path_, ": ", os_reason()));

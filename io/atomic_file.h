@@ -10,11 +10,14 @@
 
 namespace sae {
 
+// fsync of an open file or directory: DataError "cannot sync WHAT: reason"; a file system that
+// cannot sync it (EINVAL: a pipe, some special file systems) is not an error.
+void sync_fd(int fd, const std::string& what);
 // Flushes a directory's entries (a rename into it, a new file) to disk. DataError naming the
-// directory and the OS reason; file systems that cannot sync a directory (EINVAL) are not an error.
+// directory and the OS reason (sync_fd's).
 void sync_directory(const std::string& dir);
 // Flushes a file another program wrote to disk before it is renamed into place. DataError as
-// sync_directory (`missing_ok`: a file that cannot be opened is skipped).
+// sync_directory (`missing_ok`: a file that is not there, such as a link to nowhere, is skipped).
 void sync_file(const std::string& path, bool missing_ok = false);
 // Flushes every file under `root` and every directory's entries (a folder copied before it is
 // renamed into place). DataError as sync_directory.

@@ -4,6 +4,8 @@
 // 0 varint (int64), 1 fixed64 (double), 2 length-delimited (string, sub-message), 5 fixed32 (float).
 #include "io/tensorboard.h"
 
+#include "io/atomic_file.h"
+
 #include <unistd.h>
 
 #include <array>
@@ -200,8 +202,7 @@ void TensorBoardWriter::flush() {
 
 void TensorBoardWriter::sync() {
   flush();
-  if (::fsync(::fileno(file_)) != 0 && errno != EINVAL)
-    throw DataError(cat("TensorBoardWriter: syncing '", path_, "' failed: ", std::strerror(errno)));
+  sync_fd(::fileno(file_), path_);
 }
 
 }  // namespace sae

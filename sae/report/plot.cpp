@@ -9,6 +9,7 @@
 
 #include "io/atomic_file.h"
 #include "io/csv.h"
+#include "io/mapped_file.h"
 #include "sae/report/table.h"
 #include "tensor/error.h"
 
@@ -20,20 +21,18 @@ namespace {
 
 // Why the drawn file is not a whole PNG ("" when it is): gnuplot exits 0 when the disk fills while
 // it draws, leaving an empty or cut-off file. A whole PNG starts with the signature and ends with
-// the IEND chunk. The file is flushed to disk first, as every output that is put in place by a rename.
+// the IEND chunk.
 std::string incomplete_png(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string bytes;
+  try {
+    bytes = read_small_file(path.string(), size_t(1) << 30);
+  } catch (const Error& e) {
+    return cat("it cannot be read back: ", e.what());
+  }
   static const std::string signature("\x89PNG\r\n\x1a\n", 8), end("\0\0\0\0IEND\xae\x42\x60\x82", 12);
-  if (!in.eof() && in.fail()) return "it cannot be read back";
   if (bytes.size() < signature.size() + end.size() || bytes.compare(0, signature.size(), signature) != 0 ||
       bytes.compare(bytes.size() - end.size(), end.size(), end) != 0)
     return cat("gnuplot left an incomplete PNG (", bytes.size(), " bytes; a full disk?)");
-  try {
-    sync_file(path.string());
-  } catch (const Error& e) {
-    return e.what();
-  }
   return "";
 }
 
@@ -164,7 +163,14 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
     throw DataError(cat(png_path, ": gnuplot failed (", (dir / (stem + ".gp")).string(), "; its output in ",
                         kept.string(), "): ", first_line));
   }
-  const std::string incomplete = incomplete_png(drawing);
+  std::string incomplete = incomplete_png(drawing);
+  if (incomplete.empty()) {
+    try {
+      sync_file(drawing.string());  // on disk before it takes the figure's name, as every output
+    } catch (const Error& e) {
+      incomplete = e.what();
+    }
+  }
   if (!incomplete.empty()) {
     fs::remove(drawing, ec);
     fs::remove(log, ec);

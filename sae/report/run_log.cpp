@@ -101,8 +101,8 @@ void RunLog::write(const MetricRow& row) {
 // On disk, not only out of our buffers: a checkpoint saved (and fsynced) after this must not survive
 // a power cut that loses the rows before it, which --resume would then leave missing.
 void RunLog::flush() {
-  if (std::fflush(csv_) != 0 || (::fsync(::fileno(csv_)) != 0 && errno != EINVAL))
-    throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
+  if (std::fflush(csv_) != 0) throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
+  sync_fd(::fileno(csv_), csv_path_);
   tensorboard_->sync();
 }
 

@@ -112,7 +112,7 @@ void save_sharded_checkpoint(Collectives& c, const std::string& dir, const SaePa
                       begin + (uint64_t(r) * latents + first_latent) * sizeof(float), weights_path);
         }
       }
-      if (::fsync(fd) != 0) throw DataError(cat("checkpoint: cannot sync ", weights_path, ": ", std::strerror(errno)));
+      sync_fd(fd, weights_path);
     } catch (...) {
       ::close(fd);
       throw;
