@@ -1,11 +1,22 @@
-// UTF-8: decode the code point at a byte offset of checked text (lm/tokenizer.h check_utf8 says why
-// text is not UTF-8), append one; the well-formed sequences (JSON's strings), and bytes made valid
-// UTF-8 for display.
+// UTF-8: why a text is not UTF-8 (check_utf8, first_invalid_utf8), decode the code point at a byte
+// offset of checked text, append one; the well-formed sequences (JSON's strings), and bytes made
+// valid UTF-8 for display.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+
+namespace sae {
+
+// Throws DataError "<label>: invalid UTF-8 at byte <offset>: <reason>" unless `text` is valid
+// UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF). An empty label reads "text".
+void check_utf8(std::string_view text, std::string_view label = "");
+
+// The byte offset of the first invalid UTF-8 sequence of `text` with its reason, or npos.
+size_t first_invalid_utf8(std::string_view text, std::string& reason);
+
+}  // namespace sae
 
 namespace sae::utf8 {
 

@@ -7,7 +7,7 @@
 //   Llama3  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
 //           \s*[\r\n]+|\s+(?!\S)|\s+   (Llama 3's Split)
 //   Qwen2   the same with \p{N} one at a time (Qwen 2's Split)
-// Text must be valid UTF-8 (lm/tokenizer.h check_utf8). Together the pieces cover every byte.
+// Text must be valid UTF-8 (io/utf8.h check_utf8). Together the pieces cover every byte.
 #pragma once
 #include <optional>
 #include <string>

@@ -9,7 +9,7 @@
 
 #include "io/json.h"
 #include "io/mapped_file.h"
-#include "lm/tokenizer.h"
+#include "io/utf8.h"
 #include "tensor/error.h"
 
 namespace sae {

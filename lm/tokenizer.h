@@ -32,16 +32,10 @@
 #include <vector>
 
 #include "io/json.h"
+#include "io/utf8.h"  // check_utf8, first_invalid_utf8
 #include "lm/pre_tokenizer.h"
 
 namespace sae {
-
-// Throws DataError "<label>: invalid UTF-8 at byte <offset>: <reason>" unless `text` is valid
-// UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF). An empty label reads "text".
-void check_utf8(std::string_view text, std::string_view label = "");
-
-// The byte offset of the first invalid UTF-8 sequence of `text` with its reason, or npos.
-size_t first_invalid_utf8(std::string_view text, std::string& reason);
 
 class BpeTokenizer {
  public:

@@ -31,7 +31,7 @@ extern const Composition kCompositions[];          // sorted by (first, second)
 extern const size_t kCompositionCount;
 
 uint8_t combining_class(uint32_t code_point);
-// NFC of valid UTF-8 (check it first: lm/tokenizer.h check_utf8).
+// NFC of valid UTF-8 (check it first: io/utf8.h check_utf8).
 std::string nfc(std::string_view text);
 
 }  // namespace sae::unicode
