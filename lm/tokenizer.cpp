@@ -43,20 +43,25 @@ int byte_piece_value(const std::string& piece) {
   return value;
 }
 
+// `text` with every "▁" replaced by `with`.
+std::string replace_meta_spaces(const std::string& text, const char* with) {
+  std::string out;
+  for (size_t pos = 0; pos < text.size();) {
+    if (text.compare(pos, 3, kMetaSpace) == 0) {
+      out += with;
+      pos += 3;
+    } else {
+      out += text[pos++];
+    }
+  }
+  return out;
+}
+
 // A SentencePiece piece's text: "▁" as a space, a byte piece as its byte.
 std::string sp_piece_bytes(const std::string& piece) {
   const int byte = byte_piece_value(piece);
   if (byte >= 0) return std::string(1, static_cast<char>(byte));
-  std::string out;
-  for (size_t pos = 0; pos < piece.size();) {
-    if (piece.compare(pos, 3, kMetaSpace) == 0) {
-      out += ' ';
-      pos += 3;
-    } else {
-      out += piece[pos++];
-    }
-  }
-  return out;
+  return replace_meta_spaces(piece, " ");
 }
 
 std::string replace_spaces(std::string_view text) {
@@ -277,24 +282,12 @@ BpeTokenizer BpeTokenizer::build(Parts parts) {
     // Decoding as `tokenizers` does, whose decoder sees every token's text, added tokens' too: "▁"
     // becomes a space (an added token's own spaces stay), and with a Metaspace decoder every "▁" of
     // the first token goes (byte pieces are bytes, not marks).
-    const auto replaced = [](const std::string& text, const char* with) {
-      std::string out;
-      for (size_t i = 0; i < text.size();) {
-        if (text.compare(i, 3, kMetaSpace) == 0) {
-          out += with;
-          i += 3;
-        } else {
-          out += text[i++];
-        }
-      }
-      return out;
-    };
-    for (const auto& [content, id, normalized] : parts.added) t.token_bytes_[id] = replaced(content, " ");
+    for (const auto& [content, id, normalized] : parts.added) t.token_bytes_[id] = replace_meta_spaces(content, " ");
     if (t.sp_.strip_first_token_spaces) {
       t.first_token_bytes_ = t.token_bytes_;
       for (const auto& [token, id] : parts.vocab)
-        if (!added_contents.count(token) && byte_piece_value(token) < 0) t.first_token_bytes_[id] = replaced(token, "");
-      for (const auto& [content, id, normalized] : parts.added) t.first_token_bytes_[id] = replaced(content, "");
+        if (!added_contents.count(token) && byte_piece_value(token) < 0) t.first_token_bytes_[id] = replace_meta_spaces(token, "");
+      for (const auto& [content, id, normalized] : parts.added) t.first_token_bytes_[id] = replace_meta_spaces(content, "");
     }
   }
   // Every byte needs its one-character token (byte-level BPE).
@@ -400,13 +393,18 @@ void check_byte_level(const Json& pre, bool regex, const char* where) {
                         regex ? " (GPT-2's pattern)" : " after a Split (the text would be split twice)"));
 }
 
+// A one-element Sequence of pre-tokenizers is its element (transformers' own SentencePiece
+// conversion writes Sequence [Metaspace]); anything else is itself.
+const Json& single_pre_tokenizer(const Json& pre) {
+  return type_of(pre) == "Sequence" && pre.has("pretokenizers") && pre.at("pretokenizers").is_array() &&
+                 pre.at("pretokenizers").size() == 1
+             ? pre.at("pretokenizers").at(size_t(0))
+             : pre;
+}
+
 // The pre-tokenizer: ByteLevel with GPT-2's pattern, or Sequence [Split(pattern), ByteLevel].
 SplitPattern read_pre_tokenizer(const Json& pre_tokenizer) {
-  // A one-element Sequence is its element (as in read_sentencepiece).
-  const Json& pre = type_of(pre_tokenizer) == "Sequence" && pre_tokenizer.has("pretokenizers") &&
-                            pre_tokenizer.at("pretokenizers").is_array() && pre_tokenizer.at("pretokenizers").size() == 1
-                        ? pre_tokenizer.at("pretokenizers").at(size_t(0))
-                        : pre_tokenizer;
+  const Json& pre = single_pre_tokenizer(pre_tokenizer);
   const std::string type = type_of(pre);
   if (type == "ByteLevel") {
     check_byte_level(pre, true, "pre_tokenizer");
@@ -520,12 +518,7 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
     else if (type == "Prepend" && is_meta(*n, "prepend")) prepends = true;
     else other_normalizer = true;
   }
-  // A one-element Sequence is its element (transformers' own SentencePiece conversion writes
-  // Sequence [Metaspace]).
-  const Json& pre_one = type_of(pre) == "Sequence" && pre.has("pretokenizers") && pre.at("pretokenizers").is_array() &&
-                                pre.at("pretokenizers").size() == 1
-                            ? pre.at("pretokenizers").at(size_t(0))
-                            : pre;
+  const Json& pre_one = single_pre_tokenizer(pre);
   const std::string pre_type = type_of(pre_one);
   const bool metaspace = pre_type == "Metaspace";
   sp.on = flag_or(model, "byte_fallback", false) || metaspace || replaces || prepends;
