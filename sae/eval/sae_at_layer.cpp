@@ -345,29 +345,38 @@ bool is_crosscoder_folder(const std::string& dir) {
   }
 }
 
-Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
-  if (sae.crosscoder())
-    throw UsageError(cat(sae.dir, " is a crosscoder: its decoder rows span its sources, and steering at each of its "
-                         "hooks is not done (sae_steer takes SAEs and transcoders)"));
+namespace {
+std::vector<double> decoder_row(const SaeAtLayer& sae, int64_t feature) {
   const int64_t features = sae.params.d_sae();
   if (feature < 0 || feature >= features)
     throw UsageError(cat("--feature ", feature, " is outside 0..", features - 1, " (the SAE has ", features,
                          " features)"));
-  // In double on the host: a float32 sum of squares overflows for weights above ~1e19 (a norm of
-  // inf would make the direction 0, and the "steered" text the unsteered one).
-  const int64_t width = sae.params.W_dec.size(1);
-  const std::vector<double> row = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
-  double largest = 0;
-  for (double v : row) largest = std::max(largest, std::abs(v));
-  if (!std::isfinite(largest))
+  return sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
+}
+
+double norm_of(const std::vector<double>& row) {
+  double squares = 0;  // of float32 values: no overflow in double
+  for (double v : row) squares += v * v;
+  return std::sqrt(squares);
+}
+}  // namespace
+
+double decoder_row_norm(const SaeAtLayer& sae, int64_t feature) { return norm_of(decoder_row(sae, feature)); }
+
+Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature) {
+  if (sae.crosscoder())
+    throw UsageError(cat(sae.dir, " is a crosscoder: its decoder rows span its sources, and steering at each of its "
+                         "hooks is not done (sae_steer takes SAEs and transcoders)"));
+  // In double on the host: a float32 norm overflows for weights above ~1e19 (a norm of inf would
+  // make the direction 0, and the "steered" text the unsteered one).
+  const std::vector<double> row = decoder_row(sae, feature);
+  const double norm = norm_of(row);
+  if (!std::isfinite(norm))
     throw DataError(cat(sae.dir, ": feature ", feature, "'s decoder row holds a value that is not finite"));
-  if (!(largest > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
-  double scaled = 0;  // sum of (v / largest)^2: no overflow, no underflow
-  for (double v : row) scaled += (v / largest) * (v / largest);
-  const double norm = largest * std::sqrt(scaled);
+  if (!(norm > 0)) throw DataError(cat(sae.dir, ": feature ", feature, " has a zero decoder row: no direction to steer along"));
   std::vector<double> direction(row.size());
   for (size_t j = 0; j < row.size(); ++j) direction[j] = row[j] / norm;
-  return Tensor::from_vector(direction, Shape{width}, DType::F32, sae.params.device());
+  return Tensor::from_vector(direction, Shape{static_cast<int64_t>(row.size())}, DType::F32, sae.params.device());
 }
 
 }  // namespace sae

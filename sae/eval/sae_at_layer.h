@@ -120,5 +120,8 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
 // UsageError for a feature outside 0..F-1 and for a crosscoder (its rows span its sources: steering
 // at each of its hooks is not done), DataError for a zero decoder row.
 Tensor decoder_direction(const SaeAtLayer& sae, int64_t feature);
+// ||W_dec[feature]|| in double (a float32 sum of squares overflows for weights above ~1e19), after
+// the same UsageError for a feature outside 0..F-1.
+double decoder_row_norm(const SaeAtLayer& sae, int64_t feature);
 
 }  // namespace sae

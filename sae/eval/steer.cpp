@@ -110,8 +110,7 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 
 std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae, const std::vector<int32_t>& ids,
                                       bool bos_first, int64_t feature) {
-  if (feature < 0 || feature >= sae.params.d_sae())
-    throw UsageError(cat("--feature ", feature, " is outside the SAE's features 0..", sae.params.d_sae() - 1));
+  const double norm = decoder_row_norm(sae, feature);
   const int64_t t = static_cast<int64_t>(ids.size()), skip = bos_first ? 1 : 0;
   if (t <= skip) return {};
   const Tensor x = model.forward_to_site(ids, sae.input_site).clone();
@@ -121,11 +120,6 @@ std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae
   Tensor f;
   reconstruct(sae, bos_in_statistics || !bos_first ? x : x.slice_rows(1, t), &f);
   if (bos_in_statistics) f = f.slice_rows(1, t);
-  // In double: a row whose float32 norm overflows still has a finite direction and strengths.
-  const std::vector<double> w = sae.params.W_dec.slice_rows(feature, feature + 1).to(Device::CPU).to_vector();
-  double norm = 0;
-  for (double v : w) norm += v * v;
-  norm = std::sqrt(norm);
   const std::vector<double> column = f.to(Device::CPU).to_vector();
   const int64_t features = sae.params.d_sae();
   std::vector<double> out(static_cast<size_t>(t - skip));
