@@ -46,11 +46,6 @@ int count_lines(const std::string& s) {
   return n;
 }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // Runs and expects exit `code` with one line on stderr containing `needle`.
 void expect_failure(const std::string& program, const std::string& args, int code, const std::string& needle) {
   TempDir scratch("cli_gs_err");
@@ -242,13 +237,13 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
   int n = 0;
   auto expect_refused = [&](const std::string& bytes, const std::string& needle) {
     const std::string path = dir.str(cat("h", n++, ".npz"));
-    write_bytes(path, bytes);
+    sae::testing::write_file(path, bytes);
     expect_failure("sae_apply", cat("--sae ", quote(path), " --input ", quote(x), " --features-out ",
                                     quote(dir.str("out.npy"))),
                    1, needle);
   };
   // The good one runs.
-  write_bytes(dir.str("good.npz"), make_zip(entries()));
+  sae::testing::write_file(dir.str("good.npz"), make_zip(entries()));
   const CommandResult ok = run_binary(
       "sae_apply", cat("--sae ", quote(dir.str("good.npz")), " --input ", quote(x), " --features-out ", quote(dir.str("g.npy"))),
       dir);
@@ -303,7 +298,7 @@ TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRef
   const std::string x = small_input(dir);
   std::vector<ZipEntry> entries = small_params(/*zero_at=*/2);  // SAELens applies it (pre > 0); log 0 cannot train
   const std::string zero = dir.str("zero.npz");
-  write_bytes(zero, make_zip(entries));
+  sae::testing::write_file(zero, make_zip(entries));
   const CommandResult applied = run_binary(
       "sae_apply", cat("--sae ", quote(zero), " --input ", quote(x), " --features-out ", quote(dir.str("f.npy"))), dir);
   ASSERT_EQ(applied.exit_code, 0) << applied.err;
@@ -314,7 +309,7 @@ TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRef
                  1, "log_threshold would start at -inf (element 2, a threshold of 0)");
   // An array the SAE does not have: SAELens's strict loading refuses it, and so do we.
   entries.push_back({"finetuning_scaling_factor.npy", npy_f32("(1,)", filled(1, 1.0f)), 0});
-  write_bytes(dir.str("extra.npz"), make_zip(entries));
+  sae::testing::write_file(dir.str("extra.npz"), make_zip(entries));
   expect_failure("sae_apply",
                  cat("--sae ", quote(dir.str("extra.npz")), " --input ", quote(x), " --features-out ",
                      quote(dir.str("g.npy"))),

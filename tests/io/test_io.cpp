@@ -32,16 +32,6 @@ namespace {
 
 std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/" + name; }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 template <typename F>
 void expect_data_error(F f, const std::vector<std::string>& parts) {
   expect_error<DataError>(f, parts);
@@ -270,16 +260,16 @@ TEST(AtomicFile, TwoWritersOfOnePathEachRenameTheirOwnWholeFile) {
   b.write(std::string(10, 'b'));
   a.write(std::string(5, 'A'));
   b.commit();
-  EXPECT_EQ(read_bytes(path), std::string(10, 'b'));
+  EXPECT_EQ(sae::testing::read_file(path), std::string(10, 'b'));
   a.commit();
-  EXPECT_EQ(read_bytes(path), std::string(1000, 'a') + std::string(5, 'A'));
+  EXPECT_EQ(sae::testing::read_file(path), std::string(1000, 'a') + std::string(5, 'A'));
   EXPECT_FALSE(has_temp(path));
   // A temporary file left by a process that is gone (killed while writing): removed by the next writer.
   const std::string stale = path + ".tmp-999999999-0";
   std::ofstream(stale) << "torn";
   write_file_atomic(path, "next");
   EXPECT_FALSE(std::filesystem::exists(stale));
-  EXPECT_EQ(read_bytes(path), "next");
+  EXPECT_EQ(sae::testing::read_file(path), "next");
 }
 
 TEST(AtomicFile, ANameOfNameMaxBytesIsWrittenToo) {
@@ -292,7 +282,7 @@ TEST(AtomicFile, ANameOfNameMaxBytesIsWrittenToo) {
     const size_t length = name.size();
     const std::string path = dir.str(name);
     write_file_atomic(path, "whole");
-    EXPECT_EQ(read_bytes(path), "whole") << length;
+    EXPECT_EQ(sae::testing::read_file(path), "whole") << length;
     AtomicFileWriter w(path);
     const std::string temp = std::filesystem::path(w.temp_path()).filename().string();
     EXPECT_LE(temp.size() + std::string(".gnuplot.log").size(), 255u) << temp;
@@ -304,7 +294,7 @@ TEST(AtomicFile, ANameOfNameMaxBytesIsWrittenToo) {
     w.commit();
     write_file_atomic(path, "again");
     EXPECT_FALSE(std::filesystem::exists(stale)) << length;
-    EXPECT_EQ(read_bytes(path), "again");
+    EXPECT_EQ(sae::testing::read_file(path), "again");
   }
 }
 
@@ -327,9 +317,9 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   TempDir dir("io");
   std::string path = dir.str("a.txt");
   write_file_atomic(path, "first version, longer");
-  EXPECT_EQ(read_bytes(path), "first version, longer");
+  EXPECT_EQ(sae::testing::read_file(path), "first version, longer");
   write_file_atomic(path, "second");
-  EXPECT_EQ(read_bytes(path), "second");
+  EXPECT_EQ(sae::testing::read_file(path), "second");
   EXPECT_FALSE(has_temp(path));
   {
     AtomicFileWriter out(path);
@@ -337,7 +327,7 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
     EXPECT_TRUE(std::filesystem::exists(out.temp_path()));
     EXPECT_TRUE(has_temp(path));
   }  // destroyed without commit: the old file stays, the temp file goes
-  EXPECT_EQ(read_bytes(path), "second");
+  EXPECT_EQ(sae::testing::read_file(path), "second");
   EXPECT_FALSE(has_temp(path));
   {
     AtomicFileWriter out(path);
@@ -346,27 +336,27 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
     out.commit();
     expect_error<Error>([&] { out.write("x", 1); }, {"after commit"});
   }
-  EXPECT_EQ(read_bytes(path), "streamed in parts");
+  EXPECT_EQ(sae::testing::read_file(path), "streamed in parts");
   expect_data_error([&] { write_file_atomic(dir.str("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
 }
 
 TEST(MappedFile, MapsContentsAndReportsErrors) {
   TempDir dir("io");
-  write_bytes(dir.str("f"), "hello");
+  sae::testing::write_file(dir.str("f"), "hello");
   MappedFile m(dir.str("f"));
   ASSERT_EQ(m.size(), 5u);
   EXPECT_EQ(std::memcmp(m.data(), "hello", 5), 0);
   MappedFile moved = std::move(m);
   EXPECT_EQ(moved.size(), 5u);
   EXPECT_EQ(m.data(), nullptr);
-  write_bytes(dir.str("empty"), "");
+  sae::testing::write_file(dir.str("empty"), "");
   EXPECT_EQ(MappedFile(dir.str("empty")).size(), 0u);
   expect_data_error([&] { MappedFile(dir.str("missing")); }, {dir.str("missing"), "No such file"});
   expect_data_error([&] { MappedFile(dir.str()); }, {dir.str(), "directory"});
   ASSERT_EQ(::mkfifo(dir.str("fifo").c_str(), 0600), 0);
   expect_data_error([&] { MappedFile(dir.str("fifo")); }, {"fifo", "not a regular file"});
   if (::geteuid() != 0) {  // root reads anything
-    write_bytes(dir.str("locked"), "x");
+    sae::testing::write_file(dir.str("locked"), "x");
     ::chmod(dir.str("locked").c_str(), 0);
     expect_data_error([&] { MappedFile(dir.str("locked")); }, {"locked", "Permission denied"});
   }
@@ -420,7 +410,7 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
   EXPECT_FALSE(has_temp(path));
 
   // Byte layout: header length a multiple of 8, metadata first, F64 before F32, then by name.
-  std::string bytes = read_bytes(path);
+  std::string bytes = sae::testing::read_file(path);
   uint64_t header_bytes;
   std::memcpy(&header_bytes, bytes.data(), 8);
   EXPECT_EQ(header_bytes % 8, 0u);
@@ -454,8 +444,8 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
   SafetensorsFile g = SafetensorsFile::open(path);
   EXPECT_EQ(g.names(), (std::vector<std::string>{"only"}));
   EXPECT_TRUE(g.metadata().empty());
-  EXPECT_EQ(read_bytes(path).substr(8, 2), "{\"");
-  EXPECT_EQ(read_bytes(path).find("__metadata__"), std::string::npos);
+  EXPECT_EQ(sae::testing::read_file(path).substr(8, 2), "{\"");
+  EXPECT_EQ(sae::testing::read_file(path).find("__metadata__"), std::string::npos);
 
   expect_error<Error>([&] { write_safetensors(path, {{"x", a}, {"x", a}}); }, {"given twice"});
   expect_error<Error>([&] { write_safetensors(path, {{"__metadata__", a}}); }, {"reserved"});
@@ -502,7 +492,7 @@ TEST(Safetensors, HandBuiltF16BF16AndIntegers) {
       R"("u":{"dtype":"U8","shape":[3],"data_offsets":[88,91]},)"
       R"("__metadata__":{"layer":"2"}})";
   std::string path = dir.str("h.safetensors");
-  write_bytes(path, make_safetensors(header, data));
+  sae::testing::write_file(path, make_safetensors(header, data));
   SafetensorsFile f = SafetensorsFile::open(path);
   const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
   const float tiny_half = std::ldexp(1.0f, -24), tiny_bf16 = std::ldexp(1.0f, -133);
@@ -530,7 +520,7 @@ TEST(Safetensors, RejectsBadFilesNamingFileAndExpectation) {
   std::string path = dir.str("bad.safetensors");
   std::string eight_floats(32, '\0');
   auto open_bytes = [&](const std::string& bytes) {
-    write_bytes(path, bytes);
+    sae::testing::write_file(path, bytes);
     SafetensorsFile::open(path);
   };
   auto open_header = [&](const std::string& header, const std::string& data) { open_bytes(make_safetensors(header, data)); };
@@ -600,7 +590,7 @@ TEST(Npy, WriteReadRoundTripAndRows) {
   Tensor t = Tensor::from_vector(values, Shape{6, 4}, DType::F32);
   write_npy(path, t);
   EXPECT_FALSE(has_temp(path));
-  std::string bytes = read_bytes(path);
+  std::string bytes = sae::testing::read_file(path);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
   uint16_t header_bytes;
   std::memcpy(&header_bytes, bytes.data() + 8, 2);
@@ -624,7 +614,7 @@ TEST(Npy, WriteReadRoundTripAndRows) {
 
   Tensor v = Tensor::from_vector({1, 2, 3}, Shape{3}, DType::F32);
   write_npy(dir.str("v.npy"), v);
-  EXPECT_NE(read_bytes(dir.str("v.npy")).find("'shape': (3,), }"), std::string::npos);
+  EXPECT_NE(sae::testing::read_file(dir.str("v.npy")).find("'shape': (3,), }"), std::string::npos);
   NpyFile g = NpyFile::open(dir.str("v.npy"));
   EXPECT_EQ(g.shape(), (std::vector<int64_t>{3}));
   expect_same_floats(g.read_rows_f32(1, 2).to_vector(), {2, 3}, "1-D rows");
@@ -646,7 +636,7 @@ TEST(Npy, RejectsBadFiles) {
     return out + header + data;
   };
   auto open_bytes = [&](const std::string& bytes) {
-    write_bytes(path, bytes);
+    sae::testing::write_file(path, bytes);
     NpyFile::open(path);
   };
   const std::string data24(24, '\0');
@@ -665,7 +655,7 @@ TEST(Npy, RejectsBadFiles) {
   }, {path, "version 4.0"});
   {  // rows past the end of an empty array whose rows are huge: refused before a buffer for them is
      // made (a fuzz finding: 32 GiB were allocated first; here 16 TiB, which no allocator gives)
-    write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1099511627776, 4), }", ""));
+    sae::testing::write_file(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1099511627776, 4), }", ""));
     const NpyFile empty = NpyFile::open(path);
     EXPECT_EQ(empty.read_rows_f32(0, 0).numel(), 0);
     try {
@@ -751,8 +741,8 @@ TEST(IoFixtures, OurWriterMatchesTheReferenceByteForByte) {
   Tensor b_dec = Tensor::from_vector({1.0 / 3, 2.0 / 3, 3.0 / 3}, Shape{3}, DType::F64);
   write_safetensors(dir.str("ours.safetensors"), {{"b_enc", b_enc}, {"W_enc", w_enc}, {"b_dec", b_dec}},
                     {{"sae_lens_version", "6.0.0"}});
-  std::string ours = read_bytes(dir.str("ours.safetensors"));
-  std::string reference = read_bytes(ref("io_st_ref_layout.safetensors"));
+  std::string ours = sae::testing::read_file(dir.str("ours.safetensors"));
+  std::string reference = sae::testing::read_file(ref("io_st_ref_layout.safetensors"));
   ASSERT_FALSE(reference.empty());
   EXPECT_EQ(ours, reference);
 }
@@ -770,9 +760,9 @@ TEST(IoFixtures, OurWriterOrdersDtypesAsTheReference) {
                          raw("c_i32", "I32", std::vector<int32_t>{7, -8}),
                          raw("b_i64", "I64", std::vector<int64_t>{-1, int64_t(1) << 40}),
                          raw("a_f64", "F64", std::vector<double>{0.5, -1.25})});
-  const std::string reference = read_bytes(ref("io_st_ref_dtype_order.safetensors"));
+  const std::string reference = sae::testing::read_file(ref("io_st_ref_dtype_order.safetensors"));
   ASSERT_FALSE(reference.empty());
-  EXPECT_EQ(read_bytes(dir.str("ours.safetensors")), reference);
+  EXPECT_EQ(sae::testing::read_file(dir.str("ours.safetensors")), reference);
 }
 
 TEST(IoFixtures, TorchWrittenBfloat16) {
@@ -813,7 +803,7 @@ void write_safetensors_header(const std::string& path, const std::string& header
   std::string h = header;
   while (h.size() % 8) h += ' ';
   const uint64_t n = h.size();
-  write_bytes(path, std::string(reinterpret_cast<const char*>(&n), 8) + h + data);
+  sae::testing::write_file(path, std::string(reinterpret_cast<const char*>(&n), 8) + h + data);
 }
 }  // namespace
 
@@ -834,7 +824,7 @@ TEST(HostileFiles, ZeroDimensionAfterHugeOnesIsAnEmptyTensor) {
   while ((10 + header.size() + 1) % 64) header += ' ';
   header += '\n';
   const uint16_t len = static_cast<uint16_t>(header.size());
-  write_bytes(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header);
+  sae::testing::write_file(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header);
   EXPECT_EQ(NpyFile::open(q).numel(), 0);
 }
 
@@ -876,7 +866,7 @@ TEST(HostileFiles, ErrorMessagesStayOnOneLine) {
   while ((10 + header.size() + 1) % 64) header += ' ';
   header += '\n';
   const uint16_t len = static_cast<uint16_t>(header.size());
-  write_bytes(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header + "abcd");
+  sae::testing::write_file(q, std::string("\x93NUMPY\x01\x00", 8) + std::string(reinterpret_cast<const char*>(&len), 2) + header + "abcd");
   try {
     NpyFile::open(q);
     FAIL() << "accepted";

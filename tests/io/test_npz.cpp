@@ -28,16 +28,6 @@ namespace {
 
 std::string ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/gemma_scope/" + name; }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 // f throws a DataError whose one-line message holds every one of parts.
 void expect_one_line_data_error(const std::function<void()>& f, const std::vector<std::string>& parts,
                                 const std::string& label) {
@@ -116,7 +106,7 @@ TEST(Npz, HandBuiltArchivesReadBackExactly) {
   for (const ZipOptions& options : {ZipOptions{}, ZipOptions{true, ""}, ZipOptions{false, "a comment"},
                                     ZipOptions{true, "another comment"}}) {
     const std::string path = dir.str(cat("hand", variant++, ".npz"));
-    write_bytes(path, make_zip(entries, options));
+    sae::testing::write_file(path, make_zip(entries, options));
     const NpzFile f = NpzFile::open(path);
     EXPECT_EQ(f.names(), (std::vector<std::string>{"a", "b", "e", "h", "s", "w"})) << path;
     const Tensor ta = f.read_f32("a");
@@ -131,7 +121,7 @@ TEST(Npz, HandBuiltArchivesReadBackExactly) {
     EXPECT_EQ(f.read_f32("e").numel(), 0);
   }
   // Names without ".npy" stay as they are; a name that is only ".npy" is kept whole.
-  write_bytes(dir.str("names.npz"), make_zip({{"plain", npy_f32("(1,)", {2.0f}), 0}, {".npy", npy_f32("(1,)", {3.0f}), 0}}));
+  sae::testing::write_file(dir.str("names.npz"), make_zip({{"plain", npy_f32("(1,)", {2.0f}), 0}, {".npy", npy_f32("(1,)", {3.0f}), 0}}));
   const NpzFile names = NpzFile::open(dir.str("names.npz"));
   EXPECT_EQ(names.read_f32("plain").to_vector(), (std::vector<double>{2.0}));
   EXPECT_EQ(names.read_f32(".npy").to_vector(), (std::vector<double>{3.0}));
@@ -139,13 +129,13 @@ TEST(Npz, HandBuiltArchivesReadBackExactly) {
 
 TEST(Npz, HostileArchivesAreOneLineDataErrors) {
   TempDir dir("npz_hostile");
-  const std::string good_stored = read_bytes(ref("stored/params.npz")), good_deflated = read_bytes(ref("deflated.npz"));
+  const std::string good_stored = sae::testing::read_file(ref("stored/params.npz")), good_deflated = sae::testing::read_file(ref("deflated.npz"));
   ASSERT_GT(good_stored.size(), 1000u);
   int n = 0;
   // Writes `bytes`, then opens and reads every array: a DataError naming the file and `parts`.
   auto expect_refused = [&](const std::string& bytes, const std::vector<std::string>& parts, const std::string& label) {
     const std::string path = dir.str(cat("h", n++, ".npz"));
-    write_bytes(path, bytes);
+    sae::testing::write_file(path, bytes);
     std::vector<std::string> all = {path};
     all.insert(all.end(), parts.begin(), parts.end());
     expect_one_line_data_error([&] { open_and_read_all(path); }, all, label);
@@ -281,7 +271,7 @@ TEST(Npz, HostileArchivesAreOneLineDataErrors) {
     expect_refused(b, {"a.npy", "more than deflate can make"}, "oversized deflated");
     const NpzEntry fine = NpzFile::open([&] {
       const std::string p = dir.str("ok.npz");
-      write_bytes(p, make_zip(entries));
+      sae::testing::write_file(p, make_zip(entries));
       return p;
     }()).entry("a");
     EXPECT_LT(fine.compressed, fine.size);
@@ -337,7 +327,7 @@ TEST(Npz, HostileArchivesAreOneLineDataErrors) {
     std::string b = good_stored;
     b[at] = char(b[at] ^ 0x5A);
     const std::string path = dir.str("flip.npz");
-    write_bytes(path, b);
+    sae::testing::write_file(path, b);
     try {
       open_and_read_all(path);
     } catch (const DataError& e) {

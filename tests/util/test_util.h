@@ -20,7 +20,8 @@
 
 namespace sae::testing {
 
-// Runs f and checks it throws exactly ErrorType, as one line holding every one of parts.
+// Runs f and checks it throws ErrorType (or a type derived from it), as one line holding every one
+// of parts.
 template <typename ErrorType, typename F>
 void expect_error(F f, const std::vector<std::string>& parts) {
   try {
@@ -35,14 +36,21 @@ void expect_error(F f, const std::vector<std::string>& parts) {
   }
 }
 
-// The whole file as bytes; throws when it cannot be opened.
 // A committed fixture: tests/ref/<path> of the source tree.
 inline std::string ref_path(const std::string& path) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/" + path; }
 
+// The whole file as bytes; throws when it cannot be opened.
 inline std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open " + path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Writes `bytes` as the whole file (a fixture made in a test).
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path);
 }
 
 // A small CPU training run on synthetic data (D 32, 64 concepts, 64-token batches, dataset

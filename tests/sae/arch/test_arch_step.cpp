@@ -613,7 +613,7 @@ TEST(ArchStep, AClippedStepEqualsTheClipDoneByHand) {
   // --max-grad-norm c (SAELens's clip_grad_norm_ of the mean loss's gradient): train_step against
   // forward_backward's gradients scaled by min(1, N c / (||g|| + N 1e-6)), ||g|| over every
   // parameter, then adam_step_ by hand. c small enough that every step is clipped, and large
-  // enough that none is (the unclipped step, bit for bit).
+  // enough that none is (the unclipped step); both to 1e-12 of each tensor's scale (float64).
   for (const Setting& setting : kSettings) {
     SCOPED_TRACE(setting.name);
     const ArchProblem prob = problem_for(setting, 2000);

@@ -38,12 +38,7 @@ const std::string kTinyData =
     "--synthetic-d 16 --synthetic-concepts 96 --synthetic-story-concepts 8 --synthetic-active 1 "
     "--synthetic-story-active 1 --lr 1e-2 --steps 2000 --lr-decay-steps 1000 --progress none";
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string slurp(const fs::path& p) { return sae::testing::read_file(p.string()); }
 
 int count(const std::string& text, const std::string& needle) {
   int n = 0;
