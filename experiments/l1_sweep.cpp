@@ -151,7 +151,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     final_rec.push_back(m.tail_mean("rec_loss_per_element", last));
   }
   std::string continuation, figures = "l1_sweep_l1.png, l1_sweep_rec_loss.png, l1_sweep_nonzero.png, l1_sweep_zoom.png";
-  sae::StudyFigures drawing;
+  sae::FigureDrawer drawing;
   if (continued >= 0) {
     const sae::RunOutcome& r = outcomes.back();
     const int64_t continue_steps = runs.back().config.steps;
@@ -211,6 +211,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
   sae::Figure zoom = sae::zoom_figure("", "reconstruction loss per element", rec_curves, final_rec, last_step);
   zoom.title = figure("Zoom: reconstruction loss, last half, linear axis", "", {}).title;
   drawing.plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
+  for (const std::string& failure : drawing.failures()) std::fprintf(stderr, "l1_sweep: warning: %s\n", failure.c_str());
   sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, drawing.describe(figures));
 }
 

@@ -71,11 +71,12 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
   all.ylabel = "reconstruction loss per element (log scale)";
   all.logy = true;
   all.series = curves;
-  sae::StudyFigures figures;
+  sae::FigureDrawer figures;
   figures.plot(all, (fs::path(out) / "recon_vs_f.png").string());
   figures.plot(sae::zoom_figure(sae::cat("Zoom: last half of training, linear axis (d = ", d, ")"),
                                 "reconstruction loss per element", curves, plateaus, last_step),
                (fs::path(out) / "recon_vs_f_zoom.png").string());
+  for (const std::string& failure : figures.failures()) std::fprintf(stderr, "recon_vs_f: warning: %s\n", failure.c_str());
   sae::write_summary(out, "recon_vs_f: reconstruction loss vs F", notes, table,
                      figures.describe("recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y)"));
 }

@@ -123,21 +123,18 @@ int main(int argc, char** argv) {
     json["figures"]["feature_density"] = sae::Json();
     sae::write_file_atomic(json_path, json.dump(2) + "\n");
     const fs::path figure = fs::path(out) / "feature_density";
-    std::string figure_note = figure.string() + ".png";
+    std::string figure_note;
     bool drawn = false;
-    std::error_code stale;
     if (dead == static_cast<int64_t>(density.size())) {
       figure_note = "not drawn (no feature fired: no density to show)";
-      for (const char* end : {".gp", ".dat"}) fs::remove(figure.string() + end, stale);  // an earlier evaluation's
-    } else {
-      try {
-        sae::plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure.string() + ".png");
-        drawn = true;
-      } catch (const std::exception& e) {  // no gnuplot: the numbers are still good
-        figure_note = sae::cat("not drawn (", e.what(), ")");
-      }
+      std::error_code stale;  // an earlier evaluation's figure is not this one's
+      for (const char* end : {".gp", ".dat", ".png"}) fs::remove(figure.string() + end, stale);
+    } else {  // a missing or failing gnuplot costs the figure only: the numbers are still good
+      sae::FigureDrawer drawer;
+      drawer.plot(sae::density_histogram(density, tokens, dead, eval.dense_threshold, sae_dir), figure.string() + ".png");
+      drawn = drawer.all_drawn();
+      figure_note = drawer.describe(figure.string() + ".png");
     }
-    if (!drawn) fs::remove(figure.string() + ".png", stale);  // an earlier evaluation's figure is not this one's
     if (drawn) {
       json["figures"]["feature_density"] = "feature_density.png";
       sae::write_file_atomic(json_path, json.dump(2) + "\n");

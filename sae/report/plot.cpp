@@ -183,6 +183,23 @@ void plot(const Figure& figure, const std::string& png_path, bool draw) {
   if (ec) throw DataError(cat(png_path, ": cannot rename ", drawing.string(), " to it: ", ec.message()));
 }
 
+void FigureDrawer::plot(const Figure& figure, const std::string& png_path) {
+  ++figures_;
+  try {
+    sae::plot(figure, png_path, draw_);
+  } catch (const DataError& e) {
+    failures_.push_back(e.what());
+  }
+}
+
+std::string FigureDrawer::describe(const std::string& drawn) const {
+  const int failed = static_cast<int>(failures_.size());
+  if (!draw_) return "not drawn (no gnuplot on PATH; each figure's .gp next to this file draws it)";
+  if (failed == figures_ && failed > 0) return cat("not drawn (gnuplot failed: ", failures_[0], ")");
+  if (failed > 0) return cat(drawn, "; but ", failed, " of the ", figures_, " failed (the first: ", failures_[0], ")");
+  return drawn;
+}
+
 bool training_run_figures_current(const std::string& run_dir) {
   std::error_code ec;
   const auto metrics = fs::last_write_time(fs::path(run_dir) / "metrics.csv", ec);

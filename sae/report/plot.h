@@ -29,6 +29,26 @@ void plot(const Figure& figure, const std::string& png_path, bool draw = true);
 // Whether gnuplot is on PATH (looked up on every call: PATH may change).
 bool gnuplot_found();
 
+// A program's figures drawn as sae_train draws a run's: without gnuplot on PATH only their .gp and
+// .dat files (the script draws the PNG later), and a gnuplot that fails costs the figure, not the
+// results, which are written either way (a study had ended with exit 1 after hours of training). A
+// figure not drawn leaves no earlier PNG beside its new data (plot removes it). Nothing is printed:
+// the program prints failures() as warnings and describe() in its report.
+class FigureDrawer {
+ public:
+  FigureDrawer() : draw_(gnuplot_found()) {}
+  void plot(const Figure& figure, const std::string& png_path);
+  // `drawn` (the PNGs) when every figure was drawn, else why not ("not drawn (...)").
+  std::string describe(const std::string& drawn) const;
+  bool all_drawn() const { return draw_ && failures_.empty(); }
+  const std::vector<std::string>& failures() const { return failures_; }  // each failed figure's message
+
+ private:
+  bool draw_;
+  int figures_ = 0;
+  std::vector<std::string> failures_;
+};
+
 // The figures of one training run, from RUN/metrics.csv: RUN/figures/loss.png (rec and l1 per
 // element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths (none
 // when `draw` is false: then only their data and scripts are written).

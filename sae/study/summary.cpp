@@ -40,24 +40,6 @@ Figure zoom_figure(const std::string& title, const std::string& ylabel, const st
   return zoom;
 }
 
-void StudyFigures::plot(const Figure& figure, const std::string& png_path) {
-  ++figures_;
-  try {
-    sae::plot(figure, png_path, draw_);
-  } catch (const DataError& e) {
-    if (failure_.empty()) failure_ = e.what();
-    ++failed_;
-    std::fprintf(stderr, "warning: %s\n", e.what());
-  }
-}
-
-std::string StudyFigures::describe(const std::string& drawn) const {
-  if (!draw_) return "not drawn (no gnuplot on PATH; each figure's .gp next to this file draws it)";
-  if (failed_ == figures_ && failed_ > 0) return cat("not drawn (gnuplot failed: ", failure_, ")");
-  if (failed_ > 0) return cat(drawn, "; but ", failed_, " of the ", figures_, " failed (the first: ", failure_, ")");
-  return drawn;
-}
-
 void write_summary(const std::string& out, const std::string& heading, const std::string& notes, const Table& table,
                    const std::string& figures) {
   write_csv(table, (fs::path(out) / "summary.csv").string());

@@ -379,6 +379,39 @@ TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
   for (const auto& entry : fs::directory_iterator(dir.path))
     EXPECT_EQ(entry.path().filename().string().find("cut.png.tmp-"), std::string::npos) << entry.path();
 
+  // FigureDrawer (what the studies and sae_eval draw with): a failing figure costs only itself,
+  // nothing is printed, and describe() says which failed. This fake draws a whole PNG unless the
+  // name holds "bad".
+  std::ofstream(dir.path / "fakebin/gnuplot") << "#!/bin/sh\n"
+                                                 "case \"$2\" in output=*) name=${2#output=\\'}; name=${name%\\'};\n"
+                                                 "  printf '\\211PNG\\r\\n\\032\\n' > \"$name\";\n"
+                                                 "  case \"$name\" in *bad*) ;; *) printf '\\0\\0\\0\\0IEND\\256B`\\202' >> \"$name\";; esac;;\n"
+                                                 "esac\nexit 0\n";
+  ::setenv("PATH", dir.str("fakebin").c_str(), 1);
+  FigureDrawer some;
+  some.plot(figure, dir.str("good.png"));
+  some.plot(figure, dir.str("bad.png"));
+  FigureDrawer none;
+  none.plot(figure, dir.str("bad1.png"));
+  none.plot(figure, dir.str("bad2.png"));
+  ::setenv("PATH", dir.str().c_str(), 1);  // no gnuplot
+  FigureDrawer missing;
+  missing.plot(figure, dir.str("later.png"));
+  ::setenv("PATH", path.c_str(), 1);
+  EXPECT_TRUE(fs::exists(dir.path / "good.png"));
+  EXPECT_FALSE(some.all_drawn());
+  ASSERT_EQ(some.failures().size(), 1u);
+  EXPECT_EQ(some.describe("good.png, bad.png"),
+            "good.png, bad.png; but 1 of the 2 failed (the first: " + some.failures()[0] + ")");
+  EXPECT_NE(some.failures()[0].find(dir.str("bad.png") + ": gnuplot left an incomplete PNG"), std::string::npos);
+  EXPECT_EQ(none.failures().size(), 2u);
+  EXPECT_EQ(none.describe("both"), "not drawn (gnuplot failed: " + none.failures()[0] + ")");
+  EXPECT_TRUE(missing.failures().empty());
+  EXPECT_FALSE(missing.all_drawn());
+  EXPECT_EQ(missing.describe("later.png"), "not drawn (no gnuplot on PATH; each figure's .gp next to this file draws it)");
+  EXPECT_TRUE(fs::exists(dir.path / "later.gp"));
+  EXPECT_FALSE(fs::exists(dir.path / "later.png"));
+
   std::ofstream(dir.path / "bad.csv") << "step,loss\n1,0.5\n2,oops\n";
   EXPECT_THROW(read_metrics(dir.str("bad.csv")), DataError);
   std::ofstream(dir.path / "good.csv") << "step,loss\n10,4\n20,2\n30,1\n";
