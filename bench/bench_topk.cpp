@@ -41,7 +41,7 @@ void BM_TopKStep_Ours(benchmark::State& state) {
   SaeParams params = topk_params(features, rng);
   SaeAdamState adam = SaeAdamState::zeros_like(params);
   SaeStep step(arch_unit("topk"), topk_settings(), kN, kD, features, DType::F32, Device::CPU);
-  const Tensor x = normal_tensor(Shape{kN, kD}, 0.0, 1.0, rng);  // E||x||^2 = D, as --normalize dataset
+  const Tensor x = normal_tensor(Shape{kN, kD}, 0.0, 1.0, rng);  // E||x||^2 = D: mean ||x|| about sqrt(D), as --normalize dataset
   step.train_step(params, adam, x, 0.0, 1e-4);  // first touch of every buffer
   for (auto _ : state) benchmark::DoNotOptimize(step.train_step(params, adam, x, 0.0, 1e-4).loss);
   state.counters["tokens/s"] = benchmark::Counter(double(kN), benchmark::Counter::kIsIterationInvariantRate);

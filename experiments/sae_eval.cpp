@@ -21,8 +21,8 @@
 #include "sae/data/text_batches.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
-#include "sae/train/checkpoint.h"
 #include "sae/report/plot.h"
+#include "sae/train/checkpoint.h"
 #include "sae/train/train_config.h"
 
 namespace fs = std::filesystem;

@@ -8,7 +8,6 @@
 //   sae_steer --model DIR --sae DIR --feature I --strength S --prompt TEXT [--max-new-tokens N]
 //             [--temperature T] [--top-k K] [--seed S] [--greedy] [--layer L] [--json]
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 
 #include "lm/model_loader.h"
@@ -16,8 +15,8 @@
 #include "sae/cli/cli.h"
 #include "sae/data/text_batches.h"
 #include "sae/eval/sae_at_layer.h"
-#include "sae/train/checkpoint.h"
 #include "sae/eval/steer.h"
+#include "sae/train/checkpoint.h"
 #include "sae/train/train_config.h"
 
 int main(int argc, char** argv) {

@@ -2,7 +2,8 @@
 // processes writing one PATH each rename a whole file of their own: the last rename wins), which is
 // flushed to disk (fsync) and renamed over PATH, and then the directory is flushed too. A process
 // killed at any moment leaves either the old PATH or the new one, never a torn file; the temporary
-// file it may leave is removed by the next writer of PATH once its process is gone. Errors throw
+// file it may leave is removed by the next writer of PATH once its process is gone. (A name too long
+// to take that ending within NAME_MAX gets a shortened stem with a hash: temp_stem.) Errors throw
 // DataError naming the path and the OS reason.
 #pragma once
 #include <cstddef>

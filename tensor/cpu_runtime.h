@@ -26,4 +26,8 @@ void restart_with_cpu_runtime_environment(char** argv);
 // The OpenBLAS kernel family in use (openblas_get_corename), for logs and benchmarks.
 std::string blas_core_name();
 
+// The OpenMP wait policy this process runs with (OMP_WAIT_POLICY, as OpenMP read it at load), or
+// "(unset: OpenMP's default)", for run records.
+std::string omp_wait_policy();
+
 }  // namespace sae

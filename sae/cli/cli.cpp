@@ -258,7 +258,7 @@ namespace {
 // The whole text as one decimal number (no sign '+', spaces, hex or trailing characters); UsageError
 // naming --option otherwise, or when it is out of double's range (1e400, or 1e-400, not 0).
 template <typename T>
-T whole_number(const std::string& option, const std::string& text, const char* expected) {
+T parse_entire_text(const std::string& option, const std::string& text, const char* expected) {
   T value{};
   const auto r = std::from_chars(text.data(), text.data() + text.size(), value);
   if (r.ec == std::errc::result_out_of_range && r.ptr == text.data() + text.size())
@@ -270,7 +270,7 @@ T whole_number(const std::string& option, const std::string& text, const char* e
 }  // namespace
 
 double number_value(const std::string& option, const std::string& text) {
-  return whole_number<double>(option, text, "a number");
+  return parse_entire_text<double>(option, text, "a number");
 }
 
 double number_option(const cxxopts::ParseResult& parsed, const std::string& option) {
@@ -308,7 +308,7 @@ std::unique_ptr<ActivationSource> open_dictionary_inputs(const std::string& opti
 std::vector<int64_t> parse_increasing_int_list(const std::string& option, const std::string& text) {
   std::vector<int64_t> values;
   for (const std::string& item : split_option_list(option, text)) {
-    const int64_t v = whole_number<int64_t>(option, item, "positive integers separated by commas");
+    const int64_t v = parse_entire_text<int64_t>(option, item, "positive integers separated by commas");
     if (v <= 0)
       throw UsageError(cat("--", option, ": expected positive integers separated by commas, got '", text, "'"));
     if (!values.empty() && v <= values.back())
@@ -321,7 +321,7 @@ std::vector<int64_t> parse_increasing_int_list(const std::string& option, const 
 std::vector<double> parse_increasing_number_list(const std::string& option, const std::string& text) {
   std::vector<double> values;
   for (const std::string& item : split_option_list(option, text)) {
-    const double v = whole_number<double>(option, item, "non-negative numbers separated by commas");
+    const double v = parse_entire_text<double>(option, item, "non-negative numbers separated by commas");
     if (!std::isfinite(v) || v < 0)
       throw UsageError(cat("--", option, ": expected non-negative numbers separated by commas, got '", text, "'"));
     if (!values.empty() && v <= values.back())

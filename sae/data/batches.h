@@ -2,7 +2,9 @@
 //   story mode (the original): batch k is story k of the source, in order, wrapping around;
 //   token mode (the modern way): N tokens per batch, drawn without replacement from a fresh random
 //   permutation of all tokens each epoch (a Feistel-network permutation: O(1) memory for any size).
-// Normalisation (the study's per-story form, dataset-level scaling, or none) is applied to the batch.
+// Normalisation (the study's per-story form, dataset-level scaling, or none) is applied to the batch,
+// column block by column block (normalize_blocks, with BlockNormSums for the whole row's moments);
+// denormalize_blocks is its inverse for a dictionary's output.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -2,7 +2,9 @@
 // model generates, `strength` times the unit decoder direction of one SAE feature,
 // W_dec[i] / ||W_dec[i]||, is added at the SAE's hook point (raw scale) at every position, the
 // prompt's and each generated token's. The same prompt is continued twice, without and
-// with the hook, with the same generation options and seed, so only the steering differs.
+// with the hook, with the same generation options and seed, so only the steering differs; then, as
+// steer.py's last step, both texts are read back without steering (feature_strengths) and the
+// steered one annotated (annotated_read_back).
 // Letters: D the width at the SAE's hook point.
 #pragma once
 #include <cstdint>

@@ -21,7 +21,7 @@ struct Figure {
 };
 // Writes PATH.png plus PATH.dat (the data, one gnuplot index block per series) and PATH.gp (the
 // script: `cd DIR && gnuplot NAME.gp` redraws it), then runs gnuplot. `png_path` must end in
-// .png. Each file is put in place by a rename (the PNG is drawn as PATH.png.tmp-<pid>-<n>), so a crash never
+// .png. Each file is put in place by a rename (the PNG is drawn under a temporary name of io/atomic_file.h's form), so a crash never
 // leaves a half-written one. DataError when gnuplot is missing or fails. With `draw` false only the
 // .dat and .gp files are written (for machines without gnuplot: the script draws the PNG later).
 void plot(const Figure& figure, const std::string& png_path, bool draw = true);

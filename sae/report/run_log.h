@@ -24,7 +24,7 @@ class RunLog {
   RunLog(const std::string& out_dir, int64_t keep_through_step);
   ~RunLog();
   void write(const MetricRow& row);
-  void flush();
+  void flush();  // metrics.csv and the TensorBoard file to disk (fsync), before each checkpoint
   std::string csv_path() const { return csv_path_; }
   std::string tensorboard_path() const { return tensorboard_->path(); }
 

@@ -1,6 +1,6 @@
 // What the two study drivers (experiments/recon_vs_f, l1_sweep) share when they summarise their
 // runs: the lines describing the data and training, the zoomed figure of the last half of training,
-// and writing summary.csv + summary.md and printing them.
+// and writing summary.csv + summary.md and printing them (their figures: sae/report FigureDrawer).
 #pragma once
 #include <chrono>
 #include <string>

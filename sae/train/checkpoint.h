@@ -7,6 +7,8 @@
 // rename (renameat2 RENAME_EXCHANGE; where a file system lacks it, the old one is moved aside to
 // DIR.old-<pid> first). A run killed at any moment leaves a complete DIR, or, in the second case, two
 // complete copies under the temporary names, which recover_interrupted_saves() puts back.
+// Loading also reads SAELens's folders (6.x, and older cfg.json spellings as SAELens reads them) and
+// Gemma Scope's params.npz; other_model_warnings compares a folder's recorded model with another.
 #pragma once
 #include <functional>
 #include <map>

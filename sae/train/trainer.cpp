@@ -27,6 +27,7 @@
 #include "sae/train/sharded_checkpoint.h"
 #include "sae/train/training_data.h"
 #include "tensor/cuda/backend.h"
+#include "tensor/cpu_runtime.h"
 #include "tensor/ops.h"
 #include "tensor/threads.h"
 
@@ -121,8 +122,7 @@ void write_run_config(const TrainConfig& c, Device device, const TrainingData& d
     cfg["resolved"]["target_l0_lambda_scale"] = lambda_scale(run_unit(c).l0_like_penalty(), mean_squared_norm, c.target_l0);
     cfg["resolved"]["target_l0_mean_squared_norm"] = mean_squared_norm;
   }
-  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
-  cfg["resolved"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset: OpenMP's default)";
+  cfg["resolved"]["omp_wait_policy"] = omp_wait_policy();
   write_file_atomic((fs::path(c.out) / "config.json").string(), cfg.dump(2) + "\n");
   std::error_code ec;
   fs::remove(fs::path(c.out) / kPendingConfigFile, ec);  // config.json says all it said

@@ -56,4 +56,9 @@ void restart_with_cpu_runtime_environment(char** argv) {
   ::execv("/proc/self/exe", argv);  // returns only when it failed: then run as we are
 }
 
+std::string omp_wait_policy() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  return policy ? policy : "(unset: OpenMP's default)";
+}
+
 }  // namespace sae

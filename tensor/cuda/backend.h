@@ -1,6 +1,7 @@
 // The host-side face of the CUDA backend: device memory, copies, synchronisation and the CUDA
 // kernel table. Implemented in backend.cu when nvcc is found, else in stub.cpp, where
-// cuda_built() is false and everything else throws "built without CUDA".
+// cuda_built() is false, cuda_current_device() is -1, cuda_use_device() does nothing and everything
+// else throws "built without CUDA".
 #pragma once
 #include <cstddef>
 #include <string>
