@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include "io/atomic_file.h"
@@ -283,7 +284,14 @@ std::string gemma_scope_npz(const std::string& path) {
     if (!fs::exists(p / kConfigFile, ec) && fs::exists(p / kNpzFile, ec)) return (p / kNpzFile).string();
     return "";
   }
-  return p.extension() == ".npz" && fs::exists(p, ec) ? path : "";
+  if (!fs::is_regular_file(p, ec)) return "";
+  if (p.extension() == ".npz") return path;
+  // Any other name (params.NPZ, a renamed download): a ZIP archive by its first bytes, as
+  // activation files are recognised by theirs.
+  std::ifstream in(p, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  return in.gcount() == 4 && std::string(magic, 4) == std::string("PK\x03\x04", 4) ? path : "";
 }
 
 namespace {

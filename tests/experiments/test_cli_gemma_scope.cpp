@@ -145,6 +145,14 @@ TEST(GemmaScopeCli, LoadsAsOurJumpReluSaeAndEvaluatesAsOurFolder) {
   EXPECT_LE(max_abs_diff(back, threshold), 1e-6 * max_abs(threshold));
   EXPECT_EQ(gemma_scope_npz(eval_ref("sae_story")), "");
   EXPECT_EQ(gemma_scope_npz(dir.str("missing.npz")), "");
+  // Another name is recognised by the archive's first bytes (it was by the ".npz" ending only).
+  for (const char* name : {"params.NPZ", "downloaded"}) {
+    fs::copy_file(gs_ref("stored/params.npz"), dir.str(name));
+    EXPECT_EQ(gemma_scope_npz(dir.str(name)), dir.str(name));
+    EXPECT_EQ(load_checkpoint(dir.str(name), Device::CPU, false).params.d_sae(), 64);
+  }
+  sae::testing::write_file(dir.str("notes.txt"), "not an archive");
+  EXPECT_EQ(gemma_scope_npz(dir.str("notes.txt")), "");
 
   // sae_train starts a run from it with --init (a jumprelu run of its width); --resume refuses it.
   const CommandResult t = run_binary(
