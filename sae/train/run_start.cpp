@@ -156,17 +156,22 @@ void load_init(RunStart& start, TrainConfig& config) {
   // One of our folders was trained on inputs normalised as its sae_cpp.normalization says, and its
   // weights are read back in that space: another normalisation would start from another function.
   // A folder without it (SAELens's, Gemma Scope's params.npz, one made by hand) reads raw
-  // activations, as sae_apply and sae_eval apply it: only --normalize none starts from its function.
-  const bool ours = loaded.cfg.has("sae_cpp") && loaded.cfg.at("sae_cpp").is_object() &&
-                    loaded.cfg.at("sae_cpp").has("normalization");
-  const Normalization trained =
-      ours ? trained_normalization(loaded.cfg, config.init + "/cfg.json").kind : Normalization::None;
-  if (trained != config.normalize)
-    throw UsageError(cat("--init ", config.init, ours ? " was trained with --normalize " : " reads ",
-                         ours ? normalization_name(trained) : "raw activations (a folder without sae_cpp.normalization: "
-                                                               "SAELens's, Gemma Scope's or one made by hand)",
-                         " and the run normalises with --normalize ", normalization_name(config.normalize),
-                         ": give --normalize ", normalization_name(trained), " (its weights read those inputs)"));
+  // activations, as sae_apply and sae_eval apply it: a run that normalises them starts from the same
+  // weights on inputs scaled otherwise (what a hand-made starting point may want), so it is said.
+  if (loaded.cfg.has("sae_cpp") && loaded.cfg.at("sae_cpp").is_object() &&
+      loaded.cfg.at("sae_cpp").has("normalization")) {
+    const Normalization trained = trained_normalization(loaded.cfg, config.init + "/cfg.json").kind;
+    if (trained != config.normalize)
+      throw UsageError(cat("--init ", config.init, " was trained with --normalize ", normalization_name(trained),
+                           " and the run normalises with --normalize ", normalization_name(config.normalize),
+                           ": give --normalize ", normalization_name(trained), " (its weights read those inputs)"));
+  } else if (config.normalize != Normalization::None) {
+    start.warnings.push_back(cat(
+        "warning: --init ", config.init, " has no sae_cpp.normalization, so its weights read raw activations "
+        "(SAELens's and Gemma Scope's do), and this run normalises its inputs with --normalize ",
+        normalization_name(config.normalize), ": it starts from these weights on inputs scaled otherwise, not from "
+        "the SAE's function (--normalize none starts from that)"));
+  }
   // What it trains must be finite (a JumpReLU threshold of 0, which inference takes, is a
   // log_threshold of -inf).
   for (const auto& [name, t] : start.params->present()) {

@@ -64,6 +64,7 @@ struct RunStart {
   std::string kept_final;              // extending a finished run: where its final model went (else "")
   bool keep_final = false;             // extending a finished run: its sae/ still to keep (keep_final_model)
   Json resolved_data;                  // --resume: config.json's resolved.data, what the run read (or null)
+  std::vector<std::string> warnings;   // for the run's progress output (the trainer prints them)
   // --resume of a run whose final model (RUN/sae) is at config.steps already: nothing to train (a
   // retry after a crash while the final outputs were written; the caller finishes what is missing).
   bool finished = false;

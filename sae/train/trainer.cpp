@@ -814,6 +814,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const int64_t start_step = members.empty() ? pass->start_step : members[0].run().step, steps = shared.steps;
   Progress progress(lead && !members.empty() ? shared.progress : ProgressMode::None, steps, start_step,
                     members.size() > 1 ? cat(members.size(), " SAEs, shown: ", members[0].name) : "");
+  if (lead)
+    for (Member& m : members)
+      for (const std::string& warning : m.start.warnings) progress.warning(m.name.empty() ? warning : m.name + ": " + warning);
   if (dist && lead && !members.empty() && members[0].config().was_given("feature-stats-steps") &&
       members[0].config().feature_stats_steps > 0)
     progress.warning("--feature-stats-steps: feature statistics are not gathered by a run over several ranks "
