@@ -104,12 +104,10 @@ int main(int argc, char** argv) {
                                                   sae::display_text(tokenizer, result.steered), static_cast<int>(width));
     std::fwrite(columns.data(), 1, columns.size(), stdout);
     // The tutorial's check: both texts read back by the model without steering.
-    double unsteered_max = 0, steered_max = 0;
-    for (double v : result.unsteered_strengths) unsteered_max = std::max(unsteered_max, v);
-    for (double v : result.steered_strengths) steered_max = std::max(steered_max, v);
     std::printf("\nfeature %lld read back by the model without steering (strength = activation x decoder norm): "
                 "largest %.4g in the unsteered text, %.4g in the steered text:\n%s\n",
-                static_cast<long long>(steer.feature), unsteered_max, steered_max,
+                static_cast<long long>(steer.feature), sae::largest_strength(result.unsteered_strengths),
+                sae::largest_strength(result.steered_strengths),
                 sae::annotated_read_back(tokenizer, result, steer.bos).c_str());
     return 0;
   });

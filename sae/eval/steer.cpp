@@ -132,11 +132,16 @@ std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae
   return out;
 }
 
+double largest_strength(const std::vector<double>& strengths) {
+  double largest = 0;
+  for (double v : strengths) largest = std::max(largest, v);
+  return largest;
+}
+
 std::string annotated_read_back(const BpeTokenizer& tokenizer, const SteerResult& r, int32_t bos) {
   std::vector<int32_t> ids(r.prompt.begin() + (bos >= 0 ? 1 : 0), r.prompt.end());
   ids.insert(ids.end(), r.steered.begin(), r.steered.end());
-  double max = 0;
-  for (double v : r.steered_strengths) max = std::max(max, v);
+  const double max = largest_strength(r.steered_strengths);
   std::string out;
   for (size_t p = 0; p < ids.size() && p < r.steered_strengths.size(); ++p)
     out += display_token(tokenizer.token_text(ids[p])) + " " + activation_block(r.steered_strengths[p], max);
@@ -208,13 +213,9 @@ Json steer_json(const SteerResult& r, const BpeTokenizer& tokenizer, const SaeAt
   steered["ids"] = id_list(r.steered);
   for (auto [entry, values] : {std::pair{&unsteered, &r.unsteered_strengths}, {&steered, &r.steered_strengths}}) {
     Json list = Json::array();
-    double max = 0;
-    for (double v : *values) {
-      list.push_back(round_significant(v));
-      max = std::max(max, v);
-    }
+    for (double v : *values) list.push_back(round_significant(v));
     (*entry)["strengths"] = list;
-    (*entry)["max_strength"] = round_significant(max);
+    (*entry)["max_strength"] = round_significant(largest_strength(*values));
   }
   steered["annotated_text"] = annotated_read_back(tokenizer, r, options.bos);
   j["unsteered"] = unsteered;

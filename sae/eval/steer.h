@@ -46,6 +46,9 @@ SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeA
 // story with it, as in training). DataError for features that are not finite.
 std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae, const std::vector<int32_t>& ids,
                                       bool bos_first, int64_t feature);
+// The largest of `strengths`, or 0 (none, or none above 0): what the text output and the JSON call
+// a text's largest and the annotation shades relative to.
+double largest_strength(const std::vector<double>& strengths);
 
 // UsageError unless --strength is finite in float32 (1e39 is a finite double, inf once added).
 void check_strength(double strength);
