@@ -7,7 +7,6 @@
 // options -> model, tokenizer, SAE -> steer (sae/eval/steer.h) -> output.
 //   sae_steer --model DIR --sae DIR --feature I --strength S --prompt TEXT [--max-new-tokens N]
 //             [--temperature T] [--top-k K] [--seed S] [--greedy] [--layer L] [--json]
-#include <algorithm>
 #include <cstdio>
 
 #include "lm/model_loader.h"
