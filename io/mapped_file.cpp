@@ -1,14 +1,18 @@
-// MappedFile: open + fstat + mmap(PROT_READ, MAP_PRIVATE), munmap on destruction.
+// MappedFile: open + fstat + mmap(PROT_READ, MAP_PRIVATE), munmap on destruction; each mapping is
+// entered in a fixed table that the SIGBUS handler (report_truncated_mappings) reads.
 #include "io/mapped_file.h"
 
 #include <algorithm>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -25,7 +29,88 @@ const char* file_kind(mode_t mode) {
   if (S_ISSOCK(mode)) return "a socket";
   return "a special file";
 }
+
+// The live mappings, for the SIGBUS handler: lock-free slots (claimed by compare-exchange, filled,
+// then published by `begin`), read by the handler without allocating or locking.
+struct MappingSlot {
+  std::atomic<int> claimed{0};
+  std::atomic<uintptr_t> begin{0};  // 0: empty
+  uintptr_t end = 0;
+  char path[480] = {};
+};
+constexpr int kMappingSlots = 256;
+MappingSlot g_mappings[kMappingSlots];
+char g_program[64] = "program";
+
+int enter_mapping(const std::string& path, const uint8_t* data, size_t size) {
+  for (int i = 0; i < kMappingSlots; ++i) {
+    int expected = 0;
+    if (!g_mappings[i].claimed.compare_exchange_strong(expected, 1)) continue;
+    MappingSlot& slot = g_mappings[i];
+    const size_t n = std::min(path.size(), sizeof slot.path - 1);
+    std::memcpy(slot.path, path.data(), n);
+    slot.path[n] = '\0';
+    slot.end = reinterpret_cast<uintptr_t>(data) + size;
+    slot.begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_release);
+    return i;
+  }
+  return -1;  // a full table: this mapping is not named
+}
+
+void leave_mapping(int slot) {
+  if (slot < 0) return;
+  g_mappings[slot].begin.store(0, std::memory_order_release);
+  g_mappings[slot].claimed.store(0, std::memory_order_release);
+}
+
+void write_text(const char* text) {
+  ssize_t ignored = ::write(2, text, std::strlen(text));
+  (void)ignored;
+}
+
+void write_number(uint64_t v) {
+  char digits[24];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  char out[24];
+  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+  write_text(out);
+}
+
+void on_sigbus(int signal, siginfo_t* info, void*) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (const MappingSlot& slot : g_mappings) {
+    const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
+    if (begin == 0 || address < begin || address >= slot.end) continue;
+    write_text(g_program);
+    write_text(": error: ");
+    write_text(slot.path);
+    write_text(": the file became shorter while it was read (no data at byte ");
+    write_number(address - begin);
+    write_text(" of the ");
+    write_number(slot.end - begin);
+    write_text(" it had): another program truncated or replaced it; run again on a file that is not being written\n");
+    ::_exit(1);
+  }
+  ::signal(signal, SIG_DFL);  // not a mapping of ours: the default action, as if never caught
+  ::raise(signal);
+}
 }  // namespace
+
+void report_truncated_mappings(const char* program) {
+  const size_t n = std::min(std::strlen(program), sizeof g_program - 1);
+  std::memcpy(g_program, program, n);
+  g_program[n] = '\0';
+  struct sigaction action = {};
+  action.sa_sigaction = on_sigbus;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  ::sigaction(SIGBUS, &action, nullptr);
+}
 
 int open_regular_file(const std::string& path) {
   // O_NONBLOCK so that opening a FIFO by mistake cannot hang; it has no effect on regular files.
@@ -63,6 +148,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       throw DataError(cat("cannot memory-map ", path, " (", size_, " bytes): ", std::strerror(saved)));
     }
     data_ = static_cast<const uint8_t*>(p);
+    slot_ = enter_mapping(path, data_, size_);
   }
   ::close(fd);  // the mapping keeps the file alive
 }
@@ -70,7 +156,10 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 MappedFile::~MappedFile() { release(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : path_(std::move(other.path_)),
+      data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      slot_(std::exchange(other.slot_, -1)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
@@ -78,6 +167,7 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     path_ = std::move(other.path_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    slot_ = std::exchange(other.slot_, -1);
   }
   return *this;
 }
@@ -102,6 +192,8 @@ std::string read_small_file(const std::string& path, size_t max_bytes) {
 }
 
 void MappedFile::release() {
+  leave_mapping(slot_);  // before the pages go: the handler never names a mapping that is gone
+  slot_ = -1;
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
   data_ = nullptr;
   size_ = 0;

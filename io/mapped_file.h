@@ -1,7 +1,9 @@
 // MappedFile: a read-only memory mapping of a whole file (POSIX mmap), released on destruction.
 // Lets readers of big activation files touch only the pages they use instead of reading the
 // file into RAM. Errors (missing file, directory, no permission, not a regular file) throw
-// DataError naming the path and the OS reason. The file must not be truncated while mapped.
+// DataError naming the path and the OS reason. The file must not be truncated while mapped: a
+// program that calls report_truncated_mappings ends then with one line naming the file (exit 1)
+// instead of dying of SIGBUS.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -37,7 +39,14 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int slot_ = -1;  // its entry in the table the SIGBUS handler reads (-1: none)
 };
+
+// Installs a SIGBUS handler for the process: a read of a mapped file past its end (the file was
+// truncated or replaced by another program while mapped) writes "<program>: error: PATH: ..." as one
+// line on stderr and exits with status 1; any other SIGBUS keeps the default action. The mappings
+// alive are kept in a fixed table of 256 (more are mapped but not named).
+void report_truncated_mappings(const char* program);
 
 // Opens `path` read-only after checking that it is a regular file, and returns the descriptor.
 // A FIFO, a device, a socket or a directory is refused at once (a FIFO is opened without blocking

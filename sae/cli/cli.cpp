@@ -172,6 +172,7 @@ void require_input_file(const std::string& path) { ::close(open_regular_file(pat
 
 int run_main(const char* program, int argc, char** argv, const std::function<int()>& body) {
   if (argc > 0) restart_with_cpu_runtime_environment(argv);
+  report_truncated_mappings(program);  // a mapped input cut short by another program: one line, exit 1
   try {
     for (int i = 1; i < argc; ++i)  // paths and values are recorded in JSON, which holds UTF-8 text only
       if (!utf8::is_valid(argv[i]))

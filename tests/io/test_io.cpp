@@ -362,6 +362,30 @@ TEST(MappedFile, MapsContentsAndReportsErrors) {
   }
 }
 
+// A mapped input cut short by another program (truncated while a run reads it): one line naming the
+// file and exit 1, where the process had died of SIGBUS.
+TEST(MappedFileDeathTest, AFileTruncatedWhileMappedEndsInOneLineNamingIt) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the sanitizers handle SIGBUS themselves";
+#endif
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  TempDir dir("io_sigbus");
+  const std::string path = dir.str("shrinks.bin");
+  sae::testing::write_file(path, std::string(3 * 4096, 'x'));
+  EXPECT_EXIT(
+      {
+        report_truncated_mappings("prog");
+        MappedFile m(path);
+        if (::truncate(path.c_str(), 100) != 0) std::_Exit(3);
+        volatile uint8_t v = m.data()[2 * 4096 + 5];
+        (void)v;
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(1),
+      "^prog: error: .*shrinks\\.bin: the file became shorter while it was read \\(no data at byte 8197 of the "
+      "12288 it had\\): another program truncated or replaced it");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Float conversion
 
