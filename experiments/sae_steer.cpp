@@ -33,8 +33,8 @@ int main(int argc, char** argv) {
         ("max-new-tokens", "tokens to generate (fewer when the end-of-text token comes)",
          cxxopts::value<int64_t>()->default_value("50"))
         ("temperature", "sampling temperature", cxxopts::value<std::string>()->default_value("1"))
-        ("top-k", "sample among the k most likely tokens only (0: all; 50 as Hugging Face generate, which the tutorial "
-         "samples with)", cxxopts::value<int64_t>()->default_value("50"))
+        ("top-k", "sample among the k most likely tokens only, and those tied with the k-th (0: all; 50 as Hugging Face "
+         "generate, which the tutorial samples with)", cxxopts::value<int64_t>()->default_value("50"))
         ("seed", "the sampling seed (both continuations use it)", cxxopts::value<uint64_t>()->default_value("0"))
         ("greedy", "always take the most likely token instead of sampling")
         ("hook", "the hook point to steer at, SAELens's name (default: where the SAE reads, from its cfg.json)",

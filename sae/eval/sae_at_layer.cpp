@@ -54,8 +54,7 @@ std::string no_hook_point_message(const std::string& dir, bool npz) {
   if (npz)
     return cat(dir, ": a Gemma Scope params.npz does not say where the SAE reads: give --hook (Gemma Scope's "
                "gemma-scope-2b-pt-res layer_L SAEs read blocks.L.hook_resid_post, -mlp- ones blocks.L.hook_mlp_out, -att- "
-               "ones blocks.L.attn.hook_z), or for a layer_L residual SAE --layer L+1 (hidden_states[L+1] is block L's "
-               "output)");
+               "ones blocks.L.attn.hook_z)");
   return cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer): give --hook or --layer");
 }
 

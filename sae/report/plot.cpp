@@ -195,7 +195,7 @@ void FigureDrawer::plot(const Figure& figure, const std::string& png_path) {
 std::string FigureDrawer::describe(const std::string& drawn) const {
   const int failed = static_cast<int>(failures_.size());
   if (!draw_) return "not drawn (no gnuplot on PATH; each figure's .gp next to this file draws it)";
-  if (failed == figures_ && failed > 0) return cat("not drawn (gnuplot failed: ", failures_[0], ")");
+  if (failed == figures_ && failed > 0) return cat("not drawn (", failures_[0], ")");
   if (failed > 0) return cat(drawn, "; but ", failed, " of the ", figures_, " failed (the first: ", failures_[0], ")");
   return drawn;
 }

@@ -299,6 +299,14 @@ namespace {
 // threshold [F] (import_saelens checks the names, shapes and values), with a cfg.json made for it.
 Checkpoint load_npz(const std::string& path, Device device) {
   const NpzFile file = NpzFile::open(path);
+  // Recognised by its ZIP signature alone, a torch.save file or another archive holds none of the
+  // arrays: named as what it is not, rather than by the first array missing.
+  bool any = false;
+  for (const char* name : {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}) any = any || file.has(name);
+  if (!any)
+    throw DataError(cat(path, ": a ZIP archive without W_enc, W_dec, b_enc, b_dec or threshold arrays: not a Gemma "
+                              "Scope params.npz (a torch.save file is a ZIP archive too: save an SAE as a SAELens "
+                              "folder with safetensors)"));
   Checkpoint out;
   out.npz = path;
   out.cfg = Json::object();

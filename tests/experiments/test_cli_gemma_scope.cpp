@@ -276,6 +276,9 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
     return e;
   };
   expect_refused(make_zip(without("W_dec.npy")), "missing tensor W_dec");
+  // An archive with none of the arrays (a torch.save file is a ZIP too) is named as not an npz.
+  expect_refused(make_zip({{"archive/data.pkl", "not numpy", 0}}),
+                 "a ZIP archive without W_enc, W_dec, b_enc, b_dec or threshold arrays: not a Gemma Scope params.npz");
   expect_refused(make_zip(without("threshold.npy")), "missing tensor threshold");
   // Arrays stored transposed are named as such (a transposed W_enc was blamed on the threshold).
   expect_refused(make_zip(replaced("W_dec.npy", npy_f32("(4, 6)", values(d * f, 0.2f)))),
