@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -59,6 +60,55 @@ void sync_file(const std::string& path, bool missing_ok) {
     throw;
   }
   ::close(fd);
+}
+
+namespace {
+void copy_file_contents(const std::string& from, const std::string& to) {
+  const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) throw DataError(cat("cannot open ", from, " to copy it: ", os_reason()));
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) {
+    const std::string reason = os_reason();
+    ::close(in);
+    throw DataError(cat("cannot create ", to, ": ", reason));
+  }
+  std::vector<char> buffer(size_t(1) << 20);
+  std::string failure;
+  while (failure.empty()) {
+    const ssize_t n = ::read(in, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) failure = cat("cannot read ", from, ": ", os_reason());
+    if (n <= 0) break;
+    for (ssize_t done = 0; done < n && failure.empty();) {
+      const ssize_t w = ::write(out, buffer.data() + done, static_cast<size_t>(n - done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) failure = cat("cannot write ", to, ": ", os_reason());
+      else done += w;
+    }
+  }
+  ::close(in);
+  if (::close(out) != 0 && failure.empty()) failure = cat("cannot write ", to, ": ", os_reason());
+  if (!failure.empty()) throw DataError(failure);
+}
+}  // namespace
+
+void copy_tree(const std::string& from, const std::string& to) {
+  struct stat info;
+  if (::stat(from.c_str(), &info) != 0) throw DataError(cat("cannot copy ", from, ": ", os_reason()));
+  if (!S_ISDIR(info.st_mode)) {
+    copy_file_contents(from, to);
+    return;
+  }
+  if (::mkdir(to.c_str(), 0755) != 0 && errno != EEXIST) throw DataError(cat("cannot create ", to, ": ", os_reason()));
+  DIR* d = ::opendir(from.c_str());
+  if (d == nullptr) throw DataError(cat("cannot open directory ", from, " to copy it: ", os_reason()));
+  std::vector<std::string> names;
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  for (const std::string& name : names) copy_tree(from + "/" + name, to + "/" + name);
 }
 
 void sync_tree(const std::string& root) {

@@ -24,6 +24,13 @@ void sync_file(const std::string& path, bool missing_ok = false);
 // renamed into place). DataError as sync_directory.
 void sync_tree(const std::string& root);
 
+// Copies a file, or a folder with everything under it (regular files and folders; a symbolic link
+// is copied as the file or folder it points to), to `to`, which the caller then syncs and renames
+// into place. DataError naming the file and the OS reason ("No space left on device"), where
+// std::filesystem::copy reported a full disk as "Input/output error"; what was copied stays for the
+// caller to remove.
+void copy_tree(const std::string& from, const std::string& to);
+
 // Writes a whole file at once.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 

@@ -171,7 +171,7 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
     fs::create_directories(temp);
     for (const char* part : {"config.json", "metrics.csv", "sae", "tensorboard"})
       if (fs::exists(fs::path(run.continue_from) / part))
-        fs::copy(fs::path(run.continue_from) / part, temp / part, fs::copy_options::recursive);
+        copy_tree((fs::path(run.continue_from) / part).string(), (temp / part).string());
     sync_tree(temp.string());  // on disk before it takes the run's name (a power cut: no empty files)
     fs::remove_all(dir);
     fs::rename(temp, dir);

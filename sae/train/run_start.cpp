@@ -288,8 +288,7 @@ RunStart start_run(TrainConfig config, bool owner) {
         if (owner) {
           const std::string temp = checkpoint_temp_folder(final_model.string());
           fs::remove_all(temp, ec);
-          fs::copy(start.resumed_from, temp, fs::copy_options::recursive, ec);
-          if (ec) throw DataError(cat(temp, ": cannot copy ", start.resumed_from, " there: ", ec.message()));
+          copy_tree(start.resumed_from, temp);
           sync_tree(temp);  // the copy's bytes on disk before it takes sae/'s name
           install_checkpoint_folder(temp, final_model.string());
           start.resumed_from = final_model.string();

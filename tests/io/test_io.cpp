@@ -362,6 +362,24 @@ TEST(MappedFile, MapsContentsAndReportsErrors) {
   }
 }
 
+// copy_tree (a study's continuation, an extension's final model): the folder copied whole, and a
+// full disk named as such (std::filesystem::copy had said "Input/output error").
+TEST(CopyTree, CopiesFoldersWholeAndNamesAFullDisk) {
+  TempDir dir("io_copy_tree");
+  std::filesystem::create_directories(dir.path / "run/sae/deeper");
+  sae::testing::write_file(dir.str("run/config.json"), "{}");
+  sae::testing::write_file(dir.str("run/sae/weights"), std::string(3 << 20, '\7') + "end");
+  sae::testing::write_file(dir.str("run/sae/deeper/empty"), "");
+  copy_tree(dir.str("run"), dir.str("copy"));
+  EXPECT_EQ(sae::testing::read_file(dir.str("copy/config.json")), "{}");
+  EXPECT_EQ(sae::testing::read_file(dir.str("copy/sae/weights")), std::string(3 << 20, '\7') + "end");
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir.path / "copy/sae/deeper/empty"));
+  EXPECT_EQ(std::filesystem::file_size(dir.path / "copy/sae/deeper/empty"), 0u);
+  expect_data_error([&] { copy_tree(dir.str("run/sae/weights"), "/dev/full"); },
+                    {"cannot write /dev/full: No space left on device"});
+  expect_data_error([&] { copy_tree(dir.str("missing"), dir.str("x")); }, {dir.str("missing"), "No such file"});
+}
+
 // A mapped input cut short by another program (truncated while a run reads it): one line naming the
 // file and exit 1, where the process had died of SIGBUS.
 TEST(MappedFileDeathTest, AFileTruncatedWhileMappedEndsInOneLineNamingIt) {
