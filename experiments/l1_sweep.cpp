@@ -212,7 +212,8 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
   zoom.title = figure("Zoom: reconstruction loss, last half, linear axis", "", {}).title;
   drawing.plot(zoom, (fs::path(out) / "l1_sweep_zoom.png").string());
   for (const std::string& failure : drawing.failures()) std::fprintf(stderr, "l1_sweep: warning: %s\n", failure.c_str());
-  sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, drawing.describe(figures));
+  std::fputs(sae::write_summary(out, "l1_sweep: sparsity vs lambda", notes, table, drawing.describe(figures)).c_str(),
+             stdout);
 }
 
 }  // namespace
@@ -255,9 +256,9 @@ int main(int argc, char** argv) {
     if (continue_steps == 0) continue_steps = 3 * std::stoll(sae::option_value(parsed, profile, "steps"));
     const int continued = plan_runs(parsed, profile, lambdas, continue_steps, out, runs);
     const auto begin = std::chrono::steady_clock::now();
-    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out, sae::print_line);
     summarise(runs, outcomes, lambdas, continued, summary_step, out);
-    sae::print_study_time(begin);
+    std::fputs(sae::study_time(begin).c_str(), stdout);
     return 0;
   });
 }

@@ -77,8 +77,10 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
                                 "reconstruction loss per element", curves, plateaus, last_step),
                (fs::path(out) / "recon_vs_f_zoom.png").string());
   for (const std::string& failure : figures.failures()) std::fprintf(stderr, "recon_vs_f: warning: %s\n", failure.c_str());
-  sae::write_summary(out, "recon_vs_f: reconstruction loss vs F", notes, table,
-                     figures.describe("recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y)"));
+  const std::string summary =
+      sae::write_summary(out, "recon_vs_f: reconstruction loss vs F", notes, table,
+                         figures.describe("recon_vs_f.png (all steps, log y), recon_vs_f_zoom.png (last half, linear y)"));
+  std::fputs(summary.c_str(), stdout);
 }
 
 }  // namespace
@@ -113,10 +115,10 @@ int main(int argc, char** argv) {
       runs.push_back({"F_" + std::to_string(f), sae::training_config(parsed, run_profile), ""});
     }
     const auto begin = std::chrono::steady_clock::now();
-    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out);
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out, sae::print_line);
 
     summarise(runs, outcomes, out);
-    sae::print_study_time(begin);
+    std::fputs(sae::study_time(begin).c_str(), stdout);
     return 0;
   });
 }

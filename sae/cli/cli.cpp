@@ -291,6 +291,11 @@ std::vector<std::string> split_option_list(const std::string& option, const std:
   return items;
 }
 
+void print_line(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
 std::unique_ptr<ActivationSource> open_dictionary_inputs(const std::string& option, const std::string& text,
                                                          int64_t sources, const std::string& sae_dir) {
   refuse_path_with_comma("--" + option, text);

@@ -60,6 +60,8 @@ double number_value(const std::string& option, const std::string& text);  // the
 // Splits a comma-separated option value ("100,767,768") into its items; UsageError naming --option
 // when an item is empty.
 std::vector<std::string> split_option_list(const std::string& option, const std::string& text);
+// Prints `line` and a newline on stdout at once (the lines of progress a person watches).
+void print_line(const std::string& line);
 // The activation files a dictionary reads from --OPTION: one file, or a crosscoder's one per source
 // (`sources` of them, comma-separated, read side by side as a ConcatSource). UsageError for a path
 // with a comma that exists (refuse_path_with_comma) or a file count other than `sources`.

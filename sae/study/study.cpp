@@ -225,18 +225,22 @@ int64_t steps_done(const StudyRun& run, const std::vector<StudyRun>& runs, const
   return std::max<int64_t>(0, finished_step(run.continue_from));
 }
 
-// Prints what the study will do, with the time it will take here: each run's steps to go and an
+// Says what the study will do, with the time it will take here: each run's steps to go and an
 // estimate from dense steps of the run's own configuration timed on this machine (sparse steps,
 // once the features are sparse enough, are faster, so this is an upper bound).
-void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) {
-  std::printf("plan: %zu runs in %s\n", runs.size(), out_root.c_str());
+void say_plan(const std::vector<StudyRun>& runs, const std::string& out_root,
+              const std::function<void(const std::string&)>& say) {
+  say(cat("plan: ", runs.size(), " runs in ", out_root));
   double seconds = 0;
   std::map<std::string, double> step_seconds;  // by what sets a dense step's cost
   for (const StudyRun& run : runs) {
     const int64_t done = steps_done(run, runs, out_root);
     const int64_t to_go = std::max<int64_t>(0, run.config.steps - done);
-    std::printf("  %s: F = %lld, lambda = %g, steps %lld to %lld%s\n", run.name.c_str(), (long long)run.config.features,
-                run.config.l1, (long long)done, (long long)run.config.steps, to_go == 0 ? " (finished)" : "");
+    char line[600];
+    std::snprintf(line, sizeof line, "  %s: F = %lld, lambda = %g, steps %lld to %lld%s", run.name.c_str(),
+                  (long long)run.config.features, run.config.l1, (long long)done, (long long)run.config.steps,
+                  to_go == 0 ? " (finished)" : "");
+    say(line);
     if (to_go == 0) continue;
     const std::string key = cat(run.config.data, "|", run.config.features, "|", run.config.batch_tokens, "|",
                                 run.config.synthetic.d, "|", device_choice_name(run.config.device));
@@ -246,30 +250,28 @@ void print_plan(const std::vector<StudyRun>& runs, const std::string& out_root) 
   if (seconds > 0) {
     std::string rates;
     for (const auto& [key, s] : step_seconds) rates += cat(rates.empty() ? "" : ", ", format_number(1000 * s, 3), " ms");
-    std::printf("estimated: at most %s of training here (dense steps measured at %s; steps whose features are sparse "
-                "take the faster sparse path)\n", format_duration(seconds).c_str(), rates.c_str());
+    say(cat("estimated: at most ", format_duration(seconds), " of training here (dense steps measured at ", rates,
+            "; steps whose features are sparse take the faster sparse path)"));
   }
-  std::fflush(stdout);
 }
 
 }  // namespace
 
-std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root) {
+std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root,
+                                  const std::function<void(const std::string&)>& say) {
   // One study at a time in a folder: two would prepare the same runs (a continuation's copy, a
   // killed run's removal) under each other.
   fs::create_directories(out_root);
   const FileLock study_lock((fs::path(out_root) / ".study.lock").string());
-  print_plan(runs, out_root);
+  say_plan(runs, out_root, say);
   const size_t total = runs.size();
   std::vector<std::optional<RunOutcome>> outcomes(total);
   auto report = [&](size_t i, const RunOutcome& r) {
     if (r.action == "skipped")
-      std::printf("[%zu/%zu] %s: skipped (already finished at step %lld)\n", i + 1, total, r.name.c_str(),
-                  (long long)r.steps);
+      say(cat("[", i + 1, "/", total, "] ", r.name, ": skipped (already finished at step ", r.steps, ")"));
     else
-      std::printf("[%zu/%zu] %s: %s, %lld steps (%lld tokens) in %s\n", i + 1, total, r.name.c_str(), r.action.c_str(),
-                  (long long)r.steps, (long long)r.tokens, format_duration(r.seconds).c_str());
-    std::fflush(stdout);
+      say(cat("[", i + 1, "/", total, "] ", r.name, ": ", r.action, ", ", r.steps, " steps (", r.tokens, " tokens) in ",
+              format_duration(r.seconds)));
     outcomes[i] = r;
   };
   // Runs that start from the same step on the same data stream train together (one pass over the
@@ -308,9 +310,8 @@ std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::
       names += cat(names.empty() ? "" : ", ", runs[i].name);
     }
     if (configs.empty()) continue;
-    std::printf("[%zu/%zu] %s: %s steps%s\n", group.front() + 1, total, names.c_str(),
-                std::to_string(configs.front().steps).c_str(), configs.size() > 1 ? ", trained together" : "");
-    std::fflush(stdout);
+    say(cat("[", group.front() + 1, "/", total, "] ", names, ": ", configs.front().steps, " steps",
+            configs.size() > 1 ? ", trained together" : ""));
     const std::vector<TrainResult> results = train_together(configs);
     size_t k = 0;
     for (size_t i : group)

@@ -12,6 +12,7 @@
 // one pass over the data, the same results as one by one); a continuation runs after its source.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,8 +53,10 @@ struct RunOutcome {
 // The step of DIR/sae's training state, or -1 when there is none (or it cannot be read).
 int64_t finished_step(const std::string& run_dir);
 
-// Runs each entry into out_root/<name>, printing one line per run; outcomes in the order of `runs`.
-std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root);
+// Runs each entry into out_root/<name>, saying its plan and one line per run through `say` (each a
+// line without its newline; the drivers print them); outcomes in the order of `runs`.
+std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root,
+                                  const std::function<void(const std::string&)>& say);
 
 // ---- metrics.csv ----
 

@@ -40,19 +40,19 @@ Figure zoom_figure(const std::string& title, const std::string& ylabel, const st
   return zoom;
 }
 
-void write_summary(const std::string& out, const std::string& heading, const std::string& notes, const Table& table,
-                   const std::string& figures) {
+std::string write_summary(const std::string& out, const std::string& heading, const std::string& notes,
+                          const Table& table, const std::string& figures) {
   write_csv(table, (fs::path(out) / "summary.csv").string());
   const std::string md =
       "# " + heading + "\n\n" + markdown_paragraphs(notes) + markdown(table) + "\nFigures: " + figures + ".\n";
   write_file_atomic((fs::path(out) / "summary.md").string(), md);
-  std::printf("\n%s\n%s\nwrote %s/summary.csv, %s/summary.md and figures %s in %s\n", notes.c_str(),
-              markdown(table).c_str(), out.c_str(), out.c_str(), figures.c_str(), out.c_str());
+  return cat("\n", notes, "\n", markdown(table), "\nwrote ", out, "/summary.csv, ", out, "/summary.md and figures ",
+             figures, " in ", out, "\n");
 }
 
-void print_study_time(std::chrono::steady_clock::time_point begin) {
-  std::printf("study wall time: %s\n",
-              format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()).c_str());
+std::string study_time(std::chrono::steady_clock::time_point begin) {
+  return cat("study wall time: ",
+             format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()), "\n");
 }
 
 }  // namespace sae

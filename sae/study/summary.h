@@ -24,11 +24,11 @@ Figure zoom_figure(const std::string& title, const std::string& ylabel, const st
                    const std::vector<double>& plateaus, double last_step);
 
 // Writes OUT/summary.csv and OUT/summary.md ("# heading", the notes as paragraphs, the table, the
-// figures line) and prints the notes, the table and the files written.
-void write_summary(const std::string& out, const std::string& heading, const std::string& notes, const Table& table,
-                   const std::string& figures);
+// figures line) and returns what the driver prints: the notes, the table and the files written.
+std::string write_summary(const std::string& out, const std::string& heading, const std::string& notes,
+                          const Table& table, const std::string& figures);
 
 // "study wall time: 3m05s" since `begin`.
-void print_study_time(std::chrono::steady_clock::time_point begin);
+std::string study_time(std::chrono::steady_clock::time_point begin);
 
 }  // namespace sae
