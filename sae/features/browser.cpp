@@ -144,7 +144,10 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
         const Tensor unembedding = load_unembedding(model_dir);
         if (unembedding.size(1) != sae.params.d_out())
           throw DataError(cat(model_dir, ": the model's width ", unembedding.size(1), " is not the width the SAE's "
-                              "decoder writes (", sae.params.d_out(), ")"));
+                              "decoder writes (", sae.params.d_out(), ")",
+                              hook.empty() ? " (an SAE that names no hook is taken to write the residual stream; one "
+                                             "at attn.hook_z, as Gemma Scope's -att- SAEs: give --hook)"
+                                           : ""));
         promoted = promoted_tokens(sae.params.W_dec, unembedding, options.top_tokens);
       } else {
         note(cat(model_dir, " has no config.json + model.safetensors: no promoted tokens"));

@@ -238,6 +238,19 @@ TEST(GemmaScopeCli, FeaturesAndBrowserReadTheArchive) {
       run_binary("sae_browser", cat("--run ", quote(dir.str("gs/params.npz")), " --model ", quote(eval_ref("model"))), dir);
   ASSERT_EQ(b2.exit_code, 0) << b2.err;
   EXPECT_GT(fs::file_size(dir.str("gs/features.html")), 1000u);
+  // An archive of another width (an -att- SAE at attn.hook_z, 8 wide here): the width it writes is
+  // not the model's, and the line says to give --hook.
+  fs::create_directories(dir.str("att"));
+  fs::copy_file(dir.str("gs/feature_stats.safetensors"), dir.str("att/feature_stats.safetensors"));
+  sae::testing::write_file(dir.str("att/params.npz"),
+                           make_zip({{"W_enc.npy", npy_f32("(8, 64)", filled(8 * 64, 0.1f)), 0},
+                                     {"W_dec.npy", npy_f32("(64, 8)", filled(64 * 8, 0.2f)), 0},
+                                     {"b_enc.npy", npy_f32("(64,)", filled(64, 0.0f)), 0},
+                                     {"b_dec.npy", npy_f32("(8,)", filled(8, 0.0f)), 0},
+                                     {"threshold.npy", npy_f32("(64,)", filled(64, 0.1f)), 0}}));
+  expect_failure("sae_browser", cat("--run ", quote(dir.str("att")), " --model ", quote(eval_ref("model"))), 1,
+                 "is not the width the SAE's decoder writes (8) (an SAE that names no hook is taken to write the "
+                 "residual stream; one at attn.hook_z, as Gemma Scope's -att- SAEs: give --hook)");
 }
 
 TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
