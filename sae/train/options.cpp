@@ -36,12 +36,18 @@ std::string number_text(double v) {
   return std::string(buffer, result.ptr);
 }
 
+// Integers within +-2^53, which config.json's numbers (doubles) hold exactly: a larger one was
+// recorded rounded, and the run it made could not be resumed.
+constexpr int64_t kMaxExactInteger = int64_t{1} << 53;
+
 Codec<int64_t> integer() {
   return {[](const std::string& option, const std::string& text) {
             int64_t v = 0;
             const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
             if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
               bad_value(option, "an integer", text);
+            if (v > kMaxExactInteger || v < -kMaxExactInteger)
+              bad_value(option, "an integer of at most 2^53 in size (config.json records it exactly)", text);
             return v;
           },
           [](const int64_t& v) { return std::to_string(v); }, [](const int64_t& v) { return Json(v); },

@@ -150,8 +150,8 @@ int64_t parse_batch(const std::string& text) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != text.size() || value <= 0)
-    throw UsageError(cat("--batch: expected 'story' or a positive token count, got '", text, "'"));
+  if (used != text.size() || value <= 0 || value > (int64_t{1} << 53))
+    throw UsageError(cat("--batch: expected 'story' or a positive token count (at most 2^53), got '", text, "'"));
   return value;
 }
 

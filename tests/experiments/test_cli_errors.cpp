@@ -220,6 +220,12 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --l1-list ' 1,2'", 2, "--l1-list: expected non-negative numbers");
   // config.json holds numbers as doubles: a seed past 2^53 was recorded rounded (the run not repeatable)
   expect_error(kTiny + " --seed 9007199254740993", 2, "--seed: expected an integer in [0, 2^53]");
+  // Every integer option: config.json holds doubles, so a larger one was recorded rounded (a run of
+  // --steps 2^63-1 could never be resumed: "the run is already at step ..." against a rounded end).
+  expect_error(kTiny + " --steps 9223372036854775807", 2, "--steps: expected an integer of at most 2^53 in size");
+  expect_error(kTiny + " --dead-window 9007199254740993", 2, "--dead-window: expected an integer of at most 2^53");
+  expect_error(kTiny + " --architecture topk --k 9223372036854775807", 2, "--k: expected an integer");
+  expect_error(kTiny + " --batch 9223372036854775807", 2, "--batch: expected 'story' or a positive token count (at most 2^53)");
   expect_error(kTiny + " --synthetic-seed 18446744073709551615", 2, "--synthetic-seed: expected an integer in [0, 2^53]");
   expect_error(kTiny + " --init a --resume b", 2, "--init");
   expect_error(kTiny + " --profile nope", 2, "--profile");
