@@ -198,7 +198,9 @@ void TextBatcher::fill_chunk() {
   chunk_story_.clear();
   chunk_position_.clear();
   chunk_ids_.clear();
-  for (int64_t piece = 0; static_cast<int64_t>(chunk_.size()) < options_.chunk_tokens * d(); ++piece) {
+  // Rows held, compared with the chunk's tokens (chunk_tokens * d overflowed int64 for a huge
+  // --text-chunk-tokens: the chunk never filled and the run hung).
+  for (int64_t piece = 0; static_cast<int64_t>(chunk_.size()) / d() < options_.chunk_tokens; ++piece) {
     // A replica's (or rank's) share of the pieces: round robin, starting one part further each chunk
     // (so that a chunk of few pieces does not always give its first to part 0).
     const bool mine = (piece + chunk_index_) % parts_ == part_;

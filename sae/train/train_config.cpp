@@ -35,7 +35,9 @@ void TrainConfig::validate() const {
                                "bos-activations", "text-chunk-tokens"})
       require(!was_given(option), cat("--", option, " applies only to training from text (--model, --text); --data ",
                                       data, " holds its activations as they are"));
-  require(text_chunk_tokens >= 1, cat("--text-chunk-tokens must be >= 1, got ", text_chunk_tokens));
+  require(text_chunk_tokens >= 1 && text_chunk_tokens <= (int64_t{1} << 30),
+          cat("--text-chunk-tokens must be in [1, 2^30] (a chunk of T tokens holds T x d float32 activations), got ",
+              text_chunk_tokens));
   check_context_size(context_size);
   require(!text_field.empty(), "--text-field must not be empty");
   require(features >= 1 && features <= 10000000, cat("--features must be in [1, 1e7], got ", features));

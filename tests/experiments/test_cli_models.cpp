@@ -283,6 +283,10 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
        "the tokenizer adds none)"},
       {base + " --batch story --normalize story --text-chunk-tokens 64 --out " + quote(dir.str("x8")), 2,
        "--text-chunk-tokens gathers token batches"},
+      // A chunk of 2^40 tokens: chunk * d had overflowed (at 2^63 / d) and the run spun forever; the
+      // chunk is now at most 2^30 tokens.
+      {base + " --batch 64 --normalize dataset --text-chunk-tokens 1099511627776 --out " + quote(dir.str("x10")), 2,
+       "--text-chunk-tokens must be in [1, 2^30]"},
       {cat(" --model ", quote(model_dir("pythia")), " --text ", quote(sae::testing::ref_path("text_train/stories.txt")),
            " --text-field content --features 16 --steps 2 --device cpu --progress none --out ", quote(dir.str("x9"))),
        2, "--text-field content names a field of JSON lines (.jsonl): "},
