@@ -51,6 +51,8 @@ void TrainConfig::validate() const {
           cat("--max-grad-norm must be a finite number >= 0 (0: no clipping), got ", max_grad_norm));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
+  require(batch_tokens <= 65536, cat("--batch ", batch_tokens, ": token batches of at most 65536 tokens are supported "
+                                     "(the step's [N, F] buffers grow with N)"));
   check_story_normalization(batch_tokens, normalize);  // (the batchers too; here before the run's folder is made)
   require(!out.empty(), "--out must not be empty");
   require(checkpoint_every >= 1, cat("--checkpoint-every must be >= 1, got ", checkpoint_every));

@@ -666,7 +666,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const int64_t batch_max_tokens = batcher.max_batch_tokens();  // the whole batch's, before a replica's part
   if (batch_max_tokens > 65536)
     throw UsageError(cat("the longest story has ", batch_max_tokens, " tokens; story batches above 65536 tokens are not "
-                         "supported: use --batch N"));
+                         "supported: use --batch N (N <= 65536)"));
   const SyntheticSource* synthetic = data.synthetic;
   // Before any batch is drawn (the geometric median's, a restore): the batches record their origins.
   // (Several ranks: not gathered; docs/distributed.md.)
