@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "sae_features: warning: %s\n", warning.c_str());
     const sae::InputNormalization normalization =
         sae::trained_normalization(checkpoint.cfg, (std::filesystem::path(sae_dir) / "cfg.json").string());
-    sae::check_feature_stats_options(params.d_sae(), stats_options);
+    sae::check_feature_stats_options(params.d_sae(), stats_options, "--top", "--context");
 
     const sae::HookChoice choice = sae::hook_choice_given(parsed);
     std::unique_ptr<sae::DecoderModel> model;

@@ -68,11 +68,11 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
   check_generate_options(options);
   if (prompt.empty()) throw DataError("generate: the prompt has no tokens (a model needs at least one to start from)");
   const int64_t positions = model.config().max_positions, vocab = model.config().vocab_size;
-  const int64_t total = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
-  if (total > positions)
-    throw DataError(cat("generate: a prompt of ", prompt.size(), " tokens plus ", options.max_new_tokens,
-                        " new tokens is ", total, " positions, more than the model's ", positions,
-                        " (max_position_embeddings)"));
+  const int64_t given = static_cast<int64_t>(prompt.size());
+  if (options.max_new_tokens > positions - given)  // (the sum itself overflows for --max-new-tokens near 2^63)
+    throw DataError(cat("generate: a prompt of ", given, " tokens plus ", options.max_new_tokens,
+                        " new tokens is more than the model's ", positions, " positions (max_position_embeddings)"));
+  const int64_t total = given + options.max_new_tokens;
   std::vector<int32_t> generated;
   if (options.max_new_tokens == 0) return generated;
   Rng rng(options.seed);

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <new>
 
 #include "io/mapped_file.h"
 #include "io/utf8.h"
@@ -194,6 +195,10 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
+  } catch (const std::bad_alloc&) {  // an allocation the library did not size-check itself
+    std::fprintf(stderr, "%s: error: out of host memory (std::bad_alloc): the sizes this run asks for (features, "
+                         "batch, stories, statistics) need more memory than this machine gives it\n", program);
+    return 1;
   } catch (const std::exception& e) {  // a std::filesystem error's text put as ours (error_text)
     std::fprintf(stderr, "%s: error: %s\n", program, error_text(e).c_str());
     return 1;

@@ -45,17 +45,18 @@ Tensor zero_i32(const Shape& shape, Device device) {
 
 }  // namespace
 
-void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options) {
+void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options, const char* k_option,
+                                 const char* context_option) {
   if (options.k < 1 || options.k > kMaxK)
-    throw UsageError(cat("--feature-stats-k must be in [1, ", kMaxK, "], got ", options.k));
+    throw UsageError(cat(k_option, " must be in [1, ", kMaxK, "], got ", options.k));
   if (options.context < 0 || options.context > kMaxContext)
-    throw UsageError(cat("--feature-stats-context must be in [0, ", kMaxContext, "], got ", options.context));
+    throw UsageError(cat(context_option, " must be in [0, ", kMaxContext, "], got ", options.context));
   if (features < 1) throw UsageError(cat("feature statistics: need at least one feature, got ", features));
   // Per list entry: value, key, slot, story, position, step, pending row (44 bytes) and the scan's
   // candidate value, row and group (12); W token ids and values.
   const double bytes = double(features) * double(options.k) * (56.0 + 8.0 * double(2 * options.context + 1));
   if (bytes > kMaxListBytes)
-    throw UsageError(cat("--feature-stats-k ", options.k, " and --feature-stats-context ", options.context, " for ",
+    throw UsageError(cat(k_option, " ", options.k, " and ", context_option, " ", options.context, " for ",
                          features, " features need ", bytes / double(int64_t(1) << 30),
                          " GiB of lists (at most 8): lower them"));
 }

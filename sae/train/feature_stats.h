@@ -32,9 +32,11 @@ struct FeatureStatsOptions {
   int64_t context = 8;  // C: tokens kept on either side of each
 };
 
-// Limits of the options (UsageError naming them beyond): K up to 1000, C up to 256, and the lists of
-// all features together up to 8 GiB.
-void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options);
+// Limits of the options (UsageError naming them beyond, by the caller's option names): K up to 1000,
+// C up to 256, and the lists of all features together up to 8 GiB.
+void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options,
+                                 const char* k_option = "--feature-stats-k",
+                                 const char* context_option = "--feature-stats-context");
 
 // One of a feature's top activations.
 struct FeatureTop {

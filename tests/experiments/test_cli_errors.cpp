@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "io/npy.h"
+#include "sae/cli/cli.h"
 #include "sae/report/plot.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/trainer.h"
@@ -266,6 +267,16 @@ TEST(Cli, RefusalsOfOptionsWithoutEffectLeaveRecordedRunsAndProfilesAlone) {
                                           " --steps 2 --l1-warmup-steps 0 --features 16 --progress none --out " +
                                           dir.str("demo"), dir);
   EXPECT_EQ(demo.exit_code, 0) << demo.err;
+}
+
+// An allocation no size check caught (std::vector in an analysis program at a size beyond the
+// machine) ends in one line saying what it is; it was a bare "std::bad_alloc".
+TEST(CliDeathTest, OutOfMemoryIsOneLineExitOne) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::exit(sae::run_main("prog", 0, nullptr, []() -> int { throw std::bad_alloc(); })),
+              ::testing::ExitedWithCode(1),
+              "^prog: error: out of host memory \\(std::bad_alloc\\): the sizes this run asks for \\(features, batch, "
+              "stories, statistics\\) need more memory than this machine gives it\n$");
 }
 
 TEST(Cli, DataErrorsExitOne) {

@@ -248,6 +248,17 @@ TEST(GemmaScopeCli, FeaturesAndBrowserReadTheArchive) {
                                      {"b_enc.npy", npy_f32("(64,)", filled(64, 0.0f)), 0},
                                      {"b_dec.npy", npy_f32("(8,)", filled(8, 0.0f)), 0},
                                      {"threshold.npy", npy_f32("(64,)", filled(64, 0.1f)), 0}}));
+  // Statistics lists too large for 8 GiB are named by sae_features' own options (they had been
+  // named --feature-stats-k and --feature-stats-context, sae_train's).
+  sae::testing::write_file(dir.str("wide.npz"),
+                           make_zip({{"W_enc.npy", npy_f32("(4, 4096)", filled(4 * 4096, 0.1f)), 0},
+                                     {"W_dec.npy", npy_f32("(4096, 4)", filled(4096 * 4, 0.2f)), 0},
+                                     {"b_enc.npy", npy_f32("(4096,)", filled(4096, 0.0f)), 0},
+                                     {"b_dec.npy", npy_f32("(4,)", filled(4, 0.0f)), 0},
+                                     {"threshold.npy", npy_f32("(4096,)", filled(4096, 0.1f)), 0}}));
+  expect_failure("sae_features", cat("--sae ", quote(dir.str("wide.npz")), " --data ", quote(gs_ref("x.npy")),
+                                     " --top 1000 --context 256 --out ", quote(dir.str("wide.json"))),
+                 2, "--top 1000 and --context 256 for 4096 features need");
   expect_failure("sae_browser", cat("--run ", quote(dir.str("att")), " --model ", quote(eval_ref("model"))), 1,
                  "is not the width the SAE's decoder writes (8) (an SAE that names no hook is taken to write the "
                  "residual stream; one at attn.hook_z, as Gemma Scope's -att- SAEs: give --hook)");

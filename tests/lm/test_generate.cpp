@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "lm/generate.h"
@@ -255,6 +256,10 @@ TEST(Generate, RefusesBadOptionsAndPromptsThatDoNotFit) {
   EXPECT_THROW(generate(model, {}, options), DataError);
   options.max_new_tokens = 60;
   EXPECT_THROW(generate(model, std::vector<int32_t>(5, 1), options), DataError);  // 65 > 64 positions
+  options.max_new_tokens = std::numeric_limits<int64_t>::max();  // the sum overflowed: "a cache of -9.2e18 positions"
+  sae::testing::expect_error<DataError>([&] { generate(model, std::vector<int32_t>(5, 1), options); },
+                                        {"a prompt of 5 tokens plus 9223372036854775807 new tokens is more than the "
+                                         "model's 64 positions"});
   options.max_new_tokens = 59;
   EXPECT_EQ(generate(model, std::vector<int32_t>(5, 1), options).size(), 59u);  // exactly 64
   const ResidualHook poison = [](int k, Tensor& state) {
