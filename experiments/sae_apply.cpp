@@ -10,6 +10,7 @@
 // reconstruction, brought back to the scale of what it reconstructs (X; a transcoder's target). Both
 // float32. The work is apply_dictionary (sae/eval/apply.h). Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
+#include <optional>
 
 #include "io/npy.h"
 #include "sae/cli/cli.h"
@@ -55,10 +56,21 @@ int main(int argc, char** argv) {
     sae::check_output_files({{"features-out", features_out}, {"reconstruction-out", reconstruction_out}}, inputs);
     const std::unique_ptr<sae::ActivationSource> input =
         sae::open_dictionary_inputs("input", input_path, model.sources, sae_dir);
-    const sae::AppliedDictionary applied = sae::apply_dictionary(
-        model, normalization, *input, !features_out.empty(), !reconstruction_out.empty(), device, sae_dir);
-    if (applied.features.defined()) sae::write_npy(features_out, applied.features);
-    if (applied.reconstruction.defined()) sae::write_npy(reconstruction_out, applied.reconstruction);
+    // Written block by block (N x d_sae floats can be more than memory), put in place once all is
+    // computed: an error on the way leaves no output.
+    std::optional<sae::NpyRowWriter> features, reconstruction;
+    sae::DictionaryOutputs outputs;
+    if (!features_out.empty()) {
+      features.emplace(features_out, input->num_tokens(), model.d_sae());
+      outputs.features = [&](const float* rows, int64_t n) { features->write_rows(rows, n); };
+    }
+    if (!reconstruction_out.empty()) {
+      reconstruction.emplace(reconstruction_out, input->num_tokens(), model.d_out());
+      outputs.reconstruction = [&](const float* rows, int64_t n) { reconstruction->write_rows(rows, n); };
+    }
+    sae::apply_dictionary(model, normalization, *input, outputs, device, sae_dir);
+    if (features) features->commit();
+    if (reconstruction) reconstruction->commit();
     std::printf("sae_apply: %lld rows, d_in %lld, d_sae %lld, d_out %lld, inputs normalised: %s\n",
                 static_cast<long long>(input->num_tokens()), static_cast<long long>(model.d_in()),
                 static_cast<long long>(model.d_sae()), static_cast<long long>(model.d_out()),

@@ -239,28 +239,51 @@ void NpyFile::read_rows_f32(int64_t row_begin, int64_t row_count, float* out) co
                  static_cast<size_t>(row_count * row_width), out, path(), row_begin * row_width, row_width);
 }
 
-void write_npy(const std::string& path, const Tensor& tensor) {
-  if (!tensor.defined() || tensor.dtype() != DType::F32)
-    throw Error(cat("write_npy ", path, ": expected a float32 tensor, got ", tensor.defined() ? tensor.describe() : "an undefined tensor"));
-  Tensor host = tensor.to(Device::CPU);
-  std::vector<int64_t> shape;
-  for (int i = 0; i < host.ndim(); ++i) shape.push_back(host.size(i));
-
+namespace {
+// Magic, version 1.0, header length and a float32 C-order header padded so the data starts at a
+// multiple of 64 bytes.
+void write_f32_header(AtomicFileWriter& out, const std::vector<int64_t>& shape) {
   std::string header = cat("{'descr': '<f4', 'fortran_order': False, 'shape': ", shape_str(shape), ", }");
   size_t prefix = kMagicBytes + 2 + 2;
   size_t padding = (64 - (prefix + header.size() + 1) % 64) % 64;
   header.append(padding, ' ');
   header += '\n';
   uint16_t header_bytes = static_cast<uint16_t>(header.size());
-
-  AtomicFileWriter out(path);
   out.write(kMagic, kMagicBytes);
   const uint8_t version[2] = {1, 0};
   out.write(version, 2);
   out.write(&header_bytes, 2);
   out.write(header);
+}
+}  // namespace
+
+void write_npy(const std::string& path, const Tensor& tensor) {
+  if (!tensor.defined() || tensor.dtype() != DType::F32)
+    throw Error(cat("write_npy ", path, ": expected a float32 tensor, got ", tensor.defined() ? tensor.describe() : "an undefined tensor"));
+  Tensor host = tensor.to(Device::CPU);
+  std::vector<int64_t> shape;
+  for (int i = 0; i < host.ndim(); ++i) shape.push_back(host.size(i));
+  AtomicFileWriter out(path);
+  write_f32_header(out, shape);
   out.write(host.raw(), host.nbytes());
   out.commit();
+}
+
+NpyRowWriter::NpyRowWriter(const std::string& path, int64_t rows, int64_t width)
+    : out_(path), rows_(rows), width_(width) {
+  write_f32_header(out_, {rows, width});
+}
+
+void NpyRowWriter::write_rows(const float* values, int64_t rows) {
+  if (rows < 0 || written_ + rows > rows_)
+    throw Error(cat("NpyRowWriter ", out_.path(), ": ", written_ + rows, " rows written of ", rows_));
+  out_.write(values, sizeof(float) * static_cast<size_t>(rows * width_));
+  written_ += rows;
+}
+
+void NpyRowWriter::commit() {
+  if (written_ != rows_) throw Error(cat("NpyRowWriter ", out_.path(), ": ", written_, " rows written of ", rows_));
+  out_.commit();
 }
 
 }  // namespace sae

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_file.h"
 #include "io/mapped_file.h"
 #include "tensor/tensor.h"
 
@@ -72,5 +73,19 @@ class NpyFile {
 // version 1.0, atomically (PATH.tmp, fsync, rename). The header is padded so the data starts at
 // a multiple of 64 bytes, as NumPy does.
 void write_npy(const std::string& path, const Tensor& tensor);
+
+// The same file written row block by row block, for a matrix [rows, width] too large to hold whole:
+// the header first, then write_rows in order, then commit() (which requires every row; a writer
+// destroyed before commit leaves PATH untouched, as AtomicFileWriter).
+class NpyRowWriter {
+ public:
+  NpyRowWriter(const std::string& path, int64_t rows, int64_t width);
+  void write_rows(const float* values, int64_t rows);
+  void commit();
+
+ private:
+  AtomicFileWriter out_;
+  int64_t rows_, width_, written_ = 0;
+};
 
 }  // namespace sae

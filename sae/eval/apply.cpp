@@ -2,7 +2,7 @@
 #include "sae/eval/apply.h"
 
 #include <algorithm>
-#include <cstring>
+#include <vector>
 
 #include "tensor/ops.h"
 
@@ -10,9 +10,9 @@ namespace sae {
 
 namespace {
 
-// Rows per encode/decode call when the data has no stories to go by: bounds the [rows, d_sae]
-// temporary for large inputs.
-constexpr int64_t kBlockRows = 4096;
+// Rows per encode/decode call when the data has no stories to go by: at most 4096, and few enough
+// that a block's [rows, d_sae] features are at most 2^24 values (64 MB) at any width.
+int64_t block_rows(int64_t features) { return std::clamp<int64_t>((int64_t{1} << 24) / std::max<int64_t>(features, 1), 1, 4096); }
 
 // Outputs that are not finite (weights that overflow float32 on this input) are an error, as in
 // sae_eval, before anything is written: rows [first, first + rows) of width `width`.
@@ -26,9 +26,8 @@ void require_finite(const float* values, int64_t first, int64_t rows, int64_t wi
 
 }  // namespace
 
-AppliedDictionary apply_dictionary(const SaeParams& dictionary, const InputNormalization& normalization,
-                                   ActivationSource& input, bool features, bool reconstruction, Device device,
-                                   const std::string& sae_dir) {
+void apply_dictionary(const SaeParams& dictionary, const InputNormalization& normalization, ActivationSource& input,
+                      const DictionaryOutputs& outputs, Device device, const std::string& sae_dir) {
   const int64_t n = input.num_tokens(), d = input.d(), f = dictionary.d_sae(), d_out = dictionary.d_out();
   if (d != dictionary.d_in())
     throw DataError(cat(input.name(), ": has ", d, " columns but the dictionary's d_in is ", dictionary.d_in()));
@@ -61,13 +60,12 @@ AppliedDictionary apply_dictionary(const SaeParams& dictionary, const InputNorma
   if (normalization.kind == Normalization::Story) {
     for (int64_t s = 0; s < input.num_stories(); ++s) pieces.push_back({input.story_begin(s), input.story_length(s)});
   } else {
-    for (int64_t begin = 0; begin < n; begin += kBlockRows) pieces.push_back({begin, std::min(kBlockRows, n - begin)});
+    const int64_t block = block_rows(f);
+    for (int64_t begin = 0; begin < n; begin += block) pieces.push_back({begin, std::min(block, n - begin)});
   }
 
-  // Only the requested outputs are held (whole): N x d_sae floats can be large.
-  AppliedDictionary out;
-  if (features) out.features = Tensor::empty(Shape{n, f});
-  if (reconstruction) out.reconstruction = Tensor::empty(Shape{n, d_out});
+  // One piece at a time: N x d_sae floats can be more than memory.
+  std::vector<float> out_rows;
   for (const auto& [begin, rows] : pieces) {
     Tensor raw = Tensor::empty(Shape{rows, d}), x = Tensor::empty(Shape{rows, d});
     input.read_tokens(begin, rows, raw.data<float>());
@@ -76,19 +74,19 @@ AppliedDictionary apply_dictionary(const SaeParams& dictionary, const InputNorma
                          [first = begin](int64_t row) { return first + row; }, input.name());
     const Tensor x_device = x.to(device);
     const Tensor fx = sae_encode(dictionary, x_device);
-    if (features) {
+    if (outputs.features) {
       const Tensor fh = fx.to(Device::CPU);
       require_finite(fh.data<float>(), begin, rows, f, "features", sae_dir);
-      std::memcpy(out.features.data<float>() + begin * f, fh.data<float>(), sizeof(float) * rows * f);
+      outputs.features(fh.data<float>(), rows);
     }
-    if (reconstruction) {
+    if (outputs.reconstruction) {
       const Tensor xh = sae_decode(dictionary, fx, &x_device).to(Device::CPU);
-      float* row = out.reconstruction.data<float>() + begin * d_out;
-      denormalize_blocks(xh.data<float>(), row, rows, out_widths, normalization.kind, out_scales, stats);
-      require_finite(row, begin, rows, d_out, "reconstruction", sae_dir);
+      out_rows.resize(static_cast<size_t>(rows * d_out));
+      denormalize_blocks(xh.data<float>(), out_rows.data(), rows, out_widths, normalization.kind, out_scales, stats);
+      require_finite(out_rows.data(), begin, rows, d_out, "reconstruction", sae_dir);
+      outputs.reconstruction(out_rows.data(), rows);
     }
   }
-  return out;
 }
 
 }  // namespace sae

@@ -663,6 +663,32 @@ TEST(Npy, WriteReadRoundTripAndRows) {
   expect_error<Error>([&] { write_npy(dir.str("d.npy"), Tensor::zeros(Shape{2}, DType::F64)); }, {"float32"});
 }
 
+// NpyRowWriter (sae_apply's outputs, block by block): the same file as write_npy of the whole
+// matrix; a writer that did not get every row commits nothing and leaves no file.
+TEST(Npy, RowWriterWritesWhatWriteNpyWrites) {
+  TempDir dir("npy_rows");
+  std::vector<double> values(7 * 3);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = 0.25 * double(i) - 1;
+  const Tensor whole = Tensor::from_vector(values, Shape{7, 3}, DType::F32);
+  write_npy(dir.str("whole.npy"), whole);
+  {
+    NpyRowWriter rows(dir.str("rows.npy"), 7, 3);
+    rows.write_rows(whole.data<float>(), 2);
+    rows.write_rows(whole.data<float>() + 2 * 3, 0);
+    rows.write_rows(whole.data<float>() + 2 * 3, 5);
+    rows.commit();
+  }
+  EXPECT_EQ(sae::testing::read_file(dir.str("rows.npy")), sae::testing::read_file(dir.str("whole.npy")));
+  {
+    NpyRowWriter short_of_rows(dir.str("short.npy"), 7, 3);
+    short_of_rows.write_rows(whole.data<float>(), 6);
+    EXPECT_THROW(short_of_rows.commit(), Error);
+    EXPECT_THROW(short_of_rows.write_rows(whole.data<float>(), 2), Error);  // 8 of 7
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path))
+    EXPECT_EQ(entry.path().filename().string().find("short.npy"), std::string::npos) << entry.path();
+}
+
 TEST(Npy, RejectsBadFiles) {
   TempDir dir("io");
   std::string path = dir.str("bad.npy");
