@@ -211,11 +211,12 @@ int main(int argc, char** argv) {
     stats.source()["sae"] = sae_dir;
     stats.source()["data"] = description;
     stats.source()["normalization"] = sae::normalization_name(normalization.kind);
-    const sae::Json entries = sae::top_story_entries(params, *inputs, stats, tokenizer.get());
-    std::string json = "[";
-    for (size_t i = 0; i < entries.size(); ++i) json += (i ? ",\n" : "\n") + entries.at(i).dump();
-    json += "\n]\n";
-    sae::write_file_atomic(out, json);
+    const std::vector<std::string> entries = sae::top_story_entry_texts(params, *inputs, stats, tokenizer.get());
+    sae::AtomicFileWriter json(out);  // an array of one entry a line, never held as one string
+    json.write("[");
+    for (size_t i = 0; i < entries.size(); ++i) json.write((i ? ",\n" : "\n") + entries[i]);
+    json.write("\n]\n");
+    json.commit();
     if (!stats_out.empty()) stats.save(stats_out);
 
     int64_t silent = 0;

@@ -226,15 +226,15 @@ std::vector<double> source_decoder_norms(const SaeParams& params) {
   return decoder_norms(params, params.sources);
 }
 
-Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
-                       const BpeTokenizer* tokenizer, int64_t block_rows) {
+std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
+                                               const BpeTokenizer* tokenizer, int64_t block_rows) {
   const std::vector<double> source_norms = source_decoder_norms(params);
   // The tutorial's strengths are its SAE's feature magnitudes, f_i ||W_dec[i]||: the length of what
   // feature i adds to the reconstruction of the normalised input (its L1 penalty's terms).
   const std::vector<double> row_norms = decoder_norms(params, 1);
   // Which (feature, rank) each story is wanted for.
   std::map<int64_t, std::vector<std::pair<int64_t, int32_t>>> wanted;
-  std::vector<std::vector<Json>> entries(static_cast<size_t>(stats.features()));
+  std::vector<std::vector<std::string>> entries(static_cast<size_t>(stats.features()));
   for (int64_t i = 0; i < stats.features(); ++i) {
     entries[i].resize(static_cast<size_t>(stats.top_count(i)));
     for (int32_t r = 0; r < stats.top_count(i); ++r) wanted[stats.top(i, r).story].push_back({i, r});
@@ -305,15 +305,23 @@ Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const Featu
           norms.push_back(round_significant(source_norms[static_cast<size_t>(feature * params.sources + src)]));
         e["source_norms"] = norms;
       }
-      entries[feature][rank] = std::move(e);
+      entries[feature][rank] = e.dump();
     }
     wanted.erase(it);
   }
   if (!wanted.empty())
     throw DataError(cat("the stories changed between the two passes: story ", wanted.begin()->first, " is gone"));
+  std::vector<std::string> out;
+  for (std::vector<std::string>& list : entries)
+    for (std::string& e : list) out.push_back(std::move(e));
+  return out;
+}
+
+Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
+                       const BpeTokenizer* tokenizer, int64_t block_rows) {
   Json out = Json::array();
-  for (std::vector<Json>& list : entries)
-    for (Json& e : list) out.push_back(std::move(e));
+  for (const std::string& text : top_story_entry_texts(params, inputs, stats, tokenizer, block_rows))
+    out.push_back(Json::parse(text));
   return out;
 }
 

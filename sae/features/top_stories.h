@@ -90,6 +90,11 @@ std::vector<double> source_decoder_norms(const SaeParams& params);
 // digits), in its sources' order (a feature whose norm is near zero for a source does not write it:
 // for model diffing, a latent of one model only).
 // Without a tokenizer, tokens are written as "[id]" (or "[#position]" without ids).
+// Each entry as its compact JSON text (what sae_features writes, a line each: the texts are held, not
+// trees of Json values, which took about 11 times the file's size).
+std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
+                                               const BpeTokenizer* tokenizer, int64_t block_rows = 0);
+// The same entries as one JSON array.
 Json top_story_entries(const SaeParams& params, StoryInputs& inputs, const FeatureStats& stats,
                        const BpeTokenizer* tokenizer, int64_t block_rows = 0);
 
