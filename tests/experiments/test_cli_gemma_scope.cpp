@@ -68,6 +68,14 @@ std::vector<ZipEntry> small_params(int64_t zero_at = -1) {
           {"b_dec.npy", npy_f32("(4,)", filled(kSmallD, 0.0f)), 8},
           {"threshold.npy", npy_f32("(6,)", threshold), 0}};
 }
+// A stored params.npz of d x f constant arrays (W_enc 0.1, W_dec 0.2, biases 0, thresholds 0.1).
+std::string constant_params(int64_t d, int64_t f) {
+  return make_zip({{"W_enc.npy", npy_f32(cat("(", d, ", ", f, ")"), filled(d * f, 0.1f)), 0},
+                   {"W_dec.npy", npy_f32(cat("(", f, ", ", d, ")"), filled(f * d, 0.2f)), 0},
+                   {"b_enc.npy", npy_f32(cat("(", f, ",)"), filled(f, 0.0f)), 0},
+                   {"b_dec.npy", npy_f32(cat("(", d, ",)"), filled(d, 0.0f)), 0},
+                   {"threshold.npy", npy_f32(cat("(", f, ",)"), filled(f, 0.1f)), 0}});
+}
 std::string small_input(const TempDir& dir) {
   const std::string x = dir.str("x.npy");
   write_npy(x, Tensor::from_vector(std::vector<double>(3 * kSmallD, 0.5), Shape{3, kSmallD}, DType::F32));
@@ -242,20 +250,10 @@ TEST(GemmaScopeCli, FeaturesAndBrowserReadTheArchive) {
   // not the model's, and the line says to give --hook.
   fs::create_directories(dir.str("att"));
   fs::copy_file(dir.str("gs/feature_stats.safetensors"), dir.str("att/feature_stats.safetensors"));
-  sae::testing::write_file(dir.str("att/params.npz"),
-                           make_zip({{"W_enc.npy", npy_f32("(8, 64)", filled(8 * 64, 0.1f)), 0},
-                                     {"W_dec.npy", npy_f32("(64, 8)", filled(64 * 8, 0.2f)), 0},
-                                     {"b_enc.npy", npy_f32("(64,)", filled(64, 0.0f)), 0},
-                                     {"b_dec.npy", npy_f32("(8,)", filled(8, 0.0f)), 0},
-                                     {"threshold.npy", npy_f32("(64,)", filled(64, 0.1f)), 0}}));
+  sae::testing::write_file(dir.str("att/params.npz"), constant_params(8, 64));
   // Statistics lists too large for 8 GiB are named by sae_features' own options (they had been
   // named --feature-stats-k and --feature-stats-context, sae_train's).
-  sae::testing::write_file(dir.str("wide.npz"),
-                           make_zip({{"W_enc.npy", npy_f32("(4, 4096)", filled(4 * 4096, 0.1f)), 0},
-                                     {"W_dec.npy", npy_f32("(4096, 4)", filled(4096 * 4, 0.2f)), 0},
-                                     {"b_enc.npy", npy_f32("(4096,)", filled(4096, 0.0f)), 0},
-                                     {"b_dec.npy", npy_f32("(4,)", filled(4, 0.0f)), 0},
-                                     {"threshold.npy", npy_f32("(4096,)", filled(4096, 0.1f)), 0}}));
+  sae::testing::write_file(dir.str("wide.npz"), constant_params(4, 4096));
   expect_failure("sae_features", cat("--sae ", quote(dir.str("wide.npz")), " --data ", quote(gs_ref("x.npy")),
                                      " --top 1000 --context 256 --out ", quote(dir.str("wide.json"))),
                  2, "--top 1000 and --context 256 for 4096 features need");
