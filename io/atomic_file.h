@@ -24,6 +24,11 @@ void sync_file(const std::string& path, bool missing_ok = false);
 // renamed into place). DataError as sync_directory.
 void sync_tree(const std::string& root);
 
+// Unlinks the temporary files of the AtomicFileWriters alive in this process (at most 64 are
+// tracked): for a handler of a fatal signal, which ends the process without running destructors
+// (io/mapped_file.h report_truncated_mappings). Async-signal-safe.
+void remove_open_temp_files();
+
 // Copies a file, or a folder with everything under it (regular files and folders; a symbolic link
 // is copied as the file or folder it points to), to `to`, which the caller then syncs and renames
 // into place. DataError naming the file and the OS reason ("No space left on device"), where
@@ -60,6 +65,7 @@ class AtomicFileWriter {
   std::string path_;
   std::string temp_path_;
   int fd_ = -1;
+  int slot_ = -1;  // its entry for remove_open_temp_files (-1: none)
   bool committed_ = false;
 };
 

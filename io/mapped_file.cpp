@@ -16,6 +16,7 @@
 #include <cstring>
 #include <utility>
 
+#include "io/atomic_file.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -94,6 +95,7 @@ void on_sigbus(int signal, siginfo_t* info, void*) {
     write_text(" of the ");
     write_number(slot.end - begin);
     write_text(" it had): another program truncated or replaced it; run again on a file that is not being written\n");
+    remove_open_temp_files();  // the outputs being written: none is put in place
     ::_exit(1);
   }
   ::signal(signal, SIG_DFL);  // not a mapping of ours: the default action, as if never caught

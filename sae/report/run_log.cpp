@@ -115,8 +115,11 @@ std::string format_duration(double seconds) {
     std::snprintf(buffer, sizeof buffer, "%.1fs", seconds);
   else if (seconds < 3600)
     std::snprintf(buffer, sizeof buffer, "%dm%02ds", int(seconds) / 60, int(seconds) % 60);
+  else if (seconds < 1e15)  // (int64 hours: an int overflowed past 2^31 s and printed a negative time)
+    std::snprintf(buffer, sizeof buffer, "%lldh%02dm", static_cast<long long>(seconds / 3600),
+                  static_cast<int>(std::fmod(seconds, 3600.0) / 60));
   else
-    std::snprintf(buffer, sizeof buffer, "%dh%02dm", int(seconds) / 3600, int(seconds) % 3600 / 60);
+    std::snprintf(buffer, sizeof buffer, "%.3gh", seconds / 3600);
   return buffer;
 }
 

@@ -51,8 +51,7 @@ void TrainConfig::validate() const {
           cat("--max-grad-norm must be a finite number >= 0 (0: no clipping), got ", max_grad_norm));
   require(steps >= 1, cat("--steps must be >= 1, got ", steps));
   require(batch_tokens >= 0, cat("--batch: expected 'story' or a positive token count, got ", batch_tokens));
-  require(batch_tokens <= 65536, cat("--batch ", batch_tokens, ": token batches of at most 65536 tokens are supported "
-                                     "(the step's [N, F] buffers grow with N)"));
+  check_batch_tokens(batch_tokens);
   check_story_normalization(batch_tokens, normalize);  // (the batchers too; here before the run's folder is made)
   require(!out.empty(), "--out must not be empty");
   require(checkpoint_every >= 1, cat("--checkpoint-every must be >= 1, got ", checkpoint_every));
@@ -145,6 +144,12 @@ double TrainConfig::l1_at(int64_t step) const {
   return l1 * std::min(1.0, double(step - 1) / double(l1_warmup_steps));
 }
 
+void check_batch_tokens(int64_t tokens) {
+  if (tokens > 65536)
+    throw UsageError(cat("--batch ", tokens, ": token batches of at most 65536 tokens are supported (the step's [N, F] "
+                         "buffers grow with N)"));
+}
+
 int64_t parse_batch(const std::string& text) {
   if (text == "story") return 0;
   size_t used = 0;
@@ -154,8 +159,9 @@ int64_t parse_batch(const std::string& text) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != text.size() || value <= 0 || value > (int64_t{1} << 53))
-    throw UsageError(cat("--batch: expected 'story' or a positive token count (at most 2^53), got '", text, "'"));
+  if (used != text.size() || value <= 0)
+    throw UsageError(cat("--batch: expected 'story' or a token count in [1, 65536], got '", text, "'"));
+  check_batch_tokens(value);
   return value;
 }
 

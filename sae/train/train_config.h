@@ -124,5 +124,7 @@ void refuse_options_without_effect(const TrainConfig& c);
 
 // Parses --batch: "story" or a positive integer. UsageError otherwise.
 int64_t parse_batch(const std::string& text);
+// UsageError for a token batch above 65536 tokens (story batches are held to it too, by the trainer).
+void check_batch_tokens(int64_t tokens);
 
 }  // namespace sae

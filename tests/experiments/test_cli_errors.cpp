@@ -226,7 +226,8 @@ TEST(Cli, UsageErrorsExitTwo) {
   expect_error(kTiny + " --steps 9223372036854775807", 2, "--steps: expected an integer of at most 2^53 in size");
   expect_error(kTiny + " --dead-window 9007199254740993", 2, "--dead-window: expected an integer of at most 2^53");
   expect_error(kTiny + " --architecture topk --k 9223372036854775807", 2, "--k: expected an integer");
-  expect_error(kTiny + " --batch 9223372036854775807", 2, "--batch: expected 'story' or a positive token count (at most 2^53)");
+  expect_error(kTiny + " --batch 9223372036854775807", 2, "--batch 9223372036854775807: token batches of at most 65536");
+  expect_error(kTiny + " --batch 99999999999999999999", 2, "--batch: expected 'story' or a token count in [1, 65536]");
   // Above 65536 a token batch was refused as "story batches above 65536 ... use --batch N" (after
   // its buffers were allocated: std::bad_alloc at 2^31).
   expect_error(kTiny + " --batch 100000 --normalize dataset", 2, "--batch 100000: token batches of at most 65536 tokens");

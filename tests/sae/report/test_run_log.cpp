@@ -19,6 +19,9 @@ TEST(RunLog, DurationsReadAtEveryScale) {
   EXPECT_EQ(format_duration(12.34), "12.3s");
   EXPECT_EQ(format_duration(185), "3m05s");
   EXPECT_EQ(format_duration(3720), "1h02m");
+  // Past 2^31 s an int overflowed: a study's plan said "at most -596523h-14m".
+  EXPECT_EQ(format_duration(3e9), "833333h20m");
+  EXPECT_EQ(format_duration(1e18), "2.78e+14h");
   EXPECT_EQ(format_duration(-1), "?");
   EXPECT_EQ(format_duration(std::numeric_limits<double>::quiet_NaN()), "?");
 }

@@ -299,6 +299,9 @@ TEST(Study, UsageErrors) {
       {"l1_sweep", "--l1-list 0,1 --continue-lambda 7", "--continue-lambda"},
       {"l1_sweep", "--l1-list 1,0", "--l1-list"},
       {"l1_sweep", "--continue-steps 100 --steps 200", "--continue-steps"},
+      // above 2^53 it was recorded rounded (its folder named 9007199254740993, its config 9007199254740992)
+      {"l1_sweep", "--continue-steps 9007199254740993", "--continue-steps: 9007199254740993 is more than 2^53"},
+      {"l1_sweep", "--steps 3002399751580331", "--continue-steps: 9007199254740993 is more than 2^53"},
       // accepted and ignored or overridden before: every run labelled by a lambda it did not train
       // at, one SAE trained in one process, a restart refused as "--overwrite and --resume"
       {"l1_sweep", "--target-l0 4", "target-l0"},
