@@ -83,7 +83,7 @@ int plan_runs(const cxxopts::ParseResult& parsed, const sae::Profile& profile, c
   if (continue_steps <= runs[continued].config.steps)
     throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is not beyond --steps ",
                                    runs[continued].config.steps));
-  if (continue_steps > (int64_t{1} << 53))  // config.json records it exactly (as every integer option)
+  if (continue_steps > sae::kJsonMaxExactInteger)  // config.json records it exactly (as every integer option)
     throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is more than 2^53 (3 x --steps by default)"));
   sae::StudyRun more = runs[continued];
   more.name = run_name(lambdas[continued]) + "_to_" + std::to_string(continue_steps);

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "io/signal_safe_table.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -138,34 +139,8 @@ void sync_tree(const std::string& root) {
 namespace {
 std::atomic<uint64_t> writers{0};
 
-// The live writers' temporary names, for remove_open_temp_files: lock-free slots, claimed by
-// compare-exchange, filled, then published.
-struct TempSlot {
-  std::atomic<int> claimed{0};
-  std::atomic<bool> published{false};
-  char path[4096] = {};
-};
-constexpr int kTempSlots = 64;
-TempSlot g_temps[kTempSlots];
-
-int enter_temp(const std::string& path) {
-  if (path.size() >= sizeof g_temps[0].path) return -1;
-  for (int i = 0; i < kTempSlots; ++i) {
-    int expected = 0;
-    if (!g_temps[i].claimed.compare_exchange_strong(expected, 1)) continue;
-    std::memcpy(g_temps[i].path, path.c_str(), path.size() + 1);
-    g_temps[i].published.store(true, std::memory_order_release);
-    return i;
-  }
-  return -1;  // a full table: this writer's file is left to the next writer of its path
-}
-
-void leave_temp(int slot) {
-  if (slot < 0) return;
-  g_temps[slot].published.store(false, std::memory_order_release);
-  g_temps[slot].claimed.store(0, std::memory_order_release);
-}
-
+// The live writers' temporary names, for remove_open_temp_files.
+SignalSafePathTable<64> g_temps;
 // The name temporary files of PATH start with: PATH's own name, or, for a name too long to take the
 // ".tmp-<pid>-<n>" ending within NAME_MAX (255 bytes), its first 183 bytes, "~" and a hash of it
 // (a legal 255-byte output name had failed only once all the work was done).
@@ -211,18 +186,17 @@ std::string unique_temp_path(const std::string& path) {
 AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path), temp_path_(unique_temp_path(path)) {
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw DataError(cat("cannot create ", temp_path_, " (to write ", path_, "): ", os_reason()));
-  slot_ = enter_temp(temp_path_);
+  slot_ = g_temps.enter(temp_path_);
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
-  leave_temp(slot_);
+  g_temps.leave(slot_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(temp_path_.c_str());
 }
 
 void remove_open_temp_files() {
-  for (const TempSlot& slot : g_temps)
-    if (slot.published.load(std::memory_order_acquire)) ::unlink(slot.path);
+  g_temps.for_each([](const char* path, uintptr_t, uintptr_t) { ::unlink(path); });
 }
 
 void AtomicFileWriter::write(const void* data, size_t bytes) {
@@ -245,7 +219,7 @@ void AtomicFileWriter::commit() {
   int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) throw DataError(cat("cannot close ", temp_path_, ": ", os_reason()));
-  leave_temp(slot_);  // from here the file is (about to be) PATH's: no handler removes it
+  g_temps.leave(slot_);  // from here the file is (about to be) PATH's: no handler removes it
   slot_ = -1;
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0)
     throw DataError(cat("cannot rename ", temp_path_, " to ", path_, ": ", os_reason()));

@@ -13,7 +13,7 @@ namespace sae {
 
 namespace {
 constexpr int kMaxDepth = 512;
-constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
+constexpr double kMaxExactInt = static_cast<double>(kJsonMaxExactInteger);
 }  // namespace
 
 // ---- parser (a friend of Json so objects can append members without a lookup) ----

@@ -13,6 +13,10 @@
 
 namespace sae {
 
+// The largest integer a JSON number (a double) holds exactly, 2^53: integers beyond it are refused
+// by as_int and by the options that config.json records.
+constexpr int64_t kJsonMaxExactInteger = int64_t{1} << 53;
+
 class Json {
  public:
   enum class Type { Null, Bool, Number, String, Array, Object };

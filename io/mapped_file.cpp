@@ -10,13 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
 
 #include "io/atomic_file.h"
+#include "io/signal_safe_table.h"
 #include "tensor/error.h"
 
 namespace sae {
@@ -31,38 +31,9 @@ const char* file_kind(mode_t mode) {
   return "a special file";
 }
 
-// The live mappings, for the SIGBUS handler: lock-free slots (claimed by compare-exchange, filled,
-// then published by `begin`), read by the handler without allocating or locking.
-struct MappingSlot {
-  std::atomic<int> claimed{0};
-  std::atomic<uintptr_t> begin{0};  // 0: empty
-  uintptr_t end = 0;
-  char path[480] = {};
-};
-constexpr int kMappingSlots = 256;
-MappingSlot g_mappings[kMappingSlots];
+// The live mappings (path, first and past-the-end address), for the SIGBUS handler.
+SignalSafePathTable<256> g_mappings;
 char g_program[64] = "program";
-
-int enter_mapping(const std::string& path, const uint8_t* data, size_t size) {
-  for (int i = 0; i < kMappingSlots; ++i) {
-    int expected = 0;
-    if (!g_mappings[i].claimed.compare_exchange_strong(expected, 1)) continue;
-    MappingSlot& slot = g_mappings[i];
-    const size_t n = std::min(path.size(), sizeof slot.path - 1);
-    std::memcpy(slot.path, path.data(), n);
-    slot.path[n] = '\0';
-    slot.end = reinterpret_cast<uintptr_t>(data) + size;
-    slot.begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_release);
-    return i;
-  }
-  return -1;  // a full table: this mapping is not named
-}
-
-void leave_mapping(int slot) {
-  if (slot < 0) return;
-  g_mappings[slot].begin.store(0, std::memory_order_release);
-  g_mappings[slot].claimed.store(0, std::memory_order_release);
-}
 
 void write_text(const char* text) {
   ssize_t ignored = ::write(2, text, std::strlen(text));
@@ -84,20 +55,19 @@ void write_number(uint64_t v) {
 
 void on_sigbus(int signal, siginfo_t* info, void*) {
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
-  for (const MappingSlot& slot : g_mappings) {
-    const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
-    if (begin == 0 || address < begin || address >= slot.end) continue;
+  g_mappings.for_each([address](const char* path, uintptr_t begin, uintptr_t end) {
+    if (address < begin || address >= end) return;
     write_text(g_program);
     write_text(": error: ");
-    write_text(slot.path);
+    write_text(path);
     write_text(": the file became shorter while it was read (no data at byte ");
     write_number(address - begin);
     write_text(" of the ");
-    write_number(slot.end - begin);
+    write_number(end - begin);
     write_text(" it had): another program truncated or replaced it; run again on a file that is not being written\n");
     remove_open_temp_files();  // the outputs being written: none is put in place
     ::_exit(1);
-  }
+  });
   ::signal(signal, SIG_DFL);  // not a mapping of ours: the default action, as if never caught
   ::raise(signal);
 }
@@ -150,7 +120,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
       throw DataError(cat("cannot memory-map ", path, " (", size_, " bytes): ", std::strerror(saved)));
     }
     data_ = static_cast<const uint8_t*>(p);
-    slot_ = enter_mapping(path, data_, size_);
+    slot_ = g_mappings.enter(path, reinterpret_cast<uintptr_t>(data_), reinterpret_cast<uintptr_t>(data_) + size_);
   }
   ::close(fd);  // the mapping keeps the file alive
 }
@@ -186,6 +156,15 @@ void MappedFile::release_pages(size_t begin, size_t bytes) const {
   if (last > first) ::madvise(const_cast<uint8_t*>(data_) + first, last - first, MADV_DONTNEED);
 }
 
+std::string read_file_head(const std::string& path, size_t bytes) {
+  const int fd = open_regular_file(path);  // a FIFO, a device or a folder is refused, never read
+  std::string head(bytes, '\0');
+  const ssize_t got = ::read(fd, head.data(), bytes);
+  ::close(fd);
+  head.resize(got > 0 ? static_cast<size_t>(got) : 0);
+  return head;
+}
+
 std::string read_small_file(const std::string& path, size_t max_bytes) {
   MappedFile file(path);
   if (file.size() > max_bytes)
@@ -194,7 +173,7 @@ std::string read_small_file(const std::string& path, size_t max_bytes) {
 }
 
 void MappedFile::release() {
-  leave_mapping(slot_);  // before the pages go: the handler never names a mapping that is gone
+  g_mappings.leave(slot_);  // before the pages go: the handler never names a mapping that is gone
   slot_ = -1;
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
   data_ = nullptr;

@@ -42,6 +42,10 @@ class MappedFile {
   int slot_ = -1;  // its entry in the table the SIGBUS handler reads (-1: none)
 };
 
+// The first `bytes` bytes of a regular file (fewer when it is shorter), to tell what it is by its
+// magic; refused as open_regular_file refuses.
+std::string read_file_head(const std::string& path, size_t bytes);
+
 // Installs a SIGBUS handler for the process: a read of a mapped file past its end (the file was
 // truncated or replaced by another program while mapped) writes "<program>: error: PATH: ..." as one
 // line on stderr and exits with status 1; any other SIGBUS keeps the default action. The mappings

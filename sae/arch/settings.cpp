@@ -21,9 +21,8 @@ std::string number_text(double v) {
 // An integer within +-2^53 (config.json's numbers are doubles: a larger one is not recorded exactly).
 bool parse_integer(const std::string& text, int64_t& v) {
   const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
-  constexpr int64_t kMaxExact = int64_t{1} << 53;
-  return !text.empty() && r.ec == std::errc() && r.ptr == text.data() + text.size() && v <= kMaxExact &&
-         v >= -kMaxExact;
+  return !text.empty() && r.ec == std::errc() && r.ptr == text.data() + text.size() && v <= kJsonMaxExactInteger &&
+         v >= -kJsonMaxExactInteger;
 }
 
 std::string choices_text(const std::vector<std::string>& choices) {

@@ -71,12 +71,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 // gave "header length 193340853072 is above the 100 MB limit").
 enum class Magic { Npy, Zip, Other };
 Magic file_magic(const std::string& path) {
-  const int fd = open_regular_file(path);  // a FIFO, a device or a folder is refused, never read
-  char head[6] = {};
-  const ssize_t got = ::read(fd, head, sizeof head);
-  ::close(fd);
-  if (got == 6 && std::memcmp(head, "\x93NUMPY", 6) == 0) return Magic::Npy;
-  if (got >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return Magic::Zip;
+  const std::string head = read_file_head(path, 6);
+  if (head == std::string("\x93NUMPY", 6)) return Magic::Npy;
+  if (head.compare(0, 4, std::string("PK\x03\x04", 4)) == 0) return Magic::Zip;
   return Magic::Other;
 }
 

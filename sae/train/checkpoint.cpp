@@ -13,10 +13,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 
 #include "io/atomic_file.h"
+#include "io/mapped_file.h"
 #include "io/npz.h"
 #include "io/safetensors.h"
 #include "lm/model_loader.h"
@@ -288,10 +288,7 @@ std::string gemma_scope_npz(const std::string& path) {
   if (p.extension() == ".npz") return path;
   // Any other name (params.NPZ, a renamed download): a ZIP archive by its first bytes, as
   // activation files are recognised by theirs.
-  std::ifstream in(p, std::ios::binary);
-  char magic[4] = {};
-  in.read(magic, 4);
-  return in.gcount() == 4 && std::string(magic, 4) == std::string("PK\x03\x04", 4) ? path : "";
+  return read_file_head(path, 4) == std::string("PK\x03\x04", 4) ? path : "";
 }
 
 namespace {

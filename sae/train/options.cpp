@@ -36,17 +36,15 @@ std::string number_text(double v) {
   return std::string(buffer, result.ptr);
 }
 
-// Integers within +-2^53, which config.json's numbers (doubles) hold exactly: a larger one was
-// recorded rounded, and the run it made could not be resumed.
-constexpr int64_t kMaxExactInteger = int64_t{1} << 53;
-
+// Integers within +-2^53 (kJsonMaxExactInteger), which config.json's numbers hold exactly: a larger
+// one was recorded rounded, and the run it made could not be resumed.
 Codec<int64_t> integer() {
   return {[](const std::string& option, const std::string& text) {
             int64_t v = 0;
             const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
             if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size())
               bad_value(option, "an integer", text);
-            if (v > kMaxExactInteger || v < -kMaxExactInteger)
+            if (v > kJsonMaxExactInteger || v < -kJsonMaxExactInteger)
               bad_value(option, "an integer of at most 2^53 in size (config.json records it exactly)", text);
             return v;
           },
@@ -56,7 +54,7 @@ Codec<int64_t> integer() {
 
 // Seeds: integers in [0, 2^53], which config.json's numbers (doubles) hold exactly, so that a run
 // resumed or repeated from what it recorded is the same run.
-constexpr uint64_t kMaxExactSeed = uint64_t{1} << 53;
+constexpr uint64_t kMaxExactSeed = static_cast<uint64_t>(kJsonMaxExactInteger);
 
 Codec<uint64_t> unsigned_integer() {
   return {[](const std::string& option, const std::string& text) {
