@@ -1,5 +1,5 @@
 // sae_browser: one self-contained HTML page to browse what a run's features mean (docs/contract.md §5,
-// sae/features/browser.h). Thin: options -> browser_data -> browser_html -> the file.
+// sae/features/browser.h). Thin: options -> browser_data -> write_browser_html -> the file.
 //   sae_browser --run DIR [--model DIR] [--hook NAME] [--stats FILE] [--out FILE.html] [--top-tokens N]
 // Exit 2 for usage errors, 1 for data errors.
 #include <cstdio>
@@ -56,12 +56,16 @@ int main(int argc, char** argv) {
       sae::check_output_files({{"out", out}}, inputs);
     }
     std::string notes;
-    const sae::Json data = sae::browser_data(browser, &notes);
+    const sae::BrowserData data = sae::browser_data(browser, &notes);
     if (!notes.empty()) std::fprintf(stderr, "sae_browser: note: %s", notes.c_str());
-    const std::string page = sae::browser_html(data);
-    sae::write_file_atomic(out, page);
-    std::printf("sae_browser: wrote %s (%zu features, %.1f MB)\n", out.c_str(), data.at("features").size(),
-                double(page.size()) / 1e6);
+    sae::AtomicFileWriter page(out);  // written piece by piece, never held whole
+    size_t bytes = 0;
+    sae::write_browser_html(data, [&](const std::string& piece) {
+      page.write(piece);
+      bytes += piece.size();
+    });
+    page.commit();
+    std::printf("sae_browser: wrote %s (%zu features, %.1f MB)\n", out.c_str(), data.features.size(), double(bytes) / 1e6);
     return 0;
   });
 }

@@ -30,7 +30,9 @@ PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, i
     throw DataError(cat("promoted tokens: the decoder ", dec.describe(), " and the unembedding ", unembed.describe(),
                         " differ in width"));
   const int64_t features = dec.size(0), vocab = unembed.size(0), n = std::min(count, vocab);
-  PromotedTokens out{Json::array(), Json::array()};
+  PromotedTokens out;
+  out.promoted.reserve(static_cast<size_t>(features));
+  out.suppressed.reserve(static_cast<size_t>(features));
   constexpr int64_t kBlock = 256;  // features per GEMM: bounds the [block, V] logits
   std::vector<int64_t> order(static_cast<size_t>(vocab));
   for (int64_t f0 = 0; f0 < features; f0 += kBlock) {
@@ -44,19 +46,14 @@ PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, i
       const auto [low, high] = std::minmax_element(row, row + vocab);
       const bool flat = vocab == 0 || *low == *high;
       auto pick = [&](bool largest) {
-        if (flat) return Json::array();
+        std::vector<TokenLogit> list;
+        if (flat) return list;
         for (int64_t v = 0; v < vocab; ++v) order[v] = v;
         std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int64_t a, int64_t b) {
           if (row[a] != row[b]) return largest ? row[a] > row[b] : row[a] < row[b];
           return a < b;
         });
-        Json list = Json::array();
-        for (int64_t j = 0; j < n; ++j) {
-          Json pair = Json::array();
-          pair.push_back(order[j]);
-          pair.push_back(round_significant(row[order[j]], 4));
-          list.push_back(std::move(pair));
-        }
+        for (int64_t j = 0; j < n; ++j) list.push_back({static_cast<int32_t>(order[j]), row[order[j]]});
         return list;
       };
       out.promoted.push_back(pick(true));
@@ -77,7 +74,7 @@ bool has_model_files(const fs::path& dir) {
 
 }  // namespace
 
-Json browser_data(const BrowserOptions& options, std::string* notes) {
+BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   auto note = [&](const std::string& line) {
     if (notes) *notes += line + "\n";
   };
@@ -180,7 +177,8 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   std::set<int32_t> used;
   const std::vector<double> histogram = stats.histogram(), counts = stats.counts();
   const double tokens = double(stats.tokens());
-  Json list = Json::array();
+  std::vector<std::string> list;  // each feature built as a small Json, kept as its text
+  list.reserve(static_cast<size_t>(features));
   for (int64_t i = 0; i < features; ++i) {
     Json f = Json::object();
     f["n"] = counts[i];
@@ -215,10 +213,20 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
     }
     f["top"] = tops;
     if (promoted) {
-      f["up"] = promoted->promoted.at(static_cast<size_t>(i));
-      f["down"] = promoted->suppressed.at(static_cast<size_t>(i));
-      for (const Json* side : {&f["up"], &f["down"]})
-        for (const Json& pair : side->elements()) used.insert(static_cast<int32_t>(pair.at(0).as_int()));
+      auto pairs = [&](std::vector<TokenLogit>& tokens) {  // [[id, logit], ...]; freed once written
+        Json out = Json::array();
+        for (const TokenLogit& t : tokens) {
+          Json pair = Json::array();
+          pair.push_back(t.id);
+          pair.push_back(compact(t.logit));
+          out.push_back(std::move(pair));
+          used.insert(t.id);
+        }
+        std::vector<TokenLogit>().swap(tokens);
+        return out;
+      };
+      f["up"] = pairs(promoted->promoted.at(static_cast<size_t>(i)));
+      f["down"] = pairs(promoted->suppressed.at(static_cast<size_t>(i)));
     }
     if (sources > 1) {
       Json norms = Json::array();
@@ -231,7 +239,7 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
       match.push_back(compact((*concepts)[i].cosine));
       f["c"] = match;
     }
-    list.push_back(std::move(f));
+    list.push_back(f.dump());
   }
   Json vocab = Json::object();
   for (int32_t id : used) {
@@ -291,12 +299,10 @@ Json browser_data(const BrowserOptions& options, std::string* notes) {
   data["has_concepts"] = concepts.has_value();
   data["edges"] = edge_list;
   data["vocab"] = vocab;
-  data["features"] = list;
-  return data;
+  return BrowserData{std::move(data), std::move(list)};
 }
 
-std::string json_for_script(const Json& data) {
-  const std::string text = data.dump();
+std::string json_for_script(const std::string& text) {
   std::string out;
   out.reserve(text.size() + text.size() / 16);
   for (size_t i = 0; i < text.size(); ++i) {

@@ -10,7 +10,9 @@
 // script writes it with textContent and setAttribute only, so token text cannot become markup.
 // Letters: F features, D = d_in, V vocabulary, K top activations, W = 2C + 1 context tokens.
 #pragma once
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "io/json.h"
 #include "sae/params.h"
@@ -26,23 +28,37 @@ struct BrowserOptions {
   int64_t top_tokens = 10;  // promoted and suppressed tokens shown per feature
 };
 
-// The page's data: reads the run, the SAE, its statistics, and the model or the synthetic concepts.
-// DataError naming the file for anything missing or malformed; `notes` gets one line per thing left
-// out (a model folder that is gone, ...).
-Json browser_data(const BrowserOptions& options, std::string* notes = nullptr);
+// The page's data, held compactly (a tree of Json values takes about 50x its text): every field but
+// the features as a Json, and each feature's object as its compact JSON text, in index order (n, d,
+// h, top, up, down, sn, c: browser_page.cpp reads them).
+struct BrowserData {
+  Json head;                          // title, about, has_*, edges, vocab
+  std::vector<std::string> features;  // one JSON object per feature
+  Json feature(int64_t i) const { return Json::parse(features.at(static_cast<size_t>(i))); }
+};
+
+// Reads the run, the SAE, its statistics, and the model or the synthetic concepts. DataError naming
+// the file for anything missing or malformed; `notes` gets one line per thing left out (a model
+// folder that is gone, ...).
+BrowserData browser_data(const BrowserOptions& options, std::string* notes = nullptr);
 
 // The tokens each feature's decoder row promotes and suppresses most: logits = W_dec W_U^T, computed
-// in blocks of features; per feature the `count` largest and smallest as [[id, logit], ...] (none for a
-// row that moves every logit alike, such as a zero row).
+// in blocks of features; per feature the `count` largest and smallest, best first (none for a row that
+// moves every logit alike, such as a zero row).
+struct TokenLogit {
+  int32_t id;
+  float logit;
+};
 struct PromotedTokens {
-  Json promoted, suppressed;  // arrays, one per feature
+  std::vector<std::vector<TokenLogit>> promoted, suppressed;  // one list per feature
 };
 PromotedTokens promoted_tokens(const Tensor& W_dec, const Tensor& unembedding, int64_t count);
 
 // The page: the data as JSON in a <script type="application/json"> element (json_for_script), our
-// CSS and JS.
-std::string browser_html(const Json& data);
-// `data` as JSON safe inside a <script> element: <, >, & and U+2028/U+2029 written as \u escapes.
-std::string json_for_script(const Json& data);
+// CSS and JS, handed to `write` in pieces of about a megabyte (never held whole).
+void write_browser_html(const BrowserData& data, const std::function<void(const std::string&)>& write);
+std::string browser_html(const BrowserData& data);  // the same page as one string
+// JSON text made safe inside a <script> element: <, >, & and U+2028/U+2029 written as \u escapes.
+std::string json_for_script(const std::string& json_text);
 
 }  // namespace sae

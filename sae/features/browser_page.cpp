@@ -313,6 +313,30 @@ const char* kTail = R"HTML(</script>
 
 }  // namespace
 
-std::string browser_html(const Json& data) { return std::string(kHead) + json_for_script(data) + kTail; }
+void write_browser_html(const BrowserData& data, const std::function<void(const std::string&)>& write) {
+  // The data's JSON: the head object with "features":[...] added as its last member.
+  std::string head = data.head.dump();
+  if (!data.head.is_object() || head.size() < 2) throw Error("browser page: the data's head is not a JSON object");
+  head.pop_back();  // its closing brace
+  std::string piece = kHead + json_for_script(head) + (head.size() > 1 ? "," : "") + "\"features\":[";
+  constexpr size_t kPiece = size_t(1) << 20;
+  for (size_t i = 0; i < data.features.size(); ++i) {
+    if (i > 0) piece += ',';
+    piece += json_for_script(data.features[i]);
+    if (piece.size() >= kPiece) {
+      write(piece);
+      piece.clear();
+    }
+  }
+  piece += "]}";
+  piece += kTail;
+  write(piece);
+}
+
+std::string browser_html(const BrowserData& data) {
+  std::string page;
+  write_browser_html(data, [&](const std::string& piece) { page += piece; });
+  return page;
+}
 
 }  // namespace sae

@@ -138,14 +138,21 @@ void expect_rendered(const std::string& dom, int64_t features, int64_t selected,
 TEST(Browser, JsonForScriptEscapesWhatCouldEndTheScript) {
   Json data = Json::object();
   data["a"] = "</script><script>alert(1)</script> & \xe2\x80\xa8 \xe2\x80\xa9";
-  const std::string text = json_for_script(data);
+  const std::string text = json_for_script(data.dump());
   EXPECT_EQ(text.find('<'), std::string::npos);
   EXPECT_EQ(text.find('>'), std::string::npos);
   EXPECT_EQ(text.find('&'), std::string::npos);
   EXPECT_EQ(text.find("\xe2\x80\xa8"), std::string::npos);
   EXPECT_EQ(Json::parse(text), data);  // the same data once parsed
-  const std::string page = browser_html(data);
+  // Each feature's text is escaped as it is written, and the pieces make one JSON value.
+  const std::string page = browser_html(BrowserData{data, {"{\"x\":\"</script>\"}", "{\"y\":\"\xe2\x80\xa9\"}"}});
   EXPECT_EQ(count(page, "</script>"), 2);  // the page's own two
+  EXPECT_EQ(page.find("\xe2\x80\xa9"), std::string::npos);
+  const size_t begin = page.find("{\"a\""), end = page.find("</script>", begin);
+  ASSERT_NE(begin, std::string::npos);
+  Json whole = data;
+  whole["features"] = Json::parse("[{\"x\":\"</script>\"},{\"y\":\"\xe2\x80\xa9\"}]");
+  EXPECT_EQ(Json::parse(page.substr(begin, end - begin)), whole);
 }
 
 TEST(Browser, PromotedTokensAreTheLargestAndSmallestDotProducts) {
@@ -164,13 +171,13 @@ TEST(Browser, PromotedTokensAreTheLargestAndSmallestDotProducts) {
       for (int64_t j = 0; j < d; ++j) dot += float(dec[i * d + j]) * float(unembed[v * d + j]);
       logits.push_back({dot, v});
     }
-    auto check = [&](const Json& list, bool largest) {
+    auto check = [&](const std::vector<TokenLogit>& list, bool largest) {
       ASSERT_EQ(list.size(), 6u);
       double previous = largest ? INFINITY : -INFINITY;
       for (size_t r = 0; r < 6; ++r) {
-        const int64_t id = list.at(r).at(0).as_int();
+        const int64_t id = list.at(r).id;
         const double value = logits[id].first;
-        EXPECT_NEAR(list.at(r).at(1).as_number(), value, 1e-3 * (1 + std::abs(value)));
+        EXPECT_NEAR(list.at(r).logit, value, 1e-3 * (1 + std::abs(value)));
         EXPECT_TRUE(largest ? value <= previous + 1e-9 : value >= previous - 1e-9);
         previous = value;
         // Nothing left out beats it: at most r others are strictly better.
@@ -194,26 +201,26 @@ TEST(Browser, PromotedTokensAreTheLargestAndSmallestDotProducts) {
   EXPECT_EQ(got2.suppressed.at(0).size(), 0u);
   ASSERT_EQ(got2.promoted.at(1).size(), 6u);
   ASSERT_EQ(got2.suppressed.at(1).size(), 6u);
-  EXPECT_EQ(got2.suppressed.at(1).at(0).at(0).as_int(), 0);  // 5.00, the smallest
-  EXPECT_EQ(got2.promoted.at(1).at(0).at(0).as_int(), 6);    // 5.06, the largest
+  EXPECT_EQ(got2.suppressed.at(1).at(0).id, 0);  // 5.00, the smallest
+  EXPECT_EQ(got2.promoted.at(1).at(0).id, 6);    // 5.06, the largest
 }
 
 TEST(Browser, DataOfASyntheticRun) {
   TempDir dir("browser_synthetic_data");
   const TrainConfig c = synthetic_run(dir.str("run"));
   train(c);
-  const Json data = browser_data(options_for(dir.str("run")));
+  const BrowserData data = browser_data(options_for(dir.str("run")));
   const FeatureStats stats = FeatureStats::load(dir.str("run/sae/feature_stats.safetensors"));
   const Checkpoint sae = load_checkpoint(dir.str("run/sae"), Device::CPU, false);
   const SyntheticSource source(c.synthetic);
   const std::vector<double> concepts = source.concepts().to_vector(), dec = sae.params.W_dec.to_vector();
   const int64_t d = c.synthetic.d, n_concepts = c.synthetic.concepts;
-  ASSERT_EQ(data.at("features").size(), size_t(c.features));
-  EXPECT_TRUE(data.at("has_concepts").as_bool());
-  EXPECT_FALSE(data.at("has_tokens").as_bool());
+  ASSERT_EQ(data.features.size(), size_t(c.features));
+  EXPECT_TRUE(data.head.at("has_concepts").as_bool());
+  EXPECT_FALSE(data.head.at("has_tokens").as_bool());
   const std::vector<double> counts = stats.counts();
   for (int64_t i = 0; i < c.features; ++i) {
-    const Json& f = data.at("features").at(i);
+    const Json f = data.feature(i);
     EXPECT_EQ(f.at("n").as_number(), counts[i]);
     EXPECT_NEAR(f.at("d").as_number(), counts[i] / double(stats.tokens()), 1e-3 * counts[i] / double(stats.tokens()));
     EXPECT_EQ(f.at("top").size(), size_t(stats.top_count(i)));
@@ -321,9 +328,9 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
   train(text_run(dir.str("run")));
   const sae::testing::CommandResult r = run_binary("sae_browser", " --run " + dir.str("run"), dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const Json data = browser_data(options_for(dir.str("run")));
-  EXPECT_TRUE(data.at("has_promoted").as_bool());
-  EXPECT_TRUE(data.at("has_tokens").as_bool());
+  const BrowserData data = browser_data(options_for(dir.str("run")));
+  EXPECT_TRUE(data.head.at("has_promoted").as_bool());
+  EXPECT_TRUE(data.head.at("has_tokens").as_bool());
   // Each feature's first promoted token is the largest W_dec[i] . centred(lm_head[v] x ln_f.weight),
   // the final LayerNorm's weight folded in and each row centred, as TransformerLens's fold_ln does;
   // this model's weights (0.002 .. 0.01) change some features' first token against the raw lm_head.
@@ -347,7 +354,7 @@ TEST(BrowserInChromium, TextRunWithTheFixtureModel) {
       if (logit(v, true) > logit(best, true)) best = v;
       if (logit(v, false) > logit(best_raw, false)) best_raw = v;
     }
-    const int64_t shown = data.at("features").at(i).at("up").at(0).at(0).as_int();
+    const int64_t shown = data.feature(i).at("up").at(0).at(0).as_int();
     EXPECT_NEAR(logit(shown, true), logit(best, true), 1e-6 * std::fabs(logit(best, true)))
         << "feature " << i << ": shown token " << shown << ", the largest is " << best;
     raw_differs += best_raw != best;
@@ -363,16 +370,16 @@ TEST(BrowserInChromium, HostileTokenTextStaysText) {
   SKIP_WITHOUT_CHROMIUM(browser);
   TempDir dir("browser_hostile");
   train(text_run(dir.str("run")));
-  Json data = browser_data(options_for(dir.str("run")));
+  BrowserData data = browser_data(options_for(dir.str("run")));
   // Every token the page names becomes markup, quotes, an entity or control bytes.
   const std::string hostile[] = {"<img id=\"injected\" src=x onerror=\"document.body.setAttribute('data-pwned','1')\">",
                                  "</script><script>document.body.setAttribute('data-pwned','2')</script>",
                                  "&amp; \"quoted\" 'single' \x01\x02\n", "<b id=\"bold\">b</b>\xe2\x80\xa8"};
   Json vocab = Json::object();
   size_t n = 0;
-  for (const auto& [id, text] : data.at("vocab").items()) vocab[id] = hostile[n++ % 4];
-  data["vocab"] = vocab;
-  data["title"] = "<i id=\"title-markup\">run</i>";
+  for (const auto& [id, text] : data.head.at("vocab").items()) vocab[id] = hostile[n++ % 4];
+  data.head["vocab"] = vocab;
+  data.head["title"] = "<i id=\"title-markup\">run</i>";
   const std::string page = dir.str("hostile.html");
   write_file_atomic(page, browser_html(data));
   const std::string dom = render(browser, page, "#f2", "hostile", dir);

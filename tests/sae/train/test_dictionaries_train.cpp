@@ -215,9 +215,9 @@ TEST(DictionaryTraining, CrosscoderRecoversTheSharedConceptsOverBothSources) {
   // The browser shows each feature's decoder norm per source (for model diffing).
   BrowserOptions options;
   options.run = dir.str("run");
-  const Json data = browser_data(options);
-  ASSERT_EQ(data.at("about").at("sources").elements().size(), 2u);
-  const Json& f3 = data.at("features").elements().at(3);
+  const BrowserData data = browser_data(options);
+  ASSERT_EQ(data.head.at("about").at("sources").elements().size(), 2u);
+  const Json f3 = data.feature(3);
   ASSERT_EQ(f3.at("sn").elements().size(), 2u);
   for (int64_t s = 0; s < 2; ++s) {
     double sq = 0;
