@@ -6,6 +6,7 @@
 
 #include "sae/arch/dictionary.h"
 #include "sae/step/sae_ops.h"
+#include "tensor/dispatch.h"
 #include "tensor/ops.h"
 #include "tensor/precision.h"
 
@@ -292,19 +293,26 @@ StepFeatures TopKFamilyStep::step_features() const {
 }
 
 Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features, const Tensor& like) {
-  std::vector<double> out(rows * features, 0.0);
+  // Filled on the host in like's dtype (no wider copy: [N, F] may be gigabytes), then moved.
+  Tensor out = Tensor::zeros(Shape{rows, features}, like.dtype(), Device::CPU);
   if (rows > 0) {
-    const std::vector<double> ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to_vector();
-    const int64_t end = static_cast<int64_t>(ptr[rows]);
-    if (end > 0) {
-      const std::vector<double> cols = s.cols.slice_rows(0, end).to_vector();
-      const std::vector<double> vals = s.row_vals.slice_rows(0, end).to_vector();
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t e = static_cast<int64_t>(ptr[r]); e < static_cast<int64_t>(ptr[r + 1]); ++e)
-          out[r * features + static_cast<int64_t>(cols[e])] = vals[e];
+    const Tensor ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to(Device::CPU);
+    const int32_t* row_ptr = ptr.data<int32_t>();
+    const int64_t begin = row_ptr[0], end = row_ptr[rows];
+    if (end > begin) {
+      const Tensor cols = s.cols.slice_rows(begin, end).to(Device::CPU);
+      const Tensor vals = s.row_vals.slice_rows(begin, end).to(Device::CPU).to(like.dtype());
+      dispatch_float(like.dtype(), "dense_from_lists", [&](auto zero) {
+        using T = decltype(zero);
+        T* o = out.data<T>();
+        const int32_t* c = cols.data<int32_t>();
+        const T* v = vals.data<T>();
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) o[r * features + c[e - begin]] = v[e - begin];
+      });
     }
   }
-  return Tensor::from_vector(out, Shape{rows, features}, like.dtype(), like.device());
+  return out.to(like.device());
 }
 
 Tensor TopKFamilyStep::features() const { return dense_from_lists(lists_, 0, tokens_, d_sae_, x_hat_); }

@@ -52,13 +52,19 @@ class TopKUnit : public ArchUnit {
     const std::vector<uint8_t> kept = top_k_per_row(P.to_vector(), P.size(0), P.size(1), o.k);
     return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
   }
+  // The training step's selection (topk_select_: per row the k largest P = x W_enc + b_enc, ties to
+  // the lower index, those > 0 kept), in O(N F) and on x's device; then f [N, F].
   Tensor encode(const SaeParams& p, const Tensor& x) const override {
     check(p);
-    const Tensor P = add(matmul(x, p.W_enc), p.b_enc);
-    const Tensor host = P.to(Device::CPU);
-    const std::vector<uint8_t> mask =
-        top_k_per_row(host.to_vector(), P.size(0), P.size(1), p.settings.at("k").as_int());
-    return mul(relu(P), flags_tensor(mask, P.shape(), P));
+    const Tensor pre = matmul(x, p.W_enc);
+    const int64_t n = pre.size(0), features = pre.size(1);
+    const int64_t k = std::min<int64_t>(p.settings.at("k").as_int(), features);
+    SparseFeatures lists;
+    lists.row_ptr = Tensor::empty(Shape{n + 1}, DType::I32, pre.device());  // row_ptr[0] set by the selection
+    lists.cols = Tensor::empty(Shape{std::max<int64_t>(n * k, 1)}, DType::I32, pre.device());
+    lists.row_vals = Tensor::empty(Shape{std::max<int64_t>(n * k, 1)}, pre.dtype(), pre.device());
+    topk_select_(lists, pre, p.b_enc, Tensor(), k, 0);
+    return dense_from_lists(lists, 0, n, features, pre);
   }
   void set_cfg_keys(const SaeParams& p, Json& cfg, Json&) const override {
     cfg["k"] = p.settings.at("k");  // required: SAELens silently uses k = 100 without it

@@ -161,6 +161,29 @@ TEST(ArchReference, SelectionsBreakTiesByIndex) {
   EXPECT_EQ(top_k_flat(v, 5), (std::vector<uint8_t>{0, 1, 1, 0, 0, 0, /**/ 0, 0, 1, 1, 0, 1}));
 }
 
+TEST(ArchReference, TopKInferenceBreaksTiesAsTheStep) {
+  // sae_encode of a TopK SAE selects as training does: per row the k largest P, ties to the lower
+  // index, those <= 0 dropped. Here W_enc is the identity and b_enc 0.5, so P = x + 0.5.
+  for (const DType dtype : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const int64_t n = 3, features = 6;
+    const std::vector<double> x = {1, 3, 3, 2, 3, -1, /**/ 0, 0, 5, 5, 1, 5, /**/ -1, -2, -0.5, -3, -1, -4};
+    std::vector<double> eye(features * features, 0.0), bias(features, 0.5);
+    for (int64_t i = 0; i < features; ++i) eye[i * features + i] = 1;
+    SaeParams p = SaeParams::from_tensors(Tensor::from_vector(eye, Shape{features, features}, dtype),
+                                          Tensor::from_vector(bias, Shape{features}, dtype),
+                                          Tensor::from_vector(eye, Shape{features, features}, dtype),
+                                          Tensor::zeros(Shape{features}, dtype));
+    p.kind = "topk";
+    p.settings["k"] = 3;
+    const std::vector<double> f = sae_encode(p, Tensor::from_vector(x, Shape{n, features}, dtype)).to_vector();
+    // Row 0: the 3s at 1, 2, 4 (not the 2 at 3); row 1: the three 5s; row 2: the three largest
+    // P are 0, -0.5 and 0 (x -0.5, -1, -1): none above 0.
+    const std::vector<double> want = {0, 3.5, 3.5, 0, 3.5, 0, /**/ 0, 0, 5.5, 5.5, 0, 5.5, /**/ 0, 0, 0, 0, 0, 0};
+    EXPECT_EQ(f, want);
+  }
+}
+
 TEST(ArchReference, InferenceRules) {
   // sae_encode against the rules of docs/architectures.md §3, element by element.
   for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
