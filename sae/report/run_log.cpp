@@ -194,10 +194,15 @@ void Progress::draw(int64_t done, int64_t tokens, const std::string& position, c
 
 void Progress::message(const std::string& line) {
   if (!bar_ && !lines_) return;
-  warning(line);
+  print_line(line);
 }
 
 void Progress::warning(const std::string& line) {
+  // Named as the programs name their errors ("sae_train: warning: ..."; glibc's short name of argv[0]).
+  print_line(cat(program_invocation_short_name, ": warning: ", line));
+}
+
+void Progress::print_line(const std::string& line) {
   if (bar_ && drawn_) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr, "%s\n", line.c_str());
   drawn_ = false;

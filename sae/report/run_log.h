@@ -55,10 +55,13 @@ class Progress {
   // with `what` in place of the step count and the loss.
   void update_position(int64_t done, int64_t tokens, const std::string& what);
   void message(const std::string& line);  // prints a line without breaking the bar
-  void warning(const std::string& line);  // the same, also with --progress none (it says an option did nothing)
+  // "PROGRAM: warning: line", also with --progress none (it says an option did nothing, or what a run
+  // starts from)
+  void warning(const std::string& line);
   void finish();
 
  private:
+  void print_line(const std::string& line);
   bool bar_ = false, lines_ = false;
   int64_t total_, start_;
   std::string label_;

@@ -167,7 +167,7 @@ void load_init(RunStart& start, TrainConfig& config) {
                            ": give --normalize ", normalization_name(trained), " (its weights read those inputs)"));
   } else if (config.normalize != Normalization::None) {
     start.warnings.push_back(cat(
-        "warning: --init ", config.init, " has no sae_cpp.normalization, so its weights read raw activations "
+        "--init ", config.init, " has no sae_cpp.normalization, so its weights read raw activations "
         "(SAELens's and Gemma Scope's do), and this run normalises its inputs with --normalize ",
         normalization_name(config.normalize), ": it starts from these weights on inputs scaled otherwise, not from "
         "the SAE's function (--normalize none starts from that)"));

@@ -33,10 +33,12 @@ class MatryoshkaStep : public BatchTopKStep {
     for (size_t g = 0; g < widths.size(); ++g)
       ends[g] = double(std::clamp<int64_t>(widths[g] - shape.first_latent, 0, d_sae));
     widths_ = Tensor::from_vector(ends, Shape{m}, DType::I32, device);
+    // The level lists hold the BatchTopK lists' entries (their room checked by BatchTopKStep), each in
+    // one of (m + 1) N rows: int32 row indices.
     const int64_t rows = (m + 1) * max_tokens;
-    if (rows * d_sae >= (int64_t(1) << 31))
-      throw UsageError(cat("--architecture matryoshka_batchtopk: ", max_tokens, " tokens x ", m, " prefixes x ", d_sae,
-                           " features do not fit int32 entry indices; use smaller batches"));
+    if (rows >= (int64_t(1) << 31))
+      throw UsageError(cat("--architecture matryoshka_batchtopk: ", max_tokens, " tokens x ", m + 1,
+                           " level rows do not fit int32 row indices; use smaller batches"));
     levels_ = lists_;  // the same room for entries, in their own buffers
     levels_.col_ptr = lists_.col_ptr.clone();
     levels_.rows = lists_.rows.clone();

@@ -431,3 +431,20 @@ TEST(MatryoshkaTrain, OptionsGetOneLine) {
             std::string::npos)
       << refused.err;
 }
+
+TEST(MatryoshkaTrain, LevelRowsTimesFeaturesBeyondInt32Train) {
+  // (levels + 1) x tokens x features = 1025 x 64 x 32768 > 2^31 cells, but no kernel indexes those
+  // cells: the level lists hold the BatchTopK entries in int32 (it was refused as "do not fit int32
+  // entry indices", while plain BatchTopK trained).
+  std::string widths;
+  for (int64_t i = 1; i <= 1024; ++i) widths += cat(i > 1 ? "," : "", 32 * i);
+  TempDir dir("matryoshka_many_levels");
+  auto r = sae::testing::run_binary(
+      "sae_train",
+      "--synthetic-d 4 --synthetic-concepts 16 --synthetic-story-concepts 4 --synthetic-stories 200 --features 32768 "
+      "--batch 64 --normalize dataset --steps 2 --progress none --feature-stats-steps 0 --device cpu --k 4 "
+      "--architecture matryoshka_batchtopk --matryoshka-widths " + widths + " --out " + dir.str("run"),
+      dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(dir.str("run/sae/sae_weights.safetensors")));
+}
