@@ -43,7 +43,9 @@ std::vector<ArchOption> topk_family_rows() {
   return {{"k", "k",
            "(--k or -k) topk: latents kept per token; batchtopk, matryoshka: their mean (k N per batch); required",
            ArchValueType::Integer, "0"},
-          {"auxk-coefficient", "auxk_coefficient", "AuxK's alpha (dead latents predict the residual); 0 = off",
+          {"auxk-coefficient", "auxk_coefficient", "AuxK's alpha (dead latents predict the residual e; the loss is alpha N sum (e_hat - e)^2 / "
+           "sum (e - mean e)^2 over the batch's N tokens, dictionary_learning's normalisation: SAELens's aux_loss_coefficient is not normalised, "
+           "sparsify's auxk_alpha divides by the input's variance); 0 = off",
            ArchValueType::Number, "0.03125"},
           {"auxk-k", "auxk_k", "AuxK's k_aux, dead latents per token (0 = half the reconstructed width, d_out / 2); dead = --dead-window tokens "
            "without firing", ArchValueType::Integer, "0"},

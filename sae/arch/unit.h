@@ -184,6 +184,10 @@ class ArchUnit {
   // Whether lambda (--l1) is its sparsity coefficient (then --l1-warmup-steps and --target-l0 apply,
   // and the L0 set point adjusts lambda); units whose sparsity is set otherwise (k) refuse them.
   virtual bool has_lambda() const { return true; }
+  // Whether lambda 0 leaves it without the penalty that makes it sparse, so that a run without --l1
+  // or --target-l0 is warned (jumprelu, gated: SAELens's coefficients default to 1; the standard
+  // SAE's lambda 0 is the tutorial's reconstruction study).
+  virtual bool needs_lambda() const { return false; }
   // For units without lambda: how their sparsity is set, for messages ("sets its L0 with --k").
   virtual std::string sparsity_note() const { return ""; }
   // Whether lambda prices each active latent (an L0-like penalty) rather than the activations' size

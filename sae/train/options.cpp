@@ -239,7 +239,9 @@ std::vector<TrainOption> make_table() {
           defines, "model", FIELD(model), text(), std::string()),
       row("text", text_group, std::string("the text corpus: ") + kCorpusFormats, defines, "text", FIELD(text), text(),
           std::string()),
-      row("layer", text_group, "train on hidden_states[layer] (the original: 2, the residual stream entering blocks.2: blocks.2.hook_resid_pre)",
+      row("layer", text_group, "train on hidden_states[layer], the residual stream entering block `layer` (the original: 2, "
+          "blocks.2.hook_resid_pre = blocks.1.hook_resid_post; sparsify's layers.L and Gemma Scope's layer_L are "
+          "block L's output: --layer L+1)",
           defines, "layer", FIELD(layer), integer(), "2"),
       row("hook", text_group, "train at this hook point instead of --layer, named as SAELens names it: "
           "blocks.L.hook_resid_pre | hook_resid_mid | hook_resid_post | hook_attn_out | hook_mlp_out | "
@@ -252,7 +254,8 @@ std::vector<TrainOption> make_table() {
           "model's tokenizer adds one, as Llama 3's does; GPT-2's and Pythia's do not)", defines, "prepend_bos",
           FIELD(prepend_bos), choice(parse_bos_mode, bos_mode_name), "off"),  // runs from before it had none
       row("context-size", text_group, "positions per window: every document is cut into windows of this many, "
-          "the BOS included, as SAELens does (0: the model's positions, and --long-stories decides)", defines,
+          "the BOS included (SAELens's context_size; unlike SAELens, documents are not packed together: each "
+          "starts a window; 0: the model's positions, and --long-stories decides)", defines,
           "context_size", FIELD(context_size), integer(), "0"),
       row("bos-activations", text_group, "skip | keep: train on the activations at BOS positions (skipped by "
           "default: their norms are often 10-100x the others')", defines, "bos_activations",
@@ -317,7 +320,8 @@ std::vector<TrainOption> make_table() {
           "lr_decay_steps", FIELD(lr_decay_steps), integer()),
       row("l1-warmup-steps", training, "linear lambda warm-up", defines, "l1_warmup_steps", FIELD(l1_warmup_steps),
           integer()),
-      row("dead-window", training, "tokens without firing before a feature counts as dead", defines, "dead_window",
+      row("dead-window", training, "tokens (not steps) without firing before a feature counts as dead (sparsify's dead_feature_threshold; "
+          "SAELens's dead_feature_window counts steps: give steps x batch tokens)", defines, "dead_window",
           FIELD(dead_window), integer()),
       row("progress", training, "auto | bar | lines | none", controls, "progress", FIELD(progress),
           choice(parse_progress_mode, progress_mode_name)),

@@ -328,6 +328,15 @@ RunStart start_run(TrainConfig config, bool owner) {
     if (!config.init.empty()) load_init(start, config);
   }
   config.validate();
+  if (config.resume.empty() && config.l1 == 0 && config.target_l0 == 0 && run_unit(config).needs_lambda())
+    start.warnings.push_back(cat("--architecture ", config.architecture, " with --l1 0 (the default) and no --target-l0 "
+                                 "trains without its sparsity penalty (SAELens's coefficient defaults to 1): give "
+                                 "--l1 or --target-l0"));
+  if (config.resume.empty() && config.batch_tokens > 0 && config.dead_window < config.batch_tokens)
+    start.warnings.push_back(cat("--dead-window ", config.dead_window, " is less than one batch (", config.batch_tokens,
+                                 " tokens): a feature counts as dead when it did not fire in the last batch (the "
+                                 "window counts tokens; SAELens's dead_feature_window counts steps: steps x batch "
+                                 "tokens here)"));
   if (owner && config.resume.empty()) {
     start.cleanup->write_pending(config.to_json().dump(2) + "\n");
     test_kill_point("after-pending-config");

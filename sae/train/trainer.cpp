@@ -246,6 +246,7 @@ TrainResult finished_result(const RunStart& start) {
   r.tokens = state.tokens;
   r.out_dir = config.out;
   r.model_dir = start.resumed_from;
+  r.saelens_note = saelens_note(config);
   r.metrics_csv = (fs::path(config.out) / "metrics.csv").string();
   r.tensorboard_file = (fs::path(config.out) / "tensorboard").string();
   r.wrote_checkpoints = fs::is_directory(fs::path(config.out) / "checkpoints");
@@ -1028,6 +1029,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     result.seconds = seconds;
     result.collectives = loop_collectives;
     result.model_dir = (fs::path(m.config().out) / "sae").string();
+    result.saelens_note = saelens_note(m.config());
     save(m, result.model_dir);
     result.steps = m.run().step;
     result.tokens = m.run().tokens;
@@ -1085,6 +1087,14 @@ double measure_step_seconds(const TrainConfig& config) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() / kTimedSteps;
 }
 
+std::string saelens_note(const TrainConfig& config) {
+  if (dictionary_kind(config) == DictionaryKind::Crosscoder)
+    return "SAELens's layout; SAELens has no crosscoder class: docs/architectures.md";
+  if (config.normalize == Normalization::Story)
+    return "SAELens's layout; SAELens does not load per-story normalisation: --normalize dataset or none";
+  return "SAELens format";
+}
+
 std::string format_report(const TrainResult& r) {
   char buffer[2048];
   int used = r.already_finished
@@ -1107,8 +1117,9 @@ std::string format_report(const TrainResult& r) {
                           "purity %.1f%% of %lld alive features\n",
                           r.concepts->mmcs, 100 * r.concepts->recovered, (long long)r.concepts->concepts,
                           100 * r.concepts->purity, (long long)r.concepts->alive_features);
-  std::snprintf(buffer + used, sizeof buffer - used, "  files: %s/config.json, %s, %s,\n         %s/ (SAELens format)%s\n",
+  std::snprintf(buffer + used, sizeof buffer - used, "  files: %s/config.json, %s, %s,\n         %s/ (%s)%s\n",
                 r.out_dir.c_str(), r.metrics_csv.c_str(), r.tensorboard_file.c_str(), r.model_dir.c_str(),
+                r.saelens_note.c_str(),
                 r.wrote_checkpoints ? (", " + r.out_dir + "/checkpoints/").c_str() : "");
   std::string text = buffer;
   if (!r.superseded.empty())

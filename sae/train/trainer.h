@@ -28,6 +28,7 @@ struct TrainResult {
   std::optional<ConceptRecovery> concepts;  // synthetic data only
   std::string out_dir, model_dir, metrics_csv, tensorboard_file;
   bool wrote_checkpoints = false;  // checkpoints/ holds at least one checkpoint
+  std::string saelens_note = "SAELens format";  // what SAELens makes of model_dir (saelens_note())
   std::string superseded;          // a rewinding --resume: where the run's later checkpoints went (RunStart)
   std::string kept_final;          // extending a finished run: its final model, kept as a checkpoint (RunStart)
   Device device = Device::CPU;
@@ -46,6 +47,10 @@ struct TrainResult {
 // writes the logs and the folder's files, every shard's owner its part of each checkpoint. Null:
 // one process.
 TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
+
+// How the final SAE folder of a run with this configuration stands to SAELens, for the summary line:
+// "SAELens format", or why SAELens does not load it (a crosscoder; per-story normalisation).
+std::string saelens_note(const TrainConfig& config);
 
 // Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each
 // batch is read (and, from text, run through the language model) once and goes through every SAE in

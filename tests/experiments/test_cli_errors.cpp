@@ -433,3 +433,30 @@ TEST(Cli, KillNineLeavesOnlyLoadableCheckpoints) {
   EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("trained " + steps + " steps"), std::string::npos) << resumed.out;
 }
+
+TEST(Cli, RunsThatTrainOtherwiseThanAPeerUserMeantAreWarned) {
+  // A penalised unit without its penalty (SAELens's coefficients default to 1), a dead window
+  // shorter than a batch (SAELens's window counts steps), and a story-normalised SAE, which SAELens
+  // does not load, are said; with --l1, a window of a batch or more and dataset scale nothing is.
+  TempDir dir("cli_peer_warnings");
+  const std::string tiny = kTiny + " --progress none";
+  auto jump = run_binary("sae_train", tiny + " --architecture jumprelu --out " + dir.str("jump"), dir);
+  ASSERT_EQ(jump.exit_code, 0) << jump.err;
+  EXPECT_NE(jump.err.find("sae_train: warning: --architecture jumprelu with --l1 0 (the default) and no --target-l0 "
+                          "trains without its sparsity penalty"),
+            std::string::npos)
+      << jump.err;
+  EXPECT_NE(jump.out.find("sae/ (SAELens's layout; SAELens does not load per-story normalisation"), std::string::npos)
+      << jump.out;
+  auto window = run_binary("sae_train", tiny + " --normalize dataset --batch 16 --dead-window 10 --out " +
+                                            dir.str("window"), dir);
+  ASSERT_EQ(window.exit_code, 0) << window.err;
+  EXPECT_NE(window.err.find("sae_train: warning: --dead-window 10 is less than one batch (16 tokens)"),
+            std::string::npos)
+      << window.err;
+  EXPECT_NE(window.out.find("sae/ (SAELens format)"), std::string::npos) << window.out;
+  auto quiet = run_binary("sae_train", tiny + " --architecture gated --l1 0.5 --normalize dataset --batch 16 "
+                                           "--dead-window 16 --out " + dir.str("quiet"), dir);
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err.find("warning"), std::string::npos) << quiet.err;
+}

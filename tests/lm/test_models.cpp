@@ -612,6 +612,17 @@ TEST(Models, HookRefusalsInOneLine) {
   for (const char* bad : {"blocks.1.attn.hook_q", "blocks.x.hook_resid_pre", "hook_embed", "blocks.1.hook_resid_pre.x",
                           "hidden_states[]", "blocks..hook_mlp_out"})
     EXPECT_THROW(parse_hook_name(bad), UsageError) << bad;
+  // Hugging Face / sparsify module paths are said in SAELens's terms (a block's output is its
+  // hook_resid_post).
+  message = error_of([&] { parse_hook_name("layers.6"); });
+  EXPECT_NE(message.find("its output is blocks.6.hook_resid_post (= hidden_states[7], --layer 7"), std::string::npos)
+      << message;
+  message = error_of([&] { parse_hook_name("transformer.h.2"); });
+  EXPECT_NE(message.find("blocks.2.hook_resid_post"), std::string::npos) << message;
+  message = error_of([&] { parse_hook_name("model.layers.3.mlp"); });
+  EXPECT_NE(message.find("blocks.3.hook_mlp_out"), std::string::npos) << message;
+  message = error_of([&] { parse_hook_name("layers.x"); });
+  EXPECT_NE(message.find("is not a hook point we read"), std::string::npos) << message;
   // Names round-trip, and hidden_states[K] is blocks.K.hook_resid_pre below the last block.
   for (const HookSite& site : all_sites(pythia.config())) EXPECT_EQ(parse_hook_name(hook_name(site)), site);
   EXPECT_EQ(pythia.resolve(parse_hook_name("hidden_states[2]")), (HookSite{2, HookPoint::ResidPre}));

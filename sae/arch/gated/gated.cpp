@@ -79,6 +79,7 @@ class GatedUnit : public ArchUnit {
     return true;
   }
   std::string name() const override { return "gated"; }
+  bool needs_lambda() const override { return true; }
   std::string description() const override {
     return "f = H(x W_enc + b_gate) relu(x W_enc exp(r_mag) + b_mag), L1 of relu(pi_gate) and an auxiliary "
            "reconstruction";

@@ -123,6 +123,7 @@ class JumpReluUnit : public ArchUnit {
     return true;
   }
   std::string name() const override { return "jumprelu"; }
+  bool needs_lambda() const override { return true; }
   bool l0_like_penalty() const override { return true; }  // step: lambda L0; tanh: lambda sum tanh(c f n)
   std::string description() const override {
     return "f = P H(P - theta), straight-through thresholds; lambda L0 (step) or lambda sum tanh(c f n) + "
@@ -132,14 +133,17 @@ class JumpReluUnit : public ArchUnit {
     return {{"jumprelu-penalty", "jumprelu_penalty",
              "step (lambda L0, DeepMind) | tanh (lambda sum tanh(c f ||W_dec||) + pre-activation loss, Anthropic)",
              ArchValueType::Choice, "step", {"step", "tanh"}},
-            {"jumprelu-bandwidth", "jumprelu_bandwidth", "bandwidth epsilon of the straight-through estimators",
+            {"jumprelu-bandwidth", "jumprelu_bandwidth", "bandwidth epsilon of the straight-through estimators (SAELens's jumprelu_bandwidth "
+             "defaults to 0.05)",
              ArchValueType::Number, "0.001"},
             {"jumprelu-tanh-c", "jumprelu_tanh_c", "with the tanh penalty: c", ArchValueType::Number, "4"},
             {"jumprelu-pre-act", "jumprelu_pre_act",
-             "with the tanh penalty: lambda_P of the pre-activation loss sum relu(theta - P) ||W_dec||",
+             "with the tanh penalty: lambda_P of the pre-activation loss sum relu(theta - P) ||W_dec|| over "
+             "every latent (SAELens's pre_act_loss_coefficient counts dead latents only)",
              ArchValueType::Number, "0"},
             {"jumprelu-init-threshold", "jumprelu_init_threshold",
-             "the initial threshold theta_0 (trained as log theta)", ArchValueType::Number, "0.001"},
+             "the initial threshold theta_0 (trained as log theta; SAELens trains theta itself, "
+             "from 0.01)", ArchValueType::Number, "0.001"},
             unit_norm_decoder_row(), init_tied_row(), init_b_dec_row()};
   }
   std::vector<std::string> reads() const override {
