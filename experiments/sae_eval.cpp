@@ -36,8 +36,8 @@ int main(int argc, char** argv) {
          "tokenizer.json)", cxxopts::value<std::string>())
         ("model-b", "the second model of a crosscoder over two models (model diffing; the same tokenizer)",
          cxxopts::value<std::string>())
-        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a standard SAELens one; or a "
-         "Gemma Scope params.npz (with --hook)",
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a SAELens one; a sparsify "
+         "folder (cfg.json + sae.safetensors); or a Gemma Scope params.npz (with --hook)",
          cxxopts::value<std::string>())
         ("text", std::string("the corpus: ") + sae::kCorpusFormats,
          cxxopts::value<std::string>())

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
                              "What each SAE feature fires on: per feature its top stories by largest activation, with "
                              "every token's strength, activation x decoder norm (the tutorial's gather_high_activations)");
     options.add_options()
-        ("sae", "SAE folder (cfg.json + sae_weights.safetensors), any architecture, or a Gemma Scope params.npz",
+        ("sae", "SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), any architecture, or a Gemma Scope params.npz",
          cxxopts::value<std::string>())
         ("model", "model folder (" + sae::supported_families_text() + "): runs --text through it; with --data only its "
          "tokenizer is used",

@@ -56,25 +56,17 @@ HookSite parse_hook_name(const std::string& name, const std::string& what) {
   }
   const std::string blocks = "blocks.";
   if (name.rfind(blocks, 0) != 0) {
-    // A module path as Hugging Face and sparsify name hook points (layers.6, model.layers.6.mlp,
-    // transformer.h.6): said in SAELens's terms.
-    std::string rest = name;
-    for (const char* prefix : {"model.", "transformer.", "gpt_neox."})
-      if (rest.rfind(prefix, 0) == 0) rest = rest.substr(std::string(prefix).size());
-    for (const char* list : {"layers.", "h."})
-      if (rest.rfind(list, 0) == 0) {
-        const std::string tail = rest.substr(std::string(list).size());
-        const size_t dot = tail.find('.');
-        const int64_t layer = parse_index(tail.substr(0, dot));
-        if (layer < 0) break;
-        if (dot == std::string::npos)
-          throw UsageError(cat(what, " '", shown, "' names a module (Hugging Face / sparsify): its output is blocks.",
-                               layer, ".hook_resid_post (= hidden_states[", layer + 1, "], --layer ", layer + 1,
-                               ", except after the last block)"));
-        throw UsageError(cat(what, " '", shown, "' names a module (Hugging Face / sparsify): give the hook point by ",
-                             "SAELens's name, e.g. blocks.", layer, ".hook_mlp_out or blocks.", layer,
-                             ".hook_attn_out (expected ", kSupported, ")"));
-      }
+    // A module path as Hugging Face and sparsify name hook points: said in SAELens's terms.
+    if (const std::optional<ModulePath> module = parse_module_path(name)) {
+      const int64_t layer = module->layer;
+      if (module->rest.empty())
+        throw UsageError(cat(what, " '", shown, "' names a module (Hugging Face / sparsify): its output is blocks.",
+                             layer, ".hook_resid_post (= hidden_states[", layer + 1, "], --layer ", layer + 1,
+                             ", except after the last block)"));
+      throw UsageError(cat(what, " '", shown, "' names a module (Hugging Face / sparsify): give the hook point by ",
+                           "SAELens's name, e.g. blocks.", layer, ".hook_mlp_out or blocks.", layer,
+                           ".hook_attn_out (expected ", kSupported, ")"));
+    }
     throw UsageError(cat(what, " '", shown, "' is not a hook point we read: expected ", kSupported));
   }
   const size_t dot = name.find('.', blocks.size());
@@ -85,6 +77,21 @@ HookSite parse_hook_name(const std::string& name, const std::string& what) {
     if (suffix == p.suffix) return HookSite{layer, p.point};
   throw UsageError(cat(what, " '", shown, "': ", printable(suffix), " is not a hook point we read: expected ",
                        kSupported));
+}
+
+std::optional<ModulePath> parse_module_path(const std::string& name) {
+  std::string rest = name;
+  for (const char* prefix : {"model.", "transformer.", "gpt_neox."})
+    if (rest.rfind(prefix, 0) == 0) rest = rest.substr(std::string(prefix).size());
+  for (const std::string list : {"layers.", "h."}) {
+    if (rest.rfind(list, 0) != 0) continue;
+    const std::string tail = rest.substr(list.size());
+    const size_t dot = tail.find('.');
+    const int64_t layer = parse_index(tail.substr(0, dot));
+    if (layer < 0) return std::nullopt;
+    return ModulePath{layer, dot == std::string::npos ? std::string() : tail.substr(dot + 1)};
+  }
+  return std::nullopt;
 }
 
 HookSite hidden_states_site(int64_t k, int64_t layers) {

@@ -20,6 +20,7 @@
 // Letters: T tokens, d hidden size, H heads, hd head size, N blocks.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace sae {
@@ -42,6 +43,15 @@ std::string hook_name(const HookSite& site);
 // an unknown point, a malformed index, TransformerLens names we do not hook (hook_q, hook_pattern, ...).
 // Not checked against a model here (check_hook_site does that).
 HookSite parse_hook_name(const std::string& name, const std::string& what = "--hook");
+
+// A module path as Hugging Face and sparsify name hook points (layers.6, model.layers.6.mlp,
+// transformer.h.6, gpt_neox.layers.6): the block's index and what follows it ("" for the block
+// itself, whose output is blocks.N.hook_resid_post); nullopt for any other name.
+struct ModulePath {
+  int64_t layer;
+  std::string rest;
+};
+std::optional<ModulePath> parse_module_path(const std::string& name);
 // hidden_states[k] as a site: blocks.k.hook_resid_pre for k < layers, the final output for k == layers.
 HookSite hidden_states_site(int64_t k, int64_t layers);
 // The hidden_states index a site equals, or -1 (resid_pre L -> L, resid_post L -> L + 1 when L + 1

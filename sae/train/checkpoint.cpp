@@ -22,6 +22,7 @@
 #include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
+#include "sae/train/sparsify_folder.h"
 #include "tensor/ops.h"
 
 namespace fs = std::filesystem;
@@ -408,11 +409,13 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   if (!npz.empty()) return load_npz(npz, device);  // weights only: never a training state
   if (!fs::is_directory(root))
     throw DataError(cat(dir, ": not a checkpoint directory (an SAE is a folder with cfg.json and "
-                             "sae_weights.safetensors, or a Gemma Scope params.npz)"));
+                             "sae_weights.safetensors, or sparsify's with cfg.json and sae.safetensors, or a Gemma "
+                             "Scope params.npz)"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
   if (!fs::exists(cfg_path))
-    throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, or a "
-                        "Gemma Scope params.npz)"));
+    throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, "
+                        "sparsify's cfg.json and sae.safetensors, or a Gemma Scope params.npz)"));
+  if (is_sparsify_folder(dir)) return load_sparsify_folder(dir, device);  // weights only, as an npz
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;
   out.cfg = read_json_file(cfg_path.string());

@@ -1,0 +1,114 @@
+// EleutherAI sparsify's SAE folders (cfg.json + sae.safetensors, written by sparsify's own
+// save_to_disk: scripts/gen_sparsify_fixture.py) read by the programs as our TopK SAE or transcoder:
+// sae_apply gives sparsify's features and outputs, the folder's name (h.1, a block's output) is
+// its hook point, and what we do not read (groupmax, a skip connection on an autoencoder) is a
+// one-line error.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+
+#include "io/json.h"
+#include "io/npy.h"
+#include "sae/train/checkpoint.h"
+#include "tests/util/compare.h"
+#include "tests/util/fixture.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using namespace sae::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string sp_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/sparsify/" + name; }
+std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
+
+// sae_apply's features and output of `sae` on the fixture's inputs.
+std::pair<Tensor, Tensor> apply_sae(const std::string& sae, const TempDir& dir) {
+  const std::string f = dir.str("f.npy"), out = dir.str("out.npy");
+  const CommandResult r = run_binary(
+      "sae_apply", cat("--sae ", sae, " --input ", sp_ref("x.npy"), " --features-out ", f, " --reconstruction-out ", out),
+      dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  return {NpyFile::open(f).read_f32(), NpyFile::open(out).read_f32()};
+}
+
+void expect_same(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  EXPECT_LE(max_abs_diff(got, want), 1e-5 * (1.0 + max_abs(want))) << what;
+}
+
+}  // namespace
+
+TEST(SparsifyFolders, SaeApplyGivesSparsifysFeaturesAndOutputs) {
+  const test::Fixture expected(sp_ref("expected.safetensors"));
+  for (const char* kind : {"sae", "transcoder"}) {
+    SCOPED_TRACE(kind);
+    TempDir dir("sparsify_apply");
+    const bool sae = std::string(kind) == "sae";
+    const auto [f, out] = apply_sae(sp_ref(sae ? "h.1" : "transcoder"), dir);
+    const Tensor want_f = expected.tensor(sae ? "sae_features" : "transcoder_features", DType::F32);
+    expect_same(f, want_f, "features");
+    expect_same(out, expected.tensor(sae ? "sae_reconstruction" : "transcoder_prediction", DType::F32), "output");
+    // The same k latents of every row (sparsify's top-k of relu((x - b_dec) W^T + b)).
+    int64_t kept = 0;
+    for (int64_t i = 0; i < f.numel(); ++i) {
+      EXPECT_EQ(f.data<float>()[i] > 0, want_f.data<float>()[i] > 0) << "element " << i;
+      kept += f.data<float>()[i] > 0;
+    }
+    EXPECT_EQ(kept, 40 * 6);
+  }
+}
+
+TEST(SparsifyFolders, LoadAsTopKAtTheHookTheFolderNames) {
+  const Checkpoint sae = load_checkpoint(sp_ref("h.1"), Device::CPU);
+  EXPECT_EQ(sae.params.kind, "topk");
+  EXPECT_EQ(sae.params.settings.at("k").as_int(), 6);
+  EXPECT_FALSE(sae.params.transcoder);
+  EXPECT_FALSE(sae.state.has_value());
+  EXPECT_EQ(sae.cfg.at("metadata").at("hook_name").as_string(), "blocks.1.hook_resid_post");
+  EXPECT_EQ(sae.cfg.at("sparsify").at("num_latents").as_int(), 64);
+  const Checkpoint transcoder = load_checkpoint(sp_ref("transcoder"), Device::CPU);
+  EXPECT_TRUE(transcoder.params.transcoder);
+  EXPECT_TRUE(transcoder.params.W_skip.defined());
+  EXPECT_FALSE(transcoder.cfg.at("metadata").has("hook_name"));
+  // sae_eval reads h.1 at block 1's output, as it reads the same folder under another name given
+  // --hook blocks.1.hook_resid_post: the same numbers.
+  TempDir dir("sparsify_eval");
+  fs::copy(sp_ref("h.1"), dir.str("renamed"));
+  auto eval = [&](const std::string& sae_dir, const std::string& out, const std::string& extra) {
+    const CommandResult r = run_binary("sae_eval", cat("--model ", eval_ref("model"), " --sae ", sae_dir, " --text ",
+                                                       eval_ref("stories.txt"), " --out ", dir.str(out),
+                                                       " --progress none --device cpu", extra),
+                                       dir);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return read_json_file(dir.str(out + "/eval.json"));
+  };
+  const Json named = eval(sp_ref("h.1"), "named", ""), given = eval(dir.str("renamed"), "given",
+                                                                       " --hook blocks.1.hook_resid_post");
+  EXPECT_EQ(named.at("hook_name").as_string(), "blocks.1.hook_resid_post");
+  for (const char* key : {"ce_loss_score", "kl_div_score", "fvu", "l0"})
+    EXPECT_EQ(named.at(key).as_number(), given.at(key).as_number()) << key;
+}
+
+TEST(SparsifyFolders, WhatWeDoNotReadIsOneLine) {
+  TempDir dir("sparsify_refused");
+  auto refused = [&](const std::string& sae, const std::string& needle) {
+    const CommandResult r = run_binary("sae_apply", cat("--sae ", sae, " --input ", sp_ref("x.npy"), " --features-out ",
+                                                        dir.str("f.npy")),
+                                       dir);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  };
+  refused(sp_ref("groupmax"), "sparsify's activation \"groupmax\" is not supported");
+  // A skip connection on an autoencoder, and a tensor sparsify does not write.
+  fs::copy(sp_ref("transcoder"), dir.str("skip_sae"));
+  Json cfg = read_json_file(dir.str("skip_sae/cfg.json"));
+  cfg["transcode"] = false;
+  write_file(dir.str("skip_sae/cfg.json"), cfg.dump());
+  refused(dir.str("skip_sae"), "skip_connection on an autoencoder");
+}
