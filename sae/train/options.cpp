@@ -318,6 +318,14 @@ std::vector<TrainOption> make_table() {
           FIELD(lr_warmup_steps), integer()),
       row("lr-decay-steps", training, "linear learning-rate decay over the last N steps (SAELens's: step s at (steps + 1 - s) / N, the last at 1 / N)", defines,
           "lr_decay_steps", FIELD(lr_decay_steps), integer()),
+      row("lr-schedule", training, "the learning rate between the warm-up and the decay (SAELens's lr_scheduler_name): "
+          "constant | cosine (from --lr down to --lr-end) | cosine-restarts (--lr-cycles such cosines); a cosine's "
+          "decay starts from --lr-end", defines, "lr_schedule", FIELD(lr_schedule),
+          choice(parse_lr_schedule, lr_schedule_name), "constant"),  // runs from before it had none
+      row("lr-end", training, "the cosines' final learning rate (SAELens's lr_end; -1: --lr / 10, its default)", defines,
+          "lr_end", FIELD(lr_end), number(), "-1"),
+      row("lr-cycles", training, "cosine-restarts: the number of cosines (SAELens's n_restart_cycles)", defines,
+          "lr_cycles", FIELD(lr_cycles), integer(), "1"),
       row("l1-warmup-steps", training, "linear lambda warm-up", defines, "l1_warmup_steps", FIELD(l1_warmup_steps),
           integer()),
       row("dead-window", training, "tokens (not steps) without firing before a feature counts as dead (sparsify's dead_feature_threshold; "

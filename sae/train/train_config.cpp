@@ -115,6 +115,24 @@ void refuse_options_without_effect(const TrainConfig& c) {
     require(length <= limit, cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "",
                                  limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
                                  ": ", effect));
+  // The cosines (SAELens's): between the warm-up and the decay, from --lr down to --lr-end.
+  require(c.lr_end == -1 || (std::isfinite(c.lr_end) && c.lr_end >= 0),
+          cat("--lr-end must be a finite number >= 0 (or -1: --lr / 10), got ", c.lr_end));
+  require(c.lr_cycles >= 1, cat("--lr-cycles must be >= 1, got ", c.lr_cycles));
+  if (c.lr_schedule == LrSchedule::Constant) {
+    for (const char* option : {"lr-end", "lr-cycles"})
+      require(!c.was_given(option), cat("--", option, " applies to --lr-schedule cosine or cosine-restarts"));
+  } else {
+    const int64_t span = c.steps - c.lr_warmup_steps - c.lr_decay_steps;
+    const int64_t cycles = c.lr_schedule == LrSchedule::CosineRestarts ? c.lr_cycles : 1;
+    require(span >= cycles, cat("--lr-schedule ", lr_schedule_name(c.lr_schedule), " needs at least ", cycles,
+                                " step(s) between the warm-up and the decay: --steps ", c.steps, " - --lr-warmup-steps ",
+                                c.lr_warmup_steps, " - --lr-decay-steps ", c.lr_decay_steps, " leaves ", span));
+    require(c.lr_schedule == LrSchedule::CosineRestarts || !c.was_given("lr-cycles"),
+            "--lr-cycles applies to --lr-schedule cosine-restarts");
+    require(c.lr_decay_steps == 0 || c.lr_end_value() > 0,
+            "--lr-decay-steps after a cosine that ends at --lr-end 0 would decay from 0 to 0 (SAELens refuses it too)");
+  }
   const ArchSettings arch = arch_settings(c);
   if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
     require(arch.integer("auxk-k") == 0 || arch.number("auxk-coefficient") > 0,
@@ -132,12 +150,27 @@ std::string TrainConfig::batch_name() const { return batch_tokens == 0 ? "story"
 // factor (steps + 1 - s) / N, so the last step still updates (1 / N); lambda is 0 at step 1 and
 // rises by lambda / W a step to reach --l1 at step W + 1.
 double TrainConfig::lr_at(int64_t step) const {
-  double factor = 1.0;
-  if (lr_warmup_steps > 0) factor *= std::min(1.0, double(step) / double(lr_warmup_steps));
+  if (lr_schedule == LrSchedule::Constant) {
+    double factor = 1.0;
+    if (lr_warmup_steps > 0) factor *= std::min(1.0, double(step) / double(lr_warmup_steps));
+    if (lr_decay_steps > 0 && step > steps - lr_decay_steps)
+      factor *= std::max(0.0, double(steps + 1 - step) / double(lr_decay_steps));
+    return lr * factor;
+  }
+  // SAELens's SequentialLR of the warm-up, CosineAnnealingLR(T_max = span, eta_min = lr_end) or
+  // CosineAnnealingWarmRestarts(T_0 = span / cycles) over the steps between, then the decay from
+  // lr_end (validate keeps the three apart).
+  const double end = lr_end_value();
+  if (step <= lr_warmup_steps) return lr * double(step) / double(lr_warmup_steps);
   if (lr_decay_steps > 0 && step > steps - lr_decay_steps)
-    factor *= std::max(0.0, double(steps + 1 - step) / double(lr_decay_steps));
-  return lr * factor;
+    return end * double(steps + 1 - step) / double(lr_decay_steps);
+  const int64_t span = steps - lr_warmup_steps - lr_decay_steps;
+  const int64_t period = lr_schedule == LrSchedule::Cosine ? span : span / lr_cycles;
+  const int64_t t = (step - lr_warmup_steps - 1) % period;
+  return end + (lr - end) * (1 + std::cos(M_PI * double(t) / double(period))) / 2;
 }
+
+double TrainConfig::lr_end_value() const { return lr_end < 0 ? lr / 10 : lr_end; }
 
 double TrainConfig::l1_at(int64_t step) const {
   if (l1_warmup_steps <= 0) return l1;
@@ -163,6 +196,17 @@ int64_t parse_batch(const std::string& text) {
     throw UsageError(cat("--batch: expected 'story' or a token count in [1, 65536], got '", text, "'"));
   check_batch_tokens(value);
   return value;
+}
+
+LrSchedule parse_lr_schedule(const std::string& text) {
+  if (text == "constant") return LrSchedule::Constant;
+  if (text == "cosine" || text == "cosineannealing") return LrSchedule::Cosine;
+  if (text == "cosine-restarts" || text == "cosineannealingwarmrestarts") return LrSchedule::CosineRestarts;
+  throw UsageError(cat("--lr-schedule: expected constant, cosine or cosine-restarts, got '", printable(text), "'"));
+}
+
+const char* lr_schedule_name(LrSchedule schedule) {
+  return schedule == LrSchedule::Constant ? "constant" : schedule == LrSchedule::Cosine ? "cosine" : "cosine-restarts";
 }
 
 DeviceChoice parse_device_choice(const std::string& text) {

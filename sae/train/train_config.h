@@ -27,6 +27,12 @@ const char* device_choice_name(DeviceChoice choice);
 // The device to run on: UsageError for cuda in a build without CUDA or on a machine without a GPU.
 Device resolve_device(DeviceChoice choice);
 
+// --lr-schedule: the learning rate between the warm-up and the decay, SAELens's lr_scheduler_name
+// (constant, cosineannealing, cosineannealingwarmrestarts; theirs are accepted too).
+enum class LrSchedule { Constant, Cosine, CosineRestarts };
+LrSchedule parse_lr_schedule(const std::string& text);  // UsageError naming --lr-schedule
+const char* lr_schedule_name(LrSchedule schedule);
+
 struct TrainConfig {
   std::string data = "synthetic";    // "synthetic", a .safetensors / .npy path, a cache folder, or "text"
   std::string model;                 // --model DIR (a Hugging Face GPT-Neo folder): train from text
@@ -68,6 +74,9 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0
   int64_t lr_decay_steps = 0;        // linear decay over the last N steps (the last step at lr / N)
+  LrSchedule lr_schedule = LrSchedule::Constant;  // between the warm-up and the decay
+  double lr_end = -1;                // the cosines' final lr (SAELens's lr_end; -1: --lr / 10, its default)
+  int64_t lr_cycles = 1;             // cosine-restarts: cosines (SAELens's n_restart_cycles)
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
   ProgressMode progress = ProgressMode::Auto;
@@ -113,6 +122,7 @@ struct TrainConfig {
   static TrainConfig from_json(const Json& j);  // DataError on missing or mistyped keys
   std::string batch_name() const;        // "story" or the token count
   double lr_at(int64_t step) const;      // step counts from 1
+  double lr_end_value() const;           // --lr-end, or --lr / 10 when it is -1
   double l1_at(int64_t step) const;
 };
 

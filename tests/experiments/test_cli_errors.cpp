@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -459,4 +460,37 @@ TEST(Cli, RunsThatTrainOtherwiseThanAPeerUserMeantAreWarned) {
                                            "--dead-window 16 --out " + dir.str("quiet"), dir);
   ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
   EXPECT_EQ(quiet.err.find("warning"), std::string::npos) << quiet.err;
+}
+
+TEST(Cli, CosineSchedulesFollowSaeLensAndRefuseWhatTheyCannotDo) {
+  // The lr logged each step is lr_at's (which tests/sae/train/test_train_config.cpp holds to SAELens's
+  // own schedulers): a cosine from --lr 1e-3 to the default lr / 10 over the steps after a warm-up of 2.
+  TempDir dir("cli_cosine");
+  const auto r = run_binary("sae_train", kTiny + " --steps 10 --log-every 1 --lr-warmup-steps 2 --lr-schedule cosine "
+                                                "--progress none --out " + dir.str("run"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream csv(sae::testing::read_file(dir.str("run/metrics.csv")));
+  std::string line;
+  std::getline(csv, line);
+  std::vector<std::string> header;
+  for (std::istringstream cells(line); std::getline(cells, line, ',');) header.push_back(line);
+  const size_t lr_column = std::find(header.begin(), header.end(), "lr") - header.begin();
+  ASSERT_LT(lr_column, header.size());
+  int64_t step = 0;
+  while (std::getline(csv, line)) {
+    ++step;
+    std::vector<std::string> cells;
+    for (std::istringstream row(line); std::getline(row, line, ',');) cells.push_back(line);
+    const double want = step <= 2 ? 1e-3 * step / 2.0
+                                  : 1e-4 + (1e-3 - 1e-4) * (1 + std::cos(M_PI * double(step - 3) / 8.0)) / 2;
+    EXPECT_NEAR(std::stod(cells.at(lr_column)), want, 1e-9) << "step " << step;
+  }
+  EXPECT_EQ(step, 10);
+  expect_error(kTiny + " --lr-end 1e-5", 2, "--lr-end applies to --lr-schedule cosine or cosine-restarts");
+  expect_error(kTiny + " --lr-schedule cosine --lr-cycles 2", 2, "--lr-cycles applies to --lr-schedule cosine-restarts");
+  expect_error(kTiny + " --lr-schedule linear", 2, "--lr-schedule: expected constant, cosine or cosine-restarts");
+  expect_error(kTiny + " --lr-schedule cosine-restarts --lr-cycles 4 --lr-warmup-steps 1", 2,
+               "needs at least 4 step(s) between the warm-up and the decay");
+  expect_error(kTiny + " --lr-schedule cosine --lr-end 0 --lr-decay-steps 1", 2, "would decay from 0 to 0");
+  expect_error(kTiny + " --lr-schedule cosine --lr-end -2", 2, "--lr-end must be a finite number >= 0");
 }

@@ -179,7 +179,7 @@ TEST(GemmaScopeCli, LoadsAsOurJumpReluSaeAndEvaluatesAsOurFolder) {
   for (const std::string normalize : {" --normalize none", " --normalize dataset"}) {
     const CommandResult w = run_binary(
         "sae_train", cat("--data ", quote(gs_ref("x.npy")), " --init ", quote(gs_ref("deflated.npz")),
-                         " --architecture jumprelu --steps 3 --batch 10 --device cpu --progress none", normalize,
+                         " --architecture jumprelu --l1 0.1 --steps 3 --batch 10 --device cpu --progress none", normalize,
                          " --out ", quote(dir.str(cat("run_normalised", n++)))),
         dir);
     EXPECT_EQ(w.exit_code, 0) << w.err;

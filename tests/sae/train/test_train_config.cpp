@@ -1,6 +1,7 @@
 // The training schedules (TrainConfig::lr_at, l1_at) against SAELens's own schedulers, step by step
 // (tests/ref/schedules.safetensors, from scripts/gen_schedule_fixture.py): the lr warm-up and the
-// linear decay of its constant schedule, and its CoefficientScheduler for lambda.
+// linear decay around its constant, cosine and cosine-with-restarts schedules, and its
+// CoefficientScheduler for lambda.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -14,7 +15,7 @@ using namespace sae;
 TEST(TrainConfig, SchedulesAreSaeLenssStepByStep) {
   const test::Fixture fixture = test::load_fixture(sae::testing::ref_path("schedules.safetensors"));
   const int64_t cases = fixture.integer("cases");
-  ASSERT_GE(cases, 5);
+  ASSERT_GE(cases, 13);
   for (int64_t c = 0; c < cases; ++c) {
     const std::string p = std::to_string(c) + "_";
     TrainConfig config;
@@ -22,6 +23,9 @@ TEST(TrainConfig, SchedulesAreSaeLenssStepByStep) {
     config.lr_warmup_steps = fixture.integer(p + "lr_warmup");
     config.lr_decay_steps = fixture.integer(p + "lr_decay");
     config.l1_warmup_steps = fixture.integer(p + "l1_warmup");
+    config.lr_schedule = LrSchedule(fixture.integer(p + "schedule"));
+    config.lr_cycles = fixture.integer(p + "cycles");
+    config.lr_end = c % 2 ? -1.0 : 3e-5;  // SAELens's default lr / 10, left to it or given
     config.lr = 3e-4;
     config.l1 = 5.0;
     const std::vector<double> lr = fixture.values(p + "lr"), l1 = fixture.values(p + "l1");
