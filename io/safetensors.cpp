@@ -309,25 +309,37 @@ SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
   return layout;
 }
 
-void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
-                           const std::map<std::string, std::string>& metadata) {
-  std::vector<SafetensorsSpec> specs;
-  for (const RawTensor& t : tensors) {
+void write_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
+                                const std::map<std::string, std::string>& metadata,
+                                const std::function<std::string(const std::string& name)>& bytes_of) {
+  const SafetensorsLayout layout = safetensors_layout(specs, metadata, path);
+  std::map<std::string, const SafetensorsSpec*> by_name;
+  for (const SafetensorsSpec& spec : specs) by_name[spec.name] = &spec;
+  AtomicFileWriter out(path);
+  out.write(layout.header);
+  for (const std::string& name : layout.order) {
+    const SafetensorsSpec& t = *by_name.at(name);
+    const std::string bytes = bytes_of(name);
     const size_t element = safetensors_dtype_size(t.dtype);
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
-    if (element != 0 && numel * element != t.bytes.size())
-      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", t.bytes.size(), " bytes for shape ",
+    if (element != 0 && numel * element != bytes.size())
+      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", bytes.size(), " bytes for shape ",
                       shape_str(t.shape), " of ", t.dtype));
-    specs.push_back({t.name, t.dtype, t.shape});
+    out.write(bytes);
   }
-  const SafetensorsLayout layout = safetensors_layout(specs, metadata, path);
-  std::map<std::string, const RawTensor*> by_name;
-  for (const RawTensor& t : tensors) by_name[t.name] = &t;
-  AtomicFileWriter out(path);
-  out.write(layout.header);
-  for (const std::string& name : layout.order) out.write(by_name.at(name)->bytes);
   out.commit();
+}
+
+void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsSpec> specs;
+  std::map<std::string, std::string*> bytes;
+  for (RawTensor& t : tensors) {
+    specs.push_back({t.name, t.dtype, t.shape});
+    bytes[t.name] = &t.bytes;
+  }
+  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name) { return std::move(*bytes.at(name)); });
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,

@@ -10,6 +10,7 @@
 // files: N tokens by D width), so a loader can convert a block of rows without touching the rest.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -92,6 +93,11 @@ SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
 // Throws Error for an unknown dtype, a size that does not match the shape, a duplicate or reserved name.
 void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
                            const std::map<std::string, std::string>& metadata = {});
+// The same, each tensor's bytes asked of `bytes_of(name)` only when the file reaches it (in the
+// layout's order), so that only one is held at a time.
+void write_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
+                                const std::map<std::string, std::string>& metadata,
+                                const std::function<std::string(const std::string& name)>& bytes_of);
 
 // Writes F32/F64 tensors (CUDA tensors are copied to the host) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header

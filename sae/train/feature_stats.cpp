@@ -280,31 +280,52 @@ FeatureTop FeatureStats::top(int64_t feature, int64_t rank) const {
 
 void FeatureStats::save(const std::string& path) const {
   const int64_t f = features_, k = options_.k, w = width();
-  TensorBytes<float> top_value(f * k, 0.0f), top_values(f * k * w, kNaN);
-  TensorBytes<int64_t> top_story(f * k, -1), top_position(f * k, -1), top_step(f * k, -1);
-  TensorBytes<int32_t> top_tokens(f * k * w, -1), top_count(f, 0);
   check_lists();
-  {
-    const FeatureTopLists& l = buffers_->lists;
-    const HostElements<int32_t> count(l.count), slot(l.slot), tokens(l.tokens);
-    const HostElements<float> value(l.value), values(l.values);
-    const HostElements<int64_t> story(l.story), position(l.position), step(l.step);
-    for (int64_t i = 0; i < f; ++i) {
-      top_count.set(i, count[i]);
+  // Each tensor is made when the file reaches it, from the lists in rank order (slots hold them in
+  // the order they came): one tensor's bytes at a time beside the lists (at 2^20 features each
+  // [F, K, W] tensor is hundreds of megabytes).
+  const FeatureTopLists& l = buffers_->lists;
+  const HostElements<int32_t> count(l.count), slot(l.slot);
+  // The bytes of an [F, K] (or [F, K, W] with `width` W) tensor: element r of rank `rank` of feature i
+  // from `at(r, p)` with p its slot's index, `fill` where the list is shorter.
+  auto by_rank = [&](auto fill, int64_t width, const auto& at) {
+    using T = decltype(fill);
+    TensorBytes<T> bytes(f * k * width, fill);
+    for (int64_t i = 0; i < f; ++i)
       for (int32_t rank = 0; rank < count[i]; ++rank) {
         const int64_t r = i * k + rank, p = i * k + slot[r];
-        top_value.set(r, value[r]);
-        top_story.set(r, story[p]);
-        top_position.set(r, position[p]);
-        top_step.set(r, step[p]);
-        top_tokens.set(r * w, tokens.at(p * w), w);
-        top_values.set(r * w, values.at(p * w), w);
+        at(bytes, r, p);
       }
-    }
-  }
+    return bytes.take();
+  };
   std::vector<double> edges(kHistogramBins + 1);
   for (int b = 0; b < kHistogramBins; ++b) edges[b] = histogram_lower_edge(b);
   edges[kHistogramBins] = std::numeric_limits<double>::infinity();
+  auto tensor_bytes = [&](const std::string& name) -> std::string {
+    if (name == "counts") return bytes_of(counts());
+    if (name == "histogram") return bytes_of(histogram());
+    if (name == "histogram_edges") return bytes_of(edges);
+    if (name == "top_count") {
+      TensorBytes<int32_t> bytes(f, 0);
+      for (int64_t i = 0; i < f; ++i) bytes.set(i, count[i]);
+      return bytes.take();
+    }
+    if (name == "top_value") {
+      const HostElements<float> value(l.value);  // by rank already
+      return by_rank(0.0f, 1, [&](TensorBytes<float>& b, int64_t r, int64_t) { b.set(r, value[r]); });
+    }
+    if (name == "top_story" || name == "top_position" || name == "top_step") {
+      const HostElements<int64_t> by_slot(name == "top_story" ? l.story : name == "top_position" ? l.position : l.step);
+      return by_rank(int64_t(-1), 1, [&](TensorBytes<int64_t>& b, int64_t r, int64_t p) { b.set(r, by_slot[p]); });
+    }
+    if (name == "top_tokens") {
+      const HostElements<int32_t> tokens(l.tokens);
+      return by_rank(int32_t(-1), w,
+                     [&](TensorBytes<int32_t>& b, int64_t r, int64_t p) { b.set(r * w, tokens.at(p * w), w); });
+    }
+    const HostElements<float> values(l.values);  // top_values
+    return by_rank(kNaN, w, [&](TensorBytes<float>& b, int64_t r, int64_t p) { b.set(r * w, values.at(p * w), w); });
+  };
 
   Json info = Json::object();
   info["format"] = kFormat;
@@ -321,19 +342,19 @@ void FeatureStats::save(const std::string& path) const {
   info["token_ids"] = has_token_ids_;
   info["histogram_bins"] = kHistogramBins;
   info["source"] = source_;
-  std::vector<RawTensor> tensors = {
-      {"counts", "F64", {f}, bytes_of(counts())},
-      {"histogram", "F64", {f, kHistogramBins}, bytes_of(histogram())},
-      {"histogram_edges", "F64", {kHistogramBins + 1}, bytes_of(edges)},
-      {"top_count", "I32", {f}, top_count.take()},
-      {"top_value", "F32", {f, k}, top_value.take()},
-      {"top_story", "I64", {f, k}, top_story.take()},
-      {"top_position", "I64", {f, k}, top_position.take()},
-      {"top_step", "I64", {f, k}, top_step.take()},
-      {"top_tokens", "I32", {f, k, w}, top_tokens.take()},
-      {"top_values", "F32", {f, k, w}, top_values.take()},
+  const std::vector<SafetensorsSpec> specs = {
+      {"counts", "F64", {f}},
+      {"histogram", "F64", {f, kHistogramBins}},
+      {"histogram_edges", "F64", {kHistogramBins + 1}},
+      {"top_count", "I32", {f}},
+      {"top_value", "F32", {f, k}},
+      {"top_story", "I64", {f, k}},
+      {"top_position", "I64", {f, k}},
+      {"top_step", "I64", {f, k}},
+      {"top_tokens", "I32", {f, k, w}},
+      {"top_values", "F32", {f, k, w}},
   };
-  write_safetensors_raw(path, std::move(tensors), {{kMetadataKey, info.dump()}});
+  write_safetensors_streamed(path, specs, {{kMetadataKey, info.dump()}}, tensor_bytes);
 }
 
 namespace {
