@@ -154,14 +154,18 @@ int main(int argc, char** argv) {
       if (choice.given()) {
         site = choice.site;
         from = choice.option;
-      } else if (!checkpoint.npz.empty()) {  // the file names no hook point: no default either
-        throw sae::UsageError(sae::no_hook_point_message(sae_dir, true));
       } else {
+        bool found = false;
         try {
-          sae::hook_site_from_cfg(checkpoint.cfg, site, from);
+          found = sae::hook_site_from_cfg(checkpoint.cfg, site, from);
         } catch (const sae::Error& e) {
           throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
         }
+        // No default for a file or folder from elsewhere that names no hook point (a Gemma Scope npz,
+        // a sparsify folder), nor for a transcoder (its input and output go together).
+        const bool npz = !checkpoint.npz.empty();
+        if (!found && (npz || checkpoint.cfg.has("sparsify") || params.transcoder))
+          throw sae::UsageError(sae::no_hook_point_message(sae_dir, npz, params.transcoder));
       }
       const sae::ModelFolder folder = sae::read_model_config(model_dir);
       try {

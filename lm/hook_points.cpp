@@ -88,7 +88,7 @@ std::optional<ModulePath> parse_module_path(const std::string& name) {
     const std::string tail = rest.substr(list.size());
     const size_t dot = tail.find('.');
     const int64_t layer = parse_index(tail.substr(0, dot));
-    if (layer < 0) return std::nullopt;
+    if (layer < 0 || (dot != std::string::npos && dot + 1 == tail.size())) return std::nullopt;
     return ModulePath{layer, dot == std::string::npos ? std::string() : tail.substr(dot + 1)};
   }
   return std::nullopt;

@@ -50,7 +50,11 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
   return false;
 }
 
-std::string no_hook_point_message(const std::string& dir, bool npz) {
+std::string no_hook_point_message(const std::string& dir, bool npz, bool transcoder) {
+  if (transcoder)  // --hook cannot say it (refuse_hook_choice): the input and the output go together
+    return cat(dir, ": a transcoder whose cfg.json names no hook points (metadata.hook_name, the input it reads, and "
+               "hook_name_out) cannot be read inside a model (sparsify's read their module's input, e.g. the MLP's "
+               "after its norm's weights, which is not one of our hook points): sae_apply applies it to activations");
   if (npz)
     return cat(dir, ": a Gemma Scope params.npz does not say where the SAE reads: give --hook (Gemma Scope's "
                "gemma-scope-2b-pt-res layer_L SAEs read blocks.L.hook_resid_post, -mlp- ones blocks.L.hook_mlp_out, -att- "
@@ -194,7 +198,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
   }
-  if (!found) throw UsageError(no_hook_point_message(dir, npz));
+  if (!found) throw UsageError(no_hook_point_message(dir, npz, s.params.transcoder));
   try {
     s.site = resolve_hook_site(model, named, choice.given() ? choice.option : s.layer_source);
   } catch (const UsageError& e) {

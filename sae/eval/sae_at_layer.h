@@ -76,8 +76,9 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source);
 void refuse_one_head(const Json& cfg);
 
 // The UsageError text for an SAE that names no hook point: give --hook or --layer (for a Gemma
-// Scope params.npz, `npz`, with Gemma Scope's hook naming).
-std::string no_hook_point_message(const std::string& dir, bool npz);
+// Scope params.npz, `npz`, with Gemma Scope's hook naming; a `transcoder`, which --hook cannot place,
+// is said to be for sae_apply only).
+std::string no_hook_point_message(const std::string& dir, bool npz, bool transcoder = false);
 
 // Loads DIR (sae/train/checkpoint.h load_checkpoint; a Gemma Scope params.npz too) onto `device` and fits it to the model. A
 // transcoder reads and replaces the hooks its cfg.json names (metadata.hook_name, before

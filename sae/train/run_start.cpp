@@ -328,7 +328,8 @@ RunStart start_run(TrainConfig config, bool owner) {
     if (!config.init.empty()) load_init(start, config);
   }
   config.validate();
-  if (config.resume.empty() && config.l1 == 0 && config.target_l0 == 0 && run_unit(config).needs_lambda())
+  if (config.resume.empty() && config.l1 == 0 && !config.was_given("l1") && config.target_l0 == 0 &&
+      run_unit(config).needs_lambda())
     start.warnings.push_back(cat("--architecture ", config.architecture, " with --l1 0 (the default) and no --target-l0 "
                                  "trains without its sparsity penalty (SAELens's coefficient defaults to 1): give "
                                  "--l1 or --target-l0"));

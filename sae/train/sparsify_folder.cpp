@@ -56,6 +56,9 @@ bool is_sparsify_folder(const std::string& dir) {
 
 Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
   const fs::path root(dir);
+  // The folder's own name, as written (h.1/, ./h.1/. and . name it too).
+  fs::path named = fs::weakly_canonical(fs::absolute(root));
+  if (named.filename().empty()) named = named.parent_path();
   const std::string cfg_path = (root / "cfg.json").string(), weights_path = (root / kSparsifyWeights).string();
   const Json given = read_json_file(cfg_path);
   Checkpoint out;
@@ -66,6 +69,7 @@ Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
     if (activation != "topk")
       throw DataError(cat("sparsify's activation \"", printable(activation), "\" is not supported (topk is)"));
     if (!given.has("k")) throw DataError("a sparsify cfg.json needs k");
+    if (given.at("k").as_int() < 1) throw DataError(cat("k must be >= 1, got ", given.at("k").as_int()));
     transcode = given.has("transcode") && given.at("transcode").as_bool();
     skip = given.has("skip_connection") && given.at("skip_connection").as_bool();
     if (skip && !transcode)
@@ -79,6 +83,15 @@ Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
     throw DataError(cat(cfg_path, ": ", e.what()));
   }
   const SafetensorsFile file = SafetensorsFile::open(weights_path);
+  // The tensors sparsify writes, by its names (the import would name SAELens's).
+  for (const char* name : {"encoder.weight", "encoder.bias", "W_dec", "b_dec"})
+    if (!file.has(name)) throw DataError(cat(weights_path, ": missing tensor ", name));
+  if (skip != file.has("W_skip"))
+    throw DataError(cat(weights_path, skip ? ": skip_connection without W_skip" : ": W_skip without skip_connection"));
+  for (const std::string& name : file.names())
+    if (name != "encoder.weight" && name != "encoder.bias" && name != "W_dec" && name != "b_dec" && name != "W_skip")
+      throw DataError(cat(weights_path, ": unexpected tensor ", printable(name),
+                          " (sparsify writes encoder.weight, encoder.bias, W_dec, b_dec and W_skip)"));
   const SparsifyTensors tensors(file);
   const ArchUnit& unit = arch_unit("topk");
   out.params = unit.import_saelens(tensors, out.cfg, weights_path);
@@ -92,7 +105,7 @@ Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
   out.cfg["apply_b_dec_to_input"] = false;  // folded into b_enc by the import
   // sparsify names each folder after its hookpoint: a block (layers.N, h.N) is read at its output.
   Json metadata = Json::object();
-  const std::optional<ModulePath> module = parse_module_path(root.filename().string());
+  const std::optional<ModulePath> module = parse_module_path(named.filename().string());
   if (!transcode && module && module->rest.empty())
     metadata["hook_name"] = cat("blocks.", module->layer, ".hook_resid_post");
   out.cfg["metadata"] = metadata;

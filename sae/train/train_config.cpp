@@ -2,6 +2,7 @@
 #include "sae/train/train_config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -132,6 +133,9 @@ void refuse_options_without_effect(const TrainConfig& c) {
             "--lr-cycles applies to --lr-schedule cosine-restarts");
     require(c.lr_decay_steps == 0 || c.lr_end_value() > 0,
             "--lr-decay-steps after a cosine that ends at --lr-end 0 would decay from 0 to 0 (SAELens refuses it too)");
+    require(c.lr_decay_steps == 0 || c.lr_end_value() <= c.lr,
+            cat("--lr-end ", c.lr_end, " is above --lr ", c.lr, ": the cosine would rise to it before the decay (SAELens ",
+                "refuses it too)"));
   }
   const ArchSettings arch = arch_settings(c);
   if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
@@ -198,11 +202,13 @@ int64_t parse_batch(const std::string& text) {
   return value;
 }
 
-LrSchedule parse_lr_schedule(const std::string& text) {
+LrSchedule parse_lr_schedule(const std::string& given) {
+  std::string text = given;  // as SAELens reads its names: in any case
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (text == "constant") return LrSchedule::Constant;
   if (text == "cosine" || text == "cosineannealing") return LrSchedule::Cosine;
   if (text == "cosine-restarts" || text == "cosineannealingwarmrestarts") return LrSchedule::CosineRestarts;
-  throw UsageError(cat("--lr-schedule: expected constant, cosine or cosine-restarts, got '", printable(text), "'"));
+  throw UsageError(cat("--lr-schedule: expected constant, cosine or cosine-restarts, got '", printable(given), "'"));
 }
 
 const char* lr_schedule_name(LrSchedule schedule) {

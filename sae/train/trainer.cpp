@@ -1088,8 +1088,10 @@ double measure_step_seconds(const TrainConfig& config) {
 }
 
 std::string saelens_note(const TrainConfig& config) {
-  if (dictionary_kind(config) == DictionaryKind::Crosscoder)
-    return "SAELens's layout; SAELens has no crosscoder class: docs/architectures.md";
+  const DictionaryKind kind = dictionary_kind(config);
+  if (kind == DictionaryKind::Crosscoder) return "SAELens's layout; SAELens has no crosscoder class: docs/architectures.md";
+  if (kind == DictionaryKind::Transcoder && run_unit(config).saelens_transcoder_architecture(config.skip).empty())
+    return cat("SAELens's layout; SAELens has no ", config.architecture, " transcoder class: docs/architectures.md");
   if (config.normalize == Normalization::Story)
     return "SAELens's layout; SAELens does not load per-story normalisation: --normalize dataset or none";
   return "SAELens format";

@@ -49,7 +49,8 @@ struct TrainResult {
 TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
 
 // How the final SAE folder of a run with this configuration stands to SAELens, for the summary line:
-// "SAELens format", or why SAELens does not load it (a crosscoder; per-story normalisation).
+// "SAELens format", or why SAELens does not load it (a crosscoder, a transcoder of a unit SAELens has
+// no transcoder class for; per-story normalisation).
 std::string saelens_note(const TrainConfig& config);
 
 // Several SAEs trained on one data stream (sae_train --l1-list / --k-list, the study drivers): each

@@ -456,6 +456,19 @@ TEST(Cli, RunsThatTrainOtherwiseThanAPeerUserMeantAreWarned) {
             std::string::npos)
       << window.err;
   EXPECT_NE(window.out.find("sae/ (SAELens format)"), std::string::npos) << window.out;
+  // --l1 0 given says the user means it.
+  auto meant = run_binary("sae_train", tiny + " --architecture jumprelu --l1 0 --out " + dir.str("meant"), dir);
+  ASSERT_EQ(meant.exit_code, 0) << meant.err;
+  EXPECT_EQ(meant.err.find("sparsity penalty"), std::string::npos) << meant.err;
+  // A transcoder of a unit SAELens has no transcoder class for is not called SAELens format.
+  TrainConfig transcoder;
+  transcoder.data = "x.npy";
+  transcoder.target_data = "y.npy";
+  transcoder.architecture = "topk";
+  transcoder.normalize = Normalization::None;
+  EXPECT_EQ(saelens_note(transcoder), "SAELens's layout; SAELens has no topk transcoder class: docs/architectures.md");
+  transcoder.architecture = "jumprelu";
+  EXPECT_EQ(saelens_note(transcoder), "SAELens format");
   auto quiet = run_binary("sae_train", tiny + " --architecture gated --l1 0.5 --normalize dataset --batch 16 "
                                            "--dead-window 16 --out " + dir.str("quiet"), dir);
   ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
@@ -493,4 +506,7 @@ TEST(Cli, CosineSchedulesFollowSaeLensAndRefuseWhatTheyCannotDo) {
                "needs at least 4 step(s) between the warm-up and the decay");
   expect_error(kTiny + " --lr-schedule cosine --lr-end 0 --lr-decay-steps 1", 2, "would decay from 0 to 0");
   expect_error(kTiny + " --lr-schedule cosine --lr-end -2", 2, "--lr-end must be a finite number >= 0");
+  expect_error(kTiny + " --lr-schedule cosine --lr-end 0.01 --lr-decay-steps 1", 2,
+               "--lr-end 0.01 is above --lr 0.001: the cosine would rise to it before the decay");
+  expect_error(kTiny + " --lr-schedule COSINE --lr-end -2", 2, "--lr-end must be");  // SAELens's names in any case
 }

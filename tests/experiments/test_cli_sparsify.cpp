@@ -11,6 +11,7 @@
 
 #include "io/json.h"
 #include "io/npy.h"
+#include "io/safetensors.h"
 #include "sae/train/checkpoint.h"
 #include "tests/util/compare.h"
 #include "tests/util/fixture.h"
@@ -71,6 +72,10 @@ TEST(SparsifyFolders, LoadAsTopKAtTheHookTheFolderNames) {
   EXPECT_FALSE(sae.state.has_value());
   EXPECT_EQ(sae.cfg.at("metadata").at("hook_name").as_string(), "blocks.1.hook_resid_post");
   EXPECT_EQ(sae.cfg.at("sparsify").at("num_latents").as_int(), 64);
+  // The folder's name however the path is written (a trailing separator, "." parts).
+  for (const std::string& spelled : {sp_ref("h.1/"), sp_ref("h.1/."), sp_ref("../sparsify/h.1//")})
+    EXPECT_EQ(load_checkpoint(spelled, Device::CPU).cfg.at("metadata").at("hook_name").as_string(),
+              "blocks.1.hook_resid_post") << spelled;
   const Checkpoint transcoder = load_checkpoint(sp_ref("transcoder"), Device::CPU);
   EXPECT_TRUE(transcoder.params.transcoder);
   EXPECT_TRUE(transcoder.params.W_skip.defined());
@@ -111,4 +116,53 @@ TEST(SparsifyFolders, WhatWeDoNotReadIsOneLine) {
   cfg["transcode"] = false;
   write_file(dir.str("skip_sae/cfg.json"), cfg.dump());
   refused(dir.str("skip_sae"), "skip_connection on an autoencoder");
+  // Named as sparsify names them: a missing encoder.bias, a tensor it does not write, k 0.
+  fs::copy(sp_ref("h.1"), dir.str("no_bias"));
+  {
+    const SafetensorsFile file = SafetensorsFile::open(sp_ref("h.1/sae.safetensors"));
+    write_safetensors(dir.str("no_bias/sae.safetensors"), {{"encoder.weight", file.read_f32("encoder.weight")},
+                                                           {"W_dec", file.read_f32("W_dec")},
+                                                           {"b_dec", file.read_f32("b_dec")}});
+    fs::copy(sp_ref("h.1"), dir.str("extra"));
+    write_safetensors(dir.str("extra/sae.safetensors"), {{"encoder.weight", file.read_f32("encoder.weight")},
+                                                         {"encoder.bias", file.read_f32("encoder.bias")},
+                                                         {"W_dec", file.read_f32("W_dec")},
+                                                         {"b_dec", file.read_f32("b_dec")},
+                                                         {"threshold", file.read_f32("encoder.bias")}});
+  }
+  refused(dir.str("no_bias"), "no_bias/sae.safetensors: missing tensor encoder.bias");
+  refused(dir.str("extra"), "unexpected tensor threshold (sparsify writes encoder.weight");
+  fs::copy(sp_ref("h.1"), dir.str("k0"));
+  cfg = read_json_file(dir.str("k0/cfg.json"));
+  cfg["k"] = 0;
+  write_file(dir.str("k0/cfg.json"), cfg.dump());
+  refused(dir.str("k0"), "k0/cfg.json: k must be >= 1, got 0");
+}
+
+TEST(SparsifyFolders, ProgramsThatRunAModelAskForWhatTheFolderDoesNotSay) {
+  // A transcoder reads its module's input, not one of our hook points, and --hook cannot place a
+  // transcoder: refused in one line (sae_features ran its encoder on hidden_states[2]). An
+  // autoencoder in a folder that names no block asks for --hook (no default hidden_states[2]).
+  TempDir dir("sparsify_no_hook");
+  fs::copy(sp_ref("h.1"), dir.str("layers.1.mlp"));
+  const std::string model = cat(" --model ", eval_ref("model"), " --text ", eval_ref("stories.txt"), " --device cpu");
+  struct Case {
+    std::string program, sae, needle;
+  };
+  const std::vector<Case> cases = {
+      {"sae_eval", sp_ref("transcoder"), "a transcoder whose cfg.json names no hook points"},
+      {"sae_features", sp_ref("transcoder"), "a transcoder whose cfg.json names no hook points"},
+      {"sae_features", dir.str("layers.1.mlp"), "does not say where the SAE reads"},
+      {"sae_eval", dir.str("layers.1.mlp"), "does not say where the SAE reads"},
+  };
+  for (const Case& c : cases) {
+    const CommandResult r = run_binary(c.program, cat("--sae ", c.sae, model, " --out ", dir.str("out")), dir);
+    EXPECT_EQ(r.exit_code, 2) << c.program << " " << c.sae << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+  }
+  const CommandResult given = run_binary(
+      "sae_features", cat("--sae ", dir.str("layers.1.mlp"), model, " --hook blocks.1.hook_mlp_out --out ",
+                          dir.str("features.json")), dir);
+  EXPECT_EQ(given.exit_code, 0) << given.err;
 }

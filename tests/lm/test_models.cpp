@@ -621,6 +621,8 @@ TEST(Models, HookRefusalsInOneLine) {
   EXPECT_NE(message.find("blocks.2.hook_resid_post"), std::string::npos) << message;
   message = error_of([&] { parse_hook_name("model.layers.3.mlp"); });
   EXPECT_NE(message.find("blocks.3.hook_mlp_out"), std::string::npos) << message;
+  message = error_of([&] { parse_hook_name("layers.2."); });
+  EXPECT_NE(message.find("is not a hook point we read"), std::string::npos) << message;
   message = error_of([&] { parse_hook_name("layers.x"); });
   EXPECT_NE(message.find("is not a hook point we read"), std::string::npos) << message;
   // Names round-trip, and hidden_states[K] is blocks.K.hook_resid_pre below the last block.
