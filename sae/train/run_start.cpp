@@ -7,6 +7,9 @@
 
 #include "io/atomic_file.h"
 #include "io/mapped_file.h"
+#include "lm/decoder_model.h"
+#include "lm/hook_points.h"
+#include "lm/model_loader.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/options.h"
 #include "tensor/ops.h"
@@ -149,6 +152,37 @@ void finish_interrupted_rewind(const std::string& run_dir) {
 
 namespace {
 
+// An SAE from text at another hook point than the one its folder says it was trained at
+// (metadata.hook_name, SAELens's) would start from features of other activations: with neither
+// --hook nor --layer given that is refused, naming the hook to give; given, it is said.
+// Transcoders and crosscoders name their hooks otherwise; a model folder that cannot be read is left
+// to the run's own error.
+void check_init_hook(RunStart& start, const TrainConfig& config, const Json& cfg) {
+  if (config.model.empty() || !config.hook_in.empty() || !config.hooks.empty()) return;
+  if (!cfg.has("metadata") || !cfg.at("metadata").is_object() || !cfg.at("metadata").has("hook_name") ||
+      !cfg.at("metadata").at("hook_name").is_string())
+    return;
+  const std::string init_hook = cfg.at("metadata").at("hook_name").as_string();
+  DecoderConfig model;
+  HookSite trained, run;
+  try {
+    model = read_model_config(config.model).config;
+    trained = resolve_hook_site(model, parse_hook_name(init_hook, "hook_name"), "hook_name");
+    run = resolve_hook_site(model, config.hook.empty() ? HookSite{config.layer, HookPoint::FinalOutput}
+                                                       : parse_hook_name(config.hook));
+  } catch (const Error&) {
+    return;  // a hook this model does not have, or no model: said by the run itself
+  }
+  const int64_t a = hidden_states_index(trained, model.num_layers), b = hidden_states_index(run, model.num_layers);
+  if (a >= 0 && b >= 0 ? a == b : trained == run) return;
+  const std::string where = config.hook.empty() ? cat("hidden_states[", config.layer, "]") : config.hook;
+  if (!config.was_given("hook") && !config.was_given("layer"))
+    throw UsageError(cat("--init ", config.init, " was trained at ", init_hook, " (its cfg.json's hook_name) and this run ",
+                         "would read ", where, " (the default --layer ", config.layer, "): give --hook ", init_hook,
+                         " (or --hook / --layer to train it at another hook point)"));
+  start.warnings.push_back(cat("--init ", config.init, " was trained at ", init_hook, ": this run trains it at ", where));
+}
+
 // --init: the checkpoint a fresh run starts from; its width and architecture become the run's.
 void load_init(RunStart& start, TrainConfig& config) {
   Checkpoint loaded = load_checkpoint(config.init, Device::CPU, /*with_state=*/false);
@@ -172,6 +206,7 @@ void load_init(RunStart& start, TrainConfig& config) {
         normalization_name(config.normalize), ": it starts from these weights on inputs scaled otherwise, not from "
         "the SAE's function (--normalize none starts from that)"));
   }
+  check_init_hook(start, config, loaded.cfg);
   // What it trains must be finite (a JumpReLU threshold of 0, which inference takes, is a
   // log_threshold of -inf).
   for (const auto& [name, t] : start.params->present()) {

@@ -308,3 +308,35 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("this run puts no BOS before its windows"), std::string::npos) << r.err;
 }
+
+TEST(CliModels, AnInitSaeIsTrainedAtItsOwnHookPointOrSaysSo) {
+  // An SAE trained at hidden_states[1] (blocks.1.hook_resid_pre, which is blocks.0.hook_resid_post)
+  // as the start of a run from text: the default --layer 2 would read other activations (it trained
+  // there silently); refused, naming the hook to give. The same activation by either name trains
+  // quietly; another hook given on purpose is said.
+  TempDir dir("cli_models_init_hook");
+  const std::string corpus = write_corpus(dir);
+  const std::string base = cat(" --model ", quote(model_dir("pythia")), " --text ", quote(corpus), " --text-field content",
+                               " --features 16 --steps 2 --batch 24 --normalize dataset --l1 0.1 --lr 1e-3 --device cpu",
+                               " --progress none --long-stories split --feature-stats-steps 0");
+  sae::testing::CommandResult r = run_binary("sae_train", base + " --layer 1 --out " + quote(dir.str("first")), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string init = " --init " + quote(dir.str("first/sae"));
+  r = run_binary("sae_train", base + init + " --out " + quote(dir.str("default")), dir);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("was trained at blocks.1.hook_resid_pre (its cfg.json's hook_name) and this run would read "
+                       "hidden_states[2] (the default --layer 2): give --hook blocks.1.hook_resid_pre"),
+            std::string::npos)
+      << r.err;
+  for (const char* same : {" --layer 1", " --hook blocks.0.hook_resid_post"}) {
+    r = run_binary("sae_train", base + init + same + " --overwrite --out " + quote(dir.str("same")), dir);
+    EXPECT_EQ(r.exit_code, 0) << same << ": " << r.err;
+    EXPECT_EQ(r.err.find("warning"), std::string::npos) << same << ": " << r.err;
+  }
+  r = run_binary("sae_train", base + init + " --layer 2 --out " + quote(dir.str("elsewhere")), dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("sae_train: warning: --init " + dir.str("first/sae") +
+                       " was trained at blocks.1.hook_resid_pre: this run trains it at hidden_states[2]"),
+            std::string::npos)
+      << r.err;
+}
