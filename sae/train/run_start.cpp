@@ -154,7 +154,7 @@ namespace {
 
 // An SAE from text at another hook point than the one its folder says it was trained at
 // (metadata.hook_name, SAELens's) would start from features of other activations: with neither
-// --hook nor --layer given that is refused, naming the hook to give; given, it is said.
+// --hook nor --layer given a fresh run is refused, naming the hook to give; otherwise it is said.
 // Transcoders and crosscoders name their hooks otherwise; a model folder that cannot be read is left
 // to the run's own error.
 void check_init_hook(RunStart& start, const TrainConfig& config, const Json& cfg) {
@@ -176,7 +176,8 @@ void check_init_hook(RunStart& start, const TrainConfig& config, const Json& cfg
   const int64_t a = hidden_states_index(trained, model.num_layers), b = hidden_states_index(run, model.num_layers);
   if (a >= 0 && b >= 0 ? a == b : trained == run) return;
   const std::string where = config.hook.empty() ? cat("hidden_states[", config.layer, "]") : config.hook;
-  if (!config.was_given("hook") && !config.was_given("layer"))
+  // (A resumed run was judged when it started: its options are not given again.)
+  if (config.resume.empty() && !config.was_given("hook") && !config.was_given("layer"))
     throw UsageError(cat("--init ", config.init, " was trained at ", init_hook, " (its cfg.json's hook_name) and this run ",
                          "would read ", where, " (the default --layer ", config.layer, "): give --hook ", init_hook,
                          " (or --hook / --layer to train it at another hook point)"));
