@@ -1,6 +1,7 @@
 // sae_train: trains one SAE, or several on one data stream (--l1-list, --k-list, --layer-list,
-// --transcoder-list: each batch read and run through the model once; OUT/l1_<value>/, OUT/k_<value>/,
-// OUT/layer_<L>/ per SAE or transcoder, each a complete run folder) (docs/contract.md §5), listed in
+// --transcoder-list, --hook-list: each batch read and run through the model once; OUT/l1_<value>/,
+// OUT/k_<value>/, OUT/layer_<L>/, OUT/hook_<name>/ per SAE or transcoder, each a complete run folder)
+// (docs/contract.md §5), listed in
 // OUT/sweep.json. Under mpirun, on several ranks (docs/distributed.md): --shards S latent shards times
 // P / S data-parallel replicas, or --distribute (each SAE of a list on one rank; from text the ranks
 // share the language model's work).
@@ -52,7 +53,11 @@ Parsed parse(int argc, char** argv, bool owner) {
       "transcoder-list", "from text: one transcoder per block L (comma-separated, increasing) of its MLP "
                          "(--transcoder L), all from one forward pass, into OUT/layer_<L>/",
       cxxopts::value<std::string>())(
-      "distribute", "under mpirun with --l1-list, --k-list, --layer-list or --transcoder-list: each SAE trained "
+      "hook-list", "from text: one SAE per hook point (comma-separated, SAELens's names as --hook), all from one "
+                   "forward pass, into OUT/hook_<name>/",
+      cxxopts::value<std::string>())(
+      "distribute", "under mpirun with --l1-list, --k-list, --layer-list, --transcoder-list or --hook-list: each SAE "
+                    "trained "
                     "whole on one rank (SAE i on rank i mod P) instead of every SAE on every rank's shards; from "
                     "text, the ranks share the language model's work (docs/distributed.md)");
   cxxopts::ParseResult parsed;
@@ -65,7 +70,7 @@ Parsed parse(int argc, char** argv, bool owner) {
     return parsed.count(option) ? std::optional<std::string>(parsed[option].as<std::string>()) : std::nullopt;
   };
   const sae::ListOptions lists{list_text("l1-list"), list_text("k-list"), list_text("layer-list"),
-                               list_text("transcoder-list")};
+                               list_text("transcoder-list"), list_text("hook-list")};
   sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{},
                                                  !lists.any());  // each SAE of a list is validated when it starts
   std::vector<sae::TrainConfig> configs = sae::list_configs(config, lists, owner, out.list_folder);
@@ -73,7 +78,7 @@ Parsed parse(int argc, char** argv, bool owner) {
   out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())
     throw sae::UsageError("--distribute spreads the SAEs of a list over the ranks: give --l1-list, --k-list, "
-                          "--layer-list or --transcoder-list");
+                          "--layer-list, --transcoder-list or --hook-list");
   if (out.distribute && config.shards > 1)
     throw sae::UsageError("--distribute trains each SAE whole on one rank: leave --shards out");
   if (configs.empty()) configs.push_back(config);

@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/json.h"
 #include "io/mapped_file.h"
+#include "lm/hook_points.h"
 #include "sae/arch/registry.h"
 #include "sae/cli/cli.h"
 #include "sae/report/table.h"
@@ -25,11 +26,11 @@ namespace fs = std::filesystem;
 constexpr const char* kSweepFile = "sweep.json";
 
 // The list options and what each value sets.
-const char* const kListOptions[] = {"l1", "k", "layer", "transcoder"};
+const char* const kListOptions[] = {"l1", "k", "layer", "transcoder", "hook"};
 
-// One config per value of --l1-list, --k-list, --layer-list (an SAE at hidden_states[L]) or
-// --transcoder-list (a transcoder of block L's MLP), each into OUT/<option>_<value>/ (layer_<L>/ for
-// the last two).
+// One config per value of --l1-list, --k-list, --layer-list (an SAE at hidden_states[L]),
+// --transcoder-list (a transcoder of block L's MLP) or --hook-list (an SAE at each hook point), each
+// into OUT/<option>_<value>/ (layer_<L>/ for the layer and transcoder lists, hook_<name>/).
 std::vector<TrainConfig> configs_of(const TrainConfig& base, const std::string& option,
                                     const std::vector<std::string>& values) {
   std::vector<TrainConfig> configs;
@@ -43,6 +44,10 @@ std::vector<TrainConfig> configs_of(const TrainConfig& base, const std::string& 
       const int64_t k = std::stoll(value);
       c.arch.set("k", Json(k));
       name = "k_" + std::to_string(k);
+    } else if (option == "hook") {
+      c.hook = value;
+      c.given.push_back("hook");
+      name = "hook_" + value;
     } else {
       const int64_t block = std::stoll(value);
       if (option == "layer") c.layer = block;
@@ -65,6 +70,17 @@ std::vector<std::string> block_list(const std::string& option, const std::string
     out.push_back(std::to_string(static_cast<int64_t>(v)));
   }
   return out;
+}
+
+// The hook points of --hook-list: each one we read (lm/hook_points.h), none twice.
+std::vector<std::string> hook_list(const std::string& text) {
+  const std::vector<std::string> names = split_option_list("hook-list", text);
+  for (size_t i = 0; i < names.size(); ++i) {
+    parse_hook_name(names[i], "--hook-list");
+    for (size_t j = 0; j < i; ++j)
+      if (names[j] == names[i]) throw UsageError(cat("--hook-list names ", names[i], " twice"));
+  }
+  return names;
 }
 
 // A file's identity (an atomic write makes a new one): inode and change time, or "" when absent.
@@ -96,9 +112,9 @@ ListFolder::~ListFolder() {
 std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions& lists, bool owner,
                                       std::unique_ptr<ListFolder>& held) {
   const bool l1s = lists.l1s.has_value(), ks = lists.ks.has_value(), layers = lists.layers.has_value(),
-             transcoders = lists.transcoders.has_value();
-  if (int(l1s) + int(ks) + int(layers) + int(transcoders) > 1)
-    throw UsageError("give one of --l1-list, --k-list, --layer-list and --transcoder-list");
+             transcoders = lists.transcoders.has_value(), hooks = lists.hooks.has_value();
+  if (int(l1s) + int(ks) + int(layers) + int(transcoders) + int(hooks) > 1)
+    throw UsageError("give one of --l1-list, --k-list, --layer-list, --transcoder-list and --hook-list");
   if (l1s && base.was_given("l1")) throw UsageError("give --l1 or --l1-list, not both");
   if (ks && base.was_given("k")) throw UsageError("give --k or --k-list, not both");
   if (ks) {  // (the check of each SAE's --k would name an option the command line does not give)
@@ -112,10 +128,13 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
                      "--hook and --transcoder");
   if (transcoders && base.was_given("transcoder"))
     throw UsageError("give --transcoder or --transcoder-list, not both");
-  if (!l1s && !ks && !layers && !transcoders) return {};
-  if ((layers || transcoders) && base.data != "text")  // each SAE the same, labelled by a layer it did not read
-    throw UsageError(cat("--", layers ? "layer" : "transcoder", "-list reads the model's blocks: it trains "
-                         "from text (--model, --text), not --data ", base.data));
+  if (hooks && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
+    throw UsageError("--hook-list trains an SAE at each hook point it names: give it without --layer, --hook and "
+                     "--transcoder");
+  if (!l1s && !ks && !layers && !transcoders && !hooks) return {};
+  if ((layers || transcoders || hooks) && base.data != "text")  // each SAE the same, labelled by a hook it did not read
+    throw UsageError(cat("--", layers ? "layer" : transcoders ? "transcoder" : "hook", "-list reads the model's ",
+                         "blocks: it trains from text (--model, --text), not --data ", base.data));
   std::vector<std::string> values;
   if (l1s)
     for (double l1 : parse_increasing_number_list("l1-list", *lists.l1s))
@@ -125,7 +144,8 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
       values.push_back(std::to_string(k));
   if (layers) values = block_list("layer-list", *lists.layers);
   if (transcoders) values = block_list("transcoder-list", *lists.transcoders);
-  const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : "transcoder";
+  if (hooks) values = hook_list(*lists.hooks);
+  const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : transcoders ? "transcoder" : "hook";
   if (!base.resume.empty())
     throw UsageError(cat("--", option, "-list and --resume: --resume OUT continues the SAEs its list started "
                          "(OUT/sweep.json); give it alone"));
@@ -184,7 +204,7 @@ std::vector<TrainConfig> resumed_list_configs(const TrainConfig& cli, bool owner
   try {
     const std::string option = sweep.at("option").as_string();
     if (std::find(std::begin(kListOptions), std::end(kListOptions), option) == std::end(kListOptions))
-      throw DataError("option must be \"l1\", \"k\", \"layer\" or \"transcoder\"");
+      throw DataError("option must be \"l1\", \"k\", \"layer\", \"transcoder\" or \"hook\"");
     for (const Json& v : sweep.at("values").elements()) values.push_back(v.as_string());
     base = resumed_config(sweep.at("config"), cli);
     base.out = cli.resume;

@@ -23,8 +23,8 @@ namespace sae {
 
 // The command line's list options, as given.
 struct ListOptions {
-  std::optional<std::string> l1s, ks, layers, transcoders;
-  bool any() const { return l1s || ks || layers || transcoders; }
+  std::optional<std::string> l1s, ks, layers, transcoders, hooks;
+  bool any() const { return l1s || ks || layers || transcoders || hooks; }
 };
 
 // A list's OUT, held while this object lives: its lock, and what the list wrote there, undone when

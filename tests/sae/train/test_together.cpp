@@ -185,6 +185,42 @@ TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
   }
 }
 
+TEST(TrainTogether, HookListTrainsAnSaeAtEachHookFromOnePass) {
+  // --hook-list: one SAE per hook point (residual, MLP output, attention output), each what
+  // --hook alone writes, byte for byte; the list resumes as one; refusals in one line.
+  TempDir dir("together_hook_list");
+  const std::string text = " --model " + text_ref("model") + " --text " + text_ref("stories.txt") +
+                           " --features 16 --steps 4 --batch 40 --normalize dataset --l1 0.5 --progress none"
+                           " --device cpu --checkpoint-every 2";
+  const std::vector<std::string> hooks = {"blocks.1.hook_mlp_out", "blocks.2.hook_resid_pre", "blocks.0.hook_attn_out"};
+  auto r = run_binary("sae_train", text + " --hook-list " + hooks[0] + "," + hooks[1] + "," + hooks[2] + " --out " +
+                                       dir.str("hl"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(dir.str("hl/sweep.json")).at("option").as_string(), "hook");
+  for (const std::string& hook : hooks)
+    EXPECT_EQ(read_json_file(dir.str("hl/hook_" + hook + "/sae/cfg.json")).at("metadata").at("hook_name").as_string(),
+              hook);
+  r = run_binary("sae_train", text + " --hook " + hooks[0] + " --out " + dir.str("alone"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_file(dir.str("alone/sae/sae_weights.safetensors")),
+            read_file(dir.str("hl/hook_" + hooks[0] + "/sae/sae_weights.safetensors")));
+  r = run_binary("sae_train", "--resume " + dir.str("hl") + " --steps 6", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json_file(dir.str("hl/hook_" + hooks[2] + "/sae/cfg.json")).at("metadata").at("hook_name").as_string(),
+            hooks[2]);
+  for (const auto& [bad, said] : {std::pair<std::string, std::string>{" --hook-list blocks.1.hook_mlp_out --hook "
+                                                                      "blocks.1.hook_mlp_out",
+                                                                      "give it without --layer, --hook and --transcoder"},
+                                  {" --hook-list blocks.1.hook_mlp_out,blocks.1.hook_mlp_out", "names blocks.1.hook_mlp_out twice"},
+                                  {" --hook-list blocks.1.hook_q", "--hook-list 'blocks.1.hook_q'"},
+                                  {" --hook-list layers.1", "its output is blocks.1.hook_resid_post"},
+                                  {" --hook-list a, --layer-list 1", "give one of"}}) {
+    r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_NE(r.err.find(said), std::string::npos) << bad << ": " << r.err;
+  }
+}
+
 TEST(TrainTogether, AResumeRefusesAModelReplacedUnderItsPath) {
   // The model's weight files are fingerprinted as the text is: a run resumed on a model replaced under
   // the same folder went on with other activations, exit 0.
