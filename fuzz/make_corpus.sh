@@ -18,7 +18,7 @@ trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1
 
 targets="json safetensors npy npz activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode
-         model_config text_corpus"
+         model_config text_corpus sparsify"
 for t in $targets; do rm -rf "${corpus:?}/$t"; mkdir -p "$corpus/$t"; done
 marker() { printf '\n=====sae-fuzz-part=====\n'; }
 # The JSON header of a safetensors file (8-byte little-endian length, then the text).
@@ -73,6 +73,11 @@ checkpoint_seed "$work/story/sae" story_final
 checkpoint_seed "$work/tokens/sae" tokens_final
 checkpoint_seed "$work/file/sae" file_final
 checkpoint_seed "$ref/sae_loop_init" sae_loop_init_no_state
+
+# ---- sparsify: cfg.json and sae.safetensors of sparsify's own folders (scripts/gen_sparsify_fixture.py) ----
+for f in h.1 transcoder groupmax; do
+  { cat "$ref/sparsify/$f/cfg.json"; marker; cat "$ref/sparsify/$f/sae.safetensors"; } > "$corpus/sparsify/$f"
+done
 
 # ---- train_config: config.json of the three runs ----
 for r in story tokens file; do cp "$work/$r/config.json" "$corpus/train_config/config_$r.json"; done

@@ -40,6 +40,7 @@ dicts_of() {
     npz) echo npz npy ;;
     activations) echo safetensors npy json ;;
     checkpoint) echo checkpoint safetensors json ;;
+    sparsify) echo safetensors json ;;
     train_config) echo train_config json ;;
     tokenizer_files | tokenizer_json) echo tokenizer json ;;
     tokenizer_encode) echo tokenizer ;;
