@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
                              "first result; defaults = its exact configuration)");
     std::vector<std::string> leaves_out = sae::kStudyLeavesOut;
     leaves_out.push_back("features");
+    leaves_out.push_back("expansion-factor");  // (it would set every run's F)
     sae::add_training_options(options, {{"out", "runs/recon_vs_f"}}, leaves_out);
     options.add_options("Study")
         ("features-list", "the F values, comma-separated", cxxopts::value<std::string>()->default_value("100,767,768,1000"))

@@ -19,6 +19,7 @@
 #include "io/utf8.h"
 #include "sae/data/concat_source.h"
 #include "sae/data/synthetic.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -73,6 +74,7 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
   // join options (--shards dividing --features, --target-l0 within --features) would otherwise
   // judge the defaults of what the command line leaves out. An --init run likewise, once it has
   // taken the folder's width and k (--architecture topk --init DIR without --k was refused).
+  resolve_expansion_factor(c);  // (a --resume keeps its width)
   if (validate && c.resume.empty() && c.init.empty()) c.validate();
   return c;
 }

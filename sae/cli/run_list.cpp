@@ -15,6 +15,7 @@
 #include "sae/cli/cli.h"
 #include "sae/report/table.h"
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/options.h"
 #include "sae/train/run_start.h"
 
@@ -55,6 +56,7 @@ std::vector<TrainConfig> configs_of(const TrainConfig& base, const std::string& 
       c.given.push_back(option);
       name = "layer_" + std::to_string(block);
     }
+    if (option == "hook" || option == "layer" || option == "transcoder") resolve_expansion_factor(c);  // its own d
     c.out = (fs::path(base.out) / name).string();
     configs.push_back(c);
   }

@@ -3,8 +3,11 @@
 
 #include <algorithm>
 
+#include "lm/decoder_model.h"
+#include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/data/activations.h"
+#include "sae/data/synthetic.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/train_config.h"
 
@@ -140,6 +143,28 @@ DictionaryReads dictionary_reads(const TrainConfig& c) {
           cat("--normalize story is the study's per-story normalisation of an SAE's input; a ",
               dictionary_kind_name(r.kind), " takes --normalize dataset (each activation scaled on its own) or none"));
   return r;
+}
+
+int64_t dictionary_read_width(const TrainConfig& c) {
+  if (c.data == "synthetic") return c.synthetic.d;
+  const DictionaryReads reads = dictionary_reads(c);
+  if (!reads.text) return open_activations(reads.in.front(), c.synthetic)->d();
+  const TextReadName read = parse_text_read(reads.in.front());
+  const ModelFolder folder = read_model_config(read.model == 0 ? c.model : c.model_b);
+  return folder.config.hook_width(resolve_hook_site(folder.config, read.site));
+}
+
+void resolve_expansion_factor(TrainConfig& c) {
+  if (c.expansion_factor == 0 || !c.resume.empty()) return;
+  require(c.expansion_factor > 0, cat("--expansion-factor must be >= 1 (0: --features), got ", c.expansion_factor));
+  const bool features_given =
+      c.was_given("features") && std::find(c.from_profile.begin(), c.from_profile.end(), "features") == c.from_profile.end();
+  require(!features_given, "give --features or --expansion-factor, not both");
+  require(c.init.empty(), "--expansion-factor with --init: the SAE it starts from sets the width");
+  const int64_t d = dictionary_read_width(c);
+  require(c.expansion_factor <= 10000000 / std::max<int64_t>(d, 1),
+          cat("--expansion-factor ", c.expansion_factor, " x d ", d, " is more than 1e7 features"));
+  c.features = c.expansion_factor * d;
 }
 
 }  // namespace sae

@@ -41,4 +41,14 @@ struct TextReadName {
 TextReadName parse_text_read(const std::string& read);
 std::string text_read_name(int model, const std::string& hook);
 
+// The width d of the activation the run reads (one source's for a crosscoder, the input's for a
+// transcoder): the generator's, a file's or cache's header, or the model's config.json at the hook.
+// DataError for data or a model folder that cannot be read.
+int64_t dictionary_read_width(const TrainConfig& c);
+
+// --expansion-factor E (SAELens's and sparsify's): sets --features to E d for a fresh run (not a
+// --resume, which keeps its recorded width). UsageError beside --features given on the command line,
+// or --init (whose SAE sets the width).
+void resolve_expansion_factor(TrainConfig& c);
+
 }  // namespace sae

@@ -279,6 +279,9 @@ std::vector<TrainOption> make_table() {
       row("skip", dictionaries, "a skip transcoder: adds a linear skip path x W_skip, W_skip starting at zero",
           defines, "skip", FIELD(skip), flag(), "false"),
       row("features", training, "number of SAE features F (d_sae)", defines, "features", FIELD(features), integer()),
+      row("expansion-factor", training, "F as a multiple of the width d of the activation read (one source's for a "
+          "crosscoder), instead of --features: SAELens's and sparsify's expansion_factor (0: --features)", defines,
+          "expansion_factor", FIELD(expansion_factor), integer(), "0"),
       row("l1", training, "lambda, the sparsity coefficient (of " + units_that(&ArchUnit::has_lambda) + ")", defines,
           "l1", FIELD(l1), number()),
       row("lr", training, "Adam learning rate", defines, "lr", FIELD(lr), number()),

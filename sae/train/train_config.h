@@ -72,6 +72,7 @@ struct TrainConfig {
   DeviceDataMode device_data = DeviceDataMode::Auto;  // batches to / made on the device, metrics there
   int64_t checkpoint_every = 5000;
   int64_t log_every = 10;
+  int64_t expansion_factor = 0;      // --expansion-factor: features = this x d (0: --features; resolve_expansion_factor)
   int64_t lr_warmup_steps = 0;       // linear warm-up from 0
   int64_t lr_decay_steps = 0;        // linear decay over the last N steps (the last step at lr / N)
   LrSchedule lr_schedule = LrSchedule::Constant;  // between the warm-up and the decay

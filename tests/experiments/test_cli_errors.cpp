@@ -510,3 +510,26 @@ TEST(Cli, CosineSchedulesFollowSaeLensAndRefuseWhatTheyCannotDo) {
                "--lr-end 0.01 is above --lr 0.001: the cosine would rise to it before the decay");
   expect_error(kTiny + " --lr-schedule COSINE --lr-end -2", 2, "--lr-end must be");  // SAELens's names in any case
 }
+
+TEST(Cli, ExpansionFactorSetsTheFeaturesFromTheWidthRead) {
+  // --expansion-factor E: F = E d, d the generator's (8) or a file's width (3), recorded as features.
+  TempDir dir("cli_expansion");
+  const std::string synthetic = kTiny.substr(0, kTiny.find(" --features")) + " --lr 1e-3 --steps 2 --progress none";
+  auto r = run_binary("sae_train", synthetic + " --expansion-factor 4 --out " + dir.str("run"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json cfg = Json::parse(sae::testing::read_file(dir.str("run/config.json")));
+  EXPECT_EQ(cfg.at("features").as_int(), 32);
+  EXPECT_EQ(cfg.at("expansion_factor").as_int(), 4);
+  r = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 3", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  write_floats(dir.str("x.safetensors"), 40, 3);
+  r = run_binary("sae_train", "--data " + dir.str("x.safetensors") + " --expansion-factor 5 --steps 2 --progress none "
+                              "--normalize dataset --batch 8 --out " + dir.str("file"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("file/config.json"))).at("features").as_int(), 15);
+  expect_error(kTiny + " --expansion-factor 4", 2, "give --features or --expansion-factor, not both");
+  expect_error(synthetic + " --expansion-factor -1", 2, "--expansion-factor must be >= 1");
+  expect_error(synthetic + " --expansion-factor 2000000", 2, "is more than 1e7 features");
+  expect_error(synthetic + " --expansion-factor 2 --init " + dir.str("run/sae"), 2,
+               "--expansion-factor with --init: the SAE it starts from sets the width");
+}
