@@ -15,6 +15,7 @@
 #include "sae/cli/cli.h"
 #include "sae/study/study.h"
 #include "sae/study/summary.h"
+#include "sae/train/dictionary_reads.h"
 
 namespace fs = std::filesystem;
 
@@ -103,11 +104,11 @@ std::vector<std::string> concept_cells(const sae::RunOutcome& r) {
 // original's number for the lambda that stands for this one (`original_proportion`, NaN if none).
 std::vector<std::string> summary_row(const std::string& label, double lambda, int64_t d, int64_t features,
                                      const sae::Metrics& m, size_t row, const sae::RunOutcome& outcome,
-                                     double original_proportion, const std::string& original_note) {
+                                     double original_proportion, const std::string& original_note, bool comparable) {
   const double proportion = m.tail_mean("nonzero_proportion", row);
   const bool known = !std::isnan(original_proportion);
   std::vector<std::string> cells = {
-      label, sae::format_number(original_lambda(lambda, d), 4), sae::format_number(m.rows[row][0], 10),
+      label, comparable ? sae::format_number(original_lambda(lambda, d), 4) : "", sae::format_number(m.rows[row][0], 10),
       sae::format_number(m.column("nonzero_proportion")[row]), sae::format_number(proportion),
       sae::format_number(proportion * double(features), 4), sae::format_number(m.tail_mean("rec_loss_per_element", row)),
       sae::format_number(m.tail_mean("l1_per_element", row)),
@@ -122,6 +123,11 @@ std::vector<std::string> summary_row(const std::string& label, double lambda, in
 void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::RunOutcome>& outcomes,
                const std::vector<double>& lambdas, int continued, int64_t summary_step, const std::string& out) {
   const int64_t d = outcomes.front().d, features = runs.front().config.features;
+  // The original's lambda means the same only for its SAE (standard, an L1 penalty) on inputs it
+  // normalised per story (each token at norm d); otherwise its numbers are left out.
+  const sae::TrainConfig& c0 = runs.front().config;
+  const bool comparable = c0.normalize == sae::Normalization::Story && c0.architecture == "standard" &&
+                          sae::dictionary_kind(c0) == sae::DictionaryKind::Sae;
   sae::Table table{{"lambda", "as lambda at d = 768", "step", "nonzero proportion at step",
                     "nonzero proportion (mean)", "active features / token (mean)", "rec loss / element (mean)",
                     "l1 / element (mean)", "original proportion", "original active / token", "MMCS",
@@ -134,9 +140,9 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
   for (size_t i = 0; i < lambdas.size(); ++i) {
     const sae::Metrics m = sae::read_metrics((fs::path(outcomes[i].dir) / "metrics.csv").string());
     const size_t row = m.row_at_or_below(std::min(summary_step, runs[i].config.steps));
-    const OriginalPoint* original = original_point(lambdas[i], d);
+    const OriginalPoint* original = comparable ? original_point(lambdas[i], d) : nullptr;
     table.rows.push_back(summary_row(sae::format_number(lambdas[i], 6), lambdas[i], d, features, m, row, outcomes[i],
-                                     original ? original->proportion : NAN, ""));
+                                     original ? original->proportion : NAN, "", comparable));
     steps_used.push_back(int64_t(m.rows[row][0]));
     // Curves up to the sweep's own length (the continued run is drawn in its own figure).
     const size_t last = m.row_at_or_below(runs[i].config.steps);
@@ -160,10 +166,10 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     const sae::Metrics m = sae::read_metrics((fs::path(r.dir) / "metrics.csv").string());
     const size_t row = m.row_at_or_below(continue_steps);
     const double proportion = m.tail_mean("nonzero_proportion", row);
-    const OriginalPoint* original = original_point(lambdas[continued], d);
+    const OriginalPoint* original = comparable ? original_point(lambdas[continued], d) : nullptr;
     const bool is_fifty = original && original->lambda == 50;
     table.rows.push_back(summary_row(sae::format_number(lambdas[continued], 6) + " (continued)", lambdas[continued], d,
-                                     features, m, row, r, is_fifty ? kOriginalContinued : NAN, " (step 105000)"));
+                                     features, m, row, r, is_fifty ? kOriginalContinued : NAN, " (step 105000)", comparable));
     continuation = sae::cat("lambda = ", sae::format_number(lambdas[continued], 6), " continued to step ",
                             int64_t(m.rows[row][0]), ": ", sae::format_number(proportion * double(features), 4),
                             " active features per token (nonzero proportion ", sae::format_number(proportion), ")",
@@ -186,8 +192,15 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
       same_step ? std::to_string(steps_used[0]) : std::string("(see the step column)"),
       " (the last logged step at or below --summary-step ", summary_step, "). \"mean\" = mean over the last 10% of "
       "logged steps up to that step; active features / token = mean proportion * F; losses per element; l1 before "
-      "multiplying by lambda. \"as lambda at d = 768\" = lambda * 768 / d (per-story normalisation scales tokens to "
-      "norm d); the original's numbers (step 35000, F = 10000) stand beside the lambda that matches theirs. "
+      "multiplying by lambda (of a JumpReLU SAE: L0 per element, what its lambda multiplies). ",
+      comparable ? "\"as lambda at d = 768\" = lambda * 768 / d (per-story normalisation scales tokens to norm d); the "
+                   "original's numbers (step 35000, F = 10000) stand beside the lambda that matches theirs. "
+                 : "The original's numbers are left out: its lambda means the same only for the standard SAE under "
+                   "per-story normalisation. ",
+      continued >= 0 && (c0.lr_decay_steps > 0 || c0.lr_schedule != sae::LrSchedule::Constant)
+          ? "The continuation follows the learning-rate schedule over its own length: its lr rises again where the "
+            "sweep's run ended. "
+          : "",
       "Concept recovery (synthetic data): of each run's final model; recovered = concepts with a decoder row at "
       "cosine >= 0.9, purity = alive features whose best concept has cosine >= 0.9.\n",
       continuation);
@@ -195,7 +208,7 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
   auto figure = [&](const std::string& title, const std::string& ylabel, const std::vector<sae::Series>& series) {
     sae::Figure f;
     f.title = sae::cat(title, " (d = ", d, ", F = ", features,
-                       d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
+                       comparable && d != kOriginalD ? "; original's lambda = " + sae::format_number(kOriginalD / double(d), 4) +
                                              " x ours)"
                                        : std::string(")"));
     f.xlabel = "step";
@@ -258,7 +271,7 @@ int main(int argc, char** argv) {
     if (continue_steps == 0) continue_steps = 3 * std::stoll(sae::option_value(parsed, profile, "steps"));
     const int continued = plan_runs(parsed, profile, lambdas, continue_steps, out, runs);
     const auto begin = std::chrono::steady_clock::now();
-    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out, sae::print_line);
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study("l1_sweep", runs, out, sae::print_line);
     summarise(runs, outcomes, lambdas, continued, summary_step, out);
     std::fputs(sae::study_time(begin).c_str(), stdout);
     return 0;

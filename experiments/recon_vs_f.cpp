@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
       runs.push_back({"F_" + std::to_string(f), sae::training_config(parsed, run_profile), ""});
     }
     const auto begin = std::chrono::steady_clock::now();
-    const std::vector<sae::RunOutcome> outcomes = sae::run_study(runs, out, sae::print_line);
+    const std::vector<sae::RunOutcome> outcomes = sae::run_study("recon_vs_f", runs, out, sae::print_line);
 
     summarise(runs, outcomes, out);
     std::fputs(sae::study_time(begin).c_str(), stdout);

@@ -96,8 +96,10 @@ Profile study_profile(const cxxopts::Options& options, const cxxopts::ParseResul
   const std::string name = parsed["profile"].as<std::string>();
   if (name == "full") return {};
   if (name != "quick") throw UsageError("--profile: expected full or quick, got '" + name + "'");
-  if (option_value(parsed, quick, "data") != "synthetic")
-    throw UsageError("--profile quick is sized for the synthetic data; use --profile full with --data FILE");
+  // (--model / --text train from text, whatever --data says: the profile's widths would not be the model's.)
+  if (option_value(parsed, quick, "data") != "synthetic" || parsed.count("model") || parsed.count("text"))
+    throw UsageError("--profile quick is sized for the synthetic data; use --profile full with --data FILE or "
+                     "--model / --text");
   std::printf("profile quick changes (the command line overrides these):\n");
   for (const auto& [option, value] : quick)
     std::printf("  --%s %s (full: %s)%s\n", option.c_str(), value.c_str(), option_default(options, option).c_str(),

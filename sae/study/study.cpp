@@ -17,6 +17,8 @@
 #include "sae/train/trainer.h"
 #include "io/atomic_file.h"
 #include "io/file_lock.h"
+#include "io/json.h"
+#include "io/mapped_file.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -213,6 +215,36 @@ int64_t finished_step(const std::string& run_dir) {
 
 namespace {
 
+// OUT/study.json names the study a folder belongs to: another study's folder (its summary would be
+// replaced), or a run's of sae_train (config.json, sweep.json: the study's runs would nest in it), is
+// refused; a folder of a study from before study.json is known by its summary.md's heading.
+void claim_study_folder(const std::string& study, const std::string& out_root) {
+  const fs::path root(out_root);
+  for (const char* file : {"config.json", "sweep.json"})
+    if (fs::exists(root / file))
+      throw UsageError(cat("--out ", out_root, " holds sae_train's output (", file, "): give the study its own folder"));
+  const fs::path record = root / "study.json";
+  std::string owner;
+  if (fs::exists(record)) {
+    const Json j = read_json_file(record.string());
+    if (!j.is_object() || !j.has("study") || !j.at("study").is_string())
+      throw DataError(cat(record.string(), ": expected {\"study\": NAME}"));
+    owner = j.at("study").as_string();
+  } else if (fs::exists(root / "summary.md")) {
+    const std::string head = read_file_head((root / "summary.md").string(), 200);
+    const size_t colon = head.find(':');
+    if (head.rfind("# ", 0) == 0 && colon != std::string::npos) owner = head.substr(2, colon - 2);
+  }
+  if (!owner.empty() && owner != study)
+    throw UsageError(cat("--out ", out_root, " holds a ", printable(owner), " study: give this ", study,
+                         " study its own folder"));
+  if (!fs::exists(record)) {
+    Json j = Json::object();
+    j["study"] = study;
+    write_file_atomic(record.string(), j.dump() + "\n");
+  }
+}
+
 // Steps a run has done already: its newest checkpoint's, or, for a continuation not started yet,
 // the step it starts from: that of the run it continues (`runs` in `out_root`), finished or not.
 int64_t steps_done(const StudyRun& run, const std::vector<StudyRun>& runs, const std::string& out_root) {
@@ -257,12 +289,24 @@ void say_plan(const std::vector<StudyRun>& runs, const std::string& out_root,
 
 }  // namespace
 
-std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root,
-                                  const std::function<void(const std::string&)>& say) {
+std::vector<RunOutcome> run_study(const std::string& study, const std::vector<StudyRun>& runs,
+                                  const std::string& out_root, const std::function<void(const std::string&)>& say) {
   // One study at a time in a folder: two would prepare the same runs (a continuation's copy, a
   // killed run's removal) under each other.
+  if (fs::exists(out_root) && !fs::is_directory(out_root))
+    throw UsageError(cat("--out ", out_root, " is a file, not a folder"));
   fs::create_directories(out_root);
   const FileLock study_lock((fs::path(out_root) / ".study.lock").string());
+  claim_study_folder(study, out_root);
+  // A run trained beyond this study's steps holds another run's numbers (its model, its schedule):
+  // refused rather than summarised at a step it passed.
+  for (const StudyRun& run : runs) {
+    const std::string dir = (fs::path(out_root) / run.name).string();
+    const int64_t finished = finished_step(dir);
+    if (finished > run.config.steps)
+      throw UsageError(cat(dir, " was trained to step ", finished, ", beyond this study's ", run.config.steps,
+                           " steps: give --steps (or --continue-steps) of at least that, or another --out"));
+  }
   say_plan(runs, out_root, say);
   const size_t total = runs.size();
   std::vector<std::optional<RunOutcome>> outcomes(total);

@@ -5,6 +5,7 @@
 //                      concept recovery on synthetic data) so a later invocation can report it
 //   OUT/summary.csv, OUT/summary.md, OUT/<figure>.png with <figure>.gp and <figure>.dat beside it
 //   OUT/.study.lock    held while a study runs there (a second one is refused)
+//   OUT/study.json     {"study": NAME}: the folder is that study's
 // A study can be interrupted and started again: finished runs (sae/ holds training state at step
 // >= steps) are skipped, runs with a checkpoint are resumed, the rest are trained from scratch. A
 // run folder that holds a different configuration is an error, never silently reused. Runs that start
@@ -54,9 +55,11 @@ struct RunOutcome {
 int64_t finished_step(const std::string& run_dir);
 
 // Runs each entry into out_root/<name>, saying its plan and one line per run through `say` (each a
-// line without its newline; the drivers print them); outcomes in the order of `runs`.
-std::vector<RunOutcome> run_study(const std::vector<StudyRun>& runs, const std::string& out_root,
-                                  const std::function<void(const std::string&)>& say);
+// line without its newline; the drivers print them); outcomes in the order of `runs`. `study` (the
+// program's name) claims the folder (OUT/study.json): a folder of another study, or of sae_train, is
+// refused (UsageError), as are runs trained beyond their steps here.
+std::vector<RunOutcome> run_study(const std::string& study, const std::vector<StudyRun>& runs,
+                                  const std::string& out_root, const std::function<void(const std::string&)>& say);
 
 // ---- metrics.csv ----
 

@@ -7,18 +7,32 @@
 
 #include "io/atomic_file.h"
 #include "sae/report/run_log.h"
+#include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 
 namespace fs = std::filesystem;
 
 namespace sae {
 
 std::string data_description(const TrainConfig& config, int64_t d) {
-  return config.data == "synthetic" ? cat("synthetic, d = ", d) : config.data;
+  if (config.data == "synthetic") return cat("synthetic, d = ", d);
+  const DictionaryReads reads = dictionary_reads(config);
+  std::string in, out;
+  for (const std::string& r : reads.in) in += (in.empty() ? "" : ", ") + r;
+  for (const std::string& r : reads.out) out += (out.empty() ? "" : ", ") + r;
+  const std::string read = reads.kind == DictionaryKind::Transcoder ? cat(in, " -> ", out) : in;
+  if (reads.text) return cat("text ", config.text, " through ", config.model, " at ", read, ", d = ", d);
+  return cat(read, ", d = ", d);
 }
 
 std::string training_description(const TrainConfig& config) {
-  return cat("lr = ", config.lr, ", batch = ", config.batch_name(), ", normalisation = ",
-             normalization_name(config.normalize), ", ", config.steps, " steps");
+  const ArchSettings settings = arch_settings(config);
+  return cat(dictionary_kind_name(dictionary_kind(config)), " of architecture ", config.architecture,
+             settings.has("k") && settings.integer("k") > 0 ? cat(" (k = ", settings.integer("k"), ")") : std::string(),
+             ", lr = ", config.lr,
+             config.lr_schedule == LrSchedule::Constant ? "" : cat(" (", lr_schedule_name(config.lr_schedule), ")"),
+             ", batch = ", config.batch_name(), ", normalisation = ", normalization_name(config.normalize), ", ",
+             config.steps, " steps");
 }
 
 Figure zoom_figure(const std::string& title, const std::string& ylabel, const std::vector<Series>& curves,

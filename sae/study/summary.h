@@ -12,9 +12,9 @@
 
 namespace sae {
 
-// "synthetic, d = 64" or the data file's path.
+// "synthetic, d = 64", the data files' paths (a transcoder's "X -> Y"), or the text, model and hooks.
 std::string data_description(const TrainConfig& config, int64_t d);
-// "lr = 0.0003, batch = story, normalisation = story, 12000 steps"
+// "sae of architecture topk (k = 4), lr = 0.0003 (cosine), batch = story, normalisation = story, 12000 steps"
 std::string training_description(const TrainConfig& config);
 
 // The last half of training on a linear axis, from 0 up to twice the second-highest plateau, so

@@ -1065,7 +1065,10 @@ double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
   const ScopedMatmulPrecision precision(config.precision);
-  TrainingData data = open_training_data(config, device, 1.0);
+  // Scales of 1 for each of the run's reads (a transcoder's input and target, a crosscoder's sources).
+  const DictionaryReads reads = dictionary_reads(config);
+  const size_t blocks = reads.in.size() + (reads.kind == DictionaryKind::Transcoder ? reads.out.size() : 0);
+  TrainingData data = open_training_data(config, device, DatasetScales(std::vector<double>(blocks, 1.0)));
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
   Rng rng(config.seed);

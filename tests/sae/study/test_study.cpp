@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "io/file_lock.h"
+#include "io/npy.h"
 #include "sae/report/plot.h"
 #include "sae/report/table.h"
 #include "sae/study/study.h"
@@ -296,6 +298,8 @@ TEST(Study, UsageErrors) {
       {"recon_vs_f", "--features 10", "features"},
       {"recon_vs_f", "--features-list 4,x", "--features-list"},
       {"recon_vs_f", "--profile quick --data acts.safetensors", "--profile quick"},
+      // sized for the synthetic data (it trained the d = 64 list on a model, and could never resume)
+      {"l1_sweep", "--profile quick --model m --text t.txt", "--profile quick is sized for the synthetic data"},
       {"l1_sweep", "--l1-list 0,1 --continue-lambda 7", "--continue-lambda"},
       {"l1_sweep", "--l1-list 1,0", "--l1-list"},
       {"l1_sweep", "--continue-steps 100 --steps 200", "--continue-steps"},
@@ -316,6 +320,74 @@ TEST(Study, UsageErrors) {
     EXPECT_EQ(count(r.err, "\n"), 1) << r.err;
   }
   EXPECT_FALSE(fs::exists(dir.path / "never"));
+}
+
+TEST(Study, FoldersThatHoldOtherWorkAreRefusedAndTranscodersTrain) {
+  TempDir dir("study_folders");
+  const std::string tiny = "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-active 1 "
+                           "--synthetic-story-active 1 --lr 1e-2 --progress none --features-list 4,8";
+  auto study = [&](const std::string& program, const std::string& args, const fs::path& out) {
+    return run_binary(program, args + " --out " + out.string(), dir);
+  };
+  CommandResult r = study("recon_vs_f", tiny + " --steps 30", dir.path / "a");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(slurp(dir.path / "a" / "study.json").find("\"recon_vs_f\""), std::string::npos);
+  // Fewer steps than its runs were trained to: summarised from the longer runs before (their model
+  // and schedule at a step they passed), now refused.
+  const std::string summary = slurp(dir.path / "a" / "summary.csv");
+  r = study("recon_vs_f", tiny + " --steps 20", dir.path / "a");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("was trained to step 30, beyond this study's 20 steps"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(dir.path / "a" / "summary.csv"), summary);
+  // Another study's folder (its summary was replaced), one from before study.json (known by its
+  // summary's heading), sae_train's run (the study's runs nested in it), a file.
+  r = study("l1_sweep", "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1 --features 8 --steps 20 "
+                        "--l1-list 0,1 --continue-lambda none --progress none", dir.path / "a");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("holds a recon_vs_f study: give this l1_sweep study its own folder"), std::string::npos) << r.err;
+  fs::remove(dir.path / "a" / "study.json");
+  r = study("l1_sweep", "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1 --features 8 --steps 20 "
+                        "--l1-list 0,1 --continue-lambda none --progress none", dir.path / "a");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("holds a recon_vs_f study"), std::string::npos) << r.err;
+  r = run_binary("sae_train", "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 "
+                              "--synthetic-story-active 1 --features 8 --steps 2 --progress none --out " +
+                                  dir.str("run"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = study("recon_vs_f", tiny + " --steps 20", dir.path / "run");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("holds sae_train's output (config.json)"), std::string::npos) << r.err;
+  sae::testing::write_file(dir.str("file"), "x");
+  r = study("recon_vs_f", tiny + " --steps 20", dir.path / "file");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("is a file, not a folder"), std::string::npos) << r.err;
+  // A transcoder study (its time estimate opened one data block for two reads and refused them).
+  std::vector<double> x(400 * 6), y(400 * 5);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37 * double(i));
+  for (size_t i = 0; i < y.size(); ++i) y[i] = std::cos(0.23 * double(i));
+  write_npy(dir.str("x.npy"), Tensor::from_vector(x, Shape{400, 6}));
+  write_npy(dir.str("y.npy"), Tensor::from_vector(y, Shape{400, 5}));
+  r = study("recon_vs_f", "--data " + dir.str("x.npy") + " --target-data " + dir.str("y.npy") +
+                              " --normalize none --batch 40 --steps 20 --features-list 4,8 --progress none",
+            dir.path / "transcoder");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_summary(dir.path / "transcoder" / "summary.csv").size(), 2u);
+  // What was trained is said (it read "lambda = 0" alone).
+  EXPECT_NE(slurp(dir.path / "transcoder" / "summary.md").find(dir.str("x.npy") + " -> " + dir.str("y.npy") +
+                                                                ", d = 6; lambda = 0, transcoder of architecture standard"),
+            std::string::npos)
+      << slurp(dir.path / "transcoder" / "summary.md");
+  // The original's lambdas mean the same only under per-story normalisation: under dataset scale they
+  // are not set beside ours.
+  r = study("l1_sweep", "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1 "
+                        "--features 8 --steps 20 --l1-list 0,96 --continue-lambda none --normalize dataset --batch 16 "
+                        "--progress none", dir.path / "dataset");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const auto& row : read_summary(dir.path / "dataset" / "summary.csv")) {
+    EXPECT_EQ(row.at("as lambda at d = 768"), "");
+    EXPECT_EQ(row.at("original proportion"), "");
+  }
+  EXPECT_NE(slurp(dir.path / "dataset" / "summary.md").find("The original's numbers are left out"), std::string::npos);
 }
 
 TEST(Study, PlotNeedsGnuplotAndMetricsMustParse) {
