@@ -12,6 +12,7 @@
 #include "sae/cli/cli.h"
 #include "sae/study/study.h"
 #include "sae/study/summary.h"
+#include "sae/train/arch_config.h"
 
 namespace fs = std::filesystem;
 
@@ -113,6 +114,15 @@ int main(int argc, char** argv) {
       run_profile["features"] = std::to_string(f);
       run_profile["init"] = "";
       run_profile["resume"] = "";
+      // What ties an architecture to one F is named as the sweep's (its checks name --features).
+      const sae::TrainConfig base = sae::training_config(parsed, run_profile, /*validate=*/false);
+      const std::vector<std::string> reads = sae::run_unit(base).reads();
+      if (std::find(reads.begin(), reads.end(), "matryoshka-widths") != reads.end())
+        throw sae::UsageError(sae::cat("--architecture ", base.architecture, ": its --matryoshka-widths end at one F, ",
+                                       "and recon_vs_f trains one run per F of --features-list"));
+      const sae::ArchSettings settings = sae::arch_settings(base);
+      if (settings.has("k") && settings.integer("k") > f)
+        throw sae::UsageError(sae::cat("--k ", settings.integer("k"), " is more than F = ", f, " of --features-list"));
       runs.push_back({"F_" + std::to_string(f), sae::training_config(parsed, run_profile), ""});
     }
     const auto begin = std::chrono::steady_clock::now();

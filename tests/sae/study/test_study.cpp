@@ -300,6 +300,11 @@ TEST(Study, UsageErrors) {
       {"recon_vs_f", "--profile quick --data acts.safetensors", "--profile quick"},
       // sized for the synthetic data (it trained the d = 64 list on a model, and could never resume)
       {"l1_sweep", "--profile quick --model m --text t.txt", "--profile quick is sized for the synthetic data"},
+      // named as the sweep's (they named --features, which recon_vs_f does not take, or a folder clash)
+      {"recon_vs_f", "--architecture matryoshka_batchtopk --k 2 --matryoshka-widths 4,8 --features-list 8,16",
+       "its --matryoshka-widths end at one F, and recon_vs_f trains one run per F of --features-list"},
+      {"recon_vs_f", "--architecture topk --k 16 --features-list 8,32", "--k 16 is more than F = 8 of --features-list"},
+      {"l1_sweep", "--l1-list 1.0000001,1.0000002", "would share the folder l1_1 (named by 6 significant digits)"},
       {"l1_sweep", "--l1-list 0,1 --continue-lambda 7", "--continue-lambda"},
       {"l1_sweep", "--l1-list 1,0", "--l1-list"},
       {"l1_sweep", "--continue-steps 100 --steps 200", "--continue-steps"},
