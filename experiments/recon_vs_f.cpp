@@ -64,7 +64,8 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
       "Data: ", sae::data_description(runs[0].config, d), "; lambda = ", runs[0].config.l1, ", ",
       sae::training_description(runs[0].config), ".\n"
       "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
-      "logged steps; FVU = fraction of variance unexplained.\n");
+      "logged steps; FVU = fraction of variance unexplained, each logged batch's in the space the SAE trains in "
+      "(metrics.csv's fvu; sae_eval's pools every token at the raw scale).\n");
 
   sae::Figure all;
   all.title = sae::cat("Reconstruction loss vs F (lambda = ", runs[0].config.l1, ", d = ", d, ")");
