@@ -262,8 +262,8 @@ int main(int argc, char** argv) {
         sae::parse_increasing_number_list("l1-list", sae::option_value(parsed, profile, "l1-list"));
     for (size_t i = 1; i < lambdas.size(); ++i)  // folders are named by 6 significant digits
       if (run_name(lambdas[i]) == run_name(lambdas[i - 1]))
-        throw sae::UsageError(sae::cat("--l1-list: ", sae::format_number(lambdas[i - 1], 17), " and ",
-                                       sae::format_number(lambdas[i], 17), " would share the folder ",
+        throw sae::UsageError(sae::cat("--l1-list: ", sae::format_number(lambdas[i - 1], 12), " and ",
+                                       sae::format_number(lambdas[i], 12), " would share the folder ",
                                        run_name(lambdas[i]), " (named by 6 significant digits)"));
     auto int_option = [&](const std::string& name) {
       return parsed.count(name) || !profile.count(name) ? parsed[name].as<int64_t>() : std::stoll(profile.at(name));

@@ -13,6 +13,7 @@
 #include "sae/study/study.h"
 #include "sae/study/summary.h"
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 
 namespace fs = std::filesystem;
 
@@ -41,6 +42,9 @@ std::string original_result(int64_t f, int64_t d) {
 void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::RunOutcome>& outcomes,
                const std::string& out) {
   const int64_t d = outcomes.front().d;
+  // The original's results (F >= d reconstructs) are those of an SAE, which can learn the identity;
+  // a transcoder's or crosscoder's width says nothing of the kind.
+  const bool comparable = sae::dictionary_kind(runs.front().config) == sae::DictionaryKind::Sae;
   sae::Table table{{"F", "F / d", "steps", "final rec loss / element", "plateau rec loss / element",
                     "plateau FVU", "original study (d = 768)"},
                    {}};
@@ -56,16 +60,19 @@ void summarise(const std::vector<sae::StudyRun>& runs, const std::vector<sae::Ru
     table.rows.push_back({std::to_string(f), sae::format_number(double(f) / double(d), 3),
                           sae::format_number(m.rows[last][0], 10),
                           sae::format_number(m.column("rec_loss_per_element")[last]), sae::format_number(plateau),
-                          sae::format_number(m.tail_mean("fvu", last)), original_result(f, d)});
+                          sae::format_number(m.tail_mean("fvu", last)), comparable ? original_result(f, d) : ""});
     curves.push_back({"F = " + std::to_string(f), m.column("step"), m.column("rec_loss_per_element")});
     last_step = std::max(last_step, m.rows[last][0]);
   }
   const std::string notes = sae::cat(
       "Data: ", sae::data_description(runs[0].config, d), "; lambda = ", runs[0].config.l1, ", ",
       sae::training_description(runs[0].config), ".\n"
-      "Losses are per element (the batch's sum of squared errors / (tokens * d)); plateau = mean over the last 10% of "
+      "Losses are per element (the batch's sum of squared errors / (tokens * the reconstructed width)); d is the "
+      "input's width; plateau = mean over the last 10% of "
       "logged steps; FVU = fraction of variance unexplained, each logged batch's in the space the SAE trains in "
-      "(metrics.csv's fvu; sae_eval's pools every token at the raw scale).\n");
+      "(metrics.csv's fvu; sae_eval's pools every token at the raw scale).",
+      comparable ? "" : " The original's column is left out: its results are an SAE's, which can learn the identity.",
+      "\n");
 
   sae::Figure all;
   all.title = sae::cat("Reconstruction loss vs F (lambda = ", runs[0].config.l1, ", d = ", d, ")");

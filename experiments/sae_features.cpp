@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
         ("data", "stories as activations: a .safetensors file with story_lengths, or a cache folder (a crosscoder: "
          "one per source, comma-separated, in its order)", cxxopts::value<std::string>())
         ("hook", "the hook point of --model the SAE reads, SAELens's name (default: the SAE's cfg.json, else "
-         "hidden_states[2])", cxxopts::value<std::string>())
+         "hidden_states[2] for one of ours; a Gemma Scope npz or sparsify folder that names none needs it, a "
+         "transcoder takes its cfg.json's)", cxxopts::value<std::string>())
         ("layer", "read hidden_states[layer] of --model instead", cxxopts::value<int64_t>())
         ("text-field", "JSON lines: the field with the text", cxxopts::value<std::string>()->default_value("text"))
         ("prepend-bos", "on | off | auto: a BOS before every story (auto: as the SAE was trained, from its cfg.json, "

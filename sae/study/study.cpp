@@ -231,7 +231,8 @@ void claim_study_folder(const std::string& study, const std::string& out_root) {
       throw DataError(cat(record.string(), ": expected {\"study\": NAME}"));
     owner = j.at("study").as_string();
   } else if (fs::exists(root / "summary.md")) {
-    const std::string head = read_file_head((root / "summary.md").string(), 200);
+    std::string head = read_file_head((root / "summary.md").string(), 200);
+    head = head.substr(0, head.find('\n'));  // its heading: "# STUDY: what it shows"
     const size_t colon = head.find(':');
     if (head.rfind("# ", 0) == 0 && colon != std::string::npos) owner = head.substr(2, colon - 2);
   }

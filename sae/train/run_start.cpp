@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "io/atomic_file.h"
 #include "io/mapped_file.h"
@@ -11,6 +12,7 @@
 #include "lm/hook_points.h"
 #include "lm/model_loader.h"
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_reads.h"
 #include "sae/train/options.h"
 #include "tensor/ops.h"
 
@@ -158,23 +160,35 @@ namespace {
 // Transcoders and crosscoders name their hooks otherwise; a model folder that cannot be read is left
 // to the run's own error.
 void check_init_hook(RunStart& start, const TrainConfig& config, const Json& cfg) {
-  if (config.model.empty() || !config.hook_in.empty() || !config.hooks.empty()) return;
+  if (config.model.empty()) return;
+  try {
+    if (dictionary_kind(config) != DictionaryKind::Sae) return;
+  } catch (const Error&) {
+    return;  // options that contradict each other: said by the run itself
+  }
   if (!cfg.has("metadata") || !cfg.at("metadata").is_object() || !cfg.at("metadata").has("hook_name") ||
       !cfg.at("metadata").at("hook_name").is_string())
     return;
   const std::string init_hook = cfg.at("metadata").at("hook_name").as_string();
   DecoderConfig model;
-  HookSite trained, run;
+  HookSite run;
   try {
     model = read_model_config(config.model).config;
-    trained = resolve_hook_site(model, parse_hook_name(init_hook, "hook_name"), "hook_name");
     run = resolve_hook_site(model, config.hook.empty() ? HookSite{config.layer, HookPoint::FinalOutput}
                                                        : parse_hook_name(config.hook));
   } catch (const Error&) {
-    return;  // a hook this model does not have, or no model: said by the run itself
+    return;  // no model, or a hook it does not have: said by the run itself
   }
-  const int64_t a = hidden_states_index(trained, model.num_layers), b = hidden_states_index(run, model.num_layers);
-  if (a >= 0 && b >= 0 ? a == b : trained == run) return;
+  // A hook this model does not have (or one we do not read) is never the run's.
+  std::optional<HookSite> trained;
+  try {
+    trained = resolve_hook_site(model, parse_hook_name(init_hook, "hook_name"), "hook_name");
+  } catch (const Error&) {
+  }
+  if (trained) {
+    const int64_t a = hidden_states_index(*trained, model.num_layers), b = hidden_states_index(run, model.num_layers);
+    if (a >= 0 && b >= 0 ? a == b : *trained == run) return;
+  }
   const std::string where = config.hook.empty() ? cat("hidden_states[", config.layer, "]") : config.hook;
   // (A resumed run was judged when it started: its options are not given again.)
   if (config.resume.empty() && !config.was_given("hook") && !config.was_given("layer"))

@@ -56,8 +56,8 @@ bool is_sparsify_folder(const std::string& dir) {
 
 Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
   const fs::path root(dir);
-  // The folder's own name, as written (h.1/, ./h.1/. and . name it too).
-  fs::path named = fs::weakly_canonical(fs::absolute(root));
+  // The folder's own name, as given (h.1/, ./h.1/. and . name it too; a link keeps its own name).
+  fs::path named = fs::absolute(root).lexically_normal();
   if (named.filename().empty()) named = named.parent_path();
   const std::string cfg_path = (root / "cfg.json").string(), weights_path = (root / kSparsifyWeights).string();
   const Json given = read_json_file(cfg_path);

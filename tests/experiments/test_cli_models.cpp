@@ -339,4 +339,19 @@ TEST(CliModels, AnInitSaeIsTrainedAtItsOwnHookPointOrSaysSo) {
                        " was trained at blocks.1.hook_resid_pre: this run trains it at hidden_states[2]"),
             std::string::npos)
       << r.err;
+  // A hook this model does not have is not the run's either (it trained at the default silently).
+  fs::copy(dir.str("first/sae"), dir.str("deep"), fs::copy_options::recursive);
+  Json cfg = read_json_file(dir.str("deep/cfg.json"));
+  cfg["metadata"]["hook_name"] = "blocks.20.hook_resid_post";
+  sae::testing::write_file(dir.str("deep/cfg.json"), cfg.dump());
+  r = run_binary("sae_train", base + " --init " + quote(dir.str("deep")) + " --out " + quote(dir.str("deep_run")), dir);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("was trained at blocks.20.hook_resid_post"), std::string::npos) << r.err;
+  // A transcoder started from a transcoder of its block reads the same hooks (it was refused as
+  // reading hidden_states[2]).
+  r = run_binary("sae_train", base + " --transcoder 1 --out " + quote(dir.str("tc")), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_binary("sae_train", base + " --transcoder 1 --init " + quote(dir.str("tc/sae")) + " --out " +
+                                  quote(dir.str("tc_again")), dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }

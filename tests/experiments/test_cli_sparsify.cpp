@@ -76,6 +76,12 @@ TEST(SparsifyFolders, LoadAsTopKAtTheHookTheFolderNames) {
   for (const std::string& spelled : {sp_ref("h.1/"), sp_ref("h.1/."), sp_ref("../sparsify/h.1//")})
     EXPECT_EQ(load_checkpoint(spelled, Device::CPU).cfg.at("metadata").at("hook_name").as_string(),
               "blocks.1.hook_resid_post") << spelled;
+  {  // a link keeps its own name (as sparsify would name the folder it points to by the link's)
+    TempDir links("sparsify_link");
+    fs::create_directory_symlink(sp_ref("h.1"), links.str("layers.3"));
+    EXPECT_EQ(load_checkpoint(links.str("layers.3"), Device::CPU).cfg.at("metadata").at("hook_name").as_string(),
+              "blocks.3.hook_resid_post");
+  }
   const Checkpoint transcoder = load_checkpoint(sp_ref("transcoder"), Device::CPU);
   EXPECT_TRUE(transcoder.params.transcoder);
   EXPECT_TRUE(transcoder.params.W_skip.defined());

@@ -362,6 +362,11 @@ TEST(Study, FoldersThatHoldOtherWorkAreRefusedAndTranscodersTrain) {
   r = study("recon_vs_f", tiny + " --steps 20", dir.path / "run");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("holds sae_train's output (config.json)"), std::string::npos) << r.err;
+  // A summary.md of one's own whose heading names no study is not a study's.
+  fs::create_directories(dir.path / "notes");
+  sae::testing::write_file(dir.str("notes/summary.md"), "# Notes\n\nData: x\n");
+  r = study("recon_vs_f", tiny + " --steps 20", dir.path / "notes");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
   sae::testing::write_file(dir.str("file"), "x");
   r = study("recon_vs_f", tiny + " --steps 20", dir.path / "file");
   EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -377,6 +382,8 @@ TEST(Study, FoldersThatHoldOtherWorkAreRefusedAndTranscodersTrain) {
             dir.path / "transcoder");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(read_summary(dir.path / "transcoder" / "summary.csv").size(), 2u);
+  for (const auto& row : read_summary(dir.path / "transcoder" / "summary.csv"))
+    EXPECT_EQ(row.at("original study (d = 768)"), "");  // an SAE's result, not a transcoder's
   // What was trained is said (it read "lambda = 0" alone).
   EXPECT_NE(slurp(dir.path / "transcoder" / "summary.md").find(dir.str("x.npy") + " -> " + dir.str("y.npy") +
                                                                 ", d = 6; lambda = 0, transcoder of architecture standard"),
