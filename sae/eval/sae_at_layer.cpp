@@ -53,8 +53,10 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
 std::string no_hook_point_message(const std::string& dir, bool npz, bool transcoder) {
   if (transcoder)  // --hook cannot say it (refuse_hook_choice): the input and the output go together
     return cat(dir, ": a transcoder whose cfg.json names no hook points (metadata.hook_name, the input it reads, and "
-               "hook_name_out) cannot be read inside a model (sparsify's read their module's input, e.g. the MLP's "
-               "after its norm's weights, which is not one of our hook points): sae_apply applies it to activations");
+               "hook_name_out, the output it replaces; --hook cannot place the two) cannot be read inside a model: "
+               "sae_apply applies it to activations (one trained on activation files: name its hooks there; "
+               "sparsify's read their module's input, e.g. the MLP's after its norm's weights, not one of our hook "
+               "points)");
   if (npz)
     return cat(dir, ": a Gemma Scope params.npz does not say where the SAE reads: give --hook (Gemma Scope's "
                "gemma-scope-2b-pt-res layer_L SAEs read blocks.L.hook_resid_post, -mlp- ones blocks.L.hook_mlp_out, -att- "
