@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 
 #include "io/atomic_file.h"
 #include "io/json.h"
 #include "io/mapped_file.h"
+#include "lm/decoder_model.h"
 #include "lm/hook_points.h"
+#include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/cli/cli.h"
 #include "sae/report/table.h"
@@ -74,13 +77,30 @@ std::vector<std::string> block_list(const std::string& option, const std::string
   return out;
 }
 
-// The hook points of --hook-list: each one we read (lm/hook_points.h), none twice.
-std::vector<std::string> hook_list(const std::string& text) {
+// The hook points of --hook-list: each one we read (lm/hook_points.h), none twice, also not by
+// another name of the same activation (blocks.0.hook_resid_post is hidden_states[1]) where the
+// model's config.json can be read (otherwise the run says what is wrong with it).
+std::vector<std::string> hook_list(const std::string& text, const std::string& model_dir) {
   const std::vector<std::string> names = split_option_list("hook-list", text);
+  std::optional<DecoderConfig> model;
+  try {
+    model = read_model_config(model_dir).config;
+  } catch (const Error&) {
+  }
+  std::vector<HookSite> sites;
   for (size_t i = 0; i < names.size(); ++i) {
-    parse_hook_name(names[i], "--hook-list");
+    HookSite site = parse_hook_name(names[i], "--hook-list");
     for (size_t j = 0; j < i; ++j)
       if (names[j] == names[i]) throw UsageError(cat("--hook-list names ", names[i], " twice"));
+    if (!model) continue;
+    site = resolve_hook_site(*model, site, "--hook-list " + names[i]);
+    const int64_t k = hidden_states_index(site, model->num_layers);
+    if (k >= 0) site = hidden_states_site(k, model->num_layers);
+    for (size_t j = 0; j < sites.size(); ++j)
+      if (sites[j] == site)
+        throw UsageError(cat("--hook-list: ", names[j], " and ", names[i], " are the same activations (",
+                             hook_name(site), ")"));
+    sites.push_back(site);
   }
   return names;
 }
@@ -146,7 +166,7 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
       values.push_back(std::to_string(k));
   if (layers) values = block_list("layer-list", *lists.layers);
   if (transcoders) values = block_list("transcoder-list", *lists.transcoders);
-  if (hooks) values = hook_list(*lists.hooks);
+  if (hooks) values = hook_list(*lists.hooks, base.model);
   const std::string option = l1s ? "l1" : ks ? "k" : layers ? "layer" : transcoders ? "transcoder" : "hook";
   if (!base.resume.empty())
     throw UsageError(cat("--", option, "-list and --resume: --resume OUT continues the SAEs its list started "

@@ -214,6 +214,10 @@ TEST(TrainTogether, HookListTrainsAnSaeAtEachHookFromOnePass) {
                                   {" --hook-list blocks.1.hook_mlp_out,blocks.1.hook_mlp_out", "names blocks.1.hook_mlp_out twice"},
                                   {" --hook-list blocks.1.hook_q", "--hook-list 'blocks.1.hook_q'"},
                                   {" --hook-list layers.1", "its output is blocks.1.hook_resid_post"},
+                                  {" --hook-list blocks.0.hook_resid_post,hidden_states[1]",
+                                   "blocks.0.hook_resid_post and hidden_states[1] are the same activations "
+                                   "(blocks.1.hook_resid_pre)"},
+                                  {" --hook-list blocks.9.hook_mlp_out", "--hook-list blocks.9.hook_mlp_out"},
                                   {" --hook-list a, --layer-list 1", "give one of"}}) {
     r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
