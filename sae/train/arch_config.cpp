@@ -69,7 +69,13 @@ void validate_architecture_options(const TrainConfig& c) {
     require(c.target_l0 == defaults.target_l0,
             cat("--target-l0 applies to --architecture ", units_that(&ArchUnit::has_lambda), "; ", arch, " ", unit.sparsity_note()));
   }
-  unit.validate(arch_settings(c), c.features);
+  try {
+    unit.validate(arch_settings(c), c.features);
+  } catch (const UsageError& e) {  // its checks name --features, which --expansion-factor set here
+    if (c.expansion_factor == 0) throw;
+    throw UsageError(cat(e.what(), " (--features here is --expansion-factor ", c.expansion_factor, " x d = ", c.features,
+                         c.hook.empty() ? "" : cat(", the SAE at ", c.hook), ")"));
+  }
 }
 
 SaeParams fresh_params(const TrainConfig& c, TrainingData& data, const RunColumns& columns) {

@@ -532,4 +532,7 @@ TEST(Cli, ExpansionFactorSetsTheFeaturesFromTheWidthRead) {
   expect_error(synthetic + " --expansion-factor 2000000", 2, "is more than 1e7 features");
   expect_error(synthetic + " --expansion-factor 2 --init " + dir.str("run/sae"), 2,
                "--expansion-factor with --init: the SAE it starts from sets the width");
+  // The unit's checks name --features: said to be the expansion's here.
+  expect_error(synthetic + " --expansion-factor 2 --architecture topk --k 20", 2,
+               "at most --features), got 20 (--features here is --expansion-factor 2 x d = 16)");
 }
