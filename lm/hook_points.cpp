@@ -99,6 +99,11 @@ HookSite hidden_states_site(int64_t k, int64_t layers) {
   return HookSite{k, HookPoint::ResidPre};
 }
 
+HookSite canonical_site(const HookSite& site, int64_t layers) {
+  const int64_t k = hidden_states_index(site, layers);
+  return k >= 0 ? hidden_states_site(k, layers) : site;
+}
+
 int64_t hidden_states_index(const HookSite& site, int64_t layers) {
   if (site.point == HookPoint::ResidPre) return site.layer;
   if (site.point == HookPoint::ResidPost && site.layer + 1 < layers) return site.layer + 1;

@@ -57,6 +57,10 @@ HookSite hidden_states_site(int64_t k, int64_t layers);
 // The hidden_states index a site equals, or -1 (resid_pre L -> L, resid_post L -> L + 1 when L + 1
 // < layers, the final output -> layers).
 int64_t hidden_states_index(const HookSite& site, int64_t layers);
+// One name for each activation of a resolved site: a hidden state as hidden_states_site gives it
+// (blocks.0.hook_resid_post is blocks.1.hook_resid_pre), any other site as it is. Two sites are the
+// same activations exactly when their canonical sites are equal.
+HookSite canonical_site(const HookSite& site, int64_t layers);
 
 // Where to read, as the user said it: --hook NAME or --layer K (hidden_states[K]), or neither.
 struct HookChoice {

@@ -93,9 +93,7 @@ std::vector<std::string> hook_list(const std::string& text, const std::string& m
     for (size_t j = 0; j < i; ++j)
       if (names[j] == names[i]) throw UsageError(cat("--hook-list names ", names[i], " twice"));
     if (!model) continue;
-    site = resolve_hook_site(*model, site, "--hook-list " + names[i]);
-    const int64_t k = hidden_states_index(site, model->num_layers);
-    if (k >= 0) site = hidden_states_site(k, model->num_layers);
+    site = canonical_site(resolve_hook_site(*model, site, "--hook-list " + names[i]), model->num_layers);
     for (size_t j = 0; j < sites.size(); ++j)
       if (sites[j] == site)
         throw UsageError(cat("--hook-list: ", names[j], " and ", names[i], " are the same activations (",

@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <type_traits>
 #include <limits>
+#include <map>
 #include <memory>
 #include <unordered_map>
 
@@ -301,30 +303,46 @@ void FeatureStats::save(const std::string& path) const {
   std::vector<double> edges(kHistogramBins + 1);
   for (int b = 0; b < kHistogramBins; ++b) edges[b] = histogram_lower_edge(b);
   edges[kHistogramBins] = std::numeric_limits<double>::infinity();
-  auto tensor_bytes = [&](const std::string& name) -> std::string {
-    if (name == "counts") return bytes_of(counts());
-    if (name == "histogram") return bytes_of(histogram());
-    if (name == "histogram_edges") return bytes_of(edges);
-    if (name == "top_count") {
-      TensorBytes<int32_t> bytes(f, 0);
-      for (int64_t i = 0; i < f; ++i) bytes.set(i, count[i]);
-      return bytes.take();
-    }
-    if (name == "top_value") {
-      const HostElements<float> value(l.value);  // by rank already
-      return by_rank(0.0f, 1, [&](TensorBytes<float>& b, int64_t r, int64_t) { b.set(r, value[r]); });
-    }
-    if (name == "top_story" || name == "top_position" || name == "top_step") {
-      const HostElements<int64_t> by_slot(name == "top_story" ? l.story : name == "top_position" ? l.position : l.step);
-      return by_rank(int64_t(-1), 1, [&](TensorBytes<int64_t>& b, int64_t r, int64_t p) { b.set(r, by_slot[p]); });
-    }
-    if (name == "top_tokens") {
-      const HostElements<int32_t> tokens(l.tokens);
-      return by_rank(int32_t(-1), w,
-                     [&](TensorBytes<int32_t>& b, int64_t r, int64_t p) { b.set(r * w, tokens.at(p * w), w); });
-    }
-    const HostElements<float> values(l.values);  // top_values
-    return by_rank(kNaN, w, [&](TensorBytes<float>& b, int64_t r, int64_t p) { b.set(r * w, values.at(p * w), w); });
+  // Each tensor once: its name, dtype, shape and the bytes made when the file reaches it.
+  struct Part {
+    SafetensorsSpec spec;
+    std::function<std::string()> bytes;
+  };
+  auto slot_list = [&](const Tensor& by_slot) {  // an [F, K] int64 list kept by slot
+    return [&by_slot, &by_rank] {
+      const HostElements<int64_t> list(by_slot);
+      return by_rank(int64_t(-1), 1, [&](TensorBytes<int64_t>& b, int64_t r, int64_t p) { b.set(r, list[p]); });
+    };
+  };
+  const std::vector<Part> parts = {
+      {{"counts", "F64", {f}}, [&] { return bytes_of(counts()); }},
+      {{"histogram", "F64", {f, kHistogramBins}}, [&] { return bytes_of(histogram()); }},
+      {{"histogram_edges", "F64", {kHistogramBins + 1}}, [&] { return bytes_of(edges); }},
+      {{"top_count", "I32", {f}},
+       [&] {
+         TensorBytes<int32_t> bytes(f, 0);
+         for (int64_t i = 0; i < f; ++i) bytes.set(i, count[i]);
+         return bytes.take();
+       }},
+      {{"top_value", "F32", {f, k}},
+       [&] {
+         const HostElements<float> value(l.value);  // by rank already
+         return by_rank(0.0f, 1, [&](TensorBytes<float>& b, int64_t r, int64_t) { b.set(r, value[r]); });
+       }},
+      {{"top_story", "I64", {f, k}}, slot_list(l.story)},
+      {{"top_position", "I64", {f, k}}, slot_list(l.position)},
+      {{"top_step", "I64", {f, k}}, slot_list(l.step)},
+      {{"top_tokens", "I32", {f, k, w}},
+       [&] {
+         const HostElements<int32_t> tokens(l.tokens);
+         return by_rank(int32_t(-1), w,
+                        [&](TensorBytes<int32_t>& b, int64_t r, int64_t p) { b.set(r * w, tokens.at(p * w), w); });
+       }},
+      {{"top_values", "F32", {f, k, w}},
+       [&] {
+         const HostElements<float> values(l.values);
+         return by_rank(kNaN, w, [&](TensorBytes<float>& b, int64_t r, int64_t p) { b.set(r * w, values.at(p * w), w); });
+       }},
   };
 
   Json info = Json::object();
@@ -342,19 +360,14 @@ void FeatureStats::save(const std::string& path) const {
   info["token_ids"] = has_token_ids_;
   info["histogram_bins"] = kHistogramBins;
   info["source"] = source_;
-  const std::vector<SafetensorsSpec> specs = {
-      {"counts", "F64", {f}},
-      {"histogram", "F64", {f, kHistogramBins}},
-      {"histogram_edges", "F64", {kHistogramBins + 1}},
-      {"top_count", "I32", {f}},
-      {"top_value", "F32", {f, k}},
-      {"top_story", "I64", {f, k}},
-      {"top_position", "I64", {f, k}},
-      {"top_step", "I64", {f, k}},
-      {"top_tokens", "I32", {f, k, w}},
-      {"top_values", "F32", {f, k, w}},
-  };
-  write_safetensors_streamed(path, specs, {{kMetadataKey, info.dump()}}, tensor_bytes);
+  std::vector<SafetensorsSpec> specs;
+  std::map<std::string, const Part*> by_name;
+  for (const Part& part : parts) {
+    specs.push_back(part.spec);
+    by_name[part.spec.name] = &part;
+  }
+  write_safetensors_streamed(path, specs, {{kMetadataKey, info.dump()}},
+                             [&](const std::string& name) { return by_name.at(name)->bytes(); });
 }
 
 namespace {

@@ -185,10 +185,7 @@ void check_init_hook(RunStart& start, const TrainConfig& config, const Json& cfg
     trained = resolve_hook_site(model, parse_hook_name(init_hook, "hook_name"), "hook_name");
   } catch (const Error&) {
   }
-  if (trained) {
-    const int64_t a = hidden_states_index(*trained, model.num_layers), b = hidden_states_index(run, model.num_layers);
-    if (a >= 0 && b >= 0 ? a == b : *trained == run) return;
-  }
+  if (trained && canonical_site(*trained, model.num_layers) == canonical_site(run, model.num_layers)) return;
   const std::string where = config.hook.empty() ? cat("hidden_states[", config.layer, "]") : config.hook;
   // (A resumed run was judged when it started: its options are not given again.)
   if (config.resume.empty() && !config.was_given("hook") && !config.was_given("layer"))

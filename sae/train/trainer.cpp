@@ -322,9 +322,7 @@ void require_distinct_sources(const TrainingData& data, const DictionaryReads& r
     const TextReadName r = parse_text_read(read);
     const DecoderModel& model = r.model == 0 ? *data.model : *data.model_b;
     const int64_t layers = model.config().num_layers;
-    HookSite site = model.resolve(r.site);
-    const int64_t k = hidden_states_index(site, layers);
-    if (k >= 0) site = hidden_states_site(k, layers);
+    const HookSite site = canonical_site(model.resolve(r.site), layers);
     for (size_t i = 0; i < seen.size(); ++i)
       if (seen[i] == std::make_pair(r.model, site))
         throw UsageError(cat("--hooks: ", printable(reads.in[i]), " and ", printable(read),
@@ -1065,10 +1063,9 @@ double measure_step_seconds(const TrainConfig& config) {
   constexpr int kTimedSteps = 3;
   const Device device = resolve_device(config.device);
   const ScopedMatmulPrecision precision(config.precision);
-  // Scales of 1 for each of the run's reads (a transcoder's input and target, a crosscoder's sources).
-  const DictionaryReads reads = dictionary_reads(config);
-  const size_t blocks = reads.in.size() + (reads.kind == DictionaryKind::Transcoder ? reads.out.size() : 0);
-  TrainingData data = open_training_data(config, device, DatasetScales(std::vector<double>(blocks, 1.0)));
+  // A scale of 1 for each of the run's reads (a transcoder's input and target, a crosscoder's sources).
+  const std::vector<std::string> reads = own_reads(config);
+  TrainingData data = open_training_data(config, reads, device, DatasetScales(std::vector<double>(reads.size(), 1.0)));
   const int64_t d = data.d;
   BatchSource& batcher = *data.batches;
   Rng rng(config.seed);

@@ -283,12 +283,16 @@ RunColumns run_columns(const TrainingData& data, const std::vector<std::string>&
   return c;
 }
 
-TrainingData open_training_data(const TrainConfig& config, Device device, const std::optional<DatasetScales>& saved) {
+std::vector<std::string> own_reads(const TrainConfig& config) {
   const DictionaryReads r = dictionary_reads(config);
   std::vector<std::string> reads = r.in;
   for (const std::string& o : r.out)
     if (std::find(reads.begin(), reads.end(), o) == reads.end()) reads.push_back(o);
-  return open_training_data(config, reads, device, saved);
+  return reads;
+}
+
+TrainingData open_training_data(const TrainConfig& config, Device device, const std::optional<DatasetScales>& saved) {
+  return open_training_data(config, own_reads(config), device, saved);
 }
 
 }  // namespace sae

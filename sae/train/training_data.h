@@ -67,6 +67,7 @@ RunColumns run_columns(const TrainingData& data, const std::vector<std::string>&
 TrainingData open_training_data(const TrainConfig& config, const std::vector<std::string>& reads, Device device,
                                 const std::optional<DatasetScales>& saved_scales);
 // The run's own reads: its input, then (a transcoder's) its target.
+std::vector<std::string> own_reads(const TrainConfig& config);
 TrainingData open_training_data(const TrainConfig& config, Device device, const std::optional<DatasetScales>& saved_scales);
 
 }  // namespace sae
