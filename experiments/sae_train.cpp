@@ -5,7 +5,8 @@
 // OUT/sweep.json. Under mpirun, on several ranks (docs/distributed.md): --shards S latent shards times
 // P / S data-parallel replicas, or --distribute (each SAE of a list on one rank; from text the ranks
 // share the language model's work).
-// Thin: options -> TrainConfig(s) -> train() / train_together() -> report, figures.
+// Thin: options -> TrainConfig(s) -> train() / train_together() (with the checkpoint evaluator of
+// --eval-text) -> report, evals.csv, figures.
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -14,6 +15,7 @@
 #include "sae/cli/cli.h"
 #include "sae/cli/run_list.h"
 #include "sae/dist/mpi_world.h"
+#include "sae/eval/checkpoint_eval.h"
 #include "sae/report/plot.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
@@ -105,6 +107,9 @@ std::string report(const std::vector<sae::TrainResult>& results) {
                     result.seconds > 0 ? 100 * c.seconds / result.seconds : 0.0);
       text += line;
     }
+    // --eval-text: the evaluations of its checkpoints in one table (rewritten from their eval.json).
+    const std::string evals = sae::write_evals_csv(result.out_dir);
+    if (!evals.empty()) text += "  evaluations of its checkpoints: " + evals + "\n";
     // A run that was finished already gets its figures drawn again only where they are missing or
     // older than its metrics.csv (a crash while they were drawn).
     if (result.already_finished && sae::training_run_figures_current(result.out_dir)) continue;
@@ -200,7 +205,8 @@ int main(int argc, char** argv) {
     std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
     if (world) return train_distributed(*world, argc, argv);
     const Parsed parsed = parse(argc, argv, /*owner=*/true);
-    if (parsed.go) std::printf("%s", report(sae::train_together(parsed.configs)).c_str());
+    if (parsed.go)
+      std::printf("%s", report(sae::train_together(parsed.configs, nullptr, sae::checkpoint_evaluator())).c_str());
     return 0;
   });
 }

@@ -20,6 +20,7 @@
 #include "sae/data/concat_source.h"
 #include "sae/data/synthetic.h"
 #include "sae/train/dictionary_reads.h"
+#include "sae/train/interrupt.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
 #include "tensor/cpu_runtime.h"
@@ -199,6 +200,9 @@ int run_main(const char* program, int argc, char** argv, const std::function<int
   } catch (const cxxopts::exceptions::exception& e) {
     std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
     return 2;
+  } catch (const TrainingInterrupted& e) {  // saved what it had trained: the exit status of a process the signal ended
+    std::fprintf(stderr, "%s: stopped by %s\n", program, e.what());
+    return 128 + e.signal;
   } catch (const std::bad_alloc&) {  // an allocation the library did not size-check itself
     std::fprintf(stderr, "%s: error: out of host memory (std::bad_alloc): the sizes this run asks for (features, "
                          "batch, stories, statistics) need more memory than this machine gives it\n", program);

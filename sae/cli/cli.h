@@ -85,7 +85,8 @@ void require_input_file(const std::string& path);
 // Parses argv; prints help and returns false when --help was asked for. UsageError otherwise.
 bool parse_command_line(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& out);
 
-// Runs body() and maps what it throws to a message on stderr and an exit code. First, unless the
+// Runs body() and maps what it throws to a message on stderr and an exit code (UsageError 2, other
+// errors 1, TrainingInterrupted 128 + its signal: "PROGRAM: stopped by ..."). First, unless the
 // environment already says otherwise, it restarts the program with the CPU runtime's start-up
 // settings (tensor/cpu_runtime.h: OMP_WAIT_POLICY=passive, and OPENBLAS_CORETYPE when OpenBLAS
 // does not know this CPU).

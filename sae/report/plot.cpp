@@ -209,6 +209,12 @@ bool training_run_figures_current(const std::string& run_dir) {
       const auto figure = fs::last_write_time(fs::path(run_dir) / "figures" / (std::string(stem) + extension), ec);
       if (ec || figure < metrics) return false;
     }
+  const auto evals = fs::last_write_time(fs::path(run_dir) / "evals.csv", ec);
+  if (ec) return true;  // no evaluations, no figure of them
+  for (const char* extension : {".png", ".dat", ".gp"}) {
+    const auto figure = fs::last_write_time(fs::path(run_dir) / "figures" / (std::string("evals") + extension), ec);
+    if (ec || figure < evals) return false;
+  }
   return true;
 }
 
@@ -234,6 +240,17 @@ std::vector<std::string> plot_training_run(const std::string& run_dir, bool draw
   std::vector<std::string> paths = {run_dir + "/figures/loss.png", run_dir + "/figures/sparsity.png"};
   plot(loss, paths[0], draw);
   plot(sparsity, paths[1], draw);
+  if (fs::exists(fs::path(run_dir) / "evals.csv")) {  // --eval-text: the checkpoints' scores
+    const CsvNumbers e = read_csv_numbers(run_dir + "/evals.csv");
+    const std::vector<double> at = e.column("step");
+    Figure evals;
+    evals.title = "The SAE spliced into the model, at each checkpoint (" + run_dir + ")";
+    evals.xlabel = "step";
+    evals.ylabel = "score (1: the model's own, 0: zero ablation)";
+    evals.series = {{"CE loss score", at, e.column("ce_loss_score")}, {"KL div score", at, e.column("kl_div_score")}};
+    paths.push_back(run_dir + "/figures/evals.png");
+    plot(evals, paths.back(), draw);
+  }
   if (!draw) paths.clear();
   return paths;
 }

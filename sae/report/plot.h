@@ -50,11 +50,12 @@ class FigureDrawer {
 };
 
 // The figures of one training run, from RUN/metrics.csv: RUN/figures/loss.png (rec and l1 per
-// element, log y) and RUN/figures/sparsity.png (L0 and dead features). Returns the PNG paths (none
-// when `draw` is false: then only their data and scripts are written).
+// element, log y) and RUN/figures/sparsity.png (L0 and dead features); with RUN/evals.csv (--eval-text)
+// also RUN/figures/evals.png (CE loss and KL div scores at each checkpoint). Returns the PNG paths
+// (none when `draw` is false: then only their data and scripts are written).
 std::vector<std::string> plot_training_run(const std::string& run_dir, bool draw = true);
-// Whether every file plot_training_run writes is there and was written after RUN/metrics.csv last
-// was (a run extended or rewound, then stopped while its figures were redrawn, keeps older ones).
+// Whether every file plot_training_run writes is there and was written after RUN/metrics.csv (and
+// RUN/evals.csv) last was (a run extended or rewound, then stopped while its figures were redrawn, keeps older ones).
 bool training_run_figures_current(const std::string& run_dir);
 
 }  // namespace sae

@@ -230,6 +230,7 @@ std::vector<TrainOption> make_table() {
   const char* text_group = "Text through a language model (--model, --text)";
   const char* dictionaries = "Transcoders and crosscoders (docs/architectures.md §2.13)";
   const char* stats_group = "Feature statistics (what each feature fires on; sae_browser shows them)";
+  const char* eval_group = "Evaluation during training (the SAE spliced into the language model, as sae_eval scores it)";
   const OptionRole defines = OptionRole::Defines, controls = OptionRole::Controls, launch = OptionRole::Launch;
   std::vector<TrainOption> table = {
       row("data", training, "activations: 'synthetic', a .safetensors/.npy file, or an activation cache folder", defines,
@@ -361,6 +362,13 @@ std::vector<TrainOption> make_table() {
           "feature_stats_k", FIELD(feature_stats_k), integer(), "10"),
       row("feature-stats-context", stats_group, "tokens kept on either side of each top activation", defines,
           "feature_stats_context", FIELD(feature_stats_context), integer(), "8"),
+      row("eval-text", eval_group, "evaluate every checkpoint and the final model as it is saved, on the first "
+          "--eval-stories stories of this corpus (runs from text; e.g. the validation split): CE and KL with the "
+          "reconstruction spliced in, their scores against zero ablation, FVU, L0 (CHECKPOINT/eval.json, "
+          "OUT/evals.csv; SAELens's evals during training); \"\": none", controls, "eval_text", FIELD(eval_text), text(),
+          std::string()),
+      row("eval-stories", eval_group, "stories of --eval-text per evaluation (0: all of them)", controls,
+          "eval_stories", FIELD(eval_stories), integer(), "100"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),

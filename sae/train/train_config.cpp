@@ -88,6 +88,15 @@ void TrainConfig::validate() const {
     check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   else  // the values themselves still (an out-of-range value was recorded)
     check_feature_stats_options(1, FeatureStatsOptions{feature_stats_k, feature_stats_context});
+  require(eval_stories >= 0, cat("--eval-stories must be >= 0 (0: every story of --eval-text), got ", eval_stories));
+  if (!eval_text.empty()) {
+    require(data == "text", "--eval-text splices the SAE into the language model it trains on: it needs --model and "
+                            "--text (evaluate an SAE trained on activation files with sae_eval)");
+    require(dictionary_kind(*this) != DictionaryKind::Crosscoder, "--eval-text: a crosscoder's checkpoints are evaluated with sae_eval (it splices the "
+                           "crosscoder in at each of its hooks), not during training");
+    require(shards == 1, "--eval-text: a run split over ranks (--shards, replicas) is not evaluated during training; "
+                         "evaluate its checkpoints with sae_eval");
+  }
   if (data == "synthetic") synthetic.validate();
 }
 
@@ -117,6 +126,7 @@ void refuse_options_without_effect(const TrainConfig& c) {
                                  limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
                                  ": ", effect));
   // The cosines (SAELens's): between the warm-up and the decay, from --lr down to --lr-end.
+  require(!c.eval_text.empty() || !c.was_given("eval-stories"), "--eval-stories applies only with --eval-text");
   require(c.lr_end == -1 || (std::isfinite(c.lr_end) && c.lr_end >= 0),
           cat("--lr-end must be a finite number >= 0 (or -1: --lr / 10), got ", c.lr_end));
   require(c.lr_cycles >= 1, cat("--lr-cycles must be >= 1, got ", c.lr_cycles));

@@ -107,6 +107,12 @@ struct TrainConfig {
   int64_t feature_stats_k = 10;
   int64_t feature_stats_context = 8;
 
+  // Every checkpoint (and the final model) evaluated as it is saved, as sae_eval scores it: the SAE
+  // spliced into the language model over the first eval_stories stories of eval_text, eval.json in
+  // the checkpoint's folder, evals.csv in the run's (sae/eval/checkpoint_eval.h). "": not evaluated.
+  std::string eval_text;
+  int64_t eval_stories = 100;
+
   // Not options: the names of the options the user set (command line or profile), so --resume can
   // refuse one that contradicts the run, and --init one that contradicts the checkpoint.
   std::vector<std::string> given;

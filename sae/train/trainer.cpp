@@ -2,6 +2,8 @@
 // checkpointed -> the final model.
 #include "sae/train/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <exception>
@@ -13,6 +15,7 @@
 
 #include "io/atomic_file.h"
 #include "io/csv.h"
+#include "io/mapped_file.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
@@ -20,6 +23,7 @@
 #include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/dictionary_reads.h"
+#include "sae/train/interrupt.h"
 #include "sae/train/l0_controller.h"
 #include "sae/train/options.h"
 #include "sae/train/run_feature_stats.h"
@@ -220,6 +224,29 @@ bool same_position(const Member& a, const Member& b) {
   return a.start.state->batcher == b.start.state->batcher;
 }
 
+// --eval-text where nothing evaluates the checkpoints (a study, a run under mpirun).
+void refuse_evaluation(const TrainConfig& c) {
+  if (!c.eval_text.empty())
+    throw UsageError("--eval-text: checkpoints are evaluated during training by sae_train in one process (not under "
+                     "mpirun, not in a study); evaluate them with sae_eval");
+}
+
+// --eval-text that is not a regular file (a FIFO, a directory): refused before the run, not at its
+// first checkpoint.
+void check_eval_text(const TrainConfig& c) { ::close(open_regular_file(c.eval_text)); }
+
+// TrainingInterrupted's message: where the step reached was saved, and how to go on.
+std::string interrupted_message(const std::vector<Member>& members, int signal, int64_t step, int64_t steps) {
+  const std::string head = cat(signal_name(signal), " after step ", step, " of ", steps, ": saved ");
+  if (members.size() == 1) {
+    const std::string out = members[0].config().out;
+    return cat(head, (fs::path(out) / "checkpoints" / cat("step_", step)).string(), " (--resume ", out,
+               " goes on from there)");
+  }
+  return cat(head, "checkpoints/step_", step, " in each of the ", members.size(), " run folders under ",
+             fs::path(members[0].config().out).parent_path().string(), " (--resume goes on from there)");
+}
+
 // A pass over the data of a --distribute run (train_spread): the SAEs of a group are spread over the
 // ranks, and when the language model's work is shared every rank takes part in every pass, with or
 // without SAEs of its own in it (then it only computes its share of each chunk).
@@ -234,7 +261,9 @@ struct SpreadPass {
 };
 
 // pass: null for one process or a grid of shards x replicas; then members is not empty.
-std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass = nullptr);
+// evaluate: the checkpoint evaluator of runs with --eval-text (null: none).
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass = nullptr,
+                                       const CheckpointEvaluator* evaluate = nullptr);
 
 // The result of a run that was at its last step already: its last logged metrics and final model.
 TrainResult finished_result(const RunStart& start) {
@@ -444,7 +473,8 @@ void check_dictionary_shape(const SaeParams& p, const RunColumns& columns, const
 
 }  // namespace
 
-std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Collectives* ranks) {
+std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Collectives* ranks,
+                                        const CheckpointEvaluator& evaluate) {
   if (requested.empty()) throw UsageError("train_together: no runs");
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
@@ -454,6 +484,10 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
   auto agree = [dist](const std::function<void()>& phase) { agree_on(dist, phase); };
   // ---- where each run starts ----
   require_own_folders(requested);
+  for (const TrainConfig& c : requested) {
+    if (!evaluate) refuse_evaluation(c);
+    if (!c.eval_text.empty()) agree([&] { check_eval_text(c); });
+  }
   // Runs at their last step already (a retry after a crash while the final outputs were written) are
   // not trained: their results are read back. The others train in groups that stand at the same step
   // and data position (after a crash between their checkpoints, some may be a checkpoint behind):
@@ -475,6 +509,8 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
       agree([&] { results[i] = finished_result(start); });
       continue;
     }
+    if (!evaluate) refuse_evaluation(start.config);
+    if (!start.config.eval_text.empty()) agree([&] { check_eval_text(start.config); });  // a resumed run's
     Member m;
     m.start = std::move(start);
     m.name = requested.size() > 1 ? fs::path(m.config().out).filename().string() : "";
@@ -492,7 +528,7 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     group_index[g].push_back(i);
   }
   for (size_t g = 0; g < groups.size(); ++g) {
-    std::vector<TrainResult> trained = train_members(groups[g], ranks);
+    std::vector<TrainResult> trained = train_members(groups[g], ranks, nullptr, evaluate ? &evaluate : nullptr);
     for (size_t k = 0; k < trained.size(); ++k) results[group_index[g][k]] = std::move(trained[k]);
   }
   std::vector<TrainResult> out;
@@ -505,6 +541,7 @@ SpreadResult train_spread(const std::vector<TrainConfig>& requested, Collectives
   const size_t count = requested.size();
   const int ranks = all.ranks();
   auto mine = [&](size_t i) { return static_cast<int>(i % static_cast<size_t>(ranks)) == all.rank(); };
+  for (const TrainConfig& c : requested) refuse_evaluation(c);
   // ---- where each SAE starts: its rank owns its folder (lock, recovery, overwrite) ----
   std::vector<std::optional<RunStart>> starts(count);
   all.agree([&] {
@@ -611,7 +648,8 @@ namespace {
 // One pass over the data for SAEs at the same step and data position.
 // ranks: as train_together's; every rank trains the same group.
 // pass: a --distribute pass (SpreadPass); members are this rank's SAEs of it (maybe none).
-std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass) {
+std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass,
+                                       const CheckpointEvaluator* evaluate) {
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
   // every rank and stops them all when it fails on one. A --distribute pass: every rank writes its
@@ -840,8 +878,13 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
                               st);
       return;
     }
-    save_checkpoint(dir, m.run().params, description, &st,
-                    [&](const std::string& folder) { m.feature_stats->write(folder); });
+    save_checkpoint(dir, m.run().params, description, &st, [&](const std::string& folder) {
+      m.feature_stats->write(folder);
+      if (evaluate && !m.config().eval_text.empty()) {
+        const std::string line = (*evaluate)(m.config(), folder, dir, st.step, st.tokens);
+        progress.message(m.name.empty() ? line : m.name + ": " + line);
+      }
+    });
   };
 
   // ---- buffers, allocated once ----
@@ -883,10 +926,17 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
 
   // ---- the loop: each batch goes through every SAE ----
+  // Ctrl-C or a scheduler's SIGTERM (interrupt.h): the step under way when the loop sees it is saved
+  // as a checkpoint of every SAE, then TrainingInterrupted. One process only: ranks would first have
+  // to agree on the step (a run under mpirun, even of one rank, ends on the signal as before: --resume
+  // goes on from its last checkpoint).
+  std::optional<StopOnSignal> stop_on_signal;
+  if (ranks == nullptr && pass == nullptr) stop_on_signal.emplace();
   if (dist) dist->reset_stats();
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
+    const bool stopping = stop_on_signal && stop_on_signal->requested() != 0 && this_step < steps;
     const int64_t n = batch.tokens;
     Tensor rows = upload ? batch.device.slice_rows(0, n) : batch.normalized.slice_rows(0, n);
     if (!upload && device != Device::CPU && whole_rows_used) {
@@ -931,7 +981,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       // then; a non-finite loss sum of any step since the last read makes the read's loss NaN
       // (UnitStep::pending_sums), even where the later steps' losses are finite.
       const bool log_step = this_step % config.log_every == 0 || this_step == steps;
-      const bool save_step = (this_step % config.checkpoint_every == 0 && this_step < steps) || this_step == steps;
+      const bool save_step =
+          (this_step % config.checkpoint_every == 0 && this_step < steps) || this_step == steps || stopping;
       const bool was_pending = sums.pending;
       if (sums.pending && (control || log_step || save_step || (i == 0 && progress.due(this_step))))
         sums = m.step->read_sums();
@@ -1001,11 +1052,16 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       }
       if (i == 0 && sums.pending) progress.seen(run.tokens);
       if (i == 0 && !sums.pending) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
-      if (run.step % config.checkpoint_every == 0 && run.step < steps) {
+      if ((run.step % config.checkpoint_every == 0 && run.step < steps) || stopping) {
         if (m.log) m.log->flush();
         save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());
-        if (synthetic) report_concepts(m, "checkpoint");
+        if (synthetic && !stopping) report_concepts(m, "checkpoint");
       }
+    }
+    if (stopping) {
+      progress.finish();
+      throw TrainingInterrupted(stop_on_signal->requested(), interrupted_message(members, stop_on_signal->requested(),
+                                                                                this_step, steps));
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
@@ -1053,10 +1109,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
 
 }  // namespace
 
-TrainResult train(TrainConfig config, Collectives* ranks) {
+TrainResult train(TrainConfig config, Collectives* ranks, const CheckpointEvaluator& evaluate) {
   std::vector<TrainConfig> one;
   one.push_back(std::move(config));
-  return std::move(train_together(std::move(one), ranks).front());
+  return std::move(train_together(std::move(one), ranks, evaluate).front());
 }
 
 double measure_step_seconds(const TrainConfig& config) {

@@ -3,6 +3,7 @@
 //   checkpoint. Writes config.json, metrics.csv, TensorBoard scalars, checkpoints/step_<N>/ and the
 //   final model in sae/ under config.out. Library code: throws, never exits.
 #pragma once
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,13 @@ struct TrainResult {
   bool already_finished = false;
 };
 
+// Evaluates a checkpoint while it is saved (TrainConfig::eval_text; sae/eval/checkpoint_eval.h makes
+// one): `folder` is the folder being built (its weights and cfg.json are written; what is written into
+// it is put in place with it, atomically), `dir` the name it will have, step and tokens the run's.
+// Returns a line for the progress display.
+using CheckpointEvaluator = std::function<std::string(const TrainConfig& config, const std::string& folder,
+                                                      const std::string& dir, int64_t step, int64_t tokens)>;
+
 // `config.resume` set: continues that run to config.steps (other options come from its config.json).
 // A run that is at config.steps already is not trained again: its result is read back from its
 // folder (a job scheduler's retry after a crash while the final outputs were written succeeds; the
@@ -46,7 +54,9 @@ struct TrainResult {
 // shards x data-parallel replicas, and every rank calls train with the same configuration; rank 0
 // writes the logs and the folder's files, every shard's owner its part of each checkpoint. Null:
 // one process.
-TrainResult train(TrainConfig config, Collectives* ranks = nullptr);
+// evaluate: called for each checkpoint of a run with --eval-text (one process only: not with ranks);
+// empty: such a run is refused (UsageError), since nothing would evaluate it.
+TrainResult train(TrainConfig config, Collectives* ranks = nullptr, const CheckpointEvaluator& evaluate = {});
 
 // How the final SAE folder of a run with this configuration stands to SAELens, for the summary line:
 // "SAELens format", or why SAELens does not load it (a crosscoder, a transcoder of a unit SAELens has
@@ -61,7 +71,8 @@ std::string saelens_note(const TrainConfig& config);
 // steps (a crash between their checkpoints) train in groups, one pass over the data per group; runs
 // at their last step already are not trained (see train()).
 // ranks: as train()'s; on several ranks every rank forms the same groups and trains them in turn.
-std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr);
+std::vector<TrainResult> train_together(std::vector<TrainConfig> configs, Collectives* ranks = nullptr,
+                                        const CheckpointEvaluator& evaluate = {});
 
 // One pass over the data of a --distribute run, as this rank saw it (train_spread).
 struct PassShare {
