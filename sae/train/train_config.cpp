@@ -126,7 +126,7 @@ void refuse_options_without_effect(const TrainConfig& c) {
                                  limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
                                  ": ", effect));
   // The cosines (SAELens's): between the warm-up and the decay, from --lr down to --lr-end.
-  require(!c.eval_text.empty() || !c.was_given("eval-stories"), "--eval-stories applies only with --eval-text");
+  require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
   require(c.lr_end == -1 || (std::isfinite(c.lr_end) && c.lr_end >= 0),
           cat("--lr-end must be a finite number >= 0 (or -1: --lr / 10), got ", c.lr_end));
   require(c.lr_cycles >= 1, cat("--lr-cycles must be >= 1, got ", c.lr_cycles));
