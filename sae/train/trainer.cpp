@@ -25,6 +25,7 @@
 #include "sae/train/dictionary_reads.h"
 #include "sae/train/interrupt.h"
 #include "sae/train/l0_controller.h"
+#include "sae/train/memory_check.h"
 #include "sae/train/options.h"
 #include "sae/train/run_feature_stats.h"
 #include "sae/train/run_start.h"
@@ -713,6 +714,20 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     m.feature_stats = std::make_unique<RunFeatureStats>(watched, device, batcher, m.start.resumed_from,
                                                         m.start.state ? m.start.state->step : 0,
                                                         member_description(data, m.reads));
+  }
+
+  // A run that cannot fit is refused before its SAEs are made (memory_check.h); on a GPU they live
+  // there, and the device's allocator says so itself.
+  if (device == Device::CPU) {
+    std::vector<SaeFootprint> footprints;
+    const int64_t replicas = dist ? dist->replicas() : 1;
+    for (const Member& m : members) {
+      const RunColumns columns = run_columns(data, m.reads.in, m.reads.out);
+      const int64_t features = m.start.params ? m.start.params->d_sae() : m.config().features;
+      footprints.push_back({columns.d_in, columns.d_out, features / shards, (batch_max_tokens + replicas - 1) / replicas,
+                            shared.precision == Precision::BF16 ? 2 : 4});
+    }
+    agree([&] { check_host_memory(footprints, available_host_memory()); });
   }
 
   // Every rank makes the whole SAE's first parameters (the same numbers as one process: a fresh b_dec

@@ -1,0 +1,37 @@
+// A run that cannot fit in host memory is refused before its SAEs are made (docs/robustness.md
+// "Memory"), instead of being killed by the kernel's out-of-memory killer part-way (Linux overcommits:
+// the allocations succeed and the pages fail when touched). What is counted is a lower bound of what
+// a CPU step holds per SAE: its parameters, Adam's two moments (3 x 4 bytes x (d_in F + F d_out + F +
+// d_out)) and one [N, F] array of pre-activations (4 bytes a cell; 2 at --precision bf16), N the
+// largest batch (a replica's share) and F the latents of this rank. Measured peaks are higher (about
+// 4 copies of the parameters and 2 of [N, F]): a run refused here could never have run.
+// What the process can get: MemAvailable + SwapFree (/proc/meminfo), or less where a cgroup v2 limit
+// (memory.max - memory.current) or RLIMIT_AS (ulimit -v; minus the process's VmSize) says so.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sae {
+
+struct HostMemory {
+  double bytes = -1;       // what this process can still get; < 0: unknown (nothing is refused)
+  std::string source;      // where it came from, for the message
+};
+// SAE_TEST_AVAILABLE_MEMORY=<bytes> stands in for the machine's (tests).
+HostMemory available_host_memory();
+
+// One SAE's shape on this rank.
+struct SaeFootprint {
+  int64_t d_in = 0, d_out = 0, latents = 0, tokens = 0;  // tokens: the largest batch this rank holds
+  int cell_bytes = 4;                                    // of an [N, F] array: 2 at --precision bf16
+  double lower_bound() const;                            // bytes, as the top of this file says
+};
+
+// Error (one line: what is needed, of what, what there is, what to change) when the SAEs' lower
+// bounds together exceed what `memory` says; nothing when it is unknown.
+void check_host_memory(const std::vector<SaeFootprint>& saes, const HostMemory& memory);
+
+std::string format_bytes(double bytes);  // "670 MB", "58.1 GB" (powers of 10)
+
+}  // namespace sae

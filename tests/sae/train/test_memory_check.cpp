@@ -1,0 +1,84 @@
+// The host-memory refusal (sae/train/memory_check.h): the lower bound's arithmetic, the refusal's
+// line, what the machine says it has, and sae_train refused before it makes anything: under ulimit -v
+// (the limit read from RLIMIT_AS) and with the test's stand-in for the machine's memory, while the
+// same run with enough memory trains.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "sae/train/memory_check.h"
+#include "tests/util/program_run.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using sae::testing::run_program;
+using sae::testing::TempDir;
+namespace fs = std::filesystem;
+
+TEST(MemoryCheck, TheLowerBoundIsTheWeightsAdamAndOnePreActivationArray) {
+  const SaeFootprint s{256, 256, 65536, 1024, 4};
+  const double parameters = 256.0 * 65536 * 2 + 65536 + 256;
+  EXPECT_DOUBLE_EQ(s.lower_bound(), 12 * parameters + 1024.0 * 65536 * 4);
+  const SaeFootprint transcoder{64, 32, 1000, 10, 2};  // bf16 cells
+  EXPECT_DOUBLE_EQ(transcoder.lower_bound(), 12 * (64.0 * 1000 + 1000 * 32 + 1000 + 32) + 10.0 * 1000 * 2);
+}
+
+TEST(MemoryCheck, ARunThatCannotFitIsRefusedInOneLine) {
+  const std::vector<SaeFootprint> one = {{256, 256, 65536, 1024, 4}};
+  EXPECT_NO_THROW(check_host_memory(one, HostMemory{1e9, "test"}));
+  EXPECT_NO_THROW(check_host_memory(one, HostMemory{-1, "unknown"}));  // unknown: nothing refused
+  try {
+    check_host_memory(one, HostMemory{5e8, "test"});
+    FAIL() << "not refused";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "not enough memory for this run: the SAE (F 65536 x d 256) needs at least 672 MB (weights "
+                           "and Adam's two moments 404 MB, the batch's 1024 x 65536 pre-activations 269 MB) and this "
+                           "process can get 500 MB (test): lower --features (--expansion-factor) or --batch, or train "
+                           "on a GPU (--device cuda)");
+  }
+  // Several SAEs: their sums.
+  const std::vector<SaeFootprint> two = {{256, 256, 65536, 1024, 4}, {256, 256, 65536, 1024, 4}};
+  EXPECT_NO_THROW(check_host_memory(two, HostMemory{1.4e9, "test"}));
+  EXPECT_THROW(check_host_memory(two, HostMemory{1.3e9, "test"}), Error);
+}
+
+TEST(MemoryCheck, TheMachineSaysWhatItHas) {
+  const HostMemory m = available_host_memory();
+  ASSERT_GT(m.bytes, 0) << m.source;
+  double total = 0;
+  std::ifstream in("/proc/meminfo");
+  for (std::string name; in >> name;) {
+    double kb = 0;
+    in >> kb;
+    if (name == "MemTotal:" || name == "SwapTotal:") total += kb * 1024;
+    std::string unit;
+    std::getline(in, unit);
+  }
+  EXPECT_LE(m.bytes, total);
+}
+
+TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
+  TempDir dir("memory_check");
+  const std::string run = " --synthetic-d 256 --features 16384 --batch 1024 --normalize dataset --steps 2 "
+                          "--progress none --device cpu --feature-stats-steps 0 --out ";
+  // The test's stand-in for the machine: refused, and nothing left behind.
+  auto refused = run_program("sae_train", run + dir.str("a"), dir, "SAE_TEST_AVAILABLE_MEMORY=150000000");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.err, "sae_train: error: not enough memory for this run: the SAE (F 16384 x d 256) needs at least "
+                         "168 MB (weights and Adam's two moments 101 MB, the batch's 1024 x 16384 pre-activations 68 "
+                         "MB) and this process can get 150 MB (SAE_TEST_AVAILABLE_MEMORY): lower --features "
+                         "(--expansion-factor) or --batch, or train on a GPU (--device cuda)\n");
+  EXPECT_FALSE(fs::exists(dir.str("a")));
+  auto fits = run_program("sae_train", run + dir.str("b"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
+  EXPECT_EQ(fits.exit_code, 0) << fits.err;
+  // ulimit -v: the limit this process runs under, less what it has mapped already.
+  const std::string limited = std::string("ulimit -v 3000000; ") + SAE_BIN_DIR + "/sae_train --synthetic-d 256 "
+                              "--features 262144 --batch 2048 --normalize dataset --steps 2 --progress none --device "
+                              "cpu --feature-stats-steps 0 --threads 1 --out " + dir.str("c") + " 2> " + dir.str("c.err");
+  const int status = std::system(("bash -c " + sae::testing::shell_quote(limited)).c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  const std::string err = sae::testing::read_file(dir.str("c.err"));
+  EXPECT_NE(err.find("needs at least 3.8 GB"), std::string::npos) << err;
+  EXPECT_NE(err.find("(ulimit -v (RLIMIT_AS) less this process's address space)"), std::string::npos) << err;
+}
