@@ -76,6 +76,7 @@ TrainConfig training_config(const cxxopts::ParseResult& parsed, const Profile& p
   // judge the defaults of what the command line leaves out. An --init run likewise, once it has
   // taken the folder's width and k (--architecture topk --init DIR without --k was refused).
   resolve_expansion_factor(c);  // (a --resume keeps its width)
+  if (c.resume.empty()) resolve_training_tokens(c);  // (a --resume's, once merged with its batch: resumed_config)
   if (validate && c.resume.empty() && c.init.empty()) c.validate();
   return c;
 }

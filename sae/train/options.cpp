@@ -294,6 +294,9 @@ std::vector<TrainOption> make_table() {
           "the batch's N tokens, at N times this); SAELens clips at 1; 0: no clipping",
           defines, "max_grad_norm", FIELD(max_grad_norm), number(), "0"),  // "0": runs from before it
       row("steps", training, "optimizer steps in total", controls, "steps", FIELD(steps), integer()),
+      row("training-tokens", training, "tokens to train on, instead of --steps (SAELens's training_tokens): --steps "
+          "becomes ceil(N / --batch); token batches only (0: --steps)", controls, "training_tokens",
+          FIELD(training_tokens), integer(), "0"),
       row("batch", training, "'story' (one story per step) or N (shuffled N-token batches)", defines, "batch",
           FIELD(batch_tokens), batch()),
       row("normalize", training, "story | dataset | none", defines, "normalize", FIELD(normalize),
@@ -484,7 +487,23 @@ TrainConfig resumed_config(const Json& saved, const TrainConfig& cli) {
   TrainConfig c = TrainConfig::from_json(saved);
   for (const TrainOption& o : train_options())
     if (o.role == OptionRole::Launch || (o.role == OptionRole::Controls && cli.was_given(o.name))) o.copy(c, cli);
+  // A length given again replaces the recorded one: --steps a recorded token count, --training-tokens
+  // the steps (of the run's own batch).
+  if (cli.was_given("steps") && !cli.was_given("training-tokens")) c.training_tokens = 0;
+  if (cli.was_given("training-tokens")) resolve_training_tokens(c);
   return c;
+}
+
+void resolve_training_tokens(TrainConfig& c) {
+  if (c.training_tokens == 0) return;
+  if (c.training_tokens < 0)
+    throw UsageError(cat("--training-tokens must be >= 1 (0: --steps), got ", c.training_tokens));
+  if (c.batch_tokens <= 0)
+    throw UsageError("--training-tokens counts token batches (--batch N): a story batch's tokens vary, give --steps");
+  const bool steps_given =
+      c.was_given("steps") && std::find(c.from_profile.begin(), c.from_profile.end(), "steps") == c.from_profile.end();
+  if (steps_given) throw UsageError("give --steps or --training-tokens, not both");
+  c.steps = (c.training_tokens + c.batch_tokens - 1) / c.batch_tokens;
 }
 
 }  // namespace sae

@@ -62,6 +62,9 @@ Json data_stream_identity(const TrainConfig& config);
 // On --resume: the run's saved config (config.json) with the Controls options `cli` was given and every
 // Launch option taken from `cli`.
 TrainConfig resumed_config(const Json& saved, const TrainConfig& cli);
+// --training-tokens N (SAELens's training_tokens): --steps = ceil(N / --batch). UsageError for story
+// batches, or beside --steps given on the command line. Nothing when it is 0.
+void resolve_training_tokens(TrainConfig& config);
 // Marks every Controls option of `config` as given: a config made in code (a study's run, a test)
 // whose Controls values all hold on --resume, defaults included.
 void give_every_control(TrainConfig& config);

@@ -59,6 +59,7 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double max_grad_norm = 0;          // SAELens's gradient clipping (of the mean loss's gradient); 0: none
   int64_t steps = 35000;
+  int64_t training_tokens = 0;       // --training-tokens N: steps = ceil(N / batch tokens) (0: --steps)
   int64_t batch_tokens = 0;          // 0 = one story per step ("story")
   Normalization normalize = Normalization::Story;
   std::string init;                  // start from this SAELens-format checkpoint directory
