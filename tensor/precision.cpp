@@ -1,14 +1,14 @@
 // The precision of float32 GEMMs (see precision.h).
 #include "tensor/precision.h"
 
-#include <atomic>
-
 #include "tensor/error.h"
 
 namespace sae {
 
 namespace {
-std::atomic<Precision> g_precision{Precision::FP32};
+// Each thread's: an evaluation at float32 on one thread (sae/eval/checkpoint_eval.h) must not change
+// the GEMMs a prefetch worker runs the language model with at the run's precision on another.
+thread_local Precision g_precision = Precision::FP32;
 }
 
 Precision parse_precision(const std::string& text) {
@@ -26,8 +26,8 @@ const char* precision_name(Precision precision) {
   }
 }
 
-void set_matmul_precision(Precision precision) { g_precision.store(precision); }
+void set_matmul_precision(Precision precision) { g_precision = precision; }
 
-Precision matmul_precision() { return g_precision.load(); }
+Precision matmul_precision() { return g_precision; }
 
 }  // namespace sae

@@ -1,5 +1,6 @@
 // The precision of float32 GEMMs (matmul and batched_matmul on float32 tensors; float64 GEMMs are
-// never affected), chosen once per process by the programs (--precision) and read by both backends:
+// never affected), chosen by the programs (--precision) for the thread that runs the GEMMs (a
+// worker thread takes its creator's: sae/data/prefetch.h) and read by both backends:
 //   fp32  plain float32 products and sums (the default);
 //   tf32  each input rounded to TF32 (float32's exponent, 10 mantissa bits), products summed in
 //         float32: what tensor cores do with cuBLAS's TF32 math mode;
@@ -28,7 +29,7 @@ enum class Precision { FP32, TF32, BF16 };
 Precision parse_precision(const std::string& text);  // "fp32" | "tf32" | "bf16"; UsageError naming --precision
 const char* precision_name(Precision precision);
 
-// The process-wide precision of float32 GEMMs (FP32 until set). Thread-safe to read.
+// The calling thread's precision of float32 GEMMs (FP32 until set on that thread).
 void set_matmul_precision(Precision precision);
 Precision matmul_precision();
 

@@ -2,6 +2,7 @@
 #include "sae/data/prefetch.h"
 
 #include "tensor/cuda/backend.h"
+#include "tensor/precision.h"
 #include "tensor/threads.h"
 
 namespace sae {
@@ -48,7 +49,13 @@ BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool backgroun
   if (background_) {
     if (upload_ && upload_->device() == Device::CUDA) cuda_device_ = cuda_current_device();
     set_blas_shared_between_threads(true);  // the worker may run GEMMs beside the step's
-    worker_ = std::thread([this] { worker_loop(); });
+    // The worker's GEMMs (a language model run from text) at this thread's precision (tensor/precision.h:
+    // each thread's own), whatever this thread sets later for a while (an evaluation at float32).
+    const Precision precision = matmul_precision();
+    worker_ = std::thread([this, precision] {
+      const ScopedMatmulPrecision same(precision);
+      worker_loop();
+    });
     std::lock_guard<std::mutex> lock(mutex_);
     target_ = 0;
     requested_ = true;

@@ -82,7 +82,7 @@ CheckpointEvaluator checkpoint_evaluator() {
     sae.dir = dir;  // the name it is put in place under
     EvalOptions options;
     options.text = config.eval_text;
-    options.text_field = config.text_field;
+    options.text_field = config.eval_text_field;
     options.max_stories = config.eval_stories;
     options.bos = bos_for_sae(BosMode::Auto, sae, *loaded->tokenizer);
     options.context_size = std::min(sae.context_size, model.config().max_positions);  // as sae_eval's default
@@ -132,11 +132,12 @@ std::string write_evals_csv(const std::string& run_dir) {
       {"mse", {"mse"}},
       {"cossim", {"cossim"}},
   };
-  std::string text = "step,tokens";
+  std::string text = "step,tokens,eval_stories,eval_tokens";
   for (const Column& c : columns) text += cat(",", c.first);
   text += "\n";
   for (const auto& [step, eval] : evals) {
-    text += cat(step, ",", csv_value(number_at(eval, {"training", "tokens"})));
+    text += cat(step, ",", csv_value(number_at(eval, {"training", "tokens"})), ",", csv_value(number_at(eval, {"stories"})),
+                ",", csv_value(number_at(eval, {"tokens"})));
     for (const Column& c : columns) text += "," + csv_value(number_at(eval, c.second));
     text += "\n";
   }

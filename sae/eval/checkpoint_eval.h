@@ -23,7 +23,8 @@ CheckpointEvaluator checkpoint_evaluator();
 std::string evaluation_line(const Json& eval, int64_t step);
 
 // Writes RUN/evals.csv from the eval.json of RUN's checkpoints (sae/ and checkpoints/step_N, one row
-// per step): step, tokens, the four runs' CE, KL of the spliced and ablated runs, the four scores, FVU,
+// per step): step, tokens (trained on), eval_stories and eval_tokens (what it was scored on: a
+// --resume may change --eval-text or --eval-stories), the four runs' CE, KL of the spliced and ablated runs, the four scores, FVU,
 // L0, dead and dense features, MSE and cosine (a null, such as a score whose denominator vanished:
 // nan). Returns its path, or "" when no checkpoint holds an eval.json (then an old evals.csv is
 // removed: it would describe checkpoints no longer there).

@@ -1,9 +1,9 @@
 // Stopping a training loop by a signal, as SAELens's runner does on SIGINT (Ctrl-C) and SIGTERM (a
 // job scheduler's preemption or time limit): while a StopOnSignal lives, the first SIGINT or SIGTERM
 // is only recorded; the loop asks requested() after each step, saves a checkpoint of every SAE at that
-// step and throws TrainingInterrupted. The handler is installed with SA_RESETHAND: a second signal
-// meets the default action again and ends the process at once (what was saved stays complete: saves
-// are atomic). The previous handlers are put back when it ends.
+// step and throws TrainingInterrupted. After the first, both signals have their default action again:
+// a second signal of either kind ends the process at once (what was saved stays complete: saves are
+// atomic). The previous handlers are put back when it ends; one ignored at the start stays ignored.
 #pragma once
 #include <csignal>
 #include <string>
@@ -33,5 +33,10 @@ struct TrainingInterrupted : Error {
 
 // "SIGINT", "SIGTERM", or "signal N".
 std::string signal_name(int signal);
+
+// Test hook (tests/experiments/test_cli_interrupt.cpp): SAE_TEST_SIGNAL_AT=<point>:<INT|TERM> sends
+// this process that signal at that point of the loop ("final-save": before the final models are
+// saved; "stop-save": before the checkpoint a signal asked for), as a user or a scheduler would.
+void test_signal_point(const char* point);
 
 }  // namespace sae

@@ -139,7 +139,7 @@ void for_each_cosine_block(const Tensor& concepts, const Tensor& decoder, const 
   }
   // An evaluation, not part of the run: cosines at float32 whatever the run's --precision (a bf16
   // product of rounded rows moves a cosine by up to ~1%, enough to flip "recovered" at 0.9). The
-  // precision is the process's: ranks on threads (tests) reporting at once at tf32/bf16 would race.
+  // precision is this thread's (tensor/precision.h): a prefetch worker keeps the run's.
   const ScopedMatmulPrecision exact(Precision::FP32);
   const int64_t block = 512;
   for (int64_t c0 = 0; c0 < n_concepts; c0 += block) {

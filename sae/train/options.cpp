@@ -372,6 +372,8 @@ std::vector<TrainOption> make_table() {
           std::string()),
       row("eval-stories", eval_group, "stories of --eval-text per evaluation (0: all of them)", controls,
           "eval_stories", FIELD(eval_stories), integer(), "100"),
+      row("eval-text-field", eval_group, "JSON lines: the field of --eval-text with the text", controls,
+          "eval_text_field", FIELD(eval_text_field), text(), "text"),
       row("synthetic-d", synthetic, "activation width D", defines, "d", FIELD(synthetic.d), integer()),
       row("synthetic-concepts", synthetic, "number of true concepts C", defines, "concepts", FIELD(synthetic.concepts),
           integer()),

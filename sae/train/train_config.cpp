@@ -88,6 +88,7 @@ void TrainConfig::validate() const {
     check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   else  // the values themselves still (an out-of-range value was recorded)
     check_feature_stats_options(1, FeatureStatsOptions{feature_stats_k, feature_stats_context});
+  require(!eval_text_field.empty(), "--eval-text-field must not be empty");
   require(eval_stories >= 0, cat("--eval-stories must be >= 0 (0: every story of --eval-text), got ", eval_stories));
   if (!eval_text.empty()) {
     require(data == "text", "--eval-text splices the SAE into the language model it trains on: it needs --model and "
@@ -127,6 +128,8 @@ void refuse_options_without_effect(const TrainConfig& c) {
                                  ": ", effect));
   // The cosines (SAELens's): between the warm-up and the decay, from --lr down to --lr-end.
   require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
+  require(c.eval_text_field == defaults.eval_text_field || (!c.eval_text.empty() && is_json_lines_path(c.eval_text)),
+          cat("--eval-text-field ", c.eval_text_field, " names a field of JSON lines (.jsonl) given as --eval-text"));
   require(c.lr_end == -1 || (std::isfinite(c.lr_end) && c.lr_end >= 0),
           cat("--lr-end must be a finite number >= 0 (or -1: --lr / 10), got ", c.lr_end));
   require(c.lr_cycles >= 1, cat("--lr-cycles must be >= 1, got ", c.lr_cycles));

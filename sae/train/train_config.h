@@ -112,6 +112,7 @@ struct TrainConfig {
   // spliced into the language model over the first eval_stories stories of eval_text, eval.json in
   // the checkpoint's folder, evals.csv in the run's (sae/eval/checkpoint_eval.h). "": not evaluated.
   std::string eval_text;
+  std::string eval_text_field = "text";  // its JSON lines field
   int64_t eval_stories = 100;
 
   // Not options: the names of the options the user set (command line or profile), so --resume can

@@ -16,6 +16,7 @@
 #include "io/atomic_file.h"
 #include "io/csv.h"
 #include "io/mapped_file.h"
+#include "lm/text_data.h"
 #include "sae/data/prefetch.h"
 #include "sae/data/synthetic.h"
 #include "sae/arch/sae_step.h"
@@ -232,20 +233,41 @@ void refuse_evaluation(const TrainConfig& c) {
                      "mpirun, not in a study); evaluate them with sae_eval");
 }
 
-// --eval-text that is not a regular file (a FIFO, a directory): refused before the run, not at its
-// first checkpoint.
-void check_eval_text(const TrainConfig& c) { ::close(open_regular_file(c.eval_text)); }
-
-// TrainingInterrupted's message: where the step reached was saved, and how to go on.
-std::string interrupted_message(const std::vector<Member>& members, int signal, int64_t step, int64_t steps) {
-  const std::string head = cat(signal_name(signal), " after step ", step, " of ", steps, ": saved ");
-  if (members.size() == 1) {
-    const std::string out = members[0].config().out;
-    return cat(head, (fs::path(out) / "checkpoints" / cat("step_", step)).string(), " (--resume ", out,
-               " goes on from there)");
+// --eval-text that is not a regular file (a FIFO, a directory), has no story or not the field
+// (--eval-text-field) its first line: refused before the run, not at its first checkpoint.
+void check_eval_text(const TrainConfig& c) {
+  ::close(open_regular_file(c.eval_text));
+  try {
+    StoryReader reader(c.eval_text, c.eval_text_field);
+    TextStory first;
+    if (!reader.next(first)) throw DataError(cat(c.eval_text, ": the text holds no stories"));
+  } catch (const DataError& e) {
+    throw DataError(cat("--eval-text: ", e.what()));
   }
-  return cat(head, "checkpoints/step_", step, " in each of the ", members.size(), " run folders under ",
-             fs::path(members[0].config().out).parent_path().string(), " (--resume goes on from there)");
+}
+
+// How a stopped run goes on: its study's command again (the folder above holds study.json), --resume of
+// its list (sweep.json), or --resume of the run itself.
+std::string going_on(const std::string& out) {
+  const fs::path above = fs::path(out).parent_path();
+  if (fs::exists(above / "study.json")) return "the study's command, run again, goes on from there";
+  if (fs::exists(above / "sweep.json")) return cat("--resume ", above.string(), " goes on from there");
+  return cat("--resume ", out, " goes on from there");
+}
+
+// TrainingInterrupted's message: where the step reached was saved, and how to go on. At the last step
+// the final models are saved; what comes after them (figures, evals.csv) is made by the same way on.
+std::string interrupted_message(const std::vector<Member>& members, int signal, int64_t step, int64_t steps) {
+  const bool last = step == steps;
+  const std::string head = cat(signal_name(signal), last ? " at the end of step " : " after step ", step, " of ",
+                               steps, ": saved ");
+  const std::string folder = last ? std::string("sae") : cat("checkpoints/step_", step);
+  const std::string out = members[0].config().out;
+  const std::string then = last ? ", and draws the figures" : "";
+  if (members.size() == 1)
+    return cat(head, (fs::path(out) / folder).string(), " (", going_on(out), then, ")");
+  return cat(head, folder, " in each of the ", members.size(), " run folders under ",
+             fs::path(out).parent_path().string(), " (", going_on(out), then, ")");
 }
 
 // A pass over the data of a --distribute run (train_spread): the SAEs of a group are spread over the
@@ -884,7 +906,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     if (lead) progress.message(line);
     return r;
   };
-  auto save = [&](Member& m, const std::string& dir) {
+  // evaluated: --eval-text's evaluation of the folder (not for the checkpoint a signal asks for: a
+  // scheduler's grace period is short). A failing evaluation costs its eval.json only (a warning).
+  auto save = [&](Member& m, const std::string& dir, bool evaluated = true) {
     const TrainingState st = m.run().saved();
     const Json description = run_description(m.config(), m.description, m.run());
     if (dist) {
@@ -895,9 +919,13 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     }
     save_checkpoint(dir, m.run().params, description, &st, [&](const std::string& folder) {
       m.feature_stats->write(folder);
-      if (evaluate && !m.config().eval_text.empty()) {
-        const std::string line = (*evaluate)(m.config(), folder, dir, st.step, st.tokens);
-        progress.message(m.name.empty() ? line : m.name + ": " + line);
+      if (!evaluate || m.config().eval_text.empty() || !evaluated) return;
+      const std::string who = m.name.empty() ? "" : m.name + ": ";
+      try {
+        progress.message(who + (*evaluate)(m.config(), folder, dir, st.step, st.tokens));
+      } catch (const Error& e) {
+        progress.warning(cat(who, "--eval-text: step ", st.step, " was not evaluated (", e.what(),
+                             "); its checkpoint is saved without eval.json"));
       }
     });
   };
@@ -951,7 +979,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
     const PreparedBatch& batch = prefetcher.next();
-    const bool stopping = stop_on_signal && stop_on_signal->requested() != 0 && this_step < steps;
+    const int signal_seen = stop_on_signal ? stop_on_signal->requested() : 0;
+    const bool stopping = signal_seen != 0 && this_step < steps;
     const int64_t n = batch.tokens;
     Tensor rows = upload ? batch.device.slice_rows(0, n) : batch.normalized.slice_rows(0, n);
     if (!upload && device != Device::CPU && whole_rows_used) {
@@ -1069,14 +1098,14 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (i == 0 && !sums.pending) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
       if ((run.step % config.checkpoint_every == 0 && run.step < steps) || stopping) {
         if (m.log) m.log->flush();
-        save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string());
+        if (stopping) test_signal_point("stop-save");
+        save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string(), !stopping);
         if (synthetic && !stopping) report_concepts(m, "checkpoint");
       }
     }
     if (stopping) {
       progress.finish();
-      throw TrainingInterrupted(stop_on_signal->requested(), interrupted_message(members, stop_on_signal->requested(),
-                                                                                this_step, steps));
+      throw TrainingInterrupted(signal_seen, interrupted_message(members, signal_seen, this_step, steps));
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_begin).count();
@@ -1091,6 +1120,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   }
 
   // ---- final models: sae/ (SAELens layout + training state, so it can be extended with --resume) ----
+  test_signal_point("final-save");
   std::vector<TrainResult> results;
   for (Member& m : members) {
     if (m.log) m.log->flush();
@@ -1099,7 +1129,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     result.collectives = loop_collectives;
     result.model_dir = (fs::path(m.config().out) / "sae").string();
     result.saelens_note = saelens_note(m.config());
-    save(m, result.model_dir);
+    save(m, result.model_dir, !(stop_on_signal && stop_on_signal->requested()));
     result.steps = m.run().step;
     result.tokens = m.run().tokens;
     result.metrics_csv = (fs::path(m.config().out) / "metrics.csv").string();
@@ -1119,6 +1149,11 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     if (synthetic) result.concepts = report_concepts(m, "final");
     results.push_back(std::move(result));
   }
+  // A signal in the last step or the final saves: the run is complete, but nothing after it starts
+  // (another group of a list, the next run of a study).
+  if (stop_on_signal && stop_on_signal->requested())
+    throw TrainingInterrupted(stop_on_signal->requested(), interrupted_message(members, stop_on_signal->requested(),
+                                                                              steps, steps));
   return results;
 }
 

@@ -42,16 +42,18 @@ struct Stopped {
   std::string err;
 };
 
-// Starts sae_train `args` (signals at their defaults, as a terminal's foreground job has them), waits
-// until `csv` has two logged rows, sends `signal` and waits for the process (at most 60 s).
-Stopped run_and_signal(const std::string& args, const std::string& csv, int signal, const TempDir& dir) {
+// Starts sae_train `args` (signals at their defaults, as a terminal's foreground job has them; `env`
+// before it), waits until `csv` has two logged rows, sends `signal` and waits for the process (at most
+// 60 s).
+Stopped run_and_signal(const std::string& args, const std::string& csv, int signal, const TempDir& dir,
+                       const std::string& env = "") {
   const std::string err_file = dir.str("stopped.err");
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGTERM, SIG_DFL);
-    const std::string command = std::string(SAE_BIN_DIR) + "/sae_train " + args + " > /dev/null 2> " + err_file;
-    ::execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    const std::string command = env + " " + SAE_BIN_DIR + "/sae_train " + args + " > /dev/null 2> " + err_file;
+    ::execl("/bin/sh", "sh", "-c", ("exec env " + command).c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
   Stopped r;
@@ -110,7 +112,8 @@ TEST(Interrupt, EverySaeOfAListIsSaved) {
   ASSERT_EQ(stopped.status, 128 + SIGTERM) << stopped.err;
   std::smatch m;
   const std::regex line("^sae_train: stopped by SIGTERM after step ([0-9]+) of 100000000: saved checkpoints/step_\\1 "
-                        "in each of the 2 run folders under " + out + " \\(--resume goes on from there\\)\n$");
+                        "in each of the 2 run folders under " + out + " \\(--resume " + out +
+                        " goes on from there\\)\n$");
   ASSERT_TRUE(std::regex_match(stopped.err, m, line)) << stopped.err;
   for (const char* member : {"l1_0.1", "l1_0.2"})
     EXPECT_TRUE(fs::exists(out + "/" + member + "/checkpoints/step_" + m[1].str() + "/training_state.safetensors"))
@@ -133,4 +136,43 @@ TEST(Interrupt, ASignalIgnoredAtTheStartStaysIgnored) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_EQ(lines_in(run + "/metrics.csv"), 1 + 100000 / 7 + 1);  // every row: it ran to its end
   EXPECT_TRUE(fs::exists(run + "/sae/sae_weights.safetensors"));
+}
+
+TEST(Interrupt, ASecondSignalOfEitherKindEndsTheProcessAtOnce) {
+  // SIGTERM, then SIGINT while the checkpoint it asked for is being saved (a scheduler's signal, then
+  // a user's Ctrl-C): the process ends by the SIGINT, without its line; the checkpoints already
+  // complete are kept (here: none), nothing half-written is left in place.
+  TempDir dir("interrupt_twice");
+  const std::string run = dir.str("run");
+  const Stopped stopped = run_and_signal(std::string(kTiny) + " --steps 100000000 --out " + run, run + "/metrics.csv",
+                                         SIGTERM, dir, "SAE_TEST_SIGNAL_AT=stop-save:INT");
+  EXPECT_EQ(stopped.status, 128 + SIGINT) << stopped.err;
+  EXPECT_EQ(stopped.err.find("stopped by"), std::string::npos) << stopped.err;
+  EXPECT_FALSE(fs::exists(run + "/checkpoints") && !fs::is_empty(run + "/checkpoints"));
+}
+
+TEST(Interrupt, ASignalAtTheEndOfARunKeepsItsFinalModelAndStopsWhatWouldFollow) {
+  // At the final save: the run's final model is saved (not evaluated, not drawn), the line says so,
+  // and the exit status is the signal's; --resume then trains nothing, draws the figures, exits 0.
+  TempDir dir("interrupt_end");
+  const std::string run = dir.str("run");
+  auto stopped = run_program("sae_train", std::string(kTiny) + " --steps 40 --out " + run, dir,
+                             "SAE_TEST_SIGNAL_AT=final-save:TERM");
+  EXPECT_EQ(stopped.exit_code, 128 + SIGTERM) << stopped.err;
+  EXPECT_EQ(stopped.err, "sae_train: stopped by SIGTERM at the end of step 40 of 40: saved " + run +
+                             "/sae (--resume " + run + " goes on from there, and draws the figures)\n");
+  EXPECT_TRUE(fs::exists(run + "/sae/training_state.safetensors"));
+  EXPECT_FALSE(fs::exists(run + "/figures/loss.png"));
+  auto again = run_program("sae_train", "--resume " + run, dir);
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_TRUE(fs::exists(run + "/figures/loss.png"));
+  // A list trained in one pass: the second SAE's final save is not skipped, and nothing follows.
+  const std::string out = dir.str("sweep");
+  auto list = run_program("sae_train", std::string(kTiny) + " --steps 40 --l1-list 0.1,0.2 --out " + out, dir,
+                          "SAE_TEST_SIGNAL_AT=final-save:INT");
+  EXPECT_EQ(list.exit_code, 128 + SIGINT) << list.err;
+  EXPECT_TRUE(fs::exists(out + "/l1_0.1/sae/training_state.safetensors"));
+  EXPECT_TRUE(fs::exists(out + "/l1_0.2/sae/training_state.safetensors"));
+  EXPECT_NE(list.err.find("(--resume " + out + " goes on from there, and draws the figures)"), std::string::npos)
+      << list.err;
 }

@@ -160,6 +160,8 @@ TEST(TrainEval, OptionsItCannotHonourAreRefused) {
                         "--context-size 32 --progress none ",
                         "--device cpu --out ", shell_quote(dir.str("e")), " --eval-text ", stories),
        2, "a crosscoder's checkpoints are evaluated with sae_eval"},
+      {"sae_train", text_run(dir.str("g"), "--steps 3 --eval-text " + stories + " --eval-text-field body"), 2,
+       "--eval-text-field body names a field of JSON lines (.jsonl) given as --eval-text"},
       {"recon_vs_f", cat("--model ", shell_quote(eval_ref("model")), " --text ", stories, " --layer 1 --context-size 32 --features-list 8 ",
                          "--steps 3 --progress none --device cpu --out ", shell_quote(dir.str("f")), " --eval-text ",
                          stories),
@@ -172,4 +174,44 @@ TEST(TrainEval, OptionsItCannotHonourAreRefused) {
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << "wanted '" << c.needle << "' in: " << r.err;
   }
   EXPECT_FALSE(fs::exists(dir.str("c/config.json")));  // refused before the run began
+}
+
+TEST(TrainEval, TheEvaluationChangesNothingOfTheTraining) {
+  // At bf16 with the batches made on a worker thread (the language model runs there beside the
+  // evaluation, which runs at float32): the run's metrics and weights are those of a run without it.
+  TempDir dir("train_eval_same");
+  const std::string run = " --batch 64 --normalize dataset --text-chunk-tokens 512 --precision bf16 --prefetch on "
+                          "--threads 1 --steps 48";
+  const std::string eval = cat(" --eval-text ", shell_quote(eval_ref("stories.txt")), " --eval-stories 0");
+  const auto plain = run_program("sae_train", text_run(dir.str("plain"), run), dir);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const auto evaluated = run_program("sae_train", text_run(dir.str("evaluated"), run + eval + " --checkpoint-every 2"), dir);
+  ASSERT_EQ(evaluated.exit_code, 0) << evaluated.err;
+  EXPECT_EQ(read_file(dir.str("plain/metrics.csv")), read_file(dir.str("evaluated/metrics.csv")));
+  EXPECT_EQ(read_file(dir.str("plain/sae/sae_weights.safetensors")),
+            read_file(dir.str("evaluated/sae/sae_weights.safetensors")));
+}
+
+TEST(TrainEval, AFailingEvaluationCostsItsEvalJsonOnly) {
+  // JSON lines whose third line lacks the field: the start (which reads the first story) lets it
+  // through, each evaluation then fails; the run trains to its end, every checkpoint saved, a warning
+  // each time, no eval.json and no evals.csv.
+  TempDir dir("train_eval_fails");
+  const std::string corpus = dir.str("eval.jsonl");
+  std::ofstream(corpus) << "{\"text\": \"Once upon a time there was a cat.\"}\n{\"text\": \"A dog ran.\"}\n"
+                           "{\"body\": \"no text here\"}\n";
+  const auto r = run_program("sae_train", text_run(dir.str("run"), "--steps 8 --eval-text " + shell_quote(corpus)), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("sae_train: warning: --eval-text: step 4 was not evaluated ("), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("); its checkpoint is saved without eval.json"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir.str("run/checkpoints/step_4/training_state.safetensors")));
+  EXPECT_TRUE(fs::exists(dir.str("run/sae/training_state.safetensors")));
+  EXPECT_FALSE(fs::exists(dir.str("run/sae/eval.json")));
+  EXPECT_FALSE(fs::exists(dir.str("run/evals.csv")));
+  // A corpus whose first line lacks the field is refused before the run starts.
+  std::ofstream(corpus) << "{\"body\": \"no text here\"}\n";
+  const auto refused = run_program("sae_train", text_run(dir.str("run2"), "--steps 8 --eval-text " + shell_quote(corpus)), dir);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.err.rfind("sae_train: error: --eval-text: ", 0), 0u) << refused.err;
+  EXPECT_FALSE(fs::exists(dir.str("run2/config.json")));
 }
