@@ -256,7 +256,8 @@ std::string going_on(const std::string& out) {
 }
 
 // TrainingInterrupted's message: where the step reached was saved, and how to go on. At the last step
-// the final models are saved; what comes after them (figures, evals.csv) is made by the same way on.
+// the final models are saved; what a finished run adds after them (figures, evals.csv) is made when
+// it is resumed, which trains nothing more.
 std::string interrupted_message(const std::vector<Member>& members, int signal, int64_t step, int64_t steps) {
   const bool last = step == steps;
   const std::string head = cat(signal_name(signal), last ? " at the end of step " : " after step ", step, " of ",
@@ -923,7 +924,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const std::string who = m.name.empty() ? "" : m.name + ": ";
       try {
         progress.message(who + (*evaluate)(m.config(), folder, dir, st.step, st.tokens));
-      } catch (const Error& e) {
+      } catch (const std::exception& e) {  // (an allocation too: the checkpoint is what matters)
         progress.warning(cat(who, "--eval-text: step ", st.step, " was not evaluated (", e.what(),
                              "); its checkpoint is saved without eval.json"));
       }
