@@ -81,6 +81,8 @@ int plan_runs(const cxxopts::ParseResult& parsed, const sae::Profile& profile, c
     if (std::fabs(lambdas[i] - lambda) <= 1e-9 * std::max(1.0, lambda)) continued = int(i);
   if (continued < 0)
     throw sae::UsageError("--continue-lambda: expected one of --l1-list or 'none', got '" + continue_text + "'");
+  // 0: three times the runs' steps (as resolved: --training-tokens sets them from the batch).
+  if (continue_steps == 0) continue_steps = 3 * runs[continued].config.steps;
   if (continue_steps <= runs[continued].config.steps)
     throw sae::UsageError(sae::cat("--continue-steps: ", continue_steps, " is not beyond --steps ",
                                    runs[continued].config.steps));
@@ -89,6 +91,7 @@ int plan_runs(const cxxopts::ParseResult& parsed, const sae::Profile& profile, c
   sae::StudyRun more = runs[continued];
   more.name = run_name(lambdas[continued]) + "_to_" + std::to_string(continue_steps);
   more.config.steps = continue_steps;
+  more.config.training_tokens = 0;  // its length is continue_steps (a recorded token count would set it back)
   more.continue_from = (fs::path(out) / runs[continued].name).string();
   runs.push_back(more);
   return continued;
@@ -273,7 +276,6 @@ int main(int argc, char** argv) {
 
     std::vector<sae::StudyRun> runs;
     int64_t continue_steps = int_option("continue-steps");
-    if (continue_steps == 0) continue_steps = 3 * std::stoll(sae::option_value(parsed, profile, "steps"));
     const int continued = plan_runs(parsed, profile, lambdas, continue_steps, out, runs);
     const auto begin = std::chrono::steady_clock::now();
     const std::vector<sae::RunOutcome> outcomes = sae::run_study("l1_sweep", runs, out, sae::print_line);

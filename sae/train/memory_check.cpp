@@ -38,7 +38,55 @@ double file_number(const char* path) {
   return end && *end == '\0' && v >= 0 ? v : -1;
 }
 
+// A "name N" line of a cgroup's memory.stat; 0 when absent.
+double stat_value(const std::string& path, const std::string& name) {
+  std::ifstream in(path);
+  std::string key;
+  double value = 0;
+  while (in >> key >> value)
+    if (key == name) return value;
+  return 0;
+}
+
 }  // namespace
+
+double cgroup_headroom(const std::string& proc_self_cgroup, const std::string& sys_root) {
+  double least = -1;
+  auto consider = [&](double limit, double used, double reclaimable) {
+    if (limit < 0 || used < 0 || limit >= 1e18) return;  // none ("max", v1's 2^63 rounded to pages)
+    const double left = std::max(limit - std::max(used - reclaimable, 0.0), 0.0);
+    if (least < 0 || left < least) least = left;
+  };
+  std::istringstream lines(proc_self_cgroup);
+  for (std::string line; std::getline(lines, line);) {
+    // "ID:CONTROLLERS:/PATH": v2 is "0::/PATH", v1's memory controller "N:memory:/PATH" (or listed with others).
+    const size_t first = line.find(':'), second = first == std::string::npos ? first : line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    const std::string controllers = line.substr(first + 1, second - first - 1);
+    std::string path = line.substr(second + 1);
+    const bool v2 = line.substr(0, first) == "0" && controllers.empty();
+    bool v1 = false;
+    std::istringstream names(controllers);
+    for (std::string name; std::getline(names, name, ',');) v1 = v1 || name == "memory";
+    if (!v2 && !v1) continue;
+    const std::string base = v2 ? sys_root : sys_root + "/memory";
+    // This cgroup and every one above it: a limit higher up binds as well.
+    for (;;) {
+      const std::string dir = base + (path == "/" ? std::string() : path);
+      if (v2)
+        consider(file_number((dir + "/memory.max").c_str()), file_number((dir + "/memory.current").c_str()),
+                 stat_value(dir + "/memory.stat", "inactive_file"));
+      else
+        consider(file_number((dir + "/memory.limit_in_bytes").c_str()),
+                 file_number((dir + "/memory.usage_in_bytes").c_str()),
+                 stat_value(dir + "/memory.stat", "total_inactive_file"));
+      if (path.empty() || path == "/") break;
+      const size_t cut = path.rfind('/');
+      path = cut == 0 || cut == std::string::npos ? "/" : path.substr(0, cut);
+    }
+  }
+  return least;
+}
 
 HostMemory available_host_memory() {
   HostMemory m;
@@ -52,10 +100,13 @@ HostMemory available_host_memory() {
     m.bytes = available + std::max(swap, 0.0);
     m.source = "MemAvailable + SwapFree";
   }
-  const double limit = file_number("/sys/fs/cgroup/memory.max"), used = file_number("/sys/fs/cgroup/memory.current");
-  if (limit >= 0 && used >= 0 && (m.bytes < 0 || limit - used < m.bytes)) {
-    m.bytes = std::max(limit - used, 0.0);
-    m.source = "the cgroup's memory.max - memory.current";
+  std::ifstream groups("/proc/self/cgroup");
+  std::stringstream text;
+  text << groups.rdbuf();
+  const double headroom = cgroup_headroom(text.str(), "/sys/fs/cgroup");
+  if (headroom >= 0 && (m.bytes < 0 || headroom < m.bytes)) {
+    m.bytes = headroom;
+    m.source = "the cgroup's limit less its use";
   }
   rlimit as{};
   if (::getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
@@ -94,12 +145,16 @@ void check_host_memory(const std::vector<SaeFootprint>& saes, const HostMemory& 
   weights = need - cells;
   if (need <= memory.bytes) return;
   const SaeFootprint& first = saes.front();
+  const bool one = saes.size() == 1;
   const std::string what =
-      saes.size() == 1 ? cat("the SAE (F ", first.latents, " x d ", first.d_in, ")")
-                       : cat("the ", saes.size(), " SAEs trained together");
-  throw Error(cat("not enough memory for this run: ", what, saes.size() == 1 ? " needs at least " : " need at least ", format_bytes(need),
-                  " (weights and Adam's two moments ", format_bytes(weights), ", the batch's ", first.tokens, " x ",
-                  first.latents, " pre-activations ", format_bytes(cells), ") and this process can get ",
+      one ? cat("the SAE (F ", first.latents, " x d ", first.d_in,
+                first.d_out != first.d_in ? cat(" -> ", first.d_out) : std::string(), ")")
+          : cat("the ", saes.size(), " SAEs trained together");
+  const std::string arrays = one ? cat("the batch's ", first.tokens, " x ", first.latents, " pre-activations ")
+                                 : std::string("their batch's pre-activations ");
+  throw Error(cat("not enough memory for this run: ", what, one ? " needs at least " : " need at least ",
+                  format_bytes(need), " (weights and Adam's two moments ", format_bytes(weights), ", ", arrays,
+                  format_bytes(cells), ") and this process can get ",
                   format_bytes(memory.bytes), " (", memory.source, "): lower --features (--expansion-factor) or "
                   "--batch, or train on a GPU (--device cuda)"));
 }

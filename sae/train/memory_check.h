@@ -5,8 +5,11 @@
 // d_out)) and one [N, F] array of pre-activations (4 bytes a cell; 2 at --precision bf16), N the
 // largest batch (a replica's share) and F the latents of this rank. Measured peaks are higher (about
 // 4 copies of the parameters and 2 of [N, F]): a run refused here could never have run.
-// What the process can get: MemAvailable + SwapFree (/proc/meminfo), or less where a cgroup v2 limit
-// (memory.max - memory.current) or RLIMIT_AS (ulimit -v; minus the process's VmSize) says so.
+// What the process can get: MemAvailable + SwapFree (/proc/meminfo), or less where a cgroup's limit
+// (v2 memory.max, v1 memory.limit_in_bytes, of its cgroup or one above it) less its use (without
+// the inactive page cache the kernel reclaims) or RLIMIT_AS (ulimit -v; minus the process's VmSize)
+// says so. Under ulimit -v, OpenBLAS's buffers (about 128 MB a thread, not counted) may make it spin
+// in its allocator instead of failing: give ulimit -v room beyond the bound.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,6 +23,9 @@ struct HostMemory {
 };
 // SAE_TEST_AVAILABLE_MEMORY=<bytes> stands in for the machine's (tests).
 HostMemory available_host_memory();
+// The least that the memory cgroups of `proc_self_cgroup` (/proc/self/cgroup's text) and their
+// ancestors under `sys_root` (/sys/fs/cgroup) still allow, bytes; -1 when none limits.
+double cgroup_headroom(const std::string& proc_self_cgroup, const std::string& sys_root);
 
 // One SAE's shape on this rank.
 struct SaeFootprint {

@@ -52,6 +52,23 @@ Codec<int64_t> integer() {
           [](const Json& j) { return j.as_int(); }};
 }
 
+// A count that may be written as SAELens's configs write theirs (--training-tokens 2e9): an integer, or
+// a number in scientific notation whose value is a whole number.
+Codec<int64_t> count() {
+  Codec<int64_t> c = integer();
+  const auto whole = c.parse;
+  c.parse = [whole](const std::string& option, const std::string& text) {
+    if (text.find_first_of("eE.") == std::string::npos) return whole(option, text);
+    double v = 0;
+    const auto r = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (r.ec != std::errc() || r.ptr != text.data() + text.size() || v != std::floor(v) ||
+        std::fabs(v) > double(kJsonMaxExactInteger))
+      bad_value(option, "a whole number of at most 2^53 (e.g. 2000000000 or 2e9)", text);
+    return static_cast<int64_t>(v);
+  };
+  return c;
+}
+
 // Seeds: integers in [0, 2^53], which config.json's numbers (doubles) hold exactly, so that a run
 // resumed or repeated from what it recorded is the same run.
 constexpr uint64_t kMaxExactSeed = static_cast<uint64_t>(kJsonMaxExactInteger);
@@ -296,7 +313,7 @@ std::vector<TrainOption> make_table() {
       row("steps", training, "optimizer steps in total", controls, "steps", FIELD(steps), integer()),
       row("training-tokens", training, "tokens to train on, instead of --steps (SAELens's training_tokens): --steps "
           "becomes ceil(N / --batch); token batches only (0: --steps)", controls, "training_tokens",
-          FIELD(training_tokens), integer(), "0"),
+          FIELD(training_tokens), count(), "0"),
       row("batch", training, "'story' (one story per step) or N (shuffled N-token batches)", defines, "batch",
           FIELD(batch_tokens), batch()),
       row("normalize", training, "story | dataset | none", defines, "normalize", FIELD(normalize),
@@ -490,9 +507,14 @@ TrainConfig resumed_config(const Json& saved, const TrainConfig& cli) {
   for (const TrainOption& o : train_options())
     if (o.role == OptionRole::Launch || (o.role == OptionRole::Controls && cli.was_given(o.name))) o.copy(c, cli);
   // A length given again replaces the recorded one: --steps a recorded token count, --training-tokens
-  // the steps (of the run's own batch).
-  if (cli.was_given("steps") && !cli.was_given("training-tokens")) c.training_tokens = 0;
-  if (cli.was_given("training-tokens")) resolve_training_tokens(c);
+  // the steps (of the run's own batch). Both given must say the same (a study's run gives both, as
+  // resolved when it was made).
+  if (cli.was_given("training-tokens") && cli.training_tokens != 0) {
+    resolve_training_tokens(c);
+    if (cli.was_given("steps") && cli.steps != c.steps) throw UsageError("give --steps or --training-tokens, not both");
+  } else if (cli.was_given("steps")) {
+    c.training_tokens = 0;
+  }
   return c;
 }
 

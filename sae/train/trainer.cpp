@@ -531,6 +531,17 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
     });
     if (start.finished) {
       agree([&] { results[i] = finished_result(start); });
+      // Its final model saved without evaluation (a signal at the final save): evaluated now.
+      const fs::path model = fs::path(start.config.out) / "sae";
+      if (evaluate && lead && !start.config.eval_text.empty() && !fs::exists(model / "eval.json")) {
+        Progress progress(start.config.progress, results[i]->steps, results[i]->steps);
+        try {
+          progress.message(
+              evaluate(start.config, model.string(), model.string(), results[i]->steps, results[i]->tokens));
+        } catch (const std::exception& e) {
+          progress.warning(cat("--eval-text: the final model was not evaluated (", e.what(), ")"));
+        }
+      }
       continue;
     }
     if (!evaluate) refuse_evaluation(start.config);

@@ -215,3 +215,22 @@ TEST(TrainEval, AFailingEvaluationCostsItsEvalJsonOnly) {
   EXPECT_EQ(refused.err.rfind("sae_train: error: --eval-text: ", 0), 0u) << refused.err;
   EXPECT_FALSE(fs::exists(dir.str("run2/config.json")));
 }
+
+TEST(TrainEval, AFinalModelSavedOnASignalIsEvaluatedWhenTheRunIsResumed) {
+  // A signal at the final save: sae/ is saved without evaluation (a grace period is short); the
+  // --resume the line names trains nothing, evaluates it and writes evals.csv with its row.
+  TempDir dir("train_eval_signal");
+  const std::string run = dir.str("run");
+  const std::string eval = cat(" --eval-text ", shell_quote(eval_ref("stories.txt")), " --eval-stories 3");
+  const auto stopped = run_program("sae_train", text_run(run, "--steps 8" + eval), dir, "SAE_TEST_SIGNAL_AT=final-save:TERM");
+  EXPECT_EQ(stopped.exit_code, 143) << stopped.err;
+  EXPECT_TRUE(fs::exists(run + "/sae/training_state.safetensors"));
+  EXPECT_FALSE(fs::exists(run + "/sae/eval.json"));
+  const auto resumed = run_program("sae_train", "--resume " + shell_quote(run), dir);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(read_json_file(run + "/sae/eval.json").at("training").at("step").as_int(), 8);
+  const auto rows = csv_rows(run + "/evals.csv");
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1][0], "4");
+  EXPECT_EQ(rows[2][0], "8");
+}

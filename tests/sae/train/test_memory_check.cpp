@@ -82,3 +82,30 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
   EXPECT_NE(err.find("needs at least 3.8 GB"), std::string::npos) << err;
   EXPECT_NE(err.find("(ulimit -v (RLIMIT_AS) less this process's address space)"), std::string::npos) << err;
 }
+
+TEST(MemoryCheck, CgroupLimitsAreReadUpTheTreeLessTheirReclaimablePages) {
+  TempDir dir("memory_cgroup");
+  auto write = [&](const std::string& path, const std::string& text) {
+    fs::create_directories(fs::path(dir.str(path)).parent_path());
+    std::ofstream(dir.str(path)) << text;
+  };
+  // v2: /a limits to 1e9 with 6e8 in use, 1e8 of it inactive page cache; /a/b has no limit of its own.
+  write("v2/a/memory.max", "1000000000\n");
+  write("v2/a/memory.current", "600000000\n");
+  write("v2/a/memory.stat", "anon 500000000\nfile 100000000\ninactive_file 100000000\n");
+  write("v2/a/b/memory.max", "max\n");
+  write("v2/a/b/memory.current", "300000000\n");
+  write("v2/memory.max", "max\n");
+  EXPECT_DOUBLE_EQ(cgroup_headroom("0::/a/b\n", dir.str("v2")), 5e8);
+  // A tighter limit below wins.
+  write("v2/a/b/memory.max", "400000000\n");
+  EXPECT_DOUBLE_EQ(cgroup_headroom("0::/a/b\n", dir.str("v2")), 1e8);
+  // v1: the memory controller's line among others; its "no limit" is 2^63 rounded down to pages.
+  write("v1/memory/job/memory.limit_in_bytes", "200000000\n");
+  write("v1/memory/job/memory.usage_in_bytes", "50000000\n");
+  write("v1/memory/job/memory.stat", "cache 0\ntotal_inactive_file 10000000\n");
+  write("v1/memory/memory.limit_in_bytes", "9223372036854771712\n");
+  write("v1/memory/memory.usage_in_bytes", "9000000000\n");
+  EXPECT_DOUBLE_EQ(cgroup_headroom("12:cpu,cpuacct:/job\n4:memory:/job\n", dir.str("v1")), 1.6e8);
+  EXPECT_DOUBLE_EQ(cgroup_headroom("0::/\n", dir.str("none")), -1);  // nothing there: no limit
+}
