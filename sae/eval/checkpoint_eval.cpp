@@ -14,6 +14,7 @@
 #include "lm/model_loader.h"
 #include "sae/eval/evaluate.h"
 #include "sae/eval/sae_at_layer.h"
+#include "sae/report/run_log.h"
 #include "sae/report/table.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/precision.h"
@@ -44,15 +45,6 @@ double number_at(const Json& j, const std::vector<const char*>& path) {
   return at->is_number() ? at->as_number() : std::nan("");
 }
 
-std::string csv_value(double v) {
-  if (std::isnan(v)) return "nan";
-  char buffer[32];
-  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0)
-    std::snprintf(buffer, sizeof buffer, "%.0f", v);
-  else
-    std::snprintf(buffer, sizeof buffer, "%.9g", v);
-  return buffer;
-}
 
 }  // namespace
 
@@ -136,9 +128,9 @@ std::string write_evals_csv(const std::string& run_dir) {
   for (const Column& c : columns) text += cat(",", c.first);
   text += "\n";
   for (const auto& [step, eval] : evals) {
-    text += cat(step, ",", csv_value(number_at(eval, {"training", "tokens"})), ",", csv_value(number_at(eval, {"stories"})),
-                ",", csv_value(number_at(eval, {"tokens"})));
-    for (const Column& c : columns) text += "," + csv_value(number_at(eval, c.second));
+    text += cat(step, ",", csv_number(number_at(eval, {"training", "tokens"})), ",", csv_number(number_at(eval, {"stories"})),
+                ",", csv_number(number_at(eval, {"tokens"})));
+    for (const Column& c : columns) text += "," + csv_number(number_at(eval, c.second));
     text += "\n";
   }
   if (!fs::exists(path) || read_small_file(path) != text) write_file_atomic(path, text);  // (its figure stays current)

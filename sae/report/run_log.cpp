@@ -18,8 +18,7 @@ namespace fs = std::filesystem;
 
 namespace sae {
 
-namespace {
-std::string format_value(double v) {
+std::string csv_number(double v) {
   char buffer[32];
   // Counts (step, tokens) in full: %.9g wrote 1.23456793e+09 tokens from 10^9 on.
   if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0)
@@ -28,7 +27,6 @@ std::string format_value(double v) {
     std::snprintf(buffer, sizeof buffer, "%.9g", v);
   return buffer;
 }
-}  // namespace
 
 RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
   std::error_code ec;
@@ -91,7 +89,7 @@ void RunLog::write(const MetricRow& row) {
     if (row[i].first != columns_[i])
       throw DataError(cat(csv_path_, ": column ", i, " is '", columns_[i], "', this run logs '", row[i].first, "'"));
     if (i) line += ',';
-    line += format_value(row[i].second);
+    line += csv_number(row[i].second);
   }
   if (std::fprintf(csv_, "%s\n", line.c_str()) < 0) throw DataError(cat(csv_path_, ": write failed: ", std::strerror(errno)));
   const int64_t step = static_cast<int64_t>(row[0].second);

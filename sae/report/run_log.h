@@ -13,6 +13,10 @@
 
 namespace sae {
 
+// A number as metrics.csv writes it: whole numbers in full (counts), others with 9 significant digits;
+// NaN as printf writes it ("nan").
+std::string csv_number(double v);
+
 // One logged step: ordered (name, value) pairs. The first must be "step".
 using MetricRow = std::vector<std::pair<std::string, double>>;
 
