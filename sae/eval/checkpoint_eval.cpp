@@ -45,9 +45,7 @@ double number_at(const Json& j, const std::vector<const char*>& path) {
   return at->is_number() ? at->as_number() : std::nan("");
 }
 
-
-}  // namespace
-
+// The progress line of one evaluation (eval.json's numbers).
 std::string evaluation_line(const Json& eval, int64_t step) {
   auto shown = [](double v) { return std::isfinite(v) ? format_number(v, 4) : std::string("n/a"); };
   return cat("evaluated step ", step, " on ", eval.at("stories").as_int(), " stories: CE score ",
@@ -56,6 +54,8 @@ std::string evaluation_line(const Json& eval, int64_t step) {
              shown(number_at(eval, {"ce_loss", "zero_ablation"})), "), KL score ", shown(number_at(eval, {"kl_div_score"})),
              ", FVU ", shown(number_at(eval, {"fvu"})), ", L0 ", shown(number_at(eval, {"l0"})));
 }
+
+}  // namespace
 
 CheckpointEvaluator checkpoint_evaluator() {
   auto loaded = std::make_shared<EvalModel>();

@@ -19,9 +19,6 @@ namespace sae {
 // nothing of that checkpoint behind.
 CheckpointEvaluator checkpoint_evaluator();
 
-// The progress line of one evaluation (eval.json's numbers).
-std::string evaluation_line(const Json& eval, int64_t step);
-
 // Writes RUN/evals.csv from the eval.json of RUN's checkpoints (sae/ and checkpoints/step_N, one row
 // per step): step, tokens (trained on), eval_stories and eval_tokens (what it was scored on: a
 // --resume may change --eval-text or --eval-stories), the four runs' CE, KL of the spliced and ablated runs, the four scores, FVU,

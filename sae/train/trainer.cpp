@@ -544,8 +544,11 @@ std::vector<TrainResult> train_together(std::vector<TrainConfig> requested, Coll
       }
       continue;
     }
-    if (!evaluate) refuse_evaluation(start.config);
-    if (!start.config.eval_text.empty()) agree([&] { check_eval_text(start.config); });  // a resumed run's
+    // A resumed run's own (--resume keeps its --eval-text unless one is given: checked above then).
+    if (start.config.eval_text != requested[i].eval_text) {
+      if (!evaluate) refuse_evaluation(start.config);
+      if (!start.config.eval_text.empty()) agree([&] { check_eval_text(start.config); });
+    }
     Member m;
     m.start = std::move(start);
     m.name = requested.size() > 1 ? fs::path(m.config().out).filename().string() : "";
