@@ -41,13 +41,19 @@ bool have_mpirun() { return mpi_built() && std::system("command -v mpirun > /dev
 #define SKIP_WITHOUT_MPI()                                                         \
   if (!have_mpirun()) GTEST_SKIP() << "no MPI in this build or no mpirun on PATH"
 
-// What goes before `mpirun` (or a lone sae_train that starts MPI) on a command line: under the sanitizers (make sanitize sets ASAN_OPTIONS),
-// leak checking off for the ranks. Open MPI does not free what it allocates inside MPI_Init and its
-// unloaded plugins leave no names to suppress by; ASan's other checks stay on, and the one-process
-// tests check our own code for leaks.
-std::string mpirun_prefix() {
+// What goes before `mpirun` (or a lone sae_train that starts MPI) on a command line.
+// TMPDIR: the test's own scratch folder, where Open MPI makes its session directory. Left at /tmp,
+// two mpiruns started at once by `ctest -j` both create and remove /tmp/ompi.HOST.UID, and one of
+// them can fail in orte_init ("A call to mkdir was unable to create the desired directory ... File
+// exists"): CI failed so on a test that passes alone.
+// Under the sanitizers (make sanitize sets ASAN_OPTIONS), leak checking off for the ranks. Open MPI
+// does not free what it allocates inside MPI_Init and its unloaded plugins leave no names to
+// suppress by; ASan's other checks stay on, and the one-process tests check our own code for leaks.
+std::string mpirun_prefix(const TempDir& scratch) {
+  std::string prefix = "TMPDIR='" + scratch.str() + "' ";
   const char* asan = std::getenv("ASAN_OPTIONS");
-  return asan == nullptr ? "" : "ASAN_OPTIONS='" + std::string(asan) + ":detect_leaks=0' ";
+  if (asan != nullptr) prefix += "ASAN_OPTIONS='" + std::string(asan) + ":detect_leaks=0' ";
+  return prefix;
 }
 
 // sae_train under mpirun -np `ranks` (environment `env`, passed to every rank with -x).
@@ -55,7 +61,7 @@ CommandResult mpirun(int ranks, const std::string& args, const TempDir& scratch,
   const std::string out = scratch.str("mpi_stdout.txt"), err = scratch.str("mpi_stderr.txt");
   std::string exported;
   if (!env.empty()) exported = " -x " + env.substr(0, env.find('='));
-  const std::string cmd = mpirun_prefix() + (env.empty() ? "" : env + " ") +
+  const std::string cmd = mpirun_prefix(scratch) + (env.empty() ? "" : env + " ") +
                           "timeout 300 mpirun --allow-run-as-root --oversubscribe -np " +
                           std::to_string(ranks) + exported + " " + SAE_BIN_DIR + "/sae_train " + args + " > " + out +
                           " 2> " + err;
@@ -280,7 +286,7 @@ TEST(Distributed, Refusals) {
   }
   // Options that differ between ranks (mpirun's MPMD form gives each rank its own command line).
   const std::string bin = std::string(SAE_BIN_DIR) + "/sae_train";
-  const std::string cmd = mpirun_prefix() + "timeout 300 mpirun --allow-run-as-root --oversubscribe -np 1 " + bin + kStandard +
+  const std::string cmd = mpirun_prefix(dir) + "timeout 300 mpirun --allow-run-as-root --oversubscribe -np 1 " + bin + kStandard +
                           " --steps 5 --out " + dir.str("mixed") + " : -np 1 " + bin + kStandard +
                           " --steps 5 --lr 2e-3 --out " + dir.str("mixed") + " > /dev/null 2> " + dir.str("err.txt");
   const int status = std::system(cmd.c_str());
@@ -291,7 +297,7 @@ TEST(Distributed, Refusals) {
             std::string::npos)
       << lines[0];
   // One process: --shards needs mpirun (it starts MPI to find out, hence the prefix).
-  const int alone = std::system((mpirun_prefix() + bin + kStandard + " --steps 5 --shards 2 --out " + dir.str("alone") +
+  const int alone = std::system((mpirun_prefix(dir) + bin + kStandard + " --steps 5 --shards 2 --out " + dir.str("alone") +
                                  " > /dev/null 2> " + dir.str("alone_err.txt"))
                                     .c_str());
   EXPECT_EQ(WEXITSTATUS(alone), 2);
