@@ -16,30 +16,26 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "io/mapped_file.h"
 #include "io/named_tensor_file.h"
+#include "io/zip_archive.h"
 #include "tensor/tensor.h"
 
 namespace sae {
 
-struct NpzEntry {
-  std::string name;          // the array's name: the archive name without ".npy"
-  std::string archive_name;  // as stored, e.g. "W_enc.npy"
-  int method = 0;            // 0 stored, 8 deflated
-  uint32_t crc = 0;          // CRC-32 of the .npy bytes
-  uint64_t compressed = 0;   // bytes in the archive
-  uint64_t size = 0;         // bytes of the .npy
-  uint64_t data_offset = 0;  // where the entry's bytes start in the file
+// A ZIP entry (io/zip_archive.h; `name` as stored, e.g. "W_enc.npy") and the array's name.
+struct NpzEntry : ZipEntry {
+  std::string array;  // the archive name without ".npy"
 };
 
 class NpzFile : public NamedTensorFile {
  public:
   static NpzFile open(const std::string& path);
 
-  const std::string& path() const override { return file_.path(); }
+  const std::string& path() const override { return archive_->path(); }
   std::vector<std::string> names() const override;  // sorted
   bool has(const std::string& name) const override { return entries_.count(name) > 0; }
   const NpzEntry& entry(const std::string& name) const;  // DataError when missing
@@ -49,11 +45,8 @@ class NpzFile : public NamedTensorFile {
  private:
   NpzFile() = default;
 
-  MappedFile file_;
+  std::unique_ptr<ZipArchive> archive_;
   std::map<std::string, NpzEntry> entries_;
 };
-
-// Deflate's largest expansion: a stream of c bytes inflates to at most about 1032 c bytes.
-constexpr uint64_t kMaxDeflateRatio = 1032;
 
 }  // namespace sae

@@ -59,7 +59,7 @@ void expect_failure(const std::string& program, const std::string& args, int cod
 // given) and an input of 3 rows of 0.5 written to DIR/x.npy: every feature's pre-activation is 0.2.
 constexpr int64_t kSmallD = 4, kSmallF = 6;
 std::vector<float> filled(int64_t n, float v) { return std::vector<float>(static_cast<size_t>(n), v); }
-std::vector<ZipEntry> small_params(int64_t zero_at = -1) {
+std::vector<ZipMember> small_params(int64_t zero_at = -1) {
   std::vector<float> threshold = filled(kSmallF, 0.1f);
   if (zero_at >= 0) threshold[static_cast<size_t>(zero_at)] = 0.0f;
   return {{"W_enc.npy", npy_f32("(4, 6)", filled(kSmallD * kSmallF, 0.1f)), 0},
@@ -287,13 +287,13 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
   for (double v : NpyFile::open(dir.str("g.npy")).read_f32().to_vector()) EXPECT_NEAR(v, 0.2, 1e-6);
 
   auto without = [&](const std::string& name) {
-    std::vector<ZipEntry> e = entries();
-    std::erase_if(e, [&](const ZipEntry& z) { return z.name == name; });
+    std::vector<ZipMember> e = entries();
+    std::erase_if(e, [&](const ZipMember& z) { return z.name == name; });
     return e;
   };
   auto replaced = [&](const std::string& name, const std::string& npy) {
-    std::vector<ZipEntry> e = entries();
-    for (ZipEntry& z : e)
+    std::vector<ZipMember> e = entries();
+    for (ZipMember& z : e)
       if (z.name == name) z.data = npy;
     return e;
   };
@@ -307,8 +307,8 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
                  "W_dec f32[4, 6] cpu disagree: W_enc is [d_in, d_sae] and W_dec [d_sae, d_out] (is one of them "
                  "transposed?)");
   expect_refused(make_zip(replaced("W_enc.npy", npy_f32("(6, 4)", values(d * f, 0.1f)))), "(is one of them transposed?)");
-  std::vector<ZipEntry> both = replaced("W_enc.npy", npy_f32("(6, 4)", values(d * f, 0.1f)));
-  for (ZipEntry& z : both)
+  std::vector<ZipMember> both = replaced("W_enc.npy", npy_f32("(6, 4)", values(d * f, 0.1f)));
+  for (ZipMember& z : both)
     if (z.name == "W_dec.npy") z.data = npy_f32("(4, 6)", values(d * f, 0.2f));
   expect_refused(make_zip(both), "does not match W_enc f32[6, 4] cpu: W_enc is [d_in, d_sae] and W_dec "
                                  "[d_sae, d_out] (are both transposed?)");
@@ -334,7 +334,7 @@ TEST(GemmaScopeCli, HostileParamsAreOneLineErrors) {
 TEST(GemmaScopeCli, AZeroThresholdIsAppliedButNotTrainedFromAndExtraArraysAreRefused) {
   TempDir dir("cli_gs_zero");
   const std::string x = small_input(dir);
-  std::vector<ZipEntry> entries = small_params(/*zero_at=*/2);  // SAELens applies it (pre > 0); log 0 cannot train
+  std::vector<ZipMember> entries = small_params(/*zero_at=*/2);  // SAELens applies it (pre > 0); log 0 cannot train
   const std::string zero = dir.str("zero.npz");
   sae::testing::write_file(zero, make_zip(entries));
   const CommandResult applied = run_binary(

@@ -317,9 +317,13 @@ TEST(TopStories, BadInputGetsOneLine) {
   TempDir dir("sae_features_errors");
   save_sae(make_sae("standard", 2), dir.str("sae"));
   // Finite weights that overflow float32 on the stories: a top activation is inf, which reached the
-  // JSON writer ("JSON: cannot write inf", naming neither the SAE nor the cause).
+  // JSON writer ("JSON: cannot write inf", naming neither the SAE nor the cause). Latent j reads
+  // input j alone, times 3.4e38: it overflows wherever that input exceeds 1.0001, whatever order
+  // the GEMM sums in (a W_enc of 3e38 everywhere overflowed or not by the order OpenBLAS's kernel
+  // for the CPU summed the tokens' mixed signs in: finite with OPENBLAS_CORETYPE=Sandybridge).
   SaeParams big = make_sae("standard", 2);
-  big.W_enc = Tensor::full(big.W_enc.shape(), 3e38);
+  big.W_enc = Tensor::zeros(big.W_enc.shape());
+  for (int64_t j = 0; j < big.W_enc.size(1); ++j) big.W_enc.data<float>()[j * big.W_enc.size(1) + j] = 3.4e38f;
   save_sae(big, dir.str("big"));
   const std::string sae = " --sae " + dir.str("sae"), text = " --model " + ref("model") + " --text " + ref("stories.txt");
   std::vector<float> flat(10 * 32, 0.5f);

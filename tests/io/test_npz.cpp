@@ -68,7 +68,8 @@ TEST(Npz, NumpyStoredDeflatedAndFloat64ArchivesReadEqually) {
   EXPECT_EQ(stored.entry("W_enc").method, 0);
   EXPECT_EQ(deflated.entry("W_enc").method, 8);
   EXPECT_LT(deflated.entry("W_enc").compressed, deflated.entry("W_enc").size);
-  EXPECT_EQ(stored.entry("W_enc").archive_name, "W_enc.npy");
+  EXPECT_EQ(stored.entry("W_enc").name, "W_enc.npy");
+  EXPECT_EQ(stored.entry("W_enc").array, "W_enc");
   EXPECT_EQ(stored.read_f32("W_enc").shape(), (Shape{32, 64}));
   EXPECT_EQ(stored.read_f32("W_dec").shape(), (Shape{64, 32}));
   EXPECT_EQ(stored.read_f32("threshold").shape(), (Shape{64}));
@@ -96,7 +97,7 @@ TEST(Npz, HandBuiltArchivesReadBackExactly) {
   // float16 of exact values: 1, -2.5, 0.5, 65504.
   const std::vector<uint16_t> half = {0x3C00, 0xC100, 0x3800, 0x7BFF};
   const std::vector<double> wide = {1e-3, -7.0, 3.25};
-  const std::vector<ZipEntry> entries = {{"a.npy", npy_f32("(2, 3)", a), 0},
+  const std::vector<ZipMember> entries = {{"a.npy", npy_f32("(2, 3)", a), 0},
                                          {"b.npy", npy_f32("(5,)", b), 8},
                                          {"h.npy", npy_bytes("<f2", "(2, 2)", bytes_of(half)), 8},
                                          {"w.npy", npy_bytes("<f8", "(3,)", bytes_of(wide)), 0},
@@ -183,7 +184,7 @@ TEST(Npz, HostileArchivesAreOneLineDataErrors) {
   }
   // A ZIP64 locator pointing nowhere.
   {
-    std::vector<ZipEntry> entries = {{"a.npy", npy_f32("(2,)", {1, 2}), 0}};
+    std::vector<ZipMember> entries = {{"a.npy", npy_f32("(2,)", {1, 2}), 0}};
     std::string b = make_zip(entries, ZipOptions{true, ""});
     const size_t locator = find_signature(b, 0x07064b50);
     b.replace(locator + 8, 8, le64(uint64_t(1) << 40));
@@ -255,7 +256,7 @@ TEST(Npz, HostileArchivesAreOneLineDataErrors) {
     expect_refused(b, {"threshold.npy", "CRC-32 mismatch"}, "stored data byte");
   }
   {
-    std::vector<ZipEntry> entries = {{"a.npy", npy_f32("(64,)", ramp(64, 0.5f)), 8}};
+    std::vector<ZipMember> entries = {{"a.npy", npy_f32("(64,)", ramp(64, 0.5f)), 8}};
     std::string b = make_zip(entries);
     const size_t central = find_signature(b, 0x02014b50);
     put_le32(b, central + 16, 0xDEADBEEF);
@@ -264,7 +265,7 @@ TEST(Npz, HostileArchivesAreOneLineDataErrors) {
   }
   // A declared size deflate cannot produce from the compressed bytes: refused at open, nothing allocated.
   {
-    std::vector<ZipEntry> entries = {{"a.npy", npy_f32("(64,)", ramp(64, 0.5f)), 8}};
+    std::vector<ZipMember> entries = {{"a.npy", npy_f32("(64,)", ramp(64, 0.5f)), 8}};
     std::string b = make_zip(entries);
     const size_t central = find_signature(b, 0x02014b50);
     put_le32(b, central + 24, 0xFFFFFFF0u);  // 4 GB from about 100 bytes

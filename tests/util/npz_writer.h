@@ -58,7 +58,7 @@ inline uint32_t crc32_of(const std::string& data) {
   return uint32_t(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(data.data()), uInt(data.size())));
 }
 
-struct ZipEntry {
+struct ZipMember {
   std::string name;  // e.g. "W_enc.npy"
   std::string data;  // the bytes of the file (a .npy)
   int method = 0;    // 0 stored, 8 deflated (other values: written as stored bytes under that method)
@@ -72,9 +72,9 @@ struct ZipOptions {
 // The archive's bytes: each entry's local header (numpy's layout: version 45, sizes 0xFFFFFFFF and
 // a ZIP64 extra field with both sizes) and data, the central directory (plain 32-bit fields), the
 // end record.
-inline std::string make_zip(const std::vector<ZipEntry>& entries, const ZipOptions& options = {}) {
+inline std::string make_zip(const std::vector<ZipMember>& entries, const ZipOptions& options = {}) {
   std::string out, central;
-  for (const ZipEntry& e : entries) {
+  for (const ZipMember& e : entries) {
     const std::string stored = e.method == 8 ? raw_deflate(e.data) : e.data;
     const uint32_t crc = crc32_of(e.data), offset = uint32_t(out.size());
     out += le32(0x04034b50) + le16(45) + le16(0) + le16(uint32_t(e.method)) + le16(0) + le16(0x21) + le32(crc) +
