@@ -10,6 +10,7 @@
 #include "lm/model_family.h"
 #include "sae/cli/cli.h"
 #include "sae/features/browser.h"
+#include "sae/train/checkpoint.h"
 
 int main(int argc, char** argv) {
   return sae::run_main("sae_browser", argc, argv, [&] {
@@ -17,8 +18,8 @@ int main(int argc, char** argv) {
                              "Write a self-contained HTML page showing what a run's SAE features fire on (open it in "
                              "any browser; no server, no network)");
     options.add_options()
-        ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, or a Gemma "
-         "Scope params.npz (statistics beside it)",
+        ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, a Gemma "
+         "Scope params.npz or dictionary_learning's ae.pt (statistics beside it)",
          cxxopts::value<std::string>())
         ("model", "model folder (" + sae::supported_families_text() + ") for token text and promoted tokens (default: the "
          "run's --model)", cxxopts::value<std::string>())
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
       throw sae::UsageError(sae::cat("--top-tokens must be in [1, 100], got ", browser.top_tokens));
     // The page goes into the run folder (for a params.npz given as the file: beside it).
     const std::filesystem::path run(browser.run);
-    const bool npz_file = !std::filesystem::is_directory(run) && run.extension() == ".npz";
+    const bool npz_file = !std::filesystem::is_directory(run) && !sae::single_file_sae(browser.run).empty();
     const std::filesystem::path folder = npz_file ? (run.has_parent_path() ? run.parent_path() : ".") : run;
     const std::string out = parsed.count("out") ? parsed["out"].as<std::string>() : (folder / "features.html").string();
     if (parsed.count("out")) {  // not over what the page is made from

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
                              "What each SAE feature fires on: per feature its top stories by largest activation, with "
                              "every token's strength, activation x decoder norm (the tutorial's gather_high_activations)");
     options.add_options()
-        ("sae", "SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), any architecture, or a Gemma Scope params.npz",
+        ("sae", "SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), any architecture, a Gemma Scope params.npz, or dictionary_learning's ae.pt",
          cxxopts::value<std::string>())
         ("model", "model folder (" + sae::supported_families_text() + "): runs --text through it; with --data only its "
          "tokenizer is used",
@@ -163,9 +163,10 @@ int main(int argc, char** argv) {
           throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
         }
         // No default for a file or folder from elsewhere that names no hook point (a Gemma Scope npz,
-        // a sparsify folder), nor for a transcoder (its input and output go together).
+        // a sparsify folder, an ae.pt), nor for a transcoder (its input and output go together).
         const bool npz = !checkpoint.npz.empty();
-        if (!found && (npz || checkpoint.cfg.has("sparsify") || params.transcoder))
+        if (!found && (npz || checkpoint.cfg.has("sparsify") || checkpoint.cfg.has("dictionary_learning") ||
+                       params.transcoder))
           throw sae::UsageError(sae::no_hook_point_message(sae_dir, npz, params.transcoder));
       }
       const sae::ModelFolder folder = sae::read_model_config(model_dir);

@@ -18,7 +18,7 @@ trap 'rm -rf "$work"' EXIT
 export OMP_NUM_THREADS=1
 
 targets="json safetensors npy npz activations checkpoint train_config tokenizer_files tokenizer_json tokenizer_encode
-         model_config text_corpus sparsify"
+         model_config text_corpus sparsify torch_pt"
 for t in $targets; do rm -rf "${corpus:?}/$t"; mkdir -p "$corpus/$t"; done
 marker() { printf '\n=====sae-fuzz-part=====\n'; }
 # The JSON header of a safetensors file (8-byte little-endian length, then the text).
@@ -78,6 +78,34 @@ checkpoint_seed "$ref/sae_loop_init" sae_loop_init_no_state
 for f in h.1 transcoder groupmax; do
   { cat "$ref/sparsify/$f/cfg.json"; marker; cat "$ref/sparsify/$f/sae.safetensors"; } > "$corpus/sparsify/$f"
 done
+
+# ---- torch_pt: ae.pt and config.json, dictionary_learning's layout (tests/ref/dictionary_learning) at
+# d 4, 8 latents (torch.save by python3 with PyTorch; skipped without it) ----
+if python3 -c "import torch" 2> /dev/null; then
+  python3 - "$work/torch_pt" << 'PY'
+import json, os, sys, torch
+out = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+r = lambda *shape: torch.randn(*shape, generator=g)
+layouts = {
+    "AutoEncoder": {"bias": r(4), "encoder.weight": r(8, 4), "encoder.bias": r(8), "decoder.weight": r(4, 8)},
+    "AutoEncoderTopK": {"k": torch.tensor(2, dtype=torch.int), "threshold": torch.tensor(-1.0), "decoder.weight": r(4, 8),
+                        "encoder.weight": r(4, 8).T, "encoder.bias": r(8), "b_dec": r(4)},
+    "MatryoshkaBatchTopKSAE": {"k": torch.tensor(2, dtype=torch.int), "threshold": torch.tensor(0.5), "W_enc": r(4, 8),
+                               "b_enc": r(8), "W_dec": r(8, 4), "b_dec": r(4), "group_sizes": torch.tensor([4, 4])},
+    "GatedAutoEncoder": {"decoder_bias": r(4), "encoder.weight": r(8, 4), "r_mag": r(8), "gate_bias": r(8),
+                         "mag_bias": r(8), "decoder.weight": r(4, 8)},
+}
+for name, state in layouts.items():
+    os.makedirs(os.path.join(out, name), exist_ok=True)
+    torch.save(state, os.path.join(out, name, "ae.pt"))
+    with open(os.path.join(out, name, "config.json"), "w") as f:
+        json.dump({"trainer": {"dict_class": name, "k": 2, "submodule_name": "resid_post_layer_1"}}, f)
+PY
+  for f in AutoEncoder AutoEncoderTopK MatryoshkaBatchTopKSAE GatedAutoEncoder; do
+    { cat "$work/torch_pt/$f/ae.pt"; marker; cat "$work/torch_pt/$f/config.json"; } > "$corpus/torch_pt/$f"
+  done
+fi
 
 # ---- train_config: config.json of the three runs ----
 for r in story tokens file; do cp "$work/$r/config.json" "$corpus/train_config/config_$r.json"; done

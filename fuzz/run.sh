@@ -41,6 +41,7 @@ dicts_of() {
     activations) echo safetensors npy json ;;
     checkpoint) echo checkpoint safetensors json ;;
     sparsify) echo safetensors json ;;
+    torch_pt) echo torch_pt npz json ;;
     train_config) echo train_config json ;;
     tokenizer_files | tokenizer_json) echo tokenizer json ;;
     tokenizer_encode) echo tokenizer ;;

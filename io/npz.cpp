@@ -25,7 +25,7 @@ Tensor empty_for(const NpyHeader& h, const std::string& where) {
 
 NpzFile NpzFile::open(const std::string& path) {
   NpzFile f;
-  f.archive_ = std::make_unique<ZipArchive>(ZipArchive::open(path, "a .npz"));
+  f.archive_ = std::make_unique<ZipArchive>(ZipArchive::open(path, "a .npz (zip) archive"));
   for (const ZipEntry& z : f.archive_->entries()) {
     NpzEntry e;
     static_cast<ZipEntry&>(e) = z;

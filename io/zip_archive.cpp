@@ -149,7 +149,7 @@ ZipArchive ZipArchive::open(const std::string& path, const std::string& kind) {
   auto fail = [&](const std::string& what) { throw DataError(cat(path, ": ", what)); };
 
   // The end-of-central-directory record: the last 22 bytes, unless a comment (up to 64 KiB) follows it.
-  if (size < kEndRecordBytes) fail(cat("not ", kind, " (zip) archive: ", size, " bytes is too short for one"));
+  if (size < kEndRecordBytes) fail(cat("not ", kind, ": ", size, " bytes is too short for one"));
   uint64_t end_at = 0;
   bool found = false;
   const uint64_t lowest = size - kEndRecordBytes > 0xFFFF ? size - kEndRecordBytes - 0xFFFF : 0;
@@ -159,7 +159,7 @@ ZipArchive ZipArchive::open(const std::string& path, const std::string& kind) {
       found = true;
       break;
     }
-  if (!found) fail(cat("not ", kind, " (zip) archive, or a truncated one: no end-of-central-directory record"));
+  if (!found) fail(cat("not ", kind, ", or a truncated one: no end-of-central-directory record"));
   const uint8_t* end = bytes + end_at;
   uint64_t disk = u16(end + 4), cd_disk = u16(end + 6), entries_on_disk = u16(end + 8), entries = u16(end + 10);
   uint64_t cd_size = u32(end + 12), cd_offset = u32(end + 16);

@@ -31,7 +31,7 @@ struct ZipEntry {
 
 class ZipArchive {
  public:
-  // `kind` names the format in the messages of a file that is no archive at all ("a .npz").
+  // `kind` names the format in the message of a file that is no archive at all ("a .npz (zip) archive").
   static ZipArchive open(const std::string& path, const std::string& kind);
 
   const std::string& path() const { return file_.path(); }

@@ -78,8 +78,8 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   auto note = [&](const std::string& line) {
     if (notes) *notes += line + "\n";
   };
-  // A Gemma Scope params.npz given as the file: its folder plays the run folder.
-  const bool npz_file = !fs::is_directory(options.run) && !gemma_scope_npz(options.run).empty();
+  // A Gemma Scope params.npz or an ae.pt given as the file: its folder plays the run folder.
+  const bool npz_file = !fs::is_directory(options.run) && !single_file_sae(options.run).empty();
   const fs::path given(options.run);
   const fs::path run = npz_file ? (given.has_parent_path() ? given.parent_path() : fs::path(".")) : given;
   if (!fs::is_directory(run)) throw DataError(cat(options.run, ": no such run folder"));
@@ -88,7 +88,7 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   // The SAE: RUN/sae, the folder itself (SAELens's layout, or one holding a params.npz), or the .npz.
   const fs::path sae_dir = npz_file ? given : fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
   if (!npz_file && sae_dir == run && fs::exists(run / "config.json") && !fs::exists(run / "cfg.json") &&
-      gemma_scope_npz(run.string()).empty())  // a training run's folder, before its end wrote sae/
+      single_file_sae(run.string()).empty())  // a training run's folder, before its end wrote sae/
     throw DataError(cat(options.run, ": the run has no final SAE yet (RUN/sae/ is written when it ends); give --run ",
                         "RUN/checkpoints/step_N for one of its checkpoints"));
   const Checkpoint sae = load_checkpoint(sae_dir.string(), Device::CPU, /*with_state=*/false);

@@ -22,6 +22,7 @@
 #include "lm/model_loader.h"
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
+#include "sae/train/dictionary_learning_file.h"
 #include "sae/train/sparsify_folder.h"
 #include "tensor/ops.h"
 
@@ -35,6 +36,7 @@ constexpr const char* kConfigFile = "cfg.json";
 constexpr const char* kStateFile = "training_state.safetensors";
 constexpr const char* kStateFormat = "sae-cpp-training-state";
 constexpr const char* kNpzFile = "params.npz";  // Gemma Scope's release format
+constexpr const char* kTorchFile = "ae.pt";       // dictionary_learning's
 constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
 
 Tensor int_vector_as_f64(const std::vector<int64_t>& v) {
@@ -285,11 +287,24 @@ std::string gemma_scope_npz(const std::string& path) {
     if (!fs::exists(p / kConfigFile, ec) && fs::exists(p / kNpzFile, ec)) return (p / kNpzFile).string();
     return "";
   }
-  if (!fs::is_regular_file(p, ec)) return "";
+  if (!fs::is_regular_file(p, ec) || is_torch_file(path)) return "";
   if (p.extension() == ".npz") return path;
   // Any other name (params.NPZ, a renamed download): a ZIP archive by its first bytes, as
   // activation files are recognised by theirs.
   return read_file_head(path, 4) == std::string("PK\x03\x04", 4) ? path : "";
+}
+
+std::string single_file_sae_name(const std::string& path) {
+  return is_torch_file(single_file_sae(path)) ? "dictionary_learning's ae.pt" : "a Gemma Scope params.npz";
+}
+
+std::string single_file_sae(const std::string& path) {
+  const fs::path p(path);
+  std::error_code ec;
+  if (fs::is_directory(p, ec) && !fs::exists(p / kConfigFile, ec) && fs::exists(p / kTorchFile, ec))
+    return (p / kTorchFile).string();
+  if (fs::is_regular_file(p, ec) && is_torch_file(path)) return path;
+  return gemma_scope_npz(path);
 }
 
 namespace {
@@ -303,8 +318,8 @@ Checkpoint load_npz(const std::string& path, Device device) {
   for (const char* name : {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}) any = any || file.has(name);
   if (!any)
     throw DataError(cat(path, ": a ZIP archive without W_enc, W_dec, b_enc, b_dec or threshold arrays: not a Gemma "
-                              "Scope params.npz (a torch.save file is a ZIP archive too: save an SAE as a SAELens "
-                              "folder with safetensors)"));
+                              "Scope params.npz (a torch.save file is a ZIP archive too: dictionary_learning's ae.pt "
+                              "is read under a .pt name)"));
   Checkpoint out;
   out.npz = path;
   out.cfg = Json::object();
@@ -405,12 +420,12 @@ void read_pre_6_activation(Json& cfg) {
 
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state) {
   const fs::path root(dir);
-  const std::string npz = gemma_scope_npz(dir);
-  if (!npz.empty()) return load_npz(npz, device);  // weights only: never a training state
+  const std::string single = single_file_sae(dir);  // weights only: never a training state
+  if (!single.empty()) return is_torch_file(single) ? load_dictionary_learning(single, device) : load_npz(single, device);
   if (!fs::is_directory(root))
     throw DataError(cat(dir, ": not a checkpoint directory (an SAE is a folder with cfg.json and "
                              "sae_weights.safetensors, or sparsify's with cfg.json and sae.safetensors, or a Gemma "
-                             "Scope params.npz)"));
+                             "Scope params.npz, or dictionary_learning's ae.pt)"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
   if (!fs::exists(cfg_path))
     throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, "
@@ -595,8 +610,8 @@ std::optional<std::string> latest_checkpoint_in_run(const std::string& run_dir) 
 std::string find_latest_checkpoint(const std::string& dir) {
   const fs::path root(dir);
   if (fs::exists(root / kStateFile)) return root.string();
-  if (!gemma_scope_npz(dir).empty())
-    throw DataError(cat("--resume ", dir, ": a Gemma Scope params.npz holds weights only, no training state to resume "
+  if (!single_file_sae(dir).empty())
+    throw DataError(cat("--resume ", dir, ": ", single_file_sae_name(dir), " holds weights only, no training state to resume "
                         "from (start a run from it with --init)"));
   if (!fs::is_directory(root)) throw DataError(cat("--resume ", dir, ": no such run or checkpoint directory"));
   const std::optional<std::string> latest = latest_checkpoint_in_run(dir);

@@ -71,6 +71,11 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
 // Where a Gemma Scope params.npz is when `path` is one (the file, or a folder that holds it and no
 // cfg.json); "" otherwise.
 std::string gemma_scope_npz(const std::string& path);
+// An SAE saved by another tool as one file, when `path` is one: a Gemma Scope params.npz
+// (gemma_scope_npz) or dictionary_learning's ae.pt (a torch.save file given as such, or a folder that
+// holds ae.pt and no cfg.json); "" otherwise. single_file_sae_name says which, for messages.
+std::string single_file_sae(const std::string& path);
+std::string single_file_sae_name(const std::string& path);
 
 // The newest resumable checkpoint under a run directory (checkpoints/step_N or sae/, by step), or
 // `dir` itself when it is a checkpoint. DataError when there is none.

@@ -34,9 +34,9 @@ bool holds_a_run(const fs::path& dir) {
 
 // The run directory of a --resume argument (a run dir, or a checkpoint inside one).
 std::string run_dir_of(const std::string& resume) {
-  if (!gemma_scope_npz(resume).empty())
-    throw DataError(cat("--resume ", resume, ": a Gemma Scope params.npz holds weights only, no training state to resume "
-                        "from (start a run from it with --init)"));
+  if (!single_file_sae(resume).empty())
+    throw DataError(cat("--resume ", resume, ": ", single_file_sae_name(resume), " holds weights only, no training state "
+                        "to resume from (start a run from it with --init)"));
   if (fs::exists(fs::path(resume) / "config.json") || fs::exists(fs::path(resume) / kPendingConfigFile)) return resume;
   fs::path p = fs::path(resume);
   for (int up = 0; up < 4 && p.has_parent_path() && p != p.parent_path(); ++up) {
