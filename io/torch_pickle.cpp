@@ -14,9 +14,13 @@ namespace sae {
 
 namespace {
 
-constexpr size_t kMaxNames = size_t(1) << 16;     // tensors and scalars in a file
+constexpr size_t kMaxNames = size_t(1) << 16;     // dict entries visited for names (tensors, numbers, others)
+constexpr size_t kMaxValues = size_t(1) << 20;    // objects the pickle makes (a state dict: a few dozen per tensor)
 constexpr size_t kMaxGlobalName = 256;            // bytes of a GLOBAL's module or name line
-constexpr size_t kMaxPickleBytes = size_t(1) << 30;
+constexpr size_t kMaxPickleBytes = size_t(64) << 20;
+// The first bytes of torch.save's legacy format (before PyTorch 1.6, or
+// _use_new_zipfile_serialization=False): a pickled magic number.
+constexpr unsigned char kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
 // A value of the pickle machine. Objects live in the machine's arena and refer to each other by
 // pointer (a pickle can make a container hold itself).
@@ -133,6 +137,8 @@ class Unpickler {
   }
 
   Value* make(Value::Kind kind) {
+    if (arena_.size() >= kMaxValues)
+      fail(cat("the pickle makes more than ", kMaxValues, " objects (a state dict makes a few dozen per tensor)"));
     arena_.emplace_back();
     arena_.back().kind = kind;
     return &arena_.back();
@@ -375,6 +381,10 @@ class Unpickler {
 
 TorchFile TorchFile::open(const std::string& path) {
   TorchFile f;
+  const std::string head = read_file_head(path, sizeof kLegacyMagic);
+  if (head.size() == sizeof kLegacyMagic && std::memcmp(head.data(), kLegacyMagic, sizeof kLegacyMagic) == 0)
+    throw DataError(cat(path, ": torch.save's legacy format (PyTorch before 1.6, or _use_new_zipfile_serialization="
+                              "False) is not read: load it in Python and torch.save it again"));
   f.archive_ = std::make_unique<ZipArchive>(
       ZipArchive::open(path, "a PyTorch .pt file (a zip archive, as torch.save writes since PyTorch 1.6)"));
   // The record folder: the one PREFIX of PREFIX/data.pkl.
@@ -410,9 +420,9 @@ TorchFile TorchFile::open(const std::string& path) {
     if (key->kind == Value::Int) return std::to_string(key->i);
     throw DataError(cat(path, ": a dict key that is not a string or an integer"));
   };
+  size_t visited = 0;  // every pair of the root and its dicts (a dict can be reached from many keys)
   auto add = [&](const std::string& name, const Value* value) {
-    if (f.tensors_.size() + f.scalars_.size() >= kMaxNames)
-      throw DataError(cat(path, ": more than ", kMaxNames, " tensors and numbers"));
+    if (++visited > kMaxNames) throw DataError(cat(path, ": more than ", kMaxNames, " dict entries to name"));
     if (value->kind == Value::TensorRef) {
       TorchTensorEntry e = value->tensor;
       const auto it = by_name.find(prefix + "data/" + value->storage_key);

@@ -11,12 +11,12 @@ Writes (about 120 KB), each SAE on d 32 (the tiny GPT-Neo of tests/ref/eval) wit
 random weights, biases and thresholds (dictionary_learning's initialisations would leave them 0):
 
     standard/      AutoEncoder (config submodule_name resid_post_layer_1)
-    new/           AutoEncoderNew
+    new/           AutoEncoderNew (its config.json says AutoEncoder, as the standard trainers write)
     topk/          AutoEncoderTopK, k 6 (its threshold buffer set: encode's default does not use it)
     batchtopk/     BatchTopKSAE, k 6, threshold 0.4
     batchtopk_untrained/  BatchTopKSAE with its initial threshold -1 (every positive activation kept)
     matryoshka/    MatryoshkaBatchTopKSAE, group_sizes 16, 16, 32
-    jumprelu/      JumpReluAutoEncoder
+    jumprelu/      JumpReluAutoEncoder (a quarter of its thresholds below 0, as its trainer leaves some)
     gated/         GatedAutoEncoder
     topk_bare/     AutoEncoderTopK's ae.pt alone (no config.json: refused, BatchTopKSAE has its tensors too)
     checkpoints/   a save dir's checkpoints/ae_10.pt (AutoEncoder) with config.json above it
@@ -56,8 +56,8 @@ def randomise(ae, generator):
         for name, p in ae.named_parameters():
             scale = 0.3 if p.ndim == 1 else 1 / np.sqrt(D)
             p.copy_(torch.randn(p.shape, generator=generator) * scale)
-        if isinstance(ae, JumpReluAutoEncoder):
-            ae.threshold.copy_(torch.rand(F, generator=generator) * 0.3)
+        if isinstance(ae, JumpReluAutoEncoder):  # some below 0, as its trainer (which learns them) leaves them
+            ae.threshold.copy_((torch.rand(F, generator=generator) - 0.25) * 0.3)
 
 
 def pre_activations(ae, x):
@@ -67,7 +67,8 @@ def pre_activations(ae, x):
     if isinstance(ae, MatryoshkaBatchTopKSAE):
         return torch.relu((x - ae.b_dec) @ ae.W_enc + ae.b_enc)
     if isinstance(ae, JumpReluAutoEncoder):
-        return x @ ae.W_enc + ae.b_enc - ae.threshold  # distance to each latent's threshold
+        pre = x @ ae.W_enc + ae.b_enc  # distance to each latent's threshold, and to 0
+        return torch.minimum((pre - ae.threshold).abs(), pre.abs())
     if isinstance(ae, GatedAutoEncoder):
         return ae.encoder(x - ae.decoder_bias) + ae.gate_bias
     return None
@@ -118,7 +119,8 @@ def main():
 
     cases = [
         ("standard", lambda: AutoEncoder(D, F), config("AutoEncoder")),
-        ("new", lambda: AutoEncoderNew(D, F), config("AutoEncoderNew", submodule_name="mlp_out_layer_0")),
+        # dictionary_learning's standard trainers write dict_class AutoEncoder whatever they trained.
+        ("new", lambda: AutoEncoderNew(D, F), config("AutoEncoder", submodule_name="mlp_out_layer_0")),
         ("topk", topk_ae, config("AutoEncoderTopK", k=K)),
         ("batchtopk", lambda: batchtopk_ae(0.4), config("BatchTopKSAE", k=K)),
         ("batchtopk_untrained", lambda: batchtopk_ae(-1.0), config("BatchTopKSAE", k=K)),

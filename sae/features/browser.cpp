@@ -16,6 +16,7 @@
 #include "sae/features/top_stories.h"
 #include "sae/step/feature_stats_math.h"
 #include "sae/train/checkpoint.h"
+#include "sae/train/dictionary_learning_file.h"
 #include "sae/train/metrics.h"
 #include "sae/train/train_config.h"
 #include "tensor/ops.h"
@@ -87,6 +88,8 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
     throw DataError(cat("--model ", options.model, ": no such folder"));
   // The SAE: RUN/sae, the folder itself (SAELens's layout, or one holding a params.npz), or the .npz.
   const fs::path sae_dir = npz_file ? given : fs::exists(run / "sae" / "cfg.json") ? run / "sae" : run;
+  if (!npz_file && sae_dir == run && single_file_sae(run.string()).empty() && is_dictionary_learning_save_dir(run.string()))
+    throw DataError(dictionary_learning_save_dir_message(options.run));
   if (!npz_file && sae_dir == run && fs::exists(run / "config.json") && !fs::exists(run / "cfg.json") &&
       single_file_sae(run.string()).empty())  // a training run's folder, before its end wrote sae/
     throw DataError(cat(options.run, ": the run has no final SAE yet (RUN/sae/ is written when it ends); give --run ",

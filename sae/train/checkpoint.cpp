@@ -427,9 +427,10 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
                              "sae_weights.safetensors, or sparsify's with cfg.json and sae.safetensors, or a Gemma "
                              "Scope params.npz, or dictionary_learning's ae.pt)"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
+  if (!fs::exists(cfg_path) && is_dictionary_learning_save_dir(dir)) throw DataError(dictionary_learning_save_dir_message(dir));
   if (!fs::exists(cfg_path))
     throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, "
-                        "sparsify's cfg.json and sae.safetensors, or a Gemma Scope params.npz)"));
+                        "sparsify's cfg.json and sae.safetensors, a Gemma Scope params.npz, or dictionary_learning's ae.pt)"));
   if (is_sparsify_folder(dir)) return load_sparsify_folder(dir, device);  // weights only, as an npz
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;

@@ -63,13 +63,17 @@ std::string joined(const std::vector<std::string>& names) {
   return out;
 }
 
-// config.json of the save dir: beside ae.pt, or above checkpoints/ae_STEP.pt. A null Json when absent.
-Json trainer_config(const fs::path& pt) {
+// config.json of the save dir: beside ae.pt, or above checkpoints/ae_STEP.pt ("" when there is none).
+std::string trainer_config_path(const fs::path& pt) {
   fs::path dir = pt.has_parent_path() ? pt.parent_path() : fs::path(".");
   std::error_code ec;
   if (!fs::exists(dir / "config.json", ec) && dir.filename() == "checkpoints") dir = dir.parent_path();
-  if (!fs::exists(dir / "config.json", ec)) return Json();
-  const std::string path = (dir / "config.json").string();
+  return fs::exists(dir / "config.json", ec) ? (dir / "config.json").string() : "";
+}
+
+// The config (a null Json when there is none).
+Json trainer_config(const std::string& path) {
+  if (path.empty()) return Json();
   const Json config = read_json_file(path);
   if (!config.is_object() || !config.has("trainer") || !config.at("trainer").is_object())
     throw DataError(cat(path, ": expected dictionary_learning's config.json, an object with a \"trainer\" object"));
@@ -93,10 +97,27 @@ bool is_torch_file(const std::string& path) {
   return false;
 }
 
+bool is_dictionary_learning_save_dir(const std::string& dir) {
+  std::error_code ec;
+  const fs::path config = fs::path(dir) / "config.json";
+  if (!fs::is_regular_file(config, ec)) return false;
+  try {
+    const Json j = read_json_file(config.string());
+    return j.is_object() && j.has("trainer") && j.at("trainer").is_object() && j.at("trainer").has("dict_class");
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+std::string dictionary_learning_save_dir_message(const std::string& dir) {
+  return cat(dir, ": a dictionary_learning save folder without ae.pt (written when its training ends): give one "
+                  "of its checkpoints/ae_STEP.pt");
+}
+
 Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
   const TorchFile file = TorchFile::open(pt_path);
-  const Json config = trainer_config(fs::path(pt_path));
-  const std::string config_path = (fs::path(pt_path).parent_path() / "config.json").string();
+  const std::string config_path = trainer_config_path(fs::path(pt_path));
+  const Json config = trainer_config(config_path);
 
   // A training backup (ae.pt while the loop runs): {"step", "ae", "optimizer", "config", "norm_factor"}.
   std::string prefix;
@@ -124,11 +145,14 @@ Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
                           ", which encode differently: dictionary_learning's config.json (trainer.dict_class) beside it "
                           "says which"));
     if (matches.empty())
-      throw DataError(cat(pt_path, ": tensors ", printable(joined(tensors)),
-                          " are not a dictionary_learning SAE's state dict (AutoEncoder, AutoEncoderNew, "
+      throw DataError(cat(pt_path, ": tensors [", printable(joined(tensors)),
+                          "] are not a dictionary_learning SAE's state dict (AutoEncoder, AutoEncoderNew, "
                           "AutoEncoderTopK, BatchTopKSAE, MatryoshkaBatchTopKSAE, JumpReluAutoEncoder, GatedAutoEncoder)"));
     dict_class = matches[0];
   }
+  // dictionary_learning's standard trainers write dict_class "AutoEncoder" whatever class they
+  // trained (standard.py, p_anneal.py): AutoEncoderNew's tensors under that name are AutoEncoderNew.
+  if (dict_class == "AutoEncoder" && tensors == kClasses[1].tensors) dict_class = kClasses[1].dict_class;
   const ClassLayout* layout = nullptr;
   for (const ClassLayout& c : kClasses)
     if (dict_class == c.dict_class) layout = &c;
@@ -137,8 +161,8 @@ Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
                         " is not read (AutoEncoder, AutoEncoderNew, AutoEncoderTopK, BatchTopKSAE, "
                         "MatryoshkaBatchTopKSAE, JumpReluAutoEncoder and GatedAutoEncoder are)"));
   if (tensors != layout->tensors)
-    throw DataError(cat(pt_path, ": a ", dict_class, " holds ", joined(layout->tensors), "; this file holds ",
-                        printable(joined(tensors))));
+    throw DataError(cat(pt_path, ": ", dict_class, " holds ", joined(layout->tensors), "; this file holds [",
+                        printable(joined(tensors)), "]"));
 
   auto read = [&](const std::string& name) { return file.read_f32(prefix + name); };
   auto transposed = [&](const std::string& name) {
@@ -184,7 +208,13 @@ Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
   } else if (klass == "JumpReluAutoEncoder") {
     view.add("b_enc", as_is("b_enc"));
     view.add("b_dec", as_is("b_dec"));
-    view.add("threshold", as_is("threshold"));
+    // relu(P (P > t)) is relu(P) for any t < 0, as t = 0 gives: its trainer learns t itself, which
+    // can go below 0 (SAELens's thresholds, and so ours, are >= 0).
+    view.add("threshold", [read] {
+      Tensor t = read("threshold");
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = std::max(t.data<float>()[i], 0.0f);
+      return t;
+    });
     centred = false;  // the class's apply_b_dec_to_input is False
   } else {  // the k classes
     view.add("b_enc", as_is(linear_layout ? "encoder.bias" : "b_enc"));
@@ -212,6 +242,9 @@ Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
           sum += size;
           widths.push_back(sum);
         }
+        const TorchTensorEntry& encoder_entry = file.entry(prefix + "W_enc");
+        if (encoder_entry.shape.size() == 2 && sum != encoder_entry.shape[1])
+          throw DataError(cat(pt_path, ": group_sizes sum to ", sum, ", not to the ", encoder_entry.shape[1], " latents"));
         ours["matryoshka_widths"] = widths;
       }
     }

@@ -24,6 +24,13 @@ namespace sae {
 // with a PREFIX/data.pkl record.
 bool is_torch_file(const std::string& path);
 
+// Whether `dir` is a dictionary_learning save dir: its config.json holds a "trainer" object with a
+// dict_class (our runs' config.json does not). Said of a folder without ae.pt (a run still training,
+// or killed) so that it is not taken for one of our runs.
+bool is_dictionary_learning_save_dir(const std::string& dir);
+// The one line for a save dir given where an SAE is wanted: its SAEs are ae.pt and checkpoints/ae_STEP.pt.
+std::string dictionary_learning_save_dir_message(const std::string& dir);
+
 // The file as an SAE with a SAELens-style cfg made for it: the unit above, d_in, d_sae, no
 // normalisation, the original config under "dictionary_learning", and for a submodule_name of
 // dictionary_learning's form resid_post_layer_N (mlp_out_layer_N, attn_out_layer_N)

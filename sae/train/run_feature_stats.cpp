@@ -2,7 +2,10 @@
 #include "sae/train/run_feature_stats.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
+
+#include "io/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -41,7 +44,16 @@ void RunFeatureStats::add(const SaeStep& step, const PreparedBatch& batch, int64
 }
 
 void RunFeatureStats::write(const std::string& folder) const {
-  if (stats_ && stats_->steps() > 0) stats_->save((fs::path(folder) / kFeatureStatsFile).string());
+  if (!stats_ || stats_->steps() <= 0) return;
+  stats_->save((fs::path(folder) / kFeatureStatsFile).string());
+  // SAELens's sparsity.safetensors: "sparsity" [F] float32, log10 of each feature's firing
+  // frequency over the window plus 1e-10 (its trainer's log_feature_sparsity).
+  const std::vector<double> counts = stats_->counts();
+  Tensor sparsity = Tensor::empty(Shape{static_cast<int64_t>(counts.size())}, DType::F32);
+  const double tokens = static_cast<double>(std::max<int64_t>(stats_->tokens(), 1));
+  for (size_t i = 0; i < counts.size(); ++i)
+    sparsity.data<float>()[i] = static_cast<float>(std::log10(counts[i] / tokens + 1e-10));
+  write_safetensors((fs::path(folder) / kSparsityFile).string(), {{"sparsity", sparsity}});
 }
 
 }  // namespace sae

@@ -21,6 +21,7 @@
 namespace sae {
 
 constexpr const char* kFeatureStatsFile = "feature_stats.safetensors";
+constexpr const char* kSparsityFile = "sparsity.safetensors";  // SAELens's log10 feature frequencies
 
 class RunFeatureStats {
  public:

@@ -12,6 +12,7 @@
 #include "lm/hook_points.h"
 #include "lm/model_loader.h"
 #include "sae/train/arch_config.h"
+#include "sae/train/dictionary_learning_file.h"
 #include "sae/train/dictionary_reads.h"
 #include "sae/train/options.h"
 #include "tensor/ops.h"
@@ -34,9 +35,10 @@ bool holds_a_run(const fs::path& dir) {
 
 // The run directory of a --resume argument (a run dir, or a checkpoint inside one).
 std::string run_dir_of(const std::string& resume) {
-  if (!single_file_sae(resume).empty())
-    throw DataError(cat("--resume ", resume, ": ", single_file_sae_name(resume), " holds weights only, no training state "
-                        "to resume from (start a run from it with --init)"));
+  if (!single_file_sae(resume).empty() || is_dictionary_learning_save_dir(resume))
+    throw DataError(cat("--resume ", resume, ": ",
+                        single_file_sae(resume).empty() ? "a dictionary_learning save folder" : single_file_sae_name(resume),
+                        " holds weights only, no training state to resume from (start a run from one with --init)"));
   if (fs::exists(fs::path(resume) / "config.json") || fs::exists(fs::path(resume) / kPendingConfigFile)) return resume;
   fs::path p = fs::path(resume);
   for (int up = 0; up < 4 && p.has_parent_path() && p != p.parent_path(); ++up) {

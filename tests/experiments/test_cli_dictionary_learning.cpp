@@ -128,6 +128,12 @@ TEST(DictionaryLearning, TheTorchReaderReadsStridedTensorsAndRefusesWhatIsNotASt
   write_pt(dir.str("t.pt"), one_tensor_pickle("w", 6, 0, {2, 3}, {1, 2}), {storage});
   const TorchFile file = TorchFile::open(dir.str("t.pt"));
   EXPECT_EQ(file.read_f32("w").to_vector(), (std::vector<double>{0, 2, 4, 1, 3, 5}));
+  // 300 keys naming one dict of 300 entries: 90000 names from a 3 KB pickle.
+  std::string many_names = "\x80\x02}(K\x00}q\x01("s;
+  for (int j = 0; j < 300; ++j) many_names += "M"s + char(j & 255) + char(j >> 8) + "N";
+  many_names += "u";
+  for (int i = 1; i < 300; ++i) many_names += "M"s + char(i & 255) + char(i >> 8) + "h\x01";
+  many_names += "u.";
   // Refusals, one line each, naming the file.
   const std::pair<std::string, std::string> bad[] = {
       {"\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."s, "the pickle calls os.system"},
@@ -140,6 +146,8 @@ TEST(DictionaryLearning, TheTorchReaderReadsStridedTensorsAndRefusesWhatIsNotASt
       {"\x80\x02\xff.", "pickle opcode 0xff"},
       {"\x80\x02}h\x07.", "memo entry 7"},
       {"\x80\x02}0.", "ends with other than one object"},
+      {"\x80\x02(" + std::string((1 << 20) + 1, 'N'), "more than 1048576 objects"},
+      {many_names, "more than 65536 dict entries to name"},
   };
   for (const auto& [pickle, words] : bad) {
     SCOPED_TRACE(words);
@@ -169,7 +177,7 @@ TEST(DictionaryLearning, WhatIsNotReadIsOneLine) {
       {dl_ref("topk_bare"), "AutoEncoderTopK, BatchTopKSAE, which encode differently"},
       {folder("cross", "standard", R"({"trainer": {"dict_class": "CrossCoder"}})"), "CrossCoder is not read"},
       {folder("mismatch", "standard", R"({"trainer": {"dict_class": "GatedAutoEncoder"}})"),
-       "a GatedAutoEncoder holds decoder.weight, decoder_bias"},
+       "GatedAutoEncoder holds decoder.weight, decoder_bias"},
       {folder("k", "topk", R"({"trainer": {"dict_class": "AutoEncoderTopK", "k": 7}})"), "config.json's trainer.k is 7"},
       {folder("width", "standard", R"({"trainer": {"dict_class": "AutoEncoder", "dict_size": 65}})"),
        "trainer.dict_size is 65"},
@@ -182,6 +190,26 @@ TEST(DictionaryLearning, WhatIsNotReadIsOneLine) {
     EXPECT_NE(r.err.find(words), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
+  // torch.save's legacy format, said so (not "a truncated zip archive").
+  std::ofstream(dir.str("legacy.pt"), std::ios::binary)
+      << "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.\x80\x02}q\x00."s;
+  const CommandResult legacy = run_binary("sae_apply", "--sae " + dir.str("legacy.pt") + x, dir);
+  EXPECT_EQ(legacy.exit_code, 1);
+  EXPECT_NE(legacy.err.find("torch.save's legacy format"), std::string::npos) << legacy.err;
+  // A save folder before its ae.pt (a run still training, or killed): not one of our runs.
+  fs::create_directories(dir.str("training"));
+  fs::copy_file(dl_ref("standard/config.json"), dir.str("training/config.json"));
+  const CommandResult apply = run_binary("sae_apply", "--sae " + dir.str("training") + x, dir);
+  EXPECT_EQ(apply.exit_code, 1);
+  EXPECT_NE(apply.err.find("a dictionary_learning save folder without ae.pt"), std::string::npos) << apply.err;
+  const CommandResult browser = run_binary("sae_browser", "--run " + dir.str("training"), dir);
+  EXPECT_EQ(browser.exit_code, 1);
+  EXPECT_NE(browser.err.find("a dictionary_learning save folder without ae.pt"), std::string::npos) << browser.err;
+  const CommandResult training = run_binary("sae_train", "--resume " + dir.str("training"), dir);
+  EXPECT_EQ(training.exit_code, 1);
+  EXPECT_NE(training.err.find("a dictionary_learning save folder holds weights only"), std::string::npos)
+      << training.err;
+  EXPECT_FALSE(fs::exists(dir.str("training/.lock")));
   // Weights only: --resume says so; --init starts from them.
   const CommandResult resume = run_binary("sae_train", "--resume " + dl_ref("standard"), dir);
   EXPECT_EQ(resume.exit_code, 1);

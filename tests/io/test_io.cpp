@@ -383,8 +383,11 @@ TEST(CopyTree, CopiesFoldersWholeAndNamesAFullDisk) {
 // A mapped input cut short by another program (truncated while a run reads it): one line naming the
 // file and exit 1, where the process had died of SIGBUS.
 TEST(MappedFileDeathTest, AFileTruncatedWhileMappedEndsInOneLineNamingIt) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "the sanitizers handle SIGBUS themselves";
+  // Under AddressSanitizer too (make sanitize, clang): the handler installed here replaces ASan's
+  // SIGBUS handler. (The skip this had named __SANITIZE_ADDRESS__, which clang 14 does not define:
+  // the test has always run under make sanitize, and passed.)
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer handles SIGBUS itself";
 #endif
   GTEST_FLAG_SET(death_test_style, "fast");  // a fork: the child writes into this test's folder
   TempDir dir("io_sigbus");

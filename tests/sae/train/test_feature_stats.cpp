@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -564,6 +565,20 @@ TEST(FeatureStatsTraining, CoverTheLastStepsAndResumeBitExactly) {
     const CsvNumbers metrics = read_csv_numbers(c.out + "/metrics.csv");
     const std::vector<double> tokens = metrics.column("tokens");
     EXPECT_EQ(stats.tokens(), int64_t(tokens[29] - tokens[11]));
+    // SAELens's sparsity.safetensors beside them (and in checkpoint 20): log10(count / tokens + 1e-10).
+    ASSERT_TRUE(fs::exists(c.out + "/checkpoints/step_20/sparsity.safetensors"));
+    EXPECT_FALSE(fs::exists(c.out + "/checkpoints/step_10/sparsity.safetensors"));
+    const SafetensorsFile sparsity_file = SafetensorsFile::open(c.out + "/sae/sparsity.safetensors");
+    EXPECT_EQ(sparsity_file.names(), std::vector<std::string>{"sparsity"});
+    EXPECT_EQ(sparsity_file.entry("sparsity").dtype, "F32");
+    const std::vector<double> sparsity = sparsity_file.read_f32("sparsity").to_vector(), counts = stats.counts();
+    ASSERT_EQ(sparsity.size(), counts.size());
+    int64_t never = 0;
+    for (size_t j = 0; j < counts.size(); ++j) {
+      EXPECT_NEAR(sparsity[j], std::log10(counts[j] / double(tokens[29] - tokens[11]) + 1e-10), 1e-6) << j;
+      never += counts[j] == 0;
+    }
+    if (never > 0) EXPECT_EQ(*std::min_element(sparsity.begin(), sparsity.end()), -10.0f);
     // In story batches the neighbours are in the batch: every known context value sits inside the
     // story (whose length the generator knows), and the ids are -2 (no ids) inside, -1 outside.
     const SyntheticSource source(c.synthetic);
