@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
       try {
         site = sae::resolve_hook_site(folder.config, site, choice.given() ? choice.option : from);
       } catch (const sae::UsageError& e) {  // the SAE's cfg.json at fault: named, exit 1 (as sae_eval, sae_steer)
-        if (choice.given() || from.rfind("cfg.json", 0) != 0) throw;
+        if (choice.given() || (from.rfind("cfg.json", 0) != 0 && from.rfind("config.json", 0) != 0)) throw;
         throw sae::DataError(sae::cat(sae_dir, ": ", e.what()));
       }
       model = std::make_unique<sae::DecoderModel>(

@@ -34,8 +34,10 @@ bool hook_site_from_cfg(const Json& cfg, HookSite& site, std::string& source) {
       throw DataError(cat("hook_name: expected a hook point's name, got ", holder->at("hook_name").dump()));
     if (holder && holder->has("hook_name") && holder->at("hook_name").is_string()) {
       const std::string name = holder->at("hook_name").as_string();
-      source = "cfg.json hook_name";  // messages and reports give the name beside it
-      site = parse_hook_name(name, "cfg.json hook_name");
+      // Messages and reports give the name beside it. dictionary_learning's comes from its
+      // config.json's submodule_name (sae/train/dictionary_learning_file.h).
+      source = cfg.has("dictionary_learning") ? "config.json trainer.submodule_name" : "cfg.json hook_name";
+      site = parse_hook_name(name, source);
       return true;
     }
   }
@@ -61,7 +63,8 @@ std::string no_hook_point_message(const std::string& dir, bool npz, bool transco
     return cat(dir, ": a Gemma Scope params.npz does not say where the SAE reads: give --hook (Gemma Scope's "
                "gemma-scope-2b-pt-res layer_L SAEs read blocks.L.hook_resid_post, -mlp- ones blocks.L.hook_mlp_out, -att- "
                "ones blocks.L.attn.hook_z)");
-  return cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer): give --hook or --layer");
+  return cat(dir, " does not say where the SAE reads (no hook_name, no sae_cpp.data.layer; for dictionary_learning's, "
+                  "no trainer.submodule_name of the form resid_post_layer_N): give --hook or --layer");
 }
 
 namespace {

@@ -118,6 +118,25 @@ TEST(DictionaryLearning, HookPointsFromSubmoduleNames) {
   std::ofstream(dir.str("other/config.json"))
       << R"({"trainer": {"dict_class": "GatedAutoEncoder", "submodule_name": "my_probe"}})";
   EXPECT_FALSE(load_checkpoint(dir.str("other"), Device::CPU).cfg.at("metadata").has("hook_name"));
+  // Read inside a model: at that hook, said so; a block the model lacks is the SAE's fault (exit 1).
+  const std::string text = " --model " + std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/model --text " +
+                           std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/stories.txt";
+  const std::string eval_args = text + " --max-stories 2 --out " + dir.str("eval");
+  const CommandResult eval = run_binary("sae_eval", "--sae " + dl_ref("new") + eval_args, dir);
+  EXPECT_EQ(eval.exit_code, 0) << eval.err;
+  EXPECT_NE((eval.out + eval.err).find("spliced at blocks.0.hook_mlp_out (config.json trainer.submodule_name)"),
+            std::string::npos)
+      << eval.out << eval.err;
+  fs::create_directories(dir.str("deep"));
+  fs::copy_file(dl_ref("gated/ae.pt"), dir.str("deep/ae.pt"));
+  std::ofstream(dir.str("deep/config.json"))
+      << R"({"trainer": {"dict_class": "GatedAutoEncoder", "submodule_name": "resid_post_layer_40"}})";
+  for (const char* program : {"sae_eval", "sae_features"}) {
+    const std::string args = std::string(program) == "sae_eval" ? eval_args : text + " --stories 2 --out " + dir.str("f.json");
+    const CommandResult r = run_binary(program, "--sae " + dir.str("deep") + args, dir);
+    EXPECT_EQ(r.exit_code, 1) << program << ": " << r.err;
+    EXPECT_NE(r.err.find(dir.str("deep")), std::string::npos) << program << ": " << r.err;
+  }
 }
 
 TEST(DictionaryLearning, TheTorchReaderReadsStridedTensorsAndRefusesWhatIsNotAStateDict) {
