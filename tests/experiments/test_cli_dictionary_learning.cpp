@@ -15,6 +15,7 @@
 #include "io/torch_pickle.h"
 #include "sae/train/checkpoint.h"
 #include "tests/util/compare.h"
+#include "tests/util/foreign_sae.h"
 #include "tests/util/fixture.h"
 #include "tests/util/npz_writer.h"
 #include "tests/util/test_util.h"
@@ -31,18 +32,7 @@ std::string dl_ref(const std::string& name) {
 }
 
 std::pair<Tensor, Tensor> apply_sae(const std::string& sae, const TempDir& dir) {
-  const std::string f = dir.str("f.npy"), out = dir.str("out.npy");
-  const CommandResult r = run_binary(
-      "sae_apply", cat("--sae ", sae, " --input ", dl_ref("x.npy"), " --features-out ", f, " --reconstruction-out ", out),
-      dir);
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.err, "");
-  return {NpyFile::open(f).read_f32(), NpyFile::open(out).read_f32()};
-}
-
-void expect_same(const Tensor& got, const Tensor& want, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  EXPECT_LE(max_abs_diff(got, want), 1e-5 * (1.0 + max_abs(want))) << what;
+  return sae_apply_outputs(sae, dl_ref("x.npy"), dir);
 }
 
 // A torch.save archive of `pickle` (data.pkl) and storages data/0.. as given.
@@ -85,8 +75,8 @@ TEST(DictionaryLearning, SaeApplyGivesEachClasssEncodeAndForward) {
     for (const std::string& given : {dl_ref(name), dl_ref(std::string(name) + "/ae.pt")}) {
       const auto [f, out] = apply_sae(given, dir);
       const Tensor want_f = expected.tensor(std::string(name) + "_f", DType::F32);
-      expect_same(f, want_f, "features");
-      expect_same(out, expected.tensor(std::string(name) + "_x_hat", DType::F32), "reconstruction");
+      expect_same_outputs(f, want_f, "features");
+      expect_same_outputs(out, expected.tensor(std::string(name) + "_x_hat", DType::F32), "reconstruction");
       for (int64_t i = 0; i < f.numel(); ++i)
         ASSERT_EQ(f.data<float>()[i] > 0, want_f.data<float>()[i] > 0) << "element " << i;
     }
@@ -97,13 +87,13 @@ TEST(DictionaryLearning, SaeApplyGivesEachClasssEncodeAndForward) {
   // A save dir's checkpoints/ae_STEP.pt, with config.json above it.
   TempDir dir("dl_checkpoint");
   const auto [f, out] = apply_sae(dl_ref("checkpoints/checkpoints/ae_10.pt"), dir);
-  expect_same(out, expected.tensor("standard_x_hat", DType::F32), "checkpoint's reconstruction");
+  expect_same_outputs(out, expected.tensor("standard_x_hat", DType::F32), "checkpoint's reconstruction");
   EXPECT_EQ(load_checkpoint(dl_ref("checkpoints/checkpoints/ae_10.pt"), Device::CPU).cfg.at("dictionary_learning")
                 .at("trainer").at("dict_class").as_string(),
             "AutoEncoder");
   // A training backup: its "ae" (the optimizer's state, lists and floats read past).
   const auto [bf, bout] = apply_sae(dl_ref("backup.pt"), dir);
-  expect_same(bout, expected.tensor("backup_x_hat", DType::F32), "backup's reconstruction");
+  expect_same_outputs(bout, expected.tensor("backup_x_hat", DType::F32), "backup's reconstruction");
 }
 
 TEST(DictionaryLearning, HookPointsFromSubmoduleNames) {

@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "sae/train/checkpoint.h"
 #include "tests/util/compare.h"
+#include "tests/util/foreign_sae.h"
 #include "tests/util/fixture.h"
 #include "tests/util/test_util.h"
 
@@ -26,20 +27,8 @@ namespace {
 std::string sp_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/sparsify/" + name; }
 std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
 
-// sae_apply's features and output of `sae` on the fixture's inputs.
 std::pair<Tensor, Tensor> apply_sae(const std::string& sae, const TempDir& dir) {
-  const std::string f = dir.str("f.npy"), out = dir.str("out.npy");
-  const CommandResult r = run_binary(
-      "sae_apply", cat("--sae ", sae, " --input ", sp_ref("x.npy"), " --features-out ", f, " --reconstruction-out ", out),
-      dir);
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.err, "");
-  return {NpyFile::open(f).read_f32(), NpyFile::open(out).read_f32()};
-}
-
-void expect_same(const Tensor& got, const Tensor& want, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  EXPECT_LE(max_abs_diff(got, want), 1e-5 * (1.0 + max_abs(want))) << what;
+  return sae_apply_outputs(sae, sp_ref("x.npy"), dir);
 }
 
 }  // namespace
@@ -52,8 +41,8 @@ TEST(SparsifyFolders, SaeApplyGivesSparsifysFeaturesAndOutputs) {
     const bool sae = std::string(kind) == "sae";
     const auto [f, out] = apply_sae(sp_ref(sae ? "h.1" : "transcoder"), dir);
     const Tensor want_f = expected.tensor(sae ? "sae_features" : "transcoder_features", DType::F32);
-    expect_same(f, want_f, "features");
-    expect_same(out, expected.tensor(sae ? "sae_reconstruction" : "transcoder_prediction", DType::F32), "output");
+    expect_same_outputs(f, want_f, "features");
+    expect_same_outputs(out, expected.tensor(sae ? "sae_reconstruction" : "transcoder_prediction", DType::F32), "output");
     // The same k latents of every row (sparsify's top-k of relu((x - b_dec) W^T + b)).
     int64_t kept = 0;
     for (int64_t i = 0; i < f.numel(); ++i) {
