@@ -77,6 +77,15 @@ Json trainer_config(const std::string& path) {
   const Json config = read_json_file(path);
   if (!config.is_object() || !config.has("trainer") || !config.at("trainer").is_object())
     throw DataError(cat(path, ": expected dictionary_learning's config.json, an object with a \"trainer\" object"));
+  // The keys read, type-checked here so that an error names this file.
+  const Json& trainer = config.at("trainer");
+  try {
+    if (trainer.has("dict_class")) trainer.at("dict_class").as_string();
+    for (const char* key : {"k", "activation_dim", "dict_size"})
+      if (trainer.has(key)) trainer.at(key).as_int();
+  } catch (const DataError& e) {
+    throw DataError(cat(path, ": trainer: ", e.what()));
+  }
   return config;
 }
 

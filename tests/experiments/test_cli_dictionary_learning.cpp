@@ -191,6 +191,7 @@ TEST(DictionaryLearning, WhatIsNotReadIsOneLine) {
       {folder("width", "standard", R"({"trainer": {"dict_class": "AutoEncoder", "dict_size": 65}})"),
        "trainer.dict_size is 65"},
       {folder("noconfig", "standard", R"([1, 2])"), "expected dictionary_learning's config.json"},
+      {folder("typed", "topk", R"({"trainer": {"dict_class": "AutoEncoderTopK", "k": "six"}})"), "typed/config.json: trainer:"},
   };
   for (const auto& [sae, words] : cases) {
     SCOPED_TRACE(words);
