@@ -193,7 +193,7 @@ Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
   out.cfg = Json::object();
   Json ours = Json::object();
   const std::string klass = dict_class;
-  const bool linear_layout = tensors.front() != "W_dec";  // nn.Linear's [out, in] weights
+  const bool linear_layout = !file.has(prefix + "W_enc");  // encoder.weight: nn.Linear's [out, in]
   if (linear_layout) {
     view.add("W_enc", transposed("encoder.weight"));
     view.add("W_dec", transposed("decoder.weight"));

@@ -15,11 +15,14 @@ using namespace sae;
 using sae::testing::run_program;
 using sae::testing::TempDir;
 
+namespace {
+const std::string kSmallRun = " --synthetic-d 16 --features 32 --normalize dataset --progress none --device cpu";
+}  // namespace
+
 TEST(TrainingTokens, SetTheStepsFromTheBatchAndAreKeptOnResume) {
   TempDir dir("training_tokens");
   const std::string run = dir.str("run");
-  const std::string base = " --synthetic-d 16 --features 32 --normalize dataset --progress none --device cpu";
-  auto first = run_program("sae_train", base + " --batch 100 --training-tokens 1050 --out " + run, dir);
+  auto first = run_program("sae_train", kSmallRun + " --batch 100 --training-tokens 1050 --out " + run, dir);
   ASSERT_EQ(first.exit_code, 0) << first.err;
   EXPECT_NE(first.out.find("trained 11 steps (1100 tokens)"), std::string::npos) << first.out;
   Json config = read_json_file(run + "/config.json");
@@ -38,7 +41,7 @@ TEST(TrainingTokens, SetTheStepsFromTheBatchAndAreKeptOnResume) {
                                             dir.str("a"), dir);
   EXPECT_EQ(story.exit_code, 2);
   EXPECT_NE(story.err.find("--training-tokens counts token batches (--batch N)"), std::string::npos) << story.err;
-  auto both = run_program("sae_train", base + " --batch 10 --steps 3 --training-tokens 1050 --out " + dir.str("b"), dir);
+  auto both = run_program("sae_train", kSmallRun + " --batch 10 --steps 3 --training-tokens 1050 --out " + dir.str("b"), dir);
   EXPECT_EQ(both.exit_code, 2);
   EXPECT_NE(both.err.find("give --steps or --training-tokens, not both"), std::string::npos) << both.err;
 }
@@ -46,11 +49,10 @@ TEST(TrainingTokens, SetTheStepsFromTheBatchAndAreKeptOnResume) {
 TEST(TrainingTokens, WrittenAsSaelensWritesThemAndCheckedOnResume) {
   TempDir dir("training_tokens_more");
   const std::string run = dir.str("run");
-  const std::string base = " --synthetic-d 16 --features 32 --normalize dataset --progress none --device cpu";
-  auto first = run_program("sae_train", base + " --batch 100 --training-tokens 1.5e3 --out " + run, dir);
+  auto first = run_program("sae_train", kSmallRun + " --batch 100 --training-tokens 1.5e3 --out " + run, dir);
   ASSERT_EQ(first.exit_code, 0) << first.err;
   EXPECT_NE(first.out.find("trained 15 steps"), std::string::npos) << first.out;
-  auto fraction = run_program("sae_train", base + " --batch 100 --training-tokens 1.5 --out " + dir.str("f"), dir);
+  auto fraction = run_program("sae_train", kSmallRun + " --batch 100 --training-tokens 1.5 --out " + dir.str("f"), dir);
   EXPECT_EQ(fraction.exit_code, 2);
   EXPECT_NE(fraction.err.find("a whole number of at most 2^53 (e.g. 2000000000 or 2e9)"), std::string::npos)
       << fraction.err;
