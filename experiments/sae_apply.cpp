@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   return sae::run_main("sae_apply", argc, argv, [&] {
     cxxopts::Options options("sae_apply", "Encode and decode activations with a trained SAE checkpoint");
     options.add_options()
-        ("sae", "checkpoint directory (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), a Gemma Scope params.npz, or dictionary_learning's ae.pt",
+        ("sae", "checkpoint directory (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), a Gemma Scope params.npz, or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)",
          cxxopts::value<std::string>())
         ("input", "activations: .npy [N, d_in], or .safetensors with 'activations' (and 'story_lengths')",
          cxxopts::value<std::string>())

@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
                              "any browser; no server, no network)");
     options.add_options()
         ("run", "the run folder (config.json, sae/ with feature_stats.safetensors), or an SAE folder, a Gemma "
-         "Scope params.npz or dictionary_learning's ae.pt (statistics beside it)",
+         "Scope params.npz or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's), statistics beside it",
          cxxopts::value<std::string>())
         ("model", "model folder (" + sae::supported_families_text() + ") for token text and promoted tokens (default: the "
          "run's --model)", cxxopts::value<std::string>())

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
         ("model-b", "the second model of a crosscoder over two models (model diffing; the same tokenizer)",
          cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors): ours, any architecture, or a SAELens one; a sparsify "
-         "folder (cfg.json + sae.safetensors); a Gemma Scope params.npz (with --hook); or dictionary_learning's ae.pt",
+         "folder (cfg.json + sae.safetensors); a Gemma Scope params.npz (with --hook); or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)",
          cxxopts::value<std::string>())
         ("text", std::string("the corpus: ") + sae::kCorpusFormats,
          cxxopts::value<std::string>())

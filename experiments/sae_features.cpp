@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
                              "What each SAE feature fires on: per feature its top stories by largest activation, with "
                              "every token's strength, activation x decoder norm (the tutorial's gather_high_activations)");
     options.add_options()
-        ("sae", "SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), any architecture, a Gemma Scope params.npz, or dictionary_learning's ae.pt",
+        ("sae", "SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), any architecture, a Gemma Scope params.npz, or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)",
          cxxopts::value<std::string>())
         ("model", "model folder (" + sae::supported_families_text() + "): runs --text through it; with --data only its "
          "tokenizer is used",

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
     options.add_options()
         ("model", "a Hugging Face model folder: " + sae::supported_families_text() + " (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
-        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), a Gemma Scope params.npz, or dictionary_learning's ae.pt",
+        ("sae", "an SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), a Gemma Scope params.npz, or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)",
          cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
         ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<std::string>())

@@ -442,6 +442,8 @@ TorchFile TorchFile::open(const std::string& path) {
       f.scalars_[name] = static_cast<double>(value->i);
     } else if (value->kind == Value::Float) {
       f.scalars_[name] = value->f;
+    } else if (value->kind == Value::String) {
+      f.strings_[name] = value->s;
     }
   };
   for (const auto& [key, value] : root->pairs) {

@@ -11,7 +11,7 @@
 //
 // The saved object must be a dict. Its tensors are named by their keys; a dict inside it names its
 // own tensors "KEY.INNER" (one level: a training backup {"ae": state_dict, "optimizer": ...} gives
-// ae.encoder.weight ...), and its numbers are kept as scalars. Every tensor is checked against its
+// ae.encoder.weight ...), and its numbers and strings are kept by name too. Every tensor is checked against its
 // storage when the file is opened: dims at most 4, sizes and strides >= 0, every element it views
 // inside the storage, the storage's entry holding exactly NUMEL elements of its type. A tensor may
 // be a strided view (a transposed weight is saved so). Every violation is a one-line DataError
@@ -52,6 +52,8 @@ class TorchFile : public NamedTensorFile {
   std::vector<int64_t> read_integers(const std::string& name) const;
   // The dict's numbers (int, float, bool) by name, as the tensors are named.
   const std::map<std::string, double>& scalars() const { return scalars_; }
+  // The dict's strings by name (OpenAI's state dicts name their activation so).
+  const std::map<std::string, std::string>& strings() const { return strings_; }
 
  private:
   TorchFile() = default;
@@ -61,6 +63,7 @@ class TorchFile : public NamedTensorFile {
   std::unique_ptr<ZipArchive> archive_;
   std::map<std::string, TorchTensorEntry> tensors_;
   std::map<std::string, double> scalars_;
+  std::map<std::string, std::string> strings_;
 };
 
 }  // namespace sae

@@ -32,9 +32,13 @@ const char* normalization_name(Normalization n) {
   switch (n) {
     case Normalization::Story: return "story";
     case Normalization::Dataset: return "dataset";
+    case Normalization::LayerNorm: return "layer_norm";
+    case Normalization::NormRescale: return "constant_norm_rescale";
     default: return "none";
   }
 }
+
+bool per_token(Normalization n) { return n == Normalization::LayerNorm || n == Normalization::NormRescale; }
 
 namespace {
 uint64_t mix64(uint64_t z) {
@@ -68,6 +72,8 @@ uint64_t RandomPermutation::operator()(uint64_t index) const {
 
 void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
                                BatchStats& stats) {
+  if (per_token(normalization))
+    throw Error(cat("normalize_batch_on_device: ", normalization_name(normalization), " is read at inference only"));
   const int64_t n = rows.size(0), d = rows.size(1), count = n * d;
   stats.norm_shift = 0;
   stats.norm_scale = normalization == Normalization::Dataset ? dataset_scale : 1.0;
@@ -103,6 +109,45 @@ void read_device_stats(const Tensor& device_stats, BatchStats& stats) {
   stats.raw_mean = v[0];
   stats.raw_std = v[1];
 }
+
+namespace {
+// The per-token normalisations, row by row in double (the rows are known finite): layer_norm's mean
+// and unbiased sigma, constant_norm_rescale's norm.
+void normalize_tokens(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
+                      const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name,
+                      BatchStats& stats) {
+  const bool layer_norm = normalization == Normalization::LayerNorm;
+  if (layer_norm && d < 2)
+    throw DataError(cat(source_name, ": layer_norm normalises each token by the std of its values, which needs d >= 2 "
+                                     "(d is ", d, ")"));
+  stats.row_shift.assign(static_cast<size_t>(n), 0.0);
+  stats.row_scale.assign(static_cast<size_t>(n), 1.0);
+  stats.row_unscale.assign(static_cast<size_t>(n), 1.0);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* x = raw + r * d;
+    double mean = 0, sq = 0;
+    if (layer_norm) {
+      for (int64_t c = 0; c < d; ++c) mean += x[c];
+      mean /= double(d);
+      for (int64_t c = 0; c < d; ++c) sq += (x[c] - mean) * (x[c] - mean);
+      const double sigma = std::sqrt(sq / double(d - 1));
+      stats.row_shift[r] = mean;
+      stats.row_scale[r] = 1.0 / (sigma + 1e-5);
+      stats.row_unscale[r] = sigma;
+    } else {
+      for (int64_t c = 0; c < d; ++c) sq += double(x[c]) * double(x[c]);
+      const double norm = std::sqrt(sq);
+      if (!(norm > 0))
+        throw DataError(cat(source_name, ": the activations of token ", token_of_row(r), " are all zero: ",
+                            "constant_norm_rescale divides each token by its norm"));
+      stats.row_scale[r] = std::sqrt(double(d)) / norm;
+      stats.row_unscale[r] = norm / std::sqrt(double(d));
+    }
+    for (int64_t c = 0; c < d; ++c)
+      normalized[r * d + c] = static_cast<float>((x[c] - stats.row_shift[r]) * stats.row_scale[r]);
+  }
+}
+}  // namespace
 
 BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
                            double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
@@ -142,6 +187,10 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
       stats.norm_shift = 0;
       stats.norm_scale = 1;
       break;
+    case Normalization::LayerNorm:
+    case Normalization::NormRescale:
+      normalize_tokens(raw, normalized, n, d, normalization, token_of_row, source_name, stats);
+      return stats;
   }
   const float shift = static_cast<float>(stats.norm_shift), scale = static_cast<float>(stats.norm_scale);
   // The scale multiplies in float32: one that overflows it (a story's std below sqrt(d) / FLT_MAX,
@@ -166,6 +215,15 @@ void denormalize_blocks(const float* normalized, float* raw, int64_t n, const st
                     " block statistics for ", widths.size(), " blocks"));
   int64_t d = 0;
   for (int64_t w : widths) d += w;
+  if (per_token(normalization)) {
+    if (widths.size() != 1 || stats.row_unscale.size() != static_cast<size_t>(n))
+      throw Error(cat("denormalize_blocks: ", normalization_name(normalization), " needs one block and ", n,
+                      " rows' statistics"));
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < d; ++c)
+        raw[r * d + c] = static_cast<float>(normalized[r * d + c] * stats.row_unscale[r] + stats.row_shift[r]);
+    return;
+  }
   int64_t offset = 0;
   for (size_t b = 0; b < widths.size(); ++b) {
     const int64_t w = widths[b];
@@ -206,6 +264,13 @@ DatasetScales DatasetScales::from_json(const Json& j) {
 
 InputNormalization trained_normalization(const Json& cfg, const std::string& cfg_path) {
   InputNormalization n;
+  // A folder from elsewhere: SAELens's per-token normalize_activations (the others it folds into the
+  // weights when it saves, or it has none; checkpoint.cpp refuses what it does not know).
+  if (cfg.has("normalize_activations") && cfg.at("normalize_activations").is_string()) {
+    const std::string kind = cfg.at("normalize_activations").as_string();
+    if (kind == "layer_norm") n.kind = Normalization::LayerNorm;
+    if (kind == "constant_norm_rescale") n.kind = Normalization::NormRescale;
+  }
   if (!cfg.has("sae_cpp")) return n;
   try {
     const Json& ours = cfg.at("sae_cpp");
@@ -227,6 +292,9 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
   int64_t d = 0;
   for (int64_t w : widths) d += w;
   if (widths.size() == 1) return normalize_batch(raw, normalized, n, d, normalization, scales.first(), token_of_row, source_name);
+  if (per_token(normalization))
+    throw DataError(cat(source_name, ": ", normalization_name(normalization), " (per token) is read for an SAE's one ",
+                        "block of inputs, not for a dictionary of ", widths.size(), " column blocks"));
   // Each block gathered, normalised and put back; the whole row's statistics for the metrics.
   std::vector<float> block_raw, block_normalized;
   BatchStats first;

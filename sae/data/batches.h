@@ -2,9 +2,10 @@
 //   story mode (the original): batch k is story k of the source, in order, wrapping around;
 //   token mode (the modern way): N tokens per batch, drawn without replacement from a fresh random
 //   permutation of all tokens each epoch (a Feistel-network permutation: O(1) memory for any size).
-// Normalisation (the study's per-story form, dataset-level scaling, or none) is applied to the batch,
-// column block by column block (normalize_blocks, with BlockNormSums for the whole row's moments);
-// denormalize_blocks is its inverse for a dictionary's output.
+// Normalisation (the study's per-story form, dataset-level scaling, or none; at inference also the
+// per-token forms of SAELens and OpenAI's SAEs) is applied to the batch, column block by column block
+// (normalize_blocks, with BlockNormSums for the whole row's moments); denormalize_blocks is its
+// inverse for a dictionary's output.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -18,8 +19,15 @@
 
 namespace sae {
 
-enum class Normalization { Story, Dataset, None };
-Normalization parse_normalization(const std::string& name);  // UsageError when unknown
+// Story, Dataset, None: what training does (--normalize). The per-token forms are read from SAEs
+// trained elsewhere (cfg.json normalize_activations; OpenAI's TopK checkpoints) and applied at
+// inference only, each token on its own (docs/contract.md §4):
+//   LayerNorm:   x_n = (x - mu) / (sigma + 1e-5), mu and sigma (unbiased) of the token's d values;
+//                x = x_n * sigma + mu back (SAELens's layer_norm and OpenAI's LN, exactly so);
+//   NormRescale: x_n = x * sqrt(d) / ||x||, back x = x_n * ||x|| / sqrt(d) (constant_norm_rescale).
+enum class Normalization { Story, Dataset, None, LayerNorm, NormRescale };
+Normalization parse_normalization(const std::string& name);  // story | dataset | none; UsageError else
+bool per_token(Normalization n);  // LayerNorm or NormRescale
 // UsageError for --normalize story with token batches (batch_tokens > 0): per-story statistics need
 // story batches. Said by the options' validation and by both batchers.
 void check_story_normalization(int64_t batch_tokens, Normalization normalization);
@@ -50,6 +58,10 @@ struct BatchStats {
   double raw_mean = 0, raw_std = 0;  // of the raw batch (all elements; std unbiased)
   double norm_shift = 0, norm_scale = 1;  // x_n = (x - shift) * scale
   std::vector<RawMoments> blocks;    // per column block of the row (one for an SAE's data)
+  // A per-token normalisation's numbers, one per row (empty for the other kinds): row r was
+  // normalised as x_n = (x - row_shift[r]) * row_scale[r] and comes back as
+  // x = x_n * row_unscale[r] + row_shift[r] (layer_norm divides by sigma + 1e-5, multiplies by sigma).
+  std::vector<double> row_shift, row_scale, row_unscale;
 };
 
 // The dataset scales of a row's column blocks (ActivationSource::block_widths): one per block, each
@@ -63,9 +75,10 @@ struct DatasetScales {
   static DatasetScales from_json(const Json& j);  // DataError unless positive finite numbers
 };
 
-// How a trained dictionary expects its data, from cfg.json's sae_cpp block (none for a folder from
-// elsewhere): the normalisation and one dataset scale per column block (an SAE's one; a
-// transcoder's input then target; a crosscoder's sources). DataError naming cfg_path when malformed.
+// How a trained dictionary expects its data, from cfg.json's sae_cpp block, or for a folder from
+// elsewhere its normalize_activations (layer_norm, constant_norm_rescale: per token; any other: none):
+// the normalisation and one dataset scale per column block (an SAE's one; a transcoder's input then
+// target; a crosscoder's sources). DataError naming cfg_path when malformed.
 struct InputNormalization {
   Normalization kind = Normalization::None;
   DatasetScales scales;
@@ -79,13 +92,16 @@ InputNormalization trained_normalization(const Json& cfg, const std::string& cfg
 // Checks a batch [n, d] for NaN/Inf (DataError naming the source and the token, found through
 // token_of_row), computes its statistics (double accumulation, std unbiased) and writes
 // normalized = (raw - shift) * scale for the chosen normalisation: story, (x - mean) / std * sqrt(d)
-// over all n*d elements; dataset, x * dataset_scale; none, x.
+// over all n*d elements; dataset, x * dataset_scale; none, x; the per-token forms, each row with its
+// own numbers (stats.row_*). DataError for layer_norm with d < 2 (a token's sigma needs two values)
+// and for constant_norm_rescale of a token whose activations are all zero (no norm to divide by).
 BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64_t d, Normalization normalization,
                            double dataset_scale, const std::function<int64_t(int64_t)>& token_of_row,
                            const std::string& source_name);
 // The same for a row of column blocks (widths summing to d): each block normalised on its own with
 // its scale (story: its own mean and std). The statistics returned are of the whole row (raw) and of
-// the first block (shift, scale). One block: normalize_batch itself.
+// the first block (shift, scale). One block: normalize_batch itself. DataError for a per-token
+// normalisation of several blocks (a transcoder's or crosscoder's: not read).
 BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, const std::vector<int64_t>& widths,
                             Normalization normalization, const DatasetScales& scales,
                             const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);
@@ -93,7 +109,8 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
 // The inverse of normalize_blocks for a dictionary's output rows [n, sum(widths)]: each column block
 // brought back to the data's scale, raw = normalized / scale + shift, in double, with the shift and
 // scale normalize_blocks used (story: the block's mean and sqrt(width) / std from stats.blocks;
-// dataset: the block's scale; none: a copy). An SAE's and a crosscoder's output blocks are its input
+// dataset: the block's scale; none: a copy; per token: each row's stats.row_*). An SAE's and a
+// crosscoder's output blocks are its input
 // blocks; a transcoder's one block is its target, with the target's scale.
 void denormalize_blocks(const float* normalized, float* raw, int64_t n, const std::vector<int64_t>& widths,
                         Normalization normalization, const DatasetScales& scales, const BatchStats& stats);
@@ -104,7 +121,8 @@ void denormalize_blocks(const float* normalized, float* raw, int64_t n, const st
 // dataset, none: known, also written to stats.norm_shift / norm_scale). Nothing is read back, and
 // nothing is checked: a source that makes batches on a device makes finite ones, and a story of
 // zero variance gives non-finite values (and so a diverged run) where normalize_batch throws. On the
-// CPU the result equals normalize_batch's bit for bit; on CUDA the sums run in another order.
+// CPU the result equals normalize_batch's bit for bit; on CUDA the sums run in another order. Error
+// for a per-token normalisation (training does not have them).
 void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
                                BatchStats& stats);
 // The raw mean and std from device_stats (one read-back), into stats.

@@ -36,6 +36,10 @@ void apply_dictionary(const SaeParams& dictionary, const InputNormalization& nor
                         dictionary.transcoder ? "transcoder" : "crosscoder",
                         " cannot have (each of its activations has a dataset scale, or none); --raw gives it the "
                         "inputs as they are"));
+  if (per_token(normalization.kind) && (dictionary.sources > 1 || dictionary.transcoder))
+    throw DataError(cat(sae_dir, "/cfg.json: normalize_activations \"", normalization_name(normalization.kind),
+                        "\" is read for an SAE, not for a ", dictionary.transcoder ? "transcoder" : "crosscoder",
+                        "; --raw gives it the inputs as they are"));
   if (normalization.kind == Normalization::Story && input.num_stories() == 0)
     throw UsageError(cat("the SAE was trained with per-story normalisation and ", input.name(),
                          " has no story boundaries: give a safetensors file with story_lengths, or --raw"));

@@ -100,8 +100,9 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
   } catch (const Error& e) {
     throw DataError(e.what());
   }
-  if (normalization.kind == Normalization::Story)
-    throw DataError(cat(where, ": a crosscoder normalised per story cannot be spliced (each source is scaled on its own)"));
+  if (normalization.kind == Normalization::Story || per_token(normalization.kind))
+    throw DataError(cat(where, ": a crosscoder normalised ", per_token(normalization.kind) ? "per token" : "per story",
+                        " cannot be spliced (each source is scaled on its own)"));
   if (normalization.kind == Normalization::Dataset && static_cast<int64_t>(normalization.scales.per_block.size()) != count)
     throw DataError(cat(where, ": sae_cpp.dataset_scale holds ", normalization.scales.per_block.size(), " scales for ",
                         count, " sources"));
@@ -190,19 +191,14 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     } else {
       found = hook_site_from_cfg(s.cfg, named, s.layer_source);
     }
-    if (s.cfg.has("sae_cpp")) {
-      const Json& ours = s.cfg.at("sae_cpp");
-      if (ours.has("normalization")) s.normalization = parse_normalization(ours.at("normalization").as_string());
-      if (ours.has("dataset_scale")) {
-        const DatasetScales scales = DatasetScales::from_json(ours.at("dataset_scale"));
-        s.dataset_scale = scales.first();
-        s.output_scale = scales.per_block.back();
-      }
-      s.kept_bos = trained_normalization(s.cfg, where).with_bos_rows;  // (the fields above read already)
-    }
   } catch (const Error& e) {
     throw DataError(cat(where, ": ", e.what()));
   }
+  const InputNormalization trained = trained_normalization(s.cfg, where);  // its DataErrors name `where`
+  s.normalization = trained.kind;
+  s.dataset_scale = trained.scales.first();
+  s.output_scale = trained.scales.per_block.back();
+  s.kept_bos = trained.with_bos_rows;
   if (!found) throw UsageError(no_hook_point_message(dir, npz, s.params.transcoder));
   try {
     s.site = resolve_hook_site(model, named, choice.given() ? choice.option : s.layer_source);
@@ -211,6 +207,9 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     throw DataError(cat(dir, ": ", e.what()));
   }
   s.input_site = s.site;
+  if (s.params.transcoder && per_token(s.normalization))
+    throw DataError(cat(where, ": a transcoder with normalize_activations \"", normalization_name(s.normalization),
+                        "\" is not read (its output's scale would be its input's)"));
   if (s.params.transcoder) {
     if (s.normalization == Normalization::Story)  // training refuses it: its target would have no scale
       throw DataError(cat(where, ": sae_cpp.normalization says \"story\", which a transcoder cannot have (its input and "
@@ -297,8 +296,13 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
   const Tensor input = normalized.to(sae.params.device());
   const Tensor f = sae_encode(sae.params, input);
   Tensor x_hat = sae_decode(sae.params, f, &input);
-  // x = x_n / scale + shift (a transcoder: its target's scale, no shift)
-  if (sae.params.transcoder)
+  // x = x_n / scale + shift (a transcoder: its target's scale, no shift; per token: each row's own)
+  if (per_token(sae.normalization)) {
+    const Tensor host = x_hat.to(Device::CPU);
+    Tensor back = Tensor::empty(Shape{t, d});
+    denormalize_blocks(host.data<float>(), back.data<float>(), t, {d}, sae.normalization, DatasetScales(), stats);
+    x_hat = back.to(x_hat.device());
+  } else if (sae.params.transcoder)
     affine_(x_hat, x_hat, sae.normalization == Normalization::Dataset ? 1.0 / sae.output_scale : 1.0, 0.0);
   else
     affine_(x_hat, x_hat, 1.0 / stats.norm_scale, stats.norm_shift);

@@ -23,6 +23,7 @@
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
 #include "sae/train/dictionary_learning_file.h"
+#include "sae/train/openai_sae_file.h"
 #include "sae/train/sparsify_folder.h"
 #include "tensor/ops.h"
 
@@ -295,7 +296,8 @@ std::string gemma_scope_npz(const std::string& path) {
 }
 
 std::string single_file_sae_name(const std::string& path) {
-  return is_torch_file(single_file_sae(path)) ? "dictionary_learning's ae.pt" : "a Gemma Scope params.npz";
+  return is_torch_file(single_file_sae(path)) ? "a torch.save .pt (dictionary_learning's ae.pt or OpenAI's)"
+                                              : "a Gemma Scope params.npz";
 }
 
 std::string single_file_sae(const std::string& path) {
@@ -318,8 +320,8 @@ Checkpoint load_npz(const std::string& path, Device device) {
   for (const char* name : {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}) any = any || file.has(name);
   if (!any)
     throw DataError(cat(path, ": a ZIP archive without W_enc, W_dec, b_enc, b_dec or threshold arrays: not a Gemma "
-                              "Scope params.npz (a torch.save file is a ZIP archive too: dictionary_learning's ae.pt "
-                              "is read under a .pt name)"));
+                              "Scope params.npz (a torch.save file is a ZIP archive too: dictionary_learning's and "
+                              "OpenAI's are read under a .pt name)"));
   Checkpoint out;
   out.npz = path;
   out.cfg = Json::object();
@@ -347,22 +349,29 @@ Checkpoint load_npz(const std::string& path, Device device) {
 }  // namespace
 
 namespace {
-// normalize_activations: only what SAELens's inference leaves as it is (none; and
+// normalize_activations: what SAELens's inference leaves as it is (none; and
 // expected_average_only_in and covariance_whitening, whose statistics SAELens folds into the weights
-// when it saves), and our per_story beside sae_cpp's story normalisation: SAELens normalises every
-// input at inference with layer_norm and constant_norm_rescale, which we do not.
+// when it saves), the per-token layer_norm and constant_norm_rescale, which SAELens applies to every
+// input at inference and so do we (trained_normalization), and our per_story beside sae_cpp's story
+// normalisation.
 void check_input_normalization(const Json& cfg) {
   if (!cfg.has("normalize_activations")) return;
   const std::string kind = cfg.at("normalize_activations").as_string();
   const bool story = cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization") &&
                      cfg.at("sae_cpp").at("normalization") == Json("story");
   if (kind == "none" || kind == "expected_average_only_in" || kind == "covariance_whitening") return;
+  if (kind == "layer_norm" || kind == "constant_norm_rescale") {
+    if (cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization"))
+      throw DataError(cat("normalize_activations \"", kind, "\" and sae_cpp.normalization \"",
+                          printable(cfg.at("sae_cpp").at("normalization").dump()), "\" disagree (one normalisation)"));
+    return;
+  }
   if (kind == "per_story" && story) return;
   if (kind == "per_story")
     throw DataError("normalize_activations \"per_story\" goes with sae_cpp.normalization \"story\" (ours, per-story "
                     "normalisation), which this cfg.json does not say");
-  throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (SAELens normalises each input ",
-                      "with it at inference; we read none, expected_average_only_in, covariance_whitening, and our ",
+  throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (we read none, ",
+                      "expected_average_only_in, covariance_whitening, layer_norm, constant_norm_rescale, and our ",
                       "per_story)"));
 }
 }  // namespace
@@ -421,16 +430,21 @@ void read_pre_6_activation(Json& cfg) {
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state) {
   const fs::path root(dir);
   const std::string single = single_file_sae(dir);  // weights only: never a training state
-  if (!single.empty()) return is_torch_file(single) ? load_dictionary_learning(single, device) : load_npz(single, device);
+  if (!single.empty() && is_torch_file(single)) {
+    const TorchFile file = TorchFile::open(single);
+    return is_openai_sae(file) ? load_openai_sae(file, device) : load_dictionary_learning(file, device);
+  }
+  if (!single.empty()) return load_npz(single, device);
   if (!fs::is_directory(root))
     throw DataError(cat(dir, ": not a checkpoint directory (an SAE is a folder with cfg.json and "
                              "sae_weights.safetensors, or sparsify's with cfg.json and sae.safetensors, or a Gemma "
-                             "Scope params.npz, or dictionary_learning's ae.pt)"));
+                             "Scope params.npz, or a torch.save .pt: dictionary_learning's ae.pt, OpenAI's)"));
   const fs::path cfg_path = root / kConfigFile, weights_path = root / kWeightsFile;
   if (!fs::exists(cfg_path) && is_dictionary_learning_save_dir(dir)) throw DataError(dictionary_learning_save_dir_message(dir));
   if (!fs::exists(cfg_path))
     throw DataError(cat(dir, ": missing ", kConfigFile, " (an SAE folder holds cfg.json and sae_weights.safetensors, "
-                        "sparsify's cfg.json and sae.safetensors, a Gemma Scope params.npz, or dictionary_learning's ae.pt)"));
+                        "sparsify's cfg.json and sae.safetensors, a Gemma Scope params.npz, or a torch.save .pt: "
+                        "dictionary_learning's ae.pt, OpenAI's)"));
   if (is_sparsify_folder(dir)) return load_sparsify_folder(dir, device);  // weights only, as an npz
   if (!fs::exists(weights_path)) throw DataError(cat(dir, ": missing ", kWeightsFile));
   Checkpoint out;

@@ -64,7 +64,8 @@ struct Checkpoint {
 // applies the SAE does not need it, nor fail on it); or Gemma Scope's release format (docs/contract.md
 // §4), a params.npz (W_enc, W_dec, b_enc, b_dec, threshold) given as the file or as a folder that
 // holds it and no cfg.json, read as a JumpReLU SAE with a cfg made for it (architecture jumprelu,
-// d_in, d_sae, no normalisation, no hook point, no training state). DataError naming the file for a
+// d_in, d_sae, no normalisation, no hook point, no training state); or a torch.save .pt of
+// dictionary_learning (dictionary_learning_file.h) or OpenAI (openai_sae_file.h). DataError naming the file for a
 // missing/corrupt file, another architecture, shapes that disagree with cfg, non-finite weights, or
 // a state out of range.
 Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_state = true);
@@ -72,8 +73,8 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
 // cfg.json); "" otherwise.
 std::string gemma_scope_npz(const std::string& path);
 // An SAE saved by another tool as one file, when `path` is one: a Gemma Scope params.npz
-// (gemma_scope_npz) or dictionary_learning's ae.pt (a torch.save file given as such, or a folder that
-// holds ae.pt and no cfg.json); "" otherwise. single_file_sae_name says which, for messages.
+// (gemma_scope_npz) or a torch.save .pt, dictionary_learning's or OpenAI's (the file given as such,
+// or a folder that holds ae.pt and no cfg.json); "" otherwise. single_file_sae_name says which, for messages.
 std::string single_file_sae(const std::string& path);
 std::string single_file_sae_name(const std::string& path);
 

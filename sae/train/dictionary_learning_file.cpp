@@ -11,6 +11,7 @@
 #include "io/torch_pickle.h"
 #include "io/zip_archive.h"
 #include "sae/arch/registry.h"
+#include "sae/train/saelens_view.h"
 #include "tensor/ops.h"
 
 namespace fs = std::filesystem;
@@ -18,25 +19,6 @@ namespace fs = std::filesystem;
 namespace sae {
 
 namespace {
-
-// The tensors a SAELens folder would hold, made from the state dict's on demand.
-class SaelensView : public NamedTensorFile {
- public:
-  explicit SaelensView(const std::string& path) : path_(path) {}
-  void add(const std::string& name, std::function<Tensor()> read) { readers_[name] = std::move(read); }
-  const std::string& path() const override { return path_; }
-  bool has(const std::string& name) const override { return readers_.count(name) > 0; }
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [name, read] : readers_) out.push_back(name);
-    return out;
-  }
-  Tensor read_f32(const std::string& name) const override { return readers_.at(name)(); }
-
- private:
-  std::string path_;
-  std::map<std::string, std::function<Tensor()>> readers_;
-};
 
 struct ClassLayout {
   const char* dict_class;
@@ -123,8 +105,8 @@ std::string dictionary_learning_save_dir_message(const std::string& dir) {
                   "of its checkpoints/ae_STEP.pt");
 }
 
-Checkpoint load_dictionary_learning(const std::string& pt_path, Device device) {
-  const TorchFile file = TorchFile::open(pt_path);
+Checkpoint load_dictionary_learning(const TorchFile& file, Device device) {
+  const std::string& pt_path = file.path();
   const std::string config_path = trainer_config_path(fs::path(pt_path));
   const Json config = trainer_config(config_path);
 

@@ -16,6 +16,7 @@
 #pragma once
 #include <string>
 
+#include "io/torch_pickle.h"
 #include "sae/train/checkpoint.h"
 
 namespace sae {
@@ -38,6 +39,6 @@ std::string dictionary_learning_save_dir_message(const std::string& dir);
 // config.json's, or without one told by the tensors' names (AutoEncoderTopK and BatchTopKSAE, which
 // share them, need config.json). DataError naming the file for another class, a training backup of
 // a run that normalised its activations, a tensor missing, unexpected or of the wrong shape.
-Checkpoint load_dictionary_learning(const std::string& pt_path, Device device);
+Checkpoint load_dictionary_learning(const TorchFile& file, Device device);
 
 }  // namespace sae

@@ -318,7 +318,7 @@ std::vector<TrainOption> make_table() {
           FIELD(batch_tokens), batch()),
       row("normalize", training, "story | dataset | none", defines, "normalize", FIELD(normalize),
           choice(parse_normalization, normalization_name)),
-      row("init", training, "start from this SAE: a SAELens-format checkpoint directory (ours or another's), a sparsify folder, a Gemma Scope params.npz or dictionary_learning's ae.pt", defines, "init", FIELD(init),
+      row("init", training, "start from this SAE: a SAELens-format checkpoint directory (ours or another's), a sparsify folder, a Gemma Scope params.npz or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)", defines, "init", FIELD(init),
           text()),
       row("resume", training, "continue the run in this directory to --steps", launch, "", FIELD(resume), text()),
       row("out", training, "output directory", launch, "out", FIELD(out), text()),

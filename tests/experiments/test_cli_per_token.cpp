@@ -1,0 +1,178 @@
+// Per-token normalisation (SAELens's normalize_activations layer_norm and constant_norm_rescale,
+// OpenAI's LN) and OpenAI's sparse_autoencoder .pt, read as their tools compute them
+// (tests/ref/per_token, written by scripts/gen_per_token_fixture.py: SAELens's own classes, and
+// OpenAI's model.py written out with torch): sae_apply and the splice into the model (reconstruct)
+// give their features and reconstructions; the normalisation's numbers against hand-computed ones;
+// what is not read (another activation, a k past the latents, a tensor not of the class, training
+// from such an SAE, several column blocks) is a one-line error.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "lm/model_loader.h"
+#include "sae/data/batches.h"
+#include "sae/eval/sae_at_layer.h"
+#include "tests/util/compare.h"
+#include "tests/util/errors.h"
+#include "tests/util/fixture.h"
+#include "tests/util/foreign_sae.h"
+#include "tests/util/test_util.h"
+
+using namespace sae;
+using namespace sae::testing;
+
+namespace {
+
+std::string per_token_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/per_token/" + name; }
+std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace
+
+TEST(PerToken, SaeApplyGivesSaelensAndOpenAisOutputs) {
+  const test::Fixture expected(per_token_ref("expected.safetensors"));
+  for (const std::string name :
+       {"saelens_layer_norm", "saelens_norm_rescale", "openai_topk", "openai_relu", "openai_tied"}) {
+    SCOPED_TRACE(name);
+    TempDir dir("per_token_apply");
+    const std::string given = per_token_ref(name.rfind("openai", 0) == 0 ? name + ".pt" : name);
+    const auto [f, out] = sae_apply_outputs(given, per_token_ref("x.npy"), dir);
+    const Tensor want_f = expected.tensor(name + "_f", DType::F32);
+    expect_same_outputs(f, want_f, "features");
+    expect_same_outputs(out, expected.tensor(name + "_x_hat", DType::F32), "reconstruction");
+    for (int64_t i = 0; i < f.numel(); ++i)  // the same latents fire
+      ASSERT_EQ(f.data<float>()[i] > 0, want_f.data<float>()[i] > 0) << i;
+    // --raw: no normalisation, so a per-token SAE's outputs change (the test above is not vacuous).
+    if (name == "saelens_layer_norm" || name == "openai_topk") {
+      const CommandResult raw = run_binary(
+          "sae_apply", cat("--sae ", given, " --input ", per_token_ref("x.npy"), " --reconstruction-out ", dir.str("raw.npy"), " --raw"),
+          dir);
+      ASSERT_EQ(raw.exit_code, 0) << raw.err;
+      EXPECT_GT(max_abs_diff(NpyFile::open(dir.str("raw.npy")).read_f32(), out), 0.1);
+    }
+  }
+}
+
+TEST(PerToken, TheSpliceBringsEachTokenBack) {
+  // reconstruct(), what sae_eval, sae_steer and sae_features' text runs splice, on the fixture's x.
+  const test::Fixture expected(per_token_ref("expected.safetensors"));
+  const DecoderConfig model = read_model_config(eval_ref("model")).config;
+  const Tensor x = NpyFile::open(per_token_ref("x.npy")).read_f32();
+  const struct {
+    std::string name, given;
+    HookChoice choice;
+    Normalization kind;
+  } cases[] = {
+      {"saelens_layer_norm", per_token_ref("saelens_layer_norm"), HookChoice{}, Normalization::LayerNorm},
+      {"saelens_norm_rescale", per_token_ref("saelens_norm_rescale"), hook_choice("blocks.0.hook_resid_post", 0, false),
+       Normalization::NormRescale},
+      {"openai_topk", per_token_ref("openai_topk.pt"), hook_choice("blocks.1.hook_resid_mid", 0, false), Normalization::LayerNorm},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const SaeAtLayer sae = load_sae_at_layer(c.given, model, c.choice, Device::CPU);
+    EXPECT_EQ(sae.normalization, c.kind);
+    Tensor f;
+    const Tensor x_hat = reconstruct(sae, x, &f);
+    expect_same_outputs(x_hat, expected.tensor(c.name + "_x_hat", DType::F32), "reconstruction");
+    expect_same_outputs(f, expected.tensor(c.name + "_f", DType::F32), "features");
+  }
+  // The OpenAI file names no hook point: --hook or --layer says.
+  EXPECT_NE(error_of([&] { load_sae_at_layer(per_token_ref("openai_topk.pt"), model, HookChoice{}, Device::CPU); }).find("--hook"),
+            std::string::npos);
+}
+
+TEST(PerToken, NormalisesEachRowWithItsOwnNumbers) {
+  // Two tokens of d 4: layer_norm's mean and unbiased sigma, constant_norm_rescale's norm, by hand.
+  const float raw[8] = {1, 2, 3, 6, -2, 0, 0, 2};
+  float normalized[8], back[8];
+  const auto row = [](int64_t r) { return r; };
+  BatchStats ln = normalize_batch(raw, normalized, 2, 4, Normalization::LayerNorm, 1.0, row, "x");
+  const double mu0 = 3.0, sigma0 = std::sqrt((4.0 + 1.0 + 0.0 + 9.0) / 3.0);
+  const double mu1 = 0.0, sigma1 = std::sqrt((4.0 + 0.0 + 0.0 + 4.0) / 3.0);
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(normalized[c], (raw[c] - mu0) / (sigma0 + 1e-5), 1e-6);
+    EXPECT_NEAR(normalized[4 + c], (raw[4 + c] - mu1) / (sigma1 + 1e-5), 1e-6);
+  }
+  // Back: x_n * sigma + mu, as SAELens and OpenAI do (not quite the inverse: sigma + 1e-5 went in).
+  denormalize_blocks(normalized, back, 2, {4}, Normalization::LayerNorm, DatasetScales(), ln);
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(back[c], (raw[c] - mu0) / (sigma0 + 1e-5) * sigma0 + mu0, 1e-6);
+    EXPECT_NEAR(back[4 + c], (raw[4 + c] - mu1) / (sigma1 + 1e-5) * sigma1 + mu1, 1e-6);
+  }
+  BatchStats nr = normalize_batch(raw, normalized, 2, 4, Normalization::NormRescale, 1.0, row, "x");
+  const double norm0 = std::sqrt(1.0 + 4 + 9 + 36), norm1 = std::sqrt(8.0);
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_NEAR(normalized[c], raw[c] * 2.0 / norm0, 1e-6);
+    EXPECT_NEAR(normalized[4 + c], raw[4 + c] * 2.0 / norm1, 1e-6);
+  }
+  denormalize_blocks(normalized, back, 2, {4}, Normalization::NormRescale, DatasetScales(), nr);
+  for (int c = 0; c < 8; ++c) EXPECT_NEAR(back[c], raw[c], 1e-6);
+  // A token of one equal value: sigma 0, so x_n = 0 (the 1e-5 keeps it finite).
+  const float flat[4] = {5, 5, 5, 5};
+  normalize_batch(flat, normalized, 1, 4, Normalization::LayerNorm, 1.0, row, "x");
+  for (int c = 0; c < 4; ++c) EXPECT_EQ(normalized[c], 0.0f);
+
+  // Refused: a token of zeros to rescale, layer_norm of d 1, a row of several blocks.
+  const float zeros[4] = {1, 1, 0, 0};
+  EXPECT_NE(error_of([&] { normalize_batch(zeros, normalized, 2, 2, Normalization::NormRescale, 1.0, row, "src"); })
+                .find("src: the activations of token 1 are all zero"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { normalize_batch(raw, normalized, 8, 1, Normalization::LayerNorm, 1.0, row, "src"); })
+                .find("needs d >= 2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              normalize_blocks(raw, normalized, 2, {2, 2}, Normalization::LayerNorm, DatasetScales({1.0, 1.0}), row, "src");
+            }).find("not for a dictionary of 2 column blocks"),
+            std::string::npos);
+  // Training has no per-token form: --normalize refuses the names.
+  EXPECT_THROW(parse_normalization("layer_norm"), UsageError);
+}
+
+TEST(PerToken, WhatIsNotReadIsOneLine) {
+  TempDir dir("per_token_refusals");
+  const auto apply = [&](const std::string& file) {
+    return cat("--sae ", per_token_ref(file), " --input ", per_token_ref("x.npy"), " --features-out ", dir.str("f.npy"));
+  };
+  const auto init = [&](const std::string& sae, const std::string& out) {
+    return cat("--init ", per_token_ref(sae), " --data synthetic --synthetic-d 32 --steps 1 --out ", dir.str(out));
+  };
+  const struct {
+    std::string program, args, needle;
+    int code;
+  } cases[] = {
+      {"sae_apply", apply("openai_bad_identity.pt"), "activation \"Identity\" is not read", 1},
+      {"sae_apply", apply("openai_bad_postact.pt"), "TopK's postact_fn \"Identity\" is not read", 1},
+      {"sae_apply", apply("openai_bad_k.pt"), "activation_state_dict.k must be a whole number in 1..8, got 9", 1},
+      {"sae_apply", apply("openai_bad_extra.pt"), "tensor 'extra' is not one of OpenAI's Autoencoder", 1},
+      // Training normalises per story, per dataset or not at all: a per-token SAE's weights read
+      // inputs none of these give.
+      {"sae_train", init("saelens_layer_norm", "run"), "normalises each token (normalize_activations \"layer_norm\")", 2},
+      {"sae_train", init("openai_topk.pt", "run2"), "normalises each token", 2},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args);
+    const CommandResult r = run_binary(c.program, c.args, dir);
+    EXPECT_EQ(r.exit_code, c.code) << r.err;
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+  }
+}
+
+TEST(PerToken, SaeEvalSplicesALayerNormSae) {
+  // End to end on the tiny GPT-Neo: the program runs the splice (reconstruct(), checked above
+  // against SAELens) and its report names the normalisation.
+  TempDir dir("per_token_eval");
+  const CommandResult r = run_binary(
+      "sae_eval", cat("--model ", eval_ref("model"), " --sae ", per_token_ref("saelens_layer_norm"), " --text ",
+                      eval_ref("stories.txt"), " --out ", dir.str("out"), " --progress none --device cpu"),
+      dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("inputs normalised: layer_norm"), std::string::npos) << r.out;
+}
