@@ -1,8 +1,8 @@
-// Fuzzes PyTorch's torch.save files (io/torch_pickle.h) and dictionary_learning's ae.pt as
-// load_checkpoint reads them (sae/train/dictionary_learning_file.h): the input's parts (fuzz_util.h
-// kPartMarker) are ae.pt and config.json, written to a folder. Every tensor the reader accepts must
-// read back with its shape's element count; a loaded SAE must be one of the units a dictionary_learning
-// class maps to, with consistent shapes and its unit's check passing.
+// Fuzzes PyTorch's torch.save files (io/torch_pickle.h), dictionary_learning's ae.pt and OpenAI's
+// state dicts as load_checkpoint reads them (sae/train/dictionary_learning_file.h, openai_sae_file.h):
+// the input's parts (fuzz_util.h kPartMarker) are ae.pt and config.json, written to a folder. Every
+// tensor the reader accepts must read back with its shape's element count; a loaded SAE must be one
+// of the units a class maps to, with consistent shapes and its unit's check passing.
 #include <vector>
 
 #include "fuzz_util.h"

@@ -80,7 +80,7 @@ for f in h.1 transcoder groupmax; do
 done
 
 # ---- torch_pt: ae.pt and config.json, dictionary_learning's layout (tests/ref/dictionary_learning) at
-# d 4, 8 latents (torch.save by python3 with PyTorch; skipped without it) ----
+# d 4, 8 latents, and an OpenAI TopK state dict (torch.save by python3 with PyTorch; skipped without it) ----
 if python3 -c "import torch" 2> /dev/null; then
   python3 - "$work/torch_pt" << 'PY'
 import json, os, sys, torch
@@ -101,10 +101,16 @@ for name, state in layouts.items():
     torch.save(state, os.path.join(out, name, "ae.pt"))
     with open(os.path.join(out, name, "config.json"), "w") as f:
         json.dump({"trainer": {"dict_class": name, "k": 2, "submodule_name": "resid_post_layer_1"}}, f)
+# OpenAI's sparse_autoencoder state dict (TopK: strings beside the tensors), no config.json.
+openai = {"pre_bias": r(4), "latent_bias": r(8), "encoder.weight": r(8, 4), "decoder.weight": r(4, 8),
+          "stats_last_nonzero": torch.zeros(8, dtype=torch.long), "activation": "TopK",
+          "activation_state_dict": {"k": 2, "postact_fn": "ReLU"}}
+torch.save(openai, os.path.join(out, "openai_topk.pt"))
 PY
   for f in AutoEncoder AutoEncoderTopK MatryoshkaBatchTopKSAE GatedAutoEncoder; do
     { cat "$work/torch_pt/$f/ae.pt"; marker; cat "$work/torch_pt/$f/config.json"; } > "$corpus/torch_pt/$f"
   done
+  cp "$work/torch_pt/openai_topk.pt" "$corpus/torch_pt/OpenAITopK"
 fi
 
 # ---- train_config: config.json of the three runs ----
