@@ -163,10 +163,10 @@ int main(int argc, char** argv) {
           throw sae::DataError(sae::cat(sae_dir, "/cfg.json: ", e.what()));
         }
         // No default for a file or folder from elsewhere that names no hook point (a Gemma Scope npz,
-        // a sparsify folder, an ae.pt), nor for a transcoder (its input and output go together).
+        // a sparsify folder, a torch .pt), nor for a transcoder (its input and output go together).
         const bool npz = !checkpoint.npz.empty();
-        if (!found && (npz || checkpoint.cfg.has("sparsify") || checkpoint.cfg.has("dictionary_learning") ||
-                       params.transcoder))
+        if (!found && (npz || !sae::single_file_sae(sae_dir).empty() || checkpoint.cfg.has("sparsify") ||
+                       checkpoint.cfg.has("dictionary_learning") || params.transcoder))
           throw sae::UsageError(sae::no_hook_point_message(sae_dir, npz, params.transcoder));
       }
       const sae::ModelFolder folder = sae::read_model_config(model_dir);

@@ -16,7 +16,8 @@ random weights and biases:
                             with its statistics buffers and the activation named as its state_dict() names it
     openai_relu.pt          the same with activation ReLU (no normalisation)
     openai_tied.pt          ReLU with a tied decoder (decoder.linear.weight)
-    openai_bad_*.pt         refused ones (d 4, 8 latents): activation Identity, postact_fn Identity, k 9, an extra tensor
+    openai_bad_*.pt         refused ones (d 4, 8 latents): activation Identity, postact_fn Identity, k 9, an extra
+                            tensor, a tied decoder that is not the encoder
     x.npy                   inputs [40, 32] float32, each row with its own mean and scale
     expected.safetensors    for each NAME: NAME_f [40, 64] and NAME_x_hat [40, 32], float32
 
@@ -151,7 +152,9 @@ def main():
     for name, edit in [("bad_identity", lambda st: st.update(activation="Identity")),
                        ("bad_postact", lambda st: st["activation_state_dict"].update(postact_fn="Identity")),
                        ("bad_k", lambda st: st["activation_state_dict"].update(k=9)),
-                       ("bad_extra", lambda st: st.update(extra=torch.zeros(3)))]:
+                       ("bad_extra", lambda st: st.update(extra=torch.zeros(3))),
+                       ("bad_tied", lambda st: st.update({"decoder.linear.weight": torch.zeros(8, 4),
+                                                          "activation": "ReLU"}) or st.pop("decoder.weight"))]:
         state = OrderedDict([("pre_bias", torch.zeros(4)), ("latent_bias", torch.zeros(8)),
                              ("encoder.weight", torch.ones(8, 4)), ("decoder.weight", torch.ones(4, 8)),
                              ("activation", "TopK"), ("activation_state_dict", OrderedDict(k=2, postact_fn="ReLU"))])

@@ -19,7 +19,10 @@ Normalization parse_normalization(const std::string& name) {
   if (name == "story") return Normalization::Story;
   if (name == "dataset") return Normalization::Dataset;
   if (name == "none") return Normalization::None;
-  throw UsageError(cat("--normalize: expected story, dataset or none, got '", name, "'"));
+  if (name == "layer_norm") return Normalization::LayerNorm;
+  if (name == "constant_norm_rescale") return Normalization::NormRescale;
+  throw UsageError(cat("--normalize: expected story, dataset, none, layer_norm or constant_norm_rescale, got '",
+                       printable(name), "'"));
 }
 
 void check_story_normalization(int64_t batch_tokens, Normalization normalization) {
@@ -73,7 +76,7 @@ uint64_t RandomPermutation::operator()(uint64_t index) const {
 void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
                                BatchStats& stats) {
   if (per_token(normalization))
-    throw Error(cat("normalize_batch_on_device: ", normalization_name(normalization), " is read at inference only"));
+    throw Error(cat("normalize_batch_on_device: ", normalization_name(normalization), " normalises on the host"));
   const int64_t n = rows.size(0), d = rows.size(1), count = n * d;
   stats.norm_shift = 0;
   stats.norm_scale = normalization == Normalization::Dataset ? dataset_scale : 1.0;
@@ -438,7 +441,8 @@ int64_t BatchSource::next_on_device(Tensor&, Tensor&, BatchStats&) {
 }
 
 bool Batcher::generates_on_device(Device device) const {
-  return generate_on_device_ && part_list_.empty() && source_.generates_on(device);  // not a replica's part
+  // not a replica's part; a per-token normalisation runs on the host
+  return generate_on_device_ && part_list_.empty() && !per_token(normalization_) && source_.generates_on(device);
 }
 
 int64_t Batcher::next_on_device(Tensor& out, Tensor& device_stats, BatchStats& stats) {

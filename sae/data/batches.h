@@ -19,14 +19,15 @@
 
 namespace sae {
 
-// Story, Dataset, None: what training does (--normalize). The per-token forms are read from SAEs
-// trained elsewhere (cfg.json normalize_activations; OpenAI's TopK checkpoints) and applied at
-// inference only, each token on its own (docs/contract.md §4):
+// Story, Dataset, None, and the per-token forms of SAELens and OpenAI (an SAE's input only), each
+// token on its own, which SAEs trained elsewhere also declare (cfg.json normalize_activations;
+// OpenAI's TopK checkpoints; docs/contract.md §4):
 //   LayerNorm:   x_n = (x - mu) / (sigma + 1e-5), mu and sigma (unbiased) of the token's d values;
 //                x = x_n * sigma + mu back (SAELens's layer_norm and OpenAI's LN, exactly so);
 //   NormRescale: x_n = x * sqrt(d) / ||x||, back x = x_n * ||x|| / sqrt(d) (constant_norm_rescale).
 enum class Normalization { Story, Dataset, None, LayerNorm, NormRescale };
-Normalization parse_normalization(const std::string& name);  // story | dataset | none; UsageError else
+// story | dataset | none | layer_norm | constant_norm_rescale; UsageError else
+Normalization parse_normalization(const std::string& name);
 bool per_token(Normalization n);  // LayerNorm or NormRescale
 // UsageError for --normalize story with token batches (batch_tokens > 0): per-story statistics need
 // story batches. Said by the options' validation and by both batchers.
@@ -101,7 +102,7 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
 // The same for a row of column blocks (widths summing to d): each block normalised on its own with
 // its scale (story: its own mean and std). The statistics returned are of the whole row (raw) and of
 // the first block (shift, scale). One block: normalize_batch itself. DataError for a per-token
-// normalisation of several blocks (a transcoder's or crosscoder's: not read).
+// normalisation of several blocks (an SAE's input only).
 BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, const std::vector<int64_t>& widths,
                             Normalization normalization, const DatasetScales& scales,
                             const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);
@@ -122,7 +123,7 @@ void denormalize_blocks(const float* normalized, float* raw, int64_t n, const st
 // nothing is checked: a source that makes batches on a device makes finite ones, and a story of
 // zero variance gives non-finite values (and so a diverged run) where normalize_batch throws. On the
 // CPU the result equals normalize_batch's bit for bit; on CUDA the sums run in another order. Error
-// for a per-token normalisation (training does not have them).
+// for a per-token normalisation (it runs on the host: a Batcher with one makes no batch on a device).
 void normalize_batch_on_device(Tensor& rows, Tensor& device_stats, Normalization normalization, double dataset_scale,
                                BatchStats& stats);
 // The raw mean and std from device_stats (one read-back), into stats.

@@ -101,8 +101,11 @@ void fit_crosscoder(SaeAtLayer& s, const DecoderConfig& model, const DecoderConf
     throw DataError(e.what());
   }
   if (normalization.kind == Normalization::Story || per_token(normalization.kind))
-    throw DataError(cat(where, ": a crosscoder normalised ", per_token(normalization.kind) ? "per token" : "per story",
-                        " cannot be spliced (each source is scaled on its own)"));
+    throw DataError(cat(where, per_token(normalization.kind)
+                                   ? cat(": a crosscoder normalised per token (normalize_activations \"",
+                                         normalization_name(normalization.kind), "\") is not read")
+                                   : ": a crosscoder normalised per story cannot be spliced (each source is scaled on "
+                                     "its own)"));
   if (normalization.kind == Normalization::Dataset && static_cast<int64_t>(normalization.scales.per_block.size()) != count)
     throw DataError(cat(where, ": sae_cpp.dataset_scale holds ", normalization.scales.per_block.size(), " scales for ",
                         count, " sources"));
@@ -208,8 +211,8 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   }
   s.input_site = s.site;
   if (s.params.transcoder && per_token(s.normalization))
-    throw DataError(cat(where, ": a transcoder with normalize_activations \"", normalization_name(s.normalization),
-                        "\" is not read (its output's scale would be its input's)"));
+    throw DataError(cat(where, ": a transcoder that normalises its input per token (normalize_activations \"",
+                        normalization_name(s.normalization), "\") is not read"));
   if (s.params.transcoder) {
     if (s.normalization == Normalization::Story)  // training refuses it: its target would have no scale
       throw DataError(cat(where, ": sae_cpp.normalization says \"story\", which a transcoder cannot have (its input and "

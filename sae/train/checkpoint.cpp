@@ -160,8 +160,12 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
   cfg["apply_b_dec_to_input"] = false;
-  const bool per_story = extra.is_object() && extra.has("normalization") && extra.at("normalization") == Json("story");
-  cfg["normalize_activations"] = per_story ? "per_story" : "none";
+  // SAELens's name for the run's normalisation where it has one that it applies at inference.
+  const std::string trained =
+      extra.is_object() && extra.has("normalization") && extra.at("normalization").is_string()
+          ? extra.at("normalization").as_string() : "none";
+  cfg["normalize_activations"] = trained == "story" ? "per_story"
+                                 : trained == "layer_norm" || trained == "constant_norm_rescale" ? trained : "none";
   cfg["reshape_activations"] = "none";
   Json metadata = Json::object();
   metadata["sae_lens_version"] = "6.0.0";
@@ -361,9 +365,9 @@ void check_input_normalization(const Json& cfg) {
                      cfg.at("sae_cpp").at("normalization") == Json("story");
   if (kind == "none" || kind == "expected_average_only_in" || kind == "covariance_whitening") return;
   if (kind == "layer_norm" || kind == "constant_norm_rescale") {
-    if (cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization"))
-      throw DataError(cat("normalize_activations \"", kind, "\" and sae_cpp.normalization \"",
-                          printable(cfg.at("sae_cpp").at("normalization").dump()), "\" disagree (one normalisation)"));
+    if (cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization") && cfg.at("sae_cpp").at("normalization") != Json(kind))
+      throw DataError(cat("normalize_activations \"", kind, "\" and sae_cpp.normalization ",
+                          printable(cfg.at("sae_cpp").at("normalization").dump()), " disagree (one normalisation)"));
     return;
   }
   if (kind == "per_story" && story) return;

@@ -139,6 +139,9 @@ DictionaryReads dictionary_reads(const TrainConfig& c) {
   }
   require(!c.skip || r.kind == DictionaryKind::Transcoder,
           "--skip adds a skip path to a transcoder (--transcoder, --hook-in/--hook-out or --target-data)");
+  require(r.kind == DictionaryKind::Sae || !per_token(c.normalize),
+          cat("--normalize ", normalization_name(c.normalize), " normalises each token of an SAE's input; a ",
+              dictionary_kind_name(r.kind), " takes --normalize dataset (each activation scaled on its own) or none"));
   require(r.kind == DictionaryKind::Sae || c.normalize != Normalization::Story,
           cat("--normalize story is the study's per-story normalisation of an SAE's input; a ",
               dictionary_kind_name(r.kind), " takes --normalize dataset (each activation scaled on its own) or none"));

@@ -47,8 +47,13 @@ Checkpoint load_openai_sae(const TorchFile& file, Device device) {
   };
   SaelensView view(path);
   view.add("W_enc", [encoder] { return transpose(encoder); });
-  if (tied)
-    view.add("W_dec", [encoder] { return encoder; });  // TiedTranspose: decoder(f) = f @ encoder.weight
+  if (tied) {  // TiedTranspose: decoder(f) = f @ encoder.weight, the one parameter saved under two names
+    const Tensor decoder = shaped("decoder.linear.weight", Shape{f, d});
+    if (decoder.to_vector() != encoder.to_vector())
+      throw DataError(cat(path, ": decoder.linear.weight (a tied decoder) differs from encoder.weight, whose "
+                                "parameter it is"));
+    view.add("W_dec", [encoder] { return encoder; });
+  }
   else
     view.add("W_dec", [&file, shaped, d, f] { return transpose(shaped("decoder.weight", Shape{d, f})); });
   view.add("b_enc", [shaped, f] { return shaped("latent_bias", Shape{f}); });
@@ -59,7 +64,10 @@ Checkpoint load_openai_sae(const TorchFile& file, Device device) {
   Json ours = Json::object();
   if (topk) {
     const auto k = file.scalars().find("activation_state_dict.k");
-    if (k == file.scalars().end()) throw DataError(cat(path, ": activation TopK without activation_state_dict.k"));
+    if (k == file.scalars().end())
+      throw DataError(cat(path, file.has("activation_state_dict.k") || strings.count("activation_state_dict.k")
+                                    ? ": activation_state_dict.k must be a number"
+                                    : ": activation TopK without activation_state_dict.k"));
     if (!(k->second >= 1 && k->second <= double(f) && k->second == std::floor(k->second)))
       throw DataError(cat(path, ": activation_state_dict.k must be a whole number in 1..", f, ", got ", k->second));
     const std::string post = string_or("activation_state_dict.postact_fn", "ReLU");

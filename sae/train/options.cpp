@@ -316,7 +316,7 @@ std::vector<TrainOption> make_table() {
           FIELD(training_tokens), count(), "0"),
       row("batch", training, "'story' (one story per step) or N (shuffled N-token batches)", defines, "batch",
           FIELD(batch_tokens), batch()),
-      row("normalize", training, "story | dataset | none", defines, "normalize", FIELD(normalize),
+      row("normalize", training, "story | dataset | none | layer_norm | constant_norm_rescale (per token, SAELens's and OpenAI's: an SAE's input)", defines, "normalize", FIELD(normalize),
           choice(parse_normalization, normalization_name)),
       row("init", training, "start from this SAE: a SAELens-format checkpoint directory (ours or another's), a sparsify folder, a Gemma Scope params.npz or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)", defines, "init", FIELD(init),
           text()),

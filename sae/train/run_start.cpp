@@ -206,18 +206,20 @@ void load_init(RunStart& start, TrainConfig& config) {
   // A folder without it (SAELens's, Gemma Scope's params.npz, one made by hand) reads raw
   // activations, as sae_apply and sae_eval apply it: a run that normalises them starts from the same
   // weights on inputs scaled otherwise (what a hand-made starting point may want), so it is said.
+  // One that normalises each token (SAELens's layer_norm, OpenAI's TopK) says so itself: the run must too.
   const Normalization read_as = trained_normalization(loaded.cfg, config.init + "/cfg.json").kind;
-  if (per_token(read_as))
+  if (per_token(read_as) && read_as != config.normalize)  // (SAELens's and OpenAI's declare it too)
     throw UsageError(cat("--init ", config.init, " normalises each token (normalize_activations \"",
-                         normalization_name(read_as), "\"), which training does not: its weights read inputs no "
-                         "--normalize gives"));
+                         normalization_name(read_as), "\") and the run normalises with --normalize ",
+                         normalization_name(config.normalize), ": give --normalize ", normalization_name(read_as),
+                         " (its weights read those inputs)"));
   if (loaded.cfg.has("sae_cpp") && loaded.cfg.at("sae_cpp").is_object() &&
       loaded.cfg.at("sae_cpp").has("normalization")) {
     if (read_as != config.normalize)
       throw UsageError(cat("--init ", config.init, " was trained with --normalize ", normalization_name(read_as),
                            " and the run normalises with --normalize ", normalization_name(config.normalize),
                            ": give --normalize ", normalization_name(read_as), " (its weights read those inputs)"));
-  } else if (config.normalize != Normalization::None) {
+  } else if (config.normalize != Normalization::None && config.normalize != read_as) {
     start.warnings.push_back(cat(
         "--init ", config.init, " has no sae_cpp.normalization, so its weights read raw activations "
         "(SAELens's and Gemma Scope's do), and this run normalises its inputs with --normalize ",

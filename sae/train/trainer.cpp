@@ -98,7 +98,10 @@ Json run_description(const TrainConfig& c, const Json& data, const RunState& run
                                               "times dataset_scale[1], folded into the weights"
                                             : "raw activations: trained on each source times its dataset_scale, folded "
                                               "into the weights")
-                        : "raw activations";
+                    : per_token(c.normalize)
+                        ? cat("raw activations, each token normalised at inference (normalize_activations ",
+                              normalization_name(c.normalize), ")")
+                        : std::string("raw activations");
   j["l1_coefficient"] = c.l1;
   j["lr"] = c.lr;
   j["precision"] = precision_name(c.precision);  // of the GEMMs it trained with; the weights are float32

@@ -3,13 +3,18 @@
 // (tests/ref/per_token, written by scripts/gen_per_token_fixture.py: SAELens's own classes, and
 // OpenAI's model.py written out with torch): sae_apply and the splice into the model (reconstruct)
 // give their features and reconstructions; the normalisation's numbers against hand-computed ones;
-// what is not read (another activation, a k past the latents, a tensor not of the class, training
-// from such an SAE, several column blocks) is a one-line error.
+// training with --normalize layer_norm normalises as SAELens does (its first step's FVU from
+// SAELens's reconstruction) and writes a folder that says so; what is not read (another activation,
+// a k past the latents, a tensor not of the class, --init at another normalisation, a transcoder
+// normalised per token, several column blocks) is a one-line error.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <vector>
 
+#include "io/csv.h"
+#include "io/json.h"
 #include "lm/model_loader.h"
 #include "sae/data/batches.h"
 #include "sae/eval/sae_at_layer.h"
@@ -131,8 +136,9 @@ TEST(PerToken, NormalisesEachRowWithItsOwnNumbers) {
               normalize_blocks(raw, normalized, 2, {2, 2}, Normalization::LayerNorm, DatasetScales({1.0, 1.0}), row, "src");
             }).find("not for a dictionary of 2 column blocks"),
             std::string::npos);
-  // Training has no per-token form: --normalize refuses the names.
-  EXPECT_THROW(parse_normalization("layer_norm"), UsageError);
+  // --normalize takes SAELens's names.
+  EXPECT_EQ(parse_normalization("layer_norm"), Normalization::LayerNorm);
+  EXPECT_EQ(parse_normalization("constant_norm_rescale"), Normalization::NormRescale);
 }
 
 TEST(PerToken, WhatIsNotReadIsOneLine) {
@@ -151,10 +157,17 @@ TEST(PerToken, WhatIsNotReadIsOneLine) {
       {"sae_apply", apply("openai_bad_postact.pt"), "TopK's postact_fn \"Identity\" is not read", 1},
       {"sae_apply", apply("openai_bad_k.pt"), "activation_state_dict.k must be a whole number in 1..8, got 9", 1},
       {"sae_apply", apply("openai_bad_extra.pt"), "tensor 'extra' is not one of OpenAI's Autoencoder", 1},
-      // Training normalises per story, per dataset or not at all: a per-token SAE's weights read
-      // inputs none of these give.
+      {"sae_apply", apply("openai_bad_tied.pt"), "decoder.linear.weight (a tied decoder) differs from encoder.weight", 1},
+      // The file names no hook point: no program falls back to a default one.
+      {"sae_features", cat("--sae ", per_token_ref("openai_relu.pt"), " --model ", eval_ref("model"), " --text ",
+                           eval_ref("stories.txt"), " --out ", dir.str("features.json")),
+       "give --hook", 2},
+      // A per-token SAE's weights read inputs its own normalisation gives; a transcoder has none.
       {"sae_train", init("saelens_layer_norm", "run"), "normalises each token (normalize_activations \"layer_norm\")", 2},
-      {"sae_train", init("openai_topk.pt", "run2"), "normalises each token", 2},
+      {"sae_train", init("openai_topk.pt", "run2"), "give --normalize layer_norm", 2},
+      {"sae_train", cat("--data ", per_token_ref("x.npy"), " --target-data ", std::string(SAE_SOURCE_DIR), "/tests/ref/dictionary_learning/x.npy",
+                        " --normalize layer_norm --batch 8 --steps 1 --out ", dir.str("run3")),
+       "normalises each token of an SAE's input; a transcoder takes", 2},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.args);
@@ -175,4 +188,51 @@ TEST(PerToken, SaeEvalSplicesALayerNormSae) {
       dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("inputs normalised: layer_norm"), std::string::npos) << r.out;
+}
+
+TEST(PerToken, TrainingNormalisesEachTokenAsSaelensDoes) {
+  // A run from the SAELens layer_norm SAE (--init, --normalize layer_norm) on the fixture's 40 tokens
+  // in one batch: its first step's FVU, in the normalised space, is that of SAELens's own
+  // reconstruction brought into it, x_n = (x - mu) / (sigma + 1e-5), x_hat_n = (x_hat - mu) / sigma.
+  TempDir dir("per_token_train");
+  const std::string run = dir.str("run");
+  const CommandResult r = run_binary(
+      "sae_train", cat("--init ", per_token_ref("saelens_layer_norm"), " --normalize layer_norm --data ",
+                       per_token_ref("x.npy"), " --batch 40 --steps 2 --log-every 1 --progress none --device cpu --out ", run),
+      dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const test::Fixture expected(per_token_ref("expected.safetensors"));
+  const Tensor x = NpyFile::open(per_token_ref("x.npy")).read_f32();
+  const Tensor x_hat = expected.tensor("saelens_layer_norm_x_hat", DType::F32);
+  const int64_t n = x.size(0), d = x.size(1);
+  std::vector<double> xn(n * d), rn(n * d), column_mean(d, 0.0);
+  for (int64_t t = 0; t < n; ++t) {
+    double mu = 0, sq = 0;
+    for (int64_t c = 0; c < d; ++c) mu += x.data<float>()[t * d + c];
+    mu /= double(d);
+    for (int64_t c = 0; c < d; ++c) sq += std::pow(x.data<float>()[t * d + c] - mu, 2);
+    const double sigma = std::sqrt(sq / double(d - 1));
+    for (int64_t c = 0; c < d; ++c) {
+      xn[t * d + c] = (x.data<float>()[t * d + c] - mu) / (sigma + 1e-5);
+      rn[t * d + c] = (x_hat.data<float>()[t * d + c] - mu) / sigma;
+      column_mean[c] += xn[t * d + c] / double(n);
+    }
+  }
+  double err = 0, var = 0;
+  for (int64_t i = 0; i < n * d; ++i) {
+    err += std::pow(xn[i] - rn[i], 2);
+    var += std::pow(xn[i] - column_mean[i % d], 2);
+  }
+  const CsvNumbers metrics = read_csv_numbers(run + "/metrics.csv");
+  ASSERT_EQ(metrics.rows.size(), 2u);
+  EXPECT_NEAR(metrics.column("fvu")[0], err / var, 1e-5 * err / var);
+  EXPECT_NEAR(metrics.column("normalized_mean")[0], 0.0, 1e-6);  // every token centred
+  // The folder says so, for SAELens and for our programs.
+  const Json cfg = read_json_file(run + "/sae/cfg.json");
+  EXPECT_EQ(cfg.at("normalize_activations"), Json("layer_norm"));
+  EXPECT_EQ(cfg.at("sae_cpp").at("normalization"), Json("layer_norm"));
+  const CommandResult apply = run_binary(
+      "sae_apply", cat("--sae ", run, "/sae --input ", per_token_ref("x.npy"), " --features-out ", dir.str("f.npy")), dir);
+  ASSERT_EQ(apply.exit_code, 0) << apply.err;
+  EXPECT_NE(apply.out.find("inputs normalised: layer_norm"), std::string::npos) << apply.out;
 }

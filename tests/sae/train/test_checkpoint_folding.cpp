@@ -17,6 +17,7 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "sae/data/batches.h"
 #include "sae/arch/registry.h"
 #include "sae/train/checkpoint.h"
 #include "tensor/ops.h"
@@ -140,7 +141,7 @@ TEST(CheckpointFolding, TheFolderIsTheSaeOfRawActivationsAsSaeLensReadsIt) {
   }
 }
 
-TEST(CheckpointFolding, PerStoryFoldersSaySoAndSaeLensNormalisationsWeDoNotRunAreRefused) {
+TEST(CheckpointFolding, FoldersSayTheirNormalisationAndOnesWeDoNotRunAreRefused) {
   TempDir dir("checkpoint_story");
   Rng rng(5);
   const SaeParams p = make_params({"sae", 6, 6, 1, false, {1.0}}, rng);
@@ -151,11 +152,21 @@ TEST(CheckpointFolding, PerStoryFoldersSaySoAndSaeLensNormalisationsWeDoNotRunAr
   EXPECT_EQ(cfg.at("normalize_activations").as_string(), "per_story");
   EXPECT_FALSE(cfg.at("sae_cpp").has("dataset_scale_folded"));
   EXPECT_EQ(values(load_checkpoint(dir.str("story"), Device::CPU).params.W_enc), values(p.W_enc));  // not folded
+  // A per-token run says SAELens's name, which SAELens applies at inference as we do.
+  for (const char* kind : {"layer_norm", "constant_norm_rescale"}) {
+    Json per_token = Json::object();
+    per_token["normalization"] = kind;
+    save_checkpoint(dir.str(kind), p, per_token, nullptr);
+    const Checkpoint back = load_checkpoint(dir.str(kind), Device::CPU);
+    EXPECT_EQ(back.cfg.at("normalize_activations").as_string(), kind);
+    EXPECT_EQ(normalization_name(trained_normalization(back.cfg, "cfg.json").kind), std::string(kind));
+    EXPECT_EQ(values(back.params.W_enc), values(p.W_enc));
+  }
 
   save_checkpoint(dir.str("plain"), p, Json::object(), nullptr);
   const std::string cfg_path = dir.str("plain/cfg.json");
   cfg = read_json_file(cfg_path);
-  for (const char* kind : {"layer_norm", "constant_norm_rescale", "per_story"}) {
+  for (const char* kind : {"unit_norm", "per_story"}) {
     cfg["normalize_activations"] = kind;  // per_story without sae_cpp's story normalisation, too
     write_file_atomic(cfg_path, cfg.dump());
     const std::string message = error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); });
@@ -165,11 +176,20 @@ TEST(CheckpointFolding, PerStoryFoldersSaySoAndSaeLensNormalisationsWeDoNotRunAr
     EXPECT_NE(message.find(cfg_path), std::string::npos) << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
   }
-  for (const char* kind : {"none", "expected_average_only_in", "covariance_whitening"}) {
-    cfg["normalize_activations"] = kind;  // what SAELens's inference leaves as it is
+  // SAELens's per-token normalisations are read (applied by trained_normalization's readers); one
+  // that disagrees with sae_cpp.normalization is refused.
+  for (const char* kind : {"none", "expected_average_only_in", "covariance_whitening", "layer_norm",
+                           "constant_norm_rescale"}) {
+    cfg["normalize_activations"] = kind;
     write_file_atomic(cfg_path, cfg.dump());
     EXPECT_EQ(values(load_checkpoint(dir.str("plain"), Device::CPU).params.W_enc), values(p.W_enc)) << kind;
   }
+  cfg["normalize_activations"] = "layer_norm";
+  cfg["sae_cpp"]["normalization"] = "dataset";
+  write_file_atomic(cfg_path, cfg.dump());
+  EXPECT_NE(error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); })
+                .find("normalize_activations \"layer_norm\" and sae_cpp.normalization \"dataset\" disagree"),
+            std::string::npos);
 }
 
 TEST(DecoderNormFolding, LatentsScaleAndTheReconstructionStays) {
