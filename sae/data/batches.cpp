@@ -142,7 +142,8 @@ void normalize_tokens(const float* raw, float* normalized, int64_t n, int64_t d,
       const double norm = std::sqrt(sq);
       if (!(norm > 0))
         throw DataError(cat(source_name, ": the activations of token ", token_of_row(r), " are all zero: ",
-                            "constant_norm_rescale divides each token by its norm"));
+                            "constant_norm_rescale divides each token by its norm (remove the token from the data: "
+                            "a run meets it again on --resume)"));
       stats.row_scale[r] = std::sqrt(double(d)) / norm;
       stats.row_unscale[r] = norm / std::sqrt(double(d));
     }
@@ -295,9 +296,6 @@ BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, cons
   int64_t d = 0;
   for (int64_t w : widths) d += w;
   if (widths.size() == 1) return normalize_batch(raw, normalized, n, d, normalization, scales.first(), token_of_row, source_name);
-  if (per_token(normalization))
-    throw DataError(cat(source_name, ": ", normalization_name(normalization), " (per token) is read for an SAE's one ",
-                        "block of inputs, not for a dictionary of ", widths.size(), " column blocks"));
   // Each block gathered, normalised and put back; the whole row's statistics for the metrics.
   std::vector<float> block_raw, block_normalized;
   BatchStats first;

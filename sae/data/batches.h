@@ -101,8 +101,9 @@ BatchStats normalize_batch(const float* raw, float* normalized, int64_t n, int64
                            const std::string& source_name);
 // The same for a row of column blocks (widths summing to d): each block normalised on its own with
 // its scale (story: its own mean and std). The statistics returned are of the whole row (raw) and of
-// the first block (shift, scale). One block: normalize_batch itself. DataError for a per-token
-// normalisation of several blocks (an SAE's input only).
+// the first block (shift, scale; per token, its row_*). One block: normalize_batch itself. (A
+// per-token normalisation of several blocks serves SAEs trained side by side, each on its own
+// block: denormalize_blocks takes one block.)
 BatchStats normalize_blocks(const float* raw, float* normalized, int64_t n, const std::vector<int64_t>& widths,
                             Normalization normalization, const DatasetScales& scales,
                             const std::function<int64_t(int64_t)>& token_of_row, const std::string& source_name);

@@ -132,10 +132,15 @@ TEST(PerToken, NormalisesEachRowWithItsOwnNumbers) {
   EXPECT_NE(error_of([&] { normalize_batch(raw, normalized, 8, 1, Normalization::LayerNorm, 1.0, row, "src"); })
                 .find("needs d >= 2"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
-              normalize_blocks(raw, normalized, 2, {2, 2}, Normalization::LayerNorm, DatasetScales({1.0, 1.0}), row, "src");
-            }).find("not for a dictionary of 2 column blocks"),
-            std::string::npos);
+  // Several blocks (SAEs trained side by side, --hook-list): each block per token on its own.
+  float blocks[8];
+  normalize_blocks(raw, blocks, 2, {2, 2}, Normalization::NormRescale, DatasetScales({1.0, 1.0}), row, "src");
+  for (int r = 0; r < 2; ++r)
+    for (int b = 0; b < 2; ++b) {
+      const float* x = raw + r * 4 + b * 2;
+      const double norm = std::sqrt(double(x[0]) * x[0] + double(x[1]) * x[1]);
+      for (int c = 0; c < 2; ++c) EXPECT_NEAR(blocks[r * 4 + b * 2 + c], x[c] * std::sqrt(2.0) / norm, 1e-6);
+    }
   // --normalize takes SAELens's names.
   EXPECT_EQ(parse_normalization("layer_norm"), Normalization::LayerNorm);
   EXPECT_EQ(parse_normalization("constant_norm_rescale"), Normalization::NormRescale);
@@ -235,4 +240,21 @@ TEST(PerToken, TrainingNormalisesEachTokenAsSaelensDoes) {
       "sae_apply", cat("--sae ", run, "/sae --input ", per_token_ref("x.npy"), " --features-out ", dir.str("f.npy")), dir);
   ASSERT_EQ(apply.exit_code, 0) << apply.err;
   EXPECT_NE(apply.out.find("inputs normalised: layer_norm"), std::string::npos) << apply.out;
+}
+
+TEST(PerToken, SaesTrainedSideBySideEachNormaliseTheirOwnHook) {
+  // --hook-list from one pass of the model: each SAE what --hook alone writes, byte for byte.
+  TempDir dir("per_token_hook_list");
+  const std::string text = cat(" --model ", eval_ref("model"), " --text ", eval_ref("stories.txt"),
+                               " --features 16 --steps 3 --batch 40 --normalize layer_norm --l1 0.5 --progress none --long-stories split",
+                               " --device cpu");
+  CommandResult r = run_binary(
+      "sae_train", text + " --hook-list blocks.0.hook_resid_post,blocks.1.hook_mlp_out --out " + dir.str("list"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_binary("sae_train", text + " --hook blocks.1.hook_mlp_out --out " + dir.str("alone"), dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_file(dir.str("alone/sae/sae_weights.safetensors")),
+            read_file(dir.str("list/hook_blocks.1.hook_mlp_out/sae/sae_weights.safetensors")));
+  EXPECT_EQ(read_json_file(dir.str("list/hook_blocks.0.hook_resid_post/sae/cfg.json")).at("normalize_activations"),
+            Json("layer_norm"));
 }
