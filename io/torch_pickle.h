@@ -1,4 +1,5 @@
-// Reader of the tensors in a PyTorch torch.save file, as dictionary_learning's ae.pt is written:
+// Reader of the tensors in a PyTorch torch.save file, as dictionary_learning's ae.pt and OpenAI's
+// sparse_autoencoder .pt are written:
 // since PyTorch 1.6 a ZIP archive (io/zip_archive.h) of PREFIX/data.pkl, a pickle of the saved
 // object, and PREFIX/data/KEY, one stored entry per tensor storage (PREFIX/byteorder "little").
 //
@@ -11,11 +12,11 @@
 //
 // The saved object must be a dict. Its tensors are named by their keys; a dict inside it names its
 // own tensors "KEY.INNER" (one level: a training backup {"ae": state_dict, "optimizer": ...} gives
-// ae.encoder.weight ...), and its numbers and strings are kept by name too. Every tensor is checked against its
-// storage when the file is opened: dims at most 4, sizes and strides >= 0, every element it views
-// inside the storage, the storage's entry holding exactly NUMEL elements of its type. A tensor may
-// be a strided view (a transposed weight is saved so). Every violation is a one-line DataError
-// naming the file.
+// ae.encoder.weight ...), and its numbers and strings are kept by name too. Every tensor is checked
+// against its storage when the file is opened: dims at most 4, sizes and strides >= 0, every element
+// it views inside the storage, the storage's entry holding exactly NUMEL elements of its type. A
+// tensor may be a strided view (a transposed weight is saved so). Every violation is a one-line
+// DataError naming the file.
 #pragma once
 #include <cstdint>
 #include <map>

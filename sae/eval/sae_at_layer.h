@@ -89,7 +89,7 @@ std::string no_hook_point_message(const std::string& dir, bool npz, bool transco
 // hook point: `choice` when given, else cfg.json's metadata.hook_name (SAELens's, and ours), else a
 // top-level hook_name, else sae_cpp.data.layer (runs from before --hook); none of these is a
 // UsageError asking for --hook or --layer. The normalisation: cfg.json's sae_cpp.normalization and
-// dataset_scale (none for a folder from elsewhere). DataError, one line naming the folder, for: d_in
+// dataset_scale (a folder from elsewhere: its per-token normalize_activations, or none). DataError, one line naming the folder, for: d_in
 // != the width at the hook point, a hook point the model does not have, a SAELens
 // normalize_activations not read (load_checkpoint; layer_norm and constant_norm_rescale are, per
 // token, for an SAE but not a transcoder or crosscoder), reshape_activations other than "none"
@@ -105,9 +105,9 @@ bool is_crosscoder_folder(const std::string& dir);
 
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std; per token: each row's own), encoded
-// (sae_encode), decoded, and brought back to x's scale (a transcoder: its prediction of the target [T, D_out], the skip path
-// included, in the target's scale). `features`, when given, receives f [T, F]. DataError if x holds
-// NaN/Inf. Not for a crosscoder (Error): reconstruct_sources.
+// (sae_encode), decoded, and brought back to x's scale (a transcoder: its prediction of the target
+// [T, D_out], the skip path included, in the target's scale). `features`, when given, receives
+// f [T, F]. DataError if x holds NaN/Inf. Not for a crosscoder (Error): reconstruct_sources.
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features = nullptr);
 
 // A crosscoder's reconstruction of its sources: raw x_s [T, d] for s = 1..S (the same T tokens, on
