@@ -53,9 +53,9 @@ Checkpoint load_openai_sae(const TorchFile& file, Device device) {
       throw DataError(cat(path, ": decoder.linear.weight (a tied decoder) differs from encoder.weight, whose "
                                 "parameter it is"));
     view.add("W_dec", [encoder] { return encoder; });
+  } else {
+    view.add("W_dec", [shaped, d, f] { return transpose(shaped("decoder.weight", Shape{d, f})); });
   }
-  else
-    view.add("W_dec", [&file, shaped, d, f] { return transpose(shaped("decoder.weight", Shape{d, f})); });
   view.add("b_enc", [shaped, f] { return shaped("latent_bias", Shape{f}); });
   view.add("b_dec", [shaped, d] { return shaped("pre_bias", Shape{d}); });
 

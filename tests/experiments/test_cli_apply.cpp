@@ -31,6 +31,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using sae::testing::count_lines;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
 
@@ -44,12 +45,6 @@ sae::testing::CommandResult run_apply(const TempDir& dir, const std::string& arg
   const std::string binary = std::string(SAE_BIN_DIR) + "/sae_apply";
   if (!fs::exists(binary)) throw std::runtime_error(binary + " not found: build the sae_apply target");
   return run_binary("sae_apply", args, dir);
-}
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
 }
 
 

@@ -20,6 +20,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::count_lines;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
@@ -32,12 +33,6 @@ std::string quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return out + "'";
-}
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
 }
 
 std::string eval_args(const std::string& sae_folder, const std::string& out) {

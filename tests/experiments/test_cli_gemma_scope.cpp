@@ -40,12 +40,6 @@ std::string quote(const std::string& s) {
   return out + "'";
 }
 
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
-
 // Runs and expects exit `code` with one line on stderr containing `needle`.
 void expect_failure(const std::string& program, const std::string& args, int code, const std::string& needle) {
   TempDir scratch("cli_gs_err");

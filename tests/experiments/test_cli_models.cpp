@@ -21,6 +21,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::count_lines;
 using sae::testing::run_binary;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
@@ -51,12 +52,6 @@ std::string write_corpus(const TempDir& dir) {
   gzwrite(f, lines.data(), static_cast<unsigned>(lines.size()));
   gzclose(f);
   return path;
-}
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
 }
 
 }  // namespace

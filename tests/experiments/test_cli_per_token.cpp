@@ -32,12 +32,6 @@ namespace {
 std::string per_token_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/per_token/" + name; }
 std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DIR) + "/tests/ref/eval/" + name; }
 
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
-
 }  // namespace
 
 TEST(PerToken, SaeApplyGivesSaelensAndOpenAisOutputs) {

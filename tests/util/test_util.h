@@ -161,6 +161,13 @@ struct CommandResult {
   std::string err, out;
 };
 
+// The lines of a program's output (its newlines): a refusal is one.
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
 // Runs build/bin/<program> with `args` (a shell-quoted string), capturing stdout and stderr.
 inline CommandResult run_binary(const std::string& program, const std::string& args, const TempDir& scratch) {
   const std::string out_file = scratch.str("stdout.txt"), err_file = scratch.str("stderr.txt");
