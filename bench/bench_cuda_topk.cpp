@@ -11,6 +11,7 @@
 //                           pass over parameter and both moments; the step keeps no gradient
 //                           buffer, so the floor's Adam reads its gradient from m, the same bytes,
 //                           and holds none: at 2^20 latents and d 2304 a gradient would be 19 GB)
+//   BM_Cuda_TopKStep_Chunked the step with --encoder-chunk (its P 1024 tokens at a time)
 //   BM_Cuda_TopKStep_Parts  the step's kernels one by one (ms per step as counters), each followed
 //                           by a synchronisation
 // Arguments: F, D, precision (0 fp32, 1 tf32, 2 bf16); N = 4096 tokens. The 2^20-latent rows are
@@ -48,8 +49,9 @@ bool skip_without_gpu(benchmark::State& state) {
 
 Precision precision_of(int64_t arg) { return arg == 1 ? Precision::TF32 : (arg == 2 ? Precision::BF16 : Precision::FP32); }
 
-ArchSettings topk_settings(int64_t d) {
-  return arch_settings("topk", {{"k", Json(kK)}, {"auxk-k", Json(d / 2)}, {"init-b-dec", Json("zero")}},
+ArchSettings topk_settings(int64_t d, int64_t encoder_chunk = 0) {
+  return arch_settings("topk", {{"k", Json(kK)}, {"auxk-k", Json(d / 2)}, {"init-b-dec", Json("zero")},
+                                {"encoder-chunk", Json(encoder_chunk)}},
                        int64_t(1) << 40);
 }
 
@@ -82,14 +84,14 @@ void guarded(benchmark::State& state, void (*body)(benchmark::State&)) {
   }
 }
 
-// range: F, D, precision
-void topk_step(benchmark::State& state) {
+// range: F, D, precision; encoder_chunk: --encoder-chunk (0: the whole batch)
+void topk_step_in_chunks(benchmark::State& state, int64_t encoder_chunk) {
   const int64_t features = state.range(0), d = state.range(1);
   const ScopedMatmulPrecision precision(precision_of(state.range(2)));
   Rng rng(1);
   SaeParams params = gpu_topk_params(features, d, rng);
   SaeAdamState adam = SaeAdamState::zeros_like(params);
-  SaeStep step(arch_unit("topk"), topk_settings(d), kN, d, features, DType::F32, Device::CUDA);
+  SaeStep step(arch_unit("topk"), topk_settings(d, encoder_chunk), kN, d, features, DType::F32, Device::CUDA);
   const Tensor x = normal_tensor(Shape{kN, d}, 0.0, 1.0, rng, DType::F32, Device::CUDA);  // E||x||^2 = D
   step.train_step(params, adam, x, 0.0, 1e-4);  // first use of every buffer
   cuda_synchronize();
@@ -100,6 +102,10 @@ void topk_step(benchmark::State& state) {
   }
   state.counters["tokens/s"] = benchmark::Counter(double(kN), benchmark::Counter::kIsIterationInvariantRate);
 }
+
+void topk_step(benchmark::State& state) { topk_step_in_chunks(state, 0); }
+// range(3): --encoder-chunk
+void topk_step_chunked(benchmark::State& state) { topk_step_in_chunks(state, state.range(3)); }
 
 void topk_step_floor(benchmark::State& state) {
   const int64_t features = state.range(0), d = state.range(1);
@@ -188,6 +194,7 @@ void topk_step_parts(benchmark::State& state) {
 void BM_Cuda_TopKStep(benchmark::State& state) { guarded(state, topk_step); }
 void BM_Cuda_TopKStep_Floor(benchmark::State& state) { guarded(state, topk_step_floor); }
 void BM_Cuda_TopKStep_Parts(benchmark::State& state) { guarded(state, topk_step_parts); }
+void BM_Cuda_TopKStep_Chunked(benchmark::State& state) { guarded(state, topk_step_chunked); }
 
 // F 16384 and 65536 at D 768 at each precision; 2^20 latents at D 768 and 2304 at bf16 and tf32.
 void step_args(benchmark::internal::Benchmark* b) {
@@ -200,5 +207,10 @@ void step_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Cuda_TopKStep)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.3);
 BENCHMARK(BM_Cuda_TopKStep_Floor)->Apply(step_args)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.3);
+// 2^20 latents with --encoder-chunk 1024 (the pre-activations of 1024 tokens at once: at d 2304 the
+// whole batch's would take the step past an H100's memory); F 65536 in chunks against its row above.
+BENCHMARK(BM_Cuda_TopKStep_Chunked)
+    ->Args({65536, 768, 2, 1024})->Args({int64_t(1) << 20, 768, 2, 1024})->Args({int64_t(1) << 20, 2304, 2, 1024})
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.3);
 BENCHMARK(BM_Cuda_TopKStep_Parts)->Args({65536, 768, 0})->Args({65536, 768, 2})->Args({int64_t(1) << 20, 768, 2})
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);

@@ -4,7 +4,8 @@
 // step cannot make sparse) plus one streaming pass over Adam's bytes (every parameter, its
 // gradient and both moments read, three of them written). BM_TopKStep_Parts times the pieces.
 // Peer: bench/peer_torch_topk.py, the same step in PyTorch eager (run with --threads matching
-// OMP_NUM_THREADS). Results: bench/RESULTS.md.
+// OMP_NUM_THREADS). BM_TopKStep_Chunked: the same step with --encoder-chunk (and with AuxK's dead
+// latents, whose chunks are encoded twice). Results: bench/RESULTS.md.
 // Letters: N tokens, D input width, F features, k latents per token.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
@@ -66,6 +67,25 @@ void BM_TopKStep_Floor(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(double(kN), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The step with --encoder-chunk C (range(1); 0: the whole batch) at F range(0): the encoder GEMM and
+// the selection over C tokens at a time ([C, F] held instead of [N, F]). range(2) = 1: every latent
+// that does not fire is dead (dead window 1 token), so AuxK runs and computes each chunk's P again.
+void BM_TopKStep_Chunked(benchmark::State& state) {
+  const int64_t features = state.range(0), chunk = state.range(1);
+  const bool dead = state.range(2) != 0;
+  Rng rng(1);
+  SaeParams params = topk_params(features, rng);
+  SaeAdamState adam = SaeAdamState::zeros_like(params);
+  const ArchSettings settings =
+      arch_settings("topk", {{"k", Json(kK)}, {"auxk-k", Json(kD / 2)}, {"init-b-dec", Json("zero")},
+                             {"encoder-chunk", Json(chunk)}}, dead ? 1 : int64_t(1) << 40);
+  SaeStep step(arch_unit("topk"), settings, kN, kD, features, DType::F32, Device::CPU);
+  const Tensor x = normal_tensor(Shape{kN, kD}, 0.0, 1.0, rng);
+  step.train_step(params, adam, x, 0.0, 1e-4);  // first touch of every buffer (and the clocks pass 1 token)
+  for (auto _ : state) benchmark::DoNotOptimize(step.train_step(params, adam, x, 0.0, 1e-4).loss);
+  state.counters["tokens/s"] = benchmark::Counter(double(kN), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // The step's pieces one by one (ms), for the discussion in bench/RESULTS.md.
 void BM_TopKStep_Parts(benchmark::State& state) {
   const int64_t features = state.range(0);
@@ -118,4 +138,8 @@ void BM_TopKStep_Parts(benchmark::State& state) {
 
 BENCHMARK(BM_TopKStep_Ours)->Arg(16384)->Arg(65536)->Unit(benchmark::kMillisecond)->Iterations(3);
 BENCHMARK(BM_TopKStep_Floor)->Arg(16384)->Arg(65536)->Unit(benchmark::kMillisecond)->Iterations(3);
+BENCHMARK(BM_TopKStep_Chunked)
+    ->Args({65536, 0, 0})->Args({65536, 1024, 0})->Args({65536, 256, 0})
+    ->Args({65536, 0, 1})->Args({65536, 1024, 1})
+    ->Unit(benchmark::kMillisecond)->Iterations(3);
 BENCHMARK(BM_TopKStep_Parts)->Arg(16384)->Arg(65536)->Unit(benchmark::kMillisecond)->Iterations(2);

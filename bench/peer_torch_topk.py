@@ -4,7 +4,7 @@ relu on the kept values scattered into a dense f, x_hat = f W_dec + b_dec, rec =
 backward, the decoder gradient projected off its rows, torch.optim.Adam, rows renormalised. d 768,
 k 32, 4096 tokens, F from --features. No AuxK (nothing is dead in the C++ benchmark either).
 Usage: python3 bench/peer_torch_topk.py --features 16384 [--threads 2] [--tokens 4096] [--k 32]
-[--steps 1] (per round). Prints one line: ms per step (median of 3 rounds, after one warm-up step)."""
+[--d 768] [--steps 1] (per round). Prints one line: ms per step (median of 3 rounds, after one warm-up step)."""
 import argparse
 import statistics
 import time
@@ -18,11 +18,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--d", type=int, default=768)
     ap.add_argument("--steps", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    d, f, n, k = 768, args.features, args.tokens, args.k
+    d, f, n, k = args.d, args.features, args.tokens, args.k
     W_dec = torch.randn(f, d)
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     W_dec = torch.nn.Parameter(W_dec)

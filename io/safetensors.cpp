@@ -344,19 +344,21 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  std::vector<RawTensor> raw;
+  // One tensor's bytes at a time (a checkpoint of 2^20 latents holds gigabytes: no copy of them all).
+  std::vector<SafetensorsSpec> specs;
+  std::map<std::string, const Tensor*> by_name;
   for (const auto& [name, tensor] : tensors) {
     if (!tensor.defined()) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is undefined"));
     if (tensor.dtype() == DType::I32) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is i32"));
-    const Tensor host = tensor.to(Device::CPU);
-    RawTensor t;
-    t.name = name;
-    t.dtype = host.dtype() == DType::F32 ? "F32" : "F64";
-    for (int i = 0; i < host.ndim(); ++i) t.shape.push_back(host.size(i));
-    t.bytes.assign(static_cast<const char*>(host.raw()), host.nbytes());
-    raw.push_back(std::move(t));
+    SafetensorsSpec spec{name, tensor.dtype() == DType::F32 ? "F32" : "F64", {}};
+    for (int i = 0; i < tensor.ndim(); ++i) spec.shape.push_back(tensor.size(i));
+    specs.push_back(std::move(spec));
+    by_name[name] = &tensor;
   }
-  write_safetensors_raw(path, std::move(raw), metadata);
+  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name) {
+    const Tensor host = by_name.at(name)->to(Device::CPU);
+    return std::string(static_cast<const char*>(host.raw()), host.nbytes());
+  });
 }
 
 }  // namespace sae

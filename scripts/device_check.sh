@@ -26,7 +26,8 @@
 #   peer_torch    bench/peer_torch_gpu.py: the standard step (218, 4096 tokens) and TopK (F 16384,
 #                 65536) in eager PyTorch at fp32, TF32 and bf16 autocast, right after ours
 #   bench_topk    BM_Cuda_TopKStep against its floor: F 16384 / 65536 at each precision; 2^20 latents
-#                 at d 768 and 2304 (tf32, bf16) with device memory; the step's kernels one by one
+#                 at d 768 and 2304 (tf32, bf16) with device memory, and with --encoder-chunk 1024
+#                 (BM_Cuda_TopKStep_Chunked); the step's kernels one by one
 #   bench_sparse  BM_Cuda_SparseStep at 2% and 0.5% (dense vs sparse) and BM_Cuda_SparseCrossover
 #                 (prints the crossover density that sets kAutoMaxDensityCuda)
 #   bench_stats   BM_Cuda_StepWithFeatureStats: what gathering feature statistics adds to a step

@@ -7,7 +7,7 @@ constant_norm_rescale: docs/contract.md §4) and of reading OpenAI's .pt
     pip install sae-lens==6.54.12
     python3 scripts/gen_per_token_fixture.py [--out-dir DIR]
 
-Writes (about 140 KB), each SAE on d 32 (the tiny GPT-Neo of tests/ref/eval) with 64 latents and
+Writes (about 260 KB), each SAE on d 32 (the tiny GPT-Neo of tests/ref/eval) with 64 latents and
 random weights and biases:
 
     saelens_layer_norm/     SAELens StandardSAE, normalize_activations layer_norm, at blocks.1.hook_resid_post
@@ -16,12 +16,18 @@ random weights and biases:
                             with its statistics buffers and the activation named as its state_dict() names it
     openai_relu.pt          the same with activation ReLU (no normalisation)
     openai_tied.pt          ReLU with a tied decoder (decoder.linear.weight)
+    saelens_transcoder_layer_norm/   SAELens Transcoder (d_out 32), normalize_activations layer_norm, from
+                            blocks.1.ln2.hook_normalized to blocks.1.hook_mlp_out
+    saelens_skip_transcoder_norm_rescale/   SAELens SkipTranscoder, constant_norm_rescale, the same hooks
     openai_bad_*.pt         refused ones (d 4, 8 latents): activation Identity, postact_fn Identity, k 9, an extra
-                            tensor, a tied decoder that is not the encoder
+                            tensor, a NaN in encoder.weight, a tied decoder that is not the encoder
     x.npy                   inputs [40, 32] float32, each row with its own mean and scale
     expected.safetensors    for each NAME: NAME_f [40, 64] and NAME_x_hat [40, 32], float32
 
-SAELens's are its own classes' encode() and forward(). OpenAI's package cannot be installed here;
+SAELens's are its own classes' encode() and forward(). Its transcoders normalise their input and
+leave their output as decoded (Transcoder.decode applies no run_time_activation_norm_fn_out); a
+SkipTranscoder's skip term reads the raw input. The transcoders are drawn after the OpenAI files, so
+the files before them are as they were without them. OpenAI's package cannot be installed here;
 what its model.py computes is written out below with torch (LN, encoder, TopK then ReLU, decoder,
 the inverse LN) and its state_dict() layout is built by hand: pre_bias, latent_bias, encoder.weight,
 decoder.weight, stats_last_nonzero (int64), latents_activation_frequency, latents_mean_square,
@@ -37,7 +43,8 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens import (SkipTranscoder, SkipTranscoderConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig,
+                      Transcoder, TranscoderConfig)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixture_io import FixtureWriter  # noqa: E402
@@ -45,6 +52,8 @@ from fixture_io import FixtureWriter  # noqa: E402
 D, F, K, N = 32, 64, 6, 40
 MARGIN = 1e-3
 HOOK = "blocks.1.hook_resid_post"
+# The transcoders' hooks: block 1's MLP, from its input (after ln_2) to its output.
+HOOK_IN, HOOK_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
 
 
 def separated(pre, topk):
@@ -103,6 +112,23 @@ def randomise_saelens(sae, g):
             p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
+def save_saelens(name, sae, topk, x, g, out, expected):
+    """Draws the SAELens SAE's weights until no selection is near a tie, saves it as SAELens does, and
+    puts its encode(x) and forward(x) into expected."""
+    for _ in range(1000):
+        randomise_saelens(sae, g)
+        with torch.no_grad():
+            pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        if separated(pre, topk):
+            break
+    else:
+        raise SystemExit(f"{name}: no well-separated draw")
+    sae.save_model(os.path.join(out, name))
+    with torch.no_grad():
+        expected.put(f"{name}_f", sae.encode(x))
+        expected.put(f"{name}_x_hat", sae(x))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "..", "tests", "ref", "per_token"))
@@ -123,18 +149,7 @@ def main():
     for name, make, topk in saelens_cases:
         sae = make()
         sae.cfg.metadata.hook_name = HOOK
-        for _ in range(1000):
-            randomise_saelens(sae, g)
-            with torch.no_grad():
-                pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
-            if separated(pre, topk):
-                break
-        else:
-            raise SystemExit(f"{name}: no well-separated draw")
-        sae.save_model(os.path.join(out, name))
-        with torch.no_grad():
-            expected.put(f"{name}_f", sae.encode(x))
-            expected.put(f"{name}_x_hat", sae(x))
+        save_saelens(name, sae, topk, x, g, out, expected)
 
     for name, topk, tied in [("openai_topk", True, False), ("openai_relu", False, False), ("openai_tied", False, True)]:
         for _ in range(1000):
@@ -153,6 +168,7 @@ def main():
                        ("bad_postact", lambda st: st["activation_state_dict"].update(postact_fn="Identity")),
                        ("bad_k", lambda st: st["activation_state_dict"].update(k=9)),
                        ("bad_extra", lambda st: st.update(extra=torch.zeros(3))),
+                       ("bad_nan", lambda st: st["encoder.weight"].__setitem__((3, 2), float("nan"))),
                        ("bad_tied", lambda st: st.update({"decoder.linear.weight": torch.zeros(8, 4),
                                                           "activation": "ReLU"}) or st.pop("decoder.weight"))]:
         state = OrderedDict([("pre_bias", torch.zeros(4)), ("latent_bias", torch.zeros(8)),
@@ -160,6 +176,18 @@ def main():
                              ("activation", "TopK"), ("activation_state_dict", OrderedDict(k=2, postact_fn="ReLU"))])
         edit(state)
         torch.save(state, os.path.join(out, f"openai_{name}.pt"))
+    transcoder_cases = [
+        ("saelens_transcoder_layer_norm", lambda: Transcoder(TranscoderConfig(
+            d_in=D, d_sae=F, d_out=D, normalize_activations="layer_norm", apply_b_dec_to_input=False))),
+        ("saelens_skip_transcoder_norm_rescale", lambda: SkipTranscoder(SkipTranscoderConfig(
+            d_in=D, d_sae=F, d_out=D, normalize_activations="constant_norm_rescale",
+            apply_b_dec_to_input=False))),
+    ]
+    for name, make in transcoder_cases:
+        sae = make()
+        sae.cfg.metadata.hook_name = HOOK_IN
+        sae.cfg.metadata.hook_name_out = HOOK_OUT
+        save_saelens(name, sae, False, x, g, out, expected)
     expected.texts["torch"] = torch.__version__
     expected.save(os.path.join(out, "expected.safetensors"))
 

@@ -36,7 +36,13 @@ TopKSettings topk_settings(const ArchSettings& s, int64_t d_out) {
   o.auxk_k = s.integer("auxk-k") > 0 ? s.integer("auxk-k") : std::max<int64_t>(1, d_out / 2);
   o.dead_tokens = s.integer("dead-window");
   o.unit_norm_decoder = s.toggle("unit-norm-decoder", true);
+  o.encoder_chunk = s.has("encoder-chunk") ? s.integer("encoder-chunk") : 0;
   return o;
+}
+
+int64_t topk_encoder_rows(int64_t encoder_chunk, int64_t max_tokens) {
+  const int64_t whole = std::max<int64_t>(max_tokens, 1);
+  return encoder_chunk > 0 ? std::min(encoder_chunk, whole) : whole;
 }
 
 std::vector<ArchOption> topk_family_rows() {
@@ -83,7 +89,8 @@ TopKFamilyStep::TopKFamilyStep(const TopKSettings& settings, const StepShape& sh
   if (settings.k < 1 || settings.k > latents)
     throw UsageError(cat("--k must be in [1, ", latents, "] (the number of features), got ", settings.k));
   k_aux_ = auxk ? std::min(latents, settings.auxk_k) : 0;
-  pre_ = Tensor::empty(Shape{max_tokens, d_sae}, activation_dtype(dtype), device);  // written before read
+  chunk_rows_ = by_batch ? std::max<int64_t>(max_tokens, 1) : topk_encoder_rows(settings.encoder_chunk, max_tokens);
+  pre_ = Tensor::empty(Shape{chunk_rows_, d_sae}, activation_dtype(dtype), device);  // written before read
   x_hat_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
   grad_x_hat_ = Tensor::zeros(Shape{2 * max_tokens, d_out}, dtype, device);
   scratch_rows_ = Tensor::zeros(Shape{max_tokens, d_out}, dtype, device);
@@ -126,9 +133,15 @@ Tensor TopKFamilyStep::pre_activations(int64_t n) {
   const DType want = activation_dtype(x_hat_.dtype());
   if (pre_.dtype() != want) {
     pre_ = Tensor();  // the old buffer goes first
-    pre_ = Tensor::empty(Shape{max_tokens_, d_sae_}, want, x_hat_.device());
+    pre_ = Tensor::empty(Shape{chunk_rows_, d_sae_}, want, x_hat_.device());
   }
   return pre_.slice_rows(0, n);
+}
+
+Tensor TopKFamilyStep::encode_rows(const Tensor& x, const Tensor& W_enc, int64_t row0, int64_t rows) {
+  Tensor pre = pre_activations(rows);
+  matmul_(pre, rows == x.size(0) ? x : x.slice_rows(row0, row0 + rows), false, W_enc, false);
+  return pre;
 }
 
 void TopKFamilyStep::decode(Tensor& x_hat, const SparseFeatures& entries, const SaeParams& params) {
@@ -150,12 +163,22 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
   all_tokens_ = sum_over(c, Group::Replicas, n);
   aux_ = 0;
   clock_moved_ = false;
-  Tensor pre = pre_activations(n), x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
-  matmul_(pre, x, false, params.W_enc, false);
+  Tensor x_hat = x_hat_.slice_rows(0, n), r = grad_x_hat_.slice_rows(0, n);
   reduce_axis_(ReduceOp::norm2, norms_, params.W_dec, 1);
-  // The kept latents: rows 0 .. N-1 of the lists; then by feature (which also counts them).
+  // The kept latents: rows 0 .. N-1 of the lists, chunk by chunk (one chunk unless the batch's P
+  // would not fit: topk_encoder_rows); then by feature (which also counts them).
   SparseFeatures main = lists(0, n);
-  select(main, pre, params.b_enc, n);
+  const bool one_chunk = n <= chunk_rows_;
+  // At --precision bf16 each GEMM would round W_enc into a bf16 copy of its own: the chunks share one
+  // (the same rounding: the product is the same).
+  const Tensor W_enc = !one_chunk && matmul_precision() == Precision::BF16 && params.W_enc.dtype() == DType::F32
+                           ? params.W_enc.to(DType::BF16)
+                           : params.W_enc;
+  for (int64_t row0 = 0; row0 < n || row0 == 0; row0 += chunk_rows_) {
+    const int64_t rows = std::min(chunk_rows_, n - row0);
+    select(main, encode_rows(x, W_enc, row0, rows), params.b_enc, row0);
+  }
+  finish_selection(main, n);
   main_entries_ = all_entries_ = read_index(lists_.row_ptr, n);
   sparse_by_feature_(main, col_sum_, col_count_);
   decode(x_hat, main, params);
@@ -195,8 +218,16 @@ StepSums TopKFamilyStep::forward(const SaeParams& params, const Tensor& x, const
   n_dead = sum_over(c, Group::Shards, n_dead);
   if (n_dead == 0 || all_tokens_ == 0) return sums();
   SparseFeatures all = lists(0, 2 * n);
-  topk_select_(all, pre, params.b_enc, dead_flags_, std::min(k_aux_, n_dead), n);
-  if (sharded) shard_topk_cut(*c, lists_, n, n, std::min(k_aux_, n_dead), first_latent_);
+  const int64_t k_dead = std::min(k_aux_, n_dead);
+  if (one_chunk) {  // pre_ still holds the batch's P
+    topk_select_(all, pre_activations(n), params.b_enc, dead_flags_, k_dead, n);
+  } else {  // each chunk's P again
+    for (int64_t row0 = 0; row0 < n; row0 += chunk_rows_) {
+      const int64_t rows = std::min(chunk_rows_, n - row0);
+      topk_select_(all, encode_rows(x, W_enc, row0, rows), params.b_enc, dead_flags_, k_dead, n + row0);
+    }
+  }
+  if (sharded) shard_topk_cut(*c, lists_, n, n, k_dead, first_latent_);
   all_entries_ = read_index(lists_.row_ptr, 2 * n);
   if (sum_over(c, Group::All, all_entries_ - main_entries_) == 0) return sums();
   // e_hat = a W_dec (no b_dec) in the rows below r; Z = sum (e - mean_t e)^2 = sum (r - mean_t r)^2.
@@ -334,11 +365,11 @@ BatchTopKStep::BatchTopKStep(const TopKSettings& settings, double rate, const St
                              Device device, const std::string& unit)
     : TopKFamilyStep(settings, shape, dtype, device, unit, /*by_batch=*/true), rate_(rate) {}
 
-void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) {
+void BatchTopKStep::select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t) {
   if (collectives_ != nullptr && collectives_->ranks() > 1)
     distributed_batchtopk_select(*collectives_, main, pre, b_enc, settings_.k * all_tokens_, all_tokens_);
   else
-    batchtopk_select_(main, pre, b_enc, settings_.k * n);
+    batchtopk_select_(main, pre, b_enc, settings_.k * pre.size(0));
 }
 
 StepSums BatchTopKStep::forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,

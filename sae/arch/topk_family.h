@@ -33,8 +33,16 @@ struct TopKSettings {
   int64_t auxk_k = 0;             // AuxK's k_aux (resolved: d_out / 2 when the option is 0, as sparsify)
   int64_t dead_tokens = 1000000;  // a latent is dead once this many tokens passed without it firing
   bool unit_norm_decoder = true;
+  int64_t encoder_chunk = 0;      // topk: tokens per encoder GEMM (--encoder-chunk; 0: the whole batch)
 };
 TopKSettings topk_settings(const ArchSettings& s, int64_t d_out);  // d_out: the reconstructed width
+
+// The rows of P = x W_enc + b_enc a per-token selection (topk) computes and selects from at once:
+// encoder_chunk (--encoder-chunk, which sae_train sets by memory when it is 0) up to the batch's
+// max_tokens, or (0) the whole batch. A batch of more rows runs the encoder GEMM and the selection
+// chunk by chunk; AuxK then computes the chunks' P again once the batch's dead latents are known (a
+// second encoder GEMM on steps with dead latents). Units that select by batch hold the whole batch's P.
+int64_t topk_encoder_rows(int64_t encoder_chunk, int64_t max_tokens);
 
 std::vector<ArchOption> topk_family_rows();       // k, auxk-coefficient, auxk-k and the dictionary rows
 std::vector<std::string> topk_family_reads();     // those and dead-window
@@ -69,23 +77,30 @@ class TopKFamilyStep : public UnitStep {
 
   // AuxK's a [N, F] of the last call (zeros when no latent was dead) and its dead mask (read back).
   Tensor aux_activations() const;
+  int64_t encoder_rows() const { return chunk_rows_; }  // rows of P computed at once
   std::vector<uint8_t> dead_mask() const;
 
  protected:
-  // The kept latents of x's P = pre + b_enc: by-token lists of rows 0 .. N-1 of `main`.
-  virtual void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) = 0;
+  // The kept latents of P = pre + b_enc, pre being x W_enc's rows row0 .. row0 + pre.size(0) - 1:
+  // by-token lists of those rows of `main`. Units that select by batch get the whole batch (row0 0).
+  virtual void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t row0) = 0;
+  // After the last chunk's select (rows 0 .. n-1 of `main` complete): a latent shard's global cut.
+  virtual void finish_selection(SparseFeatures& main, int64_t n) {}
   SparseFeatures lists(int64_t row0, int64_t rows) const;  // row_ptr viewed from row0, rows + 1 values
 
   // x_hat = (the kept entries) W_dec + b_dec: partial decodes summed over the shards.
   void decode(Tensor& x_hat, const SparseFeatures& entries, const SaeParams& params);
   Tensor pre_activations(int64_t n);  // pre_'s first n rows, made again when the precision changed
+  // P's rows row0 .. row0 + rows - 1 without b_enc: x's rows times W_enc, into pre_.
+  Tensor encode_rows(const Tensor& x, const Tensor& W_enc, int64_t row0, int64_t rows);
 
   TopKSettings settings_;
   int64_t max_tokens_, d_in_, d_out_, d_sae_, k_aux_ = 0, tokens_ = 0;
+  int64_t chunk_rows_ = 0;                // rows of P computed at once (topk_encoder_rows; the batch when by batch)
   int64_t first_latent_ = 0;              // a latent shard's first latent (0 in one process)
   int64_t all_tokens_ = 0;                // the whole batch's N (every replica's tokens)
   bool normalize_after_update_ = false;   // the last backward left a unit-norm decoder's rows to renormalise
-  Tensor pre_;                           // [max_tokens, F]: x W_enc, in activation_dtype
+  Tensor pre_;                           // [chunk_rows_, F]: x W_enc, in activation_dtype
   Tensor x_hat_;                         // [max_tokens, D_out]
   Tensor grad_x_hat_;                    // [2 max_tokens, D_out]: r (then 2 r), and AuxK's dL/de_hat below it
   Tensor x_stacked_;                     // [2 max_tokens, D_in]: x twice, for the AuxK rows (made on first use)
@@ -118,7 +133,7 @@ class BatchTopKStep : public TopKFamilyStep {
   void after_update(SaeParams& params) override;
 
  protected:
-  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t n) override;
+  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t row0) override;
   bool selected_any_ = false;  // the last forward kept entries (on any rank)
 
  private:

@@ -2,6 +2,7 @@
 // import by tensor name, the input shift and scale folds.
 #include "sae/arch/unit.h"
 
+#include <algorithm>
 #include <set>
 
 #include <cmath>
@@ -73,6 +74,11 @@ SaeParams ArchUnit::initial_params(const ArchSettings& s, const DictionaryShape&
   init_own(p, s);
   check(p);
   return p;
+}
+
+bool ArchUnit::chunks_encoder() const {
+  const std::vector<std::string> names = reads();
+  return std::find(names.begin(), names.end(), "encoder-chunk") != names.end();
 }
 
 void ArchUnit::check(const SaeParams& p) const {

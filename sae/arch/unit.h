@@ -216,6 +216,12 @@ class ArchUnit {
   // ---- the training step ----
   virtual std::unique_ptr<UnitStep> make_step(const ArchSettings& s, const StepShape& shape, DType dtype,
                                               Device device) const = 0;
+  // The rows of the [rows, F] pre-activations its step holds at once for batches of up to max_tokens,
+  // as the memory check counts them (sae/train/memory_check.h), and whether "encoder-chunk" in its
+  // settings sets them: whether it reads that option (then sae_train sets it, when the run leaves it
+  // 0, to the rows that fit).
+  virtual int64_t pre_activation_rows(const ArchSettings& s, int64_t max_tokens) const { return max_tokens; }
+  bool chunks_encoder() const;
   // Whether the metrics carry an aux_loss column.
   virtual bool reports_aux() const { return true; }
 

@@ -36,10 +36,13 @@ void apply_dictionary(const SaeParams& dictionary, const InputNormalization& nor
                         dictionary.transcoder ? "transcoder" : "crosscoder",
                         " cannot have (each of its activations has a dataset scale, or none); --raw gives it the "
                         "inputs as they are"));
-  if (per_token(normalization.kind) && (dictionary.sources > 1 || dictionary.transcoder))
+  if (per_token(normalization.kind) && dictionary.sources > 1)
     throw DataError(cat(sae_dir, "/cfg.json: normalize_activations \"", normalization_name(normalization.kind),
-                        "\" is read for an SAE, not for a ", dictionary.transcoder ? "transcoder" : "crosscoder",
-                        "; --raw gives it the inputs as they are"));
+                        "\" is read for an SAE or a transcoder, not for a crosscoder; --raw gives it the inputs as they "
+                        "are"));
+  // A transcoder normalised per token (SAELens's): its input is, its output is the decoder's as it
+  // is, and a skip term reads the raw input (docs/contract.md §4 "Per-token normalisation").
+  const bool output_as_decoded = dictionary.transcoder && per_token(normalization.kind);
   if (normalization.kind == Normalization::Story && input.num_stories() == 0)
     throw UsageError(cat("the SAE was trained with per-story normalisation and ", input.name(),
                          " has no story boundaries: give a safetensors file with story_lengths, or --raw"));
@@ -84,9 +87,13 @@ void apply_dictionary(const SaeParams& dictionary, const InputNormalization& nor
       outputs.features(fh.data<float>(), rows);
     }
     if (outputs.reconstruction) {
-      const Tensor xh = sae_decode(dictionary, fx, &x_device).to(Device::CPU);
+      const Tensor skip_input = output_as_decoded ? raw.to(device) : x_device;
+      const Tensor xh = sae_decode(dictionary, fx, &skip_input).to(Device::CPU);
       out_rows.resize(static_cast<size_t>(rows * d_out));
-      denormalize_blocks(xh.data<float>(), out_rows.data(), rows, out_widths, normalization.kind, out_scales, stats);
+      if (output_as_decoded)
+        std::copy_n(xh.data<float>(), rows * d_out, out_rows.data());
+      else
+        denormalize_blocks(xh.data<float>(), out_rows.data(), rows, out_widths, normalization.kind, out_scales, stats);
       require_finite(out_rows.data(), begin, rows, d_out, "reconstruction", sae_dir);
       outputs.reconstruction(out_rows.data(), rows);
     }

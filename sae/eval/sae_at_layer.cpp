@@ -210,9 +210,6 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     throw DataError(cat(dir, ": ", e.what()));
   }
   s.input_site = s.site;
-  if (s.params.transcoder && per_token(s.normalization))
-    throw DataError(cat(where, ": a transcoder that normalises its input per token (normalize_activations \"",
-                        normalization_name(s.normalization), "\") is not read"));
   if (s.params.transcoder) {
     if (s.normalization == Normalization::Story)  // training refuses it: its target would have no scale
       throw DataError(cat(where, ": sae_cpp.normalization says \"story\", which a transcoder cannot have (its input and "
@@ -298,9 +295,13 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
                       [](int64_t row) { return row; }, hook_name(sae.site));
   const Tensor input = normalized.to(sae.params.device());
   const Tensor f = sae_encode(sae.params, input);
-  Tensor x_hat = sae_decode(sae.params, f, &input);
-  // x = x_n / scale + shift (a transcoder: its target's scale, no shift; per token: each row's own)
-  if (per_token(sae.normalization)) {
+  // A transcoder normalised per token (SAELens's): its output as decoded, a skip term on the raw input.
+  const bool output_as_decoded = sae.params.transcoder && per_token(sae.normalization);
+  const Tensor skip_input = output_as_decoded ? raw.to(sae.params.device()) : input;
+  Tensor x_hat = sae_decode(sae.params, f, &skip_input);
+  // x = x_n / scale + shift (a transcoder: its target's scale, no shift, and none when per token; an
+  // SAE per token: each row's own)
+  if (per_token(sae.normalization) && !sae.params.transcoder) {
     const Tensor host = x_hat.to(Device::CPU);
     Tensor back = Tensor::empty(Shape{t, d});
     denormalize_blocks(host.data<float>(), back.data<float>(), t, {d}, sae.normalization, DatasetScales(), stats);

@@ -48,7 +48,10 @@ ArchSettings arch_settings(const std::string& unit, const std::vector<std::pair<
   c.architecture = unit;
   c.dead_window = dead_window;
   for (const auto& [name, value] : given) c.arch.set(name, value);
-  return arch_settings(c);
+  ArchSettings s = arch_settings(c);
+  for (const auto& [name, value] : given)  // a common option the unit reads (e.g. "encoder-chunk")
+    if (!arch_row(name) && s.has(name)) s.set(name, value);
+  return s;
 }
 
 void validate_architecture_options(const TrainConfig& c) {
@@ -62,6 +65,9 @@ void validate_architecture_options(const TrainConfig& c) {
             cat("--", row.name, " applies only to --architecture ", units_reading(row.name), ", not to --architecture ",
                 arch));
   }
+  require(c.encoder_chunk == defaults.encoder_chunk || unit.chunks_encoder(),
+          cat("--encoder-chunk applies only to --architecture ", units_reading("encoder-chunk"), " (a per-token selection); ",
+              arch, " holds the whole batch's pre-activations"));
   if (!unit.has_lambda()) {
     require(c.l1 == defaults.l1, cat("--l1 does not apply to --architecture ", arch, ": it ", unit.sparsity_note()));
     require(c.l1_warmup_steps == defaults.l1_warmup_steps,

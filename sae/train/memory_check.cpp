@@ -3,6 +3,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -126,6 +127,30 @@ double SaeFootprint::lower_bound() const {
   return 3.0 * 4.0 * parameters + double(tokens) * double(latents) * cell_bytes;
 }
 
+double chunk_budget_need(const SaeFootprint& s, int64_t rows, const ChunkBudget& budget) {
+  const double parameters = double(s.d_in) * double(s.latents) + double(s.latents) * double(s.d_out) +
+                            double(s.latents) + double(s.d_out);
+  return budget.parameter_copies * 4.0 * parameters + double(rows) * double(s.latents) * s.cell_bytes;
+}
+
+std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint>& saes,
+                                                  const std::vector<bool>& chunkable, const ChunkBudget& budget) {
+  std::vector<int64_t> rows;
+  double need = 0, fixed = 0, chunked_cells = 0;  // bytes; chunked_cells: of one row of every chunkable SAE
+  for (size_t i = 0; i < saes.size(); ++i) {
+    rows.push_back(saes[i].tokens);
+    need += chunk_budget_need(saes[i], saes[i].tokens, budget);
+    fixed += chunk_budget_need(saes[i], chunkable[i] ? 0 : saes[i].tokens, budget);
+    if (chunkable[i]) chunked_cells += double(saes[i].latents) * saes[i].cell_bytes;
+  }
+  if (budget.bytes < 0 || need <= budget.bytes || chunked_cells <= 0) return rows;
+  const double fit = std::floor((budget.bytes - fixed) / chunked_cells);
+  const int64_t most = fit >= 1 ? static_cast<int64_t>(std::min(fit, 1e18)) : 0;
+  for (size_t i = 0; i < saes.size(); ++i)
+    if (chunkable[i]) rows[i] = std::min(std::max(most, std::min(budget.min_rows, saes[i].tokens)), saes[i].tokens);
+  return rows;
+}
+
 std::string format_bytes(double bytes) {
   char text[32];
   if (bytes >= 1e9)
@@ -146,17 +171,19 @@ void check_host_memory(const std::vector<SaeFootprint>& saes, const HostMemory& 
   if (need <= memory.bytes) return;
   const SaeFootprint& first = saes.front();
   const bool one = saes.size() == 1;
+  bool hint = false;
+  for (const SaeFootprint& s : saes) hint = hint || s.fewer_rows;
   const std::string what =
       one ? cat("the SAE (F ", first.latents, " x d ", first.d_in,
                 first.d_out != first.d_in ? cat(" -> ", first.d_out) : std::string(), ")")
           : cat("the ", saes.size(), " SAEs trained together");
-  const std::string arrays = one ? cat("the batch's ", first.tokens, " x ", first.latents, " pre-activations ")
-                                 : std::string("their batch's pre-activations ");
+  const std::string arrays = one ? cat(first.tokens, " x ", first.latents, " pre-activations ")
+                                 : std::string("their pre-activations ");
   throw Error(cat("not enough memory for this run: ", what, one ? " needs at least " : " need at least ",
                   format_bytes(need), " (weights and Adam's two moments ", format_bytes(weights), ", ", arrays,
                   format_bytes(cells), ") and this process can get ",
                   format_bytes(memory.bytes), " (", memory.source, "): lower --features (--expansion-factor) or "
-                  "--batch, or train on a GPU (--device cuda)"));
+                  "--batch", hint ? " (topk: --encoder-chunk)" : "", ", or train on a GPU (--device cuda)"));
 }
 
 }  // namespace sae

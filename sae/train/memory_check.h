@@ -3,7 +3,8 @@
 // the allocations succeed and the pages fail when touched). What is counted is a lower bound of what
 // a CPU step holds per SAE: its parameters, Adam's two moments (3 x 4 bytes x (d_in F + F d_out + F +
 // d_out)) and one [N, F] array of pre-activations (4 bytes a cell; 2 at --precision bf16), N the
-// largest batch (a replica's share) and F the latents of this rank. Measured peaks are higher (about
+// rows the unit holds at once (the largest batch, a replica's share, or a topk's --encoder-chunk:
+// ArchUnit::pre_activation_rows) and F the latents of this rank. Measured peaks are higher (about
 // 4 copies of the parameters and 2 of [N, F]): a run refused here could never have run.
 // What the process can get: MemAvailable + SwapFree (/proc/meminfo), or less where a cgroup's limit
 // (v2 memory.max, v1 memory.limit_in_bytes, of its cgroup or one above it) less its use (without
@@ -29,10 +30,30 @@ double cgroup_headroom(const std::string& proc_self_cgroup, const std::string& s
 
 // One SAE's shape on this rank.
 struct SaeFootprint {
-  int64_t d_in = 0, d_out = 0, latents = 0, tokens = 0;  // tokens: the largest batch this rank holds
+  int64_t d_in = 0, d_out = 0, latents = 0, tokens = 0;  // tokens: the rows of pre-activations held at once
   int cell_bytes = 4;                                    // of an [N, F] array: 2 at --precision bf16
+  bool fewer_rows = false;                               // a topk that could hold fewer rows (the refusal says how)
   double lower_bound() const;                            // bytes, as the top of this file says
 };
+
+// What sae_train's choice of a topk's rows (--encoder-chunk 0) counts: `bytes` it may use (< 0:
+// unknown), and per SAE `parameter_copies` x 4 bytes x its parameters (d_in F + F d_out + F + d_out)
+// beside its [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's
+// moments); a CPU run peaks near 8 (measured at d 64: the first parameters' temporaries, the saves),
+// a GPU holds about 4 on the device (a bf16 copy of W_enc at --precision bf16, the step's buffers).
+struct ChunkBudget {
+  double bytes = -1;
+  double parameter_copies = 8;
+  int64_t min_rows = 256;  // fewer would cost GEMM efficiency (a run that needs fewer may still fail)
+};
+// The rows of pre-activations each SAE may hold at once so that together they stay within the
+// budget: their `tokens` when that fits (or the budget is unknown); else every SAE marked `chunkable`
+// (topk with --encoder-chunk 0) gets one smaller row count, the most that fits but at least
+// min(min_rows, its tokens) (check_host_memory may still refuse the run). The others keep theirs.
+std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint>& saes,
+                                                  const std::vector<bool>& chunkable, const ChunkBudget& budget);
+// The bytes the budget counts for one SAE holding `rows` rows of pre-activations.
+double chunk_budget_need(const SaeFootprint& sae, int64_t rows, const ChunkBudget& budget);
 
 // Error (one line: what is needed, of what, what there is, what to change) when the SAEs' lower
 // bounds together exceed what `memory` says; nothing when it is unknown.

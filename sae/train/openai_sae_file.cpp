@@ -35,15 +35,23 @@ Checkpoint load_openai_sae(const TorchFile& file, Device device) {
   for (const std::string& name : expected)
     if (!file.has(name)) throw DataError(cat(path, ": OpenAI's Autoencoder needs tensor '", name, "'"));
 
-  const Tensor encoder = file.read_f32("encoder.weight");
+  // Each tensor read as the file names and lays it out (a value that is not finite is named there,
+  // before the view below renames and transposes it).
+  auto finite = [path](const std::string& name, const Tensor& t) {
+    const float* p = t.data<float>();
+    const int64_t at = first_non_finite(p, t.numel());
+    if (at >= 0) throw DataError(cat(path, ": ", name, " holds ", p[at], " at element ", at));
+    return t;
+  };
+  const Tensor encoder = finite("encoder.weight", file.read_f32("encoder.weight"));
   if (encoder.ndim() != 2 || encoder.size(0) < 1 || encoder.size(1) < 1)
     throw DataError(cat(path, ": encoder.weight must be [latents, inputs], got ", encoder.describe()));
   const int64_t f = encoder.size(0), d = encoder.size(1);
-  auto shaped = [&](const std::string& name, Shape shape) {
+  auto shaped = [&file, path, finite](const std::string& name, Shape shape) {
     const Tensor t = file.read_f32(name);
     if (t.shape() != shape)
       throw DataError(cat(path, ": ", name, " must be ", Tensor::empty(shape).describe(), ", got ", t.describe()));
-    return t;
+    return finite(name, t);
   };
   SaelensView view(path);
   view.add("W_enc", [encoder] { return transpose(encoder); });

@@ -355,6 +355,10 @@ std::vector<TrainOption> make_table() {
       row("dead-window", training, "tokens (not steps) without firing before a feature counts as dead (sparsify's dead_feature_threshold; "
           "SAELens's dead_feature_window counts steps: give steps x batch tokens)", defines, "dead_window",
           FIELD(dead_window), integer()),
+      row("encoder-chunk", training, "topk: tokens whose pre-activations [tokens, F] are computed and selected from "
+          "at once (a large F need not hold the batch's; AuxK computes them again on steps with dead latents); "
+          "0: the whole batch when the run fits in memory with it, else as many tokens as fit (at least 256)",
+          controls, "encoder_chunk", FIELD(encoder_chunk), count(), "0"),
       row("progress", training, "auto | bar | lines | none", controls, "progress", FIELD(progress),
           choice(parse_progress_mode, progress_mode_name)),
       row("threads", training, "CPU threads for our loops and OpenBLAS (0: OMP_NUM_THREADS or all cores)", controls,

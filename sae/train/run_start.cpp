@@ -208,6 +208,10 @@ void load_init(RunStart& start, TrainConfig& config) {
   // weights on inputs scaled otherwise (what a hand-made starting point may want), so it is said.
   // One that normalises each token (SAELens's layer_norm, OpenAI's TopK) says so itself: the run must too.
   const Normalization read_as = trained_normalization(loaded.cfg, config.init + "/cfg.json").kind;
+  if (per_token(read_as) && start.params->transcoder)  // (--normalize layer_norm trains SAEs only)
+    throw UsageError(cat("--init ", config.init, " is a transcoder that normalises each token of its input "
+                         "(normalize_activations \"", normalization_name(read_as), "\"): training one so is not "
+                         "supported (sae_apply, sae_eval and sae_features read it)"));
   if (per_token(read_as) && read_as != config.normalize)  // (SAELens's and OpenAI's declare it too)
     throw UsageError(cat("--init ", config.init, " normalises each token (normalize_activations \"",
                          normalization_name(read_as), "\") and the run normalises with --normalize ",

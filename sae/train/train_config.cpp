@@ -60,6 +60,9 @@ void TrainConfig::validate() const {
   require(lr_warmup_steps >= 0 && lr_decay_steps >= 0 && l1_warmup_steps >= 0,
           "--lr-warmup-steps, --lr-decay-steps and --l1-warmup-steps must be >= 0");
   require(dead_window >= 1, cat("--dead-window must be >= 1 token, got ", dead_window));
+  require(encoder_chunk >= 0 && encoder_chunk <= (int64_t{1} << 30),
+          cat("--encoder-chunk must be in [0, 2^30] tokens (0: the whole batch, or as many as fit in memory), got ",
+              encoder_chunk));
   require(threads >= 0 && threads <= 1024, cat("--threads must be in [0, 1024] (0: all cores), got ", threads));
   require(shards >= 1 && shards <= 65536, cat("--shards must be in [1, 65536], got ", shards));
   require(features % shards == 0,

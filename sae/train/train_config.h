@@ -81,6 +81,7 @@ struct TrainConfig {
   int64_t lr_cycles = 1;             // cosine-restarts: cosines (SAELens's n_restart_cycles)
   int64_t l1_warmup_steps = 0;       // lambda ramps linearly from 0
   int64_t dead_window = 1000000;     // tokens without firing before a feature counts as dead
+  int64_t encoder_chunk = 0;         // topk: tokens per encoder GEMM (0: the batch, or as many as fit in memory)
   ProgressMode progress = ProgressMode::Auto;
   // The architecture (a unit of sae/arch/registry.h) and the values of its options' rows that were
   // given (the command line, config.json); a unit's other options keep their rows' defaults

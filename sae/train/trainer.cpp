@@ -203,6 +203,7 @@ struct Member {
   Tensor x_device, target_device; // the same on a GPU
   std::optional<RunState> state;  // set once the data is open
   std::unique_ptr<SaeStep> step;
+  int64_t encoder_rows = 0;       // a topk's rows of pre-activations at once, set by memory (0: its --encoder-chunk)
   std::unique_ptr<RunLog> log;
   std::unique_ptr<RunFeatureStats> feature_stats;  // what its features fire on (--feature-stats-*)
   TrainResult result;
@@ -756,18 +757,47 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
                                                         member_description(data, m.reads));
   }
 
-  // A run that cannot fit is refused before its SAEs are made (memory_check.h); on a GPU they live
-  // there, and the device's allocator says so itself.
-  if (device == Device::CPU) {
+  // What each SAE's step will hold (memory_check.h). A topk SAE whose --encoder-chunk is 0 computes
+  // its pre-activations in chunks when with the whole batch's the run would need more than 90% of what
+  // the process can get (of a GPU's free memory), counting 8 copies of the parameters (4 on a GPU:
+  // ChunkBudget). A run that cannot fit even so is refused before its SAEs are made; on a GPU they
+  // live there, and the device's allocator says so itself.
+  {
     std::vector<SaeFootprint> footprints;
+    std::vector<bool> chunkable;
     const int64_t replicas = dist ? dist->replicas() : 1;
     for (const Member& m : members) {
       const RunColumns columns = run_columns(data, m.reads.in, m.reads.out);
       const int64_t features = m.start.params ? m.start.params->d_sae() : m.config().features;
-      footprints.push_back({columns.d_in, columns.d_out, features / shards, (batch_max_tokens + replicas - 1) / replicas,
-                            shared.precision == Precision::BF16 ? 2 : 4});
+      const int64_t latents = features / shards, tokens = (batch_max_tokens + replicas - 1) / replicas;
+      const ArchUnit& unit = run_unit(m.config());
+      const int64_t rows = unit.pre_activation_rows(arch_settings(m.config()), tokens);
+      footprints.push_back({columns.d_in, columns.d_out, latents, rows, shared.precision == Precision::BF16 ? 2 : 4});
+      footprints.back().fewer_rows = unit.chunks_encoder() && rows > 1;
+      chunkable.push_back(unit.chunks_encoder() && m.config().encoder_chunk == 0);
     }
-    agree([&] { check_host_memory(footprints, available_host_memory()); });
+    agree([&] {
+      const HostMemory host = device == Device::CPU ? available_host_memory() : HostMemory{};
+      const double can_get = device == Device::CPU ? host.bytes : double(cuda_free_bytes());
+      ChunkBudget budget;
+      budget.bytes = can_get < 0 ? -1.0 : 0.9 * can_get;
+      budget.parameter_copies = device == Device::CPU ? 8 : 4;
+      const std::vector<int64_t> rows = pre_activation_rows_that_fit(footprints, chunkable, budget);
+      double whole = 0;  // what the budget counts with every SAE's whole batch
+      for (const SaeFootprint& s : footprints) whole += chunk_budget_need(s, s.tokens, budget);
+      for (size_t i = 0; i < members.size(); ++i) {
+        if (rows[i] == footprints[i].tokens) continue;
+        members[i].encoder_rows = rows[i];
+        members[i].result.memory_note =
+            cat("the encoder's pre-activations in chunks of ", rows[i], " of the batch's ", footprints[i].tokens,
+                " tokens (--encoder-chunk 0: with the whole batch's the run would need about ", format_bytes(whole),
+                ", more than 90% of the ", format_bytes(can_get), " ",
+                device == Device::CPU ? "this process can get" : "free on the GPU", ")");
+        footprints[i].tokens = rows[i];
+        footprints[i].fewer_rows = rows[i] > 1;
+      }
+      if (device == Device::CPU) check_host_memory(footprints, host);
+    });
   }
 
   // Every rank makes the whole SAE's first parameters (the same numbers as one process: a fresh b_dec
@@ -856,7 +886,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       }
     }
     const StepShape shape{max_tokens, columns.d_in, columns.d_out, latents, first_latent, config.features, batch_max_tokens};
-    m.step = std::make_unique<SaeStep>(run_unit(config), arch_settings(config), shape, DType::F32, device);
+    ArchSettings settings = arch_settings(config);
+    if (m.encoder_rows > 0) settings.set("encoder-chunk", Json(m.encoder_rows));  // the rows that fit (above)
+    m.step = std::make_unique<SaeStep>(run_unit(config), settings, shape, DType::F32, device);
     m.step->set_collectives(dist);
     m.step->set_max_grad_norm(config.max_grad_norm);
     m.step->set_dead_clock(run.dead.clocks());  // AuxK's, from the tracker
@@ -1252,6 +1284,7 @@ std::string format_report(const TrainResult& r) {
     text += "  the checkpoints the run had saved after the one it resumed from, and its metrics.csv as it stood,\n"
             "  are in " + r.superseded + "/\n";
   if (!r.kept_final.empty()) text += "  the run's final model before it was extended is kept as " + r.kept_final + "/\n";
+  if (!r.memory_note.empty()) text += "  " + r.memory_note + "\n";
   return text;
 }
 

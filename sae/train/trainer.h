@@ -32,6 +32,7 @@ struct TrainResult {
   std::string saelens_note = "SAELens format";  // what SAELens makes of model_dir (saelens_note())
   std::string superseded;          // a rewinding --resume: where the run's later checkpoints went (RunStart)
   std::string kept_final;          // extending a finished run: its final model, kept as a checkpoint (RunStart)
+  std::string memory_note;         // a topk whose pre-activations were computed in chunks to fit (trainer.cpp)
   Device device = Device::CPU;
   CollectiveStats collectives;     // a distributed run's collectives in the training loop (this rank's)
   // A --resume of a run that was at its last step already (RunStart::finished): nothing was

@@ -353,4 +353,11 @@ void cuda_use_device(int device) {
 size_t cuda_bytes_in_use() { return allocator().in_use(); }
 size_t cuda_bytes_reserved() { return allocator().reserved(); }
 
+size_t cuda_free_bytes() {
+  cuda_stream();  // a clear error when there is no GPU
+  size_t free_bytes = 0, total_bytes = 0;
+  SAE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return free_bytes + (allocator().reserved() - allocator().in_use());
+}
+
 }  // namespace sae

@@ -59,5 +59,8 @@ class CudaUpload {
 // Caching allocator counters (bytes currently handed out, bytes held from the driver).
 size_t cuda_bytes_in_use();
 size_t cuda_bytes_reserved();
+// What allocations on this thread's GPU can still get: the driver's free memory (cudaMemGetInfo) and
+// the cache's unused blocks (released when a request finds no room).
+size_t cuda_free_bytes();
 
 }  // namespace sae

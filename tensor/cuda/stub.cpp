@@ -31,5 +31,6 @@ void CudaUpload::make_compute_wait() { not_built(); }
 void CudaUpload::release() { not_built(); }
 size_t cuda_bytes_in_use() { return 0; }
 size_t cuda_bytes_reserved() { return 0; }
+size_t cuda_free_bytes() { not_built(); }
 
 }  // namespace sae

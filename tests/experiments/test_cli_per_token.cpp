@@ -5,8 +5,10 @@
 // give their features and reconstructions; the normalisation's numbers against hand-computed ones;
 // training with --normalize layer_norm normalises as SAELens does (its first step's FVU from
 // SAELens's reconstruction) and writes a folder that says so; what is not read (another activation,
-// a k past the latents, a tensor not of the class, --init at another normalisation, a transcoder
-// normalised per token, several column blocks) is a one-line error.
+// a k past the latents, a tensor not of the class, --init at another normalisation, training a
+// transcoder per token, several column blocks) is a one-line error. SAELens's Transcoder and
+// SkipTranscoder normalise their input per token and leave their output as decoded: read as it
+// computes them.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -36,8 +38,8 @@ std::string eval_ref(const std::string& name) { return std::string(SAE_SOURCE_DI
 
 TEST(PerToken, SaeApplyGivesSaelensAndOpenAisOutputs) {
   const test::Fixture expected(per_token_ref("expected.safetensors"));
-  for (const std::string name :
-       {"saelens_layer_norm", "saelens_norm_rescale", "openai_topk", "openai_relu", "openai_tied"}) {
+  for (const std::string name : {"saelens_layer_norm", "saelens_norm_rescale", "openai_topk", "openai_relu", "openai_tied",
+                                 "saelens_transcoder_layer_norm", "saelens_skip_transcoder_norm_rescale"}) {
     SCOPED_TRACE(name);
     TempDir dir("per_token_apply");
     const std::string given = per_token_ref(name.rfind("openai", 0) == 0 ? name + ".pt" : name);
@@ -48,7 +50,7 @@ TEST(PerToken, SaeApplyGivesSaelensAndOpenAisOutputs) {
     for (int64_t i = 0; i < f.numel(); ++i)  // the same latents fire
       ASSERT_EQ(f.data<float>()[i] > 0, want_f.data<float>()[i] > 0) << i;
     // --raw: no normalisation, so a per-token SAE's outputs change (the test above is not vacuous).
-    if (name == "saelens_layer_norm" || name == "openai_topk") {
+    if (name == "saelens_layer_norm" || name == "openai_topk" || name == "saelens_skip_transcoder_norm_rescale") {
       const CommandResult raw = run_binary(
           "sae_apply", cat("--sae ", given, " --input ", per_token_ref("x.npy"), " --reconstruction-out ", dir.str("raw.npy"), " --raw"),
           dir);
@@ -72,6 +74,10 @@ TEST(PerToken, TheSpliceBringsEachTokenBack) {
       {"saelens_norm_rescale", per_token_ref("saelens_norm_rescale"), hook_choice("blocks.0.hook_resid_post", 0, false),
        Normalization::NormRescale},
       {"openai_topk", per_token_ref("openai_topk.pt"), hook_choice("blocks.1.hook_resid_mid", 0, false), Normalization::LayerNorm},
+      // SAELens's transcoders: the input normalised per token, the output as decoded (the skip on the raw input).
+      {"saelens_transcoder_layer_norm", per_token_ref("saelens_transcoder_layer_norm"), HookChoice{}, Normalization::LayerNorm},
+      {"saelens_skip_transcoder_norm_rescale", per_token_ref("saelens_skip_transcoder_norm_rescale"), HookChoice{},
+       Normalization::NormRescale},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -156,6 +162,7 @@ TEST(PerToken, WhatIsNotReadIsOneLine) {
       {"sae_apply", apply("openai_bad_postact.pt"), "TopK's postact_fn \"Identity\" is not read", 1},
       {"sae_apply", apply("openai_bad_k.pt"), "activation_state_dict.k must be a whole number in 1..8, got 9", 1},
       {"sae_apply", apply("openai_bad_extra.pt"), "tensor 'extra' is not one of OpenAI's Autoencoder", 1},
+      {"sae_apply", apply("openai_bad_nan.pt"), "encoder.weight holds nan at element 14", 1},  // [3, 2] of [8, 4]
       {"sae_apply", apply("openai_bad_tied.pt"), "decoder.linear.weight (a tied decoder) differs from encoder.weight", 1},
       // The file names no hook point: no program falls back to a default one.
       {"sae_features", cat("--sae ", per_token_ref("openai_relu.pt"), " --model ", eval_ref("model"), " --text ",
@@ -164,6 +171,11 @@ TEST(PerToken, WhatIsNotReadIsOneLine) {
       // A per-token SAE's weights read inputs its own normalisation gives; a transcoder has none.
       {"sae_train", init("saelens_layer_norm", "run"), "normalises each token (normalize_activations \"layer_norm\")", 2},
       {"sae_train", init("openai_topk.pt", "run2"), "give --normalize layer_norm", 2},
+      {"sae_train", cat("--init ", per_token_ref("saelens_transcoder_layer_norm"), " --data ", per_token_ref("x.npy"),
+                        " --target-data ", per_token_ref("x.npy"), " --normalize dataset --batch 8 --steps 1 --out ",
+                        dir.str("run4")),
+       "is a transcoder that normalises each token of its input (normalize_activations \"layer_norm\"): training one so "
+       "is not supported", 2},
       {"sae_train", cat("--data ", per_token_ref("x.npy"), " --target-data ", std::string(SAE_SOURCE_DIR), "/tests/ref/dictionary_learning/x.npy",
                         " --normalize layer_norm --batch 8 --steps 1 --out ", dir.str("run3")),
        "normalises each token of an SAE's input; a transcoder takes", 2},
@@ -187,6 +199,13 @@ TEST(PerToken, SaeEvalSplicesALayerNormSae) {
       dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("inputs normalised: layer_norm"), std::string::npos) << r.out;
+  // A SAELens SkipTranscoder normalised per token, spliced at blocks.1.hook_mlp_out.
+  const CommandResult tc = run_binary(
+      "sae_eval", cat("--model ", eval_ref("model"), " --sae ", per_token_ref("saelens_skip_transcoder_norm_rescale"),
+                      " --text ", eval_ref("stories.txt"), " --out ", dir.str("tc"), " --progress none --device cpu"),
+      dir);
+  ASSERT_EQ(tc.exit_code, 0) << tc.err;
+  EXPECT_NE(tc.out.find("constant_norm_rescale"), std::string::npos) << tc.out;
 }
 
 TEST(PerToken, TrainingNormalisesEachTokenAsSaelensDoes) {

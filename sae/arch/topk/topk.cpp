@@ -15,10 +15,12 @@ class TopKStep : public TopKFamilyStep {
   using TopKFamilyStep::TopKFamilyStep;
 
  protected:
-  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t) override {
-    topk_select_(main, pre, b_enc, Tensor(), settings_.k, 0);
-    // A latent shard's candidates: the k best of every shard's are the global k (collectives.h).
-    if (spans(collectives_, Group::Shards)) shard_topk_cut(*collectives_, main, 0, pre.size(0), settings_.k, first_latent_);
+  void select(SparseFeatures& main, const Tensor& pre, const Tensor& b_enc, int64_t row0) override {
+    topk_select_(main, pre, b_enc, Tensor(), settings_.k, row0);
+  }
+  // A latent shard's candidates: the k best of every shard's are the global k (collectives.h).
+  void finish_selection(SparseFeatures& main, int64_t n) override {
+    if (spans(collectives_, Group::Shards)) shard_topk_cut(*collectives_, main, 0, n, settings_.k, first_latent_);
   }
 };
 
@@ -29,8 +31,15 @@ class TopKUnit : public ArchUnit {
     return "f = relu(P) on the k largest P of each token, AuxK for dead latents (Gao et al. 2024)";
   }
   std::vector<ArchOption> option_rows() const override { return topk_family_rows(); }
-  std::vector<std::string> reads() const override { return topk_family_reads(); }
+  std::vector<std::string> reads() const override {
+    std::vector<std::string> names = topk_family_reads();
+    names.push_back("encoder-chunk");
+    return names;
+  }
   void validate(const ArchSettings& s, int64_t d_sae) const override { validate_topk_family(s, d_sae, name()); }
+  int64_t pre_activation_rows(const ArchSettings& s, int64_t max_tokens) const override {
+    return topk_encoder_rows(s.integer("encoder-chunk"), max_tokens);
+  }
   bool has_lambda() const override { return false; }
   bool trains_crosscoders() const override { return true; }
   std::string sparsity_note() const override { return "sets its L0 with --k"; }

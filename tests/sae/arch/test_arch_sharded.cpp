@@ -47,6 +47,7 @@ std::vector<Case> cases() {
       {"standard_sparse", "standard", {{"sparse", Json("on")}}},
       {"topk_auxk", "topk", {{"k", Json(2)}, {"auxk-k", Json(3)}}, 1},
       {"topk_wide_k", "topk", {{"k", Json(15)}}},  // k above a shard's F/S = 12 or 6
+      {"topk_auxk_chunked", "topk", {{"k", Json(2)}, {"auxk-k", Json(3)}, {"encoder-chunk", Json(5)}}, 1},
       {"batchtopk_auxk", "batchtopk", {{"k", Json(2)}, {"auxk-k", Json(3)}}, 1},
       {"matryoshka", "matryoshka_batchtopk", {{"k", Json(2)}, {"matryoshka-widths", Json::parse("[3, 10, 24]")}}, 1},
       {"jumprelu_step", "jumprelu", {{"jumprelu-init-threshold", Json(0.05)}, {"jumprelu-bandwidth", Json(0.5)}}},

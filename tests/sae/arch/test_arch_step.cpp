@@ -410,11 +410,16 @@ struct Setting {
   const char* penalty = "step";
   bool unit_norm = false;
   const char* name;
+  int64_t encoder_chunk = 0;  // topk: tokens per encoder GEMM (0: the whole batch of kN here)
 };
 
+// The chunked topk settings select chunk by chunk (kN = 40 tokens: 6 chunks of 7 and a last of 5; 40
+// of 1) and, with AuxK, compute each chunk's pre-activations again for the dead latents.
 const Setting kSettings[] = {
     {"topk", false, "step", false, "topk"},
     {"topk", true, "step", true, "topk auxk unit-norm"},
+    {"topk", true, "step", true, "topk auxk unit-norm encoder-chunk 7", 7},
+    {"topk", false, "step", false, "topk encoder-chunk 1", 1},
     {"batchtopk", true, "step", false, "batchtopk auxk"},
     {"jumprelu", false, "step", true, "jumprelu step unit-norm"},
     {"jumprelu", false, "tanh", false, "jumprelu tanh"},
@@ -432,6 +437,7 @@ ArchSettings settings_of(const Setting& s) {
     given.push_back({"auxk-coefficient", Json(s.auxk ? 0.5 : 0.0)});
     given.push_back({"auxk-k", Json(kAuxK)});
   }
+  if (s.encoder_chunk > 0) given.push_back({"encoder-chunk", Json(s.encoder_chunk)});
   if (unit == "jumprelu") {
     given.push_back({"jumprelu-penalty", Json(s.penalty)});
     given.push_back({"jumprelu-bandwidth", Json(0.5)});
@@ -525,6 +531,27 @@ TEST(ArchStep, GradientsMatchTheReference) {
   }
 }
 
+TEST(ArchStep, TopKComputesThePreActivationsInChunksOfEncoderChunkRows) {
+  // "encoder-chunk" as given, at most the batch; 0: the whole batch.
+  EXPECT_EQ(topk_encoder_rows(7, 40), 7);
+  EXPECT_EQ(topk_encoder_rows(100, 40), 40);
+  EXPECT_EQ(topk_encoder_rows(0, 4096), 4096);
+  // The steps of the settings above hold that many rows (the other tests compare their results).
+  for (const Setting& setting : kSettings) {
+    if (std::string(setting.unit) != "topk") continue;
+    SaeStep step = step_of(setting, DType::F64);
+    EXPECT_EQ(topk_step(step).encoder_rows(), setting.encoder_chunk > 0 ? setting.encoder_chunk : kN) << setting.name;
+  }
+  // A step at a million latents with chunks of 512 holds 512 rows of them (its buffers are not touched).
+  const ArchSettings wide = unit_settings("topk", {{"k", Json(32)}, {"encoder-chunk", Json(512)}}, kDeadTokens);
+  SaeStep big(arch_unit("topk"), wide, 4096, 8, int64_t(1) << 20, DType::F32, Device::CPU);
+  EXPECT_EQ(topk_step(big).encoder_rows(), 512);
+  EXPECT_EQ(arch_unit("topk").pre_activation_rows(wide, 4096), 512);
+  EXPECT_TRUE(arch_unit("topk").chunks_encoder());
+  EXPECT_EQ(arch_unit("batchtopk").pre_activation_rows(wide, 4096), 4096);
+  EXPECT_FALSE(arch_unit("batchtopk").chunks_encoder());
+}
+
 TEST(ArchStep, TopKFamilyAtBf16SelectsFromBf16PreActivations) {
   // At --precision bf16 a float32 TopK-family step keeps x W_enc in bf16: its features are the
   // selection of P = bf16(x W_enc) + b_enc, where x W_enc is the float32 product of the rounded
@@ -549,6 +576,13 @@ TEST(ArchStep, TopKFamilyAtBf16SelectsFromBf16PreActivations) {
     SaeStep fresh(arch_unit(unit), settings, kN, kD, kF, DType::F32, Device::CPU);  // made at bf16
     fresh.forward(prob.params, prob.x, 0.0);
     expect_same_values(fresh.features().to_vector(), bf16, "a step made at bf16");
+    if (unit == "topk") {  // in chunks of 7 tokens, which share one bf16 copy of W_enc: the same rounding
+      ArchSettings chunked = settings;
+      chunked.set("encoder-chunk", Json(7));
+      SaeStep in_chunks(arch_unit(unit), chunked, kN, kD, kF, DType::F32, Device::CPU);
+      in_chunks.forward(prob.params, prob.x, 0.0);
+      expect_same_values(in_chunks.features().to_vector(), bf16, "chunks of 7 at bf16");
+    }
     int64_t rounded = 0;  // the values did change (bf16 keeps 8 significant bits)
     for (size_t i = 0; i < bf16.size(); ++i) rounded += bf16[i] != fp32[i];
     EXPECT_GT(rounded, 0);

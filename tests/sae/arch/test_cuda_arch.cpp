@@ -282,14 +282,15 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
     const char* unit;
     const char* penalty;
     bool unit_norm;
+    int64_t encoder_chunk = 0;  // topk: tokens per encoder GEMM (10: 7 chunks of the 64 tokens)
   };
   const Setting settings[] = {
-      {"topk", "step", true}, {"batchtopk", "step", true}, {"jumprelu", "step", true}, {"jumprelu", "tanh", false},
-      {"gated", "step", false}};
+      {"topk", "step", true}, {"topk", "step", true, 10}, {"batchtopk", "step", true}, {"jumprelu", "step", true},
+      {"jumprelu", "tanh", false}, {"gated", "step", false}};
   const int64_t n = 64, d = 24, f = 80, k = 6;
   for (const Setting& s : settings) {
     const std::string a = s.unit;
-    SCOPED_TRACE(a + " " + s.penalty);
+    SCOPED_TRACE(a + " " + s.penalty + " encoder-chunk " + std::to_string(s.encoder_chunk));
     std::vector<std::pair<std::string, Json>> given = {{"unit-norm-decoder", Json(s.unit_norm ? "on" : "off")}};
     const bool topk = a == "topk" || a == "batchtopk";
     if (topk) {
@@ -297,6 +298,7 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
       given.push_back({"auxk-coefficient", Json(0.1)});
       given.push_back({"auxk-k", Json(5)});
     }
+    if (s.encoder_chunk > 0) given.push_back({"encoder-chunk", Json(s.encoder_chunk)});
     if (a == "jumprelu") {
       given.push_back({"jumprelu-penalty", Json(s.penalty)});
       given.push_back({"jumprelu-bandwidth", Json(0.5)});

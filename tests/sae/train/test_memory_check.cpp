@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "sae/train/memory_check.h"
+#include "tests/util/errors.h"
 #include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
 
@@ -22,6 +23,7 @@
 #endif
 
 using namespace sae;
+using sae::testing::error_of;
 using sae::testing::run_program;
 using sae::testing::TempDir;
 namespace fs = std::filesystem;
@@ -43,14 +45,50 @@ TEST(MemoryCheck, ARunThatCannotFitIsRefusedInOneLine) {
     FAIL() << "not refused";
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), "not enough memory for this run: the SAE (F 65536 x d 256) needs at least 672 MB (weights "
-                           "and Adam's two moments 404 MB, the batch's 1024 x 65536 pre-activations 269 MB) and this "
-                           "process can get 500 MB (test): lower --features (--expansion-factor) or --batch, or train "
-                           "on a GPU (--device cuda)");
+                           "and Adam's two moments 404 MB, 1024 x 65536 pre-activations 269 MB) and this process can "
+                           "get 500 MB (test): lower --features (--expansion-factor) or --batch, or train on a GPU "
+                           "(--device cuda)");
+    std::vector<SaeFootprint> topk = one;  // a topk SAE that could hold fewer rows is told how
+    topk[0].fewer_rows = true;
+    EXPECT_NE(error_of([&] { check_host_memory(topk, HostMemory{5e8, "test"}); }).find("or --batch (topk: --encoder-chunk), or"),
+              std::string::npos);
   }
   // Several SAEs: their sums.
   const std::vector<SaeFootprint> two = {{256, 256, 65536, 1024, 4}, {256, 256, 65536, 1024, 4}};
   EXPECT_NO_THROW(check_host_memory(two, HostMemory{1.4e9, "test"}));
   EXPECT_THROW(check_host_memory(two, HostMemory{1.3e9, "test"}), Error);
+}
+
+TEST(MemoryCheck, ATopKWithoutEncoderChunkGetsTheRowsThatFit) {
+  // Weights and Adam: 12 x (256 x 65536 x 2 + 65536 + 256) = 403,492,608 bytes; a row of
+  // pre-activations 65536 x 4 = 262,144 bytes; the whole batch's 1024 rows 268,435,456.
+  const SaeFootprint topk{256, 256, 65536, 1024, 4};
+  const double weights = 12.0 * (256.0 * 65536 * 2 + 65536 + 256);
+  // Counted as the lower bound does (3 copies), down to 1 row.
+  auto rows = [&](std::vector<SaeFootprint> saes, std::vector<bool> chunkable, double bytes) {
+    return pre_activation_rows_that_fit(saes, chunkable, ChunkBudget{bytes, 3, 1});
+  };
+  EXPECT_EQ(rows({topk}, {true}, -1), std::vector<int64_t>{1024});                     // unknown: the whole batch
+  EXPECT_EQ(rows({topk}, {true}, weights + 1024 * 262144.0), std::vector<int64_t>{1024});  // it fits
+  EXPECT_EQ(rows({topk}, {true}, weights + 1023 * 262144.0), std::vector<int64_t>{1023});
+  EXPECT_EQ(rows({topk}, {true}, weights + 100.5 * 262144.0), std::vector<int64_t>{100});
+  EXPECT_EQ(rows({topk}, {false}, weights + 100.5 * 262144.0), std::vector<int64_t>{1024});  // not chunkable
+  EXPECT_EQ(rows({topk}, {true}, weights / 2), std::vector<int64_t>{1});                 // nothing fits: 1 (refused later)
+  // Two SAEs, one chunkable: the other's whole share counts first; one standard SAE of F 1000 x d 256.
+  const SaeFootprint standard{256, 256, 1000, 1024, 4};
+  const double other = standard.lower_bound();
+  EXPECT_EQ(rows({topk, standard}, {true, false}, weights + other + 300.9 * 262144.0),
+            (std::vector<int64_t>{300, 1024}));
+  // Two chunkable SAEs get one row count: what fits of their rows side by side.
+  EXPECT_EQ(rows({topk, topk}, {true, true}, 2 * weights + 200.0 * 2 * 262144.0), (std::vector<int64_t>{200, 200}));
+  // sae_train's budget: 8 copies, at least 256 rows (or the batch's, when fewer).
+  const double eight = 32.0 * (256.0 * 65536 * 2 + 65536 + 256);
+  EXPECT_EQ(chunk_budget_need(topk, 10, ChunkBudget{}), eight + 10 * 262144.0);
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{eight + 500.5 * 262144.0}), std::vector<int64_t>{500});
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{eight + 100.5 * 262144.0}), std::vector<int64_t>{256});
+  SaeFootprint short_batch = topk;
+  short_batch.tokens = 100;
+  EXPECT_EQ(pre_activation_rows_that_fit({short_batch}, {true}, ChunkBudget{eight / 2}), std::vector<int64_t>{100});
 }
 
 TEST(MemoryCheck, TheMachineSaysWhatItHas) {
@@ -76,12 +114,37 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
   auto refused = run_program("sae_train", run + dir.str("a"), dir, "SAE_TEST_AVAILABLE_MEMORY=150000000");
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_EQ(refused.err, "sae_train: error: not enough memory for this run: the SAE (F 16384 x d 256) needs at least "
-                         "168 MB (weights and Adam's two moments 101 MB, the batch's 1024 x 16384 pre-activations 68 "
-                         "MB) and this process can get 150 MB (SAE_TEST_AVAILABLE_MEMORY): lower --features "
+                         "168 MB (weights and Adam's two moments 101 MB, 1024 x 16384 pre-activations 68 MB) and "
+                         "this process can get 150 MB (SAE_TEST_AVAILABLE_MEMORY): lower --features "
                          "(--expansion-factor) or --batch, or train on a GPU (--device cuda)\n");
   EXPECT_FALSE(fs::exists(dir.str("a")));
   auto fits = run_program("sae_train", run + dir.str("b"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
   EXPECT_EQ(fits.exit_code, 0) << fits.err;
+  // A topk SAE holds --encoder-chunk tokens' pre-activations at once: given the whole batch, it is
+  // refused as above (and told of --encoder-chunk); given 64, it fits; left at 0, it counts 8 copies
+  // of its 8,405,248 parameters (269 MB) and the whole batch's 67,108,864 bytes: 337 MB, more than 90%
+  // of the 150 MB, and no row fits beside the copies, so it takes the least, 256 rows.
+  const std::string topk = " --architecture topk --k 8" + run;
+  auto whole = run_program("sae_train", topk + dir.str("c") + " --encoder-chunk 1024", dir,
+                           "SAE_TEST_AVAILABLE_MEMORY=150000000");
+  EXPECT_EQ(whole.exit_code, 1);
+  EXPECT_NE(whole.err.find("1024 x 16384 pre-activations 68 MB) and this process can get 150 MB "
+                           "(SAE_TEST_AVAILABLE_MEMORY): lower --features (--expansion-factor) or --batch (topk: "
+                           "--encoder-chunk), or"),
+            std::string::npos) << whole.err;
+  auto chunked = run_program("sae_train", topk + dir.str("d") + " --encoder-chunk 64", dir,
+                             "SAE_TEST_AVAILABLE_MEMORY=150000000");
+  EXPECT_EQ(chunked.exit_code, 0) << chunked.err;
+  EXPECT_EQ(chunked.out.find("chunks of"), std::string::npos) << "given, not chosen: " << chunked.out;
+  auto chosen = run_program("sae_train", topk + dir.str("e"), dir, "SAE_TEST_AVAILABLE_MEMORY=150000000");
+  EXPECT_EQ(chosen.exit_code, 0) << chosen.err;
+  EXPECT_NE(chosen.out.find("  the encoder's pre-activations in chunks of 256 of the batch's 1024 tokens "
+                            "(--encoder-chunk 0: with the whole batch's the run would need about 337 MB, more than "
+                            "90% of the 150 MB this process can get)\n"),
+            std::string::npos) << chosen.out;
+  auto roomy = run_program("sae_train", topk + dir.str("f"), dir, "SAE_TEST_AVAILABLE_MEMORY=1000000000");
+  EXPECT_EQ(roomy.exit_code, 0) << roomy.err;
+  EXPECT_EQ(roomy.out.find("chunks of"), std::string::npos) << roomy.out;
 }
 
 TEST(MemoryCheck, UlimitVIsTheLimit) {
