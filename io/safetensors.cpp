@@ -342,6 +342,20 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
   write_safetensors_streamed(path, specs, metadata, [&](const std::string& name) { return std::move(*bytes.at(name)); });
 }
 
+namespace {
+// The safetensors name of a tensor's dtype (its bytes are written as they are held).
+std::string safetensors_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "F32";
+    case DType::F64: return "F64";
+    case DType::I32: return "I32";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+  }
+  throw Error(cat("safetensors: no name for dtype ", dtype_name(dtype)));
+}
+}  // namespace
+
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // One tensor's bytes at a time (a checkpoint of 2^20 latents holds gigabytes: no copy of them all).
@@ -349,8 +363,7 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [name, tensor] : tensors) {
     if (!tensor.defined()) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is undefined"));
-    if (tensor.dtype() == DType::I32) throw Error(cat("write_safetensors ", path, ": tensor '", name, "' is i32"));
-    SafetensorsSpec spec{name, tensor.dtype() == DType::F32 ? "F32" : "F64", {}};
+    SafetensorsSpec spec{name, safetensors_dtype_name(tensor.dtype()), {}};
     for (int i = 0; i < tensor.ndim(); ++i) spec.shape.push_back(tensor.size(i));
     specs.push_back(std::move(spec));
     by_name[name] = &tensor;

@@ -99,11 +99,12 @@ void write_safetensors_streamed(const std::string& path, const std::vector<Safet
                                 const std::map<std::string, std::string>& metadata,
                                 const std::function<std::string(const std::string& name)>& bytes_of);
 
-// Writes F32/F64 tensors (CUDA tensors are copied to the host) and string metadata atomically
+// Writes tensors of every dtype as they are held (F32, F64, I32, BF16, F16; CUDA tensors are copied
+// to the host) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
 // (omitted when empty), tensors ordered by dtype (the reverse of the reference's Dtype enum order:
 // I64, F64, F32, I32, BF16, F16, ...) then name, data packed without gaps, header padded with
-// spaces to a multiple of 8 bytes so the data region starts 8-byte aligned. Throws Error for an unsupported dtype, a duplicate or reserved name.
+// spaces to a multiple of 8 bytes so the data region starts 8-byte aligned. Throws Error for an undefined tensor, a duplicate or reserved name.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

@@ -503,6 +503,25 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
   EXPECT_EQ(SafetensorsFile::open(path).names(), (std::vector<std::string>{"only"}));  // untouched
 }
 
+TEST(Safetensors, WritesSixteenBitAndIntegerTensorsUnderTheirOwnDtype) {
+  // Each dtype under its own name, its bytes as held (16-bit tensors used to be named F64 and refused).
+  TempDir dir("io");
+  const std::vector<double> values = {1.0, -2.5, 0.15625, 65504.0};  // exact in bf16 and f16 but 65504 (bf16: 65536)
+  const Tensor f32 = Tensor::from_vector(values, Shape{2, 2}, DType::F32);
+  const Tensor ints = Tensor::from_vector({7, -3, 2147483647, -2147483648.0}, Shape{4}, DType::I32);
+  const std::string path = dir.str("mixed.safetensors");
+  write_safetensors(path, {{"b", f32.to(DType::BF16)}, {"h", f32.to(DType::F16)}, {"i", ints}});
+  SafetensorsFile f = SafetensorsFile::open(path);
+  EXPECT_EQ(f.entry("b").dtype, "BF16");
+  EXPECT_EQ(f.entry("h").dtype, "F16");
+  EXPECT_EQ(f.entry("i").dtype, "I32");
+  EXPECT_EQ(f.entry("b").bytes, 8u);
+  EXPECT_EQ(f.entry("b").shape, (std::vector<int64_t>{2, 2}));
+  expect_same_floats(f.read_f32("b").to_vector(), {1.0, -2.5, 0.15625, 65536.0}, "BF16");
+  expect_same_floats(f.read_f32("h").to_vector(), values, "F16");
+  EXPECT_EQ(f.read_i64("i"), (std::vector<int64_t>{7, -3, 2147483647, -2147483648LL}));
+}
+
 TEST(Safetensors, ReadRowsBlockInTheMiddle) {
   TempDir dir("io");
   std::vector<double> values;

@@ -578,7 +578,9 @@ TEST(FeatureStatsTraining, CoverTheLastStepsAndResumeBitExactly) {
       EXPECT_NEAR(sparsity[j], std::log10(counts[j] / double(tokens[29] - tokens[11]) + 1e-10), 1e-6) << j;
       never += counts[j] == 0;
     }
-    if (never > 0) EXPECT_EQ(*std::min_element(sparsity.begin(), sparsity.end()), -10.0f);
+    if (never > 0) {
+      EXPECT_EQ(*std::min_element(sparsity.begin(), sparsity.end()), -10.0f);
+    }
     // In story batches the neighbours are in the batch: every known context value sits inside the
     // story (whose length the generator knows), and the ids are -2 (no ids) inside, -1 outside.
     const SyntheticSource source(c.synthetic);
