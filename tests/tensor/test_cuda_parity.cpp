@@ -350,6 +350,84 @@ TEST(CudaParity, MatmulWithAnOutputOf2To32Elements) {
   }
 }
 
+// A TopK SAE at 2^20 latents and d 2304: its weights hold 2304 x 2^20 = 2.4e9 elements, past int32,
+// while each GEMM size fits an int. The three products the dense steps make with such a weight --
+// x W_enc [n, F], f W_dec [n, d] (k = 2^20) and the encoder gradient x^T dP [d, F] (an output past
+// 2^31 elements) -- sampled at rows and columns on both sides of 2^31 elements, against double dot
+// products. Every value is an integer over 64 in [-2, 2), exact in bf16, so one expectation serves
+// fp32 and bf16. About 30 GiB of GPU memory and 10 GiB of host memory.
+namespace {
+void expect_products_with_a_large_weight(int64_t f, Device device) {
+  const int64_t n = 64, d = 2304;
+  const auto value = [](int64_t i, int64_t salt) {  // a cheap hash of the flat index
+    const uint64_t h = (uint64_t(i) * 0x9E3779B97F4A7C15ull + uint64_t(salt)) >> 56;
+    return float(int64_t(h) - 128) / 64.0f;
+  };
+  std::vector<float> host(size_t(d * f));
+  for (int64_t i = 0; i < d * f; ++i) host[size_t(i)] = value(i, 1);
+  const Tensor w = Tensor::from_data(host.data(), Shape{d, f}, device);  // W_enc [d, F]
+  const Tensor w_dec = w.reshape(Shape{f, d});                                  // the same bytes as [F, d]
+  std::vector<float> xs(size_t(n * d)), ps(size_t(n * f));
+  for (int64_t i = 0; i < n * d; ++i) xs[size_t(i)] = value(i, 2);
+  for (int64_t i = 0; i < n * f; ++i) ps[size_t(i)] = value(i, 3);
+  const Tensor x = Tensor::from_data(xs.data(), Shape{n, d}, device);
+  const Tensor p = Tensor::from_data(ps.data(), Shape{n, f}, device);
+  std::vector<int64_t> latents = {f - 2, f - 1};
+  for (const int64_t col : {int64_t(0), int64_t(1), int64_t(123457), (int64_t(1) << 31) / d})
+    if (col < f - 2) latents.push_back(col);
+  const auto read = [](const Tensor& t, int64_t row, int64_t col) {
+    return t.slice_rows(row, row + 1).to(Device::CPU).to_vector()[size_t(col)];
+  };
+  for (const Precision precision : {Precision::FP32, Precision::BF16}) {
+    const ScopedMatmulPrecision scoped(precision);
+    const std::string at = precision_name(precision);
+    Tensor encoded = Tensor::full(Shape{n, f}, kNaN, DType::F32, device);  // x W_enc
+    matmul_(encoded, x, false, w, false);
+    for (const int64_t row : {int64_t(0), n - 1})
+      for (const int64_t col : latents) {
+        double want = 0, scale = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          want += double(xs[size_t(row * d + k)]) * host[size_t(k * f + col)];
+          scale += std::fabs(double(xs[size_t(row * d + k)]) * host[size_t(k * f + col)]);
+        }
+        EXPECT_NEAR(read(encoded, row, col), want, 1e-5 * scale + 1e-7) << at << " x W_enc " << row << ", " << col;
+      }
+    Tensor decoded = Tensor::full(Shape{n, d}, kNaN, DType::F32, device);  // p W_dec, sums of F products
+    matmul_(decoded, p, false, w_dec, false);
+    for (const int64_t row : {int64_t(0), n - 1})
+      for (const int64_t col : {int64_t(0), int64_t(1000), d - 1}) {
+        double want = 0, scale = 0;
+        for (int64_t k = 0; k < f; ++k) {
+          want += double(ps[size_t(row * f + k)]) * host[size_t(k * d + col)];
+          scale += std::fabs(double(ps[size_t(row * f + k)]) * host[size_t(k * d + col)]);
+        }
+        EXPECT_NEAR(read(decoded, row, col), want, 1e-5 * scale + 1e-7) << at << " f W_dec " << row << ", " << col;
+      }
+    Tensor gradient = Tensor::full(Shape{d, f}, kNaN, DType::F32, device);  // x^T p: 2.4e9 elements at 2^20
+    matmul_(gradient, x, true, p, false);
+    for (const int64_t row : {int64_t(0), int64_t(1000), d - 1})
+      for (const int64_t col : latents) {
+        double want = 0, scale = 0;
+        for (int64_t t = 0; t < n; ++t) {
+          want += double(xs[size_t(t * d + row)]) * ps[size_t(t * f + col)];
+          scale += std::fabs(double(xs[size_t(t * d + row)]) * ps[size_t(t * f + col)]);
+        }
+        EXPECT_NEAR(read(gradient, row, col), want, 1e-5 * scale + 1e-7) << at << " x^T dP " << row << ", " << col;
+      }
+  }
+}
+}  // namespace
+
+TEST(CudaParity, MatmulWithAWeightOfMoreThan2To31Elements) {
+  SKIP_WITHOUT_GPU();
+  expect_products_with_a_large_weight(int64_t(1) << 20, Device::CUDA);
+}
+
+// The same checks at 4096 latents on the CPU: the expectations themselves are right.
+TEST(CudaParity, LargeWeightProductsCheckedOnTheCpuAtFewLatents) {
+  expect_products_with_a_large_weight(4096, Device::CPU);
+}
+
 TEST(CudaParity, Transpose) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {Shape{1, 1}, Shape{7, 1000}, Shape{1000, 7}, Shape{33, 65},
