@@ -326,26 +326,10 @@ StepFeatures TopKFamilyStep::step_features() const {
 }
 
 Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features, const Tensor& like) {
-  // Filled on the host in like's dtype (no wider copy: [N, F] may be gigabytes), then moved.
-  Tensor out = Tensor::zeros(Shape{rows, features}, like.dtype(), Device::CPU);
-  if (rows > 0) {
-    const Tensor ptr = s.row_ptr.slice_rows(row0, row0 + rows + 1).to(Device::CPU);
-    const int32_t* row_ptr = ptr.data<int32_t>();
-    const int64_t begin = row_ptr[0], end = row_ptr[rows];
-    if (end > begin) {
-      const Tensor cols = s.cols.slice_rows(begin, end).to(Device::CPU);
-      const Tensor vals = s.row_vals.slice_rows(begin, end).to(Device::CPU).to(like.dtype());
-      dispatch_float(like.dtype(), "dense_from_lists", [&](auto zero) {
-        using T = decltype(zero);
-        T* o = out.data<T>();
-        const int32_t* c = cols.data<int32_t>();
-        const T* v = vals.data<T>();
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) o[r * features + c[e - begin]] = v[e - begin];
-      });
-    }
-  }
-  return out.to(like.device());
+  // Scattered where the lists are, in their values' dtype (no copy of [N, F] between host and GPU).
+  Tensor out = Tensor::zeros(Shape{rows, features}, s.row_vals.dtype(), s.row_vals.device());
+  sparse_scatter_(out, s, row0);
+  return out.to(like.device()).to(like.dtype());
 }
 
 Tensor TopKFamilyStep::features() const { return dense_from_lists(lists_, 0, tokens_, d_sae_, x_hat_); }

@@ -175,7 +175,8 @@ double batch_threshold(const SaeParams& p);  // 0 until the first step sets it
 ReferenceLoss topk_family_reference(const TopKSettings& s, const std::vector<uint8_t>& kept, const ArchVariables& p,
                                     const Tensor& x, const Tensor& target, double lambda,
                                     const std::vector<uint8_t>* dead, const ArchFrozen* frozen);
-// Dense [rows, F] from by-token lists rows row0 .. row0+rows-1 (made on the host).
+// Dense [rows, F] from by-token lists rows row0 .. row0+rows-1, on the lists' device (then like's
+// device and dtype).
 Tensor dense_from_lists(const SparseFeatures& s, int64_t row0, int64_t rows, int64_t features, const Tensor& like);
 
 }  // namespace sae

@@ -532,6 +532,20 @@ void sparse_decode_cpu(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_d
   });
 }
 
+void sparse_scatter_cpu(Tensor& f, const SparseFeatures& s, int64_t row0) {
+  dispatch_float(f.dtype(), "sparse_scatter", [&](auto zero) {
+    using T = decltype(zero);
+    T* out = f.data<T>();
+    const int32_t* row_ptr = s.row_ptr.data<int32_t>() + row0;
+    const int32_t* cols = s.cols.data<int32_t>();
+    const T* vals = s.row_vals.data<T>();
+    const int64_t rows = f.size(0), features = f.size(1);
+#pragma omp parallel for schedule(static) if (int64_t(row_ptr[rows] - row_ptr[0]) >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int32_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) out[r * features + cols[e]] = vals[e];
+  });
+}
+
 void sparse_decoder_backward_cpu(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
                                  const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm) {
   dispatch_float(grad_x_hat.dtype(), "sparse_decoder_backward", [&](auto zero) {

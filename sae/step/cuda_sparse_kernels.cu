@@ -40,6 +40,7 @@ namespace {
 //                            dense [N, F] scratch), then gathered, col_ptr by binary search.
 //   sparse_decode            one block per (token, 256 columns of x_hat): each thread adds its
 //                            column of W_dec for every entry of the token, in feature order.
+//   sparse_scatter           one block per row: its threads write the row's entries into f.
 //   sparse_decoder_backward  one block per feature: each warp takes one entry at a time and
 //                            computes dx[t] . W_dec[i] (lanes over D, a fixed shuffle tree); then,
 //                            after a barrier (every old value of the row has been read), each
@@ -402,6 +403,15 @@ void sparse_decode_typed(T* x_hat, const SparseFeatures& s, const T* W, const T*
   SAE_CUDA_CHECK_LAUNCH();
 }
 
+// One block per row: its threads write the row's entries.
+template <typename T>
+__global__ void sparse_scatter_kernel(T* f, const int32_t* row_ptr, const int32_t* cols, const T* vals, int64_t rows,
+                                      int64_t features) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+    for (int64_t e = int64_t(row_ptr[r]) + threadIdx.x; e < row_ptr[r + 1]; e += blockDim.x)
+      f[r * features + cols[e]] = vals[e];
+}
+
 template <typename T>
 __global__ void sparse_decoder_backward_kernel(T* dpre, UpdateTarget<T> update, const T* dx, const int32_t* col_ptr,
                                                const int32_t* rows, const T* vals, const T* norms, const T* col_sum,
@@ -531,6 +541,17 @@ void sparse_decode_cuda(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_
     using T = decltype(zero);
     sparse_decode_typed(x_hat.data<T>(), s, W_dec.data<T>(), b_dec.data<T>(), x_hat.size(0),
                         x_hat.size(1));
+  });
+}
+
+void sparse_scatter_cuda(Tensor& f, const SparseFeatures& s, int64_t row0) {
+  const int64_t rows = f.size(0);
+  if (rows == 0) return;
+  dispatch_float(f.dtype(), "sparse_scatter", [&](auto zero) {
+    using T = decltype(zero);
+    sparse_scatter_kernel<<<grid_for(rows, 1), kBlock, 0, cuda_stream()>>>(
+        f.data<T>(), s.row_ptr.data<int32_t>() + row0, s.cols.data<int32_t>(), s.row_vals.data<T>(), rows, f.size(1));
+    SAE_CUDA_CHECK_LAUNCH();
   });
 }
 

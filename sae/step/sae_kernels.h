@@ -84,6 +84,9 @@ struct FeatureStatsRows {
   X(sparse_index, void(SparseFeatures & s, const Tensor& f, const Tensor& col_count))                   \
   /* x_hat [N,D] = f W_dec + b_dec from f's entries */                                                  \
   X(sparse_decode, void(Tensor & x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec)) \
+  /* f [R,F]: f[r, cols[e]] = row_vals[e] for each entry e of the by-token lists' rows row0 + r,        \
+     r = 0 .. R-1 (a row's entries have distinct features); every other cell is left as it is */        \
+  X(sparse_scatter, void(Tensor & f, const SparseFeatures& s, int64_t row0))                             \
   /* decoder side of the backward, dx = grad_x_hat [N,D], n = norms [F] (of W_dec's rows),              \
      c = col_sum [F] (sum_t f[t,i]); for every entry e of feature i (by feature), t = rows[e]:          \
        dpre[e] = dx[t,:] . W_dec[i,:] + l1 n_i                 (dLoss/dpre where f > 0)                 \

@@ -182,6 +182,14 @@ void check_token_lists(const char* op, const SparseFeatures& s, int64_t row0, in
 
 }  // namespace
 
+void sparse_scatter_(Tensor& f, const SparseFeatures& s, int64_t row0) {
+  const char* op = "sparse_scatter";
+  check_float(op, f);
+  if (f.ndim() != 2) throw Error(cat(op, ": f must be [R, F], got ", f.describe()));
+  check_token_lists(op, s, row0, f.size(0), f.size(1), f);
+  sae_kernels_for(f.device()).sparse_scatter(f, s, row0);
+}
+
 void topk_select_(SparseFeatures& s, const Tensor& pre, const Tensor& bias, const Tensor& allowed, int64_t k,
                   int64_t row0) {
   const char* op = "topk_select";

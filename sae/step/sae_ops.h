@@ -18,6 +18,8 @@ void add_scaled_rows_(Tensor& out, const Tensor& x, const Tensor& row_scale);
 // f that is > 0 (the checks here cannot count them without reading f).
 void sparse_index_(SparseFeatures& s, const Tensor& f, const Tensor& col_count);
 void sparse_decode_(Tensor& x_hat, const SparseFeatures& s, const Tensor& W_dec, const Tensor& b_dec);
+// Only the by-token lists (row_ptr, cols, row_vals in f's dtype) are read.
+void sparse_scatter_(Tensor& f, const SparseFeatures& s, int64_t row0);
 void sparse_decoder_backward_(Tensor& dpre, ParamUpdate& W_dec, const Tensor& grad_x_hat, const SparseFeatures& s,
                               const Tensor& norms, const Tensor& col_sum, double l1, bool unit_norm = false);
 void sparse_encoder_backward_(ParamUpdate& W_enc, ParamUpdate& b_enc, const Tensor& x, const SparseFeatures& s,

@@ -1,6 +1,6 @@
 // The sparse path of the SAE step (sae/arch/sae_step.h, the sparse_* kernels of sae/step/sae_kernels.h):
 //  - the int32 index dtype and the kernels' front-end checks;
-//  - sparse_index against the lists by definition; sparse_decode and the backward kernels against
+//  - sparse_index against the lists by definition, sparse_scatter back to f; sparse_decode and the backward kernels against
 //    the dense formulas; Adam mode of the backward kernels against gradient mode followed by
 //    adam_step (bit for bit);
 //  - SaeStep sparse vs dense on random problems at densities 0.1%, 2%, 20% and 100%: forward
@@ -235,6 +235,10 @@ TEST(SparseOps, FrontEndChecksNameTheOpAndOperands) {
   be.grad = Tensor::zeros(Shape{f + 1});
   EXPECT_NE(message([&] { sparse_encoder_backward_(We, be, dx, s, dpre); }).find("b_enc should be [4]"),
             std::string::npos);
+  Tensor wide = Tensor::zeros(Shape{n, f}, DType::F64);
+  EXPECT_NE(message([&] { sparse_scatter_(wide, s, 0); }).find("sparse_scatter"), std::string::npos);
+  EXPECT_NE(message([&] { sparse_scatter_(feats, s, 1); }).find("sparse_scatter: rows 1 to 6 do not fit row_ptr"),
+            std::string::npos);
 }
 
 // ---------------------------------------------------------------- the kernels
@@ -303,6 +307,34 @@ SparseFeatures lists_of(const Tensor& f) {
   return s;
 }
 }  // namespace
+
+TEST(SparseKernels, ScatterWritesTheEntriesOfRowsFromRow0AndNothingElse) {
+  Rng rng(13);
+  for (DType dtype : {DType::F32, DType::F64}) {
+    // Rows without entries, every cell an entry, a batch, no rows.
+    for (auto [n, cols, density] : std::vector<std::tuple<int64_t, int64_t, double>>{
+             {9, 13, 0.3}, {6, 11, 0.0}, {5, 7, 1.0}, {300, 500, 0.02}, {0, 4, 0.5}}) {
+      const std::string what = cat("sparse_scatter ", dtype_name(dtype), " N", n, " F", cols, " density ", density);
+      const Tensor f = random_features(Shape{n, cols}, density, dtype, rng);
+      const SparseFeatures s = lists_of(f);
+      Tensor dense = Tensor::zeros(Shape{n, cols}, dtype);
+      sparse_scatter_(dense, s, 0);
+      expect_bitwise_equal(dense, f, what);
+      if (n < 3) continue;
+      // Rows 1 .. n-2 into a NaN-filled [n - 2, F]: their entries written, every other cell still NaN.
+      Tensor middle = Tensor::full(Shape{n - 2, cols}, kNaN, dtype);
+      sparse_scatter_(middle, s, 1);
+      const std::vector<double> got = middle.to_vector(), want = f.slice_rows(1, n - 1).to_vector();
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (want[i] > 0) {
+          EXPECT_EQ(got[i], want[i]) << what << " cell " << i;
+        } else {
+          EXPECT_TRUE(std::isnan(got[i])) << what << " cell " << i << " written: " << got[i];
+        }
+      }
+    }
+  }
+}
 
 TEST(SparseKernels, DecodeMatchesTheDenseProduct) {
   Rng rng(12);
@@ -764,6 +796,18 @@ TEST(CudaSparse, KernelsMatchCpu) {
       sparse_decode_(x_hat_cpu, cpu, W_dec, b_dec);
       sparse_decode_(x_hat_gpu, gpu, W_dec.to(Device::CUDA), b_dec.to(Device::CUDA));
       if (n > 0) expect_close_to_scale(x_hat_gpu, x_hat_cpu, rel, what + " x_hat");
+
+      // f again from its lists, all rows and rows 1 .. n-1 (into -7: only the entries written).
+      Tensor f_again = Tensor::zeros(Shape{n, cols}, dtype, Device::CUDA);
+      sparse_scatter_(f_again, gpu, 0);
+      expect_bitwise_equal(f_again, f, what + " scatter");
+      if (n > 1) {
+        Tensor tail_cpu = Tensor::full(Shape{n - 1, cols}, -7.0, dtype);
+        Tensor tail_gpu = Tensor::full(Shape{n - 1, cols}, -7.0, dtype, Device::CUDA);
+        sparse_scatter_(tail_cpu, cpu, 1);
+        sparse_scatter_(tail_gpu, gpu, 1);
+        expect_bitwise_equal(tail_gpu, tail_cpu, what + " scatter from row 1");
+      }
 
       // Gradient mode, then Adam mode, on both devices.
       for (bool adam : {false, true}) {
