@@ -378,42 +378,36 @@ void expect_products_with_a_large_weight(int64_t f, Device device) {
   const auto read = [](const Tensor& t, int64_t row, int64_t col) {
     return t.slice_rows(row, row + 1).to(Device::CPU).to_vector()[size_t(col)];
   };
+  // got against sum_k a(k) b(k) over `terms` products, in double.
+  const auto expect_dot = [](double got, int64_t terms, const auto& a, const auto& b, const std::string& what) {
+    double want = 0, scale = 0;
+    for (int64_t k = 0; k < terms; ++k) {
+      want += double(a(k)) * b(k);
+      scale += std::fabs(double(a(k)) * b(k));
+    }
+    EXPECT_NEAR(got, want, 1e-5 * scale + 1e-7) << what;
+  };
   for (const Precision precision : {Precision::FP32, Precision::BF16}) {
     const ScopedMatmulPrecision scoped(precision);
     const std::string at = precision_name(precision);
     Tensor encoded = Tensor::full(Shape{n, f}, kNaN, DType::F32, device);  // x W_enc
     matmul_(encoded, x, false, w, false);
-    for (const int64_t row : {int64_t(0), n - 1})
-      for (const int64_t col : latents) {
-        double want = 0, scale = 0;
-        for (int64_t k = 0; k < d; ++k) {
-          want += double(xs[size_t(row * d + k)]) * host[size_t(k * f + col)];
-          scale += std::fabs(double(xs[size_t(row * d + k)]) * host[size_t(k * f + col)]);
-        }
-        EXPECT_NEAR(read(encoded, row, col), want, 1e-5 * scale + 1e-7) << at << " x W_enc " << row << ", " << col;
-      }
     Tensor decoded = Tensor::full(Shape{n, d}, kNaN, DType::F32, device);  // p W_dec, sums of F products
     matmul_(decoded, p, false, w_dec, false);
-    for (const int64_t row : {int64_t(0), n - 1})
-      for (const int64_t col : {int64_t(0), int64_t(1000), d - 1}) {
-        double want = 0, scale = 0;
-        for (int64_t k = 0; k < f; ++k) {
-          want += double(ps[size_t(row * f + k)]) * host[size_t(k * d + col)];
-          scale += std::fabs(double(ps[size_t(row * f + k)]) * host[size_t(k * d + col)]);
-        }
-        EXPECT_NEAR(read(decoded, row, col), want, 1e-5 * scale + 1e-7) << at << " f W_dec " << row << ", " << col;
-      }
     Tensor gradient = Tensor::full(Shape{d, f}, kNaN, DType::F32, device);  // x^T p: 2.4e9 elements at 2^20
     matmul_(gradient, x, true, p, false);
-    for (const int64_t row : {int64_t(0), int64_t(1000), d - 1})
-      for (const int64_t col : latents) {
-        double want = 0, scale = 0;
-        for (int64_t t = 0; t < n; ++t) {
-          want += double(xs[size_t(t * d + row)]) * ps[size_t(t * f + col)];
-          scale += std::fabs(double(xs[size_t(t * d + row)]) * ps[size_t(t * f + col)]);
-        }
-        EXPECT_NEAR(read(gradient, row, col), want, 1e-5 * scale + 1e-7) << at << " x^T dP " << row << ", " << col;
-      }
+    for (const int64_t t : {int64_t(0), n - 1}) {
+      for (const int64_t i : latents)
+        expect_dot(read(encoded, t, i), d, [&](int64_t k) { return xs[size_t(t * d + k)]; },
+                   [&](int64_t k) { return host[size_t(k * f + i)]; }, cat(at, " x W_enc ", t, ", ", i));
+      for (const int64_t j : {int64_t(0), int64_t(1000), d - 1})
+        expect_dot(read(decoded, t, j), f, [&](int64_t k) { return ps[size_t(t * f + k)]; },
+                   [&](int64_t k) { return host[size_t(k * d + j)]; }, cat(at, " f W_dec ", t, ", ", j));
+    }
+    for (const int64_t j : {int64_t(0), int64_t(1000), d - 1})
+      for (const int64_t i : latents)
+        expect_dot(read(gradient, j, i), n, [&](int64_t t) { return xs[size_t(t * d + j)]; },
+                   [&](int64_t t) { return ps[size_t(t * f + i)]; }, cat(at, " x^T dP ", j, ", ", i));
   }
 }
 }  // namespace
