@@ -309,9 +309,9 @@ SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
   return layout;
 }
 
-void write_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
-                                const std::map<std::string, std::string>& metadata,
-                                const std::function<std::string(const std::string& name)>& bytes_of) {
+void write_safetensors_streamed(
+    const std::string& path, const std::vector<SafetensorsSpec>& specs, const std::map<std::string, std::string>& metadata,
+    const std::function<void(const std::string& name, const SafetensorsSink& write)>& write_tensor) {
   const SafetensorsLayout layout = safetensors_layout(specs, metadata, path);
   std::map<std::string, const SafetensorsSpec*> by_name;
   for (const SafetensorsSpec& spec : specs) by_name[spec.name] = &spec;
@@ -319,14 +319,19 @@ void write_safetensors_streamed(const std::string& path, const std::vector<Safet
   out.write(layout.header);
   for (const std::string& name : layout.order) {
     const SafetensorsSpec& t = *by_name.at(name);
-    const std::string bytes = bytes_of(name);
-    const size_t element = safetensors_dtype_size(t.dtype);
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
-    if (element != 0 && numel * element != bytes.size())
-      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", bytes.size(), " bytes for shape ",
+    uint64_t expected = safetensors_dtype_size(t.dtype), written = 0;
+    for (int64_t d : t.shape) expected *= static_cast<uint64_t>(d);
+    // A piece past the tensor's size is refused before it is written (the next tensor's bytes would move).
+    write_tensor(name, [&](const void* data, size_t bytes) {
+      written += bytes;
+      if (written > expected)
+        throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has more than ", expected,
+                        " bytes for shape ", shape_str(t.shape), " of ", t.dtype));
+      out.write(data, bytes);
+    });
+    if (written != expected)
+      throw Error(cat("write_safetensors ", path, ": tensor '", t.name, "' has ", written, " bytes for shape ",
                       shape_str(t.shape), " of ", t.dtype));
-    out.write(bytes);
   }
   out.commit();
 }
@@ -339,7 +344,10 @@ void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tenso
     specs.push_back({t.name, t.dtype, t.shape});
     bytes[t.name] = &t.bytes;
   }
-  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name) { return std::move(*bytes.at(name)); });
+  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name, const SafetensorsSink& write) {
+    const std::string& b = *bytes.at(name);
+    write(b.data(), b.size());
+  });
 }
 
 namespace {
@@ -368,9 +376,25 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
     specs.push_back(std::move(spec));
     by_name[name] = &tensor;
   }
-  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name) {
-    const Tensor host = by_name.at(name)->to(Device::CPU);
-    return std::string(static_cast<const char*>(host.raw()), host.nbytes());
+  write_safetensors_streamed(path, specs, metadata, [&](const std::string& name, const SafetensorsSink& write) {
+    const Tensor& t = *by_name.at(name);
+    if (t.device() == Device::CPU) {
+      write(t.raw(), t.nbytes());
+      return;
+    }
+    constexpr int64_t kBlockBytes = int64_t(64) << 20;
+    const int64_t rows = t.ndim() == 0 ? 1 : t.size(0);
+    const int64_t row_bytes = rows > 0 ? int64_t(t.nbytes()) / rows : 1;
+    if (t.ndim() == 0 || int64_t(t.nbytes()) <= kBlockBytes || row_bytes == 0) {
+      const Tensor host = t.to(Device::CPU);
+      write(host.raw(), host.nbytes());
+      return;
+    }
+    const int64_t block = std::max<int64_t>(1, kBlockBytes / row_bytes);
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const Tensor host = t.slice_rows(r0, std::min(rows, r0 + block)).to(Device::CPU);
+      write(host.raw(), host.nbytes());
+    }
   });
 }
 

@@ -93,14 +93,18 @@ SafetensorsLayout safetensors_layout(std::vector<SafetensorsSpec> tensors,
 // Throws Error for an unknown dtype, a size that does not match the shape, a duplicate or reserved name.
 void write_safetensors_raw(const std::string& path, std::vector<RawTensor> tensors,
                            const std::map<std::string, std::string>& metadata = {});
-// The same, each tensor's bytes asked of `bytes_of(name)` only when the file reaches it (in the
-// layout's order), so that only one is held at a time.
+// Where a streamed writer puts a tensor's bytes: called once or in consecutive pieces.
+using SafetensorsSink = std::function<void(const void* data, size_t bytes)>;
+// The same, each tensor's bytes handed to `write` by `write_tensor(name, write)` only when the file
+// reaches it (in the layout's order), so that no more than one piece need be held at a time. Throws
+// Error when a tensor's pieces do not add up to its shape's size.
 void write_safetensors_streamed(const std::string& path, const std::vector<SafetensorsSpec>& specs,
                                 const std::map<std::string, std::string>& metadata,
-                                const std::function<std::string(const std::string& name)>& bytes_of);
+                                const std::function<void(const std::string& name, const SafetensorsSink& write)>& write_tensor);
 
-// Writes tensors of every dtype as they are held (F32, F64, I32, BF16, F16; CUDA tensors are copied
-// to the host) and string metadata atomically
+// Writes tensors of every dtype as they are held (F32, F64, I32, BF16, F16; a host tensor's bytes
+// straight from its storage, a CUDA tensor's copied to the host in blocks of rows of at most 64 MiB:
+// no copy of a whole tensor is made) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
 // (omitted when empty), tensors ordered by dtype (the reverse of the reference's Dtype enum order:
 // I64, F64, F32, I32, BF16, F16, ...) then name, data packed without gaps, header padded with

@@ -95,17 +95,21 @@ Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::v
   const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
   float* p = out.data<float>();
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const double factor = (row.empty() ? 1.0 : row[static_cast<size_t>(r)]) * (col.empty() ? 1.0 : col[static_cast<size_t>(c)]);
-      p[r * cols + c] = static_cast<float>(static_cast<double>(p[r * cols + c]) * factor);
-    }
+    for (int64_t c = 0; c < cols; ++c)
+      p[r * cols + c] = static_cast<float>(static_cast<double>(p[r * cols + c]) * scale_factor(row, col, r, c));
   return out;
+}
+
+InputScaleFold input_scale_fold(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
+                                bool inverse) {
+  return {column_scales(in, p.d_in(), inverse), column_scales(out, p.d_out(), !inverse)};  // divided by out
 }
 
 SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
                             bool inverse) {
-  const std::vector<double> in_col = column_scales(in, p.d_in(), inverse);
-  const std::vector<double> out_col = column_scales(out, p.d_out(), !inverse);  // divided by out
+  const InputScaleFold fold = input_scale_fold(p, in, out, inverse);
+  const std::vector<double>& in_col = fold.in_rows;
+  const std::vector<double>& out_col = fold.out_columns;
   SaeParams r = p;
   r.W_enc = scaled_host(p.W_enc, in_col, {});
   r.W_dec = scaled_host(p.W_dec, {}, out_col);

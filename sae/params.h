@@ -90,6 +90,17 @@ struct SaeParams {
 // float32 tensors, the others shared with p.
 SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
                             bool inverse);
+// The factors of that fold: W_enc's row r (and W_skip's) times in_rows[r], W_dec's, b_dec's (and
+// W_skip's) column c times out_columns[c].
+struct InputScaleFold {
+  std::vector<double> in_rows, out_columns;
+};
+InputScaleFold input_scale_fold(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
+                                bool inverse);
+// The factor scaled_host applies to element (r, c): row[r] * col[c] in double (an empty vector: 1).
+inline double scale_factor(const std::vector<double>& row, const std::vector<double>& col, int64_t r, int64_t c) {
+  return (row.empty() ? 1.0 : row[static_cast<size_t>(r)]) * (col.empty() ? 1.0 : col[static_cast<size_t>(c)]);
+}
 // A host float32 copy of t ([R, C], or [C]) with element (r, c) times row[r] * col[c] in double,
 // rounded once (an empty vector: 1). The folds above and ArchUnit::fold_decoder_norms use it.
 Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col);

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
 
 #include "io/atomic_file.h"
 #include "io/mapped_file.h"
@@ -199,17 +200,97 @@ void check_adam_moment(const Tensor& moment, bool second, const std::string& whe
                         second ? " (must be finite and >= 0)" : " (must be finite)"));
 }
 
+namespace {
+DataError non_finite_weight(const std::string& dir, const std::string& name, float value, int64_t k) {
+  return DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", value, " at element ", k,
+                       " (training made a weight that is not finite; the checkpoints saved before are kept)"));
+}
+}  // namespace
+
 void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights, const std::string& dir) {
   for (auto& [name, tensor] : weights) {
     tensor = tensor.to(Device::CPU);
     const Tensor values = tensor.dtype() == DType::F32 ? tensor : tensor.to(DType::F32);
     const float* v = values.data<float>();
     const int64_t k = first_non_finite(v, values.numel());
-    if (k >= 0)
-      throw DataError(cat(dir, ": not saved: the SAE's ", name, " holds ", v[k], " at element ", k,
-                          " (training made a weight that is not finite; the checkpoints saved before are kept)"));
+    if (k >= 0) throw non_finite_weight(dir, name, v[k], k);
   }
 }
+
+namespace {
+// The weights file of a folder: write_safetensors(path, folder_weights(params, extra)) after
+// require_finite_weights, byte for byte. A dataset-normalised SAE's W_enc and W_dec, where its unit
+// exports them as they are held (host float32), are scaled a block of rows at a time while written
+// and checked as they are: no folded copy of them is held (at 2^20 latents each is gigabytes).
+void write_folder_weights(const std::string& path, const SaeParams& params, const Json& extra, const std::string& dir) {
+  const auto scales = folded_scales(params, extra);
+  const ArchUnit& unit = unit_of(params);
+  std::vector<std::pair<std::string, Tensor>> weights;
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> scaled;  // name -> row, column factors
+  if (scales) {
+    const InputScaleFold fold = input_scale_fold(params, scales->first, scales->second, false);
+    SaeParams partly = params;  // b_dec and W_skip folded now (small), W_enc and W_dec while written
+    partly.b_dec = scaled_host(params.b_dec, {}, fold.out_columns);
+    if (params.W_skip.defined()) partly.W_skip = scaled_host(params.W_skip, fold.in_rows, fold.out_columns);
+    weights = unit.saelens_weights(partly);
+    for (const auto& [name, t] : weights) {
+      const Tensor* param = name == "W_enc" ? &params.W_enc : name == "W_dec" ? &params.W_dec : nullptr;
+      if (param != nullptr && param->device() == Device::CPU && t.device() == Device::CPU &&
+          t.dtype() == DType::F32 && t.ndim() == 2 && t.shape() == param->shape() && t.raw() == param->raw())
+        scaled[name] = name == "W_enc" ? std::make_pair(fold.in_rows, std::vector<double>{})
+                                       : std::make_pair(std::vector<double>{}, fold.out_columns);
+    }
+    bool all_f32 = true;
+    for (const auto& [name, t] : weights) all_f32 = all_f32 && t.dtype() == DType::F32;
+    if (scaled.size() != 2 || !all_f32) {  // the unit exports them otherwise: the whole fold first
+      scaled.clear();
+      weights = folder_weights(params, extra);
+    }
+  } else {
+    weights = unit.saelens_weights(params);
+  }
+  if (scaled.empty()) {
+    require_finite_weights(weights, dir);
+    write_safetensors(path, weights);
+    return;
+  }
+  std::vector<SafetensorsSpec> specs;
+  std::map<std::string, Tensor> by_name;
+  std::vector<std::pair<std::string, Tensor>> others;
+  for (const auto& [name, t] : weights) {
+    SafetensorsSpec spec{name, "F32", {}};
+    for (int i = 0; i < t.ndim(); ++i) spec.shape.push_back(t.size(i));
+    specs.push_back(spec);
+    by_name[name] = t;
+    if (!scaled.count(name)) others.push_back({name, t});
+  }
+  require_finite_weights(others, dir);
+  write_safetensors_streamed(path, specs, {}, [&](const std::string& name, const SafetensorsSink& write) {
+    const Tensor& t = by_name.at(name);
+    const auto factors = scaled.find(name);
+    if (factors == scaled.end()) {
+      write(t.raw(), t.nbytes());
+      return;
+    }
+    const auto& [row, col] = factors->second;
+    const int64_t rows = t.size(0), cols = t.size(1);
+    const int64_t block = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(1, cols * 4));
+    std::vector<float> out(static_cast<size_t>(std::min(block, rows) * cols));
+    const float* in = t.data<float>();
+    for (int64_t r0 = 0; r0 < rows; r0 += block) {
+      const int64_t n = std::min(block, rows - r0);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t at = (r0 + r) * cols + c;
+          const float v = static_cast<float>(static_cast<double>(in[at]) * scale_factor(row, col, r0 + r, c));
+          if (!std::isfinite(v)) throw non_finite_weight(dir, name, v, at);
+          out[static_cast<size_t>(r * cols + c)] = v;
+        }
+      write(out.data(), static_cast<size_t>(n * cols) * sizeof(float));
+    }
+  });
+}
+}  // namespace
 
 void test_kill_point(const char* point) {
   const char* at = std::getenv("SAE_TEST_KILL_AT");
@@ -265,9 +346,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     // A weight that is not finite is never saved (a run whose loss stayed finite, as JumpReLU's
     // with NaN thresholds that switch their features off, is caught here): the checkpoints saved
     // before are kept.
-    std::vector<std::pair<std::string, Tensor>> weights = folder_weights(params, extra);
-    require_finite_weights(weights, dir);
-    write_safetensors((temp / kWeightsFile).string(), weights);
+    write_folder_weights((temp / kWeightsFile).string(), params, extra, dir);
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
     // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.

@@ -367,7 +367,10 @@ void FeatureStats::save(const std::string& path) const {
     by_name[part.spec.name] = &part;
   }
   write_safetensors_streamed(path, specs, {{kMetadataKey, info.dump()}},
-                             [&](const std::string& name) { return by_name.at(name)->bytes(); });
+                             [&](const std::string& name, const SafetensorsSink& write) {
+                               const std::string bytes = by_name.at(name)->bytes();
+                               write(bytes.data(), bytes.size());
+                             });
 }
 
 namespace {

@@ -21,6 +21,7 @@
 #include "io/mapped_file.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
+#include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -520,6 +521,49 @@ TEST(Safetensors, WritesSixteenBitAndIntegerTensorsUnderTheirOwnDtype) {
   expect_same_floats(f.read_f32("b").to_vector(), {1.0, -2.5, 0.15625, 65536.0}, "BF16");
   expect_same_floats(f.read_f32("h").to_vector(), values, "F16");
   EXPECT_EQ(f.read_i64("i"), (std::vector<int64_t>{7, -3, 2147483647, -2147483648LL}));
+}
+
+TEST(Safetensors, StreamedTensorsInPiecesAndViewsAreWrittenAsTheirBytes) {
+  TempDir dir("io");
+  // Pieces: the same file as the tensors written whole.
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f}, b = {7.0f, 8.0f};
+  write_safetensors_raw(dir.str("whole.safetensors"), {{"a", "F32", {3}, raw_bytes(a)}, {"b", "F32", {2}, raw_bytes(b)}},
+                        {{"k", "v"}});
+  const std::vector<SafetensorsSpec> specs = {{"a", "F32", {3}}, {"b", "F32", {2}}};
+  write_safetensors_streamed(dir.str("pieces.safetensors"), specs, {{"k", "v"}},
+                             [&](const std::string& name, const SafetensorsSink& write) {
+                               const std::vector<float>& v = name == "a" ? a : b;
+                               for (const float& x : v) write(&x, sizeof x);  // one element at a time
+                             });
+  EXPECT_EQ(sae::testing::read_file(dir.str("pieces.safetensors")), sae::testing::read_file(dir.str("whole.safetensors")));
+  // Too few or too many bytes: refused, and nothing is left at the path (the write is atomic).
+  const std::string path = dir.str("bad.safetensors");
+  expect_error<Error>([&] {
+    write_safetensors_streamed(path, specs, {}, [&](const std::string&, const SafetensorsSink& write) { write(a.data(), 8); });
+  }, {"tensor 'a' has 8 bytes for shape [3] of F32"});
+  expect_error<Error>([&] {
+    write_safetensors_streamed(path, specs, {}, [&](const std::string&, const SafetensorsSink& write) {
+      write(a.data(), 12);
+      write(b.data(), 4);
+    });
+  }, {"tensor 'a' has more than 12 bytes for shape [3] of F32"});
+  EXPECT_FALSE(std::filesystem::exists(path));
+  // A view (rows 1..2 of a [4, 2] tensor): its own bytes, not the storage's first ones.
+  const Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7}, Shape{4, 2});
+  write_safetensors(dir.str("view.safetensors"), {{"v", t.slice_rows(1, 3)}});
+  expect_same_floats(SafetensorsFile::open(dir.str("view.safetensors")).read_f32("v").to_vector(), {2, 3, 4, 5}, "view");
+}
+
+TEST(CudaSafetensors, AGpuTensorIsWrittenInBlocksOfRowsAsItsHostCopy) {
+  // 72 MB (more than one 64 MiB block of rows, the last block short) and a small one, from the GPU:
+  // the same file as from their host copies.
+  SKIP_WITHOUT_GPU();
+  TempDir dir("io");
+  Rng rng(5);
+  const Tensor big = uniform_tensor(Shape{1100, 16384}, -1, 1, rng), small = uniform_tensor(Shape{3, 5}, -1, 1, rng);
+  write_safetensors(dir.str("host.safetensors"), {{"big", big}, {"small", small}});
+  write_safetensors(dir.str("gpu.safetensors"), {{"big", big.to(Device::CUDA)}, {"small", small.to(Device::CUDA)}});
+  EXPECT_EQ(sae::testing::read_file(dir.str("gpu.safetensors")), sae::testing::read_file(dir.str("host.safetensors")));
 }
 
 TEST(Safetensors, ReadRowsBlockInTheMiddle) {

@@ -24,6 +24,7 @@
 #include "tensor/rng.h"
 #include "tests/util/errors.h"
 #include "tests/util/random_inputs.h"
+#include "tests/util/standard_sae.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -139,6 +140,46 @@ TEST(CheckpointFolding, TheFolderIsTheSaeOfRawActivationsAsSaeLensReadsIt) {
     const std::vector<double> want = values(p.W_dec), got = values(applied.params.W_dec);
     for (size_t k = 0; k < want.size(); ++k) EXPECT_NEAR(got[k], want[k], 2e-7 * std::abs(want[k])) << k;
   }
+}
+
+TEST(CheckpointFolding, FoldedWeightsWrittenBlockByBlockAreTheWholeFoldByteForByte) {
+  // save_checkpoint scales W_enc and W_dec while it writes them; the file must be the one written from
+  // folder_weights (the whole SAE folded first), for every unit's export (JumpReLU's threshold,
+  // BatchTopK's, a crosscoder's blocks), with rows past one 16 MiB block (F 8200 x d 520).
+  TempDir dir("checkpoint_folding_blocks");
+  struct Unit {
+    const char* name;
+    std::vector<std::pair<std::string, Json>> given;
+    int64_t d, f;
+    std::vector<double> scales;
+  };
+  const Unit units[] = {{"standard", {}, 6, 24, {2.5}},
+                        {"jumprelu", {{"jumprelu-init-threshold", Json(0.3)}}, 6, 24, {0.7}},
+                        {"batchtopk", {{"k", Json(3)}}, 8, 24, {1.7, 0.45}},
+                        {"topk", {{"k", Json(3)}}, 520, 8200, {3.0}}};
+  for (const Unit& u : units) {
+    SCOPED_TRACE(u.name);
+    Rng rng(43);
+    std::vector<std::pair<std::string, Json>> given = u.given;
+    given.push_back({"init-b-dec", Json("zero")});
+    SaeParams p = arch_unit(u.name).initial_params(sae::testing::unit_settings(u.name, given), u.d, u.f, rng, {});
+    p.sources = static_cast<int64_t>(u.scales.size());
+    p.b_dec = random_cpu(Shape{u.d}, DType::F32, rng, -1, 1);
+    const Json extra = dataset_extra(u.scales);
+    save_checkpoint(dir.str(u.name), p, extra, nullptr);
+    write_safetensors(dir.str(cat(u.name, ".safetensors")), folder_weights(p, extra));
+    EXPECT_EQ(sae::testing::read_file(dir.str(cat(u.name, "/sae_weights.safetensors"))),
+              sae::testing::read_file(dir.str(cat(u.name, ".safetensors"))));
+  }
+  // A value the fold makes infinite (W_enc's rows times the scale: 3e38 x 2.5): not saved, the
+  // element named, no folder left.
+  Rng rng(44);
+  SaeParams p = make_params({"sae", 6, 6, 1, false, {2.5}}, rng);
+  p.W_enc.data<float>()[7] = 3e38f;
+  const std::string message = error_of([&] { save_checkpoint(dir.str("inf"), p, dataset_extra({2.5}), nullptr); });
+  EXPECT_NE(message.find(dir.str("inf") + ": not saved: the SAE's W_enc holds inf at element 7"), std::string::npos)
+      << message;
+  EXPECT_FALSE(std::filesystem::exists(dir.str("inf")));
 }
 
 TEST(CheckpointFolding, FoldersSayTheirNormalisationAndOnesWeDoNotRunAreRefused) {
