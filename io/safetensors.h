@@ -103,8 +103,8 @@ void write_safetensors_streamed(const std::string& path, const std::vector<Safet
                                 const std::function<void(const std::string& name, const SafetensorsSink& write)>& write_tensor);
 
 // Writes tensors of every dtype as they are held (F32, F64, I32, BF16, F16; a host tensor's bytes
-// straight from its storage, a CUDA tensor's copied to the host in blocks of rows of at most 64 MiB:
-// no copy of a whole tensor is made) and string metadata atomically
+// straight from its storage, a CUDA tensor's copied to the host in blocks of rows of about 64 MiB, at
+// least one row: no host copy of a whole large tensor is made) and string metadata atomically
 // (PATH.tmp, fsync, rename). Layout as the reference writer: "__metadata__" first in the header
 // (omitted when empty), tensors ordered by dtype (the reverse of the reference's Dtype enum order:
 // I64, F64, F32, I32, BF16, F16, ...) then name, data packed without gaps, header padded with

@@ -217,54 +217,60 @@ void require_finite_weights(std::vector<std::pair<std::string, Tensor>>& weights
   }
 }
 
-namespace {
-// The weights file of a folder: write_safetensors(path, folder_weights(params, extra)) after
-// require_finite_weights, byte for byte. A dataset-normalised SAE's W_enc and W_dec, where its unit
-// exports them as they are held (host float32), are scaled a block of rows at a time while written
-// and checked as they are: no folded copy of them is held (at 2^20 latents each is gigabytes).
-void write_folder_weights(const std::string& path, const SaeParams& params, const Json& extra, const std::string& dir) {
+FolderWeightsPlan plan_folder_weights(const SaeParams& params, const Json& extra) {
   const auto scales = folded_scales(params, extra);
   const ArchUnit& unit = unit_of(params);
-  std::vector<std::pair<std::string, Tensor>> weights;
-  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> scaled;  // name -> row, column factors
-  if (scales) {
-    const InputScaleFold fold = input_scale_fold(params, scales->first, scales->second, false);
-    SaeParams partly = params;  // b_dec and W_skip folded now (small), W_enc and W_dec while written
-    partly.b_dec = scaled_host(params.b_dec, {}, fold.out_columns);
-    if (params.W_skip.defined()) partly.W_skip = scaled_host(params.W_skip, fold.in_rows, fold.out_columns);
-    weights = unit.saelens_weights(partly);
-    for (const auto& [name, t] : weights) {
-      const Tensor* param = name == "W_enc" ? &params.W_enc : name == "W_dec" ? &params.W_dec : nullptr;
-      if (param != nullptr && param->device() == Device::CPU && t.device() == Device::CPU &&
-          t.dtype() == DType::F32 && t.ndim() == 2 && t.shape() == param->shape() && t.raw() == param->raw())
-        scaled[name] = name == "W_enc" ? std::make_pair(fold.in_rows, std::vector<double>{})
-                                       : std::make_pair(std::vector<double>{}, fold.out_columns);
-    }
-    bool all_f32 = true;
-    for (const auto& [name, t] : weights) all_f32 = all_f32 && t.dtype() == DType::F32;
-    if (scaled.size() != 2 || !all_f32) {  // the unit exports them otherwise: the whole fold first
-      scaled.clear();
-      weights = folder_weights(params, extra);
-    }
-  } else {
-    weights = unit.saelens_weights(params);
+  FolderWeightsPlan plan;
+  if (!scales) {
+    plan.tensors = unit.saelens_weights(params);
+    return plan;
   }
+  const InputScaleFold fold = input_scale_fold(params, scales->first, scales->second, false);
+  SaeParams partly_folded = params;  // b_dec and W_skip folded now (small), W_enc and W_dec while written
+  partly_folded.b_dec = scaled_host(params.b_dec, {}, fold.out_columns);
+  if (params.W_skip.defined()) partly_folded.W_skip = scaled_host(params.W_skip, fold.in_rows, fold.out_columns);
+  plan.tensors = unit.saelens_weights(partly_folded);
+  bool all_f32 = true;
+  for (const auto& [name, t] : plan.tensors) {
+    all_f32 = all_f32 && t.dtype() == DType::F32;
+    const Tensor* param = name == "W_enc" ? &params.W_enc : name == "W_dec" ? &params.W_dec : nullptr;
+    if (param != nullptr && param->device() == Device::CPU && t.device() == Device::CPU && t.ndim() == 2 &&
+        t.shape() == param->shape() && t.raw() == param->raw())
+      plan.scaled_while_written[name] = name == "W_enc" ? std::make_pair(fold.in_rows, std::vector<double>{})
+                                                        : std::make_pair(std::vector<double>{}, fold.out_columns);
+  }
+  if (plan.scaled_while_written.size() != 2 || !all_f32) {  // exported otherwise (a GPU's copies): the whole fold
+    plan.scaled_while_written.clear();
+    plan.tensors = folder_weights(params, extra);
+  }
+  return plan;
+}
+
+namespace {
+// The weights file of a folder as plan_folder_weights plans it: byte for byte the file
+// write_safetensors(path, folder_weights(params, extra)) writes after require_finite_weights. The
+// tensors scaled while written are checked as they are, after the others (so with several tensors
+// not finite, the one named may differ from the whole fold's).
+void write_folder_weights(const std::string& path, const SaeParams& params, const Json& extra, const std::string& dir) {
+  FolderWeightsPlan plan = plan_folder_weights(params, extra);
+  const auto& scaled = plan.scaled_while_written;
   if (scaled.empty()) {
-    require_finite_weights(weights, dir);
-    write_safetensors(path, weights);
+    require_finite_weights(plan.tensors, dir);
+    write_safetensors(path, plan.tensors);
     return;
   }
   std::vector<SafetensorsSpec> specs;
-  std::map<std::string, Tensor> by_name;
-  std::vector<std::pair<std::string, Tensor>> others;
-  for (const auto& [name, t] : weights) {
+  std::vector<std::pair<std::string, Tensor>> unscaled;
+  for (const auto& [name, t] : plan.tensors) {
     SafetensorsSpec spec{name, "F32", {}};
     for (int i = 0; i < t.ndim(); ++i) spec.shape.push_back(t.size(i));
     specs.push_back(spec);
-    by_name[name] = t;
-    if (!scaled.count(name)) others.push_back({name, t});
+    if (!scaled.count(name)) unscaled.push_back({name, t});
   }
-  require_finite_weights(others, dir);
+  require_finite_weights(unscaled, dir);  // now on the host
+  std::map<std::string, Tensor> by_name(unscaled.begin(), unscaled.end());
+  for (const auto& [name, t] : plan.tensors)
+    if (scaled.count(name)) by_name[name] = t;
   write_safetensors_streamed(path, specs, {}, [&](const std::string& name, const SafetensorsSink& write) {
     const Tensor& t = by_name.at(name);
     const auto factors = scaled.find(name);

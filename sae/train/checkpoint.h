@@ -43,6 +43,15 @@ Json saelens_config(const SaeParams& params, const Json& extra);
 // normalize_activations "per_story", which SAELens refuses (it has no such normalisation). The
 // tensors of sae_weights.safetensors for `params` (a whole SAE or a latent shard):
 std::vector<std::pair<std::string, Tensor>> folder_weights(const SaeParams& params, const Json& extra);
+// How a save writes that file (without a copy of W_enc and W_dec where it can): `tensors` as the
+// unit exports them, except that the two named in scaled_while_written (W_enc's row factors, W_dec's
+// column factors; present when folded and held as host float32) are the trained ones, scaled a
+// block of rows at a time as they are written. Otherwise `tensors` is folder_weights' list.
+struct FolderWeightsPlan {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> scaled_while_written;
+};
+FolderWeightsPlan plan_folder_weights(const SaeParams& params, const Json& extra);
 // The trained tensors a folded folder's training state keeps (param.<name>, host float32), added
 // to `tensors`; nothing when the folder is not folded.
 void add_exact_params(const SaeParams& params, const Json& extra, std::vector<std::pair<std::string, Tensor>>& tensors);

@@ -4,6 +4,7 @@
 //     equals our trained parameters run on scaled inputs, for an SAE, a skip transcoder (input and
 //     target scales) and a crosscoder (a scale per source);
 //   - with its training state the trained parameters come back bit for bit; without, to a rounding;
+//   - W_enc and W_dec folded block by block while written give the whole fold's file byte for byte;
 //   - a per-story folder says "per_story", which SAELens refuses, and our readers take it; SAELens's
 //     input normalisations that we do not run (layer_norm, constant_norm_rescale) are refused in one
 //     line;
@@ -143,9 +144,10 @@ TEST(CheckpointFolding, TheFolderIsTheSaeOfRawActivationsAsSaeLensReadsIt) {
 }
 
 TEST(CheckpointFolding, FoldedWeightsWrittenBlockByBlockAreTheWholeFoldByteForByte) {
-  // save_checkpoint scales W_enc and W_dec while it writes them; the file must be the one written from
-  // folder_weights (the whole SAE folded first), for every unit's export (JumpReLU's threshold,
-  // BatchTopK's, a crosscoder's blocks), with rows past one 16 MiB block (F 8200 x d 520).
+  // save_checkpoint scales W_enc and W_dec while it writes them (the plan says so: no folded copy of
+  // them is made); the file must be the one written from folder_weights (the whole SAE folded first),
+  // for every unit's export (JumpReLU's threshold, BatchTopK's, a crosscoder's blocks), with rows past
+  // one 16 MiB block (F 8200 x d 520), and for a skip transcoder (W_skip folded whole).
   TempDir dir("checkpoint_folding_blocks");
   struct Unit {
     const char* name;
@@ -166,10 +168,21 @@ TEST(CheckpointFolding, FoldedWeightsWrittenBlockByBlockAreTheWholeFoldByteForBy
     p.sources = static_cast<int64_t>(u.scales.size());
     p.b_dec = random_cpu(Shape{u.d}, DType::F32, rng, -1, 1);
     const Json extra = dataset_extra(u.scales);
+    EXPECT_EQ(plan_folder_weights(p, extra).scaled_while_written.size(), 2u);
     save_checkpoint(dir.str(u.name), p, extra, nullptr);
     write_safetensors(dir.str(cat(u.name, ".safetensors")), folder_weights(p, extra));
     EXPECT_EQ(sae::testing::read_file(dir.str(cat(u.name, "/sae_weights.safetensors"))),
               sae::testing::read_file(dir.str(cat(u.name, ".safetensors"))));
+  }
+  {
+    Rng rng(45);
+    const SaeParams p = make_params({"skip_transcoder", 6, 4, 1, true, {0.3, 7.0}}, rng);
+    const Json extra = dataset_extra({0.3, 7.0});
+    EXPECT_EQ(plan_folder_weights(p, extra).scaled_while_written.size(), 2u);
+    save_checkpoint(dir.str("skip"), p, extra, nullptr);
+    write_safetensors(dir.str("skip.safetensors"), folder_weights(p, extra));
+    EXPECT_EQ(sae::testing::read_file(dir.str("skip/sae_weights.safetensors")),
+              sae::testing::read_file(dir.str("skip.safetensors")));
   }
   // A value the fold makes infinite (W_enc's rows times the scale: 3e38 x 2.5): not saved, the
   // element named, no folder left.
