@@ -225,6 +225,10 @@ FolderWeightsPlan plan_folder_weights(const SaeParams& params, const Json& extra
     plan.tensors = unit.saelens_weights(params);
     return plan;
   }
+  if (params.W_enc.device() != Device::CPU) {  // the export copies it to the host anyway: the whole fold
+    plan.tensors = folder_weights(params, extra);
+    return plan;
+  }
   const InputScaleFold fold = input_scale_fold(params, scales->first, scales->second, false);
   SaeParams partly_folded = params;  // b_dec and W_skip folded now (small), W_enc and W_dec while written
   partly_folded.b_dec = scaled_host(params.b_dec, {}, fold.out_columns);
@@ -239,8 +243,9 @@ FolderWeightsPlan plan_folder_weights(const SaeParams& params, const Json& extra
       plan.scaled_while_written[name] = name == "W_enc" ? std::make_pair(fold.in_rows, std::vector<double>{})
                                                         : std::make_pair(std::vector<double>{}, fold.out_columns);
   }
-  if (plan.scaled_while_written.size() != 2 || !all_f32) {  // exported otherwise (a GPU's copies): the whole fold
+  if (plan.scaled_while_written.size() != 2 || !all_f32) {  // the unit exports them otherwise: the whole fold
     plan.scaled_while_written.clear();
+    plan.tensors.clear();  // before the fold's copies are made
     plan.tensors = folder_weights(params, extra);
   }
   return plan;
