@@ -264,6 +264,7 @@ void write_folder_weights(const std::string& path, const SaeParams& params, cons
     write_safetensors(path, plan.tensors);
     return;
   }
+  // Here every tensor is a host one (plan_folder_weights scales only a host SAE's while written).
   std::vector<SafetensorsSpec> specs;
   std::vector<std::pair<std::string, Tensor>> unscaled;
   for (const auto& [name, t] : plan.tensors) {
@@ -272,10 +273,8 @@ void write_folder_weights(const std::string& path, const SaeParams& params, cons
     specs.push_back(spec);
     if (!scaled.count(name)) unscaled.push_back({name, t});
   }
-  require_finite_weights(unscaled, dir);  // now on the host
-  std::map<std::string, Tensor> by_name(unscaled.begin(), unscaled.end());
-  for (const auto& [name, t] : plan.tensors)
-    if (scaled.count(name)) by_name[name] = t;
+  require_finite_weights(unscaled, dir);
+  const std::map<std::string, Tensor> by_name(plan.tensors.begin(), plan.tensors.end());
   write_safetensors_streamed(path, specs, {}, [&](const std::string& name, const SafetensorsSink& write) {
     const Tensor& t = by_name.at(name);
     const auto factors = scaled.find(name);

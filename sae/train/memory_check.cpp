@@ -121,16 +121,16 @@ HostMemory available_host_memory() {
   return m;
 }
 
+double SaeFootprint::parameters() const {
+  return double(d_in) * double(latents) + double(latents) * double(d_out) + double(latents) + double(d_out);
+}
+
 double SaeFootprint::lower_bound() const {
-  const double parameters = double(d_in) * double(latents) + double(latents) * double(d_out) + double(latents) +
-                            double(d_out);
-  return 3.0 * 4.0 * parameters + double(tokens) * double(latents) * cell_bytes;
+  return 3.0 * 4.0 * parameters() + double(tokens) * double(latents) * cell_bytes;
 }
 
 double chunk_budget_need(const SaeFootprint& s, int64_t rows, const ChunkBudget& budget) {
-  const double parameters = double(s.d_in) * double(s.latents) + double(s.latents) * double(s.d_out) +
-                            double(s.latents) + double(s.d_out);
-  return budget.parameter_copies * 4.0 * parameters + double(rows) * double(s.latents) * s.cell_bytes;
+  return budget.parameter_copies * 4.0 * s.parameters() + double(rows) * double(s.latents) * s.cell_bytes;
 }
 
 std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint>& saes,

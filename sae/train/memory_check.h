@@ -33,6 +33,7 @@ struct SaeFootprint {
   int64_t d_in = 0, d_out = 0, latents = 0, tokens = 0;  // tokens: the rows of pre-activations held at once
   int cell_bytes = 4;                                    // of an [N, F] array: 2 at --precision bf16
   bool fewer_rows = false;                               // a topk that could hold fewer rows (the refusal says how)
+  double parameters() const;                             // d_in F + F d_out + F + d_out
   double lower_bound() const;                            // bytes, as the top of this file says
 };
 
