@@ -120,47 +120,54 @@ std::vector<bool> DeadFeatureTracker::alive() const {
 }
 
 namespace {
-// The cosines of every concept with every decoder row, a block of concepts at a time:
-// visit(first concept, rows, cos [rows, F]). Zero decoder rows have cosine 0 with everything.
+// The cosines of every concept with every decoder row, a block of decoder rows and a block of
+// concepts at a time: visit(first concept, concepts, first feature, features, cos [concepts,
+// features]). Each block's decoder rows are copied to the host and made unit there, so neither the
+// whole decoder nor a [C, F] matrix is ever held (F 2^19 at d 768: 1.6 GB and 8 GB). Zero decoder
+// rows have cosine 0 with everything. Concepts ascend within each feature block.
 void for_each_cosine_block(const Tensor& concepts, const Tensor& decoder, const char* who,
-                           const std::function<void(int64_t, int64_t, const float*)>& visit) {
+                           const std::function<void(int64_t, int64_t, int64_t, int64_t, const float*)>& visit) {
   const Tensor c = concepts.to(Device::CPU).to(DType::F32);
-  Tensor dec = decoder.to(Device::CPU).to(DType::F32).clone();
-  const int64_t n_concepts = c.size(0), n_features = dec.size(0), d = dec.size(1);
+  const int64_t n_concepts = c.size(0), n_features = decoder.size(0), d = decoder.size(1);
   if (c.size(1) != d)
-    throw Error(cat(who, ": concepts ", c.describe(), " and decoder ", dec.describe(), " differ in width"));
-  // Unit decoder rows (zero rows stay zero and match nothing).
-  float* rows = dec.data<float>();
-  for (int64_t i = 0; i < n_features; ++i) {
-    double sq = 0;
-    for (int64_t j = 0; j < d; ++j) sq += double(rows[i * d + j]) * rows[i * d + j];
-    const float inv = sq > 0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
-    for (int64_t j = 0; j < d; ++j) rows[i * d + j] *= inv;
-  }
+    throw Error(cat(who, ": concepts ", c.describe(), " and decoder ", decoder.describe(), " differ in width"));
   // An evaluation, not part of the run: cosines at float32 whatever the run's --precision (a bf16
   // product of rounded rows moves a cosine by up to ~1%, enough to flip "recovered" at 0.9). The
   // precision is this thread's (tensor/precision.h): a prefetch worker keeps the run's.
   const ScopedMatmulPrecision exact(Precision::FP32);
-  const int64_t block = 512;
-  for (int64_t c0 = 0; c0 < n_concepts; c0 += block) {
-    const int64_t count = std::min(block, n_concepts - c0);
-    Tensor cos = matmul(c.slice_rows(c0, c0 + count), dec, false, true);  // [count, F]
-    visit(c0, count, cos.data<float>());
+  const int64_t concept_block = 512, feature_block = 16384;
+  for (int64_t f0 = 0; f0 < n_features; f0 += feature_block) {
+    const int64_t cols = std::min(feature_block, n_features - f0);
+    Tensor dec = decoder.slice_rows(f0, f0 + cols).to(Device::CPU).to(DType::F32).clone();
+    float* rows = dec.data<float>();
+    for (int64_t i = 0; i < cols; ++i) {  // unit rows; zero rows stay zero and match nothing
+      double sq = 0;
+      for (int64_t j = 0; j < d; ++j) sq += double(rows[i * d + j]) * rows[i * d + j];
+      const float inv = sq > 0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
+      for (int64_t j = 0; j < d; ++j) rows[i * d + j] *= inv;
+    }
+    for (int64_t c0 = 0; c0 < n_concepts; c0 += concept_block) {
+      const int64_t count = std::min(concept_block, n_concepts - c0);
+      Tensor cos = matmul(c.slice_rows(c0, c0 + count), dec, false, true);  // [count, cols]
+      visit(c0, count, f0, cols, cos.data<float>());
+    }
   }
 }
 }  // namespace
 
 std::vector<ConceptMatch> best_concept_per_feature(const Tensor& concepts, const Tensor& decoder) {
-  const int64_t n_features = decoder.size(0);
-  std::vector<ConceptMatch> best(static_cast<size_t>(n_features));
-  for_each_cosine_block(concepts, decoder, "best_concept_per_feature", [&](int64_t c0, int64_t rows, const float* p) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = 0; i < n_features; ++i)
-        if (best[i].index < 0 || p[r * n_features + i] > best[i].cosine) {
-          best[i].index = c0 + r;
-          best[i].cosine = p[r * n_features + i];
-        }
-  });
+  std::vector<ConceptMatch> best(static_cast<size_t>(decoder.size(0)));
+  for_each_cosine_block(concepts, decoder, "best_concept_per_feature",
+                        [&](int64_t c0, int64_t rows, int64_t f0, int64_t cols, const float* p) {
+                          for (int64_t r = 0; r < rows; ++r)
+                            for (int64_t i = 0; i < cols; ++i) {
+                              ConceptMatch& b = best[f0 + i];
+                              if (b.index < 0 || p[r * cols + i] > b.cosine) {
+                                b.index = c0 + r;
+                                b.cosine = p[r * cols + i];
+                              }
+                            }
+                        });
   return best;
 }
 
@@ -168,14 +175,15 @@ ConceptRecovery concept_recovery(const Tensor& concepts, const Tensor& decoder, 
                                  double threshold, Collectives* shards) {
   const int64_t n_concepts = concepts.size(0), n_features = decoder.size(0);
   std::vector<float> best_for_concept(n_concepts, -1.0f), best_for_feature(n_features, -1.0f);
-  for_each_cosine_block(concepts, decoder, "concept_recovery", [&](int64_t c0, int64_t rows, const float* p) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = 0; i < n_features; ++i) {
-        const float v = p[r * n_features + i];
-        best_for_concept[c0 + r] = std::max(best_for_concept[c0 + r], v);
-        best_for_feature[i] = std::max(best_for_feature[i], v);
-      }
-  });
+  for_each_cosine_block(concepts, decoder, "concept_recovery",
+                        [&](int64_t c0, int64_t rows, int64_t f0, int64_t cols, const float* p) {
+                          for (int64_t r = 0; r < rows; ++r)
+                            for (int64_t i = 0; i < cols; ++i) {
+                              const float v = p[r * cols + i];
+                              best_for_concept[c0 + r] = std::max(best_for_concept[c0 + r], v);
+                              best_for_feature[f0 + i] = std::max(best_for_feature[f0 + i], v);
+                            }
+                        });
   if (spans(shards, Group::Shards)) {  // every shard's best cosine of each concept
     std::vector<double> best(best_for_concept.begin(), best_for_concept.end());
     shards->max(Group::Shards, best.data(), n_concepts);

@@ -4,6 +4,7 @@
 // dead features left out of purity, the threshold inclusive).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -95,4 +96,67 @@ TEST(Metrics, ConceptRecoveryIsTheSameAtEveryRunPrecision) {
     EXPECT_EQ(got.purity, want.purity) << precision_name(p);
     EXPECT_EQ(matmul_precision(), p);  // put back
   }
+}
+
+TEST(Metrics, ConceptRecoveryOverManyBlocksOfFeaturesAndConceptsMatchesDoublePrecision) {
+  // More decoder rows than one feature block (16384) and more concepts than one concept block (512):
+  // the cosines are computed block by block (no whole normalised decoder, no [C, F] matrix), and every
+  // best match must still land on its own feature and concept. Reference: plain double loops.
+  const int64_t n_concepts = 600, n_features = 2 * 16384 + 101, d = 32;
+  Rng rng(11);
+  Tensor concepts = sae::testing::random_cpu(Shape{n_concepts, d}, DType::F32, rng);
+  float* c = concepts.data<float>();
+  for (int64_t r = 0; r < n_concepts; ++r) {  // unit rows
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += double(c[r * d + j]) * c[r * d + j];
+    for (int64_t j = 0; j < d; ++j) c[r * d + j] = float(c[r * d + j] / std::sqrt(sq));
+  }
+  Tensor decoder = sae::testing::random_cpu(Shape{n_features, d}, DType::F32, rng);
+  float* w = decoder.data<float>();
+  for (int64_t i = 0; i < n_features; i += 4)  // every fourth row a scaled concept (cosine 1)
+    for (int64_t j = 0; j < d; ++j) w[i * d + j] = 2.5f * c[(((i / 4) * 7) % n_concepts) * d + j];
+  for (int64_t j = 0; j < d; ++j) w[(n_features - 1) * d + j] = 0;  // a zero row, in the last block
+  std::vector<double> best_concept(n_concepts, -1), best_feature(n_features, -1);
+  std::vector<int64_t> best_index(n_features, -1);
+  for (int64_t i = 0; i < n_features; ++i) {
+    double norm = 0;
+    for (int64_t j = 0; j < d; ++j) norm += double(w[i * d + j]) * w[i * d + j];
+    norm = std::sqrt(norm);
+    for (int64_t r = 0; r < n_concepts; ++r) {
+      double dot = 0;
+      for (int64_t j = 0; j < d; ++j) dot += double(c[r * d + j]) * w[i * d + j];
+      const double cos = norm > 0 ? dot / norm : 0.0;
+      best_concept[r] = std::max(best_concept[r], cos);
+      if (best_index[i] < 0 || cos > best_feature[i] + 1e-6) {
+        best_index[i] = r;
+        best_feature[i] = cos;
+      }
+    }
+  }
+  double sum = 0;
+  int64_t recovered = 0, pure = 0;
+  for (double v : best_concept) {
+    ASSERT_GT(std::fabs(v - 0.9), 1e-4);  // no case that float rounding could put on either side
+    sum += v;
+    recovered += v >= 0.9;
+  }
+  for (double v : best_feature) {
+    ASSERT_GT(std::fabs(v - 0.9), 1e-4);
+    pure += v >= 0.9;
+  }
+  const ConceptRecovery got = concept_recovery(concepts, decoder, {});
+  EXPECT_NEAR(got.mmcs, sum / n_concepts, 1e-6);
+  EXPECT_EQ(got.recovered, double(recovered) / n_concepts);
+  EXPECT_EQ(got.purity, double(pure) / n_features);
+  EXPECT_EQ(recovered, n_concepts);  // the planted rows recover every concept
+  const std::vector<ConceptMatch> best = best_concept_per_feature(concepts, decoder);
+  ASSERT_EQ(int64_t(best.size()), n_features);
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n_features; ++i) {
+    wrong += std::fabs(best[i].cosine - best_feature[i]) > 1e-5;
+    if (i % 4 == 0 && i != n_features - 1) wrong += best[i].index != ((i / 4) * 7) % n_concepts;
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(best[n_features - 1].index, 0);  // the zero row: concept 0 at cosine 0
+  EXPECT_EQ(best[n_features - 1].cosine, 0.0);
 }
