@@ -143,8 +143,9 @@ std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint
     fixed += chunk_budget_need(saes[i], chunkable[i] ? 0 : saes[i].tokens, budget);
     if (chunkable[i]) chunked_cells += double(saes[i].latents) * saes[i].cell_bytes;
   }
-  if (budget.bytes < 0 || need <= budget.bytes || chunked_cells <= 0) return rows;
-  const double fit = std::floor((budget.bytes - fixed) / chunked_cells);
+  const double usable = budget.bytes - budget.other_bytes;
+  if (budget.bytes < 0 || need <= usable || chunked_cells <= 0) return rows;
+  const double fit = std::floor((usable - fixed) / chunked_cells);
   const int64_t most = fit >= 1 ? static_cast<int64_t>(std::min(fit, 1e18)) : 0;
   for (size_t i = 0; i < saes.size(); ++i)
     if (chunkable[i]) rows[i] = std::min(std::max(most, std::min(budget.min_rows, saes[i].tokens)), saes[i].tokens);

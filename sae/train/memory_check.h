@@ -38,14 +38,19 @@ struct SaeFootprint {
 };
 
 // What sae_train's choice of a topk's rows (--encoder-chunk 0) counts: `bytes` it may use (< 0:
-// unknown), and per SAE `parameter_copies` x 4 bytes x its parameters (d_in F + F d_out + F + d_out)
-// beside its [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's
-// moments); a CPU run peaks near 8 (measured at d 64: the first parameters' temporaries, the saves),
-// a GPU holds about 4 on the device (a bf16 copy of W_enc at --precision bf16, the step's buffers).
+// unknown), `other_bytes` of it held by the rest of the process (the data source's buffers), and per
+// SAE `parameter_copies` x 4 bytes x its parameters (d_in F + F d_out + F + d_out) beside its
+// [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's moments). A
+// CPU run of a TopK SAE at d 768 holds 3.0-3.1 copies beside its pre-activations through its steps,
+// saves and concept recovery (F 2^19 and 2^20), 3.5 at --precision bf16 (the rounded W_enc), and about
+// 0.9 GB more from the start with the synthetic data's default 200000 stories (bench/RESULTS.md,
+// 2026-12-07): sae_train counts 3.5 copies (4 at bf16) and 1 GB on the CPU; a GPU holds about 4
+// copies on the device (a bf16 copy of W_enc at --precision bf16, the step's buffers) and nothing else.
 struct ChunkBudget {
   double bytes = -1;
-  double parameter_copies = 8;
+  double parameter_copies = 3.5;
   int64_t min_rows = 256;  // fewer would cost GEMM efficiency (a run that needs fewer may still fail)
+  double other_bytes = 1e9;
 };
 // The rows of pre-activations each SAE may hold at once so that together they stay within the
 // budget: their `tokens` when that fits (or the budget is unknown); else every SAE marked `chunkable`

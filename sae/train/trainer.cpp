@@ -759,8 +759,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
 
   // What each SAE's step will hold (memory_check.h). A topk SAE whose --encoder-chunk is 0 computes
   // its pre-activations in chunks when with the whole batch's the run would need more than 90% of what
-  // the process can get (of a GPU's free memory), counting 8 copies of the parameters (4 on a GPU:
-  // ChunkBudget). A run that cannot fit even so is refused before its SAEs are made; on a GPU they
+  // the process can get (of a GPU's free memory), counting 3.5 copies of the parameters on the CPU (4 at
+  // bf16 and on a GPU) and, on the CPU, 1 GB for the rest of the process (ChunkBudget). A run that cannot fit even so is refused before its SAEs are made; on a GPU they
   // live there, and the device's allocator says so itself.
   {
     std::vector<SaeFootprint> footprints;
@@ -781,9 +781,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const double can_get = device == Device::CPU ? host.bytes : double(cuda_free_bytes());
       ChunkBudget budget;
       budget.bytes = can_get < 0 ? -1.0 : 0.9 * can_get;
-      budget.parameter_copies = device == Device::CPU ? 8 : 4;
+      budget.parameter_copies = device == Device::CPU && shared.precision != Precision::BF16 ? 3.5 : 4.0;
+      budget.other_bytes = device == Device::CPU ? 1e9 : 0.0;
       const std::vector<int64_t> rows = pre_activation_rows_that_fit(footprints, chunkable, budget);
-      double whole = 0;  // what the budget counts with every SAE's whole batch
+      double whole = budget.other_bytes;  // what the budget counts with every SAE's whole batch
       for (const SaeFootprint& s : footprints) whole += chunk_budget_need(s, s.tokens, budget);
       for (size_t i = 0; i < members.size(); ++i) {
         if (rows[i] == footprints[i].tokens) continue;

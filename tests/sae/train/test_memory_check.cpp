@@ -66,7 +66,7 @@ TEST(MemoryCheck, ATopKWithoutEncoderChunkGetsTheRowsThatFit) {
   const double weights = 12.0 * (256.0 * 65536 * 2 + 65536 + 256);
   // Counted as the lower bound does (3 copies), down to 1 row.
   auto rows = [&](std::vector<SaeFootprint> saes, std::vector<bool> chunkable, double bytes) {
-    return pre_activation_rows_that_fit(saes, chunkable, ChunkBudget{bytes, 3, 1});
+    return pre_activation_rows_that_fit(saes, chunkable, ChunkBudget{bytes, 3, 1, 0});
   };
   EXPECT_EQ(rows({topk}, {true}, -1), std::vector<int64_t>{1024});                     // unknown: the whole batch
   EXPECT_EQ(rows({topk}, {true}, weights + 1024 * 262144.0), std::vector<int64_t>{1024});  // it fits
@@ -81,14 +81,35 @@ TEST(MemoryCheck, ATopKWithoutEncoderChunkGetsTheRowsThatFit) {
             (std::vector<int64_t>{300, 1024}));
   // Two chunkable SAEs get one row count: what fits of their rows side by side.
   EXPECT_EQ(rows({topk, topk}, {true, true}, 2 * weights + 200.0 * 2 * 262144.0), (std::vector<int64_t>{200, 200}));
-  // sae_train's budget: 8 copies, at least 256 rows (or the batch's, when fewer).
-  const double eight = 32.0 * (256.0 * 65536 * 2 + 65536 + 256);
-  EXPECT_EQ(chunk_budget_need(topk, 10, ChunkBudget{}), eight + 10 * 262144.0);
-  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{eight + 500.5 * 262144.0}), std::vector<int64_t>{500});
-  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{eight + 100.5 * 262144.0}), std::vector<int64_t>{256});
+  // sae_train's CPU budget: 3.5 copies and 1 GB for the rest of the process, at least 256 rows (or
+  // the batch's, when fewer).
+  const double copies = 14.0 * (256.0 * 65536 * 2 + 65536 + 256), rest = 1e9;
+  EXPECT_EQ(chunk_budget_need(topk, 10, ChunkBudget{}), copies + 10 * 262144.0);
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{rest + copies + 1024 * 262144.0}),
+            std::vector<int64_t>{1024});
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{rest + copies + 500.5 * 262144.0}),
+            std::vector<int64_t>{500});
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{copies + 500.5 * 262144.0}),
+            std::vector<int64_t>{256});  // the 1 GB left out: 3314 rows short, so the floor
+  EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{rest + copies + 100.5 * 262144.0}),
+            std::vector<int64_t>{256});
   SaeFootprint short_batch = topk;
   short_batch.tokens = 100;
-  EXPECT_EQ(pre_activation_rows_that_fit({short_batch}, {true}, ChunkBudget{eight / 2}), std::vector<int64_t>{100});
+  EXPECT_EQ(pre_activation_rows_that_fit({short_batch}, {true}, ChunkBudget{copies / 2}), std::vector<int64_t>{100});
+  // The measured case (bench/RESULTS.md 2026-12-07): d 768, F 2^19, 4096 tokens on a machine whose
+  // process can get 24.7 GB: the whole batch (8.6 GB of pre-activations beside 11.3 GB for 3.5
+  // copies and 1 GB; the run peaked at 17.8 GB) where 8 copies had chosen 256-row chunks. At bf16 (4
+  // copies, 2-byte cells) too: it peaked at 15.5 GB.
+  const SaeFootprint large{768, 768, 524288, 4096, 4};
+  EXPECT_EQ(pre_activation_rows_that_fit({large}, {true}, ChunkBudget{0.9 * 24.7e9}), std::vector<int64_t>{4096});
+  EXPECT_EQ(pre_activation_rows_that_fit({large}, {true}, ChunkBudget{0.9 * 24.7e9, 8}), std::vector<int64_t>{256});
+  const SaeFootprint large_bf16{768, 768, 524288, 4096, 2};
+  EXPECT_EQ(pre_activation_rows_that_fit({large_bf16}, {true}, ChunkBudget{0.9 * 24.7e9, 4}), std::vector<int64_t>{4096});
+  // At 2^20 latents the parameters alone take 3.5 x 6.4 GB: the floor of 256 rows (the run measured
+  // 19.9 GB; check_host_memory's lower bound lets it through).
+  const SaeFootprint million{768, 768, 1048576, 4096, 4};
+  EXPECT_EQ(pre_activation_rows_that_fit({million}, {true}, ChunkBudget{0.9 * 24.7e9}), std::vector<int64_t>{256});
+  EXPECT_NO_THROW(check_host_memory({SaeFootprint{768, 768, 1048576, 256, 4}}, HostMemory{24.7e9, "test"}));
 }
 
 TEST(MemoryCheck, TheMachineSaysWhatItHas) {
@@ -121,9 +142,9 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
   auto fits = run_program("sae_train", run + dir.str("b"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
   EXPECT_EQ(fits.exit_code, 0) << fits.err;
   // A topk SAE holds --encoder-chunk tokens' pre-activations at once: given the whole batch, it is
-  // refused as above (and told of --encoder-chunk); given 64, it fits; left at 0, it counts 8 copies
-  // of its 8,405,248 parameters (269 MB) and the whole batch's 67,108,864 bytes: 337 MB, more than 90%
-  // of the 150 MB, and no row fits beside the copies, so it takes the least, 256 rows.
+  // refused as above (and told of --encoder-chunk); given 64, it fits; left at 0, it counts 1 GB, 3.5
+  // copies of its 8,405,248 parameters (118 MB) and the whole batch's 67,108,864 bytes: 1.2 GB, more
+  // than 90% of the 150 MB, and no row fits beside them, so it takes the least, 256 rows.
   const std::string topk = " --architecture topk --k 8" + run;
   auto whole = run_program("sae_train", topk + dir.str("c") + " --encoder-chunk 1024", dir,
                            "SAE_TEST_AVAILABLE_MEMORY=150000000");
@@ -139,10 +160,10 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
   auto chosen = run_program("sae_train", topk + dir.str("e"), dir, "SAE_TEST_AVAILABLE_MEMORY=150000000");
   EXPECT_EQ(chosen.exit_code, 0) << chosen.err;
   EXPECT_NE(chosen.out.find("  the encoder's pre-activations in chunks of 256 of the batch's 1024 tokens "
-                            "(--encoder-chunk 0: with the whole batch's the run would need about 337 MB, more than "
+                            "(--encoder-chunk 0: with the whole batch's the run would need about 1.2 GB, more than "
                             "90% of the 150 MB this process can get)\n"),
             std::string::npos) << chosen.out;
-  auto roomy = run_program("sae_train", topk + dir.str("f"), dir, "SAE_TEST_AVAILABLE_MEMORY=1000000000");
+  auto roomy = run_program("sae_train", topk + dir.str("f"), dir, "SAE_TEST_AVAILABLE_MEMORY=1400000000");
   EXPECT_EQ(roomy.exit_code, 0) << roomy.err;
   EXPECT_EQ(roomy.out.find("chunks of"), std::string::npos) << roomy.out;
 }
