@@ -6,7 +6,7 @@
 # features and reconstruction from the same raw inputs, then runs scripts/check_saelens_archs.py on
 # the same folders.
 # Usage: scripts/check_saelens_trained.sh [WORK_DIR] (default /tmp/sae_check_saelens). Needs a build
-# (BUILD=dir, default build).
+# (BUILD=dir, default build); EXTRA_TRAIN_ARGS adds options to every run (e.g. --apply-b-dec-to-input).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/sae_check_saelens}
@@ -23,7 +23,8 @@ for arch in "${archs[@]}"; do
     gated) opts=(--architecture gated --l1 1) ;;
     matryoshka_batchtopk) opts=(--architecture matryoshka_batchtopk --k 8 --matryoshka-widths 32,128,256) ;;
   esac
-  "${BUILD:-build}"/bin/sae_train "${common[@]}" "${opts[@]}" --out "$work/$arch" > "$work/$arch.log"
+  # shellcheck disable=SC2086  # EXTRA_TRAIN_ARGS: more sae_train options for every run, split on spaces
+  "${BUILD:-build}"/bin/sae_train "${common[@]}" "${opts[@]}" ${EXTRA_TRAIN_ARGS:-} --out "$work/$arch" > "$work/$arch.log"
   "${BUILD:-build}"/bin/sae_apply --sae "$work/$arch/sae" --input "$work/x.npy" \
     --features-out "$work/$arch.f.npy" --reconstruction-out "$work/$arch.xhat.npy" > /dev/null
 done

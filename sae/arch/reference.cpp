@@ -27,6 +27,10 @@ ArchVariables ArchVariables::leaves(const SaeParams& p, bool requires_grad) {
   return v;
 }
 
+Variable ArchVariables::encoder_input(const Tensor& x) const { return centred ? Variable(x) - b_dec : Variable(x); }
+
+Tensor ArchVariables::encoder_input_value(const Tensor& x) const { return centred ? sub(x, b_dec.data()) : x; }
+
 SaeParams ArchVariables::grads(const SaeParams& like) const {
   SaeParams g = SaeParams::zeros_like(like);
   auto take = [](Tensor& into, const Variable& from) {

@@ -19,6 +19,10 @@ struct ArchVariables {
   Variable W_enc, b_enc, W_dec, b_dec, W_skip;
   std::vector<std::pair<std::string, Variable>> own;  // in the unit's order
   int64_t sources = 1;  // a crosscoder's sources (SaeParams::sources)
+  // --apply-b-dec-to-input: the encoder sees x - b_dec (b_dec's gradient then flows through it too).
+  bool centred = false;
+  Variable encoder_input(const Tensor& x) const;  // x, or x - b_dec when centred
+  Tensor encoder_input_value(const Tensor& x) const;  // its value (no gradient)
   const Variable& own_var(const std::string& name) const;
   static ArchVariables leaves(const SaeParams& params, bool requires_grad = true);
   // The gradients backward() left in the leaves, shaped like the parameters (zeros where none).

@@ -55,10 +55,37 @@ Tensor SaeStep::unit_target(const SaeParams& params, const Tensor& x, const Tens
   return reduced;
 }
 
+void SaeStep::set_input_centring(bool on) {
+  if (on && shape_.d_in != shape_.d_out)
+    throw UsageError("--apply-b-dec-to-input: an SAE's only (the encoder sees x - b_dec; a transcoder's or a "
+                     "crosscoder's b_dec is not of its input, and SAELens refuses it for them too)");
+  if (on && grads_made_ && !centring_)
+    throw Error("SaeStep: input centring set after the first training step");
+  centring_ = on;
+}
+
+Tensor SaeStep::unit_input(const SaeParams& params, const Tensor& x) {
+  if (!centring_) return x;
+  if (params.W_skip.defined() || params.transcoder || params.sources > 1)
+    throw UsageError("--apply-b-dec-to-input: an SAE's only (not a transcoder's, a skip path's or a crosscoder's)");
+  if (!centred_.defined()) centred_ = Tensor::zeros(Shape{shape_.max_tokens, shape_.d_in}, x.dtype(), x.device());
+  Tensor out = centred_.slice_rows(0, x.size(0));
+  binary_(BinaryOp::sub, out, x, params.b_dec);
+  return out;
+}
+
+void SaeStep::centring_gradient(const SaeParams& params, SaeParams& grads) const {
+  if (!centring_) return;
+  Tensor input = unit_.encoder_input_gradient(params, grads);
+  Collectives* c = step_->collectives();
+  if (spans(c, Group::Shards)) c->sum(Group::Shards, input);  // each shard's latents' part
+  binary_(BinaryOp::sub, grads.b_dec, grads.b_dec, input);
+}
+
 StepSums SaeStep::run_forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                               bool train) {
   check(params, x, target);
-  return step_->forward(params, x, unit_target(params, x, target), lambda, train);
+  return step_->forward(params, unit_input(params, x), unit_target(params, x, target), lambda, train);
 }
 
 Tensor SaeStep::reconstruction() const {
@@ -89,8 +116,9 @@ StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, dou
 StepSums SaeStep::forward_backward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda,
                                    SaeParams& grads) {
   const StepSums sums = run_forward(params, x, target, lambda, true);
-  step_->backward(params, x, lambda, grads, nullptr);
+  step_->backward(params, centring_ ? centred_.slice_rows(0, x.size(0)) : x, lambda, grads, nullptr);
   skip_gradient(x, grads);
+  centring_gradient(params, grads);
   return sums;
 }
 
@@ -102,7 +130,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
                              double lambda, double lr) {
   Collectives* c = step_->collectives();
   const bool replicated = spans(c, Group::Replicas), clipped = max_grad_norm_ > 0;
-  const bool every_gradient = replicated || clipped;  // no Adam fused into the backward kernels
+  const bool every_gradient = replicated || clipped || centring_;  // no Adam fused into the backward kernels
   if (!grads_made_) {
     // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update;
     // with replicas every gradient is summed over them first, and a clip scales every one, so every
@@ -122,8 +150,10 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
   FusedAdam fused;
   fused.adam = &adam;
   fused.scalars = adam.next_step(lr);
-  const std::vector<std::string> done = step_->backward(params, x, lambda, grads_, every_gradient ? nullptr : &fused);
+  const std::vector<std::string> done = step_->backward(
+      params, centring_ ? centred_.slice_rows(0, x.size(0)) : x, lambda, grads_, every_gradient ? nullptr : &fused);
   skip_gradient(x, grads_);
+  centring_gradient(params, grads_);
   auto p = params.present(), m = adam.m.present(), v = adam.v.present(), g = grads_.present();
   if (replicated)
     for (auto& [name, grad] : g) c->sum(Group::Replicas, *grad);

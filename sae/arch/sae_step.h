@@ -67,6 +67,13 @@ class SaeStep {
   // replicas N is the whole batch's tokens (their gradient is the batch's already).
   void set_max_grad_norm(double max_norm) { max_grad_norm_ = max_norm; }
 
+  // SAELens's apply_b_dec_to_input in training (--apply-b-dec-to-input): the unit's encoder sees
+  // x - b_dec (into a buffer), its decoder still adds b_dec, and b_dec's gradient gains minus the
+  // loss's gradient by that input summed over the tokens (ArchUnit::encoder_input_gradient; over
+  // latent shards summed over them). An SAE only (d_in = d_out, no skip path, one source). With it,
+  // train_step keeps every gradient (no Adam fused into the backward kernels), as with replicas.
+  void set_input_centring(bool on);
+
   // Lets the unit leave its loss sums on the device (a GPU step then waits for nothing until they are
   // read): forward, forward_backward and train_step may return sums with `pending` set, completed
   // by read_sums() (the last call's). Units that read values back inside their step anyway (the
@@ -80,6 +87,10 @@ class SaeStep {
   Tensor unit_target(const SaeParams& params, const Tensor& x, const Tensor& target);
   StepSums run_forward(const SaeParams& params, const Tensor& x, const Tensor& target, double lambda, bool train);
   void skip_gradient(const Tensor& x, SaeParams& grads) const;
+  // The unit's input: x, or x - b_dec into centred_ when centring.
+  Tensor unit_input(const SaeParams& params, const Tensor& x);
+  // b_dec's gradient less the encoder input's (centring only).
+  void centring_gradient(const SaeParams& params, SaeParams& grads) const;
 
   const ArchUnit& unit_;
   std::unique_ptr<UnitStep> step_;
@@ -90,6 +101,8 @@ class SaeStep {
   bool skipped_ = false;           // the last forward had a skip path
   int64_t tokens_ = 0;
   double max_grad_norm_ = 0;
+  bool centring_ = false;
+  Tensor centred_;  // [max_tokens, D_in]: x - b_dec (centring only; made on first use)
 };
 
 }  // namespace sae

@@ -453,7 +453,7 @@ void BatchThresholdUnit::load_state(const SafetensorsFile&, const Json& info, Sa
 ReferenceLoss topk_family_reference(const TopKSettings& o, const std::vector<uint8_t>& kept, const ArchVariables& p,
                                     const Tensor& x, const Tensor& target, double lambda,
                                     const std::vector<uint8_t>* dead, const ArchFrozen* frozen) {
-  const Variable X(x);
+  const Variable X = p.encoder_input(x);
   const int64_t n = x.size(0), features = p.W_enc.shape()[1];
   ReferenceLoss out;
   const Variable P = ag::matmul(X, p.W_enc) + p.b_enc;

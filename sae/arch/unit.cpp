@@ -209,6 +209,10 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
 
 void ArchUnit::fold_input_shift(SaeParams& p, const Tensor& shift) const { p.b_enc = sub(p.b_enc, shift); }
 
+Tensor ArchUnit::encoder_input_gradient(const SaeParams& p, const SaeParams& g) const {
+  return matmul(p.W_enc, g.b_enc.reshape(Shape{p.d_sae(), 1})).reshape(Shape{p.d_in()});
+}
+
 void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const std::vector<std::string>& times) {
   std::vector<double> inverse(norms.size());
   for (size_t i = 0; i < norms.size(); ++i) inverse[i] = 1.0 / norms[i];

@@ -273,6 +273,10 @@ class ArchUnit {
   // SAELens's apply_b_dec_to_input: the encoder sees x - shift_source; folds shift = b_dec W_enc [F]
   // into the biases that see it, so the SAE takes x itself.
   virtual void fold_input_shift(SaeParams& params, const Tensor& shift) const;
+  // Training with --apply-b-dec-to-input (the encoder sees x - b_dec): the loss's gradient by the
+  // encoder's input summed over the tokens, [D], from the gradients of the biases beside W_enc:
+  // W_enc g_b_enc (gated: W_enc (g_b_gate + exp(r_mag) g_b_mag)). b_dec's gradient gains minus it.
+  virtual Tensor encoder_input_gradient(const SaeParams& params, const SaeParams& grads) const;
   // Puts each decoder row at norm 1 without changing what the SAE computes, where its activation
   // allows it (ReLU, JumpReLU, gated: latent i's pre-activations, bias and threshold times n_i,
   // W_dec[i] divided by n_i, so f_i is n_i times as large and x_hat the same); false where it does

@@ -145,10 +145,21 @@ std::vector<std::pair<std::string, Tensor>> folder_weights(const SaeParams& para
   return unit.saelens_weights(scales ? fold_input_scales(params, scales->first, scales->second, false) : params);
 }
 
+namespace {
+// A run trained with --apply-b-dec-to-input (run_description says so).
+bool centred_run(const Json& extra) {
+  return extra.is_object() && extra.has("apply_b_dec_to_input") && extra.at("apply_b_dec_to_input") == Json(true);
+}
+}  // namespace
+
 void add_exact_params(const SaeParams& params, const Json& extra, std::vector<std::pair<std::string, Tensor>>& tensors) {
-  if (!folded_scales(params, extra)) return;
+  const bool folded = folded_scales(params, extra).has_value(), centred = centred_run(extra);
+  auto held = [&](const std::string& key) {  // a unit's save_state may keep one itself (log_threshold)
+    return std::any_of(tensors.begin(), tensors.end(), [&](const auto& entry) { return entry.first == key; });
+  };
   for (const auto& [name, t] : params.present())
-    if (SaeParams::scale_dependent(name)) tensors.push_back({"param." + name, t->to(Device::CPU).to(DType::F32)});
+    if (((folded && SaeParams::scale_dependent(name)) || (centred && t->ndim() == 1)) && !held("param." + name))
+      tensors.push_back({"param." + name, t->to(Device::CPU).to(DType::F32)});
 }
 
 Json saelens_config(const SaeParams& params, const Json& extra) {
@@ -160,7 +171,9 @@ Json saelens_config(const SaeParams& params, const Json& extra) {
   if (params.transcoder) cfg["d_out"] = params.d_out();
   cfg["dtype"] = "float32";
   cfg["device"] = "cpu";
-  cfg["apply_b_dec_to_input"] = false;
+  // Trained centred, the folder says so and its weights are as trained (SAELens centres as it loads
+  // them; so does load_checkpoint, by folding b_dec W_enc into the encoder's biases).
+  cfg["apply_b_dec_to_input"] = centred_run(extra);
   // SAELens's name for the run's normalisation where it has one that it applies at inference.
   const std::string trained =
       extra.is_object() && extra.has("normalization") && extra.at("normalization").is_string()
@@ -584,6 +597,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   // trained parameters, which read inputs times the scales (exactly, from the state, below).
   const Json ours = out.cfg.has("sae_cpp") ? out.cfg.at("sae_cpp") : Json::object();
   const bool folded = ours.has("dataset_scale_folded") && ours.at("dataset_scale_folded") == Json(true);
+  const bool centred = centred_run(ours);
   if (folded) {
     std::optional<std::pair<std::vector<double>, std::vector<double>>> scales;
     checked([&] { scales = folded_scales(out.params, ours); });
@@ -626,6 +640,15 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
       return out;
     }
     unit.load_state(file, state_info, out.params);
+    // A centred run's trained vectors, kept aside for a resume: the params stay the SAE of x, as the
+    // import folded b_dec W_enc into its encoder's biases.
+    for (const auto& [name, param] : out.params.present()) {
+      if (!centred || param->ndim() != 1) continue;
+      require(file.has("param." + name), where, cat("a centred (apply_b_dec_to_input) run's state must hold param.", name));
+      const Tensor exact = file.read_f32("param." + name);
+      require(exact.shape() == param->shape(), where, cat("param.", name, " has the wrong shape"));
+      st.centred_params.push_back({name, exact});
+    }
     for (const auto& [name, param] : out.params.present()) {  // a folded folder's trained tensors
       if (!folded || !SaeParams::scale_dependent(name)) continue;
       require(file.has("param." + name), where, cat("a folded folder's state must hold param.", name));

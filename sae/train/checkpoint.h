@@ -31,6 +31,9 @@ struct TrainingState {
   std::vector<int64_t> last_fired;  // DeadFeatureTracker clocks [F]
   SaeAdamState adam;                // moments and steps taken (betas and eps come from the run's config)
   Json l0_controller;               // --target-l0 runs: L0Controller::state(); null otherwise
+  // A run trained with --apply-b-dec-to-input: its vectors as trained (b_enc, b_dec, the unit's own),
+  // for a resume; the Checkpoint's params are the SAE of x (the centring folded into its biases).
+  std::vector<std::pair<std::string, Tensor>> centred_params;
 };
 
 // cfg.json for a model: SAELens's keys plus `extra` (our run description) under "sae_cpp".

@@ -310,6 +310,10 @@ std::vector<TrainOption> make_table() {
           "clip the gradient's global norm as SAELens does (its clip_grad_norm_ on the mean loss: ours, a sum over "
           "the batch's N tokens, at N times this); SAELens clips at 1; 0: no clipping",
           defines, "max_grad_norm", FIELD(max_grad_norm), number(), "0"),  // "0": runs from before it
+      row("apply-b-dec-to-input", training,
+          "the encoder sees x - b_dec, as SAELens (its apply_b_dec_to_input), dictionary_learning, sparsify and OpenAI "
+          "train; b_dec then gets gradient through the encoder too; an SAE's only (not a transcoder's or crosscoder's)",
+          defines, "apply_b_dec_to_input", FIELD(apply_b_dec_to_input), flag(), "false"),  // "false": runs from before it
       row("steps", training, "optimizer steps in total", controls, "steps", FIELD(steps), integer()),
       row("training-tokens", training, "tokens to train on, instead of --steps (SAELens's training_tokens): --steps "
           "becomes ceil(N / --batch); token batches only (0: --steps)", controls, "training_tokens",

@@ -245,6 +245,13 @@ void load_init(RunStart& start, TrainConfig& config) {
                          start.params->d_sae(), " (leave --features out to take it from the checkpoint)"));
   config.features = start.params->d_sae();
   adopt_init_architecture(config, *start.params);
+  // Loaded SAEs encode x (a centred one's shift folded into its biases): a run that centres starts
+  // from the same function with the shift taken back out, b_enc = b_enc' + b_dec W_enc.
+  if (config.apply_b_dec_to_input) {
+    SaeParams& p = *start.params;
+    const Tensor shift = matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()});
+    run_unit(config).fold_input_shift(p, mul_scalar(shift, -1.0));
+  }
   // A run that keeps decoder rows at norm 1 renormalises them at its first update: rows of another
   // norm are folded first where the unit allows it, so that the loaded SAE computes what it did.
   const ArchUnit& unit = run_unit(config);
@@ -329,6 +336,9 @@ RunStart start_run(TrainConfig config, bool owner) {
                             " (cfg.json sae_cpp.normalization): the run's files disagree"));
       start.params = std::move(checkpoint.params);
       start.state = std::move(checkpoint.state);
+      for (const auto& [name, exact] : start.state->centred_params)  // a centred run's biases as trained
+        for (auto& [have, param] : start.params->present())
+          if (have == name) *param = exact;
       if (start.state->step > config.steps)
         throw UsageError(cat("--resume: the run is already at step ", start.state->step, "; pass --steps ",
                              start.state->step, " or more"));

@@ -69,6 +69,10 @@ void TrainConfig::validate() const {
           cat("--shards ", shards, " does not divide --features ", features, " (each shard holds F / S latents)"));
   validate_architecture_options(*this);
   dictionary_reads(*this);  // what it reads and reconstructs: UsageError for contradicting options
+  if (apply_b_dec_to_input)
+    require(dictionary_kind(*this) == DictionaryKind::Sae && !skip,
+            cat("--apply-b-dec-to-input: an SAE's only: a ", dictionary_kind_name(dictionary_kind(*this)),
+                "'s b_dec is not of its input (SAELens refuses it for transcoders too)"));
   if (!trained_before) refuse_options_without_effect(*this);
   const TrainConfig defaults;
   if (target_l0 == 0) {

@@ -58,6 +58,7 @@ struct TrainConfig {
   double lr = 1e-5;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double max_grad_norm = 0;          // SAELens's gradient clipping (of the mean loss's gradient); 0: none
+  bool apply_b_dec_to_input = false;  // the encoder sees x - b_dec (SAELens's and the other peers' centring)
   int64_t steps = 35000;
   int64_t training_tokens = 0;       // --training-tokens N: steps = ceil(N / batch tokens) (0: --steps)
   int64_t batch_tokens = 0;          // 0 = one story per step ("story")

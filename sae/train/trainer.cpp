@@ -102,6 +102,7 @@ Json run_description(const TrainConfig& c, const Json& data, const RunState& run
                         ? cat("raw activations, each token normalised at inference (normalize_activations ",
                               normalization_name(c.normalize), ")")
                         : std::string("raw activations");
+  if (c.apply_b_dec_to_input) j["apply_b_dec_to_input"] = true;  // the folder's cfg says so (checkpoint.cpp)
   j["l1_coefficient"] = c.l1;
   j["lr"] = c.lr;
   j["precision"] = precision_name(c.precision);  // of the GEMMs it trained with; the weights are float32
@@ -705,10 +706,14 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const TrainConfig& shared = members.empty() ? pass->stream : members[0].config();
   const int64_t shards = dist ? dist->shards() : 1;
   agree([&] {
-    for (const Member& m : members)
+    for (const Member& m : members) {
       if (m.config().features % shards != 0)
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
+      if (dist && m.config().apply_b_dec_to_input)
+        throw UsageError("--apply-b-dec-to-input: not over several ranks yet (--shards, replicas): its saves keep the "
+                         "trained biases beside the folder's in one process only; train it in one process");
+    }
     if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
       throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
                        "are summed on the host): leave it at auto or off");
@@ -892,6 +897,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     m.step = std::make_unique<SaeStep>(run_unit(config), settings, shape, DType::F32, device);
     m.step->set_collectives(dist);
     m.step->set_max_grad_norm(config.max_grad_norm);
+    m.step->set_input_centring(config.apply_b_dec_to_input);
     m.step->set_dead_clock(run.dead.clocks());  // AuxK's, from the tracker
     // Buffers for its own columns, made once.
     if (!columns.whole_row) m.x_host = Tensor::empty(Shape{max_tokens, columns.d_in});

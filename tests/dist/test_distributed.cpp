@@ -279,6 +279,7 @@ TEST(Distributed, Refusals) {
       {kStandard + " --steps 5 --features 12 --shards 3", "--shards 3 does not divide the 2 ranks"},
       {kStandard + " --steps 5 --batch story --normalize story", "--batch story cannot be split"},
       {kStandard + " --steps 5 --device-data on", "--device-data on cannot split batches between data-parallel replicas"},
+      {kStandard + " --steps 5 --apply-b-dec-to-input", "--apply-b-dec-to-input: not over several ranks yet"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);

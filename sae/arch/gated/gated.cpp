@@ -107,7 +107,7 @@ class GatedUnit : public ArchUnit {
   }
   ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>*, const ArchFrozen* frozen) const override {
-    const Variable X(x), Y(target);
+    const Variable X = p.encoder_input(x), Y(target);
     ReferenceLoss out;
     const Variable Q = ag::matmul(X, p.W_enc);
     const Variable pi_gate = Q + p.own_var("b_gate");
@@ -135,6 +135,11 @@ class GatedUnit : public ArchUnit {
     Tensor& b_mag = p.own_tensor("b_mag");
     b_gate = sub(b_gate, shift);
     b_mag = sub(b_mag, mul(shift, exp(p.own_tensor("r_mag"))));
+  }
+  // pi_gate = x' W_enc + b_gate, pi_mag = x' (W_enc exp(r_mag)) + b_mag.
+  Tensor encoder_input_gradient(const SaeParams& p, const SaeParams& g) const override {
+    const Tensor biases = add(g.own_tensor("b_gate"), mul(g.own_tensor("b_mag"), exp(p.own_tensor("r_mag"))));
+    return matmul(p.W_enc, biases.reshape(Shape{p.d_sae(), 1})).reshape(Shape{p.d_in()});
   }
 };
 }  // namespace

@@ -187,7 +187,7 @@ class JumpReluUnit : public ArchUnit {
     const JumpReluSettings o = jumprelu_settings(s);
     const Variable& log_threshold = p.own_var("log_threshold");
     ReferenceLoss out;
-    const Variable P = ag::matmul(Variable(x), p.W_enc) + p.b_enc;
+    const Variable P = ag::matmul(p.encoder_input(x), p.W_enc) + p.b_enc;
     out.pre = P.data();
     const Variable f = jumprelu_ste(P, log_threshold, o.bandwidth, o.ste_to_input);
     if (!o.tanh) {

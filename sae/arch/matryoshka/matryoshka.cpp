@@ -194,12 +194,13 @@ class MatryoshkaUnit : public BatchThresholdUnit {
                                double lambda, const std::vector<uint8_t>* dead,
                                const ArchFrozen* frozen) const override {
     const TopKSettings o = topk_settings(s, target.size(1));
-    const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
+    const Tensor P = add(matmul(p.encoder_input_value(x), p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_flat(relu(P).to_vector(), o.k * x.size(0));
     ReferenceLoss out = topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
     // The inner prefixes: sum_{m < M-1} ||target - (f masked to prefix m) W_dec - b_dec [- x W_skip]||^2.
     const Variable X(x), Y(target);
-    const Variable f = ag::relu(ag::matmul(X, p.W_enc) + p.b_enc) * Variable(flags_tensor(kept, P.shape(), x));
+    const Variable f =
+        ag::relu(ag::matmul(p.encoder_input(x), p.W_enc) + p.b_enc) * Variable(flags_tensor(kept, P.shape(), x));
     const std::vector<int64_t> widths = widths_of(s);
     for (size_t m = 0; m + 1 < widths.size(); ++m) {
       const Variable prefix = f * Variable(prefix_mask(x.size(0), P.size(1), widths[m], x));

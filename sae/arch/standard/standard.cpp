@@ -305,7 +305,7 @@ class StandardUnit : public ArchUnit {
   ReferenceLoss reference_loss(const ArchSettings&, const ArchVariables& p, const Tensor& x, const Tensor& target,
                                double lambda, const std::vector<uint8_t>*, const ArchFrozen*) const override {
     ReferenceLoss out;
-    const Variable P = ag::matmul(Variable(x), p.W_enc) + p.b_enc;
+    const Variable P = ag::matmul(p.encoder_input(x), p.W_enc) + p.b_enc;
     out.pre = P.data();
     const Variable f = ag::relu(P);
     // Sum the decoder rows' norms in first ([F]) and multiply by f after: never an [N, F, D] tensor.

@@ -57,7 +57,7 @@ class TopKUnit : public ArchUnit {
                                double lambda, const std::vector<uint8_t>* dead,
                                const ArchFrozen* frozen) const override {
     const TopKSettings o = topk_settings(s, target.size(1));
-    const Tensor P = add(matmul(x, p.W_enc.data()), p.b_enc.data());
+    const Tensor P = add(matmul(p.encoder_input_value(x), p.W_enc.data()), p.b_enc.data());
     const std::vector<uint8_t> kept = top_k_per_row(P.to_vector(), P.size(0), P.size(1), o.k);
     return topk_family_reference(o, kept, p, x, target, lambda, dead, frozen);
   }

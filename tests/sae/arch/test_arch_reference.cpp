@@ -33,7 +33,7 @@ constexpr int64_t kN = 6, kD = 5, kF = 12;
 // Gradcheck of `term` of the unit's loss with respect to the named tensors; the others are constants.
 double check_term(const ArchSettings& settings, const ArchProblem& prob, double lambda,
                   const std::vector<std::string>& names, const std::vector<uint8_t>* dead, const ArchFrozen* frozen,
-                  Variable ReferenceLoss::*term = &ReferenceLoss::total) {
+                  Variable ReferenceLoss::*term = &ReferenceLoss::total, bool centred = false) {
   SaeParams base = prob.params;
   std::vector<Tensor> inputs;
   for (const std::string& name : names) inputs.push_back(tensor_named(base, name));
@@ -41,6 +41,7 @@ double check_term(const ArchSettings& settings, const ArchProblem& prob, double 
   const ArchUnit& unit = arch_unit(base.kind);
   auto f = [&, x, base](const std::vector<Variable>& v) {
     ArchVariables vars = ArchVariables::leaves(base, false);
+    vars.centred = centred;
     for (size_t j = 0; j < names.size(); ++j) variable_named(vars, names[j]) = v[j];
     return unit.reference_loss(settings, vars, x, lambda, dead, frozen).*term;
   };
@@ -97,6 +98,32 @@ TEST(ArchReference, GradcheckGatedWithTheAuxiliaryDecoderFrozen) {
   EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen), 1e-7);
   EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ReferenceLoss::aux), 1e-7);
   EXPECT_LT(check_term(o, prob, 0.3, all, nullptr, &frozen, &ReferenceLoss::sparsity), 1e-7);
+}
+
+TEST(ArchReference, GradcheckWithTheInputCentred) {
+  // --apply-b-dec-to-input: the encoder sees x - b_dec, so b_dec's gradient has an encoder part. Each
+  // problem's encoder biases take the shift back out (b_enc + b_dec W_enc) so that its selections keep
+  // their margins; gated's auxiliary decoder is frozen (its b_dec too), the encoder's b_dec is not.
+  for (const std::string a : {"standard", "topk", "batchtopk", "jumprelu", "gated"}) {
+    SCOPED_TRACE(a);
+    ArchProblem prob = well_conditioned_problem(a, kN, kD, kF, a == "topk" || a == "batchtopk" ? 3 : 0, 500, 1e-3);
+    ASSERT_GT(max_abs(prob.params.b_dec), 0.01);
+    const Tensor shift = matmul(prob.params.b_dec.reshape(Shape{1, kD}), prob.params.W_enc).reshape(Shape{kF});
+    arch_unit(a).fold_input_shift(prob.params, mul_scalar(shift, -1.0));
+    std::vector<std::string> all = {"W_enc", "W_dec", "b_dec"};
+    if (a == "gated") all.insert(all.end(), {"b_gate", "b_mag", "r_mag"});
+    else all.push_back("b_enc");
+    ArchFrozen frozen;
+    if (a == "gated") {
+      frozen.W_dec = prob.params.W_dec.clone();
+      frozen.b_dec = prob.params.b_dec.clone();
+    }
+    const double lambda = a == "topk" || a == "batchtopk" ? 0.0 : 0.2;
+    // JumpReLU without straight-through to the input: its P gradient (and so b_dec's) is the true one.
+    EXPECT_LT(check_term(settings_for(a), prob, lambda, all, nullptr, a == "gated" ? &frozen : nullptr,
+                         &ReferenceLoss::total, true),
+              1e-7);
+  }
 }
 
 TEST(ArchReference, GradcheckJumpReluWhereItIsADerivative) {

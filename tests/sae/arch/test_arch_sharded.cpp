@@ -39,6 +39,7 @@ struct Case {
   std::vector<std::pair<std::string, Json>> options;
   int64_t dead_window = 1000000;
   Dictionary dictionary = Dictionary::Sae;
+  bool centred = false;  // --apply-b-dec-to-input: b_dec's encoder-side gradient summed over the shards
 };
 
 std::vector<Case> cases() {
@@ -67,6 +68,13 @@ std::vector<Case> cases() {
        Dictionary::Transcoder},
       {"standard_crosscoder", "standard", {{"sparse", Json("off")}}, 1000000, Dictionary::Crosscoder},
       {"topk_crosscoder", "topk", {{"k", Json(2)}}, 1000000, Dictionary::Crosscoder},
+      // The encoder sees x - b_dec.
+      {"standard_sparse_centred", "standard", {{"sparse", Json("on")}}, 1000000, Dictionary::Sae, true},
+      {"topk_auxk_chunked_centred", "topk", {{"k", Json(2)}, {"auxk-k", Json(3)}, {"encoder-chunk", Json(5)}}, 1,
+       Dictionary::Sae, true},
+      {"matryoshka_centred", "matryoshka_batchtopk", {{"k", Json(2)}, {"matryoshka-widths", Json::parse("[3, 10, 24]")}},
+       1, Dictionary::Sae, true},
+      {"gated_centred", "gated", {}, 1000000, Dictionary::Sae, true},
   };
 }
 
@@ -124,6 +132,7 @@ Run one_process(const Case& c) {
   Run run{start(c, unit, s), {}};
   SaeAdamState adam = SaeAdamState::zeros_like(run.params);
   SaeStep step(unit, s, StepShape{kN, kD, d_out(c), kF}, DType::F64, Device::CPU);
+  step.set_input_centring(c.centred);
   const std::vector<Tensor> xs = batches(), ys = targets(c);
   for (int64_t i = 0; i < kSteps; ++i)
     run.sums.push_back(step.train_step(run.params, adam, xs[i], ys[i], lambda_of(unit), 1e-2));
@@ -146,6 +155,7 @@ std::vector<Run> ranks(const Case& c, int shards, int replicas) {
     StepShape shape{t1 - t0, kD, d_out(c), per, first, kF, kN};
     SaeStep step(unit, s, shape, DType::F64, Device::CPU);
     step.set_collectives(&col);
+    step.set_input_centring(c.centred);
     for (int64_t i = 0; i < kSteps; ++i)
       run.sums.push_back(step.train_step(run.params, adam, xs[i].slice_rows(t0, t1).clone(),
                                          ys[i].slice_rows(t0, t1).clone(), lambda_of(unit), 1e-2));

@@ -26,6 +26,7 @@ using sae::testing::arch_margin;
 using sae::testing::ArchProblem;
 using sae::testing::expect_bitwise_equal;
 using sae::testing::expect_close_to_scale;
+using sae::testing::max_abs;
 using sae::testing::quantized_cpu;
 using sae::testing::random_cpu;
 using sae::testing::unit_settings;
@@ -527,6 +528,74 @@ TEST(ArchStep, GradientsMatchTheReference) {
       for (size_t i = 0; i < got_grads.size(); ++i)
         expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
                               "grad " + got_grads[i].first);
+    }
+  }
+}
+
+TEST(ArchStep, CentredInputGradientsMatchTheReference) {
+  // --apply-b-dec-to-input: the step feeds the unit x - b_dec and adds b_dec's encoder-side gradient
+  // (minus W_enc g_b_enc; gated: through both of its biases) itself; the reference differentiates
+  // (x - b_dec) W_enc + b_enc by autograd. Each problem is a well-conditioned one with the shift
+  // taken out of its encoder's biases (b_enc + b_dec W_enc), so that its pre-activations, and so the
+  // margins of its selections, are the problem's own.
+  struct Centred {
+    std::string unit, name;
+    ArchSettings settings;
+    ArchProblem problem;
+    bool auxk = false, unit_norm = false;
+  };
+  std::vector<Centred> cases;
+  for (const Setting& s : kSettings)
+    cases.push_back({s.unit, s.name, settings_of(s), problem_for(s, 2000), s.auxk, s.unit_norm});
+  for (const char* sparse : {"off", "on"})
+    cases.push_back({"standard", cat("standard sparse ", sparse), unit_settings("standard", {{"sparse", Json(sparse)}}),
+                     well_conditioned_problem("standard", kN, kD, kF, kK, 2100, 1e-3)});
+  cases.push_back({"matryoshka_batchtopk", "matryoshka",
+                   unit_settings("matryoshka_batchtopk", {{"k", Json(kK)}, {"matryoshka-widths", Json::parse("[5, 15, 30]")},
+                                                          {"auxk-coefficient", Json(0.0)}}),
+                   well_conditioned_problem("matryoshka_batchtopk", kN, kD, kF, kK, 2200, 1e-3), false,
+                   /*unit_norm: the family's default*/ true});
+  for (Centred& c : cases) {
+    const ArchUnit& unit = arch_unit(c.unit);
+    SaeParams& p = c.problem.params;
+    ASSERT_GT(max_abs(p.b_dec), 0.01) << c.name;  // a shift that matters
+    unit.fold_input_shift(p, mul_scalar(matmul(p.b_dec.reshape(Shape{1, kD}), p.W_enc).reshape(Shape{kF}), -1.0));
+    for (DType dtype : {DType::F64, DType::F32}) {
+      SCOPED_TRACE(cat(c.name, " ", dtype_name(dtype)));
+      const ArchProblem prob = sae::testing::to_dtype(c.problem, dtype);
+      SaeStep step(unit, c.settings, kN, kD, kF, dtype, Device::CPU);
+      step.set_input_centring(true);
+      if (c.auxk) step.set_dead_clock(half_dead_clock());
+      SaeParams g = grads_like(prob.params);
+      const StepSums s = step.forward_backward(prob.params, prob.x, kLambda, g);
+      const ArchProblem ref = sae::testing::to_dtype(prob, DType::F64);
+      const std::vector<uint8_t> dead = c.auxk ? topk_step(step).dead_mask() : std::vector<uint8_t>();
+      ArchVariables v = ArchVariables::leaves(ref.params);
+      v.centred = true;
+      ReferenceLoss loss = unit.reference_loss(c.settings, v, ref.x, kLambda, c.auxk ? &dead : nullptr, nullptr);
+      loss.total.backward();
+      const double rel = dtype == DType::F64 ? 1e-11 : 3e-5;
+      EXPECT_LE(std::abs(s.loss - loss.total.data().item()), rel * std::max(1.0, std::abs(loss.total.data().item())));
+      if (c.auxk) EXPECT_GT(s.aux, 0.0);
+      expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
+      SaeParams want = v.grads(ref.params);
+      if (c.unit_norm) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
+      const auto got_grads = g.present();
+      const auto want_grads = want.present();
+      ASSERT_EQ(got_grads.size(), want_grads.size());
+      for (size_t i = 0; i < got_grads.size(); ++i)
+        expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
+                              "grad " + got_grads[i].first);
+      // The encoder-side part is there: b_dec's gradient is not the decoder's alone (sum_t dL/dx_hat).
+      if (dtype == DType::F64) {
+        SaeStep plain(unit, c.settings, kN, kD, kF, dtype, Device::CPU);
+        if (c.auxk) plain.set_dead_clock(half_dead_clock());
+        SaeParams g_plain = grads_like(prob.params);
+        const Tensor centred_x = sub(prob.x, prob.params.b_dec);
+        plain.forward_backward(prob.params, centred_x, prob.x, kLambda, g_plain);
+        EXPECT_GT(max_abs(sub(g.b_dec, g_plain.b_dec)), 1e-3 * std::max(1.0, max_abs(g.b_dec)));
+        expect_close_to_scale(g.W_enc, g_plain.W_enc, 1e-11, "W_enc as the plain step on x - b_dec");
+      }
     }
   }
 }

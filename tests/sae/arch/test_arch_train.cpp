@@ -10,6 +10,8 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "sae/arch/registry.h"
+#include "sae/arch/sae_step.h"
+#include "sae/train/arch_config.h"
 #include "sae/train/checkpoint.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
@@ -18,6 +20,7 @@
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::max_abs;
 using sae::testing::read_file;
 using sae::testing::planted_dictionary_config;
 using sae::testing::tiny_story_run_config;
@@ -306,5 +309,86 @@ TEST(ArchTrain, OptionsThatDoNotApplyOrAreOutOfRangeGetOneLine) {
     auto r = sae::testing::run_binary("sae_train", tiny + " " + args + " --out " + dir.str("ok"), dir);
     EXPECT_EQ(r.exit_code, 0) << args << "\nstderr: " << r.err;
     fs::remove_all(dir.str("ok"));
+  }
+}
+
+TEST(ArchTrain, CentredRunsResumeExactlyAndTheirFoldersComputeWhatTheyTrained) {
+  // --apply-b-dec-to-input: the folder says apply_b_dec_to_input (SAELens centres as it loads it),
+  // its weights are as trained; load_checkpoint folds b_dec W_enc into the encoder's biases (the SAE
+  // of x that sae_apply and the rest encode with) and keeps the trained vectors aside, with which a
+  // resume goes on exactly and the centred step computes the folder's features.
+  for (const std::string a : {"standard", "topk", "gated", "jumprelu"}) {
+    SCOPED_TRACE(a);
+    TempDir dir("arch_centred_" + a);
+    auto centred = [&](const std::string& out) {
+      TrainConfig c = tiny_config(a, out);
+      c.apply_b_dec_to_input = true;
+      return c;
+    };
+    train(centred(dir.str("full")));
+    TrainConfig first = centred(dir.str("split"));
+    first.steps = 17;
+    first.checkpoint_every = 10;
+    train(first);
+    fs::remove_all(dir.str("split/sae"));  // resumed from checkpoints/step_10
+    TrainConfig rest = tiny_config(a, "");
+    rest.resume = dir.str("split");
+    give_every_control(rest);
+    rest.steps = 40;
+    train(rest);
+    EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("split/sae")));
+    EXPECT_EQ(read_file(dir.str("full/sae/training_state.safetensors")),
+              read_file(dir.str("split/sae/training_state.safetensors")));
+    EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
+
+    const std::string model = dir.str("full/sae");
+    const Json cfg = Json::parse(read_file(model + "/cfg.json"));
+    EXPECT_EQ(cfg.at("apply_b_dec_to_input").as_bool(), true);
+    const Checkpoint loaded = load_checkpoint(model, Device::CPU);
+    ASSERT_TRUE(loaded.state.has_value());
+    SaeParams trained = loaded.params.clone();
+    for (const auto& [name, exact] : loaded.state->centred_params)
+      for (auto& [have, param] : trained.present())
+        if (have == name) *param = exact;
+    EXPECT_GT(max_abs(trained.b_dec), 1e-3);  // b_dec moved: the centring is not a no-op
+    // The centred step on the trained vectors computes the features of the folded SAE of x.
+    Rng rng(4);
+    const Tensor x = normal_tensor(Shape{50, 16}, 0.0, 1.0, rng);
+    SaeStep step(arch_unit(a), arch_settings(tiny_config(a, "")), 50, 16, 32, DType::F32, Device::CPU);
+    step.set_input_centring(true);
+    step.forward(trained, x, 0.0);
+    const Tensor f = sae_encode(loaded.params, x);
+    sae::testing::expect_close_to_scale(step.features(), f, 1e-5, "features: the centred step vs the folded SAE");
+    double active = 0;
+    for (double value : f.to_vector()) active += value > 0;
+    EXPECT_GT(active, 0.0);
+    // Without the centring the trained vectors encode otherwise (the fold is not a no-op either).
+    SaeStep plain(arch_unit(a), arch_settings(tiny_config(a, "")), 50, 16, 32, DType::F32, Device::CPU);
+    plain.forward(trained, x, 0.0);
+    EXPECT_GT(max_abs(sub(plain.features(), f)), 1e-3);
+    // --init from the folder into a centred run starts from the same function (its shift taken back out).
+    TrainConfig again = centred(dir.str("init"));
+    again.init = model;
+    again.steps = 1;
+    again.lr = 1e-12;
+    if (topk_family(a)) again.arch.set("k", Json(0));
+    train(again);
+    const Checkpoint continued = load_checkpoint(dir.str("init/sae"), Device::CPU);
+    EXPECT_LT(max_abs(sub(sae_encode(continued.params, x), f)), 1e-4 * std::max(1.0, max_abs(f)));
+    for (const auto& [name, exact] : continued.state->centred_params)
+      if (name == "b_dec") EXPECT_LT(max_abs(sub(exact, trained.b_dec)), 1e-6);
+  }
+  // An SAE's only: a transcoder's b_dec is not of its input.
+  TrainConfig transcoder = tiny_config("standard", "unused");
+  transcoder.data = "x.npy";
+  transcoder.target_data = "y.npy";
+  transcoder.apply_b_dec_to_input = true;
+  try {
+    transcoder.validate();
+    ADD_FAILURE() << "a centred transcoder was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--apply-b-dec-to-input: an SAE's only: a transcoder's b_dec"),
+              std::string::npos)
+        << e.what();
   }
 }

@@ -283,14 +283,17 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
     const char* penalty;
     bool unit_norm;
     int64_t encoder_chunk = 0;  // topk: tokens per encoder GEMM (10: 7 chunks of the 64 tokens)
+    bool centred = false;       // --apply-b-dec-to-input
   };
   const Setting settings[] = {
-      {"topk", "step", true}, {"topk", "step", true, 10}, {"batchtopk", "step", true}, {"jumprelu", "step", true},
-      {"jumprelu", "tanh", false}, {"gated", "step", false}};
+      {"topk", "step", true},          {"topk", "step", true, 10},    {"batchtopk", "step", true},
+      {"jumprelu", "step", true},      {"jumprelu", "tanh", false},   {"gated", "step", false},
+      {"topk", "step", true, 10, true}, {"gated", "step", false, 0, true}};
   const int64_t n = 64, d = 24, f = 80, k = 6;
   for (const Setting& s : settings) {
     const std::string a = s.unit;
-    SCOPED_TRACE(a + " " + s.penalty + " encoder-chunk " + std::to_string(s.encoder_chunk));
+    SCOPED_TRACE(a + " " + s.penalty + " encoder-chunk " + std::to_string(s.encoder_chunk) +
+                 (s.centred ? " centred" : ""));
     std::vector<std::pair<std::string, Json>> given = {{"unit-norm-decoder", Json(s.unit_norm ? "on" : "off")}};
     const bool topk = a == "topk" || a == "batchtopk";
     if (topk) {
@@ -309,6 +312,8 @@ TEST(CudaArch, ThreeTrainingStepsMatchTheCpu) {
         sae::testing::to_dtype(sae::testing::well_conditioned_problem(a, n, d, f, k, 77, 1e-3, 0.5), DType::F32);
     SaeStep cpu(arch_unit(a), settings_, n, d, f, DType::F32, Device::CPU);
     SaeStep gpu(arch_unit(a), settings_, n, d, f, DType::F32, Device::CUDA);
+    cpu.set_input_centring(s.centred);
+    gpu.set_input_centring(s.centred);
     if (topk) {
       std::vector<int64_t> clock(f);
       for (int64_t i = 0; i < f; ++i) clock[i] = i % 3 == 0 ? 100 : 0;
