@@ -130,7 +130,8 @@ double SaeFootprint::lower_bound() const {
 }
 
 double chunk_budget_need(const SaeFootprint& s, int64_t rows, const ChunkBudget& budget) {
-  return budget.parameter_copies * 4.0 * s.parameters() + double(rows) * double(s.latents) * s.cell_bytes;
+  return (budget.parameter_copies + s.gradient_copies) * 4.0 * s.parameters() +
+         double(rows) * double(s.latents) * s.cell_bytes;
 }
 
 std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint>& saes,

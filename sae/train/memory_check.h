@@ -33,19 +33,23 @@ struct SaeFootprint {
   int64_t d_in = 0, d_out = 0, latents = 0, tokens = 0;  // tokens: the rows of pre-activations held at once
   int cell_bytes = 4;                                    // of an [N, F] array: 2 at --precision bf16
   bool fewer_rows = false;                               // a topk that could hold fewer rows (the refusal says how)
+  // A step that keeps every gradient (--max-grad-norm, replicas, --apply-b-dec-to-input: no Adam fused
+  // into a TopK step's kernels) holds one more copy than ChunkBudget's count.
+  double gradient_copies = 0;
   double parameters() const;                             // d_in F + F d_out + F + d_out
   double lower_bound() const;                            // bytes, as the top of this file says
 };
 
 // What sae_train's choice of a topk's rows (--encoder-chunk 0) counts: `bytes` it may use (< 0:
-// unknown), `other_bytes` of it held by the rest of the process (the data source's buffers), and per
-// SAE `parameter_copies` x 4 bytes x its parameters (d_in F + F d_out + F + d_out) beside its
-// [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's moments). A
-// CPU run of a TopK SAE at d 768 holds 3.0-3.1 copies beside its pre-activations through its steps,
-// saves and concept recovery (F 2^19 and 2^20), 3.5 at --precision bf16 (the rounded W_enc), and about
-// 0.9 GB more from the start with the synthetic data's default 200000 stories (bench/RESULTS.md,
-// 2026-12-07): sae_train counts 3.5 copies (4 at bf16) and 1 GB on the CPU; a GPU holds about 4
-// copies on the device (a bf16 copy of W_enc at --precision bf16, the step's buffers) and nothing else.
+// unknown), `other_bytes` of it kept as a margin for the rest of the process, and per SAE
+// (`parameter_copies` + its gradient_copies) x 4 bytes x its parameters (d_in F + F d_out + F + d_out)
+// beside its [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's
+// moments). A CPU run of a TopK SAE at d 768 holds 3.0-3.1 copies beside its pre-activations through
+// its steps, saves and concept recovery (F 2^19 and 2^20), 3.5 at --precision bf16 (the rounded
+// W_enc) (bench/RESULTS.md, 2026-12-07): sae_train counts 3.5 copies (4 at bf16) and a 1 GB margin on
+// the CPU (what the data source holds by then, such as the synthetic data's 0.9 GB at its default
+// 200000 stories, is already out of what the process can get); a GPU holds about 4 copies on the
+// device (a bf16 copy of W_enc at --precision bf16, the step's buffers) and no margin.
 struct ChunkBudget {
   double bytes = -1;
   double parameter_copies = 3.5;

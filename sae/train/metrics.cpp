@@ -122,8 +122,8 @@ std::vector<bool> DeadFeatureTracker::alive() const {
 namespace {
 // The cosines of every concept with every decoder row, a block of decoder rows and a block of
 // concepts at a time: visit(first concept, concepts, first feature, features, cos [concepts,
-// features]). Each block's decoder rows are copied to the host and made unit there, so neither the
-// whole decoder nor a [C, F] matrix is ever held (F 2^19 at d 768: 1.6 GB and 8 GB). Zero decoder
+// features]). Each block's decoder rows are copied to the host and made unit there, so neither a
+// unit copy of the whole decoder nor a [512, F] block is held (F 2^19 at d 768: 1.6 GB and 1.1 GB). Zero decoder
 // rows have cosine 0 with everything. Concepts ascend within each feature block.
 void for_each_cosine_block(const Tensor& concepts, const Tensor& decoder, const char* who,
                            const std::function<void(int64_t, int64_t, int64_t, int64_t, const float*)>& visit) {

@@ -247,7 +247,9 @@ void load_init(RunStart& start, TrainConfig& config) {
   adopt_init_architecture(config, *start.params);
   // Loaded SAEs encode x (a centred one's shift folded into its biases): a run that centres starts
   // from the same function with the shift taken back out, b_enc = b_enc' + b_dec W_enc.
-  if (config.apply_b_dec_to_input) {
+  // (Not for what validate() refuses next: a transcoder, a skip path, a crosscoder.)
+  if (config.apply_b_dec_to_input && !start.params->transcoder && start.params->sources == 1 &&
+      !start.params->W_skip.defined() && start.params->d_in() == start.params->d_out()) {
     SaeParams& p = *start.params;
     const Tensor shift = matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()});
     run_unit(config).fold_input_shift(p, mul_scalar(shift, -1.0));

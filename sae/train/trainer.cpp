@@ -779,6 +779,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const int64_t rows = unit.pre_activation_rows(arch_settings(m.config()), tokens);
       footprints.push_back({columns.d_in, columns.d_out, latents, rows, shared.precision == Precision::BF16 ? 2 : 4});
       footprints.back().fewer_rows = unit.chunks_encoder() && rows > 1;
+      const bool every_gradient = replicas > 1 || m.config().max_grad_norm > 0 || m.config().apply_b_dec_to_input;
+      footprints.back().gradient_copies = every_gradient ? 1.0 : 0.0;
       chunkable.push_back(unit.chunks_encoder() && m.config().encoder_chunk == 0);
     }
     agree([&] {

@@ -378,7 +378,28 @@ TEST(ArchTrain, CentredRunsResumeExactlyAndTheirFoldersComputeWhatTheyTrained) {
     for (const auto& [name, exact] : continued.state->centred_params)
       if (name == "b_dec") EXPECT_LT(max_abs(sub(exact, trained.b_dec)), 1e-6);
   }
-  // An SAE's only: a transcoder's b_dec is not of its input.
+  // An SAE's only: a transcoder's b_dec is not of its input; also when the transcoder comes from --init
+  // (refused as a usage error, not the shift's product of mismatched widths).
+  TempDir dir("arch_centred_transcoder");
+  Rng rng(6);
+  write_npy(dir.str("x.npy"), normal_tensor(Shape{200, 16}, 0.0, 1.0, rng));
+  write_npy(dir.str("y.npy"), normal_tensor(Shape{200, 8}, 0.0, 1.0, rng));
+  TrainConfig made = tiny_config("standard", dir.str("made"));
+  made.data = dir.str("x.npy");
+  made.target_data = dir.str("y.npy");
+  made.normalize = Normalization::None;
+  made.steps = 2;
+  train(made);
+  TrainConfig from = made;
+  from.out = dir.str("from");
+  from.init = dir.str("made/sae");
+  from.apply_b_dec_to_input = true;
+  try {
+    train(from);
+    ADD_FAILURE() << "a centred run from a transcoder was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--apply-b-dec-to-input: an SAE's only"), std::string::npos) << e.what();
+  }
   TrainConfig transcoder = tiny_config("standard", "unused");
   transcoder.data = "x.npy";
   transcoder.target_data = "y.npy";

@@ -93,6 +93,14 @@ TEST(MemoryCheck, ATopKWithoutEncoderChunkGetsTheRowsThatFit) {
             std::vector<int64_t>{256});  // the 1 GB left out: 3314 rows short, so the floor
   EXPECT_EQ(pre_activation_rows_that_fit({topk}, {true}, ChunkBudget{rest + copies + 100.5 * 262144.0}),
             std::vector<int64_t>{256});
+  // A step that keeps every gradient (--max-grad-norm, replicas, --apply-b-dec-to-input) holds one
+  // more copy: 4.5 x 4 bytes x the parameters.
+  SaeFootprint every_gradient = topk;
+  every_gradient.gradient_copies = 1;
+  EXPECT_EQ(chunk_budget_need(every_gradient, 10, ChunkBudget{}), 18.0 * (256.0 * 65536 * 2 + 65536 + 256) + 10 * 262144.0);
+  EXPECT_EQ(pre_activation_rows_that_fit({every_gradient}, {true}, ChunkBudget{rest + copies + 1024 * 262144.0}),
+            std::vector<int64_t>{510});  // the whole batch fitted without the gradients' copy: 1024 rows less
+                                         // 4 x 33,620,224 / 262,144 = 513.0
   SaeFootprint short_batch = topk;
   short_batch.tokens = 100;
   EXPECT_EQ(pre_activation_rows_that_fit({short_batch}, {true}, ChunkBudget{copies / 2}), std::vector<int64_t>{100});
