@@ -484,6 +484,22 @@ ArchProblem problem_for(const Setting& setting, uint64_t seed, double margin = 1
 }
 }  // namespace
 
+namespace {
+// The step's gradients `got` against those backward() left in the reference's leaves `v` (float64, on
+// the parameters `ref`), W_dec's projected where the step keeps unit-norm rows: each within rel of
+// its largest.
+void expect_reference_gradients(const SaeParams& got, const ArchVariables& v, const SaeParams& ref, bool unit_norm,
+                                double rel) {
+  SaeParams want = v.grads(ref);
+  if (unit_norm) decoder_project_(want.W_dec, ref.W_dec, norm2(ref.W_dec, 1));
+  const auto got_grads = got.present();
+  const auto want_grads = want.present();
+  ASSERT_EQ(got_grads.size(), want_grads.size());
+  for (size_t i = 0; i < got_grads.size(); ++i)
+    expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, rel, "grad " + got_grads[i].first);
+}
+}  // namespace
+
 TEST(ArchStep, GradientsMatchTheReference) {
   for (const Setting& setting : kSettings) {
     const ArchProblem prob64 = problem_for(setting, 1000);
@@ -520,14 +536,7 @@ TEST(ArchStep, GradientsMatchTheReference) {
       for (double f : loss.f.to_vector()) active += f > 0;
       EXPECT_EQ(s.active, active);
       expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
-      SaeParams want = v.grads(ref.params);
-      if (setting.unit_norm) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
-      const auto got_grads = g.present();
-      const auto want_grads = want.present();
-      ASSERT_EQ(got_grads.size(), want_grads.size());
-      for (size_t i = 0; i < got_grads.size(); ++i)
-        expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
-                              "grad " + got_grads[i].first);
+      expect_reference_gradients(g, v, ref.params, setting.unit_norm, 10 * rel);
     }
   }
 }
@@ -578,14 +587,7 @@ TEST(ArchStep, CentredInputGradientsMatchTheReference) {
       EXPECT_LE(std::abs(s.loss - loss.total.data().item()), rel * std::max(1.0, std::abs(loss.total.data().item())));
       if (c.auxk) EXPECT_GT(s.aux, 0.0);
       expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
-      SaeParams want = v.grads(ref.params);
-      if (c.unit_norm) decoder_project_(want.W_dec, ref.params.W_dec, norm2(ref.params.W_dec, 1));
-      const auto got_grads = g.present();
-      const auto want_grads = want.present();
-      ASSERT_EQ(got_grads.size(), want_grads.size());
-      for (size_t i = 0; i < got_grads.size(); ++i)
-        expect_close_to_scale(got_grads[i].second->to(DType::F64), *want_grads[i].second, 10 * rel,
-                              "grad " + got_grads[i].first);
+      expect_reference_gradients(g, v, ref.params, c.unit_norm, 10 * rel);
       // The encoder-side part is there: b_dec's gradient is not the decoder's alone (sum_t dL/dx_hat).
       if (dtype == DType::F64) {
         SaeStep plain(unit, c.settings, kN, kD, kF, dtype, Device::CPU);

@@ -17,9 +17,11 @@
 #include "sae/train/trainer.h"
 #include "tensor/ops.h"
 #include "tests/util/compare.h"
+#include "tests/util/resume_check.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
+using sae::testing::expect_resume_is_bit_exact;
 using sae::testing::max_abs;
 using sae::testing::read_file;
 using sae::testing::planted_dictionary_config;
@@ -77,8 +79,6 @@ TrainConfig tiny_config(const Variant& v, const std::string& out) {
   return c;
 }
 
-std::string weights_bytes(const std::string& dir) { return read_file(dir + "/sae_weights.safetensors"); }
-
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 }  // namespace
@@ -127,22 +127,9 @@ TEST(ArchTrain, ResumeIsBitExactForEveryArchitecture) {
   for (const Variant& v : kVariants) {
     SCOPED_TRACE(v.name);
     TempDir dir(std::string("arch_resume_") + v.name);
-    train(tiny_config(v, dir.str("full")));
-    TrainConfig first = tiny_config(v, dir.str("split"));
-    first.steps = 17;
-    first.checkpoint_every = 10;
-    train(first);
-    fs::remove_all(dir.str("split/sae"));  // resume from checkpoints/step_10, as if killed at step 17
-    TrainConfig rest = tiny_config(v, "");
-    rest.resume = dir.str("split");
-    give_every_control(rest);
-    rest.steps = 40;
-    const TrainResult r = train(rest);
+    const TrainResult r =
+        expect_resume_is_bit_exact([&](const std::string& out) { return tiny_config(v, out); }, dir);
     EXPECT_EQ(r.steps, 40);
-    EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("split/sae")));
-    EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
-    EXPECT_EQ(read_file(dir.str("full/sae/training_state.safetensors")),
-              read_file(dir.str("split/sae/training_state.safetensors")));
     // The run actually used its architecture's machinery.
     const std::string csv = read_file(dir.str("full/metrics.csv"));
     EXPECT_NE(csv.find("aux_loss"), std::string::npos);
@@ -325,21 +312,7 @@ TEST(ArchTrain, CentredRunsResumeExactlyAndTheirFoldersComputeWhatTheyTrained) {
       c.apply_b_dec_to_input = true;
       return c;
     };
-    train(centred(dir.str("full")));
-    TrainConfig first = centred(dir.str("split"));
-    first.steps = 17;
-    first.checkpoint_every = 10;
-    train(first);
-    fs::remove_all(dir.str("split/sae"));  // resumed from checkpoints/step_10
-    TrainConfig rest = tiny_config(a, "");
-    rest.resume = dir.str("split");
-    give_every_control(rest);
-    rest.steps = 40;
-    train(rest);
-    EXPECT_EQ(weights_bytes(dir.str("full/sae")), weights_bytes(dir.str("split/sae")));
-    EXPECT_EQ(read_file(dir.str("full/sae/training_state.safetensors")),
-              read_file(dir.str("split/sae/training_state.safetensors")));
-    EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
+    expect_resume_is_bit_exact(centred, dir);
 
     const std::string model = dir.str("full/sae");
     const Json cfg = Json::parse(read_file(model + "/cfg.json"));

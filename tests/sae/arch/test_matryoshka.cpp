@@ -23,6 +23,7 @@
 #include "tests/util/fixture.h"
 #include "tests/util/gpu.h"
 #include "tests/util/gradcheck.h"
+#include "tests/util/resume_check.h"
 #include "tests/util/standard_sae.h"
 #include "tests/util/test_util.h"
 
@@ -361,21 +362,7 @@ TEST(MatryoshkaTrain, ResumeIsBitExactAndTheExportLoadsBack) {
     c.dead_window = 100;
     return c;
   };
-  train(tiny(dir.str("full")));
-  TrainConfig first = tiny(dir.str("split"));
-  first.steps = 17;
-  first.checkpoint_every = 10;
-  train(first);
-  std::filesystem::remove_all(dir.str("split/sae"));  // resume from checkpoints/step_10, as if killed at step 17
-  TrainConfig rest = tiny("");
-  rest.resume = dir.str("split");
-  give_every_control(rest);
-  rest.steps = 40;
-  train(rest);
-  EXPECT_EQ(read_file(dir.str("full/sae/sae_weights.safetensors")), read_file(dir.str("split/sae/sae_weights.safetensors")));
-  EXPECT_EQ(read_file(dir.str("full/metrics.csv")), read_file(dir.str("split/metrics.csv")));
-  EXPECT_EQ(read_file(dir.str("full/sae/training_state.safetensors")),
-            read_file(dir.str("split/sae/training_state.safetensors")));
+  sae::testing::expect_resume_is_bit_exact(tiny, dir);
   // The SAELens export: a jumprelu with one threshold; sae_cpp names the unit and keeps the widths.
   const Json cfg = Json::parse(read_file(dir.str("full/sae/cfg.json")));
   EXPECT_EQ(cfg.at("architecture").as_string(), "jumprelu");
