@@ -349,7 +349,9 @@ TEST(ArchTrain, CentredRunsResumeExactlyAndTheirFoldersComputeWhatTheyTrained) {
     const Checkpoint continued = load_checkpoint(dir.str("init/sae"), Device::CPU);
     EXPECT_LT(max_abs(sub(sae_encode(continued.params, x), f)), 1e-4 * std::max(1.0, max_abs(f)));
     for (const auto& [name, exact] : continued.state->centred_params)
-      if (name == "b_dec") EXPECT_LT(max_abs(sub(exact, trained.b_dec)), 1e-6);
+      if (name == "b_dec") {
+        EXPECT_LT(max_abs(sub(exact, trained.b_dec)), 1e-6);
+      }
   }
   // An SAE's only: a transcoder's b_dec is not of its input; also when the transcoder comes from --init
   // (refused as a usage error, not the shift's product of mismatched widths).
