@@ -634,7 +634,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     require(state_arch == unit.name(), where,
             cat("training state of a ", printable(state_arch), " SAE beside a ", unit.name(), " model"));
     if (sharded_state(state_info)) {  // a distributed run's: the optimizer shards beside it
-      load_sharded_state(dir, state_info, out.params, st, device);
+      load_sharded_state(dir, state_info, out.params, st, device, centred);
       out.state = std::move(st);
       out.params = out.params.to(device);
       return out;

@@ -162,7 +162,7 @@ bool shard_files_complete(const std::string& dir, const Json& info) {
 }
 
 void load_sharded_state(const std::string& dir, const Json& info, SaeParams& params, TrainingState& st,
-                        Device device) {
+                        Device device, bool centred) {
   const int64_t shards = state_shards(info), latents = params.d_sae();
   const std::string state_path = (fs::path(dir) / kStateFile).string();
   if (shards < 1 || latents % shards != 0)
@@ -242,6 +242,18 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
         throw DataError(cat(path, ": last_fired[", k, "] is ", clock, ", expected a token count in [0, ", st.tokens, "]"));
       st.last_fired[s * per + k] = static_cast<int64_t>(clock);
     }
+  }
+  if (centred) {  // the param.* vectors are the trained ones: kept aside, and the shift folded back in
+    for (const auto& [name, t] : params.present()) {
+      if (t->ndim() != 1) continue;
+      for (int64_t s = 0; s < shards; ++s)
+        if (!SafetensorsFile::open((fs::path(dir) / shard_file(s)).string()).has("param." + name))
+          throw DataError(cat(dir, ": ", shard_file(s), ": a centred (apply_b_dec_to_input) run's state must hold param.",
+                              name));
+      st.centred_params.push_back({name, t->clone()});
+    }
+    unit.fold_input_shift(params, matmul(params.b_dec.reshape(Shape{1, params.d_in()}), params.W_enc)
+                                      .reshape(Shape{params.d_sae()}));
   }
   for (auto& [name, t] : st.adam.m.present()) *t = t->to(device);
   for (auto& [name, t] : st.adam.v.present()) *t = t->to(device);

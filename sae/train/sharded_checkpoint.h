@@ -35,7 +35,10 @@ int64_t state_shards(const Json& info);
 // Whether every shard file of a sharded state is there and readable.
 bool shard_files_complete(const std::string& dir, const Json& info);
 // The whole SAE's Adam moments, clocks and unit state from the shard files of `dir` into st and
-// params (whose tensors are the whole SAE's, on the CPU). DataError naming the file.
-void load_sharded_state(const std::string& dir, const Json& info, SaeParams& params, TrainingState& st, Device device);
+// params (whose tensors are the whole SAE's, on the CPU). DataError naming the file. A centred run's
+// (--apply-b-dec-to-input) trained vectors go to st.centred_params, and params stay the SAE of x
+// (b_dec W_enc folded into the encoder's biases), as load_checkpoint's are for one process.
+void load_sharded_state(const std::string& dir, const Json& info, SaeParams& params, TrainingState& st, Device device,
+                        bool centred = false);
 
 }  // namespace sae

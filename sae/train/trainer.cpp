@@ -706,14 +706,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   const TrainConfig& shared = members.empty() ? pass->stream : members[0].config();
   const int64_t shards = dist ? dist->shards() : 1;
   agree([&] {
-    for (const Member& m : members) {
+    for (const Member& m : members)
       if (m.config().features % shards != 0)
         throw UsageError(cat("--shards ", shards, " does not divide --features ", m.config().features,
                              " (each shard holds F / S latents)"));
-      if (dist && m.config().apply_b_dec_to_input)
-        throw UsageError("--apply-b-dec-to-input: not over several ranks yet (--shards, replicas): its saves keep the "
-                         "trained biases beside the folder's in one process only; train it in one process");
-    }
     if (spans(dist, Group::Replicas) && shared.device_data == DeviceDataMode::On)
       throw UsageError("--device-data on cannot split batches between data-parallel replicas yet (their batch metrics "
                        "are summed on the host): leave it at auto or off");

@@ -22,6 +22,7 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "sae/dist/mpi_world.h"
+#include "sae/train/checkpoint.h"
 #include "tests/util/gpu.h"
 #include "tensor/ops.h"
 #include "tensor/rng.h"
@@ -155,7 +156,9 @@ TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
   for (const auto& [name, options] :
        {std::pair<std::string, std::string>{"standard", kStandard}, {"topk", kTopK},
         // clipped at every step (the norm over the shards' latents, N over the replicas' tokens)
-        {"clipped", kStandard + " --max-grad-norm 0.001"}}) {
+        {"clipped", kStandard + " --max-grad-norm 0.001"},
+        // the encoder sees x - b_dec (b_dec's encoder-side gradient summed over the shards)
+        {"centred", kTopK + " --apply-b-dec-to-input"}}) {
     expect_shards_and_replicas_equal_one_process(options + " --steps 100 --checkpoint-every 50", dir, name);
     // The shards wrote one SAELens folder and an optimizer shard each.
     for (const char* file : {"cfg.json", "training_state.safetensors", "training_state.shard_0.safetensors",
@@ -163,6 +166,39 @@ TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
       EXPECT_TRUE(fs::exists(dir.str(name + "_s2/sae/") + file)) << file;
     EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str(name + "_s2/sae/cfg.json"))).at("d_sae").as_int(), 32);
   }
+}
+
+// A centred run (--apply-b-dec-to-input) over 2 shards: its folder says so, and 2 shards to 50 then
+// 2 shards to 100 equals 2 shards straight to 100 exactly (the trained vectors are in the shard files).
+TEST(Distributed, CentredRunsResumeExactlyOverShards) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("dist_centred");
+  const std::string centred = kStandard + " --apply-b-dec-to-input --shards 2 --checkpoint-every 25";
+  auto straight = mpirun(2, centred + " --steps 60 --out " + dir.str("straight"), dir);
+  ASSERT_EQ(straight.exit_code, 0) << straight.err;
+  ASSERT_EQ(mpirun(2, centred + " --steps 30 --out " + dir.str("split"), dir).exit_code, 0);
+  fs::remove_all(dir.str("split/sae"));  // from checkpoints/step_25
+  auto rest = mpirun(2, "--resume " + dir.str("split") + " --steps 60 --shards 2 --progress none", dir);
+  ASSERT_EQ(rest.exit_code, 0) << rest.err;
+  for (const char* file : {"sae_weights.safetensors", "training_state.shard_0.safetensors",
+                           "training_state.shard_1.safetensors"})
+    EXPECT_EQ(sae::testing::read_file(dir.str("straight/sae/") + file), sae::testing::read_file(dir.str("split/sae/") + file))
+        << file;
+  EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("straight/sae/cfg.json"))).at("apply_b_dec_to_input").as_bool(),
+            true);
+  // Loaded, the SAE is the SAE of x (b_enc' = b_enc - b_dec W_enc), the trained vectors kept aside.
+  const Checkpoint loaded = load_checkpoint(dir.str("straight/sae"), Device::CPU);
+  ASSERT_TRUE(loaded.state.has_value());
+  Tensor trained_b_enc;
+  for (const auto& [name, exact] : loaded.state->centred_params)
+    if (name == "b_enc") trained_b_enc = exact;
+  ASSERT_TRUE(trained_b_enc.defined());
+  const Tensor shift = matmul(loaded.params.b_dec.reshape(Shape{1, 16}), loaded.params.W_enc).reshape(Shape{32});
+  EXPECT_LT(sae::testing::max_abs_diff(loaded.params.b_enc, sub(trained_b_enc, shift)), 1e-5);
+  EXPECT_GT(sae::testing::max_abs(shift), 1e-3);
+  // One process goes on from the shards' checkpoint as well (the trained vectors reassembled).
+  auto alone = sae::testing::run_binary("sae_train", "--resume " + dir.str("straight") + " --steps 70 --progress none", dir);
+  EXPECT_EQ(alone.exit_code, 0) << alone.err;
 }
 
 // Resume: 2 shards to 50, one process to 75, 2 shards to 100 equals one process's 100 steps within
@@ -279,7 +315,6 @@ TEST(Distributed, Refusals) {
       {kStandard + " --steps 5 --features 12 --shards 3", "--shards 3 does not divide the 2 ranks"},
       {kStandard + " --steps 5 --batch story --normalize story", "--batch story cannot be split"},
       {kStandard + " --steps 5 --device-data on", "--device-data on cannot split batches between data-parallel replicas"},
-      {kStandard + " --steps 5 --apply-b-dec-to-input", "--apply-b-dec-to-input: not over several ranks yet"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);
