@@ -21,6 +21,7 @@
 #include "io/csv.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
+#include "sae/arch/registry.h"
 #include "sae/dist/mpi_world.h"
 #include "sae/train/checkpoint.h"
 #include "tests/util/gpu.h"
@@ -168,37 +169,53 @@ TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
   }
 }
 
-// A centred run (--apply-b-dec-to-input) over 2 shards: its folder says so, and 2 shards to 50 then
-// 2 shards to 100 equals 2 shards straight to 100 exactly (the trained vectors are in the shard files).
+// A centred run (--apply-b-dec-to-input) over 2 shards, standard and gated (its own vectors, its
+// r_mag-weighted fold): its folder says so; 2 shards to 30 resumed from the checkpoint of step 25 to
+// 60 equals 2 shards straight to 60 exactly (the trained vectors are in the shard files); the loaded
+// SAE is the folded one; and one process goes on from the shards' checkpoint as 2 shards do.
 TEST(Distributed, CentredRunsResumeExactlyOverShards) {
   SKIP_WITHOUT_MPI();
   TempDir dir("dist_centred");
-  const std::string centred = kStandard + " --apply-b-dec-to-input --shards 2 --checkpoint-every 25";
-  auto straight = mpirun(2, centred + " --steps 60 --out " + dir.str("straight"), dir);
-  ASSERT_EQ(straight.exit_code, 0) << straight.err;
-  ASSERT_EQ(mpirun(2, centred + " --steps 30 --out " + dir.str("split"), dir).exit_code, 0);
-  fs::remove_all(dir.str("split/sae"));  // from checkpoints/step_25
-  auto rest = mpirun(2, "--resume " + dir.str("split") + " --steps 60 --shards 2 --progress none", dir);
-  ASSERT_EQ(rest.exit_code, 0) << rest.err;
-  for (const char* file : {"sae_weights.safetensors", "training_state.shard_0.safetensors",
-                           "training_state.shard_1.safetensors"})
-    EXPECT_EQ(sae::testing::read_file(dir.str("straight/sae/") + file), sae::testing::read_file(dir.str("split/sae/") + file))
-        << file;
-  EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("straight/sae/cfg.json"))).at("apply_b_dec_to_input").as_bool(),
-            true);
-  // Loaded, the SAE is the SAE of x (b_enc' = b_enc - b_dec W_enc), the trained vectors kept aside.
-  const Checkpoint loaded = load_checkpoint(dir.str("straight/sae"), Device::CPU);
-  ASSERT_TRUE(loaded.state.has_value());
-  Tensor trained_b_enc;
-  for (const auto& [name, exact] : loaded.state->centred_params)
-    if (name == "b_enc") trained_b_enc = exact;
-  ASSERT_TRUE(trained_b_enc.defined());
-  const Tensor shift = matmul(loaded.params.b_dec.reshape(Shape{1, 16}), loaded.params.W_enc).reshape(Shape{32});
-  EXPECT_LT(sae::testing::max_abs_diff(loaded.params.b_enc, sub(trained_b_enc, shift)), 1e-5);
-  EXPECT_GT(sae::testing::max_abs(shift), 1e-3);
-  // One process goes on from the shards' checkpoint as well (the trained vectors reassembled).
-  auto alone = sae::testing::run_binary("sae_train", "--resume " + dir.str("straight") + " --steps 70 --progress none", dir);
-  EXPECT_EQ(alone.exit_code, 0) << alone.err;
+  for (const auto& [name, options] :
+       {std::pair<std::string, std::string>{"standard", kStandard}, {"gated", kStandard + " --architecture gated"}}) {
+    SCOPED_TRACE(name);
+    const std::string centred = options + " --apply-b-dec-to-input --shards 2 --checkpoint-every 25";
+    const std::string straight = dir.str(name + "_straight"), split = dir.str(name + "_split");
+    auto run = mpirun(2, centred + " --steps 60 --out " + straight, dir);
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    ASSERT_EQ(mpirun(2, centred + " --steps 30 --out " + split, dir).exit_code, 0);
+    fs::remove_all(split + "/sae");  // from checkpoints/step_25
+    auto rest = mpirun(2, "--resume " + split + " --steps 60 --shards 2 --progress none", dir);
+    ASSERT_EQ(rest.exit_code, 0) << rest.err;
+    for (const char* file : {"sae_weights.safetensors", "training_state.shard_0.safetensors",
+                             "training_state.shard_1.safetensors"})
+      EXPECT_EQ(sae::testing::read_file(straight + "/sae/" + file), sae::testing::read_file(split + "/sae/" + file))
+          << file;
+    EXPECT_EQ(Json::parse(sae::testing::read_file(straight + "/sae/cfg.json")).at("apply_b_dec_to_input").as_bool(),
+              true);
+    // Loaded, the SAE is the SAE of x (its encoder's biases less the shift), the trained vectors aside.
+    const Checkpoint loaded = load_checkpoint(straight + "/sae", Device::CPU);
+    ASSERT_TRUE(loaded.state.has_value());
+    SaeParams trained = loaded.params.clone();
+    for (const auto& [have, exact] : loaded.state->centred_params)
+      for (auto& [want, param] : trained.present())
+        if (want == have) *param = exact;
+    const Tensor shift = matmul(trained.b_dec.reshape(Shape{1, 16}), trained.W_enc).reshape(Shape{32});
+    EXPECT_GT(sae::testing::max_abs(shift), 1e-3);
+    SaeParams folded = trained.clone();
+    arch_unit(loaded.params.kind).fold_input_shift(folded, shift);
+    for (const auto& [have, param] : loaded.params.present())
+      for (const auto& [want, expected] : folded.present())
+        if (have == want) EXPECT_LT(sae::testing::max_abs_diff(*param, *expected), 1e-5) << have;
+    // One process on from the shards' step-60 checkpoint, and the 2 shards on, to 70 (float32 sums
+    // in another order: within 2e-5).
+    fs::copy(straight, dir.str(name + "_alone"), fs::copy_options::recursive);
+    auto alone = sae::testing::run_binary("sae_train", "--resume " + dir.str(name + "_alone") + " --steps 70 --progress none", dir);
+    ASSERT_EQ(alone.exit_code, 0) << alone.err;
+    auto on = mpirun(2, "--resume " + straight + " --steps 70 --shards 2 --progress none", dir);
+    ASSERT_EQ(on.exit_code, 0) << on.err;
+    expect_same_model(straight, dir.str(name + "_alone"), 2e-5);
+  }
 }
 
 // Resume: 2 shards to 50, one process to 75, 2 shards to 100 equals one process's 100 steps within
