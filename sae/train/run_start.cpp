@@ -336,6 +336,13 @@ RunStart start_run(TrainConfig config, bool owner) {
         throw DataError(cat(config_path, ": normalize is ", normalization_name(config.normalize), " but ",
                             start.resumed_from, " was trained with ", normalization_name(trained),
                             " (cfg.json sae_cpp.normalization): the run's files disagree"));
+      // Centred or not, the checkpoint must say what config.json says: its folder's SAE is folded
+      // (the SAE of x) and only a centred state holds the trained vectors to go on from.
+      const bool centred_state = !checkpoint.state->centred_params.empty();
+      if (centred_state != config.apply_b_dec_to_input)
+        throw DataError(cat(config_path, ": apply_b_dec_to_input is ", config.apply_b_dec_to_input ? "true" : "false",
+                            " but ", start.resumed_from, (centred_state ? " was" : " was not"),
+                            " trained with it (cfg.json sae_cpp.apply_b_dec_to_input): the run's files disagree"));
       start.params = std::move(checkpoint.params);
       start.state = std::move(checkpoint.state);
       for (const auto& [name, exact] : start.state->centred_params)  // a centred run's biases as trained

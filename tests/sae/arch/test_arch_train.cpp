@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -352,6 +353,32 @@ TEST(ArchTrain, CentredRunsResumeExactlyAndTheirFoldersComputeWhatTheyTrained) {
       if (name == "b_dec") {
         EXPECT_LT(max_abs(sub(exact, trained.b_dec)), 1e-6);
       }
+  }
+  // A checkpoint whose cfg.json no longer says it was centred (edited) is not resumed as if its folded
+  // SAE were the trained one: the run's files disagree (exit 1); the other way round its state lacks
+  // the trained vectors.
+  for (const bool centred : {true, false}) {
+    TempDir edited(centred ? "arch_centred_edited" : "arch_plain_edited");
+    TrainConfig c = tiny_config("standard", edited.str("run"));
+    c.apply_b_dec_to_input = centred;
+    c.steps = 12;
+    c.checkpoint_every = 5;
+    train(c);
+    const std::string cfg_path = edited.str("run/checkpoints/step_10/cfg.json");
+    Json cfg = Json::parse(read_file(cfg_path));
+    cfg["sae_cpp"]["apply_b_dec_to_input"] = !centred;
+    if (centred) cfg["sae_cpp"].erase("apply_b_dec_to_input");
+    std::ofstream(cfg_path) << cfg.dump(2) << "\n";
+    fs::remove_all(edited.str("run/sae"));
+    TrainConfig rest = tiny_config("standard", "");
+    rest.resume = edited.str("run");
+    rest.steps = 20;
+    try {
+      train(rest);
+      ADD_FAILURE() << "resumed a checkpoint whose cfg.json was edited (centred " << centred << ")";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("apply_b_dec_to_input"), std::string::npos) << e.what();
+    }
   }
   // An SAE's only: a transcoder's b_dec is not of its input; also when the transcoder comes from --init
   // (refused as a usage error, not the shift's product of mismatched widths).
