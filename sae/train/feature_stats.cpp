@@ -47,6 +47,20 @@ Tensor zero_i32(const Shape& shape, Device device) {
 
 }  // namespace
 
+namespace {
+// Per list entry: value, key, slot, story, position, step, pending row (44 bytes) and the scan's
+// candidate value, row and group (12); W token ids and values.
+double list_bytes(int64_t features, const FeatureStatsOptions& options) {
+  return double(features) * double(options.k) * (56.0 + 8.0 * double(2 * options.context + 1));
+}
+}  // namespace
+
+double feature_stats_bytes(int64_t features, const FeatureStatsOptions& options) {
+  // Besides the lists, per feature: the histogram's kHistogramBins float64 counts, the list's count
+  // and threshold and the candidates' count (12 bytes).
+  return list_bytes(features, options) + double(features) * (8.0 * kHistogramBins + 12.0);
+}
+
 void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options, const char* k_option,
                                  const char* context_option) {
   if (options.k < 1 || options.k > kMaxK)
@@ -54,9 +68,7 @@ void check_feature_stats_options(int64_t features, const FeatureStatsOptions& op
   if (options.context < 0 || options.context > kMaxContext)
     throw UsageError(cat(context_option, " must be in [0, ", kMaxContext, "], got ", options.context));
   if (features < 1) throw UsageError(cat("feature statistics: need at least one feature, got ", features));
-  // Per list entry: value, key, slot, story, position, step, pending row (44 bytes) and the scan's
-  // candidate value, row and group (12); W token ids and values.
-  const double bytes = double(features) * double(options.k) * (56.0 + 8.0 * double(2 * options.context + 1));
+  const double bytes = list_bytes(features, options);
   if (bytes > kMaxListBytes)
     throw UsageError(cat(k_option, " ", options.k, " and ", context_option, " ", options.context, " for ",
                          features, " features need ", bytes / double(int64_t(1) << 30),

@@ -37,6 +37,10 @@ struct FeatureStatsOptions {
 void check_feature_stats_options(int64_t features, const FeatureStatsOptions& options,
                                  const char* k_option = "--feature-stats-k",
                                  const char* context_option = "--feature-stats-context");
+// The bytes the statistics of `features` hold on their device: the lists with their contexts, the
+// scan's candidates and the histogram (2.4 GB for 2^20 features at K 10, C 8). sae_train's memory
+// count adds them (memory_check.h).
+double feature_stats_bytes(int64_t features, const FeatureStatsOptions& options);
 
 // One of a feature's top activations.
 struct FeatureTop {

@@ -126,12 +126,12 @@ double SaeFootprint::parameters() const {
 }
 
 double SaeFootprint::lower_bound() const {
-  return 3.0 * 4.0 * parameters() + double(tokens) * double(latents) * cell_bytes;
+  return 3.0 * 4.0 * parameters() + double(tokens) * double(latents) * cell_bytes + stats_bytes;
 }
 
 double chunk_budget_need(const SaeFootprint& s, int64_t rows, const ChunkBudget& budget) {
   return (budget.parameter_copies + s.gradient_copies) * 4.0 * s.parameters() +
-         double(rows) * double(s.latents) * s.cell_bytes;
+         double(rows) * double(s.latents) * s.cell_bytes + s.stats_bytes;
 }
 
 std::vector<int64_t> pre_activation_rows_that_fit(const std::vector<SaeFootprint>& saes,
@@ -164,12 +164,13 @@ std::string format_bytes(double bytes) {
 
 void check_host_memory(const std::vector<SaeFootprint>& saes, const HostMemory& memory) {
   if (memory.bytes < 0 || saes.empty()) return;
-  double need = 0, weights = 0, cells = 0;
+  double need = 0, weights = 0, cells = 0, stats = 0;
   for (const SaeFootprint& s : saes) {
     need += s.lower_bound();
     cells += double(s.tokens) * double(s.latents) * s.cell_bytes;
+    stats += s.stats_bytes;
   }
-  weights = need - cells;
+  weights = need - cells - stats;
   if (need <= memory.bytes) return;
   const SaeFootprint& first = saes.front();
   const bool one = saes.size() == 1;
@@ -183,9 +184,11 @@ void check_host_memory(const std::vector<SaeFootprint>& saes, const HostMemory& 
                                  : std::string("their pre-activations ");
   throw Error(cat("not enough memory for this run: ", what, one ? " needs at least " : " need at least ",
                   format_bytes(need), " (weights and Adam's two moments ", format_bytes(weights), ", ", arrays,
-                  format_bytes(cells), ") and this process can get ",
-                  format_bytes(memory.bytes), " (", memory.source, "): lower --features (--expansion-factor) or "
-                  "--batch", hint ? " (topk: --encoder-chunk)" : "", ", or train on a GPU (--device cuda)"));
+                  format_bytes(cells), stats > 0 ? cat(", feature statistics ", format_bytes(stats)) : std::string(),
+                  ") and this process can get ", format_bytes(memory.bytes), " (", memory.source,
+                  "): lower --features (--expansion-factor) or --batch", hint ? " (topk: --encoder-chunk)" : "",
+                  stats > 0 ? ", gather no feature statistics (--feature-stats-steps 0)" : "",
+                  ", or train on a GPU (--device cuda)"));
 }
 
 }  // namespace sae

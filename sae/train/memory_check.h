@@ -36,8 +36,9 @@ struct SaeFootprint {
   // A step that keeps every gradient (--max-grad-norm, replicas, --apply-b-dec-to-input: no Adam fused
   // into a TopK step's kernels) holds one more copy than ChunkBudget's count.
   double gradient_copies = 0;
+  double stats_bytes = 0;  // its feature statistics (feature_stats_bytes; 0 when none are gathered)
   double parameters() const;                             // d_in F + F d_out + F + d_out
-  double lower_bound() const;                            // bytes, as the top of this file says
+  double lower_bound() const;                            // bytes, as the top of this file says, + stats_bytes
 };
 
 // What sae_train's choice of a topk's rows (--encoder-chunk 0) counts: `bytes` it may use (< 0:

@@ -777,6 +777,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       footprints.back().fewer_rows = unit.chunks_encoder() && rows > 1;
       const bool every_gradient = replicas > 1 || m.config().max_grad_norm > 0 || m.config().apply_b_dec_to_input;
       footprints.back().gradient_copies = every_gradient ? 1.0 : 0.0;
+      if (!dist && m.config().feature_stats_steps > 0)  // (several ranks gather none)
+        footprints.back().stats_bytes = feature_stats_bytes(
+            latents, FeatureStatsOptions{m.config().feature_stats_k, m.config().feature_stats_context});
       chunkable.push_back(unit.chunks_encoder() && m.config().encoder_chunk == 0);
     }
     agree([&] {

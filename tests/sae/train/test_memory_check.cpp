@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "sae/train/feature_stats.h"
 #include "sae/train/memory_check.h"
 #include "tests/util/errors.h"
 #include "tests/util/program_run.h"
@@ -53,10 +54,35 @@ TEST(MemoryCheck, ARunThatCannotFitIsRefusedInOneLine) {
     EXPECT_NE(error_of([&] { check_host_memory(topk, HostMemory{5e8, "test"}); }).find("or --batch (topk: --encoder-chunk), or"),
               std::string::npos);
   }
+  // With feature statistics: counted, named, and the option that drops them said.
+  std::vector<SaeFootprint> stats = one;
+  stats[0].stats_bytes = 151.8e6;
+  EXPECT_EQ(stats[0].lower_bound(), one[0].lower_bound() + 151.8e6);
+  EXPECT_STREQ(error_of([&] { check_host_memory(stats, HostMemory{5e8, "test"}); }).c_str(),
+               "not enough memory for this run: the SAE (F 65536 x d 256) needs at least 824 MB (weights and Adam's "
+               "two moments 404 MB, 1024 x 65536 pre-activations 269 MB, feature statistics 152 MB) and this process "
+               "can get 500 MB (test): lower --features (--expansion-factor) or --batch, gather no feature statistics "
+               "(--feature-stats-steps 0), or train on a GPU (--device cuda)");
   // Several SAEs: their sums.
   const std::vector<SaeFootprint> two = {{256, 256, 65536, 1024, 4}, {256, 256, 65536, 1024, 4}};
   EXPECT_NO_THROW(check_host_memory(two, HostMemory{1.4e9, "test"}));
   EXPECT_THROW(check_host_memory(two, HostMemory{1.3e9, "test"}), Error);
+}
+
+TEST(MemoryCheck, FeatureStatisticsBytesAreTheirBuffers) {
+  // What FeatureStats allocates (sae/step/sae_kernels.h FeatureTopLists, FeatureCandidates, the
+  // histogram), tensor by tensor: per feature and rank value 4, key 8, slot 4, story 8, position 8,
+  // step 8, pending row 4, W = 2C + 1 token ids 4 W and values 4 W, candidate value, row and group
+  // 4 each; per feature count 4, threshold 4, candidates' count 4 and 48 float64 histogram bins.
+  for (const FeatureStatsOptions o : {FeatureStatsOptions{10, 8}, FeatureStatsOptions{3, 0}}) {
+    const double w = 2.0 * o.context + 1;
+    const double per_rank = 4 + 8 + 4 + 8 + 8 + 8 + 4 + 4 * w + 4 * w + 3 * 4;
+    const double per_feature = o.k * per_rank + 3 * 4 + 48 * 8;
+    EXPECT_EQ(feature_stats_bytes(1000, o), 1000 * per_feature) << o.k << " " << o.context;
+  }
+  // A million latents at the defaults: 2.4 GB (a 2-step TopK run at 2^20 x d 768 peaked 2.9 GB
+  // higher with statistics on than off, bench/RESULTS.md).
+  EXPECT_NEAR(feature_stats_bytes(int64_t{1} << 20, FeatureStatsOptions{}), 2.43e9, 0.01e9);
 }
 
 TEST(MemoryCheck, ATopKWithoutEncoderChunkGetsTheRowsThatFit) {
@@ -147,6 +173,16 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
                          "this process can get 150 MB (SAE_TEST_AVAILABLE_MEMORY): lower --features "
                          "(--expansion-factor) or --batch, or train on a GPU (--device cuda)\n");
   EXPECT_FALSE(fs::exists(dir.str("a")));
+  // Gathering feature statistics (the default): 16384 x (10 x 192 + 396) bytes more, and said so.
+  const std::string with_stats = " --synthetic-d 256 --features 16384 --batch 1024 --normalize dataset --steps 2 "
+                                 "--progress none --device cpu --out ";
+  auto stats = run_program("sae_train", with_stats + dir.str("s"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
+  EXPECT_EQ(stats.exit_code, 1);
+  EXPECT_NE(stats.err.find("needs at least 206 MB (weights and Adam's two moments 101 MB, 1024 x 16384 pre-activations "
+                           "68 MB, feature statistics 38 MB) and this process can get 200 MB"),
+            std::string::npos)
+      << stats.err;
+  EXPECT_NE(stats.err.find("gather no feature statistics (--feature-stats-steps 0)"), std::string::npos) << stats.err;
   auto fits = run_program("sae_train", run + dir.str("b"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
   EXPECT_EQ(fits.exit_code, 0) << fits.err;
   // A topk SAE holds --encoder-chunk tokens' pre-activations at once: given the whole batch, it is
