@@ -45,8 +45,8 @@ struct SaeFootprint {
 // unknown), `other_bytes` of it kept as a margin for the rest of the process, and per SAE
 // (`parameter_copies` + its gradient_copies) x 4 bytes x its parameters (d_in F + F d_out + F + d_out)
 // beside its [rows, F] pre-activations. The lower bound counts 3 copies (the parameters and Adam's
-// moments). A CPU run of a TopK SAE at d 768 holds 3.0-3.1 copies beside its pre-activations through
-// its steps, saves and concept recovery (F 2^19 and 2^20), 3.5 at --precision bf16 (the rounded
+// moments). A CPU run of a TopK SAE at d 768 holds 3.1 copies beside its pre-activations through
+// its steps, saves and concept recovery (F 2^19 and 2^20), 3.7 at --precision bf16 (the rounded
 // W_enc) (bench/RESULTS.md, 2026-12-07): sae_train counts 3.5 copies (4 at bf16) and a 1 GB margin on
 // the CPU (what the data source holds by then, such as the synthetic data's 0.9 GB at its default
 // 200000 stories, is already out of what the process can get); a GPU holds about 4 copies on the
