@@ -760,9 +760,10 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
 
   // What each SAE's step will hold (memory_check.h). A topk SAE whose --encoder-chunk is 0 computes
   // its pre-activations in chunks when with the whole batch's the run would need more than 90% of what
-  // the process can get (of a GPU's free memory), counting 3.5 copies of the parameters on the CPU (4 at
-  // bf16 and on a GPU) and, on the CPU, 1 GB for the rest of the process (ChunkBudget). A run that cannot fit even so is refused before its SAEs are made; on a GPU they
-  // live there, and the device's allocator says so itself.
+  // the process can get (of a GPU's free memory), counting 3.5 copies of the parameters on the CPU (4
+  // at bf16 and on a GPU; one more for a step that keeps every gradient), the feature statistics and,
+  // on the CPU, a 1 GB margin (ChunkBudget). A run that cannot fit even so is refused before its SAEs
+  // are made; on a GPU they live there, and the device's allocator says so itself.
   {
     std::vector<SaeFootprint> footprints;
     std::vector<bool> chunkable;
