@@ -130,7 +130,7 @@ StepSums SaeStep::train_step(SaeParams& params, SaeAdamState& adam, const Tensor
                              double lambda, double lr) {
   Collectives* c = step_->collectives();
   const bool replicated = spans(c, Group::Replicas), clipped = max_grad_norm_ > 0;
-  const bool every_gradient = replicated || clipped || centring_;  // no Adam fused into the backward kernels
+  const bool every_gradient = keeps_every_gradient(replicated, max_grad_norm_, centring_);
   if (!grads_made_) {
     // Gradient buffers for what Adam is applied to here, not for what the unit's kernels update;
     // with replicas every gradient is summed over them first, and a clip scales every one, so every

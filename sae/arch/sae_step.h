@@ -74,6 +74,12 @@ class SaeStep {
   // train_step keeps every gradient (no Adam fused into the backward kernels), as with replicas.
   void set_input_centring(bool on);
 
+  // Whether train_step keeps every gradient (no Adam fused into the unit's kernels): over replicas,
+  // with clipping or with input centring. A memory count asks before the step exists.
+  static bool keeps_every_gradient(bool replicated, double max_grad_norm, bool centring) {
+    return replicated || max_grad_norm > 0 || centring;
+  }
+
   // Lets the unit leave its loss sums on the device (a GPU step then waits for nothing until they are
   // read): forward, forward_backward and train_step may return sums with `pending` set, completed
   // by read_sums() (the last call's). Units that read values back inside their step anyway (the

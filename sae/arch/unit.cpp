@@ -191,7 +191,7 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
   if (!cfg.has("apply_b_dec_to_input") || cfg.at("apply_b_dec_to_input").as_bool()) {
     if (p.d_out() != p.d_in() || p.transcoder)
       throw DataError(cat(where, ": apply_b_dec_to_input with a transcoder (SAELens refuses it too)"));
-    fold_input_shift(p, matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()}));
+    fold_input_shift(p, input_shift(p));
   }
   finish_import(cfg, where, p);
   // SAELens before 6 saved a scaling_factor [F]; its loader drops one of ones (allclose) and refuses
@@ -208,6 +208,10 @@ SaeParams ArchUnit::import_saelens(const NamedTensorFile& file, const Json& cfg,
 }
 
 void ArchUnit::fold_input_shift(SaeParams& p, const Tensor& shift) const { p.b_enc = sub(p.b_enc, shift); }
+
+Tensor input_shift(const SaeParams& p) {
+  return matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()});
+}
 
 Tensor ArchUnit::encoder_input_gradient(const SaeParams& p, const SaeParams& g) const {
   return matmul(p.W_enc, g.b_enc.reshape(Shape{p.d_sae(), 1})).reshape(Shape{p.d_in()});

@@ -292,5 +292,8 @@ class ArchUnit {
 // The part of fold_decoder_norms every foldable unit shares: W_enc's columns and b_enc times n,
 // W_dec's rows divided by n, and the unit's own [F] tensors named in `times` times n.
 void fold_dictionary_norms(SaeParams& params, const std::vector<double>& norms, const std::vector<std::string>& times);
+// b_dec W_enc [F]: what the encoder's pre-activations lose when it sees x - b_dec (SAELens's
+// apply_b_dec_to_input), the shift ArchUnit::fold_input_shift folds into the biases.
+Tensor input_shift(const SaeParams& params);
 
 }  // namespace sae

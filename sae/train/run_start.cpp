@@ -250,9 +250,7 @@ void load_init(RunStart& start, TrainConfig& config) {
   // (Not for what validate() refuses next: a transcoder, a skip path, a crosscoder.)
   if (config.apply_b_dec_to_input && !start.params->transcoder && start.params->sources == 1 &&
       !start.params->W_skip.defined() && start.params->d_in() == start.params->d_out()) {
-    SaeParams& p = *start.params;
-    const Tensor shift = matmul(p.b_dec.reshape(Shape{1, p.d_in()}), p.W_enc).reshape(Shape{p.d_sae()});
-    run_unit(config).fold_input_shift(p, mul_scalar(shift, -1.0));
+    run_unit(config).fold_input_shift(*start.params, mul_scalar(input_shift(*start.params), -1.0));
   }
   // A run that keeps decoder rows at norm 1 renormalises them at its first update: rows of another
   // norm are folded first where the unit allows it, so that the loaded SAE computes what it did.

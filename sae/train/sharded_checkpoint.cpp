@@ -179,6 +179,10 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
     const std::string path = (fs::path(dir) / shard_file(s)).string();
     if (!fs::exists(path)) throw DataError(cat(dir, ": missing ", shard_file(s), " (a state of ", shards, " shards)"));
     const SafetensorsFile file = SafetensorsFile::open(path);
+    if (centred)  // a centred run's state holds its trained vectors, each shard its part
+      for (const auto& [name, t] : params.present())
+        if (t->ndim() == 1 && !file.has("param." + name))
+          throw DataError(cat(path, ": a centred (apply_b_dec_to_input) run's state must hold param.", name));
     auto meta = file.metadata().find("training_state");
     if (meta == file.metadata().end()) throw DataError(cat(path, ": no training_state metadata"));
     const Json shard_info = Json::parse(meta->second);
@@ -243,17 +247,10 @@ void load_sharded_state(const std::string& dir, const Json& info, SaeParams& par
       st.last_fired[s * per + k] = static_cast<int64_t>(clock);
     }
   }
-  if (centred) {  // the param.* vectors are the trained ones: kept aside, and the shift folded back in
-    for (const auto& [name, t] : params.present()) {
-      if (t->ndim() != 1) continue;
-      for (int64_t s = 0; s < shards; ++s)
-        if (!SafetensorsFile::open((fs::path(dir) / shard_file(s)).string()).has("param." + name))
-          throw DataError(cat(dir, ": ", shard_file(s), ": a centred (apply_b_dec_to_input) run's state must hold param.",
-                              name));
-      st.centred_params.push_back({name, t->clone()});
-    }
-    unit.fold_input_shift(params, matmul(params.b_dec.reshape(Shape{1, params.d_in()}), params.W_enc)
-                                      .reshape(Shape{params.d_sae()}));
+  if (centred) {  // the param.* vectors (checked above) are the trained ones: kept aside, the shift folded back in
+    for (const auto& [name, t] : params.present())
+      if (t->ndim() == 1) st.centred_params.push_back({name, t->clone()});
+    unit.fold_input_shift(params, input_shift(params));
   }
   for (auto& [name, t] : st.adam.m.present()) *t = t->to(device);
   for (auto& [name, t] : st.adam.v.present()) *t = t->to(device);

@@ -776,8 +776,9 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       const int64_t rows = unit.pre_activation_rows(arch_settings(m.config()), tokens);
       footprints.push_back({columns.d_in, columns.d_out, latents, rows, shared.precision == Precision::BF16 ? 2 : 4});
       footprints.back().fewer_rows = unit.chunks_encoder() && rows > 1;
-      const bool every_gradient = replicas > 1 || m.config().max_grad_norm > 0 || m.config().apply_b_dec_to_input;
-      footprints.back().gradient_copies = every_gradient ? 1.0 : 0.0;
+      footprints.back().gradient_copies =
+          SaeStep::keeps_every_gradient(replicas > 1, m.config().max_grad_norm, m.config().apply_b_dec_to_input) ? 1.0
+                                                                                                                 : 0.0;
       if (!dist && m.config().feature_stats_steps > 0)  // (several ranks gather none)
         footprints.back().stats_bytes = feature_stats_bytes(
             latents, FeatureStatsOptions{m.config().feature_stats_k, m.config().feature_stats_context});

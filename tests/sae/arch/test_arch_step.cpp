@@ -585,7 +585,9 @@ TEST(ArchStep, CentredInputGradientsMatchTheReference) {
       loss.total.backward();
       const double rel = dtype == DType::F64 ? 1e-11 : 3e-5;
       EXPECT_LE(std::abs(s.loss - loss.total.data().item()), rel * std::max(1.0, std::abs(loss.total.data().item())));
-      if (c.auxk) EXPECT_GT(s.aux, 0.0);
+      if (c.auxk) {
+        EXPECT_GT(s.aux, 0.0);
+      }
       expect_close_to_scale(step.features().to(DType::F64), loss.f, rel, "f");
       expect_reference_gradients(g, v, ref.params, c.unit_norm, 10 * rel);
       // The encoder-side part is there: b_dec's gradient is not the decoder's alone (sum_t dL/dx_hat).
