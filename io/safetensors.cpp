@@ -206,7 +206,18 @@ Tensor SafetensorsFile::read_f32(const std::string& name) const {
     throw DataError(cat(path(), ": tensor '", name, "' has shape ", shape_str(e.shape), "; at most ", Shape::kMaxDims, " dims are supported"));
   // A 0-dim entry becomes [1], the library's scalar shape.
   Tensor out = Tensor::empty(e.shape.empty() ? Shape{1} : Shape::from_vector(e.shape), DType::F32);
-  convert_to_f32(e.data, e.dtype, static_cast<size_t>(e.numel()), out.data<float>(), float64_where(path(), e, name));
+  // Converted 64 MiB of the file at a time, each part's pages dropped from the mapping once copied:
+  // a multi-GB weight is never held twice (the copy and the mapped file).
+  const size_t element_size = safetensors_dtype_size(e.dtype), total = static_cast<size_t>(e.numel());
+  const size_t part = std::max<size_t>(1, (size_t(64) << 20) / element_size);
+  const size_t offset = static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file_.data());
+  const std::string where = float64_where(path(), e, name);
+  for (size_t first = 0; first < total; first += part) {
+    const size_t count = std::min(part, total - first);
+    convert_to_f32(static_cast<const uint8_t*>(e.data) + first * element_size, e.dtype, count,
+                   out.data<float>() + first, where, static_cast<int64_t>(first));
+    file_.release_pages(offset + first * element_size, count * element_size);
+  }
   return out;
 }
 

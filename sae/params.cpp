@@ -90,8 +90,9 @@ std::vector<double> column_scales(const std::vector<double>& blocks, int64_t wid
 
 }  // namespace
 
-Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col) {
-  Tensor out = t.to(Device::CPU).to(DType::F32).clone();
+Tensor scaled_host(Tensor t, const std::vector<double>& row, const std::vector<double>& col) {
+  // In place when t was handed over (moved in) as the only handle on host float32 bytes of its own.
+  Tensor out = t.dtype() == DType::F32 && t.owns_its_host_bytes() ? std::move(t) : t.to(Device::CPU).to(DType::F32).clone();
   const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
   float* p = out.data<float>();
   for (int64_t r = 0; r < rows; ++r)
@@ -105,17 +106,13 @@ InputScaleFold input_scale_fold(const SaeParams& p, const std::vector<double>& i
   return {column_scales(in, p.d_in(), inverse), column_scales(out, p.d_out(), !inverse)};  // divided by out
 }
 
-SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
-                            bool inverse) {
+SaeParams fold_input_scales(SaeParams p, const std::vector<double>& in, const std::vector<double>& out, bool inverse) {
   const InputScaleFold fold = input_scale_fold(p, in, out, inverse);
-  const std::vector<double>& in_col = fold.in_rows;
-  const std::vector<double>& out_col = fold.out_columns;
-  SaeParams r = p;
-  r.W_enc = scaled_host(p.W_enc, in_col, {});
-  r.W_dec = scaled_host(p.W_dec, {}, out_col);
-  r.b_dec = scaled_host(p.b_dec, {}, out_col);
-  if (p.W_skip.defined()) r.W_skip = scaled_host(p.W_skip, in_col, out_col);
-  return r;
+  p.W_enc = scaled_host(std::move(p.W_enc), fold.in_rows, {});
+  p.W_dec = scaled_host(std::move(p.W_dec), {}, fold.out_columns);
+  p.b_dec = scaled_host(std::move(p.b_dec), {}, fold.out_columns);
+  if (p.W_skip.defined()) p.W_skip = scaled_host(std::move(p.W_skip), fold.in_rows, fold.out_columns);
+  return p;
 }
 
 SaeParams SaeParams::latent_slice(int64_t begin, int64_t end) const {

@@ -86,10 +86,10 @@ struct SaeParams {
 // block otherwise), so W_enc's rows of block b are multiplied by in[b], W_dec's columns and b_dec's
 // entries of block b divided by out[b], and W_skip by in / out. b_enc and the unit's own tensors
 // (thresholds, gates) stay: the pre-activations and features are the same. `inverse` undoes it (to
-// within a rounding). Computed in double, rounded to float32 once; the changed tensors are new host
-// float32 tensors, the others shared with p.
-SaeParams fold_input_scales(const SaeParams& p, const std::vector<double>& in, const std::vector<double>& out,
-                            bool inverse);
+// within a rounding). Computed in double, rounded to float32 once; the changed tensors are host
+// float32 tensors, new ones unless p was moved in holding the only handles (then scaled in place,
+// never a second copy of a multi-GB weight), the others shared with p.
+SaeParams fold_input_scales(SaeParams p, const std::vector<double>& in, const std::vector<double>& out, bool inverse);
 // The factors of that fold: W_enc's row r (and W_skip's) times in_rows[r], W_dec's, b_dec's (and
 // W_skip's) column c times out_columns[c].
 struct InputScaleFold {
@@ -101,9 +101,11 @@ InputScaleFold input_scale_fold(const SaeParams& p, const std::vector<double>& i
 inline double scale_factor(const std::vector<double>& row, const std::vector<double>& col, int64_t r, int64_t c) {
   return (row.empty() ? 1.0 : row[static_cast<size_t>(r)]) * (col.empty() ? 1.0 : col[static_cast<size_t>(c)]);
 }
-// A host float32 copy of t ([R, C], or [C]) with element (r, c) times row[r] * col[c] in double,
-// rounded once (an empty vector: 1). The folds above and ArchUnit::fold_decoder_norms use it.
-Tensor scaled_host(const Tensor& t, const std::vector<double>& row, const std::vector<double>& col);
+// t ([R, C], or [C]) as host float32 with element (r, c) times row[r] * col[c] in double, rounded
+// once (an empty vector: 1): scaled in place when t is moved in as the only handle on host float32
+// bytes of its own (Tensor::owns_its_host_bytes), a new copy otherwise. The folds above and
+// fold_dictionary_norms use it.
+Tensor scaled_host(Tensor t, const std::vector<double>& row, const std::vector<double>& col);
 
 // torch.optim.Adam's state for SaeParams: the moments m and v (shaped like the parameters) and the
 // number of steps taken; betas and eps are fixed for a run.

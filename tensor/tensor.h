@@ -131,6 +131,12 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   Tensor slice_rows(int64_t begin, int64_t end) const;  // rows [begin, end) of dim 0
   bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
+  // True when this is the only handle on host bytes of its own (not borrowed) that it spans whole:
+  // writing them in place then changes no other tensor.
+  bool owns_its_host_bytes() const {
+    return storage_ && storage_.use_count() == 1 && storage_->device == Device::CPU && !storage_->owner &&
+           offset_ == 0 && nbytes() == storage_->bytes;
+  }
 
   // New tensors.
   Tensor clone() const;

@@ -110,6 +110,12 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
 
 Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(params).encode(params, x); }
 
+int64_t encode_block_rows(const SaeParams& params) {
+  const int64_t features = std::max<int64_t>(params.d_sae(), 1);
+  const int64_t bytes = std::max<int64_t>(int64_t{1} << 26, params.d_in() * features * 4 / 4);
+  return std::clamp<int64_t>(bytes / (features * 4), 1, 4096);
+}
+
 Tensor sae_decode(const SaeParams& p, const Tensor& f, const Tensor* x) {
   const Tensor x_hat = add(matmul(f, p.W_dec), p.b_dec);
   if (!p.W_skip.defined()) return x_hat;

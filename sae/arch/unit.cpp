@@ -220,10 +220,10 @@ Tensor ArchUnit::encoder_input_gradient(const SaeParams& p, const SaeParams& g) 
 void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const std::vector<std::string>& times) {
   std::vector<double> inverse(norms.size());
   for (size_t i = 0; i < norms.size(); ++i) inverse[i] = 1.0 / norms[i];
-  p.W_enc = scaled_host(p.W_enc, {}, norms);  // [D, F]: its columns
-  if (p.b_enc.defined()) p.b_enc = scaled_host(p.b_enc, {}, norms);
-  p.W_dec = scaled_host(p.W_dec, inverse, {});  // [F, D_out]: its rows
-  for (const std::string& name : times) p.own_tensor(name) = scaled_host(p.own_tensor(name), {}, norms);
+  p.W_enc = scaled_host(std::move(p.W_enc), {}, norms);  // [D, F]: its columns
+  if (p.b_enc.defined()) p.b_enc = scaled_host(std::move(p.b_enc), {}, norms);
+  p.W_dec = scaled_host(std::move(p.W_dec), inverse, {});  // [F, D_out]: its rows
+  for (const std::string& name : times) p.own_tensor(name) = scaled_host(std::move(p.own_tensor(name)), {}, norms);
 }
 
 }  // namespace sae

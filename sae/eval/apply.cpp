@@ -10,10 +10,6 @@ namespace sae {
 
 namespace {
 
-// Rows per encode/decode call when the data has no stories to go by: at most 4096, and few enough
-// that a block's [rows, d_sae] features are at most 2^24 values (64 MB) at any width.
-int64_t block_rows(int64_t features) { return std::clamp<int64_t>((int64_t{1} << 24) / std::max<int64_t>(features, 1), 1, 4096); }
-
 // Outputs that are not finite (weights that overflow float32 on this input) are an error, as in
 // sae_eval, before anything is written: rows [first, first + rows) of width `width`.
 void require_finite(const float* values, int64_t first, int64_t rows, int64_t width, const char* what,
@@ -67,7 +63,7 @@ void apply_dictionary(const SaeParams& dictionary, const InputNormalization& nor
   if (normalization.kind == Normalization::Story) {
     for (int64_t s = 0; s < input.num_stories(); ++s) pieces.push_back({input.story_begin(s), input.story_length(s)});
   } else {
-    const int64_t block = block_rows(f);
+    const int64_t block = encode_block_rows(dictionary);  // (sae/arch/registry.h)
     for (int64_t begin = 0; begin < n; begin += block) pieces.push_back({begin, std::min(block, n - begin)});
   }
 

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
 
 #include "lm/text_data.h"
 #include "sae/arch/registry.h"
 #include "sae/features/token_text.h"
+#include "tensor/ops.h"
 
 namespace sae {
 
@@ -150,11 +153,57 @@ void story_origins(const StoryInput& story, int64_t begin, int64_t end, int64_t 
   }
 }
 
-// Rows of a story encoded at once (top_stories.h): `given`, else [rows, F] float32 of at most 64 MB
-// (the encoding makes a few such arrays at once).
-int64_t rows_per_block(int64_t given, int64_t features) {
-  if (given > 0) return given;
-  return std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, features));
+// The stories `inputs` serves through the SAE, rows of consecutive stories encoded together, at most
+// `block` at once: a story that fits a block is never split, a longer one fills blocks of its own.
+// `take(story)` says whether a story is wanted; reading stops when `more()` is false. `use(story,
+// begin, end, f)` gets each wanted story's rows [begin, end) in order, with their features f
+// [end - begin, F] (a view into the block's).
+void encode_stories(const SaeParams& params, StoryInputs& inputs, int64_t block,
+                    const std::function<bool(const StoryInput&)>& take, const std::function<bool()>& more,
+                    const std::function<void(const StoryInput&, int64_t, int64_t, const Tensor&)>& use) {
+  struct Segment {
+    std::shared_ptr<const StoryInput> story;
+    int64_t begin, end;
+  };
+  std::vector<Segment> pending;
+  int64_t rows = 0;
+  const auto flush = [&] {
+    if (pending.empty()) return;
+    Tensor x = pending[0].story->x.slice_rows(pending[0].begin, pending[0].end);
+    if (pending.size() > 1) {
+      x = Tensor::empty(Shape{rows, params.d_in()}, x.dtype(), x.device());
+      int64_t at = 0;
+      for (const Segment& s : pending) {
+        Tensor to = x.slice_rows(at, at + s.end - s.begin);
+        copy_(to, s.story->x.slice_rows(s.begin, s.end));
+        at += s.end - s.begin;
+      }
+    }
+    const Tensor f = sae_encode(params, x);
+    int64_t at = 0;
+    for (const Segment& s : pending) {
+      use(*s.story, s.begin, s.end, f.slice_rows(at, at + s.end - s.begin));
+      at += s.end - s.begin;
+    }
+    pending.clear();
+    rows = 0;
+  };
+  inputs.rewind();
+  while (more()) {
+    auto story = std::make_shared<StoryInput>();
+    if (!inputs.next(*story)) break;
+    if (!take(*story)) continue;
+    const int64_t t = story->x.size(0);
+    if (rows + t > block) flush();
+    for (int64_t begin = 0; begin < t;) {
+      const int64_t end = std::min(t, begin + block - rows);
+      pending.push_back({story, begin, end});
+      rows += end - begin;
+      begin = end;
+      if (rows == block) flush();
+    }
+  }
+  flush();
 }
 
 }  // namespace
@@ -174,25 +223,23 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
                                   GatherSummary* summary, int64_t block_rows) {
   FeatureStats stats(params.d_sae(), options, params.device());
   BatchOrigins origins;
-  StoryInput story;
   GatherSummary counted;
-  inputs.rewind();
-  while (inputs.next(story)) {
+  const auto take = [&](const StoryInput& story) {
     if (story.x.size(1) != params.d_in())
       throw DataError(cat("story ", story.index, " has width ", story.x.size(1), ", the SAE's d_in is ", params.d_in()));
-    const int64_t t = story.x.size(0), block = rows_per_block(block_rows, params.d_sae());
-    for (int64_t begin = 0; begin < t; begin += block) {
-      const int64_t end = std::min(t, begin + block);
-      StepFeatures features;
-      features.tokens = end - begin;
-      features.dense = sae_encode(params, story.x.slice_rows(begin, end));
-      story_origins(story, begin, end, options.context, origins);
-      stats.add(features, origins, story.index, /*new_step=*/begin == 0);
-    }
     ++counted.stories;
-    counted.tokens += t;
+    counted.tokens += story.x.size(0);
     counted.truncated += story.truncated;
-  }
+    return true;
+  };
+  const auto use = [&](const StoryInput& story, int64_t begin, int64_t end, const Tensor& f) {
+    StepFeatures features;
+    features.tokens = end - begin;
+    features.dense = f;
+    story_origins(story, begin, end, options.context, origins);
+    stats.add(features, origins, story.index, /*new_step=*/begin == 0);
+  };
+  encode_stories(params, inputs, block_rows > 0 ? block_rows : encode_block_rows(params), take, [] { return true; }, use);
   if (summary) *summary = counted;
   return stats;
 }
@@ -239,28 +286,33 @@ std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInp
     entries[i].resize(static_cast<size_t>(stats.top_count(i)));
     for (int32_t r = 0; r < stats.top_count(i); ++r) wanted[stats.top(i, r).story].push_back({i, r});
   }
-  StoryInput story;
-  inputs.rewind();
-  while (!wanted.empty() && inputs.next(story)) {
+  // The wanted features' values at every position of each wanted story (feature -> [t]), filled a
+  // block of rows at a time; the story's entries are written once its last row is in.
+  std::map<int64_t, std::map<int64_t, std::vector<float>>> columns;  // story -> feature -> [t]
+  size_t unread = wanted.size();
+  const auto take = [&](const StoryInput& story) {
     auto it = wanted.find(story.index);
-    if (it == wanted.end()) continue;
-    // The wanted features' values at every position, encoded a block of rows at a time.
-    const int64_t t = story.x.size(0), features = params.d_sae(), block = rows_per_block(block_rows, features);
-    std::map<int64_t, std::vector<float>> column;  // feature -> [t]
-    for (const auto& [feature, rank] : it->second) column[feature].resize(static_cast<size_t>(t));
-    for (int64_t begin = 0; begin < t; begin += block) {
-      const int64_t end = std::min(t, begin + block);
-      const Tensor f = sae_encode(params, story.x.slice_rows(begin, end)).to(Device::CPU);
-      const float* values = f.data<float>();
-      for (auto& [feature, v] : column)
-        for (int64_t p = begin; p < end; ++p) {
-          v[static_cast<size_t>(p)] = values[(p - begin) * features + feature];
-          if (!std::isfinite(v[static_cast<size_t>(p)]))  // (it reached the JSON writer as "cannot write inf")
-            throw DataError(cat("story ", story.index, ", token ", p, ": feature ", feature, "'s activation is ",
-                                v[static_cast<size_t>(p)], ", not finite: the SAE's weights overflow float32 on "
-                                "this input"));
-        }
-    }
+    if (it == wanted.end()) return false;
+    --unread;
+    for (const auto& [feature, rank] : it->second) columns[story.index][feature].resize(static_cast<size_t>(story.x.size(0)));
+    return true;
+  };
+  const auto use = [&](const StoryInput& story, int64_t begin, int64_t end, const Tensor& block) {
+    const int64_t features = params.d_sae();
+    const Tensor f = block.to(Device::CPU);
+    const float* values = f.data<float>();
+    std::map<int64_t, std::vector<float>>& column = columns.at(story.index);
+    for (auto& [feature, v] : column)
+      for (int64_t p = begin; p < end; ++p) {
+        v[static_cast<size_t>(p)] = values[(p - begin) * features + feature];
+        if (!std::isfinite(v[static_cast<size_t>(p)]))  // (it reached the JSON writer as "cannot write inf")
+          throw DataError(cat("story ", story.index, ", token ", p, ": feature ", feature, "'s activation is ",
+                              v[static_cast<size_t>(p)], ", not finite: the SAE's weights overflow float32 on "
+                              "this input"));
+      }
+    if (end < story.x.size(0)) return;
+    const int64_t t = story.x.size(0);
+    auto it = wanted.find(story.index);
     // Each token's text once per story.
     std::vector<std::string> labels(static_cast<size_t>(t));
     std::string text;
@@ -308,7 +360,10 @@ std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInp
       entries[feature][rank] = e.dump();
     }
     wanted.erase(it);
-  }
+    columns.erase(story.index);
+  };
+  encode_stories(params, inputs, block_rows > 0 ? block_rows : encode_block_rows(params), take,
+                 [&] { return unread > 0; }, use);
   if (!wanted.empty())
     throw DataError(cat("the stories changed between the two passes: story ", wanted.begin()->first, " is gone"));
   std::vector<std::string> out;

@@ -68,10 +68,11 @@ struct GatherSummary {
   int64_t stories = 0, tokens = 0, truncated = 0;
 };
 
-// Both passes encode a story a block of `block_rows` rows at a time (0: as many as 64 MB of [rows, F]
-// float32 hold; the encoding makes a few such arrays at once), never the whole T x F of a long file story. The statistics then know a top
-// activation's neighbours' values within its block only (NaN across a block's edge, as across a
-// token batch's in training); the entries' strengths are whole.
+// Both passes encode blocks of `block_rows` rows (0: encode_block_rows, sae/arch/registry.h), never
+// the whole T x F of a long file story: consecutive stories share a block, a story that fits one is
+// never split, a longer one fills blocks of its own. The statistics then know a top activation's
+// neighbours' values within its block only for such a long story (NaN across a block's edge, as
+// across a token batch's in training); the entries' strengths are whole.
 // Pass 1: every story through the SAE into statistics (step = the story's index).
 FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
                                   GatherSummary* summary = nullptr, int64_t block_rows = 0);

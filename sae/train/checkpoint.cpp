@@ -602,7 +602,7 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
     std::optional<std::pair<std::vector<double>, std::vector<double>>> scales;
     checked([&] { scales = folded_scales(out.params, ours); });
     if (!scales) throw DataError(cat(cfg_path.string(), ": dataset_scale_folded without a dataset normalisation"));
-    out.params = fold_input_scales(out.params, scales->first, scales->second, true);
+    out.params = fold_input_scales(std::move(out.params), scales->first, scales->second, true);  // in place
   }
 
   const fs::path state_path = root / kStateFile;

@@ -161,14 +161,6 @@ T host_at(const Tensor& t, int64_t index) {
   return v;
 }
 
-// Host values in a new tensor on `device` (int64 in 8-byte F64 elements: sae_kernels.h FeatureTopLists).
-template <typename T>
-Tensor tensor_of(const std::vector<T>& values, const Shape& shape, Device device) {
-  const DType dtype = sizeof(T) == 8 ? DType::F64 : (std::is_same_v<T, float> ? DType::F32 : DType::I32);
-  Tensor t = Tensor::empty(shape, dtype, Device::CPU);
-  if (!values.empty()) std::memcpy(t.raw(), values.data(), sizeof(T) * values.size());
-  return t.to(device);
-}
 }  // namespace
 
 FeatureStats::FeatureStats(int64_t features, const FeatureStatsOptions& options, Device device)
@@ -399,7 +391,18 @@ std::vector<T> read_exact(const SafetensorsFile& file, const std::string& name, 
   }
   std::vector<T> out(static_cast<size_t>(e.numel()));
   if (!out.empty()) std::memcpy(out.data(), e.data, out.size() * sizeof(T));
+  // The copy is what is read from here on: the mapped pages leave this process (gigabytes at 2^20).
+  file.mapping().release_pages(static_cast<size_t>(static_cast<const uint8_t*>(e.data) - file.mapping().data()), e.bytes);
   return out;
+}
+
+// Host values copied into `to` (a tensor of the same bytes, on any device); the vector is freed.
+template <typename T>
+void move_into(Tensor& to, std::vector<T>& from) {
+  if (to.nbytes() != from.size() * sizeof(T))
+    throw Error(cat("FeatureStats::load: ", from.size() * sizeof(T), " bytes for a tensor of ", to.nbytes()));
+  upload(to, from.data(), to.nbytes());
+  std::vector<T>().swap(from);
 }
 
 bool is_count(double v) { return std::isfinite(v) && v >= 0 && v == std::floor(v) && v <= 9007199254740992.0; }
@@ -446,13 +449,13 @@ FeatureStats FeatureStats::load(const std::string& path, Device device) {
   const std::vector<double> counts = read_exact<double>(file, "counts", "F64", {f});
   const std::vector<double> hist = read_exact<double>(file, "histogram", "F64", {f, kHistogramBins});
   const std::vector<double> edges = read_exact<double>(file, "histogram_edges", "F64", {kHistogramBins + 1});
-  const std::vector<int32_t> top_count = read_exact<int32_t>(file, "top_count", "I32", {f});
-  const std::vector<float> top_value = read_exact<float>(file, "top_value", "F32", {f, k});
-  const std::vector<int64_t> top_story = read_exact<int64_t>(file, "top_story", "I64", {f, k});
-  const std::vector<int64_t> top_position = read_exact<int64_t>(file, "top_position", "I64", {f, k});
-  const std::vector<int64_t> top_step = read_exact<int64_t>(file, "top_step", "I64", {f, k});
-  const std::vector<int32_t> top_tokens = read_exact<int32_t>(file, "top_tokens", "I32", {f, k, w});
-  const std::vector<float> top_values = read_exact<float>(file, "top_values", "F32", {f, k, w});
+  std::vector<int32_t> top_count = read_exact<int32_t>(file, "top_count", "I32", {f});
+  std::vector<float> top_value = read_exact<float>(file, "top_value", "F32", {f, k});
+  std::vector<int64_t> top_story = read_exact<int64_t>(file, "top_story", "I64", {f, k});
+  std::vector<int64_t> top_position = read_exact<int64_t>(file, "top_position", "I64", {f, k});
+  std::vector<int64_t> top_step = read_exact<int64_t>(file, "top_step", "I64", {f, k});
+  std::vector<int32_t> top_tokens = read_exact<int32_t>(file, "top_tokens", "I32", {f, k, w});
+  std::vector<float> top_values = read_exact<float>(file, "top_values", "F32", {f, k, w});
   for (int b = 0; b <= kHistogramBins; ++b)
     if (edges[b] != (b == kHistogramBins ? std::numeric_limits<double>::infinity() : histogram_lower_edge(b)))
       throw fail(cat("histogram_edges[", b, "] is ", edges[b], ", not this program's bins"));
@@ -497,37 +500,39 @@ FeatureStats FeatureStats::load(const std::string& path, Device device) {
   s.last_step_ = last_step;
   s.has_token_ids_ = token_ids;
   s.source_ = source;
-  // The lists with rank r in slot r; entries past a list's count as a new list's.
+  // The lists with rank r in slot r; entries past a list's count as a new list's. The arrays read
+  // become the lists in place, each freed once copied into its tensor: at 2^20 features they are
+  // gigabytes, held once beside the statistics' own buffers.
   const int64_t entries = f * k;
-  std::vector<float> value(entries, 0.0f), values(entries * w, kNaN), threshold(f, 0.0f);
-  std::vector<int64_t> key(entries, 0), story(entries, -1), position(entries, -1), step(entries, -1);
-  std::vector<int32_t> slot(entries, -1), ids(entries * w, -1);
+  std::vector<float> threshold(static_cast<size_t>(f), 0.0f);
+  std::vector<int64_t> key(static_cast<size_t>(entries), 0);
+  std::vector<int32_t> slot(static_cast<size_t>(entries), -1);
   for (int64_t i = 0; i < f; ++i) {
-    for (int32_t r = 0; r < top_count[i]; ++r) {
+    for (int32_t r = 0; r < k; ++r) {
       const int64_t e = i * k + r;
-      value[e] = top_value[e];
-      slot[e] = r;
-      key[e] = top_entry_key(top_story[e], top_position[e], top_story[e] < 0 && top_position[e] < 0 ? s.unknown_key_-- : 0);
-      story[e] = top_story[e];
-      position[e] = top_position[e];
-      step[e] = top_step[e];
-      std::memcpy(&ids[e * w], &top_tokens[e * w], sizeof(int32_t) * w);
-      std::memcpy(&values[e * w], &top_values[e * w], sizeof(float) * w);
+      if (r < top_count[i]) {
+        slot[e] = r;
+        key[e] = top_entry_key(top_story[e], top_position[e], top_story[e] < 0 && top_position[e] < 0 ? s.unknown_key_-- : 0);
+        continue;
+      }
+      top_value[e] = 0.0f;
+      top_story[e] = top_position[e] = top_step[e] = -1;
+      std::fill_n(&top_tokens[e * w], w, -1);
+      std::fill_n(&top_values[e * w], w, kNaN);
     }
-    threshold[i] = top_count[i] == k ? value[i * k + k - 1] : 0.0f;
+    threshold[i] = top_count[i] == k ? top_value[i * k + k - 1] : 0.0f;
   }
   FeatureTopLists& l = s.buffers_->lists;
-  const Shape fk{f, k}, fkw{f, k, w};
-  l.value = tensor_of(value, fk, device);
-  l.key = tensor_of(key, fk, device);
-  l.slot = tensor_of(slot, fk, device);
-  l.count = tensor_of(top_count, Shape{f}, device);
-  l.threshold = tensor_of(threshold, Shape{f}, device);
-  l.story = tensor_of(story, fk, device);
-  l.position = tensor_of(position, fk, device);
-  l.step = tensor_of(step, fk, device);
-  l.tokens = tensor_of(ids, fkw, device);
-  l.values = tensor_of(values, fkw, device);
+  move_into(l.value, top_value);
+  move_into(l.key, key);
+  move_into(l.slot, slot);
+  move_into(l.count, top_count);
+  move_into(l.threshold, threshold);
+  move_into(l.story, top_story);
+  move_into(l.position, top_position);
+  move_into(l.step, top_step);
+  move_into(l.tokens, top_tokens);
+  move_into(l.values, top_values);
   upload(s.buffers_->histogram, hist.data(), sizeof(double) * hist.size());
   return s;
 }

@@ -206,7 +206,9 @@ TEST(Distributed, CentredRunsResumeExactlyOverShards) {
     arch_unit(loaded.params.kind).fold_input_shift(folded, shift);
     for (const auto& [have, param] : loaded.params.present())
       for (const auto& [want, expected] : folded.present())
-        if (have == want) EXPECT_LT(sae::testing::max_abs_diff(*param, *expected), 1e-5) << have;
+        if (have == want) {
+          EXPECT_LT(sae::testing::max_abs_diff(*param, *expected), 1e-5) << have;
+        }
     // One process on from the shards' step-60 checkpoint, and the 2 shards on, to 70 (float32 sums
     // in another order: within 2e-5).
     fs::copy(straight, dir.str(name + "_alone"), fs::copy_options::recursive);

@@ -401,3 +401,62 @@ TEST(TopStories, AStoryLongerThanOneEncodingBlockIsEncodedInBlocks) {
   }
   RecordProperty("tops_at_block_edges", at_edges);
 }
+
+TEST(TopStories, StoriesShareEncodingBlocksAndOneThatFitsABlockIsNeverSplit) {
+  // The 16 fixture stories (11 to 63 tokens) encoded 40 rows at a time: consecutive stories share a
+  // block, a story of at most 40 tokens is never split, a longer one is. The entries are the same
+  // for every block size; the statistics' context values are the story's own features wherever the
+  // story was whole in its block, and NaN (not known) only across the edge of a split one.
+  const BpeTokenizer tokenizer = BpeTokenizer::from_model_dir(ref("model"));
+  GptNeo model = GptNeo::load(ref("model"));
+  const SaeParams sae = make_sae("topk", 5);
+  const std::vector<StoryData> stories = encode_all(sae);
+  InputNormalization normalization;
+  normalization.kind = Normalization::Story;
+  auto inputs = text_story_inputs(model, tokenizer, TextStoryOptions{ref("stories.txt"), "text", {2, HookPoint::ResidPre}},
+                                  normalization, 0, Device::CPU);
+  const int64_t block = 40, features = sae.d_sae();
+  int64_t short_stories = 0, long_stories = 0;
+  for (const StoryData& s : stories) (s.f.size(0) <= block ? short_stories : long_stories) += 1;
+  ASSERT_GE(short_stories, 4);
+  ASSERT_GE(long_stories, 1);
+  const FeatureStatsOptions options{4, 3};
+  const FeatureStats blocked = gather_feature_stats(sae, *inputs, options, nullptr, block);
+  const FeatureStats whole = gather_feature_stats(sae, *inputs, options, nullptr, 100000);
+  const std::string entries = top_story_entries(sae, *inputs, whole, &tokenizer, 100000).dump();
+  EXPECT_EQ(top_story_entries(sae, *inputs, blocked, &tokenizer, block).dump(), entries);
+  int64_t known = 0, unknown = 0;
+  for (const FeatureStats* stats : {&blocked, &whole}) {
+    EXPECT_EQ(stats->steps(), 16);
+    EXPECT_EQ(stats->tokens(), 578);
+  }
+  for (int64_t i = 0; i < features; ++i) {
+    ASSERT_EQ(blocked.top_count(i), whole.top_count(i)) << i;
+    for (int32_t r = 0; r < whole.top_count(i); ++r) {
+      const FeatureTop a = whole.top(i, r), b = blocked.top(i, r);
+      ASSERT_EQ(a.story, b.story);
+      ASSERT_EQ(a.position, b.position);
+      const StoryData& s = stories[static_cast<size_t>(a.story)];
+      const std::vector<double> f = s.f.to_vector();
+      const int64_t t = s.f.size(0);
+      for (int64_t o = -options.context; o <= options.context; ++o) {
+        const int64_t p = a.position + o;
+        const size_t k = static_cast<size_t>(o + options.context);
+        if (p < 0 || p >= t) {  // outside the story
+          EXPECT_TRUE(std::isnan(a.values[k]) && std::isnan(b.values[k]));
+          continue;
+        }
+        EXPECT_EQ(a.values[k], static_cast<float>(f[p * features + i])) << "feature " << i << " position " << p;
+        if (t <= block) {
+          EXPECT_EQ(b.values[k], a.values[k]) << "a whole story: feature " << i << " position " << p;
+        } else {
+          EXPECT_TRUE(b.values[k] == a.values[k] || std::isnan(b.values[k]));
+        }
+        known += !std::isnan(b.values[k]);
+        unknown += std::isnan(b.values[k]);
+      }
+    }
+  }
+  EXPECT_GT(known, 0);
+  RecordProperty("context_values_not_known_across_a_split", unknown);
+}

@@ -504,6 +504,53 @@ TEST(Safetensors, WriteReadRoundTripF32F64) {
   EXPECT_EQ(SafetensorsFile::open(path).names(), (std::vector<std::string>{"only"}));  // untouched
 }
 
+namespace {
+// This process's resident pages of mapped files (/proc/self/status RssFile), in KiB.
+int64_t rss_file_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  return -1;
+}
+}  // namespace
+
+TEST(Safetensors, AWholeTensorIsReadInPartsAndLeavesNoneOfTheFileMapped) {
+  // read_f32 converts 64 MiB of the file at a time and drops each part's pages from the mapping once
+  // copied, so that a multi-GB weight is never held twice (its copy and the mapped file). Here a
+  // 72 MB float32 tensor (two parts) reads back whole and leaves no more than a few pages of the file
+  // resident; a float64 value beyond float32's range in the second part is named by its index in the
+  // whole tensor.
+  TempDir dir("io_parts");
+  const int64_t n = 18'000'000, m = 9'000'000, bad = 8'500'000;
+  Tensor good = Tensor::empty(Shape{n});
+  for (int64_t i = 0; i < n; ++i) good.data<float>()[i] = static_cast<float>(i % 4099) - 2049.5f;
+  Tensor wide = Tensor::zeros(Shape{m}, DType::F64);
+  wide.data<double>()[bad] = 1e300;
+  write_safetensors(dir.str("big.safetensors"), {{"good", good}, {"wide", wide}}, {});
+  good = Tensor();
+  wide = Tensor();
+  SafetensorsFile f = SafetensorsFile::open(dir.str("big.safetensors"));
+  const int64_t before = rss_file_kib();
+  ASSERT_GE(before, 0);
+  const Tensor read = f.read_f32("good");
+  const int64_t grown = rss_file_kib() - before;
+  ASSERT_EQ(read.numel(), n);
+  for (int64_t i : {int64_t{0}, int64_t{16'777'215}, int64_t{16'777'216}, n - 1})
+    EXPECT_EQ(read.data<float>()[i], static_cast<float>(i % 4099) - 2049.5f) << i;
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n; ++i) wrong += read.data<float>()[i] != static_cast<float>(i % 4099) - 2049.5f;
+  EXPECT_EQ(wrong, 0);
+  EXPECT_LT(grown, 8 * 1024) << "KiB of the 72 MB file still mapped after the read";
+  RecordProperty("rss_file_growth_kib", static_cast<int>(grown));
+  try {
+    f.read_f32("wide");
+    ADD_FAILURE() << "a float64 value beyond float32's range was read";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("element 8500000: float64 value 1e+300"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Safetensors, WritesSixteenBitAndIntegerTensorsUnderTheirOwnDtype) {
   // Each dtype under its own name, its bytes as held (16-bit tensors used to be named F64 and refused).
   TempDir dir("io");

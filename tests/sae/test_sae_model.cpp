@@ -1,5 +1,6 @@
 // The SAE's loss and gradients: float64 gradcheck of rec + lambda * l1 w.r.t. all four
-// parameters, and the fused SaeStep against the autograd reference (values and every gradient).
+// parameters, and the fused SaeStep against the autograd reference (values and every gradient); the
+// input-scale fold, in place only on tensors it is handed alone.
 #include <gtest/gtest.h>
 
 
@@ -177,4 +178,29 @@ TEST(SaeStep, RejectsBadBatches) {
   SaeStep step = sae::testing::standard_step(8, 4, 6, DType::F32, Device::CPU);
   EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{9, 4}), 1.0), Error);  // too many tokens
   EXPECT_THROW(fused_backward(step, sae, Tensor::zeros(Shape{3, 5}), 1.0), Error);  // wrong width
+}
+
+TEST(SaeParams, FoldInputScalesScalesInPlaceOnlyWhatItIsHandedAlone) {
+  // fold_input_scales multiplies W_enc's rows by the input scale and divides W_dec's columns and
+  // b_dec by the output scale. Given params to keep (a copy), it leaves them as they were; handed
+  // params it may consume (moved in), it scales in place each tensor nothing else holds (no second
+  // copy of a multi-GB weight at load) and copies any tensor another handle still shares.
+  Rng rng(11);
+  SaeParams p = SaeParams::standard_init(4, 6, rng);
+  const std::vector<double> W_enc = p.W_enc.to_vector(), W_dec = p.W_dec.to_vector(), b_dec = p.b_dec.to_vector();
+  const SaeParams kept = fold_input_scales(p, {2.5}, {0.5}, false);
+  EXPECT_EQ(p.W_enc.to_vector(), W_enc);
+  EXPECT_EQ(p.W_dec.to_vector(), W_dec);
+  for (size_t i = 0; i < W_enc.size(); ++i) EXPECT_EQ(kept.W_enc.to_vector()[i], float(W_enc[i] * 2.5));
+  for (size_t i = 0; i < W_dec.size(); ++i) EXPECT_EQ(kept.W_dec.to_vector()[i], float(W_dec[i] / 0.5));
+  for (size_t i = 0; i < b_dec.size(); ++i) EXPECT_EQ(kept.b_dec.to_vector()[i], float(b_dec[i] / 0.5));
+  const Tensor held = p.W_dec;  // another handle on W_dec
+  const void* w_enc_bytes = p.W_enc.raw();
+  const SaeParams moved = fold_input_scales(std::move(p), {2.5}, {0.5}, false);
+  EXPECT_EQ(moved.W_enc.raw(), w_enc_bytes);  // scaled where it was
+  EXPECT_FALSE(moved.W_dec.shares_storage(held));
+  EXPECT_EQ(held.to_vector(), W_dec);  // the other handle's values are untouched
+  EXPECT_EQ(max_abs_diff(moved.W_enc, kept.W_enc), 0.0);
+  EXPECT_EQ(max_abs_diff(moved.W_dec, kept.W_dec), 0.0);
+  EXPECT_EQ(max_abs_diff(moved.b_dec, kept.b_dec), 0.0);
 }
