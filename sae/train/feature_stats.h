@@ -75,6 +75,7 @@ class FeatureStats {
   int64_t first_step() const { return first_step_; }  // -1 before the first batch
   int64_t last_step() const { return last_step_; }
   bool has_token_ids() const { return has_token_ids_; }
+  Device device() const { return device_; }
   std::vector<double> histogram() const;  // [F, kHistogramBins], row-major
   std::vector<double> counts() const;     // [F]: tokens each feature fired on (the histogram's row sums)
   int32_t top_count(int64_t feature) const;

@@ -223,6 +223,27 @@ void check_same_stream(const TrainConfig& first, const TrainConfig& other) {
                            b.has(key) ? b.at(key).dump() : "(absent)", " but ", first.out, " has ", value.dump()));
 }
 
+// The bytes on `device` of what the memory count includes and a member holds already, before the
+// count: a resumed (or --init) start's parameters and Adam's moments (on the CPU) and feature
+// statistics made or loaded. What the process can get is measured with them resident, so they are
+// added back (a resume at 2^20 latents was refused holding its own 19.3 GB).
+double held_bytes(const Member& m, Device device) {
+  double bytes = 0;
+  const auto add = [&](const SaeParams& p) {
+    for (const auto& [name, t] : p.present())
+      if (t->device() == device) bytes += double(t->nbytes());
+  };
+  if (m.start.params) add(*m.start.params);
+  if (m.start.state) {
+    add(m.start.state->adam.m);
+    add(m.start.state->adam.v);
+  }
+  const FeatureStats* stats = m.feature_stats ? m.feature_stats->stats() : nullptr;
+  if (stats && stats->device() == device)
+    bytes += feature_stats_bytes(stats->features(), FeatureStatsOptions{stats->k(), stats->context()});
+  return bytes;
+}
+
 // Whether two SAEs stand at the same step and data position (so that one pass serves both).
 bool same_position(const Member& a, const Member& b) {
   const int64_t s0 = a.start.state ? a.start.state->step : 0, s1 = b.start.state ? b.start.state->step : 0;
@@ -785,8 +806,14 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       chunkable.push_back(unit.chunks_encoder() && m.config().encoder_chunk == 0);
     }
     agree([&] {
-      const HostMemory host = device == Device::CPU ? available_host_memory() : HostMemory{};
-      const double can_get = device == Device::CPU ? host.bytes : double(cuda_free_bytes());
+      HostMemory host = device == Device::CPU ? available_host_memory() : HostMemory{};
+      double held = 0;
+      for (const Member& m : members) held += held_bytes(m, device);
+      if (host.bytes >= 0 && held > 0) {
+        host.bytes += held;
+        host.source += ", and what the run holds already";
+      }
+      const double can_get = device == Device::CPU ? host.bytes : double(cuda_free_bytes()) + held;
       ChunkBudget budget;
       budget.bytes = can_get < 0 ? -1.0 : 0.9 * can_get;
       budget.parameter_copies = device == Device::CPU && shared.precision != Precision::BF16 ? 3.5 : 4.0;
@@ -867,7 +894,11 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     m.state = RunState{first.to(device), {}, 0, 0, columns.scales(data), Json(),
                      DeadFeatureTracker(latents, config.dead_window), std::nullopt};
     RunState& run = m.run();
-    run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
+    // Fresh moments, or (below) the resumed ones, never both at once: at 2^20 latents each pair is 12.9 GB.
+    if (!m.start.state) run.adam = SaeAdamState::zeros_like(run.params, config.beta1, config.beta2, config.eps);
+    run.adam.beta1 = config.beta1;
+    run.adam.beta2 = config.beta2;
+    run.adam.eps = config.eps;
     if (config.target_l0 > 0) run.controller.emplace(l0_controller_settings(config, columns.input_mean_squared_norm(data)), config.l1);
     if (m.start.state) {
       const TrainingState& st = *m.start.state;
@@ -880,6 +911,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       run.adam.m = mine(st.adam.m).to(device);
       run.adam.v = mine(st.adam.v).to(device);
       run.adam.steps = st.adam.steps;
+      m.start.state->adam.m = m.start.state->adam.v = SaeParams();  // the run's own now (a copy on a GPU or a shard)
       run.dead = DeadFeatureTracker(config.dead_window,
                                     std::vector<int64_t>(st.last_fired.begin() + first_latent,
                                                          st.last_fired.begin() + first_latent + latents),

@@ -176,15 +176,26 @@ TEST(MemoryCheck, SaeTrainIsRefusedBeforeItMakesAnything) {
   // Gathering feature statistics (the default): 16384 x (10 x 192 + 396) bytes more, and said so.
   const std::string with_stats = " --synthetic-d 256 --features 16384 --batch 1024 --normalize dataset --steps 2 "
                                  "--progress none --device cpu --out ";
-  auto stats = run_program("sae_train", with_stats + dir.str("s"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
+  // They are made before the count, so what the process could get is what is left plus their 38 MB.
+  auto stats = run_program("sae_train", with_stats + dir.str("s"), dir, "SAE_TEST_AVAILABLE_MEMORY=160000000");
   EXPECT_EQ(stats.exit_code, 1);
   EXPECT_NE(stats.err.find("needs at least 206 MB (weights and Adam's two moments 101 MB, 1024 x 16384 pre-activations "
-                           "68 MB, feature statistics 38 MB) and this process can get 200 MB"),
+                           "68 MB, feature statistics 38 MB) and this process can get 198 MB (SAE_TEST_AVAILABLE_MEMORY, "
+                           "and what the run holds already)"),
             std::string::npos)
       << stats.err;
+  auto stats_fit = run_program("sae_train", with_stats + dir.str("t"), dir, "SAE_TEST_AVAILABLE_MEMORY=170000000");
+  EXPECT_EQ(stats_fit.exit_code, 0) << stats_fit.err;
   EXPECT_NE(stats.err.find("gather no feature statistics (--feature-stats-steps 0)"), std::string::npos) << stats.err;
   auto fits = run_program("sae_train", run + dir.str("b"), dir, "SAE_TEST_AVAILABLE_MEMORY=200000000");
   EXPECT_EQ(fits.exit_code, 0) << fits.err;
+  // Its resume holds the parameters and Adam's moments (101 MB) when it counts: with 100 MB left it
+  // could get 201 MB, and goes on (a resume at 2^20 latents was refused so, holding its own 19.3 GB).
+  auto resumed = run_program("sae_train", "--resume " + dir.str("b") + " --steps 3 --progress none", dir,
+                             "SAE_TEST_AVAILABLE_MEMORY=100000000");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  auto fresh = run_program("sae_train", run + dir.str("b2"), dir, "SAE_TEST_AVAILABLE_MEMORY=100000000");
+  EXPECT_EQ(fresh.exit_code, 1) << "a fresh run holds nothing yet";
   // A topk SAE holds --encoder-chunk tokens' pre-activations at once: given the whole batch, it is
   // refused as above (and told of --encoder-chunk); given 64, it fits; left at 0, it counts 1 GB, 3.5
   // copies of its 8,405,248 parameters (118 MB) and the whole batch's 67,108,864 bytes: 1.2 GB, more
