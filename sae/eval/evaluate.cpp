@@ -171,9 +171,9 @@ struct ReconstructionSums {
   std::vector<double> squared_error;  // per part: sum ||x_s - x_hat_s||^2
 
   // x, x_hat: the [n, d_s] parts of n tokens' input and reconstruction (raw scale; one part for an
-  // SAE, a crosscoder's sources), f [n, F].
-  void add(const std::vector<Tensor>& x, const std::vector<Tensor>& x_hat, const Tensor& f) {
-    const int64_t n = f.size(0);
+  // SAE, a crosscoder's sources); add_features: their features f [n, F] (or a block of them).
+  void add(const std::vector<Tensor>& x, const std::vector<Tensor>& x_hat) {
+    const int64_t n = x.at(0).size(0);
     std::vector<double> in(n, 0.0), out(n, 0.0), dots(n, 0.0);
     squared_error.resize(x.size(), 0.0);
     for (size_t k = 0; k < x.size(); ++k) {
@@ -192,8 +192,8 @@ struct ReconstructionSums {
       out_squared += out[t];
       dot += dots[t];
     }
-    l1 += reduce(ReduceOp::sum, abs(f)).item();
   }
+  void add_features(const Tensor& f) { l1 += reduce(ReduceOp::sum, abs(f)).item(); }
   ReconstructionMetrics means(int64_t tokens) const {
     const double n = static_cast<double>(tokens);
     return ReconstructionMetrics{norm_in / n, norm_out / n, ratio / n, l1 / n, total(squared_error) / n, cos / n,
@@ -286,22 +286,22 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   const bool bos_in_statistics = sae.kept_bos && sae.normalization == Normalization::Story && !transcoder;
   splice.at.emplace_back(site, [&](Tensor& state) {
     Tensor x = document_rows(state);
-    Tensor f;
-    Tensor x_hat;
-    if (bos_in_statistics && skip == 1) {
-      x_hat = reconstruct(sae, state, &f).slice_rows(1, state.size(0));
-      f = f.slice_rows(1, f.size(0));
-    } else {
-      x_hat = reconstruct(sae, transcoder ? input : x, &f);
-    }
+    const bool bos_row = bos_in_statistics && skip == 1;  // normalised with the story, then dropped
+    const auto count = [&](int64_t first_row, const Tensor& block) {
+      const Tensor f = bos_row && first_row == 0 ? block.slice_rows(1, block.size(0)) : block;
+      if (f.size(0) == 0) return;
+      active += reduce(ReduceOp::count_nonzero, f).item();
+      const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
+      for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
+      reconstruction.add_features(f);
+    };
+    const Tensor x_hat = bos_row ? reconstruct(sae, state, count).slice_rows(1, state.size(0))
+                                 : reconstruct(sae, transcoder ? input : x, count);
     if (!all_finite(x_hat))  // never a silent NaN in the scores: an SAE whose weights overflow float32
       throw DataError(cat(sae.dir, ": the SAE's reconstruction of ", hook_name(site), " is not finite on piece ",
                           done - r.pieces + 1, " of ", options.text, " (its weights overflow float32)"));
     variance += squared_norm(sub(x, mean));
-    active += reduce(ReduceOp::count_nonzero, f).item();
-    const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
-    for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
-    reconstruction.add({x}, {x_hat}, f);
+    reconstruction.add({x}, {x_hat});
     copy_(x, x_hat);
   });
   // Zero ablation zeroes every row, the BOS's too, as SAELens's evals do; mean ablation (ours) and
@@ -448,7 +448,8 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
     active += reduce(ReduceOp::count_nonzero, f).item();
     const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
     for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
-    reconstruction.add(x, x_hat, f);
+    reconstruction.add(x, x_hat);
+    reconstruction.add_features(f);
     for (size_t m = 0; m < models.size(); ++m)
       sums[m].add(*models[m], ids, clean[m], splice[m], zero[m], mean_ablate[m], run_logits);
     tokens_done += static_cast<int64_t>(ids.size());

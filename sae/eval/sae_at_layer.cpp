@@ -285,7 +285,7 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
   return bos_for_sae(mode, sae.prepend_bos, tokenizer);
 }
 
-Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
+Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& features, int64_t block_rows) {
   if (sae.params.sources > 1) throw Error("reconstruct: a crosscoder reconstructs its sources (reconstruct_sources)");
   const int64_t t = x.size(0), d = x.size(1);
   const Tensor raw = x.to(Device::CPU);
@@ -294,11 +294,19 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
       normalize_batch(raw.data<float>(), normalized.data<float>(), t, d, sae.normalization, sae.dataset_scale,
                       [](int64_t row) { return row; }, hook_name(sae.site));
   const Tensor input = normalized.to(sae.params.device());
-  const Tensor f = sae_encode(sae.params, input);
   // A transcoder normalised per token (SAELens's): its output as decoded, a skip term on the raw input.
   const bool output_as_decoded = sae.params.transcoder && per_token(sae.normalization);
   const Tensor skip_input = output_as_decoded ? raw.to(sae.params.device()) : input;
-  Tensor x_hat = sae_decode(sae.params, f, &skip_input);
+  Tensor x_hat = Tensor::empty(Shape{t, sae.params.d_out()}, DType::F32, sae.params.device());
+  const int64_t block = block_rows > 0 ? block_rows : encode_block_rows(sae.params);
+  for (int64_t first = 0; first < t; first += block) {
+    const int64_t end = std::min(t, first + block);
+    const Tensor f = sae_encode(sae.params, input.slice_rows(first, end));
+    const Tensor skip_rows = skip_input.slice_rows(first, end);
+    Tensor rows = x_hat.slice_rows(first, end);
+    copy_(rows, sae_decode(sae.params, f, &skip_rows));
+    if (features) features(first, f);
+  }
   // x = x_n / scale + shift (a transcoder: its target's scale, no shift, and none when per token; an
   // SAE per token: each row's own)
   if (per_token(sae.normalization) && !sae.params.transcoder) {
@@ -310,7 +318,6 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features) {
     affine_(x_hat, x_hat, sae.normalization == Normalization::Dataset ? 1.0 / sae.output_scale : 1.0, 0.0);
   else
     affine_(x_hat, x_hat, 1.0 / stats.norm_scale, stats.norm_shift);
-  if (features) *features = f;
   return x_hat;
 }
 

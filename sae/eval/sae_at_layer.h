@@ -8,6 +8,7 @@
 // Letters: T tokens, D the model's width (= the SAE's d_in), F the SAE's features, S a crosscoder's
 // sources, d the width of one source.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -106,9 +107,13 @@ bool is_crosscoder_folder(const std::string& dir);
 // The SAE's reconstruction of raw activations x [T, D] (one story or piece, on the SAE's device):
 // normalised as in training (story: this x's own mean and std; per token: each row's own), encoded
 // (sae_encode), decoded, and brought back to x's scale (a transcoder: its prediction of the target
-// [T, D_out], the skip path included, in the target's scale). `features`, when given, receives
-// f [T, F]. DataError if x holds NaN/Inf. Not for a crosscoder (Error): reconstruct_sources.
-Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, Tensor* features = nullptr);
+// [T, D_out], the skip path included, in the target's scale). Encoded and decoded a block of rows
+// at a time (block_rows; 0: encode_block_rows, sae/arch/registry.h), so that f [T, F] is never made
+// whole (at 2^20 latents a 512-token window's would be 2 GB an array); `features`, when given,
+// receives each block's f [rows, F] with the index of its first row. DataError if x holds NaN/Inf.
+// Not for a crosscoder (Error): reconstruct_sources.
+using FeatureBlock = std::function<void(int64_t first_row, const Tensor& f)>;
+Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& features = {}, int64_t block_rows = 0);
 
 // A crosscoder's reconstruction of its sources: raw x_s [T, d] for s = 1..S (the same T tokens, on
 // the SAE's device), each scaled by its dataset scale, put side by side, encoded once

@@ -117,18 +117,20 @@ std::vector<double> feature_strengths(DecoderModel& model, const SaeAtLayer& sae
   // A run that kept BOS rows normalised each story with its BOS row: so here, then the row is dropped.
   const bool bos_in_statistics =
       bos_first && sae.kept_bos && sae.normalization == Normalization::Story && !sae.params.transcoder;
-  Tensor f;
-  reconstruct(sae, bos_in_statistics || !bos_first ? x : x.slice_rows(1, t), &f);
-  if (bos_in_statistics) f = f.slice_rows(1, t);
-  const std::vector<double> column = f.to(Device::CPU).to_vector();
-  const int64_t features = sae.params.d_sae();
+  const int64_t features = sae.params.d_sae(), dropped = bos_in_statistics ? 1 : 0;  // f's rows before token 0
   std::vector<double> out(static_cast<size_t>(t - skip));
-  for (int64_t p = 0; p < t - skip; ++p) {
-    out[p] = column[p * features + feature] * norm;
-    if (!std::isfinite(out[p]))
-      throw DataError(cat(sae.dir, ": feature ", feature, "'s strength is not finite at token ", p,
-                          " of the text read back (the SAE's weights overflow float32)"));
-  }
+  const auto column = [&](int64_t first_row, const Tensor& block) {  // the feature's values, block by block
+    const Tensor f = block.to(Device::CPU).to(DType::F32);
+    for (int64_t r = 0; r < f.size(0); ++r) {
+      const int64_t p = first_row + r - dropped;
+      if (p < 0) continue;
+      out[p] = double(f.data<float>()[r * features + feature]) * norm;
+      if (!std::isfinite(out[p]))
+        throw DataError(cat(sae.dir, ": feature ", feature, "'s strength is not finite at token ", p,
+                            " of the text read back (the SAE's weights overflow float32)"));
+    }
+  };
+  reconstruct(sae, bos_in_statistics || !bos_first ? x : x.slice_rows(1, t), column);
   return out;
 }
 

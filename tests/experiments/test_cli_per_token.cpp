@@ -83,8 +83,11 @@ TEST(PerToken, TheSpliceBringsEachTokenBack) {
     SCOPED_TRACE(c.name);
     const SaeAtLayer sae = load_sae_at_layer(c.given, model, c.choice, Device::CPU);
     EXPECT_EQ(sae.normalization, c.kind);
-    Tensor f;
-    const Tensor x_hat = reconstruct(sae, x, &f);
+    Tensor f = Tensor::empty(Shape{x.size(0), sae.params.d_sae()});
+    const Tensor x_hat = reconstruct(sae, x, [&](int64_t first, const Tensor& block) {
+      Tensor rows = f.slice_rows(first, first + block.size(0));
+      copy_(rows, block);
+    });
     expect_same_outputs(x_hat, expected.tensor(c.name + "_x_hat", DType::F32), "reconstruction");
     expect_same_outputs(f, expected.tensor(c.name + "_f", DType::F32), "features");
   }

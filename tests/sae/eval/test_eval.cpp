@@ -469,9 +469,15 @@ TEST(SaeAtLayer, ReconstructUndoesTheNormalisation) {
   SaeAtLayer story = load_sae_at_layer(eval_ref("sae_story"), config, layer_choice(-1), Device::CPU);
   Rng rng(3);
   const Tensor x = normal_tensor(Shape{9, 32}, 0.4, 1.3, rng);
-  Tensor f;
-  const Tensor x_hat = reconstruct(story, x, &f);
-  EXPECT_EQ(f.shape(), (Shape{9, 80}));
+  // Encoded 4 rows at a time: the features come in blocks at rows 0, 4 and 8.
+  Tensor f = Tensor::empty(Shape{9, 80});
+  std::vector<int64_t> firsts;
+  const Tensor x_hat = reconstruct(story, x, [&](int64_t first, const Tensor& block) {
+    firsts.push_back(first);
+    Tensor rows = f.slice_rows(first, first + block.size(0));
+    copy_(rows, block);
+  }, 4);
+  EXPECT_EQ(firsts, (std::vector<int64_t>{0, 4, 8}));
   // By hand: per-story statistics, encode, decode, back.
   const std::vector<double> xv = x.to_vector();
   double mean = 0, var = 0;
@@ -482,6 +488,8 @@ TEST(SaeAtLayer, ReconstructUndoesTheNormalisation) {
   const Tensor normalized = affine(x, scale, -mean * scale);
   const Tensor want = affine(sae_decode(story.params, sae_encode(story.params, normalized)), 1 / scale, mean);
   sae::testing::expect_close_to_scale(x_hat, want, 1e-6, "story");
+  sae::testing::expect_close_to_scale(f, sae_encode(story.params, normalized), 1e-6, "story's features");
+  sae::testing::expect_close_to_scale(reconstruct(story, x), x_hat, 1e-6, "in one block");
   sae::testing::expect_close_to_scale(reconstruct(topk, x), affine(sae_decode(topk.params, sae_encode(topk.params, mul_scalar(x, 1.7))), 1 / 1.7, 0), 1e-6, "dataset");
   Tensor bad = x.clone();
   bad.data<float>()[5] = NAN;
