@@ -93,7 +93,7 @@ std::vector<double> column_scales(const std::vector<double>& blocks, int64_t wid
 Tensor scaled_host(Tensor t, const std::vector<double>& row, const std::vector<double>& col) {
   // In place when t was handed over (moved in) as the only handle on host float32 bytes of its own.
   Tensor out = t.dtype() == DType::F32 && t.owns_its_host_bytes() ? std::move(t) : t.to(Device::CPU).to(DType::F32).clone();
-  const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
+  const int64_t rows = out.ndim() == 2 ? out.size(0) : 1, cols = out.ndim() == 2 ? out.size(1) : out.size(0);
   float* p = out.data<float>();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)

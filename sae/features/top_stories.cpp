@@ -153,11 +153,9 @@ void story_origins(const StoryInput& story, int64_t begin, int64_t end, int64_t 
   }
 }
 
-// The stories `inputs` serves through the SAE, rows of consecutive stories encoded together, at most
-// `block` at once: a story that fits a block is never split, a longer one fills blocks of its own.
-// `take(story)` says whether a story is wanted; reading stops when `more()` is false. `use(story,
-// begin, end, f)` gets each wanted story's rows [begin, end) in order, with their features f
-// [end - begin, F] (a view into the block's).
+
+}  // namespace
+
 void encode_stories(const SaeParams& params, StoryInputs& inputs, int64_t block,
                     const std::function<bool(const StoryInput&)>& take, const std::function<bool()>& more,
                     const std::function<void(const StoryInput&, int64_t, int64_t, const Tensor&)>& use) {
@@ -205,8 +203,6 @@ void encode_stories(const SaeParams& params, StoryInputs& inputs, int64_t block,
   }
   flush();
 }
-
-}  // namespace
 
 std::unique_ptr<StoryInputs> text_story_inputs(DecoderModel& model, const BpeTokenizer& tokenizer,
                                                const TextStoryOptions& options, const InputNormalization& normalization,

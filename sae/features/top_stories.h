@@ -11,6 +11,7 @@
 // those of the one encoding of all sources.
 // Letters: T tokens of a story, D = d_in, F = d_sae.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,14 @@ struct GatherSummary {
 // never split, a longer one fills blocks of its own. The statistics then know a top activation's
 // neighbours' values within its block only for such a long story (NaN across a block's edge, as
 // across a token batch's in training); the entries' strengths are whole.
+// The stories `inputs` serves (after a rewind) through the SAE, rows of consecutive stories encoded
+// together, at most `block` at once: a story that fits a block is never split, a longer one fills
+// blocks of its own. `take(story)` says whether a story is wanted; reading stops when `more()` is
+// false. `use(story, begin, end, f)` gets each wanted story's rows [begin, end) in order, with their
+// features f [end - begin, F] (a view into its block's). Both passes below are made of it.
+void encode_stories(const SaeParams& params, StoryInputs& inputs, int64_t block,
+                    const std::function<bool(const StoryInput&)>& take, const std::function<bool()>& more,
+                    const std::function<void(const StoryInput&, int64_t, int64_t, const Tensor&)>& use);
 // Pass 1: every story through the SAE into statistics (step = the story's index).
 FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, const FeatureStatsOptions& options,
                                   GatherSummary* summary = nullptr, int64_t block_rows = 0);

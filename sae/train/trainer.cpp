@@ -225,8 +225,8 @@ void check_same_stream(const TrainConfig& first, const TrainConfig& other) {
 
 // The bytes on `device` of what the memory count includes and a member holds already, before the
 // count: a resumed (or --init) start's parameters and Adam's moments (on the CPU; `whole`: the run
-// takes them as they are, not a latent shard's copy of its part) and feature statistics made or
-// loaded. What the process can get is measured with them resident, so they are added back (a resume
+// of one process takes them as they are, where several ranks each copy their part, latent_slice)
+// and feature statistics made or loaded. What the process can get is measured with them resident, so they are added back (a resume
 // at 2^20 latents was refused holding its own 19.3 GB).
 double held_bytes(const Member& m, Device device, bool whole) {
   double bytes = 0;
@@ -809,7 +809,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
     agree([&] {
       HostMemory host = device == Device::CPU ? available_host_memory() : HostMemory{};
       double held = 0;
-      for (const Member& m : members) held += held_bytes(m, device, shards == 1);
+      for (const Member& m : members) held += held_bytes(m, device, dist == nullptr);
       if (host.bytes >= 0 && held > 0) {
         host.bytes += held;
         host.source += ", and what the run holds already";
