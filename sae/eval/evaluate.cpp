@@ -436,8 +436,12 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
     skip = w.bos ? 1 : 0;
     std::vector<CleanRun> clean;
     for (size_t m = 0; m < models.size(); ++m) clean.push_back(clean_run(*models[m], ids, read[m], skip));
-    Tensor f;
-    x_hat = reconstruct_sources(cc, x, &f);
+    x_hat = reconstruct_sources(cc, x, [&](int64_t, const Tensor& f) {
+      active += reduce(ReduceOp::count_nonzero, f).item();
+      const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
+      for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
+      reconstruction.add_features(f);
+    });
     for (int64_t k = 0; k < sources; ++k) {
       if (!all_finite(x_hat[k]))  // never a silent NaN in the scores
         throw DataError(cat(cc.dir, ": the crosscoder's reconstruction of ", cc.sources[k].read,
@@ -445,11 +449,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
                             " (its weights overflow float32)"));
       variance[k] += squared_norm(sub(x[k], means[k]));
     }
-    active += reduce(ReduceOp::count_nonzero, f).item();
-    const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
-    for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
     reconstruction.add(x, x_hat);
-    reconstruction.add_features(f);
     for (size_t m = 0; m < models.size(); ++m)
       sums[m].add(*models[m], ids, clean[m], splice[m], zero[m], mean_ablate[m], run_logits);
     tokens_done += static_cast<int64_t>(ids.size());

@@ -321,7 +321,8 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& f
   return x_hat;
 }
 
-std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x, Tensor* features) {
+std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x, const FeatureBlock& features,
+                                        int64_t block_rows) {
   const int64_t count = static_cast<int64_t>(sae.sources.size());
   if (count < 2 || static_cast<int64_t>(x.size()) != count)
     throw Error(cat("reconstruct_sources: ", x.size(), " activations for a dictionary of ", count, " sources"));
@@ -343,8 +344,16 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
   const BatchStats stats = normalize_blocks(raw.data<float>(), normalized.data<float>(), t, widths, sae.normalization,
                                             scales, [](int64_t r) { return r; }, cat(sae.dir, " sources"));
   const Tensor input = normalized.to(sae.params.device());
-  const Tensor f = sae_encode(sae.params, input);
-  const Tensor x_hat = sae_decode(sae.params, f, &input).to(Device::CPU);
+  Tensor x_hat = Tensor::empty(Shape{t, count * d});
+  const int64_t block = block_rows > 0 ? block_rows : encode_block_rows(sae.params);
+  for (int64_t first = 0; first < t; first += block) {
+    const int64_t end = std::min(t, first + block);
+    const Tensor rows_in = input.slice_rows(first, end);
+    const Tensor f = sae_encode(sae.params, rows_in);
+    Tensor rows = x_hat.slice_rows(first, end);
+    copy_(rows, sae_decode(sae.params, f, &rows_in).to(Device::CPU));
+    if (features) features(first, f);
+  }
   Tensor x_hat_raw = Tensor::empty(Shape{t, count * d});
   denormalize_blocks(x_hat.data<float>(), x_hat_raw.data<float>(), t, widths, sae.normalization, scales, stats);
   std::vector<Tensor> out;
@@ -355,7 +364,6 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
     for (int64_t r = 0; r < t; ++r) std::copy_n(src + r * count * d + k * d, d, dst + r * d);
     out.push_back(block.to(sae.params.device()));
   }
-  if (features) *features = f;
   return out;
 }
 

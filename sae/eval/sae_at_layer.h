@@ -118,9 +118,11 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& f
 // A crosscoder's reconstruction of its sources: raw x_s [T, d] for s = 1..S (the same T tokens, on
 // the SAE's device), each scaled by its dataset scale, put side by side, encoded once
 // (f = encode([s_1 x_1 | ... | s_S x_S])), decoded, and each source's block brought back:
-// x_hat_s = x_hat[:, (s-1)d : s d] / s_s. `features` receives f [T, F]. DataError if an x_s holds
-// NaN/Inf; Error for a wrong count or shape.
-std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x, Tensor* features = nullptr);
+// x_hat_s = x_hat[:, (s-1)d : s d] / s_s. Encoded and decoded in blocks of rows as reconstruct,
+// `features` receiving each block's f. DataError if an x_s holds NaN/Inf; Error for a wrong count or
+// shape.
+std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector<Tensor>& x,
+                                        const FeatureBlock& features = {}, int64_t block_rows = 0);
 
 // W_dec[feature] / ||W_dec[feature]|| [D_out] on the SAE's device: the direction sae_steer adds (at
 // `site`).

@@ -25,6 +25,8 @@
 #include "tests/util/fixture.h"
 #include "tests/util/gpu.h"
 #include "tests/util/test_util.h"
+#include "tensor/ops.h"
+#include "tensor/rng.h"
 
 using namespace sae;
 using sae::testing::expect_relative;
@@ -246,6 +248,32 @@ TEST(SaeEvalCrosscoder, RefusesWhatDoesNotFitWithOneLine) {
   EXPECT_TRUE(is_crosscoder_folder(xc_ref("xc")));
   EXPECT_FALSE(is_crosscoder_folder(eval_ref("sae_story")));
   EXPECT_FALSE(is_crosscoder_folder(xc_ref("no_such_folder")));
+}
+
+TEST(SaeEvalCrosscoder, ItsSourcesAreReconstructedABlockOfRowsAtATime) {
+  // reconstruct_sources 3 rows at a time: the features come in blocks at rows 0, 3 and 6, and they
+  // and each source's reconstruction are those of the 7 rows in one block.
+  const DecoderConfig config = read_model_config(eval_ref("model")).config;
+  const SaeAtLayer xc = load_sae_at_layer(xc_ref("xc"), config, HookChoice{}, Device::CPU);
+  Rng rng(5);
+  const std::vector<Tensor> x = {normal_tensor(Shape{7, 32}, 0.2, 1.1, rng), normal_tensor(Shape{7, 32}, -0.3, 0.9, rng)};
+  Tensor whole;
+  const std::vector<Tensor> at_once = reconstruct_sources(xc, x, [&](int64_t first, const Tensor& f) {
+    EXPECT_EQ(first, 0);
+    whole = f;
+  }, 7);
+  Tensor blocked = Tensor::empty(whole.shape());
+  std::vector<int64_t> firsts;
+  const std::vector<Tensor> in_blocks = reconstruct_sources(xc, x, [&](int64_t first, const Tensor& f) {
+    firsts.push_back(first);
+    Tensor rows = blocked.slice_rows(first, first + f.size(0));
+    copy_(rows, f);
+  }, 3);
+  EXPECT_EQ(firsts, (std::vector<int64_t>{0, 3, 6}));
+  EXPECT_GT(sae::testing::max_abs(whole), 0.0);
+  sae::testing::expect_close_to_scale(blocked, whole, 1e-6, "features");
+  ASSERT_EQ(in_blocks.size(), 2u);
+  for (size_t k = 0; k < 2; ++k) sae::testing::expect_close_to_scale(in_blocks[k], at_once[k], 1e-6, "source");
 }
 
 TEST(SaeEvalCrosscoderCuda, BothFixturesMatchTheCpu) {
