@@ -25,11 +25,6 @@ constexpr int64_t kMaxK = kMaxTopK, kMaxContext = 256;
 constexpr double kMaxListBytes = 8.0 * (int64_t(1) << 30);
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-template <typename T>
-std::string bytes_of(const std::vector<T>& v) {
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
-}
-
 // Copies host values into a device (or host) tensor of the same element size.
 void upload(Tensor& to, const void* from, size_t bytes) {
   if (bytes == 0) return;
@@ -287,65 +282,76 @@ FeatureTop FeatureStats::top(int64_t feature, int64_t rank) const {
 void FeatureStats::save(const std::string& path) const {
   const int64_t f = features_, k = options_.k, w = width();
   check_lists();
-  // Each tensor is made when the file reaches it, from the lists in rank order (slots hold them in
-  // the order they came): one tensor's bytes at a time beside the lists (at 2^20 features each
-  // [F, K, W] tensor is hundreds of megabytes).
+  // Each tensor is written when the file reaches it, from the lists in rank order (slots hold them in
+  // the order they came), 65536 features at a time: at 2^20 features an [F, K, W] tensor is 713 MB,
+  // a block of it 45 MB. The histogram goes from its own storage on the CPU.
   const FeatureTopLists& l = buffers_->lists;
   const HostElements<int32_t> count(l.count), slot(l.slot);
-  // The bytes of an [F, K] (or [F, K, W] with `width` W) tensor: element r of rank `rank` of feature i
-  // from `at(r, p)` with p its slot's index, `fill` where the list is shorter.
-  auto by_rank = [&](auto fill, int64_t width, const auto& at) {
+  const int64_t block = int64_t{1} << 16;
+  // The bytes of an [F, K] (or [F, K, W] with `width` W) tensor, a block of features at a time:
+  // element r = i K + rank (rank `rank` of feature i) from `at(bytes, r - first K, r, p)` with p its
+  // slot's index, `fill` where the list is shorter.
+  auto by_rank = [&](const SafetensorsSink& write, auto fill, int64_t width, const auto& at) {
     using T = decltype(fill);
-    TensorBytes<T> bytes(f * k * width, fill);
-    for (int64_t i = 0; i < f; ++i)
-      for (int32_t rank = 0; rank < count[i]; ++rank) {
-        const int64_t r = i * k + rank, p = i * k + slot[r];
-        at(bytes, r, p);
-      }
-    return bytes.take();
+    for (int64_t first = 0; first < f; first += block) {
+      const int64_t end = std::min(f, first + block);
+      TensorBytes<T> bytes((end - first) * k * width, fill);
+      for (int64_t i = first; i < end; ++i)
+        for (int32_t rank = 0; rank < count[i]; ++rank) {
+          const int64_t r = i * k + rank, p = i * k + slot[r];
+          at(bytes, r - first * k, r, p);
+        }
+      const std::string piece = bytes.take();
+      write(piece.data(), piece.size());
+    }
   };
   std::vector<double> edges(kHistogramBins + 1);
   for (int b = 0; b < kHistogramBins; ++b) edges[b] = histogram_lower_edge(b);
   edges[kHistogramBins] = std::numeric_limits<double>::infinity();
-  // Each tensor once: its name, dtype, shape and the bytes made when the file reaches it.
+  const HostElements<double> histogram(buffers_->histogram);  // the tensor's own bytes on the CPU
+  // Each tensor once: its name, dtype, shape and how its bytes are written when the file reaches it.
   struct Part {
     SafetensorsSpec spec;
-    std::function<std::string()> bytes;
+    std::function<void(const SafetensorsSink&)> write;
   };
   auto slot_list = [&](const Tensor& by_slot) {  // an [F, K] int64 list kept by slot
-    return [&by_slot, &by_rank] {
+    return [&by_slot, &by_rank](const SafetensorsSink& write) {
       const HostElements<int64_t> list(by_slot);
-      return by_rank(int64_t(-1), 1, [&](TensorBytes<int64_t>& b, int64_t r, int64_t p) { b.set(r, list[p]); });
+      by_rank(write, int64_t(-1), 1, [&](TensorBytes<int64_t>& b, int64_t at, int64_t, int64_t p) { b.set(at, list[p]); });
     };
   };
   const std::vector<Part> parts = {
-      {{"counts", "F64", {f}}, [&] { return bytes_of(counts()); }},
-      {{"histogram", "F64", {f, kHistogramBins}}, [&] { return bytes_of(histogram()); }},
-      {{"histogram_edges", "F64", {kHistogramBins + 1}}, [&] { return bytes_of(edges); }},
-      {{"top_count", "I32", {f}},
-       [&] {
-         TensorBytes<int32_t> bytes(f, 0);
-         for (int64_t i = 0; i < f; ++i) bytes.set(i, count[i]);
-         return bytes.take();
+      {{"counts", "F64", {f}},
+       [&](const SafetensorsSink& write) {
+         std::vector<double> sums(static_cast<size_t>(f), 0.0);
+         for (int64_t i = 0; i < f; ++i)
+           for (int b = 0; b < kHistogramBins; ++b) sums[i] += histogram[i * kHistogramBins + b];
+         write(sums.data(), sizeof(double) * sums.size());
        }},
+      {{"histogram", "F64", {f, kHistogramBins}},
+       [&](const SafetensorsSink& write) { write(histogram.at(0), sizeof(double) * f * kHistogramBins); }},
+      {{"histogram_edges", "F64", {kHistogramBins + 1}},
+       [&](const SafetensorsSink& write) { write(edges.data(), sizeof(double) * edges.size()); }},
+      {{"top_count", "I32", {f}}, [&](const SafetensorsSink& write) { write(count.at(0), sizeof(int32_t) * f); }},
       {{"top_value", "F32", {f, k}},
-       [&] {
+       [&](const SafetensorsSink& write) {
          const HostElements<float> value(l.value);  // by rank already
-         return by_rank(0.0f, 1, [&](TensorBytes<float>& b, int64_t r, int64_t) { b.set(r, value[r]); });
+         by_rank(write, 0.0f, 1, [&](TensorBytes<float>& b, int64_t at, int64_t r, int64_t) { b.set(at, value[r]); });
        }},
       {{"top_story", "I64", {f, k}}, slot_list(l.story)},
       {{"top_position", "I64", {f, k}}, slot_list(l.position)},
       {{"top_step", "I64", {f, k}}, slot_list(l.step)},
       {{"top_tokens", "I32", {f, k, w}},
-       [&] {
+       [&](const SafetensorsSink& write) {
          const HostElements<int32_t> tokens(l.tokens);
-         return by_rank(int32_t(-1), w,
-                        [&](TensorBytes<int32_t>& b, int64_t r, int64_t p) { b.set(r * w, tokens.at(p * w), w); });
+         by_rank(write, int32_t(-1), w,
+                 [&](TensorBytes<int32_t>& b, int64_t at, int64_t, int64_t p) { b.set(at * w, tokens.at(p * w), w); });
        }},
       {{"top_values", "F32", {f, k, w}},
-       [&] {
+       [&](const SafetensorsSink& write) {
          const HostElements<float> values(l.values);
-         return by_rank(kNaN, w, [&](TensorBytes<float>& b, int64_t r, int64_t p) { b.set(r * w, values.at(p * w), w); });
+         by_rank(write, kNaN, w,
+                 [&](TensorBytes<float>& b, int64_t at, int64_t, int64_t p) { b.set(at * w, values.at(p * w), w); });
        }},
   };
 
@@ -371,10 +377,7 @@ void FeatureStats::save(const std::string& path) const {
     by_name[part.spec.name] = &part;
   }
   write_safetensors_streamed(path, specs, {{kMetadataKey, info.dump()}},
-                             [&](const std::string& name, const SafetensorsSink& write) {
-                               const std::string bytes = by_name.at(name)->bytes();
-                               write(bytes.data(), bytes.size());
-                             });
+                             [&](const std::string& name, const SafetensorsSink& write) { by_name.at(name)->write(write); });
 }
 
 namespace {
