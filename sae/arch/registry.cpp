@@ -112,7 +112,8 @@ Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(par
 
 int64_t encode_block_rows(const SaeParams& params) {
   const int64_t features = std::max<int64_t>(params.d_sae(), 1);
-  const int64_t bytes = std::max<int64_t>(int64_t{1} << 26, params.d_in() * features * 4 / 4);
+  const int64_t quarter_of_w_enc = params.d_in() * features;  // W_enc's bytes, 4 d_in F, over 4
+  const int64_t bytes = std::max<int64_t>(int64_t{1} << 26, quarter_of_w_enc);
   return std::clamp<int64_t>(bytes / (features * 4), 1, 4096);
 }
 

@@ -226,8 +226,8 @@ void check_same_stream(const TrainConfig& first, const TrainConfig& other) {
 // The bytes on `device` of what the memory count includes and a member holds already, before the
 // count: a resumed (or --init) start's parameters and Adam's moments (on the CPU; `whole`: the run
 // of one process takes them as they are, where several ranks each copy their part, latent_slice)
-// and feature statistics made or loaded. What the process can get is measured with them resident, so they are added back (a resume
-// at 2^20 latents was refused holding its own 19.3 GB).
+// and feature statistics made or loaded. What the process can get is measured with them resident,
+// so they are added back (a resume at 2^20 latents was refused holding its own 19.3 GB).
 double held_bytes(const Member& m, Device device, bool whole) {
   double bytes = 0;
   const auto add = [&](const SaeParams& p) {
