@@ -110,7 +110,8 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where) {
 
 Tensor sae_encode(const SaeParams& params, const Tensor& x) { return unit_of(params).encode(params, x); }
 
-int64_t encode_block_rows(const SaeParams& params) {
+int64_t encode_block_rows(const SaeParams& params, int64_t given) {
+  if (given > 0) return given;
   const int64_t features = std::max<int64_t>(params.d_sae(), 1);
   const int64_t quarter_of_w_enc = params.d_in() * features;  // W_enc's bytes, 4 d_in F, over 4
   const int64_t bytes = std::max<int64_t>(int64_t{1} << 26, quarter_of_w_enc);

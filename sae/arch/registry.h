@@ -34,11 +34,12 @@ const ArchUnit& unit_for_folder(const Json& cfg, const std::string& where);
 // Inference with any SAE: f = its unit's encode; x_hat = f W_dec + b_dec (+ x W_skip for a skip
 // transcoder, which needs its input x: Error without it).
 Tensor sae_encode(const SaeParams& params, const Tensor& x);
-// Rows a tool encodes at once when it reads the features back (sae_features, sae_apply): as many as
-// one [rows, F] float32 array of max(64 MiB, a quarter of W_enc's bytes) holds, 1 to 4096. The
-// encoders make a few such arrays at once; fewer rows than this leave the CPU GEMM packing W_enc
-// again for every few rows (at 2^20 latents, 16-row calls spent 2.5x their arithmetic in packing).
-int64_t encode_block_rows(const SaeParams& params);
+// Rows a tool encodes at once when it reads the features back (sae_features, sae_apply, sae_eval,
+// sae_steer): `given` when > 0, else as many as one [rows, F] float32 array of max(64 MiB, a quarter
+// of W_enc's bytes) holds, 1 to 4096. The encoders make a few such arrays at once; fewer rows than
+// this leave the CPU GEMM packing W_enc again for every few rows (at 2^20 latents, 16-row calls
+// spent 2.5x their arithmetic in packing).
+int64_t encode_block_rows(const SaeParams& params, int64_t given = 0);
 Tensor sae_decode(const SaeParams& params, const Tensor& f, const Tensor* x = nullptr);
 
 }  // namespace sae

@@ -169,9 +169,12 @@ SpliceScores splice_scores(const RunSums& s, double squared_error, double predic
 struct ReconstructionSums {
   double norm_in = 0, norm_out = 0, ratio = 0, l1 = 0, cos = 0, out_squared = 0, dot = 0;
   std::vector<double> squared_error;  // per part: sum ||x_s - x_hat_s||^2
+  double active = 0;                  // features > 0 over every token (L0's sum)
+  std::vector<double> fired;          // [F]: tokens each feature fired on (set to F zeros first)
 
   // x, x_hat: the [n, d_s] parts of n tokens' input and reconstruction (raw scale; one part for an
-  // SAE, a crosscoder's sources); add_features: their features f [n, F] (or a block of them).
+  // SAE, a crosscoder's sources); add_features: their features f [n, F] (or a block of them), for
+  // L1, L0 and each feature's firings.
   void add(const std::vector<Tensor>& x, const std::vector<Tensor>& x_hat) {
     const int64_t n = x.at(0).size(0);
     std::vector<double> in(n, 0.0), out(n, 0.0), dots(n, 0.0);
@@ -193,7 +196,12 @@ struct ReconstructionSums {
       dot += dots[t];
     }
   }
-  void add_features(const Tensor& f) { l1 += reduce(ReduceOp::sum, abs(f)).item(); }
+  void add_features(const Tensor& f) {
+    l1 += reduce(ReduceOp::sum, abs(f)).item();
+    active += reduce(ReduceOp::count_nonzero, f).item();
+    const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
+    for (size_t i = 0; i < fired.size(); ++i) fired[i] += counts[i];
+  }
   ReconstructionMetrics means(int64_t tokens) const {
     const double n = static_cast<double>(tokens);
     return ReconstructionMetrics{norm_in / n, norm_out / n, ratio / n, l1 / n, total(squared_error) / n, cos / n,
@@ -273,8 +281,8 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   // Pass 2: the four runs of every piece, and the SAE's statistics inside the spliced run.
   RunSums sums;
   ReconstructionSums reconstruction;
-  double variance = 0, active = 0;
-  std::vector<double> fired(features, 0.0);
+  double variance = 0;
+  reconstruction.fired.assign(static_cast<size_t>(features), 0.0);
   // A transcoder reads its input hook on the way (a copy: the model reuses the buffer) and replaces
   // its output hook with its prediction; an SAE reads and replaces one hook.
   const bool transcoder = sae.params.transcoder;
@@ -289,11 +297,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
     const bool bos_row = bos_in_statistics && skip == 1;  // normalised with the story, then dropped
     const auto count = [&](int64_t first_row, const Tensor& block) {
       const Tensor f = bos_row && first_row == 0 ? block.slice_rows(1, block.size(0)) : block;
-      if (f.size(0) == 0) return;
-      active += reduce(ReduceOp::count_nonzero, f).item();
-      const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
-      for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
-      reconstruction.add_features(f);
+      if (f.size(0) > 0) reconstruction.add_features(f);
     };
     const Tensor x_hat = bos_row ? reconstruct(sae, state, count).slice_rows(1, state.size(0))
                                  : reconstruct(sae, transcoder ? input : x, count);
@@ -335,7 +339,7 @@ EvalResult evaluate_sae(DecoderModel& model, const BpeTokenizer& tokenizer, cons
   r.kl_score_mean = scores.kl_score_mean;
   r.fvu = ratio_or_nan(total(reconstruction.squared_error), variance);
   r.reconstruction = reconstruction.means(r.tokens);
-  feature_statistics(r, active, fired, options.dense_threshold);
+  feature_statistics(r, reconstruction.active, reconstruction.fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }
@@ -409,9 +413,9 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
   // Pass 2, each window: the clean run of each model reads every source; one encoding of them all;
   // each model's runs with its hooks spliced, zero- and mean-ablated.
   std::vector<RunSums> sums(models.size());
-  std::vector<double> variance(sources, 0.0), fired(features, 0.0);
-  double active = 0;
+  std::vector<double> variance(sources, 0.0);
   ReconstructionSums reconstruction;
+  reconstruction.fired.assign(static_cast<size_t>(features), 0.0);
   reconstruction.squared_error.assign(sources, 0.0);
   std::vector<Tensor> x(sources), x_hat;
   std::vector<SiteHooks> read(models.size()), splice(models.size()), zero(models.size()), mean_ablate(models.size());
@@ -436,12 +440,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
     skip = w.bos ? 1 : 0;
     std::vector<CleanRun> clean;
     for (size_t m = 0; m < models.size(); ++m) clean.push_back(clean_run(*models[m], ids, read[m], skip));
-    x_hat = reconstruct_sources(cc, x, [&](int64_t, const Tensor& f) {
-      active += reduce(ReduceOp::count_nonzero, f).item();
-      const std::vector<double> counts = reduce(ReduceOp::count_nonzero, f, 0).to_vector();
-      for (int64_t i = 0; i < features; ++i) fired[i] += counts[i];
-      reconstruction.add_features(f);
-    });
+    x_hat = reconstruct_sources(cc, x, [&](int64_t, const Tensor& f) { reconstruction.add_features(f); });
     for (int64_t k = 0; k < sources; ++k) {
       if (!all_finite(x_hat[k]))  // never a silent NaN in the scores
         throw DataError(cat(cc.dir, ": the crosscoder's reconstruction of ", cc.sources[k].read,
@@ -467,7 +466,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
   for (int64_t k = 0; k < sources; ++k) r.fvu.push_back(ratio_or_nan(squared_error[k], variance[k]));
   r.fvu_all = ratio_or_nan(all_error, total(variance));
   r.reconstruction = reconstruction.means(r.tokens);
-  feature_statistics(r, active, fired, options.dense_threshold);
+  feature_statistics(r, reconstruction.active, reconstruction.fired, options.dense_threshold);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }

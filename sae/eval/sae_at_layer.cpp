@@ -285,6 +285,23 @@ int32_t bos_for_sae(BosMode mode, const SaeAtLayer& sae, const BpeTokenizer& tok
   return bos_for_sae(mode, sae.prepend_bos, tokenizer);
 }
 
+namespace {
+// x_hat's rows = decode(encode(input's rows)) (skip_input: a skip transcoder's x), a block of
+// encode_block_rows(params, block_rows) rows at a time, each block's features handed to `features`.
+void decode_in_blocks(const SaeParams& params, const Tensor& input, const Tensor& skip_input, Tensor& x_hat,
+                      const FeatureBlock& features, int64_t block_rows) {
+  const int64_t t = input.size(0), block = encode_block_rows(params, block_rows);
+  for (int64_t first = 0; first < t; first += block) {
+    const int64_t end = std::min(t, first + block);
+    const Tensor f = sae_encode(params, input.slice_rows(first, end));
+    const Tensor skip_rows = skip_input.slice_rows(first, end);
+    Tensor rows = x_hat.slice_rows(first, end);
+    copy_(rows, sae_decode(params, f, &skip_rows).to(x_hat.device()));
+    if (features) features(first, f);
+  }
+}
+}  // namespace
+
 Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& features, int64_t block_rows) {
   if (sae.params.sources > 1) throw Error("reconstruct: a crosscoder reconstructs its sources (reconstruct_sources)");
   const int64_t t = x.size(0), d = x.size(1);
@@ -298,15 +315,7 @@ Tensor reconstruct(const SaeAtLayer& sae, const Tensor& x, const FeatureBlock& f
   const bool output_as_decoded = sae.params.transcoder && per_token(sae.normalization);
   const Tensor skip_input = output_as_decoded ? raw.to(sae.params.device()) : input;
   Tensor x_hat = Tensor::empty(Shape{t, sae.params.d_out()}, DType::F32, sae.params.device());
-  const int64_t block = block_rows > 0 ? block_rows : encode_block_rows(sae.params);
-  for (int64_t first = 0; first < t; first += block) {
-    const int64_t end = std::min(t, first + block);
-    const Tensor f = sae_encode(sae.params, input.slice_rows(first, end));
-    const Tensor skip_rows = skip_input.slice_rows(first, end);
-    Tensor rows = x_hat.slice_rows(first, end);
-    copy_(rows, sae_decode(sae.params, f, &skip_rows));
-    if (features) features(first, f);
-  }
+  decode_in_blocks(sae.params, input, skip_input, x_hat, features, block_rows);
   // x = x_n / scale + shift (a transcoder: its target's scale, no shift, and none when per token; an
   // SAE per token: each row's own)
   if (per_token(sae.normalization) && !sae.params.transcoder) {
@@ -345,15 +354,7 @@ std::vector<Tensor> reconstruct_sources(const SaeAtLayer& sae, const std::vector
                                             scales, [](int64_t r) { return r; }, cat(sae.dir, " sources"));
   const Tensor input = normalized.to(sae.params.device());
   Tensor x_hat = Tensor::empty(Shape{t, count * d});
-  const int64_t block = block_rows > 0 ? block_rows : encode_block_rows(sae.params);
-  for (int64_t first = 0; first < t; first += block) {
-    const int64_t end = std::min(t, first + block);
-    const Tensor rows_in = input.slice_rows(first, end);
-    const Tensor f = sae_encode(sae.params, rows_in);
-    Tensor rows = x_hat.slice_rows(first, end);
-    copy_(rows, sae_decode(sae.params, f, &rows_in).to(Device::CPU));
-    if (features) features(first, f);
-  }
+  decode_in_blocks(sae.params, input, input, x_hat, features, block_rows);
   Tensor x_hat_raw = Tensor::empty(Shape{t, count * d});
   denormalize_blocks(x_hat.data<float>(), x_hat_raw.data<float>(), t, widths, sae.normalization, scales, stats);
   std::vector<Tensor> out;

@@ -235,7 +235,7 @@ FeatureStats gather_feature_stats(const SaeParams& params, StoryInputs& inputs, 
     story_origins(story, begin, end, options.context, origins);
     stats.add(features, origins, story.index, /*new_step=*/begin == 0);
   };
-  encode_stories(params, inputs, block_rows > 0 ? block_rows : encode_block_rows(params), take, [] { return true; }, use);
+  encode_stories(params, inputs, encode_block_rows(params, block_rows), take, [] { return true; }, use);
   if (summary) *summary = counted;
   return stats;
 }
@@ -358,7 +358,7 @@ std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInp
     wanted.erase(it);
     columns.erase(story.index);
   };
-  encode_stories(params, inputs, block_rows > 0 ? block_rows : encode_block_rows(params), take,
+  encode_stories(params, inputs, encode_block_rows(params, block_rows), take,
                  [&] { return unread > 0; }, use);
   if (!wanted.empty())
     throw DataError(cat("the stories changed between the two passes: story ", wanted.begin()->first, " is gone"));

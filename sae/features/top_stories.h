@@ -69,16 +69,15 @@ struct GatherSummary {
   int64_t stories = 0, tokens = 0, truncated = 0;
 };
 
-// Both passes encode blocks of `block_rows` rows (0: encode_block_rows, sae/arch/registry.h), never
-// the whole T x F of a long file story: consecutive stories share a block, a story that fits one is
-// never split, a longer one fills blocks of its own. The statistics then know a top activation's
-// neighbours' values within its block only for such a long story (NaN across a block's edge, as
-// across a token batch's in training); the entries' strengths are whole.
 // The stories `inputs` serves (after a rewind) through the SAE, rows of consecutive stories encoded
-// together, at most `block` at once: a story that fits a block is never split, a longer one fills
-// blocks of its own. `take(story)` says whether a story is wanted; reading stops when `more()` is
-// false. `use(story, begin, end, f)` gets each wanted story's rows [begin, end) in order, with their
-// features f [end - begin, F] (a view into its block's). Both passes below are made of it.
+// together, at most `block` at once, never the whole T x F of a long file story: a story that fits a
+// block is never split, a longer one fills blocks of its own. `take(story)` says whether a story is
+// wanted; reading stops when `more()` is false. `use(story, begin, end, f)` gets each wanted story's
+// rows [begin, end) in order, with their features f [end - begin, F] (a view into its block's).
+// Both passes below are made of it, in blocks of `block_rows` (0: encode_block_rows,
+// sae/arch/registry.h). The statistics know a top activation's neighbours' values within its block
+// only for a story longer than a block (NaN across a block's edge, as across a token batch's in
+// training); the entries' strengths are whole.
 void encode_stories(const SaeParams& params, StoryInputs& inputs, int64_t block,
                     const std::function<bool(const StoryInput&)>& take, const std::function<bool()>& more,
                     const std::function<void(const StoryInput&, int64_t, int64_t, const Tensor&)>& use);
