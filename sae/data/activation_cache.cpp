@@ -150,10 +150,9 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
   if (is_activation_cache(dir)) {
     manifest_ = read_cache_manifest(dir);
     // A cache written before its source recorded the text's and the model's fingerprints is
-    // compared without them.
+    // compared without them (and one written before the model's was a whole-file one, as then).
     Json asked = source;
-    for (const char* key : {"text_fingerprint", "model_fingerprint"})
-      if (asked.is_object() && manifest_.source.is_object() && !manifest_.source.has(key)) asked.erase(key);
+    align_recorded_fingerprints(manifest_.source, asked, {"text_fingerprint", "model_fingerprint"});
     if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != asked) {
       const std::string what = manifest_.d != d         ? cat("d: ", manifest_.d, " (the cache) / ", d, " (asked)")
                                : manifest_.dtype != dtype ? cat("dtype: ", manifest_.dtype, " (the cache) / ", dtype, " (asked)")

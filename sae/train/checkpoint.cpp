@@ -17,6 +17,7 @@
 #include <map>
 
 #include "io/atomic_file.h"
+#include "io/file_fingerprint.h"
 #include "io/mapped_file.h"
 #include "io/npz.h"
 #include "io/safetensors.h"
@@ -796,7 +797,7 @@ std::vector<std::string> other_model_warnings(const Json& cfg, const std::string
     } catch (const Error&) {  // the model's own loading says what is wrong with its files
       continue;
     }
-    if (now == data.at(key).as_string()) continue;
+    if (same_file_fingerprint(data.at(key).as_string(), now)) continue;
     const std::string trained = data.has(trained_key) && data.at(trained_key).is_string()
                                     ? cat(" (", data.at(trained_key).as_string(), " when it was trained)")
                                     : "";

@@ -15,6 +15,7 @@
 
 #include "io/atomic_file.h"
 #include "io/csv.h"
+#include "io/file_fingerprint.h"
 #include "io/mapped_file.h"
 #include "lm/text_data.h"
 #include "sae/data/prefetch.h"
@@ -494,8 +495,7 @@ void check_same_data(const Json& saved, const Json& now, const std::string& out)
   if (saved.is_null() || !records_fingerprints(saved)) return;
   const Json was = data_of(saved);
   Json now_compared = data_of(now);
-  for (const char* key : {"model_fingerprint", "model_b_fingerprint"})
-    if (now_compared.is_object() && saved.is_object() && !saved.has(key)) now_compared.erase(key);
+  align_recorded_fingerprints(saved, now_compared, {"model_fingerprint", "model_b_fingerprint"});
   if (was == now_compared && reads_recorded()) return;
   const std::string what = was != now_compared
                                ? first_difference(was, now_compared)

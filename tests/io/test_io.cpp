@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "io/atomic_file.h"
+#include "io/file_fingerprint.h"
 #include "io/utf8.h"
 #include "tensor/rng.h"
 #include "io/float_convert.h"
@@ -339,6 +340,66 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   }
   EXPECT_EQ(sae::testing::read_file(path), "streamed in parts");
   expect_data_error([&] { write_file_atomic(dir.str("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
+}
+
+TEST(FileFingerprint, TheWholeFileKindSeesEveryByteAndOlderRecordsCompareAsThen) {
+  TempDir dir("fingerprint");
+  // A MiB and 37 bytes (a tail shorter than a group of words), byte i = ((7 i + 3) ^ (i >> 9)) mod 256.
+  std::string bytes((1 << 20) + 37, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(((i * 7 + 3) ^ (i >> 9)) & 255);
+  const std::string path = dir.str("weights.bin");
+  auto write = [&](const std::string& b) { std::ofstream(path, std::ios::binary | std::ios::trunc) << b; };
+  write(bytes);
+  // Recorded runs hold these: the hashes must never change. The value is an independent Python
+  // implementation's of the description in io/file_fingerprint.cpp (lanes of 8-byte words, the tail's bytes).
+  EXPECT_EQ(file_fingerprint(path), "1048613:526142c50103f8e0");
+  EXPECT_EQ(whole_file_fingerprint(path), "1048613:526142c50103f8e0:whole=3a78230f0d344704");
+  EXPECT_EQ(file_fingerprint(dir.str("missing")), "");
+  EXPECT_EQ(whole_file_fingerprint(dir.str("missing")), "");
+
+  // Three MiB: a byte in the middle is outside the first and last MiB; only the whole-file kind sees it.
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  write(big);
+  const std::string ends = file_fingerprint(path), whole = whole_file_fingerprint(path);
+  EXPECT_EQ(whole.rfind(ends + ":whole=", 0), 0u) << whole;
+  std::string changed = big;
+  changed[(3 << 20) / 2] ^= 1;
+  write(changed);
+  EXPECT_EQ(file_fingerprint(path), ends);
+  EXPECT_NE(whole_file_fingerprint(path), whole);
+  // Two words of one lane swapped (word 0 and word 4 of the middle MiB): the order counts.
+  changed = big;
+  for (size_t b = 0; b < 8; ++b) std::swap(changed[(1 << 20) + b], changed[(1 << 20) + 32 + b]);
+  write(changed);
+  EXPECT_NE(whole_file_fingerprint(path), whole);
+  const std::string swapped = whole_file_fingerprint(path);
+
+  // Comparing: equal, or an older (first and last MiB) record against this build's, per file.
+  EXPECT_TRUE(same_file_fingerprint(whole, whole));
+  EXPECT_FALSE(same_file_fingerprint(whole, swapped));
+  EXPECT_TRUE(same_file_fingerprint(ends, whole));
+  EXPECT_TRUE(same_file_fingerprint(ends, swapped));  // what an older record cannot see, as before
+  EXPECT_FALSE(same_file_fingerprint(ends, "99:00000000000000cc:whole=0123456789abcdef"));
+  EXPECT_FALSE(same_file_fingerprint(whole, ends));  // a newer record is never satisfied by less
+  const std::string index = "12:00000000000000aa", index_now = index + ":whole=00000000000000bb";
+  EXPECT_TRUE(same_file_fingerprint(index + "|a=" + ends, index_now + "|a=" + whole));
+  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + ends, index_now + "|b=" + whole));
+  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + whole, index_now + "|a=" + whole));
+
+  // A description made now, aligned with a recorded one: a key the record lacks is left out, an older
+  // spelling of the same files is taken over, and another file's stays as it is (and differs).
+  Json recorded = Json::object(), now = Json::object();
+  recorded["model_fingerprint"] = ends;
+  now["model_fingerprint"] = whole;
+  now["model_b_fingerprint"] = whole;
+  now["text_fingerprint"] = ends;
+  recorded["text_fingerprint"] = "5:0000000000000000";
+  align_recorded_fingerprints(recorded, now, {"model_fingerprint", "model_b_fingerprint", "text_fingerprint"});
+  EXPECT_EQ(now.at("model_fingerprint").as_string(), ends);
+  EXPECT_FALSE(now.has("model_b_fingerprint"));
+  EXPECT_EQ(now.at("text_fingerprint").as_string(), ends);
+  EXPECT_NE(now, recorded);
 }
 
 TEST(MappedFile, MapsContentsAndReportsErrors) {
