@@ -6,7 +6,7 @@
 //                           which a run reads whole anyway (2 GB in 0.3 s from the page cache here).
 //                           A fine-tune that left the first and last MiB alone (frozen embeddings and
 //                           final norm, say) is another model.
-// Runs and caches recorded by builds before 2026-12-07 hold model fingerprints without that part;
+// Runs and caches recorded by earlier builds hold model fingerprints without that part;
 // same_file_fingerprint compares those as they were compared then.
 #pragma once
 #include <initializer_list>
