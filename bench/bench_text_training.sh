@@ -9,12 +9,13 @@
 #      encoder biases are shifted down by 30; the per-story normalised inputs have norm ~768, so
 #      the pre-activations have a standard deviation of about 16), which takes our sparse path (PyTorch computes it densely);
 #   3. four SAEs (lambda 10, 20, 50, 100) from one pass over the text (--l1-list) vs four runs.
-# Usage: bench/bench_text_training.sh [STEPS] (default 20). Needs a build (make), python3 with torch,
+# Usage: [BUILD=build-cpu] bench/bench_text_training.sh [STEPS] (default 20). Needs a build (make), python3 with torch,
 # transformers, tokenizers, safetensors. Check `uptime` first: other work on the cores skews it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-20}
 threads=${THREADS:-2}
+build=${BUILD:-build}  # the build folder whose sae_train runs (make builds build/)
 work=/tmp/sae_bench_text
 python3 bench/make_bench_text_model.py --out "$work" > /dev/null
 common=(--model "$work/model" --text "$work/stories.txt" --layer 2 --features 10000 --lr 1e-5 --batch story
@@ -28,7 +29,7 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(n
 echo "commit: $(git rev-parse --short HEAD)"
 
 # 1. dense
-build/bin/sae_train "${common[@]}" --l1 50 --steps "$steps" --out "$work/dense" > "$work/dense.txt"
+"$build"/bin/sae_train "${common[@]}" --l1 50 --steps "$steps" --out "$work/dense" > "$work/dense.txt"
 echo "ours, dense step: $(ms_per_step "$(seconds_of "$work/dense.txt")" "$steps") ms ($(sed -n 's/.*proportion \([0-9.]*\)).*/\1/p' "$work/dense.txt") of features active at the end)"
 
 # 2. sparse: the dense run's final SAE with b_enc lowered so that about 2.5% of the features fire
@@ -45,17 +46,17 @@ w["b_enc"] = (w["b_enc"] - 30.0).astype(np.float32)  # pre-activations have std 
 save_file(w, os.path.join(dst, "sae_weights.safetensors"))
 shutil.copy(os.path.join(src, "cfg.json"), os.path.join(dst, "cfg.json"))
 PY
-build/bin/sae_train "${common[@]}" --l1 50 --steps "$steps" --sparse auto --init "$work/sparse_init" \
+"$build"/bin/sae_train "${common[@]}" --l1 50 --steps "$steps" --sparse auto --init "$work/sparse_init" \
     --out "$work/sparse" > "$work/sparse.txt"
 echo "ours, sparse step: $(ms_per_step "$(seconds_of "$work/sparse.txt")" "$steps") ms ($(sed -n 's/.*proportion \([0-9.]*\)).*/\1/p' "$work/sparse.txt") of features active at the end)"
 
 # 3. four SAEs: one pass vs four runs (wall time of the whole commands, start-up included)
 start=$(date +%s.%N)
-build/bin/sae_train "${common[@]}" --l1-list 10,20,50,100 --steps "$steps" --out "$work/together" > /dev/null
+"$build"/bin/sae_train "${common[@]}" --l1-list 10,20,50,100 --steps "$steps" --out "$work/together" > /dev/null
 together=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.1f", a - b }')
 start=$(date +%s.%N)
 for l1 in 10 20 50 100; do
-  build/bin/sae_train "${common[@]}" --l1 "$l1" --steps "$steps" --out "$work/alone_$l1" > /dev/null
+  "$build"/bin/sae_train "${common[@]}" --l1 "$l1" --steps "$steps" --out "$work/alone_$l1" > /dev/null
 done
 alone=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.1f", a - b }')
 cmp -s "$work/together/l1_50/sae/sae_weights.safetensors" "$work/alone_50/sae/sae_weights.safetensors" &&
