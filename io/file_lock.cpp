@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,21 +19,40 @@ namespace {
 constexpr size_t kPidWidth = 20;  // pids are at most 7 digits (pid_max 4194304); room to spare
 }  // namespace
 
-FileLock::FileLock(const std::string& path) {
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd_ < 0) throw DataError(cat("cannot create the lock file ", path, ": ", std::strerror(errno)));
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int saved = errno;
-    char holder[32] = {};
-    const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+FileLock::FileLock(const std::string& path) : FileLock(path, {}) {}
+
+FileLock::FileLock(const std::string& path, const std::function<void()>& between) {
+  for (int attempt = 0;; ++attempt) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd_ < 0 && errno == ENOENT && attempt > 0) {  // the holder that gave up removed the folder too
+      std::error_code ec;
+      std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+      fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    }
+    if (fd_ < 0) throw DataError(cat("cannot create the lock file ", path, ": ", std::strerror(errno)));
+    if (attempt == 0 && between) between();
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int saved = errno;
+      char holder[32] = {};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      fd_ = -1;
+      std::string pid = n > 0 ? std::string(holder, size_t(n)) : "";
+      pid.erase(pid.find_last_not_of(' ') + 1);
+      if (saved == EWOULDBLOCK)
+        throw DataError(cat(path, ": another process (pid ", !pid.empty() ? printable(pid) : "unknown",
+                            ") is running in this folder; wait for it to finish or use another --out"));
+      throw DataError(cat("cannot lock ", path, ": ", std::strerror(saved)));
+    }
+    // Held: is it still the file the path names (not one removed between the open and the lock)?
+    struct stat held {}, named {};
+    if (::fstat(fd_, &held) == 0 && ::stat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+      break;
     ::close(fd_);
     fd_ = -1;
-    std::string pid = n > 0 ? std::string(holder, size_t(n)) : "";
-    pid.erase(pid.find_last_not_of(' ') + 1);
-    if (saved == EWOULDBLOCK)
-      throw DataError(cat(path, ": another process (pid ", !pid.empty() ? printable(pid) : "unknown",
-                          ") is running in this folder; wait for it to finish or use another --out"));
-    throw DataError(cat("cannot lock ", path, ": ", std::strerror(saved)));
+    if (attempt == 100)
+      throw DataError(cat("cannot lock ", path, ": another process keeps removing it as it is locked"));
   }
   // The pid in a fixed width, written over the last holder's in one write: a process that reads it
   // meanwhile never sees an empty file.

@@ -3,6 +3,7 @@
 // message the second process gets. The kernel drops the lock when the holder dies, even by kill -9,
 // so a stale lock file never blocks a later run.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -11,8 +12,14 @@ namespace sae {
 class FileLock {
  public:
   // Creates `path` if needed and locks it without waiting. DataError naming the path (and the pid
-  // that holds it) when another process holds it or it cannot be created.
+  // that holds it) when another process holds it or it cannot be created. The lock taken is always
+  // on the file the path names once it is held: a holder that gives up removes the file (a run that
+  // failed before it began, remove_made_folders), and a lock taken on the removed file would leave
+  // the path free for a third process, so the path is opened and locked again.
   explicit FileLock(const std::string& path);
+  // For tests: `between` runs once, after the first open and before the lock, where another process
+  // may remove the file.
+  FileLock(const std::string& path, const std::function<void()>& between);
   ~FileLock();
   FileLock(const FileLock&) = delete;
   FileLock& operator=(const FileLock&) = delete;

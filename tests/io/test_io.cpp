@@ -15,6 +15,7 @@
 
 #include "io/atomic_file.h"
 #include "io/file_fingerprint.h"
+#include "io/file_lock.h"
 #include "io/utf8.h"
 #include "tensor/rng.h"
 #include "io/float_convert.h"
@@ -29,6 +30,7 @@ using namespace sae;
 using sae::testing::expect_error;
 using sae::testing::raw_bytes;
 using sae::testing::TempDir;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -340,6 +342,27 @@ TEST(AtomicFile, ReplacesWholeFileAndLeavesNoTemp) {
   }
   EXPECT_EQ(sae::testing::read_file(path), "streamed in parts");
   expect_data_error([&] { write_file_atomic(dir.str("no/such/dir/file"), "x"); }, {"no/such/dir/file", "No such file"});
+}
+
+// A holder that gives up removes the lock file (and an empty folder) while another process may have
+// opened it: that process must end up holding the file the path names, or a third one could take
+// the path's new file and both would work in the folder.
+TEST(FileLock, ALockFileRemovedBetweenOpenAndLockIsLockedAgainAtItsPath) {
+  TempDir dir("file_lock");
+  const std::string folder = dir.str("run"), path = folder + "/.lock";
+  fs::create_directories(folder);
+  {
+    FileLock second(path, [&] { fs::remove(path); });
+    ASSERT_TRUE(fs::exists(path));
+    expect_data_error([&] { FileLock third(path); }, {path, "another process (pid " + std::to_string(::getpid())});
+  }
+  {  // the folder removed too: made again, and locked there
+    FileLock second(path, [&] { fs::remove_all(folder); });
+    ASSERT_TRUE(fs::exists(path));
+    expect_data_error([&] { FileLock third(path); }, {path, "another process"});
+  }
+  FileLock free_again(path);  // released when the holders ended
+  expect_data_error([&] { FileLock held(dir.str("missing/.lock")); }, {"cannot create the lock file", "No such file"});
 }
 
 TEST(FileFingerprint, TheWholeFileKindSeesEveryByteAndOlderRecordsCompareAsThen) {
