@@ -623,14 +623,14 @@ const ModelFamily& family_for(const Json& config, const std::string& source) {
 
 std::string model_weights_fingerprint(const std::string& dir) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
-  if (std::filesystem::exists(single)) return whole_file_fingerprint(single);
-  std::string joined = whole_file_fingerprint(index);
+  if (std::filesystem::exists(single)) return weights_fingerprint(single);
+  std::string joined = weights_fingerprint(index);
   std::set<std::string> shards;
   const Json j = read_json_file(index);
   if (j.is_object() && j.has("weight_map") && j.at("weight_map").is_object())
     for (const auto& [name, shard] : j.at("weight_map").items())
       if (shard.is_string()) shards.insert(shard.as_string());
-  for (const std::string& shard : shards) joined += cat("|", shard, "=", whole_file_fingerprint(dir + "/" + shard));
+  for (const std::string& shard : shards) joined += cat("|", shard, "=", weights_fingerprint(dir + "/" + shard));
   return joined;
 }
 

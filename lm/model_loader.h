@@ -81,8 +81,8 @@ ModelFolder read_model_config(const std::string& dir);
 // per feature, left out). Nothing else is read.
 Tensor load_unembedding(const std::string& dir);
 
-// The whole-file fingerprints of a model folder's weight files (model.safetensors, or its index and
-// every shard it names), joined (io/file_fingerprint.h): a run resumed on a model replaced under the same
+// The weights_fingerprint of a model folder's files (model.safetensors, or its index and every
+// shard it names), joined (io/file_fingerprint.h): a run resumed on a model replaced under the same
 // path can tell, and so can a program given another model than an SAE's (cfg.json
 // sae_cpp.data.model_fingerprint).
 std::string model_weights_fingerprint(const std::string& dir);

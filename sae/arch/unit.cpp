@@ -220,10 +220,33 @@ Tensor ArchUnit::encoder_input_gradient(const SaeParams& p, const SaeParams& g) 
 void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const std::vector<std::string>& times) {
   std::vector<double> inverse(norms.size());
   for (size_t i = 0; i < norms.size(); ++i) inverse[i] = 1.0 / norms[i];
-  p.W_enc = scaled_host(std::move(p.W_enc), {}, norms);  // [D, F]: its columns
-  if (p.b_enc.defined()) p.b_enc = scaled_host(std::move(p.b_enc), {}, norms);
-  p.W_dec = scaled_host(std::move(p.W_dec), inverse, {});  // [F, D_out]: its rows
-  for (const std::string& name : times) p.own_tensor(name) = scaled_host(std::move(p.own_tensor(name)), {}, norms);
+  struct Fold {
+    Tensor* tensor;
+    const std::vector<double>* row;
+    const std::vector<double>* col;
+  };
+  const std::vector<double> none;
+  std::vector<Fold> folds = {{&p.W_enc, &none, &norms}, {&p.W_dec, &inverse, &none}};  // W_enc's columns, W_dec's rows
+  if (p.b_enc.defined()) folds.push_back({&p.b_enc, &none, &norms});
+  for (const std::string& name : times) folds.push_back({&p.own_tensor(name), &none, &norms});
+  const int64_t features = static_cast<int64_t>(norms.size());
+  for (const Fold& f : folds) {
+    const Tensor& t = *f.tensor;
+    const bool shaped = t.defined() && t.ndim() >= 1 && t.ndim() <= 2;
+    if (!shaped || (f.row->empty() ? t.size(t.ndim() - 1) : t.size(0)) != features)
+      throw Error(cat("fold_dictionary_norms: a tensor of shape ", shaped ? t.shape().str() : "(none)", " for ",
+                      features, " latents"));
+  }
+  // What cannot be scaled in place (another handle shares it, or not host float32) is copied first:
+  // a copy that fails leaves p as it was. The in-place scalings after it allocate nothing.
+  std::vector<std::pair<Tensor*, Tensor>> copies;
+  for (const Fold& f : folds)
+    if (!(f.tensor->dtype() == DType::F32 && f.tensor->owns_its_host_bytes()))
+      copies.push_back({f.tensor, scaled_host(*f.tensor, *f.row, *f.col)});
+  for (const Fold& f : folds)
+    if (f.tensor->dtype() == DType::F32 && f.tensor->owns_its_host_bytes())
+      *f.tensor = scaled_host(std::move(*f.tensor), *f.row, *f.col);
+  for (auto& [tensor, scaled] : copies) *tensor = std::move(scaled);
 }
 
 }  // namespace sae

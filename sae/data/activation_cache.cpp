@@ -150,7 +150,7 @@ ActivationCacheWriter::ActivationCacheWriter(const std::string& dir, int64_t d, 
   if (is_activation_cache(dir)) {
     manifest_ = read_cache_manifest(dir);
     // A cache written before its source recorded the text's and the model's fingerprints is
-    // compared without them (and one written before the model's was a whole-file one, as then).
+    // compared without them (and one whose model fingerprint predates its ":tensors=" part, as then).
     Json asked = source;
     align_recorded_fingerprints(manifest_.source, asked, {"text_fingerprint", "model_fingerprint"});
     if (manifest_.d != d || manifest_.dtype != dtype || manifest_.source != asked) {

@@ -295,12 +295,12 @@ TEST(Browser, AModelWithOtherWeightsThanTheRunsIsSaid) {
     EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
         << model << ": " << notes;
   }
-  // An SAE recorded before the whole-file hash (the first and last MiB only) is compared as then:
+  // An SAE recorded before the tensors hash (the first and last MiB only) is compared as then:
   // the same model is not warned about, the other one still is.
   Json cfg = read_json_file(dir.str("run/sae/cfg.json"));
   std::string recorded = cfg.at("sae_cpp").at("data").at("model_fingerprint").as_string();
-  ASSERT_NE(recorded.find(":whole="), std::string::npos) << recorded;
-  cfg["sae_cpp"]["data"]["model_fingerprint"] = recorded.substr(0, recorded.find(":whole="));
+  ASSERT_NE(recorded.find(":tensors="), std::string::npos) << recorded;
+  cfg["sae_cpp"]["data"]["model_fingerprint"] = recorded.substr(0, recorded.find(":tensors="));
   std::ofstream(dir.str("run/sae/cfg.json"), std::ios::trunc) << cfg.dump(2);
   for (const auto& [model, warned] : {std::pair<std::string, bool>{ref("model"), false}, {dir.str("other"), true}}) {
     BrowserOptions options = options_for(dir.str("run"));
@@ -308,7 +308,7 @@ TEST(Browser, AModelWithOtherWeightsThanTheRunsIsSaid) {
     std::string notes;
     browser_data(options, &notes);
     EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
-        << "recorded before the whole-file hash: " << model << ": " << notes;
+        << "recorded before the tensors hash: " << model << ": " << notes;
   }
 }
 

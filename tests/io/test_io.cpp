@@ -365,57 +365,78 @@ TEST(FileLock, ALockFileRemovedBetweenOpenAndLockIsLockedAgainAtItsPath) {
   expect_data_error([&] { FileLock held(dir.str("missing/.lock")); }, {"cannot create the lock file", "No such file"});
 }
 
-TEST(FileFingerprint, TheWholeFileKindSeesEveryByteAndOlderRecordsCompareAsThen) {
+TEST(FileFingerprint, TheWeightsKindSeesEveryTensorsEndsAndOlderRecordsCompareAsThen) {
   TempDir dir("fingerprint");
-  // A MiB and 37 bytes (a tail shorter than a group of words), byte i = ((7 i + 3) ^ (i >> 9)) mod 256.
+  // A MiB and 37 bytes, byte i = ((7 i + 3) ^ (i >> 9)) mod 256: the first and last MiB.
   std::string bytes((1 << 20) + 37, '\0');
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(((i * 7 + 3) ^ (i >> 9)) & 255);
-  const std::string path = dir.str("weights.bin");
-  auto write = [&](const std::string& b) { std::ofstream(path, std::ios::binary | std::ios::trunc) << b; };
-  write(bytes);
-  // Recorded runs hold these: the hashes must never change. The value is an independent Python
-  // implementation's of the description in io/file_fingerprint.cpp (lanes of 8-byte words, the tail's bytes).
+  const std::string path = dir.str("text.bin");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  // Recorded runs hold these: the hashes must never change. The values are an independent Python
+  // implementation's of io/file_fingerprint.h's description (FNV-1a 64 over the bytes named there).
   EXPECT_EQ(file_fingerprint(path), "1048613:526142c50103f8e0");
-  EXPECT_EQ(whole_file_fingerprint(path), "1048613:526142c50103f8e0:whole=3a78230f0d344704");
+  EXPECT_EQ(weights_fingerprint(path), "1048613:526142c50103f8e0");  // not safetensors: its ends only
   EXPECT_EQ(file_fingerprint(dir.str("missing")), "");
-  EXPECT_EQ(whole_file_fingerprint(dir.str("missing")), "");
+  EXPECT_EQ(weights_fingerprint(dir.str("missing")), "");
 
-  // Three MiB: a byte in the middle is outside the first and last MiB; only the whole-file kind sees it.
-  std::string big(3 << 20, '\0');
-  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
-  write(big);
-  const std::string ends = file_fingerprint(path), whole = whole_file_fingerprint(path);
-  EXPECT_EQ(whole.rfind(ends + ":whole=", 0), 0u) << whole;
-  std::string changed = big;
-  changed[(3 << 20) / 2] ^= 1;
-  write(changed);
-  EXPECT_EQ(file_fingerprint(path), ends);
-  EXPECT_NE(whole_file_fingerprint(path), whole);
-  // Two words of one lane swapped (word 0 and word 4 of the middle MiB): the order counts.
-  changed = big;
-  for (size_t b = 0; b < 8; ++b) std::swap(changed[(1 << 20) + b], changed[(1 << 20) + 32 + b]);
-  write(changed);
-  EXPECT_NE(whole_file_fingerprint(path), whole);
-  const std::string swapped = whole_file_fingerprint(path);
+  // Weights: three 1 MiB tensors and a small one (the small one and the middle tensor lie outside
+  // the file's first and last MiB), value j of tensor t = sin(j + 1000 t).
+  const std::string weights = dir.str("model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (int t = 0; t < 4; ++t) {
+    std::vector<double> v(t == 1 ? 100 : 262144);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = std::sin(double(j) + 1000.0 * t);
+    tensors.push_back({std::string("w") + char('a' + t), Tensor::from_vector(v, Shape{int64_t(v.size())})});
+  }
+  write_safetensors(weights, tensors);
+  const std::string ends = file_fingerprint(weights), fingerprint = weights_fingerprint(weights);
+  // The safetensors package writes the same bytes; the Python implementation gives this hash for them.
+  EXPECT_EQ(fingerprint, "3146416:7beadc90d9109e95:tensors=839a8d4210c4cdcd");
+  const std::string original = sae::testing::read_file(weights);
+  const size_t data = 8 + size_t(original[0] & 255) + (size_t(original[1] & 255) << 8);  // header < 64 KiB here
+  const size_t wc = data + 4 * (262144 + 100);  // tensors in name order: wa, wb (100), wc, wd
+  auto with_byte = [&](size_t at) {
+    std::string changed = original;
+    changed[at] ^= 1;
+    std::ofstream(weights, std::ios::binary | std::ios::trunc) << changed;
+    return weights_fingerprint(weights);
+  };
+  for (const auto& [at, what] : {std::pair<size_t, const char*>{wc, "wc's first byte"},
+                                 {wc + 4 * 262144 - 1, "wc's last byte"},
+                                 {wc + 4095, "wc's 4096th byte"},
+                                 {data + 4 * 262144 + 217, "inside the small wb"}}) {
+    const std::string now = with_byte(at);
+    EXPECT_EQ(file_fingerprint(weights), ends) << what << ": outside the first and last MiB";
+    EXPECT_NE(now, fingerprint) << what;
+  }
+  // What it does not see, as file_fingerprint.h says: inside a large tensor, past its ends' 4 KiB.
+  EXPECT_EQ(with_byte(wc + 2 * 262144), fingerprint);
+  // The header (a name changed, same length) is in the tensors part too, not only in the first MiB.
+  std::string renamed = original;
+  renamed.replace(renamed.find("\"wc\""), 4, "\"wz\"");
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << renamed;
+  const std::string after = weights_fingerprint(weights);
+  EXPECT_NE(after.substr(after.find(":tensors=")), fingerprint.substr(fingerprint.find(":tensors="))) << after;
 
   // Comparing: equal, or an older (first and last MiB) record against this build's, per file.
-  EXPECT_TRUE(same_file_fingerprint(whole, whole));
-  EXPECT_FALSE(same_file_fingerprint(whole, swapped));
-  EXPECT_TRUE(same_file_fingerprint(ends, whole));
-  EXPECT_TRUE(same_file_fingerprint(ends, swapped));  // what an older record cannot see, as before
-  EXPECT_FALSE(same_file_fingerprint(ends, "99:00000000000000cc:whole=0123456789abcdef"));
-  EXPECT_FALSE(same_file_fingerprint(whole, ends));  // a newer record is never satisfied by less
-  const std::string index = "12:00000000000000aa", index_now = index + ":whole=00000000000000bb";
-  EXPECT_TRUE(same_file_fingerprint(index + "|a=" + ends, index_now + "|a=" + whole));
-  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + ends, index_now + "|b=" + whole));
-  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + whole, index_now + "|a=" + whole));
+  const std::string other = "99:00000000000000cc:tensors=0123456789abcdef";
+  EXPECT_TRUE(same_file_fingerprint(fingerprint, fingerprint));
+  EXPECT_FALSE(same_file_fingerprint(fingerprint, other));
+  EXPECT_TRUE(same_file_fingerprint(ends, fingerprint));
+  EXPECT_TRUE(same_file_fingerprint(ends, ends + ":tensors=ffffffffffffffff"));  // what an older record cannot see
+  EXPECT_FALSE(same_file_fingerprint(ends, other));
+  EXPECT_FALSE(same_file_fingerprint(fingerprint, ends));  // a newer record is never satisfied by less
+  const std::string index = "12:00000000000000aa";
+  EXPECT_TRUE(same_file_fingerprint(index + "|a=" + ends, index + "|a=" + fingerprint));
+  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + ends, index + "|b=" + fingerprint));
+  EXPECT_FALSE(same_file_fingerprint(index + "|a=" + fingerprint, index + "|a=" + other));
 
   // A description made now, aligned with a recorded one: a key the record lacks is left out, an older
   // spelling of the same files is taken over, and another file's stays as it is (and differs).
   Json recorded = Json::object(), now = Json::object();
   recorded["model_fingerprint"] = ends;
-  now["model_fingerprint"] = whole;
-  now["model_b_fingerprint"] = whole;
+  now["model_fingerprint"] = fingerprint;
+  now["model_b_fingerprint"] = fingerprint;
   now["text_fingerprint"] = ends;
   recorded["text_fingerprint"] = "5:0000000000000000";
   align_recorded_fingerprints(recorded, now, {"model_fingerprint", "model_b_fingerprint", "text_fingerprint"});

@@ -9,6 +9,7 @@
 #include "tests/util/gradcheck.h"
 #include "tests/util/standard_sae.h"
 #include "sae/arch/sae_step.h"
+#include "sae/arch/unit.h"
 #include "tensor/ops.h"
 #include "tests/util/compare.h"
 
@@ -203,4 +204,46 @@ TEST(SaeParams, FoldInputScalesScalesInPlaceOnlyWhatItIsHandedAlone) {
   EXPECT_EQ(max_abs_diff(moved.W_enc, kept.W_enc), 0.0);
   EXPECT_EQ(max_abs_diff(moved.W_dec, kept.W_dec), 0.0);
   EXPECT_EQ(max_abs_diff(moved.b_dec, kept.b_dec), 0.0);
+}
+
+TEST(SaeParams, FoldDictionaryNormsScalesEachLatentOrLeavesTheParamsAsTheyWere) {
+  // Latent i's encoder column, bias and the unit's own [F] tensors times n_i, its decoder row over
+  // n_i: in place where nothing else holds the bytes, a copy where another handle does. Factors that
+  // do not fit the tensors are refused before anything is scaled.
+  Rng rng(12);
+  SaeParams p = SaeParams::standard_init(4, 6, rng);
+  p.b_enc = uniform_tensor(Shape{6}, -1, 1, rng);
+  p.own.push_back({"r_mag", uniform_tensor(Shape{6}, -1, 1, rng)});
+  const std::vector<double> W_enc = p.W_enc.to_vector(), W_dec = p.W_dec.to_vector(), b_enc = p.b_enc.to_vector(),
+                            r_mag = p.own[0].tensor.to_vector();
+  const std::vector<double> norms = {0.5, 2.0, 1.5, 3.0, 0.25, 1.0};
+  const void* w_enc_bytes = p.W_enc.raw();
+  auto unchanged = [&](const std::string& what) {
+    EXPECT_EQ(p.W_enc.to_vector(), W_enc) << what;
+    EXPECT_EQ(p.W_dec.to_vector(), W_dec) << what;
+    EXPECT_EQ(p.b_enc.to_vector(), b_enc) << what;
+    EXPECT_EQ(p.own[0].tensor.to_vector(), r_mag) << what;
+  };
+  EXPECT_THROW(fold_dictionary_norms(p, {1.0, 2.0, 3.0, 4.0, 5.0}, {"r_mag"}), Error);
+  unchanged("five norms for six latents");
+  p.own.push_back({"wide", uniform_tensor(Shape{7}, -1, 1, rng)});
+  EXPECT_THROW(fold_dictionary_norms(p, norms, {"r_mag", "wide"}), Error);
+  unchanged("an own tensor of seven");
+  p.own.pop_back();
+  EXPECT_THROW(scaled_host(p.W_dec, {1.0, 2.0}, {}), Error);  // two row factors for six rows
+  const Tensor held = p.W_dec;  // another handle: W_dec is copied
+  fold_dictionary_norms(p, norms, {"r_mag"});
+  EXPECT_EQ(p.W_enc.raw(), w_enc_bytes);
+  EXPECT_FALSE(p.W_dec.shares_storage(held));
+  EXPECT_EQ(held.to_vector(), W_dec);
+  const std::vector<double> enc = p.W_enc.to_vector(), dec = p.W_dec.to_vector(), bias = p.b_enc.to_vector(),
+                            own = p.own[0].tensor.to_vector();
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(bias[i], float(b_enc[i] * norms[i]));
+    EXPECT_EQ(own[i], float(r_mag[i] * norms[i]));
+    for (size_t j = 0; j < 4; ++j) {
+      EXPECT_EQ(enc[j * 6 + i], float(W_enc[j * 6 + i] * norms[i]));
+      EXPECT_EQ(dec[i * 4 + j], float(W_dec[i * 4 + j] * (1.0 / norms[i])));
+    }
+  }
 }

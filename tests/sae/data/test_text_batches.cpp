@@ -219,11 +219,11 @@ TEST(TextData, ACacheTrainsToTheSameBitsAsTheText) {
   const std::string from_copy = "--model " + dir.str("model") + " --text " + ref("stories.txt") +
                                 " --layer 2 --device cpu --progress none --out " + dir.str("cache2");
   ASSERT_EQ(run_binary("sae_cache", from_copy, dir).exit_code, 0);
-  {  // a cache recorded before the model's whole-file hash: its retry is accepted on the same model
+  {  // a cache recorded before the model's tensors hash: its retry is accepted on the same model
     Json manifest = read_json_file(dir.str("cache2/manifest.json"));
     std::string recorded = manifest.at("source").at("model_fingerprint").as_string();
-    ASSERT_NE(recorded.find(":whole="), std::string::npos) << recorded;
-    recorded.erase(recorded.find(":whole="));
+    ASSERT_NE(recorded.find(":tensors="), std::string::npos) << recorded;
+    recorded.erase(recorded.find(":tensors="));
     manifest["source"]["model_fingerprint"] = recorded;
     std::ofstream(dir.str("cache2/manifest.json"), std::ios::trunc) << manifest.dump(2);
     const auto again = run_binary("sae_cache", from_copy, dir);

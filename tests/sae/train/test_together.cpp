@@ -236,12 +236,12 @@ TEST(TrainTogether, AResumeRefusesAModelReplacedUnderItsPath) {
   auto r = run_binary("sae_train", args, dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(read_json_file(dir.str("run/config.json")).at("resolved").at("data").has("model_fingerprint"));
-  // A run recorded before the whole-file hash (first and last MiB only) resumes on the same model.
+  // A run recorded before the tensors hash (first and last MiB only) resumes on the same model.
   {
     Json config = read_json_file(dir.str("run/config.json"));
     std::string recorded = config.at("resolved").at("data").at("model_fingerprint").as_string();
-    ASSERT_NE(recorded.find(":whole="), std::string::npos) << recorded;
-    recorded.erase(recorded.find(":whole="));
+    ASSERT_NE(recorded.find(":tensors="), std::string::npos) << recorded;
+    recorded.erase(recorded.find(":tensors="));
     config["resolved"]["data"]["model_fingerprint"] = recorded;
     std::ofstream(dir.str("run/config.json"), std::ios::trunc) << config.dump(2);
     r = run_binary("sae_train", "--resume " + dir.str("run") + " --steps 5", dir);
