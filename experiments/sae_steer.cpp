@@ -1,6 +1,7 @@
 // sae_steer: generation steered by one SAE feature, as the original tutorial's steer.py
 // (docs/contract.md §7): the prompt is continued twice with the KV cache (lm/generate.h), without
-// and with strength * W_dec[feature] / ||W_dec[feature]|| added to hidden_states[L] at every
+// and with strength * W_dec[feature] / ||W_dec[feature]|| added at the SAE's hook point (hidden_states[L];
+// a transcoder's output hook) at every
 // position, with the same options and seed; printed side by side, then (as steer.py) the steered text
 // read back by the model without steering, each token marked with the feature's strength; or as
 // JSON with --json. Thin:
@@ -21,14 +22,14 @@
 int main(int argc, char** argv) {
   return sae::run_main("sae_steer", argc, argv, [&] {
     cxxopts::Options options("sae_steer", "Continue a prompt with and without one SAE feature's decoder direction "
-                                          "added to the residual stream");
+                                          "added where the SAE writes (its hook point)");
     options.add_options()
         ("model", "a Hugging Face model folder: " + sae::supported_families_text() + " (config.json, model.safetensors, "
          "tokenizer.json)", cxxopts::value<std::string>())
         ("sae", "an SAE folder (cfg.json + sae_weights.safetensors; sparsify's cfg.json + sae.safetensors), a Gemma Scope params.npz, or a torch.save .pt (dictionary_learning's ae.pt, OpenAI's)",
          cxxopts::value<std::string>())
         ("feature", "the feature whose unit decoder direction is added", cxxopts::value<int64_t>())
-        ("strength", "how much of it is added at every position (raw residual-stream units)", cxxopts::value<std::string>())
+        ("strength", "how much of it is added at every position (raw units of the activations at the hook)", cxxopts::value<std::string>())
         ("prompt", "the text to continue", cxxopts::value<std::string>())
         ("max-new-tokens", "tokens to generate (fewer when the end-of-text token comes)",
          cxxopts::value<int64_t>()->default_value("50"))
@@ -76,6 +77,7 @@ int main(int argc, char** argv) {
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     sae::check_tokenizer_fits_model(tokenizer, model.config());
     steer.generate.eos_id = tokenizer.eot_id();
+    steer.generate.vocab_limit = tokenizer.vocab_size();
     if (sae::is_crosscoder_folder(sae_dir))
       throw sae::UsageError(sae::cat(sae_dir, " is a crosscoder: steering along its decoder rows at each of its hooks "
                                      "is not done (sae_steer takes SAEs and transcoders)"));

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
-#include <optional>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -41,6 +41,8 @@ std::string without_tensor_parts(std::string fingerprint) {
 }  // namespace
 
 std::string file_fingerprint(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return "";  // a FIFO would block the open
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return "";
   const std::streamoff size = in.tellg();
@@ -62,20 +64,17 @@ std::string file_fingerprint(const std::string& path) {
 std::string weights_fingerprint(const std::string& path) {
   const std::string ends = file_fingerprint(path);
   if (ends.empty()) return "";
-  std::optional<SafetensorsFile> file;
-  try {
-    file.emplace(SafetensorsFile::open(path));
-  } catch (const Error&) {
-    return ends;  // not a safetensors file (an index): its ends (the loader says what is wrong with a model file)
-  }
-  // The header (its length and JSON), then each tensor's first and last 4 KiB in the file's order.
-  const MappedFile& mapping = file->mapping();
+  const SafetensorsFile file = SafetensorsFile::open(path);  // its errors name the file and what is wrong
+  // The header (its length and JSON), then each tensor's first and last 4 KiB in the file's order,
+  // read without read-ahead around them.
+  const MappedFile& mapping = file.mapping();
+  mapping.advise_random(true);
   uint64_t header = 0;
   std::memcpy(&header, mapping.data(), 8);
   uint64_t hash = kFnvStart;
   fnv(hash, mapping.data(), 8 + static_cast<size_t>(header));
   std::vector<const SafetensorsEntry*> entries;
-  for (const std::string& name : file->names()) entries.push_back(&file->entry(name));
+  for (const std::string& name : file.names()) entries.push_back(&file.entry(name));
   std::sort(entries.begin(), entries.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
     return a->begin < b->begin;
   });

@@ -9,7 +9,7 @@
 //                        last MiB alone (frozen embeddings and final norm, say), while only a few MB
 //                        are read (runs load a model only up to their hook; sae_browser reads its
 //                        unembedding). A change inside one tensor that spares its first and last
-//                        4 KiB is not seen. Other files get file_fingerprint.
+//                        4 KiB is not seen.
 // Runs and caches recorded by earlier builds hold model fingerprints without the ":tensors=" part;
 // same_file_fingerprint compares those as they were compared then.
 #pragma once
@@ -20,9 +20,10 @@
 
 namespace sae {
 
-// "<size>:<16 hex digits>"; "" when the file cannot be read (the reader then says why).
+// "<size>:<16 hex digits>"; "" when it is not a regular file or cannot be read (the reader then says why).
 std::string file_fingerprint(const std::string& path);
-// "<size>:<16 hex digits>:tensors=<16 hex digits>" for a safetensors file; file_fingerprint otherwise.
+// "<size>:<16 hex digits>:tensors=<16 hex digits>"; "" when the file cannot be read; DataError naming
+// the file when it is not a valid safetensors file.
 std::string weights_fingerprint(const std::string& path);
 // Whether `now` (what this build computes) fingerprints the same files as `recorded`: equal, or
 // `recorded` holds no ":tensors=" part and equals `now` without its ":tensors=" parts. Either may

@@ -16,6 +16,7 @@ void check_generate_options(const GenerateOptions& options) {
   if (!options.greedy && !(options.temperature > 0 && std::isfinite(options.temperature)))
     throw UsageError(cat("--temperature must be a positive number, got ", options.temperature));
   if (options.top_k < 0) throw UsageError(cat("--top-k must be >= 0 (0: the whole vocabulary), got ", options.top_k));
+  if (options.vocab_limit < 0) throw UsageError(cat("generate: vocab_limit must be >= 0, got ", options.vocab_limit));
 }
 
 int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOptions& options, Rng& rng) {
@@ -73,6 +74,8 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
     throw DataError(cat("generate: a prompt of ", given, " tokens plus ", options.max_new_tokens,
                         " new tokens is more than the model's ", positions, " positions (max_position_embeddings)"));
   const int64_t total = given + options.max_new_tokens;
+  // Ids past the tokenizer's (a padded embedding) have no text: never chosen.
+  const int64_t choosable = options.vocab_limit > 0 ? std::min(vocab, options.vocab_limit) : vocab;
   std::vector<int32_t> generated;
   if (options.max_new_tokens == 0) return generated;
   Rng rng(options.seed);
@@ -86,7 +89,7 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
                           " for id ", v, ")",
                           hook.empty() ? ": the model's own (no hook ran)"
                                        : ": the model's own, or what the hook put into the residual stream"));
-    const int32_t next = choose_next_token(row, vocab, options, rng);
+    const int32_t next = choose_next_token(row, choosable, options, rng);
     generated.push_back(next);
     if (next == options.eos_id || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;
     logits = model.logits_cached({next}, cache, hook, /*last_only=*/true).to(Device::CPU);

@@ -21,9 +21,12 @@ struct GenerateOptions {
   int64_t top_k = 0;         // sampling: only logits >= the k-th largest (ties kept, as HF); 0 = all
   uint64_t seed = 0;         // sampling: the Rng's seed
   int32_t eos_id = -1;       // stop after generating this id (it is kept); -1: never stop early
+  int64_t vocab_limit = 0;   // only ids below it are chosen (a model whose vocabulary is padded past
+                             // its tokenizer's: Pythia, Qwen 2.5); 0: every id of the model's
 };
 
-// UsageError naming the option for a temperature <= 0 or not finite, top_k < 0, max_new_tokens < 0.
+// UsageError naming the option for a temperature <= 0 or not finite, top_k < 0, max_new_tokens < 0,
+// vocab_limit < 0.
 void check_generate_options(const GenerateOptions& options);
 
 // The next token from one row of logits [V] (host float32): the argmax when greedy, else a draw

@@ -624,7 +624,7 @@ const ModelFamily& family_for(const Json& config, const std::string& source) {
 std::string model_weights_fingerprint(const std::string& dir) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   if (std::filesystem::exists(single)) return weights_fingerprint(single);
-  std::string joined = weights_fingerprint(index);
+  std::string joined = file_fingerprint(index);
   std::set<std::string> shards;
   const Json j = read_json_file(index);
   if (j.is_object() && j.has("weight_map") && j.at("weight_map").is_object())

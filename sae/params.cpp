@@ -92,9 +92,9 @@ std::vector<double> column_scales(const std::vector<double>& blocks, int64_t wid
 
 Tensor scaled_host(Tensor t, const std::vector<double>& row, const std::vector<double>& col) {
   // In place when t was handed over (moved in) as the only handle on host float32 bytes of its own.
-  const int64_t rows = t.ndim() == 2 ? t.size(0) : 1, cols = t.ndim() == 2 ? t.size(1) : t.size(0);
-  if (t.ndim() < 1 || t.ndim() > 2 || (!row.empty() && int64_t(row.size()) != rows) ||
-      (!col.empty() && int64_t(col.size()) != cols))
+  const bool shaped = t.defined() && t.ndim() >= 1 && t.ndim() <= 2;
+  const int64_t rows = shaped && t.ndim() == 2 ? t.size(0) : 1, cols = !shaped ? 0 : t.ndim() == 2 ? t.size(1) : t.size(0);
+  if (!shaped || (!row.empty() && int64_t(row.size()) != rows) || (!col.empty() && int64_t(col.size()) != cols))
     throw Error(cat("scaled_host: ", row.size(), " row and ", col.size(), " column factors for a tensor of shape ",
                     t.shape().str()));
   Tensor out = t.dtype() == DType::F32 && t.owns_its_host_bytes() ? std::move(t) : t.to(Device::CPU).to(DType::F32).clone();

@@ -232,7 +232,7 @@ void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const
   const int64_t features = static_cast<int64_t>(norms.size());
   for (const Fold& f : folds) {
     const Tensor& t = *f.tensor;
-    const bool shaped = t.defined() && t.ndim() >= 1 && t.ndim() <= 2;
+    const bool shaped = t.defined() && t.ndim() >= 1 && t.ndim() <= 2 && (f.row->empty() || t.ndim() == 2);
     if (!shaped || (f.row->empty() ? t.size(t.ndim() - 1) : t.size(0)) != features)
       throw Error(cat("fold_dictionary_norms: a tensor of shape ", shaped ? t.shape().str() : "(none)", " for ",
                       features, " latents"));

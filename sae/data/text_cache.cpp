@@ -54,10 +54,11 @@ TextCacheResult write_text_cache(const TextCacheOptions& o, const TextCacheEvent
   source["text_fingerprint"] = file_fingerprint(o.text);
   source["model_fingerprint"] = model_weights_fingerprint(o.model_dir);
 
-  // A fresh cache that fails before it writes anything leaves no folder behind (as sae_train).
+  // A fresh cache that fails before it writes anything leaves no folder behind (as sae_train). The
+  // lock outlives `made`: the folder and its .lock are removed while the lock is still held.
+  std::optional<FileLock> lock;
   MadeFolders made(o.out);
   fs::create_directories(o.out);
-  std::optional<FileLock> lock;
   try {
     lock.emplace((fs::path(o.out) / ".lock").string());
   } catch (const DataError&) {

@@ -37,7 +37,7 @@ struct SteerResult {
 };
 
 // UsageError for a feature out of range or a strength that is not finite; DataError for a zero
-// decoder row, an empty prompt or one that leaves no room for the new tokens.
+// decoder row, an empty prompt without a BOS, or a prompt that leaves no room for the new tokens.
 SteerResult steer(DecoderModel& model, const BpeTokenizer& tokenizer, const SaeAtLayer& sae, const std::string& prompt,
                   const SteerOptions& options);
 // The strength f_i ||W_dec[i]|| of `feature` at every token of `ids`, read by `model` (no hooks) at

@@ -375,9 +375,12 @@ TEST(FileFingerprint, TheWeightsKindSeesEveryTensorsEndsAndOlderRecordsCompareAs
   // Recorded runs hold these: the hashes must never change. The values are an independent Python
   // implementation's of io/file_fingerprint.h's description (FNV-1a 64 over the bytes named there).
   EXPECT_EQ(file_fingerprint(path), "1048613:526142c50103f8e0");
-  EXPECT_EQ(weights_fingerprint(path), "1048613:526142c50103f8e0");  // not safetensors: its ends only
+  expect_data_error([&] { weights_fingerprint(path); }, {path, "safetensors"});  // not a weights file
   EXPECT_EQ(file_fingerprint(dir.str("missing")), "");
   EXPECT_EQ(weights_fingerprint(dir.str("missing")), "");
+  ASSERT_EQ(::mkfifo(dir.str("fifo").c_str(), 0644), 0);
+  EXPECT_EQ(file_fingerprint(dir.str("fifo")), "");  // not opened: a FIFO would block the open
+  EXPECT_EQ(weights_fingerprint(dir.str("fifo")), "");
 
   // Weights: three 1 MiB tensors and a small one (the small one and the middle tensor lie outside
   // the file's first and last MiB), value j of tensor t = sin(j + 1000 t).

@@ -11,6 +11,8 @@
 //   - CUDA against the CPU (skips without a GPU).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <limits>
 #include <map>
@@ -221,6 +223,32 @@ TEST(Generate, SamplingIsAFunctionOfTheSeed) {
   GenerateOptions greedy = options;
   greedy.greedy = true;
   EXPECT_EQ(generate(model, prompt, options), generate(model, prompt, greedy));
+}
+
+// A model whose vocabulary is padded past its tokenizer's (Pythia, Qwen 2.5): ids without text are
+// never chosen, sampled or greedy.
+TEST(Generate, NeverChoosesAnIdAtOrPastTheVocabLimit) {
+  GptNeo model = GptNeo::load(eval_ref("model"));
+  const std::vector<int32_t> prompt = to_ids(expected().ints("gen0.prompt"));
+  GenerateOptions options;
+  options.max_new_tokens = 25;
+  options.seed = 42;
+  options.top_k = 0;
+  const std::vector<int32_t> free = generate(model, prompt, options);
+  std::vector<int32_t> sorted = free;
+  std::sort(sorted.begin(), sorted.end());
+  const int32_t limit = sorted[sorted.size() / 2];  // about half the free draws are at or past it
+  ASSERT_GT(free.back() >= limit || *std::max_element(free.begin(), free.end()) >= limit, false);
+  options.vocab_limit = limit;
+  for (bool greedy : {false, true}) {
+    options.greedy = greedy;
+    for (int32_t id : generate(model, prompt, options)) EXPECT_LT(id, limit) << (greedy ? "greedy" : "sampled");
+  }
+  options.greedy = false;
+  options.vocab_limit = model.config().vocab_size;  // no padding: as without a limit
+  EXPECT_EQ(generate(model, prompt, options), free);
+  options.vocab_limit = -1;
+  EXPECT_THROW(generate(model, prompt, options), UsageError);
 }
 
 TEST(Generate, StopsRightAfterTheEndOfTextId) {

@@ -114,11 +114,14 @@ Tensor threshold_of(const SaeParams& p) {
 class JumpReluUnit : public ArchUnit {
  public:
   bool fold_decoder_norms(SaeParams& p, const std::vector<double>& norms) const override {
-    fold_dictionary_norms(p, norms, {});
-    Tensor& t = p.own_tensor("log_threshold");  // theta_i n_i
-    t = t.to(Device::CPU).to(DType::F32).clone();
+    // theta_i n_i, made before the fold so that a failure leaves p as it was
+    Tensor t = p.own_tensor("log_threshold").to(Device::CPU).to(DType::F32).clone();
+    if (t.numel() != static_cast<int64_t>(norms.size()))
+      throw Error(cat("fold_decoder_norms: ", t.numel(), " thresholds for ", norms.size(), " latents"));
     float* v = t.data<float>();
     for (int64_t i = 0; i < t.numel(); ++i) v[i] = static_cast<float>(v[i] + std::log(norms[static_cast<size_t>(i)]));
+    fold_dictionary_norms(p, norms, {});
+    p.own_tensor("log_threshold") = std::move(t);
     p.stated.clear();  // the stated thresholds were of the unfolded latents
     return true;
   }
