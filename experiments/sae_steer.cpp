@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
     sae::DecoderModel model = sae::load_decoder_model(model_dir, device);
     const sae::BpeTokenizer tokenizer = sae::BpeTokenizer::from_model_dir(model_dir);
     sae::check_tokenizer_fits_model(tokenizer, model.config());
-    steer.generate.eos_id = tokenizer.eot_id();
+    steer.generate.eos_ids = sae::end_of_text_ids(model_dir, tokenizer.eot_id(), tokenizer.vocab_size());
     steer.generate.vocab_limit = tokenizer.vocab_size();
     if (sae::is_crosscoder_folder(sae_dir))
       throw sae::UsageError(sae::cat(sae_dir, " is a crosscoder: steering along its decoder rows at each of its hooks "

@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <numeric>
 
+#include "io/json.h"
 #include "tensor/ops.h"
 
 namespace sae {
@@ -17,6 +19,32 @@ void check_generate_options(const GenerateOptions& options) {
     throw UsageError(cat("--temperature must be a positive number, got ", options.temperature));
   if (options.top_k < 0) throw UsageError(cat("--top-k must be >= 0 (0: the whole vocabulary), got ", options.top_k));
   if (options.vocab_limit < 0) throw UsageError(cat("generate: vocab_limit must be >= 0, got ", options.vocab_limit));
+}
+
+std::vector<int32_t> end_of_text_ids(const std::string& model_dir, int32_t tokenizer_eot, int64_t vocab) {
+  std::vector<int32_t> ids;
+  const auto add = [&](int64_t id) {
+    if (id >= 0 && id < vocab && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<int32_t>(id));
+  };
+  add(tokenizer_eot);
+  std::string path = model_dir + "/generation_config.json";
+  if (!std::filesystem::is_regular_file(path)) path = model_dir + "/config.json";
+  if (!std::filesystem::is_regular_file(path)) return ids;
+  const Json config = read_json_file(path);
+  if (!config.is_object() || !config.has("eos_token_id") || config.at("eos_token_id").is_null()) return ids;
+  const Json& eos = config.at("eos_token_id");
+  const auto id_of = [&](const Json& v) {
+    const double x = v.is_number() ? v.as_number() : 0.5;
+    if (x != std::floor(x) || std::abs(x) > 9007199254740992.0)
+      throw DataError(cat(path, ": 'eos_token_id' must be a token id or a list of them, got ", printable(eos.dump(), 200)));
+    return static_cast<int64_t>(x);
+  };
+  if (eos.is_array()) {
+    for (const Json& v : eos.elements()) add(id_of(v));
+  } else {
+    add(id_of(eos));
+  }
+  return ids;
 }
 
 int32_t choose_next_token(const float* logits, int64_t vocab, const GenerateOptions& options, Rng& rng) {
@@ -91,7 +119,8 @@ std::vector<int32_t> generate(DecoderModel& model, const std::vector<int32_t>& p
                                        : ": the model's own, or what the hook put into the residual stream"));
     const int32_t next = choose_next_token(row, choosable, options, rng);
     generated.push_back(next);
-    if (next == options.eos_id || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;
+    const bool ends = std::find(options.eos_ids.begin(), options.eos_ids.end(), next) != options.eos_ids.end();
+    if (ends || static_cast<int64_t>(generated.size()) == options.max_new_tokens) break;
     logits = model.logits_cached({next}, cache, hook, /*last_only=*/true).to(Device::CPU);
   }
   return generated;

@@ -3,10 +3,11 @@
 // by sampling (temperature, optionally only the top k), with our seeded Rng, so the same seed gives
 // the same tokens on the same build. Hooks (a steering vector, an SAE splice, at any hook point) are
 // applied to every position, prompt and generated, as DecoderModel::logits applies them to a whole sequence.
-// Generation stops after max_new_tokens or right after producing the end-of-text id.
+// Generation stops after max_new_tokens or right after producing an end-of-text id (end_of_text_ids).
 // Letters: V vocabulary, P the model's positions.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "lm/decoder_model.h"
@@ -20,7 +21,7 @@ struct GenerateOptions {
   double temperature = 1.0;  // sampling: softmax(logits / temperature); > 0
   int64_t top_k = 0;         // sampling: only logits >= the k-th largest (ties kept, as HF); 0 = all
   uint64_t seed = 0;         // sampling: the Rng's seed
-  int32_t eos_id = -1;       // stop after generating this id (it is kept); -1: never stop early
+  std::vector<int32_t> eos_ids;  // stop right after generating any of these (it is kept); none: never early
   int64_t vocab_limit = 0;   // only ids below it are chosen (a model whose vocabulary is padded past
                              // its tokenizer's: Pythia, Qwen 2.5); 0: every id of the model's
 };
@@ -28,6 +29,13 @@ struct GenerateOptions {
 // UsageError naming the option for a temperature <= 0 or not finite, top_k < 0, max_new_tokens < 0,
 // vocab_limit < 0.
 void check_generate_options(const GenerateOptions& options);
+
+// The ids whose generation ends a text, as Hugging Face's generate stops: the tokenizer's end of text
+// (`tokenizer_eot`, -1: none) and the model folder's generation_config.json eos_token_id (one id or a
+// list; without that file, config.json's): an instruct model's end of turn (Llama 3's <|eot_id|>, Qwen
+// 2.5's <|im_end|>, Gemma 2's <end_of_turn>) is there. Ids outside [0, vocab) are left out (never
+// generated). DataError naming the file and key for an eos_token_id that is not an id or a list of ids.
+std::vector<int32_t> end_of_text_ids(const std::string& model_dir, int32_t tokenizer_eot, int64_t vocab);
 
 // The next token from one row of logits [V] (host float32): the argmax when greedy, else a draw
 // from softmax(logits / temperature) restricted to the logits >= the top_k-th largest (all ties at

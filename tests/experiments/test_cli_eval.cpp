@@ -232,6 +232,30 @@ TEST(SaeEvalCli, SplicesACrosscoderOverTwoModelsWithModelB) {
   EXPECT_FALSE(fs::exists(dir.str("o/eval.json")));
 }
 
+// An instruct model's end of turn is in its generation_config.json (eos_token_id, one id or a list),
+// where Hugging Face's generate stops too; a value that is not an id is one line naming the file.
+TEST(SaeSteerCli, StopsAtTheModelFoldersEndOfTextIds) {
+  const test::Fixture e(eval_ref("expected.safetensors"));
+  TempDir dir("cli_steer_eos");
+  fs::copy(eval_ref("model"), dir.str("model"), fs::copy_options::recursive);
+  const std::vector<int64_t> steered = e.ints("gen1.steered");
+  const int64_t stop = steered[5];
+  std::ofstream(dir.str("model/generation_config.json")) << "{\"eos_token_id\": [4096, " << stop << "]}";
+  const std::string args = cat("--model ", quote(dir.str("model")), " --sae ", quote(eval_ref("sae_story")),
+                               " --device cpu --feature ", e.integer("steer.feature"), " --strength ",
+                               e.scalar("steer.strength"), " --prompt 'The dog ran to the park and' --greedy"
+                               " --max-new-tokens 40 --json");
+  const sae::testing::CommandResult r = run_binary("sae_steer", args, dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json j = Json::parse(r.out);
+  std::vector<int64_t> got;
+  for (const Json& v : j.at("steered").at("ids").elements()) got.push_back(v.as_int());
+  const size_t first = static_cast<size_t>(std::find(steered.begin(), steered.end(), stop) - steered.begin());
+  EXPECT_EQ(got, std::vector<int64_t>(steered.begin(), steered.begin() + first + 1));
+  std::ofstream(dir.str("model/generation_config.json"), std::ios::trunc) << R"({"eos_token_id": "</s>"})";
+  expect_failure("sae_steer", args, 1, "generation_config.json: 'eos_token_id' must be a token id");
+}
+
 TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   const test::Fixture e(eval_ref("expected.safetensors"));
   TempDir dir("cli_steer");

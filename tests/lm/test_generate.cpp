@@ -14,6 +14,8 @@
 #include <algorithm>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 
@@ -258,11 +260,16 @@ TEST(Generate, StopsRightAfterTheEndOfTextId) {
   GenerateOptions options;
   options.greedy = true;
   options.max_new_tokens = 40;
-  options.eos_id = greedy[6];
+  options.eos_ids = {greedy[6]};
   size_t first = 0;
-  while (greedy[first] != options.eos_id) ++first;
+  while (greedy[first] != greedy[6]) ++first;
   const std::vector<int32_t> got = generate(model, prompt, options);
   EXPECT_EQ(got, std::vector<int32_t>(greedy.begin(), greedy.begin() + first + 1));
+  // Any of several: the first generated of them ends it.
+  options.eos_ids = {greedy[9], greedy[4], -1};
+  size_t earliest = 0;
+  while (greedy[earliest] != greedy[9] && greedy[earliest] != greedy[4]) ++earliest;
+  EXPECT_EQ(generate(model, prompt, options), std::vector<int32_t>(greedy.begin(), greedy.begin() + earliest + 1));
   options.max_new_tokens = 0;
   EXPECT_TRUE(generate(model, prompt, options).empty());
 }
@@ -368,4 +375,38 @@ TEST(KvCacheCuda, LogitsAndGenerationMatchTheCpu) {
   options.greedy = true;
   options.max_new_tokens = 40;
   EXPECT_EQ(generate(gpu, to_ids(e.ints("gen0.prompt")), options), to_ids(e.ints("gen0.greedy")));
+}
+
+TEST(Generate, EndOfTextIdsAreTheTokenizersAndTheModelFolders) {
+  sae::testing::TempDir dir("eos_ids");
+  const std::string folder = dir.str("model");
+  std::filesystem::create_directories(folder);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(folder + "/" + name, std::ios::trunc) << text;
+  };
+  EXPECT_EQ(end_of_text_ids(folder, 4096, 4097), std::vector<int32_t>({4096}));  // no config files
+  EXPECT_TRUE(end_of_text_ids(folder, -1, 4097).empty());
+  write("config.json", R"({"eos_token_id": 7})");
+  EXPECT_EQ(end_of_text_ids(folder, 4096, 4097), std::vector<int32_t>({4096, 7}));
+  // generation_config.json, when there, is read instead (as transformers' GenerationConfig);
+  // duplicates and ids outside the vocabulary are left out.
+  write("generation_config.json", R"({"eos_token_id": [5, 4096, 99999, 5, -3]})");
+  EXPECT_EQ(end_of_text_ids(folder, 4096, 4097), std::vector<int32_t>({4096, 5}));
+  write("generation_config.json", R"({"eos_token_id": null})");
+  EXPECT_EQ(end_of_text_ids(folder, 4096, 4097), std::vector<int32_t>({4096}));
+  for (const char* bad : {R"({"eos_token_id": 1.5})", R"({"eos_token_id": ["2"]})", R"({"eos_token_id": {}})"}) {
+    write("generation_config.json", bad);
+    EXPECT_THROW(
+        {
+          try {
+            end_of_text_ids(folder, 4096, 4097);
+          } catch (const DataError& e) {
+            EXPECT_NE(std::string(e.what()).find("generation_config.json: 'eos_token_id' must be"), std::string::npos)
+                << e.what();
+            throw;
+          }
+        },
+        DataError)
+        << bad;
+  }
 }
