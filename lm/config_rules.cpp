@@ -87,6 +87,8 @@ void require_model_type(const Json& config, const std::string& expected, const s
       config.at("model_type").as_string() != expected)
     throw DataError(cat(source, ": 'model_type' must be \"", expected, "\", got ",
                         config.has("model_type") ? config.at("model_type").dump() : "nothing"));
+  // transformers' general switch: false makes its attention mask bidirectional (under eager attention).
+  refuse_unless(config, "is_causal", Json(true), "every model here attends left to right only", source);
 }
 
 void refuse_unless(const Json& config, const std::string& key, const Json& allowed, const std::string& why,

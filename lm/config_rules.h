@@ -29,7 +29,8 @@ std::string string_or(const Json& config, const std::string& key, const std::str
 // rope_scaling (the Hub's older files) over rope_parameters; nullptr when neither is set. Its
 // rope_type (or the older "type"; rope_type first) in `type`, "default" when it names none.
 const Json* rope_settings(const Json& config, const std::string& source, std::string& type);
-// config.json must be an object whose model_type is `expected`.
+// config.json must be an object whose model_type is `expected`, of a left-to-right model: an
+// `is_causal` other than true (transformers' switch to a bidirectional mask) is refused.
 void require_model_type(const Json& config, const std::string& expected, const std::string& source);
 // The key must be absent, null or equal to `allowed`; otherwise a DataError saying `why`.
 void refuse_unless(const Json& config, const std::string& key, const Json& allowed, const std::string& why,

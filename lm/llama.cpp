@@ -112,7 +112,7 @@ std::vector<int64_t> read_windows(const Json& json, Style style, int64_t layers,
                               style == Style::Qwen2 && !qwen_slides ? "'use_sliding_window' is false"
                                                                     : "'sliding_window' is not set"));
         windows[static_cast<size_t>(i)] = window;
-      } else if (name != "full_attention") {
+      } else if (name != "full_attention" && name != "attention") {  // "attention": transformers' older name
         throw DataError(cat(source, ": 'layer_types' entry ", i, " \"", printable(name),
                             "\" is not supported (full_attention or sliding_attention)"));
       }
@@ -143,12 +143,16 @@ DecoderConfig parse(const Json& json, Style style, const std::string& source) {
   c.family = kNames[static_cast<int>(style)];
   c.source = source;
   read_standard_sizes(json, source, c);
-  c.num_kv_heads = json.has("num_key_value_heads") && !json.at("num_key_value_heads").is_null()
-                       ? positive_int(json, "num_key_value_heads", source)
-                       : c.num_heads;
+  // Left out: the config class's default (Llama: one per query head; Qwen 2: 32, Mistral: 8, Gemma 2:
+  // 4); null: one per query head.
+  static const int64_t kDefaultKvHeads[] = {0, 32, 8, 4};
+  const int64_t kv_default = kDefaultKvHeads[static_cast<int>(style)];
+  c.num_kv_heads = !json.has("num_key_value_heads")           ? (kv_default > 0 ? kv_default : c.num_heads)
+                   : json.at("num_key_value_heads").is_null() ? c.num_heads
+                                                              : positive_int(json, "num_key_value_heads", source);
   if (c.num_heads % c.num_kv_heads != 0)
     throw DataError(cat(source, ": 'num_attention_heads' ", c.num_heads, " is not a multiple of 'num_key_value_heads' ",
-                        c.num_kv_heads));
+                        c.num_kv_heads, json.has("num_key_value_heads") ? "" : " (left out: the config class's default)"));
   if (json.has("head_dim") && !json.at("head_dim").is_null()) {
     c.head_dim = positive_int(json, "head_dim", source);
   } else if (style == Style::Gemma2) {
@@ -188,6 +192,8 @@ DecoderConfig parse(const Json& json, Style style, const std::string& source) {
 
   double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   if (style == Style::Gemma2) {
+    refuse_unless(json, "use_bidirectional_attention", Json(false),
+                  "Gemma2Config's bidirectional attention (an encoder's); a language model attends left to right", source);
     c.embed_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
     c.post_norms = true;
     scale = 1.0 / std::sqrt(positive_number_or(json, "query_pre_attn_scalar", 256.0, source));

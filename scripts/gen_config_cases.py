@@ -55,6 +55,9 @@ CASES = [
     ("qwen2_null_sliding_window", "qwen2", {"sliding_window": None}, ["layer_types"]),
     # Gemma 2: no layer_types (even blocks slide), sliding_window left out is 4096
     ("gemma2_without_sliding_window", "gemma2", {}, ["sliding_window", "layer_types"]),
+    # layer_types' older name "attention" is full_attention (PreTrainedConfig maps it)
+    ("gemma2_layer_types_older_attention_name", "gemma2",
+     {"layer_types": ["sliding_attention", "attention", "sliding_attention", "attention"]}, []),
     # LlamaModel has no sliding-window attention, whatever layer_types and sliding_window say
     ("llama_layer_types_do_not_slide", "llama",
      {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}, []),

@@ -588,6 +588,11 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
       {"gemma2", "hidden_activation", Json("silu_x"), "hidden_activation"},
       {"gemma2", "attn_logit_softcapping", Json(-1.0), "attn_logit_softcapping"},
       {"gemma2", "query_pre_attn_scalar", Json("big"), "query_pre_attn_scalar"},
+      // transformers' switches to bidirectional attention (under eager attention, or flash attention)
+      {"gpt2", "is_causal", Json(false), "is_causal"},
+      {"pythia", "is_causal", Json(false), "is_causal"},
+      {"llama", "is_causal", Json(false), "is_causal"},
+      {"gemma2", "use_bidirectional_attention", Json(true), "use_bidirectional_attention"},
   };
   TempDir dir("models_config");
   for (const Case& c : cases) {
@@ -602,6 +607,27 @@ TEST(Models, ConfigRefusalsNameTheKeyInOneLine) {
     EXPECT_NE(message.find(c.mention), std::string::npos) << c.key << ": " << message;
     EXPECT_NE(message.find("config.json"), std::string::npos) << message;
     EXPECT_THROW(load_decoder_model(folder), DataError) << c.key;
+  }
+}
+
+// num_key_value_heads left out is the config class's default, as transformers reads it (Mistral 8,
+// Qwen 2 32; Llama, or null: one per query head): the fixtures' 4 query heads are then no multiple.
+TEST(Models, LeftOutKeyValueHeadsAreTheConfigClassDefault) {
+  TempDir dir("models_kv_default");
+  for (const auto& [model, heads] : {std::pair<std::string, int>{"mistral", 8}, {"qwen2", 32}}) {
+    Json config = fixture_config(model), kept = Json::object();
+    for (const auto& [key, value] : config.items())
+      if (key != "num_key_value_heads") kept[key] = value;
+    const std::string folder = dir.str(model);
+    fs::create_directories(folder);
+    write_text(folder + "/config.json", kept.dump());
+    const std::string message = error_of([&] { read_model_config(folder); });
+    EXPECT_NE(message.find(cat("'num_key_value_heads' ", heads, " (left out: the config class's default)")),
+              std::string::npos)
+        << model << ": " << message;
+    kept["num_key_value_heads"] = Json();  // null: one per query head
+    write_text(folder + "/config.json", kept.dump());
+    EXPECT_EQ(read_model_config(folder).config.num_kv_heads, 4) << model;
   }
 }
 
