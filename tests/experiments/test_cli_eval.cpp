@@ -345,6 +345,16 @@ TEST(SaeSteerCli, JsonGivesHuggingFaceGreedyIdsAndTextShowsBoth) {
   const Json tc_json = Json::parse(tc.out);
   EXPECT_EQ(tc_json.at("hook_name").as_string(), "blocks.1.hook_mlp_out");
   EXPECT_TRUE(tc_json.at("layer").is_null());
+  // And the steering acts there: greedy, the continuations part (they would be equal if nothing were added).
+  const sae::testing::CommandResult tc_greedy = run_binary(
+      "sae_steer", cat("--model ", quote(eval_ref("model")), " --sae ",
+                       quote(std::string(SAE_SOURCE_DIR) + "/tests/ref/eval_transcoder/tc"),
+                       " --device cpu --feature 3 --strength 4 --prompt 'Once upon' --max-new-tokens 8 --greedy --json"),
+      dir);
+  ASSERT_EQ(tc_greedy.exit_code, 0) << tc_greedy.err;
+  const Json greedy_json = Json::parse(tc_greedy.out);
+  EXPECT_EQ(greedy_json.at("unsteered").at("ids").size(), 8u);
+  EXPECT_NE(greedy_json.at("steered").at("ids"), greedy_json.at("unsteered").at("ids"));
 }
 
 TEST(SaeSteerCli, RefusesBadInputWithOneLine) {

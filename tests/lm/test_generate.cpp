@@ -142,6 +142,38 @@ TEST(KvCache, AppliesTheHookToEveryNewPositionAsTheFullForwardDoes) {
   EXPECT_GT(sae::testing::max_abs_diff(cached, model.logits(ids)), 100 * kRel * sae::testing::max_abs(full));
 }
 
+// Steering where a transcoder writes (hook_mlp_out), or at any other point inside a block: the cached
+// positions are hooked as the full forward hooks them, one new row at a time.
+TEST(KvCache, AppliesASiteHookInsideABlockAsTheFullForwardDoes) {
+  GptNeo model = GptNeo::load(eval_ref("model"));
+  const std::vector<int32_t> ids = fixture_sequence();
+  const int64_t t = static_cast<int64_t>(ids.size()), v = model.config().vocab_size;
+  for (HookPoint point : {HookPoint::AttnOut, HookPoint::ResidMid, HookPoint::Ln2Normalized, HookPoint::MlpOut,
+                          HookPoint::ResidPost, HookPoint::AttnZ}) {
+    const HookSite site{1, point};
+    SCOPED_TRACE(hook_name(site));
+    int64_t rows_seen = 0;
+    const SiteHooks hooks(site, [&](Tensor& state) {
+      rows_seen += state.size(0);
+      std::vector<double> shift(static_cast<size_t>(state.size(1)));
+      for (size_t j = 0; j < shift.size(); ++j) shift[j] = 0.5 * std::sin(1.3 * double(j) + 0.7);
+      add_(state, Tensor::from_vector(shift, Shape{state.size(1)}));
+    });
+    const Tensor full = model.logits_with(ids, hooks);
+    rows_seen = 0;
+    KvCache cache = model.new_cache(t);
+    Tensor cached = Tensor::empty(Shape{t, v});
+    for (int64_t p = 0; p < t; p += 3) {  // three positions at a time
+      const std::vector<int32_t> part(ids.begin() + p, ids.begin() + std::min(t, p + 3));
+      Tensor dst = cached.slice_rows(p, p + static_cast<int64_t>(part.size()));
+      copy_(dst, model.logits_cached(part, cache, hooks).to(Device::CPU));
+    }
+    EXPECT_EQ(rows_seen, t);
+    sae::testing::expect_close_to_scale(cached, full, kRel, "hooked");
+    EXPECT_GT(sae::testing::max_abs_diff(cached, model.logits(ids)), 100 * kRel * sae::testing::max_abs(full));
+  }
+}
+
 TEST(KvCache, RefusesBadUseAndStaysUsableAfterAnError) {
   GptNeo model = GptNeo::load(eval_ref("model")), other = GptNeo::load(eval_ref("model"));
   const std::vector<int32_t> ids = fixture_sequence();
