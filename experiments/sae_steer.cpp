@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
                                                   sae::display_text(tokenizer, result.steered), static_cast<int>(width));
     std::fwrite(columns.data(), 1, columns.size(), stdout);
     // The tutorial's check: both texts read back by the model without steering.
-    std::printf("\nfeature %lld read back by the model without steering (strength = activation x decoder norm): "
+    std::printf("\nfeature %lld read back by the model without steering (strength = activation x decoder norm, in the SAE's normalised units): "
                 "largest %.4g in the unsteered text, %.4g in the steered text:\n%s\n",
                 static_cast<long long>(steer.feature), sae::largest_strength(result.unsteered_strengths),
                 sae::largest_strength(result.steered_strengths),
