@@ -278,8 +278,9 @@ int main(int argc, char** argv) {
     int64_t continue_steps = int_option("continue-steps");
     const int continued = plan_runs(parsed, profile, lambdas, continue_steps, out, runs);
     const auto begin = std::chrono::steady_clock::now();
-    const std::vector<sae::RunOutcome> outcomes = sae::run_study("l1_sweep", runs, out, sae::print_line);
-    summarise(runs, outcomes, lambdas, continued, summary_step, out);
+    sae::run_study("l1_sweep", runs, out, sae::print_line, [&](const std::vector<sae::RunOutcome>& outcomes) {
+      summarise(runs, outcomes, lambdas, continued, summary_step, out);
+    });
     std::fputs(sae::study_time(begin).c_str(), stdout);
     return 0;
   });

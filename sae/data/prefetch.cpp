@@ -128,13 +128,9 @@ const PreparedBatch& BatchPrefetcher::next() {
     return slots_[current_];
   }
   std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [this] { return ready_; });
+  changed_.wait(lock, [this] { return ready_ || error_; });
+  if (error_) std::rethrow_exception(error_);  // kept: a later call says the same, never waits for a worker that stopped
   ready_ = false;
-  if (error_) {
-    std::exception_ptr error = error_;
-    error_ = nullptr;
-    std::rethrow_exception(error);
-  }
   current_ = target_;
   // Start on the other slot while the caller uses this one.
   target_ = 1 - current_;

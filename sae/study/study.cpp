@@ -291,7 +291,8 @@ void say_plan(const std::vector<StudyRun>& runs, const std::string& out_root,
 }  // namespace
 
 std::vector<RunOutcome> run_study(const std::string& study, const std::vector<StudyRun>& runs,
-                                  const std::string& out_root, const std::function<void(const std::string&)>& say) {
+                                  const std::string& out_root, const std::function<void(const std::string&)>& say,
+                                  const std::function<void(const std::vector<RunOutcome>&)>& summarise) {
   // One study at a time in a folder: two would prepare the same runs (a continuation's copy, a
   // killed run's removal) under each other.
   if (fs::exists(out_root) && !fs::is_directory(out_root))
@@ -364,6 +365,7 @@ std::vector<RunOutcome> run_study(const std::string& study, const std::vector<St
   }
   std::vector<RunOutcome> out;
   for (const std::optional<RunOutcome>& r : outcomes) out.push_back(*r);
+  if (summarise) summarise(out);  // study_lock is still held
   return out;
 }
 

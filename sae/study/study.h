@@ -57,9 +57,12 @@ int64_t finished_step(const std::string& run_dir);
 // Runs each entry into out_root/<name>, saying its plan and one line per run through `say` (each a
 // line without its newline; the drivers print them); outcomes in the order of `runs`. `study` (the
 // program's name) claims the folder (OUT/study.json): a folder of another study, or of sae_train, is
-// refused (UsageError), as are runs trained beyond their steps here.
+// refused (UsageError), as are runs trained beyond their steps here. `summarise` (when given) is
+// called with the outcomes while the study's lock is still held: a summary reads the runs' files,
+// which a second study on the folder could otherwise be extending meanwhile.
 std::vector<RunOutcome> run_study(const std::string& study, const std::vector<StudyRun>& runs,
-                                  const std::string& out_root, const std::function<void(const std::string&)>& say);
+                                  const std::string& out_root, const std::function<void(const std::string&)>& say,
+                                  const std::function<void(const std::vector<RunOutcome>&)>& summarise = {});
 
 // ---- metrics.csv ----
 

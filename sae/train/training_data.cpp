@@ -202,13 +202,15 @@ TrainingData open_training_data(const TrainConfig& config, const std::vector<std
                                : (config.normalize == Normalization::Dataset
                                       ? estimate_dataset_scales(*data.activations)
                                       : DatasetScales(std::vector<double>(reads.size(), 1.0)));
+    data.mean_squared_norms = nominal_mean_squared_norms(data.widths, config.normalize);
+    if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
+      estimate_dataset_scales(*data.activations, 65536, &data.mean_squared_norms);
+    // After the estimates: a Batcher in token mode tells the files its reads are scattered, which
+    // an estimate's sequential read would undo.
     data.batches = std::make_unique<Batcher>(*data.activations, config.batch_tokens, config.normalize,
                                              data.dataset_scale, config.seed);
     data.description = data.activations->describe();
     describe_cache_origin(config, reads, data.description);
-    data.mean_squared_norms = nominal_mean_squared_norms(data.widths, config.normalize);
-    if (config.normalize == Normalization::None && config.target_l0 > 0)  // raw inputs: their own mean ||x||^2
-      estimate_dataset_scales(*data.activations, 65536, &data.mean_squared_norms);
   }
   data.reads = reads;
   for (int64_t w : data.widths) {

@@ -217,6 +217,7 @@ TEST(DeviceData, PrefetcherKeepsTheUploadProtocolAndFillsTheDeviceBuffers) {
         const PreparedBatch& batch = prefetcher.next();
         BatchStats stats;
         ASSERT_EQ(reference.next(raw.data(), normalized.data(), stats), batch.tokens);
+        EXPECT_EQ(batch.position, reference.state()) << "step " << step;  // the consumed position, not the worker's
         EXPECT_FALSE(batch.on_device);
         ASSERT_EQ(std::memcmp(batch.device.data<float>(), normalized.data(), normalized.size() * sizeof(float)), 0)
             << "step " << step << (background ? " background" : "");
@@ -226,6 +227,31 @@ TEST(DeviceData, PrefetcherKeepsTheUploadProtocolAndFillsTheDeviceBuffers) {
     EXPECT_TRUE(upload.violations_.empty()) << upload.violations_.front() << "\nlog: " << upload.log_.str();
     const std::string log = upload.log_.str();
     EXPECT_EQ(log.substr(0, 6), "F0C0O0") << log;  // the first batch: filled, copied, handed out
+  }
+}
+
+// A batch that fails (bad data) is the caller's error at that batch, and at every call after it: a
+// later next() must not wait for a worker that has stopped.
+TEST(DeviceData, APrefetchErrorIsRaisedAgainOnEveryLaterCall) {
+  struct FailsAtThird : BatchSource {
+    int calls = 0;
+    int64_t d() const override { return 4; }
+    int64_t max_batch_tokens() const override { return 2; }
+    int64_t next(float* raw, float* normalized, BatchStats&) override {
+      if (++calls == 3) throw DataError("bad batch 3");
+      for (int i = 0; i < 8; ++i) raw[i] = normalized[i] = float(calls);
+      return 2;
+    }
+    Json state() const override { return Json(int64_t(calls)); }
+    void restore(const Json&) override {}
+  };
+  for (bool background : {false, true}) {
+    FailsAtThird source;
+    BatchPrefetcher prefetcher(source, 4, background);
+    EXPECT_EQ(prefetcher.next().tokens, 2);
+    EXPECT_EQ(prefetcher.next().tokens, 2);
+    for (int again = 0; again < (background ? 3 : 1); ++again)
+      EXPECT_THROW(prefetcher.next(), DataError) << (background ? "background, call " : "inline, call ") << again;
   }
 }
 

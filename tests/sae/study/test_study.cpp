@@ -116,6 +116,17 @@ TEST(Study, ReconVsFShapesSkipResumeAndMismatch) {
   expect_png(out / "recon_vs_f_zoom.png");
   const std::string md = slurp(out / "summary.md");
   EXPECT_NE(md.find("| 15 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("F = 768: goes towards 0"), std::string::npos) << md;  // a standard SAE at lambda = 0, as theirs
+  {  // with a penalty (or TopK, a transcoder) the original's column says nothing: left out
+    const fs::path penalised = dir.path / "penalised";
+    const CommandResult r = run_binary(
+        "recon_vs_f", kTinyData.substr(0, kTinyData.find(" --steps")) + " --steps 50 --progress none --l1 5 --features-list 16 --out " +
+                          penalised.string(), dir);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string penalised_md = slurp(penalised / "summary.md");
+    EXPECT_EQ(penalised_md.find("goes towards 0"), std::string::npos) << penalised_md;
+    EXPECT_NE(penalised_md.find("The original's column is left out"), std::string::npos) << penalised_md;
+  }
   for (int f : {4, 15, 16, 24}) EXPECT_TRUE(fs::exists(out / ("F_" + std::to_string(f)) / "summary.json"));
 
   // A second invocation skips every finished run and rewrites the same summary.
