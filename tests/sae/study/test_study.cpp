@@ -264,6 +264,10 @@ TEST(Study, L1SweepShapesContinuationAndSkip) {
   // The original's numbers sit beside the lambda that stands for theirs (lambda * 768 / d).
   EXPECT_EQ(rows[0].at("original proportion"), "0.9959");
   EXPECT_EQ(rows[1].at("original proportion"), "");
+  // lambda * 768 / d at d = 16 (the inverse mapping, 768 / 16 = 48, or d / 768 would give other cells)
+  EXPECT_EQ(rows[1].at("as lambda at d = 768"), "4.8");
+  EXPECT_EQ(rows[2].at("as lambda at d = 768"), "48");
+  EXPECT_EQ(rows[3].at("as lambda at d = 768"), "480");
   EXPECT_EQ(rows[4].at("lambda"), "1 (continued)");
   EXPECT_EQ(rows[4].at("step"), "2500");
 
