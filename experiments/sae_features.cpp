@@ -116,7 +116,9 @@ int main(int argc, char** argv) {
       for (const sae::CrosscoderSource& source : crosscoder.sources) {
         story_options.reads.push_back(sae::TextRead{source.model, source.site});
         std::optional<sae::HookSite>& l = last[source.model];
-        if (!l || sae::reached_before(*l, source.site)) l = source.site;
+        const sae::DecoderConfig& reads_from = source.model == 0 ? folder.config : folder_b->config;
+        if (!l || sae::reached_before(*l, source.site, reads_from.residual == sae::ResidualWiring::Parallel))
+          l = source.site;
         hooks.push_back(sae::Json(source.read));
       }
       model = std::make_unique<sae::DecoderModel>(

@@ -5,8 +5,13 @@
 
 namespace sae {
 
-bool reached_before(const HookSite& a, const HookSite& b) {
-  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
+bool reached_before(const HookSite& a, const HookSite& b, bool parallel_blocks) {
+  if (a.layer != b.layer) return a.layer < b.layer;
+  const auto rank = [parallel_blocks](HookPoint p) {
+    if (parallel_blocks && p == HookPoint::Ln2Normalized) return static_cast<double>(HookPoint::ResidPre) + 0.5;
+    return static_cast<double>(p);
+  };
+  return rank(a.point) < rank(b.point);
 }
 
 namespace {

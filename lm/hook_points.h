@@ -34,8 +34,10 @@ struct HookSite {
   bool operator==(const HookSite& other) const = default;
 };
 
-// Whether a forward pass reaches site a before site b.
-bool reached_before(const HookSite& a, const HookSite& b);
+// Whether a forward pass reaches site a before site b. In a block of parallel attention and MLP
+// (`parallel_blocks`: GPT-NeoX's use_parallel_residual), ln2.hook_normalized comes right after
+// hook_resid_pre, before the attention's hooks (both branches read the block's input).
+bool reached_before(const HookSite& a, const HookSite& b, bool parallel_blocks);
 
 // "blocks.3.hook_resid_pre", ..., "hidden_states[4]" for FinalOutput.
 std::string hook_name(const HookSite& site);

@@ -82,7 +82,7 @@ void window_activations(DecoderModel& model, DecoderModel* model_b, const std::v
     for (size_t k = 0; k < reads.size(); ++k) {
       if (reads[k].model != m) continue;
       const HookSite site = reads[k].site;
-      if (!last || reached_before(*last, site)) last = site;
+      if (!last || reached_before(*last, site, which->config().residual == ResidualWiring::Parallel)) last = site;
       const int64_t offset = offsets[k], w = which->config().hook_width(site);
       hooks.at.emplace_back(site, [&out, offset, w, d, skip, rows](Tensor& state) {
         const Tensor host = state.to(Device::CPU);

@@ -391,7 +391,7 @@ CrosscoderEvalResult evaluate_crosscoder(DecoderModel& model, DecoderModel* mode
       for (int64_t k = 0; k < sources; ++k) {
         if (cc.sources[k].model != static_cast<int>(m)) continue;
         const HookSite site = cc.sources[k].site;
-        if (!last || reached_before(*last, site)) last = site;
+        if (!last || reached_before(*last, site, models[m]->config().residual == ResidualWiring::Parallel)) last = site;
         read.at.emplace_back(site, [&, k](Tensor& state) {
           const std::vector<double> column_sums = sum(document_rows(state), 0).to_vector();
           for (int64_t j = 0; j < d; ++j) mean_sum[k][j] += column_sums[j];

@@ -225,7 +225,7 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
     } catch (const UsageError& e) {
       throw DataError(cat(dir, ": ", e.what()));
     }
-    if (!reached_before(s.input_site, s.site))
+    if (!reached_before(s.input_site, s.site, model.residual == ResidualWiring::Parallel))
       throw DataError(cat(dir, ": the transcoder reads ", hook_name(s.input_site), ", which the model reaches only after ",
                           hook_name(s.site), ", the hook it replaces"));
     if (s.params.d_out() != model.hook_width(s.site))

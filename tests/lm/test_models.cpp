@@ -631,6 +631,37 @@ TEST(Models, LeftOutKeyValueHeadsAreTheConfigClassDefault) {
   }
 }
 
+// The order hooks fire in: sequential blocks as the names go; in a parallel block (GPT-NeoX) the
+// MLP's input, ln2.hook_normalized, is computed from the block's input before the attention runs.
+TEST(Models, HooksAreReachedInTheOrderTheBlockComputesThem) {
+  const HookSite pre{1, HookPoint::ResidPre}, z{1, HookPoint::AttnZ}, attn{1, HookPoint::AttnOut},
+      ln2{1, HookPoint::Ln2Normalized}, mlp{1, HookPoint::MlpOut}, post{1, HookPoint::ResidPost}, next{2, HookPoint::ResidPre};
+  for (bool parallel : {false, true}) {
+    SCOPED_TRACE(parallel ? "parallel" : "sequential");
+    EXPECT_TRUE(reached_before(pre, ln2, parallel));
+    EXPECT_EQ(reached_before(ln2, attn, parallel), parallel);
+    EXPECT_EQ(reached_before(ln2, z, parallel), parallel);
+    EXPECT_EQ(reached_before(attn, ln2, parallel), !parallel);
+    EXPECT_TRUE(reached_before(ln2, mlp, parallel));
+    EXPECT_TRUE(reached_before(mlp, post, parallel));
+    EXPECT_TRUE(reached_before(post, next, parallel));
+    EXPECT_FALSE(reached_before(next, pre, parallel));
+    EXPECT_FALSE(reached_before(ln2, ln2, parallel));
+  }
+  // And the model computes them so: the hooks of a parallel block (Pythia) fire in that order.
+  DecoderModel pythia = load_decoder_model(models_ref("pythia"));
+  ASSERT_EQ(pythia.config().residual, ResidualWiring::Parallel);
+  std::vector<HookPoint> fired;
+  SiteHooks hooks;
+  for (HookPoint p : {HookPoint::ResidPre, HookPoint::AttnZ, HookPoint::AttnOut, HookPoint::Ln2Normalized,
+                      HookPoint::MlpOut, HookPoint::ResidPost})
+    hooks.at.emplace_back(HookSite{1, p}, [&fired, p](Tensor&) { fired.push_back(p); });
+  pythia.forward_to_site({1, 2, 3}, HookSite{1, HookPoint::ResidPost}, hooks);
+  ASSERT_EQ(fired.size(), 6u);
+  for (size_t i = 1; i < fired.size(); ++i)
+    EXPECT_TRUE(reached_before(HookSite{1, fired[i - 1]}, HookSite{1, fired[i]}, true)) << i;
+}
+
 TEST(Models, HookRefusalsInOneLine) {
   DecoderModel pythia = load_decoder_model(models_ref("pythia"));
   const std::vector<int32_t> ids = {1, 2, 3};
