@@ -487,6 +487,15 @@ namespace {
 // SAELens before 6 said where the SAE reads with hook_point (and hook_point_head_index), and
 // normalize_activations with a bool or null: read as SAELens's handle_pre_6_0_config reads them
 // (false and null are "none", true "expected_average_only_in", which inference leaves as it is).
+// Whether a SAELens cfg.json predates 6 (no sae_lens_version at the top or in metadata, or below 6).
+bool saelens_before_6(const Json& cfg) {
+  const bool had_metadata = cfg.has("metadata") && cfg.at("metadata").is_object();
+  const Json* version = cfg.has("sae_lens_version") ? &cfg.at("sae_lens_version")
+                        : had_metadata && cfg.at("metadata").has("sae_lens_version") ? &cfg.at("metadata").at("sae_lens_version")
+                                                                                      : nullptr;
+  return version == nullptr || !version->is_string() || std::atoi(version->as_string().c_str()) < 6;
+}
+
 void read_pre_6_keys(Json& cfg) {
   for (const auto& [old_key, key] : {std::pair<const char*, const char*>{"hook_point", "hook_name"},
                                      {"hook_point_head_index", "hook_head_index"}})
@@ -496,11 +505,7 @@ void read_pre_6_keys(Json& cfg) {
   // prepend_bos says true, as SAELens's conversion defaults it (a run had gone without the BOS and
   // at the model's positions where SAELens reads prepend_bos true and the folder's context_size).
   const bool had_metadata = cfg.has("metadata") && cfg.at("metadata").is_object();
-  const Json* version = cfg.has("sae_lens_version") ? &cfg.at("sae_lens_version")
-                        : had_metadata && cfg.at("metadata").has("sae_lens_version") ? &cfg.at("metadata").at("sae_lens_version")
-                                                                                      : nullptr;
-  const bool pre_6 = version == nullptr || !version->is_string() || std::atoi(version->as_string().c_str()) < 6;
-  if (!pre_6) return;
+  if (!saelens_before_6(cfg)) return;
   Json metadata = had_metadata ? cfg.at("metadata") : Json::object();
   for (const char* key : {"model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size", "dataset_path",
                           "hook_name_out", "hook_head_index_out", "model_class_name", "exclude_special_tokens"})
@@ -523,7 +528,7 @@ void read_pre_6_activation(Json& cfg) {
     const std::string fn = cfg.at(key).as_string();
     if (fn == "relu") continue;
     const std::string arch = cfg.has("architecture") ? cfg.at("architecture").as_string() : "standard";
-    if (fn != "topk" || arch != "standard")
+    if (fn != "topk" || (arch != "standard" && arch != "topk"))  // 5.x's runner wrote topk with it
       throw DataError(cat(key, " \"", printable(fn), "\" with architecture \"", printable(arch),
                           "\" is not supported (SAELens before 6 said relu, or topk with activation_fn_kwargs.k)"));
     const Json& kwargs = cfg.has("activation_fn_kwargs") ? cfg.at("activation_fn_kwargs") : Json();
@@ -594,6 +599,33 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   if (out.cfg.has("d_sae") && out.cfg.at("d_sae").as_int() != out.params.d_sae())
     throw DataError(cat(cfg_path.string(), ": d_sae ", out.cfg.at("d_sae").as_int(), " but W_enc has d_sae ",
                         out.params.d_sae()));
+  // A SAELens training checkpoint (not the final save, where the statistics are folded in and the
+  // field says none) keeps its inputs' scale apart, in activation_scaler.json beside cfg.json: folded
+  // here as SAELens folds it (W_enc times s, W_dec and b_dec over s), so the SAE reads raw activations.
+  // Without that file a 6.x folder's factor is unknown, and whitening is not supported: refused.
+  if (out.cfg.has("normalize_activations")) {
+    const std::string kind = out.cfg.at("normalize_activations").as_string();
+    const fs::path scaler = root / "activation_scaler.json";
+    if (kind == "covariance_whitening")
+      throw DataError(cat(cfg_path.string(), ": normalize_activations \"covariance_whitening\" is a SAELens training "
+                          "checkpoint's, whose whitening is kept apart from the weights (its final save folds it in); "
+                          "not supported"));
+    if (kind == "expected_average_only_in" && fs::exists(scaler)) {
+      const Json factor = read_json_file(scaler.string());
+      const Json* s = factor.is_object() && factor.has("scaling_factor") ? &factor.at("scaling_factor") : nullptr;
+      if (!s || !(s->is_null() || (s->is_number() && std::isfinite(s->as_number()) && s->as_number() > 0)))
+        throw DataError(cat(scaler.string(), ": expected {\"scaling_factor\": a positive number or null}"));
+      if (s->is_number()) {  // null: never estimated, the inputs were not scaled
+        const std::vector<double> by{s->as_number()};
+        out.params = fold_input_scales(std::move(out.params), by, by, false);
+      }
+      out.cfg["normalize_activations"] = "none";
+    } else if (kind == "expected_average_only_in" && !saelens_before_6(out.cfg)) {
+      throw DataError(cat(cfg_path.string(), ": normalize_activations \"expected_average_only_in\" without the "
+                          "activation_scaler.json of a SAELens training checkpoint beside it: the inputs' scale is "
+                          "unknown (SAELens folds it into the final save, which says none)"));
+    }
+  }
   // Ours of a dataset-normalised run holds the SAE of raw activations (folder_weights): back to the
   // trained parameters, which read inputs times the scales (exactly, from the state, below).
   const Json ours = out.cfg.has("sae_cpp") ? out.cfg.at("sae_cpp") : Json::object();

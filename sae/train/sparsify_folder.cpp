@@ -68,6 +68,13 @@ Checkpoint load_sparsify_folder(const std::string& dir, Device device) {
     const std::string activation = given.has("activation") ? given.at("activation").as_string() : "topk";
     if (activation != "topk")
       throw DataError(cat("sparsify's activation \"", printable(activation), "\" is not supported (topk is)"));
+    // Keys of other versions that change what the coder computes (EleutherAI's older sae package:
+    // signed, top k of |latents| with their signs kept; a later gram_lookup, an n-gram table subtracted
+    // from the input): refused rather than run as a plain top k.
+    for (const char* key : {"signed", "gram_lookup"})
+      if (given.has(key) && !given.at(key).is_null() && given.at(key) != Json(false))
+        throw DataError(cat("'", key, "' ", printable(given.at(key).dump(), 80),
+                            " is not supported (it changes the encoder; sparsify's topk without it is)"));
     if (!given.has("k")) throw DataError("a sparsify cfg.json needs k");
     if (given.at("k").as_int() < 1) throw DataError(cat("k must be >= 1, got ", given.at("k").as_int()));
     transcode = given.has("transcode") && given.at("transcode").as_bool();

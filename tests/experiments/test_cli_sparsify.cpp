@@ -111,6 +111,21 @@ TEST(SparsifyFolders, WhatWeDoNotReadIsOneLine) {
   cfg["transcode"] = false;
   write_file(dir.str("skip_sae/cfg.json"), cfg.dump());
   refused(dir.str("skip_sae"), "skip_connection on an autoencoder");
+  // Keys of other versions that change the encoder: refused, not run as a plain top k.
+  for (const auto& [key, value] : {std::pair<const char*, Json>{"signed", Json(true)}, {"gram_lookup", Json("table.pt")}}) {
+    const std::string folder = dir.str(std::string("key_") + key);
+    fs::copy(sp_ref("h.1"), folder);
+    Json with = read_json_file(folder + "/cfg.json");
+    with[key] = value;
+    write_file(folder + "/cfg.json", with.dump());
+    refused(folder, cat("'", key, "' ", value.dump(), " is not supported"));
+    with[key] = Json(false);  // off: read as before
+    write_file(folder + "/cfg.json", with.dump());
+    const CommandResult ok = run_binary("sae_apply", cat("--sae ", folder, " --input ", sp_ref("x.npy"), " --features-out ",
+                                                         dir.str("f.npy")),
+                                        dir);
+    EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  }
   // Named as sparsify names them: a missing encoder.bias, a tensor it does not write, k 0.
   fs::copy(sp_ref("h.1"), dir.str("no_bias"));
   {

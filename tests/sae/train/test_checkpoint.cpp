@@ -283,6 +283,15 @@ TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLe
   });
   const SaeParams topk = load_checkpoint(dir.str("sae"), Device::CPU).params;
   EXPECT_EQ(topk.kind, "topk");
+  // SAELens 5.x's runner wrote architecture topk beside activation_fn topk: the same SAE.
+  with_cfg([](Json& cfg) {
+    cfg["apply_b_dec_to_input"] = false;
+    cfg["metadata"] = Json::object();
+    cfg["architecture"] = "topk";
+    cfg["activation_fn_str"] = "topk";
+    cfg["activation_fn_kwargs"] = Json::parse(R"({"k": 3})");
+  });
+  EXPECT_EQ(load_checkpoint(dir.str("sae"), Device::CPU).params.W_enc.to_vector(), topk.W_enc.to_vector());
   const Tensor features = arch_unit("topk").encode(topk, Tensor::full(Shape{4, d}, 2.0));
   for (int64_t r = 0; r < 4; ++r) EXPECT_LE(reduce(ReduceOp::count_nonzero, features.slice_rows(r, r + 1)).item(), 3.0);
   with_cfg([](Json& cfg) { cfg["activation_fn"] = "tanh-relu"; });

@@ -232,12 +232,39 @@ TEST(CheckpointFolding, FoldersSayTheirNormalisationAndOnesWeDoNotRunAreRefused)
   }
   // SAELens's per-token normalisations are read (applied by trained_normalization's readers); one
   // that disagrees with sae_cpp.normalization is refused.
-  for (const char* kind : {"none", "expected_average_only_in", "covariance_whitening", "layer_norm",
-                           "constant_norm_rescale"}) {
+  for (const char* kind : {"none", "layer_norm", "constant_norm_rescale"}) {
     cfg["normalize_activations"] = kind;
     write_file_atomic(cfg_path, cfg.dump());
     EXPECT_EQ(values(load_checkpoint(dir.str("plain"), Device::CPU).params.W_enc), values(p.W_enc)) << kind;
   }
+  // A SAELens 6 training checkpoint keeps its inputs' scale apart (activation_scaler.json beside
+  // cfg.json; the final save folds it in and says none): folded as SAELens folds it, W_enc times s,
+  // W_dec and b_dec over s. Without the file the scale is unknown, and whitening is not run: refused.
+  cfg["normalize_activations"] = "expected_average_only_in";
+  write_file_atomic(cfg_path, cfg.dump());
+  EXPECT_NE(error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); })
+                .find("without the activation_scaler.json of a SAELens training checkpoint"),
+            std::string::npos);
+  write_file_atomic(dir.str("plain/activation_scaler.json"), R"({"scaling_factor": 2.5})");
+  const Checkpoint scaled = load_checkpoint(dir.str("plain"), Device::CPU);
+  EXPECT_EQ(scaled.cfg.at("normalize_activations").as_string(), "none");
+  const std::vector<double> we = values(p.W_enc), wd = values(p.W_dec), bd = values(p.b_dec);
+  const std::vector<double> got_we = values(scaled.params.W_enc), got_wd = values(scaled.params.W_dec),
+                            got_bd = values(scaled.params.b_dec);
+  for (size_t i = 0; i < we.size(); ++i) EXPECT_EQ(got_we[i], float(we[i] * 2.5)) << i;
+  for (size_t i = 0; i < wd.size(); ++i) EXPECT_EQ(got_wd[i], float(wd[i] / 2.5)) << i;
+  for (size_t i = 0; i < bd.size(); ++i) EXPECT_EQ(got_bd[i], float(bd[i] / 2.5)) << i;
+  write_file_atomic(dir.str("plain/activation_scaler.json"), R"({"scaling_factor": null})");  // never estimated
+  EXPECT_EQ(values(load_checkpoint(dir.str("plain"), Device::CPU).params.W_enc), values(p.W_enc));
+  write_file_atomic(dir.str("plain/activation_scaler.json"), R"({"scaling_factor": -1})");
+  EXPECT_NE(error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); }).find("activation_scaler.json: expected"),
+            std::string::npos);
+  std::filesystem::remove(dir.str("plain/activation_scaler.json"));
+  cfg["normalize_activations"] = "covariance_whitening";
+  write_file_atomic(cfg_path, cfg.dump());
+  EXPECT_NE(error_of([&] { load_checkpoint(dir.str("plain"), Device::CPU); })
+                .find("\"covariance_whitening\" is a SAELens training checkpoint's"),
+            std::string::npos);
   cfg["normalize_activations"] = "layer_norm";
   cfg["sae_cpp"]["normalization"] = "dataset";
   write_file_atomic(cfg_path, cfg.dump());
