@@ -199,6 +199,11 @@ SaeAtLayer load_sae_at_layer(const std::string& dir, const DecoderConfig& model,
   }
   const InputNormalization trained = trained_normalization(s.cfg, where);  // its DataErrors name `where`
   s.normalization = trained.kind;
+  // A dataset-normalised transcoder has two scales, its input's and its target's; an SAE one.
+  const size_t scales_wanted = s.params.transcoder ? 2 : 1;
+  if (trained.kind == Normalization::Dataset && trained.scales.per_block.size() != scales_wanted)
+    throw DataError(cat(where, ": sae_cpp.dataset_scale has ", trained.scales.per_block.size(), " scales but a",
+                        s.params.transcoder ? " transcoder has 2 (its input's and its target's)" : "n SAE has 1"));
   s.dataset_scale = trained.scales.first();
   s.output_scale = trained.scales.per_block.back();
   s.kept_bos = trained.with_bos_rows;

@@ -195,6 +195,16 @@ TEST(SaeEval, ATranscoderSplicedForItsMlpMatchesThePyTorchSplice) {
         error_of([&] { load_sae_at_layer(dir.str("tc"), lm.model.config(), HookChoice{}, Device::CPU); });
     EXPECT_NE(message.find("which a transcoder cannot have"), std::string::npos) << message;
   }
+  {  // One dataset scale for a transcoder: its target's scale would silently have been its input's.
+    TempDir dir("eval_transcoder_one_scale");
+    fs::copy(folder + "tc", dir.str("tc"), fs::copy_options::recursive);
+    Json cfg = Json::parse(sae::testing::read_file(dir.str("tc/cfg.json")));
+    cfg["sae_cpp"]["dataset_scale"] = Json::parse("[1.3]");
+    std::ofstream(dir.str("tc/cfg.json"), std::ios::trunc) << cfg.dump();
+    const std::string message =
+        error_of([&] { load_sae_at_layer(dir.str("tc"), lm.model.config(), HookChoice{}, Device::CPU); });
+    EXPECT_NE(message.find("scales but a transcoder has 2"), std::string::npos) << message;
+  }
   // A transcoder's hooks come from its folder: --hook is refused in one line.
   EXPECT_NE(error_of([&] { load_sae_at_layer(folder + "tc", lm.model.config(), layer_choice(2), Device::CPU); })
                 .find("a transcoder's hooks are those its cfg.json names"),
