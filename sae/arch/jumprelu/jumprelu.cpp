@@ -221,6 +221,8 @@ class JumpReluUnit : public ArchUnit {
   void import_rest(const NamedTensorFile& weights, const Json&, const std::string& where,
                    SaeParams& p) const override {
     if (!weights.has("threshold")) throw DataError(cat(where, ": missing tensor threshold"));
+    if (p.has_own("log_threshold"))  // read as one of the unit's own tensors: SAELens's strict load refuses it too
+      throw DataError(cat(where, ": both threshold and log_threshold (a SAELens jumprelu folder holds threshold)"));
     const Tensor threshold = weights.read_f32("threshold");
     if (threshold.shape() != Shape{p.d_sae()})
       throw DataError(cat(where, ": threshold should be [", p.d_sae(), "], got ", threshold.describe()));

@@ -245,6 +245,18 @@ TEST(CheckpointFiles, JumpReluThresholdsAreReadAsTheFolderStatesThem) {
   EXPECT_TRUE(adam.m.stated.empty());
   step.train_step(loaded.params, adam, Tensor::full(Shape{1, 1}, 1.0), 1e-3, 1e-3);
   EXPECT_TRUE(loaded.params.stated.empty());
+  // A folder holding log_threshold beside threshold: refused (it had been read twice, one copy
+  // ruling training and the other inference), as SAELens's strict load refuses it.
+  {
+    const SafetensorsFile file = SafetensorsFile::open(dir.str("sae/sae_weights.safetensors"));
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const std::string& name : file.names()) tensors.push_back({name, file.read_f32(name)});
+    tensors.push_back({"log_threshold", log(stated)});
+    write_safetensors(dir.str("sae/sae_weights.safetensors"), tensors);
+  }
+  EXPECT_NE(sae::testing::error_of([&] { load_checkpoint(dir.str("sae"), Device::CPU, false); })
+                .find("both threshold and log_threshold"),
+            std::string::npos);
 }
 
 TEST(CheckpointFiles, SaeLensDefaultsOlderSpellingsAndStrayTensorsAreReadAsSaeLensReadsThem) {
