@@ -287,14 +287,18 @@ TEST(Browser, AModelWithOtherWeightsThanTheRunsIsSaid) {
     f.seekp(-4, std::ios::end);
     f.put(byte);
   }
-  for (const auto& [model, warned] : {std::pair<std::string, bool>{ref("model"), false}, {dir.str("other"), true}}) {
-    BrowserOptions options = options_for(dir.str("run"));
-    options.model = model;
-    std::string notes;
-    browser_data(options, &notes);
-    EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
-        << model << ": " << notes;
-  }
+  // The run's model is not warned about, the other one is.
+  auto expect_warnings = [&](const std::string& when) {
+    for (const auto& [model, warned] : {std::pair<std::string, bool>{ref("model"), false}, {dir.str("other"), true}}) {
+      BrowserOptions options = options_for(dir.str("run"));
+      options.model = model;
+      std::string notes;
+      browser_data(options, &notes);
+      EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
+          << when << model << ": " << notes;
+    }
+  };
+  expect_warnings("");
   // An SAE recorded before the tensors hash (the first and last MiB only) is compared as then:
   // the same model is not warned about, the other one still is.
   Json cfg = read_json_file(dir.str("run/sae/cfg.json"));
@@ -302,14 +306,7 @@ TEST(Browser, AModelWithOtherWeightsThanTheRunsIsSaid) {
   ASSERT_NE(recorded.find(":tensors="), std::string::npos) << recorded;
   cfg["sae_cpp"]["data"]["model_fingerprint"] = recorded.substr(0, recorded.find(":tensors="));
   std::ofstream(dir.str("run/sae/cfg.json"), std::ios::trunc) << cfg.dump(2);
-  for (const auto& [model, warned] : {std::pair<std::string, bool>{ref("model"), false}, {dir.str("other"), true}}) {
-    BrowserOptions options = options_for(dir.str("run"));
-    options.model = model;
-    std::string notes;
-    browser_data(options, &notes);
-    EXPECT_EQ(notes.find(model + ": its weights are not those the SAE was trained on") != std::string::npos, warned)
-        << "recorded before the tensors hash: " << model << ": " << notes;
-  }
+  expect_warnings("recorded before the tensors hash: ");
 }
 
 TEST(BrowserInChromium, SyntheticRun) {
