@@ -456,11 +456,11 @@ Checkpoint load_npz(const std::string& path, Device device) {
 }  // namespace
 
 namespace {
-// normalize_activations: what SAELens's inference leaves as it is (none; and
-// expected_average_only_in and covariance_whitening, whose statistics SAELens folds into the weights
-// when it saves), the per-token layer_norm and constant_norm_rescale, which SAELens applies to every
-// input at inference and so do we (trained_normalization), and our per_story beside sae_cpp's story
-// normalisation.
+// normalize_activations: none; expected_average_only_in and covariance_whitening, whose statistics
+// SAELens folds into a final save (load_checkpoint folds a training checkpoint's scale or refuses
+// it, and refuses whitening); the per-token layer_norm and constant_norm_rescale, which SAELens
+// applies to every input at inference and so do we (trained_normalization); and our per_story beside
+// sae_cpp's story normalisation.
 void check_input_normalization(const Json& cfg) {
   if (!cfg.has("normalize_activations")) return;
   const std::string kind = cfg.at("normalize_activations").as_string();
@@ -484,9 +484,6 @@ void check_input_normalization(const Json& cfg) {
 }  // namespace
 
 namespace {
-// SAELens before 6 said where the SAE reads with hook_point (and hook_point_head_index), and
-// normalize_activations with a bool or null: read as SAELens's handle_pre_6_0_config reads them
-// (false and null are "none", true "expected_average_only_in", which inference leaves as it is).
 // Whether a SAELens cfg.json predates 6 (no sae_lens_version at the top or in metadata, or below 6).
 bool saelens_before_6(const Json& cfg) {
   const bool had_metadata = cfg.has("metadata") && cfg.at("metadata").is_object();
@@ -496,6 +493,9 @@ bool saelens_before_6(const Json& cfg) {
   return version == nullptr || !version->is_string() || std::atoi(version->as_string().c_str()) < 6;
 }
 
+// SAELens before 6 said where the SAE reads with hook_point (and hook_point_head_index), and
+// normalize_activations with a bool or null: read as SAELens's handle_pre_6_0_config reads them
+// (false and null are "none", true "expected_average_only_in").
 void read_pre_6_keys(Json& cfg) {
   for (const auto& [old_key, key] : {std::pair<const char*, const char*>{"hook_point", "hook_name"},
                                      {"hook_point_head_index", "hook_head_index"}})

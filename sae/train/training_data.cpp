@@ -32,17 +32,12 @@ std::vector<double> nominal_mean_squared_norms(const std::vector<int64_t>& width
   return e;
 }
 
-// Sites in the order a forward pass reaches them.
-bool before(const HookSite& a, const HookSite& b) {
-  return a.layer != b.layer ? a.layer < b.layer : static_cast<int>(a.point) < static_cast<int>(b.point);
-}
-
 // A model read up to the last of `sites` (already resolved against its config).
 DecoderModel load_up_to(const std::string& dir, const ModelFolder& folder, const std::vector<HookSite>& sites,
                         Device device) {
   HookSite last = sites.front();
   for (const HookSite& s : sites)
-    if (before(last, s)) last = s;
+    if (reached_before(last, s, folder.config.residual == ResidualWiring::Parallel)) last = s;
   return load_decoder_model(dir, device, ModelPart::up_to(last, folder.config.num_layers));
 }
 
