@@ -22,12 +22,13 @@ constexpr size_t kPidWidth = 20;  // pids are at most 7 digits (pid_max 4194304)
 FileLock::FileLock(const std::string& path) : FileLock(path, {}) {}
 
 FileLock::FileLock(const std::string& path, const std::function<void()>& between) {
+  const auto open_path = [&] { return ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644); };
   for (int attempt = 0;; ++attempt) {
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    fd_ = open_path();
     if (fd_ < 0 && errno == ENOENT && attempt > 0) {  // the holder that gave up removed the folder too
       std::error_code ec;
       std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-      fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+      fd_ = open_path();
     }
     if (fd_ < 0) throw DataError(cat("cannot create the lock file ", path, ": ", std::strerror(errno)));
     if (attempt == 0 && between) between();

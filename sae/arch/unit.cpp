@@ -224,6 +224,7 @@ void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const
     Tensor* tensor;
     const std::vector<double>* row;
     const std::vector<double>* col;
+    bool in_place() const { return tensor->dtype() == DType::F32 && tensor->owns_its_host_bytes(); }
   };
   const std::vector<double> none;
   std::vector<Fold> folds = {{&p.W_enc, &none, &norms}, {&p.W_dec, &inverse, &none}};  // W_enc's columns, W_dec's rows
@@ -241,11 +242,9 @@ void fold_dictionary_norms(SaeParams& p, const std::vector<double>& norms, const
   // a copy that fails leaves p as it was. The in-place scalings after it allocate nothing.
   std::vector<std::pair<Tensor*, Tensor>> copies;
   for (const Fold& f : folds)
-    if (!(f.tensor->dtype() == DType::F32 && f.tensor->owns_its_host_bytes()))
-      copies.push_back({f.tensor, scaled_host(*f.tensor, *f.row, *f.col)});
+    if (!f.in_place()) copies.push_back({f.tensor, scaled_host(*f.tensor, *f.row, *f.col)});
   for (const Fold& f : folds)
-    if (f.tensor->dtype() == DType::F32 && f.tensor->owns_its_host_bytes())
-      *f.tensor = scaled_host(std::move(*f.tensor), *f.row, *f.col);
+    if (f.in_place()) *f.tensor = scaled_host(std::move(*f.tensor), *f.row, *f.col);
   for (auto& [tensor, scaled] : copies) *tensor = std::move(scaled);
 }
 

@@ -456,17 +456,20 @@ Checkpoint load_npz(const std::string& path, Device device) {
 }  // namespace
 
 namespace {
-// normalize_activations: none; expected_average_only_in and covariance_whitening, whose statistics
-// SAELens folds into a final save (load_checkpoint folds a training checkpoint's scale or refuses
-// it, and refuses whitening); the per-token layer_norm and constant_norm_rescale, which SAELens
-// applies to every input at inference and so do we (trained_normalization); and our per_story beside
-// sae_cpp's story normalisation.
+// normalize_activations: none; expected_average_only_in, whose scale SAELens folds into a final save
+// (load_checkpoint folds a training checkpoint's or refuses it); the per-token layer_norm and
+// constant_norm_rescale, which SAELens applies to every input at inference and so do we
+// (trained_normalization); and our per_story beside sae_cpp's story normalisation. Whitening, which
+// only a training checkpoint keeps apart from its weights, is refused.
 void check_input_normalization(const Json& cfg) {
   if (!cfg.has("normalize_activations")) return;
   const std::string kind = cfg.at("normalize_activations").as_string();
   const bool story = cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization") &&
                      cfg.at("sae_cpp").at("normalization") == Json("story");
-  if (kind == "none" || kind == "expected_average_only_in" || kind == "covariance_whitening") return;
+  if (kind == "none" || kind == "expected_average_only_in") return;
+  if (kind == "covariance_whitening")
+    throw DataError("normalize_activations \"covariance_whitening\" is a SAELens training checkpoint's, whose "
+                    "whitening is kept apart from the weights (its final save folds it in); not supported");
   if (kind == "layer_norm" || kind == "constant_norm_rescale") {
     if (cfg.has("sae_cpp") && cfg.at("sae_cpp").has("normalization") && cfg.at("sae_cpp").at("normalization") != Json(kind))
       throw DataError(cat("normalize_activations \"", kind, "\" and sae_cpp.normalization ",
@@ -478,7 +481,7 @@ void check_input_normalization(const Json& cfg) {
     throw DataError("normalize_activations \"per_story\" goes with sae_cpp.normalization \"story\" (ours, per-story "
                     "normalisation), which this cfg.json does not say");
   throw DataError(cat("normalize_activations \"", printable(kind), "\" is not supported (we read none, ",
-                      "expected_average_only_in, covariance_whitening, layer_norm, constant_norm_rescale, and our ",
+                      "expected_average_only_in, layer_norm, constant_norm_rescale, and our ",
                       "per_story)"));
 }
 }  // namespace
@@ -602,14 +605,10 @@ Checkpoint load_checkpoint(const std::string& dir, Device device, bool with_stat
   // A SAELens training checkpoint (not the final save, where the statistics are folded in and the
   // field says none) keeps its inputs' scale apart, in activation_scaler.json beside cfg.json: folded
   // here as SAELens folds it (W_enc times s, W_dec and b_dec over s), so the SAE reads raw activations.
-  // Without that file a 6.x folder's factor is unknown, and whitening is not supported: refused.
+  // Without that file a 6.x folder's factor is unknown: refused.
   if (out.cfg.has("normalize_activations")) {
     const std::string kind = out.cfg.at("normalize_activations").as_string();
     const fs::path scaler = root / "activation_scaler.json";
-    if (kind == "covariance_whitening")
-      throw DataError(cat(cfg_path.string(), ": normalize_activations \"covariance_whitening\" is a SAELens training "
-                          "checkpoint's, whose whitening is kept apart from the weights (its final save folds it in); "
-                          "not supported"));
     if (kind == "expected_average_only_in" && fs::exists(scaler)) {
       const Json factor = read_json_file(scaler.string());
       const Json* s = factor.is_object() && factor.has("scaling_factor") ? &factor.at("scaling_factor") : nullptr;
