@@ -171,6 +171,7 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
                          "(OUT/sweep.json); give it alone"));
   refuse_options_without_effect(base);  // said before OUT and its sweep.json are made (its SAEs share them)
   if (!owner) return configs_of(base, option, values);
+  refuse_study_folder(base.out);
   const fs::path file = fs::path(base.out) / kSweepFile;
   auto folder = std::make_unique<ListFolder>();
   folder->made_ = missing_folders(base.out);

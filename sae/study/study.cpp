@@ -27,6 +27,8 @@ namespace sae {
 
 namespace {
 
+constexpr const char* kBranchFile = "continued_from.json";  // a continuation's {"run": NAME, "step": S}
+
 // A folder that already holds a run must hold this run; anything else is refused as sae_train
 // refuses a run into a folder that holds another (UsageError: exit 2).
 void check_same_run(const std::string& dir, const TrainConfig& wanted) {
@@ -174,6 +176,10 @@ PreparedRun prepare_run(const StudyRun& run, const std::string& out_root) {
     for (const char* part : {"config.json", "metrics.csv", "sae", "tensorboard"})
       if (fs::exists(fs::path(run.continue_from) / part))
         copy_tree((fs::path(run.continue_from) / part).string(), (temp / part).string());
+    Json branch = Json::object();  // where it branched: a later study whose source ends elsewhere refuses it
+    branch["run"] = fs::path(run.continue_from).filename().string();
+    branch["step"] = finished_step(run.continue_from);
+    write_file_atomic((temp / kBranchFile).string(), branch.dump() + "\n");
     sync_tree(temp.string());  // on disk before it takes the run's name (a power cut: no empty files)
     fs::remove_all(dir);
     fs::rename(temp, dir);
@@ -223,7 +229,7 @@ void claim_study_folder(const std::string& study, const std::string& out_root) {
   for (const char* file : {"config.json", "sweep.json"})
     if (fs::exists(root / file))
       throw UsageError(cat("--out ", out_root, " holds sae_train's output (", file, "): give the study its own folder"));
-  const fs::path record = root / "study.json";
+  const fs::path record = root / kStudyRecordFile;
   std::string owner;
   if (fs::exists(record)) {
     const Json j = read_json_file(record.string());
@@ -246,6 +252,14 @@ void claim_study_folder(const std::string& study, const std::string& out_root) {
   }
 }
 
+// The step a continuation starts from: its source's length in this study (`runs` in `out_root`), or
+// the step the source finished at when the study does not train it.
+int64_t branch_step(const StudyRun& run, const std::vector<StudyRun>& runs, const std::string& out_root) {
+  for (const StudyRun& source : runs)
+    if (fs::path(out_root) / source.name == fs::path(run.continue_from)) return source.config.steps;
+  return std::max<int64_t>(0, finished_step(run.continue_from));
+}
+
 // Steps a run has done already: its newest checkpoint's, or, for a continuation not started yet,
 // the step it starts from: that of the run it continues (`runs` in `out_root`), finished or not.
 int64_t steps_done(const StudyRun& run, const std::vector<StudyRun>& runs, const std::string& out_root) {
@@ -253,9 +267,36 @@ int64_t steps_done(const StudyRun& run, const std::vector<StudyRun>& runs, const
   int64_t done = std::max<int64_t>(0, finished_step(dir));
   if (done == 0 && has_checkpoint(dir)) done = checkpoint_step(find_latest_checkpoint(dir));
   if (done != 0 || run.continue_from.empty()) return done;
-  for (const StudyRun& source : runs)
-    if (fs::path(out_root) / source.name == fs::path(run.continue_from)) return source.config.steps;
-  return std::max<int64_t>(0, finished_step(run.continue_from));
+  return branch_step(run, runs, out_root);
+}
+
+// A continuation made from its source at another step (a study run again with other --steps) holds
+// another run's numbers: refused before anything is trained. (Continuations made before
+// continued_from.json are not checked.)
+void check_branch_points(const std::vector<StudyRun>& runs, const std::string& out_root) {
+  for (const StudyRun& run : runs) {
+    if (run.continue_from.empty()) continue;
+    const fs::path record = fs::path(out_root) / run.name / kBranchFile;
+    if (!fs::exists(record)) continue;
+    const Json j = read_json_file(record.string());
+    if (!j.is_object() || !j.has("step") || !j.at("step").is_number())
+      throw DataError(cat(record.string(), ": expected {\"run\": NAME, \"step\": S}"));
+    const int64_t made_at = j.at("step").as_int(), wanted = branch_step(run, runs, out_root);
+    if (made_at != wanted)
+      throw UsageError(cat((fs::path(out_root) / run.name).string(), " continued ",
+                           fs::path(run.continue_from).filename().string(), " from step ", made_at,
+                           ", but this study's run ends at step ", wanted,
+                           ": give the --steps it was made with, remove that folder, or give another --out"));
+  }
+}
+
+// Whether a run's recorded length differs from the study's (a study run again with more --steps):
+// a cosine or a decay is then recomputed over the new length (as `sae_train --resume --steps`).
+bool extends_with_new_schedule(const StudyRun& run, const std::string& out_root) {
+  if (run.config.lr_schedule == LrSchedule::Constant && run.config.lr_decay_steps == 0) return false;
+  const fs::path config = fs::path(out_root) / run.name / "config.json";
+  if (!fs::exists(config)) return false;
+  return TrainConfig::from_json(read_json_file(config.string())).steps != run.config.steps;
 }
 
 // Says what the study will do, with the time it will take here: each run's steps to go and an
@@ -272,7 +313,10 @@ void say_plan(const std::vector<StudyRun>& runs, const std::string& out_root,
     char line[600];
     std::snprintf(line, sizeof line, "  %s: F = %lld, lambda = %g, steps %lld to %lld%s", run.name.c_str(),
                   (long long)run.config.features, run.config.l1, (long long)done, (long long)run.config.steps,
-                  to_go == 0 ? " (finished)" : "");
+                  to_go == 0                                                  ? " (finished)"
+                  : done > 0 && extends_with_new_schedule(run, out_root) ? " (a new length: its lr schedule is "
+                                                                              "recomputed over it from here on)"
+                                                                            : "");
     say(line);
     if (to_go == 0) continue;
     const std::string key = cat(run.config.data, "|", run.config.features, "|", run.config.batch_tokens, "|",
@@ -309,6 +353,7 @@ std::vector<RunOutcome> run_study(const std::string& study, const std::vector<St
       throw UsageError(cat(dir, " was trained to step ", finished, ", beyond this study's ", run.config.steps,
                            " steps: give --steps (or --continue-steps) of at least that, or another --out"));
   }
+  check_branch_points(runs, out_root);
   say_plan(runs, out_root, say);
   const size_t total = runs.size();
   std::vector<std::optional<RunOutcome>> outcomes(total);

@@ -5,7 +5,9 @@
 //                      concept recovery on synthetic data) so a later invocation can report it
 //   OUT/summary.csv, OUT/summary.md, OUT/<figure>.png with <figure>.gp and <figure>.dat beside it
 //   OUT/.study.lock    held while a study runs there (a second one is refused)
-//   OUT/study.json     {"study": NAME}: the folder is that study's
+//   OUT/study.json     {"study": NAME}: the folder is that study's (sae_train refuses it as --out)
+//   OUT/<name>/continued_from.json   a continuation's {"run": SOURCE, "step": S}: a later study whose
+//                      SOURCE ends at another step refuses it
 // A study can be interrupted and started again: finished runs (sae/ holds training state at step
 // >= steps) are skipped, runs with a checkpoint are resumed, the rest are trained from scratch. A
 // run folder that holds a different configuration is an error, never silently reused. Runs that start

@@ -33,6 +33,16 @@ bool holds_a_run(const fs::path& dir) {
   return false;
 }
 
+}  // namespace
+
+void refuse_study_folder(const std::string& out) {
+  if (fs::exists(fs::path(out) / kStudyRecordFile))
+    throw UsageError(cat("--out ", out, " is a study's folder (", kStudyRecordFile,
+                         "): its runs are the study's; give this run its own folder"));
+}
+
+namespace {
+
 // The run directory of a --resume argument (a run dir, or a checkpoint inside one).
 std::string run_dir_of(const std::string& resume) {
   if (!single_file_sae(resume).empty() || is_dictionary_learning_save_dir(resume))
@@ -382,6 +392,7 @@ RunStart start_run(TrainConfig config, bool owner) {
   } else if (!owner) {
     if (!config.init.empty()) load_init(start, config);
   } else {
+    refuse_study_folder(config.out);
     auto cleanup = std::make_unique<FreshRunCleanup>(config.out);  // before the folder is made
     std::error_code ec;
     fs::create_directories(config.out, ec);

@@ -29,6 +29,11 @@
 
 namespace sae {
 inline constexpr const char* kPendingConfigFile = "config.pending.json";
+inline constexpr const char* kStudyRecordFile = "study.json";  // a study's folder (sae/study/study.h)
+
+// UsageError when OUT is a study's folder (its runs are the study's to start; a run beside them
+// would be summarised as none of them, or replace one).
+void refuse_study_folder(const std::string& out);
 }  // namespace sae
 
 namespace sae {

@@ -278,7 +278,7 @@ void check_eval_text(const TrainConfig& c) {
 // its list (sweep.json), or --resume of the run itself.
 std::string going_on(const std::string& out) {
   const fs::path above = fs::path(out).parent_path();
-  if (fs::exists(above / "study.json")) return "the study's command, run again, goes on from there";
+  if (fs::exists(above / kStudyRecordFile)) return "the study's command, run again, goes on from there";
   if (fs::exists(above / "sweep.json")) return cat("--resume ", above.string(), " goes on from there");
   return cat("--resume ", out, " goes on from there");
 }

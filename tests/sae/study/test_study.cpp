@@ -300,6 +300,26 @@ TEST(Study, L1SweepContinuesToThreeTimesItsStepsAndPrintsItsPlan) {
   EXPECT_NE(r.out.find("l1_1_to_90: F = 32, lambda = 1, steps 30 to 90"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("estimated: at most"), std::string::npos) << r.out;
   EXPECT_LT(r.out.find("estimated: at most"), r.out.find("[1/3]")) << "the plan comes first";
+  EXPECT_NE(slurp(out / "l1_1_to_90" / "continued_from.json").find("\"step\":30"), std::string::npos);
+
+  // Run again with more steps: the continuation made at step 30 is not the one this study would make
+  // (at 40), refused before anything is trained.
+  const std::string args = data + " --features 32 --l1-list 0,1 --summary-step 30 --steps 40 --out " + out.string();
+  CommandResult again = run_binary("l1_sweep", args + " --continue-lambda 1 --continue-steps 90", dir);
+  EXPECT_EQ(again.exit_code, 2) << again.err;
+  EXPECT_NE(again.err.find("l1_1_to_90 continued l1_1 from step 30, but this study's run ends at step 40"),
+            std::string::npos)
+      << again.err;
+  EXPECT_EQ(count(again.err, "\n"), 1) << again.err;
+  EXPECT_EQ(sae::finished_step((out / "l1_0").string()), 30);
+  // Without the continuation the runs are extended, and the plan says that their decay is recomputed.
+  again = run_binary("l1_sweep", args + " --continue-lambda none", dir);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.out.find("l1_0: F = 32, lambda = 0, steps 30 to 40 (a new length: its lr schedule is recomputed "
+                           "over it from here on)"),
+            std::string::npos)
+      << again.out;
+  EXPECT_EQ(sae::finished_step((out / "l1_0").string()), 40);
 }
 
 TEST(Study, UsageErrors) {
@@ -365,6 +385,15 @@ TEST(Study, FoldersThatHoldOtherWorkAreRefusedAndTranscodersTrain) {
                         "--l1-list 0,1 --continue-lambda none --progress none", dir.path / "a");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("holds a recon_vs_f study: give this l1_sweep study its own folder"), std::string::npos) << r.err;
+  // sae_train into a study's folder, one SAE or a list of them (the study's runs would sit beside it).
+  for (const std::string list : {"", " --l1-list 0,1"}) {
+    r = run_binary("sae_train", "--synthetic-d 8 --features 8 --steps 2 --progress none" + list + " --out " +
+                                    dir.str("a"), dir);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("is a study's folder (study.json)"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir.path / "a" / "config.json"));
+    EXPECT_FALSE(fs::exists(dir.path / "a" / "sweep.json"));
+  }
   fs::remove(dir.path / "a" / "study.json");
   r = study("l1_sweep", "--synthetic-d 8 --synthetic-concepts 12 --synthetic-story-concepts 2 --synthetic-story-active 1 --features 8 --steps 20 "
                         "--l1-list 0,1 --continue-lambda none --progress none", dir.path / "a");
