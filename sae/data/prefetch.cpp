@@ -1,6 +1,10 @@
 // BatchPrefetcher (see prefetch.h).
 #include "sae/data/prefetch.h"
 
+#include <stdexcept>
+
+#include "tensor/error.h"
+
 #include "tensor/cuda/backend.h"
 #include "tensor/precision.h"
 #include "tensor/threads.h"
@@ -29,10 +33,12 @@ const char* device_data_mode_name(DeviceDataMode mode) {
   return mode == DeviceDataMode::Auto ? "auto" : (mode == DeviceDataMode::On ? "on" : "off");
 }
 
-BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool background, BatchUpload* upload)
+BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool background, BatchUpload* upload,
+                                 int64_t batches)
     : batcher_(batcher),
       upload_(upload),
       on_device_(upload && batcher.generates_on_device(upload->device())),
+      batches_(batches),
       background_(background && !on_device_) {
   const Shape shape{batcher.max_batch_tokens(), d};
   for (int s = 0; s < 2; ++s) {
@@ -58,7 +64,7 @@ BatchPrefetcher::BatchPrefetcher(BatchSource& batcher, int64_t d, bool backgroun
     });
     std::lock_guard<std::mutex> lock(mutex_);
     target_ = 0;
-    requested_ = true;
+    requested_ = batches_ != 0;
     changed_.notify_all();
   }
 }
@@ -121,6 +127,9 @@ void BatchPrefetcher::worker_loop() {
 const PreparedBatch& BatchPrefetcher::next() {
   // The slot handed out last is done with: its device work has all been queued.
   if (upload_ && !on_device_ && current_ >= 0) upload_->hand_back(current_);
+  if (batches_ >= 0 && handed_out_ == batches_)
+    throw std::logic_error(cat("BatchPrefetcher: batch ", batches_ + 1, " asked for, of ", batches_));
+  ++handed_out_;
   if (!background_) {
     current_ = current_ == 0 ? 1 : 0;
     prepare(slots_[current_]);
@@ -132,9 +141,9 @@ const PreparedBatch& BatchPrefetcher::next() {
   if (error_) std::rethrow_exception(error_);  // kept: a later call says the same, never waits for a worker that stopped
   ready_ = false;
   current_ = target_;
-  // Start on the other slot while the caller uses this one.
+  // Start on the other slot while the caller uses this one (unless this was the last batch).
   target_ = 1 - current_;
-  requested_ = true;
+  requested_ = batches_ < 0 || handed_out_ < batches_;
   changed_.notify_all();
   if (upload_) upload_->hand_out(current_);
   return slots_[current_];

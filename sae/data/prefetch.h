@@ -73,8 +73,11 @@ class BatchPrefetcher {
  public:
   // upload: the device side of each batch (null: host batches only). With an upload the host
   // buffers are page-locked (Tensor::empty_pinned), and a source that makes its batches on the
-  // upload's device does so, with background off.
-  BatchPrefetcher(BatchSource& batcher, int64_t d, bool background, BatchUpload* upload = nullptr);
+  // upload's device does so, with background off. batches: how many next() will be asked for (-1:
+  // no end); the worker prepares none past them (a run's last step: no batch read, or run through
+  // the language model, for nothing), and a call past them is a std::logic_error.
+  BatchPrefetcher(BatchSource& batcher, int64_t d, bool background, BatchUpload* upload = nullptr,
+                  int64_t batches = -1);
   ~BatchPrefetcher();
   BatchPrefetcher(const BatchPrefetcher&) = delete;
   BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
@@ -90,6 +93,7 @@ class BatchPrefetcher {
   bool on_device_;  // the source makes the batches on upload_'s device
   PreparedBatch slots_[2];
   int current_ = -1;  // slot handed out last
+  int64_t batches_ = -1, handed_out_ = 0;
   bool background_;
   int cuda_device_ = -1;  // the GPU of the thread that made this prefetcher: the worker's too
   std::thread worker_;

@@ -1059,7 +1059,8 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       !(pass && pass->share);
   const Json start_position = batcher.state();  // read before the worker starts
   for (Member& m : members) m.run().data_position = start_position;
-  BatchPrefetcher prefetcher(batcher, d, background, upload.get());  // destroyed before `upload`
+  // (destroyed before `upload`; one batch per step to go: none is prepared past the last step)
+  BatchPrefetcher prefetcher(batcher, d, background, upload.get(), std::max<int64_t>(0, steps - start_step));
 
   // ---- the loop: each batch goes through every SAE ----
   // Ctrl-C or a scheduler's SIGTERM (interrupt.h): the step under way when the loop sees it is saved

@@ -12,12 +12,16 @@
 //     the CPU, with the tolerances stated there.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
+#include <thread>
 
 #include "sae/data/batches.h"
 #include "sae/data/prefetch.h"
@@ -253,6 +257,38 @@ TEST(DeviceData, APrefetchErrorIsRaisedAgainOnEveryLaterCall) {
     for (int again = 0; again < (background ? 3 : 1); ++again)
       EXPECT_THROW(prefetcher.next(), DataError) << (background ? "background, call " : "inline, call ") << again;
   }
+}
+
+// Told how many batches it will be asked for, the worker prepares none past the last (at the end of
+// a run from text that was a batch run through the language model for nothing).
+TEST(DeviceData, APrefetcherToldItsBatchCountPreparesNoneBeyondIt) {
+  struct Counts : BatchSource {
+    std::atomic<int> calls{0};
+    int64_t d() const override { return 4; }
+    int64_t max_batch_tokens() const override { return 2; }
+    int64_t next(float* raw, float* normalized, BatchStats&) override {
+      const int n = ++calls;
+      for (int i = 0; i < 8; ++i) raw[i] = normalized[i] = float(n);
+      return 2;
+    }
+    Json state() const override { return Json(int64_t(calls)); }
+    void restore(const Json&) override {}
+  };
+  for (bool background : {false, true}) {
+    for (int64_t batches : {0, 3}) {
+      Counts source;
+      BatchPrefetcher prefetcher(source, 4, background, nullptr, batches);
+      for (int64_t i = 0; i < batches; ++i) EXPECT_EQ(prefetcher.next().raw.data<float>()[0], float(i + 1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // time for a worker to start one more
+      EXPECT_EQ(source.calls.load(), batches) << (background ? "background" : "inline");
+      EXPECT_THROW(prefetcher.next(), std::logic_error);
+    }
+  }
+  Counts source;  // without a count: always one ahead
+  BatchPrefetcher prefetcher(source, 4, /*background=*/true);
+  prefetcher.next();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(source.calls.load(), 2);
 }
 
 TEST(DeviceData, PrefetcherMakesBatchesOnTheDeviceWhenTheSourceCan) {
