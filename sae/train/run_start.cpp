@@ -331,6 +331,7 @@ RunStart start_run(TrainConfig config, bool owner) {
     config.given = cli.given;
     config.from_profile = cli.from_profile;
     config.trained_before = !from_the_start;
+    config.validate();  // (again below) before anything of the run's folder is set aside
     if (from_the_start) {
       if (!config.init.empty()) load_init(start, config);
     } else {

@@ -74,6 +74,7 @@ void TrainConfig::validate() const {
             cat("--apply-b-dec-to-input: an SAE's only: a ", dictionary_kind_name(dictionary_kind(*this)),
                 "'s b_dec is not of its input (SAELens refuses it for transcoders too)"));
   if (!trained_before) refuse_options_without_effect(*this);
+  check_schedules(*this, !trained_before || was_given("steps") || was_given("training-tokens"));
   const TrainConfig defaults;
   if (target_l0 == 0) {
     // (Given ones: a run from before the gains' defaults changed records the old ones.)
@@ -108,35 +109,26 @@ void TrainConfig::validate() const {
   if (data == "synthetic") synthetic.validate();
 }
 
-void refuse_options_without_effect(const TrainConfig& c) {
-  const TrainConfig defaults;
+// The schedules against the run's length: checked at a run's start, and again when a resume gives
+// a new length (--steps, --training-tokens). The cosine's own span and cycles always: a period of
+// 0 steps would divide by zero (config.json edited by hand, say).
+void check_schedules(const TrainConfig& c, bool lengths) {
   const auto by_profile = [&](const std::string& option) {
     return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
   };
-  // The generator's parameters: a file or a model's text has none (a profile's are left aside).
-  if (c.data != "synthetic")
-    for (const std::string& option : c.given)
-      require(option.rfind("synthetic-", 0) != 0 || by_profile(option),
-              cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", c.data));
-  require(c.text_chunk_tokens == defaults.text_chunk_tokens || c.batch_tokens > 0,
-          "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
-  require(c.data != "text" || c.text_field == defaults.text_field || is_json_lines_path(c.text),
-          cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
-              " is plain text, stories separated by <|endoftext|>"));
-  // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1
-  // (lambda reaches --l1 at step W + 1, so its warm-up must be shorter than the run).
-  for (const auto& [option, length, limit, effect] :
-       {std::tuple<const char*, int64_t, int64_t, const char*>{"lr-warmup-steps", c.lr_warmup_steps, c.steps,
-                                                              "the lr would never reach --lr"},
-        {"lr-decay-steps", c.lr_decay_steps, c.steps, "the lr would start below --lr"},
-        {"l1-warmup-steps", c.l1_warmup_steps, c.steps - 1, "lambda would never reach --l1"}})
-    require(length <= limit, cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "",
-                                 limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
-                                 ": ", effect));
+  if (lengths) {
+    // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1
+    // (lambda reaches --l1 at step W + 1, so its warm-up must be shorter than the run).
+    for (const auto& [option, length, limit, effect] :
+         {std::tuple<const char*, int64_t, int64_t, const char*>{"lr-warmup-steps", c.lr_warmup_steps, c.steps,
+                                                                "the lr would never reach --lr"},
+          {"lr-decay-steps", c.lr_decay_steps, c.steps, "the lr would start below --lr"},
+          {"l1-warmup-steps", c.l1_warmup_steps, c.steps - 1, "lambda would never reach --l1"}})
+      require(length <= limit, cat("--", option, " ", length, by_profile(option) ? " (set by the profile)" : "",
+                                   limit == c.steps ? " is more than --steps " : " is not less than --steps ", c.steps,
+                                   ": ", effect));
+  }
   // The cosines (SAELens's): between the warm-up and the decay, from --lr down to --lr-end.
-  require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
-  require(c.eval_text_field == defaults.eval_text_field || (!c.eval_text.empty() && is_json_lines_path(c.eval_text)),
-          cat("--eval-text-field ", c.eval_text_field, " names a field of JSON lines (.jsonl) given as --eval-text"));
   require(c.lr_end == -1 || (std::isfinite(c.lr_end) && c.lr_end >= 0),
           cat("--lr-end must be a finite number >= 0 (or -1: --lr / 10), got ", c.lr_end));
   require(c.lr_cycles >= 1, cat("--lr-cycles must be >= 1, got ", c.lr_cycles));
@@ -157,6 +149,26 @@ void refuse_options_without_effect(const TrainConfig& c) {
             cat("--lr-end ", c.lr_end, " is above --lr ", c.lr, ": the cosine would rise to it before the decay (SAELens ",
                 "refuses it too)"));
   }
+}
+
+void refuse_options_without_effect(const TrainConfig& c) {
+  const TrainConfig defaults;
+  const auto by_profile = [&](const std::string& option) {
+    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
+  };
+  // The generator's parameters: a file or a model's text has none (a profile's are left aside).
+  if (c.data != "synthetic")
+    for (const std::string& option : c.given)
+      require(option.rfind("synthetic-", 0) != 0 || by_profile(option),
+              cat("--", option, " sets the synthetic generator: it applies only with --data synthetic, not ", c.data));
+  require(c.text_chunk_tokens == defaults.text_chunk_tokens || c.batch_tokens > 0,
+          "--text-chunk-tokens gathers token batches (--batch N): with --batch story each story is one batch");
+  require(c.data != "text" || c.text_field == defaults.text_field || is_json_lines_path(c.text),
+          cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
+              " is plain text, stories separated by <|endoftext|>"));
+  require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
+  require(c.eval_text_field == defaults.eval_text_field || (!c.eval_text.empty() && is_json_lines_path(c.eval_text)),
+          cat("--eval-text-field ", c.eval_text_field, " names a field of JSON lines (.jsonl) given as --eval-text"));
   const ArchSettings arch = arch_settings(c);
   if (arch.has("auxk-k") && arch.has("auxk-coefficient"))
     require(arch.integer("auxk-k") == 0 || arch.number("auxk-coefficient") > 0,

@@ -139,9 +139,15 @@ struct TrainConfig {
 
 // UsageError for an option that would have no effect and would be recorded as if it had (docs/
 // contract.md §5): --synthetic-* beside other data (a profile's are left aside), --text-chunk-tokens
-// with story batches, --text-field with plain text, a schedule longer than --steps, --auxk-k with
-// AuxK off. By value (a default has no effect to miss); validate() calls it before a run trains.
+// with story batches, --text-field with plain text, --auxk-k with AuxK off. By value (a default has
+// no effect to miss); validate() calls it before a run trains.
 void refuse_options_without_effect(const TrainConfig& c);
+
+// UsageError for schedules the run's length cannot hold: with `lengths`, a warm-up or decay longer
+// than --steps (validate(): at a run's start, and on a resume that gives a new length); always, a
+// cosine with fewer steps between its warm-up and decay than cycles, and --lr-end / --lr-cycles
+// that contradict the schedule.
+void check_schedules(const TrainConfig& c, bool lengths);
 
 // Parses --batch: "story" or a positive integer. UsageError otherwise.
 int64_t parse_batch(const std::string& text);

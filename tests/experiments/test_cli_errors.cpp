@@ -509,6 +509,21 @@ TEST(Cli, CosineSchedulesFollowSaeLensAndRefuseWhatTheyCannotDo) {
   expect_error(kTiny + " --lr-schedule cosine --lr-end 0.01 --lr-decay-steps 1", 2,
                "--lr-end 0.01 is above --lr 0.001: the cosine would rise to it before the decay");
   expect_error(kTiny + " --lr-schedule COSINE --lr-end -2", 2, "--lr-end must be");  // SAELens's names in any case
+  // A resume that shortens the run is held to the same rules (a cosine-restarts period of 0 steps was
+  // a division by zero, SIGFPE), before any of the run's later checkpoints is set aside.
+  const auto restarts = run_binary("sae_train", kTiny + " --steps 12 --checkpoint-every 2 --lr-warmup-steps 2 "
+                                                        "--lr-schedule cosine-restarts --lr-cycles 4 --progress none "
+                                                        "--out " + dir.str("restarts"), dir);
+  ASSERT_EQ(restarts.exit_code, 0) << restarts.err;
+  const auto shorter = run_binary("sae_train", "--resume " + dir.str("restarts/checkpoints/step_2") +
+                                                   " --steps 4 --progress none", dir);
+  EXPECT_EQ(shorter.exit_code, 2) << shorter.err;
+  EXPECT_NE(shorter.err.find("needs at least 4 step(s) between the warm-up and the decay: --steps 4"),
+            std::string::npos)
+      << shorter.err;
+  EXPECT_EQ(std::count(shorter.err.begin(), shorter.err.end(), '\n'), 1) << shorter.err;
+  EXPECT_TRUE(fs::exists(dir.path / "restarts" / "checkpoints" / "step_10"));
+  EXPECT_FALSE(fs::exists(dir.path / "restarts" / "superseded"));
 }
 
 TEST(Cli, ExpansionFactorSetsTheFeaturesFromTheWidthRead) {
