@@ -33,6 +33,8 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
   fs::create_directories(out_dir, ec);
   if (ec) throw DataError(cat(out_dir, ": cannot create the output directory: ", ec.message()));
   csv_path_ = (fs::path(out_dir) / "metrics.csv").string();
+  const std::string tensorboard_dir = (fs::path(out_dir) / "tensorboard").string();
+  const bool logged_before = fs::exists(csv_path_) || fs::exists(tensorboard_dir);
   if (fs::exists(csv_path_)) {
     // Keep the header and the whole rows up to the resumed step (not a last row cut short by a
     // crash or a full disk: one without its newline, or of another field count); rewrite
@@ -61,10 +63,11 @@ RunLog::RunLog(const std::string& out_dir, int64_t keep_through_step) {
   }
   csv_ = std::fopen(csv_path_.c_str(), "ab");
   if (!csv_) throw DataError(cat(csv_path_, ": cannot open for writing: ", std::strerror(errno)));
-  tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
+  tensorboard_ = std::make_unique<TensorBoardWriter>(tensorboard_dir);
   // A resumed run: TensorBoard drops what earlier event files hold after the resumed step (what the
-  // interrupted run logged past its checkpoint, or the continuation a rewind replaced), as metrics.csv.
-  if (keep_through_step > 0) tensorboard_->purge_from(keep_through_step + 1);
+  // interrupted run logged past its checkpoint, or the continuation a rewind replaced), as metrics.csv;
+  // all of it for a run resumed from its start (killed before its first checkpoint).
+  if (logged_before) tensorboard_->purge_from(keep_through_step + 1);
 }
 
 RunLog::~RunLog() {

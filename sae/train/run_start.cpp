@@ -11,6 +11,7 @@
 #include "lm/decoder_model.h"
 #include "lm/hook_points.h"
 #include "lm/model_loader.h"
+#include "sae/report/run_log.h"
 #include "sae/train/arch_config.h"
 #include "sae/train/dictionary_learning_file.h"
 #include "sae/train/dictionary_reads.h"
@@ -139,6 +140,7 @@ std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step
     // the retry would take for the whole one.
     fs::copy_file(fs::path(run_dir) / "metrics.csv", aside / "metrics.csv.partial", fs::copy_options::overwrite_existing,
                   ec);
+    if (!ec) sync_file((aside / "metrics.csv.partial").string());  // its bytes on disk before the run's are cut
     if (!ec) fs::rename(aside / "metrics.csv.partial", aside / "metrics.csv", ec);
   }
   for (auto it = later.rbegin(); !ec && it != later.rend(); ++it) {
@@ -147,6 +149,11 @@ std::string set_aside_later_checkpoints(const std::string& run_dir, int64_t step
     fs::rename(from, final_model ? aside / "sae" : aside / "checkpoints" / from.filename(), ec);
   }
   if (ec) throw DataError(cat(aside.string(), ": cannot set aside the checkpoints after step ", step, ": ", ec.message()));
+  // Every folder a name left or entered, on disk before the run goes on without them (a power cut
+  // must not find the moved checkpoints, or the copy of metrics.csv, in neither place).
+  for (const fs::path& folder : {aside / "checkpoints", aside, fs::path(run_dir) / "checkpoints",
+                                 fs::path(run_dir) / "superseded"})
+    if (fs::is_directory(folder)) sync_directory(folder.string());
   sync_directory(run_dir);
   fs::remove(record, ec);
   return aside.string();
@@ -373,6 +380,9 @@ RunStart start_run(TrainConfig config, bool owner) {
                                ", which --steps ", config.steps, " asks the run to end at: nothing to train; give "
                                "--steps beyond it"));
         if (owner) {
+          // The run ends here: what it logged past this step goes (metrics.csv's rows, TensorBoard's
+          // points), before sae/ says the run is finished (a kill between: the next resume does both).
+          RunLog(run_dir, start.state->step);
           const std::string temp = checkpoint_temp_folder(final_model.string());
           fs::remove_all(temp, ec);
           copy_tree(start.resumed_from, temp);

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <random>
 
 #include "io/tensorboard.h"
+#include "sae/report/run_log.h"  // its purge on a resume (the reader is here)
 #include "tensor/error.h"
 #include "tests/util/test_util.h"
 
@@ -280,6 +282,30 @@ TEST(TensorBoard, PurgeFromWritesASessionStartAtItsStep) {
   EXPECT_EQ(events[1].wall_time, 1700000000.5);
   EXPECT_FALSE(events[1].has_summary);
   EXPECT_EQ(events[2].session_status, -1);
+}
+
+// A run's log opened again (a resume) writes the purge from the step after the one resumed, also
+// from step 0 (a run killed before its first checkpoint: everything it logged is dropped); a fresh
+// run's writes none.
+TEST(TensorBoard, ARunLogOpenedAgainPurgesWhatFollowsItsStep) {
+  TempDir dir("run_log_purge");
+  auto session_starts = [&] {
+    std::vector<int64_t> steps;
+    for (const auto& entry : fs::directory_iterator(dir.path / "tensorboard"))
+      for (const Event& e : read_events(entry.path().string()))
+        if (e.session_status == 1) steps.push_back(e.step);
+    std::sort(steps.begin(), steps.end());
+    return steps;
+  };
+  {
+    RunLog log(dir.path.string(), 0);
+    log.write({{"step", 10.0}, {"loss", 1.0}});
+  }
+  EXPECT_TRUE(session_starts().empty());
+  { RunLog log(dir.path.string(), 0); }
+  EXPECT_EQ(session_starts(), std::vector<int64_t>{1});
+  { RunLog log(dir.path.string(), 5000); }
+  EXPECT_EQ(session_starts(), (std::vector<int64_t>{1, 5001}));
 }
 
 TEST(TensorBoard, DefaultWallTimeIsNow) {

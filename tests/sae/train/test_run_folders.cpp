@@ -448,6 +448,30 @@ TEST(RunFolders, ARewindingResumeSetsTheLaterCheckpointsAside) {
   EXPECT_FALSE(fs::exists(run + "/superseded"));
 }
 
+TEST(RunFolders, EndingARunAtItsNewestCheckpointDropsWhatItLoggedPastIt) {
+  // A run killed at step 40 after its checkpoint at 20 (its later saves gone here by hand), ended
+  // there with --steps 20: its metrics.csv kept the rows to 40 (and the summary read step 40's row as
+  // the final model's), TensorBoard its points.
+  TempDir dir("resume_end_at_checkpoint");
+  const std::string run = dir.str("run");
+  auto first = run_binary("sae_train", command_line_tiny() + " --steps 40 --log-every 5 --checkpoint-every 10 --out " + run, dir);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  fs::remove_all(run + "/sae");
+  fs::remove_all(run + "/checkpoints/step_30");
+  const size_t event_files = std::distance(fs::directory_iterator(run + "/tensorboard"), fs::directory_iterator());
+  auto ended = run_binary("sae_train", " --resume " + run + " --steps 20", dir);
+  ASSERT_EQ(ended.exit_code, 0) << ended.err;
+  EXPECT_NE(ended.out.find("was trained to step 20"), std::string::npos) << ended.out;
+  const std::string metrics = read_file(run + "/metrics.csv");
+  EXPECT_EQ(metrics.substr(metrics.rfind('\n', metrics.size() - 2) + 1, 3), "20,") << metrics;
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 5) << metrics;  // header and steps 5..20
+  // (the purge's event file: tests/io/test_tensorboard.cpp reads what it holds)
+  EXPECT_EQ(size_t(std::distance(fs::directory_iterator(run + "/tensorboard"), fs::directory_iterator())),
+            event_files + 1);
+  EXPECT_EQ(read_file(run + "/sae/sae_weights.safetensors"),
+            read_file(run + "/checkpoints/step_20/sae_weights.safetensors"));
+}
+
 TEST(RunFolders, ADamagedCheckpointIsNamedNotPassedOver) {
   // Saves put only complete folders under their names, so one that is not complete was damaged
   // later: a plain --resume names it instead of going on from an older checkpoint (or, with every
