@@ -25,6 +25,7 @@
 #include "sae/arch/registry.h"
 #include "sae/train/sharded_checkpoint.h"
 #include "sae/train/dictionary_learning_file.h"
+#include "sae/train/interrupt.h"
 #include "sae/train/openai_sae_file.h"
 #include "sae/train/sparsify_folder.h"
 #include "tensor/ops.h"
@@ -371,6 +372,7 @@ void save_checkpoint(const std::string& dir, const SaeParams& params, const Json
     // with NaN thresholds that switch their features off, is caught here): the checkpoints saved
     // before are kept.
     write_folder_weights((temp / kWeightsFile).string(), params, extra, dir);
+    test_signal_point("mid-save");
     write_file_atomic((temp / kConfigFile).string(), saelens_config(params, extra).dump(2) + "\n");
     // The training state is written last: a folder holding it is complete (complete_checkpoint_step),
     // so a crash while the folder is built never lets recover_interrupted_saves put a part of it in place.

@@ -35,8 +35,9 @@ struct TrainingInterrupted : Error {
 std::string signal_name(int signal);
 
 // Test hook (tests/experiments/test_cli_interrupt.cpp): SAE_TEST_SIGNAL_AT=<point>:<INT|TERM> sends
-// this process that signal at that point of the loop ("final-save": before the final models are
-// saved; "stop-save": before the checkpoint a signal asked for), as a user or a scheduler would.
+// this process that signal at that point ("final-save": before the final models are saved;
+// "mid-save": in a checkpoint's save, its weights written and its training state not), as a user or
+// a scheduler would.
 void test_signal_point(const char* point);
 
 }  // namespace sae

@@ -1192,7 +1192,6 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
       if (i == 0 && !sums.pending) progress.update(run.step, run.tokens, sums.loss, sums.active / double(batch_tokens));
       if ((run.step % config.checkpoint_every == 0 && run.step < steps) || stopping) {
         if (m.log) m.log->flush();
-        if (stopping) test_signal_point("stop-save");
         save(m, (fs::path(config.out) / "checkpoints" / ("step_" + std::to_string(run.step))).string(), !stopping);
         if (synthetic && !stopping) report_concepts(m, "checkpoint");
       }

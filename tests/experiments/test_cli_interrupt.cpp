@@ -13,6 +13,7 @@
 #include <fstream>
 #include <regex>
 #include <thread>
+#include <vector>
 
 #include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
@@ -144,11 +145,18 @@ TEST(Interrupt, ASecondSignalOfEitherKindEndsTheProcessAtOnce) {
   // complete are kept (here: none), nothing half-written is left in place.
   TempDir dir("interrupt_twice");
   const std::string run = dir.str("run");
+  // (mid-save: raised once the checkpoint's weights are written in its temporary folder)
   const Stopped stopped = run_and_signal(std::string(kTiny) + " --steps 100000000 --out " + run, run + "/metrics.csv",
-                                         SIGTERM, dir, "SAE_TEST_SIGNAL_AT=stop-save:INT");
+                                         SIGTERM, dir, "SAE_TEST_SIGNAL_AT=mid-save:INT");
   EXPECT_EQ(stopped.status, 128 + SIGINT) << stopped.err;
   EXPECT_EQ(stopped.err.find("stopped by"), std::string::npos) << stopped.err;
-  EXPECT_FALSE(fs::exists(run + "/checkpoints") && !fs::is_empty(run + "/checkpoints"));
+  std::vector<std::string> left;
+  for (const auto& entry : fs::directory_iterator(run + "/checkpoints")) left.push_back(entry.path().filename().string());
+  ASSERT_EQ(left.size(), 1u);  // the save under way, under its temporary name only
+  EXPECT_EQ(left[0].rfind("step_", 0), 0u) << left[0];
+  EXPECT_NE(left[0].find(".tmp"), std::string::npos) << left[0];
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/" + left[0] + "/sae_weights.safetensors"));
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/" + left[0] + "/training_state.safetensors"));
 }
 
 TEST(Interrupt, ASignalAtTheEndOfARunKeepsItsFinalModelAndStopsWhatWouldFollow) {
