@@ -565,7 +565,15 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
   }
   for (const Json* d : decoders) {
     const std::string type = type_of(*d);
-    if (type == "Strip") sp.strip_leading_space = d->has("start") && d->at("start").as_int() > 0;
+    if (type == "Strip") {  // Llama 2's Strip(" ", 1, 0), after its Fuse: one leading space of the text
+      const bool llamas = d->has("content") && d->at("content").is_string() && d->at("content").as_string() == " " &&
+                          d->has("start") && d->at("start").is_number() && d->at("start").as_int() >= 0 &&
+                          d->at("start").as_int() <= 1 && (!d->has("stop") || d->at("stop") == Json(int64_t(0)));
+      if (!llamas)
+        throw DataError("decoder Strip: only Strip(\" \", 1, 0) (Llama 2's: one leading space) is supported");
+      sp.strip_leading_space = d->at("start").as_int() > 0;
+    }
+    if (type == "ByteFallback") sp.byte_fallback_decoder = true;
     if (type == "Metaspace")
       sp.strip_first_token_spaces = !(d->has("prepend_scheme") && d->at("prepend_scheme").is_string() &&
                                       d->at("prepend_scheme").as_string() == "never");
@@ -763,8 +771,9 @@ void BpeTokenizer::encode_sp_segment(std::string_view text, bool at_start, std::
     encode_piece(all, ids);
     return;
   }
-  size_t start = 0;  // pieces begin at each "▁" (merged with the text after it)
-  for (size_t pos = 3; pos + 3 <= all.size(); ++pos)
+  size_t start = 0;  // pieces begin at each "▁" (merged with the text after it), also one a text
+                     // without a prepended "▁" has within its first bytes ("a▁b": "a", "▁b")
+  for (size_t pos = 1; pos + 3 <= all.size(); ++pos)
     if (all.compare(pos, 3, kMetaSpace) == 0) {
       encode_piece(all.substr(start, pos - start), ids);
       start = pos;
@@ -917,11 +926,28 @@ const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) con
 }
 
 std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
-  std::string text;
+  std::string text, run;  // run: the bytes of consecutive byte pieces, under a ByteFallback decoder
+  size_t run_pieces = 0;
+  // tokenizers' ByteFallback: a run of byte pieces that is valid UTF-8 is its text; one that is not
+  // is one U+FFFD per piece (the valid characters in it too).
+  const auto end_run = [&] {
+    if (utf8::is_valid(run)) text += run;
+    else for (size_t k = 0; k < run_pieces; ++k) text += "\xEF\xBF\xBD";
+    run.clear();
+    run_pieces = 0;
+  };
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string& token = checked_token(ids[i], "decode");
+    if (sp_.byte_fallback_decoder && token.size() == 1 &&
+        byte_piece_ids_[static_cast<uint8_t>(token[0])] == ids[i]) {
+      run += token;
+      ++run_pieces;
+      continue;
+    }
+    if (run_pieces > 0) end_run();
     text += i == 0 && !first_token_bytes_.empty() ? first_token_bytes_[static_cast<size_t>(ids[i])] : token;
   }
+  if (run_pieces > 0) end_run();
   if (sp_.strip_leading_space && !text.empty() && text[0] == ' ') text.erase(0, 1);
   return text;
 }

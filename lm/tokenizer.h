@@ -62,7 +62,9 @@ class BpeTokenizer {
   // DataError naming `label` and the byte offset. Thread-safe: the word cache is guarded by a mutex.
   std::vector<int32_t> encode(std::string_view text, std::string_view label = "") const;
   // The bytes of the tokens, concatenated, as tokenizers' decoder gives them (a SentencePiece-style
-  // file's "▁" as spaces, a Strip's or Metaspace's leading marks dropped; docs/tokenizer.md). An id
+  // file's "▁" as spaces, a Strip's or Metaspace's leading marks dropped; under a ByteFallback decoder
+  // a run of byte pieces that is not UTF-8 is one U+FFFD per piece; docs/tokenizer.md). A byte-level
+  // BPE's may end in part of a character (callers that show text use utf8::replace_invalid). An id
   // that names no token throws DataError.
   std::string decode(const std::vector<int32_t>& ids) const;
   // The bytes of one token (possibly part of a UTF-8 character), for display.
@@ -101,6 +103,7 @@ class BpeTokenizer {
     bool byte_fallback = false, fuse_unk = false;
     int32_t unk_id = -1;            // -1: a character outside the vocabulary is dropped
     bool strip_leading_space = false;   // decoding: Strip(" ", 1, 0) drops one leading space
+    bool byte_fallback_decoder = false;  // decoding: a run of byte pieces that is not UTF-8 is U+FFFD per piece
     bool strip_first_token_spaces = false;  // decoding: a Metaspace decoder with a prepend scheme drops every "▁" of the first token
   };
   struct WordCache;

@@ -20,6 +20,16 @@ tokenizer.json:
             ("<s> $A")
   metaspace older conversions: Metaspace("▁", prepend_scheme "always", split true), BPE without byte
             fallback: characters outside the vocabulary become <unk> (fuse_unk false); no post-processor
+  split_first, split_never
+            Metaspace("▁", prepend_scheme "first" / "never", split true), laid out as mistral, with
+            merges across a "▁" ranked first (a letter or a mark, then "▁": pieces "a▁", ...), which a
+            vocabulary trained with split on never has: they show where each piece begins (a segment
+            without a prepended "▁", as after a special token or under "never", is cut before its
+            first "▁" too). Their cases are the strings written here and every 16th of the others.
+
+For the styles whose decoder has ByteFallback (llama2, gemma), decode_cases.jsonl holds
+{"ids", "decoded"} for id lists that end or break a character's byte pieces (what a generation cut
+short gives): tokenizers writes one U+FFFD per piece of a run that is not valid UTF-8.
 
 For each, tests/ref/tokenizers/NAME/ holds tokenizer.json (and tokenizer_config.json) and cases.jsonl:
 a first line {"bos": ids the post-processor puts before a text, "vocab_size", "transformers_bos":
@@ -82,6 +92,12 @@ def train(size=PIECES):
     return pieces, merges
 
 
+# Strings for the split styles: text after a special token, spaces within a piece's first bytes.
+SPLIT_EXTRA = ["<s>a b", "<s>ab cd ef", "a b", "xa b", "a b<s>c d", "<s>a", "<s> a b", ". a", "<s>.a b.",
+               "hello world<s>hello world", "a" + SPACE + "b", "<s>a" + SPACE + "b", "ab  cd", "<s>a  b"]
+CROSS = list("abcdefghijklmnopqrstuvwxyz.,")
+
+
 def added(content, id_, special=True):
     return {"id": id_, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
             "normalized": not special, "special": special}
@@ -103,6 +119,9 @@ def spec_for(style, pieces, merges):
     else:
         head, tail = ["<unk>", "<s>", "</s>"], []
     with_bytes = style != "metaspace"
+    if style.startswith("split_"):  # merges across a "▁", ranked first
+        pieces = pieces + [c + SPACE for c in CROSS]
+        merges = [[c, SPACE] for c in CROSS] + merges
     order = head + (BYTES if with_bytes else []) + pieces + tail
     vocab = {p: i for i, p in enumerate(order)}
     assert len(vocab) == len(order), "a piece repeats"
@@ -132,12 +151,14 @@ def spec_for(style, pieces, merges):
             {"type": "Fuse"}]}
         config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
                   "pad_token": "<pad>", "unk_token": "<unk>", "tokenizer_class": "GemmaTokenizer"}
-    elif style == "mistral":
+    elif style == "mistral" or style.startswith("split_"):
+        scheme = "never" if style == "split_never" else "first"
+        split = style.startswith("split_")
         spec["normalizer"] = None
-        spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first",
-                                 "split": False}
+        spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": scheme,
+                                 "split": split}
         spec["post_processor"] = template("<s>", vocab["<s>"])
-        spec["decoder"] = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "first", "split": False}
+        spec["decoder"] = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": scheme, "split": split}
         config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
                   "unk_token": "<unk>", "legacy": False, "tokenizer_class": "LlamaTokenizer"}
     else:
@@ -160,6 +181,23 @@ def transformers_bos(folder):
     full = tok("x")["input_ids"]
     assert full[len(full) - len(plain):] == plain, (folder, full, plain)
     return full[:len(full) - len(plain)]
+
+
+def write_decode_cases(tok, folder):
+    """decode_cases.jsonl: id lists with byte pieces cut short or broken, and tokenizers' decode of each."""
+    byte = {b: tok.token_to_id(f"<0x{b:02X}>") for b in range(256)}
+    a, b = tok.token_to_id("a"), tok.token_to_id("b")
+    bos = tok.token_to_id("<s>") if tok.token_to_id("<s>") is not None else tok.token_to_id("<bos>")
+    e_acute, check = [byte[0xC3], byte[0xA9]], [byte[0xE2], byte[0x9C], byte[0x93]]
+    smile = [byte[0xF0], byte[0x9F], byte[0x98], byte[0x80]]
+    lists = [e_acute, smile, check + [a], [byte[0xE2], byte[0x96], a], e_acute + [byte[0xFF], a],
+             [a] + smile[:3], [byte[0xFF]], [byte[0xC3], b, byte[0xA9]], [a] + e_acute + [bos] + smile[1:],
+             smile[:2] + smile[:2], [byte[0x80]] + e_acute, [bos] + check[:2], e_acute + smile + [byte[0xC3]],
+             [byte[0x41], byte[0x0A]], [byte[0xED], byte[0xA0], byte[0x80]], [byte[0xC0], byte[0xAF]]]
+    with open(os.path.join(folder, "decode_cases.jsonl"), "w", encoding="utf-8") as f:
+        for ids in lists:
+            f.write(json.dumps({"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)},
+                               ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def write(style, pieces, merges, texts):
@@ -188,6 +226,8 @@ def write(style, pieces, merges, texts):
             decoded = tok.decode(ids, skip_special_tokens=False)
             f.write(json.dumps({"text": t, "ids": ids, "decoded": decoded}, ensure_ascii=False,
                                separators=(",", ":")) + "\n")
+    if style in ("llama2", "gemma"):
+        write_decode_cases(tok, folder)
     size = os.path.getsize(os.path.join(folder, "cases.jsonl"))
     print(f"sp_{style}: {len(texts)} cases ({size} bytes), vocab {tok.get_vocab_size()}, bos {bos}, "
           f"transformers' bos {hf_bos}")
@@ -204,6 +244,13 @@ def main():
             texts.append(t)
     for style in ("llama2", "gemma", "mistral", "metaspace"):
         write(style, pieces, merges, texts)
+    split_texts, seen = [], set()
+    for t in SPLIT_EXTRA + EXTRA + make_cases()[::16]:
+        if t not in seen:
+            seen.add(t)
+            split_texts.append(t)
+    for style in ("split_first", "split_never"):
+        write(style, pieces, merges, split_texts)
 
 
 if __name__ == "__main__":
