@@ -146,10 +146,12 @@ std::string pass_report(const std::vector<sae::PassShare>& passes, int rank, int
 int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
   world.announce_termination("sae_train");
   sae::Collectives& everyone = world.collectives(1, sae::Device::CPU);
+  bool distribute = false;
   try {
     Parsed parsed;
     everyone.agree([&] { parsed = parse(argc, argv, /*owner=*/world.rank() == 0); });
     if (!parsed.go) return 0;
+    distribute = parsed.distribute;
     // Every rank must run the same options: rank 0's, compared here.
     for (const sae::TrainConfig& mine : parsed.configs) {
       const sae::Json own = mine.to_json();
@@ -184,7 +186,10 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s%s\n", e.what(), e.code == 2 ? " (see --help)" : "");
     world.error_reported();  // after the line: a stop while it is printed still leaves one line
     return e.code;
-  } catch (const sae::TrainingDiverged& e) {  // every rank sees the same sums
+  } catch (const sae::TrainingDiverged& e) {
+    // --distribute: this rank's own SAE (the others go on, then wait for this one): its line, and
+    // mpirun stops the job. A grid of shards x replicas: every rank sees the same sums.
+    if (distribute) world.fail("sae_train", e, 1);
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s\n", e.what());
     world.error_reported();
     return 1;

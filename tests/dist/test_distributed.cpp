@@ -580,6 +580,16 @@ TEST(Distributed, DistributeSharesOneModelPassOverText) {
   EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str("layers/layer_2/sae/cfg.json"))).at("metadata").at("hook_name").as_string(),
             "blocks.2.hook_resid_pre");
 
+  // An SAE that diverges on one rank only (lambda 1e38 on rank 1): its line, and every rank stops (its
+  // message was printed by rank 0 only, which never saw it; the other ranks waited for it).
+  std::string standard = at_hook;
+  standard.replace(standard.find(" --architecture topk"), std::string(" --architecture topk").size(),
+                   " --architecture standard");
+  auto diverged = mpirun(2, standard + steps30 + " --l1-list 0,1e38 --distribute --out " + dir.str("diverged"), dir);
+  EXPECT_NE(diverged.exit_code, 0) << diverged.err;
+  EXPECT_NE(diverged.exit_code, 124) << "a rank hung: " << diverged.err;
+  EXPECT_NE(diverged.err.find("rank 1 of 2: l1_1e+38: training diverged at step"), std::string::npos) << diverged.err;
+
   // A phase that fails on one rank (rank 1's folder holds a run already) stops every rank: one line.
   fs::create_directories(dir.str("taken"));
   fs::copy(dir.str("one_k3"), dir.str("taken/k_3"), fs::copy_options::recursive);
