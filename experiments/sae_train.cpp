@@ -170,12 +170,13 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
       text = report(spread.results) + pass_report(spread.passes, world.rank(), world.ranks());
     } else {
       const sae::TrainConfig& first = parsed.configs.front();
-      // The device is agreed (a rank without the GPU asked for refuses on every rank); the grid is
-      // made outside the phase, whose rule is no collective call (its communicators are made together;
-      // a failure there is the rank's line, and mpirun stops the job).
+      // The device first, in a phase of its own (a rank without the GPU asked for refuses on every
+      // rank, before any rank makes communicators); then the grid, whose checks (S dividing the
+      // ranks) come before its collective calls and fail alike on every rank.
       sae::Device device = sae::Device::CPU;
       everyone.agree([&] { device = sae::resolve_device(first.device); });
-      sae::Collectives* grid = &world.collectives(static_cast<int>(first.shards), device);
+      sae::Collectives* grid = nullptr;
+      everyone.agree([&] { grid = &world.collectives(static_cast<int>(first.shards), device); });
       const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
       if (world.rank() == 0) text = report(results);
     }
