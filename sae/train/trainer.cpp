@@ -314,8 +314,10 @@ struct SpreadPass {
 
 // pass: null for one process or a grid of shards x replicas; then members is not empty.
 // evaluate: the checkpoint evaluator of runs with --eval-text (null: none).
+// in_mpi_job: a rank's own SAEs of a --distribute run (ranks and pass null): a signal ends it as any
+// run under mpirun, not with a checkpoint of its own (Ctrl-C's checkpoint is one process's).
 std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass = nullptr,
-                                       const CheckpointEvaluator* evaluate = nullptr);
+                                       const CheckpointEvaluator* evaluate = nullptr, bool in_mpi_job = false);
 
 // The result of a run that was at its last step already: its last logged metrics and final model.
 TrainResult finished_result(const RunStart& start) {
@@ -687,7 +689,7 @@ SpreadResult train_spread(const std::vector<TrainConfig>& requested, Collectives
     }
     if (!share) {  // this rank's SAEs alone, as one process trains them
       if (members.empty()) continue;
-      std::vector<TrainResult> trained = train_members(members, nullptr);
+      std::vector<TrainResult> trained = train_members(members, nullptr, nullptr, nullptr, /*in_mpi_job=*/true);
       for (size_t k = 0; k < trained.size(); ++k) results[index[k]] = std::move(trained[k]);
       continue;
     }
@@ -714,7 +716,7 @@ namespace {
 // ranks: as train_together's; every rank trains the same group.
 // pass: a --distribute pass (SpreadPass); members are this rank's SAEs of it (maybe none).
 std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives* ranks, SpreadPass* pass,
-                                       const CheckpointEvaluator* evaluate) {
+                                       const CheckpointEvaluator* evaluate, bool in_mpi_job) {
   // A distributed run (docs/distributed.md): rank 0 writes what one process writes (logs, the
   // folder); latents [first_latent, first_latent + F/S) are this rank's; `agree` runs a phase on
   // every rank and stops them all when it fails on one. A --distribute pass: every rank writes its
@@ -1068,7 +1070,7 @@ std::vector<TrainResult> train_members(std::vector<Member>& members, Collectives
   // to agree on the step (a run under mpirun, even of one rank, ends on the signal as before: --resume
   // goes on from its last checkpoint).
   std::optional<StopOnSignal> stop_on_signal;
-  if (ranks == nullptr && pass == nullptr) stop_on_signal.emplace();
+  if (ranks == nullptr && pass == nullptr && !in_mpi_job) stop_on_signal.emplace();
   if (dist) dist->reset_stats();
   const auto loop_begin = std::chrono::steady_clock::now();
   for (int64_t this_step = start_step + 1; this_step <= steps; ++this_step) {
