@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <vector>
 
 #include "sae/dist/nccl_groups.h"
 #include "tensor/ops.h"
@@ -63,6 +65,13 @@ MPI_Datatype mpi_type(DType dtype) {
 // MPI counts are int: big buffers go in pieces of 2^30 elements.
 constexpr int64_t kPiece = int64_t(1) << 30;
 
+// Test hook: SAE_TEST_GATHER_PIECE_BYTES=N gathers more than N bytes a rank in pieces of N
+// (tests/dist: the pieced path gives the same bytes as one call).
+int64_t gather_piece_bytes(int64_t normal) {
+  const char* test = std::getenv("SAE_TEST_GATHER_PIECE_BYTES");
+  return test ? std::max<int64_t>(1, std::atoll(test)) : normal;
+}
+
 class MpiCollectives : public Collectives {
  public:
   // nccl: every rank has a GPU of its own (NCCL refuses two ranks on one device).
@@ -105,11 +114,27 @@ class MpiCollectives : public Collectives {
   void sum(Group g, double* values, int64_t n) override { reduce(g, values, n, MPI_DOUBLE, MPI_SUM); }
   void max(Group g, double* values, int64_t n) override { reduce(g, values, n, MPI_DOUBLE, MPI_MAX); }
   void sum(Group g, int64_t* values, int64_t n) override { reduce(g, values, n, MPI_INT64_T, MPI_SUM); }
+  // Up to 2^30 bytes a rank in one call; more (AuxK's candidates at large batches once many latents
+  // are dead) in pieces through a staging buffer of ranks x 2^26 bytes, each rank's piece then put
+  // at its place in `out`.
   void gather(Group g, const void* mine, int64_t bytes, void* out) override {
     const auto begin = std::chrono::steady_clock::now();
-    if (bytes > kPiece) throw Error(cat("MPI: an all-gather of ", bytes, " bytes per rank (at most 2^30)"));
-    check_mpi(MPI_Allgather(mine, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE, comm(g)),
-              "MPI_Allgather");
+    const int64_t whole = gather_piece_bytes(kPiece), piece = gather_piece_bytes(int64_t(1) << 26);
+    if (bytes <= whole) {
+      check_mpi(MPI_Allgather(mine, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE, comm(g)),
+                "MPI_Allgather");
+    } else {
+      const int ranks = size(g);
+      std::vector<char> staging(static_cast<size_t>(ranks) * static_cast<size_t>(piece));
+      for (int64_t at = 0; at < bytes; at += piece) {
+        const int64_t length = std::min(piece, bytes - at);
+        check_mpi(MPI_Allgather(static_cast<const char*>(mine) + at, static_cast<int>(length), MPI_BYTE, staging.data(),
+                                static_cast<int>(length), MPI_BYTE, comm(g)),
+                  "MPI_Allgather");
+        for (int r = 0; r < ranks; ++r)
+          std::memcpy(static_cast<char*>(out) + r * bytes + at, staging.data() + r * length, static_cast<size_t>(length));
+      }
+    }
     count(g, double(bytes), true, seconds_since(begin));
   }
   void broadcast(void* data, int64_t bytes, int root) override {

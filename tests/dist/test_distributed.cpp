@@ -167,6 +167,13 @@ TEST(Distributed, ShardsAndReplicasEqualOneProcess) {
       EXPECT_TRUE(fs::exists(dir.str(name + "_s2/sae/") + file)) << file;
     EXPECT_EQ(Json::parse(sae::testing::read_file(dir.str(name + "_s2/sae/cfg.json"))).at("d_sae").as_int(), 32);
   }
+  // All-gathers beyond 2^30 bytes a rank (AuxK's candidates at large batches) go in pieces: the same
+  // bytes as one call (pieces of 40 bytes here, every gather of the TopK run's selections and AuxK).
+  auto pieced = mpirun(2, kTopK + " --steps 100 --checkpoint-every 50 --shards 2 --out " + dir.str("topk_pieced"), dir,
+                       "SAE_TEST_GATHER_PIECE_BYTES=40");
+  ASSERT_EQ(pieced.exit_code, 0) << pieced.err;
+  std::printf("topk, 2 shards, gathers in 40-byte pieces vs in one call:\n");
+  expect_same_model(dir.str("topk_s2"), dir.str("topk_pieced"), 0);
 }
 
 // A centred run (--apply-b-dec-to-input) over 2 shards, standard and gated (its own vectors, its
