@@ -219,13 +219,14 @@ int main(int argc, char** argv) {
     stats.source()["sae"] = sae_dir;
     stats.source()["data"] = description;
     stats.source()["normalization"] = sae::normalization_name(normalization.kind);
+    // Saved before the second pass: a failure there (memory, a story's text) keeps the first's work.
+    if (!stats_out.empty()) stats.save(stats_out);
     const std::vector<std::string> entries = sae::top_story_entry_texts(params, *inputs, stats, tokenizer.get());
     sae::AtomicFileWriter json(out);  // an array of one entry a line, never held as one string
     json.write("[");
     for (size_t i = 0; i < entries.size(); ++i) json.write((i ? ",\n" : "\n") + entries[i]);
     json.write("\n]\n");
     json.commit();
-    if (!stats_out.empty()) stats.save(stats_out);
 
     int64_t silent = 0;
     for (int64_t i = 0; i < params.d_sae(); ++i) silent += stats.top_count(i) == 0;

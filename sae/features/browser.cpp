@@ -275,7 +275,7 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
       const bool named = meta && meta->has("crosscoder_hooks") && meta->at("crosscoder_hooks").is_array() &&
                          static_cast<int64_t>(meta->at("crosscoder_hooks").elements().size()) == sources &&
                          meta->at("crosscoder_hooks").elements()[static_cast<size_t>(src)].is_string();
-      names.push_back(named ? meta->at("crosscoder_hooks").elements()[static_cast<size_t>(src)].as_string()
+      names.push_back(named ? display_token(meta->at("crosscoder_hooks").elements()[static_cast<size_t>(src)].as_string())
                             : cat("source ", src));
     }
     about["sources"] = names;
@@ -283,9 +283,20 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   about["sae"] = sae_dir.string();
   about["stats"] = stats_path;
   about["model"] = tokenizer ? display_token(model_dir) : std::string();
-  about["data"] = config && config->has("data") && config->at("data").is_string()
-                      ? display_token(config->at("data").as_string())
-                      : std::string("(unknown)");
+  // The run's data (its config.json), else what sae_features recorded in the statistics it gathered.
+  std::string data_label = "(unknown)";
+  const Json* gathered = stats.source().has("data") && stats.source().at("data").is_object() ? &stats.source().at("data") : nullptr;
+  const auto text_of = [](const Json& j, const char* key) {
+    return j.has(key) && j.at(key).is_string() ? j.at(key).as_string() : std::string();
+  };
+  if (config && config->has("data") && config->at("data").is_string())
+    data_label = display_token(config->at("data").as_string());
+  else if (gathered && !text_of(*gathered, "text").empty())
+    data_label = display_token(cat(text_of(*gathered, "text"), " through ", text_of(*gathered, "model"), " at ",
+                                   text_of(*gathered, "hook_name")));
+  else if (gathered && !text_of(*gathered, "data").empty())
+    data_label = display_token(text_of(*gathered, "data"));
+  about["data"] = data_label;
   about["first_step"] = stats.first_step();
   about["last_step"] = stats.last_step();
   about["steps"] = stats.steps();
@@ -293,7 +304,7 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   about["k"] = stats.k();
   about["context"] = stats.context();
   about["gathered_by"] = stats.source().has("gathered_by") && stats.source().at("gathered_by").is_string()
-                             ? stats.source().at("gathered_by").as_string()
+                             ? display_token(stats.source().at("gathered_by").as_string())
                              : std::string("(unknown)");
   data["about"] = about;
   data["has_tokens"] = stats.has_token_ids();

@@ -310,17 +310,25 @@ std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInp
     const int64_t t = story.x.size(0);
     auto it = wanted.find(story.index);
     // Each token's text once per story.
+    // An id the tokenizer does not know (data from elsewhere) is written [id], as without one, and the
+    // story's text is then its tokens' labels joined.
     std::vector<std::string> labels(static_cast<size_t>(t));
     std::string text;
+    bool all_known = tokenizer != nullptr && !story.ids.empty();
     for (int64_t p = 0; p < t; ++p) {
-      if (story.ids.empty())
+      if (story.ids.empty()) {
         labels[p] = cat("[#", p, "]");
-      else if (tokenizer)
+        continue;
+      }
+      labels[p] = cat("[", story.ids[p], "]");
+      if (!tokenizer) continue;
+      try {
         labels[p] = valid_utf8(tokenizer->token_text(story.ids[p]));
-      else
-        labels[p] = cat("[", story.ids[p], "]");
+      } catch (const DataError&) {
+        all_known = false;
+      }
     }
-    if (tokenizer && !story.ids.empty())
+    if (all_known)
       text = valid_utf8(tokenizer->decode(story.ids));
     else
       for (const std::string& label : labels) text += label;

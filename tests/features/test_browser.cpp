@@ -247,6 +247,31 @@ TEST(Browser, DataOfASyntheticRun) {
   }
 }
 
+// An SAE folder (no run's config.json) with statistics sae_features gathered: the data is what the
+// statistics say (it read "(unknown)"); their text is shown escaped, as every other field from a file.
+TEST(Browser, TheDataOfStatisticsSaeFeaturesGathered) {
+  TempDir dir("browser_gathered_data");
+  train(synthetic_run(dir.str("run")));
+  FeatureStats stats = FeatureStats::load(dir.str("run/sae/feature_stats.safetensors"));
+  Json data = Json::object();
+  data["data"] = "acts\u202e.npy";
+  stats.source()["data"] = data;
+  stats.source()["gathered_by"] = "sae_features\u202e";
+  stats.save(dir.str("stats.safetensors"));
+  BrowserOptions o = options_for(dir.str("run/sae"));
+  o.stats = dir.str("stats.safetensors");
+  const Json about = browser_data(o).head.at("about");
+  EXPECT_EQ(about.at("data").as_string(), "acts<U+202E>.npy");
+  EXPECT_EQ(about.at("gathered_by").as_string(), "sae_features<U+202E>");
+  Json text = Json::object();
+  text["text"] = "stories.txt";
+  text["model"] = "tiny";
+  text["hook_name"] = "blocks.2.hook_resid_pre";
+  stats.source()["data"] = text;
+  stats.save(dir.str("stats.safetensors"));
+  EXPECT_EQ(browser_data(o).head.at("about").at("data").as_string(), "stories.txt through tiny at blocks.2.hook_resid_pre");
+}
+
 TEST(Browser, ProgramErrors) {
   TempDir dir("browser_errors");
   TrainConfig c = synthetic_run(dir.str("run"));
