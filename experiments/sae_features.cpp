@@ -214,6 +214,7 @@ int main(int argc, char** argv) {
 
     sae::GatherSummary summary;
     sae::FeatureStats stats = sae::gather_feature_stats(params, *inputs, stats_options, &summary);
+    if (stats.device() != sae::Device::CPU) stats = stats.on_host();  // read entry by entry below
     if (summary.stories == 0) throw sae::DataError(sae::cat(text.empty() ? data : text, ": no stories to read"));
     stats.source()["gathered_by"] = "sae_features";
     stats.source()["sae"] = sae_dir;

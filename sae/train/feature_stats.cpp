@@ -173,6 +173,28 @@ FeatureStats::FeatureStats(int64_t features, const FeatureStatsOptions& options,
   b.histogram = Tensor::zeros(Shape{features, kHistogramBins}, DType::F64, device);
 }
 
+FeatureStats FeatureStats::on_host() const {
+  check_lists();
+  FeatureStats h(features_, options_, Device::CPU);
+  h.tokens_ = tokens_;
+  h.steps_ = steps_;
+  h.first_step_ = first_step_;
+  h.last_step_ = last_step_;
+  h.has_token_ids_ = has_token_ids_;
+  h.source_ = source_;
+  h.unknown_key_ = unknown_key_;
+  const FeatureTopLists& from = buffers_->lists;
+  FeatureTopLists& to = h.buffers_->lists;
+  for (const auto& [mine, theirs] :
+       {std::pair<const Tensor*, Tensor*>{&from.value, &to.value}, {&from.key, &to.key}, {&from.slot, &to.slot},
+        {&from.count, &to.count}, {&from.threshold, &to.threshold}, {&from.story, &to.story},
+        {&from.position, &to.position}, {&from.step, &to.step}, {&from.pending_row, &to.pending_row},
+        {&from.tokens, &to.tokens}, {&from.values, &to.values}, {&from.error, &to.error},
+        {&buffers_->histogram, &h.buffers_->histogram}})
+    if (mine->defined()) *theirs = mine->device() == Device::CPU ? mine->clone() : mine->to(Device::CPU);
+  return h;
+}
+
 FeatureStats::~FeatureStats() = default;
 FeatureStats::FeatureStats(FeatureStats&&) noexcept = default;
 FeatureStats& FeatureStats::operator=(FeatureStats&&) noexcept = default;

@@ -81,6 +81,10 @@ class FeatureStats {
   int32_t top_count(int64_t feature) const;
   FeatureTop top(int64_t feature, int64_t rank) const;  // rank < top_count(feature), largest first
 
+  // The same statistics on the host: one copy of the lists, where reading a GPU run's entry by entry
+  // (top, top_count) is a synchronised copy per number (sae_features' second pass, at 2^20 features).
+  FeatureStats on_host() const;
+
   // Free-form description saved with the statistics (the data, the run); metadata() on a loaded file.
   Json& source() { return source_; }
   const Json& source() const { return source_; }

@@ -393,6 +393,36 @@ TEST(FeatureStats, OnCudaTheSameFileAsOnCpu) {
   cpu.save(dir.str("cpu.safetensors"));
   gpu.save(dir.str("gpu.safetensors"));
   EXPECT_EQ(read_file(dir.str("cpu.safetensors")), read_file(dir.str("gpu.safetensors")));
+  // The host copy (sae_features reads its entries from one): the same file, on the CPU, and it goes on
+  // as the device's would.
+  FeatureStats host = gpu.on_host();
+  EXPECT_EQ(host.device(), Device::CPU);
+  host.save(dir.str("host.safetensors"));
+  EXPECT_EQ(read_file(dir.str("cpu.safetensors")), read_file(dir.str("host.safetensors")));
+}
+
+TEST(FeatureStats, AHostCopyIsTheSameStatisticsAndGoesOnAlike) {
+  TempDir dir("stats_on_host");
+  const std::vector<Batch> batches = random_batches(10, 5);
+  FeatureStats stats(kFeatures, FeatureStatsOptions{6, kRadius});
+  stats.source()["note"] = "copied";
+  for (int i = 0; i < 5; ++i) stats.add(dense_features(batches[i]), batches[i].origins, batches[i].step);
+  FeatureStats copy = stats.on_host();
+  stats.save(dir.str("a.safetensors"));
+  copy.save(dir.str("b.safetensors"));
+  EXPECT_EQ(read_file(dir.str("a.safetensors")), read_file(dir.str("b.safetensors")));
+  for (int i = 5; i < 10; ++i) {
+    stats.add(sparse_features(batches[i]), batches[i].origins, batches[i].step);
+    if (i == 5) {  // its own storage: adding to one leaves the other as it was
+      copy.save(dir.str("c.safetensors"));
+      EXPECT_EQ(read_file(dir.str("b.safetensors")), read_file(dir.str("c.safetensors")));
+    }
+    copy.add(sparse_features(batches[i]), batches[i].origins, batches[i].step);
+  }
+  stats.save(dir.str("a.safetensors"));
+  copy.save(dir.str("b.safetensors"));
+  EXPECT_EQ(read_file(dir.str("a.safetensors")), read_file(dir.str("b.safetensors")));
+  expect_equals_brute_force(copy, batches, "host copy");
 }
 
 TEST(FeatureStats, HostileFilesAreRefusedNamingTheFile) {
