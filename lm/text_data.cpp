@@ -30,11 +30,24 @@ bool blank(const std::string& s) {
   return true;
 }
 
+// Python's str.isspace(): what str.strip() removes (the ASCII white space and separators
+// U+001C..U+001F, NEL, NBSP and the Unicode spaces).
+bool python_space(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+// `s` (valid UTF-8) without the white space around it, as Python's s.strip().
 std::string trimmed(const std::string& s) {
-  const char* space = " \t\n\r\f\v";
-  const size_t first = s.find_first_not_of(space);
-  if (first == std::string::npos) return "";
-  return s.substr(first, s.find_last_not_of(space) - first + 1);
+  size_t first = 0, end = s.size(), length = 0;
+  while (first < end && python_space(utf8::decode(s, first, length))) first += length;
+  while (end > first) {
+    size_t start = end - 1;
+    while (start > first && (static_cast<uint8_t>(s[start]) & 0xC0) == 0x80) --start;  // the last character's lead
+    if (!python_space(utf8::decode(s, start, length))) break;
+    end = start;
+  }
+  return s.substr(first, end - first);
 }
 
 // The name without a compression ending says the format.

@@ -58,12 +58,14 @@ TEST(StoryReader, ReadsTinyStoriesText) {
                          "  Tom had a ball. \r\nHe threw it.\r\n<|endoftext|>\r\n"  // CRLF read as Python's text mode
                          "Lily ran.<|endoftext|>The dog barked.\n"      // a separator inside a line
                          "<|endoftext|>\n"
+                         // white space as Python's str.strip() sees it: NBSP, U+3000, U+2028, U+001C, NEL
+                         "\u00a0\u3000Mia\u00a0sang.\u2028\x1c\u0085\n<|endoftext|>\n"
                          "Last story without a separator.\n";
   StoryReader reader(path);
   EXPECT_FALSE(reader.is_jsonl());
   const std::vector<std::string> stories = all_stories(reader);
   const std::vector<std::string> want = {"Once upon a time, a cat.\nIt was happy.", "Tom had a ball. \nHe threw it.", "Lily ran.",
-                                         "The dog barked.", "Last story without a separator."};
+                                         "The dog barked.", "Mia\u00a0sang.", "Last story without a separator."};
   EXPECT_EQ(stories, want);
 }
 
