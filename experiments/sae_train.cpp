@@ -170,13 +170,16 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
       text = report(spread.results) + pass_report(spread.passes, world.rank(), world.ranks());
     } else {
       const sae::TrainConfig& first = parsed.configs.front();
-      // The device first, in a phase of its own (a rank without the GPU asked for refuses on every
-      // rank, before any rank makes communicators); then the grid, whose checks (S dividing the
-      // ranks) come before its collective calls and fail alike on every rank.
+      // The device and the grid's shape are agreed in a phase (a rank without the GPU asked for, or
+      // S not dividing the ranks, refuses on every rank); the grid is made outside it, since its
+      // communicators (and NCCL's) are collective calls, which a phase must not make: a failure
+      // there is this rank's line and ends the job (world.fail).
       sae::Device device = sae::Device::CPU;
-      everyone.agree([&] { device = sae::resolve_device(first.device); });
-      sae::Collectives* grid = nullptr;
-      everyone.agree([&] { grid = &world.collectives(static_cast<int>(first.shards), device); });
+      everyone.agree([&] {
+        device = sae::resolve_device(first.device);
+        world.check_grid(static_cast<int>(first.shards));
+      });
+      sae::Collectives* grid = &world.collectives(static_cast<int>(first.shards), device);
       const std::vector<sae::TrainResult> results = sae::train_together(parsed.configs, grid);
       if (world.rank() == 0) text = report(results);
     }

@@ -58,6 +58,9 @@ void Collectives::agree(const std::function<void()>& phase) {
   } catch (const std::exception& e) {
     message = error_text(e);
     code = 1;
+  } catch (...) {  // (nothing here throws another kind; were it to, the others must not wait)
+    message = "an unknown error";
+    code = 1;
   }
   std::vector<int64_t> codes(ranks());
   gather(Group::All, &code, sizeof code, codes.data());

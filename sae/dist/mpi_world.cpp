@@ -210,13 +210,16 @@ class OpenMpiWorld : public MpiWorld {
   }
   int rank() const override { return rank_; }
   int ranks() const override { return ranks_; }
-  Collectives& collectives(int shards, Device device) override {
+  void check_grid(int shards) const override {
     if (shards < 1 || ranks_ % shards != 0)
       throw UsageError(launched_
                            ? cat("--shards ", shards, " does not divide the ", ranks_, " ranks mpirun started (ranks = "
                                  "shards x data-parallel replicas)")
                            : cat("--shards ", shards, " needs mpirun -np P with P a multiple of ", shards,
                                  " (this process runs alone)"));
+  }
+  Collectives& collectives(int shards, Device device) override {
+    check_grid(shards);
     const auto key = std::make_pair(shards, static_cast<int>(device));
     auto found = grids_.find(key);
     if (found == grids_.end())
@@ -228,7 +231,10 @@ class OpenMpiWorld : public MpiWorld {
     std::fprintf(stderr, "%s: error: rank %d of %d: %s\n", program.c_str(), rank_, ranks_, error_text(e).c_str());
     std::fflush(stderr);
     std::fflush(stdout);
-    ::_exit(code);  // without MPI_Finalize: mpirun stops the other ranks
+    // The whole job ends under any launcher (srun's default leaves the others waiting for this
+    // rank after a plain exit); _exit if MPI_Abort returns.
+    MPI_Abort(MPI_COMM_WORLD, code);
+    ::_exit(code);
   }
   void announce_termination(const std::string& program) override {
     if (rank_ != 0) return;

@@ -34,6 +34,8 @@ class MpiWorld {
   // The grid of `shards` x ranks()/shards (UsageError when shards does not divide the ranks).
   // device: where the step's tensors live (CUDA: NCCL when built, else copies through the host).
   virtual Collectives& collectives(int shards, Device device) = 0;
+  // collectives()'s own check alone (no collective call: for an agree phase before the grid is made).
+  virtual void check_grid(int shards) const = 0;
   [[noreturn]] virtual void fail(const std::string& program, const std::exception& e, int code) = 0;
   // On rank 0: a SIGTERM (mpirun stopping the job after another rank died) prints one line naming
   // the program before this rank exits.
