@@ -70,6 +70,9 @@ int main(int argc, char** argv) {
     o.bos = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     o.context_size = parsed["context-size"].as<int64_t>();
     sae::check_context_size(o.context_size);
+    if (o.split_long_stories && o.context_size > 0)  // it would be recorded as if it had acted
+      throw sae::UsageError("--long-stories split cuts stories longer than the model's positions; with --context-size "
+                            "every story is cut into windows already: give one of them");
     const std::string bos_activations = parsed["bos-activations"].as<std::string>();
     if (bos_activations != "skip" && bos_activations != "keep")
       throw sae::UsageError(sae::cat("--bos-activations: expected skip or keep, got '", bos_activations, "'"));

@@ -60,6 +60,8 @@ int main(int argc, char** argv) {
     steer.generate.temperature = sae::number_option(parsed, "temperature");
     steer.generate.top_k = parsed["top-k"].as<int64_t>();
     steer.generate.seed = parsed["seed"].as<uint64_t>();
+    if (steer.generate.seed > uint64_t(sae::kJsonMaxExactInteger))  // --json records it exactly, as sae_train's
+      throw sae::UsageError(sae::cat("--seed must be in [0, 2^53], got ", steer.generate.seed));
     steer.generate.greedy = parsed.count("greedy") > 0;
     for (const char* sampling : {"temperature", "top-k", "seed"})  // they would be recorded as if used
       if (steer.generate.greedy && parsed.count(sampling))

@@ -211,10 +211,16 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
 int main(int argc, char** argv) {
   return sae::run_main("sae_train", argc, argv, [&] {
     // MPI starts first, before any option is read, so that every rank reads them together.
-    bool shards_given = false;
-    for (int i = 1; i < argc; ++i) shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
+    bool shards_given = false, distribute_given = false;
+    for (int i = 1; i < argc; ++i) {
+      shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
+      distribute_given = distribute_given || std::string(argv[i]) == "--distribute";
+    }
     std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
     if (world) return train_distributed(*world, argc, argv);
+    if (distribute_given)  // (it would train the whole list here, as without it)
+      throw sae::UsageError("--distribute spreads a list's SAEs over the ranks of mpirun: launched alone, give the "
+                            "list without it (one pass trains them all here)");
     const Parsed parsed = parse(argc, argv, /*owner=*/true);
     if (parsed.go)
       std::printf("%s", report(sae::train_together(parsed.configs, nullptr, sae::checkpoint_evaluator())).c_str());

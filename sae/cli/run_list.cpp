@@ -148,6 +148,9 @@ std::vector<TrainConfig> list_configs(const TrainConfig& base, const ListOptions
                      "--hook and --transcoder");
   if (transcoders && base.was_given("transcoder"))
     throw UsageError("give --transcoder or --transcoder-list, not both");
+  if (transcoders && base.was_given("hook-in") && base.was_given("hook-out"))  // each the same, labelled by a block it did not read
+    throw UsageError("--transcoder-list trains a transcoder at each block it names: --hook-in and --hook-out together "
+                     "would replace both of its hooks (give at most one of them)");
   if (hooks && (base.was_given("layer") || base.was_given("hook") || base.was_given("transcoder")))
     throw UsageError("--hook-list trains an SAE at each hook point it names: give it without --layer, --hook and "
                      "--transcoder");

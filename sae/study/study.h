@@ -30,11 +30,12 @@ namespace sae {
 
 // The training options a study program does not take (an unknown option, exit 2): it starts,
 // resumes and refuses its runs' folders itself (--init, --resume, --overwrite), trains in one
-// process (--shards), and sets lambda per run, which an L0 set point would override (--target-l0
-// and its gains). Each program also leaves out what it sweeps (--l1 or --features).
+// process (--shards), sets lambda per run, which an L0 set point would override (--target-l0
+// and its gains), and evaluates no checkpoint (--eval-text and its options: refused late before).
+// Each program also leaves out what it sweeps (--l1 or --features).
 inline const std::vector<std::string> kStudyLeavesOut = {
     "init", "resume", "overwrite", "shards", "target-l0", "target-l0-ki", "target-l0-kp", "target-l0-ema",
-    "target-l0-max-change"};
+    "target-l0-max-change", "eval-text", "eval-stories", "eval-text-field"};
 
 struct StudyRun {
   std::string name;           // folder under the study's output folder

@@ -96,6 +96,11 @@ void TrainConfig::validate() const {
     check_feature_stats_options(features, FeatureStatsOptions{feature_stats_k, feature_stats_context});
   else  // the values themselves still (an out-of-range value was recorded)
     check_feature_stats_options(1, FeatureStatsOptions{feature_stats_k, feature_stats_context});
+  // Given beside --feature-stats-steps 0 they would be recorded as if they shaped something (and a
+  // resume giving other values refused as a contradiction).
+  for (const char* option : {"feature-stats-k", "feature-stats-context"})
+    require(trained_before || feature_stats_steps > 0 || !was_given(option),
+            cat("--", option, " shapes the feature statistics, which --feature-stats-steps 0 does not gather"));
   require(!eval_text_field.empty(), "--eval-text-field must not be empty");
   require(eval_stories >= 0, cat("--eval-stories must be >= 0 (0: every story of --eval-text), got ", eval_stories));
   if (!eval_text.empty()) {
@@ -167,6 +172,9 @@ void refuse_options_without_effect(const TrainConfig& c) {
           cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
               " is plain text, stories separated by <|endoftext|>"));
   require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
+  require(!c.split_long_stories || c.context_size == 0,
+          "--long-stories split cuts stories longer than the model's positions; with --context-size every story is "
+          "cut into windows already: give one of them");
   require(c.eval_text_field == defaults.eval_text_field || (!c.eval_text.empty() && is_json_lines_path(c.eval_text)),
           cat("--eval-text-field ", c.eval_text_field, " names a field of JSON lines (.jsonl) given as --eval-text"));
   const ArchSettings arch = arch_settings(c);

@@ -213,6 +213,11 @@ TEST(Cli, UsageErrorsExitTwo) {
   }
   // Out of range with statistics off: it was accepted and recorded.
   expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-k -5", 2, "--feature-stats-k must be in [1, 1000]");
+  // In range, with statistics off: recorded as if it shaped them (a resume giving another was refused).
+  expect_error(kTiny + " --feature-stats-steps 0 --feature-stats-context 4", 2,
+               "--feature-stats-context shapes the feature statistics, which --feature-stats-steps 0 does not gather");
+  // --distribute launched alone trained the whole list in one process, without a word.
+  expect_error(kTiny + " --l1-list 1,2 --distribute", 2, "--distribute spreads a list's SAEs over the ranks of mpirun");
   // It said "--k applies only to ...", naming an option the command line did not give.
   expect_error(kTiny + " --k-list 2,3", 2, "--k-list trains one SAE per k: --architecture standard has no k");
   // List items are read whole, as --l1 is: strtod had trained l1_16 and l1_32 for "0x10,0x20", and

@@ -365,6 +365,9 @@ TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
   expect_failure("sae_steer", steer_args("--feature 79 --strength 1 --prompt Hi"), 1, "zero decoder row");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 0"), 2, "--temperature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength nan --prompt Hi"), 2, "--strength");
+  // --json records the seed exactly (as sae_train's): above 2^53 it was written rounded, above 2^63 negative.
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --seed 9007199254740993"), 2,
+                 "--seed must be in [0, 2^53]");
   // Numbers are read whole: cxxopts had kept "0x10" as 0 (no steering), "4,5" as 4, "1,5" as 1.
   expect_failure("sae_steer", steer_args("--feature 1 --strength 0x10 --prompt Hi"), 2,
                  "--strength: expected a number, got '0x10'");

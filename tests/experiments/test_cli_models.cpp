@@ -302,6 +302,20 @@ TEST(CliModels, PythiaTranscoderInputAndRefusals) {
   r = run_binary("sae_train", "--resume " + quote(dir.str("x7")) + " --progress none", dir);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("this run puts no BOS before its windows"), std::string::npos) << r.err;
+  // --long-stories split beside --context-size: no story is longer than a window, so it would be
+  // recorded as if it had acted (sae_train and sae_cache).
+  for (const char* program : {"sae_train", "sae_cache"}) {
+    const std::string args = std::string(program) == "sae_train" ? base + " --layer 1 --context-size 16"
+                                                                 : cat(" --model ", quote(model_dir("pythia")), " --text ",
+                                                                       quote(corpus), " --text-field content --layer 1",
+                                                                       " --long-stories split --context-size 16");
+    r = run_binary(program, args + " --out " + quote(dir.str("windows")), dir);
+    EXPECT_EQ(r.exit_code, 2) << program << ": " << r.err;
+    EXPECT_NE(r.err.find("--long-stories split cuts stories longer than the model's positions; with --context-size"),
+              std::string::npos)
+        << program << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.str("windows"))) << program;
+  }
 }
 
 TEST(CliModels, AnInitSaeIsTrainedAtItsOwnHookPointOrSaysSo) {

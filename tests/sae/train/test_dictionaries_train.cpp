@@ -318,6 +318,13 @@ TEST(DictionaryTraining, OptionRulesAreOneLineUsageErrors) {
       {"text transcoder without hooks",
        [](TrainConfig& c) { c.data = "text"; c.model = "m"; c.text = "t.txt"; c.hook_in = "blocks.0.hook_resid_pre"; },
        "--hook-in and --hook-out"},
+      {"--transcoder beside both hooks (it would name neither)",
+       [](TrainConfig& c) {
+         c.data = "text"; c.model = "m"; c.text = "t.txt"; c.transcoder_block = 1;
+         c.hook_in = "blocks.0.hook_resid_pre";
+         c.hook_out = "blocks.0.hook_mlp_out";
+       },
+       "--transcoder 1 names both hooks, which --hook-in and --hook-out replace"},
       {"same hook in and out",
        [](TrainConfig& c) {
          c.data = "text"; c.model = "m"; c.text = "t.txt";

@@ -183,6 +183,12 @@ TEST(TrainTogether, TranscoderAndLayerListsTrainEachBlockFromOnePass) {
     r = run_binary("sae_train", text + bad + " --out " + dir.str("bad"), dir);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
   }
+  // Both hooks given: each transcoder the same, labelled by a block it did not read (they trained).
+  r = run_binary("sae_train", text + " --transcoder-list 1,2 --hook-in blocks.0.hook_resid_pre --hook-out "
+                                     "blocks.0.hook_mlp_out --out " + dir.str("bad"), dir);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--hook-in and --hook-out together would replace both of its hooks"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.path / "bad"));
 }
 
 TEST(TrainTogether, HookListTrainsAnSaeAtEachHookFromOnePass) {
