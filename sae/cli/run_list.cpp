@@ -231,6 +231,7 @@ std::vector<TrainConfig> resumed_list_configs(const TrainConfig& cli, bool owner
       throw DataError("option must be \"l1\", \"k\", \"layer\", \"transcoder\" or \"hook\"");
     for (const Json& v : sweep.at("values").elements()) values.push_back(v.as_string());
     base = resumed_config(sweep.at("config"), cli);
+    refuse_conflicts(cli, base, file.string());  // (as each begun SAE's resume does: none is dropped silently)
     base.out = cli.resume;
     base.resume.clear();
     base.given = cli.given;

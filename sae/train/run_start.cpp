@@ -86,8 +86,8 @@ void refuse_relative_paths_not_found(const TrainConfig& run, const std::string& 
     }
 }
 
-// --resume keeps what the run computes from its config.json; an option the user set that says
-// otherwise is refused rather than silently dropped.
+}  // namespace
+
 void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std::string& config_path) {
   for (const TrainOption& o : train_options()) {
     if (o.role != OptionRole::Defines || !cli.was_given(o.name)) continue;
@@ -98,6 +98,8 @@ void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std:
                            "); --resume continues a run as it was started: drop the option, or start a new run"));
   }
 }
+
+namespace {
 
 // A resume from an earlier checkpoint than the run's newest rewinds the run: what it saved after that
 // step (later checkpoints, a final sae/) belongs to the continuation being replaced, and a later plain

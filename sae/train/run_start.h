@@ -34,6 +34,11 @@ inline constexpr const char* kStudyRecordFile = "study.json";  // a study's fold
 // UsageError when OUT is a study's folder (its runs are the study's to start; a run beside them
 // would be summarised as none of them, or replace one).
 void refuse_study_folder(const std::string& out);
+
+// --resume keeps what the run computes from its config.json (`run`, read from config_path): an
+// option that defines the run, given on the command line (`cli`) with another value, is refused
+// (UsageError) rather than silently dropped.
+void refuse_conflicts(const TrainConfig& cli, const TrainConfig& run, const std::string& config_path);
 }  // namespace sae
 
 namespace sae {

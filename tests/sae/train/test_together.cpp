@@ -9,6 +9,7 @@
 #include "io/json.h"
 #include "sae/train/options.h"
 #include "sae/train/trainer.h"
+#include "tests/util/program_run.h"
 #include "tests/util/test_util.h"
 
 using namespace sae;
@@ -382,4 +383,18 @@ TEST(TrainTogether, SaeTrainListsWriteOneFolderPerValueAndResumeTogether) {
     r = run_binary("sae_train", data + " --steps 2" + bad + " --out " + dir.str("bad"), dir);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
   }
+  // A list killed before its SAEs began (the first one's options pending): --resume OUT with an option
+  // that contradicts the list's is refused as a begun SAE's resume refuses it (the not-begun ones
+  // took the list's own value silently), and without it the list trains.
+  r = sae::testing::run_program("sae_train", data + " --steps 4 --l1-list 0.1,1 --out " + dir.str("unbegun"), dir,
+                                "SAE_TEST_KILL_AT=after-pending-config");
+  EXPECT_NE(r.exit_code, 0);
+  ASSERT_TRUE(fs::exists(dir.str("unbegun/sweep.json")));
+  ASSERT_FALSE(fs::exists(dir.str("unbegun/l1_0.1/config.json")));
+  r = run_binary("sae_train", " --resume " + dir.str("unbegun") + " --lr 0.5 --progress none", dir);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--lr 0.5 contradicts the run being resumed"), std::string::npos) << r.err;
+  r = run_binary("sae_train", " --resume " + dir.str("unbegun") + " --progress none", dir);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir.str("unbegun/l1_1/sae/sae_weights.safetensors")));
 }
