@@ -11,6 +11,7 @@
 #include "sae/data/concat_source.h"
 #include "sae/data/text_batches.h"
 #include "sae/train/dictionary_reads.h"
+#include "sae/train/memory_check.h"
 
 namespace sae {
 
@@ -80,6 +81,18 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   options.keep_bos = config.keep_bos_activations;
   options.split_long_stories = config.split_long_stories;
   options.chunk_tokens = config.text_chunk_tokens;
+  if (config.batch_tokens > 0) {  // a chunk of token batches holds its tokens' activations at every read
+    int64_t width = 0;
+    for (int m = 0; m < 2; ++m)
+      for (const HookSite& site : sites[m]) width += (m == 0 ? folder.config : folder_b->config).hook_width(site);
+    const double chunk_bytes = 4.0 * double(config.text_chunk_tokens) * double(width);
+    const HostMemory memory = available_host_memory();
+    if (memory.bytes >= 0 && chunk_bytes > 0.5 * memory.bytes)
+      throw UsageError(cat("--text-chunk-tokens ", config.text_chunk_tokens, " holds that many tokens' activations (",
+                           width, " float32 each: ", format_bytes(chunk_bytes), "), more than half of the ",
+                           format_bytes(memory.bytes), " this process can get (", memory.source,
+                           "): lower --text-chunk-tokens"));
+  }
   DecoderModel* model_b = data.model_b.get();
   data.dataset_scale = saved ? *saved
                              : (config.normalize == Normalization::Dataset

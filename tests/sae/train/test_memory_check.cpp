@@ -265,3 +265,23 @@ TEST(MemoryCheck, CgroupLimitsAreReadUpTheTreeLessTheirReclaimablePages) {
   EXPECT_DOUBLE_EQ(cgroup_headroom("12:cpu,cpuacct:/job\n4:memory:/job\n", dir.str("v1")), 1.6e8);
   EXPECT_DOUBLE_EQ(cgroup_headroom("0::/\n", dir.str("none")), -1);  // nothing there: no limit
 }
+
+// A chunk of token batches from text holds --text-chunk-tokens tokens' activations: a value whose
+// chunk is more than half of what the process can get is refused before the model runs (it ran the
+// model over the whole chunk, then ran out of memory).
+TEST(MemoryCheck, ATextChunkThatCannotFitIsRefused) {
+  TempDir dir("memory_check_text_chunk");
+  const std::string run = " --model " + sae::testing::ref_path("text_train/model") + " --text " +
+                          sae::testing::ref_path("text_train/stories.txt") +
+                          " --features 16 --batch 32 --normalize dataset --steps 2 --progress none --device cpu"
+                          " --feature-stats-steps 0 --text-chunk-tokens ";
+  // 20000 tokens x 32 floats x 4 bytes = 2.56 MB (printed in whole MB: 3 MB) against the 4 MB stand-in.
+  auto refused = run_program("sae_train", run + "20000 --out " + dir.str("a"), dir, "SAE_TEST_AVAILABLE_MEMORY=4000000");
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_EQ(refused.err, "sae_train: error: --text-chunk-tokens 20000 holds that many tokens' activations (32 float32 "
+                         "each: 3 MB), more than half of the 4 MB this process can get (SAE_TEST_AVAILABLE_MEMORY): "
+                         "lower --text-chunk-tokens (see --help)\n");
+  EXPECT_FALSE(fs::exists(dir.str("a")));
+  auto fits = run_program("sae_train", run + "200 --out " + dir.str("b"), dir);
+  EXPECT_EQ(fits.exit_code, 0) << fits.err;
+}
