@@ -165,7 +165,7 @@ TEST(TrainEval, OptionsItCannotHonourAreRefused) {
       {"recon_vs_f", cat("--model ", shell_quote(eval_ref("model")), " --text ", stories, " --layer 1 --context-size 32 --features-list 8 ",
                          "--steps 3 --progress none --device cpu --out ", shell_quote(dir.str("f")), " --eval-text ",
                          stories),
-       2, "not in a study"},
+       2, "eval-text’ does not exist"},  // a study evaluates no checkpoint: not among its options
   };
   for (const Case& c : cases) {
     const auto r = run_program(c.program, c.args, dir);
