@@ -12,8 +12,10 @@
 #include "lm/model_loader.h"
 #include "lm/text_data.h"
 #include "sae/cli/cli.h"
+#include "sae/data/activation_cache.h"
 #include "sae/data/text_cache.h"
 #include "sae/report/run_log.h"
+#include "sae/train/train_config.h"
 
 int main(int argc, char** argv) {
   return sae::run_main("sae_cache", argc, argv, [&] {
@@ -70,9 +72,9 @@ int main(int argc, char** argv) {
     o.bos = sae::parse_bos_mode(parsed["prepend-bos"].as<std::string>());
     o.context_size = parsed["context-size"].as<int64_t>();
     sae::check_context_size(o.context_size);
-    if (o.split_long_stories && o.context_size > 0)  // it would be recorded as if it had acted
-      throw sae::UsageError("--long-stories split cuts stories longer than the model's positions; with --context-size "
-                            "every story is cut into windows already: give one of them");
+    // It would be recorded as if it had acted (a cache made before this refusal goes on as it was made).
+    if (o.split_long_stories && o.context_size > 0 && !sae::is_activation_cache(o.out))
+      throw sae::UsageError(sae::kSplitBesideContextSize);
     const std::string bos_activations = parsed["bos-activations"].as<std::string>();
     if (bos_activations != "skip" && bos_activations != "keep")
       throw sae::UsageError(sae::cat("--bos-activations: expected skip or keep, got '", bos_activations, "'"));

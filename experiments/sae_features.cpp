@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
         ("context", "tokens kept on either side in --stats-out", cxxopts::value<int64_t>()->default_value("8"))
         ("out", "the JSON file", cxxopts::value<std::string>()->default_value("features.json"))
         ("stats-out", "also write the statistics (feature_stats.safetensors format) here", cxxopts::value<std::string>())
-        ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("auto"));
+        ("device", "cpu | cuda | auto", cxxopts::value<std::string>()->default_value("cpu"));
     cxxopts::ParseResult parsed;
     if (!sae::parse_command_line(options, argc, argv, parsed)) return 0;
     const std::string sae_dir = given(parsed, "sae"), model_dir = given(parsed, "model"), text = given(parsed, "text"),

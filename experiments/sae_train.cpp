@@ -75,9 +75,12 @@ Parsed parse(int argc, char** argv, bool owner) {
                                list_text("transcoder-list"), list_text("hook-list")};
   sae::TrainConfig config = sae::training_config(parsed, profile_name == "demo" ? kDemo : sae::Profile{},
                                                  !lists.any());  // each SAE of a list is validated when it starts
+  out.distribute = parsed["distribute"].as<bool>();
+  if (out.distribute && !sae::launched_by_mpirun())  // (it would train the whole list here, as without it)
+    throw sae::UsageError("--distribute spreads a list's SAEs over the ranks of mpirun: launched alone, give the "
+                          "list without it (one pass trains them all here)");
   std::vector<sae::TrainConfig> configs = sae::list_configs(config, lists, owner, out.list_folder);
   if (configs.empty()) configs = sae::resumed_list_configs(config, owner, out.list_folder);  // --resume OUT of a list's run
-  out.distribute = parsed.count("distribute") > 0;
   if (out.distribute && configs.empty())
     throw sae::UsageError("--distribute spreads the SAEs of a list over the ranks: give --l1-list, --k-list, "
                           "--layer-list, --transcoder-list or --hook-list");
@@ -211,16 +214,10 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
 int main(int argc, char** argv) {
   return sae::run_main("sae_train", argc, argv, [&] {
     // MPI starts first, before any option is read, so that every rank reads them together.
-    bool shards_given = false, distribute_given = false;
-    for (int i = 1; i < argc; ++i) {
-      shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
-      distribute_given = distribute_given || std::string(argv[i]) == "--distribute";
-    }
+    bool shards_given = false;
+    for (int i = 1; i < argc; ++i) shards_given = shards_given || std::string(argv[i]).rfind("--shards", 0) == 0;
     std::unique_ptr<sae::MpiWorld> world = sae::start_mpi_world(shards_given, &argc, &argv);
     if (world) return train_distributed(*world, argc, argv);
-    if (distribute_given)  // (it would train the whole list here, as without it)
-      throw sae::UsageError("--distribute spreads a list's SAEs over the ranks of mpirun: launched alone, give the "
-                            "list without it (one pass trains them all here)");
     const Parsed parsed = parse(argc, argv, /*owner=*/true);
     if (parsed.go)
       std::printf("%s", report(sae::train_together(parsed.configs, nullptr, sae::checkpoint_evaluator())).c_str());

@@ -104,8 +104,9 @@ inline bool is_valid(std::string_view bytes) {
 }
 
 // `bytes` as valid UTF-8, what Python's bytes.decode("utf-8", "replace") and so Hugging Face's
-// byte-level decode give (its ByteFallback decoder's rule is lm/tokenizer.h decode's): the longest valid start of a broken sequence (Unicode's "maximal subpart"), or a
-// byte that starts none, becomes one U+FFFD.
+// byte-level decode give (its ByteFallback decoder's rule is lm/tokenizer.h decode's): the longest
+// valid start of a broken sequence (Unicode's "maximal subpart"), or a byte that starts none,
+// becomes one U+FFFD.
 inline std::string replace_invalid(std::string_view bytes) {
   std::string out;
   size_t checked = 0;

@@ -37,10 +37,19 @@ bool python_space(uint32_t cp) {
          (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
+// The byte of `s`'s (valid UTF-8) first character that is not white space as Python sees it; npos
+// when there is none.
+size_t first_not_python_space(std::string_view s) {
+  size_t at = 0, length = 0;
+  while (at < s.size() && python_space(utf8::decode(s, at, length))) at += length;
+  return at < s.size() ? at : std::string_view::npos;
+}
+
 // `s` (valid UTF-8) without the white space around it, as Python's s.strip().
 std::string trimmed(const std::string& s) {
-  size_t first = 0, end = s.size(), length = 0;
-  while (first < end && python_space(utf8::decode(s, first, length))) first += length;
+  const size_t lead = first_not_python_space(s);
+  if (lead == std::string_view::npos) return "";
+  size_t first = lead, end = s.size(), length = 0;
   while (end > first) {
     size_t start = end - 1;
     while (start > first && (static_cast<uint8_t>(s[start]) & 0xC0) == 0x80) --start;  // the last character's lead
@@ -112,7 +121,7 @@ bool StoryReader::next_txt(TextStory& story) {
   int64_t text_start = -1;                // the corpus byte its trimmed text starts at, once seen
   const auto add = [&](std::string_view part, int64_t part_start) {
     check_story_utf8(part, part_start);
-    const size_t lead = part.find_first_not_of(" \t\n\r\f\v");
+    const size_t lead = first_not_python_space(part);  // (a story of white space alone is no story)
     if (text_start < 0 && lead != std::string_view::npos) text_start = part_start + static_cast<int64_t>(lead);
     text += part;
   };

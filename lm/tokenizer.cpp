@@ -563,14 +563,17 @@ BpeTokenizer::SentencePiece BpeTokenizer::read_sentencepiece(const Json& model, 
   } else if (!decoder_type.empty()) {
     decoders.push_back(&decoder);
   }
+  bool fused = false;  // a Fuse came before: what follows sees the whole text as one token
   for (const Json* d : decoders) {
     const std::string type = type_of(*d);
+    if (type == "Fuse") fused = true;
     if (type == "Strip") {  // Llama 2's Strip(" ", 1, 0), after its Fuse: one leading space of the text
-      const bool llamas = d->has("content") && d->at("content").is_string() && d->at("content").as_string() == " " &&
+      const bool llamas = fused && d->has("content") && d->at("content").is_string() && d->at("content").as_string() == " " &&
                           d->has("start") && d->at("start").is_number() && d->at("start").as_int() >= 0 &&
                           d->at("start").as_int() <= 1 && (!d->has("stop") || d->at("stop") == Json(int64_t(0)));
       if (!llamas)
-        throw DataError("decoder Strip: only Strip(\" \", 1, 0) (Llama 2's: one leading space) is supported");
+        throw DataError("decoder Strip: only Strip(\" \", 1, 0) after a Fuse (Llama 2's: one leading space of the "
+                        "text) is supported");
       sp.strip_leading_space = d->at("start").as_int() > 0;
     }
     if (type == "ByteFallback") sp.byte_fallback_decoder = true;

@@ -2,8 +2,8 @@
 """Writes the SentencePiece-style BPE tokenizer fixtures of tests/ref/tokenizers/ that
 tests/lm/test_sp_tokenizer.cpp reads: one BPE vocabulary of 1,024 pieces trained with the `tokenizers`
 package on the local text of scripts/gen_tokenizer_fixture.py (pieces of Unicode characters, "▁" for a
-space, as SentencePiece writes them), laid out and set up four ways, as the families ship their
-tokenizer.json:
+space, as SentencePiece writes them), laid out and set up six ways: four as the families ship their
+tokenizer.json, two for Metaspace split:
 
   llama2    as Llama 2 (and Mistral v0.1's "legacy" files): <unk> 0, <s> 1, </s> 2, the byte pieces
             <0x00>..<0xFF> 3..258, then the trained pieces; normalizer Sequence[Prepend("▁"),

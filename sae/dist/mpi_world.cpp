@@ -231,9 +231,10 @@ class OpenMpiWorld : public MpiWorld {
     std::fprintf(stderr, "%s: error: rank %d of %d: %s\n", program.c_str(), rank_, ranks_, error_text(e).c_str());
     std::fflush(stderr);
     std::fflush(stdout);
+    termination_announced = 0;  // this rank's line is the job's: no second one when the job is stopped
     // The whole job ends under any launcher (srun's default leaves the others waiting for this
-    // rank after a plain exit); _exit if MPI_Abort returns.
-    MPI_Abort(MPI_COMM_WORLD, code);
+    // rank after a plain exit); alone, a plain exit (MPI_Abort would add its banner to the line).
+    if (ranks_ > 1) MPI_Abort(MPI_COMM_WORLD, code);
     ::_exit(code);
   }
   void announce_termination(const std::string& program) override {

@@ -5,8 +5,9 @@
 // non-zero exit from every rank:
 //   Collectives::agree(phase) (collectives.h): a check that fails on one rank stops all of them at
 //     the same point, without a hang; rank 0 alone prints it, every rank exits with its code.
-//   fail(e): an error on one rank inside the training loop: the rank prints its one line and exits
-//     at once; mpirun then stops every other rank (SIGTERM), and rank 0 prints one line saying so.
+//   fail(e): an error on one rank inside the training loop: the rank prints its one line and ends
+//     the job (MPI_Abort); mpirun stops every other rank (SIGTERM), and rank 0 prints one line
+//     saying so.
 // Without MPI in the build (SAE_WITH_MPI off) MpiWorld cannot be made: start_mpi_world throws a
 // UsageError when --shards is given, and returns null otherwise.
 // Library code: throws, never exits, except fail(), whose purpose is to end this rank at once.

@@ -283,19 +283,26 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   about["sae"] = sae_dir.string();
   about["stats"] = stats_path;
   about["model"] = tokenizer ? display_token(model_dir) : std::string();
-  // The run's data (its config.json), else what sae_features recorded in the statistics it gathered.
+  // What the statistics were gathered on: sae_features records it (any run's statistics given with
+  // --stats may be of other data than the run's); else the run's data (its config.json).
   std::string data_label = "(unknown)";
   const Json* gathered = stats.source().has("data") && stats.source().at("data").is_object() ? &stats.source().at("data") : nullptr;
   const auto text_of = [](const Json& j, const char* key) {
     return j.has(key) && j.at(key).is_string() ? j.at(key).as_string() : std::string();
   };
-  if (config && config->has("data") && config->at("data").is_string())
-    data_label = display_token(config->at("data").as_string());
-  else if (gathered && !text_of(*gathered, "text").empty())
-    data_label = display_token(cat(text_of(*gathered, "text"), " through ", text_of(*gathered, "model"), " at ",
-                                   text_of(*gathered, "hook_name")));
-  else if (gathered && !text_of(*gathered, "data").empty())
+  if (gathered && !text_of(*gathered, "text").empty()) {
+    std::string models = text_of(*gathered, "model");
+    if (!text_of(*gathered, "model_b").empty()) models += " and " + text_of(*gathered, "model_b");
+    std::string hook = text_of(*gathered, "hook_name");
+    if (hook.empty() && gathered->has("crosscoder_hooks") && gathered->at("crosscoder_hooks").is_array())
+      for (const Json& h : gathered->at("crosscoder_hooks").elements())
+        if (h.is_string()) hook += (hook.empty() ? "" : ", ") + h.as_string();
+    data_label = display_token(cat(text_of(*gathered, "text"), " through ", models, hook.empty() ? "" : " at " + hook));
+  } else if (gathered && !text_of(*gathered, "data").empty()) {
     data_label = display_token(text_of(*gathered, "data"));
+  } else if (config && config->has("data") && config->at("data").is_string()) {
+    data_label = display_token(config->at("data").as_string());
+  }
   about["data"] = data_label;
   about["first_step"] = stats.first_step();
   about["last_step"] = stats.last_step();

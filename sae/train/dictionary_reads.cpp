@@ -83,7 +83,7 @@ DictionaryReads dictionary_reads(const TrainConfig& c) {
                                      "reads --hook-in and --hook-out (or --transcoder L)");
       require(!where_given, "--hook and --layer say where an SAE reads; a transcoder reads --hook-in and --hook-out "
                             "(or --transcoder L)");
-      require(c.transcoder_block < 0 || c.hook_in.empty() || c.hook_out.empty(),
+      require(c.trained_before || c.transcoder_block < 0 || c.hook_in.empty() || c.hook_out.empty(),  // (older runs resume)
               cat("--transcoder ", c.transcoder_block, " names both hooks, which --hook-in and --hook-out replace: give "
                   "one of the two ways (--transcoder L with one of --hook-in, --hook-out to change that one)"));
       const std::string L = std::to_string(c.transcoder_block);

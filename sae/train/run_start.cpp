@@ -340,7 +340,6 @@ RunStart start_run(TrainConfig config, bool owner) {
     config.given = cli.given;
     config.from_profile = cli.from_profile;
     config.trained_before = !from_the_start;
-    config.validate();  // (again below) before anything of the run's folder is set aside
     if (from_the_start) {
       if (!config.init.empty()) load_init(start, config);
     } else {
@@ -372,6 +371,10 @@ RunStart start_run(TrainConfig config, bool owner) {
       std::error_code ec;
       const fs::path final_model = fs::path(run_dir) / "sae";
       const bool from_final = fs::equivalent(start.resumed_from, final_model, ec);
+      // The options judged before anything of the run's folder is changed (again below); a resume that
+      // only ends the run at this step trains nothing, and its schedules are not judged.
+      config.ends_at_resume = start.state->step == config.steps;
+      config.validate();
       if (start.state->step == config.steps && !from_final) {
         // At its last step from a checkpoint, not from sae/: a run killed after its final model was
         // moved aside for an extension (keep_final_model) is finished (its sae/ made again from the

@@ -20,6 +20,13 @@ namespace {
 void require(bool ok, const std::string& message) {
   if (!ok) throw UsageError(message);
 }
+
+// Whether only a profile set `option` (--profile demo, a study's per-run values).
+bool set_by_profile(const TrainConfig& c, const std::string& option) {
+  return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
+}
+
+void check_schedules(const TrainConfig& c, bool lengths);  // (below)
 }  // namespace
 
 void TrainConfig::validate() const {
@@ -74,7 +81,7 @@ void TrainConfig::validate() const {
             cat("--apply-b-dec-to-input: an SAE's only: a ", dictionary_kind_name(dictionary_kind(*this)),
                 "'s b_dec is not of its input (SAELens refuses it for transcoders too)"));
   if (!trained_before) refuse_options_without_effect(*this);
-  check_schedules(*this, !trained_before || was_given("steps") || was_given("training-tokens"));
+  if (!ends_at_resume) check_schedules(*this, !trained_before || was_given("steps") || was_given("training-tokens"));
   const TrainConfig defaults;
   if (target_l0 == 0) {
     // (Given ones: a run from before the gains' defaults changed records the old ones.)
@@ -114,13 +121,14 @@ void TrainConfig::validate() const {
   if (data == "synthetic") synthetic.validate();
 }
 
-// The schedules against the run's length: checked at a run's start, and again when a resume gives
-// a new length (--steps, --training-tokens). The cosine's own span and cycles always: a period of
-// 0 steps would divide by zero (config.json edited by hand, say).
+namespace {
+
+// The schedules against the run's length (UsageError): with `lengths`, a warm-up or decay longer than
+// --steps (at a run's start, and on a resume that gives a new length: --steps, --training-tokens);
+// always, the cosine's span and cycles (a period of 0 steps would divide by zero: config.json edited
+// by hand, say) and --lr-end / --lr-cycles that contradict the schedule.
 void check_schedules(const TrainConfig& c, bool lengths) {
-  const auto by_profile = [&](const std::string& option) {
-    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
-  };
+  const auto by_profile = [&](const std::string& option) { return set_by_profile(c, option); };
   if (lengths) {
     // Longer than the run, a schedule never reaches (or never starts from) the recorded --lr / --l1
     // (lambda reaches --l1 at step W + 1, so its warm-up must be shorter than the run).
@@ -156,11 +164,11 @@ void check_schedules(const TrainConfig& c, bool lengths) {
   }
 }
 
+}  // namespace
+
 void refuse_options_without_effect(const TrainConfig& c) {
   const TrainConfig defaults;
-  const auto by_profile = [&](const std::string& option) {
-    return std::find(c.from_profile.begin(), c.from_profile.end(), option) != c.from_profile.end();
-  };
+  const auto by_profile = [&](const std::string& option) { return set_by_profile(c, option); };
   // The generator's parameters: a file or a model's text has none (a profile's are left aside).
   if (c.data != "synthetic")
     for (const std::string& option : c.given)
@@ -172,9 +180,7 @@ void refuse_options_without_effect(const TrainConfig& c) {
           cat("--text-field ", c.text_field, " names a field of JSON lines (.jsonl): ", c.text,
               " is plain text, stories separated by <|endoftext|>"));
   require(!c.eval_text.empty() || c.eval_stories == defaults.eval_stories, "--eval-stories applies only with --eval-text");
-  require(!c.split_long_stories || c.context_size == 0,
-          "--long-stories split cuts stories longer than the model's positions; with --context-size every story is "
-          "cut into windows already: give one of them");
+  require(!c.split_long_stories || c.context_size == 0, kSplitBesideContextSize);
   require(c.eval_text_field == defaults.eval_text_field || (!c.eval_text.empty() && is_json_lines_path(c.eval_text)),
           cat("--eval-text-field ", c.eval_text_field, " names a field of JSON lines (.jsonl) given as --eval-text"));
   const ArchSettings arch = arch_settings(c);

@@ -127,6 +127,9 @@ struct TrainConfig {
   // effect are refused only before a run trains (docs/contract.md §5), so a run recorded before a
   // refusal existed still resumes.
   bool trained_before = false;
+  // Not an option: a --resume that ends the run at its checkpoint's step (--steps that step): nothing
+  // trains, so its schedules are not held to the new length.
+  bool ends_at_resume = false;
 
   void validate() const;  // UsageError naming the option
   Json to_json() const;   // config.json (the options' table, sae/train/options.h)
@@ -139,15 +142,17 @@ struct TrainConfig {
 
 // UsageError for an option that would have no effect and would be recorded as if it had (docs/
 // contract.md §5): --synthetic-* beside other data (a profile's are left aside), --text-chunk-tokens
-// with story batches, --text-field with plain text, --auxk-k with AuxK off. By value (a default has
-// no effect to miss); validate() calls it before a run trains.
+// with story batches, --text-field with plain text, --eval-stories / --eval-text-field without
+// --eval-text, --auxk-k with AuxK off, --long-stories split beside --context-size. By value (a
+// default has no effect to miss); validate() calls it before a run trains (it also refuses
+// --feature-stats-k / -context given with --feature-stats-steps 0, and the schedules the length
+// cannot hold).
 void refuse_options_without_effect(const TrainConfig& c);
+// Its message for --long-stories split beside --context-size (sae_cache refuses the same).
+inline constexpr const char* kSplitBesideContextSize =
+    "--long-stories split cuts stories longer than the model's positions; with --context-size every story is cut "
+    "into windows already: give one of them";
 
-// UsageError for schedules the run's length cannot hold: with `lengths`, a warm-up or decay longer
-// than --steps (validate(): at a run's start, and on a resume that gives a new length); always, a
-// cosine with fewer steps between its warm-up and decay than cycles, and --lr-end / --lr-cycles
-// that contradict the schedule.
-void check_schedules(const TrainConfig& c, bool lengths);
 
 // Parses --batch: "story" or a positive integer. UsageError otherwise.
 int64_t parse_batch(const std::string& text);

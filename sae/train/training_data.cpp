@@ -81,7 +81,9 @@ TrainingData open_text(const TrainConfig& config, const std::vector<std::string>
   options.keep_bos = config.keep_bos_activations;
   options.split_long_stories = config.split_long_stories;
   options.chunk_tokens = config.text_chunk_tokens;
-  if (config.batch_tokens > 0) {  // a chunk of token batches holds its tokens' activations at every read
+  // A chunk of token batches holds its tokens' activations at every read: judged at a run's start (a
+  // resume cannot change the option; a run that fitted goes on).
+  if (config.batch_tokens > 0 && !config.trained_before) {
     int64_t width = 0;
     for (int m = 0; m < 2; ++m)
       for (const HookSite& site : sites[m]) width += (m == 0 ? folder.config : folder_b->config).hook_width(site);

@@ -529,6 +529,16 @@ TEST(Cli, CosineSchedulesFollowSaeLensAndRefuseWhatTheyCannotDo) {
   EXPECT_EQ(std::count(shorter.err.begin(), shorter.err.end(), '\n'), 1) << shorter.err;
   EXPECT_TRUE(fs::exists(dir.path / "restarts" / "checkpoints" / "step_10"));
   EXPECT_FALSE(fs::exists(dir.path / "restarts" / "superseded"));
+  // Ending a run at its newest checkpoint trains nothing: its schedules are not held to that length
+  // (a decay of 6 steps is longer than 4, and this was refused with the rules above).
+  const auto decayed = run_binary("sae_train", kTiny + " --steps 12 --checkpoint-every 4 --lr-decay-steps 6 "
+                                                       "--progress none --out " + dir.str("decayed"), dir);
+  ASSERT_EQ(decayed.exit_code, 0) << decayed.err;
+  fs::remove_all(dir.path / "decayed" / "sae");
+  fs::remove_all(dir.path / "decayed" / "checkpoints" / "step_8");
+  const auto ended = run_binary("sae_train", "--resume " + dir.str("decayed") + " --steps 4 --progress none", dir);
+  EXPECT_EQ(ended.exit_code, 0) << ended.err;
+  EXPECT_NE(ended.out.find("was trained to step 4"), std::string::npos) << ended.out;
 }
 
 TEST(Cli, ExpansionFactorSetsTheFeaturesFromTheWidthRead) {

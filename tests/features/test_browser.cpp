@@ -270,6 +270,22 @@ TEST(Browser, TheDataOfStatisticsSaeFeaturesGathered) {
   stats.source()["data"] = text;
   stats.save(dir.str("stats.safetensors"));
   EXPECT_EQ(browser_data(o).head.at("about").at("data").as_string(), "stories.txt through tiny at blocks.2.hook_resid_pre");
+  // The run's folder (its config.json says synthetic) with those statistics: theirs, not the run's.
+  BrowserOptions run = options_for(dir.str("run"));
+  run.stats = dir.str("stats.safetensors");
+  EXPECT_EQ(browser_data(run).head.at("about").at("data").as_string(), "stories.txt through tiny at blocks.2.hook_resid_pre");
+  EXPECT_EQ(browser_data(options_for(dir.str("run"))).head.at("about").at("data").as_string(), "synthetic");
+  // A crosscoder's (two models, its hooks).
+  text.erase("hook_name");
+  text["model_b"] = "tuned";
+  Json hooks = Json::array();
+  hooks.push_back("blocks.0.hook_resid_post");
+  hooks.push_back("blocks.1.hook_resid_post");
+  text["crosscoder_hooks"] = hooks;
+  stats.source()["data"] = text;
+  stats.save(dir.str("stats.safetensors"));
+  EXPECT_EQ(browser_data(o).head.at("about").at("data").as_string(),
+            "stories.txt through tiny and tuned at blocks.0.hook_resid_post, blocks.1.hook_resid_post");
 }
 
 TEST(Browser, ProgramErrors) {

@@ -236,6 +236,15 @@ TEST(SentencePieceTokenizer, RefusalsInOneLine) {
     root["decoder"]["decoders"] = decoders;
     refused(root, "decoder Strip: only Strip(\" \", 1, 0)");
   }
+  // Llama 2's Strip before its Fuse: tokenizers strips every token (it decoded "Hello world" to
+  // "Helloworld"), which decode does not do.
+  root = good;
+  Json reordered = Json::array();
+  for (const Json& d : good.at("decoder").at("decoders").elements())
+    if (d.at("type").as_string() != "Fuse") reordered.push_back(d);
+  reordered.push_back(Json::parse(R"({"type": "Fuse"})"));
+  root["decoder"]["decoders"] = reordered;
+  refused(root, "only Strip(\" \", 1, 0) after a Fuse");
 }
 
 TEST(SentencePieceTokenizer, AOneElementSequenceIsItsElement) {

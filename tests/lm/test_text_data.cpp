@@ -60,6 +60,7 @@ TEST(StoryReader, ReadsTinyStoriesText) {
                          "<|endoftext|>\n"
                          // white space as Python's str.strip() sees it: NBSP, U+3000, U+2028, U+001C, NEL
                          "\u00a0\u3000Mia\u00a0sang.\u2028\x1c\u0085\n<|endoftext|>\n"
+                         "\u00a0\n\u3000<|endoftext|>\n"  // white space alone: no story (nor a story number)
                          "Last story without a separator.\n";
   StoryReader reader(path);
   EXPECT_FALSE(reader.is_jsonl());

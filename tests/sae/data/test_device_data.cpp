@@ -5,7 +5,8 @@
 //   - normalize_batch_on_device on the CPU equals normalize_batch bit for bit; Batcher::next_on_device
 //     gives next()'s batches, positions and origins;
 //   - BatchPrefetcher keeps the BatchUpload protocol (a slot is never refilled while handed out) and
-//     its device buffers hold the batches;
+//     its device buffers hold the batches; a prefetch error is raised on every later call; told how
+//     many batches it will be asked for, it prepares none past them;
 //   - batch_metrics on tensors agrees with the host metrics;
 //   - a CPU run with --device-data on trains to the same bits as with it off;
 //   - on CUDA (skipped without a GPU): the generator, the normalisation and the whole path against

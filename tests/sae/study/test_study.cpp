@@ -332,7 +332,7 @@ TEST(Study, UsageErrors) {
       {"recon_vs_f", "--profile fast", "--profile"},
       {"recon_vs_f", "--features 10", "features"},
       // a study evaluates no checkpoint: its --help listed --eval-text, refused after the plan
-      {"l1_sweep", "--eval-text stories.txt", "eval-text"},
+      {"l1_sweep", "--eval-text stories.txt", "eval-text’ does not exist"},
       {"recon_vs_f", "--features-list 4,x", "--features-list"},
       {"recon_vs_f", "--profile quick --data acts.safetensors", "--profile quick"},
       // sized for the synthetic data (it trained the d = 64 list on a model, and could never resume)
