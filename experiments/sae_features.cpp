@@ -76,6 +76,15 @@ int main(int argc, char** argv) {
     sae::check_output_files({{"out", out}, {"stats-out", stats_out}}, {{"data", data}, {"text", text}});
     if (data == "synthetic")
       throw sae::UsageError("--data synthetic: give a file; a synthetic run's own statistics are in RUN/sae/");
+    // Options that would do nothing (as sae_train refuses its own): how text is read, with a file's
+    // stories; the statistics' context, with no statistics written.
+    for (const char* option : {"text-field", "prepend-bos", "context-size"})
+      if (!data.empty() && parsed.count(option))
+        throw sae::UsageError(sae::cat("--", option, " says how text is read (--model, --text): --data ", data,
+                                       " holds its stories' activations already"));
+    if (parsed.count("context") && stats_out.empty())
+      throw sae::UsageError("--context sets the tokens kept around each top activation in --stats-out's statistics: "
+                            "give --stats-out, or leave --context out");
     const sae::FeatureStatsOptions stats_options{parsed["top"].as<int64_t>(), parsed["context"].as<int64_t>()};
     if (stats_options.k < 1 || stats_options.k > 1000)
       throw sae::UsageError(sae::cat("--top must be in [1, 1000], got ", stats_options.k));

@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
     sae::check_generate_options(steer.generate);
     sae::check_strength(steer.strength);
     const int64_t width = parsed["width"].as<int64_t>();
+    if (parsed.count("width") && parsed.count("json"))  // it would do nothing
+      throw sae::UsageError("--width sets the side-by-side text's columns, which --json does not print: give one of them");
     if (width < 8 || width > 1000) throw sae::UsageError(sae::cat("--width must be in 8..1000, got ", width));
     const sae::HookChoice choice = sae::hook_choice_given(parsed);
     const sae::Device device = sae::resolve_device(sae::parse_device_choice(parsed["device"].as<std::string>()));

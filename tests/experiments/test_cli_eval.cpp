@@ -365,6 +365,9 @@ TEST(SaeSteerCli, RefusesBadInputWithOneLine) {
   expect_failure("sae_steer", steer_args("--feature 79 --strength 1 --prompt Hi"), 1, "zero decoder row");
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --temperature 0"), 2, "--temperature");
   expect_failure("sae_steer", steer_args("--feature 1 --strength nan --prompt Hi"), 2, "--strength");
+  // --width with --json would do nothing.
+  expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --json --width 30"), 2,
+                 "--width sets the side-by-side text's columns, which --json does not print");
   // --json records the seed exactly (as sae_train's): above 2^53 it was written rounded, above 2^63 negative.
   expect_failure("sae_steer", steer_args("--feature 1 --strength 1 --prompt Hi --seed 9007199254740993"), 2,
                  "--seed must be in [0, 2^53]");

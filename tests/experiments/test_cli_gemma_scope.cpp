@@ -249,7 +249,8 @@ TEST(GemmaScopeCli, FeaturesAndBrowserReadTheArchive) {
   // named --feature-stats-k and --feature-stats-context, sae_train's).
   sae::testing::write_file(dir.str("wide.npz"), constant_params(4, 4096));
   expect_failure("sae_features", cat("--sae ", quote(dir.str("wide.npz")), " --data ", quote(gs_ref("x.npy")),
-                                     " --top 1000 --context 256 --out ", quote(dir.str("wide.json"))),
+                                     " --top 1000 --context 256 --out ", quote(dir.str("wide.json")), " --stats-out ",
+                                     quote(dir.str("wide.safetensors"))),
                  2, "--top 1000 and --context 256 for 4096 features need");
   expect_failure("sae_browser", cat("--run ", quote(dir.str("att")), " --model ", quote(eval_ref("model"))), 1,
                  "is not the width the SAE's decoder writes (8) (an SAE that names no hook is taken to write the "

@@ -381,6 +381,11 @@ TEST(TopStories, BadInputGetsOneLine) {
       {sae + " --data synthetic", 2, "--data synthetic"},
       {sae + " --data " + dir.str("npy_like.safetensors"), 2, "story boundaries"},
       {sae + " --data " + ref("acts.safetensors") + " --layer 2", 2, "--layer goes with"},
+      // options that would do nothing: how text is read, with a file's stories; the statistics'
+      // context, with no statistics written
+      {sae + " --data " + ref("acts.safetensors") + " --context-size 16", 2, "--context-size says how text is read"},
+      {sae + " --data " + ref("acts.safetensors") + " --prepend-bos on", 2, "--prepend-bos says how text is read"},
+      {sae + text + " --context 4", 2, "--context sets the tokens kept around each top activation in --stats-out"},
       {" --sae " + dir.str("missing") + text, 1, "missing"},
       {" --sae " + dir.str("big") + text, 1, "activation is inf, not finite: the SAE's weights overflow float32"},
       {sae + " --model " + ref("model") + " --text " + dir.str("nothing.txt"), 1, "nothing.txt"},
