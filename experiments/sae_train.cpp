@@ -197,7 +197,7 @@ int train_distributed(sae::MpiWorld& world, int argc, char** argv) {
     return e.code;
   } catch (const sae::TrainingDiverged& e) {
     // --distribute: this rank's own SAE (the others go on, then wait for this one): its line, and
-    // mpirun stops the job. A grid of shards x replicas: every rank sees the same sums.
+    // the job ends (world.fail). A grid of shards x replicas: every rank sees the same sums.
     if (distribute) world.fail("sae_train", e, 1);
     if (world.rank() == 0) std::fprintf(stderr, "sae_train: error: %s\n", e.what());
     world.error_reported();

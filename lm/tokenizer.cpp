@@ -923,7 +923,7 @@ std::vector<int32_t> BpeTokenizer::merge_symbols(std::vector<int32_t> initial) c
 // ---- decoding ----
 
 const std::string& BpeTokenizer::checked_token(int32_t id, const char* what) const {
-  if (id < 0 || id >= vocab_size() || !has_token_[id])
+  if (!has_id(id))
     throw DataError(cat(what, ": token id ", id, " is not in the vocabulary of ", source_, " (size ", vocab_size(), ")"));
   return token_bytes_[id];
 }

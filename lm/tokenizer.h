@@ -69,6 +69,8 @@ class BpeTokenizer {
   std::string decode(const std::vector<int32_t>& ids) const;
   // The bytes of one token (possibly part of a UTF-8 character), for display.
   std::string token_text(int32_t id) const;
+  // Whether `id` names a token (decode and token_text throw for one that does not).
+  bool has_id(int32_t id) const { return id >= 0 && id < vocab_size() && has_token_[static_cast<size_t>(id)]; }
 
   // The tokens the post-processor puts before a text (HF's add_special_tokens=True); empty when none.
   const std::vector<int32_t>& bos_prefix() const { return bos_prefix_; }

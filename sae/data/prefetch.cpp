@@ -3,9 +3,8 @@
 
 #include <stdexcept>
 
-#include "tensor/error.h"
-
 #include "tensor/cuda/backend.h"
+#include "tensor/error.h"
 #include "tensor/precision.h"
 #include "tensor/threads.h"
 

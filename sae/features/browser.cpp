@@ -246,15 +246,9 @@ BrowserData browser_data(const BrowserOptions& options, std::string* notes) {
   }
   Json vocab = Json::object();
   for (int32_t id : used) {
-    std::string text = cat("[", id, "]");
-    if (tokenizer && id < tokenizer->vocab_size()) {
-      try {
-        text = display_token(tokenizer->token_text(id));
-      } catch (const DataError&) {
-        // an id the tokenizer does not know (data from elsewhere): shown as the id
-      }
-    }
-    vocab[std::to_string(id)] = text;
+    // (an id the tokenizer does not know, data from elsewhere: shown as the id)
+    vocab[std::to_string(id)] = tokenizer && tokenizer->has_id(id) ? display_token(tokenizer->token_text(id))
+                                                                   : cat("[", id, "]");
   }
 
   std::vector<double> edges;

@@ -320,11 +320,10 @@ std::vector<std::string> top_story_entry_texts(const SaeParams& params, StoryInp
         labels[p] = cat("[#", p, "]");
         continue;
       }
-      labels[p] = cat("[", story.ids[p], "]");
-      if (!tokenizer) continue;
-      try {
+      if (tokenizer && tokenizer->has_id(story.ids[p])) {
         labels[p] = valid_utf8(tokenizer->token_text(story.ids[p]));
-      } catch (const DataError&) {
+      } else {
+        labels[p] = cat("[", story.ids[p], "]");
         all_known = false;
       }
     }
